@@ -1,0 +1,268 @@
+//! `tfckpt demo`: write a sample checkpoint with the crate's writer, then list, verify and read it
+//! back, with timings. Needs no input files.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tfckpt::{Checkpoint, CheckpointWriter, DType, Slice, Tensor, TensorRef, WriterOptions};
+
+/// Deterministic pseudo-random f32 values in [-0.5, 0.5).
+fn values(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n * 4);
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+struct Plan {
+    layers: u64,
+    vocab: u64,
+    width: u64,
+}
+
+fn gbps(bytes: u64, secs: f64) -> String {
+    format!("{:.2} GB/s", bytes as f64 / secs.max(1e-9) / 1e9)
+}
+
+pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
+    // Sizes: each layer kernel is 1024 x 4096 f32 (16 MiB); the embedding takes about a third.
+    let mib = mib.max(24);
+    let plan = Plan {
+        layers: (mib * 2 / 3 / 16).max(1),
+        vocab: (mib / 3) * (1 << 20) / (256 * 4),
+        width: 256,
+    };
+    let tmp;
+    let dir = match keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.to_path_buf()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let prefix = dir.join("model.ckpt-1000");
+    println!(
+        "tfckpt demo: writing a sample checkpoint to {}",
+        prefix.display()
+    );
+
+    let t0 = Instant::now();
+    let mut w = CheckpointWriter::create(
+        &prefix,
+        WriterOptions {
+            num_shards: 2,
+            ..Default::default()
+        },
+    )?;
+    let mut written = 0u64;
+    for l in 0..plan.layers {
+        let kernel = values(l, 1024 * 4096);
+        w.add(
+            &format!("encoder/layer_{l}/dense/kernel"),
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[1024, 4096],
+                data: &kernel,
+            },
+        )?;
+        let bias = values(1000 + l, 4096);
+        w.add(
+            &format!("encoder/layer_{l}/dense/bias"),
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[4096],
+                data: &bias,
+            },
+        )?;
+        let gamma: Vec<u8> = (0..1024u32)
+            .flat_map(|i| half_bits(1.0 + i as f32 / 1024.0).to_le_bytes())
+            .collect();
+        w.add(
+            &format!("encoder/layer_{l}/layer_norm/gamma"),
+            TensorRef::Bytes {
+                dtype: DType::F16,
+                shape: &[1024],
+                data: &gamma,
+            },
+        )?;
+        written += (kernel.len() + bias.len() + gamma.len()) as u64;
+    }
+    // A partitioned embedding: 8 parts along axis 0, the first `vocab % 8` one row longer (TF's rule).
+    let emb = values(7, (plan.vocab * plan.width) as usize);
+    let parts = 8u64;
+    let mut start = 0;
+    for i in 0..parts {
+        let rows = plan.vocab / parts + u64::from(i < plan.vocab % parts);
+        let bytes =
+            &emb[(start * plan.width * 4) as usize..((start + rows) * plan.width * 4) as usize];
+        w.add_slice(
+            "embedding/table",
+            &[plan.vocab, plan.width],
+            &Slice::from_ranges(&[(start, rows), (0, plan.width)]),
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[rows, plan.width],
+                data: bytes,
+            },
+        )?;
+        start += rows;
+    }
+    written += emb.len() as u64;
+    let head: Vec<u8> = values(9, 1024 * 1000)
+        .chunks(4)
+        .flat_map(|c| [c[2], c[3]])
+        .collect();
+    w.add(
+        "head/kernel",
+        TensorRef::Bytes {
+            dtype: DType::BF16,
+            shape: &[1024, 1000],
+            data: &head,
+        },
+    )?;
+    w.add(
+        "global_step",
+        TensorRef::Bytes {
+            dtype: DType::I64,
+            shape: &[],
+            data: &1000i64.to_le_bytes(),
+        },
+    )?;
+    let mask: Vec<u8> = (0..4096).map(|i| u8::from(i % 3 == 0)).collect();
+    w.add(
+        "head/mask",
+        TensorRef::Bytes {
+            dtype: DType::Bool,
+            shape: &[4096],
+            data: &mask,
+        },
+    )?;
+    let vocab = Tensor::from_strings(
+        &[1000],
+        (0..1000)
+            .map(|i| format!("token_{i}").into_bytes())
+            .collect(),
+    )
+    .unwrap();
+    w.add("vocab", (&vocab).into())?;
+    written += (head.len() + 8 + mask.len()) as u64;
+    w.finish()?;
+    tfckpt::write_checkpoint_state(&dir, "model.ckpt-1000")?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "  wrote {:.1} MB in {:.3} s ({}) as 2 data shards",
+        written as f64 / 1e6,
+        secs,
+        gbps(written, secs)
+    );
+
+    let t0 = Instant::now();
+    let ckpt = Checkpoint::open(&dir)?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "\n$ tfckpt list {}   (opened the directory through its 'checkpoint' file in {:.1} ms)",
+        dir.display(),
+        secs * 1e3
+    );
+    let infos = ckpt.tensors();
+    for (i, t) in infos.iter().enumerate() {
+        if i < 4 || i + 4 >= infos.len() {
+            let note = if t.is_partitioned() {
+                format!("  ({} slices)", t.slices.len())
+            } else {
+                String::new()
+            };
+            println!("  {:<36} {:<9} {:?}{note}", t.name, t.dtype.name(), t.shape);
+        } else if i == 4 {
+            println!("  ... {} more", infos.len() - 8);
+        }
+    }
+
+    let t0 = Instant::now();
+    let report = ckpt.verify()?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "\n$ tfckpt verify: {} tensors, {} table blocks, {:.1} MB checked in {:.3} s ({})",
+        report.tensors,
+        report.blocks,
+        report.bytes as f64 / 1e6,
+        secs,
+        gbps(report.bytes, secs)
+    );
+
+    let t0 = Instant::now();
+    let mut read = 0u64;
+    let mut buf = Vec::new();
+    for t in infos {
+        match t.dtype.size() {
+            Some(_) => {
+                buf.resize(ckpt.byte_len(&t.name, None)?, 0);
+                ckpt.read_into(&t.name, &mut buf)?;
+                read += buf.len() as u64;
+            }
+            None => {
+                read += ckpt
+                    .read(&t.name)?
+                    .strings()
+                    .map_or(0, |s| s.iter().map(|x| x.len() as u64).sum())
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "\nread every tensor (the embedding assembled from its 8 slices): {:.1} MB in {:.3} s ({})",
+        read as f64 / 1e6,
+        secs,
+        gbps(read, secs)
+    );
+
+    // Spot checks against the values that were written.
+    let k = ckpt.read("encoder/layer_0/dense/kernel")?;
+    let rows = ckpt.read_slice(
+        "embedding/table",
+        &Slice::from_ranges(&[(plan.vocab / 8 - 2, 4), (10, 3)]),
+    )?;
+    let mut want = Vec::new();
+    for r in plan.vocab / 8 - 2..plan.vocab / 8 + 2 {
+        let o = ((r * plan.width + 10) * 4) as usize;
+        want.extend_from_slice(&emb[o..o + 12]);
+    }
+    let ok = k.bytes() == Some(&values(0, 1024 * 4096)[..]) && rows.bytes() == Some(&want[..]);
+    println!(
+        "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): {}",
+        if ok { "values match" } else { "MISMATCH" }
+    );
+    if !ok {
+        return Err("demo spot check failed".into());
+    }
+    if keep.is_none() {
+        println!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)");
+    }
+    Ok(())
+}
+
+/// f32 → IEEE half bits (round to nearest even), for the demo's float16 tensor.
+fn half_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    let man = b & 0x7f_ffff;
+    if exp <= 0 || exp >= 31 {
+        return sign; // the demo only uses normal values in [1, 2)
+    }
+    let mut h = (exp as u32) << 10 | man >> 13;
+    let rest = man & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
+        h += 1;
+    }
+    sign | h as u16
+}

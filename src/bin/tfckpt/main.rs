@@ -1,0 +1,168 @@
+//! `tfckpt`: the command line of the tfckpt crate (contract: the project's `spec/cli.md`).
+
+mod demo;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use tfckpt::{Checkpoint, Slice};
+
+#[derive(Parser)]
+#[command(
+    name = "tfckpt",
+    version,
+    about = "Read, verify and load TensorFlow checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List every tensor: name, dtype, shape, sorted by name (tf.train.list_variables).
+    List {
+        /// Checkpoint directory (with a `checkpoint` file), prefix, or V1 file.
+        ckpt: PathBuf,
+        /// Print a JSON array of {"name", "dtype", "shape"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one tensor (assembled from its slices if partitioned) to a .npy file
+    /// (tf.train.load_variable).
+    Get {
+        /// Checkpoint directory, prefix, or V1 file.
+        ckpt: PathBuf,
+        /// Tensor name (a trailing ":0" is ignored, as TensorFlow does).
+        name: String,
+        /// Output .npy file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this slice: `start,length` or `-` per dimension, joined by `:` (e.g. `0,10:-`).
+        #[arg(long)]
+        slice: Option<String>,
+    },
+    /// Check every block and tensor checksum; say what is wrong and where.
+    Verify {
+        /// Checkpoint directory, prefix, or V1 file.
+        ckpt: PathBuf,
+    },
+    /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
+    /// read it back, printing what was done and how fast.
+    Demo {
+        /// Approximate size of the sample checkpoint in MiB.
+        #[arg(long, default_value_t = 300)]
+        mib: u64,
+        /// Keep the checkpoint in this directory instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::List { ckpt, json } => list(&ckpt, json),
+        Cmd::Get {
+            ckpt,
+            name,
+            out,
+            slice,
+        } => get(&ckpt, &name, &out, slice.as_deref()),
+        Cmd::Verify { ckpt } => verify(&ckpt),
+        Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn shape_text(shape: &[u64]) -> String {
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn list(ckpt: &Path, json: bool) -> CliResult {
+    let ckpt = Checkpoint::open(ckpt)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let items: Vec<serde_json::Value> = ckpt
+            .tensors()
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+            .collect();
+        serde_json::to_writer(&mut out, &items)?;
+        writeln!(out)?;
+    } else {
+        for t in ckpt.tensors() {
+            let parts = if t.is_partitioned() {
+                format!("\t({} slices)", t.slices.len())
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "{}\t{}\t{}{parts}",
+                t.name,
+                t.dtype,
+                shape_text(&t.shape)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn get(ckpt: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
+    let ckpt = Checkpoint::open(ckpt)?;
+    let name = name.strip_suffix(":0").unwrap_or(name);
+    let tensor = match slice {
+        None => ckpt.read(name)?,
+        Some(text) => {
+            let slice = Slice::parse(text).map_err(|r| format!("--slice {text:?}: {r}"))?;
+            ckpt.read_slice(name, &slice)?
+        }
+    };
+    let mut buf = Vec::new();
+    tfckpt::npy::write_tensor(&mut buf, &tensor)?;
+    std::fs::write(out, buf).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(())
+}
+
+fn verify(ckpt: &Path) -> CliResult {
+    let start = Instant::now();
+    let ckpt = Checkpoint::open(ckpt)?;
+    let report = ckpt.verify_all();
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(first) = report.problems.first() {
+        let more = match report.problems.len() {
+            1 => String::new(),
+            n => format!(" (and {} more problems)", n - 1),
+        };
+        return Err(format!("{first}{more}").into());
+    }
+    println!(
+        "ok: {} tensors, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
+        report.tensors,
+        report.bytes,
+        report.blocks,
+        secs,
+        report.bytes as f64 / secs / 1e9
+    );
+    Ok(())
+}

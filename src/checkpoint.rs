@@ -1,0 +1,590 @@
+//! The reader's public face: open a checkpoint (V2 or V1), list its tensors, read a tensor or any
+//! slice of it (assembled from stored slices when it was saved partitioned), verify every checksum.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::bundle::Bundle;
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::naming::{self, Resolved};
+use crate::slice::{self, num_elements, Run, Slice};
+use crate::tensor::{Tensor, TensorData};
+use crate::v1::{V1Set, V1Values};
+
+/// The on-disk format of a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A tensor bundle: `PREFIX.index` + `PREFIX.data-NNNNN-of-NNNNN` (TF ≥ 0.12 default).
+    V2,
+    /// The legacy single-file (or glob of files) tensor-slice format.
+    V1,
+}
+
+/// What a checkpoint stores under one name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Full tensor name (for a partitioned tensor, the name of the whole).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Full shape.
+    pub shape: Vec<u64>,
+    /// The stored slices of a partitioned tensor; empty when it was saved whole.
+    pub slices: Vec<Slice>,
+}
+
+impl TensorInfo {
+    /// Number of elements of the full tensor.
+    pub fn num_elements(&self) -> u64 {
+        num_elements(&self.shape).unwrap_or(0)
+    }
+
+    /// Bytes of the full tensor in memory (`None` for strings and variants).
+    pub fn byte_len(&self) -> Option<u64> {
+        Some(self.num_elements() * self.dtype.size()? as u64)
+    }
+
+    /// Whether the tensor was saved as several slices.
+    pub fn is_partitioned(&self) -> bool {
+        !self.slices.is_empty()
+    }
+}
+
+/// What [`Checkpoint::verify_all`] checked and found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Tensors (or stored slices) whose checksums were checked.
+    pub tensors: usize,
+    /// Bytes of tensor data checked.
+    pub bytes: u64,
+    /// Table blocks checked (index blocks for V2, every block for V1).
+    pub blocks: usize,
+    /// Every problem found, in file order.
+    pub problems: Vec<Error>,
+}
+
+enum Inner {
+    V2(Bundle),
+    V1(V1Set),
+}
+
+/// An open TensorFlow checkpoint.
+///
+/// Opening parses and validates the index (every block checksum, every entry's dtype, shape and size);
+/// data shards are memory-mapped on first use and each tensor's checksum is verified when it is read.
+///
+/// # Safety of the mapping
+///
+/// Files are memory-mapped: do not modify or truncate a checkpoint's files in place while a
+/// `Checkpoint` is alive (deleting or renaming over them is fine). A file truncated under a live
+/// mapping can kill the process with `SIGBUS`; bytes changed in place fail the checksums. TensorFlow
+/// never rewrites a finished checkpoint in place.
+///
+/// ```no_run
+/// let ckpt = tfckpt::Checkpoint::open("/data/model.ckpt")?;
+/// for t in ckpt.tensors() {
+///     println!("{} {} {:?}", t.name, t.dtype, t.shape);
+/// }
+/// let emb = ckpt.read("embedding")?;   // assembled from its slices if it was partitioned
+/// # Ok::<(), tfckpt::Error>(())
+/// ```
+pub struct Checkpoint {
+    prefix: PathBuf,
+    inner: Inner,
+    infos: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("prefix", &self.prefix)
+            .field("format", &self.format())
+            .field("tensors", &self.infos.len())
+            .finish()
+    }
+}
+
+/// Where assembled elements go.
+enum Out<'o> {
+    Bytes(&'o mut [u8]),
+    Strings(&'o mut [Vec<u8>]),
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint: a directory with a `checkpoint` state file (its newest checkpoint), a
+    /// prefix (`PREFIX.index` for V2, else a V1 file or glob), or — an extension over TensorFlow — the
+    /// path of a V2 `.index` or data file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        match naming::resolve(path.as_ref())? {
+            Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
+            Resolved::V1 { prefix, files } => Self::from_v1(prefix, V1Set::open(&files)?),
+        }
+    }
+
+    fn from_bundle(b: Bundle) -> Result<Checkpoint> {
+        // A partitioned tensor is listed once: skip the keys of its slice entries (as TF's
+        // `BuildV2VarMaps` does).
+        let slice_keys: HashSet<Vec<u8>> = b
+            .index
+            .entries
+            .iter()
+            .flat_map(|e| e.slices.iter().map(|s| s.key(&e.key)))
+            .collect();
+        let infos: Vec<TensorInfo> = b
+            .index
+            .entries
+            .iter()
+            .filter(|e| !slice_keys.contains(&e.key))
+            .map(|e| TensorInfo {
+                name: String::from_utf8_lossy(&e.key).into_owned(),
+                dtype: e.dtype,
+                shape: e.shape.clone(),
+                slices: e.slices.clone(),
+            })
+            .collect();
+        Ok(Self::with_infos(b.prefix.clone(), Inner::V2(b), infos))
+    }
+
+    fn from_v1(prefix: PathBuf, set: V1Set) -> Result<Checkpoint> {
+        let infos = set
+            .tensors
+            .iter()
+            .map(|(name, t)| TensorInfo {
+                name: name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                slices: if t.slices.len() == 1 && t.slices[0].0.is_full() {
+                    Vec::new()
+                } else {
+                    t.slices.iter().map(|(s, _)| s.clone()).collect()
+                },
+            })
+            .collect();
+        Ok(Self::with_infos(prefix, Inner::V1(set), infos))
+    }
+
+    fn with_infos(prefix: PathBuf, inner: Inner, mut infos: Vec<TensorInfo>) -> Checkpoint {
+        infos.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let by_name = infos
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Checkpoint {
+            prefix,
+            inner,
+            infos,
+            by_name,
+        }
+    }
+
+    /// The resolved checkpoint prefix (for V1, the file path or glob).
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// V2 or V1.
+    pub fn format(&self) -> Format {
+        match self.inner {
+            Inner::V2(_) => Format::V2,
+            Inner::V1(_) => Format::V1,
+        }
+    }
+
+    /// Every tensor, sorted by name (bytewise); a partitioned tensor once, with its full shape.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+
+    /// The tensor stored under `name`, or [`ErrorKind::TensorNotFound`] with close names.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        match self.by_name.get(name) {
+            Some(&i) => Ok(&self.infos[i]),
+            None => Err(ErrorKind::TensorNotFound {
+                ckpt: self.prefix.clone(),
+                tensor: name.to_string(),
+                suggestions: crate::suggest::close_names(
+                    name,
+                    self.infos.iter().map(|t| t.name.as_str()),
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Reads a whole tensor.
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        let info = self.tensor(name)?;
+        self.read_slice(name, &Slice::full(info.shape.len()))
+    }
+
+    /// Reads a slice of a tensor (any box; assembled from the stored slices that cover it).
+    pub fn read_slice(&self, name: &str, slice: &Slice) -> Result<Tensor> {
+        let info = self.tensor(name)?;
+        check_slice(info, slice)?;
+        let shape = slice.shape(&info.shape);
+        let n = num_elements(&shape).unwrap_or(0) as usize;
+        let data = match info.dtype.size() {
+            Some(size) => {
+                let mut buf = vec![0u8; n * size];
+                self.assemble(info, slice, Out::Bytes(&mut buf))?;
+                TensorData::Bytes(buf)
+            }
+            None => {
+                let mut strings = vec![Vec::new(); n];
+                self.assemble(info, slice, Out::Strings(&mut strings))?;
+                TensorData::Strings(strings)
+            }
+        };
+        Ok(Tensor {
+            dtype: info.dtype,
+            shape,
+            data,
+        })
+    }
+
+    /// Bytes needed to hold `slice` of `name` (`None` slice: the whole tensor); fails for strings.
+    pub fn byte_len(&self, name: &str, slice: Option<&Slice>) -> Result<usize> {
+        let info = self.tensor(name)?;
+        let size = fixed_size(info)?;
+        let n = match slice {
+            Some(s) => {
+                check_slice(info, s)?;
+                num_elements(&s.shape(&info.shape)).unwrap_or(0)
+            }
+            None => info.num_elements(),
+        };
+        Ok(n as usize * size)
+    }
+
+    /// Reads a whole fixed-size tensor into `dst` (exactly [`byte_len`](Self::byte_len) bytes,
+    /// little-endian, row-major).
+    pub fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<()> {
+        let info = self.tensor(name)?;
+        self.read_slice_into(name, &Slice::full(info.shape.len()), dst)
+    }
+
+    /// Reads a slice of a fixed-size tensor into `dst`.
+    pub fn read_slice_into(&self, name: &str, slice: &Slice, dst: &mut [u8]) -> Result<()> {
+        let info = self.tensor(name)?;
+        let size = fixed_size(info)?;
+        check_slice(info, slice)?;
+        let want = num_elements(&slice.shape(&info.shape)).unwrap_or(0) * size as u64;
+        if want != dst.len() as u64 {
+            return Err(ErrorKind::BufferSize {
+                tensor: info.name.clone(),
+                expected: want,
+                found: dst.len() as u64,
+            }
+            .into());
+        }
+        self.assemble(info, slice, Out::Bytes(dst))
+    }
+
+    /// Spec E.5 step 5: pick the stored slices that intersect `req`, require that they cover it, and
+    /// copy each intersection into `out`.
+    fn assemble(&self, info: &TensorInfo, req: &Slice, mut out: Out<'_>) -> Result<()> {
+        let shape = &info.shape;
+        let stored: Vec<Slice> = if info.slices.is_empty() {
+            vec![Slice::full(shape.len())]
+        } else {
+            info.slices.clone()
+        };
+        let ranges: Vec<Vec<(u64, u64)>> = stored.iter().map(|s| s.ranges(shape)).collect();
+        check_overlaps(info, &stored, &ranges)?;
+        let want = req.ranges(shape);
+        let want_n = num_elements(&slice_lengths(&want)).unwrap_or(0);
+        let mut covered = 0u64;
+        let mut parts = Vec::new();
+        for (s, have) in stored.iter().zip(&ranges) {
+            if let Some(inter) = slice::intersect(have, &want) {
+                covered += num_elements(&slice_lengths(&inter)).unwrap_or(0);
+                parts.push((s, have, inter));
+            }
+        }
+        if covered != want_n {
+            return Err(ErrorKind::InsufficientSlices {
+                tensor: info.name.clone(),
+                requested: req.to_string(),
+                stored: stored
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        }
+        for (s, have, inter) in parts {
+            self.copy_stored(info, s, have, &want, &inter, &mut out)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the intersection `inter` of stored slice `s` (box `have`) into `out` (box `want`).
+    fn copy_stored(
+        &self,
+        info: &TensorInfo,
+        s: &Slice,
+        have: &[(u64, u64)],
+        want: &[(u64, u64)],
+        inter: &[(u64, u64)],
+        out: &mut Out<'_>,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::V2(b) => {
+                let e = self.v2_entry(b, info, s)?;
+                match out {
+                    Out::Bytes(dst) if have == want => b.read_fixed_into(e, dst),
+                    Out::Bytes(dst) => {
+                        let src = b.fixed_bytes(e)?;
+                        copy_runs(
+                            have,
+                            want,
+                            inter,
+                            src.as_slice(),
+                            dst,
+                            info.dtype.size().unwrap_or(1),
+                        );
+                        Ok(())
+                    }
+                    Out::Strings(dst) => {
+                        let src = b.read_strings(e)?;
+                        copy_string_runs(have, want, inter, src, dst);
+                        Ok(())
+                    }
+                }
+            }
+            Inner::V1(set) => {
+                let t = &set.tensors[&info.name];
+                let file = t
+                    .slices
+                    .iter()
+                    .find(|(x, _)| x == s)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default();
+                match (set.read_slice(&info.name, t, s, file)?, out) {
+                    (V1Values::Bytes(src), Out::Bytes(dst)) => {
+                        copy_runs(have, want, inter, &src, dst, info.dtype.size().unwrap_or(1));
+                    }
+                    (V1Values::Strings(src), Out::Strings(dst)) => {
+                        copy_string_runs(have, want, inter, src, dst);
+                    }
+                    _ => {
+                        return Err(ErrorKind::BadEntry {
+                            path: self.prefix.clone(),
+                            tensor: info.name.clone(),
+                            reason: "record values do not match the tensor's dtype".into(),
+                        }
+                        .into())
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The data entry of stored slice `s`: the tensor's own entry, or its slice entry (checked
+    /// against the full entry's dtype and the slice's shape).
+    fn v2_entry<'b>(
+        &self,
+        b: &'b Bundle,
+        info: &TensorInfo,
+        s: &Slice,
+    ) -> Result<&'b crate::index::Entry> {
+        let bad = |reason: String| -> Error {
+            ErrorKind::BadEntry {
+                path: b.index_path.clone(),
+                tensor: info.name.clone(),
+                reason,
+            }
+            .into()
+        };
+        if info.slices.is_empty() {
+            return b
+                .index
+                .get(info.name.as_bytes())
+                .ok_or_else(|| bad("entry vanished".into()));
+        }
+        let e = b
+            .index
+            .get(&s.key(info.name.as_bytes()))
+            .ok_or_else(|| bad(format!("the entry of stored slice {s} is missing")))?;
+        let want_shape = s.shape(&info.shape);
+        if e.dtype != info.dtype || e.shape != want_shape || !e.slices.is_empty() {
+            return Err(bad(format!(
+                "stored slice {s} is {} {:?}, expected {} {:?}",
+                e.dtype, e.shape, info.dtype, want_shape
+            )));
+        }
+        Ok(e)
+    }
+
+    /// Checks every checksum (and, for V1, every record) and stops at the first problem.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = self.verify_all();
+        if report.problems.is_empty() {
+            Ok(report)
+        } else {
+            Err(report.problems.swap_remove(0))
+        }
+    }
+
+    /// Checks every block and tensor checksum, in parallel, and reports every problem found.
+    pub fn verify_all(&self) -> VerifyReport {
+        match &self.inner {
+            Inner::V2(b) => {
+                let data: Vec<&crate::index::Entry> = b
+                    .index
+                    .entries
+                    .iter()
+                    .filter(|e| e.slices.is_empty())
+                    .collect();
+                let mut problems: Vec<((u32, u64), Error)> = data
+                    .par_iter()
+                    .filter_map(|e| {
+                        b.verify_entry(e)
+                            .err()
+                            .map(|err| ((e.shard, e.offset), err))
+                    })
+                    .collect();
+                // Structure of partitioned tensors: slice entries present and consistent, no overlaps.
+                for info in self.infos.iter().filter(|i| i.is_partitioned()) {
+                    let ranges: Vec<_> =
+                        info.slices.iter().map(|s| s.ranges(&info.shape)).collect();
+                    let check = check_overlaps(info, &info.slices, &ranges).and_then(|()| {
+                        info.slices
+                            .iter()
+                            .try_for_each(|s| self.v2_entry(b, info, s).map(drop))
+                    });
+                    if let Err(e) = check {
+                        problems.push(((u32::MAX, 0), e));
+                    }
+                }
+                problems.sort_by_key(|p| p.0);
+                VerifyReport {
+                    tensors: data.len(),
+                    bytes: data.iter().map(|e| e.size).sum(),
+                    blocks: b.index.blocks + 1,
+                    problems: problems.into_iter().map(|p| p.1).collect(),
+                }
+            }
+            Inner::V1(set) => {
+                let (blocks, bytes, problems) = match set.verify() {
+                    Ok((blocks, bytes)) => (blocks, bytes, vec![]),
+                    Err(e) => (0, 0, vec![e]),
+                };
+                VerifyReport {
+                    tensors: set.tensors.values().map(|t| t.slices.len()).sum(),
+                    bytes,
+                    blocks,
+                    problems,
+                }
+            }
+        }
+    }
+}
+
+fn fixed_size(info: &TensorInfo) -> Result<usize> {
+    info.dtype.size().ok_or_else(|| {
+        ErrorKind::Unsupported {
+            tensor: info.name.clone(),
+            what: format!(
+                "{} tensors cannot be read into a byte buffer; use Checkpoint::read",
+                info.dtype
+            ),
+        }
+        .into()
+    })
+}
+
+fn check_slice(info: &TensorInfo, slice: &Slice) -> Result<()> {
+    if info.dtype == DType::Variant {
+        return Err(ErrorKind::Unsupported {
+            tensor: info.name.clone(),
+            what: "reading variant tensors is not supported".into(),
+        }
+        .into());
+    }
+    slice.check(&info.shape).map_err(|reason| {
+        ErrorKind::BadSlice {
+            tensor: info.name.clone(),
+            reason,
+        }
+        .into()
+    })
+}
+
+fn slice_lengths(r: &[(u64, u64)]) -> Vec<u64> {
+    r.iter().map(|x| x.1).collect()
+}
+
+fn check_overlaps(info: &TensorInfo, stored: &[Slice], ranges: &[Vec<(u64, u64)>]) -> Result<()> {
+    for i in 0..ranges.len() {
+        for j in i + 1..ranges.len() {
+            if slice::intersect(&ranges[i], &ranges[j]).is_some() {
+                return Err(ErrorKind::OverlappingSlices {
+                    tensor: info.name.clone(),
+                    first: stored[i].to_string(),
+                    second: stored[j].to_string(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_runs(
+    have: &[(u64, u64)],
+    want: &[(u64, u64)],
+    inter: &[(u64, u64)],
+    src: &[u8],
+    dst: &mut [u8],
+    size: usize,
+) {
+    slice::for_each_run(
+        have,
+        want,
+        inter,
+        |Run {
+             src: s,
+             dst: d,
+             len,
+         }| {
+            let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
+            dst[d..d + n].copy_from_slice(&src[s..s + n]);
+        },
+    );
+}
+
+fn copy_string_runs(
+    have: &[(u64, u64)],
+    want: &[(u64, u64)],
+    inter: &[(u64, u64)],
+    mut src: Vec<Vec<u8>>,
+    dst: &mut [Vec<u8>],
+) {
+    slice::for_each_run(
+        have,
+        want,
+        inter,
+        |Run {
+             src: s,
+             dst: d,
+             len,
+         }| {
+            for k in 0..len as usize {
+                dst[d as usize + k] = std::mem::take(&mut src[s as usize + k]);
+            }
+        },
+    );
+}

@@ -1,0 +1,308 @@
+//! Errors: one boxed, `#[non_exhaustive]` kind per failure, each naming the file and, where there is
+//! one, the tensor, shard, offset and the expected vs found values.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error type of every fallible function in this crate.
+///
+/// It is one pointer wide (the kind is boxed) so that `Result<T>` stays cheap; match on
+/// [`Error::kind`] to tell failures apart.
+pub struct Error(Box<ErrorKind>);
+
+impl Error {
+    /// What went wrong, with its context.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// Consumes the error and returns its kind.
+    pub fn into_kind(self) -> ErrorKind {
+        *self.0
+    }
+
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
+        ErrorKind::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    }
+
+    /// Whether the error means that a file, tensor or variable was not found (as opposed to a damaged
+    /// file or a mismatch).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            *self.0,
+            ErrorKind::NotFound { .. }
+                | ErrorKind::NoCheckpointInDir { .. }
+                | ErrorKind::TensorNotFound { .. }
+                | ErrorKind::MissingShard { .. }
+        )
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Error {
+        Error(Box::new(kind))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}
+
+fn suggest(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", names.join(", "))
+    }
+}
+
+/// Every way an operation of this crate can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An I/O error on a file that exists (or should).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing matches the checkpoint path (no `PREFIX.index`, no V1 file, no directory).
+    #[error("checkpoint not found: no directory, V2 index ({}.index) or V1 file matches {}", path.display(), path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A directory without a usable `checkpoint` state file (TF: "Couldn't find 'checkpoint' file or
+    /// checkpoints in given directory").
+    #[error("couldn't find a 'checkpoint' state file or checkpoints in directory {}: {reason}", dir.display())]
+    NoCheckpointInDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why the state file could not be used.
+        reason: String,
+    },
+    /// The file is not an SSTable at all (too short, bad magic number).
+    #[error("{}: not an SSTable ({reason}): is this a TensorFlow checkpoint?", path.display())]
+    NotSstable {
+        /// The file.
+        path: PathBuf,
+        /// "file is too short" or "bad magic number ...".
+        reason: String,
+    },
+    /// A table block's stored checksum does not match its bytes.
+    #[error("{}: block checksum mismatch in the block at offset {offset} ({size} bytes): stored {expected:#010x}, computed {found:#010x}", path.display())]
+    BlockChecksum {
+        /// The table file.
+        path: PathBuf,
+        /// Offset of the block in the file.
+        offset: u64,
+        /// Stored size of the block.
+        size: u64,
+        /// Unmasked stored CRC32C.
+        expected: u32,
+        /// CRC32C computed over the bytes.
+        found: u32,
+    },
+    /// A table's structure is damaged (block handle past the end, bad block entry, bad compression ...).
+    #[error("{}: corrupt table at offset {offset}: {reason}", path.display())]
+    CorruptTable {
+        /// The table file.
+        path: PathBuf,
+        /// Offset in the file of the block (or footer) at fault.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The header record of an index (V2) or the meta record (V1) is missing, damaged or of an
+    /// unsupported version.
+    #[error("{}: bad checkpoint header: {reason}", path.display())]
+    BadHeader {
+        /// The index or V1 file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An index entry (V2) or a data record (V1) cannot be parsed or is inconsistent.
+    #[error("{}: entry for tensor {tensor:?} is not usable: {reason}", path.display())]
+    BadEntry {
+        /// The index or V1 file.
+        path: PathBuf,
+        /// The tensor (or the printable form of its key).
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor's dtype number is not a TensorFlow dtype this crate knows.
+    #[error("{}: tensor {tensor:?} has unknown dtype number {value}", path.display())]
+    UnknownDtype {
+        /// The index or V1 file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The `DataType` enum value found.
+        value: i32,
+    },
+    /// The tensor's dtype cannot be read by this operation (e.g. `variant`, or strings into a byte
+    /// buffer).
+    #[error("tensor {tensor:?}: {what}")]
+    Unsupported {
+        /// The tensor.
+        tensor: String,
+        /// What is not supported.
+        what: String,
+    },
+    /// An entry's stored size does not match its dtype and shape.
+    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {expected} for its dtype and shape", path.display())]
+    SizeMismatch {
+        /// The index file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Bytes implied by dtype × shape (or the lower bound for strings).
+        expected: u64,
+        /// Bytes the entry claims.
+        found: u64,
+    },
+    /// An entry's bytes lie (partly) past the end of its data shard.
+    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): truncated data file?", path.display())]
+    OutOfBounds {
+        /// The data shard.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Offset of the tensor in the shard.
+        offset: u64,
+        /// Stored size of the tensor.
+        size: u64,
+        /// Length of the shard file.
+        len: u64,
+    },
+    /// A data shard named by the index is missing or unreadable.
+    #[error("{}: data shard {shard} of {num_shards} (needed for tensor {tensor:?}) cannot be opened: {source}", path.display())]
+    MissingShard {
+        /// The data shard file.
+        path: PathBuf,
+        /// Shard number.
+        shard: u32,
+        /// Number of shards in the header.
+        num_shards: u32,
+        /// The first tensor that needs it.
+        tensor: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor's bytes do not match its stored checksum.
+    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes): {what} mismatch: stored {expected:#010x}, computed {found:#010x}", path.display())]
+    TensorChecksum {
+        /// The data shard.
+        path: PathBuf,
+        /// The tensor (or slice).
+        tensor: String,
+        /// Offset of the tensor in the shard.
+        offset: u64,
+        /// Stored size.
+        size: u64,
+        /// "checksum" or "string length checksum".
+        what: &'static str,
+        /// Unmasked stored CRC32C.
+        expected: u32,
+        /// CRC32C computed.
+        found: u32,
+    },
+    /// A string tensor's encoding is damaged (lengths past the stored size, ...).
+    #[error("{}: tensor {tensor:?} at offset {offset}: corrupt string data: {reason}", path.display())]
+    CorruptStrings {
+        /// The data shard.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Offset of the tensor in the shard.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No tensor of that name in the checkpoint.
+    #[error("tensor {tensor:?} not found in checkpoint {}{}", ckpt.display(), suggest(suggestions))]
+    TensorNotFound {
+        /// The checkpoint prefix.
+        ckpt: PathBuf,
+        /// The name asked for.
+        tensor: String,
+        /// Close names that do exist.
+        suggestions: Vec<String>,
+    },
+    /// A requested or stored slice is malformed or out of bounds.
+    #[error("tensor {tensor:?}: bad slice: {reason}")]
+    BadSlice {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The stored slices of a partitioned tensor do not cover the requested slice.
+    #[error("tensor {tensor:?}: the stored slices [{stored}] do not cover the requested slice {requested} (insufficient slices)")]
+    InsufficientSlices {
+        /// The tensor.
+        tensor: String,
+        /// Requested slice, as `start,length` / `-` per dimension.
+        requested: String,
+        /// The stored slices.
+        stored: String,
+    },
+    /// Two stored slices of a partitioned tensor overlap.
+    #[error("tensor {tensor:?}: overlapping stored slices {first} and {second}")]
+    OverlappingSlices {
+        /// The tensor.
+        tensor: String,
+        /// One slice.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A caller's buffer has the wrong size.
+    #[error("tensor {tensor:?}: output buffer holds {found} bytes, the tensor needs {expected}")]
+    BufferSize {
+        /// The tensor.
+        tensor: String,
+        /// Bytes needed.
+        expected: u64,
+        /// Bytes given.
+        found: u64,
+    },
+    /// A `checkpoint` state file could not be parsed.
+    #[error("{}: bad checkpoint state file: {reason}", path.display())]
+    BadStateFile {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An argument given to the writer or another API is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}

@@ -1,0 +1,267 @@
+//! The V2 bundle index (spec C, D.6): header record, entries, and their validation. Every entry that
+//! leaves this module has a known dtype, a valid shape and a size consistent with both.
+
+use std::path::Path;
+
+use prost::Message;
+
+use crate::dtype::DType;
+use crate::error::{ErrorKind, Result};
+use crate::proto;
+use crate::slice::{num_elements, Slice};
+use crate::sstable::Table;
+
+/// TF rejects shapes of more than this many dimensions.
+const MAX_RANK: usize = 254;
+
+/// A validated index entry.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The SSTable key (a tensor name, or an encoded slice key).
+    pub key: Vec<u8>,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub shard: u32,
+    pub offset: u64,
+    pub size: u64,
+    /// Unmasked CRC32C.
+    pub crc: u32,
+    /// Non-empty for the full-tensor entry of a partitioned tensor.
+    pub slices: Vec<Slice>,
+}
+
+/// The parsed header and entries, sorted by key.
+pub(crate) struct BundleIndex {
+    pub num_shards: u32,
+    pub big_endian: bool,
+    pub entries: Vec<Entry>,
+    /// Data blocks of the index table (for reports).
+    pub blocks: usize,
+}
+
+/// Printable form of a key for error messages (slice keys start with a 0 byte).
+pub(crate) fn key_name(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+pub(crate) fn check_version(path: &Path, v: Option<&proto::VersionDef>) -> Result<()> {
+    let v = v.cloned().unwrap_or_default();
+    let reason = if v.producer < 0 {
+        Some(format!(
+            "producer version {} is below the minimum 0",
+            v.producer
+        ))
+    } else if v.min_consumer > 1 {
+        Some(format!(
+            "it needs a reader of version >= {}, this reader is version 1",
+            v.min_consumer
+        ))
+    } else if v.bad_consumers.contains(&1) {
+        Some("it disallows readers of version 1".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ErrorKind::BadHeader {
+            path: path.into(),
+            reason: format!("unsupported checkpoint version: {reason}"),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Validates a `TensorShapeProto` as a concrete shape.
+pub(crate) fn parse_shape(shape: Option<&proto::TensorShapeProto>) -> Result<Vec<u64>, String> {
+    let Some(shape) = shape else {
+        return Ok(Vec::new());
+    };
+    if shape.unknown_rank {
+        return Err("unknown rank".into());
+    }
+    if shape.dim.len() > MAX_RANK {
+        return Err(format!(
+            "{} dimensions, at most {MAX_RANK} allowed",
+            shape.dim.len()
+        ));
+    }
+    let dims: Vec<u64> = shape
+        .dim
+        .iter()
+        .map(|d| u64::try_from(d.size).map_err(|_| format!("negative dimension {}", d.size)))
+        .collect::<Result<_, _>>()?;
+    match num_elements(&dims) {
+        Some(n) if n <= i64::MAX as u64 => Ok(dims),
+        _ => Err(format!("element count of shape {dims:?} overflows int64")),
+    }
+}
+
+impl BundleIndex {
+    /// Parses the index table at `path` (its bytes in `file`).
+    pub(crate) fn parse(path: &Path, file: &[u8]) -> Result<BundleIndex> {
+        let table = Table::open(path, file)?;
+        let mut header: Option<proto::BundleHeaderProto> = None;
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut first = true;
+        table.for_each(|key, value| {
+            if first {
+                first = false;
+                if !key.is_empty() {
+                    return Err(ErrorKind::BadHeader {
+                        path: path.into(),
+                        reason: "the first record is not the header (key \"\")".into(),
+                    }
+                    .into());
+                }
+                let h =
+                    proto::BundleHeaderProto::decode(value).map_err(|e| ErrorKind::BadHeader {
+                        path: path.into(),
+                        reason: format!("BundleHeaderProto not parseable: {e}"),
+                    })?;
+                header = Some(h);
+                return Ok(());
+            }
+            if let Some(prev) = entries.last() {
+                if key <= prev.key.as_slice() {
+                    return Err(ErrorKind::CorruptTable {
+                        path: path.into(),
+                        offset: 0,
+                        reason: format!(
+                            "keys out of order: {:?} after {:?}",
+                            key_name(key),
+                            key_name(&prev.key)
+                        ),
+                    }
+                    .into());
+                }
+            }
+            entries.push(parse_entry(path, key, value)?);
+            Ok(())
+        })?;
+        let header = header.ok_or_else(|| ErrorKind::BadHeader {
+            path: path.into(),
+            reason: "the index holds no header record".into(),
+        })?;
+        check_version(path, header.version.as_ref())?;
+        let big_endian = match header.endianness {
+            0 => false,
+            1 => true,
+            e => {
+                return Err(ErrorKind::BadHeader {
+                    path: path.into(),
+                    reason: format!("unknown endianness {e}"),
+                }
+                .into())
+            }
+        };
+        if header.num_shards < 1 && entries.iter().any(|e| e.slices.is_empty()) {
+            return Err(ErrorKind::BadHeader {
+                path: path.into(),
+                reason: format!("num_shards is {}", header.num_shards),
+            }
+            .into());
+        }
+        let num_shards = header.num_shards.max(0) as u32;
+        for e in &entries {
+            if e.slices.is_empty() && e.shard >= num_shards {
+                return Err(ErrorKind::BadEntry {
+                    path: path.into(),
+                    tensor: key_name(&e.key),
+                    reason: format!(
+                        "shard_id {} but the header says {num_shards} shards",
+                        e.shard
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(BundleIndex {
+            num_shards,
+            big_endian,
+            entries,
+            blocks: table.num_blocks(),
+        })
+    }
+
+    /// The entry with exactly this key.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.key.as_slice().cmp(key))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
+    let bad = |reason: String| -> crate::Error {
+        ErrorKind::BadEntry {
+            path: path.into(),
+            tensor: key_name(key),
+            reason,
+        }
+        .into()
+    };
+    let p = proto::BundleEntryProto::decode(value)
+        .map_err(|e| bad(format!("BundleEntryProto not parseable: {e}")))?;
+    let dtype = DType::from_proto(p.dtype).ok_or_else(|| ErrorKind::UnknownDtype {
+        path: path.into(),
+        tensor: key_name(key),
+        value: p.dtype,
+    })?;
+    let shape =
+        parse_shape(p.shape.as_ref()).map_err(|r| bad(format!("invalid tensor shape: {r}")))?;
+    let slices = p
+        .slices
+        .iter()
+        .map(Slice::from_proto)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|r| bad(format!("invalid slice: {r}")))?;
+    let shard =
+        u32::try_from(p.shard_id).map_err(|_| bad(format!("negative shard_id {}", p.shard_id)))?;
+    let offset =
+        u64::try_from(p.offset).map_err(|_| bad(format!("negative offset {}", p.offset)))?;
+    let size = u64::try_from(p.size).map_err(|_| bad(format!("negative size {}", p.size)))?;
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(bad(format!("offset {offset} + size {size} overflows")));
+    }
+    if slices.is_empty() {
+        let n = num_elements(&shape).unwrap_or(u64::MAX);
+        let (expected, exact) = match dtype.size() {
+            Some(s) => (n.checked_mul(s as u64), true),
+            // Strings: at least one varint byte per element plus the 4-byte length checksum.
+            None => (n.checked_add(4), false),
+        };
+        let ok = match expected {
+            Some(x) if exact => size == x,
+            Some(x) => size >= x,
+            None => false,
+        };
+        if !ok {
+            return Err(ErrorKind::SizeMismatch {
+                path: path.into(),
+                tensor: key_name(key),
+                expected: expected.unwrap_or(u64::MAX),
+                found: size,
+            }
+            .into());
+        }
+    } else {
+        for s in &slices {
+            s.check(&shape)
+                .map_err(|r| bad(format!("invalid slice: {r}")))?;
+        }
+    }
+    Ok(Entry {
+        key: key.to_vec(),
+        dtype,
+        shape,
+        shard,
+        offset,
+        size,
+        crc: crate::crc::unmask(p.crc32c),
+        slices,
+    })
+}

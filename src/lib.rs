@@ -1,0 +1,52 @@
+//! # tfckpt
+//!
+//! Read TensorFlow checkpoints — V2 tensor bundles and V1 files, exactly as TensorFlow's own reader
+//! does — and write V2 bundles that TensorFlow reads back.
+//!
+//! ```no_run
+//! use tfckpt::{Checkpoint, Slice};
+//!
+//! let ckpt = Checkpoint::open("/data/model.ckpt")?;        // a directory, prefix or .index file
+//! for t in ckpt.tensors() {                                  // sorted; partitioned tensors once
+//!     println!("{} {} {:?}", t.name, t.dtype, t.shape);
+//! }
+//! let kernel = ckpt.read("dense/kernel")?;                   // whole tensor, CRC-verified
+//! let rows = ckpt.read_slice("embedding", &Slice::parse("0,100:-").unwrap())?;
+//! let mut buf = vec![0u8; ckpt.byte_len("dense/kernel", None)?];
+//! ckpt.read_into("dense/kernel", &mut buf)?;                 // into your own buffer
+//! ckpt.verify()?;                                            // every block and tensor checksum
+//! # Ok::<(), tfckpt::Error>(())
+//! ```
+//!
+//! The format facts this crate implements are in the project's `spec/tf-checkpoint-format.md`;
+//! see the README for the supported-format table.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod bundle;
+mod checkpoint;
+pub mod crc;
+mod dtype;
+mod error;
+mod index;
+mod mmap;
+mod naming;
+pub mod npy;
+mod ordered_code;
+mod proto;
+mod slice;
+mod sstable;
+mod strings;
+mod suggest;
+mod table_builder;
+mod tensor;
+mod v1;
+mod writer;
+
+pub use checkpoint::{Checkpoint, Format, TensorInfo, VerifyReport};
+pub use dtype::DType;
+pub use error::{Error, ErrorKind, Result};
+pub use slice::{Extent, Slice};
+pub use tensor::{Tensor, TensorData};
+pub use writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};

@@ -1,0 +1,62 @@
+//! The one module that maps files into memory.
+//!
+//! # Safety contract
+//!
+//! Checkpoint files are memory-mapped read-only. Rust's aliasing rules assume the mapped bytes never
+//! change while a slice of them is alive, which the operating system cannot promise: **a checkpoint file
+//! must not be modified or truncated while a [`crate::Checkpoint`] that mapped it is alive.** Replacing
+//! it by renaming a new file over it, or deleting it, is safe (the mapping keeps the old inode). If a
+//! mapped file is truncated by another process, reading the vanished pages raises `SIGBUS`, which
+//! ends the process; bytes changed in place are caught by the CRC32C checks of every block and tensor,
+//! but may be observed between the check and the copy. TensorFlow's own writer never rewrites a
+//! finished checkpoint in place (it writes temporary files and renames them).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A read-only file mapping (an empty file has no mapping).
+pub(crate) struct MappedFile {
+    path: PathBuf,
+    map: Option<memmap2::Mmap>,
+}
+
+impl MappedFile {
+    /// Opens and maps `path`.
+    pub(crate) fn open(path: &Path) -> Result<MappedFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file(path, &file).map_err(|e| Error::io(path, e))
+    }
+
+    /// Maps an already opened file; the error is returned raw so callers can wrap it.
+    pub(crate) fn from_file(path: &Path, file: &File) -> std::io::Result<MappedFile> {
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(std::io::Error::other("is a directory"));
+        }
+        let map = if meta.len() == 0 {
+            None
+        } else {
+            // SAFETY: read-only mapping; the crate-level contract (module docs, `Checkpoint` docs)
+            // forbids modifying or truncating the file while it is mapped.
+            Some(unsafe { memmap2::Mmap::map(file)? })
+        };
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+}

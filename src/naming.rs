@@ -1,0 +1,370 @@
+//! Resolving what the user passed (a directory, a prefix, or an `.index` file) to checkpoint files
+//! (spec A.3, A.4, F.4). Paths only: no tensor data is read here.
+
+use std::path::{Path, PathBuf};
+
+use crate::bundle::index_path;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Which format a resolved checkpoint is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// A V2 bundle: `PREFIX.index` exists.
+    V2 { prefix: PathBuf },
+    /// A V1 checkpoint: the files matching the prefix (a glob for sharded V1 saves).
+    V1 {
+        prefix: PathBuf,
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to
+/// `PREFIX.index` (or a data file `PREFIX.data-NNNNN-of-NNNNN`) means `PREFIX`.
+pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
+    let prefix = if arg.is_dir() {
+        latest_checkpoint(arg)?
+    } else {
+        strip_file_suffix(arg)
+    };
+    if index_path(&prefix).is_file() {
+        return Ok(Resolved::V2 { prefix });
+    }
+    let files = glob_files(&prefix)?;
+    if files.is_empty() {
+        return Err(ErrorKind::NotFound { path: prefix }.into());
+    }
+    Ok(Resolved::V1 { prefix, files })
+}
+
+/// `PREFIX.index` or `PREFIX.data-NNNNN-of-NNNNN` → `PREFIX`, when that prefix has an index.
+fn strip_file_suffix(arg: &Path) -> PathBuf {
+    let s = arg.to_string_lossy();
+    let stripped = if let Some(p) = s.strip_suffix(".index") {
+        Some(p)
+    } else {
+        s.rfind(".data-").and_then(|i| {
+            let tail = &s[i + 6..];
+            let ok = tail.len() == 14
+                && tail.as_bytes()[5..9] == *b"-of-"
+                && tail[..5]
+                    .bytes()
+                    .chain(tail[9..].bytes())
+                    .all(|b| b.is_ascii_digit());
+            ok.then_some(&s[..i])
+        })
+    };
+    match stripped {
+        Some(p) if !index_path(arg).is_file() && index_path(Path::new(p)).is_file() => {
+            PathBuf::from(p)
+        }
+        _ => arg.to_path_buf(),
+    }
+}
+
+/// The newest checkpoint prefix named by `dir/checkpoint` (TF's `latest_checkpoint`).
+pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
+    let state = dir.join("checkpoint");
+    let no_ckpt = |reason: String| -> Error {
+        ErrorKind::NoCheckpointInDir {
+            dir: dir.to_path_buf(),
+            reason,
+        }
+        .into()
+    };
+    let text = match std::fs::read(&state) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(no_ckpt("it has no 'checkpoint' state file".into()))
+        }
+        Err(e) => return Err(Error::io(&state, e)),
+    };
+    let text = String::from_utf8(text)
+        .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", state.display())))?;
+    let path = parse_state(&text).map_err(|reason| {
+        no_ckpt(format!(
+            "{} is not a valid CheckpointState: {reason}",
+            state.display()
+        ))
+    })?;
+    if path.is_empty() {
+        return Err(ErrorKind::BadStateFile {
+            path: state,
+            reason: "model_checkpoint_path is empty".into(),
+        }
+        .into());
+    }
+    let p = Path::new(&path);
+    let prefix = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    };
+    if index_path(&prefix).is_file() || !glob_files(&prefix)?.is_empty() {
+        Ok(prefix)
+    } else {
+        Err(no_ckpt(format!(
+            "its state file names {} but no files match it",
+            prefix.display()
+        )))
+    }
+}
+
+/// Parses the text-format `CheckpointState` and returns `model_checkpoint_path` (last one wins).
+fn parse_state(text: &str) -> Result<String, String> {
+    let mut path = String::new();
+    let mut t = Tokens {
+        s: text.as_bytes(),
+        pos: 0,
+    };
+    while let Some(field) = t.ident()? {
+        t.skip_ws();
+        if t.peek() == Some(b':') {
+            t.pos += 1;
+        }
+        t.skip_ws();
+        match field.as_str() {
+            "model_checkpoint_path" => path = t.string()?,
+            "all_model_checkpoint_paths" => drop(t.string()?),
+            "all_model_checkpoint_timestamps" | "last_preserved_timestamp" => t.number()?,
+            other => return Err(format!("unknown field {other:?}")),
+        }
+        t.skip_ws();
+        if matches!(t.peek(), Some(b';') | Some(b',')) {
+            t.pos += 1;
+        }
+    }
+    Ok(path)
+}
+
+struct Tokens<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Tokens<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(c) = self.peek() {
+            if c == b'#' {
+                while self.peek().is_some_and(|c| c != b'\n') {
+                    self.pos += 1;
+                }
+            } else if c.is_ascii_whitespace() {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn ident(&mut self) -> Result<Option<String>, String> {
+        self.skip_ws();
+        let start = self.pos;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return match self.peek() {
+                None => Ok(None),
+                Some(c) => Err(format!("unexpected {:?} at byte {}", c as char, self.pos)),
+            };
+        }
+        Ok(Some(
+            String::from_utf8_lossy(&self.s[start..self.pos]).into_owned(),
+        ))
+    }
+
+    fn number(&mut self) -> Result<(), String> {
+        let start = self.pos;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'+'))
+        {
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return Err(format!("expected a number at byte {start}"));
+        }
+        Ok(())
+    }
+
+    /// One or more adjacent quoted strings (text format concatenates them), C escapes decoded.
+    fn string(&mut self) -> Result<String, String> {
+        let mut out = Vec::new();
+        let mut any = false;
+        while let Some(q @ (b'"' | b'\'')) = self.peek() {
+            any = true;
+            self.pos += 1;
+            loop {
+                let c = self.peek().ok_or("unterminated string")?;
+                self.pos += 1;
+                if c == q {
+                    break;
+                }
+                if c == b'\n' {
+                    return Err("newline in string".into());
+                }
+                if c != b'\\' {
+                    out.push(c);
+                    continue;
+                }
+                let e = self.peek().ok_or("unterminated escape")?;
+                self.pos += 1;
+                match e {
+                    b'n' => out.push(b'\n'),
+                    b't' => out.push(b'\t'),
+                    b'r' => out.push(b'\r'),
+                    b'a' => out.push(7),
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'v' => out.push(11),
+                    b'\\' | b'\'' | b'"' | b'?' => out.push(e),
+                    b'0'..=b'7' => {
+                        let mut v = u32::from(e - b'0');
+                        for _ in 0..2 {
+                            match self.peek() {
+                                Some(d @ b'0'..=b'7') => {
+                                    v = v * 8 + u32::from(d - b'0');
+                                    self.pos += 1;
+                                }
+                                _ => break,
+                            }
+                        }
+                        out.push(v as u8);
+                    }
+                    b'x' => {
+                        let mut v = 0u32;
+                        let mut n = 0;
+                        while n < 2 {
+                            match self.peek().and_then(|d| (d as char).to_digit(16)) {
+                                Some(d) => {
+                                    v = v * 16 + d;
+                                    self.pos += 1;
+                                    n += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                        if n == 0 {
+                            return Err("\\x without hex digits".into());
+                        }
+                        out.push(v as u8);
+                    }
+                    other => return Err(format!("unknown escape \\{}", other as char)),
+                }
+            }
+            self.skip_ws();
+        }
+        if !any {
+            return Err(format!("expected a quoted string at byte {}", self.pos));
+        }
+        String::from_utf8(out).map_err(|_| "path is not UTF-8".to_string())
+    }
+}
+
+/// Files matching `prefix`, treating `*`, `?` and `[...]` in its last component as a glob (V1
+/// sharded saves store such patterns); a prefix without them matches itself if it is a file.
+pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
+    let name = prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains(['*', '?', '[']) {
+        return Ok(if prefix.is_file() {
+            vec![prefix.to_path_buf()]
+        } else {
+            vec![]
+        });
+    }
+    let dir = match prefix.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| fnmatch(name.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
+        .map(|e| dir.join(e.file_name()))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Shell-style matching of `*`, `?` and `[...]` (with `!`/`^` negation and ranges).
+fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
+    match pat.first() {
+        None => s.is_empty(),
+        Some(b'*') => (0..=s.len()).any(|i| fnmatch(&pat[1..], &s[i..])),
+        Some(b'?') => !s.is_empty() && fnmatch(&pat[1..], &s[1..]),
+        Some(b'[') => {
+            let Some(close) = pat.iter().skip(2).position(|&c| c == b']').map(|p| p + 2) else {
+                return s.first() == Some(&b'[') && fnmatch(&pat[1..], &s[1..]);
+            };
+            let Some(&c) = s.first() else { return false };
+            let mut set = &pat[1..close];
+            let negate = matches!(set.first(), Some(b'!') | Some(b'^'));
+            if negate {
+                set = &set[1..];
+            }
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == b'-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && fnmatch(&pat[close + 1..], &s[1..])
+        }
+        Some(&p) => s.first() == Some(&p) && fnmatch(&pat[1..], &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file() {
+        let text = "model_checkpoint_path: \"/data/exp/ck1/model-0\"\nall_model_checkpoint_paths: \"/data/exp/ck1/model-0\"\n";
+        assert_eq!(parse_state(text).unwrap(), "/data/exp/ck1/model-0");
+        let text = "# comment\nall_model_checkpoint_timestamps: 1.7e9\nmodel_checkpoint_path: 'a\\x41' \"b\\101\"\nlast_preserved_timestamp: 12.5\nmodel_checkpoint_path: \"ckpt-2\"";
+        assert_eq!(parse_state(text).unwrap(), "ckpt-2");
+        assert_eq!(
+            parse_state("model_checkpoint_path: 'a\\x41' \"b\\101\"").unwrap(),
+            "aAbA"
+        );
+        assert!(parse_state("bogus_field: 1").is_err());
+        assert!(parse_state("model_checkpoint_path: \"unterminated").is_err());
+        assert_eq!(parse_state("").unwrap(), "");
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(fnmatch(
+            b"model-3-?????-of-00002",
+            b"model-3-00001-of-00002"
+        ));
+        assert!(!fnmatch(
+            b"model-3-?????-of-00002",
+            b"model-3-0001-of-00002"
+        ));
+        assert!(fnmatch(b"m*", b"model"));
+        assert!(fnmatch(b"[a-c]x", b"bx"));
+        assert!(!fnmatch(b"[!a-c]x", b"bx"));
+    }
+}

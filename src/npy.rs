@@ -1,0 +1,165 @@
+//! A small, strict `.npy` (format 1.0) writer and reader: C order, the dtypes the CLI uses.
+
+use std::io::{Read, Write};
+
+use crate::dtype::DType;
+use crate::tensor::{Tensor, TensorData};
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Writes an array with the given NumPy `descr` (e.g. `<f4`), shape and raw element bytes.
+pub fn write_raw(
+    mut w: impl Write,
+    descr: &str,
+    shape: &[u64],
+    data: &[u8],
+) -> std::io::Result<()> {
+    let shape_txt = match shape.len() {
+        0 => "()".to_string(),
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    // Pad with spaces so that data starts on a 64-byte boundary, ending in '\n'.
+    let total = MAGIC.len() + 2 + 2 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    w.write_all(MAGIC)?;
+    w.write_all(&[1, 0])?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())?;
+    w.write_all(data)
+}
+
+/// Writes a tensor as the CLI does: the dtype's `descr` (bfloat16 and float8 as raw bits, int4/int2
+/// sign-extended), strings as `|S<longest>`.
+pub fn write_tensor(w: impl Write, t: &Tensor) -> std::io::Result<()> {
+    match &t.data {
+        TensorData::Strings(s) => {
+            let width = s.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
+            let mut data = Vec::with_capacity(width * s.len());
+            for x in s {
+                data.extend_from_slice(x);
+                data.resize(data.len() + width - x.len(), 0);
+            }
+            write_raw(w, &format!("|S{width}"), &t.shape, &data)
+        }
+        TensorData::Bytes(b) => {
+            let descr = t.dtype.npy_descr().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("no .npy type for {}", t.dtype),
+                )
+            })?;
+            match t.dtype {
+                DType::I4 => write_raw(w, descr, &t.shape, &sign_extend(b, 4)),
+                DType::I2 => write_raw(w, descr, &t.shape, &sign_extend(b, 2)),
+                _ => write_raw(w, descr, &t.shape, b),
+            }
+        }
+    }
+}
+
+/// Sign-extends the low `bits` bits of each byte (int4/int2 are stored one per byte, low bits).
+fn sign_extend(b: &[u8], bits: u32) -> Vec<u8> {
+    let shift = 8 - bits;
+    b.iter()
+        .map(|&x| (((x << shift) as i8) >> shift) as u8)
+        .collect()
+}
+
+/// An array read back from a `.npy` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyArray {
+    /// NumPy `descr`, e.g. `<f4`.
+    pub descr: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Raw element bytes, C order.
+    pub data: Vec<u8>,
+}
+
+/// Reads a `.npy` file (versions 1–3, C order only).
+pub fn read(mut r: impl Read) -> std::io::Result<NpyArray> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic[..6] != MAGIC {
+        return Err(bad("not a .npy file"));
+    }
+    let header_len = if magic[6] == 1 {
+        let mut l = [0u8; 2];
+        r.read_exact(&mut l)?;
+        u16::from_le_bytes(l) as usize
+    } else {
+        let mut l = [0u8; 4];
+        r.read_exact(&mut l)?;
+        u32::from_le_bytes(l) as usize
+    };
+    let mut header = vec![0u8; header_len];
+    r.read_exact(&mut header)?;
+    let header = String::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |name: &str| -> Option<String> {
+        let i = header.find(&format!("'{name}'"))? + name.len() + 2;
+        let rest = header[i..].trim_start().strip_prefix(':')?.trim_start();
+        if let Some(stripped) = rest.strip_prefix('\'') {
+            Some(stripped[..stripped.find('\'')?].to_string())
+        } else if rest.starts_with('(') {
+            Some(rest[1..rest.find(')')?].to_string())
+        } else {
+            Some(rest[..rest.find(',')?].trim().to_string())
+        }
+    };
+    let descr = field("descr").ok_or_else(|| bad("no descr"))?;
+    if field("fortran_order").as_deref() != Some("False") {
+        return Err(bad("only C order is supported"));
+    }
+    let shape = field("shape")
+        .ok_or_else(|| bad("no shape"))?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().map_err(|_| bad("bad shape")))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut data = Vec::new();
+    r.read_to_end(&mut data)?;
+    Ok(NpyArray { descr, shape, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let t = Tensor::from_f32(&[2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+        let mut buf = vec![];
+        write_tensor(&mut buf, &t).unwrap();
+        assert_eq!(buf.len() % 64, 24 % 64);
+        let a = read(&buf[..]).unwrap();
+        assert_eq!(a.descr, "<f4");
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.data, t.bytes().unwrap());
+        let s = Tensor::from_strings(&[2], vec![b"ab".to_vec(), b"".to_vec()]).unwrap();
+        buf.clear();
+        write_tensor(&mut buf, &s).unwrap();
+        let a = read(&buf[..]).unwrap();
+        assert_eq!(
+            (a.descr.as_str(), a.data.as_slice()),
+            ("|S2", &b"ab\0\0"[..])
+        );
+        assert_eq!(sign_extend(&[0x0f, 0x07, 0x08], 4), vec![0xff, 0x07, 0xf8]);
+        let scalar = Tensor::from_f32(&[], &[1.5]).unwrap();
+        buf.clear();
+        write_tensor(&mut buf, &scalar).unwrap();
+        assert_eq!(read(&buf[..]).unwrap().shape, Vec::<u64>::new());
+    }
+}

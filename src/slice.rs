@@ -1,0 +1,422 @@
+//! Tensor slices (`TensorSliceProto`, spec E): parsing, TensorFlow's textual form, intersection, and
+//! the copy plan that moves the intersection of two boxes between row-major buffers.
+
+use std::fmt;
+
+use crate::proto;
+
+/// One dimension of a [`Slice`]: the whole dimension, or `[start, start + length)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Extent {
+    /// The whole dimension (`-` in TensorFlow's text form).
+    Full,
+    /// `length` elements from `start`.
+    Range {
+        /// First index.
+        start: u64,
+        /// Number of indices (> 0 in a valid slice).
+        length: u64,
+    },
+}
+
+/// A box inside a tensor: one [`Extent`] per dimension (a `TensorSlice` in TensorFlow).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Slice {
+    extents: Vec<Extent>,
+}
+
+impl Slice {
+    /// The whole tensor of the given rank.
+    pub fn full(rank: usize) -> Slice {
+        Slice {
+            extents: vec![Extent::Full; rank],
+        }
+    }
+
+    /// A slice from explicit extents.
+    pub fn new(extents: Vec<Extent>) -> Slice {
+        Slice { extents }
+    }
+
+    /// A slice from `(start, length)` pairs, one per dimension.
+    pub fn from_ranges(ranges: &[(u64, u64)]) -> Slice {
+        Slice {
+            extents: ranges
+                .iter()
+                .map(|&(start, length)| Extent::Range { start, length })
+                .collect(),
+        }
+    }
+
+    /// Parses TensorFlow's text form: `-` or `start,length` per dimension, joined by `:`
+    /// (`"0,20:-"`). Empty pieces are skipped, as TensorFlow does.
+    pub fn parse(text: &str) -> Result<Slice, String> {
+        let mut extents = Vec::new();
+        for piece in text.split(':').filter(|p| !p.is_empty()) {
+            if piece == "-" {
+                extents.push(Extent::Full);
+                continue;
+            }
+            let (s, l) = piece
+                .split_once(',')
+                .ok_or_else(|| format!("expected '-' or 'start,length', found {piece:?}"))?;
+            let start: i64 = s
+                .parse()
+                .map_err(|_| format!("bad start {s:?} in {piece:?}"))?;
+            let length: i64 = l
+                .parse()
+                .map_err(|_| format!("bad length {l:?} in {piece:?}"))?;
+            if start < 0 || length <= 0 {
+                return Err(format!("extent {piece:?} needs start >= 0 and length > 0"));
+            }
+            extents.push(Extent::Range {
+                start: start as u64,
+                length: length as u64,
+            });
+        }
+        Ok(Slice { extents })
+    }
+
+    /// Parses a `shape_and_slice` spec (`"100 100 0,20:-"`, spec E.4) into the full shape and the
+    /// slice. An empty string means "the whole tensor" and yields `None`.
+    pub fn parse_shape_and_slice(spec: &str) -> Result<Option<(Vec<u64>, Slice)>, String> {
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        let tokens: Vec<&str> = spec.split(' ').collect();
+        if tokens.len() < 2 {
+            return Err(format!(
+                "need at least two elements in shape_and_slice spec {spec:?}"
+            ));
+        }
+        let (dims, slice) = tokens.split_at(tokens.len() - 1);
+        let shape = dims
+            .iter()
+            .map(|d| {
+                d.parse::<u64>()
+                    .map_err(|_| format!("non numerical dimension {d:?} in {spec:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let slice = Slice::parse(slice[0])?;
+        if slice.rank() != shape.len() {
+            return Err(format!(
+                "mismatching ranks in {spec:?}: shape has {}, slice {}",
+                shape.len(),
+                slice.rank()
+            ));
+        }
+        slice.check(&shape)?;
+        Ok(Some((shape, slice)))
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// The extents.
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents
+    }
+
+    /// Whether every extent is [`Extent::Full`].
+    pub fn is_full(&self) -> bool {
+        self.extents.iter().all(|e| *e == Extent::Full)
+    }
+
+    /// Checks the slice against a full shape: same rank, every range inside its dimension.
+    pub fn check(&self, shape: &[u64]) -> Result<(), String> {
+        if self.rank() != shape.len() {
+            return Err(format!(
+                "slice {self} has rank {}, the tensor has rank {} (shape {shape:?})",
+                self.rank(),
+                shape.len()
+            ));
+        }
+        for (d, (e, &dim)) in self.extents.iter().zip(shape).enumerate() {
+            if let Extent::Range { start, length } = *e {
+                let end = start.checked_add(length);
+                if length == 0 || end.is_none_or(|end| end > dim) || start > i64::MAX as u64 {
+                    return Err(format!(
+                        "extent {start},{length} of dimension {d} is outside [0, {dim}) in slice {self} of shape {shape:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `(start, length)` per dimension against `shape` (full extents become `(0, dim)`). The slice
+    /// must have been [`check`](Self::check)ed against `shape`.
+    pub fn ranges(&self, shape: &[u64]) -> Vec<(u64, u64)> {
+        self.extents
+            .iter()
+            .zip(shape)
+            .map(|(e, &dim)| match *e {
+                Extent::Full => (0, dim),
+                Extent::Range { start, length } => (start, length),
+            })
+            .collect()
+    }
+
+    /// The shape of the slice's own tensor.
+    pub fn shape(&self, full_shape: &[u64]) -> Vec<u64> {
+        self.ranges(full_shape).iter().map(|r| r.1).collect()
+    }
+
+    pub(crate) fn from_proto(p: &proto::TensorSliceProto) -> Result<Slice, String> {
+        let extents = p
+            .extent
+            .iter()
+            .map(|e| match e.has_length {
+                None | Some(proto::HasLength::Length(-1)) => {
+                    if e.start != 0 {
+                        Err(format!(
+                            "a full extent must start at 0, found start {}",
+                            e.start
+                        ))
+                    } else {
+                        Ok(Extent::Full)
+                    }
+                }
+                Some(proto::HasLength::Length(length)) => {
+                    if e.start < 0 || length <= 0 {
+                        Err(format!("bad extent start {} length {length}", e.start))
+                    } else {
+                        Ok(Extent::Range {
+                            start: e.start as u64,
+                            length: length as u64,
+                        })
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Slice { extents })
+    }
+
+    pub(crate) fn to_proto(&self) -> proto::TensorSliceProto {
+        proto::TensorSliceProto {
+            extent: self
+                .extents
+                .iter()
+                .map(|e| match *e {
+                    Extent::Full => proto::Extent::default(),
+                    Extent::Range { start, length } => proto::Extent {
+                        start: start as i64,
+                        has_length: Some(proto::HasLength::Length(length as i64)),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// `EncodeTensorNameSlice(name, slice)` (spec E.3): the key of a slice entry.
+    pub(crate) fn key(&self, name: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(name.len() + 4 + 4 * self.rank());
+        crate::ordered_code::write_num_increasing(&mut key, 0);
+        crate::ordered_code::write_string(&mut key, name);
+        crate::ordered_code::write_num_increasing(&mut key, self.rank() as u64);
+        for e in &self.extents {
+            let (start, length) = match *e {
+                Extent::Full => (0, -1),
+                Extent::Range { start, length } => (start as i64, length as i64),
+            };
+            crate::ordered_code::write_signed_increasing(&mut key, start);
+            crate::ordered_code::write_signed_increasing(&mut key, length);
+        }
+        key
+    }
+}
+
+impl fmt::Display for Slice {
+    /// TensorFlow's `TensorSlice::DebugString`: `-` or `start,length` per dimension, joined by `:`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.extents.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            match e {
+                Extent::Full => f.write_str("-")?,
+                Extent::Range { start, length } => write!(f, "{start},{length}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Number of elements of a shape, `None` on overflow.
+pub(crate) fn num_elements(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+/// The intersection of two boxes given as `(start, length)` per dimension, `None` if empty.
+pub(crate) fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
+    a.iter()
+        .zip(b)
+        .map(|(&(sa, la), &(sb, lb))| {
+            let start = sa.max(sb);
+            let end = (sa + la).min(sb + lb);
+            (end > start).then_some((start, end - start))
+        })
+        .collect()
+}
+
+/// A contiguous run of elements to copy: `len` elements from element `src` of the source box to
+/// element `dst` of the destination box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub src: u64,
+    pub dst: u64,
+    pub len: u64,
+}
+
+/// Calls `f` for every contiguous run that copies the box `inter` (full-tensor coordinates) from a
+/// row-major buffer holding box `src` into a row-major buffer holding box `dst`. Trailing dimensions
+/// that are whole in all three boxes are merged, so a slice along axis 0 is one run.
+pub(crate) fn for_each_run(
+    src: &[(u64, u64)],
+    dst: &[(u64, u64)],
+    inter: &[(u64, u64)],
+    mut f: impl FnMut(Run),
+) {
+    let rank = inter.len();
+    if rank == 0 {
+        f(Run {
+            src: 0,
+            dst: 0,
+            len: 1,
+        });
+        return;
+    }
+    if inter.iter().any(|r| r.1 == 0) {
+        return;
+    }
+    // Row-major strides of both buffers.
+    let mut src_stride = vec![1u64; rank];
+    let mut dst_stride = vec![1u64; rank];
+    for d in (0..rank - 1).rev() {
+        src_stride[d] = src_stride[d + 1] * src[d + 1].1;
+        dst_stride[d] = dst_stride[d + 1] * dst[d + 1].1;
+    }
+    // Merge trailing dims: `m` is the outermost dim of the run; every dim after it is whole everywhere.
+    let mut m = rank - 1;
+    while m > 0 && inter[m].1 == src[m].1 && inter[m].1 == dst[m].1 {
+        m -= 1;
+    }
+    let run_len: u64 = inter[m..].iter().map(|r| r.1).product();
+    let base_src: u64 = (0..rank)
+        .map(|d| (inter[d].0 - src[d].0) * src_stride[d])
+        .sum();
+    let base_dst: u64 = (0..rank)
+        .map(|d| (inter[d].0 - dst[d].0) * dst_stride[d])
+        .sum();
+    // Odometer over dims 0..m.
+    let mut idx = vec![0u64; m];
+    loop {
+        let (mut s, mut t) = (base_src, base_dst);
+        for d in 0..m {
+            s += idx[d] * src_stride[d];
+            t += idx[d] * dst_stride[d];
+        }
+        f(Run {
+            src: s,
+            dst: t,
+            len: run_len,
+        });
+        let mut d = m;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < inter[d].1 {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_display() {
+        let s = Slice::parse("0,20:-").unwrap();
+        assert_eq!(s.to_string(), "0,20:-");
+        assert_eq!(s.shape(&[100, 100]), vec![20, 100]);
+        assert!(Slice::parse("0,0").is_err());
+        assert!(Slice::parse("x").is_err());
+        let (shape, s) = Slice::parse_shape_and_slice("1 10 0,1:2,3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(shape, vec![1, 10]);
+        assert_eq!(s.shape(&shape), vec![1, 3]);
+        assert!(Slice::parse_shape_and_slice("100 100 90,20:-").is_err());
+        assert!(Slice::parse_shape_and_slice("1  10 -:-").is_err());
+        assert!(Slice::parse_shape_and_slice("1 10 0,1:2,3:-").is_err());
+        assert_eq!(Slice::parse_shape_and_slice("").unwrap(), None);
+    }
+
+    #[test]
+    fn slice_keys_match_tensorflow() {
+        // Spec E.2: scope/var1 rows [80,100) of a [100,100] tensor.
+        let s = Slice::from_ranges(&[(80, 20), (0, 100)]);
+        let key = s.key(b"scope/var1");
+        let mut want = vec![0x00];
+        want.extend_from_slice(b"scope/var1");
+        want.extend_from_slice(&[0x00, 0x01, 0x01, 0x02, 0xc0, 0x50, 0x94, 0x80, 0xc0, 0x64]);
+        assert_eq!(key, want);
+        // Spec F.2: scalar "s" and full 1-D "h".
+        assert_eq!(Slice::full(0).key(b"s"), vec![0x00, 0x73, 0x00, 0x01, 0x00]);
+        assert_eq!(
+            Slice::full(1).key(b"h"),
+            vec![0x00, 0x68, 0x00, 0x01, 0x01, 0x01, 0x80, 0x7f]
+        );
+    }
+
+    #[test]
+    fn runs_merge_trailing_dims() {
+        let mut runs = vec![];
+        // rows [20,40) of a [100,100] tensor into a [20,100] part: one run.
+        for_each_run(
+            &[(0, 100), (0, 100)],
+            &[(20, 20), (0, 100)],
+            &[(20, 20), (0, 100)],
+            |r| runs.push(r),
+        );
+        assert_eq!(
+            runs,
+            vec![Run {
+                src: 2000,
+                dst: 0,
+                len: 2000
+            }]
+        );
+        runs.clear();
+        // columns [3,5) of a [2,10] tensor: one run per row.
+        for_each_run(
+            &[(0, 2), (0, 10)],
+            &[(0, 2), (3, 2)],
+            &[(0, 2), (3, 2)],
+            |r| runs.push(r),
+        );
+        assert_eq!(
+            runs,
+            vec![
+                Run {
+                    src: 3,
+                    dst: 0,
+                    len: 2
+                },
+                Run {
+                    src: 13,
+                    dst: 2,
+                    len: 2
+                }
+            ]
+        );
+    }
+}

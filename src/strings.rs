@@ -1,0 +1,139 @@
+//! The V2 encoding of string tensors (spec D.4): varint lengths, a masked "length checksum", then the
+//! raw bytes; the entry CRC extends the length checksum with its own stored bytes and the strings.
+
+use crate::crc;
+use crate::sstable::{get_varint, put_varint};
+
+/// Why a stored string tensor could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StringError {
+    /// Structure broken (lengths past the end, trailing bytes, ...).
+    Corrupt(String),
+    /// A checksum does not match: (what, stored, computed).
+    Checksum(&'static str, u32, u32),
+}
+
+fn length_crc(crc: u32, len: u64, big_endian: bool) -> u32 {
+    if len <= u64::from(u32::MAX) {
+        let l = len as u32;
+        let b = if big_endian {
+            l.to_be_bytes()
+        } else {
+            l.to_le_bytes()
+        };
+        crc32c::crc32c_append(crc, &b)
+    } else {
+        let b = if big_endian {
+            len.to_be_bytes()
+        } else {
+            len.to_le_bytes()
+        };
+        crc32c::crc32c_append(crc, &b)
+    }
+}
+
+/// Decodes `n` strings from the stored bytes and checks both checksums against `entry_crc`
+/// (unmasked).
+pub(crate) fn decode(
+    bytes: &[u8],
+    n: usize,
+    entry_crc: u32,
+    big_endian: bool,
+) -> Result<Vec<Vec<u8>>, StringError> {
+    let mut pos = 0;
+    let mut lens = Vec::with_capacity(n.min(bytes.len()));
+    let mut c1 = 0u32;
+    let mut total: u64 = 0;
+    for i in 0..n {
+        let len = get_varint(bytes, &mut pos, 10).ok_or_else(|| {
+            StringError::Corrupt(format!(
+                "length of element {i} of {n} runs past the stored size ({} bytes)",
+                bytes.len()
+            ))
+        })?;
+        c1 = length_crc(c1, len, big_endian);
+        total = total.saturating_add(len);
+        lens.push(len);
+    }
+    let Some(stored) = bytes.get(pos..pos + 4) else {
+        return Err(StringError::Corrupt(format!(
+            "lengths end at byte {pos}, no room for the length checksum in {} bytes",
+            bytes.len()
+        )));
+    };
+    let stored_lc = u32::from_le_bytes(stored.try_into().unwrap());
+    if crc::unmask(stored_lc) != c1 {
+        return Err(StringError::Checksum(
+            "string length checksum",
+            crc::unmask(stored_lc),
+            c1,
+        ));
+    }
+    let c2 = crc32c::crc32c_append(c1, stored);
+    pos += 4;
+    let rest = &bytes[pos..];
+    if total != rest.len() as u64 {
+        return Err(StringError::Corrupt(format!(
+            "lengths add up to {total} bytes but {} bytes of string data are stored",
+            rest.len()
+        )));
+    }
+    let c2 = crc32c::crc32c_append(c2, rest);
+    if c2 != entry_crc {
+        return Err(StringError::Checksum("checksum", entry_crc, c2));
+    }
+    let mut out = Vec::with_capacity(lens.len());
+    let mut p = 0usize;
+    for len in lens {
+        let len = len as usize;
+        out.push(rest[p..p + len].to_vec());
+        p += len;
+    }
+    Ok(out)
+}
+
+/// Encodes strings; returns the bytes and the unmasked entry CRC.
+pub(crate) fn encode(strings: &[impl AsRef<[u8]>], big_endian: bool) -> (Vec<u8>, u32) {
+    let mut out = Vec::new();
+    let mut c1 = 0u32;
+    for s in strings {
+        let len = s.as_ref().len() as u64;
+        put_varint(&mut out, len);
+        c1 = length_crc(c1, len, big_endian);
+    }
+    let lc = crc::mask(c1).to_le_bytes();
+    out.extend_from_slice(&lc);
+    let mut c2 = crc32c::crc32c_append(c1, &lc);
+    for s in strings {
+        out.extend_from_slice(s.as_ref());
+        c2 = crc32c::crc32c_append(c2, s.as_ref());
+    }
+    (out, c2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_example() {
+        let strings: Vec<&[u8]> = vec![b"ab", b"", b"\x00\xffz"];
+        let (bytes, crc) = encode(&strings, false);
+        assert_eq!(bytes.len(), 12);
+        assert_eq!(&bytes[..3], &[2, 0, 3]);
+        assert_eq!(&bytes[7..], b"ab\x00\xffz");
+        assert_eq!(decode(&bytes, 3, crc, false).unwrap(), strings);
+        let (empty, crc0) = encode(&Vec::<Vec<u8>>::new(), false);
+        assert_eq!(empty, crc::mask(0).to_le_bytes());
+        assert!(decode(&empty, 0, crc0, false).unwrap().is_empty());
+        let mut bad = bytes.clone();
+        bad[8] ^= 1;
+        assert!(matches!(
+            decode(&bad, 3, crc, false),
+            Err(StringError::Checksum("checksum", ..))
+        ));
+        bad = bytes.clone();
+        bad[0] = 1;
+        assert!(decode(&bad, 3, crc, false).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! "Did you mean" suggestions for names that were not found.
+
+/// Up to three candidates close to `target`: same last path component, or a small edit distance.
+pub(crate) fn close_names<'a>(
+    target: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let last = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+    let target_last = last(target);
+    let limit = (target.chars().count() / 4).max(2);
+    let mut scored: Vec<(usize, &str)> = candidates
+        .filter_map(|c| {
+            let d = edit_distance(target, c);
+            if d <= limit {
+                Some((d, c))
+            } else if !target_last.is_empty() && last(c) == target_last {
+                Some((limit + 1, c))
+            } else {
+                None
+            }
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// Levenshtein distance over chars (bounded inputs: names).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > 8 {
+        return a.len().abs_diff(b.len());
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        let names = ["var1", "var2", "useful_scope/var4", "other/kernel"];
+        assert_eq!(close_names("var5", names.into_iter()), vec!["var1", "var2"]);
+        assert_eq!(
+            close_names("model/kernel", names.into_iter()),
+            vec!["other/kernel"]
+        );
+        assert!(close_names("completely_different_name", names.into_iter()).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

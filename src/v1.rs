@@ -1,0 +1,307 @@
+//! V1 checkpoints (spec F): one or more SSTable files whose `""` record lists every tensor and slice
+//! (`SavedTensorSliceMeta`) and whose other records hold one slice each (`SavedSlice` with a
+//! `TensorProto`). Values are converted to the same little-endian bytes a V2 bundle stores.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::dtype::DType;
+use crate::error::{ErrorKind, Result};
+use crate::index::{check_version, parse_shape};
+use crate::mmap::MappedFile;
+use crate::proto;
+use crate::slice::{num_elements, Slice};
+use crate::sstable::Table;
+
+/// One tensor of a V1 checkpoint: full shape, dtype and where each stored slice lives.
+pub(crate) struct V1Tensor {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// (slice, index of the file holding it)
+    pub slices: Vec<(Slice, usize)>,
+}
+
+pub(crate) struct V1Set {
+    files: Vec<MappedFile>,
+    pub tensors: BTreeMap<String, V1Tensor>,
+}
+
+/// Decoded values of one slice record.
+pub(crate) enum V1Values {
+    Bytes(Vec<u8>),
+    Strings(Vec<Vec<u8>>),
+}
+
+impl V1Set {
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<V1Set> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors: BTreeMap<String, V1Tensor> = BTreeMap::new();
+        for (fi, path) in paths.iter().enumerate() {
+            let file = MappedFile::open(path)?;
+            let table = Table::open(path, file.bytes())?;
+            let bad_header = |reason: String| ErrorKind::BadHeader {
+                path: path.clone(),
+                reason,
+            };
+            let value = table.get(b"")?.ok_or_else(|| {
+                bad_header(
+                    "no saved tensor slices record (key \"\") at the beginning of the file".into(),
+                )
+            })?;
+            let meta = proto::SavedTensorSlices::decode(&*value)
+                .ok()
+                .and_then(|s| s.meta)
+                .ok_or_else(|| {
+                    bad_header("the record with key \"\" is not a SavedTensorSliceMeta".into())
+                })?;
+            check_version(path, meta.versions.as_ref())?;
+            for t in &meta.tensor {
+                let name = String::from_utf8(t.name.clone()).map_err(|_| ErrorKind::BadEntry {
+                    path: path.clone(),
+                    tensor: String::from_utf8_lossy(&t.name).into_owned(),
+                    reason: "tensor name is not UTF-8".into(),
+                })?;
+                let bad = |reason: String| ErrorKind::BadEntry {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    reason,
+                };
+                let dtype = DType::from_proto(t.r#type).ok_or_else(|| ErrorKind::UnknownDtype {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    value: t.r#type,
+                })?;
+                let shape = parse_shape(t.shape.as_ref())
+                    .map_err(|r| bad(format!("invalid shape: {r}")))?;
+                let entry = tensors.entry(name.clone()).or_insert_with(|| V1Tensor {
+                    dtype,
+                    shape: shape.clone(),
+                    slices: Vec::new(),
+                });
+                if entry.dtype != dtype || entry.shape != shape {
+                    return Err(bad(format!(
+                        "declared as {} {:?} in this file but {} {:?} in an earlier one",
+                        dtype, shape, entry.dtype, entry.shape
+                    ))
+                    .into());
+                }
+                for s in &t.slice {
+                    let slice =
+                        Slice::from_proto(s).map_err(|r| bad(format!("invalid slice: {r}")))?;
+                    slice
+                        .check(&shape)
+                        .map_err(|r| bad(format!("invalid slice: {r}")))?;
+                    entry.slices.push((slice, fi));
+                }
+            }
+            files.push(file);
+        }
+        Ok(V1Set { files, tensors })
+    }
+
+    /// Reads and decodes the record of stored slice `slice` of `name` from file `file`.
+    pub(crate) fn read_slice(
+        &self,
+        name: &str,
+        t: &V1Tensor,
+        slice: &Slice,
+        file: usize,
+    ) -> Result<V1Values> {
+        let path = self.files[file].path();
+        let table = Table::open(path, self.files[file].bytes())?;
+        let key = slice.key(name.as_bytes());
+        let value = table.get(&key)?.ok_or_else(|| ErrorKind::BadEntry {
+            path: path.into(),
+            tensor: name.into(),
+            reason: format!("the record of slice {slice} is missing"),
+        })?;
+        decode_record(path, name, t.dtype, &slice.shape(&t.shape), &value)
+    }
+
+    /// Checks every block of every file and decodes every data record.
+    pub(crate) fn verify(&self) -> Result<(usize, u64)> {
+        let mut blocks = 0;
+        let mut bytes = 0u64;
+        for file in &self.files {
+            let path = file.path();
+            let table = Table::open(path, file.bytes())?;
+            blocks += table.num_blocks();
+            bytes += file.len();
+            table.for_each(|key, value| {
+                if key.is_empty() {
+                    return Ok(());
+                }
+                let rec = proto::SavedTensorSlices::decode(value)
+                    .ok()
+                    .and_then(|r| r.data);
+                let Some(rec) = rec else {
+                    return Err(ErrorKind::BadEntry {
+                        path: path.into(),
+                        tensor: crate::index::key_name(key),
+                        reason: "record is not a SavedSlice".into(),
+                    }
+                    .into());
+                };
+                let name = String::from_utf8_lossy(&rec.name).into_owned();
+                let Some(t) = self.tensors.get(&name) else {
+                    return Err(ErrorKind::BadEntry {
+                        path: path.into(),
+                        tensor: name,
+                        reason: "data record for a tensor the file's metadata does not list".into(),
+                    }
+                    .into());
+                };
+                let slice = rec
+                    .slice
+                    .as_ref()
+                    .map(Slice::from_proto)
+                    .transpose()
+                    .ok()
+                    .flatten()
+                    .filter(|s| s.check(&t.shape).is_ok())
+                    .ok_or_else(|| ErrorKind::BadEntry {
+                        path: path.into(),
+                        tensor: name.clone(),
+                        reason: "record has no valid slice".into(),
+                    })?;
+                decode_record(path, &name, t.dtype, &slice.shape(&t.shape), value).map(drop)
+            })?;
+        }
+        Ok((blocks, bytes))
+    }
+}
+
+fn decode_record(
+    path: &Path,
+    name: &str,
+    dtype: DType,
+    shape: &[u64],
+    value: &[u8],
+) -> Result<V1Values> {
+    let bad = |reason: String| -> crate::Error {
+        ErrorKind::BadEntry {
+            path: path.into(),
+            tensor: name.into(),
+            reason,
+        }
+        .into()
+    };
+    let rec = proto::SavedTensorSlices::decode(value)
+        .map_err(|e| bad(format!("SavedTensorSlices not parseable: {e}")))?;
+    let data = rec
+        .data
+        .and_then(|d| d.data)
+        .ok_or_else(|| bad("record holds no tensor data".into()))?;
+    let n = num_elements(shape).unwrap_or(u64::MAX);
+    let count = |found: usize| -> Result<()> {
+        if found as u64 != n {
+            return Err(bad(format!(
+                "record holds {found} values, the slice shape {shape:?} needs {n}"
+            )));
+        }
+        Ok(())
+    };
+    if dtype == DType::String {
+        count(data.string_val.len())?;
+        return Ok(V1Values::Strings(data.string_val));
+    }
+    let Some(size) = dtype.size() else {
+        return Err(bad(format!(
+            "dtype {dtype} cannot be stored in a V1 checkpoint"
+        )));
+    };
+    if !data.tensor_content.is_empty() {
+        if data.tensor_content.len() as u64 != n.saturating_mul(size as u64) {
+            return Err(bad(format!(
+                "tensor_content holds {} bytes, the slice needs {}",
+                data.tensor_content.len(),
+                n.saturating_mul(size as u64)
+            )));
+        }
+        return Ok(V1Values::Bytes(data.tensor_content));
+    }
+    let mut out = Vec::with_capacity((n as usize).saturating_mul(size).min(value.len() * 8));
+    match dtype {
+        DType::F32 => {
+            count(data.float_val.len())?;
+            data.float_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::F64 => {
+            count(data.double_val.len())?;
+            data.double_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::I64 => {
+            count(data.int64_val.len())?;
+            data.int64_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::Bool => {
+            count(data.bool_val.len())?;
+            out.extend(data.bool_val.iter().map(|&b| u8::from(b)));
+        }
+        DType::C64 => {
+            count(data.scomplex_val.len() / 2)?;
+            if data.scomplex_val.len() % 2 != 0 {
+                return Err(bad("odd number of complex64 components".into()));
+            }
+            data.scomplex_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::C128 => {
+            count(data.dcomplex_val.len() / 2)?;
+            if data.dcomplex_val.len() % 2 != 0 {
+                return Err(bad("odd number of complex128 components".into()));
+            }
+            data.dcomplex_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::F16 | DType::BF16 => {
+            count(data.half_val.len())?;
+            data.half_val
+                .iter()
+                .for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes()));
+        }
+        DType::U32 => {
+            count(data.uint32_val.len())?;
+            data.uint32_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::U64 => {
+            count(data.uint64_val.len())?;
+            data.uint64_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        }
+        DType::I32
+        | DType::QI32
+        | DType::I16
+        | DType::QI16
+        | DType::U16
+        | DType::QU16
+        | DType::I8
+        | DType::QI8
+        | DType::U8
+        | DType::QU8 => {
+            count(data.int_val.len())?;
+            data.int_val
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()[..size]));
+        }
+        other => {
+            return Err(bad(format!(
+                "dtype {other} cannot be stored in a V1 checkpoint"
+            )))
+        }
+    }
+    Ok(V1Values::Bytes(out))
+}

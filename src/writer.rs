@@ -1,0 +1,359 @@
+//! Writing V2 tensor bundles that TensorFlow reads: one or more data shards, partitioned tensors as
+//! slices, strings, and an optionally snappy-compressed index. Used by tests, benchmarks and the demo
+//! to make large checkpoints without TensorFlow.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::bundle::{data_path, index_path, swap_bytes};
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto;
+use crate::slice::{num_elements, Slice};
+use crate::table_builder::TableBuilder;
+use crate::tensor::{Tensor, TensorData};
+
+/// Options of a [`CheckpointWriter`].
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Number of data files (`PREFIX.data-0000i-of-0000n`); each tensor goes to the shard holding the
+    /// fewest bytes so far. At least 1.
+    pub num_shards: u32,
+    /// Store index blocks snappy-compressed (TensorFlow writes them uncompressed but reads both).
+    pub compress_index: bool,
+    /// Index block size; TensorFlow uses 256 KiB.
+    pub block_size: usize,
+    /// Write tensor data big-endian and mark the header so (to test readers; TF on a little-endian
+    /// host cannot read such files).
+    pub big_endian: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            num_shards: 1,
+            compress_index: false,
+            block_size: 256 << 10,
+            big_endian: false,
+        }
+    }
+}
+
+/// A borrowed tensor to write.
+#[derive(Clone, Copy, Debug)]
+pub enum TensorRef<'a> {
+    /// Fixed-size elements as little-endian bytes.
+    Bytes {
+        /// Element type (not string).
+        dtype: DType,
+        /// Shape.
+        shape: &'a [u64],
+        /// `num_elements × dtype.size()` bytes.
+        data: &'a [u8],
+    },
+    /// A string tensor.
+    Strings {
+        /// Shape.
+        shape: &'a [u64],
+        /// One entry per element.
+        data: &'a [Vec<u8>],
+    },
+}
+
+impl<'a> From<&'a Tensor> for TensorRef<'a> {
+    fn from(t: &'a Tensor) -> TensorRef<'a> {
+        match &t.data {
+            TensorData::Bytes(b) => TensorRef::Bytes {
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: b,
+            },
+            TensorData::Strings(s) => TensorRef::Strings {
+                shape: &t.shape,
+                data: s,
+            },
+        }
+    }
+}
+
+impl TensorRef<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            TensorRef::Bytes { dtype, .. } => *dtype,
+            TensorRef::Strings { .. } => DType::String,
+        }
+    }
+
+    fn shape(&self) -> &[u64] {
+        match self {
+            TensorRef::Bytes { shape, .. } | TensorRef::Strings { shape, .. } => shape,
+        }
+    }
+}
+
+struct Shard {
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+/// Writes a V2 checkpoint: add tensors (in any order), then [`finish`](Self::finish).
+///
+/// ```
+/// use tfckpt::{CheckpointWriter, Tensor, WriterOptions};
+/// let dir = tempfile::tempdir()?;
+/// let prefix = dir.path().join("model.ckpt");
+/// let mut w = CheckpointWriter::create(&prefix, WriterOptions::default())?;
+/// w.add("dense/kernel", (&Tensor::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap()).into())?;
+/// w.finish()?;
+/// let ckpt = tfckpt::Checkpoint::open(&prefix)?;
+/// assert_eq!(ckpt.read("dense/kernel")?.to_f32().unwrap(), [1.0, 2.0, 3.0, 4.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct CheckpointWriter {
+    prefix: PathBuf,
+    options: WriterOptions,
+    shards: Vec<Shard>,
+    entries: BTreeMap<Vec<u8>, proto::BundleEntryProto>,
+    finished: bool,
+}
+
+impl CheckpointWriter {
+    /// Starts a checkpoint at `prefix`; files are written under temporary names and renamed by
+    /// [`finish`](Self::finish).
+    pub fn create(prefix: impl AsRef<Path>, options: WriterOptions) -> Result<CheckpointWriter> {
+        let prefix = prefix.as_ref().to_path_buf();
+        if options.num_shards == 0 {
+            return Err(ErrorKind::InvalidArgument("num_shards must be at least 1".into()).into());
+        }
+        let mut shards = Vec::with_capacity(options.num_shards as usize);
+        for i in 0..options.num_shards {
+            let tmp = temp_name(&data_path(&prefix, i, options.num_shards));
+            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            shards.push(Shard {
+                tmp,
+                out: BufWriter::with_capacity(1 << 20, file),
+                len: 0,
+            });
+        }
+        Ok(CheckpointWriter {
+            prefix,
+            options,
+            shards,
+            entries: BTreeMap::new(),
+            finished: false,
+        })
+    }
+
+    /// Adds a whole tensor under `name`.
+    pub fn add(&mut self, name: &str, tensor: TensorRef<'_>) -> Result<()> {
+        self.check_new(name.as_bytes())?;
+        let entry = self.write_data(name, tensor)?;
+        self.entries.insert(name.as_bytes().to_vec(), entry);
+        Ok(())
+    }
+
+    /// Adds one slice of a partitioned tensor, as TensorFlow's `AddSlice` does: `tensor` holds the
+    /// elements of `slice` of the tensor `full_name` of shape `full_shape`. A slice covering the whole
+    /// tensor is stored as an ordinary entry.
+    pub fn add_slice(
+        &mut self,
+        full_name: &str,
+        full_shape: &[u64],
+        slice: &Slice,
+        tensor: TensorRef<'_>,
+    ) -> Result<()> {
+        slice
+            .check(full_shape)
+            .map_err(|r| ErrorKind::InvalidArgument(format!("{full_name}: {r}")))?;
+        if slice.shape(full_shape) != tensor.shape() {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{full_name}: slice {slice} has shape {:?} but the tensor has shape {:?}",
+                slice.shape(full_shape),
+                tensor.shape()
+            ))
+            .into());
+        }
+        if slice.ranges(full_shape) == Slice::full(full_shape.len()).ranges(full_shape) {
+            return self.add(full_name, tensor);
+        }
+        let key = slice.key(full_name.as_bytes());
+        self.check_new(&key)?;
+        let existed = self.entries.contains_key(full_name.as_bytes());
+        let full = self
+            .entries
+            .entry(full_name.as_bytes().to_vec())
+            .or_insert_with(|| proto::BundleEntryProto {
+                dtype: tensor.dtype().to_proto(),
+                shape: Some(shape_proto(full_shape)),
+                ..Default::default()
+            });
+        if existed && full.slices.is_empty() || full.dtype != tensor.dtype().to_proto() {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{full_name}: already added as a whole tensor or with another dtype"
+            ))
+            .into());
+        }
+        if full.shape != Some(shape_proto(full_shape)) {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{full_name}: slices disagree on the full shape"
+            ))
+            .into());
+        }
+        full.slices.push(slice.to_proto());
+        let entry = self.write_data(full_name, tensor)?;
+        self.entries.insert(key, entry);
+        Ok(())
+    }
+
+    fn check_new(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() || self.entries.contains_key(key) {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "adding duplicate or empty key {:?}",
+                String::from_utf8_lossy(key)
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn write_data(&mut self, name: &str, tensor: TensorRef<'_>) -> Result<proto::BundleEntryProto> {
+        let n = num_elements(tensor.shape())
+            .ok_or_else(|| ErrorKind::InvalidArgument(format!("{name}: shape overflows")))?;
+        let big = self.options.big_endian;
+        let (owned, bytes, crc): (Vec<u8>, Option<&[u8]>, u32) = match tensor {
+            TensorRef::Bytes { dtype, data, .. } => {
+                let size = dtype.size().ok_or_else(|| {
+                    ErrorKind::InvalidArgument(format!("{name}: {dtype} is not a fixed-size dtype"))
+                })?;
+                if n.checked_mul(size as u64) != Some(data.len() as u64) {
+                    return Err(ErrorKind::InvalidArgument(format!(
+                        "{name}: {} bytes given, {dtype} {:?} needs {}",
+                        data.len(),
+                        tensor.shape(),
+                        n.saturating_mul(size as u64)
+                    ))
+                    .into());
+                }
+                if big && dtype.swap_unit() > 1 {
+                    let mut v = data.to_vec();
+                    swap_bytes(&mut v, dtype.swap_unit());
+                    let crc = crate::crc::crc32c(&v);
+                    (v, None, crc)
+                } else {
+                    (Vec::new(), Some(data), crate::crc::crc32c(data))
+                }
+            }
+            TensorRef::Strings { data, .. } => {
+                if data.len() as u64 != n {
+                    return Err(ErrorKind::InvalidArgument(format!(
+                        "{name}: {} strings given, shape {:?} needs {n}",
+                        data.len(),
+                        tensor.shape()
+                    ))
+                    .into());
+                }
+                let (v, crc) = crate::strings::encode(data, big);
+                (v, None, crc)
+            }
+        };
+        let bytes = bytes.unwrap_or(&owned);
+        let (i, shard) = self
+            .shards
+            .iter_mut()
+            .enumerate()
+            .min_by_key(|(_, s)| s.len)
+            .expect("at least one shard");
+        shard
+            .out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&shard.tmp, e))?;
+        let offset = shard.len;
+        shard.len += bytes.len() as u64;
+        Ok(proto::BundleEntryProto {
+            dtype: tensor.dtype().to_proto(),
+            shape: Some(shape_proto(tensor.shape())),
+            shard_id: i as i32,
+            offset: offset as i64,
+            size: bytes.len() as i64,
+            crc32c: crate::crc::mask(crc),
+            slices: Vec::new(),
+        })
+    }
+
+    /// Writes the index and renames every file to its final name.
+    pub fn finish(mut self) -> Result<()> {
+        let header = proto::BundleHeaderProto {
+            num_shards: self.options.num_shards as i32,
+            endianness: i32::from(self.options.big_endian),
+            version: Some(proto::VersionDef {
+                producer: 1,
+                ..Default::default()
+            }),
+        };
+        let mut table = TableBuilder::new(self.options.block_size, self.options.compress_index);
+        table.add(b"", &header.encode_to_vec());
+        for (key, entry) in &self.entries {
+            table.add(key, &entry.encode_to_vec());
+        }
+        let index = table.finish();
+        let final_index = index_path(&self.prefix);
+        let tmp_index = temp_name(&final_index);
+        std::fs::write(&tmp_index, &index).map_err(|e| Error::io(&tmp_index, e))?;
+        for (i, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
+            let Shard { tmp, out, .. } = shard;
+            out.into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?
+                .sync_all()
+                .map_err(|e| Error::io(&tmp, e))?;
+            let dst = data_path(&self.prefix, i as u32, self.options.num_shards);
+            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+        std::fs::rename(&tmp_index, &final_index).map_err(|e| Error::io(&final_index, e))?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            for s in &self.shards {
+                let _ = std::fs::remove_file(&s.tmp);
+            }
+        }
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".tempstate{}", std::process::id()));
+    PathBuf::from(s)
+}
+
+fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
+    proto::TensorShapeProto {
+        dim: shape
+            .iter()
+            .map(|&d| proto::Dim {
+                size: d as i64,
+                name: String::new(),
+            })
+            .collect(),
+        unknown_rank: false,
+    }
+}
+
+/// Writes a `checkpoint` state file in `dir` naming `prefix` (stored as given: pass a path relative to
+/// `dir` for a relocatable checkpoint).
+pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()> {
+    let path = dir.as_ref().join("checkpoint");
+    let quoted = prefix.replace('\\', "\\\\").replace('"', "\\\"");
+    let text =
+        format!("model_checkpoint_path: \"{quoted}\"\nall_model_checkpoint_paths: \"{quoted}\"\n");
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+}
