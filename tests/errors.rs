@@ -1,0 +1,423 @@
+//! One test per error kind: every failure is a typed error naming the file, tensor, offset and the
+//! expected vs found values.
+
+mod common;
+
+use common::*;
+use tfckpt::{Checkpoint, CheckpointWriter, ErrorKind, Slice, Tensor, WriterOptions};
+
+fn good_bundle(dir: &std::path::Path) -> std::path::PathBuf {
+    let prefix = dir.join("ckpt");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    w.add(
+        "a",
+        (&Tensor::from_f32(&[4], &[1., 2., 3., 4.]).unwrap()).into(),
+    )
+    .unwrap();
+    w.add(
+        "b",
+        (&Tensor::from_f32(&[2, 2], &[5., 6., 7., 8.]).unwrap()).into(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    prefix
+}
+
+fn err(r: tfckpt::Result<impl std::fmt::Debug>) -> tfckpt::Error {
+    r.expect_err("expected an error")
+}
+
+#[test]
+fn not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = err(Checkpoint::open(dir.path().join("no_dir")));
+    assert!(matches!(e.kind(), ErrorKind::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("no_dir"));
+    // An existing directory without a state file.
+    let e = err(Checkpoint::open(dir.path()));
+    assert!(
+        matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. }),
+        "{e}"
+    );
+    // A state file naming a checkpoint that is gone.
+    std::fs::write(
+        dir.path().join("checkpoint"),
+        "model_checkpoint_path: \"gone-1\"\n",
+    )
+    .unwrap();
+    let e = err(Checkpoint::open(dir.path()));
+    assert!(e.to_string().contains("gone-1"), "{e}");
+}
+
+#[test]
+fn bad_magic_and_short_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x");
+    std::fs::write(&f, vec![7u8; 100]).unwrap();
+    let e = err(Checkpoint::open(&f));
+    assert!(matches!(e.kind(), ErrorKind::NotSstable { .. }), "{e}");
+    assert!(e.to_string().contains("bad magic"), "{e}");
+    std::fs::write(&f, b"short").unwrap();
+    let e = err(Checkpoint::open(&f));
+    assert!(e.to_string().contains("too short"), "{e}");
+    std::fs::write(&f, b"").unwrap();
+    assert!(matches!(
+        err(Checkpoint::open(&f)).kind(),
+        ErrorKind::NotSstable { .. }
+    ));
+}
+
+#[test]
+fn block_checksum_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let index = dir.path().join("ckpt.index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    bytes[3] ^= 0x10; // inside the data block
+    std::fs::write(&index, bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix));
+    match e.kind() {
+        ErrorKind::BlockChecksum {
+            path,
+            offset,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(path, &index);
+            assert_eq!(*offset, 0);
+            assert_ne!(expected, found);
+        }
+        _ => panic!("{e}"),
+    }
+}
+
+#[test]
+fn tensor_checksum_mismatch_names_tensor_shard_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let data = dir.path().join("ckpt.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[17] ^= 1; // inside "b" (offset 16)
+    std::fs::write(&data, bytes).unwrap();
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert!(ckpt.read("a").is_ok());
+    let e = err(ckpt.read("b"));
+    match e.kind() {
+        ErrorKind::TensorChecksum {
+            path,
+            tensor,
+            offset,
+            size,
+            ..
+        } => {
+            assert_eq!(
+                (path, tensor.as_str(), *offset, *size),
+                (&data, "b", 16, 16)
+            );
+        }
+        _ => panic!("{e}"),
+    }
+    let report = ckpt.verify_all();
+    assert_eq!(report.problems.len(), 1);
+    assert!(ckpt.verify().is_err());
+}
+
+#[test]
+fn truncated_data_shard_is_out_of_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let data = dir.path().join("ckpt.data-00000-of-00001");
+    std::fs::write(&data, vec![0u8; 20]).unwrap();
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let e = err(ckpt.read("b"));
+    match e.kind() {
+        ErrorKind::OutOfBounds {
+            tensor,
+            offset,
+            size,
+            len,
+            ..
+        } => {
+            assert_eq!((tensor.as_str(), *offset, *size, *len), ("b", 16, 16, 20));
+        }
+        _ => panic!("{e}"),
+    }
+}
+
+#[test]
+fn truncated_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let index = dir.path().join("ckpt.index");
+    let bytes = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(
+        err(Checkpoint::open(&prefix)).kind(),
+        ErrorKind::NotSstable { .. }
+    ));
+}
+
+#[test]
+fn missing_data_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    std::fs::remove_file(dir.path().join("ckpt.data-00000-of-00001")).unwrap();
+    let ckpt = Checkpoint::open(&prefix).unwrap(); // listing needs no data
+    assert_eq!(ckpt.tensors().len(), 2);
+    let e = err(ckpt.read("a"));
+    match e.kind() {
+        ErrorKind::MissingShard {
+            path,
+            shard,
+            num_shards,
+            tensor,
+            ..
+        } => {
+            assert!(path.ends_with("ckpt.data-00000-of-00001"));
+            assert_eq!((*shard, *num_shards, tensor.as_str()), (0, 1, "a"));
+        }
+        _ => panic!("{e}"),
+    }
+    assert!(e.is_not_found());
+}
+
+fn bundle_with(
+    entry_value: Vec<u8>,
+    data: Vec<u8>,
+) -> (tempfile::TempDir, tfckpt::Result<Checkpoint>) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = write_bundle(
+        dir.path(),
+        &[(vec![], header(1)), (b"t".to_vec(), entry_value)],
+        &[data],
+    );
+    let r = Checkpoint::open(prefix);
+    (dir, r)
+}
+
+#[test]
+fn unparseable_entry() {
+    let (_d, r) = bundle_with(vec![0x0a, 0xff, 0x01], vec![]);
+    let e = err(r);
+    assert!(
+        matches!(e.kind(), ErrorKind::BadEntry { tensor, .. } if tensor == "t"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not parseable"), "{e}");
+}
+
+#[test]
+fn overflowing_shape_and_negative_dims() {
+    let (_d, r) = bundle_with(entry(1, &[1 << 40, 1 << 40], 0, 0, 0, 0), vec![]);
+    let e = err(r);
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let (_d, r) = bundle_with(entry(1, &[-3], 0, 0, 0, 0), vec![]);
+    assert!(err(r).to_string().contains("negative dimension"));
+}
+
+#[test]
+fn unknown_dtype() {
+    let (_d, r) = bundle_with(entry(99, &[1], 0, 0, 4, 0), vec![0; 4]);
+    let e = err(r);
+    assert!(
+        matches!(e.kind(), ErrorKind::UnknownDtype { value: 99, .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn size_mismatch() {
+    let (_d, r) = bundle_with(entry(1, &[3], 0, 0, 8, 0), vec![0; 8]);
+    let e = err(r);
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::SizeMismatch {
+                expected: 12,
+                found: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tensor_suggests_close_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let e = err(ckpt.read("c"));
+    match e.kind() {
+        ErrorKind::TensorNotFound {
+            tensor,
+            suggestions,
+            ..
+        } => {
+            assert_eq!(tensor, "c");
+            assert_eq!(suggestions, &["a", "b"]);
+        }
+        _ => panic!("{e}"),
+    }
+    assert!(e.to_string().contains("did you mean a, b?"), "{e}");
+}
+
+/// A partitioned tensor "p" of shape [4] with the given stored slices, each holding its elements.
+fn partitioned(slices: &[(i64, i64)]) -> (tempfile::TempDir, Checkpoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = Vec::new();
+    common::pb_varint(&mut full, 1, 1);
+    common::pb_bytes(&mut full, 2, &shape(&[4]));
+    let mut records = vec![(vec![], header(1))];
+    let mut data = Vec::new();
+    let mut slice_records = Vec::new();
+    for &(start, len) in slices {
+        common::pb_bytes(&mut full, 7, &slice(&[(start, len)]));
+        let bytes = f32s(&(start..start + len).map(|x| x as f32).collect::<Vec<_>>());
+        let key = Slice::from_ranges(&[(start as u64, len as u64)]);
+        let key = tfckpt_slice_key("p", &key);
+        slice_records.push((
+            key,
+            entry(
+                1,
+                &[len],
+                0,
+                data.len() as u64,
+                bytes.len() as u64,
+                tfckpt::crc::crc32c(&bytes),
+            ),
+        ));
+        data.extend_from_slice(&bytes);
+    }
+    slice_records.sort();
+    records.extend(slice_records);
+    records.push((b"p".to_vec(), full));
+    let prefix = write_bundle(dir.path(), &records, &[data]);
+    let ckpt = Checkpoint::open(prefix).unwrap();
+    (dir, ckpt)
+}
+
+/// Slice keys as TensorFlow encodes them (spec E.3), for 1-D slices with small numbers.
+fn tfckpt_slice_key(name: &str, s: &Slice) -> Vec<u8> {
+    let mut k = vec![0x00];
+    k.extend_from_slice(name.as_bytes());
+    k.extend_from_slice(&[0x00, 0x01, 0x01, 0x01]);
+    for e in s.extents() {
+        if let tfckpt::Extent::Range { start, length } = e {
+            assert!(*start < 64 && *length < 64);
+            k.push(0x80 | *start as u8);
+            k.push(0x80 | *length as u8);
+        }
+    }
+    k
+}
+
+#[test]
+fn insufficient_slices() {
+    let (_d, ckpt) = partitioned(&[(0, 2), (3, 1)]);
+    assert_eq!(
+        ckpt.read_slice("p", &Slice::from_ranges(&[(0, 2)]))
+            .unwrap()
+            .to_f32()
+            .unwrap(),
+        [0., 1.]
+    );
+    let e = err(ckpt.read("p"));
+    assert!(
+        matches!(e.kind(), ErrorKind::InsufficientSlices { tensor, .. } if tensor == "p"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("0,2, 3,1"), "{e}");
+}
+
+#[test]
+fn overlapping_slices() {
+    let (_d, ckpt) = partitioned(&[(0, 3), (2, 2)]);
+    let e = err(ckpt.read("p"));
+    assert!(
+        matches!(e.kind(), ErrorKind::OverlappingSlices { .. }),
+        "{e}"
+    );
+    assert!(!ckpt.verify_all().problems.is_empty());
+}
+
+#[test]
+fn good_partitioned_reads_and_bad_requests() {
+    let (_d, ckpt) = partitioned(&[(0, 1), (1, 3)]);
+    assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), [0., 1., 2., 3.]);
+    assert_eq!(ckpt.tensors().len(), 1);
+    let e = err(ckpt.read_slice("p", &Slice::from_ranges(&[(2, 5)])));
+    assert!(matches!(e.kind(), ErrorKind::BadSlice { .. }), "{e}");
+    let e = err(ckpt.read_into("p", &mut [0u8; 3]));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::BufferSize {
+                expected: 16,
+                found: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Vec::new();
+    pb_varint(&mut h, 1, 1);
+    let mut v = Vec::new();
+    pb_varint(&mut v, 1, 1);
+    pb_varint(&mut v, 2, 7); // min_consumer 7
+    pb_bytes(&mut h, 3, &v);
+    let prefix = write_bundle(dir.path(), &[(vec![], h)], &[vec![]]);
+    let e = err(Checkpoint::open(prefix));
+    assert!(e.to_string().contains("version >= 7"), "{e}");
+}
+
+#[test]
+fn string_checksums() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("s");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    let t = Tensor::from_strings(&[2], vec![b"hello".to_vec(), b"world".to_vec()]).unwrap();
+    w.add("s", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let data = dir.path().join("s.data-00000-of-00001");
+    let good = std::fs::read(&data).unwrap();
+    let mut bytes = good.clone();
+    bytes[8] ^= 1; // in the string bytes
+    std::fs::write(&data, &bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix).unwrap().read("s"));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::TensorChecksum {
+                what: "checksum",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut bytes = good.clone();
+    bytes[2] ^= 1; // in the length checksum
+    std::fs::write(&data, &bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix).unwrap().read("s"));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::TensorChecksum {
+                what: "string length checksum",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut bytes = good;
+    bytes[0] = 200; // a length past the end
+    std::fs::write(&data, &bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix).unwrap().read("s"));
+    assert!(e.to_string().contains("s.data-00000-of-00001"), "{e}");
+}

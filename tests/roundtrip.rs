@@ -1,0 +1,226 @@
+//! Property tests: checkpoints written by our writer (random dtypes, shapes, shard counts, partitions,
+//! compressed or big-endian indexes) read back exactly, whole and by arbitrary sub-slices, against a
+//! naive coordinate-by-coordinate oracle.
+
+use proptest::prelude::*;
+use tfckpt::{
+    Checkpoint, CheckpointWriter, DType, Slice, Tensor, TensorData, TensorRef, WriterOptions,
+};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+const DTYPES: &[DType] = &[
+    DType::F32,
+    DType::F64,
+    DType::F16,
+    DType::BF16,
+    DType::I8,
+    DType::I16,
+    DType::I32,
+    DType::I64,
+    DType::U8,
+    DType::U16,
+    DType::U32,
+    DType::U64,
+    DType::Bool,
+    DType::C64,
+    DType::C128,
+    DType::String,
+    DType::F8E4M3FN,
+    DType::F8E5M2,
+    DType::I4,
+    DType::U4,
+    DType::QI8,
+    DType::QU8,
+    DType::QI16,
+    DType::QU16,
+    DType::QI32,
+];
+
+fn random_tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
+    let n: u64 = shape.iter().product();
+    match dtype.size() {
+        Some(size) => {
+            let bytes = (0..n as usize * size).map(|_| rng.next() as u8).collect();
+            Tensor::from_bytes(dtype, shape, bytes).unwrap()
+        }
+        None => {
+            let strings = (0..n)
+                .map(|_| {
+                    let len = [0, 1, 5, 130, 300][rng.below(5) as usize];
+                    (0..len).map(|_| rng.next() as u8).collect()
+                })
+                .collect();
+            Tensor::from_strings(shape, strings).unwrap()
+        }
+    }
+}
+
+/// The sub-box `ranges` of a row-major tensor, element by element.
+fn oracle_slice(t: &Tensor, ranges: &[(u64, u64)]) -> TensorData {
+    let shape = &t.shape;
+    let n: u64 = ranges.iter().map(|r| r.1).product();
+    let mut idx = vec![0u64; shape.len()];
+    let mut flat = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let mut f = 0u64;
+        for d in 0..shape.len() {
+            f = f * shape[d] + ranges[d].0 + idx[d];
+        }
+        flat.push(f as usize);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < ranges[d].1 {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    match &t.data {
+        TensorData::Bytes(b) => {
+            let size = t.dtype.size().unwrap();
+            TensorData::Bytes(
+                flat.iter()
+                    .flat_map(|&i| b[i * size..(i + 1) * size].to_vec())
+                    .collect(),
+            )
+        }
+        TensorData::Strings(s) => TensorData::Strings(flat.iter().map(|&i| s[i].clone()).collect()),
+    }
+}
+
+fn random_box(rng: &mut Rng, shape: &[u64]) -> Vec<(u64, u64)> {
+    shape
+        .iter()
+        .map(|&d| {
+            if d == 0 {
+                return (0, 0);
+            }
+            let start = rng.below(d);
+            (start, 1 + rng.below(d - start))
+        })
+        .collect()
+}
+
+/// Cuts every dimension at random points: a grid of boxes covering the tensor.
+fn random_grid(rng: &mut Rng, shape: &[u64]) -> Vec<Vec<(u64, u64)>> {
+    let cuts: Vec<Vec<(u64, u64)>> = shape
+        .iter()
+        .map(|&d| {
+            let k = 1 + rng.below(d.min(4));
+            let mut points: Vec<u64> = (0..k - 1).map(|_| 1 + rng.below(d - 1)).collect();
+            points.push(0);
+            points.push(d);
+            points.sort();
+            points.dedup();
+            points.windows(2).map(|w| (w[0], w[1] - w[0])).collect()
+        })
+        .collect();
+    let mut boxes = vec![vec![]];
+    for c in cuts {
+        boxes = boxes
+            .into_iter()
+            .flat_map(|b: Vec<(u64, u64)>| c.iter().map(move |&r| [b.clone(), vec![r]].concat()))
+            .collect();
+    }
+    boxes
+}
+
+fn run_case(seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("ckpt");
+    let options = WriterOptions {
+        num_shards: 1 + rng.below(4) as u32,
+        compress_index: rng.below(2) == 0,
+        block_size: [64, 300, 4096, 256 << 10][rng.below(4) as usize],
+        big_endian: rng.below(4) == 0,
+    };
+    let mut w = CheckpointWriter::create(&prefix, options.clone()).unwrap();
+    let mut tensors = Vec::new();
+    for i in 0..1 + rng.below(6) {
+        let dtype = DTYPES[rng.below(DTYPES.len() as u64) as usize];
+        let rank = rng.below(4) as usize;
+        let shape: Vec<u64> = (0..rank).map(|_| rng.below(7)).collect();
+        let t = random_tensor(&mut rng, dtype, &shape);
+        let name = format!("scope_{}/t{i}", rng.below(3));
+        let partitioned = rank > 0 && shape.iter().all(|&d| d > 1) && rng.below(2) == 0;
+        if partitioned {
+            let boxes = random_grid(&mut rng, &shape);
+            for b in &boxes {
+                let part = oracle_slice(&t, b);
+                let part_shape: Vec<u64> = b.iter().map(|r| r.1).collect();
+                let part = Tensor {
+                    dtype,
+                    shape: part_shape,
+                    data: part,
+                };
+                w.add_slice(
+                    &name,
+                    &shape,
+                    &Slice::from_ranges(b),
+                    TensorRef::from(&part),
+                )
+                .unwrap();
+            }
+        } else {
+            w.add(&name, TensorRef::from(&t)).unwrap();
+        }
+        tensors.push((name, t));
+    }
+    w.finish().unwrap();
+
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let listed: Vec<_> = ckpt
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+        .collect();
+    let want: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dtype, t.shape.clone()))
+        .collect();
+    assert_eq!(listed, want, "options {options:?}");
+    ckpt.verify().unwrap();
+    for (name, t) in &tensors {
+        assert_eq!(&ckpt.read(name).unwrap(), t, "{name} options {options:?}");
+        for _ in 0..3 {
+            let b = random_box(&mut rng, &t.shape);
+            if b.iter().any(|r| r.1 == 0) {
+                continue;
+            }
+            let got = ckpt.read_slice(name, &Slice::from_ranges(&b)).unwrap();
+            assert_eq!(got.data, oracle_slice(t, &b), "{name} box {b:?}");
+            if let Some(size) = t.dtype.size() {
+                let mut buf = vec![0u8; got.num_elements() as usize * size];
+                ckpt.read_slice_into(name, &Slice::from_ranges(&b), &mut buf)
+                    .unwrap();
+                assert_eq!(Some(&buf[..]), got.bytes());
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+    #[test]
+    fn writer_reader_round_trip(seed in any::<u64>()) {
+        run_case(seed);
+    }
+}

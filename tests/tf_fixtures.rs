@@ -1,0 +1,262 @@
+//! Conformance on files written by TensorFlow 2.21 (`tests/fixtures/generate.py`): for every fixture
+//! case, our listing equals `tf.train.list_variables` (+ dtypes), every tensor equals what TF's reader
+//! returned (byte for byte, through the same `.npy` conventions as `tfckpt get`), every stored slice of
+//! a partitioned tensor reads back as its box of the full tensor, and `verify` passes.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tfckpt::{npy, Checkpoint, Slice, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected/list.json").is_file())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 8, "fixture cases missing: {v:?}");
+    v
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn open_case(case: &Path) -> Checkpoint {
+    let rel = std::fs::read_to_string(case.join("expected/ckpt.txt")).unwrap();
+    Checkpoint::open(case.join(rel.trim())).unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Compares a tensor with TF's value stored next to the fixture.
+fn check_value(case: &Path, t: &Tensor, name: &str) {
+    let base = case.join("expected/values").join(name);
+    let strings = PathBuf::from(format!("{}.strings.json", base.display()));
+    if strings.is_file() {
+        let want = json(&strings);
+        let shape: Vec<u64> = want["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        let hexes: Vec<String> = want["hex"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(t.shape, shape, "{name}");
+        let got: Vec<String> = t
+            .strings()
+            .expect("a string tensor")
+            .iter()
+            .map(|s| hex(s))
+            .collect();
+        assert_eq!(got, hexes, "{name}");
+        return;
+    }
+    let path = PathBuf::from(format!("{}.npy", base.display()));
+    let want =
+        npy::read(std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap();
+    let mut buf = Vec::new();
+    npy::write_tensor(&mut buf, t).unwrap();
+    let got = npy::read(&buf[..]).unwrap();
+    assert_eq!(
+        (got.descr.as_str(), &got.shape),
+        (want.descr.as_str(), &want.shape),
+        "{name} in {}",
+        case.display()
+    );
+    assert!(
+        got.data == want.data,
+        "{name} in {}: values differ",
+        case.display()
+    );
+}
+
+#[test]
+fn listing_matches_tensorflow() {
+    for case in cases() {
+        let ckpt = open_case(&case);
+        let want = json(&case.join("expected/list.json"));
+        let got: Vec<Value> = ckpt
+            .tensors()
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+            .collect();
+        assert_eq!(Value::Array(got), want, "{}", case.display());
+    }
+}
+
+#[test]
+fn values_match_tensorflow() {
+    let mut n = 0;
+    for case in cases() {
+        let ckpt = open_case(&case);
+        for info in ckpt.tensors() {
+            let t = ckpt
+                .read(&info.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+            assert_eq!((t.dtype, &t.shape), (info.dtype, &info.shape));
+            check_value(&case, &t, &info.name);
+            if let Some(size) = info.dtype.size() {
+                let mut buf = vec![0xAAu8; ckpt.byte_len(&info.name, None).unwrap()];
+                ckpt.read_into(&info.name, &mut buf).unwrap();
+                assert_eq!(Some(&buf[..]), t.bytes());
+                assert_eq!(buf.len() as u64, info.num_elements() * size as u64);
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 90, "only {n} tensors checked");
+}
+
+/// Every stored slice read on its own equals the same box cut out of the full tensor.
+#[test]
+fn stored_slices_match_their_box_of_the_full_tensor() {
+    let mut n = 0;
+    for case in cases() {
+        let slices = case.join("expected/slices.json");
+        if !slices.is_file() {
+            continue;
+        }
+        let ckpt = open_case(&case);
+        let want = json(&slices);
+        for (name, spec) in want.as_object().unwrap() {
+            let info = ckpt.tensor(name).unwrap();
+            let full = ckpt.read(name).unwrap();
+            let parts = spec["slices"].as_array().unwrap();
+            if parts.len() > 1 {
+                assert_eq!(info.slices.len(), parts.len(), "{name}");
+            }
+            for p in parts {
+                let (_, slice) = Slice::parse_shape_and_slice(p["spec"].as_str().unwrap())
+                    .unwrap()
+                    .unwrap();
+                if parts.len() > 1 {
+                    assert!(
+                        info.slices
+                            .iter()
+                            .any(|s| s.ranges(&info.shape) == slice.ranges(&info.shape)),
+                        "{name} {slice}"
+                    );
+                }
+                let got = ckpt.read_slice(name, &slice).unwrap();
+                assert_eq!(
+                    got.data,
+                    cut(&full, &slice.ranges(&info.shape)).data,
+                    "{name} {slice}"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 20, "only {n} slices checked");
+}
+
+/// Cuts a box out of a tensor element by element (the oracle).
+fn cut(t: &Tensor, ranges: &[(u64, u64)]) -> Tensor {
+    let mut idx = vec![0u64; ranges.len()];
+    let count: u64 = ranges.iter().map(|r| r.1).product();
+    let mut flat = Vec::new();
+    for _ in 0..count {
+        let mut f = 0;
+        for d in 0..ranges.len() {
+            f = f * t.shape[d] + ranges[d].0 + idx[d];
+        }
+        flat.push(f as usize);
+        for d in (0..ranges.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < ranges[d].1 {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let shape: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+    match t.dtype.size() {
+        Some(s) => {
+            let b = t.bytes().unwrap();
+            Tensor::from_bytes(
+                t.dtype,
+                &shape,
+                flat.iter()
+                    .flat_map(|&i| b[i * s..(i + 1) * s].to_vec())
+                    .collect(),
+            )
+            .unwrap()
+        }
+        None => Tensor::from_strings(
+            &shape,
+            flat.iter()
+                .map(|&i| t.strings().unwrap()[i].clone())
+                .collect(),
+        )
+        .unwrap(),
+    }
+}
+
+#[test]
+fn verify_passes_on_every_fixture() {
+    for case in cases() {
+        let report = open_case(&case)
+            .verify()
+            .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        assert!(
+            report.tensors > 0 && report.blocks > 0,
+            "{}",
+            case.display()
+        );
+    }
+}
+
+#[test]
+fn sharded_save_reads_from_several_data_files() {
+    let ckpt = open_case(&fixtures().join("sharded"));
+    assert!(ckpt.prefix().ends_with("model.ckpt-0"));
+    let data_files = std::fs::read_dir(fixtures().join("sharded"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".data-")
+        })
+        .count();
+    assert_eq!(data_files, 3);
+    assert_eq!(ckpt.format(), tfckpt::Format::V2);
+}
+
+#[test]
+fn v1_checkpoint_is_recognised() {
+    let ckpt = open_case(&fixtures().join("v1"));
+    assert_eq!(ckpt.format(), tfckpt::Format::V1);
+    assert!(ckpt.tensors().iter().any(|t| t.is_partitioned()));
+}
+
+#[test]
+fn state_file_paths_are_relative_and_index_path_works() {
+    let case = fixtures().join("h1_basic");
+    let state = std::fs::read_to_string(case.join("checkpoint")).unwrap();
+    assert!(
+        state.contains("model_checkpoint_path: \"model-0\""),
+        "{state}"
+    );
+    let a = Checkpoint::open(&case).unwrap();
+    let b = Checkpoint::open(case.join("model-0.index")).unwrap();
+    assert_eq!(a.tensors(), b.tensors());
+}
