@@ -73,7 +73,7 @@ impl Bundle {
     }
 
     /// The shard of `e` and the byte range of `e` in it, checked against the shard's length.
-    fn locate(&self, e: &Entry) -> Result<(Arc<MappedFile>, std::ops::Range<usize>)> {
+    pub(crate) fn locate(&self, e: &Entry) -> Result<(Arc<MappedFile>, std::ops::Range<usize>)> {
         let map = self.shard(e)?;
         let len = map.len();
         // offset + size cannot overflow: checked when the index was parsed.
@@ -122,6 +122,7 @@ impl Bundle {
     /// conversion is needed.
     pub(crate) fn fixed_bytes(&self, e: &Entry) -> Result<EntryBytes> {
         if self.index.big_endian && e.dtype.swap_unit() > 1 {
+            self.locate(e)?; // bounds first: the allocation below is then backed by the file
             let mut v = vec![0u8; e.size as usize];
             self.read_fixed_into(e, &mut v)?;
             return Ok(EntryBytes::Owned(v));

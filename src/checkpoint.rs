@@ -232,7 +232,9 @@ impl Checkpoint {
         let info = self.tensor(name)?;
         check_slice(info, slice)?;
         let shape = slice.shape(&info.shape);
-        let n = num_elements(&shape).unwrap_or(0) as usize;
+        let n = num_elements(&shape).unwrap_or(0);
+        self.check_backing(info, n)?;
+        let n = n as usize;
         let data = match info.dtype.size() {
             Some(size) => {
                 let mut buf = vec![0u8; n * size];
@@ -250,6 +252,38 @@ impl Checkpoint {
             shape,
             data,
         })
+    }
+
+    /// Before allocating `n` elements for a read, checks that the stored bytes behind the tensor can
+    /// hold that many (every stored element takes at least one byte), so that a damaged or hostile
+    /// index cannot make us allocate more memory than the checkpoint's files hold.
+    fn check_backing(&self, info: &TensorInfo, n: u64) -> Result<()> {
+        let stored: u64 = match &self.inner {
+            Inner::V2(b) => {
+                let stored = if info.slices.is_empty() {
+                    vec![Slice::full(info.shape.len())]
+                } else {
+                    info.slices.clone()
+                };
+                let mut sum = 0u64;
+                for s in &stored {
+                    let e = self.v2_entry(b, info, s)?;
+                    b.locate(e)?;
+                    sum = sum.saturating_add(e.size);
+                }
+                sum
+            }
+            Inner::V1(set) => set.total_len(),
+        };
+        if n > stored {
+            return Err(ErrorKind::BadEntry {
+                path: self.prefix.clone(),
+                tensor: info.name.clone(),
+                reason: format!("claims {n} elements but only {stored} bytes back it"),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Bytes needed to hold `slice` of `name` (`None` slice: the whole tensor); fails for strings.

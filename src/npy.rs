@@ -143,7 +143,7 @@ mod tests {
         let t = Tensor::from_f32(&[2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
         let mut buf = vec![];
         write_tensor(&mut buf, &t).unwrap();
-        assert_eq!(buf.len() % 64, 24 % 64);
+        assert_eq!(buf.len() % 64, 24); // data starts on a 64-byte boundary
         let a = read(&buf[..]).unwrap();
         assert_eq!(a.descr, "<f4");
         assert_eq!(a.shape, vec![2, 3]);

@@ -256,7 +256,7 @@ pub(crate) fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<Vec<(u64, 
         .map(|(&(sa, la), &(sb, lb))| {
             let start = sa.max(sb);
             let end = (sa + la).min(sb + lb);
-            (end > start).then_some((start, end - start))
+            (end > start).then(|| (start, end - start))
         })
         .collect()
 }

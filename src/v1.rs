@@ -101,6 +101,11 @@ impl V1Set {
         Ok(V1Set { files, tensors })
     }
 
+    /// Total bytes of all files.
+    pub(crate) fn total_len(&self) -> u64 {
+        self.files.iter().map(|f| f.len()).sum()
+    }
+
     /// Reads and decodes the record of stored slice `slice` of `name` from file `file`.
     pub(crate) fn read_slice(
         &self,

@@ -421,3 +421,15 @@ fn string_checksums() {
     let e = err(Checkpoint::open(&prefix).unwrap().read("s"));
     assert!(e.to_string().contains("s.data-00000-of-00001"), "{e}");
 }
+
+#[test]
+fn huge_claimed_shapes_fail_before_allocating() {
+    // A CRC-valid index can claim 2^40 elements; reading must fail on the shard's length, not
+    // try to allocate terabytes.
+    let (_d, r) = bundle_with(entry(1, &[1 << 40], 0, 0, 4 << 40, 0), vec![0; 16]);
+    let e = err(r.unwrap().read("t"));
+    assert!(matches!(e.kind(), ErrorKind::OutOfBounds { .. }), "{e}");
+    let (_d, r) = bundle_with(entry(7, &[1 << 40], 0, 0, (1 << 40) + 4, 0), vec![0; 16]);
+    let e = err(r.unwrap().read("t"));
+    assert!(matches!(e.kind(), ErrorKind::OutOfBounds { .. }), "{e}");
+}

@@ -1,0 +1,198 @@
+//! The `tfckpt` binary against `spec/cli.md`: `list --json` equals TensorFlow's listing, `get` writes
+//! TensorFlow's values, `verify` passes clean fixtures and names the damage in damaged ones, errors are
+//! one `error:` line with exit code 1, usage errors exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tfckpt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
+}
+
+fn ckpt_arg(case: &str) -> String {
+    let rel = std::fs::read_to_string(fixtures().join(case).join("expected/ckpt.txt")).unwrap();
+    fixtures()
+        .join(case)
+        .join(rel.trim())
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_one_error_line(o: &Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err} should mention {needle}");
+}
+
+const CASES: &[&str] = &[
+    "h1_basic",
+    "h1_partitioned",
+    "dtypes",
+    "partitioned_axes",
+    "sharded",
+    "v1",
+    "tf2_object",
+];
+
+#[test]
+fn list_json_equals_tensorflow() {
+    for case in CASES {
+        let o = tfckpt(&["list", &ckpt_arg(case), "--json"]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let want: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fixtures().join(case).join("expected/list.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got, want, "{case}");
+    }
+    let o = tfckpt(&["list", &ckpt_arg("h1_basic")]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some("useful_scope/var4\tfloat32\t[9, 9]")
+    );
+}
+
+#[test]
+fn get_writes_tensorflow_values() {
+    let out = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for case in CASES {
+        let list: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(fixtures().join(case).join("expected/list.json")).unwrap(),
+        )
+        .unwrap();
+        for t in list {
+            let name = t["name"].as_str().unwrap();
+            let want = fixtures()
+                .join(case)
+                .join("expected/values")
+                .join(format!("{name}.npy"));
+            if !want.is_file() {
+                continue; // strings: compared in tf_fixtures
+            }
+            let file = out.path().join(format!("{n}.npy"));
+            let o = tfckpt(&[
+                "get",
+                &ckpt_arg(case),
+                name,
+                "--out",
+                file.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{case} {name}: {}", stderr(&o));
+            let got = tfckpt::npy::read(std::fs::File::open(&file).unwrap()).unwrap();
+            let want = tfckpt::npy::read(std::fs::File::open(&want).unwrap()).unwrap();
+            assert_eq!(got, want, "{case} {name}");
+            n += 1;
+        }
+    }
+    assert!(n > 60);
+}
+
+#[test]
+fn get_strips_colon_zero_and_reads_slices() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("v.npy");
+    let o = tfckpt(&[
+        "get",
+        &ckpt_arg("h1_partitioned"),
+        "scope/var1:0",
+        "--out",
+        file.to_str().unwrap(),
+        "--slice",
+        "15,10:-",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = tfckpt::npy::read(std::fs::File::open(&file).unwrap()).unwrap();
+    let full = tfckpt::npy::read(
+        std::fs::File::open(fixtures().join("h1_partitioned/expected/values/scope/var1.npy"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got.shape, vec![10, 100]);
+    assert_eq!(got.data, full.data[15 * 400..25 * 400]);
+}
+
+#[test]
+fn verify_clean_and_damaged() {
+    for case in CASES {
+        let o = tfckpt(&["verify", &ckpt_arg(case)]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: "));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixtures().join("h1_basic")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    let data = tmp.path().join("model-0.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[100] ^= 4;
+    std::fs::write(&data, bytes).unwrap();
+    let o = tfckpt(&["verify", tmp.path().to_str().unwrap()]);
+    assert_one_error_line(&o, 1, "model-0.data-00000-of-00001");
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+}
+
+#[test]
+fn errors_exit_1_with_one_line_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.npy");
+    let o = tfckpt(&[
+        "get",
+        &ckpt_arg("h1_basic"),
+        "var5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, 1, "\"var5\"");
+    assert!(stderr(&o).contains("did you mean"));
+    assert!(!out.exists());
+    let missing = tmp.path().join("no_dir");
+    let o = tfckpt(&["list", missing.to_str().unwrap()]);
+    assert_one_error_line(&o, 1, "no_dir");
+    let o = tfckpt(&["list", tmp.path().to_str().unwrap()]);
+    assert_one_error_line(&o, 1, "couldn't find a 'checkpoint' state file");
+    let o = tfckpt(&[
+        "get",
+        &ckpt_arg("h1_basic"),
+        "var1",
+        "--out",
+        out.to_str().unwrap(),
+        "--slice",
+        "0,5",
+    ]);
+    assert_one_error_line(&o, 1, "rank");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(tfckpt(&["list"]).status.code(), Some(2));
+    assert_eq!(tfckpt(&["list", "x", "--bogus"]).status.code(), Some(2));
+    assert_eq!(tfckpt(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(tfckpt(&["get", "x", "y"]).status.code(), Some(2));
+}
+
+#[test]
+fn demo_runs_on_a_small_size() {
+    let o = tfckpt(&["demo", "--mib", "24"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("values match"), "{text}");
+}
