@@ -1,1 +1,98 @@
-fn main() {}
+//! Reader benchmarks (bytes per second, page cache warm): index open, CRC32C, whole-checkpoint reads
+//! into a reused buffer, `verify`, and many small tensors. Checkpoints are written by the crate's own
+//! writer into a temporary directory before measuring.
+//!
+//! `cargo bench --bench reader`
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tfckpt::{Checkpoint, CheckpointWriter, DType, TensorRef, WriterOptions};
+
+fn write(prefix: &Path, tensors: usize, elems: usize) -> u64 {
+    let mut w = CheckpointWriter::create(prefix, WriterOptions::default()).unwrap();
+    let data: Vec<u8> = (0..elems * 4).map(|i| (i * 7 % 251) as u8).collect();
+    for i in 0..tensors {
+        let name = format!("model/layer_{:06}/w", i);
+        w.add(&name, TensorRef::Bytes { dtype: DType::F32, shape: &[elems as u64], data: &data }).unwrap();
+    }
+    w.finish().unwrap();
+    (tensors * elems * 4) as u64
+}
+
+fn crc(c: &mut Criterion) {
+    let data = vec![0x5au8; 64 << 20];
+    let mut g = c.benchmark_group("crc32c");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(20);
+    g.bench_function("parallel 64 MiB", |b| b.iter(|| black_box(tfckpt::crc::crc32c(&data))));
+    g.bench_function("one core 64 MiB", |b| b.iter(|| black_box(crc32c::crc32c(&data))));
+    g.finish();
+}
+
+fn open_index(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("open_index");
+    for n in [1_000usize, 100_000] {
+        let prefix = dir.path().join(format!("idx{n}"));
+        write(&prefix, n, 1);
+        g.throughput(Throughput::Elements(n as u64));
+        g.sample_size(10);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &prefix, |b, p| {
+            b.iter(|| black_box(Checkpoint::open(p).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn read_large(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("large");
+    // 64 tensors of 8 MiB: 512 MiB.
+    let bytes = write(&prefix, 64, 2 << 20);
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut g = c.benchmark_group("large_tensors_512MiB");
+    g.throughput(Throughput::Bytes(bytes));
+    g.sample_size(10);
+    g.bench_function("read_into reused buffer", |b| {
+        b.iter(|| {
+            for t in ckpt.tensors() {
+                ckpt.read_into(&t.name, &mut buf).unwrap();
+            }
+        })
+    });
+    g.bench_function("read (allocating)", |b| {
+        b.iter(|| {
+            for t in ckpt.tensors() {
+                black_box(ckpt.read(&t.name).unwrap());
+            }
+        })
+    });
+    g.bench_function("verify", |b| b.iter(|| ckpt.verify().unwrap()));
+    g.finish();
+}
+
+fn read_small(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("small");
+    // 10k tensors of 256 B.
+    let bytes = write(&prefix, 10_000, 64);
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let mut buf = vec![0u8; 256];
+    let mut g = c.benchmark_group("small_tensors_10k_x_256B");
+    g.throughput(Throughput::Bytes(bytes));
+    g.sample_size(10);
+    g.bench_function("read_into", |b| {
+        b.iter(|| {
+            for t in ckpt.tensors() {
+                ckpt.read_into(&t.name, &mut buf).unwrap();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, crc, open_index, read_large, read_small);
+criterion_main!(benches);

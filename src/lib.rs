@@ -50,3 +50,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use slice::{Extent, Slice};
 pub use tensor::{Tensor, TensorData};
 pub use writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
