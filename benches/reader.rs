@@ -15,7 +15,15 @@ fn write(prefix: &Path, tensors: usize, elems: usize) -> u64 {
     let data: Vec<u8> = (0..elems * 4).map(|i| (i * 7 % 251) as u8).collect();
     for i in 0..tensors {
         let name = format!("model/layer_{:06}/w", i);
-        w.add(&name, TensorRef::Bytes { dtype: DType::F32, shape: &[elems as u64], data: &data }).unwrap();
+        w.add(
+            &name,
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[elems as u64],
+                data: &data,
+            },
+        )
+        .unwrap();
     }
     w.finish().unwrap();
     (tensors * elems * 4) as u64
@@ -26,8 +34,12 @@ fn crc(c: &mut Criterion) {
     let mut g = c.benchmark_group("crc32c");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(20);
-    g.bench_function("parallel 64 MiB", |b| b.iter(|| black_box(tfckpt::crc::crc32c(&data))));
-    g.bench_function("one core 64 MiB", |b| b.iter(|| black_box(crc32c::crc32c(&data))));
+    g.bench_function("parallel 64 MiB", |b| {
+        b.iter(|| black_box(tfckpt::crc::crc32c(&data)))
+    });
+    g.bench_function("one core 64 MiB", |b| {
+        b.iter(|| black_box(crc32c::crc32c(&data)))
+    });
     g.finish();
 }
 
