@@ -109,7 +109,7 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 /// Where assembled elements go.
-enum Out<'o> {
+pub(crate) enum Out<'o> {
     Bytes(&'o mut [u8]),
     Strings(&'o mut [Vec<u8>]),
 }
@@ -326,7 +326,17 @@ impl Checkpoint {
 
     /// Spec E.5 step 5: pick the stored slices that intersect `req`, require that they cover it, and
     /// copy each intersection into `out`.
-    fn assemble(&self, info: &TensorInfo, req: &Slice, mut out: Out<'_>) -> Result<()> {
+    fn assemble(&self, info: &TensorInfo, req: &Slice, out: Out<'_>) -> Result<()> {
+        self.assemble_many(info, &mut [(req.clone(), out)])
+    }
+
+    /// Fills several requested boxes of one tensor, reading and verifying each stored slice once
+    /// however many requests it feeds (re-partitioning reads every stored byte once).
+    pub(crate) fn assemble_many(
+        &self,
+        info: &TensorInfo,
+        reqs: &mut [(Slice, Out<'_>)],
+    ) -> Result<()> {
         let shape = &info.shape;
         let stored: Vec<Slice> = if info.slices.is_empty() {
             vec![Slice::full(shape.len())]
@@ -335,66 +345,69 @@ impl Checkpoint {
         };
         let ranges: Vec<Vec<(u64, u64)>> = stored.iter().map(|s| s.ranges(shape)).collect();
         check_overlaps(info, &stored, &ranges)?;
-        let want = req.ranges(shape);
-        let want_n = num_elements(&slice_lengths(&want)).unwrap_or(0);
-        let mut covered = 0u64;
-        let mut parts = Vec::new();
+        let wants: Vec<Vec<(u64, u64)>> = reqs.iter().map(|(r, _)| r.ranges(shape)).collect();
+        // Coverage first, so that nothing is read for a request that must fail.
+        for (i, want) in wants.iter().enumerate() {
+            let want_n = num_elements(&slice_lengths(want)).unwrap_or(0);
+            let covered: u64 = ranges
+                .iter()
+                .filter_map(|have| slice::intersect(have, want))
+                .map(|inter| num_elements(&slice_lengths(&inter)).unwrap_or(0))
+                .sum();
+            if covered != want_n {
+                return Err(ErrorKind::InsufficientSlices {
+                    tensor: info.name.clone(),
+                    requested: reqs[i].0.to_string(),
+                    stored: stored
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into());
+            }
+        }
         for (s, have) in stored.iter().zip(&ranges) {
-            if let Some(inter) = slice::intersect(have, &want) {
-                covered += num_elements(&slice_lengths(&inter)).unwrap_or(0);
-                parts.push((s, have, inter));
+            let users: Vec<(usize, Vec<(u64, u64)>)> = wants
+                .iter()
+                .enumerate()
+                .filter_map(|(i, want)| slice::intersect(have, want).map(|inter| (i, inter)))
+                .collect();
+            if users.is_empty() {
+                continue;
             }
-        }
-        if covered != want_n {
-            return Err(ErrorKind::InsufficientSlices {
-                tensor: info.name.clone(),
-                requested: req.to_string(),
-                stored: stored
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into());
-        }
-        for (s, have, inter) in parts {
-            self.copy_stored(info, s, have, &want, &inter, &mut out)?;
+            self.copy_stored(info, s, have, &wants, &users, reqs)?;
         }
         Ok(())
     }
 
-    /// Copies the intersection `inter` of stored slice `s` (box `have`) into `out` (box `want`).
+    /// Reads stored slice `s` (box `have`) once and copies its intersection with each user request
+    /// (`(request index, intersection)`) into that request's output.
     fn copy_stored(
         &self,
         info: &TensorInfo,
         s: &Slice,
         have: &[(u64, u64)],
-        want: &[(u64, u64)],
-        inter: &[(u64, u64)],
-        out: &mut Out<'_>,
+        wants: &[Vec<(u64, u64)>],
+        users: &[(usize, Vec<(u64, u64)>)],
+        reqs: &mut [(Slice, Out<'_>)],
     ) -> Result<()> {
-        match &self.inner {
+        let size = info.dtype.size().unwrap_or(1);
+        let source = match &self.inner {
             Inner::V2(b) => {
                 let e = self.v2_entry(b, info, s)?;
-                match out {
-                    Out::Bytes(dst) if have == want => b.read_fixed_into(e, dst),
-                    Out::Bytes(dst) => {
-                        let src = b.fixed_bytes(e)?;
-                        copy_runs(
-                            have,
-                            want,
-                            inter,
-                            src.as_slice(),
-                            dst,
-                            info.dtype.size().unwrap_or(1),
-                        );
-                        Ok(())
+                if info.dtype.size().is_none() {
+                    Source::Strings(b.read_strings(e)?)
+                } else if let [(i, _)] = users {
+                    if wants[*i] == have {
+                        // The whole stored slice is the whole request: checksum fused with the copy.
+                        if let Out::Bytes(dst) = &mut reqs[*i].1 {
+                            return b.read_fixed_into(e, dst);
+                        }
                     }
-                    Out::Strings(dst) => {
-                        let src = b.read_strings(e)?;
-                        copy_string_runs(have, want, inter, src, dst);
-                        Ok(())
-                    }
+                    Source::Entry(b.fixed_bytes(e)?)
+                } else {
+                    Source::Entry(b.fixed_bytes(e)?)
                 }
             }
             Inner::V1(set) => {
@@ -405,25 +418,34 @@ impl Checkpoint {
                     .find(|(x, _)| x == s)
                     .map(|(_, f)| *f)
                     .unwrap_or_default();
-                match (set.read_slice(&info.name, t, s, file)?, out) {
-                    (V1Values::Bytes(src), Out::Bytes(dst)) => {
-                        copy_runs(have, want, inter, &src, dst, info.dtype.size().unwrap_or(1));
-                    }
-                    (V1Values::Strings(src), Out::Strings(dst)) => {
-                        copy_string_runs(have, want, inter, src, dst);
-                    }
-                    _ => {
-                        return Err(ErrorKind::BadEntry {
-                            path: self.prefix.clone(),
-                            tensor: info.name.clone(),
-                            reason: "record values do not match the tensor's dtype".into(),
-                        }
-                        .into())
-                    }
+                match set.read_slice(&info.name, t, s, file)? {
+                    V1Values::Bytes(b) => Source::Owned(b),
+                    V1Values::Strings(v) => Source::Strings(v),
                 }
-                Ok(())
+            }
+        };
+        for (i, inter) in users {
+            match (&source, &mut reqs[*i].1) {
+                (Source::Entry(b), Out::Bytes(dst)) => {
+                    copy_runs(have, &wants[*i], inter, b.as_slice(), dst, size)
+                }
+                (Source::Owned(b), Out::Bytes(dst)) => {
+                    copy_runs(have, &wants[*i], inter, b, dst, size)
+                }
+                (Source::Strings(src), Out::Strings(dst)) => {
+                    copy_string_runs(have, &wants[*i], inter, src, dst)
+                }
+                _ => {
+                    return Err(ErrorKind::BadEntry {
+                        path: self.prefix.clone(),
+                        tensor: info.name.clone(),
+                        reason: "stored values do not match the tensor's dtype".into(),
+                    }
+                    .into())
+                }
             }
         }
+        Ok(())
     }
 
     /// The data entry of stored slice `s`: the tensor's own entry, or its slice entry (checked
@@ -604,7 +626,7 @@ fn copy_string_runs(
     have: &[(u64, u64)],
     want: &[(u64, u64)],
     inter: &[(u64, u64)],
-    mut src: Vec<Vec<u8>>,
+    src: &[Vec<u8>],
     dst: &mut [Vec<u8>],
 ) {
     slice::for_each_run(
@@ -616,9 +638,15 @@ fn copy_string_runs(
              dst: d,
              len,
          }| {
-            for k in 0..len as usize {
-                dst[d as usize + k] = std::mem::take(&mut src[s as usize + k]);
-            }
+            let (s, d, n) = (s as usize, d as usize, len as usize);
+            dst[d..d + n].clone_from_slice(&src[s..s + n]);
         },
     );
+}
+
+/// The verified elements of one stored slice.
+enum Source {
+    Entry(crate::bundle::EntryBytes),
+    Owned(Vec<u8>),
+    Strings(Vec<Vec<u8>>),
 }

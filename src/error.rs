@@ -41,6 +41,8 @@ impl Error {
                 | ErrorKind::NoCheckpointInDir { .. }
                 | ErrorKind::TensorNotFound { .. }
                 | ErrorKind::MissingShard { .. }
+                | ErrorKind::VariableNotFound { .. }
+                | ErrorKind::MappedTensorNotFound { .. }
         )
     }
 }
@@ -300,6 +302,96 @@ pub enum ErrorKind {
         /// The state file.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// A variable named by an assignment map, or asked of the store, does not exist.
+    #[error(
+        "variable {name:?} not found in the variable store{}",
+        suggest(suggestions)
+    )]
+    VariableNotFound {
+        /// The name asked for.
+        name: String,
+        /// Close names that do exist.
+        suggestions: Vec<String>,
+    },
+    /// A string target is neither a variable, a partitioned variable, nor usable as a scope.
+    #[error("assignment {key:?} -> {target:?}: {target:?} is not a variable or a partitioned variable in the model, and it cannot be a scope because the checkpoint key {key:?} does not end with '/' (scope mappings look like 'old_scope/': 'new_scope/'){}", suggest(suggestions))]
+    NotAVariableOrScope {
+        /// The checkpoint key of the pair.
+        key: String,
+        /// The target string.
+        target: String,
+        /// Close variable names.
+        suggestions: Vec<String>,
+    },
+    /// A checkpoint tensor named by an assignment (directly or through a scope) does not exist.
+    #[error("tensor {tensor:?} (for variable {variable:?}, from assignment {key:?} -> {target:?}) not found in checkpoint {}{}", ckpt.display(), suggest(suggestions))]
+    MappedTensorNotFound {
+        /// The checkpoint.
+        ckpt: PathBuf,
+        /// The checkpoint tensor looked for.
+        tensor: String,
+        /// The variable it was to initialize.
+        variable: String,
+        /// The assignment's checkpoint key.
+        key: String,
+        /// The assignment's target.
+        target: String,
+        /// Close tensor names.
+        suggestions: Vec<String>,
+    },
+    /// A variable and its checkpoint tensor disagree on shape.
+    #[error("shape of variable {variable:?} {variable_shape:?} does not match shape of tensor {tensor:?} {tensor_shape:?} in checkpoint {}", ckpt.display())]
+    ShapeMismatch {
+        /// The checkpoint.
+        ckpt: PathBuf,
+        /// The variable (for a partitioned variable: its full name, with its full shape).
+        variable: String,
+        /// Its shape.
+        variable_shape: Vec<u64>,
+        /// The checkpoint tensor.
+        tensor: String,
+        /// Its shape.
+        tensor_shape: Vec<u64>,
+    },
+    /// A variable and its checkpoint tensor disagree on dtype (TensorFlow never casts).
+    #[error("dtype of variable {variable:?} ({variable_dtype}) does not match dtype of tensor {tensor:?} ({tensor_dtype}) in checkpoint {}", ckpt.display())]
+    DtypeMismatch {
+        /// The checkpoint.
+        ckpt: PathBuf,
+        /// The variable.
+        variable: String,
+        /// Its dtype.
+        variable_dtype: crate::DType,
+        /// The checkpoint tensor.
+        tensor: String,
+        /// Its dtype.
+        tensor_dtype: crate::DType,
+    },
+    /// A list target holds something other than parts of one partitioned variable.
+    #[error("assignment {key:?}: {reason}")]
+    BadPartList {
+        /// The checkpoint key of the pair.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A variable definition is invalid (duplicate name, bad partitions, initializer not valid for the
+    /// dtype, ...).
+    #[error("variable {name:?}: {reason}")]
+    BadVariable {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The requested device cannot be used.
+    #[error("device {device}: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        device: String,
+        /// Why it cannot be used.
         reason: String,
     },
     /// An argument given to the writer or another API is invalid.

@@ -24,16 +24,20 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod assign;
 mod bundle;
 mod checkpoint;
 pub mod crc;
 mod dtype;
 mod error;
 mod index;
+mod load;
 mod mmap;
+pub mod model_json;
 mod naming;
 pub mod npy;
 mod ordered_code;
+pub mod partitioners;
 mod proto;
 mod slice;
 mod sstable;
@@ -42,13 +46,17 @@ mod suggest;
 mod table_builder;
 mod tensor;
 mod v1;
+mod vars;
 mod writer;
 
+pub use assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use checkpoint::{Checkpoint, Format, TensorInfo, VerifyReport};
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
+pub use load::LoadReport;
 pub use slice::{Extent, Slice};
 pub use tensor::{Tensor, TensorData};
+pub use vars::{Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
 pub use writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -1,12 +1,15 @@
 //! "Did you mean" suggestions for names that were not found.
 
-/// Up to three candidates close to `target`: same last path component, or a small edit distance.
+/// Up to three candidates close to `target`: a small edit distance, the same last path component, or
+/// the same scope.
 pub(crate) fn close_names<'a>(
     target: &str,
     candidates: impl Iterator<Item = &'a str>,
 ) -> Vec<String> {
     let last = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
     let target_last = last(target);
+    let parent = |s: &str| s.rsplit_once('/').map(|(p, _)| p.to_string());
+    let target_parent = parent(target);
     let limit = (target.chars().count() / 4).max(2);
     let mut scored: Vec<(usize, &str)> = candidates
         .filter_map(|c| {
@@ -15,6 +18,9 @@ pub(crate) fn close_names<'a>(
                 Some((d, c))
             } else if !target_last.is_empty() && last(c) == target_last {
                 Some((limit + 1, c))
+            } else if target_parent.is_some() && parent(c) == target_parent {
+                // A sibling in the same scope.
+                Some((limit + 2, c))
             } else {
                 None
             }

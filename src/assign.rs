@@ -1,0 +1,451 @@
+//! `init_from_checkpoint` (spec G): an assignment map of (checkpoint key, target) pairs is checked
+//! against the checkpoint's index and the variable store, and each target variable records which
+//! tensor (and which box of it) it will load. No tensor bytes are read here: values arrive when
+//! [`VariableStore::initialize`] runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{Checkpoint, TensorInfo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::slice::Slice;
+use crate::suggest::close_names;
+use crate::vars::{Pending, Variable, VariableStore};
+
+/// The right-hand side of an assignment-map pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A string, as in Python: a variable or part name, a partitioned variable's name, or else a
+    /// scope (`"new_scope/"`, `"/"`; `"new_scope"` without the slash means the same scope).
+    Name(String),
+    /// A variable object (`{"variable": NAME}` in MAP.json): one variable, or one part alone.
+    Variable(String),
+    /// A list of variable objects: parts of one partitioned variable (`var._get_variable_list()`).
+    Parts(Vec<String>),
+}
+
+impl Target {
+    /// A name target (variable, partitioned variable or scope).
+    pub fn name(s: impl Into<String>) -> Target {
+        Target::Name(s.into())
+    }
+
+    /// A scope target; the trailing `/` is added if missing.
+    pub fn scope(s: impl Into<String>) -> Target {
+        let mut s = s.into();
+        if !s.ends_with('/') {
+            s.push('/');
+        }
+        Target::Name(s)
+    }
+
+    /// A variable object target.
+    pub fn variable(s: impl Into<String>) -> Target {
+        Target::Variable(s.into())
+    }
+
+    /// A list-of-parts target.
+    pub fn parts<S: Into<String>>(parts: impl IntoIterator<Item = S>) -> Target {
+        Target::Parts(parts.into_iter().map(Into::into).collect())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Name(s) => s.clone(),
+            Target::Variable(s) => format!("variable {s}"),
+            Target::Parts(p) => format!("[{}]", p.join(", ")),
+        }
+    }
+}
+
+impl From<&str> for Target {
+    fn from(s: &str) -> Target {
+        Target::Name(s.into())
+    }
+}
+
+/// Ordered (checkpoint key, target) pairs; a key may repeat. Pairs are applied in ascending key order
+/// (stable), so for one variable the last pair in that order wins — as in TensorFlow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AssignmentMap {
+    pairs: Vec<(String, Target)>,
+}
+
+impl AssignmentMap {
+    /// An empty map.
+    pub fn new() -> AssignmentMap {
+        AssignmentMap::default()
+    }
+
+    /// Appends a pair.
+    pub fn push(&mut self, key: impl Into<String>, target: impl Into<Target>) -> &mut Self {
+        self.pairs.push((key.into(), target.into()));
+        self
+    }
+
+    /// The pairs, in insertion order.
+    pub fn pairs(&self) -> &[(String, Target)] {
+        &self.pairs
+    }
+}
+
+impl<K: Into<String>, T: Into<Target>, const N: usize> From<[(K, T); N]> for AssignmentMap {
+    fn from(pairs: [(K, T); N]) -> AssignmentMap {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K: Into<String>, T: Into<Target>> FromIterator<(K, T)> for AssignmentMap {
+    fn from_iter<I: IntoIterator<Item = (K, T)>>(iter: I) -> AssignmentMap {
+        AssignmentMap {
+            pairs: iter
+                .into_iter()
+                .map(|(k, t)| (k.into(), t.into()))
+                .collect(),
+        }
+    }
+}
+
+/// One recorded initializer: variable ← box of a checkpoint tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The variable or part.
+    pub variable: String,
+    /// The checkpoint tensor.
+    pub tensor: String,
+    /// The box of the tensor the variable takes.
+    pub slice: Slice,
+}
+
+/// What one `init_from_checkpoint` call recorded.
+#[derive(Clone, Debug, Default)]
+pub struct InitReport {
+    /// The resolved checkpoint prefix whose tensors will be loaded.
+    pub checkpoint: PathBuf,
+    /// Every variable (or part) that will load from the checkpoint, in the order recorded.
+    pub assignments: Vec<Assignment>,
+    /// Scope mappings that matched no variable (not an error, as in TensorFlow).
+    pub warnings: Vec<String>,
+}
+
+/// TensorFlow's `tf.compat.v1.train.init_from_checkpoint(ckpt_dir_or_file, assignment_map)`.
+///
+/// Opens the checkpoint's index (never its tensor data), checks every pair — missing checkpoint,
+/// missing tensor, missing variable, shape and dtype mismatch, all at call time (TensorFlow checks
+/// some of these only when the initializer runs, and never dtypes before that) — and records for each
+/// target variable which tensor box it will load. A call that fails changes nothing (TensorFlow keeps
+/// the pairs it processed before the error). Values are loaded by [`VariableStore::initialize`].
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let prefix = dir.path().join("model.ckpt");
+/// # let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default())?;
+/// # w.add("old_scope_1/var1", (&tfckpt::Tensor::from_f32(&[2], &[1.0, 2.0]).unwrap()).into())?;
+/// # w.finish()?;
+/// use tfckpt::{init_from_checkpoint, AssignmentMap, DType, Device, Init, Target, VariableStore};
+///
+/// let mut store = VariableStore::new();
+/// store.get_variable("new_scope_1/var1", &[2], DType::F32, Init::Zeros)?;
+/// init_from_checkpoint(&mut store, &prefix, &AssignmentMap::from([("old_scope_1/", Target::scope("new_scope_1"))]))?;
+/// store.initialize(Device::Cpu)?;
+/// assert_eq!(store.value("new_scope_1/var1").unwrap().to_f32().unwrap(), [1.0, 2.0]);
+/// # Ok::<(), tfckpt::Error>(())
+/// ```
+pub fn init_from_checkpoint(
+    store: &mut VariableStore,
+    ckpt_dir_or_file: impl AsRef<Path>,
+    map: &AssignmentMap,
+) -> Result<InitReport> {
+    let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
+    let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
+    let mut report = InitReport {
+        checkpoint: ckpt.prefix().to_path_buf(),
+        ..Default::default()
+    };
+    let mut staged: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let cx = Cx { ckpt: &ckpt, store };
+    for (key, target) in pairs {
+        for (var, tensor, slice) in cx.resolve(key, target, &mut report.warnings)? {
+            order.retain(|v| v != &var);
+            order.push(var.clone());
+            staged.insert(
+                var,
+                Pending {
+                    checkpoint: ckpt.prefix().to_path_buf(),
+                    tensor,
+                    slice,
+                },
+            );
+        }
+    }
+    for var in order {
+        let p = &staged[&var];
+        report.assignments.push(Assignment {
+            variable: var.clone(),
+            tensor: p.tensor.clone(),
+            slice: p.slice.clone(),
+        });
+    }
+    store.pending.extend(staged);
+    store.warnings.extend(report.warnings.iter().cloned());
+    Ok(report)
+}
+
+/// One destination resolved: (variable or part, checkpoint tensor, box of the tensor).
+type Dest = (String, String, Slice);
+
+struct Cx<'a> {
+    ckpt: &'a Checkpoint,
+    store: &'a VariableStore,
+}
+
+/// What a target resolves to in the store.
+enum Resolved<'s> {
+    Single(&'s Variable),
+    Parts(Vec<&'s Variable>),
+}
+
+impl Cx<'_> {
+    fn resolve(&self, key: &str, target: &Target, warnings: &mut Vec<String>) -> Result<Vec<Dest>> {
+        let resolved = match target {
+            Target::Variable(name) => Resolved::Single(self.var(name)?),
+            Target::Parts(names) => Resolved::Parts(self.parts(key, names)?),
+            Target::Name(name) => match self.lookup(name) {
+                Some(r) => r,
+                None => return self.scope(key, target, name, warnings),
+            },
+        };
+        let info = self.tensor(key, key, target, &describe_vars(&resolved))?;
+        self.install(resolved, info)
+    }
+
+    fn var(&self, name: &str) -> Result<&Variable> {
+        self.store.vars.get(name).ok_or_else(|| {
+            ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: close_names(name, self.names()),
+            }
+            .into()
+        })
+    }
+
+    /// A variable name, or a partitioned variable's name (its parts).
+    fn lookup(&self, name: &str) -> Option<Resolved<'_>> {
+        if let Some(v) = self.store.vars.get(name) {
+            return Some(Resolved::Single(v));
+        }
+        let pv = self.store.partitioned.get(name)?;
+        Some(Resolved::Parts(
+            pv.parts
+                .iter()
+                .filter_map(|p| self.store.vars.get(p))
+                .collect(),
+        ))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.store
+            .vars
+            .keys()
+            .chain(self.store.partitioned.keys())
+            .map(String::as_str)
+    }
+
+    fn parts(&self, key: &str, names: &[String]) -> Result<Vec<&Variable>> {
+        let bad = |reason: String| -> Error {
+            ErrorKind::BadPartList {
+                key: key.into(),
+                reason,
+            }
+            .into()
+        };
+        if names.is_empty() {
+            return Err(bad("the list of parts is empty".into()));
+        }
+        let vars = names
+            .iter()
+            .map(|n| self.var(n))
+            .collect::<Result<Vec<_>>>()?;
+        let mut full: Option<&str> = None;
+        for v in &vars {
+            let Some(p) = &v.part else {
+                return Err(bad(format!(
+                    "{} is not a part of a partitioned variable; a list target is only for the parts of one partitioned variable (map one tensor to several variables with several pairs)",
+                    v.name
+                )));
+            };
+            match full {
+                Some(f) if f != p.full_name => {
+                    return Err(bad(format!(
+                        "parts must all be from the same variable: {f} != {}",
+                        p.full_name
+                    )))
+                }
+                _ => full = Some(&p.full_name),
+            }
+        }
+        Ok(vars)
+    }
+
+    /// The checkpoint tensor `name`, or an error naming the assignment and close tensor names.
+    fn tensor(
+        &self,
+        name: &str,
+        key: &str,
+        target: &Target,
+        variable: &str,
+    ) -> Result<&TensorInfo> {
+        self.ckpt.tensor(name).map_err(|_| {
+            ErrorKind::MappedTensorNotFound {
+                ckpt: self.ckpt.prefix().to_path_buf(),
+                tensor: name.into(),
+                variable: variable.into(),
+                key: key.into(),
+                target: target.describe(),
+                suggestions: close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str())),
+            }
+            .into()
+        })
+    }
+
+    /// Checks dtype and shape and yields the destinations.
+    fn install(&self, r: Resolved<'_>, info: &TensorInfo) -> Result<Vec<Dest>> {
+        let ckpt = self.ckpt.prefix().to_path_buf();
+        let dtype_check = |v: &Variable| -> Result<()> {
+            if v.dtype != info.dtype {
+                return Err(ErrorKind::DtypeMismatch {
+                    ckpt: ckpt.clone(),
+                    variable: v.part.as_ref().map_or(&v.name, |p| &p.full_name).clone(),
+                    variable_dtype: v.dtype,
+                    tensor: info.name.clone(),
+                    tensor_dtype: info.dtype,
+                }
+                .into());
+            }
+            Ok(())
+        };
+        let shape_err = |variable: &str, shape: &[u64]| -> Error {
+            ErrorKind::ShapeMismatch {
+                ckpt: ckpt.clone(),
+                variable: variable.into(),
+                variable_shape: shape.to_vec(),
+                tensor: info.name.clone(),
+                tensor_shape: info.shape.clone(),
+            }
+            .into()
+        };
+        match r {
+            Resolved::Single(v) => {
+                if v.shape != info.shape {
+                    return Err(shape_err(&v.name, &v.shape));
+                }
+                dtype_check(v)?;
+                Ok(vec![(
+                    v.name.clone(),
+                    info.name.clone(),
+                    Slice::full(v.shape.len()),
+                )])
+            }
+            Resolved::Parts(parts) => {
+                let mut out = Vec::with_capacity(parts.len());
+                for v in parts {
+                    // `parts()` / `lookup()` only yield parts.
+                    let Some(p) = &v.part else { continue };
+                    if p.full_shape != info.shape {
+                        return Err(shape_err(&p.full_name, &p.full_shape));
+                    }
+                    dtype_check(v)?;
+                    out.push((v.name.clone(), info.name.clone(), p.slice(&v.shape)));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Spec G.6 with the documented scope form: `target` names no variable, so it is a scope.
+    fn scope(
+        &self,
+        key: &str,
+        target: &Target,
+        value: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<Dest>> {
+        if !key.ends_with('/') {
+            return Err(ErrorKind::NotAVariableOrScope {
+                key: key.into(),
+                target: value.into(),
+                suggestions: close_names(value, self.names()),
+            }
+            .into());
+        }
+        if value.is_empty() {
+            return Err(ErrorKind::BadPartList {
+                key: key.into(),
+                reason: "empty target: name a variable, a scope ('scope/') or the root ('/')"
+                    .into(),
+            }
+            .into());
+        }
+        // "new_scope" and "new_scope/" are the same scope (TF's documentation; its code would drop
+        // the last path component); "/" is the root.
+        let scope = if value == "/" {
+            ""
+        } else {
+            value.strip_suffix('/').unwrap_or(value)
+        };
+        // Candidates: unpartitioned variables and partitioned variables (by full name) under the
+        // scope. Parts are grouped by their partitioned variable, not by cutting names at "/part_".
+        let mut candidates: Vec<&str> = self
+            .store
+            .vars
+            .values()
+            .filter(|v| v.part.is_none())
+            .map(|v| v.name.as_str())
+            .chain(self.store.partitioned.keys().map(String::as_str))
+            .filter(|n| {
+                scope.is_empty() || n.strip_prefix(scope).is_some_and(|r| r.starts_with('/'))
+            })
+            .collect();
+        candidates.sort_unstable();
+        if candidates.is_empty() {
+            warnings.push(format!(
+                "assignment {key:?} -> {value:?}: no variable in scope {value:?}; nothing mapped"
+            ));
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for n in candidates {
+            let rel = if scope.is_empty() {
+                n
+            } else {
+                &n[scope.len() + 1..]
+            };
+            let mut t = if key == "/" {
+                rel.to_string()
+            } else {
+                format!("{key}{rel}")
+            };
+            if t.ends_with('/') {
+                t.pop();
+            }
+            let info = self.tensor(&t, key, target, n)?;
+            let Some(resolved) = self.lookup(n) else {
+                continue;
+            };
+            out.extend(self.install(resolved, info)?);
+        }
+        Ok(out)
+    }
+}
+
+fn describe_vars(r: &Resolved<'_>) -> String {
+    match r {
+        Resolved::Single(v) => v.name.clone(),
+        Resolved::Parts(p) => p
+            .first()
+            .and_then(|v| v.part.as_ref())
+            .map_or_else(String::new, |p| p.full_name.clone()),
+    }
+}

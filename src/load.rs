@@ -1,0 +1,206 @@
+//! `VariableStore::initialize`: runs every initializer at once (TF's
+//! `global_variables_initializer()`). Mapped variables are grouped by checkpoint tensor so that each
+//! stored tensor (or stored slice) is read and verified once however many variables or parts use it;
+//! unmapped variables get their own initializer. All or nothing: on any error no variable counts as
+//! initialized.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::checkpoint::{Checkpoint, Out};
+use crate::error::{ErrorKind, Result};
+use crate::slice::{num_elements, Slice};
+use crate::tensor::{Tensor, TensorData};
+use crate::vars::{init_tensor, Device, VariableStore};
+
+/// What [`VariableStore::initialize`] did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Variables (and parts) initialized.
+    pub variables: usize,
+    /// Of those, loaded from a checkpoint.
+    pub from_checkpoint: usize,
+    /// Of those, set by their own initializer (not mapped).
+    pub from_initializer: usize,
+    /// Distinct checkpoint tensors read.
+    pub tensors: usize,
+    /// Bytes loaded from checkpoints into variables (string bytes included).
+    pub bytes: u64,
+    /// Wall time of the whole initialization.
+    pub seconds: f64,
+    /// Warnings recorded by `init_from_checkpoint` calls (e.g. scopes that matched nothing).
+    pub warnings: Vec<String>,
+}
+
+impl LoadReport {
+    /// Load throughput in GB/s (10^9 bytes per second).
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9) / 1e9
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes in {:.3} s ({:.2} GB/s)",
+            self.variables,
+            self.from_checkpoint,
+            self.from_initializer,
+            self.tensors,
+            self.bytes,
+            self.seconds,
+            self.gbps()
+        )
+    }
+}
+
+enum Buf {
+    Bytes(Vec<u8>),
+    Strings(Vec<Vec<u8>>),
+}
+
+impl VariableStore {
+    /// Runs every initializer: variables mapped by `init_from_checkpoint` load their tensors now;
+    /// the others take their own initializer. On error nothing counts as initialized.
+    pub fn initialize(&mut self, device: Device) -> Result<LoadReport> {
+        if let Device::Cuda(_) = device {
+            return Err(ErrorKind::DeviceUnavailable {
+                device: device.to_string(),
+                reason: "this build of tfckpt has no GPU support (the `cuda` feature); use the cpu device"
+                    .into(),
+            }
+            .into());
+        }
+        let start = Instant::now();
+        // Group the pending initializers by checkpoint, then by tensor.
+        let mut groups: BTreeMap<(PathBuf, String), Vec<(String, Slice)>> = BTreeMap::new();
+        for (var, p) in &self.pending {
+            if self.vars.contains_key(var) {
+                groups
+                    .entry((p.checkpoint.clone(), p.tensor.clone()))
+                    .or_default()
+                    .push((var.clone(), p.slice.clone()));
+            }
+        }
+        let mut ckpts: HashMap<PathBuf, Checkpoint> = HashMap::new();
+        for (path, _) in groups.keys() {
+            if !ckpts.contains_key(path) {
+                ckpts.insert(path.clone(), Checkpoint::open(path)?);
+            }
+        }
+        let groups: Vec<_> = groups.into_iter().collect();
+        let loaded: Vec<Vec<(String, Tensor)>> = groups
+            .par_iter()
+            .map(|((path, tensor), dests)| self.load_group(&ckpts[path], tensor, dests))
+            .collect::<Result<_>>()?;
+        let mut values = BTreeMap::new();
+        let mut report = LoadReport {
+            tensors: loaded.len(),
+            warnings: self.warnings.clone(),
+            ..Default::default()
+        };
+        for (name, t) in loaded.into_iter().flatten() {
+            report.bytes += match &t.data {
+                TensorData::Bytes(b) => b.len() as u64,
+                TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
+            };
+            report.from_checkpoint += 1;
+            values.insert(name, t);
+        }
+        for v in self.vars.values() {
+            if !values.contains_key(&v.name) {
+                values.insert(v.name.clone(), init_tensor(v));
+                report.from_initializer += 1;
+            }
+        }
+        report.variables = values.len();
+        self.values = values;
+        report.seconds = start.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Loads every destination of one checkpoint tensor, re-checking what the call checked (the
+    /// checkpoint may have changed since).
+    fn load_group(
+        &self,
+        ckpt: &Checkpoint,
+        tensor: &str,
+        dests: &[(String, Slice)],
+    ) -> Result<Vec<(String, Tensor)>> {
+        let info = ckpt.tensor(tensor)?;
+        let mut bufs = Vec::with_capacity(dests.len());
+        for (var, slice) in dests {
+            let v = &self.vars[var];
+            // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
+            // is the partitioned variable's full shape.
+            let (name, shape) = match (&v.part, slice.is_full()) {
+                (Some(p), false) => (&p.full_name, &p.full_shape),
+                _ => (&v.name, &v.shape),
+            };
+            if *shape != info.shape
+                || slice.check(&info.shape).is_err()
+                || slice.shape(&info.shape) != v.shape
+            {
+                return Err(ErrorKind::ShapeMismatch {
+                    ckpt: ckpt.prefix().to_path_buf(),
+                    variable: name.clone(),
+                    variable_shape: shape.clone(),
+                    tensor: tensor.into(),
+                    tensor_shape: info.shape.clone(),
+                }
+                .into());
+            }
+            if v.dtype != info.dtype {
+                return Err(ErrorKind::DtypeMismatch {
+                    ckpt: ckpt.prefix().to_path_buf(),
+                    variable: var.clone(),
+                    variable_dtype: v.dtype,
+                    tensor: tensor.into(),
+                    tensor_dtype: info.dtype,
+                }
+                .into());
+            }
+            let n = num_elements(&v.shape).unwrap_or(0) as usize;
+            bufs.push(match info.dtype.size() {
+                Some(size) => Buf::Bytes(vec![0u8; n * size]),
+                None => Buf::Strings(vec![Vec::new(); n]),
+            });
+        }
+        let mut reqs: Vec<(Slice, Out<'_>)> = dests
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((_, slice), b)| {
+                let out = match b {
+                    Buf::Bytes(v) => Out::Bytes(v),
+                    Buf::Strings(v) => Out::Strings(v),
+                };
+                (slice.clone(), out)
+            })
+            .collect();
+        ckpt.assemble_many(info, &mut reqs)?;
+        drop(reqs);
+        Ok(dests
+            .iter()
+            .zip(bufs)
+            .map(|((var, _), b)| {
+                let v = &self.vars[var];
+                let data = match b {
+                    Buf::Bytes(b) => TensorData::Bytes(b),
+                    Buf::Strings(s) => TensorData::Strings(s),
+                };
+                (
+                    var.clone(),
+                    Tensor {
+                        dtype: v.dtype,
+                        shape: v.shape.clone(),
+                        data,
+                    },
+                )
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,209 @@
+//! The JSON files of the `tfckpt init` contract (`spec/cli.md`): MODEL.json (the variables of the
+//! current graph) and MAP.json (the assignment map). Errors say which entry is wrong and why.
+
+use serde_json::Value;
+
+use crate::assign::{AssignmentMap, Target};
+use crate::dtype::DType;
+use crate::error::{ErrorKind, Result};
+use crate::vars::{Init, VariableStore};
+
+fn bad(what: &str, reason: String) -> crate::Error {
+    ErrorKind::InvalidArgument(format!("{what}: {reason}")).into()
+}
+
+fn parse(what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| bad(what, format!("not valid JSON: {e}")))
+}
+
+/// Builds a [`VariableStore`] from MODEL.json text:
+/// `{"variables": [{"name", "shape", "dtype", "partitions"?, "initializer"?}, ...]}`.
+pub fn parse_model(text: &str) -> Result<VariableStore> {
+    let v = parse("MODEL.json", text)?;
+    let vars = v
+        .get("variables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            bad(
+                "MODEL.json",
+                "expected an object with a \"variables\" array".into(),
+            )
+        })?;
+    let mut store = VariableStore::new();
+    for (i, var) in vars.iter().enumerate() {
+        let at = |field: &str| format!("MODEL.json variables[{i}]{field}");
+        let name = var
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(&at(""), "missing string \"name\"".into()))?;
+        let at = |field: &str| format!("MODEL.json variable {name:?}{field}");
+        let dims = |key: &str| -> Result<Option<Vec<u64>>> {
+            match var.get(key) {
+                None => Ok(None),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|d| {
+                        d.as_u64().ok_or_else(|| {
+                            bad(
+                                &at(&format!(" {key}")),
+                                format!("{d} is not a non-negative integer"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some),
+                Some(other) => Err(bad(
+                    &at(&format!(" {key}")),
+                    format!("expected an array of integers, found {other}"),
+                )),
+            }
+        };
+        let shape = dims("shape")?.ok_or_else(|| bad(&at(""), "missing \"shape\"".into()))?;
+        let dtype_name = var
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(&at(""), "missing string \"dtype\"".into()))?;
+        let dtype = DType::from_name(dtype_name)
+            .ok_or_else(|| bad(&at(" dtype"), format!("unknown dtype {dtype_name:?}")))?;
+        let init = match var.get("initializer") {
+            None => Init::Zeros,
+            Some(Value::String(s)) if s == "zeros" => Init::Zeros,
+            Some(Value::String(s)) if s == "ones" => Init::Ones,
+            Some(Value::Object(o))
+                if o.len() == 1 && o.get("constant").is_some_and(Value::is_number) =>
+            {
+                Init::Constant(o["constant"].as_f64().unwrap_or(0.0))
+            }
+            Some(other) => {
+                return Err(bad(
+                    &at(" initializer"),
+                    format!(
+                        "expected \"zeros\", \"ones\" or {{\"constant\": NUMBER}}, found {other}"
+                    ),
+                ))
+            }
+        };
+        match dims("partitions")? {
+            Some(p) => drop(store.get_partitioned_variable(name, &shape, dtype, &p, init)?),
+            None => drop(store.get_variable(name, &shape, dtype, init)?),
+        }
+    }
+    Ok(store)
+}
+
+fn parse_target(what: &str, t: &Value) -> Result<Target> {
+    match t {
+        Value::String(s) => Ok(Target::Name(s.clone())),
+        Value::Object(o) if o.len() == 1 && o.get("variable").is_some_and(Value::is_string) => {
+            Ok(Target::Variable(o["variable"].as_str().unwrap_or_default().into()))
+        }
+        Value::Array(a) => a
+            .iter()
+            .map(|p| p.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .map(Target::Parts)
+            .ok_or_else(|| bad(what, format!("a list target holds variable names (strings), found {t}"))),
+        other => Err(bad(
+            what,
+            format!("a target is a name, {{\"variable\": NAME}} or an array of part names; found {other}"),
+        )),
+    }
+}
+
+/// Parses MAP.json text: `{"CHECKPOINT_KEY": TARGET, ...}` or `[["CHECKPOINT_KEY", TARGET], ...]`.
+pub fn parse_map(text: &str) -> Result<AssignmentMap> {
+    map_from_value(&parse("MAP.json", text)?)
+}
+
+/// Parses an already-decoded MAP.json value.
+pub fn map_from_value(v: &Value) -> Result<AssignmentMap> {
+    let mut map = AssignmentMap::new();
+    match v {
+        Value::Object(o) => {
+            for (k, t) in o {
+                map.push(k.clone(), parse_target(&format!("MAP.json key {k:?}"), t)?);
+            }
+        }
+        Value::Array(pairs) => {
+            for (i, p) in pairs.iter().enumerate() {
+                let what = format!("MAP.json pair {i}");
+                match p.as_array().map(Vec::as_slice) {
+                    Some([Value::String(k), t]) => {
+                        map.push(k.clone(), parse_target(&what, t)?);
+                    }
+                    _ => {
+                        return Err(bad(
+                            &what,
+                            format!("expected [\"CHECKPOINT_KEY\", TARGET], found {p}"),
+                        ))
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(bad(
+                "MAP.json",
+                format!("expected an object or an array of [key, target] pairs, found {other}"),
+            ))
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_and_map() {
+        let store = parse_model(
+            r#"{"variables": [
+              {"name": "new_scope_1/var1", "shape": [20, 2], "dtype": "float32"},
+              {"name": "new_scope_2/var3", "shape": [100, 100], "dtype": "float32", "partitions": [5, 1]},
+              {"name": "head/bias", "shape": [4], "dtype": "float32", "initializer": {"constant": 0.5}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(store.variables().count(), 7);
+        assert_eq!(
+            store
+                .partitioned_variable("new_scope_2/var3")
+                .unwrap()
+                .parts
+                .len(),
+            5
+        );
+        let m = parse_map(
+            r#"[["a/", "b/"], ["x", {"variable": "v"}], ["y", ["p/part_0", "p/part_1"]]]"#,
+        )
+        .unwrap();
+        assert_eq!(m.pairs().len(), 3);
+        assert_eq!(m.pairs()[1].1, Target::Variable("v".into()));
+        for (text, needle) in [
+            ("{", "not valid JSON"),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float33"}]}"#,
+                "unknown dtype",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [-1], "dtype": "float32"}]}"#,
+                "not a non-negative",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "dtype": "float32"}]}"#,
+                "missing \"shape\"",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int32", "initializer": {"constant": 0.5}}]}"#,
+                "not a int32",
+            ),
+        ] {
+            let e = parse_model(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(parse_map("[1]").unwrap_err().to_string().contains("pair 0"));
+        assert!(parse_map(r#"{"a": 3}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("key \"a\""));
+    }
+}

@@ -1,0 +1,417 @@
+//! The variable store: the "current graph" of `init_from_checkpoint`. Variables have full names
+//! (scopes joined by `/`), a shape, a dtype and an initializer; partitioned variables are made exactly
+//! as TF1's `get_variable(..., partitioner=...)` makes them (spec E.7): parts `NAME/part_i` split along
+//! one axis, the first `D % k` parts one longer, each knowing its offset in the whole.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+use crate::error::{ErrorKind, Result};
+use crate::slice::{num_elements, Slice};
+use crate::tensor::{Tensor, TensorData};
+
+/// The value a variable gets when no checkpoint tensor is mapped to it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// All zeros (empty strings for string variables).
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every element this number.
+    Constant(f64),
+}
+
+/// Where a part sits in its partitioned variable (TensorFlow's `SaveSliceInfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartInfo {
+    /// Name of the partitioned variable.
+    pub full_name: String,
+    /// Shape of the whole.
+    pub full_shape: Vec<u64>,
+    /// Offset of this part in the whole, per dimension.
+    pub offset: Vec<u64>,
+    /// Part number (`NAME/part_{index}`).
+    pub index: usize,
+}
+
+impl PartInfo {
+    /// The box this part covers in the whole variable.
+    pub fn slice(&self, shape: &[u64]) -> Slice {
+        Slice::from_ranges(
+            &self
+                .offset
+                .iter()
+                .zip(shape)
+                .map(|(&o, &l)| (o, l))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// A variable (or one part of a partitioned variable).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variable {
+    /// Full name, no `:0`.
+    pub name: String,
+    /// Shape (of this part, for a part).
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// Initializer used when nothing is mapped to it.
+    pub init: Init,
+    /// Set for the parts of a partitioned variable.
+    pub part: Option<PartInfo>,
+}
+
+/// A partitioned variable: its full shape and its parts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionedVariable {
+    /// Full name.
+    pub name: String,
+    /// Full shape.
+    pub shape: Vec<u64>,
+    /// Element type.
+    pub dtype: DType,
+    /// The axis it is split along.
+    pub axis: usize,
+    /// Part names, `NAME/part_0` first.
+    pub parts: Vec<String>,
+}
+
+/// Where initialization puts the values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Host memory.
+    Cpu,
+    /// GPU `n` (needs the `cuda` feature, which arrives with the GPU issue).
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(s: &str) -> Option<Device> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            _ => s.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// What a variable loads when initialization runs (recorded by `init_from_checkpoint`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The resolved checkpoint prefix captured at call time.
+    pub checkpoint: PathBuf,
+    /// The checkpoint tensor.
+    pub tensor: String,
+    /// The box of that tensor this variable takes (the whole tensor for an ordinary variable).
+    pub slice: Slice,
+}
+
+/// The variables of a model, with their pending checkpoint initializers and, after
+/// [`initialize`](VariableStore::initialize), their values.
+#[derive(Default, Debug)]
+pub struct VariableStore {
+    pub(crate) vars: BTreeMap<String, Variable>,
+    pub(crate) partitioned: BTreeMap<String, PartitionedVariable>,
+    pub(crate) pending: BTreeMap<String, Pending>,
+    pub(crate) values: BTreeMap<String, Tensor>,
+    pub(crate) warnings: Vec<String>,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.ends_with('/')
+        || name.starts_with('/')
+        || name.contains("//")
+        || name.contains(':')
+    {
+        return Err(ErrorKind::BadVariable {
+            name: name.into(),
+            reason: "a variable name is non-empty, has no ':' and no empty scope component".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl VariableStore {
+    /// An empty store.
+    pub fn new() -> VariableStore {
+        VariableStore::default()
+    }
+
+    fn check_new(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        if self.vars.contains_key(name) || self.partitioned.contains_key(name) {
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: "a variable of that name already exists".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Creates a variable (TF1 `get_variable` without a partitioner).
+    pub fn get_variable(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        dtype: DType,
+        init: Init,
+    ) -> Result<&Variable> {
+        self.check_new(name)?;
+        check_init(name, dtype, init)?;
+        check_shape(name, shape)?;
+        let v = Variable {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype,
+            init,
+            part: None,
+        };
+        Ok(self.vars.entry(name.into()).or_insert(v))
+    }
+
+    /// Creates a partitioned variable from what a partitioner returns (`partitions`: one entry per
+    /// dimension, at most one above 1), exactly as TF1's `get_variable(..., partitioner=...)` does.
+    pub fn get_partitioned_variable(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        dtype: DType,
+        partitions: &[u64],
+        init: Init,
+    ) -> Result<&PartitionedVariable> {
+        self.check_new(name)?;
+        check_init(name, dtype, init)?;
+        check_shape(name, shape)?;
+        let bad = |reason: String| ErrorKind::BadVariable {
+            name: name.into(),
+            reason,
+        };
+        if partitions.len() != shape.len() || shape.is_empty() {
+            return Err(bad(format!(
+                "partitions {partitions:?} must have one entry per dimension of shape {shape:?} (and a scalar cannot be partitioned)"
+            ))
+            .into());
+        }
+        if partitions.contains(&0) || partitions.iter().filter(|&&p| p > 1).count() > 1 {
+            return Err(bad(format!(
+                "partitions {partitions:?}: every entry >= 1, at most one above 1"
+            ))
+            .into());
+        }
+        let axis = partitions.iter().position(|&p| p > 1).unwrap_or(0);
+        let k = partitions[axis];
+        let d = shape[axis];
+        if k > d.max(1) {
+            return Err(bad(format!("{k} parts along axis {axis} of length {d}")).into());
+        }
+        let mut parts = Vec::with_capacity(k as usize);
+        let mut offset = 0;
+        for i in 0..k {
+            let len = d / k + u64::from(i < d % k);
+            let part_name = format!("{name}/part_{i}");
+            check_name(&part_name)?;
+            if self.vars.contains_key(&part_name) {
+                return Err(bad(format!("{part_name} already exists")).into());
+            }
+            let mut part_shape = shape.to_vec();
+            part_shape[axis] = len;
+            let mut off = vec![0; shape.len()];
+            off[axis] = offset;
+            self.vars.insert(
+                part_name.clone(),
+                Variable {
+                    name: part_name.clone(),
+                    shape: part_shape,
+                    dtype,
+                    init,
+                    part: Some(PartInfo {
+                        full_name: name.into(),
+                        full_shape: shape.to_vec(),
+                        offset: off,
+                        index: i as usize,
+                    }),
+                },
+            );
+            parts.push(part_name);
+            offset += len;
+        }
+        let pv = PartitionedVariable {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype,
+            axis,
+            parts,
+        };
+        Ok(self.partitioned.entry(name.into()).or_insert(pv))
+    }
+
+    /// A variable or a part, by name.
+    pub fn variable(&self, name: &str) -> Option<&Variable> {
+        self.vars.get(name)
+    }
+
+    /// A partitioned variable, by its full name.
+    pub fn partitioned_variable(&self, name: &str) -> Option<&PartitionedVariable> {
+        self.partitioned.get(name)
+    }
+
+    /// Every variable and part, sorted by name.
+    pub fn variables(&self) -> impl Iterator<Item = &Variable> {
+        self.vars.values()
+    }
+
+    /// Every partitioned variable, sorted by name.
+    pub fn partitioned_variables(&self) -> impl Iterator<Item = &PartitionedVariable> {
+        self.partitioned.values()
+    }
+
+    /// What `name` will load from a checkpoint when initialization runs, if anything.
+    pub fn pending(&self, name: &str) -> Option<&Pending> {
+        self.pending.get(name)
+    }
+
+    /// Warnings from `init_from_checkpoint` calls (e.g. a scope that matched no variable).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The value of a variable or part after [`initialize`](Self::initialize); `None` before.
+    pub fn value(&self, name: &str) -> Option<&Tensor> {
+        self.values.get(name)
+    }
+
+    /// Whether the store's variables have been initialized (all of them, or none).
+    pub fn is_initialized(&self) -> bool {
+        !self.vars.is_empty() && self.values.len() == self.vars.len()
+    }
+
+    /// The whole value of a partitioned variable (its parts joined along the split axis), after
+    /// initialization.
+    pub fn partitioned_value(&self, name: &str) -> Option<Tensor> {
+        let pv = self.partitioned.get(name)?;
+        let size = pv.dtype.size();
+        let n = num_elements(&pv.shape)? as usize;
+        let full: Vec<(u64, u64)> = pv.shape.iter().map(|&d| (0, d)).collect();
+        let mut bytes = vec![0u8; n * size.unwrap_or(0)];
+        let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
+        for p in &pv.parts {
+            let v = self.vars.get(p)?;
+            let t = self.values.get(p)?;
+            let have = v.part.as_ref()?.slice(&v.shape).ranges(&pv.shape);
+            crate::slice::for_each_run(&have, &full, &have, |r| match (&t.data, size) {
+                (TensorData::Bytes(b), Some(s)) => {
+                    let (a, d, l) = (r.src as usize * s, r.dst as usize * s, r.len as usize * s);
+                    bytes[d..d + l].copy_from_slice(&b[a..a + l]);
+                }
+                (TensorData::Strings(src), None) => {
+                    let (a, d, l) = (r.src as usize, r.dst as usize, r.len as usize);
+                    strings[d..d + l].clone_from_slice(&src[a..a + l]);
+                }
+                _ => {}
+            });
+        }
+        Some(Tensor {
+            dtype: pv.dtype,
+            shape: pv.shape.clone(),
+            data: if size.is_some() {
+                TensorData::Bytes(bytes)
+            } else {
+                TensorData::Strings(strings)
+            },
+        })
+    }
+}
+
+fn check_shape(name: &str, shape: &[u64]) -> Result<()> {
+    match num_elements(shape) {
+        Some(n) if n <= i64::MAX as u64 => Ok(()),
+        _ => Err(ErrorKind::BadVariable {
+            name: name.into(),
+            reason: format!("shape {shape:?} has too many elements"),
+        }
+        .into()),
+    }
+}
+
+fn check_init(name: &str, dtype: DType, init: Init) -> Result<()> {
+    init_element(dtype, init).map(drop).map_err(|reason| {
+        ErrorKind::BadVariable {
+            name: name.into(),
+            reason,
+        }
+        .into()
+    })
+}
+
+/// The bytes of one element of `dtype` holding the initializer's value.
+pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<u8>, String> {
+    let v = match init {
+        Init::Zeros => return Ok(vec![0; dtype.size().unwrap_or(0)]),
+        Init::Ones => 1.0,
+        Init::Constant(c) => c,
+    };
+    let int = |lo: f64, hi: f64| -> std::result::Result<i128, String> {
+        if v.fract() != 0.0 || v < lo || v > hi {
+            Err(format!("initializer {v} is not a {dtype} value"))
+        } else {
+            Ok(v as i128)
+        }
+    };
+    Ok(match dtype {
+        DType::F32 => (v as f32).to_le_bytes().to_vec(),
+        DType::F64 => v.to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
+        DType::BF16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
+        DType::C64 => [(v as f32).to_le_bytes(), 0f32.to_le_bytes()].concat(),
+        DType::C128 => [v.to_le_bytes(), 0f64.to_le_bytes()].concat(),
+        DType::Bool => vec![int(0.0, 1.0)? as u8],
+        DType::I8 => (int(-128.0, 127.0)? as i8).to_le_bytes().to_vec(),
+        DType::U8 => (int(0.0, 255.0)? as u8).to_le_bytes().to_vec(),
+        DType::I16 => (int(-32768.0, 32767.0)? as i16).to_le_bytes().to_vec(),
+        DType::U16 => (int(0.0, 65535.0)? as u16).to_le_bytes().to_vec(),
+        DType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32)
+            .to_le_bytes()
+            .to_vec(),
+        DType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_le_bytes().to_vec(),
+        DType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64)
+            .to_le_bytes()
+            .to_vec(),
+        DType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_le_bytes().to_vec(),
+        other => {
+            return Err(format!(
+                "{other} variables support only the zeros initializer"
+            ))
+        }
+    })
+}
+
+/// A tensor of `shape` filled with the initializer's value.
+pub(crate) fn init_tensor(v: &Variable) -> Tensor {
+    let n = num_elements(&v.shape).unwrap_or(0) as usize;
+    let data = match v.dtype.size() {
+        // `check_init` accepted this (dtype, init) when the variable was created.
+        Some(_) => TensorData::Bytes(init_element(v.dtype, v.init).unwrap_or_default().repeat(n)),
+        None => TensorData::Strings(vec![Vec::new(); n]),
+    };
+    Tensor {
+        dtype: v.dtype,
+        shape: v.shape.clone(),
+        data,
+    }
+}
