@@ -149,7 +149,7 @@ pub struct InitReport {
 /// init_from_checkpoint(&mut store, &prefix, &AssignmentMap::from([("old_scope_1/", Target::scope("new_scope_1"))]))?;
 /// store.initialize(Device::Cpu)?;
 /// assert_eq!(store.value("new_scope_1/var1").unwrap().to_f32().unwrap(), [1.0, 2.0]);
-/// # Ok::<(), tfckpt::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn init_from_checkpoint(
     store: &mut VariableStore,
