@@ -199,3 +199,172 @@ fn demo_runs_on_a_small_size() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("values match"), "{text}");
 }
+
+/// `tfckpt init` on every single-call TensorFlow init case: the .npy files equal TF's values, and
+/// error cases exit 1 with one `error:` line and write nothing.
+#[test]
+fn init_matches_tensorflow_end_to_end() {
+    let init = fixtures().join("init");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&init)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let (mut ok, mut failed) = (0, 0);
+    for case in cases {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+        if meta["calls"] != 1
+            || meta["cli_representable"] != true
+            || meta.get("cli_md_differs").is_some()
+            || case.ends_with("x02_index_suffix")
+        {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let ckpt = case.join(
+            std::fs::read_to_string(case.join("ckpt.txt"))
+                .unwrap()
+                .trim(),
+        );
+        let o = tfckpt(&[
+            "init",
+            ckpt.to_str().unwrap(),
+            "--model",
+            case.join("model.json").to_str().unwrap(),
+            "--map",
+            case.join("map.json").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if case.join("expected/error.json").is_file() {
+            assert_one_error_line(&o, 1, "");
+            assert!(
+                !out.exists(),
+                "{}: wrote output despite the error",
+                case.display()
+            );
+            failed += 1;
+            continue;
+        }
+        assert!(o.status.success(), "{}: {}", case.display(), stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("tfckpt init: "));
+        let expected = case.join("expected");
+        let mut stack = vec![expected.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(&expected).unwrap();
+                if let Some(stem) = rel.to_str().unwrap().strip_suffix(".strings.json") {
+                    // `|S<n>` arrays pad with NULs: compare with trailing NULs removed.
+                    let got = tfckpt::npy::read(
+                        std::fs::File::open(out.join(format!("{stem}.npy"))).unwrap(),
+                    )
+                    .unwrap();
+                    let want: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                    let width: usize = got.descr.strip_prefix("|S").unwrap().parse().unwrap();
+                    let got: Vec<String> = got
+                        .data
+                        .chunks(width)
+                        .map(|c| {
+                            c.iter()
+                                .rev()
+                                .skip_while(|&&b| b == 0)
+                                .collect::<Vec<_>>()
+                                .into_iter()
+                                .rev()
+                                .map(|b| format!("{b:02x}"))
+                                .collect()
+                        })
+                        .collect();
+                    let want: Vec<String> = want["hex"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|h| h.as_str().unwrap().trim_end_matches("00").to_string())
+                        .collect();
+                    assert_eq!(got, want, "{} {stem}", case.display());
+                    continue;
+                }
+                let got = tfckpt::npy::read(
+                    std::fs::File::open(out.join(rel))
+                        .unwrap_or_else(|e| panic!("{}: {}: {e}", case.display(), rel.display())),
+                )
+                .unwrap();
+                let want = tfckpt::npy::read(std::fs::File::open(&p).unwrap()).unwrap();
+                assert_eq!(got, want, "{} {}", case.display(), rel.display());
+            }
+        }
+        ok += 1;
+    }
+    assert!(ok >= 25 && failed >= 10, "{ok} {failed}");
+}
+
+#[test]
+fn init_inline_json_and_device_errors() {
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}, {"name": "head/b", "shape": [2], "dtype": "float32", "initializer": {"constant": 0.5}}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        r#"{"/": "new_scope_1"}"#,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b = tfckpt::npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
+    assert_eq!(
+        b.data,
+        [0.5f32, 0.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>()
+    );
+    // --device cuda: a clear error (this build has no GPU support), exit 1, nothing written.
+    let out2 = tmp.path().join("o2");
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        "{}",
+        "--out",
+        out2.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert_one_error_line(&o, 1, "cuda");
+    assert!(!out2.exists());
+    assert_eq!(
+        tfckpt(&["init", &ckpt, "--model", model, "--map", "{}", "--device", "tpu"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // A scope that matches nothing: success with a warning on stderr.
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        r#"{"useful_scope/": "nothing/"}"#,
+    ]);
+    assert!(o.status.success());
+    assert!(stderr(&o).starts_with("warning: "), "{}", stderr(&o));
+    // Bad JSON names the file kind.
+    let o = tfckpt(&["init", &ckpt, "--model", "{", "--map", "{}"]);
+    assert_one_error_line(&o, 1, "MODEL.json");
+}

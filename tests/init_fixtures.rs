@@ -78,6 +78,7 @@ fn npy_bytes(t: &Tensor) -> npy::NpyArray {
 fn check_values(case: &Path, store: &VariableStore) -> usize {
     let expected = case.join("expected");
     let mut files = vec![];
+    let mut strings = 0;
     let mut stack = vec![expected.clone()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -86,6 +87,38 @@ fn check_values(case: &Path, store: &VariableStore) -> usize {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "npy") {
                 files.push(p);
+            } else if let Some(stem) = p.to_str().unwrap().strip_suffix(".strings.json") {
+                let name = Path::new(stem)
+                    .strip_prefix(&expected)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let got = match store.value(&name) {
+                    Some(t) => t.clone(),
+                    None => store
+                        .partitioned_value(&name)
+                        .unwrap_or_else(|| panic!("no value for {name}")),
+                };
+                let want = json(&p);
+                let hex: Vec<String> = got
+                    .strings()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.iter().map(|b| format!("{b:02x}")).collect())
+                    .collect();
+                assert_eq!(
+                    serde_json::json!(hex),
+                    want["hex"],
+                    "{}: {name}",
+                    case.display()
+                );
+                assert_eq!(
+                    serde_json::json!(got.shape),
+                    want["shape"],
+                    "{}: {name}",
+                    case.display()
+                );
+                strings += 1;
             }
         }
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use tfckpt::{Checkpoint, Slice};
+use tfckpt::{init_from_checkpoint, model_json, Checkpoint, Device, Slice, VariableStore};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,25 @@ enum Cmd {
         /// Checkpoint directory, prefix, or V1 file.
         ckpt: PathBuf,
     },
+    /// Build MODEL.json's variables, call init_from_checkpoint(CKPT, MAP), run every initializer and
+    /// write each variable to DIR/NAME.npy (init_from_checkpoint + global_variables_initializer()).
+    Init {
+        /// Checkpoint directory, prefix, or V1 file.
+        ckpt: PathBuf,
+        /// MODEL.json: a file, or inline JSON starting with `{`.
+        #[arg(long)]
+        model: String,
+        /// MAP.json: a file, or inline JSON starting with `{` or `[`.
+        #[arg(long)]
+        map: String,
+        /// Output directory: one .npy per variable and per part (nothing is written unless every
+        /// initializer succeeded).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
+    },
     /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
     /// read it back, printing what was done and how fast.
     Demo {
@@ -73,6 +92,13 @@ fn main() -> ExitCode {
             slice,
         } => get(&ckpt, &name, &out, slice.as_deref()),
         Cmd::Verify { ckpt } => verify(&ckpt),
+        Cmd::Init {
+            ckpt,
+            model,
+            map,
+            out,
+            device,
+        } => init(&ckpt, &model, &map, out.as_deref(), device),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
     match result {
@@ -164,5 +190,72 @@ fn verify(ckpt: &Path) -> CliResult {
         secs,
         report.bytes as f64 / secs / 1e9
     );
+    Ok(())
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    Device::parse(s).ok_or_else(|| format!("expected cpu, cuda or cuda:N, found {s:?}"))
+}
+
+/// A file's text, or the argument itself when it is inline JSON.
+fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>> {
+    if arg.trim_start().starts_with(['{', '[']) {
+        Ok(arg.to_string())
+    } else {
+        std::fs::read_to_string(arg).map_err(|e| format!("{what} {arg}: {e}").into())
+    }
+}
+
+fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, device: Device) -> CliResult {
+    let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
+    let map = model_json::parse_map(&json_arg("--map", map)?)?;
+    if let Some(dir) = out {
+        check_out_names(dir, &store)?;
+    }
+    let call = init_from_checkpoint(&mut store, ckpt, &map)?;
+    for w in &call.warnings {
+        eprintln!("warning: {w}");
+    }
+    let report = store.initialize(device)?;
+    if let Some(dir) = out {
+        write_outputs(dir, &store)?;
+    }
+    println!("tfckpt init: {report}");
+    Ok(())
+}
+
+/// Variable names become paths under DIR: refuse components that would leave it.
+fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
+    for v in store.variables() {
+        if v.name.split('/').any(|c| c == "." || c == "..") {
+            return Err(format!("variable {:?} cannot be written under {}: '.' and '..' are not valid name components", v.name, dir.display()).into());
+        }
+    }
+    Ok(())
+}
+
+fn write_npy(path: &Path, t: &tfckpt::Tensor) -> CliResult {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut buf = Vec::new();
+    tfckpt::npy::write_tensor(&mut buf, t)?;
+    std::fs::write(path, buf).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable.
+fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
+    for v in store.variables() {
+        let t = store
+            .value(&v.name)
+            .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
+        write_npy(&dir.join(format!("{}.npy", v.name)), t)?;
+    }
+    for pv in store.partitioned_variables() {
+        let t = store
+            .partitioned_value(&pv.name)
+            .ok_or_else(|| format!("variable {:?} has no value", pv.name))?;
+        write_npy(&dir.join(format!("{}.npy", pv.name)), &t)?;
+    }
     Ok(())
 }
