@@ -1,0 +1,190 @@
+//! init_from_checkpoint behaviours beyond the TensorFlow-recorded cases: our deliberate differences
+//! and the variable store's partition rules.
+
+use tfckpt::{
+    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, ErrorKind, Init, Target,
+    Tensor, VariableStore,
+};
+
+fn ckpt(tensors: &[(&str, &[u64])]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("ck");
+    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let n: u64 = shape.iter().product();
+        let t = Tensor::from_f32(
+            shape,
+            &(0..n)
+                .map(|x| (i * 1000) as f32 + x as f32)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    (dir, prefix)
+}
+
+#[test]
+fn partition_splits_follow_tensorflow() {
+    let mut store = VariableStore::new();
+    let pv = store
+        .get_partitioned_variable("e", &[100, 4], DType::F32, &[3, 1], Init::Zeros)
+        .unwrap()
+        .clone();
+    let lens: Vec<u64> = pv
+        .parts
+        .iter()
+        .map(|p| store.variable(p).unwrap().shape[0])
+        .collect();
+    assert_eq!(lens, [34, 33, 33]);
+    let pv = store
+        .get_partitioned_variable("f", &[100, 4], DType::F32, &[7, 1], Init::Zeros)
+        .unwrap()
+        .clone();
+    let lens: Vec<u64> = pv
+        .parts
+        .iter()
+        .map(|p| store.variable(p).unwrap().shape[0])
+        .collect();
+    assert_eq!(lens, [15, 15, 14, 14, 14, 14, 14]);
+    let p = store.variable("f/part_2").unwrap().part.clone().unwrap();
+    assert_eq!(
+        (p.full_name.as_str(), p.offset.as_slice(), p.index),
+        ("f", &[30u64, 0][..], 2)
+    );
+    let pv = store
+        .get_partitioned_variable("g", &[4, 10], DType::F32, &[1, 3], Init::Zeros)
+        .unwrap();
+    assert_eq!((pv.axis, pv.parts.len()), (1, 3));
+    for bad in [&[2u64, 2][..], &[0, 1], &[1][..], &[5, 1]] {
+        assert!(
+            store
+                .get_partitioned_variable("h", &[4, 10], DType::F32, bad, Init::Zeros)
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(store
+        .get_variable("e", &[1], DType::F32, Init::Zeros)
+        .is_err()); // exists
+    assert!(store
+        .get_variable("x:0", &[1], DType::F32, Init::Zeros)
+        .is_err());
+    assert!(store
+        .get_variable("i", &[1], DType::I32, Init::Constant(0.5))
+        .is_err());
+}
+
+#[test]
+fn a_failed_call_changes_nothing() {
+    let (_d, ck) = ckpt(&[("a", &[2]), ("b", &[3])]);
+    let mut store = VariableStore::new();
+    store
+        .get_variable("x", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("y", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    // "a" -> x is fine, "b" -> y has the wrong shape: the whole call fails, x stays unmapped.
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("a", "x"), ("b", "y")]),
+    )
+    .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
+    assert!(store.pending("x").is_none());
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [0.0, 0.0]);
+}
+
+#[test]
+fn names_containing_part_are_not_cut() {
+    // TF cuts "model/part_emb/w" at "/part_" and then finds nothing; here it maps like any variable.
+    let (_d, ck) = ckpt(&[("old/part_emb/w", &[2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_variable("model/part_emb/w", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("old/", "model/")])).unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.value("model/part_emb/w").unwrap().to_f32().unwrap(),
+        [0.0, 1.0]
+    );
+}
+
+#[test]
+fn part_lists_and_unknown_objects() {
+    let (_d, ck) = ckpt(&[("t", &[10, 2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("p", &[10, 2], DType::F32, &[2, 1], Init::Zeros)
+        .unwrap();
+    store
+        .get_partitioned_variable("q", &[10, 2], DType::F32, &[2, 1], Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("plain", &[10, 2], DType::F32, Init::Zeros)
+        .unwrap();
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::parts(["p/part_0", "q/part_1"]))]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("same variable"), "{e}");
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::parts(["plain"]))]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a part"), "{e}");
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::variable("plian"))]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::VariableNotFound { .. })
+            && e.to_string().contains("did you mean plain"),
+        "{e}"
+    );
+    // A subset of the parts is fine (each part takes its own box), as in TF.
+    init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::parts(["p/part_1"]))]),
+    )
+    .unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.value("p/part_1").unwrap().to_f32().unwrap(),
+        (10..20).map(|x| x as f32).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.value("p/part_0").unwrap().to_f32().unwrap(),
+        vec![0.0; 10]
+    );
+}
+
+#[test]
+fn empty_scope_warns_and_last_pair_wins() {
+    let (_d, ck) = ckpt(&[("u", &[1]), ("v", &[1])]);
+    let mut store = VariableStore::new();
+    store
+        .get_variable("x", &[1], DType::F32, Init::Zeros)
+        .unwrap();
+    let mut map = AssignmentMap::new();
+    map.push("v", "x").push("u", "x").push("old/", "nothing/");
+    let call = init_from_checkpoint(&mut store, &ck, &map).unwrap();
+    assert_eq!(call.warnings.len(), 1);
+    assert_eq!(store.pending("x").unwrap().tensor, "v"); // ascending key order: "v" comes last
+    let report = store.initialize(Device::Cpu).unwrap();
+    assert_eq!(report.warnings, call.warnings);
+    assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [1000.0]);
+    assert!(store.initialize(Device::Cuda(0)).is_err());
+}
