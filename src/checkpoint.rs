@@ -328,15 +328,17 @@ impl Checkpoint {
     /// copy each intersection into `out`.
     fn assemble(&self, info: &TensorInfo, req: &Slice, out: Out<'_>) -> Result<()> {
         self.assemble_many(info, &mut [(req.clone(), out)])
+            .map(drop)
     }
 
     /// Fills several requested boxes of one tensor, reading and verifying each stored slice once
-    /// however many requests it feeds (re-partitioning reads every stored byte once).
+    /// however many requests it feeds (re-partitioning reads every stored byte once). Returns the
+    /// number of stored slices read.
     pub(crate) fn assemble_many(
         &self,
         info: &TensorInfo,
         reqs: &mut [(Slice, Out<'_>)],
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let shape = &info.shape;
         let stored: Vec<Slice> = if info.slices.is_empty() {
             vec![Slice::full(shape.len())]
@@ -367,6 +369,7 @@ impl Checkpoint {
                 .into());
             }
         }
+        let mut read = 0;
         for (s, have) in stored.iter().zip(&ranges) {
             let users: Vec<(usize, Vec<(u64, u64)>)> = wants
                 .iter()
@@ -377,8 +380,9 @@ impl Checkpoint {
                 continue;
             }
             self.copy_stored(info, s, have, &wants, &users, reqs)?;
+            read += 1;
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Reads stored slice `s` (box `have`) once and copies its intersection with each user request

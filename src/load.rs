@@ -27,6 +27,9 @@ pub struct LoadReport {
     pub from_initializer: usize,
     /// Distinct checkpoint tensors read.
     pub tensors: usize,
+    /// Stored entries read (a partitioned tensor has one per stored slice); each is read and
+    /// verified once, however many variables or parts take a piece of it.
+    pub stored_reads: usize,
     /// Bytes loaded from checkpoints into variables (string bytes included).
     pub bytes: u64,
     /// Wall time of the whole initialization.
@@ -93,17 +96,18 @@ impl VariableStore {
             }
         }
         let groups: Vec<_> = groups.into_iter().collect();
-        let loaded: Vec<Vec<(String, Tensor)>> = groups
+        let loaded: Vec<(usize, Vec<(String, Tensor)>)> = groups
             .par_iter()
             .map(|((path, tensor), dests)| self.load_group(&ckpts[path], tensor, dests))
             .collect::<Result<_>>()?;
         let mut values = BTreeMap::new();
         let mut report = LoadReport {
             tensors: loaded.len(),
+            stored_reads: loaded.iter().map(|l| l.0).sum(),
             warnings: self.warnings.clone(),
             ..Default::default()
         };
-        for (name, t) in loaded.into_iter().flatten() {
+        for (name, t) in loaded.into_iter().flat_map(|l| l.1) {
             report.bytes += match &t.data {
                 TensorData::Bytes(b) => b.len() as u64,
                 TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
@@ -130,7 +134,7 @@ impl VariableStore {
         ckpt: &Checkpoint,
         tensor: &str,
         dests: &[(String, Slice)],
-    ) -> Result<Vec<(String, Tensor)>> {
+    ) -> Result<(usize, Vec<(String, Tensor)>)> {
         let info = ckpt.tensor(tensor)?;
         let mut bufs = Vec::with_capacity(dests.len());
         for (var, slice) in dests {
@@ -181,9 +185,9 @@ impl VariableStore {
                 (slice.clone(), out)
             })
             .collect();
-        ckpt.assemble_many(info, &mut reqs)?;
+        let reads = ckpt.assemble_many(info, &mut reqs)?;
         drop(reqs);
-        Ok(dests
+        let values = dests
             .iter()
             .zip(bufs)
             .map(|((var, _), b)| {
@@ -201,6 +205,7 @@ impl VariableStore {
                     },
                 )
             })
-            .collect())
+            .collect();
+        Ok((reads, values))
     }
 }
