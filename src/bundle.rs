@@ -123,7 +123,7 @@ impl Bundle {
     pub(crate) fn fixed_bytes(&self, e: &Entry) -> Result<EntryBytes> {
         if self.index.big_endian && e.dtype.swap_unit() > 1 {
             self.locate(e)?; // bounds first: the allocation below is then backed by the file
-            let mut v = vec![0u8; e.size as usize];
+            let mut v = crate::mmap::alloc_zeroed(e.size as usize);
             self.read_fixed_into(e, &mut v)?;
             return Ok(EntryBytes::Owned(v));
         }

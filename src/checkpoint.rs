@@ -237,7 +237,7 @@ impl Checkpoint {
         let n = n as usize;
         let data = match info.dtype.size() {
             Some(size) => {
-                let mut buf = vec![0u8; n * size];
+                let mut buf = crate::mmap::alloc_zeroed(n * size);
                 self.assemble(info, slice, Out::Bytes(&mut buf))?;
                 TensorData::Bytes(buf)
             }

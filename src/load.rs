@@ -170,7 +170,7 @@ impl VariableStore {
             }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
-                Some(size) => Buf::Bytes(vec![0u8; n * size]),
+                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size)),
                 None => Buf::Strings(vec![Vec::new(); n]),
             });
         }

@@ -60,3 +60,28 @@ impl MappedFile {
         self.bytes().len() as u64
     }
 }
+
+/// Transparent huge page size on x86-64 and aarch64 Linux.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A zeroed buffer for a destination tensor. Large buffers are advised to use transparent huge pages
+/// before they are first touched: a fresh anonymous page costs a fault and a zeroing pass, and with
+/// 2 MiB pages the faults are 512 times fewer (first-touch faults otherwise cap a load near 1 GB/s per
+/// core). Zeroed memory comes from the allocator's `calloc` path, which maps fresh pages instead of
+/// writing zeros.
+pub(crate) fn alloc_zeroed(len: usize) -> Vec<u8> {
+    let v = vec![0u8; len];
+    #[cfg(target_os = "linux")]
+    if len >= 2 * HUGE_PAGE {
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        let end = (v.as_ptr() as usize + len) & !(HUGE_PAGE - 1);
+        if end > start {
+            // SAFETY: [start, end) lies inside `v`'s allocation and is page aligned; MADV_HUGEPAGE
+            // only changes how the kernel backs the range, never its contents. Failure is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}

@@ -308,7 +308,7 @@ impl VariableStore {
         let size = pv.dtype.size();
         let n = num_elements(&pv.shape)? as usize;
         let full: Vec<(u64, u64)> = pv.shape.iter().map(|&d| (0, d)).collect();
-        let mut bytes = vec![0u8; n * size.unwrap_or(0)];
+        let mut bytes = crate::mmap::alloc_zeroed(n * size.unwrap_or(0));
         let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
         for p in &pv.parts {
             let v = self.vars.get(p)?;
