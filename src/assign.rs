@@ -163,31 +163,32 @@ pub fn init_from_checkpoint(
         checkpoint: ckpt.prefix().to_path_buf(),
         ..Default::default()
     };
-    let mut staged: BTreeMap<String, Pending> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
+    // Variable -> (sequence number of its last assignment, what it loads): the last pair wins.
+    let mut staged: BTreeMap<String, (usize, Pending)> = BTreeMap::new();
+    let mut seq = 0;
     let cx = Cx { ckpt: &ckpt, store };
     for (key, target) in pairs {
         for (var, tensor, slice) in cx.resolve(key, target, &mut report.warnings)? {
-            order.retain(|v| v != &var);
-            order.push(var.clone());
-            staged.insert(
-                var,
-                Pending {
-                    checkpoint: ckpt.prefix().to_path_buf(),
-                    tensor,
-                    slice,
-                },
-            );
+            let pending = Pending {
+                checkpoint: ckpt.prefix().to_path_buf(),
+                tensor,
+                slice,
+            };
+            staged.insert(var, (seq, pending));
+            seq += 1;
         }
     }
-    for var in order {
-        let p = &staged[&var];
-        report.assignments.push(Assignment {
+    let mut recorded: Vec<(&String, &(usize, Pending))> = staged.iter().collect();
+    recorded.sort_by_key(|(_, (seq, _))| *seq);
+    report.assignments = recorded
+        .into_iter()
+        .map(|(var, (_, p))| Assignment {
             variable: var.clone(),
             tensor: p.tensor.clone(),
             slice: p.slice.clone(),
-        });
-    }
+        })
+        .collect();
+    let staged = staged.into_iter().map(|(var, (_, p))| (var, p));
     store.pending.extend(staged);
     store.warnings.extend(report.warnings.iter().cloned());
     Ok(report)
@@ -397,16 +398,24 @@ impl Cx<'_> {
         };
         // Candidates: unpartitioned variables and partitioned variables (by full name) under the
         // scope. Parts are grouped by their partitioned variable, not by cutting names at "/part_".
+        // A partitioned variable named exactly like the scope is a candidate too: its parts
+        // `scope/part_i` are under the scope, and TF maps it from the checkpoint key without its '/'.
+        let under =
+            |n: &str| scope.is_empty() || n.strip_prefix(scope).is_some_and(|r| r.starts_with('/'));
         let mut candidates: Vec<&str> = self
             .store
             .vars
             .values()
             .filter(|v| v.part.is_none())
             .map(|v| v.name.as_str())
-            .chain(self.store.partitioned.keys().map(String::as_str))
-            .filter(|n| {
-                scope.is_empty() || n.strip_prefix(scope).is_some_and(|r| r.starts_with('/'))
-            })
+            .filter(|n| under(n))
+            .chain(
+                self.store
+                    .partitioned
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|n| under(n) || *n == scope),
+            )
             .collect();
         candidates.sort_unstable();
         if candidates.is_empty() {
@@ -417,10 +426,11 @@ impl Cx<'_> {
         }
         let mut out = Vec::new();
         for n in candidates {
+            // The name below the scope; empty for a partitioned variable named like the scope.
             let rel = if scope.is_empty() {
                 n
             } else {
-                &n[scope.len() + 1..]
+                n.get(scope.len() + 1..).unwrap_or("")
             };
             let mut t = if key == "/" {
                 rel.to_string()

@@ -1,6 +1,7 @@
 //! A V2 tensor bundle on disk: the parsed index and lazily mapped data shards. Reading an entry checks
 //! its range against the shard's length and its bytes against the stored CRC32C.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,8 @@ pub(crate) struct Bundle {
     pub prefix: PathBuf,
     pub index_path: PathBuf,
     pub index: BundleIndex,
-    shards: Vec<Mutex<Option<Arc<MappedFile>>>>,
+    /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
+    shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
 }
 
 impl Bundle {
@@ -37,12 +39,11 @@ impl Bundle {
         let index_path = index_path(prefix);
         let file = MappedFile::open(&index_path)?;
         let index = BundleIndex::parse(&index_path, file.bytes())?;
-        let shards = (0..index.num_shards).map(|_| Mutex::new(None)).collect();
         Ok(Bundle {
             prefix: prefix.to_path_buf(),
             index_path,
             index,
-            shards,
+            shards: Mutex::new(HashMap::new()),
         })
     }
 
@@ -52,9 +53,8 @@ impl Bundle {
 
     /// The mapped data shard of `e` (mapped on first use).
     fn shard(&self, e: &Entry) -> Result<Arc<MappedFile>> {
-        let slot = &self.shards[e.shard as usize];
-        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = guard.as_ref() {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = shards.get(&e.shard) {
             return Ok(m.clone());
         }
         let path = self.shard_path(e.shard);
@@ -68,7 +68,7 @@ impl Bundle {
                 source,
             })?;
         let map = Arc::new(map);
-        *guard = Some(map.clone());
+        shards.insert(e.shard, map.clone());
         Ok(map)
     }
 
@@ -123,7 +123,7 @@ impl Bundle {
     pub(crate) fn fixed_bytes(&self, e: &Entry) -> Result<EntryBytes> {
         if self.index.big_endian && e.dtype.swap_unit() > 1 {
             self.locate(e)?; // bounds first: the allocation below is then backed by the file
-            let mut v = crate::mmap::alloc_zeroed(e.size as usize);
+            let mut v = crate::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
             self.read_fixed_into(e, &mut v)?;
             return Ok(EntryBytes::Owned(v));
         }
@@ -167,8 +167,21 @@ impl Bundle {
             Some(_) => self.fixed_bytes(e).map(drop),
             None if e.dtype == DType::String => self.read_strings(e).map(drop),
             None => {
-                // Variant: the entry CRC covers a structure we do not decode; check bounds only.
-                self.locate(e).map(drop)
+                // Variant: checked by the D.5 rule (values are not decoded by this crate).
+                let (map, range) = self.locate(e)?;
+                let n = crate::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
+                strings::verify_variant(&map.bytes()[range], n, e.crc).map_err(|err| match err {
+                    StringError::Checksum(what, expected, found) => {
+                        self.checksum_error(e, what, expected, found)
+                    }
+                    StringError::Corrupt(reason) => ErrorKind::CorruptStrings {
+                        path: self.shard_path(e.shard),
+                        tensor: key_name(&e.key),
+                        offset: e.offset,
+                        reason,
+                    }
+                    .into(),
+                })
             }
         }
     }

@@ -139,13 +139,21 @@ impl Checkpoint {
             .entries
             .iter()
             .filter(|e| !slice_keys.contains(&e.key))
-            .map(|e| TensorInfo {
-                name: String::from_utf8_lossy(&e.key).into_owned(),
-                dtype: e.dtype,
-                shape: e.shape.clone(),
-                slices: e.slices.clone(),
+            .map(|e| {
+                // TensorFlow names are UTF-8; a key that is not cannot be asked for by name.
+                let name = String::from_utf8(e.key.clone()).map_err(|_| ErrorKind::BadEntry {
+                    path: b.index_path.clone(),
+                    tensor: String::from_utf8_lossy(&e.key).into_owned(),
+                    reason: "the tensor name is not UTF-8".into(),
+                })?;
+                Ok(TensorInfo {
+                    name,
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    slices: e.slices.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self::with_infos(b.prefix.clone(), Inner::V2(b), infos))
     }
 
@@ -233,11 +241,11 @@ impl Checkpoint {
         check_slice(info, slice)?;
         let shape = slice.shape(&info.shape);
         let n = num_elements(&shape).unwrap_or(0);
-        self.check_backing(info, n)?;
+        self.check_backing(info, slice, n)?;
         let n = n as usize;
         let data = match info.dtype.size() {
             Some(size) => {
-                let mut buf = crate::mmap::alloc_zeroed(n * size);
+                let mut buf = crate::mmap::alloc_zeroed(n * size, &info.name)?;
                 self.assemble(info, slice, Out::Bytes(&mut buf))?;
                 TensorData::Bytes(buf)
             }
@@ -254,10 +262,11 @@ impl Checkpoint {
         })
     }
 
-    /// Before allocating `n` elements for a read, checks that the stored bytes behind the tensor can
-    /// hold that many (every stored element takes at least one byte), so that a damaged or hostile
-    /// index cannot make us allocate more memory than the checkpoint's files hold.
-    fn check_backing(&self, info: &TensorInfo, n: u64) -> Result<()> {
+    /// Before allocating the `n` elements of `req`, checks that the stored bytes behind it can hold
+    /// that many (every stored element takes at least one byte), so that a damaged or hostile index
+    /// cannot make us allocate more memory than the checkpoint's files hold. Only the stored slices
+    /// that intersect `req` are consulted.
+    fn check_backing(&self, info: &TensorInfo, req: &Slice, n: u64) -> Result<()> {
         let stored: u64 = match &self.inner {
             Inner::V2(b) => {
                 let stored = if info.slices.is_empty() {
@@ -265,8 +274,12 @@ impl Checkpoint {
                 } else {
                     info.slices.clone()
                 };
+                let want = req.ranges(&info.shape);
                 let mut sum = 0u64;
-                for s in &stored {
+                for s in stored
+                    .iter()
+                    .filter(|s| slice::intersect(&s.ranges(&info.shape), &want).is_some())
+                {
                     let e = self.v2_entry(b, info, s)?;
                     b.locate(e)?;
                     sum = sum.saturating_add(e.size);
@@ -472,7 +485,8 @@ impl Checkpoint {
             return b
                 .index
                 .get(info.name.as_bytes())
-                .ok_or_else(|| bad("entry vanished".into()));
+                .filter(|e| e.slices.is_empty() && e.dtype == info.dtype && e.shape == info.shape)
+                .ok_or_else(|| bad("the entry does not match the listing".into()));
         }
         let e = b
             .index

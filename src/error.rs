@@ -394,6 +394,14 @@ pub enum ErrorKind {
         /// Why it cannot be used.
         reason: String,
     },
+    /// Memory for a tensor could not be allocated.
+    #[error("cannot allocate {bytes} bytes for tensor {tensor:?}")]
+    Allocation {
+        /// Bytes asked for.
+        bytes: u64,
+        /// The tensor or variable.
+        tensor: String,
+    },
     /// An argument given to the writer or another API is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

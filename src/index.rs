@@ -121,20 +121,8 @@ impl BundleIndex {
                 header = Some(h);
                 return Ok(());
             }
-            if let Some(prev) = entries.last() {
-                if key <= prev.key.as_slice() {
-                    return Err(ErrorKind::CorruptTable {
-                        path: path.into(),
-                        offset: 0,
-                        reason: format!(
-                            "keys out of order: {:?} after {:?}",
-                            key_name(key),
-                            key_name(&prev.key)
-                        ),
-                    }
-                    .into());
-                }
-            }
+            // Keys are strictly increasing: `Table::for_each` checks it, and `get` relies on it.
+
             entries.push(parse_entry(path, key, value)?);
             Ok(())
         })?;
@@ -189,6 +177,16 @@ impl BundleIndex {
             .binary_search_by(|e| e.key.as_slice().cmp(key))
             .ok()
             .map(|i| &self.entries[i])
+    }
+}
+
+/// The full tensor's bytes must be representable (the stored slices are checked against their own
+/// sizes; the whole of a partitioned tensor has no size field to check).
+pub(crate) fn check_byte_size(dtype: DType, shape: &[u64]) -> Result<(), String> {
+    let elem = dtype.size().unwrap_or(1) as u64;
+    match num_elements(shape).and_then(|n| n.checked_mul(elem)) {
+        Some(b) if b <= i64::MAX as u64 => Ok(()),
+        _ => Err(format!("{dtype} tensor of shape {shape:?} is too large")),
     }
 }
 
@@ -253,6 +251,7 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
             s.check(&shape)
                 .map_err(|r| bad(format!("invalid slice: {r}")))?;
         }
+        check_byte_size(dtype, &shape).map_err(bad)?;
     }
     Ok(Entry {
         key: key.to_vec(),

@@ -117,7 +117,7 @@ impl VariableStore {
         }
         for v in self.vars.values() {
             if !values.contains_key(&v.name) {
-                values.insert(v.name.clone(), init_tensor(v));
+                values.insert(v.name.clone(), init_tensor(v)?);
                 report.from_initializer += 1;
             }
         }
@@ -170,7 +170,7 @@ impl VariableStore {
             }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
-                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size)),
+                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, var)?),
                 None => Buf::Strings(vec![Vec::new(); n]),
             });
         }

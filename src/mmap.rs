@@ -64,13 +64,31 @@ impl MappedFile {
 /// Transparent huge page size on x86-64 and aarch64 Linux.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A zeroed buffer for a destination tensor. Large buffers are advised to use transparent huge pages
-/// before they are first touched: a fresh anonymous page costs a fault and a zeroing pass, and with
-/// 2 MiB pages the faults are 512 times fewer (first-touch faults otherwise cap a load near 1 GB/s per
-/// core). Zeroed memory comes from the allocator's `calloc` path, which maps fresh pages instead of
-/// writing zeros.
-pub(crate) fn alloc_zeroed(len: usize) -> Vec<u8> {
-    let v = vec![0u8; len];
+/// A zeroed buffer for a destination tensor, or an error if the memory cannot be had (never an
+/// abort). Large buffers are advised to use transparent huge pages before they are first touched: a
+/// fresh anonymous page costs a fault and a zeroing pass, and with 2 MiB pages the faults are 512
+/// times fewer (first-touch faults otherwise cap a load near 1 GB/s per core). The memory comes from
+/// the allocator's zeroed path, which maps fresh pages instead of writing zeros.
+pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let fail = || -> crate::Error {
+        crate::error::ErrorKind::Allocation {
+            bytes: len as u64,
+            tensor: tensor.to_string(),
+        }
+        .into()
+    };
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| fail())?;
+    // SAFETY: `layout` has a non-zero size (len > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(fail());
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; len]`, every byte
+    // is initialized (zeroed), and length == capacity == len.
+    let v = unsafe { Vec::from_raw_parts(ptr, len, len) };
     #[cfg(target_os = "linux")]
     if len >= 2 * HUGE_PAGE {
         let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
@@ -83,5 +101,5 @@ pub(crate) fn alloc_zeroed(len: usize) -> Vec<u8> {
             }
         }
     }
-    v
+    Ok(v)
 }

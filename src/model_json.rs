@@ -72,7 +72,15 @@ pub fn parse_model(text: &str) -> Result<VariableStore> {
             Some(Value::Object(o))
                 if o.len() == 1 && o.get("constant").is_some_and(Value::is_number) =>
             {
-                Init::Constant(o["constant"].as_f64().unwrap_or(0.0))
+                {
+                    let c = &o["constant"];
+                    // Integers stay exact (an f64 cannot hold every int64).
+                    match (c.as_i64(), c.as_u64()) {
+                        (Some(i), _) => Init::IntConstant(i.into()),
+                        (None, Some(u)) => Init::IntConstant(u.into()),
+                        _ => Init::Constant(c.as_f64().unwrap_or(0.0)),
+                    }
+                }
             }
             Some(other) => {
                 return Err(bad(
@@ -195,6 +203,10 @@ mod tests {
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int32", "initializer": {"constant": 0.5}}]}"#,
                 "not a int32",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int64", "initializer": {"constant": 9223372036854775808}}]}"#,
+                "not a int64",
             ),
         ] {
             let e = parse_model(text).unwrap_err().to_string();

@@ -301,22 +301,47 @@ pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Shell-style matching of `*`, `?` and `[...]` (with `!`/`^` negation and ranges).
-fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
-    match pat.first() {
-        None => s.is_empty(),
-        Some(b'*') => (0..=s.len()).any(|i| fnmatch(&pat[1..], &s[i..])),
-        Some(b'?') => !s.is_empty() && fnmatch(&pat[1..], &s[1..]),
-        Some(b'[') => {
-            let Some(close) = pat.iter().skip(2).position(|&c| c == b']').map(|p| p + 2) else {
-                return s.first() == Some(&b'[') && fnmatch(&pat[1..], &s[1..]);
-            };
-            let Some(&c) = s.first() else { return false };
-            let mut set = &pat[1..close];
-            let negate = matches!(set.first(), Some(b'!') | Some(b'^'));
-            if negate {
-                set = &set[1..];
+enum Tok<'p> {
+    Star,
+    Any,
+    Class(&'p [u8], bool),
+    Lit(u8),
+}
+
+fn tokens(pat: &[u8]) -> Vec<Tok<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < pat.len() {
+        match pat[i] {
+            b'*' => out.push(Tok::Star),
+            b'?' => out.push(Tok::Any),
+            b'[' => {
+                if let Some(close) = pat
+                    .iter()
+                    .skip(i + 2)
+                    .position(|&c| c == b']')
+                    .map(|p| p + i + 2)
+                {
+                    let set = &pat[i + 1..close];
+                    let negate = matches!(set.first(), Some(b'!') | Some(b'^'));
+                    out.push(Tok::Class(if negate { &set[1..] } else { set }, negate));
+                    i = close + 1;
+                    continue;
+                }
+                out.push(Tok::Lit(b'['));
             }
+            c => out.push(Tok::Lit(c)),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn tok_matches(t: &Tok<'_>, c: u8) -> bool {
+    match *t {
+        Tok::Star | Tok::Any => true,
+        Tok::Lit(l) => l == c,
+        Tok::Class(set, negate) => {
             let mut hit = false;
             let mut i = 0;
             while i < set.len() {
@@ -328,10 +353,38 @@ fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
                     i += 1;
                 }
             }
-            hit != negate && fnmatch(&pat[close + 1..], &s[1..])
+            hit != negate
         }
-        Some(&p) => s.first() == Some(&p) && fnmatch(&pat[1..], &s[1..]),
     }
+}
+
+/// Shell-style matching of `*`, `?` and `[...]` (with `!`/`^` negation and ranges), in
+/// O(pattern × name) time: on a mismatch, retry from the last `*` one character later.
+fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
+    let toks = tokens(pat);
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        match toks.get(p) {
+            Some(Tok::Star) => {
+                star = Some((p, i));
+                p += 1;
+            }
+            Some(t) if tok_matches(t, s[i]) => {
+                p += 1;
+                i += 1;
+            }
+            _ => match star {
+                Some((sp, si)) => {
+                    p = sp + 1;
+                    i = si + 1;
+                    star = Some((sp, si + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[p..].iter().all(|t| matches!(t, Tok::Star))
 }
 
 #[cfg(test)]
@@ -366,5 +419,12 @@ mod tests {
         assert!(fnmatch(b"m*", b"model"));
         assert!(fnmatch(b"[a-c]x", b"bx"));
         assert!(!fnmatch(b"[!a-c]x", b"bx"));
+        assert!(fnmatch(b"*", b""));
+        assert!(fnmatch(b"a*b*c", b"aXbYbZc"));
+        assert!(!fnmatch(b"a*b*c", b"aXbYbZ"));
+        assert!(fnmatch(b"[x", b"[x"));
+        // Linear, not exponential: this took forever with a recursive matcher.
+        let name = vec![b'a'; 60];
+        assert!(!fnmatch(b"*a*a*a*a*a*a*a*a*a*a*a*a*b", &name));
     }
 }

@@ -14,6 +14,11 @@ pub fn write_raw(
     shape: &[u64],
     data: &[u8],
 ) -> std::io::Result<()> {
+    write_header(&mut w, descr, shape)?;
+    w.write_all(data)
+}
+
+fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Result<()> {
     let shape_txt = match shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", shape[0]),
@@ -35,8 +40,7 @@ pub fn write_raw(
     w.write_all(MAGIC)?;
     w.write_all(&[1, 0])?;
     w.write_all(&(header.len() as u16).to_le_bytes())?;
-    w.write_all(header.as_bytes())?;
-    w.write_all(data)
+    w.write_all(header.as_bytes())
 }
 
 /// Writes a tensor as the CLI does: the dtype's `descr` (bfloat16 and float8 as raw bits, int4/int2
@@ -44,13 +48,21 @@ pub fn write_raw(
 pub fn write_tensor(w: impl Write, t: &Tensor) -> std::io::Result<()> {
     match &t.data {
         TensorData::Strings(s) => {
+            // Every element is padded with NULs to the longest: stream it rather than build it.
+            let mut w = w;
             let width = s.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
-            let mut data = Vec::with_capacity(width * s.len());
+            write_header(&mut w, &format!("|S{width}"), &t.shape)?;
+            let zeros = [0u8; 4096];
             for x in s {
-                data.extend_from_slice(x);
-                data.resize(data.len() + width - x.len(), 0);
+                w.write_all(x)?;
+                let mut pad = width - x.len();
+                while pad > 0 {
+                    let n = pad.min(zeros.len());
+                    w.write_all(&zeros[..n])?;
+                    pad -= n;
+                }
             }
-            write_raw(w, &format!("|S{width}"), &t.shape, &data)
+            Ok(())
         }
         TensorData::Bytes(b) => {
             let descr = t.dtype.npy_descr().ok_or_else(|| {

@@ -34,8 +34,8 @@ pub fn min_max_variable(
     dtype: DType,
 ) -> Vec<u64> {
     let d = shape.get(axis).copied().unwrap_or(1);
-    let total =
-        shape.iter().product::<u64>() as f64 * elem_bytes(dtype, bytes_per_string_element) as f64;
+    let total = shape.iter().map(|&x| x as f64).product::<f64>()
+        * elem_bytes(dtype, bytes_per_string_element) as f64;
     let wanted = (total / min_slice_size.max(1) as f64).ceil() as u64;
     with_axis(shape.len(), axis, wanted.min(max_partitions).min(d).max(1))
 }
@@ -51,7 +51,7 @@ pub fn variable_axis_size(
     dtype: DType,
 ) -> Vec<u64> {
     let d = shape.get(axis).copied().unwrap_or(1).max(1);
-    let per_slice = shape.iter().product::<u64>() as f64 / d as f64
+    let per_slice = shape.iter().map(|&x| x as f64).product::<f64>() / d as f64
         * elem_bytes(dtype, bytes_per_string_element) as f64;
     let slices_per_shard = ((max_shard_bytes as f64 / per_slice).floor() as u64).max(1);
     let mut parts = d.div_ceil(slices_per_shard);

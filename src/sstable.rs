@@ -60,7 +60,7 @@ pub(crate) struct Table<'a> {
     path: &'a Path,
     file: &'a [u8],
     /// (separator key, handle of the data block), in key order.
-    blocks: Vec<(Vec<u8>, BlockHandle)>,
+    blocks: Cow<'a, [(Vec<u8>, BlockHandle)]>,
 }
 
 impl<'a> Table<'a> {
@@ -100,7 +100,7 @@ impl<'a> Table<'a> {
         let mut table = Table {
             path,
             file,
-            blocks: Vec::new(),
+            blocks: Cow::Borrowed(&[]),
         };
         let index_block = table.read_block(index)?;
         let mut blocks = Vec::new();
@@ -118,8 +118,26 @@ impl<'a> Table<'a> {
                 Ok(())
             },
         )?;
-        table.blocks = blocks;
+        table.blocks = Cow::Owned(blocks);
         Ok(table)
+    }
+
+    /// A table whose index was already read by [`Table::open`] (see [`Table::blocks`]).
+    pub(crate) fn from_blocks(
+        path: &'a Path,
+        file: &'a [u8],
+        blocks: &'a [(Vec<u8>, BlockHandle)],
+    ) -> Table<'a> {
+        Table {
+            path,
+            file,
+            blocks: Cow::Borrowed(blocks),
+        }
+    }
+
+    /// The parsed index, to rebuild the table later without reading it again.
+    pub(crate) fn blocks(&self) -> Vec<(Vec<u8>, BlockHandle)> {
+        self.blocks.to_vec()
     }
 
     /// Number of data blocks.
@@ -191,10 +209,31 @@ impl<'a> Table<'a> {
     }
 
     /// Calls `f(key, value)` for every record, in key order.
+    /// Keys must be strictly increasing across the whole table (a damaged index that repeats or
+    /// reorders blocks fails fast instead of being walked again and again).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        for (_, h) in &self.blocks {
+        let mut last: Option<Vec<u8>> = None;
+        for (_, h) in self.blocks.iter() {
             let data = self.read_block(*h)?;
-            Block::new(self.path, h.offset, &data)?.for_each(&mut f)?;
+            Block::new(self.path, h.offset, &data)?.for_each(&mut |key: &[u8], value: &[u8]| {
+                if let Some(prev) = &last {
+                    if key <= prev.as_slice() {
+                        return Err(corrupt(
+                            self.path,
+                            h.offset,
+                            "keys are not in increasing order",
+                        ));
+                    }
+                }
+                match &mut last {
+                    Some(prev) => {
+                        prev.clear();
+                        prev.extend_from_slice(key);
+                    }
+                    None => last = Some(key.to_vec()),
+                }
+                f(key, value)
+            })?;
         }
         Ok(())
     }

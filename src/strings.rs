@@ -92,6 +92,50 @@ pub(crate) fn decode(
     Ok(out)
 }
 
+/// Checks a `variant` tensor's stored bytes (spec D.5): per element a varint length, the serialized
+/// bytes and a masked running CRC; the running CRC covers each length as 8 little-endian bytes, the
+/// element bytes and each stored checksum, and its final value is the entry CRC.
+pub(crate) fn verify_variant(bytes: &[u8], n: usize, entry_crc: u32) -> Result<(), StringError> {
+    let mut pos = 0;
+    let mut crc = 0u32;
+    for i in 0..n {
+        let corrupt = |what: &str| {
+            StringError::Corrupt(format!(
+                "variant element {i} of {n}: {what} runs past the stored size"
+            ))
+        };
+        let len = get_varint(bytes, &mut pos, 10).ok_or_else(|| corrupt("length"))?;
+        crc = crc32c::crc32c_append(crc, &len.to_le_bytes());
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| pos.checked_add(l))
+            .filter(|&e| e <= bytes.len());
+        let end = end.ok_or_else(|| corrupt("data"))?;
+        crc = crc32c::crc32c_append(crc, &bytes[pos..end]);
+        let stored = bytes.get(end..end + 4).ok_or_else(|| corrupt("checksum"))?;
+        let masked = u32::from_le_bytes(stored.try_into().unwrap_or_default());
+        if crc::unmask(masked) != crc {
+            return Err(StringError::Checksum(
+                "variant element checksum",
+                crc::unmask(masked),
+                crc,
+            ));
+        }
+        crc = crc32c::crc32c_append(crc, stored);
+        pos = end + 4;
+    }
+    if pos != bytes.len() {
+        return Err(StringError::Corrupt(format!(
+            "{} bytes left after {n} variant elements",
+            bytes.len() - pos
+        )));
+    }
+    if crc != entry_crc {
+        return Err(StringError::Checksum("checksum", entry_crc, crc));
+    }
+    Ok(())
+}
+
 /// Encodes strings; returns the bytes and the unmasked entry CRC.
 pub(crate) fn encode(strings: &[impl AsRef<[u8]>], big_endian: bool) -> (Vec<u8>, u32) {
     let mut out = Vec::new();
@@ -114,6 +158,29 @@ pub(crate) fn encode(strings: &[impl AsRef<[u8]>], big_endian: bool) -> (Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variant_rule() {
+        // Two elements encoded by the D.5 rule.
+        let mut bytes = Vec::new();
+        let mut crc = 0u32;
+        for elem in [&b"abc"[..], b""] {
+            put_varint(&mut bytes, elem.len() as u64);
+            crc = crc32c::crc32c_append(crc, &(elem.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(elem);
+            crc = crc32c::crc32c_append(crc, elem);
+            let m = crc::mask(crc).to_le_bytes();
+            bytes.extend_from_slice(&m);
+            crc = crc32c::crc32c_append(crc, &m);
+        }
+        assert_eq!(verify_variant(&bytes, 2, crc), Ok(()));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x04;
+            assert!(verify_variant(&bad, 2, crc).is_err(), "flip at {i}");
+        }
+        assert!(verify_variant(&bytes[..bytes.len() - 1], 2, crc).is_err());
+    }
 
     #[test]
     fn spec_example() {

@@ -9,11 +9,11 @@ use prost::Message;
 
 use crate::dtype::DType;
 use crate::error::{ErrorKind, Result};
-use crate::index::{check_version, parse_shape};
+use crate::index::{check_byte_size, check_version, parse_shape};
 use crate::mmap::MappedFile;
 use crate::proto;
 use crate::slice::{num_elements, Slice};
-use crate::sstable::Table;
+use crate::sstable::{BlockHandle, Table};
 
 /// One tensor of a V1 checkpoint: full shape, dtype and where each stored slice lives.
 pub(crate) struct V1Tensor {
@@ -25,6 +25,8 @@ pub(crate) struct V1Tensor {
 
 pub(crate) struct V1Set {
     files: Vec<MappedFile>,
+    /// Each file's parsed table index, read once at open.
+    blocks: Vec<Vec<(Vec<u8>, BlockHandle)>>,
     pub tensors: BTreeMap<String, V1Tensor>,
 }
 
@@ -37,6 +39,7 @@ pub(crate) enum V1Values {
 impl V1Set {
     pub(crate) fn open(paths: &[PathBuf]) -> Result<V1Set> {
         let mut files = Vec::with_capacity(paths.len());
+        let mut blocks = Vec::with_capacity(paths.len());
         let mut tensors: BTreeMap<String, V1Tensor> = BTreeMap::new();
         for (fi, path) in paths.iter().enumerate() {
             let file = MappedFile::open(path)?;
@@ -75,6 +78,7 @@ impl V1Set {
                 })?;
                 let shape = parse_shape(t.shape.as_ref())
                     .map_err(|r| bad(format!("invalid shape: {r}")))?;
+                check_byte_size(dtype, &shape).map_err(bad)?;
                 let entry = tensors.entry(name.clone()).or_insert_with(|| V1Tensor {
                     dtype,
                     shape: shape.clone(),
@@ -96,9 +100,15 @@ impl V1Set {
                     entry.slices.push((slice, fi));
                 }
             }
+            blocks.push(table.blocks());
+            drop(table);
             files.push(file);
         }
-        Ok(V1Set { files, tensors })
+        Ok(V1Set {
+            files,
+            blocks,
+            tensors,
+        })
     }
 
     /// Total bytes of all files.
@@ -115,7 +125,7 @@ impl V1Set {
         file: usize,
     ) -> Result<V1Values> {
         let path = self.files[file].path();
-        let table = Table::open(path, self.files[file].bytes())?;
+        let table = Table::from_blocks(path, self.files[file].bytes(), &self.blocks[file]);
         let key = slice.key(name.as_bytes());
         let value = table.get(&key)?.ok_or_else(|| ErrorKind::BadEntry {
             path: path.into(),
@@ -217,16 +227,7 @@ fn decode_record(
             "dtype {dtype} cannot be stored in a V1 checkpoint"
         )));
     };
-    if !data.tensor_content.is_empty() {
-        if data.tensor_content.len() as u64 != n.saturating_mul(size as u64) {
-            return Err(bad(format!(
-                "tensor_content holds {} bytes, the slice needs {}",
-                data.tensor_content.len(),
-                n.saturating_mul(size as u64)
-            )));
-        }
-        return Ok(V1Values::Bytes(data.tensor_content));
-    }
+    // Like TensorFlow's reader, only the typed `*_val` fields count (never `tensor_content`).
     let mut out = Vec::with_capacity((n as usize).saturating_mul(size).min(value.len() * 8));
     match dtype {
         DType::F32 => {

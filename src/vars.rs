@@ -20,6 +20,8 @@ pub enum Init {
     Ones,
     /// Every element this number.
     Constant(f64),
+    /// Every element this integer (exact for 64-bit integer variables, where an `f64` is not).
+    IntConstant(i128),
 }
 
 /// Where a part sits in its partitioned variable (TensorFlow's `SaveSliceInfo`).
@@ -130,6 +132,9 @@ pub struct VariableStore {
     pub(crate) warnings: Vec<String>,
 }
 
+/// More parts than this is certainly a mistake (TensorFlow creates one variable per part).
+const MAX_PARTS: u64 = 1 << 20;
+
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.ends_with('/')
@@ -174,7 +179,7 @@ impl VariableStore {
     ) -> Result<&Variable> {
         self.check_new(name)?;
         check_init(name, dtype, init)?;
-        check_shape(name, shape)?;
+        check_shape(name, shape, dtype)?;
         let v = Variable {
             name: name.into(),
             shape: shape.to_vec(),
@@ -197,7 +202,7 @@ impl VariableStore {
     ) -> Result<&PartitionedVariable> {
         self.check_new(name)?;
         check_init(name, dtype, init)?;
-        check_shape(name, shape)?;
+        check_shape(name, shape, dtype)?;
         let bad = |reason: String| ErrorKind::BadVariable {
             name: name.into(),
             reason,
@@ -217,8 +222,11 @@ impl VariableStore {
         let axis = partitions.iter().position(|&p| p > 1).unwrap_or(0);
         let k = partitions[axis];
         let d = shape[axis];
-        if k > d.max(1) {
-            return Err(bad(format!("{k} parts along axis {axis} of length {d}")).into());
+        if k > d.max(1) || k > MAX_PARTS {
+            return Err(bad(format!(
+                "{k} parts along axis {axis} of length {d} (at most one part per row, and at most {MAX_PARTS})"
+            ))
+            .into());
         }
         let mut parts = Vec::with_capacity(k as usize);
         let mut offset = 0;
@@ -308,7 +316,7 @@ impl VariableStore {
         let size = pv.dtype.size();
         let n = num_elements(&pv.shape)? as usize;
         let full: Vec<(u64, u64)> = pv.shape.iter().map(|&d| (0, d)).collect();
-        let mut bytes = crate::mmap::alloc_zeroed(n * size.unwrap_or(0));
+        let mut bytes = crate::mmap::alloc_zeroed(n * size.unwrap_or(0), name).ok()?;
         let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
         for p in &pv.parts {
             let v = self.vars.get(p)?;
@@ -338,12 +346,14 @@ impl VariableStore {
     }
 }
 
-fn check_shape(name: &str, shape: &[u64]) -> Result<()> {
-    match num_elements(shape) {
-        Some(n) if n <= i64::MAX as u64 => Ok(()),
+/// The variable's bytes in memory must be addressable (a string element is a `Vec<u8>`).
+fn check_shape(name: &str, shape: &[u64], dtype: DType) -> Result<()> {
+    let elem = dtype.size().unwrap_or(std::mem::size_of::<Vec<u8>>()) as u64;
+    match num_elements(shape).and_then(|n| n.checked_mul(elem)) {
+        Some(bytes) if bytes <= isize::MAX as u64 => Ok(()),
         _ => Err(ErrorKind::BadVariable {
             name: name.into(),
-            reason: format!("shape {shape:?} has too many elements"),
+            reason: format!("shape {shape:?} of {dtype} is too large to hold in memory"),
         }
         .into()),
     }
@@ -361,16 +371,19 @@ fn check_init(name: &str, dtype: DType, init: Init) -> Result<()> {
 
 /// The bytes of one element of `dtype` holding the initializer's value.
 pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<u8>, String> {
-    let v = match init {
+    let (v, exact) = match init {
         Init::Zeros => return Ok(vec![0; dtype.size().unwrap_or(0)]),
-        Init::Ones => 1.0,
-        Init::Constant(c) => c,
+        Init::Ones => (1.0, Some(1)),
+        Init::Constant(c) => (
+            c,
+            (c.fract() == 0.0 && c.abs() < 2f64.powi(53)).then_some(c as i128),
+        ),
+        Init::IntConstant(i) => (i as f64, Some(i)),
     };
-    let int = |lo: f64, hi: f64| -> std::result::Result<i128, String> {
-        if v.fract() != 0.0 || v < lo || v > hi {
-            Err(format!("initializer {v} is not a {dtype} value"))
-        } else {
-            Ok(v as i128)
+    let int = |lo: i128, hi: i128| -> std::result::Result<i128, String> {
+        match exact {
+            Some(i) if (lo..=hi).contains(&i) => Ok(i),
+            _ => Err(format!("initializer {v} is not a {dtype} value")),
         }
     };
     Ok(match dtype {
@@ -380,19 +393,23 @@ pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<
         DType::BF16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
         DType::C64 => [(v as f32).to_le_bytes(), 0f32.to_le_bytes()].concat(),
         DType::C128 => [v.to_le_bytes(), 0f64.to_le_bytes()].concat(),
-        DType::Bool => vec![int(0.0, 1.0)? as u8],
-        DType::I8 => (int(-128.0, 127.0)? as i8).to_le_bytes().to_vec(),
-        DType::U8 => (int(0.0, 255.0)? as u8).to_le_bytes().to_vec(),
-        DType::I16 => (int(-32768.0, 32767.0)? as i16).to_le_bytes().to_vec(),
-        DType::U16 => (int(0.0, 65535.0)? as u16).to_le_bytes().to_vec(),
-        DType::I32 => (int(i32::MIN as f64, i32::MAX as f64)? as i32)
+        DType::Bool => vec![int(0, 1)? as u8],
+        DType::I8 => (int(i8::MIN.into(), i8::MAX.into())? as i8)
             .to_le_bytes()
             .to_vec(),
-        DType::U32 => (int(0.0, u32::MAX as f64)? as u32).to_le_bytes().to_vec(),
-        DType::I64 => (int(i64::MIN as f64, i64::MAX as f64)? as i64)
+        DType::U8 => (int(0, u8::MAX.into())? as u8).to_le_bytes().to_vec(),
+        DType::I16 => (int(i16::MIN.into(), i16::MAX.into())? as i16)
             .to_le_bytes()
             .to_vec(),
-        DType::U64 => (int(0.0, u64::MAX as f64)? as u64).to_le_bytes().to_vec(),
+        DType::U16 => (int(0, u16::MAX.into())? as u16).to_le_bytes().to_vec(),
+        DType::I32 => (int(i32::MIN.into(), i32::MAX.into())? as i32)
+            .to_le_bytes()
+            .to_vec(),
+        DType::U32 => (int(0, u32::MAX.into())? as u32).to_le_bytes().to_vec(),
+        DType::I64 => (int(i64::MIN.into(), i64::MAX.into())? as i64)
+            .to_le_bytes()
+            .to_vec(),
+        DType::U64 => (int(0, u64::MAX.into())? as u64).to_le_bytes().to_vec(),
         other => {
             return Err(format!(
                 "{other} variables support only the zeros initializer"
@@ -401,17 +418,37 @@ pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<
     })
 }
 
-/// A tensor of `shape` filled with the initializer's value.
-pub(crate) fn init_tensor(v: &Variable) -> Tensor {
+/// A tensor of the variable's shape filled with its initializer's value.
+pub(crate) fn init_tensor(v: &Variable) -> Result<Tensor> {
+    // `check_shape` bounded the size when the variable was created.
     let n = num_elements(&v.shape).unwrap_or(0) as usize;
     let data = match v.dtype.size() {
-        // `check_init` accepted this (dtype, init) when the variable was created.
-        Some(_) => TensorData::Bytes(init_element(v.dtype, v.init).unwrap_or_default().repeat(n)),
-        None => TensorData::Strings(vec![Vec::new(); n]),
+        Some(size) => {
+            let mut bytes = crate::mmap::alloc_zeroed(n * size, &v.name)?;
+            // `check_init` accepted this (dtype, init) when the variable was created.
+            let elem = init_element(v.dtype, v.init).unwrap_or_default();
+            if elem.iter().any(|&b| b != 0) {
+                bytes
+                    .chunks_exact_mut(size)
+                    .for_each(|c| c.copy_from_slice(&elem));
+            }
+            TensorData::Bytes(bytes)
+        }
+        None => {
+            let mut strings = Vec::new();
+            strings
+                .try_reserve_exact(n)
+                .map_err(|_| ErrorKind::Allocation {
+                    bytes: (n * std::mem::size_of::<Vec<u8>>()) as u64,
+                    tensor: v.name.clone(),
+                })?;
+            strings.resize(n, Vec::new());
+            TensorData::Strings(strings)
+        }
     };
-    Tensor {
+    Ok(Tensor {
         dtype: v.dtype,
         shape: v.shape.clone(),
         data,
-    }
+    })
 }

@@ -167,6 +167,12 @@ impl CheckpointWriter {
         slice: &Slice,
         tensor: TensorRef<'_>,
     ) -> Result<()> {
+        if full_shape.iter().any(|&d| d > i64::MAX as u64) {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{full_name}: dimension above int64 in shape {full_shape:?}"
+            ))
+            .into());
+        }
         slice
             .check(full_shape)
             .map_err(|r| ErrorKind::InvalidArgument(format!("{full_name}: {r}")))?;
@@ -183,30 +189,38 @@ impl CheckpointWriter {
         }
         let key = slice.key(full_name.as_bytes());
         self.check_new(&key)?;
-        let existed = self.entries.contains_key(full_name.as_bytes());
-        let full = self
-            .entries
+        let bad = |reason: &str| -> crate::Error {
+            ErrorKind::InvalidArgument(format!("{full_name}: {reason}")).into()
+        };
+        // Validate against the full entry first; change nothing until the data is written.
+        if let Some(full) = self.entries.get(full_name.as_bytes()) {
+            if full.slices.is_empty() || full.dtype != tensor.dtype().to_proto() {
+                return Err(bad("already added as a whole tensor or with another dtype"));
+            }
+            if full.shape != Some(shape_proto(full_shape)) {
+                return Err(bad("slices disagree on the full shape"));
+            }
+            let new = slice.ranges(full_shape);
+            for other in &full.slices {
+                let other = Slice::from_proto(other).map_err(|r| bad(&r))?;
+                if crate::slice::intersect(&other.ranges(full_shape), &new).is_some() {
+                    return Err(bad(&format!(
+                        "slice {slice} overlaps slice {other} added before"
+                    )));
+                }
+            }
+        }
+        let entry = self.write_data(full_name, tensor)?;
+        self.entries.insert(key, entry);
+        self.entries
             .entry(full_name.as_bytes().to_vec())
             .or_insert_with(|| proto::BundleEntryProto {
                 dtype: tensor.dtype().to_proto(),
                 shape: Some(shape_proto(full_shape)),
                 ..Default::default()
-            });
-        if existed && full.slices.is_empty() || full.dtype != tensor.dtype().to_proto() {
-            return Err(ErrorKind::InvalidArgument(format!(
-                "{full_name}: already added as a whole tensor or with another dtype"
-            ))
-            .into());
-        }
-        if full.shape != Some(shape_proto(full_shape)) {
-            return Err(ErrorKind::InvalidArgument(format!(
-                "{full_name}: slices disagree on the full shape"
-            ))
-            .into());
-        }
-        full.slices.push(slice.to_proto());
-        let entry = self.write_data(full_name, tensor)?;
-        self.entries.insert(key, entry);
+            })
+            .slices
+            .push(slice.to_proto());
         Ok(())
     }
 
@@ -222,6 +236,13 @@ impl CheckpointWriter {
     }
 
     fn write_data(&mut self, name: &str, tensor: TensorRef<'_>) -> Result<proto::BundleEntryProto> {
+        if tensor.shape().iter().any(|&d| d > i64::MAX as u64) {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{name}: dimension above int64 in shape {:?}",
+                tensor.shape()
+            ))
+            .into());
+        }
         let n = num_elements(tensor.shape())
             .ok_or_else(|| ErrorKind::InvalidArgument(format!("{name}: shape overflows")))?;
         let big = self.options.big_endian;

@@ -188,3 +188,55 @@ fn empty_scope_warns_and_last_pair_wins() {
     assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [1000.0]);
     assert!(store.initialize(Device::Cuda(0)).is_err());
 }
+
+#[test]
+fn partitioned_variable_named_like_the_scope() {
+    // TF: {"old/": "new/"} with a partitioned variable "new" (parts new/part_i) loads tensor "old".
+    let (_d, ck) = ckpt(&[("old", &[4, 2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("new", &[4, 2], DType::F32, &[2, 1], Init::Zeros)
+        .unwrap();
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("old/", "new/")])).unwrap();
+    assert_eq!(store.pending("new/part_1").unwrap().tensor, "old");
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.value("new/part_1").unwrap().to_f32().unwrap(),
+        [4.0, 5.0, 6.0, 7.0]
+    );
+}
+
+#[test]
+fn hostile_variable_definitions_are_errors() {
+    let mut store = VariableStore::new();
+    assert!(store
+        .get_variable("a", &[1 << 61], DType::F32, Init::Zeros)
+        .is_err());
+    assert!(store
+        .get_partitioned_variable("b", &[1 << 40, 1], DType::F32, &[1 << 40, 1], Init::Zeros)
+        .is_err());
+    // Exact 64-bit integer constants.
+    store
+        .get_variable(
+            "c",
+            &[2],
+            DType::I64,
+            Init::IntConstant(9_007_199_254_740_993),
+        )
+        .unwrap();
+    store
+        .get_variable("d", &[1], DType::U64, Init::IntConstant(u64::MAX.into()))
+        .unwrap();
+    assert!(store
+        .get_variable("e", &[1], DType::I64, Init::IntConstant(1 << 63))
+        .is_err());
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.value("c").unwrap().bytes().unwrap()[..8],
+        9_007_199_254_740_993i64.to_le_bytes()
+    );
+    assert_eq!(
+        store.value("d").unwrap().bytes().unwrap(),
+        u64::MAX.to_le_bytes()
+    );
+}

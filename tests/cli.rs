@@ -368,3 +368,28 @@ fn init_inline_json_and_device_errors() {
     let o = tfckpt(&["init", &ckpt, "--model", "{", "--map", "{}"]);
     assert_one_error_line(&o, 1, "MODEL.json");
 }
+
+#[test]
+fn init_refuses_colliding_output_names_before_writing() {
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32"}, {"name": "a.npy/b", "shape": [1], "dtype": "float32"}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        "{}",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, 1, "a.npy");
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "no temporary files left"
+    );
+}

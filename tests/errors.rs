@@ -433,3 +433,74 @@ fn huge_claimed_shapes_fail_before_allocating() {
     let e = err(r.unwrap().read("t"));
     assert!(matches!(e.kind(), ErrorKind::OutOfBounds { .. }), "{e}");
 }
+
+#[test]
+fn hostile_headers_and_keys() {
+    // A header claiming 2^31-1 shards: only the shards entries use are ever opened.
+    let dir = tempfile::tempdir().unwrap();
+    let data = f32s(&[1., 2.]);
+    std::fs::write(
+        dir.path().join("ckpt.index"),
+        table(&[
+            (vec![], header((1 << 31) - 1)),
+            (
+                b"t".to_vec(),
+                entry(1, &[2], 0, 0, 8, tfckpt::crc::crc32c(&data)),
+            ),
+        ]),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ckpt.data-00000-of-2147483647"), &data).unwrap();
+    let ckpt = Checkpoint::open(dir.path().join("ckpt")).unwrap();
+    assert_eq!(ckpt.read("t").unwrap().to_f32().unwrap(), [1., 2.]);
+    // A key that is not UTF-8 is refused at open, naming it.
+    let (_d, r) = {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = write_bundle(
+            dir.path(),
+            &[
+                (vec![], header(1)),
+                (b"a\xff".to_vec(), entry(1, &[0], 0, 0, 0, 0)),
+            ],
+            &[vec![]],
+        );
+        (dir, Checkpoint::open(prefix))
+    };
+    assert!(err(r).to_string().contains("not UTF-8"));
+    // A partitioned full entry whose whole would not fit in memory is refused at open.
+    let mut full = Vec::new();
+    common::pb_varint(&mut full, 1, 18); // complex128
+    common::pb_bytes(&mut full, 2, &shape(&[1 << 59, 2]));
+    common::pb_bytes(&mut full, 7, &slice(&[(0, 1), (0, -1)]));
+    let (_d, r) = bundle_with(full, vec![]);
+    assert!(err(r).to_string().contains("too large"));
+}
+
+#[test]
+fn writer_rejects_bad_slices_without_leaving_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("w");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    let two = Tensor::from_f32(&[2], &[1., 2.]).unwrap();
+    // Wrong data length: refused, and no slice is recorded.
+    let bad = tfckpt::TensorRef::Bytes {
+        dtype: tfckpt::DType::F32,
+        shape: &[2],
+        data: &[0u8; 4],
+    };
+    assert!(w
+        .add_slice("p", &[4], &Slice::from_ranges(&[(0, 2)]), bad)
+        .is_err());
+    w.add_slice("p", &[4], &Slice::from_ranges(&[(0, 2)]), (&two).into())
+        .unwrap();
+    // Overlapping slice: refused.
+    assert!(w
+        .add_slice("p", &[4], &Slice::from_ranges(&[(1, 2)]), (&two).into())
+        .is_err());
+    w.add_slice("p", &[4], &Slice::from_ranges(&[(2, 2)]), (&two).into())
+        .unwrap();
+    w.finish().unwrap();
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), [1., 2., 1., 2.]);
+    ckpt.verify().unwrap();
+}

@@ -164,10 +164,7 @@ fn get(ckpt: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
             ckpt.read_slice(name, &slice)?
         }
     };
-    let mut buf = Vec::new();
-    tfckpt::npy::write_tensor(&mut buf, &tensor)?;
-    std::fs::write(out, buf).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(())
+    write_atomically(out, &tensor)
 }
 
 fn verify(ckpt: &Path) -> CliResult {
@@ -224,11 +221,41 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, device: Device)
     Ok(())
 }
 
-/// Variable names become paths under DIR: refuse components that would leave it.
+/// Variable names become paths under DIR: refuse components that would leave it, and names whose
+/// file would collide with another's directory (`a.npy` vs `a.npy/b.npy`), before any work.
 fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
-    for v in store.variables() {
-        if v.name.split('/').any(|c| c == "." || c == "..") {
-            return Err(format!("variable {:?} cannot be written under {}: '.' and '..' are not valid name components", v.name, dir.display()).into());
+    let names: Vec<&str> = store
+        .variables()
+        .map(|v| v.name.as_str())
+        .chain(store.partitioned_variables().map(|p| p.name.as_str()))
+        .collect();
+    let mut dirs = std::collections::HashSet::new();
+    for n in &names {
+        if n.split('/').any(|c| c == "." || c == "..") {
+            return Err(format!(
+                "variable {n:?} cannot be written under {}: '.' and '..' are not valid name components",
+                dir.display()
+            )
+            .into());
+        }
+        let mut prefix = String::new();
+        for c in n
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            prefix.push_str(c);
+            dirs.insert(prefix.clone());
+            prefix.push('/');
+        }
+    }
+    for n in &names {
+        let file = format!("{n}.npy");
+        if dirs.contains(&file) {
+            return Err(format!("variable {n:?} would be written to {file}, which another variable needs as a directory").into());
         }
     }
     Ok(())
@@ -238,24 +265,72 @@ fn write_npy(path: &Path, t: &tfckpt::Tensor) -> CliResult {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    let mut buf = Vec::new();
-    tfckpt::npy::write_tensor(&mut buf, t)?;
-    std::fs::write(path, buf).map_err(|e| format!("{}: {e}", path.display()).into())
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    tfckpt::npy::write_tensor(&mut w, t)
+        .and_then(|()| w.flush())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
 }
 
-/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable.
-fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
-    for v in store.variables() {
-        let t = store
-            .value(&v.name)
-            .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
-        write_npy(&dir.join(format!("{}.npy", v.name)), t)?;
+/// A path next to `path` for writing before the final rename.
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes one .npy under a temporary name and renames it into place: never a partial file.
+fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
+    let tmp = temp_sibling(out);
+    let result = write_npy(&tmp, t).and_then(|()| {
+        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    for pv in store.partitioned_variables() {
-        let t = store
-            .partitioned_value(&pv.name)
-            .ok_or_else(|| format!("variable {:?} has no value", pv.name))?;
-        write_npy(&dir.join(format!("{}.npy", pv.name)), &t)?;
+    result
+}
+
+/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable, written
+/// into a temporary directory first and moved into DIR only when every file is written.
+fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
+    let tmp = temp_sibling(dir);
+    let written = (|| -> CliResult {
+        for v in store.variables() {
+            let t = store
+                .value(&v.name)
+                .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
+            write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
+        }
+        for pv in store.partitioned_variables() {
+            let t = store
+                .partitioned_value(&pv.name)
+                .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
+            write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
+        }
+        Ok(())
+    })();
+    let moved = written.and_then(|()| move_into(&tmp, dir));
+    let _ = std::fs::remove_dir_all(&tmp);
+    moved
+}
+
+/// Moves the tree `from` into `to` (a rename when `to` does not exist yet).
+fn move_into(from: &Path, to: &Path) -> CliResult {
+    if !to.exists() {
+        return std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()).into());
+    }
+    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() && dst.is_dir() {
+            move_into(&src, &dst)?;
+        } else {
+            std::fs::rename(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+        }
     }
     Ok(())
 }
