@@ -156,7 +156,7 @@ pub fn init_from_checkpoint(
     ckpt_dir_or_file: impl AsRef<Path>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
+    let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file.as_ref())?);
     let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
     let mut report = InitReport {
@@ -166,11 +166,15 @@ pub fn init_from_checkpoint(
     // Variable -> (sequence number of its last assignment, what it loads): the last pair wins.
     let mut staged: BTreeMap<String, (usize, Pending)> = BTreeMap::new();
     let mut seq = 0;
-    let cx = Cx { ckpt: &ckpt, store };
+    let cx = Cx {
+        ckpt: &ckpt,
+        store: &*store,
+    };
+    let prefix: std::sync::Arc<Path> = ckpt.prefix().into();
     for (key, target) in pairs {
         for (var, tensor, slice) in cx.resolve(key, target, &mut report.warnings)? {
             let pending = Pending {
-                checkpoint: ckpt.prefix().to_path_buf(),
+                checkpoint: prefix.clone(),
                 tensor,
                 slice,
             };
@@ -191,6 +195,8 @@ pub fn init_from_checkpoint(
     let staged = staged.into_iter().map(|(var, (_, p))| (var, p));
     store.pending.extend(staged);
     store.warnings.extend(report.warnings.iter().cloned());
+    store.opened.retain(|c| c.prefix() != ckpt.prefix());
+    store.opened.push(ckpt);
     Ok(report)
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Bundle {
     pub prefix: PathBuf,
     pub index_path: PathBuf,
     pub index: BundleIndex,
+    /// The index file when it was read.
+    pub index_stamp: crate::mmap::FileStamp,
     /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
     shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
 }
@@ -43,6 +45,7 @@ impl Bundle {
             prefix: prefix.to_path_buf(),
             index_path,
             index,
+            index_stamp: file.stamp(),
             shards: Mutex::new(HashMap::new()),
         })
     }

@@ -95,7 +95,10 @@ pub struct Checkpoint {
     prefix: PathBuf,
     inner: Inner,
     infos: Vec<TensorInfo>,
-    by_name: HashMap<String, usize>,
+    by_name: HashMap<String, usize, crate::fxhash::FxBuildHasher>,
+    /// For each listed tensor, the index of its V2 entry (`usize::MAX` for V1), so that reading
+    /// needs no second search.
+    entry_index: Vec<usize>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -134,24 +137,26 @@ impl Checkpoint {
             .iter()
             .flat_map(|e| e.slices.iter().map(|s| s.key(&e.key)))
             .collect();
-        let infos: Vec<TensorInfo> = b
+        let infos: Vec<(TensorInfo, usize)> = b
             .index
             .entries
             .iter()
-            .filter(|e| !slice_keys.contains(&e.key))
-            .map(|e| {
+            .enumerate()
+            .filter(|(_, e)| !slice_keys.contains(&e.key))
+            .map(|(i, e)| {
                 // TensorFlow names are UTF-8; a key that is not cannot be asked for by name.
                 let name = String::from_utf8(e.key.clone()).map_err(|_| ErrorKind::BadEntry {
                     path: b.index_path.clone(),
                     tensor: String::from_utf8_lossy(&e.key).into_owned(),
                     reason: "the tensor name is not UTF-8".into(),
                 })?;
-                Ok(TensorInfo {
+                let info = TensorInfo {
                     name,
                     dtype: e.dtype,
                     shape: e.shape.clone(),
                     slices: e.slices.clone(),
-                })
+                };
+                Ok((info, i))
             })
             .collect::<Result<_>>()?;
         Ok(Self::with_infos(b.prefix.clone(), Inner::V2(b), infos))
@@ -161,22 +166,31 @@ impl Checkpoint {
         let infos = set
             .tensors
             .iter()
-            .map(|(name, t)| TensorInfo {
-                name: name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                slices: if t.slices.len() == 1 && t.slices[0].0.is_full() {
-                    Vec::new()
-                } else {
-                    t.slices.iter().map(|(s, _)| s.clone()).collect()
-                },
+            .map(|(name, t)| {
+                let info = TensorInfo {
+                    name: name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    slices: if t.slices.len() == 1 && t.slices[0].0.is_full() {
+                        Vec::new()
+                    } else {
+                        t.slices.iter().map(|(s, _)| s.clone()).collect()
+                    },
+                };
+                (info, usize::MAX)
             })
             .collect();
         Ok(Self::with_infos(prefix, Inner::V1(set), infos))
     }
 
-    fn with_infos(prefix: PathBuf, inner: Inner, mut infos: Vec<TensorInfo>) -> Checkpoint {
-        infos.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    /// `infos` come with the index of their V2 entry (`usize::MAX` if none).
+    fn with_infos(
+        prefix: PathBuf,
+        inner: Inner,
+        mut infos: Vec<(TensorInfo, usize)>,
+    ) -> Checkpoint {
+        infos.sort_by(|a, b| a.0.name.as_bytes().cmp(b.0.name.as_bytes()));
+        let (infos, entry_index): (Vec<TensorInfo>, Vec<usize>) = infos.into_iter().unzip();
         let by_name = infos
             .iter()
             .enumerate()
@@ -186,6 +200,7 @@ impl Checkpoint {
             prefix,
             inner,
             infos,
+            entry_index,
             by_name,
         }
     }
@@ -221,6 +236,15 @@ impl Checkpoint {
                 ),
             }
             .into()),
+        }
+    }
+
+    /// Whether the checkpoint's index (V2) or files (V1) are unchanged on disk since it was opened
+    /// (same length and modification time), so that what it says still describes them.
+    pub fn is_current(&self) -> bool {
+        match &self.inner {
+            Inner::V2(b) => crate::mmap::FileStamp::of(&b.index_path) == Some(b.index_stamp),
+            Inner::V1(set) => set.is_current(),
         }
     }
 
@@ -299,6 +323,32 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Where the tensor's data starts (shard or file, offset): sorting reads by it reads the files in
+    /// order.
+    pub(crate) fn data_position(&self, name: &str) -> (u32, u64) {
+        let Ok(info) = self.tensor(name) else {
+            return (u32::MAX, 0);
+        };
+        match &self.inner {
+            Inner::V2(b) => {
+                let first = info
+                    .slices
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| Slice::full(info.shape.len()));
+                self.v2_entry(b, info, &first)
+                    .map_or((u32::MAX, 0), |e| (e.shard, e.offset))
+            }
+            Inner::V1(set) => (
+                set.tensors
+                    .get(name)
+                    .and_then(|t| t.slices.first())
+                    .map_or(0, |s| s.1 as u32),
+                0,
+            ),
+        }
+    }
+
     /// Bytes needed to hold `slice` of `name` (`None` slice: the whole tensor); fails for strings.
     pub fn byte_len(&self, name: &str, slice: Option<&Slice>) -> Result<usize> {
         let info = self.tensor(name)?;
@@ -340,8 +390,7 @@ impl Checkpoint {
     /// Spec E.5 step 5: pick the stored slices that intersect `req`, require that they cover it, and
     /// copy each intersection into `out`.
     fn assemble(&self, info: &TensorInfo, req: &Slice, out: Out<'_>) -> Result<()> {
-        self.assemble_many(info, &mut [(req.clone(), out)])
-            .map(drop)
+        self.assemble_many(info, &mut [(req, out)]).map(drop)
     }
 
     /// Fills several requested boxes of one tensor, reading and verifying each stored slice once
@@ -350,8 +399,18 @@ impl Checkpoint {
     pub(crate) fn assemble_many(
         &self,
         info: &TensorInfo,
-        reqs: &mut [(Slice, Out<'_>)],
+        reqs: &mut [(&Slice, Out<'_>)],
     ) -> Result<usize> {
+        // The common case first: one request for the whole of a tensor saved whole.
+        if let ([(req, Out::Bytes(dst))], Inner::V2(b)) = (&mut *reqs, &self.inner) {
+            if info.slices.is_empty()
+                && req.ranges(&info.shape) == Slice::full(info.shape.len()).ranges(&info.shape)
+            {
+                let e = self.v2_entry(b, info, req)?;
+                b.read_fixed_into(e, dst)?;
+                return Ok(1);
+            }
+        }
         let shape = &info.shape;
         let stored: Vec<Slice> = if info.slices.is_empty() {
             vec![Slice::full(shape.len())]
@@ -407,7 +466,7 @@ impl Checkpoint {
         have: &[(u64, u64)],
         wants: &[Vec<(u64, u64)>],
         users: &[(usize, Vec<(u64, u64)>)],
-        reqs: &mut [(Slice, Out<'_>)],
+        reqs: &mut [(&Slice, Out<'_>)],
     ) -> Result<()> {
         let size = info.dtype.size().unwrap_or(1);
         let source = match &self.inner {
@@ -482,9 +541,17 @@ impl Checkpoint {
             .into()
         };
         if info.slices.is_empty() {
-            return b
-                .index
-                .get(info.name.as_bytes())
+            // `info` is one of `self.infos`: its position gives its entry without a search.
+            let pos = (info as *const TensorInfo as usize)
+                .wrapping_sub(self.infos.as_ptr() as usize)
+                / std::mem::size_of::<TensorInfo>();
+            let entry = self
+                .entry_index
+                .get(pos)
+                .and_then(|&i| b.index.entries.get(i))
+                .filter(|e| e.key == info.name.as_bytes())
+                .or_else(|| b.index.get(info.name.as_bytes()));
+            return entry
                 .filter(|e| e.slices.is_empty() && e.dtype == info.dtype && e.shape == info.shape)
                 .ok_or_else(|| bad("the entry does not match the listing".into()));
         }

@@ -5,7 +5,8 @@
 //! initialized.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -14,7 +15,9 @@ use crate::checkpoint::{Checkpoint, Out};
 use crate::error::{ErrorKind, Result};
 use crate::slice::{num_elements, Slice};
 use crate::tensor::{Tensor, TensorData};
-use crate::vars::{init_tensor, Device, VariableStore};
+use crate::vars::{init_tensor, Device, Variable, VariableStore};
+
+type FxMap<K, V> = HashMap<K, V, crate::fxhash::FxBuildHasher>;
 
 /// What [`VariableStore::initialize`] did.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +64,13 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// The destinations of one checkpoint tensor.
+struct Group<'s> {
+    ckpt: usize,
+    tensor: &'s str,
+    dests: Vec<(&'s Variable, &'s Slice)>,
+}
+
 enum Buf {
     Bytes(Vec<u8>),
     Strings(Vec<Vec<u8>>),
@@ -79,50 +89,77 @@ impl VariableStore {
             .into());
         }
         let start = Instant::now();
-        // Group the pending initializers by checkpoint, then by tensor.
-        let mut groups: BTreeMap<(PathBuf, String), Vec<(String, Slice)>> = BTreeMap::new();
+        // Group the pending initializers by checkpoint, then by tensor; open each checkpoint once.
+        let mut opened = std::mem::take(&mut self.opened);
+        let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
+        let mut ckpt_ids: HashMap<&Path, usize> = HashMap::new();
+        let mut group_ids: FxMap<(usize, &str), usize> = FxMap::default();
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (var, p) in &self.pending {
-            if self.vars.contains_key(var) {
-                groups
-                    .entry((p.checkpoint.clone(), p.tensor.clone()))
-                    .or_default()
-                    .push((var.clone(), p.slice.clone()));
-            }
+            let Some(v) = self.vars.get(var) else {
+                continue;
+            };
+            let c = match ckpt_ids.get(&*p.checkpoint) {
+                Some(&c) => c,
+                None => {
+                    // The index read by init_from_checkpoint, if the files have not changed since.
+                    let reuse = opened
+                        .iter()
+                        .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
+                    ckpts.push(match reuse {
+                        Some(i) => opened.swap_remove(i),
+                        None => Arc::new(Checkpoint::open(&p.checkpoint)?),
+                    });
+                    ckpt_ids.insert(&p.checkpoint, ckpts.len() - 1);
+                    ckpts.len() - 1
+                }
+            };
+            let g = *group_ids.entry((c, p.tensor.as_str())).or_insert_with(|| {
+                groups.push(Group {
+                    ckpt: c,
+                    tensor: &p.tensor,
+                    dests: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[g].dests.push((v, &p.slice));
         }
-        let mut ckpts: HashMap<PathBuf, Checkpoint> = HashMap::new();
-        for (path, _) in groups.keys() {
-            if !ckpts.contains_key(path) {
-                ckpts.insert(path.clone(), Checkpoint::open(path)?);
-            }
-        }
-        let groups: Vec<_> = groups.into_iter().collect();
+        // Read in file order: each worker takes a contiguous run of the sorted groups.
+        groups.sort_by_cached_key(|g| (g.ckpt, ckpts[g.ckpt].data_position(g.tensor)));
         let loaded: Vec<(usize, Vec<(String, Tensor)>)> = groups
             .par_iter()
-            .map(|((path, tensor), dests)| self.load_group(&ckpts[path], tensor, dests))
+            .map(|g| self.load_group(&ckpts[g.ckpt], g.tensor, &g.dests))
             .collect::<Result<_>>()?;
-        let mut values = BTreeMap::new();
         let mut report = LoadReport {
             tensors: loaded.len(),
             stored_reads: loaded.iter().map(|l| l.0).sum(),
             warnings: self.warnings.clone(),
             ..Default::default()
         };
-        for (name, t) in loaded.into_iter().flat_map(|l| l.1) {
+        let mut loaded: Vec<(String, Tensor)> = loaded.into_iter().flat_map(|l| l.1).collect();
+        loaded.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
+        for (_, t) in &loaded {
             report.bytes += match &t.data {
                 TensorData::Bytes(b) => b.len() as u64,
                 TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
             };
-            report.from_checkpoint += 1;
-            values.insert(name, t);
         }
+        report.from_checkpoint = loaded.len();
+        // Merge with the (sorted) variables: the unmapped ones take their initializer.
+        let mut values: Vec<(String, Tensor)> = Vec::with_capacity(self.vars.len());
+        let mut loaded = loaded.into_iter().peekable();
         for v in self.vars.values() {
-            if !values.contains_key(&v.name) {
-                values.insert(v.name.clone(), init_tensor(v)?);
-                report.from_initializer += 1;
+            match loaded.next_if(|(name, _)| *name == v.name) {
+                Some(pair) => values.push(pair),
+                None => {
+                    values.push((v.name.clone(), init_tensor(v)?));
+                    report.from_initializer += 1;
+                }
             }
         }
         report.variables = values.len();
-        self.values = values;
+        // Sorted input: the map is built in one pass, not by a search per insert.
+        self.values = BTreeMap::from_iter(values);
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -133,12 +170,11 @@ impl VariableStore {
         &self,
         ckpt: &Checkpoint,
         tensor: &str,
-        dests: &[(String, Slice)],
+        dests: &[(&Variable, &Slice)],
     ) -> Result<(usize, Vec<(String, Tensor)>)> {
         let info = ckpt.tensor(tensor)?;
         let mut bufs = Vec::with_capacity(dests.len());
-        for (var, slice) in dests {
-            let v = &self.vars[var];
+        for &(v, slice) in dests {
             // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
             // is the partitioned variable's full shape.
             let (name, shape) = match (&v.part, slice.is_full()) {
@@ -161,7 +197,7 @@ impl VariableStore {
             if v.dtype != info.dtype {
                 return Err(ErrorKind::DtypeMismatch {
                     ckpt: ckpt.prefix().to_path_buf(),
-                    variable: var.clone(),
+                    variable: v.name.clone(),
                     variable_dtype: v.dtype,
                     tensor: tensor.into(),
                     tensor_dtype: info.dtype,
@@ -170,19 +206,19 @@ impl VariableStore {
             }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
-                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, var)?),
+                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, &v.name)?),
                 None => Buf::Strings(vec![Vec::new(); n]),
             });
         }
-        let mut reqs: Vec<(Slice, Out<'_>)> = dests
+        let mut reqs: Vec<(&Slice, Out<'_>)> = dests
             .iter()
             .zip(bufs.iter_mut())
-            .map(|((_, slice), b)| {
+            .map(|(&(_, slice), b)| {
                 let out = match b {
                     Buf::Bytes(v) => Out::Bytes(v),
                     Buf::Strings(v) => Out::Strings(v),
                 };
-                (slice.clone(), out)
+                (slice, out)
             })
             .collect();
         let reads = ckpt.assemble_many(info, &mut reqs)?;
@@ -190,14 +226,13 @@ impl VariableStore {
         let values = dests
             .iter()
             .zip(bufs)
-            .map(|((var, _), b)| {
-                let v = &self.vars[var];
+            .map(|(&(v, _), b)| {
                 let data = match b {
                     Buf::Bytes(b) => TensorData::Bytes(b),
                     Buf::Strings(s) => TensorData::Strings(s),
                 };
                 (
-                    var.clone(),
+                    v.name.clone(),
                     Tensor {
                         dtype: v.dtype,
                         shape: v.shape.clone(),

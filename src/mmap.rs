@@ -16,10 +16,34 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// A file's length and modification time: if both are unchanged, the file is taken as unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn from_meta(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    /// The file's current stamp, `None` if it cannot be read.
+    pub(crate) fn of(path: &Path) -> Option<FileStamp> {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| FileStamp::from_meta(&m))
+    }
+}
+
 /// A read-only file mapping (an empty file has no mapping).
 pub(crate) struct MappedFile {
     path: PathBuf,
     map: Option<memmap2::Mmap>,
+    stamp: FileStamp,
 }
 
 impl MappedFile {
@@ -45,6 +69,7 @@ impl MappedFile {
         Ok(MappedFile {
             path: path.to_path_buf(),
             map,
+            stamp: FileStamp::from_meta(&meta),
         })
     }
 
@@ -54,6 +79,11 @@ impl MappedFile {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Length and modification time when the file was opened.
+    pub(crate) fn stamp(&self) -> FileStamp {
+        self.stamp
     }
 
     pub(crate) fn len(&self) -> u64 {

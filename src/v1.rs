@@ -111,6 +111,13 @@ impl V1Set {
         })
     }
 
+    /// Whether every file is as it was when opened.
+    pub(crate) fn is_current(&self) -> bool {
+        self.files
+            .iter()
+            .all(|f| crate::mmap::FileStamp::of(f.path()) == Some(f.stamp()))
+    }
+
     /// Total bytes of all files.
     pub(crate) fn total_len(&self) -> u64 {
         self.files.iter().map(|f| f.len()).sum()

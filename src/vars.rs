@@ -4,7 +4,8 @@
 //! one axis, the first `D % k` parts one longer, each knowing its offset in the whole.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::error::{ErrorKind, Result};
@@ -114,7 +115,7 @@ impl std::fmt::Display for Device {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     /// The resolved checkpoint prefix captured at call time.
-    pub checkpoint: PathBuf,
+    pub checkpoint: Arc<Path>,
     /// The checkpoint tensor.
     pub tensor: String,
     /// The box of that tensor this variable takes (the whole tensor for an ordinary variable).
@@ -130,6 +131,9 @@ pub struct VariableStore {
     pub(crate) pending: BTreeMap<String, Pending>,
     pub(crate) values: BTreeMap<String, Tensor>,
     pub(crate) warnings: Vec<String>,
+    /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
+    /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
+    pub(crate) opened: Vec<std::sync::Arc<crate::checkpoint::Checkpoint>>,
 }
 
 /// More parts than this is certainly a mistake (TensorFlow creates one variable per part).

@@ -1,0 +1,148 @@
+//! End-to-end `init_from_checkpoint` + `initialize` benchmarks (bytes per second, page cache warm),
+//! on checkpoints written by the crate's own writer before measuring:
+//! large tensors at 1, 2 and 4 GB (cost must grow linearly), 100k small tensors (per-tensor
+//! overhead), and a re-split of a partitioned tensor across axes.
+//!
+//! `cargo bench --bench load`   (TFCKPT_BENCH_MAX_GB=2 to skip the 4 GB case)
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tfckpt::{
+    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, Slice, Target,
+    TensorRef, VariableStore,
+};
+
+/// `count` float32 tensors of `elems` elements under `model/`.
+fn write_many(prefix: &Path, count: usize, elems: usize) -> u64 {
+    let mut w = CheckpointWriter::create(prefix, Default::default()).unwrap();
+    let data: Vec<u8> = (0..elems * 4).map(|i| (i * 7 % 251) as u8).collect();
+    for i in 0..count {
+        let name = format!("model/t_{i:06}");
+        w.add(
+            &name,
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[elems as u64],
+                data: &data,
+            },
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    (count * elems * 4) as u64
+}
+
+fn store_for(count: usize, elems: usize) -> VariableStore {
+    let mut store = VariableStore::new();
+    for i in 0..count {
+        store
+            .get_variable(
+                &format!("new/t_{i:06}"),
+                &[elems as u64],
+                DType::F32,
+                Init::Zeros,
+            )
+            .unwrap();
+    }
+    store
+}
+
+fn load(prefix: &Path, count: usize, elems: usize) {
+    let mut store = store_for(count, elems);
+    init_from_checkpoint(
+        &mut store,
+        prefix,
+        &AssignmentMap::from([("model/", Target::scope("new/"))]),
+    )
+    .unwrap();
+    black_box(store.initialize(Device::Cpu).unwrap());
+}
+
+fn large(c: &mut Criterion) {
+    let max_gb: u64 = std::env::var("TFCKPT_BENCH_MAX_GB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let mut g = c.benchmark_group("init_large_tensors");
+    g.sample_size(10);
+    for gb in [1u64, 2, 4].into_iter().filter(|&gb| gb <= max_gb) {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("large");
+        let count = (gb * 64) as usize; // 16 MiB tensors
+        let bytes = write_many(&prefix, count, 4 << 20);
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_with_input(BenchmarkId::new("GB", gb), &prefix, |b, p| {
+            b.iter(|| load(p, count, 4 << 20))
+        });
+    }
+    g.finish();
+}
+
+fn small(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("small");
+    let count = 100_000;
+    let bytes = write_many(&prefix, count, 64);
+    let mut g = c.benchmark_group("init_small_tensors_100k_x_256B");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(count as u64));
+    g.bench_function("call+initialize", |b| b.iter(|| load(&prefix, count, 64)));
+    g.throughput(Throughput::Bytes(bytes));
+    g.finish();
+}
+
+fn resplit(c: &mut Criterion) {
+    // [500000, 256] float32 (512 MB) stored in 8 parts along axis 0, loaded as 4 parts along axis 1.
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("resplit");
+    let (rows, cols) = (500_000u64, 256u64);
+    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let part: Vec<u8> = (0..(rows / 8 * cols * 4) as usize)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    for i in 0..8 {
+        let s = Slice::from_ranges(&[(i * rows / 8, rows / 8), (0, cols)]);
+        w.add_slice(
+            "model/emb",
+            &[rows, cols],
+            &s,
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[rows / 8, cols],
+                data: &part,
+            },
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    let mut g = c.benchmark_group("resplit_512MB_8x_axis0_to_4x_axis1");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(rows * cols * 4));
+    g.bench_function("initialize", |b| {
+        b.iter(|| {
+            let mut store = VariableStore::new();
+            store
+                .get_partitioned_variable(
+                    "new/emb",
+                    &[rows, cols],
+                    DType::F32,
+                    &[1, 4],
+                    Init::Zeros,
+                )
+                .unwrap();
+            init_from_checkpoint(
+                &mut store,
+                &prefix,
+                &AssignmentMap::from([("model/emb", "new/emb")]),
+            )
+            .unwrap();
+            black_box(store.initialize(Device::Cpu).unwrap());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, large, small, resplit);
+criterion_main!(benches);
