@@ -110,13 +110,35 @@ impl Bundle {
     /// pass, and converts to little-endian if the producer was big-endian.
     pub(crate) fn read_fixed_into(&self, e: &Entry, dst: &mut [u8]) -> Result<()> {
         debug_assert_eq!(dst.len() as u64, e.size);
-        let (map, range) = self.locate(e)?;
-        let found = crc::copy_crc(&map.bytes()[range], dst);
-        if found != e.crc {
-            return Err(self.checksum_error(e, "checksum", e.crc, found));
-        }
+        let whole: Vec<(u64, u64)> = e.shape.iter().map(|&d| (0, d)).collect();
+        self.copy_verify(
+            e,
+            &whole,
+            vec![crate::exec::Dst {
+                buf: dst,
+                want: &whole,
+            }],
+        )?;
         if self.index.big_endian {
             swap_bytes(dst, e.dtype.swap_unit());
+        }
+        Ok(())
+    }
+
+    /// Copies the parts of a fixed-size entry (box `have` of its tensor) that each destination needs,
+    /// verifying its checksum in the same pass (see `exec`). Bytes are copied as stored (callers swap
+    /// big-endian data afterwards or take the owned path).
+    pub(crate) fn copy_verify(
+        &self,
+        e: &Entry,
+        have: &[(u64, u64)],
+        dsts: Vec<crate::exec::Dst<'_>>,
+    ) -> Result<()> {
+        let (map, range) = self.locate(e)?;
+        let size = e.dtype.size().unwrap_or(1);
+        let found = crate::exec::copy_verify(&map.bytes()[range], have, size, dsts);
+        if found != e.crc {
+            return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
         Ok(())
     }

@@ -474,16 +474,23 @@ impl Checkpoint {
                 let e = self.v2_entry(b, info, s)?;
                 if info.dtype.size().is_none() {
                     Source::Strings(b.read_strings(e)?)
-                } else if let [(i, _)] = users {
-                    if wants[*i] == have {
-                        // The whole stored slice is the whole request: checksum fused with the copy.
-                        if let Out::Bytes(dst) = &mut reqs[*i].1 {
-                            return b.read_fixed_into(e, dst);
-                        }
-                    }
+                } else if b.index.big_endian && info.dtype.swap_unit() > 1 {
+                    // Swapped into an owned copy first, then copied.
                     Source::Entry(b.fixed_bytes(e)?)
                 } else {
-                    Source::Entry(b.fixed_bytes(e)?)
+                    // Every user's part copied straight from the mapping, checksum in the same pass.
+                    let mut used = vec![false; reqs.len()];
+                    users.iter().for_each(|(i, _)| used[*i] = true);
+                    let dsts = reqs
+                        .iter_mut()
+                        .zip(wants)
+                        .zip(used)
+                        .filter_map(|(((_, out), want), used)| match out {
+                            Out::Bytes(buf) if used => Some(crate::exec::Dst { buf, want }),
+                            _ => None,
+                        })
+                        .collect();
+                    return b.copy_verify(e, have, dsts);
                 }
             }
             Inner::V1(set) => {

@@ -1,5 +1,5 @@
-//! CRC32C (Castagnoli) as TensorFlow uses it: masked on disk, and computed in parallel chunks for large
-//! buffers, with verification and copying fused in one pass over the source bytes.
+//! CRC32C (Castagnoli) as TensorFlow uses it: masked on disk, and computed in parallel chunks for
+//! large buffers (`exec` fuses it with copying).
 
 use rayon::prelude::*;
 
@@ -30,32 +30,6 @@ pub fn crc32c(data: &[u8]) -> u32 {
         .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
 }
 
-/// Copies `src` into `dst` (same length) and returns the CRC32C of the bytes, touching each source
-/// byte once while it is in cache; large buffers are processed in parallel chunks.
-pub(crate) fn copy_crc(src: &[u8], dst: &mut [u8]) -> u32 {
-    debug_assert_eq!(src.len(), dst.len());
-    if src.len() <= 2 * CHUNK {
-        return copy_crc_serial(src, dst);
-    }
-    src.par_chunks(CHUNK)
-        .zip(dst.par_chunks_mut(CHUNK))
-        .map(|(s, d)| (copy_crc_serial(s, d), s.len()))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
-}
-
-fn copy_crc_serial(src: &[u8], dst: &mut [u8]) -> u32 {
-    // Small sub-chunks keep the bytes in L1/L2 between the checksum and the copy.
-    const SUB: usize = 64 << 10;
-    let mut crc = 0;
-    for (s, d) in src.chunks(SUB).zip(dst.chunks_mut(SUB)) {
-        crc = crc32c::crc32c_append(crc, s);
-        d.copy_from_slice(s);
-    }
-    crc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,8 +51,5 @@ mod tests {
             .collect();
         let serial = crc32c::crc32c(&data);
         assert_eq!(crc32c(&data), serial);
-        let mut dst = vec![0u8; data.len()];
-        assert_eq!(copy_crc(&data, &mut dst), serial);
-        assert_eq!(dst, data);
     }
 }

@@ -30,6 +30,7 @@ mod checkpoint;
 pub mod crc;
 mod dtype;
 mod error;
+mod exec;
 mod fxhash;
 mod index;
 mod load;
