@@ -55,7 +55,7 @@ pub use assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Ta
 pub use checkpoint::{Checkpoint, Format, TensorInfo, VerifyReport};
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
-pub use load::LoadReport;
+pub use load::{LoadOptions, LoadReport, Progress};
 pub use slice::{Extent, Slice};
 pub use tensor::{Tensor, TensorData};
 pub use vars::{Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +38,14 @@ pub struct LoadReport {
     pub bytes: u64,
     /// Wall time of the whole initialization.
     pub seconds: f64,
+    /// Of that: reopening (or re-validating) the checkpoints and planning the reads.
+    pub plan_seconds: f64,
+    /// Of that: reading, verifying and copying tensor bytes (the fused stage).
+    pub load_seconds: f64,
+    /// Of that: running the initializers of unmapped variables and recording the values.
+    pub finish_seconds: f64,
+    /// Worker threads used.
+    pub threads: usize,
     /// Warnings recorded by `init_from_checkpoint` calls (e.g. scopes that matched nothing).
     pub warnings: Vec<String>,
 }
@@ -52,15 +61,104 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes in {:.3} s ({:.2} GB/s)",
+            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {} threads)",
             self.variables,
             self.from_checkpoint,
             self.from_initializer,
             self.tensors,
             self.bytes,
             self.seconds,
-            self.gbps()
+            self.gbps(),
+            self.plan_seconds,
+            self.load_seconds,
+            self.finish_seconds,
+            self.threads
         )
+    }
+}
+
+/// Progress of a load, passed to [`LoadOptions::progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes loaded into variables so far.
+    pub bytes_done: u64,
+    /// Bytes all mapped variables will hold.
+    pub bytes_total: u64,
+    /// Checkpoint tensors done so far.
+    pub tensors_done: u64,
+    /// Checkpoint tensors to read.
+    pub tensors_total: u64,
+}
+
+/// How [`VariableStore::initialize_with`] runs.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Worker threads (default: the global rayon pool, one per core).
+    pub threads: Option<usize>,
+    /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
+    /// end); keep it cheap.
+    pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
+}
+
+impl LoadOptions {
+    /// Default options.
+    pub fn new() -> LoadOptions {
+        LoadOptions::default()
+    }
+
+    /// Use `n` worker threads.
+    pub fn threads(mut self, n: usize) -> LoadOptions {
+        self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Report progress to `f`.
+    pub fn progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> LoadOptions {
+        self.progress = Some(std::sync::Arc::new(f));
+        self
+    }
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// Progress counters shared by the workers.
+struct Tracker<'a> {
+    f: Option<&'a (dyn Fn(Progress) + Send + Sync)>,
+    bytes_total: u64,
+    tensors_total: u64,
+    bytes: AtomicU64,
+    tensors: AtomicU64,
+    reported: AtomicU64,
+}
+
+impl Tracker<'_> {
+    fn add(&self, bytes: u64) {
+        let Some(f) = self.f else { return };
+        let done = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let tensors = self.tensors.fetch_add(1, Ordering::Relaxed) + 1;
+        let step = (self.bytes_total / 200).max(1);
+        let last = self.reported.load(Ordering::Relaxed);
+        let finished = tensors == self.tensors_total;
+        let due = done >= last + step
+            && self
+                .reported
+                .compare_exchange(last, done, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if due || finished {
+            f(Progress {
+                bytes_done: done,
+                bytes_total: self.bytes_total,
+                tensors_done: tensors,
+                tensors_total: self.tensors_total,
+            });
+        }
     }
 }
 
@@ -80,6 +178,26 @@ impl VariableStore {
     /// Runs every initializer: variables mapped by `init_from_checkpoint` load their tensors now;
     /// the others take their own initializer. On error nothing counts as initialized.
     pub fn initialize(&mut self, device: Device) -> Result<LoadReport> {
+        self.initialize_with(device, &LoadOptions::default())
+    }
+
+    /// [`initialize`](Self::initialize) with a thread count and a progress callback.
+    pub fn initialize_with(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
+        match options.threads {
+            None => self.initialize_in_pool(device, options),
+            Some(n) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| {
+                        ErrorKind::InvalidArgument(format!("cannot start {n} threads: {e}"))
+                    })?;
+                pool.install(|| self.initialize_in_pool(device, options))
+            }
+        }
+    }
+
+    fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
         if let Device::Cuda(_) = device {
             return Err(ErrorKind::DeviceUnavailable {
                 device: device.to_string(),
@@ -126,11 +244,38 @@ impl VariableStore {
         }
         // Read in file order: each worker takes a contiguous run of the sorted groups.
         groups.sort_by_cached_key(|g| (g.ckpt, ckpts[g.ckpt].data_position(g.tensor)));
+        let tracker = Tracker {
+            f: options.progress.as_deref(),
+            bytes_total: groups
+                .iter()
+                .flat_map(|g| &g.dests)
+                .map(|(v, _)| {
+                    num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
+                })
+                .sum(),
+            tensors_total: groups.len() as u64,
+            bytes: AtomicU64::new(0),
+            tensors: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        };
+        let planned = Instant::now();
         let loaded: Vec<(usize, Vec<(String, Tensor)>)> = groups
             .par_iter()
-            .map(|g| self.load_group(&ckpts[g.ckpt], g.tensor, &g.dests))
+            .map(|g| {
+                let r = self.load_group(&ckpts[g.ckpt], g.tensor, &g.dests)?;
+                tracker.add(
+                    r.1.iter()
+                        .map(|(_, t)| t.bytes().map_or(0, |b| b.len() as u64))
+                        .sum(),
+                );
+                Ok(r)
+            })
             .collect::<Result<_>>()?;
+        let copied = Instant::now();
         let mut report = LoadReport {
+            threads: rayon::current_num_threads(),
+            plan_seconds: (planned - start).as_secs_f64(),
+            load_seconds: (copied - planned).as_secs_f64(),
             tensors: loaded.len(),
             stored_reads: loaded.iter().map(|l| l.0).sum(),
             warnings: self.warnings.clone(),
@@ -160,6 +305,7 @@ impl VariableStore {
         report.variables = values.len();
         // Sorted input: the map is built in one pass, not by a search per insert.
         self.values = BTreeMap::from_iter(values);
+        report.finish_seconds = copied.elapsed().as_secs_f64();
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }

@@ -271,3 +271,38 @@ fn initialize_rereads_a_checkpoint_rewritten_since_the_call() {
     store.initialize(Device::Cpu).unwrap();
     assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [1.0, 1.0]);
 }
+
+#[test]
+fn progress_and_threads() {
+    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[1000u64][..])).collect();
+    let (_d, ck) = ckpt(&shapes);
+    let mut store = VariableStore::new();
+    for n in &names {
+        store
+            .get_variable(&format!("new/{n}"), &[1000], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "new/")])).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let options = tfckpt::LoadOptions::new()
+        .threads(1)
+        .progress(move |p| s.lock().unwrap().push(p));
+    let report = store.initialize_with(Device::Cpu, &options).unwrap();
+    assert_eq!(report.threads, 1);
+    assert_eq!(report.tensors, 50);
+    let seen = seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (
+            last.bytes_done,
+            last.bytes_total,
+            last.tensors_done,
+            last.tensors_total
+        ),
+        (200_000, 200_000, 50, 50)
+    );
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+    assert!(report.load_seconds <= report.seconds);
+}

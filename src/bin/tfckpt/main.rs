@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use tfckpt::{init_from_checkpoint, model_json, Checkpoint, Device, Slice, VariableStore};
+use tfckpt::{
+    init_from_checkpoint, model_json, Checkpoint, Device, LoadOptions, Progress, Slice,
+    VariableStore,
+};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +71,9 @@ enum Cmd {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: Device,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
     /// read it back, printing what was done and how fast.
@@ -98,7 +104,8 @@ fn main() -> ExitCode {
             map,
             out,
             device,
-        } => init(&ckpt, &model, &map, out.as_deref(), device),
+            threads,
+        } => init(&ckpt, &model, &map, out.as_deref(), device, threads),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
     match result {
@@ -203,7 +210,14 @@ fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>>
     }
 }
 
-fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, device: Device) -> CliResult {
+fn init(
+    ckpt: &Path,
+    model: &str,
+    map: &str,
+    out: Option<&Path>,
+    device: Device,
+    threads: Option<usize>,
+) -> CliResult {
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
     if let Some(dir) = out {
@@ -213,7 +227,18 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, device: Device)
     for w in &call.warnings {
         eprintln!("warning: {w}");
     }
-    let report = store.initialize(device)?;
+    let mut options = LoadOptions::new();
+    if let Some(n) = threads {
+        options = options.threads(n);
+    }
+    let bar = ProgressLine::new();
+    if bar.enabled {
+        let bar = bar.clone();
+        options = options.progress(move |p| bar.show(p));
+    }
+    let report = store.initialize_with(device, &options);
+    bar.finish();
+    let report = report?;
     if let Some(dir) = out {
         write_outputs(dir, &store)?;
     }
@@ -333,4 +358,47 @@ fn move_into(from: &Path, to: &Path) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// A one-line progress display on stderr for loads longer than a second (only on a terminal, so
+/// scripts and tests see nothing but the summary).
+#[derive(Clone)]
+struct ProgressLine {
+    enabled: bool,
+    start: Instant,
+    shown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        use std::io::IsTerminal;
+        ProgressLine {
+            enabled: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            shown: Default::default(),
+        }
+    }
+
+    fn show(&self, p: Progress) {
+        let secs = self.start.elapsed().as_secs_f64();
+        if secs < 1.0 {
+            return;
+        }
+        self.shown.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pct = 100.0 * p.bytes_done as f64 / p.bytes_total.max(1) as f64;
+        eprint!(
+            "\r  loading {pct:5.1}%  {:.2} / {:.2} GB  {}/{} tensors  {:.2} GB/s ",
+            p.bytes_done as f64 / 1e9,
+            p.bytes_total as f64 / 1e9,
+            p.tensors_done,
+            p.tensors_total,
+            p.bytes_done as f64 / secs / 1e9
+        );
+    }
+
+    fn finish(&self) {
+        if self.shown.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!();
+        }
+    }
 }
