@@ -83,6 +83,13 @@ fn read_large(c: &mut Criterion) {
         })
     });
     g.bench_function("verify", |b| b.iter(|| ckpt.verify().unwrap()));
+    g.bench_function("view (zero-copy, checksummed)", |b| {
+        b.iter(|| {
+            for t in ckpt.tensors() {
+                black_box(ckpt.view(&t.name).unwrap());
+            }
+        })
+    });
     g.finish();
 }
 

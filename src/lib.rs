@@ -52,7 +52,7 @@ mod vars;
 mod writer;
 
 pub use assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
-pub use checkpoint::{Checkpoint, Format, TensorInfo, VerifyReport};
+pub use checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use load::{LoadOptions, LoadReport, Progress};

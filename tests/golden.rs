@@ -66,3 +66,15 @@ fn writes_the_golden_index_byte_for_byte() {
     // No temporary files are left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
+
+#[test]
+fn zero_copy_views() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.index"), unhex(INDEX_HEX)).unwrap();
+    std::fs::write(dir.path().join("m.data-00000-of-00001"), unhex(DATA_HEX)).unwrap();
+    let ckpt = Checkpoint::open(dir.path().join("m")).unwrap();
+    let v = ckpt.view("v").unwrap();
+    assert_eq!((v.dtype(), v.shape()), (DType::F32, &[2u64][..]));
+    assert_eq!(v.as_bytes(), &unhex(DATA_HEX)[8..]);
+    assert!(ckpt.view("nope").is_err());
+}
