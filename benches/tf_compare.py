@@ -13,6 +13,7 @@ TensorFlow is timed inside a fresh process from graph building to the end of
     python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0
     cargo build --release
     /tmp/tfvenv/bin/python benches/tf_compare.py --tfckpt target/release/tfckpt --dir /tmp/tfcmp --runs 5
+    /tmp/tfvenv/bin/python benches/tf_compare.py ... --cold     # drop the page cache before every run
 """
 import argparse
 import json
@@ -83,6 +84,12 @@ def model_json(path):
         json.dump({"variables": vs}, f)
 
 
+def drop_cache():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def warm(ckpt_dir):
     for f in os.listdir(ckpt_dir):
         with open(os.path.join(ckpt_dir, f), "rb") as fh:
@@ -95,6 +102,8 @@ def main():
     ap.add_argument("--tfckpt", required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before every run (needs root; Linux)")
     a = ap.parse_args()
     ckpt_dir = os.path.join(a.dir, "ckpt")
     if not os.path.exists(os.path.join(ckpt_dir, "checkpoint")):
@@ -106,9 +115,13 @@ def main():
     warm(ckpt_dir)
     tf_times, ours = [], []
     for i in range(a.runs):
+        if a.cold:
+            drop_cache()
         out = subprocess.run([sys.executable, __file__, "--tf-load", ckpt_dir], check=True,
                              capture_output=True, text=True).stdout
         tf_times.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+        if a.cold:
+            drop_cache()
         t0 = time.perf_counter()
         r = subprocess.run([a.tfckpt, "init", ckpt_dir, "--model", model, "--map", '{"model/": "new/"}'],
                            check=True, capture_output=True, text=True)
@@ -116,8 +129,9 @@ def main():
         print("run %d: tensorflow %.3f s, tfckpt %.3f s   (%s)" % (i, tf_times[-1], ours[-1], r.stdout.strip()),
               flush=True)
     t, o = statistics.median(tf_times), statistics.median(ours)
-    print("checkpoint %.2f GB; median of %d interleaved runs: tensorflow %.3f s, tfckpt %.3f s (%.1f GB/s), "
-          "tfckpt is %.1fx faster" % (size / 1e9, a.runs, t, o, size / o / 1e9, t / o))
+    print("checkpoint %.2f GB, page cache %s; median of %d interleaved runs: tensorflow %.3f s, tfckpt %.3f s "
+          "(%.1f GB/s), tfckpt is %.1fx faster" % (size / 1e9, "cold" if a.cold else "warm", a.runs, t, o,
+                                                    size / o / 1e9, t / o))
 
 
 if __name__ == "__main__":

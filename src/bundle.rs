@@ -71,6 +71,7 @@ impl Bundle {
                 source,
             })?;
         let map = Arc::new(map);
+        map.sequential();
         shards.insert(e.shard, map.clone());
         Ok(map)
     }
@@ -135,6 +136,7 @@ impl Bundle {
         dsts: Vec<crate::exec::Dst<'_>>,
     ) -> Result<()> {
         let (map, range) = self.locate(e)?;
+        map.will_need(range.clone());
         let size = e.dtype.size().unwrap_or(1);
         let found = crate::exec::copy_verify(&map.bytes()[range], have, size, dsts);
         if found != e.crc {

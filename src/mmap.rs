@@ -73,6 +73,28 @@ impl MappedFile {
         })
     }
 
+    /// Hints that the pages of `range` will be read soon (the kernel starts reading them ahead), so
+    /// that a cold file is read in large sequential requests rather than page fault by page fault.
+    /// Hints only: failures are ignored.
+    pub(crate) fn will_need(&self, range: std::ops::Range<usize>) {
+        if let Some(m) = &self.map {
+            const PAGE: usize = 4096;
+            let start = range.start & !(PAGE - 1);
+            let _ = m.advise_range(
+                memmap2::Advice::WillNeed,
+                start,
+                range.end.min(m.len()) - start,
+            );
+        }
+    }
+
+    /// Hints that the file is read mostly sequentially (larger readahead).
+    pub(crate) fn sequential(&self) {
+        if let Some(m) = &self.map {
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
