@@ -126,6 +126,18 @@ impl Bundle {
         Ok(())
     }
 
+    /// Starts reading an entry's bytes into the page cache (a hint; errors surface on the read).
+    /// Small entries are left to the kernel's sequential readahead (one system call per tiny tensor
+    /// would cost more than it saves).
+    pub(crate) fn prefetch(&self, e: &Entry) {
+        if e.size < 256 << 10 {
+            return;
+        }
+        if let Ok((map, range)) = self.locate(e) {
+            map.will_need(range);
+        }
+    }
+
     /// Copies the parts of a fixed-size entry (box `have` of its tensor) that each destination needs,
     /// verifying its checksum in the same pass (see `exec`). Bytes are copied as stored (callers swap
     /// big-endian data afterwards or take the owned path).
@@ -136,7 +148,6 @@ impl Bundle {
         dsts: Vec<crate::exec::Dst<'_>>,
     ) -> Result<()> {
         let (map, range) = self.locate(e)?;
-        map.will_need(range.clone());
         let size = e.dtype.size().unwrap_or(1);
         let found = crate::exec::copy_verify(&map.bytes()[range], have, size, dsts);
         if found != e.crc {

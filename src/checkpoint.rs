@@ -358,6 +358,24 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Asks the kernel to start reading the stored bytes of `name` (all its stored slices) into the
+    /// page cache; a hint that never fails (the read reports any problem).
+    pub(crate) fn prefetch(&self, name: &str) {
+        let (Ok(info), Inner::V2(b)) = (self.tensor(name), &self.inner) else {
+            return;
+        };
+        let stored = if info.slices.is_empty() {
+            vec![Slice::full(info.shape.len())]
+        } else {
+            info.slices.clone()
+        };
+        for s in &stored {
+            if let Ok(e) = self.v2_entry(b, info, s) {
+                b.prefetch(e);
+            }
+        }
+    }
+
     /// Where the tensor's data starts (shard or file, offset): sorting reads by it reads the files in
     /// order.
     pub(crate) fn data_position(&self, name: &str) -> (u32, u64) {

@@ -149,6 +149,108 @@ fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
         .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
 }
 
+/// Items are handed to the workers in batches of consecutive items of about this many bytes (or
+/// [`BATCH_ITEMS`] items), so that tiny tensors cost one channel message per batch, not per tensor.
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_ITEMS: usize = 256;
+
+/// Runs `work` on every item on the current rayon pool, in two stages joined by bounded channels:
+/// a reader thread walks the items in (file) order and calls `prefetch` on each, at most `window`
+/// bytes ahead of the workers (credits flow back as batches finish), so a cold file is read ahead
+/// in large sequential requests while the workers verify and copy what is already in memory.
+/// Results come back in item order; the first error stops the pipeline.
+pub(crate) fn pipeline<I: Sync, R: Send>(
+    items: &[I],
+    window: u64,
+    bytes_of: impl Fn(&I) -> u64 + Sync,
+    prefetch: impl Fn(&I) + Sync,
+    work: impl Fn(&I) -> crate::Result<R> + Sync,
+) -> crate::Result<Vec<R>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    // Consecutive items in batches: (first, end, bytes).
+    let mut batches: Vec<(usize, usize, u64)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let b = bytes_of(item);
+        match batches.last_mut() {
+            Some(last) if last.2 + b <= BATCH_BYTES && last.1 - last.0 < BATCH_ITEMS => {
+                last.1 = i + 1;
+                last.2 += b;
+            }
+            _ => batches.push((i, i + 1, b)),
+        }
+    }
+    let workers = rayon::current_num_threads().clamp(1, batches.len().max(1));
+    let (todo_tx, todo_rx) = crossbeam_channel::bounded::<usize>(2 * workers);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<u64>();
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
+    let results: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|threads| {
+        // Stage 1: the reader, on its own thread so that every pool thread computes. It owns the
+        // sending end: when it is done (or stops on an error) the workers' loops end.
+        let (failed, batches, prefetch) = (&failed, &batches, &prefetch);
+        threads.spawn(move || {
+            let mut in_flight = 0u64;
+            for (k, &(a, b, bytes)) in batches.iter().enumerate() {
+                let bytes = bytes.max(1);
+                while in_flight > 0 && in_flight + bytes > window {
+                    match done_rx.recv() {
+                        Ok(b) => in_flight -= b,
+                        Err(_) => return,
+                    }
+                }
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                items[a..b].iter().for_each(prefetch);
+                in_flight += bytes;
+                if todo_tx.send(k).is_err() {
+                    return;
+                }
+            }
+        });
+        // Stage 2: verify and copy.
+        rayon::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|_| {
+                    let mut mine = Vec::new();
+                    for k in todo_rx.iter() {
+                        let (a, b, bytes) = batches[k];
+                        for i in a..b {
+                            if failed.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            match work(&items[i]) {
+                                Ok(r) => mine.push((i, r)),
+                                Err(e) => {
+                                    failed.store(true, Ordering::Relaxed);
+                                    first_error
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .get_or_insert(e);
+                                }
+                            }
+                        }
+                        let _ = done_tx.send(bytes.max(1));
+                    }
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(mine);
+                });
+            }
+        });
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_unstable_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +267,49 @@ mod tests {
                 out[d..d + n].copy_from_slice(&src[s..s + n]);
             });
         }
+    }
+
+    #[test]
+    fn pipeline_orders_results_stops_on_errors_and_runs_concurrently() {
+        let items: Vec<u64> = (0..500).collect();
+        let seen = std::sync::atomic::AtomicU64::new(0);
+        let out = pipeline(
+            &items,
+            64,
+            |_| 16,
+            |_| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+            |&i| Ok(i * 2),
+        )
+        .unwrap();
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(seen.into_inner(), 500);
+        let err = pipeline(
+            &items,
+            64,
+            |_| 1,
+            |_| {},
+            |&i| {
+                if i == 77 {
+                    Err(crate::ErrorKind::InvalidArgument("boom".into()).into())
+                } else {
+                    Ok(i)
+                }
+            },
+        );
+        assert!(err.unwrap_err().to_string().contains("boom"));
+        // Several pipelines sharing the pool from different threads (each blocks pool threads on
+        // its own channel) all finish.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let items = &items;
+                s.spawn(move || {
+                    let r = pipeline(items, 1 << 20, |_| 8, |_| {}, |&i| Ok(i + t)).unwrap();
+                    assert_eq!(r.len(), 500);
+                });
+            }
+        });
     }
 
     #[test]

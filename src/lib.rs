@@ -40,6 +40,7 @@ mod naming;
 pub mod npy;
 mod ordered_code;
 pub mod partitioners;
+mod plan;
 mod proto;
 mod slice;
 mod sstable;

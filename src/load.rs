@@ -10,15 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use crate::checkpoint::{Checkpoint, Out};
 use crate::error::{ErrorKind, Result};
 use crate::slice::{num_elements, Slice};
 use crate::tensor::{Tensor, TensorData};
 use crate::vars::{init_tensor, Device, Variable, VariableStore};
-
-type FxMap<K, V> = HashMap<K, V, crate::fxhash::FxBuildHasher>;
 
 /// What [`VariableStore::initialize`] did.
 #[derive(Clone, Debug, Default)]
@@ -162,12 +158,8 @@ impl Tracker<'_> {
     }
 }
 
-/// The destinations of one checkpoint tensor.
-struct Group<'s> {
-    ckpt: usize,
-    tensor: &'s str,
-    dests: Vec<(&'s Variable, &'s Slice)>,
-}
+/// How far (in destination bytes) the reader stage may run ahead of the workers.
+const READ_AHEAD: u64 = 256 << 20;
 
 enum Buf {
     Bytes(Vec<u8>),
@@ -207,12 +199,11 @@ impl VariableStore {
             .into());
         }
         let start = Instant::now();
-        // Group the pending initializers by checkpoint, then by tensor; open each checkpoint once.
+        // Open each checkpoint once (or reuse the index the call read), then plan the reads.
         let mut opened = std::mem::take(&mut self.opened);
         let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
         let mut ckpt_ids: HashMap<&Path, usize> = HashMap::new();
-        let mut group_ids: FxMap<(usize, &str), usize> = FxMap::default();
-        let mut groups: Vec<Group<'_>> = Vec::new();
+        let mut pending = Vec::with_capacity(self.pending.len());
         for (var, p) in &self.pending {
             let Some(v) = self.vars.get(var) else {
                 continue;
@@ -232,45 +223,29 @@ impl VariableStore {
                     ckpts.len() - 1
                 }
             };
-            let g = *group_ids.entry((c, p.tensor.as_str())).or_insert_with(|| {
-                groups.push(Group {
-                    ckpt: c,
-                    tensor: &p.tensor,
-                    dests: Vec::new(),
-                });
-                groups.len() - 1
-            });
-            groups[g].dests.push((v, &p.slice));
+            pending.push((v, c, p.tensor.as_str(), &p.slice));
         }
-        // Read in file order: each worker takes a contiguous run of the sorted groups.
-        groups.sort_by_cached_key(|g| (g.ckpt, ckpts[g.ckpt].data_position(g.tensor)));
+        let plan = crate::plan::plan(pending, |c, t| ckpts[c].data_position(t));
         let tracker = Tracker {
             f: options.progress.as_deref(),
-            bytes_total: groups
-                .iter()
-                .flat_map(|g| &g.dests)
-                .map(|(v, _)| {
-                    num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
-                })
-                .sum(),
-            tensors_total: groups.len() as u64,
+            bytes_total: plan.bytes,
+            tensors_total: plan.items.len() as u64,
             bytes: AtomicU64::new(0),
             tensors: AtomicU64::new(0),
             reported: AtomicU64::new(0),
         };
         let planned = Instant::now();
-        let loaded: Vec<(usize, Vec<(String, Tensor)>)> = groups
-            .par_iter()
-            .map(|g| {
-                let r = self.load_group(&ckpts[g.ckpt], g.tensor, &g.dests)?;
-                tracker.add(
-                    r.1.iter()
-                        .map(|(_, t)| t.bytes().map_or(0, |b| b.len() as u64))
-                        .sum(),
-                );
+        let loaded = crate::exec::pipeline(
+            &plan.items,
+            READ_AHEAD,
+            |it| it.bytes,
+            |it| ckpts[it.ckpt].prefetch(it.tensor),
+            |it| {
+                let r = self.load_group(&ckpts[it.ckpt], it.tensor, &it.dests)?;
+                tracker.add(it.bytes);
                 Ok(r)
-            })
-            .collect::<Result<_>>()?;
+            },
+        )?;
         let copied = Instant::now();
         let mut report = LoadReport {
             threads: rayon::current_num_threads(),

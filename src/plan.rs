@@ -1,0 +1,105 @@
+//! The planner: a pure function from the pending initializers to a [`LoadPlan`] — every stored
+//! tensor needed, once, with all the variables (or parts) it feeds, ordered by where its bytes lie
+//! in the files so the executor reads them sequentially. No file is touched here.
+
+use crate::slice::{num_elements, Slice};
+use crate::vars::Variable;
+
+/// One checkpoint tensor to read and the destinations it feeds.
+pub(crate) struct PlanItem<'s> {
+    /// Index of the checkpoint (in the executor's list of open checkpoints).
+    pub ckpt: usize,
+    /// The checkpoint tensor.
+    pub tensor: &'s str,
+    /// Every variable or part that takes a box of it.
+    pub dests: Vec<(&'s Variable, &'s Slice)>,
+    /// Bytes the destinations will hold (strings count as 0).
+    pub bytes: u64,
+}
+
+/// Every read of one `initialize`, in file order.
+pub(crate) struct LoadPlan<'s> {
+    pub items: Vec<PlanItem<'s>>,
+    /// Bytes of all destinations.
+    pub bytes: u64,
+}
+
+/// Groups `pending` (variable, checkpoint index, tensor, box) by (checkpoint, tensor) and orders the
+/// groups by `position(checkpoint, tensor)` (shard or file, then offset).
+pub(crate) fn plan<'s>(
+    pending: impl IntoIterator<Item = (&'s Variable, usize, &'s str, &'s Slice)>,
+    position: impl Fn(usize, &str) -> (u32, u64),
+) -> LoadPlan<'s> {
+    let mut ids: std::collections::HashMap<(usize, &str), usize, crate::fxhash::FxBuildHasher> =
+        Default::default();
+    let mut items: Vec<PlanItem<'s>> = Vec::new();
+    for (v, ckpt, tensor, slice) in pending {
+        let i = *ids.entry((ckpt, tensor)).or_insert_with(|| {
+            items.push(PlanItem {
+                ckpt,
+                tensor,
+                dests: Vec::new(),
+                bytes: 0,
+            });
+            items.len() - 1
+        });
+        items[i].bytes += num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64;
+        items[i].dests.push((v, slice));
+    }
+    items.sort_by_cached_key(|it| (it.ckpt, position(it.ckpt, it.tensor)));
+    LoadPlan {
+        bytes: items.iter().map(|it| it.bytes).sum(),
+        items,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, Init};
+
+    fn var(name: &str, shape: &[u64]) -> Variable {
+        Variable {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            init: Init::Zeros,
+            part: None,
+        }
+    }
+
+    #[test]
+    fn groups_by_tensor_and_orders_by_position() {
+        let (a, b0, b1, c) = (
+            var("a", &[2]),
+            var("b/part_0", &[1, 3]),
+            var("b/part_1", &[1, 3]),
+            var("c", &[4]),
+        );
+        let whole = Slice::full(1);
+        let (s0, s1) = (
+            Slice::from_ranges(&[(0, 1), (0, 3)]),
+            Slice::from_ranges(&[(1, 1), (0, 3)]),
+        );
+        let pending = vec![
+            (&a, 0, "t_a", &whole),
+            (&b0, 0, "t_b", &s0),
+            (&c, 1, "t_c", &whole),
+            (&b1, 0, "t_b", &s1),
+        ];
+        // t_b lies before t_a in checkpoint 0's data file.
+        let p = plan(pending, |ckpt, t| match (ckpt, t) {
+            (0, "t_b") => (0, 10),
+            (0, "t_a") => (0, 500),
+            _ => (0, 0),
+        });
+        let order: Vec<(usize, &str, usize)> = p
+            .items
+            .iter()
+            .map(|it| (it.ckpt, it.tensor, it.dests.len()))
+            .collect();
+        assert_eq!(order, vec![(0, "t_b", 2), (0, "t_a", 1), (1, "t_c", 1)]);
+        assert_eq!(p.items[0].bytes, 24);
+        assert_eq!(p.bytes, 8 + 24 + 16);
+    }
+}
