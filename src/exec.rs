@@ -218,11 +218,11 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                     let mut mine = Vec::new();
                     for k in todo_rx.iter() {
                         let (a, b, bytes) = batches[k];
-                        for i in a..b {
+                        for (i, item) in items.iter().enumerate().take(b).skip(a) {
                             if failed.load(Ordering::Relaxed) {
                                 break;
                             }
-                            match work(&items[i]) {
+                            match work(item) {
                                 Ok(r) => mine.push((i, r)),
                                 Err(e) => {
                                     failed.store(true, Ordering::Relaxed);
