@@ -80,12 +80,36 @@ impl MappedFile {
         if let Some(m) = &self.map {
             const PAGE: usize = 4096;
             let start = range.start & !(PAGE - 1);
+            // Warm page cache (the common case): the hint would only cost a walk over the range.
+            if self.resident(start) && self.resident((range.end.max(1) - 1) & !(PAGE - 1)) {
+                return;
+            }
             let _ = m.advise_range(
                 memmap2::Advice::WillNeed,
                 start,
                 range.end.min(m.len()) - start,
             );
         }
+    }
+
+    /// Whether the page at `offset` (page aligned) is in the page cache (`mincore`; `false` when it
+    /// cannot be told).
+    #[cfg(target_os = "linux")]
+    fn resident(&self, offset: usize) -> bool {
+        let Some(m) = &self.map else { return false };
+        if offset >= m.len() {
+            return false;
+        }
+        let mut vec = 0u8;
+        // SAFETY: the address is page aligned and inside the live mapping `m` (offset < len), the
+        // length is one byte (one page is queried), and `vec` has room for that page's status.
+        let rc = unsafe { libc::mincore(m.as_ptr().add(offset) as *mut libc::c_void, 1, &mut vec) };
+        rc == 0 && vec & 1 == 1
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn resident(&self, _offset: usize) -> bool {
+        false
     }
 
     /// Hints that the file is read mostly sequentially (larger readahead).
