@@ -185,7 +185,12 @@ impl Bundle {
         let (map, range) = self.locate(e)?;
         let src = &map.bytes()[range];
         let n = crate::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-        strings::decode(src, n, e.crc, self.index.big_endian).map_err(|err| match err {
+        strings::decode(src, n, e.crc, self.index.big_endian)
+            .map_err(|err| self.string_error(e, err))
+    }
+
+    fn string_error(&self, e: &Entry, err: StringError) -> Error {
+        match err {
             StringError::Checksum(what, expected, found) => {
                 self.checksum_error(e, what, expected, found)
             }
@@ -196,7 +201,7 @@ impl Bundle {
                 reason,
             }
             .into(),
-        })
+        }
     }
 
     /// Checks one data-bearing entry's checksum(s).
@@ -208,18 +213,8 @@ impl Bundle {
                 // Variant: checked by the D.5 rule (values are not decoded by this crate).
                 let (map, range) = self.locate(e)?;
                 let n = crate::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                strings::verify_variant(&map.bytes()[range], n, e.crc).map_err(|err| match err {
-                    StringError::Checksum(what, expected, found) => {
-                        self.checksum_error(e, what, expected, found)
-                    }
-                    StringError::Corrupt(reason) => ErrorKind::CorruptStrings {
-                        path: self.shard_path(e.shard),
-                        tensor: key_name(&e.key),
-                        offset: e.offset,
-                        reason,
-                    }
-                    .into(),
-                })
+                strings::verify_variant(&map.bytes()[range], n, e.crc)
+                    .map_err(|err| self.string_error(e, err))
             }
         }
     }

@@ -10,22 +10,8 @@ use std::time::Duration;
 
 use tfckpt::{Checkpoint, Slice};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+mod common;
+use common::Rng;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -118,35 +104,35 @@ fn random_damage_never_panics_and_data_flips_are_caught() {
         for it in 0..iterations_per_case {
             let seed = (ci as u64) << 32 | it as u64 | 1 << 63;
             let mut rng = Rng(seed);
-            let fi = rng.below(files.len());
+            let fi = rng.index(files.len());
             let mut bytes = originals[fi].clone();
-            let kind = rng.below(8);
+            let kind = rng.index(8);
             let is_data = files[fi].to_string_lossy().contains(".data-");
             let mut flipped_data = false;
             match kind {
                 0 | 1 if !bytes.is_empty() => {
                     // Bit flips anywhere (kind 0), or near the end where footers and indexes live.
-                    for _ in 0..1 + rng.below(3) {
+                    for _ in 0..1 + rng.index(3) {
                         let i = if kind == 0 {
-                            rng.below(bytes.len())
+                            rng.index(bytes.len())
                         } else {
-                            bytes.len() - 1 - rng.below(bytes.len().min(256))
+                            bytes.len() - 1 - rng.index(bytes.len().min(256))
                         };
-                        bytes[i] ^= 1 << rng.below(8);
+                        bytes[i] ^= 1 << rng.index(8);
                     }
                     flipped_data = is_data;
                 }
-                2 => bytes.truncate(rng.below(bytes.len())),
+                2 => bytes.truncate(rng.index(bytes.len())),
                 3 if !bytes.is_empty() => {
-                    let start = rng.below(bytes.len());
-                    let end = (start + 1 + rng.below(64)).min(bytes.len());
+                    let start = rng.index(bytes.len());
+                    let end = (start + 1 + rng.index(64)).min(bytes.len());
                     for b in &mut bytes[start..end] {
                         *b = rng.next() as u8;
                     }
                 }
                 4 => bytes.clear(),
-                5 => bytes.extend((0..1 + rng.below(100)).map(|_| rng.next() as u8)),
-                6 => bytes = (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+                5 => bytes.extend((0..1 + rng.index(100)).map(|_| rng.next() as u8)),
+                6 => bytes = (0..rng.index(300)).map(|_| rng.next() as u8).collect(),
                 _ => {
                     std::fs::remove_file(&files[fi]).unwrap();
                     bytes.clear();

@@ -2,27 +2,11 @@
 //! compressed or big-endian indexes) read back exactly, whole and by arbitrary sub-slices, against a
 //! naive coordinate-by-coordinate oracle.
 
-use proptest::prelude::*;
-use tfckpt::{
-    Checkpoint, CheckpointWriter, DType, Slice, Tensor, TensorData, TensorRef, WriterOptions,
-};
+mod common;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
+use common::{cut, Rng};
+use proptest::prelude::*;
+use tfckpt::{Checkpoint, CheckpointWriter, DType, Slice, Tensor, TensorRef, WriterOptions};
 
 const DTYPES: &[DType] = &[
     DType::F32,
@@ -68,39 +52,6 @@ fn random_tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
                 .collect();
             Tensor::from_strings(shape, strings).unwrap()
         }
-    }
-}
-
-/// The sub-box `ranges` of a row-major tensor, element by element.
-fn oracle_slice(t: &Tensor, ranges: &[(u64, u64)]) -> TensorData {
-    let shape = &t.shape;
-    let n: u64 = ranges.iter().map(|r| r.1).product();
-    let mut idx = vec![0u64; shape.len()];
-    let mut flat = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let mut f = 0u64;
-        for d in 0..shape.len() {
-            f = f * shape[d] + ranges[d].0 + idx[d];
-        }
-        flat.push(f as usize);
-        for d in (0..shape.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < ranges[d].1 {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    match &t.data {
-        TensorData::Bytes(b) => {
-            let size = t.dtype.size().unwrap();
-            TensorData::Bytes(
-                flat.iter()
-                    .flat_map(|&i| b[i * size..(i + 1) * size].to_vec())
-                    .collect(),
-            )
-        }
-        TensorData::Strings(s) => TensorData::Strings(flat.iter().map(|&i| s[i].clone()).collect()),
     }
 }
 
@@ -163,7 +114,7 @@ fn run_case(seed: u64) {
         if partitioned {
             let boxes = random_grid(&mut rng, &shape);
             for b in &boxes {
-                let part = oracle_slice(&t, b);
+                let part = cut(&t, b).data;
                 let part_shape: Vec<u64> = b.iter().map(|r| r.1).collect();
                 let part = Tensor {
                     dtype,
@@ -206,7 +157,7 @@ fn run_case(seed: u64) {
                 continue;
             }
             let got = ckpt.read_slice(name, &Slice::from_ranges(&b)).unwrap();
-            assert_eq!(got.data, oracle_slice(t, &b), "{name} box {b:?}");
+            assert_eq!(got.data, cut(t, &b).data, "{name} box {b:?}");
             if let Some(size) = t.dtype.size() {
                 let mut buf = vec![0u8; got.num_elements() as usize * size];
                 ckpt.read_slice_into(name, &Slice::from_ranges(&b), &mut buf)

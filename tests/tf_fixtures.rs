@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tfckpt::{npy, Checkpoint, Slice, Tensor};
 
+mod common;
+use common::cut;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
 }
@@ -165,48 +168,6 @@ fn stored_slices_match_their_box_of_the_full_tensor() {
         }
     }
     assert!(n >= 20, "only {n} slices checked");
-}
-
-/// Cuts a box out of a tensor element by element (the oracle).
-fn cut(t: &Tensor, ranges: &[(u64, u64)]) -> Tensor {
-    let mut idx = vec![0u64; ranges.len()];
-    let count: u64 = ranges.iter().map(|r| r.1).product();
-    let mut flat = Vec::new();
-    for _ in 0..count {
-        let mut f = 0;
-        for d in 0..ranges.len() {
-            f = f * t.shape[d] + ranges[d].0 + idx[d];
-        }
-        flat.push(f as usize);
-        for d in (0..ranges.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < ranges[d].1 {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    let shape: Vec<u64> = ranges.iter().map(|r| r.1).collect();
-    match t.dtype.size() {
-        Some(s) => {
-            let b = t.bytes().unwrap();
-            Tensor::from_bytes(
-                t.dtype,
-                &shape,
-                flat.iter()
-                    .flat_map(|&i| b[i * s..(i + 1) * s].to_vec())
-                    .collect(),
-            )
-            .unwrap()
-        }
-        None => Tensor::from_strings(
-            &shape,
-            flat.iter()
-                .map(|&i| t.strings().unwrap()[i].clone())
-                .collect(),
-        )
-        .unwrap(),
-    }
 }
 
 #[test]

@@ -4,6 +4,71 @@
 
 use std::path::Path;
 
+use tfckpt::Tensor;
+
+/// A tiny deterministic generator (xorshift64) for seeded tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `0..n` (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next().checked_rem(n).unwrap_or(0)
+    }
+
+    /// Uniform index in `0..n` (0 when n is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+}
+
+/// The box `ranges` (start, length per dimension) of a row-major tensor, element by element: the
+/// naive oracle for every slicing test.
+pub fn cut(t: &Tensor, ranges: &[(u64, u64)]) -> Tensor {
+    let count: u64 = ranges.iter().map(|r| r.1).product();
+    let mut idx = vec![0u64; ranges.len()];
+    let mut flat = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut f = 0u64;
+        for d in 0..ranges.len() {
+            f = f * t.shape[d] + ranges[d].0 + idx[d];
+        }
+        flat.push(f as usize);
+        for d in (0..ranges.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < ranges[d].1 {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    let shape: Vec<u64> = ranges.iter().map(|r| r.1).collect();
+    match (t.bytes(), t.strings()) {
+        (Some(b), _) => {
+            let s = t.dtype.size().unwrap();
+            Tensor::from_bytes(
+                t.dtype,
+                &shape,
+                flat.iter()
+                    .flat_map(|&i| b[i * s..(i + 1) * s].to_vec())
+                    .collect(),
+            )
+            .unwrap()
+        }
+        (_, Some(strings)) => {
+            Tensor::from_strings(&shape, flat.iter().map(|&i| strings[i].clone()).collect())
+                .unwrap()
+        }
+        _ => unreachable!(),
+    }
+}
+
 pub fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
