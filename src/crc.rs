@@ -18,13 +18,36 @@ pub fn unmask(masked: u32) -> u32 {
     masked.wrapping_sub(MASK_DELTA).rotate_left(15)
 }
 
+/// A running CRC32C over bytes given in pieces, on the fastest instructions the CPU has (AVX-512
+/// carry-less multiplication where present: about twice the `crc32` instruction's speed here).
+pub(crate) struct Running(crc_fast::Digest);
+
+impl Running {
+    pub(crate) fn new() -> Running {
+        Running(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi))
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finish(&self) -> u32 {
+        self.0.finalize() as u32
+    }
+}
+
+/// CRC32C of `data` in one thread.
+pub(crate) fn serial(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
 /// CRC32C of `data`, computed in parallel chunks when it is large.
 pub fn crc32c(data: &[u8]) -> u32 {
     if data.len() <= 2 * CHUNK {
-        return crc32c::crc32c(data);
+        return serial(data);
     }
     data.par_chunks(CHUNK)
-        .map(|c| (crc32c::crc32c(c), c.len()))
+        .map(|c| (serial(c), c.len()))
         .collect::<Vec<_>>()
         .into_iter()
         .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))

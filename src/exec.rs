@@ -45,12 +45,12 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
         for d in dsts {
             d.buf.copy_from_slice(src);
         }
-        return crc32c::crc32c(src);
+        return crate::crc::serial(src);
     }
     let rows = have[0].1;
     let row_bytes = (src.len() as u64).checked_div(rows).unwrap_or(0) as usize;
     if rows == 0 || row_bytes == 0 {
-        return crc32c::crc32c(src);
+        return crate::crc::serial(src);
     }
     let band_rows = (BAND / row_bytes).max(1) as u64;
     let bands: Vec<(u64, u64)> = (0..rows.div_ceil(band_rows))
@@ -88,13 +88,13 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
     let work: Vec<((u64, u64), Vec<Piece<'_>>)> = bands.into_iter().zip(pieces).collect();
     let band = |((r0, r1), mut pieces): ((u64, u64), Vec<Piece<'_>>)| -> (u32, usize) {
         let step_rows = (STEP / row_bytes).max(1) as u64;
-        let mut crc = 0u32;
+        let mut crc = crate::crc::Running::new();
         let mut s0 = r0;
         while s0 < r1 {
             let s1 = (s0 + step_rows).min(r1);
             let a = (s0 - have[0].0) as usize * row_bytes;
             let b = (s1 - have[0].0) as usize * row_bytes;
-            crc = crc32c::crc32c_append(crc, &src[a..b]);
+            crc.update(&src[a..b]);
             let mut step = have.to_vec();
             step[0] = (s0, s1 - s0);
             for p in &mut pieces {
@@ -117,7 +117,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
             }
             s0 = s1;
         }
-        (crc, (r1 - r0) as usize * row_bytes)
+        (crc.finish(), (r1 - r0) as usize * row_bytes)
     };
     let crcs: Vec<(u32, usize)> = if work.len() == 1 {
         work.into_iter().map(band).collect()
@@ -131,12 +131,12 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
 /// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
 fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
-        let mut crc = 0;
+        let mut crc = crate::crc::Running::new();
         for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
-            crc = crc32c::crc32c_append(crc, s);
+            crc.update(s);
             d.copy_from_slice(s);
         }
-        crc
+        crc.finish()
     }
     if src.len() <= BAND {
         return serial(src, dst);
