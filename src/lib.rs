@@ -1,7 +1,10 @@
 //! # tfckpt
 //!
-//! Read TensorFlow checkpoints — V2 tensor bundles and V1 files, exactly as TensorFlow's own reader
-//! does — and write V2 bundles that TensorFlow reads back.
+//! TensorFlow's `tf.compat.v1.train.init_from_checkpoint` for Rust: read TensorFlow checkpoints (V2
+//! tensor bundles and V1 files, exactly as TensorFlow's own reader does), map their tensors onto a
+//! model's variables through an assignment map ([`init_from_checkpoint`], [`VariableStore`]), load
+//! the values when initialization runs, and write V2 bundles that TensorFlow reads back. The README
+//! has the ten-line trainer example.
 //!
 //! ```no_run
 //! use tfckpt::{Checkpoint, Slice};
