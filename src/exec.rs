@@ -154,11 +154,14 @@ fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
 const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_ITEMS: usize = 256;
 
-/// Runs `work` on every item on the current rayon pool, in two stages joined by bounded channels:
-/// a reader thread walks the items in (file) order and calls `prefetch` on each, at most `window`
-/// bytes ahead of the workers (credits flow back as batches finish), so a cold file is read ahead
-/// in large sequential requests while the workers verify and copy what is already in memory.
-/// Results come back in item order; the first error stops the pipeline.
+/// Runs `work` on every item on the current rayon pool, in two stages. A reader thread walks the
+/// items in (file) order and calls `prefetch` on each (readahead), at most `window` bytes ahead of
+/// the work completed: the workers pay it back through a credit channel as batches finish, so the
+/// reader never runs further ahead than that and a cold file is read ahead in large sequential
+/// requests while the workers verify and copy what is already in memory. Pool threads never wait on
+/// a channel (only the reader does), so nested parallelism inside `work` cannot deadlock. Results
+/// come back in item order; after the first error no new item is started, and the error of the
+/// earliest failing item is returned. A panic in `work` is resumed after both stages stopped.
 pub(crate) fn pipeline<I: Sync, R: Send>(
     items: &[I],
     window: u64,
@@ -167,7 +170,6 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
     work: impl Fn(&I) -> crate::Result<R> + Sync,
 ) -> crate::Result<Vec<R>> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
 
     // Consecutive items in batches: (first, end, bytes).
     let mut batches: Vec<(usize, usize, u64)> = Vec::new();
@@ -181,74 +183,70 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
             _ => batches.push((i, i + 1, b)),
         }
     }
-    let workers = rayon::current_num_threads().clamp(1, batches.len().max(1));
-    let (todo_tx, todo_rx) = crossbeam_channel::bounded::<usize>(2 * workers);
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<u64>();
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
-    let results: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::with_capacity(items.len()));
-    std::thread::scope(|threads| {
-        // Stage 1: the reader, on its own thread so that every pool thread computes. It owns the
-        // sending end: when it is done (or stops on an error) the workers' loops end.
-        let (failed, batches, prefetch) = (&failed, &batches, &prefetch);
+    let (credit_tx, credit_rx) = crossbeam_channel::bounded::<u64>(batches.len().max(1));
+    let stop = AtomicBool::new(false);
+    let outcome = std::thread::scope(|threads| {
+        // Stage 1: the reader, on its own thread (it is the only one that waits).
+        let (stop_ref, batches_ref, prefetch) = (&stop, &batches, &prefetch);
         threads.spawn(move || {
             let mut in_flight = 0u64;
-            for (k, &(a, b, bytes)) in batches.iter().enumerate() {
+            for &(a, b, bytes) in batches_ref {
                 let bytes = bytes.max(1);
                 while in_flight > 0 && in_flight + bytes > window {
-                    match done_rx.recv() {
-                        Ok(b) => in_flight -= b,
-                        Err(_) => return,
+                    match credit_rx.recv() {
+                        Ok(done) => in_flight -= done,
+                        Err(_) => return, // the workers are done
                     }
                 }
-                if failed.load(Ordering::Relaxed) {
+                if stop_ref.load(Ordering::Relaxed) {
                     return;
                 }
                 items[a..b].iter().for_each(prefetch);
                 in_flight += bytes;
-                if todo_tx.send(k).is_err() {
-                    return;
-                }
             }
         });
-        // Stage 2: verify and copy.
-        rayon::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|_| {
-                    let mut mine = Vec::new();
-                    for k in todo_rx.iter() {
-                        let (a, b, bytes) = batches[k];
-                        for (i, item) in items.iter().enumerate().take(b).skip(a) {
-                            if failed.load(Ordering::Relaxed) {
-                                break;
+        // Stage 2: verify and copy, one task per batch on the pool.
+        let credit_tx = credit_tx; // dropped when this closure ends: the reader then stops waiting
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batches
+                .par_iter()
+                .with_max_len(1)
+                .map(|&(a, b, bytes)| {
+                    let out: Vec<(usize, crate::Result<R>)> = (a..b)
+                        .map_while(|i| {
+                            if stop.load(Ordering::Relaxed) {
+                                return None;
                             }
-                            match work(item) {
-                                Ok(r) => mine.push((i, r)),
-                                Err(e) => {
-                                    failed.store(true, Ordering::Relaxed);
-                                    first_error
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .get_or_insert(e);
-                                }
+                            let r = work(&items[i]);
+                            if r.is_err() {
+                                stop.store(true, Ordering::Relaxed);
                             }
-                        }
-                        let _ = done_tx.send(bytes.max(1));
-                    }
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(mine);
-                });
-            }
-        });
+                            Some((i, r))
+                        })
+                        .collect();
+                    let _ = credit_tx.try_send(bytes.max(1));
+                    out
+                })
+                .collect::<Vec<_>>()
+        }));
+        stop.store(true, Ordering::Relaxed);
+        drop(credit_tx);
+        run
     });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    let batches_out = match outcome {
+        Ok(b) => b,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let mut results = Vec::with_capacity(items.len());
+    for (_, r) in batches_out.into_iter().flatten() {
+        // In item order: the first error met is the earliest failing item's.
+        results.push(r?);
     }
-    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    results.sort_unstable_by_key(|(i, _)| *i);
-    Ok(results.into_iter().map(|(_, r)| r).collect())
+    if results.len() != items.len() {
+        // Only possible if an error stopped the run, and it was returned above.
+        return Err(crate::ErrorKind::InvalidArgument("load pipeline stopped early".into()).into());
+    }
+    Ok(results)
 }
 
 #[cfg(test)]
@@ -284,7 +282,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
-        assert_eq!(seen.into_inner(), 500);
+        // Prefetching is a hint that may stop once the work is done.
+        assert!(seen.into_inner() <= 500);
         let err = pipeline(
             &items,
             64,
@@ -310,6 +309,61 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn pipeline_with_nested_parallel_work_and_a_tiny_window_does_not_deadlock() {
+        // Every batch exceeds the window, so the reader waits for each credit while the work itself
+        // forks nested parallel jobs (the shape that once parked pool threads on a channel).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..64).collect();
+        let out = pool.install(|| {
+            pipeline(
+                &items,
+                1,
+                |_| 300 << 20,
+                |_| {},
+                |&i| {
+                    let v: Vec<u64> = (0..20_000u64).collect();
+                    Ok(v.par_chunks(100)
+                        .map(|c| c.iter().sum::<u64>())
+                        .sum::<u64>()
+                        + i)
+                },
+            )
+        });
+        assert_eq!(out.unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_panic_in_work_propagates_instead_of_hanging() {
+        let items: Vec<u64> = (0..50).collect();
+        for threads in [1, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    pipeline(
+                        &items,
+                        1,
+                        |_| 4 << 20,
+                        |_| {},
+                        |&i| {
+                            if i == 3 {
+                                panic!("boom");
+                            }
+                            Ok(i)
+                        },
+                    )
+                })
+            }));
+            assert!(r.is_err());
+        }
     }
 
     #[test]
