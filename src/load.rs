@@ -328,7 +328,17 @@ impl VariableStore {
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
                 Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, &v.name)?),
-                None => Buf::Strings(vec![Vec::new(); n]),
+                None => {
+                    let mut strings = Vec::new();
+                    strings
+                        .try_reserve_exact(n)
+                        .map_err(|_| ErrorKind::Allocation {
+                            bytes: (n as u64).saturating_mul(std::mem::size_of::<Vec<u8>>() as u64),
+                            tensor: v.name.clone(),
+                        })?;
+                    strings.resize(n, Vec::new());
+                    Buf::Strings(strings)
+                }
             });
         }
         let mut reqs: Vec<(&Slice, Out<'_>)> = dests

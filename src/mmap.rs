@@ -16,18 +16,26 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A file's length and modification time: if both are unchanged, the file is taken as unchanged.
+/// What identifies a file's current contents without reading them: length and modification time,
+/// and on Unix also the device, inode and status-change time (nanoseconds), so that a file replaced
+/// by a rename, or rewritten within one mtime tick at the same length, is seen as changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FileStamp {
     len: u64,
     modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    id: (u64, u64, i64, i64),
 }
 
 impl FileStamp {
     fn from_meta(meta: &std::fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
         FileStamp {
             len: meta.len(),
             modified: meta.modified().ok(),
+            #[cfg(unix)]
+            id: (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
         }
     }
 

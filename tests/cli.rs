@@ -393,3 +393,42 @@ fn init_refuses_colliding_output_names_before_writing() {
         "no temporary files left"
     );
 }
+
+#[test]
+fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    std::fs::create_dir_all(out.join("keep")).unwrap();
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        "{}",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.join("a/x.npy").is_file() && out.join("b.npy").is_file() && out.join("keep").is_dir()
+    );
+    // A directory where a file must go: refused, nothing moved, no temporary directory left.
+    let out2 = tmp.path().join("o2");
+    std::fs::create_dir_all(out2.join("b.npy")).unwrap();
+    let o = tfckpt(&[
+        "init",
+        &ckpt,
+        "--model",
+        model,
+        "--map",
+        "{}",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, 1, "b.npy");
+    assert!(!out2.join("a").exists());
+    assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
+}

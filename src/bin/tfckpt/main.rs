@@ -319,35 +319,77 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
     result
 }
 
-/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable, written
-/// into a temporary directory first and moved into DIR only when every file is written.
+/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable. Files are
+/// written into a fresh temporary directory on DIR's filesystem (inside DIR if it exists, else next
+/// to it); only when every file is written are they moved into place, after checking that no move
+/// would meet a directory where a file goes (or the reverse).
 fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
-    let tmp = temp_sibling(dir);
-    let written = (|| -> CliResult {
-        for v in store.variables() {
-            let t = store
-                .value(&v.name)
-                .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
-            write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
-        }
-        for pv in store.partitioned_variables() {
-            let t = store
-                .partitioned_value(&pv.name)
-                .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
-            write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
-        }
-        Ok(())
-    })();
-    let moved = written.and_then(|()| move_into(&tmp, dir));
-    let _ = std::fs::remove_dir_all(&tmp);
-    moved
+    let exists = dir.is_dir();
+    let parent = if exists {
+        dir.to_path_buf()
+    } else {
+        let p = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        p.to_path_buf()
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tfckpt-out-")
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            format!(
+                "{}: cannot create a temporary directory: {e}",
+                parent.display()
+            )
+        })?;
+    for v in store.variables() {
+        let t = store
+            .value(&v.name)
+            .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
+        write_npy(&tmp.path().join(format!("{}.npy", v.name)), t)?;
+    }
+    for pv in store.partitioned_variables() {
+        let t = store
+            .partitioned_value(&pv.name)
+            .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
+        write_npy(&tmp.path().join(format!("{}.npy", pv.name)), &t)?;
+    }
+    if !exists {
+        // The whole tree in one rename.
+        let tmp = tmp.keep();
+        return std::fs::rename(&tmp, dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            format!("{}: {e}", dir.display()).into()
+        });
+    }
+    check_merge(tmp.path(), dir)?;
+    move_into(tmp.path(), dir)
 }
 
-/// Moves the tree `from` into `to` (a rename when `to` does not exist yet).
-fn move_into(from: &Path, to: &Path) -> CliResult {
-    if !to.exists() {
-        return std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()).into());
+/// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
+/// directory on a directory or nothing.
+fn check_merge(from: &Path, to: &Path) -> CliResult {
+    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        match (src.is_dir(), dst.exists(), dst.is_dir()) {
+            (true, true, true) => check_merge(&src, &dst)?,
+            (true, true, false) => {
+                return Err(format!("{} exists and is not a directory", dst.display()).into())
+            }
+            (false, true, true) => {
+                return Err(format!("{} exists and is a directory", dst.display()).into())
+            }
+            _ => {}
+        }
     }
+    Ok(())
+}
+
+/// Moves the tree `from` into the existing directory `to`, file by file (each a rename).
+fn move_into(from: &Path, to: &Path) -> CliResult {
     for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
         let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
