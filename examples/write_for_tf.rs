@@ -8,19 +8,14 @@
 
 use std::path::Path;
 
+// The test suite's seeded generator and box oracle.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{cut, Rng};
+
 use tfckpt::{
     npy, write_checkpoint_state, CheckpointWriter, DType, Slice, Tensor, TensorRef, WriterOptions,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
     let n: u64 = shape.iter().product();
@@ -47,44 +42,6 @@ fn tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
                 .collect();
             Tensor::from_strings(shape, strings).unwrap()
         }
-    }
-}
-
-fn cut(t: &Tensor, ranges: &[(u64, u64)]) -> Tensor {
-    let shape: Vec<u64> = ranges.iter().map(|r| r.1).collect();
-    let count: u64 = shape.iter().product();
-    let mut idx = vec![0u64; ranges.len()];
-    let mut flat = Vec::new();
-    for _ in 0..count {
-        let mut f = 0;
-        for d in 0..ranges.len() {
-            f = f * t.shape[d] + ranges[d].0 + idx[d];
-        }
-        flat.push(f as usize);
-        for d in (0..ranges.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < ranges[d].1 {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    match t.dtype.size() {
-        Some(s) => Tensor::from_bytes(
-            t.dtype,
-            &shape,
-            flat.iter()
-                .flat_map(|&i| t.bytes().unwrap()[i * s..(i + 1) * s].to_vec())
-                .collect(),
-        )
-        .unwrap(),
-        None => Tensor::from_strings(
-            &shape,
-            flat.iter()
-                .map(|&i| t.strings().unwrap()[i].clone())
-                .collect(),
-        )
-        .unwrap(),
     }
 }
 
