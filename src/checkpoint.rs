@@ -500,36 +500,8 @@ impl Checkpoint {
                 return Ok(1);
             }
         }
-        let shape = &info.shape;
-        let stored: Vec<Slice> = if info.slices.is_empty() {
-            vec![Slice::full(shape.len())]
-        } else {
-            info.slices.clone()
-        };
-        let ranges: Vec<Vec<(u64, u64)>> = stored.iter().map(|s| s.ranges(shape)).collect();
-        check_overlaps(info, &stored, &ranges)?;
-        let wants: Vec<Vec<(u64, u64)>> = reqs.iter().map(|(r, _)| r.ranges(shape)).collect();
-        // Coverage first, so that nothing is read for a request that must fail.
-        for (i, want) in wants.iter().enumerate() {
-            let want_n = num_elements(&slice_lengths(want)).unwrap_or(0);
-            let covered: u64 = ranges
-                .iter()
-                .filter_map(|have| slice::intersect(have, want))
-                .map(|inter| num_elements(&slice_lengths(&inter)).unwrap_or(0))
-                .sum();
-            if covered != want_n {
-                return Err(ErrorKind::InsufficientSlices {
-                    tensor: info.name.clone(),
-                    requested: reqs[i].0.to_string(),
-                    stored: stored
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-                .into());
-            }
-        }
+        let requests: Vec<&Slice> = reqs.iter().map(|(r, _)| *r).collect();
+        let (stored, ranges, wants) = coverage(info, &requests)?;
         let mut read = 0;
         for (s, have) in stored.iter().zip(&ranges) {
             let users: Vec<(usize, Vec<(u64, u64)>)> = wants
@@ -546,6 +518,95 @@ impl Checkpoint {
         Ok(read)
     }
 
+    /// For the GPU path: the stored slices of a fixed-size tensor of a little-endian V2 bundle,
+    /// each with its box, its shard mapping, its byte range there (checked against the shard's
+    /// length) and its entry's checksum; `None` where the bytes need conversion on the host first
+    /// (V1 files, big-endian bundles, strings).
+    #[cfg(any(test, feature = "cuda"))]
+    pub(crate) fn device_sources(&self, info: &TensorInfo) -> Result<Option<Vec<DeviceSource>>> {
+        let Inner::V2(b) = &self.inner else {
+            return Ok(None);
+        };
+        if info.dtype.size().is_none() || (b.index.big_endian && info.dtype.swap_unit() > 1) {
+            return Ok(None);
+        }
+        let stored: Vec<Slice> = if info.slices.is_empty() {
+            vec![Slice::full(info.shape.len())]
+        } else {
+            info.slices.clone()
+        };
+        let mut out = Vec::with_capacity(stored.len());
+        for s in stored {
+            let e = self.v2_entry(b, info, &s)?;
+            let (map, range) = b.locate(e)?;
+            out.push(DeviceSource {
+                have: s.ranges(&info.shape),
+                map,
+                range,
+                crc: e.crc,
+                path: b.shard_path(e.shard),
+                entry: crate::index::key_name(&e.key),
+                offset: e.offset,
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
+/// One stored slice as the GPU path reads it (see [`Checkpoint::device_sources`]).
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) struct DeviceSource {
+    pub have: Vec<(u64, u64)>,
+    pub map: std::sync::Arc<crate::mmap::MappedFile>,
+    pub range: std::ops::Range<usize>,
+    pub crc: u32,
+    pub path: PathBuf,
+    pub entry: String,
+    pub offset: u64,
+}
+
+/// The stored boxes of `info` (checked not to overlap) and the requested boxes, after checking
+/// that the stored slices cover every request; nothing is read for a request that must fail.
+#[allow(clippy::type_complexity)]
+pub(crate) fn coverage(
+    info: &TensorInfo,
+    requests: &[&Slice],
+) -> Result<(Vec<Slice>, Vec<Vec<(u64, u64)>>, Vec<Vec<(u64, u64)>>)> {
+    {
+        let shape = &info.shape;
+        let stored: Vec<Slice> = if info.slices.is_empty() {
+            vec![Slice::full(shape.len())]
+        } else {
+            info.slices.clone()
+        };
+        let ranges: Vec<Vec<(u64, u64)>> = stored.iter().map(|s| s.ranges(shape)).collect();
+        check_overlaps(info, &stored, &ranges)?;
+        let wants: Vec<Vec<(u64, u64)>> = requests.iter().map(|r| r.ranges(shape)).collect();
+        for (i, want) in wants.iter().enumerate() {
+            let want_n = num_elements(&slice_lengths(want)).unwrap_or(0);
+            let covered: u64 = ranges
+                .iter()
+                .filter_map(|have| slice::intersect(have, want))
+                .map(|inter| num_elements(&slice_lengths(&inter)).unwrap_or(0))
+                .sum();
+            if covered != want_n {
+                return Err(ErrorKind::InsufficientSlices {
+                    tensor: info.name.clone(),
+                    requested: requests[i].to_string(),
+                    stored: stored
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into());
+            }
+        }
+        Ok((stored, ranges, wants))
+    }
+}
+
+impl Checkpoint {
     /// Reads stored slice `s` (box `have`) once and copies its intersection with each user request
     /// (`(request index, intersection)`) into that request's output.
     fn copy_stored(

@@ -394,6 +394,16 @@ pub enum ErrorKind {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A GPU operation failed during a load.
+    #[error("device {device}: {op} failed: {reason}")]
+    Device {
+        /// The device.
+        device: String,
+        /// What was being done (and for which variable, where known).
+        op: String,
+        /// The driver's error.
+        reason: String,
+    },
     /// Memory for a tensor could not be allocated.
     #[error("cannot allocate {bytes} bytes for tensor {tensor:?}")]
     Allocation {

@@ -35,6 +35,7 @@ mod dtype;
 mod error;
 mod exec;
 mod fxhash;
+mod gpu;
 mod index;
 mod load;
 mod mmap;
@@ -59,6 +60,7 @@ pub use assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Ta
 pub use checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
+pub use gpu::{DeviceBuffer, DeviceStats, DeviceTensor};
 pub use load::{LoadOptions, LoadReport, Progress};
 pub use slice::{Extent, Slice};
 pub use tensor::{Tensor, TensorData};

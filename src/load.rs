@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::{Checkpoint, Out};
+use crate::checkpoint::{Checkpoint, Out, TensorInfo};
+use crate::dtype::DType;
 use crate::error::{ErrorKind, Result};
 use crate::slice::{num_elements, Slice};
 use crate::tensor::{Tensor, TensorData};
@@ -44,6 +45,8 @@ pub struct LoadReport {
     pub threads: usize,
     /// Warnings recorded by `init_from_checkpoint` calls (e.g. scopes that matched nothing).
     pub warnings: Vec<String>,
+    /// For a GPU load: the device and what each transfer path carried.
+    pub device: Option<crate::gpu::DeviceStats>,
 }
 
 impl LoadReport {
@@ -69,7 +72,19 @@ impl std::fmt::Display for LoadReport {
             self.load_seconds,
             self.finish_seconds,
             self.threads
-        )
+        )?;
+        if let Some(d) = &self.device {
+            write!(
+                f,
+                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels",
+                d.device,
+                d.registered_bytes,
+                d.staged_bytes,
+                d.staging_bytes >> 20,
+                d.kernels
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -94,6 +109,11 @@ pub struct LoadOptions {
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
     /// end); keep it cheap.
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
+    /// Convert values of one dtype to another on load (`None`: never, as TensorFlow).
+    pub cast: Option<(DType, DType)>,
+    /// GPU loads: page-lock the file mapping in place for DMA where possible (default), besides
+    /// the pinned staging ring. Off: staging only.
+    pub no_registration: bool,
 }
 
 impl LoadOptions {
@@ -105,6 +125,14 @@ impl LoadOptions {
     /// Use `n` worker threads.
     pub fn threads(mut self, n: usize) -> LoadOptions {
         self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Converts every value of dtype `from` to `to` as it loads: float32 to bfloat16 or float16
+    /// (round to nearest even), or back. On a GPU the conversion runs on the device; the values
+    /// are the same bit for bit on either device. TensorFlow never casts: this is opt-in.
+    pub fn cast(mut self, from: DType, to: DType) -> LoadOptions {
+        self.cast = Some((from, to));
         self
     }
 
@@ -120,6 +148,8 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("cast", &self.cast)
+            .field("no_registration", &self.no_registration)
             .finish()
     }
 }
@@ -190,41 +220,31 @@ impl VariableStore {
     }
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
-        if let Device::Cuda(_) = device {
+        if let Some((from, to)) = options.cast {
+            if !crate::gpu::cast::supported(from, to) {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "cannot cast {from} to {to} on load (float32 <-> bfloat16 or float16 only)"
+                ))
+                .into());
+            }
+        }
+        if let Device::Cuda(n) = device {
+            #[cfg(feature = "cuda")]
+            {
+                let link = crate::gpu::cuda::link(n)?;
+                return self.initialize_on(&*link, options, Default::default());
+            }
+            #[cfg(not(feature = "cuda"))]
             return Err(ErrorKind::DeviceUnavailable {
-                device: device.to_string(),
-                reason: "this build of tfckpt has no GPU support (the `cuda` feature); use the cpu device"
+                device: format!("cuda:{n}"),
+                reason: "this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
                     .into(),
             }
             .into());
         }
         let start = Instant::now();
-        // Open each checkpoint once (or reuse the index the call read), then plan the reads.
-        let mut opened = std::mem::take(&mut self.opened);
-        let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
-        let mut ckpt_ids: HashMap<&Path, usize> = HashMap::new();
-        let mut pending = Vec::with_capacity(self.pending.len());
-        for (var, p) in &self.pending {
-            let Some(v) = self.vars.get(var) else {
-                continue;
-            };
-            let c = match ckpt_ids.get(&*p.checkpoint) {
-                Some(&c) => c,
-                None => {
-                    // The index read by init_from_checkpoint, if the files have not changed since.
-                    let reuse = opened
-                        .iter()
-                        .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
-                    ckpts.push(match reuse {
-                        Some(i) => opened.swap_remove(i),
-                        None => Arc::new(Checkpoint::open(&p.checkpoint)?),
-                    });
-                    ckpt_ids.insert(&p.checkpoint, ckpts.len() - 1);
-                    ckpts.len() - 1
-                }
-            };
-            pending.push((v, c, p.tensor.as_str(), &p.slice));
-        }
+        let (ckpts, ids) = self.open_pending()?;
+        let pending = self.planned_pending(&ids);
         let plan = crate::plan::plan(pending, |c, t| ckpts[c].data_position(t));
         let tracker = Tracker {
             f: options.progress.as_deref(),
@@ -257,6 +277,11 @@ impl VariableStore {
             ..Default::default()
         };
         let mut loaded: Vec<(String, Tensor)> = loaded.into_iter().flat_map(|l| l.1).collect();
+        if let Some((from, to)) = options.cast {
+            for (_, t) in &mut loaded {
+                cast_tensor(t, from, to)?;
+            }
+        }
         loaded.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
         for (_, t) in &loaded {
             report.bytes += match &t.data {
@@ -272,7 +297,11 @@ impl VariableStore {
             match loaded.next_if(|(name, _)| *name == v.name) {
                 Some(pair) => values.push(pair),
                 None => {
-                    values.push((v.name.clone(), init_tensor(v)?));
+                    let mut t = init_tensor(v)?;
+                    if let Some((from, to)) = options.cast {
+                        cast_tensor(&mut t, from, to)?;
+                    }
+                    values.push((v.name.clone(), t));
                     report.from_initializer += 1;
                 }
             }
@@ -280,14 +309,63 @@ impl VariableStore {
         report.variables = values.len();
         // Sorted input: the map is built in one pass, not by a search per insert.
         self.values = BTreeMap::from_iter(values);
+        self.device_values.clear();
         report.finish_seconds = copied.elapsed().as_secs_f64();
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }
 
+    /// Opens each checkpoint of the pending initializers once, reusing the index read by
+    /// `init_from_checkpoint` when its files are unchanged. Returns the checkpoints and, for each
+    /// pending entry in order, the index of its checkpoint (`usize::MAX` for a variable no longer
+    /// in the store).
+    pub(crate) fn open_pending(&mut self) -> Result<(Vec<Arc<Checkpoint>>, Vec<usize>)> {
+        let mut opened = std::mem::take(&mut self.opened);
+        let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
+        let mut ckpt_ids: HashMap<&Path, usize> = HashMap::new();
+        let mut ids = Vec::with_capacity(self.pending.len());
+        for (var, p) in &self.pending {
+            if !self.vars.contains_key(var) {
+                ids.push(usize::MAX);
+                continue;
+            }
+            let c = match ckpt_ids.get(&*p.checkpoint) {
+                Some(&c) => c,
+                None => {
+                    let reuse = opened
+                        .iter()
+                        .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
+                    ckpts.push(match reuse {
+                        Some(i) => opened.swap_remove(i),
+                        None => Arc::new(Checkpoint::open(&p.checkpoint)?),
+                    });
+                    ckpt_ids.insert(&p.checkpoint, ckpts.len() - 1);
+                    ckpts.len() - 1
+                }
+            };
+            ids.push(c);
+        }
+        Ok((ckpts, ids))
+    }
+
+    /// The pending initializers as the planner takes them.
+    pub(crate) fn planned_pending<'s>(
+        &'s self,
+        ids: &[usize],
+    ) -> Vec<(&'s Variable, usize, &'s str, &'s Slice)> {
+        self.pending
+            .iter()
+            .zip(ids)
+            .filter_map(|((var, p), &c)| {
+                let v = self.vars.get(var)?;
+                Some((v, c, p.tensor.as_str(), &p.slice))
+            })
+            .collect()
+    }
+
     /// Loads every destination of one checkpoint tensor, re-checking what the call checked (the
     /// checkpoint may have changed since).
-    fn load_group(
+    pub(crate) fn load_group(
         &self,
         ckpt: &Checkpoint,
         tensor: &str,
@@ -296,35 +374,7 @@ impl VariableStore {
         let info = ckpt.tensor(tensor)?;
         let mut bufs = Vec::with_capacity(dests.len());
         for &(v, slice) in dests {
-            // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
-            // is the partitioned variable's full shape.
-            let (name, shape) = match (&v.part, slice.is_full()) {
-                (Some(p), false) => (&p.full_name, &p.full_shape),
-                _ => (&v.name, &v.shape),
-            };
-            if *shape != info.shape
-                || slice.check(&info.shape).is_err()
-                || slice.shape(&info.shape) != v.shape
-            {
-                return Err(ErrorKind::ShapeMismatch {
-                    ckpt: ckpt.prefix().to_path_buf(),
-                    variable: name.clone(),
-                    variable_shape: shape.clone(),
-                    tensor: tensor.into(),
-                    tensor_shape: info.shape.clone(),
-                }
-                .into());
-            }
-            if v.dtype != info.dtype {
-                return Err(ErrorKind::DtypeMismatch {
-                    ckpt: ckpt.prefix().to_path_buf(),
-                    variable: v.name.clone(),
-                    variable_dtype: v.dtype,
-                    tensor: tensor.into(),
-                    tensor_dtype: info.dtype,
-                }
-                .into());
-            }
+            check_dest(ckpt, info, v, slice)?;
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
                 Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, &v.name)?),
@@ -374,4 +424,62 @@ impl VariableStore {
             .collect();
         Ok((reads, values))
     }
+}
+
+/// Checks that `v` (with its box `slice`) can take its value from tensor `info` — what the call
+/// checked, checked again since the checkpoint may have changed.
+pub(crate) fn check_dest(
+    ckpt: &Checkpoint,
+    info: &TensorInfo,
+    v: &Variable,
+    slice: &Slice,
+) -> Result<()> {
+    // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
+    // is the partitioned variable's full shape.
+    let (name, shape) = match (&v.part, slice.is_full()) {
+        (Some(p), false) => (&p.full_name, &p.full_shape),
+        _ => (&v.name, &v.shape),
+    };
+    // A part of an empty variable may have an empty extent, which is no valid slice; it takes
+    // nothing, as `init_from_checkpoint` accepted.
+    let empty = num_elements(&v.shape) == Some(0);
+    if *shape != info.shape
+        || (slice.check(&info.shape).is_err() && !empty)
+        || slice.shape(&info.shape) != v.shape
+    {
+        return Err(ErrorKind::ShapeMismatch {
+            ckpt: ckpt.prefix().to_path_buf(),
+            variable: name.clone(),
+            variable_shape: shape.clone(),
+            tensor: info.name.clone(),
+            tensor_shape: info.shape.clone(),
+        }
+        .into());
+    }
+    if v.dtype != info.dtype {
+        return Err(ErrorKind::DtypeMismatch {
+            ckpt: ckpt.prefix().to_path_buf(),
+            variable: v.name.clone(),
+            variable_dtype: v.dtype,
+            tensor: info.name.clone(),
+            tensor_dtype: info.dtype,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Converts a loaded value for [`LoadOptions::cast`] (other dtypes are left alone).
+pub(crate) fn cast_tensor(t: &mut Tensor, from: DType, to: DType) -> Result<()> {
+    if t.dtype != from {
+        return Ok(());
+    }
+    if let TensorData::Bytes(b) = &t.data {
+        let n = b.len() / from.size().unwrap_or(1);
+        let mut out = crate::mmap::alloc_zeroed(n * to.size().unwrap_or(1), "cast value")?;
+        crate::gpu::cast::convert(from, to, b, &mut out);
+        t.data = TensorData::Bytes(out);
+        t.dtype = to;
+    }
+    Ok(())
 }

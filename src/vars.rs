@@ -87,11 +87,26 @@ pub struct PartitionedVariable {
 pub enum Device {
     /// Host memory.
     Cpu,
-    /// GPU `n` (needs the `cuda` feature, which arrives with the GPU issue).
+    /// GPU `n`. Needs the crate's `cuda` feature and a GPU; otherwise `initialize` answers with
+    /// [`ErrorKind::DeviceUnavailable`](crate::ErrorKind::DeviceUnavailable).
     Cuda(u32),
 }
 
 impl Device {
+    /// GPUs this process can use: 0 without the `cuda` feature, without an NVIDIA driver, or
+    /// without a GPU.
+    pub fn gpu_count() -> usize {
+        #[cfg(feature = "cuda")]
+        {
+            if crate::gpu::cuda::driver_present() {
+                return cudarc::driver::CudaContext::device_count()
+                    .map(|n| n.max(0) as usize)
+                    .unwrap_or(0);
+            }
+        }
+        0
+    }
+
     /// Parses `cpu`, `cuda` or `cuda:N`.
     pub fn parse(s: &str) -> Option<Device> {
         match s {
@@ -130,6 +145,10 @@ pub struct VariableStore {
     pub(crate) partitioned: BTreeMap<String, PartitionedVariable>,
     pub(crate) pending: BTreeMap<String, Pending>,
     pub(crate) values: BTreeMap<String, Tensor>,
+    /// Values loaded to a GPU (string variables stay on the host, in `values`).
+    pub(crate) device_values: BTreeMap<String, crate::gpu::DeviceTensor>,
+    /// Buffers the trainer handed in for some variables (used by the next GPU initialization).
+    pub(crate) device_buffers: BTreeMap<String, crate::gpu::DeviceBuffer>,
     pub(crate) warnings: Vec<String>,
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
@@ -310,7 +329,58 @@ impl VariableStore {
 
     /// Whether the store's variables have been initialized (all of them, or none).
     pub fn is_initialized(&self) -> bool {
-        !self.vars.is_empty() && self.values.len() == self.vars.len()
+        !self.vars.is_empty() && self.values.len() + self.device_values.len() == self.vars.len()
+    }
+
+    /// The device value of a variable or part after `initialize(Device::Cuda(_))`; `None` before,
+    /// after a host initialization, and for string variables (kept on the host: see
+    /// [`value`](Self::value)).
+    pub fn device_value(&self, name: &str) -> Option<&crate::gpu::DeviceTensor> {
+        self.device_values.get(name)
+    }
+
+    /// Every device value, by variable name.
+    pub fn device_values(&self) -> impl Iterator<Item = (&str, &crate::gpu::DeviceTensor)> {
+        self.device_values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Loads variable (or part) `name` into the trainer's own device memory at the next GPU
+    /// initialization, instead of memory the library allocates. The buffer must hold exactly the
+    /// variable's bytes (in the dtype it will have on the device).
+    pub fn set_device_buffer(
+        &mut self,
+        name: &str,
+        buffer: crate::gpu::DeviceBuffer,
+    ) -> Result<()> {
+        let v = self
+            .vars
+            .get(name)
+            .ok_or_else(|| ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: crate::suggest::close_names(
+                    name,
+                    self.vars.keys().map(|k| k.as_str()),
+                ),
+            })?;
+        if v.dtype.size().is_none() {
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: "string variables stay in host memory".into(),
+            }
+            .into());
+        }
+        self.device_buffers.insert(name.into(), buffer);
+        Ok(())
+    }
+
+    /// Copies every device value back into host memory, so that [`value`](Self::value) and
+    /// [`partitioned_value`](Self::partitioned_value) see it (the device values stay).
+    pub fn fetch_to_host(&mut self) -> Result<()> {
+        for (name, d) in &self.device_values {
+            let t = d.to_host()?;
+            self.values.insert(name.clone(), t);
+        }
+        Ok(())
     }
 
     /// The whole value of a partitioned variable (its parts joined along the split axis), after

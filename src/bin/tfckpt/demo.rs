@@ -307,8 +307,17 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
         call.assignments.len(),
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let report = store.initialize(Device::Cpu)?;
-    println!("  initialize: {report}");
+    // On the GPU when there is one (a build with the `cuda` feature on a machine with a GPU).
+    let device = if Device::gpu_count() > 0 {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    };
+    let report = store.initialize(device)?;
+    println!("  initialize on {device}: {report}");
+    if device != Device::Cpu {
+        store.fetch_to_host()?; // for the spot checks below
+    }
     // Spot checks: part 1 of the re-partitioned embedding, the unmapped bias, the step.
     let rows = plan.vocab / 5 + u64::from(1 < plan.vocab % 5);
     let start = (plan.vocab / 5 + u64::from(0 < plan.vocab % 5)) * plan.width * 4;

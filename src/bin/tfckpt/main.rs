@@ -240,6 +240,8 @@ fn init(
     bar.finish();
     let report = report?;
     if let Some(dir) = out {
+        // Device values are copied back to be written.
+        store.fetch_to_host()?;
         write_outputs(dir, &store)?;
     }
     println!("tfckpt init: {report}");

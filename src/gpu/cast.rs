@@ -1,0 +1,186 @@
+//! The opt-in dtype conversion on load ([`LoadOptions::cast`](crate::LoadOptions::cast)), on the
+//! host. The device kernels in `kernels/cast.cu` are the same algorithms bit for bit (round to
+//! nearest even, NaNs kept quiet with their top payload bits), so a value loaded to the GPU equals
+//! the value loaded to host memory.
+
+use crate::DType;
+
+/// The conversions offered: float32 to bfloat16 or float16, and back.
+pub(crate) fn supported(from: DType, to: DType) -> bool {
+    matches!(
+        (from, to),
+        (DType::F32, DType::BF16)
+            | (DType::F32, DType::F16)
+            | (DType::BF16, DType::F32)
+            | (DType::F16, DType::F32)
+    )
+}
+
+pub(crate) fn f32_to_bf16(x: u32) -> u16 {
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        return ((x >> 16) | 0x40) as u16;
+    }
+    let round_bit = 0x8000;
+    let h = (x >> 16) as u16;
+    if x & round_bit != 0 && x & (3 * round_bit - 1) != 0 {
+        h.wrapping_add(1)
+    } else {
+        h
+    }
+}
+
+pub(crate) fn f32_to_f16(x: u32) -> u16 {
+    let (sign, exp, man) = (x & 0x8000_0000, x & 0x7f80_0000, x & 0x007f_ffff);
+    if exp == 0x7f80_0000 {
+        let nan_bit = if man == 0 { 0 } else { 0x0200 };
+        return ((sign >> 16) | 0x7c00 | nan_bit | (man >> 13)) as u16;
+    }
+    let half_sign = sign >> 16;
+    let half_exp = (exp >> 23) as i32 - 127 + 15;
+    if half_exp >= 0x1f {
+        return (half_sign | 0x7c00) as u16;
+    }
+    if half_exp <= 0 {
+        if 14 - half_exp > 24 {
+            return half_sign as u16;
+        }
+        let man = man | 0x0080_0000;
+        let mut half_man = man >> (14 - half_exp);
+        let round_bit = 1u32 << (13 - half_exp);
+        if man & round_bit != 0 && man & (3 * round_bit - 1) != 0 {
+            half_man += 1;
+        }
+        return (half_sign | half_man) as u16;
+    }
+    let h = half_sign | ((half_exp as u32) << 10) | (man >> 13);
+    let round_bit = 0x1000;
+    if man & round_bit != 0 && man & (3 * round_bit - 1) != 0 {
+        (h + 1) as u16
+    } else {
+        h as u16
+    }
+}
+
+pub(crate) fn bf16_to_f32(h: u16) -> u32 {
+    (h as u32) << 16
+}
+
+pub(crate) fn f16_to_f32(i: u16) -> u32 {
+    let h = i as u32;
+    if h & 0x7fff == 0 {
+        return h << 16;
+    }
+    let (sign, exp, man) = ((h & 0x8000) << 16, h & 0x7c00, h & 0x03ff);
+    if exp == 0x7c00 {
+        return if man == 0 {
+            sign | 0x7f80_0000
+        } else {
+            sign | 0x7fc0_0000 | (man << 13)
+        };
+    }
+    if exp == 0 {
+        let e = man.leading_zeros() - 22;
+        return sign | ((127 - 15 - e) << 23) | ((man << (14 + e)) & 0x7f_ffff);
+    }
+    sign | (((exp >> 10) + (127 - 15)) << 23) | (man << 13)
+}
+
+/// Converts little-endian elements of `from` in `src` into `to` in `dst` (`dst` sized for them).
+pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
+    let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let h = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    match (from, to) {
+        (DType::F32, DType::BF16 | DType::F16) => {
+            let f = if to == DType::BF16 {
+                f32_to_bf16
+            } else {
+                f32_to_f16
+            };
+            for (s, d) in src.chunks_exact(4).zip(dst.chunks_exact_mut(2)) {
+                d.copy_from_slice(&f(w(s)).to_le_bytes());
+            }
+        }
+        (DType::BF16 | DType::F16, DType::F32) => {
+            let f = if from == DType::BF16 {
+                bf16_to_f32
+            } else {
+                f16_to_f32
+            };
+            for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(4)) {
+                d.copy_from_slice(&f(h(s)).to_le_bytes());
+            }
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_to_f32_exact_for_every_value() {
+        for i in 0..=u16::MAX {
+            let f = half::f16::from_bits(i);
+            let b = half::bf16::from_bits(i);
+            if f.is_nan() {
+                assert!(f32::from_bits(f16_to_f32(i)).is_nan());
+            } else {
+                assert_eq!(f16_to_f32(i), f32::from(f).to_bits(), "f16 {i:#06x}");
+            }
+            if b.is_nan() {
+                // Exact widening keeps a signalling NaN's bits; `half` quiets it.
+                assert!(f32::from_bits(bf16_to_f32(i)).is_nan());
+            } else {
+                assert_eq!(bf16_to_f32(i), f32::from(b).to_bits(), "bf16 {i:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_to_half_rounds_like_half() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let check = |bits: u32| {
+            let f = f32::from_bits(bits);
+            if f.is_nan() {
+                assert!(half::f16::from_bits(f32_to_f16(bits)).is_nan());
+                assert!(half::bf16::from_bits(f32_to_bf16(bits)).is_nan());
+                return;
+            }
+            assert_eq!(f32_to_f16(bits), half::f16::from_f32(f).to_bits(), "{f:e}");
+            assert_eq!(
+                f32_to_bf16(bits),
+                half::bf16::from_f32(f).to_bits(),
+                "{f:e}"
+            );
+        };
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check(x as u32);
+        }
+        // Edges: ties, subnormal boundaries, overflow, infinities.
+        for bits in [
+            0u32,
+            0x8000_0000,
+            0x3f80_0000,
+            0x3f80_1000,
+            0x3f80_3000,
+            0x3380_0000,
+            0x3300_0000,
+            0x3300_0001,
+            0x387f_e000,
+            0x477f_f000,
+            0x477f_efff,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x0000_0001,
+            0x3f80_8000,
+            0x3f81_8000,
+        ] {
+            check(bits);
+        }
+    }
+}

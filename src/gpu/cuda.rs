@@ -1,0 +1,451 @@
+//! The executor's [`Link`] on a real GPU, with cudarc: the driver API and NVRTC, both loaded at
+//! run time, so the crate builds and runs without CUDA installed. Every first touch of the driver
+//! is guarded by `is_culib_present()` (cudarc panics when the library is missing); every driver
+//! failure becomes [`ErrorKind::Device`] naming the operation.
+//!
+//! One link per GPU is kept for the life of the process: the context, three streams (the DMA lane
+//! and two ring lanes), the pinned staging buffers (pinning 256 MiB takes a noticeable fraction of
+//! a second: paid once) and the kernels (compiled by NVRTC on first use).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+use super::exec::{Kernel, Link, LANES};
+use super::Memory;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The kernel sources of `kernels/`, compiled into the crate.
+pub(crate) const SOURCES: &[(&str, &str)] = &[
+    ("slice_copy.cu", include_str!("../../kernels/slice_copy.cu")),
+    ("cast.cu", include_str!("../../kernels/cast.cu")),
+];
+
+/// Every kernel the executor launches, by source.
+pub(crate) const FUNCTIONS: &[(&str, &[&str])] = &[
+    (
+        "slice_copy.cu",
+        &["copy2d_1", "copy2d_2", "copy2d_4", "copy2d_8", "copy2d_16"],
+    ),
+    (
+        "cast.cu",
+        &[
+            "cast2d_f32_bf16",
+            "cast2d_f32_f16",
+            "cast2d_bf16_f32",
+            "cast2d_f16_f32",
+        ],
+    ),
+];
+
+/// Whether the CUDA driver library can be loaded.
+pub(crate) fn driver_present() -> bool {
+    // SAFETY: only tries to load the library; no other driver call.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether NVRTC can be loaded.
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only tries to load the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles every kernel source to PTX for `arch` (e.g. `sm_90`; `None`: NVRTC's default, JIT
+/// compiled by the driver on load). Needs NVRTC, not a GPU.
+pub(crate) fn compile(
+    arch: Option<&'static str>,
+) -> std::result::Result<Vec<(&'static str, Ptx)>, String> {
+    if !nvrtc_present() {
+        return Err("NVRTC (libnvrtc.so.13) cannot be loaded: install nvidia-cuda-nvrtc 13.0 and put its lib folder on LD_LIBRARY_PATH".into());
+    }
+    SOURCES
+        .iter()
+        .map(|(name, src)| {
+            compile_ptx_with_opts(
+                src,
+                CompileOptions {
+                    arch,
+                    name: Some((*name).into()),
+                    ..Default::default()
+                },
+            )
+            .map(|ptx| (*name, ptx))
+            .map_err(|e| format!("kernels/{name}: {e:?}"))
+        })
+        .collect()
+}
+
+fn device_err(device: u32, op: impl Into<String>, e: impl std::fmt::Debug) -> Error {
+    ErrorKind::Device {
+        device: format!("cuda:{device}"),
+        op: op.into(),
+        reason: format!("{e:?}"),
+    }
+    .into()
+}
+
+fn unavailable(device: u32, reason: impl Into<String>) -> Error {
+    ErrorKind::DeviceUnavailable {
+        device: format!("cuda:{device}"),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// A GPU, ready for loads.
+pub(crate) struct CudaLink {
+    ordinal: u32,
+    ctx: Arc<CudaContext>,
+    lanes: Vec<Arc<CudaStream>>,
+    functions: OnceLock<std::result::Result<HashMap<&'static str, CudaFunction>, String>>,
+    staging: Mutex<Vec<PinnedHostSlice<u8>>>,
+}
+
+/// The link of GPU `ordinal`, made on first use and kept for the process.
+pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
+    static LINKS: OnceLock<Mutex<HashMap<u32, Arc<CudaLink>>>> = OnceLock::new();
+    let mut links = LINKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = links.get(&ordinal) {
+        return Ok(l.clone());
+    }
+    if !driver_present() {
+        return Err(unavailable(
+            ordinal,
+            "the CUDA driver library (libcuda.so) cannot be loaded: no NVIDIA driver on this machine, or it is not on the loader path",
+        ));
+    }
+    let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, format!("{e:?}")))?;
+    if ordinal as i64 >= count as i64 {
+        return Err(unavailable(
+            ordinal,
+            format!("this machine has {count} GPU(s)"),
+        ));
+    }
+    let ctx = CudaContext::new(ordinal as usize)
+        .map_err(|e| device_err(ordinal, "creating a context", e))?;
+    // SAFETY: the executor orders its streams itself (fences), and values are read only after
+    // `initialize` synchronised every lane.
+    unsafe { ctx.disable_event_tracking() };
+    let lanes = (0..LANES)
+        .map(|_| ctx.new_stream())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| device_err(ordinal, "creating streams", e))?;
+    let l = Arc::new(CudaLink {
+        ordinal,
+        ctx,
+        lanes,
+        functions: OnceLock::new(),
+        staging: Mutex::new(Vec::new()),
+    });
+    links.insert(ordinal, l.clone());
+    Ok(l)
+}
+
+impl CudaLink {
+    fn err(&self, op: impl Into<String>, e: impl std::fmt::Debug) -> Error {
+        device_err(self.ordinal, op, e)
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.err("binding the context", e))
+    }
+
+    fn functions(&self) -> Result<&HashMap<&'static str, CudaFunction>> {
+        let made = self.functions.get_or_init(|| {
+            let (major, minor) = self
+                .ctx
+                .compute_capability()
+                .map_err(|e| format!("{e:?}"))?;
+            // NVRTC takes a 'static arch name: the ones this crate targets, else NVRTC's default
+            // (PTX JIT-compiled by the driver).
+            let arch = match (major, minor) {
+                (9, 0) => Some("sm_90"),
+                (8, 0) => Some("sm_80"),
+                (8, 9) => Some("sm_89"),
+                (10, 0) => Some("sm_100"),
+                _ => None,
+            };
+            let mut out = HashMap::new();
+            for (name, ptx) in compile(arch)? {
+                let module = self
+                    .ctx
+                    .load_module(ptx)
+                    .map_err(|e| format!("loading kernels/{name}: {e:?}"))?;
+                let fns = FUNCTIONS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default();
+                for f in fns {
+                    let func = module
+                        .load_function(f)
+                        .map_err(|e| format!("kernel {f}: {e:?}"))?;
+                    out.insert(*f, func);
+                }
+            }
+            Ok(out)
+        });
+        made.as_ref()
+            .map_err(|e| unavailable(self.ordinal, format!("the kernels cannot be prepared: {e}")))
+    }
+}
+
+impl Link for CudaLink {
+    type Fence = CudaEvent;
+
+    fn device(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+
+    fn alloc(&self, bytes: usize, what: &str) -> Result<Arc<dyn Memory>> {
+        let stream = &self.lanes[0];
+        // SAFETY: uninitialised device memory; the load writes every byte before it is read.
+        let slice = unsafe { stream.alloc::<u8>(bytes.max(1)) }
+            .map_err(|e| self.err(format!("allocating {bytes} bytes for {what:?}"), e))?;
+        Ok(Arc::new(Owned { slice, len: bytes }))
+    }
+
+    unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
+        self.bind().map_err(|e| e.to_string())?;
+        // SAFETY: the caller guarantees the range is mapped until `unregister`.
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                ptr as *mut std::ffi::c_void,
+                len,
+                sys::CU_MEMHOSTREGISTER_READ_ONLY,
+            )
+        }
+        .result()
+        .map_err(|e| format!("cuMemHostRegister of {len} bytes: {e:?}"))
+    }
+
+    unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
+        self.bind()?;
+        // SAFETY: registered by `register`; the caller waited for every copy from it.
+        unsafe { sys::cuMemHostUnregister(ptr as *mut std::ffi::c_void) }
+            .result()
+            .map_err(|e| self.err("cuMemHostUnregister", e))
+    }
+
+    unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `src` stays valid until the lane's next fence and that
+        // `dst` lies in a live allocation.
+        unsafe { result::memcpy_htod_async(dst, src, self.lanes[lane].cu_stream()) }
+            .map_err(|e| self.err(format!("copying {} bytes to {dst:#x}", src.len()), e))
+    }
+
+    fn fence(&self, lane: usize) -> Result<CudaEvent> {
+        let ev = self
+            .ctx
+            .new_event(None)
+            .map_err(|e| self.err("creating an event", e))?;
+        ev.record(&self.lanes[lane])
+            .map_err(|e| self.err("recording an event", e))?;
+        Ok(ev)
+    }
+
+    fn wait(&self, fence: CudaEvent) -> Result<()> {
+        fence
+            .synchronize()
+            .map_err(|e| self.err("waiting for copies", e))
+    }
+
+    fn with_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+    ) -> Result<R> {
+        let mut bufs = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if bufs.len() < count || bufs.iter().any(|b| b.len() < bytes) {
+            bufs.clear();
+            for _ in 0..count {
+                // Flags 0: not write-combined, so CPU writes run at full speed (gpu-notes.md).
+                // SAFETY: the memory is written before it is copied anywhere.
+                let b = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }
+                    .map_err(|e| self.err(format!("pinning {bytes} bytes of staging"), e))?;
+                bufs.push(b);
+            }
+        }
+        let mut slices = Vec::with_capacity(count);
+        for b in bufs.iter_mut().take(count) {
+            let s = b
+                .as_mut_slice()
+                .map_err(|e| self.err("staging buffer", e))?;
+            slices.push(&mut s[..bytes]);
+        }
+        Ok(f(&mut slices))
+    }
+
+    fn kernel(&self, k: &Kernel) -> Result<()> {
+        let f = self
+            .functions()?
+            .get(k.name)
+            .ok_or_else(|| unavailable(self.ordinal, format!("no kernel {}", k.name)))?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                k.row.div_ceil(256).clamp(1, 1024) as u32,
+                k.rows.clamp(1, 65535) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let stream = &self.lanes[0];
+        let mut launch = stream.launch_builder(f);
+        launch
+            .arg(&k.src)
+            .arg(&k.dst)
+            .arg(&k.rows)
+            .arg(&k.row)
+            .arg(&k.src_stride)
+            .arg(&k.dst_stride);
+        // SAFETY: the kernel's parameters are (const T*, T*, u64 x4) as passed; the planner keeps
+        // every addressed element inside the scratch and destination allocations.
+        unsafe { launch.launch(cfg) }
+            .map(drop)
+            .map_err(|e| self.err(format!("launching {}", k.name), e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        for l in &self.lanes {
+            l.synchronize().map_err(|e| self.err("synchronising", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Device memory allocated by the library (or handed in as a cudarc slice).
+pub(crate) struct Owned {
+    slice: CudaSlice<u8>,
+    len: usize,
+}
+
+impl Owned {
+    pub(crate) fn new(slice: CudaSlice<u8>) -> Owned {
+        let len = slice.len();
+        Owned { slice, len }
+    }
+}
+
+impl Memory for Owned {
+    fn ptr(&self) -> u64 {
+        let (p, _sync) = self.slice.device_ptr(self.slice.stream());
+        p
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, dst: &mut [u8]) -> Result<()> {
+        let device = self.slice.ordinal() as u32;
+        if dst.len() != self.len {
+            return Err(device_err(device, "reading back", "wrong buffer size"));
+        }
+        let stream = self.slice.stream();
+        stream
+            .memcpy_dtoh(&self.slice.slice(..self.len), dst)
+            .and_then(|()| stream.synchronize())
+            .map_err(|e| device_err(device, "reading back", e))
+    }
+
+    fn device(&self) -> String {
+        format!("cuda:{}", self.slice.ordinal())
+    }
+
+    fn cuda_slice(&self) -> Option<&CudaSlice<u8>> {
+        Some(&self.slice)
+    }
+}
+
+/// Device memory the trainer handed in by address.
+pub(crate) struct Raw {
+    pub(crate) device: u32,
+    pub(crate) ptr: u64,
+    pub(crate) len: usize,
+}
+
+impl Memory for Raw {
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, dst: &mut [u8]) -> Result<()> {
+        if dst.len() != self.len {
+            return Err(device_err(self.device, "reading back", "wrong buffer size"));
+        }
+        let l = link(self.device)?;
+        l.bind()?;
+        l.synchronize()?;
+        // SAFETY: the trainer guaranteed (`DeviceBuffer::from_raw`) that the range is live device
+        // memory of this GPU.
+        unsafe { result::memcpy_dtoh_sync(dst, self.ptr) }
+            .map_err(|e| device_err(self.device, "reading back", e))
+    }
+
+    fn device(&self) -> String {
+        format!("cuda:{}", self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel compiles with NVRTC. CI installs NVRTC and sets `TFCKPT_REQUIRE_NVRTC=1`, so a
+    /// kernel source error fails the build there even without a GPU; elsewhere the test says why it
+    /// checked nothing.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        if !nvrtc_present() {
+            assert!(
+                std::env::var_os("TFCKPT_REQUIRE_NVRTC").is_none(),
+                "TFCKPT_REQUIRE_NVRTC is set but NVRTC cannot be loaded"
+            );
+            eprintln!("NVRTC not found: kernels not compiled (set LD_LIBRARY_PATH to nvidia-cuda-nvrtc's lib)");
+            return;
+        }
+        let ptx = compile(Some("sm_90")).unwrap_or_else(|e| panic!("{e}"));
+        for (name, fns) in FUNCTIONS {
+            let text = &ptx.iter().find(|(n, _)| n == name).unwrap().1.to_src();
+            for f in *fns {
+                assert!(text.contains(&format!(".entry {f}")), "{name}: no {f}");
+            }
+        }
+        // A broken kernel is rejected with the compiler's log.
+        let bad = compile_ptx_with_opts(
+            "extern \"C\" __global__ void k() { nope; }",
+            Default::default(),
+        );
+        assert!(bad.is_err());
+    }
+
+    /// Without a driver, asking for a GPU is a typed error, never a panic.
+    #[test]
+    fn no_driver_is_an_error() {
+        if driver_present() {
+            return;
+        }
+        let e = link(0).err().unwrap();
+        assert!(
+            matches!(e.kind(), ErrorKind::DeviceUnavailable { .. }),
+            "{e}"
+        );
+    }
+}

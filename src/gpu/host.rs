@@ -1,0 +1,203 @@
+//! An emulated device in host memory, for tests: the executor, the planner and the kernels'
+//! addressing run exactly as on a GPU, and this link checks what a GPU would not forgive (copies
+//! out of bounds, DMA from memory that is not registered, registrations left behind).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::exec::{Kernel, Link, LANES, LANE_REG};
+use super::Memory;
+use crate::error::{ErrorKind, Result};
+use crate::DType;
+
+struct HostMem {
+    base: u64,
+    data: Mutex<Vec<u8>>,
+}
+
+impl Memory for HostMem {
+    fn ptr(&self) -> u64 {
+        self.base
+    }
+    fn len(&self) -> usize {
+        self.data.lock().unwrap().len()
+    }
+    fn read(&self, dst: &mut [u8]) -> Result<()> {
+        dst.copy_from_slice(&self.data.lock().unwrap());
+        Ok(())
+    }
+    fn device(&self) -> String {
+        "emulated".into()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct HostLink {
+    mems: Mutex<BTreeMap<u64, Arc<HostMem>>>,
+    next: AtomicU64,
+    registered: Mutex<Vec<(usize, usize)>>,
+    /// Makes every registration fail (to exercise the staging-only path).
+    pub fail_register: AtomicBool,
+    /// Makes the n-th copy fail (1-based; 0 = never).
+    pub fail_copy_at: AtomicUsize,
+    pub copies: AtomicUsize,
+    pub registrations: AtomicUsize,
+}
+
+fn bad(msg: String) -> crate::Error {
+    ErrorKind::InvalidArgument(format!("emulated device: {msg}")).into()
+}
+
+impl HostLink {
+    fn find(&self, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
+        let mems = self.mems.lock().unwrap();
+        let (_, m) = mems
+            .range(..=addr)
+            .next_back()
+            .ok_or_else(|| bad(format!("address {addr:#x} is not allocated")))?;
+        let off = (addr - m.base) as usize;
+        if off + len > m.len() {
+            return Err(bad(format!(
+                "{len} bytes at {addr:#x} overrun an allocation of {} bytes",
+                m.len()
+            )));
+        }
+        Ok((m.clone(), off))
+    }
+
+    /// Registrations still in place (must be none after a load).
+    pub(crate) fn still_registered(&self) -> usize {
+        self.registered.lock().unwrap().len()
+    }
+
+    /// Allocations still alive (held by values, buffers or leaks).
+    pub(crate) fn live_allocations(&self) -> usize {
+        self.mems
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|m| Arc::strong_count(m) > 1)
+            .count()
+    }
+}
+
+impl Link for HostLink {
+    type Fence = ();
+
+    fn device(&self) -> String {
+        "emulated".into()
+    }
+
+    fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn Memory>> {
+        // Allocations 1 TiB apart, so an overrun lands in no allocation.
+        let base = (self.next.fetch_add(1, Ordering::Relaxed) + 1) << 40;
+        let m = Arc::new(HostMem {
+            base,
+            data: Mutex::new(vec![0xA5; bytes]),
+        });
+        self.mems.lock().unwrap().insert(base, m.clone());
+        Ok(m)
+    }
+
+    unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
+        if self.fail_register.load(Ordering::Relaxed) {
+            return Err("registration refused (emulated)".into());
+        }
+        if ptr as usize % 4096 != 0 {
+            return Err(format!("{ptr:p} is not page-aligned"));
+        }
+        let mut r = self.registered.lock().unwrap();
+        let a = ptr as usize;
+        // Like the driver: a page registered twice is refused.
+        if r.iter().any(|&(p, l)| a < p + l && p < a + len) {
+            return Err(format!("{ptr:p}: already registered (overlap)"));
+        }
+        self.registrations.fetch_add(1, Ordering::Relaxed);
+        r.push((a, len));
+        Ok(())
+    }
+
+    unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
+        let mut r = self.registered.lock().unwrap();
+        let i = r
+            .iter()
+            .position(|&(p, _)| p == ptr as usize)
+            .ok_or_else(|| bad(format!("{ptr:p} is not registered")))?;
+        r.swap_remove(i);
+        Ok(())
+    }
+
+    unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
+        assert!(lane < LANES);
+        let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_copy_at.load(Ordering::Relaxed) {
+            return Err(bad(format!("copy {n} failed (emulated)")));
+        }
+        if lane == LANE_REG {
+            let a = src.as_ptr() as usize;
+            let ok = self
+                .registered
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|&(p, l)| a >= p && a + src.len() <= p + l);
+            if !ok {
+                return Err(bad("DMA from memory that is not registered".into()));
+            }
+        }
+        let (m, off) = self.find(dst, src.len())?;
+        m.data.lock().unwrap()[off..off + src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn fence(&self, _lane: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn wait(&self, _fence: ()) -> Result<()> {
+        Ok(())
+    }
+
+    fn with_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+    ) -> Result<R> {
+        let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; bytes]).collect();
+        let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        Ok(f(&mut refs))
+    }
+
+    fn kernel(&self, k: &Kernel) -> Result<()> {
+        let (from, to) = match k.name {
+            "copy2d_1" => (DType::U8, DType::U8),
+            "copy2d_2" => (DType::U16, DType::U16),
+            "copy2d_4" => (DType::U32, DType::U32),
+            "copy2d_8" => (DType::U64, DType::U64),
+            "copy2d_16" => (DType::C128, DType::C128),
+            "cast2d_f32_bf16" => (DType::F32, DType::BF16),
+            "cast2d_f32_f16" => (DType::F32, DType::F16),
+            "cast2d_bf16_f32" => (DType::BF16, DType::F32),
+            "cast2d_f16_f32" => (DType::F16, DType::F32),
+            other => return Err(bad(format!("no kernel {other}"))),
+        };
+        let (es, ed) = (from.size().unwrap(), to.size().unwrap());
+        for r in 0..k.rows {
+            let s = k.src + r * k.src_stride * es as u64;
+            let d = k.dst + r * k.dst_stride * ed as u64;
+            let n = k.row as usize;
+            let (sm, so) = self.find(s, n * es)?;
+            let row: Vec<u8> = sm.data.lock().unwrap()[so..so + n * es].to_vec();
+            let (dm, doff) = self.find(d, n * ed)?;
+            let mut dd = dm.data.lock().unwrap();
+            super::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,456 @@
+//! The GPU load on the emulated device: every TensorFlow fixture, loaded whole and re-partitioned
+//! along two axes, must equal the host load byte for byte, through either transfer path, with
+//! work units of every size; damaged files and failing copies must leave nothing registered,
+//! nothing allocated and nothing initialized.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::exec::{units, Copy, Job, Sizes, Src};
+use super::host::HostLink;
+use super::DeviceBuffer;
+use crate::{
+    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Init, LoadOptions,
+    Target, Tensor, VariableStore,
+};
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tf")
+        .join(case)
+}
+
+/// Units of 1 KiB: fixture tensors are cut, joined and spread over both paths.
+fn tiny() -> Sizes {
+    Sizes {
+        unit: 1 << 10,
+        staging: 3,
+        reg_batch: 3 << 10,
+    }
+}
+
+/// Every readable tensor of `dir` mapped whole, in 3 parts along axis 0 and in 2 parts along
+/// axis 1 (where the shape allows).
+fn store_for(dir: &Path) -> VariableStore {
+    let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut store = VariableStore::new();
+    let mut map = AssignmentMap::new();
+    for info in ckpt.tensors() {
+        if ckpt.read(&info.name).is_err() {
+            continue; // variant tensors: listed, not read
+        }
+        let base = info.name.replace(':', "_");
+        let whole = format!("whole/{base}");
+        if store
+            .get_variable(&whole, &info.shape, info.dtype, Init::Zeros)
+            .is_err()
+        {
+            continue;
+        }
+        map.push(info.name.clone(), Target::name(whole));
+        let mut layouts = Vec::new();
+        if info.shape.first().is_some_and(|&d| d >= 3) {
+            let mut p = vec![1; info.shape.len()];
+            p[0] = 3;
+            layouts.push(("axis0", p));
+        }
+        if info.shape.get(1).is_some_and(|&d| d >= 2) {
+            let mut p = vec![1; info.shape.len()];
+            p[1] = 2;
+            layouts.push(("axis1", p));
+        }
+        for (tag, parts) in layouts {
+            let name = format!("{tag}/{base}");
+            store
+                .get_partitioned_variable(&name, &info.shape, info.dtype, &parts, Init::Zeros)
+                .unwrap();
+            map.push(info.name.clone(), Target::name(name));
+        }
+    }
+    // One variable left to its initializer.
+    store
+        .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
+        .unwrap();
+    init_from_checkpoint(&mut store, dir, &map).unwrap();
+    store
+}
+
+fn device_or_host(store: &VariableStore, name: &str) -> Tensor {
+    match store.device_value(name) {
+        Some(d) => d.to_host().unwrap(),
+        None => store.value(name).unwrap().clone(),
+    }
+}
+
+fn assert_same(cpu: &VariableStore, gpu: &VariableStore, what: &str) {
+    assert!(gpu.is_initialized(), "{what}");
+    let mut n = 0;
+    for v in cpu.variables() {
+        let want = cpu.value(&v.name).unwrap();
+        let got = device_or_host(gpu, &v.name);
+        assert_eq!(&got, want, "{what}: {}", v.name);
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+const CASES: &[&str] = &[
+    "dtypes/dtypes",
+    "dtypes_extra/extra",
+    "partitioned_axes",
+    "sharded",
+    "sharded_partitioned",
+    "repartition_v2",
+    "repartition_v1",
+    "v1",
+    "v1_sharded",
+    "tf2_object",
+    "h1_partitioned",
+];
+
+#[test]
+fn emulated_device_equals_host_on_every_fixture() {
+    for case in CASES {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        cpu.initialize(Device::Cpu).unwrap();
+        for sizes in [Sizes::default(), tiny()] {
+            for register in [true, false] {
+                let what = format!("{case} {sizes:?} register={register}");
+                let link = HostLink::default();
+                let mut gpu = store_for(&dir);
+                let options = LoadOptions {
+                    no_registration: !register,
+                    ..Default::default()
+                };
+                let report = gpu.initialize_on(&link, &options, sizes).unwrap();
+                assert_same(&cpu, &gpu, &what);
+                let stats = report.device.unwrap();
+                assert_eq!(link.still_registered(), 0, "{what}");
+                if !register {
+                    assert_eq!(stats.registered_bytes, 0, "{what}");
+                }
+                assert!(stats.staged_bytes + stats.registered_bytes > 0, "{what}");
+                assert!(
+                    stats.staging_bytes <= (sizes.staging * sizes.unit) as u64,
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn registration_carries_mapped_bytes_and_failure_falls_back() {
+    let dir = fixture("repartition_v2");
+    let mut cpu = store_for(&dir);
+    cpu.initialize(Device::Cpu).unwrap();
+    // With one worker thread the registrar runs first (the ring may still take units while the
+    // registrar waits on its checksums). The emulated driver refuses overlapping registrations,
+    // as the real one does: no fallback means none happened.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let link = HostLink::default();
+    let mut gpu = store_for(&dir);
+    let report = pool
+        .install(|| gpu.initialize_on(&link, &LoadOptions::default(), tiny()))
+        .unwrap();
+    let stats = report.device.unwrap();
+    assert!(stats.registered_bytes > 0);
+    assert!(link.registrations.load(Ordering::Relaxed) >= 1);
+    assert!(stats.registration_fallback.is_none());
+    assert_same(&cpu, &gpu, "registered");
+    // Registration refused: the ring carries everything, with the same result.
+    let link = HostLink::default();
+    link.fail_register.store(true, Ordering::Relaxed);
+    let mut gpu = store_for(&dir);
+    let report = gpu
+        .initialize_on(&link, &LoadOptions::default(), tiny())
+        .unwrap();
+    let stats = report.device.unwrap();
+    assert_eq!(stats.registered_bytes, 0);
+    assert!(stats
+        .registration_fallback
+        .as_deref()
+        .unwrap()
+        .contains("refused"));
+    assert_same(&cpu, &gpu, "fallback");
+}
+
+#[test]
+fn casts_equal_the_host_cast() {
+    for (case, from, to) in [
+        ("repartition_v2", DType::F32, DType::BF16),
+        ("repartition_v2", DType::F32, DType::F16),
+        ("repartition_v2", DType::F16, DType::F32),
+        ("dtypes/dtypes", DType::BF16, DType::F32),
+        ("repartition_v1", DType::F32, DType::BF16),
+    ] {
+        let dir = fixture(case);
+        let options = LoadOptions::new().cast(from, to);
+        let mut cpu = store_for(&dir);
+        cpu.initialize_with(Device::Cpu, &options).unwrap();
+        let link = HostLink::default();
+        let mut gpu = store_for(&dir);
+        let report = gpu.initialize_on(&link, &options, tiny()).unwrap();
+        assert_same(&cpu, &gpu, &format!("{case} {from}->{to}"));
+        let casts = cpu
+            .variables()
+            .filter(|v| v.dtype == from)
+            .inspect(|v| assert_eq!(cpu.value(&v.name).unwrap().dtype, to))
+            .count();
+        assert!(casts > 0, "{case}: nothing of {from}");
+        if case != "repartition_v1" {
+            assert!(report.device.unwrap().kernels > 0);
+        }
+    }
+    // The cast itself against the `half` crate, on a float32 tensor TensorFlow wrote.
+    let dir = fixture("repartition_v2");
+    let mut plain = store_for(&dir);
+    plain.initialize(Device::Cpu).unwrap();
+    let mut gpu = store_for(&dir);
+    let options = LoadOptions::new().cast(DType::F32, DType::BF16);
+    gpu.initialize_on(&HostLink::default(), &options, Sizes::default())
+        .unwrap();
+    let v = plain
+        .variables()
+        .find(|v| v.dtype == DType::F32 && v.name.starts_with("axis1/"))
+        .unwrap();
+    let f = plain.value(&v.name).unwrap().bytes().unwrap().to_vec();
+    let want: Vec<u8> = f
+        .chunks(4)
+        .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+        .collect();
+    let got = gpu.device_value(&v.name).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    assert_eq!(got.to_host().unwrap().bytes().unwrap(), &want[..]);
+}
+
+#[test]
+fn damaged_shard_fails_whole_and_frees_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("sharded_partitioned");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if !e.path().is_file() {
+            continue;
+        }
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let mut store = store_for(tmp.path());
+    // Flip one byte in the middle of the largest data shard.
+    let shard = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".data-"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+    for sizes in [Sizes::default(), tiny()] {
+        let link = HostLink::default();
+        let err = store
+            .initialize_on(&link, &LoadOptions::default(), sizes)
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::TensorChecksum { path, .. } if *path == shard),
+            "{err}"
+        );
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert_eq!(link.still_registered(), 0);
+        assert_eq!(link.live_allocations(), 0);
+        assert!(!store.is_initialized());
+        assert_eq!(store.device_values().count(), 0);
+    }
+}
+
+#[test]
+fn failing_copy_unwinds() {
+    let dir = fixture("partitioned_axes");
+    for at in [1, 2, 5, 9] {
+        let mut store = store_for(&dir);
+        let link = HostLink::default();
+        link.fail_copy_at.store(at, Ordering::Relaxed);
+        let err = store
+            .initialize_on(&link, &LoadOptions::default(), tiny())
+            .unwrap_err();
+        assert!(err.to_string().contains("failed (emulated)"), "{err}");
+        assert_eq!(link.still_registered(), 0);
+        assert_eq!(link.live_allocations(), 0);
+        assert!(!store.is_initialized());
+    }
+}
+
+#[test]
+fn trainer_buffers_are_loaded_in_place() {
+    use super::exec::Link;
+    let dir = fixture("partitioned_axes");
+    let mut cpu = store_for(&dir);
+    cpu.initialize(Device::Cpu).unwrap();
+    let link = HostLink::default();
+    let mut gpu = store_for(&dir);
+    let v = gpu
+        .variables()
+        .find(|v| v.name.starts_with("axis1/"))
+        .unwrap()
+        .clone();
+    let bytes = cpu.value(&v.name).unwrap().bytes().unwrap().len();
+    // The wrong size is refused before anything is loaded.
+    let small = DeviceBuffer {
+        mem: link.alloc(bytes - 1, "trainer").unwrap(),
+    };
+    gpu.set_device_buffer(&v.name, small).unwrap();
+    let err = gpu
+        .initialize_on(&link, &LoadOptions::default(), tiny())
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::BufferSize { .. }), "{err}");
+    let mem = link.alloc(bytes, "trainer").unwrap();
+    let ptr = mem.ptr();
+    gpu.set_device_buffer(&v.name, DeviceBuffer { mem })
+        .unwrap();
+    gpu.initialize_on(&link, &LoadOptions::default(), tiny())
+        .unwrap();
+    assert_eq!(gpu.device_value(&v.name).unwrap().device_ptr(), ptr);
+    assert_same(&cpu, &gpu, "trainer buffer");
+    assert!(gpu
+        .set_device_buffer(
+            "no/such",
+            DeviceBuffer {
+                mem: link.alloc(4, "x").unwrap()
+            }
+        )
+        .is_err());
+}
+
+#[test]
+fn units_cover_every_copy_and_checksum_once() {
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    for _ in 0..200 {
+        let file = std::sync::Arc::new(vec![0u8; 1 << 20]);
+        let mut jobs = Vec::new();
+        let mut pos = 0usize;
+        let mut want: Vec<(usize, u64)> = Vec::new(); // (src byte, dst byte) samples
+        for j in 0..(1 + rnd(12)) as usize {
+            pos += rnd(3) as usize * rnd(100_000) as usize;
+            let len = 1 + rnd(60_000) as usize;
+            if pos + len > file.len() {
+                break;
+            }
+            let half = len / 2;
+            let dst = (j as u64 + 1) << 32;
+            let copies = vec![
+                Copy {
+                    src: pos,
+                    len: half,
+                    dst,
+                },
+                Copy {
+                    src: pos + half,
+                    len: len - half,
+                    dst: dst + half as u64,
+                },
+            ];
+            want.extend((pos..pos + len).map(|s| (s, dst + (s - pos) as u64)));
+            jobs.push(Job {
+                src: Src::Owned(file.clone()),
+                range: pos..pos + len,
+                copies,
+                check: Some(j),
+            });
+            pos += len;
+        }
+        let unit = 1 + rnd(70_000) as usize;
+        let (mapped, owned) = units(jobs, unit);
+        assert!(mapped.is_empty());
+        let mut got: Vec<(usize, u64)> = Vec::new();
+        for u in &owned {
+            assert!(u.range.len() <= unit.max(1));
+            for c in &u.copies {
+                assert!(c.src >= u.range.start && c.src + c.len <= u.range.end);
+                got.extend((0..c.len).map(|i| (c.src + i, c.dst + i as u64)));
+            }
+            for (_, _, r) in &u.crcs {
+                assert!(r.start >= u.range.start && r.end <= u.range.end);
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn many_unaligned_tensors_through_both_paths() {
+    // 300 tensors of odd sizes in 2 shards: registration windows, batches and units never line
+    // up with pages or tensors.
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let options = crate::WriterOptions {
+        num_shards: 2,
+        ..Default::default()
+    };
+    let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
+    let mut store_vars = Vec::new();
+    for i in 0..300u64 {
+        let n = 1 + (i * 37) % 1500;
+        let data: Vec<u8> = (0..n * 2).map(|k| (k * 13 + i) as u8).collect();
+        let name = format!("t{i:03}");
+        w.add(
+            &name,
+            crate::TensorRef::Bytes {
+                dtype: DType::F16,
+                shape: &[n],
+                data: &data,
+            },
+        )
+        .unwrap();
+        store_vars.push((name, n));
+    }
+    w.finish().unwrap();
+    let make = || {
+        let mut store = VariableStore::new();
+        for (name, n) in &store_vars {
+            store
+                .get_variable(&format!("v/{name}"), &[*n], DType::F16, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("/", Target::scope("v/"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = make();
+    cpu.initialize(Device::Cpu).unwrap();
+    for sizes in [
+        tiny(),
+        Sizes {
+            unit: 5000,
+            staging: 2,
+            reg_batch: 20_000,
+        },
+    ] {
+        for _ in 0..3 {
+            let link = HostLink::default();
+            let mut gpu = make();
+            let r = gpu
+                .initialize_on(&link, &LoadOptions::default(), sizes)
+                .unwrap();
+            let d = r.device.unwrap();
+            assert_eq!(d.registration_fallback, None);
+            assert_eq!(
+                d.registered_bytes + d.staged_bytes,
+                2 * (1..=300u64).map(|i| 1 + ((i - 1) * 37) % 1500).sum::<u64>()
+            );
+            assert_eq!(link.still_registered(), 0);
+            assert_same(&cpu, &gpu, &format!("{sizes:?}"));
+        }
+    }
+}
