@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check of the `cuda` feature, in two steps.
+#
+# 1. Build, on any x86-64 Linux machine (no CUDA, no GPU needed):
+#        scripts/gpu-check.sh --build
+#    puts the CUDA test binary and the GPU benchmark into target/gpu-check/.
+# 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
+#        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
+#    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
+#    trainer buffers, a damaged shard) and then the benchmark (~8 GB checkpoint written by the
+#    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads),
+#    and prints a short table.
+#
+# NVRTC (for the kernels) is found through the loader path: the CUDA toolkit's libnvrtc.so.13, or
+# pip's nvidia-cuda-nvrtc==13.0.* with its nvidia/cu13/lib folder on LD_LIBRARY_PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/gpu-check
+
+if [ "${1:-}" = "--build" ]; then
+    cargo build --release --locked --features cuda --example gpu_bench
+    test_bin=$(cargo test --release --locked --features cuda --test gpu --no-run 2>&1 |
+        sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
+    [ -n "$test_bin" ] || { echo "gpu-check: could not find the test binary" >&2; exit 1; }
+    mkdir -p "$out"
+    cp "$test_bin" "$out/gpu-tests"
+    cp target/release/examples/gpu_bench "$out/gpu_bench"
+    ls -la "$out"
+    exit 0
+fi
+
+[ -x "$out/gpu-tests" ] && [ -x "$out/gpu_bench" ] || {
+    echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
+    exit 1
+}
+nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
+    --format=csv,noheader 2>/dev/null || true
+echo "== CUDA tests"
+TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1
+echo "== GPU benchmark"
+"$out/gpu_bench" "$@"
