@@ -62,7 +62,7 @@ impl Bundle {
         }
         let path = self.shard_path(e.shard);
         let map = std::fs::File::open(&path)
-            .and_then(|f| MappedFile::from_file(&path, &f))
+            .and_then(|f| MappedFile::from_file(&path, f))
             .map_err(|source| ErrorKind::MissingShard {
                 path: path.clone(),
                 shard: e.shard,
@@ -154,6 +154,20 @@ impl Bundle {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
         Ok(())
+    }
+
+    /// A little-endian fixed-size entry as a private copy-on-write mapping, CRC-checked through that
+    /// very mapping; `None` when the system refuses the mapping (the caller copies instead).
+    pub(crate) fn map_entry(&self, e: &Entry) -> Result<Option<crate::tensor::Bytes>> {
+        let (map, range) = self.locate(e)?;
+        let Ok(private) = map.map_private(range) else {
+            return Ok(None);
+        };
+        let found = crc::crc32c(private.as_slice());
+        if found != e.crc {
+            return Err(self.checksum_error(e, "checksum", e.crc, found));
+        }
+        Ok(Some(crate::tensor::Bytes::mapped(private)))
     }
 
     /// The verified bytes of a fixed-size entry, little-endian: borrowed from the mapping when no

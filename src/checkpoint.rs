@@ -306,7 +306,7 @@ impl Checkpoint {
             Some(size) => {
                 let mut buf = crate::mmap::alloc_zeroed(n * size, &info.name)?;
                 self.assemble(info, slice, Out::Bytes(&mut buf))?;
-                TensorData::Bytes(buf)
+                TensorData::Bytes(buf.into())
             }
             None => {
                 let mut strings = vec![Vec::new(); n];
@@ -516,6 +516,44 @@ impl Checkpoint {
             read += 1;
         }
         Ok(read)
+    }
+
+    /// For `initialize`: box `want` of `info` as a copy-on-write mapping of the stored entry that
+    /// holds exactly that box, CRC-checked, when that entry has at least `min` bytes; `None` where
+    /// the value must be copied (V1 files, big-endian bundles, strings, no stored slice equal to
+    /// the box, a small entry, or a mapping the system refused).
+    pub(crate) fn map_value(
+        &self,
+        info: &TensorInfo,
+        want: &Slice,
+        min: u64,
+    ) -> Result<Option<crate::tensor::Bytes>> {
+        let Inner::V2(b) = &self.inner else {
+            return Ok(None);
+        };
+        if info.dtype.size().is_none() || (b.index.big_endian && info.dtype.swap_unit() > 1) {
+            return Ok(None);
+        }
+        if want.check(&info.shape).is_err() {
+            return Ok(None);
+        }
+        let want_r = want.ranges(&info.shape);
+        let stored = if info.slices.is_empty() {
+            Slice::full(info.shape.len())
+        } else {
+            match info.slices.iter().find(|s| s.ranges(&info.shape) == want_r) {
+                Some(s) => s.clone(),
+                None => return Ok(None),
+            }
+        };
+        if stored.ranges(&info.shape) != want_r {
+            return Ok(None);
+        }
+        let e = self.v2_entry(b, info, &stored)?;
+        if e.size < min.max(1) {
+            return Ok(None);
+        }
+        b.map_entry(e)
     }
 
     /// For the GPU path: the stored slices of a fixed-size tensor of a little-endian V2 bundle,

@@ -63,7 +63,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use gpu::{DeviceBuffer, DeviceStats, DeviceTensor};
 pub use load::{LoadOptions, LoadReport, Progress};
 pub use slice::{Extent, Slice};
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{Bytes, Tensor, TensorData};
 pub use vars::{Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
 pub use writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
 

@@ -33,6 +33,9 @@ pub struct LoadReport {
     pub stored_reads: usize,
     /// Bytes loaded from checkpoints into variables (string bytes included).
     pub bytes: u64,
+    /// Of those, bytes of values that are copy-on-write mappings of the checkpoint files (see
+    /// [`LoadOptions::copy_values`]).
+    pub mapped_bytes: u64,
     /// Wall time of the whole initialization.
     pub seconds: f64,
     /// Of that: reopening (or re-validating) the checkpoints and planning the reads.
@@ -60,12 +63,13 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {} threads)",
+            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {} threads)",
             self.variables,
             self.from_checkpoint,
             self.from_initializer,
             self.tensors,
             self.bytes,
+            self.mapped_bytes,
             self.seconds,
             self.gbps(),
             self.plan_seconds,
@@ -109,6 +113,15 @@ pub struct LoadOptions {
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
     /// end); keep it cheap.
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
+    /// Copy every value into fresh memory. By default (`false`), a value of at least
+    /// [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint stores exactly as the variable
+    /// needs it (a whole tensor, or a part equal to a stored slice) is a copy-on-write mapping of
+    /// the file instead, CRC-checked like any other (see [`Bytes`](crate::Bytes)): no copy, no
+    /// fresh memory, until the trainer writes to it.
+    pub copy_values: bool,
+    /// The smallest value mapped rather than copied (default 1 MiB; smaller values are cheaper to
+    /// copy than to map).
+    pub map_min_bytes: Option<u64>,
     /// Convert values of one dtype to another on load (`None`: never, as TensorFlow).
     pub cast: Option<(DType, DType)>,
     /// GPU loads: page-lock the file mapping in place for DMA where possible (default), besides
@@ -148,6 +161,8 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("copy_values", &self.copy_values)
+            .field("map_min_bytes", &self.map_min_bytes)
             .field("cast", &self.cast)
             .field("no_registration", &self.no_registration)
             .finish()
@@ -188,11 +203,15 @@ impl Tracker<'_> {
     }
 }
 
+/// Values at least this large are mapped copy-on-write by default (`LoadOptions::copy_values`).
+const MAP_MIN: u64 = 1 << 20;
+
 /// How far (in destination bytes) the reader stage may run ahead of the workers.
 const READ_AHEAD: u64 = 256 << 20;
 
 enum Buf {
     Bytes(Vec<u8>),
+    Mapped(crate::tensor::Bytes),
     Strings(Vec<Vec<u8>>),
 }
 
@@ -255,13 +274,14 @@ impl VariableStore {
             reported: AtomicU64::new(0),
         };
         let planned = Instant::now();
+        let map_min = (!options.copy_values).then_some(options.map_min_bytes.unwrap_or(MAP_MIN));
         let loaded = crate::exec::pipeline(
             &plan.items,
             READ_AHEAD,
             |it| it.bytes,
             |it| ckpts[it.ckpt].prefetch(it.tensor),
             |it| {
-                let r = self.load_group(&ckpts[it.ckpt], it.tensor, &it.dests)?;
+                let r = self.load_group(&ckpts[it.ckpt], it.tensor, &it.dests, map_min)?;
                 tracker.add(it.bytes);
                 Ok(r)
             },
@@ -284,6 +304,11 @@ impl VariableStore {
         }
         loaded.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
         for (_, t) in &loaded {
+            if let TensorData::Bytes(b) = &t.data {
+                if b.is_mapped() {
+                    report.mapped_bytes += b.len() as u64;
+                }
+            }
             report.bytes += match &t.data {
                 TensorData::Bytes(b) => b.len() as u64,
                 TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
@@ -370,11 +395,19 @@ impl VariableStore {
         ckpt: &Checkpoint,
         tensor: &str,
         dests: &[(&Variable, &Slice)],
+        map_min: Option<u64>,
     ) -> Result<(usize, Vec<(String, Tensor)>)> {
         let info = ckpt.tensor(tensor)?;
         let mut bufs = Vec::with_capacity(dests.len());
+        let mut mapped = 0;
         for &(v, slice) in dests {
             check_dest(ckpt, info, v, slice)?;
+            // A large value stored exactly as this variable needs it: a copy-on-write mapping.
+            if let Some(b) = map_min.map_or(Ok(None), |min| ckpt.map_value(info, slice, min))? {
+                bufs.push(Buf::Mapped(b));
+                mapped += 1;
+                continue;
+            }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
                 Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, &v.name)?),
@@ -394,22 +427,29 @@ impl VariableStore {
         let mut reqs: Vec<(&Slice, Out<'_>)> = dests
             .iter()
             .zip(bufs.iter_mut())
-            .map(|(&(_, slice), b)| {
+            .filter_map(|(&(_, slice), b)| {
                 let out = match b {
                     Buf::Bytes(v) => Out::Bytes(v),
                     Buf::Strings(v) => Out::Strings(v),
+                    Buf::Mapped(_) => return None,
                 };
-                (slice, out)
+                Some((slice, out))
             })
             .collect();
-        let reads = ckpt.assemble_many(info, &mut reqs)?;
+        let reads = mapped
+            + if reqs.is_empty() {
+                0
+            } else {
+                ckpt.assemble_many(info, &mut reqs)?
+            };
         drop(reqs);
         let values = dests
             .iter()
             .zip(bufs)
             .map(|(&(v, _), b)| {
                 let data = match b {
-                    Buf::Bytes(b) => TensorData::Bytes(b),
+                    Buf::Bytes(b) => TensorData::Bytes(b.into()),
+                    Buf::Mapped(b) => TensorData::Bytes(b),
                     Buf::Strings(s) => TensorData::Strings(s),
                 };
                 (
@@ -478,7 +518,7 @@ pub(crate) fn cast_tensor(t: &mut Tensor, from: DType, to: DType) -> Result<()> 
         let n = b.len() / from.size().unwrap_or(1);
         let mut out = crate::mmap::alloc_zeroed(n * to.size().unwrap_or(1), "cast value")?;
         crate::gpu::cast::convert(from, to, b, &mut out);
-        t.data = TensorData::Bytes(out);
+        t.data = TensorData::Bytes(out.into());
         t.dtype = to;
     }
     Ok(())

@@ -52,17 +52,19 @@ pub(crate) struct MappedFile {
     path: PathBuf,
     map: Option<memmap2::Mmap>,
     stamp: FileStamp,
+    /// The open file, for private (copy-on-write) mappings of single values.
+    file: File,
 }
 
 impl MappedFile {
     /// Opens and maps `path`.
     pub(crate) fn open(path: &Path) -> Result<MappedFile> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        Self::from_file(path, &file).map_err(|e| Error::io(path, e))
+        Self::from_file(path, file).map_err(|e| Error::io(path, e))
     }
 
     /// Maps an already opened file; the error is returned raw so callers can wrap it.
-    pub(crate) fn from_file(path: &Path, file: &File) -> std::io::Result<MappedFile> {
+    pub(crate) fn from_file(path: &Path, file: File) -> std::io::Result<MappedFile> {
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(std::io::Error::other("is a directory"));
@@ -72,12 +74,13 @@ impl MappedFile {
         } else {
             // SAFETY: read-only mapping; the crate-level contract (module docs, `Checkpoint` docs)
             // forbids modifying or truncating the file while it is mapped.
-            Some(unsafe { memmap2::Mmap::map(file)? })
+            Some(unsafe { memmap2::Mmap::map(&file)? })
         };
         Ok(MappedFile {
             path: path.to_path_buf(),
             map,
             stamp: FileStamp::from_meta(&meta),
+            file,
         })
     }
 
@@ -143,6 +146,61 @@ impl MappedFile {
     pub(crate) fn len(&self) -> u64 {
         self.bytes().len() as u64
     }
+
+    /// A private, copy-on-write mapping of `range` (inside the file): reading it reads the page
+    /// cache with no copy; the first write to a page gives this mapping its own copy of that page.
+    /// The module's safety contract then covers the mapping's whole life: the file must not be
+    /// modified or truncated in place while it is alive.
+    pub(crate) fn map_private(&self, range: std::ops::Range<usize>) -> std::io::Result<PrivateMap> {
+        if range.end > self.bytes().len() || range.is_empty() {
+            return Err(std::io::Error::other("empty or out-of-bounds range"));
+        }
+        let page = page_size();
+        let start = range.start - range.start % page;
+        let skip = range.start - start;
+        // SAFETY: a private mapping of a file range that exists (checked above against the shared
+        // mapping's length); the crate-level contract forbids modifying or truncating the file in
+        // place while any mapping of it is alive. Writes go to private copies, never to the file.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start as u64)
+                .len(skip + range.len())
+                .map_copy(&self.file)?
+        };
+        Ok(PrivateMap {
+            map,
+            skip,
+            len: range.len(),
+        })
+    }
+}
+
+/// The system's page size.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// A private (copy-on-write) mapping of one value's bytes in a checkpoint file.
+pub(crate) struct PrivateMap {
+    map: memmap2::MmapMut,
+    skip: usize,
+    len: usize,
+}
+
+impl PrivateMap {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.map[self.skip..self.skip + self.len]
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map[self.skip..self.skip + self.len]
+    }
 }
 
 /// Transparent huge page size on x86-64 and aarch64 Linux.
@@ -186,4 +244,38 @@ pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_mapping_is_copy_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let m = MappedFile::open(&path).unwrap();
+        // An unaligned range across pages.
+        let range = 4000..9000;
+        let mut p = m.map_private(range.clone()).unwrap();
+        assert_eq!(p.as_slice(), &data[range.clone()]);
+        p.as_mut_slice()[0] = 0xAA;
+        p.as_mut_slice()[4999] = 0xBB;
+        assert_eq!(p.as_slice()[0], 0xAA);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            data,
+            "the file is never written"
+        );
+        assert_eq!(m.bytes(), &data[..], "other mappings keep the file's bytes");
+        assert!(m.map_private(0..0).is_err());
+        assert!(m.map_private(9000..(data.len() + 1)).is_err());
+        let mut b = crate::tensor::Bytes::mapped(m.map_private(10..20).unwrap());
+        assert!(b.is_mapped());
+        b[0] = 1;
+        assert_eq!(b.clone().into_vec()[0], 1);
+        assert!(!b.clone().is_mapped());
+    }
 }

@@ -3,12 +3,100 @@
 use crate::dtype::DType;
 use crate::slice::num_elements;
 
+/// The bytes of a fixed-size tensor: owned memory, or a copy-on-write mapping of the checkpoint file.
+///
+/// [`VariableStore::initialize`](crate::VariableStore::initialize) hands out large values (1 MiB and
+/// up, see [`LoadOptions`](crate::LoadOptions)) that a checkpoint stores exactly as the variable
+/// needs them as *private mappings of the checkpoint file*, checked against their CRC32C: no copy is
+/// made, reading them reads the page cache, and the first write to a page gives the value its own
+/// copy of that page (the file is never written). Such a value relies on the checkpoint file not
+/// being modified or truncated in place while the value lives (replacing the file by a rename, or
+/// deleting it, is fine; TensorFlow's writer always does that). `LoadOptions::copy_values` turns
+/// this off. Either way a `Bytes` derefs to `[u8]`, mutably too.
+pub struct Bytes(Repr);
+
+enum Repr {
+    Owned(Vec<u8>),
+    Mapped(crate::mmap::PrivateMap),
+}
+
+impl Bytes {
+    pub(crate) fn mapped(m: crate::mmap::PrivateMap) -> Bytes {
+        Bytes(Repr::Mapped(m))
+    }
+
+    /// Whether the bytes are a copy-on-write mapping of a checkpoint file (see the type's docs).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.0, Repr::Mapped(_))
+    }
+
+    /// The bytes as a vector (a copy for mapped bytes).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped(m) => m.as_slice().to_vec(),
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped(m) => m.as_slice(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Repr::Owned(v) => v,
+            Repr::Mapped(m) => m.as_mut_slice(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(Repr::Owned(v))
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Vec::new().into()
+    }
+}
+
+impl Clone for Bytes {
+    /// An owned copy (a mapped value's clone is ordinary memory).
+    fn clone(&self) -> Bytes {
+        self.to_vec().into()
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// The elements of a tensor: raw little-endian bytes for fixed-size dtypes, byte strings for
 /// `string`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TensorData {
     /// Row-major little-endian elements (`num_elements × dtype.size()` bytes).
-    Bytes(Vec<u8>),
+    Bytes(Bytes),
     /// Row-major byte strings.
     Strings(Vec<Vec<u8>>),
 }
@@ -32,7 +120,7 @@ impl Tensor {
         (want == bytes.len() as u64).then(|| Tensor {
             dtype,
             shape: shape.to_vec(),
-            data: TensorData::Bytes(bytes),
+            data: TensorData::Bytes(bytes.into()),
         })
     }
 

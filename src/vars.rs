@@ -412,7 +412,7 @@ impl VariableStore {
             dtype: pv.dtype,
             shape: pv.shape.clone(),
             data: if size.is_some() {
-                TensorData::Bytes(bytes)
+                TensorData::Bytes(bytes.into())
             } else {
                 TensorData::Strings(strings)
             },
@@ -506,7 +506,7 @@ pub(crate) fn init_tensor(v: &Variable) -> Result<Tensor> {
                     .chunks_exact_mut(size)
                     .for_each(|c| c.copy_from_slice(&elem));
             }
-            TensorData::Bytes(bytes)
+            TensorData::Bytes(bytes.into())
         }
         None => {
             let mut strings = Vec::new();

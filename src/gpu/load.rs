@@ -165,7 +165,7 @@ impl VariableStore {
             report.tensors += 1;
             let Some(sources) = ckpt.device_sources(info)? else {
                 // Prepared (and verified) on the host, then uploaded.
-                let (reads, values) = self.load_group(ckpt, it.tensor, &it.dests)?;
+                let (reads, values) = self.load_group(ckpt, it.tensor, &it.dests, None)?;
                 report.stored_reads += reads;
                 for (name, mut t) in values {
                     if let Some((from, to)) = options.cast {
@@ -174,7 +174,7 @@ impl VariableStore {
                     match t.data {
                         TensorData::Bytes(b) => {
                             report.bytes += b.len() as u64;
-                            jobs.push(owned_job(b, &mems[name.as_str()].1));
+                            jobs.push(owned_job(b.into_vec(), &mems[name.as_str()].1));
                         }
                         TensorData::Strings(ref s) => {
                             report.bytes += s.iter().map(|x| x.len() as u64).sum::<u64>();
@@ -271,7 +271,9 @@ impl VariableStore {
                 cast_tensor(&mut t, from, to)?;
             }
             match t.data {
-                TensorData::Bytes(b) => jobs.push(owned_job(b, &mems[v.name.as_str()].1)),
+                TensorData::Bytes(b) => {
+                    jobs.push(owned_job(b.into_vec(), &mems[v.name.as_str()].1))
+                }
                 TensorData::Strings(_) => host_values.push((v.name.clone(), t)),
             }
             report.from_initializer += 1;

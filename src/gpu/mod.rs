@@ -88,7 +88,7 @@ impl DeviceTensor {
         Ok(Tensor {
             dtype: self.dtype,
             shape: self.shape.clone(),
-            data: TensorData::Bytes(bytes),
+            data: TensorData::Bytes(bytes.into()),
         })
     }
 

@@ -74,6 +74,10 @@ enum Cmd {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Copy every value into fresh memory (by default values of 1 MiB and more that the
+        /// checkpoint stores as the variable needs them are copy-on-write mappings of its files).
+        #[arg(long)]
+        copy: bool,
     },
     /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
     /// read it back, printing what was done and how fast.
@@ -105,7 +109,8 @@ fn main() -> ExitCode {
             out,
             device,
             threads,
-        } => init(&ckpt, &model, &map, out.as_deref(), device, threads),
+            copy,
+        } => init(&ckpt, &model, &map, out.as_deref(), device, threads, copy),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
     match result {
@@ -217,6 +222,7 @@ fn init(
     out: Option<&Path>,
     device: Device,
     threads: Option<usize>,
+    copy: bool,
 ) -> CliResult {
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
@@ -227,7 +233,10 @@ fn init(
     for w in &call.warnings {
         eprintln!("warning: {w}");
     }
-    let mut options = LoadOptions::new();
+    let mut options = LoadOptions {
+        copy_values: copy,
+        ..LoadOptions::new()
+    };
     if let Some(n) = threads {
         options = options.threads(n);
     }
