@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -129,11 +129,10 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
             format!("this machine has {count} GPU(s)"),
         ));
     }
+    // Event tracking stays on: the slices handed out (`DeviceTensor::cuda_slice`) then order
+    // their use and their free against the trainer's streams as any cudarc slice does.
     let ctx = CudaContext::new(ordinal as usize)
         .map_err(|e| device_err(ordinal, "creating a context", e))?;
-    // SAFETY: the executor orders its streams itself (fences), and values are read only after
-    // `initialize` synchronised every lane.
-    unsafe { ctx.disable_event_tracking() };
     let lanes = (0..LANES)
         .map(|_| ctx.new_stream())
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -200,8 +199,27 @@ impl CudaLink {
     }
 }
 
+/// A fence: an event that blocks the waiting thread instead of spinning (the CPU cores are
+/// needed for checksums and staging) and records no timing.
+pub(crate) struct Fence {
+    ev: sys::CUevent,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a CUevent handle may be used from any thread (the context is bound before each use).
+unsafe impl Send for Fence {}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: created by cuEventCreate below and destroyed once, here.
+            let _ = unsafe { sys::cuEventDestroy_v2(self.ev) };
+        }
+    }
+}
+
 impl Link for CudaLink {
-    type Fence = CudaEvent;
+    type Fence = Fence;
 
     fn device(&self) -> String {
         format!("cuda:{}", self.ordinal)
@@ -212,7 +230,7 @@ impl Link for CudaLink {
         // SAFETY: uninitialised device memory; the load writes every byte before it is read.
         let slice = unsafe { stream.alloc::<u8>(bytes.max(1)) }
             .map_err(|e| self.err(format!("allocating {bytes} bytes for {what:?}"), e))?;
-        Ok(Arc::new(Owned { slice, len: bytes }))
+        Ok(Arc::new(Owned::with_len(slice, bytes)))
     }
 
     unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
@@ -245,19 +263,32 @@ impl Link for CudaLink {
             .map_err(|e| self.err(format!("copying {} bytes to {dst:#x}", src.len()), e))
     }
 
-    fn fence(&self, lane: usize) -> Result<CudaEvent> {
-        let ev = self
-            .ctx
-            .new_event(None)
+    fn fence(&self, lane: usize) -> Result<Fence> {
+        self.bind()?;
+        let mut ev = std::mem::MaybeUninit::uninit();
+        const FLAGS: u32 = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+            | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        // SAFETY: `ev` is written by the driver on success, and only read then.
+        unsafe { sys::cuEventCreate(ev.as_mut_ptr(), FLAGS) }
+            .result()
             .map_err(|e| self.err("creating an event", e))?;
-        ev.record(&self.lanes[lane])
+        let fence = Fence {
+            // SAFETY: initialised by the successful call above.
+            ev: unsafe { ev.assume_init() },
+            ctx: self.ctx.clone(),
+        };
+        // SAFETY: a live event and a live stream of this context.
+        unsafe { sys::cuEventRecord(fence.ev, self.lanes[lane].cu_stream()) }
+            .result()
             .map_err(|e| self.err("recording an event", e))?;
-        Ok(ev)
+        Ok(fence)
     }
 
-    fn wait(&self, fence: CudaEvent) -> Result<()> {
-        fence
-            .synchronize()
+    fn wait(&self, fence: Fence) -> Result<()> {
+        self.bind()?;
+        // SAFETY: a live event (destroyed when `fence` drops, after this call).
+        unsafe { sys::cuEventSynchronize(fence.ev) }
+            .result()
             .map_err(|e| self.err("waiting for copies", e))
     }
 
@@ -267,7 +298,9 @@ impl Link for CudaLink {
         bytes: usize,
         f: impl FnOnce(&mut [&mut [u8]]) -> R,
     ) -> Result<R> {
-        let mut bufs = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken out of the link while in use, so that a second load on this GPU (from another
+        // thread) never waits on this one's lock; it pins buffers of its own instead.
+        let mut bufs = std::mem::take(&mut *self.staging.lock().unwrap_or_else(|e| e.into_inner()));
         if bufs.len() < count || bufs.iter().any(|b| b.len() < bytes) {
             bufs.clear();
             for _ in 0..count {
@@ -285,7 +318,19 @@ impl Link for CudaLink {
                 .map_err(|e| self.err("staging buffer", e))?;
             slices.push(&mut s[..bytes]);
         }
-        Ok(f(&mut slices))
+        // `f` returns only when nothing reads the buffers any more (the ring waits for its fences,
+        // or synchronises the device on error).
+        let r = f(&mut slices);
+        drop(slices);
+        let mut slot = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_empty() {
+            *slot = bufs;
+        }
+        Ok(r)
+    }
+
+    fn prepare_kernels(&self) -> Result<()> {
+        self.functions().map(drop)
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {
@@ -330,19 +375,36 @@ impl Link for CudaLink {
 pub(crate) struct Owned {
     slice: CudaSlice<u8>,
     len: usize,
+    ptr: u64,
 }
 
 impl Owned {
     pub(crate) fn new(slice: CudaSlice<u8>) -> Owned {
         let len = slice.len();
-        Owned { slice, len }
+        Owned::with_len(slice, len)
+    }
+
+    fn with_len(slice: CudaSlice<u8>, len: usize) -> Owned {
+        let ptr = {
+            let (p, _sync) = slice.device_ptr(slice.stream());
+            p
+        };
+        Owned { slice, len, ptr }
     }
 }
 
 impl Memory for Owned {
     fn ptr(&self) -> u64 {
-        let (p, _sync) = self.slice.device_ptr(self.slice.stream());
-        p
+        self.ptr
+    }
+
+    fn ready(&self) -> Result<()> {
+        // Work the trainer queued on the slice (its zeroing, say) finishes before the load writes.
+        let device = self.slice.ordinal() as u32;
+        self.slice
+            .stream()
+            .synchronize()
+            .map_err(|e| device_err(device, "waiting for the buffer's stream", e))
     }
 
     fn len(&self) -> usize {

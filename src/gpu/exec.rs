@@ -52,7 +52,6 @@ impl Default for Sizes {
 const GAP: usize = 64 << 10;
 /// Bytes checksummed (and copied) per parallel task.
 const PIECE: usize = 1 << 20;
-const PAGE: usize = 4096;
 
 /// Lane of the registered path; the ring uses lanes 1 and 2. Kernels run on lane 0 after all
 /// copies are done.
@@ -105,6 +104,9 @@ pub(crate) trait Link: Sync {
         bytes: usize,
         f: impl FnOnce(&mut [&mut [u8]]) -> R,
     ) -> Result<R>;
+
+    /// Makes the kernels ready (compiled and loaded), so that a failure shows before the upload.
+    fn prepare_kernels(&self) -> Result<()>;
 
     /// Queues one kernel on lane 0.
     fn kernel(&self, k: &Kernel) -> Result<()>;
@@ -199,7 +201,13 @@ pub(crate) struct Unit {
 /// Cuts the jobs (in file order) into units of at most `max` bytes: neighbouring entries of one
 /// source share a unit; a larger entry is cut. Returns the registrable units and the host-owned
 /// ones.
-pub(crate) fn units(jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
+pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
+    // Each mapping's units in increasing file order (a partitioned tensor's slices can lie on both
+    // sides of another tensor): the registrar's windows rely on it, and reads stay sequential.
+    jobs.sort_by_key(|j| match &j.src {
+        Src::Mapped(m) => (0, Arc::as_ptr(m) as usize, j.range.start),
+        Src::Owned(_) => (1, 0, 0),
+    });
     let (mut mapped, mut owned): (Vec<Unit>, Vec<Unit>) = (Vec::new(), Vec::new());
     for job in jobs {
         let out = match job.src {
@@ -323,7 +331,7 @@ impl Shared<'_> {
             let u = &self.mapped[end];
             if end > start
                 && (!u.src.same(&self.mapped[start].src)
-                    || u.range.end - self.mapped[start].range.start > bytes)
+                    || u.range.end > self.mapped[start].range.start.saturating_add(bytes))
             {
                 break;
             }
@@ -359,6 +367,10 @@ pub(crate) fn execute<L: Link>(
     sizes: Sizes,
     stats: &mut DeviceStats,
 ) -> Result<()> {
+    if !kernels.is_empty() {
+        // A missing compiler or a module that does not load fails before any byte moves.
+        link.prepare_kernels()?;
+    }
     let (mapped, owned) = units(jobs, sizes.unit);
     let shared = Shared {
         sizes,
@@ -396,7 +408,10 @@ pub(crate) fn execute<L: Link>(
         shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
     )?;
     for k in kernels {
-        link.kernel(k)?;
+        if let Err(e) = link.kernel(k) {
+            let _ = link.synchronize(); // nothing queued may outlive the load
+            return Err(e);
+        }
     }
     stats.kernels += kernels.len();
     link.synchronize()
@@ -434,8 +449,10 @@ fn verify(checks: &[Check], mut parts: Vec<Part>) -> Result<()> {
 /// A registered range of a mapping: pages `[start, end)` (offsets in the file) at `ptr`, last used
 /// by batch `last_use`.
 struct Reg {
-    map: *const MappedFile,
-    ptr: *const u8,
+    /// The mapping (its address, as an identity).
+    map: usize,
+    /// The registered address.
+    ptr: usize,
     end: usize,
     last_use: u64,
 }
@@ -452,7 +469,8 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
     let mut done = 0u64; // batches below this number are complete
     let mut carried = 0u64;
     let mut reason = None;
-    let mut run = || -> Result<()> {
+    // The scope ends when every checksum task has.
+    let ran = rayon::scope(|scope| -> Result<()> {
         let mut seq = 0u64;
         while !s.failed.load(Ordering::Relaxed) && !s.no_registration.load(Ordering::Relaxed) {
             let batch = s.take(s.sizes.reg_batch);
@@ -464,10 +482,12 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
                 unreachable!("mapped units only")
             };
             let bytes = map.bytes();
-            let start = units[0].range.start & !(PAGE - 1);
-            // Whole pages: the mapping covers the last page of the file entirely.
-            let end = units[units.len() - 1].range.end.div_ceil(PAGE) * PAGE;
-            let id: *const MappedFile = &**map;
+            let page = crate::mmap::page_size();
+            let start = units[0].range.start / page * page;
+            // Whole pages: the mapping covers the last page of the file entirely. Units of one
+            // mapping are in increasing file order (see `units`), so the batch ends with its last.
+            let end = units[units.len() - 1].range.end.div_ceil(page) * page;
+            let id = Arc::as_ptr(map) as usize;
             let from = match regs.back() {
                 Some(r) if r.map == id && r.end > start => r.end,
                 _ => start,
@@ -488,7 +508,7 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
                 }
                 regs.push_back(Reg {
                     map: id,
-                    ptr,
+                    ptr: ptr as usize,
                     end,
                     last_use: seq,
                 });
@@ -516,16 +536,19 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
             }
             fences.push_back((seq, link.fence(LANE_REG)?));
             seq += 1;
-            // Checksum the same bytes while the DMA runs.
-            let parts: Vec<Part> = units
-                .iter()
-                .flat_map(|u| {
-                    pieces(&u.range)
-                        .flat_map_iter(|sub| crc_and_copy(u, sub, None))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            s.add_parts(parts);
+            // Checksum the same bytes while the DMA runs, in the pool, while this thread goes on
+            // registering the next batch (pinning is what bounds this path).
+            scope.spawn(move |_| {
+                let parts: Vec<Part> = units
+                    .iter()
+                    .flat_map(|u| {
+                        pieces(&u.range)
+                            .flat_map_iter(|sub| crc_and_copy(u, sub, None))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                s.add_parts(parts);
+            });
             carried += units
                 .iter()
                 .map(|u| u.copies.iter().map(|c| c.len as u64).sum::<u64>())
@@ -537,13 +560,12 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
                 while regs.front().is_some_and(|r| r.last_use < done) {
                     let r = regs.pop_front().expect("checked");
                     // SAFETY: every batch that copied from it is done.
-                    unsafe { link.unregister(r.ptr)? };
+                    unsafe { link.unregister(r.ptr as *const u8)? };
                 }
             }
         }
         Ok(())
-    };
-    let ran = run();
+    });
     // Drain: wait for every batch still in flight (or the whole device, if a wait fails), then
     // undo every registration left.
     let mut drained = Ok(());
@@ -555,7 +577,7 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
     }
     for r in regs {
         // SAFETY: nothing is in flight any more.
-        drained = drained.and(unsafe { link.unregister(r.ptr) });
+        drained = drained.and(unsafe { link.unregister(r.ptr as *const u8) });
     }
     s.fail(ran.and(drained)).map(|()| (carried, reason))
 }
@@ -588,7 +610,7 @@ fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
         .map(|u| u.range.len())
         .max()
         .unwrap_or(0);
-    let size = biggest.min(s.sizes.unit).max(1);
+    let size = biggest.clamp(1, s.sizes.unit);
     let count = if s.mapped.len() + s.owned.len() > 1 {
         s.sizes.staging
     } else {
@@ -633,7 +655,8 @@ fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
         for f in fences.into_iter().flatten() {
             drained = drained.and(link.wait(f));
         }
-        if drained.is_err() {
+        // A failed copy or fence leaves copies queued with no fence: wait for the whole device.
+        if drained.is_err() || run.is_err() {
             drained = drained.and(link.synchronize());
         }
         run.and(drained).map(|()| carried)

@@ -170,6 +170,10 @@ impl Link for HostLink {
         Ok(f(&mut refs))
     }
 
+    fn prepare_kernels(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn kernel(&self, k: &Kernel) -> Result<()> {
         let (from, to) = match k.name {
             "copy2d_1" => (DType::U8, DType::U8),

@@ -141,7 +141,24 @@ impl VariableStore {
                     }
                     .into())
                 }
-                Some(b) => b.mem.clone(),
+                Some(b) => {
+                    // The trainer's memory: on this GPU, aligned for the elements, and idle.
+                    let align = dt.size().unwrap_or(1) as u64;
+                    if b.mem.device() != link.device() || b.mem.ptr() % align != 0 {
+                        return Err(ErrorKind::BadVariable {
+                            name: v.name.clone(),
+                            reason: format!(
+                                "its device buffer at {:#x} on {} must be on {} and aligned to {align} bytes",
+                                b.mem.ptr(),
+                                b.mem.device(),
+                                link.device()
+                            ),
+                        }
+                        .into());
+                    }
+                    b.mem.ready()?;
+                    b.mem.clone()
+                }
                 None => link.alloc(bytes, &v.name)?,
             };
             mems.insert(&v.name, (dt, mem));
@@ -278,6 +295,8 @@ impl VariableStore {
             }
             report.from_initializer += 1;
         }
+        // Allocations are queued on one lane; the copies run on all of them.
+        link.synchronize()?;
         let planned = Instant::now();
         let mut stats = DeviceStats {
             device: link.device(),

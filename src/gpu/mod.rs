@@ -36,6 +36,11 @@ pub(crate) trait Memory: Send + Sync {
     fn len(&self) -> usize;
     /// Copies the bytes back to the host.
     fn read(&self, dst: &mut [u8]) -> Result<()>;
+    /// Waits until work queued on this memory elsewhere (by the trainer) is done.
+    #[cfg(any(test, feature = "cuda"))]
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
     /// The device, e.g. `cuda:0`.
     fn device(&self) -> String;
     /// The cudarc slice, when the library allocated this memory.

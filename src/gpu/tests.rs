@@ -454,3 +454,52 @@ fn many_unaligned_tensors_through_both_paths() {
         }
     }
 }
+
+#[test]
+fn interleaved_slices_register_in_file_order() {
+    // One shard laid out b/part0, a, b/part1 (found in review: the plan orders a tensor by its
+    // first slice, so b's second slice comes after a in the file but before it in the plan).
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let rows = 3000u64; // 12 KB per part: several pages each
+    let part = |k: u8| -> Vec<u8> { (0..rows * 4).map(|i| (i as u8) ^ k).collect() };
+    let (p0, p1, a) = (part(1), part(2), part(3));
+    let shape = [rows];
+    let t = |data: &'static [u8]| crate::TensorRef::Bytes {
+        dtype: DType::F32,
+        shape: &shape,
+        data,
+    };
+    let (p0, p1, a): (&'static [u8], &'static [u8], &'static [u8]) =
+        (p0.leak(), p1.leak(), a.leak());
+    let half = crate::Slice::from_ranges(&[(0, rows)]);
+    let second = crate::Slice::from_ranges(&[(rows, rows)]);
+    w.add_slice("b", &[2 * rows], &half, t(p0)).unwrap();
+    w.add("a", t(a)).unwrap();
+    w.add_slice("b", &[2 * rows], &second, t(p1)).unwrap();
+    w.finish().unwrap();
+    let make = || {
+        let mut store = VariableStore::new();
+        store
+            .get_variable("v/a", &[rows], DType::F32, Init::Zeros)
+            .unwrap();
+        store
+            .get_variable("v/b", &[2 * rows], DType::F32, Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("/", Target::scope("v/"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = make();
+    cpu.initialize(Device::Cpu).unwrap();
+    for sizes in [Sizes::default(), tiny()] {
+        let link = HostLink::default();
+        let mut gpu = make();
+        let r = gpu
+            .initialize_on(&link, &LoadOptions::default(), sizes)
+            .unwrap();
+        assert_eq!(r.device.unwrap().registration_fallback, None);
+        assert_same(&cpu, &gpu, &format!("{sizes:?}"));
+    }
+}
