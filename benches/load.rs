@@ -1,7 +1,8 @@
 //! End-to-end `init_from_checkpoint` + `initialize` benchmarks (bytes per second, page cache warm),
 //! on checkpoints written by the crate's own writer before measuring:
-//! large tensors at 1, 2 and 4 GB (cost must grow linearly), 100k small tensors (per-tensor
-//! overhead), and a re-split of a partitioned tensor across axes.
+//! large tensors at 1, 2 and 4 GB (cost must grow linearly), both as copy-on-write mappings (the
+//! default) and copied into fresh memory; 100k small tensors (per-tensor overhead); and a re-split
+//! of a partitioned tensor across axes.
 //!
 //! `cargo bench --bench load`   (TFCKPT_BENCH_MAX_GB=2 to skip the 4 GB case)
 
@@ -10,8 +11,8 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, Slice, Target,
-    TensorRef, VariableStore,
+    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, LoadOptions, Slice,
+    Target, TensorRef, VariableStore,
 };
 
 /// `count` float32 tensors of `elems` elements under `model/`.
@@ -50,6 +51,10 @@ fn store_for(count: usize, elems: usize) -> VariableStore {
 }
 
 fn load(prefix: &Path, count: usize, elems: usize) {
+    load_with(prefix, count, elems, &LoadOptions::default())
+}
+
+fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
     let mut store = store_for(count, elems);
     init_from_checkpoint(
         &mut store,
@@ -57,7 +62,7 @@ fn load(prefix: &Path, count: usize, elems: usize) {
         &AssignmentMap::from([("model/", Target::scope("new/"))]),
     )
     .unwrap();
-    black_box(store.initialize(Device::Cpu).unwrap());
+    black_box(store.initialize_with(Device::Cpu, options).unwrap());
 }
 
 fn large(c: &mut Criterion) {
@@ -73,8 +78,17 @@ fn large(c: &mut Criterion) {
         let count = (gb * 64) as usize; // 16 MiB tensors
         let bytes = write_many(&prefix, count, 4 << 20);
         g.throughput(Throughput::Bytes(bytes));
+        // Default: the 16 MiB values are copy-on-write mappings of the file (CRC-checked).
         g.bench_with_input(BenchmarkId::new("GB", gb), &prefix, |b, p| {
             b.iter(|| load(p, count, 4 << 20))
+        });
+        // Every value copied into fresh memory (`LoadOptions::copy_values`).
+        let copy = LoadOptions {
+            copy_values: true,
+            ..Default::default()
+        };
+        g.bench_with_input(BenchmarkId::new("GB_copied", gb), &prefix, |b, p| {
+            b.iter(|| load_with(p, count, 4 << 20, &copy))
         });
     }
     g.finish();
