@@ -27,6 +27,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Test helpers shared with the integration tests name the crate `tfckpt`.
+#[cfg(test)]
+extern crate self as tfckpt;
+
 mod assign;
 mod bundle;
 mod checkpoint;

@@ -5,12 +5,14 @@
 //! `scripts/gpu-check.sh`), which turns a missing GPU into a failure.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use tfckpt::{
-    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, DeviceBuffer, ErrorKind, Init,
-    LoadOptions, Target, Tensor, VariableStore,
-};
+use tfckpt::{DType, Device, DeviceBuffer, ErrorKind, Init, LoadOptions, VariableStore};
+
+#[path = "common/layouts.rs"]
+mod layouts;
+
+use layouts::{assert_same, store_for, CASES};
 
 /// The repository root: `TFCKPT_ROOT` when the binary runs away from where it was built.
 fn root() -> PathBuf {
@@ -29,90 +31,6 @@ fn gpu() -> bool {
         eprintln!("no GPU: nothing checked");
     }
     n > 0
-}
-
-const CASES: &[&str] = &[
-    "dtypes/dtypes",
-    "dtypes_extra/extra",
-    "partitioned_axes",
-    "sharded",
-    "sharded_partitioned",
-    "repartition_v2",
-    "repartition_v1",
-    "v1",
-    "v1_sharded",
-    "tf2_object",
-    "h1_partitioned",
-];
-
-/// Every readable tensor mapped whole, in 3 parts along axis 0 and 2 along axis 1, plus one
-/// unmapped variable (the same layout as the emulated-device unit tests).
-fn store_for(dir: &Path) -> VariableStore {
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let mut store = VariableStore::new();
-    let mut map = AssignmentMap::new();
-    for info in ckpt.tensors() {
-        if ckpt.read(&info.name).is_err() {
-            continue;
-        }
-        let base = info.name.replace(':', "_");
-        let mut layouts = vec![("whole", vec![])];
-        if info.shape.first().is_some_and(|&d| d >= 3) {
-            let mut p = vec![1; info.shape.len()];
-            p[0] = 3;
-            layouts.push(("axis0", p));
-        }
-        if info.shape.get(1).is_some_and(|&d| d >= 2) {
-            let mut p = vec![1; info.shape.len()];
-            p[1] = 2;
-            layouts.push(("axis1", p));
-        }
-        for (tag, parts) in layouts {
-            let name = format!("{tag}/{base}");
-            let made = if parts.is_empty() {
-                store
-                    .get_variable(&name, &info.shape, info.dtype, Init::Zeros)
-                    .map(drop)
-            } else {
-                store
-                    .get_partitioned_variable(&name, &info.shape, info.dtype, &parts, Init::Zeros)
-                    .map(drop)
-            };
-            if made.is_ok() {
-                map.push(info.name.clone(), Target::name(name));
-            }
-        }
-    }
-    store
-        .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
-        .unwrap();
-    init_from_checkpoint(&mut store, dir, &map).unwrap();
-    store
-}
-
-fn value(store: &VariableStore, name: &str) -> Tensor {
-    match store.device_value(name) {
-        Some(d) => {
-            assert!(d.device().starts_with("cuda:"));
-            d.to_host().unwrap()
-        }
-        None => store.value(name).unwrap().clone(),
-    }
-}
-
-fn assert_same(cpu: &VariableStore, gpu: &VariableStore, what: &str) -> usize {
-    assert!(gpu.is_initialized(), "{what}");
-    let mut n = 0;
-    for v in cpu.variables() {
-        assert_eq!(
-            &value(gpu, &v.name),
-            cpu.value(&v.name).unwrap(),
-            "{what}: {}",
-            v.name
-        );
-        n += 1;
-    }
-    n
 }
 
 #[test]

@@ -6,12 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+#[path = "../../tests/common/layouts.rs"]
+mod layouts;
+
+use layouts::{assert_same, store_for, CASES};
+
 use super::exec::{units, Copy, Job, Sizes, Src};
 use super::host::HostLink;
 use super::DeviceBuffer;
 use crate::{
-    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Init, LoadOptions,
-    Target, Tensor, VariableStore,
+    init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
+    VariableStore,
 };
 
 fn fixture(case: &str) -> PathBuf {
@@ -28,85 +33,6 @@ fn tiny() -> Sizes {
         reg_batch: 3 << 10,
     }
 }
-
-/// Every readable tensor of `dir` mapped whole, in 3 parts along axis 0 and in 2 parts along
-/// axis 1 (where the shape allows).
-fn store_for(dir: &Path) -> VariableStore {
-    let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut store = VariableStore::new();
-    let mut map = AssignmentMap::new();
-    for info in ckpt.tensors() {
-        if ckpt.read(&info.name).is_err() {
-            continue; // variant tensors: listed, not read
-        }
-        let base = info.name.replace(':', "_");
-        let whole = format!("whole/{base}");
-        if store
-            .get_variable(&whole, &info.shape, info.dtype, Init::Zeros)
-            .is_err()
-        {
-            continue;
-        }
-        map.push(info.name.clone(), Target::name(whole));
-        let mut layouts = Vec::new();
-        if info.shape.first().is_some_and(|&d| d >= 3) {
-            let mut p = vec![1; info.shape.len()];
-            p[0] = 3;
-            layouts.push(("axis0", p));
-        }
-        if info.shape.get(1).is_some_and(|&d| d >= 2) {
-            let mut p = vec![1; info.shape.len()];
-            p[1] = 2;
-            layouts.push(("axis1", p));
-        }
-        for (tag, parts) in layouts {
-            let name = format!("{tag}/{base}");
-            store
-                .get_partitioned_variable(&name, &info.shape, info.dtype, &parts, Init::Zeros)
-                .unwrap();
-            map.push(info.name.clone(), Target::name(name));
-        }
-    }
-    // One variable left to its initializer.
-    store
-        .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
-        .unwrap();
-    init_from_checkpoint(&mut store, dir, &map).unwrap();
-    store
-}
-
-fn device_or_host(store: &VariableStore, name: &str) -> Tensor {
-    match store.device_value(name) {
-        Some(d) => d.to_host().unwrap(),
-        None => store.value(name).unwrap().clone(),
-    }
-}
-
-fn assert_same(cpu: &VariableStore, gpu: &VariableStore, what: &str) {
-    assert!(gpu.is_initialized(), "{what}");
-    let mut n = 0;
-    for v in cpu.variables() {
-        let want = cpu.value(&v.name).unwrap();
-        let got = device_or_host(gpu, &v.name);
-        assert_eq!(&got, want, "{what}: {}", v.name);
-        n += 1;
-    }
-    assert!(n > 0);
-}
-
-const CASES: &[&str] = &[
-    "dtypes/dtypes",
-    "dtypes_extra/extra",
-    "partitioned_axes",
-    "sharded",
-    "sharded_partitioned",
-    "repartition_v2",
-    "repartition_v1",
-    "v1",
-    "v1_sharded",
-    "tf2_object",
-    "h1_partitioned",
-];
 
 #[test]
 fn emulated_device_equals_host_on_every_fixture() {
