@@ -50,6 +50,8 @@ impl Default for Sizes {
 }
 /// Entries closer than this in a file share a unit (the gap is uploaded, not copied anywhere).
 const GAP: usize = 64 << 10;
+/// How far past the units in work the files are hinted for readahead.
+const READ_AHEAD: usize = 512 << 20;
 /// Bytes checksummed (and copied) per parallel task.
 const PIECE: usize = 1 << 20;
 
@@ -309,8 +311,8 @@ struct Shared<'a> {
     sizes: Sizes,
     mapped: &'a [Unit],
     owned: &'a [Unit],
-    /// Next mapped unit to hand out.
-    cursor: Mutex<usize>,
+    /// Next mapped unit to hand out, and the first unit not yet hinted for readahead.
+    cursor: Mutex<(usize, usize)>,
     /// Next host-owned unit to hand out.
     owned_cursor: Mutex<usize>,
     /// Mapped units registration gave up on.
@@ -325,7 +327,7 @@ impl Shared<'_> {
     /// The next `n` bytes' worth of mapped units of one source (at least one unit).
     fn take(&self, bytes: usize) -> Range<usize> {
         let mut c = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let start = *c;
+        let start = c.0;
         let mut end = start;
         while end < self.mapped.len() {
             let u = &self.mapped[end];
@@ -337,7 +339,18 @@ impl Shared<'_> {
             }
             end += 1;
         }
-        *c = end;
+        // Readahead of this batch and what follows, up to READ_AHEAD: a cold file is then read in large requests
+        // while this batch is pinned or staged (a hint: it costs a residency check when warm).
+        let (mut h, mut ahead) = (c.1.max(start), 0);
+        while h < self.mapped.len() && ahead < READ_AHEAD {
+            let u = &self.mapped[h];
+            if let Src::Mapped(m) = &u.src {
+                m.will_need(u.range.clone());
+            }
+            ahead += u.range.len();
+            h += 1;
+        }
+        *c = (end, h);
         start..end
     }
 
@@ -376,7 +389,7 @@ pub(crate) fn execute<L: Link>(
         sizes,
         mapped: &mapped,
         owned: &owned,
-        cursor: Mutex::new(0),
+        cursor: Mutex::new((0, 0)),
         owned_cursor: Mutex::new(0),
         fallback: Mutex::new(Vec::new()),
         no_registration: AtomicBool::new(!register),
