@@ -541,6 +541,8 @@ impl Checkpoint {
         let stored = if info.slices.is_empty() {
             Slice::full(info.shape.len())
         } else {
+            // The same overlap and coverage checks as a copied read (TF's errors on odd files).
+            coverage(info, &[want])?;
             match info.slices.iter().find(|s| s.ranges(&info.shape) == want_r) {
                 Some(s) => s.clone(),
                 None => return Ok(None),

@@ -504,3 +504,28 @@ fn writer_rejects_bad_slices_without_leaving_traces() {
     assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), [1., 2., 1., 2.]);
     ckpt.verify().unwrap();
 }
+
+#[test]
+fn overlapping_slices_fail_with_mapped_values_too() {
+    // Part 0 of q is exactly stored slice 0,2, so with mapping on it is mapped rather than copied
+    // (and checked for overlaps itself); the overlap still fails the whole load, as for a copied read.
+    let (_d, ckpt) = partitioned(&[(0, 2), (1, 3)]);
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_partitioned_variable("q", &[4], tfckpt::DType::F32, &[2], tfckpt::Init::Zeros)
+        .unwrap();
+    let map = tfckpt::AssignmentMap::from([("p", tfckpt::Target::name("q"))]);
+    tfckpt::init_from_checkpoint(&mut store, ckpt.prefix(), &map).unwrap();
+    let options = tfckpt::LoadOptions {
+        map_min_bytes: Some(0),
+        ..Default::default()
+    };
+    let e = store
+        .initialize_with(tfckpt::Device::Cpu, &options)
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::OverlappingSlices { .. }),
+        "{e}"
+    );
+    assert!(!store.is_initialized());
+}
