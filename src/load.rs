@@ -298,9 +298,10 @@ impl VariableStore {
         };
         let mut loaded: Vec<(String, Tensor)> = loaded.into_iter().flat_map(|l| l.1).collect();
         if let Some((from, to)) = options.cast {
-            for (_, t) in &mut loaded {
-                cast_tensor(t, from, to)?;
-            }
+            use rayon::prelude::*;
+            loaded
+                .par_iter_mut()
+                .try_for_each(|(_, t)| cast_tensor(t, from, to))?;
         }
         loaded.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
         for (_, t) in &loaded {
