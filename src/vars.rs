@@ -327,6 +327,13 @@ impl VariableStore {
         self.values.get(name)
     }
 
+    /// The value of a variable or part, to change in place (a trainer's update). A value mapped
+    /// copy-on-write from the checkpoint gets its own copy of each page written; the file is never
+    /// written.
+    pub fn value_mut(&mut self, name: &str) -> Option<&mut Tensor> {
+        self.values.get_mut(name)
+    }
+
     /// Whether the store's variables have been initialized (all of them, or none).
     pub fn is_initialized(&self) -> bool {
         !self.vars.is_empty() && self.values.len() + self.device_values.len() == self.vars.len()

@@ -125,7 +125,7 @@ fn default_maps_only_large_values() {
 }
 
 #[test]
-fn mapped_values_clone_to_owned_memory_and_never_write_the_file() {
+fn mapped_values_are_copy_on_write_and_never_write_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(fixture("repartition_v2")).unwrap() {
         let e = e.unwrap();
@@ -139,7 +139,7 @@ fn mapped_values_clone_to_owned_memory_and_never_write_the_file() {
     store.initialize_with(Device::Cpu, &map_all()).unwrap();
     let name = store
         .variables()
-        .find(|v| matches!(&store.value(&v.name).unwrap().data, TensorData::Bytes(b) if b.is_mapped() && !b.is_empty()))
+        .find(|v| matches!(&store.value(&v.name).unwrap().data, TensorData::Bytes(b) if b.is_mapped() && b.len() >= 2))
         .unwrap()
         .name
         .clone();
@@ -151,6 +151,24 @@ fn mapped_values_clone_to_owned_memory_and_never_write_the_file() {
         b[0] ^= 0xff;
     }
     assert_ne!(&t, &original);
+    // Writing the mapped value itself, in place: copy-on-write.
+    if let Some(TensorData::Bytes(b)) = store.value_mut(&name).map(|t| &mut t.data) {
+        assert!(b.is_mapped());
+        b[0] ^= 0xff;
+        let last = b.len() - 1;
+        b[last] ^= 0x0f;
+    }
+    assert_ne!(store.value(&name).unwrap(), &original);
+    let (now, was) = (
+        store.value(&name).unwrap().bytes().unwrap(),
+        original.bytes().unwrap(),
+    );
+    let n = was.len();
+    assert_eq!(
+        now[1..n - 1],
+        was[1..n - 1],
+        "only the written bytes changed"
+    );
     assert_eq!(
         std::fs::read(&shard).unwrap(),
         before,
