@@ -35,7 +35,12 @@ fi
 }
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
     --format=csv,noheader 2>/dev/null || true
+# GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
 echo "== CUDA tests"
-TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1
+tests_rc=0
+TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1 || tests_rc=$?
 echo "== GPU benchmark"
-"$out/gpu_bench" "$@"
+bench_rc=0
+"$out/gpu_bench" "$@" || bench_rc=$?
+echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
