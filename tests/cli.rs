@@ -432,3 +432,45 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     assert!(!out2.join("a").exists());
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
 }
+
+#[test]
+fn init_copy_flag_gives_the_same_files() {
+    // A 2 MiB tensor is mapped copy-on-write by default and copied with --copy: same output.
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("big");
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    w.add(
+        "w",
+        tfckpt::TensorRef::Bytes {
+            dtype: tfckpt::DType::F32,
+            shape: &[512, 1024],
+            data: &data,
+        },
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let model = r#"{"variables": [{"name": "v", "shape": [512, 1024], "dtype": "float32"}]}"#;
+    let mut outputs = Vec::new();
+    for (flag, mapped) in [(None, "2097152 mapped"), (Some("--copy"), "(0 mapped")] {
+        let out = tmp.path().join(format!("out{}", outputs.len()));
+        let mut args = vec![
+            "init",
+            prefix.to_str().unwrap(),
+            "--model",
+            model,
+            "--map",
+            r#"{"w": "v"}"#,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(flag);
+        let o = tfckpt(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(line.contains(mapped), "{line}");
+        outputs.push(std::fs::read(out.join("v.npy")).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(outputs[0].ends_with(&data));
+}
