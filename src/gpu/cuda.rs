@@ -329,6 +329,24 @@ impl Link for CudaLink {
         Ok(r)
     }
 
+    fn fill(&self, dst: u64, len: usize, fill: super::exec::Fill) -> Result<()> {
+        use super::exec::Fill;
+        self.bind()?;
+        let stream = self.lanes[0].cu_stream();
+        // SAFETY: `dst .. dst + len` is a live allocation of this context (the caller's), aligned
+        // for the pattern (library memory is 256-byte aligned; trainer memory is checked for the
+        // element's alignment), and `len` is a whole number of patterns.
+        let r = unsafe {
+            match fill {
+                Fill::D8(b) => sys::cuMemsetD8Async(dst, b, len, stream),
+                Fill::D16(h) => sys::cuMemsetD16Async(dst, h, len / 2, stream),
+                Fill::D32(w) => sys::cuMemsetD32Async(dst, w, len / 4, stream),
+            }
+        };
+        r.result()
+            .map_err(|e| self.err(format!("filling {len} bytes at {dst:#x}"), e))
+    }
+
     fn prepare_kernels(&self) -> Result<()> {
         self.functions().map(drop)
     }

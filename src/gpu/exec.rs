@@ -107,6 +107,9 @@ pub(crate) trait Link: Sync {
         f: impl FnOnce(&mut [&mut [u8]]) -> R,
     ) -> Result<R>;
 
+    /// Queues (on lane 0) filling `len` bytes at `dst` with a repeated pattern.
+    fn fill(&self, dst: u64, len: usize, fill: Fill) -> Result<()>;
+
     /// Makes the kernels ready (compiled and loaded), so that a failure shows before the upload.
     fn prepare_kernels(&self) -> Result<()>;
 
@@ -115,6 +118,41 @@ pub(crate) trait Link: Sync {
 
     /// Waits for every lane.
     fn synchronize(&self) -> Result<()>;
+}
+
+/// A repeated pattern a device memset can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    D8(u8),
+    D16(u16),
+    D32(u32),
+}
+
+impl Fill {
+    /// The memset that repeats `elem` (one element's bytes), if there is one.
+    pub(crate) fn of(elem: &[u8]) -> Option<Fill> {
+        let first = *elem.first()?;
+        if elem.iter().all(|&b| b == first) {
+            return Some(Fill::D8(first));
+        }
+        match elem.len() {
+            2 => Some(Fill::D16(u16::from_le_bytes([elem[0], elem[1]]))),
+            4 => Some(Fill::D32(u32::from_le_bytes([
+                elem[0], elem[1], elem[2], elem[3],
+            ]))),
+            _ => None,
+        }
+    }
+
+    /// The pattern's bytes.
+    #[cfg(test)]
+    pub(crate) fn bytes(self) -> Vec<u8> {
+        match self {
+            Fill::D8(b) => vec![b],
+            Fill::D16(h) => h.to_le_bytes().to_vec(),
+            Fill::D32(w) => w.to_le_bytes().to_vec(),
+        }
+    }
 }
 
 /// Where an upload's bytes come from.

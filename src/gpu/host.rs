@@ -170,6 +170,19 @@ impl Link for HostLink {
         Ok(f(&mut refs))
     }
 
+    fn fill(&self, dst: u64, len: usize, fill: super::exec::Fill) -> Result<()> {
+        let pattern = fill.bytes();
+        if len % pattern.len() != 0 {
+            return Err(bad(format!("{len} bytes is no whole number of {fill:?}")));
+        }
+        let (m, off) = self.find(dst, len)?;
+        let mut d = m.data.lock().unwrap();
+        for c in d[off..off + len].chunks_exact_mut(pattern.len()) {
+            c.copy_from_slice(&pattern);
+        }
+        Ok(())
+    }
+
     fn prepare_kernels(&self) -> Result<()> {
         Ok(())
     }

@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::exec::{self, Check, Copy, Job, Kernel, Link, Src};
+use super::exec::{self, Check, Copy, Fill, Job, Kernel, Link, Src};
 use super::{DeviceStats, DeviceTensor, Memory};
 use crate::checkpoint::coverage;
 use crate::error::{ErrorKind, Result};
 use crate::load::{cast_tensor, check_dest, LoadOptions, LoadReport, Progress};
 use crate::slice::{for_each_run, intersect, num_elements, Run, Slice};
 use crate::tensor::{Tensor, TensorData};
-use crate::vars::{init_tensor, VariableStore};
+use crate::vars::{init_element, init_tensor, VariableStore};
 use crate::DType;
 
 /// A part needing at most this many copies per stored slice is copied directly; more go through
@@ -278,10 +278,26 @@ impl VariableStore {
             }
         }
         report.from_checkpoint = loaded.len();
-        // Unmapped variables take their own initializer, from the host.
+        // Unmapped variables take their own initializer: a device memset when the element is a
+        // repeated 1-, 2- or 4-byte pattern (zeros, ones, most constants), else from the host.
+        let mut filled = 0u64;
         for v in self.vars.values() {
             if loaded.contains(v.name.as_str()) {
                 continue;
+            }
+            if let Some((dt, mem)) = mems.get(v.name.as_str()) {
+                // `init_element` accepted this (dtype, initializer) when the variable was made.
+                let elem = init_element(v.dtype, v.init).unwrap_or_default();
+                let mut on_device = vec![0u8; dt.size().unwrap_or(0)];
+                super::cast::convert(v.dtype, *dt, &elem, &mut on_device);
+                if let Some(fill) = Fill::of(&on_device) {
+                    if mem.len() > 0 {
+                        link.fill(mem.ptr(), mem.len(), fill)?;
+                    }
+                    filled += mem.len() as u64;
+                    report.from_initializer += 1;
+                    continue;
+                }
             }
             let mut t = init_tensor(v)?;
             if let Some((from, to)) = options.cast {
@@ -300,6 +316,7 @@ impl VariableStore {
         let planned = Instant::now();
         let mut stats = DeviceStats {
             device: link.device(),
+            filled_bytes: filled,
             ..Default::default()
         };
         exec::execute(

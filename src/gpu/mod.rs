@@ -180,6 +180,8 @@ pub struct DeviceStats {
     pub staging_bytes: u64,
     /// Kernel launches (strided slice copies and casts).
     pub kernels: usize,
+    /// Bytes of unmapped variables set by device memsets (no upload).
+    pub filled_bytes: u64,
     /// Why registration was not used for some ranges (`None` when it always worked).
     pub registration_fallback: Option<String>,
 }

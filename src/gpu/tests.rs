@@ -429,3 +429,46 @@ fn interleaved_slices_register_in_file_order() {
         assert_same(&cpu, &gpu, &format!("{sizes:?}"));
     }
 }
+
+#[test]
+fn unmapped_initializers_by_memset_or_upload() {
+    use crate::Init;
+    let dir = fixture("repartition_v2");
+    let make = || {
+        let mut store = store_for(&dir);
+        for (i, (dtype, init)) in [
+            (DType::F32, Init::Zeros),
+            (DType::F32, Init::Constant(0.5)),   // D32
+            (DType::F16, Init::Ones),            // D16
+            (DType::BF16, Init::Constant(-2.0)), // D16
+            (DType::I8, Init::IntConstant(7)),   // D8
+            (DType::Bool, Init::Ones),           // D8
+            (DType::F64, Init::Constant(0.25)),  // 8 bytes: uploaded
+            (DType::I64, Init::IntConstant(-1)), // all 0xff: D8
+            (DType::C64, Init::Ones),            // 8 bytes, mixed: uploaded
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            store
+                .get_variable(&format!("init/{i}"), &[3, 5], dtype, init)
+                .unwrap();
+        }
+        store
+            .get_variable("init/empty", &[0, 4], DType::F32, Init::Ones)
+            .unwrap();
+        store
+    };
+    for options in [
+        LoadOptions::default(),
+        LoadOptions::new().cast(DType::F32, DType::BF16),
+    ] {
+        let mut cpu = make();
+        cpu.initialize_with(Device::Cpu, &options).unwrap();
+        let link = HostLink::default();
+        let mut gpu = make();
+        let r = gpu.initialize_on(&link, &options, tiny()).unwrap();
+        assert!(r.device.unwrap().filled_bytes > 0);
+        assert_same(&cpu, &gpu, &format!("{options:?}"));
+    }
+}
