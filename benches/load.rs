@@ -1,7 +1,7 @@
 //! End-to-end `init_from_checkpoint` + `initialize` benchmarks (bytes per second, page cache warm),
 //! on checkpoints written by the crate's own writer before measuring:
-//! large tensors at 1, 2 and 4 GB (cost must grow linearly), both as copy-on-write mappings (the
-//! default) and copied into fresh memory; 100k small tensors (per-tensor overhead); and a re-split
+//! large tensors at 1, 2 and 4 GB (cost must grow linearly), both copied into fresh memory (the
+//! default) and as copy-on-write mappings (`LoadOptions::map_values`); 100k small tensors (per-tensor overhead); and a re-split
 //! of a partitioned tensor across axes.
 //!
 //! `cargo bench --bench load`   (TFCKPT_BENCH_MAX_GB=2 to skip the 4 GB case)
@@ -78,17 +78,17 @@ fn large(c: &mut Criterion) {
         let count = (gb * 64) as usize; // 16 MiB tensors
         let bytes = write_many(&prefix, count, 4 << 20);
         g.throughput(Throughput::Bytes(bytes));
-        // Default: the 16 MiB values are copy-on-write mappings of the file (CRC-checked).
+        // Default: every value copied into fresh memory.
         g.bench_with_input(BenchmarkId::new("GB", gb), &prefix, |b, p| {
             b.iter(|| load(p, count, 4 << 20))
         });
-        // Every value copied into fresh memory (`LoadOptions::copy_values`).
-        let copy = LoadOptions {
-            copy_values: true,
+        // `LoadOptions::map_values`: the 16 MiB values are copy-on-write mappings of the file.
+        let map = LoadOptions {
+            map_values: true,
             ..Default::default()
         };
-        g.bench_with_input(BenchmarkId::new("GB_copied", gb), &prefix, |b, p| {
-            b.iter(|| load_with(p, count, 4 << 20, &copy))
+        g.bench_with_input(BenchmarkId::new("GB_mapped", gb), &prefix, |b, p| {
+            b.iter(|| load_with(p, count, 4 << 20, &map))
         });
     }
     g.finish();

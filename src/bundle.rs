@@ -157,15 +157,22 @@ impl Bundle {
     }
 
     /// A little-endian fixed-size entry as a private copy-on-write mapping, CRC-checked through that
-    /// very mapping; `None` when the system refuses the mapping (the caller copies instead).
-    pub(crate) fn map_entry(&self, e: &Entry) -> Result<Option<crate::tensor::Bytes>> {
+    /// very mapping (unless `verify` is false: the caller checked this entry already); `None` when
+    /// the system refuses the mapping (the caller copies instead).
+    pub(crate) fn map_entry(
+        &self,
+        e: &Entry,
+        verify: bool,
+    ) -> Result<Option<crate::tensor::Bytes>> {
         let (map, range) = self.locate(e)?;
         let Ok(private) = map.map_private(range) else {
             return Ok(None);
         };
-        let found = crc::crc32c(private.as_slice());
-        if found != e.crc {
-            return Err(self.checksum_error(e, "checksum", e.crc, found));
+        if verify {
+            let found = crc::crc32c(private.as_slice());
+            if found != e.crc {
+                return Err(self.checksum_error(e, "checksum", e.crc, found));
+            }
         }
         Ok(Some(crate::tensor::Bytes::mapped(private)))
     }

@@ -522,12 +522,18 @@ impl Checkpoint {
     /// holds exactly that box, CRC-checked, when that entry has at least `min` bytes; `None` where
     /// the value must be copied (V1 files, big-endian bundles, strings, no stored slice equal to
     /// the box, a small entry, or a mapping the system refused).
+    ///
+    /// The caller has run [`coverage`] over the tensor's requests (once per tensor, not per value).
+    /// `verified` lists the entries (shard, offset) already checksummed by earlier calls: a second
+    /// value of the same entry is mapped without checksumming it again. Returns the value and
+    /// whether this call read (checksummed) the entry.
     pub(crate) fn map_value(
         &self,
         info: &TensorInfo,
         want: &Slice,
         min: u64,
-    ) -> Result<Option<crate::tensor::Bytes>> {
+        verified: &mut Vec<(u32, u64)>,
+    ) -> Result<Option<(crate::tensor::Bytes, bool)>> {
         let Inner::V2(b) = &self.inner else {
             return Ok(None);
         };
@@ -541,8 +547,6 @@ impl Checkpoint {
         let stored = if info.slices.is_empty() {
             Slice::full(info.shape.len())
         } else {
-            // The same overlap and coverage checks as a copied read (TF's errors on odd files).
-            coverage(info, &[want])?;
             match info.slices.iter().find(|s| s.ranges(&info.shape) == want_r) {
                 Some(s) => s.clone(),
                 None => return Ok(None),
@@ -552,10 +556,19 @@ impl Checkpoint {
             return Ok(None);
         }
         let e = self.v2_entry(b, info, &stored)?;
-        if e.size < min.max(1) {
+        // Small values are cheaper to copy; a value whose offset is not a multiple of its element
+        // size would be misaligned in memory (TensorFlow does not pad entries), so it is copied.
+        let align = info.dtype.size().unwrap_or(1) as u64;
+        if e.size < min.max(1) || e.offset % align != 0 {
             return Ok(None);
         }
-        b.map_entry(e)
+        let key = (e.shard, e.offset);
+        let seen = verified.contains(&key);
+        let mapped = b.map_entry(e, !seen)?;
+        if mapped.is_some() && !seen {
+            verified.push(key);
+        }
+        Ok(mapped.map(|m| (m, !seen)))
     }
 
     /// For the GPU path: the stored slices of a fixed-size tensor of a little-endian V2 bundle,

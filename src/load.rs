@@ -34,7 +34,7 @@ pub struct LoadReport {
     /// Bytes loaded from checkpoints into variables (string bytes included).
     pub bytes: u64,
     /// Of those, bytes of values that are copy-on-write mappings of the checkpoint files (see
-    /// [`LoadOptions::copy_values`]).
+    /// [`LoadOptions::map_values`]).
     pub mapped_bytes: u64,
     /// Wall time of the whole initialization.
     pub seconds: f64,
@@ -113,12 +113,16 @@ pub struct LoadOptions {
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
     /// end); keep it cheap.
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
-    /// Copy every value into fresh memory. By default (`false`), a value of at least
-    /// [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint stores exactly as the variable
-    /// needs it (a whole tensor, or a part equal to a stored slice) is a copy-on-write mapping of
-    /// the file instead, CRC-checked like any other (see [`Bytes`](crate::Bytes)): no copy, no
-    /// fresh memory, until the trainer writes to it.
-    pub copy_values: bool,
+    /// Map large values instead of copying them (default `false`: every value is copied). With
+    /// `true`, a value of at least [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint
+    /// stores exactly as the variable needs it (a whole tensor, or a part equal to a stored slice,
+    /// at an offset aligned for its elements) is a copy-on-write mapping of the file, CRC-checked
+    /// like any other (see [`Bytes`](crate::Bytes)): no copy and no fresh memory at load. Right
+    /// for values that are mostly read (inference, export, uploading elsewhere; `tfckpt init`
+    /// does it). Not for values a trainer rewrites: the first write to each 4 KiB page then pays a
+    /// fault and a copy, which on this project's VM cost more than copying at load (see the
+    /// README), and the value stays tied to the file (its safety contract).
+    pub map_values: bool,
     /// The smallest value mapped rather than copied (default 1 MiB; smaller values are cheaper to
     /// copy than to map).
     pub map_min_bytes: Option<u64>,
@@ -161,7 +165,7 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
-            .field("copy_values", &self.copy_values)
+            .field("map_values", &self.map_values)
             .field("map_min_bytes", &self.map_min_bytes)
             .field("cast", &self.cast)
             .field("no_registration", &self.no_registration)
@@ -203,7 +207,7 @@ impl Tracker<'_> {
     }
 }
 
-/// Values at least this large are mapped copy-on-write by default (`LoadOptions::copy_values`).
+/// With `LoadOptions::map_values`, values at least this large are mapped copy-on-write.
 const MAP_MIN: u64 = 1 << 20;
 
 /// How far (in destination bytes) the reader stage may run ahead of the workers.
@@ -274,7 +278,9 @@ impl VariableStore {
             reported: AtomicU64::new(0),
         };
         let planned = Instant::now();
-        let map_min = (!options.copy_values).then_some(options.map_min_bytes.unwrap_or(MAP_MIN));
+        let map_min = options
+            .map_values
+            .then_some(options.map_min_bytes.unwrap_or(MAP_MIN));
         let loaded = crate::exec::pipeline(
             &plan.items,
             READ_AHEAD,
@@ -401,12 +407,23 @@ impl VariableStore {
         let info = ckpt.tensor(tensor)?;
         let mut bufs = Vec::with_capacity(dests.len());
         let mut mapped = 0;
+        let mut verified = Vec::new();
+        if map_min.is_some() && !info.slices.is_empty() {
+            // The overlap and coverage checks of a copied read, once for the whole group, before
+            // any value is mapped (TF's errors on odd files).
+            let requests: Vec<&Slice> = dests.iter().map(|d| d.1).collect();
+            crate::checkpoint::coverage(info, &requests)?;
+        }
         for &(v, slice) in dests {
             check_dest(ckpt, info, v, slice)?;
             // A large value stored exactly as this variable needs it: a copy-on-write mapping.
-            if let Some(b) = map_min.map_or(Ok(None), |min| ckpt.map_value(info, slice, min))? {
+            let m = match map_min {
+                Some(min) => ckpt.map_value(info, slice, min, &mut verified)?,
+                None => None,
+            };
+            if let Some((b, read)) = m {
                 bufs.push(Buf::Mapped(b));
-                mapped += 1;
+                mapped += usize::from(read);
                 continue;
             }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;

@@ -10,6 +10,12 @@
 //! ends the process; bytes changed in place are caught by the CRC32C checks of every block and tensor,
 //! but may be observed between the check and the copy. TensorFlow's own writer never rewrites a
 //! finished checkpoint in place (it writes temporary files and renames them).
+//!
+//! **Values mapped copy-on-write** (`MappedFile::map_private`, `crate::Bytes`) extend this contract
+//! to their own lifetime, which can be a whole training run: a page not yet written by the trainer
+//! still reads the file, so an in-place change of the file after `initialize` shows up in the value
+//! unchecked, and a truncation raises `SIGBUS` when the value is read. They are made only when
+//! asked for (`LoadOptions::map_values`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -52,8 +58,6 @@ pub(crate) struct MappedFile {
     path: PathBuf,
     map: Option<memmap2::Mmap>,
     stamp: FileStamp,
-    /// The open file, for private (copy-on-write) mappings of single values.
-    file: File,
 }
 
 impl MappedFile {
@@ -80,7 +84,6 @@ impl MappedFile {
             path: path.to_path_buf(),
             map,
             stamp: FileStamp::from_meta(&meta),
-            file,
         })
     }
 
@@ -149,57 +152,101 @@ impl MappedFile {
 
     /// A private, copy-on-write mapping of `range` (inside the file): reading it reads the page
     /// cache with no copy; the first write to a page gives this mapping its own copy of that page.
-    /// The module's safety contract then covers the mapping's whole life: the file must not be
-    /// modified or truncated in place while it is alive.
+    /// The file is opened again (no descriptor is kept per shard) and must still be the one mapped
+    /// (same device, inode, length and times); at most [`max_private_maps`] such mappings live at
+    /// once. Any refusal is an `Err`, and the caller copies instead. The module's safety contract
+    /// then covers the mapping's whole life: the file must not be modified or truncated in place
+    /// while it is alive.
     pub(crate) fn map_private(&self, range: std::ops::Range<usize>) -> std::io::Result<PrivateMap> {
         if range.end > self.bytes().len() || range.is_empty() {
             return Err(std::io::Error::other("empty or out-of-bounds range"));
         }
-        let page = page_size();
-        let start = range.start - range.start % page;
-        let skip = range.start - start;
-        // SAFETY: a private mapping of a file range that exists (checked above against the shared
-        // mapping's length); the crate-level contract forbids modifying or truncating the file in
-        // place while any mapping of it is alive. Writes go to private copies, never to the file.
+        let slot = MapSlot::take().ok_or_else(|| std::io::Error::other("too many mappings"))?;
+        let file = File::open(&self.path)?;
+        if FileStamp::from_meta(&file.metadata()?) != self.stamp {
+            return Err(std::io::Error::other(
+                "the file changed since it was mapped",
+            ));
+        }
+        // SAFETY: a private mapping of a range of the same file (checked: same identity and
+        // length) that exists (checked above against the shared mapping's length); the crate-level
+        // contract forbids modifying or truncating the file in place while any mapping of it is
+        // alive. Writes go to private copies, never to the file. memmap2 aligns the offset down to
+        // a page and points the slice at `range.start`.
         let map = unsafe {
             memmap2::MmapOptions::new()
-                .offset(start as u64)
-                .len(skip + range.len())
-                .map_copy(&self.file)?
+                .offset(range.start as u64)
+                .len(range.len())
+                .map_copy(&file)?
         };
-        Ok(PrivateMap {
-            map,
-            skip,
-            len: range.len(),
-        })
+        Ok(PrivateMap { map, _slot: slot })
     }
 }
 
 /// The system's page size.
+#[cfg(any(test, feature = "cuda"))]
 pub(crate) fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            return n as usize;
+        }
+    }
+    4096
+}
+
+/// How many private value mappings may live at once: a quarter of the kernel's limit on mappings
+/// per process (`vm.max_map_count`), leaving the rest to the allocator, threads and libraries.
+pub(crate) fn max_private_maps() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65530)
+            / 4
+    })
+}
+
+static LIVE_PRIVATE_MAPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`max_private_maps`] slots, given back on drop.
+struct MapSlot;
+
+impl MapSlot {
+    fn take() -> Option<MapSlot> {
+        use std::sync::atomic::Ordering;
+        let max = max_private_maps();
+        LIVE_PRIVATE_MAPS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| MapSlot)
+    }
+}
+
+impl Drop for MapSlot {
+    fn drop(&mut self) {
+        LIVE_PRIVATE_MAPS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
 /// A private (copy-on-write) mapping of one value's bytes in a checkpoint file.
 pub(crate) struct PrivateMap {
     map: memmap2::MmapMut,
-    skip: usize,
-    len: usize,
+    _slot: MapSlot,
 }
 
 impl PrivateMap {
     pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.map[self.skip..self.skip + self.len]
+        &self.map
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.map[self.skip..self.skip + self.len]
+        &mut self.map
     }
 }
 

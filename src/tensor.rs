@@ -5,14 +5,18 @@ use crate::slice::num_elements;
 
 /// The bytes of a fixed-size tensor: owned memory, or a copy-on-write mapping of the checkpoint file.
 ///
+/// With [`LoadOptions::map_values`](crate::LoadOptions::map_values),
 /// [`VariableStore::initialize`](crate::VariableStore::initialize) hands out large values (1 MiB and
-/// up, see [`LoadOptions`](crate::LoadOptions)) that a checkpoint stores exactly as the variable
-/// needs them as *private mappings of the checkpoint file*, checked against their CRC32C: no copy is
-/// made, reading them reads the page cache, and the first write to a page gives the value its own
-/// copy of that page (the file is never written). Such a value relies on the checkpoint file not
-/// being modified or truncated in place while the value lives (replacing the file by a rename, or
-/// deleting it, is fine; TensorFlow's writer always does that). `LoadOptions::copy_values` turns
-/// this off. Either way a `Bytes` derefs to `[u8]`, mutably too.
+/// up) that a checkpoint stores exactly as the variable needs them, at an aligned offset, as
+/// *private mappings of the checkpoint file*, checked against their CRC32C: no copy is made,
+/// reading them reads the page cache, and the first write to a page gives the value its own copy
+/// of that page (the file is never written). Such a value relies on the checkpoint file not being
+/// modified or truncated in place while the value lives (replacing the file by a rename, or
+/// deleting it, is fine; TensorFlow's writer always does that): an in-place change shows up in
+/// pages the trainer has not written yet, unchecked, and a truncation raises `SIGBUS` when they are
+/// read. The first write to each page pays a page fault and a 4 KiB copy: the copy the load
+/// skipped, deferred to first use and dearer than a bulk copy. Either way a `Bytes` derefs to
+/// `[u8]`, mutably too.
 pub struct Bytes(Repr);
 
 enum Repr {
@@ -55,6 +59,18 @@ impl std::ops::DerefMut for Bytes {
             Repr::Owned(v) => v,
             Repr::Mapped(m) => m.as_mut_slice(),
         }
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Vec<u8> {
+        b.into_vec()
     }
 }
 

@@ -517,6 +517,7 @@ fn overlapping_slices_fail_with_mapped_values_too() {
     let map = tfckpt::AssignmentMap::from([("p", tfckpt::Target::name("q"))]);
     tfckpt::init_from_checkpoint(&mut store, ckpt.prefix(), &map).unwrap();
     let options = tfckpt::LoadOptions {
+        map_values: true,
         map_min_bytes: Some(0),
         ..Default::default()
     };

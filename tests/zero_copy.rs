@@ -1,5 +1,6 @@
-//! Copy-on-write values: `initialize` maps large values that a V2 checkpoint stores exactly as a
-//! variable needs them (a whole tensor, or a part equal to a stored slice) instead of copying them.
+//! Copy-on-write values: with `LoadOptions::map_values`, `initialize` maps large values that a V2
+//! checkpoint stores exactly as a variable needs them (a whole tensor, or a part equal to a stored
+//! slice) instead of copying them.
 //! The values must equal the copied ones byte for byte on every TensorFlow fixture, be checked
 //! against their CRC, be writable without touching the file, and fail cleanly on a damaged file.
 
@@ -51,6 +52,7 @@ fn store_for(dir: &Path) -> VariableStore {
 
 fn map_all() -> LoadOptions {
     LoadOptions {
+        map_values: true,
         map_min_bytes: Some(0),
         ..Default::default()
     }
@@ -82,11 +84,7 @@ fn mapped_values_equal_copied_values_on_every_fixture() {
     ] {
         let dir = fixture(case);
         let mut copied = store_for(&dir);
-        let copy = LoadOptions {
-            copy_values: true,
-            ..Default::default()
-        };
-        let r = copied.initialize_with(Device::Cpu, &copy).unwrap();
+        let r = copied.initialize(Device::Cpu).unwrap();
         assert_eq!(r.mapped_bytes, 0);
         assert_eq!(mapped_count(&copied), 0);
         let mut mapped = store_for(&dir);
@@ -116,12 +114,19 @@ fn mapped_values_equal_copied_values_on_every_fixture() {
 }
 
 #[test]
-fn default_maps_only_large_values() {
-    // The fixtures' values are all below 1 MiB: the default copies them.
-    let mut store = store_for(&fixture("sharded"));
-    let r = store.initialize(Device::Cpu).unwrap();
-    assert_eq!(r.mapped_bytes, 0);
-    assert_eq!(mapped_count(&store), 0);
+fn mapping_is_opt_in_and_only_for_large_values() {
+    // The default copies; map_values with the default threshold (1 MiB) leaves the fixtures' small
+    // values copied too.
+    for map_values in [false, true] {
+        let mut store = store_for(&fixture("sharded"));
+        let options = LoadOptions {
+            map_values,
+            ..Default::default()
+        };
+        let r = store.initialize_with(Device::Cpu, &options).unwrap();
+        assert_eq!(r.mapped_bytes, 0);
+        assert_eq!(mapped_count(&store), 0);
+    }
 }
 
 #[test]
@@ -206,4 +211,123 @@ fn damaged_or_truncated_shard_fails_with_mapping() {
     std::fs::write(&shard, &good[..good.len() / 2]).unwrap();
     let err = store2.initialize_with(Device::Cpu, &map_all()).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::OutOfBounds { .. }), "{err}");
+}
+
+/// Writes `tensors` (name, dtype, bytes) in order into one shard.
+fn write(dir: &Path, tensors: &[(&str, tfckpt::DType, Vec<u8>)]) -> PathBuf {
+    let prefix = dir.join("m");
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (name, dtype, data) in tensors {
+        let n = (data.len() / dtype.size().unwrap()) as u64;
+        w.add(
+            name,
+            tfckpt::TensorRef::Bytes {
+                dtype: *dtype,
+                shape: &[n],
+                data,
+            },
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    prefix
+}
+
+#[test]
+fn one_read_per_entry_and_aligned_values() {
+    use tfckpt::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    // "c" at offset 0; "a" (3 bytes) then puts "b" at an odd offset: misaligned for float32, so
+    // "b" is copied, not mapped.
+    let prefix = write(
+        tmp.path(),
+        &[
+            (
+                "c",
+                DType::F32,
+                (0..4096u32).flat_map(|i| (i * 3).to_le_bytes()).collect(),
+            ),
+            ("a", DType::I8, vec![1, 2, 3]),
+            (
+                "b",
+                DType::F32,
+                (0..4096u32).flat_map(|i| i.to_le_bytes()).collect(),
+            ),
+        ],
+    );
+    let mut store = VariableStore::new();
+    for (name, n) in [("b1", 4096), ("b2", 4096), ("c1", 4096), ("c2", 4096)] {
+        store
+            .get_variable(name, &[n], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    let map = AssignmentMap::from([
+        ("b", Target::name("b1")),
+        ("b", Target::name("b2")),
+        ("c", Target::name("c1")),
+        ("c", Target::name("c2")),
+    ]);
+    init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    let r = store.initialize_with(Device::Cpu, &map_all()).unwrap();
+    // Each stored entry read once however many variables take it.
+    assert_eq!(r.stored_reads, 2);
+    let is_mapped =
+        |n: &str| matches!(&store.value(n).unwrap().data, TensorData::Bytes(b) if b.is_mapped());
+    assert!(
+        !is_mapped("b1") && !is_mapped("b2"),
+        "misaligned values are copied"
+    );
+    assert!(is_mapped("c1") && is_mapped("c2"));
+    for n in ["c1", "c2"] {
+        let p = store.value(n).unwrap().bytes().unwrap().as_ptr() as usize;
+        assert_eq!(p % 4, 0, "{n} is aligned for float32");
+    }
+    assert_eq!(store.value("c1"), store.value("c2"));
+    assert_eq!(
+        store.value("b1").unwrap().bytes().unwrap()[4 * 4095..],
+        4095u32.to_le_bytes()
+    );
+}
+
+#[test]
+fn mappings_are_capped_and_the_rest_copied() {
+    use tfckpt::DType;
+    // More values than the cap on live mappings: the load succeeds, the excess is copied.
+    let cap = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(65530)
+        / 4;
+    let n = cap + 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("t{i:06}")).collect();
+    let tensors: Vec<(&str, DType, Vec<u8>)> = names
+        .iter()
+        .map(|s| (s.as_str(), DType::F32, vec![0u8; 4]))
+        .collect();
+    let prefix = write(tmp.path(), &tensors);
+    let mut store = VariableStore::new();
+    for s in &names {
+        store
+            .get_variable(&format!("v/{s}"), &[1], DType::F32, Init::Ones)
+            .unwrap();
+    }
+    init_from_checkpoint(
+        &mut store,
+        &prefix,
+        &AssignmentMap::from([("/", Target::scope("v/"))]),
+    )
+    .unwrap();
+    let r = store.initialize_with(Device::Cpu, &map_all()).unwrap();
+    let mapped = mapped_count(&store);
+    assert!(mapped <= cap && mapped > 0, "{mapped} mapped, cap {cap}");
+    assert!(r.mapped_bytes <= 4 * cap as u64);
+    assert!(store
+        .variables()
+        .all(|v| store.value(&v.name).unwrap().to_f32().unwrap() == [0.0]));
+    drop(store);
+    // The slots come back when the values go: another load maps again.
+    let mut again = store_for(&fixture("repartition_v2"));
+    let r = again.initialize_with(Device::Cpu, &map_all()).unwrap();
+    assert!(r.mapped_bytes > 0);
 }

@@ -234,7 +234,8 @@ fn init(
         eprintln!("warning: {w}");
     }
     let mut options = LoadOptions {
-        copy_values: copy,
+        // init only reads the values (to write them out): large ones are mapped, not copied.
+        map_values: !copy,
         ..LoadOptions::new()
     };
     if let Some(n) = threads {
