@@ -15,24 +15,11 @@ use tfckpt::{
     Target, TensorRef, VariableStore,
 };
 
+mod common;
+
 /// `count` float32 tensors of `elems` elements under `model/`.
 fn write_many(prefix: &Path, count: usize, elems: usize) -> u64 {
-    let mut w = CheckpointWriter::create(prefix, Default::default()).unwrap();
-    let data: Vec<u8> = (0..elems * 4).map(|i| (i * 7 % 251) as u8).collect();
-    for i in 0..count {
-        let name = format!("model/t_{i:06}");
-        w.add(
-            &name,
-            TensorRef::Bytes {
-                dtype: DType::F32,
-                shape: &[elems as u64],
-                data: &data,
-            },
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    (count * elems * 4) as u64
+    common::write_f32s(prefix, count, elems, |i| format!("model/t_{i:06}"))
 }
 
 fn store_for(count: usize, elems: usize) -> VariableStore {

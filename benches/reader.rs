@@ -8,25 +8,13 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tfckpt::{Checkpoint, CheckpointWriter, DType, TensorRef, WriterOptions};
+use tfckpt::Checkpoint;
 
-fn write(prefix: &Path, tensors: usize, elems: usize) -> u64 {
-    let mut w = CheckpointWriter::create(prefix, WriterOptions::default()).unwrap();
-    let data: Vec<u8> = (0..elems * 4).map(|i| (i * 7 % 251) as u8).collect();
-    for i in 0..tensors {
-        let name = format!("model/layer_{:06}/w", i);
-        w.add(
-            &name,
-            TensorRef::Bytes {
-                dtype: DType::F32,
-                shape: &[elems as u64],
-                data: &data,
-            },
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    (tensors * elems * 4) as u64
+mod common;
+
+/// `count` float32 tensors of `elems` elements under `model/layer_NNNNNN/w`.
+fn write(prefix: &Path, count: usize, elems: usize) -> u64 {
+    common::write_f32s(prefix, count, elems, |i| format!("model/layer_{i:06}/w"))
 }
 
 fn crc(c: &mut Criterion) {

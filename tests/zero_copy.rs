@@ -6,6 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "common/layouts.rs"]
+mod layouts;
+
+use layouts::CASES;
+
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, Device, ErrorKind, Init, LoadOptions, Target,
     TensorData, VariableStore,
@@ -70,18 +75,7 @@ fn mapped_count(store: &VariableStore) -> usize {
 
 #[test]
 fn mapped_values_equal_copied_values_on_every_fixture() {
-    for case in [
-        "dtypes/dtypes",
-        "dtypes_extra/extra",
-        "partitioned_axes",
-        "sharded",
-        "sharded_partitioned",
-        "repartition_v2",
-        "tf2_object",
-        "h1_partitioned",
-        "v1",
-        "repartition_v1",
-    ] {
+    for &case in CASES {
         let dir = fixture(case);
         let mut copied = store_for(&dir);
         let r = copied.initialize(Device::Cpu).unwrap();

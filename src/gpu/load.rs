@@ -175,13 +175,10 @@ impl VariableStore {
         for it in &plan.items {
             let ckpt = &ckpts[it.ckpt];
             let info = ckpt.tensor(it.tensor)?;
-            for &(v, slice) in &it.dests {
-                check_dest(ckpt, info, v, slice)?;
-                loaded.insert(&v.name);
-            }
+            loaded.extend(it.dests.iter().map(|d| d.0.name.as_str()));
             report.tensors += 1;
             let Some(sources) = ckpt.device_sources(info)? else {
-                // Prepared (and verified) on the host, then uploaded.
+                // Prepared (and verified, destinations checked) on the host, then uploaded.
                 let (reads, values) = self.load_group(ckpt, it.tensor, &it.dests, None)?;
                 report.stored_reads += reads;
                 for (name, mut t) in values {
@@ -201,6 +198,9 @@ impl VariableStore {
                 }
                 continue;
             };
+            for &(v, slice) in &it.dests {
+                check_dest(ckpt, info, v, slice)?;
+            }
             let requests: Vec<&Slice> = it.dests.iter().map(|d| d.1).collect();
             let (_, _, wants) = coverage(info, &requests)?;
             let size = info.dtype.size().unwrap_or(1);
