@@ -7,9 +7,9 @@
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
 #        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
 #    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
-#    trainer buffers, a damaged shard) and then the benchmark (~8 GB checkpoint written by the
-#    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads),
-#    and prints a short table.
+#    trainer buffers, a damaged shard), then the benchmark (~8 GB checkpoint written by the
+#    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads)
+#    with its short table, then the building blocks one by one (examples/gpu_probe.rs).
 #
 # NVRTC (for the kernels) is found through the loader path: the CUDA toolkit's libnvrtc.so.13, or
 # pip's nvidia-cuda-nvrtc==13.0.* with its nvidia/cu13/lib folder on LD_LIBRARY_PATH.
@@ -18,18 +18,19 @@ cd "$(dirname "$0")/.."
 out=target/gpu-check
 
 if [ "${1:-}" = "--build" ]; then
-    cargo build --release --locked --features cuda --example gpu_bench
+    cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe
     test_bin=$(cargo test --release --locked --features cuda --test gpu --no-run 2>&1 |
         sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
     [ -n "$test_bin" ] || { echo "gpu-check: could not find the test binary" >&2; exit 1; }
     mkdir -p "$out"
     cp "$test_bin" "$out/gpu-tests"
     cp target/release/examples/gpu_bench "$out/gpu_bench"
+    cp target/release/examples/gpu_probe "$out/gpu_probe"
     ls -la "$out"
     exit 0
 fi
 
-[ -x "$out/gpu-tests" ] && [ -x "$out/gpu_bench" ] || {
+[ -x "$out/gpu-tests" ] && [ -x "$out/gpu_bench" ] && [ -x "$out/gpu_probe" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
     exit 1
 }
@@ -42,5 +43,7 @@ TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1 || tes
 echo "== GPU benchmark"
 bench_rc=0
 "$out/gpu_bench" "$@" || bench_rc=$?
+echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
+"$out/gpu_probe" --gb 4 || bench_rc=$?
 echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

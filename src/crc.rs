@@ -41,6 +41,56 @@ pub(crate) fn serial(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
+/// The CRC32C polynomial, bit-reversed (the form the byte-wise computation uses).
+const POLY: u32 = 0x82F6_3B78;
+
+/// `a * b mod P` for polynomials over GF(2) in the reflected representation (bit 31 is x^0).
+const fn multiply(a: u32, mut b: u32) -> u32 {
+    let mut m = 1u32 << 31;
+    let mut p = 0u32;
+    loop {
+        if a & m != 0 {
+            p ^= b;
+            if a & (m - 1) == 0 {
+                return p;
+            }
+        }
+        m >>= 1;
+        b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
+    }
+}
+
+/// `X2N[k] = x^(2^k) mod P`.
+const X2N: [u32; 64] = {
+    let mut t = [0u32; 64];
+    let mut p = 1u32 << 30; // x^1
+    t[0] = p;
+    let mut k = 1;
+    while k < 64 {
+        p = multiply(p, p);
+        t[k] = p;
+        k += 1;
+    }
+    t
+};
+
+/// The CRC32C of `A ++ B` from `crc(A)`, `crc(B)` and `B`'s length: `crc(A) * x^(8 len_b) ^ crc(B)`
+/// with the power found by squaring (zlib's `crc32_combine` since 1.2.12, here for CRC32C). About
+/// 0.1 µs whatever the length; the matrix method of the `crc32c` and `crc-fast` crates takes ~50 µs,
+/// which the GPU load's thousands of 1 MiB pieces made a fifth of its time.
+pub fn combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    // x^(8 len_b) = product of x^(2^(k+3)) over the set bits k of len_b.
+    let (mut n, mut k, mut power) = (len_b, 3usize, 1u32 << 31);
+    while n != 0 {
+        if n & 1 != 0 {
+            power = multiply(X2N[k & 63], power);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    multiply(power, crc_a) ^ crc_b
+}
+
 /// CRC32C of `data`, computed in parallel chunks when it is large.
 pub fn crc32c(data: &[u8]) -> u32 {
     if data.len() <= 2 * CHUNK {
@@ -50,7 +100,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
         .map(|c| (serial(c), c.len()))
         .collect::<Vec<_>>()
         .into_iter()
-        .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
+        .fold(0, |acc, (crc, len)| combine(acc, crc, len as u64))
 }
 
 #[cfg(test)]
@@ -64,6 +114,27 @@ mod tests {
         assert_eq!(mask(0), 0xA282_EAD8);
         for c in [0u32, 1, 0xdead_beef, u32::MAX] {
             assert_eq!(unmask(mask(c)), c);
+        }
+    }
+
+    #[test]
+    fn combine_matches_the_whole_and_the_crc32c_crate() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for split in [0usize, 1, 3, 100, 4096, 65_537, 299_999, 300_000] {
+            let (a, b) = data.split_at(split);
+            let (ca, cb) = (crc32c::crc32c(a), crc32c::crc32c(b));
+            assert_eq!(
+                combine(ca, cb, b.len() as u64),
+                crc32c::crc32c(&data),
+                "{split}"
+            );
+        }
+        for (a, b, len) in [(0, 0, 0), (1, 2, 1 << 20), (u32::MAX, 7, (1 << 40) + 3)] {
+            assert_eq!(
+                combine(a, b, len),
+                crc32c::crc32c_combine(a, b, len as usize),
+                "{len}"
+            );
         }
     }
 

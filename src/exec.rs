@@ -124,8 +124,9 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
     } else {
         work.into_par_iter().map(band).collect()
     };
-    crcs.into_iter()
-        .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
+    crcs.into_iter().fold(0, |acc, (crc, len)| {
+        crate::crc::combine(acc, crc, len as u64)
+    })
 }
 
 /// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
@@ -146,7 +147,9 @@ fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
         .map(|(s, d)| (serial(s, d), s.len()))
         .collect::<Vec<_>>()
         .into_iter()
-        .fold(0, |acc, (crc, len)| crc32c::crc32c_combine(acc, crc, len))
+        .fold(0, |acc, (crc, len)| {
+            crate::crc::combine(acc, crc, len as u64)
+        })
 }
 
 /// Items are handed to the workers in batches of consecutive items of about this many bytes (or

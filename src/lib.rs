@@ -52,6 +52,8 @@ mod plan;
 mod proto;
 mod slice;
 mod sstable;
+#[cfg(any(test, feature = "cuda"))]
+mod stream_copy;
 mod strings;
 mod suggest;
 mod table_builder;

@@ -43,21 +43,21 @@ fn device_bytes_equal_host_bytes_for_every_fixture() {
         let dir = root().join("tests/fixtures/tf").join(case);
         let mut cpu = store_for(&dir);
         cpu.initialize(Device::Cpu).unwrap();
-        for no_registration in [false, true] {
+        for register_mappings in [false, true] {
             let mut dev = store_for(&dir);
             let options = LoadOptions {
-                no_registration,
+                register_mappings,
                 ..Default::default()
             };
             let report = dev.initialize_with(Device::Cuda(0), &options).unwrap();
             let d = report.device.as_ref().unwrap();
-            if no_registration {
+            if !register_mappings {
                 assert_eq!(d.registered_bytes, 0);
             }
             checked += assert_same(
                 &cpu,
                 &dev,
-                &format!("{case} no_registration={no_registration}"),
+                &format!("{case} register_mappings={register_mappings}"),
             );
         }
     }

@@ -1,19 +1,22 @@
-//! The GPU load: uploads planned byte ranges to device memory over two paths at once.
+//! The GPU load: uploads planned byte ranges to device memory.
 //!
-//! * **Registered DMA.** One worker takes batches of up to 256 MiB ([`Sizes`]) of a shard mapping,
-//!   page-locks them in place (read-only registration), queues asynchronous copies straight from
-//!   the page cache into the destinations, and checksums the same bytes on the CPU while the DMA
-//!   runs. A batch is unregistered once its copies are done (two batches in flight).
-//! * **Pinned staging ring.** Another worker fills a few pinned buffers of 64 MiB (copy
-//!   and checksum in one pass over the source, in parallel), queues their copies on two lanes, and
-//!   reuses a buffer only after its fence. It also carries host-owned sources (V1 files,
-//!   big-endian bundles, unmapped initializers) and whatever registration could not take.
+//! * **Pinned staging ring** (always). A worker fills a few pinned buffers of 64 MiB (checksum,
+//!   then a streaming copy that skips the read for ownership, 1 MiB at a time in parallel), queues
+//!   their copies on two lanes, and reuses a buffer only after its fence. It also carries
+//!   host-owned sources (V1 files, big-endian bundles, unmapped initializers).
+//! * **Registered DMA** (opt-in, `LoadOptions::register_mappings`). A second worker takes batches
+//!   of up to 256 MiB ([`Sizes`]) of a shard mapping, page-locks them in place (read-only
+//!   registration), queues copies straight from the page cache into the destinations, and
+//!   checksums the same bytes on the CPU while the DMA runs. A batch is unregistered once its
+//!   copies are done (two batches in flight); the ring takes what registration refuses. On an
+//!   H200 this path made the load slower, not faster: page-locking holds a driver lock that the
+//!   ring's copies wait on (README, GPU).
 //!
-//! Both workers pull the next unit of the same file-ordered list, so each path carries what it
-//! can and together they keep the link busy; the report says what each carried. The checksums of
-//! every entry are combined from the pieces both paths computed and compared before the kernels
-//! (strided slice copies and casts from scratch buffers) run. Any error stops both workers; every
-//! queued copy is waited for and every registration undone before this returns.
+//! With both, the workers pull the next unit of the same file-ordered list and the report says
+//! what each carried. The checksums of every entry are combined from the pieces computed on the
+//! way and compared before the kernels (strided slice copies and casts from scratch buffers) run.
+//! Any error stops every worker; every queued copy is waited for and every registration undone
+//! before this returns.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -333,7 +336,8 @@ fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) -> Vec<Part
         }
     }
     if let Some(d) = dst {
-        d.copy_from_slice(&src[sub]);
+        // A staging buffer is read by the GPU, not by this CPU: no read for ownership.
+        crate::stream_copy::stream_copy(d, &src[sub]);
     }
     parts
 }
@@ -478,7 +482,7 @@ fn verify(checks: &[Check], mut parts: Vec<Part>) -> Result<()> {
             if p.off != done {
                 break; // a gap: caught below as a short checksum
             }
-            crc = crc32c::crc32c_combine(crc, p.crc, p.len as usize);
+            crc = crate::crc::combine(crc, p.crc, p.len);
             done += p.len;
         }
         if done != c.size || crc != c.expected {

@@ -324,7 +324,7 @@ impl VariableStore {
             jobs,
             &kernels,
             &checks,
-            !options.no_registration,
+            options.register_mappings,
             sizes,
             &mut stats,
         )?;

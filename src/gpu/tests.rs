@@ -46,7 +46,7 @@ fn emulated_device_equals_host_on_every_fixture() {
                 let link = HostLink::default();
                 let mut gpu = store_for(&dir);
                 let options = LoadOptions {
-                    no_registration: !register,
+                    register_mappings: register,
                     ..Default::default()
                 };
                 let report = gpu.initialize_on(&link, &options, sizes).unwrap();
@@ -80,8 +80,12 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
         .unwrap();
     let link = HostLink::default();
     let mut gpu = store_for(&dir);
+    let register = LoadOptions {
+        register_mappings: true,
+        ..Default::default()
+    };
     let report = pool
-        .install(|| gpu.initialize_on(&link, &LoadOptions::default(), tiny()))
+        .install(|| gpu.initialize_on(&link, &register, tiny()))
         .unwrap();
     let stats = report.device.unwrap();
     assert!(stats.registered_bytes > 0);
@@ -92,9 +96,7 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
     let link = HostLink::default();
     link.fail_register.store(true, Ordering::Relaxed);
     let mut gpu = store_for(&dir);
-    let report = gpu
-        .initialize_on(&link, &LoadOptions::default(), tiny())
-        .unwrap();
+    let report = gpu.initialize_on(&link, &register, tiny()).unwrap();
     let stats = report.device.unwrap();
     assert_eq!(stats.registered_bytes, 0);
     assert!(stats
@@ -177,11 +179,18 @@ fn damaged_shard_fails_whole_and_frees_everything() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&shard, &bytes).unwrap();
-    for sizes in [Sizes::default(), tiny()] {
+    for (sizes, register_mappings) in [
+        (Sizes::default(), false),
+        (Sizes::default(), true),
+        (tiny(), false),
+        (tiny(), true),
+    ] {
         let link = HostLink::default();
-        let err = store
-            .initialize_on(&link, &LoadOptions::default(), sizes)
-            .unwrap_err();
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        };
+        let err = store.initialize_on(&link, &options, sizes).unwrap_err();
         assert!(
             matches!(err.kind(), ErrorKind::TensorChecksum { path, .. } if *path == shard),
             "{err}"
@@ -197,13 +206,18 @@ fn damaged_shard_fails_whole_and_frees_everything() {
 #[test]
 fn failing_copy_unwinds() {
     let dir = fixture("partitioned_axes");
-    for at in [1, 2, 5, 9] {
+    for (at, register_mappings) in [1, 2, 5, 9]
+        .into_iter()
+        .flat_map(|a| [(a, false), (a, true)])
+    {
         let mut store = store_for(&dir);
         let link = HostLink::default();
         link.fail_copy_at.store(at, Ordering::Relaxed);
-        let err = store
-            .initialize_on(&link, &LoadOptions::default(), tiny())
-            .unwrap_err();
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        };
+        let err = store.initialize_on(&link, &options, tiny()).unwrap_err();
         assert!(err.to_string().contains("failed (emulated)"), "{err}");
         assert_eq!(link.still_registered(), 0);
         assert_eq!(link.live_allocations(), 0);
@@ -363,12 +377,14 @@ fn many_unaligned_tensors_through_both_paths() {
             reg_batch: 20_000,
         },
     ] {
-        for _ in 0..3 {
+        for register_mappings in [false, true, true] {
             let link = HostLink::default();
             let mut gpu = make();
-            let r = gpu
-                .initialize_on(&link, &LoadOptions::default(), sizes)
-                .unwrap();
+            let options = LoadOptions {
+                register_mappings,
+                ..Default::default()
+            };
+            let r = gpu.initialize_on(&link, &options, sizes).unwrap();
             let d = r.device.unwrap();
             assert_eq!(d.registration_fallback, None);
             assert_eq!(
@@ -422,10 +438,14 @@ fn interleaved_slices_register_in_file_order() {
     for sizes in [Sizes::default(), tiny()] {
         let link = HostLink::default();
         let mut gpu = make();
-        let r = gpu
-            .initialize_on(&link, &LoadOptions::default(), sizes)
-            .unwrap();
-        assert_eq!(r.device.unwrap().registration_fallback, None);
+        let options = LoadOptions {
+            register_mappings: true,
+            ..Default::default()
+        };
+        let r = gpu.initialize_on(&link, &options, sizes).unwrap();
+        let d = r.device.unwrap();
+        assert_eq!(d.registration_fallback, None);
+        assert!(d.registered_bytes > 0);
         assert_same(&cpu, &gpu, &format!("{sizes:?}"));
     }
 }

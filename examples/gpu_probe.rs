@@ -1,0 +1,343 @@
+//! Times the building blocks of the GPU load one by one on a real GPU, to find what bounds it:
+//! pinned H2D by chunk size, the CPU side of the staging ring (copy, CRC, both), the ring with
+//! device copies under three ways of waiting, and read-only registration of a file mapping
+//! (register, DMA, unregister) by chunk size, fresh and pre-faulted.
+//!
+//! `gpu_probe [--gb 4] [--file /tmp/tfckpt-probe.bin]` (needs `--features cuda` and a GPU).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+use rayon::prelude::*;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+const MIB: usize = 1 << 20;
+
+fn gbps(bytes: usize, t: Instant) -> f64 {
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+struct Ev(sys::CUevent);
+
+fn event(flags: u32) -> Ev {
+    let mut ev = std::mem::MaybeUninit::uninit();
+    unsafe { sys::cuEventCreate(ev.as_mut_ptr(), flags) }
+        .result()
+        .unwrap();
+    Ev(unsafe { ev.assume_init() })
+}
+
+fn record(e: &Ev, s: &CudaStream) {
+    unsafe { sys::cuEventRecord(e.0, s.cu_stream()) }
+        .result()
+        .unwrap();
+}
+
+fn sync(e: &Ev) {
+    unsafe { sys::cuEventSynchronize(e.0) }.result().unwrap();
+}
+
+fn map(path: &str) -> memmap2::Mmap {
+    let f = std::fs::File::open(path).unwrap();
+    unsafe { memmap2::Mmap::map(&f) }.unwrap()
+}
+
+/// `dst = src` with non-temporal 32-byte stores where AVX is present.
+fn nt_copy(dst: &mut [u8], src: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if is_x86_feature_detected!("avx") && dst.as_ptr() as usize % 32 == 0 {
+            let n = dst.len() / 32 * 32;
+            unsafe {
+                #[target_feature(enable = "avx")]
+                unsafe fn go(d: *mut u8, s: *const u8, n: usize) {
+                    let mut i = 0;
+                    while i < n {
+                        let v = _mm256_loadu_si256(s.add(i) as *const __m256i);
+                        _mm256_stream_si256(d.add(i) as *mut __m256i, v);
+                        i += 32;
+                    }
+                    _mm_sfence();
+                }
+                go(dst.as_mut_ptr(), src.as_ptr(), n);
+            }
+            dst[n..].copy_from_slice(&src[n..]);
+            return;
+        }
+    }
+    dst.copy_from_slice(src);
+}
+
+fn main() {
+    let gb: usize = arg("--gb", "4").parse().unwrap();
+    let path = arg("--file", "/tmp/tfckpt-probe.bin");
+    let n = gb << 30;
+    if std::fs::metadata(&path).map(|m| m.len() as usize).ok() != Some(n) {
+        let t = Instant::now();
+        let chunk: Vec<u8> = (0..64 * MIB)
+            .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut f = std::fs::File::create(&path).unwrap();
+        for _ in 0..n / chunk.len() {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+        f.sync_all().ok();
+        println!("wrote {} GiB in {:.1} s", gb, t.elapsed().as_secs_f64());
+    }
+    // Warm the page cache.
+    {
+        let m = map(&path);
+        let t = Instant::now();
+        let s: u64 = m.par_chunks(4 * MIB).map(|c| c[0] as u64).sum();
+        println!(
+            "touch mapping (fault-in, page cache warm): {:.1} GB/s ({s})",
+            gbps(n, t)
+        );
+        let t = Instant::now();
+        let c = tfckpt::crc::crc32c(&m);
+        println!("crc32c all cores: {:.1} GB/s ({c:x})", gbps(n, t));
+    }
+    println!("rayon threads: {}", rayon::current_num_threads());
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let s2 = ctx.new_stream().unwrap();
+    let dev = unsafe { stream.alloc::<u8>(n) }.unwrap();
+    let dptr = {
+        use cudarc::driver::DevicePtr;
+        let (p, _g) = dev.device_ptr(&stream);
+        p
+    };
+    let ring_n = 4;
+    let mut pinned: Vec<_> = (0..ring_n)
+        .map(|_| unsafe { ctx.alloc_pinned_with_flags::<u8>(64 * MIB, 0) }.unwrap())
+        .collect();
+    let mut bufs: Vec<&mut [u8]> = pinned
+        .iter_mut()
+        .map(|p| p.as_mut_slice().unwrap())
+        .collect();
+    for b in bufs.iter_mut() {
+        b.fill(1);
+    }
+    // 1. Pinned H2D by chunk size (one stream, then one sync).
+    for chunk in [MIB, 8 * MIB, 64 * MIB] {
+        let total = 4usize << 30;
+        stream.synchronize().unwrap();
+        let t = Instant::now();
+        let mut off = 0;
+        let mut k = 0;
+        while off < total {
+            let b = &bufs[k % ring_n][..chunk.min(64 * MIB)];
+            unsafe { result::memcpy_htod_async(dptr + (off % n) as u64, b, stream.cu_stream()) }
+                .unwrap();
+            off += chunk;
+            k += 1;
+        }
+        stream.synchronize().unwrap();
+        println!(
+            "pinned H2D, {} MiB copies: {:.1} GB/s",
+            chunk / MIB,
+            gbps(total, t)
+        );
+    }
+    let m = map(&path);
+    let src: &[u8] = &m;
+    // 2. CPU side of the ring, no device.
+    for (what, do_crc, do_copy) in [
+        ("copy+crc", true, true),
+        ("copy", false, true),
+        ("crc", true, false),
+    ] {
+        let t = Instant::now();
+        for (k, unit) in src.chunks(64 * MIB).enumerate() {
+            let b = &mut bufs[k % ring_n][..unit.len()];
+            b.par_chunks_mut(MIB)
+                .zip(unit.par_chunks(MIB))
+                .for_each(|(d, s)| {
+                    if do_crc {
+                        std::hint::black_box(tfckpt::crc::crc32c(s));
+                    }
+                    if do_copy {
+                        d.copy_from_slice(s);
+                    }
+                });
+        }
+        println!(
+            "ring CPU only, {what}, 64 MiB units: {:.1} GB/s",
+            gbps(n, t)
+        );
+    }
+    // 2b. Non-temporal copies (no read-for-ownership of the destination), with and without CRC.
+    for (what, do_crc) in [("nt copy", false), ("crc+nt copy", true)] {
+        let t = Instant::now();
+        for (k, unit) in src.chunks(64 * MIB).enumerate() {
+            let b = &mut bufs[k % ring_n][..unit.len()];
+            b.par_chunks_mut(MIB)
+                .zip(unit.par_chunks(MIB))
+                .for_each(|(d, s)| {
+                    if do_crc {
+                        std::hint::black_box(tfckpt::crc::crc32c(s));
+                    }
+                    nt_copy(d, s);
+                });
+        }
+        println!(
+            "ring CPU only, {what}, 64 MiB units: {:.1} GB/s",
+            gbps(n, t)
+        );
+    }
+    // 3. Ring with device copies, three ways of waiting for a buffer.
+    for (what, flags) in [
+        (
+            "blocking-sync events",
+            sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+                | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+        ),
+        (
+            "spinning events",
+            sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+        ),
+    ] {
+        let t = Instant::now();
+        let mut fences: Vec<Option<Ev>> = (0..ring_n).map(|_| None).collect();
+        let mut waited = 0f64;
+        let mut filled = 0f64;
+        for (i, unit) in src.chunks(64 * MIB).enumerate() {
+            let b = i % ring_n;
+            let lane = if b % 2 == 0 { &stream } else { &s2 };
+            if let Some(f) = fences[b].take() {
+                let tw = Instant::now();
+                sync(&f);
+                waited += tw.elapsed().as_secs_f64();
+                unsafe { sys::cuEventDestroy_v2(f.0) };
+            }
+            let tf = Instant::now();
+            let buf = &mut bufs[b][..unit.len()];
+            buf.par_chunks_mut(MIB)
+                .zip(unit.par_chunks(MIB))
+                .for_each(|(d, s)| {
+                    std::hint::black_box(tfckpt::crc::crc32c(s));
+                    d.copy_from_slice(s);
+                });
+            filled += tf.elapsed().as_secs_f64();
+            unsafe {
+                result::memcpy_htod_async(dptr + (i * 64 * MIB) as u64, buf, lane.cu_stream())
+            }
+            .unwrap();
+            let e = event(flags);
+            record(&e, lane);
+            fences[b] = Some(e);
+        }
+        for f in fences.into_iter().flatten() {
+            sync(&f);
+        }
+        println!(
+            "ring with device, {what}: {:.1} GB/s (waiting {waited:.3} s, filling {filled:.3} s)",
+            gbps(n, t)
+        );
+    }
+    drop(bufs);
+    // 4. Registration of a file mapping, by chunk size: fresh mapping, then pre-faulted.
+    for prefault in [false, true] {
+        for chunk in [64 * MIB, 256 * MIB, 1024 * MIB] {
+            let m = map(&path);
+            if prefault {
+                let _: u64 = m.par_chunks(4096).map(|c| c[0] as u64).sum();
+            }
+            let (mut reg, mut dma, mut unreg) = (0f64, 0f64, 0f64);
+            let t = Instant::now();
+            for (i, c) in m.chunks(chunk).enumerate() {
+                let t0 = Instant::now();
+                unsafe {
+                    sys::cuMemHostRegister_v2(
+                        c.as_ptr() as *mut _,
+                        c.len(),
+                        sys::CU_MEMHOSTREGISTER_READ_ONLY,
+                    )
+                }
+                .result()
+                .unwrap();
+                let t1 = Instant::now();
+                unsafe {
+                    result::memcpy_htod_async(dptr + (i * chunk) as u64, c, stream.cu_stream())
+                }
+                .unwrap();
+                stream.synchronize().unwrap();
+                let t2 = Instant::now();
+                unsafe { sys::cuMemHostUnregister(c.as_ptr() as *mut _) }
+                    .result()
+                    .unwrap();
+                reg += (t1 - t0).as_secs_f64();
+                dma += (t2 - t1).as_secs_f64();
+                unreg += t2.elapsed().as_secs_f64();
+            }
+            println!(
+                "registered, {} MiB chunks, {}: {:.1} GB/s serial (register {:.1} GB/s, DMA {:.1} GB/s, unregister {:.1} GB/s)",
+                chunk / MIB,
+                if prefault { "pre-faulted" } else { "fresh mapping" },
+                gbps(n, t),
+                n as f64 / reg / 1e9,
+                n as f64 / dma / 1e9,
+                n as f64 / unreg / 1e9
+            );
+        }
+    }
+    // 5. Registration from several threads at once (fresh mapping, 256 MiB chunks).
+    for threads in [2usize, 4] {
+        let m = Arc::new(map(&path));
+        let t = Instant::now();
+        let chunks: Vec<(usize, usize)> = (0..n.div_ceil(256 * MIB))
+            .map(|i| (i * 256 * MIB, ((i + 1) * 256 * MIB).min(n)))
+            .collect();
+        std::thread::scope(|sc| {
+            for th in 0..threads {
+                let (m, ctx, chunks) = (m.clone(), ctx.clone(), &chunks);
+                sc.spawn(move || {
+                    ctx.bind_to_thread().unwrap();
+                    for &(a, b) in chunks.iter().skip(th).step_by(threads) {
+                        let c = &m[a..b];
+                        unsafe {
+                            sys::cuMemHostRegister_v2(
+                                c.as_ptr() as *mut _,
+                                c.len(),
+                                sys::CU_MEMHOSTREGISTER_READ_ONLY,
+                            )
+                        }
+                        .result()
+                        .unwrap();
+                        unsafe { sys::cuMemHostUnregister(c.as_ptr() as *mut _) }
+                            .result()
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        println!(
+            "register+unregister only, 256 MiB chunks, {threads} threads: {:.1} GB/s",
+            gbps(n, t)
+        );
+    }
+    // 6. Pageable H2D straight from the mapping (no registration), 64 MiB copies.
+    {
+        let t = Instant::now();
+        for (i, c) in src.chunks(64 * MIB).enumerate() {
+            unsafe {
+                result::memcpy_htod_async(dptr + (i * 64 * MIB) as u64, c, stream.cu_stream())
+            }
+            .unwrap();
+        }
+        stream.synchronize().unwrap();
+        println!(
+            "pageable H2D from the mapping, 64 MiB copies: {:.1} GB/s",
+            gbps(n, t)
+        );
+    }
+}
