@@ -12,9 +12,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/model_json.rs"]
+mod model_json;
+
 use tfckpt::{
-    init_from_checkpoint, model_json, AssignmentMap, CheckpointWriter, DType, Device, Init,
-    LoadOptions, Target, TensorRef, VariableStore,
+    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, LoadOptions,
+    Target, TensorRef, VariableStore,
 };
 
 fn rss_anon() -> u64 {

@@ -13,8 +13,12 @@ use std::path::Path;
 mod common;
 use common::{cut, Rng};
 
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
 use tfckpt::{
-    npy, write_checkpoint_state, CheckpointWriter, DType, Slice, Tensor, TensorRef, WriterOptions,
+    write_checkpoint_state, CheckpointWriter, DType, Slice, Tensor, TensorRef, WriterOptions,
 };
 
 fn tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {

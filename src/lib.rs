@@ -31,47 +31,27 @@
 #[cfg(test)]
 extern crate self as tfckpt;
 
-mod assign;
-mod bundle;
-mod checkpoint;
-pub mod crc;
-mod dtype;
-mod error;
-mod exec;
-mod fxhash;
+mod base;
+mod format;
 mod gpu;
-mod index;
+mod init;
 mod load;
-mod mmap;
-pub mod model_json;
-mod naming;
-pub mod npy;
-mod ordered_code;
-pub mod partitioners;
-mod plan;
-mod proto;
-mod slice;
-mod sstable;
-#[cfg(any(test, feature = "cuda"))]
-mod stream_copy;
-mod strings;
-mod suggest;
-mod table_builder;
-mod tensor;
-mod v1;
-mod vars;
-mod writer;
+mod reader;
 
-pub use assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
-pub use checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
-pub use dtype::DType;
-pub use error::{Error, ErrorKind, Result};
+pub use base::crc;
+pub use base::dtype::DType;
+pub use base::error::{Error, ErrorKind, Result};
+pub use base::slice::{Extent, Slice};
+pub use base::tensor::{Bytes, Tensor, TensorData};
+pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
 pub use gpu::{DeviceBuffer, DeviceStats, DeviceTensor};
+pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
+pub use init::partitioners;
+pub use init::store::{
+    Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore,
+};
 pub use load::{LoadOptions, LoadReport, Progress};
-pub use slice::{Extent, Slice};
-pub use tensor::{Bytes, Tensor, TensorData};
-pub use vars::{Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
-pub use writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
+pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -2,6 +2,10 @@
 //! TensorFlow's values, `verify` passes clean fixtures and names the damage in damaged ones, errors are
 //! one `error:` line with exit code 1, usage errors exit 2.
 
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -97,8 +101,8 @@ fn get_writes_tensorflow_values() {
                 file.to_str().unwrap(),
             ]);
             assert!(o.status.success(), "{case} {name}: {}", stderr(&o));
-            let got = tfckpt::npy::read(std::fs::File::open(&file).unwrap()).unwrap();
-            let want = tfckpt::npy::read(std::fs::File::open(&want).unwrap()).unwrap();
+            let got = npy::read(std::fs::File::open(&file).unwrap()).unwrap();
+            let want = npy::read(std::fs::File::open(&want).unwrap()).unwrap();
             assert_eq!(got, want, "{case} {name}");
             n += 1;
         }
@@ -120,8 +124,8 @@ fn get_strips_colon_zero_and_reads_slices() {
         "15,10:-",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = tfckpt::npy::read(std::fs::File::open(&file).unwrap()).unwrap();
-    let full = tfckpt::npy::read(
+    let got = npy::read(std::fs::File::open(&file).unwrap()).unwrap();
+    let full = npy::read(
         std::fs::File::open(fixtures().join("h1_partitioned/expected/values/scope/var1.npy"))
             .unwrap(),
     )
@@ -262,10 +266,9 @@ fn init_matches_tensorflow_end_to_end() {
                 let rel = p.strip_prefix(&expected).unwrap();
                 if let Some(stem) = rel.to_str().unwrap().strip_suffix(".strings.json") {
                     // `|S<n>` arrays pad with NULs: compare with trailing NULs removed.
-                    let got = tfckpt::npy::read(
-                        std::fs::File::open(out.join(format!("{stem}.npy"))).unwrap(),
-                    )
-                    .unwrap();
+                    let got =
+                        npy::read(std::fs::File::open(out.join(format!("{stem}.npy"))).unwrap())
+                            .unwrap();
                     let want: serde_json::Value =
                         serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
                     let width: usize = got.descr.strip_prefix("|S").unwrap().parse().unwrap();
@@ -292,12 +295,12 @@ fn init_matches_tensorflow_end_to_end() {
                     assert_eq!(got, want, "{} {stem}", case.display());
                     continue;
                 }
-                let got = tfckpt::npy::read(
+                let got = npy::read(
                     std::fs::File::open(out.join(rel))
                         .unwrap_or_else(|e| panic!("{}: {}: {e}", case.display(), rel.display())),
                 )
                 .unwrap();
-                let want = tfckpt::npy::read(std::fs::File::open(&p).unwrap()).unwrap();
+                let want = npy::read(std::fs::File::open(&p).unwrap()).unwrap();
                 assert_eq!(got, want, "{} {}", case.display(), rel.display());
             }
         }
@@ -323,7 +326,7 @@ fn init_inline_json_and_device_errors() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let b = tfckpt::npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
+    let b = npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
     assert_eq!(
         b.data,
         [0.5f32, 0.5]

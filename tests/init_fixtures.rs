@@ -7,9 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tfckpt::{
-    init_from_checkpoint, model_json, npy, Checkpoint, Device, ErrorKind, Tensor, VariableStore,
-};
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/model_json.rs"]
+mod model_json;
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
+use tfckpt::{init_from_checkpoint, Checkpoint, Device, ErrorKind, Tensor, VariableStore};
 
 fn init_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/init")

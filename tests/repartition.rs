@@ -6,8 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
 use tfckpt::{
-    init_from_checkpoint, npy, AssignmentMap, Checkpoint, DType, Device, Init, Target, Tensor,
+    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, Init, Target, Tensor,
     VariableStore,
 };
 

@@ -6,7 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tfckpt::{npy, Checkpoint, Slice, Tensor};
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
+use tfckpt::{Checkpoint, Slice, Tensor};
 
 mod common;
 use common::cut;

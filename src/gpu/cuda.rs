@@ -18,7 +18,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use super::exec::{Kernel, Link, LANES};
 use super::Memory;
-use crate::error::{Error, ErrorKind, Result};
+use crate::base::error::{Error, ErrorKind, Result};
 
 /// The kernel sources of `kernels/`, compiled into the crate.
 pub(crate) const SOURCES: &[(&str, &str)] = &[

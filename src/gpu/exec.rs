@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::{DeviceStats, Memory};
-use crate::error::{ErrorKind, Result};
-use crate::mmap::MappedFile;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::mmap::MappedFile;
 
 /// The sizes the executor works in.
 #[derive(Clone, Copy, Debug)]
@@ -331,13 +331,13 @@ fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) -> Vec<Part
                 check: *check,
                 off: off + (a - r.start) as u64,
                 len: (b - a) as u64,
-                crc: crate::crc::serial(&src[a..b]),
+                crc: crate::base::crc::serial(&src[a..b]),
             });
         }
     }
     if let Some(d) = dst {
         // A staging buffer is read by the GPU, not by this CPU: no read for ownership.
-        crate::stream_copy::stream_copy(d, &src[sub]);
+        crate::base::stream_copy::stream_copy(d, &src[sub]);
     }
     parts
 }
@@ -482,7 +482,7 @@ fn verify(checks: &[Check], mut parts: Vec<Part>) -> Result<()> {
             if p.off != done {
                 break; // a gap: caught below as a short checksum
             }
-            crc = crate::crc::combine(crc, p.crc, p.len);
+            crc = crate::base::crc::combine(crc, p.crc, p.len);
             done += p.len;
         }
         if done != c.size || crc != c.expected {
@@ -537,7 +537,7 @@ fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)>
                 unreachable!("mapped units only")
             };
             let bytes = map.bytes();
-            let page = crate::mmap::page_size();
+            let page = crate::base::mmap::page_size();
             let start = units[0].range.start / page * page;
             // Whole pages: the mapping covers the last page of the file entirely. Units of one
             // mapping are in increasing file order (see `units`), so the batch ends with its last.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::exec::{Kernel, Link, LANES, LANE_REG};
 use super::Memory;
-use crate::error::{ErrorKind, Result};
+use crate::base::error::{ErrorKind, Result};
 use crate::DType;
 
 struct HostMem {
@@ -209,7 +209,7 @@ impl Link for HostLink {
             let row: Vec<u8> = sm.data.lock().unwrap()[so..so + n * es].to_vec();
             let (dm, doff) = self.find(d, n * ed)?;
             let mut dd = dm.data.lock().unwrap();
-            super::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
+            crate::load::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
         }
         Ok(())
     }

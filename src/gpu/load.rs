@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use super::exec::{self, Check, Copy, Fill, Job, Kernel, Link, Src};
 use super::{DeviceStats, DeviceTensor, Memory};
-use crate::checkpoint::coverage;
-use crate::error::{ErrorKind, Result};
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{for_each_run, intersect, num_elements, Run, Slice};
+use crate::base::tensor::{Tensor, TensorData};
+use crate::init::store::{init_element, init_tensor, VariableStore};
 use crate::load::{cast_tensor, check_dest, LoadOptions, LoadReport, Progress};
-use crate::slice::{for_each_run, intersect, num_elements, Run, Slice};
-use crate::tensor::{Tensor, TensorData};
-use crate::vars::{init_element, init_tensor, VariableStore};
+use crate::reader::checkpoint::coverage;
 use crate::DType;
 
 /// A part needing at most this many copies per stored slice is copied directly; more go through
@@ -119,7 +119,7 @@ impl VariableStore {
         let start = Instant::now();
         let (ckpts, ids) = self.open_pending()?;
         let pending = self.planned_pending(&ids);
-        let plan = crate::plan::plan(pending, |c, t| ckpts[c].data_position(t));
+        let plan = crate::load::plan::plan(pending, |c, t| ckpts[c].data_position(t));
         let dev_dtype = |d: DType| match options.cast {
             Some((from, to)) if from == d => to,
             _ => d,
@@ -289,7 +289,7 @@ impl VariableStore {
                 // `init_element` accepted this (dtype, initializer) when the variable was made.
                 let elem = init_element(v.dtype, v.init).unwrap_or_default();
                 let mut on_device = vec![0u8; dt.size().unwrap_or(0)];
-                super::cast::convert(v.dtype, *dt, &elem, &mut on_device);
+                crate::load::cast::convert(v.dtype, *dt, &elem, &mut on_device);
                 if let Some(fill) = Fill::of(&on_device) {
                     if mem.len() > 0 {
                         link.fill(mem.ptr(), mem.len(), fill)?;

@@ -10,7 +10,6 @@
 //! executor against an emulated device in host memory, so the planning, the two transfer paths,
 //! the checksums and the kernels' addressing are all tested on machines without a GPU.
 
-pub(crate) mod cast;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 #[cfg(any(test, feature = "cuda"))]
@@ -24,8 +23,8 @@ mod tests;
 
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::tensor::{Tensor, TensorData};
+use crate::base::error::Result;
+use crate::base::tensor::{Tensor, TensorData};
 use crate::DType;
 
 /// Device memory that holds one value: allocated by the library, or the trainer's own.
@@ -88,7 +87,7 @@ impl DeviceTensor {
 
     /// Copies the value back to host memory.
     pub fn to_host(&self) -> Result<Tensor> {
-        let mut bytes = crate::mmap::alloc_zeroed(self.mem.len(), "device value")?;
+        let mut bytes = crate::base::mmap::alloc_zeroed(self.mem.len(), "device value")?;
         self.mem.read(&mut bytes)?;
         Ok(Tensor {
             dtype: self.dtype,

@@ -1,6 +1,8 @@
 //! `tfckpt`: the command line of the tfckpt crate (contract: the project's `spec/cli.md`).
 
 mod demo;
+mod model_json;
+mod npy;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use tfckpt::{
-    init_from_checkpoint, model_json, Checkpoint, Device, LoadOptions, Progress, Slice,
-    VariableStore,
+    init_from_checkpoint, Checkpoint, Device, LoadOptions, Progress, Slice, VariableStore,
 };
 
 #[derive(Parser)]
@@ -304,7 +305,7 @@ fn write_npy(path: &Path, t: &tfckpt::Tensor) -> CliResult {
     }
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    tfckpt::npy::write_tensor(&mut w, t)
+    npy::write_tensor(&mut w, t)
         .and_then(|()| w.flush())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())

@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use crate::crc;
-use crate::error::{ErrorKind, Result};
+use crate::base::crc;
+use crate::base::error::{ErrorKind, Result};
 
 pub(crate) const FOOTER_LEN: usize = 48;
 pub(crate) const MAGIC: u64 = 0xDB47_7524_8B80_FB57;

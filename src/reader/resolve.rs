@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::index_path;
-use crate::error::{Error, ErrorKind, Result};
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::format::bundle::index_path;
 
 /// Which format a resolved checkpoint is in.
 #[derive(Clone, Debug, PartialEq, Eq)]

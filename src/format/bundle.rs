@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::crc;
-use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
-use crate::index::{key_name, BundleIndex, Entry};
-use crate::mmap::MappedFile;
-use crate::strings::{self, StringError};
+use crate::base::crc;
+use crate::base::dtype::DType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::mmap::MappedFile;
+use crate::format::index::{key_name, BundleIndex, Entry};
+use crate::format::strings::{self, StringError};
 
 /// `PREFIX.data-%05d-of-%05d`.
 pub(crate) fn data_path(prefix: &Path, shard: u32, num_shards: u32) -> PathBuf {
@@ -31,7 +31,7 @@ pub(crate) struct Bundle {
     pub index_path: PathBuf,
     pub index: BundleIndex,
     /// The index file when it was read.
-    pub index_stamp: crate::mmap::FileStamp,
+    pub index_stamp: crate::base::mmap::FileStamp,
     /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
     shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
 }
@@ -115,7 +115,7 @@ impl Bundle {
         self.copy_verify(
             e,
             &whole,
-            vec![crate::exec::Dst {
+            vec![crate::load::exec::Dst {
                 buf: dst,
                 want: &whole,
             }],
@@ -145,11 +145,11 @@ impl Bundle {
         &self,
         e: &Entry,
         have: &[(u64, u64)],
-        dsts: Vec<crate::exec::Dst<'_>>,
+        dsts: Vec<crate::load::exec::Dst<'_>>,
     ) -> Result<()> {
         let (map, range) = self.locate(e)?;
         let size = e.dtype.size().unwrap_or(1);
-        let found = crate::exec::copy_verify(&map.bytes()[range], have, size, dsts);
+        let found = crate::load::exec::copy_verify(&map.bytes()[range], have, size, dsts);
         if found != e.crc {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
@@ -163,7 +163,7 @@ impl Bundle {
         &self,
         e: &Entry,
         verify: bool,
-    ) -> Result<Option<crate::tensor::Bytes>> {
+    ) -> Result<Option<crate::base::tensor::Bytes>> {
         let (map, range) = self.locate(e)?;
         let Ok(private) = map.map_private(range) else {
             return Ok(None);
@@ -174,7 +174,7 @@ impl Bundle {
                 return Err(self.checksum_error(e, "checksum", e.crc, found));
             }
         }
-        Ok(Some(crate::tensor::Bytes::mapped(private)))
+        Ok(Some(crate::base::tensor::Bytes::mapped(private)))
     }
 
     /// The verified bytes of a fixed-size entry, little-endian: borrowed from the mapping when no
@@ -182,7 +182,7 @@ impl Bundle {
     pub(crate) fn fixed_bytes(&self, e: &Entry) -> Result<EntryBytes> {
         if self.index.big_endian && e.dtype.swap_unit() > 1 {
             self.locate(e)?; // bounds first: the allocation below is then backed by the file
-            let mut v = crate::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
+            let mut v = crate::base::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
             self.read_fixed_into(e, &mut v)?;
             return Ok(EntryBytes::Owned(v));
         }
@@ -205,7 +205,7 @@ impl Bundle {
         }
         let (map, range) = self.locate(e)?;
         let src = &map.bytes()[range];
-        let n = crate::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
+        let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
         strings::decode(src, n, e.crc, self.index.big_endian)
             .map_err(|err| self.string_error(e, err))
     }
@@ -233,7 +233,7 @@ impl Bundle {
             None => {
                 // Variant: checked by the D.5 rule (values are not decoded by this crate).
                 let (map, range) = self.locate(e)?;
-                let n = crate::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
+                let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
                 strings::verify_variant(&map.bytes()[range], n, e.crc)
                     .map_err(|err| self.string_error(e, err))
             }

@@ -4,18 +4,22 @@
 //! unmapped variables get their own initializer. All or nothing: on any error no variable counts as
 //! initialized.
 
+pub(crate) mod cast;
+pub(crate) mod exec;
+pub(crate) mod plan;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::{Checkpoint, Out, TensorInfo};
-use crate::dtype::DType;
-use crate::error::{ErrorKind, Result};
-use crate::slice::{num_elements, Slice};
-use crate::tensor::{Tensor, TensorData};
-use crate::vars::{init_tensor, Device, Variable, VariableStore};
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{num_elements, Slice};
+use crate::base::tensor::{Tensor, TensorData};
+use crate::init::store::{init_tensor, Device, Variable, VariableStore};
+use crate::reader::checkpoint::{Checkpoint, Out, TensorInfo};
 
 /// What [`VariableStore::initialize`] did.
 #[derive(Clone, Debug, Default)]
@@ -218,7 +222,7 @@ const READ_AHEAD: u64 = 256 << 20;
 
 enum Buf {
     Bytes(Vec<u8>),
-    Mapped(crate::tensor::Bytes),
+    Mapped(crate::base::tensor::Bytes),
     Strings(Vec<Vec<u8>>),
 }
 
@@ -247,7 +251,7 @@ impl VariableStore {
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
         if let Some((from, to)) = options.cast {
-            if !crate::gpu::cast::supported(from, to) {
+            if !crate::load::cast::supported(from, to) {
                 return Err(ErrorKind::InvalidArgument(format!(
                     "cannot cast {from} to {to} on load (float32 <-> bfloat16 or float16 only)"
                 ))
@@ -271,7 +275,7 @@ impl VariableStore {
         let start = Instant::now();
         let (ckpts, ids) = self.open_pending()?;
         let pending = self.planned_pending(&ids);
-        let plan = crate::plan::plan(pending, |c, t| ckpts[c].data_position(t));
+        let plan = crate::load::plan::plan(pending, |c, t| ckpts[c].data_position(t));
         let tracker = Tracker {
             f: options.progress.as_deref(),
             bytes_total: plan.bytes,
@@ -284,7 +288,7 @@ impl VariableStore {
         let map_min = options
             .map_values
             .then_some(options.map_min_bytes.unwrap_or(MAP_MIN));
-        let loaded = crate::exec::pipeline(
+        let loaded = crate::load::exec::pipeline(
             &plan.items,
             READ_AHEAD,
             |it| it.bytes,
@@ -417,7 +421,7 @@ impl VariableStore {
             // The overlap and coverage checks of a copied read, once for the whole group, before
             // any value is mapped (TF's errors on odd files).
             let requests: Vec<&Slice> = dests.iter().map(|d| d.1).collect();
-            crate::checkpoint::coverage(info, &requests)?;
+            crate::reader::checkpoint::coverage(info, &requests)?;
         }
         for &(v, slice) in dests {
             check_dest(ckpt, info, v, slice)?;
@@ -433,7 +437,7 @@ impl VariableStore {
             }
             let n = num_elements(&v.shape).unwrap_or(0) as usize;
             bufs.push(match info.dtype.size() {
-                Some(size) => Buf::Bytes(crate::mmap::alloc_zeroed(n * size, &v.name)?),
+                Some(size) => Buf::Bytes(crate::base::mmap::alloc_zeroed(n * size, &v.name)?),
                 None => {
                     let mut strings = Vec::new();
                     strings
@@ -535,8 +539,8 @@ pub(crate) fn cast_tensor(t: &mut Tensor, from: DType, to: DType) -> Result<()> 
     }
     if let TensorData::Bytes(b) = &t.data {
         let n = b.len() / from.size().unwrap_or(1);
-        let mut out = crate::mmap::alloc_zeroed(n * to.size().unwrap_or(1), "cast value")?;
-        crate::gpu::cast::convert(from, to, b, &mut out);
+        let mut out = crate::base::mmap::alloc_zeroed(n * to.size().unwrap_or(1), "cast value")?;
+        crate::load::cast::convert(from, to, b, &mut out);
         t.data = TensorData::Bytes(out.into());
         t.dtype = to;
     }

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use prost::Message;
 
-use crate::dtype::DType;
-use crate::error::{ErrorKind, Result};
-use crate::proto;
-use crate::slice::{num_elements, Slice};
-use crate::sstable::Table;
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{num_elements, Slice};
+use crate::format::proto;
+use crate::format::sstable::Table;
 
 /// TF rejects shapes of more than this many dimensions.
 const MAX_RANK: usize = 254;
@@ -260,7 +260,7 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
         shard,
         offset,
         size,
-        crc: crate::crc::unmask(p.crc32c),
+        crc: crate::base::crc::unmask(p.crc32c),
         slices,
     })
 }

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::bundle::{data_path, index_path, swap_bytes};
-use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
-use crate::proto;
-use crate::slice::{num_elements, Slice};
-use crate::table_builder::TableBuilder;
-use crate::tensor::{Tensor, TensorData};
+use crate::base::dtype::DType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::slice::{num_elements, Slice};
+use crate::base::tensor::{Tensor, TensorData};
+use crate::format::bundle::{data_path, index_path, swap_bytes};
+use crate::format::proto;
+use crate::format::sstable_builder::TableBuilder;
 
 /// Options of a [`CheckpointWriter`].
 #[derive(Clone, Debug)]
@@ -203,7 +203,7 @@ impl CheckpointWriter {
             let new = slice.ranges(full_shape);
             for other in &full.slices {
                 let other = Slice::from_proto(other).map_err(|r| bad(&r))?;
-                if crate::slice::intersect(&other.ranges(full_shape), &new).is_some() {
+                if crate::base::slice::intersect(&other.ranges(full_shape), &new).is_some() {
                     return Err(bad(&format!(
                         "slice {slice} overlaps slice {other} added before"
                     )));
@@ -263,10 +263,10 @@ impl CheckpointWriter {
                 if big && dtype.swap_unit() > 1 {
                     let mut v = data.to_vec();
                     swap_bytes(&mut v, dtype.swap_unit());
-                    let crc = crate::crc::crc32c(&v);
+                    let crc = crate::base::crc::crc32c(&v);
                     (v, None, crc)
                 } else {
-                    (Vec::new(), Some(data), crate::crc::crc32c(data))
+                    (Vec::new(), Some(data), crate::base::crc::crc32c(data))
                 }
             }
             TensorRef::Strings { data, .. } => {
@@ -278,7 +278,7 @@ impl CheckpointWriter {
                     ))
                     .into());
                 }
-                let (v, crc) = crate::strings::encode(data, big);
+                let (v, crc) = crate::format::strings::encode(data, big);
                 (v, None, crc)
             }
         };
@@ -301,7 +301,7 @@ impl CheckpointWriter {
             shard_id: i as i32,
             offset: offset as i64,
             size: bytes.len() as i64,
-            crc32c: crate::crc::mask(crc),
+            crc32c: crate::base::crc::mask(crc),
             slices: Vec::new(),
         })
     }

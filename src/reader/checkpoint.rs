@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::bundle::Bundle;
-use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
-use crate::naming::{self, Resolved};
-use crate::slice::{self, num_elements, Run, Slice};
-use crate::tensor::{Tensor, TensorData};
-use crate::v1::{V1Set, V1Values};
+use crate::base::dtype::DType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::slice::{self, num_elements, Run, Slice};
+use crate::base::tensor::{Tensor, TensorData};
+use crate::format::bundle::Bundle;
+use crate::format::v1::{V1Set, V1Values};
+use crate::reader::resolve::{self, Resolved};
 
 /// The on-disk format of a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl TensorInfo {
 pub struct TensorView {
     dtype: DType,
     shape: Vec<u64>,
-    bytes: crate::bundle::EntryBytes,
+    bytes: crate::format::bundle::EntryBytes,
 }
 
 impl TensorView {
@@ -130,7 +130,7 @@ pub struct Checkpoint {
     prefix: PathBuf,
     inner: Inner,
     infos: Vec<TensorInfo>,
-    by_name: HashMap<String, usize, crate::fxhash::FxBuildHasher>,
+    by_name: HashMap<String, usize, crate::base::fxhash::FxBuildHasher>,
     /// For each listed tensor, the index of its V2 entry (`usize::MAX` for V1), so that reading
     /// needs no second search.
     entry_index: Vec<usize>,
@@ -157,7 +157,7 @@ impl Checkpoint {
     /// prefix (`PREFIX.index` for V2, else a V1 file or glob), or — an extension over TensorFlow — the
     /// path of a V2 `.index` or data file.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        match naming::resolve(path.as_ref())? {
+        match resolve::resolve(path.as_ref())? {
             Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
             Resolved::V1 { prefix, files } => Self::from_v1(prefix, V1Set::open(&files)?),
         }
@@ -265,7 +265,7 @@ impl Checkpoint {
             None => Err(ErrorKind::TensorNotFound {
                 ckpt: self.prefix.clone(),
                 tensor: name.to_string(),
-                suggestions: crate::suggest::close_names(
+                suggestions: crate::base::suggest::close_names(
                     name,
                     self.infos.iter().map(|t| t.name.as_str()),
                 ),
@@ -278,7 +278,7 @@ impl Checkpoint {
     /// (same length and modification time), so that what it says still describes them.
     pub fn is_current(&self) -> bool {
         match &self.inner {
-            Inner::V2(b) => crate::mmap::FileStamp::of(&b.index_path) == Some(b.index_stamp),
+            Inner::V2(b) => crate::base::mmap::FileStamp::of(&b.index_path) == Some(b.index_stamp),
             Inner::V1(set) => set.is_current(),
         }
     }
@@ -304,7 +304,7 @@ impl Checkpoint {
         let n = n as usize;
         let data = match info.dtype.size() {
             Some(size) => {
-                let mut buf = crate::mmap::alloc_zeroed(n * size, &info.name)?;
+                let mut buf = crate::base::mmap::alloc_zeroed(n * size, &info.name)?;
                 self.assemble(info, slice, Out::Bytes(&mut buf))?;
                 TensorData::Bytes(buf.into())
             }
@@ -533,7 +533,7 @@ impl Checkpoint {
         want: &Slice,
         min: u64,
         verified: &mut Vec<(u32, u64)>,
-    ) -> Result<Option<(crate::tensor::Bytes, bool)>> {
+    ) -> Result<Option<(crate::base::tensor::Bytes, bool)>> {
         let Inner::V2(b) = &self.inner else {
             return Ok(None);
         };
@@ -598,7 +598,7 @@ impl Checkpoint {
                 range,
                 crc: e.crc,
                 path: b.shard_path(e.shard),
-                entry: crate::index::key_name(&e.key),
+                entry: crate::format::index::key_name(&e.key),
                 offset: e.offset,
             });
         }
@@ -610,7 +610,7 @@ impl Checkpoint {
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) struct DeviceSource {
     pub have: Vec<(u64, u64)>,
-    pub map: std::sync::Arc<crate::mmap::MappedFile>,
+    pub map: std::sync::Arc<crate::base::mmap::MappedFile>,
     pub range: std::ops::Range<usize>,
     pub crc: u32,
     pub path: PathBuf,
@@ -689,7 +689,7 @@ impl Checkpoint {
                         .zip(wants)
                         .zip(used)
                         .filter_map(|(((_, out), want), used)| match out {
-                            Out::Bytes(buf) if used => Some(crate::exec::Dst { buf, want }),
+                            Out::Bytes(buf) if used => Some(crate::load::exec::Dst { buf, want }),
                             _ => None,
                         })
                         .collect();
@@ -741,7 +741,7 @@ impl Checkpoint {
         b: &'b Bundle,
         info: &TensorInfo,
         s: &Slice,
-    ) -> Result<&'b crate::index::Entry> {
+    ) -> Result<&'b crate::format::index::Entry> {
         let bad = |reason: String| -> Error {
             ErrorKind::BadEntry {
                 path: b.index_path.clone(),
@@ -793,7 +793,7 @@ impl Checkpoint {
     pub fn verify_all(&self) -> VerifyReport {
         match &self.inner {
             Inner::V2(b) => {
-                let data: Vec<&crate::index::Entry> = b
+                let data: Vec<&crate::format::index::Entry> = b
                     .index
                     .entries
                     .iter()
@@ -941,7 +941,7 @@ fn copy_string_runs(
 
 /// The verified elements of one stored slice.
 enum Source {
-    Entry(crate::bundle::EntryBytes),
+    Entry(crate::format::bundle::EntryBytes),
     Owned(Vec<u8>),
     Strings(Vec<Vec<u8>>),
 }

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::slice::{for_each_run, intersect, Run};
+use crate::base::slice::{for_each_run, intersect, Run};
 
 /// Bytes of source per parallel band.
 const BAND: usize = 4 << 20;
@@ -45,12 +45,12 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
         for d in dsts {
             d.buf.copy_from_slice(src);
         }
-        return crate::crc::serial(src);
+        return crate::base::crc::serial(src);
     }
     let rows = have[0].1;
     let row_bytes = (src.len() as u64).checked_div(rows).unwrap_or(0) as usize;
     if rows == 0 || row_bytes == 0 {
-        return crate::crc::serial(src);
+        return crate::base::crc::serial(src);
     }
     let band_rows = (BAND / row_bytes).max(1) as u64;
     let bands: Vec<(u64, u64)> = (0..rows.div_ceil(band_rows))
@@ -88,7 +88,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
     let work: Vec<((u64, u64), Vec<Piece<'_>>)> = bands.into_iter().zip(pieces).collect();
     let band = |((r0, r1), mut pieces): ((u64, u64), Vec<Piece<'_>>)| -> (u32, usize) {
         let step_rows = (STEP / row_bytes).max(1) as u64;
-        let mut crc = crate::crc::Running::new();
+        let mut crc = crate::base::crc::Running::new();
         let mut s0 = r0;
         while s0 < r1 {
             let s1 = (s0 + step_rows).min(r1);
@@ -125,14 +125,14 @@ pub(crate) fn copy_verify(src: &[u8], have: &[(u64, u64)], size: usize, dsts: Ve
         work.into_par_iter().map(band).collect()
     };
     crcs.into_iter().fold(0, |acc, (crc, len)| {
-        crate::crc::combine(acc, crc, len as u64)
+        crate::base::crc::combine(acc, crc, len as u64)
     })
 }
 
 /// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
 fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
-        let mut crc = crate::crc::Running::new();
+        let mut crc = crate::base::crc::Running::new();
         for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
             crc.update(s);
             d.copy_from_slice(s);
@@ -148,7 +148,7 @@ fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
         .collect::<Vec<_>>()
         .into_iter()
         .fold(0, |acc, (crc, len)| {
-            crate::crc::combine(acc, crc, len as u64)
+            crate::base::crc::combine(acc, crc, len as u64)
         })
 }
 

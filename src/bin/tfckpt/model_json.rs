@@ -3,12 +3,12 @@
 
 use serde_json::Value;
 
-use crate::assign::{AssignmentMap, Target};
-use crate::dtype::DType;
-use crate::error::{ErrorKind, Result};
-use crate::vars::{Init, VariableStore};
+use tfckpt::DType;
+use tfckpt::{AssignmentMap, Target};
+use tfckpt::{ErrorKind, Result};
+use tfckpt::{Init, VariableStore};
 
-fn bad(what: &str, reason: String) -> crate::Error {
+fn bad(what: &str, reason: String) -> tfckpt::Error {
     ErrorKind::InvalidArgument(format!("{what}: {reason}")).into()
 }
 

@@ -2,7 +2,7 @@
 //! one entry per dimension with at most one above 1, to pass to
 //! [`VariableStore::get_partitioned_variable`](crate::VariableStore::get_partitioned_variable).
 
-use crate::dtype::DType;
+use crate::base::dtype::DType;
 
 fn with_axis(rank: usize, axis: usize, parts: u64) -> Vec<u64> {
     let mut p = vec![1; rank];

@@ -1,8 +1,8 @@
 //! Writing SSTables the way TensorFlow's `TableBuilder` does (spec B.6–B.8): 256 KiB blocks, restart
 //! interval 16 (1 in the index block), shortest separators, an empty metaindex block, optional snappy.
 
-use crate::crc;
-use crate::sstable::{put_varint, BlockHandle, FOOTER_LEN, MAGIC};
+use crate::base::crc;
+use crate::format::sstable::{put_varint, BlockHandle, FOOTER_LEN, MAGIC};
 
 /// Builds a table in memory; keys must be added in strictly increasing order.
 pub(crate) struct TableBuilder {
@@ -203,7 +203,7 @@ fn short_successor(last: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sstable::Table;
+    use crate::format::sstable::Table;
     use std::path::Path;
 
     #[test]

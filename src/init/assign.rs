@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{Checkpoint, TensorInfo};
-use crate::error::{Error, ErrorKind, Result};
-use crate::slice::Slice;
-use crate::suggest::close_names;
-use crate::vars::{Pending, Variable, VariableStore};
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::slice::Slice;
+use crate::base::suggest::close_names;
+use crate::init::store::{Pending, Variable, VariableStore};
+use crate::reader::checkpoint::{Checkpoint, TensorInfo};
 
 /// The right-hand side of an assignment-map pair.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Owned tensors as read from (or written to) a checkpoint.
 
-use crate::dtype::DType;
-use crate::slice::num_elements;
+use crate::base::dtype::DType;
+use crate::base::slice::num_elements;
 
 /// The bytes of a fixed-size tensor: owned memory, or a copy-on-write mapping of the checkpoint file.
 ///
@@ -21,11 +21,11 @@ pub struct Bytes(Repr);
 
 enum Repr {
     Owned(Vec<u8>),
-    Mapped(crate::mmap::PrivateMap),
+    Mapped(crate::base::mmap::PrivateMap),
 }
 
 impl Bytes {
-    pub(crate) fn mapped(m: crate::mmap::PrivateMap) -> Bytes {
+    pub(crate) fn mapped(m: crate::base::mmap::PrivateMap) -> Bytes {
         Bytes(Repr::Mapped(m))
     }
 

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::dtype::DType;
-use crate::error::{ErrorKind, Result};
-use crate::slice::{num_elements, Slice};
-use crate::tensor::{Tensor, TensorData};
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{num_elements, Slice};
+use crate::base::tensor::{Tensor, TensorData};
 
 /// The value a variable gets when no checkpoint tensor is mapped to it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,7 +152,7 @@ pub struct VariableStore {
     pub(crate) warnings: Vec<String>,
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
-    pub(crate) opened: Vec<std::sync::Arc<crate::checkpoint::Checkpoint>>,
+    pub(crate) opened: Vec<std::sync::Arc<crate::reader::checkpoint::Checkpoint>>,
 }
 
 /// More parts than this is certainly a mistake (TensorFlow creates one variable per part).
@@ -364,7 +364,7 @@ impl VariableStore {
             .get(name)
             .ok_or_else(|| ErrorKind::VariableNotFound {
                 name: name.into(),
-                suggestions: crate::suggest::close_names(
+                suggestions: crate::base::suggest::close_names(
                     name,
                     self.vars.keys().map(|k| k.as_str()),
                 ),
@@ -397,13 +397,13 @@ impl VariableStore {
         let size = pv.dtype.size();
         let n = num_elements(&pv.shape)? as usize;
         let full: Vec<(u64, u64)> = pv.shape.iter().map(|&d| (0, d)).collect();
-        let mut bytes = crate::mmap::alloc_zeroed(n * size.unwrap_or(0), name).ok()?;
+        let mut bytes = crate::base::mmap::alloc_zeroed(n * size.unwrap_or(0), name).ok()?;
         let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
         for p in &pv.parts {
             let v = self.vars.get(p)?;
             let t = self.values.get(p)?;
             let have = v.part.as_ref()?.slice(&v.shape).ranges(&pv.shape);
-            crate::slice::for_each_run(&have, &full, &have, |r| match (&t.data, size) {
+            crate::base::slice::for_each_run(&have, &full, &have, |r| match (&t.data, size) {
                 (TensorData::Bytes(b), Some(s)) => {
                     let (a, d, l) = (r.src as usize * s, r.dst as usize * s, r.len as usize * s);
                     bytes[d..d + l].copy_from_slice(&b[a..a + l]);
@@ -505,7 +505,7 @@ pub(crate) fn init_tensor(v: &Variable) -> Result<Tensor> {
     let n = num_elements(&v.shape).unwrap_or(0) as usize;
     let data = match v.dtype.size() {
         Some(size) => {
-            let mut bytes = crate::mmap::alloc_zeroed(n * size, &v.name)?;
+            let mut bytes = crate::base::mmap::alloc_zeroed(n * size, &v.name)?;
             // `check_init` accepted this (dtype, init) when the variable was created.
             let elem = init_element(v.dtype, v.init).unwrap_or_default();
             if elem.iter().any(|&b| b != 0) {

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::dtype::DType;
-use crate::error::{ErrorKind, Result};
-use crate::index::{check_byte_size, check_version, parse_shape};
-use crate::mmap::MappedFile;
-use crate::proto;
-use crate::slice::{num_elements, Slice};
-use crate::sstable::{BlockHandle, Table};
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::mmap::MappedFile;
+use crate::base::slice::{num_elements, Slice};
+use crate::format::index::{check_byte_size, check_version, parse_shape};
+use crate::format::proto;
+use crate::format::sstable::{BlockHandle, Table};
 
 /// One tensor of a V1 checkpoint: full shape, dtype and where each stored slice lives.
 pub(crate) struct V1Tensor {
@@ -115,7 +115,7 @@ impl V1Set {
     pub(crate) fn is_current(&self) -> bool {
         self.files
             .iter()
-            .all(|f| crate::mmap::FileStamp::of(f.path()) == Some(f.stamp()))
+            .all(|f| crate::base::mmap::FileStamp::of(f.path()) == Some(f.stamp()))
     }
 
     /// Total bytes of all files.
@@ -161,7 +161,7 @@ impl V1Set {
                 let Some(rec) = rec else {
                     return Err(ErrorKind::BadEntry {
                         path: path.into(),
-                        tensor: crate::index::key_name(key),
+                        tensor: crate::format::index::key_name(key),
                         reason: "record is not a SavedSlice".into(),
                     }
                     .into());

@@ -1,8 +1,8 @@
 //! The V2 encoding of string tensors (spec D.4): varint lengths, a masked "length checksum", then the
 //! raw bytes; the entry CRC extends the length checksum with its own stored bytes and the strings.
 
-use crate::crc;
-use crate::sstable::{get_varint, put_varint};
+use crate::base::crc;
+use crate::format::sstable::{get_varint, put_varint};
 
 /// Why a stored string tensor could not be decoded.
 #[derive(Debug, PartialEq, Eq)]

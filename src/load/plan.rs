@@ -2,8 +2,8 @@
 //! tensor needed, once, with all the variables (or parts) it feeds, ordered by where its bytes lie
 //! in the files so the executor reads them sequentially. No file is touched here.
 
-use crate::slice::{num_elements, Slice};
-use crate::vars::Variable;
+use crate::base::slice::{num_elements, Slice};
+use crate::init::store::Variable;
 
 /// One checkpoint tensor to read and the destinations it feeds.
 pub(crate) struct PlanItem<'s> {
@@ -30,8 +30,11 @@ pub(crate) fn plan<'s>(
     pending: impl IntoIterator<Item = (&'s Variable, usize, &'s str, &'s Slice)>,
     position: impl Fn(usize, &str) -> (u32, u64),
 ) -> LoadPlan<'s> {
-    let mut ids: std::collections::HashMap<(usize, &str), usize, crate::fxhash::FxBuildHasher> =
-        Default::default();
+    let mut ids: std::collections::HashMap<
+        (usize, &str),
+        usize,
+        crate::base::fxhash::FxBuildHasher,
+    > = Default::default();
     let mut items: Vec<PlanItem<'s>> = Vec::new();
     for (v, ckpt, tensor, slice) in pending {
         let i = *ids.entry((ckpt, tensor)).or_insert_with(|| {

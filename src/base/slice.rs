@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::proto;
+use crate::format::proto;
 
 /// One dimension of a [`Slice`]: the whole dimension, or `[start, start + length)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -213,16 +213,16 @@ impl Slice {
     /// `EncodeTensorNameSlice(name, slice)` (spec E.3): the key of a slice entry.
     pub(crate) fn key(&self, name: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(name.len() + 4 + 4 * self.rank());
-        crate::ordered_code::write_num_increasing(&mut key, 0);
-        crate::ordered_code::write_string(&mut key, name);
-        crate::ordered_code::write_num_increasing(&mut key, self.rank() as u64);
+        crate::format::ordered_code::write_num_increasing(&mut key, 0);
+        crate::format::ordered_code::write_string(&mut key, name);
+        crate::format::ordered_code::write_num_increasing(&mut key, self.rank() as u64);
         for e in &self.extents {
             let (start, length) = match *e {
                 Extent::Full => (0, -1),
                 Extent::Range { start, length } => (start as i64, length as i64),
             };
-            crate::ordered_code::write_signed_increasing(&mut key, start);
-            crate::ordered_code::write_signed_increasing(&mut key, length);
+            crate::format::ordered_code::write_signed_increasing(&mut key, start);
+            crate::format::ordered_code::write_signed_increasing(&mut key, length);
         }
         key
     }

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// What identifies a file's current contents without reading them: length and modification time,
 /// and on Unix also the device, inode and status-change time (nanoseconds), so that a file replaced
@@ -263,7 +263,7 @@ pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     let fail = || -> crate::Error {
-        crate::error::ErrorKind::Allocation {
+        crate::base::error::ErrorKind::Allocation {
             bytes: len as u64,
             tensor: tensor.to_string(),
         }
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(m.bytes(), &data[..], "other mappings keep the file's bytes");
         assert!(m.map_private(0..0).is_err());
         assert!(m.map_private(9000..(data.len() + 1)).is_err());
-        let mut b = crate::tensor::Bytes::mapped(m.map_private(10..20).unwrap());
+        let mut b = crate::base::tensor::Bytes::mapped(m.map_private(10..20).unwrap());
         assert!(b.is_mapped());
         b[0] = 1;
         assert_eq!(b.clone().into_vec()[0], 1);

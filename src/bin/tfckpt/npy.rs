@@ -2,8 +2,8 @@
 
 use std::io::{Read, Write};
 
-use crate::dtype::DType;
-use crate::tensor::{Tensor, TensorData};
+use tfckpt::DType;
+use tfckpt::{Tensor, TensorData};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -90,6 +90,7 @@ fn sign_extend(b: &[u8], bits: u32) -> Vec<u8> {
 
 /// An array read back from a `.npy` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // read back by the tests, which include this file
 pub struct NpyArray {
     /// NumPy `descr`, e.g. `<f4`.
     pub descr: String,
@@ -100,6 +101,7 @@ pub struct NpyArray {
 }
 
 /// Reads a `.npy` file (versions 1–3, C order only).
+#[allow(dead_code)] // read back by the tests, which include this file
 pub fn read(mut r: impl Read) -> std::io::Result<NpyArray> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut magic = [0u8; 8];

@@ -1,0 +1,5 @@
+//! The reader: [`Checkpoint`] (open a path as TensorFlow resolves it, list, read any slice of any
+//! tensor, verify), built on `format`.
+
+pub(crate) mod checkpoint;
+pub(crate) mod resolve;
