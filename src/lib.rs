@@ -32,6 +32,7 @@
 extern crate self as tfckpt;
 
 mod base;
+mod devices;
 mod format;
 mod gpu;
 mod init;
@@ -39,18 +40,16 @@ mod load;
 mod reader;
 
 pub use base::crc;
+pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
 pub use base::error::{Error, ErrorKind, Result};
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Tensor, TensorData};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
-pub use gpu::{DeviceBuffer, DeviceStats, DeviceTensor};
 pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use init::partitioners;
-pub use init::store::{
-    Device, Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore,
-};
-pub use load::{LoadOptions, LoadReport, Progress};
+pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
+pub use load::{DeviceStats, LoadOptions, LoadReport, Progress};
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
 /// The README's examples, compiled as doctests so they cannot rot.

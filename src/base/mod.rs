@@ -2,13 +2,13 @@
 //! the boxes they cover, CRC32C, file mappings and memory helpers. Nothing here knows a file
 //! format or a load.
 
+pub(crate) mod copy;
 pub mod crc;
+pub(crate) mod device;
 pub(crate) mod dtype;
 pub(crate) mod error;
 pub(crate) mod fxhash;
 pub(crate) mod mmap;
 pub(crate) mod slice;
-#[cfg(any(test, feature = "cuda"))]
-pub(crate) mod stream_copy;
 pub(crate) mod suggest;
 pub(crate) mod tensor;

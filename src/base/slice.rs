@@ -146,22 +146,30 @@ impl Slice {
         Ok(())
     }
 
+    /// The box this slice covers in a tensor of `shape` (full extents become `(0, dim)`). The
+    /// slice must have been [`check`](Self::check)ed against `shape`.
+    pub(crate) fn region(&self, shape: &[u64]) -> Region {
+        Region(
+            self.extents
+                .iter()
+                .zip(shape)
+                .map(|(e, &dim)| match *e {
+                    Extent::Full => (0, dim),
+                    Extent::Range { start, length } => (start, length),
+                })
+                .collect(),
+        )
+    }
+
     /// `(start, length)` per dimension against `shape` (full extents become `(0, dim)`). The slice
     /// must have been [`check`](Self::check)ed against `shape`.
     pub fn ranges(&self, shape: &[u64]) -> Vec<(u64, u64)> {
-        self.extents
-            .iter()
-            .zip(shape)
-            .map(|(e, &dim)| match *e {
-                Extent::Full => (0, dim),
-                Extent::Range { start, length } => (start, length),
-            })
-            .collect()
+        self.region(shape).0
     }
 
     /// The shape of the slice's own tensor.
     pub fn shape(&self, full_shape: &[u64]) -> Vec<u64> {
-        self.ranges(full_shape).iter().map(|r| r.1).collect()
+        self.region(full_shape).shape()
     }
 
     pub(crate) fn from_proto(p: &proto::TensorSliceProto) -> Result<Slice, String> {
@@ -210,7 +218,7 @@ impl Slice {
         }
     }
 
-    /// `EncodeTensorNameSlice(name, slice)` (spec E.3): the key of a slice entry.
+    /// `EncodeTensorNameSlice(name, slice)`: the key of a slice entry (docs/format.md, slice keys).
     pub(crate) fn key(&self, name: &[u8]) -> Vec<u8> {
         let mut key = Vec::with_capacity(name.len() + 4 + 4 * self.rank());
         crate::format::ordered_code::write_num_increasing(&mut key, 0);
@@ -249,16 +257,66 @@ pub(crate) fn num_elements(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 
-/// The intersection of two boxes given as `(start, length)` per dimension, `None` if empty.
-pub(crate) fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
-    a.iter()
-        .zip(b)
-        .map(|(&(sa, la), &(sb, lb))| {
-            let start = sa.max(sb);
-            let end = (sa + la).min(sb + lb);
-            (end > start).then(|| (start, end - start))
-        })
-        .collect()
+/// A box of a tensor in the whole tensor's coordinates: `(start, length)` per dimension, outermost
+/// first (a [`Slice`] resolved against a shape). Row-major buffers hold boxes; the copies between
+/// them are [`for_each_run`]'s runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Region(Vec<(u64, u64)>);
+
+impl Region {
+    /// A box from `(start, length)` per dimension.
+    #[cfg(test)]
+    pub(crate) fn new(dims: Vec<(u64, u64)>) -> Region {
+        Region(dims)
+    }
+
+    /// The whole of a tensor of `shape`.
+    pub(crate) fn whole(shape: &[u64]) -> Region {
+        Region(shape.iter().map(|&d| (0, d)).collect())
+    }
+
+    /// `(start, length)` per dimension.
+    pub(crate) fn dims(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    /// The box's own shape.
+    pub(crate) fn shape(&self) -> Vec<u64> {
+        self.0.iter().map(|d| d.1).collect()
+    }
+
+    /// Elements in the box (`None` on overflow).
+    pub(crate) fn num_elements(&self) -> Option<u64> {
+        self.0.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.1))
+    }
+
+    /// The outermost dimension, `(first row, rows)`; `None` for a scalar.
+    pub(crate) fn rows(&self) -> Option<(u64, u64)> {
+        self.0.first().copied()
+    }
+
+    /// The same box cut to rows `[start, start + len)` of its outermost dimension.
+    pub(crate) fn with_rows(&self, start: u64, len: u64) -> Region {
+        let mut dims = self.0.clone();
+        if let Some(d) = dims.first_mut() {
+            *d = (start, len);
+        }
+        Region(dims)
+    }
+
+    /// The intersection of two boxes, `None` if empty.
+    pub(crate) fn intersect(&self, other: &Region) -> Option<Region> {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .map(|(&(sa, la), &(sb, lb))| {
+                let start = sa.max(sb);
+                let end = (sa + la).min(sb + lb);
+                (end > start).then(|| (start, end - start))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Region)
+    }
 }
 
 /// A contiguous run of elements to copy: `len` elements from element `src` of the source box to
@@ -273,12 +331,8 @@ pub(crate) struct Run {
 /// Calls `f` for every contiguous run that copies the box `inter` (full-tensor coordinates) from a
 /// row-major buffer holding box `src` into a row-major buffer holding box `dst`. Trailing dimensions
 /// that are whole in all three boxes are merged, so a slice along axis 0 is one run.
-pub(crate) fn for_each_run(
-    src: &[(u64, u64)],
-    dst: &[(u64, u64)],
-    inter: &[(u64, u64)],
-    mut f: impl FnMut(Run),
-) {
+pub(crate) fn for_each_run(src: &Region, dst: &Region, inter: &Region, mut f: impl FnMut(Run)) {
+    let (src, dst, inter) = (src.dims(), dst.dims(), inter.dims());
     let rank = inter.len();
     if rank == 0 {
         f(Run {
@@ -362,14 +416,14 @@ mod tests {
 
     #[test]
     fn slice_keys_match_tensorflow() {
-        // Spec E.2: scope/var1 rows [80,100) of a [100,100] tensor.
+        // docs/format.md's example: scope/var1 rows [80,100) of a [100,100] tensor.
         let s = Slice::from_ranges(&[(80, 20), (0, 100)]);
         let key = s.key(b"scope/var1");
         let mut want = vec![0x00];
         want.extend_from_slice(b"scope/var1");
         want.extend_from_slice(&[0x00, 0x01, 0x01, 0x02, 0xc0, 0x50, 0x94, 0x80, 0xc0, 0x64]);
         assert_eq!(key, want);
-        // Spec F.2: scalar "s" and full 1-D "h".
+        // A scalar "s" and a full 1-D "h", as V1 files key them.
         assert_eq!(Slice::full(0).key(b"s"), vec![0x00, 0x73, 0x00, 0x01, 0x00]);
         assert_eq!(
             Slice::full(1).key(b"h"),
@@ -381,11 +435,12 @@ mod tests {
     fn runs_merge_trailing_dims() {
         let mut runs = vec![];
         // rows [20,40) of a [100,100] tensor into a [20,100] part: one run.
+        let r = |d: &[(u64, u64)]| Region::new(d.to_vec());
         for_each_run(
-            &[(0, 100), (0, 100)],
-            &[(20, 20), (0, 100)],
-            &[(20, 20), (0, 100)],
-            |r| runs.push(r),
+            &r(&[(0, 100), (0, 100)]),
+            &r(&[(20, 20), (0, 100)]),
+            &r(&[(20, 20), (0, 100)]),
+            |x| runs.push(x),
         );
         assert_eq!(
             runs,
@@ -398,10 +453,10 @@ mod tests {
         runs.clear();
         // columns [3,5) of a [2,10] tensor: one run per row.
         for_each_run(
-            &[(0, 2), (0, 10)],
-            &[(0, 2), (3, 2)],
-            &[(0, 2), (3, 2)],
-            |r| runs.push(r),
+            &r(&[(0, 2), (0, 10)]),
+            &r(&[(0, 2), (3, 2)]),
+            &r(&[(0, 2), (3, 2)]),
+            |x| runs.push(x),
         );
         assert_eq!(
             runs,

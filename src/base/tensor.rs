@@ -117,6 +117,22 @@ pub enum TensorData {
     Strings(Vec<Vec<u8>>),
 }
 
+impl TensorData {
+    /// The elements, to write into.
+    pub(crate) fn elements_mut(&mut self) -> ElementsMut<'_> {
+        match self {
+            TensorData::Bytes(b) => ElementsMut::Bytes(b),
+            TensorData::Strings(s) => ElementsMut::Strings(s),
+        }
+    }
+}
+
+/// Where the elements of a read go: a byte buffer (fixed-size dtypes) or byte strings.
+pub(crate) enum ElementsMut<'a> {
+    Bytes(&'a mut [u8]),
+    Strings(&'a mut [Vec<u8>]),
+}
+
 /// A tensor: dtype, shape and elements.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tensor {

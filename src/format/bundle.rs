@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::base::copy::{copy_verify, Dst};
 use crate::base::crc;
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::mmap::MappedFile;
+use crate::base::slice::Region;
 use crate::format::index::{key_name, BundleIndex, Entry};
 use crate::format::strings::{self, StringError};
 
@@ -111,11 +113,11 @@ impl Bundle {
     /// pass, and converts to little-endian if the producer was big-endian.
     pub(crate) fn read_fixed_into(&self, e: &Entry, dst: &mut [u8]) -> Result<()> {
         debug_assert_eq!(dst.len() as u64, e.size);
-        let whole: Vec<(u64, u64)> = e.shape.iter().map(|&d| (0, d)).collect();
+        let whole = Region::whole(&e.shape);
         self.copy_verify(
             e,
             &whole,
-            vec![crate::load::exec::Dst {
+            vec![Dst {
                 buf: dst,
                 want: &whole,
             }],
@@ -139,17 +141,12 @@ impl Bundle {
     }
 
     /// Copies the parts of a fixed-size entry (box `have` of its tensor) that each destination needs,
-    /// verifying its checksum in the same pass (see `exec`). Bytes are copied as stored (callers swap
-    /// big-endian data afterwards or take the owned path).
-    pub(crate) fn copy_verify(
-        &self,
-        e: &Entry,
-        have: &[(u64, u64)],
-        dsts: Vec<crate::load::exec::Dst<'_>>,
-    ) -> Result<()> {
+    /// verifying its checksum in the same pass (`base::copy`). Bytes are copied as stored (callers
+    /// swap big-endian data afterwards or take the owned path).
+    pub(crate) fn copy_verify(&self, e: &Entry, have: &Region, dsts: Vec<Dst<'_>>) -> Result<()> {
         let (map, range) = self.locate(e)?;
         let size = e.dtype.size().unwrap_or(1);
-        let found = crate::load::exec::copy_verify(&map.bytes()[range], have, size, dsts);
+        let found = copy_verify(&map.bytes()[range], have, size, dsts);
         if found != e.crc {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }

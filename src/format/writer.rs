@@ -200,10 +200,10 @@ impl CheckpointWriter {
             if full.shape != Some(shape_proto(full_shape)) {
                 return Err(bad("slices disagree on the full shape"));
             }
-            let new = slice.ranges(full_shape);
+            let new = slice.region(full_shape);
             for other in &full.slices {
                 let other = Slice::from_proto(other).map_err(|r| bad(&r))?;
-                if crate::base::slice::intersect(&other.ranges(full_shape), &new).is_some() {
+                if other.region(full_shape).intersect(&new).is_some() {
                     return Err(bad(&format!(
                         "slice {slice} overlaps slice {other} added before"
                     )));

@@ -17,7 +17,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use super::exec::{Kernel, Link, LANES};
-use super::Memory;
+use crate::base::device::DeviceMemory;
 use crate::base::error::{Error, ErrorKind, Result};
 
 /// The kernel sources of `kernels/`, compiled into the crate.
@@ -225,7 +225,7 @@ impl Link for CudaLink {
         format!("cuda:{}", self.ordinal)
     }
 
-    fn alloc(&self, bytes: usize, what: &str) -> Result<Arc<dyn Memory>> {
+    fn alloc(&self, bytes: usize, what: &str) -> Result<Arc<dyn DeviceMemory>> {
         let stream = &self.lanes[0];
         // SAFETY: uninitialised device memory; the load writes every byte before it is read.
         let slice = unsafe { stream.alloc::<u8>(bytes.max(1)) }
@@ -402,6 +402,11 @@ impl Owned {
         Owned::with_len(slice, len)
     }
 
+    /// The cudarc slice.
+    pub(crate) fn slice(&self) -> &CudaSlice<u8> {
+        &self.slice
+    }
+
     fn with_len(slice: CudaSlice<u8>, len: usize) -> Owned {
         let ptr = {
             let (p, _sync) = slice.device_ptr(slice.stream());
@@ -411,7 +416,7 @@ impl Owned {
     }
 }
 
-impl Memory for Owned {
+impl DeviceMemory for Owned {
     fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -445,8 +450,9 @@ impl Memory for Owned {
         format!("cuda:{}", self.slice.ordinal())
     }
 
-    fn cuda_slice(&self) -> Option<&CudaSlice<u8>> {
-        Some(&self.slice)
+    #[cfg(feature = "cuda")]
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -457,7 +463,7 @@ pub(crate) struct Raw {
     pub(crate) len: usize,
 }
 
-impl Memory for Raw {
+impl DeviceMemory for Raw {
     fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -481,6 +487,11 @@ impl Memory for Raw {
 
     fn device(&self) -> String {
         format!("cuda:{}", self.device)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

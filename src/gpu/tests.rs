@@ -11,9 +11,9 @@ mod layouts;
 
 use layouts::{assert_same, store_for, CASES};
 
-use super::exec::{units, Copy, Job, Sizes, Src};
-use super::host::HostLink;
-use super::DeviceBuffer;
+use super::emulated::HostLink;
+use super::exec::{units, Job, Sizes, Transfer, UploadSource};
+use crate::base::device::DeviceBuffer;
 use crate::{
     init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
     VariableStore,
@@ -289,12 +289,12 @@ fn units_cover_every_copy_and_checksum_once() {
             let half = len / 2;
             let dst = (j as u64 + 1) << 32;
             let copies = vec![
-                Copy {
+                Transfer {
                     src: pos,
                     len: half,
                     dst,
                 },
-                Copy {
+                Transfer {
                     src: pos + half,
                     len: len - half,
                     dst: dst + half as u64,
@@ -302,7 +302,7 @@ fn units_cover_every_copy_and_checksum_once() {
             ];
             want.extend((pos..pos + len).map(|s| (s, dst + (s - pos) as u64)));
             jobs.push(Job {
-                src: Src::Owned(file.clone()),
+                src: UploadSource::Owned(file.clone()),
                 range: pos..pos + len,
                 copies,
                 check: Some(j),

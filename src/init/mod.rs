@@ -3,5 +3,6 @@
 //! TensorFlow's partitioners. Nothing is read here but the checkpoint's index.
 
 pub(crate) mod assign;
+pub(crate) mod initializer;
 pub mod partitioners;
 pub(crate) mod store;

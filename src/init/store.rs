@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::initializer::check_init;
+use crate::base::device::{DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
@@ -82,50 +84,6 @@ pub struct PartitionedVariable {
     pub parts: Vec<String>,
 }
 
-/// Where initialization puts the values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    /// Host memory.
-    Cpu,
-    /// GPU `n`. Needs the crate's `cuda` feature and a GPU; otherwise `initialize` answers with
-    /// [`ErrorKind::DeviceUnavailable`](crate::ErrorKind::DeviceUnavailable).
-    Cuda(u32),
-}
-
-impl Device {
-    /// GPUs this process can use: 0 without the `cuda` feature, without an NVIDIA driver, or
-    /// without a GPU.
-    pub fn gpu_count() -> usize {
-        #[cfg(feature = "cuda")]
-        {
-            if crate::gpu::cuda::driver_present() {
-                return cudarc::driver::CudaContext::device_count()
-                    .map(|n| n.max(0) as usize)
-                    .unwrap_or(0);
-            }
-        }
-        0
-    }
-
-    /// Parses `cpu`, `cuda` or `cuda:N`.
-    pub fn parse(s: &str) -> Option<Device> {
-        match s {
-            "cpu" => Some(Device::Cpu),
-            "cuda" => Some(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
 /// What a variable loads when initialization runs (recorded by `init_from_checkpoint`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
@@ -146,9 +104,9 @@ pub struct VariableStore {
     pub(crate) pending: BTreeMap<String, Pending>,
     pub(crate) values: BTreeMap<String, Tensor>,
     /// Values loaded to a GPU (string variables stay on the host, in `values`).
-    pub(crate) device_values: BTreeMap<String, crate::gpu::DeviceTensor>,
+    pub(crate) device_values: BTreeMap<String, DeviceTensor>,
     /// Buffers the trainer handed in for some variables (used by the next GPU initialization).
-    pub(crate) device_buffers: BTreeMap<String, crate::gpu::DeviceBuffer>,
+    pub(crate) device_buffers: BTreeMap<String, DeviceBuffer>,
     pub(crate) warnings: Vec<String>,
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
@@ -342,23 +300,19 @@ impl VariableStore {
     /// The device value of a variable or part after `initialize(Device::Cuda(_))`; `None` before,
     /// after a host initialization, and for string variables (kept on the host: see
     /// [`value`](Self::value)).
-    pub fn device_value(&self, name: &str) -> Option<&crate::gpu::DeviceTensor> {
+    pub fn device_value(&self, name: &str) -> Option<&DeviceTensor> {
         self.device_values.get(name)
     }
 
     /// Every device value, by variable name.
-    pub fn device_values(&self) -> impl Iterator<Item = (&str, &crate::gpu::DeviceTensor)> {
+    pub fn device_values(&self) -> impl Iterator<Item = (&str, &DeviceTensor)> {
         self.device_values.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Loads variable (or part) `name` into the trainer's own device memory at the next GPU
     /// initialization, instead of memory the library allocates. The buffer must hold exactly the
     /// variable's bytes (in the dtype it will have on the device).
-    pub fn set_device_buffer(
-        &mut self,
-        name: &str,
-        buffer: crate::gpu::DeviceBuffer,
-    ) -> Result<()> {
+    pub fn set_device_buffer(&mut self, name: &str, buffer: DeviceBuffer) -> Result<()> {
         let v = self
             .vars
             .get(name)
@@ -396,13 +350,13 @@ impl VariableStore {
         let pv = self.partitioned.get(name)?;
         let size = pv.dtype.size();
         let n = num_elements(&pv.shape)? as usize;
-        let full: Vec<(u64, u64)> = pv.shape.iter().map(|&d| (0, d)).collect();
+        let full = crate::base::slice::Region::whole(&pv.shape);
         let mut bytes = crate::base::mmap::alloc_zeroed(n * size.unwrap_or(0), name).ok()?;
         let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
         for p in &pv.parts {
             let v = self.vars.get(p)?;
             let t = self.values.get(p)?;
-            let have = v.part.as_ref()?.slice(&v.shape).ranges(&pv.shape);
+            let have = v.part.as_ref()?.slice(&v.shape).region(&pv.shape);
             crate::base::slice::for_each_run(&have, &full, &have, |r| match (&t.data, size) {
                 (TensorData::Bytes(b), Some(s)) => {
                     let (a, d, l) = (r.src as usize * s, r.dst as usize * s, r.len as usize * s);
@@ -438,98 +392,4 @@ fn check_shape(name: &str, shape: &[u64], dtype: DType) -> Result<()> {
         }
         .into()),
     }
-}
-
-fn check_init(name: &str, dtype: DType, init: Init) -> Result<()> {
-    init_element(dtype, init).map(drop).map_err(|reason| {
-        ErrorKind::BadVariable {
-            name: name.into(),
-            reason,
-        }
-        .into()
-    })
-}
-
-/// The bytes of one element of `dtype` holding the initializer's value.
-pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<u8>, String> {
-    let (v, exact) = match init {
-        Init::Zeros => return Ok(vec![0; dtype.size().unwrap_or(0)]),
-        Init::Ones => (1.0, Some(1)),
-        Init::Constant(c) => (
-            c,
-            (c.fract() == 0.0 && c.abs() < 2f64.powi(53)).then_some(c as i128),
-        ),
-        Init::IntConstant(i) => (i as f64, Some(i)),
-    };
-    let int = |lo: i128, hi: i128| -> std::result::Result<i128, String> {
-        match exact {
-            Some(i) if (lo..=hi).contains(&i) => Ok(i),
-            _ => Err(format!("initializer {v} is not a {dtype} value")),
-        }
-    };
-    Ok(match dtype {
-        DType::F32 => (v as f32).to_le_bytes().to_vec(),
-        DType::F64 => v.to_le_bytes().to_vec(),
-        DType::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
-        DType::BF16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
-        DType::C64 => [(v as f32).to_le_bytes(), 0f32.to_le_bytes()].concat(),
-        DType::C128 => [v.to_le_bytes(), 0f64.to_le_bytes()].concat(),
-        DType::Bool => vec![int(0, 1)? as u8],
-        DType::I8 => (int(i8::MIN.into(), i8::MAX.into())? as i8)
-            .to_le_bytes()
-            .to_vec(),
-        DType::U8 => (int(0, u8::MAX.into())? as u8).to_le_bytes().to_vec(),
-        DType::I16 => (int(i16::MIN.into(), i16::MAX.into())? as i16)
-            .to_le_bytes()
-            .to_vec(),
-        DType::U16 => (int(0, u16::MAX.into())? as u16).to_le_bytes().to_vec(),
-        DType::I32 => (int(i32::MIN.into(), i32::MAX.into())? as i32)
-            .to_le_bytes()
-            .to_vec(),
-        DType::U32 => (int(0, u32::MAX.into())? as u32).to_le_bytes().to_vec(),
-        DType::I64 => (int(i64::MIN.into(), i64::MAX.into())? as i64)
-            .to_le_bytes()
-            .to_vec(),
-        DType::U64 => (int(0, u64::MAX.into())? as u64).to_le_bytes().to_vec(),
-        other => {
-            return Err(format!(
-                "{other} variables support only the zeros initializer"
-            ))
-        }
-    })
-}
-
-/// A tensor of the variable's shape filled with its initializer's value.
-pub(crate) fn init_tensor(v: &Variable) -> Result<Tensor> {
-    // `check_shape` bounded the size when the variable was created.
-    let n = num_elements(&v.shape).unwrap_or(0) as usize;
-    let data = match v.dtype.size() {
-        Some(size) => {
-            let mut bytes = crate::base::mmap::alloc_zeroed(n * size, &v.name)?;
-            // `check_init` accepted this (dtype, init) when the variable was created.
-            let elem = init_element(v.dtype, v.init).unwrap_or_default();
-            if elem.iter().any(|&b| b != 0) {
-                bytes
-                    .chunks_exact_mut(size)
-                    .for_each(|c| c.copy_from_slice(&elem));
-            }
-            TensorData::Bytes(bytes.into())
-        }
-        None => {
-            let mut strings = Vec::new();
-            strings
-                .try_reserve_exact(n)
-                .map_err(|_| ErrorKind::Allocation {
-                    bytes: (n * std::mem::size_of::<Vec<u8>>()) as u64,
-                    tensor: v.name.clone(),
-                })?;
-            strings.resize(n, Vec::new());
-            TensorData::Strings(strings)
-        }
-    };
-    Ok(Tensor {
-        dtype: v.dtype,
-        shape: v.shape.clone(),
-        data,
-    })
 }

@@ -2,6 +2,7 @@
 //! tensor needed, once, with all the variables (or parts) it feeds, ordered by where its bytes lie
 //! in the files so the executor reads them sequentially. No file is touched here.
 
+use super::skeleton::PendingRead;
 use crate::base::slice::{num_elements, Slice};
 use crate::init::store::Variable;
 
@@ -25,10 +26,11 @@ pub(crate) struct LoadPlan<'s> {
 }
 
 /// Groups `pending` (variable, checkpoint index, tensor, box) by (checkpoint, tensor) and orders the
-/// groups by `position(checkpoint, tensor)` (shard or file, then offset).
+/// groups by `position(checkpoint, tensor)` (shard or file, then offset; tensors whose position
+/// is unknown last).
 pub(crate) fn plan<'s>(
-    pending: impl IntoIterator<Item = (&'s Variable, usize, &'s str, &'s Slice)>,
-    position: impl Fn(usize, &str) -> (u32, u64),
+    pending: impl IntoIterator<Item = PendingRead<'s>>,
+    position: impl Fn(usize, &str) -> Option<(u32, u64)>,
 ) -> LoadPlan<'s> {
     let mut ids: std::collections::HashMap<
         (usize, &str),
@@ -49,7 +51,10 @@ pub(crate) fn plan<'s>(
         items[i].bytes += num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64;
         items[i].dests.push((v, slice));
     }
-    items.sort_by_cached_key(|it| (it.ckpt, position(it.ckpt, it.tensor)));
+    items.sort_by_cached_key(|it| {
+        let at = position(it.ckpt, it.tensor);
+        (it.ckpt, at.is_none(), at)
+    });
     LoadPlan {
         bytes: items.iter().map(|it| it.bytes).sum(),
         items,
@@ -92,9 +97,9 @@ mod tests {
         ];
         // t_b lies before t_a in checkpoint 0's data file.
         let p = plan(pending, |ckpt, t| match (ckpt, t) {
-            (0, "t_b") => (0, 10),
-            (0, "t_a") => (0, 500),
-            _ => (0, 0),
+            (0, "t_b") => Some((0, 10)),
+            (0, "t_a") => Some((0, 500)),
+            _ => None,
         });
         let order: Vec<(usize, &str, usize)> = p
             .items

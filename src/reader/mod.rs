@@ -1,5 +1,7 @@
 //! The reader: [`Checkpoint`] (open a path as TensorFlow resolves it, list, read any slice of any
 //! tensor, verify), built on `format`.
 
+mod assemble;
 pub(crate) mod checkpoint;
 pub(crate) mod resolve;
+pub(crate) mod stored;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::exec::{Kernel, Link, LANES, LANE_REG};
-use super::Memory;
+use crate::base::device::DeviceMemory;
 use crate::base::error::{ErrorKind, Result};
 use crate::DType;
 
@@ -16,7 +16,7 @@ struct HostMem {
     data: Mutex<Vec<u8>>,
 }
 
-impl Memory for HostMem {
+impl DeviceMemory for HostMem {
     fn ptr(&self) -> u64 {
         self.base
     }
@@ -29,6 +29,10 @@ impl Memory for HostMem {
     }
     fn device(&self) -> String {
         "emulated".into()
+    }
+    #[cfg(feature = "cuda")]
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -89,7 +93,7 @@ impl Link for HostLink {
         "emulated".into()
     }
 
-    fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn Memory>> {
+    fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn DeviceMemory>> {
         // Allocations 1 TiB apart, so an overrun lands in no allocation.
         let base = (self.next.fetch_add(1, Ordering::Relaxed) + 1) << 40;
         let m = Arc::new(HostMem {

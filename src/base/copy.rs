@@ -1,0 +1,287 @@
+//! The copies of a load. [`copy_verify`] reads a stored box once and copies what each destination
+//! box needs while computing the CRC32C of all of it: the source is cut into bands of rows of about
+//! 4 MiB that are processed in parallel, and each band is walked in small steps that are
+//! checksummed and then copied into every destination that needs them while the bytes are still
+//! in cache. Destinations are split into disjoint row ranges per band, so the parallel writes need
+//! no locks and no unsafe code, and no intermediate buffer is allocated whatever the tensor's
+//! size. [`stream_copy`] copies with non-temporal stores, for buffers a GPU reads by DMA.
+
+use rayon::prelude::*;
+
+use crate::base::crc;
+use crate::base::slice::{for_each_run, Region, Run};
+
+/// Bytes of source per parallel band.
+const BAND: usize = 4 << 20;
+/// Bytes of source per checksum-then-copy step inside a band (stays in L1/L2).
+const STEP: usize = 64 << 10;
+
+/// One destination: its buffer and the box (full-tensor coordinates) it holds.
+pub(crate) struct Dst<'a> {
+    pub buf: &'a mut [u8],
+    pub want: &'a Region,
+}
+
+/// A destination's rows that fall in one band: the piece of its buffer and the box of that piece.
+struct Piece<'a> {
+    buf: &'a mut [u8],
+    want: Region,
+}
+
+/// Copies every element of `src` (row-major box `have`, `size`-byte elements) that lies in a
+/// destination's box into that destination, and returns the CRC32C of all of `src`, computed in the
+/// same pass. Destinations must be sized for their boxes; elements outside `have` are not touched.
+pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, dsts: Vec<Dst<'_>>) -> u32 {
+    if let [d] = &dsts[..] {
+        if d.want == have {
+            // The whole source into one destination (the common case): plain chunks, no band
+            // bookkeeping.
+            let Some(Dst { buf, .. }) = dsts.into_iter().next() else {
+                return 0;
+            };
+            return copy_whole(src, buf);
+        }
+    }
+    let Some((first_row, rows)) = have.rows() else {
+        // A scalar: one element.
+        for d in dsts {
+            d.buf.copy_from_slice(src);
+        }
+        return crc::serial(src);
+    };
+    let row_bytes = (src.len() as u64).checked_div(rows).unwrap_or(0) as usize;
+    if rows == 0 || row_bytes == 0 {
+        return crc::serial(src);
+    }
+    let band_rows = (BAND / row_bytes).max(1) as u64;
+    let bands: Vec<(u64, u64)> = (0..rows.div_ceil(band_rows))
+        .map(|b| {
+            let r0 = first_row + b * band_rows;
+            (r0, (r0 + band_rows).min(first_row + rows))
+        })
+        .collect();
+    let pieces = split_into_bands(dsts, &bands);
+    let copy_band = |((r0, r1), mut pieces): ((u64, u64), Vec<Piece<'_>>)| -> (u32, usize) {
+        let step_rows = (STEP / row_bytes).max(1) as u64;
+        let mut running = crc::Running::new();
+        let mut s0 = r0;
+        while s0 < r1 {
+            let s1 = (s0 + step_rows).min(r1);
+            let bytes =
+                &src[(s0 - first_row) as usize * row_bytes..(s1 - first_row) as usize * row_bytes];
+            running.update(bytes);
+            copy_step(src, have, &have.with_rows(s0, s1 - s0), size, &mut pieces);
+            s0 = s1;
+        }
+        (running.finish(), (r1 - r0) as usize * row_bytes)
+    };
+    let work: Vec<((u64, u64), Vec<Piece<'_>>)> = bands.into_iter().zip(pieces).collect();
+    let crcs: Vec<(u32, usize)> = if work.len() == 1 {
+        work.into_iter().map(copy_band).collect()
+    } else {
+        work.into_par_iter().map(copy_band).collect()
+    };
+    crcs.into_iter()
+        .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
+}
+
+/// Splits each destination into one piece per band of source rows it overlaps (disjoint row
+/// ranges of its buffer).
+fn split_into_bands<'a>(dsts: Vec<Dst<'a>>, bands: &[(u64, u64)]) -> Vec<Vec<Piece<'a>>> {
+    let mut pieces: Vec<Vec<Piece<'a>>> = bands.iter().map(|_| Vec::new()).collect();
+    for d in dsts {
+        let Some((want_row, want_rows)) = d.want.rows() else {
+            continue;
+        };
+        let dst_row_bytes = (d.buf.len() as u64).checked_div(want_rows).unwrap_or(0) as usize;
+        let mut rest: &'a mut [u8] = d.buf;
+        let mut row = want_row; // first row of `rest`
+        for (b, &(r0, r1)) in bands.iter().enumerate() {
+            let (lo, hi) = (r0.max(want_row), r1.min(want_row + want_rows));
+            if lo >= hi {
+                continue;
+            }
+            let skip = (lo - row) as usize * dst_row_bytes;
+            let take = (hi - lo) as usize * dst_row_bytes;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+            let (piece, tail) = tail.split_at_mut(take);
+            rest = tail;
+            row = hi;
+            pieces[b].push(Piece {
+                buf: piece,
+                want: d.want.with_rows(lo, hi - lo),
+            });
+        }
+    }
+    pieces
+}
+
+/// Copies the part of `step` (a few rows of the source box `have`) each piece needs.
+fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut [Piece<'_>]) {
+    for p in pieces {
+        if let Some(inter) = step.intersect(&p.want) {
+            for_each_run(
+                have,
+                &p.want,
+                &inter,
+                |Run {
+                     src: s,
+                     dst: d,
+                     len,
+                 }| {
+                    let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
+                    p.buf[d..d + n].copy_from_slice(&src[s..s + n]);
+                },
+            );
+        }
+    }
+}
+
+/// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
+fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
+    fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
+        let mut running = crc::Running::new();
+        for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
+            running.update(s);
+            d.copy_from_slice(s);
+        }
+        running.finish()
+    }
+    if src.len() <= BAND {
+        return serial(src, dst);
+    }
+    src.par_chunks(BAND)
+        .zip(dst.par_chunks_mut(BAND))
+        .map(|(s, d)| (serial(s, d), s.len()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
+}
+
+/// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has AVX and `dst` is 32-byte
+/// aligned; a plain copy otherwise. Panics, as `copy_from_slice` does, if the lengths differ.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) fn stream_copy(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "stream_copy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") && dst.as_ptr() as usize % 32 == 0 {
+            let n = dst.len() / 32 * 32;
+            // SAFETY: AVX is present (checked above); `dst` and `src` hold at least `n` bytes,
+            // `dst` is 32-byte aligned as the stores require, and the two slices cannot overlap
+            // (one is borrowed mutably).
+            unsafe { stream_avx(dst.as_mut_ptr(), src.as_ptr(), n) };
+            dst[n..].copy_from_slice(&src[n..]);
+            return;
+        }
+    }
+    dst.copy_from_slice(src);
+}
+
+/// # Safety
+/// AVX must be present; `d` must be 32-byte aligned with `n` (a multiple of 32) writable bytes,
+/// `s` must have `n` readable bytes, and the ranges must not overlap.
+#[cfg(all(target_arch = "x86_64", any(test, feature = "cuda")))]
+#[target_feature(enable = "avx")]
+unsafe fn stream_avx(d: *mut u8, s: *const u8, n: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_sfence};
+    let mut i = 0;
+    while i < n {
+        // SAFETY: `i + 32 <= n`, inside both ranges; `d + i` is 32-byte aligned.
+        unsafe {
+            let v = _mm256_loadu_si256(s.add(i) as *const __m256i);
+            _mm256_stream_si256(d.add(i) as *mut __m256i, v);
+        }
+        i += 32;
+    }
+    // Streaming stores are weakly ordered: make them visible before anything that follows (the
+    // DMA is queued after this returns).
+    _mm_sfence();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element-by-element oracle for one destination.
+    fn naive(src: &[u8], have: &Region, want: &Region, size: usize, out: &mut [u8]) {
+        if let Some(inter) = have.intersect(want) {
+            for_each_run(have, want, &inter, |r| {
+                let (s, d, n) = (
+                    r.src as usize * size,
+                    r.dst as usize * size,
+                    r.len as usize * size,
+                );
+                out[d..d + n].copy_from_slice(&src[s..s + n]);
+            });
+        }
+    }
+
+    #[test]
+    fn bands_match_the_oracle() {
+        // A stored slice of rows [100, 100+3000) x 700 columns of u32, copied into boxes that cut it
+        // along both axes, with bands of several rows and steps of a few rows.
+        let have = Region::new(vec![(100u64, 3000u64), (0, 700)]);
+        let size = 4;
+        let src: Vec<u8> = (0..3000 * 700 * size)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let wants: Vec<Region> = vec![
+            Region::new(vec![(0, 1000), (0, 700)]),
+            Region::new(vec![(1000, 2500), (0, 300)]),
+            Region::new(vec![(1000, 2500), (300, 400)]),
+            Region::new(vec![(100, 3000), (0, 700)]),
+            Region::new(vec![(50, 20), (0, 700)]), // no overlap
+        ];
+        let mut bufs: Vec<Vec<u8>> = wants
+            .iter()
+            .map(|w| vec![0u8; w.num_elements().unwrap() as usize * size])
+            .collect();
+        let dsts = bufs
+            .iter_mut()
+            .zip(&wants)
+            .map(|(b, w)| Dst { buf: b, want: w })
+            .collect();
+        let crc = copy_verify(&src, &have, size, dsts);
+        assert_eq!(crc, crc32c::crc32c(&src));
+        for (b, w) in bufs.iter().zip(&wants) {
+            let mut want_buf = vec![0u8; b.len()];
+            naive(&src, &have, w, size, &mut want_buf);
+            assert!(*b == want_buf, "box {w:?}");
+        }
+        // A scalar and an empty tensor.
+        let mut one = [0u8; 4];
+        assert_eq!(
+            copy_verify(
+                &[1, 2, 3, 4],
+                &Region::default(),
+                4,
+                vec![Dst {
+                    buf: &mut one,
+                    want: &Region::default()
+                }]
+            ),
+            crc32c::crc32c(&[1, 2, 3, 4])
+        );
+        assert_eq!(one, [1, 2, 3, 4]);
+        assert_eq!(
+            copy_verify(&[], &Region::new(vec![(0, 0), (0, 3)]), 4, vec![]),
+            0
+        );
+    }
+
+    #[test]
+    fn equals_a_plain_copy_at_every_alignment_and_length() {
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut buf = vec![0u8; 5100];
+        for off in [0usize, 1, 31, 32, 33, 64] {
+            for len in [0usize, 1, 31, 32, 33, 4096, 4999 - off] {
+                buf.fill(0xAA);
+                stream_copy(&mut buf[off..off + len], &src[..len]);
+                assert_eq!(&buf[off..off + len], &src[..len], "off {off} len {len}");
+                assert!(buf[..off].iter().all(|&b| b == 0xAA));
+                assert!(buf[off + len..].iter().all(|&b| b == 0xAA));
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The GPU load: uploads planned byte ranges to device memory.
+//!
+//! * **Pinned staging ring** (always). A worker fills a few pinned buffers of 64 MiB (checksum,
+//!   then a streaming copy that skips the read for ownership, 1 MiB at a time in parallel), queues
+//!   their copies on two lanes, and reuses a buffer only after its fence. It also carries
+//!   host-owned sources (V1 files, big-endian bundles, unmapped initializers).
+//! * **Registered DMA** (opt-in, `LoadOptions::register_mappings`). A second worker takes batches
+//!   of up to 256 MiB ([`Sizes`]) of a shard mapping, page-locks them in place (read-only
+//!   registration), queues copies straight from the page cache into the destinations, and
+//!   checksums the same bytes on the CPU while the DMA runs. A batch is unregistered once its
+//!   copies are done (two batches in flight); the ring takes what registration refuses. On an
+//!   H200 this path made the load slower, not faster: page-locking holds a driver lock that the
+//!   ring's copies wait on (README, GPU).
+//!
+//! With both, the workers pull the next unit of the same file-ordered list and the report says
+//! what each carried. The checksums of every entry are combined from the pieces computed on the
+//! way and compared before the kernels (strided slice copies and casts from scratch buffers) run.
+//! Any error stops every worker; every queued copy is waited for and every registration undone
+//! before this returns.
+
+mod registrar;
+mod ring;
+mod units;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::base::device::DeviceMemory;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::mmap::MappedFile;
+use crate::load::DeviceStats;
+use registrar::registrar;
+use ring::ring;
+pub(crate) use units::{units, Unit};
+
+/// The sizes the executor works in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sizes {
+    /// Bytes per unit of work (and per staging buffer).
+    pub unit: usize,
+    /// Staging buffers in the ring (at most `staging * unit` bytes of pinned memory).
+    pub staging: usize,
+    /// Bytes registered at once by the DMA path.
+    pub reg_batch: usize,
+}
+
+impl Default for Sizes {
+    fn default() -> Sizes {
+        // 4 x 64 MiB = 256 MiB of pinned staging, whatever the checkpoint size.
+        Sizes {
+            unit: 64 << 20,
+            staging: 4,
+            reg_batch: 256 << 20,
+        }
+    }
+}
+/// Entries closer than this in a file share a unit (the gap is uploaded, not copied anywhere).
+const GAP: usize = 64 << 10;
+/// How far past the units in work the files are hinted for readahead.
+const READ_AHEAD: usize = 512 << 20;
+/// Bytes checksummed (and copied) per parallel task.
+const PIECE: usize = 1 << 20;
+
+/// Lane of the registered path; the ring uses lanes 1 and 2. Kernels run on lane 0 after all
+/// copies are done.
+pub(crate) const LANE_REG: usize = 0;
+pub(crate) const LANES: usize = 3;
+
+/// The device side of a load.
+pub(crate) trait Link: Sync {
+    /// A point in a lane's queue that can be waited for.
+    type Fence: Send;
+
+    /// The device, e.g. `cuda:0`.
+    fn device(&self) -> String;
+
+    /// Device memory of `bytes` for `what` (a variable or a scratch buffer).
+    fn alloc(&self, bytes: usize, what: &str) -> Result<Arc<dyn DeviceMemory>>;
+
+    /// Page-locks `len` bytes at `ptr` (page-aligned) read-only for DMA; `Err(reason)` when that
+    /// is not possible (the caller stages those bytes instead).
+    ///
+    /// # Safety
+    /// The range must be mapped and stay mapped until [`unregister`](Self::unregister).
+    unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String>;
+
+    /// Undoes [`register`](Self::register).
+    ///
+    /// # Safety
+    /// Every copy from the range must be complete (its fence waited for).
+    unsafe fn unregister(&self, ptr: *const u8) -> Result<()>;
+
+    /// Queues a copy of `src` to device address `dst` on `lane`.
+    ///
+    /// # Safety
+    /// `src` must be registered or staging memory, stay valid and unchanged until a fence recorded
+    /// after this call on the same lane has been waited for, and `dst .. dst + src.len()` must lie
+    /// in one live device allocation.
+    unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()>;
+
+    /// Records a fence after everything queued on `lane` so far.
+    fn fence(&self, lane: usize) -> Result<Self::Fence>;
+
+    /// Blocks until `fence` has passed.
+    fn wait(&self, fence: Self::Fence) -> Result<()>;
+
+    /// Runs `f` with `count` pinned staging buffers of `bytes` each (kept by the link between
+    /// loads, since pinning memory is slow).
+    fn with_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+    ) -> Result<R>;
+
+    /// Queues (on lane 0) filling `len` bytes at `dst` with a repeated pattern.
+    fn fill(&self, dst: u64, len: usize, fill: Fill) -> Result<()>;
+
+    /// Makes the kernels ready (compiled and loaded), so that a failure shows before the upload.
+    fn prepare_kernels(&self) -> Result<()>;
+
+    /// Queues one kernel on lane 0.
+    fn kernel(&self, k: &Kernel) -> Result<()>;
+
+    /// Waits for every lane.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// A repeated pattern a device memset can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    D8(u8),
+    D16(u16),
+    D32(u32),
+}
+
+impl Fill {
+    /// The memset that repeats `elem` (one element's bytes), if there is one.
+    pub(crate) fn of(elem: &[u8]) -> Option<Fill> {
+        let first = *elem.first()?;
+        if elem.iter().all(|&b| b == first) {
+            return Some(Fill::D8(first));
+        }
+        match elem.len() {
+            2 => Some(Fill::D16(u16::from_le_bytes([elem[0], elem[1]]))),
+            4 => Some(Fill::D32(u32::from_le_bytes([
+                elem[0], elem[1], elem[2], elem[3],
+            ]))),
+            _ => None,
+        }
+    }
+
+    /// The pattern's bytes.
+    #[cfg(test)]
+    pub(crate) fn bytes(self) -> Vec<u8> {
+        match self {
+            Fill::D8(b) => vec![b],
+            Fill::D16(h) => h.to_le_bytes().to_vec(),
+            Fill::D32(w) => w.to_le_bytes().to_vec(),
+        }
+    }
+}
+
+/// Where an upload's bytes come from.
+#[derive(Clone)]
+pub(crate) enum UploadSource {
+    /// A shard's mapping (registrable).
+    Mapped(Arc<MappedFile>),
+    /// Bytes prepared on the host (already verified).
+    Owned(Arc<Vec<u8>>),
+}
+
+impl UploadSource {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            UploadSource::Mapped(m) => m.bytes(),
+            UploadSource::Owned(v) => v,
+        }
+    }
+
+    fn same(&self, other: &UploadSource) -> bool {
+        match (self, other) {
+            (UploadSource::Mapped(a), UploadSource::Mapped(b)) => Arc::ptr_eq(a, b),
+            (UploadSource::Owned(a), UploadSource::Owned(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// A checksum to verify: a stored entry's bytes.
+pub(crate) struct Check {
+    pub expected: u32,
+    pub path: PathBuf,
+    pub tensor: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// One copy: `len` bytes at offset `src` of the source to device address `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    pub src: usize,
+    pub len: usize,
+    pub dst: u64,
+}
+
+/// One stored entry (or host buffer): its byte range in `src`, the copies it feeds, and the
+/// checksum (index into the checks) its bytes must match.
+pub(crate) struct Job {
+    pub src: UploadSource,
+    pub range: Range<usize>,
+    pub copies: Vec<Transfer>,
+    pub check: Option<usize>,
+}
+
+/// A kernel launch: `rows` rows of `row` elements from `src` (row stride `src_stride` elements)
+/// to `dst` (row stride `dst_stride`); `name` is a kernel of `kernels/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Kernel {
+    pub name: &'static str,
+    pub src: u64,
+    pub dst: u64,
+    pub rows: u64,
+    pub row: u64,
+    pub src_stride: u64,
+    pub dst_stride: u64,
+}
+
+/// A checksum piece: `len` bytes at offset `off` of check `check`'s entry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CrcPiece {
+    check: usize,
+    off: u64,
+    len: u64,
+    crc: u32,
+}
+
+/// The shared state of both workers.
+struct Shared<'a> {
+    sizes: Sizes,
+    mapped: &'a [Unit],
+    owned: &'a [Unit],
+    /// Next mapped unit to hand out, and the first unit not yet hinted for readahead.
+    cursor: Mutex<(usize, usize)>,
+    /// Next host-owned unit to hand out.
+    owned_cursor: Mutex<usize>,
+    /// Mapped units registration gave up on.
+    fallback: Mutex<Vec<usize>>,
+    /// Set once registration failed (the ring takes everything from then on).
+    no_registration: AtomicBool,
+    failed: AtomicBool,
+    parts: Mutex<Vec<CrcPiece>>,
+}
+
+impl Shared<'_> {
+    /// The next `n` bytes' worth of mapped units of one source (at least one unit).
+    fn take(&self, bytes: usize) -> Range<usize> {
+        let mut c = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let start = c.0;
+        let mut end = start;
+        while end < self.mapped.len() {
+            let u = &self.mapped[end];
+            if end > start
+                && (!u.src.same(&self.mapped[start].src)
+                    || u.range.end > self.mapped[start].range.start.saturating_add(bytes))
+            {
+                break;
+            }
+            end += 1;
+        }
+        // Readahead of this batch and what follows, up to READ_AHEAD: a cold file is then read in
+        // large requests while this batch is pinned or staged (a hint: a residency check when
+        // warm).
+        let (mut h, mut ahead) = (c.1.max(start), 0);
+        while h < self.mapped.len() && ahead < READ_AHEAD {
+            let u = &self.mapped[h];
+            if let UploadSource::Mapped(m) = &u.src {
+                m.will_need(u.range.clone());
+            }
+            ahead += u.range.len();
+            h += 1;
+        }
+        *c = (end, h);
+        start..end
+    }
+
+    /// Hands mapped units `batch` back to the ring (registration gave up on them).
+    fn give_back(&self, batch: Range<usize>) {
+        self.fallback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(batch);
+    }
+
+    fn add_parts(&self, p: Vec<CrcPiece>) {
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(p);
+    }
+
+    fn fail<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Uploads every job, verifies every checksum, then runs the kernels. On error nothing queued is
+/// left running and nothing stays registered.
+pub(crate) fn execute<L: Link>(
+    link: &L,
+    jobs: Vec<Job>,
+    kernels: &[Kernel],
+    checks: &[Check],
+    register: bool,
+    sizes: Sizes,
+    stats: &mut DeviceStats,
+) -> Result<()> {
+    if !kernels.is_empty() {
+        // A missing compiler or a module that does not load fails before any byte moves.
+        link.prepare_kernels()?;
+    }
+    let (mapped, owned) = units(jobs, sizes.unit);
+    let shared = Shared {
+        sizes,
+        mapped: &mapped,
+        owned: &owned,
+        cursor: Mutex::new((0, 0)),
+        owned_cursor: Mutex::new(0),
+        fallback: Mutex::new(Vec::new()),
+        no_registration: AtomicBool::new(!register),
+        failed: AtomicBool::new(false),
+        parts: Mutex::new(Vec::new()),
+    };
+    // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
+    // ring while the registrar waits on its own parallel checksums), so what registration gives
+    // back after the ring ran dry is carried by a second ring pass.
+    let (reg, first) = rayon::join(|| registrar(link, &shared), || ring(link, &shared));
+    let second = match (&reg, &first) {
+        (Ok(_), Ok(_)) => ring(link, &shared),
+        _ => Ok((0, 0)),
+    };
+    let synced = link.synchronize();
+    let (reg_bytes, reason) = reg?;
+    let (staged, staging) = first?;
+    let (staged2, staging2) = second?;
+    synced?;
+    let (staged, staging) = (staged + staged2, staging.max(staging2));
+    stats.registered_bytes += reg_bytes;
+    stats.staged_bytes += staged;
+    stats.staging_bytes = stats.staging_bytes.max(staging);
+    if reason.is_some() {
+        stats.registration_fallback = reason;
+    }
+    verify(
+        checks,
+        shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
+    )?;
+    for k in kernels {
+        if let Err(e) = link.kernel(k) {
+            let _ = link.synchronize(); // nothing queued may outlive the load
+            return Err(e);
+        }
+    }
+    stats.kernels += kernels.len();
+    link.synchronize()
+}
+
+/// Combines the pieces of every entry's checksum and compares.
+fn verify(checks: &[Check], mut parts: Vec<CrcPiece>) -> Result<()> {
+    parts.sort_unstable_by_key(|p| (p.check, p.off));
+    let mut parts = parts.into_iter().peekable();
+    for (i, c) in checks.iter().enumerate() {
+        let (mut crc, mut done) = (0u32, 0u64);
+        while let Some(p) = parts.next_if(|p| p.check == i) {
+            if p.off != done {
+                break; // a gap: caught below as a short checksum
+            }
+            crc = crate::base::crc::combine(crc, p.crc, p.len);
+            done += p.len;
+        }
+        if done != c.size || crc != c.expected {
+            return Err(ErrorKind::TensorChecksum {
+                path: c.path.clone(),
+                tensor: c.tensor.clone(),
+                offset: c.offset,
+                size: c.size,
+                what: "checksum",
+                expected: c.expected,
+                found: crc,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The staging-ring worker: fills a few pinned buffers (checksum, then a streaming copy, 1 MiB
+//! pieces in parallel), queues their copies on two lanes, and reuses a buffer only after its
+//! fence. It carries host-owned sources, whatever registration gave up on, and (without
+//! registration) every mapped unit.
+
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
+
+use super::units::{crc_and_copy, pieces, Unit};
+use super::{CrcPiece, Link, Shared, PIECE};
+use crate::base::error::Result;
+
+/// The staging-ring worker. Returns the bytes it carried and the pinned bytes it used.
+pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
+    // Host-owned units first, then whatever registration leaves.
+    let next = || -> Option<&Unit> {
+        {
+            let mut o = s.owned_cursor.lock().unwrap_or_else(|e| e.into_inner());
+            if *o < s.owned.len() {
+                *o += 1;
+                return Some(&s.owned[*o - 1]);
+            }
+        }
+        if let Some(i) = s.fallback.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Some(&s.mapped[i]);
+        }
+        let r = s.take(0);
+        (!r.is_empty()).then(|| &s.mapped[r.start])
+    };
+    let mut first = next();
+    if first.is_none() {
+        return Ok((0, 0));
+    }
+    let biggest = s
+        .mapped
+        .iter()
+        .chain(s.owned)
+        .map(|u| u.range.len())
+        .max()
+        .unwrap_or(0);
+    let size = biggest.clamp(1, s.sizes.unit);
+    let count = if s.mapped.len() + s.owned.len() > 1 {
+        s.sizes.staging
+    } else {
+        1
+    };
+    let result = link.with_staging(count, size, |bufs| -> Result<u64> {
+        let mut fences: Vec<Option<L::Fence>> = (0..bufs.len()).map(|_| None).collect();
+        let mut carried = 0u64;
+        let mut k = 0usize;
+        let run = (|| -> Result<()> {
+            while let Some(u) = first.take().or_else(next) {
+                if s.failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let b = k % bufs.len();
+                let lane = 1 + b % 2;
+                k += 1;
+                if let Some(f) = fences[b].take() {
+                    link.wait(f)?;
+                }
+                let len = u.range.len();
+                let buf = &mut bufs[b][..len];
+                let start = u.range.start;
+                let parts: Vec<CrcPiece> = buf
+                    .par_chunks_mut(PIECE)
+                    .zip(pieces(&u.range))
+                    .flat_map_iter(|(d, sub)| crc_and_copy(u, sub, Some(d)))
+                    .collect();
+                s.add_parts(parts);
+                for c in &u.copies {
+                    let off = c.src - start;
+                    // SAFETY: staging memory, not written again before this lane's fence.
+                    unsafe { link.copy(lane, &buf[off..off + c.len], c.dst)? };
+                    carried += c.len as u64;
+                }
+                fences[b] = Some(link.fence(lane)?);
+            }
+            Ok(())
+        })();
+        // The buffers go back to the link only when nothing reads them any more.
+        let mut drained = Ok(());
+        for f in fences.into_iter().flatten() {
+            drained = drained.and(link.wait(f));
+        }
+        // A failed copy or fence leaves copies queued with no fence: wait for the whole device.
+        if drained.is_err() || run.is_err() {
+            drained = drained.and(link.synchronize());
+        }
+        run.and(drained).map(|()| carried)
+    });
+    let carried = s.fail(result.and_then(|r| r))?;
+    Ok((carried, (count * size) as u64))
+}

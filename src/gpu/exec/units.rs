@@ -1,0 +1,127 @@
+//! Work units: the planned uploads cut into byte ranges of one source (a shard mapping, or bytes
+//! prepared on the host) of at most a unit's size, neighbouring entries joined, each with the
+//! transfers it feeds and the checksum pieces it holds.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{CrcPiece, Job, Transfer, UploadSource, GAP, PIECE};
+
+/// A unit of work: a byte range of one source, the copies from it, and the checksum pieces in it
+/// (check, offset of the piece in its entry, range in the source).
+pub(crate) struct Unit {
+    pub(crate) src: UploadSource,
+    pub(crate) range: Range<usize>,
+    pub(crate) copies: Vec<Transfer>,
+    pub(crate) crcs: Vec<(usize, u64, Range<usize>)>,
+}
+
+/// Cuts the jobs (in file order) into units of at most `max` bytes: neighbouring entries of one
+/// source share a unit; a larger entry is cut. Returns the registrable units and the host-owned
+/// ones.
+pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
+    // Each mapping's units in increasing file order (a partitioned tensor's slices can lie on both
+    // sides of another tensor): the registrar's windows rely on it, and reads stay sequential.
+    jobs.sort_by_key(|j| match &j.src {
+        UploadSource::Mapped(m) => (0, Arc::as_ptr(m) as usize, j.range.start),
+        UploadSource::Owned(_) => (1, 0, 0),
+    });
+    let (mut mapped, mut owned): (Vec<Unit>, Vec<Unit>) = (Vec::new(), Vec::new());
+    for job in jobs {
+        let out = match job.src {
+            UploadSource::Mapped(_) => &mut mapped,
+            UploadSource::Owned(_) => &mut owned,
+        };
+        let mut start = job.range.start;
+        loop {
+            // Join the previous unit when close, same source, and small enough.
+            let joinable = out.last().is_some_and(|u| {
+                u.src.same(&job.src)
+                    && start >= u.range.end
+                    && start - u.range.end <= GAP
+                    && job.range.end - u.range.start <= max
+            });
+            if !joinable {
+                let end = job.range.end.min(start + max);
+                out.push(Unit {
+                    src: job.src.clone(),
+                    range: start..end,
+                    copies: Vec::new(),
+                    crcs: Vec::new(),
+                });
+            }
+            let u = out.last_mut().expect("a unit was just pushed or joined");
+            let end = job.range.end.min(u.range.start + max).max(start);
+            u.range.end = u.range.end.max(end);
+            for c in &job.copies {
+                let (a, b) = (c.src.max(start), (c.src + c.len).min(end));
+                if a < b {
+                    u.copies.push(Transfer {
+                        src: a,
+                        len: b - a,
+                        dst: c.dst + (a - c.src) as u64,
+                    });
+                }
+            }
+            if let Some(check) = job.check {
+                if start < end {
+                    u.crcs
+                        .push((check, (start - job.range.start) as u64, start..end));
+                }
+            }
+            start = end;
+            if start >= job.range.end {
+                break;
+            }
+        }
+    }
+    for u in mapped.iter_mut().chain(owned.iter_mut()) {
+        coalesce(&mut u.copies);
+    }
+    (mapped, owned)
+}
+
+/// Merges copies that continue each other in both source and destination.
+fn coalesce(copies: &mut Vec<Transfer>) {
+    copies.sort_unstable_by_key(|c| (c.src, c.dst));
+    let mut out: Vec<Transfer> = Vec::with_capacity(copies.len());
+    for c in copies.drain(..) {
+        match out.last_mut() {
+            Some(p) if p.src + p.len == c.src && p.dst + p.len as u64 == c.dst => p.len += c.len,
+            _ => out.push(c),
+        }
+    }
+    *copies = out;
+}
+
+/// Checksums the pieces of `u` that fall in `sub` (a range of the source), and copies `sub` into
+/// `dst` when given.
+pub(super) fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) -> Vec<CrcPiece> {
+    let src = u.src.bytes();
+    let mut parts = Vec::new();
+    for (check, off, r) in &u.crcs {
+        let (a, b) = (r.start.max(sub.start), r.end.min(sub.end));
+        if a < b {
+            parts.push(CrcPiece {
+                check: *check,
+                off: off + (a - r.start) as u64,
+                len: (b - a) as u64,
+                crc: crate::base::crc::serial(&src[a..b]),
+            });
+        }
+    }
+    if let Some(d) = dst {
+        // A staging buffer is read by the GPU, not by this CPU: no read for ownership.
+        crate::base::copy::stream_copy(d, &src[sub]);
+    }
+    parts
+}
+
+/// `r` cut into pieces of [`PIECE`] bytes, to checksum (and copy) in parallel.
+pub(super) fn pieces(r: &Range<usize>) -> impl IndexedParallelIterator<Item = Range<usize>> + '_ {
+    (0..(r.end - r.start).div_ceil(PIECE))
+        .into_par_iter()
+        .map(move |i| r.start + i * PIECE..(r.start + (i + 1) * PIECE).min(r.end))
+}

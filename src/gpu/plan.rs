@@ -1,0 +1,238 @@
+//! The plan of a GPU load: which stored bytes go where, which parts need the strided kernel, which
+//! values need a cast.
+//!
+//! * A whole tensor, or a part whose box is one or a few contiguous runs of a stored slice (a
+//!   split along axis 0), is copied straight from the file mapping into the variable.
+//! * A part that is many strided runs (a split along another axis), or any value to cast, is
+//!   uploaded once into a device scratch buffer and scattered (or converted) by one kernel launch
+//!   per 2-D block; the scratch is freed when the load ends.
+//! * Bytes prepared on the host (V1 files, big-endian bundles, initializers that are no repeated
+//!   pattern) are uploaded as they are.
+
+use std::sync::Arc;
+
+use super::exec::{Check, Job, Kernel, Link, Transfer, UploadSource};
+use crate::base::device::DeviceMemory;
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{for_each_run, Region, Run};
+use crate::reader::stored::DeviceSource;
+
+/// A part needing at most this many copies per stored slice is copied directly; more go through
+/// scratch and the strided kernel.
+const DIRECT_RUNS: usize = 8;
+
+/// A 2-D block of runs with constant strides (elements).
+#[derive(Debug, PartialEq, Eq)]
+struct Block {
+    src: u64,
+    dst: u64,
+    rows: u64,
+    row: u64,
+    src_stride: u64,
+    dst_stride: u64,
+}
+
+/// Groups runs (in order) into 2-D blocks: a split along axis 1 of a matrix is one block.
+fn blocks(runs: &[Run]) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for r in runs {
+        if let Some(b) = out.last_mut() {
+            if b.row == r.len {
+                if b.rows == 1 && r.src > b.src && r.dst > b.dst {
+                    b.src_stride = r.src - b.src;
+                    b.dst_stride = r.dst - b.dst;
+                    b.rows = 2;
+                    continue;
+                }
+                if b.rows > 1
+                    && r.src == b.src + b.rows * b.src_stride
+                    && r.dst == b.dst + b.rows * b.dst_stride
+                {
+                    b.rows += 1;
+                    continue;
+                }
+            }
+        }
+        out.push(Block {
+            src: r.src,
+            dst: r.dst,
+            rows: 1,
+            row: r.len,
+            src_stride: r.len,
+            dst_stride: r.len,
+        });
+    }
+    out
+}
+
+/// The kernel of `kernels/` that moves `from` elements into `to` elements.
+fn kernel_name(from: DType, to: DType) -> Option<&'static str> {
+    Some(match (from, to) {
+        (DType::F32, DType::BF16) => "cast2d_f32_bf16",
+        (DType::F32, DType::F16) => "cast2d_f32_f16",
+        (DType::BF16, DType::F32) => "cast2d_bf16_f32",
+        (DType::F16, DType::F32) => "cast2d_f16_f32",
+        _ if from == to => match from.size()? {
+            1 => "copy2d_1",
+            2 => "copy2d_2",
+            4 => "copy2d_4",
+            8 => "copy2d_8",
+            16 => "copy2d_16",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Every upload of one load: the jobs (byte ranges of a source and the transfers they feed), the
+/// checksums their bytes must match, the kernels that scatter or convert from scratch buffers, and
+/// the scratch buffers (freed when this is dropped, after the load).
+#[derive(Default)]
+pub(super) struct Uploads {
+    pub jobs: Vec<Job>,
+    pub checks: Vec<Check>,
+    pub kernels: Vec<Kernel>,
+    pub scratch: Vec<Arc<dyn DeviceMemory>>,
+}
+
+/// Where a stored piece's elements go: a variable's device memory, its dtype there, and the box
+/// of the tensor it holds.
+pub(super) struct Target<'a> {
+    pub name: &'a str,
+    pub mem: &'a Arc<dyn DeviceMemory>,
+    pub dtype: DType,
+    pub want: Region,
+}
+
+impl Uploads {
+    /// Uploads bytes prepared on the host (already verified) into `mem`.
+    pub(super) fn host(&mut self, bytes: Vec<u8>, mem: &dyn DeviceMemory) {
+        let len = bytes.len();
+        self.jobs.push(Job {
+            src: UploadSource::Owned(Arc::new(bytes)),
+            range: 0..len,
+            copies: vec![Transfer {
+                src: 0,
+                len,
+                dst: mem.ptr(),
+            }],
+            check: None,
+        });
+    }
+
+    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects; returns
+    /// whether it is read at all.
+    pub(super) fn piece<L: Link>(
+        &mut self,
+        link: &L,
+        src: DeviceSource,
+        dtype: DType,
+        targets: &[Target<'_>],
+    ) -> Result<bool> {
+        let users: Vec<(&Target<'_>, Region)> = targets
+            .iter()
+            .filter_map(|t| src.region.intersect(&t.want).map(|x| (t, x)))
+            .collect();
+        if users.is_empty() {
+            return Ok(false);
+        }
+        let size = dtype.size().unwrap_or(1);
+        let mut copies = Vec::new();
+        let mut scratch: Option<u64> = None;
+        for (t, inter) in users {
+            let dsize = t.dtype.size().unwrap_or(1) as u64;
+            let mut runs = Vec::new();
+            for_each_run(&src.region, &t.want, &inter, |r| runs.push(r));
+            if t.dtype == dtype && runs.len() <= DIRECT_RUNS {
+                copies.extend(runs.iter().map(|r| Transfer {
+                    src: src.range.start + r.src as usize * size,
+                    len: r.len as usize * size,
+                    dst: t.mem.ptr() + r.dst * dsize,
+                }));
+                continue;
+            }
+            // The whole piece once into scratch, then one kernel launch per 2-D block.
+            let base = match scratch {
+                Some(p) => p,
+                None => {
+                    let m = link.alloc(src.range.len(), &format!("{} (scratch)", t.name))?;
+                    let p = m.ptr();
+                    copies.push(Transfer {
+                        src: src.range.start,
+                        len: src.range.len(),
+                        dst: p,
+                    });
+                    self.scratch.push(m);
+                    scratch = Some(p);
+                    p
+                }
+            };
+            let name = kernel_name(dtype, t.dtype).ok_or_else(|| ErrorKind::Unsupported {
+                tensor: t.name.to_string(),
+                what: format!("no device kernel moves {dtype} into {}", t.dtype),
+            })?;
+            self.kernels
+                .extend(blocks(&runs).into_iter().map(|b| Kernel {
+                    name,
+                    src: base + b.src * size as u64,
+                    dst: t.mem.ptr() + b.dst * dsize,
+                    rows: b.rows,
+                    row: b.row,
+                    src_stride: b.src_stride,
+                    dst_stride: b.dst_stride,
+                }));
+        }
+        self.checks.push(Check {
+            expected: src.crc,
+            path: src.path,
+            tensor: src.entry,
+            offset: src.offset,
+            size: src.range.len() as u64,
+        });
+        self.jobs.push(Job {
+            src: UploadSource::Mapped(src.map),
+            range: src.range,
+            copies,
+            check: Some(self.checks.len() - 1),
+        });
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_into_blocks() {
+        // A [4, 6] tensor split along axis 1: part [:, 2:5] is 4 runs of 3 at stride 6 -> 1 block.
+        let runs: Vec<Run> = (0..4)
+            .map(|r| Run {
+                src: r * 6 + 2,
+                dst: r * 3,
+                len: 3,
+            })
+            .collect();
+        assert_eq!(
+            blocks(&runs),
+            vec![Block {
+                src: 2,
+                dst: 0,
+                rows: 4,
+                row: 3,
+                src_stride: 6,
+                dst_stride: 3
+            }]
+        );
+        // A break in the stride starts a new block.
+        let mut runs2 = runs.clone();
+        runs2.push(Run {
+            src: 100,
+            dst: 12,
+            len: 3,
+        });
+        assert_eq!(blocks(&runs2).len(), 2);
+        assert_eq!(blocks(&[]), vec![]);
+    }
+}

@@ -1,0 +1,269 @@
+//! The host destination: values in host memory. The planned reads run as a staged pipeline
+//! (`pipeline`): readahead in file order, and on the workers each stored tensor verified and
+//! copied once into every value it feeds (or, with [`LoadOptions::map_values`], large values
+//! mapped copy-on-write from the file), then cast if asked.
+
+use super::options::LoadOptions;
+use super::report::LoadReport;
+use super::skeleton::{Destination, Reads, Values};
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{num_elements, Region, Slice};
+use crate::base::tensor::{ElementsMut, Tensor, TensorData};
+use crate::init::store::Variable;
+use crate::reader::stored::Stored;
+
+/// With `LoadOptions::map_values`, values at least this large are mapped copy-on-write.
+const MAP_MIN: u64 = 1 << 20;
+
+/// How far (in destination bytes) the reader stage may run ahead of the workers.
+const READ_AHEAD: u64 = 256 << 20;
+
+/// Values in host memory.
+#[derive(Default)]
+pub(crate) struct HostDestination {
+    values: Vec<(String, Tensor)>,
+}
+
+/// What one stored tensor gave: the stored entries read and a value per destination.
+pub(crate) struct GroupValues {
+    pub stored_reads: usize,
+    pub values: Vec<(String, Tensor)>,
+}
+
+impl Destination for HostDestination {
+    fn prepare(&mut self, _vars: &[&Variable], _options: &LoadOptions) -> Result<()> {
+        Ok(()) // each value is allocated when its tensor is read
+    }
+
+    fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
+        let map_min = reads
+            .options
+            .map_values
+            .then_some(reads.options.map_min_bytes.unwrap_or(MAP_MIN));
+        let items = &reads.plan.items;
+        let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
+        let groups = super::pipeline::pipeline(
+            items,
+            READ_AHEAD,
+            |it| it.bytes,
+            |it| {
+                if let Ok(s) = stored(it.ckpt, it.tensor) {
+                    s.prefetch()
+                }
+            },
+            |it| {
+                let mut group = load_group(&stored(it.ckpt, it.tensor)?, &it.dests, map_min)?;
+                if let Some((from, to)) = reads.options.cast {
+                    for (_, t) in &mut group.values {
+                        cast_tensor(t, from, to)?;
+                    }
+                }
+                reads.tracker.add(it.bytes);
+                Ok(group)
+            },
+        )?;
+        for g in groups {
+            report.stored_reads += g.stored_reads;
+            for (name, t) in g.values {
+                add_bytes(report, &t);
+                self.values.push((name, t));
+            }
+        }
+        Ok(())
+    }
+
+    fn initialize(&mut self, v: &Variable, dtype: DType, elem: &[u8]) -> Result<()> {
+        let t = filled_tensor(v, dtype, elem)?;
+        self.values.push((v.name.clone(), t));
+        Ok(())
+    }
+
+    fn finish(self, _report: &mut LoadReport) -> Result<Values> {
+        Ok(Values {
+            host: self.values,
+            device: Vec::new(),
+        })
+    }
+}
+
+/// Counts a loaded value in the report.
+fn add_bytes(report: &mut LoadReport, t: &Tensor) {
+    match &t.data {
+        TensorData::Bytes(b) => {
+            report.bytes += b.len() as u64;
+            if b.is_mapped() {
+                report.mapped_bytes += b.len() as u64;
+            }
+        }
+        TensorData::Strings(s) => report.bytes += s.iter().map(|x| x.len() as u64).sum::<u64>(),
+    }
+}
+
+/// Loads every destination (variable or part, and its box) of one stored tensor, re-checking what
+/// the call checked (the checkpoint may have changed since). Each stored entry is read and
+/// verified once; with `map_min`, a value stored exactly as the variable needs it and at least
+/// that large is a copy-on-write mapping of the file instead of a copy.
+pub(crate) fn load_group(
+    stored: &Stored<'_>,
+    dests: &[(&Variable, &Slice)],
+    map_min: Option<u64>,
+) -> Result<GroupValues> {
+    let info = stored.info;
+    let regions: Vec<Region> = dests.iter().map(|d| d.1.region(&info.shape)).collect();
+    for (&(v, slice), want) in dests.iter().zip(&regions) {
+        check_dest(stored, v, slice, want)?;
+    }
+    // With mapping, the overlap and coverage checks TensorFlow makes run first, once for the
+    // whole group, before any value is mapped (without, `assemble` runs them).
+    let pieces = match map_min {
+        Some(_) => Some(stored.covering(&regions.iter().collect::<Vec<_>>())?),
+        None => None,
+    };
+    let mut data: Vec<(TensorData, bool)> = Vec::with_capacity(dests.len());
+    let mut stored_reads = 0;
+    let mut verified = Vec::new();
+    for (&(v, _), want) in dests.iter().zip(&regions) {
+        // A large value stored exactly as this variable needs it: a copy-on-write mapping.
+        let mapped = match map_min {
+            Some(min) => stored.map_value(want, min, &mut verified)?,
+            None => None,
+        };
+        if let Some((bytes, read)) = mapped {
+            data.push((TensorData::Bytes(bytes), true));
+            stored_reads += usize::from(read);
+            continue;
+        }
+        data.push((empty_value(v)?, false));
+    }
+    let mut requests: Vec<(Region, ElementsMut<'_>)> = regions
+        .iter()
+        .zip(data.iter_mut())
+        .filter(|(_, (_, mapped))| !mapped)
+        .map(|(want, (d, _))| (want.clone(), d.elements_mut()))
+        .collect();
+    if !requests.is_empty() {
+        stored_reads += match &pieces {
+            Some(pieces) => stored.assemble_from(pieces, &mut requests)?,
+            None => stored.assemble(&mut requests)?,
+        };
+    }
+    drop(requests);
+    let values = dests
+        .iter()
+        .zip(data)
+        .map(|(&(v, _), (data, _))| {
+            let t = Tensor {
+                dtype: v.dtype,
+                shape: v.shape.clone(),
+                data,
+            };
+            (v.name.clone(), t)
+        })
+        .collect();
+    Ok(GroupValues {
+        stored_reads,
+        values,
+    })
+}
+
+/// Memory for `v`'s value, to be filled: zeroed bytes, or empty strings.
+fn empty_value(v: &Variable) -> Result<TensorData> {
+    let n = num_elements(&v.shape).unwrap_or(0) as usize;
+    Ok(match v.dtype.size() {
+        Some(size) => TensorData::Bytes(crate::base::mmap::alloc_zeroed(n * size, &v.name)?.into()),
+        None => TensorData::Strings(empty_strings(n, &v.name)?),
+    })
+}
+
+/// `n` empty strings, or an allocation error naming `what`.
+fn empty_strings(n: usize, what: &str) -> Result<Vec<Vec<u8>>> {
+    let mut strings = Vec::new();
+    strings
+        .try_reserve_exact(n)
+        .map_err(|_| ErrorKind::Allocation {
+            bytes: (n as u64).saturating_mul(std::mem::size_of::<Vec<u8>>() as u64),
+            tensor: what.to_string(),
+        })?;
+    strings.resize(n, Vec::new());
+    Ok(strings)
+}
+
+/// A value of `v`'s shape in `dtype`, every element `elem` (empty strings for a string variable).
+pub(crate) fn filled_tensor(v: &Variable, dtype: DType, elem: &[u8]) -> Result<Tensor> {
+    // The store bounded the size when the variable was created.
+    let n = num_elements(&v.shape).unwrap_or(0) as usize;
+    let data = match dtype.size() {
+        Some(size) => {
+            let mut bytes = crate::base::mmap::alloc_zeroed(n * size, &v.name)?;
+            if elem.iter().any(|&b| b != 0) {
+                bytes
+                    .chunks_exact_mut(size)
+                    .for_each(|c| c.copy_from_slice(elem));
+            }
+            TensorData::Bytes(bytes.into())
+        }
+        None => TensorData::Strings(empty_strings(n, &v.name)?),
+    };
+    Ok(Tensor {
+        dtype,
+        shape: v.shape.clone(),
+        data,
+    })
+}
+
+/// Checks that `v` (with its box `want`, from `slice`) can take its value from the stored tensor:
+/// what the call checked, checked again since the checkpoint may have changed.
+pub(crate) fn check_dest(
+    stored: &Stored<'_>,
+    v: &Variable,
+    slice: &Slice,
+    want: &Region,
+) -> Result<()> {
+    let info = stored.info;
+    let ckpt = stored.ckpt.prefix().to_path_buf();
+    // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
+    // is the partitioned variable's full shape.
+    let (name, shape) = match (&v.part, slice.is_full()) {
+        (Some(p), false) => (&p.full_name, &p.full_shape),
+        _ => (&v.name, &v.shape),
+    };
+    // The box was made by the store from the same full shape, so it lies inside the tensor once
+    // the shapes agree (a part of an empty variable may have an empty extent: it takes nothing).
+    if *shape != info.shape || want.shape() != v.shape {
+        return Err(ErrorKind::ShapeMismatch {
+            ckpt,
+            variable: name.clone(),
+            variable_shape: shape.clone(),
+            tensor: info.name.clone(),
+            tensor_shape: info.shape.clone(),
+        }
+        .into());
+    }
+    if v.dtype != info.dtype {
+        return Err(ErrorKind::DtypeMismatch {
+            ckpt,
+            variable: v.name.clone(),
+            variable_dtype: v.dtype,
+            tensor: info.name.clone(),
+            tensor_dtype: info.dtype,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Converts a loaded value for [`LoadOptions::cast`] (other dtypes are left alone).
+pub(crate) fn cast_tensor(t: &mut Tensor, from: DType, to: DType) -> Result<()> {
+    if t.dtype != from {
+        return Ok(());
+    }
+    if let TensorData::Bytes(b) = &t.data {
+        let n = b.len() / from.size().unwrap_or(1);
+        let mut out = crate::base::mmap::alloc_zeroed(n * to.size().unwrap_or(1), "cast value")?;
+        super::cast::convert(from, to, b, &mut out);
+        t.data = TensorData::Bytes(out.into());
+        t.dtype = to;
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! How a load runs: [`LoadOptions`].
+
+use super::report::Progress;
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+
+/// How [`VariableStore::initialize_with`](crate::VariableStore::initialize_with) runs.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// Worker threads (default: the global rayon pool, one per core).
+    pub threads: Option<usize>,
+    /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
+    /// end); keep it cheap.
+    pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
+    /// Map large values instead of copying them (default `false`: every value is copied). With
+    /// `true`, a value of at least [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint
+    /// stores exactly as the variable needs it (a whole tensor, or a part equal to a stored slice,
+    /// at an offset aligned for its elements) is a copy-on-write mapping of the file, CRC-checked
+    /// like any other (see [`Bytes`](crate::Bytes)): no copy and no fresh memory at load. Right
+    /// for values that are mostly read (inference, export, uploading elsewhere; `tfckpt init`
+    /// does it). Not for values a trainer rewrites: the first write to each 4 KiB page then pays a
+    /// fault and a copy, which on this project's VM cost more than copying at load (see the
+    /// README), and the value stays tied to the file (its safety contract).
+    pub map_values: bool,
+    /// The smallest value mapped rather than copied (default 1 MiB; smaller values are cheaper to
+    /// copy than to map).
+    pub map_min_bytes: Option<u64>,
+    /// Convert values of one dtype to another on load (`None`: never, as TensorFlow).
+    pub cast: Option<(DType, DType)>,
+    /// GPU loads: besides the pinned staging ring, page-lock parts of the file mapping in place
+    /// and copy them to the device by DMA from there (default `false`: the ring carries every
+    /// byte). Off by default because it measured slower on an H200: page-locking holds a driver
+    /// lock that the ring's copies then wait on, so the two paths together moved 20–26 GB/s where
+    /// the ring alone moved 33–46 GB/s (README, GPU).
+    pub register_mappings: bool,
+}
+
+impl LoadOptions {
+    /// Default options.
+    pub fn new() -> LoadOptions {
+        LoadOptions::default()
+    }
+
+    /// Use `n` worker threads.
+    pub fn threads(mut self, n: usize) -> LoadOptions {
+        self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Converts every value of dtype `from` to `to` as it loads: float32 to bfloat16 or float16
+    /// (round to nearest even), or back. On a GPU the conversion runs on the device; the values
+    /// are the same bit for bit on either device. TensorFlow never casts: this is opt-in.
+    pub fn cast(mut self, from: DType, to: DType) -> LoadOptions {
+        self.cast = Some((from, to));
+        self
+    }
+
+    /// The dtype a variable of `dtype` has where it lands (after [`cast`](Self::cast)).
+    pub(crate) fn dtype_at_destination(&self, dtype: DType) -> DType {
+        match self.cast {
+            Some((from, to)) if from == dtype => to,
+            _ => dtype,
+        }
+    }
+
+    /// Checks the options before anything is read.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some((from, to)) = self.cast {
+            if !super::cast::supported(from, to) {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "cannot cast {from} to {to} on load (float32 <-> bfloat16 or float16 only)"
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Report progress to `f`.
+    pub fn progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> LoadOptions {
+        self.progress = Some(std::sync::Arc::new(f));
+        self
+    }
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .field("map_values", &self.map_values)
+            .field("map_min_bytes", &self.map_min_bytes)
+            .field("cast", &self.cast)
+            .field("register_mappings", &self.register_mappings)
+            .finish()
+    }
+}

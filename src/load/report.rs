@@ -1,0 +1,179 @@
+//! What a load did ([`LoadReport`], [`DeviceStats`]) and its progress ([`Progress`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What [`VariableStore::initialize`] did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Variables (and parts) initialized.
+    pub variables: usize,
+    /// Of those, loaded from a checkpoint.
+    pub from_checkpoint: usize,
+    /// Of those, set by their own initializer (not mapped).
+    pub from_initializer: usize,
+    /// Distinct checkpoint tensors read.
+    pub tensors: usize,
+    /// Stored entries read (a partitioned tensor has one per stored slice); each is read and
+    /// verified once, however many variables or parts take a piece of it.
+    pub stored_reads: usize,
+    /// Bytes loaded from checkpoints into variables (string bytes included).
+    pub bytes: u64,
+    /// Of those, bytes of values that are copy-on-write mappings of the checkpoint files (see
+    /// [`LoadOptions::map_values`]).
+    pub mapped_bytes: u64,
+    /// Wall time of the whole initialization.
+    pub seconds: f64,
+    /// Of that: reopening (or re-validating) the checkpoints, planning the reads and preparing
+    /// the destinations' memory.
+    pub plan_seconds: f64,
+    /// Of that: reading, verifying and copying tensor bytes (the fused stage), with the casts;
+    /// on a GPU, every upload.
+    pub load_seconds: f64,
+    /// Of that: the initializers of unmapped variables and recording the values.
+    pub finish_seconds: f64,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Warnings recorded by `init_from_checkpoint` calls (e.g. scopes that matched nothing).
+    pub warnings: Vec<String>,
+    /// For a GPU load: the device and what each transfer path carried.
+    pub device: Option<DeviceStats>,
+}
+
+impl LoadReport {
+    /// Load throughput in GB/s (10^9 bytes per second).
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9) / 1e9
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {} threads)",
+            self.variables,
+            self.from_checkpoint,
+            self.from_initializer,
+            self.tensors,
+            self.bytes,
+            self.mapped_bytes,
+            self.seconds,
+            self.gbps(),
+            self.plan_seconds,
+            self.load_seconds,
+            self.finish_seconds,
+            self.threads
+        )?;
+        if let Some(d) = &self.device {
+            write!(
+                f,
+                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels",
+                d.device,
+                d.registered_bytes,
+                d.staged_bytes,
+                d.staging_bytes >> 20,
+                d.kernels
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What a GPU load did, per transfer path (part of [`LoadReport`]).
+#[derive(Clone, Debug, Default)]
+pub struct DeviceStats {
+    /// The device, e.g. `cuda:0`.
+    pub device: String,
+    /// Bytes copied by DMA straight from the registered (page-locked in place) file mapping (see
+    /// [`LoadOptions::register_mappings`](crate::LoadOptions::register_mappings)).
+    pub registered_bytes: u64,
+    /// Bytes copied through the pinned staging ring.
+    pub staged_bytes: u64,
+    /// Pinned host memory held by the staging ring.
+    pub staging_bytes: u64,
+    /// Kernel launches (strided slice copies and casts).
+    pub kernels: usize,
+    /// Bytes of unmapped variables set by device memsets (no upload).
+    pub filled_bytes: u64,
+    /// Why registration was not used for some ranges (`None` when it always worked or was off).
+    pub registration_fallback: Option<String>,
+}
+
+/// Progress of a load, passed to [`LoadOptions::progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes loaded into variables so far.
+    pub bytes_done: u64,
+    /// Bytes all mapped variables will hold.
+    pub bytes_total: u64,
+    /// Checkpoint tensors done so far.
+    pub tensors_done: u64,
+    /// Checkpoint tensors to read.
+    pub tensors_total: u64,
+}
+
+/// Progress counters shared by the workers.
+pub(crate) struct Tracker<'a> {
+    f: Option<&'a (dyn Fn(Progress) + Send + Sync)>,
+    bytes_total: u64,
+    tensors_total: u64,
+    bytes: AtomicU64,
+    tensors: AtomicU64,
+    reported: AtomicU64,
+}
+
+impl<'a> Tracker<'a> {
+    pub(crate) fn new(
+        f: Option<&'a (dyn Fn(Progress) + Send + Sync)>,
+        bytes_total: u64,
+        tensors_total: u64,
+    ) -> Tracker<'a> {
+        Tracker {
+            f,
+            bytes_total,
+            tensors_total,
+            bytes: AtomicU64::new(0),
+            tensors: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        }
+    }
+
+    /// One tensor of `bytes` done.
+    pub(crate) fn add(&self, bytes: u64) {
+        let Some(f) = self.f else { return };
+        let done = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let tensors = self.tensors.fetch_add(1, Ordering::Relaxed) + 1;
+        let step = (self.bytes_total / 200).max(1);
+        let last = self.reported.load(Ordering::Relaxed);
+        let finished = tensors == self.tensors_total;
+        let due = done >= last + step
+            && self
+                .reported
+                .compare_exchange(last, done, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if due || finished {
+            f(Progress {
+                bytes_done: done,
+                bytes_total: self.bytes_total,
+                tensors_done: tensors,
+                tensors_total: self.tensors_total,
+            });
+        }
+    }
+
+    /// The load is complete: reports it, unless the last tensor's progress already did (a
+    /// destination that reports no progress on the way reports it all here).
+    pub(crate) fn complete(&self) {
+        if self.tensors.load(Ordering::Relaxed) == self.tensors_total {
+            return;
+        }
+        if let Some(f) = self.f {
+            f(Progress {
+                bytes_done: self.bytes_total,
+                bytes_total: self.bytes_total,
+                tensors_done: self.tensors_total,
+                tensors_total: self.tensors_total,
+            });
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The one load skeleton, for every device: `initialize` (TF's `global_variables_initializer()`)
+//! runs every initializer at once. [`run`] reopens the checkpoints, plans the reads (each stored
+//! tensor once, in file order, with every variable or part it feeds), runs the initializers of
+//! unmapped variables, keeps the all-or-nothing promise and writes the report; a [`Destination`]
+//! only says how bytes land (host memory, a GPU, later a trainer's own tensors). On any error the
+//! store is left as it was: no variable counts as initialized.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::options::LoadOptions;
+use super::plan::{plan, LoadPlan};
+use super::report::{LoadReport, Tracker};
+use crate::base::device::DeviceTensor;
+use crate::base::dtype::DType;
+use crate::base::error::Result;
+use crate::base::slice::Slice;
+use crate::base::tensor::Tensor;
+use crate::init::initializer::init_element;
+use crate::init::store::{Variable, VariableStore};
+use crate::reader::checkpoint::Checkpoint;
+
+/// Where a load puts the values.
+pub(crate) trait Destination {
+    /// Prepares memory for every variable the load sets, before anything is read.
+    fn prepare(&mut self, vars: &[&Variable], options: &LoadOptions) -> Result<()>;
+
+    /// Loads every planned read. Adds what it read to `report` (`stored_reads`, `bytes`,
+    /// `mapped_bytes`).
+    fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()>;
+
+    /// Sets an unmapped variable from its own initializer: `elem` is one element of it in `dtype`,
+    /// the dtype the variable has at this destination.
+    fn initialize(&mut self, v: &Variable, dtype: DType, elem: &[u8]) -> Result<()>;
+
+    /// Completes the load (waits for the device, checks what is still unchecked) and hands over
+    /// every value.
+    fn finish(self, report: &mut LoadReport) -> Result<Values>;
+}
+
+/// The planned reads of one load, as a destination gets them.
+pub(crate) struct Reads<'a> {
+    /// The checkpoints, by the index the plan uses.
+    pub ckpts: &'a [Arc<Checkpoint>],
+    pub plan: &'a LoadPlan<'a>,
+    pub options: &'a LoadOptions,
+    pub tracker: &'a Tracker<'a>,
+}
+
+/// The values a destination hands over: in host memory (every value of a host load; string
+/// variables of a device load) and in device memory.
+#[derive(Default)]
+pub(crate) struct Values {
+    pub host: Vec<(String, Tensor)>,
+    pub device: Vec<(String, DeviceTensor)>,
+}
+
+/// Runs every initializer of `store` with `dest`.
+pub(crate) fn run<D: Destination>(
+    store: &mut VariableStore,
+    mut dest: D,
+    options: &LoadOptions,
+) -> Result<LoadReport> {
+    options.check()?;
+    let start = Instant::now();
+    let (ckpts, ids) = store.open_pending()?;
+    let pending = store.planned_pending(&ids);
+    let plan = plan(pending, |c, t| {
+        ckpts[c].stored(t).ok().and_then(|s| s.position())
+    });
+    let mut report = LoadReport {
+        threads: rayon::current_num_threads(),
+        warnings: store.warnings.clone(),
+        tensors: plan.items.len(),
+        ..Default::default()
+    };
+    let vars: Vec<&Variable> = store.vars.values().collect();
+    dest.prepare(&vars, options)?;
+    let planned = Instant::now();
+    let tracker = Tracker::new(
+        options.progress.as_deref(),
+        plan.bytes,
+        plan.items.len() as u64,
+    );
+    let reads = Reads {
+        ckpts: &ckpts,
+        plan: &plan,
+        options,
+        tracker: &tracker,
+    };
+    dest.load(&reads, &mut report)?;
+    let loaded = Instant::now();
+    let mapped: HashSet<&str> = plan
+        .items
+        .iter()
+        .flat_map(|it| it.dests.iter().map(|(v, _)| v.name.as_str()))
+        .collect();
+    for v in vars.iter().filter(|v| !mapped.contains(v.name.as_str())) {
+        let dtype = options.dtype_at_destination(v.dtype);
+        // `init_element` accepted this (dtype, initializer) when the variable was made.
+        let elem = init_element(v.dtype, v.init).unwrap_or_default();
+        let mut at_destination = vec![0u8; dtype.size().unwrap_or(0)];
+        super::cast::convert(v.dtype, dtype, &elem, &mut at_destination);
+        dest.initialize(v, dtype, &at_destination)?;
+        report.from_initializer += 1;
+    }
+    let initialized = Instant::now();
+    let values = dest.finish(&mut report)?;
+    tracker.complete();
+    let finished = Instant::now();
+    report.from_checkpoint = mapped.len();
+    report.variables = vars.len();
+    drop(vars);
+    store.commit(values);
+    report.plan_seconds = (planned - start).as_secs_f64();
+    report.load_seconds = ((loaded - planned) + (finished - initialized)).as_secs_f64();
+    report.finish_seconds = ((initialized - loaded) + finished.elapsed()).as_secs_f64();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A pending initializer as the planner takes it: variable, checkpoint (index into the opened
+/// ones), tensor, box.
+pub(crate) type PendingRead<'s> = (&'s Variable, usize, &'s str, &'s Slice);
+
+impl VariableStore {
+    /// Opens each checkpoint of the pending initializers once, reusing the index read by
+    /// `init_from_checkpoint` when its files are unchanged (and reopening it otherwise). Returns
+    /// the checkpoints and, for each pending checkpoint path, its index among them.
+    #[allow(clippy::type_complexity)]
+    fn open_pending(&mut self) -> Result<(Vec<Arc<Checkpoint>>, HashMap<Arc<Path>, usize>)> {
+        let mut opened = std::mem::take(&mut self.opened);
+        let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
+        let mut ids: HashMap<Arc<Path>, usize> = HashMap::new();
+        for (var, p) in &self.pending {
+            if !self.vars.contains_key(var) || ids.contains_key(&p.checkpoint) {
+                continue;
+            }
+            let reuse = opened
+                .iter()
+                .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
+            ckpts.push(match reuse {
+                Some(i) => opened.swap_remove(i),
+                None => Arc::new(Checkpoint::open(&p.checkpoint)?),
+            });
+            ids.insert(p.checkpoint.clone(), ckpts.len() - 1);
+        }
+        Ok((ckpts, ids))
+    }
+
+    /// The pending initializers of variables still in the store, with the index of their
+    /// checkpoint (see [`open_pending`](Self::open_pending)).
+    fn planned_pending<'s>(&'s self, ids: &HashMap<Arc<Path>, usize>) -> Vec<PendingRead<'s>> {
+        self.pending
+            .iter()
+            .filter_map(|(var, p)| {
+                let v = self.vars.get(var)?;
+                let c = *ids.get(&p.checkpoint)?;
+                Some((v, c, p.tensor.as_str(), &p.slice))
+            })
+            .collect()
+    }
+
+    /// Records the values of a successful load (the only change `initialize` makes to the store).
+    fn commit(&mut self, values: Values) {
+        let mut host = values.host;
+        host.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
+                                                     // Sorted input: the map is built in one pass, not by a search per insert.
+        self.values = BTreeMap::from_iter(host);
+        self.device_values = values.device.into_iter().collect();
+        self.device_buffers.clear();
+    }
+}

@@ -1,0 +1,228 @@
+//! Filling boxes of a tensor from its stored pieces, as TensorFlow restores a slice
+//! (docs/format.md, restoring a slice): the pieces must not overlap and must cover every
+//! requested box; each piece that intersects a request is read and verified once, and its
+//! intersection with every request is copied into that request's elements.
+
+use super::checkpoint::Inner;
+use super::stored::{Piece, Stored};
+use crate::base::copy::Dst;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::{for_each_run, Region, Run, Slice};
+use crate::base::tensor::ElementsMut;
+use crate::format::bundle::EntryBytes;
+use crate::format::v1::V1Values;
+
+/// One request: a box of the tensor and the elements it goes to.
+pub(crate) type Request<'a> = (Region, ElementsMut<'a>);
+
+/// The verified elements of one stored piece.
+enum PieceValues {
+    Bytes(EntryBytes),
+    Owned(Vec<u8>),
+    Strings(Vec<Vec<u8>>),
+}
+
+impl Stored<'_> {
+    /// Checks that the stored pieces do not overlap (TensorFlow's check when it restores).
+    pub(crate) fn check_overlaps(&self) -> Result<()> {
+        let pieces = self.pieces();
+        for (i, a) in pieces.iter().enumerate() {
+            for b in &pieces[i + 1..] {
+                if a.region.intersect(&b.region).is_some() {
+                    return Err(ErrorKind::OverlappingSlices {
+                        tensor: self.info.name.clone(),
+                        first: a.slice.to_string(),
+                        second: b.slice.to_string(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored pieces, after checking that they do not overlap and that together they cover
+    /// every box of `requests`; nothing is read for a request that must fail.
+    pub(crate) fn covering(&self, requests: &[&Region]) -> Result<Vec<Piece>> {
+        self.check_overlaps()?;
+        let pieces = self.pieces();
+        for want in requests {
+            let covered: u64 = pieces
+                .iter()
+                .filter_map(|p| p.region.intersect(want))
+                .map(|inter| inter.num_elements().unwrap_or(0))
+                .sum();
+            if covered != want.num_elements().unwrap_or(0) {
+                return Err(ErrorKind::InsufficientSlices {
+                    tensor: self.info.name.clone(),
+                    requested: region_text(want, &self.info.shape),
+                    stored: pieces
+                        .iter()
+                        .map(|p| p.slice.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into());
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// Fills every request, reading and verifying each stored piece once however many requests
+    /// it feeds (re-partitioning reads every stored byte once). Returns the pieces read.
+    pub(crate) fn assemble(&self, reqs: &mut [Request<'_>]) -> Result<usize> {
+        // The common case first: one request for the whole of a tensor saved whole.
+        if let ([(want, ElementsMut::Bytes(dst))], Some(b)) = (&mut *reqs, self.bundle()) {
+            if self.info.slices.is_empty() && *want == Region::whole(&self.info.shape) {
+                let e = self.entry(b, &Slice::full(self.info.shape.len()))?;
+                b.read_fixed_into(e, dst)?;
+                return Ok(1);
+            }
+        }
+        let requests: Vec<&Region> = reqs.iter().map(|r| &r.0).collect();
+        let pieces = self.covering(&requests)?;
+        self.assemble_from(&pieces, reqs)
+    }
+
+    /// [`assemble`](Self::assemble) from pieces already checked by [`covering`](Self::covering).
+    pub(crate) fn assemble_from(
+        &self,
+        pieces: &[Piece],
+        reqs: &mut [Request<'_>],
+    ) -> Result<usize> {
+        let mut read = 0;
+        for p in pieces {
+            let users: Vec<(usize, Region)> = reqs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| p.region.intersect(&r.0).map(|inter| (i, inter)))
+                .collect();
+            if users.is_empty() {
+                continue;
+            }
+            self.copy_piece(p, &users, reqs)?;
+            read += 1;
+        }
+        Ok(read)
+    }
+
+    /// Reads stored piece `p` once and copies its intersection with each user request
+    /// (`(request index, intersection)`) into that request's elements.
+    fn copy_piece(
+        &self,
+        p: &Piece,
+        users: &[(usize, Region)],
+        reqs: &mut [Request<'_>],
+    ) -> Result<()> {
+        let info = self.info;
+        let values = match &self.ckpt.inner {
+            Inner::V2(b) => {
+                let e = self.entry(b, &p.slice)?;
+                if info.dtype.size().is_none() {
+                    PieceValues::Strings(b.read_strings(e)?)
+                } else if b.index.big_endian && info.dtype.swap_unit() > 1 {
+                    // Swapped into an owned copy first, then copied.
+                    PieceValues::Bytes(b.fixed_bytes(e)?)
+                } else {
+                    // Every user's part copied straight from the mapping, checksum in the same pass.
+                    let dsts = reqs
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(i, _)| users.iter().any(|u| u.0 == *i))
+                        .filter_map(|(_, (want, out))| match out {
+                            ElementsMut::Bytes(buf) => Some(Dst { buf, want }),
+                            ElementsMut::Strings(_) => None,
+                        })
+                        .collect();
+                    return b.copy_verify(e, &p.region, dsts);
+                }
+            }
+            Inner::V1(set) => {
+                let t = &set.tensors[&info.name];
+                let file = t
+                    .slices
+                    .iter()
+                    .find(|(x, _)| *x == p.slice)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default();
+                match set.read_slice(&info.name, t, &p.slice, file)? {
+                    V1Values::Bytes(b) => PieceValues::Owned(b),
+                    V1Values::Strings(v) => PieceValues::Strings(v),
+                }
+            }
+        };
+        let size = info.dtype.size().unwrap_or(1);
+        for (i, inter) in users {
+            let (want, out) = &mut reqs[*i];
+            match (&values, out) {
+                (PieceValues::Bytes(b), ElementsMut::Bytes(dst)) => {
+                    copy_runs(&p.region, want, inter, b.as_slice(), dst, size)
+                }
+                (PieceValues::Owned(b), ElementsMut::Bytes(dst)) => {
+                    copy_runs(&p.region, want, inter, b, dst, size)
+                }
+                (PieceValues::Strings(src), ElementsMut::Strings(dst)) => for_each_run(
+                    &p.region,
+                    want,
+                    inter,
+                    |Run {
+                         src: s,
+                         dst: d,
+                         len,
+                     }| {
+                        let (s, d, n) = (s as usize, d as usize, len as usize);
+                        dst[d..d + n].clone_from_slice(&src[s..s + n]);
+                    },
+                ),
+                _ => {
+                    return Err(ErrorKind::BadEntry {
+                        path: self.ckpt.prefix().to_path_buf(),
+                        tensor: info.name.clone(),
+                        reason: "stored values do not match the tensor's dtype".into(),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies box `inter` from `src` (holding box `have`) into `dst` (holding box `want`).
+fn copy_runs(
+    have: &Region,
+    want: &Region,
+    inter: &Region,
+    src: &[u8],
+    dst: &mut [u8],
+    size: usize,
+) {
+    for_each_run(
+        have,
+        want,
+        inter,
+        |Run {
+             src: s,
+             dst: d,
+             len,
+         }| {
+            let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
+            dst[d..d + n].copy_from_slice(&src[s..s + n]);
+        },
+    );
+}
+
+/// A box in TensorFlow's slice notation: `-` for a whole dimension, else `start,length`, joined
+/// by `:`.
+fn region_text(r: &Region, shape: &[u64]) -> String {
+    let extents = r
+        .dims()
+        .iter()
+        .zip(shape)
+        .map(|(&(start, length), &dim)| match (start, length) {
+            (0, l) if l == dim => crate::base::slice::Extent::Full,
+            _ => crate::base::slice::Extent::Range { start, length },
+        })
+        .collect();
+    Slice::new(extents).to_string()
+}
