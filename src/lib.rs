@@ -21,8 +21,8 @@
 //! # Ok::<(), tfckpt::Error>(())
 //! ```
 //!
-//! The format facts this crate implements are in the project's `spec/tf-checkpoint-format.md`;
-//! see the README for the supported-format table.
+//! The format facts this crate implements are in `docs/format.md`; the README has the
+//! supported-format table and the architecture.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

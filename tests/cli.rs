@@ -1,4 +1,4 @@
-//! The `tfckpt` binary against `spec/cli.md`: `list --json` equals TensorFlow's listing, `get` writes
+//! The `tfckpt` binary against its contract (README, Command line): `list --json` equals TensorFlow's listing, `get` writes
 //! TensorFlow's values, `verify` passes clean fixtures and names the damage in damaged ones, errors are
 //! one `error:` line with exit code 1, usage errors exit 2.
 

@@ -298,7 +298,7 @@ fn partitioned(slices: &[(i64, i64)]) -> (tempfile::TempDir, Checkpoint) {
     (dir, ckpt)
 }
 
-/// Slice keys as TensorFlow encodes them (spec E.3), for 1-D slices with small numbers.
+/// Slice keys as TensorFlow encodes them (docs/format.md#63-slice-keys), for 1-D slices with small numbers.
 fn tfckpt_slice_key(name: &str, s: &Slice) -> Vec<u8> {
     let mut k = vec![0x00];
     k.extend_from_slice(name.as_bytes());

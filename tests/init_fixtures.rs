@@ -1,8 +1,10 @@
 //! `init_from_checkpoint` + `initialize` against what TensorFlow 2.21's own `init_from_checkpoint` +
-//! `global_variables_initializer()` produced (`tests/fixtures/tf/init/*`, spec H.1 tests 6–14, H.4,
-//! and more cases of spec G): every variable's value bit for bit, and an error wherever TensorFlow
-//! raised one (at call time where TF raised at call time). Where we deliberately differ from
-//! TensorFlow (cases with `cli_md_differs`), our own behaviour is asserted instead.
+//! `global_variables_initializer()` produced (`tests/fixtures/tf/init/*`: TensorFlow's own
+//! `checkpoint_utils_test.py` cases 6–14, cases observed with TF 2.21, and more cases of
+//! docs/format.md#8-init_from_checkpoint-semantics): every variable's value bit for bit, and an
+//! error wherever TensorFlow raised one (at call time where TF raised at call time). Where we
+//! deliberately differ from TensorFlow (cases with `cli_md_differs`), our own behaviour is asserted
+//! instead.
 
 use std::path::{Path, PathBuf};
 

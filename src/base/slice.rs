@@ -1,9 +1,7 @@
-//! Tensor slices (`TensorSliceProto`, spec E): parsing, TensorFlow's textual form, intersection, and
+//! Tensor slices (`TensorSliceProto`; docs/format.md#6-sliced-partitioned-tensors): parsing, TensorFlow's textual form, intersection, and
 //! the copy plan that moves the intersection of two boxes between row-major buffers.
 
 use std::fmt;
-
-use crate::format::proto;
 
 /// One dimension of a [`Slice`]: the whole dimension, or `[start, start + length)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,7 +75,7 @@ impl Slice {
         Ok(Slice { extents })
     }
 
-    /// Parses a `shape_and_slice` spec (`"100 100 0,20:-"`, spec E.4) into the full shape and the
+    /// Parses a `shape_and_slice` spec (`"100 100 0,20:-"`, docs/format.md#62-slice-text-and-shape_and_slice-strings) into the full shape and the
     /// slice. An empty string means "the whole tensor" and yields `None`.
     pub fn parse_shape_and_slice(spec: &str) -> Result<Option<(Vec<u64>, Slice)>, String> {
         if spec.is_empty() {
@@ -170,69 +168,6 @@ impl Slice {
     /// The shape of the slice's own tensor.
     pub fn shape(&self, full_shape: &[u64]) -> Vec<u64> {
         self.region(full_shape).shape()
-    }
-
-    pub(crate) fn from_proto(p: &proto::TensorSliceProto) -> Result<Slice, String> {
-        let extents = p
-            .extent
-            .iter()
-            .map(|e| match e.has_length {
-                None | Some(proto::HasLength::Length(-1)) => {
-                    if e.start != 0 {
-                        Err(format!(
-                            "a full extent must start at 0, found start {}",
-                            e.start
-                        ))
-                    } else {
-                        Ok(Extent::Full)
-                    }
-                }
-                Some(proto::HasLength::Length(length)) => {
-                    if e.start < 0 || length <= 0 {
-                        Err(format!("bad extent start {} length {length}", e.start))
-                    } else {
-                        Ok(Extent::Range {
-                            start: e.start as u64,
-                            length: length as u64,
-                        })
-                    }
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Slice { extents })
-    }
-
-    pub(crate) fn to_proto(&self) -> proto::TensorSliceProto {
-        proto::TensorSliceProto {
-            extent: self
-                .extents
-                .iter()
-                .map(|e| match *e {
-                    Extent::Full => proto::Extent::default(),
-                    Extent::Range { start, length } => proto::Extent {
-                        start: start as i64,
-                        has_length: Some(proto::HasLength::Length(length as i64)),
-                    },
-                })
-                .collect(),
-        }
-    }
-
-    /// `EncodeTensorNameSlice(name, slice)`: the key of a slice entry (docs/format.md, slice keys).
-    pub(crate) fn key(&self, name: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(name.len() + 4 + 4 * self.rank());
-        crate::format::ordered_code::write_num_increasing(&mut key, 0);
-        crate::format::ordered_code::write_string(&mut key, name);
-        crate::format::ordered_code::write_num_increasing(&mut key, self.rank() as u64);
-        for e in &self.extents {
-            let (start, length) = match *e {
-                Extent::Full => (0, -1),
-                Extent::Range { start, length } => (start as i64, length as i64),
-            };
-            crate::format::ordered_code::write_signed_increasing(&mut key, start);
-            crate::format::ordered_code::write_signed_increasing(&mut key, length);
-        }
-        key
     }
 }
 
@@ -412,23 +347,6 @@ mod tests {
         assert!(Slice::parse_shape_and_slice("1  10 -:-").is_err());
         assert!(Slice::parse_shape_and_slice("1 10 0,1:2,3:-").is_err());
         assert_eq!(Slice::parse_shape_and_slice("").unwrap(), None);
-    }
-
-    #[test]
-    fn slice_keys_match_tensorflow() {
-        // docs/format.md's example: scope/var1 rows [80,100) of a [100,100] tensor.
-        let s = Slice::from_ranges(&[(80, 20), (0, 100)]);
-        let key = s.key(b"scope/var1");
-        let mut want = vec![0x00];
-        want.extend_from_slice(b"scope/var1");
-        want.extend_from_slice(&[0x00, 0x01, 0x01, 0x02, 0xc0, 0x50, 0x94, 0x80, 0xc0, 0x64]);
-        assert_eq!(key, want);
-        // A scalar "s" and a full 1-D "h", as V1 files key them.
-        assert_eq!(Slice::full(0).key(b"s"), vec![0x00, 0x73, 0x00, 0x01, 0x00]);
-        assert_eq!(
-            Slice::full(1).key(b"h"),
-            vec![0x00, 0x68, 0x00, 0x01, 0x01, 0x01, 0x80, 0x7f]
-        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The V2 bundle index (spec C, D.6): header record, entries, and their validation. Every entry that
+//! The V2 bundle index (docs/format.md#4-protocol-buffers, #56-what-the-reader-validates): header record, entries, and their validation. Every entry that
 //! leaves this module has a known dtype, a valid shape and a size consistent with both.
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
 use crate::format::proto;
+use crate::format::slice_codec::slice_from_proto;
 use crate::format::sstable::Table;
 
 /// TF rejects shapes of more than this many dimensions.
@@ -211,7 +212,7 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
     let slices = p
         .slices
         .iter()
-        .map(Slice::from_proto)
+        .map(slice_from_proto)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|r| bad(format!("invalid slice: {r}")))?;
     let shard =

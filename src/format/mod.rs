@@ -6,6 +6,7 @@ pub(crate) mod bundle;
 pub(crate) mod index;
 pub(crate) mod ordered_code;
 pub(crate) mod proto;
+pub(crate) mod slice_codec;
 pub(crate) mod sstable;
 pub(crate) mod sstable_builder;
 pub(crate) mod strings;

@@ -1,4 +1,4 @@
-//! The three OrderedCode encodings TensorFlow uses in slice keys (spec E.3).
+//! The three OrderedCode encodings TensorFlow uses in slice keys (docs/format.md#63-slice-keys).
 
 /// `NumIncreasing`: a length byte, then the big-endian bytes of `v` without leading zeros.
 pub(crate) fn write_num_increasing(out: &mut Vec<u8>, v: u64) {

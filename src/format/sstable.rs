@@ -1,4 +1,4 @@
-//! Reading LevelDB-format SSTables as TensorFlow writes them (spec B): footer and magic, block handles,
+//! Reading LevelDB-format SSTables as TensorFlow writes them (docs/format.md#3-sstables): footer and magic, block handles,
 //! restart arrays with prefix-shared keys, masked CRC32C block trailers, raw-snappy blocks. Bytes in,
 //! validated views out: every length is checked before it is used.
 

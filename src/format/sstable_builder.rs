@@ -1,5 +1,6 @@
-//! Writing SSTables the way TensorFlow's `TableBuilder` does (spec B.6–B.8): 256 KiB blocks, restart
-//! interval 16 (1 in the index block), shortest separators, an empty metaindex block, optional snappy.
+//! Writing SSTables the way TensorFlow's `TableBuilder` does (docs/format.md#36-writer-parameters):
+//! 256 KiB blocks, restart interval 16 (1 in the index block), shortest separators, an empty
+//! metaindex block, optional snappy.
 
 use crate::base::crc;
 use crate::format::sstable::{put_varint, BlockHandle, FOOTER_LEN, MAGIC};

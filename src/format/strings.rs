@@ -1,4 +1,4 @@
-//! The V2 encoding of string tensors (spec D.4): varint lengths, a masked "length checksum", then the
+//! The V2 encoding of string tensors (docs/format.md#54-strings): varint lengths, a masked "length checksum", then the
 //! raw bytes; the entry CRC extends the length checksum with its own stored bytes and the strings.
 
 use crate::base::crc;
@@ -92,7 +92,7 @@ pub(crate) fn decode(
     Ok(out)
 }
 
-/// Checks a `variant` tensor's stored bytes (spec D.5): per element a varint length, the serialized
+/// Checks a `variant` tensor's stored bytes (docs/format.md#55-variant): per element a varint length, the serialized
 /// bytes and a masked running CRC; the running CRC covers each length as 8 little-endian bytes, the
 /// element bytes and each stored checksum, and its final value is the entry CRC.
 pub(crate) fn verify_variant(bytes: &[u8], n: usize, entry_crc: u32) -> Result<(), StringError> {

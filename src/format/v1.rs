@@ -1,4 +1,4 @@
-//! V1 checkpoints (spec F): one or more SSTable files whose `""` record lists every tensor and slice
+//! V1 checkpoints (docs/format.md#7-v1-format): one or more SSTable files whose `""` record lists every tensor and slice
 //! (`SavedTensorSliceMeta`) and whose other records hold one slice each (`SavedSlice` with a
 //! `TensorProto`). Values are converted to the same little-endian bytes a V2 bundle stores.
 
@@ -13,6 +13,7 @@ use crate::base::mmap::MappedFile;
 use crate::base::slice::{num_elements, Slice};
 use crate::format::index::{check_byte_size, check_version, parse_shape};
 use crate::format::proto;
+use crate::format::slice_codec::{slice_from_proto, slice_key};
 use crate::format::sstable::{BlockHandle, Table};
 
 /// One tensor of a V1 checkpoint: full shape, dtype and where each stored slice lives.
@@ -93,7 +94,7 @@ impl V1Set {
                 }
                 for s in &t.slice {
                     let slice =
-                        Slice::from_proto(s).map_err(|r| bad(format!("invalid slice: {r}")))?;
+                        slice_from_proto(s).map_err(|r| bad(format!("invalid slice: {r}")))?;
                     slice
                         .check(&shape)
                         .map_err(|r| bad(format!("invalid slice: {r}")))?;
@@ -133,7 +134,7 @@ impl V1Set {
     ) -> Result<V1Values> {
         let path = self.files[file].path();
         let table = Table::from_blocks(path, self.files[file].bytes(), &self.blocks[file]);
-        let key = slice.key(name.as_bytes());
+        let key = slice_key(name.as_bytes(), slice);
         let value = table.get(&key)?.ok_or_else(|| ErrorKind::BadEntry {
             path: path.into(),
             tensor: name.into(),
@@ -178,7 +179,7 @@ impl V1Set {
                 let slice = rec
                     .slice
                     .as_ref()
-                    .map(Slice::from_proto)
+                    .map(slice_from_proto)
                     .transpose()
                     .ok()
                     .flatten()
@@ -235,66 +236,45 @@ fn decode_record(
         )));
     };
     // Like TensorFlow's reader, only the typed `*_val` fields count (never `tensor_content`).
-    let mut out = Vec::with_capacity((n as usize).saturating_mul(size).min(value.len() * 8));
-    match dtype {
-        DType::F32 => {
-            count(data.float_val.len())?;
-            data.float_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    let (found, out) = typed_values(dtype, &data, size).map_err(bad)?;
+    count(found)?;
+    Ok(V1Values::Bytes(out))
+}
+
+/// The elements of a V1 record's typed `*_val` field for `dtype` (of `size` bytes), as
+/// little-endian bytes, with the number of elements found.
+fn typed_values(
+    dtype: DType,
+    data: &proto::TensorProto,
+    size: usize,
+) -> std::result::Result<(usize, Vec<u8>), String> {
+    fn le<T, const N: usize>(vals: &[T], f: impl Fn(&T) -> [u8; N]) -> (usize, Vec<u8>) {
+        (vals.len(), vals.iter().flat_map(f).collect())
+    }
+    let pairs = |n: usize, what: &str| -> std::result::Result<(), String> {
+        match n % 2 {
+            0 => Ok(()),
+            _ => Err(format!("odd number of {what} components")),
         }
-        DType::F64 => {
-            count(data.double_val.len())?;
-            data.double_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        }
-        DType::I64 => {
-            count(data.int64_val.len())?;
-            data.int64_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        }
-        DType::Bool => {
-            count(data.bool_val.len())?;
-            out.extend(data.bool_val.iter().map(|&b| u8::from(b)));
-        }
+    };
+    Ok(match dtype {
+        DType::F32 => le(&data.float_val, |v| v.to_le_bytes()),
+        DType::F64 => le(&data.double_val, |v| v.to_le_bytes()),
+        DType::I64 => le(&data.int64_val, |v| v.to_le_bytes()),
+        DType::Bool => le(&data.bool_val, |&b| [u8::from(b)]),
         DType::C64 => {
-            count(data.scomplex_val.len() / 2)?;
-            if data.scomplex_val.len() % 2 != 0 {
-                return Err(bad("odd number of complex64 components".into()));
-            }
-            data.scomplex_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            pairs(data.scomplex_val.len(), "complex64")?;
+            let (n, b) = le(&data.scomplex_val, |v| v.to_le_bytes());
+            (n / 2, b)
         }
         DType::C128 => {
-            count(data.dcomplex_val.len() / 2)?;
-            if data.dcomplex_val.len() % 2 != 0 {
-                return Err(bad("odd number of complex128 components".into()));
-            }
-            data.dcomplex_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            pairs(data.dcomplex_val.len(), "complex128")?;
+            let (n, b) = le(&data.dcomplex_val, |v| v.to_le_bytes());
+            (n / 2, b)
         }
-        DType::F16 | DType::BF16 => {
-            count(data.half_val.len())?;
-            data.half_val
-                .iter()
-                .for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes()));
-        }
-        DType::U32 => {
-            count(data.uint32_val.len())?;
-            data.uint32_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        }
-        DType::U64 => {
-            count(data.uint64_val.len())?;
-            data.uint64_val
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        }
+        DType::F16 | DType::BF16 => le(&data.half_val, |&v| (v as u16).to_le_bytes()),
+        DType::U32 => le(&data.uint32_val, |v| v.to_le_bytes()),
+        DType::U64 => le(&data.uint64_val, |v| v.to_le_bytes()),
         DType::I32
         | DType::QI32
         | DType::I16
@@ -305,16 +285,13 @@ fn decode_record(
         | DType::QI8
         | DType::U8
         | DType::QU8 => {
-            count(data.int_val.len())?;
-            data.int_val
+            let bytes = data
+                .int_val
                 .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()[..size]));
+                .flat_map(|v| v.to_le_bytes().into_iter().take(size))
+                .collect();
+            (data.int_val.len(), bytes)
         }
-        other => {
-            return Err(bad(format!(
-                "dtype {other} cannot be stored in a V1 checkpoint"
-            )))
-        }
-    }
-    Ok(V1Values::Bytes(out))
+        other => return Err(format!("dtype {other} cannot be stored in a V1 checkpoint")),
+    })
 }

@@ -15,6 +15,7 @@ use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::format::bundle::{data_path, index_path, swap_bytes};
 use crate::format::proto;
+use crate::format::slice_codec::{slice_from_proto, slice_key, slice_to_proto};
 use crate::format::sstable_builder::TableBuilder;
 
 /// Options of a [`CheckpointWriter`].
@@ -187,7 +188,7 @@ impl CheckpointWriter {
         if slice.ranges(full_shape) == Slice::full(full_shape.len()).ranges(full_shape) {
             return self.add(full_name, tensor);
         }
-        let key = slice.key(full_name.as_bytes());
+        let key = slice_key(full_name.as_bytes(), &slice);
         self.check_new(&key)?;
         let bad = |reason: &str| -> crate::Error {
             ErrorKind::InvalidArgument(format!("{full_name}: {reason}")).into()
@@ -202,7 +203,7 @@ impl CheckpointWriter {
             }
             let new = slice.region(full_shape);
             for other in &full.slices {
-                let other = Slice::from_proto(other).map_err(|r| bad(&r))?;
+                let other = slice_from_proto(other).map_err(|r| bad(&r))?;
                 if other.region(full_shape).intersect(&new).is_some() {
                     return Err(bad(&format!(
                         "slice {slice} overlaps slice {other} added before"
@@ -220,7 +221,7 @@ impl CheckpointWriter {
                 ..Default::default()
             })
             .slices
-            .push(slice.to_proto());
+            .push(slice_to_proto(&slice));
         Ok(())
     }
 

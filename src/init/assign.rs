@@ -1,4 +1,4 @@
-//! `init_from_checkpoint` (spec G): an assignment map of (checkpoint key, target) pairs is checked
+//! `init_from_checkpoint` (docs/format.md#8-init_from_checkpoint-semantics): an assignment map of (checkpoint key, target) pairs is checked
 //! against the checkpoint's index and the variable store, and each target variable records which
 //! tensor (and which box of it) it will load. No tensor bytes are read here: values arrive when
 //! [`VariableStore::initialize`] runs.
@@ -166,19 +166,19 @@ pub fn init_from_checkpoint(
     // Variable -> (sequence number of its last assignment, what it loads): the last pair wins.
     let mut staged: BTreeMap<String, (usize, Pending)> = BTreeMap::new();
     let mut seq = 0;
-    let cx = Cx {
+    let resolver = Resolver {
         ckpt: &ckpt,
         store: &*store,
     };
     let prefix: std::sync::Arc<Path> = ckpt.prefix().into();
     for (key, target) in pairs {
-        for (var, tensor, slice) in cx.resolve(key, target, &mut report.warnings)? {
+        for b in resolver.resolve(key, target, &mut report.warnings)? {
             let pending = Pending {
                 checkpoint: prefix.clone(),
-                tensor,
-                slice,
+                tensor: b.tensor,
+                slice: b.slice,
             };
-            staged.insert(var, (seq, pending));
+            staged.insert(b.variable, (seq, pending));
             seq += 1;
         }
     }
@@ -200,10 +200,15 @@ pub fn init_from_checkpoint(
     Ok(report)
 }
 
-/// One destination resolved: (variable or part, checkpoint tensor, box of the tensor).
-type Dest = (String, String, Slice);
+/// One pair resolved: a variable (or part) takes a box of a checkpoint tensor.
+struct Binding {
+    variable: String,
+    tensor: String,
+    slice: Slice,
+}
 
-struct Cx<'a> {
+/// Resolves the pairs of an assignment map against a checkpoint's listing and a store.
+struct Resolver<'a> {
     ckpt: &'a Checkpoint,
     store: &'a VariableStore,
 }
@@ -214,8 +219,13 @@ enum Resolved<'s> {
     Parts(Vec<&'s Variable>),
 }
 
-impl Cx<'_> {
-    fn resolve(&self, key: &str, target: &Target, warnings: &mut Vec<String>) -> Result<Vec<Dest>> {
+impl Resolver<'_> {
+    fn resolve(
+        &self,
+        key: &str,
+        target: &Target,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<Binding>> {
         let resolved = match target {
             Target::Variable(name) => Resolved::Single(self.var(name)?),
             Target::Parts(names) => Resolved::Parts(self.parts(key, names)?),
@@ -318,7 +328,7 @@ impl Cx<'_> {
     }
 
     /// Checks dtype and shape and yields the destinations.
-    fn install(&self, r: Resolved<'_>, info: &TensorInfo) -> Result<Vec<Dest>> {
+    fn install(&self, r: Resolved<'_>, info: &TensorInfo) -> Result<Vec<Binding>> {
         let ckpt = self.ckpt.prefix().to_path_buf();
         let dtype_check = |v: &Variable| -> Result<()> {
             if v.dtype != info.dtype {
@@ -349,11 +359,11 @@ impl Cx<'_> {
                     return Err(shape_err(&v.name, &v.shape));
                 }
                 dtype_check(v)?;
-                Ok(vec![(
-                    v.name.clone(),
-                    info.name.clone(),
-                    Slice::full(v.shape.len()),
-                )])
+                Ok(vec![Binding {
+                    variable: v.name.clone(),
+                    tensor: info.name.clone(),
+                    slice: Slice::full(v.shape.len()),
+                }])
             }
             Resolved::Parts(parts) => {
                 let mut out = Vec::with_capacity(parts.len());
@@ -364,21 +374,26 @@ impl Cx<'_> {
                         return Err(shape_err(&p.full_name, &p.full_shape));
                     }
                     dtype_check(v)?;
-                    out.push((v.name.clone(), info.name.clone(), p.slice(&v.shape)));
+                    out.push(Binding {
+                        variable: v.name.clone(),
+                        tensor: info.name.clone(),
+                        slice: p.slice(&v.shape),
+                    });
                 }
                 Ok(out)
             }
         }
     }
 
-    /// Spec G.6 with the documented scope form: `target` names no variable, so it is a scope.
+    /// A scope mapping (docs/format.md#85-scope-mapping), in the documented form: `target` names
+    /// no variable, so it is a scope.
     fn scope(
         &self,
         key: &str,
         target: &Target,
         value: &str,
         warnings: &mut Vec<String>,
-    ) -> Result<Vec<Dest>> {
+    ) -> Result<Vec<Binding>> {
         if !key.ends_with('/') {
             return Err(ErrorKind::NotAVariableOrScope {
                 key: key.into(),

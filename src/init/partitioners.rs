@@ -1,5 +1,6 @@
-//! TensorFlow's partitioners (spec E.7): each returns what `get_variable(..., partitioner=...)` gets,
-//! one entry per dimension with at most one above 1, to pass to
+//! TensorFlow's partitioners (docs/format.md#66-partition-naming-and-split-rules): each returns
+//! what `get_variable(..., partitioner=...)` gets, one entry per dimension with at most one above
+//! 1, to pass to
 //! [`VariableStore::get_partitioned_variable`](crate::VariableStore::get_partitioned_variable).
 
 use crate::base::dtype::DType;

@@ -12,6 +12,7 @@ use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::{ElementsMut, Tensor, TensorData};
 use crate::format::bundle::{Bundle, EntryBytes};
+use crate::format::slice_codec::slice_key;
 use crate::format::v1::V1Set;
 
 /// The on-disk format of a checkpoint.
@@ -165,7 +166,7 @@ impl Checkpoint {
             .index
             .entries
             .iter()
-            .flat_map(|e| e.slices.iter().map(|s| s.key(&e.key)))
+            .flat_map(|e| e.slices.iter().map(|s| slice_key(&e.key, s)))
             .collect();
         let infos: Vec<(TensorInfo, Option<usize>)> = b
             .index

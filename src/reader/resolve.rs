@@ -1,5 +1,6 @@
 //! Resolving what the user passed (a directory, a prefix, or an `.index` file) to checkpoint files
-//! (spec A.3, A.4, F.4). Paths only: no tensor data is read here.
+//! (docs/format.md#12-the-checkpoint-state-file, #13-resolving-a-path-argument, #14-v1-or-v2).
+//! Paths only: no tensor data is read here.
 
 use std::path::{Path, PathBuf};
 

@@ -95,7 +95,10 @@ impl<'c> Stored<'c> {
         }
         let e = b
             .index
-            .get(&s.key(info.name.as_bytes()))
+            .get(&crate::format::slice_codec::slice_key(
+                info.name.as_bytes(),
+                s,
+            ))
             .ok_or_else(|| bad(format!("the entry of stored slice {s} is missing")))?;
         let want_shape = s.shape(&info.shape);
         if e.dtype != info.dtype || e.shape != want_shape || !e.slices.is_empty() {

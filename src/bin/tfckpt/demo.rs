@@ -44,7 +44,7 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
     let tmp;
     let dir = match keep {
         Some(d) => {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
             d.to_path_buf()
         }
         None => {
@@ -52,12 +52,27 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
             tmp.path().to_path_buf()
         }
     };
+    let emb = write_sample(&dir, &plan)?;
+    let t0 = Instant::now();
+    let ckpt = Checkpoint::open(&dir)?;
+    list_and_verify(&dir, &ckpt, t0.elapsed().as_secs_f64())?;
+    read_everything(&ckpt)?;
+    spot_check(&ckpt, &plan, &emb)?;
+    drop(ckpt);
+    init_demo(&dir, &plan, &emb)?;
+    if keep.is_none() {
+        println!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)");
+    }
+    Ok(())
+}
+
+/// Writes the sample checkpoint (two shards) and its state file; returns the embedding's bytes.
+fn write_sample(dir: &Path, plan: &Plan) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let prefix = dir.join("model.ckpt-1000");
     println!(
         "tfckpt demo: writing a sample checkpoint to {}",
         prefix.display()
     );
-
     let t0 = Instant::now();
     let mut w = CheckpointWriter::create(
         &prefix,
@@ -66,6 +81,43 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
             ..Default::default()
         },
     )?;
+    let mut written = write_layers(&mut w, plan)?;
+    // A partitioned embedding: 8 parts along axis 0, the first `vocab % 8` one row longer (TF's rule).
+    let emb = values(7, (plan.vocab * plan.width) as usize);
+    let parts = 8u64;
+    let mut start = 0;
+    for i in 0..parts {
+        let rows = plan.vocab / parts + u64::from(i < plan.vocab % parts);
+        let bytes =
+            &emb[(start * plan.width * 4) as usize..((start + rows) * plan.width * 4) as usize];
+        w.add_slice(
+            "embedding/table",
+            &[plan.vocab, plan.width],
+            &Slice::from_ranges(&[(start, rows), (0, plan.width)]),
+            TensorRef::Bytes {
+                dtype: DType::F32,
+                shape: &[rows, plan.width],
+                data: bytes,
+            },
+        )?;
+        start += rows;
+    }
+    written += emb.len() as u64;
+    written += write_head(&mut w)?;
+    w.finish()?;
+    tfckpt::write_checkpoint_state(dir, "model.ckpt-1000")?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "  wrote {:.1} MB in {:.3} s ({}) as 2 data shards",
+        written as f64 / 1e6,
+        secs,
+        gbps(written, secs)
+    );
+    Ok(emb)
+}
+
+/// The encoder layers: a float32 kernel and bias and a float16 LayerNorm gamma each.
+fn write_layers(w: &mut CheckpointWriter, plan: &Plan) -> Result<u64, Box<dyn std::error::Error>> {
     let mut written = 0u64;
     for l in 0..plan.layers {
         let kernel = values(l, 1024 * 4096);
@@ -99,27 +151,11 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         )?;
         written += (kernel.len() + bias.len() + gamma.len()) as u64;
     }
-    // A partitioned embedding: 8 parts along axis 0, the first `vocab % 8` one row longer (TF's rule).
-    let emb = values(7, (plan.vocab * plan.width) as usize);
-    let parts = 8u64;
-    let mut start = 0;
-    for i in 0..parts {
-        let rows = plan.vocab / parts + u64::from(i < plan.vocab % parts);
-        let bytes =
-            &emb[(start * plan.width * 4) as usize..((start + rows) * plan.width * 4) as usize];
-        w.add_slice(
-            "embedding/table",
-            &[plan.vocab, plan.width],
-            &Slice::from_ranges(&[(start, rows), (0, plan.width)]),
-            TensorRef::Bytes {
-                dtype: DType::F32,
-                shape: &[rows, plan.width],
-                data: bytes,
-            },
-        )?;
-        start += rows;
-    }
-    written += emb.len() as u64;
+    Ok(written)
+}
+
+/// A bfloat16 head, a step counter, a bool mask and a vocabulary of strings.
+fn write_head(w: &mut CheckpointWriter) -> Result<u64, Box<dyn std::error::Error>> {
     let head: Vec<u8> = values(9, 1024 * 1000)
         .chunks(4)
         .flat_map(|c| [c[2], c[3]])
@@ -157,20 +193,15 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
     )
     .unwrap();
     w.add("vocab", (&vocab).into())?;
-    written += (head.len() + 8 + mask.len()) as u64;
-    w.finish()?;
-    tfckpt::write_checkpoint_state(&dir, "model.ckpt-1000")?;
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "  wrote {:.1} MB in {:.3} s ({}) as 2 data shards",
-        written as f64 / 1e6,
-        secs,
-        gbps(written, secs)
-    );
+    Ok((head.len() + 8 + mask.len()) as u64)
+}
 
-    let t0 = Instant::now();
-    let ckpt = Checkpoint::open(&dir)?;
-    let secs = t0.elapsed().as_secs_f64();
+/// `tfckpt list` (the checkpoint took `secs` to open) and `tfckpt verify`, with timings.
+fn list_and_verify(
+    dir: &Path,
+    ckpt: &Checkpoint,
+    secs: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\n$ tfckpt list {}   (opened the directory through its 'checkpoint' file in {:.1} ms)",
         dir.display(),
@@ -189,7 +220,6 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
             println!("  ... {} more", infos.len() - 8);
         }
     }
-
     let t0 = Instant::now();
     let report = ckpt.verify()?;
     let secs = t0.elapsed().as_secs_f64();
@@ -201,11 +231,15 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         secs,
         gbps(report.bytes, secs)
     );
+    Ok(())
+}
 
+/// Reads every tensor, with a timing.
+fn read_everything(ckpt: &Checkpoint) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let mut read = 0u64;
     let mut buf = Vec::new();
-    for t in infos {
+    for t in ckpt.tensors() {
         match t.dtype.size() {
             Some(_) => {
                 buf.resize(ckpt.byte_len(&t.name, None)?, 0);
@@ -227,8 +261,15 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         secs,
         gbps(read, secs)
     );
+    Ok(())
+}
 
-    // Spot checks against the values that were written.
+/// Spot checks against the values that were written.
+fn spot_check(
+    ckpt: &Checkpoint,
+    plan: &Plan,
+    emb: &[u8],
+) -> Result<(), Box<dyn std::error::Error>> {
     let k = ckpt.read("encoder/layer_0/dense/kernel")?;
     let rows = ckpt.read_slice(
         "embedding/table",
@@ -246,11 +287,6 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
     );
     if !ok {
         return Err("demo spot check failed".into());
-    }
-    drop(ckpt);
-    init_demo(&dir, &plan, &emb)?;
-    if keep.is_none() {
-        println!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)");
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `tfckpt`: the command line of the tfckpt crate (contract: the project's `spec/cli.md`).
+//! `tfckpt`: the command line of the tfckpt crate (its contract: README, Command line).
 
 mod demo;
 mod model_json;

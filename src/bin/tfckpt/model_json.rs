@@ -1,4 +1,4 @@
-//! The JSON files of the `tfckpt init` contract (`spec/cli.md`): MODEL.json (the variables of the
+//! The JSON files of the `tfckpt init` contract (README, Command line): MODEL.json (the variables of the
 //! current graph) and MAP.json (the assignment map). Errors say which entry is wrong and why.
 
 use serde_json::Value;
