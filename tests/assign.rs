@@ -2,26 +2,27 @@
 //! and the variable store's partition rules.
 
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, ErrorKind, Init, Target,
-    Tensor, VariableStore,
+    init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, Target, VariableStore,
 };
 
+mod common;
+use common::builder::CkptBuilder;
+
+/// A float32 tensor per (name, shape), tensor i holding i * 1000 + its flat index.
 fn ckpt(tensors: &[(&str, &[u64])]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("ck");
-    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("ck"));
     for (i, (name, shape)) in tensors.iter().enumerate() {
         let n: u64 = shape.iter().product();
-        let t = Tensor::from_f32(
+        b.f32(
+            name,
             shape,
             &(0..n)
                 .map(|x| (i * 1000) as f32 + x as f32)
                 .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        w.add(name, (&t).into()).unwrap();
+        );
     }
-    w.finish().unwrap();
+    let prefix = b.finish();
     (dir, prefix)
 }
 
@@ -246,15 +247,13 @@ fn initialize_rereads_a_checkpoint_rewritten_since_the_call() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("ck");
     let write = |v: f32| {
-        let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        let mut b = CkptBuilder::new(&prefix);
         // A different layout each time: the old index would point at the wrong bytes.
         if v > 1.0 {
-            w.add("pad", (&Tensor::from_f32(&[3], &[0.0; 3]).unwrap()).into())
-                .unwrap();
+            b.f32("pad", &[3], &[0.0; 3]);
         }
-        w.add("t", (&Tensor::from_f32(&[2], &[v, v]).unwrap()).into())
-            .unwrap();
-        w.finish().unwrap();
+        b.f32("t", &[2], &[v, v]);
+        b.finish();
     };
     write(1.0);
     let mut store = VariableStore::new();

@@ -6,8 +6,12 @@
 #[path = "../src/bin/tfckpt/npy.rs"]
 mod npy;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+mod common;
+use common::builder::CkptBuilder;
+use common::fixtures::{ckpt_path, copy_files, fixture, init_ckpt};
 
 fn tfckpt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tfckpt"))
@@ -16,17 +20,8 @@ fn tfckpt(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
-}
-
 fn ckpt_arg(case: &str) -> String {
-    let rel = std::fs::read_to_string(fixtures().join(case).join("expected/ckpt.txt")).unwrap();
-    fixtures()
-        .join(case)
-        .join(rel.trim())
-        .to_string_lossy()
-        .into_owned()
+    ckpt_path(case).to_string_lossy().into_owned()
 }
 
 fn stderr(o: &Output) -> String {
@@ -41,15 +36,9 @@ fn assert_one_error_line(o: &Output, code: i32, needle: &str) {
     assert!(err.contains(needle), "{err} should mention {needle}");
 }
 
-/// Every fixture case (directories with `expected/list.json`).
+/// Every fixture case.
 fn cases() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(fixtures())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.path().join("expected/list.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
+    let v = common::fixtures::cases();
     assert!(v.len() >= 10, "{v:?}");
     v
 }
@@ -61,7 +50,7 @@ fn list_json_equals_tensorflow() {
         assert!(o.status.success(), "{case}: {}", stderr(&o));
         let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let want: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(fixtures().join(case).join("expected/list.json")).unwrap(),
+            &std::fs::read(fixture(case).join("expected/list.json")).unwrap(),
         )
         .unwrap();
         assert_eq!(got, want, "{case}");
@@ -80,13 +69,12 @@ fn get_writes_tensorflow_values() {
     let mut n = 0;
     for case in &cases() {
         let list: Vec<serde_json::Value> = serde_json::from_slice(
-            &std::fs::read(fixtures().join(case).join("expected/list.json")).unwrap(),
+            &std::fs::read(fixture(case).join("expected/list.json")).unwrap(),
         )
         .unwrap();
         for t in list {
             let name = t["name"].as_str().unwrap();
-            let want = fixtures()
-                .join(case)
+            let want = fixture(case)
                 .join("expected/values")
                 .join(format!("{name}.npy"));
             if !want.is_file() {
@@ -126,8 +114,7 @@ fn get_strips_colon_zero_and_reads_slices() {
     assert!(o.status.success(), "{}", stderr(&o));
     let got = npy::read(std::fs::File::open(&file).unwrap()).unwrap();
     let full = npy::read(
-        std::fs::File::open(fixtures().join("h1_partitioned/expected/values/scope/var1.npy"))
-            .unwrap(),
+        std::fs::File::open(fixture("h1_partitioned/expected/values/scope/var1.npy")).unwrap(),
     )
     .unwrap();
     assert_eq!(got.shape, vec![10, 100]);
@@ -142,12 +129,7 @@ fn verify_clean_and_damaged() {
         assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: "));
     }
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixtures().join("h1_basic")).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_files(&fixture("h1_basic"), tmp.path());
     let data = tmp.path().join("model-0.data-00000-of-00001");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[100] ^= 4;
@@ -208,7 +190,7 @@ fn demo_runs_on_a_small_size() {
 /// error cases exit 1 with one `error:` line and write nothing.
 #[test]
 fn init_matches_tensorflow_end_to_end() {
-    let init = fixtures().join("init");
+    let init = fixture("init");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&init)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -227,11 +209,7 @@ fn init_matches_tensorflow_end_to_end() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
-        let ckpt = case.join(
-            std::fs::read_to_string(case.join("ckpt.txt"))
-                .unwrap()
-                .trim(),
-        );
+        let ckpt = init_ckpt(&case);
         let o = tfckpt(&[
             "init",
             ckpt.to_str().unwrap(),
@@ -440,19 +418,10 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
 fn init_copy_flag_gives_the_same_files() {
     // A 2 MiB tensor is mapped copy-on-write by default and copied with --copy: same output.
     let tmp = tempfile::tempdir().unwrap();
-    let prefix = tmp.path().join("big");
     let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    w.add(
-        "w",
-        tfckpt::TensorRef::Bytes {
-            dtype: tfckpt::DType::F32,
-            shape: &[512, 1024],
-            data: &data,
-        },
-    )
-    .unwrap();
-    w.finish().unwrap();
+    let mut b = CkptBuilder::new(tmp.path().join("big"));
+    b.bytes("w", tfckpt::DType::F32, &[512, 1024], &data);
+    let prefix = b.finish();
     let model = r#"{"variables": [{"name": "v", "shape": [512, 1024], "dtype": "float32"}]}"#;
     let mut outputs = Vec::new();
     for (flag, mapped) in [(None, "2097152 mapped"), (Some("--copy"), "(0 mapped")] {

@@ -3,24 +3,15 @@
 
 mod common;
 
+use common::builder::CkptBuilder;
 use common::*;
 use tfckpt::{Checkpoint, CheckpointWriter, ErrorKind, Slice, Tensor, WriterOptions};
 
 fn good_bundle(dir: &std::path::Path) -> std::path::PathBuf {
-    let prefix = dir.join("ckpt");
-    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
-    w.add(
-        "a",
-        (&Tensor::from_f32(&[4], &[1., 2., 3., 4.]).unwrap()).into(),
-    )
-    .unwrap();
-    w.add(
-        "b",
-        (&Tensor::from_f32(&[2, 2], &[5., 6., 7., 8.]).unwrap()).into(),
-    )
-    .unwrap();
-    w.finish().unwrap();
-    prefix
+    let mut b = CkptBuilder::new(dir.join("ckpt"));
+    b.f32("a", &[4], &[1., 2., 3., 4.])
+        .f32("b", &[2, 2], &[5., 6., 7., 8.]);
+    b.finish()
 }
 
 fn err(r: tfckpt::Result<impl std::fmt::Debug>) -> tfckpt::Error {
@@ -380,11 +371,10 @@ fn unsupported_version() {
 #[test]
 fn string_checksums() {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("s");
-    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
     let t = Tensor::from_strings(&[2], vec![b"hello".to_vec(), b"world".to_vec()]).unwrap();
-    w.add("s", (&t).into()).unwrap();
-    w.finish().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("s"));
+    b.tensor("s", &t);
+    let prefix = b.finish();
     let data = dir.path().join("s.data-00000-of-00001");
     let good = std::fs::read(&data).unwrap();
     let mut bytes = good.clone();

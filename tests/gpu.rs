@@ -2,24 +2,16 @@
 //! through both transfer paths, with and without casts, into library and trainer memory, equals
 //! the host load byte for byte; a damaged shard fails the load. Built with `--features cuda`;
 //! without a GPU each test says so and passes, unless `TFCKPT_REQUIRE_GPU=1` (set by
-//! `scripts/gpu-check.sh`), which turns a missing GPU into a failure.
+//! `scripts/gpu-check.sh`), which turns a missing GPU into a failure. Fixture paths honour
+//! `TFCKPT_ROOT` (see `common::fixtures::root`): the binary may run away from where it was built.
 #![cfg(feature = "cuda")]
-
-use std::path::PathBuf;
 
 use tfckpt::{DType, Device, DeviceBuffer, ErrorKind, Init, LoadOptions, VariableStore};
 
-#[path = "common/layouts.rs"]
-mod layouts;
+mod common;
 
-use layouts::{assert_same, store_for, CASES};
-
-/// The repository root: `TFCKPT_ROOT` when the binary runs away from where it was built.
-fn root() -> PathBuf {
-    std::env::var_os("TFCKPT_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
+use common::fixtures::{copy_files, fixture};
+use common::layouts::{assert_same, store_for_layout, Layout, CASES};
 
 fn gpu() -> bool {
     let n = Device::gpu_count();
@@ -40,11 +32,11 @@ fn device_bytes_equal_host_bytes_for_every_fixture() {
     }
     let mut checked = 0;
     for case in CASES {
-        let dir = root().join("tests/fixtures/tf").join(case);
-        let mut cpu = store_for(&dir);
+        let dir = fixture(case);
+        let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
         cpu.initialize(Device::Cpu).unwrap();
         for register_mappings in [false, true] {
-            let mut dev = store_for(&dir);
+            let mut dev = store_for_layout(&dir, Layout::Repartitioned);
             let options = LoadOptions {
                 register_mappings,
                 ..Default::default()
@@ -76,11 +68,11 @@ fn device_casts_equal_host_casts() {
         ("dtypes/dtypes", DType::BF16, DType::F32),
         ("dtypes/dtypes", DType::F16, DType::F32),
     ] {
-        let dir = root().join("tests/fixtures/tf").join(case);
+        let dir = fixture(case);
         let options = LoadOptions::new().cast(from, to);
-        let mut cpu = store_for(&dir);
+        let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
         cpu.initialize_with(Device::Cpu, &options).unwrap();
-        let mut dev = store_for(&dir);
+        let mut dev = store_for_layout(&dir, Layout::Repartitioned);
         let report = dev.initialize_with(Device::Cuda(0), &options).unwrap();
         assert!(report.device.unwrap().kernels > 0, "{case}");
         assert_same(&cpu, &dev, &format!("{case} {from}->{to}"));
@@ -92,11 +84,11 @@ fn trainer_memory_and_damage() {
     if !gpu() {
         return;
     }
-    let dir = root().join("tests/fixtures/tf/partitioned_axes");
-    let mut cpu = store_for(&dir);
+    let dir = fixture("partitioned_axes");
+    let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
     cpu.initialize(Device::Cpu).unwrap();
     // Load one part into memory the trainer allocated.
-    let mut dev = store_for(&dir);
+    let mut dev = store_for_layout(&dir, Layout::Repartitioned);
     let name = dev
         .variables()
         .find(|v| v.name.starts_with("axis1/"))
@@ -113,13 +105,8 @@ fn trainer_memory_and_damage() {
     assert_same(&cpu, &dev, "trainer buffer");
     // A damaged shard fails the whole load.
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
-    let mut store = store_for(tmp.path());
+    copy_files(&dir, tmp.path());
+    let mut store = store_for_layout(tmp.path(), Layout::Repartitioned);
     let shard = tmp.path().join("model-0.data-00000-of-00001");
     let mut b = std::fs::read(&shard).unwrap();
     let mid = b.len() / 2;

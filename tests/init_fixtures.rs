@@ -18,8 +18,11 @@ mod npy;
 
 use tfckpt::{init_from_checkpoint, Checkpoint, Device, ErrorKind, Tensor, VariableStore};
 
+mod common;
+use common::fixtures::{copy_files, fixture, init_ckpt};
+
 fn init_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/init")
+    fixture("init")
 }
 
 fn json(p: &Path) -> Value {
@@ -49,11 +52,7 @@ fn run(case: &Path) -> Outcome {
     } else {
         vec![maps]
     };
-    let ckpt = case.join(
-        std::fs::read_to_string(case.join("ckpt.txt"))
-            .unwrap()
-            .trim(),
-    );
+    let ckpt = init_ckpt(case);
     for m in &maps {
         let map = match model_json::map_from_value(m) {
             Ok(m) => m,
@@ -251,14 +250,6 @@ fn every_tensorflow_case() {
     assert!(values >= 140 && errors >= 15, "{values} {errors}");
 }
 
-fn ckpt_case(case: &Path) -> PathBuf {
-    case.join(
-        std::fs::read_to_string(case.join("ckpt.txt"))
-            .unwrap()
-            .trim(),
-    )
-}
-
 #[test]
 fn our_deliberate_differences() {
     let dir = init_dir();
@@ -272,11 +263,11 @@ fn our_deliberate_differences() {
         let Outcome::Values(store) = run(&case) else {
             panic!("{name} should load")
         };
-        let ckpt = Checkpoint::open(ckpt_case(&case)).unwrap();
+        let ckpt = Checkpoint::open(init_ckpt(&case)).unwrap();
         for v in store.variables() {
             let p = store.pending(&v.name).unwrap();
             let info = ckpt.tensor(&p.tensor).unwrap();
-            let want = tf_value_box(&ckpt_case(&case), &p.tensor, &p.slice.ranges(&info.shape));
+            let want = tf_value_box(&init_ckpt(&case), &p.tensor, &p.slice.ranges(&info.shape));
             assert_eq!(
                 npy_bytes(store.value(&v.name).unwrap()),
                 want,
@@ -296,7 +287,7 @@ fn our_deliberate_differences() {
             panic!("{name} should load")
         };
         assert_eq!(store.pending(var).unwrap().tensor, "useful_scope/var4");
-        let want = tf_value_box(&ckpt_case(&case), "useful_scope/var4", &[(0, 9), (0, 9)]);
+        let want = tf_value_box(&init_ckpt(&case), "useful_scope/var4", &[(0, 9), (0, 9)]);
         assert_eq!(npy_bytes(store.value(var).unwrap()), want, "{name}");
     }
     // A path to PREFIX.index means PREFIX (TF opens it as an empty V1 file and finds nothing).
@@ -360,14 +351,8 @@ fn errors_say_what_and_where() {
 
 #[test]
 fn laziness_the_call_reads_no_tensor_bytes() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/h1_basic");
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_files(&fixture("h1_basic"), tmp.path());
     let data = tmp.path().join("model-0.data-00000-of-00001");
     let mk = || {
         let mut store = VariableStore::new();

@@ -11,17 +11,8 @@ use std::time::Duration;
 use tfckpt::{Checkpoint, Slice};
 
 mod common;
+use common::fixtures::{case_dirs, ckpt_rel, copy_files};
 use common::Rng;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 /// Everything a user can do with a checkpoint; returns whether verification found a problem.
 fn exercise(path: &Path, rng: &mut Rng) -> Option<bool> {
@@ -52,13 +43,7 @@ fn exercise(path: &Path, rng: &mut Rng) -> Option<bool> {
 
 #[test]
 fn random_damage_never_panics_and_data_flips_are_caught() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&fixtures)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected/ckpt.txt").is_file())
-        .collect();
-    cases.sort();
+    let cases = case_dirs();
     assert!(cases.len() >= 8);
 
     // Watchdog: a hang (no progress for a minute) aborts with the iteration that hung.
@@ -84,9 +69,8 @@ fn random_damage_never_panics_and_data_flips_are_caught() {
     for (ci, case) in cases.iter().enumerate() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("case");
-        copy_dir(case, &dir);
-        let rel = std::fs::read_to_string(case.join("expected/ckpt.txt")).unwrap();
-        let target = dir.join(rel.trim());
+        copy_files(case, &dir);
+        let target = dir.join(ckpt_rel(case));
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -15,6 +15,9 @@ use tfckpt::{
     VariableStore,
 };
 
+mod common;
+use common::fixtures::fixture;
+
 const TARGETS: &[(&str, &[u64])] = &[
     ("to_p3_axis0", &[3, 1]),
     ("to_p7_axis0", &[7, 1]),
@@ -66,9 +69,7 @@ fn elements(t: &Tensor) -> Vec<String> {
 }
 
 fn run(case_name: &str) {
-    let case = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tf")
-        .join(case_name);
+    let case = fixture(case_name);
     let ckpt = Checkpoint::open(&case).unwrap();
     let mut store = VariableStore::new();
     let mut map = AssignmentMap::new();

@@ -1,22 +1,22 @@
 //! A checkpoint with many shards keeps no file descriptor per shard (its own test binary: it counts
 //! this process's open descriptors).
 
+mod common;
+
 #[cfg(target_os = "linux")]
 #[test]
 fn many_shards_hold_no_descriptors() {
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let tmp = tempfile::tempdir().unwrap();
-    let prefix = tmp.path().join("m");
     let options = tfckpt::WriterOptions {
         num_shards: 60,
         ..Default::default()
     };
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, options).unwrap();
+    let mut b = common::builder::CkptBuilder::with_options(tmp.path().join("m"), options);
     for i in 0..60 {
-        let t = tfckpt::Tensor::from_f32(&[2], &[i as f32, 1.0]).unwrap();
-        w.add(&format!("t{i:02}"), (&t).into()).unwrap();
+        b.f32(&format!("t{i:02}"), &[2], &[i as f32, 1.0]);
     }
-    w.finish().unwrap();
+    let prefix = b.finish();
     let before = fds();
     let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
     for i in 0..60 {

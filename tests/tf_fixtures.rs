@@ -14,18 +14,11 @@ use tfckpt::{Checkpoint, Slice, Tensor};
 
 mod common;
 use common::cut;
+use common::fixtures::{case_dirs, ckpt_rel, fixture};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf")
-}
-
+/// The directories of every fixture case.
 fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected/list.json").is_file())
-        .collect();
-    v.sort();
+    let v = case_dirs();
     assert!(v.len() >= 8, "fixture cases missing: {v:?}");
     v
 }
@@ -38,8 +31,8 @@ fn json(path: &Path) -> Value {
 }
 
 fn open_case(case: &Path) -> Checkpoint {
-    let rel = std::fs::read_to_string(case.join("expected/ckpt.txt")).unwrap();
-    Checkpoint::open(case.join(rel.trim())).unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+    Checkpoint::open(case.join(ckpt_rel(case)))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -190,9 +183,9 @@ fn verify_passes_on_every_fixture() {
 
 #[test]
 fn sharded_save_reads_from_several_data_files() {
-    let ckpt = open_case(&fixtures().join("sharded"));
+    let ckpt = open_case(&fixture("sharded"));
     assert!(ckpt.prefix().ends_with("model.ckpt-0"));
-    let data_files = std::fs::read_dir(fixtures().join("sharded"))
+    let data_files = std::fs::read_dir(fixture("sharded"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -208,14 +201,14 @@ fn sharded_save_reads_from_several_data_files() {
 
 #[test]
 fn v1_checkpoint_is_recognised() {
-    let ckpt = open_case(&fixtures().join("v1"));
+    let ckpt = open_case(&fixture("v1"));
     assert_eq!(ckpt.format(), tfckpt::Format::V1);
     assert!(ckpt.tensors().iter().any(|t| t.is_partitioned()));
 }
 
 #[test]
 fn state_file_paths_are_relative_and_index_path_works() {
-    let case = fixtures().join("h1_basic");
+    let case = fixture("h1_basic");
     let state = std::fs::read_to_string(case.join("checkpoint")).unwrap();
     assert!(
         state.contains("model_checkpoint_path: \"model-0\""),

@@ -6,54 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "common/layouts.rs"]
-mod layouts;
+mod common;
 
-use layouts::CASES;
+use common::builder::CkptBuilder;
+use common::fixtures::{copy_files, fixture};
+use common::layouts::{store_for_layout, Layout, CASES};
 
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, Checkpoint, Device, ErrorKind, Init, LoadOptions, Target,
-    TensorData, VariableStore,
+    init_from_checkpoint, AssignmentMap, Device, ErrorKind, Init, LoadOptions, Target, TensorData,
+    VariableStore,
 };
-
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tf")
-        .join(case)
-}
-
-/// Every readable tensor as a variable of the same layout: whole, or partitioned exactly as stored.
-fn store_for(dir: &Path) -> VariableStore {
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let mut store = VariableStore::new();
-    let mut map = AssignmentMap::new();
-    for info in ckpt.tensors() {
-        if ckpt.read(&info.name).is_err() {
-            continue;
-        }
-        let name = format!("v/{}", info.name.replace(':', "_"));
-        let made = if info.slices.is_empty() {
-            store
-                .get_variable(&name, &info.shape, info.dtype, Init::Zeros)
-                .map(drop)
-        } else {
-            // The axis the stored slices split, and how many there are.
-            let r0 = info.slices[0].ranges(&info.shape);
-            let r1 = info.slices[1].ranges(&info.shape);
-            let axis = (0..info.shape.len()).find(|&d| r0[d] != r1[d]).unwrap();
-            let mut parts = vec![1; info.shape.len()];
-            parts[axis] = info.slices.len() as u64;
-            store
-                .get_partitioned_variable(&name, &info.shape, info.dtype, &parts, Init::Zeros)
-                .map(drop)
-        };
-        if made.is_ok() {
-            map.push(info.name.clone(), Target::name(name));
-        }
-    }
-    init_from_checkpoint(&mut store, dir, &map).unwrap();
-    store
-}
 
 fn map_all() -> LoadOptions {
     LoadOptions {
@@ -77,11 +39,11 @@ fn mapped_count(store: &VariableStore) -> usize {
 fn mapped_values_equal_copied_values_on_every_fixture() {
     for &case in CASES {
         let dir = fixture(case);
-        let mut copied = store_for(&dir);
+        let mut copied = store_for_layout(&dir, Layout::AsStored);
         let r = copied.initialize(Device::Cpu).unwrap();
         assert_eq!(r.mapped_bytes, 0);
         assert_eq!(mapped_count(&copied), 0);
-        let mut mapped = store_for(&dir);
+        let mut mapped = store_for_layout(&dir, Layout::AsStored);
         let r = mapped.initialize_with(Device::Cpu, &map_all()).unwrap();
         for v in copied.variables() {
             assert_eq!(
@@ -112,7 +74,7 @@ fn mapping_is_opt_in_and_only_for_large_values() {
     // The default copies; map_values with the default threshold (1 MiB) leaves the fixtures' small
     // values copied too.
     for map_values in [false, true] {
-        let mut store = store_for(&fixture("sharded"));
+        let mut store = store_for_layout(&fixture("sharded"), Layout::AsStored);
         let options = LoadOptions {
             map_values,
             ..Default::default()
@@ -126,15 +88,10 @@ fn mapping_is_opt_in_and_only_for_large_values() {
 #[test]
 fn mapped_values_are_copy_on_write_and_never_write_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture("repartition_v2")).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_files(&fixture("repartition_v2"), tmp.path());
     let shard = tmp.path().join("model-0.data-00000-of-00001");
     let before = std::fs::read(&shard).unwrap();
-    let mut store = store_for(tmp.path());
+    let mut store = store_for_layout(tmp.path(), Layout::AsStored);
     store.initialize_with(Device::Cpu, &map_all()).unwrap();
     let name = store
         .variables()
@@ -174,7 +131,7 @@ fn mapped_values_are_copy_on_write_and_never_write_the_file() {
         "the file is never written"
     );
     // A fresh load still sees the stored value.
-    let mut fresh = store_for(tmp.path());
+    let mut fresh = store_for_layout(tmp.path(), Layout::AsStored);
     fresh.initialize_with(Device::Cpu, &map_all()).unwrap();
     assert_eq!(fresh.value(&name).unwrap(), &original);
 }
@@ -182,15 +139,13 @@ fn mapped_values_are_copy_on_write_and_never_write_the_file() {
 #[test]
 fn damaged_or_truncated_shard_fails_with_mapping() {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture("sharded")).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_files(&fixture("sharded"), tmp.path());
     let shard = tmp.path().join("model.ckpt-0.data-00001-of-00003");
     // The stores first: building one reads every tensor once (to skip unreadable dtypes).
-    let (mut store, mut store2) = (store_for(tmp.path()), store_for(tmp.path()));
+    let (mut store, mut store2) = (
+        store_for_layout(tmp.path(), Layout::AsStored),
+        store_for_layout(tmp.path(), Layout::AsStored),
+    );
     let good = std::fs::read(&shard).unwrap();
     let mut bad = good.clone();
     let mid = bad.len() / 2;
@@ -207,24 +162,14 @@ fn damaged_or_truncated_shard_fails_with_mapping() {
     assert!(matches!(err.kind(), ErrorKind::OutOfBounds { .. }), "{err}");
 }
 
-/// Writes `tensors` (name, dtype, bytes) in order into one shard.
+/// Writes `tensors` (name, dtype, bytes) in order into one shard, each of rank 1.
 fn write(dir: &Path, tensors: &[(&str, tfckpt::DType, Vec<u8>)]) -> PathBuf {
-    let prefix = dir.join("m");
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let mut b = CkptBuilder::new(dir.join("m"));
     for (name, dtype, data) in tensors {
         let n = (data.len() / dtype.size().unwrap()) as u64;
-        w.add(
-            name,
-            tfckpt::TensorRef::Bytes {
-                dtype: *dtype,
-                shape: &[n],
-                data,
-            },
-        )
-        .unwrap();
+        b.bytes(name, *dtype, &[n], data);
     }
-    w.finish().unwrap();
-    prefix
+    b.finish()
 }
 
 #[test]
@@ -321,7 +266,7 @@ fn mappings_are_capped_and_the_rest_copied() {
         .all(|v| store.value(&v.name).unwrap().to_f32().unwrap() == [0.0]));
     drop(store);
     // The slots come back when the values go: another load maps again.
-    let mut again = store_for(&fixture("repartition_v2"));
+    let mut again = store_for_layout(&fixture("repartition_v2"), Layout::AsStored);
     let r = again.initialize_with(Device::Cpu, &map_all()).unwrap();
     assert!(r.mapped_bytes > 0);
 }

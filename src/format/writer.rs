@@ -188,7 +188,7 @@ impl CheckpointWriter {
         if slice.ranges(full_shape) == Slice::full(full_shape.len()).ranges(full_shape) {
             return self.add(full_name, tensor);
         }
-        let key = slice_key(full_name.as_bytes(), &slice);
+        let key = slice_key(full_name.as_bytes(), slice);
         self.check_new(&key)?;
         let bad = |reason: &str| -> crate::Error {
             ErrorKind::InvalidArgument(format!("{full_name}: {reason}")).into()
@@ -221,7 +221,7 @@ impl CheckpointWriter {
                 ..Default::default()
             })
             .slices
-            .push(slice_to_proto(&slice));
+            .push(slice_to_proto(slice));
         Ok(())
     }
 

@@ -3,13 +3,22 @@
 //! work units of every size; damaged files and failing copies must leave nothing registered,
 //! nothing allocated and nothing initialized.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
+#[allow(dead_code)] // shared with the integration tests: only part of it is used here
+#[path = "../../tests/common/fixtures.rs"]
+mod fixtures;
 #[path = "../../tests/common/layouts.rs"]
 mod layouts;
 
-use layouts::{assert_same, store_for, CASES};
+use fixtures::fixture;
+use layouts::{assert_same, store_for_layout, Layout, CASES};
+
+/// Every fixture tensor whole and re-partitioned along two axes (see `tests/common/layouts.rs`).
+fn store_for(dir: &Path) -> VariableStore {
+    store_for_layout(dir, Layout::Repartitioned)
+}
 
 use super::emulated::HostLink;
 use super::exec::{units, Job, Sizes, Transfer, UploadSource};
@@ -18,12 +27,6 @@ use crate::{
     init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
     VariableStore,
 };
-
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tf")
-        .join(case)
-}
 
 /// Units of 1 KiB: fixture tensors are cut, joined and spread over both paths.
 fn tiny() -> Sizes {

@@ -1,6 +1,7 @@
-//! The variable layouts the GPU tests load every fixture into, shared by the emulated-device unit
-//! tests (`src/gpu/tests.rs`, through `#[path]`) and the CUDA tests (`tests/gpu.rs`), so that both
-//! check the same thing.
+//! The variable layouts the tests load every fixture into: re-partitioned for the GPU tests, shared
+//! by the emulated-device unit tests (`src/gpu/tests.rs`, which includes this file through `#[path]`,
+//! so it uses nothing else of `tests/common`) and the CUDA tests (`tests/gpu.rs`), so that both check
+//! the same thing; and as stored, for the copy-on-write tests (`tests/zero_copy.rs`).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, DType, Init, Target, Tensor, VariableStore,
 };
 
-/// The TensorFlow fixtures (under `tests/fixtures/tf/`) the GPU tests load.
+/// The TensorFlow fixtures (under `tests/fixtures/tf/`) the GPU and copy-on-write tests load.
 pub const CASES: &[&str] = &[
     "dtypes/dtypes",
     "dtypes_extra/extra",
@@ -24,9 +25,25 @@ pub const CASES: &[&str] = &[
     "h1_partitioned",
 ];
 
-/// Every readable tensor of `dir` mapped whole, in 3 parts along axis 0 and in 2 parts along
-/// axis 1 (where the shape allows), plus one variable left to its initializer.
-pub fn store_for(dir: &Path) -> VariableStore {
+/// How [`store_for_layout`] lays out the variables it makes for a checkpoint's tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Re-partitioned, for the GPU tests: every readable tensor mapped whole (`whole/NAME`), in 3
+    /// parts along axis 0 (`axis0/NAME`, where the first dimension is at least 3) and in 2 parts
+    /// along axis 1 (`axis1/NAME`, where the second is at least 2), plus one variable
+    /// (`unmapped/ones`, float32 [5, 3]) left to its initializer.
+    Repartitioned,
+    /// As stored, for the copy-on-write tests: every readable tensor as one variable (`v/NAME`) of
+    /// the same layout, whole, or partitioned exactly as its slices are stored (as many parts as
+    /// slices, along the axis they split).
+    AsStored,
+}
+
+/// A store with a variable (or several) for every readable tensor of the checkpoint `dir`, laid out
+/// as `layout` says, every one mapped to its tensor by one `init_from_checkpoint` call (not yet
+/// initialized). `NAME` is the tensor's name with `:` replaced by `_`; tensors that cannot be read
+/// (variant) or that make no variable are left out.
+pub fn store_for_layout(dir: &Path, layout: Layout) -> VariableStore {
     let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut store = VariableStore::new();
     let mut map = AssignmentMap::new();
@@ -35,36 +52,75 @@ pub fn store_for(dir: &Path) -> VariableStore {
             continue; // variant tensors: listed, not read
         }
         let base = info.name.replace(':', "_");
-        let whole = format!("whole/{base}");
-        if store
-            .get_variable(&whole, &info.shape, info.dtype, Init::Zeros)
-            .is_err()
-        {
-            continue;
-        }
-        map.push(info.name.clone(), Target::name(whole));
-        let mut layouts = Vec::new();
-        if info.shape.first().is_some_and(|&d| d >= 3) {
-            let mut p = vec![1; info.shape.len()];
-            p[0] = 3;
-            layouts.push(("axis0", p));
-        }
-        if info.shape.get(1).is_some_and(|&d| d >= 2) {
-            let mut p = vec![1; info.shape.len()];
-            p[1] = 2;
-            layouts.push(("axis1", p));
-        }
-        for (tag, parts) in layouts {
-            let name = format!("{tag}/{base}");
-            store
-                .get_partitioned_variable(&name, &info.shape, info.dtype, &parts, Init::Zeros)
-                .unwrap();
-            map.push(info.name.clone(), Target::name(name));
+        match layout {
+            Layout::Repartitioned => {
+                let whole = format!("whole/{base}");
+                if store
+                    .get_variable(&whole, &info.shape, info.dtype, Init::Zeros)
+                    .is_err()
+                {
+                    continue;
+                }
+                map.push(info.name.clone(), Target::name(whole));
+                let mut layouts = Vec::new();
+                if info.shape.first().is_some_and(|&d| d >= 3) {
+                    let mut p = vec![1; info.shape.len()];
+                    p[0] = 3;
+                    layouts.push(("axis0", p));
+                }
+                if info.shape.get(1).is_some_and(|&d| d >= 2) {
+                    let mut p = vec![1; info.shape.len()];
+                    p[1] = 2;
+                    layouts.push(("axis1", p));
+                }
+                for (tag, parts) in layouts {
+                    let name = format!("{tag}/{base}");
+                    store
+                        .get_partitioned_variable(
+                            &name,
+                            &info.shape,
+                            info.dtype,
+                            &parts,
+                            Init::Zeros,
+                        )
+                        .unwrap();
+                    map.push(info.name.clone(), Target::name(name));
+                }
+            }
+            Layout::AsStored => {
+                let name = format!("v/{base}");
+                let made = if info.slices.is_empty() {
+                    store
+                        .get_variable(&name, &info.shape, info.dtype, Init::Zeros)
+                        .map(drop)
+                } else {
+                    // The axis the stored slices split, and how many there are.
+                    let r0 = info.slices[0].ranges(&info.shape);
+                    let r1 = info.slices[1].ranges(&info.shape);
+                    let axis = (0..info.shape.len()).find(|&d| r0[d] != r1[d]).unwrap();
+                    let mut parts = vec![1; info.shape.len()];
+                    parts[axis] = info.slices.len() as u64;
+                    store
+                        .get_partitioned_variable(
+                            &name,
+                            &info.shape,
+                            info.dtype,
+                            &parts,
+                            Init::Zeros,
+                        )
+                        .map(drop)
+                };
+                if made.is_ok() {
+                    map.push(info.name.clone(), Target::name(name));
+                }
+            }
         }
     }
-    store
-        .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
-        .unwrap();
+    if layout == Layout::Repartitioned {
+        store
+            .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
+            .unwrap();
+    }
     init_from_checkpoint(&mut store, dir, &map).unwrap();
     store
 }

@@ -1,6 +1,20 @@
-//! Helpers shared by the integration tests: hand-made SSTables and protobuf bytes, so that tests can
-//! build exactly the damaged or unusual files they need.
+//! Helpers shared by the integration tests, each of which includes them with `mod common;` (and
+//! uses only part of them, hence `dead_code` allowed):
+//!
+//! - [`fixtures`]: where the TensorFlow fixtures are, the list of checkpoint cases, copies to damage;
+//! - [`builder`]: small checkpoints written by the crate's own writer;
+//! - [`layouts`]: the fixture cases the GPU and copy-on-write tests load, and the one store of
+//!   variables for a checkpoint (`store_for_layout`);
+//! - here: a seeded generator, the box oracle, and hand-made SSTables and protobuf bytes, so that
+//!   tests can build exactly the damaged or unusual files they need.
+//!
+//! `examples/write_for_tf.rs` includes this file too (through `#[path]`), and `src/gpu/tests.rs`
+//! includes `layouts.rs` alone.
 #![allow(dead_code)]
+
+pub mod builder;
+pub mod fixtures;
+pub mod layouts;
 
 use std::path::Path;
 
