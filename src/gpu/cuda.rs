@@ -43,16 +43,51 @@ pub(crate) const FUNCTIONS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Whether a shared library can be loaded under one of `names`.
+///
+/// cudarc panics, rather than returning an error, when it cannot load a library it needs, so
+/// every first touch is guarded by this check. cudarc's own check (`is_culib_present`) exists only
+/// when cudarc loads libraries at run time; when another crate of the binary (candle, say) makes
+/// it link them instead, the process could not have started without them, and the check here
+/// holds either way. The names are the ones cudarc's loader tries first.
+fn loadable(names: &[&str]) -> bool {
+    #[cfg(unix)]
+    {
+        names.iter().any(|name| {
+            let Ok(name) = std::ffi::CString::new(*name) else {
+                return false;
+            };
+            // SAFETY: dlopen with a valid C string; a handle it returns is closed once, here.
+            unsafe {
+                let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+                if handle.is_null() {
+                    return false;
+                }
+                libc::dlclose(handle);
+                true
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = names;
+        true
+    }
+}
+
 /// Whether the CUDA driver library can be loaded.
 pub(crate) fn driver_present() -> bool {
-    // SAFETY: only tries to load the library; no other driver call.
-    unsafe { sys::is_culib_present() }
+    loadable(&["libcuda.so", "libcuda.so.1"])
 }
 
 /// Whether NVRTC can be loaded.
 pub(crate) fn nvrtc_present() -> bool {
-    // SAFETY: only tries to load the library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    loadable(&[
+        "libnvrtc.so",
+        "libnvrtc.so.13",
+        "libnvrtc.so.12",
+        "libnvrtc.so.11",
+    ])
 }
 
 /// Compiles every kernel source to PTX for `arch` (e.g. `sm_90`; `None`: NVRTC's default, JIT
