@@ -1,6 +1,6 @@
-//! The `tfckpt` binary against its contract (README, Command line): `list --json` equals TensorFlow's listing, `get` writes
-//! TensorFlow's values, `verify` passes clean fixtures and names the damage in damaged ones, errors are
-//! one `error:` line with exit code 1, usage errors exit 2.
+//! The `tfckpt` binary against its contract (README, Command line): `list --json` equals
+//! TensorFlow's listing, `get` writes TensorFlow's values, `verify` passes clean fixtures and names
+//! the damage in damaged ones, errors are one `error:` line with exit code 1, usage errors exit 2.
 
 #[allow(dead_code)] // shared with the binary: only part of it is used here
 #[path = "../src/bin/tfckpt/npy.rs"]

@@ -289,7 +289,8 @@ fn partitioned(slices: &[(i64, i64)]) -> (tempfile::TempDir, Checkpoint) {
     (dir, ckpt)
 }
 
-/// Slice keys as TensorFlow encodes them (docs/format.md#63-slice-keys), for 1-D slices with small numbers.
+/// Slice keys as TensorFlow encodes them (docs/format.md#63-slice-keys), for 1-D slices with small
+/// numbers.
 fn tfckpt_slice_key(name: &str, s: &Slice) -> Vec<u8> {
     let mut k = vec![0x00];
     k.extend_from_slice(name.as_bytes());
@@ -366,6 +367,38 @@ fn unsupported_version() {
     let prefix = write_bundle(dir.path(), &[(vec![], h)], &[vec![]]);
     let e = err(Checkpoint::open(prefix));
     assert!(e.to_string().contains("version >= 7"), "{e}");
+}
+
+/// Not an error: TensorFlow stores an empty `variant` tensor as 0 bytes (a variant element takes at
+/// least 5), and a checkpoint holding one must open, list and verify (found in review: the index
+/// parser used to demand the 4 bytes an empty *string* tensor takes).
+#[test]
+fn empty_variant_tensor_opens_lists_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = f32s(&[1.0, 2.0]);
+    let records = vec![
+        (vec![], header(1)),
+        (b"a_variant".to_vec(), entry(21, &[0], 0, 0, 0, 0)),
+        (
+            b"b".to_vec(),
+            entry(1, &[2], 0, 0, 8, tfckpt::crc::crc32c(&x)),
+        ),
+    ];
+    let prefix = write_bundle(dir.path(), &records, &[x]);
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let names: Vec<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a_variant", "b"]);
+    ckpt.verify().unwrap();
+    let e = err(ckpt.read("a_variant"));
+    assert!(matches!(e.kind(), ErrorKind::Unsupported { .. }), "{e}");
+    // A variant entry too small for its elements is still refused when the index is opened.
+    let records = vec![
+        (vec![], header(1)),
+        (b"v".to_vec(), entry(21, &[2], 0, 0, 9, 0)),
+    ];
+    let prefix = write_bundle(dir.path(), &records, &[vec![0; 9]]);
+    let e = err(Checkpoint::open(prefix));
+    assert!(matches!(e.kind(), ErrorKind::SizeMismatch { .. }), "{e}");
 }
 
 #[test]

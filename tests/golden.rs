@@ -1,5 +1,5 @@
-//! The 142-byte golden `.index` file (docs/format.md#37-worked-example-the-142-byte-golden-index), written by TensorFlow 2.21: our reader reads it and our
-//! writer reproduces it byte for byte.
+//! The 142-byte golden `.index` file (docs/format.md#37-worked-example-the-142-byte-golden-index),
+//! written by TensorFlow 2.21: our reader reads it and our writer reproduces it byte for byte.
 
 use tfckpt::{Checkpoint, CheckpointWriter, DType, Tensor, WriterOptions};
 

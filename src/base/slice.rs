@@ -1,5 +1,6 @@
-//! Tensor slices (`TensorSliceProto`; docs/format.md#6-sliced-partitioned-tensors): parsing, TensorFlow's textual form, intersection, and
-//! the copy plan that moves the intersection of two boxes between row-major buffers.
+//! Tensor slices (`TensorSliceProto`; docs/format.md#6-sliced-partitioned-tensors): parsing,
+//! TensorFlow's textual form, intersection, and the copy plan that moves the intersection of two
+//! boxes between row-major buffers.
 
 use std::fmt;
 
@@ -75,8 +76,9 @@ impl Slice {
         Ok(Slice { extents })
     }
 
-    /// Parses a `shape_and_slice` spec (`"100 100 0,20:-"`, docs/format.md#62-slice-text-and-shape_and_slice-strings) into the full shape and the
-    /// slice. An empty string means "the whole tensor" and yields `None`.
+    /// Parses a `shape_and_slice` spec (`"100 100 0,20:-"`,
+    /// docs/format.md#62-slice-text-and-shape_and_slice-strings) into the full shape and the slice.
+    /// An empty string means "the whole tensor" and yields `None`.
     pub fn parse_shape_and_slice(spec: &str) -> Result<Option<(Vec<u64>, Slice)>, String> {
         if spec.is_empty() {
             return Ok(None);

@@ -1,5 +1,6 @@
-//! The V2 bundle index (docs/format.md#4-protocol-buffers, #56-what-the-reader-validates): header record, entries, and their validation. Every entry that
-//! leaves this module has a known dtype, a valid shape and a size consistent with both.
+//! The V2 bundle index (docs/format.md#4-protocol-buffers, #56-what-the-reader-validates): header
+//! record, entries, and their validation. Every entry that leaves this module has a known dtype, a
+//! valid shape and a size consistent with both.
 
 use std::path::Path;
 
@@ -231,7 +232,10 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
         let (expected, exact) = match dtype.size() {
             Some(s) => (n.checked_mul(s as u64), true),
             // Strings: at least one varint byte per element plus the 4-byte length checksum.
-            None => (n.checked_add(4), false),
+            None if dtype == DType::String => (n.checked_add(4), false),
+            // Variants: at least a one-byte length and a 4-byte checksum per element, so an empty
+            // variant tensor is 0 bytes (docs/format.md#55-variant).
+            None => (n.checked_mul(5), false),
         };
         let ok = match expected {
             Some(x) if exact => size == x,

@@ -1,6 +1,6 @@
-//! Reading LevelDB-format SSTables as TensorFlow writes them (docs/format.md#3-sstables): footer and magic, block handles,
-//! restart arrays with prefix-shared keys, masked CRC32C block trailers, raw-snappy blocks. Bytes in,
-//! validated views out: every length is checked before it is used.
+//! Reading LevelDB-format SSTables as TensorFlow writes them (docs/format.md#3-sstables): footer
+//! and magic, block handles, restart arrays with prefix-shared keys, masked CRC32C block trailers,
+//! raw-snappy blocks. Bytes in, validated views out: every length is checked before it is used.
 
 use std::borrow::Cow;
 use std::path::Path;

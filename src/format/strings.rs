@@ -1,5 +1,6 @@
-//! The V2 encoding of string tensors (docs/format.md#54-strings): varint lengths, a masked "length checksum", then the
-//! raw bytes; the entry CRC extends the length checksum with its own stored bytes and the strings.
+//! The V2 encoding of string tensors (docs/format.md#54-strings): varint lengths, a masked "length
+//! checksum", then the raw bytes; the entry CRC extends the length checksum with its own stored
+//! bytes and the strings.
 
 use crate::base::crc;
 use crate::format::sstable::{get_varint, put_varint};
@@ -92,9 +93,10 @@ pub(crate) fn decode(
     Ok(out)
 }
 
-/// Checks a `variant` tensor's stored bytes (docs/format.md#55-variant): per element a varint length, the serialized
-/// bytes and a masked running CRC; the running CRC covers each length as 8 little-endian bytes, the
-/// element bytes and each stored checksum, and its final value is the entry CRC.
+/// Checks a `variant` tensor's stored bytes (docs/format.md#55-variant): per element a varint
+/// length, the serialized bytes and a masked running CRC; the running CRC covers each length as 8
+/// little-endian bytes, the element bytes and each stored checksum, and its final value is the entry
+/// CRC.
 pub(crate) fn verify_variant(bytes: &[u8], n: usize, entry_crc: u32) -> Result<(), StringError> {
     let mut pos = 0;
     let mut crc = 0u32;

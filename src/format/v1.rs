@@ -1,6 +1,7 @@
-//! V1 checkpoints (docs/format.md#7-v1-format): one or more SSTable files whose `""` record lists every tensor and slice
-//! (`SavedTensorSliceMeta`) and whose other records hold one slice each (`SavedSlice` with a
-//! `TensorProto`). Values are converted to the same little-endian bytes a V2 bundle stores.
+//! V1 checkpoints (docs/format.md#7-v1-format): one or more SSTable files whose `""` record lists
+//! every tensor and slice (`SavedTensorSliceMeta`) and whose other records hold one slice each
+//! (`SavedSlice` with a `TensorProto`). Values are converted to the same little-endian bytes a V2
+//! bundle stores.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

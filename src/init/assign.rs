@@ -1,7 +1,7 @@
-//! `init_from_checkpoint` (docs/format.md#8-init_from_checkpoint-semantics): an assignment map of (checkpoint key, target) pairs is checked
-//! against the checkpoint's index and the variable store, and each target variable records which
-//! tensor (and which box of it) it will load. No tensor bytes are read here: values arrive when
-//! [`VariableStore::initialize`] runs.
+//! `init_from_checkpoint` (docs/format.md#8-init_from_checkpoint-semantics): an assignment map of
+//! (checkpoint key, target) pairs is checked against the checkpoint's index and the variable store,
+//! and each target variable records which tensor (and which box of it) it will load. No tensor
+//! bytes are read here: values arrive when [`VariableStore::initialize`] runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! The variable store: the "current graph" of `init_from_checkpoint`. Variables have full names
 //! (scopes joined by `/`), a shape, a dtype and an initializer; partitioned variables are made exactly
-//! as TF1's `get_variable(..., partitioner=...)` makes them (docs/format.md#66-partition-naming-and-split-rules): parts `NAME/part_i` split along
-//! one axis, the first `D % k` parts one longer, each knowing its offset in the whole.
+//! as TF1's `get_variable(..., partitioner=...)` makes them
+//! (docs/format.md#66-partition-naming-and-split-rules): parts `NAME/part_i` split along one axis,
+//! the first `D % k` parts one longer, each knowing its offset in the whole.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -221,7 +221,7 @@ pub(crate) fn check_dest(
     want: &Region,
 ) -> Result<()> {
     let info = stored.info;
-    let ckpt = stored.ckpt.prefix().to_path_buf();
+    let ckpt = || stored.ckpt.prefix().to_path_buf();
     // A whole variable takes the whole tensor; a part takes its box of a tensor whose shape
     // is the partitioned variable's full shape.
     let (name, shape) = match (&v.part, slice.is_full()) {
@@ -232,7 +232,7 @@ pub(crate) fn check_dest(
     // the shapes agree (a part of an empty variable may have an empty extent: it takes nothing).
     if *shape != info.shape || want.shape() != v.shape {
         return Err(ErrorKind::ShapeMismatch {
-            ckpt,
+            ckpt: ckpt(),
             variable: name.clone(),
             variable_shape: shape.clone(),
             tensor: info.name.clone(),
@@ -242,7 +242,7 @@ pub(crate) fn check_dest(
     }
     if v.dtype != info.dtype {
         return Err(ErrorKind::DtypeMismatch {
-            ckpt,
+            ckpt: ckpt(),
             variable: v.name.clone(),
             variable_dtype: v.dtype,
             tensor: info.name.clone(),

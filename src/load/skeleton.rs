@@ -5,7 +5,7 @@
 //! only says how bytes land (host memory, a GPU, later a trainer's own tensors). On any error the
 //! store is left as it was: no variable counts as initialized.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,12 +92,13 @@ pub(crate) fn run<D: Destination>(
     };
     dest.load(&reads, &mut report)?;
     let loaded = Instant::now();
-    let mapped: HashSet<&str> = plan
-        .items
-        .iter()
-        .flat_map(|it| it.dests.iter().map(|(v, _)| v.name.as_str()))
-        .collect();
-    for v in vars.iter().filter(|v| !mapped.contains(v.name.as_str())) {
+    // The variables no pending initializer maps (both maps are sorted by name: one merge walk).
+    let mut pending = store.pending.keys().peekable();
+    for v in &vars {
+        while pending.next_if(|k| k.as_str() < v.name.as_str()).is_some() {}
+        if pending.next_if(|k| **k == v.name).is_some() {
+            continue;
+        }
         let dtype = options.dtype_at_destination(v.dtype);
         // `init_element` accepted this (dtype, initializer) when the variable was made.
         let elem = init_element(v.dtype, v.init).unwrap_or_default();
@@ -110,7 +111,7 @@ pub(crate) fn run<D: Destination>(
     let values = dest.finish(&mut report)?;
     tracker.complete();
     let finished = Instant::now();
-    report.from_checkpoint = mapped.len();
+    report.from_checkpoint = plan.items.iter().map(|it| it.dests.len()).sum();
     report.variables = vars.len();
     drop(vars);
     store.commit(values);

@@ -1,5 +1,5 @@
-//! Where the TensorFlow fixtures are (`tests/fixtures/tf/`, see `tests/fixtures/README.md`), and the
-//! few things every test does with them.
+//! Where the TensorFlow fixtures are (`tests/fixtures/tf/`, see `tests/fixtures/README.md`), and
+//! the few things every test does with them.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
-//! The JSON files of the `tfckpt init` contract (README, Command line): MODEL.json (the variables of the
-//! current graph) and MAP.json (the assignment map). Errors say which entry is wrong and why.
+//! The JSON files of the `tfckpt init` contract (README, Command line): MODEL.json (the variables
+//! of the current graph) and MAP.json (the assignment map). Errors say which entry is wrong and
+//! why.
 
 use serde_json::Value;
 
