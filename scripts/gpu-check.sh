@@ -26,6 +26,8 @@ if [ "${1:-}" = "--build" ]; then
     cp "$test_bin" "$out/gpu-tests"
     cp target/release/examples/gpu_bench "$out/gpu_bench"
     cp target/release/examples/gpu_probe "$out/gpu_probe"
+    # Without debug info the three binaries travel in a few MB (the device tool carries 64 MiB).
+    strip --strip-debug "$out"/* 2>/dev/null || true
     ls -la "$out"
     exit 0
 fi
