@@ -455,7 +455,7 @@ impl Checkpoint {
                 problems.push((None, e)); // after every data problem
             }
         }
-        problems.sort_by_key(|p| p.0.unwrap_or((u32::MAX, u64::MAX)));
+        problems.sort_by_key(|p| (p.0.is_none(), p.0));
         VerifyReport {
             tensors: data.len(),
             bytes: data.iter().map(|e| e.size).sum(),
