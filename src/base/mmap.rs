@@ -60,18 +60,63 @@ pub(crate) struct MappedFile {
     stamp: FileStamp,
 }
 
+/// Opens `path` for reading if it is a regular file. Anything else is an error that says what it
+/// is, without waiting: opening a FIFO blocks until a writer appears, so the open itself does not
+/// block (`O_NONBLOCK`, which changes nothing for a regular file) and the type is checked on the
+/// opened file (no window between a check and the open).
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_kind(&kind)
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("is {what}, not a regular file"),
+    ))
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_kind: &std::fs::FileType) -> &'static str {
+    "not a file"
+}
+
 impl MappedFile {
-    /// Opens and maps `path`.
+    /// Opens and maps `path`, a regular file.
     pub(crate) fn open(path: &Path) -> Result<MappedFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = open_regular(path).map_err(|e| Error::io(path, e))?;
         Self::from_file(path, file).map_err(|e| Error::io(path, e))
     }
 
-    /// Maps an already opened file; the error is returned raw so callers can wrap it.
+    /// Maps an already opened regular file ([`open_regular`]); the error is returned raw so
+    /// callers can wrap it.
     pub(crate) fn from_file(path: &Path, file: File) -> std::io::Result<MappedFile> {
         let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(std::io::Error::other("is a directory"));
+        if !meta.is_file() {
+            return Err(std::io::Error::other("is not a regular file"));
         }
         let map = if meta.len() == 0 {
             None
@@ -162,7 +207,7 @@ impl MappedFile {
             return Err(std::io::Error::other("empty or out-of-bounds range"));
         }
         let slot = MapSlot::take().ok_or_else(|| std::io::Error::other("too many mappings"))?;
-        let file = File::open(&self.path)?;
+        let file = open_regular(&self.path)?;
         if FileStamp::from_meta(&file.metadata()?) != self.stamp {
             return Err(std::io::Error::other(
                 "the file changed since it was mapped",

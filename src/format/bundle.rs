@@ -63,7 +63,7 @@ impl Bundle {
             return Ok(m.clone());
         }
         let path = self.shard_path(e.shard);
-        let map = std::fs::File::open(&path)
+        let map = crate::base::mmap::open_regular(&path)
             .and_then(|f| MappedFile::from_file(&path, f))
             .map_err(|source| ErrorKind::MissingShard {
                 path: path.clone(),

@@ -72,7 +72,12 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
         }
         .into()
     };
-    let text = match std::fs::read(&state) {
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut crate::base::mmap::open_regular(path)?, &mut text)?;
+        Ok(text)
+    };
+    let text = match read(&state) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(no_ckpt("it has no 'checkpoint' state file".into()))
