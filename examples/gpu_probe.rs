@@ -1,6 +1,6 @@
 //! Times the building blocks of the GPU load one by one on a real GPU, to find what bounds it:
 //! pinned H2D by chunk size, the CPU side of the staging ring (copy, CRC, both), the ring with
-//! device copies under three ways of waiting, and read-only registration of a file mapping
+//! device copies under two ways of waiting, and read-only registration of a file mapping
 //! (register, DMA, unregister) by chunk size, fresh and pre-faulted.
 //!
 //! `gpu_probe [--gb 4] [--file /tmp/tfckpt-probe.bin]` (needs `--features cuda` and a GPU).
@@ -194,7 +194,7 @@ fn main() {
             gbps(n, t)
         );
     }
-    // 3. Ring with device copies, three ways of waiting for a buffer.
+    // 3. Ring with device copies, two ways of waiting for a buffer.
     for (what, flags) in [
         (
             "blocking-sync events",
@@ -238,6 +238,7 @@ fn main() {
         }
         for f in fences.into_iter().flatten() {
             sync(&f);
+            unsafe { sys::cuEventDestroy_v2(f.0) };
         }
         println!(
             "ring with device, {what}: {:.1} GB/s (waiting {waited:.3} s, filling {filled:.3} s)",

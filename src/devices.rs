@@ -16,6 +16,7 @@ impl VariableStore {
 
     /// [`initialize`](Self::initialize) with a thread count and a progress callback.
     pub fn initialize_with(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
+        options.check()?;
         match options.threads {
             None => self.initialize_in_pool(device, options),
             Some(n) => {
@@ -35,13 +36,11 @@ impl VariableStore {
             Device::Cpu => skeleton::run(self, HostDestination::default(), options),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => {
-                options.check()?;
                 let link = crate::gpu::cuda::link(n)?;
                 self.initialize_on(&*link, options, Default::default())
             }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(n) => {
-                options.check()?;
                 Err(ErrorKind::DeviceUnavailable {
                     device: format!("cuda:{n}"),
                     reason: "this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"

@@ -42,7 +42,7 @@ mod reader;
 pub use base::crc;
 pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
-pub use base::error::{Error, ErrorKind, Result};
+pub use base::error::{escape_controls, Error, ErrorKind, Result};
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Tensor, TensorData};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};

@@ -111,3 +111,234 @@ fn fifos_are_refused_without_waiting() {
     assert_error(&o, "checkpoint");
     assert!(stderr(&o).contains("FIFO"), "{}", stderr(&o));
 }
+
+/// Defect 3b: one tensor stored as N slices took quadratic time (the overlap check compared every
+/// pair). The values and the checks stay exact with thousands of slices (the time is measured in
+/// `benches/hostile.rs`).
+#[test]
+fn a_tensor_of_many_slices_reads_verifies_and_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let n = 5000u64;
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for i in 0..n {
+        let row: Vec<u8> = (0..4)
+            .flat_map(|j| ((i * 4 + j) as f32).to_le_bytes())
+            .collect();
+        let t = tfckpt::TensorRef::Bytes {
+            dtype: tfckpt::DType::F32,
+            shape: &[1, 4],
+            data: &row,
+        };
+        let s = tfckpt::Slice::from_ranges(&[(i, 1), (0, 4)]);
+        w.add_slice("p", &[n, 4], &s, t).unwrap();
+    }
+    // The writer still refuses an overlap, among many slices.
+    let e = w
+        .add_slice(
+            "p",
+            &[n, 4],
+            &tfckpt::Slice::from_ranges(&[(2500, 2), (1, 2)]),
+            tfckpt::TensorRef::Bytes {
+                dtype: tfckpt::DType::F32,
+                shape: &[2, 2],
+                data: &[0; 16],
+            },
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("overlaps slice 2500,1:0,4 added before"),
+        "{e}"
+    );
+    w.finish().unwrap();
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    let want: Vec<f32> = (0..n * 4).map(|v| v as f32).collect();
+    assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), want);
+    ckpt.verify().unwrap();
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_partitioned_variable(
+            "q",
+            &[n, 4],
+            tfckpt::DType::F32,
+            &[3, 1],
+            tfckpt::Init::Zeros,
+        )
+        .unwrap();
+    let map = tfckpt::AssignmentMap::from([("p", tfckpt::Target::name("q"))]);
+    tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    store.initialize(tfckpt::Device::Cpu).unwrap();
+    assert_eq!(
+        store.partitioned_value("q").unwrap().to_f32().unwrap(),
+        want
+    );
+}
+
+/// Defect 3a: N scope pairs matching nothing scanned every variable each (quadratic). A scope
+/// matches exactly the names under `scope/` (not `scopeX/...`), and a partitioned variable named
+/// like the scope.
+#[test]
+fn scope_pairs_match_exactly_their_scope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let mut b = common::builder::CkptBuilder::new(&prefix);
+    b.f32("old/x", &[1], &[1.0])
+        .f32("old/y/z", &[1], &[2.0])
+        .f32("old", &[2], &[3.0, 4.0]);
+    b.finish();
+    let mut store = tfckpt::VariableStore::new();
+    for name in ["a/x", "a/y/z", "ab/x", "a0/x", "a.b/x", "b/a/x"] {
+        store
+            .get_variable(name, &[1], tfckpt::DType::F32, tfckpt::Init::Zeros)
+            .unwrap();
+    }
+    let mut map: tfckpt::AssignmentMap = (0..2000)
+        .map(|i| {
+            (
+                format!("none{i}/"),
+                tfckpt::Target::scope(format!("nothing{i}/")),
+            )
+        })
+        .collect();
+    map.push("old/", tfckpt::Target::scope("a"));
+    let r = tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    assert_eq!(r.warnings.len(), 2000);
+    let mut mapped: Vec<&str> = r.assignments.iter().map(|a| a.variable.as_str()).collect();
+    mapped.sort_unstable();
+    assert_eq!(mapped, ["a/x", "a/y/z"]);
+    // A partitioned variable named like the scope takes the key without its '/'.
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_partitioned_variable("a", &[2], tfckpt::DType::F32, &[2], tfckpt::Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("a/x", &[1], tfckpt::DType::F32, tfckpt::Init::Zeros)
+        .unwrap();
+    let map = tfckpt::AssignmentMap::from([("old/", tfckpt::Target::scope("a/"))]);
+    let r = tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    let mut mapped: Vec<(&str, &str)> = r
+        .assignments
+        .iter()
+        .map(|a| (a.variable.as_str(), a.tensor.as_str()))
+        .collect();
+    mapped.sort_unstable();
+    assert_eq!(
+        mapped,
+        [("a/part_0", "old"), ("a/part_1", "old"), ("a/x", "old/x")]
+    );
+}
+
+/// Defect 5: a variable of rank 25,000 wrote a `.npy` whose 16-bit header length wrapped, with
+/// exit 0. Ranks are capped at TensorFlow's 254 for variables as for checkpoint entries.
+#[test]
+fn ranks_above_254_are_refused_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shape: Vec<String> = (0..25_000).map(|_| "1".to_string()).collect();
+    let model = format!(
+        r#"{{"variables": [{{"name": "deep", "shape": [{}], "dtype": "float32"}}]}}"#,
+        shape.join(",")
+    );
+    let model_file = tmp.path().join("model.json");
+    std::fs::write(&model_file, model).unwrap();
+    let out = tmp.path().join("out");
+    let o = tfckpt(&[
+        "init",
+        fixture("h1_basic").to_str().unwrap(),
+        "--model",
+        model_file.to_str().unwrap(),
+        "--map",
+        "{}",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_error(&o, "deep");
+    assert!(stderr(&o).contains("at most 254"), "{}", stderr(&o));
+    assert!(!out.exists());
+    let mut store = tfckpt::VariableStore::new();
+    let e = store
+        .get_variable("v", &[1; 255], tfckpt::DType::F32, tfckpt::Init::Zeros)
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 254"), "{e}");
+    store
+        .get_variable("v", &[1; 254], tfckpt::DType::F32, tfckpt::Init::Zeros)
+        .unwrap();
+}
+
+/// Defect 7: the small ones.
+#[test]
+fn small_command_line_defects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = fixture("h1_basic");
+    let ckpt = ckpt.to_str().unwrap();
+    // `--slice -:0,10` (the documented syntax) is a slice, not an unknown flag.
+    let out = tmp.path().join("s.npy");
+    let o = tfckpt(&[
+        "get",
+        ckpt,
+        "var2",
+        "--out",
+        out.to_str().unwrap(),
+        "--slice",
+        "-:0,3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    // --threads and --mib are bounded: usage errors at once.
+    let quick = Duration::from_secs(10);
+    let model = r#"{"variables": [{"name": "v", "shape": [1], "dtype": "float32"}]}"#;
+    let o = tfckpt_within(
+        &[
+            "init",
+            ckpt,
+            "--model",
+            model,
+            "--map",
+            "{}",
+            "--threads",
+            "1000000",
+        ],
+        quick,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = tfckpt_within(&["demo", "--mib", "100000000"], quick);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = tfckpt::VariableStore::new()
+        .initialize_with(
+            tfckpt::Device::Cpu,
+            &tfckpt::LoadOptions::new().threads(1_000_000),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 4096"), "{e}");
+    // `demo --keep PATH` errors name the path.
+    let file = tmp.path().join("a_file");
+    std::fs::write(&file, b"x").unwrap();
+    let keep = file.join("sub");
+    let o = tfckpt_within(
+        &["demo", "--mib", "24", "--keep", keep.to_str().unwrap()],
+        quick,
+    );
+    assert_error(&o, keep.to_str().unwrap());
+    // An error line never carries a raw control character from a name (here in the suggestion
+    // of a close name: `did you mean bad\0name\nx?` used to print the NUL and the newline).
+    let prefix = tmp.path().join("n");
+    let mut b = common::builder::CkptBuilder::new(&prefix);
+    b.f32("bad\0name\nx", &[2], &[1.0, 2.0]);
+    b.finish();
+    let npy = tmp.path().join("x.npy");
+    let o = tfckpt(&[
+        "get",
+        prefix.to_str().unwrap(),
+        "bad name x",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_error(&o, "did you mean bad\\u{0}name\\nx?");
+    assert!(!err.trim_end().chars().any(char::is_control), "{err:?}");
+    let e = tfckpt::Checkpoint::open(&prefix)
+        .unwrap()
+        .tensor("bad name x")
+        .unwrap_err();
+    assert!(!e.to_string().chars().any(char::is_control), "{e}");
+}

@@ -1,5 +1,5 @@
 //! CRC32C (Castagnoli) as TensorFlow uses it: masked on disk, and computed in parallel chunks for
-//! large buffers (`exec` fuses it with copying).
+//! large buffers (`base::copy` fuses it with copying).
 
 use rayon::prelude::*;
 
@@ -60,13 +60,13 @@ const fn multiply(a: u32, mut b: u32) -> u32 {
     }
 }
 
-/// `X2N[k] = x^(2^k) mod P`.
-const X2N: [u32; 64] = {
-    let mut t = [0u32; 64];
+/// `X2N[k] = x^(2^k) mod P`, for every `k` a length of up to 2^64 bytes needs (3 + 64 bits).
+const X2N: [u32; 67] = {
+    let mut t = [0u32; 67];
     let mut p = 1u32 << 30; // x^1
     t[0] = p;
     let mut k = 1;
-    while k < 64 {
+    while k < 67 {
         p = multiply(p, p);
         t[k] = p;
         k += 1;
@@ -83,7 +83,7 @@ pub fn combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
     let (mut n, mut k, mut power) = (len_b, 3usize, 1u32 << 31);
     while n != 0 {
         if n & 1 != 0 {
-            power = multiply(X2N[k & 63], power);
+            power = multiply(X2N[k], power);
         }
         n >>= 1;
         k += 1;
@@ -129,7 +129,14 @@ mod tests {
                 "{split}"
             );
         }
-        for (a, b, len) in [(0, 0, 0), (1, 2, 1 << 20), (u32::MAX, 7, (1 << 40) + 3)] {
+        for (a, b, len) in [
+            (0, 0, 0),
+            (1, 2, 1 << 20),
+            (u32::MAX, 7, (1 << 40) + 3),
+            (0xdead_beef, 7, (1 << 61) + 3),
+            (0xdead_beef, 7, (1 << 62) + 7),
+            (0xdead_beef, 7, u64::MAX),
+        ] {
             assert_eq!(
                 combine(a, b, len),
                 crc32c::crc32c_combine(a, b, len as usize),

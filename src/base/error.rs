@@ -60,9 +60,28 @@ impl fmt::Debug for Error {
 }
 
 impl fmt::Display for Error {
+    /// The kind's message on one line: control characters that came from file contents (a tensor
+    /// name holding a NUL or a newline, say) are escaped (`\u{0}`, `\n`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        f.write_str(&escape_controls(&self.0.to_string()))
     }
+}
+
+/// `s` with every control character escaped as Rust writes it (`\n`, `\t`, `\u{0}`).
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_default());
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
+        })
+        .collect::<String>()
+        .into()
 }
 
 impl std::error::Error for Error {

@@ -189,6 +189,10 @@ impl fmt::Display for Slice {
     }
 }
 
+/// The most dimensions a tensor may have: TensorFlow's limit, applied alike to checkpoint entries
+/// and to the variables of a store.
+pub(crate) const MAX_RANK: usize = 254;
+
 /// Number of elements of a shape, `None` on overflow.
 pub(crate) fn num_elements(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -253,6 +257,82 @@ impl Region {
             })
             .collect::<Option<Vec<_>>>()
             .map(Region)
+    }
+}
+
+/// Boxes indexed by their start along one axis, to find an overlap without comparing every pair:
+/// a box can only overlap the boxes that start less than the longest box's length before it ends.
+/// For the usual partitions (stripes along one axis, or a grid) that is a handful of boxes, so
+/// checking n boxes costs O(n log n) rather than O(n²).
+pub(crate) struct RegionIndex {
+    axis: usize,
+    by_start: std::collections::BTreeMap<u64, Vec<usize>>,
+    regions: Vec<Region>,
+    /// The longest extent along `axis` so far.
+    longest: u64,
+}
+
+impl RegionIndex {
+    /// An empty index over `axis` (any axis works; the one the boxes are spread along is fastest).
+    pub(crate) fn new(axis: usize) -> RegionIndex {
+        RegionIndex {
+            axis,
+            by_start: Default::default(),
+            regions: Vec::new(),
+            longest: 0,
+        }
+    }
+
+    /// The axis of `regions` with the most distinct starts: the one they are spread along.
+    pub(crate) fn best_axis(regions: &[Region]) -> usize {
+        let rank = regions.first().map_or(0, |r| r.0.len());
+        (0..rank)
+            .max_by_key(|&d| {
+                let mut starts: Vec<u64> =
+                    regions.iter().filter_map(|r| Some(r.0.get(d)?.0)).collect();
+                starts.sort_unstable();
+                starts.dedup();
+                starts.len()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The position (in insertion order) of an indexed box that overlaps `r`, if any.
+    pub(crate) fn overlapping(&self, r: &Region) -> Option<usize> {
+        let Some(&(start, len)) = r.0.get(self.axis) else {
+            // Scalars: every box is the whole.
+            return (!self.regions.is_empty()).then_some(0);
+        };
+        let from = (start + 1).saturating_sub(self.longest);
+        self.by_start
+            .range(from..start.saturating_add(len))
+            .flat_map(|(_, ids)| ids)
+            .copied()
+            .find(|&i| self.regions[i].intersect(r).is_some())
+    }
+
+    /// Adds `r`.
+    pub(crate) fn insert(&mut self, r: Region) {
+        if let Some(&(start, len)) = r.0.get(self.axis) {
+            self.by_start
+                .entry(start)
+                .or_default()
+                .push(self.regions.len());
+            self.longest = self.longest.max(len);
+        }
+        self.regions.push(r);
+    }
+
+    /// The first pair of overlapping boxes of `regions` (positions, earlier first), if any.
+    pub(crate) fn first_overlap(regions: &[Region]) -> Option<(usize, usize)> {
+        let mut index = RegionIndex::new(RegionIndex::best_axis(regions));
+        for (j, r) in regions.iter().enumerate() {
+            if let Some(i) = index.overlapping(r) {
+                return Some((i, j));
+            }
+            index.insert(r.clone());
+        }
+        None
     }
 }
 
@@ -392,6 +472,43 @@ mod tests {
                     len: 2
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn region_index_finds_the_overlaps_a_pairwise_check_finds() {
+        // Random 2-D boxes: stripes, grids and arbitrary boxes, against the O(n^2) oracle.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for case in 0..300 {
+            let n = 1 + rnd(40) as usize;
+            let regions: Vec<Region> = (0..n)
+                .map(|i| match case % 3 {
+                    0 => Region::new(vec![(i as u64 * 3 + rnd(2) * rnd(4), 3), (0, 8)]),
+                    1 => Region::new(vec![(i as u64 / 4 * 5, 5), (i as u64 % 4 * 2 + rnd(2), 2)]),
+                    _ => Region::new(vec![(rnd(50), 1 + rnd(9)), (rnd(50), 1 + rnd(9))]),
+                })
+                .collect();
+            let naive = (0..n).find_map(|j| {
+                (0..j)
+                    .find(|&i| regions[i].intersect(&regions[j]).is_some())
+                    .map(|_| j)
+            });
+            let found = RegionIndex::first_overlap(&regions);
+            assert_eq!(found.map(|(_, j)| j), naive, "case {case}: {regions:?}");
+            if let Some((i, j)) = found {
+                assert!(i < j && regions[i].intersect(&regions[j]).is_some());
+            }
+        }
+        // Scalars: two are always the same box.
+        assert_eq!(
+            RegionIndex::first_overlap(&[Region::default(), Region::default()]),
+            Some((0, 1))
         );
     }
 }

@@ -8,13 +8,10 @@ use prost::Message;
 
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{num_elements, Slice};
+use crate::base::slice::{num_elements, Slice, MAX_RANK};
 use crate::format::proto;
 use crate::format::slice_codec::slice_from_proto;
 use crate::format::sstable::Table;
-
-/// TF rejects shapes of more than this many dimensions.
-const MAX_RANK: usize = 254;
 
 /// A validated index entry.
 #[derive(Clone, Debug)]

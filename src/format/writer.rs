@@ -11,7 +11,7 @@ use prost::Message;
 
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::base::slice::{num_elements, Slice};
+use crate::base::slice::{num_elements, Extent, RegionIndex, Slice};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::format::bundle::{data_path, index_path, swap_bytes};
 use crate::format::proto;
@@ -120,6 +120,8 @@ pub struct CheckpointWriter {
     options: WriterOptions,
     shards: Vec<Shard>,
     entries: BTreeMap<Vec<u8>, proto::BundleEntryProto>,
+    /// The boxes of the slices added so far, per partitioned tensor (for the overlap check).
+    slices: std::collections::HashMap<Vec<u8>, RegionIndex>,
     finished: bool,
 }
 
@@ -146,6 +148,7 @@ impl CheckpointWriter {
             options,
             shards,
             entries: BTreeMap::new(),
+            slices: Default::default(),
             finished: false,
         })
     }
@@ -201,14 +204,12 @@ impl CheckpointWriter {
             if full.shape != Some(shape_proto(full_shape)) {
                 return Err(bad("slices disagree on the full shape"));
             }
-            let new = slice.region(full_shape);
-            for other in &full.slices {
-                let other = slice_from_proto(other).map_err(|r| bad(&r))?;
-                if other.region(full_shape).intersect(&new).is_some() {
-                    return Err(bad(&format!(
-                        "slice {slice} overlaps slice {other} added before"
-                    )));
-                }
+            let index = self.slices.get(full_name.as_bytes());
+            if let Some(i) = index.and_then(|x| x.overlapping(&slice.region(full_shape))) {
+                let other = slice_from_proto(&full.slices[i]).map_err(|r| bad(&r))?;
+                return Err(bad(&format!(
+                    "slice {slice} overlaps slice {other} added before"
+                )));
             }
         }
         let entry = self.write_data(full_name, tensor)?;
@@ -222,6 +223,24 @@ impl CheckpointWriter {
             })
             .slices
             .push(slice_to_proto(slice));
+        // Indexed along the axis the first slice is cut on (the partition axis).
+        let axis = slice
+            .extents()
+            .iter()
+            .zip(full_shape)
+            .position(|(e, &d)| {
+                *e != Extent::Full
+                    && *e
+                        != Extent::Range {
+                            start: 0,
+                            length: d,
+                        }
+            })
+            .unwrap_or(0);
+        self.slices
+            .entry(full_name.as_bytes().to_vec())
+            .or_insert_with(|| RegionIndex::new(axis))
+            .insert(slice.region(full_shape));
         Ok(())
     }
 

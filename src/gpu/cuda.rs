@@ -49,7 +49,9 @@ pub(crate) const FUNCTIONS: &[(&str, &[&str])] = &[
 /// every first touch is guarded by this check. cudarc's own check (`is_culib_present`) exists only
 /// when cudarc loads libraries at run time; when another crate of the binary (candle, say) makes
 /// it link them instead, the process could not have started without them, and the check here
-/// holds either way. The names are the ones cudarc's loader tries first.
+/// holds either way. The names are those cudarc's loader tries for CUDA 11 to 13; where cudarc
+/// was built for a version whose library this machine lacks, the first touch panics anyway, and
+/// [`guarded`] turns that into an error.
 fn loadable(names: &[&str]) -> bool {
     #[cfg(unix)]
     {
@@ -75,6 +77,23 @@ fn loadable(names: &[&str]) -> bool {
     }
 }
 
+/// Runs `f`, a first touch of a CUDA library, turning a panic of cudarc's loader into an error.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA library could not be loaded".into())
+    })
+}
+
+/// GPUs the driver reports (an error when the driver cannot be loaded or asked).
+pub(crate) fn device_count() -> std::result::Result<usize, String> {
+    guarded(CudaContext::device_count)?
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| format!("{e:?}"))
+}
+
 /// Whether the CUDA driver library can be loaded.
 pub(crate) fn driver_present() -> bool {
     loadable(&["libcuda.so", "libcuda.so.1"])
@@ -96,21 +115,19 @@ pub(crate) fn compile(
     arch: Option<&'static str>,
 ) -> std::result::Result<Vec<(&'static str, Ptx)>, String> {
     if !nvrtc_present() {
-        return Err("NVRTC (libnvrtc.so.13) cannot be loaded: install nvidia-cuda-nvrtc 13.0 and put its lib folder on LD_LIBRARY_PATH".into());
+        return Err("NVRTC (libnvrtc.so) cannot be loaded: install the CUDA toolkit's NVRTC, or pip's nvidia-cuda-nvrtc matching the driver, with its lib folder on LD_LIBRARY_PATH".into());
     }
     SOURCES
         .iter()
         .map(|(name, src)| {
-            compile_ptx_with_opts(
-                src,
-                CompileOptions {
-                    arch,
-                    name: Some((*name).into()),
-                    ..Default::default()
-                },
-            )
-            .map(|ptx| (*name, ptx))
-            .map_err(|e| format!("kernels/{name}: {e:?}"))
+            let options = CompileOptions {
+                arch,
+                name: Some((*name).into()),
+                ..Default::default()
+            };
+            guarded(|| compile_ptx_with_opts(src, options))?
+                .map(|ptx| (*name, ptx))
+                .map_err(|e| format!("kernels/{name}: {e:?}"))
         })
         .collect()
 }
@@ -157,7 +174,7 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
             "the CUDA driver library (libcuda.so) cannot be loaded: no NVIDIA driver on this machine, or it is not on the loader path",
         ));
     }
-    let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, format!("{e:?}")))?;
+    let count = device_count().map_err(|e| unavailable(ordinal, e))?;
     if ordinal as i64 >= count as i64 {
         return Err(unavailable(
             ordinal,

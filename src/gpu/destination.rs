@@ -251,6 +251,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         Ok(Values {
             host: self.host,
             device,
+            used_device_buffers: true,
         })
     }
 }

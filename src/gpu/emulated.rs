@@ -45,6 +45,9 @@ pub(crate) struct HostLink {
     pub fail_register: AtomicBool,
     /// Makes the n-th copy fail (1-based; 0 = never).
     pub fail_copy_at: AtomicUsize,
+    /// Makes the n-th unregistration fail, leaving that registration (1-based; 0 = never).
+    pub fail_unregister_at: AtomicUsize,
+    pub unregistrations: AtomicUsize,
     pub copies: AtomicUsize,
     pub registrations: AtomicUsize,
 }
@@ -123,6 +126,10 @@ impl Link for HostLink {
     }
 
     unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
+        let n = self.unregistrations.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_unregister_at.load(Ordering::Relaxed) {
+            return Err(bad(format!("unregistering {ptr:p} failed (emulated)")));
+        }
         let mut r = self.registered.lock().unwrap();
         let i = r
             .iter()

@@ -37,9 +37,7 @@ impl Device {
         #[cfg(feature = "cuda")]
         {
             if cuda::driver_present() {
-                return cudarc::driver::CudaContext::device_count()
-                    .map(|n| n.max(0) as usize)
-                    .unwrap_or(0);
+                return cuda::device_count().unwrap_or(0);
             }
         }
         0

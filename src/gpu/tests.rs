@@ -495,3 +495,63 @@ fn unmapped_initializers_by_memset_or_upload() {
         assert_same(&cpu, &gpu, &format!("{options:?}"));
     }
 }
+
+#[test]
+fn a_failed_unregistration_leaks_nothing_else() {
+    // Whichever unregistration fails, only the registration the driver refused to undo is left
+    // (the case of several windows released at once is `registrar::tests`).
+    for (case, at, sizes) in ["h1_partitioned", "partitioned_axes", "repartition_v2"]
+        .into_iter()
+        .flat_map(|c| (1..=8).flat_map(move |at| [(c, at, Sizes::default()), (c, at, tiny())]))
+    {
+        let dir = fixture(case);
+        let link = HostLink::default();
+        link.fail_unregister_at.store(at, Ordering::Relaxed);
+        let mut store = store_for(&dir);
+        let options = LoadOptions {
+            register_mappings: true,
+            ..Default::default()
+        };
+        let r = store.initialize_on(&link, &options, sizes);
+        let refused = link.unregistrations.load(Ordering::Relaxed) >= at;
+        if refused {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("failed (emulated)"), "{e}");
+            // Only the registration the driver refused to undo is left.
+            assert_eq!(
+                link.still_registered(),
+                1,
+                "{case}: failing unregistration {at}"
+            );
+            assert!(!store.is_initialized());
+        } else {
+            r.unwrap();
+            assert_eq!(link.still_registered(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_host_load_keeps_the_trainers_device_buffers() {
+    // Found in review: a CPU initialize forgot the buffers set for the next GPU load.
+    let dir = fixture("partitioned_axes");
+    let link = HostLink::default();
+    let mut store = store_for(&dir);
+    let v = store
+        .variables()
+        .find(|v| v.name.starts_with("axis1/"))
+        .unwrap()
+        .clone();
+    let bytes = v.shape.iter().product::<u64>() as usize * v.dtype.size().unwrap();
+    use super::exec::Link;
+    let mem = link.alloc(bytes, "trainer").unwrap();
+    let ptr = mem.ptr();
+    store
+        .set_device_buffer(&v.name, DeviceBuffer { mem })
+        .unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    store
+        .initialize_on(&link, &LoadOptions::default(), tiny())
+        .unwrap();
+    assert_eq!(store.device_value(&v.name).unwrap().device_ptr(), ptr);
+}

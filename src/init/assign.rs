@@ -421,23 +421,7 @@ impl Resolver<'_> {
         // scope. Parts are grouped by their partitioned variable, not by cutting names at "/part_".
         // A partitioned variable named exactly like the scope is a candidate too: its parts
         // `scope/part_i` are under the scope, and TF maps it from the checkpoint key without its '/'.
-        let under =
-            |n: &str| scope.is_empty() || n.strip_prefix(scope).is_some_and(|r| r.starts_with('/'));
-        let mut candidates: Vec<&str> = self
-            .store
-            .vars
-            .values()
-            .filter(|v| v.part.is_none())
-            .map(|v| v.name.as_str())
-            .filter(|n| under(n))
-            .chain(
-                self.store
-                    .partitioned
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|n| under(n) || *n == scope),
-            )
-            .collect();
+        let mut candidates = self.under_scope(scope);
         candidates.sort_unstable();
         if candidates.is_empty() {
             warnings.push(format!(
@@ -468,6 +452,33 @@ impl Resolver<'_> {
             out.extend(self.install(resolved, info)?);
         }
         Ok(out)
+    }
+}
+
+impl Resolver<'_> {
+    /// The unpartitioned variables and the partitioned variables (by full name) under `scope`
+    /// (`""`: the root), plus a partitioned variable named exactly like the scope. Both maps are
+    /// sorted, so the names under `scope/` are one range, `[scope/, scope0)` ('0' follows '/'):
+    /// a pair costs the variables it matches, not every variable of the store.
+    fn under_scope(&self, scope: &str) -> Vec<&str> {
+        let (vars, partitioned) = (&self.store.vars, &self.store.partitioned);
+        let whole = |v: &&Variable| v.part.is_none();
+        if scope.is_empty() {
+            return vars
+                .values()
+                .filter(whole)
+                .map(|v| v.name.as_str())
+                .chain(partitioned.keys().map(String::as_str))
+                .collect();
+        }
+        let range = format!("{scope}/")..format!("{scope}0");
+        vars.range(range.clone())
+            .map(|(_, v)| v)
+            .filter(whole)
+            .map(|v| v.name.as_str())
+            .chain(partitioned.range(range).map(|(k, _)| k.as_str()))
+            .chain(partitioned.get_key_value(scope).map(|(k, _)| k.as_str()))
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use super::initializer::check_init;
 use crate::base::device::{DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{num_elements, Slice};
+use crate::base::slice::{num_elements, Slice, MAX_RANK};
 use crate::base::tensor::{Tensor, TensorData};
 
 /// The value a variable gets when no checkpoint tensor is mapped to it.
@@ -384,6 +384,16 @@ impl VariableStore {
 
 /// The variable's bytes in memory must be addressable (a string element is a `Vec<u8>`).
 fn check_shape(name: &str, shape: &[u64], dtype: DType) -> Result<()> {
+    if shape.len() > MAX_RANK {
+        return Err(ErrorKind::BadVariable {
+            name: name.into(),
+            reason: format!(
+                "{} dimensions: at most {MAX_RANK}, as in TensorFlow",
+                shape.len()
+            ),
+        }
+        .into());
+    }
     let elem = dtype.size().unwrap_or(std::mem::size_of::<Vec<u8>>()) as u64;
     match num_elements(shape).and_then(|n| n.checked_mul(elem)) {
         Some(bytes) if bytes <= isize::MAX as u64 => Ok(()),

@@ -82,7 +82,7 @@ impl Destination for HostDestination {
     fn finish(self, _report: &mut LoadReport) -> Result<Values> {
         Ok(Values {
             host: self.values,
-            device: Vec::new(),
+            ..Default::default()
         })
     }
 }

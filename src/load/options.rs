@@ -4,6 +4,9 @@ use super::report::Progress;
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 
+/// The most worker threads a load starts.
+pub(crate) const MAX_THREADS: usize = 4096;
+
 /// How [`VariableStore::initialize_with`](crate::VariableStore::initialize_with) runs.
 #[derive(Clone, Default)]
 pub struct LoadOptions {
@@ -65,6 +68,12 @@ impl LoadOptions {
 
     /// Checks the options before anything is read.
     pub(crate) fn check(&self) -> Result<()> {
+        if let Some(n) = self.threads.filter(|&n| n > MAX_THREADS) {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{n} worker threads: at most {MAX_THREADS}"
+            ))
+            .into());
+        }
         if let Some((from, to)) = self.cast {
             if !super::cast::supported(from, to) {
                 return Err(ErrorKind::InvalidArgument(format!(

@@ -164,7 +164,8 @@ impl<'a> Tracker<'a> {
     /// The load is complete: reports it, unless the last tensor's progress already did (a
     /// destination that reports no progress on the way reports it all here).
     pub(crate) fn complete(&self) {
-        if self.tensors.load(Ordering::Relaxed) == self.tensors_total {
+        let done = self.tensors.load(Ordering::Relaxed);
+        if done == self.tensors_total && done > 0 {
             return;
         }
         if let Some(f) = self.f {

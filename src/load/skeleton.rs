@@ -55,6 +55,9 @@ pub(crate) struct Reads<'a> {
 pub(crate) struct Values {
     pub host: Vec<(String, Tensor)>,
     pub device: Vec<(String, DeviceTensor)>,
+    /// Whether the trainer's device buffers were loaded into (they are then the values' memory,
+    /// and the store forgets them as buffers to load into).
+    pub used_device_buffers: bool,
 }
 
 /// Runs every initializer of `store` with `dest`.
@@ -167,10 +170,12 @@ impl VariableStore {
     /// Records the values of a successful load (the only change `initialize` makes to the store).
     fn commit(&mut self, values: Values) {
         let mut host = values.host;
-        host.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // nearly sorted already (file order)
-                                                     // Sorted input: the map is built in one pass, not by a search per insert.
+        // Nearly sorted already (file order); sorted input builds the map in one pass.
+        host.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.values = BTreeMap::from_iter(host);
         self.device_values = values.device.into_iter().collect();
-        self.device_buffers.clear();
+        if values.used_device_buffers {
+            self.device_buffers.clear();
+        }
     }
 }

@@ -7,7 +7,7 @@ use super::checkpoint::Inner;
 use super::stored::{Piece, Stored};
 use crate::base::copy::Dst;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{for_each_run, Region, Run, Slice};
+use crate::base::slice::{for_each_run, Region, RegionIndex, Run, Slice};
 use crate::base::tensor::ElementsMut;
 use crate::format::bundle::EntryBytes;
 use crate::format::v1::V1Values;
@@ -25,27 +25,27 @@ enum PieceValues {
 impl Stored<'_> {
     /// Checks that the stored pieces do not overlap (TensorFlow's check when it restores).
     pub(crate) fn check_overlaps(&self) -> Result<()> {
-        let pieces = self.pieces();
-        for (i, a) in pieces.iter().enumerate() {
-            for b in &pieces[i + 1..] {
-                if a.region.intersect(&b.region).is_some() {
-                    return Err(ErrorKind::OverlappingSlices {
-                        tensor: self.info.name.clone(),
-                        first: a.slice.to_string(),
-                        second: b.slice.to_string(),
-                    }
-                    .into());
-                }
+        self.check_pieces(&self.pieces())
+    }
+
+    fn check_pieces(&self, pieces: &[Piece]) -> Result<()> {
+        let regions: Vec<Region> = pieces.iter().map(|p| p.region.clone()).collect();
+        match RegionIndex::first_overlap(&regions) {
+            None => Ok(()),
+            Some((i, j)) => Err(ErrorKind::OverlappingSlices {
+                tensor: self.info.name.clone(),
+                first: pieces[i].slice.to_string(),
+                second: pieces[j].slice.to_string(),
             }
+            .into()),
         }
-        Ok(())
     }
 
     /// The stored pieces, after checking that they do not overlap and that together they cover
     /// every box of `requests`; nothing is read for a request that must fail.
     pub(crate) fn covering(&self, requests: &[&Region]) -> Result<Vec<Piece>> {
-        self.check_overlaps()?;
         let pieces = self.pieces();
+        self.check_pieces(&pieces)?;
         for want in requests {
             let covered: u64 = pieces
                 .iter()

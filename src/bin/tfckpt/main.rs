@@ -45,8 +45,9 @@ enum Cmd {
         /// Output .npy file.
         #[arg(long)]
         out: PathBuf,
-        /// Only this slice: `start,length` or `-` per dimension, joined by `:` (e.g. `0,10:-`).
-        #[arg(long)]
+        /// Only this slice: `start,length` or `-` per dimension, joined by `:` (e.g. `0,10:-`,
+        /// `-:0,10`).
+        #[arg(long, allow_hyphen_values = true)]
         slice: Option<String>,
     },
     /// Check every block and tensor checksum; say what is wrong and where.
@@ -72,9 +73,9 @@ enum Cmd {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: Device,
-        /// Worker threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Worker threads (default: one per core; at most 4096).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        threads: Option<u16>,
         /// Copy every value into fresh memory (by default values of 1 MiB and more that the
         /// checkpoint stores as the variable needs them are copy-on-write mappings of its files).
         #[arg(long)]
@@ -83,8 +84,8 @@ enum Cmd {
     /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
     /// read it back, printing what was done and how fast.
     Demo {
-        /// Approximate size of the sample checkpoint in MiB.
-        #[arg(long, default_value_t = 300)]
+        /// Approximate size of the sample checkpoint in MiB (24 to 65536).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(24..=65536))]
         mib: u64,
         /// Keep the checkpoint in this directory instead of a temporary one.
         #[arg(long)]
@@ -111,14 +112,22 @@ fn main() -> ExitCode {
             device,
             threads,
             copy,
-        } => init(&ckpt, &model, &map, out.as_deref(), device, threads, copy),
+        } => init(
+            &ckpt,
+            &model,
+            &map,
+            out.as_deref(),
+            device,
+            threads.map(usize::from),
+            copy,
+        ),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string().replace('\n', " ");
-            eprintln!("error: {msg}");
+            // One line whatever the names in it hold: control characters are escaped.
+            eprintln!("error: {}", tfckpt::escape_controls(&e.to_string()));
             ExitCode::from(1)
         }
     }

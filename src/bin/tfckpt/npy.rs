@@ -37,9 +37,17 @@ fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Resul
     let total = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
+    // Format 1.0 (the CLI's contract) holds a header of at most 65535 bytes; the rank limit of 254
+    // keeps every header far below that, and a longer one is an error, never a wrapped length.
+    let len = u16::try_from(header.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a .npy 1.0 header of {} bytes is too long", header.len()),
+        )
+    })?;
     w.write_all(MAGIC)?;
     w.write_all(&[1, 0])?;
-    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(&len.to_le_bytes())?;
     w.write_all(header.as_bytes())
 }
 
