@@ -3,6 +3,7 @@
 mod demo;
 mod model_json;
 mod npy;
+mod out;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -329,99 +330,39 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Writes one .npy under a temporary name and renames it into place: never a partial file.
+/// Writes one .npy under a temporary name and renames it into place: never a partial file, and
+/// the parent folders it made are removed again if it fails.
 fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
-    let tmp = temp_sibling(out);
-    let result = write_npy(&tmp, t).and_then(|()| {
-        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable. Files are
-/// written into a fresh temporary directory on DIR's filesystem (inside DIR if it exists, else next
-/// to it); only when every file is written are they moved into place, after checking that no move
-/// would meet a directory where a file goes (or the reverse).
-fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
-    let exists = dir.is_dir();
-    let parent = if exists {
-        dir.to_path_buf()
-    } else {
-        let p = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        p.to_path_buf()
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".tfckpt-out-")
-        .tempdir_in(&parent)
-        .map_err(|e| {
-            format!(
-                "{}: cannot create a temporary directory: {e}",
-                parent.display()
-            )
-        })?;
-    for v in store.variables() {
-        let t = store
-            .value(&v.name)
-            .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
-        write_npy(&tmp.path().join(format!("{}.npy", v.name)), t)?;
-    }
-    for pv in store.partitioned_variables() {
-        let t = store
-            .partitioned_value(&pv.name)
-            .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
-        write_npy(&tmp.path().join(format!("{}.npy", pv.name)), &t)?;
-    }
-    if !exists {
-        // The whole tree in one rename.
-        let tmp = tmp.keep();
-        return std::fs::rename(&tmp, dir).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
-            format!("{}: {e}", dir.display()).into()
+    out::with_parents(out, || {
+        let tmp = temp_sibling(out);
+        let result = write_npy(&tmp, t).and_then(|()| {
+            std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
         });
-    }
-    check_merge(tmp.path(), dir)?;
-    move_into(tmp.path(), dir)
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    })
 }
 
-/// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
-/// directory on a directory or nothing.
-fn check_merge(from: &Path, to: &Path) -> CliResult {
-    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
-        let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        match (src.is_dir(), dst.exists(), dst.is_dir()) {
-            (true, true, true) => check_merge(&src, &dst)?,
-            (true, true, false) => {
-                return Err(format!("{} exists and is not a directory", dst.display()).into())
-            }
-            (false, true, true) => {
-                return Err(format!("{} exists and is a directory", dst.display()).into())
-            }
-            _ => {}
+/// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable, all or
+/// nothing (see `out`).
+fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
+    out::write_tree(dir, |tmp| {
+        for v in store.variables() {
+            let t = store
+                .value(&v.name)
+                .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
+            write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
         }
-    }
-    Ok(())
-}
-
-/// Moves the tree `from` into the existing directory `to`, file by file (each a rename).
-fn move_into(from: &Path, to: &Path) -> CliResult {
-    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
-        let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if src.is_dir() && dst.is_dir() {
-            move_into(&src, &dst)?;
-        } else {
-            std::fs::rename(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+        for pv in store.partitioned_variables() {
+            let t = store
+                .partitioned_value(&pv.name)
+                .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
+            write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A one-line progress display on stderr for loads longer than a second (only on a terminal, so

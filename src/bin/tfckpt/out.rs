@@ -1,0 +1,242 @@
+//! All-or-nothing output: on failure `--out` is as it was.
+//!
+//! * Parent folders a command creates for `--out` are removed again if it fails.
+//! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
+//!   DIR is then that directory, renamed into place in one step; if another process made DIR
+//!   meanwhile, this one fails saying so and writes nothing. An existing DIR takes the files by a
+//!   merge under an exclusive lock on DIR (so concurrent writers take turns, each merge whole):
+//!   a file already there is first moved aside, and if any move fails every move is undone and
+//!   the files moved aside are put back.
+
+use std::path::{Path, PathBuf};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
+    format!("{}: {e}", path.display()).into()
+}
+
+/// The folders [`create_parents`] made, to remove again (deepest first) when the command fails.
+#[must_use]
+pub(crate) struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// Removes the folders made, deepest first, as long as they are empty (another process may
+    /// have put something there meanwhile: that is left alone).
+    pub(crate) fn undo(self) {
+        for d in self.0.iter().rev() {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Creates the missing folders of `dir` (like `create_dir_all`) and says which it made.
+pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error::Error>> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    let mut made = CreatedDirs(Vec::new());
+    for m in missing.into_iter().rev() {
+        match std::fs::create_dir(&m) {
+            Ok(()) => made.0.push(m),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
+            Err(e) => {
+                made.undo();
+                return Err(io_err(&m, e));
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Runs `write` with the parent folders of `path` created, removing those it made if it fails.
+pub(crate) fn with_parents(path: &Path, write: impl FnOnce() -> CliResult) -> CliResult {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let made = match parent {
+        Some(p) => create_dirs(p)?,
+        None => CreatedDirs(Vec::new()),
+    };
+    let result = write();
+    if result.is_err() {
+        made.undo();
+    }
+    result
+}
+
+/// Writes a tree of files into `dir` all or nothing: `write` fills a temporary directory on
+/// `dir`'s filesystem, which then becomes `dir` or is merged into it (see the module).
+pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
+    let exists = dir.is_dir();
+    let parent = if exists {
+        dir.to_path_buf()
+    } else {
+        dir.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    with_parents(&parent.join("x"), || {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tfckpt-out-")
+            .tempdir_in(&parent)
+            .map_err(|e| {
+                format!(
+                    "{}: cannot create a temporary directory: {e}",
+                    parent.display()
+                )
+            })?;
+        write(tmp.path())?;
+        if !exists {
+            return rename_into_place(tmp, dir);
+        }
+        let _lock = lock(dir)?;
+        check_merge(tmp.path(), dir)?;
+        merge(tmp.path(), dir)
+    })
+}
+
+/// The whole tree in one rename. Another process may have made `dir` meanwhile: then nothing is
+/// written, and the error says so.
+fn rename_into_place(tmp: tempfile::TempDir, dir: &Path) -> CliResult {
+    let tmp = tmp.keep();
+    std::fs::rename(&tmp, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if dir.exists() {
+            format!(
+                "{}: created by another process while this one was writing; nothing written (run again to write into it)",
+                dir.display()
+            )
+            .into()
+        } else {
+            io_err(dir, e)
+        }
+    })
+}
+
+/// An exclusive lock on the directory `dir`, held until the returned file is dropped.
+fn lock(dir: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    let f = std::fs::File::open(dir).map_err(|e| io_err(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; it blocks until no other writer holds
+        // the lock, and the lock goes with the descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(dir, std::io::Error::last_os_error()));
+        }
+    }
+    Ok(f)
+}
+
+/// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
+/// directory on a directory or nothing.
+fn check_merge(from: &Path, to: &Path) -> CliResult {
+    for e in std::fs::read_dir(from).map_err(|e| io_err(from, e))? {
+        let e = e.map_err(|e| io_err(from, e))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        match (src.is_dir(), dst.exists(), dst.is_dir()) {
+            (true, true, true) => check_merge(&src, &dst)?,
+            (true, true, false) => {
+                return Err(format!("{} exists and is not a directory", dst.display()).into())
+            }
+            (false, true, true) => {
+                return Err(format!("{} exists and is a directory", dst.display()).into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One step of a merge, to undo if a later one fails.
+enum Step {
+    /// `dst` was moved aside to `aside`.
+    Aside { dst: PathBuf, aside: PathBuf },
+    /// `src` was moved to `dst`.
+    Moved { src: PathBuf, dst: PathBuf },
+}
+
+/// Moves the tree `from` into the existing directory `to`. Existing files are moved aside (into
+/// `from/.aside`) before being replaced; on any failure every step is undone in reverse order.
+fn merge(from: &Path, to: &Path) -> CliResult {
+    let aside = from.join(".aside");
+    std::fs::create_dir(&aside).map_err(|e| io_err(&aside, e))?;
+    let mut steps = Vec::new();
+    let result = merge_steps(from, to, &aside, &mut steps);
+    if let Err(e) = result {
+        let mut undo = Ok(());
+        for s in steps.into_iter().rev() {
+            undo = undo.and(match s {
+                Step::Moved { src, dst } => std::fs::rename(&dst, &src),
+                Step::Aside { dst, aside } => std::fs::rename(&aside, &dst),
+            });
+        }
+        return Err(match undo {
+            Ok(()) => e,
+            Err(u) => format!(
+                "{e}; undoing the merge also failed ({u}): {} may be incomplete",
+                to.display()
+            )
+            .into(),
+        });
+    }
+    Ok(())
+}
+
+fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> CliResult {
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .map_err(|e| io_err(from, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| io_err(from, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src == aside {
+            continue;
+        }
+        if src.is_dir() && dst.is_dir() {
+            merge_steps(&src, &dst, aside, steps)?;
+            continue;
+        }
+        if dst.exists() {
+            let to_aside = aside.join(format!("{}", steps.len()));
+            fault_point()?;
+            std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;
+            steps.push(Step::Aside {
+                dst: dst.clone(),
+                aside: to_aside,
+            });
+        }
+        fault_point()?;
+        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
+        steps.push(Step::Moved { src, dst });
+    }
+    Ok(())
+}
+
+/// Tests of the undo path: in a debug build, `TFCKPT_TEST_FAIL_MOVE_AT=N` makes the N-th move of a
+/// merge fail (a failing move cannot be arranged portably: as root, a read-only folder takes
+/// renames). Release builds have no such hook.
+fn fault_point() -> CliResult {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static MOVES: AtomicUsize = AtomicUsize::new(0);
+        let n = MOVES.fetch_add(1, Ordering::Relaxed) + 1;
+        let fail_at = std::env::var("TFCKPT_TEST_FAIL_MOVE_AT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        if fail_at == Some(n) {
+            return Err(format!("move {n} failed (TFCKPT_TEST_FAIL_MOVE_AT)").into());
+        }
+    }
+    Ok(())
+}
