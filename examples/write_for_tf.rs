@@ -41,9 +41,9 @@ fn tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
             let strings = (0..n)
                 .map(|i| {
                     let len = [0usize, 2, 7, 200][(i % 4) as usize];
-                    (0..len).map(|_| rng.next() as u8).collect()
+                    (0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>()
                 })
-                .collect();
+                .collect::<tfckpt::Strings>();
             Tensor::from_strings(shape, strings).unwrap()
         }
     }

@@ -44,7 +44,7 @@ pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
 pub use base::slice::{Extent, Slice};
-pub use base::tensor::{Bytes, Tensor, TensorData};
+pub use base::tensor::{Bytes, Strings, Tensor, TensorData};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
 pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use init::partitioners;

@@ -496,3 +496,79 @@ fn concurrent_inits_into_one_new_out() {
         .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
 }
+
+/// Runs the binary with its address space limited to `kib` KiB (`ulimit -v`), so that a large
+/// allocation fails as it would on a machine short of memory.
+#[cfg(unix)]
+fn tfckpt_limited(kib: u64, args: &[&str]) -> Output {
+    let mut cmd = format!("ulimit -v {kib}; exec \"$0\"");
+    for i in 0..args.len() {
+        cmd.push_str(&format!(" \"${}\"", i + 1));
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .arg(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(args)
+        .env("MALLOC_ARENA_MAX", "2")
+        .output()
+        .unwrap()
+}
+
+/// Defect 1: allocation failures aborted the process (SIGABRT) instead of erring: (a) a
+/// partitioned string variable too large to allocate, which also left a temporary folder; (b)
+/// `get` and `verify` of a valid checkpoint holding millions of empty strings (24 bytes of
+/// bookkeeping per string). Strings now take 8 bytes each (`tfckpt::Strings`), allocated
+/// fallibly; `verify` decodes nothing.
+#[cfg(unix)]
+#[test]
+fn allocation_failures_are_errors_not_aborts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (a) 200 million strings in 2 parts, under a 1 GB address space.
+    let out = tmp.path().join("out");
+    let model = r#"{"variables": [{"name": "s", "shape": [200000000], "dtype": "string", "partitions": [2]}]}"#;
+    let o = tfckpt_limited(
+        1_000_000,
+        &[
+            "init",
+            fixture("h1_basic").to_str().unwrap(),
+            "--model",
+            model,
+            "--map",
+            "{}",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_error(&o, "cannot allocate");
+    assert!(stderr(&o).contains("\"s"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // (b) a valid checkpoint of 20 million empty strings (20 MB).
+    let prefix = tmp.path().join("m");
+    let n = 20_000_000u64;
+    let s: tfckpt::Strings = std::iter::repeat_n(&b""[..], n as usize).collect();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    w.add(
+        "s",
+        tfckpt::TensorRef::Strings {
+            shape: &[n],
+            data: &s,
+        },
+    )
+    .unwrap();
+    w.finish().unwrap();
+    drop(s);
+    let p = prefix.to_str().unwrap();
+    // verify decodes nothing: it passes in 100 MB.
+    let o = tfckpt_limited(100_000, &["verify", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // get needs 160 MB of offsets: an error in 120 MB, a file in 400 MB.
+    let npy = tmp.path().join("s.npy");
+    let o = tfckpt_limited(120_000, &["get", p, "s", "--out", npy.to_str().unwrap()]);
+    assert_error(&o, "cannot allocate 160000000 bytes for tensor \"s\"");
+    assert!(!npy.exists());
+    let o = tfckpt_limited(400_000, &["get", p, "s", "--out", npy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&npy).unwrap().len(), 128 + n);
+}

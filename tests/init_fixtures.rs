@@ -103,7 +103,7 @@ fn check_values(case: &Path, store: &VariableStore) -> usize {
                     Some(t) => t.clone(),
                     None => store
                         .partitioned_value(&name)
-                        .unwrap_or_else(|| panic!("no value for {name}")),
+                        .unwrap_or_else(|e| panic!("no value for {name}: {e}")),
                 };
                 let want = json(&p);
                 let hex: Vec<String> = got
@@ -139,7 +139,7 @@ fn check_values(case: &Path, store: &VariableStore) -> usize {
             Some(t) => t.clone(),
             None => store
                 .partitioned_value(&name)
-                .unwrap_or_else(|| panic!("{}: no value for {name}", case.display())),
+                .unwrap_or_else(|e| panic!("{}: no value for {name}: {e}", case.display())),
         };
         let want = npy::read(std::fs::File::open(f).unwrap()).unwrap();
         assert_eq!(npy_bytes(&got), want, "{}: variable {name}", case.display());

@@ -58,7 +58,7 @@ fn tf_value(case: &Path, tensor: &str) -> (Vec<u64>, Vec<String>) {
 
 fn elements(t: &Tensor) -> Vec<String> {
     match t.strings() {
-        Some(s) => s.iter().map(|x| hex(x)).collect(),
+        Some(s) => s.iter().map(hex).collect(),
         None => {
             let mut buf = Vec::new();
             npy::write_tensor(&mut buf, t).unwrap(); // same .npy conventions as TF's expected files

@@ -47,9 +47,9 @@ fn random_tensor(rng: &mut Rng, dtype: DType, shape: &[u64]) -> Tensor {
             let strings = (0..n)
                 .map(|_| {
                     let len = [0, 1, 5, 130, 300][rng.below(5) as usize];
-                    (0..len).map(|_| rng.next() as u8).collect()
+                    (0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>()
                 })
-                .collect();
+                .collect::<tfckpt::Strings>();
             Tensor::from_strings(shape, strings).unwrap()
         }
     }

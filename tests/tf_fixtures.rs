@@ -62,7 +62,7 @@ fn check_value(case: &Path, t: &Tensor, name: &str) {
             .strings()
             .expect("a string tensor")
             .iter()
-            .map(|s| hex(s))
+            .map(hex)
             .collect();
         assert_eq!(got, hexes, "{name}");
         return;

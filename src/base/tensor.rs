@@ -107,6 +107,195 @@ impl std::fmt::Debug for Bytes {
     }
 }
 
+/// The elements of a string tensor: the byte strings back to back, with where each ends.
+///
+/// A string costs its bytes plus 8 bytes of bookkeeping, and no allocation of its own (a
+/// `Vec<Vec<u8>>` costs 24 bytes plus an allocation per string), so a string tensor's memory
+/// is bounded by what its checkpoint holds: a stored string takes at least one byte.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Strings {
+    bytes: Vec<u8>,
+    ends: Vec<u64>,
+}
+
+impl Strings {
+    /// No strings.
+    pub fn new() -> Strings {
+        Strings::default()
+    }
+
+    /// `n` empty strings, or an allocation error naming `what`.
+    pub(crate) fn empty(n: usize, what: &str) -> crate::Result<Strings> {
+        Ok(Strings {
+            bytes: Vec::new(),
+            ends: try_zeroed(n, what)?,
+        })
+    }
+
+    /// Strings from their lengths (in order) and all their bytes back to back; `None` when the
+    /// lengths do not add up to the bytes.
+    pub(crate) fn from_parts(ends: Vec<u64>, bytes: Vec<u8>) -> Option<Strings> {
+        let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
+        (ordered && ends.last().copied().unwrap_or(0) == bytes.len() as u64)
+            .then_some(Strings { bytes, ends })
+    }
+
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no strings.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.bytes[start..end])
+    }
+
+    /// Every string, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| &self[i])
+    }
+
+    /// Adds a string at the end.
+    pub fn push(&mut self, s: &[u8]) {
+        self.bytes.extend_from_slice(s);
+        self.ends.push(self.bytes.len() as u64);
+    }
+
+    /// Bytes of all the strings together.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// The strings as vectors (a copy).
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// Where string `i` starts (`i == len()`: the end of the bytes).
+    fn start(&self, i: u64) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i as usize - 1]
+        }
+    }
+
+    /// All the bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Strings put together from runs of other strings (a box of a tensor from the boxes that hold its
+/// parts), in two passes: every run's lengths first ([`lengths`](Self::lengths)), then, once the
+/// offsets are known ([`offsets`](Self::offsets)), every run's bytes ([`bytes`](Self::bytes)).
+/// A source may be dropped between the passes and decoded again for the second.
+pub(crate) struct StringsByRuns {
+    ends: Vec<u64>,
+    bytes: Vec<u8>,
+}
+
+impl StringsByRuns {
+    /// `n` strings to fill; `what` names them in an allocation error.
+    pub(crate) fn new(n: usize, what: &str) -> crate::Result<StringsByRuns> {
+        Ok(StringsByRuns {
+            ends: try_zeroed(n, what)?,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// First pass: strings `dst..dst + len` have the lengths of `src`'s strings `from..`.
+    pub(crate) fn lengths(&mut self, src: &Strings, from: u64, dst: u64, len: u64) {
+        for k in 0..len {
+            let (s, e) = (src.start(from + k), src.ends[(from + k) as usize]);
+            self.ends[(dst + k) as usize] = e - s;
+        }
+    }
+
+    /// Between the passes: turns the lengths into offsets and allocates the bytes.
+    pub(crate) fn offsets(&mut self, what: &str) -> crate::Result<()> {
+        let mut total = 0u64;
+        for e in &mut self.ends {
+            total += *e;
+            *e = total;
+        }
+        self.bytes = crate::base::mmap::alloc_zeroed(total as usize, what)?;
+        Ok(())
+    }
+
+    /// Second pass: the bytes of `src`'s strings `from..from + len` for strings `dst..`.
+    pub(crate) fn bytes(&mut self, src: &Strings, from: u64, dst: u64, len: u64) {
+        let (a, b) = (src.start(from) as usize, src.start(from + len) as usize);
+        let d = if dst == 0 {
+            0
+        } else {
+            self.ends[dst as usize - 1]
+        } as usize;
+        self.bytes[d..d + (b - a)].copy_from_slice(&src.bytes[a..b]);
+    }
+
+    /// The strings.
+    pub(crate) fn finish(self) -> Strings {
+        Strings {
+            bytes: self.bytes,
+            ends: self.ends,
+        }
+    }
+}
+
+/// `n` zeros, or an allocation error naming `what`.
+fn try_zeroed(n: usize, what: &str) -> crate::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| crate::ErrorKind::Allocation {
+            bytes: (n as u64).saturating_mul(8),
+            tensor: what.to_string(),
+        })?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+impl std::ops::Index<usize> for Strings {
+    type Output = [u8];
+    fn index(&self, i: usize) -> &[u8] {
+        match self.get(i) {
+            Some(s) => s,
+            None => panic!("string {i} of {}", self.len()),
+        }
+    }
+}
+
+impl<S: AsRef<[u8]>> FromIterator<S> for Strings {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Strings {
+        let mut out = Strings::new();
+        for s in iter {
+            out.push(s.as_ref());
+        }
+        out
+    }
+}
+
+impl From<Vec<Vec<u8>>> for Strings {
+    fn from(v: Vec<Vec<u8>>) -> Strings {
+        v.iter().collect()
+    }
+}
+
+impl std::fmt::Debug for Strings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|s| String::from_utf8_lossy(s)))
+            .finish()
+    }
+}
+
 /// The elements of a tensor: raw little-endian bytes for fixed-size dtypes, byte strings for
 /// `string`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +303,7 @@ pub enum TensorData {
     /// Row-major little-endian elements (`num_elements × dtype.size()` bytes).
     Bytes(Bytes),
     /// Row-major byte strings.
-    Strings(Vec<Vec<u8>>),
+    Strings(Strings),
 }
 
 impl TensorData {
@@ -127,10 +316,11 @@ impl TensorData {
     }
 }
 
-/// Where the elements of a read go: a byte buffer (fixed-size dtypes) or byte strings.
+/// Where the elements of a read go: a byte buffer (fixed-size dtypes), or the strings of a string
+/// tensor (filled whole by the read).
 pub(crate) enum ElementsMut<'a> {
     Bytes(&'a mut [u8]),
-    Strings(&'a mut [Vec<u8>]),
+    Strings(&'a mut Strings),
 }
 
 /// A tensor: dtype, shape and elements.
@@ -157,7 +347,8 @@ impl Tensor {
     }
 
     /// A string tensor; `None` if the number of strings does not match the shape.
-    pub fn from_strings(shape: &[u64], strings: Vec<Vec<u8>>) -> Option<Tensor> {
+    pub fn from_strings(shape: &[u64], strings: impl Into<Strings>) -> Option<Tensor> {
+        let strings = strings.into();
         (num_elements(shape)? == strings.len() as u64).then(|| Tensor {
             dtype: DType::String,
             shape: shape.to_vec(),
@@ -185,7 +376,7 @@ impl Tensor {
     }
 
     /// The strings of a string tensor.
-    pub fn strings(&self) -> Option<&[Vec<u8>]> {
+    pub fn strings(&self) -> Option<&Strings> {
         match &self.data {
             TensorData::Strings(s) => Some(s),
             TensorData::Bytes(_) => None,

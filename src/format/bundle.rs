@@ -192,7 +192,7 @@ impl Bundle {
     }
 
     /// Decodes and verifies a string entry.
-    pub(crate) fn read_strings(&self, e: &Entry) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn read_strings(&self, e: &Entry) -> Result<crate::base::tensor::Strings> {
         if e.dtype != DType::String {
             return Err(ErrorKind::Unsupported {
                 tensor: key_name(&e.key),
@@ -212,6 +212,11 @@ impl Bundle {
             StringError::Checksum(what, expected, found) => {
                 self.checksum_error(e, what, expected, found)
             }
+            StringError::Allocation(bytes) => ErrorKind::Allocation {
+                bytes,
+                tensor: key_name(&e.key),
+            }
+            .into(),
             StringError::Corrupt(reason) => ErrorKind::CorruptStrings {
                 path: self.shard_path(e.shard),
                 tensor: key_name(&e.key),
@@ -226,7 +231,13 @@ impl Bundle {
     pub(crate) fn verify_entry(&self, e: &Entry) -> Result<()> {
         match e.dtype.size() {
             Some(_) => self.fixed_bytes(e).map(drop),
-            None if e.dtype == DType::String => self.read_strings(e).map(drop),
+            None if e.dtype == DType::String => {
+                // Checked without decoding: nothing is allocated per string.
+                let (map, range) = self.locate(e)?;
+                let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
+                strings::verify(&map.bytes()[range], n, e.crc, self.index.big_endian)
+                    .map_err(|err| self.string_error(e, err))
+            }
             None => {
                 // Variant: checked by the D.5 rule (values are not decoded by this crate).
                 let (map, range) = self.locate(e)?;

@@ -3,6 +3,7 @@
 //! bytes and the strings.
 
 use crate::base::crc;
+use crate::base::tensor::Strings;
 use crate::format::sstable::{get_varint, put_varint};
 
 /// Why a stored string tensor could not be decoded.
@@ -12,6 +13,8 @@ pub(crate) enum StringError {
     Corrupt(String),
     /// A checksum does not match: (what, stored, computed).
     Checksum(&'static str, u32, u32),
+    /// The decoded strings need this many bytes, which cannot be allocated.
+    Allocation(u64),
 }
 
 fn length_crc(crc: u32, len: u64, big_endian: bool) -> u32 {
@@ -33,16 +36,17 @@ fn length_crc(crc: u32, len: u64, big_endian: bool) -> u32 {
     }
 }
 
-/// Decodes `n` strings from the stored bytes and checks both checksums against `entry_crc`
-/// (unmasked).
-pub(crate) fn decode(
+/// Reads the `n` lengths of a stored string tensor, checks both checksums against `entry_crc`
+/// (unmasked) and the lengths against the stored size, and calls `on_end` with each string's
+/// end offset in the string data. Returns where the string data starts. Allocates nothing.
+fn scan(
     bytes: &[u8],
     n: usize,
     entry_crc: u32,
     big_endian: bool,
-) -> Result<Vec<Vec<u8>>, StringError> {
+    mut on_end: impl FnMut(u64),
+) -> Result<usize, StringError> {
     let mut pos = 0;
-    let mut lens = Vec::with_capacity(n.min(bytes.len()));
     let mut c1 = 0u32;
     let mut total: u64 = 0;
     for i in 0..n {
@@ -54,7 +58,7 @@ pub(crate) fn decode(
         })?;
         c1 = length_crc(c1, len, big_endian);
         total = total.saturating_add(len);
-        lens.push(len);
+        on_end(total);
     }
     let Some(stored) = bytes.get(pos..pos + 4) else {
         return Err(StringError::Corrupt(format!(
@@ -62,7 +66,7 @@ pub(crate) fn decode(
             bytes.len()
         )));
     };
-    let stored_lc = u32::from_le_bytes(stored.try_into().unwrap());
+    let stored_lc = u32::from_le_bytes(stored.try_into().unwrap_or_default());
     if crc::unmask(stored_lc) != c1 {
         return Err(StringError::Checksum(
             "string length checksum",
@@ -83,14 +87,45 @@ pub(crate) fn decode(
     if c2 != entry_crc {
         return Err(StringError::Checksum("checksum", entry_crc, c2));
     }
-    let mut out = Vec::with_capacity(lens.len());
-    let mut p = 0usize;
-    for len in lens {
-        let len = len as usize;
-        out.push(rest[p..p + len].to_vec());
-        p += len;
+    Ok(pos)
+}
+
+/// Checks a stored string tensor of `n` elements without decoding it (nothing is allocated).
+pub(crate) fn verify(
+    bytes: &[u8],
+    n: usize,
+    entry_crc: u32,
+    big_endian: bool,
+) -> Result<(), StringError> {
+    scan(bytes, n, entry_crc, big_endian, |_| ()).map(drop)
+}
+
+/// Decodes `n` strings from the stored bytes, checking both checksums (see [`scan`]). The memory
+/// taken is the string bytes plus 8 bytes per string, both allocated fallibly: a hostile element
+/// count is bounded by the stored size (each length takes at least a byte).
+pub(crate) fn decode(
+    bytes: &[u8],
+    n: usize,
+    entry_crc: u32,
+    big_endian: bool,
+) -> Result<Strings, StringError> {
+    if n > bytes.len() {
+        return Err(StringError::Corrupt(format!(
+            "{n} strings cannot fit in {} bytes",
+            bytes.len()
+        )));
     }
-    Ok(out)
+    let mut ends: Vec<u64> = Vec::new();
+    ends.try_reserve_exact(n)
+        .map_err(|_| StringError::Allocation(n as u64 * 8))?;
+    let start = scan(bytes, n, entry_crc, big_endian, |end| ends.push(end))?;
+    let rest = &bytes[start..];
+    let mut data = Vec::new();
+    data.try_reserve_exact(rest.len())
+        .map_err(|_| StringError::Allocation(rest.len() as u64))?;
+    data.extend_from_slice(rest);
+    Strings::from_parts(ends, data)
+        .ok_or_else(|| StringError::Corrupt("the lengths do not add up".into()))
 }
 
 /// Checks a `variant` tensor's stored bytes (docs/format.md#55-variant): per element a varint
@@ -139,22 +174,19 @@ pub(crate) fn verify_variant(bytes: &[u8], n: usize, entry_crc: u32) -> Result<(
 }
 
 /// Encodes strings; returns the bytes and the unmasked entry CRC.
-pub(crate) fn encode(strings: &[impl AsRef<[u8]>], big_endian: bool) -> (Vec<u8>, u32) {
+pub(crate) fn encode(strings: &Strings, big_endian: bool) -> (Vec<u8>, u32) {
     let mut out = Vec::new();
     let mut c1 = 0u32;
-    for s in strings {
-        let len = s.as_ref().len() as u64;
+    for s in strings.iter() {
+        let len = s.len() as u64;
         put_varint(&mut out, len);
         c1 = length_crc(c1, len, big_endian);
     }
     let lc = crc::mask(c1).to_le_bytes();
     out.extend_from_slice(&lc);
-    let mut c2 = crc32c::crc32c_append(c1, &lc);
-    for s in strings {
-        out.extend_from_slice(s.as_ref());
-        c2 = crc32c::crc32c_append(c2, s.as_ref());
-    }
-    (out, c2)
+    let c2 = crc32c::crc32c_append(c1, &lc);
+    out.extend_from_slice(strings.bytes());
+    (out, crc32c::crc32c_append(c2, strings.bytes()))
 }
 
 #[cfg(test)]
@@ -186,13 +218,13 @@ mod tests {
 
     #[test]
     fn spec_example() {
-        let strings: Vec<&[u8]> = vec![b"ab", b"", b"\x00\xffz"];
+        let strings: Strings = [&b"ab"[..], b"", b"\x00\xffz"].into_iter().collect();
         let (bytes, crc) = encode(&strings, false);
         assert_eq!(bytes.len(), 12);
         assert_eq!(&bytes[..3], &[2, 0, 3]);
         assert_eq!(&bytes[7..], b"ab\x00\xffz");
         assert_eq!(decode(&bytes, 3, crc, false).unwrap(), strings);
-        let (empty, crc0) = encode(&Vec::<Vec<u8>>::new(), false);
+        let (empty, crc0) = encode(&Strings::new(), false);
         assert_eq!(empty, crc::mask(0).to_le_bytes());
         assert!(decode(&empty, 0, crc0, false).unwrap().is_empty());
         let mut bad = bytes.clone();
@@ -204,5 +236,12 @@ mod tests {
         bad = bytes.clone();
         bad[0] = 1;
         assert!(decode(&bad, 3, crc, false).is_err());
+        assert!(verify(&bytes, 3, crc, false).is_ok());
+        assert!(verify(&bad, 3, crc, false).is_err());
+        // More strings than bytes cannot be stored: refused before anything is allocated.
+        assert!(matches!(
+            decode(&bytes, 1 << 40, crc, false),
+            Err(StringError::Corrupt(_))
+        ));
     }
 }

@@ -35,7 +35,7 @@ pub(crate) struct V1Set {
 /// Decoded values of one slice record.
 pub(crate) enum V1Values {
     Bytes(Vec<u8>),
-    Strings(Vec<Vec<u8>>),
+    Strings(crate::base::tensor::Strings),
 }
 
 impl V1Set {
@@ -229,7 +229,7 @@ fn decode_record(
     };
     if dtype == DType::String {
         count(data.string_val.len())?;
-        return Ok(V1Values::Strings(data.string_val));
+        return Ok(V1Values::Strings(data.string_val.iter().collect()));
     }
     let Some(size) = dtype.size() else {
         return Err(bad(format!(

@@ -12,7 +12,7 @@ use prost::Message;
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::{num_elements, Extent, RegionIndex, Slice};
-use crate::base::tensor::{Tensor, TensorData};
+use crate::base::tensor::{Strings, Tensor, TensorData};
 use crate::format::bundle::{data_path, index_path, swap_bytes};
 use crate::format::proto;
 use crate::format::slice_codec::{slice_from_proto, slice_key, slice_to_proto};
@@ -60,8 +60,8 @@ pub enum TensorRef<'a> {
     Strings {
         /// Shape.
         shape: &'a [u64],
-        /// One entry per element.
-        data: &'a [Vec<u8>],
+        /// One string per element.
+        data: &'a Strings,
     },
 }
 

@@ -121,7 +121,7 @@ impl<L: Link> GpuDestination<'_, L> {
                     self.uploads.host(b.into_vec(), &*self.slots[&name].mem);
                 }
                 TensorData::Strings(ref s) => {
-                    report.bytes += s.iter().map(|x| x.len() as u64).sum::<u64>();
+                    report.bytes += s.total_bytes();
                     self.host.push((name, t));
                 }
             }

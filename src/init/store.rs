@@ -12,8 +12,8 @@ use super::initializer::check_init;
 use crate::base::device::{DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{num_elements, Slice, MAX_RANK};
-use crate::base::tensor::{Tensor, TensorData};
+use crate::base::slice::{for_each_run, num_elements, Region, Slice, MAX_RANK};
+use crate::base::tensor::{Strings, StringsByRuns, Tensor, TensorData};
 
 /// The value a variable gets when no checkpoint tensor is mapped to it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -346,43 +346,78 @@ impl VariableStore {
     }
 
     /// The whole value of a partitioned variable (its parts joined along the split axis), after
-    /// initialization.
-    pub fn partitioned_value(&self, name: &str) -> Option<Tensor> {
-        let pv = self.partitioned.get(name)?;
-        let size = pv.dtype.size();
-        let n = num_elements(&pv.shape)? as usize;
-        let full = crate::base::slice::Region::whole(&pv.shape);
-        let mut bytes = crate::base::mmap::alloc_zeroed(n * size.unwrap_or(0), name).ok()?;
-        let mut strings = vec![Vec::new(); if size.is_none() { n } else { 0 }];
-        for p in &pv.parts {
-            let v = self.vars.get(p)?;
-            let t = self.values.get(p)?;
-            let have = v.part.as_ref()?.slice(&v.shape).region(&pv.shape);
-            crate::base::slice::for_each_run(&have, &full, &have, |r| match (&t.data, size) {
-                (TensorData::Bytes(b), Some(s)) => {
-                    let (a, d, l) = (r.src as usize * s, r.dst as usize * s, r.len as usize * s);
-                    bytes[d..d + l].copy_from_slice(&b[a..a + l]);
+    /// a host initialization (or [`fetch_to_host`](Self::fetch_to_host)); in the dtype the
+    /// parts have (see [`LoadOptions::cast`](crate::LoadOptions::cast)). Every allocation is
+    /// fallible: a value too large to hold is an error, never an abort.
+    pub fn partitioned_value(&self, name: &str) -> Result<Tensor> {
+        let pv = self
+            .partitioned
+            .get(name)
+            .ok_or_else(|| ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: crate::base::suggest::close_names(
+                    name,
+                    self.partitioned.keys().map(String::as_str),
+                ),
+            })?;
+        let parts = pv
+            .parts
+            .iter()
+            .map(|p| {
+                let v = &self.vars[p];
+                let t = self.values.get(p).ok_or_else(|| ErrorKind::BadVariable {
+                    name: p.clone(),
+                    reason: "has no value on the host: initialize it first (or fetch_to_host)"
+                        .into(),
+                })?;
+                let region = v.part.as_ref().map(|i| i.slice(&v.shape).region(&pv.shape));
+                Ok((region.unwrap_or_default(), t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dtype = parts.first().map_or(pv.dtype, |(_, t)| t.dtype);
+        // `check_shape` bounded the element count when the variable was made.
+        let n = num_elements(&pv.shape).unwrap_or(0) as usize;
+        let full = Region::whole(&pv.shape);
+        let data = match dtype.size() {
+            Some(size) => {
+                let mut bytes = crate::base::mmap::alloc_zeroed(n * size, name)?;
+                for (have, t) in &parts {
+                    let src = t.bytes().unwrap_or_default();
+                    for_each_run(have, &full, have, |r| {
+                        let (a, d, l) = (
+                            r.src as usize * size,
+                            r.dst as usize * size,
+                            r.len as usize * size,
+                        );
+                        bytes[d..d + l].copy_from_slice(&src[a..a + l]);
+                    });
                 }
-                (TensorData::Strings(src), None) => {
-                    let (a, d, l) = (r.src as usize, r.dst as usize, r.len as usize);
-                    strings[d..d + l].clone_from_slice(&src[a..a + l]);
-                }
-                _ => {}
-            });
-        }
-        Some(Tensor {
-            dtype: pv.dtype,
-            shape: pv.shape.clone(),
-            data: if size.is_some() {
                 TensorData::Bytes(bytes.into())
-            } else {
-                TensorData::Strings(strings)
-            },
+            }
+            None => {
+                let mut out = StringsByRuns::new(n, name)?;
+                let none = Strings::new();
+                for (have, t) in &parts {
+                    let src = t.strings().unwrap_or(&none);
+                    for_each_run(have, &full, have, |r| out.lengths(src, r.src, r.dst, r.len));
+                }
+                out.offsets(name)?;
+                for (have, t) in &parts {
+                    let src = t.strings().unwrap_or(&none);
+                    for_each_run(have, &full, have, |r| out.bytes(src, r.src, r.dst, r.len));
+                }
+                TensorData::Strings(out.finish())
+            }
+        };
+        Ok(Tensor {
+            dtype,
+            shape: pv.shape.clone(),
+            data,
         })
     }
 }
 
-/// The variable's bytes in memory must be addressable (a string element is a `Vec<u8>`).
+/// The variable's rank must be TensorFlow's and its bytes in memory addressable.
 fn check_shape(name: &str, shape: &[u64], dtype: DType) -> Result<()> {
     if shape.len() > MAX_RANK {
         return Err(ErrorKind::BadVariable {
@@ -394,7 +429,8 @@ fn check_shape(name: &str, shape: &[u64], dtype: DType) -> Result<()> {
         }
         .into());
     }
-    let elem = dtype.size().unwrap_or(std::mem::size_of::<Vec<u8>>()) as u64;
+    // A string element takes at least its 8-byte offset (`Strings`).
+    let elem = dtype.size().unwrap_or(8) as u64;
     match num_elements(shape).and_then(|n| n.checked_mul(elem)) {
         Some(bytes) if bytes <= isize::MAX as u64 => Ok(()),
         _ => Err(ErrorKind::BadVariable {

@@ -9,7 +9,7 @@ use super::skeleton::{Destination, Reads, Values};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Region, Slice};
-use crate::base::tensor::{ElementsMut, Tensor, TensorData};
+use crate::base::tensor::{ElementsMut, Strings, Tensor, TensorData};
 use crate::init::store::Variable;
 use crate::reader::stored::Stored;
 
@@ -96,7 +96,7 @@ fn add_bytes(report: &mut LoadReport, t: &Tensor) {
                 report.mapped_bytes += b.len() as u64;
             }
         }
-        TensorData::Strings(s) => report.bytes += s.iter().map(|x| x.len() as u64).sum::<u64>(),
+        TensorData::Strings(s) => report.bytes += s.total_bytes(),
     }
 }
 
@@ -172,21 +172,8 @@ fn empty_value(v: &Variable) -> Result<TensorData> {
     let n = num_elements(&v.shape).unwrap_or(0) as usize;
     Ok(match v.dtype.size() {
         Some(size) => TensorData::Bytes(crate::base::mmap::alloc_zeroed(n * size, &v.name)?.into()),
-        None => TensorData::Strings(empty_strings(n, &v.name)?),
+        None => TensorData::Strings(Strings::empty(n, &v.name)?),
     })
-}
-
-/// `n` empty strings, or an allocation error naming `what`.
-fn empty_strings(n: usize, what: &str) -> Result<Vec<Vec<u8>>> {
-    let mut strings = Vec::new();
-    strings
-        .try_reserve_exact(n)
-        .map_err(|_| ErrorKind::Allocation {
-            bytes: (n as u64).saturating_mul(std::mem::size_of::<Vec<u8>>() as u64),
-            tensor: what.to_string(),
-        })?;
-    strings.resize(n, Vec::new());
-    Ok(strings)
 }
 
 /// A value of `v`'s shape in `dtype`, every element `elem` (empty strings for a string variable).
@@ -203,7 +190,7 @@ pub(crate) fn filled_tensor(v: &Variable, dtype: DType, elem: &[u8]) -> Result<T
             }
             TensorData::Bytes(bytes.into())
         }
-        None => TensorData::Strings(empty_strings(n, &v.name)?),
+        None => TensorData::Strings(Strings::empty(n, &v.name)?),
     };
     Ok(Tensor {
         dtype,

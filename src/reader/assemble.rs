@@ -8,18 +8,17 @@ use super::stored::{Piece, Stored};
 use crate::base::copy::Dst;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{for_each_run, Region, RegionIndex, Run, Slice};
-use crate::base::tensor::ElementsMut;
+use crate::base::tensor::{ElementsMut, Strings, StringsByRuns};
 use crate::format::bundle::EntryBytes;
 use crate::format::v1::V1Values;
 
 /// One request: a box of the tensor and the elements it goes to.
 pub(crate) type Request<'a> = (Region, ElementsMut<'a>);
 
-/// The verified elements of one stored piece.
+/// The verified elements of one stored piece of a fixed-size tensor.
 enum PieceValues {
     Bytes(EntryBytes),
     Owned(Vec<u8>),
-    Strings(Vec<Vec<u8>>),
 }
 
 impl Stored<'_> {
@@ -90,13 +89,12 @@ impl Stored<'_> {
         pieces: &[Piece],
         reqs: &mut [Request<'_>],
     ) -> Result<usize> {
+        if self.info.dtype.size().is_none() {
+            return self.assemble_strings(pieces, reqs);
+        }
         let mut read = 0;
         for p in pieces {
-            let users: Vec<(usize, Region)> = reqs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| p.region.intersect(&r.0).map(|inter| (i, inter)))
-                .collect();
+            let users = users(p, reqs);
             if users.is_empty() {
                 continue;
             }
@@ -106,8 +104,8 @@ impl Stored<'_> {
         Ok(read)
     }
 
-    /// Reads stored piece `p` once and copies its intersection with each user request
-    /// (`(request index, intersection)`) into that request's elements.
+    /// Reads stored piece `p` of a fixed-size tensor once and copies its intersection with each
+    /// user request (`(request index, intersection)`) into that request's bytes.
     fn copy_piece(
         &self,
         p: &Piece,
@@ -118,9 +116,7 @@ impl Stored<'_> {
         let values = match &self.ckpt.inner {
             Inner::V2(b) => {
                 let e = self.entry(b, &p.slice)?;
-                if info.dtype.size().is_none() {
-                    PieceValues::Strings(b.read_strings(e)?)
-                } else if b.index.big_endian && info.dtype.swap_unit() > 1 {
+                if b.index.big_endian && info.dtype.swap_unit() > 1 {
                     // Swapped into an owned copy first, then copied.
                     PieceValues::Bytes(b.fixed_bytes(e)?)
                 } else {
@@ -137,54 +133,124 @@ impl Stored<'_> {
                     return b.copy_verify(e, &p.region, dsts);
                 }
             }
-            Inner::V1(set) => {
-                let t = &set.tensors[&info.name];
-                let file = t
-                    .slices
-                    .iter()
-                    .find(|(x, _)| *x == p.slice)
-                    .map(|(_, f)| *f)
-                    .unwrap_or_default();
-                match set.read_slice(&info.name, t, &p.slice, file)? {
-                    V1Values::Bytes(b) => PieceValues::Owned(b),
-                    V1Values::Strings(v) => PieceValues::Strings(v),
-                }
-            }
+            Inner::V1(set) => match self.read_v1(set, p)? {
+                V1Values::Bytes(b) => PieceValues::Owned(b),
+                V1Values::Strings(_) => return Err(self.wrong_values()),
+            },
         };
         let size = info.dtype.size().unwrap_or(1);
         for (i, inter) in users {
             let (want, out) = &mut reqs[*i];
-            match (&values, out) {
-                (PieceValues::Bytes(b), ElementsMut::Bytes(dst)) => {
-                    copy_runs(&p.region, want, inter, b.as_slice(), dst, size)
-                }
-                (PieceValues::Owned(b), ElementsMut::Bytes(dst)) => {
-                    copy_runs(&p.region, want, inter, b, dst, size)
-                }
-                (PieceValues::Strings(src), ElementsMut::Strings(dst)) => for_each_run(
-                    &p.region,
-                    want,
-                    inter,
-                    |Run {
-                         src: s,
-                         dst: d,
-                         len,
-                     }| {
-                        let (s, d, n) = (s as usize, d as usize, len as usize);
-                        dst[d..d + n].clone_from_slice(&src[s..s + n]);
-                    },
-                ),
-                _ => {
-                    return Err(ErrorKind::BadEntry {
-                        path: self.ckpt.prefix().to_path_buf(),
-                        tensor: info.name.clone(),
-                        reason: "stored values do not match the tensor's dtype".into(),
-                    }
-                    .into())
+            let ElementsMut::Bytes(dst) = out else {
+                return Err(self.wrong_values());
+            };
+            let src = match &values {
+                PieceValues::Bytes(b) => b.as_slice(),
+                PieceValues::Owned(b) => b,
+            };
+            copy_runs(&p.region, want, inter, src, dst, size);
+        }
+        Ok(())
+    }
+
+    /// Fills string requests in two passes over the pieces (so that no more than one piece is
+    /// decoded at a time): the lengths of every requested string first, then, with each request's
+    /// offsets known, the bytes. A tensor read whole from one piece is decoded once.
+    fn assemble_strings(&self, pieces: &[Piece], reqs: &mut [Request<'_>]) -> Result<usize> {
+        let name = &self.info.name;
+        let used: Vec<(&Piece, Vec<(usize, Region)>)> = pieces
+            .iter()
+            .map(|p| (p, users(p, reqs)))
+            .filter(|(_, u)| !u.is_empty())
+            .collect();
+        if let [(p, users)] = &used[..] {
+            if let [(i, inter)] = &users[..] {
+                if *inter == p.region && reqs[*i].0 == p.region {
+                    let strings = self.piece_strings(p)?;
+                    return fill(&mut reqs[*i].1, strings).map(|()| 1);
                 }
             }
         }
-        Ok(())
+        let mut out: Vec<StringsByRuns> = reqs
+            .iter()
+            .map(|r| StringsByRuns::new(r.0.num_elements().unwrap_or(0) as usize, name))
+            .collect::<Result<_>>()?;
+        for (p, users) in &used {
+            let src = self.piece_strings(p)?;
+            for (i, inter) in users {
+                for_each_run(&p.region, &reqs[*i].0, inter, |r| {
+                    out[*i].lengths(&src, r.src, r.dst, r.len)
+                });
+            }
+        }
+        for o in &mut out {
+            o.offsets(name)?;
+        }
+        for (p, users) in &used {
+            let src = self.piece_strings(p)?;
+            for (i, inter) in users {
+                for_each_run(&p.region, &reqs[*i].0, inter, |r| {
+                    out[*i].bytes(&src, r.src, r.dst, r.len)
+                });
+            }
+        }
+        for (req, o) in reqs.iter_mut().zip(out) {
+            fill(&mut req.1, o.finish())?;
+        }
+        Ok(used.len())
+    }
+
+    /// The decoded, verified strings of stored piece `p`.
+    fn piece_strings(&self, p: &Piece) -> Result<Strings> {
+        match &self.ckpt.inner {
+            Inner::V2(b) => b.read_strings(self.entry(b, &p.slice)?),
+            Inner::V1(set) => match self.read_v1(set, p)? {
+                V1Values::Strings(v) => Ok(v),
+                V1Values::Bytes(_) => Err(self.wrong_values()),
+            },
+        }
+    }
+
+    /// The record of stored piece `p` in a V1 checkpoint.
+    fn read_v1(&self, set: &crate::format::v1::V1Set, p: &Piece) -> Result<V1Values> {
+        let t = &set.tensors[&self.info.name];
+        let file = t
+            .slices
+            .iter()
+            .find(|(x, _)| *x == p.slice)
+            .map(|(_, f)| *f)
+            .unwrap_or_default();
+        set.read_slice(&self.info.name, t, &p.slice, file)
+    }
+
+    fn wrong_values(&self) -> crate::Error {
+        ErrorKind::BadEntry {
+            path: self.ckpt.prefix().to_path_buf(),
+            tensor: self.info.name.clone(),
+            reason: "stored values do not match the tensor's dtype".into(),
+        }
+        .into()
+    }
+}
+
+/// The requests piece `p` intersects: (request index, intersection).
+fn users(p: &Piece, reqs: &[Request<'_>]) -> Vec<(usize, Region)> {
+    reqs.iter()
+        .enumerate()
+        .filter_map(|(i, r)| p.region.intersect(&r.0).map(|inter| (i, inter)))
+        .collect()
+}
+
+/// Puts `strings` into a string request.
+fn fill(out: &mut ElementsMut<'_>, strings: Strings) -> Result<()> {
+    match out {
+        ElementsMut::Strings(dst) => {
+            **dst = strings;
+            Ok(())
+        }
+        ElementsMut::Bytes(_) => {
+            Err(ErrorKind::InvalidArgument("a string tensor read into a byte buffer".into()).into())
+        }
     }
 }
 

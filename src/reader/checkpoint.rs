@@ -10,7 +10,7 @@ use super::resolve::{self, Resolved};
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
-use crate::base::tensor::{ElementsMut, Tensor, TensorData};
+use crate::base::tensor::{ElementsMut, Strings, Tensor, TensorData};
 use crate::format::bundle::{Bundle, EntryBytes};
 use crate::format::slice_codec::slice_key;
 use crate::format::v1::V1Set;
@@ -308,7 +308,7 @@ impl Checkpoint {
             Some(size) => {
                 TensorData::Bytes(crate::base::mmap::alloc_zeroed(n * size, &info.name)?.into())
             }
-            None => TensorData::Strings(vec![Vec::new(); n]),
+            None => TensorData::Strings(Strings::new()), // filled whole by the read
         };
         stored.assemble(&mut [(region.clone(), data.elements_mut())])?;
         Ok(Tensor {

@@ -76,8 +76,8 @@ pub fn cut(t: &Tensor, ranges: &[(u64, u64)]) -> Tensor {
             .unwrap()
         }
         (_, Some(strings)) => {
-            Tensor::from_strings(&shape, flat.iter().map(|&i| strings[i].clone()).collect())
-                .unwrap()
+            let picked: tfckpt::Strings = flat.iter().map(|&i| &strings[i]).collect();
+            Tensor::from_strings(&shape, picked).unwrap()
         }
         _ => unreachable!(),
     }

@@ -188,8 +188,8 @@ fn write_head(w: &mut CheckpointWriter) -> Result<u64, Box<dyn std::error::Error
     let vocab = Tensor::from_strings(
         &[1000],
         (0..1000)
-            .map(|i| format!("token_{i}").into_bytes())
-            .collect(),
+            .map(|i| format!("token_{i}"))
+            .collect::<tfckpt::Strings>(),
     )
     .unwrap();
     w.add("vocab", (&vocab).into())?;
@@ -246,12 +246,7 @@ fn read_everything(ckpt: &Checkpoint) -> Result<(), Box<dyn std::error::Error>> 
                 ckpt.read_into(&t.name, &mut buf)?;
                 read += buf.len() as u64;
             }
-            None => {
-                read += ckpt
-                    .read(&t.name)?
-                    .strings()
-                    .map_or(0, |s| s.iter().map(|x| x.len() as u64).sum())
-            }
+            None => read += ckpt.read(&t.name)?.strings().map_or(0, |s| s.total_bytes()),
         }
     }
     let secs = t0.elapsed().as_secs_f64();

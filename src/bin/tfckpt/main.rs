@@ -356,9 +356,7 @@ fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
             write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
         }
         for pv in store.partitioned_variables() {
-            let t = store
-                .partitioned_value(&pv.name)
-                .ok_or_else(|| format!("variable {:?}: cannot assemble its parts", pv.name))?;
+            let t = store.partitioned_value(&pv.name)?;
             write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
         }
         Ok(())

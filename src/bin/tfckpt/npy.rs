@@ -61,7 +61,7 @@ pub fn write_tensor(w: impl Write, t: &Tensor) -> std::io::Result<()> {
             let width = s.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
             write_header(&mut w, &format!("|S{width}"), &t.shape)?;
             let zeros = [0u8; 4096];
-            for x in s {
+            for x in s.iter() {
                 w.write_all(x)?;
                 let mut pad = width - x.len();
                 while pad > 0 {
