@@ -572,3 +572,129 @@ fn allocation_failures_are_errors_not_aborts() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&npy).unwrap().len(), 128 + n);
 }
+
+/// Defect 6: a shard truncated while a read runs killed the process with SIGBUS. Reads past the
+/// new end now fail with `ErrorKind::Truncated` naming the file; nothing read is used.
+#[cfg(unix)]
+#[test]
+fn a_shard_truncated_under_a_live_checkpoint_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect(); // 256 KiB each
+    let mut b = common::builder::CkptBuilder::new(&prefix);
+    b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
+    b.finish();
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    let truncated = |e: &tfckpt::Error| matches!(e.kind(), tfckpt::ErrorKind::Truncated { path } if *path == shard);
+    // A read, a whole check and a load, each after the shard shrank under the live mapping.
+    for case in 0..4 {
+        let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+        assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), big); // maps the shard
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap();
+        file.set_len(4096).unwrap();
+        let e = match case {
+            0 => ckpt.read("b").unwrap_err(),
+            1 => ckpt.verify().unwrap_err(),
+            2 => ckpt.view("b").unwrap_err(),
+            _ => {
+                let mut store = tfckpt::VariableStore::new();
+                store
+                    .get_variable("v", &[64 * 1024], tfckpt::DType::F32, tfckpt::Init::Zeros)
+                    .unwrap();
+                let map = tfckpt::AssignmentMap::from([("b", tfckpt::Target::name("v"))]);
+                tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+                // The call opened its own mapping: make that one stale too.
+                std::fs::write(&shard, vec![0u8; 4096]).unwrap();
+                let e = store.initialize(tfckpt::Device::Cpu).unwrap_err();
+                assert!(!store.is_initialized());
+                e
+            }
+        };
+        // The load reopens the checkpoint (the file changed): the short shard is then an
+        // out-of-bounds entry, found before any read.
+        let ok = truncated(&e)
+            || (case == 3 && matches!(e.kind(), tfckpt::ErrorKind::OutOfBounds { .. }));
+        assert!(ok, "case {case}: {e}");
+        drop(ckpt);
+        // Back to whole for the next case.
+        let mut b = common::builder::CkptBuilder::new(&prefix);
+        b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
+        b.finish();
+    }
+}
+
+/// Defect 6 through the binary: a shard truncated at a random moment of `verify`, `get` or
+/// `init`. Whatever the moment, the process exits 0 (done before) or 1 (an error line), never by
+/// a signal.
+#[cfg(unix)]
+#[test]
+fn truncation_during_cli_runs_never_kills_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let data: Vec<f32> = (0..4 << 20).map(|i| i as f32).collect(); // 16 MiB a tensor
+    let write = || {
+        let mut b = common::builder::CkptBuilder::new(&prefix);
+        for t in ["a", "b", "c", "d"] {
+            b.f32(t, &[4 << 20], &data);
+        }
+        b.finish();
+    };
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    let p = prefix.to_str().unwrap().to_string();
+    let out = tmp.path().join("o.npy").to_str().unwrap().to_string();
+    let out_dir = tmp.path().join("od").to_str().unwrap().to_string();
+    let model = r#"{"variables": [{"name": "v", "shape": [4194304], "dtype": "float32"}]}"#;
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["verify", &p],
+        vec!["get", &p, "d", "--out", &out],
+        vec![
+            "init",
+            &p,
+            "--model",
+            model,
+            "--map",
+            r#"{"d": "v"}"#,
+            "--out",
+            &out_dir,
+        ],
+        vec![
+            "init",
+            &p,
+            "--model",
+            model,
+            "--map",
+            r#"{"d": "v"}"#,
+            "--out",
+            &out_dir,
+            "--copy",
+        ],
+    ];
+    for (i, args) in runs.iter().cycle().take(16).enumerate() {
+        write();
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3 * i as u64));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.signal().is_none() && matches!(o.status.code(), Some(0 | 1)),
+            "{args:?}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+    }
+}

@@ -208,6 +208,12 @@ pub enum ErrorKind {
         /// Bytes the entry claims.
         found: u64,
     },
+    /// A file shrank while it was being read (a page of its mapping past the new end was read).
+    #[error("{}: the file was truncated while it was being read (a checkpoint must not be changed in place while it is read); nothing read from it is used", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+    },
     /// An entry's bytes lie (partly) past the end of its data shard.
     #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): truncated data file?", path.display())]
     OutOfBounds {

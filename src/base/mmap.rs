@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::base::error::{Error, Result};
+use crate::base::error::{Error, ErrorKind, Result};
 
 /// What identifies a file's current contents without reading them: length and modification time,
 /// and on Unix also the device, inode and status-change time (nanoseconds), so that a file replaced
@@ -58,6 +58,9 @@ pub(crate) struct MappedFile {
     path: PathBuf,
     map: Option<memmap2::Mmap>,
     stamp: FileStamp,
+    /// Catches reads past the end of a file truncated while mapped (`sigbus`). Declared after
+    /// `map`: unregistered after the mapping is gone, never before.
+    guard: crate::base::sigbus::Guard,
 }
 
 /// Opens `path` for reading if it is a regular file. Anything else is an error that says what it
@@ -125,10 +128,12 @@ impl MappedFile {
             // forbids modifying or truncating the file while it is mapped.
             Some(unsafe { memmap2::Mmap::map(&file)? })
         };
+        let guard = crate::base::sigbus::Guard::new(map.as_deref().unwrap_or(&[]));
         Ok(MappedFile {
             path: path.to_path_buf(),
             map,
             stamp: FileStamp::from_meta(&meta),
+            guard,
         })
     }
 
@@ -176,6 +181,18 @@ impl MappedFile {
         if let Some(m) = &self.map {
             let _ = m.advise(memmap2::Advice::Sequential);
         }
+    }
+
+    /// `Ok` unless a read found the file truncated under its mapping (then nothing read from it
+    /// can be trusted: the missing pages read as zeros).
+    pub(crate) fn intact(&self) -> Result<()> {
+        if self.guard.faulted() {
+            return Err(ErrorKind::Truncated {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

@@ -42,7 +42,9 @@ impl Bundle {
     pub(crate) fn open(prefix: &Path) -> Result<Bundle> {
         let index_path = index_path(prefix);
         let file = MappedFile::open(&index_path)?;
-        let index = BundleIndex::parse(&index_path, file.bytes())?;
+        let index = BundleIndex::parse(&index_path, file.bytes());
+        file.intact()?;
+        let index = index?;
         Ok(Bundle {
             prefix: prefix.to_path_buf(),
             index_path,
@@ -147,6 +149,7 @@ impl Bundle {
         let (map, range) = self.locate(e)?;
         let size = e.dtype.size().unwrap_or(1);
         let found = copy_verify(&map.bytes()[range], have, size, dsts);
+        map.intact()?;
         if found != e.crc {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
@@ -166,7 +169,15 @@ impl Bundle {
             return Ok(None);
         };
         if verify {
+            // Watched while it is checked: the file may be truncated under it meanwhile.
+            let guard = crate::base::sigbus::Guard::new(private.as_slice());
             let found = crc::crc32c(private.as_slice());
+            if guard.faulted() {
+                return Err(ErrorKind::Truncated {
+                    path: self.shard_path(e.shard),
+                }
+                .into());
+            }
             if found != e.crc {
                 return Err(self.checksum_error(e, "checksum", e.crc, found));
             }
@@ -185,6 +196,7 @@ impl Bundle {
         }
         let (map, range) = self.locate(e)?;
         let found = crc::crc32c(&map.bytes()[range.clone()]);
+        map.intact()?;
         if found != e.crc {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
@@ -203,8 +215,9 @@ impl Bundle {
         let (map, range) = self.locate(e)?;
         let src = &map.bytes()[range];
         let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-        strings::decode(src, n, e.crc, self.index.big_endian)
-            .map_err(|err| self.string_error(e, err))
+        let decoded = strings::decode(src, n, e.crc, self.index.big_endian);
+        map.intact()?;
+        decoded.map_err(|err| self.string_error(e, err))
     }
 
     fn string_error(&self, e: &Entry, err: StringError) -> Error {
@@ -235,15 +248,17 @@ impl Bundle {
                 // Checked without decoding: nothing is allocated per string.
                 let (map, range) = self.locate(e)?;
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                strings::verify(&map.bytes()[range], n, e.crc, self.index.big_endian)
-                    .map_err(|err| self.string_error(e, err))
+                let checked = strings::verify(&map.bytes()[range], n, e.crc, self.index.big_endian);
+                map.intact()?;
+                checked.map_err(|err| self.string_error(e, err))
             }
             None => {
                 // Variant: checked by the D.5 rule (values are not decoded by this crate).
                 let (map, range) = self.locate(e)?;
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                strings::verify_variant(&map.bytes()[range], n, e.crc)
-                    .map_err(|err| self.string_error(e, err))
+                let checked = strings::verify_variant(&map.bytes()[range], n, e.crc);
+                map.intact()?;
+                checked.map_err(|err| self.string_error(e, err))
             }
         }
     }

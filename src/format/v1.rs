@@ -103,6 +103,7 @@ impl V1Set {
                 }
             }
             blocks.push(table.blocks());
+            file.intact()?;
             drop(table);
             files.push(file);
         }
@@ -136,12 +137,16 @@ impl V1Set {
         let path = self.files[file].path();
         let table = Table::from_blocks(path, self.files[file].bytes(), &self.blocks[file]);
         let key = slice_key(name.as_bytes(), slice);
-        let value = table.get(&key)?.ok_or_else(|| ErrorKind::BadEntry {
-            path: path.into(),
-            tensor: name.into(),
-            reason: format!("the record of slice {slice} is missing"),
-        })?;
-        decode_record(path, name, t.dtype, &slice.shape(&t.shape), &value)
+        let decoded = table.get(&key).and_then(|value| {
+            let value = value.ok_or_else(|| ErrorKind::BadEntry {
+                path: path.into(),
+                tensor: name.into(),
+                reason: format!("the record of slice {slice} is missing"),
+            })?;
+            decode_record(path, name, t.dtype, &slice.shape(&t.shape), &value)
+        });
+        self.files[file].intact()?;
+        decoded
     }
 
     /// Checks every block of every file and decodes every data record.
@@ -150,50 +155,58 @@ impl V1Set {
         let mut bytes = 0u64;
         for file in &self.files {
             let path = file.path();
-            let table = Table::open(path, file.bytes())?;
-            blocks += table.num_blocks();
-            bytes += file.len();
-            table.for_each(|key, value| {
-                if key.is_empty() {
-                    return Ok(());
-                }
-                let rec = proto::SavedTensorSlices::decode(value)
-                    .ok()
-                    .and_then(|r| r.data);
-                let Some(rec) = rec else {
-                    return Err(ErrorKind::BadEntry {
-                        path: path.into(),
-                        tensor: crate::format::index::key_name(key),
-                        reason: "record is not a SavedSlice".into(),
-                    }
-                    .into());
-                };
-                let name = String::from_utf8_lossy(&rec.name).into_owned();
-                let Some(t) = self.tensors.get(&name) else {
-                    return Err(ErrorKind::BadEntry {
-                        path: path.into(),
-                        tensor: name,
-                        reason: "data record for a tensor the file's metadata does not list".into(),
-                    }
-                    .into());
-                };
-                let slice = rec
-                    .slice
-                    .as_ref()
-                    .map(slice_from_proto)
-                    .transpose()
-                    .ok()
-                    .flatten()
-                    .filter(|s| s.check(&t.shape).is_ok())
-                    .ok_or_else(|| ErrorKind::BadEntry {
-                        path: path.into(),
-                        tensor: name.clone(),
-                        reason: "record has no valid slice".into(),
-                    })?;
-                decode_record(path, &name, t.dtype, &slice.shape(&t.shape), value).map(drop)
-            })?;
+            let checked = Table::open(path, file.bytes()).and_then(|table| {
+                blocks += table.num_blocks();
+                bytes += file.len();
+                self.check_records(path, &table)
+            });
+            file.intact()?;
+            checked?;
         }
         Ok((blocks, bytes))
+    }
+
+    /// Decodes every data record of one file's table.
+    fn check_records(&self, path: &Path, table: &Table<'_>) -> Result<()> {
+        table.for_each(|key, value| {
+            if key.is_empty() {
+                return Ok(());
+            }
+            let rec = proto::SavedTensorSlices::decode(value)
+                .ok()
+                .and_then(|r| r.data);
+            let Some(rec) = rec else {
+                return Err(ErrorKind::BadEntry {
+                    path: path.into(),
+                    tensor: crate::format::index::key_name(key),
+                    reason: "record is not a SavedSlice".into(),
+                }
+                .into());
+            };
+            let name = String::from_utf8_lossy(&rec.name).into_owned();
+            let Some(t) = self.tensors.get(&name) else {
+                return Err(ErrorKind::BadEntry {
+                    path: path.into(),
+                    tensor: name,
+                    reason: "data record for a tensor the file's metadata does not list".into(),
+                }
+                .into());
+            };
+            let slice = rec
+                .slice
+                .as_ref()
+                .map(slice_from_proto)
+                .transpose()
+                .ok()
+                .flatten()
+                .filter(|s| s.check(&t.shape).is_ok())
+                .ok_or_else(|| ErrorKind::BadEntry {
+                    path: path.into(),
+                    tensor: name.clone(),
+                    reason: "record has no valid slice".into(),
+                })?;
+            decode_record(path, &name, t.dtype, &slice.shape(&t.shape), value).map(drop)
+        })
     }
 }
 

@@ -67,6 +67,7 @@ pub(crate) fn run<D: Destination>(
     options: &LoadOptions,
 ) -> Result<LoadReport> {
     options.check()?;
+    let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
     let (ckpts, ids) = store.open_pending()?;
     let pending = store.planned_pending(&ids);

@@ -70,6 +70,7 @@ impl Stored<'_> {
     /// Fills every request, reading and verifying each stored piece once however many requests
     /// it feeds (re-partitioning reads every stored byte once). Returns the pieces read.
     pub(crate) fn assemble(&self, reqs: &mut [Request<'_>]) -> Result<usize> {
+        let _reading = crate::base::sigbus::reading();
         // The common case first: one request for the whole of a tensor saved whole.
         if let ([(want, ElementsMut::Bytes(dst))], Some(b)) = (&mut *reqs, self.bundle()) {
             if self.info.slices.is_empty() && *want == Region::whole(&self.info.shape) {

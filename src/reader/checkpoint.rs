@@ -153,6 +153,7 @@ impl Checkpoint {
     /// prefix (`PREFIX.index` for V2, else a V1 file or glob), or — an extension over TensorFlow — the
     /// path of a V2 `.index` or data file.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let _reading = crate::base::sigbus::reading();
         match resolve::resolve(path.as_ref())? {
             Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
             Resolved::V1 { prefix, files } => Self::from_v1(prefix, V1Set::open(&files)?),
@@ -323,6 +324,7 @@ impl Checkpoint {
     /// tensors saved whole, in a little-endian checkpoint; others answer with
     /// [`ErrorKind::Unsupported`] (use [`read`](Self::read)). The view keeps the shard mapped.
     pub fn view(&self, name: &str) -> Result<TensorView> {
+        let _reading = crate::base::sigbus::reading();
         let stored = self.stored(name)?;
         let info = stored.info;
         let unsupported = |what: &str| -> Error {
@@ -408,6 +410,7 @@ impl Checkpoint {
 
     /// Checks every block and tensor checksum, in parallel, and reports every problem found.
     pub fn verify_all(&self) -> VerifyReport {
+        let _reading = crate::base::sigbus::reading();
         match &self.inner {
             Inner::V2(b) => self.verify_bundle(b),
             Inner::V1(set) => {

@@ -356,6 +356,13 @@ pub(crate) fn execute<L: Link>(
     if reason.is_some() {
         stats.registration_fallback = reason;
     }
+    // A file truncated under its mapping reads as zeros past its end: that is an error before
+    // any checksum is judged.
+    for u in &mapped {
+        if let UploadSource::Mapped(m) = &u.src {
+            m.intact()?;
+        }
+    }
     verify(
         checks,
         shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
