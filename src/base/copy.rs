@@ -62,6 +62,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, dsts: Vec<Dst<
         .collect();
     let pieces = split_into_bands(dsts, &bands);
     let copy_band = |((r0, r1), mut pieces): ((u64, u64), Vec<Piece<'_>>)| -> (u32, usize) {
+        let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
         let step_rows = (STEP / row_bytes).max(1) as u64;
         let mut running = crc::Running::new();
         let mut s0 = r0;
@@ -141,6 +142,7 @@ fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut
 /// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
 fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
+        let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
         let mut running = crc::Running::new();
         for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(STEP)) {
             running.update(s);

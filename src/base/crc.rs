@@ -97,7 +97,10 @@ pub fn crc32c(data: &[u8]) -> u32 {
         return serial(data);
     }
     data.par_chunks(CHUNK)
-        .map(|c| (serial(c), c.len()))
+        .map(|c| {
+            let _reading = crate::base::sigbus::reading(); // `data` may be a file mapping
+            (serial(c), c.len())
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .fold(0, |acc, (crc, len)| combine(acc, crc, len as u64))

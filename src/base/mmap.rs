@@ -56,11 +56,12 @@ impl FileStamp {
 /// A read-only file mapping (an empty file has no mapping).
 pub(crate) struct MappedFile {
     path: PathBuf,
+    /// Catches reads past the end of a file truncated while mapped (`sigbus`). Declared before
+    /// `map`, so it is unregistered before the mapping goes (fields drop in order): the address
+    /// range is never watched once something else may be mapped there.
+    guard: crate::base::sigbus::Guard,
     map: Option<memmap2::Mmap>,
     stamp: FileStamp,
-    /// Catches reads past the end of a file truncated while mapped (`sigbus`). Declared after
-    /// `map`: unregistered after the mapping is gone, never before.
-    guard: crate::base::sigbus::Guard,
 }
 
 /// Opens `path` for reading if it is a regular file. Anything else is an error that says what it
@@ -131,9 +132,9 @@ impl MappedFile {
         let guard = crate::base::sigbus::Guard::new(map.as_deref().unwrap_or(&[]));
         Ok(MappedFile {
             path: path.to_path_buf(),
+            guard,
             map,
             stamp: FileStamp::from_meta(&meta),
-            guard,
         })
     }
 
@@ -241,7 +242,12 @@ impl MappedFile {
                 .len(range.len())
                 .map_copy(&file)?
         };
-        Ok(PrivateMap { map, _slot: slot })
+        Ok(PrivateMap {
+            guard: crate::base::sigbus::Guard::new(&map),
+            map,
+            path: self.path.clone(),
+            _slot: slot,
+        })
     }
 }
 
@@ -298,11 +304,26 @@ impl Drop for MapSlot {
 
 /// A private (copy-on-write) mapping of one value's bytes in a checkpoint file.
 pub(crate) struct PrivateMap {
+    /// Watched for its whole life (before `map`: unregistered first); the handler acts only on
+    /// a thread reading for the library, so a trainer's own read after a truncation still raises
+    /// `SIGBUS` rather than seeing zeros.
+    guard: crate::base::sigbus::Guard,
     map: memmap2::MmapMut,
+    path: PathBuf,
     _slot: MapSlot,
 }
 
 impl PrivateMap {
+    /// Whether a library read found the file truncated under this mapping.
+    pub(crate) fn faulted(&self) -> bool {
+        self.guard.faulted()
+    }
+
+    /// The file mapped.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(crate) fn as_slice(&self) -> &[u8] {
         &self.map
     }

@@ -1,29 +1,37 @@
-//! Truncated files become errors, not `SIGBUS`.
+//! Truncated files become errors, not `SIGBUS` (Linux; elsewhere nothing is caught).
 //!
 //! Reading a page of a file mapping past the end of the file (the file was truncated after it was
-//! mapped) raises `SIGBUS`, which kills the process. While the library reads a checkpoint (a
-//! [`Reading`] is alive on some thread), a handler catches such a fault in a mapping the library
-//! registered ([`Guard`]): it maps a page of zeros over the missing page, so that the read goes
-//! on, and marks the mapping faulted. Every read of a mapping checks the mark when it is done
-//! ([`Guard::faulted`]) and turns it into an error naming the file, so the zeros never reach a
-//! value: the read fails, and all-or-nothing discards what it copied.
+//! mapped) raises `SIGBUS`, which kills the process. On a thread that is reading for the library
+//! (a [`Reading`] is alive on that very thread: the caller's, and each pool task that touches a
+//! mapping), a handler catches such a fault in a mapping the library registered ([`Guard`]): it
+//! maps zeros over the rest of the missing range, so that the read goes on, and marks the mapping
+//! faulted. Every read of a mapping checks the mark when it is done ([`Guard::faulted`]) and turns
+//! it into an error naming the file, so the zeros never reach a value returned as `Ok`: the read
+//! fails, and all-or-nothing discards what it copied.
 //!
-//! Outside a library call nothing is caught: a `TensorView` or a copy-on-write value read by the
-//! trainer after the file was truncated still raises `SIGBUS` (the README's Memory mapping says
-//! why that case cannot be caught without giving up the mapping: there is no call to fail). A
-//! fault in memory the library did not register goes to the handler that was there before (Rust's
-//! own, which reports stack overflows), or to the default action.
+//! Any other thread is not caught: a `TensorView` or a copy-on-write value read by the trainer
+//! after the file was truncated still raises `SIGBUS`, even while another thread is in a library
+//! call (the README's Memory mapping says why that case cannot be made an error without giving up
+//! the mapping: there is no call to fail). A fault the library does not own, or a `SIGBUS` sent
+//! by `kill`, goes to the handler that was there before (Rust's own, which reports stack
+//! overflows) or to the default action. A handler installed later by someone else replaces this
+//! one.
 
-/// Registrations (mappings being watched); a mapping that finds no free one is not watched.
-#[cfg(unix)]
-const SLOTS: usize = 4096;
+/// Registrations (mappings being watched): enough for every mapping the library keeps at once
+/// (shards, and up to a quarter of `vm.max_map_count` copy-on-write values); a mapping that
+/// finds no free one is not watched.
+#[cfg(target_os = "linux")]
+const SLOTS: usize = 1 << 15;
+/// Threads reading for the library at once.
+#[cfg(target_os = "linux")]
+const READERS: usize = 1024;
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 mod imp {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
     use std::sync::OnceLock;
 
-    use super::SLOTS;
+    use super::{READERS, SLOTS};
 
     /// One watched range. `seq` is odd while the slot changes (a seqlock: the handler reads a
     /// consistent `start`/`len` pair without a lock).
@@ -45,15 +53,27 @@ mod imp {
     };
 
     pub(super) static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
-    /// Library reads in progress, on any thread.
-    pub(super) static READING: AtomicUsize = AtomicUsize::new(0);
+    /// Where the search for a free slot starts (spreads registrations over the table).
+    static HINT: AtomicUsize = AtomicUsize::new(0);
+    /// The threads reading for the library (their kernel thread ids; 0: free).
+    #[allow(clippy::declare_interior_mutable_const)]
+    const NOBODY: AtomicI32 = AtomicI32::new(0);
+    static READING: [AtomicI32; READERS] = [NOBODY; READERS];
     static PAGE: AtomicUsize = AtomicUsize::new(4096);
     /// The disposition of SIGBUS before ours.
     static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
-    /// Installs the handler (once per process).
+    /// The calling thread's kernel id (async-signal-safe).
+    fn tid() -> i32 {
+        // SAFETY: gettid takes no argument and cannot fail.
+        unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    }
+
+    /// Installs the handler (once per process). The previous disposition is recorded before
+    /// ours is live, so a fault never finds it missing.
     pub(super) fn install() {
-        PREVIOUS.get_or_init(|| {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
             // SAFETY: sysconf and sigaction with valid arguments; `previous` is written by the
             // kernel before it is read.
             unsafe {
@@ -61,99 +81,154 @@ mod imp {
                 if page > 0 {
                     PAGE.store(page as usize, Ordering::Relaxed);
                 }
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) != 0 {
+                    return;
+                }
+                let _ = PREVIOUS.set(previous);
                 let mut ours: libc::sigaction = std::mem::zeroed();
                 ours.sa_sigaction = on_sigbus as *const () as usize;
                 ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut ours.sa_mask);
-                let mut previous: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(libc::SIGBUS, &ours, &mut previous) != 0 {
-                    previous.sa_sigaction = libc::SIG_DFL;
-                }
-                previous
+                libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut());
             }
         });
     }
 
     /// Takes a free slot for `start..start + len`.
     pub(super) fn register(start: usize, len: usize) -> Option<usize> {
-        let i = TABLE.iter().position(|s| {
-            s.used
+        let from = HINT.fetch_add(1, Ordering::Relaxed);
+        let i = (0..SLOTS).map(|k| (from + k) % SLOTS).find(|&i| {
+            TABLE[i]
+                .used
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         })?;
-        let s = &TABLE[i];
-        s.seq.fetch_add(1, Ordering::AcqRel);
-        s.faulted.store(false, Ordering::Relaxed);
-        s.start.store(start, Ordering::Relaxed);
-        s.len.store(len, Ordering::Relaxed);
-        s.seq.fetch_add(1, Ordering::AcqRel);
+        write(&TABLE[i], start, len);
         Some(i)
     }
 
     pub(super) fn unregister(i: usize) {
-        let s = &TABLE[i];
-        s.seq.fetch_add(1, Ordering::AcqRel);
-        s.start.store(0, Ordering::Relaxed);
-        s.len.store(0, Ordering::Relaxed);
-        s.seq.fetch_add(1, Ordering::AcqRel);
-        s.used.store(false, Ordering::Release);
+        write(&TABLE[i], 0, 0);
+        TABLE[i].used.store(false, Ordering::Release);
     }
 
-    /// The slot whose range holds `addr`, read consistently.
-    fn owner(addr: usize) -> Option<&'static Slot> {
-        TABLE.iter().find(|s| loop {
-            let before = s.seq.load(Ordering::Acquire);
-            if before % 2 == 1 {
-                continue; // changing right now (on another thread): read again
-            }
-            let (start, len) = (
-                s.start.load(Ordering::Relaxed),
-                s.len.load(Ordering::Relaxed),
-            );
-            if s.seq.load(Ordering::Acquire) == before {
-                break len > 0 && addr >= start && addr - start < len;
-            }
+    /// Writes a slot's range under its seqlock.
+    fn write(s: &Slot, start: usize, len: usize) {
+        s.seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        s.faulted.store(false, Ordering::Relaxed);
+        s.start.store(start, Ordering::Relaxed);
+        s.len.store(len, Ordering::Relaxed);
+        s.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Marks the calling thread as reading; returns its entry.
+    pub(super) fn begin_reading() -> Option<usize> {
+        let me = tid();
+        let from = me as usize % READERS;
+        (0..READERS).map(|k| (from + k) % READERS).find(|&i| {
+            READING[i]
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
         })
     }
 
-    /// The signal handler. Only atomics and two system calls (`mmap`, `sigaction`).
-    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-        let addr = unsafe { (*info).si_addr() } as usize;
-        if READING.load(Ordering::Acquire) > 0 {
-            if let Some(slot) = owner(addr) {
-                let page = PAGE.load(Ordering::Relaxed);
-                let at = addr & !(page - 1);
-                // SAFETY: replaces one page of a mapping the library owns (registered above and
-                // alive until unregistered) with zeros; the faulting read then re-executes.
-                let p = unsafe {
-                    libc::mmap(
-                        at as *mut libc::c_void,
-                        page,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                        0,
-                    )
-                };
-                if p != libc::MAP_FAILED {
-                    slot.faulted.store(true, Ordering::Release);
-                    return;
-                }
-            }
-        }
-        chain(sig, info, ctx);
+    pub(super) fn end_reading(i: usize) {
+        READING[i].store(0, Ordering::Release);
     }
 
-    /// Passes a fault that is not ours to the previous disposition.
-    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    /// A slot's range, read consistently; `None` if it changed meanwhile (read again).
+    fn range(s: &Slot) -> Option<(usize, usize)> {
+        let before = s.seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return None;
+        }
+        let (start, len) = (
+            s.start.load(Ordering::Relaxed),
+            s.len.load(Ordering::Relaxed),
+        );
+        fence(Ordering::Acquire);
+        (s.seq.load(Ordering::Relaxed) == before).then_some((start, len))
+    }
+
+    /// The handler. Only atomics and system calls (`gettid`, `mmap`, `sigaction`, `raise`);
+    /// `errno` is restored on return.
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; errno is this
+        // thread's.
+        let (code, addr, errno) = unsafe {
+            (
+                (*info).si_code,
+                (*info).si_addr() as usize,
+                *libc::__errno_location(),
+            )
+        };
+        // Only a fault at an address (a read past the end of a mapped file is BUS_ADRERR) on a
+        // thread reading for the library is ours.
+        let reading = || READING.iter().any(|r| r.load(Ordering::Acquire) == tid());
+        if code == libc::BUS_ADRERR && reading() && repair(addr) {
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = errno };
+            return;
+        }
+        chain(sig, info, ctx, code > 0);
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+    }
+
+    /// Maps zeros from the faulting page to the end of every watched range that holds `addr`,
+    /// and marks those ranges; whether any did.
+    fn repair(addr: usize) -> bool {
+        let page = PAGE.load(Ordering::Relaxed);
+        let at = addr & !(page - 1);
+        let mut repaired = false;
+        for s in TABLE.iter() {
+            let (start, len) = loop {
+                if let Some(r) = range(s) {
+                    break r;
+                }
+            };
+            if len == 0 || addr < start || addr - start >= len {
+                continue;
+            }
+            let end = (start + len).div_ceil(page) * page;
+            // SAFETY: replaces the pages from the faulting one to the end of a range the library
+            // maps (registered, and unregistered before it is unmapped) with zeros; the faulting
+            // read then re-executes.
+            let p = unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    end - at,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                s.faulted.store(true, Ordering::Release);
+                repaired = true;
+            }
+        }
+        repaired
+    }
+
+    /// Passes a signal that is not ours to the previous disposition. `fault` says whether it came
+    /// from a faulting instruction (which runs again on return) rather than from `kill`.
+    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, fault: bool) {
         let Some(prev) = PREVIOUS.get() else { return };
         let handler = prev.sa_sigaction;
         if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-            // Back to the default: the faulting instruction runs again and ends the process,
-            // as it would have without this module.
-            // SAFETY: restores the saved disposition.
-            unsafe { libc::sigaction(libc::SIGBUS, prev, std::ptr::null_mut()) };
+            // SAFETY: restores the saved disposition; a fault then ends the process when the
+            // instruction runs again, as it would have without this module, and a sent signal is
+            // raised again (delivered when this handler returns).
+            unsafe {
+                libc::sigaction(libc::SIGBUS, prev, std::ptr::null_mut());
+                if !fault {
+                    libc::raise(sig);
+                }
+            }
             return;
         }
         // SAFETY: calls the handler that was installed before ours, with the arguments the
@@ -173,14 +248,14 @@ mod imp {
 
 /// A mapped range the handler watches while the library reads; unregistered on drop.
 pub(crate) struct Guard {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     slot: Option<usize>,
 }
 
 impl Guard {
     /// Watches `bytes` (a file mapping).
     pub(crate) fn new(bytes: &[u8]) -> Guard {
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         {
             if bytes.is_empty() {
                 return Guard { slot: None };
@@ -190,7 +265,7 @@ impl Guard {
                 slot: imp::register(bytes.as_ptr() as usize, bytes.len()),
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(not(target_os = "linux"))]
         {
             let _ = bytes;
             Guard {}
@@ -200,7 +275,7 @@ impl Guard {
     /// Whether a read found the file shorter than its mapping (the missing pages now read as
     /// zeros: nothing read from this mapping since it was made can be trusted).
     pub(crate) fn faulted(&self) -> bool {
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         {
             self.slot.is_some_and(|i| {
                 imp::TABLE[i]
@@ -208,37 +283,45 @@ impl Guard {
                     .load(std::sync::atomic::Ordering::Acquire)
             })
         }
-        #[cfg(not(unix))]
+        #[cfg(not(target_os = "linux"))]
         false
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         if let Some(i) = self.slot {
             imp::unregister(i);
         }
     }
 }
 
-/// A library read in progress: while one is alive (on any thread), faults in watched mappings
-/// are caught.
-pub(crate) struct Reading(());
+/// The calling thread reads for the library while this is alive: faults in watched mappings on
+/// this thread are caught.
+pub(crate) struct Reading {
+    #[cfg(target_os = "linux")]
+    entry: Option<usize>,
+}
 
-/// Marks a library read in progress until the returned value is dropped.
+/// Marks the calling thread as reading for the library until the returned value is dropped.
 pub(crate) fn reading() -> Reading {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         imp::install();
-        imp::READING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Reading {
+            entry: imp::begin_reading(),
+        }
     }
-    Reading(())
+    #[cfg(not(target_os = "linux"))]
+    Reading {}
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
-        #[cfg(unix)]
-        imp::READING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        #[cfg(target_os = "linux")]
+        if let Some(i) = self.entry {
+            imp::end_reading(i);
+        }
     }
 }

@@ -297,15 +297,22 @@ impl RegionIndex {
             .unwrap_or(0)
     }
 
-    /// The position (in insertion order) of an indexed box that overlaps `r`, if any.
+    /// The position (in insertion order) of an indexed box that overlaps `r`, if any. An empty
+    /// box overlaps nothing.
     pub(crate) fn overlapping(&self, r: &Region) -> Option<usize> {
         let Some(&(start, len)) = r.0.get(self.axis) else {
             // Scalars: every box is the whole.
             return (!self.regions.is_empty()).then_some(0);
         };
-        let from = (start + 1).saturating_sub(self.longest);
+        let (from, end) = (
+            (start + 1).saturating_sub(self.longest),
+            start.saturating_add(len),
+        );
+        if r.num_elements() == Some(0) || from >= end {
+            return None;
+        }
         self.by_start
-            .range(from..start.saturating_add(len))
+            .range(from..end)
             .flat_map(|(_, ids)| ids)
             .copied()
             .find(|&i| self.regions[i].intersect(r).is_some())
@@ -323,14 +330,35 @@ impl RegionIndex {
         self.regions.push(r);
     }
 
-    /// The first pair of overlapping boxes of `regions` (positions, earlier first), if any.
+    /// A pair of overlapping boxes of `regions` (positions, the smaller first), if any: a sweep
+    /// along the axis they are spread on, comparing each box only with the boxes still open
+    /// where it starts. Empty boxes overlap nothing.
     pub(crate) fn first_overlap(regions: &[Region]) -> Option<(usize, usize)> {
-        let mut index = RegionIndex::new(RegionIndex::best_axis(regions));
-        for (j, r) in regions.iter().enumerate() {
-            if let Some(i) = index.overlapping(r) {
-                return Some((i, j));
+        let boxes: Vec<usize> = (0..regions.len())
+            .filter(|&i| regions[i].num_elements() != Some(0))
+            .collect();
+        if regions.first().is_some_and(|r| r.0.is_empty()) {
+            // Scalars: every box is the whole.
+            return (boxes.len() >= 2).then(|| (boxes[0], boxes[1]));
+        }
+        let nonempty: Vec<Region> = boxes.iter().map(|&i| regions[i].clone()).collect();
+        let axis = RegionIndex::best_axis(&nonempty);
+        let mut order = boxes;
+        order.sort_by_key(|&i| regions[i].0[axis].0);
+        // Boxes open at the sweep position, by where they end along `axis`.
+        let mut open: std::collections::BTreeSet<(u64, usize)> = Default::default();
+        for j in order {
+            let (start, len) = regions[j].0[axis];
+            while open.first().is_some_and(|&(end, _)| end <= start) {
+                open.pop_first();
             }
-            index.insert(r.clone());
+            if let Some(&(_, i)) = open
+                .iter()
+                .find(|&&(_, i)| regions[i].intersect(&regions[j]).is_some())
+            {
+                return Some((i.min(j), i.max(j)));
+            }
+            open.insert((start.saturating_add(len), j));
         }
         None
     }
@@ -491,6 +519,7 @@ mod tests {
                 .map(|i| match case % 3 {
                     0 => Region::new(vec![(i as u64 * 3 + rnd(2) * rnd(4), 3), (0, 8)]),
                     1 => Region::new(vec![(i as u64 / 4 * 5, 5), (i as u64 % 4 * 2 + rnd(2), 2)]),
+                    _ if rnd(8) == 0 => Region::new(vec![(rnd(50), rnd(3)), (rnd(50), 0)]),
                     _ => Region::new(vec![(rnd(50), 1 + rnd(9)), (rnd(50), 1 + rnd(9))]),
                 })
                 .collect();
@@ -500,11 +529,37 @@ mod tests {
                     .map(|_| j)
             });
             let found = RegionIndex::first_overlap(&regions);
-            assert_eq!(found.map(|(_, j)| j), naive, "case {case}: {regions:?}");
+            assert_eq!(found.is_some(), naive.is_some(), "case {case}: {regions:?}");
             if let Some((i, j)) = found {
                 assert!(i < j && regions[i].intersect(&regions[j]).is_some());
             }
+            // The incremental index agrees, and never panics on empty boxes.
+            let mut index = RegionIndex::new(rnd(2) as usize);
+            let incremental = regions.iter().enumerate().find_map(|(j, r)| {
+                let hit = index.overlapping(r).map(|_| j);
+                index.insert(r.clone());
+                hit
+            });
+            assert_eq!(incremental, naive, "case {case}: {regions:?}");
         }
+        // Found in review: zero-length extents on the sweep axis ([5, 0] stored as 0,2:- and
+        // 0,3:-) are empty boxes, not a panic.
+        let empty = [
+            Region::new(vec![(0, 2), (0, 0)]),
+            Region::new(vec![(0, 3), (0, 0)]),
+        ];
+        assert_eq!(RegionIndex::first_overlap(&empty), None);
+        let mut index = RegionIndex::new(1);
+        index.insert(empty[0].clone());
+        assert_eq!(index.overlapping(&empty[1]), None);
+        // One long box across every stripe (found in review: a quadratic case for the window
+        // bound): still found overlap-free, and the overlapping variant found.
+        let n = 20_000u64;
+        let mut stripes: Vec<Region> = vec![Region::new(vec![(0, n), (0, 1)])];
+        stripes.extend((0..n).map(|i| Region::new(vec![(i, 1), (1, 1)])));
+        assert_eq!(RegionIndex::first_overlap(&stripes), None);
+        stripes.push(Region::new(vec![(n / 2, 1), (0, 2)]));
+        assert!(RegionIndex::first_overlap(&stripes).is_some());
         // Scalars: two are always the same box.
         assert_eq!(
             RegionIndex::first_overlap(&[Region::default(), Region::default()]),

@@ -29,6 +29,18 @@ impl Bytes {
         Bytes(Repr::Mapped(m))
     }
 
+    /// An error when a library read found the checkpoint file truncated under these (mapped)
+    /// bytes: the pages past its end then read as zeros.
+    pub(crate) fn intact(&self) -> crate::Result<()> {
+        match &self.0 {
+            Repr::Mapped(m) if m.faulted() => Err(crate::ErrorKind::Truncated {
+                path: m.path().to_path_buf(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the bytes are a copy-on-write mapping of a checkpoint file (see the type's docs).
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Repr::Mapped(_))
@@ -140,6 +152,25 @@ impl Strings {
             .then_some(Strings { bytes, ends })
     }
 
+    /// Copies of `items`, allocated fallibly (an error naming `what`).
+    pub(crate) fn try_from_slices(items: &[Vec<u8>], what: &str) -> crate::Result<Strings> {
+        let total: usize = items.iter().map(Vec::len).sum();
+        let mut ends = Vec::new();
+        let mut bytes = Vec::new();
+        let failed = |n: usize| crate::ErrorKind::Allocation {
+            bytes: n as u64,
+            tensor: what.to_string(),
+        };
+        ends.try_reserve_exact(items.len())
+            .map_err(|_| failed(items.len() * 8))?;
+        bytes.try_reserve_exact(total).map_err(|_| failed(total))?;
+        for s in items {
+            bytes.extend_from_slice(s);
+            ends.push(bytes.len() as u64);
+        }
+        Ok(Strings { bytes, ends })
+    }
+
     /// Number of strings.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -200,6 +231,8 @@ impl Strings {
 pub(crate) struct StringsByRuns {
     ends: Vec<u64>,
     bytes: Vec<u8>,
+    /// A source's second pass did not match its first (the file changed in between).
+    mismatch: bool,
 }
 
 impl StringsByRuns {
@@ -208,6 +241,7 @@ impl StringsByRuns {
         Ok(StringsByRuns {
             ends: try_zeroed(n, what)?,
             bytes: Vec::new(),
+            mismatch: false,
         })
     }
 
@@ -232,21 +266,29 @@ impl StringsByRuns {
 
     /// Second pass: the bytes of `src`'s strings `from..from + len` for strings `dst..`.
     pub(crate) fn bytes(&mut self, src: &Strings, from: u64, dst: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
         let (a, b) = (src.start(from) as usize, src.start(from + len) as usize);
         let d = if dst == 0 {
             0
         } else {
             self.ends[dst as usize - 1]
         } as usize;
-        self.bytes[d..d + (b - a)].copy_from_slice(&src.bytes[a..b]);
+        let e = self.ends[(dst + len) as usize - 1] as usize;
+        if b - a != e - d {
+            self.mismatch = true; // not the lengths of the first pass
+            return;
+        }
+        self.bytes[d..e].copy_from_slice(&src.bytes[a..b]);
     }
 
-    /// The strings.
-    pub(crate) fn finish(self) -> Strings {
-        Strings {
+    /// The strings; `None` when a source's two passes disagreed.
+    pub(crate) fn finish(self) -> Option<Strings> {
+        (!self.mismatch).then_some(Strings {
             bytes: self.bytes,
             ends: self.ends,
-        }
+        })
     }
 }
 

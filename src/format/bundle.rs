@@ -169,10 +169,8 @@ impl Bundle {
             return Ok(None);
         };
         if verify {
-            // Watched while it is checked: the file may be truncated under it meanwhile.
-            let guard = crate::base::sigbus::Guard::new(private.as_slice());
             let found = crc::crc32c(private.as_slice());
-            if guard.faulted() {
+            if private.faulted() {
                 return Err(ErrorKind::Truncated {
                     path: self.shard_path(e.shard),
                 }

@@ -242,7 +242,8 @@ fn decode_record(
     };
     if dtype == DType::String {
         count(data.string_val.len())?;
-        return Ok(V1Values::Strings(data.string_val.iter().collect()));
+        let strings = crate::base::tensor::Strings::try_from_slices(&data.string_val, name)?;
+        return Ok(V1Values::Strings(strings));
     }
     let Some(size) = dtype.size() else {
         return Err(bad(format!(

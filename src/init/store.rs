@@ -350,6 +350,7 @@ impl VariableStore {
     /// parts have (see [`LoadOptions::cast`](crate::LoadOptions::cast)). Every allocation is
     /// fallible: a value too large to hold is an error, never an abort.
     pub fn partitioned_value(&self, name: &str) -> Result<Tensor> {
+        let _reading = crate::base::sigbus::reading();
         let pv = self
             .partitioned
             .get(name)
@@ -375,6 +376,29 @@ impl VariableStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let dtype = parts.first().map_or(pv.dtype, |(_, t)| t.dtype);
+        // A part's value may have been replaced (`value_mut`): it must still fit its box.
+        for ((have, t), p) in parts.iter().zip(&pv.parts) {
+            let fits = match &t.data {
+                TensorData::Bytes(b) => dtype
+                    .size()
+                    .is_some_and(|s| b.len() as u64 == have.num_elements().unwrap_or(0) * s as u64),
+                TensorData::Strings(s) => {
+                    dtype.size().is_none() && s.len() as u64 == have.num_elements().unwrap_or(0)
+                }
+            };
+            if t.dtype != dtype || t.shape != have.shape() || !fits {
+                return Err(ErrorKind::BadVariable {
+                    name: p.clone(),
+                    reason: format!(
+                        "its value is {} {:?}, the partitioned variable needs {dtype} {:?}",
+                        t.dtype,
+                        t.shape,
+                        have.shape()
+                    ),
+                }
+                .into());
+            }
+        }
         // `check_shape` bounded the element count when the variable was made.
         let n = num_elements(&pv.shape).unwrap_or(0) as usize;
         let full = Region::whole(&pv.shape);
@@ -406,14 +430,39 @@ impl VariableStore {
                     let src = t.strings().unwrap_or(&none);
                     for_each_run(have, &full, have, |r| out.bytes(src, r.src, r.dst, r.len));
                 }
-                TensorData::Strings(out.finish())
+                TensorData::Strings(out.finish().ok_or_else(|| ErrorKind::BadVariable {
+                    name: name.into(),
+                    reason: "its parts' strings do not add up".into(),
+                })?)
             }
         };
+        for (_, t) in &parts {
+            if let TensorData::Bytes(b) = &t.data {
+                b.intact()?;
+            }
+        }
         Ok(Tensor {
             dtype,
             shape: pv.shape.clone(),
             data,
         })
+    }
+
+    /// Runs `f` over the store on the calling thread, catching a checkpoint file truncated under
+    /// a value mapped copy-on-write ([`LoadOptions::map_values`](crate::LoadOptions::map_values))
+    /// while `f` reads it: the result is then [`ErrorKind::Truncated`] naming the file, where a
+    /// plain read would end the process with `SIGBUS`. `tfckpt init` writes its values out this
+    /// way. Reads on other threads are not covered.
+    pub fn read_values<R>(&self, f: impl FnOnce(&Self) -> R) -> Result<R> {
+        let reading = crate::base::sigbus::reading();
+        let out = f(self);
+        drop(reading);
+        for t in self.values.values() {
+            if let TensorData::Bytes(b) = &t.data {
+                b.intact()?;
+            }
+        }
+        Ok(out)
     }
 }
 

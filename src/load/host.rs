@@ -53,7 +53,14 @@ impl Destination for HostDestination {
                 }
             },
             |it| {
-                let mut group = load_group(&stored(it.ckpt, it.tensor)?, &it.dests, map_min)?;
+                let stored = stored(it.ckpt, it.tensor)?;
+                // A value to cast is read once into a new buffer: mapping it first gains nothing.
+                let cast = reads
+                    .options
+                    .cast
+                    .is_some_and(|(from, _)| from == stored.info.dtype);
+                let map_min = map_min.filter(|_| !cast);
+                let mut group = load_group(&stored, &it.dests, map_min)?;
                 if let Some((from, to)) = reads.options.cast {
                     for (_, t) in &mut group.values {
                         cast_tensor(t, from, to)?;

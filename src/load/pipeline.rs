@@ -71,7 +71,11 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                             if stop.load(Ordering::Relaxed) {
                                 return None;
                             }
-                            let r = work(&items[i]);
+                            let r = {
+                                // The work reads file mappings on this pool thread.
+                                let _reading = crate::base::sigbus::reading();
+                                work(&items[i])
+                            };
                             if r.is_err() {
                                 stop.store(true, Ordering::Relaxed);
                             }

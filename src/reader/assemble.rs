@@ -196,7 +196,12 @@ impl Stored<'_> {
             }
         }
         for (req, o) in reqs.iter_mut().zip(out) {
-            fill(&mut req.1, o.finish())?;
+            let strings = o.finish().ok_or_else(|| ErrorKind::BadEntry {
+                path: self.ckpt.prefix().to_path_buf(),
+                tensor: name.clone(),
+                reason: "the stored strings changed while they were read".into(),
+            })?;
+            fill(&mut req.1, strings)?;
         }
         Ok(used.len())
     }
@@ -215,12 +220,15 @@ impl Stored<'_> {
     /// The record of stored piece `p` in a V1 checkpoint.
     fn read_v1(&self, set: &crate::format::v1::V1Set, p: &Piece) -> Result<V1Values> {
         let t = &set.tensors[&self.info.name];
-        let file = t
-            .slices
-            .iter()
-            .find(|(x, _)| *x == p.slice)
-            .map(|(_, f)| *f)
-            .unwrap_or_default();
+        // The listing keeps the file's order of slices: the piece's position finds its file.
+        let file = match t.slices.get(p.index) {
+            Some((x, f)) if *x == p.slice => *f,
+            _ => t
+                .slices
+                .iter()
+                .find(|(x, _)| *x == p.slice)
+                .map_or(0, |(_, f)| *f),
+        };
         set.read_slice(&self.info.name, t, &p.slice, file)
     }
 

@@ -438,6 +438,7 @@ impl Checkpoint {
         let mut problems: Vec<(Option<(u32, u64)>, Error)> = data
             .par_iter()
             .filter_map(|e| {
+                let _reading = crate::base::sigbus::reading();
                 b.verify_entry(e)
                     .err()
                     .map(|err| (Some((e.shard, e.offset)), err))

@@ -19,10 +19,12 @@ pub(crate) struct Stored<'c> {
     id: usize,
 }
 
-/// A stored piece of a tensor: a stored slice (or the whole tensor) and the box it covers.
+/// A stored piece of a tensor: a stored slice (or the whole tensor), the box it covers, and its
+/// position among the tensor's stored slices.
 pub(crate) struct Piece {
     pub slice: Slice,
     pub region: Region,
+    pub index: usize,
 }
 
 /// Where a stored entry lies: (shard, offset). Identifies an entry for "read once" bookkeeping.
@@ -59,9 +61,11 @@ impl<'c> Stored<'c> {
     pub(crate) fn pieces(&self) -> Vec<Piece> {
         self.slices()
             .iter()
-            .map(|s| Piece {
+            .enumerate()
+            .map(|(index, s)| Piece {
                 slice: s.clone(),
                 region: s.region(&self.info.shape),
+                index,
             })
             .collect()
     }

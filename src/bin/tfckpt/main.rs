@@ -168,7 +168,7 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
             writeln!(
                 out,
                 "{}\t{}\t{}{parts}",
-                t.name,
+                tfckpt::escape_controls(&t.name),
                 t.dtype,
                 shape_text(&t.shape)
             )?;
@@ -238,11 +238,14 @@ fn init(
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
     if let Some(dir) = out {
+        if dir.exists() && !dir.is_dir() {
+            return Err(format!("--out {}: exists and is not a directory", dir.display()).into());
+        }
         check_out_names(dir, &store)?;
     }
     let call = init_from_checkpoint(&mut store, ckpt, &map)?;
     for w in &call.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", tfckpt::escape_controls(w));
     }
     let mut options = LoadOptions {
         // init only reads the values (to write them out): large ones are mapped, not copied.
@@ -348,6 +351,12 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
 /// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable, all or
 /// nothing (see `out`).
 fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
+    // Values may be copy-on-write mappings of the checkpoint: a file truncated meanwhile is an
+    // error (ErrorKind::Truncated), not SIGBUS.
+    store.read_values(|store| write_tree_of(dir, store))?
+}
+
+fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
     out::write_tree(dir, |tmp| {
         for v in store.variables() {
             let t = store

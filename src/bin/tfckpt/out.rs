@@ -6,7 +6,8 @@
 //!   meanwhile, this one fails saying so and writes nothing. An existing DIR takes the files by a
 //!   merge under an exclusive lock on DIR (so concurrent writers take turns, each merge whole):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
-//!   the files moved aside are put back.
+//!   the files moved aside are put back. A process killed in the middle (SIGKILL) can leave a
+//!   `.tfckpt-out-*` or `.tfckpt-aside-*` folder behind.
 
 use std::path::{Path, PathBuf};
 
@@ -142,7 +143,8 @@ fn check_merge(from: &Path, to: &Path) -> CliResult {
     for e in std::fs::read_dir(from).map_err(|e| io_err(from, e))? {
         let e = e.map_err(|e| io_err(from, e))?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
-        match (src.is_dir(), dst.exists(), dst.is_dir()) {
+        // `symlink_metadata`: a dangling link is something, not nothing.
+        match (src.is_dir(), dst.symlink_metadata().is_ok(), dst.is_dir()) {
             (true, true, true) => check_merge(&src, &dst)?,
             (true, true, false) => {
                 return Err(format!("{} exists and is not a directory", dst.display()).into())
@@ -164,31 +166,37 @@ enum Step {
     Moved { src: PathBuf, dst: PathBuf },
 }
 
-/// Moves the tree `from` into the existing directory `to`. Existing files are moved aside (into
-/// `from/.aside`) before being replaced; on any failure every step is undone in reverse order.
+/// Moves the tree `from` into the existing directory `to`. Existing files are moved aside (into a
+/// temporary folder of their own in `to`) before being replaced; on any failure every step is
+/// undone in reverse order. If the undo fails too, the folder of files moved aside is kept and
+/// named in the error: nothing of the user's is deleted.
 fn merge(from: &Path, to: &Path) -> CliResult {
-    let aside = from.join(".aside");
-    std::fs::create_dir(&aside).map_err(|e| io_err(&aside, e))?;
+    let aside = tempfile::Builder::new()
+        .prefix(".tfckpt-aside-")
+        .tempdir_in(to)
+        .map_err(|e| io_err(to, e))?;
     let mut steps = Vec::new();
-    let result = merge_steps(from, to, &aside, &mut steps);
-    if let Err(e) = result {
-        let mut undo = Ok(());
-        for s in steps.into_iter().rev() {
-            undo = undo.and(match s {
-                Step::Moved { src, dst } => std::fs::rename(&dst, &src),
-                Step::Aside { dst, aside } => std::fs::rename(&aside, &dst),
-            });
-        }
-        return Err(match undo {
-            Ok(()) => e,
-            Err(u) => format!(
-                "{e}; undoing the merge also failed ({u}): {} may be incomplete",
-                to.display()
-            )
-            .into(),
+    let result = merge_steps(from, to, aside.path(), &mut steps);
+    let Err(e) = result else { return Ok(()) };
+    let mut undo = Ok(());
+    for s in steps.into_iter().rev() {
+        undo = undo.and(match s {
+            Step::Moved { src, dst } => std::fs::rename(&dst, &src),
+            Step::Aside { dst, aside } => std::fs::rename(&aside, &dst),
         });
     }
-    Ok(())
+    Err(match undo {
+        Ok(()) => e,
+        Err(u) => {
+            let kept = aside.keep();
+            format!(
+                "{e}; undoing the merge also failed ({u}): {} may be incomplete, and the files it replaced are in {}",
+                to.display(),
+                kept.display()
+            )
+            .into()
+        }
+    })
 }
 
 fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> CliResult {
@@ -199,14 +207,14 @@ fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> C
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let (src, dst) = (e.path(), to.join(e.file_name()));
-        if src == aside {
+        if dst == aside {
             continue;
         }
         if src.is_dir() && dst.is_dir() {
             merge_steps(&src, &dst, aside, steps)?;
             continue;
         }
-        if dst.exists() {
+        if dst.symlink_metadata().is_ok() {
             let to_aside = aside.join(format!("{}", steps.len()));
             fault_point()?;
             std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;

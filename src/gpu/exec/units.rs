@@ -99,6 +99,7 @@ fn coalesce(copies: &mut Vec<Transfer>) {
 /// Checksums the pieces of `u` that fall in `sub` (a range of the source), and copies `sub` into
 /// `dst` when given.
 pub(super) fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) -> Vec<CrcPiece> {
+    let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
     let src = u.src.bytes();
     let mut parts = Vec::new();
     for (check, off, r) in &u.crcs {
