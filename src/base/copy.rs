@@ -20,6 +20,9 @@ const STEP: usize = 64 << 10;
 pub(crate) struct Dst<'a> {
     pub buf: &'a mut [u8],
     pub want: &'a Region,
+    /// The buffer holds the (2-D) box transposed: column-major, as a candle `Linear` weight holds a
+    /// TensorFlow dense kernel.
+    pub transposed: bool,
 }
 
 /// A destination's rows that fall in one band: the piece of its buffer and the box of that piece.
@@ -31,9 +34,9 @@ struct Piece<'a> {
 /// Copies every element of `src` (row-major box `have`, `size`-byte elements) that lies in a
 /// destination's box into that destination, and returns the CRC32C of all of `src`, computed in the
 /// same pass. Destinations must be sized for their boxes; elements outside `have` are not touched.
-pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, dsts: Vec<Dst<'_>>) -> u32 {
+pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<Dst<'_>>) -> u32 {
     if let [d] = &dsts[..] {
-        if d.want == have {
+        if d.want == have && !d.transposed {
             // The whole source into one destination (the common case): plain chunks, no band
             // bookkeeping.
             let Some(Dst { buf, .. }) = dsts.into_iter().next() else {
@@ -52,6 +55,39 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, dsts: Vec<Dst<
     let row_bytes = (src.len() as u64).checked_div(rows).unwrap_or(0) as usize;
     if rows == 0 || row_bytes == 0 {
         return crc::serial(src);
+    }
+    if dsts.iter().any(|d| d.transposed) {
+        // Transposed rows are not contiguous in their buffer: no disjoint bands to write in
+        // parallel, so one pass in steps (other tensors of the load keep the other cores busy).
+        // Steps of a multiple of 16 rows write whole cache lines of 4-byte elements.
+        let step_rows = (STEP / row_bytes).max(1).next_multiple_of(16) as u64;
+        let mut running = crc::Running::new();
+        let mut s0 = first_row;
+        while s0 < first_row + rows {
+            let s1 = (s0 + step_rows).min(first_row + rows);
+            let (a, b) = (
+                (s0 - first_row) as usize * row_bytes,
+                (s1 - first_row) as usize * row_bytes,
+            );
+            running.update(&src[a..b]);
+            let step = have.with_rows(s0, s1 - s0);
+            for d in &mut dsts {
+                if d.transposed && d.want == have {
+                    // The whole box, transposed: tile by tile.
+                    transpose_rows(
+                        &src[a..b],
+                        (s0 - first_row) as usize,
+                        rows as usize,
+                        size,
+                        d.buf,
+                    );
+                } else {
+                    copy_box(src, have, &step, size, d.buf, d.want, d.transposed);
+                }
+            }
+            s0 = s1;
+        }
+        return running.finish();
     }
     let band_rows = (BAND / row_bytes).max(1) as u64;
     let bands: Vec<(u64, u64)> = (0..rows.div_ceil(band_rows))
@@ -121,21 +157,95 @@ fn split_into_bands<'a>(dsts: Vec<Dst<'a>>, bands: &[(u64, u64)]) -> Vec<Vec<Pie
 /// Copies the part of `step` (a few rows of the source box `have`) each piece needs.
 fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut [Piece<'_>]) {
     for p in pieces {
-        if let Some(inter) = step.intersect(&p.want) {
-            for_each_run(
-                have,
-                &p.want,
-                &inter,
-                |Run {
-                     src: s,
-                     dst: d,
-                     len,
-                 }| {
-                    let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
-                    p.buf[d..d + n].copy_from_slice(&src[s..s + n]);
-                },
-            );
+        copy_box(src, have, step, size, p.buf, &p.want, false);
+    }
+}
+
+/// Copies what box `part` of `src` (which holds box `have`) shares with `want` into `dst` (which
+/// holds box `want`, row-major or, with `transposed`, a 2-D box column-major).
+pub(crate) fn copy_box(
+    src: &[u8],
+    have: &Region,
+    part: &Region,
+    size: usize,
+    dst: &mut [u8],
+    want: &Region,
+    transposed: bool,
+) {
+    let Some(inter) = part.intersect(want) else {
+        return;
+    };
+    let cols = match want.dims() {
+        [(_, rows), (_, cols)] if transposed => Some((*rows as usize, *cols as usize)),
+        _ => None,
+    };
+    for_each_run(
+        have,
+        want,
+        &inter,
+        |Run {
+             src: s,
+             dst: d,
+             len,
+         }| {
+            let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
+            let Some((rows, cols)) = cols else {
+                dst[d..d + n].copy_from_slice(&src[s..s + n]);
+                return;
+            };
+            let (src, first) = (&src[s..s + n], d / size);
+            match size {
+                2 => scatter(src, dst, first, rows, cols, 2),
+                4 => scatter(src, dst, first, rows, cols, 4),
+                8 => scatter(src, dst, first, rows, cols, 8),
+                _ => scatter(src, dst, first, rows, cols, size),
+            }
+        },
+    );
+}
+
+/// Writes the `size`-byte elements of `src`, elements `first..` of a `rows` x `cols` box in
+/// row-major order, into `dst`, which holds the box transposed (element (r, c) at `c * rows + r`).
+/// Inlined so that each call with a constant `size` gets its own fixed-size element moves.
+#[inline(always)]
+fn scatter(src: &[u8], dst: &mut [u8], first: usize, rows: usize, cols: usize, size: usize) {
+    let mut i = first;
+    let mut rest = src;
+    while !rest.is_empty() {
+        // One row of the box (or what of it is left) at a time: its row index computed once.
+        let (r, c0) = (i / cols, i % cols);
+        let (row, tail) = rest.split_at(((cols - c0) * size).min(rest.len()));
+        for (j, e) in row.chunks_exact(size).enumerate() {
+            let at = ((c0 + j) * rows + r) * size;
+            dst[at..at + size].copy_from_slice(e);
         }
+        i += row.len() / size;
+        rest = tail;
+    }
+}
+
+/// Writes rows `first..` of a `rows`-row matrix (`src`: whole rows, row-major) into `dst`, which
+/// holds the whole matrix transposed. Column by column, so that each write is a contiguous run of
+/// the destination; the source rows of a step stay in cache while their columns are gathered.
+fn transpose_rows(src: &[u8], first: usize, rows: usize, size: usize, dst: &mut [u8]) {
+    #[inline(always)]
+    fn go(src: &[u8], first: usize, rows: usize, dst: &mut [u8], size: usize) {
+        let row_bytes = dst.len() / rows.max(1);
+        let n = src.len() / row_bytes.max(1);
+        for c in 0..row_bytes / size {
+            let out = &mut dst[(c * rows + first) * size..(c * rows + first + n) * size];
+            for (r, o) in out.chunks_exact_mut(size).enumerate() {
+                let at = r * row_bytes + c * size;
+                o.copy_from_slice(&src[at..at + size]);
+            }
+        }
+    }
+    // A constant element size in each arm, so that each element is one fixed-size move.
+    match size {
+        2 => go(src, first, rows, dst, 2),
+        4 => go(src, first, rows, dst, 4),
+        8 => go(src, first, rows, dst, 8),
+        _ => go(src, first, rows, dst, size),
     }
 }
 
@@ -248,7 +358,11 @@ mod tests {
         let dsts = bufs
             .iter_mut()
             .zip(&wants)
-            .map(|(b, w)| Dst { buf: b, want: w })
+            .map(|(b, w)| Dst {
+                buf: b,
+                want: w,
+                transposed: false,
+            })
             .collect();
         let crc = copy_verify(&src, &have, size, dsts);
         assert_eq!(crc, crc32c::crc32c(&src));
@@ -266,7 +380,8 @@ mod tests {
                 4,
                 vec![Dst {
                     buf: &mut one,
-                    want: &Region::default()
+                    want: &Region::default(),
+                    transposed: false,
                 }]
             ),
             crc32c::crc32c(&[1, 2, 3, 4])
@@ -276,6 +391,57 @@ mod tests {
             copy_verify(&[], &Region::new(vec![(0, 0), (0, 3)]), 4, vec![]),
             0
         );
+    }
+
+    #[test]
+    fn transposed_destinations_match_the_oracle() {
+        // Boxes of a 300 x 70 source of 2-, 4- and 8-byte elements, some held transposed, with
+        // runs that span several rows (whole-width boxes) and runs cut by the box.
+        for size in [1usize, 2, 4, 8] {
+            let have = Region::new(vec![(10u64, 300u64), (0, 70)]);
+            let src: Vec<u8> = (0..300 * 70 * size).map(|i| (i * 7 % 253) as u8).collect();
+            let wants = [
+                (Region::new(vec![(10, 300), (0, 70)]), true),
+                (Region::new(vec![(0, 100), (0, 70)]), true),
+                (Region::new(vec![(200, 200), (5, 60)]), true),
+                (Region::new(vec![(20, 30), (0, 70)]), false),
+            ];
+            let mut bufs: Vec<Vec<u8>> = wants
+                .iter()
+                .map(|(w, _)| vec![0u8; w.num_elements().unwrap() as usize * size])
+                .collect();
+            let dsts = bufs
+                .iter_mut()
+                .zip(&wants)
+                .map(|(buf, (want, transposed))| Dst {
+                    buf,
+                    want,
+                    transposed: *transposed,
+                })
+                .collect();
+            assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
+            for (b, (w, transposed)) in bufs.iter().zip(&wants) {
+                let mut plain = vec![0u8; b.len()];
+                naive(&src, &have, w, size, &mut plain);
+                let [(_, rows), (_, cols)] = w.dims() else {
+                    unreachable!()
+                };
+                let (rows, cols) = (*rows as usize, *cols as usize);
+                let mut want_buf = plain.clone();
+                if *transposed {
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                            want_buf[to..to + size].copy_from_slice(&plain[from..from + size]);
+                        }
+                    }
+                }
+                assert!(
+                    *b == want_buf,
+                    "size {size} box {w:?} transposed {transposed}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -342,6 +342,16 @@ const HUGE_PAGE: usize = 2 << 20;
 /// times fewer (first-touch faults otherwise cap a load near 1 GB/s per core). The memory comes from
 /// the allocator's zeroed path, which maps fresh pages instead of writing zeros.
 pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
+    // SAFETY: all-zero bytes are valid `u8`s.
+    unsafe { alloc_zeroed_as::<u8>(len, tensor) }
+}
+
+/// [`alloc_zeroed`] for `n` elements of `T`.
+///
+/// # Safety
+/// All-zero bytes must be a valid `T` (true of the integers and floats).
+pub(crate) unsafe fn alloc_zeroed_as<T>(n: usize, tensor: &str) -> Result<Vec<T>> {
+    let len = n.saturating_mul(std::mem::size_of::<T>());
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -352,15 +362,15 @@ pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
         }
         .into()
     };
-    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| fail())?;
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| fail())?;
     // SAFETY: `layout` has a non-zero size (len > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
     if ptr.is_null() {
         return Err(fail());
     }
-    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; len]`, every byte
-    // is initialized (zeroed), and length == capacity == len.
-    let v = unsafe { Vec::from_raw_parts(ptr, len, len) };
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[T; n]`, every
+    // element is initialized (zeroed, valid by the caller's promise), and length == capacity == n.
+    let v = unsafe { Vec::from_raw_parts(ptr, n, n) };
     #[cfg(target_os = "linux")]
     if len >= 2 * HUGE_PAGE {
         let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);

@@ -362,7 +362,30 @@ impl TensorData {
 /// tensor (filled whole by the read).
 pub(crate) enum ElementsMut<'a> {
     Bytes(&'a mut [u8]),
+    /// The bytes of a 2-D value held transposed (column-major): a trainer's own tensor.
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    Transposed(&'a mut [u8]),
     Strings(&'a mut Strings),
+}
+
+impl ElementsMut<'_> {
+    /// The byte buffer and whether it is transposed; `None` for strings.
+    pub(crate) fn bytes(&mut self) -> Option<(&mut [u8], bool)> {
+        match self {
+            ElementsMut::Bytes(b) => Some((b, false)),
+            ElementsMut::Transposed(b) => Some((b, true)),
+            ElementsMut::Strings(_) => None,
+        }
+    }
+
+    /// The same buffer, borrowed for a shorter time.
+    pub(crate) fn reborrow(&mut self) -> ElementsMut<'_> {
+        match self {
+            ElementsMut::Bytes(b) => ElementsMut::Bytes(b),
+            ElementsMut::Transposed(b) => ElementsMut::Transposed(b),
+            ElementsMut::Strings(s) => ElementsMut::Strings(s),
+        }
+    }
 }
 
 /// A tensor: dtype, shape and elements.

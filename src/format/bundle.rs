@@ -122,6 +122,7 @@ impl Bundle {
             vec![Dst {
                 buf: dst,
                 want: &whole,
+                transposed: false,
             }],
         )?;
         if self.index.big_endian {

@@ -16,7 +16,7 @@ use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Region};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::{Variable, VariableStore};
-use crate::load::host::{cast_tensor, check_dest, filled_tensor, load_group};
+use crate::load::host::{cast_tensor, check_dest, filled_tensor, load_group, Given};
 use crate::load::skeleton::{self, Destination, Reads, Values};
 use crate::load::{DeviceStats, LoadOptions, LoadReport};
 use crate::reader::stored::Stored;
@@ -109,7 +109,7 @@ impl<L: Link> GpuDestination<'_, L> {
         options: &LoadOptions,
         report: &mut LoadReport,
     ) -> Result<()> {
-        let group = load_group(stored, dests, None)?;
+        let group = load_group(stored, dests, None, &Given::default())?;
         report.stored_reads += group.stored_reads;
         for (name, mut t) in group.values {
             if let Some((from, to)) = options.cast {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::Slice;
 use crate::base::suggest::close_names;
@@ -156,7 +157,18 @@ pub fn init_from_checkpoint(
     ckpt_dir_or_file: impl AsRef<Path>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file.as_ref())?);
+    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t)
+}
+
+/// [`init_from_checkpoint`] where variable `v` may take a tensor of dtype `t` when `accepts(v, t)`
+/// (TensorFlow's rule is `v.dtype == t`; a destination that converts may accept more).
+pub(crate) fn init_from_checkpoint_with(
+    store: &mut VariableStore,
+    ckpt_dir_or_file: &Path,
+    map: &AssignmentMap,
+    accepts: &dyn Fn(&Variable, DType) -> bool,
+) -> Result<InitReport> {
+    let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file)?);
     let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
     let mut report = InitReport {
@@ -169,6 +181,7 @@ pub fn init_from_checkpoint(
     let resolver = Resolver {
         ckpt: &ckpt,
         store: &*store,
+        accepts,
     };
     let prefix: std::sync::Arc<Path> = ckpt.prefix().into();
     for (key, target) in pairs {
@@ -211,6 +224,7 @@ struct Binding {
 struct Resolver<'a> {
     ckpt: &'a Checkpoint,
     store: &'a VariableStore,
+    accepts: &'a dyn Fn(&Variable, DType) -> bool,
 }
 
 /// What a target resolves to in the store.
@@ -331,7 +345,7 @@ impl Resolver<'_> {
     fn install(&self, r: Resolved<'_>, info: &TensorInfo) -> Result<Vec<Binding>> {
         let ckpt = self.ckpt.prefix().to_path_buf();
         let dtype_check = |v: &Variable| -> Result<()> {
-            if v.dtype != info.dtype {
+            if !(self.accepts)(v, info.dtype) {
                 return Err(ErrorKind::DtypeMismatch {
                     ckpt: ckpt.clone(),
                     variable: v.part.as_ref().map_or(&v.name, |p| &p.full_name).clone(),

@@ -3,6 +3,9 @@
 //! copied once into every value it feeds (or, with [`LoadOptions::map_values`], large values
 //! mapped copy-on-write from the file), then cast if asked.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use super::options::LoadOptions;
 use super::report::LoadReport;
 use super::skeleton::{Destination, Reads, Values};
@@ -29,6 +32,8 @@ pub(crate) struct HostDestination {
 pub(crate) struct GroupValues {
     pub stored_reads: usize,
     pub values: Vec<(String, Tensor)>,
+    /// Bytes read into given buffers.
+    pub given_bytes: u64,
 }
 
 impl Destination for HostDestination {
@@ -37,46 +42,7 @@ impl Destination for HostDestination {
     }
 
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
-        let map_min = reads
-            .options
-            .map_values
-            .then_some(reads.options.map_min_bytes.unwrap_or(MAP_MIN));
-        let items = &reads.plan.items;
-        let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
-        let groups = super::pipeline::pipeline(
-            items,
-            READ_AHEAD,
-            |it| it.bytes,
-            |it| {
-                if let Ok(s) = stored(it.ckpt, it.tensor) {
-                    s.prefetch()
-                }
-            },
-            |it| {
-                let stored = stored(it.ckpt, it.tensor)?;
-                // A value to cast is read once into a new buffer: mapping it first gains nothing.
-                let cast = reads
-                    .options
-                    .cast
-                    .is_some_and(|(from, _)| from == stored.info.dtype);
-                let map_min = map_min.filter(|_| !cast);
-                let mut group = load_group(&stored, &it.dests, map_min)?;
-                if let Some((from, to)) = reads.options.cast {
-                    for (_, t) in &mut group.values {
-                        cast_tensor(t, from, to)?;
-                    }
-                }
-                reads.tracker.add(it.bytes);
-                Ok(group)
-            },
-        )?;
-        for g in groups {
-            report.stored_reads += g.stored_reads;
-            for (name, t) in g.values {
-                add_bytes(report, &t);
-                self.values.push((name, t));
-            }
-        }
+        self.values = load_values(reads, report, &Given::default())?;
         Ok(())
     }
 
@@ -92,6 +58,78 @@ impl Destination for HostDestination {
             ..Default::default()
         })
     }
+}
+
+/// Buffers that the load fills in place of values it would allocate (a trainer's own tensors), by
+/// variable name; each is taken by the one stored tensor that feeds its variable.
+#[derive(Default)]
+pub(crate) struct Given<'a> {
+    bufs: HashMap<&'a str, Mutex<Option<ElementsMut<'a>>>>,
+}
+
+impl<'a> Given<'a> {
+    /// Variable `name` is read into `buf`, sized for its value (and, if `Transposed`, 2-D).
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    pub(crate) fn insert(&mut self, name: &'a str, buf: ElementsMut<'a>) {
+        self.bufs.insert(name, Mutex::new(Some(buf)));
+    }
+
+    fn take(&self, name: &str) -> Option<ElementsMut<'a>> {
+        let slot = self.bufs.get(name)?;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Runs every planned read through the staged pipeline; returns the values of the variables that
+/// have no buffer in `given` (those are filled in place).
+pub(crate) fn load_values(
+    reads: &Reads<'_>,
+    report: &mut LoadReport,
+    given: &Given<'_>,
+) -> Result<Vec<(String, Tensor)>> {
+    let map_min = reads
+        .options
+        .map_values
+        .then_some(reads.options.map_min_bytes.unwrap_or(MAP_MIN));
+    let items = &reads.plan.items;
+    let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
+    let groups = super::pipeline::pipeline(
+        items,
+        READ_AHEAD,
+        |it| it.bytes,
+        |it| {
+            if let Ok(s) = stored(it.ckpt, it.tensor) {
+                s.prefetch()
+            }
+        },
+        |it| {
+            let stored = stored(it.ckpt, it.tensor)?;
+            // A value to cast is read once into a new buffer: mapping it first gains nothing.
+            let cast = reads
+                .options
+                .cast
+                .is_some_and(|(from, _)| from == stored.info.dtype);
+            let map_min = map_min.filter(|_| !cast);
+            let mut group = load_group(&stored, &it.dests, map_min, given)?;
+            if let Some((from, to)) = reads.options.cast {
+                for (_, t) in &mut group.values {
+                    cast_tensor(t, from, to)?;
+                }
+            }
+            reads.tracker.add(it.bytes);
+            Ok(group)
+        },
+    )?;
+    let mut values = Vec::new();
+    for g in groups {
+        report.stored_reads += g.stored_reads;
+        report.bytes += g.given_bytes;
+        for (name, t) in g.values {
+            add_bytes(report, &t);
+            values.push((name, t));
+        }
+    }
+    Ok(values)
 }
 
 /// Counts a loaded value in the report.
@@ -110,11 +148,13 @@ fn add_bytes(report: &mut LoadReport, t: &Tensor) {
 /// Loads every destination (variable or part, and its box) of one stored tensor, re-checking what
 /// the call checked (the checkpoint may have changed since). Each stored entry is read and
 /// verified once; with `map_min`, a value stored exactly as the variable needs it and at least
-/// that large is a copy-on-write mapping of the file instead of a copy.
+/// that large is a copy-on-write mapping of the file instead of a copy. A destination with a
+/// buffer in `given` is read into it and yields no value.
 pub(crate) fn load_group(
     stored: &Stored<'_>,
     dests: &[(&Variable, &Slice)],
     map_min: Option<u64>,
+    given: &Given<'_>,
 ) -> Result<GroupValues> {
     let info = stored.info;
     let regions: Vec<Region> = dests.iter().map(|d| d.1.region(&info.shape)).collect();
@@ -127,27 +167,42 @@ pub(crate) fn load_group(
         Some(_) => Some(stored.covering(&regions.iter().collect::<Vec<_>>())?),
         None => None,
     };
-    let mut data: Vec<(TensorData, bool)> = Vec::with_capacity(dests.len());
+    /// Where one destination's value goes.
+    enum Out<'g> {
+        Mapped(TensorData),
+        Own(TensorData),
+        Given(ElementsMut<'g>),
+    }
+    let mut outs: Vec<Out<'_>> = Vec::with_capacity(dests.len());
     let mut stored_reads = 0;
+    let mut given_bytes = 0;
     let mut verified = Vec::new();
     for (&(v, _), want) in dests.iter().zip(&regions) {
+        if let Some(buf) = given.take(&v.name) {
+            given_bytes += value_bytes(v);
+            outs.push(Out::Given(buf));
+            continue;
+        }
         // A large value stored exactly as this variable needs it: a copy-on-write mapping.
         let mapped = match map_min {
             Some(min) => stored.map_value(want, min, &mut verified)?,
             None => None,
         };
         if let Some((bytes, read)) = mapped {
-            data.push((TensorData::Bytes(bytes), true));
+            outs.push(Out::Mapped(TensorData::Bytes(bytes)));
             stored_reads += usize::from(read);
             continue;
         }
-        data.push((empty_value(v)?, false));
+        outs.push(Out::Own(empty_value(v)?));
     }
     let mut requests: Vec<(Region, ElementsMut<'_>)> = regions
         .iter()
-        .zip(data.iter_mut())
-        .filter(|(_, (_, mapped))| !mapped)
-        .map(|(want, (d, _))| (want.clone(), d.elements_mut()))
+        .zip(outs.iter_mut())
+        .filter_map(|(want, out)| match out {
+            Out::Mapped(_) => None,
+            Out::Own(d) => Some((want.clone(), d.elements_mut())),
+            Out::Given(buf) => Some((want.clone(), buf.reborrow())),
+        })
         .collect();
     if !requests.is_empty() {
         stored_reads += match &pieces {
@@ -158,20 +213,30 @@ pub(crate) fn load_group(
     drop(requests);
     let values = dests
         .iter()
-        .zip(data)
-        .map(|(&(v, _), (data, _))| {
+        .zip(outs)
+        .filter_map(|(&(v, _), out)| {
+            let data = match out {
+                Out::Mapped(d) | Out::Own(d) => d,
+                Out::Given(_) => return None,
+            };
             let t = Tensor {
                 dtype: v.dtype,
                 shape: v.shape.clone(),
                 data,
             };
-            (v.name.clone(), t)
+            Some((v.name.clone(), t))
         })
         .collect();
     Ok(GroupValues {
         stored_reads,
         values,
+        given_bytes,
     })
+}
+
+/// The bytes of `v`'s value (fixed-size dtypes; 0 for strings).
+fn value_bytes(v: &Variable) -> u64 {
+    num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
 }
 
 /// Memory for `v`'s value, to be filled: zeroed bytes, or empty strings.

@@ -5,9 +5,9 @@
 
 use super::checkpoint::Inner;
 use super::stored::{Piece, Stored};
-use crate::base::copy::Dst;
+use crate::base::copy::{copy_box, Dst};
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{for_each_run, Region, RegionIndex, Run, Slice};
+use crate::base::slice::{for_each_run, Region, RegionIndex, Slice};
 use crate::base::tensor::{ElementsMut, Strings, StringsByRuns};
 use crate::format::bundle::EntryBytes;
 use crate::format::v1::V1Values;
@@ -126,9 +126,13 @@ impl Stored<'_> {
                         .iter_mut()
                         .enumerate()
                         .filter(|(i, _)| users.iter().any(|u| u.0 == *i))
-                        .filter_map(|(_, (want, out))| match out {
-                            ElementsMut::Bytes(buf) => Some(Dst { buf, want }),
-                            ElementsMut::Strings(_) => None,
+                        .filter_map(|(_, (want, out))| {
+                            let (buf, transposed) = out.bytes()?;
+                            Some(Dst {
+                                buf,
+                                want,
+                                transposed,
+                            })
                         })
                         .collect();
                     return b.copy_verify(e, &p.region, dsts);
@@ -140,16 +144,16 @@ impl Stored<'_> {
             },
         };
         let size = info.dtype.size().unwrap_or(1);
-        for (i, inter) in users {
+        for (i, _) in users {
             let (want, out) = &mut reqs[*i];
-            let ElementsMut::Bytes(dst) = out else {
+            let Some((dst, transposed)) = out.bytes() else {
                 return Err(self.wrong_values());
             };
             let src = match &values {
                 PieceValues::Bytes(b) => b.as_slice(),
                 PieceValues::Owned(b) => b,
             };
-            copy_runs(&p.region, want, inter, src, dst, size);
+            copy_box(src, &p.region, &p.region, size, dst, want, transposed);
         }
         Ok(())
     }
@@ -257,34 +261,10 @@ fn fill(out: &mut ElementsMut<'_>, strings: Strings) -> Result<()> {
             **dst = strings;
             Ok(())
         }
-        ElementsMut::Bytes(_) => {
+        ElementsMut::Bytes(_) | ElementsMut::Transposed(_) => {
             Err(ErrorKind::InvalidArgument("a string tensor read into a byte buffer".into()).into())
         }
     }
-}
-
-/// Copies box `inter` from `src` (holding box `have`) into `dst` (holding box `want`).
-fn copy_runs(
-    have: &Region,
-    want: &Region,
-    inter: &Region,
-    src: &[u8],
-    dst: &mut [u8],
-    size: usize,
-) {
-    for_each_run(
-        have,
-        want,
-        inter,
-        |Run {
-             src: s,
-             dst: d,
-             len,
-         }| {
-            let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
-            dst[d..d + n].copy_from_slice(&src[s..s + n]);
-        },
-    );
 }
 
 /// A box in TensorFlow's slice notation: `-` for a whole dimension, else `start,length`, joined
