@@ -32,6 +32,8 @@
 extern crate self as tfckpt;
 
 mod base;
+#[cfg(feature = "candle")]
+pub mod candle;
 mod devices;
 mod format;
 mod gpu;

@@ -437,6 +437,16 @@ pub enum ErrorKind {
         /// The tensor or variable.
         tensor: String,
     },
+    /// An error about a candle `Var` (feature `candle`): which one, under which TensorFlow name.
+    #[error("candle variable {candle:?} (TensorFlow name {tensorflow:?}): {source}")]
+    CandleVariable {
+        /// The `Var`'s name in the `VarMap`.
+        candle: String,
+        /// The variable name it has in the store (its naming convention's output).
+        tensorflow: String,
+        /// What is wrong.
+        source: Box<Error>,
+    },
     /// An argument given to the writer or another API is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

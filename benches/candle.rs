@@ -1,0 +1,181 @@
+//! Time to a ready candle model: tfckpt from a TensorFlow checkpoint (every byte CRC-checked,
+//! dense kernels transposed into candle's layout) against candle's own
+//! `VarBuilder::from_mmaped_safetensors` on the same tensors written as safetensors in candle's
+//! layout (which checks nothing). Same BERT model, same process, files warm in the page cache,
+//! the two paths alternated.
+//!
+//! ```sh
+//! cargo bench --features candle --bench candle                  # BERT-base, 5 rounds
+//! cargo bench --features candle --bench candle -- --layers 24 --rounds 3
+//! ```
+
+#[path = "../examples/candle_bert.rs"]
+mod bert;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bert::{tf_variables, value, Bert, Config};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use tfckpt::candle::{CandleInit, Convention, DeferredInit};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The TensorFlow checkpoint, and the same values in candle's names and layout as safetensors.
+fn write_files(
+    cfg: &Config,
+    prefix: &std::path::Path,
+    st: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    bert::write_checkpoint(prefix, cfg, true)?;
+    // The same values in candle's names and layout, as safetensors.
+    let varmap = VarMap::new();
+    Bert::new(
+        cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let init = CandleInit::from_varmap(&varmap, &Convention::tf1())?;
+    let tf: HashMap<String, (usize, Vec<u64>)> = tf_variables(cfg, true)
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, shape))| (name, (k, shape)))
+        .collect();
+    let mut tensors = HashMap::new();
+    for name in varmap.data().lock().unwrap().keys() {
+        let tf_name = init.tf_name(name).ok_or("unnamed")?;
+        let (k, shape) = &tf[tf_name];
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let t = Tensor::from_vec(value(*k, tf_name, shape), dims, &Device::Cpu)?;
+        let t = if tf_name.ends_with("/kernel") {
+            t.t()?.contiguous()?
+        } else {
+            t
+        };
+        tensors.insert(name.clone(), t);
+    }
+    candle_core::safetensors::save(&tensors, st)?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = Config {
+        layers: arg("--layers", Config::BASE.layers),
+        ..Config::BASE
+    };
+    let rounds = arg("--rounds", 5);
+    // A child process reads the files its parent wrote.
+    let child_dir = std::env::args().skip_while(|a| a != "--dir").nth(1);
+    let dir = match child_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir()?),
+    };
+    let base = match (&dir, child_dir) {
+        (Some(d), _) => d.path().to_path_buf(),
+        (None, d) => std::path::PathBuf::from(d.unwrap_or_default()),
+    };
+    let prefix = base.join("bert.ckpt");
+    let st = base.join("bert.safetensors");
+    if !prefix.with_extension("ckpt.index").exists() {
+        write_files(&cfg, &prefix, &st)?;
+        // On disk before anything is timed: write-back would compete with the loads.
+        for f in std::fs::read_dir(&base)? {
+            std::fs::File::open(f?.path())?.sync_all()?;
+        }
+    }
+    let bytes: u64 = tf_variables(&cfg, true)
+        .iter()
+        .map(|(_, s)| s.iter().product::<u64>() * 4)
+        .sum();
+
+    let candle = || -> Result<f64, Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        // SAFETY: the file is this benchmark's own and is not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&st], DType::F32, &Device::Cpu)? };
+        let model = Bert::new(&cfg, vb)?;
+        let s = start.elapsed().as_secs_f64();
+        drop(model);
+        Ok(s)
+    };
+    let tfckpt = || -> Result<f64, Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        let varmap = VarMap::new();
+        let deferred = DeferredInit::new();
+        let model = Bert::new(
+            &cfg,
+            deferred.var_builder(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let mut init =
+            CandleInit::from_varmap(&varmap, &Convention::tf1())?.with_deferred(&deferred);
+        let found = init.map_existing(&prefix)?;
+        init.init_from_checkpoint(&prefix, &found.map)?;
+        init.initialize(&Default::default())?;
+        let s = start.elapsed().as_secs_f64();
+        drop(model);
+        Ok(s)
+    };
+    // Each measurement in a fresh process, as a trainer starts: no allocator or page-table state
+    // carried over from the previous load (within one process, freed buffers come back from the
+    // heap and `calloc` must then clear them).
+    if let Some(which) = std::env::args().skip_while(|a| a != "--child").nth(1) {
+        let s = if which == "candle" {
+            candle()?
+        } else {
+            tfckpt()?
+        };
+        println!("{s}");
+        return Ok(());
+    }
+    println!(
+        "BERT, {} layers, {:.0} MB of float32, {} threads; seconds to a ready model, warm page cache",
+        cfg.layers,
+        bytes as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+    let exe = std::env::current_exe()?;
+    let child = |which: &str| -> Result<f64, Box<dyn std::error::Error>> {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--dir",
+                &base.display().to_string(),
+                "--layers",
+                &cfg.layers.to_string(),
+                "--child",
+                which,
+            ])
+            .output()?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    child("candle")?;
+    child("tfckpt")?; // one warm-up each
+    let (mut c, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        c.push(child("candle")?);
+        t.push(child("tfckpt")?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (c, t) = (median(&mut c), median(&mut t));
+    println!(
+        "candle from_mmaped_safetensors (no checks): {c:.3} s ({:.2} GB/s)",
+        bytes as f64 / c / 1e9
+    );
+    println!(
+        "tfckpt, CRC-checked, kernels transposed:    {t:.3} s ({:.2} GB/s)",
+        bytes as f64 / t / 1e9
+    );
+    println!("tfckpt / candle: {:.2}x the time", t / c);
+    Ok(())
+}

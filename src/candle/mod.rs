@@ -1,0 +1,344 @@
+//! TensorFlow checkpoints straight into [candle](https://github.com/huggingface/candle) models
+//! (feature `candle`).
+//!
+//! The trainer builds its model exactly as usual from a `VarMap`. [`CandleInit::from_varmap`]
+//! derives the variable store from it under a naming [`Convention`] (TF names and TF shapes: a
+//! `Linear` weight is known as its transposed TF kernel), [`CandleInit::init_from_checkpoint`] maps
+//! checkpoint tensors onto it with every form of assignment map, checking names, shapes and dtypes
+//! at call time, and [`CandleInit::initialize`] loads the values into the `Var`s. Each value is
+//! read once from the file mapping, CRC-checked and copied (transposed on the way where the
+//! convention says so) into memory that then becomes the `Var`'s storage: no intermediate buffer,
+//! no second copy, and every clone of the `Var` (the model's layers hold them) sees the values.
+//! `Var`s no mapping touches keep candle's initialization. All or nothing: unless every value
+//! loaded, no `Var` changes.
+//!
+//! ```no_run
+//! use candle_core::{DType, Device};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use tfckpt::candle::{CandleInit, Convention};
+//!
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+//! let head = candle_nn::linear(768, 2, vb.pp("classifier"))?; // ... and the rest of the model
+//! let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?;
+//! let found = init.map_existing("bert_model.ckpt")?; // every Var the checkpoint holds
+//! init.init_from_checkpoint("bert_model.ckpt", &found.map)?;
+//! init.initialize(&Default::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Host (CPU) `Var`s only, for now: a `Var` on a CUDA device is refused by `from_varmap`.
+
+mod convention;
+mod deferred;
+mod destination;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType as CDType, Var};
+use candle_nn::VarMap;
+
+pub use convention::{Convention, TfName};
+pub use deferred::DeferredInit;
+
+use crate::base::dtype::DType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::init::assign::{init_from_checkpoint_with, AssignmentMap, InitReport, Target};
+use crate::init::store::{Init, VariableStore};
+use crate::load::{LoadOptions, LoadReport};
+use crate::reader::checkpoint::Checkpoint;
+
+/// Which checkpoint dtypes a `Var` takes; fixed at call time, so that the dtype check stays there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DtypePolicy {
+    /// The tensor's dtype must be the `Var`'s, as in TensorFlow.
+    #[default]
+    Exact,
+    /// A float tensor of another width is converted to the `Var`'s dtype as it loads: float32 to
+    /// or from bfloat16 or float16 (round to nearest even). Any other difference is still an
+    /// error at call time.
+    CastToVariable,
+}
+
+impl DtypePolicy {
+    fn accepts(self, var: DType, tensor: DType) -> bool {
+        var == tensor
+            || (self == DtypePolicy::CastToVariable && crate::load::cast::supported(tensor, var))
+    }
+}
+
+/// A candle `Var` and the TensorFlow variable it is.
+struct Bound {
+    candle: String,
+    var: Var,
+    transposed: bool,
+    /// The `Var`'s dtype.
+    dtype: DType,
+}
+
+/// The variable store of a candle model, and the loads into its `Var`s. See the
+/// [module documentation](self).
+pub struct CandleInit {
+    store: VariableStore,
+    /// By TensorFlow name.
+    vars: BTreeMap<String, Bound>,
+    policy: DtypePolicy,
+    varmap: VarMap,
+    deferred: Option<DeferredInit>,
+}
+
+/// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
+#[derive(Clone, Debug, Default)]
+pub struct ExistingMap {
+    /// Every `Var` whose TensorFlow name the checkpoint holds, mapped to that tensor.
+    pub map: AssignmentMap,
+    /// The pairs of `map`: (candle name, TensorFlow name).
+    pub pairs: Vec<(String, String)>,
+    /// Candle names of the `Var`s the checkpoint does not hold (they keep candle's
+    /// initialization: a fresh head, say).
+    pub not_in_checkpoint: Vec<String>,
+    /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
+    pub not_in_model: Vec<String>,
+}
+
+impl CandleInit {
+    /// The store of every `Var` in `varmap`, named by `convention`. Errors name the `Var`: a dtype
+    /// TensorFlow has no counterpart for, a `Var` on a GPU, a transposed `Var` that is not 2-D, a
+    /// name TensorFlow would refuse, and two `Var`s the convention gives one TensorFlow name.
+    pub fn from_varmap(varmap: &VarMap, convention: &Convention) -> Result<CandleInit> {
+        let mut entries: Vec<(String, Var)> = {
+            let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let shapes: Vec<(&str, &[usize])> = entries
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.dims()))
+            .collect();
+        let names = convention.tf_names(&shapes);
+        let mut init = CandleInit {
+            store: VariableStore::new(),
+            vars: BTreeMap::new(),
+            policy: DtypePolicy::Exact,
+            varmap: varmap.clone(),
+            deferred: None,
+        };
+        for ((candle, var), tf) in entries.into_iter().zip(names) {
+            let Some(TfName { name, transposed }) = tf else {
+                continue;
+            };
+            init.bind(candle, var, name, transposed)?;
+        }
+        Ok(init)
+    }
+
+    fn bind(&mut self, candle: String, var: Var, tf: String, transposed: bool) -> Result<()> {
+        let wrap = |e: Error| Error::from(candle_error(&candle, &tf, e));
+        let bad = |reason: String| {
+            wrap(
+                ErrorKind::BadVariable {
+                    name: candle.clone(),
+                    reason,
+                }
+                .into(),
+            )
+        };
+        if let Some(other) = self.vars.get(&tf) {
+            return Err(bad(format!(
+                "the convention gives `{}` the same TensorFlow name",
+                other.candle
+            )));
+        }
+        if !var.device().is_cpu() {
+            return Err(bad(format!(
+                "it is on {:?}: tfckpt fills host (CPU) Vars only, for now",
+                var.device().location()
+            )));
+        }
+        if !var.is_contiguous() || var.layout().start_offset() != 0 {
+            return Err(bad("its storage is not one contiguous block".into()));
+        }
+        let dtype = DType::try_from(var.dtype()).map_err(wrap)?;
+        let mut shape: Vec<u64> = var.dims().iter().map(|&d| d as u64).collect();
+        if transposed {
+            if shape.len() != 2 {
+                return Err(bad(format!(
+                    "the convention transposes it, but it has {} dimensions, not 2",
+                    shape.len()
+                )));
+            }
+            shape.reverse();
+        }
+        self.store
+            .get_variable(&tf, &shape, dtype, Init::Zeros)
+            .map_err(wrap)?;
+        self.vars.insert(
+            tf,
+            Bound {
+                candle,
+                var,
+                transposed,
+                dtype,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets the dtype policy for the next [`init_from_checkpoint`](Self::init_from_checkpoint)
+    /// calls (default [`DtypePolicy::Exact`]).
+    pub fn dtype_policy(mut self, policy: DtypePolicy) -> CandleInit {
+        self.policy = policy;
+        self
+    }
+
+    /// Runs the initializers `deferred` recorded (see [`DeferredInit`]) in
+    /// [`initialize`](Self::initialize), for the `Var`s that take no checkpoint value.
+    pub fn with_deferred(mut self, deferred: &DeferredInit) -> CandleInit {
+        self.deferred = Some(deferred.clone());
+        self
+    }
+
+    /// The variable store: TensorFlow names, TensorFlow shapes, the `Var`s' dtypes.
+    pub fn store(&self) -> &VariableStore {
+        &self.store
+    }
+
+    /// The TensorFlow name of candle `Var` `candle`, if the convention gave it one.
+    pub fn tf_name(&self, candle: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(_, b)| b.candle == candle)
+            .map(|(tf, _)| tf.as_str())
+    }
+
+    /// Pairs every `Var` with the checkpoint tensor of its TensorFlow name, as BERT's
+    /// `get_assignment_map_from_checkpoint` does, and says what was left out on each side. Reads
+    /// only the checkpoint's index.
+    pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
+        let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
+        let mut found = ExistingMap::default();
+        for (tf, b) in &self.vars {
+            if ckpt.tensor(tf).is_ok() {
+                found.map.push(tf.clone(), Target::Variable(tf.clone()));
+                found.pairs.push((b.candle.clone(), tf.clone()));
+            } else {
+                found.not_in_checkpoint.push(b.candle.clone());
+            }
+        }
+        found.not_in_model = ckpt
+            .tensors()
+            .iter()
+            .filter(|t| !self.vars.contains_key(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        Ok(found)
+    }
+
+    /// TensorFlow's `init_from_checkpoint(ckpt_dir_or_file, map)` on this model (see
+    /// [`init_from_checkpoint`](crate::init_from_checkpoint)): every check at call time, with
+    /// dtypes checked under the [`DtypePolicy`]. Errors about a `Var` name it by its candle name
+    /// too. A call that fails changes nothing.
+    pub fn init_from_checkpoint(
+        &mut self,
+        ckpt_dir_or_file: impl AsRef<Path>,
+        map: &AssignmentMap,
+    ) -> Result<InitReport> {
+        let (vars, policy) = (&self.vars, self.policy);
+        let accepts = |v: &crate::Variable, tensor: DType| {
+            let var = vars.get(&v.name).map_or(v.dtype, |b| b.dtype);
+            policy.accepts(var, tensor)
+        };
+        let report =
+            init_from_checkpoint_with(&mut self.store, ckpt_dir_or_file.as_ref(), map, &accepts)
+                .map_err(|e| self.name_var(e))?;
+        // A variable is read in its tensor's dtype, then converted to its `Var`'s.
+        if let Some(ckpt) = self.store.opened.last().cloned() {
+            for a in &report.assignments {
+                if let (Ok(t), Some(v)) =
+                    (ckpt.tensor(&a.tensor), self.store.vars.get_mut(&a.variable))
+                {
+                    v.dtype = t.dtype;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Loads every mapped value into its `Var` (TensorFlow's `global_variables_initializer()`
+    /// for the mapped variables; the others keep candle's initialization). All or nothing: on
+    /// an error no `Var` has changed. Dtype conversion is the [`DtypePolicy`]'s:
+    /// `LoadOptions::cast` is refused here.
+    pub fn initialize(&mut self, options: &LoadOptions) -> Result<LoadReport> {
+        destination::initialize(self, options)
+    }
+
+    /// Adds the candle name to an error about a variable of the store.
+    fn name_var(&self, e: Error) -> Error {
+        let tf = match e.kind() {
+            ErrorKind::ShapeMismatch { variable, .. }
+            | ErrorKind::DtypeMismatch { variable, .. }
+            | ErrorKind::BadVariable { name: variable, .. } => variable.clone(),
+            _ => return e,
+        };
+        match self.vars.get(&tf) {
+            Some(b) => candle_error(&b.candle, &tf, e).into(),
+            None => e,
+        }
+    }
+}
+
+fn candle_error(candle: &str, tf: &str, source: Error) -> ErrorKind {
+    ErrorKind::CandleVariable {
+        candle: candle.into(),
+        tensorflow: tf.into(),
+        source: Box::new(source),
+    }
+}
+
+macro_rules! dtype_pairs {
+    ($($candle:ident <=> $ours:ident),* $(,)?) => {
+        impl TryFrom<CDType> for DType {
+            type Error = Error;
+            /// The TensorFlow dtype of a candle dtype (candle's 6- and 4-bit floats and
+            /// `F8E8M0` have none).
+            fn try_from(d: CDType) -> Result<DType> {
+                match d {
+                    $(CDType::$candle => Ok(DType::$ours),)*
+                    other => Err(ErrorKind::InvalidArgument(format!(
+                        "candle dtype {other:?} has no TensorFlow counterpart"
+                    ))
+                    .into()),
+                }
+            }
+        }
+
+        impl TryFrom<DType> for CDType {
+            type Error = Error;
+            /// The candle dtype of a TensorFlow dtype (strings, complex, bool, int8, the
+            /// unsigned 16/64-bit and quantized types have none).
+            fn try_from(d: DType) -> Result<CDType> {
+                match d {
+                    $(DType::$ours => Ok(CDType::$candle),)*
+                    other => Err(ErrorKind::InvalidArgument(format!(
+                        "TensorFlow dtype {other} has no candle counterpart"
+                    ))
+                    .into()),
+                }
+            }
+        }
+    };
+}
+
+dtype_pairs! {
+    U8 <=> U8,
+    U32 <=> U32,
+    I16 <=> I16,
+    I32 <=> I32,
+    I64 <=> I64,
+    BF16 <=> BF16,
+    F16 <=> F16,
+    F32 <=> F32,
+    F64 <=> F64,
+    F8E4M3 <=> F8E4M3FN,
+}

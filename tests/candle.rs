@@ -1,0 +1,460 @@
+//! TensorFlow checkpoints into real candle models (`candle_nn` layers built from a `VarMap`): the
+//! values, the transposed kernels, the naming conventions, the dtype policy, and all or nothing.
+
+mod common;
+
+#[path = "../examples/candle_bert.rs"]
+mod candle_bert;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use common::builder::CkptBuilder;
+use common::fixtures::{ckpt_path, fixture};
+use tfckpt::candle::{CandleInit, Convention, DeferredInit, DtypePolicy, TfName};
+use tfckpt::{AssignmentMap, ErrorKind, Target};
+
+const CPU: Device = Device::Cpu;
+
+/// The value TensorFlow recorded for tensor `name` of fixture `case`, as candle reads the `.npy`.
+fn tf_value(case: &str, name: &str) -> Tensor {
+    Tensor::read_npy(
+        fixture(case)
+            .join("expected/values")
+            .join(format!("{name}.npy")),
+    )
+    .unwrap()
+}
+
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.dims() == b.dims()
+        && a.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            == b.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+}
+
+/// Every Var's value, by name.
+fn snapshot(varmap: &VarMap) -> Vec<(String, Vec<f64>)> {
+    let mut v: Vec<(String, Vec<f64>)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let t = v
+                .as_tensor()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            (k.clone(), t.to_vec1::<f64>().unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn var(varmap: &VarMap, name: &str) -> Tensor {
+    varmap.data().lock().unwrap()[name].as_tensor().clone()
+}
+
+/// The TF2 fixture's model as candle layers: three Dense layers (kernels `[in, out]` in TF,
+/// weights `[out, in]` in candle), a float16 embedding into a float32 candle `Embedding`, and a
+/// head the checkpoint does not have.
+struct Tf2Model {
+    varmap: VarMap,
+    dense: candle_nn::Linear,
+    head: candle_nn::Linear,
+}
+
+fn tf2_model() -> Tf2Model {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let dense = candle_nn::linear(3, 4, vb.pp("model.dense")).unwrap();
+    candle_nn::linear(4, 2, vb.pp("model.layers.0")).unwrap();
+    candle_nn::linear(2, 1, vb.pp("model.layers.1")).unwrap();
+    candle_nn::embedding(5, 2, vb.pp("model.embedding")).unwrap();
+    let head = candle_nn::linear(1, 3, vb.pp("head")).unwrap();
+    Tf2Model {
+        varmap,
+        dense,
+        head,
+    }
+}
+
+/// Checkpoint key of the TF2 fixture for object path `p`.
+fn key(p: &str) -> String {
+    format!("model/{p}/.ATTRIBUTES/VARIABLE_VALUE")
+}
+
+fn tf2_map() -> AssignmentMap {
+    AssignmentMap::from([
+        (key("dense/kernel"), Target::name("model/dense/kernel")),
+        (
+            key("dense/bias"),
+            Target::Variable("model/dense/bias".into()),
+        ),
+        (
+            key("layers/0/kernel"),
+            Target::name("model/layers_0/kernel"),
+        ),
+        (key("layers/0/bias"), Target::name("model/layers_0/bias")),
+        (
+            key("layers/1/kernel"),
+            Target::name("model/layers_1/kernel"),
+        ),
+        (key("layers/1/bias"), Target::name("model/layers_1/bias")),
+        (key("embedding"), Target::name("model/embedding")),
+    ])
+}
+
+#[test]
+fn tensorflow_values_land_in_candle_layers_transposed_and_cast() {
+    let m = tf2_model();
+    let head_before = snapshot(&m.varmap)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("head."));
+    let head_before: Vec<_> = head_before.collect();
+    let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1())
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    assert_eq!(
+        init.tf_name("model.layers.0.weight"),
+        Some("model/layers_0/kernel")
+    );
+    assert_eq!(
+        init.tf_name("model.embedding.weight"),
+        Some("model/embedding")
+    );
+    let report = init
+        .init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+        .unwrap();
+    assert_eq!(report.assignments.len(), 7);
+    let load = init.initialize(&Default::default()).unwrap();
+    assert_eq!(load.from_checkpoint, 7);
+
+    let case = "tf2_object";
+    for (candle, tf) in [
+        ("model.dense", "dense"),
+        ("model.layers.0", "layers/0"),
+        ("model.layers.1", "layers/1"),
+    ] {
+        let kernel = tf_value(case, &key(&format!("{tf}/kernel")));
+        assert!(
+            same(
+                &var(&m.varmap, &format!("{candle}.weight")),
+                &kernel.t().unwrap()
+            ),
+            "{candle}"
+        );
+        let bias = tf_value(case, &key(&format!("{tf}/bias")));
+        assert!(
+            same(&var(&m.varmap, &format!("{candle}.bias")), &bias),
+            "{candle}"
+        );
+    }
+    // float16 in the checkpoint, float32 in candle: converted exactly (every f16 is an f32).
+    let emb = var(&m.varmap, "model.embedding.weight");
+    assert_eq!(emb.dtype(), DType::F32);
+    assert!(same(&emb, &tf_value(case, &key("embedding"))));
+    // The layer computes x·K + b with TensorFlow's kernel.
+    let x = Tensor::new(&[[1f32, -2.0, 0.5]], &CPU).unwrap();
+    let kernel = tf_value(case, &key("dense/kernel"));
+    let want = x
+        .matmul(&kernel)
+        .unwrap()
+        .broadcast_add(&tf_value(case, &key("dense/bias")))
+        .unwrap();
+    let got = m.dense.forward(&x).unwrap();
+    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    // The head keeps candle's own initialization, untouched.
+    let head_after: Vec<_> = snapshot(&m.varmap)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("head."))
+        .collect();
+    assert_eq!(head_before, head_after);
+    assert!(m.head.weight().dims() == [3, 1]);
+}
+
+#[test]
+fn a_square_kernel_is_transposed_not_taken_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let k: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("dense/kernel", &[4, 4], &k)
+        .f32("dense/bias", &[4], &[0.5; 4]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(4, 4, vb.pp("dense")).unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(
+        &prefix,
+        &AssignmentMap::from([("dense/", Target::scope("dense/"))]),
+    )
+    .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let w = var(&varmap, "dense.weight").to_vec2::<f32>().unwrap();
+    for (o, row) in w.iter().enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            assert_eq!(x, k[i * 4 + o], "weight[{o}][{i}] is kernel[{i}][{o}]");
+        }
+    }
+}
+
+#[test]
+fn a_partitioned_tensorflow_tensor_into_a_transposed_var_with_a_custom_convention() {
+    // TF saved scope/var1 [100, 100] in slices; the candle Linear takes it as its weight.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear_no_bias(100, 100, vb.pp("proj")).unwrap();
+    let convention = Convention::custom(|name, _| {
+        (name == "proj.weight").then(|| TfName {
+            name: "scope/var1".into(),
+            transposed: true,
+        })
+    });
+    let mut init = CandleInit::from_varmap(&varmap, &convention).unwrap();
+    init.init_from_checkpoint(
+        ckpt_path("h1_partitioned"),
+        &AssignmentMap::from([("scope/var1", Target::name("scope/var1"))]),
+    )
+    .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let want = tf_value("h1_partitioned", "scope/var1").t().unwrap();
+    assert!(same(&var(&varmap, "proj.weight"), &want));
+}
+
+#[test]
+fn every_assignment_map_form_reaches_the_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("bert.ckpt");
+    let cfg = candle_bert::Config::SMALL;
+    candle_bert::write_checkpoint(&prefix, &cfg, false).unwrap();
+    let maps = [
+        // A scope onto a scope.
+        AssignmentMap::from([("bert/", Target::scope("bert/"))]),
+        // Each variable by name.
+        candle_bert::tf_variables(&cfg, false)
+            .into_iter()
+            .map(|(name, _)| (name.clone(), Target::name(name)))
+            .collect(),
+    ];
+    for map in maps {
+        let varmap = VarMap::new();
+        let deferred = DeferredInit::new();
+        candle_bert::Bert::new(&cfg, deferred.var_builder(&varmap, DType::F32, &CPU)).unwrap();
+        let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())
+            .unwrap()
+            .with_deferred(&deferred);
+        let r = init.init_from_checkpoint(&prefix, &map).unwrap();
+        assert_eq!(
+            r.assignments.len(),
+            candle_bert::tf_variables(&cfg, false).len()
+        );
+        init.initialize(&Default::default()).unwrap();
+        // The deferred head got candle's initialization (not zeros); the body its values.
+        let head = var(&varmap, "classifier.weight").flatten_all().unwrap();
+        assert!(
+            head.abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        let gamma = var(&varmap, "bert.embeddings.LayerNorm.weight");
+        let k = candle_bert::tf_variables(&cfg, false)
+            .iter()
+            .position(|v| v.0 == "bert/embeddings/LayerNorm/gamma")
+            .unwrap();
+        let want = candle_bert::value(k, "bert/embeddings/LayerNorm/gamma", &[cfg.hidden as u64]);
+        assert_eq!(gamma.to_vec1::<f32>().unwrap(), want);
+    }
+}
+
+#[test]
+fn the_bert_example_loads_trains_and_reports_what_was_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = candle_bert::run(&candle_bert::Config::SMALL, dir.path(), false).unwrap();
+    assert_eq!(
+        s.loaded,
+        candle_bert::tf_variables(&candle_bert::Config::SMALL, false).len()
+    );
+    assert_eq!(
+        s.not_in_checkpoint,
+        ["classifier.bias", "classifier.weight"]
+    );
+    assert_eq!(
+        s.not_in_model,
+        ["cls/predictions/output_bias", "global_step"]
+    );
+    assert_eq!(s.max_error, 0.0);
+    assert!(s.step_change > 0.0, "the AdamW step moved a loaded weight");
+    assert!(s.loss_before.is_finite() && s.loss_after.is_finite());
+}
+
+#[test]
+fn a_dtype_or_shape_the_var_cannot_take_is_an_error_at_call_time_naming_both() {
+    let m = tf2_model();
+    let before = snapshot(&m.varmap);
+    let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1()).unwrap();
+    // Exact dtypes (TensorFlow's rule): float16 into the float32 embedding.
+    let e = init
+        .init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e.kind(), ErrorKind::CandleVariable { .. }),
+        "{msg}"
+    );
+    for part in [
+        "model.embedding.weight",
+        "model/embedding",
+        &key("embedding"),
+        "float16",
+        "float32",
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    // A shape: the layers_0 kernel [4, 2] onto the dense Var ([4, 3] transposed = [3, 4]).
+    let map = AssignmentMap::from([(key("layers/0/kernel"), Target::name("model/dense/kernel"))]);
+    let msg = init
+        .init_from_checkpoint(ckpt_path("tf2_object"), &map)
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "model.dense.weight",
+        "model/dense/kernel",
+        "[3, 4]",
+        "[4, 2]",
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    // Nothing recorded, nothing written.
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(snapshot(&m.varmap), before);
+}
+
+#[test]
+fn two_vars_under_one_tensorflow_name_are_refused() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(2, 2, vb.pp("a")).unwrap();
+    let convention = Convention::custom(|name, _| {
+        Some(TfName {
+            name: if name.ends_with("weight") {
+                "w".into()
+            } else {
+                name.into()
+            },
+            transposed: false,
+        })
+    });
+    candle_nn::linear(2, 2, vb.pp("b")).unwrap();
+    let msg = match CandleInit::from_varmap(&varmap, &convention) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        msg.contains("a.weight") && msg.contains("b.weight") && msg.contains("\"w\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_damaged_value_changes_no_var() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("a/kernel", &[2, 3], &[1.0; 6])
+        .f32("b/kernel", &[3, 2], &[2.0; 6]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+    candle_nn::linear_no_bias(3, 2, vb.pp("b")).unwrap();
+    let before = snapshot(&varmap);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+        .unwrap();
+    // Flip the last byte of the data (the second tensor's): its checksum fails after the first
+    // tensor has been read.
+    let data = dir.path().join("m.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    let e = init.initialize(&Default::default()).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
+    assert!(e.to_string().contains("b/kernel"), "{e}");
+    assert_eq!(snapshot(&varmap), before);
+}
+
+#[test]
+fn map_existing_pairs_what_the_checkpoint_holds_and_lists_the_rest() {
+    let m = tf2_model();
+    let init = CandleInit::from_varmap(&m.varmap, &Convention::slashes()).unwrap();
+    // With plain slashes nothing matches the TF2 keys: everything is left out, on both sides.
+    let found = init.map_existing(ckpt_path("tf2_object")).unwrap();
+    assert!(found.pairs.is_empty());
+    assert_eq!(found.not_in_checkpoint.len(), 9);
+    assert_eq!(found.not_in_model.len(), 10);
+    // A convention that names Vars as TF2 keys pairs all but the head.
+    let tf2 = Convention::custom(|name, shape| {
+        let tf = Convention::tf1().tf_names(&[(name, shape)]).remove(0)?;
+        let object = tf.name.replace("layers_", "layers/");
+        Some(TfName {
+            name: format!("{object}/.ATTRIBUTES/VARIABLE_VALUE"),
+            transposed: tf.transposed,
+        })
+    });
+    let mut init = CandleInit::from_varmap(&m.varmap, &tf2)
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    let found = init.map_existing(ckpt_path("tf2_object")).unwrap();
+    assert_eq!(found.pairs.len(), 7);
+    assert_eq!(found.not_in_checkpoint, ["head.bias", "head.weight"]);
+    assert_eq!(
+        found.not_in_model,
+        [
+            "_CHECKPOINTABLE_OBJECT_GRAPH",
+            "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+            "step/.ATTRIBUTES/VARIABLE_VALUE"
+        ]
+    );
+    init.init_from_checkpoint(ckpt_path("tf2_object"), &found.map)
+        .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let kernel = tf_value("tf2_object", &key("layers/1/kernel"));
+    assert!(same(
+        &var(&m.varmap, "model.layers.1.weight"),
+        &kernel.t().unwrap()
+    ));
+}
+
+#[test]
+fn dtypes_convert_both_ways() {
+    use tfckpt::DType as Tf;
+    for (c, t) in [
+        (DType::F32, Tf::F32),
+        (DType::BF16, Tf::BF16),
+        (DType::F8E4M3, Tf::F8E4M3FN),
+    ] {
+        assert_eq!(Tf::try_from(c).unwrap(), t);
+        assert_eq!(DType::try_from(t).unwrap(), c);
+    }
+    assert!(Tf::try_from(DType::F4).is_err());
+    assert!(DType::try_from(Tf::String)
+        .unwrap_err()
+        .to_string()
+        .contains("string"));
+}
