@@ -91,6 +91,20 @@ pub struct SafetensorsReport {
     pub skipped: Vec<SkippedTensor>,
 }
 
+impl SafetensorsReport {
+    /// Counts one more tensor of `len` bytes: the file's data must stay addressable (the
+    /// safetensors writer adds the offsets up unchecked).
+    fn add(&mut self, len: usize, path: &Path, name: &str) -> Result<()> {
+        self.bytes = self
+            .bytes
+            .checked_add(len as u64)
+            .filter(|&n| n <= isize::MAX as u64)
+            .ok_or_else(|| too_large(path, name))?;
+        self.tensors += 1;
+        Ok(())
+    }
+}
+
 /// A checkpoint tensor that [`Checkpoint::write_safetensors`] left out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -162,10 +176,8 @@ impl Checkpoint {
                 });
                 continue;
             }
-            let len = info
-                .byte_len()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| too_large(path, &info.name))?;
+            let len =
+                expected_len(info.dtype, &info.shape).ok_or_else(|| too_large(path, &info.name))?;
             // What `Checkpoint::view` can show in place: a V2 tensor saved whole, with no bytes
             // to swap.
             let in_place = match &self.inner {
@@ -192,8 +204,7 @@ impl Checkpoint {
                 &failure,
                 path,
             )?);
-            report.tensors += 1;
-            report.bytes += len as u64;
+            report.add(len, path, &info.name)?;
         }
         write_file(path, &items, &failure)?;
         Ok(report)
@@ -276,8 +287,7 @@ impl VariableStore {
                 &failure,
                 path,
             )?);
-            report.tensors += 1;
-            report.bytes += len as u64;
+            report.add(len, path, &v.name)?;
         }
         for pv in self.partitioned_variables() {
             // The whole takes the dtype its parts have (they may have been cast), as
@@ -297,8 +307,7 @@ impl VariableStore {
                 &failure,
                 path,
             )?);
-            report.tensors += 1;
-            report.bytes += len as u64;
+            report.add(len, path, &pv.name)?;
         }
         write_file(path, &items, &failure)?;
         Ok(report)
@@ -325,7 +334,9 @@ fn no_value(name: &str) -> Error {
 fn too_large(path: &Path, name: &str) -> Error {
     ErrorKind::Export {
         path: path.to_path_buf(),
-        reason: format!("tensor {name:?} is too large to address on this machine"),
+        reason: format!(
+            "tensor {name:?} is too large: its bytes, or the file's up to it, cannot be addressed"
+        ),
     }
     .into()
 }
@@ -428,9 +439,16 @@ impl<'a> Item<'a> {
                 Ok(Cow::Borrowed(view.get_or_init(|| v).as_bytes()))
             }
             Source::Read { ckpt } => {
-                let mut buf = crate::base::mmap::alloc_zeroed(self.len, self.name)?;
-                ckpt.read_into(self.name, &mut buf)?;
-                Ok(Cow::Owned(buf))
+                // `read` checks that the files can back the tensor before it allocates.
+                let t = ckpt.read(self.name)?;
+                match t.data {
+                    TensorData::Bytes(b) => Ok(Cow::Owned(b.into_vec())),
+                    TensorData::Strings(_) => Err(ErrorKind::Unsupported {
+                        tensor: self.name.into(),
+                        what: "safetensors cannot hold string values".into(),
+                    }
+                    .into()),
+                }
             }
             Source::Value(t) => Ok(Cow::Borrowed(t.bytes().unwrap_or_default())),
             Source::Joined { store } => {
@@ -453,6 +471,25 @@ impl<'a> Item<'a> {
                     )),
                 }
             }
+        }
+    }
+
+    /// Reads again the bytes of a tensor written from a file mapping (a shard, or a value mapped
+    /// copy-on-write), so that a file truncated under it shows.
+    fn recheck(&self) -> Result<()> {
+        match &self.source {
+            Source::View { ckpt, view } if view.get().is_some() => ckpt.view(self.name).map(drop),
+            Source::Value(t) => match &t.data {
+                TensorData::Bytes(b) if b.is_mapped() => {
+                    // One byte a page is enough to meet a page past the end of the file.
+                    for page in b.chunks(4096) {
+                        std::hint::black_box(page[0]);
+                    }
+                    b.intact()
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 
@@ -539,11 +576,21 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
     let written = {
         // A shard truncated under a mapping while the writer reads it is caught, not SIGBUS.
         let _reading = crate::base::sigbus::reading();
-        ::safetensors::serialize_to_file(items.iter().map(|i| (i.name, i)), None, tmp.path())
+        let written =
+            ::safetensors::serialize_to_file(items.iter().map(|i| (i.name, i)), None, tmp.path());
+        if let Err(SafeTensorError::IoError(e)) = &written {
+            // `write` reading a truncated mapping fails with EFAULT, not SIGBUS: checked again,
+            // the bytes written from mappings say which shard (on this thread, still caught).
+            if e.raw_os_error() == Some(libc::EFAULT) {
+                items.iter().try_for_each(Item::recheck)?;
+            }
+        }
+        written
     };
     if let Some(e) = failure.take() {
         return Err(e);
     }
+    items.iter().try_for_each(Item::intact)?;
     written.map_err(|e| match e {
         SafeTensorError::IoError(source) => Error::io(path, source),
         other => ErrorKind::Export {
@@ -552,7 +599,6 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         }
         .into(),
     })?;
-    items.iter().try_for_each(Item::intact)?;
     // The safetensors writer replaced the temporary file with one of its own (mode 0600).
     std::fs::set_permissions(tmp.path(), mode).map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
