@@ -341,6 +341,46 @@ fn a_missing_shard_or_a_directory_in_the_way_is_an_error() {
     assert!(!out.exists());
 }
 
+/// A hostile index: partitioned tensors whose full shapes their files cannot back, or whose bytes
+/// together cannot be addressed. An error naming one, no allocation of that size, no file, no
+/// panic.
+#[test]
+fn tensors_larger_than_their_files_are_an_error_not_an_allocation() {
+    // (full shape of each huge tensor, how many, what the error says, which it names)
+    for (full, count, says, names) in [
+        ([1u64 << 20, 1 << 10], 1, "back it", "huge0"),
+        ([1 << 30, 1 << 30], 2, "too large", "huge1"), // 2^62 bytes each: 2^63 together
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w =
+            tfckpt::CheckpointWriter::create(tmp.path().join("h"), WriterOptions::default())
+                .unwrap();
+        w.add("small", (&Tensor::from_f32(&[1], &[1.0]).unwrap()).into())
+            .unwrap();
+        for i in 0..count {
+            w.add_slice(
+                &format!("huge{i}"),
+                &full,
+                &tfckpt::Slice::parse("0,1:0,1").unwrap(),
+                (&Tensor::from_f32(&[1, 1], &[2.0]).unwrap()).into(),
+            )
+            .unwrap();
+        }
+        w.finish().unwrap();
+        let ckpt = Checkpoint::open(tmp.path().join("h")).unwrap();
+        let out = tmp.path().join("h.safetensors");
+        let err = ckpt.write_safetensors(&out).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("\"{names}\"")) && text.contains(says),
+            "{text}"
+        );
+        assert!(!out.exists());
+        let left = files_in(tmp.path());
+        assert!(left.iter().all(|f| f.starts_with("h.")), "{left:?}");
+    }
+}
+
 fn partitioned_store(prefix: &Path) -> VariableStore {
     let mut store = VariableStore::new();
     store
@@ -669,4 +709,86 @@ fn cli_init_with_a_string_variable_writes_nothing() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join("new_scope_1/var1.npy").is_file());
+}
+
+/// A shard truncated at staggered moments of `convert` and `init --out FILE.safetensors` (mapped
+/// and `--copy`): the process exits 0 with a file holding exactly the checkpoint's values, or 1
+/// with an error line and no file; never by a signal, never a file with zeros for the lost pages.
+#[cfg(unix)]
+#[test]
+fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let data: Vec<f32> = (0..1 << 20).map(|i| i as f32).collect(); // 4 MiB a tensor
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let write = || {
+        let mut b = CkptBuilder::new(&prefix);
+        for t in ["a", "b", "c", "d"] {
+            b.f32(t, &[1 << 20], &data);
+        }
+        b.finish();
+    };
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    let p = prefix.to_str().unwrap().to_string();
+    let out = tmp.path().join("o.safetensors");
+    let o = out.to_str().unwrap().to_string();
+    let model = r#"{"variables": [{"name": "v", "shape": [1048576], "dtype": "float32"}, {"name": "w", "shape": [1048576], "dtype": "float32"}]}"#;
+    let map = r#"{"c": "v", "d": "w"}"#;
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["convert", &p, &o],
+        vec!["init", &p, "--model", model, "--map", map, "--out", &o],
+        vec![
+            "init", &p, "--model", model, "--map", map, "--out", &o, "--copy",
+        ],
+    ];
+    let (mut caught, mut done) = (0, 0);
+    for (i, args) in runs.iter().cycle().take(60).enumerate() {
+        if i >= 24 && caught > 0 {
+            break;
+        }
+        write();
+        let _ = std::fs::remove_file(&out);
+        let child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Early and late moments: from before the checkpoint is opened to after the rename.
+        std::thread::sleep(std::time::Duration::from_millis(i as u64 * 3 % 30));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.signal().is_none() && matches!(o.status.code(), Some(0 | 1)),
+            "{args:?}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+        if o.status.success() {
+            let got = read_back(&out);
+            assert!(got.len() == 4 || got.len() == 2, "{args:?}");
+            assert!(got.values().all(|t| t.2 == bytes), "{args:?}: wrong bytes");
+            done += 1;
+        } else {
+            assert!(!out.exists(), "{args:?}: a file despite {}", stderr(&o));
+            assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+            caught += usize::from(stderr(&o).contains("truncated while it was being read"));
+        }
+        let left = files_in(tmp.path());
+        assert!(
+            left.iter()
+                .all(|f| f.starts_with("m.") || f.starts_with("o.")),
+            "{left:?}"
+        );
+    }
+    assert!(
+        caught > 0,
+        "no truncation landed during a read ({done} runs finished first)"
+    );
 }
