@@ -375,6 +375,9 @@ fn tensors_larger_than_their_files_are_an_error_not_an_allocation() {
             text.contains(&format!("\"{names}\"")) && text.contains(says),
             "{text}"
         );
+        if says == "too large" {
+            assert!(matches!(err.kind(), ErrorKind::Export { path, .. } if *path == out));
+        }
         assert!(!out.exists());
         let left = files_in(tmp.path());
         assert!(left.iter().all(|f| f.starts_with("h.")), "{left:?}");
