@@ -35,6 +35,8 @@ mod base;
 #[cfg(feature = "candle")]
 pub mod candle;
 mod devices;
+#[cfg(feature = "safetensors")]
+mod export;
 mod format;
 mod gpu;
 mod init;
@@ -47,6 +49,8 @@ pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Strings, Tensor, TensorData};
+#[cfg(feature = "safetensors")]
+pub use export::{SafetensorsReport, SkippedTensor};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
 pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use init::partitioners;

@@ -111,6 +111,15 @@ pub enum ErrorKind {
         #[source]
         source: std::io::Error,
     },
+    /// A safetensors file cannot be written (its header would be too large, ...); nothing was
+    /// written to `path`.
+    #[error("{}: cannot write the safetensors file: {reason}", path.display())]
+    Export {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Nothing matches the checkpoint path (no `PREFIX.index`, no V1 file, no directory).
     #[error("checkpoint not found: no directory, V2 index ({}.index) or V1 file matches {}", path.display(), path.display())]
     NotFound {

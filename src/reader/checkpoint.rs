@@ -77,6 +77,16 @@ impl TensorView {
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.as_slice()
     }
+
+    /// An error when a read of the bytes (on a thread reading for the library) found the shard
+    /// truncated under the mapping: the missing pages then read as zeros.
+    #[cfg(feature = "safetensors")]
+    pub(crate) fn intact(&self) -> Result<()> {
+        match &self.bytes {
+            EntryBytes::Mapped { map, .. } => map.intact(),
+            EntryBytes::Owned(_) => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for TensorView {

@@ -57,7 +57,8 @@ enum Cmd {
         ckpt: PathBuf,
     },
     /// Build MODEL.json's variables, call init_from_checkpoint(CKPT, MAP), run every initializer and
-    /// write each variable to DIR/NAME.npy (init_from_checkpoint + global_variables_initializer()).
+    /// write each variable to DIR/NAME.npy, or all of them to one FILE.safetensors
+    /// (init_from_checkpoint + global_variables_initializer()).
     Init {
         /// Checkpoint directory, prefix, or V1 file.
         ckpt: PathBuf,
@@ -67,8 +68,10 @@ enum Cmd {
         /// MAP.json: a file, or inline JSON starting with `{` or `[`.
         #[arg(long)]
         map: String,
-        /// Output directory: one .npy per variable and per part (nothing is written unless every
-        /// initializer succeeded).
+        /// Output directory: one .npy per variable, part and partitioned variable; or a file ending
+        /// in .safetensors: the same values in that one file, each under its .npy name without
+        /// .npy (an existing directory keeps the directory meaning). Nothing is written unless
+        /// every initializer succeeded.
         #[arg(long)]
         out: Option<PathBuf>,
         /// cpu, cuda or cuda:N.
@@ -81,6 +84,18 @@ enum Cmd {
         /// checkpoint stores as the variable needs them are copy-on-write mappings of its files).
         #[arg(long)]
         copy: bool,
+    },
+    /// Write every tensor as stored, under its checkpoint name, into one safetensors file
+    /// (partitioned tensors assembled, every byte checksummed).
+    ///
+    /// Each tensor keeps its dtype (bfloat16, float16 and float8 too). Tensors safetensors cannot
+    /// hold (strings, complex numbers, quantized and 4-bit types) are skipped, with one `warning:`
+    /// line each on stderr. On any error nothing is written.
+    Convert {
+        /// Checkpoint directory, prefix, or V1 file.
+        ckpt: PathBuf,
+        /// Output file (OUT.safetensors): written whole or not at all.
+        out: PathBuf,
     },
     /// Write a sample checkpoint (a few hundred MB) to a temporary directory, then list, verify and
     /// read it back, printing what was done and how fast.
@@ -122,6 +137,7 @@ fn main() -> ExitCode {
             threads.map(usize::from),
             copy,
         ),
+        Cmd::Convert { ckpt, out } => convert(&ckpt, &out),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
     match result {
@@ -213,6 +229,32 @@ fn verify(ckpt: &Path) -> CliResult {
     Ok(())
 }
 
+fn convert(ckpt: &Path, out: &Path) -> CliResult {
+    let start = Instant::now();
+    let ckpt = Checkpoint::open(ckpt)?;
+    // The folders made for OUT are removed again if it fails; the file is renamed into place
+    // only when every tensor was read and checked.
+    let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
+    // Only after success: a failure prints its one `error:` line and nothing else.
+    for s in &report.skipped {
+        eprintln!("warning: {}", tfckpt::escape_controls(&s.to_string()));
+    }
+    println!(
+        "tfckpt convert: {} tensors, {} bytes written to {} in {:.3} s ({} skipped)",
+        report.tensors,
+        report.bytes,
+        out.display(),
+        start.elapsed().as_secs_f64(),
+        report.skipped.len()
+    );
+    Ok(())
+}
+
+/// Whether `init --out` names one safetensors file rather than a directory of .npy files.
+fn is_safetensors_file(out: &Path) -> bool {
+    out.extension().is_some_and(|e| e == "safetensors") && !out.is_dir()
+}
+
 fn parse_device(s: &str) -> Result<Device, String> {
     Device::parse(s).ok_or_else(|| format!("expected cpu, cuda or cuda:N, found {s:?}"))
 }
@@ -237,7 +279,11 @@ fn init(
 ) -> CliResult {
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
-    if let Some(dir) = out {
+    let to_safetensors = out.is_some_and(is_safetensors_file);
+    if to_safetensors {
+        // A variable safetensors cannot hold fails before anything is loaded.
+        store.check_safetensors()?;
+    } else if let Some(dir) = out {
         if dir.exists() && !dir.is_dir() {
             return Err(format!("--out {}: exists and is not a directory", dir.display()).into());
         }
@@ -263,10 +309,14 @@ fn init(
     let report = store.initialize_with(device, &options);
     bar.finish();
     let report = report?;
-    if let Some(dir) = out {
+    if let Some(out) = out {
         // Device values are copied back to be written.
         store.fetch_to_host()?;
-        write_outputs(dir, &store)?;
+        if to_safetensors {
+            out::with_parents(out, || Ok(store.write_safetensors(out).map(drop)?))?;
+        } else {
+            write_outputs(out, &store)?;
+        }
     }
     println!("tfckpt init: {report}");
     Ok(())

@@ -8,6 +8,9 @@
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. A process killed in the middle (SIGKILL) can leave a
 //!   `.tfckpt-out-*` or `.tfckpt-aside-*` folder behind.
+//! * `get`, `convert` and `init --out FILE.safetensors` write one file under a temporary name beside
+//!   it and rename it into place only when everything succeeded (for safetensors the library does
+//!   this: `Checkpoint::write_safetensors`, `VariableStore::write_safetensors`).
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +62,10 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
 }
 
 /// Runs `write` with the parent folders of `path` created, removing those it made if it fails.
-pub(crate) fn with_parents(path: &Path, write: impl FnOnce() -> CliResult) -> CliResult {
+pub(crate) fn with_parents<T>(
+    path: &Path,
+    write: impl FnOnce() -> Result<T, Box<dyn std::error::Error>>,
+) -> Result<T, Box<dyn std::error::Error>> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     let made = match parent {
         Some(p) => create_dirs(p)?,

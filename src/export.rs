@@ -1,0 +1,606 @@
+//! safetensors output (the `safetensors` feature): a checkpoint's tensors as stored
+//! ([`Checkpoint::write_safetensors`], `tfckpt convert`) and a store's initialized values
+//! ([`VariableStore::write_safetensors`], `tfckpt init --out FILE.safetensors`), written by the
+//! `safetensors` crate's own writer.
+//!
+//! * **Every byte checked.** A checkpoint tensor is read through the reader: checksummed (and
+//!   assembled from its slices when it was saved partitioned) before a byte of it is written.
+//! * **Bounded memory.** The writer asks for each tensor's bytes only when it writes them, one
+//!   tensor at a time. A tensor saved whole in a little-endian V2 bundle is written straight from
+//!   the mapping of its shard, after its checksum (no copy); any other (partitioned, V1,
+//!   big-endian) is read into memory of its own, dropped as soon as it is written. So the most this
+//!   module holds is the largest such tensor, never the checkpoint. A store's values are written
+//!   from where they are; a partitioned variable's whole value is joined when it is written, and
+//!   dropped then too.
+//! * **All or nothing.** The file is written under a temporary name in the destination's folder
+//!   and renamed into place only when every tensor was read and checked and the writer succeeded;
+//!   on any error no file is left (a process killed meanwhile can leave a `.tfckpt-*.tmp` or
+//!   `.tmp*` file). `View::data` cannot fail, so the first read error is kept aside, the rest of
+//!   the tensors are written as nothing, and the call then fails with that error.
+//! * **dtypes kept.** Each tensor keeps its own type: bfloat16, float16 and the float8 types too.
+//!   safetensors cannot hold strings, complex numbers, the quantized types, the 4- and 2-bit
+//!   integers (stored one per byte), float8_e4m3b11fnuz or variants
+//!   ([`DType::safetensors_dtype`]); a checkpoint's such tensors are skipped and listed in the
+//!   report, a store's such variable is an error.
+
+use std::borrow::Cow;
+use std::cell::{OnceCell, RefCell};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ::safetensors::tensor::{Dtype, SafeTensorError, View};
+
+use crate::base::dtype::DType;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::slice::num_elements;
+use crate::base::tensor::{Tensor, TensorData};
+use crate::init::store::VariableStore;
+use crate::reader::checkpoint::{Checkpoint, Inner, TensorView};
+
+/// The safetensors dtype that holds `dtype`'s elements bit for bit, and its name in a header.
+///
+/// complex64 is left out although safetensors 0.8 has a `C64`: the project's CLI contract lists
+/// complex numbers among what safetensors cannot hold, and most readers (candle, burn) have no
+/// complex type.
+fn st_dtype(dtype: DType) -> Option<(Dtype, &'static str)> {
+    Some(match dtype {
+        DType::Bool => (Dtype::BOOL, "BOOL"),
+        DType::U8 => (Dtype::U8, "U8"),
+        DType::I8 => (Dtype::I8, "I8"),
+        DType::F8E5M2 => (Dtype::F8_E5M2, "F8_E5M2"),
+        DType::F8E4M3FN => (Dtype::F8_E4M3, "F8_E4M3"),
+        DType::F8E4M3FNUZ => (Dtype::F8_E4M3FNUZ, "F8_E4M3FNUZ"),
+        DType::F8E5M2FNUZ => (Dtype::F8_E5M2FNUZ, "F8_E5M2FNUZ"),
+        DType::I16 => (Dtype::I16, "I16"),
+        DType::U16 => (Dtype::U16, "U16"),
+        DType::F16 => (Dtype::F16, "F16"),
+        DType::BF16 => (Dtype::BF16, "BF16"),
+        DType::I32 => (Dtype::I32, "I32"),
+        DType::U32 => (Dtype::U32, "U32"),
+        DType::F32 => (Dtype::F32, "F32"),
+        DType::F64 => (Dtype::F64, "F64"),
+        DType::I64 => (Dtype::I64, "I64"),
+        DType::U64 => (Dtype::U64, "U64"),
+        _ => return None,
+    })
+}
+
+impl DType {
+    /// The safetensors dtype that holds this dtype's elements bit for bit, as a safetensors header
+    /// names it: `"F32"`, `"BF16"`, `"F8_E4M3"` for float8_e4m3fn, `"BOOL"` for bool, ...; `None`
+    /// for what safetensors cannot hold: strings, complex numbers, the quantized types, int4,
+    /// uint4, int2, uint2, float8_e4m3b11fnuz and variants.
+    pub fn safetensors_dtype(self) -> Option<&'static str> {
+        st_dtype(self).map(|(_, name)| name)
+    }
+}
+
+/// The name safetensors keeps for the file's metadata: no tensor can have it.
+const RESERVED: &str = "__metadata__";
+
+/// What a safetensors export wrote, and the checkpoint tensors it left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SafetensorsReport {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data written (the file adds its 8-byte length and JSON header).
+    pub bytes: u64,
+    /// Checkpoint tensors left out, sorted by name; always empty for a store, where a variable
+    /// that cannot be written is an error.
+    pub skipped: Vec<SkippedTensor>,
+}
+
+impl SafetensorsReport {
+    /// Counts one more tensor of `len` bytes: the file's data must stay addressable (the
+    /// safetensors writer adds the offsets up unchecked).
+    fn add(&mut self, len: usize, path: &Path, name: &str) -> Result<()> {
+        self.bytes = self
+            .bytes
+            .checked_add(len as u64)
+            .filter(|&n| n <= isize::MAX as u64)
+            .ok_or_else(|| too_large(path, name))?;
+        self.tensors += 1;
+        Ok(())
+    }
+}
+
+/// A checkpoint tensor that [`Checkpoint::write_safetensors`] left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkippedTensor {
+    /// Its name in the checkpoint.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+impl fmt::Display for SkippedTensor {
+    /// `tensor "NAME" (DTYPE) skipped: REASON`: what `tfckpt convert` prints after `warning: `.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tensor {:?} ({}) skipped: {}",
+            self.name, self.dtype, self.reason
+        )
+    }
+}
+
+/// Why a tensor of `dtype` named `name` cannot go into a safetensors file, if it cannot.
+fn unwritable(name: &str, dtype: DType) -> Option<String> {
+    if st_dtype(dtype).is_none() {
+        Some(format!("safetensors cannot hold {dtype} values"))
+    } else if name == RESERVED {
+        Some(format!(
+            "safetensors reserves the name {RESERVED} for the file's metadata"
+        ))
+    } else {
+        None
+    }
+}
+
+impl Checkpoint {
+    /// Writes every tensor of the checkpoint into one safetensors file at `path`, under its
+    /// checkpoint name, as stored: partitioned tensors assembled (as [`read`](Self::read) does),
+    /// every byte checksummed, each dtype kept (see [`DType::safetensors_dtype`]). Tensors
+    /// safetensors cannot hold (strings, such as TF2's `_CHECKPOINTABLE_OBJECT_GRAPH`, complex
+    /// numbers, quantized and 4-bit types) are skipped and listed in the report.
+    ///
+    /// Memory stays bounded: tensors are read one at a time as they are written (see the module
+    /// docs). All or nothing: `path`'s folder must exist; the file is written under a temporary
+    /// name there and renamed to `path` (replacing a file there) only when everything succeeded.
+    /// Any error (a checksum mismatch, a missing shard, ...) names the file and the tensor, and
+    /// leaves `path` as it was.
+    ///
+    /// ```no_run
+    /// let ckpt = tfckpt::Checkpoint::open("/data/model.ckpt")?;
+    /// let report = ckpt.write_safetensors("/data/model.safetensors")?;
+    /// for s in &report.skipped {
+    ///     eprintln!("warning: {s}");
+    /// }
+    /// # Ok::<(), tfckpt::Error>(())
+    /// ```
+    pub fn write_safetensors(&self, path: impl AsRef<Path>) -> Result<SafetensorsReport> {
+        let path = path.as_ref();
+        let failure = Failure::default();
+        let mut report = SafetensorsReport::default();
+        let mut items = Vec::new();
+        for info in self.tensors() {
+            if let Some(reason) = unwritable(&info.name, info.dtype) {
+                report.skipped.push(SkippedTensor {
+                    name: info.name.clone(),
+                    dtype: info.dtype,
+                    reason,
+                });
+                continue;
+            }
+            let len =
+                expected_len(info.dtype, &info.shape).ok_or_else(|| too_large(path, &info.name))?;
+            // What `Checkpoint::view` can show in place: a V2 tensor saved whole, with no bytes
+            // to swap.
+            let in_place = match &self.inner {
+                Inner::V2(b) => {
+                    let swapped = b.index.big_endian && info.dtype.swap_unit() > 1;
+                    !info.is_partitioned() && !swapped
+                }
+                Inner::V1(_) => false,
+            };
+            let source = if in_place {
+                Source::View {
+                    ckpt: self,
+                    view: OnceCell::new(),
+                }
+            } else {
+                Source::Read { ckpt: self }
+            };
+            items.push(Item::new(
+                &info.name,
+                info.dtype,
+                &info.shape,
+                len,
+                source,
+                &failure,
+                path,
+            )?);
+            report.add(len, path, &info.name)?;
+        }
+        write_file(path, &items, &failure)?;
+        Ok(report)
+    }
+}
+
+impl VariableStore {
+    /// Checks, before any work, that every variable and part can go into a safetensors file: its
+    /// dtype has a safetensors counterpart (see [`DType::safetensors_dtype`]) and its name is not
+    /// `__metadata__`. An error names the first variable that cannot, with its dtype. `tfckpt init
+    /// --out FILE.safetensors` calls it before loading anything.
+    pub fn check_safetensors(&self) -> Result<()> {
+        let names = self.variables().map(|v| (v.name.as_str(), v.dtype)).chain(
+            self.partitioned_variables()
+                .map(|p| (p.name.as_str(), p.dtype)),
+        );
+        for (name, dtype) in names {
+            if let Some(reason) = unwritable(name, dtype) {
+                return Err(cannot_write(name, &reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the store's values into one safetensors file at `path` after a host
+    /// [`initialize`](Self::initialize) (or [`fetch_to_host`](Self::fetch_to_host)): every
+    /// variable and part under its name (part 2 of `emb` is `emb/part_2`), and the whole value of
+    /// every partitioned variable under its own name (`emb`): the names and values of
+    /// `tfckpt init --out DIR`'s `.npy` files, without `.npy`. Each value keeps its dtype.
+    ///
+    /// A variable safetensors cannot hold (strings, complex numbers, quantized and 4-bit types),
+    /// or one without a host value, is an error naming it and its dtype, and nothing is written.
+    /// Memory and all-or-nothing as for [`Checkpoint::write_safetensors`]: values are written from
+    /// where they are; a partitioned variable's whole value is joined just before it is written
+    /// and dropped after.
+    ///
+    /// ```no_run
+    /// # fn main() -> tfckpt::Result<()> {
+    /// # let mut store = tfckpt::VariableStore::new();
+    /// store.initialize(tfckpt::Device::Cpu)?;
+    /// store.write_safetensors("model.safetensors")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_safetensors(&self, path: impl AsRef<Path>) -> Result<SafetensorsReport> {
+        let path = path.as_ref();
+        let failure = Failure::default();
+        let mut report = SafetensorsReport::default();
+        let mut items = Vec::new();
+        for v in self.variables() {
+            let t = self.value(&v.name).ok_or_else(|| no_value(&v.name))?;
+            let TensorData::Bytes(bytes) = &t.data else {
+                return Err(cannot_write(
+                    &v.name,
+                    &format!("safetensors cannot hold {} values", t.dtype),
+                ));
+            };
+            if let Some(reason) = unwritable(&v.name, t.dtype) {
+                return Err(cannot_write(&v.name, &reason));
+            }
+            let len = expected_len(t.dtype, &t.shape).ok_or_else(|| too_large(path, &v.name))?;
+            if bytes.len() != len {
+                return Err(ErrorKind::BadVariable {
+                    name: v.name.clone(),
+                    reason: format!(
+                        "its value holds {} bytes, its dtype {} and shape {:?} need {len}",
+                        bytes.len(),
+                        t.dtype,
+                        t.shape
+                    ),
+                }
+                .into());
+            }
+            items.push(Item::new(
+                &v.name,
+                t.dtype,
+                &t.shape,
+                len,
+                Source::Value(t),
+                &failure,
+                path,
+            )?);
+            report.add(len, path, &v.name)?;
+        }
+        for pv in self.partitioned_variables() {
+            // The whole takes the dtype its parts have (they may have been cast), as
+            // `partitioned_value` gives it.
+            let first = pv.parts.first().and_then(|p| self.value(p));
+            let dtype = first.map_or(pv.dtype, |t| t.dtype);
+            if let Some(reason) = unwritable(&pv.name, dtype) {
+                return Err(cannot_write(&pv.name, &reason));
+            }
+            let len = expected_len(dtype, &pv.shape).ok_or_else(|| too_large(path, &pv.name))?;
+            items.push(Item::new(
+                &pv.name,
+                dtype,
+                &pv.shape,
+                len,
+                Source::Joined { store: self },
+                &failure,
+                path,
+            )?);
+            report.add(len, path, &pv.name)?;
+        }
+        write_file(path, &items, &failure)?;
+        Ok(report)
+    }
+}
+
+/// A variable that cannot go into a safetensors file (`reason` names its dtype or its name).
+fn cannot_write(name: &str, reason: &str) -> Error {
+    ErrorKind::BadVariable {
+        name: name.into(),
+        reason: format!("cannot be written to a safetensors file: {reason}"),
+    }
+    .into()
+}
+
+fn no_value(name: &str) -> Error {
+    ErrorKind::BadVariable {
+        name: name.into(),
+        reason: "has no value on the host to write: initialize it first (or fetch_to_host)".into(),
+    }
+    .into()
+}
+
+fn too_large(path: &Path, name: &str) -> Error {
+    ErrorKind::Export {
+        path: path.to_path_buf(),
+        reason: format!(
+            "tensor {name:?} is too large: its bytes, or the file's up to it, cannot be addressed"
+        ),
+    }
+    .into()
+}
+
+/// Bytes of a fixed-size tensor of that dtype and shape, if addressable.
+fn expected_len(dtype: DType, shape: &[u64]) -> Option<usize> {
+    let n = num_elements(shape)?.checked_mul(dtype.size()? as u64)?;
+    usize::try_from(n).ok()
+}
+
+/// The first error met while the writer asked for bytes: `View::data` cannot return one.
+#[derive(Default)]
+struct Failure(RefCell<Option<Error>>);
+
+impl Failure {
+    fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    fn set(&self, e: Error) {
+        self.0.borrow_mut().get_or_insert(e);
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.borrow_mut().take()
+    }
+}
+
+/// Where one tensor's bytes come from when the writer asks for them.
+enum Source<'a> {
+    /// A checkpoint tensor saved whole in a little-endian V2 bundle: checksummed in the mapping of
+    /// its shard, then written from there (the view is kept so that a shard truncated meanwhile
+    /// is seen afterwards).
+    View {
+        ckpt: &'a Checkpoint,
+        view: OnceCell<TensorView>,
+    },
+    /// Any other checkpoint tensor (partitioned, V1, big-endian): read, assembled and checked into
+    /// memory of its own, dropped once written.
+    Read { ckpt: &'a Checkpoint },
+    /// A host value of the store, written from where it is.
+    Value(&'a Tensor),
+    /// A partitioned variable's whole value: its parts joined into memory of its own, dropped
+    /// once written.
+    Joined { store: &'a VariableStore },
+}
+
+/// One tensor of the file: what the header says of it, and where its bytes come from.
+struct Item<'a> {
+    name: &'a str,
+    tf_dtype: DType,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    len: usize,
+    source: Source<'a>,
+    failure: &'a Failure,
+}
+
+impl<'a> Item<'a> {
+    fn new(
+        name: &'a str,
+        tf_dtype: DType,
+        shape: &[u64],
+        len: usize,
+        source: Source<'a>,
+        failure: &'a Failure,
+        path: &Path,
+    ) -> Result<Item<'a>> {
+        let dtype = st_dtype(tf_dtype).map(|(d, _)| d).ok_or_else(|| {
+            // The callers skip or refuse such dtypes first.
+            Error::from(ErrorKind::Unsupported {
+                tensor: name.into(),
+                what: format!("safetensors cannot hold {tf_dtype} values"),
+            })
+        })?;
+        let shape = shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<usize>, _>>()
+            .map_err(|_| too_large(path, name))?;
+        Ok(Item {
+            name,
+            tf_dtype,
+            dtype,
+            shape,
+            len,
+            source,
+            failure,
+        })
+    }
+
+    /// The tensor's bytes, read and checked now.
+    fn fetch(&self) -> Result<Cow<'_, [u8]>> {
+        match &self.source {
+            Source::View { ckpt, view } => {
+                if let Some(v) = view.get() {
+                    return Ok(Cow::Borrowed(v.as_bytes()));
+                }
+                let v = ckpt.view(self.name)?;
+                Ok(Cow::Borrowed(view.get_or_init(|| v).as_bytes()))
+            }
+            Source::Read { ckpt } => {
+                // `read` checks that the files can back the tensor before it allocates.
+                let t = ckpt.read(self.name)?;
+                match t.data {
+                    TensorData::Bytes(b) => Ok(Cow::Owned(b.into_vec())),
+                    TensorData::Strings(_) => Err(ErrorKind::Unsupported {
+                        tensor: self.name.into(),
+                        what: "safetensors cannot hold string values".into(),
+                    }
+                    .into()),
+                }
+            }
+            Source::Value(t) => Ok(Cow::Borrowed(t.bytes().unwrap_or_default())),
+            Source::Joined { store } => {
+                let t = store.partitioned_value(self.name)?;
+                if t.dtype != self.tf_dtype {
+                    return Err(ErrorKind::BadVariable {
+                        name: self.name.into(),
+                        reason: format!(
+                            "its parts' values are {}, the file's header says {}",
+                            t.dtype, self.tf_dtype
+                        ),
+                    }
+                    .into());
+                }
+                match t.data {
+                    TensorData::Bytes(b) => Ok(Cow::Owned(b.into_vec())),
+                    TensorData::Strings(_) => Err(cannot_write(
+                        self.name,
+                        "safetensors cannot hold string values",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Reads again the bytes of a tensor written from a file mapping (a shard, or a value mapped
+    /// copy-on-write), so that a file truncated under it shows.
+    fn recheck(&self) -> Result<()> {
+        match &self.source {
+            Source::View { ckpt, view } if view.get().is_some() => ckpt.view(self.name).map(drop),
+            Source::Value(t) => match &t.data {
+                TensorData::Bytes(b) if b.is_mapped() => {
+                    // One byte a page is enough to meet a page past the end of the file.
+                    for page in b.chunks(4096) {
+                        std::hint::black_box(page[0]);
+                    }
+                    b.intact()
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the mapped bytes this item was written from were still backed by the file.
+    fn intact(&self) -> Result<()> {
+        match &self.source {
+            Source::View { view, .. } => view.get().map_or(Ok(()), TensorView::intact),
+            Source::Value(t) => match &t.data {
+                TensorData::Bytes(b) => b.intact(),
+                TensorData::Strings(_) => Ok(()),
+            },
+            Source::Read { .. } | Source::Joined { .. } => Ok(()),
+        }
+    }
+}
+
+impl View for &Item<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The bytes, read and checked when the writer gets to this tensor. After an error (kept for
+    /// the caller) this and every later tensor are written as nothing: the file is dropped.
+    fn data(&self) -> Cow<'_, [u8]> {
+        if self.failure.is_set() {
+            return Cow::Borrowed(&[]);
+        }
+        match self.fetch() {
+            Ok(bytes) if bytes.len() == self.len => bytes,
+            Ok(bytes) => {
+                self.failure.set(
+                    ErrorKind::BufferSize {
+                        tensor: self.name.into(),
+                        expected: self.len as u64,
+                        found: bytes.len() as u64,
+                    }
+                    .into(),
+                );
+                Cow::Borrowed(&[])
+            }
+            Err(e) => {
+                self.failure.set(e);
+                Cow::Borrowed(&[])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Writes `items` into a temporary file beside `path` with the safetensors writer, then renames
+/// it to `path` if every tensor was read, checked and written; otherwise removes it.
+fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+        ));
+    }
+    let dir: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tfckpt-").suffix(".safetensors.tmp");
+    #[cfg(unix)]
+    {
+        // What `File::create` would give the file (0666 less the umask), not 0600.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mode = tmp
+        .as_file()
+        .metadata()
+        .map_err(|e| Error::io(tmp.path(), e))?
+        .permissions();
+    let written = {
+        // A shard truncated under a mapping while the writer reads it is caught, not SIGBUS.
+        let _reading = crate::base::sigbus::reading();
+        let written =
+            ::safetensors::serialize_to_file(items.iter().map(|i| (i.name, i)), None, tmp.path());
+        if let Err(SafeTensorError::IoError(e)) = &written {
+            // `write` reading a truncated mapping fails with EFAULT, not SIGBUS: checked again,
+            // the bytes written from mappings say which shard (on this thread, still caught).
+            if e.raw_os_error() == Some(libc::EFAULT) {
+                items.iter().try_for_each(Item::recheck)?;
+            }
+        }
+        written
+    };
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    items.iter().try_for_each(Item::intact)?;
+    written.map_err(|e| match e {
+        SafeTensorError::IoError(source) => Error::io(path, source),
+        other => ErrorKind::Export {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        }
+        .into(),
+    })?;
+    // The safetensors writer replaced the temporary file with one of its own (mode 0600).
+    std::fs::set_permissions(tmp.path(), mode).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

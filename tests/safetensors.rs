@@ -1,0 +1,797 @@
+//! safetensors output against TensorFlow's values: every fixture converted
+//! (`Checkpoint::write_safetensors`, `tfckpt convert`) and read back with the `safetensors` crate
+//! equals what TF's reader returned (dtype, shape, bytes), with exactly the tensors safetensors
+//! cannot hold skipped; `tfckpt init --out FILE.safetensors` holds the same values as the `.npy`
+//! output of the same init; and every failure (a damaged shard, a string variable, a directory in
+//! the way) writes nothing.
+
+#[allow(dead_code)] // shared with the binary: only part of it is used here
+#[path = "../src/bin/tfckpt/npy.rs"]
+mod npy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+use tfckpt::{
+    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Init, Tensor,
+    VariableStore, WriterOptions,
+};
+
+mod common;
+use common::builder::CkptBuilder;
+use common::fixtures::{case_dirs, ckpt_path, ckpt_rel, copy_files, fixture, init_ckpt};
+
+/// The safetensors dtype each TensorFlow dtype must become, written out independently of the
+/// crate's own table; `None`: the tensor must be skipped.
+fn expected_dtype(tf: &str) -> Option<&'static str> {
+    Some(match tf {
+        "bool" => "BOOL",
+        "uint8" => "U8",
+        "int8" => "I8",
+        "float8_e5m2" => "F8_E5M2",
+        "float8_e4m3fn" => "F8_E4M3",
+        "float8_e4m3fnuz" => "F8_E4M3FNUZ",
+        "float8_e5m2fnuz" => "F8_E5M2FNUZ",
+        "int16" => "I16",
+        "uint16" => "U16",
+        "float16" => "F16",
+        "bfloat16" => "BF16",
+        "int32" => "I32",
+        "uint32" => "U32",
+        "float32" => "F32",
+        "float64" => "F64",
+        "int64" => "I64",
+        "uint64" => "U64",
+        "string" | "complex64" | "complex128" | "qint8" | "quint8" | "qint16" | "quint16"
+        | "qint32" | "int4" | "uint4" | "int2" | "uint2" | "float8_e4m3b11fnuz" | "variant" => {
+            return None
+        }
+        other => panic!("dtype {other} has no expectation here"),
+    })
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+/// name -> (safetensors dtype, shape, bytes) of a safetensors file, read with the `safetensors`
+/// crate.
+fn read_back(path: &Path) -> BTreeMap<String, (String, Vec<u64>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = t.shape().iter().map(|&d| d as u64).collect();
+            (name, (t.dtype().to_string(), shape, t.data().to_vec()))
+        })
+        .collect()
+}
+
+fn npy_file(path: &Path) -> npy::NpyArray {
+    npy::read(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_fixture_converts_to_tensorflow_values() {
+    let cases = case_dirs();
+    assert!(cases.len() >= 10, "{cases:?}");
+    let (mut written, mut skipped) = (0, 0);
+    for case in cases {
+        let ckpt = Checkpoint::open(case.join(ckpt_rel(&case))).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("model.safetensors");
+        let report = ckpt
+            .write_safetensors(&out)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        let got = read_back(&out);
+        let mut want_written = Vec::new();
+        let mut want_skipped = Vec::new();
+        let mut bytes = 0;
+        for t in json(&case.join("expected/list.json")).as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let dtype = t["dtype"].as_str().unwrap();
+            let shape: Vec<u64> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            let Some(st_dtype) = expected_dtype(dtype) else {
+                want_skipped.push((name.to_string(), dtype.to_string()));
+                continue;
+            };
+            want_written.push(name.to_string());
+            let (got_dtype, got_shape, got_bytes) = got
+                .get(name)
+                .unwrap_or_else(|| panic!("{}: {name} missing", case.display()));
+            let tf = npy_file(&case.join("expected/values").join(format!("{name}.npy")));
+            assert_eq!(got_dtype, st_dtype, "{} {name}", case.display());
+            assert_eq!(
+                (got_shape, got_shape),
+                (&shape, &tf.shape),
+                "{} {name}",
+                case.display()
+            );
+            assert!(
+                *got_bytes == tf.data,
+                "{} {name}: bytes differ from TensorFlow's",
+                case.display()
+            );
+            bytes += got_bytes.len() as u64;
+        }
+        let names: Vec<&String> = got.keys().collect();
+        let mut want_sorted = want_written.clone();
+        want_sorted.sort();
+        assert_eq!(
+            names,
+            want_sorted.iter().collect::<Vec<_>>(),
+            "{}",
+            case.display()
+        );
+        let report_skipped: Vec<(String, String)> = report
+            .skipped
+            .iter()
+            .map(|s| (s.name.clone(), s.dtype.name().to_string()))
+            .collect();
+        assert_eq!(report_skipped, want_skipped, "{}", case.display());
+        assert_eq!((report.tensors, report.bytes), (got.len(), bytes));
+        // Nothing but the file is left in its folder.
+        assert_eq!(files_in(tmp.path()), ["model.safetensors"]);
+        written += got.len();
+        skipped += report.skipped.len();
+    }
+    assert!(written > 90 && skipped > 20, "{written} {skipped}");
+}
+
+#[test]
+fn dtypes_are_kept_and_partitioned_tensors_assembled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d.safetensors");
+    let ckpt = Checkpoint::open(ckpt_path("dtypes")).unwrap();
+    ckpt.write_safetensors(&out).unwrap();
+    let got = read_back(&out);
+    for (name, dtype) in [
+        ("dt/bfloat16", "BF16"),
+        ("dt/float16", "F16"),
+        ("dt/float8_e4m3fn", "F8_E4M3"),
+        ("dt/float8_e5m2", "F8_E5M2"),
+        ("sliced/bfloat16", "BF16"), // saved partitioned
+    ] {
+        assert_eq!(got[name].0, dtype, "{name}");
+    }
+    #[cfg(unix)]
+    {
+        // The file gets the mode a plain `File::create` would give it, not a temporary file's 0600.
+        use std::os::unix::fs::PermissionsExt;
+        let plain = tmp.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&out), mode(&plain));
+    }
+    assert!(ckpt.tensor("sliced/bfloat16").unwrap().is_partitioned());
+    assert_eq!(
+        got["sliced/bfloat16"].2,
+        ckpt.read("sliced/bfloat16").unwrap().bytes().unwrap()
+    );
+
+    let extra = Checkpoint::open(ckpt_path("dtypes_extra")).unwrap();
+    let out = tmp.path().join("e.safetensors");
+    let report = extra.write_safetensors(&out).unwrap();
+    let kinds: Vec<String> = read_back(&out).values().map(|v| v.0.clone()).collect();
+    assert_eq!(kinds, ["F8_E4M3FNUZ", "F8_E5M2FNUZ"]);
+    let skipped: Vec<DType> = report.skipped.iter().map(|s| s.dtype).collect();
+    assert_eq!(skipped, [DType::F8E4M3B11FNUZ, DType::I2, DType::U2]);
+
+    // A tensor saved in 5 slices by TensorFlow comes out whole.
+    let ckpt = Checkpoint::open(ckpt_path("h1_partitioned")).unwrap();
+    let info = ckpt.tensor("scope/var1").unwrap();
+    assert!(info.slices.len() > 1);
+    let out = tmp.path().join("p.safetensors");
+    ckpt.write_safetensors(&out).unwrap();
+    let got = read_back(&out);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["scope/var1"].1, info.shape);
+    let tf = npy_file(&fixture("h1_partitioned/expected/values/scope/var1.npy"));
+    assert!(got["scope/var1"].2 == tf.data);
+}
+
+#[test]
+fn tf2_checkpoint_skips_only_the_object_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("t.safetensors");
+    let report = Checkpoint::open(ckpt_path("tf2_object"))
+        .unwrap()
+        .write_safetensors(&out)
+        .unwrap();
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].name, "_CHECKPOINTABLE_OBJECT_GRAPH");
+    assert_eq!(report.skipped[0].dtype, DType::String);
+    assert!(!read_back(&out).contains_key("_CHECKPOINTABLE_OBJECT_GRAPH"));
+}
+
+#[test]
+fn big_endian_bundles_and_the_reserved_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::with_options(
+        tmp.path().join("be"),
+        WriterOptions {
+            big_endian: true,
+            ..WriterOptions::default()
+        },
+    );
+    b.f32("w", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.5])
+        .bytes("h", DType::BF16, &[2], &[0x80, 0x3f, 0x00, 0x40])
+        .f32("__metadata__", &[1], &[7.0]);
+    let prefix = b.finish();
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let out = tmp.path().join("be.safetensors");
+    let report = ckpt.write_safetensors(&out).unwrap();
+    assert_eq!(report.skipped.len(), 1);
+    assert!(
+        report.skipped[0].to_string().contains("__metadata__"),
+        "{}",
+        report.skipped[0]
+    );
+    let got = read_back(&out);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["w"].2, ckpt.read("w").unwrap().bytes().unwrap());
+    assert_eq!(got["w"].2[20..], 6.5f32.to_le_bytes());
+    assert_eq!(
+        got["h"],
+        ("BF16".into(), vec![2], vec![0x80, 0x3f, 0x00, 0x40])
+    );
+}
+
+/// A small checkpoint of three float32 tensors, with where `b`'s bytes are in its data shard.
+fn three_tensors(dir: &Path) -> (PathBuf, usize) {
+    let mut b = CkptBuilder::new(dir.join("ckpt"));
+    b.f32("a", &[4], &[1.0, 2.0, 3.0, 4.0])
+        .f32("b", &[2, 2], &[1234.5, -99.25, 0.125, 77.0])
+        .f32("c", &[1], &[5.0]);
+    let prefix = b.finish();
+    let data = std::fs::read(dir.join("ckpt.data-00000-of-00001")).unwrap();
+    let needle = 1234.5f32.to_le_bytes();
+    let at = data.windows(4).position(|w| w == needle).unwrap();
+    (prefix, at)
+}
+
+fn flip(file: &Path, at: usize) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(file, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_tensor_fails_the_whole_file_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, at) = three_tensors(tmp.path());
+    flip(&tmp.path().join("ckpt.data-00000-of-00001"), at);
+    let outdir = tempfile::tempdir().unwrap();
+    let out = outdir.path().join("m.safetensors");
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let err = ckpt.write_safetensors(&out).unwrap_err();
+    match err.kind() {
+        ErrorKind::TensorChecksum { tensor, .. } => assert_eq!(tensor, "b"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        files_in(outdir.path()).is_empty(),
+        "{:?}",
+        files_in(outdir.path())
+    );
+    // An existing file at the destination is left as it was.
+    std::fs::write(&out, b"before").unwrap();
+    assert!(ckpt.write_safetensors(&out).is_err());
+    assert_eq!(std::fs::read(&out).unwrap(), b"before");
+    assert_eq!(files_in(outdir.path()), ["m.safetensors"]);
+
+    // The same through a partitioned tensor (read and assembled, not viewed in place), and a
+    // V1 file.
+    for case in ["h1_partitioned", "v1"] {
+        let copy = tempfile::tempdir().unwrap();
+        copy_files(&fixture(case), copy.path());
+        let ckpt_path = copy.path().join(ckpt_rel(&fixture(case)));
+        let data = files_in(copy.path())
+            .into_iter()
+            .find(|f| f.contains(".data-") || (case == "v1" && f == "model-3"))
+            .unwrap();
+        let len = std::fs::metadata(copy.path().join(&data)).unwrap().len() as usize;
+        flip(&copy.path().join(&data), len / 2);
+        let out = outdir.path().join(format!("{case}.safetensors"));
+        let result = Checkpoint::open(&ckpt_path).and_then(|c| c.write_safetensors(&out));
+        assert!(result.is_err(), "{case}");
+        assert!(!out.exists(), "{case}");
+    }
+    assert_eq!(files_in(outdir.path()), ["m.safetensors"]);
+}
+
+#[test]
+fn a_missing_shard_or_a_directory_in_the_way_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, _) = three_tensors(tmp.path());
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let dir = tmp.path().join("taken.safetensors");
+    std::fs::create_dir(&dir).unwrap();
+    let err = ckpt.write_safetensors(&dir).unwrap_err();
+    assert!(err.to_string().contains("taken.safetensors"), "{err}");
+    let err = ckpt
+        .write_safetensors(tmp.path().join("no/such/dir/x.safetensors"))
+        .unwrap_err();
+    assert!(err.to_string().contains("no/such/dir"), "{err}");
+    std::fs::remove_file(tmp.path().join("ckpt.data-00000-of-00001")).unwrap();
+    let out = tmp.path().join("x.safetensors");
+    let err = ckpt.write_safetensors(&out).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(!out.exists());
+}
+
+/// A hostile index: partitioned tensors whose full shapes their files cannot back, or whose bytes
+/// together cannot be addressed. An error naming one, no allocation of that size, no file, no
+/// panic.
+#[test]
+fn tensors_larger_than_their_files_are_an_error_not_an_allocation() {
+    // (full shape of each huge tensor, how many, what the error says, which it names)
+    for (full, count, says, names) in [
+        ([1u64 << 20, 1 << 10], 1, "back it", "huge0"),
+        ([1 << 30, 1 << 30], 2, "too large", "huge1"), // 2^62 bytes each: 2^63 together
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w =
+            tfckpt::CheckpointWriter::create(tmp.path().join("h"), WriterOptions::default())
+                .unwrap();
+        w.add("small", (&Tensor::from_f32(&[1], &[1.0]).unwrap()).into())
+            .unwrap();
+        for i in 0..count {
+            w.add_slice(
+                &format!("huge{i}"),
+                &full,
+                &tfckpt::Slice::parse("0,1:0,1").unwrap(),
+                (&Tensor::from_f32(&[1, 1], &[2.0]).unwrap()).into(),
+            )
+            .unwrap();
+        }
+        w.finish().unwrap();
+        let ckpt = Checkpoint::open(tmp.path().join("h")).unwrap();
+        let out = tmp.path().join("h.safetensors");
+        let err = ckpt.write_safetensors(&out).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("\"{names}\"")) && text.contains(says),
+            "{text}"
+        );
+        if says == "too large" {
+            assert!(matches!(err.kind(), ErrorKind::Export { path, .. } if *path == out));
+        }
+        assert!(!out.exists());
+        let left = files_in(tmp.path());
+        assert!(left.iter().all(|f| f.starts_with("h.")), "{left:?}");
+    }
+}
+
+fn partitioned_store(prefix: &Path) -> VariableStore {
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("p", &[4], DType::F32, &[2], Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("head/b", &[2, 2], DType::F32, Init::Constant(0.5))
+        .unwrap();
+    store
+        .get_variable("n", &[3], DType::BF16, Init::Ones)
+        .unwrap();
+    let map = AssignmentMap::from([("a", "p")]);
+    init_from_checkpoint(&mut store, prefix, &map).unwrap();
+    store
+}
+
+#[test]
+fn store_values_parts_and_wholes_are_written_under_their_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, _) = three_tensors(tmp.path());
+    let mut store = partitioned_store(&prefix);
+    let out = tmp.path().join("s.safetensors");
+    // Before initialization there is nothing to write.
+    let err = store.write_safetensors(&out).unwrap_err();
+    assert!(err.to_string().contains("initialize"), "{err}");
+    assert!(!out.exists());
+    store.check_safetensors().unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    let report = store.write_safetensors(&out).unwrap();
+    let got = read_back(&out);
+    let names: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(names, ["head/b", "n", "p", "p/part_0", "p/part_1"]);
+    assert_eq!(report.tensors, 5);
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(
+        got["p"],
+        ("F32".into(), vec![4], f32s(&[1.0, 2.0, 3.0, 4.0]))
+    );
+    assert_eq!(got["p/part_1"], ("F32".into(), vec![2], f32s(&[3.0, 4.0])));
+    assert_eq!(got["head/b"].2, f32s(&[0.5; 4]));
+    assert_eq!(got["n"], ("BF16".into(), vec![3], [0x80, 0x3f].repeat(3)));
+}
+
+#[test]
+fn a_variable_safetensors_cannot_hold_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, _) = three_tensors(tmp.path());
+    for (dtype, name) in [
+        (DType::String, "words"),
+        (DType::C64, "z"),
+        (DType::QI8, "q"),
+    ] {
+        let mut store = partitioned_store(&prefix);
+        store.get_variable(name, &[2], dtype, Init::Zeros).unwrap();
+        let err = store.check_safetensors().unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{name:?}")) && text.contains(dtype.name()),
+            "{text}"
+        );
+        store.initialize(Device::Cpu).unwrap();
+        let out = tmp.path().join("bad.safetensors");
+        let err = store.write_safetensors(&out).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::BadVariable { name: n, .. } if n == name));
+        assert!(err.to_string().contains(dtype.name()), "{err}");
+        assert!(!out.exists());
+    }
+    // A value replaced by one of the wrong size is refused too.
+    let mut store = partitioned_store(&prefix);
+    store.initialize(Device::Cpu).unwrap();
+    *store.value_mut("head/b").unwrap() = Tensor::from_f32(&[1], &[1.0]).unwrap();
+    let t = store.value_mut("head/b").unwrap();
+    t.shape = vec![2, 2];
+    let err = store
+        .write_safetensors(tmp.path().join("bad.safetensors"))
+        .unwrap_err();
+    assert!(err.to_string().contains("head/b"), "{err}");
+    let left = files_in(tmp.path());
+    assert!(
+        left.iter().all(|f| f.starts_with("ckpt")),
+        "{left:?}: a failed write left a file"
+    );
+}
+
+// ---- the binary ----
+
+fn tfckpt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_one_error_line(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err} should mention {needle}");
+}
+
+#[test]
+fn cli_convert_writes_the_library_file_and_warns_per_skipped_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["tf2_object", "dtypes", "v1", "sharded_partitioned"] {
+        let ckpt = ckpt_path(case);
+        let out = tmp.path().join(format!("new/dir/{case}.safetensors"));
+        let o = tfckpt(&["convert", ckpt.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("tfckpt convert: "));
+        let lib = tmp.path().join(format!("{case}.lib.safetensors"));
+        let report = Checkpoint::open(&ckpt)
+            .unwrap()
+            .write_safetensors(&lib)
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&lib).unwrap(),
+            "{case}"
+        );
+        let warnings: Vec<String> = stderr(&o).lines().map(String::from).collect();
+        let want: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|s| format!("warning: {s}"))
+            .collect();
+        assert_eq!(warnings, want, "{case}");
+        if case == "tf2_object" {
+            assert_eq!(want.len(), 1);
+            assert!(want[0].contains("\"_CHECKPOINTABLE_OBJECT_GRAPH\" (string)"));
+        }
+    }
+}
+
+#[test]
+fn cli_convert_failures_exit_1_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, at) = three_tensors(tmp.path());
+    flip(&tmp.path().join("ckpt.data-00000-of-00001"), at);
+    let out = tmp.path().join("made/for/it/m.safetensors");
+    let o = tfckpt(&["convert", prefix.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_one_error_line(&o, "\"b\"");
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+    assert!(
+        !tmp.path().join("made").exists(),
+        "folders made for OUT stay"
+    );
+    let o = tfckpt(&[
+        "convert",
+        tmp.path().join("nothing").to_str().unwrap(),
+        "x.safetensors",
+    ]);
+    assert_one_error_line(&o, "nothing");
+    assert_eq!(
+        tfckpt(&["convert", prefix.to_str().unwrap()]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        tfckpt(&["convert", "--bogus", "a", "b"]).status.code(),
+        Some(2)
+    );
+}
+
+/// `init --out FILE.safetensors` on every single-call TensorFlow init case: the file holds the
+/// `.npy` files of `init --out DIR` (names without `.npy`, same shapes and bytes); a model with a
+/// variable safetensors cannot hold fails naming it, and writes nothing.
+#[test]
+fn cli_init_safetensors_equals_the_npy_output() {
+    let init = fixture("init");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&init)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let (mut same, mut refused) = (0, 0);
+    for case in cases {
+        let meta = json(&case.join("case.json"));
+        if meta["calls"] != 1
+            || meta["cli_representable"] != true
+            || meta.get("cli_md_differs").is_some()
+            || case.join("expected/error.json").is_file()
+        {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = init_ckpt(&case);
+        let run = |out: &Path| {
+            tfckpt(&[
+                "init",
+                ckpt.to_str().unwrap(),
+                "--model",
+                case.join("model.json").to_str().unwrap(),
+                "--map",
+                case.join("map.json").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+        };
+        let file = tmp.path().join("sub/model.safetensors");
+        let o = run(&file);
+        let model = json(&case.join("model.json"));
+        let unwritable: Vec<&str> = model["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| expected_dtype(v["dtype"].as_str().unwrap()).is_none())
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        if !unwritable.is_empty() {
+            // The error names a variable safetensors cannot hold, with its dtype.
+            assert_one_error_line(&o, "cannot be written to a safetensors file");
+            let err = stderr(&o);
+            assert!(err.contains("safetensors cannot hold"), "{err}");
+            assert!(
+                unwritable.iter().any(|v| err.contains(&format!("\"{v}"))),
+                "{err} names none of {unwritable:?}"
+            );
+            assert!(!tmp.path().join("sub").exists(), "{}", case.display());
+            refused += 1;
+            continue;
+        }
+        assert!(o.status.success(), "{}: {}", case.display(), stderr(&o));
+        let dir = tmp.path().join("npy");
+        let o = run(&dir);
+        assert!(o.status.success(), "{}: {}", case.display(), stderr(&o));
+        let got = read_back(&file);
+        let mut n = 0;
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(&dir).unwrap().to_str().unwrap();
+                let name = rel.strip_suffix(".npy").unwrap();
+                let want = npy_file(&p);
+                let (dtype, shape, bytes) = got
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{}: {name} missing", case.display()));
+                assert_eq!(shape, &want.shape, "{} {name}", case.display());
+                assert!(*bytes == want.data, "{} {name}", case.display());
+                let descr_ok = match dtype.as_str() {
+                    "F32" => want.descr == "<f4",
+                    "F64" => want.descr == "<f8",
+                    "F16" => want.descr == "<f2",
+                    "BF16" | "U16" => want.descr == "<u2",
+                    "I64" => want.descr == "<i8",
+                    "I32" => want.descr == "<i4",
+                    "I16" => want.descr == "<i2",
+                    "U32" => want.descr == "<u4",
+                    "U64" => want.descr == "<u8",
+                    "I8" => want.descr == "|i1",
+                    "U8" | "F8_E4M3" | "F8_E5M2" => want.descr == "|u1",
+                    "BOOL" => want.descr == "|b1",
+                    _ => false,
+                };
+                assert!(
+                    descr_ok,
+                    "{} {name}: {dtype} vs {}",
+                    case.display(),
+                    want.descr
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(n, got.len(), "{}", case.display());
+        same += 1;
+    }
+    assert!(same >= 20 && refused >= 1, "{same} {refused}");
+}
+
+#[test]
+fn cli_init_with_a_string_variable_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = ckpt_path("h1_basic");
+    let model = r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}, {"name": "vocab/words", "shape": [3], "dtype": "string"}]}"#;
+    let out = tmp.path().join("a/b/model.safetensors");
+    let o = tfckpt(&[
+        "init",
+        ckpt.to_str().unwrap(),
+        "--model",
+        model,
+        "--map",
+        r#"{"var1": "new_scope_1/var1"}"#,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, "\"vocab/words\"");
+    assert!(stderr(&o).contains("string"), "{}", stderr(&o));
+    assert!(!tmp.path().join("a").exists());
+    assert!(o.stdout.is_empty());
+
+    // Without it, the same call writes the file; an existing directory named *.safetensors keeps
+    // the directory meaning.
+    let model =
+        r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}]}"#;
+    let o = tfckpt(&[
+        "init",
+        ckpt.to_str().unwrap(),
+        "--model",
+        model,
+        "--map",
+        r#"{"var1": "new_scope_1/var1"}"#,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_back(&out).len(), 1);
+    let dir = tmp.path().join("d.safetensors");
+    std::fs::create_dir(&dir).unwrap();
+    let o = tfckpt(&[
+        "init",
+        ckpt.to_str().unwrap(),
+        "--model",
+        model,
+        "--map",
+        r#"{"var1": "new_scope_1/var1"}"#,
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("new_scope_1/var1.npy").is_file());
+}
+
+/// A shard truncated at staggered moments of `convert` and `init --out FILE.safetensors` (mapped
+/// and `--copy`): the process exits 0 with a file holding exactly the checkpoint's values, or 1
+/// with an error line and no file; never by a signal, never a file with zeros for the lost pages.
+#[cfg(unix)]
+#[test]
+fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let data: Vec<f32> = (0..1 << 20).map(|i| i as f32).collect(); // 4 MiB a tensor
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let write = || {
+        let mut b = CkptBuilder::new(&prefix);
+        for t in ["a", "b", "c", "d"] {
+            b.f32(t, &[1 << 20], &data);
+        }
+        b.finish();
+    };
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    let p = prefix.to_str().unwrap().to_string();
+    let out = tmp.path().join("o.safetensors");
+    let o = out.to_str().unwrap().to_string();
+    let model = r#"{"variables": [{"name": "v", "shape": [1048576], "dtype": "float32"}, {"name": "w", "shape": [1048576], "dtype": "float32"}]}"#;
+    let map = r#"{"c": "v", "d": "w"}"#;
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["convert", &p, &o],
+        vec!["init", &p, "--model", model, "--map", map, "--out", &o],
+        vec![
+            "init", &p, "--model", model, "--map", map, "--out", &o, "--copy",
+        ],
+    ];
+    let (mut caught, mut done) = (0, 0);
+    for (i, args) in runs.iter().cycle().take(60).enumerate() {
+        if i >= 24 && caught > 0 {
+            break;
+        }
+        write();
+        let _ = std::fs::remove_file(&out);
+        let child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Early and late moments: from before the checkpoint is opened to after the rename.
+        std::thread::sleep(std::time::Duration::from_millis(i as u64 * 3 % 30));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.signal().is_none() && matches!(o.status.code(), Some(0 | 1)),
+            "{args:?}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+        if o.status.success() {
+            let got = read_back(&out);
+            assert!(got.len() == 4 || got.len() == 2, "{args:?}");
+            assert!(got.values().all(|t| t.2 == bytes), "{args:?}: wrong bytes");
+            done += 1;
+        } else {
+            assert!(!out.exists(), "{args:?}: a file despite {}", stderr(&o));
+            assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+            caught += usize::from(stderr(&o).contains("truncated while it was being read"));
+        }
+        let left = files_in(tmp.path());
+        assert!(
+            left.iter()
+                .all(|f| f.starts_with("m.") || f.starts_with("o.")),
+            "{left:?}"
+        );
+    }
+    assert!(
+        caught > 0,
+        "no truncation landed during a read ({done} runs finished first)"
+    );
+}
