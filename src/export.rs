@@ -254,7 +254,9 @@ impl VariableStore {
         let failure = Failure::default();
         let mut report = SafetensorsReport::default();
         let mut items = Vec::new();
-        for v in self.variables() {
+        // After a ranked load, only this rank's variables and parts (and the wholes of the
+        // partitioned variables it holds every part of).
+        for v in self.variables().filter(|v| !self.is_other_rank(&v.name)) {
             let t = self.value(&v.name).ok_or_else(|| no_value(&v.name))?;
             let TensorData::Bytes(bytes) = &t.data else {
                 return Err(cannot_write(
@@ -290,6 +292,9 @@ impl VariableStore {
             report.add(len, path, &v.name)?;
         }
         for pv in self.partitioned_variables() {
+            if pv.parts.iter().any(|p| self.is_other_rank(p)) {
+                continue;
+            }
             // The whole takes the dtype its parts have (they may have been cast), as
             // `partitioned_value` gives it.
             let first = pv.parts.first().and_then(|p| self.value(p));

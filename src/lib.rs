@@ -55,7 +55,7 @@ pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, Wr
 pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use init::partitioners;
 pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
-pub use load::{DeviceStats, LoadOptions, LoadReport, Progress};
+pub use load::{DeviceStats, LoadOptions, LoadReport, Ownership, Progress};
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
 /// The README's examples, compiled as doctests so they cannot rot.

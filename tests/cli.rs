@@ -446,3 +446,105 @@ fn init_copy_flag_gives_the_same_files() {
     assert_eq!(outputs[0], outputs[1]);
     assert!(outputs[0].ends_with(&data));
 }
+
+/// All the `.npy` files under `dir`, by path relative to it.
+fn npy_files(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Four `tfckpt init --rank R --ranks 4` processes at once on TensorFlow's 5-slice checkpoint,
+/// into a 5-part variable whose parts are its stored slices: each reads only its share (the
+/// checkpoint bytes its report gives), and together they write what one process writes.
+#[test]
+fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = ckpt_path("h1_partitioned");
+    let model = r#"{"variables": [{"name": "new/var1", "shape": [100, 100], "dtype": "float32", "partitions": [5, 1]},
+                                  {"name": "head/b", "shape": [3], "dtype": "float32", "initializer": "ones"}]}"#;
+    let map = r#"{"scope/var1": "new/var1"}"#;
+    let run = |out: &std::path::Path, rank: Option<usize>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        c.args([
+            "init",
+            ckpt.to_str().unwrap(),
+            "--model",
+            model,
+            "--map",
+            map,
+            "--out",
+        ])
+        .arg(out);
+        if let Some(r) = rank {
+            c.args(["--rank", &r.to_string(), "--ranks", "4"]);
+        }
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = (0..4)
+        .map(|r| run(&tmp.path().join(format!("rank{r}")), Some(r)))
+        .collect();
+    let whole = run(&tmp.path().join("whole"), None)
+        .wait_with_output()
+        .unwrap();
+    assert!(whole.status.success());
+    let mut union = std::collections::BTreeMap::new();
+    for (r, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "rank {r}: {}", stderr(&o));
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        // Rank 0 owns parts 0 and 4, the others one part each: 20 rows x 100 float32 a part.
+        let parts = if r == 0 { 2 } else { 1 };
+        let read = format!("; {} checkpoint bytes read", parts * 20 * 100 * 4);
+        assert!(line.contains(&read), "rank {r}: {line}");
+        assert!(
+            line.contains(&format!("; {} variables", 5 - parts)),
+            "rank {r}: {line}"
+        );
+        for (path, bytes) in npy_files(&tmp.path().join(format!("rank{r}"))) {
+            // Every rank writes the unpartitioned variable; the parts once each.
+            if let Some(other) = union.insert(path.clone(), bytes.clone()) {
+                assert_eq!(other, bytes, "{}", path.display());
+            }
+        }
+    }
+    let mut want = npy_files(&tmp.path().join("whole"));
+    // The whole of the partitioned variable needs every part: one process only.
+    assert!(want.remove(std::path::Path::new("new/var1.npy")).is_some());
+    assert_eq!(union, want);
+    // A rank not below the number of ranks is a usage error, and nothing is written.
+    let out = tmp.path().join("bad");
+    let o = tfckpt(&[
+        "init",
+        ckpt.to_str().unwrap(),
+        "--model",
+        model,
+        "--map",
+        map,
+        "--out",
+        out.to_str().unwrap(),
+        "--rank",
+        "4",
+        "--ranks",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--rank 4 --ranks 4"));
+    assert!(!out.exists());
+}

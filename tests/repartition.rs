@@ -164,3 +164,72 @@ fn v2_matrix() {
 fn v1_matrix() {
     run("repartition_v1");
 }
+
+/// A ranked load materializes only what its rank owns, says what it read and what it left to
+/// other ranks, and refuses a rank not below the number of ranks before reading anything.
+#[test]
+fn a_rank_loads_only_what_it_owns() {
+    use tfckpt::{ErrorKind, LoadOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..40).map(|i| i as f32).collect();
+    let mut b = common::builder::CkptBuilder::new(dir.path().join("m"));
+    b.f32("emb", &[8, 5], &values).f32("bias", &[5], &[1.0; 5]);
+    let prefix = b.finish();
+    let store_for = || {
+        let mut store = VariableStore::new();
+        store
+            .get_partitioned_variable("emb", &[8, 5], DType::F32, &[4, 1], Init::Zeros)
+            .unwrap();
+        store
+            .get_variable("bias", &[5], DType::F32, Init::Zeros)
+            .unwrap();
+        init_from_checkpoint(
+            &mut store,
+            &prefix,
+            &AssignmentMap::from([("/", Target::scope("/"))]),
+        )
+        .unwrap();
+        store
+    };
+    // Default rule: rank 1 of 3 owns part 1 (and `bias`, which every rank owns).
+    let mut store = store_for();
+    let r = store
+        .initialize_with(Device::Cpu, &LoadOptions::new().rank(1, 3))
+        .unwrap();
+    assert_eq!(
+        (r.variables, r.skipped_variables, r.skipped_bytes),
+        (2, 3, 3 * 2 * 5 * 4)
+    );
+    // `emb` was saved whole: its one stored entry is read whole for the part.
+    assert_eq!(r.stored_bytes, 40 * 4 + 5 * 4);
+    assert_eq!(
+        store.value("emb/part_1").unwrap().to_f32().unwrap(),
+        &values[10..20]
+    );
+    assert!(store.value("emb/part_0").is_none() && store.is_other_rank("emb/part_0"));
+    assert!(!store.is_other_rank("bias") && store.value("bias").is_some());
+    // A rule of the trainer's own: rank 0 of 2 takes the even parts and nothing else.
+    let mut store = store_for();
+    let even = |v: &tfckpt::Variable, rank: usize, _world: usize| {
+        v.part.as_ref().is_some_and(|p| p.index % 2 == rank)
+    };
+    store
+        .initialize_with(Device::Cpu, &LoadOptions::new().rank(0, 2).ownership(even))
+        .unwrap();
+    let loaded: Vec<&str> = store
+        .variables()
+        .filter(|v| store.value(&v.name).is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(loaded, ["emb/part_0", "emb/part_2"]);
+    // A rank not below the number of ranks: an error, nothing loaded.
+    let mut store = store_for();
+    let e = store
+        .initialize_with(Device::Cpu, &LoadOptions::new().rank(3, 3))
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::InvalidArgument(m) if m.contains("rank 3 of 3")),
+        "{e}"
+    );
+    assert!(!store.is_initialized());
+}

@@ -36,10 +36,10 @@ struct CandleDestination<'a> {
 }
 
 pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result<LoadReport> {
-    if options.cast.is_some() {
+    if options.cast.is_some() || options.rank.is_some() {
         return Err(ErrorKind::InvalidArgument(
-            "LoadOptions::cast does not apply to candle Vars: choose a DtypePolicy before \
-             init_from_checkpoint"
+            "LoadOptions::cast and LoadOptions::rank do not apply to candle Vars: choose a \
+             DtypePolicy before init_from_checkpoint; every process fills its own model"
                 .into(),
         )
         .into());

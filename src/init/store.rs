@@ -109,6 +109,8 @@ pub struct VariableStore {
     /// Buffers the trainer handed in for some variables (used by the next GPU initialization).
     pub(crate) device_buffers: BTreeMap<String, DeviceBuffer>,
     pub(crate) warnings: Vec<String>,
+    /// Variables (and parts) the last initialization left to other ranks (`LoadOptions::rank`).
+    pub(crate) elsewhere: std::collections::BTreeSet<String>,
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
     pub(crate) opened: Vec<std::sync::Arc<crate::reader::checkpoint::Checkpoint>>,
@@ -333,6 +335,12 @@ impl VariableStore {
         }
         self.device_buffers.insert(name.into(), buffer);
         Ok(())
+    }
+
+    /// Whether the last [`initialize`](Self::initialize) left variable or part `name` to another
+    /// rank ([`LoadOptions::rank`](crate::LoadOptions::rank)): it then has no value here.
+    pub fn is_other_rank(&self, name: &str) -> bool {
+        self.elsewhere.contains(name)
     }
 
     /// Copies every device value back into host memory, so that [`value`](Self::value) and

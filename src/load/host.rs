@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::options::LoadOptions;
 use super::report::LoadReport;
-use super::skeleton::{Destination, Reads, Values};
+use super::skeleton::{value_bytes, Destination, Reads, Values};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Region, Slice};
@@ -235,11 +235,6 @@ pub(crate) fn load_group(
         values,
         given_bytes,
     })
-}
-
-/// The bytes of `v`'s value (fixed-size dtypes; 0 for strings).
-fn value_bytes(v: &Variable) -> u64 {
-    num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
 }
 
 /// Memory for `v`'s value, to be filled: zeroed bytes, or empty strings.

@@ -3,6 +3,7 @@
 use super::report::Progress;
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
+use crate::init::store::Variable;
 
 /// The most worker threads a load starts.
 pub(crate) const MAX_THREADS: usize = 4096;
@@ -36,6 +37,22 @@ pub struct LoadOptions {
     /// lock that the ring's copies then wait on, so the two paths together moved 20–26 GB/s where
     /// the ring alone moved 33–46 GB/s (README, GPU).
     pub register_mappings: bool,
+    /// This process's share of a load spread over processes: `(rank, world)`. The store still
+    /// describes the whole model (the call-time checks are the whole model's), but a rank loads
+    /// and reads only the variables and parts it owns (see [`ownership`](Self::ownership)); the
+    /// others get no value here ([`VariableStore::is_other_rank`](crate::VariableStore::is_other_rank)).
+    pub rank: Option<(usize, usize)>,
+    /// Which rank owns a variable or part: `f(variable, rank, world)`. Default: part `i` of a
+    /// partitioned variable belongs to rank `i % world`, every other variable to every rank.
+    pub ownership: Option<std::sync::Arc<Ownership>>,
+}
+
+/// An ownership rule: whether `rank` of `world` owns `variable` (see [`LoadOptions::ownership`]).
+pub type Ownership = dyn Fn(&Variable, usize, usize) -> bool + Send + Sync;
+
+/// The default ownership rule: part `i` to rank `i % world`, every other variable to every rank.
+fn default_owner(v: &Variable, rank: usize, world: usize) -> bool {
+    v.part.as_ref().is_none_or(|p| p.index % world == rank)
 }
 
 impl LoadOptions {
@@ -74,6 +91,14 @@ impl LoadOptions {
             ))
             .into());
         }
+        if let Some((rank, world)) = self.rank {
+            if rank >= world {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "rank {rank} of {world}: a rank is below the number of ranks"
+                ))
+                .into());
+            }
+        }
         if let Some((from, to)) = self.cast {
             if !super::cast::supported(from, to) {
                 return Err(ErrorKind::InvalidArgument(format!(
@@ -83,6 +108,30 @@ impl LoadOptions {
             }
         }
         Ok(())
+    }
+
+    /// Loads only what rank `rank` of `world` owns (see [`LoadOptions::rank`]).
+    pub fn rank(mut self, rank: usize, world: usize) -> LoadOptions {
+        self.rank = Some((rank, world));
+        self
+    }
+
+    /// Sets the ownership rule of a ranked load (see [`LoadOptions::ownership`]).
+    pub fn ownership(
+        mut self,
+        f: impl Fn(&Variable, usize, usize) -> bool + Send + Sync + 'static,
+    ) -> LoadOptions {
+        self.ownership = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Whether this load owns `v` (always, without [`rank`](Self::rank)).
+    pub(crate) fn owns(&self, v: &Variable) -> bool {
+        match (self.rank, &self.ownership) {
+            (None, _) => true,
+            (Some((rank, world)), Some(f)) => f(v, rank, world),
+            (Some((rank, world)), None) => default_owner(v, rank, world),
+        }
     }
 
     /// Report progress to `f`.
@@ -101,6 +150,8 @@ impl std::fmt::Debug for LoadOptions {
             .field("map_min_bytes", &self.map_min_bytes)
             .field("cast", &self.cast)
             .field("register_mappings", &self.register_mappings)
+            .field("rank", &self.rank)
+            .field("ownership", &self.ownership.is_some())
             .finish()
     }
 }

@@ -18,6 +18,13 @@ pub struct LoadReport {
     pub stored_reads: usize,
     /// Bytes loaded from checkpoints into variables (string bytes included).
     pub bytes: u64,
+    /// Bytes of the stored entries read and verified (fixed-size dtypes): the checkpoint bytes
+    /// this load read. A stored slice is read whole when any part of it is needed.
+    pub stored_bytes: u64,
+    /// Variables (and parts) left to other ranks ([`LoadOptions::rank`]): not loaded here.
+    pub skipped_variables: usize,
+    /// Their bytes.
+    pub skipped_bytes: u64,
     /// Of those, bytes of values that are copy-on-write mappings of the checkpoint files (see
     /// [`LoadOptions::map_values`]).
     pub mapped_bytes: u64,
@@ -64,6 +71,14 @@ impl std::fmt::Display for LoadReport {
             self.finish_seconds,
             self.threads
         )?;
+        write!(f, "; {} checkpoint bytes read", self.stored_bytes)?;
+        if self.skipped_variables > 0 {
+            write!(
+                f,
+                "; {} variables ({} bytes) left to other ranks",
+                self.skipped_variables, self.skipped_bytes
+            )?;
+        }
         if let Some(d) = &self.device {
             write!(
                 f,

@@ -70,7 +70,14 @@ pub(crate) fn run<D: Destination>(
     let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
     let (ckpts, ids) = store.open_pending()?;
-    let pending = store.planned_pending(&ids);
+    // A ranked load materializes and reads only what this rank owns.
+    let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
+        store.vars.values().partition(|v| options.owns(v));
+    let pending: Vec<PendingRead<'_>> = store
+        .planned_pending(&ids)
+        .into_iter()
+        .filter(|p| options.owns(p.0))
+        .collect();
     let plan = plan(pending, |c, t| {
         ckpts[c].stored(t).ok().and_then(|s| s.position())
     });
@@ -78,9 +85,16 @@ pub(crate) fn run<D: Destination>(
         threads: rayon::current_num_threads(),
         warnings: store.warnings.clone(),
         tensors: plan.items.len(),
+        stored_bytes: plan
+            .items
+            .iter()
+            .map(|it| stored_bytes(&ckpts[it.ckpt], it))
+            .sum(),
+        skipped_variables: elsewhere.len(),
+        skipped_bytes: elsewhere.iter().map(|v| value_bytes(v)).sum(),
         ..Default::default()
     };
-    let vars: Vec<&Variable> = store.vars.values().collect();
+    let elsewhere: Vec<String> = elsewhere.into_iter().map(|v| v.name.clone()).collect();
     dest.prepare(&vars, options)?;
     let planned = Instant::now();
     let tracker = Tracker::new(
@@ -118,12 +132,40 @@ pub(crate) fn run<D: Destination>(
     report.from_checkpoint = plan.items.iter().map(|it| it.dests.len()).sum();
     report.variables = vars.len();
     drop(vars);
-    store.commit(values);
+    store.commit(values, elsewhere);
     report.plan_seconds = (planned - start).as_secs_f64();
     report.load_seconds = ((loaded - planned) + (finished - initialized)).as_secs_f64();
     report.finish_seconds = ((initialized - loaded) + finished.elapsed()).as_secs_f64();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The bytes of a variable's value (fixed-size dtypes; 0 for strings).
+pub(crate) fn value_bytes(v: &Variable) -> u64 {
+    crate::base::slice::num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
+}
+
+/// The bytes of the stored entries of one planned tensor that its destinations overlap (each is
+/// read whole); fixed-size dtypes only.
+fn stored_bytes(ckpt: &Checkpoint, it: &super::plan::PlanItem<'_>) -> u64 {
+    let Ok(stored) = ckpt.stored(it.tensor) else {
+        return 0;
+    };
+    let size = stored.info.dtype.size().unwrap_or(0) as u64;
+    if stored.info.slices.is_empty() {
+        return crate::base::slice::num_elements(&stored.info.shape).unwrap_or(0) * size;
+    }
+    let wants: Vec<_> = it
+        .dests
+        .iter()
+        .map(|d| d.1.region(&stored.info.shape))
+        .collect();
+    stored
+        .pieces()
+        .iter()
+        .filter(|p| wants.iter().any(|w| p.region.intersect(w).is_some()))
+        .map(|p| p.region.num_elements().unwrap_or(0) * size)
+        .sum()
 }
 
 /// A pending initializer as the planner takes it: variable, checkpoint (index into the opened
@@ -168,8 +210,10 @@ impl VariableStore {
             .collect()
     }
 
-    /// Records the values of a successful load (the only change `initialize` makes to the store).
-    fn commit(&mut self, values: Values) {
+    /// Records the values of a successful load (the only change `initialize` makes to the store)
+    /// and the variables it left to other ranks.
+    fn commit(&mut self, values: Values, elsewhere: Vec<String>) {
+        self.elsewhere = elsewhere.into_iter().collect();
         let mut host = values.host;
         // Nearly sorted already (file order); sorted input builds the map in one pass.
         host.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -84,6 +84,13 @@ enum Cmd {
         /// checkpoint stores as the variable needs them are copy-on-write mappings of its files).
         #[arg(long)]
         copy: bool,
+        /// This process's rank R (below --ranks): load and write only what it owns. Part i of a
+        /// partitioned variable belongs to rank i mod N, every other variable to every rank.
+        #[arg(long, requires = "ranks")]
+        rank: Option<u32>,
+        /// The number of ranks N the load is spread over.
+        #[arg(long, requires = "rank", value_parser = clap::value_parser!(u32).range(1..))]
+        ranks: Option<u32>,
     },
     /// Write every tensor as stored, under its checkpoint name, into one safetensors file
     /// (partitioned tensors assembled, every byte checksummed).
@@ -128,15 +135,29 @@ fn main() -> ExitCode {
             device,
             threads,
             copy,
-        } => init(
-            &ckpt,
-            &model,
-            &map,
-            out.as_deref(),
-            device,
-            threads.map(usize::from),
-            copy,
-        ),
+            rank,
+            ranks,
+        } => {
+            let rank = rank.zip(ranks).map(|(r, n)| (r as usize, n as usize));
+            if let Some((r, n)) = rank.filter(|(r, n)| r >= n) {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ValueValidation,
+                        format!(
+                            "--rank {r} --ranks {n}: the rank must be below the number of ranks"
+                        ),
+                    )
+                    .exit();
+            }
+            let load = Load {
+                device,
+                threads: threads.map(usize::from),
+                copy,
+                rank,
+            };
+            init(&ckpt, &model, &map, out.as_deref(), &load)
+        }
         Cmd::Convert { ckpt, out } => convert(&ckpt, &out),
         Cmd::Demo { mib, keep } => demo::run(mib, keep.as_deref()),
     };
@@ -268,15 +289,22 @@ fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>>
     }
 }
 
-fn init(
-    ckpt: &Path,
-    model: &str,
-    map: &str,
-    out: Option<&Path>,
+/// How `init` loads.
+struct Load {
     device: Device,
     threads: Option<usize>,
     copy: bool,
-) -> CliResult {
+    /// (rank, ranks)
+    rank: Option<(usize, usize)>,
+}
+
+fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) -> CliResult {
+    let Load {
+        device,
+        threads,
+        copy,
+        rank,
+    } = *load;
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
     let to_safetensors = out.is_some_and(is_safetensors_file);
@@ -300,6 +328,9 @@ fn init(
     };
     if let Some(n) = threads {
         options = options.threads(n);
+    }
+    if let Some((r, n)) = rank {
+        options = options.rank(r, n);
     }
     let bar = ProgressLine::new();
     if bar.enabled {
@@ -408,13 +439,18 @@ fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
 
 fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
     out::write_tree(dir, |tmp| {
-        for v in store.variables() {
+        // After a ranked load, only this rank's variables and parts, and the wholes of the
+        // partitioned variables it holds every part of.
+        for v in store.variables().filter(|v| !store.is_other_rank(&v.name)) {
             let t = store
                 .value(&v.name)
                 .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
             write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
         }
         for pv in store.partitioned_variables() {
+            if pv.parts.iter().any(|p| store.is_other_rank(p)) {
+                continue;
+            }
             let t = store.partitioned_value(&pv.name)?;
             write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
         }
