@@ -187,6 +187,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         for it in &reads.plan.items {
             let stored = reads.ckpts[it.ckpt].stored(it.tensor)?;
+            report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
             match stored.device_sources()? {
                 None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
                 Some(sources) => {

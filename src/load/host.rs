@@ -34,6 +34,8 @@ pub(crate) struct GroupValues {
     pub values: Vec<(String, Tensor)>,
     /// Bytes read into given buffers.
     pub given_bytes: u64,
+    /// Bytes of the stored entries read (`LoadReport::stored_bytes`).
+    pub stored_bytes: u64,
 }
 
 impl Destination for HostDestination {
@@ -114,6 +116,7 @@ pub(crate) fn load_values(
                 .is_some_and(|(from, _)| from == stored.info.dtype);
             let map_min = map_min.filter(|_| !cast);
             let mut group = load_group(&stored, &it.dests, map_min, given)?;
+            group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
             if let Some((from, to)) = reads.options.cast {
                 for (_, t) in &mut group.values {
                     cast_tensor(t, from, to)?;
@@ -126,6 +129,7 @@ pub(crate) fn load_values(
     let mut values = Vec::new();
     for g in groups {
         report.stored_reads += g.stored_reads;
+        report.stored_bytes += g.stored_bytes;
         report.bytes += g.given_bytes;
         for (name, t) in g.values {
             add_bytes(report, &t);
@@ -234,6 +238,7 @@ pub(crate) fn load_group(
         stored_reads,
         values,
         given_bytes,
+        stored_bytes: 0,
     })
 }
 

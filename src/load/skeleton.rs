@@ -21,6 +21,7 @@ use crate::base::tensor::Tensor;
 use crate::init::initializer::init_element;
 use crate::init::store::{Variable, VariableStore};
 use crate::reader::checkpoint::Checkpoint;
+use crate::reader::stored::Stored;
 
 /// Where a load puts the values.
 pub(crate) trait Destination {
@@ -85,11 +86,6 @@ pub(crate) fn run<D: Destination>(
         threads: rayon::current_num_threads(),
         warnings: store.warnings.clone(),
         tensors: plan.items.len(),
-        stored_bytes: plan
-            .items
-            .iter()
-            .map(|it| stored_bytes(&ckpts[it.ckpt], it))
-            .sum(),
         skipped_variables: elsewhere.len(),
         skipped_bytes: elsewhere.iter().map(|v| value_bytes(v)).sum(),
         ..Default::default()
@@ -145,18 +141,14 @@ pub(crate) fn value_bytes(v: &Variable) -> u64 {
     crate::base::slice::num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
 }
 
-/// The bytes of the stored entries of one planned tensor that its destinations overlap (each is
-/// read whole); fixed-size dtypes only.
-fn stored_bytes(ckpt: &Checkpoint, it: &super::plan::PlanItem<'_>) -> u64 {
-    let Ok(stored) = ckpt.stored(it.tensor) else {
-        return 0;
-    };
+/// The bytes of the stored entries of one stored tensor that `dests` overlap (each is read
+/// whole); fixed-size dtypes only. A destination adds it to `LoadReport::stored_bytes`.
+pub(crate) fn stored_bytes(stored: &Stored<'_>, dests: &[(&Variable, &Slice)]) -> u64 {
     let size = stored.info.dtype.size().unwrap_or(0) as u64;
     if stored.info.slices.is_empty() {
         return crate::base::slice::num_elements(&stored.info.shape).unwrap_or(0) * size;
     }
-    let wants: Vec<_> = it
-        .dests
+    let wants: Vec<_> = dests
         .iter()
         .map(|d| d.1.region(&stored.info.shape))
         .collect();
