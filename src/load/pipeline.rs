@@ -39,12 +39,22 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
     }
     let (credit_tx, credit_rx) = crossbeam_channel::bounded::<u64>(batches.len().max(1));
     let stop = AtomicBool::new(false);
+    // Per batch: NEW, then PREFETCHED by the reader or DONE by a worker first. Workers do not wait
+    // for the reader, so a batch may finish before its readahead: it is then never prefetched, and
+    // only a batch the reader counted in flight pays a credit back.
+    const NEW: u8 = 0;
+    const PREFETCHED: u8 = 1;
+    const DONE: u8 = 2;
+    let state: Vec<std::sync::atomic::AtomicU8> = batches
+        .iter()
+        .map(|_| std::sync::atomic::AtomicU8::new(NEW))
+        .collect();
     let outcome = std::thread::scope(|threads| {
         // Stage 1: the reader, on its own thread (it is the only one that waits).
-        let (stop_ref, batches_ref, prefetch) = (&stop, &batches, &prefetch);
+        let (stop_ref, batches_ref, prefetch, state_ref) = (&stop, &batches, &prefetch, &state);
         threads.spawn(move || {
             let mut in_flight = 0u64;
-            for &(a, b, bytes) in batches_ref {
+            for (k, &(a, b, bytes)) in batches_ref.iter().enumerate() {
                 let bytes = bytes.max(1);
                 while in_flight > 0 && in_flight + bytes > window {
                     match credit_rx.recv() {
@@ -55,8 +65,17 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                 if stop_ref.load(Ordering::Relaxed) {
                     return;
                 }
-                items[a..b].iter().for_each(prefetch);
+                let claimed = state_ref[k].compare_exchange(
+                    NEW,
+                    PREFETCHED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if claimed.is_err() {
+                    continue; // already done by a worker: nothing to read ahead
+                }
                 in_flight += bytes;
+                items[a..b].iter().for_each(prefetch);
             }
         });
         // Stage 2: verify and copy, one task per batch on the pool.
@@ -64,8 +83,9 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             batches
                 .par_iter()
+                .enumerate()
                 .with_max_len(1)
-                .map(|&(a, b, bytes)| {
+                .map(|(k, &(a, b, bytes))| {
                     let out: Vec<(usize, crate::Result<R>)> = (a..b)
                         .map_while(|i| {
                             if stop.load(Ordering::Relaxed) {
@@ -82,7 +102,9 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                             Some((i, r))
                         })
                         .collect();
-                    let _ = credit_tx.try_send(bytes.max(1));
+                    if state[k].swap(DONE, Ordering::AcqRel) == PREFETCHED {
+                        let _ = credit_tx.try_send(bytes.max(1));
+                    }
                     out
                 })
                 .collect::<Vec<_>>()
@@ -153,6 +175,39 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_batch_finished_before_its_readahead_pays_no_credit() {
+        // Two batches on two workers: the small first one is slow, the large second one done at
+        // once, before the reader reached it. Its credit, larger than what the reader counted in
+        // flight, once overflowed that count (a panic in debug builds, a stalled readahead in
+        // release); now it is never prefetched and pays nothing back.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = vec![100, 5 << 20];
+        let prefetched = std::sync::Mutex::new(Vec::new());
+        for _ in 0..5 {
+            prefetched.lock().unwrap().clear();
+            let out = pool.install(|| {
+                pipeline(
+                    &items,
+                    64,
+                    |&b| b,
+                    |&b| prefetched.lock().unwrap().push(b),
+                    |&b| {
+                        if b == 100 {
+                            std::thread::sleep(std::time::Duration::from_millis(30));
+                        }
+                        Ok(b)
+                    },
+                )
+            });
+            assert_eq!(out.unwrap(), items);
+            assert_eq!(prefetched.lock().unwrap()[0], 100);
+        }
     }
 
     #[test]
