@@ -1,8 +1,9 @@
 //! Time to a ready candle model: tfckpt from a TensorFlow checkpoint (every byte CRC-checked,
 //! dense kernels transposed into candle's layout) against candle's own
 //! `VarBuilder::from_mmaped_safetensors` on the same tensors written as safetensors in candle's
-//! layout (which checks nothing). Same BERT model, same process, files warm in the page cache,
-//! the two paths alternated.
+//! layout (which checks nothing). Same BERT model; each load in a fresh process (as a trainer
+//! starts), files written and synced first, warm in the page cache; the two paths alternated
+//! after one warm-up each; medians.
 //!
 //! ```sh
 //! cargo bench --features candle --bench candle                  # BERT-base, 5 rounds
@@ -107,13 +108,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tfckpt = || -> Result<f64, Box<dyn std::error::Error>> {
         let start = Instant::now();
         let varmap = VarMap::new();
-        let deferred = DeferredInit::new();
-        let model = Bert::new(
-            &cfg,
-            deferred.var_builder(&varmap, DType::F32, &Device::Cpu),
-        )?;
-        let mut init =
-            CandleInit::from_varmap(&varmap, &Convention::tf1())?.with_deferred(&deferred);
+        let deferred = DeferredInit::new(&varmap);
+        let model = Bert::new(&cfg, deferred.var_builder(DType::F32, &Device::Cpu))?;
+        let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1())?;
         let found = init.map_existing(&prefix)?;
         init.init_from_checkpoint(&prefix, &found.map)?;
         init.initialize(&Default::default())?;

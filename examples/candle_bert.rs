@@ -305,9 +305,9 @@ pub fn run(cfg: &Config, dir: &Path, print: bool) -> Result<Summary, Box<dyn std
     // The fine-tuning start: the model as usual, then four lines of tfckpt.
     let start = Instant::now();
     let varmap = VarMap::new();
-    let deferred = DeferredInit::new();
-    let model = Bert::new(cfg, deferred.var_builder(&varmap, DType::F32, &dev))?;
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?.with_deferred(&deferred);
+    let deferred = DeferredInit::new(&varmap);
+    let model = Bert::new(cfg, deferred.var_builder(DType::F32, &dev))?;
+    let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1())?;
     let found = init.map_existing(&prefix)?;
     init.init_from_checkpoint(&prefix, &found.map)?;
     let report = init.initialize(&Default::default())?;

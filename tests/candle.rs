@@ -251,11 +251,9 @@ fn every_assignment_map_form_reaches_the_vars() {
     ];
     for map in maps {
         let varmap = VarMap::new();
-        let deferred = DeferredInit::new();
-        candle_bert::Bert::new(&cfg, deferred.var_builder(&varmap, DType::F32, &CPU)).unwrap();
-        let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())
-            .unwrap()
-            .with_deferred(&deferred);
+        let deferred = DeferredInit::new(&varmap);
+        candle_bert::Bert::new(&cfg, deferred.var_builder(DType::F32, &CPU)).unwrap();
+        let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
         let r = init.init_from_checkpoint(&prefix, &map).unwrap();
         assert_eq!(
             r.assignments.len(),
@@ -457,4 +455,86 @@ fn dtypes_convert_both_ways() {
         .unwrap_err()
         .to_string()
         .contains("string"));
+}
+
+#[test]
+fn an_empty_var_beside_others_loads_and_the_others_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("a", &[2], &[7.0, 8.0])
+        .bytes("b", tfckpt::DType::F32, &[5, 0], &[]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    vb.get(2, "a").unwrap();
+    vb.get((5, 0), "b").unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::slashes()).unwrap();
+    let map = AssignmentMap::from([("a", Target::name("a")), ("b", Target::name("b"))]);
+    init.init_from_checkpoint(&prefix, &map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(var(&varmap, "a").to_vec1::<f32>().unwrap(), [7.0, 8.0]);
+    assert_eq!(var(&varmap, "b").dims(), [5, 0]);
+}
+
+#[test]
+fn a_cast_accepted_once_leaves_the_vars_dtype_for_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    let half: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect();
+    b.bytes("h", tfckpt::DType::F16, &[2], &half)
+        .bytes("i", tfckpt::DType::I32, &[2], &[0; 8]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    VarBuilder::from_varmap(&varmap, DType::F32, &CPU)
+        .get(2, "x")
+        .unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::slashes())
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("h", Target::name("x"))]))
+        .unwrap();
+    assert_eq!(
+        init.store().variable("x").unwrap().dtype,
+        tfckpt::DType::F32
+    );
+    let msg = init
+        .init_from_checkpoint(&prefix, &AssignmentMap::from([("i", Target::name("x"))]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("float32") && msg.contains("int32") && !msg.contains("float16"),
+        "{msg}"
+    );
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(var(&varmap, "x").to_vec1::<f32>().unwrap(), [1.5, -2.0]);
+}
+
+#[test]
+fn map_existing_leaves_out_a_name_held_with_another_shape_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("dense/kernel", &[3, 2], &[0.0; 6])
+        .f32("dense/bias", &[2], &[1.0; 2]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(4, 2, vb.pp("dense")).unwrap(); // kernel [4, 2] here, [3, 2] there
+    let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    let found = init.map_existing(&prefix).unwrap();
+    assert_eq!(
+        found.pairs,
+        [("dense.bias".to_string(), "dense/bias".to_string())]
+    );
+    assert_eq!(
+        found.shape_mismatches,
+        [(
+            "dense.weight".to_string(),
+            "dense/kernel".to_string(),
+            vec![4, 2],
+            vec![3, 2]
+        )]
+    );
 }

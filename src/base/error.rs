@@ -446,11 +446,13 @@ pub enum ErrorKind {
         /// The tensor or variable.
         tensor: String,
     },
-    /// An error about a candle `Var` (feature `candle`): which one, under which TensorFlow name.
-    #[error("candle variable {candle:?} (TensorFlow name {tensorflow:?}): {source}")]
+    /// An error about a candle `Var` (feature `candle`): which one, its shape, its TensorFlow name.
+    #[error("candle variable {candle:?} ({layout}; TensorFlow name {tensorflow:?}): {source}")]
     CandleVariable {
         /// The `Var`'s name in the `VarMap`.
         candle: String,
+        /// The `Var`'s shape and dtype, and how it holds the TensorFlow value (transposed or not).
+        layout: String,
         /// The variable name it has in the store (its naming convention's output).
         tensorflow: String,
         /// What is wrong.

@@ -50,7 +50,7 @@ impl Convention {
     /// | `weight` of a 2-D `Linear` | `kernel`, transposed (`[out, in]` holds `[in, out]`) |
     /// | `weight` / `bias` of a module whose `weight` is 1-D (LayerNorm, BatchNorm) | `gamma` / `beta` |
     /// | `running_mean` / `running_var` | `moving_mean` / `moving_variance` |
-    /// | `weight` of a 2-D module named `*embedding*` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` |
+    /// | `weight` of a 2-D module named `*embedding` or `*embeddings` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` |
     ///
     /// Weights of more than 2 dimensions become `kernel` untransposed (convolution kernels need
     /// a permutation: use [`custom`](Self::custom)); every other name keeps its last component.
@@ -108,7 +108,8 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
                 && module
                     .rsplit('.')
                     .next()
-                    .is_some_and(|m| m.to_ascii_lowercase().contains("embedding"));
+                    .map(|m| m.to_ascii_lowercase())
+                    .is_some_and(|m| m.ends_with("embedding") || m.ends_with("embeddings"));
             let (leaf, transposed) = match leaf {
                 "weight" if norm => (Some("gamma"), false),
                 "bias" if norm => (Some("beta"), false),
@@ -162,6 +163,7 @@ mod tests {
             ("classifier.weight", &[2, 8]),
             ("bn.running_var", &[8]),
             ("conv.weight", &[4, 3, 3, 3]),
+            ("albert.embedding_hidden_mapping_in.weight", &[8, 4]),
         ];
         let names: Vec<(String, bool)> = Convention::tf1()
             .tf_names(vars)
@@ -178,6 +180,7 @@ mod tests {
             ("classifier/kernel", true),
             ("bn/moving_variance", false),
             ("conv/kernel", false),
+            ("albert/embedding_hidden_mapping_in/kernel", true),
         ];
         for (got, want) in names.iter().zip(want) {
             assert_eq!((got.0.as_str(), got.1), want);

@@ -17,68 +17,57 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// use tfckpt::candle::{CandleInit, Convention, DeferredInit};
 ///
 /// let varmap = VarMap::new();
-/// let deferred = DeferredInit::new();
-/// let vb = deferred.var_builder(&varmap, DType::F32, &Device::Cpu);
+/// let deferred = DeferredInit::new(&varmap);
+/// let vb = deferred.var_builder(DType::F32, &Device::Cpu);
 /// let head = candle_nn::linear(768, 2, vb.pp("classifier"))?; // ... the model, as usual
-/// let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?.with_deferred(&deferred);
+/// let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1())?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// Until `initialize` has run, the `Var`s it made hold zeros.
-#[derive(Clone, Default)]
-pub struct DeferredInit(Arc<Mutex<Vec<(String, Init)>>>);
+#[derive(Clone)]
+pub struct DeferredInit {
+    varmap: VarMap,
+    recorded: Arc<Mutex<Vec<(String, Init)>>>,
+}
 
 impl DeferredInit {
-    /// An empty set of deferred initializers.
-    pub fn new() -> DeferredInit {
-        DeferredInit::default()
+    /// Defers the initializers of the `Var`s made in `varmap` through
+    /// [`var_builder`](Self::var_builder).
+    pub fn new(varmap: &VarMap) -> DeferredInit {
+        DeferredInit {
+            varmap: varmap.clone(),
+            recorded: Arc::default(),
+        }
     }
 
-    /// A `VarBuilder` over `varmap` (as `VarBuilder::from_varmap`) that makes each new `Var`
+    /// A `VarBuilder` over the `VarMap` (as `VarBuilder::from_varmap`) that makes each new `Var`
     /// zeroed and records its initializer here.
-    pub fn var_builder(
-        &self,
-        varmap: &VarMap,
-        dtype: DType,
-        device: &Device,
-    ) -> VarBuilder<'static> {
-        let backend = Backend {
-            varmap: varmap.clone(),
-            deferred: self.clone(),
-        };
-        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// The `VarMap`.
+    pub(super) fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Init)>> {
+        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The recorded initializers, by candle name.
     pub(super) fn recorded(&self) -> Vec<(String, Init)> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
     }
 
     /// Forgets the recorded initializers (they have run).
     pub(super) fn clear(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    fn record(&self, name: &str, init: Init) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((name.to_string(), init));
+        self.lock().clear();
     }
 }
 
-struct Backend {
-    varmap: VarMap,
-    deferred: DeferredInit,
-}
-
-impl SimpleBackend for Backend {
+impl SimpleBackend for DeferredInit {
     fn get(
         &self,
         s: Shape,
@@ -88,16 +77,12 @@ impl SimpleBackend for Backend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         // A new `Var` is made zeroed, which costs no pass over its memory.
-        let known = self
-            .varmap
-            .data()
-            .lock()
-            .map_or(true, |d| d.contains_key(name));
+        let known = self.contains_tensor(name);
         let t = self
             .varmap
             .get(s, name, candle_nn::init::ZERO, dtype, dev)?;
         if !known {
-            self.deferred.record(name, h);
+            self.lock().push((name.to_string(), h));
         }
         Ok(t)
     }

@@ -1,20 +1,20 @@
 //! The candle destination: each mapped `Var` gets a fresh storage of its own dtype, the load reads
-//! into it (the host pipeline's fused CRC check and copy, transposed where the convention says),
-//! and only once every value has loaded does each storage become its `Var`'s.
+//! into it (the host pipeline's fused CRC check and copy, transposed where the convention says;
+//! a value of another dtype converted by the same worker), and only once every value has loaded
+//! does each storage become its `Var`'s.
 
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, InplaceOp1, Layout};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Var};
 
-use super::{candle_error, CandleInit};
-use crate::base::copy::copy_box;
+use super::CandleInit;
 use crate::base::dtype::DType;
-use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{num_elements, Region};
-use crate::base::tensor::{ElementsMut, TensorData};
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::slice::num_elements;
+use crate::base::tensor::ElementsMut;
 use crate::init::store::Variable;
-use crate::load::host::{load_values, Given};
+use crate::load::host::{load_values, Given, GivenBuf};
 use crate::load::skeleton::{self, Destination, Reads, Values};
 use crate::load::{LoadOptions, LoadReport};
 
@@ -24,9 +24,9 @@ struct Job {
     name: String,
     storage: CpuStorage,
     transposed: bool,
-    /// The dtype the checkpoint stores, when the `Var`'s differs (converted after the read).
-    cast_from: Option<DType>,
-    dtype: DType,
+    /// `(stored dtype, the Var's)` when they differ.
+    convert: Option<(DType, DType)>,
+    elems: usize,
 }
 
 struct CandleDestination<'a> {
@@ -46,80 +46,67 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     }
     let mut jobs = Vec::new();
     for (name, v) in &init.store.vars {
-        let Some(b) = init.vars.get(name) else {
-            continue;
+        let (Some(b), true) = (init.vars.get(name), init.store.pending.contains_key(name)) else {
+            continue; // not mapped: keeps candle's initialization
         };
-        if !init.store.pending.contains_key(name) {
-            continue; // keeps candle's initialization
-        }
         let n = num_elements(&v.shape).unwrap_or(0) as usize;
-        let storage = zeroed(b.dtype, n, name)
-            .map_err(|e| crate::Error::from(candle_error(&b.candle, name, e)))?;
+        let storage = zeroed(b.dtype, n, name).map_err(|e| init.wrap(name, e))?;
         jobs.push(Job {
             name: name.clone(),
             storage,
             transposed: b.transposed,
-            cast_from: (v.dtype != b.dtype).then_some(v.dtype),
-            dtype: b.dtype,
+            convert: init.casts.get(name).map(|&from| (from, b.dtype)),
+            elems: n,
         });
+    }
+    // The store's variables take the stored dtype of a converted value for the load (whose
+    // checks are TensorFlow's), and get their `Var`'s back whatever happens.
+    for (name, &from) in &init.casts {
+        if let Some(v) = init.store.vars.get_mut(name) {
+            v.dtype = from;
+        }
     }
     let mut done = Vec::with_capacity(jobs.len());
     let dest = CandleDestination {
         jobs,
         done: &mut done,
     };
-    let report = skeleton::run(&mut init.store, dest, options)?;
-    // Candle's own initializers for the deferred `Var`s no value replaced, made before any `Var`
-    // changes (they could fail).
-    let loaded: std::collections::HashSet<&str> = done
-        .iter()
-        .map(|j| init.vars[&j.name].candle.as_str())
-        .collect();
-    let mut fresh = Vec::new();
-    if let Some(deferred) = &init.deferred {
-        let vars = init
-            .varmap
-            .data()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (name, how) in deferred.recorded() {
-            let Some(var) = vars.get(&name).filter(|_| !loaded.contains(name.as_str())) else {
-                continue;
-            };
-            let t = how
-                .var(var.shape(), var.dtype(), var.device())
-                .map_err(|e| candle_refused(&name, e))?;
-            fresh.push((var.clone(), t));
+    let loaded = skeleton::run(&mut init.store, dest, options);
+    for (name, b) in &init.vars {
+        if let Some(v) = init.store.vars.get_mut(name) {
+            v.dtype = b.dtype;
         }
     }
-    // Every value loaded: each storage becomes its `Var`'s (a move, not a copy). The `Var`s were
-    // checked when they were bound (host, contiguous, this dtype and size), so this cannot fail
-    // half-way; a `Var` changed behind our back since is refused before any is touched.
+    let report = loaded?;
+    let fresh = deferred_values(init, &done)?;
+    // Everything that could fail is checked before the first `Var` changes.
     for job in &done {
-        let b = &init.vars[&job.name];
-        if b.var.dtype() != job.storage.dtype() || !b.var.is_contiguous() {
-            return Err(candle_error(
-                &b.candle,
-                &job.name,
-                ErrorKind::BadVariable {
-                    name: b.candle.clone(),
-                    reason: "its dtype or layout changed after it was bound".into(),
-                }
-                .into(),
-            )
-            .into());
+        check_swappable(init, &job.name, &init.vars[&job.name].var, &job.storage)?;
+    }
+    for (candle, var, t) in &fresh {
+        let ok = var.is_contiguous() && var.dtype() == t.dtype() && var.shape() == t.shape();
+        if !ok {
+            return Err(candle_refused(
+                candle,
+                "its layout changed after it was made",
+            ));
         }
     }
+    // Each loaded storage becomes its `Var`'s (a move, not a copy); then the deferred `Var`s the
+    // checkpoint did not replace take candle's initialization.
     for job in done {
         let b = &init.vars[&job.name];
+        if job.elems == 0 {
+            continue; // nothing to hold (candle refuses in-place ops on empty layouts)
+        }
         let put = Put(Mutex::new(Some(job.storage)));
         b.var
             .inplace_op1(&put)
-            .map_err(|e| candle_refused(&b.candle, e))?;
+            .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
     }
-    for (var, t) in fresh {
+    for (candle, var, t) in fresh {
         var.set(t.as_tensor())
-            .map_err(|e| candle_refused("a deferred Var", e))?;
+            .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
     }
     if let Some(deferred) = &init.deferred {
         deferred.clear();
@@ -127,8 +114,61 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     Ok(report)
 }
 
-fn candle_refused(name: &str, e: candle_core::Error) -> crate::Error {
-    ErrorKind::InvalidArgument(format!("candle refused {name:?}: {e}")).into()
+/// Candle's own initializers for the deferred `Var`s no value replaced, made (they could fail)
+/// before any `Var` changes: (candle name, `Var`, value).
+fn deferred_values(init: &CandleInit, done: &[Job]) -> Result<Vec<(String, Var, Var)>> {
+    let Some(deferred) = &init.deferred else {
+        return Ok(Vec::new());
+    };
+    let loaded: std::collections::HashSet<&str> = done
+        .iter()
+        .map(|j| init.vars[&j.name].candle.as_str())
+        .collect();
+    let vars = deferred
+        .varmap()
+        .data()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut fresh = Vec::new();
+    for (name, how) in deferred.recorded() {
+        let Some(var) = vars.get(&name).filter(|_| !loaded.contains(name.as_str())) else {
+            continue;
+        };
+        let t = how
+            .var(var.shape(), var.dtype(), var.device())
+            .map_err(|e| candle_refused(&name, &first_line(&e)))?;
+        fresh.push((name, var.clone(), t));
+    }
+    Ok(fresh)
+}
+
+/// What candle's in-place op would refuse, refused before anything is swapped.
+fn check_swappable(init: &CandleInit, name: &str, var: &Var, storage: &CpuStorage) -> Result<()> {
+    let layout = var.layout();
+    let ok = var.dtype() == storage.dtype()
+        && var.is_contiguous()
+        && layout.start_offset() == 0
+        && (var.elem_count() == 0 || !layout.has_internal_overlap());
+    if ok {
+        return Ok(());
+    }
+    Err(init.wrap(
+        name,
+        ErrorKind::BadVariable {
+            name: init.vars[name].candle.clone(),
+            reason: "its dtype or layout changed after it was bound".into(),
+        }
+        .into(),
+    ))
+}
+
+fn candle_refused(name: &str, why: &str) -> Error {
+    ErrorKind::InvalidArgument(format!("candle refused Var {name:?}: {why}")).into()
+}
+
+/// The first line of a candle error (with `RUST_BACKTRACE` set, the rest is a backtrace).
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 impl Destination for CandleDestination<'_> {
@@ -138,38 +178,23 @@ impl Destination for CandleDestination<'_> {
 
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         let mut given = Given::default();
-        for job in self.jobs.iter_mut().filter(|j| j.cast_from.is_none()) {
+        for job in &mut self.jobs {
             let bytes = bytes_mut(&mut job.storage);
-            given.insert(
-                &job.name,
-                if job.transposed {
-                    ElementsMut::Transposed(bytes)
-                } else {
-                    ElementsMut::Bytes(bytes)
-                },
-            );
+            let buf = if job.transposed {
+                ElementsMut::Transposed(bytes)
+            } else {
+                ElementsMut::Bytes(bytes)
+            };
+            let convert = job.convert;
+            given.insert(&job.name, GivenBuf { buf, convert });
         }
-        // What comes back are the values to convert (read in the checkpoint's dtype).
         let values = load_values(reads, report, &given)?;
-        drop(given);
-        for (name, t) in values {
-            let Ok(i) = self.jobs.binary_search_by(|j| j.name.as_str().cmp(&name)) else {
-                continue;
-            };
-            let job = &mut self.jobs[i];
-            let (Some(from), TensorData::Bytes(src)) = (job.cast_from, &t.data) else {
-                continue;
-            };
-            let size = job.dtype.size().unwrap_or(1);
-            let dst = bytes_mut(&mut job.storage);
-            if !job.transposed {
-                crate::load::cast::convert(from, job.dtype, src, dst);
-                continue;
-            }
-            let mut converted = crate::base::mmap::alloc_zeroed(dst.len(), &name)?;
-            crate::load::cast::convert(from, job.dtype, src, &mut converted);
-            let whole = Region::whole(&t.shape);
-            copy_box(&converted, &whole, &whole, size, dst, &whole, true);
+        if let Some((name, _)) = values.first() {
+            // Every mapped variable has a buffer: a value coming back is a bug, not a load.
+            return Err(ErrorKind::InvalidArgument(format!(
+                "internal: variable {name:?} was loaded outside its Var"
+            ))
+            .into());
         }
         Ok(())
     }
@@ -204,38 +229,55 @@ impl InplaceOp1 for Put {
     }
 }
 
+/// Element types of candle's host storages: plain bits, every pattern valid, no padding.
+///
+/// # Safety
+/// Implement only for such types.
+unsafe trait Plain: Copy {}
+// SAFETY: integers and IEEE floats (and their 16- and 8-bit wrappers, `repr(transparent)` over
+// an integer) have no padding and no invalid bit patterns.
+unsafe impl Plain for u8 {}
+unsafe impl Plain for u32 {}
+unsafe impl Plain for i16 {}
+unsafe impl Plain for i32 {}
+unsafe impl Plain for i64 {}
+unsafe impl Plain for half::bf16 {}
+unsafe impl Plain for half::f16 {}
+unsafe impl Plain for f32 {}
+unsafe impl Plain for f64 {}
+unsafe impl Plain for float8::F8E4M3 {}
+
 /// A zeroed storage of `n` elements of `dtype` (which came from a candle dtype).
 fn zeroed(dtype: DType, n: usize, name: &str) -> Result<CpuStorage> {
-    use crate::base::mmap::alloc_zeroed_as as z;
-    // SAFETY (each call): all-zero bytes are a valid integer or float of every type below.
-    Ok(unsafe {
-        match dtype {
-            DType::U8 => CpuStorage::U8(z(n, name)?),
-            DType::U32 => CpuStorage::U32(z(n, name)?),
-            DType::I16 => CpuStorage::I16(z(n, name)?),
-            DType::I32 => CpuStorage::I32(z(n, name)?),
-            DType::I64 => CpuStorage::I64(z(n, name)?),
-            DType::BF16 => CpuStorage::BF16(z(n, name)?),
-            DType::F16 => CpuStorage::F16(z(n, name)?),
-            DType::F32 => CpuStorage::F32(z(n, name)?),
-            DType::F64 => CpuStorage::F64(z(n, name)?),
-            DType::F8E4M3FN => CpuStorage::F8E4M3(z(n, name)?),
-            other => {
-                return Err(ErrorKind::InvalidArgument(format!(
-                    "TensorFlow dtype {other} has no candle counterpart"
-                ))
-                .into())
-            }
+    fn z<T: Plain>(n: usize, name: &str) -> Result<Vec<T>> {
+        // SAFETY: all-zero bytes are a valid `Plain` value.
+        unsafe { crate::base::mmap::alloc_zeroed_as::<T>(n, name) }
+    }
+    Ok(match dtype {
+        DType::U8 => CpuStorage::U8(z(n, name)?),
+        DType::U32 => CpuStorage::U32(z(n, name)?),
+        DType::I16 => CpuStorage::I16(z(n, name)?),
+        DType::I32 => CpuStorage::I32(z(n, name)?),
+        DType::I64 => CpuStorage::I64(z(n, name)?),
+        DType::BF16 => CpuStorage::BF16(z(n, name)?),
+        DType::F16 => CpuStorage::F16(z(n, name)?),
+        DType::F32 => CpuStorage::F32(z(n, name)?),
+        DType::F64 => CpuStorage::F64(z(n, name)?),
+        DType::F8E4M3FN => CpuStorage::F8E4M3(z(n, name)?),
+        other => {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "TensorFlow dtype {other} has no candle counterpart"
+            ))
+            .into())
         }
     })
 }
 
 /// The bytes of a storage (little-endian elements, as a checkpoint holds them).
 fn bytes_mut(s: &mut CpuStorage) -> &mut [u8] {
-    fn bytes<T>(v: &mut [T]) -> &mut [u8] {
-        // SAFETY: the storages' element types (integers, floats) have no padding and every bit
-        // pattern is a valid value; the byte slice covers exactly `v`'s memory and borrows it
-        // mutably for its lifetime.
+    fn bytes<T: Plain>(v: &mut [T]) -> &mut [u8] {
+        // SAFETY: `T` is `Plain` (no padding, every bit pattern valid); the byte slice covers
+        // exactly `v`'s memory and borrows it mutably for its lifetime.
         unsafe {
             std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v))
         }

@@ -20,7 +20,7 @@
 //! let varmap = VarMap::new();
 //! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
 //! let head = candle_nn::linear(768, 2, vb.pp("classifier"))?; // ... and the rest of the model
-//! let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?;
+//! let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?; // or from_deferred
 //! let found = init.map_existing("bert_model.ckpt")?; // every Var the checkpoint holds
 //! init.init_from_checkpoint("bert_model.ckpt", &found.map)?;
 //! init.initialize(&Default::default())?;
@@ -80,11 +80,13 @@ struct Bound {
 /// The variable store of a candle model, and the loads into its `Var`s. See the
 /// [module documentation](self).
 pub struct CandleInit {
+    /// TensorFlow names and shapes, the `Var`s' dtypes.
     store: VariableStore,
     /// By TensorFlow name.
     vars: BTreeMap<String, Bound>,
     policy: DtypePolicy,
-    varmap: VarMap,
+    /// Mapped variables whose tensor has another dtype than their `Var`: the tensor's dtype.
+    casts: BTreeMap<String, DType>,
     deferred: Option<DeferredInit>,
 }
 
@@ -98,6 +100,9 @@ pub struct ExistingMap {
     /// Candle names of the `Var`s the checkpoint does not hold (they keep candle's
     /// initialization: a fresh head, say).
     pub not_in_checkpoint: Vec<String>,
+    /// `Var`s whose name the checkpoint holds with another shape, left out of `map`: (candle
+    /// name, TensorFlow name, the `Var`'s shape as TensorFlow's, the tensor's shape).
+    pub shape_mismatches: Vec<(String, String, Vec<u64>, Vec<u64>)>,
     /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
     pub not_in_model: Vec<String>,
 }
@@ -121,7 +126,7 @@ impl CandleInit {
             store: VariableStore::new(),
             vars: BTreeMap::new(),
             policy: DtypePolicy::Exact,
-            varmap: varmap.clone(),
+            casts: BTreeMap::new(),
             deferred: None,
         };
         for ((candle, var), tf) in entries.into_iter().zip(names) {
@@ -133,8 +138,17 @@ impl CandleInit {
         Ok(init)
     }
 
+    /// [`from_varmap`](Self::from_varmap) for a model built through `deferred`'s `VarBuilder`:
+    /// [`initialize`](Self::initialize) also runs candle's initializers for the `Var`s that take
+    /// no checkpoint value.
+    pub fn from_deferred(deferred: &DeferredInit, convention: &Convention) -> Result<CandleInit> {
+        let mut init = CandleInit::from_varmap(deferred.varmap(), convention)?;
+        init.deferred = Some(deferred.clone());
+        Ok(init)
+    }
+
     fn bind(&mut self, candle: String, var: Var, tf: String, transposed: bool) -> Result<()> {
-        let wrap = |e: Error| Error::from(candle_error(&candle, &tf, e));
+        let wrap = |e: Error| Error::from(candle_error(&candle, &layout(&var, transposed), &tf, e));
         let bad = |reason: String| {
             wrap(
                 ErrorKind::BadVariable {
@@ -192,13 +206,6 @@ impl CandleInit {
         self
     }
 
-    /// Runs the initializers `deferred` recorded (see [`DeferredInit`]) in
-    /// [`initialize`](Self::initialize), for the `Var`s that take no checkpoint value.
-    pub fn with_deferred(mut self, deferred: &DeferredInit) -> CandleInit {
-        self.deferred = Some(deferred.clone());
-        self
-    }
-
     /// The variable store: TensorFlow names, TensorFlow shapes, the `Var`s' dtypes.
     pub fn store(&self) -> &VariableStore {
         &self.store
@@ -219,12 +226,23 @@ impl CandleInit {
         let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
         let mut found = ExistingMap::default();
         for (tf, b) in &self.vars {
-            if ckpt.tensor(tf).is_ok() {
-                found.map.push(tf.clone(), Target::Variable(tf.clone()));
-                found.pairs.push((b.candle.clone(), tf.clone()));
-            } else {
+            let Ok(t) = ckpt.tensor(tf) else {
                 found.not_in_checkpoint.push(b.candle.clone());
+                continue;
+            };
+            let shape = self
+                .store
+                .vars
+                .get(tf)
+                .map(|v| v.shape.clone())
+                .unwrap_or_default();
+            if shape != t.shape {
+                let mismatch = (b.candle.clone(), tf.clone(), shape, t.shape.clone());
+                found.shape_mismatches.push(mismatch);
+                continue;
             }
+            found.map.push(tf.clone(), Target::Variable(tf.clone()));
+            found.pairs.push((b.candle.clone(), tf.clone()));
         }
         found.not_in_model = ckpt
             .tensors()
@@ -244,21 +262,21 @@ impl CandleInit {
         ckpt_dir_or_file: impl AsRef<Path>,
         map: &AssignmentMap,
     ) -> Result<InitReport> {
-        let (vars, policy) = (&self.vars, self.policy);
-        let accepts = |v: &crate::Variable, tensor: DType| {
-            let var = vars.get(&v.name).map_or(v.dtype, |b| b.dtype);
-            policy.accepts(var, tensor)
-        };
+        let policy = self.policy;
+        let accepts = |v: &crate::Variable, tensor: DType| policy.accepts(v.dtype, tensor);
         let report =
             init_from_checkpoint_with(&mut self.store, ckpt_dir_or_file.as_ref(), map, &accepts)
                 .map_err(|e| self.name_var(e))?;
         // A variable is read in its tensor's dtype, then converted to its `Var`'s.
         if let Some(ckpt) = self.store.opened.last().cloned() {
             for a in &report.assignments {
-                if let (Ok(t), Some(v)) =
-                    (ckpt.tensor(&a.tensor), self.store.vars.get_mut(&a.variable))
-                {
-                    v.dtype = t.dtype;
+                let (Ok(t), Some(b)) = (ckpt.tensor(&a.tensor), self.vars.get(&a.variable)) else {
+                    continue;
+                };
+                if t.dtype == b.dtype {
+                    self.casts.remove(&a.variable);
+                } else {
+                    self.casts.insert(a.variable.clone(), t.dtype);
                 }
             }
         }
@@ -273,6 +291,14 @@ impl CandleInit {
         destination::initialize(self, options)
     }
 
+    /// `e`, about the variable of TensorFlow name `tf`, with its candle name and layout.
+    fn wrap(&self, tf: &str, e: Error) -> Error {
+        match self.vars.get(tf) {
+            Some(b) => candle_error(&b.candle, &layout(&b.var, b.transposed), tf, e).into(),
+            None => e,
+        }
+    }
+
     /// Adds the candle name to an error about a variable of the store.
     fn name_var(&self, e: Error) -> Error {
         let tf = match e.kind() {
@@ -281,16 +307,28 @@ impl CandleInit {
             | ErrorKind::BadVariable { name: variable, .. } => variable.clone(),
             _ => return e,
         };
-        match self.vars.get(&tf) {
-            Some(b) => candle_error(&b.candle, &tf, e).into(),
-            None => e,
-        }
+        self.wrap(&tf, e)
     }
 }
 
-fn candle_error(candle: &str, tf: &str, source: Error) -> ErrorKind {
+/// A `Var`'s shape and dtype, and how it holds its TensorFlow value.
+fn layout(var: &Var, transposed: bool) -> String {
+    let dims = var.dims();
+    if transposed {
+        let tf: Vec<usize> = dims.iter().rev().copied().collect();
+        format!(
+            "{:?} shape {dims:?}, holding TensorFlow's {tf:?} transposed",
+            var.dtype()
+        )
+    } else {
+        format!("{:?} shape {dims:?}", var.dtype())
+    }
+}
+
+fn candle_error(candle: &str, layout: &str, tf: &str, source: Error) -> ErrorKind {
     ErrorKind::CandleVariable {
         candle: candle.into(),
+        layout: layout.into(),
         tensorflow: tf.into(),
         source: Box::new(source),
     }

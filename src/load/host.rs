@@ -66,17 +66,25 @@ impl Destination for HostDestination {
 /// variable name; each is taken by the one stored tensor that feeds its variable.
 #[derive(Default)]
 pub(crate) struct Given<'a> {
-    bufs: HashMap<&'a str, Mutex<Option<ElementsMut<'a>>>>,
+    bufs: HashMap<&'a str, Mutex<Option<GivenBuf<'a>>>>,
+}
+
+/// A buffer a variable is read into, and the conversion on the way, if any.
+pub(crate) struct GivenBuf<'a> {
+    pub buf: ElementsMut<'a>,
+    /// `(stored dtype, buffer's dtype)`: the value is read in the stored dtype, then converted
+    /// into the buffer (and transposed, for a `Transposed` buffer) by the same worker.
+    pub convert: Option<(DType, DType)>,
 }
 
 impl<'a> Given<'a> {
     /// Variable `name` is read into `buf`, sized for its value (and, if `Transposed`, 2-D).
     #[cfg_attr(not(feature = "candle"), allow(dead_code))]
-    pub(crate) fn insert(&mut self, name: &'a str, buf: ElementsMut<'a>) {
+    pub(crate) fn insert(&mut self, name: &'a str, buf: GivenBuf<'a>) {
         self.bufs.insert(name, Mutex::new(Some(buf)));
     }
 
-    fn take(&self, name: &str) -> Option<ElementsMut<'a>> {
+    fn take(&self, name: &str) -> Option<GivenBuf<'a>> {
         if self.bufs.is_empty() {
             return None; // a plain host load: no hashing per value
         }
@@ -179,15 +187,20 @@ pub(crate) fn load_group(
         Mapped(TensorData),
         Own(TensorData),
         Given(ElementsMut<'g>),
+        /// Read into the first (stored dtype), then converted into the given buffer.
+        Convert(TensorData, ElementsMut<'g>, DType, DType),
     }
     let mut outs: Vec<Out<'_>> = Vec::with_capacity(dests.len());
     let mut stored_reads = 0;
     let mut given_bytes = 0;
     let mut verified = Vec::new();
     for (&(v, _), want) in dests.iter().zip(&regions) {
-        if let Some(buf) = given.take(&v.name) {
+        if let Some(g) = given.take(&v.name) {
             given_bytes += value_bytes(v);
-            outs.push(Out::Given(buf));
+            outs.push(match g.convert {
+                None => Out::Given(g.buf),
+                Some((from, to)) => Out::Convert(empty_value(v)?, g.buf, from, to),
+            });
             continue;
         }
         // A large value stored exactly as this variable needs it: a copy-on-write mapping.
@@ -209,6 +222,7 @@ pub(crate) fn load_group(
             Out::Mapped(_) => None,
             Out::Own(d) => Some((want.clone(), d.elements_mut())),
             Out::Given(buf) => Some((want.clone(), buf.reborrow())),
+            Out::Convert(d, ..) => Some((want.clone(), d.elements_mut())),
         })
         .collect();
     if !requests.is_empty() {
@@ -218,13 +232,18 @@ pub(crate) fn load_group(
         };
     }
     drop(requests);
+    for (&(v, _), out) in dests.iter().zip(outs.iter_mut()) {
+        if let Out::Convert(TensorData::Bytes(src), buf, from, to) = out {
+            convert_into(v, src, buf, *from, *to)?;
+        }
+    }
     let values = dests
         .iter()
         .zip(outs)
         .filter_map(|(&(v, _), out)| {
             let data = match out {
                 Out::Mapped(d) | Out::Own(d) => d,
-                Out::Given(_) => return None,
+                Out::Given(_) | Out::Convert(..) => return None,
             };
             let t = Tensor {
                 dtype: v.dtype,
@@ -240,6 +259,33 @@ pub(crate) fn load_group(
         given_bytes,
         stored_bytes: 0,
     })
+}
+
+/// Converts `src` (`v`'s value in `from`) into `buf` (in `to`; transposed for a `Transposed`
+/// buffer of a 2-D value).
+fn convert_into(
+    v: &Variable,
+    src: &[u8],
+    buf: &mut ElementsMut<'_>,
+    from: DType,
+    to: DType,
+) -> Result<()> {
+    let (dst, transposed) = buf.bytes().ok_or_else(|| {
+        ErrorKind::InvalidArgument(format!(
+            "variable {:?}: strings cannot be converted",
+            v.name
+        ))
+    })?;
+    match (transposed, v.shape.as_slice()) {
+        (true, &[rows, _]) => {
+            let mut converted = crate::base::mmap::alloc_zeroed(dst.len(), &v.name)?;
+            super::cast::convert(from, to, src, &mut converted);
+            let size = to.size().unwrap_or(1);
+            crate::base::copy::transpose_whole(&converted, rows as usize, size, dst);
+        }
+        _ => super::cast::convert(from, to, src, dst),
+    }
+    Ok(())
 }
 
 /// Memory for `v`'s value, to be filled: zeroed bytes, or empty strings.
