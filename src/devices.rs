@@ -3,8 +3,9 @@
 
 use crate::base::device::Device;
 use crate::base::error::{ErrorKind, Result};
+use crate::base::tensor::ElementsMut;
 use crate::init::store::VariableStore;
-use crate::load::host::HostDestination;
+use crate::load::host::{Given, GivenBuf, HostDestination};
 use crate::load::{skeleton, LoadOptions, LoadReport};
 
 impl VariableStore {
@@ -17,18 +18,79 @@ impl VariableStore {
     /// [`initialize`](Self::initialize) with a thread count and a progress callback.
     pub fn initialize_with(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
         options.check()?;
-        match options.threads {
-            None => self.initialize_in_pool(device, options),
-            Some(n) => {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| {
-                        ErrorKind::InvalidArgument(format!("cannot start {n} threads: {e}"))
-                    })?;
-                pool.install(|| self.initialize_in_pool(device, options))
+        in_pool(options, || self.initialize_in_pool(device, options))
+    }
+
+    /// [`initialize_with`](Self::initialize_with) on the host, reading the values of some
+    /// variables (or parts) straight into the trainer's own memory: the host twin of
+    /// [`set_device_buffer`](Self::set_device_buffer). Each buffer holds exactly the variable's
+    /// value (little-endian elements of its dtype, row-major); it takes the checkpoint's bytes,
+    /// CRC-checked in the same pass as the copy, or the variable's initializer when nothing maps
+    /// to it. Those variables then have no [`value`](Self::value) in the store. On an error nothing
+    /// counts as initialized, and the buffers' contents are unspecified (partly written).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let prefix = dir.path().join("model.ckpt");
+    /// # let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default())?;
+    /// # w.add("w", (&tfckpt::Tensor::from_f32(&[2], &[1.5, 2.5]).unwrap()).into())?;
+    /// # w.finish()?;
+    /// use tfckpt::{init_from_checkpoint, AssignmentMap, DType, Init, Target, VariableStore};
+    ///
+    /// let mut store = VariableStore::new();
+    /// store.get_variable("w", &[2], DType::F32, Init::Zeros)?;
+    /// init_from_checkpoint(&mut store, &prefix, &AssignmentMap::from([("w", Target::name("w"))]))?;
+    /// let mut mine = vec![0f32; 2]; // the trainer's tensor
+    /// let bytes: &mut [u8] = bytemuck_free_bytes(&mut mine);
+    /// store.initialize_into(vec![("w", bytes)], &Default::default())?;
+    /// assert_eq!(mine, [1.5, 2.5]);
+    /// # fn bytemuck_free_bytes(v: &mut [f32]) -> &mut [u8] {
+    /// #     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4) }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn initialize_into(
+        &mut self,
+        buffers: Vec<(&str, &mut [u8])>,
+        options: &LoadOptions,
+    ) -> Result<LoadReport> {
+        options.check()?;
+        let mut given = Given::default();
+        for (name, buf) in buffers {
+            let v = self
+                .vars
+                .get(name)
+                .ok_or_else(|| ErrorKind::VariableNotFound {
+                    name: name.into(),
+                    suggestions: crate::base::suggest::close_names(
+                        name,
+                        self.vars.keys().map(|k| k.as_str()),
+                    ),
+                })?;
+            let dtype = options.dtype_at_destination(v.dtype);
+            let Some(size) = dtype.size() else {
+                return Err(ErrorKind::BadVariable {
+                    name: name.into(),
+                    reason: "a string variable has no byte buffer".into(),
+                }
+                .into());
+            };
+            let expected = crate::base::slice::num_elements(&v.shape).unwrap_or(0) * size as u64;
+            if buf.len() as u64 != expected || given.contains(name) {
+                return Err(ErrorKind::BufferSize {
+                    tensor: name.into(),
+                    expected,
+                    found: buf.len() as u64,
+                }
+                .into());
             }
+            let convert = (dtype != v.dtype).then_some((v.dtype, dtype));
+            let buf = ElementsMut::Bytes(buf);
+            given.insert(name, GivenBuf { buf, convert });
         }
+        in_pool(options, || {
+            skeleton::run(self, HostDestination::into_buffers(given), options)
+        })
     }
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
@@ -49,5 +111,17 @@ impl VariableStore {
                 .into())
             }
         }
+    }
+}
+
+/// Runs `f` on the pool `options` asks for: the global one, or one of `options.threads` threads.
+fn in_pool<R: Send>(options: &LoadOptions, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    match options.threads {
+        None => f(),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| ErrorKind::InvalidArgument(format!("cannot start {n} threads: {e}")))?
+            .install(f),
     }
 }

@@ -233,3 +233,85 @@ fn a_rank_loads_only_what_it_owns() {
     );
     assert!(!store.is_initialized());
 }
+
+/// `initialize_into`, the host twin of `set_device_buffer`: every fixture, re-partitioned,
+/// loaded into the trainer's own buffers equals the library's own host load byte for byte,
+/// initializers included; wrong buffers are errors before anything is read.
+#[test]
+fn trainer_buffers_take_the_same_values_as_the_host_load() {
+    use common::layouts::{store_for_layout, Layout, CASES};
+    use tfckpt::ErrorKind;
+    for case in CASES {
+        let dir = fixture(case);
+        let mut host = store_for_layout(&dir, Layout::Repartitioned);
+        host.initialize(Device::Cpu).unwrap();
+        let mut store = store_for_layout(&dir, Layout::Repartitioned);
+        let names: Vec<(String, usize)> = store
+            .variables()
+            .filter_map(|v| {
+                let n: u64 = v.shape.iter().product();
+                Some((v.name.clone(), n as usize * v.dtype.size()?))
+            })
+            .collect();
+        let mut bufs: Vec<Vec<u8>> = names.iter().map(|(_, n)| vec![0xA5; *n]).collect();
+        let given = names
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((name, _), b)| (name.as_str(), b.as_mut_slice()))
+            .collect();
+        store.initialize_into(given, &Default::default()).unwrap();
+        for ((name, _), b) in names.iter().zip(&bufs) {
+            assert!(
+                store.value(name).is_none(),
+                "{case}: {name} has a store value too"
+            );
+            let want = host.value(name).unwrap().bytes().unwrap();
+            assert!(want == b.as_slice(), "{case}: {name}");
+        }
+    }
+    // With a cast on load, the buffers hold the cast dtype (converted by the reading worker).
+    let dir = fixture("h1_partitioned");
+    let options = tfckpt::LoadOptions::new().cast(DType::F32, DType::BF16);
+    let mut host = store_for_layout(&dir, Layout::Repartitioned);
+    host.initialize_with(Device::Cpu, &options).unwrap();
+    let mut store = store_for_layout(&dir, Layout::Repartitioned);
+    let names: Vec<String> = store.variables().map(|v| v.name.clone()).collect();
+    let mut bufs: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| vec![0; host.value(n).unwrap().bytes().unwrap().len()])
+        .collect();
+    let given = names
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(n, b)| (n.as_str(), b.as_mut_slice()))
+        .collect();
+    store.initialize_into(given, &options).unwrap();
+    for (n, b) in names.iter().zip(&bufs) {
+        assert!(
+            host.value(n).unwrap().bytes().unwrap() == b.as_slice(),
+            "cast {n}"
+        );
+    }
+    // A buffer of the wrong size, or for no variable: errors, and nothing loaded.
+    let mut store = store_for_layout(&dir, Layout::Repartitioned);
+    let mut small = [0u8; 3];
+    let e = store
+        .initialize_into(vec![("unmapped/ones", &mut small[..])], &Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::BufferSize {
+                expected: 60,
+                found: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = store
+        .initialize_into(vec![("nope", &mut small[..])], &Default::default())
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(!store.is_initialized());
+}

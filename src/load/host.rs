@@ -22,10 +22,21 @@ const MAP_MIN: u64 = 1 << 20;
 /// How far (in destination bytes) the reader stage may run ahead of the workers.
 const READ_AHEAD: u64 = 256 << 20;
 
-/// Values in host memory.
+/// Values in host memory: allocated here, or the trainer's own buffers (`given`).
 #[derive(Default)]
-pub(crate) struct HostDestination {
+pub(crate) struct HostDestination<'a> {
     values: Vec<(String, Tensor)>,
+    given: Given<'a>,
+}
+
+impl<'a> HostDestination<'a> {
+    /// Loads the variables of `given` into those buffers (plain bytes of the variable's dtype).
+    pub(crate) fn into_buffers(given: Given<'a>) -> HostDestination<'a> {
+        HostDestination {
+            values: Vec::new(),
+            given,
+        }
+    }
 }
 
 /// What one stored tensor gave: the stored entries read and a value per destination.
@@ -38,17 +49,25 @@ pub(crate) struct GroupValues {
     pub stored_bytes: u64,
 }
 
-impl Destination for HostDestination {
+impl Destination for HostDestination<'_> {
     fn prepare(&mut self, _vars: &[&Variable], _options: &LoadOptions) -> Result<()> {
         Ok(()) // each value is allocated when its tensor is read
     }
 
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
-        self.values = load_values(reads, report, &Given::default())?;
+        self.values = load_values(reads, report, &self.given)?;
         Ok(())
     }
 
     fn initialize(&mut self, v: &Variable, dtype: DType, elem: &[u8]) -> Result<()> {
+        if let Some(mut g) = self.given.take(&v.name) {
+            // A trainer's buffer of an unmapped variable: filled with its initializer.
+            if let (Some((buf, _)), false) = (g.buf.bytes(), elem.is_empty()) {
+                buf.chunks_exact_mut(elem.len())
+                    .for_each(|c| c.copy_from_slice(elem));
+            }
+            return Ok(());
+        }
         let t = filled_tensor(v, dtype, elem)?;
         self.values.push((v.name.clone(), t));
         Ok(())
@@ -79,12 +98,16 @@ pub(crate) struct GivenBuf<'a> {
 
 impl<'a> Given<'a> {
     /// Variable `name` is read into `buf`, sized for its value (and, if `Transposed`, 2-D).
-    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
     pub(crate) fn insert(&mut self, name: &'a str, buf: GivenBuf<'a>) {
         self.bufs.insert(name, Mutex::new(Some(buf)));
     }
 
-    fn take(&self, name: &str) -> Option<GivenBuf<'a>> {
+    /// Whether `name` has a buffer.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.bufs.contains_key(name)
+    }
+
+    pub(crate) fn take(&self, name: &str) -> Option<GivenBuf<'a>> {
         if self.bufs.is_empty() {
             return None; // a plain host load: no hashing per value
         }
