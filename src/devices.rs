@@ -57,16 +57,7 @@ impl VariableStore {
         options.check()?;
         let mut given = Given::default();
         for (name, buf) in buffers {
-            let v = self
-                .vars
-                .get(name)
-                .ok_or_else(|| ErrorKind::VariableNotFound {
-                    name: name.into(),
-                    suggestions: crate::base::suggest::close_names(
-                        name,
-                        self.vars.keys().map(|k| k.as_str()),
-                    ),
-                })?;
+            let v = self.var_or_err(name)?;
             let dtype = options.dtype_at_destination(v.dtype);
             let Some(size) = dtype.size() else {
                 return Err(ErrorKind::BadVariable {

@@ -316,16 +316,7 @@ impl VariableStore {
     /// initialization, instead of memory the library allocates. The buffer must hold exactly the
     /// variable's bytes (in the dtype it will have on the device).
     pub fn set_device_buffer(&mut self, name: &str, buffer: DeviceBuffer) -> Result<()> {
-        let v = self
-            .vars
-            .get(name)
-            .ok_or_else(|| ErrorKind::VariableNotFound {
-                name: name.into(),
-                suggestions: crate::base::suggest::close_names(
-                    name,
-                    self.vars.keys().map(|k| k.as_str()),
-                ),
-            })?;
+        let v = self.var_or_err(name)?;
         if v.dtype.size().is_none() {
             return Err(ErrorKind::BadVariable {
                 name: name.into(),
@@ -335,6 +326,20 @@ impl VariableStore {
         }
         self.device_buffers.insert(name.into(), buffer);
         Ok(())
+    }
+
+    /// Variable (or part) `name`, or an error naming it with the close names that exist.
+    pub(crate) fn var_or_err(&self, name: &str) -> Result<&Variable> {
+        self.vars.get(name).ok_or_else(|| {
+            ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: crate::base::suggest::close_names(
+                    name,
+                    self.vars.keys().map(|k| k.as_str()),
+                ),
+            }
+            .into()
+        })
     }
 
     /// Whether the last [`initialize`](Self::initialize) left variable or part `name` to another
