@@ -310,7 +310,9 @@ impl Bundle {
             .into());
         }
         let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-        let decoded = self.with_bytes(e, |src| strings::decode(src, n, e.crc, self.index.big_endian))?;
+        let decoded = self.with_bytes(e, |src| {
+            strings::decode(src, n, e.crc, self.index.big_endian)
+        })?;
         decoded.map_err(|err| self.string_error(e, err))
     }
 
@@ -349,8 +351,9 @@ impl Bundle {
             None if e.dtype == DType::String => {
                 // Checked without decoding: nothing is allocated per string.
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                let checked =
-                    self.with_bytes(e, |src| strings::verify(src, n, e.crc, self.index.big_endian))?;
+                let checked = self.with_bytes(e, |src| {
+                    strings::verify(src, n, e.crc, self.index.big_endian)
+                })?;
                 checked.map_err(|err| self.string_error(e, err))
             }
             None => {

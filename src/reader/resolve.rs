@@ -25,8 +25,11 @@ pub(crate) enum Resolved {
 pub(crate) fn as_url(arg: &Path) -> Option<&str> {
     let s = arg.to_str()?;
     let (scheme, _) = s.split_once("://")?;
-    (!scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+'))
-        .then_some(s)
+    (!scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+'))
+    .then_some(s)
 }
 
 /// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to

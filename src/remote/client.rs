@@ -43,9 +43,17 @@ pub(crate) struct Location {
 
 impl Location {
     pub(crate) fn parse(url: &str) -> Result<Location> {
+        // Never echo credentials embedded in a URL.
+        let shown = match (url.split_once("://"), url.find('@')) {
+            (Some((scheme, rest)), Some(_)) => {
+                let tail = rest.split_once('@').map_or(rest, |(_, t)| t);
+                format!("{scheme}://***@{tail}")
+            }
+            _ => url.to_string(),
+        };
         let bad = |reason: &str| -> Error {
             ErrorKind::Remote {
-                url: url.to_string(),
+                url: shown.clone(),
                 range: None,
                 reason: reason.to_string(),
             }
@@ -74,7 +82,7 @@ impl Location {
         Ok(Location {
             scheme,
             authority: authority.to_string(),
-            key: key.to_string(),
+            key: normalize_key(key),
         })
     }
 
@@ -82,6 +90,28 @@ impl Location {
     pub(crate) fn url(&self, key: &str) -> String {
         format!("{}://{}/{}", self.scheme.as_str(), self.authority, key)
     }
+}
+
+/// `key` with empty and `.` segments dropped and `..` resolved (as a local path would be), keeping
+/// a trailing `/` (and adding one when the key ended in `.` or `..`: it names a "directory").
+fn normalize_key(key: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in key.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let last = key.rsplit('/').next().unwrap_or("");
+    let dir = key.ends_with('/') || last == "." || last == "..";
+    let mut out = parts.join("/");
+    if dir && !out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// The runtime every request runs on: a few worker threads of our own, so that callers need no
@@ -180,8 +210,7 @@ impl Client {
             Scheme::Http | Scheme::Https => object_store::http::HttpBuilder::new()
                 .with_url(format!("{}://{}", loc.scheme.as_str(), loc.authority))
                 .with_client_options(
-                    object_store::ClientOptions::new()
-                        .with_allow_http(loc.scheme == Scheme::Http),
+                    object_store::ClientOptions::new().with_allow_http(loc.scheme == Scheme::Http),
                 )
                 .with_retry(retry)
                 .build()
@@ -386,6 +415,38 @@ impl Client {
                 .into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_keys_normalize() {
+        let l = Location::parse("s3://b/a/./c/../model.ckpt").unwrap();
+        assert_eq!(
+            (l.scheme, &*l.authority, &*l.key),
+            (Scheme::S3, "b", "a/model.ckpt")
+        );
+        assert_eq!(Location::parse("gs://b/dir/.").unwrap().key, "dir/");
+        assert_eq!(Location::parse("https://h:8080/x//y/").unwrap().key, "x/y/");
+        assert_eq!(Location::parse("s3a://b").unwrap().key, "");
+        let err = Location::parse("s3://u:secret@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(Location::parse("ftp://h/x").is_err());
+        assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn gcs_client_builds_from_the_environment_without_network() {
+        // Building reads GOOGLE_* only; no request is made until something is read.
+        let loc = Location::parse("gs://some-bucket/ckpt/model.ckpt-100").unwrap();
+        let c = Client::new(&loc, &RemoteOptions::default()).unwrap();
+        assert!(c.credentials.contains("GOOGLE") || c.credentials.contains("metadata"));
+        assert_eq!(c.loc.url("x.index"), "gs://some-bucket/x.index");
     }
 }
 

@@ -184,7 +184,12 @@ impl RemoteBundle {
 
     /// The shard object of `e` (its size and ETag read on first use).
     fn shard(&self, b: &Bundle, e: &Entry) -> Result<Arc<Object>> {
-        if let Some(o) = self.shards.lock().unwrap_or_else(|p| p.into_inner()).get(&e.shard) {
+        if let Some(o) = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&e.shard)
+        {
             return Ok(o.clone());
         }
         let (client, _) = self.state();
