@@ -189,12 +189,15 @@ impl Client {
     /// Builds the client of `loc`'s bucket or host from the environment only (`AWS_*` for S3,
     /// `GOOGLE_*` for GCS) and the retry policy of `options`.
     pub(crate) fn new(loc: &Location, options: &RemoteOptions) -> Result<Client> {
-        let mut retry = object_store::RetryConfig::default();
-        retry.max_retries = options.max_retries;
-        retry.retry_timeout = options.retry_timeout;
-        retry.backoff.init_backoff = options.initial_backoff;
-        retry.backoff.max_backoff = Duration::from_secs(15);
-        retry.backoff.base = 2.0;
+        let retry = object_store::RetryConfig {
+            max_retries: options.max_retries,
+            retry_timeout: options.retry_timeout,
+            backoff: object_store::BackoffConfig {
+                init_backoff: options.initial_backoff,
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+        };
         let url = loc.url(&loc.key);
         let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
             Scheme::S3 => object_store::aws::AmazonS3Builder::from_env()
@@ -418,38 +421,6 @@ impl Client {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_parse_and_keys_normalize() {
-        let l = Location::parse("s3://b/a/./c/../model.ckpt").unwrap();
-        assert_eq!(
-            (l.scheme, &*l.authority, &*l.key),
-            (Scheme::S3, "b", "a/model.ckpt")
-        );
-        assert_eq!(Location::parse("gs://b/dir/.").unwrap().key, "dir/");
-        assert_eq!(Location::parse("https://h:8080/x//y/").unwrap().key, "x/y/");
-        assert_eq!(Location::parse("s3a://b").unwrap().key, "");
-        let err = Location::parse("s3://u:secret@b/x")
-            .unwrap_err()
-            .to_string();
-        assert!(!err.contains("secret"), "{err}");
-        assert!(Location::parse("ftp://h/x").is_err());
-        assert!(Location::parse("s3:///x").is_err());
-    }
-
-    #[test]
-    fn gcs_client_builds_from_the_environment_without_network() {
-        // Building reads GOOGLE_* only; no request is made until something is read.
-        let loc = Location::parse("gs://some-bucket/ckpt/model.ckpt-100").unwrap();
-        let c = Client::new(&loc, &RemoteOptions::default()).unwrap();
-        assert!(c.credentials.contains("GOOGLE") || c.credentials.contains("metadata"));
-        assert_eq!(c.loc.url("x.index"), "gs://some-bucket/x.index");
-    }
-}
-
 fn client_error_short(url: &str, range: Option<(u64, u64)>, got: u64, want: u64) -> Error {
     ErrorKind::Remote {
         url: url.to_string(),
@@ -505,5 +476,37 @@ pub(crate) fn credential_source(scheme: Scheme) -> String {
             }
         }
         Scheme::Http | Scheme::Https => "none (plain HTTP GET)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_keys_normalize() {
+        let l = Location::parse("s3://b/a/./c/../model.ckpt").unwrap();
+        assert_eq!(
+            (l.scheme, &*l.authority, &*l.key),
+            (Scheme::S3, "b", "a/model.ckpt")
+        );
+        assert_eq!(Location::parse("gs://b/dir/.").unwrap().key, "dir/");
+        assert_eq!(Location::parse("https://h:8080/x//y/").unwrap().key, "x/y/");
+        assert_eq!(Location::parse("s3a://b").unwrap().key, "");
+        let err = Location::parse("s3://u:secret@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(Location::parse("ftp://h/x").is_err());
+        assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn gcs_client_builds_from_the_environment_without_network() {
+        // Building reads GOOGLE_* only; no request is made until something is read.
+        let loc = Location::parse("gs://some-bucket/ckpt/model.ckpt-100").unwrap();
+        let c = Client::new(&loc, &RemoteOptions::default()).unwrap();
+        assert!(c.credentials.contains("GOOGLE") || c.credentials.contains("metadata"));
+        assert_eq!(c.loc.url("x.index"), "gs://some-bucket/x.index");
     }
 }
