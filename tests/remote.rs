@@ -527,7 +527,6 @@ fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source(
     let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
         .args(["list", &url])
         .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
-        .env("AWS_MAX_RETRIES", "0")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -578,5 +577,123 @@ fn served_copy_is_the_fixture() {
     assert_eq!(
         std::fs::read(&p).unwrap(),
         std::fs::read(served(&p)).unwrap()
+    );
+}
+
+/// A real TCP proxy in front of the HTTP server that fails requests: one request per connection,
+/// every third answered `500`, every fifth (of the others) cut off in the middle of its body.
+/// Returns its address and the count of requests failed so far.
+fn flaky_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let failed_ref = failed.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let (count, failed) = (count.clone(), failed_ref.clone());
+            std::thread::spawn(move || {
+                // The request head (GET and HEAD have no body).
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                if n % 3 == 2 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let mut lines: Vec<&str> = text
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("connection: close");
+                let forwarded = format!("{}\r\n\r\n", lines.join("\r\n"));
+                let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                if up.write_all(forwarded.as_bytes()).is_err() {
+                    return;
+                }
+                let mut response = Vec::new();
+                let _ = up.read_to_end(&mut response);
+                let body_at = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |p| p + 4);
+                let is_get = text.starts_with("GET ");
+                if n % 5 == 4 && is_get && response.len() > body_at + 2 {
+                    // Cut mid-body: the head promises more than arrives, then the connection drops.
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    let cut = body_at + (response.len() - body_at) / 2;
+                    let _ = client.write_all(&response[..cut]);
+                    return;
+                }
+                let _ = client.write_all(&response);
+            });
+        }
+    });
+    (addr, failed)
+}
+
+#[test]
+fn retries_through_500s_and_dropped_connections_still_yield_exact_values() {
+    let s = servers();
+    let (proxy, failed) = flaky_proxy(s.http);
+    let opts = RemoteOptions {
+        range_bytes: 64 << 10,
+        concurrency: 4,
+        initial_backoff: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    let ckpt = fixture("golden_b10");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let url = format!("http://{proxy}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open_with(&url, &opts).unwrap_or_else(|e| panic!("{url}: {e}"));
+    for t in local.tensors() {
+        assert_eq!(
+            remote.read(&t.name).unwrap(),
+            local.read(&t.name).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    remote.verify().unwrap();
+    // And a load, with the same options.
+    let (mut store, map) = store_for(&local);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let load = LoadOptions {
+        remote: opts,
+        ..Default::default()
+    };
+    store.initialize_with(Device::Cpu, &load).unwrap();
+    for t in local.tensors().iter().filter(|t| t.dtype != DType::Variant) {
+        assert_eq!(
+            store.value(&t.name),
+            Some(&local.read(&t.name).unwrap()),
+            "{}",
+            t.name
+        );
+    }
+    assert!(
+        failed.load(std::sync::atomic::Ordering::SeqCst) >= 5,
+        "the proxy failed requests"
     );
 }
