@@ -585,6 +585,8 @@ fn served_copy_is_the_fixture() {
 /// Returns its address and the count of requests failed so far.
 fn flaky_proxy(
     upstream: std::net::SocketAddr,
+    fail: bool,
+    ranged_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -599,7 +601,7 @@ fn flaky_proxy(
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
-            let (count, failed) = (count.clone(), failed_ref.clone());
+            let (count, failed, ranged) = (count.clone(), failed_ref.clone(), ranged_bytes.clone());
             std::thread::spawn(move || {
                 // The request head (GET and HEAD have no body).
                 let mut head = Vec::new();
@@ -611,7 +613,7 @@ fn flaky_proxy(
                     head.push(byte[0]);
                 }
                 let n = count.fetch_add(1, Ordering::SeqCst);
-                if n % 3 == 2 {
+                if fail && n % 3 == 2 {
                     failed.fetch_add(1, Ordering::SeqCst);
                     let _ = client.write_all(
                         b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -638,7 +640,10 @@ fn flaky_proxy(
                     .position(|w| w == b"\r\n\r\n")
                     .map_or(response.len(), |p| p + 4);
                 let is_get = text.starts_with("GET ");
-                if n % 5 == 4 && is_get && response.len() > body_at + 2 {
+                if text.to_ascii_lowercase().contains("\r\nrange:") {
+                    ranged.fetch_add(response.len() - body_at, Ordering::SeqCst);
+                }
+                if fail && n % 5 == 4 && is_get && response.len() > body_at + 2 {
                     // Cut mid-body: the head promises more than arrives, then the connection drops.
                     failed.fetch_add(1, Ordering::SeqCst);
                     let cut = body_at + (response.len() - body_at) / 2;
@@ -655,7 +660,7 @@ fn flaky_proxy(
 #[test]
 fn retries_through_500s_and_dropped_connections_still_yield_exact_values() {
     let s = servers();
-    let (proxy, failed) = flaky_proxy(s.http);
+    let (proxy, failed) = flaky_proxy(s.http, true, Default::default());
     let opts = RemoteOptions {
         range_bytes: 64 << 10,
         concurrency: 4,
@@ -696,4 +701,36 @@ fn retries_through_500s_and_dropped_connections_still_yield_exact_values() {
         failed.load(std::sync::atomic::Ordering::SeqCst) >= 5,
         "the proxy failed requests"
     );
+}
+
+#[test]
+fn a_box_fetches_only_the_stored_slices_it_overlaps() {
+    let s = servers();
+    let ranged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (proxy, _) = flaky_proxy(s.http, false, ranged.clone());
+    let ckpt = fixture("h1_partitioned");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let t = local
+        .tensors()
+        .iter()
+        .find(|t| t.slices.len() > 1)
+        .expect("a partitioned tensor")
+        .clone();
+    let url = format!("http://{proxy}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open(&url).unwrap();
+    // The rows of the first stored slice only.
+    let first = &t.slices[0];
+    let want = local.read_slice(&t.name, first).unwrap();
+    let before = ranged.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(remote.read_slice(&t.name, first).unwrap(), want);
+    let fetched = ranged.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let whole = t.byte_len().unwrap() as usize;
+    assert_eq!(
+        fetched,
+        want.bytes().unwrap().len(),
+        "{} of {whole} bytes",
+        fetched
+    );
+    assert!(fetched < whole);
 }

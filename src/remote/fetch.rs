@@ -12,9 +12,18 @@ use crate::base::error::Result;
 /// Requests and bytes in flight, shared by all readers of a load: at most `concurrency` requests
 /// and `range_bytes × concurrency` bytes fetched but not yet copied.
 pub(crate) struct Budget {
-    free: Mutex<(usize, u64)>,
-    total: (usize, u64),
+    /// Requests and bytes free; negative while a nested read runs on credit (see [`Budget::take`]).
+    free: Mutex<(i64, i64)>,
+    total: (i64, i64),
     freed: Condvar,
+}
+
+thread_local! {
+    /// How many ranges this thread is copying right now (in `land`). A copy runs on the rayon
+    /// pool and may, while it waits for its own parallel pieces, run another read of the same
+    /// load on this thread: that nested read must not wait for permits that only the suspended
+    /// outer read can give back.
+    static LANDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A share of the [`Budget`], given back when dropped (after its bytes were copied, or when its
@@ -28,14 +37,17 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut free = self.budget.free.lock().unwrap_or_else(|p| p.into_inner());
         free.0 += 1;
-        free.1 += self.bytes;
+        free.1 += self.bytes as i64;
         self.budget.freed.notify_all();
     }
 }
 
 impl Budget {
     pub(crate) fn new(concurrency: usize, bytes: u64) -> Arc<Budget> {
-        let total = (concurrency.max(1), bytes.max(1));
+        let total = (
+            concurrency.max(1) as i64,
+            bytes.clamp(1, i64::MAX as u64) as i64,
+        );
         Arc::new(Budget {
             free: Mutex::new(total),
             total,
@@ -45,13 +57,13 @@ impl Budget {
 
     /// A permit for a request of `bytes`, if there is room now.
     fn try_take(self: &Arc<Self>, bytes: u64) -> Option<Permit> {
-        let bytes = bytes.min(self.total.1);
+        let bytes = bytes.min(self.total.1 as u64);
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.0 == 0 || free.1 < bytes {
+        if free.0 <= 0 || free.1 < bytes as i64 {
             return None;
         }
         free.0 -= 1;
-        free.1 -= bytes;
+        free.1 -= bytes as i64;
         Some(Permit {
             budget: self.clone(),
             bytes,
@@ -59,15 +71,18 @@ impl Budget {
     }
 
     /// A permit for a request of `bytes`, waiting for room. Only a reader with nothing in flight
-    /// waits, so the permits it waits for belong to readers that are making progress.
+    /// waits, so the permits it waits for belong to readers that are making progress; a read
+    /// nested in a copy on this thread (see `LANDING`) takes its first permit on credit instead,
+    /// so the bound is exceeded by at most one range per nested read.
     fn take(self: &Arc<Self>, bytes: u64) -> Permit {
-        let bytes = bytes.min(self.total.1);
+        let bytes = bytes.min(self.total.1 as u64);
+        let nested = LANDING.with(|l| l.get()) > 0;
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while free.0 == 0 || free.1 < bytes {
+        while !nested && (free.0 <= 0 || free.1 < bytes as i64) {
             free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
         }
         free.0 -= 1;
-        free.1 -= bytes;
+        free.1 -= bytes as i64;
         Permit {
             budget: self.clone(),
             bytes,
@@ -129,7 +144,12 @@ pub(crate) fn stream(
             .into());
         };
         in_flight -= 1;
-        let landed = got.and_then(|bytes| land(i, bytes));
+        let landed = got.and_then(|bytes| {
+            LANDING.with(|l| l.set(l.get() + 1));
+            let r = land(i, bytes);
+            LANDING.with(|l| l.set(l.get() - 1));
+            r
+        });
         drop(permit);
         if let Err(e) = landed {
             break Err(e);
@@ -171,5 +191,13 @@ mod tests {
         assert_eq!(*b.free.lock().unwrap(), (2, 100));
         assert_eq!(cut(10, 35, 10), vec![10..20, 20..30, 30..35]);
         assert!(cut(5, 5, 10).is_empty());
+        // A read nested in a copy takes its permit on credit rather than waiting forever.
+        let held = b.take(100);
+        LANDING.with(|l| l.set(1));
+        let nested = b.take(10);
+        LANDING.with(|l| l.set(0));
+        assert_eq!(*b.free.lock().unwrap(), (0, -10));
+        drop((held, nested));
+        assert_eq!(*b.free.lock().unwrap(), (2, 100));
     }
 }
