@@ -434,6 +434,7 @@ fn missing_data_object_is_a_clear_error_and_initializes_nothing() {
     let ckpt = Checkpoint::open(&url).unwrap(); // the index is there
     let name = ckpt.tensors()[0].name.clone();
     let err = ckpt.read(&name).unwrap_err();
+    eprintln!("missing data object: {err}");
     assert!(
         matches!(err.kind(), ErrorKind::MissingShard { .. }),
         "{err}"
@@ -474,6 +475,7 @@ fn truncated_data_object_is_an_error_naming_the_url_and_range() {
         .max_by_key(|t| t.byte_len())
         .unwrap();
     let err = ckpt.verify().unwrap_err();
+    eprintln!("truncated: {err}");
     assert!(
         err.to_string().contains("s3://ckpts/damaged/truncated/"),
         "{err}"
@@ -507,6 +509,7 @@ fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
     bytes.iter_mut().for_each(|b| *b ^= 0x5a); // same size, other contents
     std::fs::write(&data, &bytes).unwrap();
     let err = ckpt.read(&big).unwrap_err();
+    eprintln!("changed: {err}");
     assert!(
         matches!(
             err.kind(),
@@ -530,6 +533,7 @@ fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source(
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("wrong credentials: {err}");
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(&url) || err.contains("model-0.index"), "{err}");
@@ -551,6 +555,7 @@ fn gpu_loads_of_remote_checkpoints_are_a_clear_error() {
     let (mut store, map) = store_for(&local);
     init_from_checkpoint(&mut store, s3_url(&ckpt), &map).unwrap();
     let err = store.initialize(Device::Cuda(0)).unwrap_err();
+    eprintln!("cuda: {err}");
     assert!(store.value(&local.tensors()[0].name).is_none(), "{err}");
 }
 
