@@ -42,6 +42,8 @@ mod gpu;
 mod init;
 mod load;
 mod reader;
+#[cfg(feature = "remote")]
+mod remote;
 
 pub use base::crc;
 pub use base::device::{Device, DeviceBuffer, DeviceTensor};
@@ -55,7 +57,7 @@ pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, Wr
 pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
 pub use init::partitioners;
 pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
-pub use load::{DeviceStats, LoadOptions, LoadReport, Ownership, Progress};
+pub use load::{DeviceStats, LoadOptions, LoadReport, Ownership, Progress, RemoteOptions};
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -43,6 +43,10 @@ impl Error {
                 | ErrorKind::MissingShard { .. }
                 | ErrorKind::VariableNotFound { .. }
                 | ErrorKind::MappedTensorNotFound { .. }
+                | ErrorKind::RemoteAccess {
+                    not_found: true,
+                    ..
+                }
         )
     }
 }
@@ -461,4 +465,48 @@ pub enum ErrorKind {
     /// An argument given to the writer or another API is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A checkpoint on object storage could not be read: a request failed after its retries, an
+    /// object answered with fewer bytes than asked (`range`: the bytes asked for, end exclusive),
+    /// a URL that cannot be used, or a build without the `remote` feature.
+    #[error("{url}{}: {reason}", range_text(range))]
+    Remote {
+        /// The object's URL.
+        url: String,
+        /// The byte range being read, if any.
+        range: Option<(u64, u64)>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Object storage refused access to an object (HTTP 401/403) or has no such object (404). Names
+    /// where the credentials came from, never the credentials themselves.
+    #[error("{url}: {} (credentials: {credentials}): {reason}", if *not_found { "no such object" } else { "access denied" })]
+    RemoteAccess {
+        /// The object's URL.
+        url: String,
+        /// 404 (`true`) or 401/403 (`false`).
+        not_found: bool,
+        /// Where the credentials came from (environment variable names, never values).
+        credentials: String,
+        /// The store's answer.
+        reason: String,
+    },
+    /// An object on object storage changed between the reads of one checkpoint (its ETag or size
+    /// differs from when it was first read): nothing read from it is used.
+    #[error("{url}{}: the object changed since the checkpoint was opened ({what}); nothing read from it is used", range_text(range))]
+    RemoteChanged {
+        /// The object's URL.
+        url: String,
+        /// The byte range being read when the change was seen.
+        range: Option<(u64, u64)>,
+        /// What differs (ETag or size, expected vs found).
+        what: String,
+    },
+}
+
+/// ` bytes A..B` for an error message, or nothing.
+fn range_text(range: &Option<(u64, u64)>) -> String {
+    match range {
+        Some((a, b)) => format!(" bytes {a}..{b}"),
+        None => String::new(),
+    }
 }

@@ -32,10 +32,21 @@ pub(crate) struct Bundle {
     pub prefix: PathBuf,
     pub index_path: PathBuf,
     pub index: BundleIndex,
-    /// The index file when it was read.
-    pub index_stamp: crate::base::mmap::FileStamp,
-    /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
-    shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
+    source: Source,
+}
+
+/// Where the data shards are.
+enum Source {
+    /// Local files, mapped.
+    Local {
+        /// The index file when it was read.
+        index_stamp: crate::base::mmap::FileStamp,
+        /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
+        shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
+    },
+    /// Objects on object storage, read in ranges.
+    #[cfg(feature = "remote")]
+    Remote(crate::remote::RemoteBundle),
 }
 
 impl Bundle {
@@ -49,9 +60,71 @@ impl Bundle {
             prefix: prefix.to_path_buf(),
             index_path,
             index,
-            index_stamp: file.stamp(),
-            shards: Mutex::new(HashMap::new()),
+            source: Source::Local {
+                index_stamp: file.stamp(),
+                shards: Mutex::new(HashMap::new()),
+            },
         })
+    }
+
+    /// A bundle on object storage (`prefix` and `index_path` are URLs).
+    #[cfg(feature = "remote")]
+    pub(crate) fn remote(
+        prefix: PathBuf,
+        index_path: PathBuf,
+        index: BundleIndex,
+        remote: crate::remote::RemoteBundle,
+    ) -> Bundle {
+        Bundle {
+            prefix,
+            index_path,
+            index,
+            source: Source::Remote(remote),
+        }
+    }
+
+    /// The remote side, if the bundle is on object storage.
+    #[cfg(feature = "remote")]
+    pub(crate) fn remote_source(&self) -> Option<&crate::remote::RemoteBundle> {
+        match &self.source {
+            Source::Remote(r) => Some(r),
+            Source::Local { .. } => None,
+        }
+    }
+
+    /// Whether the index is unchanged since it was read (local: same length, times and inode;
+    /// remote: same size and ETag).
+    pub(crate) fn is_current(&self) -> bool {
+        match &self.source {
+            Source::Local { index_stamp, .. } => {
+                crate::base::mmap::FileStamp::of(&self.index_path) == Some(*index_stamp)
+            }
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => r.is_current(),
+        }
+    }
+
+    /// Checks that `e`'s bytes lie inside its shard (opening or asking for the shard).
+    pub(crate) fn check_bounds(&self, e: &Entry) -> Result<()> {
+        match &self.source {
+            Source::Local { .. } => self.locate(e).map(drop),
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => r.check_bounds(self, e).map(drop),
+        }
+    }
+
+    /// Calls `f` with the bytes of entry `e` (mapped, or fetched whole from object storage).
+    fn with_bytes<T>(&self, e: &Entry, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        match &self.source {
+            Source::Local { .. } => {
+                let (map, range) = self.locate(e)?;
+                let out = f(&map.bytes()[range]);
+                map.intact()?;
+                Ok(out)
+            }
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => Ok(f(&r.read_all(self, e)?)),
+        }
     }
 
     pub(crate) fn shard_path(&self, shard: u32) -> PathBuf {
@@ -60,7 +133,21 @@ impl Bundle {
 
     /// The mapped data shard of `e` (mapped on first use).
     fn shard(&self, e: &Entry) -> Result<Arc<MappedFile>> {
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let shards = match &self.source {
+            Source::Local { shards, .. } => shards,
+            #[cfg(feature = "remote")]
+            Source::Remote(_) => {
+                return Err(ErrorKind::Remote {
+                    url: self.shard_path(e.shard).to_string_lossy().into_owned(),
+                    range: None,
+                    reason: "loads of checkpoints on object storage run on the host only for \
+                             now (Device::Cpu); GPU loads need a local copy"
+                        .into(),
+                }
+                .into())
+            }
+        };
+        let mut shards = shards.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = shards.get(&e.shard) {
             return Ok(m.clone());
         }
@@ -135,7 +222,7 @@ impl Bundle {
     /// Small entries are left to the kernel's sequential readahead (one system call per tiny tensor
     /// would cost more than it saves).
     pub(crate) fn prefetch(&self, e: &Entry) {
-        if e.size < 256 << 10 {
+        if e.size < 256 << 10 || !matches!(self.source, Source::Local { .. }) {
             return;
         }
         if let Ok((map, range)) = self.locate(e) {
@@ -147,10 +234,17 @@ impl Bundle {
     /// verifying its checksum in the same pass (`base::copy`). Bytes are copied as stored (callers
     /// swap big-endian data afterwards or take the owned path).
     pub(crate) fn copy_verify(&self, e: &Entry, have: &Region, dsts: Vec<Dst<'_>>) -> Result<()> {
-        let (map, range) = self.locate(e)?;
         let size = e.dtype.size().unwrap_or(1);
-        let found = copy_verify(&map.bytes()[range], have, size, dsts);
-        map.intact()?;
+        let found = match &self.source {
+            Source::Local { .. } => {
+                let (map, range) = self.locate(e)?;
+                let found = copy_verify(&map.bytes()[range], have, size, dsts);
+                map.intact()?;
+                found
+            }
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => r.copy_verify(self, e, have, size, dsts)?,
+        };
         if found != e.crc {
             return Err(self.checksum_error(e, "checksum", e.crc, found));
         }
@@ -165,6 +259,9 @@ impl Bundle {
         e: &Entry,
         verify: bool,
     ) -> Result<Option<crate::base::tensor::Bytes>> {
+        if !matches!(self.source, Source::Local { .. }) {
+            return Ok(None);
+        }
         let (map, range) = self.locate(e)?;
         let Ok(private) = map.map_private(range) else {
             return Ok(None);
@@ -187,8 +284,9 @@ impl Bundle {
     /// The verified bytes of a fixed-size entry, little-endian: borrowed from the mapping when no
     /// conversion is needed.
     pub(crate) fn fixed_bytes(&self, e: &Entry) -> Result<EntryBytes> {
-        if self.index.big_endian && e.dtype.swap_unit() > 1 {
-            self.locate(e)?; // bounds first: the allocation below is then backed by the file
+        let local = matches!(self.source, Source::Local { .. });
+        if !local || (self.index.big_endian && e.dtype.swap_unit() > 1) {
+            self.check_bounds(e)?; // bounds first: the allocation below is then backed by the file
             let mut v = crate::base::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
             self.read_fixed_into(e, &mut v)?;
             return Ok(EntryBytes::Owned(v));
@@ -211,11 +309,10 @@ impl Bundle {
             }
             .into());
         }
-        let (map, range) = self.locate(e)?;
-        let src = &map.bytes()[range];
         let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-        let decoded = strings::decode(src, n, e.crc, self.index.big_endian);
-        map.intact()?;
+        let decoded = self.with_bytes(e, |src| {
+            strings::decode(src, n, e.crc, self.index.big_endian)
+        })?;
         decoded.map_err(|err| self.string_error(e, err))
     }
 
@@ -242,21 +339,27 @@ impl Bundle {
     /// Checks one data-bearing entry's checksum(s).
     pub(crate) fn verify_entry(&self, e: &Entry) -> Result<()> {
         match e.dtype.size() {
+            #[cfg(feature = "remote")]
+            Some(_) if self.remote_source().is_some() => {
+                let found = self.remote_source().map_or(Ok(0), |r| r.crc(self, e))?;
+                if found != e.crc {
+                    return Err(self.checksum_error(e, "checksum", e.crc, found));
+                }
+                Ok(())
+            }
             Some(_) => self.fixed_bytes(e).map(drop),
             None if e.dtype == DType::String => {
                 // Checked without decoding: nothing is allocated per string.
-                let (map, range) = self.locate(e)?;
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                let checked = strings::verify(&map.bytes()[range], n, e.crc, self.index.big_endian);
-                map.intact()?;
+                let checked = self.with_bytes(e, |src| {
+                    strings::verify(src, n, e.crc, self.index.big_endian)
+                })?;
                 checked.map_err(|err| self.string_error(e, err))
             }
             None => {
                 // Variant: checked by the D.5 rule (values are not decoded by this crate).
-                let (map, range) = self.locate(e)?;
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;
-                let checked = strings::verify_variant(&map.bytes()[range], n, e.crc);
-                map.intact()?;
+                let checked = self.with_bytes(e, |src| strings::verify_variant(src, n, e.crc))?;
                 checked.map_err(|err| self.string_error(e, err))
             }
         }

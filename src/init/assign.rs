@@ -137,6 +137,11 @@ pub struct InitReport {
 /// target variable which tensor box it will load. A call that fails changes nothing (TensorFlow keeps
 /// the pairs it processed before the error). Values are loaded by [`VariableStore::initialize`].
 ///
+/// Like TensorFlow's, `ckpt_dir_or_file` may be a URL on object storage (`s3://`, `gs://`,
+/// `http(s)://`; feature `remote`, see [`Checkpoint::open`](crate::Checkpoint::open)): the index is
+/// fetched now, the tensor bytes by `initialize` in parallel ranges
+/// ([`LoadOptions::remote`](crate::LoadOptions::remote)).
+///
 /// ```
 /// # let dir = tempfile::tempdir()?;
 /// # let prefix = dir.path().join("model.ckpt");

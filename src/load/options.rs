@@ -45,6 +45,9 @@ pub struct LoadOptions {
     /// Which rank owns a variable or part: `f(variable, rank, world)`. Default: part `i` of a
     /// partitioned variable belongs to rank `i % world`, every other variable to every rank.
     pub ownership: Option<std::sync::Arc<Ownership>>,
+    /// Checkpoints on object storage (`s3://`, `gs://`, `http(s)://`; feature `remote`): range
+    /// size, requests in flight and retries.
+    pub remote: RemoteOptions,
 }
 
 /// An ownership rule: whether `rank` of `world` owns `variable` (see [`LoadOptions::ownership`]).
@@ -54,6 +57,72 @@ pub type Ownership = dyn Fn(&Variable, usize, usize) -> bool + Send + Sync;
 fn default_owner(v: &Variable, rank: usize, world: usize) -> bool {
     v.part.as_ref().is_none_or(|p| p.index % world == rank)
 }
+
+/// How checkpoints on object storage are read (feature `remote`; without it the options exist and
+/// are ignored). Tensor bytes are fetched as ranged GETs of at most [`range_bytes`] each, at most
+/// [`concurrency`] at a time for a whole load (or read), so host memory in flight stays within
+/// `range_bytes × concurrency` (default 16 MiB × 16 = 256 MiB) however large the checkpoint is.
+/// Each range is checksummed as it lands and copied straight into its destination.
+///
+/// [`range_bytes`]: Self::range_bytes
+/// [`concurrency`]: Self::concurrency
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// Bytes per ranged GET (default 16 MiB; at least 64 KiB). A range holds whole rows of a
+    /// tensor when it is copied into a box of another shape (re-partitioning), so a row larger
+    /// than this is fetched as one range.
+    pub range_bytes: u64,
+    /// Ranged GETs in flight at once, all threads together (default 16).
+    pub concurrency: usize,
+    /// Retries of a request that failed with a timeout, a connection error or a 5xx status,
+    /// through `object_store`'s retry policy and again for a body cut short (default 10).
+    pub max_retries: usize,
+    /// The first backoff between retries, doubled each time up to 15 s (default 100 ms).
+    pub initial_backoff: std::time::Duration,
+    /// Retries stop once this long has passed since the first try (default 180 s).
+    pub retry_timeout: std::time::Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> RemoteOptions {
+        RemoteOptions {
+            range_bytes: 16 << 20,
+            concurrency: 16,
+            max_retries: 10,
+            initial_backoff: std::time::Duration::from_millis(100),
+            retry_timeout: std::time::Duration::from_secs(180),
+        }
+    }
+}
+
+impl RemoteOptions {
+    /// The bound on host memory held by fetched, not yet copied ranges.
+    pub fn max_in_flight_bytes(&self) -> u64 {
+        self.range_bytes.max(MIN_RANGE) * self.concurrency.max(1) as u64
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.range_bytes < MIN_RANGE || self.range_bytes > u32::MAX as u64 {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "remote range of {} bytes: between {MIN_RANGE} and {} bytes",
+                self.range_bytes,
+                u32::MAX
+            ))
+            .into());
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "{} remote requests in flight: between 1 and 1024",
+                self.concurrency
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// The smallest range a remote read fetches at once.
+const MIN_RANGE: u64 = 64 << 10;
 
 impl LoadOptions {
     /// Default options.
@@ -85,6 +154,7 @@ impl LoadOptions {
 
     /// Checks the options before anything is read.
     pub(crate) fn check(&self) -> Result<()> {
+        self.remote.check()?;
         if let Some(n) = self.threads.filter(|&n| n > MAX_THREADS) {
             return Err(ErrorKind::InvalidArgument(format!(
                 "{n} worker threads: at most {MAX_THREADS}"
@@ -152,6 +222,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("register_mappings", &self.register_mappings)
             .field("rank", &self.rank)
             .field("ownership", &self.ownership.is_some())
+            .field("remote", &self.remote)
             .finish()
     }
 }

@@ -71,6 +71,18 @@ pub(crate) fn run<D: Destination>(
     let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
     let (ckpts, ids) = store.open_pending()?;
+    // Checkpoints on object storage: this load's range size, concurrency and retries, and one
+    // bound on the bytes in flight for all of them together.
+    #[cfg(feature = "remote")]
+    {
+        let budget = crate::remote::fetch::Budget::new(
+            options.remote.concurrency,
+            options.remote.max_in_flight_bytes(),
+        );
+        for c in &ckpts {
+            c.configure_remote(&options.remote, &budget)?;
+        }
+    }
     // A ranked load materializes and reads only what this rank owns.
     let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
         store.vars.values().partition(|v| options.owns(v));

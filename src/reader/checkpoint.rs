@@ -162,7 +162,35 @@ impl Checkpoint {
     /// Opens a checkpoint: a directory with a `checkpoint` state file (its newest checkpoint), a
     /// prefix (`PREFIX.index` for V2, else a V1 file or glob), or — an extension over TensorFlow — the
     /// path of a V2 `.index` or data file.
+    ///
+    /// With the `remote` feature (on by default), `path` may also be a URL of the same on object
+    /// storage: `s3://BUCKET/PATH`, `gs://BUCKET/PATH`, `https://HOST/PATH` or `http://HOST/PATH`
+    /// (V2 checkpoints; the directory form reads the `checkpoint` state file). S3 is configured
+    /// only by the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true`...), GCS by
+    /// the `GOOGLE_*` ones. Opening fetches the index once; tensor bytes are fetched in parallel
+    /// ranges when read ([`RemoteOptions`](crate::RemoteOptions)).
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        Self::open_with(path, &crate::RemoteOptions::default())
+    }
+
+    /// [`open`](Self::open), with the range size, concurrency and retries its reads use when the
+    /// checkpoint is on object storage (ignored for local files).
+    pub fn open_with(path: impl AsRef<Path>, remote: &crate::RemoteOptions) -> Result<Checkpoint> {
+        if let Some(url) = resolve::as_url(path.as_ref()) {
+            #[cfg(feature = "remote")]
+            return Self::from_bundle(crate::remote::open_bundle(url, remote)?);
+            #[cfg(not(feature = "remote"))]
+            return Err(ErrorKind::Remote {
+                url: url.to_string(),
+                range: None,
+                reason: "this build of tfckpt cannot read object storage (build with the `remote` \
+                         feature)"
+                    .into(),
+            }
+            .into());
+        }
+        let _ = remote;
         let _reading = crate::base::sigbus::reading();
         match resolve::resolve(path.as_ref())? {
             Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
@@ -290,8 +318,34 @@ impl Checkpoint {
     /// (same length and modification time), so that what it says still describes them.
     pub fn is_current(&self) -> bool {
         match &self.inner {
-            Inner::V2(b) => crate::base::mmap::FileStamp::of(&b.index_path) == Some(b.index_stamp),
+            Inner::V2(b) => b.is_current(),
             Inner::V1(set) => set.is_current(),
+        }
+    }
+
+    /// Whether the checkpoint is on object storage (opened from a URL).
+    pub fn is_remote(&self) -> bool {
+        #[cfg(feature = "remote")]
+        if let Inner::V2(b) = &self.inner {
+            return b.remote_source().is_some();
+        }
+        false
+    }
+
+    /// Reads of a checkpoint on object storage run from now on with `options` (range size,
+    /// concurrency, retries) under `budget`, shared by every checkpoint of one load.
+    #[cfg(feature = "remote")]
+    pub(crate) fn configure_remote(
+        &self,
+        options: &crate::RemoteOptions,
+        budget: &std::sync::Arc<crate::remote::fetch::Budget>,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::V2(b) => match b.remote_source() {
+                Some(r) => r.configure(options, budget),
+                None => Ok(()),
+            },
+            Inner::V1(_) => Ok(()),
         }
     }
 

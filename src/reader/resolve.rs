@@ -19,6 +19,19 @@ pub(crate) enum Resolved {
     },
 }
 
+/// The URL in `arg` when it names a checkpoint on object storage (`s3://`, `s3a://`, `gs://`,
+/// `http://`, `https://`; any `SCHEME://` is taken as a URL, and an unknown scheme is an error
+/// there, not a local path).
+pub(crate) fn as_url(arg: &Path) -> Option<&str> {
+    let s = arg.to_str()?;
+    let (scheme, _) = s.split_once("://")?;
+    (!scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+'))
+    .then_some(s)
+}
+
 /// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to
 /// `PREFIX.index` (or a data file `PREFIX.data-NNNNN-of-NNNNN`) means `PREFIX`.
 pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
@@ -116,7 +129,7 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Parses the text-format `CheckpointState` and returns `model_checkpoint_path` (last one wins).
-fn parse_state(text: &str) -> Result<String, String> {
+pub(crate) fn parse_state(text: &str) -> Result<String, String> {
     let mut path = String::new();
     let mut t = Tokens {
         s: text.as_bytes(),

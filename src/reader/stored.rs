@@ -125,7 +125,7 @@ impl<'c> Stored<'c> {
                 for p in self.pieces() {
                     if p.region.intersect(want).is_some() {
                         let e = self.entry(b, &p.slice)?;
-                        b.locate(e)?;
+                        b.check_bounds(e)?;
                         sum = sum.saturating_add(e.size);
                     }
                 }

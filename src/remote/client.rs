@@ -1,0 +1,512 @@
+//! URLs, `object_store` clients built from the environment, the internal tokio runtime, and the
+//! translation of `object_store`'s errors into the crate's (naming the URL and the credential
+//! source, never a secret).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path as ObjPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::load::RemoteOptions;
+
+/// The object storage schemes a checkpoint URL may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    S3,
+    Gcs,
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::S3 => "s3",
+            Scheme::Gcs => "gs",
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// A parsed checkpoint URL: `SCHEME://AUTHORITY/KEY` (the bucket, or the host and port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub scheme: Scheme,
+    pub authority: String,
+    /// The object key or key prefix, without a leading `/` (may be empty or end with `/`).
+    pub key: String,
+}
+
+impl Location {
+    pub(crate) fn parse(url: &str) -> Result<Location> {
+        // Never echo credentials embedded in a URL.
+        let shown = match (url.split_once("://"), url.find('@')) {
+            (Some((scheme, rest)), Some(_)) => {
+                let tail = rest.split_once('@').map_or(rest, |(_, t)| t);
+                format!("{scheme}://***@{tail}")
+            }
+            _ => url.to_string(),
+        };
+        let bad = |reason: &str| -> Error {
+            ErrorKind::Remote {
+                url: shown.clone(),
+                range: None,
+                reason: reason.to_string(),
+            }
+            .into()
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("not a URL"))?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "s3" | "s3a" => Scheme::S3,
+            "gs" => Scheme::Gcs,
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            _ => return Err(bad("unknown scheme (s3://, gs://, http:// or https://)")),
+        };
+        let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err(bad("no bucket or host in the URL"));
+        }
+        if authority.contains('@') {
+            return Err(bad(
+                "credentials in the URL are not accepted (use the environment variables)",
+            ));
+        }
+        if key.contains(['?', '#']) {
+            return Err(bad("query strings and fragments are not accepted"));
+        }
+        Ok(Location {
+            scheme,
+            authority: authority.to_string(),
+            key: normalize_key(key),
+        })
+    }
+
+    /// The URL of `key` in the same bucket or host.
+    pub(crate) fn url(&self, key: &str) -> String {
+        format!("{}://{}/{}", self.scheme.as_str(), self.authority, key)
+    }
+}
+
+/// `key` with empty and `.` segments dropped and `..` resolved (as a local path would be), keeping
+/// a trailing `/` (and adding one when the key ended in `.` or `..`: it names a "directory").
+fn normalize_key(key: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in key.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let last = key.rsplit('/').next().unwrap_or("");
+    let dir = key.ends_with('/') || last == "." || last == "..";
+    let mut out = parts.join("/");
+    if dir && !out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// The runtime every request runs on: a few worker threads of our own, so that callers need no
+/// runtime and a caller inside someone else's runtime is not blocked by ours.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("tfckpt-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    rt.as_ref().map_err(|e| {
+        ErrorKind::Remote {
+            url: String::new(),
+            range: None,
+            reason: format!("cannot start the I/O runtime: {e}"),
+        }
+        .into()
+    })
+}
+
+/// Runs `fut` on the runtime and returns a receiver of its output: the caller waits on a plain
+/// channel, never inside the runtime (so this works from any thread, async or not).
+pub(crate) fn spawn<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+    done: crossbeam_channel::Sender<T>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let rt = runtime()?;
+    Ok(rt.spawn(async move {
+        let _ = done.send(fut.await);
+    }))
+}
+
+/// Runs `fut` on the runtime and waits for it on this thread.
+pub(crate) fn block<T: Send + 'static>(
+    url: &str,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _task = spawn(fut, tx)?;
+    rx.recv().map_err(|_| {
+        ErrorKind::Remote {
+            url: url.to_string(),
+            range: None,
+            reason: "the request task ended without an answer".into(),
+        }
+        .into()
+    })
+}
+
+/// One object as first seen: its size and ETag, against which every later read is checked.
+#[derive(Clone, Debug)]
+pub(crate) struct Object {
+    pub url: String,
+    pub path: ObjPath,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// A client for one bucket or host.
+pub(crate) struct Client {
+    pub loc: Location,
+    store: Arc<dyn ObjectStore>,
+    credentials: String,
+    pub options: RemoteOptions,
+}
+
+impl Client {
+    /// Builds the client of `loc`'s bucket or host from the environment only (`AWS_*` for S3,
+    /// `GOOGLE_*` for GCS) and the retry policy of `options`.
+    pub(crate) fn new(loc: &Location, options: &RemoteOptions) -> Result<Client> {
+        let retry = object_store::RetryConfig {
+            max_retries: options.max_retries,
+            retry_timeout: options.retry_timeout,
+            backoff: object_store::BackoffConfig {
+                init_backoff: options.initial_backoff,
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+        };
+        let url = loc.url(&loc.key);
+        let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
+            Scheme::S3 => object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&loc.authority)
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            Scheme::Gcs => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&loc.authority)
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            Scheme::Http | Scheme::Https => object_store::http::HttpBuilder::new()
+                .with_url(format!("{}://{}", loc.scheme.as_str(), loc.authority))
+                .with_client_options(
+                    object_store::ClientOptions::new().with_allow_http(loc.scheme == Scheme::Http),
+                )
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+        };
+        let store = built.map_err(|e| ErrorKind::Remote {
+            url: url.clone(),
+            range: None,
+            reason: format!(
+                "cannot configure the client from the environment ({}): {e}",
+                credential_source(loc.scheme)
+            ),
+        })?;
+        Ok(Client {
+            loc: loc.clone(),
+            store,
+            credentials: credential_source(loc.scheme),
+            options: options.clone(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<ObjPath> {
+        ObjPath::parse(key).map_err(|e| {
+            ErrorKind::Remote {
+                url: self.loc.url(key),
+                range: None,
+                reason: format!("not a valid object key: {e}"),
+            }
+            .into()
+        })
+    }
+
+    /// The object's size and ETag (a HEAD request).
+    pub(crate) fn head(&self, key: &str) -> Result<Object> {
+        let url = self.loc.url(key);
+        let path = self.path(key)?;
+        let (store, p) = (self.store.clone(), path.clone());
+        let meta = block(&url, async move { store.head(&p).await })?
+            .map_err(|e| self.error(e, &url, None))?;
+        Ok(Object {
+            url,
+            path,
+            size: meta.size,
+            etag: meta.e_tag,
+        })
+    }
+
+    /// Whether an object exists: `Ok(false)` for 404, errors for anything else.
+    pub(crate) fn exists(&self, key: &str) -> Result<Option<Object>> {
+        match self.head(key) {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A whole (small) object: an index or a state file.
+    pub(crate) fn get_all(&self, key: &str) -> Result<(Object, Bytes)> {
+        let url = self.loc.url(key);
+        let path = self.path(key)?;
+        let (store, p) = (self.store.clone(), path.clone());
+        let (meta, bytes) = block(&url, async move {
+            let r = store.get_opts(&p, GetOptions::default()).await?;
+            let meta = r.meta.clone();
+            Ok::<_, object_store::Error>((meta, r.bytes().await?))
+        })?
+        .map_err(|e| self.error(e, &url, None))?;
+        if bytes.len() as u64 != meta.size {
+            return Err(ErrorKind::Remote {
+                url,
+                range: Some((0, meta.size)),
+                reason: format!("short read: {} of {} bytes", bytes.len(), meta.size),
+            }
+            .into());
+        }
+        Ok((
+            Object {
+                url,
+                path,
+                size: meta.size,
+                etag: meta.e_tag,
+            },
+            bytes,
+        ))
+    }
+
+    /// The future of one ranged GET of `obj`, checked: exactly the bytes asked for, from the same
+    /// object (size and ETag, and `If-Match` where the store honours it). Bodies cut short and
+    /// other transient failures are retried (after `object_store`'s own retries of the request).
+    pub(crate) fn fetch(
+        self: &Arc<Self>,
+        obj: &Arc<Object>,
+        range: std::ops::Range<u64>,
+    ) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+        let (client, obj) = (self.clone(), obj.clone());
+        async move {
+            let start = Instant::now();
+            let mut backoff = client.options.initial_backoff;
+            let mut attempt = 0;
+            loop {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: obj.etag.clone(),
+                    ..Default::default()
+                };
+                let got = async {
+                    let r = client.store.get_opts(&obj.path, opts).await?;
+                    let meta = r.meta.clone();
+                    Ok::<_, object_store::Error>((meta, r.bytes().await?))
+                }
+                .await;
+                let span = Some((range.start, range.end));
+                let transient = match got {
+                    Ok((meta, bytes)) => {
+                        let changed = if meta.size != obj.size {
+                            Some(format!("size was {} bytes, is {}", obj.size, meta.size))
+                        } else {
+                            match (&obj.etag, &meta.e_tag) {
+                                (Some(a), Some(b)) if a != b => {
+                                    Some(format!("ETag was {a}, is {b}"))
+                                }
+                                _ => None,
+                            }
+                        };
+                        if let Some(what) = changed {
+                            return Err(ErrorKind::RemoteChanged {
+                                url: obj.url.clone(),
+                                range: span,
+                                what,
+                            }
+                            .into());
+                        }
+                        let want = range.end - range.start;
+                        if bytes.len() as u64 == want {
+                            return Ok(bytes);
+                        }
+                        client_error_short(&obj.url, span, bytes.len() as u64, want)
+                    }
+                    Err(e @ object_store::Error::Generic { .. }) => client.error(e, &obj.url, span),
+                    Err(e) => return Err(client.error(e, &obj.url, span)),
+                };
+                attempt += 1;
+                if attempt > client.options.max_retries
+                    || start.elapsed() + backoff > client.options.retry_timeout
+                {
+                    return Err(transient);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+
+    /// The crate's error for `e`, met reading `url` (bytes `range`).
+    pub(crate) fn error(
+        &self,
+        e: object_store::Error,
+        url: &str,
+        range: Option<(u64, u64)>,
+    ) -> Error {
+        use object_store::Error as E;
+        match e {
+            E::NotFound { source, .. } => ErrorKind::RemoteAccess {
+                url: url.to_string(),
+                not_found: true,
+                credentials: self.credentials.clone(),
+                reason: source.to_string(),
+            }
+            .into(),
+            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
+                ErrorKind::RemoteAccess {
+                    url: url.to_string(),
+                    not_found: false,
+                    credentials: self.credentials.clone(),
+                    reason: source.to_string(),
+                }
+                .into()
+            }
+            E::Precondition { .. } => ErrorKind::RemoteChanged {
+                url: url.to_string(),
+                range,
+                what: "its ETag no longer matches (HTTP 412)".into(),
+            }
+            .into(),
+            other => {
+                let text = other.to_string();
+                // Some stores report a refusal as a plain HTTP status.
+                if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
+                    return ErrorKind::RemoteAccess {
+                        url: url.to_string(),
+                        not_found: false,
+                        credentials: self.credentials.clone(),
+                        reason: text,
+                    }
+                    .into();
+                }
+                ErrorKind::Remote {
+                    url: url.to_string(),
+                    range,
+                    reason: text,
+                }
+                .into()
+            }
+        }
+    }
+}
+
+fn client_error_short(url: &str, range: Option<(u64, u64)>, got: u64, want: u64) -> Error {
+    ErrorKind::Remote {
+        url: url.to_string(),
+        range,
+        reason: format!("short read: {got} of {want} bytes"),
+    }
+    .into()
+}
+
+/// Where a client of `scheme` takes its credentials from: the names of the environment variables
+/// that are set, never their values.
+pub(crate) fn credential_source(scheme: Scheme) -> String {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    match scheme {
+        Scheme::S3 => {
+            let mut s = if set("AWS_ACCESS_KEY_ID") {
+                let token = if set("AWS_SESSION_TOKEN") {
+                    " + AWS_SESSION_TOKEN"
+                } else {
+                    ""
+                };
+                format!("AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY{token} from the environment")
+            } else if std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v == "true") {
+                "none, unsigned requests (AWS_SKIP_SIGNATURE)".to_string()
+            } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
+                "web identity token (AWS_WEB_IDENTITY_TOKEN_FILE)".to_string()
+            } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+                "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI)".to_string()
+            } else {
+                "instance metadata (no AWS_ACCESS_KEY_ID in the environment)".to_string()
+            };
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                if !endpoint.contains('@') {
+                    s.push_str(&format!("; endpoint AWS_ENDPOINT_URL={endpoint}"));
+                }
+            }
+            s
+        }
+        Scheme::Gcs => {
+            let from = [
+                "GOOGLE_SERVICE_ACCOUNT",
+                "GOOGLE_SERVICE_ACCOUNT_PATH",
+                "GOOGLE_SERVICE_ACCOUNT_KEY",
+                "GOOGLE_APPLICATION_CREDENTIALS",
+            ]
+            .into_iter()
+            .find(|k| set(k));
+            match from {
+                Some(k) => format!("service account from {k}"),
+                None => "application default credentials or the metadata server (no GOOGLE_* \
+                         credentials in the environment)"
+                    .to_string(),
+            }
+        }
+        Scheme::Http | Scheme::Https => "none (plain HTTP GET)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_keys_normalize() {
+        let l = Location::parse("s3://b/a/./c/../model.ckpt").unwrap();
+        assert_eq!(
+            (l.scheme, &*l.authority, &*l.key),
+            (Scheme::S3, "b", "a/model.ckpt")
+        );
+        assert_eq!(Location::parse("gs://b/dir/.").unwrap().key, "dir/");
+        assert_eq!(Location::parse("https://h:8080/x//y/").unwrap().key, "x/y/");
+        assert_eq!(Location::parse("s3a://b").unwrap().key, "");
+        let err = Location::parse("s3://u:secret@b/x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(Location::parse("ftp://h/x").is_err());
+        assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn gcs_client_builds_from_the_environment_without_network() {
+        // Building reads GOOGLE_* only; no request is made until something is read.
+        let loc = Location::parse("gs://some-bucket/ckpt/model.ckpt-100").unwrap();
+        let c = Client::new(&loc, &RemoteOptions::default()).unwrap();
+        assert!(c.credentials.contains("GOOGLE") || c.credentials.contains("metadata"));
+        assert_eq!(c.loc.url("x.index"), "gs://some-bucket/x.index");
+    }
+}

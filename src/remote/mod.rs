@@ -1,0 +1,338 @@
+//! Checkpoints on object storage (feature `remote`): `s3://BUCKET/PATH`, `gs://BUCKET/PATH` and
+//! `http(s)://HOST/PATH`, read through Apache Arrow's `object_store` on an internal tokio runtime
+//! (the public API stays synchronous).
+//!
+//! The data path: the index (and a directory's `checkpoint` state file) is fetched once, whole; a
+//! data shard is never fetched whole. Each stored entry a read needs is fetched as ranged GETs of
+//! [`RemoteOptions::range_bytes`] in parallel, under a [`fetch::Budget`] of
+//! `range_bytes × concurrency` bytes shared by the whole load, and each range is checksummed and
+//! copied into its destination by the same fused copy as local files (`base::copy`) as it lands;
+//! the pieces' CRCs are combined (`crc::combine`) and compared with the index's. Every GET is
+//! checked against the size and ETag seen when the shard was first used (and sent with
+//! `If-Match`), so an object replaced under a load is an error, never a mix of two versions.
+
+mod client;
+pub(crate) mod fetch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use client::{Client, Location, Object};
+use fetch::Budget;
+
+use crate::base::copy::{copy_verify, Dst};
+use crate::base::crc;
+use crate::base::error::{ErrorKind, Result};
+use crate::base::slice::Region;
+use crate::format::bundle::Bundle;
+use crate::format::index::{key_name, BundleIndex, Entry};
+use crate::load::RemoteOptions;
+
+/// The remote side of a V2 bundle: its client, the index object as read, and the data shards
+/// seen so far.
+pub(crate) struct RemoteBundle {
+    /// The client and the budget reads run under (replaced by [`configure`](Self::configure)).
+    state: Mutex<(Arc<Client>, Arc<Budget>)>,
+    index: Object,
+    shards: Mutex<HashMap<u32, Arc<Object>>>,
+}
+
+/// Opens the V2 checkpoint that `url` names (a prefix, `PREFIX.index`, a data file, or a
+/// "directory" holding a `checkpoint` state file).
+pub(crate) fn open_bundle(url: &str, options: &RemoteOptions) -> Result<Bundle> {
+    options.check()?;
+    let loc = Location::parse(url)?;
+    let client = Arc::new(Client::new(&loc, options)?);
+    let prefix = resolve(&client, &loc)?;
+    let index_key = format!("{prefix}.index");
+    let (index, bytes) = client.get_all(&index_key)?;
+    let prefix_url = loc.url(&prefix);
+    let index_path = PathBuf::from(&index.url);
+    let parsed = BundleIndex::parse(&index_path, &bytes)?;
+    let budget = Budget::new(options.concurrency, options.max_in_flight_bytes());
+    let remote = RemoteBundle {
+        state: Mutex::new((client, budget)),
+        index,
+        shards: Mutex::new(HashMap::new()),
+    };
+    Ok(Bundle::remote(
+        PathBuf::from(prefix_url),
+        index_path,
+        parsed,
+        remote,
+    ))
+}
+
+/// The key prefix of the checkpoint `loc` names, as `resolve::resolve` does for local paths: a
+/// prefix whose `.index` exists, a `.index` or data file's prefix, or the checkpoint a directory's
+/// `checkpoint` state file names (relative paths joined onto the directory).
+fn resolve(client: &Client, loc: &Location) -> Result<String> {
+    let key = loc.key.as_str();
+    if !key.is_empty() && !key.ends_with('/') {
+        if client.exists(&format!("{key}.index"))?.is_some() {
+            return Ok(key.to_string());
+        }
+        let stripped = key.strip_suffix(".index").or_else(|| {
+            let i = key.rfind(".data-")?;
+            let tail = &key[i + 6..];
+            (tail.len() == 14 && tail.as_bytes()[5..9] == *b"-of-").then_some(&key[..i])
+        });
+        if let Some(p) = stripped {
+            if client.exists(&format!("{p}.index"))?.is_some() {
+                return Ok(p.to_string());
+            }
+        }
+    }
+    let dir = key.trim_end_matches('/');
+    let dir_slash = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let state_key = format!("{dir_slash}checkpoint");
+    let dir_path = PathBuf::from(loc.url(dir));
+    let no_ckpt = |reason: String| -> crate::Error {
+        ErrorKind::NoCheckpointInDir {
+            dir: dir_path.clone(),
+            reason,
+        }
+        .into()
+    };
+    let text = match client.get_all(&state_key) {
+        Ok((_, bytes)) => bytes,
+        Err(e) if e.is_not_found() => {
+            return Err(ErrorKind::NotFound {
+                path: PathBuf::from(loc.url(key)),
+            }
+            .into())
+        }
+        Err(e) => return Err(e),
+    };
+    let text = String::from_utf8(text.to_vec())
+        .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", loc.url(&state_key))))?;
+    let path = crate::reader::resolve::parse_state(&text).map_err(|reason| {
+        no_ckpt(format!(
+            "{} is not a valid CheckpointState: {reason}",
+            loc.url(&state_key)
+        ))
+    })?;
+    if path.is_empty() {
+        return Err(ErrorKind::BadStateFile {
+            path: PathBuf::from(loc.url(&state_key)),
+            reason: "model_checkpoint_path is empty".into(),
+        }
+        .into());
+    }
+    // An absolute path: a URL of the same bucket is used as is; a local path (a state file
+    // copied from the disk it was written on) names the checkpoint beside the state file.
+    let prefix = if let Ok(named) = Location::parse(&path) {
+        if named.scheme != loc.scheme || named.authority != loc.authority {
+            return Err(no_ckpt(format!(
+                "its state file names {path}, in another bucket or host"
+            )));
+        }
+        named.key
+    } else if path.starts_with('/') {
+        let base = Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{dir_slash}{base}")
+    } else {
+        format!("{dir_slash}{path}")
+    };
+    if client.exists(&format!("{prefix}.index"))?.is_some() {
+        Ok(prefix)
+    } else {
+        Err(no_ckpt(format!(
+            "its state file names {} but no {}.index exists (V1 checkpoints on object storage \
+             are not supported)",
+            loc.url(&prefix),
+            loc.url(&prefix)
+        )))
+    }
+}
+
+impl RemoteBundle {
+    fn state(&self) -> (Arc<Client>, Arc<Budget>) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (s.0.clone(), s.1.clone())
+    }
+
+    /// Reads from now on run with `options` under `budget` (a load shares one budget among its
+    /// checkpoints); the client is rebuilt when the retry policy changes.
+    pub(crate) fn configure(&self, options: &RemoteOptions, budget: &Arc<Budget>) -> Result<()> {
+        options.check()?;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.options != *options {
+            s.0 = Arc::new(Client::new(&s.0.loc, options)?);
+        }
+        s.1 = budget.clone();
+        Ok(())
+    }
+
+    /// Whether the index object is still the one read (same size and ETag): one HEAD request.
+    pub(crate) fn is_current(&self) -> bool {
+        let (client, _) = self.state();
+        let key = self.index.path.as_ref().to_string();
+        match client.head(&key) {
+            Ok(o) => o.size == self.index.size && o.etag == self.index.etag,
+            Err(_) => false,
+        }
+    }
+
+    /// The shard object of `e` (its size and ETag read on first use).
+    fn shard(&self, b: &Bundle, e: &Entry) -> Result<Arc<Object>> {
+        if let Some(o) = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&e.shard)
+        {
+            return Ok(o.clone());
+        }
+        let (client, _) = self.state();
+        let url = b.shard_path(e.shard).to_string_lossy().into_owned();
+        let key = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map_or("", |(_, k)| k)
+            .to_string();
+        let obj = client.head(&key).map_err(|err| {
+            if err.is_not_found() {
+                ErrorKind::MissingShard {
+                    path: PathBuf::from(&url),
+                    shard: e.shard,
+                    num_shards: b.index.num_shards,
+                    tensor: key_name(&e.key),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, err.to_string()),
+                }
+                .into()
+            } else {
+                err
+            }
+        })?;
+        let obj = Arc::new(obj);
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(e.shard, obj.clone());
+        Ok(obj)
+    }
+
+    /// The shard of `e`, with `e`'s bytes checked to lie inside it.
+    pub(crate) fn check_bounds(&self, b: &Bundle, e: &Entry) -> Result<Arc<Object>> {
+        let obj = self.shard(b, e)?;
+        if e.offset + e.size > obj.size {
+            return Err(ErrorKind::OutOfBounds {
+                path: b.shard_path(e.shard),
+                tensor: key_name(&e.key),
+                offset: e.offset,
+                size: e.size,
+                len: obj.size,
+            }
+            .into());
+        }
+        Ok(obj)
+    }
+
+    /// Fetches a fixed-size entry (box `have`, `size`-byte elements) and copies what each
+    /// destination needs as the ranges land; returns the CRC32C of all its bytes. A destination
+    /// taking the whole entry as stored gets byte ranges; others get ranges of whole rows (so that
+    /// each range is a box the fused copy understands).
+    pub(crate) fn copy_verify(
+        &self,
+        b: &Bundle,
+        e: &Entry,
+        have: &Region,
+        size: usize,
+        mut dsts: Vec<Dst<'_>>,
+    ) -> Result<u32> {
+        let obj = self.check_bounds(b, e)?;
+        let (client, budget) = self.state();
+        let step = client.options.range_bytes;
+        let whole = matches!(&dsts[..], [d] if d.want == have && !d.transposed);
+        let rows = have.rows().filter(|&(_, n)| n > 0 && e.size > 0);
+        if whole || rows.is_none() {
+            // Byte ranges straight into the one destination (or a scalar: one range).
+            let step = if rows.is_none() { e.size.max(1) } else { step };
+            let ranges = fetch::cut(e.offset, e.offset + e.size, step);
+            let mut crcs = vec![(0u32, 0u64); ranges.len()];
+            fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
+                let at = (ranges[i].start - e.offset) as usize;
+                if whole {
+                    let buf = &mut dsts[0].buf[at..at + bytes.len()];
+                    let flat = Region::whole(&[bytes.len() as u64]);
+                    let one = vec![Dst {
+                        buf,
+                        want: &flat,
+                        transposed: false,
+                    }];
+                    crcs[i] = (copy_verify(&bytes, &flat, 1, one), bytes.len() as u64);
+                } else {
+                    let dsts = dsts.iter_mut().map(reborrow).collect();
+                    crcs[i] = (copy_verify(&bytes, have, size, dsts), bytes.len() as u64);
+                }
+                Ok(())
+            })?;
+            return Ok(combine(&crcs));
+        }
+        let Some((first_row, n_rows)) = rows else {
+            return Ok(0);
+        };
+        let row_bytes = e.size / n_rows;
+        let rows_per = (step / row_bytes.max(1)).max(1);
+        let ranges = fetch::cut(e.offset, e.offset + e.size, rows_per * row_bytes);
+        let mut crcs = vec![(0u32, 0u64); ranges.len()];
+        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
+            let r0 = (ranges[i].start - e.offset) / row_bytes;
+            let part = have.with_rows(first_row + r0, bytes.len() as u64 / row_bytes);
+            let dsts = dsts.iter_mut().map(reborrow).collect();
+            crcs[i] = (copy_verify(&bytes, &part, size, dsts), bytes.len() as u64);
+            Ok(())
+        })?;
+        Ok(combine(&crcs))
+    }
+
+    /// The CRC32C of an entry's bytes, fetched in ranges and dropped as they are checksummed.
+    pub(crate) fn crc(&self, b: &Bundle, e: &Entry) -> Result<u32> {
+        let obj = self.check_bounds(b, e)?;
+        let (client, budget) = self.state();
+        let ranges = fetch::cut(e.offset, e.offset + e.size, client.options.range_bytes);
+        let mut crcs = vec![(0u32, 0u64); ranges.len()];
+        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
+            crcs[i] = (crc::serial(&bytes), bytes.len() as u64);
+            Ok(())
+        })?;
+        Ok(combine(&crcs))
+    }
+
+    /// An entry's bytes in one buffer (strings and variants, which are decoded whole).
+    pub(crate) fn read_all(&self, b: &Bundle, e: &Entry) -> Result<Vec<u8>> {
+        let obj = self.check_bounds(b, e)?;
+        let (client, budget) = self.state();
+        let mut out = crate::base::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
+        let ranges = fetch::cut(e.offset, e.offset + e.size, client.options.range_bytes);
+        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
+            let at = (ranges[i].start - e.offset) as usize;
+            out[at..at + bytes.len()].copy_from_slice(&bytes);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+fn reborrow<'a>(d: &'a mut Dst<'_>) -> Dst<'a> {
+    Dst {
+        buf: &mut *d.buf,
+        want: d.want,
+        transposed: d.transposed,
+    }
+}
+
+/// The CRC of consecutive pieces from each piece's (CRC, length).
+fn combine(crcs: &[(u32, u64)]) -> u32 {
+    crcs.iter()
+        .fold(0, |acc, &(c, len)| crc::combine(acc, c, len))
+}

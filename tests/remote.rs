@@ -1,0 +1,741 @@
+//! Checkpoints on object storage, against real servers started here on 127.0.0.1: an S3 server
+//! (`s3s` over a directory, `s3s-fs`, with signature checks) and a static HTTP server with range
+//! support (tower-http's `ServeDir`), both serving a copy of the TensorFlow fixtures. Every V2
+//! fixture read through `s3://` equals the local read byte for byte; `init` through the CLI with
+//! every map form writes the same files; damaged, missing and forbidden objects are clear errors
+//! and initialize nothing.
+
+mod common;
+
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::fixtures::{case_dirs, ckpt_rel, fixture, fixtures, init_ckpt};
+use tfckpt::{
+    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Format, Init,
+    LoadOptions, RemoteOptions, Slice, Target, VariableStore,
+};
+
+const BUCKET: &str = "ckpts";
+const ACCESS_KEY: &str = "tfckpt-test-access";
+const SECRET_KEY: &str = "tfckpt-test-secret-do-not-print";
+
+/// The servers of this test binary: one S3 and one HTTP server over `root/` (`root/ckpts/` is the
+/// bucket: a copy of `tests/fixtures/tf`).
+struct Servers {
+    root: PathBuf,
+    _s3: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn servers() -> &'static Servers {
+    static S: OnceLock<Servers> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        copy_tree(&fixtures(), &root.join(BUCKET));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let served = root.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let s3 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send((s3.local_addr().unwrap(), http.local_addr().unwrap()))
+                    .unwrap();
+                let fs = s3s_fs::FileSystem::new(&served).unwrap();
+                let mut b = s3s::service::S3ServiceBuilder::new(fs);
+                b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let s3_service = b.build();
+                let files = hyper_util::service::TowerToHyperService::new(
+                    tower_http::services::ServeDir::new(&served),
+                );
+                let serve = |listener: tokio::net::TcpListener, svc| async move {
+                    loop {
+                        let Ok((socket, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let svc = svc_clone(&svc);
+                        tokio::spawn(async move {
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                            .await;
+                        });
+                    }
+                };
+                tokio::join!(serve_s3(s3, s3_service), serve(http, files));
+            });
+        });
+        let (s3, http) = rx.recv().unwrap();
+        // The standard variables, as a user sets them for a local S3 server.
+        // SAFETY (edition 2021: safe fn): set once, before any client of this process is built.
+        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_ENDPOINT_URL", format!("http://{s3}"));
+        std::env::set_var("AWS_ALLOW_HTTP", "true");
+        Servers {
+            root,
+            _s3: s3,
+            http,
+            _dir: dir,
+        }
+    })
+}
+
+fn svc_clone<S: Clone>(s: &S) -> S {
+    s.clone()
+}
+
+async fn serve_s3(listener: tokio::net::TcpListener, svc: s3s::service::S3Service) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                    .await;
+        });
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `path` with `.` and `..` resolved lexically.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The key of a fixture path inside the bucket (`None` outside the fixtures).
+fn key_of(local: &Path) -> Option<String> {
+    let rel = normalize(local)
+        .strip_prefix(normalize(&fixtures()))
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
+    Some(rel)
+}
+
+fn s3_url(local: &Path) -> String {
+    servers();
+    format!("s3://{BUCKET}/{}", key_of(local).unwrap())
+}
+
+fn http_url(local: &Path) -> String {
+    let s = servers();
+    format!("http://{}/{BUCKET}/{}", s.http, key_of(local).unwrap())
+}
+
+/// The bucket's copy of a fixture path, to damage.
+fn served(local: &Path) -> PathBuf {
+    servers().root.join(BUCKET).join(key_of(local).unwrap())
+}
+
+fn tfckpt(args: &[&str]) -> Output {
+    servers();
+    Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every V2 checkpoint fixture, as its case directory and CKPT argument (V1 files are local only).
+fn v2_cases() -> Vec<(PathBuf, PathBuf)> {
+    case_dirs()
+        .into_iter()
+        .map(|d| {
+            let ckpt = d.join(ckpt_rel(&d));
+            (d, ckpt)
+        })
+        .filter(|(_, ckpt)| Checkpoint::open(ckpt).unwrap().format() == Format::V2)
+        .collect()
+}
+
+#[test]
+fn every_v2_fixture_through_s3_equals_the_local_read() {
+    let cases = v2_cases();
+    assert!(cases.len() >= 8, "{cases:?}");
+    for (dir, ckpt) in cases {
+        let local = Checkpoint::open(&ckpt).unwrap();
+        // The CKPT argument as given (the directory form when it is `.`), as a URL.
+        let url = s3_url(&ckpt);
+        let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(remote.is_remote() && !local.is_remote());
+        assert_eq!(remote.tensors(), local.tensors(), "{}", dir.display());
+        assert!(remote.prefix().to_string_lossy().starts_with("s3://"));
+        let report = remote.verify().unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(report.bytes, local.verify().unwrap().bytes);
+        for t in local.tensors() {
+            let want = local.read(&t.name).unwrap();
+            assert_eq!(remote.read(&t.name).unwrap(), want, "{url} {}", t.name);
+            if t.dtype.size().is_some() {
+                let mut buf = vec![0u8; local.byte_len(&t.name, None).unwrap()];
+                remote.read_into(&t.name, &mut buf).unwrap();
+                assert_eq!(Some(&buf[..]), want.bytes());
+            }
+            // A box: the second half of the first dimension, every other dimension whole.
+            if let Some(&d0) = t.shape.first().filter(|&&d| d > 1) {
+                let slice = Slice::parse(&format!(
+                    "{},{}{}",
+                    d0 / 2,
+                    d0 - d0 / 2,
+                    ":-".repeat(t.shape.len() - 1)
+                ))
+                .unwrap();
+                assert_eq!(
+                    remote.read_slice(&t.name, &slice).unwrap(),
+                    local.read_slice(&t.name, &slice).unwrap(),
+                    "{url} {} {slice}",
+                    t.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn small_ranges_split_every_tensor_and_still_equal_the_local_read() {
+    // 64 KiB ranges, 3 in flight: the golden checkpoint's larger tensors arrive in many pieces,
+    // out of order, into whole destinations and into boxes.
+    let opts = RemoteOptions {
+        range_bytes: 64 << 10,
+        concurrency: 3,
+        ..Default::default()
+    };
+    for (_, ckpt) in v2_cases() {
+        let local = Checkpoint::open(&ckpt).unwrap();
+        let remote = Checkpoint::open_with(s3_url(&ckpt), &opts).unwrap();
+        for t in local.tensors() {
+            assert_eq!(
+                remote.read(&t.name).unwrap(),
+                local.read(&t.name).unwrap(),
+                "{}",
+                t.name
+            );
+        }
+    }
+}
+
+#[test]
+fn http_source_with_range_requests_equals_the_local_read() {
+    for (_, ckpt) in v2_cases() {
+        let local = Checkpoint::open(&ckpt).unwrap();
+        let url = http_url(&ckpt);
+        let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(remote.tensors(), local.tensors());
+        for t in local.tensors() {
+            assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+        }
+        remote.verify().unwrap();
+    }
+}
+
+#[test]
+fn cli_list_get_verify_convert_through_s3_equal_local() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (_, ckpt) in v2_cases() {
+        let (l, r) = (ckpt.to_str().unwrap().to_string(), s3_url(&ckpt));
+        let (a, b) = (
+            tfckpt(&["list", &l, "--json"]),
+            tfckpt(&["list", &r, "--json"]),
+        );
+        assert!(
+            b.status.success(),
+            "{r}: {}",
+            String::from_utf8_lossy(&b.stderr)
+        );
+        assert_eq!(a.stdout, b.stdout);
+        let v = tfckpt(&["verify", &r]);
+        assert!(
+            v.status.success(),
+            "{r}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let name = Checkpoint::open(&ckpt).unwrap().tensors()[0].name.clone();
+        let (fa, fb) = (tmp.path().join("a.npy"), tmp.path().join("b.npy"));
+        let ga = tfckpt(&["get", &l, &name, "--out", fa.to_str().unwrap()]);
+        let gb = tfckpt(&["get", &r, &name, "--out", fb.to_str().unwrap()]);
+        assert_eq!(ga.status.code(), gb.status.code(), "{r} {name}");
+        if ga.status.success() {
+            assert_eq!(std::fs::read(&fa).unwrap(), std::fs::read(&fb).unwrap());
+        }
+    }
+    let ckpt = fixture("h1_basic").join("model-0");
+    let (oa, ob) = (tmp.path().join("a.st"), tmp.path().join("b.st"));
+    let ca = tfckpt(&["convert", ckpt.to_str().unwrap(), oa.to_str().unwrap()]);
+    let cb = tfckpt(&["convert", &s3_url(&ckpt), ob.to_str().unwrap()]);
+    assert!(ca.status.success() && cb.status.success());
+    assert_eq!(std::fs::read(oa).unwrap(), std::fs::read(ob).unwrap());
+}
+
+/// Every single-call init case (every map form, re-partitioning, errors) run by `tfckpt init`
+/// on the local checkpoint and on its `s3://` URL: the same exit code and the same files.
+#[test]
+fn cli_init_through_s3_writes_what_the_local_checkpoint_writes() {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixture("init"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let mut compared = 0;
+    for case in cases {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+        let ckpt = init_ckpt(&case);
+        if meta["calls"] != 1 || meta["cli_representable"] != true || key_of(&ckpt).is_none() {
+            continue;
+        }
+        match Checkpoint::open(&ckpt) {
+            Ok(c) if c.format() == Format::V2 => {}
+            _ => continue,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let run = |ckpt: &str, out: &Path| {
+            tfckpt(&[
+                "init",
+                ckpt,
+                "--model",
+                case.join("model.json").to_str().unwrap(),
+                "--map",
+                case.join("map.json").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+        };
+        let (la, lb) = (tmp.path().join("local"), tmp.path().join("remote"));
+        let a = run(ckpt.to_str().unwrap(), &la);
+        let b = run(&s3_url(&ckpt), &lb);
+        assert_eq!(
+            a.status.code(),
+            b.status.code(),
+            "{}: {}",
+            case.display(),
+            String::from_utf8_lossy(&b.stderr)
+        );
+        assert_eq!(la.exists(), lb.exists());
+        if la.exists() {
+            assert_eq!(tree(&la), tree(&lb), "{}", case.display());
+        }
+        compared += 1;
+    }
+    assert!(compared >= 20, "{compared} cases");
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A store for every tensor of `ckpt` (whole variables under the same names).
+fn store_for(ckpt: &Checkpoint) -> (VariableStore, AssignmentMap) {
+    let mut store = VariableStore::new();
+    let mut map = Vec::new();
+    for t in ckpt.tensors() {
+        if t.dtype == DType::Variant {
+            continue;
+        }
+        store
+            .get_variable(&t.name, &t.shape, t.dtype, Init::Zeros)
+            .unwrap();
+        map.push((t.name.clone(), Target::name(&t.name)));
+    }
+    (store, AssignmentMap::from_iter(map))
+}
+
+#[test]
+fn library_initialize_from_s3_equals_local_and_reports_bytes() {
+    let ckpt = fixture("golden_b10");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let (mut a, map) = store_for(&local);
+    let (mut b, _) = store_for(&local);
+    init_from_checkpoint(&mut a, &ckpt, &map).unwrap();
+    init_from_checkpoint(&mut b, s3_url(&ckpt), &map).unwrap();
+    a.initialize(Device::Cpu).unwrap();
+    let opts = LoadOptions {
+        remote: RemoteOptions {
+            range_bytes: 64 << 10,
+            concurrency: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = b.initialize_with(Device::Cpu, &opts).unwrap();
+    assert!(report.bytes > 0);
+    for t in local.tensors() {
+        if t.dtype != DType::Variant {
+            assert_eq!(a.value(&t.name), b.value(&t.name), "{}", t.name);
+        }
+    }
+}
+
+/// A copy of `case`'s files under a new key prefix in the bucket, to damage; returns its CKPT URL.
+fn damaged_copy(case: &str, name: &str) -> (String, PathBuf) {
+    let src = fixture(case);
+    let dst = servers().root.join(BUCKET).join("damaged").join(name);
+    common::fixtures::copy_files(&src, &dst);
+    (
+        format!("s3://{BUCKET}/damaged/{name}/{}", ckpt_rel(&src)),
+        dst,
+    )
+}
+
+#[test]
+fn missing_data_object_is_a_clear_error_and_initializes_nothing() {
+    let (url, dir) = damaged_copy("h1_basic", "missing_data");
+    std::fs::remove_file(dir.join("model-0.data-00000-of-00001")).unwrap();
+    let ckpt = Checkpoint::open(&url).unwrap(); // the index is there
+    let name = ckpt.tensors()[0].name.clone();
+    let err = ckpt.read(&name).unwrap_err();
+    eprintln!("missing data object: {err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::MissingShard { .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("s3://ckpts/damaged/missing_data/model-0.data-00000-of-00001"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_KEY));
+    let (mut store, map) = store_for(&ckpt);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    assert!(store.initialize(Device::Cpu).is_err());
+    assert!(
+        store.value(&name).is_none(),
+        "nothing counts as initialized"
+    );
+    let o = tfckpt(&["verify", &url]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: "));
+}
+
+#[test]
+fn truncated_data_object_is_an_error_naming_the_url_and_range() {
+    let (url, dir) = damaged_copy("golden_b10", "truncated");
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".data-"))
+        .unwrap();
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+    let ckpt = Checkpoint::open(&url).unwrap();
+    let last = ckpt
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype.size().is_some())
+        .max_by_key(|t| t.byte_len())
+        .unwrap();
+    let err = ckpt.verify().unwrap_err();
+    eprintln!("truncated: {err}");
+    assert!(
+        err.to_string().contains("s3://ckpts/damaged/truncated/"),
+        "{err}"
+    );
+    let (mut store, map) = store_for(&ckpt);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let err = store.initialize(Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("s3://"), "{err}");
+    assert!(store.value(&last.name).is_none());
+}
+
+#[test]
+fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
+    let (url, dir) = damaged_copy("golden_b10", "changed");
+    let ckpt = Checkpoint::open(&url).unwrap();
+    let big = ckpt
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype.size().is_some())
+        .max_by_key(|t| t.byte_len())
+        .unwrap()
+        .name
+        .clone();
+    ckpt.read(&big).unwrap(); // the shard's size and ETag are now known
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".data-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.iter_mut().for_each(|b| *b ^= 0x5a); // same size, other contents
+    std::fs::write(&data, &bytes).unwrap();
+    let err = ckpt.read(&big).unwrap_err();
+    eprintln!("changed: {err}");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::RemoteChanged { .. } | ErrorKind::TensorChecksum { .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("s3://ckpts/damaged/changed/"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source() {
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = s3_url(&ckpt);
+    let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(["list", &url])
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("wrong credentials: {err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(&url) || err.contains("model-0.index"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    assert!(
+        !err.contains("wrong-secret-value") && !err.contains(SECRET_KEY),
+        "{err}"
+    );
+    let missing = format!("s3://{BUCKET}/no/such/model.ckpt");
+    let err = Checkpoint::open(&missing).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains(&missing), "{err}");
+}
+
+#[test]
+fn gpu_loads_of_remote_checkpoints_are_a_clear_error() {
+    let ckpt = fixture("h1_basic").join("model-0");
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let (mut store, map) = store_for(&local);
+    init_from_checkpoint(&mut store, s3_url(&ckpt), &map).unwrap();
+    let err = store.initialize(Device::Cuda(0)).unwrap_err();
+    eprintln!("cuda: {err}");
+    assert!(store.value(&local.tensors()[0].name).is_none(), "{err}");
+}
+
+#[test]
+fn urls_that_cannot_be_used_are_errors_not_panics() {
+    for url in [
+        "ftp://host/x",
+        "s3:///x",
+        "s3://user:pw@bucket/x",
+        "https://host/x?sig=1",
+    ] {
+        let err = Checkpoint::open(url).unwrap_err();
+        assert!(
+            err.to_string().contains(url.split("://").next().unwrap()),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}
+
+#[test]
+fn served_copy_is_the_fixture() {
+    let p = fixture("h1_basic").join("model-0.index");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        std::fs::read(served(&p)).unwrap()
+    );
+}
+
+/// A real TCP proxy in front of the HTTP server that fails requests: one request per connection,
+/// every third answered `500`, every fifth (of the others) cut off in the middle of its body.
+/// Returns its address and the count of requests failed so far.
+fn flaky_proxy(
+    upstream: std::net::SocketAddr,
+    fail: bool,
+    ranged_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let failed_ref = failed.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let (count, failed, ranged) = (count.clone(), failed_ref.clone(), ranged_bytes.clone());
+            std::thread::spawn(move || {
+                // The request head (GET and HEAD have no body).
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                if fail && n % 3 == 2 {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let mut lines: Vec<&str> = text
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("connection: close");
+                let forwarded = format!("{}\r\n\r\n", lines.join("\r\n"));
+                let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                if up.write_all(forwarded.as_bytes()).is_err() {
+                    return;
+                }
+                let mut response = Vec::new();
+                let _ = up.read_to_end(&mut response);
+                let body_at = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |p| p + 4);
+                let is_get = text.starts_with("GET ");
+                if text.to_ascii_lowercase().contains("\r\nrange:") {
+                    ranged.fetch_add(response.len() - body_at, Ordering::SeqCst);
+                }
+                if fail && n % 5 == 4 && is_get && response.len() > body_at + 2 {
+                    // Cut mid-body: the head promises more than arrives, then the connection drops.
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    let cut = body_at + (response.len() - body_at) / 2;
+                    let _ = client.write_all(&response[..cut]);
+                    return;
+                }
+                let _ = client.write_all(&response);
+            });
+        }
+    });
+    (addr, failed)
+}
+
+#[test]
+fn retries_through_500s_and_dropped_connections_still_yield_exact_values() {
+    let s = servers();
+    let (proxy, failed) = flaky_proxy(s.http, true, Default::default());
+    let opts = RemoteOptions {
+        range_bytes: 64 << 10,
+        concurrency: 4,
+        initial_backoff: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    let ckpt = fixture("golden_b10");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let url = format!("http://{proxy}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open_with(&url, &opts).unwrap_or_else(|e| panic!("{url}: {e}"));
+    for t in local.tensors() {
+        assert_eq!(
+            remote.read(&t.name).unwrap(),
+            local.read(&t.name).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    remote.verify().unwrap();
+    // And a load, with the same options.
+    let (mut store, map) = store_for(&local);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let load = LoadOptions {
+        remote: opts,
+        ..Default::default()
+    };
+    store.initialize_with(Device::Cpu, &load).unwrap();
+    for t in local.tensors().iter().filter(|t| t.dtype != DType::Variant) {
+        assert_eq!(
+            store.value(&t.name),
+            Some(&local.read(&t.name).unwrap()),
+            "{}",
+            t.name
+        );
+    }
+    assert!(
+        failed.load(std::sync::atomic::Ordering::SeqCst) >= 5,
+        "the proxy failed requests"
+    );
+}
+
+#[test]
+fn a_box_fetches_only_the_stored_slices_it_overlaps() {
+    let s = servers();
+    let ranged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (proxy, _) = flaky_proxy(s.http, false, ranged.clone());
+    let ckpt = fixture("h1_partitioned");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let t = local
+        .tensors()
+        .iter()
+        .find(|t| t.slices.len() > 1)
+        .expect("a partitioned tensor")
+        .clone();
+    let url = format!("http://{proxy}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open(&url).unwrap();
+    // The rows of the first stored slice only.
+    let first = &t.slices[0];
+    let want = local.read_slice(&t.name, first).unwrap();
+    let before = ranged.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(remote.read_slice(&t.name, first).unwrap(), want);
+    let fetched = ranged.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let whole = t.byte_len().unwrap() as usize;
+    assert_eq!(
+        fetched,
+        want.bytes().unwrap().len(),
+        "{} of {whole} bytes",
+        fetched
+    );
+    assert!(fetched < whole);
+}
