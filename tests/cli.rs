@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 mod common;
 use common::builder::CkptBuilder;
-use common::fixtures::{ckpt_path, copy_files, fixture, init_ckpt};
+use common::fixtures::{ckpt_path, copy_files, fixture, init_ckpt, tree};
 
 fn tfckpt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tfckpt"))
@@ -447,26 +447,6 @@ fn init_copy_flag_gives_the_same_files() {
     assert!(outputs[0].ends_with(&data));
 }
 
-/// All the `.npy` files under `dir`, by path relative to it.
-fn npy_files(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// Four `tfckpt init --rank R --ranks 4` processes at once on TensorFlow's 5-slice checkpoint,
 /// into a 5-part variable whose parts are its stored slices: each reads only its share (the
 /// checkpoint bytes its report gives), and together they write what one process writes.
@@ -517,16 +497,16 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
             line.contains(&format!("; {} variables", 5 - parts)),
             "rank {r}: {line}"
         );
-        for (path, bytes) in npy_files(&tmp.path().join(format!("rank{r}"))) {
+        for (path, bytes) in tree(&tmp.path().join(format!("rank{r}"))) {
             // Every rank writes the unpartitioned variable; the parts once each.
             if let Some(other) = union.insert(path.clone(), bytes.clone()) {
-                assert_eq!(other, bytes, "{}", path.display());
+                assert_eq!(other, bytes, "{path}");
             }
         }
     }
-    let mut want = npy_files(&tmp.path().join("whole"));
+    let mut want = tree(&tmp.path().join("whole"));
     // The whole of the partitioned variable needs every part: one process only.
-    assert!(want.remove(std::path::Path::new("new/var1.npy")).is_some());
+    assert!(want.remove("new/var1.npy").is_some());
     assert_eq!(union, want);
     // A rank not below the number of ranks is a usage error, and nothing is written.
     let out = tmp.path().join("bad");

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::fixtures::{copy_files, fixture};
+use common::fixtures::{copy_files, fixture, tree};
 
 /// Runs the binary with `args`; fails the test if it runs past `limit` (the process is killed).
 fn tfckpt_within(args: &[&str], limit: Duration) -> Output {
@@ -341,24 +341,6 @@ fn small_command_line_defects() {
         .tensor("bad name x")
         .unwrap_err();
     assert!(!e.to_string().chars().any(char::is_control), "{e}");
-}
-
-/// The files of a directory tree, relative path -> contents.
-fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 const MODEL3: &str = r#"{"variables": [

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::fixtures::{case_dirs, ckpt_rel, fixture, fixtures, init_ckpt};
+use common::fixtures::{case_dirs, ckpt_rel, fixture, fixtures, init_ckpt, tree};
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Format, Init,
     LoadOptions, RemoteOptions, Slice, Target, VariableStore,
@@ -350,27 +350,6 @@ fn cli_init_through_s3_writes_what_the_local_checkpoint_writes() {
         compared += 1;
     }
     assert!(compared >= 20, "{compared} cases");
-}
-
-/// Every file under `dir` with its bytes, sorted by path.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// A store for every tensor of `ckpt` (whole variables under the same names).

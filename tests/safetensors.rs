@@ -686,31 +686,17 @@ fn cli_init_with_a_string_variable_writes_nothing() {
     // the directory meaning.
     let model =
         r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}]}"#;
-    let o = tfckpt(&[
-        "init",
-        ckpt.to_str().unwrap(),
-        "--model",
-        model,
-        "--map",
-        r#"{"var1": "new_scope_1/var1"}"#,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let init_to = |out: &Path| {
+        let map = r#"{"var1": "new_scope_1/var1"}"#;
+        let (ckpt, out) = (ckpt.to_str().unwrap(), out.to_str().unwrap());
+        let o = tfckpt(&["init", ckpt, "--model", model, "--map", map, "--out", out]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    init_to(&out);
     assert_eq!(read_back(&out).len(), 1);
     let dir = tmp.path().join("d.safetensors");
     std::fs::create_dir(&dir).unwrap();
-    let o = tfckpt(&[
-        "init",
-        ckpt.to_str().unwrap(),
-        "--model",
-        model,
-        "--map",
-        r#"{"var1": "new_scope_1/var1"}"#,
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    init_to(&dir);
     assert!(dir.join("new_scope_1/var1.npy").is_file());
 }
 

@@ -241,36 +241,18 @@ fn scatter(src: &[u8], dst: &mut [u8], first: usize, rows: usize, cols: usize, s
 /// gathering its columns a block of rows at a time (the block's source lines stay in cache while
 /// each column's run of the destination is written).
 fn transpose_parallel(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
-    /// One band: columns `c0..` of the source into `out`, which holds them transposed.
-    #[inline(always)]
-    fn band(src: &[u8], rows: usize, c0: usize, out: &mut [u8], size: usize) {
-        const BLOCK: usize = 64;
-        let row_bytes = src.len() / rows;
-        let n_cols = out.len() / (rows * size);
-        for r0 in (0..rows).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(rows);
-            for c in 0..n_cols {
-                let run = &mut out[(c * rows + r0) * size..(c * rows + r1) * size];
-                for (r, o) in (r0..r1).zip(run.chunks_exact_mut(size)) {
-                    let at = r * row_bytes + (c0 + c) * size;
-                    o.copy_from_slice(&src[at..at + size]);
-                }
-            }
-        }
-    }
-    let cols = src.len() / (rows * size).max(1);
-    let band_cols = (BAND / (rows * size).max(1)).clamp(1, cols.max(1));
+    /// Source rows per block: their lines stay in cache while a band's columns are gathered.
+    const BLOCK: usize = 64;
+    let row_bytes = src.len() / rows.max(1);
+    let band_cols = (BAND / (rows * size).max(1)).clamp(1, (row_bytes / size.max(1)).max(1));
     dst.par_chunks_mut(band_cols * rows * size)
         .enumerate()
         .for_each(|(k, out)| {
             let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
-            let c0 = k * band_cols;
-            // A constant element size in each arm: each element is one fixed-size move.
-            match size {
-                2 => band(src, rows, c0, out, 2),
-                4 => band(src, rows, c0, out, 4),
-                8 => band(src, rows, c0, out, 8),
-                _ => band(src, rows, c0, out, size),
+            for r0 in (0..rows).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(rows);
+                let block = &src[r0 * row_bytes..r1 * row_bytes];
+                gather(block, r0, row_bytes, k * band_cols, rows, size, out);
             }
         });
 }
@@ -281,27 +263,49 @@ pub(crate) fn transpose_whole(src: &[u8], rows: usize, size: usize, dst: &mut [u
 }
 
 /// Writes rows `first..` of a `rows`-row matrix (`src`: whole rows, row-major) into `dst`, which
-/// holds the whole matrix transposed. Column by column, so that each write is a contiguous run of
-/// the destination; the source rows of a step stay in cache while their columns are gathered.
+/// holds the whole matrix transposed.
 fn transpose_rows(src: &[u8], first: usize, rows: usize, size: usize, dst: &mut [u8]) {
+    gather(src, first, dst.len() / rows.max(1), 0, rows, size, dst);
+}
+
+/// Gathers columns `c0..` of rows `first..` of a `rows`-row matrix (`src`: those whole rows of
+/// `row_bytes` each) into `out`, which holds columns `c0..` transposed (each a run of `rows`
+/// elements). Column by column, so that each write is a contiguous run of `out` while the few
+/// source rows stay in cache.
+fn gather(
+    src: &[u8],
+    first: usize,
+    row_bytes: usize,
+    c0: usize,
+    rows: usize,
+    size: usize,
+    out: &mut [u8],
+) {
     #[inline(always)]
-    fn go(src: &[u8], first: usize, rows: usize, dst: &mut [u8], size: usize) {
-        let row_bytes = dst.len() / rows.max(1);
+    fn go(
+        src: &[u8],
+        first: usize,
+        row_bytes: usize,
+        c0: usize,
+        rows: usize,
+        out: &mut [u8],
+        size: usize,
+    ) {
         let n = src.len() / row_bytes.max(1);
-        for c in 0..row_bytes / size {
-            let out = &mut dst[(c * rows + first) * size..(c * rows + first + n) * size];
-            for (r, o) in out.chunks_exact_mut(size).enumerate() {
-                let at = r * row_bytes + c * size;
+        for c in 0..out.len() / (rows * size).max(1) {
+            let run = &mut out[(c * rows + first) * size..(c * rows + first + n) * size];
+            for (r, o) in run.chunks_exact_mut(size).enumerate() {
+                let at = r * row_bytes + (c0 + c) * size;
                 o.copy_from_slice(&src[at..at + size]);
             }
         }
     }
     // A constant element size in each arm, so that each element is one fixed-size move.
     match size {
-        2 => go(src, first, rows, dst, 2),
-        4 => go(src, first, rows, dst, 4),
-        8 => go(src, first, rows, dst, 8),
-        _ => go(src, first, rows, dst, size),
+        2 => go(src, first, row_bytes, c0, rows, out, 2),
+        4 => go(src, first, row_bytes, c0, rows, out, 4),
+        8 => go(src, first, row_bytes, c0, rows, out, 8),
+        _ => go(src, first, row_bytes, c0, rows, out, size),
     }
 }
 
