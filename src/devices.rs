@@ -1,6 +1,8 @@
 //! The top of the layers: `VariableStore::initialize` runs the load skeleton (`load::skeleton`)
 //! with the destination its [`Device`] names: host memory (`load::host`) or a GPU (`gpu`).
 
+use std::collections::BTreeMap;
+
 use crate::base::device::Device;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::tensor::ElementsMut;
@@ -85,23 +87,60 @@ impl VariableStore {
     }
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
-        match device {
-            Device::Cpu => skeleton::run(self, HostDestination::default(), options),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(n) => {
-                let link = crate::gpu::cuda::link(n)?;
-                self.initialize_on(&*link, options, Default::default())
+        let gpus = self.gpus(device, options);
+        if gpus.is_empty() {
+            return skeleton::run(self, HostDestination::default(), options);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let links = gpus
+                .iter()
+                .map(|(&n, var)| {
+                    crate::gpu::cuda::link(n).map_err(|e| match e.kind() {
+                        ErrorKind::DeviceUnavailable { device, reason } => {
+                            ErrorKind::DeviceUnavailable {
+                                device: device.clone(),
+                                reason: format!("{reason} (variable {var} is placed there)"),
+                            }
+                            .into()
+                        }
+                        _ => e,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let links: Vec<(Device, &crate::gpu::cuda::CudaLink)> = gpus
+                .keys()
+                .zip(&links)
+                .map(|(&n, l)| (Device::Cuda(n), &**l))
+                .collect();
+            self.initialize_on_links(&links, device, options, Default::default())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let (n, var) = gpus.iter().next().expect("not empty");
+            Err(ErrorKind::DeviceUnavailable {
+                device: format!("cuda:{n}"),
+                reason: format!(
+                    "variable {var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
+                ),
             }
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(n) => {
-                Err(ErrorKind::DeviceUnavailable {
-                    device: format!("cuda:{n}"),
-                    reason: "this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
-                        .into(),
-                }
-                .into())
+            .into())
+        }
+    }
+
+    /// The GPUs `initialize(default)` loads onto: each ordinal with the first variable (or part)
+    /// of this rank placed there. String variables stay on the host.
+    fn gpus(&self, default: Device, options: &LoadOptions) -> BTreeMap<u32, &str> {
+        let mut gpus = BTreeMap::new();
+        for v in self.vars.values() {
+            if v.dtype.size().is_none() || !options.owns(v) {
+                continue;
+            }
+            if let Device::Cuda(n) = self.device_of(&v.name, default) {
+                gpus.entry(n).or_insert(v.name.as_str());
             }
         }
+        gpus
     }
 }
 

@@ -288,6 +288,59 @@ fn init_matches_tensorflow_end_to_end() {
 }
 
 #[test]
+fn init_model_json_device_placement() {
+    let ckpt = ckpt_arg("h1_basic");
+    let model = |device: &str| {
+        format!(
+            r#"{{"variables": [{{"name": "p", "shape": [1, 10], "dtype": "float32", "partitions": [1, 2], "device": {device}}},
+                {{"name": "b", "shape": [2], "dtype": "float32", "device": "cpu"}}]}}"#
+        )
+    };
+    let map = r#"{"var1": "p"}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |device: &str, default: &str, out: &str| {
+        let out = tmp.path().join(out);
+        let model = model(device);
+        let o = tfckpt(&[
+            "init",
+            &ckpt,
+            "--model",
+            &model,
+            "--map",
+            map,
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            default,
+        ]);
+        (o, out)
+    };
+    // Everything placed on the cpu: `--device cuda` is only the default, and no GPU is needed.
+    let (o, out) = run(r#"["cpu", "cpu"]"#, "cuda", "a");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, plain) = run(r#""cpu""#, "cpu", "b");
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["p/part_0.npy", "p/part_1.npy", "b.npy"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(plain.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A part placed on a GPU this build (or machine) does not have: exit 1, naming the device and
+    // the part; nothing written.
+    let (o, out) = run(r#"["cpu", "cuda:1"]"#, "cpu", "c");
+    assert_one_error_line(&o, 1, "cuda:1");
+    assert!(stderr(&o).contains("p/part_1"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // One device per part, and only known devices.
+    let (o, _) = run(r#"["cpu"]"#, "cpu", "d");
+    assert_one_error_line(&o, 1, "it has 2 parts, so it takes 2 devices");
+    let (o, _) = run(r#""tpu:0""#, "cpu", "e");
+    assert_one_error_line(&o, 1, r#"expected "cpu" or "cuda:N""#);
+}
+
+#[test]
 fn init_inline_json_and_device_errors() {
     let ckpt = ckpt_arg("h1_basic");
     let model = r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}, {"name": "head/b", "shape": [2], "dtype": "float32", "initializer": {"constant": 0.5}}]}"#;

@@ -34,7 +34,7 @@ fn json(p: &Path) -> Value {
 enum Outcome {
     CallError(String),
     RunError(String),
-    Values(VariableStore),
+    Values(Box<VariableStore>),
 }
 
 /// Runs a case as `tfckpt init` would: MODEL.json, one or more MAP.json calls, initialize.
@@ -63,7 +63,7 @@ fn run(case: &Path) -> Outcome {
         }
     }
     match store.initialize(Device::Cpu) {
-        Ok(_) => Outcome::Values(store),
+        Ok(_) => Outcome::Values(Box::new(store)),
         Err(e) => {
             assert!(
                 !store.is_initialized(),

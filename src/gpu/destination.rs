@@ -1,19 +1,28 @@
 //! The GPU destination of the load skeleton: device memory for every fixed-size variable (the
 //! trainer's own buffer where one was handed in, else allocated here), the uploads planned from
 //! every stored piece (`plan`), unmapped variables set by device memsets where their element is a
-//! repeated pattern, and one run of the executor (`exec`) at the end. String variables stay on
-//! the host, as TensorFlow places them. All or nothing: on error every allocation is freed (the
-//! trainer's buffers are left as they are, unspecified) and nothing counts as initialized.
+//! repeated pattern, and one run of the executor (`exec`) per device at the end, every device at
+//! once. String variables stay on the host, as TensorFlow places them, and so do the variables
+//! placed on the CPU (`VariableStore::set_device`), read by the host loader.
+//!
+//! Several devices: each variable (or part) lives on its own device, a stored piece that feeds
+//! several devices is read and checksummed once (by the first device's upload; the others take
+//! only the bytes they need from the same mapping), and each device has its own pinned ring and
+//! registration windows, fed in parallel from one checksum pool (rayon's). All or nothing across
+//! devices: an error on one stops the others, and every allocation on every device is freed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use rayon::prelude::*;
 
 use super::exec::{self, Fill, Link, Sizes};
 use super::plan::{Target, Uploads};
-use crate::base::device::{DeviceBuffer, DeviceMemory, DeviceTensor};
+use crate::base::device::{Device, DeviceBuffer, DeviceMemory, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{num_elements, Region};
+use crate::base::slice::{num_elements, Region, Slice};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::{Variable, VariableStore};
 use crate::load::host::{cast_tensor, check_dest, filled_tensor, load_group, Given};
@@ -21,58 +30,124 @@ use crate::load::skeleton::{self, Destination, Reads, Values};
 use crate::load::{DeviceStats, LoadOptions, LoadReport};
 use crate::reader::stored::Stored;
 
-/// A variable's memory on the device: its dtype there, its shape, the memory.
+/// A variable's memory on a device: which device (index into the links), its dtype there, its
+/// shape, the memory.
 struct Slot {
+    dev: usize,
     dtype: DType,
     shape: Vec<u64>,
     mem: Arc<dyn DeviceMemory>,
 }
 
-/// Values on the GPU behind `link`.
+/// Values on the GPUs behind `links` (and on the host, for what is placed there).
 pub(super) struct GpuDestination<'l, L: Link> {
-    link: &'l L,
+    /// The devices of this load and their links.
+    links: Vec<(Device, &'l L)>,
+    /// Where variables go: their placement, else `default`.
+    placement: BTreeMap<String, Device>,
+    default: Device,
     sizes: Sizes,
     register: bool,
     /// The trainer's buffers, by variable.
     buffers: BTreeMap<String, DeviceBuffer>,
     slots: HashMap<String, Slot>,
-    uploads: Uploads,
-    /// String variables (kept on the host).
+    /// The uploads of each device (by link index).
+    uploads: Vec<Uploads>,
+    /// Values in host memory: string variables and variables placed on the CPU.
     host: Vec<(String, Tensor)>,
-    stats: DeviceStats,
+    stats: Vec<DeviceStats>,
 }
 
 impl VariableStore {
     /// `initialize` on the device behind `link`, in units of `sizes`.
+    #[cfg(test)]
     pub(crate) fn initialize_on<L: Link>(
         &mut self,
         link: &L,
         options: &LoadOptions,
         sizes: Sizes,
     ) -> Result<LoadReport> {
+        self.initialize_on_links(&[(Device::Cuda(0), link)], Device::Cuda(0), options, sizes)
+    }
+
+    /// `initialize(default)` on the devices behind `links` (one per GPU that a variable is placed
+    /// on; variables placed on the CPU load into host memory), in units of `sizes`.
+    pub(crate) fn initialize_on_links<L: Link>(
+        &mut self,
+        links: &[(Device, &L)],
+        default: Device,
+        options: &LoadOptions,
+        sizes: Sizes,
+    ) -> Result<LoadReport> {
         let dest = GpuDestination {
-            link,
+            links: links.to_vec(),
+            placement: self.placement.clone(),
+            default,
             sizes,
             register: options.register_mappings,
             buffers: self.device_buffers.clone(),
             slots: HashMap::new(),
-            uploads: Uploads::default(),
+            uploads: links.iter().map(|_| Uploads::default()).collect(),
             host: Vec::new(),
-            stats: DeviceStats {
-                device: link.device(),
-                ..Default::default()
-            },
+            stats: links
+                .iter()
+                .map(|(_, l)| DeviceStats {
+                    device: l.device(),
+                    ..Default::default()
+                })
+                .collect(),
         };
         skeleton::run(self, dest, options)
     }
 }
 
 impl<L: Link> GpuDestination<'_, L> {
-    /// The device memory of `v` (`bytes` in its dtype on the device): the trainer's buffer,
-    /// checked, or memory allocated here.
-    fn memory(&self, v: &Variable, dtype: DType, bytes: usize) -> Result<Arc<dyn DeviceMemory>> {
+    /// The link (index) `v` is loaded by, or `None` for host memory.
+    fn device_index(&self, v: &Variable) -> Result<Option<usize>> {
+        if v.dtype.size().is_none() {
+            return Ok(None); // strings stay on the host
+        }
+        let device = self.placement.get(&v.name).copied().unwrap_or(self.default);
+        if device == Device::Cpu {
+            if self.buffers.contains_key(&v.name) {
+                return Err(ErrorKind::BadVariable {
+                    name: v.name.clone(),
+                    reason: "it has a device buffer but is placed on the cpu".into(),
+                }
+                .into());
+            }
+            return Ok(None);
+        }
+        match self.links.iter().position(|(d, _)| *d == device) {
+            Some(i) => Ok(Some(i)),
+            None => Err(ErrorKind::DeviceUnavailable {
+                device: device.to_string(),
+                reason: format!(
+                    "variable {} is placed there, but this load has only {}",
+                    v.name,
+                    self.links
+                        .iter()
+                        .map(|(d, _)| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// The device memory of `v` on device `dev` (`bytes` in its dtype there): the trainer's
+    /// buffer, checked, or memory allocated here.
+    fn memory(
+        &self,
+        v: &Variable,
+        dev: usize,
+        dtype: DType,
+        bytes: usize,
+    ) -> Result<Arc<dyn DeviceMemory>> {
+        let link = self.links[dev].1;
         let Some(b) = self.buffers.get(&v.name) else {
-            return self.link.alloc(bytes, &v.name);
+            return link.alloc(bytes, &v.name);
         };
         if b.len() != bytes {
             return Err(ErrorKind::BufferSize {
@@ -84,14 +159,14 @@ impl<L: Link> GpuDestination<'_, L> {
         }
         // The trainer's memory: on this GPU, aligned for the elements, and idle.
         let align = dtype.size().unwrap_or(1) as u64;
-        if b.mem.device() != self.link.device() || b.mem.ptr() % align != 0 {
+        if b.mem.device() != link.device() || b.mem.ptr() % align != 0 {
             return Err(ErrorKind::BadVariable {
                 name: v.name.clone(),
                 reason: format!(
                     "its device buffer at {:#x} on {} must be on {} and aligned to {align} bytes",
                     b.mem.ptr(),
                     b.mem.device(),
-                    self.link.device()
+                    link.device()
                 ),
             }
             .into());
@@ -115,26 +190,28 @@ impl<L: Link> GpuDestination<'_, L> {
             if let Some((from, to)) = options.cast {
                 cast_tensor(&mut t, from, to)?;
             }
-            match t.data {
-                TensorData::Bytes(b) => {
-                    report.bytes += b.len() as u64;
-                    self.uploads.host(b.into_vec(), &*self.slots[&name].mem);
+            report.bytes += match &t.data {
+                TensorData::Bytes(b) => b.len() as u64,
+                TensorData::Strings(s) => s.total_bytes(),
+            };
+            match (t.data, self.slots.get(&name)) {
+                (TensorData::Bytes(b), Some(slot)) => {
+                    self.uploads[slot.dev].host(b.into_vec(), &*slot.mem)
                 }
-                TensorData::Strings(ref s) => {
-                    report.bytes += s.total_bytes();
-                    self.host.push((name, t));
-                }
+                (data, _) => self.host.push((name, Tensor { data, ..t })),
             }
         }
         Ok(())
     }
 
-    /// One stored tensor read on the device: every stored piece straight from its mapping.
+    /// One stored tensor read on the devices: every stored piece straight from its mapping, and
+    /// checksummed once (not again where the host loader verified it: `verified_on_host`).
     fn load_on_device(
         &mut self,
         stored: &Stored<'_>,
         dests: &[(&Variable, &crate::base::slice::Slice)],
         sources: Vec<crate::reader::stored::DeviceSource>,
+        verified_on_host: &[Region],
         report: &mut LoadReport,
     ) -> Result<()> {
         let info = stored.info;
@@ -143,25 +220,44 @@ impl<L: Link> GpuDestination<'_, L> {
             check_dest(stored, v, slice, want)?;
         }
         stored.covering(&regions.iter().collect::<Vec<_>>())?;
-        let targets: Vec<Target<'_>> = dests
+        let targets: Vec<(usize, Target<'_>)> = dests
             .iter()
             .zip(regions)
             .map(|(&(v, _), want)| {
                 let slot = &self.slots[&v.name];
-                Target {
+                let t = Target {
                     name: &v.name,
                     mem: &slot.mem,
                     dtype: slot.dtype,
                     want,
-                }
+                };
+                (slot.dev, t)
             })
             .collect();
+        // The targets of each device; a piece is verified by the first device that takes it.
+        let mut by_dev: Vec<(usize, Vec<Target<'_>>)> = Vec::new();
+        for (dev, t) in targets {
+            match by_dev.iter_mut().find(|(d, _)| *d == dev) {
+                Some((_, ts)) => ts.push(t),
+                None => by_dev.push((dev, vec![t])),
+            }
+        }
         let mut uploads = std::mem::take(&mut self.uploads);
         let mut read = 0;
-        for src in sources {
-            read += usize::from(uploads.piece(self.link, src, info.dtype, &targets)?);
+        for src in &sources {
+            let on_host = verified_on_host
+                .iter()
+                .any(|r| src.region.intersect(r).is_some());
+            let mut verified = on_host;
+            for (dev, ts) in &by_dev {
+                let link = self.links[*dev].1;
+                if uploads[*dev].piece(link, src, info.dtype, ts, !verified)? {
+                    verified = true;
+                }
+            }
+            read += usize::from(verified && !on_host);
         }
-        drop(targets);
+        drop(by_dev);
         self.uploads = uploads;
         report.stored_reads += read;
         Ok(())
@@ -170,11 +266,15 @@ impl<L: Link> GpuDestination<'_, L> {
 
 impl<L: Link> Destination for GpuDestination<'_, L> {
     fn prepare(&mut self, vars: &[&Variable], options: &LoadOptions) -> Result<()> {
-        for v in vars.iter().filter(|v| v.dtype.size().is_some()) {
+        for v in vars {
+            let Some(dev) = self.device_index(v)? else {
+                continue;
+            };
             let dtype = options.dtype_at_destination(v.dtype);
             let bytes = num_elements(&v.shape).unwrap_or(0) as usize * dtype.size().unwrap_or(0);
-            let mem = self.memory(v, dtype, bytes)?;
+            let mem = self.memory(v, dev, dtype, bytes)?;
             let slot = Slot {
+                dev,
                 dtype,
                 shape: v.shape.clone(),
                 mem,
@@ -191,8 +291,31 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             match stored.device_sources()? {
                 None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
                 Some(sources) => {
-                    report.bytes += it.bytes;
-                    self.load_on_device(&stored, &it.dests, sources, report)?;
+                    let (on_device, on_host): (Vec<(&Variable, &Slice)>, Vec<_>) = it
+                        .dests
+                        .iter()
+                        .partition(|(v, _)| self.slots.contains_key(&v.name));
+                    // The host loader reads and verifies every stored piece its variables
+                    // overlap: the devices take those pieces' bytes without checking them again.
+                    let shape = &stored.info.shape;
+                    let on_host_regions: Vec<Region> =
+                        on_host.iter().map(|(_, s)| s.region(shape)).collect();
+                    if !on_host.is_empty() {
+                        self.load_on_host(&stored, &on_host, reads.options, report)?;
+                    }
+                    if !on_device.is_empty() {
+                        report.bytes += on_device
+                            .iter()
+                            .map(|(v, _)| skeleton::value_bytes(v))
+                            .sum::<u64>();
+                        self.load_on_device(
+                            &stored,
+                            &on_device,
+                            sources,
+                            &on_host_regions,
+                            report,
+                        )?;
+                    }
                 }
             }
         }
@@ -201,7 +324,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
 
     fn initialize(&mut self, v: &Variable, dtype: DType, elem: &[u8]) -> Result<()> {
         let Some(slot) = self.slots.get(&v.name) else {
-            // A string variable: on the host.
+            // A string variable, or one placed on the CPU.
             self.host
                 .push((v.name.clone(), filled_tensor(v, dtype, elem)?));
             return Ok(());
@@ -210,33 +333,67 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         // most constants), else an upload from the host.
         if let Some(fill) = Fill::of(elem) {
             if slot.mem.len() > 0 {
-                self.link.fill(slot.mem.ptr(), slot.mem.len(), fill)?;
+                self.links[slot.dev]
+                    .1
+                    .fill(slot.mem.ptr(), slot.mem.len(), fill)?;
             }
-            self.stats.filled_bytes += slot.mem.len() as u64;
+            self.stats[slot.dev].filled_bytes += slot.mem.len() as u64;
             return Ok(());
         }
         let t = filled_tensor(v, dtype, elem)?;
         if let TensorData::Bytes(b) = t.data {
-            self.uploads.host(b.into_vec(), &*slot.mem);
+            self.uploads[slot.dev].host(b.into_vec(), &*slot.mem);
         }
         Ok(())
     }
 
     fn finish(mut self, report: &mut LoadReport) -> Result<Values> {
         // Allocations and memsets are queued on one lane; the copies run on all of them.
-        self.link.synchronize()?;
-        let uploads = std::mem::take(&mut self.uploads);
-        exec::execute(
-            self.link,
-            uploads.jobs,
-            &uploads.kernels,
-            &uploads.checks,
-            self.register,
-            self.sizes,
-            &mut self.stats,
-        )?;
-        drop(uploads.scratch);
-        report.device = Some(self.stats);
+        for (_, link) in &self.links {
+            link.synchronize()?;
+        }
+        // Every device at once, each over its own link, all from the one checksum pool.
+        let stop = AtomicBool::new(false);
+        let (register, sizes) = (self.register, self.sizes);
+        let work: Vec<(&L, Uploads, DeviceStats)> = self
+            .links
+            .iter()
+            .map(|(_, l)| *l)
+            .zip(std::mem::take(&mut self.uploads))
+            .zip(std::mem::take(&mut self.stats))
+            .map(|((l, u), s)| (l, u, s))
+            .collect();
+        let done: Vec<(Result<bool>, DeviceStats)> = work
+            .into_par_iter()
+            .map(|(link, uploads, mut stats)| {
+                let r = exec::execute(
+                    link,
+                    uploads.jobs,
+                    &uploads.kernels,
+                    &uploads.checks,
+                    register,
+                    sizes,
+                    &mut stats,
+                    &stop,
+                );
+                drop(uploads.scratch); // after every copy from or kernel on it
+                (r, stats)
+            })
+            .collect();
+        let mut stats = Vec::with_capacity(done.len());
+        let mut stopped = false;
+        for (r, s) in done {
+            stopped |= !r?; // the error of the device that failed
+            stats.push(s);
+        }
+        if stopped {
+            return Err(ErrorKind::InvalidArgument(
+                "a device stopped its load but none reported an error".into(),
+            )
+            .into());
+        }
+        report.device = DeviceStats::total(&stats);
+        report.devices = stats;
         let device = self
             .slots
             .into_iter()

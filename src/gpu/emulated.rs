@@ -13,6 +13,7 @@ use crate::DType;
 
 struct HostMem {
     base: u64,
+    device: String,
     data: Mutex<Vec<u8>>,
 }
 
@@ -28,7 +29,7 @@ impl DeviceMemory for HostMem {
         Ok(())
     }
     fn device(&self) -> String {
-        "emulated".into()
+        self.device.clone()
     }
     #[cfg(feature = "cuda")]
     fn as_any(&self) -> &dyn std::any::Any {
@@ -36,11 +37,19 @@ impl DeviceMemory for HostMem {
     }
 }
 
+/// Host ranges registered for DMA, with the link (device) that registered each: shared by the
+/// emulated devices of one test, since the driver refuses a page registered twice in the process.
+type Registry = Arc<Mutex<Vec<(usize, usize, usize)>>>;
+
 #[derive(Default)]
 pub(crate) struct HostLink {
+    /// Which emulated device: 0 for `default()`, `i` for the `i`-th of [`HostLink::devices`].
+    id: usize,
+    /// Allocations of this device live at `(id + 1) << 56 | n << 40`: a copy to another
+    /// device's memory lands in no allocation of this one.
     mems: Mutex<BTreeMap<u64, Arc<HostMem>>>,
     next: AtomicU64,
-    registered: Mutex<Vec<(usize, usize)>>,
+    registered: Registry,
     /// Makes every registration fail (to exercise the staging-only path).
     pub fail_register: AtomicBool,
     /// Makes the n-th copy fail (1-based; 0 = never).
@@ -57,6 +66,18 @@ fn bad(msg: String) -> crate::Error {
 }
 
 impl HostLink {
+    /// `n` emulated devices (`emulated:0` ...) sharing one process's registrations.
+    pub(crate) fn devices(n: usize) -> Vec<HostLink> {
+        let registry = Registry::default();
+        (0..n)
+            .map(|id| HostLink {
+                id,
+                registered: registry.clone(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
     fn find(&self, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
         let mems = self.mems.lock().unwrap();
         let (_, m) = mems
@@ -73,9 +94,10 @@ impl HostLink {
         Ok((m.clone(), off))
     }
 
-    /// Registrations still in place (must be none after a load).
+    /// Registrations of this device still in place (must be none after a load).
     pub(crate) fn still_registered(&self) -> usize {
-        self.registered.lock().unwrap().len()
+        let r = self.registered.lock().unwrap();
+        r.iter().filter(|e| e.2 == self.id).count()
     }
 
     /// Allocations still alive (held by values, buffers or leaks).
@@ -93,14 +115,16 @@ impl Link for HostLink {
     type Fence = ();
 
     fn device(&self) -> String {
-        "emulated".into()
+        format!("emulated:{}", self.id)
     }
 
     fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn DeviceMemory>> {
         // Allocations 1 TiB apart, so an overrun lands in no allocation.
-        let base = (self.next.fetch_add(1, Ordering::Relaxed) + 1) << 40;
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = ((self.id as u64 + 1) << 56) | (n << 40);
         let m = Arc::new(HostMem {
             base,
+            device: self.device(),
             data: Mutex::new(vec![0xA5; bytes]),
         });
         self.mems.lock().unwrap().insert(base, m.clone());
@@ -117,11 +141,11 @@ impl Link for HostLink {
         let mut r = self.registered.lock().unwrap();
         let a = ptr as usize;
         // Like the driver: a page registered twice is refused.
-        if r.iter().any(|&(p, l)| a < p + l && p < a + len) {
+        if r.iter().any(|&(p, l, _)| a < p + l && p < a + len) {
             return Err(format!("{ptr:p}: already registered (overlap)"));
         }
         self.registrations.fetch_add(1, Ordering::Relaxed);
-        r.push((a, len));
+        r.push((a, len, self.id));
         Ok(())
     }
 
@@ -133,7 +157,7 @@ impl Link for HostLink {
         let mut r = self.registered.lock().unwrap();
         let i = r
             .iter()
-            .position(|&(p, _)| p == ptr as usize)
+            .position(|&(p, _, id)| p == ptr as usize && id == self.id)
             .ok_or_else(|| bad(format!("{ptr:p} is not registered")))?;
         r.swap_remove(i);
         Ok(())
@@ -152,7 +176,7 @@ impl Link for HostLink {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|&(p, l)| a >= p && a + src.len() <= p + l);
+                .any(|&(p, l, id)| a >= p && a + src.len() <= p + l && id == self.id);
             if !ok {
                 return Err(bad("DMA from memory that is not registered".into()));
             }

@@ -121,14 +121,17 @@ impl Uploads {
         });
     }
 
-    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects; returns
-    /// whether it is read at all.
+    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects (all on
+    /// `link`'s device); returns whether it is read at all. With `verify` the whole entry is
+    /// uploaded through the checksum; without, only the bytes the targets take, unchecked here:
+    /// the caller has the same bytes of the same mapping verified by another device's upload.
     pub(super) fn piece<L: Link>(
         &mut self,
         link: &L,
-        src: DeviceSource,
+        src: &DeviceSource,
         dtype: DType,
         targets: &[Target<'_>],
+        verify: bool,
     ) -> Result<bool> {
         let users: Vec<(&Target<'_>, Region)> = targets
             .iter()
@@ -183,18 +186,29 @@ impl Uploads {
                     dst_stride: b.dst_stride,
                 }));
         }
-        self.checks.push(Check {
-            expected: src.crc,
-            path: src.path,
-            tensor: src.entry,
-            offset: src.offset,
-            size: src.range.len() as u64,
-        });
+        let (range, check) = if verify {
+            self.checks.push(Check {
+                expected: src.crc,
+                path: src.path.clone(),
+                tensor: src.entry.clone(),
+                offset: src.offset,
+                size: src.range.len() as u64,
+            });
+            (src.range.clone(), Some(self.checks.len() - 1))
+        } else {
+            let start = copies
+                .iter()
+                .map(|c| c.src)
+                .min()
+                .unwrap_or(src.range.start);
+            let end = copies.iter().map(|c| c.src + c.len).max().unwrap_or(start);
+            (start..end, None)
+        };
         self.jobs.push(Job {
-            src: UploadSource::Mapped(src.map),
-            range: src.range,
+            src: UploadSource::Mapped(src.map.clone()),
+            range,
             copies,
-            check: Some(self.checks.len() - 1),
+            check,
         });
         Ok(true)
     }

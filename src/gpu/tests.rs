@@ -21,7 +21,7 @@ fn store_for(dir: &Path) -> VariableStore {
 }
 
 use super::emulated::HostLink;
-use super::exec::{units, Job, Sizes, Transfer, UploadSource};
+use super::exec::{units, Job, Link, Sizes, Transfer, UploadSource};
 use crate::base::device::DeviceBuffer;
 use crate::{
     init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
@@ -554,4 +554,223 @@ fn a_host_load_keeps_the_trainers_device_buffers() {
         .initialize_on(&link, &LoadOptions::default(), tiny())
         .unwrap();
     assert_eq!(store.device_value(&v.name).unwrap().device_ptr(), ptr);
+}
+
+/// The placement of the multi-device tests: whole tensors on device 0 (one of them on the CPU),
+/// part `i` of every partitioned variable on device `i % 3`, and `unmapped/ones` on device 2;
+/// so parts of one stored slice land on different devices, and a stored slice feeds device 0
+/// (whole) and the devices of the parts.
+fn place_on_three(store: &mut VariableStore) -> Vec<(String, Device)> {
+    let mut first_whole = true;
+    store.place_with(|v| match &v.part {
+        Some(p) => Some(Device::Cuda(p.index as u32 % 3)),
+        None if v.name == "unmapped/ones" => Some(Device::Cuda(2)),
+        None if std::mem::take(&mut first_whole) => Some(Device::Cpu),
+        None => None, // the default, cuda:0
+    });
+    store
+        .variables()
+        .map(|v| (v.name.clone(), store.device_of(&v.name, Device::Cuda(0))))
+        .collect()
+}
+
+fn three_links() -> (Vec<HostLink>, [Device; 3]) {
+    (
+        HostLink::devices(3),
+        [Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)],
+    )
+}
+
+#[test]
+fn three_devices_equal_host_on_every_fixture() {
+    for case in CASES {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        let host_report = cpu.initialize(Device::Cpu).unwrap();
+        for sizes in [Sizes::default(), tiny()] {
+            for register in [false, true] {
+                let what = format!("{case} {sizes:?} register={register}");
+                // The same load on one device reads each stored piece once.
+                let one = store_for(&dir)
+                    .initialize_on(&HostLink::default(), &LoadOptions::default(), sizes)
+                    .unwrap();
+                let (links, devs) = three_links();
+                let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+                let mut gpu = store_for(&dir);
+                let placed = place_on_three(&mut gpu);
+                let options = LoadOptions {
+                    register_mappings: register,
+                    ..Default::default()
+                };
+                let report = gpu
+                    .initialize_on_links(&pairs, Device::Cuda(0), &options, sizes)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_same(&cpu, &gpu, &what);
+                // Each value where it was placed (strings on the host).
+                for (name, dev) in &placed {
+                    let v = gpu.variable(name).unwrap();
+                    match (dev, gpu.device_value(name)) {
+                        (Device::Cuda(n), Some(d)) => {
+                            assert_eq!(d.device(), format!("emulated:{n}"), "{what}: {name}")
+                        }
+                        (Device::Cpu, None) => assert!(gpu.value(name).is_some()),
+                        (Device::Cuda(_), None) => {
+                            assert!(v.dtype.size().is_none(), "{what}: {name} not on its GPU")
+                        }
+                        (Device::Cpu, Some(_)) => panic!("{what}: {name} should be on the host"),
+                    }
+                }
+                // Every stored slice read (and checksummed) once, however many devices take it.
+                assert_eq!(report.stored_reads, one.stored_reads, "{what}");
+                assert_eq!(report.stored_bytes, host_report.stored_bytes, "{what}");
+                assert_eq!(report.bytes, host_report.bytes, "{what}");
+                assert_eq!(report.devices.len(), 3, "{what}");
+                for (l, s) in links.iter().zip(&report.devices) {
+                    assert_eq!(l.still_registered(), 0, "{what}");
+                    assert_eq!(s.device, l.device(), "{what}");
+                }
+                let total = report.device.as_ref().unwrap();
+                assert_eq!(
+                    total.staged_bytes + total.registered_bytes,
+                    report
+                        .devices
+                        .iter()
+                        .map(|d| d.staged_bytes + d.registered_bytes)
+                        .sum::<u64>()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failure_on_device_2_unwinds_devices_0_and_1() {
+    let dir = fixture("repartition_v2");
+    // How many copies device 2 makes in a good load: each of them fails in turn.
+    let copies = {
+        let (links, devs) = three_links();
+        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let mut store = store_for(&dir);
+        place_on_three(&mut store);
+        store
+            .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+            .unwrap();
+        links[2].copies.load(Ordering::Relaxed)
+    };
+    assert!(copies >= 2, "{copies}");
+    for (at, register_mappings) in (1..=copies).flat_map(|a| [(a, false), (a, true)]) {
+        let what = format!("copy {at} fails, register={register_mappings}");
+        let (links, devs) = three_links();
+        links[2].fail_copy_at.store(at, Ordering::Relaxed);
+        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let mut store = store_for(&dir);
+        place_on_three(&mut store);
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        };
+        let err = store
+            .initialize_on_links(&pairs, Device::Cuda(0), &options, tiny())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("failed (emulated)"),
+            "{what}: {err}"
+        );
+        for l in &links {
+            assert_eq!(l.still_registered(), 0, "{what}: {}", l.device());
+            assert_eq!(l.live_allocations(), 0, "{what}: {}", l.device());
+        }
+        assert!(!store.is_initialized(), "{what}");
+        assert_eq!(store.device_values().count(), 0, "{what}");
+        assert!(store.value("unmapped/ones").is_none(), "{what}");
+    }
+}
+
+#[test]
+fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (path, bytes) in fixtures::tree(&fixture("repartition_v2")) {
+        let to = tmp.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+    // The store is made first (`store_for` leaves out tensors it cannot read).
+    let (links, devs) = three_links();
+    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let mut store = store_for(tmp.path());
+    place_on_three(&mut store);
+    // One byte of `float32/whole`, which feeds every device.
+    let ckpt = crate::Checkpoint::open(tmp.path()).unwrap();
+    let (data, offset) = {
+        let s = ckpt.stored("float32/whole").unwrap();
+        let src = s.device_sources().unwrap().unwrap().remove(0);
+        (src.path, src.offset)
+    };
+    drop(ckpt);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[offset as usize + 5] ^= 0x01;
+    std::fs::write(&data, &bytes).unwrap();
+    let err = store
+        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::TensorChecksum { path, tensor, .. }
+            if *path == data && tensor == "float32/whole"),
+        "{err}"
+    );
+    for l in &links {
+        assert_eq!(l.live_allocations(), 0);
+        assert_eq!(l.still_registered(), 0);
+    }
+    assert!(!store.is_initialized());
+}
+
+#[test]
+fn placement_errors_name_the_variable_and_load_nothing() {
+    let dir = fixture("partitioned_axes");
+    let (links, devs) = three_links();
+    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let mut store = store_for(&dir);
+    let part = store.partitioned_variables().next().unwrap().clone();
+    // One device more than parts, and one fewer: refused, placement unchanged.
+    let mut devices: Vec<Device> = (0..=part.parts.len() as u32).map(Device::Cuda).collect();
+    let err = store.set_part_devices(&part.name, &devices).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("{} parts", part.parts.len())),
+        "{err}"
+    );
+    devices.truncate(part.parts.len() - 1);
+    assert!(store.set_part_devices(&part.name, &devices).is_err());
+    assert_eq!(store.device_of(&part.parts[0], Device::Cpu), Device::Cpu);
+    assert!(matches!(
+        store
+            .set_device("no/such", Device::Cuda(0))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::VariableNotFound { .. }
+    ));
+    // A device this load does not have (on a real machine: an ordinal past the GPU count).
+    store.set_device(&part.parts[1], Device::Cuda(7)).unwrap();
+    let err = store
+        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DeviceUnavailable { device, reason }
+            if device == "cuda:7" && reason.contains(&part.parts[1])),
+        "{err}"
+    );
+    for l in &links {
+        assert_eq!(l.live_allocations(), 0);
+    }
+    assert!(!store.is_initialized());
+    // The partitioned variable's name places every part.
+    store.set_device(&part.name, Device::Cuda(1)).unwrap();
+    let report = store
+        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .unwrap();
+    for p in &part.parts {
+        assert_eq!(store.device_value(p).unwrap().device(), "emulated:1");
+    }
+    assert_eq!(report.devices.len(), 3);
 }

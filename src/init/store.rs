@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::initializer::check_init;
-use crate::base::device::{DeviceBuffer, DeviceTensor};
+use crate::base::device::{Device, DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{for_each_run, num_elements, Region, Slice, MAX_RANK};
@@ -108,6 +108,8 @@ pub struct VariableStore {
     pub(crate) device_values: BTreeMap<String, DeviceTensor>,
     /// Buffers the trainer handed in for some variables (used by the next GPU initialization).
     pub(crate) device_buffers: BTreeMap<String, DeviceBuffer>,
+    /// Where variables (and parts) live when it is not the device `initialize` is given.
+    pub(crate) placement: BTreeMap<String, Device>,
     pub(crate) warnings: Vec<String>,
     /// Variables (and parts) the last initialization left to other ranks (`LoadOptions::rank`).
     pub(crate) elsewhere: std::collections::BTreeSet<String>,
@@ -326,6 +328,92 @@ impl VariableStore {
         }
         self.device_buffers.insert(name.into(), buffer);
         Ok(())
+    }
+
+    /// Places variable `name` on `device`: [`initialize`](Self::initialize) then loads it there,
+    /// whatever device it is given (that one is the default for variables placed nowhere). The
+    /// name of a partitioned variable places every part; a part's name (`NAME/part_i`) places that
+    /// part. String variables stay in host memory wherever they are placed, as in TensorFlow.
+    /// Whether a GPU exists is checked when `initialize` runs.
+    ///
+    /// ```
+    /// use tfckpt::{DType, Device, Init, VariableStore};
+    ///
+    /// let mut store = VariableStore::new();
+    /// store.get_variable("dense/kernel", &[4, 2], DType::F32, Init::Zeros)?;
+    /// store.get_partitioned_variable("emb", &[9, 2], DType::F32, &[3, 1], Init::Zeros)?;
+    /// store.set_device("dense/kernel", Device::Cpu)?;
+    /// store.set_part_devices("emb", &[Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)])?;
+    /// assert_eq!(store.device_of("emb/part_1", Device::Cpu), Device::Cuda(1));
+    /// assert_eq!(store.device_of("dense/kernel", Device::Cuda(0)), Device::Cpu);
+    /// # Ok::<(), tfckpt::Error>(())
+    /// ```
+    pub fn set_device(&mut self, name: &str, device: Device) -> Result<()> {
+        if let Some(pv) = self.partitioned.get(name) {
+            for p in &pv.parts {
+                self.placement.insert(p.clone(), device);
+            }
+            return Ok(());
+        }
+        self.var_or_err(name)?;
+        self.placement.insert(name.into(), device);
+        Ok(())
+    }
+
+    /// Places the parts of partitioned variable `name`: part `i` on `devices[i]`. The list has
+    /// exactly one device per part.
+    pub fn set_part_devices(&mut self, name: &str, devices: &[Device]) -> Result<()> {
+        let pv = self
+            .partitioned
+            .get(name)
+            .ok_or_else(|| ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: crate::base::suggest::close_names(
+                    name,
+                    self.partitioned.keys().map(String::as_str),
+                ),
+            })?;
+        if devices.len() != pv.parts.len() {
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: format!(
+                    "it has {} parts, so it takes {} devices, one per part; {} were given ({})",
+                    pv.parts.len(),
+                    pv.parts.len(),
+                    devices.len(),
+                    devices
+                        .iter()
+                        .map(Device::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+            .into());
+        }
+        for (p, &d) in pv.parts.iter().zip(devices) {
+            self.placement.insert(p.clone(), d);
+        }
+        Ok(())
+    }
+
+    /// Places every variable and part for which `f` names a device (`None` leaves it as it is):
+    /// placement by a rule over names, e.g. the parts of every embedding round-robin over the GPUs
+    /// (`v.part` says which part a variable is).
+    pub fn place_with(&mut self, mut f: impl FnMut(&Variable) -> Option<Device>) {
+        for v in self.vars.values() {
+            if let Some(d) = f(v) {
+                self.placement.insert(v.name.clone(), d);
+            }
+        }
+    }
+
+    /// Where variable (or part) `name` lives when `initialize(default)` runs: its placement, or
+    /// `default`. String variables live in host memory.
+    pub fn device_of(&self, name: &str, default: Device) -> Device {
+        match self.vars.get(name) {
+            Some(v) if v.dtype.size().is_none() => Device::Cpu,
+            _ => self.placement.get(name).copied().unwrap_or(default),
+        }
     }
 
     /// Variable (or part) `name`, or an error naming it with the close names that exist.

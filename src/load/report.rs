@@ -42,8 +42,12 @@ pub struct LoadReport {
     pub threads: usize,
     /// Warnings recorded by `init_from_checkpoint` calls (e.g. scopes that matched nothing).
     pub warnings: Vec<String>,
-    /// For a GPU load: the device and what each transfer path carried.
+    /// For a GPU load: the device and what each transfer path carried; with several GPUs
+    /// ([`VariableStore::set_device`](crate::VariableStore::set_device)), their totals (the
+    /// pinned staging of all of them, the devices' names joined by `, `).
     pub device: Option<DeviceStats>,
+    /// For a GPU load, each GPU's own (one entry per device loaded, in ordinal order).
+    pub devices: Vec<DeviceStats>,
 }
 
 impl LoadReport {
@@ -112,6 +116,31 @@ pub struct DeviceStats {
     pub filled_bytes: u64,
     /// Why registration was not used for some ranges (`None` when it always worked or was off).
     pub registration_fallback: Option<String>,
+}
+
+#[cfg(any(test, feature = "cuda"))]
+impl DeviceStats {
+    /// The totals of several devices' stats (`None` for none).
+    pub(crate) fn total(all: &[DeviceStats]) -> Option<DeviceStats> {
+        let first = all.first()?;
+        let mut t = DeviceStats {
+            device: all
+                .iter()
+                .map(|d| d.device.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            registration_fallback: all.iter().find_map(|d| d.registration_fallback.clone()),
+            ..first.clone()
+        };
+        for d in &all[1..] {
+            t.registered_bytes += d.registered_bytes;
+            t.staged_bytes += d.staged_bytes;
+            t.staging_bytes += d.staging_bytes;
+            t.kernels += d.kernels;
+            t.filled_bytes += d.filled_bytes;
+        }
+        Some(t)
+    }
 }
 
 /// Progress of a load, passed to [`LoadOptions::progress`].

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use tfckpt::DType;
 use tfckpt::{AssignmentMap, Target};
+use tfckpt::{DType, Device};
 use tfckpt::{ErrorKind, Result};
 use tfckpt::{Init, VariableStore};
 
@@ -18,7 +18,9 @@ fn parse(what: &str, text: &str) -> Result<Value> {
 }
 
 /// Builds a [`VariableStore`] from MODEL.json text:
-/// `{"variables": [{"name", "shape", "dtype", "partitions"?, "initializer"?}, ...]}`.
+/// `{"variables": [{"name", "shape", "dtype", "partitions"?, "device"?, "initializer"?}, ...]}`.
+/// A `device` places the variable (`"cpu"`, `"cuda:N"`); a partitioned variable takes one device
+/// or an array of one per part.
 pub fn parse_model(text: &str) -> Result<VariableStore> {
     let v = parse("MODEL.json", text)?;
     let vars = v
@@ -92,9 +94,39 @@ pub fn parse_model(text: &str) -> Result<VariableStore> {
                 ))
             }
         };
-        match dims("partitions")? {
-            Some(p) => drop(store.get_partitioned_variable(name, &shape, dtype, &p, init)?),
+        let partitions = dims("partitions")?;
+        match &partitions {
+            Some(p) => drop(store.get_partitioned_variable(name, &shape, dtype, p, init)?),
             None => drop(store.get_variable(name, &shape, dtype, init)?),
+        }
+        let device = |d: &Value| -> Result<Device> {
+            d.as_str().and_then(Device::parse).ok_or_else(|| {
+                bad(
+                    &at(" device"),
+                    format!("expected \"cpu\" or \"cuda:N\", found {d}"),
+                )
+            })
+        };
+        match var.get("device") {
+            None => {}
+            Some(Value::Array(a)) if partitions.is_some() => {
+                let devices = a.iter().map(device).collect::<Result<Vec<_>>>()?;
+                store
+                    .set_part_devices(name, &devices)
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::BadVariable { reason, .. } => {
+                            bad(&at(" device"), reason.clone())
+                        }
+                        _ => e,
+                    })?;
+            }
+            Some(Value::Array(_)) => {
+                return Err(bad(
+                    &at(" device"),
+                    "an array of devices (one per part) is for a partitioned variable".into(),
+                ))
+            }
+            Some(d) => store.set_device(name, device(d)?)?,
         }
     }
     Ok(store)
@@ -214,6 +246,37 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         assert!(parse_map("[1]").unwrap_err().to_string().contains("pair 0"));
+        // Placement: one device, one per part, and the mistakes.
+        let store = parse_model(
+            r#"{"variables": [
+              {"name": "a", "shape": [2], "dtype": "float32", "device": "cuda:1"},
+              {"name": "p", "shape": [6, 2], "dtype": "float32", "partitions": [3, 1],
+               "device": ["cpu", "cuda:0", "cuda:2"]},
+              {"name": "q", "shape": [6, 2], "dtype": "float32", "partitions": [2, 1], "device": "cuda:3"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(store.device_of("a", Device::Cpu), Device::Cuda(1));
+        assert_eq!(store.device_of("p/part_0", Device::Cuda(5)), Device::Cpu);
+        assert_eq!(store.device_of("p/part_2", Device::Cpu), Device::Cuda(2));
+        assert_eq!(store.device_of("q/part_1", Device::Cpu), Device::Cuda(3));
+        for (text, needle) in [
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "device": "gpu0"}]}"#,
+                "variable \"a\" device: expected \"cpu\" or \"cuda:N\", found \"gpu0\"",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "device": ["cpu"]}]}"#,
+                "for a partitioned variable",
+            ),
+            (
+                r#"{"variables": [{"name": "p", "shape": [4], "dtype": "float32", "partitions": [2],
+                   "device": ["cpu", "cuda:0", "cuda:1"]}]}"#,
+                "variable \"p\" device: it has 2 parts, so it takes 2 devices, one per part; 3 were given",
+            ),
+        ] {
+            let e = parse_model(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
         assert!(parse_map(r#"{"a": 3}"#)
             .unwrap_err()
             .to_string()

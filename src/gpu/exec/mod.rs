@@ -250,7 +250,8 @@ struct Shared<'a> {
     fallback: Mutex<Vec<usize>>,
     /// Set once registration failed (the ring takes everything from then on).
     no_registration: AtomicBool,
-    failed: AtomicBool,
+    /// Set once a worker failed, here or on another device of the same load: every worker stops.
+    failed: &'a AtomicBool,
     parts: Mutex<Vec<CrcPiece>>,
 }
 
@@ -311,6 +312,11 @@ impl Shared<'_> {
 
 /// Uploads every job, verifies every checksum, then runs the kernels. On error nothing queued is
 /// left running and nothing stays registered.
+///
+/// `stop` is shared by the executors of every device of one load: a failure sets it, and the
+/// others then stop early and answer `Ok(false)` (their uploads incomplete), so that the error
+/// returned is the one that happened. `Ok(true)`: everything uploaded, verified and converted.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<L: Link>(
     link: &L,
     jobs: Vec<Job>,
@@ -319,7 +325,26 @@ pub(crate) fn execute<L: Link>(
     register: bool,
     sizes: Sizes,
     stats: &mut DeviceStats,
-) -> Result<()> {
+    stop: &AtomicBool,
+) -> Result<bool> {
+    let r = execute_inner(link, jobs, kernels, checks, register, sizes, stats, stop);
+    if r.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_inner<L: Link>(
+    link: &L,
+    jobs: Vec<Job>,
+    kernels: &[Kernel],
+    checks: &[Check],
+    register: bool,
+    sizes: Sizes,
+    stats: &mut DeviceStats,
+    stop: &AtomicBool,
+) -> Result<bool> {
     if !kernels.is_empty() {
         // A missing compiler or a module that does not load fails before any byte moves.
         link.prepare_kernels()?;
@@ -333,7 +358,7 @@ pub(crate) fn execute<L: Link>(
         owned_cursor: Mutex::new(0),
         fallback: Mutex::new(Vec::new()),
         no_registration: AtomicBool::new(!register),
-        failed: AtomicBool::new(false),
+        failed: stop,
         parts: Mutex::new(Vec::new()),
     };
     // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
@@ -349,6 +374,9 @@ pub(crate) fn execute<L: Link>(
     let (staged, staging) = first?;
     let (staged2, staging2) = second?;
     synced?;
+    if stop.load(Ordering::Relaxed) {
+        return Ok(false); // another device failed: its error is the load's
+    }
     let (staged, staging) = (staged + staged2, staging.max(staging2));
     stats.registered_bytes += reg_bytes;
     stats.staged_bytes += staged;
@@ -374,7 +402,8 @@ pub(crate) fn execute<L: Link>(
         }
     }
     stats.kernels += kernels.len();
-    link.synchronize()
+    link.synchronize()?;
+    Ok(true)
 }
 
 /// Combines the pieces of every entry's checksum and compares.
