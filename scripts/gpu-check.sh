@@ -7,7 +7,10 @@
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
 #        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
 #    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
-#    trainer buffers, a damaged shard), then the benchmark (~8 GB checkpoint written by the
+#    trainer buffers, a damaged shard; placement over every GPU and the CPU; replicas on every
+#    GPU, by shares and an NCCL all-gather, at world size 1 on a one-GPU machine: the tests are
+#    built with the `nccl` feature, and libnccl.so.2 must be on the loader path for that part,
+#    else the replicas load whole and the test prints the warning), then the benchmark (~8 GB checkpoint written by the
 #    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads)
 #    with its short table, then the building blocks one by one (examples/gpu_probe.rs).
 #
@@ -19,7 +22,7 @@ out=target/gpu-check
 
 if [ "${1:-}" = "--build" ]; then
     cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe
-    test_bin=$(cargo test --release --locked --features cuda --test gpu --no-run 2>&1 |
+    test_bin=$(cargo test --release --locked --features nccl --test gpu --no-run 2>&1 |
         sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
     [ -n "$test_bin" ] || { echo "gpu-check: could not find the test binary" >&2; exit 1; }
     mkdir -p "$out"

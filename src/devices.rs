@@ -113,7 +113,28 @@ impl VariableStore {
                 .zip(&links)
                 .map(|(&n, l)| (Device::Cuda(n), &**l))
                 .collect();
-            self.initialize_on_links(&links, device, options, Default::default())
+            // Replicas: shares all-gathered over NCCL, or (without it) whole on every GPU.
+            #[cfg(feature = "nccl")]
+            let nccl = crate::gpu::nccl::NcclGather { links: &links };
+            #[cfg(feature = "nccl")]
+            let (gather, fallback): (
+                Option<&dyn crate::gpu::destination::Gather>,
+                bool,
+            ) = match (self.replicas.is_empty(), crate::gpu::cuda::nccl_present()) {
+                (true, _) => (None, false),
+                (false, true) => (Some(&nccl), false),
+                (false, false) => (None, true),
+            };
+            #[cfg(not(feature = "nccl"))]
+            let (gather, fallback) = (None, false);
+            let mut report =
+                self.initialize_on_links(&links, device, gather, options, Default::default())?;
+            if fallback {
+                report.warnings.push(
+                    "replicas: NCCL (libnccl.so.2) cannot be loaded, so every replica was loaded whole over its own PCIe link".into(),
+                );
+            }
+            Ok(report)
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -138,6 +159,11 @@ impl VariableStore {
             }
             if let Device::Cuda(n) = self.device_of(&v.name, default) {
                 gpus.entry(n).or_insert(v.name.as_str());
+            }
+            for d in self.replicas_of(&v.name).unwrap_or_default() {
+                if let Device::Cuda(n) = *d {
+                    gpus.entry(n).or_insert(v.name.as_str());
+                }
             }
         }
         gpus

@@ -132,3 +132,79 @@ fn missing_gpu_is_a_typed_error() {
         "{err}"
     );
 }
+
+/// Every GPU of the machine, and the CPU: parts round-robin over the GPUs, one whole tensor on the
+/// CPU, one replicated on every GPU; then a 4 MiB tensor replicated on every GPU (by shares and
+/// an NCCL all-gather with the `nccl` feature, at world size 1 on a one-GPU machine).
+#[test]
+fn placement_and_replicas_on_every_gpu() {
+    if !gpu() {
+        return;
+    }
+    let n = Device::gpu_count() as u32;
+    let all: Vec<Device> = (0..n).map(Device::Cuda).collect();
+    let mut checked = 0;
+    for case in ["partitioned_axes", "repartition_v2", "sharded_partitioned"] {
+        let dir = fixture(case);
+        let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
+        cpu.initialize(Device::Cpu).unwrap();
+        let mut dev = store_for_layout(&dir, Layout::Repartitioned);
+        let whole: Vec<String> = dev
+            .variables()
+            .filter(|v| v.part.is_none() && v.dtype.size().is_some())
+            .map(|v| v.name.clone())
+            .take(2)
+            .collect();
+        let (on_cpu, replicated) = (whole[0].clone(), whole[1].clone());
+        dev.place_with(|v| v.part.as_ref().map(|p| Device::Cuda(p.index as u32 % n)));
+        dev.set_device(&on_cpu, Device::Cpu).unwrap();
+        dev.set_replicas(&replicated, &all).unwrap();
+        let report = dev.initialize(Device::Cuda(0)).unwrap();
+        checked += assert_same(&cpu, &dev, case);
+        assert!(dev.device_value(&on_cpu).is_none());
+        assert_eq!(report.devices.len(), n as usize);
+        let want = cpu.value(&replicated).unwrap();
+        for r in dev.device_replicas(&replicated) {
+            assert_eq!(
+                &r.to_host().unwrap(),
+                want,
+                "{case}: {replicated} on {}",
+                r.device()
+            );
+        }
+    }
+    // A tensor large enough to be loaded by shares.
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("big");
+    let values: Vec<f32> = (0..1 << 20).map(|i| i as f32 * 0.5).collect();
+    let t = tfckpt::Tensor::from_f32(&[1024, 1024], &values).unwrap();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    w.add("big", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let mut store = VariableStore::new();
+    store
+        .get_variable("big", &[1024, 1024], DType::F32, Init::Zeros)
+        .unwrap();
+    store.set_replicas("big", &all).unwrap();
+    let map = tfckpt::AssignmentMap::from([("big", tfckpt::Target::name("big"))]);
+    tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    let report = store.initialize(Device::Cuda(0)).unwrap();
+    for r in store.device_replicas("big") {
+        assert_eq!(r.to_host().unwrap(), t, "big on {}", r.device());
+    }
+    let d = report.device.as_ref().unwrap();
+    println!(
+        "{checked} variables placed over {n} GPU(s) and the CPU equal the host load; 4 MiB replicated on {n}: {} bytes over PCIe, {} gathered{}",
+        d.staged_bytes + d.registered_bytes,
+        d.gathered_bytes,
+        report.warnings.iter().map(|w| format!(" ({w})")).collect::<String>()
+    );
+    if cfg!(feature = "nccl") && report.warnings.is_empty() {
+        // Shares: the value crossed PCIe once in total.
+        assert!(d.staged_bytes + d.registered_bytes <= 4 << 20, "{d:?}");
+        assert_eq!(
+            d.gathered_bytes,
+            (4u64 << 20) / n as u64 * (n as u64 - 1) * n as u64
+        );
+    }
+}

@@ -99,6 +99,12 @@ pub(crate) fn driver_present() -> bool {
     loadable(&["libcuda.so", "libcuda.so.1"])
 }
 
+/// Whether NCCL can be loaded.
+#[cfg(feature = "nccl")]
+pub(crate) fn nccl_present() -> bool {
+    loadable(&["libnccl.so", "libnccl.so.2"])
+}
+
 /// Whether NVRTC can be loaded.
 pub(crate) fn nvrtc_present() -> bool {
     loadable(&[
@@ -201,6 +207,20 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
 }
 
 impl CudaLink {
+    /// The stream kernels (and the replicas' all-gathers) run on.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn kernel_stream(&self) -> Arc<CudaStream> {
+        self.lanes[0].clone()
+    }
+
+    /// Waits for the kernel lane.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn synchronize_kernel_lane(&self) -> Result<()> {
+        self.lanes[0]
+            .synchronize()
+            .map_err(|e| self.err("synchronising", e))
+    }
+
     fn err(&self, op: impl Into<String>, e: impl std::fmt::Debug) -> Error {
         device_err(self.ordinal, op, e)
     }

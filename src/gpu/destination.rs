@@ -10,8 +10,15 @@
 //! only the bytes they need from the same mapping), and each device has its own pinned ring and
 //! registration windows, fed in parallel from one checksum pool (rayon's). All or nothing across
 //! devices: an error on one stops the others, and every allocation on every device is freed.
+//!
+//! Replicas (`VariableStore::set_replicas`): a variable on N GPUs has a slot on each. With a
+//! [`Gather`] (NCCL) and a value of at least `Sizes::share_min` bytes, replica i uploads only
+//! elements `[i * n/N, (i + 1) * n/N)` (and the last `n % N`, which every replica takes), and the
+//! shares are all-gathered in place between the GPUs once every upload is verified; so the value
+//! crosses PCIe once in total. Otherwise every replica uploads the whole value.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -31,12 +38,29 @@ use crate::load::{DeviceStats, LoadOptions, LoadReport};
 use crate::reader::stored::Stored;
 
 /// A variable's memory on a device: which device (index into the links), its dtype there, its
-/// shape, the memory.
+/// shape, the memory, and the elements the device uploads (empty: all; a replica's share
+/// otherwise).
 struct Slot {
     dev: usize,
     dtype: DType,
     shape: Vec<u64>,
     mem: Arc<dyn DeviceMemory>,
+    keep: Vec<Range<u64>>,
+}
+
+/// All-gathers in place between GPUs: the collective behind replicas (NCCL on real GPUs).
+pub(crate) trait Gather: Sync {
+    /// Member `i` (its device, and the address of its copy of the value) holds bytes
+    /// `[i * share, (i + 1) * share)`; afterwards every member holds all `members.len() * share`
+    /// bytes. Returns when the gather is done.
+    fn all_gather(&self, members: &[(Device, u64)], share: usize) -> Result<()>;
+}
+
+/// A replicated variable whose replicas upload shares: the all-gather that completes it.
+struct Gathering {
+    /// (link index, address) of each replica.
+    members: Vec<(usize, u64)>,
+    share: usize,
 }
 
 /// Values on the GPUs behind `links` (and on the host, for what is placed there).
@@ -50,7 +74,13 @@ pub(super) struct GpuDestination<'l, L: Link> {
     register: bool,
     /// The trainer's buffers, by variable.
     buffers: BTreeMap<String, DeviceBuffer>,
-    slots: HashMap<String, Slot>,
+    /// Replicated variables, by name: their devices.
+    replicas: BTreeMap<String, Vec<Device>>,
+    gather: Option<&'l dyn Gather>,
+    /// Every variable's memory on each of its devices (one slot, or one per replica).
+    slots: HashMap<String, Vec<Slot>>,
+    /// The all-gathers that complete replicas loaded by shares, by variable.
+    gatherings: BTreeMap<String, Gathering>,
     /// The uploads of each device (by link index).
     uploads: Vec<Uploads>,
     /// Values in host memory: string variables and variables placed on the CPU.
@@ -67,15 +97,23 @@ impl VariableStore {
         options: &LoadOptions,
         sizes: Sizes,
     ) -> Result<LoadReport> {
-        self.initialize_on_links(&[(Device::Cuda(0), link)], Device::Cuda(0), options, sizes)
+        self.initialize_on_links(
+            &[(Device::Cuda(0), link)],
+            Device::Cuda(0),
+            None,
+            options,
+            sizes,
+        )
     }
 
     /// `initialize(default)` on the devices behind `links` (one per GPU that a variable is placed
-    /// on; variables placed on the CPU load into host memory), in units of `sizes`.
+    /// on; variables placed on the CPU load into host memory), in units of `sizes`; replicas are
+    /// completed by `gather` where there is one.
     pub(crate) fn initialize_on_links<L: Link>(
         &mut self,
         links: &[(Device, &L)],
         default: Device,
+        gather: Option<&'_ dyn Gather>,
         options: &LoadOptions,
         sizes: Sizes,
     ) -> Result<LoadReport> {
@@ -86,7 +124,10 @@ impl VariableStore {
             sizes,
             register: options.register_mappings,
             buffers: self.device_buffers.clone(),
+            replicas: self.replicas.clone(),
+            gather,
             slots: HashMap::new(),
+            gatherings: BTreeMap::new(),
             uploads: links.iter().map(|_| Uploads::default()).collect(),
             host: Vec::new(),
             stats: links
@@ -102,10 +143,10 @@ impl VariableStore {
 }
 
 impl<L: Link> GpuDestination<'_, L> {
-    /// The link (index) `v` is loaded by, or `None` for host memory.
-    fn device_index(&self, v: &Variable) -> Result<Option<usize>> {
+    /// The links (indices) `v` is loaded by: one, one per replica, or none for host memory.
+    fn device_indices(&self, v: &Variable) -> Result<Vec<usize>> {
         if v.dtype.size().is_none() {
-            return Ok(None); // strings stay on the host
+            return Ok(Vec::new()); // strings stay on the host
         }
         let device = self.placement.get(&v.name).copied().unwrap_or(self.default);
         if device == Device::Cpu {
@@ -116,37 +157,48 @@ impl<L: Link> GpuDestination<'_, L> {
                 }
                 .into());
             }
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        match self.links.iter().position(|(d, _)| *d == device) {
-            Some(i) => Ok(Some(i)),
-            None => Err(ErrorKind::DeviceUnavailable {
-                device: device.to_string(),
-                reason: format!(
-                    "variable {} is placed there, but this load has only {}",
-                    v.name,
-                    self.links
-                        .iter()
-                        .map(|(d, _)| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
-            .into()),
-        }
+        let devices = match self.replicas.get(&v.name) {
+            Some(r) => r.as_slice(),
+            None => std::slice::from_ref(&device),
+        };
+        devices
+            .iter()
+            .map(
+                |device| match self.links.iter().position(|(d, _)| d == device) {
+                    Some(i) => Ok(i),
+                    None => Err(ErrorKind::DeviceUnavailable {
+                        device: device.to_string(),
+                        reason: format!(
+                            "variable {} is placed there, but this load has only {}",
+                            v.name,
+                            self.links
+                                .iter()
+                                .map(|(d, _)| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                    .into()),
+                },
+            )
+            .collect()
     }
 
     /// The device memory of `v` on device `dev` (`bytes` in its dtype there): the trainer's
-    /// buffer, checked, or memory allocated here.
+    /// buffer, checked, or memory allocated here. The trainer's buffer of a replicated variable
+    /// is its first replica.
     fn memory(
         &self,
         v: &Variable,
         dev: usize,
+        replica: usize,
         dtype: DType,
         bytes: usize,
     ) -> Result<Arc<dyn DeviceMemory>> {
         let link = self.links[dev].1;
-        let Some(b) = self.buffers.get(&v.name) else {
+        let Some(b) = self.buffers.get(&v.name).filter(|_| replica == 0) else {
             return link.alloc(bytes, &v.name);
         };
         if b.len() != bytes {
@@ -175,6 +227,15 @@ impl<L: Link> GpuDestination<'_, L> {
         Ok(b.mem.clone())
     }
 
+    /// Variable `name` is set whole on every replica: no shares, no gather.
+    fn whole(&mut self, name: &str) {
+        if self.gatherings.remove(name).is_some() {
+            for s in self.slots.get_mut(name).into_iter().flatten() {
+                s.keep.clear();
+            }
+        }
+    }
+
     /// One stored tensor whose bytes need conversion on the host (V1 files, big-endian bundles,
     /// strings): prepared and verified there, then uploaded.
     fn load_on_host(
@@ -195,8 +256,13 @@ impl<L: Link> GpuDestination<'_, L> {
                 TensorData::Strings(s) => s.total_bytes(),
             };
             match (t.data, self.slots.get(&name)) {
-                (TensorData::Bytes(b), Some(slot)) => {
-                    self.uploads[slot.dev].host(b.into_vec(), &*slot.mem)
+                // Every replica takes the whole value (prepared on the host: small or rare).
+                (TensorData::Bytes(b), Some(slots)) => {
+                    let bytes = Arc::new(b.into_vec());
+                    for slot in slots {
+                        self.uploads[slot.dev].host(bytes.clone(), &*slot.mem);
+                    }
+                    self.whole(&name);
                 }
                 (data, _) => self.host.push((name, Tensor { data, ..t })),
             }
@@ -223,15 +289,17 @@ impl<L: Link> GpuDestination<'_, L> {
         let targets: Vec<(usize, Target<'_>)> = dests
             .iter()
             .zip(regions)
-            .map(|(&(v, _), want)| {
-                let slot = &self.slots[&v.name];
-                let t = Target {
-                    name: &v.name,
-                    mem: &slot.mem,
-                    dtype: slot.dtype,
-                    want,
-                };
-                (slot.dev, t)
+            .flat_map(|(&(v, _), want)| {
+                self.slots[&v.name].iter().map(move |slot| {
+                    let t = Target {
+                        name: &v.name,
+                        mem: &slot.mem,
+                        dtype: slot.dtype,
+                        want: want.clone(),
+                        keep: &slot.keep,
+                    };
+                    (slot.dev, t)
+                })
             })
             .collect();
         // The targets of each device; a piece is verified by the first device that takes it.
@@ -267,19 +335,46 @@ impl<L: Link> GpuDestination<'_, L> {
 impl<L: Link> Destination for GpuDestination<'_, L> {
     fn prepare(&mut self, vars: &[&Variable], options: &LoadOptions) -> Result<()> {
         for v in vars {
-            let Some(dev) = self.device_index(v)? else {
+            let devs = self.device_indices(v)?;
+            if devs.is_empty() {
                 continue;
-            };
+            }
             let dtype = options.dtype_at_destination(v.dtype);
-            let bytes = num_elements(&v.shape).unwrap_or(0) as usize * dtype.size().unwrap_or(0);
-            let mem = self.memory(v, dev, dtype, bytes)?;
-            let slot = Slot {
-                dev,
-                dtype,
-                shape: v.shape.clone(),
-                mem,
-            };
-            self.slots.insert(v.name.clone(), slot);
+            let size = dtype.size().unwrap_or(0);
+            let elems = num_elements(&v.shape).unwrap_or(0);
+            let bytes = elems as usize * size;
+            // Replicas load shares when a gather completes them and the value is worth it.
+            let n = devs.len() as u64;
+            let shared = self.replicas.contains_key(&v.name)
+                && self.gather.is_some()
+                && bytes >= self.sizes.share_min
+                && elems >= n;
+            let mut slots = Vec::with_capacity(devs.len());
+            for (i, &dev) in devs.iter().enumerate() {
+                let mem = self.memory(v, dev, i, dtype, bytes)?;
+                let keep = if shared {
+                    let per = elems / n;
+                    let i = i as u64;
+                    vec![i * per..(i + 1) * per, n * per..elems]
+                } else {
+                    Vec::new()
+                };
+                slots.push(Slot {
+                    dev,
+                    dtype,
+                    shape: v.shape.clone(),
+                    mem,
+                    keep,
+                });
+            }
+            if shared {
+                let g = Gathering {
+                    members: slots.iter().map(|s| (s.dev, s.mem.ptr())).collect(),
+                    share: (elems / n) as usize * size,
+                };
+                self.gatherings.insert(v.name.clone(), g);
+            }
+            self.slots.insert(v.name.clone(), slots);
         }
         Ok(())
     }
@@ -323,26 +418,33 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
     }
 
     fn initialize(&mut self, v: &Variable, dtype: DType, elem: &[u8]) -> Result<()> {
-        let Some(slot) = self.slots.get(&v.name) else {
+        if !self.slots.contains_key(&v.name) {
             // A string variable, or one placed on the CPU.
             self.host
                 .push((v.name.clone(), filled_tensor(v, dtype, elem)?));
             return Ok(());
-        };
+        }
+        self.whole(&v.name);
+        let slots = &self.slots[&v.name];
         // A device memset when the element is a repeated 1-, 2- or 4-byte pattern (zeros, ones,
         // most constants), else an upload from the host.
         if let Some(fill) = Fill::of(elem) {
-            if slot.mem.len() > 0 {
-                self.links[slot.dev]
-                    .1
-                    .fill(slot.mem.ptr(), slot.mem.len(), fill)?;
+            for slot in slots {
+                if slot.mem.len() > 0 {
+                    self.links[slot.dev]
+                        .1
+                        .fill(slot.mem.ptr(), slot.mem.len(), fill)?;
+                }
+                self.stats[slot.dev].filled_bytes += slot.mem.len() as u64;
             }
-            self.stats[slot.dev].filled_bytes += slot.mem.len() as u64;
             return Ok(());
         }
         let t = filled_tensor(v, dtype, elem)?;
         if let TensorData::Bytes(b) = t.data {
-            self.uploads[slot.dev].host(b.into_vec(), &*slot.mem);
+            let bytes = Arc::new(b.into_vec());
+            for slot in slots {
+                self.uploads[slot.dev].host(bytes.clone(), &*slot.mem);
+            }
         }
         Ok(())
     }
@@ -392,23 +494,42 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             )
             .into());
         }
+        // Replicas loaded by shares: every share is verified; gather them.
+        if let Some(gather) = self.gather {
+            for g in self.gatherings.values() {
+                let members: Vec<(Device, u64)> = g
+                    .members
+                    .iter()
+                    .map(|&(dev, ptr)| (self.links[dev].0, ptr))
+                    .collect();
+                gather.all_gather(&members, g.share)?;
+                for &(dev, _) in &g.members {
+                    stats[dev].gathered_bytes += (g.share * (g.members.len() - 1)) as u64;
+                }
+            }
+        }
         report.device = DeviceStats::total(&stats);
         report.devices = stats;
-        let device = self
-            .slots
-            .into_iter()
-            .map(|(name, s)| {
-                let t = DeviceTensor {
+        let mut device = Vec::with_capacity(self.slots.len());
+        let mut replicas = Vec::new();
+        for (name, slots) in self.slots {
+            let tensors: Vec<DeviceTensor> = slots
+                .into_iter()
+                .map(|s| DeviceTensor {
                     dtype: s.dtype,
                     shape: s.shape,
                     mem: s.mem,
-                };
-                (name, t)
-            })
-            .collect();
+                })
+                .collect();
+            device.push((name.clone(), tensors[0].clone()));
+            if self.replicas.contains_key(&name) {
+                replicas.push((name, tensors));
+            }
+        }
         Ok(Values {
             host: self.host,
             device,
+            replicas,
             used_device_buffers: true,
         })
     }

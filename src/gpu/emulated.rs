@@ -94,6 +94,20 @@ impl HostLink {
         Ok((m.clone(), off))
     }
 
+    /// `len` bytes at device address `addr`.
+    pub(crate) fn read_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let (m, off) = self.find(addr, len)?;
+        let d = m.data.lock().unwrap();
+        Ok(d[off..off + len].to_vec())
+    }
+
+    /// Writes `bytes` at device address `addr`.
+    pub(crate) fn write_at(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        let (m, off) = self.find(addr, bytes.len())?;
+        m.data.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
     /// Registrations of this device still in place (must be none after a load).
     pub(crate) fn still_registered(&self) -> usize {
         let r = self.registered.lock().unwrap();
@@ -250,6 +264,55 @@ impl Link for HostLink {
     }
 
     fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The all-gather between emulated devices (what NCCL does between GPUs), checking that every
+/// member's memory is on its own device.
+pub(crate) struct HostGather<'a> {
+    pub links: &'a [(crate::Device, &'a HostLink)],
+    /// Makes every gather fail.
+    pub fail: AtomicBool,
+    /// Bytes moved between devices.
+    pub moved: AtomicUsize,
+}
+
+impl<'a> HostGather<'a> {
+    pub(crate) fn new(links: &'a [(crate::Device, &'a HostLink)]) -> HostGather<'a> {
+        HostGather {
+            links,
+            fail: AtomicBool::new(false),
+            moved: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl super::destination::Gather for HostGather<'_> {
+    fn all_gather(&self, members: &[(crate::Device, u64)], share: usize) -> Result<()> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(bad("all-gather failed (emulated)".into()));
+        }
+        let link = |d: crate::Device| {
+            self.links
+                .iter()
+                .find(|(x, _)| *x == d)
+                .map(|(_, l)| *l)
+                .ok_or_else(|| bad(format!("{d} is not a device of this load")))
+        };
+        let n = members.len();
+        for (i, &(d, ptr)) in members.iter().enumerate() {
+            let off = (i * share) as u64;
+            let bytes = link(d)?.read_at(ptr + off, share)?;
+            for (j, &(e, q)) in members.iter().enumerate() {
+                if j != i {
+                    let (a, _) = link(e)?.find(q, n * share)?;
+                    drop(a);
+                    link(e)?.write_at(q + off, &bytes)?;
+                    self.moved.fetch_add(share, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -16,11 +16,13 @@
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 #[cfg(any(test, feature = "cuda"))]
-mod destination;
+pub(crate) mod destination;
 #[cfg(test)]
 pub(crate) mod emulated;
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) mod exec;
+#[cfg(feature = "nccl")]
+pub(crate) mod nccl;
 #[cfg(any(test, feature = "cuda"))]
 mod plan;
 #[cfg(test)]

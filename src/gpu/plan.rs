@@ -9,6 +9,7 @@
 //! * Bytes prepared on the host (V1 files, big-endian bundles, initializers that are no repeated
 //!   pattern) are uploaded as they are.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::exec::{Check, Job, Kernel, Link, Transfer, UploadSource};
@@ -96,21 +97,44 @@ pub(super) struct Uploads {
     pub scratch: Vec<Arc<dyn DeviceMemory>>,
 }
 
-/// Where a stored piece's elements go: a variable's device memory, its dtype there, and the box
-/// of the tensor it holds.
+/// Where a stored piece's elements go: a variable's device memory, its dtype there, the box of
+/// the tensor it holds, and the elements of it this device takes (empty: all; a replica's share
+/// otherwise, in row-major element offsets of the variable).
 pub(super) struct Target<'a> {
     pub name: &'a str,
     pub mem: &'a Arc<dyn DeviceMemory>,
     pub dtype: DType,
     pub want: Region,
+    pub keep: &'a [Range<u64>],
+}
+
+/// The parts of `runs` whose destination elements lie in `keep` (every run when it is empty).
+fn keep_runs(runs: Vec<Run>, keep: &[Range<u64>]) -> Vec<Run> {
+    if keep.is_empty() {
+        return runs;
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        for k in keep {
+            let (a, b) = (r.dst.max(k.start), (r.dst + r.len).min(k.end));
+            if a < b {
+                out.push(Run {
+                    src: r.src + (a - r.dst),
+                    dst: a,
+                    len: b - a,
+                });
+            }
+        }
+    }
+    out
 }
 
 impl Uploads {
     /// Uploads bytes prepared on the host (already verified) into `mem`.
-    pub(super) fn host(&mut self, bytes: Vec<u8>, mem: &dyn DeviceMemory) {
+    pub(super) fn host(&mut self, bytes: Arc<Vec<u8>>, mem: &dyn DeviceMemory) {
         let len = bytes.len();
         self.jobs.push(Job {
-            src: UploadSource::Owned(Arc::new(bytes)),
+            src: UploadSource::Owned(bytes),
             range: 0..len,
             copies: vec![Transfer {
                 src: 0,
@@ -133,21 +157,34 @@ impl Uploads {
         targets: &[Target<'_>],
         verify: bool,
     ) -> Result<bool> {
-        let users: Vec<(&Target<'_>, Region)> = targets
+        let users: Vec<(&Target<'_>, Vec<Run>)> = targets
             .iter()
-            .filter_map(|t| src.region.intersect(&t.want).map(|x| (t, x)))
+            .filter_map(|t| {
+                let inter = src.region.intersect(&t.want)?;
+                let mut runs = Vec::new();
+                for_each_run(&src.region, &t.want, &inter, |r| runs.push(r));
+                let runs = keep_runs(runs, t.keep);
+                (!runs.is_empty()).then_some((t, runs))
+            })
             .collect();
         if users.is_empty() {
             return Ok(false);
         }
         let size = dtype.size().unwrap_or(1);
+        let direct = |t: &Target<'_>, runs: &[Run]| t.dtype == dtype && runs.len() <= DIRECT_RUNS;
+        // The elements of the piece the kernels read: all of them, or a replica's share.
+        let (lo, hi) = users
+            .iter()
+            .filter(|(t, runs)| !direct(t, runs))
+            .flat_map(|(_, runs)| runs.iter())
+            .fold((u64::MAX, 0), |(lo, hi), r| {
+                (lo.min(r.src), hi.max(r.src + r.len))
+            });
         let mut copies = Vec::new();
         let mut scratch: Option<u64> = None;
-        for (t, inter) in users {
+        for (t, runs) in users {
             let dsize = t.dtype.size().unwrap_or(1) as u64;
-            let mut runs = Vec::new();
-            for_each_run(&src.region, &t.want, &inter, |r| runs.push(r));
-            if t.dtype == dtype && runs.len() <= DIRECT_RUNS {
+            if direct(t, &runs) {
                 copies.extend(runs.iter().map(|r| Transfer {
                     src: src.range.start + r.src as usize * size,
                     len: r.len as usize * size,
@@ -155,20 +192,22 @@ impl Uploads {
                 }));
                 continue;
             }
-            // The whole piece once into scratch, then one kernel launch per 2-D block.
+            // The piece's elements `lo..hi` (all, unless a share) once into scratch, then one
+            // kernel launch per 2-D block; `base` is where element 0 would be.
             let base = match scratch {
                 Some(p) => p,
                 None => {
-                    let m = link.alloc(src.range.len(), &format!("{} (scratch)", t.name))?;
+                    let (from, len) = (lo as usize * size, (hi - lo) as usize * size);
+                    let m = link.alloc(len, &format!("{} (scratch)", t.name))?;
                     let p = m.ptr();
                     copies.push(Transfer {
-                        src: src.range.start,
-                        len: src.range.len(),
+                        src: src.range.start + from,
+                        len,
                         dst: p,
                     });
                     self.scratch.push(m);
-                    scratch = Some(p);
-                    p
+                    scratch = Some(p.wrapping_sub(from as u64));
+                    p.wrapping_sub(from as u64)
                 }
             };
             let name = kernel_name(dtype, t.dtype).ok_or_else(|| ErrorKind::Unsupported {
@@ -178,7 +217,7 @@ impl Uploads {
             self.kernels
                 .extend(blocks(&runs).into_iter().map(|b| Kernel {
                     name,
-                    src: base + b.src * size as u64,
+                    src: base.wrapping_add(b.src * size as u64),
                     dst: t.mem.ptr() + b.dst * dsize,
                     rows: b.rows,
                     row: b.row,

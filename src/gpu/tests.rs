@@ -34,6 +34,7 @@ fn tiny() -> Sizes {
         unit: 1 << 10,
         staging: 3,
         reg_batch: 3 << 10,
+        share_min: 0,
     }
 }
 
@@ -378,6 +379,7 @@ fn many_unaligned_tensors_through_both_paths() {
             unit: 5000,
             staging: 2,
             reg_batch: 20_000,
+            share_min: 0,
         },
     ] {
         for register_mappings in [false, true, true] {
@@ -603,7 +605,7 @@ fn three_devices_equal_host_on_every_fixture() {
                     ..Default::default()
                 };
                 let report = gpu
-                    .initialize_on_links(&pairs, Device::Cuda(0), &options, sizes)
+                    .initialize_on_links(&pairs, Device::Cuda(0), None, &options, sizes)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_same(&cpu, &gpu, &what);
                 // Each value where it was placed (strings on the host).
@@ -653,7 +655,13 @@ fn a_failure_on_device_2_unwinds_devices_0_and_1() {
         let mut store = store_for(&dir);
         place_on_three(&mut store);
         store
-            .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+            .initialize_on_links(
+                &pairs,
+                Device::Cuda(0),
+                None,
+                &LoadOptions::default(),
+                tiny(),
+            )
             .unwrap();
         links[2].copies.load(Ordering::Relaxed)
     };
@@ -670,7 +678,7 @@ fn a_failure_on_device_2_unwinds_devices_0_and_1() {
             ..Default::default()
         };
         let err = store
-            .initialize_on_links(&pairs, Device::Cuda(0), &options, tiny())
+            .initialize_on_links(&pairs, Device::Cuda(0), None, &options, tiny())
             .unwrap_err();
         assert!(
             err.to_string().contains("failed (emulated)"),
@@ -711,7 +719,13 @@ fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
     bytes[offset as usize + 5] ^= 0x01;
     std::fs::write(&data, &bytes).unwrap();
     let err = store
-        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            None,
+            &LoadOptions::default(),
+            tiny(),
+        )
         .unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::TensorChecksum { path, tensor, .. }
@@ -753,7 +767,13 @@ fn placement_errors_name_the_variable_and_load_nothing() {
     // A device this load does not have (on a real machine: an ordinal past the GPU count).
     store.set_device(&part.parts[1], Device::Cuda(7)).unwrap();
     let err = store
-        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            None,
+            &LoadOptions::default(),
+            tiny(),
+        )
         .unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::DeviceUnavailable { device, reason }
@@ -767,10 +787,180 @@ fn placement_errors_name_the_variable_and_load_nothing() {
     // The partitioned variable's name places every part.
     store.set_device(&part.name, Device::Cuda(1)).unwrap();
     let report = store
-        .initialize_on_links(&pairs, Device::Cuda(0), &LoadOptions::default(), tiny())
+        .initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            None,
+            &LoadOptions::default(),
+            tiny(),
+        )
         .unwrap();
     for p in &part.parts {
         assert_eq!(store.device_value(p).unwrap().device(), "emulated:1");
     }
     assert_eq!(report.devices.len(), 3);
+}
+
+/// Replicates every whole tensor on the three devices and every part of a partitioned variable
+/// on devices 1 and 2 (strings cannot be replicated); returns the replicated names.
+fn replicate(store: &mut VariableStore) -> Vec<String> {
+    let all = [Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)];
+    let mut out = Vec::new();
+    let names: Vec<(String, bool)> = store
+        .variables()
+        .filter(|v| v.dtype.size().is_some())
+        .map(|v| (v.name.clone(), v.part.is_some()))
+        .collect();
+    for (name, part) in names {
+        let devices = if part { &all[1..] } else { &all[..] };
+        store.set_replicas(&name, devices).unwrap();
+        out.push(name);
+    }
+    out
+}
+
+/// PCIe bytes of a load: staged plus registered, every device.
+fn pcie(report: &crate::LoadReport) -> u64 {
+    let d = report.device.as_ref().unwrap();
+    d.staged_bytes + d.registered_bytes
+}
+
+#[test]
+fn replicas_by_shares_equal_the_host_load_and_cross_pcie_once() {
+    let mut shared_somewhere = false;
+    for case in CASES {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        cpu.initialize(Device::Cpu).unwrap();
+        for cast in [None, Some((DType::F32, DType::BF16))] {
+            let what = format!("{case} cast={cast:?}");
+            let (links, devs) = three_links();
+            let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+            let mut options = LoadOptions::default();
+            if let Some((f, t)) = cast {
+                options = options.cast(f, t);
+            }
+            let mut want = store_for(&dir);
+            want.initialize_with(Device::Cpu, &options).unwrap();
+            // Each replica whole over its own link, then by shares and all-gather.
+            let mut whole = store_for(&dir);
+            let names = replicate(&mut whole);
+            let full = whole
+                .initialize_on_links(&pairs, Device::Cuda(0), None, &options, tiny())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let gather = super::emulated::HostGather::new(&pairs);
+            let mut gpu = store_for(&dir);
+            replicate(&mut gpu);
+            let report = gpu
+                .initialize_on_links(&pairs, Device::Cuda(0), Some(&gather), &options, tiny())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            for store in [&whole, &gpu] {
+                assert_same(&want, store, &what);
+                for name in &names {
+                    let reps = store.device_replicas(name);
+                    let n = if store.variable(name).unwrap().part.is_some() {
+                        2
+                    } else {
+                        3
+                    };
+                    assert_eq!(reps.len(), n, "{what}: {name}");
+                    let want = want.value(name).unwrap();
+                    for (i, r) in reps.iter().enumerate() {
+                        assert_eq!(&r.to_host().unwrap(), want, "{what}: {name} replica {i}");
+                    }
+                    let devices: Vec<String> = reps.iter().map(|r| r.device()).collect();
+                    let first = if n == 2 { 1 } else { 0 };
+                    assert_eq!(devices[0], format!("emulated:{first}"), "{what}");
+                }
+            }
+            let gathered = report.device.as_ref().unwrap().gathered_bytes;
+            assert_eq!(
+                gathered as usize,
+                gather.moved.load(Ordering::Relaxed),
+                "{what}"
+            );
+            if gathered > 0 {
+                shared_somewhere = true;
+                // What the gather moved no longer crosses PCIe.
+                assert!(
+                    pcie(&report) < pcie(&full),
+                    "{what}: {report:?} vs {full:?}"
+                );
+            }
+            assert_eq!(full.device.as_ref().unwrap().gathered_bytes, 0);
+            for l in &links {
+                assert_eq!(l.still_registered(), 0);
+            }
+        }
+    }
+    assert!(shared_somewhere);
+}
+
+#[test]
+fn a_failed_gather_unwinds_every_device() {
+    let dir = fixture("partitioned_axes");
+    let (links, devs) = three_links();
+    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let gather = super::emulated::HostGather::new(&pairs);
+    gather.fail.store(true, Ordering::Relaxed);
+    let mut store = store_for(&dir);
+    replicate(&mut store);
+    let err = store
+        .initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            Some(&gather),
+            &LoadOptions::default(),
+            tiny(),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("all-gather failed (emulated)"),
+        "{err}"
+    );
+    for l in &links {
+        assert_eq!(l.live_allocations(), 0);
+        assert_eq!(l.still_registered(), 0);
+    }
+    assert!(!store.is_initialized());
+    assert!(store.device_replicas("whole/a").is_empty());
+}
+
+#[test]
+fn replica_lists_are_checked() {
+    let mut store = store_for(&fixture("dtypes/dtypes"));
+    let f = store
+        .variables()
+        .find(|v| v.dtype == DType::F32 && v.part.is_none())
+        .unwrap()
+        .name
+        .clone();
+    for (devices, needle) in [
+        (vec![], "none were given"),
+        (vec![Device::Cuda(0), Device::Cpu], "cuda:0, cpu were given"),
+        (
+            vec![Device::Cuda(1), Device::Cuda(1)],
+            "cuda:1 is given twice",
+        ),
+    ] {
+        let err = store.set_replicas(&f, &devices).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(err.to_string().contains(&f), "{err}");
+    }
+    assert!(store.replicas_of(&f).is_none());
+    let s = store
+        .variables()
+        .find(|v| v.dtype == DType::String)
+        .unwrap()
+        .name
+        .clone();
+    let err = store.set_replicas(&s, &[Device::Cuda(0)]).unwrap_err();
+    assert!(err.to_string().contains("host memory"), "{err}");
+    // A placement replaces the replicas, and the reverse.
+    store
+        .set_replicas(&f, &[Device::Cuda(2), Device::Cuda(0)])
+        .unwrap();
+    assert_eq!(store.device_of(&f, Device::Cpu), Device::Cuda(2));
+    store.set_device(&f, Device::Cuda(1)).unwrap();
+    assert!(store.replicas_of(&f).is_none());
 }

@@ -110,6 +110,12 @@ pub struct VariableStore {
     pub(crate) device_buffers: BTreeMap<String, DeviceBuffer>,
     /// Where variables (and parts) live when it is not the device `initialize` is given.
     pub(crate) placement: BTreeMap<String, Device>,
+    /// Variables (and parts) replicated on several GPUs: every device, the first one being the
+    /// variable's placement.
+    pub(crate) replicas: BTreeMap<String, Vec<Device>>,
+    /// Their values after a GPU initialization: one per device, in the same order (the first is
+    /// also in `device_values`).
+    pub(crate) replica_values: BTreeMap<String, Vec<DeviceTensor>>,
     pub(crate) warnings: Vec<String>,
     /// Variables (and parts) the last initialization left to other ranks (`LoadOptions::rank`).
     pub(crate) elsewhere: std::collections::BTreeSet<String>,
@@ -350,13 +356,13 @@ impl VariableStore {
     /// ```
     pub fn set_device(&mut self, name: &str, device: Device) -> Result<()> {
         if let Some(pv) = self.partitioned.get(name) {
-            for p in &pv.parts {
-                self.placement.insert(p.clone(), device);
+            for p in pv.parts.clone() {
+                self.place(&p, device);
             }
             return Ok(());
         }
         self.var_or_err(name)?;
-        self.placement.insert(name.into(), device);
+        self.place(name, device);
         Ok(())
     }
 
@@ -390,8 +396,8 @@ impl VariableStore {
             }
             .into());
         }
-        for (p, &d) in pv.parts.iter().zip(devices) {
-            self.placement.insert(p.clone(), d);
+        for (p, &d) in pv.parts.clone().iter().zip(devices) {
+            self.place(p, d);
         }
         Ok(())
     }
@@ -400,11 +406,81 @@ impl VariableStore {
     /// placement by a rule over names, e.g. the parts of every embedding round-robin over the GPUs
     /// (`v.part` says which part a variable is).
     pub fn place_with(&mut self, mut f: impl FnMut(&Variable) -> Option<Device>) {
-        for v in self.vars.values() {
-            if let Some(d) = f(v) {
-                self.placement.insert(v.name.clone(), d);
-            }
+        let placed: Vec<(String, Device)> = self
+            .vars
+            .values()
+            .filter_map(|v| f(v).map(|d| (v.name.clone(), d)))
+            .collect();
+        for (name, d) in placed {
+            self.place(&name, d);
         }
+    }
+
+    /// Replicates variable `name` (a variable, a part, or every part of a partitioned variable)
+    /// on each of `devices`, all GPUs (data parallelism, TF's `MirroredStrategy`): after
+    /// `initialize` every device holds the whole value ([`device_replicas`](Self::device_replicas);
+    /// [`device_value`](Self::device_value) is the first). With the `nccl` feature the value
+    /// crosses PCIe once in total: each GPU loads a 1/N share over its own link and NCCL
+    /// all-gathers the shares between the GPUs (NVLink where there is one); without it, each GPU
+    /// loads the whole value over its own link.
+    pub fn set_replicas(&mut self, name: &str, devices: &[Device]) -> Result<()> {
+        let names: Vec<String> = match self.partitioned.get(name) {
+            Some(pv) => pv.parts.clone(),
+            None => vec![self.var_or_err(name)?.name.clone()],
+        };
+        let bad = |reason: String| -> crate::Error {
+            ErrorKind::BadVariable {
+                name: name.into(),
+                reason,
+            }
+            .into()
+        };
+        if devices.is_empty() || devices.contains(&Device::Cpu) {
+            return Err(bad(format!(
+                "replicas go on one or more GPUs (cuda:N); {} were given",
+                if devices.is_empty() {
+                    "none".to_string()
+                } else {
+                    devices
+                        .iter()
+                        .map(Device::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
+        if let Some((i, d)) = devices
+            .iter()
+            .enumerate()
+            .find(|(i, d)| devices[..*i].contains(d))
+        {
+            return Err(bad(format!("{d} is given twice (devices[{i}])")));
+        }
+        if self.vars[&names[0]].dtype.size().is_none() {
+            return Err(bad("string variables stay in host memory".into()));
+        }
+        for n in names {
+            self.placement.insert(n.clone(), devices[0]);
+            self.replicas.insert(n, devices.to_vec());
+        }
+        Ok(())
+    }
+
+    /// The devices variable (or part) `name` is replicated on ([`set_replicas`](Self::set_replicas)),
+    /// or `None`.
+    pub fn replicas_of(&self, name: &str) -> Option<&[Device]> {
+        self.replicas.get(name).map(Vec::as_slice)
+    }
+
+    /// Every replica of a replicated variable after a GPU initialization, in the order of its
+    /// devices; empty for a variable that is not replicated.
+    pub fn device_replicas(&self, name: &str) -> &[DeviceTensor] {
+        self.replica_values.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    fn place(&mut self, name: &str, device: Device) {
+        self.replicas.remove(name);
+        self.placement.insert(name.into(), device);
     }
 
     /// Where variable (or part) `name` lives when `initialize(default)` runs: its placement, or

@@ -114,6 +114,8 @@ pub struct DeviceStats {
     pub kernels: usize,
     /// Bytes of unmapped variables set by device memsets (no upload).
     pub filled_bytes: u64,
+    /// Bytes of replicas received from the other GPUs by all-gather (NCCL), not over PCIe.
+    pub gathered_bytes: u64,
     /// Why registration was not used for some ranges (`None` when it always worked or was off).
     pub registration_fallback: Option<String>,
 }
@@ -138,6 +140,7 @@ impl DeviceStats {
             t.staging_bytes += d.staging_bytes;
             t.kernels += d.kernels;
             t.filled_bytes += d.filled_bytes;
+            t.gathered_bytes += d.gathered_bytes;
         }
         Some(t)
     }

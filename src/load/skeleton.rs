@@ -56,6 +56,8 @@ pub(crate) struct Reads<'a> {
 pub(crate) struct Values {
     pub host: Vec<(String, Tensor)>,
     pub device: Vec<(String, DeviceTensor)>,
+    /// Every replica of each replicated variable (the first is also in `device`).
+    pub replicas: Vec<(String, Vec<DeviceTensor>)>,
     /// Whether the trainer's device buffers were loaded into (they are then the values' memory,
     /// and the store forgets them as buffers to load into).
     pub used_device_buffers: bool,
@@ -223,6 +225,7 @@ impl VariableStore {
         host.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.values = BTreeMap::from_iter(host);
         self.device_values = values.device.into_iter().collect();
+        self.replica_values = values.replicas.into_iter().collect();
         if values.used_device_buffers {
             self.device_buffers.clear();
         }

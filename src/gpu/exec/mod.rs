@@ -44,6 +44,9 @@ pub(crate) struct Sizes {
     pub staging: usize,
     /// Bytes registered at once by the DMA path.
     pub reg_batch: usize,
+    /// A replicated variable of at least this many bytes is loaded by shares and all-gathered
+    /// (when there is a gather); smaller ones are uploaded whole to every replica.
+    pub share_min: usize,
 }
 
 impl Default for Sizes {
@@ -53,6 +56,7 @@ impl Default for Sizes {
             unit: 64 << 20,
             staging: 4,
             reg_batch: 256 << 20,
+            share_min: 1 << 20,
         }
     }
 }
