@@ -131,6 +131,28 @@ impl Bundle {
         data_path(&self.prefix, shard, self.index.num_shards)
     }
 
+    /// Where the GPU path reads entry `e`: its shard's mapping and the entry's byte range in it,
+    /// or (on object storage) the shard object and the range to fetch.
+    #[cfg(any(test, feature = "cuda"))]
+    pub(crate) fn device_bytes(
+        &self,
+        e: &Entry,
+    ) -> Result<(crate::reader::stored::SourceBytes, std::ops::Range<usize>)> {
+        use crate::reader::stored::SourceBytes;
+        match &self.source {
+            Source::Local { .. } => {
+                let (map, range) = self.locate(e)?;
+                Ok((SourceBytes::Mapped(map), range))
+            }
+            #[cfg(feature = "remote")]
+            Source::Remote(r) => {
+                let shard = r.gpu_shard(self, e)?;
+                let range = e.offset as usize..(e.offset + e.size) as usize;
+                Ok((SourceBytes::Remote(Arc::new(shard)), range))
+            }
+        }
+    }
+
     /// The mapped data shard of `e` (mapped on first use).
     fn shard(&self, e: &Entry) -> Result<Arc<MappedFile>> {
         let shards = match &self.source {
@@ -140,9 +162,7 @@ impl Bundle {
                 return Err(ErrorKind::Remote {
                     url: self.shard_path(e.shard).to_string_lossy().into_owned(),
                     range: None,
-                    reason: "loads of checkpoints on object storage run on the host only for \
-                             now (Device::Cpu); GPU loads need a local copy"
-                        .into(),
+                    reason: "a data shard on object storage has no local mapping".into(),
                 }
                 .into())
             }

@@ -244,7 +244,7 @@ impl Uploads {
             (start..end, None)
         };
         self.jobs.push(Job {
-            src: UploadSource::Mapped(src.map.clone()),
+            src: src.map.clone().into(),
             range,
             copies,
             check,

@@ -964,3 +964,137 @@ fn replica_lists_are_checked() {
     store.set_device(&f, Device::Cuda(1)).unwrap();
     assert!(store.replicas_of(&f).is_none());
 }
+
+/// A static HTTP server with range support (tower-http's `ServeDir`) over `root`, on 127.0.0.1,
+/// for the rest of the test process.
+#[cfg(feature = "remote")]
+fn http_server(root: std::path::PathBuf) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let files = tower_http::services::ServeDir::new(&root);
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(files.clone());
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// [`store_for`] the local checkpoint `dir`, mapped to its copy at `url`.
+#[cfg(feature = "remote")]
+fn remote_store(dir: &Path, url: &str) -> VariableStore {
+    layouts::store_for_layout_from(dir, Path::new(url), Layout::Repartitioned)
+}
+
+/// Checkpoints on object storage onto devices: the ranged GETs land in the staging ring (never
+/// registered), are checksummed there, and the values equal the host load of the local files,
+/// on one device and placed across three with replicas; a damaged remote shard fails naming it.
+#[cfg(feature = "remote")]
+#[test]
+fn remote_checkpoints_load_through_the_staging_ring() {
+    let addr = http_server(fixtures::fixtures());
+    let mut options = LoadOptions::default();
+    options.remote.range_bytes = 64 << 10;
+    options.remote.concurrency = 3;
+    let mut n = 0;
+    for case in CASES.iter().filter(|c| !c.contains("v1")) {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        cpu.initialize(Device::Cpu).unwrap();
+        let url = format!("http://{addr}/{case}");
+        for (sizes, register) in [(Sizes::default(), true), (tiny(), false)] {
+            let what = format!("{url} {sizes:?} register={register}");
+            let options = LoadOptions {
+                register_mappings: register,
+                ..options.clone()
+            };
+            let link = HostLink::default();
+            let mut gpu = remote_store(&dir, &url);
+            let report = gpu
+                .initialize_on(&link, &options, sizes)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            n += assert_same(&cpu, &gpu, &what);
+            let d = report.device.as_ref().unwrap();
+            assert_eq!(
+                d.registered_bytes, 0,
+                "{what}: nothing of a remote shard is registered"
+            );
+            assert!(d.staged_bytes > 0, "{what}");
+            assert_eq!(link.registrations.load(Ordering::Relaxed), 0, "{what}");
+        }
+        // Three devices, the CPU and replicas, gathered.
+        let (links, devs) = three_links();
+        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let gather = super::emulated::HostGather::new(&pairs);
+        let mut many = remote_store(&dir, &url);
+        place_on_three(&mut many);
+        let replicated = replicate(&mut many);
+        many.initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            Some(&gather),
+            &options,
+            Sizes::default(),
+        )
+        .unwrap_or_else(|e| panic!("{url} on three: {e}"));
+        assert_same(&cpu, &many, &url);
+        for name in &replicated {
+            let want = cpu.value(name).unwrap();
+            for r in many.device_replicas(name) {
+                assert_eq!(&r.to_host().unwrap(), want, "{url}: {name}");
+            }
+        }
+    }
+    assert!(n > 100, "{n}");
+}
+
+#[cfg(feature = "remote")]
+#[test]
+fn a_damaged_remote_shard_fails_naming_its_url_and_loads_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (path, bytes) in fixtures::tree(&fixture("repartition_v2")) {
+        let to = tmp.path().join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+    let url = format!("http://{}", http_server(tmp.path().to_path_buf()));
+    let mut store = remote_store(tmp.path(), &url);
+    let (data, offset) = {
+        let ckpt = crate::Checkpoint::open(tmp.path()).unwrap();
+        let s = ckpt.stored("float32/whole").unwrap();
+        let src = s.device_sources().unwrap().unwrap().remove(0);
+        (src.path, src.offset)
+    };
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[offset as usize + 3] ^= 0x10;
+    std::fs::write(&data, &bytes).unwrap();
+    let link = HostLink::default();
+    let err = store
+        .initialize_on(&link, &LoadOptions::default(), tiny())
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::TensorChecksum { path, tensor, .. }
+            if path.to_string_lossy().starts_with(&url) && tensor == "float32/whole"),
+        "{err}"
+    );
+    assert_eq!(link.live_allocations(), 0);
+    assert!(!store.is_initialized());
+}

@@ -228,7 +228,7 @@ impl<'c> Stored<'c> {
         let mut out = Vec::new();
         for p in self.pieces() {
             let e = self.entry(b, &p.slice)?;
-            let (map, range) = b.locate(e)?;
+            let (map, range) = b.device_bytes(e)?;
             out.push(DeviceSource {
                 region: p.region,
                 map,
@@ -243,11 +243,23 @@ impl<'c> Stored<'c> {
     }
 }
 
-/// One stored piece as the GPU path reads it (see [`Stored::device_sources`]).
+/// Where a stored piece's bytes come from on the GPU path.
+#[cfg(any(test, feature = "cuda"))]
+#[derive(Clone)]
+pub(crate) enum SourceBytes {
+    /// A local shard's mapping.
+    Mapped(std::sync::Arc<crate::base::mmap::MappedFile>),
+    /// A shard on object storage, fetched into the staging ring.
+    #[cfg(feature = "remote")]
+    Remote(std::sync::Arc<crate::remote::RemoteShard>),
+}
+
+/// One stored piece as the GPU path reads it (see [`Stored::device_sources`]): `range` is its
+/// bytes in the mapping or the object.
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) struct DeviceSource {
     pub region: Region,
-    pub map: std::sync::Arc<crate::base::mmap::MappedFile>,
+    pub map: SourceBytes,
     pub range: std::ops::Range<usize>,
     pub crc: u32,
     pub path: std::path::PathBuf,

@@ -221,6 +221,19 @@ impl RemoteBundle {
         Ok(obj)
     }
 
+    /// The shard object of `e` as the GPU ring reads it (bounds checked), with this load's
+    /// client and budget.
+    #[cfg(any(test, feature = "cuda"))]
+    pub(crate) fn gpu_shard(&self, b: &Bundle, e: &Entry) -> Result<RemoteShard> {
+        let obj = self.check_bounds(b, e)?;
+        let (client, budget) = self.state();
+        Ok(RemoteShard {
+            client,
+            budget,
+            obj,
+        })
+    }
+
     /// The shard of `e`, with `e`'s bytes checked to lie inside it.
     pub(crate) fn check_bounds(&self, b: &Bundle, e: &Entry) -> Result<Arc<Object>> {
         let obj = self.shard(b, e)?;
@@ -320,6 +333,47 @@ impl RemoteBundle {
             Ok(())
         })?;
         Ok(out)
+    }
+}
+
+/// A data shard on object storage, as the GPU's staging ring reads it: byte ranges fetched in
+/// parallel ranged GETs straight into a pinned staging buffer (checked against the object's size
+/// and ETag as every read is).
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) struct RemoteShard {
+    client: Arc<Client>,
+    budget: Arc<Budget>,
+    obj: Arc<Object>,
+}
+
+#[cfg(any(test, feature = "cuda"))]
+impl RemoteShard {
+    /// Whether both read the same object.
+    pub(crate) fn same(&self, other: &RemoteShard) -> bool {
+        Arc::ptr_eq(&self.obj, &other.obj)
+    }
+
+    /// The object's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.obj.url
+    }
+
+    /// Fetches bytes `range` of the object into `dst` (as long as the range), in ranges of the
+    /// load's `range_bytes`, several at once within the load's budget.
+    pub(crate) fn fetch_into(&self, range: std::ops::Range<u64>, dst: &mut [u8]) -> Result<()> {
+        let step = self.client.options.range_bytes;
+        let ranges = fetch::cut(range.start, range.end, step);
+        fetch::stream(
+            &self.client,
+            &self.budget,
+            &self.obj,
+            &ranges,
+            |i, bytes| {
+                let at = (ranges[i].start - range.start) as usize;
+                crate::base::copy::stream_copy(&mut dst[at..at + bytes.len()], &bytes);
+                Ok(())
+            },
+        )
     }
 }
 

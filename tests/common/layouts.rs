@@ -44,6 +44,12 @@ pub enum Layout {
 /// initialized). `NAME` is the tensor's name with `:` replaced by `_`; tensors that cannot be read
 /// (variant) or that make no variable are left out.
 pub fn store_for_layout(dir: &Path, layout: Layout) -> VariableStore {
+    store_for_layout_from(dir, dir, layout)
+}
+
+/// [`store_for_layout`] with the variables made from the local checkpoint `dir`, mapped to the
+/// same checkpoint at `from` (a copy of it, e.g. its URL on a server).
+pub fn store_for_layout_from(dir: &Path, from: &Path, layout: Layout) -> VariableStore {
     let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut store = VariableStore::new();
     let mut map = AssignmentMap::new();
@@ -121,7 +127,7 @@ pub fn store_for_layout(dir: &Path, layout: Layout) -> VariableStore {
             .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
             .unwrap();
     }
-    init_from_checkpoint(&mut store, dir, &map).unwrap();
+    init_from_checkpoint(&mut store, from, &map).unwrap();
     store
 }
 

@@ -174,13 +174,20 @@ pub(crate) enum UploadSource {
     Mapped(Arc<MappedFile>),
     /// Bytes prepared on the host (already verified).
     Owned(Arc<Vec<u8>>),
+    /// A shard on object storage: the ring fetches a unit's range straight into its pinned
+    /// buffer and checksums it there.
+    #[cfg(feature = "remote")]
+    Remote(Arc<crate::remote::RemoteShard>),
 }
 
 impl UploadSource {
+    /// The bytes of a local source (a remote one has none here: the ring fetches them).
     fn bytes(&self) -> &[u8] {
         match self {
             UploadSource::Mapped(m) => m.bytes(),
             UploadSource::Owned(v) => v,
+            #[cfg(feature = "remote")]
+            UploadSource::Remote(_) => &[],
         }
     }
 
@@ -188,7 +195,20 @@ impl UploadSource {
         match (self, other) {
             (UploadSource::Mapped(a), UploadSource::Mapped(b)) => Arc::ptr_eq(a, b),
             (UploadSource::Owned(a), UploadSource::Owned(b)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "remote")]
+            (UploadSource::Remote(a), UploadSource::Remote(b)) => a.same(b),
             _ => false,
+        }
+    }
+}
+
+impl From<crate::reader::stored::SourceBytes> for UploadSource {
+    fn from(s: crate::reader::stored::SourceBytes) -> UploadSource {
+        use crate::reader::stored::SourceBytes;
+        match s {
+            SourceBytes::Mapped(m) => UploadSource::Mapped(m),
+            #[cfg(feature = "remote")]
+            SourceBytes::Remote(r) => UploadSource::Remote(r),
         }
     }
 }

@@ -7,7 +7,11 @@ use std::sync::atomic::Ordering;
 
 use rayon::prelude::*;
 
+#[cfg(feature = "remote")]
+use super::units::crc_pieces;
 use super::units::{crc_and_copy, pieces, Unit};
+#[cfg(feature = "remote")]
+use super::UploadSource;
 use super::{CrcPiece, Link, Shared, PIECE};
 use crate::base::error::Result;
 
@@ -63,11 +67,23 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
                 let len = u.range.len();
                 let buf = &mut bufs[b][..len];
                 let start = u.range.start;
-                let parts: Vec<CrcPiece> = buf
-                    .par_chunks_mut(PIECE)
-                    .zip(pieces(&u.range))
-                    .flat_map_iter(|(d, sub)| crc_and_copy(u, sub, Some(d)))
-                    .collect();
+                let parts: Vec<CrcPiece> = match &u.src {
+                    // Object storage: the ranged GETs land in the pinned buffer, and the
+                    // checksum reads them there.
+                    #[cfg(feature = "remote")]
+                    UploadSource::Remote(r) => {
+                        r.fetch_into(u.range.start as u64..u.range.end as u64, buf)?;
+                        let filled: &[u8] = buf;
+                        pieces(&u.range)
+                            .flat_map_iter(|sub| crc_pieces(u, sub, filled, start))
+                            .collect()
+                    }
+                    _ => buf
+                        .par_chunks_mut(PIECE)
+                        .zip(pieces(&u.range))
+                        .flat_map_iter(|(d, sub)| crc_and_copy(u, sub, Some(d)))
+                        .collect(),
+                };
                 s.add_parts(parts);
                 for c in &u.copies {
                     let off = c.src - start;

@@ -24,15 +24,13 @@ pub(crate) struct Unit {
 pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
     // Each mapping's units in increasing file order (a partitioned tensor's slices can lie on both
     // sides of another tensor): the registrar's windows rely on it, and reads stay sequential.
-    jobs.sort_by_key(|j| match &j.src {
-        UploadSource::Mapped(m) => (0, Arc::as_ptr(m) as usize, j.range.start),
-        UploadSource::Owned(_) => (1, 0, 0),
-    });
+    jobs.sort_by_cached_key(order);
     let (mut mapped, mut owned): (Vec<Unit>, Vec<Unit>) = (Vec::new(), Vec::new());
     for job in jobs {
+        // Remote shards go with the host-owned units: only the ring carries them.
         let out = match job.src {
             UploadSource::Mapped(_) => &mut mapped,
-            UploadSource::Owned(_) => &mut owned,
+            _ => &mut owned,
         };
         let mut start = job.range.start;
         loop {
@@ -83,6 +81,17 @@ pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
     (mapped, owned)
 }
 
+/// The order units are cut in: each mapping's (and each remote object's) jobs in file order, so
+/// that neighbours join; host-owned bytes last.
+fn order(j: &Job) -> (u8, String, usize, usize) {
+    match &j.src {
+        UploadSource::Mapped(m) => (0, String::new(), Arc::as_ptr(m) as usize, j.range.start),
+        #[cfg(feature = "remote")]
+        UploadSource::Remote(r) => (1, r.url().to_string(), 0, j.range.start),
+        UploadSource::Owned(_) => (2, String::new(), 0, 0),
+    }
+}
+
 /// Merges copies that continue each other in both source and destination.
 fn coalesce(copies: &mut Vec<Transfer>) {
     copies.sort_unstable_by_key(|c| (c.src, c.dst));
@@ -101,6 +110,17 @@ fn coalesce(copies: &mut Vec<Transfer>) {
 pub(super) fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) -> Vec<CrcPiece> {
     let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
     let src = u.src.bytes();
+    let parts = crc_pieces(u, sub.clone(), src, 0);
+    if let Some(d) = dst {
+        // A staging buffer is read by the GPU, not by this CPU: no read for ownership.
+        crate::base::copy::stream_copy(d, &src[sub]);
+    }
+    parts
+}
+
+/// The checksum pieces of `u` that fall in `sub` (a range of the source), reading the source's
+/// bytes from `bytes`, which holds the source from offset `base` on.
+pub(super) fn crc_pieces(u: &Unit, sub: Range<usize>, bytes: &[u8], base: usize) -> Vec<CrcPiece> {
     let mut parts = Vec::new();
     for (check, off, r) in &u.crcs {
         let (a, b) = (r.start.max(sub.start), r.end.min(sub.end));
@@ -109,13 +129,9 @@ pub(super) fn crc_and_copy(u: &Unit, sub: Range<usize>, dst: Option<&mut [u8]>) 
                 check: *check,
                 off: off + (a - r.start) as u64,
                 len: (b - a) as u64,
-                crc: crate::base::crc::serial(&src[a..b]),
+                crc: crate::base::crc::serial(&bytes[a - base..b - base]),
             });
         }
-    }
-    if let Some(d) = dst {
-        // A staging buffer is read by the GPU, not by this CPU: no read for ownership.
-        crate::base::copy::stream_copy(d, &src[sub]);
     }
     parts
 }
