@@ -25,8 +25,54 @@ pub(crate) struct V1Tensor {
     pub slices: Vec<(Slice, usize)>,
 }
 
+/// One V1 file: mapped from a local disk, or fetched whole from object storage.
+pub(crate) enum V1File {
+    Mapped(MappedFile),
+    #[cfg(feature = "remote")]
+    Fetched(crate::remote::FetchedFile),
+}
+
+impl V1File {
+    fn path(&self) -> &Path {
+        match self {
+            V1File::Mapped(m) => m.path(),
+            #[cfg(feature = "remote")]
+            V1File::Fetched(f) => &f.url,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            V1File::Mapped(m) => m.bytes(),
+            #[cfg(feature = "remote")]
+            V1File::Fetched(f) => &f.bytes,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// A mapped file truncated under its mapping is an error (fetched bytes cannot change).
+    fn intact(&self) -> Result<()> {
+        match self {
+            V1File::Mapped(m) => m.intact(),
+            #[cfg(feature = "remote")]
+            V1File::Fetched(_) => Ok(()),
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        match self {
+            V1File::Mapped(m) => crate::base::mmap::FileStamp::of(m.path()) == Some(m.stamp()),
+            #[cfg(feature = "remote")]
+            V1File::Fetched(f) => f.is_current(),
+        }
+    }
+}
+
 pub(crate) struct V1Set {
-    files: Vec<MappedFile>,
+    files: Vec<V1File>,
     /// Each file's parsed table index, read once at open.
     blocks: Vec<Vec<(Vec<u8>, BlockHandle)>>,
     pub tensors: BTreeMap<String, V1Tensor>,
@@ -40,11 +86,20 @@ pub(crate) enum V1Values {
 
 impl V1Set {
     pub(crate) fn open(paths: &[PathBuf]) -> Result<V1Set> {
-        let mut files = Vec::with_capacity(paths.len());
-        let mut blocks = Vec::with_capacity(paths.len());
+        let files = paths
+            .iter()
+            .map(|p| MappedFile::open(p).map(V1File::Mapped))
+            .collect::<Result<Vec<_>>>()?;
+        V1Set::from_files(files)
+    }
+
+    /// The checkpoint made of `sources` (mapped or fetched files).
+    pub(crate) fn from_files(sources: Vec<V1File>) -> Result<V1Set> {
+        let mut files = Vec::with_capacity(sources.len());
+        let mut blocks = Vec::with_capacity(sources.len());
         let mut tensors: BTreeMap<String, V1Tensor> = BTreeMap::new();
-        for (fi, path) in paths.iter().enumerate() {
-            let file = MappedFile::open(path)?;
+        for (fi, file) in sources.into_iter().enumerate() {
+            let path = &file.path().to_path_buf();
             let table = Table::open(path, file.bytes())?;
             let bad_header = |reason: String| ErrorKind::BadHeader {
                 path: path.clone(),
@@ -116,9 +171,15 @@ impl V1Set {
 
     /// Whether every file is as it was when opened.
     pub(crate) fn is_current(&self) -> bool {
-        self.files
-            .iter()
-            .all(|f| crate::base::mmap::FileStamp::of(f.path()) == Some(f.stamp()))
+        self.files.iter().all(V1File::is_current)
+    }
+
+    /// Whether the files were fetched from object storage.
+    pub(crate) fn is_remote(&self) -> bool {
+        #[cfg(feature = "remote")]
+        return self.files.iter().any(|f| matches!(f, V1File::Fetched(_)));
+        #[cfg(not(feature = "remote"))]
+        false
     }
 
     /// Total bytes of all files.

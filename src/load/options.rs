@@ -81,6 +81,10 @@ pub struct RemoteOptions {
     pub initial_backoff: std::time::Duration,
     /// Retries stop once this long has passed since the first try (default 180 s).
     pub retry_timeout: std::time::Duration,
+    /// A V1 checkpoint (legacy: one or more SSTable files without byte offsets per tensor) is
+    /// fetched whole into host memory when opened; at most this many bytes (default 1 GiB),
+    /// beyond which opening it is an error asking for a local copy.
+    pub v1_max_bytes: u64,
 }
 
 impl Default for RemoteOptions {
@@ -91,6 +95,7 @@ impl Default for RemoteOptions {
             max_retries: 10,
             initial_backoff: std::time::Duration::from_millis(100),
             retry_timeout: std::time::Duration::from_secs(180),
+            v1_max_bytes: 1 << 30,
         }
     }
 }

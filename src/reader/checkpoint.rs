@@ -179,7 +179,16 @@ impl Checkpoint {
     pub fn open_with(path: impl AsRef<Path>, remote: &crate::RemoteOptions) -> Result<Checkpoint> {
         if let Some(url) = resolve::as_url(path.as_ref()) {
             #[cfg(feature = "remote")]
-            return Self::from_bundle(crate::remote::open_bundle(url, remote)?);
+            return match crate::remote::open(url, remote)? {
+                crate::remote::Opened::V2(b) => Self::from_bundle(b),
+                crate::remote::Opened::V1 { prefix, files } => {
+                    let files = files
+                        .into_iter()
+                        .map(crate::format::v1::V1File::Fetched)
+                        .collect();
+                    Self::from_v1(prefix, V1Set::from_files(files)?)
+                }
+            };
             #[cfg(not(feature = "remote"))]
             return Err(ErrorKind::Remote {
                 url: url.to_string(),
@@ -325,11 +334,13 @@ impl Checkpoint {
 
     /// Whether the checkpoint is on object storage (opened from a URL).
     pub fn is_remote(&self) -> bool {
-        #[cfg(feature = "remote")]
-        if let Inner::V2(b) = &self.inner {
-            return b.remote_source().is_some();
+        match &self.inner {
+            #[cfg(feature = "remote")]
+            Inner::V2(b) => b.remote_source().is_some(),
+            Inner::V1(set) => set.is_remote(),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
-        false
     }
 
     /// Reads of a checkpoint on object storage run from now on with `options` (range size,

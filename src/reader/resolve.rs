@@ -379,7 +379,7 @@ fn tok_matches(t: &Tok<'_>, c: u8) -> bool {
 
 /// Shell-style matching of `*`, `?` and `[...]` (with `!`/`^` negation and ranges), in
 /// O(pattern × name) time: on a mismatch, retry from the last `*` one character later.
-fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
+pub(crate) fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
     let toks = tokens(pat);
     let (mut p, mut i) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -76,7 +76,10 @@ impl Location {
                 "credentials in the URL are not accepted (use the environment variables)",
             ));
         }
-        if key.contains(['?', '#']) {
+        // In s3:// and gs:// keys `?` is a character (a glob's in a sharded V1 save); in an
+        // http(s):// URL it starts a query string, which could carry a secret.
+        let web = matches!(scheme, Scheme::Http | Scheme::Https);
+        if key.contains('#') || (web && key.contains('?')) {
             return Err(bad("query strings and fragments are not accepted"));
         }
         Ok(Location {
@@ -268,6 +271,32 @@ impl Client {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The objects directly under `dir` (a key prefix ending in `/`, or empty for the bucket's
+    /// top), by key.
+    pub(crate) fn list(&self, dir: &str) -> Result<Vec<Object>> {
+        let url = self.loc.url(dir);
+        let prefix = if dir.is_empty() {
+            None
+        } else {
+            Some(self.path(dir.trim_end_matches('/'))?)
+        };
+        let store = self.store.clone();
+        let listed = block(&url, async move {
+            store.list_with_delimiter(prefix.as_ref()).await
+        })?
+        .map_err(|e| self.error(e, &url, None))?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .map(|m| Object {
+                url: self.loc.url(m.location.as_ref()),
+                path: m.location,
+                size: m.size,
+                etag: m.e_tag,
+            })
+            .collect())
     }
 
     /// A whole (small) object: an index or a state file.

@@ -10,6 +10,11 @@
 //! the pieces' CRCs are combined (`crc::combine`) and compared with the index's. Every GET is
 //! checked against the size and ETag seen when the shard was first used (and sent with
 //! `If-Match`), so an object replaced under a load is an error, never a mix of two versions.
+//!
+//! A V1 checkpoint (SSTable files whose metadata has no byte offset per tensor) is fetched whole
+//! when opened, in the same parallel ranges, up to `RemoteOptions::v1_max_bytes`; a sharded V1
+//! save's glob is matched against a listing of its "directory". On a GPU, the ranges of a V2
+//! shard land in the staging ring (`RemoteShard`).
 
 mod client;
 pub(crate) mod fetch;
@@ -38,14 +43,30 @@ pub(crate) struct RemoteBundle {
     shards: Mutex<HashMap<u32, Arc<Object>>>,
 }
 
-/// Opens the V2 checkpoint that `url` names (a prefix, `PREFIX.index`, a data file, or a
-/// "directory" holding a `checkpoint` state file).
-pub(crate) fn open_bundle(url: &str, options: &RemoteOptions) -> Result<Bundle> {
+/// What a URL names: a V2 bundle, or the files of a V1 checkpoint (fetched whole).
+pub(crate) enum Opened {
+    V2(Bundle),
+    V1 {
+        prefix: PathBuf,
+        files: Vec<FetchedFile>,
+    },
+}
+
+/// Opens the checkpoint that `url` names (a prefix, `PREFIX.index`, a data file, a "directory"
+/// holding a `checkpoint` state file, or a V1 file or glob such as `model.ckpt-0-?????-of-00002`).
+pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
     options.check()?;
     let loc = Location::parse(url)?;
     let client = Arc::new(Client::new(&loc, options)?);
     let prefix = resolve(&client, &loc)?;
     let index_key = format!("{prefix}.index");
+    if client.exists(&index_key)?.is_none() {
+        let files = open_v1(&client, &loc, &prefix, options)?;
+        return Ok(Opened::V1 {
+            prefix: PathBuf::from(loc.url(&prefix)),
+            files,
+        });
+    }
     let (index, bytes) = client.get_all(&index_key)?;
     let prefix_url = loc.url(&prefix);
     let index_path = PathBuf::from(&index.url);
@@ -56,12 +77,111 @@ pub(crate) fn open_bundle(url: &str, options: &RemoteOptions) -> Result<Bundle> 
         index,
         shards: Mutex::new(HashMap::new()),
     };
-    Ok(Bundle::remote(
+    Ok(Opened::V2(Bundle::remote(
         PathBuf::from(prefix_url),
         index_path,
         parsed,
         remote,
-    ))
+    )))
+}
+
+/// A V1 checkpoint file on object storage, fetched whole (V1 metadata has no byte offsets to
+/// fetch a tensor by).
+pub(crate) struct FetchedFile {
+    pub url: PathBuf,
+    pub bytes: Vec<u8>,
+    client: Arc<Client>,
+    obj: Object,
+}
+
+impl FetchedFile {
+    /// Whether the object is still the one fetched (same size and ETag): one HEAD request.
+    pub(crate) fn is_current(&self) -> bool {
+        match self.client.head(self.obj.path.as_ref()) {
+            Ok(o) => o.size == self.obj.size && o.etag == self.obj.etag,
+            Err(_) => false,
+        }
+    }
+}
+
+/// The files of the V1 checkpoint `prefix` (one object, or the objects its last component
+/// matches as a glob), each fetched in parallel ranges; at most `v1_max_bytes` in all.
+fn open_v1(
+    client: &Arc<Client>,
+    loc: &Location,
+    prefix: &str,
+    options: &RemoteOptions,
+) -> Result<Vec<FetchedFile>> {
+    let (dir, name) = match prefix.rfind('/') {
+        Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+        None => ("", prefix),
+    };
+    let objects: Vec<Object> = if name.contains(['*', '?', '[']) {
+        if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https) {
+            return Err(ErrorKind::Remote {
+                url: loc.url(prefix),
+                range: None,
+                reason: "a sharded V1 checkpoint names its files by a glob, and a plain HTTP \
+                         server cannot list them; read it through s3:// or gs://, or from a local copy"
+                    .into(),
+            }
+            .into());
+        }
+        let mut found: Vec<Object> = client
+            .list(dir)?
+            .into_iter()
+            .filter(|o| {
+                let key = o.path.as_ref();
+                let base = key.rsplit('/').next().unwrap_or(key);
+                crate::reader::resolve::fnmatch(name.as_bytes(), base.as_bytes())
+            })
+            .collect();
+        found.sort_by(|a, b| a.url.cmp(&b.url));
+        found
+    } else {
+        client.exists(prefix)?.into_iter().collect()
+    };
+    if objects.is_empty() {
+        return Err(ErrorKind::NotFound {
+            path: PathBuf::from(loc.url(prefix)),
+        }
+        .into());
+    }
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    if total > options.v1_max_bytes {
+        return Err(ErrorKind::Remote {
+            url: loc.url(prefix),
+            range: None,
+            reason: format!(
+                "a V1 checkpoint is read whole, and its {} file(s) hold {total} bytes, more than \
+                 RemoteOptions::v1_max_bytes ({}); copy it to a local disk, or raise the bound",
+                objects.len(),
+                options.v1_max_bytes
+            ),
+        }
+        .into());
+    }
+    let budget = Budget::new(options.concurrency, options.max_in_flight_bytes());
+    objects
+        .into_iter()
+        .map(|obj| {
+            let mut bytes = crate::base::mmap::alloc_zeroed(obj.size as usize, &obj.url)?;
+            let obj = Arc::new(obj);
+            let ranges = fetch::cut(0, obj.size, options.range_bytes);
+            fetch::stream(client, &budget, &obj, &ranges, |i, got| {
+                let at = ranges[i].start as usize;
+                bytes[at..at + got.len()].copy_from_slice(&got);
+                Ok(())
+            })?;
+            let obj = Arc::try_unwrap(obj).unwrap_or_else(|o| (*o).clone());
+            Ok(FetchedFile {
+                url: PathBuf::from(&obj.url),
+                bytes,
+                client: client.clone(),
+                obj,
+            })
+        })
+        .collect()
 }
 
 /// The key prefix of the checkpoint `loc` names, as `resolve::resolve` does for local paths: a
@@ -83,6 +203,15 @@ fn resolve(client: &Client, loc: &Location) -> Result<String> {
                 return Ok(p.to_string());
             }
         }
+        // A glob of V1 files (a sharded V1 save).
+        if key
+            .rsplit('/')
+            .next()
+            .unwrap_or(key)
+            .contains(['*', '?', '['])
+        {
+            return Ok(key.to_string());
+        }
     }
     let dir = key.trim_end_matches('/');
     let dir_slash = if dir.is_empty() {
@@ -102,10 +231,14 @@ fn resolve(client: &Client, loc: &Location) -> Result<String> {
     let text = match client.get_all(&state_key) {
         Ok((_, bytes)) => bytes,
         Err(e) if e.is_not_found() => {
+            // Not a directory: a V1 file, or nothing.
+            if !key.is_empty() && !key.ends_with('/') && client.exists(key)?.is_some() {
+                return Ok(key.to_string());
+            }
             return Err(ErrorKind::NotFound {
                 path: PathBuf::from(loc.url(key)),
             }
-            .into())
+            .into());
         }
         Err(e) => return Err(e),
     };
@@ -142,16 +275,7 @@ fn resolve(client: &Client, loc: &Location) -> Result<String> {
     } else {
         format!("{dir_slash}{path}")
     };
-    if client.exists(&format!("{prefix}.index"))?.is_some() {
-        Ok(prefix)
-    } else {
-        Err(no_ckpt(format!(
-            "its state file names {} but no {}.index exists (V1 checkpoints on object storage \
-             are not supported)",
-            loc.url(&prefix),
-            loc.url(&prefix)
-        )))
-    }
+    Ok(prefix)
 }
 
 impl RemoteBundle {
