@@ -8,7 +8,8 @@
 #        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
 #    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
 #    trainer buffers, a damaged shard; placement over every GPU and the CPU; replicas on every
-#    GPU, by shares and an NCCL all-gather, at world size 1 on a one-GPU machine: the tests are
+#    GPU, by shares and an NCCL all-gather, and a broadcast initialization over an NCCL
+#    communicator, at world size 1 on a one-GPU machine: the tests are
 #    built with the `nccl` feature, and libnccl.so.2 must be on the loader path for that part,
 #    else the replicas load whole and the test prints the warning), then the benchmark (~8 GB checkpoint written by the
 #    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads)

@@ -171,7 +171,10 @@ impl VariableStore {
 }
 
 /// Runs `f` on the pool `options` asks for: the global one, or one of `options.threads` threads.
-fn in_pool<R: Send>(options: &LoadOptions, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+pub(crate) fn in_pool<R: Send>(
+    options: &LoadOptions,
+    f: impl FnOnce() -> Result<R> + Send,
+) -> Result<R> {
     match options.threads {
         None => f(),
         Some(n) => rayon::ThreadPoolBuilder::new()

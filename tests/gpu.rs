@@ -208,3 +208,41 @@ fn placement_and_replicas_on_every_gpu() {
         );
     }
 }
+
+/// A broadcast initialization over a real NCCL communicator, at world size 1 (the root alone):
+/// the path a multi-host job takes, on the one GPU this check has.
+#[cfg(feature = "nccl")]
+#[test]
+fn broadcast_initialization_over_nccl_at_world_size_1() {
+    if !gpu() {
+        return;
+    }
+    // SAFETY: dlopen of a library name, closed at once.
+    let nccl = unsafe { libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY) };
+    if nccl.is_null() {
+        assert!(
+            std::env::var_os("TFCKPT_REQUIRE_NCCL").is_none(),
+            "TFCKPT_REQUIRE_NCCL is set but libnccl.so.2 cannot be loaded"
+        );
+        eprintln!("no libnccl.so.2: broadcast not checked");
+        return;
+    }
+    // SAFETY: a handle dlopen returned.
+    unsafe { libc::dlclose(nccl) };
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let comm = cudarc::nccl::Comm::from_devices(vec![ctx.default_stream()])
+        .unwrap()
+        .remove(0);
+    let dir = fixture("repartition_v2");
+    let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
+    cpu.initialize(Device::Cpu).unwrap();
+    let mut dev = store_for_layout(&dir, Layout::Repartitioned);
+    let report = dev
+        .initialize_broadcast(&comm, 0, &LoadOptions::default())
+        .unwrap();
+    let n = assert_same(&cpu, &dev, "broadcast, world size 1");
+    println!(
+        "broadcast at world size 1: {n} variables equal the host load, {} bytes broadcast",
+        report.device.as_ref().unwrap().broadcast_bytes
+    );
+}

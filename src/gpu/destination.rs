@@ -77,6 +77,9 @@ pub(super) struct GpuDestination<'l, L: Link> {
     /// Replicated variables, by name: their devices.
     replicas: BTreeMap<String, Vec<Device>>,
     gather: Option<&'l dyn Gather>,
+    /// Device values arrive from another rank (a broadcast after this load): only the
+    /// variables in host memory are read here, and the device memory is only allocated.
+    receive: bool,
     /// Every variable's memory on each of its devices (one slot, or one per replica).
     slots: HashMap<String, Vec<Slot>>,
     /// The all-gathers that complete replicas loaded by shares, by variable.
@@ -117,7 +120,32 @@ impl VariableStore {
         options: &LoadOptions,
         sizes: Sizes,
     ) -> Result<LoadReport> {
+        self.initialize_dest(links, default, gather, false, options, sizes)
+    }
+
+    /// `initialize(default)` on `link` for a rank that receives its device values from another
+    /// (`gpu::broadcast`): device memory is allocated and left for the broadcast to fill; only
+    /// the variables in host memory (strings, CPU-placed) are read here.
+    #[cfg(any(test, feature = "nccl"))]
+    pub(crate) fn initialize_to_receive<L: Link>(
+        &mut self,
+        link: (Device, &L),
+        options: &LoadOptions,
+    ) -> Result<LoadReport> {
+        self.initialize_dest(&[link], link.0, None, true, options, Sizes::default())
+    }
+
+    fn initialize_dest<L: Link>(
+        &mut self,
+        links: &[(Device, &L)],
+        default: Device,
+        gather: Option<&'_ dyn Gather>,
+        receive: bool,
+        options: &LoadOptions,
+        sizes: Sizes,
+    ) -> Result<LoadReport> {
         let dest = GpuDestination {
+            receive,
             links: links.to_vec(),
             placement: self.placement.clone(),
             default,
@@ -382,6 +410,20 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         for it in &reads.plan.items {
             let stored = reads.ckpts[it.ckpt].stored(it.tensor)?;
+            if self.receive {
+                // Device values come from the broadcast: read only what stays on the host.
+                let host: Vec<(&Variable, &Slice)> = it
+                    .dests
+                    .iter()
+                    .filter(|(v, _)| !self.slots.contains_key(&v.name))
+                    .copied()
+                    .collect();
+                if !host.is_empty() {
+                    report.stored_bytes += skeleton::stored_bytes(&stored, &host);
+                    self.load_on_host(&stored, &host, reads.options, report)?;
+                }
+                continue;
+            }
             report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
             match stored.device_sources()? {
                 None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
@@ -423,6 +465,9 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             self.host
                 .push((v.name.clone(), filled_tensor(v, dtype, elem)?));
             return Ok(());
+        }
+        if self.receive {
+            return Ok(()); // the broadcast brings it
         }
         self.whole(&v.name);
         let slots = &self.slots[&v.name];

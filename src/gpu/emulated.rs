@@ -316,3 +316,93 @@ impl super::destination::Gather for HostGather<'_> {
         Ok(())
     }
 }
+
+/// The ranks of an emulated multi-process job (threads here), each on its own emulated device:
+/// the collectives a trainer's communicator has, through shared memory and a barrier. Every
+/// rank passes the same barriers whatever happens, as NCCL ranks must.
+pub(crate) struct Hub {
+    world: usize,
+    barrier: std::sync::Barrier,
+    values: Mutex<Vec<u64>>,
+    data: Mutex<Vec<Vec<u8>>>,
+    /// Makes every broadcast fail (on every rank, after the data moved).
+    pub fail_broadcast: AtomicBool,
+}
+
+impl Hub {
+    pub(crate) fn new(world: usize) -> Hub {
+        Hub {
+            world,
+            barrier: std::sync::Barrier::new(world),
+            values: Mutex::new(vec![0; world]),
+            data: Mutex::new(Vec::new()),
+            fail_broadcast: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One rank's end of a [`Hub`].
+pub(crate) struct HostComm<'a> {
+    pub hub: &'a Hub,
+    pub rank: usize,
+    pub link: &'a HostLink,
+}
+
+impl super::broadcast::Collective for HostComm<'_> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.hub.world
+    }
+
+    fn max(&self, value: u64) -> Result<u64> {
+        self.hub.values.lock().unwrap()[self.rank] = value;
+        self.hub.barrier.wait();
+        let m = self.hub.values.lock().unwrap().iter().copied().max();
+        self.hub.barrier.wait();
+        Ok(m.unwrap_or(value))
+    }
+
+    fn broadcast(&self, bufs: &[(u64, usize)], root: usize) -> Result<()> {
+        let mut sent = Ok(());
+        if self.rank == root {
+            let read: Result<Vec<Vec<u8>>> =
+                bufs.iter().map(|&(p, l)| self.link.read_at(p, l)).collect();
+            match read {
+                Ok(d) => *self.hub.data.lock().unwrap() = d,
+                Err(e) => sent = Err(e),
+            }
+        }
+        self.hub.barrier.wait();
+        let mut got = Ok(());
+        if self.rank != root {
+            let data = self.hub.data.lock().unwrap();
+            if data.len() != bufs.len() {
+                got = Err(bad(format!(
+                    "rank {} expects {} buffers, the root sent {}",
+                    self.rank,
+                    bufs.len(),
+                    data.len()
+                )));
+            } else {
+                for (&(p, l), d) in bufs.iter().zip(data.iter()) {
+                    if d.len() != l {
+                        got = Err(bad(format!("{l} bytes expected, {} sent", d.len())));
+                        break;
+                    }
+                    if let Err(e) = self.link.write_at(p, d) {
+                        got = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.hub.barrier.wait();
+        if self.hub.fail_broadcast.load(Ordering::Relaxed) {
+            return Err(bad("broadcast failed (emulated)".into()));
+        }
+        sent.and(got)
+    }
+}

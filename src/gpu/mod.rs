@@ -13,6 +13,8 @@
 //!
 //! [`Destination`]: crate::load::skeleton::Destination
 
+#[cfg(any(test, feature = "nccl"))]
+pub(crate) mod broadcast;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 #[cfg(any(test, feature = "cuda"))]

@@ -3,16 +3,23 @@
 //! communicator per set of GPUs (`ncclCommInitAll`, slow to make: kept for the process), on each
 //! GPU's kernel lane, so the gather is ordered after that GPU's kernels; the shares move over
 //! NVLink where the GPUs have it.
+//!
+//! Across hosts: [`VariableStore::initialize_broadcast`] over the trainer's own communicator
+//! (`gpu::broadcast` has the steps).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::nccl::{group_end, group_start, Comm};
+use cudarc::nccl::{group_end, group_start, Comm, ReduceOp};
 
+use super::broadcast::Collective;
 use super::cuda::CudaLink;
 use super::destination::Gather;
+use super::exec::Link;
 use crate::base::device::Device;
 use crate::base::error::{ErrorKind, Result};
+use crate::init::store::VariableStore;
+use crate::load::{LoadOptions, LoadReport};
 
 /// The communicators of one set of GPUs, rank i on the i-th.
 struct Comms(Vec<Comm>);
@@ -129,5 +136,108 @@ impl Gather for NcclGather<'_> {
             recv.leak();
         }
         r
+    }
+}
+
+/// The trainer's communicator, on this rank's GPU.
+struct TrainerComm<'a> {
+    comm: &'a Comm,
+    link: &'a CudaLink,
+}
+
+impl TrainerComm<'_> {
+    fn err(&self, op: &str, e: impl std::fmt::Debug) -> crate::Error {
+        nccl_err(&[self.comm.ordinal() as u32], op, e)
+    }
+}
+
+impl Collective for TrainerComm<'_> {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    fn world(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn max(&self, value: u64) -> Result<u64> {
+        let stream = self.comm.stream();
+        let mut buf = stream
+            .clone_htod(&[value])
+            .map_err(|e| self.err("copying to the device", e))?;
+        self.comm
+            .all_reduce_in_place(&mut buf, &ReduceOp::Max)
+            .map_err(|e| self.err("ncclAllReduce", e))?;
+        let out = stream
+            .clone_dtoh(&buf)
+            .map_err(|e| self.err("copying from the device", e))?;
+        Ok(out.first().copied().unwrap_or(value))
+    }
+
+    fn broadcast(&self, bufs: &[(u64, usize)], root: usize) -> Result<()> {
+        let stream = self.comm.stream();
+        // NCCL's stream must see the load's copies and kernels finished.
+        self.link.synchronize()?;
+        for chunk in bufs.chunks(256) {
+            // SAFETY: each buffer is a live device allocation of this GPU held by the store's
+            // values for the whole call; the handles are leaked below, never freed here.
+            let mut views: Vec<_> = chunk
+                .iter()
+                .map(|&(ptr, len)| unsafe { stream.upgrade_device_ptr::<u8>(ptr, len) })
+                .collect();
+            let mut run = || -> Result<()> {
+                group_start().map_err(|e| self.err("ncclGroupStart", e))?;
+                let mut issued = Ok(());
+                for v in views.iter_mut() {
+                    if let Err(e) = self.comm.broadcast_in_place(v, root as i32) {
+                        issued = Err(self.err("ncclBroadcast", e));
+                        break;
+                    }
+                }
+                let ended = group_end().map_err(|e| self.err("ncclGroupEnd", e));
+                issued.and(ended)?;
+                stream
+                    .synchronize()
+                    .map_err(|e| self.err("synchronising", e))
+            };
+            let r = run();
+            for v in views {
+                v.leak();
+            }
+            r?;
+        }
+        Ok(())
+    }
+}
+
+impl VariableStore {
+    /// [`initialize`](Self::initialize) for data parallelism across hosts (feature `nccl`): one
+    /// read per job, the values broadcast to the others over `comm`, the trainer's NCCL
+    /// communicator (one rank per process, each on its own GPU; made with cudarc's
+    /// `Comm::from_rank`). Every rank calls it with the same model and arguments. Rank `root`
+    /// loads its GPU from the checkpoint (every byte verified); the others allocate the same
+    /// memory on their GPU (`comm`'s), read only the variables kept in host memory (strings,
+    /// CPU-placed ones), and receive every device value from the root. The ranks agree before
+    /// anything is read (same model, arguments accepted everywhere) and after the load (it
+    /// succeeded everywhere), so an error on one rank is an error on every rank, and no rank
+    /// keeps a value (all or nothing). Variables may be placed on `comm`'s GPU or on the CPU;
+    /// replicas and `LoadOptions::rank` are refused.
+    pub fn initialize_broadcast(
+        &mut self,
+        comm: &Comm,
+        root: usize,
+        options: &LoadOptions,
+    ) -> Result<LoadReport> {
+        let ordinal = comm.ordinal() as u32;
+        let link = super::cuda::link(ordinal)?;
+        let c = TrainerComm { comm, link: &link };
+        self.initialize_broadcast_on(
+            Device::Cuda(ordinal),
+            &*link,
+            &c,
+            root,
+            options,
+            Default::default(),
+        )
     }
 }

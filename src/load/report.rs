@@ -116,6 +116,9 @@ pub struct DeviceStats {
     pub filled_bytes: u64,
     /// Bytes of replicas received from the other GPUs by all-gather (NCCL), not over PCIe.
     pub gathered_bytes: u64,
+    /// Bytes of device values broadcast from the root rank to the others (sent by the root,
+    /// received by the others) by a broadcast initialization.
+    pub broadcast_bytes: u64,
     /// Why registration was not used for some ranges (`None` when it always worked or was off).
     pub registration_fallback: Option<String>,
 }
@@ -141,6 +144,7 @@ impl DeviceStats {
             t.kernels += d.kernels;
             t.filled_bytes += d.filled_bytes;
             t.gathered_bytes += d.gathered_bytes;
+            t.broadcast_bytes += d.broadcast_bytes;
         }
         Some(t)
     }
