@@ -54,11 +54,17 @@ pub(crate) trait Gather: Sync {
     /// `[i * share, (i + 1) * share)`; afterwards every member holds all `members.len() * share`
     /// bytes. Returns when the gather is done.
     fn all_gather(&self, members: &[(Device, u64)], share: usize) -> Result<()>;
+
+    /// Makes ready whatever gathering between `devices` needs (a communicator), so that a
+    /// failure shows before any upload.
+    fn prepare(&self, _devices: &[Device]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A replicated variable whose replicas upload shares: the all-gather that completes it.
 struct Gathering {
-    /// (link index, address) of each replica.
+    /// (link index, address) of each replica, in rank order (their devices' ordinal order).
     members: Vec<(usize, u64)>,
     share: usize,
 }
@@ -84,6 +90,8 @@ pub(super) struct GpuDestination<'l, L: Link> {
     slots: HashMap<String, Vec<Slot>>,
     /// The all-gathers that complete replicas loaded by shares, by variable.
     gatherings: BTreeMap<String, Gathering>,
+    /// Why replicas were loaded whole after all (for the report).
+    warning: Option<String>,
     /// The uploads of each device (by link index).
     uploads: Vec<Uploads>,
     /// Values in host memory: string variables and variables placed on the CPU.
@@ -156,6 +164,7 @@ impl VariableStore {
             gather,
             slots: HashMap::new(),
             gatherings: BTreeMap::new(),
+            warning: None,
             uploads: links.iter().map(|_| Uploads::default()).collect(),
             host: Vec::new(),
             stats: links
@@ -318,15 +327,24 @@ impl<L: Link> GpuDestination<'_, L> {
             .iter()
             .zip(regions)
             .flat_map(|(&(v, _), want)| {
-                self.slots[&v.name].iter().map(move |slot| {
-                    let t = Target {
-                        name: &v.name,
-                        mem: &slot.mem,
-                        dtype: slot.dtype,
-                        want: want.clone(),
-                        keep: &slot.keep,
+                // One target per kept range (a replica's share and the tail apart), or one for all.
+                self.slots[&v.name].iter().flat_map(move |slot| {
+                    let keeps: Vec<&[Range<u64>]> = if slot.keep.is_empty() {
+                        vec![&[]]
+                    } else {
+                        slot.keep.iter().map(std::slice::from_ref).collect()
                     };
-                    (slot.dev, t)
+                    let want = want.clone();
+                    keeps.into_iter().map(move |keep| {
+                        let t = Target {
+                            name: &v.name,
+                            mem: &slot.mem,
+                            dtype: slot.dtype,
+                            want: want.clone(),
+                            keep,
+                        };
+                        (slot.dev, t)
+                    })
                 })
             })
             .collect();
@@ -340,14 +358,21 @@ impl<L: Link> GpuDestination<'_, L> {
         }
         let mut uploads = std::mem::take(&mut self.uploads);
         let mut read = 0;
-        for src in &sources {
-            let on_host = verified_on_host
-                .iter()
-                .any(|r| src.region.intersect(r).is_some());
+        for (i, src) in sources.iter().enumerate() {
+            // Bytes fetched from object storage are each device's own: each checks them. Local
+            // bytes are one mapping: checked once, by the host loader or by one device, taken
+            // in turn so that the checksums spread over the devices' rings.
+            let remote = !matches!(src.map, crate::reader::stored::SourceBytes::Mapped(_));
+            let on_host = !remote
+                && verified_on_host
+                    .iter()
+                    .any(|r| src.region.intersect(r).is_some());
             let mut verified = on_host;
-            for (dev, ts) in &by_dev {
+            let n = by_dev.len().max(1);
+            for k in 0..by_dev.len() {
+                let (dev, ts) = &by_dev[(i + k) % n];
                 let link = self.links[*dev].1;
-                if uploads[*dev].piece(link, src, info.dtype, ts, !verified)? {
+                if uploads[*dev].piece(link, src, info.dtype, ts, remote || !verified)? {
                     verified = true;
                 }
             }
@@ -377,13 +402,20 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 && self.gather.is_some()
                 && bytes >= self.sizes.share_min
                 && elems >= n;
+            // A replica's rank in its gather is its device's place among the replicas' devices
+            // in ordinal order (one communicator per set of GPUs, ranks in ordinal order).
+            let mut by_device: Vec<usize> = (0..devs.len()).collect();
+            by_device.sort_by_key(|&i| match self.links[devs[i]].0 {
+                Device::Cpu => 0,
+                Device::Cuda(n) => u64::from(n) + 1,
+            });
             let mut slots = Vec::with_capacity(devs.len());
             for (i, &dev) in devs.iter().enumerate() {
                 let mem = self.memory(v, dev, i, dtype, bytes)?;
                 let keep = if shared {
                     let per = elems / n;
-                    let i = i as u64;
-                    vec![i * per..(i + 1) * per, n * per..elems]
+                    let r = by_device.iter().position(|&j| j == i).unwrap_or(i) as u64;
+                    vec![r * per..(r + 1) * per, n * per..elems]
                 } else {
                     Vec::new()
                 };
@@ -397,12 +429,39 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             }
             if shared {
                 let g = Gathering {
-                    members: slots.iter().map(|s| (s.dev, s.mem.ptr())).collect(),
+                    members: by_device
+                        .iter()
+                        .map(|&i| (slots[i].dev, slots[i].mem.ptr()))
+                        .collect(),
                     share: (elems / n) as usize * size,
                 };
                 self.gatherings.insert(v.name.clone(), g);
             }
             self.slots.insert(v.name.clone(), slots);
+        }
+        // The gathers' communicators, made now: a set of GPUs that cannot gather (no NCCL path
+        // between them, say) loads whole replicas instead, with a warning, before any upload.
+        if let Some(gather) = self.gather {
+            let mut sets: Vec<Vec<Device>> = self
+                .gatherings
+                .values()
+                .map(|g| g.members.iter().map(|&(d, _)| self.links[d].0).collect())
+                .collect();
+            sets.sort_by_key(|s| format!("{s:?}"));
+            sets.dedup();
+            for set in sets {
+                if let Err(e) = gather.prepare(&set) {
+                    self.warning = Some(format!(
+                        "replicas: the GPUs {} cannot all-gather ({e}), so every replica is loaded whole over its own PCIe link",
+                        set.iter().map(Device::to_string).collect::<Vec<_>>().join(", ")
+                    ));
+                    let names: Vec<String> = self.gatherings.keys().cloned().collect();
+                    for name in names {
+                        self.whole(&name);
+                    }
+                    break;
+                }
+            }
         }
         Ok(())
     }
@@ -555,6 +614,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         }
         report.device = DeviceStats::total(&stats);
         report.devices = stats;
+        report.warnings.extend(self.warning.take());
         let mut device = Vec::with_capacity(self.slots.len());
         let mut replicas = Vec::new();
         for (name, slots) in self.slots {

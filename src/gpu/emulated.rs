@@ -274,6 +274,8 @@ pub(crate) struct HostGather<'a> {
     pub links: &'a [(crate::Device, &'a HostLink)],
     /// Makes every gather fail.
     pub fail: AtomicBool,
+    /// Makes every communicator fail to be made.
+    pub fail_prepare: AtomicBool,
     /// Bytes moved between devices.
     pub moved: AtomicUsize,
 }
@@ -283,12 +285,20 @@ impl<'a> HostGather<'a> {
         HostGather {
             links,
             fail: AtomicBool::new(false),
+            fail_prepare: AtomicBool::new(false),
             moved: AtomicUsize::new(0),
         }
     }
 }
 
 impl super::destination::Gather for HostGather<'_> {
+    fn prepare(&self, devices: &[crate::Device]) -> Result<()> {
+        if self.fail_prepare.load(Ordering::Relaxed) {
+            return Err(bad(format!("no communicator for {devices:?} (emulated)")));
+        }
+        Ok(())
+    }
+
     fn all_gather(&self, members: &[(crate::Device, u64)], share: usize) -> Result<()> {
         if self.fail.load(Ordering::Relaxed) {
             return Err(bad("all-gather failed (emulated)".into()));

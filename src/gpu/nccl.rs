@@ -65,37 +65,60 @@ impl NcclGather<'_> {
     }
 }
 
-impl Gather for NcclGather<'_> {
-    fn all_gather(&self, members: &[(Device, u64)], share: usize) -> Result<()> {
-        static COMMS: OnceLock<Mutex<CommsBySet>> = OnceLock::new();
-        let ordinals: Vec<u32> = members
+/// The communicators made so far, kept for the process.
+fn comms_by_set() -> &'static Mutex<CommsBySet> {
+    static COMMS: OnceLock<Mutex<CommsBySet>> = OnceLock::new();
+    COMMS.get_or_init(Default::default)
+}
+
+impl NcclGather<'_> {
+    /// The communicator of `devices` (in rank order), made on first use.
+    fn comms(&self, devices: &[Device]) -> Result<(Vec<u32>, Arc<Mutex<Comms>>)> {
+        let ordinals: Vec<u32> = devices
             .iter()
-            .map(|(d, _)| match d {
+            .map(|d| match d {
                 Device::Cuda(n) => *n,
                 Device::Cpu => u32::MAX,
             })
             .collect();
-        let links = members
+        let mut all = comms_by_set().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = all.get(&ordinals) {
+            return Ok((ordinals, c.clone()));
+        }
+        let streams = devices
             .iter()
-            .map(|&(d, _)| self.link(d))
+            .map(|&d| self.link(d).map(|l| l.kernel_stream()))
             .collect::<Result<Vec<_>>>()?;
-        let comms = {
-            let mut all = COMMS
-                .get_or_init(Default::default)
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match all.get(&ordinals) {
-                Some(c) => c.clone(),
-                None => {
-                    let streams = links.iter().map(|l| l.kernel_stream()).collect();
-                    let c = Comm::from_devices(streams)
-                        .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?;
-                    let c = Arc::new(Mutex::new(Comms(c)));
-                    all.insert(ordinals.clone(), c.clone());
-                    c
-                }
-            }
-        };
+        let c =
+            Comm::from_devices(streams).map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?;
+        let c = Arc::new(Mutex::new(Comms(c)));
+        all.insert(ordinals.clone(), c.clone());
+        Ok((ordinals, c))
+    }
+
+    /// Forgets a communicator that failed (NCCL says it must not be used again). Its resources
+    /// are leaked, not aborted: cudarc's abort panics when NCCL's abort fails, and this is an
+    /// error path.
+    fn discard(ordinals: &[u32]) {
+        let mut all = comms_by_set().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = all.remove(ordinals) {
+            std::mem::forget(c);
+        }
+    }
+}
+
+impl Gather for NcclGather<'_> {
+    fn prepare(&self, devices: &[Device]) -> Result<()> {
+        self.comms(devices).map(drop)
+    }
+
+    fn all_gather(&self, members: &[(Device, u64)], share: usize) -> Result<()> {
+        let devices: Vec<Device> = members.iter().map(|&(d, _)| d).collect();
+        let links = devices
+            .iter()
+            .map(|&d| self.link(d))
+            .collect::<Result<Vec<_>>>()?;
+        let (ordinals, comms) = self.comms(&devices)?;
         let comms = comms.lock().unwrap_or_else(|e| e.into_inner());
         let n = members.len();
         // Views of the destination memory (owned by the load, not by these handles: leaked
@@ -134,6 +157,10 @@ impl Gather for NcclGather<'_> {
         for (send, recv) in views {
             send.leak();
             recv.leak();
+        }
+        if r.is_err() {
+            drop(comms);
+            Self::discard(&ordinals);
         }
         r
     }

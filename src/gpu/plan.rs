@@ -172,16 +172,28 @@ impl Uploads {
         }
         let size = dtype.size().unwrap_or(1);
         let direct = |t: &Target<'_>, runs: &[Run]| t.dtype == dtype && runs.len() <= DIRECT_RUNS;
-        // The elements of the piece the kernels read: all of them, or a replica's share.
-        let (lo, hi) = users
+        // The elements the kernels read, as scratch clusters: each user's source hull, overlapping
+        // hulls merged (a replica's share and the tail are far apart: two small clusters, not one
+        // that spans the piece). One scratch buffer and one upload per cluster.
+        let mut clusters: Vec<(u64, u64)> = users
             .iter()
             .filter(|(t, runs)| !direct(t, runs))
-            .flat_map(|(_, runs)| runs.iter())
-            .fold((u64::MAX, 0), |(lo, hi), r| {
-                (lo.min(r.src), hi.max(r.src + r.len))
-            });
+            .map(|(_, runs)| {
+                runs.iter().fold((u64::MAX, 0), |(lo, hi), r| {
+                    (lo.min(r.src), hi.max(r.src + r.len))
+                })
+            })
+            .collect();
+        clusters.sort_unstable();
+        clusters.dedup_by(|next, prev| {
+            let overlaps = next.0 <= prev.1;
+            if overlaps {
+                prev.1 = prev.1.max(next.1);
+            }
+            overlaps
+        });
+        let mut bases: Vec<Option<u64>> = vec![None; clusters.len()];
         let mut copies = Vec::new();
-        let mut scratch: Option<u64> = None;
         for (t, runs) in users {
             let dsize = t.dtype.size().unwrap_or(1) as u64;
             if direct(t, &runs) {
@@ -192,11 +204,22 @@ impl Uploads {
                 }));
                 continue;
             }
-            // The piece's elements `lo..hi` (all, unless a share) once into scratch, then one
-            // kernel launch per 2-D block; `base` is where element 0 would be.
-            let base = match scratch {
+            // This user's cluster, uploaded once into scratch; then one kernel launch per 2-D
+            // block. `base` is where element 0 of the piece would be.
+            let lo_t = runs.iter().map(|r| r.src).min().unwrap_or(0);
+            let c = clusters
+                .iter()
+                .position(|&(lo, hi)| lo <= lo_t && lo_t < hi)
+                .ok_or_else(|| {
+                    ErrorKind::InvalidArgument(format!(
+                        "internal: no scratch for {} at element {lo_t}",
+                        t.name
+                    ))
+                })?;
+            let base = match bases[c] {
                 Some(p) => p,
                 None => {
+                    let (lo, hi) = clusters[c];
                     let (from, len) = (lo as usize * size, (hi - lo) as usize * size);
                     let m = link.alloc(len, &format!("{} (scratch)", t.name))?;
                     let p = m.ptr();
@@ -206,7 +229,7 @@ impl Uploads {
                         dst: p,
                     });
                     self.scratch.push(m);
-                    scratch = Some(p.wrapping_sub(from as u64));
+                    bases[c] = Some(p.wrapping_sub(from as u64));
                     p.wrapping_sub(from as u64)
                 }
             };
@@ -225,7 +248,7 @@ impl Uploads {
                     dst_stride: b.dst_stride,
                 }));
         }
-        let (range, check) = if verify {
+        if verify {
             self.checks.push(Check {
                 expected: src.crc,
                 path: src.path.clone(),
@@ -233,22 +256,37 @@ impl Uploads {
                 offset: src.offset,
                 size: src.range.len() as u64,
             });
-            (src.range.clone(), Some(self.checks.len() - 1))
+            self.jobs.push(Job {
+                src: src.map.clone().into(),
+                range: src.range.clone(),
+                copies,
+                check: Some(self.checks.len() - 1),
+            });
         } else {
-            let start = copies
-                .iter()
-                .map(|c| c.src)
-                .min()
-                .unwrap_or(src.range.start);
-            let end = copies.iter().map(|c| c.src + c.len).max().unwrap_or(start);
-            (start..end, None)
-        };
-        self.jobs.push(Job {
-            src: src.map.clone().into(),
-            range,
-            copies,
-            check,
-        });
+            // Only the bytes the copies take: one job per cluster of copies less than a unit
+            // gap apart (jobs of one source must not overlap: units follow file order).
+            copies.sort_unstable_by_key(|c| c.src);
+            let from: super::exec::UploadSource = src.map.clone().into();
+            let mut job: Option<Job> = None;
+            for c in copies {
+                match &mut job {
+                    Some(j) if c.src <= j.range.end + super::exec::GAP => {
+                        j.range.end = j.range.end.max(c.src + c.len);
+                        j.copies.push(c);
+                    }
+                    _ => {
+                        self.jobs.extend(job.take());
+                        job = Some(Job {
+                            src: from.clone(),
+                            range: c.src..c.src + c.len,
+                            copies: vec![c],
+                            check: None,
+                        });
+                    }
+                }
+            }
+            self.jobs.extend(job);
+        }
         Ok(true)
     }
 }

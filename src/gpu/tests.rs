@@ -924,6 +924,32 @@ fn a_failed_gather_unwinds_every_device() {
     }
     assert!(!store.is_initialized());
     assert!(store.device_replicas("whole/a").is_empty());
+    // GPUs that cannot make a communicator load whole replicas instead, and the report says so.
+    let mut cpu = store_for(&dir);
+    cpu.initialize(Device::Cpu).unwrap();
+    let gather = super::emulated::HostGather::new(&pairs);
+    gather.fail_prepare.store(true, Ordering::Relaxed);
+    let mut store = store_for(&dir);
+    replicate(&mut store);
+    let report = store
+        .initialize_on_links(
+            &pairs,
+            Device::Cuda(0),
+            Some(&gather),
+            &LoadOptions::default(),
+            tiny(),
+        )
+        .unwrap();
+    assert_same(&cpu, &store, "whole replicas");
+    assert_eq!(report.device.as_ref().unwrap().gathered_bytes, 0);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("cannot all-gather")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[test]
@@ -1257,4 +1283,59 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
         errs[0]
     );
     assert!(errs[1].contains("has replicas"), "{}", errs[1]);
+}
+
+/// The promise of replicas by shares, measured: a [1001, 1001] float32 value (1,002,001
+/// elements: three shares of 334,000 and a tail of 1) replicated on three devices, given out of
+/// ordinal order, crosses "PCIe" once in total, plus the tail on every device, with and without a
+/// cast on the way.
+#[test]
+fn replicas_by_shares_upload_each_byte_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("big");
+    let (d0, d1) = (1001u64, 1001u64);
+    let values: Vec<f32> = (0..d0 * d1).map(|i| i as f32 * 0.25).collect();
+    let t = crate::Tensor::from_f32(&[d0, d1], &values).unwrap();
+    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    w.add("big", (&t).into()).unwrap();
+    w.finish().unwrap();
+    for cast in [None, Some((DType::F32, DType::BF16))] {
+        let mut options = LoadOptions::default();
+        if let Some((f, t)) = cast {
+            options = options.cast(f, t);
+        }
+        let mut want = VariableStore::new();
+        want.get_variable("big", &[d0, d1], DType::F32, Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("big", Target::name("big"))]);
+        init_from_checkpoint(&mut want, &prefix, &map).unwrap();
+        let mut gpu = VariableStore::new();
+        gpu.get_variable("big", &[d0, d1], DType::F32, Init::Zeros)
+            .unwrap();
+        init_from_checkpoint(&mut gpu, &prefix, &map).unwrap();
+        want.initialize_with(Device::Cpu, &options).unwrap();
+        gpu.set_replicas("big", &[Device::Cuda(2), Device::Cuda(0), Device::Cuda(1)])
+            .unwrap();
+        let (links, devs) = three_links();
+        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let gather = super::emulated::HostGather::new(&pairs);
+        let report = gpu
+            .initialize_on_links(&pairs, Device::Cuda(0), Some(&gather), &options, tiny())
+            .unwrap();
+        for r in gpu.device_replicas("big") {
+            assert_eq!(
+                &r.to_host().unwrap(),
+                want.value("big").unwrap(),
+                "{cast:?}"
+            );
+        }
+        let b = d0 * d1 * 4;
+        let tail = (d0 * d1 % 3) * 4;
+        assert!(
+            pcie(&report) <= b + 3 * tail,
+            "{cast:?}: {} > {b}",
+            pcie(&report)
+        );
+        assert!(pcie(&report) >= b, "{cast:?}");
+    }
 }

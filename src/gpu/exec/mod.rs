@@ -61,7 +61,7 @@ impl Default for Sizes {
     }
 }
 /// Entries closer than this in a file share a unit (the gap is uploaded, not copied anywhere).
-const GAP: usize = 64 << 10;
+pub(crate) const GAP: usize = 64 << 10;
 /// How far past the units in work the files are hinted for readahead.
 const READ_AHEAD: usize = 512 << 20;
 /// Bytes checksummed (and copied) per parallel task.
@@ -280,7 +280,7 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// The next `n` bytes' worth of mapped units of one source (at least one unit).
+    /// The next `n` bytes' worth of mapped units of one source (one unit when `bytes` is 0).
     fn take(&self, bytes: usize) -> Range<usize> {
         let mut c = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
         let start = c.0;
@@ -288,7 +288,8 @@ impl Shared<'_> {
         while end < self.mapped.len() {
             let u = &self.mapped[end];
             if end > start
-                && (!u.src.same(&self.mapped[start].src)
+                && (bytes == 0
+                    || !u.src.same(&self.mapped[start].src)
                     || u.range.end > self.mapped[start].range.start.saturating_add(bytes))
             {
                 break;

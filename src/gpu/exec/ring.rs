@@ -78,10 +78,18 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
                             .flat_map_iter(|sub| crc_pieces(u, sub, filled, start))
                             .collect()
                     }
+                    // Bytes no copy takes (a replica's neighbours' shares, the rest of an entry
+                    // checked here for another device) are checksummed, not copied.
                     _ => buf
                         .par_chunks_mut(PIECE)
                         .zip(pieces(&u.range))
-                        .flat_map_iter(|(d, sub)| crc_and_copy(u, sub, Some(d)))
+                        .flat_map_iter(|(d, sub)| {
+                            let needed = u
+                                .copies
+                                .iter()
+                                .any(|c| c.src < sub.end && sub.start < c.src + c.len);
+                            crc_and_copy(u, sub, needed.then_some(d))
+                        })
                         .collect(),
                 };
                 s.add_parts(parts);

@@ -78,6 +78,7 @@ pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
     for u in mapped.iter_mut().chain(owned.iter_mut()) {
         coalesce(&mut u.copies);
     }
+
     (mapped, owned)
 }
 
