@@ -901,19 +901,22 @@ fn a_failed_gather_unwinds_every_device() {
     let dir = fixture("partitioned_axes");
     let (links, devs) = three_links();
     let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
-    let gather = super::emulated::HostGather::new(&pairs);
-    gather.fail.store(true, Ordering::Relaxed);
-    let mut store = store_for(&dir);
-    replicate(&mut store);
-    let err = store
-        .initialize_on_links(
+    let load = |gather: &super::emulated::HostGather<'_>| {
+        let mut store = store_for(&dir);
+        replicate(&mut store);
+        let r = store.initialize_on_links(
             &pairs,
             Device::Cuda(0),
-            Some(&gather),
+            Some(gather),
             &LoadOptions::default(),
             tiny(),
-        )
-        .unwrap_err();
+        );
+        (store, r)
+    };
+    let gather = super::emulated::HostGather::new(&pairs);
+    gather.fail.store(true, Ordering::Relaxed);
+    let (store, r) = load(&gather);
+    let err = r.unwrap_err();
     assert!(
         err.to_string().contains("all-gather failed (emulated)"),
         "{err}"
@@ -929,17 +932,8 @@ fn a_failed_gather_unwinds_every_device() {
     cpu.initialize(Device::Cpu).unwrap();
     let gather = super::emulated::HostGather::new(&pairs);
     gather.fail_prepare.store(true, Ordering::Relaxed);
-    let mut store = store_for(&dir);
-    replicate(&mut store);
-    let report = store
-        .initialize_on_links(
-            &pairs,
-            Device::Cuda(0),
-            Some(&gather),
-            &LoadOptions::default(),
-            tiny(),
-        )
-        .unwrap();
+    let (store, r) = load(&gather);
+    let report = r.unwrap();
     assert_same(&cpu, &store, "whole replicas");
     assert_eq!(report.device.as_ref().unwrap().gathered_bytes, 0);
     assert!(

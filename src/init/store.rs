@@ -369,16 +369,7 @@ impl VariableStore {
     /// Places the parts of partitioned variable `name`: part `i` on `devices[i]`. The list has
     /// exactly one device per part.
     pub fn set_part_devices(&mut self, name: &str, devices: &[Device]) -> Result<()> {
-        let pv = self
-            .partitioned
-            .get(name)
-            .ok_or_else(|| ErrorKind::VariableNotFound {
-                name: name.into(),
-                suggestions: crate::base::suggest::close_names(
-                    name,
-                    self.partitioned.keys().map(String::as_str),
-                ),
-            })?;
+        let pv = self.partitioned_or_err(name)?;
         if devices.len() != pv.parts.len() {
             return Err(ErrorKind::BadVariable {
                 name: name.into(),
@@ -492,6 +483,20 @@ impl VariableStore {
         }
     }
 
+    /// Partitioned variable `name`, or an error naming it with the close names that exist.
+    fn partitioned_or_err(&self, name: &str) -> Result<&PartitionedVariable> {
+        self.partitioned.get(name).ok_or_else(|| {
+            ErrorKind::VariableNotFound {
+                name: name.into(),
+                suggestions: crate::base::suggest::close_names(
+                    name,
+                    self.partitioned.keys().map(String::as_str),
+                ),
+            }
+            .into()
+        })
+    }
+
     /// Variable (or part) `name`, or an error naming it with the close names that exist.
     pub(crate) fn var_or_err(&self, name: &str) -> Result<&Variable> {
         self.vars.get(name).ok_or_else(|| {
@@ -528,16 +533,7 @@ impl VariableStore {
     /// fallible: a value too large to hold is an error, never an abort.
     pub fn partitioned_value(&self, name: &str) -> Result<Tensor> {
         let _reading = crate::base::sigbus::reading();
-        let pv = self
-            .partitioned
-            .get(name)
-            .ok_or_else(|| ErrorKind::VariableNotFound {
-                name: name.into(),
-                suggestions: crate::base::suggest::close_names(
-                    name,
-                    self.partitioned.keys().map(String::as_str),
-                ),
-            })?;
+        let pv = self.partitioned_or_err(name)?;
         let parts = pv
             .parts
             .iter()

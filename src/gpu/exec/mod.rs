@@ -352,83 +352,71 @@ pub(crate) fn execute<L: Link>(
     stats: &mut DeviceStats,
     stop: &AtomicBool,
 ) -> Result<bool> {
-    let r = execute_inner(link, jobs, kernels, checks, register, sizes, stats, stop);
+    let r = (|| -> Result<bool> {
+        if !kernels.is_empty() {
+            // A missing compiler or a module that does not load fails before any byte moves.
+            link.prepare_kernels()?;
+        }
+        let (mapped, owned) = units(jobs, sizes.unit);
+        let shared = Shared {
+            sizes,
+            mapped: &mapped,
+            owned: &owned,
+            cursor: Mutex::new((0, 0)),
+            owned_cursor: Mutex::new(0),
+            fallback: Mutex::new(Vec::new()),
+            no_registration: AtomicBool::new(!register),
+            failed: stop,
+            parts: Mutex::new(Vec::new()),
+        };
+        // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
+        // ring while the registrar waits on its own parallel checksums), so what registration gives
+        // back after the ring ran dry is carried by a second ring pass.
+        let (reg, first) = rayon::join(|| registrar(link, &shared), || ring(link, &shared));
+        let second = match (&reg, &first) {
+            (Ok(_), Ok(_)) => ring(link, &shared),
+            _ => Ok((0, 0)),
+        };
+        let synced = link.synchronize();
+        let (reg_bytes, reason) = reg?;
+        let (staged, staging) = first?;
+        let (staged2, staging2) = second?;
+        synced?;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false); // another device failed: its error is the load's
+        }
+        let (staged, staging) = (staged + staged2, staging.max(staging2));
+        stats.registered_bytes += reg_bytes;
+        stats.staged_bytes += staged;
+        stats.staging_bytes = stats.staging_bytes.max(staging);
+        if reason.is_some() {
+            stats.registration_fallback = reason;
+        }
+        // A file truncated under its mapping reads as zeros past its end: that is an error before
+        // any checksum is judged.
+        for u in &mapped {
+            if let UploadSource::Mapped(m) = &u.src {
+                m.intact()?;
+            }
+        }
+        verify(
+            checks,
+            shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )?;
+        for k in kernels {
+            if let Err(e) = link.kernel(k) {
+                let _ = link.synchronize(); // nothing queued may outlive the load
+                return Err(e);
+            }
+        }
+        stats.kernels += kernels.len();
+        link.synchronize()?;
+        Ok(true)
+    })();
     if r.is_err() {
         stop.store(true, Ordering::Relaxed);
     }
     r
-}
-
-#[allow(clippy::too_many_arguments)]
-fn execute_inner<L: Link>(
-    link: &L,
-    jobs: Vec<Job>,
-    kernels: &[Kernel],
-    checks: &[Check],
-    register: bool,
-    sizes: Sizes,
-    stats: &mut DeviceStats,
-    stop: &AtomicBool,
-) -> Result<bool> {
-    if !kernels.is_empty() {
-        // A missing compiler or a module that does not load fails before any byte moves.
-        link.prepare_kernels()?;
-    }
-    let (mapped, owned) = units(jobs, sizes.unit);
-    let shared = Shared {
-        sizes,
-        mapped: &mapped,
-        owned: &owned,
-        cursor: Mutex::new((0, 0)),
-        owned_cursor: Mutex::new(0),
-        fallback: Mutex::new(Vec::new()),
-        no_registration: AtomicBool::new(!register),
-        failed: stop,
-        parts: Mutex::new(Vec::new()),
-    };
-    // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
-    // ring while the registrar waits on its own parallel checksums), so what registration gives
-    // back after the ring ran dry is carried by a second ring pass.
-    let (reg, first) = rayon::join(|| registrar(link, &shared), || ring(link, &shared));
-    let second = match (&reg, &first) {
-        (Ok(_), Ok(_)) => ring(link, &shared),
-        _ => Ok((0, 0)),
-    };
-    let synced = link.synchronize();
-    let (reg_bytes, reason) = reg?;
-    let (staged, staging) = first?;
-    let (staged2, staging2) = second?;
-    synced?;
-    if stop.load(Ordering::Relaxed) {
-        return Ok(false); // another device failed: its error is the load's
-    }
-    let (staged, staging) = (staged + staged2, staging.max(staging2));
-    stats.registered_bytes += reg_bytes;
-    stats.staged_bytes += staged;
-    stats.staging_bytes = stats.staging_bytes.max(staging);
-    if reason.is_some() {
-        stats.registration_fallback = reason;
-    }
-    // A file truncated under its mapping reads as zeros past its end: that is an error before
-    // any checksum is judged.
-    for u in &mapped {
-        if let UploadSource::Mapped(m) = &u.src {
-            m.intact()?;
-        }
-    }
-    verify(
-        checks,
-        shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
-    )?;
-    for k in kernels {
-        if let Err(e) = link.kernel(k) {
-            let _ = link.synchronize(); // nothing queued may outlive the load
-            return Err(e);
-        }
-    }
-    stats.kernels += kernels.len();
-    link.synchronize()?;
-    Ok(true)
 }
 
 /// Combines the pieces of every entry's checksum and compares.
