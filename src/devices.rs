@@ -88,11 +88,12 @@ impl VariableStore {
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
         let gpus = self.gpus(device, options);
-        if gpus.is_empty() {
+        let Some((&first, first_var)) = gpus.iter().next() else {
             return skeleton::run(self, HostDestination::default(), options);
-        }
+        };
         #[cfg(feature = "cuda")]
         {
+            let _ = (first, first_var);
             let links = gpus
                 .iter()
                 .map(|(&n, var)| {
@@ -138,11 +139,10 @@ impl VariableStore {
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let (n, var) = gpus.iter().next().expect("not empty");
             Err(ErrorKind::DeviceUnavailable {
-                device: format!("cuda:{n}"),
+                device: format!("cuda:{first}"),
                 reason: format!(
-                    "variable {var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
+                    "variable {first_var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
                 ),
             }
             .into())

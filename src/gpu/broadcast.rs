@@ -8,13 +8,17 @@
 //!    rank before anything is read;
 //! 2. the root rank loads its GPU (the ordinary GPU load: every byte read once and verified),
 //!    while the others allocate the same memory and read only what stays in host memory (string
-//!    and CPU-placed variables);
+//!    and CPU-placed variables; every rank opens the checkpoint's index, as its
+//!    `init_from_checkpoint` did);
 //! 3. agreement on the outcome (`max` of the failures): if any rank failed, every rank fails and
 //!    keeps nothing;
-//! 4. every device value is broadcast from the root, in name order.
+//! 4. every device value is broadcast from the root, in name order, and the ranks agree a last
+//!    time on whether that worked everywhere.
 //!
-//! All or nothing across ranks: a rank whose broadcast failed, or that learned of another's
-//! failure, drops what it loaded (the store is left uninitialized).
+//! All or nothing across ranks: a rank whose step failed, or that learned of another's failure,
+//! drops what it loaded (the store is left uninitialized, the trainer's buffers handed back).
+//! What no agreement can cover is a fault of the communicator itself (a device or network
+//! failure inside a collective): NCCL reports or hangs on that as it does for the trainer.
 
 use std::hash::{Hash, Hasher};
 
@@ -41,11 +45,35 @@ fn collective_err(what: String) -> crate::Error {
     ErrorKind::InvalidArgument(format!("broadcast initialization: {what}")).into()
 }
 
+/// The first agreement: every rank's fingerprint (`max` of it and of its complement: equal
+/// everywhere only if all are equal) and whether its own checks passed. Every rank makes the
+/// same three calls whatever its own outcome.
+fn agree<C: Collective>(comm: &C, fp: u64, checked: Result<()>) -> Result<()> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let hi = comm.max(fp);
+    let lo = comm.max(!fp);
+    let failed = comm.max(u64::from(checked.is_err()));
+    let (hi, lo, failed) = (hi?, lo?, failed?);
+    checked?;
+    if hi != fp || lo != !fp {
+        return Err(collective_err(format!(
+            "the ranks' models or arguments differ (this is rank {rank} of {world}): every rank must build the same variables, shapes, dtypes and placement, and name the same root"
+        )));
+    }
+    if failed != 0 {
+        return Err(collective_err(format!(
+            "another rank's arguments were refused (this is rank {rank}); see its error"
+        )));
+    }
+    Ok(())
+}
+
 impl VariableStore {
-    /// What every rank must agree on: each fixed-size variable's name, shape, dtype (at the
-    /// destination) and whether it goes to the GPU.
-    fn fingerprint(&self, device: Device, options: &LoadOptions) -> u64 {
+    /// What every rank must agree on: the root, the world, and each variable's name, shape,
+    /// dtype (at the destination) and whether it goes to the GPU.
+    fn fingerprint(&self, device: Device, root: usize, world: usize, options: &LoadOptions) -> u64 {
         let mut h = crate::base::fxhash::FxHasher::default();
+        (root, world).hash(&mut h);
         for v in self.vars.values() {
             v.name.hash(&mut h);
             v.shape.hash(&mut h);
@@ -106,51 +134,19 @@ impl VariableStore {
         let checked = options
             .check()
             .and_then(|()| self.broadcast_checks(device, root, world, options));
-        let fp = self.fingerprint(device, options);
-        let (hi, lo) = (comm.max(fp)?, comm.max(!fp)?);
-        let failed = comm.max(u64::from(checked.is_err()))?;
-        checked?;
-        if hi != fp || lo != !fp {
-            return Err(collective_err(format!(
-                "the ranks' models differ (this is rank {rank} of {world}): every rank must build the same variables, shapes, dtypes and placement"
-            )));
-        }
-        if failed != 0 {
-            return Err(collective_err(format!(
-                "another rank's arguments were refused (this is rank {rank}); see its error"
-            )));
-        }
-        // 2. The root loads; the others allocate and read what stays on the host.
+        let fp = self.fingerprint(device, root, world, options);
+        agree(comm, fp, checked)?;
+        // 2. The root loads; the others allocate and read what stays on the host. The trainer's
+        // buffers are kept, to hand back if a later step fails.
         use crate::devices::in_pool;
+        let buffers = self.device_buffers.clone();
         let loaded = if rank == root {
             in_pool(options, || {
                 self.initialize_on_links(&[(device, link)], device, None, options, sizes)
             })
         } else {
-            // The device values' checkpoint tensors are not read here (so a rank needs no
-            // access to the checkpoint unless a variable in host memory maps to it).
-            let on_gpu: Vec<String> = self
-                .pending
-                .keys()
-                .filter(|n| {
-                    self.vars.get(*n).is_some_and(|v| {
-                        v.dtype.size().is_some() && self.device_of(n, device) == device
-                    })
-                })
-                .cloned()
-                .collect();
-            let held: Vec<_> = on_gpu
-                .into_iter()
-                .filter_map(|n| self.pending.remove_entry(&n))
-                .collect();
-            let r = in_pool(options, || {
+            in_pool(options, || {
                 self.initialize_to_receive((device, link), options)
-            });
-            self.pending.extend(held);
-            r.map(|mut r| {
-                // What this rank holds: every variable, as the root loaded it.
-                r.from_initializer = 0;
-                r
             })
         };
         // 3. Agreement on the outcome.
@@ -158,11 +154,11 @@ impl VariableStore {
         let mut report = match (loaded, failed) {
             (Err(e), _) => return Err(e),
             (Ok(_), Err(e)) => {
-                self.forget_values();
+                self.forget_values(buffers);
                 return Err(e);
             }
             (Ok(_), Ok(f)) if f != 0 => {
-                self.forget_values();
+                self.forget_values(buffers);
                 return Err(collective_err(format!(
                     "another rank failed to {} (this is rank {rank}); see its error",
                     if rank == root {
@@ -174,7 +170,8 @@ impl VariableStore {
             }
             (Ok(r), Ok(_)) => r,
         };
-        // 4. Every device value from the root, in name order (the same on every rank).
+        // 4. Every device value from the root, in name order (the same on every rank), and a
+        // last agreement: a broadcast that failed on one rank fails every rank.
         let bufs: Vec<(u64, usize)> = self
             .device_values
             .values()
@@ -182,8 +179,16 @@ impl VariableStore {
             .map(|t| (t.device_ptr(), t.byte_len()))
             .collect();
         let sent = bufs.iter().map(|b| b.1 as u64).sum::<u64>();
-        if let Err(e) = comm.broadcast(&bufs, root) {
-            self.forget_values();
+        let moved = comm.broadcast(&bufs, root);
+        let failed = comm.max(u64::from(moved.is_err()));
+        let outcome = moved.and(failed).and_then(|f| match f {
+            0 => Ok(()),
+            _ => Err(collective_err(format!(
+                "another rank's broadcast failed (this is rank {rank}); see its error"
+            ))),
+        });
+        if let Err(e) = outcome {
+            self.forget_values(buffers);
             return Err(e);
         }
         if let Some(d) = report.device.as_mut() {
@@ -195,8 +200,28 @@ impl VariableStore {
         Ok(report)
     }
 
-    /// Drops every value: the store counts as not initialized.
-    fn forget_values(&mut self) {
+    /// Refuses a broadcast load on this rank (`why`) while taking part in the first agreement, so
+    /// that the other ranks fail too instead of waiting.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn refuse_broadcast<C: Collective>(
+        &self,
+        comm: &C,
+        device: Device,
+        root: usize,
+        options: &LoadOptions,
+        why: crate::Error,
+    ) -> crate::Error {
+        let fp = self.fingerprint(device, root, comm.world(), options);
+        match agree(comm, fp, Err(why)) {
+            Err(e) => e,
+            Ok(()) => collective_err("refused".into()),
+        }
+    }
+
+    /// Drops every value (the store counts as not initialized) and takes back the trainer's
+    /// device buffers as they were before the load.
+    fn forget_values(&mut self, buffers: std::collections::BTreeMap<String, crate::DeviceBuffer>) {
+        self.device_buffers = buffers;
         self.values.clear();
         self.device_values.clear();
         self.replica_values.clear();

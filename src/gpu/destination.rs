@@ -92,6 +92,8 @@ pub(super) struct GpuDestination<'l, L: Link> {
     gatherings: BTreeMap<String, Gathering>,
     /// Why replicas were loaded whole after all (for the report).
     warning: Option<String>,
+    /// Stored pieces planned so far: the device that checks a piece takes turns.
+    turn: usize,
     /// The uploads of each device (by link index).
     uploads: Vec<Uploads>,
     /// Values in host memory: string variables and variables placed on the CPU.
@@ -165,6 +167,7 @@ impl VariableStore {
             slots: HashMap::new(),
             gatherings: BTreeMap::new(),
             warning: None,
+            turn: 0,
             uploads: links.iter().map(|_| Uploads::default()).collect(),
             host: Vec::new(),
             stats: links
@@ -358,7 +361,9 @@ impl<L: Link> GpuDestination<'_, L> {
         }
         let mut uploads = std::mem::take(&mut self.uploads);
         let mut read = 0;
-        for (i, src) in sources.iter().enumerate() {
+        for src in &sources {
+            let i = self.turn;
+            self.turn += 1;
             // Bytes fetched from object storage are each device's own: each checks them. Local
             // bytes are one mapping: checked once, by the host loader or by one device, taken
             // in turn so that the checksums spread over the devices' rings.
@@ -439,8 +444,8 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             }
             self.slots.insert(v.name.clone(), slots);
         }
-        // The gathers' communicators, made now: a set of GPUs that cannot gather (no NCCL path
-        // between them, say) loads whole replicas instead, with a warning, before any upload.
+        // The gathers' communicators, made now: the replicas on a set of GPUs that cannot gather
+        // (no NCCL path between them, say) load whole instead, with a warning, before any upload.
         if let Some(gather) = self.gather {
             let mut sets: Vec<Vec<Device>> = self
                 .gatherings
@@ -450,16 +455,31 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             sets.sort_by_key(|s| format!("{s:?}"));
             sets.dedup();
             for set in sets {
-                if let Err(e) = gather.prepare(&set) {
-                    self.warning = Some(format!(
-                        "replicas: the GPUs {} cannot all-gather ({e}), so every replica is loaded whole over its own PCIe link",
-                        set.iter().map(Device::to_string).collect::<Vec<_>>().join(", ")
-                    ));
-                    let names: Vec<String> = self.gatherings.keys().cloned().collect();
-                    for name in names {
-                        self.whole(&name);
-                    }
-                    break;
+                let Err(e) = gather.prepare(&set) else {
+                    continue;
+                };
+                let shown = set
+                    .iter()
+                    .map(Device::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.warning = Some(format!(
+                    "replicas: the GPUs {shown} cannot all-gather ({e}), so their replicas are loaded whole, each over its own PCIe link"
+                ));
+                let names: Vec<String> = self
+                    .gatherings
+                    .iter()
+                    .filter(|(_, g)| {
+                        g.members.len() == set.len()
+                            && g.members
+                                .iter()
+                                .zip(&set)
+                                .all(|(m, d)| self.links[m.0].0 == *d)
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in names {
+                    self.whole(&name);
                 }
             }
         }

@@ -337,6 +337,8 @@ pub(crate) struct Hub {
     data: Mutex<Vec<Vec<u8>>>,
     /// Makes every broadcast fail (on every rank, after the data moved).
     pub fail_broadcast: AtomicBool,
+    /// Makes the broadcast of this rank alone fail (after the data moved).
+    pub fail_broadcast_rank: AtomicUsize,
 }
 
 impl Hub {
@@ -347,6 +349,7 @@ impl Hub {
             values: Mutex::new(vec![0; world]),
             data: Mutex::new(Vec::new()),
             fail_broadcast: AtomicBool::new(false),
+            fail_broadcast_rank: AtomicUsize::new(usize::MAX),
         }
     }
 }
@@ -410,7 +413,9 @@ impl super::broadcast::Collective for HostComm<'_> {
             }
         }
         self.hub.barrier.wait();
-        if self.hub.fail_broadcast.load(Ordering::Relaxed) {
+        if self.hub.fail_broadcast.load(Ordering::Relaxed)
+            || self.hub.fail_broadcast_rank.load(Ordering::Relaxed) == self.rank
+        {
             return Err(bad("broadcast failed (emulated)".into()));
         }
         sent.and(got)

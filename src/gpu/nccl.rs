@@ -166,10 +166,11 @@ impl Gather for NcclGather<'_> {
     }
 }
 
-/// The trainer's communicator, on this rank's GPU.
+/// The trainer's communicator, on this rank's GPU (`link`: `None` when that GPU cannot be used,
+/// so this rank only takes part in the agreement that refuses the load).
 struct TrainerComm<'a> {
     comm: &'a Comm,
-    link: &'a CudaLink,
+    link: Option<&'a CudaLink>,
 }
 
 impl TrainerComm<'_> {
@@ -203,8 +204,11 @@ impl Collective for TrainerComm<'_> {
 
     fn broadcast(&self, bufs: &[(u64, usize)], root: usize) -> Result<()> {
         let stream = self.comm.stream();
+        let link = self
+            .link
+            .ok_or_else(|| self.err("broadcasting", "the GPU is not usable"))?;
         // NCCL's stream must see the load's copies and kernels finished.
-        self.link.synchronize()?;
+        link.synchronize()?;
         for chunk in bufs.chunks(256) {
             // SAFETY: each buffer is a live device allocation of this GPU held by the store's
             // values for the whole call; the handles are leaked below, never freed here.
@@ -256,15 +260,25 @@ impl VariableStore {
         options: &LoadOptions,
     ) -> Result<LoadReport> {
         let ordinal = comm.ordinal() as u32;
-        let link = super::cuda::link(ordinal)?;
-        let c = TrainerComm { comm, link: &link };
-        self.initialize_broadcast_on(
-            Device::Cuda(ordinal),
-            &*link,
-            &c,
-            root,
-            options,
-            Default::default(),
-        )
+        match super::cuda::link(ordinal) {
+            Ok(link) => {
+                let c = TrainerComm {
+                    comm,
+                    link: Some(&*link),
+                };
+                self.initialize_broadcast_on(
+                    Device::Cuda(ordinal),
+                    &*link,
+                    &c,
+                    root,
+                    options,
+                    Default::default(),
+                )
+            }
+            Err(e) => {
+                let c = TrainerComm { comm, link: None };
+                Err(self.refuse_broadcast(&c, Device::Cuda(ordinal), root, options, e))
+            }
+        }
     }
 }

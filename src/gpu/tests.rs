@@ -1231,6 +1231,67 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
     for l in &links {
         assert_eq!(l.live_allocations(), 0);
     }
+    // The broadcast fails on one rank only: the last agreement fails the others too, and a
+    // trainer's buffer handed in is handed back.
+    let hub = super::emulated::Hub::new(3);
+    hub.fail_broadcast_rank.store(2, Ordering::Relaxed);
+    let links = HostLink::devices(3);
+    let done = broadcast_job(3, 0, &hub, &links, |rank| {
+        let mut s = store_for(&dir);
+        if rank == 1 {
+            let bytes = crate::base::slice::num_elements(&[5, 3]).unwrap() as usize * 4;
+            let mem = links[1].alloc(bytes, "trainer").unwrap();
+            s.set_device_buffer("unmapped/ones", DeviceBuffer { mem })
+                .unwrap();
+        }
+        s
+    });
+    for (rank, (store, r)) in done.iter().enumerate() {
+        let err = r.as_ref().unwrap_err().to_string();
+        let want = if rank == 2 {
+            "broadcast failed (emulated)"
+        } else {
+            "another rank's broadcast failed"
+        };
+        assert!(err.contains(want), "rank {rank}: {err}");
+        assert!(!store.is_initialized(), "rank {rank}");
+    }
+    assert_eq!(
+        done[1].0.device_buffers.len(),
+        1,
+        "the trainer's buffer is handed back"
+    );
+    drop(done);
+    // Ranks that name different roots: refused by all before anything is read.
+    let hub = super::emulated::Hub::new(2);
+    let links = HostLink::devices(2);
+    let done = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..2)
+            .map(|rank| {
+                let (hub, link, dir) = (&hub, &links[rank], &dir);
+                s.spawn(move || {
+                    let mut store = store_for(dir);
+                    let comm = super::emulated::HostComm { hub, rank, link };
+                    store.initialize_broadcast_on(
+                        Device::Cuda(0),
+                        link,
+                        &comm,
+                        rank, // each rank thinks it is the root
+                        &LoadOptions::default(),
+                        tiny(),
+                    )
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (rank, r) in done.iter().enumerate() {
+        let err = r.as_ref().unwrap_err().to_string();
+        assert!(err.contains("name the same root"), "rank {rank}: {err}");
+        assert_eq!(links[rank].copies.load(Ordering::Relaxed), 0);
+    }
     // Ranks with different models: every rank refuses before reading anything.
     let hub = super::emulated::Hub::new(3);
     let links = HostLink::devices(3);
@@ -1244,7 +1305,10 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
     });
     for (rank, (_, r)) in done.iter().enumerate() {
         let err = r.as_ref().unwrap_err().to_string();
-        assert!(err.contains("models differ"), "rank {rank}: {err}");
+        assert!(
+            err.contains("models or arguments differ"),
+            "rank {rank}: {err}"
+        );
         assert_eq!(links[rank].copies.load(Ordering::Relaxed), 0);
     }
     // A root that does not exist, and a rank whose own arguments are refused.

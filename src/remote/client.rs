@@ -51,6 +51,11 @@ impl Location {
             }
             _ => url.to_string(),
         };
+        // Nor a query string's values (a presigned URL's signature).
+        let shown = match shown.split_once('?') {
+            Some((head, q)) if q.contains('=') => format!("{head}?***"),
+            _ => shown,
+        };
         let bad = |reason: &str| -> Error {
             ErrorKind::Remote {
                 url: shown.clone(),
@@ -78,8 +83,11 @@ impl Location {
         }
         // In s3:// and gs:// keys `?` is a character (a glob's in a sharded V1 save); in an
         // http(s):// URL it starts a query string, which could carry a secret.
+        // A `?` followed later by `=` is a query string (a presigned URL's signature, say) there
+        // too, refused rather than taken as part of a key.
         let web = matches!(scheme, Scheme::Http | Scheme::Https);
-        if key.contains('#') || (web && key.contains('?')) {
+        let query = key.find('?').is_some_and(|i| web || key[i..].contains('='));
+        if key.contains('#') || query {
             return Err(bad("query strings and fragments are not accepted"));
         }
         Ok(Location {

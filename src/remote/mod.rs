@@ -147,7 +147,7 @@ fn open_v1(
         }
         .into());
     }
-    let total: u64 = objects.iter().map(|o| o.size).sum();
+    let total: u64 = objects.iter().fold(0u64, |t, o| t.saturating_add(o.size));
     if total > options.v1_max_bytes {
         return Err(ErrorKind::Remote {
             url: loc.url(prefix),
