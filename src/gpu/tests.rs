@@ -576,11 +576,20 @@ fn place_on_three(store: &mut VariableStore) -> Vec<(String, Device)> {
         .collect()
 }
 
-fn three_links() -> (Vec<HostLink>, [Device; 3]) {
-    (
-        HostLink::devices(3),
-        [Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)],
-    )
+/// The three emulated devices of `links` as `cuda:0`, `cuda:1`, `cuda:2`.
+fn pairs_of(links: &[HostLink]) -> Vec<(Device, &HostLink)> {
+    (0u32..).map(Device::Cuda).zip(links).collect()
+}
+
+/// `initialize(cuda:0)` of `store` on the devices `pairs`.
+fn load_on(
+    store: &mut VariableStore,
+    pairs: &[(Device, &HostLink)],
+    gather: Option<&dyn super::destination::Gather>,
+    options: &LoadOptions,
+    sizes: Sizes,
+) -> crate::Result<crate::LoadReport> {
+    store.initialize_on_links(pairs, Device::Cuda(0), gather, options, sizes)
 }
 
 #[test]
@@ -596,16 +605,15 @@ fn three_devices_equal_host_on_every_fixture() {
                 let one = store_for(&dir)
                     .initialize_on(&HostLink::default(), &LoadOptions::default(), sizes)
                     .unwrap();
-                let (links, devs) = three_links();
-                let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+                let links = HostLink::devices(3);
+                let pairs = pairs_of(&links);
                 let mut gpu = store_for(&dir);
                 let placed = place_on_three(&mut gpu);
                 let options = LoadOptions {
                     register_mappings: register,
                     ..Default::default()
                 };
-                let report = gpu
-                    .initialize_on_links(&pairs, Device::Cuda(0), None, &options, sizes)
+                let report = load_on(&mut gpu, &pairs, None, &options, sizes)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_same(&cpu, &gpu, &what);
                 // Each value where it was placed (strings on the host).
@@ -650,36 +658,26 @@ fn a_failure_on_device_2_unwinds_devices_0_and_1() {
     let dir = fixture("repartition_v2");
     // How many copies device 2 makes in a good load: each of them fails in turn.
     let copies = {
-        let (links, devs) = three_links();
-        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let links = HostLink::devices(3);
+        let pairs = pairs_of(&links);
         let mut store = store_for(&dir);
         place_on_three(&mut store);
-        store
-            .initialize_on_links(
-                &pairs,
-                Device::Cuda(0),
-                None,
-                &LoadOptions::default(),
-                tiny(),
-            )
-            .unwrap();
+        load_on(&mut store, &pairs, None, &LoadOptions::default(), tiny()).unwrap();
         links[2].copies.load(Ordering::Relaxed)
     };
     assert!(copies >= 2, "{copies}");
     for (at, register_mappings) in (1..=copies).flat_map(|a| [(a, false), (a, true)]) {
         let what = format!("copy {at} fails, register={register_mappings}");
-        let (links, devs) = three_links();
+        let links = HostLink::devices(3);
         links[2].fail_copy_at.store(at, Ordering::Relaxed);
-        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let pairs = pairs_of(&links);
         let mut store = store_for(&dir);
         place_on_three(&mut store);
         let options = LoadOptions {
             register_mappings,
             ..Default::default()
         };
-        let err = store
-            .initialize_on_links(&pairs, Device::Cuda(0), None, &options, tiny())
-            .unwrap_err();
+        let err = load_on(&mut store, &pairs, None, &options, tiny()).unwrap_err();
         assert!(
             err.to_string().contains("failed (emulated)"),
             "{what}: {err}"
@@ -703,8 +701,8 @@ fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
         std::fs::write(to, bytes).unwrap();
     }
     // The store is made first (`store_for` leaves out tensors it cannot read).
-    let (links, devs) = three_links();
-    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let links = HostLink::devices(3);
+    let pairs = pairs_of(&links);
     let mut store = store_for(tmp.path());
     place_on_three(&mut store);
     // One byte of `float32/whole`, which feeds every device.
@@ -718,15 +716,7 @@ fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[offset as usize + 5] ^= 0x01;
     std::fs::write(&data, &bytes).unwrap();
-    let err = store
-        .initialize_on_links(
-            &pairs,
-            Device::Cuda(0),
-            None,
-            &LoadOptions::default(),
-            tiny(),
-        )
-        .unwrap_err();
+    let err = load_on(&mut store, &pairs, None, &LoadOptions::default(), tiny()).unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::TensorChecksum { path, tensor, .. }
             if *path == data && tensor == "float32/whole"),
@@ -742,8 +732,8 @@ fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
 #[test]
 fn placement_errors_name_the_variable_and_load_nothing() {
     let dir = fixture("partitioned_axes");
-    let (links, devs) = three_links();
-    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let links = HostLink::devices(3);
+    let pairs = pairs_of(&links);
     let mut store = store_for(&dir);
     let part = store.partitioned_variables().next().unwrap().clone();
     // One device more than parts, and one fewer: refused, placement unchanged.
@@ -766,15 +756,7 @@ fn placement_errors_name_the_variable_and_load_nothing() {
     ));
     // A device this load does not have (on a real machine: an ordinal past the GPU count).
     store.set_device(&part.parts[1], Device::Cuda(7)).unwrap();
-    let err = store
-        .initialize_on_links(
-            &pairs,
-            Device::Cuda(0),
-            None,
-            &LoadOptions::default(),
-            tiny(),
-        )
-        .unwrap_err();
+    let err = load_on(&mut store, &pairs, None, &LoadOptions::default(), tiny()).unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::DeviceUnavailable { device, reason }
             if device == "cuda:7" && reason.contains(&part.parts[1])),
@@ -786,15 +768,7 @@ fn placement_errors_name_the_variable_and_load_nothing() {
     assert!(!store.is_initialized());
     // The partitioned variable's name places every part.
     store.set_device(&part.name, Device::Cuda(1)).unwrap();
-    let report = store
-        .initialize_on_links(
-            &pairs,
-            Device::Cuda(0),
-            None,
-            &LoadOptions::default(),
-            tiny(),
-        )
-        .unwrap();
+    let report = load_on(&mut store, &pairs, None, &LoadOptions::default(), tiny()).unwrap();
     for p in &part.parts {
         assert_eq!(store.device_value(p).unwrap().device(), "emulated:1");
     }
@@ -834,8 +808,8 @@ fn replicas_by_shares_equal_the_host_load_and_cross_pcie_once() {
         cpu.initialize(Device::Cpu).unwrap();
         for cast in [None, Some((DType::F32, DType::BF16))] {
             let what = format!("{case} cast={cast:?}");
-            let (links, devs) = three_links();
-            let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+            let links = HostLink::devices(3);
+            let pairs = pairs_of(&links);
             let mut options = LoadOptions::default();
             if let Some((f, t)) = cast {
                 options = options.cast(f, t);
@@ -845,14 +819,12 @@ fn replicas_by_shares_equal_the_host_load_and_cross_pcie_once() {
             // Each replica whole over its own link, then by shares and all-gather.
             let mut whole = store_for(&dir);
             let names = replicate(&mut whole);
-            let full = whole
-                .initialize_on_links(&pairs, Device::Cuda(0), None, &options, tiny())
+            let full = load_on(&mut whole, &pairs, None, &options, tiny())
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             let gather = super::emulated::HostGather::new(&pairs);
             let mut gpu = store_for(&dir);
             replicate(&mut gpu);
-            let report = gpu
-                .initialize_on_links(&pairs, Device::Cuda(0), Some(&gather), &options, tiny())
+            let report = load_on(&mut gpu, &pairs, Some(&gather), &options, tiny())
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             for store in [&whole, &gpu] {
                 assert_same(&want, store, &what);
@@ -899,14 +871,14 @@ fn replicas_by_shares_equal_the_host_load_and_cross_pcie_once() {
 #[test]
 fn a_failed_gather_unwinds_every_device() {
     let dir = fixture("partitioned_axes");
-    let (links, devs) = three_links();
-    let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+    let links = HostLink::devices(3);
+    let pairs = pairs_of(&links);
     let load = |gather: &super::emulated::HostGather<'_>| {
         let mut store = store_for(&dir);
         replicate(&mut store);
-        let r = store.initialize_on_links(
+        let r = load_on(
+            &mut store,
             &pairs,
-            Device::Cuda(0),
             Some(gather),
             &LoadOptions::default(),
             tiny(),
@@ -1061,20 +1033,14 @@ fn remote_checkpoints_load_through_the_staging_ring() {
             assert_eq!(link.registrations.load(Ordering::Relaxed), 0, "{what}");
         }
         // Three devices, the CPU and replicas, gathered.
-        let (links, devs) = three_links();
-        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let links = HostLink::devices(3);
+        let pairs = pairs_of(&links);
         let gather = super::emulated::HostGather::new(&pairs);
         let mut many = remote_store(&dir, &url);
         place_on_three(&mut many);
         let replicated = replicate(&mut many);
-        many.initialize_on_links(
-            &pairs,
-            Device::Cuda(0),
-            Some(&gather),
-            &options,
-            Sizes::default(),
-        )
-        .unwrap_or_else(|e| panic!("{url} on three: {e}"));
+        load_on(&mut many, &pairs, Some(&gather), &options, Sizes::default())
+            .unwrap_or_else(|e| panic!("{url} on three: {e}"));
         assert_same(&cpu, &many, &url);
         for name in &replicated {
             let want = cpu.value(name).unwrap();
@@ -1374,12 +1340,10 @@ fn replicas_by_shares_upload_each_byte_once() {
         want.initialize_with(Device::Cpu, &options).unwrap();
         gpu.set_replicas("big", &[Device::Cuda(2), Device::Cuda(0), Device::Cuda(1)])
             .unwrap();
-        let (links, devs) = three_links();
-        let pairs: Vec<(Device, &HostLink)> = devs.into_iter().zip(&links).collect();
+        let links = HostLink::devices(3);
+        let pairs = pairs_of(&links);
         let gather = super::emulated::HostGather::new(&pairs);
-        let report = gpu
-            .initialize_on_links(&pairs, Device::Cuda(0), Some(&gather), &options, tiny())
-            .unwrap();
+        let report = load_on(&mut gpu, &pairs, Some(&gather), &options, tiny()).unwrap();
         for r in gpu.device_replicas("big") {
             assert_eq!(
                 &r.to_host().unwrap(),

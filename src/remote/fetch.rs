@@ -159,6 +159,24 @@ pub(crate) fn stream(
     outcome
 }
 
+/// Fetches bytes `range` of `obj` into `dst` (as long as the range), in ranges of the client's
+/// `range_bytes`, several at once within `budget`, each copied into place by `copy`.
+pub(crate) fn into(
+    client: &Arc<Client>,
+    budget: &Arc<Budget>,
+    obj: &Arc<Object>,
+    range: std::ops::Range<u64>,
+    dst: &mut [u8],
+    copy: fn(&mut [u8], &[u8]),
+) -> Result<()> {
+    let ranges = cut(range.start, range.end, client.options.range_bytes);
+    stream(client, budget, obj, &ranges, |i, bytes| {
+        let at = (ranges[i].start - range.start) as usize;
+        copy(&mut dst[at..at + bytes.len()], &bytes);
+        Ok(())
+    })
+}
+
 /// `[start, end)` cut into ranges of `step` bytes (the last one shorter).
 pub(crate) fn cut(start: u64, end: u64, step: u64) -> Vec<std::ops::Range<u64>> {
     let step = step.max(1);

@@ -91,7 +91,7 @@ pub(crate) struct FetchedFile {
     pub url: PathBuf,
     pub bytes: Vec<u8>,
     client: Arc<Client>,
-    obj: Object,
+    obj: Arc<Object>,
 }
 
 impl FetchedFile {
@@ -167,13 +167,14 @@ fn open_v1(
         .map(|obj| {
             let mut bytes = crate::base::mmap::alloc_zeroed(obj.size as usize, &obj.url)?;
             let obj = Arc::new(obj);
-            let ranges = fetch::cut(0, obj.size, options.range_bytes);
-            fetch::stream(client, &budget, &obj, &ranges, |i, got| {
-                let at = ranges[i].start as usize;
-                bytes[at..at + got.len()].copy_from_slice(&got);
-                Ok(())
-            })?;
-            let obj = Arc::try_unwrap(obj).unwrap_or_else(|o| (*o).clone());
+            fetch::into(
+                client,
+                &budget,
+                &obj,
+                0..obj.size,
+                &mut bytes,
+                <[u8]>::copy_from_slice,
+            )?;
             Ok(FetchedFile {
                 url: PathBuf::from(&obj.url),
                 bytes,
@@ -450,12 +451,15 @@ impl RemoteBundle {
         let obj = self.check_bounds(b, e)?;
         let (client, budget) = self.state();
         let mut out = crate::base::mmap::alloc_zeroed(e.size as usize, &key_name(&e.key))?;
-        let ranges = fetch::cut(e.offset, e.offset + e.size, client.options.range_bytes);
-        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
-            let at = (ranges[i].start - e.offset) as usize;
-            out[at..at + bytes.len()].copy_from_slice(&bytes);
-            Ok(())
-        })?;
+        let range = e.offset..e.offset + e.size;
+        fetch::into(
+            &client,
+            &budget,
+            &obj,
+            range,
+            &mut out,
+            <[u8]>::copy_from_slice,
+        )?;
         Ok(out)
     }
 }
@@ -485,19 +489,9 @@ impl RemoteShard {
     /// Fetches bytes `range` of the object into `dst` (as long as the range), in ranges of the
     /// load's `range_bytes`, several at once within the load's budget.
     pub(crate) fn fetch_into(&self, range: std::ops::Range<u64>, dst: &mut [u8]) -> Result<()> {
-        let step = self.client.options.range_bytes;
-        let ranges = fetch::cut(range.start, range.end, step);
-        fetch::stream(
-            &self.client,
-            &self.budget,
-            &self.obj,
-            &ranges,
-            |i, bytes| {
-                let at = (ranges[i].start - range.start) as usize;
-                crate::base::copy::stream_copy(&mut dst[at..at + bytes.len()], &bytes);
-                Ok(())
-            },
-        )
+        // The staging buffer is read by the GPU only: streaming stores.
+        let copy = crate::base::copy::stream_copy;
+        fetch::into(&self.client, &self.budget, &self.obj, range, dst, copy)
     }
 }
 

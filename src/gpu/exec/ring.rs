@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 #[cfg(feature = "remote")]
 use super::units::crc_pieces;
-use super::units::{crc_and_copy, pieces, Unit};
+use super::units::{crc_and_copy, needed_pieces, pieces, Unit};
 #[cfg(feature = "remote")]
 use super::UploadSource;
 use super::{CrcPiece, Link, Shared, PIECE};
@@ -80,17 +80,14 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
                     }
                     // Bytes no copy takes (a replica's neighbours' shares, the rest of an entry
                     // checked here for another device) are checksummed, not copied.
-                    _ => buf
-                        .par_chunks_mut(PIECE)
-                        .zip(pieces(&u.range))
-                        .flat_map_iter(|(d, sub)| {
-                            let needed = u
-                                .copies
-                                .iter()
-                                .any(|c| c.src < sub.end && sub.start < c.src + c.len);
-                            crc_and_copy(u, sub, needed.then_some(d))
-                        })
-                        .collect(),
+                    _ => {
+                        let needed = needed_pieces(u);
+                        buf.par_chunks_mut(PIECE)
+                            .zip(pieces(&u.range))
+                            .zip(needed)
+                            .flat_map_iter(|((d, sub), n)| crc_and_copy(u, sub, n.then_some(d)))
+                            .collect()
+                    }
                 };
                 s.add_parts(parts);
                 for c in &u.copies {

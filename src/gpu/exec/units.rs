@@ -137,6 +137,21 @@ pub(super) fn crc_pieces(u: &Unit, sub: Range<usize>, bytes: &[u8], base: usize)
     parts
 }
 
+/// For each piece of `u` (as [`pieces`] cuts it), whether a copy takes any of its bytes: one pass
+/// over the copies.
+pub(super) fn needed_pieces(u: &Unit) -> Vec<bool> {
+    let n = u.range.len().div_ceil(PIECE);
+    let mut needed = vec![false; n];
+    for c in u.copies.iter().filter(|c| c.len > 0) {
+        let first = (c.src - u.range.start) / PIECE;
+        let last = (c.src + c.len - 1 - u.range.start) / PIECE;
+        for flag in &mut needed[first.min(n)..(last + 1).min(n)] {
+            *flag = true;
+        }
+    }
+    needed
+}
+
 /// `r` cut into pieces of [`PIECE`] bytes, to checksum (and copy) in parallel.
 pub(super) fn pieces(r: &Range<usize>) -> impl IndexedParallelIterator<Item = Range<usize>> + '_ {
     (0..(r.end - r.start).div_ceil(PIECE))
