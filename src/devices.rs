@@ -88,12 +88,11 @@ impl VariableStore {
 
     fn initialize_in_pool(&mut self, device: Device, options: &LoadOptions) -> Result<LoadReport> {
         let gpus = self.gpus(device, options);
-        let Some((&first, first_var)) = gpus.iter().next() else {
+        if gpus.is_empty() {
             return skeleton::run(self, HostDestination::default(), options);
-        };
+        }
         #[cfg(feature = "cuda")]
         {
-            let _ = (first, first_var);
             let links = gpus
                 .iter()
                 .map(|(&n, var)| {
@@ -139,10 +138,11 @@ impl VariableStore {
         }
         #[cfg(not(feature = "cuda"))]
         {
+            let (n, var) = gpus.iter().next().map_or((0, ""), |(n, v)| (*n, *v));
             Err(ErrorKind::DeviceUnavailable {
-                device: format!("cuda:{first}"),
+                device: format!("cuda:{n}"),
                 reason: format!(
-                    "variable {first_var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
+                    "variable {var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
                 ),
             }
             .into())

@@ -29,6 +29,15 @@ impl Device {
     }
 }
 
+/// Devices as a message names them: `cuda:0, cuda:1, cpu`.
+pub(crate) fn device_list<'a>(devices: impl IntoIterator<Item = &'a Device>) -> String {
+    devices
+        .into_iter()
+        .map(Device::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::exec::{self, Fill, Link, Sizes};
 use super::plan::{Target, Uploads};
-use crate::base::device::{Device, DeviceBuffer, DeviceMemory, DeviceTensor};
+use crate::base::device::{device_list, Device, DeviceBuffer, DeviceMemory, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Region, Slice};
@@ -213,11 +213,7 @@ impl<L: Link> GpuDestination<'_, L> {
                         reason: format!(
                             "variable {} is placed there, but this load has only {}",
                             v.name,
-                            self.links
-                                .iter()
-                                .map(|(d, _)| d.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            device_list(self.links.iter().map(|(d, _)| d))
                         ),
                     }
                     .into()),
@@ -458,11 +454,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 let Err(e) = gather.prepare(&set) else {
                     continue;
                 };
-                let shown = set
-                    .iter()
-                    .map(Device::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let shown = device_list(&set);
                 self.warning = Some(format!(
                     "replicas: the GPUs {shown} cannot all-gather ({e}), so their replicas are loaded whole, each over its own PCIe link"
                 ));

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::initializer::check_init;
-use crate::base::device::{Device, DeviceBuffer, DeviceTensor};
+use crate::base::device::{device_list, Device, DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{for_each_run, num_elements, Region, Slice, MAX_RANK};
@@ -378,11 +378,7 @@ impl VariableStore {
                     pv.parts.len(),
                     pv.parts.len(),
                     devices.len(),
-                    devices
-                        .iter()
-                        .map(Device::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    device_list(devices)
                 ),
             }
             .into());
@@ -432,11 +428,7 @@ impl VariableStore {
                 if devices.is_empty() {
                     "none".to_string()
                 } else {
-                    devices
-                        .iter()
-                        .map(Device::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    device_list(devices)
                 }
             )));
         }
