@@ -642,6 +642,23 @@ fn flaky_proxy(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (addr, failed, _) = proxy(upstream, fail, ranged_bytes, std::time::Duration::ZERO);
+    (addr, failed)
+}
+
+/// [`flaky_proxy`] that also holds every ranged GET for `hold` before forwarding it (a store's
+/// first-byte latency), and counts the most ranged GETs open at once (the third value).
+#[allow(clippy::type_complexity)]
+fn proxy(
+    upstream: std::net::SocketAddr,
+    fail: bool,
+    ranged_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hold: std::time::Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -649,10 +666,16 @@ fn flaky_proxy(
     let failed = std::sync::Arc::new(AtomicUsize::new(0));
     let count = std::sync::Arc::new(AtomicUsize::new(0));
     let failed_ref = failed.clone();
+    let (open, peak) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let peak_ref = peak.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
             let (count, failed, ranged) = (count.clone(), failed_ref.clone(), ranged_bytes.clone());
+            let (open, peak) = (open.clone(), peak_ref.clone());
             std::thread::spawn(move || {
                 // The request head (GET and HEAD have no body).
                 let mut head = Vec::new();
@@ -672,6 +695,20 @@ fn flaky_proxy(
                     return;
                 }
                 let text = String::from_utf8_lossy(&head).into_owned();
+                let is_ranged = text.to_ascii_lowercase().contains("\r\nrange:");
+                // Open from here until this thread ends (the response written, or abandoned).
+                struct Open(std::sync::Arc<AtomicUsize>);
+                impl Drop for Open {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _open = is_ranged.then(|| {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(hold);
+                    Open(open.clone())
+                });
                 let mut lines: Vec<&str> = text
                     .split("\r\n")
                     .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
@@ -691,7 +728,7 @@ fn flaky_proxy(
                     .position(|w| w == b"\r\n\r\n")
                     .map_or(response.len(), |p| p + 4);
                 let is_get = text.starts_with("GET ");
-                if text.to_ascii_lowercase().contains("\r\nrange:") {
+                if is_ranged {
                     ranged.fetch_add(response.len() - body_at, Ordering::SeqCst);
                 }
                 if fail && n % 5 == 4 && is_get && response.len() > body_at + 2 {
@@ -705,7 +742,7 @@ fn flaky_proxy(
             });
         }
     });
-    (addr, failed)
+    (addr, failed, peak)
 }
 
 #[test]
@@ -784,4 +821,61 @@ fn a_box_fetches_only_the_stored_slices_it_overlaps() {
         fetched
     );
     assert!(fetched < whole);
+}
+
+/// Small tensors each wait on the network, not on a core: a load keeps up to
+/// `RemoteOptions::concurrency` of their requests in flight, whatever the number of cores (a load
+/// that read them a core at a time, or a batch of them one after the other, had one or two).
+#[test]
+fn small_tensors_are_fetched_concurrently_whatever_the_core_count() {
+    let s = servers();
+    // 32 tensors of 4 KiB, written by the crate's writer (which TensorFlow reads back).
+    let dir = s.root.join(BUCKET).join("many_small");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("model.ckpt");
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let values: Vec<Vec<f32>> = (0..32)
+        .map(|t| (0..1024).map(|i| (t * 1024 + i) as f32).collect())
+        .collect();
+    for (t, v) in values.iter().enumerate() {
+        let tensor = tfckpt::Tensor::from_f32(&[1024], v).unwrap();
+        w.add(&format!("layer_{t:02}/w"), (&tensor).into()).unwrap();
+    }
+    w.finish().unwrap();
+    let (proxy, _, peak) = proxy(
+        s.http,
+        false,
+        Default::default(),
+        std::time::Duration::from_millis(100),
+    );
+    let url = format!("http://{proxy}/{BUCKET}/many_small/model.ckpt");
+    let mut store = VariableStore::new();
+    for t in 0..32 {
+        store
+            .get_variable(&format!("layer_{t:02}/w"), &[1024], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    init_from_checkpoint(
+        &mut store,
+        &url,
+        &AssignmentMap::from([("/", Target::scope("/"))]),
+    )
+    .unwrap();
+    let options = LoadOptions::default();
+    assert_eq!(options.remote.concurrency, 16);
+    let report = store.initialize_with(Device::Cpu, &options).unwrap();
+    for (t, v) in values.iter().enumerate() {
+        let got = store.value(&format!("layer_{t:02}/w")).unwrap();
+        assert_eq!(
+            got,
+            &tfckpt::Tensor::from_f32(&[1024], v).unwrap(),
+            "tensor {t}"
+        );
+    }
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (8..=16).contains(&peak),
+        "{peak} ranged GETs open at once, on {} threads",
+        report.threads
+    );
 }

@@ -310,7 +310,7 @@ fn gather(
 }
 
 /// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
-fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
+pub(crate) fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
         let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
         let mut running = crc::Running::new();

@@ -19,6 +19,10 @@ use crate::reader::stored::Stored;
 /// With `LoadOptions::map_values`, values at least this large are mapped copy-on-write.
 const MAP_MIN: u64 = 1 << 20;
 
+/// The most threads a load of a checkpoint on object storage starts to keep its requests in
+/// flight (see `load_values`).
+const MAX_REMOTE_THREADS: usize = 64;
+
 /// How far (in destination bytes) the reader stage may run ahead of the workers.
 const READ_AHEAD: u64 = 256 << 20;
 
@@ -129,34 +133,67 @@ pub(crate) fn load_values(
         .then_some(reads.options.map_min_bytes.unwrap_or(MAP_MIN));
     let items = &reads.plan.items;
     let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
-    let groups = super::pipeline::pipeline(
-        items,
-        READ_AHEAD,
-        |it| it.bytes,
-        |it| {
-            if let Ok(s) = stored(it.ckpt, it.tensor) {
-                s.prefetch()
-            }
-        },
-        |it| {
-            let stored = stored(it.ckpt, it.tensor)?;
-            // A value to cast is read once into a new buffer: mapping it first gains nothing.
-            let cast = reads
-                .options
-                .cast
-                .is_some_and(|(from, _)| from == stored.info.dtype);
-            let map_min = map_min.filter(|_| !cast);
-            let mut group = load_group(&stored, &it.dests, map_min, given)?;
-            group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
-            if let Some((from, to)) = reads.options.cast {
-                for (_, t) in &mut group.values {
-                    cast_tensor(t, from, to)?;
+    // A tensor on object storage keeps its thread waiting on the network, not on a core: so that
+    // `RemoteOptions::concurrency` requests can be in flight even when the tensors are small (one
+    // range each), such a load runs every tensor as its own task, on at least that many threads
+    // (unless `LoadOptions::threads` fixed the count). The budget of the load still bounds the
+    // requests and bytes in flight.
+    let remote = reads.ckpts.iter().any(|c| c.is_remote());
+    let batch = if remote {
+        (0, 1)
+    } else {
+        (super::pipeline::BATCH_BYTES, super::pipeline::BATCH_ITEMS)
+    };
+    let want = reads
+        .options
+        .remote
+        .concurrency
+        .clamp(1, MAX_REMOTE_THREADS);
+    let pool = if remote && reads.options.threads.is_none() && rayon::current_num_threads() < want {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(want)
+            .build()
+            .map_err(|e| ErrorKind::InvalidArgument(format!("cannot start {want} threads: {e}")))?;
+        report.threads = want;
+        Some(pool)
+    } else {
+        None
+    };
+    let run = || {
+        super::pipeline::pipeline(
+            items,
+            READ_AHEAD,
+            batch,
+            |it| it.bytes,
+            |it| {
+                if let Ok(s) = stored(it.ckpt, it.tensor) {
+                    s.prefetch()
                 }
-            }
-            reads.tracker.add(it.bytes);
-            Ok(group)
-        },
-    )?;
+            },
+            |it| {
+                let stored = stored(it.ckpt, it.tensor)?;
+                // A value to cast is read once into a new buffer: mapping it first gains nothing.
+                let cast = reads
+                    .options
+                    .cast
+                    .is_some_and(|(from, _)| from == stored.info.dtype);
+                let map_min = map_min.filter(|_| !cast);
+                let mut group = load_group(&stored, &it.dests, map_min, given)?;
+                group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
+                if let Some((from, to)) = reads.options.cast {
+                    for (_, t) in &mut group.values {
+                        cast_tensor(t, from, to)?;
+                    }
+                }
+                reads.tracker.add(it.bytes);
+                Ok(group)
+            },
+        )
+    };
+    let groups = match &pool {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }?;
     let mut values = Vec::new();
     for g in groups {
         report.stored_reads += g.stored_reads;

@@ -11,7 +11,9 @@ pub(crate) const MAX_THREADS: usize = 4096;
 /// How [`VariableStore::initialize_with`](crate::VariableStore::initialize_with) runs.
 #[derive(Clone, Default)]
 pub struct LoadOptions {
-    /// Worker threads (default: the global rayon pool, one per core).
+    /// Worker threads (default: the global rayon pool, one per core; a host load of a checkpoint
+    /// on object storage starts at least [`RemoteOptions::concurrency`] threads, up to 64, since
+    /// its tensors wait on the network rather than on a core).
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
     /// end); keep it cheap.
@@ -62,7 +64,8 @@ fn default_owner(v: &Variable, rank: usize, world: usize) -> bool {
 /// are ignored). Tensor bytes are fetched as ranged GETs of at most [`range_bytes`] each, at most
 /// [`concurrency`] at a time for a whole load (or read), so host memory in flight stays within
 /// `range_bytes × concurrency` (default 16 MiB × 16 = 256 MiB) however large the checkpoint is.
-/// Each range is checksummed as it lands and copied straight into its destination.
+/// Each body is checksummed and copied into its destination piece by piece as it arrives (it is
+/// gathered whole only where a range of rows must be re-boxed), so in practice far less is held.
 ///
 /// [`range_bytes`]: Self::range_bytes
 /// [`concurrency`]: Self::concurrency
@@ -72,7 +75,8 @@ pub struct RemoteOptions {
     /// tensor when it is copied into a box of another shape (re-partitioning), so a row larger
     /// than this is fetched as one range.
     pub range_bytes: u64,
-    /// Ranged GETs in flight at once, all threads together (default 16).
+    /// Ranged GETs in flight at once, all threads together (default 16). Each tensor is read by
+    /// its own task, so small tensors (one range each) fill this too.
     pub concurrency: usize,
     /// Retries of a request that failed with a timeout, a connection error or a 5xx status,
     /// through `object_store`'s retry policy and again for a body cut short (default 10).

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 /// Items are handed to the workers in batches of consecutive items of about this many bytes (or
 /// [`BATCH_ITEMS`] items), so that tiny tensors cost one channel message per batch, not per tensor.
-const BATCH_BYTES: u64 = 4 << 20;
-const BATCH_ITEMS: usize = 256;
+pub(crate) const BATCH_BYTES: u64 = 4 << 20;
+pub(crate) const BATCH_ITEMS: usize = 256;
 
 /// Runs `work` on every item on the current rayon pool, in two stages. A reader thread walks the
 /// items in (file) order and calls `prefetch` on each (readahead), at most `window` bytes ahead of
@@ -16,9 +16,14 @@ const BATCH_ITEMS: usize = 256;
 /// a channel (only the reader does), so nested parallelism inside `work` cannot deadlock. Results
 /// come back in item order; after the first error no new item is started, and the error of the
 /// earliest failing item is returned. A panic in `work` is resumed after both stages stopped.
+///
+/// Consecutive items go to a worker in batches of at most `batch.0` bytes and `batch.1` items (an
+/// item larger than that is a batch of its own): [`BATCH_BYTES`] and [`BATCH_ITEMS`] for items
+/// that keep a core busy, `(0, 1)` (every item its own task) for items that wait on the network.
 pub(crate) fn pipeline<I: Sync, R: Send>(
     items: &[I],
     window: u64,
+    batch: (u64, usize),
     bytes_of: impl Fn(&I) -> u64 + Sync,
     prefetch: impl Fn(&I) + Sync,
     work: impl Fn(&I) -> crate::Result<R> + Sync,
@@ -30,7 +35,7 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
     for (i, item) in items.iter().enumerate() {
         let b = bytes_of(item);
         match batches.last_mut() {
-            Some(last) if last.2 + b <= BATCH_BYTES && last.1 - last.0 < BATCH_ITEMS => {
+            Some(last) if last.2 + b <= batch.0 && last.1 - last.0 < batch.1 => {
                 last.1 = i + 1;
                 last.2 += b;
             }
@@ -133,11 +138,29 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
 mod tests {
     use super::*;
 
+    /// [`pipeline`] with the default batches.
+    fn batched<I: Sync, R: Send>(
+        items: &[I],
+        window: u64,
+        bytes_of: impl Fn(&I) -> u64 + Sync,
+        prefetch: impl Fn(&I) + Sync,
+        work: impl Fn(&I) -> crate::Result<R> + Sync,
+    ) -> crate::Result<Vec<R>> {
+        pipeline(
+            items,
+            window,
+            (BATCH_BYTES, BATCH_ITEMS),
+            bytes_of,
+            prefetch,
+            work,
+        )
+    }
+
     #[test]
     fn pipeline_orders_results_stops_on_errors_and_runs_concurrently() {
         let items: Vec<u64> = (0..500).collect();
         let seen = std::sync::atomic::AtomicU64::new(0);
-        let out = pipeline(
+        let out = batched(
             &items,
             64,
             |_| 16,
@@ -150,7 +173,7 @@ mod tests {
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         // Prefetching is a hint that may stop once the work is done.
         assert!(seen.into_inner() <= 500);
-        let err = pipeline(
+        let err = batched(
             &items,
             64,
             |_| 1,
@@ -170,7 +193,7 @@ mod tests {
             for t in 0..4u64 {
                 let items = &items;
                 s.spawn(move || {
-                    let r = pipeline(items, 1 << 20, |_| 8, |_| {}, |&i| Ok(i + t)).unwrap();
+                    let r = batched(items, 1 << 20, |_| 8, |_| {}, |&i| Ok(i + t)).unwrap();
                     assert_eq!(r.len(), 500);
                 });
             }
@@ -192,7 +215,7 @@ mod tests {
         for _ in 0..5 {
             prefetched.lock().unwrap().clear();
             let out = pool.install(|| {
-                pipeline(
+                batched(
                     &items,
                     64,
                     |&b| b,
@@ -220,7 +243,7 @@ mod tests {
             .unwrap();
         let items: Vec<u64> = (0..64).collect();
         let out = pool.install(|| {
-            pipeline(
+            batched(
                 &items,
                 1,
                 |_| 300 << 20,
@@ -247,7 +270,7 @@ mod tests {
                 .unwrap();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 pool.install(|| {
-                    pipeline(
+                    batched(
                         &items,
                         1,
                         |_| 4 << 20,

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
@@ -124,6 +125,11 @@ fn normalize_key(key: &str) -> String {
     }
     out
 }
+
+/// Bytes of a body a request gathers (as the chunks the connection gives, never copied) before
+/// handing them to the reading thread: enough that a hand-off costs nothing next to checksumming
+/// and copying them, few enough that they are still in cache when that thread copies them.
+pub(crate) const BATCH: u64 = 1 << 20;
 
 /// The runtime every request runs on: a few worker threads of our own, so that callers need no
 /// runtime and a caller inside someone else's runtime is not blocked by ours.
@@ -338,44 +344,37 @@ impl Client {
     }
 
     /// The future of one ranged GET of `obj`, checked: exactly the bytes asked for, from the same
-    /// object (size and ETag, and `If-Match` where the store honours it). Bodies cut short and
-    /// other transient failures are retried (after `object_store`'s own retries of the request).
+    /// object (size and ETag, and `If-Match` where the store honours it). The body is not gathered:
+    /// its chunks are handed to `emit(at, chunks)` as they arrive, in order, in batches of about
+    /// [`BATCH`] bytes (`at` is the offset of the first within `range`), so that they can be
+    /// checksummed and copied into their destination while they are in cache. A body cut short
+    /// and other transient failures are retried (after `object_store`'s own retries of the
+    /// request), resuming after the bytes already handed on. `emit` returns false when nobody
+    /// reads any more, which ends the request.
     pub(crate) fn fetch(
         self: &Arc<Self>,
         obj: &Arc<Object>,
         range: std::ops::Range<u64>,
-    ) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+        mut emit: impl FnMut(u64, Vec<Bytes>) -> bool + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (client, obj) = (self.clone(), obj.clone());
         async move {
             let start = Instant::now();
             let mut backoff = client.options.initial_backoff;
             let mut attempt = 0;
+            let want = range.end - range.start;
+            let span = Some((range.start, range.end));
+            // Bytes handed on so far: a retry asks for the rest only.
+            let mut got = 0u64;
             loop {
                 let opts = GetOptions {
-                    range: Some(GetRange::Bounded(range.clone())),
+                    range: Some(GetRange::Bounded(range.start + got..range.end)),
                     if_match: obj.etag.clone(),
                     ..Default::default()
                 };
-                let got = async {
-                    let r = client.store.get_opts(&obj.path, opts).await?;
-                    let meta = r.meta.clone();
-                    Ok::<_, object_store::Error>((meta, r.bytes().await?))
-                }
-                .await;
-                let span = Some((range.start, range.end));
-                let transient = match got {
-                    Ok((meta, bytes)) => {
-                        let changed = if meta.size != obj.size {
-                            Some(format!("size was {} bytes, is {}", obj.size, meta.size))
-                        } else {
-                            match (&obj.etag, &meta.e_tag) {
-                                (Some(a), Some(b)) if a != b => {
-                                    Some(format!("ETag was {a}, is {b}"))
-                                }
-                                _ => None,
-                            }
-                        };
-                        if let Some(what) = changed {
+                let failed = match client.store.get_opts(&obj.path, opts).await {
+                    Ok(r) => {
+                        if let Some(what) = changed(&obj, &r.meta) {
                             return Err(ErrorKind::RemoteChanged {
                                 url: obj.url.clone(),
                                 range: span,
@@ -383,11 +382,48 @@ impl Client {
                             }
                             .into());
                         }
-                        let want = range.end - range.start;
-                        if bytes.len() as u64 == want {
-                            return Ok(bytes);
+                        let mut body = r.into_stream();
+                        let (mut batch, mut batched) = (Vec::new(), 0u64);
+                        let ended = loop {
+                            match body.next().await {
+                                Some(Ok(chunk)) => {
+                                    if got + batched + chunk.len() as u64 > want {
+                                        return Err(ErrorKind::Remote {
+                                            url: obj.url.clone(),
+                                            range: span,
+                                            reason: format!(
+                                                "the server sent more than the {want} bytes asked for"
+                                            ),
+                                        }
+                                        .into());
+                                    }
+                                    batched += chunk.len() as u64;
+                                    batch.push(chunk);
+                                    if batched >= BATCH {
+                                        if !emit(got, std::mem::take(&mut batch)) {
+                                            return Ok(());
+                                        }
+                                        (got, batched) = (got + batched, 0);
+                                    }
+                                }
+                                Some(Err(e)) => break Some(e),
+                                None => break None,
+                            }
+                        };
+                        if batched > 0 {
+                            if !emit(got, batch) {
+                                return Ok(());
+                            }
+                            got += batched;
                         }
-                        client_error_short(&obj.url, span, bytes.len() as u64, want)
+                        match ended {
+                            None if got == want => return Ok(()),
+                            None => client_error_short(&obj.url, span, got, want),
+                            Some(e @ object_store::Error::Generic { .. }) => {
+                                client.error(e, &obj.url, span)
+                            }
+                            Some(e) => return Err(client.error(e, &obj.url, span)),
+                        }
                     }
                     Err(e @ object_store::Error::Generic { .. }) => client.error(e, &obj.url, span),
                     Err(e) => return Err(client.error(e, &obj.url, span)),
@@ -396,7 +432,7 @@ impl Client {
                 if attempt > client.options.max_retries
                     || start.elapsed() + backoff > client.options.retry_timeout
                 {
-                    return Err(transient);
+                    return Err(failed);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(15));
@@ -455,6 +491,17 @@ impl Client {
                 .into()
             }
         }
+    }
+}
+
+/// What changed in `obj` since it was first seen, as `meta` (from a later request) shows.
+fn changed(obj: &Object, meta: &object_store::ObjectMeta) -> Option<String> {
+    if meta.size != obj.size {
+        return Some(format!("size was {} bytes, is {}", obj.size, meta.size));
+    }
+    match (&obj.etag, &meta.e_tag) {
+        (Some(a), Some(b)) if a != b => Some(format!("ETag was {a}, is {b}")),
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Ranged GETs in parallel under one memory bound: a [`Budget`] of requests and bytes shared by
 //! every thread of a load, and [`stream`], which keeps a read's ranges in flight within it and
-//! hands each to the calling thread as it lands.
+//! hands their bodies to the calling thread piece by piece as they arrive (never gathered whole,
+//! unless the reader asks for that with [`stream_whole`]).
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -90,19 +91,27 @@ impl Budget {
     }
 }
 
+/// What a request task hands the reading thread: chunks of its range as they arrive (the
+/// offset of the first within the range, then the chunks in order), then its end, with the
+/// permit, which is given back only after every chunk before it was copied.
+enum Event {
+    Data(u64, Vec<Bytes>),
+    End(Result<()>, Permit),
+}
+
 /// Fetches `ranges` of `obj` (at most `concurrency` of this read at once, within `budget`) and
-/// calls `land(i, bytes)` on the calling thread for range `i` as it arrives, in any order. The
-/// first error (of a request or of `land`) stops the read: requests still in flight are
-/// abandoned and their permits given back.
+/// calls `land(i, at, bytes)` on the calling thread for each piece of range `i` as it arrives
+/// (`at` its offset within the range): a range's pieces come in order, those of different ranges
+/// interleaved. The read returns once every range arrived whole. The first error (of a request
+/// or of `land`) stops it: requests still in flight are abandoned and their permits given back.
 pub(crate) fn stream(
     client: &Arc<Client>,
     budget: &Arc<Budget>,
     obj: &Arc<Object>,
     ranges: &[std::ops::Range<u64>],
-    mut land: impl FnMut(usize, Bytes) -> Result<()>,
+    mut land: impl FnMut(usize, u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    type Landed = (usize, Result<Bytes>, Permit);
-    let (tx, rx) = crossbeam_channel::unbounded::<Landed>();
+    let (tx, rx) = crossbeam_channel::unbounded::<(usize, Event)>();
     let mut tasks = Vec::new();
     let abandon = |tasks: &mut Vec<tokio::task::JoinHandle<()>>| {
         for t in tasks.drain(..) {
@@ -123,9 +132,15 @@ pub(crate) fn stream(
                     None => break,
                 }
             };
-            let fut = client.fetch(obj, r);
             let i = next;
-            match spawn(async move { (i, fut.await, permit) }, tx.clone()) {
+            let data = tx.clone();
+            let fut = client.fetch(obj, r, move |at, chunks| {
+                data.send((i, Event::Data(at, chunks))).is_ok()
+            });
+            match spawn(
+                async move { (i, Event::End(fut.await, permit)) },
+                tx.clone(),
+            ) {
                 Ok(t) => tasks.push(t),
                 Err(e) => break 'read Err(e),
             }
@@ -135,7 +150,7 @@ pub(crate) fn stream(
         if in_flight == 0 {
             break Ok(());
         }
-        let Ok((i, got, permit)) = rx.recv() else {
+        let Ok((i, event)) = rx.recv() else {
             break Err(crate::ErrorKind::Remote {
                 url: obj.url.clone(),
                 range: None,
@@ -143,24 +158,64 @@ pub(crate) fn stream(
             }
             .into());
         };
-        in_flight -= 1;
-        let landed = got.and_then(|bytes| {
-            LANDING.with(|l| l.set(l.get() + 1));
-            let r = land(i, bytes);
-            LANDING.with(|l| l.set(l.get() - 1));
-            r
-        });
-        drop(permit);
-        if let Err(e) = landed {
-            break Err(e);
+        match event {
+            Event::Data(mut at, chunks) => {
+                LANDING.with(|l| l.set(l.get() + 1));
+                let landed = chunks.iter().try_for_each(|c| {
+                    let r = land(i, at, c);
+                    at += c.len() as u64;
+                    r
+                });
+                LANDING.with(|l| l.set(l.get() - 1));
+                if let Err(e) = landed {
+                    break Err(e);
+                }
+            }
+            Event::End(done, permit) => {
+                in_flight -= 1;
+                drop(permit);
+                if let Err(e) = done {
+                    break Err(e);
+                }
+            }
         }
     };
     abandon(&mut tasks);
     outcome
 }
 
+/// [`stream`] for a reader that needs each range whole (a box of whole rows, say): the pieces of
+/// a range are gathered into one buffer (within the same budget) and `land(i, bytes)` is called
+/// once range `i` is complete.
+pub(crate) fn stream_whole(
+    client: &Arc<Client>,
+    budget: &Arc<Budget>,
+    obj: &Arc<Object>,
+    ranges: &[std::ops::Range<u64>],
+    mut land: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new(); ranges.len()];
+    stream(client, budget, obj, ranges, |i, at, bytes| {
+        let want = (ranges[i].end - ranges[i].start) as usize;
+        if at == 0 && bytes.len() == want {
+            return land(i, bytes);
+        }
+        let part = &mut parts[i];
+        if part.capacity() == 0 {
+            part.reserve_exact(want);
+        }
+        part.extend_from_slice(bytes);
+        if part.len() < want {
+            return Ok(());
+        }
+        let whole = std::mem::take(part);
+        land(i, &whole)
+    })
+}
+
 /// Fetches bytes `range` of `obj` into `dst` (as long as the range), in ranges of the client's
-/// `range_bytes`, several at once within `budget`, each copied into place by `copy`.
+/// `range_bytes`, several at once within `budget`, each piece copied into place by `copy` as it
+/// arrives.
 pub(crate) fn into(
     client: &Arc<Client>,
     budget: &Arc<Budget>,
@@ -170,9 +225,9 @@ pub(crate) fn into(
     copy: fn(&mut [u8], &[u8]),
 ) -> Result<()> {
     let ranges = cut(range.start, range.end, client.options.range_bytes);
-    stream(client, budget, obj, &ranges, |i, bytes| {
-        let at = (ranges[i].start - range.start) as usize;
-        copy(&mut dst[at..at + bytes.len()], &bytes);
+    stream(client, budget, obj, &ranges, |i, at, bytes| {
+        let at = (ranges[i].start - range.start + at) as usize;
+        copy(&mut dst[at..at + bytes.len()], bytes);
         Ok(())
     })
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use client::{Client, Location, Object};
 use fetch::Budget;
 
-use crate::base::copy::{copy_verify, Dst};
+use crate::base::copy::{copy_verify, copy_whole, Dst};
 use crate::base::crc;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::Region;
@@ -392,42 +392,47 @@ impl RemoteBundle {
         let step = client.options.range_bytes;
         let whole = matches!(&dsts[..], [d] if d.want == have && !d.transposed);
         let rows = have.rows().filter(|&(_, n)| n > 0 && e.size > 0);
-        if whole || rows.is_none() {
-            // Byte ranges straight into the one destination (or a scalar: one range).
-            let step = if rows.is_none() { e.size.max(1) } else { step };
+        if whole {
+            // Byte ranges straight into the one destination, each piece checksummed and copied
+            // as it arrives.
             let ranges = fetch::cut(e.offset, e.offset + e.size, step);
             let mut crcs = vec![(0u32, 0u64); ranges.len()];
-            fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
-                let at = (ranges[i].start - e.offset) as usize;
-                if whole {
-                    let buf = &mut dsts[0].buf[at..at + bytes.len()];
-                    let flat = Region::whole(&[bytes.len() as u64]);
-                    let one = vec![Dst {
-                        buf,
-                        want: &flat,
-                        transposed: false,
-                    }];
-                    crcs[i] = (copy_verify(&bytes, &flat, 1, one), bytes.len() as u64);
-                } else {
-                    let dsts = dsts.iter_mut().map(reborrow).collect();
-                    crcs[i] = (copy_verify(&bytes, have, size, dsts), bytes.len() as u64);
-                }
+            let buf = &mut *dsts[0].buf;
+            fetch::stream(&client, &budget, &obj, &ranges, |i, at, bytes| {
+                let at = (ranges[i].start - e.offset + at) as usize;
+                let c = copy_whole(bytes, &mut buf[at..at + bytes.len()]);
+                crcs[i] = (
+                    crc::combine(crcs[i].0, c, bytes.len() as u64),
+                    crcs[i].1 + bytes.len() as u64,
+                );
                 Ok(())
             })?;
             return Ok(combine(&crcs));
         }
         let Some((first_row, n_rows)) = rows else {
-            return Ok(0);
+            if e.size == 0 {
+                return Ok(0);
+            }
+            // A scalar: one range, whole.
+            let ranges = fetch::cut(e.offset, e.offset + e.size, e.size);
+            let mut got = 0;
+            fetch::stream_whole(&client, &budget, &obj, &ranges, |_, bytes| {
+                let dsts = dsts.iter_mut().map(reborrow).collect();
+                got = copy_verify(bytes, have, size, dsts);
+                Ok(())
+            })?;
+            return Ok(got);
         };
+        // Ranges of whole rows, so that each is a box the fused copy understands.
         let row_bytes = e.size / n_rows;
         let rows_per = (step / row_bytes.max(1)).max(1);
         let ranges = fetch::cut(e.offset, e.offset + e.size, rows_per * row_bytes);
         let mut crcs = vec![(0u32, 0u64); ranges.len()];
-        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
+        fetch::stream_whole(&client, &budget, &obj, &ranges, |i, bytes| {
             let r0 = (ranges[i].start - e.offset) / row_bytes;
             let part = have.with_rows(first_row + r0, bytes.len() as u64 / row_bytes);
             let dsts = dsts.iter_mut().map(reborrow).collect();
-            crcs[i] = (copy_verify(&bytes, &part, size, dsts), bytes.len() as u64);
+            crcs[i] = (copy_verify(bytes, &part, size, dsts), bytes.len() as u64);
             Ok(())
         })?;
         Ok(combine(&crcs))
@@ -439,8 +444,12 @@ impl RemoteBundle {
         let (client, budget) = self.state();
         let ranges = fetch::cut(e.offset, e.offset + e.size, client.options.range_bytes);
         let mut crcs = vec![(0u32, 0u64); ranges.len()];
-        fetch::stream(&client, &budget, &obj, &ranges, |i, bytes| {
-            crcs[i] = (crc::serial(&bytes), bytes.len() as u64);
+        fetch::stream(&client, &budget, &obj, &ranges, |i, _, bytes| {
+            let (c, n) = crcs[i];
+            crcs[i] = (
+                crc::combine(c, crc::serial(bytes), bytes.len() as u64),
+                n + bytes.len() as u64,
+            );
             Ok(())
         })?;
         Ok(combine(&crcs))
