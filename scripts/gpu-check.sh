@@ -3,16 +3,17 @@
 #
 # 1. Build, on any x86-64 Linux machine (no CUDA, no GPU needed):
 #        scripts/gpu-check.sh --build
-#    puts the CUDA test binary and the GPU benchmark into target/gpu-check/.
+#    puts the CUDA test binaries and the GPU benchmark into target/gpu-check/.
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
 #        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
 #    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
-#    trainer buffers, a damaged shard; placement over every GPU and the CPU; replicas on every
-#    GPU, by shares and an NCCL all-gather, and a broadcast initialization over an NCCL
-#    communicator, at world size 1 on a one-GPU machine: the tests are
-#    built with the `nccl` feature, and libnccl.so.2 must be on the loader path for that part,
-#    else the replicas load whole and the test prints the warning), then the benchmark (~8 GB checkpoint written by the
-#    crate's writer; pinned H2D ceiling; warm and, if the page cache can be dropped, cold loads)
+#    trainer buffers, a damaged shard, a checkpoint on object storage; placement over every GPU
+#    and the CPU; replicas on every GPU, by shares and an NCCL all-gather, and a broadcast
+#    initialization over an NCCL communicator, at world size 1 on a one-GPU machine: the tests
+#    are built with the `nccl` feature, and libnccl.so.2 must be on the loader path for that
+#    part, else the replicas load whole and the test prints the warning), then the benchmark
+#    (~8 GB checkpoint written by the crate's writer; pinned H2D ceiling; warm and, if the page
+#    cache can be dropped, cold loads)
 #    with its short table, then the building blocks one by one (examples/gpu_probe.rs).
 #
 # NVRTC (for the kernels) is found through the loader path: the CUDA toolkit's libnvrtc.so.13, or
@@ -25,18 +26,25 @@ if [ "${1:-}" = "--build" ]; then
     cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe
     test_bin=$(cargo test --release --locked --features nccl --test gpu --no-run 2>&1 |
         sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
-    [ -n "$test_bin" ] || { echo "gpu-check: could not find the test binary" >&2; exit 1; }
+    remote_bin=$(cargo test --release --locked --features nccl --test remote --no-run 2>&1 |
+        sed -n 's/.*Executable tests\/remote\.rs (\(.*\))/\1/p' | tail -1)
+    [ -n "$test_bin" ] && [ -n "$remote_bin" ] || {
+        echo "gpu-check: could not find the test binaries" >&2
+        exit 1
+    }
     mkdir -p "$out"
     cp "$test_bin" "$out/gpu-tests"
+    cp "$remote_bin" "$out/remote-tests"
     cp target/release/examples/gpu_bench "$out/gpu_bench"
     cp target/release/examples/gpu_probe "$out/gpu_probe"
-    # Without debug info the three binaries travel in a few MB (the device tool carries 64 MiB).
+    # Without debug info the four binaries travel in about 50 MB (the device tool carries 64 MiB).
     strip --strip-debug "$out"/* 2>/dev/null || true
     ls -la "$out"
     exit 0
 fi
 
-[ -x "$out/gpu-tests" ] && [ -x "$out/gpu_bench" ] && [ -x "$out/gpu_probe" ] || {
+[ -x "$out/gpu-tests" ] && [ -x "$out/remote-tests" ] && [ -x "$out/gpu_bench" ] &&
+    [ -x "$out/gpu_probe" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
     exit 1
 }
@@ -46,6 +54,9 @@ nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width
 echo "== CUDA tests"
 tests_rc=0
 TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1 || tests_rc=$?
+echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
+TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/remote-tests" --exact \
+    gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
 echo "== GPU benchmark"
 bench_rc=0
 "$out/gpu_bench" "$@" || bench_rc=$?
