@@ -331,20 +331,24 @@ pub(crate) fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
         .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
 }
 
-/// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has AVX and `dst` is 32-byte
-/// aligned; a plain copy otherwise. Panics, as `copy_from_slice` does, if the lengths differ.
+/// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has AVX (a plain copy up to
+/// `dst`'s first 32-byte boundary and after its last); a plain copy otherwise. Panics, as `copy_from_slice` does, if the lengths differ.
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) fn stream_copy(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "stream_copy: lengths differ");
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx") && dst.as_ptr() as usize % 32 == 0 {
-            let n = dst.len() / 32 * 32;
-            // SAFETY: AVX is present (checked above); `dst` and `src` hold at least `n` bytes,
-            // `dst` is 32-byte aligned as the stores require, and the two slices cannot overlap
-            // (one is borrowed mutably).
-            unsafe { stream_avx(dst.as_mut_ptr(), src.as_ptr(), n) };
-            dst[n..].copy_from_slice(&src[n..]);
+        if std::arch::is_x86_feature_detected!("avx") {
+            // Up to the first 32-byte boundary of `dst` with a plain copy (pieces of a body land
+            // at any offset), the whole 32-byte blocks after it streamed, the tail plain.
+            let head = dst.as_ptr().align_offset(32).min(dst.len());
+            dst[..head].copy_from_slice(&src[..head]);
+            let n = (dst.len() - head) / 32 * 32;
+            // SAFETY: AVX is present (checked above); `dst[head..]` and `src[head..]` hold at
+            // least `n` bytes, `dst[head..]` starts 32-byte aligned as the stores require, and the
+            // two slices cannot overlap (one is borrowed mutably).
+            unsafe { stream_avx(dst[head..].as_mut_ptr(), src[head..].as_ptr(), n) };
+            dst[head + n..].copy_from_slice(&src[head + n..]);
             return;
         }
     }
