@@ -98,13 +98,13 @@ fn main() {
     let (mut drop_, mut drop_cpu) = (f64::MAX, 0.0);
     for _ in 0..2 {
         let (got, t, c) =
-            timed(|| rt.block_on(get_ranges(&store, &path, size, range, concurrency)));
+            timed(|| rt.block_on(raw_gets(&store, &path, (size, range, concurrency), true)));
         assert_eq!(got, size);
         if t < raw {
             (raw, raw_cpu) = (t, c);
         }
         let (got, t, c) =
-            timed(|| rt.block_on(stream_ranges(&store, &path, size, range, concurrency)));
+            timed(|| rt.block_on(raw_gets(&store, &path, (size, range, concurrency), false)));
         assert_eq!(got, size);
         if t < drop_ {
             (drop_, drop_cpu) = (t, c);
@@ -201,39 +201,23 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
     (out, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
 }
 
-/// Fetches `[0, size)` of `path` as ranged GETs of `range` bytes, `concurrency` at once, each body
-/// gathered into one buffer (`get_range`) and dropped; returns the bytes received.
-async fn get_ranges(
+/// Fetches `[0, size)` of `path` as ranged GETs of `range` bytes, `concurrency` at once, and drops
+/// the bytes: each body gathered into one buffer (`object_store`'s `get_range`) when `gather`,
+/// else streamed and its chunks dropped as they arrive (no buffer at all: the strictest ceiling).
+/// Returns the bytes received.
+async fn raw_gets(
     store: &Arc<dyn ObjectStore>,
     path: &object_store::path::Path,
-    size: u64,
-    range: u64,
-    concurrency: usize,
+    (size, range, concurrency): (u64, u64, usize),
+    gather: bool,
 ) -> u64 {
     futures_util::stream::iter((0..size).step_by(range as usize).map(|a| async move {
-        let b = store
-            .get_range(path, a..(a + range).min(size))
-            .await
-            .unwrap();
-        b.len() as u64
-    }))
-    .buffer_unordered(concurrency)
-    .fold(0u64, |acc, n| async move { acc + n })
-    .await
-}
-
-/// As [`get_ranges`], but each body streamed and its chunks dropped as they arrive (no buffer at
-/// all: the strictest ceiling).
-async fn stream_ranges(
-    store: &Arc<dyn ObjectStore>,
-    path: &object_store::path::Path,
-    size: u64,
-    range: u64,
-    concurrency: usize,
-) -> u64 {
-    futures_util::stream::iter((0..size).step_by(range as usize).map(|a| async move {
+        let r = a..(a + range).min(size);
+        if gather {
+            return store.get_range(path, r).await.unwrap().len() as u64;
+        }
         let opts = object_store::GetOptions {
-            range: Some((a..(a + range).min(size)).into()),
+            range: Some(r.into()),
             ..Default::default()
         };
         let mut body = store.get_opts(path, opts).await.unwrap().into_stream();
