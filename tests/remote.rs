@@ -655,12 +655,13 @@ fn flaky_proxy(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let (addr, failed, _) = proxy(upstream, fail, ranged_bytes, std::time::Duration::ZERO);
+    let (addr, failed, _, _) = proxy(upstream, fail, ranged_bytes, std::time::Duration::ZERO);
     (addr, failed)
 }
 
 /// [`flaky_proxy`] that also holds every ranged GET for `hold` before forwarding it (a store's
-/// first-byte latency), and counts the most ranged GETs open at once (the third value).
+/// first-byte latency), and counts the most ranged GETs open at once (the third value) and all
+/// ranged GETs (the fourth).
 #[allow(clippy::type_complexity)]
 fn proxy(
     upstream: std::net::SocketAddr,
@@ -669,6 +670,7 @@ fn proxy(
     hold: std::time::Duration,
 ) -> (
     std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
@@ -684,11 +686,13 @@ fn proxy(
         std::sync::Arc::new(AtomicUsize::new(0)),
     );
     let peak_ref = peak.clone();
+    let gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let gets_ref = gets.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
             let (count, failed, ranged) = (count.clone(), failed_ref.clone(), ranged_bytes.clone());
-            let (open, peak) = (open.clone(), peak_ref.clone());
+            let (open, peak, gets) = (open.clone(), peak_ref.clone(), gets_ref.clone());
             std::thread::spawn(move || {
                 // The request head (GET and HEAD have no body).
                 let mut head = Vec::new();
@@ -717,6 +721,7 @@ fn proxy(
                     }
                 }
                 let _open = is_ranged.then(|| {
+                    gets.fetch_add(1, Ordering::SeqCst);
                     let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(hold);
@@ -755,7 +760,7 @@ fn proxy(
             });
         }
     });
-    (addr, failed, peak)
+    (addr, failed, peak, gets)
 }
 
 #[test]
@@ -836,18 +841,20 @@ fn a_box_fetches_only_the_stored_slices_it_overlaps() {
     assert!(fetched < whole);
 }
 
-/// Small tensors each wait on the network, not on a core: a load keeps up to
-/// `RemoteOptions::concurrency` of their requests in flight, whatever the number of cores (a load
-/// that read them a core at a time, or a batch of them one after the other, had one or two).
+/// Small tensors wait on the network, not on a core: a load keeps up to
+/// `RemoteOptions::concurrency` of their requests in flight whatever the number of cores (a load
+/// that read them a core at a time, or a batch of them one after the other, had one or two), and
+/// small tensors stored back to back are fetched in one request.
 #[test]
-fn small_tensors_are_fetched_concurrently_whatever_the_core_count() {
+fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
+    use std::sync::atomic::Ordering::SeqCst;
     let s = servers();
-    // 32 tensors of 4 KiB, written by the crate's writer (which TensorFlow reads back).
+    // 64 tensors of 4 KiB, written by the crate's writer (which TensorFlow reads back).
     let dir = s.root.join(BUCKET).join("many_small");
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = dir.join("model.ckpt");
     let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    let values: Vec<Vec<f32>> = (0..32)
+    let values: Vec<Vec<f32>> = (0..64)
         .map(|t| (0..1024).map(|i| (t * 1024 + i) as f32).collect())
         .collect();
     for (t, v) in values.iter().enumerate() {
@@ -855,40 +862,43 @@ fn small_tensors_are_fetched_concurrently_whatever_the_core_count() {
         w.add(&format!("layer_{t:02}/w"), (&tensor).into()).unwrap();
     }
     w.finish().unwrap();
-    let (proxy, _, peak) = proxy(
+    let (proxy, _, peak, gets) = proxy(
         s.http,
         false,
         Default::default(),
         std::time::Duration::from_millis(100),
     );
     let url = format!("http://{proxy}/{BUCKET}/many_small/model.ckpt");
-    let mut store = VariableStore::new();
-    for t in 0..32 {
-        store
-            .get_variable(&format!("layer_{t:02}/w"), &[1024], DType::F32, Init::Zeros)
+    let load = |which: &dyn Fn(usize) -> bool| {
+        let mut store = VariableStore::new();
+        for t in (0..64).filter(|&t| which(t)) {
+            store
+                .get_variable(&format!("layer_{t:02}/w"), &[1024], DType::F32, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("/", Target::scope("/"))]);
+        init_from_checkpoint(&mut store, &url, &map).unwrap();
+        peak.store(0, SeqCst);
+        let gets0 = gets.load(SeqCst);
+        let report = store
+            .initialize_with(Device::Cpu, &LoadOptions::default())
             .unwrap();
-    }
-    init_from_checkpoint(
-        &mut store,
-        &url,
-        &AssignmentMap::from([("/", Target::scope("/"))]),
-    )
-    .unwrap();
-    let options = LoadOptions::default();
-    assert_eq!(options.remote.concurrency, 16);
-    let report = store.initialize_with(Device::Cpu, &options).unwrap();
-    for (t, v) in values.iter().enumerate() {
-        let got = store.value(&format!("layer_{t:02}/w")).unwrap();
-        assert_eq!(
-            got,
-            &tfckpt::Tensor::from_f32(&[1024], v).unwrap(),
-            "tensor {t}"
-        );
-    }
-    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+        for t in (0..64).filter(|&t| which(t)) {
+            let got = store.value(&format!("layer_{t:02}/w")).unwrap();
+            let want = tfckpt::Tensor::from_f32(&[1024], &values[t]).unwrap();
+            assert_eq!(got, &want, "tensor {t}");
+        }
+        (peak.load(SeqCst), gets.load(SeqCst) - gets0, report.threads)
+    };
+    assert_eq!(LoadOptions::default().remote.concurrency, 16);
+    // Every other tensor: no two are neighbours, each is a request of its own, many at once.
+    let (peak, gets, threads) = load(&|t| t % 2 == 0);
+    assert_eq!(gets, 32);
     assert!(
         (8..=16).contains(&peak),
-        "{peak} ranged GETs open at once, on {} threads",
-        report.threads
+        "{peak} ranged GETs open at once, on {threads} threads"
     );
+    // All of them: stored back to back, 256 KiB in all, one request.
+    let (_, gets, _) = load(&|_| true);
+    assert_eq!(gets, 1);
 }

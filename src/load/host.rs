@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::options::LoadOptions;
+use super::plan::PlanItem;
 use super::report::LoadReport;
 use super::skeleton::{value_bytes, Destination, Reads, Values};
 use crate::base::dtype::DType;
@@ -22,6 +23,34 @@ const MAP_MIN: u64 = 1 << 20;
 /// The most threads a load of a checkpoint on object storage starts to keep its requests in
 /// flight (see `load_values`).
 const MAX_REMOTE_THREADS: usize = 64;
+
+/// A tensor of a checkpoint on object storage this small, saved whole, may be fetched in one
+/// request with its neighbours in the file, in runs of at most [`BLOCK_BYTES`] and
+/// [`BLOCK_ITEMS`] tensors.
+#[cfg(feature = "remote")]
+const SMALL_ENTRY: u64 = 1 << 20;
+#[cfg(feature = "remote")]
+const BLOCK_BYTES: u64 = 4 << 20;
+#[cfg(feature = "remote")]
+const BLOCK_ITEMS: usize = 256;
+
+/// The bundle and entry of `s` when a load may fetch it together with its neighbours: a tensor
+/// on object storage, saved whole, of a fixed-size dtype, at most [`SMALL_ENTRY`] bytes.
+#[cfg(feature = "remote")]
+fn small_remote<'c>(
+    s: &Stored<'c>,
+) -> Option<(
+    &'c crate::format::bundle::Bundle,
+    &'c crate::format::index::Entry,
+)> {
+    let b = s.bundle()?;
+    b.remote_source()?;
+    if !s.info.slices.is_empty() || s.info.dtype.size().is_none() {
+        return None;
+    }
+    let e = s.entry(b, &Slice::full(s.info.shape.len())).ok()?;
+    (e.size <= SMALL_ENTRY).then_some((b, e))
+}
 
 /// How far (in destination bytes) the reader stage may run ahead of the workers.
 const READ_AHEAD: u64 = 256 << 20;
@@ -134,15 +163,49 @@ pub(crate) fn load_values(
     let items = &reads.plan.items;
     let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
     // A tensor on object storage keeps its thread waiting on the network, not on a core: so that
-    // `RemoteOptions::concurrency` requests can be in flight even when the tensors are small (one
-    // range each), such a load runs every tensor as its own task, on at least that many threads
-    // (unless `LoadOptions::threads` fixed the count). The budget of the load still bounds the
-    // requests and bytes in flight.
+    // `RemoteOptions::concurrency` requests can be in flight even when the tensors are small, such
+    // a load runs on at least that many threads (unless `LoadOptions::threads` fixed the count),
+    // each tensor its own task, except that a run of small tensors stored back to back is one
+    // task that fetches them in one request (`fetch_block`). The budget of the load still bounds
+    // the requests and bytes in flight.
     let remote = reads.ckpts.iter().any(|c| c.is_remote());
-    let batch = if remote {
-        (0, 1)
-    } else {
-        (super::pipeline::BATCH_BYTES, super::pipeline::BATCH_ITEMS)
+    let joins = |last: &PlanItem<'_>, next: &PlanItem<'_>, bytes: u64, n: usize| {
+        let _ = last; // read only with the `remote` feature
+        if !remote {
+            return super::pipeline::by_size(bytes, next.bytes, n);
+        }
+        #[cfg(feature = "remote")]
+        if let (Ok(a), Ok(b)) = (
+            stored(last.ckpt, last.tensor),
+            stored(next.ckpt, next.tensor),
+        ) {
+            if let (Some((ba, ea)), Some((bb, eb))) = (small_remote(&a), small_remote(&b)) {
+                return std::ptr::eq(ba, bb)
+                    && ea.shard == eb.shard
+                    && eb.offset == ea.offset + ea.size
+                    && bytes + next.bytes <= BLOCK_BYTES
+                    && n < BLOCK_ITEMS;
+            }
+        }
+        false
+    };
+    let enter = |batch: &[PlanItem<'_>]| {
+        #[cfg(feature = "remote")]
+        {
+            let [first, .., last] = batch else {
+                return None;
+            };
+            let first = stored(first.ckpt, first.tensor).ok()?;
+            let last = stored(last.ckpt, last.tensor).ok()?;
+            let ((b, e), (_, l)) = (small_remote(&first)?, small_remote(&last)?);
+            // A failed fetch leaves each tensor to its own request, which reports the error.
+            b.remote_source()?.fetch_block(b, e, l.offset + l.size).ok()
+        }
+        #[cfg(not(feature = "remote"))]
+        {
+            let _ = batch;
+            None::<()>
+        }
     };
     let want = reads
         .options
@@ -163,8 +226,9 @@ pub(crate) fn load_values(
         super::pipeline::pipeline(
             items,
             READ_AHEAD,
-            batch,
             |it| it.bytes,
+            joins,
+            enter,
             |it| {
                 if let Ok(s) = stored(it.ckpt, it.tensor) {
                     s.prefetch()

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 /// Items are handed to the workers in batches of consecutive items of about this many bytes (or
 /// [`BATCH_ITEMS`] items), so that tiny tensors cost one channel message per batch, not per tensor.
-pub(crate) const BATCH_BYTES: u64 = 4 << 20;
-pub(crate) const BATCH_ITEMS: usize = 256;
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_ITEMS: usize = 256;
 
 /// Runs `work` on every item on the current rayon pool, in two stages. A reader thread walks the
 /// items in (file) order and calls `prefetch` on each (readahead), at most `window` bytes ahead of
@@ -17,14 +17,17 @@ pub(crate) const BATCH_ITEMS: usize = 256;
 /// come back in item order; after the first error no new item is started, and the error of the
 /// earliest failing item is returned. A panic in `work` is resumed after both stages stopped.
 ///
-/// Consecutive items go to a worker in batches of at most `batch.0` bytes and `batch.1` items (an
-/// item larger than that is a batch of its own): [`BATCH_BYTES`] and [`BATCH_ITEMS`] for items
-/// that keep a core busy, `(0, 1)` (every item its own task) for items that wait on the network.
-pub(crate) fn pipeline<I: Sync, R: Send>(
+/// Consecutive items go to a worker in batches: `next` joins the batch that ends with `last` when
+/// `joins(last, next, bytes, n)` says so (`bytes` and `n`: the batch's bytes and items so far).
+/// [`by_size`] makes batches of about [`BATCH_BYTES`] for items that keep a core busy. Before a
+/// batch's items, its worker calls `enter` on them, and drops what it returns after them (a batch
+/// of items that wait on the network can fetch their bytes together there).
+pub(crate) fn pipeline<I: Sync, R: Send, G>(
     items: &[I],
     window: u64,
-    batch: (u64, usize),
     bytes_of: impl Fn(&I) -> u64 + Sync,
+    joins: impl Fn(&I, &I, u64, usize) -> bool,
+    enter: impl Fn(&[I]) -> G + Sync,
     prefetch: impl Fn(&I) + Sync,
     work: impl Fn(&I) -> crate::Result<R> + Sync,
 ) -> crate::Result<Vec<R>> {
@@ -35,7 +38,7 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
     for (i, item) in items.iter().enumerate() {
         let b = bytes_of(item);
         match batches.last_mut() {
-            Some(last) if last.2 + b <= batch.0 && last.1 - last.0 < batch.1 => {
+            Some(last) if joins(&items[last.1 - 1], item, last.2, last.1 - last.0) => {
                 last.1 = i + 1;
                 last.2 += b;
             }
@@ -91,6 +94,7 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                 .enumerate()
                 .with_max_len(1)
                 .map(|(k, &(a, b, bytes))| {
+                    let entered = (!stop.load(Ordering::Relaxed)).then(|| enter(&items[a..b]));
                     let out: Vec<(usize, crate::Result<R>)> = (a..b)
                         .map_while(|i| {
                             if stop.load(Ordering::Relaxed) {
@@ -107,6 +111,7 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
                             Some((i, r))
                         })
                         .collect();
+                    drop(entered);
                     if state[k].swap(DONE, Ordering::AcqRel) == PREFETCHED {
                         let _ = credit_tx.try_send(bytes.max(1));
                     }
@@ -134,6 +139,13 @@ pub(crate) fn pipeline<I: Sync, R: Send>(
     Ok(results)
 }
 
+/// The `joins` of [`pipeline`] for items that keep a core busy, given the batch's bytes and items
+/// so far and the next item's bytes: batches of about [`BATCH_BYTES`] and at most [`BATCH_ITEMS`]
+/// items (an item larger than that is a batch of its own).
+pub(crate) fn by_size(bytes: u64, next: u64, n: usize) -> bool {
+    bytes + next <= BATCH_BYTES && n < BATCH_ITEMS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,14 +158,8 @@ mod tests {
         prefetch: impl Fn(&I) + Sync,
         work: impl Fn(&I) -> crate::Result<R> + Sync,
     ) -> crate::Result<Vec<R>> {
-        pipeline(
-            items,
-            window,
-            (BATCH_BYTES, BATCH_ITEMS),
-            bytes_of,
-            prefetch,
-            work,
-        )
+        let joins = |_: &I, next: &I, bytes, n| by_size(bytes, bytes_of(next), n);
+        pipeline(items, window, &bytes_of, joins, |_| (), prefetch, work)
     }
 
     #[test]

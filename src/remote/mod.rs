@@ -375,6 +375,61 @@ impl RemoteBundle {
         Ok(obj)
     }
 
+    /// Fetches bytes `[first.offset, end)` of `first`'s shard in one go (ranged GETs of the load,
+    /// within its budget), for a run of adjacent small entries that a batch of the load reads
+    /// whole, one after the other: until the returned guard is dropped, their reads on this thread
+    /// are served from these bytes (and checksummed as ever) instead of a request each.
+    pub(crate) fn fetch_block(&self, b: &Bundle, first: &Entry, end: u64) -> Result<Block> {
+        let obj = self.check_bounds(b, first)?;
+        if end < first.offset || end > obj.size {
+            return Err(ErrorKind::OutOfBounds {
+                path: b.shard_path(first.shard),
+                tensor: key_name(&first.key),
+                offset: first.offset,
+                size: end.saturating_sub(first.offset),
+                len: obj.size,
+            }
+            .into());
+        }
+        let (client, budget) = self.state();
+        let mut bytes = vec![0u8; (end - first.offset) as usize];
+        let range = first.offset..end;
+        fetch::into(
+            &client,
+            &budget,
+            &obj,
+            range,
+            &mut bytes,
+            <[u8]>::copy_from_slice,
+        )?;
+        let block = (
+            self as *const Self as usize,
+            first.shard,
+            first.offset,
+            bytes,
+        );
+        Ok(Block(BLOCK.with(|b| b.borrow_mut().replace(block))))
+    }
+
+    /// `f` with `e`'s bytes when this thread's block holds them, else with `None`. The block is
+    /// taken out while `f` runs, so that work `f` hands to other threads of the pool (which may
+    /// run another batch on this one meanwhile) never meets it borrowed.
+    fn with_block<R>(&self, e: &Entry, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let taken = BLOCK.with(|b| b.borrow_mut().take());
+        let hit = taken.as_ref().and_then(|(bundle, shard, start, bytes)| {
+            let inside = *bundle == self as *const Self as usize
+                && *shard == e.shard
+                && e.offset >= *start
+                && e.offset + e.size <= start + bytes.len() as u64;
+            inside.then(|| &bytes[(e.offset - start) as usize..][..e.size as usize])
+        });
+        let out = f(hit);
+        if taken.is_some() {
+            BLOCK.with(|b| *b.borrow_mut() = taken);
+        }
+        out
+    }
+
     /// Fetches a fixed-size entry (box `have`, `size`-byte elements) and copies what each
     /// destination needs as the ranges land; returns the CRC32C of all its bytes. A destination
     /// taking the whole entry as stored gets byte ranges; others get ranges of whole rows (so that
@@ -385,8 +440,19 @@ impl RemoteBundle {
         e: &Entry,
         have: &Region,
         size: usize,
-        mut dsts: Vec<Dst<'_>>,
+        dsts: Vec<Dst<'_>>,
     ) -> Result<u32> {
+        let mut dsts = Some(dsts);
+        let from_block = self.with_block(e, |hit| {
+            let bytes = hit?;
+            Some(copy_verify(bytes, have, size, dsts.take()?))
+        });
+        if let Some(crc) = from_block {
+            return Ok(crc);
+        }
+        let Some(mut dsts) = dsts else {
+            return Ok(0); // unreachable: the destinations are taken only on a hit
+        };
         let obj = self.check_bounds(b, e)?;
         let (client, budget) = self.state();
         let step = client.options.range_bytes;
@@ -470,6 +536,26 @@ impl RemoteBundle {
             <[u8]>::copy_from_slice,
         )?;
         Ok(out)
+    }
+}
+
+/// A run of adjacent small entries fetched in one request (see [`RemoteBundle::fetch_block`]):
+/// the bundle's address, the shard, the offset of the first byte, and the bytes.
+type Fetched = (usize, u32, u64, Vec<u8>);
+
+thread_local! {
+    /// The block of the batch this thread is loading.
+    static BLOCK: std::cell::RefCell<Option<Fetched>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, reads on this thread of entries inside its block are served from memory; when
+/// dropped, the thread's previous block (if a batch was interrupted by this one) is back.
+pub(crate) struct Block(Option<Fetched>);
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        BLOCK.with(|b| *b.borrow_mut() = previous);
     }
 }
 
