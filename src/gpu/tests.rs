@@ -1159,6 +1159,22 @@ fn broadcast_gives_every_rank_the_roots_load() {
     }
 }
 
+/// Every rank of a broadcast job failed and kept nothing: rank `failing` with `own` in its error,
+/// the others with `others`.
+fn all_failed(
+    done: &[(VariableStore, crate::Result<crate::LoadReport>)],
+    failing: usize,
+    own: &str,
+    others: &str,
+) {
+    for (rank, (store, r)) in done.iter().enumerate() {
+        let err = r.as_ref().unwrap_err().to_string();
+        let want = if rank == failing { own } else { others };
+        assert!(err.contains(want), "rank {rank}: {err}");
+        assert!(!store.is_initialized(), "rank {rank}");
+    }
+}
+
 #[test]
 fn a_broadcast_fails_on_every_rank_or_on_none() {
     let dir = fixture("partitioned_axes");
@@ -1167,16 +1183,9 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
     let links = HostLink::devices(3);
     links[0].fail_copy_at.store(2, Ordering::Relaxed);
     let done = broadcast_job(3, 0, &hub, &links, |_| store_for(&dir));
-    for (rank, (store, r)) in done.iter().enumerate() {
-        let err = r.as_ref().unwrap_err().to_string();
-        let want = if rank == 0 {
-            "failed (emulated)"
-        } else {
-            "another rank failed to load"
-        };
-        assert!(err.contains(want), "rank {rank}: {err}");
-        assert!(!store.is_initialized(), "rank {rank}");
-        assert_eq!(links[rank].live_allocations(), 0, "rank {rank}");
+    all_failed(&done, 0, "failed (emulated)", "another rank failed to load");
+    for (rank, link) in links.iter().enumerate() {
+        assert_eq!(link.live_allocations(), 0, "rank {rank}");
     }
     drop(done);
     // The broadcast itself fails: every rank drops its values.
@@ -1212,16 +1221,12 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
         }
         s
     });
-    for (rank, (store, r)) in done.iter().enumerate() {
-        let err = r.as_ref().unwrap_err().to_string();
-        let want = if rank == 2 {
-            "broadcast failed (emulated)"
-        } else {
-            "another rank's broadcast failed"
-        };
-        assert!(err.contains(want), "rank {rank}: {err}");
-        assert!(!store.is_initialized(), "rank {rank}");
-    }
+    all_failed(
+        &done,
+        2,
+        "broadcast failed (emulated)",
+        "another rank's broadcast failed",
+    );
     assert_eq!(
         done[1].0.device_buffers.len(),
         1,
