@@ -126,6 +126,16 @@ impl std::fmt::Debug for DeviceTensor {
     }
 }
 
+/// How a variable is held in device memory where not as TensorFlow holds it (the candle
+/// integration's `Var`s): in another dtype (converted on the device as it loads) and/or, for a
+/// 2-D value, transposed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(feature = "candle"), allow(dead_code))]
+pub(crate) struct DeviceForm {
+    pub dtype: Option<crate::base::dtype::DType>,
+    pub transposed: bool,
+}
+
 /// Device memory the trainer owns, to load one variable into (see
 /// [`VariableStore::set_device_buffer`](crate::VariableStore::set_device_buffer)); for a trainer
 /// built on another framework that allocates its own parameters. Made with the GPU layer's

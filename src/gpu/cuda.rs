@@ -24,6 +24,14 @@ use crate::base::error::{Error, ErrorKind, Result};
 pub(crate) const SOURCES: &[(&str, &str)] = &[
     ("slice_copy.cu", include_str!("../../kernels/slice_copy.cu")),
     ("cast.cu", include_str!("../../kernels/cast.cu")),
+    // One program: the transposes convert with cast.cu's functions.
+    (
+        "transpose.cu",
+        concat!(
+            include_str!("../../kernels/cast.cu"),
+            include_str!("../../kernels/transpose.cu")
+        ),
+    ),
 ];
 
 /// Every kernel the executor launches, by source.
@@ -39,6 +47,20 @@ pub(crate) const FUNCTIONS: &[(&str, &[&str])] = &[
             "cast2d_f32_f16",
             "cast2d_bf16_f32",
             "cast2d_f16_f32",
+        ],
+    ),
+    (
+        "transpose.cu",
+        &[
+            "transpose2d_1",
+            "transpose2d_2",
+            "transpose2d_4",
+            "transpose2d_8",
+            "transpose2d_16",
+            "transpose2d_f32_bf16",
+            "transpose2d_f32_f16",
+            "transpose2d_bf16_f32",
+            "transpose2d_f16_f32",
         ],
     ),
 ];
@@ -428,14 +450,27 @@ impl Link for CudaLink {
             .functions()?
             .get(k.name)
             .ok_or_else(|| unavailable(self.ordinal, format!("no kernel {}", k.name)))?;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                k.row.div_ceil(256).clamp(1, 1024) as u32,
-                k.rows.clamp(1, 65535) as u32,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        // A transposed copy goes by 32x32 tiles (kernels/transpose.cu), the others by rows.
+        let cfg = if k.dst_col != 0 {
+            LaunchConfig {
+                grid_dim: (
+                    k.row.div_ceil(32).clamp(1, 1024) as u32,
+                    k.rows.div_ceil(32).clamp(1, 65535) as u32,
+                    1,
+                ),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            LaunchConfig {
+                grid_dim: (
+                    k.row.div_ceil(256).clamp(1, 1024) as u32,
+                    k.rows.clamp(1, 65535) as u32,
+                    1,
+                ),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            }
         };
         let stream = &self.lanes[0];
         let mut launch = stream.launch_builder(f);
@@ -446,8 +481,12 @@ impl Link for CudaLink {
             .arg(&k.row)
             .arg(&k.src_stride)
             .arg(&k.dst_stride);
-        // SAFETY: the kernel's parameters are (const T*, T*, u64 x4) as passed; the planner keeps
-        // every addressed element inside the scratch and destination allocations.
+        if k.dst_col != 0 {
+            launch.arg(&k.dst_col);
+        }
+        // SAFETY: the kernel's parameters are (const T*, T*, u64 x4), plus a fifth u64 for a
+        // transpose, as passed; the planner keeps every addressed element inside the scratch and
+        // destination allocations.
         unsafe { launch.launch(cfg) }
             .map(drop)
             .map_err(|e| self.err(format!("launching {}", k.name), e))

@@ -26,7 +26,9 @@ use rayon::prelude::*;
 
 use super::exec::{self, Fill, Link, Sizes};
 use super::plan::{Target, Uploads};
-use crate::base::device::{device_list, Device, DeviceBuffer, DeviceMemory, DeviceTensor};
+use crate::base::device::{
+    device_list, Device, DeviceBuffer, DeviceForm, DeviceMemory, DeviceTensor,
+};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Region, Slice};
@@ -46,6 +48,8 @@ struct Slot {
     shape: Vec<u64>,
     mem: Arc<dyn DeviceMemory>,
     keep: Vec<Range<u64>>,
+    /// The 2-D value is held transposed: TensorFlow's (rows, columns).
+    transposed: Option<(u64, u64)>,
 }
 
 /// All-gathers in place between GPUs: the collective behind replicas (NCCL on real GPUs).
@@ -80,6 +84,8 @@ pub(super) struct GpuDestination<'l, L: Link> {
     register: bool,
     /// The trainer's buffers, by variable.
     buffers: BTreeMap<String, DeviceBuffer>,
+    /// How variables are held on the device where not as TensorFlow holds them.
+    forms: BTreeMap<String, DeviceForm>,
     /// Replicated variables, by name: their devices.
     replicas: BTreeMap<String, Vec<Device>>,
     gather: Option<&'l dyn Gather>,
@@ -162,6 +168,7 @@ impl VariableStore {
             sizes,
             register: options.register_mappings,
             buffers: self.device_buffers.clone(),
+            forms: self.device_forms.clone(),
             replicas: self.replicas.clone(),
             gather,
             slots: HashMap::new(),
@@ -284,8 +291,25 @@ impl<L: Link> GpuDestination<'_, L> {
         let group = load_group(stored, dests, None, &Given::default())?;
         report.stored_reads += group.stored_reads;
         for (name, mut t) in group.values {
-            if let Some((from, to)) = options.cast {
-                cast_tensor(&mut t, from, to)?;
+            match self.slots.get(&name).map(|s| &s[0]) {
+                // In the slot's dtype and layout (every replica has the same).
+                Some(slot) => {
+                    if t.dtype != slot.dtype {
+                        let from = t.dtype;
+                        cast_tensor(&mut t, from, slot.dtype)?;
+                    }
+                    if let (Some((rows, _)), TensorData::Bytes(b)) = (slot.transposed, &t.data) {
+                        let mut out = crate::base::mmap::alloc_zeroed(b.len(), &name)?;
+                        let size = slot.dtype.size().unwrap_or(1);
+                        crate::base::copy::transpose_whole(b, rows as usize, size, &mut out);
+                        t.data = TensorData::Bytes(out.into());
+                    }
+                }
+                None => {
+                    if let Some((from, to)) = options.cast {
+                        cast_tensor(&mut t, from, to)?;
+                    }
+                }
             }
             report.bytes += match &t.data {
                 TensorData::Bytes(b) => b.len() as u64,
@@ -341,6 +365,7 @@ impl<L: Link> GpuDestination<'_, L> {
                             dtype: slot.dtype,
                             want: want.clone(),
                             keep,
+                            transposed: slot.transposed,
                         };
                         (slot.dev, t)
                     })
@@ -393,13 +418,38 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             if devs.is_empty() {
                 continue;
             }
-            let dtype = options.dtype_at_destination(v.dtype);
+            let form = self.forms.get(&v.name).copied().unwrap_or_default();
+            let dtype = form
+                .dtype
+                .unwrap_or_else(|| options.dtype_at_destination(v.dtype));
+            let transposed = match (form.transposed, v.shape.as_slice()) {
+                (false, _) => None,
+                (true, &[rows, cols]) => Some((rows, cols)),
+                (true, other) => {
+                    return Err(ErrorKind::BadVariable {
+                        name: v.name.clone(),
+                        reason: format!(
+                            "a transposed device value must be 2-D, not of shape {other:?}"
+                        ),
+                    }
+                    .into())
+                }
+            };
+            if dtype != v.dtype && !crate::load::cast::supported(v.dtype, dtype) {
+                return Err(ErrorKind::BadVariable {
+                    name: v.name.clone(),
+                    reason: format!("no conversion of {} into {dtype} on a device", v.dtype),
+                }
+                .into());
+            }
             let size = dtype.size().unwrap_or(0);
             let elems = num_elements(&v.shape).unwrap_or(0);
             let bytes = elems as usize * size;
-            // Replicas load shares when a gather completes them and the value is worth it.
+            // Replicas load shares when a gather completes them and the value is worth it (the
+            // shares are ranges of the device layout: a transposed value loads whole).
             let n = devs.len() as u64;
-            let shared = self.replicas.contains_key(&v.name)
+            let shared = transposed.is_none()
+                && self.replicas.contains_key(&v.name)
                 && self.gather.is_some()
                 && bytes >= self.sizes.share_min
                 && elems >= n;
@@ -426,6 +476,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     shape: v.shape.clone(),
                     mem,
                     keep,
+                    transposed,
                 });
             }
             if shared {
@@ -542,6 +593,16 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         }
         self.whole(&v.name);
         let slots = &self.slots[&v.name];
+        // The element in the slots' dtype (a device form may ask for another than `dtype`); a
+        // single repeated element is the same transposed or not.
+        let at = slots[0].dtype;
+        let mut converted = vec![0u8; at.size().unwrap_or(0)];
+        let (dtype, elem) = if at != dtype {
+            crate::load::cast::convert(dtype, at, elem, &mut converted);
+            (at, converted.as_slice())
+        } else {
+            (dtype, elem)
+        };
         // A device memset when the element is a repeated 1-, 2- or 4-byte pattern (zeros, ones,
         // most constants), else an upload from the host.
         if let Some(fill) = Fill::of(elem) {
@@ -634,7 +695,11 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 .into_iter()
                 .map(|s| DeviceTensor {
                     dtype: s.dtype,
-                    shape: s.shape,
+                    // A transposed value's shape as it lies in memory.
+                    shape: match s.transposed {
+                        Some((rows, cols)) => vec![cols, rows],
+                        None => s.shape,
+                    },
                     mem: s.mem,
                 })
                 .collect();

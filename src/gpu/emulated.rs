@@ -237,16 +237,23 @@ impl Link for HostLink {
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {
+        let transpose = k.name.starts_with("transpose2d_");
+        if transpose != (k.dst_col != 0) {
+            return Err(bad(format!(
+                "{} launched with dst_col {}",
+                k.name, k.dst_col
+            )));
+        }
         let (from, to) = match k.name {
-            "copy2d_1" => (DType::U8, DType::U8),
-            "copy2d_2" => (DType::U16, DType::U16),
-            "copy2d_4" => (DType::U32, DType::U32),
-            "copy2d_8" => (DType::U64, DType::U64),
-            "copy2d_16" => (DType::C128, DType::C128),
-            "cast2d_f32_bf16" => (DType::F32, DType::BF16),
-            "cast2d_f32_f16" => (DType::F32, DType::F16),
-            "cast2d_bf16_f32" => (DType::BF16, DType::F32),
-            "cast2d_f16_f32" => (DType::F16, DType::F32),
+            "copy2d_1" | "transpose2d_1" => (DType::U8, DType::U8),
+            "copy2d_2" | "transpose2d_2" => (DType::U16, DType::U16),
+            "copy2d_4" | "transpose2d_4" => (DType::U32, DType::U32),
+            "copy2d_8" | "transpose2d_8" => (DType::U64, DType::U64),
+            "copy2d_16" | "transpose2d_16" => (DType::C128, DType::C128),
+            "cast2d_f32_bf16" | "transpose2d_f32_bf16" => (DType::F32, DType::BF16),
+            "cast2d_f32_f16" | "transpose2d_f32_f16" => (DType::F32, DType::F16),
+            "cast2d_bf16_f32" | "transpose2d_bf16_f32" => (DType::BF16, DType::F32),
+            "cast2d_f16_f32" | "transpose2d_f16_f32" => (DType::F16, DType::F32),
             other => return Err(bad(format!("no kernel {other}"))),
         };
         let (es, ed) = (from.size().unwrap(), to.size().unwrap());
@@ -256,9 +263,19 @@ impl Link for HostLink {
             let n = k.row as usize;
             let (sm, so) = self.find(s, n * es)?;
             let row: Vec<u8> = sm.data.lock().unwrap()[so..so + n * es].to_vec();
-            let (dm, doff) = self.find(d, n * ed)?;
-            let mut dd = dm.data.lock().unwrap();
-            crate::load::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
+            if !transpose {
+                let (dm, doff) = self.find(d, n * ed)?;
+                let mut dd = dm.data.lock().unwrap();
+                crate::load::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
+                continue;
+            }
+            // Element c of the row goes `dst_col` elements after element c - 1.
+            for (c, elem) in row.chunks_exact(es).enumerate() {
+                let at = d + c as u64 * k.dst_col * ed as u64;
+                let (dm, doff) = self.find(at, ed)?;
+                let mut dd = dm.data.lock().unwrap();
+                crate::load::cast::convert(from, to, elem, &mut dd[doff..doff + ed]);
+            }
         }
         Ok(())
     }

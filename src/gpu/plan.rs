@@ -86,6 +86,77 @@ fn kernel_name(from: DType, to: DType) -> Option<&'static str> {
     })
 }
 
+/// The transposing kernel of `kernels/transpose.cu` from `from` elements into `to` elements.
+fn transpose_name(from: DType, to: DType) -> Option<&'static str> {
+    Some(match (from, to) {
+        (DType::F32, DType::BF16) => "transpose2d_f32_bf16",
+        (DType::F32, DType::F16) => "transpose2d_f32_f16",
+        (DType::BF16, DType::F32) => "transpose2d_bf16_f32",
+        (DType::F16, DType::F32) => "transpose2d_f16_f32",
+        _ if from == to => match from.size()? {
+            1 => "transpose2d_1",
+            2 => "transpose2d_2",
+            4 => "transpose2d_4",
+            8 => "transpose2d_8",
+            16 => "transpose2d_16",
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// `runs` (element offsets of a `[rows, cols]` value, row-major) cut at the ends of its rows.
+fn split_at_rows(runs: &[Run], cols: u64) -> Vec<Run> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let (mut src, mut dst, mut len) = (r.src, r.dst, r.len);
+        while len > 0 {
+            let n = len.min(cols - dst % cols);
+            out.push(Run { src, dst, len: n });
+            (src, dst, len) = (src + n, dst + n, len - n);
+        }
+    }
+    out
+}
+
+/// The launches that write `runs` (of a `[rows, cols]` value, row-major; sources relative to
+/// `src`, in elements) into a destination holding the value transposed (`[cols, rows]`).
+pub(super) fn transposed_launches(
+    runs: &[Run],
+    (rows, cols): (u64, u64),
+    name: &'static str,
+    (src, size): (u64, u64),
+    (dst, dsize): (u64, u64),
+) -> Vec<Kernel> {
+    let mut out = Vec::new();
+    for b in blocks(&split_at_rows(runs, cols)) {
+        // Element (i, j) of the value lies at j * rows + i. A block's rows are `dst_stride`
+        // elements apart: whole rows of the value, or, if not, one launch per row.
+        let whole_rows = b.rows == 1 || b.dst_stride % cols == 0;
+        let pieces: Vec<(u64, u64, u64)> = if whole_rows {
+            vec![(b.src, b.dst, b.rows)]
+        } else {
+            (0..b.rows)
+                .map(|r| (b.src + r * b.src_stride, b.dst + r * b.dst_stride, 1))
+                .collect()
+        };
+        for (s, d, n) in pieces {
+            let (i, j) = (d / cols, d % cols);
+            out.push(Kernel {
+                name,
+                src: src.wrapping_add(s * size),
+                dst: dst + (j * rows + i) * dsize,
+                rows: n,
+                row: b.row,
+                src_stride: b.src_stride,
+                dst_stride: if n > 1 { b.dst_stride / cols } else { 1 },
+                dst_col: rows,
+            });
+        }
+    }
+    out
+}
+
 /// Every upload of one load: the jobs (byte ranges of a source and the transfers they feed), the
 /// checksums their bytes must match, the kernels that scatter or convert from scratch buffers, and
 /// the scratch buffers (freed when this is dropped, after the load).
@@ -106,6 +177,8 @@ pub(super) struct Target<'a> {
     pub dtype: DType,
     pub want: Region,
     pub keep: &'a [Range<u64>],
+    /// The destination holds the 2-D value transposed: its (rows, columns) as TensorFlow's.
+    pub transposed: Option<(u64, u64)>,
 }
 
 /// The parts of `runs` whose destination elements lie in `keep` (every run when it is empty).
@@ -171,7 +244,9 @@ impl Uploads {
             return Ok(false);
         }
         let size = dtype.size().unwrap_or(1);
-        let direct = |t: &Target<'_>, runs: &[Run]| t.dtype == dtype && runs.len() <= DIRECT_RUNS;
+        let direct = |t: &Target<'_>, runs: &[Run]| {
+            t.dtype == dtype && t.transposed.is_none() && runs.len() <= DIRECT_RUNS
+        };
         // The elements the kernels read, as scratch clusters: each user's source hull, overlapping
         // hulls merged (a replica's share and the tail are far apart: two small clusters, not one
         // that spans the piece). One scratch buffer and one upload per cluster.
@@ -233,10 +308,30 @@ impl Uploads {
                     p.wrapping_sub(from as u64)
                 }
             };
-            let name = kernel_name(dtype, t.dtype).ok_or_else(|| ErrorKind::Unsupported {
+            let unsupported = || ErrorKind::Unsupported {
                 tensor: t.name.to_string(),
-                what: format!("no device kernel moves {dtype} into {}", t.dtype),
-            })?;
+                what: format!(
+                    "no device kernel moves {dtype} into {}{}",
+                    t.dtype,
+                    if t.transposed.is_some() {
+                        " transposed"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            if let Some(shape) = t.transposed {
+                let name = transpose_name(dtype, t.dtype).ok_or_else(unsupported)?;
+                self.kernels.extend(transposed_launches(
+                    &runs,
+                    shape,
+                    name,
+                    (base, size as u64),
+                    (t.mem.ptr(), dsize),
+                ));
+                continue;
+            }
+            let name = kernel_name(dtype, t.dtype).ok_or_else(unsupported)?;
             self.kernels
                 .extend(blocks(&runs).into_iter().map(|b| Kernel {
                     name,
@@ -246,6 +341,7 @@ impl Uploads {
                     row: b.row,
                     src_stride: b.src_stride,
                     dst_stride: b.dst_stride,
+                    dst_col: 0,
                 }));
         }
         if verify {

@@ -1366,3 +1366,110 @@ fn replicas_by_shares_upload_each_byte_once() {
         assert!(pcie(&report) >= b, "{cast:?}");
     }
 }
+
+/// `t` (2-D, row-major) transposed.
+fn transposed(t: &crate::Tensor) -> Vec<u8> {
+    let size = t.dtype.size().unwrap();
+    let mut out = vec![0u8; t.bytes().unwrap().len()];
+    crate::base::copy::transpose_whole(t.bytes().unwrap(), t.shape[0] as usize, size, &mut out);
+    out
+}
+
+#[test]
+fn transposed_device_forms_equal_the_host_value_transposed() {
+    // Every 2-D variable of every fixture (whole, in parts along either axis; V1 files prepared
+    // on the host) held transposed, and the float32 ones also converted, as a candle `Var` on a
+    // GPU takes them: each equals the host value, converted by the host, transposed.
+    let mut checked = 0;
+    for case in CASES {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        cpu.initialize(Device::Cpu).unwrap();
+        for sizes in [Sizes::default(), tiny()] {
+            for cast in [None, Some(DType::BF16), Some(DType::F16)] {
+                let mut gpu = store_for(&dir);
+                let mut forms = Vec::new();
+                for v in gpu.vars.values() {
+                    if v.shape.len() != 2 || v.dtype.size().is_none() {
+                        continue;
+                    }
+                    let dtype = cast.filter(|_| v.dtype == DType::F32);
+                    forms.push((v.name.clone(), dtype));
+                }
+                for (name, dtype) in &forms {
+                    let form = crate::base::device::DeviceForm {
+                        dtype: *dtype,
+                        transposed: true,
+                    };
+                    gpu.device_forms.insert(name.clone(), form);
+                }
+                let link = HostLink::default();
+                gpu.initialize_on(&link, &LoadOptions::default(), sizes)
+                    .unwrap_or_else(|e| panic!("{case} {cast:?}: {e}"));
+                for (name, dtype) in forms {
+                    let what = format!("{case} {name} {cast:?} {sizes:?}");
+                    let mut want = cpu.value(&name).unwrap().clone();
+                    if let Some(to) = dtype {
+                        crate::load::host::cast_tensor(&mut want, DType::F32, to).unwrap();
+                    }
+                    let got = gpu.device_value(&name).unwrap().to_host().unwrap();
+                    assert_eq!(got.dtype, want.dtype, "{what}");
+                    assert_eq!(got.shape, [want.shape[1], want.shape[0]], "{what}");
+                    assert!(got.bytes().unwrap() == transposed(&want), "{what}");
+                    checked += 1;
+                }
+                assert_eq!(
+                    link.live_allocations(),
+                    gpu.device_values().count(),
+                    "{case}"
+                );
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+}
+
+#[test]
+fn transposed_launches_cover_parts_split_along_either_axis() {
+    // A [7, 5] value: a piece of rows 2..6, columns 1..4 (strided runs), and one of whole rows
+    // 3..7 (one run over several rows), each written transposed into a [5, 7] destination.
+    use crate::base::slice::Run;
+    for (runs, want) in [
+        (
+            (2..6)
+                .map(|i| Run {
+                    src: (i - 2) * 3,
+                    dst: i * 5 + 1,
+                    len: 3,
+                })
+                .collect::<Vec<_>>(),
+            (2..6)
+                .flat_map(|i| (1..4).map(move |j| (i, j)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            vec![Run {
+                src: 0,
+                dst: 3 * 5 + 2,
+                len: 4 * 5 - 2,
+            }],
+            (15 + 2..35).map(|d| (d / 5, d % 5)).collect::<Vec<_>>(),
+        ),
+    ] {
+        let ks = super::plan::transposed_launches(&runs, (7, 5), "transpose2d_1", (0, 1), (0, 1));
+        let mut written = Vec::new();
+        for k in &ks {
+            assert_eq!(k.dst_col, 7);
+            for r in 0..k.rows {
+                for c in 0..k.row {
+                    let d = k.dst + r * k.dst_stride + c * k.dst_col;
+                    written.push(((d % 7), (d / 7)));
+                }
+            }
+        }
+        written.sort_unstable();
+        let mut want = want;
+        want.sort_unstable();
+        assert_eq!(written, want);
+    }
+}

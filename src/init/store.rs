@@ -108,6 +108,9 @@ pub struct VariableStore {
     pub(crate) device_values: BTreeMap<String, DeviceTensor>,
     /// Buffers the trainer handed in for some variables (used by the next GPU initialization).
     pub(crate) device_buffers: BTreeMap<String, DeviceBuffer>,
+    /// Variables held on the device in another dtype or transposed (the candle integration's).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) device_forms: BTreeMap<String, crate::base::device::DeviceForm>,
     /// Where variables (and parts) live when it is not the device `initialize` is given.
     pub(crate) placement: BTreeMap<String, Device>,
     /// Variables (and parts) replicated on several GPUs: every device, the first one being the

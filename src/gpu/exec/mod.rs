@@ -240,7 +240,9 @@ pub(crate) struct Job {
 }
 
 /// A kernel launch: `rows` rows of `row` elements from `src` (row stride `src_stride` elements)
-/// to `dst` (row stride `dst_stride`); `name` is a kernel of `kernels/`.
+/// to `dst` (row stride `dst_stride`); `name` is a kernel of `kernels/`. A transpose
+/// (`dst_col != 0`) writes element (r, c) at `dst + r * dst_stride + c * dst_col` (elements); the
+/// others write rows of contiguous elements (`dst_col` 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Kernel {
     pub name: &'static str,
@@ -250,6 +252,7 @@ pub(crate) struct Kernel {
     pub row: u64,
     pub src_stride: u64,
     pub dst_stride: u64,
+    pub dst_col: u64,
 }
 
 /// A checksum piece: `len` bytes at offset `off` of check `check`'s entry.
