@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --features candle --example candle_bert            # BERT-base sizes
 //! cargo run --release --features candle --example candle_bert -- --small
+//! cargo run --release --features candle-cuda --example candle_bert -- --cuda   # on GPU 0
 //! ```
 //!
 //! The checkpoint is written by tfckpt's own writer with Google BERT's variable names and shapes
@@ -298,9 +299,19 @@ pub struct Summary {
 
 /// Writes the checkpoint in `dir`, builds the model, loads it and takes one AdamW step.
 pub fn run(cfg: &Config, dir: &Path, print: bool) -> Result<Summary, Box<dyn std::error::Error>> {
+    run_on(cfg, dir, print, &Device::Cpu)
+}
+
+/// [`run`] with the model on `dev` (a GPU needs tfckpt's `candle-cuda` feature).
+pub fn run_on(
+    cfg: &Config,
+    dir: &Path,
+    print: bool,
+    dev: &Device,
+) -> Result<Summary, Box<dyn std::error::Error>> {
     let prefix = dir.join("bert_model.ckpt");
     write_checkpoint(&prefix, cfg, false)?;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
 
     // The fine-tuning start: the model as usual, then four lines of tfckpt.
     let start = Instant::now();
@@ -396,8 +407,14 @@ pub fn run(cfg: &Config, dir: &Path, print: bool) -> Result<Summary, Box<dyn std
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let small = std::env::args().any(|a| a == "--small");
     let cfg = if small { Config::SMALL } else { Config::BASE };
+    // `--cuda`: the model on GPU 0 (build with `--features candle-cuda`).
+    let dev = if std::env::args().any(|a| a == "--cuda") {
+        Device::new_cuda(0)?
+    } else {
+        Device::Cpu
+    };
     let dir = tempfile::tempdir()?;
-    println!("BERT {cfg:?}");
-    run(&cfg, dir.path(), true)?;
+    println!("BERT {cfg:?} on {:?}", dev.location());
+    run_on(&cfg, dir.path(), true, &dev)?;
     Ok(())
 }

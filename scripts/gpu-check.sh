@@ -14,7 +14,9 @@
 #    part, else the replicas load whole and the test prints the warning), then the benchmark
 #    (~8 GB checkpoint written by the crate's writer; pinned H2D ceiling; warm and, if the page
 #    cache can be dropped, cold loads)
-#    with its short table, then the building blocks one by one (examples/gpu_probe.rs).
+#    with its short table, the candle models with their Vars on the GPU (tests/candle.rs, module
+#    on_gpu) and their benchmark against candle's own safetensors path (benches/candle.rs --cuda),
+#    then the building blocks one by one (examples/gpu_probe.rs).
 #
 # NVRTC (for the kernels) is found through the loader path: the CUDA toolkit's libnvrtc.so.13, or
 # pip's nvidia-cuda-nvrtc==13.0.* with its nvidia/cu13/lib folder on LD_LIBRARY_PATH.
@@ -32,19 +34,45 @@ if [ "${1:-}" = "--build" ]; then
         echo "gpu-check: could not find the test binaries" >&2
         exit 1
     }
+    # candle `Var`s on the GPU (feature `candle-cuda`): candle-core's `cuda` compiles candle's
+    # kernels with nvcc and links the driver, NVRTC, cuRAND and cuBLAS by name: CUDA 13.0's compiler
+    # from PyPI and link stubs (scripts/cuda-toolkit.sh); the GPU machine has the real libraries.
+    cuda_env=$(scripts/cuda-toolkit.sh target/cuda-toolkit --link-stubs)
+    log=target/gpu-check-candle.log
+    (
+        eval "$cuda_env"
+        cargo test --release --locked --features candle-cuda --test candle --no-run &&
+            cargo bench --locked --features candle-cuda --bench candle --no-run
+    ) >"$log" 2>&1 || {
+        tail -40 "$log" >&2
+        echo "gpu-check: could not build the candle-cuda binaries (log: $log)" >&2
+        exit 1
+    }
+    candle_test=$(sed -n 's/.*Executable tests\/candle\.rs (\(.*\))/\1/p' "$log" | tail -1)
+    candle_bench=$(sed -n 's/.*Executable benches\/candle\.rs (\(.*\))/\1/p' "$log" | tail -1)
+    rm -rf "$out"
     mkdir -p "$out"
+    cp "$candle_test" "$out/candle-tests"
+    cp "$candle_bench" "$out/candle-bench"
     cp "$test_bin" "$out/gpu-tests"
     cp "$remote_bin" "$out/remote-tests"
     cp target/release/examples/gpu_bench "$out/gpu_bench"
     cp target/release/examples/gpu_probe "$out/gpu_probe"
-    # Without debug info the four binaries travel in about 50 MB (the device tool carries 64 MiB).
+    # Without debug info and gzipped, the six binaries travel in about 50 MB (the device tool
+    # carries 64 MiB); the run unpacks them.
     strip --strip-debug "$out"/* 2>/dev/null || true
+    gzip -9 "$out"/*
     ls -la "$out"
     exit 0
 fi
 
+for f in "$out"/*.gz; do
+    [ -e "$f" ] || continue
+    gzip -dc "$f" >"${f%.gz}" || { echo "gpu-check: cannot unpack $f" >&2; exit 1; }
+    chmod +x "${f%.gz}"
+done
 [ -x "$out/gpu-tests" ] && [ -x "$out/remote-tests" ] && [ -x "$out/gpu_bench" ] &&
-    [ -x "$out/gpu_probe" ] || {
+    [ -x "$out/gpu_probe" ] && [ -x "$out/candle-tests" ] && [ -x "$out/candle-bench" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
     exit 1
 }
@@ -57,9 +85,18 @@ TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1 || tes
 echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
 TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/remote-tests" --exact \
     gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
+# candle's CUDA libraries (cuBLAS, cuRAND; NVRTC) where the machine keeps them: the CUDA image's
+# Python packages (nvidia/*/lib), unless they are on the loader path already.
+nvidia_libs=$(python3 -c 'import glob, nvidia, os; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "lib*.so*"))})))' 2>/dev/null || true)
+candle_env=(env LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$nvidia_libs")
+echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
+TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${candle_env[@]}" "$out/candle-tests" --test-threads=1 on_gpu ||
+    tests_rc=$?
 echo "== GPU benchmark"
 bench_rc=0
 "$out/gpu_bench" "$@" || bench_rc=$?
+echo "== candle on the GPU: BERT-large from tfckpt's checkpoint against candle's from_mmaped_safetensors"
+"${candle_env[@]}" "$out/candle-bench" --cuda --layers 24 --rounds 3 || bench_rc=$?
 echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
 "$out/gpu_probe" --gb 4 || bench_rc=$?
 echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"

@@ -76,8 +76,12 @@ struct Tf2Model {
 }
 
 fn tf2_model() -> Tf2Model {
+    tf2_model_on(&CPU)
+}
+
+fn tf2_model_on(device: &Device) -> Tf2Model {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let dense = candle_nn::linear(3, 4, vb.pp("model.dense")).unwrap();
     candle_nn::linear(4, 2, vb.pp("model.layers.0")).unwrap();
     candle_nn::linear(2, 1, vb.pp("model.layers.1")).unwrap();
@@ -537,4 +541,170 @@ fn map_existing_leaves_out_a_name_held_with_another_shape_and_says_so() {
             vec![3, 2]
         )]
     );
+}
+
+/// h1_partitioned's `scope/var1` [100, 100], stored in slices, into transposed `Var`s: float32
+/// and bfloat16 (converted as it loads) on `a`, float32 on `b`.
+fn slices_and_casts_on(a: &Device, b: &Device) {
+    let varmap = VarMap::new();
+    let on = |d: &Device, dt| VarBuilder::from_varmap(&varmap, dt, d);
+    candle_nn::linear_no_bias(100, 100, on(a, DType::F32).pp("a32")).unwrap();
+    candle_nn::linear_no_bias(100, 100, on(a, DType::BF16).pp("a16")).unwrap();
+    candle_nn::linear_no_bias(100, 100, on(b, DType::F32).pp("b32")).unwrap();
+    let convention = Convention::custom(|name, _| {
+        Some(TfName {
+            name: name.replace(".weight", "/kernel"),
+            transposed: true,
+        })
+    });
+    let mut init = CandleInit::from_varmap(&varmap, &convention)
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    let map = AssignmentMap::from([
+        ("scope/var1", Target::name("a32/kernel")),
+        ("scope/var1", Target::name("a16/kernel")),
+        ("scope/var1", Target::name("b32/kernel")),
+    ]);
+    init.init_from_checkpoint(ckpt_path("h1_partitioned"), &map)
+        .unwrap();
+    let report = init.initialize(&Default::default()).unwrap();
+    assert_eq!(report.from_checkpoint, 3);
+    // A GPU Var goes through the GPU path: its transposes are kernels there.
+    let kernels = report.device.as_ref().map_or(0, |d| d.kernels);
+    assert_eq!(kernels > 0, a.is_cuda() || b.is_cuda(), "{report}");
+    let want = tf_value("h1_partitioned", "scope/var1").t().unwrap();
+    assert!(same(&var(&varmap, "a32.weight"), &want));
+    assert!(same(&var(&varmap, "b32.weight"), &want));
+    let got16 = var(&varmap, "a16.weight");
+    assert_eq!(got16.dtype(), DType::BF16);
+    assert!(same(&got16, &want.to_dtype(DType::BF16).unwrap()));
+}
+
+#[test]
+fn slices_and_casts_into_transposed_vars() {
+    slices_and_casts_on(&CPU, &CPU);
+}
+
+/// Two `Var`s, on `a` and on `b`; the first tensor (`a`'s) is damaged: neither changes.
+fn damaged_first_value_on(a: &Device, b: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/kernel", &[2, 3], &[1.0; 6])
+        .f32("b/kernel", &[3, 2], &[2.0; 6]);
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    candle_nn::linear_no_bias(
+        2,
+        3,
+        VarBuilder::from_varmap(&varmap, DType::F32, a).pp("a"),
+    )
+    .unwrap();
+    candle_nn::linear_no_bias(
+        3,
+        2,
+        VarBuilder::from_varmap(&varmap, DType::F32, b).pp("b"),
+    )
+    .unwrap();
+    let before = snapshot(&varmap);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+        .unwrap();
+    let data = dir.path().join("m.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[0] ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    let e = init.initialize(&Default::default()).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
+    assert!(e.to_string().contains("a/kernel"), "{e}");
+    assert_eq!(snapshot(&varmap), before);
+}
+
+#[test]
+fn a_damaged_first_value_changes_no_var() {
+    damaged_first_value_on(&CPU, &CPU);
+}
+
+/// The same models with their `Var`s on a GPU (feature `candle-cuda`): every value equals the
+/// host load's, bit for bit, transposes and conversions done on the device. Without a GPU these
+/// pass without running, unless `TFCKPT_REQUIRE_GPU` is set (`scripts/gpu-check.sh` sets it).
+#[cfg(feature = "candle-cuda")]
+mod on_gpu {
+    use super::*;
+
+    fn gpu() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("TFCKPT_REQUIRE_GPU").is_none(),
+                    "TFCKPT_REQUIRE_GPU is set but candle has no GPU: {e}"
+                );
+                eprintln!("no GPU ({e}): candle CUDA test skipped");
+                None
+            }
+        }
+    }
+
+    fn without_head(varmap: &VarMap) -> Vec<(String, Vec<f64>)> {
+        snapshot(varmap)
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("head."))
+            .collect()
+    }
+
+    #[test]
+    fn the_tf2_model_on_a_gpu_equals_the_host_load() {
+        let Some(dev) = gpu() else { return };
+        let (host, m) = (tf2_model(), tf2_model_on(&dev));
+        let head_before = snapshot(&m.varmap)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("head."))
+            .collect::<Vec<_>>();
+        for (model, what) in [(&host, "host"), (&m, "gpu")] {
+            let mut init = CandleInit::from_varmap(&model.varmap, &Convention::tf1())
+                .unwrap()
+                .dtype_policy(DtypePolicy::CastToVariable);
+            init.init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+                .unwrap();
+            let report = init.initialize(&Default::default()).unwrap();
+            assert_eq!(report.from_checkpoint, 7, "{what}");
+            assert_eq!(report.device.is_some(), what == "gpu", "{report}");
+        }
+        assert_eq!(without_head(&host.varmap), without_head(&m.varmap));
+        assert!(var(&m.varmap, "model.dense.weight").device().is_cuda());
+        let head_after = snapshot(&m.varmap)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("head."))
+            .collect::<Vec<_>>();
+        assert_eq!(head_before, head_after);
+        // The layers compute with the loaded (transposed) weights, on the GPU.
+        let x = Tensor::new(&[[1f32, -2.0, 0.5]], &dev).unwrap();
+        let got = m.dense.forward(&x).unwrap().to_device(&CPU).unwrap();
+        let want = host.dense.forward(&x.to_device(&CPU).unwrap()).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn slices_and_casts_into_transposed_vars_on_the_gpu_beside_a_host_one() {
+        let Some(dev) = gpu() else { return };
+        slices_and_casts_on(&dev, &CPU);
+    }
+
+    #[test]
+    fn a_damaged_value_changes_no_var_on_the_gpu_or_the_host() {
+        let Some(dev) = gpu() else { return };
+        damaged_first_value_on(&dev, &CPU);
+    }
+
+    #[test]
+    fn the_bert_example_trains_on_a_gpu() {
+        let Some(dev) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = candle_bert::Config::SMALL;
+        let s = candle_bert::run_on(&cfg, dir.path(), false, &dev).unwrap();
+        assert_eq!(s.loaded, candle_bert::tf_variables(&cfg, false).len());
+        assert_eq!(s.max_error, 0.0);
+        assert!(s.step_change > 0.0, "the AdamW step moved a loaded weight");
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, InplaceOp1, Layout, Var};
+use candle_core::{CpuStorage, DType as CDType, InplaceOp1, Layout, Var};
 
 use super::CandleInit;
 use crate::base::dtype::DType;
@@ -44,25 +44,46 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         )
         .into());
     }
+    // Host `Var`s (all of them: the unmapped ones keep candle's initialization) are loaded by the
+    // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage.
+    let mut host_names = Vec::new();
     let mut jobs = Vec::new();
+    #[cfg(feature = "candle-cuda")]
+    let mut gpu_jobs = Vec::new();
     for (name, v) in &init.store.vars {
-        let (Some(b), true) = (init.vars.get(name), init.store.pending.contains_key(name)) else {
-            continue; // not mapped: keeps candle's initialization
+        let Some(b) = init.vars.get(name) else {
+            continue;
         };
+        let mapped = init.store.pending.contains_key(name);
         let n = num_elements(&v.shape).unwrap_or(0) as usize;
+        let convert = init.casts.get(name).map(|&from| (from, b.dtype));
+        if !b.var.device().is_cpu() {
+            #[cfg(feature = "candle-cuda")]
+            if mapped && n > 0 {
+                let job = super::cuda::GpuJob::new(name, &b.var, b.dtype, n, b.transposed, convert)
+                    .map_err(|e| init.wrap(name, e))?;
+                gpu_jobs.push(job);
+            }
+            continue;
+        }
+        host_names.push(name.as_str());
+        if !mapped {
+            continue; // not mapped: keeps candle's initialization
+        }
         let storage = zeroed(b.dtype, n, name).map_err(|e| init.wrap(name, e))?;
         jobs.push(Job {
             name: name.clone(),
             storage,
             transposed: b.transposed,
-            convert: init.casts.get(name).map(|&from| (from, b.dtype)),
+            convert,
             elems: n,
         });
     }
-    // The store's variables take the stored dtype of a converted value for the load (whose
-    // checks are TensorFlow's), and get their `Var`'s back whatever happens.
+    // Each store variable takes the stored dtype of a converted value for the load (whose checks
+    // are TensorFlow's); the stores are this load's own.
+    let mut host = init.store.substore(host_names);
     for (name, &from) in &init.casts {
-        if let Some(v) = init.store.vars.get_mut(name) {
+        if let Some(v) = host.vars.get_mut(name) {
             v.dtype = from;
         }
     }
@@ -71,17 +92,33 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         jobs,
         done: &mut done,
     };
-    let loaded = skeleton::run(&mut init.store, dest, options);
-    for (name, b) in &init.vars {
-        if let Some(v) = init.store.vars.get_mut(name) {
-            v.dtype = b.dtype;
-        }
-    }
-    let report = loaded?;
-    let fresh = deferred_values(init, &done)?;
+    #[allow(unused_mut)]
+    let mut report = skeleton::run(&mut host, dest, options)?;
+    #[cfg(feature = "candle-cuda")]
+    let gpu_done = if gpu_jobs.is_empty() {
+        Vec::new()
+    } else {
+        let (gpu_report, filled) = super::cuda::load(init, gpu_jobs, options)?;
+        report = super::cuda::merged(report, gpu_report);
+        filled
+    };
+    #[allow(unused_mut)]
+    let mut loaded: Vec<&str> = done.iter().map(|j| j.name.as_str()).collect();
+    #[cfg(feature = "candle-cuda")]
+    loaded.extend(gpu_done.iter().map(|j| j.name.as_str()));
+    let fresh = deferred_values(init, &loaded)?;
     // Everything that could fail is checked before the first `Var` changes.
     for job in &done {
-        check_swappable(init, &job.name, &init.vars[&job.name].var, &job.storage)?;
+        check_swappable(
+            init,
+            &job.name,
+            &init.vars[&job.name].var,
+            job.storage.dtype(),
+        )?;
+    }
+    #[cfg(feature = "candle-cuda")]
+    for job in &gpu_done {
+        check_swappable(init, &job.name, &init.vars[&job.name].var, job.dtype())?;
     }
     for (candle, var, t) in &fresh {
         let ok = var.is_contiguous() && var.dtype() == t.dtype() && var.shape() == t.shape();
@@ -99,7 +136,15 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         if job.elems == 0 {
             continue; // nothing to hold (candle refuses in-place ops on empty layouts)
         }
-        let put = Put(Mutex::new(Some(job.storage)));
+        let put = Put(Mutex::new(Some(Fresh::Cpu(job.storage))));
+        b.var
+            .inplace_op1(&put)
+            .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
+    }
+    #[cfg(feature = "candle-cuda")]
+    for job in gpu_done {
+        let b = &init.vars[&job.name];
+        let put = Put(Mutex::new(Some(Fresh::Cuda(job.storage))));
         b.var
             .inplace_op1(&put)
             .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
@@ -116,13 +161,13 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
 
 /// Candle's own initializers for the deferred `Var`s no value replaced, made (they could fail)
 /// before any `Var` changes: (candle name, `Var`, value).
-fn deferred_values(init: &CandleInit, done: &[Job]) -> Result<Vec<(String, Var, Var)>> {
+fn deferred_values(init: &CandleInit, loaded: &[&str]) -> Result<Vec<(String, Var, Var)>> {
     let Some(deferred) = &init.deferred else {
         return Ok(Vec::new());
     };
-    let loaded: std::collections::HashSet<&str> = done
+    let loaded: std::collections::HashSet<&str> = loaded
         .iter()
-        .map(|j| init.vars[&j.name].candle.as_str())
+        .map(|tf| init.vars[*tf].candle.as_str())
         .collect();
     let vars = deferred
         .varmap()
@@ -143,9 +188,9 @@ fn deferred_values(init: &CandleInit, done: &[Job]) -> Result<Vec<(String, Var, 
 }
 
 /// What candle's in-place op would refuse, refused before anything is swapped.
-fn check_swappable(init: &CandleInit, name: &str, var: &Var, storage: &CpuStorage) -> Result<()> {
+fn check_swappable(init: &CandleInit, name: &str, var: &Var, dtype: CDType) -> Result<()> {
     let layout = var.layout();
-    let ok = var.dtype() == storage.dtype()
+    let ok = var.dtype() == dtype
         && var.is_contiguous()
         && layout.start_offset() == 0
         && (var.elem_count() == 0 || !layout.has_internal_overlap());
@@ -209,8 +254,15 @@ impl Destination for CandleDestination<'_> {
     }
 }
 
+/// A loaded storage.
+enum Fresh {
+    Cpu(CpuStorage),
+    #[cfg(feature = "candle-cuda")]
+    Cuda(candle_core::CudaStorage),
+}
+
 /// Replaces a `Var`'s storage with a loaded one of the same dtype and size.
-struct Put(Mutex<Option<CpuStorage>>);
+struct Put(Mutex<Option<Fresh>>);
 
 impl InplaceOp1 for Put {
     fn name(&self) -> &'static str {
@@ -220,11 +272,27 @@ impl InplaceOp1 for Put {
     fn cpu_fwd(&self, storage: &mut CpuStorage, _layout: &Layout) -> candle_core::Result<()> {
         let new = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
         match new {
-            Some(new) if new.dtype() == storage.dtype() => {
+            Some(Fresh::Cpu(new)) if new.dtype() == storage.dtype() => {
                 *storage = new;
                 Ok(())
             }
-            _ => candle_core::bail!("tfckpt: no loaded value of this dtype"),
+            _ => candle_core::bail!("tfckpt: no loaded host value of this dtype"),
+        }
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &mut candle_core::CudaStorage,
+        _layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let new = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match new {
+            Some(Fresh::Cuda(new)) if new.dtype() == storage.dtype() => {
+                *storage = new;
+                Ok(())
+            }
+            _ => candle_core::bail!("tfckpt: no loaded GPU value of this dtype"),
         }
     }
 }

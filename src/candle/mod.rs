@@ -27,9 +27,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Host (CPU) `Var`s only, for now: a `Var` on a CUDA device is refused by `from_varmap`.
+//! `Var`s on CUDA devices need the `candle-cuda` feature (candle-core's `cuda`, and tfckpt's): their
+//! values go through the GPU path straight into fresh `CudaStorage` on the `Var`'s device (pinned
+//! ring or registered file mappings; kernels transpose and convert on the device), with no host
+//! bounce and no second device copy. Without it, `from_varmap` refuses them.
 
 mod convention;
+#[cfg(feature = "candle-cuda")]
+mod cuda;
 mod deferred;
 mod destination;
 
@@ -164,9 +169,11 @@ impl CandleInit {
                 other.candle
             )));
         }
-        if !var.device().is_cpu() {
+        let on_gpu = var.device().is_cuda() && cfg!(feature = "candle-cuda");
+        if !var.device().is_cpu() && !on_gpu {
             return Err(bad(format!(
-                "it is on {:?}: tfckpt fills host (CPU) Vars only, for now",
+                "it is on {:?}: tfckpt fills host (CPU) Vars, and CUDA Vars with its \
+                 `candle-cuda` feature",
                 var.device().location()
             )));
         }

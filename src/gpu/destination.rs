@@ -419,6 +419,13 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 continue;
             }
             let form = self.forms.get(&v.name).copied().unwrap_or_default();
+            if form.dtype.is_some() && options.cast.is_some() {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "variable {} has its own device dtype: LoadOptions::cast does not apply",
+                    v.name
+                ))
+                .into());
+            }
             let dtype = form
                 .dtype
                 .unwrap_or_else(|| options.dtype_at_destination(v.dtype));

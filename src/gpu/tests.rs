@@ -1380,23 +1380,28 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
     // Every 2-D variable of every fixture (whole, in parts along either axis; V1 files prepared
     // on the host) held transposed, and the float32 ones also converted, as a candle `Var` on a
     // GPU takes them: each equals the host value, converted by the host, transposed.
-    let mut checked = 0;
+    let (mut checked, mut widened) = (0, 0);
     for case in CASES {
         let dir = fixture(case);
         let mut cpu = store_for(&dir);
         cpu.initialize(Device::Cpu).unwrap();
         for sizes in [Sizes::default(), tiny()] {
-            for cast in [None, Some(DType::BF16), Some(DType::F16)] {
+            for cast in [None, Some(DType::BF16), Some(DType::F16), Some(DType::F32)] {
                 let mut gpu = store_for(&dir);
                 let mut forms = Vec::new();
                 for v in gpu.vars.values() {
                     if v.shape.len() != 2 || v.dtype.size().is_none() {
                         continue;
                     }
-                    let dtype = cast.filter(|_| v.dtype == DType::F32);
-                    forms.push((v.name.clone(), dtype));
+                    // Narrowed from float32, or widened to it from bfloat16 and float16.
+                    let dtype = match (cast, v.dtype) {
+                        (Some(DType::F32), DType::BF16 | DType::F16) => cast,
+                        (Some(DType::BF16 | DType::F16), DType::F32) => cast,
+                        _ => None,
+                    };
+                    forms.push((v.name.clone(), v.dtype, dtype));
                 }
-                for (name, dtype) in &forms {
+                for (name, _, dtype) in &forms {
                     let form = crate::base::device::DeviceForm {
                         dtype: *dtype,
                         transposed: true,
@@ -1406,11 +1411,12 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
                 let link = HostLink::default();
                 gpu.initialize_on(&link, &LoadOptions::default(), sizes)
                     .unwrap_or_else(|e| panic!("{case} {cast:?}: {e}"));
-                for (name, dtype) in forms {
+                for (name, from, dtype) in forms {
                     let what = format!("{case} {name} {cast:?} {sizes:?}");
                     let mut want = cpu.value(&name).unwrap().clone();
                     if let Some(to) = dtype {
-                        crate::load::host::cast_tensor(&mut want, DType::F32, to).unwrap();
+                        crate::load::host::cast_tensor(&mut want, from, to).unwrap();
+                        widened += usize::from(to == DType::F32);
                     }
                     let got = gpu.device_value(&name).unwrap().to_host().unwrap();
                     assert_eq!(got.dtype, want.dtype, "{what}");
@@ -1426,50 +1432,64 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
             }
         }
     }
-    assert!(checked > 100, "{checked}");
+    assert!(checked > 100 && widened > 0, "{checked} {widened}");
 }
 
 #[test]
-fn transposed_launches_cover_parts_split_along_either_axis() {
-    // A [7, 5] value: a piece of rows 2..6, columns 1..4 (strided runs), and one of whole rows
-    // 3..7 (one run over several rows), each written transposed into a [5, 7] destination.
+fn transposed_launches_put_each_source_element_at_its_transposed_place() {
+    // Runs of a [rows, cols] value (source offsets relative to the piece), each element written
+    // where the transposed destination holds it: (i, j) at j * rows + i, from the source element
+    // the run gives it. Cases: a piece of rows 2..6, columns 1..4 of [7, 5] (strided runs, one
+    // 2-D block); one run over whole and partial rows; one that splits into equal pieces whose
+    // stride is not whole rows (one launch per row).
     use crate::base::slice::Run;
-    for (runs, want) in [
+    let strided: Vec<Run> = (2..6)
+        .map(|i| Run {
+            src: (i - 2) * 3,
+            dst: i * 5 + 1,
+            len: 3,
+        })
+        .collect();
+    let cases = [
+        ((7, 5), strided),
         (
-            (2..6)
-                .map(|i| Run {
-                    src: (i - 2) * 3,
-                    dst: i * 5 + 1,
-                    len: 3,
-                })
-                .collect::<Vec<_>>(),
-            (2..6)
-                .flat_map(|i| (1..4).map(move |j| (i, j)))
-                .collect::<Vec<_>>(),
-        ),
-        (
+            (7, 5),
             vec![Run {
-                src: 0,
+                src: 4,
                 dst: 3 * 5 + 2,
                 len: 4 * 5 - 2,
             }],
-            (15 + 2..35).map(|d| (d / 5, d % 5)).collect::<Vec<_>>(),
         ),
-    ] {
-        let ks = super::plan::transposed_launches(&runs, (7, 5), "transpose2d_1", (0, 1), (0, 1));
-        let mut written = Vec::new();
+        (
+            (3, 4),
+            vec![Run {
+                src: 1,
+                dst: 2,
+                len: 4,
+            }],
+        ),
+    ];
+    for ((rows, cols), runs) in cases {
+        let mut want = std::collections::BTreeMap::new();
+        for r in &runs {
+            for k in 0..r.len {
+                let d = r.dst + k;
+                want.insert((d / cols, d % cols), r.src + k);
+            }
+        }
+        let ks =
+            super::plan::transposed_launches(&runs, (rows, cols), "transpose2d_1", (0, 1), (0, 1));
+        let mut got = std::collections::BTreeMap::new();
         for k in &ks {
-            assert_eq!(k.dst_col, 7);
+            assert_eq!(k.dst_col, rows);
             for r in 0..k.rows {
                 for c in 0..k.row {
                     let d = k.dst + r * k.dst_stride + c * k.dst_col;
-                    written.push(((d % 7), (d / 7)));
+                    let src = k.src + r * k.src_stride + c;
+                    assert!(got.insert((d % rows, d / rows), src).is_none(), "{d} twice");
                 }
             }
         }
-        written.sort_unstable();
-        let mut want = want;
-        want.sort_unstable();
-        assert_eq!(written, want);
+        assert_eq!(got, want, "{rows}x{cols}: {ks:?}");
     }
 }

@@ -492,6 +492,27 @@ impl VariableStore {
         })
     }
 
+    /// A store of the plain variables `names` of this one, with their pending initializers and
+    /// the checkpoints already opened: one load of some of the variables (the candle
+    /// integration's host and GPU `Var`s are loaded by two).
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    pub(crate) fn substore<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> VariableStore {
+        let mut sub = VariableStore {
+            warnings: self.warnings.clone(),
+            opened: self.opened.clone(),
+            ..VariableStore::default()
+        };
+        for name in names {
+            if let Some(v) = self.vars.get(name) {
+                sub.vars.insert(name.into(), v.clone());
+            }
+            if let Some(p) = self.pending.get(name) {
+                sub.pending.insert(name.into(), p.clone());
+            }
+        }
+        sub
+    }
+
     /// Variable (or part) `name`, or an error naming it with the close names that exist.
     pub(crate) fn var_or_err(&self, name: &str) -> Result<&Variable> {
         self.vars.get(name).ok_or_else(|| {

@@ -1,0 +1,208 @@
+//! candle `Var`s on CUDA devices (feature `candle-cuda`). Each mapped `Var` gets a fresh
+//! `CudaStorage` of its dtype, allocated by candle on the `Var`'s own device; the GPU path loads
+//! straight into it (pinned ring or registered mappings; transposes and conversions by
+//! `kernels/transpose.cu` and `kernels/cast.cu`, on the device); only once every value on every
+//! device and host has loaded does each storage become its `Var`'s. No host bounce, no second
+//! device copy.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::CudaStorageSlice;
+use candle_core::{CudaDevice, CudaStorage, DType as CDType, DeviceLocation, Var};
+use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+
+use super::CandleInit;
+use crate::base::device::{DeviceBuffer, DeviceForm};
+use crate::base::dtype::DType;
+use crate::base::error::{ErrorKind, Result};
+use crate::load::{LoadOptions, LoadReport};
+use crate::Device;
+
+/// One mapped GPU `Var`'s new storage.
+pub(super) struct GpuJob {
+    /// TensorFlow name.
+    pub name: String,
+    pub storage: CudaStorage,
+    ordinal: u32,
+    transposed: bool,
+    /// `(stored dtype, the Var's)` when they differ.
+    convert: Option<(DType, DType)>,
+    /// Bytes of the storage.
+    bytes: usize,
+}
+
+impl GpuJob {
+    /// A zeroed storage of `n` elements of `dtype` (the `Var`'s) on `var`'s device.
+    pub fn new(
+        name: &str,
+        var: &Var,
+        dtype: DType,
+        n: usize,
+        transposed: bool,
+        convert: Option<(DType, DType)>,
+    ) -> Result<GpuJob> {
+        let (candle_core::Device::Cuda(dev), DeviceLocation::Cuda { gpu_id }) =
+            (var.device(), var.device().location())
+        else {
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: format!(
+                    "it is on {:?}: tfckpt fills host and CUDA Vars",
+                    var.device().location()
+                ),
+            }
+            .into());
+        };
+        let storage = zeroed(dev, dtype, n).map_err(|e| {
+            crate::Error::from(ErrorKind::Device {
+                device: format!("cuda:{gpu_id}"),
+                op: format!("allocating {n} elements of {dtype} for {name}"),
+                reason: e.to_string().lines().next().unwrap_or_default().into(),
+            })
+        })?;
+        Ok(GpuJob {
+            name: name.into(),
+            storage,
+            ordinal: gpu_id as u32,
+            transposed,
+            convert,
+            bytes: n * dtype.size().unwrap_or(0),
+        })
+    }
+
+    /// The candle dtype of the storage.
+    pub fn dtype(&self) -> CDType {
+        self.storage.dtype()
+    }
+
+    /// The storage's device address, for writing (recorded as a write on candle's stream).
+    fn device_ptr(&mut self) -> u64 {
+        fn ptr<T>(s: &mut CudaSlice<T>) -> u64 {
+            let stream = s.stream().clone();
+            let (p, _sync) = s.device_ptr_mut(&stream);
+            p
+        }
+        match &mut self.storage.slice {
+            CudaStorageSlice::U8(s)
+            | CudaStorageSlice::F6E2M3(s)
+            | CudaStorageSlice::F6E3M2(s)
+            | CudaStorageSlice::F4(s)
+            | CudaStorageSlice::F8E8M0(s) => ptr(s),
+            CudaStorageSlice::U32(s) => ptr(s),
+            CudaStorageSlice::I16(s) => ptr(s),
+            CudaStorageSlice::I32(s) => ptr(s),
+            CudaStorageSlice::I64(s) => ptr(s),
+            CudaStorageSlice::BF16(s) => ptr(s),
+            CudaStorageSlice::F16(s) => ptr(s),
+            CudaStorageSlice::F32(s) => ptr(s),
+            CudaStorageSlice::F64(s) => ptr(s),
+            CudaStorageSlice::F8E4M3(s) => ptr(s),
+        }
+    }
+}
+
+/// A zeroed storage of `n` elements of `dtype` (which came from a candle dtype) on `dev`.
+fn zeroed(dev: &CudaDevice, dtype: DType, n: usize) -> candle_core::Result<CudaStorage> {
+    fn z<T: DeviceRepr + ValidAsZeroBits + candle_core::cuda::CudaDType>(
+        dev: &CudaDevice,
+        n: usize,
+    ) -> candle_core::Result<CudaStorage> {
+        Ok(CudaStorage::wrap_cuda_slice(
+            dev.alloc_zeros::<T>(n)?,
+            dev.clone(),
+        ))
+    }
+    match dtype {
+        DType::U8 => z::<u8>(dev, n),
+        DType::U32 => z::<u32>(dev, n),
+        DType::I16 => z::<i16>(dev, n),
+        DType::I32 => z::<i32>(dev, n),
+        DType::I64 => z::<i64>(dev, n),
+        DType::BF16 => z::<half::bf16>(dev, n),
+        DType::F16 => z::<half::f16>(dev, n),
+        DType::F32 => z::<f32>(dev, n),
+        DType::F64 => z::<f64>(dev, n),
+        DType::F8E4M3FN => z::<float8::F8E4M3>(dev, n),
+        other => candle_core::bail!("TensorFlow dtype {other} has no candle counterpart"),
+    }
+}
+
+/// Loads every job's value into its storage through the GPU path: one load over every GPU the
+/// jobs are on. Returns the report and the filled jobs; on an error the storages are dropped.
+pub(super) fn load(
+    init: &CandleInit,
+    mut jobs: Vec<GpuJob>,
+    options: &LoadOptions,
+) -> Result<(LoadReport, Vec<GpuJob>)> {
+    use candle_core::backend::BackendDevice;
+    let mut sub = init.store.substore(jobs.iter().map(|j| j.name.as_str()));
+    // The allocations and their zeroing are queued on candle's streams (one per candle device,
+    // and a GPU can have several): all done before the GPU path's own streams write.
+    let mut devices: Vec<(u32, &CudaDevice)> = Vec::new();
+    for j in &jobs {
+        let d = j.storage.device();
+        if !devices.iter().any(|(_, o)| o.same_device(d)) {
+            devices.push((j.ordinal, d));
+        }
+    }
+    for (ordinal, d) in &devices {
+        d.synchronize().map_err(|e| {
+            crate::Error::from(ErrorKind::Device {
+                device: format!("cuda:{ordinal}"),
+                op: "waiting for candle's allocations".into(),
+                reason: e.to_string().lines().next().unwrap_or_default().into(),
+            })
+        })?;
+    }
+    for j in &mut jobs {
+        if let (Some((from, _)), Some(v)) = (j.convert, sub.vars.get_mut(&j.name)) {
+            v.dtype = from; // read as stored, converted on the device
+        }
+        let form = DeviceForm {
+            dtype: j.convert.map(|(_, to)| to),
+            transposed: j.transposed,
+        };
+        sub.device_forms.insert(j.name.clone(), form);
+        sub.set_device(&j.name, Device::Cuda(j.ordinal))?;
+        // SAFETY: the storage is `bytes` of device memory of GPU `ordinal`, alive as long as the
+        // job (which outlives this load: `sub` is dropped first), and nothing else uses it until
+        // it becomes the `Var`'s.
+        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr(), j.bytes) };
+        sub.set_device_buffer(&j.name, buffer)?;
+    }
+    let first = jobs.iter().map(|j| j.ordinal).min().unwrap_or(0);
+    let report = sub.initialize_with(Device::Cuda(first), options)?;
+    drop(sub);
+    Ok((report, jobs))
+}
+
+/// The report of a load of host `Var`s and one of GPU `Var`s, as one.
+pub(super) fn merged(host: LoadReport, gpu: LoadReport) -> LoadReport {
+    LoadReport {
+        variables: host.variables + gpu.variables,
+        from_checkpoint: host.from_checkpoint + gpu.from_checkpoint,
+        from_initializer: host.from_initializer + gpu.from_initializer,
+        tensors: host.tensors + gpu.tensors,
+        stored_reads: host.stored_reads + gpu.stored_reads,
+        bytes: host.bytes + gpu.bytes,
+        stored_bytes: host.stored_bytes + gpu.stored_bytes,
+        skipped_variables: host.skipped_variables + gpu.skipped_variables,
+        skipped_bytes: host.skipped_bytes + gpu.skipped_bytes,
+        mapped_bytes: host.mapped_bytes + gpu.mapped_bytes,
+        seconds: host.seconds + gpu.seconds,
+        plan_seconds: host.plan_seconds + gpu.plan_seconds,
+        load_seconds: host.load_seconds + gpu.load_seconds,
+        finish_seconds: host.finish_seconds + gpu.finish_seconds,
+        threads: host.threads.max(gpu.threads),
+        warnings: {
+            let mut w = host.warnings;
+            for g in gpu.warnings {
+                if !w.contains(&g) {
+                    w.push(g);
+                }
+            }
+            w
+        },
+        device: gpu.device,
+        devices: gpu.devices,
+    }
+}
