@@ -376,29 +376,8 @@ fn two_vars_under_one_tensorflow_name_are_refused() {
 
 #[test]
 fn a_damaged_value_changes_no_var() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut b = CkptBuilder::new(dir.path().join("m"));
-    b.f32("a/kernel", &[2, 3], &[1.0; 6])
-        .f32("b/kernel", &[3, 2], &[2.0; 6]);
-    let prefix = b.finish();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
-    candle_nn::linear_no_bias(3, 2, vb.pp("b")).unwrap();
-    let before = snapshot(&varmap);
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
-    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
-        .unwrap();
-    // Flip the last byte of the data (the second tensor's): its checksum fails after the first
-    // tensor has been read.
-    let data = dir.path().join("m.data-00000-of-00001");
-    let mut bytes = std::fs::read(&data).unwrap();
-    *bytes.last_mut().unwrap() ^= 0x40;
-    std::fs::write(&data, bytes).unwrap();
-    let e = init.initialize(&Default::default()).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
-    assert!(e.to_string().contains("b/kernel"), "{e}");
-    assert_eq!(snapshot(&varmap), before);
+    // The second tensor's checksum fails after the first tensor has been read.
+    damaged_value_on(&CPU, &CPU, false);
 }
 
 #[test]
@@ -585,43 +564,37 @@ fn slices_and_casts_into_transposed_vars() {
     slices_and_casts_on(&CPU, &CPU);
 }
 
-/// Two `Var`s, on `a` and on `b`; the first tensor (`a`'s) is damaged: neither changes.
-fn damaged_first_value_on(a: &Device, b: &Device) {
+/// Two `Var`s, on `a` and on `b`; the first tensor (`a`'s) or the last (`b`'s) is damaged:
+/// neither `Var` changes, and the error names the damaged tensor.
+fn damaged_value_on(a: &Device, b: &Device, first: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut ck = CkptBuilder::new(dir.path().join("m"));
     ck.f32("a/kernel", &[2, 3], &[1.0; 6])
         .f32("b/kernel", &[3, 2], &[2.0; 6]);
     let prefix = ck.finish();
     let varmap = VarMap::new();
-    candle_nn::linear_no_bias(
-        2,
-        3,
-        VarBuilder::from_varmap(&varmap, DType::F32, a).pp("a"),
-    )
-    .unwrap();
-    candle_nn::linear_no_bias(
-        3,
-        2,
-        VarBuilder::from_varmap(&varmap, DType::F32, b).pp("b"),
-    )
-    .unwrap();
+    let vb = |d: &Device, scope: &str| VarBuilder::from_varmap(&varmap, DType::F32, d).pp(scope);
+    candle_nn::linear_no_bias(2, 3, vb(a, "a")).unwrap();
+    candle_nn::linear_no_bias(3, 2, vb(b, "b")).unwrap();
     let before = snapshot(&varmap);
     let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
     init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
         .unwrap();
     let data = dir.path().join("m.data-00000-of-00001");
     let mut bytes = std::fs::read(&data).unwrap();
-    bytes[0] ^= 0x40;
+    let at = if first { 0 } else { bytes.len() - 1 };
+    bytes[at] ^= 0x40;
     std::fs::write(&data, bytes).unwrap();
     let e = init.initialize(&Default::default()).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
-    assert!(e.to_string().contains("a/kernel"), "{e}");
+    let damaged = if first { "a/kernel" } else { "b/kernel" };
+    assert!(e.to_string().contains(damaged), "{e}");
     assert_eq!(snapshot(&varmap), before);
 }
 
 #[test]
 fn a_damaged_first_value_changes_no_var() {
-    damaged_first_value_on(&CPU, &CPU);
+    damaged_value_on(&CPU, &CPU, true);
 }
 
 /// The same models with their `Var`s on a GPU (feature `candle-cuda`): every value equals the
@@ -694,7 +667,9 @@ mod on_gpu {
     #[test]
     fn a_damaged_value_changes_no_var_on_the_gpu_or_the_host() {
         let Some(dev) = gpu() else { return };
-        damaged_first_value_on(&dev, &CPU);
+        // The GPU Var's tensor (after the host load) or the host Var's (before the GPU load).
+        damaged_value_on(&dev, &CPU, true);
+        damaged_value_on(&dev, &CPU, false);
     }
 
     #[test]
