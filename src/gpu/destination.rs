@@ -100,8 +100,10 @@ pub(super) struct GpuDestination<'l, L: Link> {
     warning: Option<String>,
     /// Stored pieces planned so far: the device that checks a piece takes turns.
     turn: usize,
-    /// The uploads of each device (by link index).
+    /// The uploads of each device (by link index): the wave being planned.
     uploads: Vec<Uploads>,
+    /// The waves planned before it, by device (each runs with its own scratch, in order).
+    waves: Vec<Vec<Uploads>>,
     /// Values in host memory: string variables and variables placed on the CPU.
     host: Vec<(String, Tensor)>,
     stats: Vec<DeviceStats>,
@@ -176,6 +178,7 @@ impl VariableStore {
             warning: None,
             turn: 0,
             uploads: links.iter().map(|_| Uploads::default()).collect(),
+            waves: links.iter().map(|_| Vec::new()).collect(),
             host: Vec::new(),
             stats: links
                 .iter()
@@ -397,10 +400,24 @@ impl<L: Link> GpuDestination<'_, L> {
             let n = by_dev.len().max(1);
             for k in 0..by_dev.len() {
                 let (dev, ts) = &by_dev[(i + k) % n];
-                let link = self.links[*dev].1;
-                if uploads[*dev].piece(link, src, info.dtype, ts, remote || !verified)? {
-                    verified = true;
-                }
+                let check = remote || !verified;
+                let budget = self.sizes.scratch;
+                let u = &mut uploads[*dev];
+                let planned = match u.piece(src, info.dtype, ts, check, budget)? {
+                    Some(p) => p,
+                    // This wave's scratch is full: the piece opens the next wave.
+                    None => {
+                        self.waves[*dev].push(std::mem::take(u));
+                        u.piece(src, info.dtype, ts, check, budget)?
+                            .ok_or_else(|| {
+                                ErrorKind::InvalidArgument(format!(
+                                    "internal: {} does not fit an empty wave",
+                                    src.entry
+                                ))
+                            })?
+                    }
+                };
+                verified |= planned;
             }
             read += usize::from(verified && !on_host);
         }
@@ -641,28 +658,48 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         // Every device at once, each over its own link, all from the one checksum pool.
         let stop = AtomicBool::new(false);
         let (register, sizes) = (self.register, self.sizes);
-        let work: Vec<(&L, Uploads, DeviceStats)> = self
+        let mut waves = std::mem::take(&mut self.waves);
+        for (w, last) in waves.iter_mut().zip(std::mem::take(&mut self.uploads)) {
+            w.push(last);
+        }
+        let work: Vec<(&L, Vec<Uploads>, DeviceStats)> = self
             .links
             .iter()
             .map(|(_, l)| *l)
-            .zip(std::mem::take(&mut self.uploads))
+            .zip(waves)
             .zip(std::mem::take(&mut self.stats))
-            .map(|((l, u), s)| (l, u, s))
+            .map(|((l, w), s)| (l, w, s))
             .collect();
         let done: Vec<(Result<bool>, DeviceStats)> = work
             .into_par_iter()
-            .map(|(link, uploads, mut stats)| {
-                let r = exec::execute(
-                    link,
-                    uploads.jobs,
-                    &uploads.kernels,
-                    &uploads.checks,
-                    register,
-                    sizes,
-                    &mut stats,
-                    &stop,
-                );
-                drop(uploads.scratch); // after every copy from or kernel on it
+            .map(|(link, waves, mut stats)| {
+                // Each device's waves in order, each with its own scratch, freed after it.
+                let mut r = Ok(true);
+                for mut wave in waves {
+                    let scratch = match wave.place_scratch(link) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                            r = Err(e);
+                            break;
+                        }
+                    };
+                    stats.scratch_bytes = stats.scratch_bytes.max(wave.scratch_len as u64);
+                    r = exec::execute(
+                        link,
+                        wave.jobs,
+                        &wave.kernels,
+                        &wave.checks,
+                        register,
+                        sizes,
+                        &mut stats,
+                        &stop,
+                    );
+                    drop(scratch); // after every copy into and kernel on it
+                    if !matches!(r, Ok(true)) {
+                        break;
+                    }
+                }
                 (r, stats)
             })
             .collect();

@@ -59,6 +59,8 @@ pub(crate) struct HostLink {
     pub unregistrations: AtomicUsize,
     pub copies: AtomicUsize,
     pub registrations: AtomicUsize,
+    /// The most bytes allocated and alive at once.
+    pub peak_bytes: AtomicUsize,
 }
 
 fn bad(msg: String) -> crate::Error {
@@ -141,7 +143,15 @@ impl Link for HostLink {
             device: self.device(),
             data: Mutex::new(vec![0xA5; bytes]),
         });
-        self.mems.lock().unwrap().insert(base, m.clone());
+        let mut mems = self.mems.lock().unwrap();
+        mems.insert(base, m.clone());
+        let live: usize = mems
+            .values()
+            .filter(|m| Arc::strong_count(m) > 1)
+            .map(|m| m.len())
+            .sum();
+        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+        drop(mems);
         Ok(m)
     }
 

@@ -5,7 +5,9 @@
 //!   split along axis 0), is copied straight from the file mapping into the variable.
 //! * A part that is many strided runs (a split along another axis), or any value to cast, is
 //!   uploaded once into a device scratch buffer and scattered (or converted) by one kernel launch
-//!   per 2-D block; the scratch is freed when the load ends.
+//!   per 2-D block. The uploads of a device run in waves of at most `Sizes::scratch` bytes of
+//!   scratch: each wave's scratch is one buffer, allocated when the wave runs and freed after it,
+//!   so a model of large transposed tensors never needs its own size again in scratch.
 //! * Bytes prepared on the host (V1 files, big-endian bundles, initializers that are no repeated
 //!   pattern) are uploaded as they are.
 
@@ -157,15 +159,22 @@ pub(super) fn transposed_launches(
     out
 }
 
-/// Every upload of one load: the jobs (byte ranges of a source and the transfers they feed), the
-/// checksums their bytes must match, the kernels that scatter or convert from scratch buffers, and
-/// the scratch buffers (freed when this is dropped, after the load).
+/// Addresses in a wave's scratch before it is allocated: `SCRATCH | offset` (device addresses
+/// never have the top bit set). [`Uploads::place_scratch`] relocates them.
+const SCRATCH: u64 = 1 << 63;
+
+/// Scratch offsets are aligned as device allocations are.
+const SCRATCH_ALIGN: usize = 256;
+
+/// One wave of uploads of one device: the jobs (byte ranges of a source and the transfers they
+/// feed), the checksums their bytes must match, the kernels that scatter or convert from scratch,
+/// and the bytes of scratch they use (addressed `SCRATCH | offset` until placed).
 #[derive(Default)]
 pub(super) struct Uploads {
     pub jobs: Vec<Job>,
     pub checks: Vec<Check>,
     pub kernels: Vec<Kernel>,
-    pub scratch: Vec<Arc<dyn DeviceMemory>>,
+    pub scratch_len: usize,
 }
 
 /// Where a stored piece's elements go: a variable's device memory, its dtype there, the box of
@@ -203,6 +212,28 @@ fn keep_runs(runs: Vec<Run>, keep: &[Range<u64>]) -> Vec<Run> {
 }
 
 impl Uploads {
+    /// Allocates this wave's scratch on `link` and points every transfer into it and every kernel
+    /// reading it at the allocation; the memory must outlive the wave's execution.
+    pub(super) fn place_scratch<L: Link>(
+        &mut self,
+        link: &L,
+    ) -> Result<Option<Arc<dyn DeviceMemory>>> {
+        if self.scratch_len == 0 {
+            return Ok(None);
+        }
+        let m = link.alloc(self.scratch_len, "scratch")?;
+        let base = m.ptr();
+        for c in self.jobs.iter_mut().flat_map(|j| j.copies.iter_mut()) {
+            if c.dst & SCRATCH != 0 {
+                c.dst = base + (c.dst & !SCRATCH);
+            }
+        }
+        for k in &mut self.kernels {
+            k.src = k.src.wrapping_sub(SCRATCH).wrapping_add(base);
+        }
+        Ok(Some(m))
+    }
+
     /// Uploads bytes prepared on the host (already verified) into `mem`.
     pub(super) fn host(&mut self, bytes: Arc<Vec<u8>>, mem: &dyn DeviceMemory) {
         let len = bytes.len();
@@ -218,18 +249,20 @@ impl Uploads {
         });
     }
 
-    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects (all on
-    /// `link`'s device); returns whether it is read at all. With `verify` the whole entry is
-    /// uploaded through the checksum; without, only the bytes the targets take, unchecked here:
-    /// the caller has the same bytes of the same mapping verified by another device's upload.
-    pub(super) fn piece<L: Link>(
+    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects; returns
+    /// whether it is read at all, or `None` (and plans nothing) when its scratch would take this
+    /// wave past `budget` bytes: the caller starts a new wave (an empty one takes any piece).
+    /// With `verify` the whole entry is uploaded through the checksum; without, only the bytes
+    /// the targets take, unchecked here: the caller has the same bytes of the same mapping
+    /// verified by another device's upload.
+    pub(super) fn piece(
         &mut self,
-        link: &L,
         src: &DeviceSource,
         dtype: DType,
         targets: &[Target<'_>],
         verify: bool,
-    ) -> Result<bool> {
+        budget: usize,
+    ) -> Result<Option<bool>> {
         let users: Vec<(&Target<'_>, Vec<Run>)> = targets
             .iter()
             .filter_map(|t| {
@@ -241,7 +274,7 @@ impl Uploads {
             })
             .collect();
         if users.is_empty() {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let size = dtype.size().unwrap_or(1);
         let direct = |t: &Target<'_>, runs: &[Run]| {
@@ -267,6 +300,15 @@ impl Uploads {
             }
             overlaps
         });
+        let size64 = size as u64;
+        let need: usize = clusters
+            .iter()
+            .map(|&(lo, hi)| ((hi - lo) * size64) as usize)
+            .map(|n| n.next_multiple_of(SCRATCH_ALIGN))
+            .sum();
+        if self.scratch_len > 0 && self.scratch_len + need > budget {
+            return Ok(None);
+        }
         let mut bases: Vec<Option<u64>> = vec![None; clusters.len()];
         let mut copies = Vec::new();
         for (t, runs) in users {
@@ -296,14 +338,13 @@ impl Uploads {
                 None => {
                     let (lo, hi) = clusters[c];
                     let (from, len) = (lo as usize * size, (hi - lo) as usize * size);
-                    let m = link.alloc(len, &format!("{} (scratch)", t.name))?;
-                    let p = m.ptr();
+                    let p = SCRATCH | self.scratch_len as u64;
+                    self.scratch_len += len.next_multiple_of(SCRATCH_ALIGN);
                     copies.push(Transfer {
                         src: src.range.start + from,
                         len,
                         dst: p,
                     });
-                    self.scratch.push(m);
                     bases[c] = Some(p.wrapping_sub(from as u64));
                     p.wrapping_sub(from as u64)
                 }
@@ -383,7 +424,7 @@ impl Uploads {
             }
             self.jobs.extend(job);
         }
-        Ok(true)
+        Ok(Some(true))
     }
 }
 

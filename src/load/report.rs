@@ -110,8 +110,10 @@ pub struct DeviceStats {
     pub staged_bytes: u64,
     /// Pinned host memory held by the staging ring.
     pub staging_bytes: u64,
-    /// Kernel launches (strided slice copies and casts).
+    /// Kernel launches (strided slice copies, casts and transposes).
     pub kernels: usize,
+    /// Device scratch held at once for them: the largest wave's (see `Sizes::scratch`).
+    pub scratch_bytes: u64,
     /// Bytes of unmapped variables set by device memsets (no upload).
     pub filled_bytes: u64,
     /// Bytes of replicas received from the other GPUs by all-gather (NCCL), not over PCIe.
@@ -142,6 +144,7 @@ impl DeviceStats {
             t.staged_bytes += d.staged_bytes;
             t.staging_bytes += d.staging_bytes;
             t.kernels += d.kernels;
+            t.scratch_bytes += d.scratch_bytes;
             t.filled_bytes += d.filled_bytes;
             t.gathered_bytes += d.gathered_bytes;
             t.broadcast_bytes += d.broadcast_bytes;

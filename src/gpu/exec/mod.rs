@@ -47,6 +47,10 @@ pub(crate) struct Sizes {
     /// A replicated variable of at least this many bytes is loaded by shares and all-gathered
     /// (when there is a gather); smaller ones are uploaded whole to every replica.
     pub share_min: usize,
+    /// Device scratch (strided parts, casts, transposes) live at once per device: the uploads
+    /// run in waves that each need at most this much (a single larger piece has a wave of its
+    /// own), and each wave's scratch is freed before the next is allocated.
+    pub scratch: usize,
 }
 
 impl Default for Sizes {
@@ -57,6 +61,7 @@ impl Default for Sizes {
             staging: 4,
             reg_batch: 256 << 20,
             share_min: 1 << 20,
+            scratch: 1 << 30,
         }
     }
 }
