@@ -255,9 +255,10 @@ impl<L: Link> GpuDestination<'_, L> {
             }
             .into());
         }
-        // The trainer's memory: on this GPU, aligned for the elements, and idle.
+        // The trainer's memory: on this GPU, aligned for the elements, and idle (and not where
+        // no device address is: the top bit marks scratch offsets while planning).
         let align = dtype.size().unwrap_or(1) as u64;
-        if b.mem.device() != link.device() || b.mem.ptr() % align != 0 {
+        if b.mem.device() != link.device() || b.mem.ptr() % align != 0 || b.mem.ptr() >> 63 != 0 {
             return Err(ErrorKind::BadVariable {
                 name: v.name.clone(),
                 reason: format!(
@@ -676,7 +677,19 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 // Each device's waves in order, each with its own scratch, freed after it.
                 let mut r = Ok(true);
                 for mut wave in waves {
-                    let scratch = match wave.place_scratch(link) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        r = Ok(false); // another device failed: its error is the load's
+                        break;
+                    }
+                    // The allocation is queued on one lane (stream-ordered where the device has
+                    // memory pools) and the copies into it run on the others: it completes first.
+                    let placed = wave.place_scratch(link).and_then(|s| {
+                        if s.is_some() {
+                            link.synchronize()?;
+                        }
+                        Ok(s)
+                    });
+                    let scratch = match placed {
                         Ok(s) => s,
                         Err(e) => {
                             stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -86,12 +86,13 @@ impl std::fmt::Display for LoadReport {
         if let Some(d) = &self.device {
             write!(
                 f,
-                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels",
+                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels ({} MiB of scratch)",
                 d.device,
                 d.registered_bytes,
                 d.staged_bytes,
                 d.staging_bytes >> 20,
-                d.kernels
+                d.kernels,
+                d.scratch_bytes.div_ceil(1 << 20)
             )?;
         }
         Ok(())
