@@ -592,6 +592,53 @@ fn damaged_value_on(a: &Device, b: &Device, first: bool) {
     assert_eq!(snapshot(&varmap), before);
 }
 
+/// A model built through `DeferredInit` on `dev` (a GPU loads such `Var`s in place); one of its
+/// tensors is damaged: every `Var` still holds the placeholder zeros afterwards, and a load of
+/// the repaired file then fills them.
+fn deferred_vars_after_a_failed_load_on(dev: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |damaged: bool| {
+        let mut ck = CkptBuilder::new(dir.path().join("m"));
+        ck.f32("a/kernel", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+            .f32("b/kernel", &[3, 2], &[2.0; 6]);
+        let prefix = ck.finish();
+        if damaged {
+            let data = dir.path().join("m.data-00000-of-00001");
+            let mut bytes = std::fs::read(&data).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            std::fs::write(&data, bytes).unwrap();
+        }
+        prefix
+    };
+    let prefix = write(true);
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    candle_nn::linear_no_bias(2, 3, deferred.var_builder(DType::F32, dev).pp("a")).unwrap();
+    candle_nn::linear_no_bias(3, 2, deferred.var_builder(DType::F32, dev).pp("b")).unwrap();
+    let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+        .unwrap();
+    let e = init.initialize(&Default::default()).unwrap_err();
+    assert!(e.to_string().contains("b/kernel"), "{e}");
+    for (name, values) in snapshot(&varmap) {
+        assert!(values.iter().all(|&x| x == 0.0), "{name}: {values:?}");
+    }
+    write(false);
+    init.initialize(&Default::default()).unwrap();
+    let a = var(&varmap, "a.weight").to_device(&CPU).unwrap();
+    assert_eq!(
+        a.to_vec2::<f32>().unwrap(),
+        [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]],
+        "TensorFlow's [2, 3] kernel, transposed"
+    );
+}
+
+#[test]
+fn deferred_vars_keep_their_zeros_after_a_failed_load() {
+    deferred_vars_after_a_failed_load_on(&CPU);
+}
+
 #[test]
 fn a_damaged_first_value_changes_no_var() {
     damaged_value_on(&CPU, &CPU, true);
@@ -670,6 +717,12 @@ mod on_gpu {
         // The GPU Var's tensor (after the host load) or the host Var's (before the GPU load).
         damaged_value_on(&dev, &CPU, true);
         damaged_value_on(&dev, &CPU, false);
+    }
+
+    #[test]
+    fn deferred_gpu_vars_load_in_place_and_are_zeroed_again_after_a_failed_load() {
+        let Some(dev) = gpu() else { return };
+        deferred_vars_after_a_failed_load_on(&dev);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! candle `Var`s on CUDA devices (feature `candle-cuda`). Each mapped `Var` gets a fresh
-//! `CudaStorage` of its dtype, allocated by candle on the `Var`'s own device; the GPU path loads
-//! straight into it (pinned ring or registered mappings; transposes and conversions by
+//! `CudaStorage` of its dtype, allocated by candle on the `Var`'s own device (or, for a `Var`
+//! still holding `DeferredInit`'s placeholder zeros, keeps its own); the GPU path loads straight
+//! into it (pinned ring or registered mappings; transposes and conversions by
 //! `kernels/transpose.cu` and `kernels/cast.cu`, on the device); only once every value on every
 //! device and host has loaded does each storage become its `Var`'s. No host bounce, no second
 //! device copy.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::CudaStorageSlice;
-use candle_core::{CudaDevice, CudaStorage, DType as CDType, DeviceLocation, Var};
-use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use candle_core::{CudaDevice, CudaStorage, DType as CDType, DeviceLocation, Storage, Var};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 
 use super::CandleInit;
 use crate::base::device::{DeviceBuffer, DeviceForm};
@@ -17,11 +18,15 @@ use crate::base::error::{ErrorKind, Result};
 use crate::load::{LoadOptions, LoadReport};
 use crate::Device;
 
-/// One mapped GPU `Var`'s new storage.
+/// One mapped GPU `Var`'s destination: a new storage, or the `Var`'s own.
 pub(super) struct GpuJob {
     /// TensorFlow name.
     pub name: String,
-    pub storage: CudaStorage,
+    /// The new storage; `None`: the value loads into the `Var`'s own storage (a `DeferredInit`
+    /// placeholder, zeros until the load).
+    pub storage: Option<CudaStorage>,
+    var: Var,
+    dev: CudaDevice,
     ordinal: u32,
     transposed: bool,
     /// `(stored dtype, the Var's)` when they differ.
@@ -31,7 +36,8 @@ pub(super) struct GpuJob {
 }
 
 impl GpuJob {
-    /// A zeroed storage of `n` elements of `dtype` (the `Var`'s) on `var`'s device.
+    /// The destination of `n` elements of `dtype` (the `Var`'s) on `var`'s device: a zeroed new
+    /// storage, or with `in_place` the `Var`'s own.
     pub fn new(
         name: &str,
         var: &Var,
@@ -39,6 +45,7 @@ impl GpuJob {
         n: usize,
         transposed: bool,
         convert: Option<(DType, DType)>,
+        in_place: bool,
     ) -> Result<GpuJob> {
         let (candle_core::Device::Cuda(dev), DeviceLocation::Cuda { gpu_id }) =
             (var.device(), var.device().location())
@@ -52,16 +59,22 @@ impl GpuJob {
             }
             .into());
         };
-        let storage = zeroed(dev, dtype, n).map_err(|e| {
-            crate::Error::from(ErrorKind::Device {
-                device: format!("cuda:{gpu_id}"),
-                op: format!("allocating {n} elements of {dtype} for {name}"),
-                reason: e.to_string().lines().next().unwrap_or_default().into(),
-            })
-        })?;
+        let storage = if in_place {
+            None
+        } else {
+            Some(zeroed(dev, dtype, n).map_err(|e| {
+                device_error(
+                    gpu_id,
+                    format!("allocating {n} elements of {dtype} for {name}"),
+                    &e,
+                )
+            })?)
+        };
         Ok(GpuJob {
             name: name.into(),
             storage,
+            var: var.clone(),
+            dev: dev.clone(),
             ordinal: gpu_id as u32,
             transposed,
             convert,
@@ -69,34 +82,105 @@ impl GpuJob {
         })
     }
 
-    /// The candle dtype of the storage.
+    /// The candle dtype of the destination.
     pub fn dtype(&self) -> CDType {
-        self.storage.dtype()
+        match &self.storage {
+            Some(s) => s.dtype(),
+            None => self.var.dtype(),
+        }
     }
 
-    /// The storage's device address, for writing (recorded as a write on candle's stream).
-    fn device_ptr(&mut self) -> u64 {
-        fn ptr<T>(s: &mut CudaSlice<T>) -> u64 {
-            let stream = s.stream().clone();
-            let (p, _sync) = s.device_ptr_mut(&stream);
-            p
+    /// The destination's device address (the `Var`s were checked contiguous from offset 0).
+    fn device_ptr(&mut self) -> Result<u64> {
+        if let Some(s) = &mut self.storage {
+            return Ok(slice_ptr(s));
         }
-        match &mut self.storage.slice {
-            CudaStorageSlice::U8(s)
-            | CudaStorageSlice::F6E2M3(s)
-            | CudaStorageSlice::F6E3M2(s)
-            | CudaStorageSlice::F4(s)
-            | CudaStorageSlice::F8E8M0(s) => ptr(s),
-            CudaStorageSlice::U32(s) => ptr(s),
-            CudaStorageSlice::I16(s) => ptr(s),
-            CudaStorageSlice::I32(s) => ptr(s),
-            CudaStorageSlice::I64(s) => ptr(s),
-            CudaStorageSlice::BF16(s) => ptr(s),
-            CudaStorageSlice::F16(s) => ptr(s),
-            CudaStorageSlice::F32(s) => ptr(s),
-            CudaStorageSlice::F64(s) => ptr(s),
-            CudaStorageSlice::F8E4M3(s) => ptr(s),
+        let (storage, _) = self.var.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok(slice_ptr_read(s)),
+            _ => Err(ErrorKind::BadVariable {
+                name: self.name.clone(),
+                reason: "its storage is no longer on a CUDA device".into(),
+            }
+            .into()),
         }
+    }
+
+    /// A `Var` loaded in place holds zeros again (after a failed load), as `DeferredInit` made
+    /// it; nothing for a new storage (dropped unused).
+    pub fn zero_again(&self) -> Result<()> {
+        if self.storage.is_some() {
+            return Ok(());
+        }
+        let (storage, _) = self.var.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            return Ok(());
+        };
+        let ptr = slice_ptr_read(s);
+        let stream = self.dev.cuda_stream();
+        // SAFETY: `ptr .. ptr + bytes` is the `Var`'s own device memory (contiguous from offset
+        // 0), on the stream of the device that owns it; the load that wrote it has ended.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, self.bytes, stream.cu_stream()) }
+            .and_then(|()| stream.synchronize())
+            .map_err(|e| device_error(self.ordinal as usize, "zeroing a Var again", &e))
+    }
+}
+
+fn device_error(gpu: usize, op: impl Into<String>, e: &dyn std::fmt::Display) -> crate::Error {
+    ErrorKind::Device {
+        device: format!("cuda:{gpu}"),
+        op: op.into(),
+        reason: e.to_string().lines().next().unwrap_or_default().into(),
+    }
+    .into()
+}
+
+/// The device address of a storage, for writing (recorded as a write on its stream).
+fn slice_ptr(s: &mut CudaStorage) -> u64 {
+    fn ptr<T>(s: &mut CudaSlice<T>) -> u64 {
+        let stream = s.stream().clone();
+        let (p, _sync) = s.device_ptr_mut(&stream);
+        p
+    }
+    match &mut s.slice {
+        CudaStorageSlice::U8(s)
+        | CudaStorageSlice::F6E2M3(s)
+        | CudaStorageSlice::F6E3M2(s)
+        | CudaStorageSlice::F4(s)
+        | CudaStorageSlice::F8E8M0(s) => ptr(s),
+        CudaStorageSlice::U32(s) => ptr(s),
+        CudaStorageSlice::I16(s) => ptr(s),
+        CudaStorageSlice::I32(s) => ptr(s),
+        CudaStorageSlice::I64(s) => ptr(s),
+        CudaStorageSlice::BF16(s) => ptr(s),
+        CudaStorageSlice::F16(s) => ptr(s),
+        CudaStorageSlice::F32(s) => ptr(s),
+        CudaStorageSlice::F64(s) => ptr(s),
+        CudaStorageSlice::F8E4M3(s) => ptr(s),
+    }
+}
+
+/// The device address of a storage candle holds (a `Var`'s: shared access only).
+fn slice_ptr_read(s: &CudaStorage) -> u64 {
+    fn ptr<T>(s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(s.stream());
+        p
+    }
+    match &s.slice {
+        CudaStorageSlice::U8(s)
+        | CudaStorageSlice::F6E2M3(s)
+        | CudaStorageSlice::F6E3M2(s)
+        | CudaStorageSlice::F4(s)
+        | CudaStorageSlice::F8E8M0(s) => ptr(s),
+        CudaStorageSlice::U32(s) => ptr(s),
+        CudaStorageSlice::I16(s) => ptr(s),
+        CudaStorageSlice::I32(s) => ptr(s),
+        CudaStorageSlice::I64(s) => ptr(s),
+        CudaStorageSlice::BF16(s) => ptr(s),
+        CudaStorageSlice::F16(s) => ptr(s),
+        CudaStorageSlice::F32(s) => ptr(s),
+        CudaStorageSlice::F64(s) => ptr(s),
+        CudaStorageSlice::F8E4M3(s) => ptr(s),
     }
 }
 
@@ -126,34 +210,28 @@ fn zeroed(dev: &CudaDevice, dtype: DType, n: usize) -> candle_core::Result<CudaS
     }
 }
 
-/// Loads every job's value into its storage through the GPU path: one load over every GPU the
-/// jobs are on. Returns the report and the filled jobs; on an error the storages are dropped.
+/// Loads every job's value into its destination through the GPU path: one load over every GPU
+/// the jobs are on.
 pub(super) fn load(
     init: &CandleInit,
-    mut jobs: Vec<GpuJob>,
+    jobs: &mut [GpuJob],
     options: &LoadOptions,
-) -> Result<(LoadReport, Vec<GpuJob>)> {
+) -> Result<LoadReport> {
     use candle_core::backend::BackendDevice;
     let mut sub = init.store.substore(jobs.iter().map(|j| j.name.as_str()));
     // The allocations and their zeroing are queued on candle's streams (one per candle device,
     // and a GPU can have several): all done before the GPU path's own streams write.
     let mut devices: Vec<(u32, &CudaDevice)> = Vec::new();
-    for j in &jobs {
-        let d = j.storage.device();
-        if !devices.iter().any(|(_, o)| o.same_device(d)) {
-            devices.push((j.ordinal, d));
+    for j in jobs.iter() {
+        if !devices.iter().any(|(_, d)| d.same_device(&j.dev)) {
+            devices.push((j.ordinal, &j.dev));
         }
     }
     for (ordinal, d) in &devices {
-        d.synchronize().map_err(|e| {
-            crate::Error::from(ErrorKind::Device {
-                device: format!("cuda:{ordinal}"),
-                op: "waiting for candle's allocations".into(),
-                reason: e.to_string().lines().next().unwrap_or_default().into(),
-            })
-        })?;
+        d.synchronize()
+            .map_err(|e| device_error(*ordinal as usize, "waiting for candle's allocations", &e))?;
     }
-    for j in &mut jobs {
+    for j in jobs.iter_mut() {
         if let (Some((from, _)), Some(v)) = (j.convert, sub.vars.get_mut(&j.name)) {
             v.dtype = from; // read as stored, converted on the device
         }
@@ -163,16 +241,16 @@ pub(super) fn load(
         };
         sub.device_forms.insert(j.name.clone(), form);
         sub.set_device(&j.name, Device::Cuda(j.ordinal))?;
-        // SAFETY: the storage is `bytes` of device memory of GPU `ordinal`, alive as long as the
-        // job (which outlives this load: `sub` is dropped first), and nothing else uses it until
-        // it becomes the `Var`'s.
-        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr(), j.bytes) };
+        // SAFETY: the destination is `bytes` of device memory of GPU `ordinal` (a new storage,
+        // or the `Var`'s own), alive as long as the job (which outlives this load: `sub` is
+        // dropped first), and nothing else uses it while the load runs.
+        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr()?, j.bytes) };
         sub.set_device_buffer(&j.name, buffer)?;
     }
     let first = jobs.iter().map(|j| j.ordinal).min().unwrap_or(0);
     let report = sub.initialize_with(Device::Cuda(first), options)?;
     drop(sub);
-    Ok((report, jobs))
+    Ok(report)
 }
 
 /// The report of a load of host `Var`s and one of GPU `Var`s, as one.

@@ -1,7 +1,9 @@
 //! The candle destination: each mapped `Var` gets a fresh storage of its own dtype, the load reads
 //! into it (the host pipeline's fused CRC check and copy, transposed where the convention says;
 //! a value of another dtype converted by the same worker), and only once every value has loaded
-//! does each storage become its `Var`'s.
+//! does each storage become its `Var`'s. A GPU `Var` that still holds `DeferredInit`'s
+//! placeholder zeros loads in place instead (no second copy of the model on the device), and is
+//! zeroed again if the load fails.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -45,7 +47,15 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         .into());
     }
     // Host `Var`s (all of them: the unmapped ones keep candle's initialization) are loaded by the
-    // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage.
+    // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage, except the GPU
+    // `Var`s still holding `DeferredInit`'s placeholder zeros, which load in place.
+    #[cfg(feature = "candle-cuda")]
+    let placeholders: std::collections::HashSet<String> = init
+        .deferred
+        .iter()
+        .flat_map(|d| d.recorded())
+        .map(|(name, _)| name)
+        .collect();
     let mut host_names = Vec::new();
     let mut jobs = Vec::new();
     #[cfg(feature = "candle-cuda")]
@@ -60,8 +70,17 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         if !b.var.device().is_cpu() {
             #[cfg(feature = "candle-cuda")]
             if mapped && n > 0 {
-                let job = super::cuda::GpuJob::new(name, &b.var, b.dtype, n, b.transposed, convert)
-                    .map_err(|e| init.wrap(name, e))?;
+                let in_place = placeholders.contains(&b.candle);
+                let job = super::cuda::GpuJob::new(
+                    name,
+                    &b.var,
+                    b.dtype,
+                    n,
+                    b.transposed,
+                    convert,
+                    in_place,
+                )
+                .map_err(|e| init.wrap(name, e))?;
                 gpu_jobs.push(job);
             }
             continue;
@@ -79,6 +98,30 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             elems: n,
         });
     }
+    // Everything that could fail is checked before the first value loads (a GPU `Var` loaded in
+    // place is written by the load).
+    for job in &jobs {
+        let var = &init.vars[&job.name].var;
+        check_swappable(init, &job.name, var, job.storage.dtype())?;
+    }
+    #[cfg(feature = "candle-cuda")]
+    for job in &gpu_jobs {
+        check_swappable(init, &job.name, &init.vars[&job.name].var, job.dtype())?;
+    }
+    #[allow(unused_mut)]
+    let mut loaded: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    #[cfg(feature = "candle-cuda")]
+    loaded.extend(gpu_jobs.iter().map(|j| j.name.as_str()));
+    let fresh = deferred_values(init, &loaded)?;
+    for (candle, var, t) in &fresh {
+        let ok = var.is_contiguous() && var.dtype() == t.dtype() && var.shape() == t.shape();
+        if !ok {
+            return Err(candle_refused(
+                candle,
+                "its layout changed after it was made",
+            ));
+        }
+    }
     // Each store variable takes the stored dtype of a converted value for the load (whose checks
     // are TensorFlow's); the stores are this load's own.
     let mut host = init.store.substore(host_names);
@@ -95,38 +138,16 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     #[allow(unused_mut)]
     let mut report = skeleton::run(&mut host, dest, options)?;
     #[cfg(feature = "candle-cuda")]
-    let gpu_done = if gpu_jobs.is_empty() {
-        Vec::new()
-    } else {
-        let (gpu_report, filled) = super::cuda::load(init, gpu_jobs, options)?;
-        report = super::cuda::merged(report, gpu_report);
-        filled
-    };
-    #[allow(unused_mut)]
-    let mut loaded: Vec<&str> = done.iter().map(|j| j.name.as_str()).collect();
-    #[cfg(feature = "candle-cuda")]
-    loaded.extend(gpu_done.iter().map(|j| j.name.as_str()));
-    let fresh = deferred_values(init, &loaded)?;
-    // Everything that could fail is checked before the first `Var` changes.
-    for job in &done {
-        check_swappable(
-            init,
-            &job.name,
-            &init.vars[&job.name].var,
-            job.storage.dtype(),
-        )?;
-    }
-    #[cfg(feature = "candle-cuda")]
-    for job in &gpu_done {
-        check_swappable(init, &job.name, &init.vars[&job.name].var, job.dtype())?;
-    }
-    for (candle, var, t) in &fresh {
-        let ok = var.is_contiguous() && var.dtype() == t.dtype() && var.shape() == t.shape();
-        if !ok {
-            return Err(candle_refused(
-                candle,
-                "its layout changed after it was made",
-            ));
+    if !gpu_jobs.is_empty() {
+        match super::cuda::load(init, &mut gpu_jobs, options) {
+            Ok(gpu_report) => report = super::cuda::merged(report, gpu_report),
+            Err(e) => {
+                // The placeholders loaded in place hold zeros again, as before the call.
+                for job in &gpu_jobs {
+                    job.zero_again().map_err(|z| init.wrap(&job.name, z))?;
+                }
+                return Err(e);
+            }
         }
     }
     // Each loaded storage becomes its `Var`'s (a move, not a copy); then the deferred `Var`s the
@@ -142,9 +163,12 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
     }
     #[cfg(feature = "candle-cuda")]
-    for job in gpu_done {
+    for job in gpu_jobs {
         let b = &init.vars[&job.name];
-        let put = Put(Mutex::new(Some(Fresh::Cuda(job.storage))));
+        let Some(storage) = job.storage else {
+            continue; // loaded in place
+        };
+        let put = Put(Mutex::new(Some(Fresh::Cuda(storage))));
         b.var
             .inplace_op1(&put)
             .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
