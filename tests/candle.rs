@@ -722,7 +722,53 @@ mod on_gpu {
     #[test]
     fn deferred_gpu_vars_load_in_place_and_are_zeroed_again_after_a_failed_load() {
         let Some(dev) = gpu() else { return };
+        // The damaged tensor is the last: the first has been written in place before the
+        // checksums fail, so its zeros afterwards are the restored ones.
         deferred_vars_after_a_failed_load_on(&dev);
+    }
+
+    /// The device address of a float32 `Var`'s storage.
+    fn address(v: &Tensor) -> u64 {
+        use candle_core::cuda::cudarc::driver::DevicePtr;
+        let (s, _) = v.storage_and_layout();
+        let candle_core::Storage::Cuda(c) = &*s else {
+            panic!("not on a GPU")
+        };
+        let slice = c.as_cuda_slice::<f32>().unwrap();
+        let (p, _sync) = slice.device_ptr(slice.stream());
+        p
+    }
+
+    #[test]
+    fn deferred_gpu_vars_keep_their_memory_and_others_get_new_storage() {
+        let Some(dev) = gpu() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ck = CkptBuilder::new(dir.path().join("m"));
+        ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
+        let prefix = ck.finish();
+        for deferred in [true, false] {
+            let varmap = VarMap::new();
+            let d = DeferredInit::new(&varmap);
+            let vb = if deferred {
+                d.var_builder(DType::F32, &dev)
+            } else {
+                VarBuilder::from_varmap(&varmap, DType::F32, &dev)
+            };
+            candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+            let before = address(&var(&varmap, "a.weight"));
+            let mut init = if deferred {
+                CandleInit::from_deferred(&d, &Convention::tf1()).unwrap()
+            } else {
+                CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
+            };
+            init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+                .unwrap();
+            init.initialize(&Default::default()).unwrap();
+            let w = var(&varmap, "a.weight");
+            assert_eq!(address(&w) == before, deferred, "deferred: {deferred}");
+            let ones = w.to_device(&CPU).unwrap().flatten_all().unwrap();
+            assert_eq!(ones.to_vec1::<f32>().unwrap(), [1.0; 6]);
+        }
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub(super) struct GpuJob {
     /// TensorFlow name.
     pub name: String,
     /// The new storage; `None`: the value loads into the `Var`'s own storage (a `DeferredInit`
-    /// placeholder, zeros until the load).
+    /// placeholder, zeros until the load), at `own`.
     pub storage: Option<CudaStorage>,
-    var: Var,
+    own: u64,
+    pub var: Var,
     dev: CudaDevice,
     ordinal: u32,
     transposed: bool,
@@ -59,20 +60,30 @@ impl GpuJob {
             }
             .into());
         };
-        let storage = if in_place {
-            None
+        let (storage, own) = if in_place {
+            let (storage, _) = var.storage_and_layout();
+            let Storage::Cuda(s) = &*storage else {
+                return Err(ErrorKind::BadVariable {
+                    name: name.into(),
+                    reason: "its storage is not on its CUDA device".into(),
+                }
+                .into());
+            };
+            (None, slice_ptr_read(s))
         } else {
-            Some(zeroed(dev, dtype, n).map_err(|e| {
+            let fresh = zeroed(dev, dtype, n).map_err(|e| {
                 device_error(
                     gpu_id,
                     format!("allocating {n} elements of {dtype} for {name}"),
                     &e,
                 )
-            })?)
+            })?;
+            (Some(fresh), 0)
         };
         Ok(GpuJob {
             name: name.into(),
             storage,
+            own,
             var: var.clone(),
             dev: dev.clone(),
             ordinal: gpu_id as u32,
@@ -91,38 +102,35 @@ impl GpuJob {
     }
 
     /// The destination's device address (the `Var`s were checked contiguous from offset 0).
-    fn device_ptr(&mut self) -> Result<u64> {
-        if let Some(s) = &mut self.storage {
-            return Ok(slice_ptr(s));
+    fn device_ptr(&mut self) -> u64 {
+        match &mut self.storage {
+            Some(s) => slice_ptr(s),
+            None => self.own,
         }
-        let (storage, _) = self.var.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok(slice_ptr_read(s)),
-            _ => Err(ErrorKind::BadVariable {
-                name: self.name.clone(),
-                reason: "its storage is no longer on a CUDA device".into(),
-            }
-            .into()),
-        }
+    }
+
+    /// Whether the value loads into the `Var`'s own storage.
+    pub fn in_place(&self) -> bool {
+        self.storage.is_none()
     }
 
     /// A `Var` loaded in place holds zeros again (after a failed load), as `DeferredInit` made
     /// it; nothing for a new storage (dropped unused).
     pub fn zero_again(&self) -> Result<()> {
-        if self.storage.is_some() {
+        if !self.in_place() {
             return Ok(());
         }
-        let (storage, _) = self.var.storage_and_layout();
-        let Storage::Cuda(s) = &*storage else {
-            return Ok(());
-        };
-        let ptr = slice_ptr_read(s);
         let stream = self.dev.cuda_stream();
-        // SAFETY: `ptr .. ptr + bytes` is the `Var`'s own device memory (contiguous from offset
-        // 0), on the stream of the device that owns it; the load that wrote it has ended.
-        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, self.bytes, stream.cu_stream()) }
-            .and_then(|()| stream.synchronize())
-            .map_err(|e| device_error(self.ordinal as usize, "zeroing a Var again", &e))
+        let fail = |e| device_error(self.ordinal as usize, "zeroing a Var again", &e);
+        stream.context().bind_to_thread().map_err(fail)?;
+        // SAFETY: `own .. own + bytes` is the `Var`'s own device memory (contiguous from offset
+        // 0; its storage is held by the caller's read guard), on the stream of the device that
+        // owns it, whose context is current; the load that wrote it has ended.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(self.own, 0, self.bytes, stream.cu_stream())
+        }
+        .and_then(|()| stream.synchronize())
+        .map_err(fail)
     }
 }
 
@@ -241,10 +249,11 @@ pub(super) fn load(
         };
         sub.device_forms.insert(j.name.clone(), form);
         sub.set_device(&j.name, Device::Cuda(j.ordinal))?;
-        // SAFETY: the destination is `bytes` of device memory of GPU `ordinal` (a new storage,
-        // or the `Var`'s own), alive as long as the job (which outlives this load: `sub` is
-        // dropped first), and nothing else uses it while the load runs.
-        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr()?, j.bytes) };
+        // SAFETY: the destination is `bytes` of device memory of GPU `ordinal`: a new storage,
+        // alive as long as the job (which outlives this load: `sub` is dropped first), or the
+        // `Var`'s own, whose storage the caller holds a read guard on for the load (no `set` or
+        // in-place op can replace it meanwhile).
+        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr(), j.bytes) };
         sub.set_device_buffer(&j.name, buffer)?;
     }
     let first = jobs.iter().map(|j| j.ordinal).min().unwrap_or(0);

@@ -24,7 +24,10 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// Until `initialize` has run, the `Var`s it made hold zeros.
+/// Until `initialize` has run, the `Var`s it made hold zeros. With `candle-cuda`, a GPU `Var` it
+/// made loads its checkpoint value in place (no second copy of the model on the device) and, if
+/// the load fails, holds zeros again: values set into such a `Var` by hand before `initialize`
+/// are not kept.
 #[derive(Clone)]
 pub struct DeferredInit {
     varmap: VarMap,

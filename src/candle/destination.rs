@@ -139,19 +139,75 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     let mut report = skeleton::run(&mut host, dest, options)?;
     #[cfg(feature = "candle-cuda")]
     if !gpu_jobs.is_empty() {
-        match super::cuda::load(init, &mut gpu_jobs, options) {
+        // The storages loaded in place stay their `Var`s' for the load: read guards keep a `set`
+        // or an in-place op from replacing them meanwhile.
+        let held: Vec<Var> = gpu_jobs
+            .iter()
+            .filter(|j| j.in_place())
+            .map(|j| j.var.clone())
+            .collect();
+        let guards: Vec<_> = held.iter().map(|v| v.storage_and_layout().0).collect();
+        let loaded = super::cuda::load(init, &mut gpu_jobs, options);
+        drop(guards);
+        match loaded {
             Ok(gpu_report) => report = super::cuda::merged(report, gpu_report),
-            Err(e) => {
-                // The placeholders loaded in place hold zeros again, as before the call.
-                for job in &gpu_jobs {
-                    job.zero_again().map_err(|z| init.wrap(&job.name, z))?;
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(restore(&gpu_jobs, e)),
         }
     }
-    // Each loaded storage becomes its `Var`'s (a move, not a copy); then the deferred `Var`s the
-    // checkpoint did not replace take candle's initialization.
+    let swapped = swap_in(init, done, fresh);
+    #[cfg(feature = "candle-cuda")]
+    let swapped = match swapped {
+        Ok(()) => swap_in_gpu(init, gpu_jobs),
+        Err(e) => Err(restore(&gpu_jobs, e)),
+    };
+    swapped?;
+    if let Some(deferred) = &init.deferred {
+        deferred.clear();
+    }
+    Ok(report)
+}
+
+/// After a failed load or swap: the GPU `Var`s loaded in place hold zeros again, as
+/// `DeferredInit` made them. Returns the error to report (`e`, or, if a `Var` could not be
+/// zeroed, that failure with `e` in it).
+#[cfg(feature = "candle-cuda")]
+fn restore(jobs: &[super::cuda::GpuJob], e: Error) -> Error {
+    let mut failed = Vec::new();
+    for job in jobs {
+        if let Err(z) = job.zero_again() {
+            failed.push(format!("{}: {z}", job.name));
+        }
+    }
+    if failed.is_empty() {
+        return e;
+    }
+    ErrorKind::Device {
+        device: "cuda".into(),
+        op: format!("zeroing Vars loaded in place again after: {e}"),
+        reason: failed.join("; "),
+    }
+    .into()
+}
+
+/// The GPU storages become their `Var`s' (those loaded in place already are).
+#[cfg(feature = "candle-cuda")]
+fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> {
+    for job in jobs {
+        let b = &init.vars[&job.name];
+        let Some(storage) = job.storage else {
+            continue; // loaded in place
+        };
+        let put = Put(Mutex::new(Some(Fresh::Cuda(storage))));
+        b.var
+            .inplace_op1(&put)
+            .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
+    }
+    Ok(())
+}
+
+/// Each loaded host storage becomes its `Var`'s (a move, not a copy); then the deferred `Var`s
+/// the checkpoint did not replace take candle's initialization.
+fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) -> Result<()> {
     for job in done {
         let b = &init.vars[&job.name];
         if job.elems == 0 {
@@ -162,25 +218,11 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             .inplace_op1(&put)
             .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
     }
-    #[cfg(feature = "candle-cuda")]
-    for job in gpu_jobs {
-        let b = &init.vars[&job.name];
-        let Some(storage) = job.storage else {
-            continue; // loaded in place
-        };
-        let put = Put(Mutex::new(Some(Fresh::Cuda(storage))));
-        b.var
-            .inplace_op1(&put)
-            .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
-    }
     for (candle, var, t) in fresh {
         var.set(t.as_tensor())
             .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
     }
-    if let Some(deferred) = &init.deferred {
-        deferred.clear();
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Candle's own initializers for the deferred `Var`s no value replaced, made (they could fail)
