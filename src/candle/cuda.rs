@@ -9,7 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::CudaStorageSlice;
 use candle_core::{CudaDevice, CudaStorage, DType as CDType, DeviceLocation, Storage, Var};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 
 use super::CandleInit;
 use crate::base::device::{DeviceBuffer, DeviceForm};
@@ -69,7 +69,7 @@ impl GpuJob {
                 }
                 .into());
             };
-            (None, slice_ptr_read(s))
+            (None, slice_ptr(s))
         } else {
             let fresh = zeroed(dev, dtype, n).map_err(|e| {
                 device_error(
@@ -102,8 +102,8 @@ impl GpuJob {
     }
 
     /// The destination's device address (the `Var`s were checked contiguous from offset 0).
-    fn device_ptr(&mut self) -> u64 {
-        match &mut self.storage {
+    fn device_ptr(&self) -> u64 {
+        match &self.storage {
             Some(s) => slice_ptr(s),
             None => self.own,
         }
@@ -143,33 +143,9 @@ fn device_error(gpu: usize, op: impl Into<String>, e: &dyn std::fmt::Display) ->
     .into()
 }
 
-/// The device address of a storage, for writing (recorded as a write on its stream).
-fn slice_ptr(s: &mut CudaStorage) -> u64 {
-    fn ptr<T>(s: &mut CudaSlice<T>) -> u64 {
-        let stream = s.stream().clone();
-        let (p, _sync) = s.device_ptr_mut(&stream);
-        p
-    }
-    match &mut s.slice {
-        CudaStorageSlice::U8(s)
-        | CudaStorageSlice::F6E2M3(s)
-        | CudaStorageSlice::F6E3M2(s)
-        | CudaStorageSlice::F4(s)
-        | CudaStorageSlice::F8E8M0(s) => ptr(s),
-        CudaStorageSlice::U32(s) => ptr(s),
-        CudaStorageSlice::I16(s) => ptr(s),
-        CudaStorageSlice::I32(s) => ptr(s),
-        CudaStorageSlice::I64(s) => ptr(s),
-        CudaStorageSlice::BF16(s) => ptr(s),
-        CudaStorageSlice::F16(s) => ptr(s),
-        CudaStorageSlice::F32(s) => ptr(s),
-        CudaStorageSlice::F64(s) => ptr(s),
-        CudaStorageSlice::F8E4M3(s) => ptr(s),
-    }
-}
-
-/// The device address of a storage candle holds (a `Var`'s: shared access only).
-fn slice_ptr_read(s: &CudaStorage) -> u64 {
+/// The device address of a storage. cudarc records the access as a read on the storage's stream;
+/// the GPU path writes it from its own streams and has synchronized them before candle uses it.
+fn slice_ptr(s: &CudaStorage) -> u64 {
     fn ptr<T>(s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(s.stream());
         p
@@ -222,7 +198,7 @@ fn zeroed(dev: &CudaDevice, dtype: DType, n: usize) -> candle_core::Result<CudaS
 /// the jobs are on.
 pub(super) fn load(
     init: &CandleInit,
-    jobs: &mut [GpuJob],
+    jobs: &[GpuJob],
     options: &LoadOptions,
 ) -> Result<LoadReport> {
     use candle_core::backend::BackendDevice;
@@ -239,7 +215,7 @@ pub(super) fn load(
         d.synchronize()
             .map_err(|e| device_error(*ordinal as usize, "waiting for candle's allocations", &e))?;
     }
-    for j in jobs.iter_mut() {
+    for j in jobs {
         if let (Some((from, _)), Some(v)) = (j.convert, sub.vars.get_mut(&j.name)) {
             v.dtype = from; // read as stored, converted on the device
         }

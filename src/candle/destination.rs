@@ -147,7 +147,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             .map(|j| j.var.clone())
             .collect();
         let guards: Vec<_> = held.iter().map(|v| v.storage_and_layout().0).collect();
-        let loaded = super::cuda::load(init, &mut gpu_jobs, options);
+        let loaded = super::cuda::load(init, &gpu_jobs, options);
         drop(guards);
         match loaded {
             Ok(gpu_report) => report = super::cuda::merged(report, gpu_report),

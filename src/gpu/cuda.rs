@@ -638,6 +638,17 @@ mod tests {
         assert!(bad.is_err());
     }
 
+    /// Every kernel the planner can launch is compiled and loaded.
+    #[test]
+    fn every_planned_kernel_is_listed() {
+        for &(_, _, rows, transpose) in super::super::plan::KERNELS {
+            for name in [rows, transpose] {
+                let listed = FUNCTIONS.iter().any(|(_, fs)| fs.contains(&name));
+                assert!(listed, "{name} is not in FUNCTIONS");
+            }
+        }
+    }
+
     /// Without a driver, asking for a GPU is a typed error, never a panic.
     #[test]
     fn no_driver_is_an_error() {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use super::exec::{Kernel, Link, LANES, LANE_REG};
 use crate::base::device::DeviceMemory;
 use crate::base::error::{ErrorKind, Result};
-use crate::DType;
 
 struct HostMem {
     base: u64,
@@ -247,25 +246,19 @@ impl Link for HostLink {
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {
-        let transpose = k.name.starts_with("transpose2d_");
+        let Some(&(from, to, _, transpose)) = super::plan::KERNELS
+            .iter()
+            .find(|e| e.2 == k.name || e.3 == k.name)
+        else {
+            return Err(bad(format!("no kernel {}", k.name)));
+        };
+        let transpose = transpose == k.name;
         if transpose != (k.dst_col != 0) {
             return Err(bad(format!(
                 "{} launched with dst_col {}",
                 k.name, k.dst_col
             )));
         }
-        let (from, to) = match k.name {
-            "copy2d_1" | "transpose2d_1" => (DType::U8, DType::U8),
-            "copy2d_2" | "transpose2d_2" => (DType::U16, DType::U16),
-            "copy2d_4" | "transpose2d_4" => (DType::U32, DType::U32),
-            "copy2d_8" | "transpose2d_8" => (DType::U64, DType::U64),
-            "copy2d_16" | "transpose2d_16" => (DType::C128, DType::C128),
-            "cast2d_f32_bf16" | "transpose2d_f32_bf16" => (DType::F32, DType::BF16),
-            "cast2d_f32_f16" | "transpose2d_f32_f16" => (DType::F32, DType::F16),
-            "cast2d_bf16_f32" | "transpose2d_bf16_f32" => (DType::BF16, DType::F32),
-            "cast2d_f16_f32" | "transpose2d_f16_f32" => (DType::F16, DType::F32),
-            other => return Err(bad(format!("no kernel {other}"))),
-        };
         let (es, ed) = (from.size().unwrap(), to.size().unwrap());
         for r in 0..k.rows {
             let s = k.src + r * k.src_stride * es as u64;

@@ -69,42 +69,60 @@ fn blocks(runs: &[Run]) -> Vec<Block> {
     out
 }
 
-/// The kernel of `kernels/` that moves `from` elements into `to` elements.
-fn kernel_name(from: DType, to: DType) -> Option<&'static str> {
-    Some(match (from, to) {
-        (DType::F32, DType::BF16) => "cast2d_f32_bf16",
-        (DType::F32, DType::F16) => "cast2d_f32_f16",
-        (DType::BF16, DType::F32) => "cast2d_bf16_f32",
-        (DType::F16, DType::F32) => "cast2d_f16_f32",
-        _ if from == to => match from.size()? {
-            1 => "copy2d_1",
-            2 => "copy2d_2",
-            4 => "copy2d_4",
-            8 => "copy2d_8",
-            16 => "copy2d_16",
-            _ => return None,
-        },
-        _ => return None,
-    })
-}
+/// Every kernel of `kernels/` the planner launches: the elements it reads and writes (a plain
+/// copy by element size), its row copy and its transposing copy. The emulated device reads its
+/// kernels' meaning here too.
+pub(super) const KERNELS: &[(DType, DType, &str, &str)] = &[
+    (DType::U8, DType::U8, "copy2d_1", "transpose2d_1"),
+    (DType::U16, DType::U16, "copy2d_2", "transpose2d_2"),
+    (DType::U32, DType::U32, "copy2d_4", "transpose2d_4"),
+    (DType::U64, DType::U64, "copy2d_8", "transpose2d_8"),
+    (DType::C128, DType::C128, "copy2d_16", "transpose2d_16"),
+    (
+        DType::F32,
+        DType::BF16,
+        "cast2d_f32_bf16",
+        "transpose2d_f32_bf16",
+    ),
+    (
+        DType::F32,
+        DType::F16,
+        "cast2d_f32_f16",
+        "transpose2d_f32_f16",
+    ),
+    (
+        DType::BF16,
+        DType::F32,
+        "cast2d_bf16_f32",
+        "transpose2d_bf16_f32",
+    ),
+    (
+        DType::F16,
+        DType::F32,
+        "cast2d_f16_f32",
+        "transpose2d_f16_f32",
+    ),
+];
 
-/// The transposing kernel of `kernels/transpose.cu` from `from` elements into `to` elements.
-fn transpose_name(from: DType, to: DType) -> Option<&'static str> {
-    Some(match (from, to) {
-        (DType::F32, DType::BF16) => "transpose2d_f32_bf16",
-        (DType::F32, DType::F16) => "transpose2d_f32_f16",
-        (DType::BF16, DType::F32) => "transpose2d_bf16_f32",
-        (DType::F16, DType::F32) => "transpose2d_f16_f32",
-        _ if from == to => match from.size()? {
-            1 => "transpose2d_1",
-            2 => "transpose2d_2",
-            4 => "transpose2d_4",
-            8 => "transpose2d_8",
-            16 => "transpose2d_16",
-            _ => return None,
-        },
-        _ => return None,
-    })
+/// The kernel that moves `from` elements into `to` elements, by rows or `transposed`.
+fn kernel_name(from: DType, to: DType, transposed: bool) -> Option<&'static str> {
+    // A plain copy moves bytes: the kernel of the element size.
+    let plain = |d: DType| match d.size()? {
+        1 => Some(DType::U8),
+        2 => Some(DType::U16),
+        4 => Some(DType::U32),
+        8 => Some(DType::U64),
+        16 => Some(DType::C128),
+        _ => None,
+    };
+    let (from, to) = if from == to {
+        let p = plain(from)?;
+        (p, p)
+    } else {
+        (from, to)
+    };
+    let &(_, _, rows, transpose) = KERNELS.iter().find(|k| (k.0, k.1) == (from, to))?;
+    Some(if transposed { transpose } else { rows })
 }
 
 /// `runs` (element offsets of a `[rows, cols]` value, row-major) cut at the ends of its rows.
@@ -362,7 +380,7 @@ impl Uploads {
                 ),
             };
             if let Some(shape) = t.transposed {
-                let name = transpose_name(dtype, t.dtype).ok_or_else(unsupported)?;
+                let name = kernel_name(dtype, t.dtype, true).ok_or_else(unsupported)?;
                 self.kernels.extend(transposed_launches(
                     &runs,
                     shape,
@@ -372,7 +390,7 @@ impl Uploads {
                 ));
                 continue;
             }
-            let name = kernel_name(dtype, t.dtype).ok_or_else(unsupported)?;
+            let name = kernel_name(dtype, t.dtype, false).ok_or_else(unsupported)?;
             self.kernels
                 .extend(blocks(&runs).into_iter().map(|b| Kernel {
                     name,
