@@ -1,8 +1,10 @@
 //! End-to-end `init_from_checkpoint` + `initialize` benchmarks (bytes per second, page cache warm),
 //! on checkpoints written by the crate's own writer before measuring:
 //! large tensors at 1, 2 and 4 GB (cost must grow linearly), both copied into fresh memory (the
-//! default) and as copy-on-write mappings (`LoadOptions::map_values`); 100k small tensors (per-tensor overhead); and a re-split
-//! of a partitioned tensor across axes.
+//! default), into buffers the trainer already holds (`initialize_into`, as a model's parameters are
+//! after its own initialization: no fresh memory to fault in), and as copy-on-write mappings
+//! (`LoadOptions::map_values`); 100k small tensors (per-tensor overhead); and a re-split of a
+//! partitioned tensor across axes.
 //!
 //! `cargo bench --bench load`   (TFCKPT_BENCH_MAX_GB=2 to skip the 4 GB case)
 
@@ -52,6 +54,28 @@ fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
     black_box(store.initialize_with(Device::Cpu, options).unwrap());
 }
 
+/// The same load into `held`, one resident buffer per variable (`initialize_into`).
+fn load_into(prefix: &Path, count: usize, elems: usize, held: &mut [Vec<u8>]) {
+    let mut store = store_for(count, elems);
+    init_from_checkpoint(
+        &mut store,
+        prefix,
+        &AssignmentMap::from([("model/", Target::scope("new/"))]),
+    )
+    .unwrap();
+    let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
+    let buffers = names
+        .iter()
+        .map(String::as_str)
+        .zip(held.iter_mut().map(Vec::as_mut_slice))
+        .collect();
+    black_box(
+        store
+            .initialize_into(buffers, &LoadOptions::default())
+            .unwrap(),
+    );
+}
+
 fn large(c: &mut Criterion) {
     let max_gb: u64 = std::env::var("TFCKPT_BENCH_MAX_GB")
         .ok()
@@ -69,6 +93,12 @@ fn large(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("GB", gb), &prefix, |b, p| {
             b.iter(|| load(p, count, 4 << 20))
         });
+        // Into the trainer's resident tensors.
+        let mut held: Vec<Vec<u8>> = (0..count).map(|_| vec![1u8; 16 << 20]).collect();
+        g.bench_with_input(BenchmarkId::new("GB_into", gb), &prefix, |b, p| {
+            b.iter(|| load_into(p, count, 4 << 20, &mut held))
+        });
+        drop(held);
         // `LoadOptions::map_values`: the 16 MiB values are copy-on-write mappings of the file.
         let map = LoadOptions {
             map_values: true,
