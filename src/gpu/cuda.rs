@@ -450,27 +450,11 @@ impl Link for CudaLink {
             .functions()?
             .get(k.name)
             .ok_or_else(|| unavailable(self.ordinal, format!("no kernel {}", k.name)))?;
-        // A transposed copy goes by 32x32 tiles (kernels/transpose.cu), the others by rows.
-        let cfg = if k.dst_col != 0 {
-            LaunchConfig {
-                grid_dim: (
-                    k.row.div_ceil(32).clamp(1, 1024) as u32,
-                    k.rows.div_ceil(32).clamp(1, 65535) as u32,
-                    1,
-                ),
-                block_dim: (32, 8, 1),
-                shared_mem_bytes: 0,
-            }
-        } else {
-            LaunchConfig {
-                grid_dim: (
-                    k.row.div_ceil(256).clamp(1, 1024) as u32,
-                    k.rows.clamp(1, 65535) as u32,
-                    1,
-                ),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            }
+        let ((gx, gy), (bx, by)) = k.launch_dims();
+        let cfg = LaunchConfig {
+            grid_dim: (gx, gy, 1),
+            block_dim: (bx, by, 1),
+            shared_mem_bytes: 0,
         };
         let stream = &self.lanes[0];
         let mut launch = stream.launch_builder(f);

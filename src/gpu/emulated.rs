@@ -1,6 +1,8 @@
 //! An emulated device in host memory, for tests: the executor, the planner and the kernels'
 //! addressing run exactly as on a GPU, and this link checks what a GPU would not forgive (copies
-//! out of bounds, DMA from memory that is not registered, registrations left behind).
+//! out of bounds, DMA from memory that is not registered, registrations left behind, misaligned
+//! kernel addresses). Its kernel launches run the sources of `kernels/` compiled for the CPU
+//! ([`cpu_kernels`]) where a C++ compiler is at hand.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -260,6 +262,30 @@ impl Link for HostLink {
             )));
         }
         let (es, ed) = (from.size().unwrap(), to.size().unwrap());
+        // A GPU faults on a misaligned element access.
+        if k.src % es as u64 != 0 || k.dst % ed as u64 != 0 {
+            return Err(bad(format!(
+                "{} launched with misaligned addresses {:#x} -> {:#x}",
+                k.name, k.src, k.dst
+            )));
+        }
+        if k.rows == 0 || k.row == 0 {
+            return Ok(());
+        }
+        // Everything the launch may touch lies in one allocation on each side.
+        let (src_len, dst_len) = cpu_kernels::extents(k, es, ed);
+        let (sm, so) = self.find(k.src, src_len)?;
+        let (dm, doff) = self.find(k.dst, dst_len)?;
+        if Arc::ptr_eq(&sm, &dm) {
+            return Err(bad(format!("{} reads and writes one allocation", k.name)));
+        }
+        if let Some(run) = cpu_kernels::get() {
+            // The real kernel source, compiled for the CPU, with the GPU's launch configuration.
+            let src = sm.data.lock().unwrap();
+            let mut dst = dm.data.lock().unwrap();
+            return run(k, &src[so..so + src_len], &mut dst[doff..doff + dst_len])
+                .map_err(|e| bad(format!("{}: {e}", k.name)));
+        }
         for r in 0..k.rows {
             let s = k.src + r * k.src_stride * es as u64;
             let d = k.dst + r * k.dst_stride * ed as u64;
@@ -439,5 +465,159 @@ impl super::broadcast::Collective for HostComm<'_> {
             return Err(bad("broadcast failed (emulated)".into()));
         }
         sent.and(got)
+    }
+}
+
+/// The kernels of `kernels/` compiled for the CPU (`tests/kernels/cpu_launch.cpp`, with a C++
+/// compiler: `$CXX`, else `c++`), so that the emulated device runs the very kernel sources a GPU
+/// runs, with the launch configuration the GPU path computes. Without a compiler the emulated
+/// device falls back to its own Rust rendering of what each kernel does, and says so once;
+/// `TFCKPT_REQUIRE_CXX=1` (set in CI) turns that into a failure.
+pub(crate) mod cpu_kernels {
+    use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+    use std::sync::{Mutex, OnceLock};
+
+    use super::Kernel;
+
+    type Launch = unsafe extern "C" fn(
+        *const c_char,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *const c_void,
+        *mut c_void,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+    ) -> c_int;
+
+    /// Runs kernel launch `k` with `src` and `dst` holding exactly the bytes it may touch (from its
+    /// `src` and `dst` addresses on).
+    pub(crate) type Run = fn(&Kernel, &[u8], &mut [u8]) -> Result<(), String>;
+
+    static LAUNCH: OnceLock<Option<Launch>> = OnceLock::new();
+    /// The simulator keeps one launch's state in globals: one launch at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    /// The runner, if the kernels could be compiled.
+    pub(crate) fn get() -> Option<Run> {
+        LAUNCH.get_or_init(build).map(|_| run as Run)
+    }
+
+    fn run(k: &Kernel, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+        run_on(k, k.launch_dims(), src, dst)
+    }
+
+    /// [`Run`] on grid `dims` (`((gx, gy), (bx, by))`) instead of the launch's own.
+    pub(crate) fn run_on(
+        k: &Kernel,
+        ((gx, gy), (bx, by)): ((u32, u32), (u32, u32)),
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), String> {
+        let launch = LAUNCH.get_or_init(build).ok_or("no CPU kernels")?;
+        let name = CString::new(k.name).map_err(|e| e.to_string())?;
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let (es, ed) = sizes(k.name).ok_or("not a kernel of kernels/")?;
+        let (src_len, dst_len) = extents(k, es, ed);
+        if src.len() < src_len || dst.len() < dst_len {
+            return Err("the buffers are smaller than the launch addresses".into());
+        }
+        // SAFETY: `launch` is `tfckpt_cpu_launch` of the library built from
+        // tests/kernels/cpu_launch.cpp, with that signature; `src` and `dst` hold every element the
+        // launch's rows, strides and element sizes address (checked above), so every access of the
+        // kernel stays inside them.
+        let rc = unsafe {
+            launch(
+                name.as_ptr(),
+                gx,
+                gy,
+                bx,
+                by,
+                src.as_ptr().cast(),
+                dst.as_mut_ptr().cast(),
+                k.rows,
+                k.row,
+                k.src_stride,
+                k.dst_stride,
+                k.dst_col,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            -1 => Err("threads of a block reached different barriers".into()),
+            -2 => Err("not a kernel of kernels/".into()),
+            -3 => Err("dst_col given to a row kernel, or missing for a transpose".into()),
+            rc => Err(format!("failed with {rc}")),
+        }
+    }
+
+    /// The bytes launch `k` addresses from its `src` and from its `dst` (elements of `es` and `ed`
+    /// bytes): its last row's end on each side; nothing when it has no element.
+    pub(crate) fn extents(k: &Kernel, es: usize, ed: usize) -> (usize, usize) {
+        if k.rows == 0 || k.row == 0 {
+            return (0, 0);
+        }
+        let last = k.rows - 1;
+        let src = (last * k.src_stride + k.row) as usize * es;
+        let dst = (last * k.dst_stride + (k.row - 1) * k.dst_col.max(1) + 1) as usize * ed;
+        (src, dst)
+    }
+
+    /// Source and destination element sizes of kernel `name`.
+    fn sizes(name: &str) -> Option<(usize, usize)> {
+        let &(from, to, ..) = crate::gpu::plan::KERNELS
+            .iter()
+            .find(|e| e.2 == name || e.3 == name)?;
+        Some((from.size()?, to.size()?))
+    }
+
+    /// Compiles and loads the kernels; `None` (after a note) when there is no C++ compiler.
+    fn build() -> Option<Launch> {
+        let required = std::env::var_os("TFCKPT_REQUIRE_CXX").is_some_and(|v| v == "1");
+        let give_up = |why: String| {
+            assert!(!required, "TFCKPT_REQUIRE_CXX=1, but {why}");
+            eprintln!(
+                "note: {why}; the emulated device runs its Rust rendering of the kernels instead"
+            );
+            None
+        };
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kernels/cpu_launch.cpp");
+        let dir = std::env::temp_dir().join(format!("tfckpt-cpu-kernels-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return give_up(format!("cannot make {}: {e}", dir.display()));
+        }
+        let lib = dir.join("libtfckpt_cpu_kernels.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let out = std::process::Command::new(&cxx)
+            .args(["-std=c++17", "-O2", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(source)
+            .output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => return give_up(format!("no C++ compiler ({cxx}: {e})")),
+        };
+        if !out.status.success() {
+            // A compiler that runs and rejects the kernels is a failure, not a missing tool.
+            panic!(
+                "{cxx} could not compile the kernels for the CPU:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = CString::new(lib.to_string_lossy().into_owned()).ok()?;
+        // SAFETY: loading a library just built from our own source, which has no initializers
+        // beyond plain statics; the handle is kept for the life of the process.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        let _ = std::fs::remove_dir_all(&dir); // the mapping stays
+        assert!(!handle.is_null(), "cannot load the CPU kernels");
+        // SAFETY: a symbol of the library just loaded, with the signature `Launch`.
+        let sym = unsafe { libc::dlsym(handle, c"tfckpt_cpu_launch".as_ptr()) };
+        assert!(!sym.is_null(), "no tfckpt_cpu_launch in the CPU kernels");
+        // SAFETY: `tfckpt_cpu_launch` is defined in cpu_launch.cpp with exactly this signature.
+        Some(unsafe { std::mem::transmute::<*mut c_void, Launch>(sym) })
     }
 }

@@ -260,6 +260,31 @@ pub(crate) struct Kernel {
     pub dst_col: u64,
 }
 
+impl Kernel {
+    /// The launch configuration, `(grid, block)` in (x, y): a transpose (kernels/transpose.cu)
+    /// goes by 32×32 tiles in blocks of 32×8 threads, the others by rows, 256 threads along a
+    /// row. Both grids are clamped; the kernels' grid-stride loops cover the rest.
+    pub(crate) fn launch_dims(&self) -> ((u32, u32), (u32, u32)) {
+        if self.dst_col != 0 {
+            (
+                (
+                    self.row.div_ceil(32).clamp(1, 1024) as u32,
+                    self.rows.div_ceil(32).clamp(1, 65535) as u32,
+                ),
+                (32, 8),
+            )
+        } else {
+            (
+                (
+                    self.row.div_ceil(256).clamp(1, 1024) as u32,
+                    self.rows.clamp(1, 65535) as u32,
+                ),
+                (256, 1),
+            )
+        }
+    }
+}
+
 /// A checksum piece: `len` bytes at offset `off` of check `check`'s entry.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CrcPiece {
