@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What [`VariableStore::initialize`] did.
+/// What [`VariableStore::initialize`](crate::VariableStore::initialize) did.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     /// Variables (and parts) initialized.
@@ -21,12 +21,12 @@ pub struct LoadReport {
     /// Bytes of the stored entries read and verified (fixed-size dtypes): the checkpoint bytes
     /// this load read. A stored slice is read whole when any part of it is needed.
     pub stored_bytes: u64,
-    /// Variables (and parts) left to other ranks ([`LoadOptions::rank`]): not loaded here.
+    /// Variables (and parts) left to other ranks ([`LoadOptions::rank`](crate::LoadOptions::rank)): not loaded here.
     pub skipped_variables: usize,
     /// Their bytes.
     pub skipped_bytes: u64,
     /// Of those, bytes of values that are copy-on-write mappings of the checkpoint files (see
-    /// [`LoadOptions::map_values`]).
+    /// [`LoadOptions::map_values`](crate::LoadOptions::map_values)).
     pub mapped_bytes: u64,
     /// Wall time of the whole initialization.
     pub seconds: f64,
@@ -154,7 +154,7 @@ impl DeviceStats {
     }
 }
 
-/// Progress of a load, passed to [`LoadOptions::progress`].
+/// Progress of a load, passed to [`LoadOptions::progress`](crate::LoadOptions::progress).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
     /// Bytes loaded into variables so far.
