@@ -66,6 +66,11 @@ if [ "${1:-}" = "--build" ]; then
     exit 0
 fi
 
+# On the device machine, everything printed is also kept in $OUT (the tool returns only the tail
+# of the output, and the folder whole).
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    exec > >(tee "$OUT/gpu-check.log") 2>&1
+fi
 for f in "$out"/*.gz; do
     [ -e "$f" ] || continue
     gzip -dc "$f" >"${f%.gz}" || { echo "gpu-check: cannot unpack $f" >&2; exit 1; }
