@@ -782,3 +782,63 @@ mod on_gpu {
         assert!(s.step_change > 0.0, "the AdamW step moved a loaded weight");
     }
 }
+
+/// Seeded random damage of the TF2 fixture (see `tests/common/damage.rs`), loaded into the candle
+/// model (kernels transposed into `Linear` weights, a float16 embedding cast into float32): every
+/// load ends in an error that leaves every `Var` as candle initialized it, or in exactly the
+/// values of the intact checkpoint. Never a panic, never a silently wrong value.
+#[test]
+fn damaged_checkpoints_fill_the_vars_exactly_or_change_none() {
+    let intact = ckpt_path("tf2_object");
+    let want = {
+        let m = tf2_model();
+        let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1())
+            .unwrap()
+            .dtype_policy(DtypePolicy::CastToVariable);
+        init.init_from_checkpoint(&intact, &tf2_map()).unwrap();
+        init.initialize(&Default::default()).unwrap();
+        snapshot(&m.varmap)
+    };
+    let loaded = |s: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
+        s.iter()
+            .filter(|(k, _)| !k.starts_with("head."))
+            .cloned()
+            .collect()
+    };
+    let (mut failed, mut exact) = (0usize, 0usize);
+    for it in 0..150u64 {
+        let seed = it | 1 << 61;
+        let mut rng = common::Rng(seed);
+        let tmp = tempfile::tempdir().unwrap();
+        let (damaged, done) = common::damage::damaged_copy(&intact, tmp.path(), &mut rng);
+        let m = tf2_model();
+        let before = snapshot(&m.varmap);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1())
+                .unwrap()
+                .dtype_policy(DtypePolicy::CastToVariable);
+            if init.init_from_checkpoint(&damaged, &tf2_map()).is_err() {
+                return Ok(false);
+            }
+            if init.initialize(&Default::default()).is_err() {
+                return if snapshot(&m.varmap) == before {
+                    Ok(false)
+                } else {
+                    Err("a failed load changed Vars")
+                };
+            }
+            if loaded(&snapshot(&m.varmap)) == loaded(&want) {
+                Ok(true)
+            } else {
+                Err("a silently wrong value")
+            }
+        }));
+        match outcome {
+            Err(_) => panic!("panic: {done}, seed {seed:#x}"),
+            Ok(Err(e)) => panic!("{e}: {done}, seed {seed:#x}"),
+            Ok(Ok(true)) => exact += 1,
+            Ok(Ok(false)) => failed += 1,
+        }
+    }
+    assert!(failed > 50 && exact > 5, "{failed} failed, {exact} exact");
+}

@@ -12,7 +12,7 @@ use tfckpt::{Checkpoint, Slice};
 
 mod common;
 use common::fixtures::{case_dirs, ckpt_rel, copy_files};
-use common::Rng;
+use common::{damage, Rng};
 
 /// Everything a user can do with a checkpoint; returns whether verification found a problem.
 fn exercise(path: &Path, rng: &mut Rng) -> Option<bool> {
@@ -89,40 +89,13 @@ fn random_damage_never_panics_and_data_flips_are_caught() {
             let seed = (ci as u64) << 32 | it as u64 | 1 << 63;
             let mut rng = Rng(seed);
             let fi = rng.index(files.len());
-            let mut bytes = originals[fi].clone();
-            let kind = rng.index(8);
             let is_data = files[fi].to_string_lossy().contains(".data-");
-            let mut flipped_data = false;
-            match kind {
-                0 | 1 if !bytes.is_empty() => {
-                    // Bit flips anywhere (kind 0), or near the end where footers and indexes live.
-                    for _ in 0..1 + rng.index(3) {
-                        let i = if kind == 0 {
-                            rng.index(bytes.len())
-                        } else {
-                            bytes.len() - 1 - rng.index(bytes.len().min(256))
-                        };
-                        bytes[i] ^= 1 << rng.index(8);
-                    }
-                    flipped_data = is_data;
-                }
-                2 => bytes.truncate(rng.index(bytes.len())),
-                3 if !bytes.is_empty() => {
-                    let start = rng.index(bytes.len());
-                    let end = (start + 1 + rng.index(64)).min(bytes.len());
-                    for b in &mut bytes[start..end] {
-                        *b = rng.next() as u8;
-                    }
-                }
-                4 => bytes.clear(),
-                5 => bytes.extend((0..1 + rng.index(100)).map(|_| rng.next() as u8)),
-                6 => bytes = (0..rng.index(300)).map(|_| rng.next() as u8).collect(),
-                _ => {
-                    std::fs::remove_file(&files[fi]).unwrap();
-                    bytes.clear();
-                }
-            }
-            if kind != 7 {
+            let (kind, damaged) = damage(&originals[fi], &mut rng);
+            let flipped_data = is_data && kind <= 1;
+            let bytes = damaged.unwrap_or_default();
+            if kind == 7 {
+                std::fs::remove_file(&files[fi]).unwrap();
+            } else {
                 std::fs::write(&files[fi], &bytes).unwrap();
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

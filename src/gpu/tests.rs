@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+#[path = "../../tests/common/damage.rs"]
+mod damage;
 #[allow(dead_code)] // shared with the integration tests: only part of it is used here
 #[path = "../../tests/common/fixtures.rs"]
 mod fixtures;
@@ -13,7 +15,7 @@ mod fixtures;
 mod layouts;
 
 use fixtures::fixture;
-use layouts::{assert_same, store_for_layout, Layout, CASES};
+use layouts::{assert_same, store_for_layout, try_store_for_layout_from, Layout, CASES};
 
 /// Every fixture tensor whole and re-partitioned along two axes (see `tests/common/layouts.rs`).
 fn store_for(dir: &Path) -> VariableStore {
@@ -1648,4 +1650,67 @@ fn every_kernel_source_run_on_the_cpu_equals_the_host_conversion() {
         }
     }
     assert_eq!(launches, super::plan::KERNELS.len() * 2 * 7 * 3);
+}
+
+/// Seeded random damage of every fixture (see `tests/common/damage.rs`) through the GPU path, as in
+/// `tests/no_silent_values.rs` for the host: variables made from the intact checkpoint, the damaged
+/// one loaded onto the emulated device (both transfer paths, default and 1 KiB units): an error
+/// that leaves nothing initialized, allocated or registered, or exactly the intact values. Never a
+/// panic, never a silently wrong value.
+#[test]
+fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
+    let (mut failed, mut exact) = (0usize, 0usize);
+    for (ci, case) in CASES.iter().enumerate() {
+        let intact = fixture(case);
+        let mut cpu = store_for(&intact);
+        cpu.initialize(Device::Cpu).unwrap();
+        for it in 0..40u64 {
+            let seed = (ci as u64) << 32 | it | 1 << 62;
+            let mut rng = damage::Rng(seed);
+            let tmp = tempfile::tempdir().unwrap();
+            let (damaged, done) = damage::damaged_copy(&intact, tmp.path(), &mut rng);
+            let (sizes, register_mappings) = match it % 4 {
+                0 => (Sizes::default(), false),
+                1 => (Sizes::default(), true),
+                2 => (tiny(), false),
+                _ => (tiny(), true),
+            };
+            let context = format!("{case}: {done}, seed {seed:#x}, register={register_mappings}");
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let Ok(mut gpu) =
+                    try_store_for_layout_from(&intact, &damaged, Layout::Repartitioned)
+                else {
+                    return Ok(false);
+                };
+                let link = HostLink::default();
+                let options = LoadOptions {
+                    register_mappings,
+                    ..Default::default()
+                };
+                if gpu.initialize_on(&link, &options, sizes).is_err() {
+                    if gpu.is_initialized()
+                        || gpu.device_values().count() > 0
+                        || link.live_allocations() > 0
+                        || link.still_registered() > 0
+                    {
+                        return Err("a failed load left values, memory or registrations behind");
+                    }
+                    return Ok(false);
+                }
+                for v in cpu.variables() {
+                    if Some(&layouts::device_or_host(&gpu, &v.name)) != cpu.value(&v.name) {
+                        return Err("a silently wrong value");
+                    }
+                }
+                Ok(true)
+            }));
+            match outcome {
+                Err(_) => panic!("panic: {context}"),
+                Ok(Err(e)) => panic!("{e}: {context}"),
+                Ok(Ok(true)) => exact += 1,
+                Ok(Ok(false)) => failed += 1,
+            }
+        }
+    }
+    assert!(failed > 200 && exact > 20, "{failed} failed, {exact} exact");
 }

@@ -50,6 +50,17 @@ pub fn store_for_layout(dir: &Path, layout: Layout) -> VariableStore {
 /// [`store_for_layout`] with the variables made from the local checkpoint `dir`, mapped to the
 /// same checkpoint at `from` (a copy of it, e.g. its URL on a server).
 pub fn store_for_layout_from(dir: &Path, from: &Path, layout: Layout) -> VariableStore {
+    try_store_for_layout_from(dir, from, layout)
+        .unwrap_or_else(|e| panic!("{}: {e}", from.display()))
+}
+
+/// [`store_for_layout_from`], with the error of `init_from_checkpoint` (the checkpoint at `from`
+/// may be damaged; `dir` must be intact).
+pub fn try_store_for_layout_from(
+    dir: &Path,
+    from: &Path,
+    layout: Layout,
+) -> tfckpt::Result<VariableStore> {
     let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut store = VariableStore::new();
     let mut map = AssignmentMap::new();
@@ -127,8 +138,8 @@ pub fn store_for_layout_from(dir: &Path, from: &Path, layout: Layout) -> Variabl
             .get_variable("unmapped/ones", &[5, 3], DType::F32, Init::Ones)
             .unwrap();
     }
-    init_from_checkpoint(&mut store, from, &map).unwrap();
-    store
+    init_from_checkpoint(&mut store, from, &map)?;
+    Ok(store)
 }
 
 /// A variable's value: read back from the device, or the host value (strings stay on the host).

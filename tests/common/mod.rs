@@ -5,42 +5,25 @@
 //! - [`builder`]: small checkpoints written by the crate's own writer;
 //! - [`layouts`]: the fixture cases the GPU and copy-on-write tests load, and the one store of
 //!   variables for a checkpoint (`store_for_layout`);
-//! - here: a seeded generator, the box oracle, and hand-made SSTables and protobuf bytes, so that
-//!   tests can build exactly the damaged or unusual files they need.
+//! - [`damage`]: a seeded generator and random damage of a fixture's files;
+//! - here: the box oracle, and hand-made SSTables and protobuf bytes, so that tests can build
+//!   exactly the damaged or unusual files they need.
 //!
 //! `examples/write_for_tf.rs` includes this file too (through `#[path]`), and `src/gpu/tests.rs`
-//! includes `layouts.rs` alone.
+//! includes `fixtures.rs`, `layouts.rs` and `damage.rs` alone.
 #![allow(dead_code)]
 
 pub mod builder;
+pub mod damage;
 pub mod fixtures;
 pub mod layouts;
+
+#[allow(unused_imports)] // each test uses part of it
+pub use damage::{damage, Rng};
 
 use std::path::Path;
 
 use tfckpt::Tensor;
-
-/// A tiny deterministic generator (xorshift64) for seeded tests.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in `0..n` (0 when n is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next().checked_rem(n).unwrap_or(0)
-    }
-
-    /// Uniform index in `0..n` (0 when n is 0).
-    pub fn index(&mut self, n: usize) -> usize {
-        self.below(n as u64) as usize
-    }
-}
 
 /// The box `ranges` (start, length per dimension) of a row-major tensor, element by element: the
 /// naive oracle for every slicing test.
