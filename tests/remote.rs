@@ -3,7 +3,7 @@
 //! support (tower-http's `ServeDir`), both serving a copy of the TensorFlow fixtures. Every
 //! fixture read through `s3://` equals the local read byte for byte; `init` through the CLI with
 //! every map form writes the same files; damaged, missing and forbidden objects are clear errors
-//! and initialize nothing.
+//! and initialize nothing, and randomly damaged copies load exactly or not at all.
 
 mod common;
 
@@ -901,4 +901,66 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
     // All of them: stored back to back, 256 KiB in all, one request.
     let (_, gets, _) = load(&|_| true);
     assert_eq!(gets, 1);
+}
+
+/// Seeded random damage of every layout fixture (see `tests/common/damage.rs`), served by the S3
+/// server or the HTTP server, loaded by URL into variables made from the intact checkpoint (laid
+/// out as stored): each load ends in an error that leaves nothing initialized, or in exactly the
+/// values of the intact local load. Never a panic, never a silently wrong value.
+#[test]
+fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
+    use common::layouts::{store_for_layout, try_store_for_layout_from, Layout, CASES};
+    let bucket = servers().root.join(BUCKET);
+    let (mut failed, mut exact) = (0usize, 0usize);
+    for (ci, case) in CASES.iter().enumerate() {
+        let intact = fixture(case);
+        let mut want = store_for_layout(&intact, Layout::AsStored);
+        want.initialize(Device::Cpu).unwrap();
+        let v1_glob = is_v1_glob(&intact);
+        for it in 0..16u64 {
+            let seed = (ci as u64) << 32 | it | 1 << 60;
+            let mut rng = common::Rng(seed);
+            let key = format!("fuzz/{ci}-{it}");
+            let (damaged, done) =
+                common::damage::damaged_copy(&intact, &bucket.join(&key), &mut rng);
+            let rel = damaged.strip_prefix(&bucket).unwrap().to_string_lossy();
+            // A plain HTTP server cannot list the files of a V1 glob.
+            let url = if it % 2 == 0 || v1_glob {
+                format!("s3://{BUCKET}/{rel}")
+            } else {
+                format!("http://{}/{BUCKET}/{rel}", servers().http)
+            };
+            let context = format!("{case} at {url}: {done}, seed {seed:#x}");
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let Ok(mut got) =
+                    try_store_for_layout_from(&intact, Path::new(&url), Layout::AsStored)
+                else {
+                    return Ok(false);
+                };
+                if got.initialize(Device::Cpu).is_err() {
+                    return if got.is_initialized()
+                        || want.variables().any(|v| got.value(&v.name).is_some())
+                    {
+                        Err("a failed load left values behind")
+                    } else {
+                        Ok(false)
+                    };
+                }
+                match want
+                    .variables()
+                    .all(|v| got.value(&v.name) == want.value(&v.name))
+                {
+                    true => Ok(true),
+                    false => Err("a silently wrong value"),
+                }
+            }));
+            match outcome {
+                Err(_) => panic!("panic: {context}"),
+                Ok(Err(e)) => panic!("{e}: {context}"),
+                Ok(Ok(true)) => exact += 1,
+                Ok(Ok(false)) => failed += 1,
+            }
+        }
+    }
+    assert!(failed > 60 && exact > 5, "{failed} failed, {exact} exact");
 }
