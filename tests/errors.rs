@@ -115,6 +115,42 @@ fn tensor_checksum_mismatch_names_tensor_shard_and_offset() {
 }
 
 #[test]
+fn a_damaged_slice_of_a_partitioned_tensor_is_named_by_tensor_and_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("p");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    for (start, rows) in [(0u64, 2u64), (2, 2)] {
+        let values: Vec<u8> = (0..rows * 3 * 4).map(|i| i as u8).collect();
+        w.add_slice(
+            "emb",
+            &[4, 3],
+            &Slice::from_ranges(&[(start, rows), (0, 3)]),
+            tfckpt::TensorRef::Bytes {
+                dtype: tfckpt::DType::F32,
+                shape: &[rows, 3],
+                data: &values,
+            },
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    let data = dir.path().join("p.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1; // in the second slice
+    std::fs::write(&data, bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix).unwrap().read("emb"));
+    match e.kind() {
+        ErrorKind::TensorChecksum { tensor, .. } => assert_eq!(tensor, "emb (slice 2,2:0,3)"),
+        _ => panic!("{e}"),
+    }
+    assert!(
+        e.to_string().contains("tensor \"emb (slice 2,2:0,3)\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn truncated_data_shard_is_out_of_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = good_bundle(dir.path());

@@ -40,7 +40,11 @@ pub(crate) struct BundleIndex {
 
 /// Printable form of a key for error messages (slice keys start with a 0 byte).
 pub(crate) fn key_name(key: &[u8]) -> String {
-    String::from_utf8_lossy(key).into_owned()
+    match crate::format::slice_codec::parse_slice_key(key) {
+        // A slice entry of a partitioned tensor: its name and box, not the key's raw bytes.
+        Some((name, slice)) => format!("{} (slice {slice})", String::from_utf8_lossy(&name)),
+        None => String::from_utf8_lossy(key).into_owned(),
+    }
 }
 
 pub(crate) fn check_version(path: &Path, v: Option<&proto::VersionDef>) -> Result<()> {

@@ -70,6 +70,38 @@ pub(crate) fn slice_key(name: &[u8], slice: &Slice) -> Vec<u8> {
     key
 }
 
+/// The tensor name and slice of a slice entry's key (the inverse of [`slice_key`]); `None` for
+/// any other key, or bytes that do not decode whole.
+pub(crate) fn parse_slice_key(key: &[u8]) -> Option<(Vec<u8>, Slice)> {
+    let mut src = key;
+    if ordered_code::read_num_increasing(&mut src)? != 0 {
+        return None;
+    }
+    let name = ordered_code::read_string(&mut src)?;
+    let rank = ordered_code::read_num_increasing(&mut src)?;
+    let mut ranges = Vec::new();
+    for _ in 0..rank.min(64) {
+        let start = ordered_code::read_signed_increasing(&mut src)?;
+        let length = ordered_code::read_signed_increasing(&mut src)?;
+        ranges.push((start, length));
+    }
+    if ranges.len() as u64 != rank || !src.is_empty() {
+        return None;
+    }
+    let extents = ranges
+        .into_iter()
+        .map(|(start, length)| match (start, length) {
+            (0, -1) => Some(Extent::Full),
+            (s, l) if s >= 0 && l >= 0 => Some(Extent::Range {
+                start: s as u64,
+                length: l as u64,
+            }),
+            _ => None,
+        })
+        .collect::<Option<Vec<Extent>>>()?;
+    Some((name, Slice::new(extents)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +124,40 @@ mod tests {
             slice_key(b"h", &Slice::full(1)),
             vec![0x00, 0x68, 0x00, 0x01, 0x01, 0x01, 0x80, 0x7f]
         );
+    }
+
+    #[test]
+    fn slice_keys_read_back_and_name_their_entry() {
+        for (name, slice) in [
+            (
+                &b"scope/var1"[..],
+                Slice::from_ranges(&[(80, 20), (0, 100)]),
+            ),
+            (b"s", Slice::full(0)),
+            (
+                b"emb",
+                Slice::new(vec![
+                    Extent::Range {
+                        start: 300,
+                        length: 1 << 40,
+                    },
+                    Extent::Full,
+                ]),
+            ),
+            (b"odd\x00\xffname", Slice::full(3)),
+        ] {
+            let key = slice_key(name, &slice);
+            assert_eq!(parse_slice_key(&key), Some((name.to_vec(), slice.clone())));
+            assert_eq!(parse_slice_key(&key[..key.len() - 1]), None);
+        }
+        assert_eq!(parse_slice_key(b"plain/name"), None);
+        assert_eq!(
+            crate::format::index::key_name(&slice_key(
+                b"emb",
+                &Slice::from_ranges(&[(0, 2), (1, 3)])
+            )),
+            "emb (slice 0,2:1,3)"
+        );
+        assert_eq!(crate::format::index::key_name(b"plain/name"), "plain/name");
     }
 }
