@@ -581,3 +581,72 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
     assert!(stderr(&o).contains("--rank 4 --ranks 4"));
     assert!(!out.exists());
 }
+
+/// `tfckpt init` on seeded random damages (see `tests/common/damage.rs`) of the checkpoints of
+/// several init cases, with mapped and with copied values: either exit code 1, one `error:` line
+/// and no output folder, or exit code 0 and exactly the files of the intact checkpoint. Never a
+/// panic, a signal, or a partial or wrong output.
+#[test]
+fn init_on_damaged_checkpoints_writes_the_intact_files_or_nothing() {
+    let (mut refused, mut same) = (0usize, 0usize);
+    for (ci, case) in [
+        "g_dtypes_direct",
+        "g_sharded_partitioned",
+        "h1_12a_partition_var",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let case = fixture("init").join(case);
+        let ckpt = init_ckpt(&case);
+        let (model, map) = (case.join("model.json"), case.join("map.json"));
+        let run = |ckpt: &std::path::Path, out: &std::path::Path, copy: bool| {
+            let mut args = vec![
+                "init",
+                ckpt.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--map",
+                map.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            if copy {
+                args.push("--copy");
+            }
+            tfckpt(&args)
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let intact_out = tmp.path().join("intact");
+        let o = run(&ckpt, &intact_out, false);
+        assert!(o.status.success(), "{}: {}", case.display(), stderr(&o));
+        let want = tree(&intact_out);
+        for it in 0..30u64 {
+            let seed = (ci as u64) << 32 | it | 1 << 59;
+            let mut rng = common::Rng(seed);
+            let work = tempfile::tempdir().unwrap();
+            let (damaged, done) =
+                common::damage::damaged_copy(&ckpt, &work.path().join("ckpt"), &mut rng);
+            let out = work.path().join("out");
+            let o = run(&damaged, &out, it % 2 == 1);
+            let what = format!("{}: {done}, seed {seed:#x}", case.display());
+            match o.status.code() {
+                Some(1) => {
+                    assert_one_error_line(&o, 1, "");
+                    assert!(!out.exists(), "{what}: output written despite the error");
+                    refused += 1;
+                }
+                Some(0) => {
+                    assert_eq!(
+                        tree(&out),
+                        want,
+                        "{what}: output differs from the intact one"
+                    );
+                    same += 1;
+                }
+                code => panic!("{what}: exit {code:?}: {}", stderr(&o)),
+            }
+        }
+    }
+    assert!(refused > 20 && same > 3, "{refused} refused, {same} same");
+}
