@@ -551,6 +551,51 @@ fn cli_convert_failures_exit_1_and_write_nothing() {
     );
 }
 
+/// `tfckpt convert` on seeded random damages (see `tests/common/damage.rs`) of four fixtures:
+/// either exit code 1, one `error:` line, and nothing in the output folder (no file, no
+/// temporary), or exit code 0 and exactly the file of the intact checkpoint.
+#[test]
+fn cli_convert_of_damaged_checkpoints_writes_the_intact_file_or_nothing() {
+    let (mut refused, mut same) = (0usize, 0usize);
+    for (ci, case) in ["tf2_object", "dtypes", "v1", "sharded_partitioned"]
+        .iter()
+        .enumerate()
+    {
+        let ckpt = ckpt_path(case);
+        let tmp = tempfile::tempdir().unwrap();
+        let intact = tmp.path().join("intact.safetensors");
+        let o = tfckpt(&["convert", ckpt.to_str().unwrap(), intact.to_str().unwrap()]);
+        assert!(o.status.success(), "{case}: {}", stderr(&o));
+        let want = std::fs::read(&intact).unwrap();
+        for it in 0..25u64 {
+            let seed = (ci as u64) << 32 | it | 1 << 58;
+            let mut rng = common::Rng(seed);
+            let work = tempfile::tempdir().unwrap();
+            let (damaged, done) =
+                common::damage::damaged_copy(&ckpt, &work.path().join("ckpt"), &mut rng);
+            let dir = work.path().join("out");
+            std::fs::create_dir(&dir).unwrap();
+            let out = dir.join("m.safetensors");
+            let o = tfckpt(&["convert", damaged.to_str().unwrap(), out.to_str().unwrap()]);
+            let what = format!("{case}: {done}, seed {seed:#x}");
+            match o.status.code() {
+                Some(1) => {
+                    assert_one_error_line(&o, "");
+                    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+                    assert!(left.is_empty(), "{what}: left {left:?}");
+                    refused += 1;
+                }
+                Some(0) => {
+                    assert!(std::fs::read(&out).unwrap() == want, "{what}: differs");
+                    same += 1;
+                }
+                code => panic!("{what}: exit {code:?}: {}", stderr(&o)),
+            }
+        }
+    }
+    assert!(refused > 30 && same > 3, "{refused} refused, {same} same");
+}
+
 /// `init --out FILE.safetensors` on every single-call TensorFlow init case: the file holds the
 /// `.npy` files of `init --out DIR` (names without `.npy`, same shapes and bytes); a model with a
 /// variable safetensors cannot hold fails naming it, and writes nothing.
