@@ -632,7 +632,8 @@ fn init_on_damaged_checkpoints_writes_the_intact_files_or_nothing() {
             let what = format!("{}: {done}, seed {seed:#x}", case.display());
             match o.status.code() {
                 Some(1) => {
-                    assert_one_error_line(&o, 1, "");
+                    // The error names the damaged checkpoint's file.
+                    assert_one_error_line(&o, 1, work.path().to_str().unwrap());
                     assert!(!out.exists(), "{what}: output written despite the error");
                     refused += 1;
                 }

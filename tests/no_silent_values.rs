@@ -3,8 +3,9 @@
 //! trainer runs it: the variables are made from the intact checkpoint (the model does not change
 //! with the file), then `init_from_checkpoint` and `initialize` read the damaged one, copying the
 //! values or mapping them copy-on-write, into variables laid out as stored, whole, and
-//! re-partitioned along two axes. Each load must end in an error that leaves nothing initialized,
-//! or in exactly the values of the intact checkpoint: never a panic, never a silently wrong value.
+//! re-partitioned along two axes. Each load must end in an error that names the damaged
+//! checkpoint's file and leaves nothing initialized, or in exactly the values of the intact
+//! checkpoint: never a panic, never a silently wrong value.
 
 use tfckpt::{Device, LoadOptions, VariableStore};
 
@@ -48,12 +49,19 @@ fn damaged_checkpoints_load_exactly_or_fail_whole() {
                 let tmp = tempfile::tempdir().unwrap();
                 let (damaged, done) = damaged_copy(&intact, tmp.path(), &mut rng);
                 let context = format!("{case}, {what}: {done}, seed {seed:#x}");
+                let tmp_dir = tmp.path().to_string_lossy().into_owned();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // Every error names the damaged checkpoint's file.
+                    let named = |e: &tfckpt::Error| e.to_string().contains(tmp_dir.as_str());
                     let mut got = match try_store_for_layout_from(&intact, &damaged, layout) {
                         Ok(store) => store,
-                        Err(_) => return Ok(false),
+                        Err(e) if named(&e) => return Ok(false),
+                        Err(e) => return Err(format!("an error that does not name the file: {e}")),
                     };
-                    if got.initialize_with(Device::Cpu, &options).is_err() {
+                    if let Err(e) = got.initialize_with(Device::Cpu, &options) {
+                        if !named(&e) {
+                            return Err(format!("an error that does not name the file: {e}"));
+                        }
                         // All or nothing: a failed load leaves no value behind.
                         if got.is_initialized()
                             || want.variables().any(|v| got.value(&v.name).is_some())

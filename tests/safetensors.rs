@@ -580,7 +580,8 @@ fn cli_convert_of_damaged_checkpoints_writes_the_intact_file_or_nothing() {
             let what = format!("{case}: {done}, seed {seed:#x}");
             match o.status.code() {
                 Some(1) => {
-                    assert_one_error_line(&o, "");
+                    // The error names the damaged checkpoint's file.
+                    assert_one_error_line(&o, work.path().to_str().unwrap());
                     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
                     assert!(left.is_empty(), "{what}: left {left:?}");
                     refused += 1;
