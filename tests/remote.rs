@@ -905,8 +905,8 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
 
 /// Seeded random damage of every layout fixture (see `tests/common/damage.rs`), served by the S3
 /// server or the HTTP server, loaded by URL into variables made from the intact checkpoint (laid
-/// out as stored): each load ends in an error that leaves nothing initialized, or in exactly the
-/// values of the intact local load. Never a panic, never a silently wrong value.
+/// out as stored): each load ends in an error that names the URL and leaves nothing initialized,
+/// or in exactly the values of the intact local load. Never a panic, never a silently wrong value.
 #[test]
 fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
     use common::layouts::{store_for_layout, try_store_for_layout_from, Layout, CASES};
@@ -932,12 +932,17 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
             };
             let context = format!("{case} at {url}: {done}, seed {seed:#x}");
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let Ok(mut got) =
-                    try_store_for_layout_from(&intact, Path::new(&url), Layout::AsStored)
-                else {
-                    return Ok(false);
+                // Every error names the damaged copy's URL.
+                let got = try_store_for_layout_from(&intact, Path::new(&url), Layout::AsStored);
+                let mut got = match got {
+                    Ok(store) => store,
+                    Err(e) if e.to_string().contains(&key) => return Ok(false),
+                    Err(_) => return Err("an error that does not name the URL"),
                 };
-                if got.initialize(Device::Cpu).is_err() {
+                if let Err(e) = got.initialize(Device::Cpu) {
+                    if !e.to_string().contains(&key) {
+                        return Err("an error that does not name the URL");
+                    }
                     return if got.is_initialized()
                         || want.variables().any(|v| got.value(&v.name).is_some())
                     {
