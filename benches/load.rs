@@ -43,7 +43,8 @@ fn load(prefix: &Path, count: usize, elems: usize) {
     load_with(prefix, count, elems, &LoadOptions::default())
 }
 
-fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
+/// The store for `count` tensors, with `init_from_checkpoint` called (not yet initialized).
+fn mapped_store(prefix: &Path, count: usize, elems: usize) -> VariableStore {
     let mut store = store_for(count, elems);
     init_from_checkpoint(
         &mut store,
@@ -51,18 +52,17 @@ fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
         &AssignmentMap::from([("model/", Target::scope("new/"))]),
     )
     .unwrap();
+    store
+}
+
+fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
+    let mut store = mapped_store(prefix, count, elems);
     black_box(store.initialize_with(Device::Cpu, options).unwrap());
 }
 
 /// The same load into `held`, one resident buffer per variable (`initialize_into`).
 fn load_into(prefix: &Path, count: usize, elems: usize, held: &mut [Vec<u8>]) {
-    let mut store = store_for(count, elems);
-    init_from_checkpoint(
-        &mut store,
-        prefix,
-        &AssignmentMap::from([("model/", Target::scope("new/"))]),
-    )
-    .unwrap();
+    let mut store = mapped_store(prefix, count, elems);
     let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
     let buffers = names
         .iter()
