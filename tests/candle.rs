@@ -805,7 +805,7 @@ fn damaged_checkpoints_fill_the_vars_exactly_or_change_none() {
             .cloned()
             .collect()
     };
-    let (mut failed, mut exact) = (0usize, 0usize);
+    let mut outcomes = common::damage::Outcomes::default();
     for it in 0..150u64 {
         let seed = it | 1 << 61;
         let mut rng = common::Rng(seed);
@@ -813,7 +813,7 @@ fn damaged_checkpoints_fill_the_vars_exactly_or_change_none() {
         let (damaged, done) = common::damage::damaged_copy(&intact, tmp.path(), &mut rng);
         let m = tf2_model();
         let before = snapshot(&m.varmap);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        outcomes.run(&format!("{done}, seed {seed:#x}"), || {
             let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1())
                 .unwrap()
                 .dtype_policy(DtypePolicy::CastToVariable);
@@ -832,13 +832,7 @@ fn damaged_checkpoints_fill_the_vars_exactly_or_change_none() {
             } else {
                 Err("a silently wrong value")
             }
-        }));
-        match outcome {
-            Err(_) => panic!("panic: {done}, seed {seed:#x}"),
-            Ok(Err(e)) => panic!("{e}: {done}, seed {seed:#x}"),
-            Ok(Ok(true)) => exact += 1,
-            Ok(Ok(false)) => failed += 1,
-        }
+        });
     }
-    assert!(failed > 50 && exact > 5, "{failed} failed, {exact} exact");
+    assert!(outcomes.failed > 50 && outcomes.exact > 5, "{outcomes:?}");
 }

@@ -10,7 +10,7 @@
 use tfckpt::{Device, LoadOptions, VariableStore};
 
 mod common;
-use common::damage::{damaged_copy, Rng};
+use common::damage::{damaged_copy, Outcomes, Rng};
 use common::fixtures::fixture;
 use common::layouts::{store_for_layout, try_store_for_layout_from, Layout, CASES};
 
@@ -31,7 +31,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole() {
         ("as stored, copied", Layout::AsStored, false),
         ("as stored, mapped copy-on-write", Layout::AsStored, true),
     ];
-    let (mut failed, mut exact) = (0usize, 0usize);
+    let mut outcomes = Outcomes::default();
     for (ci, case) in CASES.iter().enumerate() {
         for (k, &(what, layout, map_values)) in configs.iter().enumerate() {
             let options = LoadOptions {
@@ -50,7 +50,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole() {
                 let (damaged, done) = damaged_copy(&intact, tmp.path(), &mut rng);
                 let context = format!("{case}, {what}: {done}, seed {seed:#x}");
                 let tmp_dir = tmp.path().to_string_lossy().into_owned();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                outcomes.run(&context, || {
                     // Every error names the damaged checkpoint's file.
                     let named = |e: &tfckpt::Error| e.to_string().contains(tmp_dir.as_str());
                     let mut got = match try_store_for_layout_from(&intact, &damaged, layout) {
@@ -74,21 +74,12 @@ fn damaged_checkpoints_load_exactly_or_fail_whole() {
                         Some(name) => Err(format!("silently wrong value of {name}")),
                         None => Ok(true),
                     }
-                }));
-                match outcome {
-                    Err(_) => panic!("panic: {context}"),
-                    Ok(Err(e)) => panic!("{e}: {context}"),
-                    Ok(Ok(true)) => exact += 1,
-                    Ok(Ok(false)) => failed += 1,
-                }
+                });
             }
         }
     }
-    eprintln!(
-        "{} damaged loads: {failed} failed whole, {exact} gave exactly the intact values",
-        failed + exact
-    );
+    eprintln!("damaged loads: {outcomes:?} (failed whole, gave exactly the intact values)");
     // Both outcomes occur: damage the load never reads (a tensor no variable takes, padding) is
     // harmless; the rest must be refused.
-    assert!(failed > 500 && exact > 50, "{failed} failed, {exact} exact");
+    assert!(outcomes.failed > 500 && outcomes.exact > 50, "{outcomes:?}");
 }

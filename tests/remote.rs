@@ -911,7 +911,7 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
 fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
     use common::layouts::{store_for_layout, try_store_for_layout_from, Layout, CASES};
     let bucket = servers().root.join(BUCKET);
-    let (mut failed, mut exact) = (0usize, 0usize);
+    let mut outcomes = common::damage::Outcomes::default();
     for (ci, case) in CASES.iter().enumerate() {
         let intact = fixture(case);
         let mut want = store_for_layout(&intact, Layout::AsStored);
@@ -931,7 +931,7 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
                 format!("http://{}/{BUCKET}/{rel}", servers().http)
             };
             let context = format!("{case} at {url}: {done}, seed {seed:#x}");
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            outcomes.run(&context, || {
                 // Every error names the damaged copy's URL.
                 let got = try_store_for_layout_from(&intact, Path::new(&url), Layout::AsStored);
                 let mut got = match got {
@@ -958,14 +958,8 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
                     true => Ok(true),
                     false => Err("a silently wrong value"),
                 }
-            }));
-            match outcome {
-                Err(_) => panic!("panic: {context}"),
-                Ok(Err(e)) => panic!("{e}: {context}"),
-                Ok(Ok(true)) => exact += 1,
-                Ok(Ok(false)) => failed += 1,
-            }
+            });
         }
     }
-    assert!(failed > 60 && exact > 5, "{failed} failed, {exact} exact");
+    assert!(outcomes.failed > 60 && outcomes.exact > 5, "{outcomes:?}");
 }

@@ -1659,7 +1659,7 @@ fn every_kernel_source_run_on_the_cpu_equals_the_host_conversion() {
 /// panic, never a silently wrong value.
 #[test]
 fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
-    let (mut failed, mut exact) = (0usize, 0usize);
+    let mut outcomes = damage::Outcomes::default();
     for (ci, case) in CASES.iter().enumerate() {
         let intact = fixture(case);
         let mut cpu = store_for(&intact);
@@ -1676,7 +1676,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
                 _ => (tiny(), true),
             };
             let context = format!("{case}: {done}, seed {seed:#x}, register={register_mappings}");
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            outcomes.run(&context, || {
                 let Ok(mut gpu) =
                     try_store_for_layout_from(&intact, &damaged, Layout::Repartitioned)
                 else {
@@ -1703,14 +1703,8 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
                     }
                 }
                 Ok(true)
-            }));
-            match outcome {
-                Err(_) => panic!("panic: {context}"),
-                Ok(Err(e)) => panic!("{e}: {context}"),
-                Ok(Ok(true)) => exact += 1,
-                Ok(Ok(false)) => failed += 1,
-            }
+            });
         }
     }
-    assert!(failed > 200 && exact > 20, "{failed} failed, {exact} exact");
+    assert!(outcomes.failed > 200 && outcomes.exact > 20, "{outcomes:?}");
 }

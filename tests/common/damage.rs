@@ -97,3 +97,28 @@ pub fn damaged_copy(ckpt: &Path, to: &Path, rng: &mut Rng) -> (PathBuf, String) 
         format!("{} damaged (kind {kind})", file.display()),
     )
 }
+
+/// What the damaged loads of a test came to: refused whole, or loaded exactly.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub failed: usize,
+    pub exact: usize,
+}
+
+impl Outcomes {
+    /// Runs one damaged load: `load` says whether it gave exactly the intact values (`Ok(true)`)
+    /// or failed whole (`Ok(false)`); a panic, or a broken promise (`Err`), fails the test naming
+    /// `context`.
+    pub fn run<E: std::fmt::Display>(
+        &mut self,
+        context: &str,
+        load: impl FnOnce() -> Result<bool, E>,
+    ) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
+            Err(_) => panic!("panic: {context}"),
+            Ok(Err(e)) => panic!("{e}: {context}"),
+            Ok(Ok(true)) => self.exact += 1,
+            Ok(Ok(false)) => self.failed += 1,
+        }
+    }
+}
