@@ -10,8 +10,8 @@
 #    trainer buffers, a damaged shard, a checkpoint on object storage; placement over every GPU
 #    and the CPU; replicas on every GPU, by shares and an NCCL all-gather, and a broadcast
 #    initialization over an NCCL communicator, at world size 1 on a one-GPU machine: the tests
-#    are built with the `nccl` feature, and libnccl.so.2 must be on the loader path for that
-#    part, else the replicas load whole and the test prints the warning), then the benchmark
+#    are built with the `nccl` feature; libnccl.so.2 is the system's or the CUDA image's Python
+#    package's, and once found the NCCL parts must pass, not skip), then the benchmark
 #    (~8 GB checkpoint written by the crate's writer; pinned H2D ceiling; warm and, if the page
 #    cache can be dropped, cold loads)
 #    with its short table, the candle models with their Vars on the GPU (tests/candle.rs, module
@@ -83,10 +83,30 @@ done
 }
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
     --format=csv,noheader 2>/dev/null || true
+# NCCL for the replica and broadcast tests (world size 1): the system's libnccl.so.2, else the
+# one of the CUDA image's Python packages, linked alone into a folder of its own, so that nothing
+# else of those packages (their NVRTC, say) takes the place of the system's libraries. Found, it
+# is required: the tests then fail rather than skip the NCCL calls.
+nccl_env=(env)
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
+    nccl=$(python3 -c 'import glob, nvidia, os; print(next(iter(sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "libnccl.so.2")))), ""))' 2>/dev/null || true)
+    if [ -n "$nccl" ]; then
+        nccl_dir=$(mktemp -d)
+        ln -s "$nccl" "$nccl_dir/libnccl.so.2"
+        nccl_env=(env LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+        echo "NCCL: $nccl"
+    else
+        echo "NCCL: none found; the NCCL parts of the tests are skipped"
+    fi
+fi
+if ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 ' || [ "${#nccl_env[@]}" -gt 1 ]; then
+    nccl_env+=(TFCKPT_REQUIRE_NCCL=1)
+fi
 # GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
 echo "== CUDA tests"
 tests_rc=0
-TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/gpu-tests" --test-threads=1 || tests_rc=$?
+TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${nccl_env[@]}" "$out/gpu-tests" --test-threads=1 ||
+    tests_rc=$?
 echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
 TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/remote-tests" --exact \
     gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
