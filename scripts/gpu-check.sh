@@ -83,24 +83,42 @@ done
 }
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
     --format=csv,noheader 2>/dev/null || true
-# NCCL for the replica and broadcast tests (world size 1): the system's libnccl.so.2, else the
-# one of the CUDA image's Python packages, linked alone into a folder of its own, so that nothing
-# else of those packages (their NVRTC, say) takes the place of the system's libraries. Found, it
-# is required: the tests then fail rather than skip the NCCL calls.
-nccl_env=(env)
-if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
-    nccl=$(python3 -c 'import glob, nvidia, os; print(next(iter(sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "libnccl.so.2")))), ""))' 2>/dev/null || true)
-    if [ -n "$nccl" ]; then
-        nccl_dir=$(mktemp -d)
-        ln -s "$nccl" "$nccl_dir/libnccl.so.2"
-        nccl_env=(env LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
-        echo "NCCL: $nccl"
-    else
-        echo "NCCL: none found; the NCCL parts of the tests are skipped"
-    fi
-fi
-if ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 ' || [ "${#nccl_env[@]}" -gt 1 ]; then
+# Whether the loader finds library `$1` (on LD_LIBRARY_PATH or in its cache).
+resolvable() {
+    local d
+    IFS=: read -ra dirs <<<"${LD_LIBRARY_PATH:-}"
+    for d in "${dirs[@]}"; do
+        [ -n "$d" ] && [ -e "$d/$1" ] && return 0
+    done
+    ldconfig -p 2>/dev/null | grep -qF "	$1 ("
+}
+# A new folder with a link to each library named that the loader would not find, taken from the
+# CUDA image's Python packages (nvidia/*/lib); prints the folder. Only those libraries: nothing
+# else of those packages (their NVRTC, say) takes the place of the system's.
+private_libs() {
+    local dir lib p
+    dir=$(mktemp -d)
+    for lib in "$@"; do
+        resolvable "$lib" && continue
+        p=$(python3 -c 'import glob, nvidia, os, sys; print(next(iter(sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", sys.argv[1])))), ""))' "$lib" 2>/dev/null || true)
+        if [ -n "$p" ]; then
+            ln -s "$p" "$dir/$lib"
+            echo "$lib: $p" >&2
+        else
+            echo "$lib: not found" >&2
+        fi
+    done
+    echo "$dir"
+}
+with_libs() { echo "$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
+# NCCL for the replica and broadcast tests (world size 1). Once found, the NCCL parts must run:
+# the tests then fail rather than skip them.
+nccl_dir=$(private_libs libnccl.so.2)
+nccl_env=(env LD_LIBRARY_PATH="$(with_libs "$nccl_dir")")
+if LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" resolvable libnccl.so.2; then
     nccl_env+=(TFCKPT_REQUIRE_NCCL=1)
+else
+    echo "NCCL: none found; the NCCL parts of the tests are skipped"
 fi
 # GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
 echo "== CUDA tests"
@@ -110,10 +128,10 @@ TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${nccl_env[@]}" "$out/gpu-tests" --test
 echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
 TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/remote-tests" --exact \
     gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
-# candle's CUDA libraries (cuBLAS, cuRAND; NVRTC) where the machine keeps them: the CUDA image's
-# Python packages (nvidia/*/lib), unless they are on the loader path already.
-nvidia_libs=$(python3 -c 'import glob, nvidia, os; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", "lib*.so*"))})))' 2>/dev/null || true)
-candle_env=(env LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$nvidia_libs")
+# candle's CUDA libraries (cuBLAS, cuRAND, the runtime; NVRTC), where the loader does not find them
+# already: from the CUDA image's Python packages.
+candle_dir=$(private_libs libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13)
+candle_env=(env LD_LIBRARY_PATH="$(with_libs "$candle_dir")")
 echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
 TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${candle_env[@]}" "$out/candle-tests" --test-threads=1 on_gpu ||
     tests_rc=$?
