@@ -69,7 +69,10 @@ fi
 # On the device machine, everything printed is also kept in $OUT (the tool returns only the tail
 # of the output, and the folder whole).
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-    exec > >(tee "$OUT/gpu-check.log") 2>&1
+    exec 3>&1 4>&2 > >(tee "$OUT/gpu-check.log") 2>&1
+    tee_pid=$!
+    # At the end, give tee its end of input and wait, so that the log has the last lines too.
+    trap 'exec 1>&3 2>&4; wait "$tee_pid" 2>/dev/null || true' EXIT
 fi
 for f in "$out"/*.gz; do
     [ -e "$f" ] || continue
@@ -85,24 +88,30 @@ nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width
     --format=csv,noheader 2>/dev/null || true
 # Whether the loader finds library `$1` (on LD_LIBRARY_PATH or in its cache).
 resolvable() {
-    local d
+    local d dirs
     IFS=: read -ra dirs <<<"${LD_LIBRARY_PATH:-}"
     for d in "${dirs[@]}"; do
         [ -n "$d" ] && [ -e "$d/$1" ] && return 0
     done
-    ldconfig -p 2>/dev/null | grep -qF "	$1 ("
+    # grep reads the whole cache (no -q): an early exit would kill ldconfig with SIGPIPE, and
+    # pipefail would then report a library that is there as missing.
+    ldconfig -p 2>/dev/null | grep -F "	$1 (" >/dev/null
 }
-# A new folder with a link to each library named that the loader would not find, taken from the
-# CUDA image's Python packages (nvidia/*/lib); prints the folder. Only those libraries: nothing
-# else of those packages (their NVRTC, say) takes the place of the system's.
+# A new folder with links to each library named that the loader would not find, taken from the
+# CUDA image's Python packages (nvidia/*/lib), with the files beside it that share its stem (NVRTC
+# loads libnvrtc-builtins from where the loader found libnvrtc, which is this folder); prints the
+# folder. Only those libraries: nothing else of those packages (their NVRTC, say) takes the place
+# of the system's.
 private_libs() {
-    local dir lib p
-    dir=$(mktemp -d)
+    local dir lib p f
+    dir=$(mktemp -d) || return 1
     for lib in "$@"; do
         resolvable "$lib" && continue
         p=$(python3 -c 'import glob, nvidia, os, sys; print(next(iter(sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "lib", sys.argv[1])))), ""))' "$lib" 2>/dev/null || true)
         if [ -n "$p" ]; then
-            ln -s "$p" "$dir/$lib"
+            for f in "$(dirname "$p")/${lib%%.so*}"*; do
+                [ -e "$dir/$(basename "$f")" ] || ln -s "$f" "$dir/$(basename "$f")"
+            done
             echo "$lib: $p" >&2
         else
             echo "$lib: not found" >&2

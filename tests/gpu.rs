@@ -199,6 +199,10 @@ fn placement_and_replicas_on_every_gpu() {
         d.gathered_bytes,
         report.warnings.iter().map(|w| format!(" ({w})")).collect::<String>()
     );
+    if cfg!(feature = "nccl") && std::env::var_os("TFCKPT_REQUIRE_NCCL").is_some() {
+        // gpu-check found libnccl: the replicas must go through NCCL, not fall back.
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    }
     if cfg!(feature = "nccl") && report.warnings.is_empty() {
         // Shares: the value crossed PCIe once in total.
         assert!(d.staged_bytes + d.registered_bytes <= 4 << 20, "{d:?}");

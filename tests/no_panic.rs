@@ -87,7 +87,7 @@ fn random_damage_never_panics_and_data_flips_are_caught() {
 
         for it in 0..iterations_per_case {
             let seed = (ci as u64) << 32 | it as u64 | 1 << 63;
-            let mut rng = Rng(seed);
+            let mut rng = Rng::mixed(seed);
             let fi = rng.index(files.len());
             let is_data = files[fi].to_string_lossy().contains(".data-");
             let (kind, damaged) = damage(&originals[fi], &mut rng);

@@ -45,7 +45,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole() {
                 .unwrap_or_else(|e| panic!("{case}, {what}, intact: {e}"));
             for it in 0..ITERATIONS {
                 let seed = (ci as u64) << 40 | (k as u64) << 32 | it as u64 | 1 << 63;
-                let mut rng = Rng(seed);
+                let mut rng = Rng::mixed(seed);
                 let tmp = tempfile::tempdir().unwrap();
                 let (damaged, done) = damaged_copy(&intact, tmp.path(), &mut rng);
                 let context = format!("{case}, {what}: {done}, seed {seed:#x}");

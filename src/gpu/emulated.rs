@@ -469,7 +469,7 @@ impl super::broadcast::Collective for HostComm<'_> {
 }
 
 /// The kernels of `kernels/` compiled for the CPU (`tests/kernels/cpu_launch.cpp`, with a C++
-/// compiler: `$CXX`, else `c++`), so that the emulated device runs the very kernel sources a GPU
+/// compiler: `$CXX`, else the first of `c++`, `g++` and `clang++` found), so that the emulated device runs the very kernel sources a GPU
 /// runs, with the launch configuration the GPU path computes. Without a compiler the emulated
 /// device falls back to its own Rust rendering of what each kernel does, and says so once;
 /// `TFCKPT_REQUIRE_CXX=1` (set in CI) turns that into a failure.
@@ -591,15 +591,35 @@ pub(crate) mod cpu_kernels {
             return give_up(format!("cannot make {}: {e}", dir.display()));
         }
         let lib = dir.join("libtfckpt_cpu_kernels.so");
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-        let out = std::process::Command::new(&cxx)
-            .args(["-std=c++17", "-O2", "-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(source)
-            .output();
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => return give_up(format!("no C++ compiler ({cxx}: {e})")),
+        // `$CXX` (a command, possibly with arguments, as build tools take it), else the usual names.
+        let candidates: Vec<Vec<String>> = match std::env::var("CXX") {
+            Ok(cxx) if !cxx.trim().is_empty() => {
+                vec![cxx.split_whitespace().map(String::from).collect()]
+            }
+            _ => ["c++", "g++", "clang++"]
+                .iter()
+                .map(|c| vec![c.to_string()])
+                .collect(),
+        };
+        let mut tried = Vec::new();
+        let mut compiled = None;
+        for cxx in &candidates {
+            let out = std::process::Command::new(&cxx[0])
+                .args(&cxx[1..])
+                .args(["-std=c++17", "-O2", "-shared", "-fPIC", "-o"])
+                .arg(&lib)
+                .arg(source)
+                .output();
+            match out {
+                Ok(o) => {
+                    compiled = Some((cxx.join(" "), o));
+                    break;
+                }
+                Err(e) => tried.push(format!("{}: {e}", cxx.join(" "))),
+            }
+        }
+        let Some((cxx, out)) = compiled else {
+            return give_up(format!("no C++ compiler ({})", tried.join("; ")));
         };
         if !out.status.success() {
             // A compiler that runs and rejects the kernels is a failure, not a missing tool.
@@ -608,7 +628,8 @@ pub(crate) mod cpu_kernels {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let path = CString::new(lib.to_string_lossy().into_owned()).ok()?;
+        let path = CString::new(lib.to_string_lossy().into_owned())
+            .expect("a temporary path without NUL bytes");
         // SAFETY: loading a library just built from our own source, which has no initializers
         // beyond plain statics; the handle is kept for the life of the process.
         let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };

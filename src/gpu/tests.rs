@@ -1655,8 +1655,8 @@ fn every_kernel_source_run_on_the_cpu_equals_the_host_conversion() {
 /// Seeded random damage of every fixture (see `tests/common/damage.rs`) through the GPU path, as in
 /// `tests/no_silent_values.rs` for the host: variables made from the intact checkpoint, the damaged
 /// one loaded onto the emulated device (both transfer paths, default and 1 KiB units): an error
-/// that leaves nothing initialized, allocated or registered, or exactly the intact values. Never a
-/// panic, never a silently wrong value.
+/// that names the damaged file and leaves nothing initialized, allocated or registered, or exactly
+/// the intact values. Never a panic, never a silently wrong value.
 #[test]
 fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
     let mut outcomes = damage::Outcomes::default();
@@ -1666,7 +1666,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
         cpu.initialize(Device::Cpu).unwrap();
         for it in 0..40u64 {
             let seed = (ci as u64) << 32 | it | 1 << 62;
-            let mut rng = damage::Rng(seed);
+            let mut rng = damage::Rng::mixed(seed);
             let tmp = tempfile::tempdir().unwrap();
             let (damaged, done) = damage::damaged_copy(&intact, tmp.path(), &mut rng);
             let (sizes, register_mappings) = match it % 4 {
@@ -1675,19 +1675,28 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
                 2 => (tiny(), false),
                 _ => (tiny(), true),
             };
-            let context = format!("{case}: {done}, seed {seed:#x}, register={register_mappings}");
+            let context = format!(
+                "{case}: {done}, seed {seed:#x}, register={register_mappings}, unit {}",
+                sizes.unit
+            );
+            let dir = tmp.path().to_string_lossy().into_owned();
             outcomes.run(&context, || {
-                let Ok(mut gpu) =
-                    try_store_for_layout_from(&intact, &damaged, Layout::Repartitioned)
-                else {
-                    return Ok(false);
+                // Every error names the damaged checkpoint's file.
+                let gpu = try_store_for_layout_from(&intact, &damaged, Layout::Repartitioned);
+                let mut gpu = match gpu {
+                    Ok(store) => store,
+                    Err(e) if e.to_string().contains(&dir) => return Ok(false),
+                    Err(_) => return Err("an error that does not name the file"),
                 };
                 let link = HostLink::default();
                 let options = LoadOptions {
                     register_mappings,
                     ..Default::default()
                 };
-                if gpu.initialize_on(&link, &options, sizes).is_err() {
+                if let Err(e) = gpu.initialize_on(&link, &options, sizes) {
+                    if !e.to_string().contains(&dir) {
+                        return Err("an error that does not name the file");
+                    }
                     if gpu.is_initialized()
                         || gpu.device_values().count() > 0
                         || link.live_allocations() > 0

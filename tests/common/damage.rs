@@ -1,6 +1,7 @@
-//! Seeded randomness for the tests, and random damage of a checkpoint's files (used by
-//! `tests/no_panic.rs`, `tests/no_silent_values.rs` and `src/gpu/tests.rs`, which includes this
-//! file alone through `#[path]`, so it uses nothing but `std`).
+//! Seeded randomness for the tests, and random damage of a checkpoint's files (used by the damage
+//! tests: `tests/no_panic.rs`, `tests/no_silent_values.rs`, and those of `tests/remote.rs`,
+//! `tests/candle.rs`, `tests/cli.rs`, `tests/safetensors.rs` and `src/gpu/tests.rs`, which
+//! includes this file alone through `#[path]`, so it uses nothing but `std`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,17 @@ use std::path::{Path, PathBuf};
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// A generator whose state is `seed` scrambled (splitmix64): seeds that differ only in a few
+    /// low bits (a loop counter) then give unrelated sequences. Seeded as `Rng(seed)`, xorshift's
+    /// first outputs keep the seed's low bits, so a test choosing a file by `index` and a
+    /// configuration by the same counter would always pair them alike.
+    pub fn mixed(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

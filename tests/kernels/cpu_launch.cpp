@@ -99,10 +99,15 @@ static int run_grid(void (*f)(), bool barriers) {
                 threads[i].uc_link = &scheduler;
                 makecontext(&threads[i], trampoline, 0);
             }
-            // Rounds: every live thread runs to its next barrier or its end.
+            // Rounds: every live thread runs to its next barrier or its end, in increasing
+            // order in one round and decreasing in the next (and from block to block), so that a
+            // thread reading what another writes before a barrier they lack sees it unwritten
+            // one way or the other.
+            bool up = (bx + by) % 2 == 0;
             for (;;) {
                 size_t finished = 0, live = 0;
-                for (size_t i = 0; i < n; i++) {
+                for (size_t k = 0; k < n; k++) {
+                    const size_t i = up ? k : n - 1 - k;
                     if (done[i]) continue;
                     live++;
                     current = i;
@@ -112,6 +117,7 @@ static int run_grid(void (*f)(), bool barriers) {
                 }
                 if (live == 0) break;
                 if (finished != 0 && finished != live) return -1;  // divergent barrier
+                up = !up;
             }
         }
     }
