@@ -1717,3 +1717,71 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
     }
     assert!(outcomes.failed > 200 && outcomes.exact > 20, "{outcomes:?}");
 }
+
+/// The same random damage (see `tests/common/damage.rs`) of every V2 fixture, served over HTTP and
+/// loaded onto the emulated device through the staging ring in the smallest ranges: an error that names
+/// the damaged copy's URL and leaves nothing initialized or allocated, or exactly the intact
+/// values.
+#[cfg(feature = "remote")]
+#[test]
+fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
+    let root = tempfile::tempdir().unwrap();
+    let addr = http_server(root.path().to_path_buf());
+    let mut options = LoadOptions::default();
+    options.remote.range_bytes = 64 << 10; // the smallest range allowed
+    options.remote.concurrency = 3;
+    let mut outcomes = damage::Outcomes::default();
+    for (ci, case) in CASES.iter().enumerate().filter(|(_, c)| !c.contains("v1")) {
+        let intact = fixture(case);
+        let mut cpu = store_for(&intact);
+        cpu.initialize(Device::Cpu).unwrap();
+        for it in 0..12u64 {
+            let seed = (ci as u64) << 32 | it | 1 << 57;
+            let mut rng = damage::Rng::mixed(seed);
+            let key = format!("{ci}-{it}");
+            let (_, done) = damage::damaged_copy(&intact, &root.path().join(&key), &mut rng);
+            let url = match intact.is_dir() {
+                true => format!("http://{addr}/{key}/"),
+                false => format!(
+                    "http://{addr}/{key}/{}",
+                    intact.file_name().unwrap().to_string_lossy()
+                ),
+            };
+            let sizes = if it % 2 == 0 {
+                tiny()
+            } else {
+                Sizes::default()
+            };
+            let context = format!("{url}: {done}, seed {seed:#x}, unit {}", sizes.unit);
+            outcomes.run(&context, || {
+                let gpu =
+                    try_store_for_layout_from(&intact, Path::new(&url), Layout::Repartitioned);
+                let mut gpu = match gpu {
+                    Ok(store) => store,
+                    Err(e) if e.to_string().contains(&key) => return Ok(false),
+                    Err(_) => return Err("an error that does not name the URL"),
+                };
+                let link = HostLink::default();
+                if let Err(e) = gpu.initialize_on(&link, &options, sizes) {
+                    if !e.to_string().contains(&key) {
+                        return Err("an error that does not name the URL");
+                    }
+                    if gpu.is_initialized()
+                        || gpu.device_values().count() > 0
+                        || link.live_allocations() > 0
+                    {
+                        return Err("a failed load left values or memory behind");
+                    }
+                    return Ok(false);
+                }
+                for v in cpu.variables() {
+                    if Some(&layouts::device_or_host(&gpu, &v.name)) != cpu.value(&v.name) {
+                        return Err("a silently wrong value");
+                    }
+                }
+                Ok(true)
+            });
+        }
+    }
+    assert!(outcomes.failed > 40 && outcomes.exact > 0, "{outcomes:?}");
+}
