@@ -248,13 +248,9 @@ impl Link for HostLink {
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {
-        let Some(&(from, to, _, transpose)) = super::plan::KERNELS
-            .iter()
-            .find(|e| e.2 == k.name || e.3 == k.name)
-        else {
+        let Some((from, to, transpose)) = super::plan::kernel_types(k.name) else {
             return Err(bad(format!("no kernel {}", k.name)));
         };
-        let transpose = transpose == k.name;
         if transpose != (k.dst_col != 0) {
             return Err(bad(format!(
                 "{} launched with dst_col {}",
@@ -279,31 +275,26 @@ impl Link for HostLink {
         if Arc::ptr_eq(&sm, &dm) {
             return Err(bad(format!("{} reads and writes one allocation", k.name)));
         }
-        if let Some(run) = cpu_kernels::get() {
+        let src = sm.data.lock().unwrap();
+        let mut dst = dm.data.lock().unwrap();
+        let (src, dst) = (&src[so..so + src_len], &mut dst[doff..doff + dst_len]);
+        if cpu_kernels::available() {
             // The real kernel source, compiled for the CPU, with the GPU's launch configuration.
-            let src = sm.data.lock().unwrap();
-            let mut dst = dm.data.lock().unwrap();
-            return run(k, &src[so..so + src_len], &mut dst[doff..doff + dst_len])
-                .map_err(|e| bad(format!("{}: {e}", k.name)));
+            return cpu_kernels::run(k, src, dst).map_err(|e| bad(format!("{}: {e}", k.name)));
         }
-        for r in 0..k.rows {
-            let s = k.src + r * k.src_stride * es as u64;
-            let d = k.dst + r * k.dst_stride * ed as u64;
-            let n = k.row as usize;
-            let (sm, so) = self.find(s, n * es)?;
-            let row: Vec<u8> = sm.data.lock().unwrap()[so..so + n * es].to_vec();
+        // Without a C++ compiler: what the kernel does, row by row (element by element when it
+        // writes transposed).
+        let (row, col) = (k.row as usize, k.dst_col.max(1) as usize);
+        for r in 0..k.rows as usize {
+            let s = &src[r * k.src_stride as usize * es..][..row * es];
+            let d = r * k.dst_stride as usize * ed;
             if !transpose {
-                let (dm, doff) = self.find(d, n * ed)?;
-                let mut dd = dm.data.lock().unwrap();
-                crate::load::cast::convert(from, to, &row, &mut dd[doff..doff + n * ed]);
+                crate::load::cast::convert(from, to, s, &mut dst[d..d + row * ed]);
                 continue;
             }
-            // Element c of the row goes `dst_col` elements after element c - 1.
-            for (c, elem) in row.chunks_exact(es).enumerate() {
-                let at = d + c as u64 * k.dst_col * ed as u64;
-                let (dm, doff) = self.find(at, ed)?;
-                let mut dd = dm.data.lock().unwrap();
-                crate::load::cast::convert(from, to, elem, &mut dd[doff..doff + ed]);
+            for (c, elem) in s.chunks_exact(es).enumerate() {
+                let at = d + c * col * ed;
+                crate::load::cast::convert(from, to, elem, &mut dst[at..at + ed]);
             }
         }
         Ok(())
@@ -494,24 +485,22 @@ pub(crate) mod cpu_kernels {
         u64,
     ) -> c_int;
 
-    /// Runs kernel launch `k` with `src` and `dst` holding exactly the bytes it may touch (from its
-    /// `src` and `dst` addresses on).
-    pub(crate) type Run = fn(&Kernel, &[u8], &mut [u8]) -> Result<(), String>;
-
     static LAUNCH: OnceLock<Option<Launch>> = OnceLock::new();
     /// The simulator keeps one launch's state in globals: one launch at a time.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-    /// The runner, if the kernels could be compiled.
-    pub(crate) fn get() -> Option<Run> {
-        LAUNCH.get_or_init(build).map(|_| run as Run)
+    /// Whether the kernels could be compiled (built on the first call).
+    pub(crate) fn available() -> bool {
+        LAUNCH.get_or_init(build).is_some()
     }
 
-    fn run(k: &Kernel, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    /// Runs kernel launch `k` with `src` and `dst` holding the bytes it may touch (from its `src`
+    /// and `dst` addresses on), on the grid the GPU path launches it with.
+    pub(crate) fn run(k: &Kernel, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
         run_on(k, k.launch_dims(), src, dst)
     }
 
-    /// [`Run`] on grid `dims` (`((gx, gy), (bx, by))`) instead of the launch's own.
+    /// [`run`] on grid `dims` (`((gx, gy), (bx, by))`) instead of the launch's own.
     pub(crate) fn run_on(
         k: &Kernel,
         ((gx, gy), (bx, by)): ((u32, u32), (u32, u32)),
@@ -521,7 +510,9 @@ pub(crate) mod cpu_kernels {
         let launch = LAUNCH.get_or_init(build).ok_or("no CPU kernels")?;
         let name = CString::new(k.name).map_err(|e| e.to_string())?;
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let (es, ed) = sizes(k.name).ok_or("not a kernel of kernels/")?;
+        let (from, to, _) =
+            crate::gpu::plan::kernel_types(k.name).ok_or("not a kernel of kernels/")?;
+        let (es, ed) = (from.size().unwrap_or(1), to.size().unwrap_or(1));
         let (src_len, dst_len) = extents(k, es, ed);
         if src.len() < src_len || dst.len() < dst_len {
             return Err("the buffers are smaller than the launch addresses".into());
@@ -565,14 +556,6 @@ pub(crate) mod cpu_kernels {
         let src = (last * k.src_stride + k.row) as usize * es;
         let dst = (last * k.dst_stride + (k.row - 1) * k.dst_col.max(1) + 1) as usize * ed;
         (src, dst)
-    }
-
-    /// Source and destination element sizes of kernel `name`.
-    fn sizes(name: &str) -> Option<(usize, usize)> {
-        let &(from, to, ..) = crate::gpu::plan::KERNELS
-            .iter()
-            .find(|e| e.2 == name || e.3 == name)?;
-        Some((from.size()?, to.size()?))
     }
 
     /// Compiles and loads the kernels; `None` (after a note) when there is no C++ compiler.

@@ -104,6 +104,14 @@ pub(super) const KERNELS: &[(DType, DType, &str, &str)] = &[
     ),
 ];
 
+/// What kernel `name` of [`KERNELS`] moves: source and destination element types, and whether it
+/// writes transposed.
+#[cfg(test)]
+pub(super) fn kernel_types(name: &str) -> Option<(DType, DType, bool)> {
+    let &(from, to, _, transpose) = KERNELS.iter().find(|e| e.2 == name || e.3 == name)?;
+    Some((from, to, transpose == name))
+}
+
 /// The kernel that moves `from` elements into `to` elements, by rows or `transposed`.
 fn kernel_name(from: DType, to: DType, transposed: bool) -> Option<&'static str> {
     // A plain copy moves bytes: the kernel of the element size.

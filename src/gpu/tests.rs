@@ -1573,7 +1573,7 @@ fn scratch_is_held_one_wave_at_a_time() {
 #[test]
 fn every_kernel_source_run_on_the_cpu_equals_the_host_conversion() {
     use super::emulated::cpu_kernels;
-    if cpu_kernels::get().is_none() {
+    if !cpu_kernels::available() {
         return; // no C++ compiler: noted by `get`, and a failure under TFCKPT_REQUIRE_CXX=1
     }
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -1680,38 +1680,12 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
                 sizes.unit
             );
             let dir = tmp.path().to_string_lossy().into_owned();
+            let options = LoadOptions {
+                register_mappings,
+                ..Default::default()
+            };
             outcomes.run(&context, || {
-                // Every error names the damaged checkpoint's file.
-                let gpu = try_store_for_layout_from(&intact, &damaged, Layout::Repartitioned);
-                let mut gpu = match gpu {
-                    Ok(store) => store,
-                    Err(e) if e.to_string().contains(&dir) => return Ok(false),
-                    Err(_) => return Err("an error that does not name the file"),
-                };
-                let link = HostLink::default();
-                let options = LoadOptions {
-                    register_mappings,
-                    ..Default::default()
-                };
-                if let Err(e) = gpu.initialize_on(&link, &options, sizes) {
-                    if !e.to_string().contains(&dir) {
-                        return Err("an error that does not name the file");
-                    }
-                    if gpu.is_initialized()
-                        || gpu.device_values().count() > 0
-                        || link.live_allocations() > 0
-                        || link.still_registered() > 0
-                    {
-                        return Err("a failed load left values, memory or registrations behind");
-                    }
-                    return Ok(false);
-                }
-                for v in cpu.variables() {
-                    if Some(&layouts::device_or_host(&gpu, &v.name)) != cpu.value(&v.name) {
-                        return Err("a silently wrong value");
-                    }
-                }
-                Ok(true)
+                load_damaged(&cpu, (&intact, &damaged), &dir, &options, sizes)
             });
         }
     }
@@ -1754,34 +1728,48 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
             };
             let context = format!("{url}: {done}, seed {seed:#x}, unit {}", sizes.unit);
             outcomes.run(&context, || {
-                let gpu =
-                    try_store_for_layout_from(&intact, Path::new(&url), Layout::Repartitioned);
-                let mut gpu = match gpu {
-                    Ok(store) => store,
-                    Err(e) if e.to_string().contains(&key) => return Ok(false),
-                    Err(_) => return Err("an error that does not name the URL"),
-                };
-                let link = HostLink::default();
-                if let Err(e) = gpu.initialize_on(&link, &options, sizes) {
-                    if !e.to_string().contains(&key) {
-                        return Err("an error that does not name the URL");
-                    }
-                    if gpu.is_initialized()
-                        || gpu.device_values().count() > 0
-                        || link.live_allocations() > 0
-                    {
-                        return Err("a failed load left values or memory behind");
-                    }
-                    return Ok(false);
-                }
-                for v in cpu.variables() {
-                    if Some(&layouts::device_or_host(&gpu, &v.name)) != cpu.value(&v.name) {
-                        return Err("a silently wrong value");
-                    }
-                }
-                Ok(true)
+                load_damaged(&cpu, (&intact, Path::new(&url)), &key, &options, sizes)
             });
         }
     }
     assert!(outcomes.failed > 40 && outcomes.exact > 0, "{outcomes:?}");
+}
+
+/// One damaged load onto an emulated device, for the damage tests: variables made from the
+/// `intact` checkpoint, loaded from `damaged` (a path or URL). `Ok(false)`: an error that names
+/// `damaged_name` (the copy's folder or key) and leaves nothing initialized, allocated or
+/// registered; `Ok(true)`: exactly `cpu`'s values (the intact host load); `Err`: neither.
+fn load_damaged(
+    cpu: &VariableStore,
+    (intact, damaged): (&Path, &Path),
+    damaged_name: &str,
+    options: &LoadOptions,
+    sizes: Sizes,
+) -> Result<bool, &'static str> {
+    let named = |e: &crate::Error| e.to_string().contains(damaged_name);
+    let mut gpu = match try_store_for_layout_from(intact, damaged, Layout::Repartitioned) {
+        Ok(store) => store,
+        Err(e) if named(&e) => return Ok(false),
+        Err(_) => return Err("an error that does not name the damaged copy"),
+    };
+    let link = HostLink::default();
+    if let Err(e) = gpu.initialize_on(&link, options, sizes) {
+        if !named(&e) {
+            return Err("an error that does not name the damaged copy");
+        }
+        if gpu.is_initialized()
+            || gpu.device_values().count() > 0
+            || link.live_allocations() > 0
+            || link.still_registered() > 0
+        {
+            return Err("a failed load left values, memory or registrations behind");
+        }
+        return Ok(false);
+    }
+    for v in cpu.variables() {
+        if Some(&layouts::device_or_host(&gpu, &v.name)) != cpu.value(&v.name) {
+            return Err("a silently wrong value");
+        }
+    }
+    Ok(true)
 }
