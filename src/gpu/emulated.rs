@@ -3,12 +3,21 @@
 //! out of bounds, DMA from memory that is not registered, registrations left behind, misaligned
 //! kernel addresses). Its kernel launches run the sources of `kernels/` compiled for the CPU
 //! ([`cpu_kernels`]) where a C++ compiler is at hand.
+//!
+//! **Asynchronous, as a GPU is.** Copies, fills, kernels and allocations are queued on their lane
+//! and run only when a fence of that lane is waited for or the device is synchronised, as late as
+//! a GPU may run them: a copy reads its source then, not when it was queued. Synchronising runs
+//! lane 0 (kernels, fills, allocations) before the copy lanes, the order that exposes a kernel
+//! queued without waiting for the copies it reads. So a staging buffer refilled before its fence,
+//! a registration undone under a queued copy, memory used on another lane before its allocation
+//! completed or after it was freed, or a value read back while work is queued, shows as an error or
+//! a wrong byte in the tests instead of first on a GPU.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use super::exec::{Kernel, Link, LANES, LANE_REG};
+use super::exec::{Fill, Kernel, Link, LANES, LANE_REG};
 use crate::base::device::DeviceMemory;
 use crate::base::error::{ErrorKind, Result};
 
@@ -16,6 +25,26 @@ struct HostMem {
     base: u64,
     device: String,
     data: Mutex<Vec<u8>>,
+    /// Set when lane 0 reaches the allocation (allocations are stream-ordered, as `cuMemAllocAsync`
+    /// makes them): before that, only lane 0 may use the memory.
+    allocated: AtomicBool,
+    /// The device, for [`DeviceMemory::ready`] and the checks of reads.
+    dev: Weak<Device>,
+}
+
+impl HostMem {
+    fn check_idle(&self, what: &str) -> Result<()> {
+        if let Some(d) = self.dev.upgrade() {
+            d.idle(what)?;
+        }
+        if !self.allocated.load(Ordering::Acquire) {
+            return Err(bad(format!(
+                "{what} {:#x} before its allocation completed",
+                self.base
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl DeviceMemory for HostMem {
@@ -26,8 +55,17 @@ impl DeviceMemory for HostMem {
         self.data.lock().unwrap().len()
     }
     fn read(&self, dst: &mut [u8]) -> Result<()> {
+        self.check_idle("reading back")?;
         dst.copy_from_slice(&self.data.lock().unwrap());
         Ok(())
+    }
+    /// A trainer's buffer: what is queued on its stream (here lane 0, where it was allocated) is
+    /// done first, as `cuStreamSynchronize` of the trainer's stream makes it.
+    fn ready(&self) -> Result<()> {
+        match self.dev.upgrade() {
+            Some(d) => d.run(Some(0), u64::MAX),
+            None => Ok(()),
+        }
     }
     fn device(&self) -> String {
         self.device.clone()
@@ -42,51 +80,69 @@ impl DeviceMemory for HostMem {
 /// emulated devices of one test, since the driver refuses a page registered twice in the process.
 type Registry = Arc<Mutex<Vec<(usize, usize, usize)>>>;
 
+/// Work queued on a lane, run when the lane is waited for.
+enum Op {
+    /// An allocation (lane 0): the memory becomes usable on every lane.
+    Alloc(Weak<HostMem>),
+    /// `len` bytes from host address `src` to device address `dst`; `registered`: DMA from
+    /// registered memory (the source must still be registered when it runs).
+    Copy {
+        src: usize,
+        len: usize,
+        dst: u64,
+        registered: bool,
+    },
+    Fill {
+        dst: u64,
+        len: usize,
+        fill: Fill,
+    },
+    Kernel(Kernel),
+}
+
 #[derive(Default)]
-pub(crate) struct HostLink {
+struct Queue {
+    /// Sequence number of the next operation queued (on any lane).
+    next: u64,
+    lanes: [VecDeque<(u64, Op)>; LANES],
+}
+
+/// One emulated device: its memory, its lanes and the registrations it shares with the others.
+#[derive(Default)]
+struct Device {
     /// Which emulated device: 0 for `default()`, `i` for the `i`-th of [`HostLink::devices`].
     id: usize,
-    /// Allocations of this device live at `(id + 1) << 56 | n << 40`: a copy to another
-    /// device's memory lands in no allocation of this one.
-    mems: Mutex<BTreeMap<u64, Arc<HostMem>>>,
-    next: AtomicU64,
+    /// Allocations by address; an entry that no longer upgrades has been freed. Allocations of
+    /// this device live at `(id + 1) << 56 | n << 40`: a copy to another device's memory lands
+    /// in no allocation of this one.
+    mems: Mutex<BTreeMap<u64, Weak<HostMem>>>,
+    queue: Mutex<Queue>,
+    /// Held while queued work runs, so that queued work runs in order on each lane and the checks
+    /// of what is still queued see no operation half taken.
+    running: Mutex<()>,
     registered: Registry,
-    /// Makes every registration fail (to exercise the staging-only path).
-    pub fail_register: AtomicBool,
-    /// Makes the n-th copy fail (1-based; 0 = never).
-    pub fail_copy_at: AtomicUsize,
-    /// Makes the n-th unregistration fail, leaving that registration (1-based; 0 = never).
-    pub fail_unregister_at: AtomicUsize,
-    pub unregistrations: AtomicUsize,
-    pub copies: AtomicUsize,
-    pub registrations: AtomicUsize,
-    /// The most bytes allocated and alive at once.
-    pub peak_bytes: AtomicUsize,
+}
+
+/// A fence: a lane, and the sequence number of the first operation queued after it.
+pub(crate) struct HostFence {
+    lane: usize,
+    before: u64,
 }
 
 fn bad(msg: String) -> crate::Error {
     ErrorKind::InvalidArgument(format!("emulated device: {msg}")).into()
 }
 
-impl HostLink {
-    /// `n` emulated devices (`emulated:0` ...) sharing one process's registrations.
-    pub(crate) fn devices(n: usize) -> Vec<HostLink> {
-        let registry = Registry::default();
-        (0..n)
-            .map(|id| HostLink {
-                id,
-                registered: registry.clone(),
-                ..Default::default()
-            })
-            .collect()
-    }
-
+impl Device {
     fn find(&self, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
         let mems = self.mems.lock().unwrap();
         let (_, m) = mems
             .range(..=addr)
             .next_back()
             .ok_or_else(|| bad(format!("address {addr:#x} is not allocated")))?;
+        let m = m
+            .upgrade()
+            .ok_or_else(|| bad(format!("address {addr:#x} lies in freed memory")))?;
         let off = (addr - m.base) as usize;
         if off + len > m.len() {
             return Err(bad(format!(
@@ -94,160 +150,132 @@ impl HostLink {
                 m.len()
             )));
         }
-        Ok((m.clone(), off))
+        Ok((m, off))
     }
 
-    /// `len` bytes at device address `addr`.
-    pub(crate) fn read_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+    /// The allocation at `addr` for work running on `lane`, which must see it allocated.
+    fn find_on(&self, lane: usize, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
         let (m, off) = self.find(addr, len)?;
-        let d = m.data.lock().unwrap();
-        Ok(d[off..off + len].to_vec())
-    }
-
-    /// Writes `bytes` at device address `addr`.
-    pub(crate) fn write_at(&self, addr: u64, bytes: &[u8]) -> Result<()> {
-        let (m, off) = self.find(addr, bytes.len())?;
-        m.data.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
-        Ok(())
-    }
-
-    /// Registrations of this device still in place (must be none after a load).
-    pub(crate) fn still_registered(&self) -> usize {
-        let r = self.registered.lock().unwrap();
-        r.iter().filter(|e| e.2 == self.id).count()
-    }
-
-    /// Allocations still alive (held by values, buffers or leaks).
-    pub(crate) fn live_allocations(&self) -> usize {
-        self.mems
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|m| Arc::strong_count(m) > 1)
-            .count()
-    }
-}
-
-impl Link for HostLink {
-    type Fence = ();
-
-    fn device(&self) -> String {
-        format!("emulated:{}", self.id)
-    }
-
-    fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn DeviceMemory>> {
-        // Allocations 1 TiB apart, so an overrun lands in no allocation.
-        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let base = ((self.id as u64 + 1) << 56) | (n << 40);
-        let m = Arc::new(HostMem {
-            base,
-            device: self.device(),
-            data: Mutex::new(vec![0xA5; bytes]),
-        });
-        let mut mems = self.mems.lock().unwrap();
-        mems.insert(base, m.clone());
-        let live: usize = mems
-            .values()
-            .filter(|m| Arc::strong_count(m) > 1)
-            .map(|m| m.len())
-            .sum();
-        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
-        drop(mems);
-        Ok(m)
-    }
-
-    unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
-        if self.fail_register.load(Ordering::Relaxed) {
-            return Err("registration refused (emulated)".into());
+        if !m.allocated.load(Ordering::Acquire) {
+            return Err(bad(format!(
+                "lane {lane} used {addr:#x} before its allocation on lane 0 completed"
+            )));
         }
-        if ptr as usize % 4096 != 0 {
-            return Err(format!("{ptr:p} is not page-aligned"));
-        }
-        let mut r = self.registered.lock().unwrap();
-        let a = ptr as usize;
-        // Like the driver: a page registered twice is refused.
-        if r.iter().any(|&(p, l, _)| a < p + l && p < a + len) {
-            return Err(format!("{ptr:p}: already registered (overlap)"));
-        }
-        self.registrations.fetch_add(1, Ordering::Relaxed);
-        r.push((a, len, self.id));
-        Ok(())
+        Ok((m, off))
     }
 
-    unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
-        let n = self.unregistrations.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.fail_unregister_at.load(Ordering::Relaxed) {
-            return Err(bad(format!("unregistering {ptr:p} failed (emulated)")));
-        }
-        let mut r = self.registered.lock().unwrap();
-        let i = r
-            .iter()
-            .position(|&(p, _, id)| p == ptr as usize && id == self.id)
-            .ok_or_else(|| bad(format!("{ptr:p} is not registered")))?;
-        r.swap_remove(i);
-        Ok(())
+    fn push(&self, lane: usize, op: Op) {
+        let mut q = self.queue.lock().unwrap();
+        let seq = q.next;
+        q.next += 1;
+        q.lanes[lane].push_back((seq, op));
     }
 
-    unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
-        assert!(lane < LANES);
-        let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.fail_copy_at.load(Ordering::Relaxed) {
-            return Err(bad(format!("copy {n} failed (emulated)")));
-        }
-        if lane == LANE_REG {
-            let a = src.as_ptr() as usize;
-            let ok = self
-                .registered
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|&(p, l, id)| a >= p && a + src.len() <= p + l && id == self.id);
-            if !ok {
-                return Err(bad("DMA from memory that is not registered".into()));
+    /// Runs what was queued before sequence number `before`, on `lane` (or on every lane, lane 0
+    /// first). Every operation taken runs; the first error is returned.
+    fn run(&self, lane: Option<usize>, before: u64) -> Result<()> {
+        let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ops = Vec::new();
+        {
+            let mut q = self.queue.lock().unwrap();
+            let lanes = match lane {
+                Some(l) => l..l + 1,
+                None => 0..LANES,
+            };
+            for l in lanes {
+                while q.lanes[l].front().is_some_and(|(seq, _)| *seq < before) {
+                    ops.extend(q.lanes[l].pop_front().map(|(_, op)| (l, op)));
+                }
             }
         }
-        let (m, off) = self.find(dst, src.len())?;
-        m.data.lock().unwrap()[off..off + src.len()].copy_from_slice(src);
-        Ok(())
-    }
-
-    fn fence(&self, _lane: usize) -> Result<()> {
-        Ok(())
-    }
-
-    fn wait(&self, _fence: ()) -> Result<()> {
-        Ok(())
-    }
-
-    fn with_staging<R>(
-        &self,
-        count: usize,
-        bytes: usize,
-        f: impl FnOnce(&mut [&mut [u8]]) -> R,
-    ) -> Result<R> {
-        let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; bytes]).collect();
-        let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-        Ok(f(&mut refs))
-    }
-
-    fn fill(&self, dst: u64, len: usize, fill: super::exec::Fill) -> Result<()> {
-        let pattern = fill.bytes();
-        if len % pattern.len() != 0 {
-            return Err(bad(format!("{len} bytes is no whole number of {fill:?}")));
+        let mut first = Ok(());
+        for (l, op) in ops {
+            let r = self.execute(l, op);
+            if first.is_ok() {
+                first = r;
+            }
         }
-        let (m, off) = self.find(dst, len)?;
-        let mut d = m.data.lock().unwrap();
-        for c in d[off..off + len].chunks_exact_mut(pattern.len()) {
-            c.copy_from_slice(&pattern);
+        first
+    }
+
+    fn execute(&self, lane: usize, op: Op) -> Result<()> {
+        match op {
+            Op::Alloc(m) => {
+                if let Some(m) = m.upgrade() {
+                    m.allocated.store(true, Ordering::Release);
+                }
+                Ok(())
+            }
+            Op::Copy {
+                src,
+                len,
+                dst,
+                registered,
+            } => {
+                if registered {
+                    let ok = self
+                        .registered
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|&(p, l, id)| src >= p && src + len <= p + l && id == self.id);
+                    if !ok {
+                        return Err(bad(format!(
+                            "DMA of {len} bytes from {src:#x}, no longer registered when it ran"
+                        )));
+                    }
+                }
+                let (m, off) = self.find_on(lane, dst, len)?;
+                // SAFETY: `Link::copy`'s contract keeps the source valid and unchanged until a fence
+                // after it is waited for; staging buffers given back and registrations undone with
+                // copies still queued are refused (and the copies dropped) before they could dangle.
+                let src = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
+                m.data.lock().unwrap()[off..off + len].copy_from_slice(src);
+                Ok(())
+            }
+            Op::Fill { dst, len, fill } => {
+                let pattern = fill.bytes();
+                let (m, off) = self.find_on(lane, dst, len)?;
+                let mut d = m.data.lock().unwrap();
+                for c in d[off..off + len].chunks_exact_mut(pattern.len()) {
+                    c.copy_from_slice(&pattern);
+                }
+                Ok(())
+            }
+            Op::Kernel(k) => self.launch(lane, &k),
+        }
+    }
+
+    /// Drops the queued copies whose source lies in `[start, end)`; returns how many there were.
+    fn drop_copies_from(&self, start: usize, end: usize) -> usize {
+        let mut q = self.queue.lock().unwrap();
+        let mut dropped = 0;
+        for lane in q.lanes.iter_mut() {
+            lane.retain(|(_, op)| {
+                let from =
+                    matches!(op, Op::Copy { src, len, .. } if *src < end && start < src + len);
+                dropped += from as usize;
+                !from
+            });
+        }
+        dropped
+    }
+
+    /// An error when anything is still queued (what `what` does must come after it).
+    fn idle(&self, what: &str) -> Result<()> {
+        let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.queue.lock().unwrap();
+        let queued: usize = q.lanes.iter().map(|l| l.len()).sum();
+        if queued > 0 {
+            return Err(bad(format!(
+                "{what} emulated:{} with {queued} operation(s) still queued",
+                self.id
+            )));
         }
         Ok(())
     }
 
-    fn prepare_kernels(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn kernel(&self, k: &Kernel) -> Result<()> {
+    fn launch(&self, lane: usize, k: &Kernel) -> Result<()> {
         let Some((from, to, transpose)) = super::plan::kernel_types(k.name) else {
             return Err(bad(format!("no kernel {}", k.name)));
         };
@@ -270,8 +298,8 @@ impl Link for HostLink {
         }
         // Everything the launch may touch lies in one allocation on each side.
         let (src_len, dst_len) = cpu_kernels::extents(k, es, ed);
-        let (sm, so) = self.find(k.src, src_len)?;
-        let (dm, doff) = self.find(k.dst, dst_len)?;
+        let (sm, so) = self.find_on(lane, k.src, src_len)?;
+        let (dm, doff) = self.find_on(lane, k.dst, dst_len)?;
         if Arc::ptr_eq(&sm, &dm) {
             return Err(bad(format!("{} reads and writes one allocation", k.name)));
         }
@@ -299,9 +327,257 @@ impl Link for HostLink {
         }
         Ok(())
     }
+}
+
+#[derive(Default)]
+pub(crate) struct HostLink {
+    dev: Arc<Device>,
+    next: AtomicU64,
+    /// Makes every registration fail (to exercise the staging-only path).
+    pub fail_register: AtomicBool,
+    /// Makes the n-th copy fail (1-based; 0 = never).
+    pub fail_copy_at: AtomicUsize,
+    /// Makes the n-th unregistration fail, leaving that registration (1-based; 0 = never).
+    pub fail_unregister_at: AtomicUsize,
+    pub unregistrations: AtomicUsize,
+    pub copies: AtomicUsize,
+    pub registrations: AtomicUsize,
+    /// The most bytes allocated and alive at once.
+    pub peak_bytes: AtomicUsize,
+}
+
+impl HostLink {
+    /// `n` emulated devices (`emulated:0` ...) sharing one process's registrations.
+    pub(crate) fn devices(n: usize) -> Vec<HostLink> {
+        let registry = Registry::default();
+        (0..n)
+            .map(|id| HostLink {
+                dev: Arc::new(Device {
+                    id,
+                    registered: registry.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
+        self.dev.find(addr, len)
+    }
+
+    /// `len` bytes at device address `addr`, read by the host (or by a collective after the
+    /// loads): nothing may still be queued on the device.
+    pub(crate) fn read_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        self.dev.idle("reading from")?;
+        let (m, off) = self.dev.find_on(0, addr, len)?;
+        let d = m.data.lock().unwrap();
+        Ok(d[off..off + len].to_vec())
+    }
+
+    /// Writes `bytes` at device address `addr` (from the host, or by a collective after the
+    /// loads): nothing may still be queued on the device.
+    pub(crate) fn write_at(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        self.dev.idle("writing to")?;
+        let (m, off) = self.dev.find_on(0, addr, bytes.len())?;
+        m.data.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Registrations of this device still in place (must be none after a load).
+    pub(crate) fn still_registered(&self) -> usize {
+        let r = self.dev.registered.lock().unwrap();
+        r.iter().filter(|e| e.2 == self.dev.id).count()
+    }
+
+    /// Allocations still alive (held by values, buffers or leaks).
+    pub(crate) fn live_allocations(&self) -> usize {
+        self.dev
+            .mems
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|m| m.strong_count() > 0)
+            .count()
+    }
+
+    /// Operations queued and not yet run (must be none after a load).
+    pub(crate) fn queued(&self) -> usize {
+        let q = self.dev.queue.lock().unwrap();
+        q.lanes.iter().map(|l| l.len()).sum()
+    }
+}
+
+impl Link for HostLink {
+    type Fence = HostFence;
+
+    fn device(&self) -> String {
+        format!("emulated:{}", self.dev.id)
+    }
+
+    fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn DeviceMemory>> {
+        // Allocations 1 TiB apart, so an overrun lands in no allocation.
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = ((self.dev.id as u64 + 1) << 56) | (n << 40);
+        let m = Arc::new(HostMem {
+            base,
+            device: self.device(),
+            data: Mutex::new(vec![0xA5; bytes]),
+            allocated: AtomicBool::new(false),
+            dev: Arc::downgrade(&self.dev),
+        });
+        let mut mems = self.dev.mems.lock().unwrap();
+        mems.retain(|_, m| m.strong_count() > 0);
+        mems.insert(base, Arc::downgrade(&m));
+        let live: usize = mems
+            .values()
+            .filter_map(|m| m.upgrade())
+            .map(|m| m.len())
+            .sum();
+        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+        drop(mems);
+        // Stream-ordered, on lane 0, as the CUDA link allocates.
+        self.dev.push(0, Op::Alloc(Arc::downgrade(&m)));
+        Ok(m)
+    }
+
+    unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
+        if self.fail_register.load(Ordering::Relaxed) {
+            return Err("registration refused (emulated)".into());
+        }
+        if ptr as usize % 4096 != 0 {
+            return Err(format!("{ptr:p} is not page-aligned"));
+        }
+        let mut r = self.dev.registered.lock().unwrap();
+        let a = ptr as usize;
+        // Like the driver: a page registered twice is refused.
+        if r.iter().any(|&(p, l, _)| a < p + l && p < a + len) {
+            return Err(format!("{ptr:p}: already registered (overlap)"));
+        }
+        self.registrations.fetch_add(1, Ordering::Relaxed);
+        r.push((a, len, self.dev.id));
+        Ok(())
+    }
+
+    unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
+        let n = self.unregistrations.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_unregister_at.load(Ordering::Relaxed) {
+            return Err(bad(format!("unregistering {ptr:p} failed (emulated)")));
+        }
+        let _running = self.dev.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.dev.registered.lock().unwrap();
+        let i = r
+            .iter()
+            .position(|&(p, _, id)| p == ptr as usize && id == self.dev.id)
+            .ok_or_else(|| bad(format!("{ptr:p} is not registered")))?;
+        let (p, l, _) = r.swap_remove(i);
+        drop(r);
+        // A copy still queued from these pages would read memory the driver no longer pins.
+        let pending = self.dev.drop_copies_from(p, p + l);
+        if pending > 0 {
+            return Err(bad(format!(
+                "{ptr:p} unregistered with {pending} copies from it still queued"
+            )));
+        }
+        Ok(())
+    }
+
+    unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
+        assert!(lane < LANES);
+        let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.fail_copy_at.load(Ordering::Relaxed) {
+            return Err(bad(format!("copy {n} failed (emulated)")));
+        }
+        let a = src.as_ptr() as usize;
+        let registered = lane == LANE_REG;
+        if registered {
+            let ok = self
+                .dev
+                .registered
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|&(p, l, id)| a >= p && a + src.len() <= p + l && id == self.dev.id);
+            if !ok {
+                return Err(bad("DMA from memory that is not registered".into()));
+            }
+        }
+        // Bounds are known when the copy is queued (the driver checks them then).
+        self.find(dst, src.len())?;
+        self.dev.push(
+            lane,
+            Op::Copy {
+                src: a,
+                len: src.len(),
+                dst,
+                registered,
+            },
+        );
+        Ok(())
+    }
+
+    fn fence(&self, lane: usize) -> Result<HostFence> {
+        let q = self.dev.queue.lock().unwrap();
+        Ok(HostFence {
+            lane,
+            before: q.next,
+        })
+    }
+
+    fn wait(&self, fence: HostFence) -> Result<()> {
+        self.dev.run(Some(fence.lane), fence.before)
+    }
+
+    fn with_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+    ) -> Result<R> {
+        let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; bytes]).collect();
+        let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        let r = f(&mut refs);
+        // The buffers are freed here: a copy still queued from one would read freed memory.
+        let _running = self.dev.running.lock().unwrap_or_else(|e| e.into_inner());
+        let pending: usize = bufs
+            .iter()
+            .map(|b| {
+                let a = b.as_ptr() as usize;
+                self.dev.drop_copies_from(a, a + b.len())
+            })
+            .sum();
+        if pending > 0 {
+            return Err(bad(format!(
+                "staging buffers given back with {pending} copies from them still queued"
+            )));
+        }
+        Ok(r)
+    }
+
+    fn fill(&self, dst: u64, len: usize, fill: Fill) -> Result<()> {
+        let pattern = fill.bytes();
+        if len % pattern.len() != 0 {
+            return Err(bad(format!("{len} bytes is no whole number of {fill:?}")));
+        }
+        self.find(dst, len)?;
+        self.dev.push(0, Op::Fill { dst, len, fill });
+        Ok(())
+    }
+
+    fn prepare_kernels(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn kernel(&self, k: &Kernel) -> Result<()> {
+        if super::plan::kernel_types(k.name).is_none() {
+            return Err(bad(format!("no kernel {}", k.name)));
+        }
+        self.dev.push(0, Op::Kernel(k.clone()));
+        Ok(())
+    }
 
     fn synchronize(&self) -> Result<()> {
-        Ok(())
+        self.dev.run(None, u64::MAX)
     }
 }
 

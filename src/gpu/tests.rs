@@ -61,6 +61,7 @@ fn emulated_device_equals_host_on_every_fixture() {
                 assert_same(&cpu, &gpu, &what);
                 let stats = report.device.unwrap();
                 assert_eq!(link.still_registered(), 0, "{what}");
+                assert_eq!(link.queued(), 0, "{what}");
                 if !register {
                     assert_eq!(stats.registered_bytes, 0, "{what}");
                 }
@@ -229,6 +230,7 @@ fn failing_copy_unwinds() {
         assert!(err.to_string().contains("failed (emulated)"), "{err}");
         assert_eq!(link.still_registered(), 0);
         assert_eq!(link.live_allocations(), 0);
+        assert_eq!(link.queued(), 0, "a failed load leaves nothing queued");
         assert!(!store.is_initialized());
     }
 }
