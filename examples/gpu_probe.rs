@@ -1,7 +1,9 @@
 //! Times the building blocks of the GPU load one by one on a real GPU, to find what bounds it:
 //! pinned H2D by chunk size, the CPU side of the staging ring (copy, CRC, both), the ring with
 //! device copies as the library runs it (with and without the checksum, from a fresh and a
-//! pre-faulted mapping: what each costs the whole ring), and read-only registration of a file
+//! pre-faulted mapping: what each costs the whole ring), host memory bandwidth beside the ring's
+//! geometry (buffer count and size, streaming or ordinary stores: whether host memory bounds the
+//! ring, and whether a ring that stays in cache escapes it), and read-only registration of a file
 //! mapping (register, DMA, unregister) by chunk size, fresh and pre-faulted.
 //!
 //! `gpu_probe [--gb 4] [--file /tmp/tfckpt-probe.bin]` (needs `--features cuda` and a GPU).
@@ -76,6 +78,82 @@ fn nt_copy(dst: &mut [u8], src: &[u8]) {
         }
     }
     dst.copy_from_slice(src);
+}
+
+/// One pass of a staging ring over `m`: each unit of `unit` bytes is checksummed and copied
+/// (streaming stores when `nt`) into the next buffer, in parallel pieces, then copied to the
+/// device on alternating streams; a buffer is refilled only after its event.
+fn ring_run(
+    m: &[u8],
+    bufs: &mut [&mut [u8]],
+    unit: usize,
+    do_crc: bool,
+    nt: bool,
+    dptr: u64,
+    lanes: [&CudaStream; 2],
+) -> RingRun {
+    let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+        | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+    // Enough pieces for every core even in a small unit.
+    let piece = (unit / 32).clamp(64 << 10, MIB);
+    let t = Instant::now();
+    let mut fences: Vec<Option<Ev>> = (0..bufs.len()).map(|_| None).collect();
+    let (mut waited, mut filled) = (0f64, 0f64);
+    for (i, u) in m.chunks(unit).enumerate() {
+        let b = i % bufs.len();
+        let lane = lanes[b % 2];
+        if let Some(f) = fences[b].take() {
+            let tw = Instant::now();
+            sync(&f);
+            waited += tw.elapsed().as_secs_f64();
+            unsafe { sys::cuEventDestroy_v2(f.0) };
+        }
+        let tf = Instant::now();
+        let buf = &mut bufs[b][..u.len()];
+        buf.par_chunks_mut(piece)
+            .zip(u.par_chunks(piece))
+            .for_each(|(d, s)| {
+                if do_crc {
+                    std::hint::black_box(tfckpt::crc::crc32c(s));
+                }
+                if nt {
+                    nt_copy(d, s);
+                } else {
+                    d.copy_from_slice(s);
+                }
+            });
+        filled += tf.elapsed().as_secs_f64();
+        unsafe { result::memcpy_htod_async(dptr + (i * unit) as u64, buf, lane.cu_stream()) }
+            .unwrap();
+        let e = event(flags);
+        record(&e, lane);
+        fences[b] = Some(e);
+    }
+    for f in fences.into_iter().flatten() {
+        sync(&f);
+        unsafe { sys::cuEventDestroy_v2(f.0) };
+    }
+    RingRun {
+        rate: gbps(m.len(), t),
+        waited,
+        filled,
+    }
+}
+
+struct RingRun {
+    rate: f64,
+    waited: f64,
+    filled: f64,
+}
+
+impl std::fmt::Display for RingRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} GB/s (waiting {:.3} s, filling {:.3} s)",
+            self.rate, self.waited, self.filled
+        )
+    }
 }
 
 fn main() {
@@ -199,8 +277,7 @@ fn main() {
     //    copies into the pinned buffers, a fresh mapping as each load makes): with the checksum,
     //    without it (what the checksum costs the whole ring), and from a pre-faulted mapping (what
     //    faulting the mapping in costs).
-    let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
-        | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+    let lanes = [&*stream, &*s2];
     let mut rates = Vec::new();
     for (what, do_crc, prefault) in [
         ("checksum + streaming copy, fresh mapping", true, false),
@@ -215,47 +292,9 @@ fn main() {
         if prefault {
             let _: u64 = m.par_chunks(4096).map(|c| c[0] as u64).sum();
         }
-        let t = Instant::now();
-        let mut fences: Vec<Option<Ev>> = (0..ring_n).map(|_| None).collect();
-        let mut waited = 0f64;
-        let mut filled = 0f64;
-        for (i, unit) in m.chunks(64 * MIB).enumerate() {
-            let b = i % ring_n;
-            let lane = if b % 2 == 0 { &stream } else { &s2 };
-            if let Some(f) = fences[b].take() {
-                let tw = Instant::now();
-                sync(&f);
-                waited += tw.elapsed().as_secs_f64();
-                unsafe { sys::cuEventDestroy_v2(f.0) };
-            }
-            let tf = Instant::now();
-            let buf = &mut bufs[b][..unit.len()];
-            buf.par_chunks_mut(MIB)
-                .zip(unit.par_chunks(MIB))
-                .for_each(|(d, s)| {
-                    if do_crc {
-                        std::hint::black_box(tfckpt::crc::crc32c(s));
-                    }
-                    nt_copy(d, s);
-                });
-            filled += tf.elapsed().as_secs_f64();
-            unsafe {
-                result::memcpy_htod_async(dptr + (i * 64 * MIB) as u64, buf, lane.cu_stream())
-            }
-            .unwrap();
-            let e = event(flags);
-            record(&e, lane);
-            fences[b] = Some(e);
-        }
-        for f in fences.into_iter().flatten() {
-            sync(&f);
-            unsafe { sys::cuEventDestroy_v2(f.0) };
-        }
-        let rate = gbps(n, t);
-        rates.push(rate);
-        println!(
-            "ring with device, {what}: {rate:.1} GB/s (waiting {waited:.3} s, filling {filled:.3} s)"
-        );
+        let r = ring_run(&m, &mut bufs, 64 * MIB, do_crc, true, dptr, lanes);
+        rates.push(r.rate);
+        println!("ring with device, {what}: {r}");
     }
     println!(
         "the checksum costs the ring {:.0}% of its time; faulting the mapping in, {:.0}%",
@@ -263,6 +302,50 @@ fn main() {
         100.0 * (1.0 - rates[0] / rates[2])
     );
     drop(bufs);
+    // 3b. Host memory bandwidth, and the ring's geometry. The ring moves each byte through host
+    //     memory three times (read from the page cache, written to a pinned buffer, read by the
+    //     DMA): if 3 x its rate is near the bandwidth, memory bounds it, not the cores or the link.
+    //     A ring small enough to stay in the last-level cache, filled with ordinary stores, may let
+    //     the DMA read the staged bytes from the cache instead of memory (two passes, not three).
+    {
+        let mut a = vec![0u8; 2 << 30];
+        a.par_chunks_mut(MIB).for_each(|c| c.fill(1)); // resident
+        let t = Instant::now();
+        let sum: u64 = a
+            .par_chunks(MIB)
+            .map(|c| c.iter().step_by(64).map(|&x| x as u64).sum::<u64>())
+            .sum();
+        let read = gbps(a.len(), t);
+        let z = vec![2u8; MIB]; // stays in cache: the stores are what is measured
+        let t = Instant::now();
+        a.par_chunks_mut(MIB)
+            .for_each(|c| nt_copy(c, &z[..c.len()]));
+        println!(
+            "host memory, all cores: read {read:.1} GB/s, streaming write {:.1} GB/s ({sum})",
+            gbps(a.len(), t)
+        );
+    }
+    let mut pool = unsafe { ctx.alloc_pinned_with_flags::<u8>(256 * MIB, 0) }.unwrap();
+    let pool = pool.as_mut_slice().unwrap();
+    pool.fill(1);
+    for (count, unit_mib, nt) in [
+        (4, 64, true),
+        (4, 64, false),
+        (8, 8, true),
+        (8, 8, false),
+        (8, 4, false),
+        (16, 2, false),
+        (4, 16, false),
+    ] {
+        let unit = unit_mib * MIB;
+        let mut bufs: Vec<&mut [u8]> = pool.chunks_mut(unit).take(count).collect();
+        let m = map(&path);
+        let r = ring_run(&m, &mut bufs, unit, true, nt, dptr, lanes);
+        println!(
+            "ring geometry {count} x {unit_mib} MiB, checksum + {} copy, fresh mapping: {r}",
+            if nt { "streaming" } else { "ordinary" }
+        );
+    }
     // 4. Registration of a file mapping, by chunk size: fresh mapping, then pre-faulted.
     for prefault in [false, true] {
         for chunk in [64 * MIB, 256 * MIB, 1024 * MIB] {
