@@ -47,6 +47,16 @@ impl Config {
         max_positions: 512,
         classes: 2,
     };
+    /// BERT-large: 24 layers of width 1024 (335 M parameters).
+    pub const LARGE: Config = Config {
+        vocab: 30522,
+        hidden: 1024,
+        layers: 24,
+        heads: 16,
+        intermediate: 4096,
+        max_positions: 512,
+        classes: 2,
+    };
     pub const SMALL: Config = Config {
         vocab: 120,
         hidden: 16,

@@ -5,7 +5,9 @@
 #        scripts/gpu-check.sh --build
 #    puts the CUDA test binaries and the GPU benchmark into target/gpu-check/.
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
-#        scripts/gpu-check.sh [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
+#        scripts/gpu-check.sh [--only PARTS] [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
+#    PARTS (comma-separated, default all, in this order): tests, remote, candle, bench,
+#    candle-bench, probe; e.g. `--only candle,candle-bench` to rerun one part after a fix.
 #    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
 #    trainer buffers, a damaged shard, a checkpoint on object storage; placement over every GPU
 #    and the CPU; replicas on every GPU, by shares and an NCCL all-gather, and a broadcast
@@ -59,12 +61,31 @@ if [ "${1:-}" = "--build" ]; then
     cp target/release/examples/gpu_bench "$out/gpu_bench"
     cp target/release/examples/gpu_probe "$out/gpu_probe"
     # Without debug info and gzipped, the six binaries travel in about 50 MB (the device tool
-    # carries 64 MiB); the run unpacks them.
+    # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
     ls -la "$out"
+    du -sh "$out"
     exit 0
 fi
+
+only=all
+if [ "${1:-}" = "--only" ]; then
+    only=",${2:?--only needs a list, e.g. candle,candle-bench},"
+    shift 2
+    IFS=, read -ra wanted <<<"${only:1:${#only}-2}"
+    for w in "${wanted[@]}"; do
+        case "$w" in
+        tests | remote | candle | bench | candle-bench | probe) ;;
+        *)
+            echo "gpu-check: unknown part '$w' (tests, remote, candle, bench, candle-bench, probe)" >&2
+            exit 2
+            ;;
+        esac
+    done
+fi
+# Whether part `$1` runs.
+part() { [ "$only" = all ] || [[ "$only" == *",$1,"* ]]; }
 
 # On the device machine, everything printed is also kept in $OUT (the tool returns only the tail
 # of the output, and the folder whole).
@@ -74,13 +95,16 @@ if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
     # At the end, give tee its end of input and wait, so that the log has the last lines too.
     trap 'exec 1>&3 2>&4; wait "$tee_pid" 2>/dev/null || true' EXIT
 fi
+# Unpacked outside the carried folder (which must stay small enough to travel).
+bin=$(mktemp -d "${TMPDIR:-/tmp}/tfckpt-gpu-check.XXXXXX")
 for f in "$out"/*.gz; do
     [ -e "$f" ] || continue
-    gzip -dc "$f" >"${f%.gz}" || { echo "gpu-check: cannot unpack $f" >&2; exit 1; }
-    chmod +x "${f%.gz}"
+    name=$(basename "${f%.gz}")
+    gzip -dc "$f" >"$bin/$name" || { echo "gpu-check: cannot unpack $f" >&2; exit 1; }
+    chmod +x "$bin/$name"
 done
-[ -x "$out/gpu-tests" ] && [ -x "$out/remote-tests" ] && [ -x "$out/gpu_bench" ] &&
-    [ -x "$out/gpu_probe" ] && [ -x "$out/candle-tests" ] && [ -x "$out/candle-bench" ] || {
+[ -x "$bin/gpu-tests" ] && [ -x "$bin/remote-tests" ] && [ -x "$bin/gpu_bench" ] &&
+    [ -x "$bin/gpu_probe" ] && [ -x "$bin/candle-tests" ] && [ -x "$bin/candle-bench" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
     exit 1
 }
@@ -130,26 +154,38 @@ else
     echo "NCCL: none found; the NCCL parts of the tests are skipped"
 fi
 # GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
-echo "== CUDA tests"
 tests_rc=0
-TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${nccl_env[@]}" "$out/gpu-tests" --test-threads=1 ||
-    tests_rc=$?
-echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
-TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$out/remote-tests" --exact \
-    gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
+bench_rc=0
+if part tests; then
+    echo "== CUDA tests"
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${nccl_env[@]}" "$bin/gpu-tests" --test-threads=1 ||
+        tests_rc=$?
+fi
+if part remote; then
+    echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$bin/remote-tests" --exact \
+        gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
+fi
 # candle's CUDA libraries (cuBLAS, cuRAND, the runtime; NVRTC), where the loader does not find them
 # already: from the CUDA image's Python packages.
 candle_dir=$(private_libs libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13)
 candle_env=(env LD_LIBRARY_PATH="$(with_libs "$candle_dir")")
-echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
-TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${candle_env[@]}" "$out/candle-tests" --test-threads=1 on_gpu ||
-    tests_rc=$?
-echo "== GPU benchmark"
-bench_rc=0
-"$out/gpu_bench" "$@" || bench_rc=$?
-echo "== candle on the GPU: BERT-large from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-"${candle_env[@]}" "$out/candle-bench" --cuda --layers 24 --rounds 3 || bench_rc=$?
-echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
-"$out/gpu_probe" --gb 4 || bench_rc=$?
+if part candle; then
+    echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${candle_env[@]}" "$bin/candle-tests" --test-threads=1 on_gpu ||
+        tests_rc=$?
+fi
+if part bench; then
+    echo "== GPU benchmark"
+    "$bin/gpu_bench" "$@" || bench_rc=$?
+fi
+if part candle-bench; then
+    echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
+    "${candle_env[@]}" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+fi
+if part probe; then
+    echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
+    "$bin/gpu_probe" --gb 4 || bench_rc=$?
+fi
 echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

@@ -599,7 +599,11 @@ fn deferred_vars_after_a_failed_load_on(dev: &Device) {
     let dir = tempfile::tempdir().unwrap();
     let write = |damaged: bool| {
         let mut ck = CkptBuilder::new(dir.path().join("m"));
-        ck.f32("a/kernel", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        // `a/bias`, first in the file and not transposed, is copied straight into its `Var`
+        // (on a GPU too, where transposed values wait in scratch for the checksums) before the
+        // last value, `b/kernel`, fails: its zeros must be written again.
+        ck.f32("a/bias", &[3], &[7.0, 8.0, 9.0])
+            .f32("a/kernel", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
             .f32("b/kernel", &[3, 2], &[2.0; 6]);
         let prefix = ck.finish();
         if damaged {
@@ -614,7 +618,7 @@ fn deferred_vars_after_a_failed_load_on(dev: &Device) {
     let prefix = write(true);
     let varmap = VarMap::new();
     let deferred = DeferredInit::new(&varmap);
-    candle_nn::linear_no_bias(2, 3, deferred.var_builder(DType::F32, dev).pp("a")).unwrap();
+    candle_nn::linear(2, 3, deferred.var_builder(DType::F32, dev).pp("a")).unwrap();
     candle_nn::linear_no_bias(3, 2, deferred.var_builder(DType::F32, dev).pp("b")).unwrap();
     let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
     init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
@@ -632,6 +636,8 @@ fn deferred_vars_after_a_failed_load_on(dev: &Device) {
         [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]],
         "TensorFlow's [2, 3] kernel, transposed"
     );
+    let bias = var(&varmap, "a.bias").to_device(&CPU).unwrap();
+    assert_eq!(bias.to_vec1::<f32>().unwrap(), [7.0, 8.0, 9.0]);
 }
 
 #[test]

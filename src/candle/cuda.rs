@@ -143,8 +143,10 @@ fn device_error(gpu: usize, op: impl Into<String>, e: &dyn std::fmt::Display) ->
     .into()
 }
 
-/// The device address of a storage. cudarc records the access as a read on the storage's stream;
-/// the GPU path writes it from its own streams and has synchronized them before candle uses it.
+/// The device address of a storage. (cudarc records nothing for it on candle's default devices,
+/// which leave stream synchronisation to candle; on a device made with its own stream it records
+/// a read there.) The GPU path writes the storage from its own streams and has synchronised them
+/// before candle uses it.
 fn slice_ptr(s: &CudaStorage) -> u64 {
     fn ptr<T>(s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(s.stream());
@@ -204,7 +206,10 @@ pub(super) fn load(
     use candle_core::backend::BackendDevice;
     let mut sub = init.store.substore(jobs.iter().map(|j| j.name.as_str()));
     // The allocations and their zeroing are queued on candle's streams (one per candle device,
-    // and a GPU can have several): all done before the GPU path's own streams write.
+    // and a GPU can have several): all done before the GPU path's own streams write. candle's
+    // stream is by default the per-thread default stream of whichever thread queued the work
+    // (a model built on another thread queued it on that thread's), so the whole context is
+    // waited for, not this thread's stream.
     let mut devices: Vec<(u32, &CudaDevice)> = Vec::new();
     for j in jobs.iter() {
         if !devices.iter().any(|(_, d)| d.same_device(&j.dev)) {
@@ -212,7 +217,9 @@ pub(super) fn load(
         }
     }
     for (ordinal, d) in &devices {
-        d.synchronize()
+        d.cuda_stream()
+            .context()
+            .synchronize()
             .map_err(|e| device_error(*ordinal as usize, "waiting for candle's allocations", &e))?;
     }
     for j in jobs {
