@@ -6,6 +6,9 @@
 //! ring, and whether a ring that stays in cache escapes it), and read-only registration of a file
 //! mapping (register, DMA, unregister) by chunk size, fresh and pre-faulted.
 //!
+//! First, what a fresh process pays for 256 MiB of staging: pinned by the driver, or ordinary
+//! memory faulted in and page-locked in place.
+//!
 //! `gpu_probe [--gb 4] [--file /tmp/tfckpt-probe.bin]` (needs `--features cuda` and a GPU).
 
 use std::sync::Arc;
@@ -195,6 +198,58 @@ fn main() {
         let (p, _g) = dev.device_ptr(&stream);
         p
     };
+    // 0. What a fresh process pays for its staging ring (256 MiB): pinned allocation by the
+    //    driver, against ordinary memory faulted in on every core and then page-locked in place.
+    {
+        let bytes = 256 * MIB;
+        let t = Instant::now();
+        let p = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }.unwrap();
+        let alloc = t.elapsed().as_secs_f64();
+        drop(p);
+        let t = Instant::now();
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        // SAFETY: the mapping above, `bytes` long, written only here.
+        let mem = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, bytes) };
+        mem.par_chunks_mut(MIB).for_each(|c| c.fill(1));
+        let touch = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        unsafe { sys::cuMemHostRegister_v2(ptr, bytes, 0) }
+            .result()
+            .unwrap();
+        let register = t.elapsed().as_secs_f64();
+        let dev = unsafe { stream.alloc::<u8>(bytes) }.unwrap();
+        let dptr = {
+            use cudarc::driver::DevicePtr;
+            let (p, _g) = dev.device_ptr(&stream);
+            p
+        };
+        let t = Instant::now();
+        for _ in 0..8 {
+            unsafe { result::memcpy_htod_async(dptr, mem, stream.cu_stream()) }.unwrap();
+        }
+        stream.synchronize().unwrap();
+        let h2d = gbps(8 * bytes, t);
+        unsafe { sys::cuMemHostUnregister(ptr) }.result().unwrap();
+        unsafe { libc::munmap(ptr, bytes) };
+        println!(
+            "staging 256 MiB: pinned allocation {:.0} ms; anonymous memory faulted in on every core {:.0} ms + page-locked {:.0} ms; H2D from it {h2d:.1} GB/s",
+            alloc * 1e3,
+            touch * 1e3,
+            register * 1e3
+        );
+    }
     let ring_n = 4;
     let mut pinned: Vec<_> = (0..ring_n)
         .map(|_| unsafe { ctx.alloc_pinned_with_flags::<u8>(64 * MIB, 0) }.unwrap())
