@@ -564,8 +564,14 @@ impl Link for HostLink {
         Ok(())
     }
 
-    fn prepare_kernels(&self) -> Result<()> {
-        Ok(())
+    fn prepare_kernels(&self, names: &[&'static str]) -> Result<()> {
+        match names
+            .iter()
+            .find(|n| super::plan::kernel_types(n).is_none())
+        {
+            Some(n) => Err(bad(format!("no kernel {n}"))),
+            None => Ok(()),
+        }
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {

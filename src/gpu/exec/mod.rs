@@ -127,8 +127,9 @@ pub(crate) trait Link: Sync {
     /// Queues (on lane 0) filling `len` bytes at `dst` with a repeated pattern.
     fn fill(&self, dst: u64, len: usize, fill: Fill) -> Result<()>;
 
-    /// Makes the kernels ready (compiled and loaded), so that a failure shows before the upload.
-    fn prepare_kernels(&self) -> Result<()>;
+    /// Makes the kernels `names` ready (compiled and loaded), so that a failure shows before the
+    /// upload.
+    fn prepare_kernels(&self, names: &[&'static str]) -> Result<()>;
 
     /// Queues one kernel on lane 0.
     fn kernel(&self, k: &Kernel) -> Result<()>;
@@ -388,7 +389,8 @@ pub(crate) fn execute<L: Link>(
     let r = (|| -> Result<bool> {
         if !kernels.is_empty() {
             // A missing compiler or a module that does not load fails before any byte moves.
-            link.prepare_kernels()?;
+            let names: Vec<&'static str> = kernels.iter().map(|k| k.name).collect();
+            link.prepare_kernels(&names)?;
         }
         let (mapped, owned) = units(jobs, sizes.unit);
         let shared = Shared {
