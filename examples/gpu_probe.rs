@@ -391,6 +391,8 @@ fn main() {
         (8, 4, false),
         (16, 2, false),
         (4, 16, false),
+        (4, 16, true),
+        (4, 8, true),
     ] {
         let unit = unit_mib * MIB;
         let mut bufs: Vec<&mut [u8]> = pool.chunks_mut(unit).take(count).collect();
