@@ -3,8 +3,8 @@
 //! Writes an ~8 GB checkpoint with the crate's writer (a few hundred float32 tensors of 32 MiB and
 //! a thousand [64] ones), measures the pinned host-to-device bandwidth in the same run (the
 //! ceiling), then loads the checkpoint into GPU memory with `init_from_checkpoint` + `initialize`:
-//! page cache warm (the staging ring, which is the default, and the ring beside registered DMA,
-//! `LoadOptions::register_mappings`), and cold when the page cache can be
+//! page cache warm (the staging ring, which is the default, and registered DMA,
+//! `LoadOptions::register_mappings`, which leaves the ring only the rest), and cold when the page cache can be
 //! dropped (against a plain sequential read of the same files). Prints a table: GB/s, percent of
 //! the ceiling, what each path carried, host memory peak.
 //!
@@ -252,7 +252,7 @@ fn main() {
     let (m, m_peak) = last_mixed.unwrap();
     let md = m.device.clone().unwrap();
     rows.push((
-        format!("warm, ring + registered DMA (register_mappings; median of {runs})"),
+        format!("warm, registered DMA (register_mappings; median of {runs})"),
         median(mixed),
         format!(
             "registered {:.2} GB + staged {:.2} GB",

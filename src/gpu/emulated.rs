@@ -335,6 +335,8 @@ pub(crate) struct HostLink {
     next: AtomicU64,
     /// Makes every registration fail (to exercise the staging-only path).
     pub fail_register: AtomicBool,
+    /// Makes every registration take this many milliseconds (page-locking is slow on a GPU).
+    pub register_delay_ms: AtomicU64,
     /// Makes the n-th copy fail (1-based; 0 = never).
     pub fail_copy_at: AtomicUsize,
     /// Makes the n-th unregistration fail, leaving that registration (1-based; 0 = never).
@@ -444,6 +446,10 @@ impl Link for HostLink {
     unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
         if self.fail_register.load(Ordering::Relaxed) {
             return Err("registration refused (emulated)".into());
+        }
+        let delay = self.register_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         if ptr as usize % 4096 != 0 {
             return Err(format!("{ptr:p} is not page-aligned"));

@@ -100,6 +100,26 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
     assert!(stats.registered_bytes > 0);
     assert!(link.registrations.load(Ordering::Relaxed) >= 1);
     assert!(stats.registration_fallback.is_none());
+    // Registration carried every byte: the ring had nothing, and pinned no staging.
+    assert_eq!((stats.staged_bytes, stats.staging_bytes), (0, 0));
+    // So too with the ring idle on another thread while registration is slow, as page-locking
+    // is on a GPU: one wave of units and batches of 1 KiB, each registration taking 2 ms.
+    let link = HostLink::default();
+    link.register_delay_ms.store(2, Ordering::Relaxed);
+    let mut gpu = store_for(&dir);
+    let sizes = Sizes {
+        reg_batch: 1 << 10,
+        scratch: 1 << 30,
+        ..tiny()
+    };
+    let stats = gpu
+        .initialize_on(&link, &register, sizes)
+        .unwrap()
+        .device
+        .unwrap();
+    assert!(stats.registration_fallback.is_none());
+    assert_eq!((stats.staged_bytes, stats.staging_bytes), (0, 0));
+    assert_same(&cpu, &gpu, "registered, ring beside it");
     assert_same(&cpu, &gpu, "registered");
     // Registration refused: the ring carries everything, with the same result.
     let link = HostLink::default();

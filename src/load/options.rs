@@ -33,11 +33,13 @@ pub struct LoadOptions {
     pub map_min_bytes: Option<u64>,
     /// Convert values of one dtype to another on load (`None`: never, as TensorFlow).
     pub cast: Option<(DType, DType)>,
-    /// GPU loads: besides the pinned staging ring, page-lock parts of the file mapping in place
-    /// and copy them to the device by DMA from there (default `false`: the ring carries every
-    /// byte). Off by default because it measured slower on an H200: page-locking holds a driver
-    /// lock that the ring's copies then wait on, so the two paths together moved 20–26 GB/s where
-    /// the ring alone moved 33–46 GB/s (README, GPU).
+    /// GPU loads: page-lock the file mappings in place and copy them to the device by DMA from
+    /// there; the pinned staging ring then carries only host-owned values and what the driver
+    /// refuses to register, and is pinned only if it carries anything, which spares a process
+    /// that loads once the pinning of its staging buffers (default `false`: the ring carries
+    /// every byte). Off by default because a mix measured slower on an H200: page-locking holds
+    /// a driver lock that the ring's copies waited on, so the two paths together moved 20–26 GB/s
+    /// where the ring alone moved 33–46 GB/s (README, GPU).
     pub register_mappings: bool,
     /// This process's share of a load spread over processes: `(rank, world)`. The store still
     /// describes the whole model (the call-time checks are the whole model's), but a rank loads

@@ -8,12 +8,13 @@
 //!   of up to 256 MiB ([`Sizes`]) of a shard mapping, page-locks them in place (read-only
 //!   registration), queues copies straight from the page cache into the destinations, and
 //!   checksums the same bytes on the CPU while the DMA runs. A batch is unregistered once its
-//!   copies are done (two batches in flight); the ring takes what registration refuses. On an
-//!   H200 this path made the load slower, not faster: page-locking holds a driver lock that the
-//!   ring's copies wait on (README, GPU).
+//!   copies are done (two batches in flight). It carries every mapped unit; the ring carries the
+//!   host-owned ones and what registration refuses, and pins its buffers only if there are any,
+//!   so a process that loads once pins no staging. (When both took mapped units, on an H200, the
+//!   load was slower than with the ring alone: page-locking holds a driver lock that the ring's
+//!   copies waited on; README, GPU.)
 //!
-//! With both, the workers pull the next unit of the same file-ordered list and the report says
-//! what each carried. The checksums of every entry are combined from the pieces computed on the
+//! The report says what each worker carried. The checksums of every entry are combined from the pieces computed on the
 //! way and compared before the kernels (strided slice copies and casts from scratch buffers) run.
 //! Any error stops every worker; every queued copy is waited for and every registration undone
 //! before this returns.

@@ -1,7 +1,7 @@
 //! The staging-ring worker: fills a few pinned buffers (checksum, then a streaming copy, 1 MiB
 //! pieces in parallel), queues their copies on two lanes, and reuses a buffer only after its
 //! fence. It carries host-owned sources, whatever registration gave up on, and (without
-//! registration) every mapped unit.
+//! registration) every mapped unit. It pins its buffers only when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
@@ -28,6 +28,11 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
         }
         if let Some(i) = s.fallback.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Some(&s.mapped[i]);
+        }
+        if !s.no_registration.load(Ordering::Relaxed) {
+            // Registration carries the mapped units: the ring's copies would only wait on the
+            // driver lock it holds while pinning (a second pass takes what it gives up on).
+            return None;
         }
         let r = s.take(0);
         (!r.is_empty()).then(|| &s.mapped[r.start])
