@@ -89,14 +89,22 @@ part() { [ "$only" = all ] || [[ "$only" == *",$1,"* ]]; }
 
 # On the device machine, everything printed is also kept in $OUT (the tool returns only the tail
 # of the output, and the folder whole).
+tee_pid=
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
     exec 3>&1 4>&2 > >(tee "$OUT/gpu-check.log") 2>&1
     tee_pid=$!
-    # At the end, give tee its end of input and wait, so that the log has the last lines too.
-    trap 'exec 1>&3 2>&4; wait "$tee_pid" 2>/dev/null || true' EXIT
 fi
-# Unpacked outside the carried folder (which must stay small enough to travel).
+# Unpacked outside the carried folder (which must stay small enough to travel), removed at exit.
 bin=$(mktemp -d "${TMPDIR:-/tmp}/tfckpt-gpu-check.XXXXXX")
+at_exit() {
+    rm -rf "$bin"
+    # Give tee its end of input and wait, so that the log has the last lines too.
+    if [ -n "$tee_pid" ]; then
+        exec 1>&3 2>&4
+        wait "$tee_pid" 2>/dev/null || true
+    fi
+}
+trap at_exit EXIT
 for f in "$out"/*.gz; do
     [ -e "$f" ] || continue
     name=$(basename "${f%.gz}")
