@@ -8,7 +8,8 @@
 //! and run only when a fence of that lane is waited for or the device is synchronised, as late as
 //! a GPU may run them: a copy reads its source then, not when it was queued. Synchronising runs
 //! lane 0 (kernels, fills, allocations) before the copy lanes, the order that exposes a kernel
-//! queued without waiting for the copies it reads. So a staging buffer refilled before its fence,
+//! queued without waiting for the copies it reads. A trainer's buffer is allocated on a stream of
+//! its own, which only the load's wait for that buffer ([`DeviceMemory::ready`]) reaches. So a staging buffer refilled before its fence,
 //! a registration undone under a queued copy, memory used on another lane before its allocation
 //! completed or after it was freed, or a value read back while work is queued, shows as an error or
 //! a wrong byte in the tests instead of first on a GPU.
@@ -30,6 +31,8 @@ struct HostMem {
     allocated: AtomicBool,
     /// The device, for [`DeviceMemory::ready`] and the checks of reads.
     dev: Weak<Device>,
+    /// The stream its allocation was queued on: lane 0, or [`TRAINER`] for a trainer's buffer.
+    lane: usize,
 }
 
 impl HostMem {
@@ -59,11 +62,11 @@ impl DeviceMemory for HostMem {
         dst.copy_from_slice(&self.data.lock().unwrap());
         Ok(())
     }
-    /// A trainer's buffer: what is queued on its stream (here lane 0, where it was allocated) is
-    /// done first, as `cuStreamSynchronize` of the trainer's stream makes it.
+    /// A trainer's buffer: what is queued on its stream is done first, as `cuStreamSynchronize`
+    /// of the trainer's stream makes it.
     fn ready(&self) -> Result<()> {
         match self.dev.upgrade() {
-            Some(d) => d.run(Some(0), u64::MAX),
+            Some(d) => d.run(Some(self.lane), u64::MAX),
             None => Ok(()),
         }
     }
@@ -100,11 +103,16 @@ enum Op {
     Kernel(Kernel),
 }
 
+/// The trainer's own stream, where its buffers ([`HostLink::alloc_trainer`]) are allocated: the
+/// load's synchronisations do not reach it, only [`DeviceMemory::ready`] does.
+const TRAINER: usize = LANES;
+
 #[derive(Default)]
 struct Queue {
     /// Sequence number of the next operation queued (on any lane).
     next: u64,
-    lanes: [VecDeque<(u64, Op)>; LANES],
+    /// The load's lanes, then the trainer's stream.
+    lanes: [VecDeque<(u64, Op)>; LANES + 1],
 }
 
 /// One emulated device: its memory, its lanes and the registrations it shares with the others.
@@ -171,8 +179,9 @@ impl Device {
         q.lanes[lane].push_back((seq, op));
     }
 
-    /// Runs what was queued before sequence number `before`, on `lane` (or on every lane, lane 0
-    /// first). Every operation taken runs; the first error is returned.
+    /// Runs what was queued before sequence number `before`, on `lane` (or on every lane of the
+    /// load, lane 0 first: not the trainer's stream). Every operation taken runs; the first error
+    /// is returned.
     fn run(&self, lane: Option<usize>, before: u64) -> Result<()> {
         let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut ops = Vec::new();
@@ -403,6 +412,41 @@ impl HostLink {
             .count()
     }
 
+    /// Device memory allocated on stream `lane` (stream-ordered: other lanes may use it once
+    /// that lane has run past the allocation).
+    fn alloc_on(&self, bytes: usize, lane: usize) -> Arc<HostMem> {
+        // Allocations 1 TiB apart, so an overrun lands in no allocation.
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = ((self.dev.id as u64 + 1) << 56) | (n << 40);
+        let m = Arc::new(HostMem {
+            base,
+            device: self.device(),
+            data: Mutex::new(vec![0xA5; bytes]),
+            allocated: AtomicBool::new(false),
+            dev: Arc::downgrade(&self.dev),
+            lane,
+        });
+        let mut mems = self.dev.mems.lock().unwrap();
+        mems.retain(|_, m| m.strong_count() > 0);
+        mems.insert(base, Arc::downgrade(&m));
+        let live: usize = mems
+            .values()
+            .filter_map(|m| m.upgrade())
+            .map(|m| m.len())
+            .sum();
+        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+        drop(mems);
+        // Stream-ordered, as the CUDA link (on lane 0) and candle allocate.
+        self.dev.push(lane, Op::Alloc(Arc::downgrade(&m)));
+        m
+    }
+
+    /// A trainer's buffer, allocated on the trainer's own stream, which the load reaches only
+    /// through [`DeviceMemory::ready`].
+    pub(crate) fn alloc_trainer(&self, bytes: usize) -> Arc<dyn DeviceMemory> {
+        self.alloc_on(bytes, TRAINER)
+    }
+
     /// Operations queued and not yet run (must be none after a load).
     pub(crate) fn queued(&self) -> usize {
         let q = self.dev.queue.lock().unwrap();
@@ -418,29 +462,7 @@ impl Link for HostLink {
     }
 
     fn alloc(&self, bytes: usize, _what: &str) -> Result<Arc<dyn DeviceMemory>> {
-        // Allocations 1 TiB apart, so an overrun lands in no allocation.
-        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let base = ((self.dev.id as u64 + 1) << 56) | (n << 40);
-        let m = Arc::new(HostMem {
-            base,
-            device: self.device(),
-            data: Mutex::new(vec![0xA5; bytes]),
-            allocated: AtomicBool::new(false),
-            dev: Arc::downgrade(&self.dev),
-        });
-        let mut mems = self.dev.mems.lock().unwrap();
-        mems.retain(|_, m| m.strong_count() > 0);
-        mems.insert(base, Arc::downgrade(&m));
-        let live: usize = mems
-            .values()
-            .filter_map(|m| m.upgrade())
-            .map(|m| m.len())
-            .sum();
-        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
-        drop(mems);
-        // Stream-ordered, on lane 0, as the CUDA link allocates.
-        self.dev.push(0, Op::Alloc(Arc::downgrade(&m)));
-        Ok(m)
+        Ok(self.alloc_on(bytes, 0))
     }
 
     unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {

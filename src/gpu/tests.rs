@@ -257,7 +257,6 @@ fn failing_copy_unwinds() {
 
 #[test]
 fn trainer_buffers_are_loaded_in_place() {
-    use super::exec::Link;
     let dir = fixture("partitioned_axes");
     let mut cpu = store_for(&dir);
     cpu.initialize(Device::Cpu).unwrap();
@@ -271,14 +270,14 @@ fn trainer_buffers_are_loaded_in_place() {
     let bytes = cpu.value(&v.name).unwrap().bytes().unwrap().len();
     // The wrong size is refused before anything is loaded.
     let small = DeviceBuffer {
-        mem: link.alloc(bytes - 1, "trainer").unwrap(),
+        mem: link.alloc_trainer(bytes - 1),
     };
     gpu.set_device_buffer(&v.name, small).unwrap();
     let err = gpu
         .initialize_on(&link, &LoadOptions::default(), tiny())
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::BufferSize { .. }), "{err}");
-    let mem = link.alloc(bytes, "trainer").unwrap();
+    let mem = link.alloc_trainer(bytes);
     let ptr = mem.ptr();
     gpu.set_device_buffer(&v.name, DeviceBuffer { mem })
         .unwrap();
@@ -290,7 +289,7 @@ fn trainer_buffers_are_loaded_in_place() {
         .set_device_buffer(
             "no/such",
             DeviceBuffer {
-                mem: link.alloc(4, "x").unwrap()
+                mem: link.alloc_trainer(4)
             }
         )
         .is_err());
@@ -572,8 +571,7 @@ fn a_host_load_keeps_the_trainers_device_buffers() {
         .unwrap()
         .clone();
     let bytes = v.shape.iter().product::<u64>() as usize * v.dtype.size().unwrap();
-    use super::exec::Link;
-    let mem = link.alloc(bytes, "trainer").unwrap();
+    let mem = link.alloc_trainer(bytes);
     let ptr = mem.ptr();
     store
         .set_device_buffer(&v.name, DeviceBuffer { mem })
@@ -1242,7 +1240,7 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
         let mut s = store_for(&dir);
         if rank == 1 {
             let bytes = crate::base::slice::num_elements(&[5, 3]).unwrap() as usize * 4;
-            let mem = links[1].alloc(bytes, "trainer").unwrap();
+            let mem = links[1].alloc_trainer(bytes);
             s.set_device_buffer("unmapped/ones", DeviceBuffer { mem })
                 .unwrap();
         }
