@@ -68,7 +68,10 @@ impl DeviceBuffer {
     ///
     /// `ptr .. ptr + len` must be device memory of the GPU later passed to `initialize`, stay
     /// allocated as long as this buffer or the [`DeviceTensor`] made from it lives, and not be used
-    /// by anything else while `initialize` runs.
+    /// by anything else while `initialize` runs. Work queued on it before (a stream-ordered
+    /// allocation, a memset) must be complete when `initialize` starts: the load writes it from
+    /// its own streams, which do not wait for the trainer's (synchronise that stream first;
+    /// [`from_cuda_slice`](Self::from_cuda_slice) does it for you).
     pub unsafe fn from_raw(device: u32, ptr: u64, len: usize) -> DeviceBuffer {
         DeviceBuffer {
             mem: std::sync::Arc::new(cuda::Raw { device, ptr, len }),
