@@ -8,7 +8,8 @@
 //! and run only when a fence of that lane is waited for or the device is synchronised, as late as
 //! a GPU may run them: a copy reads its source then, not when it was queued. Synchronising runs
 //! lane 0 (kernels, fills, allocations) before the copy lanes, the order that exposes a kernel
-//! queued without waiting for the copies it reads. A trainer's buffer is allocated on a stream of
+//! queued without waiting for the copies it reads, and after them the next time, the order that
+//! exposes a copy queued without waiting for the allocation or memset it lands in. A trainer's buffer is allocated on a stream of
 //! its own, which only the load's wait for that buffer ([`DeviceMemory::ready`]) reaches. So a staging buffer refilled before its fence,
 //! a registration undone under a queued copy, memory used on another lane before its allocation
 //! completed or after it was freed, or a value read back while work is queued, shows as an error or
@@ -38,7 +39,7 @@ struct HostMem {
 impl HostMem {
     fn check_idle(&self, what: &str) -> Result<()> {
         if let Some(d) = self.dev.upgrade() {
-            d.idle(what)?;
+            d.idle(what, self.lane == TRAINER)?;
         }
         if !self.allocated.load(Ordering::Acquire) {
             return Err(bad(format!(
@@ -128,6 +129,8 @@ struct Device {
     /// Held while queued work runs, so that queued work runs in order on each lane and the checks
     /// of what is still queued see no operation half taken.
     running: Mutex<()>,
+    /// Synchronisations so far: they run the lanes in turn in one order and the other.
+    syncs: AtomicUsize,
     registered: Registry,
 }
 
@@ -180,16 +183,18 @@ impl Device {
     }
 
     /// Runs what was queued before sequence number `before`, on `lane` (or on every lane of the
-    /// load, lane 0 first: not the trainer's stream). Every operation taken runs; the first error
-    /// is returned.
+    /// load, not the trainer's stream: lane 0 first, or last, in turn, so that work on one lane
+    /// that another's depends on without a wait shows in one order or the other). Every operation
+    /// taken runs; the first error is returned.
     fn run(&self, lane: Option<usize>, before: u64) -> Result<()> {
         let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut ops = Vec::new();
         {
             let mut q = self.queue.lock().unwrap();
-            let lanes = match lane {
-                Some(l) => l..l + 1,
-                None => 0..LANES,
+            let lanes: Vec<usize> = match lane {
+                Some(l) => vec![l],
+                None if self.syncs.fetch_add(1, Ordering::Relaxed) % 2 == 0 => (0..LANES).collect(),
+                None => (0..LANES).rev().collect(),
             };
             for l in lanes {
                 while q.lanes[l].front().is_some_and(|(seq, _)| *seq < before) {
@@ -270,11 +275,13 @@ impl Device {
         dropped
     }
 
-    /// An error when anything is still queued (what `what` does must come after it).
-    fn idle(&self, what: &str) -> Result<()> {
+    /// An error when anything is still queued on the load's lanes, or with `trainer` on the
+    /// trainer's stream too (what `what` does must come after it).
+    fn idle(&self, what: &str, trainer: bool) -> Result<()> {
         let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let q = self.queue.lock().unwrap();
-        let queued: usize = q.lanes.iter().map(|l| l.len()).sum();
+        let lanes = if trainer { LANES + 1 } else { LANES };
+        let queued: usize = q.lanes[..lanes].iter().map(|l| l.len()).sum();
         if queued > 0 {
             return Err(bad(format!(
                 "{what} emulated:{} with {queued} operation(s) still queued",
@@ -380,7 +387,7 @@ impl HostLink {
     /// `len` bytes at device address `addr`, read by the host (or by a collective after the
     /// loads): nothing may still be queued on the device.
     pub(crate) fn read_at(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
-        self.dev.idle("reading from")?;
+        self.dev.idle("reading from", false)?;
         let (m, off) = self.dev.find_on(0, addr, len)?;
         let d = m.data.lock().unwrap();
         Ok(d[off..off + len].to_vec())
@@ -389,7 +396,7 @@ impl HostLink {
     /// Writes `bytes` at device address `addr` (from the host, or by a collective after the
     /// loads): nothing may still be queued on the device.
     pub(crate) fn write_at(&self, addr: u64, bytes: &[u8]) -> Result<()> {
-        self.dev.idle("writing to")?;
+        self.dev.idle("writing to", false)?;
         let (m, off) = self.dev.find_on(0, addr, bytes.len())?;
         m.data.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
         Ok(())
@@ -562,18 +569,38 @@ impl Link for HostLink {
         bytes: usize,
         f: impl FnOnce(&mut [&mut [u8]]) -> R,
     ) -> Result<R> {
+        /// Drops the copies still queued from the buffers before they are freed, also when `f`
+        /// panics; says how many there were.
+        struct Release<'a> {
+            dev: &'a Device,
+            spans: Vec<(usize, usize)>,
+        }
+        impl Release<'_> {
+            fn release(&mut self) -> usize {
+                let _running = self.dev.running.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::take(&mut self.spans)
+                    .into_iter()
+                    .map(|(a, b)| self.dev.drop_copies_from(a, b))
+                    .sum()
+            }
+        }
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.release();
+            }
+        }
         let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; bytes]).collect();
+        let mut release = Release {
+            dev: &self.dev,
+            spans: bufs
+                .iter()
+                .map(|b| (b.as_ptr() as usize, b.as_ptr() as usize + b.len()))
+                .collect(),
+        };
         let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
         let r = f(&mut refs);
         // The buffers are freed here: a copy still queued from one would read freed memory.
-        let _running = self.dev.running.lock().unwrap_or_else(|e| e.into_inner());
-        let pending: usize = bufs
-            .iter()
-            .map(|b| {
-                let a = b.as_ptr() as usize;
-                self.dev.drop_copies_from(a, a + b.len())
-            })
-            .sum();
+        let pending = release.release();
         if pending > 0 {
             return Err(bad(format!(
                 "staging buffers given back with {pending} copies from them still queued"

@@ -120,6 +120,20 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
     assert!(stats.registration_fallback.is_none());
     assert_eq!((stats.staged_bytes, stats.staging_bytes), (0, 0));
     assert_same(&cpu, &gpu, "registered, ring beside it");
+    // One small host-owned value (a float64 constant, which no memset writes) beside them: the
+    // ring carries it in buffers of its size, not of the mapped units'.
+    let mut gpu = store_for(&dir);
+    gpu.get_variable("extra/f64", &[3], DType::F64, Init::Constant(1.5))
+        .unwrap();
+    let link = HostLink::default();
+    let stats = gpu
+        .initialize_on(&link, &register, sizes)
+        .unwrap()
+        .device
+        .unwrap();
+    assert_eq!((stats.staged_bytes, stats.staging_bytes), (24, 24));
+    let v = gpu.device_value("extra/f64").unwrap().to_host().unwrap();
+    assert_eq!(v.bytes().unwrap(), 1.5f64.to_le_bytes().repeat(3));
     assert_same(&cpu, &gpu, "registered");
     // Registration refused: the ring carries everything, with the same result.
     let link = HostLink::default();

@@ -15,9 +15,14 @@ use super::UploadSource;
 use super::{CrcPiece, Link, Shared, PIECE};
 use crate::base::error::Result;
 
-/// The staging-ring worker. Returns the bytes it carried and the pinned bytes it used.
-pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
-    // Host-owned units first, then whatever registration leaves.
+/// The staging-ring worker. Returns the bytes it carried and the pinned bytes it used. With
+/// `mapped` false (beside registration, which carries the mapped units) it carries only the
+/// host-owned units, and sizes its buffers for those alone: a load that registers everything
+/// pins nothing, and one with a small host-owned value pins that much. A pass with `mapped` (the
+/// only one without registration, the second one with it) also takes what registration gave
+/// back or left.
+pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u64, u64)> {
+    // Host-owned units first, then (in a pass that carries them) the mapped ones.
     let next = || -> Option<&Unit> {
         {
             let mut o = s.owned_cursor.lock().unwrap_or_else(|e| e.into_inner());
@@ -26,13 +31,11 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
                 return Some(&s.owned[*o - 1]);
             }
         }
+        if !mapped {
+            return None;
+        }
         if let Some(i) = s.fallback.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Some(&s.mapped[i]);
-        }
-        if !s.no_registration.load(Ordering::Relaxed) {
-            // Registration carries the mapped units: the ring's copies would only wait on the
-            // driver lock it holds while pinning (a second pass takes what it gives up on).
-            return None;
         }
         let r = s.take(0);
         (!r.is_empty()).then(|| &s.mapped[r.start])
@@ -41,15 +44,15 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, u64)> {
     if first.is_none() {
         return Ok((0, 0));
     }
-    let biggest = s
-        .mapped
+    let carried: &[Unit] = if mapped { s.mapped } else { &[] };
+    let biggest = carried
         .iter()
         .chain(s.owned)
         .map(|u| u.range.len())
         .max()
         .unwrap_or(0);
     let size = biggest.clamp(1, s.sizes.unit);
-    let count = if s.mapped.len() + s.owned.len() > 1 {
+    let count = if carried.len() + s.owned.len() > 1 {
         s.sizes.staging
     } else {
         1
