@@ -203,8 +203,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["candle", "tfckpt"]
     };
     let mut times: Vec<Vec<f64>> = contenders.iter().map(|_| Vec::new()).collect();
+    // One warm-up each (on a GPU it also leaves the kernels tfckpt compiles in its kernel cache,
+    // as a trainer's earlier runs would: the timed rounds read them from there).
     for w in contenders {
-        child(w)?; // one warm-up each
+        child(w)?;
     }
     for _ in 0..rounds {
         for (w, v) in contenders.iter().zip(times.iter_mut()) {

@@ -294,6 +294,11 @@ impl CandleInit {
     /// for the mapped variables; the others keep candle's initialization). All or nothing: on
     /// an error no `Var` has changed. Dtype conversion is the [`DtypePolicy`]'s:
     /// `LoadOptions::cast` is refused here.
+    ///
+    /// With `Var`s on a GPU (feature `candle-cuda`), the load first waits for all the work queued
+    /// on that GPU's context: candle queues on the per-thread default stream of whichever thread
+    /// built the model, which no single stream's wait reaches. Do not call it while another
+    /// thread keeps that GPU busy (a training step, a collective waiting on its peers).
     pub fn initialize(&mut self, options: &LoadOptions) -> Result<LoadReport> {
         destination::initialize(self, options)
     }

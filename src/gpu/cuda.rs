@@ -191,6 +191,30 @@ fn nvrtc_version() -> String {
     }
 }
 
+/// A cached kernel's text, if the file is this user's (the folder can be named by
+/// `TFCKPT_KERNEL_CACHE`, and a file planted there by someone else would run on the GPU).
+fn read_cached(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if std::fs::metadata(path).ok()?.uid() != me {
+            return None;
+        }
+    }
+    std::fs::read_to_string(path).ok()
+}
+
+/// Creates `dir` (and its parents) readable and writable by this user alone where it makes them.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// The first line of a cached kernel: what checks the rest.
 fn cache_header(ptx: &str) -> String {
     format!(
@@ -201,7 +225,7 @@ fn cache_header(ptx: &str) -> String {
 }
 
 /// The PTX of kernel `name` for `arch` (`None`: NVRTC's default), from `cache` when it holds
-/// this very program (same source, arch and NVRTC version, intact), else compiled by NVRTC and
+/// this very program (same source, options and NVRTC version, intact, this user's), else compiled by NVRTC and
 /// kept in `cache` (best effort: written whole or not at all). Also says whether it came from the
 /// cache.
 pub(crate) fn kernel_ptx(
@@ -213,36 +237,44 @@ pub(crate) fn kernel_ptx(
     if !nvrtc_present() {
         return Err(NO_NVRTC.into());
     }
-    let identity = format!("{arch:?} nvrtc {}", nvrtc_version());
+    let options = CompileOptions {
+        arch,
+        name: Some(file.into()),
+        ..Default::default()
+    };
+    // Everything the PTX depends on: the program, NVRTC and its options (an NVRTC whose version
+    // cannot be told is not cached).
+    let version = nvrtc_version();
+    let identity = format!(
+        "tfckpt {} nvrtc {version} {options:?}",
+        env!("CARGO_PKG_VERSION")
+    );
     let key = (u64::from(crate::base::crc::serial(program.as_bytes())) << 32)
         | u64::from(crate::base::crc::serial(identity.as_bytes()));
+    let cache = cache.filter(|_| version != "unknown");
     let path = cache.map(|d| {
         d.join(format!(
             "{name}-{}-{key:016x}.ptx",
             arch.unwrap_or("default")
         ))
     });
-    if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+    if let Some(text) = path.as_deref().and_then(read_cached) {
         if let Some((header, ptx)) = text.split_once('\n') {
             if format!("{header}\n") == cache_header(ptx) {
                 return Ok((ptx.to_string(), true));
             }
         }
     }
-    let options = CompileOptions {
-        arch,
-        name: Some(file.into()),
-        ..Default::default()
-    };
     let ptx = guarded(|| compile_ptx_with_opts(&program, options))?
         .map_err(|e| format!("kernels/{file} ({name}): {e:?}"))?
         .to_src();
     if let (Some(dir), Some(path)) = (cache, &path) {
-        // Written aside and renamed into place, so that a reader never sees half a file.
+        // Written aside and renamed into place, so that a reader never sees half a file; the
+        // folder is made private to this user (the code in it runs on the GPU).
         static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
+        let written = make_private_dir(dir)
             .and_then(|()| std::fs::write(&tmp, format!("{}{ptx}", cache_header(&ptx))))
             .and_then(|()| std::fs::rename(&tmp, path));
         if written.is_err() {
@@ -646,11 +678,17 @@ impl DeviceMemory for Owned {
 
     fn ready(&self) -> Result<()> {
         // Work the trainer queued on the slice (its zeroing, say) finishes before the load writes.
+        // A slice of the legacy or the per-thread default stream (candle's devices use the latter)
+        // names "the calling thread's" stream, which would miss work another thread queued: the
+        // whole context is waited for then.
         let device = self.slice.ordinal() as u32;
-        self.slice
-            .stream()
-            .synchronize()
-            .map_err(|e| device_err(device, "waiting for the buffer's stream", e))
+        let stream = self.slice.stream();
+        let r = if (stream.cu_stream() as usize) <= 2 {
+            stream.context().synchronize()
+        } else {
+            stream.synchronize()
+        };
+        r.map_err(|e| device_err(device, "waiting for the buffer's stream", e))
     }
 
     fn len(&self) -> usize {
@@ -823,6 +861,17 @@ mod tests {
         assert!(!cached);
         assert!(other.contains(".target sm_80"), "sm_80 PTX");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // A folder the cache makes is this user's alone.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let nested = dir.path().join("made/here");
+            kernel_ptx("copy2d_1", None, Some(&nested)).unwrap();
+            for d in [&nested, &dir.path().join("made")] {
+                let mode = std::fs::metadata(d).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+            }
+        }
         // An unwritable cache only costs the compile.
         let file_not_dir = dir.path().join("a-file");
         std::fs::write(&file_not_dir, b"").unwrap();
