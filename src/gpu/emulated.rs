@@ -10,7 +10,9 @@
 //! lane 0 (kernels, fills, allocations) before the copy lanes, the order that exposes a kernel
 //! queued without waiting for the copies it reads, and after them the next time, the order that
 //! exposes a copy queued without waiting for the allocation or memset it lands in. A trainer's buffer is allocated on a stream of
-//! its own, which only the load's wait for that buffer ([`DeviceMemory::ready`]) reaches. So a staging buffer refilled before its fence,
+//! its own, which only the load's wait for that buffer ([`DeviceMemory::ready`]) reaches. Frees
+//! take effect at once (a GPU frees in stream order), so here work still queued into memory being
+//! freed is an error even where lane 0's order would have made it safe: stricter, never looser. So a staging buffer refilled before its fence,
 //! a registration undone under a queued copy, memory used on another lane before its allocation
 //! completed or after it was freed, or a value read back while work is queued, shows as an error or
 //! a wrong byte in the tests instead of first on a GPU.
