@@ -14,10 +14,10 @@
 //!   load was slower than with the ring alone: page-locking holds a driver lock that the ring's
 //!   copies waited on; README, GPU.)
 //!
-//! The report says what each worker carried. The checksums of every entry are combined from the pieces computed on the
-//! way and compared before the kernels (strided slice copies and casts from scratch buffers) run.
-//! Any error stops every worker; every queued copy is waited for and every registration undone
-//! before this returns.
+//! The report says what each worker carried. The checksums of every entry are combined from the
+//! pieces computed on the way and compared before the kernels (strided slice copies and casts from
+//! scratch buffers) run. Any error stops every worker; every queued copy is waited for and every
+//! registration undone before this returns.
 
 mod registrar;
 mod ring;
