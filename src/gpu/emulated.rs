@@ -170,8 +170,12 @@ impl Device {
     fn find_on(&self, lane: usize, addr: u64, len: usize) -> Result<(Arc<HostMem>, usize)> {
         let (m, off) = self.find(addr, len)?;
         if !m.allocated.load(Ordering::Acquire) {
+            let on = match m.lane {
+                TRAINER => "the trainer's stream".to_string(),
+                l => format!("lane {l}"),
+            };
             return Err(bad(format!(
-                "lane {lane} used {addr:#x} before its allocation on lane 0 completed"
+                "lane {lane} used {addr:#x} before its allocation on {on} completed"
             )));
         }
         Ok((m, off))
