@@ -588,7 +588,7 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
 /// panic, a signal, or a partial or wrong output.
 #[test]
 fn init_on_damaged_checkpoints_writes_the_intact_files_or_nothing() {
-    let (mut refused, mut same) = (0usize, 0usize);
+    let mut outcomes = common::damage::Outcomes::default();
     for (ci, case) in [
         "g_dtypes_direct",
         "g_sharded_partitioned",
@@ -623,32 +623,28 @@ fn init_on_damaged_checkpoints_writes_the_intact_files_or_nothing() {
         let want = tree(&intact_out);
         for it in 0..30u64 {
             let seed = (ci as u64) << 32 | it | 1 << 59;
-            let mut rng = common::Rng::mixed(seed);
             let work = tempfile::tempdir().unwrap();
-            let (damaged, done) =
-                common::damage::damaged_copy(&ckpt, &work.path().join("ckpt"), &mut rng);
+            let ckpt_dir = work.path().join("ckpt");
+            let (damaged, done) = common::damage::damaged_copy(&ckpt, &ckpt_dir, seed);
             let out = work.path().join("out");
             let o = run(&damaged, &out, it % 2 == 1);
-            let what = format!("{}: {done}, seed {seed:#x}", case.display());
-            match o.status.code() {
-                Some(1) => {
-                    // The error names the damaged checkpoint's file (its folder: not the output's).
-                    let ckpt_dir = work.path().join("ckpt");
-                    assert_one_error_line(&o, 1, ckpt_dir.to_str().unwrap());
-                    assert!(!out.exists(), "{what}: output written despite the error");
-                    refused += 1;
+            outcomes.run(&format!("{}: {done}", case.display()), || {
+                match o.status.code() {
+                    Some(1) => {
+                        // The error names the damaged checkpoint's file (its folder: not the
+                        // output's).
+                        assert_one_error_line(&o, 1, ckpt_dir.to_str().unwrap());
+                        match out.exists() {
+                            true => Err("output written despite the error".to_string()),
+                            false => Ok(false),
+                        }
+                    }
+                    Some(0) if tree(&out) == want => Ok(true),
+                    Some(0) => Err("output differs from the intact one".into()),
+                    code => Err(format!("exit {code:?}: {}", stderr(&o))),
                 }
-                Some(0) => {
-                    assert_eq!(
-                        tree(&out),
-                        want,
-                        "{what}: output differs from the intact one"
-                    );
-                    same += 1;
-                }
-                code => panic!("{what}: exit {code:?}: {}", stderr(&o)),
-            }
+            });
         }
     }
-    assert!(refused > 20 && same > 3, "{refused} refused, {same} same");
+    assert!(outcomes.failed > 20 && outcomes.exact > 3, "{outcomes:?}");
 }

@@ -556,7 +556,7 @@ fn cli_convert_failures_exit_1_and_write_nothing() {
 /// temporary), or exit code 0 and exactly the file of the intact checkpoint.
 #[test]
 fn cli_convert_of_damaged_checkpoints_writes_the_intact_file_or_nothing() {
-    let (mut refused, mut same) = (0usize, 0usize);
+    let mut outcomes = common::damage::Outcomes::default();
     for (ci, case) in ["tf2_object", "dtypes", "v1", "sharded_partitioned"]
         .iter()
         .enumerate()
@@ -569,33 +569,30 @@ fn cli_convert_of_damaged_checkpoints_writes_the_intact_file_or_nothing() {
         let want = std::fs::read(&intact).unwrap();
         for it in 0..25u64 {
             let seed = (ci as u64) << 32 | it | 1 << 58;
-            let mut rng = common::Rng::mixed(seed);
             let work = tempfile::tempdir().unwrap();
-            let (damaged, done) =
-                common::damage::damaged_copy(&ckpt, &work.path().join("ckpt"), &mut rng);
+            let ckpt_dir = work.path().join("ckpt");
+            let (damaged, done) = common::damage::damaged_copy(&ckpt, &ckpt_dir, seed);
             let dir = work.path().join("out");
             std::fs::create_dir(&dir).unwrap();
             let out = dir.join("m.safetensors");
             let o = tfckpt(&["convert", damaged.to_str().unwrap(), out.to_str().unwrap()]);
-            let what = format!("{case}: {done}, seed {seed:#x}");
-            match o.status.code() {
+            outcomes.run(&format!("{case}: {done}"), || match o.status.code() {
                 Some(1) => {
                     // The error names the damaged checkpoint's file (its folder: not the output's).
-                    let ckpt_dir = work.path().join("ckpt");
                     assert_one_error_line(&o, ckpt_dir.to_str().unwrap());
                     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-                    assert!(left.is_empty(), "{what}: left {left:?}");
-                    refused += 1;
+                    match left.is_empty() {
+                        true => Ok(false),
+                        false => Err(format!("left {left:?}")),
+                    }
                 }
-                Some(0) => {
-                    assert!(std::fs::read(&out).unwrap() == want, "{what}: differs");
-                    same += 1;
-                }
-                code => panic!("{what}: exit {code:?}: {}", stderr(&o)),
-            }
+                Some(0) if std::fs::read(&out).unwrap() == want => Ok(true),
+                Some(0) => Err("differs from the intact file".into()),
+                code => Err(format!("exit {code:?}: {}", stderr(&o))),
+            });
         }
     }
-    assert!(refused > 30 && same > 3, "{refused} refused, {same} same");
+    assert!(outcomes.failed > 30 && outcomes.exact > 3, "{outcomes:?}");
 }
 
 /// `init --out FILE.safetensors` on every single-call TensorFlow init case: the file holds the

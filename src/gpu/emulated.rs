@@ -9,13 +9,14 @@
 //! a GPU may run them: a copy reads its source then, not when it was queued. Synchronising runs
 //! lane 0 (kernels, fills, allocations) before the copy lanes, the order that exposes a kernel
 //! queued without waiting for the copies it reads, and after them the next time, the order that
-//! exposes a copy queued without waiting for the allocation or memset it lands in. A trainer's buffer is allocated on a stream of
-//! its own, which only the load's wait for that buffer ([`DeviceMemory::ready`]) reaches. Frees
-//! take effect at once (a GPU frees in stream order), so here work still queued into memory being
-//! freed is an error even where lane 0's order would have made it safe: stricter, never looser. So a staging buffer refilled before its fence,
-//! a registration undone under a queued copy, memory used on another lane before its allocation
-//! completed or after it was freed, or a value read back while work is queued, shows as an error or
-//! a wrong byte in the tests instead of first on a GPU.
+//! exposes a copy queued without waiting for the allocation or memset it lands in. A trainer's
+//! buffer is allocated on a stream of its own, which only the load's wait for that buffer
+//! ([`DeviceMemory::ready`]) reaches. So a staging buffer refilled before its fence, a
+//! registration undone under a queued copy, memory used on another lane before its allocation
+//! completed or after it was freed, or a value read back while work is queued, shows as an error
+//! or a wrong byte in the tests instead of first on a GPU. Frees take effect at once (a GPU frees
+//! in stream order), so work still queued into memory being freed is an error here even where
+//! lane 0's order would have made it safe: stricter, never looser.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,8 +30,8 @@ struct HostMem {
     base: u64,
     device: String,
     data: Mutex<Vec<u8>>,
-    /// Set when lane 0 reaches the allocation (allocations are stream-ordered, as `cuMemAllocAsync`
-    /// makes them): before that, only lane 0 may use the memory.
+    /// Set when its stream ([`lane`](Self::lane)) reaches the allocation (allocations are
+    /// stream-ordered, as `cuMemAllocAsync` makes them): before that, no other lane may use it.
     allocated: AtomicBool,
     /// The device, for [`DeviceMemory::ready`] and the checks of reads.
     dev: Weak<Device>,
@@ -90,13 +91,12 @@ type Registry = Arc<Mutex<Vec<(usize, usize, usize)>>>;
 enum Op {
     /// An allocation (lane 0): the memory becomes usable on every lane.
     Alloc(Weak<HostMem>),
-    /// `len` bytes from host address `src` to device address `dst`; `registered`: DMA from
-    /// registered memory (the source must still be registered when it runs).
+    /// `len` bytes from host address `src` to device address `dst` (on [`LANE_REG`], DMA from
+    /// registered memory, which must still be registered when it runs).
     Copy {
         src: usize,
         len: usize,
         dst: u64,
-        registered: bool,
     },
     Fill {
         dst: u64,
@@ -226,13 +226,8 @@ impl Device {
                 }
                 Ok(())
             }
-            Op::Copy {
-                src,
-                len,
-                dst,
-                registered,
-            } => {
-                if registered {
+            Op::Copy { src, len, dst } => {
+                if lane == LANE_REG {
                     let ok = self
                         .registered
                         .lock()
@@ -530,8 +525,7 @@ impl Link for HostLink {
             return Err(bad(format!("copy {n} failed (emulated)")));
         }
         let a = src.as_ptr() as usize;
-        let registered = lane == LANE_REG;
-        if registered {
+        if lane == LANE_REG {
             let ok = self
                 .dev
                 .registered
@@ -551,7 +545,6 @@ impl Link for HostLink {
                 src: a,
                 len: src.len(),
                 dst,
-                registered,
             },
         );
         Ok(())

@@ -1700,9 +1700,8 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
         cpu.initialize(Device::Cpu).unwrap();
         for it in 0..40u64 {
             let seed = (ci as u64) << 32 | it | 1 << 62;
-            let mut rng = damage::Rng::mixed(seed);
             let tmp = tempfile::tempdir().unwrap();
-            let (damaged, done) = damage::damaged_copy(&intact, tmp.path(), &mut rng);
+            let (damaged, done) = damage::damaged_copy(&intact, tmp.path(), seed);
             let (sizes, register_mappings) = match it % 4 {
                 0 => (Sizes::default(), false),
                 1 => (Sizes::default(), true),
@@ -1710,7 +1709,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
                 _ => (tiny(), true),
             };
             let context = format!(
-                "{case}: {done}, seed {seed:#x}, register={register_mappings}, unit {}",
+                "{case}: {done}, register={register_mappings}, unit {}",
                 sizes.unit
             );
             let dir = tmp.path().to_string_lossy().into_owned();
@@ -1745,9 +1744,8 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
         cpu.initialize(Device::Cpu).unwrap();
         for it in 0..12u64 {
             let seed = (ci as u64) << 32 | it | 1 << 57;
-            let mut rng = damage::Rng::mixed(seed);
             let key = format!("{ci}-{it}");
-            let (_, done) = damage::damaged_copy(&intact, &root.path().join(&key), &mut rng);
+            let (_, done) = damage::damaged_copy(&intact, &root.path().join(&key), seed);
             let url = match intact.is_dir() {
                 true => format!("http://{addr}/{key}/"),
                 false => format!(
@@ -1760,7 +1758,7 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
             } else {
                 Sizes::default()
             };
-            let context = format!("{url}: {done}, seed {seed:#x}, unit {}", sizes.unit);
+            let context = format!("{url}: {done}, unit {}", sizes.unit);
             outcomes.run(&context, || {
                 load_damaged(&cpu, (&intact, Path::new(&url)), &key, &options, sizes)
             });

@@ -75,8 +75,10 @@ pub fn damage(bytes: &[u8], rng: &mut Rng) -> (usize, Option<Vec<u8>>) {
 
 /// A copy of the checkpoint at `ckpt` (a directory, or a prefix in one) in `to`, with one of its
 /// files damaged by [`damage`] (any plain file of its directory but TensorFlow's `.meta` graph,
-/// which no load reads). Returns the copy's checkpoint path and what was done, for messages.
-pub fn damaged_copy(ckpt: &Path, to: &Path, rng: &mut Rng) -> (PathBuf, String) {
+/// which no load reads), chosen and damaged as `seed` says (scrambled: see [`Rng::mixed`]).
+/// Returns the copy's checkpoint path and what was done, with the seed, for messages.
+pub fn damaged_copy(ckpt: &Path, to: &Path, seed: u64) -> (PathBuf, String) {
+    let rng = &mut Rng::mixed(seed);
     let (dir, rel) = if ckpt.is_dir() {
         (ckpt.to_path_buf(), PathBuf::from("."))
     } else {
@@ -106,7 +108,7 @@ pub fn damaged_copy(ckpt: &Path, to: &Path, rng: &mut Rng) -> (PathBuf, String) 
     }
     (
         to.join(rel),
-        format!("{} damaged (kind {kind})", file.display()),
+        format!("{} damaged (kind {kind}, seed {seed:#x})", file.display()),
     )
 }
 
