@@ -602,14 +602,19 @@ impl Link for CudaLink {
     }
 
     fn kernel(&self, k: &Kernel) -> Result<()> {
-        self.prepare(&[k.name])?;
-        let f = self
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(k.name)
-            .cloned()
-            .ok_or_else(|| unavailable(self.ordinal, format!("no kernel {}", k.name)))?;
+        let loaded = || {
+            let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+            functions.get(k.name).cloned()
+        };
+        // Prepared before the upload (`prepare_kernels`); loaded here only if it was not.
+        let f = match loaded() {
+            Some(f) => f,
+            None => {
+                self.prepare(&[k.name])?;
+                loaded()
+                    .ok_or_else(|| unavailable(self.ordinal, format!("no kernel {}", k.name)))?
+            }
+        };
         let ((gx, gy), (bx, by)) = k.launch_dims();
         let cfg = LaunchConfig {
             grid_dim: (gx, gy, 1),
