@@ -139,6 +139,56 @@ fn verify_clean_and_damaged() {
     assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
 }
 
+/// A sharded V1 save (files `NAME-i-of-N`, opened through the glob its state file stores) with a
+/// file missing: `verify` names that file. TensorFlow's glob reads the other file without a word,
+/// and so do `list` and the reads (a tensor held only there is not found); opening the remaining
+/// file by its own name is a checkpoint of its own, with nothing missing.
+#[test]
+fn verify_names_a_missing_file_of_a_sharded_v1_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_files(&fixture("v1_sharded"), tmp.path());
+    let gone = tmp.path().join("model.ckpt-0-00001-of-00002");
+    std::fs::remove_file(&gone).unwrap();
+    let o = tfckpt(&["verify", tmp.path().to_str().unwrap()]);
+    assert_one_error_line(
+        &o,
+        1,
+        &format!("{}: missing: file 1 of the 2", gone.display()),
+    );
+    assert!(tfckpt(&["list", tmp.path().to_str().unwrap()])
+        .status
+        .success());
+    let kept = tmp.path().join("model.ckpt-0-00000-of-00002");
+    let o = tfckpt(&["verify", kept.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// stdout that cannot be written (here a full device): an `error:` line and exit code 1, never
+/// Rust's panic on a failed `println!`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    let ckpt = ckpt_arg("h1_basic");
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("all.safetensors");
+    let model = r#"{"variables": [{"name": "v", "shape": [2], "dtype": "float32"}]}"#;
+    let runs: [&[&str]; 5] = [
+        &["list", &ckpt],
+        &["list", "--json", &ckpt],
+        &["verify", &ckpt],
+        &["convert", &ckpt, st.to_str().unwrap()],
+        &["init", &ckpt, "--model", model, "--map", "{}"],
+    ];
+    for args in runs {
+        let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_one_error_line(&o, 1, "writing to stdout: ");
+    }
+}
+
 #[test]
 fn errors_exit_1_with_one_line_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -315,8 +365,10 @@ fn init_model_json_device_placement() {
         ]);
         (o, out)
     };
-    // Everything placed on the cpu: `--device cuda` is only the default, and no GPU is needed.
-    let (o, out) = run(r#"["cpu", "cpu"]"#, "cuda", "a");
+    // One device per part gives what one device for the variable gives. (`--device cuda` is
+    // the default for variables placed nowhere, and it needs a GPU even when MODEL.json places
+    // every variable on the cpu: init_inline_json_and_device_errors.)
+    let (o, out) = run(r#"["cpu", "cpu"]"#, "cpu", "a");
     assert!(o.status.success(), "{}", stderr(&o));
     let (o, plain) = run(r#""cpu""#, "cpu", "b");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -365,22 +417,42 @@ fn init_inline_json_and_device_errors() {
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>()
     );
-    // --device cuda: a clear error (this build has no GPU support), exit 1, nothing written.
-    let out2 = tmp.path().join("o2");
-    let o = tfckpt(&[
-        "init",
-        &ckpt,
-        "--model",
-        model,
-        "--map",
-        "{}",
-        "--out",
-        out2.to_str().unwrap(),
-        "--device",
-        "cuda",
-    ]);
-    assert_one_error_line(&o, 1, "cuda");
-    assert!(!out2.exists());
+    // --device cuda without a GPU this build can use: a clear error, exit 1, nothing written;
+    // also when no variable would land on it (an empty model, or every variable placed on the
+    // cpu by MODEL.json).
+    let gpus = tfckpt::Device::gpu_count();
+    let cpu_model =
+        r#"{"variables": [{"name": "b", "shape": [2], "dtype": "float32", "device": "cpu"}]}"#;
+    for (model, device) in [
+        (model, "cuda"),
+        (r#"{"variables": []}"#, "cuda"),
+        (cpu_model, "cuda"),
+        (cpu_model, "cuda:7"),
+    ] {
+        let out2 = tmp.path().join("o2");
+        let o = tfckpt(&[
+            "init",
+            &ckpt,
+            "--model",
+            model,
+            "--map",
+            "{}",
+            "--out",
+            out2.to_str().unwrap(),
+            "--device",
+            device,
+        ]);
+        let ordinal: usize = device
+            .strip_prefix("cuda:")
+            .map_or(0, |n| n.parse().unwrap());
+        if ordinal >= gpus {
+            assert_one_error_line(&o, 1, &format!("--device {device}"));
+            assert!(!out2.exists(), "{model} {device}");
+        } else {
+            assert!(o.status.success(), "{model} {device}: {}", stderr(&o));
+            std::fs::remove_dir_all(&out2).unwrap();
+        }
+    }
     assert_eq!(
         tfckpt(&["init", &ckpt, "--model", model, "--map", "{}", "--device", "tpu"])
             .status

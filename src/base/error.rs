@@ -41,6 +41,7 @@ impl Error {
                 | ErrorKind::NoCheckpointInDir { .. }
                 | ErrorKind::TensorNotFound { .. }
                 | ErrorKind::MissingShard { .. }
+                | ErrorKind::MissingV1Shard { .. }
                 | ErrorKind::VariableNotFound { .. }
                 | ErrorKind::MappedTensorNotFound { .. }
                 | ErrorKind::RemoteAccess {
@@ -255,6 +256,19 @@ pub enum ErrorKind {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A file of a sharded V1 checkpoint is missing: the files found are named `NAME-i-of-N`, and
+    /// this `i` is not among them (TensorFlow's glob reads the others without noticing).
+    #[error("{}: missing: file {shard} of the {num_shards} files of this sharded V1 checkpoint ({found} found); the tensors it holds cannot be read", path.display())]
+    MissingV1Shard {
+        /// The file the checkpoint's naming expects.
+        path: PathBuf,
+        /// Its number, from 0.
+        shard: u64,
+        /// The number of files the names give.
+        num_shards: u64,
+        /// How many of those files were found.
+        found: usize,
     },
     /// A tensor's bytes do not match its stored checksum.
     #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes): {what} mismatch: stored {expected:#010x}, computed {found:#010x}", path.display())]

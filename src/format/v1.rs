@@ -227,6 +227,45 @@ impl V1Set {
         Ok((blocks, bytes))
     }
 
+    /// The files of a sharded save that its other files' names say exist but that are not here.
+    /// A sharded V1 save writes `NAME-00000-of-0000N` to `NAME-0000(N-1)-of-0000N`, and the glob
+    /// its `checkpoint` state file stores (`NAME-?????-of-0000N`) finds whichever are there.
+    pub(crate) fn missing_shards(&self) -> Vec<crate::base::error::Error> {
+        // (folder, NAME, N as written) -> the shard numbers found
+        let mut groups: BTreeMap<(PathBuf, String, String), Vec<u64>> = BTreeMap::new();
+        for file in &self.files {
+            let path = file.path();
+            let name = path.file_name().map(|n| n.to_string_lossy());
+            if let Some((stem, i, n)) = name.as_deref().and_then(shard_name) {
+                let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+                groups
+                    .entry((dir, stem.into(), n.into()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut missing = Vec::new();
+        for ((dir, stem, n), found) in groups {
+            let Ok(num_shards) = n.parse::<u64>() else {
+                continue;
+            };
+            // Names past the count are no shards of this save: nothing to say about them.
+            let found_count = found.iter().filter(|&&i| i < num_shards).count();
+            for shard in (0..num_shards).filter(|i| !found.contains(i)) {
+                missing.push(
+                    ErrorKind::MissingV1Shard {
+                        path: dir.join(format!("{stem}-{shard:05}-of-{n}")),
+                        shard,
+                        num_shards,
+                        found: found_count,
+                    }
+                    .into(),
+                );
+            }
+        }
+        missing
+    }
+
     /// Decodes every data record of one file's table.
     fn check_records(&self, path: &Path, table: &Table<'_>) -> Result<()> {
         table.for_each(|key, value| {
@@ -269,6 +308,17 @@ impl V1Set {
             decode_record(path, &name, t.dtype, &slice.shape(&t.shape), value).map(drop)
         })
     }
+}
+
+/// `NAME-i-of-N` (TensorFlow's `%s-%05d-of-%05d`): NAME, i, and N as written.
+fn shard_name(file: &str) -> Option<(&str, u64, &str)> {
+    let (head, n) = file.rsplit_once("-of-")?;
+    let (stem, i) = head.rsplit_once('-')?;
+    let digits = |s: &str| s.len() >= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(i) || !digits(n) || stem.is_empty() {
+        return None;
+    }
+    Some((stem, i.parse().ok()?, n))
 }
 
 fn decode_record(
@@ -370,4 +420,30 @@ fn typed_values(
         }
         other => return Err(format!("dtype {other} cannot be stored in a V1 checkpoint")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_name;
+
+    #[test]
+    fn shard_names_are_tensorflows_pattern_only() {
+        assert_eq!(
+            shard_name("model.ckpt-0-00001-of-00002"),
+            Some(("model.ckpt-0", 1, "00002"))
+        );
+        assert_eq!(
+            shard_name("m-123456-of-200000"),
+            Some(("m", 123456, "200000"))
+        );
+        for other in [
+            "model-3",
+            "m-1-of-2",
+            "-00000-of-00001",
+            "m-0000a-of-00002",
+            "m-00000-of-",
+        ] {
+            assert_eq!(shard_name(other), None, "{other}");
+        }
+    }
 }

@@ -287,6 +287,14 @@ impl Tokens<'_> {
     }
 }
 
+/// Whether the last component of `prefix` is a glob (`*`, `?` or `[...]`), as the prefix of a
+/// sharded V1 save is.
+pub(crate) fn is_glob(prefix: &Path) -> bool {
+    prefix
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(['*', '?', '[']))
+}
+
 /// Files matching `prefix`, treating `*`, `?` and `[...]` in its last component as a glob (V1
 /// sharded saves store such patterns); a prefix without them matches itself if it is a file.
 pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
@@ -294,7 +302,7 @@ pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if !name.contains(['*', '?', '[']) {
+    if !is_glob(prefix) {
         return Ok(if prefix.is_file() {
             vec![prefix.to_path_buf()]
         } else {

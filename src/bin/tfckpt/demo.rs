@@ -61,7 +61,7 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
     drop(ckpt);
     init_demo(&dir, &plan, &emb)?;
     if keep.is_none() {
-        println!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)");
+        say!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)")?;
     }
     Ok(())
 }
@@ -69,10 +69,10 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
 /// Writes the sample checkpoint (two shards) and its state file; returns the embedding's bytes.
 fn write_sample(dir: &Path, plan: &Plan) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let prefix = dir.join("model.ckpt-1000");
-    println!(
+    say!(
         "tfckpt demo: writing a sample checkpoint to {}",
         prefix.display()
-    );
+    )?;
     let t0 = Instant::now();
     let mut w = CheckpointWriter::create(
         &prefix,
@@ -107,12 +107,12 @@ fn write_sample(dir: &Path, plan: &Plan) -> Result<Vec<u8>, Box<dyn std::error::
     w.finish()?;
     tfckpt::write_checkpoint_state(dir, "model.ckpt-1000")?;
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    say!(
         "  wrote {:.1} MB in {:.3} s ({}) as 2 data shards",
         written as f64 / 1e6,
         secs,
         gbps(written, secs)
-    );
+    )?;
     Ok(emb)
 }
 
@@ -202,11 +202,11 @@ fn list_and_verify(
     ckpt: &Checkpoint,
     secs: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    println!(
+    say!(
         "\n$ tfckpt list {}   (opened the directory through its 'checkpoint' file in {:.1} ms)",
         dir.display(),
         secs * 1e3
-    );
+    )?;
     let infos = ckpt.tensors();
     for (i, t) in infos.iter().enumerate() {
         if i < 4 || i + 4 >= infos.len() {
@@ -215,22 +215,22 @@ fn list_and_verify(
             } else {
                 String::new()
             };
-            println!("  {:<36} {:<9} {:?}{note}", t.name, t.dtype.name(), t.shape);
+            say!("  {:<36} {:<9} {:?}{note}", t.name, t.dtype.name(), t.shape)?;
         } else if i == 4 {
-            println!("  ... {} more", infos.len() - 8);
+            say!("  ... {} more", infos.len() - 8)?;
         }
     }
     let t0 = Instant::now();
     let report = ckpt.verify()?;
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    say!(
         "\n$ tfckpt verify: {} tensors, {} table blocks, {:.1} MB checked in {:.3} s ({})",
         report.tensors,
         report.blocks,
         report.bytes as f64 / 1e6,
         secs,
         gbps(report.bytes, secs)
-    );
+    )?;
     Ok(())
 }
 
@@ -250,12 +250,12 @@ fn read_everything(ckpt: &Checkpoint) -> Result<(), Box<dyn std::error::Error>> 
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    say!(
         "\nread every tensor (the embedding assembled from its 8 slices): {:.1} MB in {:.3} s ({})",
         read as f64 / 1e6,
         secs,
         gbps(read, secs)
-    );
+    )?;
     Ok(())
 }
 
@@ -276,10 +276,10 @@ fn spot_check(
         want.extend_from_slice(&emb[o..o + 12]);
     }
     let ok = k.bytes() == Some(&values(0, 1024 * 4096)[..]) && rows.bytes() == Some(&want[..]);
-    println!(
+    say!(
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): {}",
         if ok { "values match" } else { "MISMATCH" }
-    );
+    )?;
     if !ok {
         return Err("demo spot check failed".into());
     }
@@ -288,7 +288,7 @@ fn spot_check(
 
 /// init_from_checkpoint into a model with other scope names and another partitioning.
 fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-    println!("\ninit_from_checkpoint into a model with other scope names (bert/...) and the embedding in 5 parts instead of 8:");
+    say!("\ninit_from_checkpoint into a model with other scope names (bert/...) and the embedding in 5 parts instead of 8:")?;
     let mut store = VariableStore::new();
     for l in 0..plan.layers {
         let scope = format!("bert/encoder/layer_{l}");
@@ -330,14 +330,14 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
         ("vocab", Target::name("bert/vocab")),
         ("global_step", Target::variable("global_step")),
     ]);
-    println!("  map: {{\"encoder/\": \"bert/encoder\", \"embedding/\": \"bert/embedding/\", \"head/\": \"bert/head/\", \"vocab\": \"bert/vocab\", \"global_step\": <variable>}}");
+    say!("  map: {{\"encoder/\": \"bert/encoder\", \"embedding/\": \"bert/embedding/\", \"head/\": \"bert/head/\", \"vocab\": \"bert/vocab\", \"global_step\": <variable>}}")?;
     let t0 = Instant::now();
     let call = init_from_checkpoint(&mut store, dir, &map)?;
-    println!(
+    say!(
         "  init_from_checkpoint: {} initializers recorded in {:.1} ms (index only, no tensor bytes read)",
         call.assignments.len(),
         t0.elapsed().as_secs_f64() * 1e3
-    );
+    )?;
     // On the GPU when there is one (a build with the `cuda` feature on a machine with a GPU).
     let device = if Device::gpu_count() > 0 {
         Device::Cuda(0)
@@ -345,7 +345,7 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
         Device::Cpu
     };
     let report = store.initialize(device)?;
-    println!("  initialize on {device}: {report}");
+    say!("  initialize on {device}: {report}")?;
     if device != Device::Cpu {
         store.fetch_to_host()?; // for the spot checks below
     }
@@ -361,10 +361,10 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
     let ok = part1 == Some(want)
         && bias == Some(vec![0.1; 256])
         && step == Some(&1000i64.to_le_bytes()[..]);
-    println!(
+    say!(
         "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): {}",
         if ok { "values match" } else { "MISMATCH" }
-    );
+    )?;
     if !ok {
         return Err("demo init spot check failed".into());
     }

@@ -1,5 +1,23 @@
 //! `tfckpt`: the command line of the tfckpt crate (its contract: README, Command line).
 
+/// `println!` that answers a failed write (a full disk, a closed pipe) with an error to return,
+/// where `println!` would panic: the binary never panics.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::stdout_error)
+    }};
+}
+
+/// `eprintln!` that never panics: a line stderr cannot take is dropped (there is nowhere left to
+/// report it).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod demo;
 mod model_json;
 mod npy;
@@ -165,13 +183,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line whatever the names in it hold: control characters are escaped.
-            eprintln!("error: {}", tfckpt::escape_controls(&e.to_string()));
+            note!("error: {}", tfckpt::escape_controls(&e.to_string()));
             ExitCode::from(1)
         }
     }
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A failed write to stdout, as the one `error:` line says it.
+fn stdout_error(e: std::io::Error) -> String {
+    format!("writing to stdout: {e}")
+}
 
 fn shape_text(shape: &[u64]) -> String {
     format!(
@@ -193,8 +216,8 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
             .collect();
-        serde_json::to_writer(&mut out, &items)?;
-        writeln!(out)?;
+        serde_json::to_writer(&mut out, &items).map_err(|e| stdout_error(e.into()))?;
+        writeln!(out).map_err(stdout_error)?;
     } else {
         for t in ckpt.tensors() {
             let parts = if t.is_partitioned() {
@@ -208,7 +231,8 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
                 tfckpt::escape_controls(&t.name),
                 t.dtype,
                 shape_text(&t.shape)
-            )?;
+            )
+            .map_err(stdout_error)?;
         }
     }
     Ok(())
@@ -239,14 +263,14 @@ fn verify(ckpt: &Path) -> CliResult {
         };
         return Err(format!("{first}{more}").into());
     }
-    println!(
+    say!(
         "ok: {} tensors, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
         report.tensors,
         report.bytes,
         report.blocks,
         secs,
         report.bytes as f64 / secs / 1e9
-    );
+    )?;
     Ok(())
 }
 
@@ -258,16 +282,16 @@ fn convert(ckpt: &Path, out: &Path) -> CliResult {
     let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
     // Only after success: a failure prints its one `error:` line and nothing else.
     for s in &report.skipped {
-        eprintln!("warning: {}", tfckpt::escape_controls(&s.to_string()));
+        note!("warning: {}", tfckpt::escape_controls(&s.to_string()));
     }
-    println!(
+    say!(
         "tfckpt convert: {} tensors, {} bytes written to {} in {:.3} s ({} skipped)",
         report.tensors,
         report.bytes,
         out.display(),
         start.elapsed().as_secs_f64(),
         report.skipped.len()
-    );
+    )?;
     Ok(())
 }
 
@@ -305,6 +329,9 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         copy,
         rank,
     } = *load;
+    if let Device::Cuda(n) = device {
+        check_gpu(n)?;
+    }
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
     let to_safetensors = out.is_some_and(is_safetensors_file);
@@ -319,7 +346,7 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     }
     let call = init_from_checkpoint(&mut store, ckpt, &map)?;
     for w in &call.warnings {
-        eprintln!("warning: {}", tfckpt::escape_controls(w));
+        note!("warning: {}", tfckpt::escape_controls(w));
     }
     let mut options = LoadOptions {
         // init only reads the values (to write them out): large ones are mapped, not copied.
@@ -349,8 +376,32 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
             write_outputs(out, &store)?;
         }
     }
-    println!("tfckpt init: {report}");
+    say!("tfckpt init: {report}")?;
     Ok(())
+}
+
+/// `--device cuda:N` needs GPU N, whatever MODEL.json places on it (cli.md: a build without the
+/// `cuda` feature, or a machine without a GPU, answers it with an error).
+fn check_gpu(n: u32) -> CliResult {
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "--device cuda:{n}: this build of tfckpt has no GPU support (build with the `cuda` \
+             feature); use --device cpu"
+        )
+        .into());
+    }
+    match Device::gpu_count() {
+        0 => Err(format!(
+            "--device cuda:{n}: no GPU can be used here (no NVIDIA driver, or no GPU); use --device cpu"
+        )
+        .into()),
+        count if n as usize >= count => Err(format!(
+            "--device cuda:{n}: there is no GPU {n}; this machine has {count} (cuda:0 to cuda:{})",
+            count - 1
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Variable names become paths under DIR: refuse components that would leave it, and names whose
@@ -484,7 +535,8 @@ impl ProgressLine {
         }
         self.shown.store(true, std::sync::atomic::Ordering::Relaxed);
         let pct = 100.0 * p.bytes_done as f64 / p.bytes_total.max(1) as f64;
-        eprint!(
+        let _ = write!(
+            std::io::stderr().lock(),
             "\r  loading {pct:5.1}%  {:.2} / {:.2} GB  {}/{} tensors  {:.2} GB/s ",
             p.bytes_done as f64 / 1e9,
             p.bytes_total as f64 / 1e9,
@@ -496,7 +548,7 @@ impl ProgressLine {
 
     fn finish(&self) {
         if self.shown.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!();
+            note!();
         }
     }
 }
