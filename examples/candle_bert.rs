@@ -161,18 +161,14 @@ impl Bert {
     }
 }
 
-/// Layer normalization over the last dimension, from plain tensor ops: candle's fused
-/// `LayerNorm::forward` has no backward pass, and training needs one.
+/// Layer normalization over the last dimension with a backward pass: candle-nn 0.11's fused
+/// `LayerNorm::forward` has none (its gradients are silently `None`, and nothing before it
+/// trains), so training uses candle's tensor-op version.
 fn norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + 1e-12)?.sqrt()?)?;
-    let out = normed.broadcast_mul(ln.weight())?;
-    match ln.bias() {
-        Some(b) => out.broadcast_add(b),
-        None => Ok(out),
-    }
+    let bias = ln
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("LayerNorm without beta".into()))?;
+    candle_nn::ops::layer_norm_slow(x, ln.weight(), bias, 1e-12)
 }
 
 /// Deterministic pseudo-random values in [-0.05, 0.05).

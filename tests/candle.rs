@@ -495,8 +495,11 @@ fn a_cast_accepted_once_leaves_the_vars_dtype_for_the_next_call() {
     assert_eq!(var(&varmap, "x").to_vec1::<f32>().unwrap(), [1.5, -2.0]);
 }
 
+/// A name the checkpoint holds with another shape is mapped all the same (BERT's recipe maps by
+/// name), so the call fails naming the `Var` and both shapes instead of leaving it untrained;
+/// `fitting()` leaves it to candle's initialization on purpose.
 #[test]
-fn map_existing_leaves_out_a_name_held_with_another_shape_and_says_so() {
+fn map_existing_maps_a_name_held_with_another_shape_and_the_call_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = CkptBuilder::new(dir.path().join("m"));
     b.f32("dense/kernel", &[3, 2], &[0.0; 6])
@@ -505,11 +508,15 @@ fn map_existing_leaves_out_a_name_held_with_another_shape_and_says_so() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
     candle_nn::linear(4, 2, vb.pp("dense")).unwrap(); // kernel [4, 2] here, [3, 2] there
-    let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
     let found = init.map_existing(&prefix).unwrap();
+    let pair = |c: &str, t: &str| (c.to_string(), t.to_string());
     assert_eq!(
         found.pairs,
-        [("dense.bias".to_string(), "dense/bias".to_string())]
+        [
+            pair("dense.bias", "dense/bias"),
+            pair("dense.weight", "dense/kernel")
+        ]
     );
     assert_eq!(
         found.shape_mismatches,
@@ -519,6 +526,35 @@ fn map_existing_leaves_out_a_name_held_with_another_shape_and_says_so() {
             vec![4, 2],
             vec![3, 2]
         )]
+    );
+    let err = init.init_from_checkpoint(&prefix, &found.map).unwrap_err();
+    let text = err.to_string();
+    for needle in ["\"dense.weight\"", "[4, 2]", "[3, 2]"] {
+        assert!(text.contains(needle), "{text} should name {needle}");
+    }
+    // A map naming the `Var` by its candle name: the error suggests its TensorFlow name.
+    for target in [
+        Target::name("dense.weight"),
+        Target::variable("dense.weight"),
+    ] {
+        let map = AssignmentMap::from([("dense/bias", target)]);
+        let text = init
+            .init_from_checkpoint(&prefix, &map)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("did you mean dense/kernel?"), "{text}");
+    }
+    let before = var(&varmap, "dense.weight").to_vec2::<f32>().unwrap();
+    init.init_from_checkpoint(&prefix, &found.fitting())
+        .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(
+        var(&varmap, "dense.bias").to_vec1::<f32>().unwrap(),
+        [1.0; 2]
+    );
+    assert_eq!(
+        var(&varmap, "dense.weight").to_vec2::<f32>().unwrap(),
+        before
     );
 }
 

@@ -58,9 +58,15 @@ impl From<ErrorKind> for Error {
     }
 }
 
+/// The message, as [`Display`](fmt::Display) gives it: what `main` returning `Result<(), Error>`
+/// (or a `Box<dyn Error>` holding one) and `unwrap` print. `{:#?}` gives the kind's fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        if f.alternate() {
+            fmt::Debug::fmt(&self.0, f)
+        } else {
+            fmt::Display::fmt(self, f)
+        }
     }
 }
 
@@ -522,5 +528,28 @@ fn range_text(range: &Option<(u64, u64)>) -> String {
     match range {
         Some((a, b)) => format!(" bytes {a}..{b}"),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `main` returning an error through `?` prints its `Debug`: the message, not the fields.
+    #[test]
+    fn debug_is_the_message() {
+        let e: Error = ErrorKind::NotFound {
+            path: "/no/such/ckpt".into(),
+        }
+        .into();
+        assert_eq!(format!("{e:?}"), e.to_string());
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        assert_eq!(format!("{boxed:?}"), boxed.to_string());
+        assert!(boxed.to_string().contains("/no/such/ckpt"), "{boxed}");
+        let e: Error = ErrorKind::NotFound {
+            path: "/no/such/ckpt".into(),
+        }
+        .into();
+        assert!(format!("{e:#?}").starts_with("NotFound {"), "{e:#?}");
     }
 }

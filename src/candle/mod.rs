@@ -98,18 +98,36 @@ pub struct CandleInit {
 /// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
 #[derive(Clone, Debug, Default)]
 pub struct ExistingMap {
-    /// Every `Var` whose TensorFlow name the checkpoint holds, mapped to that tensor.
+    /// Every `Var` whose TensorFlow name the checkpoint holds, mapped to that tensor, whatever its
+    /// shape, as BERT's recipe maps by name alone: a name held with another shape makes
+    /// `init_from_checkpoint` fail, naming the `Var` and both shapes, rather than leave the `Var`
+    /// silently untrained. [`fitting`](Self::fitting) leaves those out.
     pub map: AssignmentMap,
     /// The pairs of `map`: (candle name, TensorFlow name).
     pub pairs: Vec<(String, String)>,
     /// Candle names of the `Var`s the checkpoint does not hold (they keep candle's
     /// initialization: a fresh head, say).
     pub not_in_checkpoint: Vec<String>,
-    /// `Var`s whose name the checkpoint holds with another shape, left out of `map`: (candle
-    /// name, TensorFlow name, the `Var`'s shape as TensorFlow's, the tensor's shape).
+    /// The pairs of `map` whose tensor has another shape than the `Var`: (candle name, TensorFlow
+    /// name, the `Var`'s shape as TensorFlow's, the tensor's shape).
     pub shape_mismatches: Vec<(String, String, Vec<u64>, Vec<u64>)>,
     /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
     pub not_in_model: Vec<String>,
+}
+
+impl ExistingMap {
+    /// `map` without the names the checkpoint holds with another shape: those `Var`s keep
+    /// candle's initialization (a fresh head under a pre-trained head's name, say). Everything
+    /// else loads.
+    pub fn fitting(&self) -> AssignmentMap {
+        let mut map = AssignmentMap::new();
+        for (_, tf) in &self.pairs {
+            if !self.shape_mismatches.iter().any(|m| &m.1 == tf) {
+                map.push(tf.clone(), Target::Variable(tf.clone()));
+            }
+        }
+        map
+    }
 }
 
 impl CandleInit {
@@ -246,7 +264,6 @@ impl CandleInit {
             if shape != t.shape {
                 let mismatch = (b.candle.clone(), tf.clone(), shape, t.shape.clone());
                 found.shape_mismatches.push(mismatch);
-                continue;
             }
             found.map.push(tf.clone(), Target::Variable(tf.clone()));
             found.pairs.push((b.candle.clone(), tf.clone()));
@@ -313,6 +330,30 @@ impl CandleInit {
 
     /// Adds the candle name to an error about a variable of the store.
     fn name_var(&self, e: Error) -> Error {
+        // A map that names a `Var` by its candle name: suggest its TensorFlow name.
+        let candle_named = |name: &str| self.tf_name(name).map(|tf| vec![tf.to_string()]);
+        match e.kind() {
+            ErrorKind::NotAVariableOrScope { key, target, .. } => {
+                if let Some(suggestions) = candle_named(target) {
+                    return ErrorKind::NotAVariableOrScope {
+                        key: key.clone(),
+                        target: target.clone(),
+                        suggestions,
+                    }
+                    .into();
+                }
+            }
+            ErrorKind::VariableNotFound { name, .. } => {
+                if let Some(suggestions) = candle_named(name) {
+                    return ErrorKind::VariableNotFound {
+                        name: name.clone(),
+                        suggestions,
+                    }
+                    .into();
+                }
+            }
+            _ => {}
+        }
         let tf = match e.kind() {
             ErrorKind::ShapeMismatch { variable, .. }
             | ErrorKind::DtypeMismatch { variable, .. }
