@@ -98,6 +98,45 @@ fn get_writes_tensorflow_values() {
     assert!(n > 60);
 }
 
+/// Sub-byte integers are stored one per byte in the low bits; TensorFlow (ml_dtypes) ignores the
+/// upper bits. A stored byte with them set still gives the value of its low bits: 0x7f is the
+/// int4 -1 and the uint4 15, never 127.
+#[test]
+fn get_reads_sub_byte_integers_from_their_low_bits_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stored = [0x07u8, 0x0f, 0x7f, 0xf8, 0x03, 0xff];
+    let mut b = CkptBuilder::new(tmp.path().join("m"));
+    for dtype in [
+        tfckpt::DType::I4,
+        tfckpt::DType::U4,
+        tfckpt::DType::I2,
+        tfckpt::DType::U2,
+    ] {
+        b.bytes(dtype.name(), dtype, &[6], &stored);
+    }
+    let prefix = b.finish();
+    let want: [(&str, [i16; 6]); 4] = [
+        ("int4", [7, -1, -1, -8, 3, -1]),
+        ("uint4", [7, 15, 15, 8, 3, 15]),
+        ("int2", [-1, -1, -1, 0, -1, -1]),
+        ("uint2", [3, 3, 3, 0, 3, 3]),
+    ];
+    for (name, values) in want {
+        let out = tmp.path().join(format!("{name}.npy"));
+        let o = tfckpt(&[
+            "get",
+            prefix.to_str().unwrap(),
+            name,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let got = npy::read(std::fs::File::open(&out).unwrap()).unwrap();
+        let want: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+        assert_eq!(got.data, want, "{name}");
+    }
+}
+
 #[test]
 fn get_strips_colon_zero_and_reads_slices() {
     let out = tempfile::tempdir().unwrap();
@@ -163,6 +202,96 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// An `--out` file is written under a temporary name and renamed into place: refused before any
+/// work when that rename would replace a FIFO, a symbolic link, a directory, or a file of the
+/// checkpoint being read (also through a hard link), which is left as it was.
+#[cfg(unix)]
+#[test]
+fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_files(&fixture("h1_basic"), tmp.path());
+    let ckpt = tmp.path().to_str().unwrap();
+    let data = tmp.path().join("model-0.data-00000-of-00001");
+    let index = tmp.path().join("model-0.index");
+    let fifo = tmp.path().join("fifo.npy");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let link = tmp.path().join("link.npy");
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere.npy"), &link).unwrap();
+    let hard = tmp.path().join("hard.safetensors");
+    std::fs::hard_link(&data, &hard).unwrap();
+    let model = r#"{"variables": [{"name": "v", "shape": [1, 10], "dtype": "float32"}]}"#;
+    let before = std::fs::read(&data).unwrap();
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            vec![
+                "get",
+                ckpt,
+                "useful_scope/var4",
+                "--out",
+                fifo.to_str().unwrap(),
+            ],
+            "not a regular file",
+        ),
+        (
+            vec![
+                "get",
+                ckpt,
+                "useful_scope/var4",
+                "--out",
+                link.to_str().unwrap(),
+            ],
+            "a symbolic link",
+        ),
+        (
+            vec![
+                "get",
+                ckpt,
+                "useful_scope/var4",
+                "--out",
+                data.to_str().unwrap(),
+            ],
+            "a file of the checkpoint",
+        ),
+        (
+            vec!["convert", ckpt, index.to_str().unwrap()],
+            "a file of the checkpoint",
+        ),
+        (
+            vec!["convert", ckpt, tmp.path().to_str().unwrap()],
+            "a directory",
+        ),
+        (
+            vec![
+                "init",
+                ckpt,
+                "--model",
+                model,
+                "--map",
+                "{}",
+                "--out",
+                hard.to_str().unwrap(),
+            ],
+            "a file of the checkpoint",
+        ),
+    ];
+    for (args, why) in cases {
+        let o = tfckpt(&args);
+        assert_one_error_line(&o, 1, why);
+    }
+    let t = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&t));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&data).unwrap(), before);
+    assert!(tfckpt(&["verify", ckpt]).status.success());
+}
+
 /// stdout that cannot be written (here a full device): an `error:` line and exit code 1, never
 /// Rust's panic on a failed `println!`.
 #[cfg(target_os = "linux")]
@@ -180,9 +309,11 @@ fn a_full_stdout_is_an_error_not_a_panic() {
         &["init", &ckpt, "--model", model, "--map", "{}"],
     ];
     for args in runs {
+        // Opened, never created: a machine without the device skips nothing silently.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
         let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(args)
-            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .stdout(full.expect("/dev/full"))
             .output()
             .unwrap();
         assert_one_error_line(&o, 1, "writing to stdout: ");

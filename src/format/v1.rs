@@ -169,6 +169,11 @@ impl V1Set {
         })
     }
 
+    /// Each file's path (or URL).
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path().to_path_buf()).collect()
+    }
+
     /// Whether every file is as it was when opened.
     pub(crate) fn is_current(&self) -> bool {
         self.files.iter().all(V1File::is_current)

@@ -289,6 +289,26 @@ impl Checkpoint {
         &self.prefix
     }
 
+    /// The files the checkpoint is read from (object URLs, for one on object storage): for V2 its
+    /// index and each data shard a tensor is stored in, for V1 each file.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match &self.inner {
+            Inner::V2(b) => {
+                let shards: std::collections::BTreeSet<u32> = b
+                    .index
+                    .entries
+                    .iter()
+                    .filter(|e| e.slices.is_empty())
+                    .map(|e| e.shard)
+                    .collect();
+                std::iter::once(b.index_path.clone())
+                    .chain(shards.into_iter().map(|s| b.shard_path(s)))
+                    .collect()
+            }
+            Inner::V1(set) => set.paths(),
+        }
+    }
+
     /// V2 or V1.
     pub fn format(&self) -> Format {
         match self.inner {

@@ -240,6 +240,7 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
 
 fn get(ckpt: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
     let ckpt = Checkpoint::open(ckpt)?;
+    out::check_file_out(out, || ckpt.files())?;
     let name = name.strip_suffix(":0").unwrap_or(name);
     let tensor = match slice {
         None => ckpt.read(name)?,
@@ -277,6 +278,7 @@ fn verify(ckpt: &Path) -> CliResult {
 fn convert(ckpt: &Path, out: &Path) -> CliResult {
     let start = Instant::now();
     let ckpt = Checkpoint::open(ckpt)?;
+    out::check_file_out(out, || ckpt.files())?;
     // The folders made for OUT are removed again if it fails; the file is renamed into place
     // only when every tensor was read and checked.
     let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
@@ -335,9 +337,12 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
     let map = model_json::parse_map(&json_arg("--map", map)?)?;
     let to_safetensors = out.is_some_and(is_safetensors_file);
-    if to_safetensors {
+    if let Some(file) = out.filter(|_| to_safetensors) {
         // A variable safetensors cannot hold fails before anything is loaded.
         store.check_safetensors()?;
+        out::check_file_out(file, || {
+            Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| c.files())
+        })?;
     } else if let Some(dir) = out {
         if dir.exists() && !dir.is_dir() {
             return Err(format!("--out {}: exists and is not a directory", dir.display()).into());

@@ -82,6 +82,8 @@ pub fn write_tensor(w: impl Write, t: &Tensor) -> std::io::Result<()> {
             match t.dtype {
                 DType::I4 => write_raw(w, descr, &t.shape, &sign_extend(b, 4)),
                 DType::I2 => write_raw(w, descr, &t.shape, &sign_extend(b, 2)),
+                DType::U4 => write_raw(w, descr, &t.shape, &low_bits(b, 4)),
+                DType::U2 => write_raw(w, descr, &t.shape, &low_bits(b, 2)),
                 _ => write_raw(w, descr, &t.shape, b),
             }
         }
@@ -94,6 +96,13 @@ fn sign_extend(b: &[u8], bits: u32) -> Vec<u8> {
     b.iter()
         .map(|&x| (((x << shift) as i8) >> shift) as u8)
         .collect()
+}
+
+/// The low `bits` bits of each byte (uint4/uint2 are stored one per byte, low bits; TensorFlow's
+/// ml_dtypes ignore the upper bits, so a stored 0x7f is the uint4 15).
+fn low_bits(b: &[u8], bits: u32) -> Vec<u8> {
+    let mask = (1u8 << bits) - 1;
+    b.iter().map(|&x| x & mask).collect()
 }
 
 /// An array read back from a `.npy` file.

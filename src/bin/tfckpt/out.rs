@@ -20,6 +20,53 @@ fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
     format!("{}: {e}", path.display()).into()
 }
 
+/// Refuses a file `--out` whose rename into place would replace what it must not: anything but a
+/// regular file (a device such as `/dev/full`, a FIFO, a symbolic link, a directory), or one of
+/// `inputs`, the files of the checkpoint being read (the same file by device and inode, hard
+/// links included; asked for only when `out` exists).
+pub(crate) fn check_file_out(out: &Path, inputs: impl FnOnce() -> Vec<PathBuf>) -> CliResult {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(out, e)),
+    };
+    let t = meta.file_type();
+    if !t.is_file() {
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_symlink() {
+            "a symbolic link"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
+        return Err(format!(
+            "--out {}: exists and is {what}, which writing the output would replace; name a \
+             regular file or a new path",
+            out.display()
+        )
+        .into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        for input in inputs() {
+            if let Ok(m) = std::fs::metadata(&input) {
+                if m.dev() == meta.dev() && m.ino() == meta.ino() {
+                    return Err(format!(
+                        "--out {}: is {}, a file of the checkpoint being read",
+                        out.display(),
+                        input.display()
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = inputs;
+    Ok(())
+}
+
 /// The folders [`create_parents`] made, to remove again (deepest first) when the command fails.
 #[must_use]
 pub(crate) struct CreatedDirs(Vec<PathBuf>);
