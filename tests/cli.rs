@@ -200,6 +200,23 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
     let kept = tmp.path().join("model.ckpt-0-00000-of-00002");
     let o = tfckpt(&["verify", kept.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A stray file the glob matches, numbered past the count: named too.
+    std::fs::copy(
+        fixture("v1_sharded").join("model.ckpt-0-00001-of-00002"),
+        &gone,
+    )
+    .unwrap();
+    let stray = tmp.path().join("model.ckpt-0-00003-of-00002");
+    std::fs::copy(&kept, &stray).unwrap();
+    let o = tfckpt(&["verify", tmp.path().to_str().unwrap()]);
+    assert_one_error_line(
+        &o,
+        1,
+        &format!(
+            "{}: bad checkpoint header: named as file 3",
+            stray.display()
+        ),
+    );
 }
 
 /// An `--out` file is written under a temporary name and renamed into place: refused before any

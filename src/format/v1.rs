@@ -219,20 +219,39 @@ impl V1Set {
     pub(crate) fn verify(&self) -> Result<(usize, u64)> {
         let mut blocks = 0;
         let mut bytes = 0u64;
+        let mut keys: Vec<std::collections::HashSet<Vec<u8>>> = Vec::new();
         for file in &self.files {
             let path = file.path();
+            let mut file_keys = std::collections::HashSet::new();
             let checked = Table::open(path, file.bytes()).and_then(|table| {
                 blocks += table.num_blocks();
                 bytes += file.len();
-                self.check_records(path, &table)
+                self.check_records(path, &table, &mut file_keys)
             });
             file.intact()?;
             checked?;
+            keys.push(file_keys);
+        }
+        // Every slice a file's metadata lists has its record in that file.
+        for (name, t) in &self.tensors {
+            for (slice, fi) in &t.slices {
+                if !keys[*fi].contains(&slice_key(name.as_bytes(), slice)) {
+                    return Err(ErrorKind::BadEntry {
+                        path: self.files[*fi].path().into(),
+                        tensor: name.clone(),
+                        reason: format!(
+                            "the file's metadata lists slice {slice}, and the file holds no record of it"
+                        ),
+                    }
+                    .into());
+                }
+            }
         }
         Ok((blocks, bytes))
     }
 
-    /// The files of a sharded save that its other files' names say exist but that are not here.
+    /// The files of a sharded save that its other files' names say exist but that are not here,
+    /// and files numbered past the count its names give.
     /// A sharded V1 save writes `NAME-00000-of-0000N` to `NAME-0000(N-1)-of-0000N`, and the glob
     /// its `checkpoint` state file stores (`NAME-?????-of-0000N`) finds whichever are there.
     pub(crate) fn missing_shards(&self) -> Vec<crate::base::error::Error> {
@@ -254,8 +273,20 @@ impl V1Set {
             let Ok(num_shards) = n.parse::<u64>() else {
                 continue;
             };
-            // Names past the count are no shards of this save: nothing to say about them.
             let found_count = found.iter().filter(|&&i| i < num_shards).count();
+            // A file numbered past the count is no file of this save (a glob matched it).
+            for &shard in found.iter().filter(|&&i| i >= num_shards) {
+                missing.push(
+                    ErrorKind::BadHeader {
+                        path: dir.join(format!("{stem}-{shard:05}-of-{n}")),
+                        reason: format!(
+                            "named as file {shard} of a sharded V1 checkpoint of {num_shards} \
+                             files (numbered from 0), so it belongs to no save of this one"
+                        ),
+                    }
+                    .into(),
+                );
+            }
             for shard in (0..num_shards).filter(|i| !found.contains(i)) {
                 missing.push(
                     ErrorKind::MissingV1Shard {
@@ -271,12 +302,18 @@ impl V1Set {
         missing
     }
 
-    /// Decodes every data record of one file's table.
-    fn check_records(&self, path: &Path, table: &Table<'_>) -> Result<()> {
+    /// Decodes every data record of one file's table, collecting their keys.
+    fn check_records(
+        &self,
+        path: &Path,
+        table: &Table<'_>,
+        keys: &mut std::collections::HashSet<Vec<u8>>,
+    ) -> Result<()> {
         table.for_each(|key, value| {
             if key.is_empty() {
                 return Ok(());
             }
+            keys.insert(key.to_vec());
             let rec = proto::SavedTensorSlices::decode(value)
                 .ok()
                 .and_then(|r| r.data);
@@ -428,8 +465,123 @@ fn typed_values(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::shard_name;
+    use crate::base::slice::Slice;
+    use crate::format::proto;
+    use crate::format::slice_codec::{slice_key, slice_to_proto};
+    use crate::format::sstable_builder::TableBuilder;
+    use prost::Message;
+
+    /// One float32 tensor of a hand-made V1 file: name, full shape, and its stored slices with
+    /// their values.
+    pub(crate) type V1Tensor<'a> = (&'a str, Vec<u64>, Vec<(Slice, Vec<f32>)>);
+
+    /// The bytes of a V1 file (an SSTable of `block_size`-byte blocks) holding `tensors`, whose
+    /// metadata lists every slice; the records of `(tensor, slice index)` in `omit` are left out.
+    pub(crate) fn v1_file(
+        tensors: &[V1Tensor],
+        omit: &[(&str, usize)],
+        block_size: usize,
+    ) -> Vec<u8> {
+        let shape = |dims: &[u64]| proto::TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|&d| proto::Dim {
+                    size: d as i64,
+                    name: String::new(),
+                })
+                .collect(),
+            unknown_rank: false,
+        };
+        let meta = proto::SavedTensorSlices {
+            meta: Some(proto::SavedTensorSliceMeta {
+                tensor: tensors
+                    .iter()
+                    .map(|(name, dims, slices)| proto::SavedSliceMeta {
+                        name: name.as_bytes().to_vec(),
+                        shape: Some(shape(dims)),
+                        r#type: 1,
+                        slice: slices.iter().map(|(s, _)| slice_to_proto(s)).collect(),
+                    })
+                    .collect(),
+                versions: Some(proto::VersionDef {
+                    producer: 1,
+                    min_consumer: 0,
+                    bad_consumers: vec![],
+                }),
+            }),
+            data: None,
+        };
+        let mut records = vec![(Vec::new(), meta.encode_to_vec())];
+        for (name, _, slices) in tensors {
+            for (i, (slice, values)) in slices.iter().enumerate() {
+                if omit.contains(&(name, i)) {
+                    continue;
+                }
+                let data = proto::SavedTensorSlices {
+                    meta: None,
+                    data: Some(proto::SavedSlice {
+                        name: name.as_bytes().to_vec(),
+                        slice: Some(slice_to_proto(slice)),
+                        data: Some(proto::TensorProto {
+                            dtype: 1,
+                            float_val: values.clone(),
+                            ..Default::default()
+                        }),
+                    }),
+                };
+                records.push((slice_key(name.as_bytes(), slice), data.encode_to_vec()));
+            }
+        }
+        records.sort();
+        let mut table = TableBuilder::new(block_size, false);
+        for (k, v) in &records {
+            table.add(k, v);
+        }
+        table.finish()
+    }
+
+    fn rows(start: u64, len: u64) -> Slice {
+        Slice::from_ranges(&[(start, len)])
+    }
+
+    /// What TensorFlow's reader would refuse, `verify` reports: a slice the metadata lists with
+    /// no record, and stored slices that overlap.
+    #[test]
+    fn verify_finds_a_listed_slice_without_its_record_and_overlapping_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let verify = |name: &str, tensors: &[V1Tensor], omit: &[(&str, usize)]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, v1_file(tensors, omit, 4096)).unwrap();
+            crate::Checkpoint::open(&path).unwrap().verify_all()
+        };
+        let t: V1Tensor = (
+            "t",
+            vec![4],
+            vec![(rows(0, 2), vec![1.0, 2.0]), (rows(2, 2), vec![3.0, 4.0])],
+        );
+        assert!(verify("good", std::slice::from_ref(&t), &[])
+            .problems
+            .is_empty());
+        let r = verify("no_record", std::slice::from_ref(&t), &[("t", 1)]);
+        let text = r.problems[0].to_string();
+        assert!(
+            text.contains("lists slice 2,2, and the file holds no record of it"),
+            "{text}"
+        );
+        let overlap: V1Tensor = (
+            "t",
+            vec![4],
+            vec![(rows(0, 3), vec![1.0; 3]), (rows(2, 2), vec![9.0; 2])],
+        );
+        let r = verify("overlap", &[overlap], &[]);
+        let text = r.problems[0].to_string();
+        assert!(
+            text.contains("overlapping stored slices 0,3 and 2,2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn shard_names_are_tensorflows_pattern_only() {

@@ -517,6 +517,14 @@ impl Checkpoint {
                 if resolve::is_glob(&self.prefix) {
                     problems.extend(set.missing_shards());
                 }
+                // Stored slices that overlap (across files, too): TensorFlow refuses to read them.
+                for (id, info) in self.infos.iter().enumerate() {
+                    if info.is_partitioned() {
+                        if let Err(e) = self.stored_at(id).check_overlaps() {
+                            problems.push(e);
+                        }
+                    }
+                }
                 VerifyReport {
                     tensors: set.tensors.values().map(|t| t.slices.len()).sum(),
                     bytes,
