@@ -306,13 +306,24 @@ fn parse_device(s: &str) -> Result<Device, String> {
     Device::parse(s).ok_or_else(|| format!("expected cpu, cuda or cuda:N, found {s:?}"))
 }
 
+/// The most a MODEL.json or MAP.json file may hold (a model of 200,000 variables takes about
+/// 20 MB): `/dev/zero` as `--model` is an error, not memory exhausted.
+const JSON_LIMIT: u64 = 1 << 30;
+
 /// A file's text, or the argument itself when it is inline JSON.
 fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::Read;
     if arg.trim_start().starts_with(['{', '[']) {
-        Ok(arg.to_string())
-    } else {
-        std::fs::read_to_string(arg).map_err(|e| format!("{what} {arg}: {e}").into())
+        return Ok(arg.to_string());
     }
+    let mut text = String::new();
+    std::fs::File::open(arg)
+        .and_then(|f| f.take(JSON_LIMIT + 1).read_to_string(&mut text))
+        .map_err(|e| format!("{what} {arg}: {e}"))?;
+    if text.len() as u64 > JSON_LIMIT {
+        return Err(format!("{what} {arg}: larger than {} MiB", JSON_LIMIT >> 20).into());
+    }
+    Ok(text)
 }
 
 /// How `init` loads.

@@ -14,7 +14,77 @@ fn bad(what: &str, reason: String) -> tfckpt::Error {
 }
 
 fn parse(what: &str, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| bad(what, format!("not valid JSON: {e}")))
+    serde_json::from_str::<Strict>(text)
+        .map(|s| s.0)
+        .map_err(|e| bad(what, format!("not valid JSON: {e}")))
+}
+
+/// A JSON value in which no object repeats a key: serde_json's `Value` would keep the last one
+/// silently, dropping an assignment or a field.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object (to repeat a checkpoint key, \
+                     give MAP.json as an array of [key, target] pairs)"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Builds a [`VariableStore`] from MODEL.json text:
@@ -246,6 +316,29 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         }
         assert!(parse_map("[1]").unwrap_err().to_string().contains("pair 0"));
+        // A key twice in one object would drop one silently: an error, at any depth.
+        let e = parse_map(r#"{"t": "a", "t": "b"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the key \"t\" appears twice") && e.contains("array of [key, target] pairs"),
+            "{e}"
+        );
+        let e = parse_model(
+            r#"{"variables": [{"name": "a", "name": "b", "shape": [1], "dtype": "float32"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("the key \"name\" appears twice"), "{e}");
+        // The same key in two objects is no repeat; numbers keep their kind.
+        let m = parse_map(r#"{"a": {"variable": "x"}, "b": {"variable": "y"}}"#).unwrap();
+        assert_eq!(m.pairs().len(), 2);
+        let store = parse_model(
+            r#"{"variables": [{"name": "i", "shape": [1], "dtype": "int64", "initializer": {"constant": -9223372036854775808}},
+                              {"name": "f", "shape": [1], "dtype": "float64", "initializer": {"constant": 0.1}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(store.variables().count(), 2);
         // Placement: one device, one per part, and the mistakes.
         let store = parse_model(
             r#"{"variables": [
