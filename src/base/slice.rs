@@ -245,6 +245,14 @@ impl Region {
         Region(dims)
     }
 
+    /// Whether two boxes share an element (`intersect` without building the box).
+    pub(crate) fn overlaps(&self, other: &Region) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .all(|(&(sa, la), &(sb, lb))| sa.max(sb) < (sa + la).min(sb + lb))
+    }
+
     /// The intersection of two boxes, `None` if empty.
     pub(crate) fn intersect(&self, other: &Region) -> Option<Region> {
         self.0
@@ -315,7 +323,42 @@ impl RegionIndex {
             .range(from..end)
             .flat_map(|(_, ids)| ids)
             .copied()
-            .find(|&i| self.regions[i].intersect(r).is_some())
+            .find(|&i| self.regions[i].overlaps(r))
+    }
+
+    /// The positions (in insertion order, ascending) of every indexed box that overlaps `r`. An
+    /// empty box overlaps nothing.
+    pub(crate) fn intersecting(&self, r: &Region) -> Vec<usize> {
+        let Some(&(start, len)) = r.0.get(self.axis) else {
+            // Scalars: every box is the whole.
+            return (0..self.regions.len()).collect();
+        };
+        let (from, end) = (
+            (start + 1).saturating_sub(self.longest),
+            start.saturating_add(len),
+        );
+        if r.num_elements() == Some(0) || from >= end {
+            return Vec::new();
+        }
+        let mut ids: Vec<usize> = self
+            .by_start
+            .range(from..end)
+            .flat_map(|(_, ids)| ids)
+            .copied()
+            .filter(|&i| self.regions[i].overlaps(r))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// An index over `regions` along the axis they are spread on.
+    pub(crate) fn of(regions: impl IntoIterator<Item = Region>) -> RegionIndex {
+        let regions: Vec<Region> = regions.into_iter().collect();
+        let mut index = RegionIndex::new(RegionIndex::best_axis(&regions));
+        for r in regions {
+            index.insert(r);
+        }
+        index
     }
 
     /// Adds `r`.
@@ -354,7 +397,7 @@ impl RegionIndex {
             }
             if let Some(&(_, i)) = open
                 .iter()
-                .find(|&&(_, i)| regions[i].intersect(&regions[j]).is_some())
+                .find(|&&(_, i)| regions[i].overlaps(&regions[j]))
             {
                 return Some((i.min(j), i.max(j)));
             }

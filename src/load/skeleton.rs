@@ -162,14 +162,13 @@ pub(crate) fn stored_bytes(stored: &Stored<'_>, dests: &[(&Variable, &Slice)]) -
     if stored.info.slices.is_empty() {
         return crate::base::slice::num_elements(&stored.info.shape).unwrap_or(0) * size;
     }
-    let wants: Vec<_> = dests
-        .iter()
-        .map(|d| d.1.region(&stored.info.shape))
-        .collect();
+    let wants =
+        crate::base::slice::RegionIndex::of(dests.iter().map(|d| d.1.region(&stored.info.shape)));
     stored
         .pieces()
+        .all()
         .iter()
-        .filter(|p| wants.iter().any(|w| p.region.intersect(w).is_some()))
+        .filter(|p| wants.overlapping(&p.region).is_some())
         .map(|p| p.region.num_elements().unwrap_or(0) * size)
         .sum()
 }

@@ -4,7 +4,7 @@
 //! intersection with every request is copied into that request's elements.
 
 use super::checkpoint::Inner;
-use super::stored::{Piece, Stored};
+use super::stored::{Piece, PieceSet, Stored};
 use crate::base::copy::{copy_box, Dst};
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{for_each_run, Region, RegionIndex, Slice};
@@ -21,20 +21,15 @@ enum PieceValues {
     Owned(Vec<u8>),
 }
 
-impl Stored<'_> {
+impl<'c> Stored<'c> {
     /// Checks that the stored pieces do not overlap (TensorFlow's check when it restores).
     pub(crate) fn check_overlaps(&self) -> Result<()> {
-        self.check_pieces(&self.pieces())
-    }
-
-    fn check_pieces(&self, pieces: &[Piece]) -> Result<()> {
-        let regions: Vec<Region> = pieces.iter().map(|p| p.region.clone()).collect();
-        match RegionIndex::first_overlap(&regions) {
+        match self.overlap() {
             None => Ok(()),
-            Some((i, j)) => Err(ErrorKind::OverlappingSlices {
+            Some((first, second)) => Err(ErrorKind::OverlappingSlices {
                 tensor: self.info.name.clone(),
-                first: pieces[i].slice.to_string(),
-                second: pieces[j].slice.to_string(),
+                first: first.slice.to_string(),
+                second: second.slice.to_string(),
             }
             .into()),
         }
@@ -42,12 +37,12 @@ impl Stored<'_> {
 
     /// The stored pieces, after checking that they do not overlap and that together they cover
     /// every box of `requests`; nothing is read for a request that must fail.
-    pub(crate) fn covering(&self, requests: &[&Region]) -> Result<Vec<Piece>> {
+    pub(crate) fn covering(&self, requests: &[&Region]) -> Result<&'c PieceSet> {
         let pieces = self.pieces();
-        self.check_pieces(&pieces)?;
+        self.check_overlaps()?;
         for want in requests {
             let covered: u64 = pieces
-                .iter()
+                .intersecting(want)
                 .filter_map(|p| p.region.intersect(want))
                 .map(|inter| inter.num_elements().unwrap_or(0))
                 .sum();
@@ -56,6 +51,7 @@ impl Stored<'_> {
                     tensor: self.info.name.clone(),
                     requested: region_text(want, &self.info.shape),
                     stored: pieces
+                        .all()
                         .iter()
                         .map(|p| p.slice.to_string())
                         .collect::<Vec<_>>()
@@ -81,21 +77,22 @@ impl Stored<'_> {
         }
         let requests: Vec<&Region> = reqs.iter().map(|r| &r.0).collect();
         let pieces = self.covering(&requests)?;
-        self.assemble_from(&pieces, reqs)
+        self.assemble_from(pieces, reqs)
     }
 
     /// [`assemble`](Self::assemble) from pieces already checked by [`covering`](Self::covering).
     pub(crate) fn assemble_from(
         &self,
-        pieces: &[Piece],
+        pieces: &PieceSet,
         reqs: &mut [Request<'_>],
     ) -> Result<usize> {
+        let index = RegionIndex::of(reqs.iter().map(|r| r.0.clone()));
         if self.info.dtype.size().is_none() {
-            return self.assemble_strings(pieces, reqs);
+            return self.assemble_strings(pieces, &index, reqs);
         }
         let mut read = 0;
-        for p in pieces {
-            let users = users(p, reqs);
+        for p in pieces.all() {
+            let users = users(p, &index, reqs);
             if users.is_empty() {
                 continue;
             }
@@ -125,7 +122,7 @@ impl Stored<'_> {
                     let dsts = reqs
                         .iter_mut()
                         .enumerate()
-                        .filter(|(i, _)| users.iter().any(|u| u.0 == *i))
+                        .filter(|(i, _)| users.binary_search_by_key(i, |u| u.0).is_ok())
                         .filter_map(|(_, (want, out))| {
                             let (buf, transposed) = out.bytes()?;
                             Some(Dst {
@@ -161,11 +158,17 @@ impl Stored<'_> {
     /// Fills string requests in two passes over the pieces (so that no more than one piece is
     /// decoded at a time): the lengths of every requested string first, then, with each request's
     /// offsets known, the bytes. A tensor read whole from one piece is decoded once.
-    fn assemble_strings(&self, pieces: &[Piece], reqs: &mut [Request<'_>]) -> Result<usize> {
+    fn assemble_strings(
+        &self,
+        pieces: &PieceSet,
+        index: &RegionIndex,
+        reqs: &mut [Request<'_>],
+    ) -> Result<usize> {
         let name = &self.info.name;
         let used: Vec<(&Piece, Vec<(usize, Region)>)> = pieces
+            .all()
             .iter()
-            .map(|p| (p, users(p, reqs)))
+            .map(|p| (p, users(p, index, reqs)))
             .filter(|(_, u)| !u.is_empty())
             .collect();
         if let [(p, users)] = &used[..] {
@@ -246,11 +249,13 @@ impl Stored<'_> {
     }
 }
 
-/// The requests piece `p` intersects: (request index, intersection).
-fn users(p: &Piece, reqs: &[Request<'_>]) -> Vec<(usize, Region)> {
-    reqs.iter()
-        .enumerate()
-        .filter_map(|(i, r)| p.region.intersect(&r.0).map(|inter| (i, inter)))
+/// The requests piece `p` intersects, in order: (request index, intersection). `index` holds the
+/// requests' boxes.
+fn users(p: &Piece, index: &RegionIndex, reqs: &[Request<'_>]) -> Vec<(usize, Region)> {
+    index
+        .intersecting(&p.region)
+        .into_iter()
+        .filter_map(|i| p.region.intersect(&reqs[i].0).map(|inter| (i, inter)))
         .collect()
 }
 

@@ -146,6 +146,8 @@ pub struct Checkpoint {
     /// For each listed tensor, the index of its V2 index entry (`None` for V1), so that reading
     /// needs no second search.
     pub(crate) entries: Vec<Option<usize>>,
+    /// For each listed tensor, its stored pieces indexed by their boxes, built on first use.
+    pub(crate) piece_sets: Vec<std::sync::OnceLock<super::stored::PieceSet>>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -278,6 +280,7 @@ impl Checkpoint {
         Checkpoint {
             prefix,
             inner,
+            piece_sets: infos.iter().map(|_| Default::default()).collect(),
             infos,
             entries,
             by_name,

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use super::checkpoint::{Checkpoint, Inner, TensorInfo};
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::base::slice::{Region, Slice};
+use crate::base::slice::{Region, RegionIndex, Slice};
 use crate::format::bundle::Bundle;
 use crate::format::index::Entry;
 
@@ -25,6 +25,41 @@ pub(crate) struct Piece {
     pub slice: Slice,
     pub region: Region,
     pub index: usize,
+}
+
+/// A tensor's stored pieces, built once per checkpoint: indexed by their boxes, so that matching
+/// k requests against n pieces costs about (n + k) log n rather than n × k (a variable of
+/// thousands of parts against a tensor stored in thousands of slices), and checked for overlaps.
+pub(crate) struct PieceSet {
+    pieces: Vec<Piece>,
+    index: RegionIndex,
+    /// Two pieces that overlap (positions), if any.
+    overlap: Option<(usize, usize)>,
+}
+
+impl PieceSet {
+    fn new(pieces: Vec<Piece>) -> PieceSet {
+        let regions: Vec<Region> = pieces.iter().map(|p| p.region.clone()).collect();
+        let overlap = RegionIndex::first_overlap(&regions);
+        PieceSet {
+            index: RegionIndex::of(regions),
+            pieces,
+            overlap,
+        }
+    }
+
+    /// Every piece, in the order of the stored slices.
+    pub(crate) fn all(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    /// The pieces whose box overlaps `want`, in order.
+    pub(crate) fn intersecting(&self, want: &Region) -> impl Iterator<Item = &Piece> {
+        self.index
+            .intersecting(want)
+            .into_iter()
+            .map(|i| &self.pieces[i])
+    }
 }
 
 /// Where a stored entry lies: (shard, offset). Identifies an entry for "read once" bookkeeping.
@@ -57,17 +92,28 @@ impl<'c> Stored<'c> {
         }
     }
 
-    /// Every stored piece with its box.
-    pub(crate) fn pieces(&self) -> Vec<Piece> {
-        self.slices()
-            .iter()
-            .enumerate()
-            .map(|(index, s)| Piece {
-                slice: s.clone(),
-                region: s.region(&self.info.shape),
-                index,
-            })
-            .collect()
+    /// Every stored piece with its box, indexed (built on first use, then kept by the
+    /// checkpoint).
+    pub(crate) fn pieces(&self) -> &'c PieceSet {
+        self.ckpt.piece_sets[self.id].get_or_init(|| {
+            PieceSet::new(
+                self.slices()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, s)| Piece {
+                        slice: s.clone(),
+                        region: s.region(&self.info.shape),
+                        index,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// The first two stored pieces that overlap (TensorFlow refuses to read them), if any.
+    pub(crate) fn overlap(&self) -> Option<(&'c Piece, &'c Piece)> {
+        let set = self.pieces();
+        set.overlap.map(|(i, j)| (&set.pieces[i], &set.pieces[j]))
     }
 
     /// The V2 bundle behind the tensor (`None` for V1 files).
@@ -122,12 +168,10 @@ impl<'c> Stored<'c> {
         let stored: u64 = match &self.ckpt.inner {
             Inner::V2(b) => {
                 let mut sum = 0u64;
-                for p in self.pieces() {
-                    if p.region.intersect(want).is_some() {
-                        let e = self.entry(b, &p.slice)?;
-                        b.check_bounds(e)?;
-                        sum = sum.saturating_add(e.size);
-                    }
+                for p in self.pieces().intersecting(want) {
+                    let e = self.entry(b, &p.slice)?;
+                    b.check_bounds(e)?;
+                    sum = sum.saturating_add(e.size);
                 }
                 sum
             }
@@ -193,7 +237,7 @@ impl<'c> Stored<'c> {
         if info.dtype.size().is_none() || (b.index.big_endian && info.dtype.swap_unit() > 1) {
             return Ok(None);
         }
-        let Some(piece) = self.pieces().into_iter().find(|p| p.region == *want) else {
+        let Some(piece) = self.pieces().intersecting(want).find(|p| p.region == *want) else {
             return Ok(None);
         };
         let e = self.entry(b, &piece.slice)?;
@@ -226,11 +270,11 @@ impl<'c> Stored<'c> {
             return Ok(None);
         }
         let mut out = Vec::new();
-        for p in self.pieces() {
+        for p in self.pieces().all() {
             let e = self.entry(b, &p.slice)?;
             let (map, range) = b.device_bytes(e)?;
             out.push(DeviceSource {
-                region: p.region,
+                region: p.region.clone(),
                 map,
                 range,
                 crc: e.crc,
