@@ -238,6 +238,82 @@ impl<'a> Table<'a> {
         Ok(())
     }
 
+    /// Point lookup through `cache`, which keeps one [`BlockRecords`] per data block of this
+    /// table (`cache.len() == num_blocks()`): a block's checksum is checked and its records
+    /// indexed the first time a lookup lands in it; later lookups there find the key by binary
+    /// search and, for an uncompressed block, take the value from the file without checksumming
+    /// the whole block again (so n lookups into one block of n records cost n log n, not n × the
+    /// block). The caller makes sure the file has not changed since (its stamp). The contents of
+    /// the last compressed block decompressed are kept in `last` (block position, contents), so
+    /// that reading a compressed block's records in turn decompresses it once.
+    pub(crate) fn get_cached(
+        &self,
+        key: &[u8],
+        cache: &[std::sync::OnceLock<BlockRecords>],
+        last: &LastBlock,
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        let i = self.blocks.partition_point(|(sep, _)| sep.as_slice() < key);
+        let (Some(&(_, h)), Some(cell)) = (self.blocks.get(i), cache.get(i)) else {
+            return Ok(None);
+        };
+        let kept = || {
+            let last = last.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref()
+                .filter(|(b, _)| *b == i)
+                .map(|(_, d)| d.clone())
+        };
+        if let Some(records) = cell.get() {
+            let Some((start, len)) = records.find(key) else {
+                return Ok(None);
+            };
+            if !records.compressed {
+                // Checked when the records were indexed; the same bytes of the same file.
+                let start = h.offset as usize + start;
+                return Ok(Some(Cow::Borrowed(&self.file[start..start + len])));
+            }
+            if let Some(contents) = kept() {
+                return Ok(Some(Cow::Owned(contents[start..start + len].to_vec())));
+            }
+        }
+        let data = self.read_block(h)?;
+        let records = match cell.get() {
+            Some(r) => r,
+            None => {
+                let compressed = matches!(data, Cow::Owned(_));
+                let block = Block::new(self.path, h.offset, &data)?;
+                let mut entries = Vec::new();
+                let mut last_key: Option<Vec<u8>> = None;
+                block.for_each_at(&mut |k: &[u8], start, len| {
+                    if last_key.as_deref().is_some_and(|l| k <= l) {
+                        return Err(corrupt(
+                            self.path,
+                            h.offset,
+                            "keys are not in increasing order",
+                        ));
+                    }
+                    last_key = Some(k.to_vec());
+                    entries.push((k.to_vec().into_boxed_slice(), start, len));
+                    Ok(())
+                })?;
+                let _ = cell.set(BlockRecords {
+                    entries,
+                    compressed,
+                });
+                cell.get().expect("set above or by another thread")
+            }
+        };
+        let found = records.find(key);
+        Ok(match data {
+            Cow::Borrowed(b) => found.map(|(start, len)| Cow::Borrowed(&b[start..start + len])),
+            Cow::Owned(contents) => {
+                let value =
+                    found.map(|(start, len)| Cow::Owned(contents[start..start + len].to_vec()));
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((i, contents.into()));
+                value
+            }
+        })
+    }
+
     /// Point lookup: the value of exactly `key`, if present.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>> {
         // First block whose separator is >= key.
@@ -262,6 +338,27 @@ fn corrupt(path: &Path, offset: u64, reason: &str) -> crate::Error {
         reason: reason.to_string(),
     }
     .into()
+}
+
+/// The last compressed block a table's lookups decompressed: (block position, contents).
+pub(crate) type LastBlock = std::sync::Mutex<Option<(usize, std::sync::Arc<[u8]>)>>;
+
+/// The records of one data block, indexed by key: where each value lies in the block's contents
+/// (see [`Table::get_cached`]).
+#[derive(Default)]
+pub(crate) struct BlockRecords {
+    /// (key, value start, value length), in key order.
+    entries: Vec<(Box<[u8]>, usize, usize)>,
+    compressed: bool,
+}
+
+impl BlockRecords {
+    fn find(&self, key: &[u8]) -> Option<(usize, usize)> {
+        self.entries
+            .binary_search_by(|e| (*e.0).cmp(key))
+            .ok()
+            .map(|i| (self.entries[i].1, self.entries[i].2))
+    }
 }
 
 /// A parsed block: entries region and restart array.
@@ -326,6 +423,11 @@ impl<'b> Block<'b> {
     }
 
     fn for_each(&self, f: &mut impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        self.for_each_at(&mut |key, start, len| f(key, &self.data[start..start + len]))
+    }
+
+    /// Calls `f(key, value start, value length)` for every entry, positions in the block.
+    fn for_each_at(&self, f: &mut impl FnMut(&[u8], usize, usize) -> Result<()>) -> Result<()> {
         if self.num_restarts == 0 {
             return Ok(());
         }
@@ -333,7 +435,7 @@ impl<'b> Block<'b> {
         let mut pos = 0;
         while pos < self.limit {
             let (next, vs, vl) = self.decode(pos, &mut key)?;
-            f(&key, &self.data[vs..vs + vl])?;
+            f(&key, vs, vl)?;
             pos = next;
         }
         Ok(())

@@ -15,7 +15,7 @@ use crate::base::slice::{num_elements, Slice};
 use crate::format::index::{check_byte_size, check_version, parse_shape};
 use crate::format::proto;
 use crate::format::slice_codec::{slice_from_proto, slice_key};
-use crate::format::sstable::{BlockHandle, Table};
+use crate::format::sstable::{BlockHandle, BlockRecords, LastBlock, Table};
 
 /// One tensor of a V1 checkpoint: full shape, dtype and where each stored slice lives.
 pub(crate) struct V1Tensor {
@@ -62,6 +62,16 @@ impl V1File {
         }
     }
 
+    /// Whether the bytes are still the file's as they were when it was opened: a mapped file
+    /// has its stamp; fetched bytes cannot change.
+    fn unchanged(&self) -> bool {
+        match self {
+            V1File::Mapped(_) => self.is_current(),
+            #[cfg(feature = "remote")]
+            V1File::Fetched(_) => true,
+        }
+    }
+
     fn is_current(&self) -> bool {
         match self {
             V1File::Mapped(m) => crate::base::mmap::FileStamp::of(m.path()) == Some(m.stamp()),
@@ -75,6 +85,11 @@ pub(crate) struct V1Set {
     files: Vec<V1File>,
     /// Each file's parsed table index, read once at open.
     blocks: Vec<Vec<(Vec<u8>, BlockHandle)>>,
+    /// Each file's data blocks, indexed by key the first time a read lands in them (see
+    /// `Table::get_cached`): reading the n records of one block costs n log n, not n × block.
+    records: Vec<Vec<std::sync::OnceLock<BlockRecords>>>,
+    /// Each file's last compressed block read, decompressed (see `Table::get_cached`).
+    last_block: Vec<LastBlock>,
     pub tensors: BTreeMap<String, V1Tensor>,
 }
 
@@ -163,6 +178,11 @@ impl V1Set {
             files.push(file);
         }
         Ok(V1Set {
+            records: blocks
+                .iter()
+                .map(|b| b.iter().map(|_| Default::default()).collect())
+                .collect(),
+            last_block: blocks.iter().map(|_| Default::default()).collect(),
             files,
             blocks,
             tensors,
@@ -201,16 +221,27 @@ impl V1Set {
         file: usize,
     ) -> Result<V1Values> {
         let path = self.files[file].path();
-        let table = Table::from_blocks(path, self.files[file].bytes(), &self.blocks[file]);
-        let key = slice_key(name.as_bytes(), slice);
-        let decoded = table.get(&key).and_then(|value| {
-            let value = value.ok_or_else(|| ErrorKind::BadEntry {
+        // The block index serves bytes checked when first read: only while the file is the same.
+        if !self.files[file].unchanged() {
+            return Err(ErrorKind::BadEntry {
                 path: path.into(),
                 tensor: name.into(),
-                reason: format!("the record of slice {slice} is missing"),
-            })?;
-            decode_record(path, name, t.dtype, &slice.shape(&t.shape), &value)
-        });
+                reason: "the file changed since the checkpoint was opened".into(),
+            }
+            .into());
+        }
+        let table = Table::from_blocks(path, self.files[file].bytes(), &self.blocks[file]);
+        let key = slice_key(name.as_bytes(), slice);
+        let decoded = table
+            .get_cached(&key, &self.records[file], &self.last_block[file])
+            .and_then(|value| {
+                let value = value.ok_or_else(|| ErrorKind::BadEntry {
+                    path: path.into(),
+                    tensor: name.into(),
+                    reason: format!("the record of slice {slice} is missing"),
+                })?;
+                decode_record(path, name, t.dtype, &slice.shape(&t.shape), &value)
+            });
         self.files[file].intact()?;
         decoded
     }
@@ -477,12 +508,14 @@ pub(crate) mod tests {
     /// their values.
     pub(crate) type V1Tensor<'a> = (&'a str, Vec<u64>, Vec<(Slice, Vec<f32>)>);
 
-    /// The bytes of a V1 file (an SSTable of `block_size`-byte blocks) holding `tensors`, whose
-    /// metadata lists every slice; the records of `(tensor, slice index)` in `omit` are left out.
+    /// The bytes of a V1 file (an SSTable of `block_size`-byte blocks, snappy-compressed if
+    /// `compress`) holding `tensors`, whose metadata lists every slice; the records of `(tensor,
+    /// slice index)` in `omit` are left out.
     pub(crate) fn v1_file(
         tensors: &[V1Tensor],
         omit: &[(&str, usize)],
         block_size: usize,
+        compress: bool,
     ) -> Vec<u8> {
         let shape = |dims: &[u64]| proto::TensorShapeProto {
             dim: dims
@@ -535,11 +568,54 @@ pub(crate) mod tests {
             }
         }
         records.sort();
-        let mut table = TableBuilder::new(block_size, false);
+        let mut table = TableBuilder::new(block_size, compress);
         for (k, v) in &records {
             table.add(k, v);
         }
         table.finish()
+    }
+
+    /// Many records in one block (a writer's choice: TensorFlow's blocks are 256 KiB): the block
+    /// is checked and indexed once, and every slice still reads its own values; a file changed
+    /// in place after that is an error, not bytes served unchecked.
+    #[test]
+    fn many_records_in_one_block_read_exactly_and_a_changed_file_is_refused() {
+        let n = 3000u64;
+        let t: V1Tensor = (
+            "t",
+            vec![n, 2],
+            (0..n)
+                .map(|i| {
+                    (
+                        Slice::from_ranges(&[(i, 1), (0, 2)]),
+                        vec![i as f32, -(i as f32)],
+                    )
+                })
+                .collect(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let want: Vec<f32> = (0..n).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        // Compressed blocks are read and checked again at every lookup, through the same index.
+        let path = dir.path().join("compressed");
+        std::fs::write(&path, v1_file(std::slice::from_ref(&t), &[], 1 << 30, true)).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        assert_eq!(ckpt.read("t").unwrap().to_f32().unwrap(), want);
+        let path = dir.path().join("model");
+        let bytes = v1_file(&[t], &[], 1 << 30, false);
+        std::fs::write(&path, &bytes).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        assert_eq!(ckpt.read("t").unwrap().to_f32().unwrap(), want);
+        let row = ckpt
+            .read_slice("t", &Slice::from_ranges(&[(1234, 2), (0, 2)]))
+            .unwrap();
+        assert_eq!(row.to_f32().unwrap(), [1234.0, -1234.0, 1235.0, -1235.0]);
+        // The same length, rewritten in place: its stamp (times) changes.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes[..8], 0).unwrap();
+        drop(f);
+        let e = ckpt.read("t").unwrap_err().to_string();
+        assert!(e.contains("changed since the checkpoint was opened"), "{e}");
     }
 
     fn rows(start: u64, len: u64) -> Slice {
@@ -553,7 +629,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let verify = |name: &str, tensors: &[V1Tensor], omit: &[(&str, usize)]| {
             let path = dir.path().join(name);
-            std::fs::write(&path, v1_file(tensors, omit, 4096)).unwrap();
+            std::fs::write(&path, v1_file(tensors, omit, 4096, false)).unwrap();
             crate::Checkpoint::open(&path).unwrap().verify_all()
         };
         let t: V1Tensor = (
