@@ -66,7 +66,13 @@ fn scan(
             bytes.len()
         )));
     };
-    let stored_lc = u32::from_le_bytes(stored.try_into().unwrap_or_default());
+    // The producer's byte order, as the lengths (TensorFlow's ReadStringTensor swaps it).
+    let stored: [u8; 4] = stored.try_into().unwrap_or_default();
+    let stored_lc = if big_endian {
+        u32::from_be_bytes(stored)
+    } else {
+        u32::from_le_bytes(stored)
+    };
     if crc::unmask(stored_lc) != c1 {
         return Err(StringError::Checksum(
             "string length checksum",
@@ -74,7 +80,7 @@ fn scan(
             c1,
         ));
     }
-    let c2 = crc32c::crc32c_append(c1, stored);
+    let c2 = crc32c::crc32c_append(c1, &stored);
     pos += 4;
     let rest = &bytes[pos..];
     if total != rest.len() as u64 {
@@ -182,7 +188,11 @@ pub(crate) fn encode(strings: &Strings, big_endian: bool) -> (Vec<u8>, u32) {
         put_varint(&mut out, len);
         c1 = length_crc(c1, len, big_endian);
     }
-    let lc = crc::mask(c1).to_le_bytes();
+    let lc = if big_endian {
+        crc::mask(c1).to_be_bytes()
+    } else {
+        crc::mask(c1).to_le_bytes()
+    };
     out.extend_from_slice(&lc);
     let c2 = crc32c::crc32c_append(c1, &lc);
     out.extend_from_slice(strings.bytes());
@@ -238,6 +248,28 @@ mod tests {
         assert!(decode(&bad, 3, crc, false).is_err());
         assert!(verify(&bytes, 3, crc, false).is_ok());
         assert!(verify(&bad, 3, crc, false).is_err());
+        // A big-endian producer (TensorFlow's WriteStringTensor in its native order): the
+        // length checksum is over big-endian uint32 lengths and is itself stored big-endian.
+        let c1 = [2u32, 0, 3]
+            .iter()
+            .fold(0, |c, l| crc32c::crc32c_append(c, &l.to_be_bytes()));
+        for (lc, ok) in [
+            (crc::mask(c1).to_be_bytes(), true),
+            (crc::mask(c1).to_le_bytes(), false),
+        ] {
+            let mut be = vec![2, 0, 3];
+            be.extend_from_slice(&lc);
+            be.extend_from_slice(b"ab\x00\xffz");
+            let crc = crc32c::crc32c_append(crc32c::crc32c_append(c1, &lc), b"ab\x00\xffz");
+            assert_eq!(
+                decode(&be, 3, crc, true).ok(),
+                ok.then(|| strings.clone()),
+                "{ok}"
+            );
+            if ok {
+                assert_eq!(encode(&strings, true), (be, crc));
+            }
+        }
         // More strings than bytes cannot be stored: refused before anything is allocated.
         assert!(matches!(
             decode(&bytes, 1 << 40, crc, false),
