@@ -154,6 +154,18 @@ fn part_lists_and_unknown_objects() {
             && e.to_string().contains("did you mean plain"),
         "{e}"
     );
+    // A partitioned variable is no variable object (TensorFlow's _is_variable): said so.
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::variable("p"))]),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a partitioned variable (2 parts) is not one variable object"),
+        "{e}"
+    );
     // A subset of the parts is fine (each part takes its own box), as in TF.
     init_from_checkpoint(
         &mut store,

@@ -258,6 +258,17 @@ impl Resolver<'_> {
     }
 
     fn var(&self, name: &str) -> Result<&Variable> {
+        if let Some(pv) = self.store.partitioned.get(name) {
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: format!(
+                    "a partitioned variable ({} parts) is not one variable object: map it by its \
+                     name (a string target) or as the list of its parts",
+                    pv.parts.len()
+                ),
+            }
+            .into());
+        }
         self.store.vars.get(name).ok_or_else(|| {
             ErrorKind::VariableNotFound {
                 name: name.into(),

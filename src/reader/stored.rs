@@ -151,7 +151,14 @@ impl<'c> Stored<'c> {
             ))
             .ok_or_else(|| bad(format!("the entry of stored slice {s} is missing")))?;
         let want_shape = s.shape(&info.shape);
-        if e.dtype != info.dtype || e.shape != want_shape || !e.slices.is_empty() {
+        if !e.slices.is_empty() {
+            return Err(bad(format!(
+                "the entry of stored slice {s} lists slices of its own ({}); a slice entry holds \
+                 values, not slices",
+                e.slices.len()
+            )));
+        }
+        if e.dtype != info.dtype || e.shape != want_shape {
             return Err(bad(format!(
                 "stored slice {s} is {} {:?}, expected {} {:?}",
                 e.dtype, e.shape, info.dtype, want_shape
