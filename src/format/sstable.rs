@@ -238,80 +238,56 @@ impl<'a> Table<'a> {
         Ok(())
     }
 
-    /// Point lookup through `cache`, which keeps one [`BlockRecords`] per data block of this
-    /// table (`cache.len() == num_blocks()`): a block's checksum is checked and its records
-    /// indexed the first time a lookup lands in it; later lookups there find the key by binary
-    /// search and, for an uncompressed block, take the value from the file without checksumming
-    /// the whole block again (so n lookups into one block of n records cost n log n, not n × the
-    /// block). The caller makes sure the file has not changed since (its stamp). The contents of
-    /// the last compressed block decompressed are kept in `last` (block position, contents), so
-    /// that reading a compressed block's records in turn decompresses it once.
+    /// Point lookup through `cache`: a block of [`BlockCache::MIN_RECORDS`] records or more is
+    /// kept there after its first read, as a copy of its checked (and decompressed) contents with
+    /// its records indexed by key, so that reading the n records of one block costs n log n
+    /// rather than n × the block. Values come from that copy, the bytes the checksum passed, so a
+    /// file changed in place afterwards is never read unchecked (and one deleted or renamed over
+    /// is still read, as for V2). Other blocks are read and checked at every lookup.
     pub(crate) fn get_cached(
         &self,
         key: &[u8],
-        cache: &[std::sync::OnceLock<BlockRecords>],
-        last: &LastBlock,
+        cache: &BlockCache,
     ) -> Result<Option<Cow<'a, [u8]>>> {
         let i = self.blocks.partition_point(|(sep, _)| sep.as_slice() < key);
-        let (Some(&(_, h)), Some(cell)) = (self.blocks.get(i), cache.get(i)) else {
+        let Some(&(_, h)) = self.blocks.get(i) else {
             return Ok(None);
         };
-        let kept = || {
-            let last = last.lock().unwrap_or_else(|e| e.into_inner());
-            last.as_ref()
-                .filter(|(b, _)| *b == i)
-                .map(|(_, d)| d.clone())
-        };
-        if let Some(records) = cell.get() {
-            let Some((start, len)) = records.find(key) else {
-                return Ok(None);
-            };
-            if !records.compressed {
-                // Checked when the records were indexed; the same bytes of the same file.
-                let start = h.offset as usize + start;
-                return Ok(Some(Cow::Borrowed(&self.file[start..start + len])));
-            }
-            if let Some(contents) = kept() {
-                return Ok(Some(Cow::Owned(contents[start..start + len].to_vec())));
-            }
+        if let Some(records) = cache.get(i) {
+            return Ok(records.find(key).map(|v| Cow::Owned(v.to_vec())));
         }
         let data = self.read_block(h)?;
-        let records = match cell.get() {
-            Some(r) => r,
-            None => {
-                let compressed = matches!(data, Cow::Owned(_));
-                let block = Block::new(self.path, h.offset, &data)?;
-                let mut entries = Vec::new();
-                let mut last_key: Option<Vec<u8>> = None;
-                block.for_each_at(&mut |k: &[u8], start, len| {
-                    if last_key.as_deref().is_some_and(|l| k <= l) {
-                        return Err(corrupt(
-                            self.path,
-                            h.offset,
-                            "keys are not in increasing order",
-                        ));
-                    }
-                    last_key = Some(k.to_vec());
-                    entries.push((k.to_vec().into_boxed_slice(), start, len));
-                    Ok(())
-                })?;
-                let _ = cell.set(BlockRecords {
-                    entries,
-                    compressed,
-                });
-                cell.get().expect("set above or by another thread")
+        let block = Block::new(self.path, h.offset, &data)?;
+        let mut entries: Vec<(Box<[u8]>, usize, usize)> = Vec::new();
+        block.for_each_at(&mut |k: &[u8], start, len| {
+            if entries.last().is_some_and(|e| k <= &*e.0) {
+                return Err(corrupt(
+                    self.path,
+                    h.offset,
+                    "keys are not in increasing order",
+                ));
             }
+            entries.push((k.into(), start, len));
+            Ok(())
+        })?;
+        if entries.len() < BlockCache::MIN_RECORDS {
+            let Ok(at) = entries.binary_search_by(|e| (*e.0).cmp(key)) else {
+                return Ok(None);
+            };
+            let range = entries[at].1..entries[at].1 + entries[at].2;
+            return Ok(Some(match data {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
+                Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+            }));
+        }
+        // Copied only when kept: a block of one large value is read in place.
+        let records = BlockRecords {
+            entries,
+            contents: std::sync::Arc::from(&*data),
         };
-        let found = records.find(key);
-        Ok(match data {
-            Cow::Borrowed(b) => found.map(|(start, len)| Cow::Borrowed(&b[start..start + len])),
-            Cow::Owned(contents) => {
-                let value =
-                    found.map(|(start, len)| Cow::Owned(contents[start..start + len].to_vec()));
-                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((i, contents.into()));
-                value
-            }
-        })
+        let value = records.find(key).map(|v| Cow::Owned(v.to_vec()));
+        cache.insert(i, records);
+        Ok(value)
     }
 
     /// Point lookup: the value of exactly `key`, if present.
@@ -340,24 +316,67 @@ fn corrupt(path: &Path, offset: u64, reason: &str) -> crate::Error {
     .into()
 }
 
-/// The last compressed block a table's lookups decompressed: (block position, contents).
-pub(crate) type LastBlock = std::sync::Mutex<Option<(usize, std::sync::Arc<[u8]>)>>;
-
-/// The records of one data block, indexed by key: where each value lies in the block's contents
-/// (see [`Table::get_cached`]).
-#[derive(Default)]
+/// The checked contents of one data block and its records indexed by key (see
+/// [`Table::get_cached`]).
 pub(crate) struct BlockRecords {
     /// (key, value start, value length), in key order.
     entries: Vec<(Box<[u8]>, usize, usize)>,
-    compressed: bool,
+    /// The block's contents as checked (decompressed where it was compressed).
+    contents: std::sync::Arc<[u8]>,
 }
 
 impl BlockRecords {
-    fn find(&self, key: &[u8]) -> Option<(usize, usize)> {
-        self.entries
-            .binary_search_by(|e| (*e.0).cmp(key))
-            .ok()
-            .map(|i| (self.entries[i].1, self.entries[i].2))
+    fn find(&self, key: &[u8]) -> Option<&[u8]> {
+        let i = self.entries.binary_search_by(|e| (*e.0).cmp(key)).ok()?;
+        let (_, start, len) = &self.entries[i];
+        self.contents.get(*start..start + len)
+    }
+}
+
+/// The blocks of one table kept by [`Table::get_cached`], the oldest dropped first beyond
+/// [`BlockCache::MAX_BYTES`] of contents.
+#[derive(Default)]
+pub(crate) struct BlockCache(std::sync::Mutex<CacheInner>);
+
+#[derive(Default)]
+struct CacheInner {
+    blocks: std::collections::HashMap<usize, std::sync::Arc<BlockRecords>>,
+    order: std::collections::VecDeque<usize>,
+    bytes: usize,
+}
+
+impl BlockCache {
+    /// A block of fewer records is read again at each lookup: that costs at most this many
+    /// block reads, and a block holding one large value is never copied.
+    pub(crate) const MIN_RECORDS: usize = 16;
+    /// The most block contents kept per table.
+    pub(crate) const MAX_BYTES: usize = 256 << 20;
+
+    fn get(&self, block: usize) -> Option<std::sync::Arc<BlockRecords>> {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        inner.blocks.get(&block).cloned()
+    }
+
+    fn insert(&self, block: usize, records: BlockRecords) {
+        let size = records.contents.len();
+        if size > Self::MAX_BYTES {
+            return;
+        }
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.blocks.contains_key(&block) {
+            return;
+        }
+        while inner.bytes + size > Self::MAX_BYTES {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(r) = inner.blocks.remove(&old) {
+                inner.bytes -= r.contents.len();
+            }
+        }
+        inner.bytes += size;
+        inner.order.push_back(block);
+        inner.blocks.insert(block, std::sync::Arc::new(records));
     }
 }
 
