@@ -119,19 +119,24 @@ impl<'c> Stored<'c> {
                     PieceValues::Bytes(b.fixed_bytes(e)?)
                 } else {
                     // Every user's part copied straight from the mapping, checksum in the same pass.
-                    let dsts = reqs
-                        .iter_mut()
-                        .enumerate()
-                        .filter(|(i, _)| users.binary_search_by_key(i, |u| u.0).is_ok())
-                        .filter_map(|(_, (want, out))| {
-                            let (buf, transposed) = out.bytes()?;
-                            Some(Dst {
+                    // `users` is in request order: step to each (a slice iterator's `nth` skips
+                    // in constant time), so a piece costs its users, not every request.
+                    let mut dsts = Vec::with_capacity(users.len());
+                    let mut rest = reqs.iter_mut();
+                    let mut next = 0;
+                    for &(i, _) in users {
+                        let Some((want, out)) = rest.nth(i - next) else {
+                            break;
+                        };
+                        next = i + 1;
+                        if let Some((buf, transposed)) = out.bytes() {
+                            dsts.push(Dst {
                                 buf,
                                 want,
                                 transposed,
-                            })
-                        })
-                        .collect();
+                            });
+                        }
+                    }
                     return b.copy_verify(e, &p.region, dsts);
                 }
             }
