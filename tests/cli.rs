@@ -242,7 +242,8 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
     std::fs::hard_link(&data, &hard).unwrap();
     let model = r#"{"variables": [{"name": "v", "shape": [1, 10], "dtype": "float32"}]}"#;
     let before = std::fs::read(&data).unwrap();
-    let cases: [(Vec<&str>, &str); 6] = [
+    let state = tmp.path().join("checkpoint");
+    let cases: [(Vec<&str>, &str); 7] = [
         (
             vec![
                 "get",
@@ -275,6 +276,10 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
         ),
         (
             vec!["convert", ckpt, index.to_str().unwrap()],
+            "a file of the checkpoint",
+        ),
+        (
+            vec!["convert", ckpt, state.to_str().unwrap()],
             "a file of the checkpoint",
         ),
         (

@@ -292,17 +292,20 @@ impl Checkpoint {
         &self.prefix
     }
 
-    /// The files the checkpoint is read from (object URLs, for one on object storage): for V2 its
-    /// index and each data shard a tensor is stored in, for V1 each file.
+    /// The files the checkpoint is made of (object URLs, for one on object storage): for V2 its
+    /// index and every data shard its header counts (the first 100,000 of a larger count, and
+    /// any a tensor is stored in), whether or not they exist; for V1 each file.
     pub fn files(&self) -> Vec<PathBuf> {
         match &self.inner {
             Inner::V2(b) => {
+                let counted = 0..b.index.num_shards.min(100_000);
                 let shards: std::collections::BTreeSet<u32> = b
                     .index
                     .entries
                     .iter()
                     .filter(|e| e.slices.is_empty())
                     .map(|e| e.shard)
+                    .chain(counted)
                     .collect();
                 std::iter::once(b.index_path.clone())
                     .chain(shards.into_iter().map(|s| b.shard_path(s)))

@@ -238,9 +238,9 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
     Ok(())
 }
 
-fn get(ckpt: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
-    let ckpt = Checkpoint::open(ckpt)?;
-    out::check_file_out(out, || ckpt.files())?;
+fn get(ckpt_path: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
+    let ckpt = Checkpoint::open(ckpt_path)?;
+    out::check_file_out(out, || inputs(ckpt_path, &ckpt))?;
     let name = name.strip_suffix(":0").unwrap_or(name);
     let tensor = match slice {
         None => ckpt.read(name)?,
@@ -275,10 +275,10 @@ fn verify(ckpt: &Path) -> CliResult {
     Ok(())
 }
 
-fn convert(ckpt: &Path, out: &Path) -> CliResult {
+fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
     let start = Instant::now();
-    let ckpt = Checkpoint::open(ckpt)?;
-    out::check_file_out(out, || ckpt.files())?;
+    let ckpt = Checkpoint::open(ckpt_path)?;
+    out::check_file_out(out, || inputs(ckpt_path, &ckpt))?;
     // The folders made for OUT are removed again if it fails; the file is renamed into place
     // only when every tensor was read and checked.
     let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
@@ -297,6 +297,15 @@ fn convert(ckpt: &Path, out: &Path) -> CliResult {
     Ok(())
 }
 
+/// The files a command reads for CKPT: the checkpoint's, and the state file of a directory.
+fn inputs(ckpt_arg: &Path, ckpt: &Checkpoint) -> Vec<PathBuf> {
+    let mut files = ckpt.files();
+    if ckpt_arg.is_dir() {
+        files.push(ckpt_arg.join("checkpoint"));
+    }
+    files
+}
+
 /// Whether `init --out` names one safetensors file rather than a directory of .npy files.
 fn is_safetensors_file(out: &Path) -> bool {
     out.extension().is_some_and(|e| e == "safetensors") && !out.is_dir()
@@ -308,7 +317,7 @@ fn parse_device(s: &str) -> Result<Device, String> {
 
 /// The most a MODEL.json or MAP.json file may hold (a model of 200,000 variables takes about
 /// 20 MB): `/dev/zero` as `--model` is an error, not memory exhausted.
-const JSON_LIMIT: u64 = 1 << 30;
+const JSON_LIMIT: u64 = 256 << 20;
 
 /// A file's text, or the argument itself when it is inline JSON.
 fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>> {
@@ -352,7 +361,7 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         // A variable safetensors cannot hold fails before anything is loaded.
         store.check_safetensors()?;
         out::check_file_out(file, || {
-            Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| c.files())
+            Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| inputs(ckpt, &c))
         })?;
     } else if let Some(dir) = out {
         if dir.exists() && !dir.is_dir() {
