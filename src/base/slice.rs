@@ -484,6 +484,52 @@ pub(crate) fn for_each_run(src: &Region, dst: &Region, inter: &Region, mut f: im
 mod tests {
     use super::*;
 
+    /// `RegionIndex::intersecting` finds exactly the boxes that overlap, as comparing every pair
+    /// does: boxes of ranks 0 to 3, overlapping each other or not, some empty, long and short.
+    #[test]
+    fn intersecting_equals_every_pair() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for rank in 0..4 {
+            for round in 0..20 {
+                let boxes = |count: usize, next: &mut dyn FnMut(u64) -> u64| -> Vec<Region> {
+                    (0..count)
+                        .map(|_| {
+                            Region::new(
+                                (0..rank)
+                                    .map(|_| {
+                                        let long = next(8) == 0;
+                                        (next(40), next(if long { 40 } else { 6 }))
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect()
+                };
+                let stored = boxes(1 + round * 10, &mut next);
+                let index = RegionIndex::of(stored.clone());
+                for want in boxes(50, &mut next) {
+                    let all: Vec<usize> = (0..stored.len())
+                        .filter(|&i| stored[i].intersect(&want).is_some())
+                        .collect();
+                    assert_eq!(index.intersecting(&want), all, "{stored:?} {want:?}");
+                    for (i, b) in stored.iter().enumerate() {
+                        assert_eq!(b.overlaps(&want), all.contains(&i));
+                    }
+                    assert_eq!(index.overlapping(&want).is_some(), !all.is_empty());
+                }
+            }
+        }
+        assert!(RegionIndex::of(Vec::new())
+            .intersecting(&Region::new(vec![(0, 1)]))
+            .is_empty());
+    }
+
     #[test]
     fn parse_and_display() {
         let s = Slice::parse("0,20:-").unwrap();
