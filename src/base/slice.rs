@@ -484,17 +484,21 @@ pub(crate) fn for_each_run(src: &Region, dst: &Region, inter: &Region, mut f: im
 mod tests {
     use super::*;
 
-    /// `RegionIndex::intersecting` finds exactly the boxes that overlap, as comparing every pair
-    /// does: boxes of ranks 0 to 3, overlapping each other or not, some empty, long and short.
-    #[test]
-    fn intersecting_equals_every_pair() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
+    /// Deterministic pseudo-random numbers below `n`, from `seed` (xorshift64).
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed % n
-        };
+        }
+    }
+
+    /// `RegionIndex::intersecting` finds exactly the boxes that overlap, as comparing every pair
+    /// does: boxes of ranks 0 to 3, overlapping each other or not, some empty, long and short.
+    #[test]
+    fn intersecting_equals_every_pair() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for rank in 0..4 {
             for round in 0..20 {
                 let boxes = |count: usize, next: &mut dyn FnMut(u64) -> u64| -> Vec<Region> {
@@ -595,13 +599,7 @@ mod tests {
     #[test]
     fn region_index_finds_the_overlaps_a_pairwise_check_finds() {
         // Random 2-D boxes: stripes, grids and arbitrary boxes, against the O(n^2) oracle.
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..300 {
             let n = 1 + rnd(40) as usize;
             let regions: Vec<Region> = (0..n)

@@ -330,37 +330,35 @@ impl CandleInit {
 
     /// Adds the candle name to an error about a variable of the store.
     fn name_var(&self, e: Error) -> Error {
-        // A map that names a `Var` by its candle name: suggest its TensorFlow name.
-        let candle_named = |name: &str| self.tf_name(name).map(|tf| vec![tf.to_string()]);
-        match e.kind() {
-            ErrorKind::NotAVariableOrScope { key, target, .. } => {
-                if let Some(suggestions) = candle_named(target) {
-                    return ErrorKind::NotAVariableOrScope {
-                        key: key.clone(),
-                        target: target.clone(),
-                        suggestions,
-                    }
-                    .into();
-                }
-            }
-            ErrorKind::VariableNotFound { name, .. } => {
-                if let Some(suggestions) = candle_named(name) {
-                    return ErrorKind::VariableNotFound {
-                        name: name.clone(),
-                        suggestions,
-                    }
-                    .into();
-                }
-            }
-            _ => {}
-        }
         let tf = match e.kind() {
             ErrorKind::ShapeMismatch { variable, .. }
             | ErrorKind::DtypeMismatch { variable, .. }
             | ErrorKind::BadVariable { name: variable, .. } => variable.clone(),
-            _ => return e,
+            _ => return self.suggest_tf_name(e),
         };
         self.wrap(&tf, e)
+    }
+
+    /// `e`, where a map names a `Var` by its candle name, suggesting its TensorFlow name instead.
+    fn suggest_tf_name(&self, e: Error) -> Error {
+        let tf = |name: &str, others| self.tf_name(name).map_or(others, |t| vec![t.to_string()]);
+        match e.into_kind() {
+            ErrorKind::NotAVariableOrScope {
+                key,
+                target,
+                suggestions,
+            } => ErrorKind::NotAVariableOrScope {
+                suggestions: tf(&target, suggestions),
+                key,
+                target,
+            },
+            ErrorKind::VariableNotFound { name, suggestions } => ErrorKind::VariableNotFound {
+                suggestions: tf(&name, suggestions),
+                name,
+            },
+            kind => kind,
+        }
+        .into()
     }
 }
 

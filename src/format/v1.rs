@@ -480,6 +480,7 @@ pub(crate) mod tests {
     use crate::format::proto;
     use crate::format::slice_codec::{slice_key, slice_to_proto};
     use crate::format::sstable_builder::TableBuilder;
+    use crate::format::writer::shape_proto;
     use prost::Message;
 
     /// One float32 tensor of a hand-made V1 file: name, full shape, and its stored slices with
@@ -495,23 +496,13 @@ pub(crate) mod tests {
         block_size: usize,
         compress: bool,
     ) -> Vec<u8> {
-        let shape = |dims: &[u64]| proto::TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&d| proto::Dim {
-                    size: d as i64,
-                    name: String::new(),
-                })
-                .collect(),
-            unknown_rank: false,
-        };
         let meta = proto::SavedTensorSlices {
             meta: Some(proto::SavedTensorSliceMeta {
                 tensor: tensors
                     .iter()
                     .map(|(name, dims, slices)| proto::SavedSliceMeta {
                         name: name.as_bytes().to_vec(),
-                        shape: Some(shape(dims)),
+                        shape: Some(shape_proto(dims)),
                         r#type: 1,
                         slice: slices.iter().map(|(s, _)| slice_to_proto(s)).collect(),
                     })

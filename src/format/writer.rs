@@ -376,7 +376,7 @@ fn temp_name(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
+pub(crate) fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
     proto::TensorShapeProto {
         dim: shape
             .iter()
