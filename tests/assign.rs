@@ -317,3 +317,41 @@ fn progress_and_threads() {
     assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
     assert!(report.load_seconds <= report.seconds);
 }
+
+/// A dtype mismatch stays an error at call time (TensorFlow never casts). Where the load can
+/// convert on request, the message says how, and doing what it says loads the values.
+#[test]
+fn a_dtype_mismatch_says_how_to_convert_where_the_load_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("ck"));
+    // float16 1.5 and -2.0.
+    b.bytes("h", DType::F16, &[2], &[0x00, 0x3e, 0x00, 0xc0])
+        .bytes("i", DType::I32, &[2], &[0; 8]);
+    let ck = b.finish();
+    let mut store = VariableStore::new();
+    store
+        .get_variable("x", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("h", "x")])).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DtypeMismatch { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("declare the variable as float16 and initialize with LoadOptions::cast(DType::F16, DType::F32)"),
+        "{e}"
+    );
+    // No conversion from int32: no hint.
+    let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("i", "x")])).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DtypeMismatch { .. }), "{e}");
+    assert!(!e.to_string().contains("LoadOptions"), "{e}");
+    // As the hint says.
+    let mut store = VariableStore::new();
+    store
+        .get_variable("x", &[2], DType::F16, Init::Zeros)
+        .unwrap();
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("h", "x")])).unwrap();
+    let options = tfckpt::LoadOptions::new().cast(DType::F16, DType::F32);
+    store.initialize_with(Device::Cpu, &options).unwrap();
+    let x = store.value("x").unwrap();
+    assert_eq!(x.dtype, DType::F32);
+    assert_eq!(x.to_f32().unwrap(), [1.5, -2.0]);
+}

@@ -371,6 +371,25 @@ fn errors_exit_1_with_one_line_and_write_nothing() {
         "0,5",
     ]);
     assert_one_error_line(&o, 1, "rank");
+    // A dtype mismatch names both dtypes, without the library's hint (the command line has no
+    // cast: MODEL.json's dtype is the variable's).
+    let o = tfckpt(&[
+        "init",
+        &ckpt_arg("dtypes"),
+        "--model",
+        r#"{"variables": [{"name": "h", "shape": [2, 5], "dtype": "float32"}]}"#,
+        "--map",
+        r#"{"dt/float16": "h"}"#,
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    assert_one_error_line(
+        &o,
+        1,
+        "(float32) does not match dtype of tensor \"dt/float16\" (float16)",
+    );
+    assert!(!stderr(&o).contains("LoadOptions"), "{}", stderr(&o));
+    assert!(!tmp.path().join("o").exists());
 }
 
 #[test]

@@ -32,6 +32,33 @@ impl Error {
         .into()
     }
 
+    /// A [`ErrorKind::DtypeMismatch`] gets the hint `hint(variable dtype, tensor dtype)` gives (none
+    /// removes it); any other error is returned as it is.
+    pub(crate) fn with_dtype_hint(
+        self,
+        hint: impl FnOnce(crate::DType, crate::DType) -> Option<String>,
+    ) -> Error {
+        match self.into_kind() {
+            ErrorKind::DtypeMismatch {
+                ckpt,
+                variable,
+                variable_dtype,
+                tensor,
+                tensor_dtype,
+                hint: _,
+            } => ErrorKind::DtypeMismatch {
+                hint: hint(variable_dtype, tensor_dtype),
+                ckpt,
+                variable,
+                variable_dtype,
+                tensor,
+                tensor_dtype,
+            },
+            kind => kind,
+        }
+        .into()
+    }
+
     /// Whether the error means that a file, tensor or variable was not found (as opposed to a damaged
     /// file or a mismatch).
     pub fn is_not_found(&self) -> bool {
@@ -414,7 +441,7 @@ pub enum ErrorKind {
         tensor_shape: Vec<u64>,
     },
     /// A variable and its checkpoint tensor disagree on dtype (TensorFlow never casts).
-    #[error("dtype of variable {variable:?} ({variable_dtype}) does not match dtype of tensor {tensor:?} ({tensor_dtype}) in checkpoint {}", ckpt.display())]
+    #[error("dtype of variable {variable:?} ({variable_dtype}) does not match dtype of tensor {tensor:?} ({tensor_dtype}) in checkpoint {}{}", ckpt.display(), hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
     DtypeMismatch {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -426,6 +453,9 @@ pub enum ErrorKind {
         tensor: String,
         /// Its dtype.
         tensor_dtype: crate::DType,
+        /// Where the conversion is one the load can make, how to ask for it (the API that
+        /// raised the error knows which: `LoadOptions::cast`, or candle's `DtypePolicy`).
+        hint: Option<String>,
     },
     /// A list target holds something other than parts of one partitioned variable.
     #[error("assignment {key:?}: {reason}")]

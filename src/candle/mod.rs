@@ -290,7 +290,16 @@ impl CandleInit {
         let accepts = |v: &crate::Variable, tensor: DType| policy.accepts(v.dtype, tensor);
         let report =
             init_from_checkpoint_with(&mut self.store, ckpt_dir_or_file.as_ref(), map, &accepts)
-                .map_err(|e| self.name_var(e))?;
+                .map_err(|e| {
+                    let e = e.with_dtype_hint(|var, tensor| {
+                        crate::load::cast::supported(tensor, var).then(|| {
+                            "TensorFlow never casts; CandleInit::dtype_policy(\
+                             DtypePolicy::CastToVariable) converts it as it loads"
+                                .to_string()
+                        })
+                    });
+                    self.name_var(e)
+                })?;
         // A variable is read in its tensor's dtype, then converted to its `Var`'s.
         if let Some(ckpt) = self.store.opened.last().cloned() {
             for a in &report.assignments {

@@ -162,7 +162,18 @@ pub fn init_from_checkpoint(
     ckpt_dir_or_file: impl AsRef<Path>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t)
+    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t).map_err(
+        |e| {
+            e.with_dtype_hint(|var, tensor| {
+                crate::load::cast::supported(tensor, var).then(|| {
+                    format!(
+                        "TensorFlow never casts; to convert, declare the variable as {tensor} and \
+                         initialize with LoadOptions::cast(DType::{tensor:?}, DType::{var:?})"
+                    )
+                })
+            })
+        },
+    )
 }
 
 /// [`init_from_checkpoint`] where variable `v` may take a tensor of dtype `t` when `accepts(v, t)`
@@ -368,6 +379,7 @@ impl Resolver<'_> {
                     variable_dtype: v.dtype,
                     tensor: info.name.clone(),
                     tensor_dtype: info.dtype,
+                    hint: None,
                 }
                 .into());
             }

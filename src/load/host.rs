@@ -479,6 +479,7 @@ pub(crate) fn check_dest(
             variable_dtype: v.dtype,
             tensor: info.name.clone(),
             tensor_dtype: info.dtype,
+            hint: None,
         }
         .into());
     }

@@ -369,7 +369,7 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         }
         check_out_names(dir, &store)?;
     }
-    let call = init_from_checkpoint(&mut store, ckpt, &map)?;
+    let call = init_from_checkpoint(&mut store, ckpt, &map).map_err(without_api_hint)?;
     for w in &call.warnings {
         note!("warning: {}", tfckpt::escape_controls(w));
     }
@@ -427,6 +427,30 @@ fn check_gpu(n: u32) -> CliResult {
         .into()),
         _ => Ok(()),
     }
+}
+
+/// A dtype mismatch without the library's hint: it names `LoadOptions::cast`, which the command
+/// line does not offer (MODEL.json's dtype is the variable's, as in TensorFlow, which never casts).
+fn without_api_hint(e: tfckpt::Error) -> tfckpt::Error {
+    match e.into_kind() {
+        tfckpt::ErrorKind::DtypeMismatch {
+            ckpt,
+            variable,
+            variable_dtype,
+            tensor,
+            tensor_dtype,
+            hint: _,
+        } => tfckpt::ErrorKind::DtypeMismatch {
+            ckpt,
+            variable,
+            variable_dtype,
+            tensor,
+            tensor_dtype,
+            hint: None,
+        },
+        kind => kind,
+    }
+    .into()
 }
 
 /// Variable names become paths under DIR: refuse components that would leave it, and names whose
