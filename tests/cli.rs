@@ -197,6 +197,34 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
     assert!(tfckpt(&["list", tmp.path().to_str().unwrap()])
         .status
         .success());
+    // Reads still fail as in TensorFlow (a tensor of that file is not found, a partitioned one
+    // lacks slices), and the error names the missing file.
+    let out = tmp.path().join("o.npy");
+    let missing = format!(
+        "file {} of this sharded V1 save is missing, and may hold it",
+        gone.display()
+    );
+    for tensor in ["s", "p"] {
+        let o = tfckpt(&[
+            "get",
+            tmp.path().to_str().unwrap(),
+            tensor,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_one_error_line(&o, 1, &missing);
+    }
+    let o = tfckpt(&[
+        "init",
+        tmp.path().to_str().unwrap(),
+        "--model",
+        r#"{"variables": [{"name": "x", "shape": [3], "dtype": "int64"}]}"#,
+        "--map",
+        r#"{"scope/i64": "x"}"#,
+        "--out",
+        tmp.path().join("init").to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, 1, &missing);
     let kept = tmp.path().join("model.ckpt-0-00000-of-00002");
     let o = tfckpt(&["verify", kept.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -136,6 +136,24 @@ fn suggest(names: &[String]) -> String {
     }
 }
 
+fn absent(files: &[PathBuf]) -> String {
+    match files {
+        [] => String::new(),
+        [one] => format!(
+            "; file {} of this sharded V1 save is missing, and may hold it",
+            one.display()
+        ),
+        _ => format!(
+            "; files of this sharded V1 save are missing, and may hold it: {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Every way an operation of this crate can fail.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -334,7 +352,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// No tensor of that name in the checkpoint.
-    #[error("tensor {tensor:?} not found in checkpoint {}{}", ckpt.display(), suggest(suggestions))]
+    #[error("tensor {tensor:?} not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions))]
     TensorNotFound {
         /// The checkpoint prefix.
         ckpt: PathBuf,
@@ -342,6 +360,8 @@ pub enum ErrorKind {
         tensor: String,
         /// Close names that do exist.
         suggestions: Vec<String>,
+        /// Files of a sharded V1 save that are missing, any of which may hold it (the first 8).
+        absent_files: Vec<PathBuf>,
     },
     /// A requested or stored slice is malformed or out of bounds.
     #[error("tensor {tensor:?}: bad slice: {reason}")]
@@ -352,14 +372,19 @@ pub enum ErrorKind {
         reason: String,
     },
     /// The stored slices of a partitioned tensor do not cover the requested slice.
-    #[error("tensor {tensor:?}: the stored slices [{stored}] do not cover the requested slice {requested} (insufficient slices)")]
+    #[error("tensor {tensor:?} in checkpoint {}: the stored slices [{stored}] do not cover the requested slice {requested} (insufficient slices){}", ckpt.display(), absent(absent_files))]
     InsufficientSlices {
+        /// The checkpoint prefix.
+        ckpt: PathBuf,
         /// The tensor.
         tensor: String,
         /// Requested slice, as `start,length` / `-` per dimension.
         requested: String,
         /// The stored slices.
         stored: String,
+        /// Files of a sharded V1 save that are missing, any of which may hold the rest (the
+        /// first 8).
+        absent_files: Vec<PathBuf>,
     },
     /// Two stored slices of a partitioned tensor overlap.
     #[error("tensor {tensor:?}: overlapping stored slices {first} and {second}")]
@@ -411,7 +436,7 @@ pub enum ErrorKind {
         suggestions: Vec<String>,
     },
     /// A checkpoint tensor named by an assignment (directly or through a scope) does not exist.
-    #[error("tensor {tensor:?} (for variable {variable:?}, from assignment {key:?} -> {target:?}) not found in checkpoint {}{}", ckpt.display(), suggest(suggestions))]
+    #[error("tensor {tensor:?} (for variable {variable:?}, from assignment {key:?} -> {target:?}) not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions))]
     MappedTensorNotFound {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -425,6 +450,8 @@ pub enum ErrorKind {
         target: String,
         /// Close tensor names.
         suggestions: Vec<String>,
+        /// Files of a sharded V1 save that are missing, any of which may hold it (the first 8).
+        absent_files: Vec<PathBuf>,
     },
     /// A variable and its checkpoint tensor disagree on shape.
     #[error("shape of variable {variable:?} {variable_shape:?} does not match shape of tensor {tensor:?} {tensor_shape:?} in checkpoint {}", ckpt.display())]

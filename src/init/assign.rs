@@ -355,7 +355,11 @@ impl Resolver<'_> {
         target: &Target,
         variable: &str,
     ) -> Result<&TensorInfo> {
-        self.ckpt.tensor(name).map_err(|_| {
+        self.ckpt.tensor(name).map_err(|e| {
+            let absent_files = match e.into_kind() {
+                ErrorKind::TensorNotFound { absent_files, .. } => absent_files,
+                _ => Vec::new(),
+            };
             ErrorKind::MappedTensorNotFound {
                 ckpt: self.ckpt.prefix().to_path_buf(),
                 tensor: name.into(),
@@ -363,6 +367,7 @@ impl Resolver<'_> {
                 key: key.into(),
                 target: target.describe(),
                 suggestions: close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str())),
+                absent_files,
             }
             .into()
         })

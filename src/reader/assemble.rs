@@ -48,6 +48,7 @@ impl<'c> Stored<'c> {
                 .sum();
             if covered != want.num_elements().unwrap_or(0) {
                 return Err(ErrorKind::InsufficientSlices {
+                    ckpt: self.ckpt.prefix().to_path_buf(),
                     tensor: self.info.name.clone(),
                     requested: region_text(want, &self.info.shape),
                     stored: pieces
@@ -56,6 +57,7 @@ impl<'c> Stored<'c> {
                         .map(|p| p.slice.to_string())
                         .collect::<Vec<_>>()
                         .join(", "),
+                    absent_files: self.ckpt.absent_v1_files(),
                 }
                 .into());
             }

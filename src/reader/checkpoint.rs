@@ -344,8 +344,25 @@ impl Checkpoint {
                     name,
                     self.infos.iter().map(|t| t.name.as_str()),
                 ),
+                absent_files: self.absent_v1_files(),
             }
             .into()),
+        }
+    }
+
+    /// The files of a sharded V1 save (opened by its glob) that are missing: a tensor not found
+    /// may be in one of them (TensorFlow's glob reads the others without noticing).
+    pub(crate) fn absent_v1_files(&self) -> Vec<PathBuf> {
+        match &self.inner {
+            Inner::V1(set) if resolve::is_glob(&self.prefix) => set
+                .missing_shards()
+                .into_iter()
+                .filter_map(|e| match e.into_kind() {
+                    ErrorKind::MissingV1Shard { path, .. } => Some(path),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
