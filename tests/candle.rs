@@ -304,6 +304,9 @@ fn the_bert_example_loads_trains_and_reports_what_was_left_out() {
     assert_eq!(s.max_error, 0.0);
     assert!(s.step_change > 0.0, "the AdamW step moved a loaded weight");
     assert!(s.loss_before.is_finite() && s.loss_after.is_finite());
+    // Every Var saved back, the fresh head too; the stepped kernel as the step left it.
+    assert_eq!(s.saved, s.loaded + 2);
+    assert_eq!(s.saved_error, 0.0);
 }
 
 #[test]
@@ -691,6 +694,79 @@ fn a_damaged_first_value_changes_no_var() {
     damaged_value_on(&CPU, &CPU, true);
 }
 
+/// The load's inverse on `device`: the TF2 fixture loaded into candle, a weight changed as a
+/// training step would, then saved. The saved checkpoint holds every `Var` under its TensorFlow
+/// name in TensorFlow's layout: the untouched tensors are the fixture's own bytes (kernels
+/// transposed back), and a fresh model loaded from it equals the saved one, head included.
+fn save_round_trip_on(device: &Device) {
+    let m = tf2_model_on(device);
+    let mut init = CandleInit::from_varmap(&m.varmap, &Convention::tf1())
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    init.init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+        .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    // A step's worth of change to one transposed weight ([out, in] = [1, 2]).
+    let w = m.varmap.data().lock().unwrap()["model.layers.1.weight"].clone();
+    w.set(&Tensor::new(&[[0.25f32, -8.0]], device).unwrap())
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("fine-tuned");
+    assert_eq!(init.save_checkpoint(&prefix).unwrap(), 9);
+    let saved = tfckpt::Checkpoint::open(&prefix).unwrap();
+    let fixture = tfckpt::Checkpoint::open(ckpt_path("tf2_object")).unwrap();
+    for (tf, object) in [
+        ("model/dense/kernel", "dense/kernel"),
+        ("model/dense/bias", "dense/bias"),
+        ("model/layers_0/kernel", "layers/0/kernel"),
+        ("model/layers_0/bias", "layers/0/bias"),
+        ("model/layers_1/bias", "layers/1/bias"),
+    ] {
+        let (a, b) = (saved.read(tf).unwrap(), fixture.read(&key(object)).unwrap());
+        assert_eq!((&a.shape, a.dtype), (&b.shape, b.dtype), "{tf}");
+        assert_eq!(a.bytes(), b.bytes(), "{tf}");
+    }
+    // The changed weight, as TensorFlow's [in, out] kernel.
+    let k = saved.read("model/layers_1/kernel").unwrap();
+    assert_eq!(
+        (k.shape.as_slice(), k.to_f32().unwrap()),
+        (&[2u64, 1][..], vec![0.25, -8.0])
+    );
+    // The float16 embedding was loaded as float32: it is saved as the Var holds it.
+    let emb = saved.read("model/embedding").unwrap();
+    assert_eq!(emb.dtype, tfckpt::DType::F32);
+    assert!(same(
+        &Tensor::from_vec(emb.to_f32().unwrap(), (5, 2), &CPU).unwrap(),
+        &tf_value("tf2_object", &key("embedding"))
+    ));
+    let head = saved.read("head/kernel").unwrap();
+    assert_eq!(head.shape, [1, 3]);
+
+    // Back into a fresh model: every Var, the head too, equals the saved model's.
+    let fresh = tf2_model_on(device);
+    let mut back = CandleInit::from_varmap(&fresh.varmap, &Convention::tf1()).unwrap();
+    let found = back.map_existing(&prefix).unwrap();
+    assert!(found.not_in_checkpoint.is_empty() && found.not_in_model.is_empty());
+    back.init_from_checkpoint(&prefix, &found.map).unwrap();
+    back.initialize(&Default::default()).unwrap();
+    assert_eq!(snapshot(&fresh.varmap), snapshot(&m.varmap));
+}
+
+#[test]
+fn a_saved_model_is_the_checkpoint_tensorflow_would_write() {
+    save_round_trip_on(&CPU);
+    // Nothing is left at the prefix when a save fails: here, its folder does not exist.
+    let m = tf2_model();
+    let init = CandleInit::from_varmap(&m.varmap, &Convention::tf1()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = init
+        .save_checkpoint(dir.path().join("no_dir/m"))
+        .unwrap_err();
+    assert!(e.to_string().contains("no_dir"), "{e}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
 /// The same models with their `Var`s on a GPU (feature `candle-cuda`): every value equals the
 /// host load's, bit for bit, transposes and conversions done on the device. Without a GPU these
 /// pass without running, unless `TFCKPT_REQUIRE_GPU` is set (`scripts/gpu-check.sh` sets it).
@@ -750,6 +826,12 @@ mod on_gpu {
         let want = host.dense.forward(&x.to_device(&CPU).unwrap()).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn a_model_on_the_gpu_saves_as_tensorflow_would_write_it() {
+        let Some(dev) = gpu() else { return };
+        save_round_trip_on(&dev);
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn candle_refused(name: &str, why: &str) -> Error {
 }
 
 /// The first line of a candle error (with `RUST_BACKTRACE` set, the rest is a backtrace).
-fn first_line(e: &candle_core::Error) -> String {
+pub(super) fn first_line(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
@@ -408,6 +408,31 @@ fn zeroed(dtype: DType, n: usize, name: &str) -> Result<CpuStorage> {
 }
 
 /// The bytes of a storage (little-endian elements, as a checkpoint holds them).
+pub(super) fn bytes(s: &CpuStorage) -> &[u8] {
+    fn bytes<T: Plain>(v: &[T]) -> &[u8] {
+        // SAFETY: `T` is `Plain` (no padding); the byte slice covers exactly `v`'s memory and
+        // borrows it for its lifetime.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    }
+    match s {
+        CpuStorage::U8(v)
+        | CpuStorage::F6E2M3(v)
+        | CpuStorage::F6E3M2(v)
+        | CpuStorage::F4(v)
+        | CpuStorage::F8E8M0(v) => v,
+        CpuStorage::U32(v) => bytes(v),
+        CpuStorage::I16(v) => bytes(v),
+        CpuStorage::I32(v) => bytes(v),
+        CpuStorage::I64(v) => bytes(v),
+        CpuStorage::BF16(v) => bytes(v),
+        CpuStorage::F16(v) => bytes(v),
+        CpuStorage::F32(v) => bytes(v),
+        CpuStorage::F64(v) => bytes(v),
+        CpuStorage::F8E4M3(v) => bytes(v),
+    }
+}
+
+/// The bytes of a storage, writable (little-endian elements, as a checkpoint holds them).
 fn bytes_mut(s: &mut CpuStorage) -> &mut [u8] {
     fn bytes<T: Plain>(v: &mut [T]) -> &mut [u8] {
         // SAFETY: `T` is `Plain` (no padding, every bit pattern valid); the byte slice covers

@@ -10,7 +10,8 @@
 //! convention says so) into memory that then becomes the `Var`'s storage: no intermediate buffer,
 //! no second copy, and every clone of the `Var` (the model's layers hold them) sees the values.
 //! `Var`s no mapping touches keep candle's initialization. All or nothing: unless every value
-//! loaded, no `Var` changes.
+//! loaded, no `Var` changes. After fine-tuning, [`CandleInit::save_checkpoint`] writes the `Var`s
+//! back as a TensorFlow checkpoint, under the same names and in TensorFlow's layout.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device};
@@ -37,6 +38,7 @@ mod convention;
 mod cuda;
 mod deferred;
 mod destination;
+mod save;
 
 use std::collections::BTreeMap;
 use std::path::Path;

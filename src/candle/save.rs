@@ -1,0 +1,70 @@
+//! Fine-tuned `Var`s back into a TensorFlow checkpoint: the load's inverse, under the same names
+//! and layouts.
+
+use std::path::Path;
+
+use candle_core::{Device, Storage};
+
+use super::destination::bytes;
+use super::CandleInit;
+use crate::base::error::{Error, ErrorKind, Result};
+use crate::format::writer::{CheckpointWriter, TensorRef, WriterOptions};
+
+impl CandleInit {
+    /// Writes every `Var` that has a TensorFlow name into a V2 checkpoint at `prefix`
+    /// (`PREFIX.index` and `PREFIX.data-00000-of-00001`): under its TensorFlow name, in
+    /// TensorFlow's layout (a `Linear` weight transposed back into its kernel) and in the `Var`'s
+    /// dtype. That is what TensorFlow's `Saver` writes for the same variables, so TensorFlow's
+    /// `init_from_checkpoint`, `tf.train.load_variable` and this crate read it back. A value
+    /// loaded through [`DtypePolicy::CastToVariable`](super::DtypePolicy) is saved in the `Var`'s
+    /// dtype, not the one it was read in.
+    ///
+    /// `Var`s on a GPU are copied to the host one at a time, so host memory holds one value
+    /// beside the writer's buffer. The files are written under temporary names and renamed once
+    /// all are complete: on an error nothing is left at `prefix`. Returns the number of tensors
+    /// written. Write TensorFlow's `checkpoint` state file beside it with
+    /// [`write_checkpoint_state`](crate::write_checkpoint_state) to make the directory form work.
+    pub fn save_checkpoint(&self, prefix: impl AsRef<Path>) -> Result<usize> {
+        let mut writer = CheckpointWriter::create(prefix.as_ref(), WriterOptions::default())?;
+        for (tf, b) in &self.vars {
+            let failed = |why: String| {
+                self.wrap(
+                    tf,
+                    ErrorKind::InvalidArgument(format!("saving it: {why}")).into(),
+                )
+            };
+            let candle = |e: candle_core::Error| failed(super::destination::first_line(&e));
+            let mut value = b.var.as_tensor().clone();
+            if b.transposed {
+                value = value.t().map_err(candle)?;
+            }
+            // Contiguous and at offset 0 on the host, in TensorFlow's (row-major) order.
+            let value = value
+                .to_device(&Device::Cpu)
+                .and_then(|t| t.contiguous())
+                .map_err(candle)?;
+            let shape: Vec<u64> = value.dims().iter().map(|&d| d as u64).collect();
+            let (storage, layout) = value.storage_and_layout();
+            let Storage::Cpu(storage) = &*storage else {
+                return Err(failed("its value did not reach the host".into()));
+            };
+            let size = b.dtype.size().unwrap_or(1);
+            let start = layout.start_offset() * size;
+            let data = bytes(storage)
+                .get(start..start + value.elem_count() * size)
+                .ok_or_else(|| failed("its storage is shorter than its shape".into()))?;
+            writer
+                .add(
+                    tf,
+                    TensorRef::Bytes {
+                        dtype: b.dtype,
+                        shape: &shape,
+                        data,
+                    },
+                )
+                .map_err(|e: Error| self.wrap(tf, e))?;
+        }
+        writer.finish()?;
+        Ok(self.vars.len())
+    }
+}
