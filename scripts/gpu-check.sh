@@ -26,7 +26,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/gpu-check
 
+# What the binaries were built from: every source, test and fixture file (the device machine gets
+# a copy of the working tree without .git, so a hash of the files, not a commit).
+tree_stamp() {
+    find Cargo.toml Cargo.lock src kernels tests benches examples -type f -print0 | sort -z |
+        xargs -0 sha1sum | sha1sum | cut -c1-16
+}
+
 if [ "${1:-}" = "--build" ]; then
+    # cudarc's bindings for CUDA 13.0, as on the H200 run the numbers in the README come from
+    # (without nvcc, cudarc would take the newest it knows).
+    export CUDARC_CUDA_VERSION=13000
     cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe
     test_bin=$(cargo test --release --locked --features nccl --test gpu --no-run 2>&1 |
         sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
@@ -64,6 +74,7 @@ if [ "${1:-}" = "--build" ]; then
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
+    tree_stamp >"$out/BUILD"
     ls -la "$out"
     du -sh "$out"
     exit 0
@@ -111,6 +122,12 @@ for f in "$out"/*.gz; do
     gzip -dc "$f" >"$bin/$name" || { echo "gpu-check: cannot unpack $f" >&2; exit 1; }
     chmod +x "$bin/$name"
 done
+# Binaries of another tree would test other code than this one: refuse them.
+if [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
+    echo "gpu-check: target/gpu-check was built from other sources than this tree's: run 'scripts/gpu-check.sh --build' again" >&2
+    exit 1
+fi
+echo "binaries built from this tree ($(cat "$out/BUILD"))"
 [ -x "$bin/gpu-tests" ] && [ -x "$bin/remote-tests" ] && [ -x "$bin/gpu_bench" ] &&
     [ -x "$bin/gpu_probe" ] && [ -x "$bin/candle-tests" ] && [ -x "$bin/candle-bench" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
@@ -154,24 +171,55 @@ private_libs() {
 with_libs() { echo "$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
 # NCCL for the replica and broadcast tests (world size 1). Once found, the NCCL parts must run:
 # the tests then fail rather than skip them.
+# NCCL installs only its soname, libnccl.so.2, and cudarc (loading it at run time) looks for
+# libnccl.so: a link of that name goes into the private folder.
 nccl_dir=$(private_libs libnccl.so.2)
-nccl_env=(env LD_LIBRARY_PATH="$(with_libs "$nccl_dir")")
-if LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" resolvable libnccl.so.2; then
+nccl_so2=
+if [ -e "$nccl_dir/libnccl.so.2" ]; then
+    nccl_so2=$(readlink -f "$nccl_dir/libnccl.so.2")
+else
+    nccl_so2=$(ldconfig -p 2>/dev/null | sed -n 's/^\s*libnccl\.so\.2 (.*) => //p' | head -1 || true)
+fi
+if [ -n "$nccl_so2" ] && ! resolvable libnccl.so; then
+    ln -s "$nccl_so2" "$nccl_dir/libnccl.so"
+    echo "libnccl.so: linked to $nccl_so2"
+fi
+# NCCL_SOCKET_IFNAME: the machine has no network but the loopback, which NCCL's bootstrap (used
+# even at world size 1) may not pick by itself.
+nccl_env=(env LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" NCCL_SOCKET_IFNAME=lo NCCL_DEBUG=WARN)
+if LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" resolvable libnccl.so; then
     nccl_env+=(TFCKPT_REQUIRE_NCCL=1)
 else
     echo "NCCL: none found; the NCCL parts of the tests are skipped"
 fi
+# Each test in its own process, under a time limit: a kernel fault leaves a CUDA context unusable
+# for the rest of its process (and would fail every later test), and a hang would use up the
+# device time. Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run
+# with the environment before it; returns nonzero if any failed, listing them.
+each_test() {
+    local limit=$1 exe=$2 filter=${3:-} t rc failed=()
+    while IFS= read -r t; do
+        [ -z "$filter" ] || [[ "$t" == *"$filter"* ]] || continue
+        rc=0
+        timeout -k 10 "$limit" "$exe" --exact "$t" --test-threads=1 || rc=$?
+        [ "$rc" -eq 0 ] || failed+=("$t (exit $rc$([ "$rc" -ge 124 ] && echo ", time limit ${limit}s"))")
+    done < <("$exe" --list 2>/dev/null | sed -n 's/: test$//p')
+    if [ "${#failed[@]}" -gt 0 ]; then
+        printf 'FAILED: %s\n' "${failed[@]}"
+        return 1
+    fi
+}
 # GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
 tests_rc=0
 bench_rc=0
 if part tests; then
     echo "== CUDA tests"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${nccl_env[@]}" "$bin/gpu-tests" --test-threads=1 ||
-        tests_rc=$?
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
+        bash -c "$(declare -f each_test); each_test 240 '$bin/gpu-tests'" || tests_rc=$?
 fi
 if part remote; then
     echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "$bin/remote-tests" --exact \
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 240 "$bin/remote-tests" --exact \
         gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
 fi
 # candle's CUDA libraries (cuBLAS, cuRAND, the runtime; NVRTC), where the loader does not find them
@@ -180,20 +228,20 @@ candle_dir=$(private_libs libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libc
 candle_env=(env LD_LIBRARY_PATH="$(with_libs "$candle_dir")")
 if part candle; then
     echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 "${candle_env[@]}" "$bin/candle-tests" --test-threads=1 on_gpu ||
-        tests_rc=$?
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${candle_env[@]}" \
+        bash -c "$(declare -f each_test); each_test 240 '$bin/candle-tests' on_gpu" || tests_rc=$?
 fi
 if part bench; then
     echo "== GPU benchmark"
-    "$bin/gpu_bench" "$@" || bench_rc=$?
+    timeout -k 10 420 "$bin/gpu_bench" "$@" || bench_rc=$?
 fi
 if part candle-bench; then
     echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-    "${candle_env[@]}" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+    "${candle_env[@]}" timeout -k 10 300 "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
 fi
 if part probe; then
     echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
-    "$bin/gpu_probe" --gb 4 || bench_rc=$?
+    timeout -k 10 300 "$bin/gpu_probe" --gb 4 || bench_rc=$?
 fi
 echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

@@ -119,20 +119,23 @@ impl VariableStore {
             #[cfg(feature = "nccl")]
             let (gather, fallback): (
                 Option<&dyn crate::gpu::destination::Gather>,
-                bool,
-            ) = match (self.replicas.is_empty(), crate::gpu::cuda::nccl_present()) {
-                (true, _) => (None, false),
-                (false, true) => (Some(&nccl), false),
-                (false, false) => (None, true),
+                Option<String>,
+            ) = if self.replicas.is_empty() {
+                (None, None)
+            } else {
+                match crate::gpu::cuda::nccl_usable() {
+                    Ok(()) => (Some(&nccl), None),
+                    Err(why) => (None, Some(why)),
+                }
             };
             #[cfg(not(feature = "nccl"))]
-            let (gather, fallback) = (None, false);
+            let (gather, fallback): (_, Option<String>) = (None, None);
             let mut report =
                 self.initialize_on_links(&links, device, gather, options, Default::default())?;
-            if fallback {
-                report.warnings.push(
-                    "replicas: NCCL (libnccl.so.2) cannot be loaded, so every replica was loaded whole over its own PCIe link".into(),
-                );
+            if let Some(why) = fallback {
+                report.warnings.push(format!(
+                    "replicas: {why}; so every replica was loaded whole over its own PCIe link"
+                ));
             }
             Ok(report)
         }

@@ -104,7 +104,7 @@ fn loadable(names: &[&str]) -> bool {
 }
 
 /// Runs `f`, a first touch of a CUDA library, turning a panic of cudarc's loader into an error.
-fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
         p.downcast_ref::<String>()
             .cloned()
@@ -125,10 +125,37 @@ pub(crate) fn driver_present() -> bool {
     loadable(&["libcuda.so", "libcuda.so.1"])
 }
 
-/// Whether NCCL can be loaded.
+/// Whether cudarc can use NCCL; if not, why.
+///
+/// NCCL's soname is `libnccl.so.2`, and its packages (the system's `libnccl2`, pip's
+/// `nvidia-nccl-cu13`) install that name only. Where another crate of the binary made cudarc link
+/// its libraries, that is the name the process loaded; where cudarc loads them at run time, it
+/// looks for `libnccl.so` (and versioned names NCCL does not use), which then has to be a link
+/// to it. So cudarc itself is asked, by a first NCCL call (guarded: its loader panics), once per
+/// process, after checking that some NCCL is on the loader path at all, so that a machine
+/// without NCCL prints no panic message. A machine with only `libnccl.so.2` under run-time
+/// loading prints cudarc's panic message once, and the answer says what to link.
 #[cfg(feature = "nccl")]
-pub(crate) fn nccl_present() -> bool {
-    loadable(&["libnccl.so", "libnccl.so.2"])
+pub(crate) fn nccl_usable() -> std::result::Result<(), String> {
+    static USABLE: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    USABLE
+        .get_or_init(|| {
+            if !loadable(&["libnccl.so", "libnccl.so.2"]) {
+                return Err("NCCL (libnccl.so.2) is not on the loader path".into());
+            }
+            match guarded(cudarc::nccl::result::get_nccl_version) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("NCCL does not answer: {e:?}")),
+                Err(_) => Err(
+                    "libnccl.so.2 is on the loader path, but cudarc (loading NCCL at \
+                     run time) looks for libnccl.so: add a link of that name to it, in a folder \
+                     on LD_LIBRARY_PATH"
+                        .into(),
+                ),
+            }
+        })
+        .clone()
 }
 
 /// Whether NVRTC can be loaded.
@@ -778,6 +805,26 @@ mod tests {
         );
         eprintln!("NVRTC not found: kernels not compiled (set LD_LIBRARY_PATH to nvidia-cuda-nvrtc's lib)");
         false
+    }
+
+    /// Whether NCCL is usable needs no GPU: no NCCL on the loader path is a plain answer (no
+    /// panic), NCCL that cudarc finds answers its version, and pip's or the system's
+    /// `libnccl.so.2` alone, where cudarc loads NCCL at run time, is an answer saying what to link.
+    #[cfg(feature = "nccl")]
+    #[test]
+    fn nccl_usable_says_what_is_missing() {
+        let usable = nccl_usable();
+        if loadable(&["libnccl.so"]) {
+            assert_eq!(usable, Ok(()));
+        } else if loadable(&["libnccl.so.2"]) {
+            // Linked at build time (by another crate's choice), libnccl.so.2 is what cudarc uses.
+            if let Err(why) = usable {
+                assert!(why.contains("add a link of that name"), "{why}");
+            }
+        } else {
+            let why = usable.unwrap_err();
+            assert!(why.contains("not on the loader path"), "{why}");
+        }
     }
 
     /// Every kernel source compiles whole, and every kernel alone (as a load compiles it), to

@@ -89,8 +89,11 @@ impl NcclGather<'_> {
             .iter()
             .map(|&d| self.link(d).map(|l| l.kernel_stream()))
             .collect::<Result<Vec<_>>>()?;
-        let c =
-            Comm::from_devices(streams).map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?;
+        // Guarded: cudarc's loader panics where it cannot find NCCL (checked before the load,
+        // so only a library that vanished since gets here).
+        let c = super::cuda::guarded(|| Comm::from_devices(streams))
+            .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?
+            .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?;
         let c = Arc::new(Mutex::new(Comms(c)));
         all.insert(ordinals.clone(), c.clone());
         Ok((ordinals, c))
