@@ -576,6 +576,15 @@ fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source(
     let err = Checkpoint::open(&missing).unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(err.to_string().contains(&missing), "{err}");
+    // A missing bucket is named as such.
+    let err = Checkpoint::open("s3://no-such-bucket/model.ckpt").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("s3://no-such-bucket/: no such object")
+            && err.to_string().contains("no such bucket"),
+        "{err}"
+    );
 }
 
 /// With a GPU (and the `cuda` feature), a remote checkpoint loads onto it through the staging ring
@@ -866,7 +875,9 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
         s.http,
         false,
         Default::default(),
-        std::time::Duration::from_millis(100),
+        // Long enough that the requests overlap however busy the machine is (the other tests
+        // of this binary run beside it).
+        std::time::Duration::from_millis(300),
     );
     let url = format!("http://{proxy}/{BUCKET}/many_small/model.ckpt");
     let load = |which: &dyn Fn(usize) -> bool| {
@@ -961,4 +972,294 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
         }
     }
     assert!(outcomes.failed > 60 && outcomes.exact > 0, "{outcomes:?}");
+}
+
+/// A bad S3 endpoint in the environment is one error line naming the variable: never a panic
+/// (`object_store`'s HTTP layer panics on an endpoint it cannot parse), never the credentials it
+/// holds, and a plain-HTTP one without `AWS_ALLOW_HTTP` says to set it.
+#[test]
+fn a_bad_s3_endpoint_is_an_error_naming_the_variable() {
+    let url = s3_url(&fixture("h1_basic").join("model-0"));
+    let cases: [(&str, Option<&str>, &str); 6] = [
+        (
+            "127.0.0.1:9",
+            Some("true"),
+            "must be an http:// or https:// URL",
+        ),
+        (
+            "minio:9000",
+            Some("true"),
+            "must be an http:// or https:// URL",
+        ),
+        ("http://127.0.0.1:99999", Some("true"), "is not a valid URL"),
+        ("http://127.0.0.1:9 ", Some("true"), "is not a valid URL"),
+        (
+            "http://AKIAKEY:endpoint-secret@127.0.0.1:9",
+            Some("true"),
+            "holds credentials",
+        ),
+        ("http://127.0.0.1:9", None, "set AWS_ALLOW_HTTP=true"),
+    ];
+    for (endpoint, allow, want) in cases {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        c.args(["list", &url]).env("AWS_ENDPOINT_URL", endpoint);
+        match allow {
+            Some(v) => c.env("AWS_ALLOW_HTTP", v),
+            None => c.env_remove("AWS_ALLOW_HTTP"),
+        };
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{endpoint}: {err}");
+        assert_eq!(err.lines().count(), 1, "{endpoint}: {err}");
+        assert!(
+            err.contains("AWS_ENDPOINT_URL") && err.contains(want),
+            "{endpoint}: {err}"
+        );
+        assert!(
+            !err.contains("endpoint-secret") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
+
+/// The files of checkpoint `stem` in `from`, copied into `to` (created) as `as_stem`.
+fn put(from: &Path, stem: &str, to: &Path, as_stem: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(&format!("{stem}.")) {
+            std::fs::copy(from.join(&name), to.join(format!("{as_stem}.{rest}"))).unwrap();
+        }
+    }
+}
+
+fn state(dir: &Path, path: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("checkpoint"),
+        format!("model_checkpoint_path: \"{path}\"\n"),
+    )
+    .unwrap();
+}
+
+/// A directory's state file resolves on object storage as on disk: `./` and `../` in relative
+/// paths, a directory before a checkpoint of the same name beside it (TensorFlow's `isdir`), keys
+/// with spaces and non-ASCII letters (percent-encoded in an http:// URL). An absolute local path,
+/// which TensorFlow 1's Saver writes, is an error that suggests the checkpoint beside the state
+/// file, never silently that one: it may be another checkpoint.
+#[test]
+fn state_files_resolve_on_object_storage_as_on_disk() {
+    let s = servers();
+    let root = s.root.join(BUCKET).join("dirs");
+    let (h1, golden) = (fixture("h1_basic"), fixture("golden_b10"));
+    put(&h1, "model-0", &root.join("dotslash"), "model-0");
+    state(&root.join("dotslash"), "./model-0");
+    put(&h1, "model-0", &root.join("up/data"), "model-0");
+    state(&root.join("up/sub"), "../data/model-0");
+    put(&golden, "m", &root.join("pf"), "model");
+    put(&h1, "model-0", &root.join("pf/model"), "model-0");
+    state(&root.join("pf/model"), "model-0");
+    put(&h1, "model-0", &root.join("sp ace ü"), "model-0");
+    state(&root.join("sp ace ü"), "model-0");
+    let want = Checkpoint::open(h1.join("model-0"))
+        .unwrap()
+        .tensors()
+        .to_vec();
+    for (dir, http_path) in [
+        ("dotslash", "dotslash"),
+        ("up/sub", "up/sub"),
+        ("pf/model", "pf/model"),
+        ("sp ace ü", "sp%20ace%20%C3%BC"),
+    ] {
+        assert_eq!(Checkpoint::open(root.join(dir)).unwrap().tensors(), want);
+        for url in [
+            format!("s3://{BUCKET}/dirs/{dir}"),
+            format!("http://{}/{BUCKET}/dirs/{http_path}/", s.http),
+        ] {
+            let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(remote.tensors(), want, "{url}");
+        }
+    }
+    // A directory without a state file is no checkpoint, though one of its name lies beside it
+    // (S3 can say that it is a directory; a plain HTTP server cannot).
+    put(&golden, "m", &root.join("pf2"), "model");
+    std::fs::create_dir_all(root.join("pf2/model")).unwrap();
+    std::fs::write(root.join("pf2/model/notes.txt"), "x").unwrap();
+    for e in [
+        Checkpoint::open(root.join("pf2/model")).unwrap_err(),
+        Checkpoint::open(format!("s3://{BUCKET}/dirs/pf2/model")).unwrap_err(),
+    ] {
+        assert!(
+            matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. }),
+            "{e}"
+        );
+    }
+    // An absolute local path: on disk, that checkpoint; on object storage, an error naming the
+    // path and suggesting the one beside the state file.
+    put(&golden, "m", &root.join("absin/A"), "model-0");
+    put(&h1, "model-0", &root.join("absin/B"), "model-0");
+    state(
+        &root.join("absin/A"),
+        &root.join("absin/B/model-0").to_string_lossy(),
+    );
+    assert_eq!(
+        Checkpoint::open(root.join("absin/A")).unwrap().tensors(),
+        want
+    );
+    let e = Checkpoint::open(format!("s3://{BUCKET}/dirs/absin/A"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("names the local path")
+            && e.contains(&format!("name it: s3://{BUCKET}/dirs/absin/A/model-0")),
+        "{e}"
+    );
+}
+
+/// What [`fault_proxy`] does with one request.
+enum Fault {
+    Pass,
+    /// Answer `500 Internal Server Error`.
+    Status500,
+    /// Forward it, then send half the body under a `content-length` saying that half (so the
+    /// body looks complete).
+    CutWithShortLength,
+}
+
+/// A real TCP proxy in front of `upstream` (one request per connection) that does to each
+/// request what `fault(request head)` says.
+fn fault_proxy(
+    upstream: std::net::SocketAddr,
+    fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fault = std::sync::Arc::new(fault);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let fault = fault.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let what = fault(&text);
+                if let Fault::Status500 = what {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let lines: Vec<&str> = text
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                let forwarded = format!("{}\r\nconnection: close\r\n\r\n", lines.join("\r\n"));
+                let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                let mut response = Vec::new();
+                if up.write_all(forwarded.as_bytes()).is_err() {
+                    return;
+                }
+                let _ = up.read_to_end(&mut response);
+                let body_at = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |p| p + 4);
+                if let Fault::CutWithShortLength = what {
+                    let short = (response.len() - body_at) / 2;
+                    let head = String::from_utf8_lossy(&response[..body_at]).into_owned();
+                    let head: Vec<String> = head
+                        .split("\r\n")
+                        .filter(|l| !l.is_empty())
+                        .map(|l| {
+                            if l.to_ascii_lowercase().starts_with("content-length:") {
+                                format!("content-length: {short}")
+                            } else {
+                                l.to_string()
+                            }
+                        })
+                        .collect();
+                    let _ = client.write_all(format!("{}\r\n\r\n", head.join("\r\n")).as_bytes());
+                    let _ = client.write_all(&response[body_at..body_at + short]);
+                    return;
+                }
+                let _ = client.write_all(&response);
+            });
+        }
+    });
+    addr
+}
+
+/// The first answer for an index cut short, with a `content-length` saying the short length (so
+/// the body looks complete): the read is retried, not parsed as a damaged index.
+#[test]
+fn an_index_answer_cut_short_is_read_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cut = std::sync::Arc::new(AtomicBool::new(false));
+    let cut_ref = cut.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("GET ")
+            && first.contains(".index ")
+            && !cut_ref.swap(true, Ordering::SeqCst)
+        {
+            Fault::CutWithShortLength
+        } else {
+            Fault::Pass
+        }
+    });
+    let ckpt = fixture("golden_b10").join("m");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        initial_backoff: std::time::Duration::from_millis(5),
+        ..Default::default()
+    };
+    let remote = Checkpoint::open_with(&url, &opts).unwrap_or_else(|e| panic!("{url}: {e}"));
+    assert!(cut.load(Ordering::SeqCst), "the proxy cut an answer");
+    let local = Checkpoint::open(&ckpt).unwrap();
+    assert_eq!(remote.tensors(), local.tensors());
+    for t in local.tensors() {
+        assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+    }
+}
+
+/// A server that fails every data request: each range is asked for `max_retries + 1` times (by
+/// `object_store`'s retries alone), then the read fails naming the URL; not `(max_retries + 1)²`
+/// times, as when a failed request was retried again around `object_store`'s retries.
+#[test]
+fn a_failing_server_is_retried_as_configured_not_more() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = data_gets.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("GET ") && first.contains(".data-") {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Fault::Status500
+        } else {
+            Fault::Pass
+        }
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        max_retries: 3,
+        initial_backoff: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let remote = Checkpoint::open_with(&url, &opts).unwrap();
+    let name = &remote.tensors()[0].name;
+    let e = remote.read(name).unwrap_err().to_string();
+    assert!(e.contains(".data-00000-of-00001"), "{e}");
+    // One range (the tensor is small): 1 + 3 requests.
+    assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
 }

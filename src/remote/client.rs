@@ -44,13 +44,17 @@ pub(crate) struct Location {
 
 impl Location {
     pub(crate) fn parse(url: &str) -> Result<Location> {
-        // Never echo credentials embedded in a URL.
-        let shown = match (url.split_once("://"), url.find('@')) {
-            (Some((scheme, rest)), Some(_)) => {
-                let tail = rest.split_once('@').map_or(rest, |(_, t)| t);
-                format!("{scheme}://***@{tail}")
+        // Never echo credentials embedded in a URL (user information before the host; an `@`
+        // in the key is only a character).
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match authority.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                    None => url.to_string(),
+                }
             }
-            _ => url.to_string(),
+            None => url.to_string(),
         };
         // Nor a query string's values (a presigned URL's signature).
         let shown = match shown.split_once('?') {
@@ -87,14 +91,36 @@ impl Location {
         // A `?` followed later by `=` is a query string (a presigned URL's signature, say) there
         // too, refused rather than taken as part of a key.
         let web = matches!(scheme, Scheme::Http | Scheme::Https);
-        let query = key.find('?').is_some_and(|i| web || key[i..].contains('='));
-        if key.contains('#') || query {
+        if let Some(i) = key.find('?') {
+            if web && !key[i..].contains('=') {
+                // TensorFlow names a sharded V1 save by a glob: NAME-?????-of-N.
+                return Err(bad(
+                    "in an http(s):// URL a `?` starts a query string; a glob such as a sharded \
+                     V1 checkpoint's (NAME-?????-of-N) cannot be listed on a plain HTTP server: \
+                     read it through s3:// or gs://, or from a local copy",
+                ));
+            }
+            if web || key[i..].contains('=') {
+                return Err(bad("query strings and fragments are not accepted"));
+            }
+        }
+        if key.contains('#') {
             return Err(bad("query strings and fragments are not accepted"));
         }
+        // An http(s):// URL's path is percent-encoded (RFC 3986); object keys are not. S3 and
+        // GCS URLs name keys literally, as their own tools do.
+        let key = if web {
+            percent_encoding::percent_decode_str(key)
+                .decode_utf8()
+                .map_err(|_| bad("its path does not decode to UTF-8 text"))?
+                .into_owned()
+        } else {
+            key.to_string()
+        };
         Ok(Location {
             scheme,
             authority: authority.to_string(),
-            key: normalize_key(key),
+            key: normalize_key(&key),
         })
     }
 
@@ -106,7 +132,7 @@ impl Location {
 
 /// `key` with empty and `.` segments dropped and `..` resolved (as a local path would be), keeping
 /// a trailing `/` (and adding one when the key ended in `.` or `..`: it names a "directory").
-fn normalize_key(key: &str) -> String {
+pub(crate) fn normalize_key(key: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for seg in key.split('/') {
         match seg {
@@ -216,6 +242,9 @@ impl Client {
             },
         };
         let url = loc.url(&loc.key);
+        if loc.scheme == Scheme::S3 {
+            check_endpoint(&url)?;
+        }
         let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
             Scheme::S3 => object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&loc.authority)
@@ -313,34 +342,31 @@ impl Client {
             .collect())
     }
 
-    /// A whole (small) object: an index or a state file.
-    pub(crate) fn get_all(&self, key: &str) -> Result<(Object, Bytes)> {
-        let url = self.loc.url(key);
-        let path = self.path(key)?;
-        let (store, p) = (self.store.clone(), path.clone());
-        let (meta, bytes) = block(&url, async move {
-            let r = store.get_opts(&p, GetOptions::default()).await?;
-            let meta = r.meta.clone();
-            Ok::<_, object_store::Error>((meta, r.bytes().await?))
+    /// Whether any key lies under `dir` (a key prefix ending in `/`): one listing request. A
+    /// bucket that does not exist is an error saying so.
+    pub(crate) fn has_keys_under(&self, dir: &str) -> Result<bool> {
+        let url = self.loc.url(dir);
+        let prefix = self.path(dir.trim_end_matches('/'))?;
+        let store = self.store.clone();
+        let listed = block(&url, async move {
+            store.list_with_delimiter(Some(&prefix)).await
         })?
-        .map_err(|e| self.error(e, &url, None))?;
-        if bytes.len() as u64 != meta.size {
-            return Err(ErrorKind::Remote {
-                url,
-                range: Some((0, meta.size)),
-                reason: format!("short read: {} of {} bytes", bytes.len(), meta.size),
+        .map_err(|e| {
+            // A listing's 404 is the bucket's (object_store reports it as a plain status).
+            let missing = matches!(e, object_store::Error::NotFound { .. })
+                || e.to_string().contains("404 Not Found");
+            if missing {
+                return ErrorKind::RemoteAccess {
+                    url: self.loc.url(""),
+                    not_found: true,
+                    credentials: self.credentials.clone(),
+                    reason: "no such bucket (or none these credentials can list)".into(),
+                }
+                .into();
             }
-            .into());
-        }
-        Ok((
-            Object {
-                url,
-                path,
-                size: meta.size,
-                etag: meta.e_tag,
-            },
-            bytes,
-        ))
+            self.error(e, &url, None)
+        })?;
+        Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
     }
 
     /// The future of one ranged GET of `obj`, checked: exactly the bytes asked for, from the same
@@ -348,9 +374,9 @@ impl Client {
     /// its chunks are handed to `emit(at, chunks)` as they arrive, in order, in batches of about
     /// [`BATCH`] bytes (`at` is the offset of the first within `range`), so that they can be
     /// checksummed and copied into their destination while they are in cache. A body cut short
-    /// and other transient failures are retried (after `object_store`'s own retries of the
-    /// request), resuming after the bytes already handed on. `emit` returns false when nobody
-    /// reads any more, which ends the request.
+    /// or broken off is requested again (within [`RemoteOptions`]' retries and time), resuming
+    /// after the bytes already handed on; the request itself is retried by `object_store` alone.
+    /// `emit` returns false when nobody reads any more, which ends the request.
     pub(crate) fn fetch(
         self: &Arc<Self>,
         obj: &Arc<Object>,
@@ -425,7 +451,9 @@ impl Client {
                             Some(e) => return Err(client.error(e, &obj.url, span)),
                         }
                     }
-                    Err(e @ object_store::Error::Generic { .. }) => client.error(e, &obj.url, span),
+                    // The request itself failed after `object_store`'s own retries (of 5xx
+                    // answers, timeouts, refused connections): retrying it again would multiply
+                    // them.
                     Err(e) => return Err(client.error(e, &obj.url, span)),
                 };
                 attempt += 1;
@@ -440,8 +468,38 @@ impl Client {
         }
     }
 
-    /// The crate's error for `e`, met reading `url` (bytes `range`).
+    /// The crate's error for `e`, met reading `url` (bytes `range`). `object_store`'s texts are
+    /// passed on with any user information of a URL in them masked.
     pub(crate) fn error(
+        &self,
+        e: object_store::Error,
+        url: &str,
+        range: Option<(u64, u64)>,
+    ) -> Error {
+        let error = self.error_unmasked(e, url, range);
+        match error.into_kind() {
+            ErrorKind::RemoteAccess {
+                url,
+                not_found,
+                credentials,
+                reason,
+            } => ErrorKind::RemoteAccess {
+                url,
+                not_found,
+                credentials,
+                reason: mask_user_info(&reason),
+            },
+            ErrorKind::Remote { url, range, reason } => ErrorKind::Remote {
+                url,
+                range,
+                reason: mask_user_info(&reason),
+            },
+            kind => kind,
+        }
+        .into()
+    }
+
+    fn error_unmasked(
         &self,
         e: object_store::Error,
         url: &str,
@@ -492,6 +550,82 @@ impl Client {
             }
         }
     }
+}
+
+/// `text` with the user information of every `SCHEME://USER:PASSWORD@HOST` in it masked.
+fn mask_user_info(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first `/`, whitespace, or the end.
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Checks the S3 endpoint the environment gives (`AWS_ENDPOINT_URL`, or `AWS_ENDPOINT` as
+/// `object_store` also reads) before `object_store` uses it: it panics on a URL that the HTTP
+/// layer cannot parse, and its own message for a plain-HTTP endpoint without `AWS_ALLOW_HTTP`
+/// names neither variable.
+fn check_endpoint(url: &str) -> Result<()> {
+    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"] {
+        let Ok(endpoint) = std::env::var(var) else {
+            continue;
+        };
+        let bad = |reason: String| -> Error {
+            ErrorKind::Remote {
+                url: url.to_string(),
+                range: None,
+                reason: format!("{var} {reason}"),
+            }
+            .into()
+        };
+        // Both parsers `object_store` uses: the HTTP layer's (which refuses spaces) and the
+        // URL crate's (which refuses a port past 65535).
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| bad(format!("is not a valid URL ({e})")))?;
+        let scheme = uri.scheme_str().unwrap_or("");
+        if !matches!(scheme, "http" | "https") || uri.host().is_none_or(str::is_empty) {
+            return Err(bad(format!(
+                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000; it is {}",
+                mask_user_info(&endpoint)
+            )));
+        }
+        if let Err(e) = url::Url::parse(&endpoint) {
+            return Err(bad(format!("is not a valid URL ({e})")));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(bad(
+                "holds credentials: give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    .into(),
+            ));
+        }
+        // The values object_store takes as true.
+        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| {
+            ["1", "true", "on", "yes", "y"]
+                .iter()
+                .any(|t| v.trim().eq_ignore_ascii_case(t))
+        });
+        if scheme == "http" && !allow_http {
+            return Err(bad(format!(
+                "is plain HTTP ({endpoint}): set AWS_ALLOW_HTTP=true to allow it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What changed in `obj` since it was first seen, as `meta` (from a later request) shows.
@@ -583,6 +717,48 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(Location::parse("ftp://h/x").is_err());
         assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn http_paths_are_percent_decoded_and_s3_keys_taken_literally() {
+        let l = Location::parse("http://h:1/dirs/sp%20ace/%C3%BCn%C3%AF/pct%2541").unwrap();
+        assert_eq!(l.key, "dirs/sp ace/ünï/pct%41");
+        assert_eq!(Location::parse("s3://b/a%20b").unwrap().key, "a%20b");
+        assert!(Location::parse("https://h/%FF").is_err());
+        // A `?` in an http(s) URL is a query; a V1 glob there gets its own explanation.
+        let e = Location::parse("http://h/v1/model.ckpt-0-?????-of-00002")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be listed on a plain HTTP server"), "{e}");
+        // In s3:// and gs:// keys `?` is a character, and `@` too.
+        assert_eq!(
+            Location::parse("s3://b/m-?????-of-00002").unwrap().key,
+            "m-?????-of-00002"
+        );
+        assert_eq!(
+            Location::parse("s3://b/user@example.com/model")
+                .unwrap()
+                .key,
+            "user@example.com/model"
+        );
+        // Only user information before the host is masked in a message.
+        let e = Location::parse("s3://b/user@example.com/model?x=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3://b/user@example.com/model?***"), "{e}");
+    }
+
+    #[test]
+    fn user_information_in_messages_is_masked() {
+        assert_eq!(
+            mask_user_info(
+                "Error performing HEAD http://KEY:SECRET@127.0.0.1:9/b/k in 1ms, see https://x/y"
+            ),
+            "Error performing HEAD http://***@127.0.0.1:9/b/k in 1ms, see https://x/y"
+        );
+        assert_eq!(mask_user_info("s3://b/user@x/k"), "s3://b/user@x/k");
+        assert_eq!(mask_user_info("no url, a@b"), "no url, a@b");
+        assert_eq!(mask_user_info("http://u@h"), "http://***@h");
     }
 
     #[test]

@@ -60,14 +60,14 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
     let client = Arc::new(Client::new(&loc, options)?);
     let prefix = resolve(&client, &loc)?;
     let index_key = format!("{prefix}.index");
-    if client.exists(&index_key)?.is_none() {
+    let Some(index) = client.exists(&index_key)? else {
         let files = open_v1(&client, &loc, &prefix, options)?;
         return Ok(Opened::V1 {
             prefix: PathBuf::from(loc.url(&prefix)),
             files,
         });
-    }
-    let (index, bytes) = client.get_all(&index_key)?;
+    };
+    let bytes = fetch_whole(&client, index.clone())?;
     let prefix_url = loc.url(&prefix);
     let index_path = PathBuf::from(&index.url);
     let parsed = BundleIndex::parse(&index_path, &bytes)?;
@@ -186,34 +186,12 @@ fn open_v1(
 }
 
 /// The key prefix of the checkpoint `loc` names, as `resolve::resolve` does for local paths: a
-/// prefix whose `.index` exists, a `.index` or data file's prefix, or the checkpoint a directory's
-/// `checkpoint` state file names (relative paths joined onto the directory).
-fn resolve(client: &Client, loc: &Location) -> Result<String> {
+/// "directory" first (TensorFlow's `isdir`: on object storage, any key under `KEY/`), whose
+/// `checkpoint` state file names the checkpoint (relative paths joined onto the directory and
+/// normalized as on disk); else a prefix whose `.index` exists, a `.index` or data file's prefix,
+/// a V1 glob, or a V1 file.
+fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
     let key = loc.key.as_str();
-    if !key.is_empty() && !key.ends_with('/') {
-        if client.exists(&format!("{key}.index"))?.is_some() {
-            return Ok(key.to_string());
-        }
-        let stripped = key.strip_suffix(".index").or_else(|| {
-            let i = key.rfind(".data-")?;
-            let tail = &key[i + 6..];
-            (tail.len() == 14 && tail.as_bytes()[5..9] == *b"-of-").then_some(&key[..i])
-        });
-        if let Some(p) = stripped {
-            if client.exists(&format!("{p}.index"))?.is_some() {
-                return Ok(p.to_string());
-            }
-        }
-        // A glob of V1 files (a sharded V1 save).
-        if key
-            .rsplit('/')
-            .next()
-            .unwrap_or(key)
-            .contains(['*', '?', '['])
-        {
-            return Ok(key.to_string());
-        }
-    }
     let dir = key.trim_end_matches('/');
     let dir_slash = if dir.is_empty() {
         String::new()
@@ -229,21 +207,42 @@ fn resolve(client: &Client, loc: &Location) -> Result<String> {
         }
         .into()
     };
-    let text = match client.get_all(&state_key) {
-        Ok((_, bytes)) => bytes,
-        Err(e) if e.is_not_found() => {
-            // Not a directory: a V1 file, or nothing.
-            if !key.is_empty() && !key.ends_with('/') && client.exists(key)?.is_some() {
+    let named_file = !key.is_empty() && !key.ends_with('/');
+    let state = client.exists(&state_key)?;
+    let Some(state) = state else {
+        // A "directory" without a state file is an error even where a checkpoint of the same
+        // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
+        let listable = !matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https);
+        if listable && !key.is_empty() && client.has_keys_under(&dir_slash)? {
+            return Err(no_ckpt("it has no 'checkpoint' state file".into()));
+        }
+        if named_file {
+            if client.exists(&format!("{key}.index"))?.is_some() {
                 return Ok(key.to_string());
             }
-            return Err(ErrorKind::NotFound {
-                path: PathBuf::from(loc.url(key)),
+            let stripped = key.strip_suffix(".index").or_else(|| {
+                let i = key.rfind(".data-")?;
+                let tail = &key[i + 6..];
+                (tail.len() == 14 && tail.as_bytes()[5..9] == *b"-of-").then_some(&key[..i])
+            });
+            if let Some(p) = stripped {
+                if client.exists(&format!("{p}.index"))?.is_some() {
+                    return Ok(p.to_string());
+                }
             }
-            .into());
+            // A glob of V1 files (a sharded V1 save), or a V1 file.
+            let base = key.rsplit('/').next().unwrap_or(key);
+            if base.contains(['*', '?', '[']) || client.exists(key)?.is_some() {
+                return Ok(key.to_string());
+            }
         }
-        Err(e) => return Err(e),
+        return Err(ErrorKind::NotFound {
+            path: PathBuf::from(loc.url(key)),
+        }
+        .into());
     };
-    let text = String::from_utf8(text.to_vec())
+    let text = fetch_whole(client, state)?;
+    let text = String::from_utf8(text)
         .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", loc.url(&state_key))))?;
     let path = crate::reader::resolve::parse_state(&text).map_err(|reason| {
         no_ckpt(format!(
@@ -258,25 +257,58 @@ fn resolve(client: &Client, loc: &Location) -> Result<String> {
         }
         .into());
     }
-    // An absolute path: a URL of the same bucket is used as is; a local path (a state file
-    // copied from the disk it was written on) names the checkpoint beside the state file.
-    let prefix = if let Ok(named) = Location::parse(&path) {
+    if let Ok(named) = Location::parse(&path) {
+        // A URL: used as it is, in the same bucket or host.
         if named.scheme != loc.scheme || named.authority != loc.authority {
             return Err(no_ckpt(format!(
                 "its state file names {path}, in another bucket or host"
             )));
         }
-        named.key
-    } else if path.starts_with('/') {
+        return Ok(named.key);
+    }
+    if path.starts_with('/') {
+        // An absolute local path (TensorFlow 1's Saver writes them): TensorFlow would read that
+        // path on the local disk. Guessing the checkpoint beside the state file could pick
+        // another one, so it is an error, suggesting that one where it exists.
         let base = Path::new(&path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        format!("{dir_slash}{base}")
-    } else {
-        format!("{dir_slash}{path}")
-    };
-    Ok(prefix)
+        let beside = format!("{dir_slash}{base}");
+        let hint = match client.exists(&format!("{beside}.index")) {
+            Ok(Some(_)) => format!(
+                " (if it is the checkpoint beside the state file, name it: {})",
+                loc.url(&beside)
+            ),
+            _ => String::new(),
+        };
+        return Err(no_ckpt(format!(
+            "its state file names the local path {path}, which is not on {}; name the \
+             checkpoint by its URL{hint}",
+            loc.url("")
+        )));
+    }
+    Ok(client::normalize_key(&format!("{dir_slash}{path}")))
+}
+
+/// The whole of a (small) object seen as `obj`: an index or a state file, fetched in checked
+/// ranges like tensor bytes (a short or changed body is retried or named, never taken).
+fn fetch_whole(client: &Arc<Client>, obj: Object) -> Result<Vec<u8>> {
+    let budget = Budget::new(
+        client.options.concurrency,
+        client.options.max_in_flight_bytes(),
+    );
+    let mut bytes = crate::base::mmap::alloc_zeroed(obj.size as usize, &obj.url)?;
+    let obj = Arc::new(obj);
+    fetch::into(
+        client,
+        &budget,
+        &obj,
+        0..obj.size,
+        &mut bytes,
+        <[u8]>::copy_from_slice,
+    )?;
+    Ok(bytes)
 }
 
 impl RemoteBundle {
