@@ -25,7 +25,7 @@ const SECRET_KEY: &str = "tfckpt-test-secret-do-not-print";
 /// bucket: a copy of `tests/fixtures/tf`).
 struct Servers {
     root: PathBuf,
-    _s3: std::net::SocketAddr,
+    s3: std::net::SocketAddr,
     http: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -84,7 +84,7 @@ fn servers() -> &'static Servers {
         std::env::set_var("AWS_ALLOW_HTTP", "true");
         Servers {
             root,
-            _s3: s3,
+            s3,
             http,
             _dir: dir,
         }
@@ -1121,6 +1121,8 @@ enum Fault {
     Pass,
     /// Answer `500 Internal Server Error`.
     Status500,
+    /// Answer `403 Forbidden`.
+    Status403,
     /// Forward it, then send half the body under a `content-length` saying that half (so the
     /// body looks complete).
     CutWithShortLength,
@@ -1151,9 +1153,17 @@ fn fault_proxy(
                 }
                 let text = String::from_utf8_lossy(&head).into_owned();
                 let what = fault(&text);
-                if let Fault::Status500 = what {
+                let status = match what {
+                    Fault::Status500 => Some("500 Internal Server Error"),
+                    Fault::Status403 => Some("403 Forbidden"),
+                    _ => None,
+                };
+                if let Some(status) = status {
                     let _ = client.write_all(
-                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     );
                     return;
                 }
@@ -1262,4 +1272,50 @@ fn a_failing_server_is_retried_as_configured_not_more() {
     assert!(e.contains(".data-00000-of-00001"), "{e}");
     // One range (the tensor is small): 1 + 3 requests.
     assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
+}
+
+/// Credentials that may read objects but not list the bucket: S3 then refuses a listing, and
+/// answers a HEAD of a missing key with 403 rather than 404. A checkpoint named by its prefix
+/// still opens (the directory probes' refusals mean "not a directory"); a missing one is the
+/// refusal, naming the credential source.
+#[test]
+fn credentials_that_cannot_list_still_open_a_prefix() {
+    let s = servers();
+    // Path-style requests: /BUCKET/KEY, the file root/BUCKET/KEY.
+    let root = s.root.clone();
+    let proxy = fault_proxy(s.s3, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        let path = first.split(' ').nth(1).unwrap_or("");
+        let listing = path.contains("list-type=") || path.contains("delimiter=");
+        let missing = (first.starts_with("HEAD ") || first.starts_with("GET "))
+            && !listing
+            && !root
+                .join(path.trim_start_matches('/').split('?').next().unwrap())
+                .is_file();
+        if listing || missing {
+            Fault::Status403
+        } else {
+            Fault::Pass
+        }
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = s3_url(&ckpt);
+    let out = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(["list", url])
+            .env("AWS_ENDPOINT_URL", format!("http://{proxy}"))
+            .output()
+            .unwrap()
+    };
+    let o = out(&url);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let local = tfckpt(&["list", &ckpt.to_string_lossy()]);
+    assert_eq!(o.stdout, local.stdout);
+    let o = out(&format!("s3://{BUCKET}/no/such/model"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
 }

@@ -208,12 +208,31 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
         .into()
     };
     let named_file = !key.is_empty() && !key.ends_with('/');
-    let state = client.exists(&state_key)?;
+    // Credentials that may read objects but not list them (S3 then answers a HEAD of a missing
+    // key with 403, not 404) cannot tell a directory: where the URL may name a checkpoint itself,
+    // that refusal means "not a directory", and is reported only if nothing else is found.
+    let mut refused = None;
+    let mut probe = |r: Result<bool>| -> Result<bool> {
+        match r {
+            Err(e) if named_file && is_refusal(&e) => {
+                refused.get_or_insert(e);
+                Ok(false)
+            }
+            r => r,
+        }
+    };
+    let state = match client.exists(&state_key) {
+        Ok(found) => found,
+        Err(e) => {
+            probe(Err(e))?;
+            None
+        }
+    };
     let Some(state) = state else {
         // A "directory" without a state file is an error even where a checkpoint of the same
         // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
         let listable = !matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https);
-        if listable && !key.is_empty() && client.has_keys_under(&dir_slash)? {
+        if listable && !key.is_empty() && probe(client.has_keys_under(&dir_slash))? {
             return Err(no_ckpt("it has no 'checkpoint' state file".into()));
         }
         if named_file {
@@ -236,10 +255,12 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
                 return Ok(key.to_string());
             }
         }
-        return Err(ErrorKind::NotFound {
-            path: PathBuf::from(loc.url(key)),
-        }
-        .into());
+        return Err(refused.unwrap_or_else(|| {
+            ErrorKind::NotFound {
+                path: PathBuf::from(loc.url(key)),
+            }
+            .into()
+        }));
     };
     let text = fetch_whole(client, state)?;
     let text = String::from_utf8(text)
@@ -289,6 +310,17 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
         )));
     }
     Ok(client::normalize_key(&format!("{dir_slash}{path}")))
+}
+
+/// Whether `e` is object storage refusing access (401/403).
+fn is_refusal(e: &crate::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::RemoteAccess {
+            not_found: false,
+            ..
+        }
+    )
 }
 
 /// The whole of a (small) object seen as `obj`: an index or a state file, fetched in checked
