@@ -27,10 +27,24 @@ pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<
         ),
         Init::IntConstant(i) => (i as f64, Some(i)),
     };
+    // The value as given: an integer exactly (an f64 would round one past 2^53).
+    let given = match init {
+        Init::IntConstant(i) => i.to_string(),
+        _ => v.to_string(),
+    };
     let int = |lo: i128, hi: i128| -> std::result::Result<i128, String> {
         match exact {
             Some(i) if (lo..=hi).contains(&i) => Ok(i),
-            _ => Err(format!("initializer {v} is not a {dtype} value")),
+            _ => {
+                let a = if dtype.name().starts_with("int") {
+                    "an"
+                } else {
+                    "a"
+                };
+                Err(format!(
+                    "initializer {given} is not {a} {dtype} value (it must be an integer from {lo} to {hi})"
+                ))
+            }
         }
     };
     Ok(match dtype {

@@ -305,11 +305,11 @@ mod tests {
             ),
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int32", "initializer": {"constant": 0.5}}]}"#,
-                "not a int32",
+                "initializer 0.5 is not an int32 value",
             ),
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int64", "initializer": {"constant": 9223372036854775808}}]}"#,
-                "not a int64",
+                "initializer 9223372036854775808 is not an int64 value (it must be an integer from -9223372036854775808 to 9223372036854775807)",
             ),
         ] {
             let e = parse_model(text).unwrap_err().to_string();
