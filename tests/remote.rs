@@ -653,6 +653,41 @@ fn served_copy_is_the_fixture() {
     );
 }
 
+/// The head of one request (GET and HEAD have no body), or `None` if the connection ends first.
+fn read_head(client: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Sends the request `head` to `upstream` on a connection of its own and returns the whole
+/// response with the offset of its body.
+fn forward(upstream: std::net::SocketAddr, head: &str) -> Option<(Vec<u8>, usize)> {
+    use std::io::{Read, Write};
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("connection: close");
+    let mut up = std::net::TcpStream::connect(upstream).ok()?;
+    up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())
+        .ok()?;
+    let mut response = Vec::new();
+    let _ = up.read_to_end(&mut response);
+    let body_at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    Some((response, body_at))
+}
+
 /// A real TCP proxy in front of the HTTP server that fails requests: one request per connection,
 /// every third answered `500`, every fifth (of the others) cut off in the middle of its body.
 /// Returns its address and the count of requests failed so far.
@@ -683,7 +718,7 @@ fn proxy(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -703,15 +738,9 @@ fn proxy(
             let (count, failed, ranged) = (count.clone(), failed_ref.clone(), ranged_bytes.clone());
             let (open, peak, gets) = (open.clone(), peak_ref.clone(), gets_ref.clone());
             std::thread::spawn(move || {
-                // The request head (GET and HEAD have no body).
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(text) = read_head(&mut client) else {
+                    return;
+                };
                 let n = count.fetch_add(1, Ordering::SeqCst);
                 if fail && n % 3 == 2 {
                     failed.fetch_add(1, Ordering::SeqCst);
@@ -720,7 +749,6 @@ fn proxy(
                     );
                     return;
                 }
-                let text = String::from_utf8_lossy(&head).into_owned();
                 let is_ranged = text.to_ascii_lowercase().contains("\r\nrange:");
                 // Open from here until this thread ends (the response written, or abandoned).
                 struct Open(std::sync::Arc<AtomicUsize>);
@@ -736,24 +764,9 @@ fn proxy(
                     std::thread::sleep(hold);
                     Open(open.clone())
                 });
-                let mut lines: Vec<&str> = text
-                    .split("\r\n")
-                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
-                    .collect();
-                lines.push("connection: close");
-                let forwarded = format!("{}\r\n\r\n", lines.join("\r\n"));
-                let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                let Some((response, body_at)) = forward(upstream, &text) else {
                     return;
                 };
-                if up.write_all(forwarded.as_bytes()).is_err() {
-                    return;
-                }
-                let mut response = Vec::new();
-                let _ = up.read_to_end(&mut response);
-                let body_at = response
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map_or(response.len(), |p| p + 4);
                 let is_get = text.starts_with("GET ");
                 if is_ranged {
                     ranged.fetch_add(response.len() - body_at, Ordering::SeqCst);
@@ -1134,7 +1147,7 @@ fn fault_proxy(
     upstream: std::net::SocketAddr,
     fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
 ) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fault = std::sync::Arc::new(fault);
@@ -1143,15 +1156,9 @@ fn fault_proxy(
             let Ok(mut client) = client else { continue };
             let fault = fault.clone();
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
+                let Some(text) = read_head(&mut client) else {
+                    return;
+                };
                 let what = fault(&text);
                 let status = match what {
                     Fault::Status500 => Some("500 Internal Server Error"),
@@ -1167,23 +1174,9 @@ fn fault_proxy(
                     );
                     return;
                 }
-                let lines: Vec<&str> = text
-                    .split("\r\n")
-                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
-                    .collect();
-                let forwarded = format!("{}\r\nconnection: close\r\n\r\n", lines.join("\r\n"));
-                let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+                let Some((response, body_at)) = forward(upstream, &text) else {
                     return;
                 };
-                let mut response = Vec::new();
-                if up.write_all(forwarded.as_bytes()).is_err() {
-                    return;
-                }
-                let _ = up.read_to_end(&mut response);
-                let body_at = response
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map_or(response.len(), |p| p + 4);
                 if let Fault::CutWithShortLength = what {
                     let short = (response.len() - body_at) / 2;
                     let head = String::from_utf8_lossy(&response[..body_at]).into_owned();

@@ -407,54 +407,46 @@ fn zeroed(dtype: DType, n: usize, name: &str) -> Result<CpuStorage> {
     })
 }
 
+/// Every storage as its bytes, `$as_bytes` viewing a typed slice (shared or mutable) as bytes.
+macro_rules! storage_bytes {
+    ($s:expr, $as_bytes:ident) => {
+        match $s {
+            CpuStorage::U8(v)
+            | CpuStorage::F6E2M3(v)
+            | CpuStorage::F6E3M2(v)
+            | CpuStorage::F4(v)
+            | CpuStorage::F8E8M0(v) => v,
+            CpuStorage::U32(v) => $as_bytes(v),
+            CpuStorage::I16(v) => $as_bytes(v),
+            CpuStorage::I32(v) => $as_bytes(v),
+            CpuStorage::I64(v) => $as_bytes(v),
+            CpuStorage::BF16(v) => $as_bytes(v),
+            CpuStorage::F16(v) => $as_bytes(v),
+            CpuStorage::F32(v) => $as_bytes(v),
+            CpuStorage::F64(v) => $as_bytes(v),
+            CpuStorage::F8E4M3(v) => $as_bytes(v),
+        }
+    };
+}
+
 /// The bytes of a storage (little-endian elements, as a checkpoint holds them).
 pub(super) fn bytes(s: &CpuStorage) -> &[u8] {
-    fn bytes<T: Plain>(v: &[T]) -> &[u8] {
+    fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
         // SAFETY: `T` is `Plain` (no padding); the byte slice covers exactly `v`'s memory and
         // borrows it for its lifetime.
         unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
     }
-    match s {
-        CpuStorage::U8(v)
-        | CpuStorage::F6E2M3(v)
-        | CpuStorage::F6E3M2(v)
-        | CpuStorage::F4(v)
-        | CpuStorage::F8E8M0(v) => v,
-        CpuStorage::U32(v) => bytes(v),
-        CpuStorage::I16(v) => bytes(v),
-        CpuStorage::I32(v) => bytes(v),
-        CpuStorage::I64(v) => bytes(v),
-        CpuStorage::BF16(v) => bytes(v),
-        CpuStorage::F16(v) => bytes(v),
-        CpuStorage::F32(v) => bytes(v),
-        CpuStorage::F64(v) => bytes(v),
-        CpuStorage::F8E4M3(v) => bytes(v),
-    }
+    storage_bytes!(s, as_bytes)
 }
 
 /// The bytes of a storage, writable (little-endian elements, as a checkpoint holds them).
 fn bytes_mut(s: &mut CpuStorage) -> &mut [u8] {
-    fn bytes<T: Plain>(v: &mut [T]) -> &mut [u8] {
+    fn as_bytes<T: Plain>(v: &mut [T]) -> &mut [u8] {
         // SAFETY: `T` is `Plain` (no padding, every bit pattern valid); the byte slice covers
         // exactly `v`'s memory and borrows it mutably for its lifetime.
         unsafe {
             std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v))
         }
     }
-    match s {
-        CpuStorage::U8(v)
-        | CpuStorage::F6E2M3(v)
-        | CpuStorage::F6E3M2(v)
-        | CpuStorage::F4(v)
-        | CpuStorage::F8E8M0(v) => v,
-        CpuStorage::U32(v) => bytes(v),
-        CpuStorage::I16(v) => bytes(v),
-        CpuStorage::I32(v) => bytes(v),
-        CpuStorage::I64(v) => bytes(v),
-        CpuStorage::BF16(v) => bytes(v),
-        CpuStorage::F16(v) => bytes(v),
-        CpuStorage::F32(v) => bytes(v),
-        CpuStorage::F64(v) => bytes(v),
-        CpuStorage::F8E4M3(v) => bytes(v),
-    }
+    storage_bytes!(s, as_bytes)
 }

@@ -67,7 +67,7 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
             files,
         });
     };
-    let bytes = fetch_whole(&client, index.clone())?;
+    let (_, bytes) = fetch_whole(&client, index.clone())?;
     let prefix_url = loc.url(&prefix);
     let index_path = PathBuf::from(&index.url);
     let parsed = BundleIndex::parse(&index_path, &bytes)?;
@@ -161,20 +161,10 @@ fn open_v1(
         }
         .into());
     }
-    let budget = Budget::new(options.concurrency, options.max_in_flight_bytes());
     objects
         .into_iter()
         .map(|obj| {
-            let mut bytes = crate::base::mmap::alloc_zeroed(obj.size as usize, &obj.url)?;
-            let obj = Arc::new(obj);
-            fetch::into(
-                client,
-                &budget,
-                &obj,
-                0..obj.size,
-                &mut bytes,
-                <[u8]>::copy_from_slice,
-            )?;
+            let (obj, bytes) = fetch_whole(client, obj)?;
             Ok(FetchedFile {
                 url: PathBuf::from(&obj.url),
                 bytes,
@@ -262,7 +252,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
             .into()
         }));
     };
-    let text = fetch_whole(client, state)?;
+    let (_, text) = fetch_whole(client, state)?;
     let text = String::from_utf8(text)
         .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", loc.url(&state_key))))?;
     let path = crate::reader::resolve::parse_state(&text).map_err(|reason| {
@@ -323,9 +313,9 @@ fn is_refusal(e: &crate::Error) -> bool {
     )
 }
 
-/// The whole of a (small) object seen as `obj`: an index or a state file, fetched in checked
-/// ranges like tensor bytes (a short or changed body is retried or named, never taken).
-fn fetch_whole(client: &Arc<Client>, obj: Object) -> Result<Vec<u8>> {
+/// The whole of an object seen as `obj` (an index, a state file, a V1 file), fetched in checked
+/// parallel ranges like tensor bytes: a short or changed body is retried or named, never taken.
+fn fetch_whole(client: &Arc<Client>, obj: Object) -> Result<(Arc<Object>, Vec<u8>)> {
     let budget = Budget::new(
         client.options.concurrency,
         client.options.max_in_flight_bytes(),
@@ -340,7 +330,7 @@ fn fetch_whole(client: &Arc<Client>, obj: Object) -> Result<Vec<u8>> {
         &mut bytes,
         <[u8]>::copy_from_slice,
     )?;
-    Ok(bytes)
+    Ok((obj, bytes))
 }
 
 impl RemoteBundle {
