@@ -80,7 +80,8 @@ struct Layer {
     output_norm: LayerNorm,
 }
 
-/// BERT with a classification head, named as candle-transformers' BERT names it.
+/// BERT with a classification head, named as candle-transformers' BERT names it when built under
+/// `vb.pp("bert")`.
 pub struct Bert {
     words: Embedding,
     positions: Embedding,

@@ -694,6 +694,56 @@ fn a_damaged_first_value_changes_no_var() {
     damaged_value_on(&CPU, &CPU, true);
 }
 
+/// A model whose names lack the checkpoint's scope (candle-transformers' `BertModel::load(vb, ..)`
+/// names its `Var`s without Google's `bert/`), or carry one the checkpoint lacks, pairs nothing by
+/// name: `map_existing` says which scope and how to add or drop it, rather than leave the model to
+/// its random initialization; and what it says works.
+#[test]
+fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32(
+        "bert/pooler/dense/kernel",
+        &[2, 3],
+        &[1., 2., 3., 4., 5., 6.],
+    )
+    .f32("bert/pooler/dense/bias", &[3], &[7., 8., 9.]);
+    let bert = b.finish();
+    let mut b = CkptBuilder::new(dir.path().join("plain"));
+    b.f32("dense/kernel", &[2, 3], &[1., 2., 3., 4., 5., 6.])
+        .f32("dense/bias", &[3], &[7., 8., 9.]);
+    let plain = b.finish();
+    for (ckpt, model_scope, want, map) in [
+        (
+            &bert,
+            "pooler.dense",
+            "vb.pp(\"bert\")",
+            AssignmentMap::from([("bert/", Target::scope("/"))]),
+        ),
+        (
+            &plain,
+            "model.dense",
+            "{\"/\": \"model/\"}",
+            AssignmentMap::from([("/", Target::scope("model/"))]),
+        ),
+    ] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        candle_nn::linear(2, 3, vb.pp(model_scope)).unwrap();
+        let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+        let e = init.map_existing(ckpt).unwrap_err().to_string();
+        assert!(e.contains("but 2 would") && e.contains(want), "{e}");
+        init.init_from_checkpoint(ckpt, &map).unwrap();
+        init.initialize(&Default::default()).unwrap();
+        let w = var(&varmap, &format!("{model_scope}.weight"));
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            [[1., 4.], [2., 5.], [3., 6.]],
+            "{e}"
+        );
+    }
+}
+
 /// The load's inverse on `device`: the TF2 fixture loaded into candle, a weight changed as a
 /// training step would, then saved. The saved checkpoint holds every `Var` under its TensorFlow
 /// name in TensorFlow's layout: the untouched tensors are the fixture's own bytes (kernels

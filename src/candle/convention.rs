@@ -41,7 +41,8 @@ impl std::fmt::Debug for Convention {
 }
 
 impl Convention {
-    /// TF1 / BERT names, from candle's (`candle-transformers`' BERT, `candle_nn` layers):
+    /// TF1 / BERT names, from candle's (`candle-transformers`' BERT built under `vb.pp("bert")`,
+    /// `candle_nn` layers):
     ///
     /// | candle | TensorFlow |
     /// |---|---|

@@ -248,7 +248,9 @@ impl CandleInit {
 
     /// Pairs every `Var` with the checkpoint tensor of its TensorFlow name, as BERT's
     /// `get_assignment_map_from_checkpoint` does, and says what was left out on each side. Reads
-    /// only the checkpoint's index.
+    /// only the checkpoint's index. Where nothing pairs by name but the names would with a scope
+    /// added on one side (a model built on `vb` where Google's checkpoint has `bert/`), it fails
+    /// naming the scope and how to add or drop it.
     pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
         let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
         let mut found = ExistingMap::default();
@@ -276,7 +278,73 @@ impl CandleInit {
             .filter(|t| !self.vars.contains_key(&t.name))
             .map(|t| t.name.clone())
             .collect();
+        if found.pairs.is_empty() {
+            if let Some(why) = self.scope_mismatch(&ckpt) {
+                return Err(ErrorKind::InvalidArgument(why).into());
+            }
+        }
         Ok(found)
+    }
+
+    /// Where no `Var` pairs with a tensor of `ckpt` by name but many would with a scope added
+    /// on one side (candle-transformers' `BertModel::load(vb, ..)` names its `Var`s without
+    /// Google's `bert/`, which `vb.pp("bert")` adds), what to do: an error is better than a
+    /// model left to its random initialization without a word.
+    fn scope_mismatch(&self, ckpt: &Checkpoint) -> Option<String> {
+        /// Per scope: how many names it pairs, and one pair (the model's TensorFlow name, the
+        /// checkpoint's).
+        type Scopes = BTreeMap<String, (usize, String, String)>;
+        fn count(scopes: &mut Scopes, scope: &str, tf: &str, c: &str) {
+            let e = scopes
+                .entry(scope.to_string())
+                .or_insert_with(|| (0, tf.to_string(), c.to_string()));
+            e.0 += 1;
+        }
+        fn best(scopes: Scopes) -> Option<(String, (usize, String, String))> {
+            scopes.into_iter().max_by_key(|(_, v)| v.0)
+        }
+        let (mut in_ckpt, mut in_model) = (Scopes::new(), Scopes::new());
+        let names: std::collections::HashSet<&str> =
+            ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+        for c in ckpt.tensors().iter().map(|t| t.name.as_str()) {
+            for (i, _) in c.match_indices('/') {
+                if self.vars.contains_key(&c[i + 1..]) {
+                    count(&mut in_ckpt, &c[..=i], &c[i + 1..], c);
+                }
+            }
+        }
+        for tf in self.vars.keys() {
+            for (i, _) in tf.match_indices('/') {
+                if names.contains(&tf[i + 1..]) {
+                    count(&mut in_model, &tf[..=i], tf, &tf[i + 1..]);
+                }
+            }
+        }
+        let candle = |tf: &str| {
+            self.vars
+                .get(tf)
+                .map_or(tf.to_string(), |b| b.candle.clone())
+        };
+        let prefix = ckpt.prefix().display();
+        match (best(in_ckpt), best(in_model)) {
+            (Some((scope, (n, tf, c))), other) if other.as_ref().is_none_or(|o| o.1 .0 <= n) => {
+                let pp = scope.trim_end_matches('/').replace('/', ".");
+                Some(format!(
+                    "no Var pairs with a tensor of {prefix} by its name, but {n} would under the \
+                     scope {scope:?} ({:?}, TensorFlow name {tf:?}, is {c:?} there): build the \
+                     model under vb.pp({pp:?}) (candle-transformers' BertModel::load does not add \
+                     it), or map with {{{scope:?}: \"/\"}}",
+                    candle(&tf)
+                ))
+            }
+            (_, Some((scope, (n, tf, c)))) => Some(format!(
+                "no Var pairs with a tensor of {prefix} by its name, but {n} would without the \
+                 scope {scope:?} of the model's names ({:?}, TensorFlow name {tf:?}, is {c:?} \
+                 there): build the model without it, or map with {{\"/\": {scope:?}}}",
+                candle(&tf)
+            )),
+            _ => None,
+        }
     }
 
     /// TensorFlow's `init_from_checkpoint(ckpt_dir_or_file, map)` on this model (see
