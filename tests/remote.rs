@@ -581,7 +581,7 @@ fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source(
     assert!(err.is_not_found(), "{err}");
     assert!(
         err.to_string()
-            .starts_with("s3://no-such-bucket/: no such object")
+            .starts_with("s3://no-such-bucket/: not found")
             && err.to_string().contains("no such bucket"),
         "{err}"
     );
@@ -993,7 +993,12 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
 #[test]
 fn a_bad_s3_endpoint_is_an_error_naming_the_variable() {
     let url = s3_url(&fixture("h1_basic").join("model-0"));
-    let cases: [(&str, Option<&str>, &str); 6] = [
+    let cases: [(&str, Option<&str>, &str); 7] = [
+        (
+            "http://127.0.0.1:9/?token=1",
+            Some("true"),
+            "has a query string or fragment",
+        ),
         (
             "127.0.0.1:9",
             Some("true"),
@@ -1106,6 +1111,26 @@ fn state_files_resolve_on_object_storage_as_on_disk() {
             matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. }),
             "{e}"
         );
+    }
+    // A state file naming what is not there, or climbing above the bucket's top: errors naming
+    // the state file's path, as on disk.
+    state(&root.join("gone"), "model-9");
+    state(&root.join("escape"), "../../../../model-0");
+    for (dir, want) in [
+        ("gone", "no files match it"),
+        ("escape", "climbs above the top"),
+    ] {
+        for url in [
+            format!("s3://{BUCKET}/dirs/{dir}"),
+            format!("http://{}/{BUCKET}/dirs/{dir}", s.http),
+        ] {
+            let e = Checkpoint::open(&url).unwrap_err();
+            assert!(
+                matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. })
+                    && e.to_string().contains(want),
+                "{url}: {e}"
+            );
+        }
     }
     // An absolute local path: on disk, that checkpoint; on object storage, an error naming the
     // path and suggesting the one beside the state file.

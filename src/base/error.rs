@@ -556,7 +556,7 @@ pub enum ErrorKind {
     },
     /// Object storage refused access to an object (HTTP 401/403) or has no such object (404). Names
     /// where the credentials came from, never the credentials themselves.
-    #[error("{url}: {} (credentials: {credentials}): {reason}", if *not_found { "no such object" } else { "access denied" })]
+    #[error("{url}: {} (credentials: {credentials}): {reason}", if *not_found { "not found" } else { "access denied" })]
     RemoteAccess {
         /// The object's URL.
         url: String,

@@ -117,10 +117,12 @@ impl Location {
         } else {
             key.to_string()
         };
+        let key = normalize_key(&key)
+            .ok_or_else(|| bad("its path climbs above the top of the bucket or host (`..`)"))?;
         Ok(Location {
             scheme,
             authority: authority.to_string(),
-            key: normalize_key(&key),
+            key,
         })
     }
 
@@ -131,14 +133,15 @@ impl Location {
 }
 
 /// `key` with empty and `.` segments dropped and `..` resolved (as a local path would be), keeping
-/// a trailing `/` (and adding one when the key ended in `.` or `..`: it names a "directory").
-pub(crate) fn normalize_key(key: &str) -> String {
+/// a trailing `/` (and adding one when the key ended in `.` or `..`: it names a "directory");
+/// `None` where a `..` climbs above the bucket's (or host's) top, which has nothing above it.
+pub(crate) fn normalize_key(key: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for seg in key.split('/') {
         match seg {
             "" | "." => {}
             ".." => {
-                parts.pop();
+                parts.pop()?;
             }
             s => parts.push(s),
         }
@@ -149,7 +152,7 @@ pub(crate) fn normalize_key(key: &str) -> String {
     if dir && !out.is_empty() {
         out.push('/');
     }
-    out
+    Some(out)
 }
 
 /// Bytes of a body a request gathers (as the chunks the connection gives, never copied) before
@@ -604,8 +607,16 @@ fn check_endpoint(url: &str) -> Result<()> {
                 mask_user_info(&endpoint)
             )));
         }
-        if let Err(e) = url::Url::parse(&endpoint) {
-            return Err(bad(format!("is not a valid URL ({e})")));
+        match url::Url::parse(&endpoint) {
+            Err(e) => return Err(bad(format!("is not a valid URL ({e})"))),
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                return Err(bad(
+                    "has a query string or fragment: an endpoint is a scheme, host and port \
+                     (and path)"
+                        .into(),
+                ))
+            }
+            Ok(_) => {}
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(bad(
@@ -709,6 +720,8 @@ mod tests {
             (Scheme::S3, "b", "a/model.ckpt")
         );
         assert_eq!(Location::parse("gs://b/dir/.").unwrap().key, "dir/");
+        assert!(Location::parse("s3://b/a/../../x").is_err());
+        assert_eq!(Location::parse("s3://b/a/../x").unwrap().key, "x");
         assert_eq!(Location::parse("https://h:8080/x//y/").unwrap().key, "x/y/");
         assert_eq!(Location::parse("s3a://b").unwrap().key, "");
         let err = Location::parse("s3://u:secret@b/x")

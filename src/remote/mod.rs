@@ -299,7 +299,24 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
             loc.url("")
         )));
     }
-    Ok(client::normalize_key(&format!("{dir_slash}{path}")))
+    let prefix = client::normalize_key(&format!("{dir_slash}{path}")).ok_or_else(|| {
+        no_ckpt(format!(
+            "its state file names {path}, which climbs above the top of {}",
+            loc.url("")
+        ))
+    })?;
+    // As on disk: the checkpoint it names must be there (a V2 index, or a V1 file or glob).
+    let base = prefix.rsplit('/').next().unwrap_or(&prefix);
+    if client.exists(&format!("{prefix}.index"))?.is_none()
+        && !base.contains(['*', '?', '['])
+        && client.exists(&prefix)?.is_none()
+    {
+        return Err(no_ckpt(format!(
+            "its state file names {} but no files match it",
+            loc.url(&prefix)
+        )));
+    }
+    Ok(prefix)
 }
 
 /// Whether `e` is object storage refusing access (401/403).
