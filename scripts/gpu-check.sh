@@ -26,11 +26,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/gpu-check
 
-# What the binaries were built from: every source, test and fixture file (the device machine gets
-# a copy of the working tree without .git, so a hash of the files, not a commit).
+# What the binaries were built from: a hash of every source, test and fixture file that git
+# tracks or would track, listed in target/gpu-check/BUILD.files at build time (the device machine
+# gets a copy of those files without .git, so a hash of the files, not a commit).
 tree_stamp() {
-    find Cargo.toml Cargo.lock src kernels tests benches examples -type f -print0 | sort -z |
-        xargs -0 sha1sum | sha1sum | cut -c1-16
+    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum 2>&1 | sha1sum | cut -c1-16
 }
 
 if [ "${1:-}" = "--build" ]; then
@@ -74,6 +74,8 @@ if [ "${1:-}" = "--build" ]; then
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
+    git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
+        benches examples >"$out/BUILD.files"
     tree_stamp >"$out/BUILD"
     ls -la "$out"
     du -sh "$out"
@@ -123,7 +125,7 @@ for f in "$out"/*.gz; do
     chmod +x "$bin/$name"
 done
 # Binaries of another tree would test other code than this one: refuse them.
-if [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
+if [ ! -e "$out/BUILD.files" ] || [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
     echo "gpu-check: target/gpu-check was built from other sources than this tree's: run 'scripts/gpu-check.sh --build' again" >&2
     exit 1
 fi
