@@ -1337,3 +1337,58 @@ fn credentials_that_cannot_list_still_open_a_prefix() {
         "{err}"
     );
 }
+
+/// A rank's share over object storage: each of 4 ranks fetches only the stored slices its parts
+/// overlap (counted at a proxy), the report says so, its values equal the local ranked load, and
+/// together the ranks fetch the variable once.
+#[test]
+fn a_rank_fetches_only_its_share_from_object_storage() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = servers();
+    let ranged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (proxy, _) = flaky_proxy(s.http, false, ranged.clone());
+    let ckpt = fixture("h1_partitioned");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let url = format!("http://{proxy}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let store_for = |src: &Path| {
+        let mut store = VariableStore::new();
+        store
+            .get_partitioned_variable("new/var1", &[100, 100], DType::F32, &[5, 1], Init::Zeros)
+            .unwrap();
+        init_from_checkpoint(
+            &mut store,
+            src,
+            &AssignmentMap::from([("scope/var1", "new/var1")]),
+        )
+        .unwrap();
+        store
+    };
+    let mut total = 0;
+    for rank in 0..4 {
+        let mut remote = store_for(Path::new(&url));
+        let before = ranged.load(SeqCst);
+        let report = remote
+            .initialize_with(Device::Cpu, &LoadOptions::new().rank(rank, 4))
+            .unwrap();
+        let fetched = ranged.load(SeqCst) - before;
+        // Part i belongs to rank i mod 4: rank 0 owns parts 0 and 4, each 20 rows of 100 float32.
+        let parts = if rank == 0 { 2 } else { 1 };
+        assert_eq!(fetched, parts * 20 * 100 * 4, "rank {rank}");
+        assert_eq!(report.stored_bytes as usize, fetched, "rank {rank}");
+        let mut local = store_for(&ckpt);
+        local
+            .initialize_with(Device::Cpu, &LoadOptions::new().rank(rank, 4))
+            .unwrap();
+        for p in 0..5 {
+            let name = format!("new/var1/part_{p}");
+            assert_eq!(
+                remote.value(&name),
+                local.value(&name),
+                "rank {rank}: {name}"
+            );
+            assert_eq!(remote.value(&name).is_some(), p % 4 == rank, "{name}");
+        }
+        total += fetched;
+    }
+    assert_eq!(total, 100 * 100 * 4);
+}
