@@ -92,7 +92,9 @@ impl Location {
         // too, refused rather than taken as part of a key.
         let web = matches!(scheme, Scheme::Http | Scheme::Https);
         if let Some(i) = key.find('?') {
-            if web && !key[i..].contains('=') {
+            // (A `?` right after a `/` or at the start of the path is a query, not a glob.)
+            let globbed = !key[..i].is_empty() && !key[..i].ends_with('/');
+            if web && globbed && !key[i..].contains('=') {
                 // TensorFlow names a sharded V1 save by a glob: NAME-?????-of-N.
                 return Err(bad(
                     "in an http(s):// URL a `?` starts a query string; a glob such as a sharded \
@@ -743,6 +745,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot be listed on a plain HTTP server"), "{e}");
+        let e = Location::parse("http://h/v1/?").unwrap_err().to_string();
+        assert!(e.contains("query strings"), "{e}");
         // In s3:// and gs:// keys `?` is a character, and `@` too.
         assert_eq!(
             Location::parse("s3://b/m-?????-of-00002").unwrap().key,
