@@ -30,7 +30,8 @@ out=target/gpu-check
 # tracks or would track, listed in target/gpu-check/BUILD.files at build time (the device machine
 # gets a copy of those files without .git, so a hash of the files, not a commit).
 tree_stamp() {
-    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum 2>&1 | sha1sum | cut -c1-16
+    # A listed file that is missing hashes its error message: another stamp, never the same one.
+    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum 2>&1 | sha1sum | cut -c1-16 || true
 }
 
 if [ "${1:-}" = "--build" ]; then
@@ -74,8 +75,9 @@ if [ "${1:-}" = "--build" ]; then
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
+    # (Tracked files deleted here are not part of this build.)
     git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
-        benches examples >"$out/BUILD.files"
+        benches examples | while IFS= read -r f; do [ ! -e "$f" ] || echo "$f"; done >"$out/BUILD.files"
     tree_stamp >"$out/BUILD"
     ls -la "$out"
     du -sh "$out"
@@ -125,7 +127,11 @@ for f in "$out"/*.gz; do
     chmod +x "$bin/$name"
 done
 # Binaries of another tree would test other code than this one: refuse them.
-if [ ! -e "$out/BUILD.files" ] || [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
+if [ ! -e "$out/BUILD.files" ]; then
+    echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
+    exit 1
+fi
+if [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
     echo "gpu-check: target/gpu-check was built from other sources than this tree's: run 'scripts/gpu-check.sh --build' again" >&2
     exit 1
 fi
@@ -199,13 +205,28 @@ fi
 # device time. Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run
 # with the environment before it; returns nonzero if any failed, listing them.
 each_test() {
-    local limit=$1 exe=$2 filter=${3:-} t rc failed=()
+    local limit=$1 exe=$2 filter=${3:-} list t rc ran=0 failed=()
+    # A binary that cannot start (a library the loader lacks) lists nothing: that is a failure.
+    list=$("$exe" --list </dev/null) || {
+        echo "FAILED: $exe --list (exit $?): the binary cannot start"
+        return 1
+    }
     while IFS= read -r t; do
+        [ -n "$t" ] || continue
         [ -z "$filter" ] || [[ "$t" == *"$filter"* ]] || continue
+        ran=$((ran + 1))
         rc=0
-        timeout -k 10 "$limit" "$exe" --exact "$t" --test-threads=1 || rc=$?
-        [ "$rc" -eq 0 ] || failed+=("$t (exit $rc$([ "$rc" -ge 124 ] && echo ", time limit ${limit}s"))")
-    done < <("$exe" --list 2>/dev/null | sed -n 's/: test$//p')
+        timeout -k 10 "$limit" "$exe" --exact "$t" --test-threads=1 </dev/null || rc=$?
+        case $rc in
+        0) ;;
+        124 | 137) failed+=("$t (time limit ${limit}s)") ;;
+        *) failed+=("$t (exit $rc)") ;;
+        esac
+    done < <(sed -n 's/: test$//p' <<<"$list")
+    if [ "$ran" -eq 0 ]; then
+        echo "FAILED: no test of $exe matches '$filter'"
+        return 1
+    fi
     if [ "${#failed[@]}" -gt 0 ]; then
         printf 'FAILED: %s\n' "${failed[@]}"
         return 1
@@ -217,7 +238,8 @@ bench_rc=0
 if part tests; then
     echo "== CUDA tests"
     TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
-        bash -c "$(declare -f each_test); each_test 240 '$bin/gpu-tests'" || tests_rc=$?
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 240 "$bin/gpu-tests" ||
+        tests_rc=$?
 fi
 if part remote; then
     echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
@@ -231,7 +253,8 @@ candle_env=(env LD_LIBRARY_PATH="$(with_libs "$candle_dir")")
 if part candle; then
     echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
     TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${candle_env[@]}" \
-        bash -c "$(declare -f each_test); each_test 240 '$bin/candle-tests' on_gpu" || tests_rc=$?
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 240 "$bin/candle-tests" on_gpu ||
+        tests_rc=$?
 fi
 if part bench; then
     echo "== GPU benchmark"

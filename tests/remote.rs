@@ -993,7 +993,12 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole() {
 #[test]
 fn a_bad_s3_endpoint_is_an_error_naming_the_variable() {
     let url = s3_url(&fixture("h1_basic").join("model-0"));
-    let cases: [(&str, Option<&str>, &str); 7] = [
+    let cases: [(&str, Option<&str>, &str); 8] = [
+        (
+            "AKIAKEY:endpoint-secret@minio:9000",
+            Some("true"),
+            "holds credentials",
+        ),
         (
             "http://127.0.0.1:9/?token=1",
             Some("true"),
@@ -1112,18 +1117,42 @@ fn state_files_resolve_on_object_storage_as_on_disk() {
             "{e}"
         );
     }
-    // A state file naming what is not there, or climbing above the bucket's top: errors naming
-    // the state file's path, as on disk.
+    // A key with a `%` in it, over http: its URLs (the shards' too) encode it again.
+    put(&h1, "model-0", &root.join("pct%41"), "model-0");
+    let url = format!("http://{}/{BUCKET}/dirs/pct%2541/model-0", s.http);
+    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let local = Checkpoint::open(h1.join("model-0")).unwrap();
+    for t in local.tensors() {
+        assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+    }
+    assert_eq!(
+        Checkpoint::open(remote.prefix()).unwrap().tensors(),
+        want,
+        "{}",
+        remote.prefix().display()
+    );
+    // A state file naming what is not there, or climbing above the bucket's top, or a URL that
+    // cannot be read: errors naming the state file's path, as on disk.
     state(&root.join("gone"), "model-9");
     state(&root.join("escape"), "../../../../model-0");
+    state(
+        &root.join("url_gone"),
+        &format!("s3://{BUCKET}/dirs/nothing-0"),
+    );
+    state(&root.join("url_bad"), &format!("s3://{BUCKET}/../../x"));
     for (dir, want) in [
         ("gone", "no files match it"),
         ("escape", "climbs above the top"),
+        ("url_gone", "no files match it"),
+        ("url_bad", "cannot be read"),
     ] {
         for url in [
             format!("s3://{BUCKET}/dirs/{dir}"),
             format!("http://{}/{BUCKET}/dirs/{dir}", s.http),
         ] {
+            if dir.starts_with("url_") && url.starts_with("http") {
+                continue; // an s3:// URL in the state file: another host for http://
+            }
             let e = Checkpoint::open(&url).unwrap_err();
             assert!(
                 matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. })
@@ -1325,10 +1354,21 @@ fn credentials_that_cannot_list_still_open_a_prefix() {
             .output()
             .unwrap()
     };
-    let o = out(&url);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let local = tfckpt(&["list", &ckpt.to_string_lossy()]);
-    assert_eq!(o.stdout, local.stdout);
+    // The prefix, its index and its data file, as TensorFlow takes them.
+    for url in [
+        url.clone(),
+        format!("{url}.index"),
+        format!("{url}.data-00000-of-00001"),
+    ] {
+        let o = out(&url);
+        assert!(
+            o.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.stdout, local.stdout, "{url}");
+    }
     let o = out(&format!("s3://{BUCKET}/no/such/model"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -248,9 +248,9 @@ impl CandleInit {
 
     /// Pairs every `Var` with the checkpoint tensor of its TensorFlow name, as BERT's
     /// `get_assignment_map_from_checkpoint` does, and says what was left out on each side. Reads
-    /// only the checkpoint's index. Where nothing pairs by name but the names would with a scope
-    /// added on one side (a model built on `vb` where Google's checkpoint has `bert/`), it fails
-    /// naming the scope and how to add or drop it.
+    /// only the checkpoint's index. Where nothing pairs by name but half of the `Var`s or more
+    /// would with a scope added on one side (a model built on `vb` where Google's checkpoint has
+    /// `bert/`), it fails naming the scope and how to add or drop it.
     pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
         let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
         let mut found = ExistingMap::default();
@@ -286,7 +286,7 @@ impl CandleInit {
         Ok(found)
     }
 
-    /// Where no `Var` pairs with a tensor of `ckpt` by name but many would with a scope added
+    /// Where no `Var` pairs with a tensor of `ckpt` by name but half or more would with a scope added
     /// on one side (candle-transformers' `BertModel::load(vb, ..)` names its `Var`s without
     /// Google's `bert/`, which `vb.pp("bert")` adds), what to do: an error is better than a
     /// model left to its random initialization without a word.
@@ -326,7 +326,11 @@ impl CandleInit {
                 .map_or(tf.to_string(), |b| b.candle.clone())
         };
         let prefix = ckpt.prefix().display();
-        match (best(in_ckpt), best(in_model)) {
+        // A chance match of a few names is no scope: at least half of the model's Vars.
+        let many = |found: Option<(String, (usize, String, String))>| {
+            found.filter(|(_, (n, _, _))| 2 * n >= self.vars.len())
+        };
+        match (many(best(in_ckpt)), many(best(in_model))) {
             (Some((scope, (n, tf, c))), other) if other.as_ref().is_none_or(|o| o.1 .0 <= n) => {
                 let pp = scope.trim_end_matches('/').replace('/', ".");
                 Some(format!(

@@ -147,12 +147,12 @@ pub(crate) fn nccl_usable() -> std::result::Result<(), String> {
             match guarded(cudarc::nccl::result::get_nccl_version) {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("NCCL does not answer: {e:?}")),
-                Err(_) => Err(
-                    "libnccl.so.2 is on the loader path, but cudarc (loading NCCL at \
-                     run time) looks for libnccl.so: add a link of that name to it, in a folder \
-                     on LD_LIBRARY_PATH"
-                        .into(),
-                ),
+                Err(panic) => Err(format!(
+                    "cudarc cannot load NCCL ({}); NCCL installs libnccl.so.2, and cudarc \
+                     (loading NCCL at run time) looks for libnccl.so: add a link of that name to \
+                     it, in a folder on LD_LIBRARY_PATH",
+                    panic.chars().take(160).collect::<String>()
+                )),
             }
         })
         .clone()

@@ -86,6 +86,27 @@ impl Location {
                 "credentials in the URL are not accepted (use the environment variables)",
             ));
         }
+        // A bucket name is letters, digits, `.`, `-` and `_`. Anything else is no bucket, and may
+        // be credentials whose secret holds a `/` (as AWS secret keys often do), which puts the
+        // `@` after the first `/`: then everything up to the last `@` is masked.
+        let bucket_ok = |b: &str| {
+            b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        };
+        if matches!(scheme, Scheme::S3 | Scheme::Gcs) && !bucket_ok(authority) {
+            let shown = match url.rsplit_once('@') {
+                Some((_, tail)) => format!("{}://***@{tail}", scheme.as_str()),
+                None => shown.clone(),
+            };
+            return Err(ErrorKind::Remote {
+                url: shown,
+                range: None,
+                reason: "not a bucket name (letters, digits, '.', '-' and '_'); credentials in \
+                         the URL are not accepted (use the environment variables)"
+                    .into(),
+            }
+            .into());
+        }
         // In s3:// and gs:// keys `?` is a character (a glob's in a sharded V1 save); in an
         // http(s):// URL it starts a query string, which could carry a secret.
         // A `?` followed later by `=` is a query string (a presigned URL's signature, say) there
@@ -128,9 +149,23 @@ impl Location {
         })
     }
 
-    /// The URL of `key` in the same bucket or host.
+    /// The URL of `key` in the same bucket or host: for http(s), with the characters that
+    /// [`parse`](Self::parse) would take otherwise (`%`, `?`, `#`) percent-encoded, so that the URL
+    /// opens the same key again.
     pub(crate) fn url(&self, key: &str) -> String {
-        format!("{}://{}/{}", self.scheme.as_str(), self.authority, key)
+        const SPECIAL: &percent_encoding::AsciiSet =
+            &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+        match self.scheme {
+            Scheme::Http | Scheme::Https => format!(
+                "{}://{}/{}",
+                self.scheme.as_str(),
+                self.authority,
+                percent_encoding::utf8_percent_encode(key, SPECIAL)
+            ),
+            Scheme::S3 | Scheme::Gcs => {
+                format!("{}://{}/{}", self.scheme.as_str(), self.authority, key)
+            }
+        }
     }
 }
 
@@ -597,6 +632,15 @@ fn check_endpoint(url: &str) -> Result<()> {
             }
             .into()
         };
+        // Credentials first, whatever else is wrong with it, so that no message below echoes
+        // them.
+        let after_scheme = endpoint.split_once("://").map_or(&*endpoint, |(_, r)| r);
+        if after_scheme.split('/').next().unwrap_or("").contains('@') {
+            return Err(bad(
+                "holds credentials: give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    .into(),
+            ));
+        }
         // Both parsers `object_store` uses: the HTTP layer's (which refuses spaces) and the
         // URL crate's (which refuses a port past 65535).
         let uri: http::Uri = endpoint
@@ -605,8 +649,7 @@ fn check_endpoint(url: &str) -> Result<()> {
         let scheme = uri.scheme_str().unwrap_or("");
         if !matches!(scheme, "http" | "https") || uri.host().is_none_or(str::is_empty) {
             return Err(bad(format!(
-                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000; it is {}",
-                mask_user_info(&endpoint)
+                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000; it is {endpoint}"
             )));
         }
         match url::Url::parse(&endpoint) {
@@ -619,12 +662,6 @@ fn check_endpoint(url: &str) -> Result<()> {
                 ))
             }
             Ok(_) => {}
-        }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(bad(
-                "holds credentials: give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    .into(),
-            ));
         }
         // The values object_store takes as true.
         let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| {
@@ -747,6 +784,19 @@ mod tests {
         assert!(e.contains("cannot be listed on a plain HTTP server"), "{e}");
         let e = Location::parse("http://h/v1/?").unwrap_err().to_string();
         assert!(e.contains("query strings"), "{e}");
+        // A key's URL opens the same key again.
+        let l = Location::parse("http://h/b/a%2541/m%3F%23").unwrap();
+        assert_eq!(l.key, "b/a%41/m?#");
+        assert_eq!(l.url(&l.key), "http://h/b/a%2541/m%3F%23");
+        assert_eq!(Location::parse(&l.url(&l.key)).unwrap(), l);
+        // Credentials whose secret holds a `/` put the `@` in the "key": no bucket, all masked.
+        let e = Location::parse("s3://AKID:wJal/rXY@bucket/k")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("wJal") && !e.contains("rXY") && e.contains("not a bucket name"),
+            "{e}"
+        );
         // In s3:// and gs:// keys `?` is a character, and `@` too.
         assert_eq!(
             Location::parse("s3://b/m-?????-of-00002").unwrap().key,

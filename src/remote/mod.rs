@@ -198,35 +198,37 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
         .into()
     };
     let named_file = !key.is_empty() && !key.ends_with('/');
-    // Credentials that may read objects but not list them (S3 then answers a HEAD of a missing
-    // key with 403, not 404) cannot tell a directory: where the URL may name a checkpoint itself,
-    // that refusal means "not a directory", and is reported only if nothing else is found.
-    let mut refused = None;
-    let mut probe = |r: Result<bool>| -> Result<bool> {
-        match r {
-            Err(e) if named_file && is_refusal(&e) => {
-                refused.get_or_insert(e);
-                Ok(false)
-            }
-            r => r,
+    // Credentials that may read objects but not list the bucket get a refusal (S3: 403) for a
+    // HEAD of any key that is not there, and for a listing. So a probe's refusal counts as "not
+    // there", and the last one (of the key closest to what was named) is the error if nothing is
+    // found.
+    let refused = std::cell::RefCell::new(None::<crate::Error>);
+    let refusal = |e: crate::Error| -> Result<()> {
+        if is_refusal(&e) {
+            *refused.borrow_mut() = Some(e);
+            Ok(())
+        } else {
+            Err(e)
         }
     };
-    let state = match client.exists(&state_key) {
-        Ok(found) => found,
-        Err(e) => {
-            probe(Err(e))?;
-            None
-        }
+    let present = |key: &str| -> Result<Option<Object>> {
+        client.exists(key).or_else(|e| refusal(e).map(|()| None))
     };
-    let Some(state) = state else {
+    let nothing = |otherwise: crate::Error| refused.borrow_mut().take().unwrap_or(otherwise);
+    let Some(state) = present(&state_key)? else {
         // A "directory" without a state file is an error even where a checkpoint of the same
         // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
         let listable = !matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https);
-        if listable && !key.is_empty() && probe(client.has_keys_under(&dir_slash))? {
-            return Err(no_ckpt("it has no 'checkpoint' state file".into()));
+        if listable && !key.is_empty() {
+            let keys_under = client
+                .has_keys_under(&dir_slash)
+                .or_else(|e| refusal(e).map(|()| false))?;
+            if keys_under {
+                return Err(nothing(no_ckpt("it has no 'checkpoint' state file".into())));
+            }
         }
         if named_file {
-            if client.exists(&format!("{key}.index"))?.is_some() {
+            if present(&format!("{key}.index"))?.is_some() {
                 return Ok(key.to_string());
             }
             let stripped = key.strip_suffix(".index").or_else(|| {
@@ -235,22 +237,22 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
                 (tail.len() == 14 && tail.as_bytes()[5..9] == *b"-of-").then_some(&key[..i])
             });
             if let Some(p) = stripped {
-                if client.exists(&format!("{p}.index"))?.is_some() {
+                if present(&format!("{p}.index"))?.is_some() {
                     return Ok(p.to_string());
                 }
             }
             // A glob of V1 files (a sharded V1 save), or a V1 file.
             let base = key.rsplit('/').next().unwrap_or(key);
-            if base.contains(['*', '?', '[']) || client.exists(key)?.is_some() {
+            if base.contains(['*', '?', '[']) || present(key)?.is_some() {
                 return Ok(key.to_string());
             }
         }
-        return Err(refused.unwrap_or_else(|| {
+        return Err(nothing(
             ErrorKind::NotFound {
                 path: PathBuf::from(loc.url(key)),
             }
-            .into()
-        }));
+            .into(),
+        ));
     };
     let (_, text) = fetch_whole(client, state)?;
     let text = String::from_utf8(text)
@@ -268,16 +270,20 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
         }
         .into());
     }
-    if let Ok(named) = Location::parse(&path) {
+    let prefix = if path.contains("://") {
         // A URL: used as it is, in the same bucket or host.
+        let named = Location::parse(&path).map_err(|e| {
+            no_ckpt(format!(
+                "its state file names {path}, which cannot be read: {e}"
+            ))
+        })?;
         if named.scheme != loc.scheme || named.authority != loc.authority {
             return Err(no_ckpt(format!(
                 "its state file names {path}, in another bucket or host"
             )));
         }
-        return Ok(named.key);
-    }
-    if path.starts_with('/') {
+        named.key
+    } else if path.starts_with('/') {
         // An absolute local path (TensorFlow 1's Saver writes them): TensorFlow would read that
         // path on the local disk. Guessing the checkpoint beside the state file could pick
         // another one, so it is an error, suggesting that one where it exists.
@@ -298,23 +304,24 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
              checkpoint by its URL{hint}",
             loc.url("")
         )));
-    }
-    let prefix = client::normalize_key(&format!("{dir_slash}{path}")).ok_or_else(|| {
-        no_ckpt(format!(
-            "its state file names {path}, which climbs above the top of {}",
-            loc.url("")
-        ))
-    })?;
+    } else {
+        client::normalize_key(&format!("{dir_slash}{path}")).ok_or_else(|| {
+            no_ckpt(format!(
+                "its state file names {path}, which climbs above the top of {}",
+                loc.url("")
+            ))
+        })?
+    };
     // As on disk: the checkpoint it names must be there (a V2 index, or a V1 file or glob).
     let base = prefix.rsplit('/').next().unwrap_or(&prefix);
-    if client.exists(&format!("{prefix}.index"))?.is_none()
+    if present(&format!("{prefix}.index"))?.is_none()
         && !base.contains(['*', '?', '['])
-        && client.exists(&prefix)?.is_none()
+        && present(&prefix)?.is_none()
     {
-        return Err(no_ckpt(format!(
+        return Err(nothing(no_ckpt(format!(
             "its state file names {} but no files match it",
             loc.url(&prefix)
-        )));
+        ))));
     }
     Ok(prefix)
 }
@@ -390,11 +397,8 @@ impl RemoteBundle {
         }
         let (client, _) = self.state();
         let url = b.shard_path(e.shard).to_string_lossy().into_owned();
-        let key = url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map_or("", |(_, k)| k)
-            .to_string();
+        // The URL as `Location::url` made it (percent-encoded where needed), back to its key.
+        let key = Location::parse(&url)?.key;
         let obj = client.head(&key).map_err(|err| {
             if err.is_not_found() {
                 ErrorKind::MissingShard {
