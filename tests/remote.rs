@@ -1369,6 +1369,11 @@ fn credentials_that_cannot_list_still_open_a_prefix() {
         );
         assert_eq!(o.stdout, local.stdout, "{url}");
     }
+    // A V1 file too (no index: the probe for one is refused).
+    let v1 = fixture("v1").join("model-3");
+    let o = out(&s3_url(&v1));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, tfckpt(&["list", &v1.to_string_lossy()]).stdout);
     let o = out(&format!("s3://{BUCKET}/no/such/model"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

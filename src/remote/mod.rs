@@ -58,9 +58,8 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
     options.check()?;
     let loc = Location::parse(url)?;
     let client = Arc::new(Client::new(&loc, options)?);
-    let prefix = resolve(&client, &loc)?;
-    let index_key = format!("{prefix}.index");
-    let Some(index) = client.exists(&index_key)? else {
+    let (prefix, index) = resolve(&client, &loc)?;
+    let Some(index) = index else {
         let files = open_v1(&client, &loc, &prefix, options)?;
         return Ok(Opened::V1 {
             prefix: PathBuf::from(loc.url(&prefix)),
@@ -180,7 +179,7 @@ fn open_v1(
 /// `checkpoint` state file names the checkpoint (relative paths joined onto the directory and
 /// normalized as on disk); else a prefix whose `.index` exists, a `.index` or data file's prefix,
 /// a V1 glob, or a V1 file.
-fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
+fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Object>)> {
     let key = loc.key.as_str();
     let dir = key.trim_end_matches('/');
     let dir_slash = if dir.is_empty() {
@@ -228,8 +227,8 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
             }
         }
         if named_file {
-            if present(&format!("{key}.index"))?.is_some() {
-                return Ok(key.to_string());
+            if let Some(index) = present(&format!("{key}.index"))? {
+                return Ok((key.to_string(), Some(index)));
             }
             let stripped = key.strip_suffix(".index").or_else(|| {
                 let i = key.rfind(".data-")?;
@@ -237,14 +236,14 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
                 (tail.len() == 14 && tail.as_bytes()[5..9] == *b"-of-").then_some(&key[..i])
             });
             if let Some(p) = stripped {
-                if present(&format!("{p}.index"))?.is_some() {
-                    return Ok(p.to_string());
+                if let Some(index) = present(&format!("{p}.index"))? {
+                    return Ok((p.to_string(), Some(index)));
                 }
             }
             // A glob of V1 files (a sharded V1 save), or a V1 file.
             let base = key.rsplit('/').next().unwrap_or(key);
             if base.contains(['*', '?', '[']) || present(key)?.is_some() {
-                return Ok(key.to_string());
+                return Ok((key.to_string(), None));
             }
         }
         return Err(nothing(
@@ -313,17 +312,15 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<String> {
         })?
     };
     // As on disk: the checkpoint it names must be there (a V2 index, or a V1 file or glob).
+    let index = present(&format!("{prefix}.index"))?;
     let base = prefix.rsplit('/').next().unwrap_or(&prefix);
-    if present(&format!("{prefix}.index"))?.is_none()
-        && !base.contains(['*', '?', '['])
-        && present(&prefix)?.is_none()
-    {
+    if index.is_none() && !base.contains(['*', '?', '[']) && present(&prefix)?.is_none() {
         return Err(nothing(no_ckpt(format!(
             "its state file names {} but no files match it",
             loc.url(&prefix)
         ))));
     }
-    Ok(prefix)
+    Ok((prefix, index))
 }
 
 /// Whether `e` is object storage refusing access (401/403).
