@@ -144,12 +144,17 @@ fn absent(files: &[PathBuf]) -> String {
             one.display()
         ),
         _ => format!(
-            "; files of this sharded V1 save are missing, and may hold it: {}",
+            "; files of this sharded V1 save are missing, and may hold it: {}{}",
             files
                 .iter()
                 .map(|f| f.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if files.len() >= 8 {
+                " (the first 8 listed)"
+            } else {
+                ""
+            }
         ),
     }
 }
