@@ -25,6 +25,8 @@
 //! let found = init.map_existing("bert_model.ckpt")?; // every Var the checkpoint holds
 //! init.init_from_checkpoint("bert_model.ckpt", &found.map)?;
 //! init.initialize(&Default::default())?;
+//! // ... fine-tune, then back to TensorFlow's names and layout:
+//! init.save_checkpoint("fine_tuned.ckpt")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
