@@ -20,6 +20,12 @@ fn tfckpt(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `tfckpt init CKPT --model MODEL --map MAP --out OUT`, then `extra`.
+fn tfckpt_init(ckpt: &str, model: &str, map: &str, out: &str, extra: &[&str]) -> Output {
+    let args = ["init", ckpt, "--model", model, "--map", map, "--out", out];
+    tfckpt(&[&args[..], extra].concat())
+}
+
 fn ckpt_arg(case: &str) -> String {
     ckpt_path(case).to_string_lossy().into_owned()
 }
@@ -214,16 +220,13 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
         ]);
         assert_one_error_line(&o, 1, &missing);
     }
-    let o = tfckpt(&[
-        "init",
+    let o = tfckpt_init(
         tmp.path().to_str().unwrap(),
-        "--model",
         r#"{"variables": [{"name": "x", "shape": [3], "dtype": "int64"}]}"#,
-        "--map",
         r#"{"scope/i64": "x"}"#,
-        "--out",
         tmp.path().join("init").to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert_one_error_line(&o, 1, &missing);
     let kept = tmp.path().join("model.ckpt-0-00000-of-00002");
     let o = tfckpt(&["verify", kept.to_str().unwrap()]);
@@ -401,16 +404,13 @@ fn errors_exit_1_with_one_line_and_write_nothing() {
     assert_one_error_line(&o, 1, "rank");
     // A dtype mismatch names both dtypes, without the library's hint (the command line has no
     // cast: MODEL.json's dtype is the variable's).
-    let o = tfckpt(&[
-        "init",
+    let o = tfckpt_init(
         &ckpt_arg("dtypes"),
-        "--model",
         r#"{"variables": [{"name": "h", "shape": [2, 5], "dtype": "float32"}]}"#,
-        "--map",
         r#"{"dt/float16": "h"}"#,
-        "--out",
         tmp.path().join("o").to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert_one_error_line(
         &o,
         1,
@@ -460,16 +460,13 @@ fn init_matches_tensorflow_end_to_end() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let ckpt = init_ckpt(&case);
-        let o = tfckpt(&[
-            "init",
+        let o = tfckpt_init(
             ckpt.to_str().unwrap(),
-            "--model",
             case.join("model.json").to_str().unwrap(),
-            "--map",
             case.join("map.json").to_str().unwrap(),
-            "--out",
             out.to_str().unwrap(),
-        ]);
+            &[],
+        );
         if case.join("expected/error.json").is_file() {
             assert_one_error_line(&o, 1, "");
             assert!(
@@ -551,18 +548,13 @@ fn init_model_json_device_placement() {
     let run = |device: &str, default: &str, out: &str| {
         let out = tmp.path().join(out);
         let model = model(device);
-        let o = tfckpt(&[
-            "init",
+        let o = tfckpt_init(
             &ckpt,
-            "--model",
             &model,
-            "--map",
             map,
-            "--out",
             out.to_str().unwrap(),
-            "--device",
-            default,
-        ]);
+            &["--device", default],
+        );
         (o, out)
     };
     // One device per part gives what one device for the variable gives. (`--device cuda` is
@@ -598,16 +590,13 @@ fn init_inline_json_and_device_errors() {
     let model = r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}, {"name": "head/b", "shape": [2], "dtype": "float32", "initializer": {"constant": 0.5}}]}"#;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let o = tfckpt(&[
-        "init",
+    let o = tfckpt_init(
         &ckpt,
-        "--model",
         model,
-        "--map",
         r#"{"/": "new_scope_1"}"#,
-        "--out",
         out.to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let b = npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
     assert_eq!(
@@ -630,18 +619,13 @@ fn init_inline_json_and_device_errors() {
         (cpu_model, "cuda:7"),
     ] {
         let out2 = tmp.path().join("o2");
-        let o = tfckpt(&[
-            "init",
+        let o = tfckpt_init(
             &ckpt,
-            "--model",
             model,
-            "--map",
             "{}",
-            "--out",
             out2.to_str().unwrap(),
-            "--device",
-            device,
-        ]);
+            &["--device", device],
+        );
         let ordinal: usize = device
             .strip_prefix("cuda:")
             .map_or(0, |n| n.parse().unwrap());
@@ -681,16 +665,7 @@ fn init_refuses_colliding_output_names_before_writing() {
     let model = r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32"}, {"name": "a.npy/b", "shape": [1], "dtype": "float32"}]}"#;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let o = tfckpt(&[
-        "init",
-        &ckpt,
-        "--model",
-        model,
-        "--map",
-        "{}",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = tfckpt_init(&ckpt, model, "{}", out.to_str().unwrap(), &[]);
     assert_one_error_line(&o, 1, "a.npy");
     assert!(!out.exists());
     assert_eq!(
@@ -707,16 +682,7 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     std::fs::create_dir_all(out.join("keep")).unwrap();
-    let o = tfckpt(&[
-        "init",
-        &ckpt,
-        "--model",
-        model,
-        "--map",
-        "{}",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = tfckpt_init(&ckpt, model, "{}", out.to_str().unwrap(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         out.join("a/x.npy").is_file() && out.join("b.npy").is_file() && out.join("keep").is_dir()
@@ -724,16 +690,7 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     // A directory where a file must go: refused, nothing moved, no temporary directory left.
     let out2 = tmp.path().join("o2");
     std::fs::create_dir_all(out2.join("b.npy")).unwrap();
-    let o = tfckpt(&[
-        "init",
-        &ckpt,
-        "--model",
-        model,
-        "--map",
-        "{}",
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let o = tfckpt_init(&ckpt, model, "{}", out2.to_str().unwrap(), &[]);
     assert_one_error_line(&o, 1, "b.npy");
     assert!(!out2.join("a").exists());
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
@@ -835,20 +792,13 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
     assert_eq!(union, want);
     // A rank not below the number of ranks is a usage error, and nothing is written.
     let out = tmp.path().join("bad");
-    let o = tfckpt(&[
-        "init",
+    let o = tfckpt_init(
         ckpt.to_str().unwrap(),
-        "--model",
         model,
-        "--map",
         map,
-        "--out",
         out.to_str().unwrap(),
-        "--rank",
-        "4",
-        "--ranks",
-        "4",
-    ]);
+        &["--rank", "4", "--ranks", "4"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--rank 4 --ranks 4"));
     assert!(!out.exists());
