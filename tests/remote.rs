@@ -1437,3 +1437,56 @@ fn a_rank_fetches_only_its_share_from_object_storage() {
     }
     assert_eq!(total, 100 * 100 * 4);
 }
+
+/// A child forked after its parent read from object storage (a trainer's data-loader worker) hung
+/// forever in its first request: the I/O runtime's threads exist only in the parent. A forked
+/// child now starts its own; the parent's goes on working.
+#[cfg(unix)]
+#[test]
+fn a_child_forked_after_a_remote_read_reads_remote_checkpoints() {
+    let ckpt = fixture("h1_basic").join(ckpt_rel(&fixture("h1_basic")));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let url = http_url(&ckpt);
+    let same = |remote: &Checkpoint| -> Result<(), String> {
+        for t in local.tensors() {
+            let r = remote.read(&t.name).map_err(|e| e.to_string())?;
+            if r != local.read(&t.name).unwrap() {
+                return Err(format!("{}: differs", t.name));
+            }
+        }
+        Ok(())
+    };
+    let parent = Checkpoint::open(&url).unwrap();
+    same(&parent).unwrap();
+    let child = || same(&Checkpoint::open(&url).map_err(|e| e.to_string())?);
+    assert_eq!(common::fork::in_child(child), "ok");
+    // The parent's checkpoint, opened before the fork, reads in a child too.
+    assert_eq!(common::fork::in_child(|| same(&parent)), "ok");
+    same(&parent).unwrap();
+}
+
+/// Defect (library citizenship): requests that went to a dead proxy from `HTTP_PROXY` (which the
+/// HTTP client follows) failed with "error sending request" and no word of the proxy. The error
+/// now names the proxy settings, masked of user information. In a child: the variable would
+/// send the other tests' requests to the dead proxy too.
+#[cfg(unix)]
+#[test]
+fn a_dead_proxy_from_the_environment_is_named_in_the_error() {
+    let ckpt = fixture("h1_basic").join(ckpt_rel(&fixture("h1_basic")));
+    let url = http_url(&ckpt);
+    let child = || {
+        // SAFETY (edition 2024 wording): the child has one thread.
+        std::env::set_var("HTTP_PROXY", "http://user:secret@127.0.0.1:9");
+        let opts = tfckpt::RemoteOptions {
+            max_retries: 0,
+            ..Default::default()
+        };
+        let e = Checkpoint::open_with(&url, &opts)
+            .err()
+            .ok_or("opened")?
+            .to_string();
+        let named = e.contains("HTTP_PROXY=http://***@127.0.0.1:9") && !e.contains("secret");
+        named.then_some(()).ok_or(e)
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
+}

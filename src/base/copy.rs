@@ -129,7 +129,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
     let crcs: Vec<(u32, usize)> = if work.len() == 1 {
         work.into_iter().map(copy_band).collect()
     } else {
-        work.into_par_iter().map(copy_band).collect()
+        crate::base::par::run(|| work.into_par_iter().map(copy_band).collect())
     };
     crcs.into_iter()
         .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
@@ -245,16 +245,18 @@ fn transpose_parallel(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
     const BLOCK: usize = 64;
     let row_bytes = src.len() / rows.max(1);
     let band_cols = (BAND / (rows * size).max(1)).clamp(1, (row_bytes / size.max(1)).max(1));
-    dst.par_chunks_mut(band_cols * rows * size)
-        .enumerate()
-        .for_each(|(k, out)| {
-            let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
-            for r0 in (0..rows).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(rows);
-                let block = &src[r0 * row_bytes..r1 * row_bytes];
-                gather(block, r0, row_bytes, k * band_cols, rows, size, out);
-            }
-        });
+    crate::base::par::run(|| {
+        dst.par_chunks_mut(band_cols * rows * size)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
+                for r0 in (0..rows).step_by(BLOCK) {
+                    let r1 = (r0 + BLOCK).min(rows);
+                    let block = &src[r0 * row_bytes..r1 * row_bytes];
+                    gather(block, r0, row_bytes, k * band_cols, rows, size, out);
+                }
+            })
+    });
 }
 
 /// Writes the whole `rows`-row matrix `src` (row-major) into `dst` transposed.
@@ -323,12 +325,14 @@ pub(crate) fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     if src.len() <= BAND {
         return serial(src, dst);
     }
-    src.par_chunks(BAND)
-        .zip(dst.par_chunks_mut(BAND))
-        .map(|(s, d)| (serial(s, d), s.len()))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
+    crate::base::par::run(|| {
+        src.par_chunks(BAND)
+            .zip(dst.par_chunks_mut(BAND))
+            .map(|(s, d)| (serial(s, d), s.len()))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .fold(0, |acc, (c, len)| crc::combine(acc, c, len as u64))
 }
 
 /// `dst.copy_from_slice(src)` with non-temporal stores where the CPU has AVX (a plain copy up to

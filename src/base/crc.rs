@@ -96,14 +96,16 @@ pub fn crc32c(data: &[u8]) -> u32 {
     if data.len() <= 2 * CHUNK {
         return serial(data);
     }
-    data.par_chunks(CHUNK)
-        .map(|c| {
-            let _reading = crate::base::sigbus::reading(); // `data` may be a file mapping
-            (serial(c), c.len())
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .fold(0, |acc, (crc, len)| combine(acc, crc, len as u64))
+    crate::base::par::run(|| {
+        data.par_chunks(CHUNK)
+            .map(|c| {
+                let _reading = crate::base::sigbus::reading(); // `data` may be a file mapping
+                (serial(c), c.len())
+            })
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .fold(0, |acc, (crc, len)| combine(acc, crc, len as u64))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub(crate) mod dtype;
 pub(crate) mod error;
 pub(crate) mod fxhash;
 pub(crate) mod mmap;
+pub(crate) mod par;
 pub(crate) mod sigbus;
 pub(crate) mod slice;
 pub(crate) mod suggest;

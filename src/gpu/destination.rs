@@ -671,51 +671,52 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             .zip(std::mem::take(&mut self.stats))
             .map(|((l, w), s)| (l, w, s))
             .collect();
-        let done: Vec<(Result<bool>, DeviceStats)> = work
-            .into_par_iter()
-            .map(|(link, waves, mut stats)| {
-                // Each device's waves in order, each with its own scratch, freed after it.
-                let mut r = Ok(true);
-                for mut wave in waves {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        r = Ok(false); // another device failed: its error is the load's
-                        break;
-                    }
-                    // The allocation is queued on one lane (stream-ordered where the device has
-                    // memory pools) and the copies into it run on the others: it completes first.
-                    let placed = wave.place_scratch(link).and_then(|s| {
-                        if s.is_some() {
-                            link.synchronize()?;
-                        }
-                        Ok(s)
-                    });
-                    let scratch = match placed {
-                        Ok(s) => s,
-                        Err(e) => {
-                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                            r = Err(e);
+        let done: Vec<(Result<bool>, DeviceStats)> = crate::base::par::run(|| {
+            work.into_par_iter()
+                .map(|(link, waves, mut stats)| {
+                    // Each device's waves in order, each with its own scratch, freed after it.
+                    let mut r = Ok(true);
+                    for mut wave in waves {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            r = Ok(false); // another device failed: its error is the load's
                             break;
                         }
-                    };
-                    stats.scratch_bytes = stats.scratch_bytes.max(wave.scratch_len as u64);
-                    r = exec::execute(
-                        link,
-                        wave.jobs,
-                        &wave.kernels,
-                        &wave.checks,
-                        register,
-                        sizes,
-                        &mut stats,
-                        &stop,
-                    );
-                    drop(scratch); // after every copy into and kernel on it
-                    if !matches!(r, Ok(true)) {
-                        break;
+                        // The allocation is queued on one lane (stream-ordered where the device has
+                        // memory pools) and the copies into it run on the others: it completes first.
+                        let placed = wave.place_scratch(link).and_then(|s| {
+                            if s.is_some() {
+                                link.synchronize()?;
+                            }
+                            Ok(s)
+                        });
+                        let scratch = match placed {
+                            Ok(s) => s,
+                            Err(e) => {
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                r = Err(e);
+                                break;
+                            }
+                        };
+                        stats.scratch_bytes = stats.scratch_bytes.max(wave.scratch_len as u64);
+                        r = exec::execute(
+                            link,
+                            wave.jobs,
+                            &wave.kernels,
+                            &wave.checks,
+                            register,
+                            sizes,
+                            &mut stats,
+                            &stop,
+                        );
+                        drop(scratch); // after every copy into and kernel on it
+                        if !matches!(r, Ok(true)) {
+                            break;
+                        }
                     }
-                }
-                (r, stats)
-            })
-            .collect();
+                    (r, stats)
+                })
+                .collect()
+        });
         let mut stats = Vec::with_capacity(done.len());
         let mut stopped = false;
         for (r, s) in done {

@@ -89,35 +89,37 @@ pub(crate) fn pipeline<I: Sync, R: Send, G>(
         // Stage 2: verify and copy, one task per batch on the pool.
         let credit_tx = credit_tx; // dropped when this closure ends: the reader then stops waiting
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            batches
-                .par_iter()
-                .enumerate()
-                .with_max_len(1)
-                .map(|(k, &(a, b, bytes))| {
-                    let entered = (!stop.load(Ordering::Relaxed)).then(|| enter(&items[a..b]));
-                    let out: Vec<(usize, crate::Result<R>)> = (a..b)
-                        .map_while(|i| {
-                            if stop.load(Ordering::Relaxed) {
-                                return None;
-                            }
-                            let r = {
-                                // The work reads file mappings on this pool thread.
-                                let _reading = crate::base::sigbus::reading();
-                                work(&items[i])
-                            };
-                            if r.is_err() {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                            Some((i, r))
-                        })
-                        .collect();
-                    drop(entered);
-                    if state[k].swap(DONE, Ordering::AcqRel) == PREFETCHED {
-                        let _ = credit_tx.try_send(bytes.max(1));
-                    }
-                    out
-                })
-                .collect::<Vec<_>>()
+            crate::base::par::run(|| {
+                batches
+                    .par_iter()
+                    .enumerate()
+                    .with_max_len(1)
+                    .map(|(k, &(a, b, bytes))| {
+                        let entered = (!stop.load(Ordering::Relaxed)).then(|| enter(&items[a..b]));
+                        let out: Vec<(usize, crate::Result<R>)> = (a..b)
+                            .map_while(|i| {
+                                if stop.load(Ordering::Relaxed) {
+                                    return None;
+                                }
+                                let r = {
+                                    // The work reads file mappings on this pool thread.
+                                    let _reading = crate::base::sigbus::reading();
+                                    work(&items[i])
+                                };
+                                if r.is_err() {
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                                Some((i, r))
+                            })
+                            .collect();
+                        drop(entered);
+                        if state[k].swap(DONE, Ordering::AcqRel) == PREFETCHED {
+                            let _ = credit_tx.try_send(bytes.max(1));
+                        }
+                        out
+                    })
+                    .collect::<Vec<_>>()
+            })
         }));
         stop.store(true, Ordering::Relaxed);
         drop(credit_tx);

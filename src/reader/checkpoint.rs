@@ -565,15 +565,16 @@ impl Checkpoint {
             .iter()
             .filter(|e| e.slices.is_empty())
             .collect();
-        let mut problems: Vec<(Option<(u32, u64)>, Error)> = data
-            .par_iter()
-            .filter_map(|e| {
-                let _reading = crate::base::sigbus::reading();
-                b.verify_entry(e)
-                    .err()
-                    .map(|err| (Some((e.shard, e.offset)), err))
-            })
-            .collect();
+        let mut problems: Vec<(Option<(u32, u64)>, Error)> = crate::base::par::run(|| {
+            data.par_iter()
+                .filter_map(|e| {
+                    let _reading = crate::base::sigbus::reading();
+                    b.verify_entry(e)
+                        .err()
+                        .map(|err| (Some((e.shard, e.offset)), err))
+                })
+                .collect()
+        });
         // Structure of partitioned tensors: slice entries present and consistent, no overlaps.
         for (id, info) in self.infos.iter().enumerate() {
             if !info.is_partitioned() {

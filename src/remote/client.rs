@@ -2,7 +2,7 @@
 //! translation of `object_store`'s errors into the crate's (naming the URL and the credential
 //! source, never a secret).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::par::PerProcess;
 use crate::load::RemoteOptions;
 
 /// The object storage schemes a checkpoint URL may use.
@@ -198,10 +199,21 @@ pub(crate) fn normalize_key(key: &str) -> Option<String> {
 pub(crate) const BATCH: u64 = 1 << 20;
 
 /// The runtime every request runs on: a few worker threads of our own, so that callers need no
-/// runtime and a caller inside someone else's runtime is not blocked by ours.
+/// runtime and a caller inside someone else's runtime is not blocked by ours. One per process
+/// (`PerProcess`): a child forked after the parent used it builds its own.
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    let rt = RT.get_or_init(|| {
+    /// Dropped without waiting (only a runtime built by a thread that lost the race to store
+    /// one is): the caller may be inside an async context, where a plain drop would panic.
+    struct Rt(Option<tokio::runtime::Runtime>);
+    impl Drop for Rt {
+        fn drop(&mut self) {
+            if let Some(rt) = self.0.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+    static RT: PerProcess<Rt> = PerProcess::new();
+    let rt = RT.get_or_try_init(|| {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8);
@@ -210,16 +222,17 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
             .thread_name("tfckpt-remote")
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())
-    });
-    rt.as_ref().map_err(|e| {
-        ErrorKind::Remote {
-            url: String::new(),
-            range: None,
-            reason: format!("cannot start the I/O runtime: {e}"),
-        }
-        .into()
-    })
+            .map(|rt| Rt(Some(rt)))
+            .map_err(|e| -> crate::Error {
+                ErrorKind::Remote {
+                    url: String::new(),
+                    range: None,
+                    reason: format!("cannot start the I/O runtime: {e}"),
+                }
+                .into()
+            })
+    })?;
+    Ok(rt.0.as_ref().expect("a stored runtime is never taken"))
 }
 
 /// Runs `fut` on the runtime and returns a receiver of its output: the caller waits on a plain
@@ -263,7 +276,9 @@ pub(crate) struct Object {
 /// A client for one bucket or host.
 pub(crate) struct Client {
     pub loc: Location,
-    store: Arc<dyn ObjectStore>,
+    /// Built again in a child forked after it was built: its connections belong to the
+    /// parent's runtime.
+    store: PerProcess<Arc<dyn ObjectStore>>,
     credentials: String,
     pub options: RemoteOptions,
 }
@@ -272,6 +287,25 @@ impl Client {
     /// Builds the client of `loc`'s bucket or host from the environment only (`AWS_*` for S3,
     /// `GOOGLE_*` for GCS) and the retry policy of `options`.
     pub(crate) fn new(loc: &Location, options: &RemoteOptions) -> Result<Client> {
+        let client = Client {
+            loc: loc.clone(),
+            store: PerProcess::new(),
+            credentials: credential_source(loc.scheme),
+            options: options.clone(),
+        };
+        client.store()?;
+        Ok(client)
+    }
+
+    /// This process's client of the bucket or host.
+    fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let (loc, options) = (&self.loc, &self.options);
+        self.store
+            .get_or_try_init(|| Self::build(loc, options))
+            .cloned()
+    }
+
+    fn build(loc: &Location, options: &RemoteOptions) -> Result<Arc<dyn ObjectStore>> {
         let retry = object_store::RetryConfig {
             max_retries: options.max_retries,
             retry_timeout: options.retry_timeout,
@@ -313,12 +347,7 @@ impl Client {
                 credential_source(loc.scheme)
             ),
         })?;
-        Ok(Client {
-            loc: loc.clone(),
-            store,
-            credentials: credential_source(loc.scheme),
-            options: options.clone(),
-        })
+        Ok(store)
     }
 
     fn path(&self, key: &str) -> Result<ObjPath> {
@@ -336,7 +365,7 @@ impl Client {
     pub(crate) fn head(&self, key: &str) -> Result<Object> {
         let url = self.loc.url(key);
         let path = self.path(key)?;
-        let (store, p) = (self.store.clone(), path.clone());
+        let (store, p) = (self.store()?, path.clone());
         let meta = block(&url, async move { store.head(&p).await })?
             .map_err(|e| self.error(e, &url, None))?;
         Ok(Object {
@@ -365,7 +394,7 @@ impl Client {
         } else {
             Some(self.path(dir.trim_end_matches('/'))?)
         };
-        let store = self.store.clone();
+        let store = self.store()?;
         let listed = block(&url, async move {
             store.list_with_delimiter(prefix.as_ref()).await
         })?
@@ -387,7 +416,7 @@ impl Client {
     pub(crate) fn has_keys_under(&self, dir: &str) -> Result<bool> {
         let url = self.loc.url(dir);
         let prefix = self.path(dir.trim_end_matches('/'))?;
-        let store = self.store.clone();
+        let store = self.store()?;
         let listed = block(&url, async move {
             store.list_with_delimiter(Some(&prefix)).await
         })?
@@ -424,7 +453,9 @@ impl Client {
         mut emit: impl FnMut(u64, Vec<Bytes>) -> bool + Send + 'static,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (client, obj) = (self.clone(), obj.clone());
+        let store = self.store();
         async move {
+            let store = store?;
             let start = Instant::now();
             let mut backoff = client.options.initial_backoff;
             let mut attempt = 0;
@@ -438,7 +469,7 @@ impl Client {
                     if_match: obj.etag.clone(),
                     ..Default::default()
                 };
-                let failed = match client.store.get_opts(&obj.path, opts).await {
+                let failed = match store.get_opts(&obj.path, opts).await {
                     Ok(r) => {
                         if let Some(what) = changed(&obj, &r.meta) {
                             return Err(ErrorKind::RemoteChanged {
@@ -581,15 +612,42 @@ impl Client {
                     }
                     .into();
                 }
+                // A request that never got an answer may have gone to a proxy (reqwest takes
+                // them from the environment): say which, since nothing else would.
+                let reason = match proxy_settings() {
+                    Some(proxies) if text.contains("error sending request") => {
+                        format!("{text} (requests go through the proxy settings {proxies})")
+                    }
+                    _ => text,
+                };
                 ErrorKind::Remote {
                     url: url.to_string(),
                     range,
-                    reason: text,
+                    reason,
                 }
                 .into()
             }
         }
     }
+}
+
+/// The proxy variables set in the environment, which `object_store`'s HTTP client (reqwest)
+/// follows, as `NAME=VALUE` (user information masked by the caller); `None` if none is.
+fn proxy_settings() -> Option<String> {
+    let set: Vec<String> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ]
+    .iter()
+    .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)))
+    .collect();
+    (!set.is_empty()).then(|| set.join(", "))
 }
 
 /// `text` with the user information of every `SCHEME://USER:PASSWORD@HOST` in it masked.

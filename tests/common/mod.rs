@@ -16,6 +16,7 @@
 pub mod builder;
 pub mod damage;
 pub mod fixtures;
+pub mod fork;
 pub mod layouts;
 
 #[allow(unused_imports)] // each test uses part of it

@@ -408,10 +408,12 @@ pub(crate) fn execute<L: Link>(
         // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
         // ring while the registrar waits on its own parallel checksums), so what registration gives
         // back after the ring ran dry is carried by a second ring pass.
-        let (reg, first) = rayon::join(
-            || registrar(link, &shared),
-            || ring(link, &shared, !register),
-        );
+        let (reg, first) = crate::base::par::run(|| {
+            rayon::join(
+                || registrar(link, &shared),
+                || ring(link, &shared, !register),
+            )
+        });
         let second = match (&reg, &first) {
             (Ok(_), Ok(_)) => ring(link, &shared, true),
             _ => Ok((0, 0)),

@@ -1,0 +1,107 @@
+//! Where the crate's parallel work runs, and what survives a `fork`.
+//!
+//! Parallel work runs on the caller's rayon pool when the caller is a worker of one, else on
+//! rayon's global pool, except in a child forked after that pool started. A forked child has
+//! none of its parent's threads, so the global pool of a parent that used it never answers there
+//! (rayon's own limitation); such a child gets a pool of its own, built in the child, and tfckpt
+//! works in data-loader workers forked after a load. [`PerProcess`] holds such things: the pool,
+//! the object-storage runtime and clients.
+
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+/// The process that runs the crate's parallel work on rayon's global pool (0: none yet).
+static GLOBAL_USER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `f`, which uses rayon's parallel iterators, `join` or `scope`, where they can run.
+pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let pid = std::process::id();
+    match GLOBAL_USER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => f(),
+        Err(user) if user == pid => f(),
+        Err(_) => {
+            static POOL: PerProcess<rayon::ThreadPool> = PerProcess::new();
+            let pool = POOL.get_or_try_init(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .thread_name(|i| format!("tfckpt-{i}"))
+                    .build()
+            });
+            match pool {
+                Ok(pool) => pool.install(f),
+                // No thread could be started: the work runs on the caller alone.
+                Err(_) => match rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .use_current_thread()
+                    .build()
+                {
+                    Ok(pool) => pool.install(f),
+                    Err(_) => f(),
+                },
+            }
+        }
+    }
+}
+
+/// A value of this process: a child forked after it was made gets its own, made in the child
+/// (threads, connections and the like do not cross a `fork`). The parent's, inherited by the
+/// child, is left there, never dropped: dropping it could wait for threads that do not exist
+/// in the child, or shut down connections the parent still uses. No lock: a lock held by
+/// another thread of the parent at the fork would stay held in the child.
+pub(crate) struct PerProcess<T> {
+    value: AtomicPtr<(u32, T)>,
+}
+
+impl<T> PerProcess<T> {
+    pub(crate) const fn new() -> PerProcess<T> {
+        PerProcess {
+            value: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// This process's value, made by `make` if it has none yet (if two threads make one at
+    /// once, one is kept and the other dropped).
+    pub(crate) fn get_or_try_init<E>(&self, make: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+        let pid = std::process::id();
+        let current = self.value.load(Ordering::Acquire);
+        // SAFETY: a pointer stored here comes from Box::into_raw and is freed only by `drop`,
+        // which has `self` to itself.
+        if let Some((owner, value)) = unsafe { current.as_ref() } {
+            if *owner == pid {
+                return Ok(value);
+            }
+        }
+        let ours = Box::into_raw(Box::new((pid, make()?)));
+        match self
+            .value
+            .compare_exchange(current, ours, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: as above; another process's value stays allocated (leaked on purpose).
+            Ok(_) => Ok(unsafe { &(*ours).1 }),
+            Err(theirs) => {
+                // SAFETY: `ours` was never shared.
+                drop(unsafe { Box::from_raw(ours) });
+                // SAFETY: as above; only this process's threads store here now.
+                Ok(unsafe { &(*theirs).1 })
+            }
+        }
+    }
+}
+
+impl<T> Drop for PerProcess<T> {
+    fn drop(&mut self) {
+        let p = *self.value.get_mut();
+        // SAFETY: as above. Another process's value is left allocated.
+        if let Some((owner, _)) = unsafe { p.as_ref() } {
+            if *owner == std::process::id() {
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+// SAFETY: a PerProcess hands out `&T` to any thread and drops its `T` on the thread that drops
+// it, as a `OnceLock<T>` does.
+unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
+unsafe impl<T: Send> Send for PerProcess<T> {}
