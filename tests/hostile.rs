@@ -752,3 +752,165 @@ fn empty_slices_of_an_empty_tensor_read_and_verify() {
     assert_eq!(ckpt.read("z").unwrap().num_elements(), 0);
     ckpt.verify().unwrap();
 }
+
+/// Defect: a child forked after its parent used tfckpt (a trainer's data-loader worker) hung
+/// forever in a load, a large read or `verify_all`: they ran on rayon's global pool, whose threads
+/// exist only in the parent. A forked child now runs them on a pool of its own.
+#[cfg(unix)]
+#[test]
+fn a_child_forked_after_a_load_loads_reads_and_verifies() {
+    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, Target, VariableStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    // 16 MiB: read in parallel bands (a tensor of a few MiB is read on the caller alone).
+    let n = 4 << 20;
+    let values: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&[n as u64], &values).unwrap();
+    w.add("big", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let load = || -> Result<(), String> {
+        let mut store = VariableStore::new();
+        store
+            .get_variable("big", &[n as u64], tfckpt::DType::F32, Init::Zeros)
+            .map_err(|e| e.to_string())?;
+        let map = AssignmentMap::from([("big", Target::name("big"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).map_err(|e| e.to_string())?;
+        store.initialize(Device::Cpu).map_err(|e| e.to_string())?;
+        let ok = store.value("big").unwrap().to_f32().unwrap() == values;
+        ok.then_some(()).ok_or("wrong values".into())
+    };
+    // The parent loads first, on the global pool (no `threads` given).
+    load().unwrap();
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    assert_eq!(common::fork::in_child(load), "ok", "a load");
+    let read = || {
+        let t = ckpt.read("big").map_err(|e| e.to_string())?;
+        (t.to_f32().unwrap() == values)
+            .then_some(())
+            .ok_or("wrong values".to_string())
+    };
+    assert_eq!(common::fork::in_child(read), "ok", "a 16 MiB read");
+    let verify = || {
+        let r = ckpt.verify_all();
+        r.problems
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{:?}", r.problems))
+    };
+    assert_eq!(common::fork::in_child(verify), "ok", "verify_all");
+    // And a grandchild, forked from a child that used its own pool.
+    let nested = || match common::fork::in_child(load).as_str() {
+        "ok" => load(),
+        other => Err(format!("grandchild: {other}")),
+    };
+    assert_eq!(
+        common::fork::in_child(nested),
+        "ok",
+        "a load in a grandchild"
+    );
+}
+
+/// A checkpoint `A` with a view of `a` taken, then its shard truncated to one page: the view's
+/// bytes are gone. And a second, whole checkpoint `B` to load meanwhile.
+#[cfg(target_os = "linux")]
+struct TruncatedUnderAView {
+    _tmp: tempfile::TempDir,
+    shard: std::path::PathBuf,
+    b: std::path::PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+fn truncated_under_a_view() -> (TruncatedUnderAView, tfckpt::Checkpoint) {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect(); // 256 KiB
+    for name in ["a", "b"] {
+        let mut w = common::builder::CkptBuilder::new(tmp.path().join(name));
+        w.f32("a", &[64 * 1024], &big);
+        w.finish();
+    }
+    let ckpt = tfckpt::Checkpoint::open(tmp.path().join("a")).unwrap();
+    let shard = tmp.path().join("a.data-00000-of-00001");
+    let t = TruncatedUnderAView {
+        shard,
+        b: tmp.path().join("b"),
+        _tmp: tmp,
+    };
+    (t, ckpt)
+}
+
+#[cfg(target_os = "linux")]
+fn truncate(path: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(4096).unwrap();
+}
+
+/// Defect (library citizenship): a truncated view read by the trainer inside a progress callback
+/// read zeros, silently: the callback ran on a thread marked as reading for the library, whose
+/// `SIGBUS` handler then "repaired" the trainer's read too. The callback now runs unmarked, so the
+/// read ends the process with `SIGBUS`, as any read of a truncated view does (README: Memory
+/// mapping). Inside `read_values`, which marks the trainer's closure on purpose, such a read is
+/// now an error naming the file, where it was an `Ok` of zeros.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
+    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, LoadOptions, Target};
+    let sum = |v: &tfckpt::TensorView| v.as_bytes().iter().map(|&b| b as u64).sum::<u64>();
+    let store_of = |b: &Path| {
+        let mut store = tfckpt::VariableStore::new();
+        store
+            .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("a", Target::name("v"))]);
+        init_from_checkpoint(&mut store, b, &map).unwrap();
+        store
+    };
+    // In a progress callback: SIGBUS (7), never a value.
+    let child = || {
+        let (t, ckpt) = truncated_under_a_view();
+        let view = ckpt.view("a").unwrap();
+        truncate(&t.shard);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen2, view) = (seen.clone(), std::sync::Arc::new(view));
+        let options = LoadOptions::new().progress(move |_| seen2.lock().unwrap().push(sum(&view)));
+        let mut store = store_of(&t.b);
+        store
+            .initialize_with(Device::Cpu, &options)
+            .map_err(|e| e.to_string())?;
+        Err(format!("the callback read {:?}", seen.lock().unwrap()))
+    };
+    assert_eq!(common::fork::in_child(child), "killed by signal 7");
+    // In read_values: an error naming A's shard.
+    let (t, ckpt) = truncated_under_a_view();
+    let view = ckpt.view("a").unwrap();
+    truncate(&t.shard);
+    let mut store = store_of(&t.b);
+    store.initialize(Device::Cpu).unwrap();
+    let e = store.read_values(|_| sum(&view)).unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::Truncated { path } if *path == t.shard),
+        "{e}"
+    );
+}
+
+/// Defect (library citizenship): one `SIGBUS` sent by `kill` switched the truncation protection
+/// off for good: the handler passed it on to Rust's, which resets the disposition to the default,
+/// and a later truncation under a read killed the process. The handler now puts itself back.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigbus_sent_by_kill_leaves_truncation_caught() {
+    let child = || {
+        let (t, ckpt) = truncated_under_a_view();
+        // Maps the shard.
+        ckpt.read("a").map_err(|e| e.to_string())?;
+        // SAFETY: raise with a valid signal number.
+        unsafe { libc::raise(libc::SIGBUS) };
+        truncate(&t.shard);
+        let e = ckpt.read("a").unwrap_err();
+        match e.kind() {
+            tfckpt::ErrorKind::Truncated { path } if *path == t.shard => Ok(()),
+            _ => Err(e.to_string()),
+        }
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
+}

@@ -129,7 +129,7 @@ impl MappedFile {
             // forbids modifying or truncating the file while it is mapped.
             Some(unsafe { memmap2::Mmap::map(&file)? })
         };
-        let guard = crate::base::sigbus::Guard::new(map.as_deref().unwrap_or(&[]));
+        let guard = crate::base::sigbus::Guard::new(map.as_deref().unwrap_or(&[]), path);
         Ok(MappedFile {
             path: path.to_path_buf(),
             guard,
@@ -243,7 +243,7 @@ impl MappedFile {
                 .map_copy(&file)?
         };
         Ok(PrivateMap {
-            guard: crate::base::sigbus::Guard::new(&map),
+            guard: crate::base::sigbus::Guard::new(&map, &self.path),
             map,
             path: self.path.clone(),
             _slot: slot,

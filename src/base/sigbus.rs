@@ -9,13 +9,20 @@
 //! it into an error naming the file, so the zeros never reach a value returned as `Ok`: the read
 //! fails, and all-or-nothing discards what it copied.
 //!
+//! The trainer's code never runs marked: a progress callback runs with the mark lifted
+//! ([`paused`]), and so does a caller waiting for a pool (whose thread may run other jobs of its
+//! own pool meanwhile). Inside [`VariableStore::read_values`](crate::VariableStore::read_values),
+//! which marks the trainer's closure on purpose, a fault in any watched mapping is reported as an
+//! error when the closure returns ([`Reading::repaired`]).
+//!
 //! Any other thread is not caught: a `TensorView` or a copy-on-write value read by the trainer
 //! after the file was truncated still raises `SIGBUS`, even while another thread is in a library
 //! call (the README's Memory mapping says why that case cannot be made an error without giving up
 //! the mapping: there is no call to fail). A fault the library does not own, or a `SIGBUS` sent
 //! by `kill`, goes to the handler that was there before (Rust's own, which reports stack
-//! overflows) or to the default action. A handler installed later by someone else replaces this
-//! one.
+//! overflows) or to the default action; after a sent signal that the process survives, this
+//! handler is put back (Rust's resets the disposition), and a sent signal that was ignored before
+//! stays ignored. A handler installed later by someone else replaces this one.
 
 /// Registrations (mappings being watched): enough for every mapping the library keeps at once
 /// (shards, and up to a quarter of `vm.max_map_count` copy-on-write values); a mapping that
@@ -28,8 +35,10 @@ const READERS: usize = 1024;
 
 #[cfg(target_os = "linux")]
 mod imp {
+    use std::cell::Cell;
+    use std::path::PathBuf;
     use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
 
     use super::{READERS, SLOTS};
 
@@ -59,6 +68,19 @@ mod imp {
     #[allow(clippy::declare_interior_mutable_const)]
     const NOBODY: AtomicI32 = AtomicI32::new(0);
     static READING: [AtomicI32; READERS] = [NOBODY; READERS];
+    /// Per entry of READING: faults repaired for its thread, and the last slot repaired + 1.
+    #[allow(clippy::declare_interior_mutable_const)]
+    const ZERO: AtomicUsize = AtomicUsize::new(0);
+    static REPAIRS: [AtomicUsize; READERS] = [ZERO; READERS];
+    static LAST_SLOT: [AtomicUsize; READERS] = [ZERO; READERS];
+    /// The file of each registered slot (never touched by the handler).
+    static PATHS: Mutex<Vec<(usize, PathBuf)>> = Mutex::new(Vec::new());
+
+    thread_local! {
+        /// This thread's entry in READING while any `Reading` of it is alive, how many are, and
+        /// whether the entry holds the thread's id now (not while paused).
+        static MINE: Cell<(Option<usize>, u32, bool)> = const { Cell::new((None, 0, false)) };
+    }
     static PAGE: AtomicUsize = AtomicUsize::new(4096);
     /// The disposition of SIGBUS before ours.
     static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
@@ -95,8 +117,8 @@ mod imp {
         });
     }
 
-    /// Takes a free slot for `start..start + len`.
-    pub(super) fn register(start: usize, len: usize) -> Option<usize> {
+    /// Takes a free slot for `start..start + len`, a mapping of `path`.
+    pub(super) fn register(start: usize, len: usize, path: &std::path::Path) -> Option<usize> {
         let from = HINT.fetch_add(1, Ordering::Relaxed);
         let i = (0..SLOTS).map(|k| (from + k) % SLOTS).find(|&i| {
             TABLE[i]
@@ -105,12 +127,23 @@ mod imp {
                 .is_ok()
         })?;
         write(&TABLE[i], start, len);
+        let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+        paths.push((i, path.to_path_buf()));
         Some(i)
     }
 
     pub(super) fn unregister(i: usize) {
+        let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+        paths.retain(|(slot, _)| *slot != i);
+        drop(paths);
         write(&TABLE[i], 0, 0);
         TABLE[i].used.store(false, Ordering::Release);
+    }
+
+    /// The file of a registered slot.
+    pub(super) fn path_of(i: usize) -> Option<PathBuf> {
+        let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+        paths.iter().find(|(s, _)| *s == i).map(|(_, p)| p.clone())
     }
 
     /// Writes a slot's range under its seqlock.
@@ -123,19 +156,60 @@ mod imp {
         s.seq.fetch_add(1, Ordering::Release);
     }
 
-    /// Marks the calling thread as reading; returns its entry.
-    pub(super) fn begin_reading() -> Option<usize> {
-        let me = tid();
-        let from = me as usize % READERS;
-        (0..READERS).map(|k| (from + k) % READERS).find(|&i| {
-            READING[i]
-                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+    /// Sets whether the calling thread's entry holds its id (marked) or 0; returns what it was.
+    pub(super) fn set_marked(marked: bool) -> bool {
+        MINE.with(|m| {
+            let (entry, depth, was) = m.get();
+            if let Some(i) = entry {
+                READING[i].store(if marked { tid() } else { 0 }, Ordering::Release);
+            }
+            m.set((entry, depth, marked));
+            was
         })
     }
 
-    pub(super) fn end_reading(i: usize) {
-        READING[i].store(0, Ordering::Release);
+    /// Marks the calling thread as reading (nested: one entry per thread); returns whether it
+    /// was marked before, for [`end_reading`].
+    pub(super) fn begin_reading() -> bool {
+        MINE.with(|m| {
+            let (mut entry, depth, was) = m.get();
+            if depth == 0 {
+                let me = tid();
+                let from = me as usize % READERS;
+                entry = (0..READERS).map(|k| (from + k) % READERS).find(|&i| {
+                    READING[i]
+                        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                });
+            } else if let Some(i) = entry {
+                READING[i].store(tid(), Ordering::Release);
+            }
+            m.set((entry, depth + 1, true));
+            was
+        })
+    }
+
+    pub(super) fn end_reading(was: bool) {
+        MINE.with(|m| {
+            let (entry, depth, _) = m.get();
+            let depth = depth.saturating_sub(1);
+            if let Some(i) = entry {
+                let keep = depth > 0 && was;
+                READING[i].store(if keep { tid() } else { 0 }, Ordering::Release);
+            }
+            m.set((entry.filter(|_| depth > 0), depth, depth > 0 && was));
+        })
+    }
+
+    /// Faults repaired for the calling thread so far, and the file of the last one.
+    pub(super) fn repairs() -> (usize, Option<usize>) {
+        MINE.with(|m| match m.get().0 {
+            Some(i) => (
+                REPAIRS[i].load(Ordering::Acquire),
+                LAST_SLOT[i].load(Ordering::Acquire).checked_sub(1),
+            ),
+            None => (0, None),
+        })
     }
 
     /// A slot's range, read consistently; `None` if it changed meanwhile (read again).
@@ -166,11 +240,18 @@ mod imp {
         };
         // Only a fault at an address (a read past the end of a mapped file is BUS_ADRERR) on a
         // thread reading for the library is ours.
-        let reading = || READING.iter().any(|r| r.load(Ordering::Acquire) == tid());
-        if code == libc::BUS_ADRERR && reading() && repair(addr) {
-            // SAFETY: as above.
-            unsafe { *libc::__errno_location() = errno };
-            return;
+        let me = tid();
+        let entry = READING.iter().position(|r| r.load(Ordering::Acquire) == me);
+        if code == libc::BUS_ADRERR {
+            if let Some(i) = entry {
+                if let Some(slot) = repair(addr) {
+                    REPAIRS[i].fetch_add(1, Ordering::AcqRel);
+                    LAST_SLOT[i].store(slot + 1, Ordering::Release);
+                    // SAFETY: as above.
+                    unsafe { *libc::__errno_location() = errno };
+                    return;
+                }
+            }
         }
         chain(sig, info, ctx, code > 0);
         // SAFETY: as above.
@@ -178,12 +259,12 @@ mod imp {
     }
 
     /// Maps zeros from the faulting page to the end of every watched range that holds `addr`,
-    /// and marks those ranges; whether any did.
-    fn repair(addr: usize) -> bool {
+    /// and marks those ranges; the slot of one of them, if any.
+    fn repair(addr: usize) -> Option<usize> {
         let page = PAGE.load(Ordering::Relaxed);
         let at = addr & !(page - 1);
-        let mut repaired = false;
-        for s in TABLE.iter() {
+        let mut repaired = None;
+        for (i, s) in TABLE.iter().enumerate() {
             let (start, len) = loop {
                 if let Some(r) = range(s) {
                     break r;
@@ -208,7 +289,7 @@ mod imp {
             };
             if p != libc::MAP_FAILED {
                 s.faulted.store(true, Ordering::Release);
-                repaired = true;
+                repaired = Some(i);
             }
         }
         repaired
@@ -219,6 +300,9 @@ mod imp {
     fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, fault: bool) {
         let Some(prev) = PREVIOUS.get() else { return };
         let handler = prev.sa_sigaction;
+        if handler == libc::SIG_IGN && !fault {
+            return; // ignored before, ignored now (and this handler stays)
+        }
         if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
             // SAFETY: restores the saved disposition; a fault then ends the process when the
             // instruction runs again, as it would have without this module, and a sent signal is
@@ -243,6 +327,24 @@ mod imp {
                 f(sig);
             }
         }
+        // A sent signal the previous handler let the process survive: if that handler reset
+        // the disposition (Rust's does, for anything but a stack overflow), this one goes back.
+        // (After a fault it must not: the instruction faults again and must end the process.)
+        if !fault {
+            // SAFETY: reads the disposition, and installs ours again over the default.
+            unsafe {
+                let mut now: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+                    && now.sa_sigaction == libc::SIG_DFL
+                {
+                    let mut ours: libc::sigaction = std::mem::zeroed();
+                    ours.sa_sigaction = on_sigbus as *const () as usize;
+                    ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                    libc::sigemptyset(&mut ours.sa_mask);
+                    libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut());
+                }
+            }
+        }
     }
 }
 
@@ -253,8 +355,8 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    /// Watches `bytes` (a file mapping).
-    pub(crate) fn new(bytes: &[u8]) -> Guard {
+    /// Watches `bytes` (a mapping of `path`).
+    pub(crate) fn new(bytes: &[u8], path: &std::path::Path) -> Guard {
         #[cfg(target_os = "linux")]
         {
             if bytes.is_empty() {
@@ -262,12 +364,12 @@ impl Guard {
             }
             imp::install();
             Guard {
-                slot: imp::register(bytes.as_ptr() as usize, bytes.len()),
+                slot: imp::register(bytes.as_ptr() as usize, bytes.len(), path),
             }
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = bytes;
+            let _ = (bytes, path);
             Guard {}
         }
     }
@@ -301,7 +403,11 @@ impl Drop for Guard {
 /// this thread are caught.
 pub(crate) struct Reading {
     #[cfg(target_os = "linux")]
-    entry: Option<usize>,
+    was: bool,
+    #[cfg(target_os = "linux")]
+    repairs: usize,
+    /// Not `Send`: it marks the thread that made it.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 /// Marks the calling thread as reading for the library until the returned value is dropped.
@@ -309,19 +415,63 @@ pub(crate) fn reading() -> Reading {
     #[cfg(target_os = "linux")]
     {
         imp::install();
+        let was = imp::begin_reading();
         Reading {
-            entry: imp::begin_reading(),
+            was,
+            repairs: imp::repairs().0,
+            _thread: std::marker::PhantomData,
         }
     }
     #[cfg(not(target_os = "linux"))]
-    Reading {}
+    Reading {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Reading {
+    /// The file of a mapping found truncated on this thread since this `Reading` began (its
+    /// missing pages read as zeros since), if any.
+    pub(crate) fn repaired(&self) -> Option<std::path::PathBuf> {
+        #[cfg(target_os = "linux")]
+        {
+            let (now, slot) = imp::repairs();
+            if now == self.repairs {
+                return None;
+            }
+            Some(slot.and_then(imp::path_of).unwrap_or_default())
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
-        if let Some(i) = self.entry {
-            imp::end_reading(i);
-        }
+        imp::end_reading(self.was);
+    }
+}
+
+/// Lifts the calling thread's mark until the returned value is dropped: for code that is not the
+/// library's (a callback), or a wait during which the thread may run other jobs of its pool.
+pub(crate) struct Paused {
+    #[cfg(target_os = "linux")]
+    was: bool,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// See [`Paused`].
+pub(crate) fn paused() -> Paused {
+    Paused {
+        #[cfg(target_os = "linux")]
+        was: imp::set_marked(false),
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        imp::set_marked(self.was);
     }
 }

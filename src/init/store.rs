@@ -641,15 +641,21 @@ impl VariableStore {
     /// a value mapped copy-on-write ([`LoadOptions::map_values`](crate::LoadOptions::map_values))
     /// while `f` reads it: the result is then [`ErrorKind::Truncated`] naming the file, where a
     /// plain read would end the process with `SIGBUS`. `tfckpt init` writes its values out this
-    /// way. Reads on other threads are not covered.
+    /// way. The same holds for any other mapping of the library that `f` reads on this thread (a
+    /// [`TensorView`](crate::TensorView), another store's value). Reads on other threads are not
+    /// covered.
     pub fn read_values<R>(&self, f: impl FnOnce(&Self) -> R) -> Result<R> {
         let reading = crate::base::sigbus::reading();
         let out = f(self);
+        let repaired = reading.repaired();
         drop(reading);
         for t in self.values.values() {
             if let TensorData::Bytes(b) = &t.data {
                 b.intact()?;
             }
+        }
+        if let Some(path) = repaired {
+            return Err(ErrorKind::Truncated { path }.into());
         }
         Ok(out)
     }

@@ -255,7 +255,12 @@ pub(crate) fn load_values(
         )
     };
     let groups = match &pool {
-        Some(pool) => pool.install(run),
+        Some(pool) => {
+            // While it waits, a caller that is a worker of another pool runs that pool's jobs:
+            // not the library's, so not marked as reading for it (`sigbus`).
+            let _paused = crate::base::sigbus::paused();
+            pool.install(run)
+        }
         None => run(),
     }?;
     let mut values = Vec::new();

@@ -207,6 +207,8 @@ impl<'a> Tracker<'a> {
                 .compare_exchange(last, done, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         if due || finished {
+            // The trainer's code: not marked as reading for the library (`sigbus`).
+            let _paused = crate::base::sigbus::paused();
             f(Progress {
                 bytes_done: done,
                 bytes_total: self.bytes_total,
@@ -224,6 +226,7 @@ impl<'a> Tracker<'a> {
             return;
         }
         if let Some(f) = self.f {
+            let _paused = crate::base::sigbus::paused();
             f(Progress {
                 bytes_done: self.bytes_total,
                 bytes_total: self.bytes_total,
