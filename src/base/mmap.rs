@@ -266,15 +266,19 @@ pub(crate) fn page_size() -> usize {
 }
 
 /// How many private value mappings may live at once: a quarter of the kernel's limit on mappings
-/// per process (`vm.max_map_count`), leaving the rest to the allocator, threads and libraries.
+/// per process (`vm.max_map_count`), leaving the rest to the allocator, threads and libraries,
+/// and no more than the `SIGBUS` handler watches ([`sigbus::WATCHED_VALUES`], 16,384: a host
+/// that allows a million mappings would otherwise map values the handler cannot watch).
+///
+/// [`sigbus::WATCHED_VALUES`]: crate::base::sigbus::WATCHED_VALUES
 pub(crate) fn max_private_maps() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        let kernel = std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(65530)
-            / 4
+            .unwrap_or(65530);
+        (kernel / 4).min(crate::base::sigbus::WATCHED_VALUES)
     })
 }
 

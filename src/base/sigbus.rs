@@ -24,14 +24,18 @@
 //! handler is put back (Rust's resets the disposition), and a sent signal that was ignored before
 //! stays ignored. A handler installed later by someone else replaces this one.
 
-/// Registrations (mappings being watched): enough for every mapping the library keeps at once
-/// (shards, and up to a quarter of `vm.max_map_count` copy-on-write values); a mapping that
-/// finds no free one is not watched.
+/// Registrations (mappings being watched): enough for every mapping the library keeps at once,
+/// shards and up to [`WATCHED_VALUES`] copy-on-write values (a mapping that finds no free slot
+/// would not be watched).
 #[cfg(target_os = "linux")]
 const SLOTS: usize = 1 << 15;
-/// Threads reading for the library at once.
+/// The copy-on-write values mapped at once are at most this many (`mmap::max_private_maps`), so
+/// that every one is watched, and half the slots are left for shards.
+pub(crate) const WATCHED_VALUES: usize = 1 << 14;
+/// Threads reading for the library at once: more than a load's most threads
+/// (`LoadOptions::threads` takes at most 4,096) plus the callers'.
 #[cfg(target_os = "linux")]
-const READERS: usize = 1024;
+const READERS: usize = 8192;
 
 #[cfg(target_os = "linux")]
 mod imp {
