@@ -870,3 +870,21 @@ fn init_on_damaged_checkpoints_writes_the_intact_files_or_nothing() {
     }
     assert!(outcomes.failed > 20 && outcomes.exact > 3, "{outcomes:?}");
 }
+
+/// `docs/cli.md` is a copy of the project's command-line spec (kept beside the repository, in
+/// `../shared/spec/cli.md`, where the project's tools read it): where that folder is present, the
+/// copy must equal it, so the README's links never show a contract that has moved on.
+#[test]
+fn docs_cli_md_is_the_projects_spec() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = root.join("../shared/spec/cli.md");
+    let Ok(spec) = std::fs::read_to_string(&spec) else {
+        eprintln!("{} not present: nothing to compare", spec.display());
+        return;
+    };
+    let copy = std::fs::read_to_string(root.join("docs/cli.md")).unwrap();
+    assert!(
+        copy == spec,
+        "docs/cli.md differs from ../shared/spec/cli.md: copy it again"
+    );
+}
