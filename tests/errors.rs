@@ -4,6 +4,7 @@
 mod common;
 
 use common::builder::CkptBuilder;
+use common::fixtures::{copy_files, fixture};
 use common::*;
 use tfckpt::{Checkpoint, CheckpointWriter, ErrorKind, Slice, Tensor, WriterOptions};
 
@@ -588,4 +589,433 @@ fn overlapping_slices_fail_with_mapped_values_too() {
         "{e}"
     );
     assert!(!store.is_initialized());
+}
+
+// The kinds below were produced by other tests and checked only by message, or not at all: each
+// test matches the kind on its fields and checks that the message names the file, tensor or
+// variable at fault.
+
+/// A `checkpoint` state file that is not a file (a directory left where it should be): the I/O
+/// error names the state file.
+#[test]
+fn io_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(&fixture("h1_basic"), dir.path());
+    let state = dir.path().join("checkpoint");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let e = err(Checkpoint::open(dir.path()));
+    assert!(
+        matches!(e.kind(), ErrorKind::Io { path, .. } if path == &state),
+        "{e:#?}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!("{}: ", state.display())),
+        "{e}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    #[cfg(unix)]
+    {
+        assert!(
+            matches!(e.kind(), ErrorKind::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput),
+            "{e:#?}"
+        );
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+}
+
+/// An index whose records are not in key order (a writer that did not sort them): the table is
+/// refused, naming the index file and the block.
+#[test]
+fn keys_out_of_order_are_a_corrupt_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = f32s(&[1.0]);
+    let e1 = entry(1, &[1], 0, 0, 4, tfckpt::crc::crc32c(&x));
+    let prefix = write_bundle(
+        dir.path(),
+        &[
+            (vec![], header(1)),
+            (b"b".to_vec(), e1.clone()),
+            (b"a".to_vec(), e1),
+        ],
+        &[x],
+    );
+    let index = dir.path().join("ckpt.index");
+    let e = err(Checkpoint::open(prefix));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::CorruptTable { path, offset: 0, reason }
+                if path == &index && reason.contains("not in increasing order")
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: corrupt table at offset 0", index.display())),
+        "{e}"
+    );
+}
+
+/// A checkpoint written by a TensorFlow newer than this reader (its header asks for readers of
+/// version 7 and later): refused naming the index file.
+#[test]
+fn a_newer_checkpoint_version_is_a_bad_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Vec::new();
+    pb_varint(&mut h, 1, 1);
+    let mut v = Vec::new();
+    pb_varint(&mut v, 1, 1);
+    pb_varint(&mut v, 2, 7); // min_consumer 7
+    pb_bytes(&mut h, 3, &v);
+    let x = f32s(&[1.0]);
+    let prefix = write_bundle(
+        dir.path(),
+        &[
+            (vec![], h),
+            (
+                b"t".to_vec(),
+                entry(1, &[1], 0, 0, 4, tfckpt::crc::crc32c(&x)),
+            ),
+        ],
+        &[x],
+    );
+    let index = dir.path().join("ckpt.index");
+    let e = err(Checkpoint::open(prefix));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::BadHeader { path, reason }
+                if path == &index && reason.contains("version >= 7")
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: bad checkpoint header", index.display())),
+        "{e}"
+    );
+}
+
+/// A string tensor whose index entry counts a stray byte after the strings (the lengths and their
+/// checksum are intact): the decode refuses it, naming the data shard, the tensor and its offset.
+#[test]
+fn string_lengths_that_do_not_add_up_are_corrupt_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tensor::from_strings(&[2], vec![b"hello".to_vec(), b"world".to_vec()]).unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("s"));
+    b.tensor("s", &t);
+    b.finish();
+    let mut stored = std::fs::read(dir.path().join("s.data-00000-of-00001")).unwrap();
+    stored.push(b'!');
+    let prefix = write_bundle(
+        dir.path(),
+        &[
+            (vec![], header(1)),
+            (b"s".to_vec(), entry(7, &[2], 0, 0, stored.len() as u64, 0)),
+        ],
+        &[stored],
+    );
+    let data = dir.path().join("ckpt.data-00000-of-00001");
+    let ckpt = Checkpoint::open(prefix).unwrap();
+    let e = err(ckpt.read("s"));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::CorruptStrings { path, tensor, offset: 0, reason }
+                if path == &data && tensor == "s" && reason.contains("10 bytes")
+                    && reason.contains("11 bytes")
+        ),
+        "{e:#?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("{}: tensor \"s\" at offset 0", data.display())),
+        "{e}"
+    );
+}
+
+/// A sharded V1 save (opened through the glob its state file stores) with one of its two files
+/// gone: `verify` names the missing file, its number and how many were found.
+#[test]
+fn a_missing_file_of_a_sharded_v1_save() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(&fixture("v1_sharded"), dir.path());
+    let gone = dir.path().join("model.ckpt-0-00001-of-00002");
+    std::fs::remove_file(&gone).unwrap();
+    let ckpt = Checkpoint::open(dir.path()).unwrap(); // TensorFlow's glob reads the other file
+    let e = err(ckpt.verify());
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::MissingV1Shard { path, shard: 1, num_shards: 2, found: 1 } if path == &gone
+        ),
+        "{e:#?}"
+    );
+    assert!(e.is_not_found());
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: missing: file 1 of the 2", gone.display())),
+        "{e}"
+    );
+}
+
+/// A `checkpoint` state file whose `model_checkpoint_path` is empty.
+#[test]
+fn an_empty_model_checkpoint_path_is_a_bad_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(&fixture("h1_basic"), dir.path());
+    let state = dir.path().join("checkpoint");
+    std::fs::write(
+        &state,
+        "model_checkpoint_path: \"\"\nall_model_checkpoint_paths: \"model-0\"\n",
+    )
+    .unwrap();
+    let e = err(Checkpoint::open(dir.path()));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::BadStateFile { path, reason }
+                if path == &state && reason.contains("model_checkpoint_path is empty")
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: bad checkpoint state file", state.display())),
+        "{e}"
+    );
+}
+
+/// The store of `tests/fixtures/tf/init/h1_13*` (a model of two variables under `some_scope/`).
+fn some_scope_store() -> tfckpt::VariableStore {
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_variable(
+            "some_scope/my1",
+            &[10, 10],
+            tfckpt::DType::F32,
+            tfckpt::Init::Zeros,
+        )
+        .unwrap();
+    store
+        .get_variable(
+            "some_scope/my2",
+            &[1, 10],
+            tfckpt::DType::I64,
+            tfckpt::Init::Zeros,
+        )
+        .unwrap();
+    store
+}
+
+/// `init/h1_13c_no_graph_var`: `{"var3": "some_scope/no_var"}` names no variable, and the key has no
+/// trailing `/`, so it cannot be a scope either.
+#[test]
+fn a_target_that_is_no_variable_and_no_scope() {
+    let mut store = some_scope_store();
+    let map = tfckpt::AssignmentMap::from([("var3", tfckpt::Target::name("some_scope/no_var"))]);
+    let e = err(tfckpt::init_from_checkpoint(
+        &mut store,
+        fixture("h1_basic"),
+        &map,
+    ));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::NotAVariableOrScope { key, target, suggestions }
+                if key == "var3" && target == "some_scope/no_var" && !suggestions.is_empty()
+        ),
+        "{e:#?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(
+            "assignment \"var3\" -> \"some_scope/no_var\": \"some_scope/no_var\" is not a variable"
+        ),
+        "{e}"
+    );
+    assert!(msg.contains("did you mean"), "{e}");
+}
+
+/// `init/h1_13b_no_var` (`{"no_var": "some_scope/my1"}`: no such tensor) and
+/// `init/h1_13e_scope_missing` (`{"useful_scope/": "some_scope/"}`: the tensors the scope derives
+/// are not there): each names the tensor, the variable, the pair and the checkpoint.
+#[test]
+fn a_mapped_tensor_that_is_not_in_the_checkpoint() {
+    let dir = fixture("h1_basic");
+    let mut store = some_scope_store();
+    let map = tfckpt::AssignmentMap::from([("no_var", tfckpt::Target::name("some_scope/my1"))]);
+    let e = err(tfckpt::init_from_checkpoint(&mut store, &dir, &map));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::MappedTensorNotFound { ckpt, tensor, variable, key, target, .. }
+                if ckpt.starts_with(&dir) && tensor == "no_var" && variable == "some_scope/my1"
+                    && key == "no_var" && target == "some_scope/my1"
+        ),
+        "{e:#?}"
+    );
+    assert!(e.is_not_found());
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(
+            "tensor \"no_var\" (for variable \"some_scope/my1\", from assignment \"no_var\" -> \"some_scope/my1\") not found in checkpoint"
+        ) && msg.contains(&dir.display().to_string()),
+        "{e}"
+    );
+    let mut store = some_scope_store();
+    let map = tfckpt::AssignmentMap::from([("useful_scope/", tfckpt::Target::name("some_scope/"))]);
+    let e = err(tfckpt::init_from_checkpoint(&mut store, &dir, &map));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::MappedTensorNotFound { tensor, variable, key, target, suggestions, .. }
+                if tensor.starts_with("useful_scope/my") && variable.starts_with("some_scope/my")
+                    && key == "useful_scope/" && target == "some_scope/"
+                    && suggestions.iter().any(|s| s == "useful_scope/var4")
+        ),
+        "{e:#?}"
+    );
+    assert!(e.to_string().contains("not found in checkpoint"), "{e}");
+}
+
+/// `init/x07_list_of_plain_variables`: a list target whose items are plain variables, not parts of
+/// one partitioned variable.
+#[test]
+fn a_list_of_plain_variables_is_a_bad_part_list() {
+    let mut store = tfckpt::VariableStore::new();
+    for name in ["a", "b"] {
+        store
+            .get_variable(name, &[1, 10], tfckpt::DType::F32, tfckpt::Init::Zeros)
+            .unwrap();
+    }
+    let map = tfckpt::AssignmentMap::from([("var1", tfckpt::Target::parts(["a", "b"]))]);
+    let e = err(tfckpt::init_from_checkpoint(
+        &mut store,
+        fixture("h1_basic"),
+        &map,
+    ));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::BadPartList { key, reason }
+                if key == "var1" && reason.starts_with("a is not a part of a partitioned variable")
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("assignment \"var1\": a is not a part"),
+        "{e}"
+    );
+}
+
+/// A variable declared larger than this machine's address space (2^62 bytes: allowed by the store,
+/// which bounds sizes at `isize::MAX`) is an allocation error naming it when `initialize` makes its
+/// zeros, not an abort; nothing is touched, so no memory is exhausted.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn a_variable_too_large_to_allocate() {
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_variable("huge", &[1 << 60], tfckpt::DType::F32, tfckpt::Init::Zeros)
+        .unwrap();
+    let e = store.initialize(tfckpt::Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Allocation { bytes, tensor } if *bytes == 1 << 62 && tensor == "huge"
+        ),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("cannot allocate {} bytes for tensor \"huge\"", 1u64 << 62)
+    );
+    assert!(!store.is_initialized());
+}
+
+/// Object storage, without a server: a URL of a scheme that cannot be read (TensorFlow also reads
+/// `hdfs://`), and a connection refused on a local port with no retries. Each names the URL.
+#[cfg(feature = "remote")]
+#[test]
+fn unusable_urls_and_unreachable_hosts_are_remote_errors() {
+    let url = "hdfs://namenode/models/ckpt";
+    let e = err(Checkpoint::open(url));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Remote { url: u, range: None, reason }
+                if u == url && reason.contains("unknown scheme")
+        ),
+        "{e:#?}"
+    );
+    assert!(e.to_string().starts_with(&format!("{url}: ")), "{e}");
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/models/ckpt");
+    let options = tfckpt::RemoteOptions {
+        max_retries: 0,
+        ..Default::default()
+    };
+    let e = err(Checkpoint::open_with(&url, &options));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Remote { url: u, range: None, reason }
+                if u.starts_with(&url) && reason.contains("Connection refused")
+        ),
+        "{e:#?}"
+    );
+    assert!(e.to_string().starts_with(&url), "{e}");
+}
+
+/// A plain HTTP server (here on 127.0.0.1, answering every request with 403 Forbidden) refusing
+/// access to the checkpoint named: the error names its URL and says access was denied.
+#[cfg(feature = "remote")]
+#[test]
+fn a_refusal_by_the_store_is_a_remote_access_error() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if client.read(&mut byte).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let _ = client.write_all(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/models/ckpt");
+    let options = tfckpt::RemoteOptions {
+        max_retries: 0,
+        ..Default::default()
+    };
+    let e = err(Checkpoint::open_with(&url, &options));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::RemoteAccess { url: u, not_found: false, .. } if u == &url
+        ),
+        "{e:#?}"
+    );
+    assert!(!e.is_not_found());
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{url}: access denied (credentials: ")),
+        "{e}"
+    );
 }

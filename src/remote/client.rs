@@ -601,7 +601,7 @@ impl Client {
             }
             .into(),
             other => {
-                let text = other.to_string();
+                let text = with_causes(&other);
                 // Some stores report a refusal as a plain HTTP status.
                 if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
                     return ErrorKind::RemoteAccess {
@@ -629,6 +629,26 @@ impl Client {
             }
         }
     }
+}
+
+/// `e`'s text, followed by the causes it does not already say (object_store's text stops at
+/// "error sending request", where the cause, "Connection refused" say, is a source below it).
+fn with_causes(e: &object_store::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    let mut added = Vec::new();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !said.is_empty() && !text.contains(&said) && !added.contains(&said) {
+            added.push(said);
+        }
+        cause = c.source();
+    }
+    // The innermost is the most telling ("Connection refused (os error 111)").
+    if let Some(last) = added.last() {
+        text.push_str(&format!(" (cause: {last})"));
+    }
+    text
 }
 
 /// The proxy variables set in the environment, which `object_store`'s HTTP client (reqwest)
