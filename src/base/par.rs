@@ -13,7 +13,12 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 static GLOBAL_USER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `f`, which uses rayon's parallel iterators, `join` or `scope`, where they can run.
+///
+/// While `f` runs, the calling thread is not marked as reading for the library (`sigbus`): it
+/// waits, and a worker that waits runs other jobs of its pool meanwhile, the trainer's among
+/// them. Each parallel task that reads a mapping marks itself.
 pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let _paused = crate::base::sigbus::paused();
     if rayon::current_thread_index().is_some() {
         return f();
     }
@@ -30,18 +35,21 @@ pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             });
             match pool {
                 Ok(pool) => pool.install(f),
-                // No thread could be started: the work runs on the caller alone.
-                Err(_) => match rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                {
+                // No pool could be started in this child (no threads to be had): the work runs
+                // on the caller alone, which the parent's global pool would never do.
+                Err(_) => match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
                     Ok(pool) => pool.install(f),
                     Err(_) => f(),
                 },
             }
         }
     }
+}
+
+/// The threads parallel work of the caller gets ([`run`]'s pool): `rayon::current_num_threads`,
+/// which would start rayon's global pool unrecorded (a child forked after that would wait for it).
+pub(crate) fn current_num_threads() -> usize {
+    run(rayon::current_num_threads)
 }
 
 /// A value of this process: a child forked after it was made gets its own, made in the child

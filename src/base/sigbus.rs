@@ -9,9 +9,10 @@
 //! it into an error naming the file, so the zeros never reach a value returned as `Ok`: the read
 //! fails, and all-or-nothing discards what it copied.
 //!
-//! The trainer's code never runs marked: a progress callback runs with the mark lifted
-//! ([`paused`]), and so does a caller waiting for a pool (whose thread may run other jobs of its
-//! own pool meanwhile). Inside [`VariableStore::read_values`](crate::VariableStore::read_values),
+//! The trainer's code never runs marked: a progress callback and an ownership rule run with the
+//! mark lifted ([`paused`]), and so does a thread waiting for parallel work (`par::run`, and
+//! `pool.install` in a load), which may run other jobs of its pool meanwhile; each parallel task
+//! that reads a mapping marks itself. Inside [`VariableStore::read_values`](crate::VariableStore::read_values),
 //! which marks the trainer's closure on purpose, a fault in any watched mapping is reported as an
 //! error when the closure returns ([`Reading::repaired`]).
 //!
@@ -40,9 +41,12 @@ const READERS: usize = 8192;
 #[cfg(target_os = "linux")]
 mod imp {
     use std::cell::Cell;
-    use std::path::PathBuf;
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
     use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use crate::base::par::PerProcess;
 
     use super::{READERS, SLOTS};
 
@@ -77,8 +81,18 @@ mod imp {
     const ZERO: AtomicUsize = AtomicUsize::new(0);
     static REPAIRS: [AtomicUsize; READERS] = [ZERO; READERS];
     static LAST_SLOT: [AtomicUsize; READERS] = [ZERO; READERS];
-    /// The file of each registered slot (never touched by the handler).
-    static PATHS: Mutex<Vec<(usize, PathBuf)>> = Mutex::new(Vec::new());
+    /// The file of each registered slot (never touched by the handler). Per process: a lock
+    /// held by another thread of the parent at a fork would stay held in the child.
+    static PATHS: PerProcess<Mutex<HashMap<usize, Arc<Path>>>> = PerProcess::new();
+    /// READING's value for an entry whose thread is paused: taken (not 0, which is free), and no
+    /// thread's id.
+    const PAUSED: i32 = -1;
+
+    fn paths() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<Path>>> {
+        let map = PATHS.get_or_try_init(|| Ok::<_, ()>(Mutex::default()));
+        let map = map.unwrap_or_else(|()| unreachable!("making an empty map cannot fail"));
+        map.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     thread_local! {
         /// This thread's entry in READING while any `Reading` of it is alive, how many are, and
@@ -131,23 +145,19 @@ mod imp {
                 .is_ok()
         })?;
         write(&TABLE[i], start, len);
-        let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
-        paths.push((i, path.to_path_buf()));
+        paths().insert(i, Arc::from(path));
         Some(i)
     }
 
     pub(super) fn unregister(i: usize) {
-        let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
-        paths.retain(|(slot, _)| *slot != i);
-        drop(paths);
+        paths().remove(&i);
         write(&TABLE[i], 0, 0);
         TABLE[i].used.store(false, Ordering::Release);
     }
 
     /// The file of a registered slot.
     pub(super) fn path_of(i: usize) -> Option<PathBuf> {
-        let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
-        paths.iter().find(|(s, _)| *s == i).map(|(_, p)| p.clone())
+        paths().get(&i).map(|p| p.to_path_buf())
     }
 
     /// Writes a slot's range under its seqlock.
@@ -165,7 +175,7 @@ mod imp {
         MINE.with(|m| {
             let (entry, depth, was) = m.get();
             if let Some(i) = entry {
-                READING[i].store(if marked { tid() } else { 0 }, Ordering::Release);
+                READING[i].store(if marked { tid() } else { PAUSED }, Ordering::Release);
             }
             m.set((entry, depth, marked));
             was
@@ -198,8 +208,12 @@ mod imp {
             let (entry, depth, _) = m.get();
             let depth = depth.saturating_sub(1);
             if let Some(i) = entry {
-                let keep = depth > 0 && was;
-                READING[i].store(if keep { tid() } else { 0 }, Ordering::Release);
+                let now = match (depth > 0, was) {
+                    (true, true) => tid(),
+                    (true, false) => PAUSED,
+                    (false, _) => 0, // free
+                };
+                READING[i].store(now, Ordering::Release);
             }
             m.set((entry.filter(|_| depth > 0), depth, depth > 0 && was));
         })
@@ -334,11 +348,18 @@ mod imp {
         // A sent signal the previous handler let the process survive: if that handler reset
         // the disposition (Rust's does, for anything but a stack overflow), this one goes back.
         // (After a fault it must not: the instruction faults again and must end the process.)
+        // Nor when that handler raised the signal again to end the process by the default
+        // action (the usual way to finish a handler): it is pending, and must find the default.
         if !fault {
-            // SAFETY: reads the disposition, and installs ours again over the default.
+            // SAFETY: reads the pending set and the disposition, and installs ours again over
+            // the default.
             unsafe {
+                let mut pending: libc::sigset_t = std::mem::zeroed();
+                let raised = libc::sigpending(&mut pending) == 0
+                    && libc::sigismember(&pending, libc::SIGBUS) == 1;
                 let mut now: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+                if !raised
+                    && libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
                     && now.sa_sigaction == libc::SIG_DFL
                 {
                     let mut ours: libc::sigaction = std::mem::zeroed();

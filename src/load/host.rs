@@ -212,7 +212,10 @@ pub(crate) fn load_values(
         .remote
         .concurrency
         .clamp(1, MAX_REMOTE_THREADS);
-    let pool = if remote && reads.options.threads.is_none() && rayon::current_num_threads() < want {
+    let pool = if remote
+        && reads.options.threads.is_none()
+        && crate::base::par::current_num_threads() < want
+    {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(want)
             .build()

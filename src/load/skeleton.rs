@@ -85,7 +85,9 @@ pub(crate) fn run<D: Destination>(
             c.configure_remote(&options.remote, &budget)?;
         }
     }
-    // A ranked load materializes and reads only what this rank owns.
+    // A ranked load materializes and reads only what this rank owns (the ownership rule may be
+    // the trainer's code: not marked as reading for the library).
+    let owned = crate::base::sigbus::paused();
     let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
         store.vars.values().partition(|v| options.owns(v));
     let pending: Vec<PendingRead<'_>> = store
@@ -93,11 +95,12 @@ pub(crate) fn run<D: Destination>(
         .into_iter()
         .filter(|p| options.owns(p.0))
         .collect();
+    drop(owned);
     let plan = plan(pending, |c, t| {
         ckpts[c].stored(t).ok().and_then(|s| s.position())
     });
     let mut report = LoadReport {
-        threads: rayon::current_num_threads(),
+        threads: crate::base::par::current_num_threads(),
         warnings: store.warnings.clone(),
         tensors: plan.items.len(),
         skipped_variables: elsewhere.len(),

@@ -665,9 +665,23 @@ fn proxy_settings() -> Option<String> {
         "no_proxy",
     ]
     .iter()
-    .filter_map(|k| Some(format!("{k}={}", std::env::var(k).ok()?)))
+    .filter_map(|k| Some(format!("{k}={}", masked_proxy(&std::env::var(k).ok()?))))
     .collect();
     (!set.is_empty()).then(|| set.join(", "))
+}
+
+/// A proxy setting with its user information masked, with or without a scheme
+/// (`user:secret@host:3128` is a valid proxy for the HTTP client too).
+fn masked_proxy(value: &str) -> String {
+    let (scheme, rest) = match value.find("://") {
+        Some(i) => value.split_at(i + 3),
+        None => ("", value),
+    };
+    let host_start = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_start].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => value.to_string(),
+    }
 }
 
 /// `text` with the user information of every `SCHEME://USER:PASSWORD@HOST` in it masked.
@@ -847,6 +861,14 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(Location::parse("ftp://h/x").is_err());
         assert!(Location::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn proxy_settings_are_masked_with_or_without_a_scheme() {
+        assert_eq!(masked_proxy("http://u:secret@p:3128"), "http://***@p:3128");
+        assert_eq!(masked_proxy("u:secret@p:3128"), "***@p:3128");
+        assert_eq!(masked_proxy("socks5://p:1080/x@y"), "socks5://p:1080/x@y");
+        assert_eq!(masked_proxy("localhost,.internal"), "localhost,.internal");
     }
 
     #[test]

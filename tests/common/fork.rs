@@ -3,6 +3,8 @@
 
 /// Forks; the child runs `f` under a 60 s alarm and exits 0 if it returned `Ok`, 1 on `Err`
 /// (printed), 2 on a panic, and dies of `SIGALRM` if it hangs. Returns what happened to the child.
+/// The child must not take locks another thread of the test process may hold (the environment's:
+/// no `set_var`; stdout's and stderr's: no `println!`).
 #[cfg(unix)]
 pub fn in_child(f: impl FnOnce() -> Result<(), String>) -> String {
     // SAFETY: fork, then in the child only this closure and _exit; the parent waits for it.
@@ -14,7 +16,11 @@ pub fn in_child(f: impl FnOnce() -> Result<(), String>) -> String {
         let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(Ok(())) => 0,
             Ok(Err(e)) => {
-                eprintln!("child: {e}");
+                // Straight to the file descriptor: stderr's lock may have been held by another
+                // thread of the parent at the fork.
+                let line = format!("child: {e}\n");
+                // SAFETY: writes a buffer that lives across the call.
+                unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
                 1
             }
             Err(_) => 2,
