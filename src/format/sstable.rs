@@ -172,7 +172,10 @@ impl<'a> Table<'a> {
             self.file[end - 4..end].try_into().unwrap(),
         ));
         let found = crc32c::crc32c(&self.file[start..end - 4]);
-        if expected != found {
+        // Fuzzing builds (`cargo fuzz`, fuzz/) take any block checksum, so that mutated tables
+        // reach the parsers behind it. `cargo fuzz` sets `cfg(fuzzing)` for every crate it
+        // builds: a project fuzzing its own code with tfckpt as a dependency gets this too.
+        if expected != found && !cfg!(fuzzing) {
             return Err(ErrorKind::BlockChecksum {
                 path: self.path.into(),
                 offset: h.offset,

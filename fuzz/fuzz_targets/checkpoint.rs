@@ -1,0 +1,127 @@
+//! Coverage-guided fuzzing of everything a damaged checkpoint goes through: the input is one byte
+//! choosing a TensorFlow fixture, then the bytes that replace that fixture's index file (V2) or its
+//! first file (V1). The fixture's other files (data shards, other V1 shards) stay as TF wrote them.
+//! Each input is opened, listed, every tensor read whole, in a slice and into a buffer, verified,
+//! and loaded by `init_from_checkpoint` into variables declared from the listing (whole, and
+//! re-partitioned where a dimension allows). Errors are expected; a panic, an abort, a hang or an
+//! allocation above libFuzzer's limit is a finding.
+//!
+//! Built by `cargo fuzz`, which sets `cfg(fuzzing)`: tfckpt then accepts any SSTable block
+//! checksum, so that mutations reach the parsers behind it (tensor checksums are still checked).
+#![no_main]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use tfckpt::{
+    init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, Slice, Target, VariableStore,
+};
+
+/// A fixture copied into this process's scratch folder: the checkpoint path to open and the file
+/// the input replaces.
+struct Case {
+    ckpt: PathBuf,
+    file: PathBuf,
+}
+
+fn cases() -> &'static [Case] {
+    static CASES: OnceLock<Vec<Case>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
+        // One scratch folder per fuzzing process; those of processes that have ended go.
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("tfckpt-fuzz-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let scratch = tmp.join(format!("tfckpt-fuzz-{}", std::process::id()));
+        let mut names: Vec<_> = std::fs::read_dir(&fixtures)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.join("expected/ckpt.txt").is_file())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|dir| {
+                let to = scratch.join(dir.file_name().unwrap());
+                std::fs::create_dir_all(&to).unwrap();
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.is_file())
+                    .collect();
+                files.sort();
+                for f in &files {
+                    std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+                }
+                let rel = std::fs::read_to_string(dir.join("expected/ckpt.txt")).unwrap();
+                let ckpt = to.join(rel.trim());
+                // The file to replace: the index of a V2 checkpoint, else the first V1 file.
+                let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+                let file = files
+                    .iter()
+                    .find(|p| name(p).ends_with(".index"))
+                    .or_else(|| {
+                        files.iter().find(|p| {
+                            let n = name(p);
+                            n != "checkpoint" && !n.ends_with(".meta") && !n.ends_with(".txt")
+                        })
+                    })
+                    .map(|p| to.join(p.file_name().unwrap()))
+                    .unwrap();
+                Case { ckpt, file }
+            })
+            .collect()
+    })
+}
+
+/// Everything a user does with a checkpoint, errors ignored.
+fn exercise(path: &Path) {
+    let Ok(ckpt) = Checkpoint::open(path) else {
+        return;
+    };
+    let tensors = ckpt.tensors();
+    let mut store = VariableStore::new();
+    for t in tensors {
+        let _ = ckpt.read(&t.name);
+        if !t.shape.is_empty() && t.shape.iter().all(|&d| d > 0) {
+            let ranges: Vec<(u64, u64)> = t.shape.iter().map(|&d| (d / 3, d - d / 3)).collect();
+            let _ = ckpt.read_slice(&t.name, &Slice::from_ranges(&ranges));
+        }
+        if let Ok(n) = ckpt.byte_len(&t.name, None) {
+            if n <= 1 << 24 {
+                let mut buf = vec![0u8; n];
+                let _ = ckpt.read_into(&t.name, &mut buf);
+            }
+        }
+        // Declared as the listing says, and split in 2 along the first dimension where it can be.
+        if t.shape.first().is_some_and(|&d| d >= 2) {
+            let mut parts = vec![1; t.shape.len()];
+            parts[0] = 2;
+            let _ = store.get_partitioned_variable(&t.name, &t.shape, t.dtype, &parts, Init::Zeros);
+        } else {
+            let _ = store.get_variable(&t.name, &t.shape, t.dtype, Init::Zeros);
+        }
+    }
+    let _ = ckpt.verify_all();
+    let map = AssignmentMap::from([("/", Target::name("/"))]);
+    if init_from_checkpoint(&mut store, path, &map).is_ok() {
+        let _ = store.initialize(Device::Cpu);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let cases = cases();
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let case = &cases[pick as usize % cases.len()];
+    std::fs::write(&case.file, bytes).unwrap();
+    exercise(&case.ckpt);
+});
