@@ -19,6 +19,11 @@ fn err(r: tfckpt::Result<impl std::fmt::Debug>) -> tfckpt::Error {
     r.expect_err("expected an error")
 }
 
+/// Asserts that `e`'s message starts with `start` (the file, URL, tensor or variable it names).
+fn says(e: &tfckpt::Error, start: impl AsRef<str>) {
+    assert!(e.to_string().starts_with(start.as_ref()), "{e}");
+}
+
 #[test]
 fn not_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,10 +614,7 @@ fn io_error_names_the_file() {
         matches!(e.kind(), ErrorKind::Io { path, .. } if path == &state),
         "{e:#?}"
     );
-    assert!(
-        e.to_string().starts_with(&format!("{}: ", state.display())),
-        "{e}"
-    );
+    says(&e, format!("{}: ", state.display()));
     assert!(std::error::Error::source(&e).is_some());
     #[cfg(unix)]
     {
@@ -650,10 +652,9 @@ fn keys_out_of_order_are_a_corrupt_table() {
         ),
         "{e:#?}"
     );
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{}: corrupt table at offset 0", index.display())),
-        "{e}"
+    says(
+        &e,
+        format!("{}: corrupt table at offset 0", index.display()),
     );
 }
 
@@ -690,11 +691,7 @@ fn a_newer_checkpoint_version_is_a_bad_header() {
         ),
         "{e:#?}"
     );
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{}: bad checkpoint header", index.display())),
-        "{e}"
-    );
+    says(&e, format!("{}: bad checkpoint header", index.display()));
 }
 
 /// A string tensor whose index entry counts a stray byte after the strings (the lengths and their
@@ -728,11 +725,7 @@ fn string_lengths_that_do_not_add_up_are_corrupt_strings() {
         ),
         "{e:#?}"
     );
-    let msg = e.to_string();
-    assert!(
-        msg.starts_with(&format!("{}: tensor \"s\" at offset 0", data.display())),
-        "{e}"
-    );
+    says(&e, format!("{}: tensor \"s\" at offset 0", data.display()));
 }
 
 /// A sharded V1 save (opened through the glob its state file stores) with one of its two files
@@ -753,11 +746,7 @@ fn a_missing_file_of_a_sharded_v1_save() {
         "{e:#?}"
     );
     assert!(e.is_not_found());
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{}: missing: file 1 of the 2", gone.display())),
-        "{e}"
-    );
+    says(&e, format!("{}: missing: file 1 of the 2", gone.display()));
 }
 
 /// A `checkpoint` state file whose `model_checkpoint_path` is empty.
@@ -780,10 +769,9 @@ fn an_empty_model_checkpoint_path_is_a_bad_state_file() {
         ),
         "{e:#?}"
     );
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{}: bad checkpoint state file", state.display())),
-        "{e}"
+    says(
+        &e,
+        format!("{}: bad checkpoint state file", state.display()),
     );
 }
 
@@ -829,11 +817,9 @@ fn a_target_that_is_no_variable_and_no_scope() {
         "{e:#?}"
     );
     let msg = e.to_string();
-    assert!(
-        msg.starts_with(
-            "assignment \"var3\" -> \"some_scope/no_var\": \"some_scope/no_var\" is not a variable"
-        ),
-        "{e}"
+    says(
+        &e,
+        "assignment \"var3\" -> \"some_scope/no_var\": \"some_scope/no_var\" is not a variable",
     );
     assert!(msg.contains("did you mean"), "{e}");
 }
@@ -858,12 +844,8 @@ fn a_mapped_tensor_that_is_not_in_the_checkpoint() {
     );
     assert!(e.is_not_found());
     let msg = e.to_string();
-    assert!(
-        msg.starts_with(
-            "tensor \"no_var\" (for variable \"some_scope/my1\", from assignment \"no_var\" -> \"some_scope/my1\") not found in checkpoint"
-        ) && msg.contains(&dir.display().to_string()),
-        "{e}"
-    );
+    says(&e, "tensor \"no_var\" (for variable \"some_scope/my1\", from assignment \"no_var\" -> \"some_scope/my1\") not found in checkpoint");
+    assert!(msg.contains(&dir.display().to_string()), "{e}");
     let mut store = some_scope_store();
     let map = tfckpt::AssignmentMap::from([("useful_scope/", tfckpt::Target::name("some_scope/"))]);
     let e = err(tfckpt::init_from_checkpoint(&mut store, &dir, &map));
@@ -904,11 +886,7 @@ fn a_list_of_plain_variables_is_a_bad_part_list() {
         ),
         "{e:#?}"
     );
-    assert!(
-        e.to_string()
-            .starts_with("assignment \"var1\": a is not a part"),
-        "{e}"
-    );
+    says(&e, "assignment \"var1\": a is not a part");
 }
 
 /// A variable declared larger than this machine's address space (2^62 bytes: allowed by the store,
@@ -951,7 +929,7 @@ fn unusable_urls_and_unreachable_hosts_are_remote_errors() {
         ),
         "{e:#?}"
     );
-    assert!(e.to_string().starts_with(&format!("{url}: ")), "{e}");
+    says(&e, format!("{url}: "));
     // A port nothing listens on (bound, then closed).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -976,7 +954,7 @@ fn unusable_urls_and_unreachable_hosts_are_remote_errors() {
         ),
         "{e:#?}"
     );
-    assert!(e.to_string().starts_with(&url), "{e}");
+    says(&e, url);
 }
 
 /// A plain HTTP server (here on 127.0.0.1, answering every request with 403 Forbidden) refusing
@@ -1017,9 +995,5 @@ fn a_refusal_by_the_store_is_a_remote_access_error() {
         "{e:#?}"
     );
     assert!(!e.is_not_found());
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{url}: access denied (credentials: ")),
-        "{e}"
-    );
+    says(&e, format!("{url}: access denied (credentials: "));
 }

@@ -1465,6 +1465,23 @@ fn a_child_forked_after_a_remote_read_reads_remote_checkpoints() {
     same(&parent).unwrap();
 }
 
+/// Runs the ignored test `name` of this binary in a new process with `key=value` in its
+/// environment from the start (for what a test must not change in this shared process), and fails
+/// unless it passes.
+fn in_a_process_of_its_own(name: &str, key: &str, value: impl AsRef<std::ffi::OsStr>) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--ignored", "--nocapture", name])
+        .env(key, value)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name}: {text}"
+    );
+}
+
 /// Defect (library citizenship): requests that went to a dead proxy from `HTTP_PROXY` (which the
 /// HTTP client follows) failed with "error sending request" and no word of the proxy. The error
 /// now names the proxy settings, masked of user information. Checked in a new process of this
@@ -1472,19 +1489,11 @@ fn a_child_forked_after_a_remote_read_reads_remote_checkpoints() {
 /// requests to the dead proxy too.
 #[test]
 fn a_dead_proxy_from_the_environment_is_named_in_the_error() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "dead_proxy_in_this_process",
-        ])
-        .env("HTTP_PROXY", "http://user:secret@127.0.0.1:9")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    in_a_process_of_its_own(
+        "dead_proxy_in_this_process",
+        "HTTP_PROXY",
+        "http://user:secret@127.0.0.1:9",
+    );
 }
 
 /// The other half of the test above: run only by it, with `HTTP_PROXY` set.
@@ -1521,19 +1530,11 @@ fn a_child_forked_after_only_a_remote_load_loads_locally() {
     let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
     w.add("big", (&t).into()).unwrap();
     w.finish().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "fork_after_a_remote_load_in_this_process",
-        ])
-        .env("TFCKPT_TEST_BIG", &prefix)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    in_a_process_of_its_own(
+        "fork_after_a_remote_load_in_this_process",
+        "TFCKPT_TEST_BIG",
+        &prefix,
+    );
 }
 
 fn big_values() -> Vec<f32> {
