@@ -165,6 +165,52 @@ impl std::fmt::Display for RingRun {
     }
 }
 
+/// `bytes` of fresh memory, page aligned, as a trainer's allocator gives it (huge pages advised
+/// where Linux has them); freed by [`free_memory`].
+#[cfg(unix)]
+fn fresh_memory(bytes: usize) -> *mut std::ffi::c_void {
+    // SAFETY: a fresh private anonymous mapping, unmapped by `free_memory`.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice over the mapping just made; it changes no contents.
+    unsafe {
+        libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE)
+    };
+    ptr
+}
+
+#[cfg(unix)]
+fn free_memory(ptr: *mut std::ffi::c_void, bytes: usize) {
+    // SAFETY: a mapping `fresh_memory` made, of this length, no longer used.
+    unsafe { libc::munmap(ptr, bytes) };
+}
+
+#[cfg(not(unix))]
+fn fresh_memory(bytes: usize) -> *mut std::ffi::c_void {
+    let layout = std::alloc::Layout::from_size_align(bytes, 4096).unwrap();
+    // SAFETY: a non-zero size (the probe's sizes are MiBs); freed by `free_memory`.
+    let ptr = unsafe { std::alloc::alloc(layout) };
+    assert!(!ptr.is_null());
+    ptr.cast()
+}
+
+#[cfg(not(unix))]
+fn free_memory(ptr: *mut std::ffi::c_void, bytes: usize) {
+    let layout = std::alloc::Layout::from_size_align(bytes, 4096).unwrap();
+    // SAFETY: allocated by `fresh_memory` with this layout, no longer used.
+    unsafe { std::alloc::dealloc(ptr.cast(), layout) };
+}
+
 fn main() {
     let gb: usize = arg("--gb", "4").parse().unwrap();
     let path = arg("--file", "/tmp/tfckpt-probe.bin");
@@ -214,19 +260,7 @@ fn main() {
         let alloc = t.elapsed().as_secs_f64();
         drop(p);
         let t = Instant::now();
-        // SAFETY: a fresh private anonymous mapping, unmapped below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        let ptr = fresh_memory(bytes);
         // SAFETY: the mapping above, `bytes` long, written only here.
         let mem = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, bytes) };
         mem.par_chunks_mut(MIB).for_each(|c| c.fill(1));
@@ -249,7 +283,7 @@ fn main() {
         stream.synchronize().unwrap();
         let h2d = gbps(8 * bytes, t);
         unsafe { sys::cuMemHostUnregister(ptr) }.result().unwrap();
-        unsafe { libc::munmap(ptr, bytes) };
+        free_memory(ptr, bytes);
         println!(
             "staging 256 MiB, round {round}: pinned allocation {:.0} ms; anonymous memory faulted in on every core {:.0} ms + page-locked {:.0} ms; H2D from it {h2d:.1} GB/s",
             alloc * 1e3,

@@ -233,12 +233,19 @@ async fn raw_gets(
 }
 
 /// User + system CPU seconds of this process so far (every thread, the server's included).
+#[cfg(unix)]
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes one `rusage` into the zeroed value it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
     t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Not measured off Unix (printed as 0).
+#[cfg(not(unix))]
+fn cpu_seconds() -> f64 {
+    0.0
 }
 
 /// Resets the peak resident set to the current one (Linux: `clear_refs` 5); returns it in MiB.

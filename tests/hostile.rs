@@ -3,12 +3,15 @@
 //! allocations, and odd command lines. Every CLI run here has a time limit, so a hang fails the test
 //! instead of hanging the suite.
 
+#[cfg(unix)]
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::fixtures::{copy_files, fixture, tree};
+#[cfg(unix)]
+use common::fixtures::copy_files;
+use common::fixtures::{fixture, tree};
 
 /// Runs the binary with `args`; fails the test if it runs past `limit` (the process is killed).
 fn tfckpt_within(args: &[&str], limit: Duration) -> Output {

@@ -1537,6 +1537,7 @@ fn a_child_forked_after_only_a_remote_load_loads_locally() {
     );
 }
 
+#[cfg(unix)]
 fn big_values() -> Vec<f32> {
     (0..4 << 20).map(|i| i as f32).collect()
 }

@@ -142,6 +142,7 @@ impl MappedFile {
     /// that a cold file is read in large sequential requests rather than page fault by page fault.
     /// Hints only: failures are ignored.
     pub(crate) fn will_need(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
         if let Some(m) = &self.map {
             const PAGE: usize = 4096;
             let start = range.start & !(PAGE - 1);
@@ -155,6 +156,8 @@ impl MappedFile {
                 range.end.min(m.len()) - start,
             );
         }
+        #[cfg(not(unix))]
+        let _ = range; // no madvise: the system reads ahead by its own rules
     }
 
     /// Whether the page at `offset` (page aligned) is in the page cache (`mincore`; `false` when it
@@ -172,13 +175,14 @@ impl MappedFile {
         rc == 0 && vec & 1 == 1
     }
 
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(all(unix, not(target_os = "linux")))]
     fn resident(&self, _offset: usize) -> bool {
         false
     }
 
     /// Hints that the file is read mostly sequentially (larger readahead).
     pub(crate) fn sequential(&self) {
+        #[cfg(unix)]
         if let Some(m) = &self.map {
             let _ = m.advise(memmap2::Advice::Sequential);
         }
@@ -338,6 +342,7 @@ impl PrivateMap {
 }
 
 /// Transparent huge page size on x86-64 and aarch64 Linux.
+#[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// A zeroed buffer for a destination tensor, or an error if the memory cannot be had (never an

@@ -904,6 +904,9 @@ pub(crate) mod cpu_kernels {
             );
             None
         };
+        if cfg!(not(unix)) {
+            return give_up("the kernels are loaded with dlopen, which only Unix has".into());
+        }
         let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kernels/cpu_launch.cpp");
         let dir = std::env::temp_dir().join(format!("tfckpt-cpu-kernels-{}", std::process::id()));
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -947,12 +950,23 @@ pub(crate) mod cpu_kernels {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        load(&lib, &dir)
+    }
+
+    #[cfg(not(unix))]
+    fn load(_lib: &std::path::Path, _dir: &std::path::Path) -> Option<Launch> {
+        None // `build` gave up before compiling
+    }
+
+    /// Loads the kernels `build` compiled to `lib` (in `dir`, removed once loaded).
+    #[cfg(unix)]
+    fn load(lib: &std::path::Path, dir: &std::path::Path) -> Option<Launch> {
         let path = CString::new(lib.to_string_lossy().into_owned())
             .expect("a temporary path without NUL bytes");
         // SAFETY: loading a library just built from our own source, which has no initializers
         // beyond plain statics; the handle is kept for the life of the process.
         let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        let _ = std::fs::remove_dir_all(&dir); // the mapping stays
+        let _ = std::fs::remove_dir_all(dir); // the mapping stays
         assert!(!handle.is_null(), "cannot load the CPU kernels");
         // SAFETY: a symbol of the library just loaded, with the signature `Launch`.
         let sym = unsafe { libc::dlsym(handle, c"tfckpt_cpu_launch".as_ptr()) };

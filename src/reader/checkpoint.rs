@@ -182,7 +182,7 @@ impl Checkpoint {
         if let Some(url) = resolve::as_url(path.as_ref()) {
             #[cfg(feature = "remote")]
             return match crate::remote::open(url, remote)? {
-                crate::remote::Opened::V2(b) => Self::from_bundle(b),
+                crate::remote::Opened::V2(b) => Self::from_bundle(*b),
                 crate::remote::Opened::V1 { prefix, files } => {
                     let files = files
                         .into_iter()

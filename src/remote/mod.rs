@@ -45,7 +45,7 @@ pub(crate) struct RemoteBundle {
 
 /// What a URL names: a V2 bundle, or the files of a V1 checkpoint (fetched whole).
 pub(crate) enum Opened {
-    V2(Bundle),
+    V2(Box<Bundle>),
     V1 {
         prefix: PathBuf,
         files: Vec<FetchedFile>,
@@ -76,12 +76,12 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
         index,
         shards: Mutex::new(HashMap::new()),
     };
-    Ok(Opened::V2(Bundle::remote(
+    Ok(Opened::V2(Box::new(Bundle::remote(
         PathBuf::from(prefix_url),
         index_path,
         parsed,
         remote,
-    )))
+    ))))
 }
 
 /// A V1 checkpoint file on object storage, fetched whole (V1 metadata has no byte offsets to

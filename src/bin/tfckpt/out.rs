@@ -46,24 +46,25 @@ pub(crate) fn check_file_out(out: &Path, inputs: impl FnOnce() -> Vec<PathBuf>) 
         )
         .into());
     }
+    // The same file: by device and inode on Unix (hard links too); elsewhere by canonical path.
     #[cfg(unix)]
-    {
+    let same = |input: &Path| {
         use std::os::unix::fs::MetadataExt;
-        for input in inputs() {
-            if let Ok(m) = std::fs::metadata(&input) {
-                if m.dev() == meta.dev() && m.ino() == meta.ino() {
-                    return Err(format!(
-                        "--out {}: is {}, a file of the checkpoint being read",
-                        out.display(),
-                        input.display()
-                    )
-                    .into());
-                }
-            }
-        }
-    }
+        std::fs::metadata(input).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+    };
     #[cfg(not(unix))]
-    let _ = inputs;
+    let same = {
+        let out = std::fs::canonicalize(out).ok();
+        move |input: &Path| out.is_some() && std::fs::canonicalize(input).ok() == out
+    };
+    if let Some(input) = inputs().into_iter().find(|input| same(input)) {
+        return Err(format!(
+            "--out {}: is {}, a file of the checkpoint being read",
+            out.display(),
+            input.display()
+        )
+        .into());
+    }
     Ok(())
 }
 
