@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Checks that the library, the binary, the tests and the examples build for macOS and Windows
-# (`cargo clippy -D warnings`, every feature but candle-cuda, whose kernels need nvcc), from Linux.
-# Nothing is linked or run. Needs the targets' standard libraries (`rustup target add
-# x86_64-apple-darwin x86_64-pc-windows-msvc`, network). The C code of the `remote` feature's TLS
+# Checks that the library, the binary, the tests and the examples build for macOS, Windows and
+# Linux on ARM (GH200 nodes) (`cargo clippy -D warnings`, every feature but candle-cuda, whose
+# kernels need nvcc), from x86-64 Linux. Nothing is linked or run. Needs the targets' standard
+# libraries (`rustup target add x86_64-apple-darwin x86_64-pc-windows-msvc
+# aarch64-unknown-linux-gnu`, network). The C code of the `remote` feature's TLS
 # crate (aws-lc-sys) needs each platform's own C toolchain, so its compiler and archiver are
 # stubbed here: the check covers the Rust code only. Manual; CI cannot fetch the targets.
 set -euo pipefail
@@ -16,7 +17,7 @@ cat >"$stub/ar" <<'EOF'
 for a in "$@"; do case "$a" in *.a|*.lib|-out:*) : >"${a#-out:}" ;; esac; done
 EOF
 chmod +x "$stub/ar"
-for target in x86_64-apple-darwin x86_64-pc-windows-msvc; do
+for target in x86_64-apple-darwin x86_64-pc-windows-msvc aarch64-unknown-linux-gnu; do
     var=${target//-/_}
     for features in "--no-default-features" "--features candle,nccl,cli,remote,safetensors"; do
         echo "== $target $features"

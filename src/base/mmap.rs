@@ -144,10 +144,10 @@ impl MappedFile {
     pub(crate) fn will_need(&self, range: std::ops::Range<usize>) {
         #[cfg(unix)]
         if let Some(m) = &self.map {
-            const PAGE: usize = 4096;
-            let start = range.start & !(PAGE - 1);
+            let page = page_size(); // 64 KiB on some aarch64 kernels
+            let start = range.start & !(page - 1);
             // Warm page cache (the common case): the hint would only cost a walk over the range.
-            if self.resident(start) && self.resident((range.end.max(1) - 1) & !(PAGE - 1)) {
+            if self.resident(start) && self.resident((range.end.max(1) - 1) & !(page - 1)) {
                 return;
             }
             let _ = m.advise_range(
@@ -255,18 +255,21 @@ impl MappedFile {
     }
 }
 
-/// The system's page size.
-#[cfg(any(test, feature = "cuda"))]
+/// The system's page size (asked once).
+#[cfg(any(unix, test, feature = "cuda"))]
 pub(crate) fn page_size() -> usize {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if n > 0 {
-            return n as usize;
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            if n > 0 && (n as usize).is_power_of_two() {
+                return n as usize;
+            }
         }
-    }
-    4096
+        4096
+    })
 }
 
 /// How many private value mappings may live at once: a quarter of the kernel's limit on mappings
