@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Init, Tensor,
-    VariableStore, WriterOptions,
+    init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Init, LoadOptions,
+    Tensor, VariableStore, WriterOptions,
 };
 
 mod common;
@@ -425,6 +425,37 @@ fn store_values_parts_and_wholes_are_written_under_their_names() {
     assert_eq!(got["p/part_1"], ("F32".into(), vec![2], f32s(&[3.0, 4.0])));
     assert_eq!(got["head/b"].2, f32s(&[0.5; 4]));
     assert_eq!(got["n"], ("BF16".into(), vec![3], [0x80, 0x3f].repeat(3)));
+}
+
+/// After a ranked load, a rank's file holds what that rank owns: every unpartitioned variable,
+/// its own parts, and the whole of a partitioned variable only when it owns every part (found
+/// uncovered by a coverage run: the rule for wholes had no test).
+#[test]
+fn a_ranked_store_writes_its_own_parts_and_only_wholes_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, _) = three_tensors(tmp.path());
+    let written = |rank: usize, world: usize| {
+        let mut store = partitioned_store(&prefix);
+        store
+            .initialize_with(Device::Cpu, &LoadOptions::new().rank(rank, world))
+            .unwrap();
+        let out = tmp.path().join(format!("rank{rank}of{world}.safetensors"));
+        let report = store.write_safetensors(&out).unwrap();
+        let got = read_back(&out);
+        assert_eq!(report.tensors, got.len());
+        got
+    };
+    let names = |got: &BTreeMap<String, _>| got.keys().cloned().collect::<Vec<String>>();
+    let rank0 = written(0, 2);
+    let rank1 = written(1, 2);
+    assert_eq!(names(&rank0), ["head/b", "n", "p/part_0"]);
+    assert_eq!(names(&rank1), ["head/b", "n", "p/part_1"]);
+    // A world of one owns every part, so the whole is written too: the unranked file.
+    let alone = written(0, 1);
+    assert_eq!(names(&alone), ["head/b", "n", "p", "p/part_0", "p/part_1"]);
+    for (name, value) in rank0.iter().chain(&rank1) {
+        assert_eq!(&alone[name], value, "{name}");
+    }
 }
 
 #[test]
