@@ -763,7 +763,9 @@ pub(crate) mod tests {
         let open = |name: &str, records: Vec<(Vec<u8>, Vec<u8>)>| {
             let path = dir.path().join(name);
             std::fs::write(&path, raw_file(records)).unwrap();
-            let e = crate::Checkpoint::open(&path).err().expect("refused");
+            let Err(e) = crate::Checkpoint::open(&path) else {
+                panic!("{name}: opened");
+            };
             (path, e)
         };
         let ok_data = || {
@@ -812,9 +814,9 @@ pub(crate) mod tests {
             let path = dir.path().join(format!("two-{i:05}-of-00002"));
             std::fs::write(&path, raw_file(vec![meta_record(&[(b"t", 1, dims)])])).unwrap();
         }
-        let e = crate::Checkpoint::open(dir.path().join("two-?????-of-00002"))
-            .err()
-            .expect("refused");
+        let Err(e) = crate::Checkpoint::open(dir.path().join("two-?????-of-00002")) else {
+            panic!("two: opened");
+        };
         entry(
             &e,
             "t",
