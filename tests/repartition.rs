@@ -144,6 +144,15 @@ fn run(case_name: &str) {
                 checked += 1;
             }
         }
+        // Every partitioned target's parts joined again (`partitioned_value`) equal the whole
+        // target, strings included (found uncovered by a coverage run: the join of string parts
+        // had no test).
+        let whole = store.value(&format!("new/{}/to_whole", info.name)).unwrap();
+        for (target, partitions) in TARGETS.iter().filter(|(_, p)| !p.is_empty()) {
+            let var = format!("new/{}/{target}", info.name);
+            let joined = store.partitioned_value(&var).unwrap();
+            assert_eq!(&joined, whole, "{case_name}: {var} as {partitions:?}");
+        }
         if info.dtype != DType::String {
             // The whole target also equals a plain read.
             assert_eq!(
@@ -167,6 +176,39 @@ fn v1_matrix() {
 
 /// A ranked load materializes only what its rank owns, says what it read and what it left to
 /// other ranks, and refuses a rank not below the number of ranks before reading anything.
+/// `partitioned_value` of a name that is no partitioned variable says which ones are close, and
+/// a part whose value the trainer replaced by one of another shape is refused, naming the part
+/// (found uncovered by a coverage run).
+#[test]
+fn joining_parts_refuses_unknown_names_and_parts_that_no_longer_fit() {
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
+        .unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.partitioned_value("emb").unwrap().to_f32().unwrap(),
+        [1.0; 8]
+    );
+    let e = store.partitioned_value("embs").unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::VariableNotFound { name, suggestions }
+            if name == "embs" && suggestions == &["emb"]),
+        "{e:?}"
+    );
+    *store.value_mut("emb/part_1").unwrap() = Tensor::from_f32(&[1, 2], &[5.0, 6.0]).unwrap();
+    let e = store.partitioned_value("emb").unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::BadVariable { name, .. } if name == "emb/part_1"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("its value is float32 [1, 2], the partitioned variable needs float32 [2, 2]"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_rank_loads_only_what_it_owns() {
     use tfckpt::{ErrorKind, LoadOptions};
