@@ -217,4 +217,13 @@ fn state_file_paths_are_relative_and_index_path_works() {
     let a = Checkpoint::open(&case).unwrap();
     let b = Checkpoint::open(case.join("model-0.index")).unwrap();
     assert_eq!(a.tensors(), b.tensors());
+    // A data file names its checkpoint too, any shard of a sharded save (coverage run: untested).
+    let c = Checkpoint::open(case.join("model-0.data-00000-of-00001")).unwrap();
+    assert_eq!(a.tensors(), c.tensors());
+    let sharded = fixture("sharded");
+    let whole = Checkpoint::open(sharded.join("model.ckpt-0")).unwrap();
+    let by_shard = Checkpoint::open(sharded.join("model.ckpt-0.data-00002-of-00003")).unwrap();
+    assert_eq!(whole.tensors(), by_shard.tensors());
+    // Not a data file's name: taken as a prefix, which names nothing.
+    assert!(Checkpoint::open(sharded.join("model.ckpt-0.data-2-of-3")).is_err());
 }

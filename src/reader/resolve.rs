@@ -428,6 +428,17 @@ mod tests {
             parse_state("model_checkpoint_path: 'a\\x41' \"b\\101\"").unwrap(),
             "aAbA"
         );
+        // Every C escape of the text format (TensorFlow writes the state file with it).
+        assert_eq!(
+            parse_state(r#"model_checkpoint_path: "\n\t\r\a\b\f\v\\\'\"\?\0\x7""#).unwrap(),
+            "\n\t\r\x07\x08\x0c\x0b\\'\"?\0\x07"
+        );
+        assert!(parse_state(r#"model_checkpoint_path: "\q""#)
+            .unwrap_err()
+            .contains("unknown escape \\q"));
+        assert!(parse_state(r#"model_checkpoint_path: "\xg""#)
+            .unwrap_err()
+            .contains("\\x without hex digits"));
         assert!(parse_state("bogus_field: 1").is_err());
         assert!(parse_state("model_checkpoint_path: \"unterminated").is_err());
         assert_eq!(parse_state("").unwrap(), "");
@@ -445,6 +456,8 @@ mod tests {
         ));
         assert!(fnmatch(b"m*", b"model"));
         assert!(fnmatch(b"[a-c]x", b"bx"));
+        assert!(fnmatch(b"[xyz]0", b"y0"));
+        assert!(!fnmatch(b"[xyz]0", b"w0"));
         assert!(!fnmatch(b"[!a-c]x", b"bx"));
         assert!(fnmatch(b"*", b""));
         assert!(fnmatch(b"a*b*c", b"aXbYbZc"));
