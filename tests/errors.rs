@@ -298,6 +298,15 @@ fn missing_tensor_suggests_close_names() {
 
 /// A partitioned tensor "p" of shape [4] with the given stored slices, each holding its elements.
 fn partitioned(slices: &[(i64, i64)]) -> (tempfile::TempDir, Checkpoint) {
+    partitioned_with(slices, |_, e| Some(e))
+}
+
+/// [`partitioned`], with the index entry of stored slice `i` replaced by `f(i, entry)` (`None`:
+/// left out of the index).
+fn partitioned_with(
+    slices: &[(i64, i64)],
+    f: impl Fn(usize, Vec<u8>) -> Option<Vec<u8>>,
+) -> (tempfile::TempDir, Checkpoint) {
     let dir = tempfile::tempdir().unwrap();
     let mut full = Vec::new();
     common::pb_varint(&mut full, 1, 1);
@@ -310,17 +319,17 @@ fn partitioned(slices: &[(i64, i64)]) -> (tempfile::TempDir, Checkpoint) {
         let bytes = f32s(&(start..start + len).map(|x| x as f32).collect::<Vec<_>>());
         let key = Slice::from_ranges(&[(start as u64, len as u64)]);
         let key = tfckpt_slice_key("p", &key);
-        slice_records.push((
-            key,
-            entry(
-                1,
-                &[len],
-                0,
-                data.len() as u64,
-                bytes.len() as u64,
-                tfckpt::crc::crc32c(&bytes),
-            ),
-        ));
+        let e = entry(
+            1,
+            &[len],
+            0,
+            data.len() as u64,
+            bytes.len() as u64,
+            tfckpt::crc::crc32c(&bytes),
+        );
+        if let Some(e) = f(slice_records.len(), e) {
+            slice_records.push((key, e));
+        }
         data.extend_from_slice(&bytes);
     }
     slice_records.sort();
@@ -363,6 +372,55 @@ fn insufficient_slices() {
         "{e}"
     );
     assert!(e.to_string().contains("0,2, 3,1"), "{e}");
+}
+
+/// The index entry of a stored slice that is missing, of another dtype or shape than the slice
+/// needs, or itself listing slices: reading the tensor fails naming the index, the tensor and the
+/// slice, and the other slices still read (found uncovered by a coverage run: no test damaged a
+/// slice entry).
+#[test]
+fn a_damaged_slice_entry_fails_naming_the_slice() {
+    type Tamper = Box<dyn Fn(Vec<u8>) -> Option<Vec<u8>>>;
+    let cases: [(&str, Tamper); 4] = [
+        (
+            "the entry of stored slice 2,2 is missing",
+            Box::new(|_| None),
+        ),
+        (
+            "stored slice 2,2 is float64 [2], expected float32 [2]",
+            Box::new(|_| Some(entry(2, &[2], 0, 8, 16, 0))),
+        ),
+        (
+            "stored slice 2,2 is float32 [3], expected float32 [2]",
+            Box::new(|_| Some(entry(1, &[3], 0, 8, 12, 0))),
+        ),
+        (
+            "the entry of stored slice 2,2 lists slices of its own (1)",
+            Box::new(|mut e| {
+                common::pb_bytes(&mut e, 7, &slice(&[(0, 2)]));
+                Some(e)
+            }),
+        ),
+    ];
+    for (message, tamper) in cases {
+        let (d, ckpt) =
+            partitioned_with(
+                &[(0, 2), (2, 2)],
+                |i, e| if i == 1 { tamper(e) } else { Some(e) },
+            );
+        let e = err(ckpt.read("p"));
+        let index = d.path().join("ckpt.index");
+        assert!(
+            matches!(e.kind(), ErrorKind::BadEntry { path, tensor, reason }
+                if path == &index && tensor == "p" && reason.starts_with(message)),
+            "{message}: {e:?}"
+        );
+        let first = ckpt
+            .read_slice("p", &Slice::from_ranges(&[(0, 2)]))
+            .unwrap();
+        assert_eq!(first.to_f32().unwrap(), [0., 1.]);
+        assert!(!ckpt.verify_all().problems.is_empty(), "{message}");
+    }
 }
 
 #[test]
