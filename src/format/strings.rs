@@ -276,4 +276,42 @@ mod tests {
             Err(StringError::Corrupt(_))
         ));
     }
+
+    /// Damaged lengths are refused with what is wrong, and a length past `u32::MAX` enters the
+    /// length checksum as 8 bytes, as TensorFlow's `WriteStringTensor` puts it (found uncovered by
+    /// a coverage run).
+    #[test]
+    fn damaged_lengths_and_the_64_bit_length_rule() {
+        let corrupt = |bytes: &[u8], n: usize| match verify(bytes, n, 0, false) {
+            Err(StringError::Corrupt(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            corrupt(&[0x80], 1),
+            "length of element 0 of 1 runs past the stored size (1 bytes)"
+        );
+        assert_eq!(
+            corrupt(&[2, 0, 3], 3),
+            "lengths end at byte 3, no room for the length checksum in 3 bytes"
+        );
+        // One string of 2^32 bytes, none stored: with the 8-byte rule the length checksum
+        // passes and the size check speaks; with a 4-byte rule it would be a checksum error.
+        let len = 1u64 << 32;
+        let mut bytes = Vec::new();
+        put_varint(&mut bytes, len);
+        let c1 = crc32c::crc32c_append(0, &len.to_le_bytes());
+        bytes.extend_from_slice(&crc::mask(c1).to_le_bytes());
+        assert_eq!(
+            corrupt(&bytes, 1),
+            "lengths add up to 4294967296 bytes but 0 bytes of string data are stored"
+        );
+        let mut c1_be = Vec::new();
+        put_varint(&mut c1_be, len);
+        let c = crc32c::crc32c_append(0, &len.to_be_bytes());
+        c1_be.extend_from_slice(&crc::mask(c).to_be_bytes());
+        assert!(matches!(
+            verify(&c1_be, 1, 0, true),
+            Err(StringError::Corrupt(m)) if m.starts_with("lengths add up to 4294967296")
+        ));
+    }
 }
