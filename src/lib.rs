@@ -26,6 +26,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 // Test helpers shared with the integration tests name the crate `tfckpt`.
 #[cfg(test)]

@@ -34,6 +34,15 @@ pub struct DeferredInit {
     recorded: Arc<Mutex<Vec<(String, Init)>>>,
 }
 
+impl std::fmt::Debug for DeferredInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let recorded = self.recorded.lock().map_or(0, |r| r.len());
+        f.debug_struct("DeferredInit")
+            .field("recorded", &recorded)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeferredInit {
     /// Defers the initializers of the `Var`s made in `varmap` through
     /// [`var_builder`](Self::var_builder).

@@ -99,6 +99,17 @@ pub struct CandleInit {
     deferred: Option<DeferredInit>,
 }
 
+impl std::fmt::Debug for CandleInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleInit")
+            .field("vars", &self.vars.len())
+            .field("policy", &self.policy)
+            .field("casts", &self.casts)
+            .field("deferred", &self.deferred.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
 #[derive(Clone, Debug, Default)]
 pub struct ExistingMap {

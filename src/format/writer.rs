@@ -125,6 +125,17 @@ pub struct CheckpointWriter {
     finished: bool,
 }
 
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("prefix", &self.prefix)
+            .field("options", &self.options)
+            .field("entries", &self.entries.len())
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CheckpointWriter {
     /// Starts a checkpoint at `prefix`; files are written under temporary names and renamed by
     /// [`finish`](Self::finish).
