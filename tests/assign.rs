@@ -355,3 +355,78 @@ fn a_dtype_mismatch_says_how_to_convert_where_the_load_can() {
     assert_eq!(x.dtype, DType::F32);
     assert_eq!(x.to_f32().unwrap(), [1.5, -2.0]);
 }
+
+/// The report of a call names the checkpoint prefix it resolved (a directory, through its
+/// `checkpoint` state file) and lists the assignments in the order they were recorded: pairs in
+/// ascending key order, a variable mapped twice at the place of its last pair. A defect here
+/// reports an empty prefix, or the variables in name order.
+#[test]
+fn the_report_names_the_resolved_prefix_in_the_recorded_order() {
+    let (dir, ck) = ckpt(&[("a", &[1]), ("b", &[1]), ("c", &[1])]);
+    std::fs::write(
+        dir.path().join("checkpoint"),
+        "model_checkpoint_path: \"ck\"\n",
+    )
+    .unwrap();
+    let mut store = VariableStore::new();
+    for v in ["x", "y"] {
+        store
+            .get_variable(v, &[1], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    // Keys a, b, c: x <- a, then y <- b, then x <- c (the last pair for x, recorded after y's).
+    let map = AssignmentMap::from([("c", "x"), ("b", "y"), ("a", "x")]);
+    let report = init_from_checkpoint(&mut store, dir.path(), &map).unwrap();
+    assert_eq!(report.checkpoint, ck);
+    let recorded: Vec<(&str, &str)> = report
+        .assignments
+        .iter()
+        .map(|a| (a.variable.as_str(), a.tensor.as_str()))
+        .collect();
+    assert_eq!(recorded, [("y", "b"), ("x", "c")]);
+    // The same without an overriding pair: recorded order, not name order.
+    let mut store = VariableStore::new();
+    for v in ["x", "y"] {
+        store
+            .get_variable(v, &[1], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    let map = AssignmentMap::from([("b", "x"), ("a", "y")]);
+    let report = init_from_checkpoint(&mut store, &ck, &map).unwrap();
+    let recorded: Vec<&str> = report
+        .assignments
+        .iter()
+        .map(|a| a.variable.as_str())
+        .collect();
+    assert_eq!(recorded, ["y", "x"]);
+}
+
+/// One part of a partitioned variable passed alone as a variable object takes a whole tensor of
+/// the part's own shape (TensorFlow restores it with the spec ""), and `initialize` loads it: a
+/// defect here checks the part against the partitioned variable's full shape at load time and
+/// refuses the mapping the call accepted (the TensorFlow fixture has a single part, whose shape is
+/// the full shape, and cannot tell).
+#[test]
+fn one_part_alone_takes_a_tensor_of_its_own_shape() {
+    let (_d, ck) = ckpt(&[("t", &[5, 2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("p", &[10, 2], DType::F32, &[2, 1], Init::Zeros)
+        .unwrap();
+    let report = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::variable("p/part_1"))]),
+    )
+    .unwrap();
+    assert_eq!(report.assignments[0].slice, tfckpt::Slice::full(2));
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(
+        store.value("p/part_1").unwrap().to_f32().unwrap(),
+        (0..10).map(|x| x as f32).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.value("p/part_0").unwrap().to_f32().unwrap(),
+        vec![0.0; 10]
+    );
+}

@@ -64,6 +64,144 @@ fn bad_magic_and_short_file() {
     ));
 }
 
+/// An index whose footer (magic intact) holds no readable block handles: a corrupt table at the
+/// footer's own offset, 48 bytes before the end. A defect here names an offset past the end of
+/// the file, or anywhere else, as where the damage is.
+#[test]
+fn unreadable_footer_handles_name_the_footer_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let index = dir.path().join("ckpt.index");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let footer = bytes.len() - 48;
+    // Varints that never end within their 10 bytes.
+    bytes[footer..footer + 40].fill(0xff);
+    std::fs::write(&index, bytes).unwrap();
+    let e = err(Checkpoint::open(&prefix));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::CorruptTable { path, offset, reason }
+                if path == &index && *offset == footer as u64
+                    && reason.contains("unreadable block handles in the footer")
+        ),
+        "{e:#?}"
+    );
+    says(
+        &e,
+        format!("{}: corrupt table at offset {footer}", index.display()),
+    );
+}
+
+/// An index whose footer points the index block past the table data, into the footer itself or
+/// beyond the end of the file: a corrupt table at the block's offset, before any byte of it is
+/// read. A defect in that bound reads the footer as block bytes (a checksum error at best) or
+/// slices past the end of the file (a panic).
+#[test]
+fn an_index_block_past_the_table_data_is_a_corrupt_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    let index = dir.path().join("ckpt.index");
+    let good = std::fs::read(&index).unwrap();
+    let footer = good.len() - 48;
+    let mut pos = footer;
+    let mut handle = || {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let b = good[pos];
+            pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    };
+    let (meta_offset, meta_size, index_offset) = (handle(), handle(), handle());
+    // The block and its 5-byte trailer end 10 bytes into the footer, then 10 bytes past the file.
+    for end in [footer + 10, good.len() + 10] {
+        let mut footer_bytes = Vec::new();
+        varint(&mut footer_bytes, meta_offset);
+        varint(&mut footer_bytes, meta_size);
+        varint(&mut footer_bytes, index_offset);
+        varint(&mut footer_bytes, end as u64 - index_offset - 5);
+        footer_bytes.resize(40, 0);
+        let mut bytes = good.clone();
+        bytes[footer..footer + 40].copy_from_slice(&footer_bytes);
+        std::fs::write(&index, bytes).unwrap();
+        let e = err(Checkpoint::open(&prefix));
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::CorruptTable { path, offset, reason }
+                    if path == &index && *offset == index_offset
+                        && reason.contains("runs past the end of the table data")
+            ),
+            "{end}: {e:#?}"
+        );
+    }
+}
+
+/// A snappy block (checksum intact) whose header claims far more bytes than snappy can expand its
+/// stored bytes to: refused as a corrupt table before anything is allocated. A defect in that
+/// bound allocates what the header claims (here 1 GiB, or 40x the stored size) and fails only in
+/// the decompression, or overflows on a block of a byte or two. A tiny snappy block (one byte: an
+/// empty stream) decompresses to a block too short to hold its restart count: a corrupt table too.
+#[test]
+fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() {
+    fn put(out: &mut Vec<u8>, data: &[u8], kind: u8) -> (u64, u64) {
+        let offset = out.len() as u64;
+        out.extend_from_slice(data);
+        out.push(kind);
+        let crc = tfckpt::crc::crc32c(&out[offset as usize..]);
+        out.extend_from_slice(&tfckpt::crc::mask(crc).to_le_bytes());
+        (offset, data.len() as u64)
+    }
+    for claim in [1u64 << 30, 40 * 64, 0] {
+        // The data block: a snappy length header, then bytes that are never decoded (none for the
+        // empty stream).
+        let mut stored = Vec::new();
+        varint(&mut stored, claim);
+        if claim > 0 {
+            stored.resize(64, 0);
+        }
+        let mut file = Vec::new();
+        let data = put(&mut file, &stored, 1);
+        let meta = put(&mut file, &[0, 0, 0, 0, 1, 0, 0, 0], 0);
+        // The index block: one record (restart interval 1) holding the data block's handle.
+        let mut handle = Vec::new();
+        varint(&mut handle, data.0);
+        varint(&mut handle, data.1);
+        let mut index_block = vec![0, 1, handle.len() as u8, 0xff];
+        index_block.extend_from_slice(&handle);
+        index_block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+        let index = put(&mut file, &index_block, 0);
+        let mut footer = Vec::new();
+        for v in [meta.0, meta.1, index.0, index.1] {
+            varint(&mut footer, v);
+        }
+        footer.resize(40, 0);
+        footer.extend_from_slice(&0xDB47_7524_8B80_FB57u64.to_le_bytes());
+        file.extend_from_slice(&footer);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.index");
+        std::fs::write(&path, file).unwrap();
+        let e = err(Checkpoint::open(dir.path().join("ckpt")));
+        let why = match claim {
+            0 => "block shorter than 4 bytes".to_string(),
+            _ => format!("snappy block claims {claim} bytes from 64 stored"),
+        };
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::CorruptTable { path: p, offset: 0, reason }
+                    if p == &path && reason.contains(&why)
+            ),
+            "{claim}: {e:#?}"
+        );
+    }
+}
+
 #[test]
 fn block_checksum_mismatch() {
     let dir = tempfile::tempdir().unwrap();

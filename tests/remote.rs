@@ -236,6 +236,45 @@ fn every_fixture_through_s3_equals_the_local_read() {
     }
 }
 
+/// `Checkpoint::view` of a tensor on object storage gives the tensor's bytes (fetched and checked:
+/// there is no mapping to view), as the local view does, and refuses what the local view refuses.
+/// A defect here sends the remote view down the local-mapping path, which fails for every tensor
+/// on object storage.
+#[test]
+fn a_view_through_s3_equals_the_local_view() {
+    let mut viewed = 0;
+    for (dir, ckpt) in all_cases() {
+        let local = Checkpoint::open(&ckpt).unwrap();
+        if local.format() != Format::V2 {
+            continue;
+        }
+        let url = s3_url(&ckpt);
+        let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        for t in local.tensors() {
+            match (local.view(&t.name), remote.view(&t.name)) {
+                (Ok(l), Ok(r)) => {
+                    assert_eq!(
+                        (r.dtype(), r.shape(), r.as_bytes()),
+                        (l.dtype(), l.shape(), l.as_bytes()),
+                        "{url} {}",
+                        t.name
+                    );
+                    viewed += 1;
+                }
+                (Err(_), Err(_)) => {}
+                (l, r) => panic!(
+                    "{} {}: local view {:?}, remote view {:?}",
+                    dir.display(),
+                    t.name,
+                    l.err().map(|e| e.to_string()),
+                    r.err().map(|e| e.to_string())
+                ),
+            }
+        }
+    }
+    assert!(viewed >= 10, "{viewed}");
+}
+
 /// The file forms of V1 checkpoints: one file, and a glob of a sharded save's files.
 #[test]
 fn v1_files_and_globs_through_s3_equal_the_local_read() {

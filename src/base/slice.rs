@@ -552,6 +552,23 @@ mod tests {
         assert_eq!(Slice::parse_shape_and_slice("").unwrap(), None);
     }
 
+    /// `check` refuses a start that TensorFlow's int64 `TensorSliceProto` cannot hold (the writer
+    /// stores starts as int64) even where the dimension, reachable only through the API, is larger
+    /// still: a defect here lets such a slice through to be written as a negative start.
+    #[test]
+    fn check_refuses_a_start_beyond_int64() {
+        let huge = [u64::MAX];
+        assert!(Slice::from_ranges(&[(1 << 63, 1)]).check(&huge).is_err());
+        assert!(Slice::from_ranges(&[((1 << 63) + 5, 2)])
+            .check(&huge)
+            .is_err());
+        assert!(Slice::from_ranges(&[(u64::MAX - 1, 1)])
+            .check(&huge)
+            .is_err());
+        // Within int64, the same large dimension takes it.
+        assert!(Slice::from_ranges(&[(1 << 40, 1)]).check(&huge).is_ok());
+    }
+
     #[test]
     fn runs_merge_trailing_dims() {
         let mut runs = vec![];
