@@ -202,6 +202,59 @@ fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() 
     }
 }
 
+/// A data block whose checksum is right but whose entry is malformed (a writer's bug, or a forged
+/// file): an entry running past the block's records, or sharing more of the previous key than
+/// there is. A corrupt table naming the block and the entry, never a panic or a made-up key
+/// (found by mutation testing: random damage always fails the checksum first, so no test reached
+/// these bounds).
+#[test]
+fn a_malformed_entry_in_a_block_with_a_good_checksum_is_a_corrupt_table() {
+    fn put(out: &mut Vec<u8>, data: &[u8]) -> (u64, u64) {
+        let offset = out.len() as u64;
+        out.extend_from_slice(data);
+        out.push(0); // uncompressed
+        let crc = tfckpt::crc::crc32c(&out[offset as usize..]);
+        out.extend_from_slice(&tfckpt::crc::mask(crc).to_le_bytes());
+        (offset, data.len() as u64)
+    }
+    // (shared, non-shared, value length) then 4 bytes of key and value: far past the records,
+    // just past them (into the restart array), and a shared prefix longer than the key before.
+    for entry in [[0u8, 1, 100], [0, 1, 5], [3, 1, 1]] {
+        let mut block = entry.to_vec();
+        block.extend_from_slice(b"kvvv");
+        block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]); // one restart, at 0
+        let mut file = Vec::new();
+        let data = put(&mut file, &block);
+        let meta = put(&mut file, &[0, 0, 0, 0, 1, 0, 0, 0]);
+        let mut handle = Vec::new();
+        varint(&mut handle, data.0);
+        varint(&mut handle, data.1);
+        let mut index_block = vec![0, 1, handle.len() as u8, 0xff];
+        index_block.extend_from_slice(&handle);
+        index_block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+        let index = put(&mut file, &index_block);
+        let mut footer = Vec::new();
+        for v in [meta.0, meta.1, index.0, index.1] {
+            varint(&mut footer, v);
+        }
+        footer.resize(40, 0);
+        footer.extend_from_slice(&0xDB47_7524_8B80_FB57u64.to_le_bytes());
+        file.extend_from_slice(&footer);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.index");
+        std::fs::write(&path, file).unwrap();
+        let e = err(Checkpoint::open(dir.path().join("ckpt")));
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::CorruptTable { path: p, offset: 0, reason }
+                    if p == &path && reason == "bad entry in block at byte 0"
+            ),
+            "{entry:?}: {e:#?}"
+        );
+    }
+}
+
 #[test]
 fn block_checksum_mismatch() {
     let dir = tempfile::tempdir().unwrap();
