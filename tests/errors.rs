@@ -142,13 +142,10 @@ fn an_index_block_past_the_table_data_is_a_corrupt_table() {
     }
 }
 
-/// A snappy block (checksum intact) whose header claims far more bytes than snappy can expand its
-/// stored bytes to: refused as a corrupt table before anything is allocated. A defect in that
-/// bound allocates what the header claims (here 1 GiB, or 40x the stored size) and fails only in
-/// the decompression, or overflows on a block of a byte or two. A tiny snappy block (one byte: an
-/// empty stream) decompresses to a block too short to hold its restart count: a corrupt table too.
-#[test]
-fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() {
+/// The bytes of an SSTable whose one data block stores `block` as block type `kind` (0 plain, 1
+/// snappy) under a correct checksum, at offset 0, with an empty meta block and an index block
+/// pointing to it: damage inside the block reaches the parser, not the checksum.
+fn one_block_table(block: &[u8], kind: u8) -> Vec<u8> {
     fn put(out: &mut Vec<u8>, data: &[u8], kind: u8) -> (u64, u64) {
         let offset = out.len() as u64;
         out.extend_from_slice(data);
@@ -157,36 +154,51 @@ fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() 
         out.extend_from_slice(&tfckpt::crc::mask(crc).to_le_bytes());
         (offset, data.len() as u64)
     }
+    const EMPTY: [u8; 8] = [0, 0, 0, 0, 1, 0, 0, 0]; // no records, one restart at 0
+    let mut file = Vec::new();
+    let data = put(&mut file, block, kind);
+    let meta = put(&mut file, &EMPTY, 0);
+    // The index block: one record (restart interval 1) holding the data block's handle.
+    let mut handle = Vec::new();
+    varint(&mut handle, data.0);
+    varint(&mut handle, data.1);
+    let mut index_block = vec![0, 1, handle.len() as u8, 0xff];
+    index_block.extend_from_slice(&handle);
+    index_block.extend_from_slice(&EMPTY);
+    let index = put(&mut file, &index_block, 0);
+    let mut footer = Vec::new();
+    for v in [meta.0, meta.1, index.0, index.1] {
+        varint(&mut footer, v);
+    }
+    footer.resize(40, 0);
+    footer.extend_from_slice(&0xDB47_7524_8B80_FB57u64.to_le_bytes());
+    file.extend_from_slice(&footer);
+    file
+}
+
+/// Opens `table` as the index of a bundle; the error, and the index's path.
+fn open_index_table(table: Vec<u8>) -> (tfckpt::Error, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.index");
+    std::fs::write(&path, table).unwrap();
+    (err(Checkpoint::open(dir.path().join("ckpt"))), path)
+}
+
+/// A snappy block (checksum intact) whose header claims far more bytes than snappy can expand its
+/// stored bytes to: refused as a corrupt table before anything is allocated. A defect in that
+/// bound allocates what the header claims (here 1 GiB, or 40x the stored size) and fails only in
+/// the decompression, or overflows on a block of a byte or two. A tiny snappy block (one byte: an
+/// empty stream) decompresses to a block too short to hold its restart count: a corrupt table too.
+#[test]
+fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() {
     for claim in [1u64 << 30, 40 * 64, 0] {
-        // The data block: a snappy length header, then bytes that are never decoded (none for the
-        // empty stream).
+        // A snappy length header, then bytes that are never decoded (none for the empty stream).
         let mut stored = Vec::new();
         varint(&mut stored, claim);
         if claim > 0 {
             stored.resize(64, 0);
         }
-        let mut file = Vec::new();
-        let data = put(&mut file, &stored, 1);
-        let meta = put(&mut file, &[0, 0, 0, 0, 1, 0, 0, 0], 0);
-        // The index block: one record (restart interval 1) holding the data block's handle.
-        let mut handle = Vec::new();
-        varint(&mut handle, data.0);
-        varint(&mut handle, data.1);
-        let mut index_block = vec![0, 1, handle.len() as u8, 0xff];
-        index_block.extend_from_slice(&handle);
-        index_block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
-        let index = put(&mut file, &index_block, 0);
-        let mut footer = Vec::new();
-        for v in [meta.0, meta.1, index.0, index.1] {
-            varint(&mut footer, v);
-        }
-        footer.resize(40, 0);
-        footer.extend_from_slice(&0xDB47_7524_8B80_FB57u64.to_le_bytes());
-        file.extend_from_slice(&footer);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ckpt.index");
-        std::fs::write(&path, file).unwrap();
-        let e = err(Checkpoint::open(dir.path().join("ckpt")));
+        let (e, path) = open_index_table(one_block_table(&stored, 1));
         let why = match claim {
             0 => "block shorter than 4 bytes".to_string(),
             _ => format!("snappy block claims {claim} bytes from 64 stored"),
@@ -209,41 +221,13 @@ fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() 
 /// these bounds).
 #[test]
 fn a_malformed_entry_in_a_block_with_a_good_checksum_is_a_corrupt_table() {
-    fn put(out: &mut Vec<u8>, data: &[u8]) -> (u64, u64) {
-        let offset = out.len() as u64;
-        out.extend_from_slice(data);
-        out.push(0); // uncompressed
-        let crc = tfckpt::crc::crc32c(&out[offset as usize..]);
-        out.extend_from_slice(&tfckpt::crc::mask(crc).to_le_bytes());
-        (offset, data.len() as u64)
-    }
     // (shared, non-shared, value length) then 4 bytes of key and value: far past the records,
     // just past them (into the restart array), and a shared prefix longer than the key before.
     for entry in [[0u8, 1, 100], [0, 1, 5], [3, 1, 1]] {
         let mut block = entry.to_vec();
         block.extend_from_slice(b"kvvv");
         block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]); // one restart, at 0
-        let mut file = Vec::new();
-        let data = put(&mut file, &block);
-        let meta = put(&mut file, &[0, 0, 0, 0, 1, 0, 0, 0]);
-        let mut handle = Vec::new();
-        varint(&mut handle, data.0);
-        varint(&mut handle, data.1);
-        let mut index_block = vec![0, 1, handle.len() as u8, 0xff];
-        index_block.extend_from_slice(&handle);
-        index_block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
-        let index = put(&mut file, &index_block);
-        let mut footer = Vec::new();
-        for v in [meta.0, meta.1, index.0, index.1] {
-            varint(&mut footer, v);
-        }
-        footer.resize(40, 0);
-        footer.extend_from_slice(&0xDB47_7524_8B80_FB57u64.to_le_bytes());
-        file.extend_from_slice(&footer);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ckpt.index");
-        std::fs::write(&path, file).unwrap();
-        let e = err(Checkpoint::open(dir.path().join("ckpt")));
+        let (e, path) = open_index_table(one_block_table(&block, 0));
         assert!(
             matches!(
                 e.kind(),

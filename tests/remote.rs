@@ -1271,44 +1271,31 @@ fn fault_proxy(
                 let Some((response, body_at)) = forward(upstream, &text) else {
                     return;
                 };
-                if let Fault::Padded = what {
-                    let long = response.len() - body_at + 4;
-                    let head = String::from_utf8_lossy(&response[..body_at]).into_owned();
-                    let head: Vec<String> = head
-                        .split("\r\n")
-                        .filter(|l| !l.is_empty())
-                        .map(|l| {
-                            if l.to_ascii_lowercase().starts_with("content-length:") {
-                                format!("content-length: {long}")
-                            } else {
-                                l.to_string()
-                            }
-                        })
-                        .collect();
-                    let _ = client.write_all(format!("{}\r\n\r\n", head.join("\r\n")).as_bytes());
-                    let _ = client.write_all(&response[body_at..]);
-                    let _ = client.write_all(b"PAD!");
-                    return;
-                }
-                if let Fault::CutWithShortLength = what {
-                    let short = (response.len() - body_at) / 2;
-                    let head = String::from_utf8_lossy(&response[..body_at]).into_owned();
-                    let head: Vec<String> = head
-                        .split("\r\n")
-                        .filter(|l| !l.is_empty())
-                        .map(|l| {
-                            if l.to_ascii_lowercase().starts_with("content-length:") {
-                                format!("content-length: {short}")
-                            } else {
-                                l.to_string()
-                            }
-                        })
-                        .collect();
-                    let _ = client.write_all(format!("{}\r\n\r\n", head.join("\r\n")).as_bytes());
-                    let _ = client.write_all(&response[body_at..body_at + short]);
-                    return;
-                }
-                let _ = client.write_all(&response);
+                // The answer's body as sent: all of it and 4 bytes more, or its first half; the
+                // head's content-length says exactly what is sent, so the body looks complete.
+                let body = &response[body_at..];
+                let sent: Vec<u8> = match what {
+                    Fault::Padded => [body, b"PAD!"].concat(),
+                    Fault::CutWithShortLength => body[..body.len() / 2].to_vec(),
+                    _ => {
+                        let _ = client.write_all(&response);
+                        return;
+                    }
+                };
+                let head = String::from_utf8_lossy(&response[..body_at]).into_owned();
+                let head: Vec<String> = head
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        if l.to_ascii_lowercase().starts_with("content-length:") {
+                            format!("content-length: {}", sent.len())
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect();
+                let _ = client.write_all(format!("{}\r\n\r\n", head.join("\r\n")).as_bytes());
+                let _ = client.write_all(&sent);
             });
         }
     });
