@@ -503,3 +503,82 @@ impl<'b> Block<'b> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of `keys` (each key's value is the key twice), a restart every `interval`
+    /// entries, and the restart array `restarts` when given instead of the real one.
+    fn block(keys: &[&[u8]], interval: usize, restarts: Option<&[u32]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut real = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if i % interval == 0 {
+                real.push(out.len() as u32);
+            }
+            put_varint(&mut out, 0);
+            put_varint(&mut out, key.len() as u64);
+            put_varint(&mut out, 2 * key.len() as u64);
+            out.extend_from_slice(key);
+            out.extend_from_slice(key);
+            out.extend_from_slice(key);
+        }
+        if real.is_empty() {
+            real.push(0);
+        }
+        let restarts = restarts.unwrap_or(&real);
+        for r in restarts {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&(restarts.len() as u32).to_le_bytes());
+        out
+    }
+
+    fn seek<'d>(data: &'d [u8], key: &[u8]) -> Result<Option<&'d [u8]>> {
+        let b = Block::new(Path::new("t"), 0, data)?;
+        Ok(b.seek(key)?.map(|(start, len)| &data[start..start + len]))
+    }
+
+    #[test]
+    fn seek_finds_each_key_and_nothing_between_or_past_them() {
+        let keys: [&[u8]; 5] = [b"b", b"d", b"f", b"h", b"j"];
+        for interval in [1, 2, 5] {
+            let data = block(&keys, interval, None);
+            for key in keys {
+                assert_eq!(
+                    seek(&data, key).unwrap(),
+                    Some([key, key].concat().as_slice())
+                );
+            }
+            // Before, between and after every key; "k" scans to the end of the entries.
+            for absent in [&b""[..], b"a", b"c", b"e", b"g", b"i", b"k", b"jj"] {
+                assert_eq!(seek(&data, absent).unwrap(), None, "{absent:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_without_entries_holds_nothing() {
+        // What LevelDB's builder writes for an empty block: one restart point, at 0.
+        let data = block(&[], 1, None);
+        assert_eq!(data, [0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(seek(&data, b"").unwrap(), None);
+        assert_eq!(seek(&data, b"x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_restart_point_past_the_entries_is_a_corrupt_block() {
+        let keys: [&[u8]; 2] = [b"b", b"d"];
+        let limit = block(&keys, 1, None).len() as u32 - 12;
+        for restarts in [&[limit + 1][..], &[0, limit], &[0, limit + 3]] {
+            let data = block(&keys, 1, Some(restarts));
+            let err = seek(&data, b"d").unwrap_err();
+            assert!(
+                matches!(err.kind(), ErrorKind::CorruptTable { reason, .. }
+                    if reason.starts_with("bad entry in block at byte")),
+                "{restarts:?}: {err}"
+            );
+        }
+    }
+}
