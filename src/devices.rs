@@ -28,8 +28,10 @@ impl VariableStore {
     /// [`set_device_buffer`](Self::set_device_buffer). Each buffer holds exactly the variable's
     /// value (little-endian elements of its dtype, row-major); it takes the checkpoint's bytes,
     /// CRC-checked in the same pass as the copy, or the variable's initializer when nothing maps
-    /// to it. Those variables then have no [`value`](Self::value) in the store. On an error nothing
-    /// counts as initialized, and the buffers' contents are unspecified (partly written).
+    /// to it. Those variables then have no [`value`](Self::value) in the store. A buffer for a name
+    /// that is no variable, of the wrong size, or a second buffer for one variable is an error
+    /// before anything is read. On an error nothing counts as initialized, and the buffers'
+    /// contents are unspecified (partly written).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -69,7 +71,13 @@ impl VariableStore {
                 .into());
             };
             let expected = crate::base::slice::num_elements(&v.shape).unwrap_or(0) * size as u64;
-            if buf.len() as u64 != expected || given.contains(name) {
+            if given.contains(name) {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "variable {name:?} is given two buffers (one per variable)"
+                ))
+                .into());
+            }
+            if buf.len() as u64 != expected {
                 return Err(ErrorKind::BufferSize {
                     tensor: name.into(),
                     expected,

@@ -355,5 +355,21 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
         .initialize_into(vec![("nope", &mut small[..])], &Default::default())
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
+    // Two buffers for one variable: the second would be left as it was, so the call is refused.
+    let (mut one, mut two) = ([0u8; 60], [0u8; 60]);
+    let e = store
+        .initialize_into(
+            vec![
+                ("unmapped/ones", &mut one[..]),
+                ("unmapped/ones", &mut two[..]),
+            ],
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid argument: variable \"unmapped/ones\" is given two buffers (one per variable)"
+    );
+    assert_eq!((one, two), ([0u8; 60], [0u8; 60]));
     assert!(!store.is_initialized());
 }
