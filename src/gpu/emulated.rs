@@ -199,7 +199,7 @@ impl Device {
             let mut q = self.queue.lock().unwrap();
             let lanes: Vec<usize> = match lane {
                 Some(l) => vec![l],
-                None if self.syncs.fetch_add(1, Ordering::Relaxed) % 2 == 0 => (0..LANES).collect(),
+                None if self.syncs.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => (0..LANES).collect(),
                 None => (0..LANES).rev().collect(),
             };
             for l in lanes {
@@ -304,7 +304,7 @@ impl Device {
         }
         let (es, ed) = (from.size().unwrap(), to.size().unwrap());
         // A GPU faults on a misaligned element access.
-        if k.src % es as u64 != 0 || k.dst % ed as u64 != 0 {
+        if !k.src.is_multiple_of(es as u64) || !k.dst.is_multiple_of(ed as u64) {
             return Err(bad(format!(
                 "{} launched with misaligned addresses {:#x} -> {:#x}",
                 k.name, k.src, k.dst
@@ -481,7 +481,7 @@ impl Link for HostLink {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
-        if ptr as usize % 4096 != 0 {
+        if !(ptr as usize).is_multiple_of(4096) {
             return Err(format!("{ptr:p} is not page-aligned"));
         }
         let mut r = self.dev.registered.lock().unwrap();
@@ -610,7 +610,7 @@ impl Link for HostLink {
 
     fn fill(&self, dst: u64, len: usize, fill: Fill) -> Result<()> {
         let pattern = fill.bytes();
-        if len % pattern.len() != 0 {
+        if !len.is_multiple_of(pattern.len()) {
             return Err(bad(format!("{len} bytes is no whole number of {fill:?}")));
         }
         self.find(dst, len)?;

@@ -351,7 +351,7 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
     }
     // Spot checks: part 1 of the re-partitioned embedding, the unmapped bias, the step.
     let rows = plan.vocab / 5 + u64::from(1 < plan.vocab % 5);
-    let start = (plan.vocab / 5 + u64::from(0 < plan.vocab % 5)) * plan.width * 4;
+    let start = (plan.vocab / 5 + u64::from(!plan.vocab.is_multiple_of(5))) * plan.width * 4;
     let part1 = store
         .value("bert/embedding/table/part_1")
         .and_then(Tensor::bytes);
