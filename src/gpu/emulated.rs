@@ -199,7 +199,9 @@ impl Device {
             let mut q = self.queue.lock().unwrap();
             let lanes: Vec<usize> = match lane {
                 Some(l) => vec![l],
-                None if self.syncs.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => (0..LANES).collect(),
+                None if self.syncs.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => {
+                    (0..LANES).collect()
+                }
                 None => (0..LANES).rev().collect(),
             };
             for l in lanes {
