@@ -286,7 +286,7 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
     for case in CASES {
         let dir = fixture(case);
         let mut host = store_for_layout(&dir, Layout::Repartitioned);
-        host.initialize(Device::Cpu).unwrap();
+        let host_report = host.initialize(Device::Cpu).unwrap();
         let mut store = store_for_layout(&dir, Layout::Repartitioned);
         let names: Vec<(String, usize)> = store
             .variables()
@@ -301,7 +301,20 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
             .zip(bufs.iter_mut())
             .map(|((name, _), b)| (name.as_str(), b.as_mut_slice()))
             .collect();
-        store.initialize_into(given, &Default::default()).unwrap();
+        let report = store.initialize_into(given, &Default::default()).unwrap();
+        // The same load, so the same counts, whether values went to buffers or to the store.
+        let counts = |r: &tfckpt::LoadReport| {
+            let variables = (r.variables, r.from_checkpoint, r.from_initializer);
+            (
+                variables,
+                r.tensors,
+                r.stored_reads,
+                r.bytes,
+                r.stored_bytes,
+            )
+        };
+        assert_eq!(counts(&report), counts(&host_report), "{case}");
+        assert!(report.bytes > 0, "{case}");
         for ((name, _), b) in names.iter().zip(&bufs) {
             assert!(
                 store.value(name).is_none(),
