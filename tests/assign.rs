@@ -283,6 +283,54 @@ fn initialize_rereads_a_checkpoint_rewritten_since_the_call() {
     assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [1.0, 1.0]);
 }
 
+/// A tensor rewritten between the call and `initialize` with another shape or dtype: the
+/// call's checks are made again, and the load fails naming both sides, with nothing loaded.
+#[test]
+fn initialize_refuses_a_tensor_rewritten_with_another_shape_or_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("ck");
+    let mut store = VariableStore::new();
+    store
+        .get_variable("x", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("p", &[4], DType::F32, Init::Zeros)
+        .unwrap();
+    let mut b = CkptBuilder::new(&prefix);
+    b.f32("p", &[4], &[1.0; 4]).f32("t", &[2], &[1.0, 2.0]);
+    b.finish();
+    init_from_checkpoint(
+        &mut store,
+        &prefix,
+        &AssignmentMap::from([("t", "x"), ("p", "p")]),
+    )
+    .unwrap();
+    let rewrites: [(&[u64], DType, &str); 2] = [
+        (
+            &[3],
+            DType::F32,
+            "shape of variable \"x\" [2] does not match shape of tensor \"t\" [3] in checkpoint",
+        ),
+        (
+            &[2],
+            DType::I32,
+            "dtype of variable \"x\" (float32) does not match dtype of tensor \"t\" (int32) in checkpoint",
+        ),
+    ];
+    for (shape, dtype, message) in rewrites {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let n = shape.iter().product::<u64>() as usize;
+        let mut b = CkptBuilder::new(&prefix);
+        b.f32("p", &[4], &[1.0; 4])
+            .bytes("t", dtype, shape, &vec![0; 4 * n]);
+        b.finish();
+        let e = store.initialize(Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains(message), "{e}");
+        assert!(!store.is_initialized());
+        assert!(store.value("p").is_none() && store.value("x").is_none());
+    }
+}
+
 #[test]
 fn progress_and_threads() {
     let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
