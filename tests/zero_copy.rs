@@ -13,8 +13,8 @@ use common::fixtures::{copy_files, fixture};
 use common::layouts::{store_for_layout, Layout, CASES};
 
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, Device, ErrorKind, Init, LoadOptions, Target, TensorData,
-    VariableStore,
+    init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
+    TensorData, VariableStore,
 };
 
 fn map_all() -> LoadOptions {
@@ -67,6 +67,37 @@ fn mapped_values_equal_copied_values_on_every_fixture() {
                     && matches!(&mapped.value(&v.name).unwrap().data, TensorData::Bytes(b) if b.is_mapped())));
         }
     }
+}
+
+/// A cast on load reads the values it converts into new memory; the other values are still
+/// mapped, and the report counts exactly those.
+#[test]
+fn a_cast_maps_the_values_it_does_not_convert() {
+    let is_mapped = |store: &VariableStore, name: &str| matches!(&store.value(name).unwrap().data, TensorData::Bytes(b) if b.is_mapped());
+    let dir = fixture("dtypes/dtypes");
+    let mut plain = store_for_layout(&dir, Layout::AsStored);
+    plain.initialize_with(Device::Cpu, &map_all()).unwrap();
+    let mut cast = store_for_layout(&dir, Layout::AsStored);
+    let r = cast
+        .initialize_with(Device::Cpu, &map_all().cast(DType::F32, DType::BF16))
+        .unwrap();
+    let (mut converted, mut mapped_bytes) = (0, 0);
+    for v in plain.variables() {
+        let value = cast.value(&v.name).unwrap();
+        if v.dtype == DType::F32 {
+            converted += 1;
+            assert_eq!(value.dtype, DType::BF16, "{}", v.name);
+            assert!(!is_mapped(&cast, &v.name), "{}", v.name);
+        } else {
+            assert_eq!(Some(value), plain.value(&v.name), "{}", v.name);
+            assert_eq!(is_mapped(&cast, &v.name), is_mapped(&plain, &v.name));
+            if is_mapped(&cast, &v.name) {
+                mapped_bytes += value.bytes().unwrap().len() as u64;
+            }
+        }
+    }
+    assert!(converted > 0 && mapped_bytes > 0);
+    assert_eq!(r.mapped_bytes, mapped_bytes);
 }
 
 #[test]
