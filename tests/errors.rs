@@ -547,6 +547,16 @@ fn insufficient_slices() {
         "{e}"
     );
     assert!(e.to_string().contains("0,2, 3,1"), "{e}");
+    // The request in TensorFlow's notation: `-` for a whole dimension, `start,length` else.
+    for (request, text) in [((0, 4), "-"), ((0, 3), "0,3"), ((2, 2), "2,2")] {
+        let e = err(ckpt.read_slice("p", &Slice::from_ranges(&[request])));
+        let want = format!(
+            "tensor \"p\" in checkpoint {}: the stored slices [0,2, 3,1] do not cover the \
+             requested slice {text} (insufficient slices)",
+            ckpt.prefix().display()
+        );
+        assert_eq!(e.to_string(), want);
+    }
 }
 
 /// The index entry of a stored slice that is missing, of another dtype or shape than the slice
