@@ -371,6 +371,16 @@ fn progress_and_threads() {
     );
     assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
     assert!(report.load_seconds <= report.seconds);
+    // Without a count, a local load runs where the caller's parallel work runs: rayon's global
+    // pool, or the caller's own pool from inside it (more threads serve only remote loads).
+    let report = store.initialize(Device::Cpu).unwrap();
+    assert_eq!(report.threads, rayon::current_num_threads());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let report = pool.install(|| store.initialize(Device::Cpu)).unwrap();
+    assert_eq!(report.threads, 3);
 }
 
 /// A dtype mismatch stays an error at call time (TensorFlow never casts). Where the load can
