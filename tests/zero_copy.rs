@@ -100,6 +100,64 @@ fn a_cast_maps_the_values_it_does_not_convert() {
     assert_eq!(r.mapped_bytes, mapped_bytes);
 }
 
+/// What `map_values` maps and what it copies, entry by entry: an entry of at least
+/// `map_min_bytes` (the bound included) at an offset aligned for its dtype is mapped; a smaller
+/// one, one at a misaligned offset (TensorFlow does not pad entries), and, in a big-endian
+/// bundle, one of multi-byte elements are copied. Every value is exact either way, and the
+/// report counts each entry read once and the mapped bytes.
+#[test]
+fn map_values_maps_only_entries_usable_as_stored() {
+    let b_values = [1.5f32, -2.0, 3.25, 0.0];
+    let n_values = [7.0f32, -8.5];
+    for big_endian in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = tfckpt::WriterOptions {
+            big_endian,
+            ..Default::default()
+        };
+        let mut w = CkptBuilder::with_options(dir.path().join("ck"), options);
+        // Data in this order: a at byte 0 (4 bytes), b at 4, m at 20 (1 byte), n at 21.
+        w.bytes("a", DType::U8, &[4], &[1, 2, 3, 4])
+            .f32("b", &[4], &b_values)
+            .bytes("m", DType::U8, &[1], &[9])
+            .f32("n", &[2], &n_values);
+        let ck = w.finish();
+        let mut store = VariableStore::new();
+        for (name, shape, dtype) in [
+            ("a", &[4u64][..], DType::U8),
+            ("b", &[4], DType::F32),
+            ("m", &[1], DType::U8),
+            ("n", &[2], DType::F32),
+        ] {
+            store.get_variable(name, shape, dtype, Init::Zeros).unwrap();
+        }
+        let map = AssignmentMap::from([("a", "a"), ("b", "b"), ("m", "m"), ("n", "n")]);
+        init_from_checkpoint(&mut store, &ck, &map).unwrap();
+        let options = LoadOptions {
+            map_values: true,
+            map_min_bytes: Some(4),
+            ..Default::default()
+        };
+        let r = store.initialize_with(Device::Cpu, &options).unwrap();
+        let value = |n: &str| store.value(n).unwrap();
+        assert_eq!(value("a").bytes().unwrap(), [1, 2, 3, 4]);
+        assert_eq!(value("b").to_f32().unwrap(), b_values);
+        assert_eq!(value("m").bytes().unwrap(), [9]);
+        assert_eq!(value("n").to_f32().unwrap(), n_values);
+        let mapped: Vec<&str> = ["a", "b", "m", "n"]
+            .into_iter()
+            .filter(|n| matches!(&value(n).data, TensorData::Bytes(b) if b.is_mapped()))
+            .collect();
+        let (want, bytes) = if big_endian {
+            (vec!["a"], 4)
+        } else {
+            (vec!["a", "b"], 20)
+        };
+        assert_eq!(mapped, want, "big-endian: {big_endian}");
+        assert_eq!((r.mapped_bytes, r.stored_reads), (bytes, 4));
+    }
+}
+
 #[test]
 fn mapping_is_opt_in_and_only_for_large_values() {
     // The default copies; map_values with the default threshold (1 MiB) leaves the fixtures' small
