@@ -69,9 +69,33 @@ fn partition_splits_follow_tensorflow() {
     assert!(store
         .get_variable("e", &[1], DType::F32, Init::Zeros)
         .is_err()); // exists
-    assert!(store
-        .get_variable("x:0", &[1], DType::F32, Init::Zeros)
-        .is_err());
+                    // Names: non-empty, no ':' (TensorFlow's tensor suffix), no empty scope component.
+    for bad in ["", "a/", "/a", "a//b", "x:0"] {
+        for partitioned in [false, true] {
+            let e = if partitioned {
+                store
+                    .get_partitioned_variable(bad, &[2], DType::F32, &[2], Init::Zeros)
+                    .map(|_| ())
+            } else {
+                store
+                    .get_variable(bad, &[1], DType::F32, Init::Zeros)
+                    .map(|_| ())
+            }
+            .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "variable {bad:?}: a variable name is non-empty, has no ':' and no empty scope \
+                     component"
+                ),
+            );
+        }
+    }
+    for good in ["a", "a/b", "a_b.c-1/d e"] {
+        store
+            .get_variable(good, &[1], DType::F32, Init::Zeros)
+            .unwrap();
+    }
     assert!(store
         .get_variable("i", &[1], DType::I32, Init::Constant(0.5))
         .is_err());
