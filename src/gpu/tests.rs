@@ -75,6 +75,82 @@ fn emulated_device_equals_host_on_every_fixture() {
     }
 }
 
+/// A big-endian bundle: its multi-byte values cannot go to the device as stored, so they are
+/// swapped on the host first; single bytes can. Through either path, equal to the host load,
+/// which equals the values written.
+#[test]
+fn a_big_endian_bundle_on_the_device_equals_the_host_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("be");
+    let options = crate::WriterOptions {
+        big_endian: true,
+        ..Default::default()
+    };
+    let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
+    let f: Vec<f32> = (0..300).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let le = |n: u64, size: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| i.wrapping_mul(0x0102_0304_0506_0708).to_le_bytes()[..size].to_vec())
+            .collect()
+    };
+    let tensors = [
+        ("i64", DType::I64, le(200, 8)),
+        ("i16", DType::I16, le(333, 2)),
+        ("u8", DType::U8, le(100, 1)),
+    ];
+    w.add(
+        "f32",
+        (&crate::Tensor::from_f32(&[300], &f).unwrap()).into(),
+    )
+    .unwrap();
+    for (name, dtype, data) in &tensors {
+        let n = data.len() as u64 / dtype.size().unwrap() as u64;
+        let t = crate::TensorRef::Bytes {
+            dtype: *dtype,
+            shape: &[n],
+            data,
+        };
+        w.add(name, t).unwrap();
+    }
+    w.finish().unwrap();
+    let store = || {
+        let mut store = VariableStore::new();
+        store
+            .get_variable("f32", &[300], DType::F32, Init::Zeros)
+            .unwrap();
+        for (name, dtype, data) in &tensors {
+            let n = data.len() as u64 / dtype.size().unwrap() as u64;
+            store.get_variable(name, &[n], *dtype, Init::Zeros).unwrap();
+        }
+        let map = AssignmentMap::from([("/", "/")]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = store();
+    cpu.initialize(Device::Cpu).unwrap();
+    assert_eq!(cpu.value("f32").unwrap().to_f32().unwrap(), f);
+    for (name, _, data) in &tensors {
+        assert_eq!(
+            cpu.value(name).unwrap().bytes().unwrap(),
+            &data[..],
+            "{name}"
+        );
+    }
+    for sizes in [Sizes::default(), tiny()] {
+        for register in [true, false] {
+            let link = HostLink::default();
+            let mut gpu = store();
+            let options = LoadOptions {
+                register_mappings: register,
+                ..Default::default()
+            };
+            gpu.initialize_on(&link, &options, sizes).unwrap();
+            assert_same(&cpu, &gpu, &format!("{sizes:?} register={register}"));
+            assert_eq!(link.still_registered(), 0);
+        }
+    }
+}
+
 #[test]
 fn registration_carries_mapped_bytes_and_failure_falls_back() {
     let dir = fixture("repartition_v2");
