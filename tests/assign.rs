@@ -315,11 +315,12 @@ fn initialize_rereads_a_checkpoint_rewritten_since_the_call() {
 fn initialize_refuses_a_tensor_rewritten_with_another_shape_or_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("ck");
-    let write = |x: (&[u64], DType), p: &[u64]| {
+    // Tensor "t" of shape `t` and dtype `dtype` (4-byte elements), "p" of shape `p`.
+    let write = |t: &[u64], dtype: DType, p: &[u64]| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let (nx, np) = (x.0.iter().product::<u64>(), p.iter().product::<u64>());
+        let (nt, np) = (t.iter().product::<u64>(), p.iter().product::<u64>());
         let mut b = CkptBuilder::new(&prefix);
-        b.bytes("t", x.1, x.0, &vec![0; 4 * nx as usize])
+        b.bytes("t", dtype, t, &vec![0; 4 * nt as usize])
             .f32("p", p, &vec![1.0; np as usize]);
         b.finish();
     };
@@ -330,35 +331,38 @@ fn initialize_refuses_a_tensor_rewritten_with_another_shape_or_dtype() {
     store
         .get_partitioned_variable("p", &[4, 2], DType::F32, &[2, 1], Init::Zeros)
         .unwrap();
-    write((&[2], DType::F32), &[4, 2]);
+    write(&[2], DType::F32, &[4, 2]);
     let map = AssignmentMap::from([("t", "x"), ("p", "p")]);
     init_from_checkpoint(&mut store, &prefix, &map).unwrap();
-    let rewrites: [((&[u64], DType), &[u64], &str); 3] = [
+    let rewrites: [(&[u64], DType, &[u64], &str); 3] = [
         (
-            (&[3], DType::F32),
+            &[3],
+            DType::F32,
             &[4, 2],
             "shape of variable \"x\" [2] does not match shape of tensor \"t\" [3] in checkpoint",
         ),
         (
-            (&[2], DType::I32),
+            &[2],
+            DType::I32,
             &[4, 2],
             "dtype of variable \"x\" (float32) does not match dtype of tensor \"t\" (int32) in checkpoint",
         ),
         (
-            (&[2], DType::F32),
+            &[2],
+            DType::F32,
             &[6, 2],
             "shape of variable \"p\" [4, 2] does not match shape of tensor \"p\" [6, 2] in checkpoint",
         ),
     ];
-    for (x, p, message) in rewrites {
-        write(x, p);
+    for (t, dtype, p, message) in rewrites {
+        write(t, dtype, p);
         let e = store.initialize(Device::Cpu).unwrap_err();
         assert!(e.to_string().contains(message), "{e}");
         assert!(!store.is_initialized());
         assert!(store.variables().all(|v| store.value(&v.name).is_none()));
     }
     // Written back as it was: the same store loads.
-    write((&[2], DType::F32), &[4, 2]);
+    write(&[2], DType::F32, &[4, 2]);
     store.initialize(Device::Cpu).unwrap();
 }
 
