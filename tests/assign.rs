@@ -219,6 +219,8 @@ fn empty_scope_warns_and_last_pair_wins() {
     map.push("v", "x").push("u", "x").push("old/", "nothing/");
     let call = init_from_checkpoint(&mut store, &ck, &map).unwrap();
     assert_eq!(call.warnings.len(), 1);
+    assert!(call.warnings[0].contains("\"old/\""), "{:?}", call.warnings);
+    assert_eq!(store.warnings(), call.warnings); // the store keeps every call's warnings
     assert_eq!(store.pending("x").unwrap().tensor, "v"); // ascending key order: "v" comes last
     let report = store.initialize(Device::Cpu).unwrap();
     assert_eq!(report.warnings, call.warnings);
