@@ -250,6 +250,8 @@ fn a_rank_loads_only_what_it_owns() {
     );
     assert!(store.value("emb/part_0").is_none() && store.is_other_rank("emb/part_0"));
     assert!(!store.is_other_rank("bias") && store.value("bias").is_some());
+    // This rank's initialization succeeded: the store says so (the other parts are elsewhere).
+    assert!(store.is_initialized());
     // A rule of the trainer's own: rank 0 of 2 takes the even parts and nothing else.
     let mut store = store_for();
     let even = |v: &tfckpt::Variable, rank: usize, _world: usize| {
@@ -302,6 +304,8 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
             .map(|((name, _), b)| (name.as_str(), b.as_mut_slice()))
             .collect();
         let report = store.initialize_into(given, &Default::default()).unwrap();
+        // Initialized, though the values are in the trainer's buffers rather than the store.
+        assert!(store.is_initialized(), "{case}");
         // The same load, so the same counts, whether values went to buffers or to the store.
         let counts = |r: &tfckpt::LoadReport| {
             let variables = (r.variables, r.from_checkpoint, r.from_initializer);

@@ -222,6 +222,8 @@ impl VariableStore {
     /// device buffers as they were before the load.
     fn forget_values(&mut self, buffers: std::collections::BTreeMap<String, crate::DeviceBuffer>) {
         self.device_buffers = buffers;
+        self.initialized = 0;
+        self.elsewhere.clear();
         self.values.clear();
         self.device_values.clear();
         self.replica_values.clear();

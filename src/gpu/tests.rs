@@ -59,6 +59,9 @@ fn emulated_device_equals_host_on_every_fixture() {
                 };
                 let report = gpu.initialize_on(&link, &options, sizes).unwrap();
                 assert_same(&cpu, &gpu, &what);
+                // Host copies of the device values leave the store initialized.
+                gpu.fetch_to_host().unwrap();
+                assert!(gpu.is_initialized(), "{what}");
                 let stats = report.device.unwrap();
                 assert_eq!(link.still_registered(), 0, "{what}");
                 assert_eq!(link.queued(), 0, "{what}");

@@ -122,6 +122,9 @@ pub struct VariableStore {
     pub(crate) warnings: Vec<String>,
     /// Variables (and parts) the last initialization left to other ranks (`LoadOptions::rank`).
     pub(crate) elsewhere: std::collections::BTreeSet<String>,
+    /// How many variables (and parts) the store held at its last successful initialization
+    /// (0: none yet). Variables are never removed, so it equals `vars.len()` until one is added.
+    pub(crate) initialized: usize,
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
     pub(crate) opened: Vec<std::sync::Arc<crate::reader::checkpoint::Checkpoint>>,
@@ -306,9 +309,13 @@ impl VariableStore {
         self.values.get_mut(name)
     }
 
-    /// Whether the store's variables have been initialized (all of them, or none).
+    /// Whether an initialization of every variable now in the store has succeeded (a load is all
+    /// or nothing): each then has its value in the store, on a device, in the trainer's buffer it
+    /// was read into ([`initialize_into`](Self::initialize_into), candle), or, with
+    /// [`LoadOptions::rank`](crate::LoadOptions::rank), on the rank that owns it
+    /// ([`is_other_rank`](Self::is_other_rank)). A variable added since makes it `false` again.
     pub fn is_initialized(&self) -> bool {
-        !self.vars.is_empty() && self.values.len() + self.device_values.len() == self.vars.len()
+        !self.vars.is_empty() && self.initialized == self.vars.len()
     }
 
     /// The device value of a variable or part after `initialize(Device::Cuda(_))`; `None` before,

@@ -221,6 +221,7 @@ impl VariableStore {
     /// Records the values of a successful load (the only change `initialize` makes to the store)
     /// and the variables it left to other ranks.
     fn commit(&mut self, values: Values, elsewhere: Vec<String>) {
+        self.initialized = self.vars.len();
         self.elsewhere = elsewhere.into_iter().collect();
         let mut host = values.host;
         // Nearly sorted already (file order); sorted input builds the map in one pass.
