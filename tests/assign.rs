@@ -69,7 +69,8 @@ fn partition_splits_follow_tensorflow() {
     assert!(store
         .get_variable("e", &[1], DType::F32, Init::Zeros)
         .is_err()); // exists
-                    // Names: non-empty, no ':' (TensorFlow's tensor suffix), no empty scope component.
+
+    // Names: non-empty, no ':' (TensorFlow's tensor suffix), no empty scope component.
     for bad in ["", "a/", "/a", "a//b", "x:0"] {
         for partitioned in [false, true] {
             let e = if partitioned {
