@@ -311,7 +311,7 @@ impl VariableStore {
 
     /// Whether an initialization of every variable now in the store has succeeded (a load is all
     /// or nothing): each then has its value in the store, on a device, in the trainer's buffer it
-    /// was read into ([`initialize_into`](Self::initialize_into), candle), or, with
+    /// was read into ([`initialize_into`](Self::initialize_into)), or, with
     /// [`LoadOptions::rank`](crate::LoadOptions::rank), on the rank that owns it
     /// ([`is_other_rank`](Self::is_other_rank)). A variable added since makes it `false` again.
     pub fn is_initialized(&self) -> bool {
