@@ -906,6 +906,7 @@ fn replicate(store: &mut VariableStore) -> Vec<String> {
     for (name, part) in names {
         let devices = if part { &all[1..] } else { &all[..] };
         store.set_replicas(&name, devices).unwrap();
+        assert_eq!(store.replicas_of(&name), Some(devices));
         out.push(name);
     }
     out
