@@ -358,10 +358,13 @@ impl VariableStore {
     /// let mut store = VariableStore::new();
     /// store.get_variable("dense/kernel", &[4, 2], DType::F32, Init::Zeros)?;
     /// store.get_partitioned_variable("emb", &[9, 2], DType::F32, &[3, 1], Init::Zeros)?;
+    /// store.get_variable("vocab", &[9], DType::String, Init::Zeros)?;
     /// store.set_device("dense/kernel", Device::Cpu)?;
     /// store.set_part_devices("emb", &[Device::Cuda(0), Device::Cuda(1), Device::Cuda(2)])?;
+    /// store.set_device("vocab", Device::Cuda(1))?;
     /// assert_eq!(store.device_of("emb/part_1", Device::Cpu), Device::Cuda(1));
     /// assert_eq!(store.device_of("dense/kernel", Device::Cuda(0)), Device::Cpu);
+    /// assert_eq!(store.device_of("vocab", Device::Cuda(0)), Device::Cpu); // strings stay
     /// # Ok::<(), tfckpt::Error>(())
     /// ```
     pub fn set_device(&mut self, name: &str, device: Device) -> Result<()> {
