@@ -24,6 +24,29 @@ fn says(e: &tfckpt::Error, start: impl AsRef<str>) {
     assert!(e.to_string().starts_with(start.as_ref()), "{e}");
 }
 
+/// `e` is a corrupt table in `path` at `offset` whose reason contains `why`, and says so first
+/// (`case`: which case of a loop, for the failure message).
+fn corrupt_table(
+    e: &tfckpt::Error,
+    path: &std::path::Path,
+    offset: u64,
+    why: &str,
+    case: impl std::fmt::Debug,
+) {
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::CorruptTable { path: p, offset: o, reason }
+                if p == path && *o == offset && reason.contains(why)
+        ),
+        "{case:?}: {e:#?}"
+    );
+    says(
+        e,
+        format!("{}: corrupt table at offset {offset}", path.display()),
+    );
+}
+
 #[test]
 fn not_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,19 +101,8 @@ fn unreadable_footer_handles_name_the_footer_offset() {
     bytes[footer..footer + 40].fill(0xff);
     std::fs::write(&index, bytes).unwrap();
     let e = err(Checkpoint::open(&prefix));
-    assert!(
-        matches!(
-            e.kind(),
-            ErrorKind::CorruptTable { path, offset, reason }
-                if path == &index && *offset == footer as u64
-                    && reason.contains("unreadable block handles in the footer")
-        ),
-        "{e:#?}"
-    );
-    says(
-        &e,
-        format!("{}: corrupt table at offset {footer}", index.display()),
-    );
+    let why = "unreadable block handles in the footer";
+    corrupt_table(&e, &index, footer as u64, why, ());
 }
 
 /// An index whose footer points the index block past the table data, into the footer itself or
@@ -130,15 +142,8 @@ fn an_index_block_past_the_table_data_is_a_corrupt_table() {
         bytes[footer..footer + 40].copy_from_slice(&footer_bytes);
         std::fs::write(&index, bytes).unwrap();
         let e = err(Checkpoint::open(&prefix));
-        assert!(
-            matches!(
-                e.kind(),
-                ErrorKind::CorruptTable { path, offset, reason }
-                    if path == &index && *offset == index_offset
-                        && reason.contains("runs past the end of the table data")
-            ),
-            "{end}: {e:#?}"
-        );
+        let why = "runs past the end of the table data";
+        corrupt_table(&e, &index, index_offset, why, end);
     }
 }
 
@@ -203,14 +208,7 @@ fn a_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() 
             0 => "block shorter than 4 bytes".to_string(),
             _ => format!("snappy block claims {claim} bytes from 64 stored"),
         };
-        assert!(
-            matches!(
-                e.kind(),
-                ErrorKind::CorruptTable { path: p, offset: 0, reason }
-                    if p == &path && reason.contains(&why)
-            ),
-            "{claim}: {e:#?}"
-        );
+        corrupt_table(&e, &path, 0, &why, claim);
     }
 }
 
@@ -228,14 +226,7 @@ fn a_malformed_entry_in_a_block_with_a_good_checksum_is_a_corrupt_table() {
         block.extend_from_slice(b"kvvv");
         block.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]); // one restart, at 0
         let (e, path) = open_index_table(one_block_table(&block, 0));
-        assert!(
-            matches!(
-                e.kind(),
-                ErrorKind::CorruptTable { path: p, offset: 0, reason }
-                    if p == &path && reason == "bad entry in block at byte 0"
-            ),
-            "{entry:?}: {e:#?}"
-        );
+        corrupt_table(&e, &path, 0, "bad entry in block at byte 0", entry);
     }
 }
 
@@ -1139,18 +1130,7 @@ fn keys_out_of_order_are_a_corrupt_table() {
     );
     let index = dir.path().join("ckpt.index");
     let e = err(Checkpoint::open(prefix));
-    assert!(
-        matches!(
-            e.kind(),
-            ErrorKind::CorruptTable { path, offset: 0, reason }
-                if path == &index && reason.contains("not in increasing order")
-        ),
-        "{e:#?}"
-    );
-    says(
-        &e,
-        format!("{}: corrupt table at offset 0", index.display()),
-    );
+    corrupt_table(&e, &index, 0, "not in increasing order", ());
 }
 
 /// A checkpoint written by a TensorFlow newer than this reader (its header asks for readers of
