@@ -613,6 +613,113 @@ pub(crate) mod tests {
         }
     }
 
+    /// A V1 checkpoint lists its files, says what `verify` read (every block and byte of every
+    /// file), and knows when a file changed under it: `is_current` (what `initialize` asks before
+    /// it reuses the checkpoint its call opened) is false once a file is written again.
+    #[test]
+    fn a_v1_checkpoint_lists_its_files_counts_what_it_verified_and_sees_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |name: &'static str, v: f32, n: u64| -> V1Tensor {
+            (
+                name,
+                vec![n],
+                (0..n).map(|i| (rows(i, 1), vec![v + i as f32])).collect(),
+            )
+        };
+        let paths: Vec<_> = (0..2)
+            .map(|i| dir.path().join(format!("m-{i:05}-of-00002")))
+            .collect();
+        let mut lens = 0;
+        let mut blocks = 0;
+        for (i, path) in paths.iter().enumerate() {
+            // Small blocks: many per file, and a different count in each.
+            let name = ["a", "b"][i];
+            let bytes = v1_file(&[t(name, i as f32, 40 + 40 * i as u64)], &[], 256, false);
+            std::fs::write(path, &bytes).unwrap();
+            lens += bytes.len() as u64;
+            blocks += crate::format::sstable::Table::open(path, &bytes)
+                .unwrap()
+                .num_blocks();
+        }
+        assert!(blocks > 4, "{blocks}");
+        let ckpt = crate::Checkpoint::open(dir.path().join("m-?????-of-00002")).unwrap();
+        assert_eq!(ckpt.files(), paths);
+        assert!(ckpt.is_current() && !ckpt.is_remote());
+        let report = ckpt.verify().unwrap();
+        assert_eq!((report.bytes, report.blocks), (lens, blocks));
+        // Written again (other values, another length): no longer current; opened again, it is.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&paths[1], v1_file(&[t("b", 7.0, 3)], &[], 256, false)).unwrap();
+        assert!(!ckpt.is_current());
+        assert!(crate::Checkpoint::open(&paths[1]).unwrap().is_current());
+    }
+
+    /// A V1 file truncated under the live mapping: a read or a check past the new end fails
+    /// with `Truncated` naming the file (not with the checksum of the zero pages read instead).
+    #[cfg(unix)]
+    #[test]
+    fn a_v1_file_truncated_under_a_live_checkpoint_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model");
+        let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect();
+        let t = |name| -> V1Tensor {
+            (
+                name,
+                vec![64 * 1024],
+                vec![(rows(0, 64 * 1024), big.clone())],
+            )
+        };
+        for case in 0..2 {
+            std::fs::write(&path, v1_file(&[t("a"), t("b")], &[], 4096, false)).unwrap();
+            let ckpt = crate::Checkpoint::open(&path).unwrap();
+            assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), big);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(4096)
+                .unwrap();
+            let e = match case {
+                0 => ckpt.read("b").unwrap_err(),
+                _ => ckpt.verify().unwrap_err(),
+            };
+            assert!(
+                matches!(e.kind(), crate::ErrorKind::Truncated { path: p } if *p == path),
+                "case {case}: {e}"
+            );
+        }
+    }
+
+    /// TensorFlow reads the file when the restore runs: a V1 file written again between
+    /// `init_from_checkpoint` and `initialize` gives its new values, each time `initialize` runs.
+    #[test]
+    fn initialize_rereads_a_v1_file_written_again_since_the_call() {
+        use crate::{AssignmentMap, DType, Device, Init, VariableStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model");
+        let write = |v: f32| {
+            // A different layout each time: the old file's blocks would be the wrong bytes.
+            let mut tensors: Vec<V1Tensor> = vec![("t", vec![2], vec![(rows(0, 2), vec![v; 2])])];
+            if v > 1.0 {
+                tensors.insert(0, ("pad", vec![3], vec![(rows(0, 3), vec![0.0; 3])]));
+            }
+            std::fs::write(&path, v1_file(&tensors, &[], 4096, false)).unwrap();
+        };
+        write(1.0);
+        let mut store = VariableStore::new();
+        store
+            .get_variable("x", &[2], DType::F32, Init::Zeros)
+            .unwrap();
+        crate::init_from_checkpoint(&mut store, &path, &AssignmentMap::from([("t", "x")])).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(2.0);
+        store.initialize(Device::Cpu).unwrap();
+        assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [2.0, 2.0]);
+        write(1.0);
+        store.initialize(Device::Cpu).unwrap();
+        assert_eq!(store.value("x").unwrap().to_f32().unwrap(), [1.0, 1.0]);
+    }
+
     /// A file named as one of 99,999,999,999: `verify` names the first few missing files, in
     /// a moment, instead of counting through all of them.
     #[test]
@@ -629,6 +736,36 @@ pub(crate) mod tests {
         assert!(
             first.contains("m-00001-of-99999999999: missing: file 1 of the 99999999999"),
             "{first}"
+        );
+    }
+
+    /// A glob of a save of 2 files that matches files 0 and 2: file 1 is missing (one of the two
+    /// found), and file 2 belongs to no save of 2 files.
+    #[test]
+    fn a_file_numbered_past_its_count_is_named_and_not_counted_as_found() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in [(0, "a"), (2, "b")] {
+            let t: V1Tensor = (name, vec![1], vec![(rows(0, 1), vec![1.0])]);
+            let path = dir.path().join(format!("m-{i:05}-of-00002"));
+            std::fs::write(&path, v1_file(&[t], &[], 4096, false)).unwrap();
+        }
+        let r = crate::Checkpoint::open(dir.path().join("m-?????-of-00002"))
+            .unwrap()
+            .verify_all();
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        let past = dir.path().join("m-00002-of-00002");
+        assert!(
+            matches!(r.problems[0].kind(), crate::ErrorKind::BadHeader { path, reason }
+                if path == &past && reason.contains("named as file 2 of a sharded V1 checkpoint of 2 files")),
+            "{:?}",
+            r.problems[0]
+        );
+        let gone = dir.path().join("m-00001-of-00002");
+        assert!(
+            matches!(r.problems[1].kind(), crate::ErrorKind::MissingV1Shard { path, shard: 1, num_shards: 2, found: 1 }
+                if path == &gone),
+            "{:?}",
+            r.problems[1]
         );
     }
 
