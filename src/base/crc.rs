@@ -45,19 +45,21 @@ pub(crate) fn serial(data: &[u8]) -> u32 {
 const POLY: u32 = 0x82F6_3B78;
 
 /// `a * b mod P` for polynomials over GF(2) in the reflected representation (bit 31 is x^0).
+/// Stops after `a`'s last set bit; `a == 0` gives 0 (the loop ends when the mask runs out).
 const fn multiply(a: u32, mut b: u32) -> u32 {
     let mut m = 1u32 << 31;
     let mut p = 0u32;
-    loop {
+    while m != 0 {
         if a & m != 0 {
             p ^= b;
             if a & (m - 1) == 0 {
-                return p;
+                break;
             }
         }
         m >>= 1;
         b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
     }
+    p
 }
 
 /// `X2N[k] = x^(2^k) mod P`, for every `k` a length of up to 2^64 bytes needs (3 + 64 bits).
@@ -111,6 +113,19 @@ pub fn crc32c(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The product of polynomials: 1 (x^0, bit 31) is the identity, 0 absorbs, and it commutes
+    /// (before, `multiply(0, b)` never returned).
+    #[test]
+    fn multiply_is_a_product() {
+        for b in [0u32, 1, 0x8000_0000, 0xE306_9283, u32::MAX] {
+            assert_eq!(multiply(1 << 31, b), b);
+            assert_eq!(multiply(b, 1 << 31), b);
+            assert_eq!(multiply(0, b), 0);
+            assert_eq!(multiply(b, 0), 0);
+            assert_eq!(multiply(b, 0x1234_5678), multiply(0x1234_5678, b));
+        }
+    }
 
     #[test]
     fn known_values() {
