@@ -207,6 +207,32 @@ fn joining_parts_refuses_unknown_names_and_parts_that_no_longer_fit() {
             .contains("its value is float32 [1, 2], the partitioned variable needs float32 [2, 2]"),
         "{e}"
     );
+    // The right number of bytes is not enough: another shape with as many elements, or the
+    // right shape of another dtype of the same size, would be joined as the wrong values.
+    let int32 = || Tensor::from_bytes(DType::I32, &[2, 2], vec![0; 16]).unwrap();
+    for (part, t, message) in [
+        (
+            1,
+            Tensor::from_f32(&[4, 1], &[5.0; 4]).unwrap(),
+            "emb/part_1\": its value is float32 [4, 1], the partitioned variable needs float32 [2, 2]",
+        ),
+        (
+            1,
+            int32(),
+            "emb/part_1\": its value is int32 [2, 2], and \"emb/part_0\"'s is float32",
+        ),
+        // The first part changed: the other is named, with the first part's dtype.
+        (
+            0,
+            int32(),
+            "emb/part_1\": its value is float32 [2, 2], and \"emb/part_0\"'s is int32",
+        ),
+    ] {
+        store.initialize(Device::Cpu).unwrap();
+        *store.value_mut(&format!("emb/part_{part}")).unwrap() = t;
+        let e = store.partitioned_value("emb").unwrap_err();
+        assert!(e.to_string().contains(message), "{e}");
+    }
 }
 
 #[test]

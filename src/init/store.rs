@@ -585,7 +585,19 @@ impl VariableStore {
                     dtype.size().is_none() && s.len() as u64 == have.num_elements().unwrap_or(0)
                 }
             };
-            if t.dtype != dtype || t.shape != have.shape() || !fits {
+            if t.dtype != dtype {
+                // The first part's dtype is the one expected (after a cast, not the declared one).
+                return Err(ErrorKind::BadVariable {
+                    name: p.clone(),
+                    reason: format!(
+                        "its value is {} {:?}, and {:?}'s is {dtype}: the parts of a partitioned \
+                         variable share one dtype",
+                        t.dtype, t.shape, pv.parts[0]
+                    ),
+                }
+                .into());
+            }
+            if t.shape != have.shape() || !fits {
                 return Err(ErrorKind::BadVariable {
                     name: p.clone(),
                     reason: format!(
