@@ -57,7 +57,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         return crc::serial(src);
     }
     if let [d] = &mut dsts[..] {
-        if d.transposed && d.want == have && src.len() > BAND {
+        if d.transposed && d.want == have && src.len() > BAND && !crate::base::par::is_serial() {
             // A large whole matrix into a transposed buffer: the destination's rows are the
             // source's columns, so bands of columns are disjoint and run in parallel, after a
             // parallel checksum of the source.
@@ -126,7 +126,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         (running.finish(), (r1 - r0) as usize * row_bytes)
     };
     let work: Vec<((u64, u64), Vec<Piece<'_>>)> = bands.into_iter().zip(pieces).collect();
-    let crcs: Vec<(u32, usize)> = if work.len() == 1 {
+    let crcs: Vec<(u32, usize)> = if work.len() == 1 || crate::base::par::is_serial() {
         work.into_iter().map(copy_band).collect()
     } else {
         crate::base::par::run(|| work.into_par_iter().map(copy_band).collect())
@@ -322,7 +322,7 @@ pub(crate) fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
         }
         running.finish()
     }
-    if src.len() <= BAND {
+    if src.len() <= BAND || crate::base::par::is_serial() {
         return serial(src, dst);
     }
     crate::base::par::run(|| {
@@ -403,41 +403,67 @@ mod tests {
         }
     }
 
+    /// `f` as it runs in a load, or [`serially`](crate::base::par::serially), as it runs while
+    /// a read on object storage holds its permits: the same bytes either way.
+    fn ways<R>(serial: bool, f: impl FnOnce() -> R) -> R {
+        if serial {
+            crate::base::par::serially(f)
+        } else {
+            f()
+        }
+    }
+
+    #[test]
+    fn a_whole_copy_and_a_checksum_are_the_same_serially() {
+        let src: Vec<u8> = (0..(3 * BAND + 12345))
+            .map(|i| (i * 29 % 251) as u8)
+            .collect();
+        for serial in [false, true] {
+            let mut dst = vec![0u8; src.len()];
+            let crc = ways(serial, || copy_whole(&src, &mut dst));
+            assert_eq!(crc, crc32c::crc32c(&src), "serial {serial}");
+            assert!(dst == src, "serial {serial}");
+            assert_eq!(ways(serial, || crc::crc32c(&src)), crc);
+        }
+    }
+
     #[test]
     fn bands_match_the_oracle() {
-        // A stored slice of rows [100, 100+3000) x 700 columns of u32, copied into boxes that cut it
-        // along both axes, with bands of several rows and steps of a few rows.
-        let have = Region::new(vec![(100u64, 3000u64), (0, 700)]);
-        let size = 4;
-        let src: Vec<u8> = (0..3000 * 700 * size)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect();
-        let wants: Vec<Region> = vec![
-            Region::new(vec![(0, 1000), (0, 700)]),
-            Region::new(vec![(1000, 2500), (0, 300)]),
-            Region::new(vec![(1000, 2500), (300, 400)]),
-            Region::new(vec![(100, 3000), (0, 700)]),
-            Region::new(vec![(50, 20), (0, 700)]), // no overlap
-        ];
-        let mut bufs: Vec<Vec<u8>> = wants
-            .iter()
-            .map(|w| vec![0u8; w.num_elements().unwrap() as usize * size])
-            .collect();
-        let dsts = bufs
-            .iter_mut()
-            .zip(&wants)
-            .map(|(b, w)| Dst {
-                buf: b,
-                want: w,
-                transposed: false,
-            })
-            .collect();
-        let crc = copy_verify(&src, &have, size, dsts);
-        assert_eq!(crc, crc32c::crc32c(&src));
-        for (b, w) in bufs.iter().zip(&wants) {
-            let mut want_buf = vec![0u8; b.len()];
-            naive(&src, &have, w, size, &mut want_buf);
-            assert!(*b == want_buf, "box {w:?}");
+        for serial in [false, true] {
+            // A stored slice of rows [100, 100+3000) x 700 columns of u32, copied into boxes that cut it
+            // along both axes, with bands of several rows and steps of a few rows.
+            let have = Region::new(vec![(100u64, 3000u64), (0, 700)]);
+            let size = 4;
+            let src: Vec<u8> = (0..3000 * 700 * size)
+                .map(|i| (i * 31 % 251) as u8)
+                .collect();
+            let wants: Vec<Region> = vec![
+                Region::new(vec![(0, 1000), (0, 700)]),
+                Region::new(vec![(1000, 2500), (0, 300)]),
+                Region::new(vec![(1000, 2500), (300, 400)]),
+                Region::new(vec![(100, 3000), (0, 700)]),
+                Region::new(vec![(50, 20), (0, 700)]), // no overlap
+            ];
+            let mut bufs: Vec<Vec<u8>> = wants
+                .iter()
+                .map(|w| vec![0u8; w.num_elements().unwrap() as usize * size])
+                .collect();
+            let dsts = bufs
+                .iter_mut()
+                .zip(&wants)
+                .map(|(b, w)| Dst {
+                    buf: b,
+                    want: w,
+                    transposed: false,
+                })
+                .collect();
+            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+            assert_eq!(crc, crc32c::crc32c(&src));
+            for (b, w) in bufs.iter().zip(&wants) {
+                let mut want_buf = vec![0u8; b.len()];
+                naive(&src, &have, w, size, &mut want_buf);
+                assert!(*b == want_buf, "box {w:?} serial {serial}");
+            }
         }
         // A scalar and an empty tensor.
         let mut one = [0u8; 4];
@@ -514,8 +540,13 @@ mod tests {
 
     #[test]
     fn a_large_matrix_is_transposed_in_parallel_bands() {
-        // Over BAND bytes: the parallel path, for 4- and 2-byte elements.
-        for (rows, cols, size) in [(1100usize, 1003usize, 4usize), (777, 3001, 2)] {
+        // Over BAND bytes: the parallel path, for 4- and 2-byte elements (and serially, the
+        // steps of the transposed path).
+        for (rows, cols, size, serial) in [
+            (1100usize, 1003usize, 4usize, false),
+            (777, 3001, 2, false),
+            (1100, 1003, 4, true),
+        ] {
             let src: Vec<u8> = (0..rows * cols * size)
                 .map(|i| (i * 13 % 251) as u8)
                 .collect();
@@ -526,11 +557,16 @@ mod tests {
                 want: &have,
                 transposed: true,
             }];
-            assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
+            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+            assert_eq!(crc, crc32c::crc32c(&src));
             for r in 0..rows {
                 for c in 0..cols {
                     let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
-                    assert_eq!(got[to..to + size], src[from..from + size], "({r}, {c})");
+                    assert_eq!(
+                        got[to..to + size],
+                        src[from..from + size],
+                        "({r}, {c}) serial {serial}"
+                    );
                 }
             }
         }

@@ -95,7 +95,7 @@ pub fn combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
 
 /// CRC32C of `data`, computed in parallel chunks when it is large.
 pub fn crc32c(data: &[u8]) -> u32 {
-    if data.len() <= 2 * CHUNK {
+    if data.len() <= 2 * CHUNK || crate::base::par::is_serial() {
         return serial(data);
     }
     crate::base::par::run(|| {

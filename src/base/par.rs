@@ -46,6 +46,33 @@ pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs [`serially`].
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the crate's copies and checksums on this thread alone ([`is_serial`] is true
+/// inside). For work done while holding something other jobs of the pool may wait for (the
+/// permits of reads on object storage): a thread that waits for its parallel pieces runs other
+/// jobs of its pool meanwhile, and a thread that took a piece may, waiting in turn, start a job
+/// that waits for those permits; the holder then never gets its piece back.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))] // used by reads on object storage
+pub(crate) fn serially<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether this thread runs [`serially`]: parallel copies and checksums then run in one piece.
+pub(crate) fn is_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
 /// The threads parallel work of the caller gets ([`run`]'s pool): `rayon::current_num_threads`,
 /// which would start rayon's global pool unrecorded (a child forked after that would wait for it).
 pub(crate) fn current_num_threads() -> usize {
@@ -113,3 +140,20 @@ impl<T> Drop for PerProcess<T> {
 // it, as a `OnceLock<T>` does.
 unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
 unsafe impl<T: Send> Send for PerProcess<T> {}
+
+#[cfg(test)]
+mod tests {
+    /// `serially` holds for what runs inside it, nested or not, and ends with it, even by a panic.
+    #[test]
+    fn serially_is_scoped_to_its_closure() {
+        assert!(!super::is_serial());
+        super::serially(|| {
+            assert!(super::is_serial());
+            super::serially(|| assert!(super::is_serial()));
+            assert!(super::is_serial());
+        });
+        assert!(!super::is_serial());
+        let _ = std::panic::catch_unwind(|| super::serially(|| panic!("inside")));
+        assert!(!super::is_serial());
+    }
+}

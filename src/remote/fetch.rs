@@ -13,18 +13,10 @@ use crate::base::error::Result;
 /// Requests and bytes in flight, shared by all readers of a load: at most `concurrency` requests
 /// and `range_bytes × concurrency` bytes fetched but not yet copied.
 pub(crate) struct Budget {
-    /// Requests and bytes free; negative while a nested read runs on credit (see [`Budget::take`]).
+    /// Requests and bytes free.
     free: Mutex<(i64, i64)>,
     total: (i64, i64),
     freed: Condvar,
-}
-
-thread_local! {
-    /// How many ranges this thread is copying right now (in `land`). A copy runs on the rayon
-    /// pool and may, while it waits for its own parallel pieces, run another read of the same
-    /// load on this thread: that nested read must not wait for permits that only the suspended
-    /// outer read can give back.
-    static LANDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A share of the [`Budget`], given back when dropped (after its bytes were copied, or when its
@@ -72,14 +64,14 @@ impl Budget {
     }
 
     /// A permit for a request of `bytes`, waiting for room. Only a reader with nothing in flight
-    /// waits, so the permits it waits for belong to readers that are making progress; a read
-    /// nested in a copy on this thread (see `LANDING`) takes its first permit on credit instead,
-    /// so the bound is exceeded by at most one range per nested read.
+    /// waits, so the permits it waits for belong to readers that are making progress: a reader
+    /// holds permits only while it waits for its answers (on a channel, not on the pool) or
+    /// copies them in, and it copies [`serially`](crate::base::par::serially), so that no job of
+    /// the pool that waits here can end up under it (see [`stream`]).
     fn take(self: &Arc<Self>, bytes: u64) -> Permit {
         let bytes = bytes.min(self.total.1 as u64);
-        let nested = LANDING.with(|l| l.get()) > 0;
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while !nested && (free.0 <= 0 || free.1 < bytes as i64) {
+        while free.0 <= 0 || free.1 < bytes as i64 {
             free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
         }
         free.0 -= 1;
@@ -104,6 +96,8 @@ enum Event {
 /// (`at` its offset within the range): a range's pieces come in order, those of different ranges
 /// interleaved. The read returns once every range arrived whole. The first error (of a request
 /// or of `land`) stops it: requests still in flight are abandoned and their permits given back.
+/// `land` runs [`serially`](crate::base::par::serially): the crate's copies and checksums in it
+/// stay on this thread.
 pub(crate) fn stream(
     client: &Arc<Client>,
     budget: &Arc<Budget>,
@@ -159,15 +153,8 @@ pub(crate) fn stream(
             .into());
         };
         match event {
-            Event::Data(mut at, chunks) => {
-                LANDING.with(|l| l.set(l.get() + 1));
-                let landed = chunks.iter().try_for_each(|c| {
-                    let r = land(i, at, c);
-                    at += c.len() as u64;
-                    r
-                });
-                LANDING.with(|l| l.set(l.get() - 1));
-                if let Err(e) = landed {
+            Event::Data(at, chunks) => {
+                if let Err(e) = land_chunks(&mut land, i, at, &chunks) {
                     break Err(e);
                 }
             }
@@ -182,6 +169,25 @@ pub(crate) fn stream(
     };
     abandon(&mut tasks);
     outcome
+}
+
+/// Hands `chunks` of range `i` (the first at offset `at` within it) to `land`, in order, on this
+/// thread alone: a parallel copy would let this thread, while it waits for its pieces, run other
+/// jobs of the pool, and a thread that took a piece could, waiting in turn, start a read that
+/// waits for the permits this read holds, never to give the piece back (the whole load hangs).
+fn land_chunks(
+    land: &mut impl FnMut(usize, u64, &[u8]) -> Result<()>,
+    i: usize,
+    mut at: u64,
+    chunks: &[Bytes],
+) -> Result<()> {
+    crate::base::par::serially(|| {
+        chunks.iter().try_for_each(|c| {
+            let r = land(i, at, c);
+            at += c.len() as u64;
+            r
+        })
+    })
 }
 
 /// [`stream`] for a reader that needs each range whole (a box of whole rows, say): the pieces of
@@ -264,13 +270,66 @@ mod tests {
         assert_eq!(*b.free.lock().unwrap(), (2, 100));
         assert_eq!(cut(10, 35, 10), vec![10..20, 20..30, 30..35]);
         assert!(cut(5, 5, 10).is_empty());
-        // A read nested in a copy takes its permit on credit rather than waiting forever.
-        let held = b.take(100);
-        LANDING.with(|l| l.set(1));
-        let nested = b.take(10);
-        LANDING.with(|l| l.set(0));
-        assert_eq!(*b.free.lock().unwrap(), (0, -10));
-        drop((held, nested));
-        assert_eq!(*b.free.lock().unwrap(), (2, 100));
+    }
+
+    /// `stream`'s pieces reach `land` in order, with their offsets, and serially.
+    #[test]
+    fn chunks_land_in_order_and_serially() {
+        let mut seen = Vec::new();
+        let chunks = [Bytes::from_static(b"abc"), Bytes::from_static(b"de")];
+        let mut land = |i: usize, at: u64, b: &[u8]| {
+            seen.push((i, at, b.to_vec(), crate::base::par::is_serial()));
+            Ok(())
+        };
+        land_chunks(&mut land, 3, 10, &chunks).unwrap();
+        assert_eq!(
+            seen,
+            [
+                (3, 10, b"abc".to_vec(), true),
+                (3, 13, b"de".to_vec(), true)
+            ]
+        );
+        assert!(!crate::base::par::is_serial());
+    }
+
+    /// What `stream` meets on a load's pool: each job holds the only permit while it copies a
+    /// range, and the others wait for it. A copy in parallel bands hung such a pool (a thread
+    /// that took a band went on, while waiting for another, to a job that waited for the permit,
+    /// which the band's owner could then never give back: found by review, hung in the first
+    /// rounds here); copied [`serially`](crate::base::par::serially), as `stream` copies, every
+    /// round ends. Each round under a watchdog.
+    #[test]
+    fn jobs_holding_the_only_permit_while_copying_never_strand_the_pool() {
+        use rayon::prelude::*;
+        let src: Arc<Vec<u8>> = Arc::new((0..12 << 20).map(|i| (i % 251) as u8).collect());
+        let want = crate::base::crc::crc32c(&src);
+        for round in 0..4 {
+            let (budget, src) = (Budget::new(1, 1 << 30), src.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(4)
+                    .build()
+                    .unwrap();
+                let crcs: Vec<u32> = pool.install(|| {
+                    (0..12)
+                        .into_par_iter()
+                        .with_max_len(1)
+                        .map(|_| {
+                            let _permit = budget.take(1);
+                            let mut dst = vec![0u8; src.len()];
+                            crate::base::par::serially(|| {
+                                crate::base::copy::copy_whole(&src, &mut dst)
+                            })
+                        })
+                        .collect()
+                });
+                let _ = tx.send(crcs);
+            });
+            let crcs = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("round {round}: the pool hung"));
+            assert!(crcs.iter().all(|&c| c == want));
+        }
     }
 }
