@@ -1397,6 +1397,43 @@ fn a_failing_server_is_retried_as_configured_not_more() {
     assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
 }
 
+/// Options at their limits make no request task panic, and a read never waits for a task that
+/// ended without an answer: a body cut short, read again after a backoff of `Duration::MAX`,
+/// panicked in the task (an overflow), and the read waited for its answer forever. Now it is the
+/// short read's error, at once.
+#[test]
+fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
+    let addr = fault_proxy(servers().http, |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("GET ") && first.contains(".data-") {
+            Fault::CutWithShortLength
+        } else {
+            Fault::Pass
+        }
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        max_retries: 2,
+        initial_backoff: std::time::Duration::MAX,
+        ..Default::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let remote = Checkpoint::open_with(&url, &opts).unwrap();
+        let name = remote.tensors()[0].name.clone();
+        let _ = tx.send(remote.read(&name).map(drop).map_err(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the read hung")
+        .unwrap_err();
+    assert!(
+        e.contains(".data-00000-of-00001") && e.contains("short read"),
+        "{e}"
+    );
+}
+
 /// Credentials that may read objects but not list the bucket: S3 then refuses a listing, and
 /// answers a HEAD of a missing key with 403 rather than 404. A checkpoint named by its prefix
 /// still opens (the directory probes' refusals mean "not a directory"); a missing one is the

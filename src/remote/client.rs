@@ -529,12 +529,12 @@ impl Client {
                 };
                 attempt += 1;
                 if attempt > client.options.max_retries
-                    || start.elapsed() + backoff > client.options.retry_timeout
+                    || start.elapsed().saturating_add(backoff) > client.options.retry_timeout
                 {
                     return Err(failed);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(15));
+                backoff = backoff.saturating_mul(2).min(Duration::from_secs(15));
             }
         }
     }

@@ -128,13 +128,25 @@ pub(crate) fn stream(
             };
             let i = next;
             let data = tx.clone();
+            let (url, span) = (obj.url.clone(), (r.start, r.end));
             let fut = client.fetch(obj, r, move |at, chunks| {
                 data.send((i, Event::Data(at, chunks))).is_ok()
             });
-            match spawn(
-                async move { (i, Event::End(fut.await, permit)) },
-                tx.clone(),
-            ) {
+            // A panic in the request (in `object_store` or below) is this read's error: the
+            // task still answers, so the read does not wait for it forever.
+            let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut));
+            let answer = async move {
+                let done = fut.await.unwrap_or_else(|_| {
+                    Err(crate::ErrorKind::Remote {
+                        url,
+                        range: Some(span),
+                        reason: "the request failed with a panic".into(),
+                    }
+                    .into())
+                });
+                (i, Event::End(done, permit))
+            };
+            match spawn(answer, tx.clone()) {
                 Ok(t) => tasks.push(t),
                 Err(e) => break 'read Err(e),
             }
