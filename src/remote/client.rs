@@ -540,7 +540,8 @@ impl Client {
     }
 
     /// The crate's error for `e`, met reading `url` (bytes `range`). `object_store`'s texts are
-    /// passed on with any user information of a URL in them masked.
+    /// passed on with any user information of a URL in them masked, and with what a server's
+    /// answer may echo of the credentials removed ([`redact_answer`]).
     pub(crate) fn error(
         &self,
         e: object_store::Error,
@@ -558,12 +559,12 @@ impl Client {
                 url,
                 not_found,
                 credentials,
-                reason: mask_user_info(&reason),
+                reason: redact_answer(&mask_user_info(&reason), &secrets_in_environment()),
             },
             ErrorKind::Remote { url, range, reason } => ErrorKind::Remote {
                 url,
                 range,
-                reason: mask_user_info(&reason),
+                reason: redact_answer(&mask_user_info(&reason), &secrets_in_environment()),
             },
             kind => kind,
         }
@@ -705,6 +706,94 @@ fn mask_user_info(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The elements of an S3-style XML error answer whose text is kept in a message: what went
+/// wrong and on what. Any other element's text (`<Token-0>` of `ExpiredToken` and
+/// `InvalidToken`, which is the session token; `<CanonicalRequest>` and `<StringToSign>` of
+/// `SignatureDoesNotMatch`, which hold the `x-amz-security-token` header; whatever a store adds)
+/// reads `…`.
+const ANSWER_KEEPS: [&str; 10] = [
+    "Code",
+    "Message",
+    "Key",
+    "BucketName",
+    "Resource",
+    "RequestId",
+    "HostId",
+    "Region",
+    "Endpoint",
+    "Condition",
+];
+
+/// `text` (an `object_store` error, which carries the body of the server's answer) without what
+/// the answer may echo of the credentials: in an XML error answer (`<Error>`, as S3, GCS and
+/// Azure give), of each element holding only text, the text is kept for the elements of
+/// [`ANSWER_KEEPS`] and replaced by `…` for the others; and each of `secrets` (at least 8 bytes)
+/// found anywhere is replaced by `***`.
+fn redact_answer(text: &str, secrets: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let xml = text.contains("<Error>");
+    let mut rest = if xml { text } else { "" };
+    if !xml {
+        out.push_str(text);
+    }
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let name = after.find('>').map(|close| &after[..close]);
+        let element = name
+            .filter(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
+            .and_then(|n| {
+                let inner = &after[n.len() + 1..];
+                let end = format!("</{n}>");
+                let len = inner.find(&end)?;
+                (!inner[..len].contains('<')).then_some((n, len, end.len()))
+            });
+        match element {
+            Some((n, len, end_len)) => {
+                out.push_str(&rest[..open + n.len() + 2]);
+                let inner = &after[n.len() + 1..];
+                out.push_str(if ANSWER_KEEPS.contains(&n) {
+                    &inner[..len]
+                } else {
+                    "…"
+                });
+                out.push_str(&inner[len..len + end_len]);
+                rest = &inner[len + end_len..];
+            }
+            None => {
+                out.push_str(&rest[..open + 1]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(secret.as_str(), "***");
+    }
+    out
+}
+
+/// The values of the environment variables that hold secrets of the stores' credentials
+/// (`object_store` reads them), for [`redact_answer`].
+fn secrets_in_environment() -> Vec<String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_uppercase();
+            ["AWS_", "GOOGLE_", "AZURE_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                && ["SECRET", "TOKEN", "KEY", "PASSWORD"]
+                    .iter()
+                    .any(|w| k.contains(w))
+                && !k.ends_with("_KEY_ID")
+        })
+        .map(|(_, v)| v)
+        .collect()
 }
 
 /// Checks the S3 endpoint the environment gives (`AWS_ENDPOINT_URL`, or `AWS_ENDPOINT` as
@@ -926,6 +1015,61 @@ mod tests {
         assert_eq!(mask_user_info("s3://b/user@x/k"), "s3://b/user@x/k");
         assert_eq!(mask_user_info("no url, a@b"), "no url, a@b");
         assert_eq!(mask_user_info("http://u@h"), "http://***@h");
+    }
+
+    /// S3's answers that echo credentials, as `object_store` puts them in its error text: the
+    /// session token of `ExpiredToken`, the canonical request of `SignatureDoesNotMatch` (with
+    /// its `x-amz-security-token` header). What went wrong stays; the secrets do not.
+    #[test]
+    fn credentials_a_server_echoes_are_removed_from_messages() {
+        let token = "FQoGZXIvYXdzEJr//////////wEaDOH0aWRzZWNyZXQ";
+        let expired = format!(
+            "Error performing GET http://s3/b/k in 2ms - Server returned non-2xx status code: \
+             400 Bad Request: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ExpiredToken\
+             </Code><Message>The provided token has expired.</Message><Token-0>{token}</Token-0>\
+             <RequestId>4442587FB7D0A2F9</RequestId></Error>"
+        );
+        let text = redact_answer(&expired, &[]);
+        assert!(!text.contains(token), "{text}");
+        assert!(
+            text.contains(
+                "<Code>ExpiredToken</Code><Message>The provided token has expired.\
+                           </Message><Token-0>…</Token-0><RequestId>4442587FB7D0A2F9</RequestId>"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("Error performing GET http://s3/b/k in 2ms"),
+            "{text}"
+        );
+        let signature = format!(
+            "403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><Message>The request \
+             signature we calculated does not match</Message><AWSAccessKeyId>AKIAEXAMPLE\
+             </AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256\n20261202T000000Z</StringToSign>\
+             <CanonicalRequest>GET\n/b/k\n\nhost:s3\nx-amz-security-token:{token}\n\
+             </CanonicalRequest></Error>"
+        );
+        let text = redact_answer(&signature, &[]);
+        assert!(
+            !text.contains(token) && !text.contains("AWS4-HMAC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<Code>SignatureDoesNotMatch</Code>"),
+            "{text}"
+        );
+        // A secret of the environment, wherever an answer echoes it; short values are left.
+        // Other answers (an HTML page, say) are left whole.
+        let text = redact_answer(
+            &format!("500: token={token} short <b>x</b> a<b"),
+            &[token.to_string(), "short".into()],
+        );
+        assert_eq!(text, "500: token=*** short <b>x</b> a<b");
+        let odd = "<Error><A>x</A><B>y<Message>m</Message> <C>z</D> <E>";
+        assert_eq!(
+            redact_answer(odd, &[]),
+            "<Error><A>…</A><B>y<Message>m</Message> <C>z</D> <E>"
+        );
     }
 
     #[test]
