@@ -273,6 +273,14 @@ pub(crate) struct Object {
     pub etag: Option<String>,
 }
 
+impl Object {
+    /// Whether `self` (seen later) is `first` unchanged: same size and ETag. Without an ETag on
+    /// both sides nothing tells an object rewritten at the same size, so the answer is no.
+    pub(crate) fn same_as(&self, first: &Object) -> bool {
+        self.size == first.size && self.etag.is_some() && self.etag == first.etag
+    }
+}
+
 /// A client for one bucket or host.
 pub(crate) struct Client {
     pub loc: Location,

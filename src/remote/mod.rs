@@ -94,12 +94,12 @@ pub(crate) struct FetchedFile {
 }
 
 impl FetchedFile {
-    /// Whether the object is still the one fetched (same size and ETag): one HEAD request.
+    /// Whether the object is still the one fetched (same size and ETag): one HEAD request. A
+    /// server that gives no ETag cannot say, and the answer is no.
     pub(crate) fn is_current(&self) -> bool {
-        match self.client.head(self.obj.path.as_ref()) {
-            Ok(o) => o.size == self.obj.size && o.etag == self.obj.etag,
-            Err(_) => false,
-        }
+        self.client
+            .head(self.obj.path.as_ref())
+            .is_ok_and(|o| o.same_as(&self.obj))
     }
 }
 
@@ -373,13 +373,11 @@ impl RemoteBundle {
     }
 
     /// Whether the index object is still the one read (same size and ETag): one HEAD request.
+    /// A server that gives no ETag cannot say, and the answer is no.
     pub(crate) fn is_current(&self) -> bool {
         let (client, _) = self.state();
         let key = self.index.path.as_ref().to_string();
-        match client.head(&key) {
-            Ok(o) => o.size == self.index.size && o.etag == self.index.etag,
-            Err(_) => false,
-        }
+        client.head(&key).is_ok_and(|o| o.same_as(&self.index))
     }
 
     /// The shard object of `e` (its size and ETag read on first use).
