@@ -526,3 +526,50 @@ fn one_part_alone_takes_a_tensor_of_its_own_shape() {
         vec![0.0; 10]
     );
 }
+
+/// A cast on load converts each float32 as the `half` crate does (round to nearest even; NaNs
+/// quiet, sign and top payload bits kept), to bfloat16 and to float16: checked against that
+/// independent conversion, not against another load through the same code (before, swapping
+/// the two targets went unnoticed by every host test).
+#[test]
+fn a_cast_on_load_converts_as_half_does() {
+    let values: Vec<f32> = vec![
+        1.0,
+        -2.5,
+        std::f32::consts::PI,
+        1.0 + 1.0 / 1024.0 + 1.0 / 4096.0, // a tie in float16's last place
+        1e-8,                              // below float16's smallest subnormal
+        6.1e-5,                            // a float16 subnormal
+        65504.0,
+        70000.0, // past float16's largest: infinity
+        3.0e38,
+        f32::MIN_POSITIVE,
+        -0.0,
+        f32::INFINITY,
+        f32::from_bits(0x7fa0_0001), // a signalling NaN with payload
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("w", &[values.len() as u64], &values);
+    let ck = b.finish();
+    let halves: [(DType, fn(f32) -> u16); 2] = [
+        (DType::BF16, |v| half::bf16::from_f32(v).to_bits()),
+        (DType::F16, |v| half::f16::from_f32(v).to_bits()),
+    ];
+    for (to, convert) in halves {
+        let mut store = VariableStore::new();
+        store
+            .get_variable("x", &[values.len() as u64], DType::F32, Init::Zeros)
+            .unwrap();
+        init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("w", "x")])).unwrap();
+        let options = tfckpt::LoadOptions::new().cast(DType::F32, to);
+        store.initialize_with(Device::Cpu, &options).unwrap();
+        let x = store.value("x").unwrap();
+        assert_eq!(x.dtype, to);
+        let want: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| convert(v).to_le_bytes())
+            .collect();
+        assert_eq!(x.bytes().unwrap(), &want[..], "{to}");
+    }
+}
