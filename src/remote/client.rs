@@ -474,7 +474,9 @@ impl Client {
             loop {
                 let opts = GetOptions {
                     range: Some(GetRange::Bounded(range.start + got..range.end)),
-                    if_match: obj.etag.clone(),
+                    // `If-Match` compares strongly: a weak ETag never matches (412), so it is
+                    // only compared here, with the ETag of each answer (`changed`).
+                    if_match: obj.etag.clone().filter(|e| !e.starts_with("W/")),
                     ..Default::default()
                 };
                 let failed = match store.get_opts(&obj.path, opts).await {
