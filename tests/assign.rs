@@ -552,11 +552,11 @@ fn a_cast_on_load_converts_as_half_does() {
     let mut b = CkptBuilder::new(dir.path().join("m"));
     b.f32("w", &[values.len() as u64], &values);
     let ck = b.finish();
-    let halves: [(DType, fn(f32) -> u16); 2] = [
-        (DType::BF16, |v| half::bf16::from_f32(v).to_bits()),
-        (DType::F16, |v| half::f16::from_f32(v).to_bits()),
-    ];
-    for (to, convert) in halves {
+    for to in [DType::BF16, DType::F16] {
+        let convert = |v: f32| match to {
+            DType::BF16 => half::bf16::from_f32(v).to_bits(),
+            _ => half::f16::from_f32(v).to_bits(),
+        };
         let mut store = VariableStore::new();
         store
             .get_variable("x", &[values.len() as u64], DType::F32, Init::Zeros)
