@@ -295,4 +295,86 @@ mod tests {
             assert!(r.is_err());
         }
     }
+
+    /// Batches are runs of consecutive items of about `BATCH_BYTES`, at most `BATCH_ITEMS`
+    /// items, an item larger than that alone; each batch is entered once, before its work.
+    #[test]
+    fn batches_are_about_batch_bytes_and_entered_once_each() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let batches = |sizes: &[u64]| -> Vec<Vec<u64>> {
+            let entered = std::sync::Mutex::new(Vec::new());
+            let out = pool.install(|| {
+                pipeline(
+                    sizes,
+                    u64::MAX,
+                    |&b| b,
+                    |_, &next, bytes, n| by_size(bytes, next, n),
+                    |batch: &[u64]| {
+                        let at = (batch.as_ptr() as usize - sizes.as_ptr() as usize) / 8;
+                        entered.lock().unwrap().push((at, batch.to_vec()))
+                    },
+                    |_| {},
+                    |&b| Ok(b),
+                )
+            });
+            assert_eq!(out.unwrap(), sizes);
+            let mut e = entered.into_inner().unwrap();
+            e.sort();
+            e.into_iter().map(|(_, b)| b).collect()
+        };
+        let mib = 1u64 << 20;
+        let lens = |b: Vec<Vec<u64>>| b.iter().map(Vec::len).collect::<Vec<_>>();
+        // 1 MiB items: four to a batch; 16-byte items: 256 to a batch.
+        assert_eq!(lens(batches(&[mib; 10])), [4, 4, 2]);
+        assert_eq!(lens(batches(&[16; 600])), [256, 256, 88]);
+        // An item over BATCH_BYTES is a batch of its own; the rest fill up to it.
+        assert_eq!(
+            batches(&[mib, 5 * mib, 3 * mib, mib, mib]),
+            [vec![mib], vec![5 * mib], vec![3 * mib, mib], vec![mib]]
+        );
+    }
+
+    /// The reader stays exactly `window` bytes ahead of the work done (and goes on through the
+    /// whole run): the readahead neither stops nor runs away.
+    #[test]
+    fn readahead_runs_window_bytes_ahead_of_the_work() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let items: Vec<u64> = (0..100).collect();
+        let (done, prefetched) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let leads = std::sync::Mutex::new(Vec::new());
+        let out = pool.install(|| {
+            pipeline(
+                &items,
+                30,
+                |_| 10,
+                |_, _, _, _| false,
+                |_| (),
+                |_| {
+                    let p = prefetched.fetch_add(1, SeqCst) + 1;
+                    leads.lock().unwrap().push(p - done.load(SeqCst));
+                },
+                |&i| {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    done.fetch_add(1, SeqCst);
+                    Ok(i)
+                },
+            )
+        });
+        assert_eq!(out.unwrap(), items);
+        let leads = leads.into_inner().unwrap();
+        // Three items of 10 bytes in a window of 30, never more; reached, and through the run.
+        assert_eq!(leads.iter().max(), Some(&3), "{leads:?}");
+        assert!(
+            leads.len() >= 50,
+            "{} items read ahead: {leads:?}",
+            leads.len()
+        );
+    }
 }
