@@ -408,11 +408,15 @@ impl RemoteBundle {
                 err
             }
         })?;
-        let obj = Arc::new(obj);
-        self.shards
+        // Two threads may have asked at once: the first answer kept is the one every read of
+        // this shard is checked against.
+        let obj = self
+            .shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(e.shard, obj.clone());
+            .entry(e.shard)
+            .or_insert_with(|| Arc::new(obj))
+            .clone();
         Ok(obj)
     }
 
