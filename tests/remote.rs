@@ -1241,6 +1241,12 @@ enum Fault {
     WeakEtag,
 }
 
+/// Whether a request head is a GET of a data shard.
+fn is_data_get(head: &str) -> bool {
+    let first = head.lines().next().unwrap_or("");
+    first.starts_with("GET ") && first.contains(".data-")
+}
+
 /// A real TCP proxy in front of `upstream` (one request per connection) that does to each
 /// request what `fault(request head)` says.
 fn fault_proxy(
@@ -1344,9 +1350,8 @@ fn a_server_with_weak_etags_is_read() {
 #[test]
 fn an_answer_longer_than_its_range_is_an_error() {
     let addr = fault_proxy(servers().http, |head| {
-        let first = head.lines().next().unwrap_or("");
         let ranged = head.to_ascii_lowercase().contains("\r\nrange:");
-        if first.starts_with("GET ") && first.contains(".data-") && ranged {
+        if is_data_get(head) && ranged {
             Fault::Padded
         } else {
             Fault::Pass
@@ -1410,8 +1415,7 @@ fn a_failing_server_is_retried_as_configured_not_more() {
     let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = data_gets.clone();
     let addr = fault_proxy(servers().http, move |head| {
-        let first = head.lines().next().unwrap_or("");
-        if first.starts_with("GET ") && first.contains(".data-") {
+        if is_data_get(head) {
             counted.fetch_add(1, Ordering::SeqCst);
             Fault::Status500
         } else {
@@ -1439,13 +1443,9 @@ fn a_failing_server_is_retried_as_configured_not_more() {
 /// short read's error, at once.
 #[test]
 fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
-    let addr = fault_proxy(servers().http, |head| {
-        let first = head.lines().next().unwrap_or("");
-        if first.starts_with("GET ") && first.contains(".data-") {
-            Fault::CutWithShortLength
-        } else {
-            Fault::Pass
-        }
+    let addr = fault_proxy(servers().http, |head| match is_data_get(head) {
+        true => Fault::CutWithShortLength,
+        false => Fault::Pass,
     });
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
