@@ -487,6 +487,41 @@ mod tests {
         );
     }
 
+    /// Each box of `bands_match_the_oracle`'s kind as the only destination (the path a single
+    /// destination takes depends on its box), for a source at row 0 and one further down, and
+    /// boxes without columns.
+    #[test]
+    fn a_single_destination_gets_its_box_whatever_the_box() {
+        let size = 4;
+        for first in [0u64, 100] {
+            let have = Region::new(vec![(first, 3000), (0, 700)]);
+            let src: Vec<u8> = (0..3000 * 700 * size)
+                .map(|i| (i * 37 % 251) as u8)
+                .collect();
+            for want in [
+                have.clone(),
+                Region::new(vec![(first, 1000), (0, 700)]),
+                Region::new(vec![(first + 500, 2500), (100, 300)]),
+                Region::new(vec![(0, first + 3000), (0, 700)]),
+            ] {
+                let mut got = vec![0u8; want.num_elements().unwrap() as usize * size];
+                let dst = Dst {
+                    buf: &mut got,
+                    want: &want,
+                    transposed: false,
+                };
+                let crc = copy_verify(&src, &have, size, vec![dst]);
+                assert_eq!(crc, crc32c::crc32c(&src));
+                let mut expect = vec![0u8; got.len()];
+                naive(&src, &have, &want, size, &mut expect);
+                assert!(got == expect, "rows from {first}: box {want:?}");
+            }
+        }
+        // Rows without columns: nothing to copy, the checksum of nothing.
+        let none = Region::new(vec![(0, 5), (0, 0)]);
+        assert_eq!(copy_verify(&[], &none, 4, vec![]), 0);
+    }
+
     #[test]
     fn transposed_destinations_match_the_oracle() {
         // Boxes of a 300 x 70 source of 2-, 4- and 8-byte elements, some held transposed, with
@@ -566,6 +601,32 @@ mod tests {
                         got[to..to + size],
                         src[from..from + size],
                         "({r}, {c}) serial {serial}"
+                    );
+                }
+            }
+            let mut whole = vec![0u8; src.len()];
+            transpose_whole(&src, rows, size, &mut whole);
+            assert!(whole == got, "transpose_whole {rows} x {cols}");
+            // A box of it, transposed, as the only destination (not the whole-matrix path).
+            let want = Region::new(vec![(1, rows as u64 - 2), (3, cols as u64 - 5)]);
+            let (wr, wc) = (rows - 2, cols - 5);
+            let mut part = vec![0u8; wr * wc * size];
+            let dst = Dst {
+                buf: &mut part,
+                want: &want,
+                transposed: true,
+            };
+            assert_eq!(
+                ways(serial, || copy_verify(&src, &have, size, vec![dst])),
+                crc
+            );
+            for r in 0..wr {
+                for c in 0..wc {
+                    let (from, to) = (((r + 1) * cols + c + 3) * size, (c * wr + r) * size);
+                    assert_eq!(
+                        part[to..to + size],
+                        src[from..from + size],
+                        "box ({r}, {c})"
                     );
                 }
             }
