@@ -723,9 +723,10 @@ fn mask_user_info(text: &str) -> String {
 /// `InvalidToken`, which is the session token; `<CanonicalRequest>` and `<StringToSign>` of
 /// `SignatureDoesNotMatch`, which hold the `x-amz-security-token` header; whatever a store adds)
 /// reads `…`.
-const ANSWER_KEEPS: [&str; 10] = [
+const ANSWER_KEEPS: [&str; 14] = [
     "Code",
     "Message",
+    "Details",
     "Key",
     "BucketName",
     "Resource",
@@ -734,6 +735,9 @@ const ANSWER_KEEPS: [&str; 10] = [
     "Region",
     "Endpoint",
     "Condition",
+    "ArgumentName",
+    "RangeRequested",
+    "ActualObjectSize",
 ];
 
 /// `text` (an `object_store` error, which carries the body of the server's answer) without what
@@ -750,23 +754,32 @@ fn redact_answer(text: &str, secrets: &[String]) -> String {
     }
     while let Some(open) = rest.find('<') {
         let after = &rest[open + 1..];
-        let name = after.find('>').map(|close| &after[..close]);
-        let element = name
-            .filter(|n| {
+        // `<Name attributes…>`: the tag (up to `>`) and the name (up to a space).
+        let tag = after.find('>').map(|close| &after[..close]);
+        let element = tag
+            .map(|t| {
+                (
+                    t,
+                    t.split(|c: char| c.is_ascii_whitespace())
+                        .next()
+                        .unwrap_or(""),
+                )
+            })
+            .filter(|(_, n)| {
                 !n.is_empty()
                     && n.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             })
-            .and_then(|n| {
-                let inner = &after[n.len() + 1..];
+            .and_then(|(t, n)| {
+                let inner = &after[t.len() + 1..];
                 let end = format!("</{n}>");
                 let len = inner.find(&end)?;
-                (!inner[..len].contains('<')).then_some((n, len, end.len()))
+                (!inner[..len].contains('<')).then_some((t, n, len, end.len()))
             });
         match element {
-            Some((n, len, end_len)) => {
-                out.push_str(&rest[..open + n.len() + 2]);
-                let inner = &after[n.len() + 1..];
+            Some((t, n, len, end_len)) => {
+                out.push_str(&rest[..open + t.len() + 2]);
+                let inner = &after[t.len() + 1..];
                 out.push_str(if ANSWER_KEEPS.contains(&n) {
                     &inner[..len]
                 } else {
@@ -791,7 +804,9 @@ fn redact_answer(text: &str, secrets: &[String]) -> String {
 /// The values of the environment variables that hold secrets of the stores' credentials
 /// (`object_store` reads them), for [`redact_answer`].
 fn secrets_in_environment() -> Vec<String> {
-    std::env::vars()
+    // `vars_os`: `vars` panics on a variable that is not Unicode (a secret never is such).
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| {
             let k = k.to_ascii_uppercase();
             ["AWS_", "GOOGLE_", "AZURE_"]
@@ -1075,10 +1090,10 @@ mod tests {
             &[token.to_string(), "short".into()],
         );
         assert_eq!(text, "500: token=*** short <b>x</b> a<b");
-        let odd = "<Error><A>x</A><B>y<Message>m</Message> <C>z</D> <E>";
+        let odd = "<Error><A>x</A><B>y<Message>m</Message> <C>z</D> <E> <T k=\"v\">s</T>";
         assert_eq!(
             redact_answer(odd, &[]),
-            "<Error><A>…</A><B>y<Message>m</Message> <C>z</D> <E>"
+            "<Error><A>…</A><B>y<Message>m</Message> <C>z</D> <E> <T k=\"v\">…</T>"
         );
     }
 
