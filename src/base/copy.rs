@@ -4,7 +4,9 @@
 //! checksummed and then copied into every destination that needs them while the bytes are still
 //! in cache. Destinations are split into disjoint row ranges per band, so the parallel writes need
 //! no locks and no unsafe code, and no intermediate buffer is allocated whatever the tensor's
-//! size. [`stream_copy`] copies with non-temporal stores, for buffers a GPU reads by DMA.
+//! size. Inside [`serially`](crate::base::par::serially) the bands run one after the other on
+//! the calling thread. [`stream_copy`] copies with non-temporal stores, for buffers a GPU reads by
+//! DMA.
 
 use rayon::prelude::*;
 

@@ -18,6 +18,9 @@ static GLOBAL_USER: AtomicU32 = AtomicU32::new(0);
 /// waits, and a worker that waits runs other jobs of its pool meanwhile, the trainer's among
 /// them. Each parallel task that reads a mapping marks itself.
 pub(crate) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // Work made serial (see `serially`) checks `is_serial` before it goes parallel: a caller that
+    // does not would bring back the hang `serially` prevents.
+    debug_assert!(!is_serial(), "parallel work inside `par::serially`");
     let _paused = crate::base::sigbus::paused();
     if rayon::current_thread_index().is_some() {
         return f();

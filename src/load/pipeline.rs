@@ -12,8 +12,11 @@ const BATCH_ITEMS: usize = 256;
 /// items in (file) order and calls `prefetch` on each (readahead), at most `window` bytes ahead of
 /// the work completed: the workers pay it back through a credit channel as batches finish, so the
 /// reader never runs further ahead than that and a cold file is read ahead in large sequential
-/// requests while the workers verify and copy what is already in memory. Pool threads never wait on
-/// a channel (only the reader does), so nested parallelism inside `work` cannot deadlock. Results
+/// requests while the workers verify and copy what is already in memory. The pipeline's pool
+/// threads never wait on its channel (only the reader does), so nested parallelism inside `work`
+/// cannot deadlock on it; work that waits on something else (a read from object storage waits for
+/// its answers and its budget) must not hold what it waits for while it runs parallel work (see
+/// `remote::fetch::stream`, which copies [`serially`](crate::base::par::serially)). Results
 /// come back in item order; after the first error no new item is started, and the error of the
 /// earliest failing item is returned. A panic in `work` is resumed after both stages stopped.
 ///
@@ -357,8 +360,9 @@ mod tests {
                 |_, _, _, _| false,
                 |_| (),
                 |_| {
-                    let p = prefetched.fetch_add(1, SeqCst) + 1;
-                    leads.lock().unwrap().push(p - done.load(SeqCst));
+                    // (A reader that fell behind skips what is done: the lead can be negative.)
+                    let p = prefetched.fetch_add(1, SeqCst) as i64 + 1;
+                    leads.lock().unwrap().push(p - done.load(SeqCst) as i64);
                 },
                 |&i| {
                     std::thread::sleep(std::time::Duration::from_millis(5));
