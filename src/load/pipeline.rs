@@ -316,7 +316,8 @@ mod tests {
                     |&b| b,
                     |_, &next, bytes, n| by_size(bytes, next, n),
                     |batch: &[u64]| {
-                        let at = (batch.as_ptr() as usize - sizes.as_ptr() as usize) / 8;
+                        let at = (batch.as_ptr() as usize - sizes.as_ptr() as usize)
+                            / std::mem::size_of::<u64>();
                         entered.lock().unwrap().push((at, batch.to_vec()))
                     },
                     |_| {},

@@ -741,17 +741,26 @@ const ANSWER_KEEPS: [&str; 14] = [
 ];
 
 /// `text` (an `object_store` error, which carries the body of the server's answer) without what
-/// the answer may echo of the credentials: in an XML error answer (`<Error>`, as S3, GCS and
-/// Azure give), of each element holding only text, the text is kept for the elements of
-/// [`ANSWER_KEEPS`] and replaced by `…` for the others; and each of `secrets` (at least 8 bytes)
-/// found anywhere is replaced by `***`.
+/// the answer may echo of the credentials: an XML error answer (`<Error>`, as S3, GCS and Azure
+/// give) through [`redact_elements`], and each of `secrets` (at least 8 bytes) found anywhere
+/// replaced by `***`.
 fn redact_answer(text: &str, secrets: &[String]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let xml = text.contains("<Error>");
-    let mut rest = if xml { text } else { "" };
-    if !xml {
-        out.push_str(text);
+    let mut out = if text.contains("<Error>") {
+        redact_elements(text)
+    } else {
+        text.to_string()
+    };
+    for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(secret.as_str(), "***");
     }
+    out
+}
+
+/// `text` with the text of each XML element that holds only text kept for the elements of
+/// [`ANSWER_KEEPS`] and replaced by `…` for the others.
+fn redact_elements(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
     while let Some(open) = rest.find('<') {
         let after = &rest[open + 1..];
         // `<Name attributes…>`: the tag (up to `>`) and the name (up to a space).
@@ -795,9 +804,6 @@ fn redact_answer(text: &str, secrets: &[String]) -> String {
         }
     }
     out.push_str(rest);
-    for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        out = out.replace(secret.as_str(), "***");
-    }
     out
 }
 
