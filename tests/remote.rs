@@ -1239,6 +1239,13 @@ enum Fault {
     /// alter (compressed, say); answer a request with `If-Match` with 412, as the strong
     /// comparison `If-Match` asks for never matches a weak ETag.
     WeakEtag,
+    /// Forward it with a strong ETag, `"v1"`, added (the plain HTTP server gives none).
+    Etag,
+    /// Forward its head (with a strong ETag added if `etag`) and the first half of its body,
+    /// then close the connection: a body broken off.
+    CutMidBody {
+        etag: bool,
+    },
 }
 
 /// Whether a request head is a GET of a data shard.
@@ -1291,11 +1298,19 @@ fn fault_proxy(
                 let sent: Vec<u8> = match what {
                     Fault::Padded => [body, b"PAD!"].concat(),
                     Fault::CutWithShortLength => body[..body.len() / 2].to_vec(),
-                    Fault::WeakEtag => {
+                    Fault::WeakEtag | Fault::Etag | Fault::CutMidBody { .. } => {
+                        let etag = match what {
+                            Fault::WeakEtag => "etag: W/\"v1\"\r\n",
+                            Fault::Etag | Fault::CutMidBody { etag: true } => "etag: \"v1\"\r\n",
+                            _ => "",
+                        };
                         let head = String::from_utf8_lossy(&response[..body_at - 2]);
-                        let _ =
-                            client.write_all(format!("{head}etag: W/\"v1\"\r\n\r\n").as_bytes());
-                        let _ = client.write_all(body);
+                        let _ = client.write_all(format!("{head}{etag}\r\n").as_bytes());
+                        let sent = match what {
+                            Fault::CutMidBody { .. } => &body[..body.len() / 2],
+                            _ => body,
+                        };
+                        let _ = client.write_all(sent);
                         return;
                     }
                     _ => {
@@ -1435,6 +1450,46 @@ fn a_failing_server_is_retried_as_configured_not_more() {
     assert!(e.contains(".data-00000-of-00001"), "{e}");
     // One range (the tensor is small): 1 + 3 requests.
     assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
+}
+
+/// A server that breaks off every data answer's body: each range is asked for `max_retries + 1`
+/// times in all, whether `object_store` resumes the body (the answer has an ETag to check the
+/// rest against) or tfckpt does (it has none); not `(max_retries + 1)²` times, as when a body
+/// that `object_store` had given up resuming was requested again around its retries.
+#[test]
+fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ckpt = fixture("h1_basic").join("model-0");
+    for etag in [true, false] {
+        let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = data_gets.clone();
+        let addr = fault_proxy(servers().http, move |head| {
+            if is_data_get(head) {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Fault::CutMidBody { etag }
+            } else if etag {
+                Fault::Etag
+            } else {
+                Fault::Pass
+            }
+        });
+        let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+        let opts = RemoteOptions {
+            max_retries: 3,
+            initial_backoff: std::time::Duration::from_millis(1),
+            ..Default::default()
+        };
+        let remote = Checkpoint::open_with(&url, &opts).unwrap();
+        let name = remote.tensors()[0].name.clone();
+        let e = remote.read(&name).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Remote { url, range: Some(_), .. }
+                if url.ends_with(".data-00000-of-00001")),
+            "etag {etag}: {e}"
+        );
+        // One range (the tensor is small): 1 + 3 requests.
+        assert_eq!(data_gets.load(Ordering::SeqCst), 4, "etag {etag}: {e}");
+    }
 }
 
 /// Options at their limits make no request task panic, and a read never waits for a task that

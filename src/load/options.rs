@@ -80,8 +80,9 @@ pub struct RemoteOptions {
     /// Ranged GETs in flight at once, all threads together (default 16). Each tensor is read by
     /// its own task, so small tensors (one range each) fill this too.
     pub concurrency: usize,
-    /// Retries of a request that failed with a timeout, a connection error or a 5xx status,
-    /// through `object_store`'s retry policy and again for a body cut short (default 10).
+    /// Retries of a request that failed with a timeout, a connection error or a 5xx status, or
+    /// whose body was cut short (default 10). A failure is retried by `object_store` or by
+    /// tfckpt, never by both (which would multiply the retries).
     pub max_retries: usize,
     /// The first backoff between retries, doubled each time up to 15 s (default 100 ms).
     pub initial_backoff: std::time::Duration,

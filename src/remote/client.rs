@@ -450,9 +450,11 @@ impl Client {
     /// object (size and ETag, and `If-Match` where the store honours it). The body is not gathered:
     /// its chunks are handed to `emit(at, chunks)` as they arrive, in order, in batches of about
     /// [`BATCH`] bytes (`at` is the offset of the first within `range`), so that they can be
-    /// checksummed and copied into their destination while they are in cache. A body cut short
-    /// or broken off is requested again (within [`RemoteOptions`]' retries and time), resuming
-    /// after the bytes already handed on; the request itself is retried by `object_store` alone.
+    /// checksummed and copied into their destination while they are in cache. A body that ends
+    /// short, or is broken off in an answer without an ETag, is requested again (within
+    /// [`RemoteOptions`]' retries and time), resuming after the bytes already handed on; the
+    /// request itself, and a body broken off in an answer with an ETag, are retried by
+    /// `object_store` alone (retrying its failures again would multiply the retries).
     /// `emit` returns false when nobody reads any more, which ends the request.
     pub(crate) fn fetch(
         self: &Arc<Self>,
@@ -489,6 +491,10 @@ impl Client {
                             }
                             .into());
                         }
+                        // `object_store` resumes a body broken off itself (a ranged GET of the
+                        // rest, within the same retry policy) when the answer has an ETag to
+                        // check the resumed one against.
+                        let resumed_by_store = r.meta.e_tag.is_some();
                         let mut body = r.into_stream();
                         let (mut batch, mut batched) = (Vec::new(), 0u64);
                         let ended = loop {
@@ -526,7 +532,8 @@ impl Client {
                         match ended {
                             None if got == want => return Ok(()),
                             None => client_error_short(&obj.url, span, got, want),
-                            Some(e @ object_store::Error::Generic { .. }) => {
+                            // Its retries are spent: resuming it again would multiply them.
+                            Some(e @ object_store::Error::Generic { .. }) if !resumed_by_store => {
                                 client.error(e, &obj.url, span)
                             }
                             Some(e) => return Err(client.error(e, &obj.url, span)),
