@@ -296,12 +296,12 @@ fn v1_files_and_globs_through_s3_equal_the_local_read() {
     }
     // A V1 checkpoint larger than the bound on what is fetched whole: a clear error.
     let opts = RemoteOptions {
-        v1_max_bytes: 100,
+        whole_max_bytes: 100,
         ..Default::default()
     };
     let url = format!("s3://{BUCKET}/v1/model-3");
     let err = Checkpoint::open_with(&url, &opts).unwrap_err();
-    assert!(err.to_string().contains("v1_max_bytes"), "{err}");
+    assert!(err.to_string().contains("whole_max_bytes"), "{err}");
     // Nothing there.
     let url = format!("s3://{BUCKET}/v1/model-9");
     assert!(Checkpoint::open(&url).unwrap_err().is_not_found());
@@ -1489,6 +1489,44 @@ fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
         );
         // One range (the tensor is small): 1 + 3 requests.
         assert_eq!(data_gets.load(Ordering::SeqCst), 4, "etag {etag}: {e}");
+    }
+}
+
+/// An index or a `checkpoint` state file larger than `whole_max_bytes` is an error naming its URL
+/// and size, met before any of it is fetched: a mistaken or hostile URL cannot make opening
+/// fetch an object of any size whole into host memory. At the bound, it opens.
+#[test]
+fn objects_read_whole_are_bounded_before_they_are_fetched() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        if head.starts_with("GET ") {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        Fault::Pass
+    });
+    let dir = fixture("h1_basic");
+    let size = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
+    let url = |key: &str| format!("http://{addr}/{BUCKET}/{}", key_of(&dir.join(key)).unwrap());
+    for (named, object) in [("model-0", "model-0.index"), ("", "checkpoint")] {
+        let opts = |bound: u64| RemoteOptions {
+            whole_max_bytes: bound,
+            ..Default::default()
+        };
+        let e = Checkpoint::open_with(url(named), &opts(size(object) - 1)).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Remote { url: u, range: None, reason }
+                if *u == url(object)
+                    && reason.contains(&format!("holds {} bytes", size(object)))
+                    && reason.contains("whole_max_bytes")),
+            "{e:?}"
+        );
+        assert_eq!(gets.load(Ordering::SeqCst), 0, "{object} was fetched");
+        let opened =
+            Checkpoint::open_with(url(named), &opts(size(object).max(size("model-0.index"))));
+        assert!(opened.is_ok(), "{object}: {:?}", opened.err());
+        gets.store(0, Ordering::SeqCst);
     }
 }
 

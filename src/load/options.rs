@@ -88,10 +88,12 @@ pub struct RemoteOptions {
     pub initial_backoff: std::time::Duration,
     /// Retries stop once this long has passed since the first try (default 180 s).
     pub retry_timeout: std::time::Duration,
-    /// A V1 checkpoint (legacy: one or more SSTable files without byte offsets per tensor) is
-    /// fetched whole into host memory when opened; at most this many bytes (default 1 GiB),
-    /// beyond which opening it is an error asking for a local copy.
-    pub v1_max_bytes: u64,
+    /// What is fetched whole into host memory when a checkpoint is opened: a V1 checkpoint
+    /// (legacy: SSTable files without byte offsets per tensor, all its files together), a V2
+    /// index, a `checkpoint` state file. At most this many bytes each (default 1 GiB), beyond
+    /// which opening it is an error (for a V1 checkpoint, asking for a local copy) before any of
+    /// it is fetched.
+    pub whole_max_bytes: u64,
 }
 
 impl Default for RemoteOptions {
@@ -102,7 +104,7 @@ impl Default for RemoteOptions {
             max_retries: 10,
             initial_backoff: std::time::Duration::from_millis(100),
             retry_timeout: std::time::Duration::from_secs(180),
-            v1_max_bytes: 1 << 30,
+            whole_max_bytes: 1 << 30,
         }
     }
 }

@@ -14,7 +14,7 @@
 //! ([`par::serially`](crate::base::par::serially)): the read holds its permits meanwhile.
 //!
 //! A V1 checkpoint (SSTable files whose metadata has no byte offset per tensor) is fetched whole
-//! when opened, in the same parallel ranges, up to `RemoteOptions::v1_max_bytes`; a sharded V1
+//! when opened, in the same parallel ranges, up to `RemoteOptions::whole_max_bytes`; a sharded V1
 //! save's glob is matched against a listing of its "directory". On a GPU, the ranges of a V2
 //! shard land in the staging ring (`RemoteShard`).
 
@@ -68,7 +68,7 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
             files,
         });
     };
-    let (_, bytes) = fetch_whole(&client, index.clone())?;
+    let (_, bytes) = fetch_whole(&client, index.clone(), "the checkpoint's index")?;
     let prefix_url = loc.url(&prefix);
     let index_path = PathBuf::from(&index.url);
     let parsed = BundleIndex::parse(&index_path, &bytes)?;
@@ -106,7 +106,7 @@ impl FetchedFile {
 }
 
 /// The files of the V1 checkpoint `prefix` (one object, or the objects its last component
-/// matches as a glob), each fetched in parallel ranges; at most `v1_max_bytes` in all.
+/// matches as a glob), each fetched in parallel ranges; at most `whole_max_bytes` in all.
 fn open_v1(
     client: &Arc<Client>,
     loc: &Location,
@@ -149,15 +149,15 @@ fn open_v1(
         .into());
     }
     let total: u64 = objects.iter().fold(0u64, |t, o| t.saturating_add(o.size));
-    if total > options.v1_max_bytes {
+    if total > options.whole_max_bytes {
         return Err(ErrorKind::Remote {
             url: loc.url(prefix),
             range: None,
             reason: format!(
                 "a V1 checkpoint is read whole, and its {} file(s) hold {total} bytes, more than \
-                 RemoteOptions::v1_max_bytes ({}); copy it to a local disk, or raise the bound",
+                 RemoteOptions::whole_max_bytes ({}); copy it to a local disk, or raise the bound",
                 objects.len(),
-                options.v1_max_bytes
+                options.whole_max_bytes
             ),
         }
         .into());
@@ -165,7 +165,7 @@ fn open_v1(
     objects
         .into_iter()
         .map(|obj| {
-            let (obj, bytes) = fetch_whole(client, obj)?;
+            let (obj, bytes) = fetch_whole(client, obj, "a V1 checkpoint file")?;
             Ok(FetchedFile {
                 url: PathBuf::from(&obj.url),
                 bytes,
@@ -255,7 +255,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
             .into(),
         ));
     };
-    let (_, text) = fetch_whole(client, state)?;
+    let (_, text) = fetch_whole(client, state, "the 'checkpoint' state file")?;
     let text = String::from_utf8(text)
         .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", loc.url(&state_key))))?;
     let path = crate::reader::resolve::parse_state(&text).map_err(|reason| {
@@ -338,7 +338,21 @@ fn is_refusal(e: &crate::Error) -> bool {
 
 /// The whole of an object seen as `obj` (an index, a state file, a V1 file), fetched in checked
 /// parallel ranges like tensor bytes: a short or changed body is retried or named, never taken.
-fn fetch_whole(client: &Arc<Client>, obj: Object) -> Result<(Arc<Object>, Vec<u8>)> {
+/// `what` names it in the error for an object larger than `RemoteOptions::whole_max_bytes`.
+fn fetch_whole(client: &Arc<Client>, obj: Object, what: &str) -> Result<(Arc<Object>, Vec<u8>)> {
+    let bound = client.options.whole_max_bytes;
+    if obj.size > bound {
+        return Err(ErrorKind::Remote {
+            url: obj.url.clone(),
+            range: None,
+            reason: format!(
+                "{what} is read whole, and holds {} bytes, more than \
+                 RemoteOptions::whole_max_bytes ({bound})",
+                obj.size
+            ),
+        }
+        .into());
+    }
     let budget = Budget::new(
         client.options.concurrency,
         client.options.max_in_flight_bytes(),
