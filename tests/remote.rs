@@ -1530,6 +1530,80 @@ fn objects_read_whole_are_bounded_before_they_are_fetched() {
     }
 }
 
+/// A tensor whose rows are larger than a range, read into boxes of another shape: each ranged GET
+/// stays within `range_bytes` (a range was one whole row, however large, gathered whole in host
+/// memory beyond the load's bound), and the values are exact.
+#[test]
+fn rows_larger_than_a_range_are_fetched_in_ranges_within_the_bound() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let s = servers();
+    let dir = s.root.join(BUCKET).join("wide_rows");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("model.ckpt");
+    // Rows of 80,000 bytes, sub-rows of 20,000; and a tensor whose innermost rows (40,000
+    // floats) are larger than a range too.
+    let (shape, shape2) = ([3u64, 4, 5000], [2u64, 40_000]);
+    let values: Vec<f32> = (0..60_000).map(|i| i as f32 * 0.5).collect();
+    let values2: Vec<f32> = (0..80_000).map(|i| -(i as f32)).collect();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&shape, &values).unwrap();
+    w.add("wide", (&t).into()).unwrap();
+    let t2 = tfckpt::Tensor::from_f32(&shape2, &values2).unwrap();
+    w.add("wider", (&t2).into()).unwrap();
+    w.finish().unwrap();
+    let largest = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = largest.clone();
+    let addr = fault_proxy(s.http, move |head| {
+        if let Some(r) = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("range: bytes=")
+                .map(str::to_string)
+        }) {
+            if let Some((a, b)) = r.trim().split_once('-') {
+                if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
+                    seen.fetch_max(b + 1 - a, Ordering::SeqCst);
+                }
+            }
+        }
+        Fault::Pass
+    });
+    let opts = RemoteOptions {
+        range_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let url = format!("http://{addr}/{BUCKET}/wide_rows/model.ckpt");
+    let remote = Checkpoint::open_with(&url, &opts).unwrap();
+    let local = Checkpoint::open(&prefix).unwrap();
+    for (name, boxes) in [
+        (
+            "wide",
+            vec![
+                vec![(0, 3), (0, 4), (0, 4999)],
+                vec![(1, 2), (1, 3), (7, 4000)],
+                vec![(2, 1), (3, 1), (0, 5000)],
+            ],
+        ),
+        (
+            "wider",
+            vec![vec![(0, 2), (1, 39_999)], vec![(1, 1), (20_000, 17)]],
+        ),
+    ] {
+        for b in boxes {
+            let slice = tfckpt::Slice::from_ranges(&b);
+            largest.store(0, Ordering::SeqCst);
+            let got = remote
+                .read_slice(name, &slice)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, local.read_slice(name, &slice).unwrap(), "{name} {b:?}");
+            let most = largest.load(Ordering::SeqCst);
+            assert!(
+                most > 0 && most <= opts.range_bytes,
+                "{name} {b:?}: a GET of {most} bytes"
+            );
+        }
+    }
+}
+
 /// Options at their limits make no request task panic, and a read never waits for a task that
 /// ended without an answer: a body cut short, read again after a backoff of `Duration::MAX`,
 /// panicked in the task (an overflow), and the read waited for its answer forever. Now it is the

@@ -245,6 +245,21 @@ impl Region {
         Region(dims)
     }
 
+    /// The box of indices `[j, j + n)` of dimension `k` in block `block` of this box, where the
+    /// blocks are the index tuples of dimensions `0..k` in row-major order (each one index wide in
+    /// the result) and the dimensions after `k` are whole: a box whose elements are contiguous in
+    /// this box's row-major layout. `run_along(0, 0, j, n)` is `with_rows(start + j, n)`.
+    pub(crate) fn run_along(&self, k: usize, mut block: u64, j: u64, n: u64) -> Region {
+        let mut dims = self.0.clone();
+        for d in (0..k).rev() {
+            let (start, len) = dims[d];
+            dims[d] = (start + block % len.max(1), 1);
+            block /= len.max(1);
+        }
+        dims[k] = (dims[k].0 + j, n);
+        Region(dims)
+    }
+
     /// Whether two boxes share an element (`intersect` without building the box).
     pub(crate) fn overlaps(&self, other: &Region) -> bool {
         self.0
@@ -492,6 +507,46 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         }
+    }
+
+    /// `run_along` boxes tile their box in row-major order: each `k`, cut into runs of `per`
+    /// indices, gives boxes whose elements are the next ones of the layout, one after the other.
+    #[test]
+    fn runs_along_a_dimension_tile_the_box_in_layout_order() {
+        let have = Region::new(vec![(2, 3), (5, 4), (1, 6)]);
+        let whole: Vec<Vec<u64>> = {
+            let mut v = Vec::new();
+            for a in 2..5 {
+                for b in 5..9 {
+                    for c in 1..7 {
+                        v.push(vec![a, b, c]);
+                    }
+                }
+            }
+            v
+        };
+        for k in 0..3 {
+            let blocks: u64 = have.dims()[..k].iter().map(|d| d.1).product();
+            let len = have.dims()[k].1;
+            for per in 1..=len {
+                let mut got = Vec::new();
+                for block in 0..blocks {
+                    for j in (0..len).step_by(per as usize) {
+                        let r = have.run_along(k, block, j, per.min(len - j));
+                        let d = r.dims();
+                        for a in d[0].0..d[0].0 + d[0].1 {
+                            for b in d[1].0..d[1].0 + d[1].1 {
+                                for c in d[2].0..d[2].0 + d[2].1 {
+                                    got.push(vec![a, b, c]);
+                                }
+                            }
+                        }
+                    }
+                }
+                assert_eq!(got, whole, "k {k}, runs of {per}");
+            }
+        }
+        assert_eq!(have.run_along(0, 0, 1, 2), have.with_rows(3, 2));
     }
 
     /// `RegionIndex::intersecting` finds exactly the boxes that overlap, as comparing every pair

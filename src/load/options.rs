@@ -73,9 +73,9 @@ fn default_owner(v: &Variable, rank: usize, world: usize) -> bool {
 /// [`concurrency`]: Self::concurrency
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteOptions {
-    /// Bytes per ranged GET (default 16 MiB; at least 64 KiB). A range holds whole rows of a
-    /// tensor when it is copied into a box of another shape (re-partitioning), so a row larger
-    /// than this is fetched as one range.
+    /// Bytes per ranged GET (default 16 MiB; at least 64 KiB). A range copied into a box of
+    /// another shape (re-partitioning) is a box itself: whole rows of the tensor, or, where a
+    /// row is larger than this, runs of the largest sub-rows that fit; never larger than this.
     pub range_bytes: u64,
     /// Ranged GETs in flight at once, all threads together (default 16). Each tensor is read by
     /// its own task, so small tensors (one range each) fill this too.

@@ -522,8 +522,9 @@ impl RemoteBundle {
 
     /// Fetches a fixed-size entry (box `have`, `size`-byte elements) and copies what each
     /// destination needs as the ranges land; returns the CRC32C of all its bytes. A destination
-    /// taking the whole entry as stored gets byte ranges; others get ranges of whole rows (so that
-    /// each range is a box the fused copy understands).
+    /// taking the whole entry as stored gets byte ranges; others get ranges that are boxes the
+    /// fused copy understands (whole rows, or runs of sub-rows where a row is larger than a
+    /// range).
     pub(crate) fn copy_verify(
         &self,
         b: &Bundle,
@@ -565,7 +566,7 @@ impl RemoteBundle {
             })?;
             return Ok(combine(&crcs));
         }
-        let Some((first_row, n_rows)) = rows else {
+        if rows.is_none() {
             if e.size == 0 {
                 return Ok(0);
             }
@@ -579,16 +580,38 @@ impl RemoteBundle {
             })?;
             return Ok(got);
         };
-        // Ranges of whole rows, so that each is a box the fused copy understands.
-        let row_bytes = e.size / n_rows;
-        let rows_per = (step / row_bytes.max(1)).max(1);
-        let ranges = fetch::cut(e.offset, e.offset + e.size, rows_per * row_bytes);
+        // Ranges that are boxes the fused copy understands, each gathered whole (within the
+        // budget): runs of indices of the outermost dimension `k` one index of which (with every
+        // dimension inside it whole: a "unit") fits in a range. Whole rows (`k` = 0), unless a
+        // row is larger than a range.
+        let dims = have.dims();
+        let (mut k, mut blocks) = (0, 1u64);
+        let unit = loop {
+            let unit = e.size / (blocks * dims[k].1).max(1);
+            if unit <= step || k + 1 == dims.len() {
+                break unit.max(1);
+            }
+            blocks *= dims[k].1;
+            k += 1;
+        };
+        let (len, per) = (dims[k].1, (step / unit).max(1));
+        let mut ranges = Vec::new();
+        let mut boxes = Vec::new();
+        for block in 0..blocks {
+            for j in (0..len).step_by(per as usize) {
+                let n = per.min(len - j);
+                let start = e.offset + (block * len + j) * unit;
+                ranges.push(start..start + n * unit);
+                boxes.push(have.run_along(k, block, j, n));
+            }
+        }
         let mut crcs = vec![(0u32, 0u64); ranges.len()];
         fetch::stream_whole(&client, &budget, &obj, &ranges, |i, bytes| {
-            let r0 = (ranges[i].start - e.offset) / row_bytes;
-            let part = have.with_rows(first_row + r0, bytes.len() as u64 / row_bytes);
             let dsts = dsts.iter_mut().map(reborrow).collect();
-            crcs[i] = (copy_verify(bytes, &part, size, dsts), bytes.len() as u64);
+            crcs[i] = (
+                copy_verify(bytes, &boxes[i], size, dsts),
+                bytes.len() as u64,
+            );
             Ok(())
         })?;
         Ok(combine(&crcs))
