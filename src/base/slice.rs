@@ -249,6 +249,7 @@ impl Region {
     /// blocks are the index tuples of dimensions `0..k` in row-major order (each one index wide in
     /// the result) and the dimensions after `k` are whole: a box whose elements are contiguous in
     /// this box's row-major layout. `run_along(0, 0, j, n)` is `with_rows(start + j, n)`.
+    #[cfg(any(test, feature = "remote"))]
     pub(crate) fn run_along(&self, k: usize, mut block: u64, j: u64, n: u64) -> Region {
         let mut dims = self.0.clone();
         for d in (0..k).rev() {
