@@ -8,7 +8,8 @@
 //! * **Bounded memory.** The writer asks for each tensor's bytes only when it writes them, one
 //!   tensor at a time. A tensor saved whole in a little-endian V2 bundle is written straight from
 //!   the mapping of its shard, after its checksum (no copy); any other (partitioned, V1,
-//!   big-endian) is read into memory of its own, dropped as soon as it is written. So the most this
+//!   big-endian, on object storage) is read into memory of its own, dropped as soon as it is
+//!   written. So the most this
 //!   module holds is the largest such tensor, never the checkpoint. A store's values are written
 //!   from where they are; a partitioned variable's whole value is joined when it is written, and
 //!   dropped then too.
@@ -179,8 +180,10 @@ impl Checkpoint {
             let len =
                 expected_len(info.dtype, &info.shape).ok_or_else(|| too_large(path, &info.name))?;
             // What `Checkpoint::view` can show in place: a V2 tensor saved whole, with no bytes
-            // to swap.
+            // to swap, in a local file. (A remote one's view is a copy, which `Source::View`
+            // would keep until the whole file is written, for the checks only a mapping needs.)
             let in_place = match &self.inner {
+                Inner::V2(_) if self.is_remote() => false,
                 Inner::V2(b) => {
                     let swapped = b.index.big_endian && info.dtype.swap_unit() > 1;
                     !info.is_partitioned() && !swapped
@@ -578,11 +581,14 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         .metadata()
         .map_err(|e| Error::io(tmp.path(), e))?
         .permissions();
+    // Closed (still removed when dropped): the safetensors writer renames its own file over it,
+    // which some systems refuse while a handle to the name is open.
+    let tmp = tmp.into_temp_path();
     let written = {
         // A shard truncated under a mapping while the writer reads it is caught, not SIGBUS.
         let _reading = crate::base::sigbus::reading();
         let written =
-            ::safetensors::serialize_to_file(items.iter().map(|i| (i.name, i)), None, tmp.path());
+            ::safetensors::serialize_to_file(items.iter().map(|i| (i.name, i)), None, &tmp);
         if let Err(SafeTensorError::IoError(e)) = &written {
             // `write` reading a truncated mapping fails with EFAULT, not SIGBUS: checked again,
             // the bytes written from mappings say which shard (on this thread, still caught).
@@ -598,14 +604,33 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
     items.iter().try_for_each(Item::intact)?;
     written.map_err(|e| match e {
         SafeTensorError::IoError(source) => Error::io(path, source),
+        SafeTensorError::HeaderTooLarge => ErrorKind::Export {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its header would be larger than the {MAX_HEADER} bytes safetensors allows: {} \
+                 tensors, whose names alone hold {} bytes",
+                items.len(),
+                items.iter().map(|i| i.name.len() as u64).sum::<u64>()
+            ),
+        }
+        .into(),
         other => ErrorKind::Export {
             path: path.to_path_buf(),
             reason: other.to_string(),
         }
         .into(),
     })?;
-    // The safetensors writer replaced the temporary file with one of its own (mode 0600).
-    std::fs::set_permissions(tmp.path(), mode).map_err(|e| Error::io(tmp.path(), e))?;
+    // The safetensors writer replaced the temporary file with one of its own (mode 0600), and
+    // wrote it without syncing: on disk before it is renamed into place, so that a crash of the
+    // system after this call returned cannot leave an empty file there instead.
+    std::fs::set_permissions(&tmp, mode).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    crate::format::writer::sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     Ok(())
 }
+
+/// The largest header the `safetensors` crate writes or reads (its `MAX_HEADER_SIZE`).
+const MAX_HEADER: u64 = 100_000_000;

@@ -499,6 +499,36 @@ fn a_variable_safetensors_cannot_hold_is_an_error_naming_it() {
     );
 }
 
+/// A header larger than the 100,000,000 bytes safetensors allows (600 variables with names of
+/// 170 KB): an error naming the file, the bound and what makes the header large, and no file
+/// (the message was "header too large", with neither).
+#[test]
+fn a_header_larger_than_safetensors_allows_is_an_error_naming_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = VariableStore::new();
+    for i in 0..600 {
+        let name = format!("v{i:03}_{}", "n".repeat(170_000));
+        store
+            .get_variable(&name, &[], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    store.initialize(Device::Cpu).unwrap();
+    let out = tmp.path().join("big.safetensors");
+    let err = store.write_safetensors(&out).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err.kind(), ErrorKind::Export { path, .. } if *path == out)
+            && text.contains("larger than the 100000000 bytes safetensors allows")
+            && text.contains("600 tensors, whose names alone hold 102003000 bytes"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    assert!(
+        files_in(tmp.path()).is_empty(),
+        "a failed write left a file"
+    );
+}
+
 // ---- the binary ----
 
 fn tfckpt(args: &[&str]) -> Output {

@@ -355,7 +355,14 @@ impl CheckpointWriter {
         let index = table.finish();
         let final_index = index_path(&self.prefix);
         let tmp_index = temp_name(&final_index);
-        std::fs::write(&tmp_index, &index).map_err(|e| Error::io(&tmp_index, e))?;
+        // Every file on disk before it is renamed into place, and the renames before `finish`
+        // returns: a crash of the system afterwards cannot leave an empty index or shard.
+        std::fs::File::create(&tmp_index)
+            .and_then(|mut f| {
+                f.write_all(&index)?;
+                f.sync_all()
+            })
+            .map_err(|e| Error::io(&tmp_index, e))?;
         for (i, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
             let Shard { tmp, out, .. } = shard;
             out.into_inner()
@@ -367,8 +374,22 @@ impl CheckpointWriter {
         }
         std::fs::rename(&tmp_index, &final_index).map_err(|e| Error::io(&final_index, e))?;
         self.finished = true;
-        Ok(())
+        let dir = match final_index.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(dir).map_err(|e| Error::io(dir, e))
     }
+}
+
+/// Syncs folder `dir` (its entries: the renames into it) where the system can (on Unix; elsewhere
+/// a rename is left to the file system).
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 impl Drop for CheckpointWriter {
