@@ -38,7 +38,8 @@ pub(super) struct GpuJob {
 
 impl GpuJob {
     /// The destination of `n` elements of `dtype` (the `Var`'s) on `var`'s device: a zeroed new
-    /// storage, or with `in_place` the `Var`'s own.
+    /// storage, or the `Var`'s own, `own`, whose read guard the caller holds until the load (and
+    /// any [`zero_again`](Self::zero_again)) is over.
     pub fn new(
         name: &str,
         var: &Var,
@@ -46,7 +47,7 @@ impl GpuJob {
         n: usize,
         transposed: bool,
         convert: Option<(DType, DType)>,
-        in_place: bool,
+        own: Option<&Storage>,
     ) -> Result<GpuJob> {
         let (candle_core::Device::Cuda(dev), DeviceLocation::Cuda { gpu_id }) =
             (var.device(), var.device().location())
@@ -60,9 +61,8 @@ impl GpuJob {
             }
             .into());
         };
-        let (storage, own) = if in_place {
-            let (storage, _) = var.storage_and_layout();
-            let Storage::Cuda(s) = &*storage else {
+        let (storage, own) = if let Some(storage) = own {
+            let Storage::Cuda(s) = storage else {
                 return Err(ErrorKind::BadVariable {
                     name: name.into(),
                     reason: "its storage is not on its CUDA device".into(),

@@ -56,6 +56,29 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         .flat_map(|d| d.recorded())
         .map(|(name, _)| name)
         .collect();
+    // Those `Var`s, read-locked from before their device addresses are read until the load, and
+    // any zeroing again after a failure, are over: a `set` or an in-place op cannot replace (and
+    // free) the storage written meanwhile.
+    #[cfg(feature = "candle-cuda")]
+    let held: Vec<(String, Var)> = init
+        .store
+        .vars
+        .iter()
+        .filter_map(|(name, v)| {
+            let b = init.vars.get(name)?;
+            let n = num_elements(&v.shape).unwrap_or(0);
+            let in_place = !b.var.device().is_cpu()
+                && n > 0
+                && init.store.pending.contains_key(name)
+                && placeholders.contains(&b.candle);
+            in_place.then(|| (name.clone(), b.var.clone()))
+        })
+        .collect();
+    #[cfg(feature = "candle-cuda")]
+    let guards: Vec<(&str, _)> = held
+        .iter()
+        .map(|(name, var)| (name.as_str(), var.storage_and_layout().0))
+        .collect();
     let mut host_names = Vec::new();
     let mut jobs = Vec::new();
     #[cfg(feature = "candle-cuda")]
@@ -70,17 +93,10 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         if !b.var.device().is_cpu() {
             #[cfg(feature = "candle-cuda")]
             if mapped && n > 0 {
-                let in_place = placeholders.contains(&b.candle);
-                let job = super::cuda::GpuJob::new(
-                    name,
-                    &b.var,
-                    b.dtype,
-                    n,
-                    b.transposed,
-                    convert,
-                    in_place,
-                )
-                .map_err(|e| init.wrap(name, e))?;
+                let own = guards.iter().find(|(n, _)| n == name).map(|(_, g)| &**g);
+                let job =
+                    super::cuda::GpuJob::new(name, &b.var, b.dtype, n, b.transposed, convert, own)
+                        .map_err(|e| init.wrap(name, e))?;
                 gpu_jobs.push(job);
             }
             continue;
@@ -139,16 +155,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     let mut report = skeleton::run(&mut host, dest, options)?;
     #[cfg(feature = "candle-cuda")]
     if !gpu_jobs.is_empty() {
-        // The storages loaded in place stay their `Var`s' for the load: read guards keep a `set`
-        // or an in-place op from replacing them meanwhile.
-        let held: Vec<Var> = gpu_jobs
-            .iter()
-            .filter(|j| j.in_place())
-            .map(|j| j.var.clone())
-            .collect();
-        let guards: Vec<_> = held.iter().map(|v| v.storage_and_layout().0).collect();
         let loaded = super::cuda::load(init, &gpu_jobs, options);
-        drop(guards);
         match loaded {
             Ok(gpu_report) => report = super::cuda::merged(report, gpu_report),
             Err(e) => return Err(restore(&gpu_jobs, e)),
@@ -161,6 +168,8 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         Err(e) => Err(restore(&gpu_jobs, e)),
     };
     swapped?;
+    #[cfg(feature = "candle-cuda")]
+    drop(guards); // held through `restore` on every error path above
     if let Some(deferred) = &init.deferred {
         deferred.clear();
     }
@@ -205,9 +214,15 @@ fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> 
     Ok(())
 }
 
-/// Each loaded host storage becomes its `Var`'s (a move, not a copy); then the deferred `Var`s
-/// the checkpoint did not replace take candle's initialization.
+/// The deferred `Var`s the checkpoint does not replace take candle's initialization (a copy,
+/// which on a GPU can fail: first, so that a failure leaves no checkpoint value in any `Var`);
+/// then each loaded host storage becomes its `Var`'s (a move, not a copy, which the checks made
+/// before the load leave nothing to fail).
 fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) -> Result<()> {
+    for (candle, var, t) in fresh {
+        var.set(t.as_tensor())
+            .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
+    }
     for job in done {
         let b = &init.vars[&job.name];
         if job.elems == 0 {
@@ -217,10 +232,6 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) ->
         b.var
             .inplace_op1(&put)
             .map_err(|e| candle_refused(&b.candle, &first_line(&e)))?;
-    }
-    for (candle, var, t) in fresh {
-        var.set(t.as_tensor())
-            .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
     }
     Ok(())
 }
