@@ -379,6 +379,107 @@ fn two_vars_under_one_tensorflow_name_are_refused() {
     );
 }
 
+/// One `Var` put into the `VarMap` under two names (tied weights) would take two checkpoint values,
+/// the last one silently winning: refused when the store is made, naming both names.
+#[test]
+fn one_var_under_two_names_is_refused_naming_both() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(2, 2, vb.pp("emb")).unwrap();
+    let tied = varmap.data().lock().unwrap()["emb.weight"].clone();
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .insert("out.weight".into(), tied);
+    let msg = CandleInit::from_varmap(&varmap, &Convention::tf1())
+        .expect_err("accepted")
+        .to_string();
+    assert!(
+        msg.contains("\"out.weight\"")
+            && msg.contains("same Var as `emb.weight`")
+            && msg.contains("two names"),
+        "{msg}"
+    );
+}
+
+/// An error met by `initialize` (the checkpoint changed since the call) names the candle `Var`
+/// and its layout, as a call's errors do, not only the TensorFlow variable.
+#[test]
+fn an_error_of_the_load_names_the_candle_var() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |shape: &[u64]| {
+        let mut ck = CkptBuilder::new(dir.path().join("m"));
+        ck.f32("dense/kernel", shape, &[1.0; 6]);
+        ck.finish()
+    };
+    let prefix = write(&[2, 3]);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear_no_bias(2, 3, vb.pp("dense")).unwrap();
+    let before = snapshot(&varmap);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+        .unwrap();
+    write(&[3, 2]);
+    let msg = init
+        .initialize(&Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("\"dense.weight\"")
+            && msg.contains("transposed")
+            && msg.contains("[2, 3]")
+            && msg.contains("[3, 2]"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&varmap), before);
+}
+
+/// `initialize` runs the initializer of every deferred `Var` no checkpoint value replaces, as
+/// TensorFlow's `global_variables_initializer()` does, even over a value the trainer set by hand;
+/// `DeferredInit::keep` spares one.
+#[test]
+fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
+    let prefix = ck.finish();
+    for keep in [false, true] {
+        let varmap = VarMap::new();
+        let deferred = DeferredInit::new(&varmap);
+        let vb = deferred.var_builder(DType::F32, &CPU);
+        candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+        let head = vb
+            .pp("head")
+            .get_with_hints(2, "b", candle_nn::Init::Const(1.0))
+            .unwrap();
+        let by_hand = Tensor::new(&[7f32, 8.0], &CPU).unwrap();
+        varmap
+            .data()
+            .lock()
+            .unwrap()
+            .get("head.b")
+            .unwrap()
+            .set(&by_hand)
+            .unwrap();
+        if keep {
+            assert!(deferred.keep("head.b"));
+            assert!(!deferred.keep("head.b"), "forgotten already");
+        }
+        let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
+        init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
+            .unwrap();
+        init.initialize(&Default::default()).unwrap();
+        let want: &[f32] = if keep { &[7.0, 8.0] } else { &[1.0, 1.0] };
+        assert_eq!(head.to_vec1::<f32>().unwrap(), want, "keep {keep}");
+        assert_eq!(
+            var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
+            [[1.0; 2]; 3]
+        );
+    }
+}
+
 #[test]
 fn a_damaged_value_changes_no_var() {
     // The second tensor's checksum fails after the first tensor has been read.

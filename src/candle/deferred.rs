@@ -24,10 +24,13 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// Until `initialize` has run, the `Var`s it made hold zeros. With `candle-cuda`, a GPU `Var` it
-/// made loads its checkpoint value in place (no second copy of the model on the device) and, if
-/// the load fails, holds zeros again: values set into such a `Var` by hand before `initialize`
-/// are not kept.
+/// Until `initialize` has run, the `Var`s it made hold zeros. `initialize` then runs the
+/// initializer of every such `Var` that takes no checkpoint value, whatever it holds meanwhile
+/// (as TensorFlow's `global_variables_initializer()` does): a `Var` the trainer fills by hand
+/// (a head loaded from another file, say) keeps that value only when named to
+/// [`keep`](Self::keep). With `candle-cuda`, a GPU `Var` still holding its zeros loads its
+/// checkpoint value in place (no second copy of the model on the device) and, if the load fails,
+/// holds zeros again.
 #[derive(Clone)]
 pub struct DeferredInit {
     varmap: VarMap,
@@ -57,6 +60,16 @@ impl DeferredInit {
     /// zeroed and records its initializer here.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// `Var` `name` (a candle name) keeps what it holds: `initialize` runs no initializer for it
+    /// (a checkpoint value mapped to it still loads). For a `Var` the trainer fills itself before
+    /// `initialize`. Returns whether its initializer was recorded here (and so is now dropped).
+    pub fn keep(&self, name: &str) -> bool {
+        let mut recorded = self.lock();
+        let before = recorded.len();
+        recorded.retain(|(n, _)| n != name);
+        recorded.len() != before
     }
 
     /// The `VarMap`.

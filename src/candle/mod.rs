@@ -9,6 +9,9 @@
 //! read once from the file mapping, CRC-checked and copied (transposed on the way where the
 //! convention says so) into memory that then becomes the `Var`'s storage: no intermediate buffer,
 //! no second copy, and every clone of the `Var` (the model's layers hold them) sees the values.
+//! (Until that swap a mapped `Var` holds its old storage beside the new one: up to twice the
+//! mapped model in memory for a model candle initialized, and little more than once for one built
+//! through [`DeferredInit`], whose untouched zeroed storage is mostly not resident.)
 //! `Var`s no mapping touches keep candle's initialization. All or nothing: unless every value
 //! loaded, no `Var` changes. After fine-tuning, [`CandleInit::save_checkpoint`] writes the `Var`s
 //! back as a TensorFlow checkpoint, under the same names and in TensorFlow's layout.
@@ -34,6 +37,10 @@
 //! values go through the GPU path straight into fresh `CudaStorage` on the `Var`'s device (pinned
 //! ring or registered file mappings; kernels transpose and convert on the device), with no host
 //! bounce and no second device copy. Without it, `from_varmap` refuses them.
+
+// Checkpoint bytes (little-endian) are written straight into candle's native-endian storage.
+#[cfg(target_endian = "big")]
+compile_error!("the `candle` feature supports little-endian targets only");
 
 mod convention;
 #[cfg(feature = "candle-cuda")]
@@ -167,10 +174,34 @@ impl CandleInit {
             casts: BTreeMap::new(),
             deferred: None,
         };
+        // One `Var` under two names (tied weights put in twice) would take two values, the last
+        // one winning: refused, naming both.
+        let mut storages: std::collections::HashMap<usize, String> = Default::default();
         for ((candle, var), tf) in entries.into_iter().zip(names) {
             let Some(TfName { name, transposed }) = tf else {
                 continue;
             };
+            let storage = {
+                let (s, _) = var.storage_and_layout();
+                &*s as *const candle_core::Storage as usize
+            };
+            if let Some(other) = storages.get(&storage) {
+                return Err(candle_error(
+                    &candle,
+                    &layout(&var, transposed),
+                    &name,
+                    ErrorKind::BadVariable {
+                        name: candle.clone(),
+                        reason: format!(
+                            "it is the same Var as `{other}` (one storage under two names), which \
+                             would take two values; keep one of the names in the VarMap"
+                        ),
+                    }
+                    .into(),
+                )
+                .into());
+            }
+            storages.insert(storage, candle.clone());
             init.bind(candle, var, name, transposed)?;
         }
         Ok(init)
@@ -413,7 +444,7 @@ impl CandleInit {
     /// built the model, which no single stream's wait reaches. Do not call it while another
     /// thread keeps that GPU busy (a training step, a collective waiting on its peers).
     pub fn initialize(&mut self, options: &LoadOptions) -> Result<LoadReport> {
-        destination::initialize(self, options)
+        destination::initialize(self, options).map_err(|e| self.name_var(e))
     }
 
     /// `e`, about the variable of TensorFlow name `tf`, with its candle name and layout.
