@@ -217,17 +217,29 @@ impl Checkpoint {
 impl VariableStore {
     /// Checks, before any work, that every variable and part can go into a safetensors file: its
     /// dtype has a safetensors counterpart (see [`DType::safetensors_dtype`]) and its name is not
-    /// `__metadata__`. An error names the first variable that cannot, with its dtype. `tfckpt init
-    /// --out FILE.safetensors` calls it before loading anything.
+    /// `__metadata__`. An error names the first variable that cannot, with its dtype; names too
+    /// long together for the header safetensors allows are an error too. `tfckpt init --out
+    /// FILE.safetensors` calls it before loading anything.
     pub fn check_safetensors(&self) -> Result<()> {
         let names = self.variables().map(|v| (v.name.as_str(), v.dtype)).chain(
             self.partitioned_variables()
                 .map(|p| (p.name.as_str(), p.dtype)),
         );
+        let (mut count, mut bytes) = (0u64, 0u64);
         for (name, dtype) in names {
             if let Some(reason) = unwritable(name, dtype) {
                 return Err(cannot_write(name, &reason));
             }
+            count += 1;
+            bytes += name.len() as u64;
+        }
+        // Each name is a key of the header: a bound from below, so never a false refusal.
+        if bytes > MAX_HEADER {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "a safetensors file cannot hold these {count} variables: their names alone hold \
+                 {bytes} bytes, more than the {MAX_HEADER} bytes of header safetensors allows"
+            ))
+            .into());
         }
         Ok(())
     }

@@ -512,6 +512,13 @@ fn a_header_larger_than_safetensors_allows_is_an_error_naming_the_bound() {
             .get_variable(&name, &[], DType::F32, Init::Zeros)
             .unwrap();
     }
+    // Seen before any load (`tfckpt init --out FILE.safetensors` asks first).
+    let err = store.check_safetensors().unwrap_err().to_string();
+    assert!(
+        err.contains("these 600 variables: their names alone hold 102003000 bytes"),
+        "{}",
+        &err[..err.len().min(400)]
+    );
     store.initialize(Device::Cpu).unwrap();
     let out = tmp.path().join("big.safetensors");
     let err = store.write_safetensors(&out).unwrap_err();
