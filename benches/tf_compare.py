@@ -121,7 +121,7 @@ def main():
         if a.cold:
             drop_cache()
         t0 = time.perf_counter()
-        r = subprocess.run([a.tfckpt, "init", ckpt_dir, "--model", model, "--map", '{"model/": "new/"}']
+        r = subprocess.run([a.tfckpt, "init", ckpt_dir, "--model", model, "--map", '{"model/": "new/"}', "--no-out"]
                            + extra, check=True, capture_output=True, text=True)
         return time.perf_counter() - t0, r.stdout.strip()
 

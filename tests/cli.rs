@@ -61,6 +61,19 @@ fn list_json_equals_tensorflow() {
         .unwrap();
         assert_eq!(got, want, "{case}");
     }
+    // cli.md's form to the byte (keys in its order, its spacing), and a scalar's `[]`.
+    let o = tfckpt(&["list", &ckpt_arg("h1_basic"), "--json"]);
+    assert!(String::from_utf8(o.stdout).unwrap().starts_with(
+        r#"[{"name": "useful_scope/var4", "dtype": "float32", "shape": [9, 9]}, {"name": "var1", "#
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(tmp.path().join("m"));
+    b.f32("a \"q\"", &[], &[1.0]);
+    let o = tfckpt(&["list", b.finish().to_str().unwrap(), "--json"]);
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        "[{\"name\": \"a \\\"q\\\"\", \"dtype\": \"float32\", \"shape\": []}]\n"
+    );
     let o = tfckpt(&["list", &ckpt_arg("h1_basic")]);
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(
@@ -359,7 +372,7 @@ fn a_full_stdout_is_an_error_not_a_panic() {
         &["list", "--json", &ckpt],
         &["verify", &ckpt],
         &["convert", &ckpt, st.to_str().unwrap()],
-        &["init", &ckpt, "--model", model, "--map", "{}"],
+        &["init", &ckpt, "--model", model, "--map", "{}", "--no-out"],
     ];
     for args in runs {
         // Opened, never created: a machine without the device skips nothing silently.
@@ -651,12 +664,57 @@ fn init_inline_json_and_device_errors() {
         model,
         "--map",
         r#"{"useful_scope/": "nothing/"}"#,
+        "--no-out",
     ]);
     assert!(o.status.success());
     assert!(stderr(&o).starts_with("warning: "), "{}", stderr(&o));
-    // Bad JSON names the file kind.
-    let o = tfckpt(&["init", &ckpt, "--model", "{", "--map", "{}"]);
+    // The same warning, then a failure: only the one error line (cli.md).
+    let damaged = tempfile::tempdir().unwrap();
+    let copy = damaged.path().join("ckpt");
+    copy_files(&fixture("h1_basic"), &copy);
+    let data = copy.join("model-0.data-00000-of-00001");
+    let bytes: Vec<u8> = std::fs::read(&data)
+        .unwrap()
+        .iter()
+        .map(|b| b ^ 0x40)
+        .collect();
+    std::fs::write(&data, bytes).unwrap();
+    let out = damaged.path().join("out");
+    let o = tfckpt_init(
+        copy.to_str().unwrap(),
+        model,
+        r#"{"useful_scope/": "nothing/", "/": "new_scope_1"}"#,
+        out.to_str().unwrap(),
+        &[],
+    );
+    assert_one_error_line(&o, 1, "checksum");
+    assert!(!out.exists());
+    // Bad JSON names the file kind, and the file where it came from one.
+    let o = tfckpt(&["init", &ckpt, "--model", "{", "--map", "{}", "--no-out"]);
     assert_one_error_line(&o, 1, "MODEL.json");
+    let bad = damaged.path().join("model.json");
+    std::fs::write(&bad, "[").unwrap();
+    let bad = bad.to_str().unwrap();
+    let o = tfckpt(&["init", &ckpt, "--model", bad, "--map", "{}", "--no-out"]);
+    assert_one_error_line(
+        &o,
+        1,
+        &format!("--model {bad}: invalid argument: MODEL.json"),
+    );
+    let o = tfckpt(&["init", &ckpt, "--model", model, "--map", bad, "--no-out"]);
+    assert_one_error_line(&o, 1, &format!("--map {bad}: "));
+    // A file that cannot be written is named as given, not by its temporary name.
+    let o = tfckpt(&["get", &ckpt, "var1", "--out", "/proc/x.npy"]);
+    assert_one_error_line(&o, 1, "/proc/x.npy: ");
+    assert!(!stderr(&o).contains(".tmp"), "{}", stderr(&o));
+    // cli.md's `--out DIR` is required: without it (or --no-out), a usage error; with both, too.
+    let o = tfckpt(&["init", &ckpt, "--model", model, "--map", "{}"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--out"), "{}", stderr(&o));
+    let o = tfckpt(&[
+        "init", &ckpt, "--model", model, "--map", "{}", "--no-out", "--out", "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

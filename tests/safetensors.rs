@@ -753,7 +753,7 @@ fn cli_init_safetensors_equals_the_npy_output() {
                     "I16" => want.descr == "<i2",
                     "U32" => want.descr == "<u4",
                     "U64" => want.descr == "<u8",
-                    "I8" => want.descr == "|i1",
+                    "I8" => want.descr == "<i1",
                     "U8" | "F8_E4M3" | "F8_E5M2" => want.descr == "|u1",
                     "BOOL" => want.descr == "|b1",
                     _ => false,

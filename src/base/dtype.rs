@@ -50,7 +50,8 @@ macro_rules! dtypes {
             }
 
             /// The NumPy `descr` used when writing `.npy` files (`None` for strings and variants,
-            /// which get `|S<n>` or are not writable).
+            /// which get `|S<n>` or are not writable): the element types of `docs/cli.md`, which
+            /// writes int8 as `<i1` (NumPy writes `|i1`, and reads both as int8).
             pub fn npy_descr(self) -> Option<&'static str> {
                 match self { $( DType::$var => $npy, )* }
             }
@@ -70,7 +71,7 @@ dtypes! {
     /// `DT_INT16`.
     I16 = 5, "int16", Some(2), Some("<i2");
     /// `DT_INT8`.
-    I8 = 6, "int8", Some(1), Some("|i1");
+    I8 = 6, "int8", Some(1), Some("<i1");
     /// Byte strings (`DT_STRING`), variable length.
     String = 7, "string", None, None;
     /// (re, im) pairs of binary32 (`DT_COMPLEX64`).
@@ -80,7 +81,7 @@ dtypes! {
     /// One byte, 0 or 1 (`DT_BOOL`).
     Bool = 10, "bool", Some(1), Some("|b1");
     /// Quantized int8 (`DT_QINT8`).
-    QI8 = 11, "qint8", Some(1), Some("|i1");
+    QI8 = 11, "qint8", Some(1), Some("<i1");
     /// Quantized uint8 (`DT_QUINT8`).
     QU8 = 12, "quint8", Some(1), Some("|u1");
     /// Quantized int32 (`DT_QINT32`).
@@ -114,11 +115,11 @@ dtypes! {
     /// `DT_FLOAT8_E5M2FNUZ`; raw bits in `.npy`.
     F8E5M2FNUZ = 28, "float8_e5m2fnuz", Some(1), Some("|u1");
     /// 4-bit signed int, one per byte in the low nibble (`DT_INT4`); `.npy` holds the sign-extended value.
-    I4 = 29, "int4", Some(1), Some("|i1");
+    I4 = 29, "int4", Some(1), Some("<i1");
     /// 4-bit unsigned int, one per byte (`DT_UINT4`).
     U4 = 30, "uint4", Some(1), Some("|u1");
     /// 2-bit signed int, one per byte (`DT_INT2`); `.npy` holds the sign-extended value.
-    I2 = 31, "int2", Some(1), Some("|i1");
+    I2 = 31, "int2", Some(1), Some("<i1");
     /// 2-bit unsigned int, one per byte (`DT_UINT2`).
     U2 = 32, "uint2", Some(1), Some("|u1");
 }

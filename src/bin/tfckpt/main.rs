@@ -89,9 +89,13 @@ enum Cmd {
         /// Output directory: one .npy per variable, part and partitioned variable; or a file ending
         /// in .safetensors: the same values in that one file, each under its .npy name without
         /// .npy (an existing directory keeps the directory meaning). Nothing is written unless
-        /// every initializer succeeded.
-        #[arg(long)]
+        /// every initializer succeeded. Required unless --no-out.
+        #[arg(long, required_unless_present = "no_out", conflicts_with = "no_out")]
         out: Option<PathBuf>,
+        /// Load and check every value, and write nothing (to time a load, or to check that a
+        /// map and a checkpoint fit a model).
+        #[arg(long)]
+        no_out: bool,
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: Device,
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
             model,
             map,
             out,
+            no_out: _,
             device,
             threads,
             copy,
@@ -211,13 +216,20 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
     let ckpt = Checkpoint::open(ckpt)?;
     let mut out = std::io::stdout().lock();
     if json {
-        let items: Vec<serde_json::Value> = ckpt
+        // cli.md's form to the byte: keys in its order, `", "` and `": "` between items.
+        let items: Vec<String> = ckpt
             .tensors()
             .iter()
-            .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+            .map(|t| {
+                format!(
+                    "{{\"name\": {}, \"dtype\": \"{}\", \"shape\": {}}}",
+                    serde_json::Value::from(t.name.as_str()),
+                    t.dtype.name(),
+                    shape_text(&t.shape)
+                )
+            })
             .collect();
-        serde_json::to_writer(&mut out, &items).map_err(|e| stdout_error(e.into()))?;
-        writeln!(out).map_err(stdout_error)?;
+        writeln!(out, "[{}]", items.join(", ")).map_err(stdout_error)?;
     } else {
         for t in ckpt.tensors() {
             let parts = if t.is_partitioned() {
@@ -240,7 +252,7 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
 
 fn get(ckpt_path: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
     let ckpt = Checkpoint::open(ckpt_path)?;
-    out::check_file_out(out, || inputs(ckpt_path, &ckpt))?;
+    out::check_file_out(out, "--out", || inputs(ckpt_path, &ckpt))?;
     let name = name.strip_suffix(":0").unwrap_or(name);
     let tensor = match slice {
         None => ckpt.read(name)?,
@@ -278,7 +290,7 @@ fn verify(ckpt: &Path) -> CliResult {
 fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
     let start = Instant::now();
     let ckpt = Checkpoint::open(ckpt_path)?;
-    out::check_file_out(out, || inputs(ckpt_path, &ckpt))?;
+    out::check_file_out(out, "OUT", || inputs(ckpt_path, &ckpt))?;
     // The folders made for OUT are removed again if it fails; the file is renamed into place
     // only when every tensor was read and checked.
     let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
@@ -354,13 +366,23 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     if let Device::Cuda(n) = device {
         check_gpu(n)?;
     }
-    let mut store = model_json::parse_model(&json_arg("--model", model)?)?;
-    let map = model_json::parse_map(&json_arg("--map", map)?)?;
+    // A file's errors name it (inline JSON is named by its kind, MODEL.json or MAP.json).
+    let named = |flag: &str, arg: &str, e: tfckpt::Error| -> Box<dyn std::error::Error> {
+        if arg.trim_start().starts_with(['{', '[']) {
+            e.into()
+        } else {
+            format!("{flag} {arg}: {e}").into()
+        }
+    };
+    let mut store = model_json::parse_model(&json_arg("--model", model)?)
+        .map_err(|e| named("--model", model, e))?;
+    let map =
+        model_json::parse_map(&json_arg("--map", map)?).map_err(|e| named("--map", map, e))?;
     let to_safetensors = out.is_some_and(is_safetensors_file);
     if let Some(file) = out.filter(|_| to_safetensors) {
         // A variable safetensors cannot hold fails before anything is loaded.
         store.check_safetensors()?;
-        out::check_file_out(file, || {
+        out::check_file_out(file, "--out", || {
             Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| inputs(ckpt, &c))
         })?;
     } else if let Some(dir) = out {
@@ -370,9 +392,6 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         check_out_names(dir, &store)?;
     }
     let call = init_from_checkpoint(&mut store, ckpt, &map).map_err(without_api_hint)?;
-    for w in &call.warnings {
-        note!("warning: {}", tfckpt::escape_controls(w));
-    }
     let mut options = LoadOptions {
         // init only reads the values (to write them out): large ones are mapped, not copied.
         map_values: !copy,
@@ -400,6 +419,10 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         } else {
             write_outputs(out, &store)?;
         }
+    }
+    // Only after success: a failure prints its one `error:` line and nothing else.
+    for w in &call.warnings {
+        note!("warning: {}", tfckpt::escape_controls(w));
     }
     say!("tfckpt init: {report}")?;
     Ok(())
@@ -493,15 +516,17 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
     Ok(())
 }
 
-fn write_npy(path: &Path, t: &tfckpt::Tensor) -> CliResult {
+/// Writes `t` to `path` (a temporary name), naming `shown` (where it goes) in errors.
+fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
+    let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(fail)?;
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::create(path).map_err(fail)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     npy::write_tensor(&mut w, t)
         .and_then(|()| w.flush())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(fail)?;
     Ok(())
 }
 
@@ -519,7 +544,7 @@ fn temp_sibling(path: &Path) -> PathBuf {
 fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
     out::with_parents(out, || {
         let tmp = temp_sibling(out);
-        let result = write_npy(&tmp, t).and_then(|()| {
+        let result = write_npy(&tmp, out, t).and_then(|()| {
             std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
         });
         if result.is_err() {
@@ -545,14 +570,16 @@ fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
             let t = store
                 .value(&v.name)
                 .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
-            write_npy(&tmp.join(format!("{}.npy", v.name)), t)?;
+            let file = format!("{}.npy", v.name);
+            write_npy(&tmp.join(&file), &dir.join(&file), t)?;
         }
         for pv in store.partitioned_variables() {
             if pv.parts.iter().any(|p| store.is_other_rank(p)) {
                 continue;
             }
             let t = store.partitioned_value(&pv.name)?;
-            write_npy(&tmp.join(format!("{}.npy", pv.name)), &t)?;
+            let file = format!("{}.npy", pv.name);
+            write_npy(&tmp.join(&file), &dir.join(&file), &t)?;
         }
         Ok(())
     })

@@ -109,7 +109,8 @@ fn low_bits(b: &[u8], bits: u32) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(dead_code)] // read back by the tests, which include this file
 pub struct NpyArray {
-    /// NumPy `descr`, e.g. `<f4`.
+    /// NumPy `descr`, e.g. `<f4`, as cli.md names it: NumPy writes int8 as `|i1`, read as `<i1`
+    /// (the same type), so that a file of NumPy's compares equal to the CLI's.
     pub descr: String,
     /// Shape.
     pub shape: Vec<u64>,
@@ -149,7 +150,10 @@ pub fn read(mut r: impl Read) -> std::io::Result<NpyArray> {
             Some(rest[..rest.find(',')?].trim().to_string())
         }
     };
-    let descr = field("descr").ok_or_else(|| bad("no descr"))?;
+    let mut descr = field("descr").ok_or_else(|| bad("no descr"))?;
+    if descr == "|i1" {
+        descr = "<i1".into();
+    }
     if field("fortran_order").as_deref() != Some("False") {
         return Err(bad("only C order is supported"));
     }
@@ -192,5 +196,34 @@ mod tests {
         buf.clear();
         write_tensor(&mut buf, &scalar).unwrap();
         assert_eq!(read(&buf[..]).unwrap().shape, Vec::<u64>::new());
+    }
+
+    /// Every fixed-size dtype is written with one of cli.md's element types, byte for byte in the
+    /// header (int8 as `<i1`, where NumPy writes `|i1`; bfloat16 as `<u2`).
+    #[test]
+    fn headers_use_the_element_types_of_the_contract() {
+        const CLI_MD: [&str; 14] = [
+            "<f2", "<f4", "<f8", "<i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "|b1",
+            "<c8", "<c16",
+        ];
+        let descr_of = |dtype: DType| -> Option<String> {
+            let size = dtype.size()?;
+            let t = Tensor::from_bytes(dtype, &[1], vec![0; size])?;
+            let mut buf = vec![];
+            write_tensor(&mut buf, &t).ok()?;
+            let head = String::from_utf8_lossy(&buf[10..]).into_owned();
+            let at = head.find("'descr': '")? + 10;
+            Some(head[at..at + head[at..].find('\'')?].to_string())
+        };
+        let mut seen = 0;
+        for &dtype in DType::ALL {
+            if let Some(d) = descr_of(dtype) {
+                assert!(CLI_MD.contains(&d.as_str()), "{dtype}: {d}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 14, "{seen} dtypes written");
+        assert_eq!(descr_of(DType::I8).as_deref(), Some("<i1"));
+        assert_eq!(descr_of(DType::BF16).as_deref(), Some("<u2"));
     }
 }

@@ -23,8 +23,13 @@ fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
 /// Refuses a file `--out` whose rename into place would replace what it must not: anything but a
 /// regular file (a device such as `/dev/full`, a FIFO, a symbolic link, a directory), or one of
 /// `inputs`, the files of the checkpoint being read (the same file by device and inode, hard
-/// links included; asked for only when `out` exists).
-pub(crate) fn check_file_out(out: &Path, inputs: impl FnOnce() -> Vec<PathBuf>) -> CliResult {
+/// links included; asked for only when `out` exists). `arg` names the argument in errors
+/// (`--out`, or `OUT` for `convert`'s positional one).
+pub(crate) fn check_file_out(
+    out: &Path,
+    arg: &str,
+    inputs: impl FnOnce() -> Vec<PathBuf>,
+) -> CliResult {
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -40,7 +45,7 @@ pub(crate) fn check_file_out(out: &Path, inputs: impl FnOnce() -> Vec<PathBuf>) 
             "not a regular file (a device, FIFO or socket)"
         };
         return Err(format!(
-            "--out {}: exists and is {what}, which writing the output would replace; name a \
+            "{arg} {}: exists and is {what}, which writing the output would replace; name a \
              regular file or a new path",
             out.display()
         )
@@ -59,7 +64,7 @@ pub(crate) fn check_file_out(out: &Path, inputs: impl FnOnce() -> Vec<PathBuf>) 
     };
     if let Some(input) = inputs().into_iter().find(|input| same(input)) {
         return Err(format!(
-            "--out {}: is {}, a file of the checkpoint being read",
+            "{arg} {}: is {}, a file of the checkpoint being read",
             out.display(),
             input.display()
         )
