@@ -9,10 +9,9 @@
 //!   tensor at a time. A tensor saved whole in a little-endian V2 bundle is written straight from
 //!   the mapping of its shard, after its checksum (no copy); any other (partitioned, V1,
 //!   big-endian, on object storage) is read into memory of its own, dropped as soon as it is
-//!   written. So the most this
-//!   module holds is the largest such tensor, never the checkpoint. A store's values are written
-//!   from where they are; a partitioned variable's whole value is joined when it is written, and
-//!   dropped then too.
+//!   written. So the most this module holds is the largest such tensor, never the checkpoint. A
+//!   store's values are written from where they are; a partitioned variable's whole value is
+//!   joined when it is written, and dropped then too.
 //! * **All or nothing.** The file is written under a temporary name in the destination's folder
 //!   and renamed into place only when every tensor was read and checked and the writer succeeded;
 //!   on any error no file is left (a process killed meanwhile can leave a `.tfckpt-*.tmp` or

@@ -1421,21 +1421,19 @@ fn an_index_answer_cut_short_is_read_again() {
     }
 }
 
-/// A server that fails every data request: each range is asked for `max_retries + 1` times (by
-/// `object_store`'s retries alone), then the read fails naming the URL; not `(max_retries + 1)²`
-/// times, as when a failed request was retried again around `object_store`'s retries.
-#[test]
-fn a_failing_server_is_retried_as_configured_not_more() {
+/// Reads the first tensor of `h1_basic` over HTTP through [`fault_proxy`] doing `fault` to each
+/// request, with 3 retries 1 ms apart: the read's error and the data GETs the proxy saw.
+fn a_failing_read_through(
+    fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
+) -> (tfckpt::Error, usize) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = data_gets.clone();
     let addr = fault_proxy(servers().http, move |head| {
         if is_data_get(head) {
             counted.fetch_add(1, Ordering::SeqCst);
-            Fault::Status500
-        } else {
-            Fault::Pass
         }
+        fault(head)
     });
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
@@ -1445,11 +1443,23 @@ fn a_failing_server_is_retried_as_configured_not_more() {
         ..Default::default()
     };
     let remote = Checkpoint::open_with(&url, &opts).unwrap();
-    let name = &remote.tensors()[0].name;
-    let e = remote.read(name).unwrap_err().to_string();
-    assert!(e.contains(".data-00000-of-00001"), "{e}");
+    let name = remote.tensors()[0].name.clone();
+    let e = remote.read(&name).unwrap_err();
+    (e, data_gets.load(Ordering::SeqCst))
+}
+
+/// A server that fails every data request: each range is asked for `max_retries + 1` times (by
+/// `object_store`'s retries alone), then the read fails naming the URL; not `(max_retries + 1)²`
+/// times, as when a failed request was retried again around `object_store`'s retries.
+#[test]
+fn a_failing_server_is_retried_as_configured_not_more() {
+    let (e, gets) = a_failing_read_through(|head| match is_data_get(head) {
+        true => Fault::Status500,
+        false => Fault::Pass,
+    });
+    assert!(e.to_string().contains(".data-00000-of-00001"), "{e}");
     // One range (the tensor is small): 1 + 3 requests.
-    assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
+    assert_eq!(gets, 4, "{e}");
 }
 
 /// A server that breaks off every data answer's body: each range is asked for `max_retries + 1`
@@ -1458,14 +1468,9 @@ fn a_failing_server_is_retried_as_configured_not_more() {
 /// that `object_store` had given up resuming was requested again around its retries.
 #[test]
 fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let ckpt = fixture("h1_basic").join("model-0");
     for etag in [true, false] {
-        let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = data_gets.clone();
-        let addr = fault_proxy(servers().http, move |head| {
+        let (e, gets) = a_failing_read_through(move |head| {
             if is_data_get(head) {
-                counted.fetch_add(1, Ordering::SeqCst);
                 Fault::CutMidBody { etag }
             } else if etag {
                 Fault::Etag
@@ -1473,22 +1478,12 @@ fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
                 Fault::Pass
             }
         });
-        let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
-        let opts = RemoteOptions {
-            max_retries: 3,
-            initial_backoff: std::time::Duration::from_millis(1),
-            ..Default::default()
-        };
-        let remote = Checkpoint::open_with(&url, &opts).unwrap();
-        let name = remote.tensors()[0].name.clone();
-        let e = remote.read(&name).unwrap_err();
         assert!(
             matches!(e.kind(), ErrorKind::Remote { url, range: Some(_), .. }
                 if url.ends_with(".data-00000-of-00001")),
             "etag {etag}: {e}"
         );
-        // One range (the tensor is small): 1 + 3 requests.
-        assert_eq!(data_gets.load(Ordering::SeqCst), 4, "etag {etag}: {e}");
+        assert_eq!(gets, 4, "etag {etag}: {e}");
     }
 }
 

@@ -548,7 +548,6 @@ impl RemoteBundle {
         let (client, budget) = self.state();
         let step = client.options.range_bytes;
         let whole = matches!(&dsts[..], [d] if d.want == have && !d.transposed);
-        let rows = have.rows().filter(|&(_, n)| n > 0 && e.size > 0);
         if whole {
             // Byte ranges straight into the one destination, each piece checksummed and copied
             // as it arrives.
@@ -566,7 +565,7 @@ impl RemoteBundle {
             })?;
             return Ok(combine(&crcs));
         }
-        if rows.is_none() {
+        if have.rows().filter(|&(_, n)| n > 0 && e.size > 0).is_none() {
             if e.size == 0 {
                 return Ok(0);
             }
@@ -579,7 +578,7 @@ impl RemoteBundle {
                 Ok(())
             })?;
             return Ok(got);
-        };
+        }
         // Ranges that are boxes the fused copy understands, each gathered whole (within the
         // budget): runs of indices of the outermost dimension `k` one index of which (with every
         // dimension inside it whole: a "unit") fits in a range. Whole rows (`k` = 0), unless a
