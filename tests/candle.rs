@@ -144,6 +144,8 @@ fn tensorflow_values_land_in_candle_layers_transposed_and_cast() {
     assert_eq!(report.assignments.len(), 7);
     let load = init.initialize(&Default::default()).unwrap();
     assert_eq!(load.from_checkpoint, 7);
+    // Nine Vars; the head's two keep candle's initialization.
+    assert_eq!((load.variables, load.from_initializer), (9, 2));
 
     let case = "tf2_object";
     for (candle, tf) in [
@@ -1094,6 +1096,7 @@ mod on_gpu {
             .into_iter()
             .filter(|(k, _)| k.starts_with("head."))
             .collect::<Vec<_>>();
+        let mut counts = Vec::new();
         for (model, what) in [(&host, "host"), (&m, "gpu")] {
             let mut init = CandleInit::from_varmap(&model.varmap, &Convention::tf1())
                 .unwrap()
@@ -1103,7 +1106,11 @@ mod on_gpu {
             let report = init.initialize(&Default::default()).unwrap();
             assert_eq!(report.from_checkpoint, 7, "{what}");
             assert_eq!(report.device.is_some(), what == "gpu", "{report}");
+            counts.push((report.variables, report.from_initializer));
         }
+        // The head, not mapped, counts as kept from candle's initialization on either device.
+        assert_eq!(counts[0], (9, 2));
+        assert_eq!(counts[1], counts[0]);
         assert_eq!(without_head(&host.varmap), without_head(&m.varmap));
         assert!(var(&m.varmap, "model.dense.weight").device().is_cuda());
         let head_after = snapshot(&m.varmap)

@@ -80,6 +80,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         .map(|(name, var)| (name.as_str(), var.storage_and_layout().0))
         .collect();
     let mut host_names = Vec::new();
+    let mut unmapped_gpu = 0;
     let mut jobs = Vec::new();
     #[cfg(feature = "candle-cuda")]
     let mut gpu_jobs = Vec::new();
@@ -99,6 +100,8 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
                         .map_err(|e| init.wrap(name, e))?;
                 gpu_jobs.push(job);
             }
+            // Not mapped: keeps candle's initialization, counted as the host's are.
+            unmapped_gpu += usize::from(!mapped);
             continue;
         }
         host_names.push(name.as_str());
@@ -151,8 +154,9 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         jobs,
         done: &mut done,
     };
-    #[allow(unused_mut)]
     let mut report = skeleton::run(&mut host, dest, options)?;
+    report.variables += unmapped_gpu;
+    report.from_initializer += unmapped_gpu;
     #[cfg(feature = "candle-cuda")]
     if !gpu_jobs.is_empty() {
         let loaded = super::cuda::load(init, &gpu_jobs, options);
