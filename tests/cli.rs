@@ -715,6 +715,16 @@ fn init_inline_json_and_device_errors() {
         "init", &ckpt, "--model", model, "--map", "{}", "--no-out", "--out", "x",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A rank not below the number of ranks: a usage error with init's usage line.
+    let o = tfckpt(&[
+        "init", &ckpt, "--model", model, "--map", "{}", "--no-out", "--rank", "2", "--ranks", "2",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the rank must be below") && stderr(&o).contains("Usage: tfckpt init"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -164,14 +164,17 @@ fn main() -> ExitCode {
             let rank = rank.zip(ranks).map(|(r, n)| (r as usize, n as usize));
             if let Some((r, n)) = rank.filter(|(r, n)| r >= n) {
                 use clap::CommandFactory;
-                Cli::command()
-                    .error(
-                        clap::error::ErrorKind::ValueValidation,
-                        format!(
-                            "--rank {r} --ranks {n}: the rank must be below the number of ranks"
-                        ),
-                    )
-                    .exit();
+                // The error of `init` (its usage line), not of the top-level command.
+                let mut cli = Cli::command();
+                cli.build();
+                let init = cli
+                    .find_subcommand_mut("init")
+                    .expect("init is a subcommand");
+                init.error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--rank {r} --ranks {n}: the rank must be below the number of ranks"),
+                )
+                .exit();
             }
             let load = Load {
                 device,
