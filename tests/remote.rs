@@ -1487,6 +1487,40 @@ fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
     }
 }
 
+/// Every ranged GET of a data shard carries `If-Match` with the strong ETag seen first, so that a
+/// store replaces nothing under a load unnoticed even between our own checks (found untested by
+/// mutation testing: the reads still passed without it, the answers' ETags being compared too).
+#[test]
+fn every_data_get_carries_if_match_with_a_strong_etag() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (gets, matched) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let (g, m) = (gets.clone(), matched.clone());
+    let addr = fault_proxy(servers().http, move |head| {
+        if is_data_get(head) {
+            g.fetch_add(1, Ordering::SeqCst);
+            let lower = head.to_ascii_lowercase();
+            if lower.contains("\r\nif-match: \"v1\"") {
+                m.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Fault::Etag
+    });
+    let ckpt = fixture("golden_b10");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let remote = Checkpoint::open(&url).unwrap();
+    for t in local.tensors() {
+        assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+    }
+    let gets = gets.load(Ordering::SeqCst);
+    assert!(gets > 0);
+    assert_eq!(matched.load(Ordering::SeqCst), gets);
+}
+
 /// An index or a `checkpoint` state file larger than `whole_max_bytes` is an error naming its URL
 /// and size, met before any of it is fetched: a mistaken or hostile URL cannot make opening
 /// fetch an object of any size whole into host memory. At the bound, it opens.
