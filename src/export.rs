@@ -179,10 +179,8 @@ impl Checkpoint {
             let len =
                 expected_len(info.dtype, &info.shape).ok_or_else(|| too_large(path, &info.name))?;
             // What `Checkpoint::view` can show in place: a V2 tensor saved whole, with no bytes
-            // to swap, in a local file. (A remote one's view is a copy, which `Source::View`
-            // would keep until the whole file is written, for the checks only a mapping needs.)
+            // to swap.
             let in_place = match &self.inner {
-                Inner::V2(_) if self.is_remote() => false,
                 Inner::V2(b) => {
                     let swapped = b.index.big_endian && info.dtype.swap_unit() > 1;
                     !info.is_partitioned() && !swapped
@@ -388,7 +386,8 @@ impl Failure {
 enum Source<'a> {
     /// A checkpoint tensor saved whole in a little-endian V2 bundle: checksummed in the mapping of
     /// its shard, then written from there (the view is kept so that a shard truncated meanwhile
-    /// is seen afterwards).
+    /// is seen afterwards). Where the view is a copy (a remote shard's), the copy is written and
+    /// dropped, as for [`Source::Read`].
     View {
         ckpt: &'a Checkpoint,
         view: OnceCell<TensorView>,
@@ -454,8 +453,12 @@ impl<'a> Item<'a> {
                 if let Some(v) = view.get() {
                     return Ok(Cow::Borrowed(v.as_bytes()));
                 }
-                let v = ckpt.view(self.name)?;
-                Ok(Cow::Borrowed(view.get_or_init(|| v).as_bytes()))
+                // Only a mapping is kept, for the checks after the write; a copy (a remote
+                // tensor's) kept too would hold every tensor until the whole file is written.
+                match ckpt.view(self.name)?.into_owned() {
+                    Ok(bytes) => Ok(Cow::Owned(bytes)),
+                    Err(mapped) => Ok(Cow::Borrowed(view.get_or_init(|| mapped).as_bytes())),
+                }
             }
             Source::Read { ckpt } => {
                 // `read` checks that the files can back the tensor before it allocates.

@@ -78,6 +78,15 @@ impl TensorView {
         self.bytes.as_slice()
     }
 
+    /// The bytes, if they are a copy (a remote shard's) rather than the mapping; else the view.
+    #[cfg(feature = "safetensors")]
+    pub(crate) fn into_owned(self) -> std::result::Result<Vec<u8>, TensorView> {
+        match self.bytes {
+            EntryBytes::Owned(v) => Ok(v),
+            bytes => Err(TensorView { bytes, ..self }),
+        }
+    }
+
     /// An error when a read of the bytes (on a thread reading for the library) found the shard
     /// truncated under the mapping: the missing pages then read as zeros.
     #[cfg(feature = "safetensors")]

@@ -334,10 +334,15 @@ fn parse_device(s: &str) -> Result<Device, String> {
 /// 20 MB): `/dev/zero` as `--model` is an error, not memory exhausted.
 const JSON_LIMIT: u64 = 256 << 20;
 
+/// Whether a `--model` or `--map` argument is inline JSON rather than a file path.
+fn is_inline(arg: &str) -> bool {
+    arg.trim_start().starts_with(['{', '['])
+}
+
 /// A file's text, or the argument itself when it is inline JSON.
 fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>> {
     use std::io::Read;
-    if arg.trim_start().starts_with(['{', '[']) {
+    if is_inline(arg) {
         return Ok(arg.to_string());
     }
     let mut text = String::new();
@@ -371,7 +376,7 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     }
     // A file's errors name it (inline JSON is named by its kind, MODEL.json or MAP.json).
     let named = |flag: &str, arg: &str, e: tfckpt::Error| -> Box<dyn std::error::Error> {
-        if arg.trim_start().starts_with(['{', '[']) {
+        if is_inline(arg) {
             e.into()
         } else {
             format!("{flag} {arg}: {e}").into()
