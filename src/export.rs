@@ -32,6 +32,7 @@ use ::safetensors::tensor::{Dtype, SafeTensorError, View};
 
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::partial::PartialOutput;
 use crate::base::slice::num_elements;
 use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::VariableStore;
@@ -568,8 +569,9 @@ impl View for &Item<'_> {
     }
 }
 
-/// Writes `items` into a temporary file beside `path` with the safetensors writer, then renames
-/// it to `path` if every tensor was read, checked and written; otherwise removes it.
+/// Writes `items` into a temporary folder beside `path` with the safetensors writer, then renames
+/// the file to `path` if every tensor was read, checked and written; the folder is removed either
+/// way.
 fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> {
     if path.is_dir() {
         return Err(Error::io(
@@ -581,23 +583,23 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".tfckpt-").suffix(".safetensors.tmp");
-    #[cfg(unix)]
-    {
-        // What `File::create` would give the file (0666 less the umask), not 0600.
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mode = tmp
-        .as_file()
-        .metadata()
-        .map_err(|e| Error::io(tmp.path(), e))?
+    // A folder of its own, removed when dropped: the safetensors writer writes beside the name it
+    // is given, under a name of its own, so only a folder holds all that a write leaves when a
+    // signal ends the process (listed for `remove_partial_outputs`).
+    let tmp_dir = tempfile::Builder::new()
+        .prefix(".tfckpt-")
+        .suffix(".safetensors.tmp")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    let _listed = PartialOutput::new(tmp_dir.path());
+    let tmp = tmp_dir.path().join("out.safetensors");
+    // The mode `File::create` gives (0666 less the umask), not the writer's 0600. Closed at once:
+    // the safetensors writer renames its own file over it, which some systems refuse while a
+    // handle to the name is open.
+    let mode = std::fs::File::create(&tmp)
+        .and_then(|f| f.metadata())
+        .map_err(|e| Error::io(&tmp, e))?
         .permissions();
-    // Closed (still removed when dropped): the safetensors writer renames its own file over it,
-    // which some systems refuse while a handle to the name is open.
-    let tmp = tmp.into_temp_path();
     let written = {
         // A shard truncated under a mapping while the writer reads it is caught, not SIGBUS.
         let _reading = crate::base::sigbus::reading();
@@ -641,7 +643,7 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     crate::format::writer::sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     Ok(())
 }

@@ -50,6 +50,7 @@ pub use base::crc;
 pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
+pub use base::partial::{remove_partial_outputs, PartialOutput};
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Strings, Tensor, TensorData};
 #[cfg(feature = "safetensors")]

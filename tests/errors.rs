@@ -962,6 +962,102 @@ fn writer_rejects_bad_slices_without_leaving_traces() {
     ckpt.verify().unwrap();
 }
 
+/// The files in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Defect: a `finish` that failed part-way left its temporary index and every shard not yet
+/// renamed, and a `create` that failed on its second shard left the first; now neither leaves a
+/// temporary file, and the error names the file. (A shard renamed before the failure stays, as
+/// TensorFlow's do: it is no checkpoint without its index.)
+#[test]
+fn a_writer_that_fails_part_way_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("w");
+    let options = WriterOptions {
+        num_shards: 3,
+        ..Default::default()
+    };
+    let mut w = CheckpointWriter::create(&prefix, options.clone()).unwrap();
+    for name in ["a", "b", "c"] {
+        w.add(name, (&Tensor::from_f32(&[2], &[1., 2.]).unwrap()).into())
+            .unwrap();
+    }
+    // The second shard's name is taken by a folder: its rename fails.
+    std::fs::create_dir(dir.path().join("w.data-00001-of-00003")).unwrap();
+    let e = err(w.finish()).to_string();
+    assert!(e.contains("w.data-00001-of-00003"), "{e}");
+    assert_eq!(
+        files_in(dir.path()),
+        ["w.data-00000-of-00003", "w.data-00001-of-00003"]
+    );
+    std::fs::remove_dir(dir.path().join("w.data-00001-of-00003")).unwrap();
+    // The third shard's temporary name is taken by a folder: `create` fails on it.
+    let third = format!("z.data-00002-of-00003.tempstate{}", std::process::id());
+    std::fs::create_dir(dir.path().join(&third)).unwrap();
+    let e = err(CheckpointWriter::create(dir.path().join("z"), options)).to_string();
+    assert!(e.contains(&third), "{e}");
+    std::fs::remove_dir(dir.path().join(&third)).unwrap();
+    assert_eq!(files_in(dir.path()), ["w.data-00000-of-00003"]);
+}
+
+/// A signal handler's thread removes the temporary files of a write in progress with
+/// `remove_partial_outputs` (the binary does on Ctrl-C); the write then fails naming a file, and
+/// leaves nothing. In a process of its own: the registry is the process's, and other tests write.
+#[cfg(unix)]
+#[test]
+fn remove_partial_outputs_removes_an_unfinished_checkpoint() {
+    common::fork::in_a_process_of_its_own(
+        "remove_partial_outputs_in_this_process",
+        "TFCKPT_TEST_PARTIAL",
+        "1",
+    );
+}
+
+/// The other half of the test above: run only by it, in a process of its own.
+#[cfg(unix)]
+#[test]
+#[ignore = "run by remove_partial_outputs_removes_an_unfinished_checkpoint"]
+fn remove_partial_outputs_in_this_process() {
+    assert_eq!(std::env::var("TFCKPT_TEST_PARTIAL").as_deref(), Ok("1"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = CheckpointWriter::create(
+        dir.path().join("w"),
+        WriterOptions {
+            num_shards: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.add("a", (&Tensor::from_f32(&[2], &[1., 2.]).unwrap()).into())
+        .unwrap();
+    assert_eq!(files_in(dir.path()).len(), 2);
+    let mut removed = tfckpt::remove_partial_outputs();
+    removed.sort();
+    let pid = std::process::id();
+    assert_eq!(
+        removed,
+        [0, 1].map(|i| dir
+            .path()
+            .join(format!("w.data-0000{i}-of-00002.tempstate{pid}")))
+    );
+    assert_eq!(files_in(dir.path()), Vec::<String>::new());
+    // Nothing is listed any more, and a write that starts now is listed as usual.
+    assert_eq!(
+        tfckpt::remove_partial_outputs(),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let e = err(w.finish()).to_string();
+    assert!(e.contains(".tempstate"), "{e}");
+    assert_eq!(files_in(dir.path()), Vec::<String>::new());
+}
+
 /// Every misuse of the writer is an `InvalidArgument` naming the tensor, refused before anything
 /// of it is written, and the writer goes on; a writer dropped before `finish` leaves no file
 /// (found uncovered by a coverage run).

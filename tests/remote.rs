@@ -10,6 +10,7 @@ mod common;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use common::fixtures::{case_dirs, ckpt_rel, fixture, fixtures, init_ckpt, tree};
 use tfckpt::{
@@ -1246,6 +1247,9 @@ enum Fault {
     CutMidBody {
         etag: bool,
     },
+    /// Forward its head and the first half of its body, then send nothing more, holding the
+    /// connection open until the client closes it (or for 60 s): a write stays in progress.
+    Stall,
 }
 
 /// Whether a request head is a GET of a data shard.
@@ -1298,7 +1302,7 @@ fn fault_proxy(
                 let sent: Vec<u8> = match what {
                     Fault::Padded => [body, b"PAD!"].concat(),
                     Fault::CutWithShortLength => body[..body.len() / 2].to_vec(),
-                    Fault::WeakEtag | Fault::Etag | Fault::CutMidBody { .. } => {
+                    Fault::WeakEtag | Fault::Etag | Fault::CutMidBody { .. } | Fault::Stall => {
                         let etag = match what {
                             Fault::WeakEtag => "etag: W/\"v1\"\r\n",
                             Fault::Etag | Fault::CutMidBody { etag: true } => "etag: \"v1\"\r\n",
@@ -1307,10 +1311,15 @@ fn fault_proxy(
                         let head = String::from_utf8_lossy(&response[..body_at - 2]);
                         let _ = client.write_all(format!("{head}{etag}\r\n").as_bytes());
                         let sent = match what {
-                            Fault::CutMidBody { .. } => &body[..body.len() / 2],
+                            Fault::CutMidBody { .. } | Fault::Stall => &body[..body.len() / 2],
                             _ => body,
                         };
                         let _ = client.write_all(sent);
+                        if let Fault::Stall = what {
+                            use std::io::Read;
+                            let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+                            let _ = client.read(&mut [0u8; 1]);
+                        }
                         return;
                     }
                     _ => {
@@ -1815,23 +1824,6 @@ fn a_child_forked_after_a_remote_read_reads_remote_checkpoints() {
     same(&parent).unwrap();
 }
 
-/// Runs the ignored test `name` of this binary in a new process with `key=value` in its
-/// environment from the start (for what a test must not change in this shared process), and fails
-/// unless it passes.
-fn in_a_process_of_its_own(name: &str, key: &str, value: impl AsRef<std::ffi::OsStr>) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "--ignored", "--nocapture", name])
-        .env(key, value)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{name}: {text}"
-    );
-}
-
 /// Defect (review): converting a remote checkpoint to safetensors kept every tensor saved whole
 /// in memory until the file was written (its view, a heap copy for a remote tensor, was kept for a
 /// later check that only a file mapping needs): 167 MB at peak for a 205 MB checkpoint, against
@@ -1840,7 +1832,11 @@ fn in_a_process_of_its_own(name: &str, key: &str, value: impl AsRef<std::ffi::Os
 #[cfg(target_os = "linux")]
 #[test]
 fn converting_a_remote_checkpoint_holds_about_one_tensor_at_a_time() {
-    in_a_process_of_its_own("convert_remote_in_this_process", "TFCKPT_TEST_CONVERT", "1");
+    common::fork::in_a_process_of_its_own(
+        "convert_remote_in_this_process",
+        "TFCKPT_TEST_CONVERT",
+        "1",
+    );
 }
 
 /// The other half of the test above: run only by it, in a process of its own.
@@ -1907,7 +1903,7 @@ fn convert_remote_in_this_process() {
 /// requests to the dead proxy too.
 #[test]
 fn a_dead_proxy_from_the_environment_is_named_in_the_error() {
-    in_a_process_of_its_own(
+    common::fork::in_a_process_of_its_own(
         "dead_proxy_in_this_process",
         "HTTP_PROXY",
         "http://user:secret@127.0.0.1:9",
@@ -1948,7 +1944,7 @@ fn a_child_forked_after_only_a_remote_load_loads_locally() {
     let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
     w.add("big", (&t).into()).unwrap();
     w.finish().unwrap();
-    in_a_process_of_its_own(
+    common::fork::in_a_process_of_its_own(
         "fork_after_a_remote_load_in_this_process",
         "TFCKPT_TEST_BIG",
         &prefix,
@@ -1999,5 +1995,54 @@ fn without_etags_a_checkpoint_is_never_taken_as_current() {
             Checkpoint::open(s3_url(&ckpt)).unwrap().is_current(),
             "{case} over S3"
         );
+    }
+}
+
+/// Defect: Ctrl-C (or a job scheduler's SIGTERM) during a long `convert` left a hidden temporary
+/// file as large as the output beside it, since a process ended by a signal runs no destructor.
+/// The binary now removes what an interrupted write leaves, then ends by the same signal. The data
+/// body stalls half-way, so the write is in progress when the signal comes.
+#[cfg(unix)]
+#[test]
+fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let addr = fault_proxy(servers().http, |head| match is_data_get(head) {
+        true => Fault::Stall,
+        false => Fault::Pass,
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let out = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(["convert", &url])
+            .arg(out.path().join("model.safetensors"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let entries = || -> Vec<String> {
+            std::fs::read_dir(out.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let t0 = Instant::now();
+        while entries().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no temporary file appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The write is under way (its temporary folder holds the file being written).
+        assert!(entries()[0].starts_with(".tfckpt-"), "{:?}", entries());
+        // SAFETY: signals the child this test started and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.signal(), Some(signal), "{status:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{stderr}");
+        assert_eq!(entries(), Vec::<String>::new(), "left behind");
     }
 }

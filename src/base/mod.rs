@@ -10,6 +10,7 @@ pub(crate) mod error;
 pub(crate) mod fxhash;
 pub(crate) mod mmap;
 pub(crate) mod par;
+pub(crate) mod partial;
 pub(crate) mod sigbus;
 pub(crate) mod slice;
 pub(crate) mod suggest;

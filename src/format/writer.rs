@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::partial::PartialOutput;
 use crate::base::slice::{num_elements, Extent, RegionIndex, Slice};
 use crate::base::tensor::{Strings, Tensor, TensorData};
 use crate::format::bundle::{data_path, index_path, swap_bytes};
@@ -100,6 +101,8 @@ struct Shard {
     tmp: PathBuf,
     out: BufWriter<File>,
     len: u64,
+    /// `tmp`, listed for `remove_partial_outputs` until the writer is dropped.
+    _listed: PartialOutput,
 }
 
 /// Writes a V2 checkpoint: add tensors (in any order), then [`finish`](Self::finish).
@@ -144,24 +147,28 @@ impl CheckpointWriter {
         if options.num_shards == 0 {
             return Err(ErrorKind::InvalidArgument("num_shards must be at least 1".into()).into());
         }
-        let mut shards = Vec::with_capacity(options.num_shards as usize);
-        for i in 0..options.num_shards {
-            let tmp = temp_name(&data_path(&prefix, i, options.num_shards));
-            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            shards.push(Shard {
-                tmp,
-                out: BufWriter::with_capacity(1 << 20, file),
-                len: 0,
-            });
-        }
-        Ok(CheckpointWriter {
+        let mut writer = CheckpointWriter {
+            shards: Vec::with_capacity(options.num_shards as usize),
             prefix,
             options,
-            shards,
             entries: BTreeMap::new(),
             slices: Default::default(),
             finished: false,
-        })
+        };
+        // Pushed one by one into the writer, so that a shard that cannot be created drops it and
+        // the writer removes the ones made before.
+        for i in 0..writer.options.num_shards {
+            let tmp = temp_name(&data_path(&writer.prefix, i, writer.options.num_shards));
+            let _listed = PartialOutput::new(&tmp);
+            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            writer.shards.push(Shard {
+                tmp,
+                out: BufWriter::with_capacity(1 << 20, file),
+                len: 0,
+                _listed,
+            });
+        }
+        Ok(writer)
     }
 
     /// Adds a whole tensor under `name`.
@@ -355,24 +362,39 @@ impl CheckpointWriter {
         let index = table.finish();
         let final_index = index_path(&self.prefix);
         let tmp_index = temp_name(&final_index);
+        let _listed = PartialOutput::new(&tmp_index);
         // Every file on disk before it is renamed into place, and the renames before `finish`
-        // returns: a crash of the system afterwards cannot leave an empty index or shard.
-        std::fs::File::create(&tmp_index)
+        // returns: a crash of the system afterwards cannot leave an empty index or shard. On an
+        // error, no temporary file is left (the shards renamed by then stay, as TensorFlow's do).
+        let (prefix, num_shards) = (&self.prefix, self.options.num_shards);
+        let mut shards = std::mem::take(&mut self.shards).into_iter().enumerate();
+        let renamed = std::fs::File::create(&tmp_index)
             .and_then(|mut f| {
                 f.write_all(&index)?;
                 f.sync_all()
             })
-            .map_err(|e| Error::io(&tmp_index, e))?;
-        for (i, shard) in std::mem::take(&mut self.shards).into_iter().enumerate() {
-            let Shard { tmp, out, .. } = shard;
-            out.into_inner()
-                .map_err(|e| Error::io(&tmp, e.into_error()))?
-                .sync_all()
-                .map_err(|e| Error::io(&tmp, e))?;
-            let dst = data_path(&self.prefix, i as u32, self.options.num_shards);
-            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+            .map_err(|e| Error::io(&tmp_index, e))
+            .and_then(|()| {
+                for (i, Shard { tmp, out, .. }) in shards.by_ref() {
+                    let dst = data_path(prefix, i as u32, num_shards);
+                    // Closed (dropped after the sync) before it is renamed.
+                    out.into_inner()
+                        .map_err(|e| Error::io(&tmp, e.into_error()))
+                        .and_then(|f| f.sync_all().map_err(|e| Error::io(&tmp, e)))
+                        .and_then(|()| rename(&tmp, &dst))
+                        .inspect_err(|_| {
+                            let _ = std::fs::remove_file(&tmp);
+                        })?;
+                }
+                rename(&tmp_index, &final_index)
+            });
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp_index);
+            for (_, shard) in shards {
+                let _ = std::fs::remove_file(&shard.tmp);
+            }
         }
-        std::fs::rename(&tmp_index, &final_index).map_err(|e| Error::io(&final_index, e))?;
+        renamed?;
         self.finished = true;
         let dir = match final_index.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -400,6 +422,14 @@ impl Drop for CheckpointWriter {
             }
         }
     }
+}
+
+/// Renames `from` to `to`; an error names both (`from` may be what is missing).
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| {
+        let what = format!("renaming {} to it: {e}", from.display());
+        Error::io(to, std::io::Error::new(e.kind(), what))
+    })
 }
 
 fn temp_name(path: &Path) -> PathBuf {

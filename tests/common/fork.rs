@@ -1,5 +1,6 @@
 //! Runs a closure in a forked child of the test process, as a trainer's data-loader worker runs:
-//! the child has only the forking thread, none of the pools its parent started.
+//! the child has only the forking thread, none of the pools its parent started; or a test in a
+//! new process of its own, for what must not touch the other tests' process-wide state.
 
 /// Forks; the child runs `f` under a 60 s alarm and exits 0 if it returned `Ok`, 1 on `Err`
 /// (printed), 2 on a panic, and dies of `SIGALRM` if it hangs. Returns what happened to the child.
@@ -44,4 +45,21 @@ pub fn in_child(f: impl FnOnce() -> Result<(), String>) -> String {
     } else {
         format!("ended with status {status:#x}")
     }
+}
+
+/// Runs the ignored test `name` of this binary in a new process with `key=value` in its
+/// environment from the start (for what a test must not change in this shared process), and fails
+/// unless it passes.
+pub fn in_a_process_of_its_own(name: &str, key: &str, value: impl AsRef<std::ffi::OsStr>) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--ignored", "--nocapture", name])
+        .env(key, value)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name}: {text}"
+    );
 }

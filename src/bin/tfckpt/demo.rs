@@ -42,6 +42,7 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         width: 256,
     };
     let tmp;
+    let _listed;
     let dir = match keep {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -49,6 +50,7 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         }
         None => {
             tmp = tempfile::tempdir()?;
+            _listed = tfckpt::PartialOutput::new(tmp.path());
             tmp.path().to_path_buf()
         }
     };

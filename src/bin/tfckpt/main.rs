@@ -26,6 +26,7 @@ mod out;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
@@ -138,8 +139,33 @@ enum Cmd {
     },
 }
 
+/// Set when a signal is ending the process (see `remove_partial_outputs_on_signals`).
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// On `SIGINT` (Ctrl-C), `SIGTERM` and `SIGHUP`: removes what the writes in progress leave (a
+/// `convert` of gigabytes writes a hidden temporary file as large as its output), then ends the
+/// process by the same signal, as it would have ended without this.
+#[cfg(unix)]
+fn remove_partial_outputs_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Without the handlers (they cannot be set): the signals' default, temporary files left.
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            ENDING.store(true, Ordering::SeqCst);
+            tfckpt::remove_partial_outputs();
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    remove_partial_outputs_on_signals();
     let result = match cli.cmd {
         Cmd::List { ckpt, json } => list(&ckpt, json),
         Cmd::Get {
@@ -189,6 +215,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if ENDING.load(Ordering::SeqCst) => {
+            // A write failed because the signal's thread removed its files: that thread ends
+            // the process, by the signal, without an error line for it.
+            loop {
+                std::thread::park();
+            }
+        }
         Err(e) => {
             // One line whatever the names in it hold: control characters are escaped.
             note!("error: {}", tfckpt::escape_controls(&e.to_string()));
@@ -552,6 +585,7 @@ fn temp_sibling(path: &Path) -> PathBuf {
 fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
     out::with_parents(out, || {
         let tmp = temp_sibling(out);
+        let _listed = tfckpt::PartialOutput::new(&tmp);
         let result = write_npy(&tmp, out, t).and_then(|()| {
             std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
         });

@@ -153,6 +153,7 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
                     parent.display()
                 )
             })?;
+        let _listed = tfckpt::PartialOutput::new(tmp.path());
         write(tmp.path())?;
         if !exists {
             return rename_into_place(tmp, dir);
