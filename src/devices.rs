@@ -101,6 +101,7 @@ impl VariableStore {
         }
         #[cfg(feature = "cuda")]
         {
+            let _current = crate::gpu::cuda::KeepCurrent::new();
             let links = gpus
                 .iter()
                 .map(|(&n, var)| {

@@ -36,7 +36,26 @@ pub(super) struct GpuJob {
     bytes: usize,
 }
 
+impl Drop for GpuJob {
+    /// A storage not handed to its `Var` (a failed load) is freed on its own GPU (see
+    /// [`GpuJob::make_current`]).
+    fn drop(&mut self) {
+        if self.storage.is_some() {
+            self.make_current();
+        }
+    }
+}
+
 impl GpuJob {
+    /// Makes this job's GPU current on the calling thread before a storage of it is freed:
+    /// cudarc frees on the storage's stream, candle's per-thread default stream, which names the
+    /// stream of whichever context is current, and a load over several GPUs leaves another one
+    /// current. (A context that cannot be bound holds an error already, which its next call
+    /// reports.)
+    pub fn make_current(&self) {
+        let _ = self.dev.cuda_stream().context().bind_to_thread();
+    }
+
     /// The destination of `n` elements of `dtype` (the `Var`'s) on `var`'s device: a zeroed new
     /// storage, or the `Var`'s own, `own`, whose read guard the caller holds until the load (and
     /// any [`zero_again`](Self::zero_again)) is over.

@@ -205,11 +205,13 @@ fn restore(jobs: &[super::cuda::GpuJob], e: Error) -> Error {
 /// The GPU storages become their `Var`s' (those loaded in place already are).
 #[cfg(feature = "candle-cuda")]
 fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> {
-    for job in jobs {
+    for mut job in jobs {
         let b = &init.vars[&job.name];
-        let Some(storage) = job.storage else {
+        let Some(storage) = job.storage.take() else {
             continue; // loaded in place
         };
+        // The storage it replaces is freed on the current context's stream.
+        job.make_current();
         let put = Put(Mutex::new(Some(Fresh::Cuda(storage))));
         b.var
             .inplace_op1(&put)

@@ -218,6 +218,25 @@ fn nvrtc_version() -> String {
     }
 }
 
+/// What to do about PTX the driver refuses: NVRTC newer than the driver writes PTX the driver
+/// cannot read (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`), so the two versions are named.
+fn ptx_hint(e: &cudarc::driver::DriverError) -> String {
+    if e.0 != sys::cudaError_enum::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
+        return String::new();
+    }
+    let mut v = 0;
+    // SAFETY: writes an int; the driver is loaded (a context exists).
+    let driver = match unsafe { sys::cuDriverGetVersion(&mut v) }.result() {
+        Ok(()) => format!("{}.{}", v / 1000, v % 1000 / 10),
+        Err(_) => "unknown".into(),
+    };
+    format!(
+        " (NVRTC {} writes PTX newer than this driver, for CUDA {driver}, reads: use an NVRTC no \
+         newer than the driver, or update the driver)",
+        nvrtc_version()
+    )
+}
+
 /// A cached kernel's text, if the file is this user's (the folder can be named by
 /// `TFCKPT_KERNEL_CACHE`, and a file planted there by someone else would run on the GPU).
 fn read_cached(path: &Path) -> Option<String> {
@@ -328,6 +347,39 @@ fn unavailable(device: u32, reason: impl Into<String>) -> Error {
     .into()
 }
 
+/// The CUDA context current on the calling thread when made, current again when dropped. A load
+/// binds its GPUs' contexts to the threads working for it, the caller's among them, and with
+/// several GPUs the last one bound stays current; the trainer's next CUDA call on that thread
+/// expects the one it had (cudarc frees a buffer on the per-thread default stream candle uses
+/// without binding, and that stream is the current context's).
+pub(crate) struct KeepCurrent(Option<sys::CUcontext>);
+
+impl KeepCurrent {
+    pub(crate) fn new() -> KeepCurrent {
+        if !driver_present() {
+            return KeepCurrent(None);
+        }
+        // None current, or the driver not yet initialised (nothing of CUDA used yet): none
+        // current again afterwards. Guarded: cudarc's loader panics where it cannot load.
+        let current = guarded(result::ctx::get_current)
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+            .unwrap_or(std::ptr::null_mut());
+        KeepCurrent(Some(current))
+    }
+}
+
+impl Drop for KeepCurrent {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0 {
+            // SAFETY: the context that was current (or none); an error (a context the trainer
+            // destroyed meanwhile) leaves the thread as the load left it.
+            let _ = unsafe { result::ctx::set_current(ctx) };
+        }
+    }
+}
+
 /// A GPU, ready for loads.
 pub(crate) struct CudaLink {
     ordinal: u32,
@@ -402,6 +454,70 @@ impl CudaLink {
         device_err(self.ordinal, op, e)
     }
 
+    /// Lets each GPU of `peers` that can reach this one read and write what this GPU's memory
+    /// pool hands out. cudarc allocates from the pool (`cuMemAllocAsync`) where the GPU has one,
+    /// and NCCL's all-gather between GPUs of one process reads and writes the neighbours' buffers
+    /// directly: the peer access NCCL enables covers `cuMemAlloc` memory, never pool memory,
+    /// which only `cuMemPoolSetAccess` opens (without it, the gather faults with an illegal
+    /// address, an error that ends every later CUDA call of the process). It applies to the
+    /// pool's earlier allocations too, the trainer's buffers from the same pool included.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn share_pool_with(&self, peers: &[&CudaLink]) -> Result<()> {
+        use sys::CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED;
+        self.bind()?;
+        let dev = self.ctx.cu_device();
+        // SAFETY: a device handle of a live context.
+        let pools = unsafe {
+            result::device::get_attribute(dev, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+        }
+        .map_err(|e| self.err("asking whether it has memory pools", e))?;
+        if pools == 0 {
+            // cudarc allocates with `cuMemAlloc` here: NCCL's peer access covers it.
+            return Ok(());
+        }
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: writes the device's current pool handle into `pool`.
+        unsafe { sys::cuDeviceGetMemPool(&mut pool, dev) }
+            .result()
+            .map_err(|e| self.err("cuDeviceGetMemPool", e))?;
+        for peer in peers.iter().filter(|p| p.ordinal != self.ordinal) {
+            let mut reach = 0;
+            // SAFETY: two device handles of live contexts; writes an int.
+            unsafe { sys::cuDeviceCanAccessPeer(&mut reach, peer.ctx.cu_device(), dev) }
+                .result()
+                .map_err(|e| self.err("cuDeviceCanAccessPeer", e))?;
+            if reach == 0 {
+                // No direct path: NCCL moves the shares through host memory.
+                continue;
+            }
+            // SAFETY: all-zero bytes are a valid `CUmemAccessDesc` (plain integers).
+            let mut desc: sys::CUmemAccessDesc = unsafe { std::mem::zeroed() };
+            desc.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+            // The location's `id` is a plain field in CUDA 13.0's headers and a union's from
+            // 13.2 on (the version is the build's): in both, the 4 bytes after the type.
+            const _: () = assert!(std::mem::size_of::<sys::CUmemLocation>() == 8);
+            // SAFETY: writes the `int` at offset 4 of the 8-byte location, its `id` in every
+            // layout above.
+            unsafe {
+                std::ptr::addr_of_mut!(desc.location)
+                    .cast::<i32>()
+                    .add(1)
+                    .write(peer.ordinal as i32)
+            };
+            desc.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            // SAFETY: one descriptor, read during the call.
+            unsafe { sys::cuMemPoolSetAccess(pool, &desc, 1) }
+                .result()
+                .map_err(|e| {
+                    self.err(
+                        format!("opening its memory pool to cuda:{}", peer.ordinal),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     fn bind(&self) -> Result<()> {
         self.ctx
             .bind_to_thread()
@@ -466,7 +582,7 @@ impl CudaLink {
             let module = self
                 .ctx
                 .load_module(Ptx::from_src(ptx))
-                .map_err(|e| fail(format!("loading kernel {name}: {e:?}")))?;
+                .map_err(|e| fail(format!("loading kernel {name}: {e:?}{}", ptx_hint(&e))))?;
             let function = module
                 .load_function(name)
                 .map_err(|e| fail(format!("kernel {name}: {e:?}")))?;
@@ -596,9 +712,14 @@ impl Link for CudaLink {
             slices.push(&mut s[..bytes]);
         }
         // `f` returns only when nothing reads the buffers any more (the ring waits for its fences,
-        // or synchronises the device on error).
-        let r = f(&mut slices);
+        // or synchronises the device on error). A panic inside it (a trainer's progress callback)
+        // would free them under copies in flight: every lane is waited for first.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut slices)));
         drop(slices);
+        let r = r.unwrap_or_else(|panic| {
+            let _ = self.synchronize();
+            std::panic::resume_unwind(panic)
+        });
         let mut slot = self.staging.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_empty() {
             *slot = bufs;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{group_end, group_start, Comm, ReduceOp};
 
 use super::broadcast::Collective;
@@ -65,6 +66,38 @@ impl NcclGather<'_> {
     }
 }
 
+/// Views of device memory that something else owns, one per `(stream, address, bytes)`: handles
+/// that must never free it (each is leaked after use). cudarc's `upgrade_device_ptr` panics (an
+/// `unwrap` of its event creation) where the context holds an error of an earlier call, so that
+/// error is taken first and reported, and a panic is caught; on an error the views made so far
+/// are leaked.
+///
+/// # Safety
+/// Each range is a live allocation of its stream's GPU for as long as its view is used.
+unsafe fn views(
+    ranges: &[(&Arc<CudaStream>, u64, usize)],
+) -> std::result::Result<Vec<CudaSlice<u8>>, String> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for &(stream, ptr, len) in ranges {
+        let made = stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| format!("{e:?}"))
+            // SAFETY: the caller's.
+            .and_then(|()| super::cuda::guarded(|| unsafe { stream.upgrade_device_ptr(ptr, len) }));
+        match made {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                for v in out {
+                    v.leak();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The communicators made so far, kept for the process.
 fn comms_by_set() -> &'static Mutex<CommsBySet> {
     static COMMS: OnceLock<Mutex<CommsBySet>> = OnceLock::new();
@@ -85,10 +118,16 @@ impl NcclGather<'_> {
         if let Some(c) = all.get(&ordinals) {
             return Ok((ordinals, c.clone()));
         }
-        let streams = devices
+        let links = devices
             .iter()
-            .map(|&d| self.link(d).map(|l| l.kernel_stream()))
+            .map(|&d| self.link(d))
             .collect::<Result<Vec<_>>>()?;
+        // Once per set, before its communicator exists (and so before any gather): each GPU's
+        // pool memory open to the others, which NCCL's direct copies need.
+        for l in &links {
+            l.share_pool_with(&links)?;
+        }
+        let streams = links.iter().map(|l| l.kernel_stream()).collect();
         // Guarded: cudarc's loader panics where it cannot find NCCL (checked before the load,
         // so only a library that vanished since gets here).
         let c = super::cuda::guarded(|| Comm::from_devices(streams))
@@ -124,27 +163,30 @@ impl Gather for NcclGather<'_> {
         let (ordinals, comms) = self.comms(&devices)?;
         let comms = comms.lock().unwrap_or_else(|e| e.into_inner());
         let n = members.len();
-        // Views of the destination memory (owned by the load, not by these handles: leaked
-        // after the call, never freed here).
-        let mut views = Vec::with_capacity(n);
-        for (rank, (&(_, ptr), link)) in members.iter().zip(&links).enumerate() {
-            let stream = link.kernel_stream();
-            // SAFETY: `ptr .. ptr + n * share` is this replica's allocation on this GPU (the
-            // destination made it), alive until the load ends; the handles are leaked below.
-            let (send, recv) = unsafe {
-                (
-                    stream.upgrade_device_ptr::<u8>(ptr + (rank * share) as u64, share),
-                    stream.upgrade_device_ptr::<u8>(ptr, n * share),
-                )
-            };
-            views.push((send, recv));
-        }
+        let streams: Vec<_> = links.iter().map(|l| l.kernel_stream()).collect();
+        // Per rank, its share (sent) and the whole replica (received into), in place.
+        let ranges: Vec<_> = members
+            .iter()
+            .zip(&streams)
+            .enumerate()
+            .flat_map(|(rank, (&(_, ptr), stream))| {
+                [
+                    (stream, ptr + (rank * share) as u64, share),
+                    (stream, ptr, n * share),
+                ]
+            })
+            .collect();
+        // SAFETY: `ptr .. ptr + n * share` is this replica's allocation on this GPU (the
+        // destination made it), alive until the load ends; the views are leaked below.
+        let mut views = unsafe { views(&ranges) }
+            .map_err(|e| nccl_err(&ordinals, "viewing the replicas", e))?;
         let mut run = || -> Result<()> {
             group_start().map_err(|e| nccl_err(&ordinals, "ncclGroupStart", e))?;
             let mut issued = Ok(());
-            for (comm, (send, recv)) in comms.0.iter().zip(views.iter_mut()) {
+            for (comm, pair) in comms.0.iter().zip(views.chunks_mut(2)) {
+                let (send, recv) = pair.split_at_mut(1);
                 // In place: each rank's send buffer is its own share of the receive buffer.
-                if let Err(e) = comm.all_gather(send, recv) {
+                if let Err(e) = comm.all_gather(&send[0], &mut recv[0]) {
                     issued = Err(nccl_err(&ordinals, "ncclAllGather", e));
                     break;
                 }
@@ -157,9 +199,8 @@ impl Gather for NcclGather<'_> {
             Ok(())
         };
         let r = run();
-        for (send, recv) in views {
-            send.leak();
-            recv.leak();
+        for v in views {
+            v.leak();
         }
         if r.is_err() {
             drop(comms);
@@ -213,12 +254,14 @@ impl Collective for TrainerComm<'_> {
         // NCCL's stream must see the load's copies and kernels finished.
         link.synchronize()?;
         for chunk in bufs.chunks(256) {
-            // SAFETY: each buffer is a live device allocation of this GPU held by the store's
-            // values for the whole call; the handles are leaked below, never freed here.
-            let mut views: Vec<_> = chunk
+            let ranges: Vec<_> = chunk
                 .iter()
-                .map(|&(ptr, len)| unsafe { stream.upgrade_device_ptr::<u8>(ptr, len) })
+                .map(|&(ptr, len)| (&stream, ptr, len))
                 .collect();
+            // SAFETY: each buffer is a live device allocation of this GPU held by the store's
+            // values for the whole call; the views are leaked below, never freed here.
+            let mut views =
+                unsafe { views(&ranges) }.map_err(|e| self.err("viewing the values", e))?;
             let mut run = || -> Result<()> {
                 group_start().map_err(|e| self.err("ncclGroupStart", e))?;
                 let mut issued = Ok(());
