@@ -2000,8 +2000,9 @@ fn without_etags_a_checkpoint_is_never_taken_as_current() {
 
 /// Defect: Ctrl-C (or a job scheduler's SIGTERM) during a long `convert` left a hidden temporary
 /// file as large as the output beside it, since a process ended by a signal runs no destructor.
-/// The binary now removes what an interrupted write leaves, then ends by the same signal. The data
-/// body stalls half-way, so the write is in progress when the signal comes.
+/// The binary now removes what an interrupted write leaves, then ends by the same signal; a signal
+/// ignored when it started (SIGHUP under `nohup`) stays ignored. The data body stalls half-way, so
+/// the write is in progress when the signal comes.
 #[cfg(unix)]
 #[test]
 fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
@@ -2012,14 +2013,30 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
     });
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    // The last run starts with SIGHUP ignored, as under `nohup`: it stays ignored.
+    for (signal, nohup) in [
+        (libc::SIGINT, false),
+        (libc::SIGTERM, false),
+        (libc::SIGINT, true),
+    ] {
+        use std::os::unix::process::CommandExt;
         let out = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        command
             .args(["convert", &url])
             .arg(out.path().join("model.safetensors"))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::piped());
+        if nohup {
+            // SAFETY: in the child between fork and exec, only `signal`, which is
+            // async-signal-safe.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    Ok(())
+                })
+            };
+        }
+        let mut child = command.spawn().unwrap();
         let entries = || -> Vec<String> {
             std::fs::read_dir(out.path())
                 .unwrap()
@@ -2036,6 +2053,16 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
         }
         // The write is under way (its temporary folder holds the file being written).
         assert!(entries()[0].starts_with(".tfckpt-"), "{:?}", entries());
+        if nohup {
+            // SAFETY: signals the child this test started and has not yet waited for.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "SIGHUP under nohup ended it"
+            );
+            assert_eq!(entries().len(), 1);
+        }
         // SAFETY: signals the child this test started and has not yet waited for.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         let status = child.wait().unwrap();

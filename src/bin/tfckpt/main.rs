@@ -148,8 +148,21 @@ static ENDING: AtomicBool = AtomicBool::new(false);
 #[cfg(unix)]
 fn remove_partial_outputs_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // A signal ignored when the process started stays ignored (`nohup` ignores SIGHUP, a shell
+    // SIGINT for a job in the background), as GNU tools do.
+    let ignored = |signal: libc::c_int| {
+        // SAFETY: all-zero bytes are a valid `sigaction` (integers, a null handler, empty set).
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: with no new action, sigaction only writes the current one into `old`.
+        let asked = unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) } == 0;
+        asked && old.sa_sigaction == libc::SIG_IGN
+    };
+    let handled: Vec<_> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| !ignored(s))
+        .collect();
     // Without the handlers (they cannot be set): the signals' default, temporary files left.
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(handled) else {
         return;
     };
     std::thread::spawn(move || {
