@@ -12,10 +12,11 @@
 //!   written. So the most this module holds is the largest such tensor, never the checkpoint. A
 //!   store's values are written from where they are; a partitioned variable's whole value is
 //!   joined when it is written, and dropped then too.
-//! * **All or nothing.** The file is written under a temporary name in the destination's folder
+//! * **All or nothing.** The file is written in a temporary folder in the destination's folder
 //!   and renamed into place only when every tensor was read and checked and the writer succeeded;
-//!   on any error no file is left (a process killed meanwhile can leave a `.tfckpt-*.tmp` or
-//!   `.tmp*` file). `View::data` cannot fail, so the first read error is kept aside, the rest of
+//!   on any error no file is left (a process ended by a signal meanwhile leaves its
+//!   `.tfckpt-*.safetensors.tmp` folder, unless it calls [`crate::remove_partial_outputs`] first,
+//!   as the binary does). `View::data` cannot fail, so the first read error is kept aside, the rest of
 //!   the tensors are written as nothing, and the call then fails with that error.
 //! * **dtypes kept.** Each tensor keeps its own type: bfloat16, float16 and the float8 types too.
 //!   safetensors cannot hold strings, complex numbers, the quantized types, the 4- and 2-bit
@@ -585,13 +586,15 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
     };
     // A folder of its own, removed when dropped: the safetensors writer writes beside the name it
     // is given, under a name of its own, so only a folder holds all that a write leaves when a
-    // signal ends the process (listed for `remove_partial_outputs`).
+    // signal ends the process (listed for `remove_partial_outputs`, until after the folder's own
+    // removal: declared first, dropped last).
+    let _listed;
     let tmp_dir = tempfile::Builder::new()
         .prefix(".tfckpt-")
         .suffix(".safetensors.tmp")
         .tempdir_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;
-    let _listed = PartialOutput::new(tmp_dir.path());
+    _listed = PartialOutput::new(tmp_dir.path());
     let tmp = tmp_dir.path().join("out.safetensors");
     // The mode `File::create` gives (0666 less the umask), not the writer's 0600. Closed at once:
     // the safetensors writer renames its own file over it, which some systems refuse while a

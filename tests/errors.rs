@@ -1056,6 +1056,22 @@ fn remove_partial_outputs_in_this_process() {
     let e = err(w.finish()).to_string();
     assert!(e.contains(".tempstate"), "{e}");
     assert_eq!(files_in(dir.path()), Vec::<String>::new());
+    // A folder goes with everything in it (renamed aside first: nothing of it is left, under
+    // either name); one renamed into place before the removal is a finished output, untouched.
+    let (tmp, done) = (dir.path().join(".tmp-a"), dir.path().join(".tmp-b"));
+    for d in [&tmp, &done] {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/x.npy"), b"x").unwrap();
+    }
+    let _a = tfckpt::PartialOutput::new(&tmp);
+    let _b = tfckpt::PartialOutput::new(&done);
+    std::fs::rename(&done, dir.path().join("out")).unwrap();
+    assert_eq!(tfckpt::remove_partial_outputs(), [tmp]);
+    assert_eq!(files_in(dir.path()), ["out"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/sub/x.npy")).unwrap(),
+        b"x"
+    );
 }
 
 /// Every misuse of the writer is an `InvalidArgument` naming the tensor, refused before anything

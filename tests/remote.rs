@@ -2026,35 +2026,47 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
             .args(["convert", &url])
             .arg(out.path().join("model.safetensors"))
             .stderr(std::process::Stdio::piped());
-        if nohup {
-            // SAFETY: in the child between fork and exec, only `signal`, which is
-            // async-signal-safe.
-            unsafe {
-                command.pre_exec(|| {
+        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe.
+        // Each signal starts at its default (a test run from a background job inherits SIGINT
+        // ignored, which tfckpt would keep), then SIGHUP ignored for the `nohup` run.
+        unsafe {
+            command.pre_exec(move || {
+                for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                if nohup {
                     libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                    Ok(())
-                })
-            };
-        }
-        let mut child = command.spawn().unwrap();
-        let entries = || -> Vec<String> {
-            std::fs::read_dir(out.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
+                }
+                Ok(())
+            })
         };
+        let mut child = command.spawn().unwrap();
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let entries = || names(out.path());
+        // The write is under way when its temporary folder holds both our name for the file and
+        // the safetensors writer's own (made when it starts writing, before the stalled read).
         let t0 = Instant::now();
-        while entries().is_empty() {
+        loop {
+            let e = entries();
+            if e.len() == 1 && names(&out.path().join(&e[0])).len() == 2 {
+                assert!(e[0].starts_with(".tfckpt-"), "{e:?}");
+                break;
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "no temporary file appeared"
+                "the write did not start: {e:?}"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        // The write is under way (its temporary folder holds the file being written).
-        assert!(entries()[0].starts_with(".tfckpt-"), "{:?}", entries());
+        // SAFETY (both kills): signals the child this test started and has not yet waited for.
         if nohup {
-            // SAFETY: signals the child this test started and has not yet waited for.
             assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
             std::thread::sleep(Duration::from_millis(300));
             assert!(
@@ -2063,8 +2075,15 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
             );
             assert_eq!(entries().len(), 1);
         }
-        // SAFETY: signals the child this test started and has not yet waited for.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("signal {signal} did not end it");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let status = child.wait().unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -893,3 +893,34 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         "no truncation landed during a read ({done} runs finished first)"
     );
 }
+
+/// An output named without a folder (`convert CKPT m.safetensors`, as a person types it) goes to
+/// the working directory, with nothing else left there (found by mutation testing: no test named
+/// one, and a write that took the empty folder part for a folder failed after its file was in
+/// place).
+#[test]
+fn outputs_named_without_a_folder_go_to_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prefix, _) = three_tensors(tmp.path());
+    let ckpt = prefix.to_str().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["convert", ckpt, "m.safetensors"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["get", ckpt, "b", "--out", "b.npy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_in(cwd.path()), ["b.npy", "m.safetensors"]);
+    let got = read_back(&cwd.path().join("m.safetensors"));
+    let b: Vec<u8> = [1234.5f32, -99.25, 0.125, 77.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(got["b"], ("F32".into(), vec![2, 2], b));
+    assert_eq!(got.len(), 3);
+}

@@ -48,7 +48,10 @@ impl Drop for PartialOutput {
 /// Removes the temporary files and folders of every write still in progress in this process
 /// (listed by [`PartialOutput`]), and returns the paths it removed. Those writes then fail (a
 /// missing file, named in their error) or, if the process goes on, leave nothing behind; nothing
-/// written completely is touched, since a finished write's temporary names no longer exist.
+/// written completely is touched, since a finished write's temporary names no longer exist. A
+/// folder is first renamed aside and removed there: a write renaming it into place at the same
+/// moment either finds it gone (and fails) or wins (and keeps it whole), and nothing a write adds
+/// to it meanwhile lands outside what is removed.
 ///
 /// For a signal handler's thread (`signal-hook`'s `Signals` iterator, the `ctrlc` crate), just
 /// before the process ends, and not for inside a signal handler itself: it takes a lock and
@@ -56,9 +59,13 @@ impl Drop for PartialOutput {
 pub fn remove_partial_outputs() -> Vec<PathBuf> {
     let mut listed = listed();
     let mut removed = Vec::new();
-    for (_, path) in listed.drain(..) {
+    for (id, path) in listed.drain(..) {
         let gone = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+            Ok(m) if m.is_dir() => {
+                let mut aside = path.clone().into_os_string();
+                aside.push(format!(".removing-{}-{id}", std::process::id()));
+                std::fs::rename(&path, &aside).is_ok() && std::fs::remove_dir_all(&aside).is_ok()
+            }
             Ok(_) => std::fs::remove_file(&path).is_ok(),
             Err(_) => false,
         };
@@ -82,16 +89,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = PartialOutput::new(dir.path().join("a"));
         let b = PartialOutput::new(dir.path().join("b"));
-        let mine = || -> usize {
+        let mine = || -> Vec<PathBuf> {
             listed()
                 .iter()
                 .filter(|(_, p)| p.starts_with(dir.path()))
-                .count()
+                .map(|(_, p)| p.clone())
+                .collect()
         };
-        assert_eq!(mine(), 2);
+        assert_eq!(mine(), [dir.path().join("a"), dir.path().join("b")]);
         drop(a);
-        assert_eq!(mine(), 1);
+        assert_eq!(mine(), [dir.path().join("b")]);
         drop(b);
-        assert_eq!(mine(), 0);
+        assert_eq!(mine(), Vec::<PathBuf>::new());
     }
 }

@@ -50,10 +50,12 @@ impl GpuJob {
     /// Makes this job's GPU current on the calling thread before a storage of it is freed:
     /// cudarc frees on the storage's stream, candle's per-thread default stream, which names the
     /// stream of whichever context is current, and a load over several GPUs leaves another one
-    /// current. (A context that cannot be bound holds an error already, which its next call
-    /// reports.)
+    /// current. (Binding takes an error the context holds: put back for its next call.)
     pub fn make_current(&self) {
-        let _ = self.dev.cuda_stream().context().bind_to_thread();
+        let ctx = self.dev.cuda_stream().context().clone();
+        if let Err(e) = ctx.bind_to_thread() {
+            ctx.record_err::<()>(Err(e));
+        }
     }
 
     /// The destination of `n` elements of `dtype` (the `Var`'s) on `var`'s device: a zeroed new

@@ -49,6 +49,14 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // Host `Var`s (all of them: the unmapped ones keep candle's initialization) are loaded by the
     // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage, except the GPU
     // `Var`s still holding `DeferredInit`'s placeholder zeros, which load in place.
+    // The caller's CUDA context is current again at the end (allocations, the load, the swaps
+    // and the frees make candle's GPUs current in turn).
+    #[cfg(feature = "candle-cuda")]
+    let _current = init
+        .vars
+        .values()
+        .any(|b| !b.var.device().is_cpu())
+        .then(crate::gpu::cuda::KeepCurrent::new);
     #[cfg(feature = "candle-cuda")]
     let placeholders: std::collections::HashSet<String> = init
         .deferred

@@ -717,7 +717,15 @@ impl Link for CudaLink {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut slices)));
         drop(slices);
         let r = r.unwrap_or_else(|panic| {
-            let _ = self.synchronize();
+            // Every lane, whatever the others answer, and without cudarc's binding, which returns
+            // an error the context holds without waiting.
+            // SAFETY: this link's context and its own streams, alive as long as the link.
+            unsafe {
+                let _ = result::ctx::set_current(self.ctx.cu_ctx());
+                for lane in &self.lanes {
+                    let _ = result::stream::synchronize(lane.cu_stream());
+                }
+            }
             std::panic::resume_unwind(panic)
         });
         let mut slot = self.staging.lock().unwrap_or_else(|e| e.into_inner());

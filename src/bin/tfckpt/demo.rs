@@ -41,8 +41,9 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         vocab: (mib / 3) * (1 << 20) / (256 * 4),
         width: 256,
     };
-    let tmp;
+    // Listed until after the folder's removal (declared first, dropped last).
     let _listed;
+    let tmp;
     let dir = match keep {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;

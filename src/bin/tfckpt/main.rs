@@ -162,11 +162,16 @@ fn remove_partial_outputs_on_signals() {
         .filter(|&s| !ignored(s))
         .collect();
     // Without the handlers (they cannot be set): the signals' default, temporary files left.
-    let Ok(mut signals) = signal_hook::iterator::Signals::new(handled) else {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(&handled) else {
         return;
     };
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
+            // A second signal during the cleanup ends the process at once.
+            for &s in &handled {
+                // SAFETY: sets a signal's default action (the process ends by it).
+                unsafe { libc::signal(s, libc::SIG_DFL) };
+            }
             ENDING.store(true, Ordering::SeqCst);
             tfckpt::remove_partial_outputs();
             let _ = signal_hook::low_level::emulate_default_handler(signal);
@@ -570,18 +575,37 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
     Ok(())
 }
 
-/// Writes `t` to `path` (a temporary name), naming `shown` (where it goes) in errors.
+/// Writes `t` to `path` (a temporary name, in a folder that exists), naming `shown` (where it
+/// goes) in errors.
 fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
     let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(fail)?;
-    }
     let file = std::fs::File::create(path).map_err(fail)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     npy::write_tensor(&mut w, t)
         .and_then(|()| w.flush())
         .map_err(fail)?;
     Ok(())
+}
+
+/// Writes `t` as `root/file` (`file` a variable's name, its `/`s folders), naming `shown`. Only the
+/// folders below `root` are made, never `root` itself: a temporary root removed meanwhile (by
+/// the signal's cleanup) fails the write instead of being made again and left behind.
+fn write_npy_below(root: &Path, file: &str, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
+    let path = root.join(file);
+    let mut dir = root.to_path_buf();
+    for part in Path::new(file)
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+    {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(format!("{}: {e}", shown.display()).into()),
+        }
+    }
+    write_npy(&path, shown, t)
 }
 
 /// A path next to `path` for writing before the final rename.
@@ -626,7 +650,7 @@ fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
                 .value(&v.name)
                 .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
             let file = format!("{}.npy", v.name);
-            write_npy(&tmp.join(&file), &dir.join(&file), t)?;
+            write_npy_below(tmp, &file, &dir.join(&file), t)?;
         }
         for pv in store.partitioned_variables() {
             if pv.parts.iter().any(|p| store.is_other_rank(p)) {
@@ -634,7 +658,7 @@ fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
             }
             let t = store.partitioned_value(&pv.name)?;
             let file = format!("{}.npy", pv.name);
-            write_npy(&tmp.join(&file), &dir.join(&file), &t)?;
+            write_npy_below(tmp, &file, &dir.join(&file), &t)?;
         }
         Ok(())
     })

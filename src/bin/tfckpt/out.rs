@@ -144,6 +144,8 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
             .to_path_buf()
     };
     with_parents(&parent.join("x"), || {
+        // Listed until after the folder's removal (declared first, dropped last).
+        let _listed;
         let tmp = tempfile::Builder::new()
             .prefix(".tfckpt-out-")
             .tempdir_in(&parent)
@@ -153,7 +155,7 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
                     parent.display()
                 )
             })?;
-        let _listed = tfckpt::PartialOutput::new(tmp.path());
+        _listed = tfckpt::PartialOutput::new(tmp.path());
         write(tmp.path())?;
         if !exists {
             return rename_into_place(tmp, dir);
