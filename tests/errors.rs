@@ -1074,6 +1074,41 @@ fn remove_partial_outputs_in_this_process() {
     );
 }
 
+/// A checkpoint and a safetensors file named without a folder part go to the working directory
+/// (found by mutation testing: no test wrote one, and taking the empty folder part for a folder
+/// failed the write after its files were in place). In a process of its own: it changes the
+/// working directory.
+#[cfg(unix)]
+#[test]
+fn outputs_named_without_a_folder_are_written_in_the_working_directory() {
+    common::fork::in_a_process_of_its_own(
+        "bare_names_in_this_process",
+        "TFCKPT_TEST_BARE_NAMES",
+        "1",
+    );
+}
+
+/// The other half of the test above: run only by it, in a process of its own.
+#[cfg(unix)]
+#[test]
+#[ignore = "run by outputs_named_without_a_folder_are_written_in_the_working_directory"]
+fn bare_names_in_this_process() {
+    assert_eq!(std::env::var("TFCKPT_TEST_BARE_NAMES").as_deref(), Ok("1"));
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let two = Tensor::from_f32(&[2], &[1., 2.]).unwrap();
+    let mut w = CheckpointWriter::create("m", WriterOptions::default()).unwrap();
+    w.add("a", (&two).into()).unwrap();
+    w.finish().unwrap();
+    let ckpt = Checkpoint::open("m").unwrap();
+    assert_eq!(ckpt.read("a").unwrap(), two);
+    ckpt.write_safetensors("m.safetensors").unwrap();
+    assert_eq!(
+        files_in(dir.path()),
+        ["m.data-00000-of-00001", "m.index", "m.safetensors"]
+    );
+}
+
 /// Every misuse of the writer is an `InvalidArgument` naming the tensor, refused before anything
 /// of it is written, and the writer goes on; a writer dropped before `finish` leaves no file
 /// (found uncovered by a coverage run).
