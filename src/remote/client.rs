@@ -783,8 +783,9 @@ fn redact_elements(text: &str) -> String {
             })
             .filter(|(_, n)| {
                 !n.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && n.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                    })
             })
             .and_then(|(t, n)| {
                 let inner = &after[t.len() + 1..];
@@ -818,7 +819,14 @@ fn redact_elements(text: &str) -> String {
 /// (`object_store` reads them), for [`redact_answer`].
 fn secrets_in_environment() -> Vec<String> {
     // `vars_os`: `vars` panics on a variable that is not Unicode (a secret never is such).
-    std::env::vars_os()
+    secrets_among(std::env::vars_os())
+}
+
+/// The values among `vars` (an environment) that [`secrets_in_environment`] takes.
+fn secrets_among(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<String> {
+    vars.into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| {
             let k = k.to_ascii_uppercase();
@@ -1058,6 +1066,33 @@ mod tests {
     /// S3's answers that echo credentials, as `object_store` puts them in its error text: the
     /// session token of `ExpiredToken`, the canonical request of `SignatureDoesNotMatch` (with
     /// its `x-amz-security-token` header). What went wrong stays; the secrets do not.
+    /// Which variables' values are redacted from messages: the stores' secrets (any case), not
+    /// their key ids, regions or other variables (mutation testing found this untested).
+    #[test]
+    fn the_secrets_of_the_environment_are_the_stores_credentials() {
+        let vars = [
+            ("AWS_SECRET_ACCESS_KEY", "s3-secret"),
+            ("aws_session_token", "s3-token"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_REGION", "us-east-1"),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", "{\"private_key\": \"k\"}"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "azure-key"),
+            ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+            ("MY_SECRET_TOKEN", "not-a-store"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(
+            secrets_among(vars),
+            [
+                "s3-secret",
+                "s3-token",
+                "{\"private_key\": \"k\"}",
+                "azure-key"
+            ]
+        );
+    }
+
     #[test]
     fn credentials_a_server_echoes_are_removed_from_messages() {
         let token = "FQoGZXIvYXdzEJr//////////wEaDOH0aWRzZWNyZXQ";
@@ -1107,6 +1142,12 @@ mod tests {
         assert_eq!(
             redact_answer(odd, &[]),
             "<Error><A>…</A><B>y<Message>m</Message> <C>z</D> <E> <T k=\"v\">…</T>"
+        );
+        // A namespaced element is an element (its text goes); `<>` and `< 2` are not tags.
+        let ns = "<Error><ns:Token>s</ns:Token><>x</> a < 2 <Code>c</Code></Error>";
+        assert_eq!(
+            redact_answer(ns, &[]),
+            "<Error><ns:Token>…</ns:Token><>x</> a < 2 <Code>c</Code></Error>"
         );
     }
 
