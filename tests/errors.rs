@@ -4,7 +4,7 @@
 mod common;
 
 use common::builder::CkptBuilder;
-use common::fixtures::{copy_files, fixture};
+use common::fixtures::{copy_files, files_in, fixture};
 use common::*;
 use tfckpt::{Checkpoint, CheckpointWriter, ErrorKind, Slice, Tensor, WriterOptions};
 
@@ -960,16 +960,6 @@ fn writer_rejects_bad_slices_without_leaving_traces() {
     let ckpt = Checkpoint::open(&prefix).unwrap();
     assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), [1., 2., 1., 2.]);
     ckpt.verify().unwrap();
-}
-
-/// The files in `dir`, sorted.
-fn files_in(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Defect: a `finish` that failed part-way left its temporary index and every shard not yet

@@ -21,7 +21,7 @@ use tfckpt::{
 
 mod common;
 use common::builder::CkptBuilder;
-use common::fixtures::{case_dirs, ckpt_path, ckpt_rel, copy_files, fixture, init_ckpt};
+use common::fixtures::{case_dirs, ckpt_path, ckpt_rel, copy_files, files_in, fixture, init_ckpt};
 
 /// The safetensors dtype each TensorFlow dtype must become, written out independently of the
 /// crate's own table; `None`: the tensor must be skipped.
@@ -76,15 +76,6 @@ fn read_back(path: &Path) -> BTreeMap<String, (String, Vec<u64>, Vec<u8>)> {
 fn npy_file(path: &Path) -> npy::NpyArray {
     npy::read(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .unwrap()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
