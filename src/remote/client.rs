@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
+use super::env::{self, credential_source, Env};
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::par::PerProcess;
 use crate::load::RemoteOptions;
@@ -253,15 +254,41 @@ pub(crate) fn block<T: Send + 'static>(
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let _task = spawn(fut, tx)?;
-    rx.recv().map_err(|_| {
+    let _task = spawn(unpanicked(fut), tx)?;
+    let failed = |reason: String| -> Error {
         ErrorKind::Remote {
             url: url.to_string(),
             range: None,
-            reason: "the request task ended without an answer".into(),
+            reason,
         }
         .into()
-    })
+    };
+    match rx.recv() {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(panic)) => Err(failed(panic)),
+        Err(_) => Err(failed("the request task ended without an answer".into())),
+    }
+}
+
+/// `fut`, with a panic in it (in `object_store` or below, which `expect` a valid request) as
+/// an error text that says so, with the panic's message (masked as `object_store`'s errors
+/// are: [`Client::error`]): the task still answers, and the caller says what went wrong.
+pub(crate) async fn unpanicked<T>(
+    fut: impl std::future::Future<Output = T>,
+) -> std::result::Result<T, String> {
+    futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut))
+        .await
+        .map_err(|p| {
+            let message = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            format!(
+                "the request failed with a panic in the HTTP client: {}",
+                redact_answer(&mask_user_info(&message), &secrets_in_environment())
+            )
+        })
 }
 
 /// One object as first seen: its size and ETag, against which every later read is checked.
@@ -298,7 +325,7 @@ impl Client {
         let client = Client {
             loc: loc.clone(),
             store: PerProcess::new(),
-            credentials: credential_source(loc.scheme),
+            credentials: credential_source(loc.scheme, &Env::of_process()),
             options: options.clone(),
         };
         client.store()?;
@@ -324,9 +351,8 @@ impl Client {
             },
         };
         let url = loc.url(&loc.key);
-        if loc.scheme == Scheme::S3 {
-            check_endpoint(&url)?;
-        }
+        let env = Env::of_process();
+        env::check(loc.scheme, &env, &url)?;
         let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
             Scheme::S3 => object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&loc.authority)
@@ -352,7 +378,7 @@ impl Client {
             range: None,
             reason: format!(
                 "cannot configure the client from the environment ({}): {e}",
-                credential_source(loc.scheme)
+                credential_source(loc.scheme, &env)
             ),
         })?;
         Ok(store)
@@ -842,69 +868,6 @@ fn secrets_among(
         .collect()
 }
 
-/// Checks the S3 endpoint the environment gives (`AWS_ENDPOINT_URL`, or `AWS_ENDPOINT` as
-/// `object_store` also reads) before `object_store` uses it: it panics on a URL that the HTTP
-/// layer cannot parse, and its own message for a plain-HTTP endpoint without `AWS_ALLOW_HTTP`
-/// names neither variable.
-fn check_endpoint(url: &str) -> Result<()> {
-    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"] {
-        let Ok(endpoint) = std::env::var(var) else {
-            continue;
-        };
-        let bad = |reason: String| -> Error {
-            ErrorKind::Remote {
-                url: url.to_string(),
-                range: None,
-                reason: format!("{var} {reason}"),
-            }
-            .into()
-        };
-        // Credentials first, whatever else is wrong with it, so that no message below echoes
-        // them.
-        let after_scheme = endpoint.split_once("://").map_or(&*endpoint, |(_, r)| r);
-        if after_scheme.split('/').next().unwrap_or("").contains('@') {
-            return Err(bad(
-                "holds credentials: give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    .into(),
-            ));
-        }
-        // Both parsers `object_store` uses: the HTTP layer's (which refuses spaces) and the
-        // URL crate's (which refuses a port past 65535).
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|e| bad(format!("is not a valid URL ({e})")))?;
-        let scheme = uri.scheme_str().unwrap_or("");
-        if !matches!(scheme, "http" | "https") || uri.host().is_none_or(str::is_empty) {
-            return Err(bad(format!(
-                "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000; it is {endpoint}"
-            )));
-        }
-        match url::Url::parse(&endpoint) {
-            Err(e) => return Err(bad(format!("is not a valid URL ({e})"))),
-            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
-                return Err(bad(
-                    "has a query string or fragment: an endpoint is a scheme, host and port \
-                     (and path)"
-                        .into(),
-                ))
-            }
-            Ok(_) => {}
-        }
-        // The values object_store takes as true.
-        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| {
-            ["1", "true", "on", "yes", "y"]
-                .iter()
-                .any(|t| v.trim().eq_ignore_ascii_case(t))
-        });
-        if scheme == "http" && !allow_http {
-            return Err(bad(format!(
-                "is plain HTTP ({endpoint}): set AWS_ALLOW_HTTP=true to allow it"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// What changed in `obj` since it was first seen, as `meta` (from a later request) shows.
 fn changed(obj: &Object, meta: &object_store::ObjectMeta) -> Option<String> {
     if meta.size != obj.size {
@@ -923,55 +886,6 @@ fn client_error_short(url: &str, range: Option<(u64, u64)>, got: u64, want: u64)
         reason: format!("short read: {got} of {want} bytes"),
     }
     .into()
-}
-
-/// Where a client of `scheme` takes its credentials from: the names of the environment variables
-/// that are set, never their values.
-pub(crate) fn credential_source(scheme: Scheme) -> String {
-    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    match scheme {
-        Scheme::S3 => {
-            let mut s = if set("AWS_ACCESS_KEY_ID") {
-                let token = if set("AWS_SESSION_TOKEN") {
-                    " + AWS_SESSION_TOKEN"
-                } else {
-                    ""
-                };
-                format!("AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY{token} from the environment")
-            } else if std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v == "true") {
-                "none, unsigned requests (AWS_SKIP_SIGNATURE)".to_string()
-            } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
-                "web identity token (AWS_WEB_IDENTITY_TOKEN_FILE)".to_string()
-            } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
-                "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI)".to_string()
-            } else {
-                "instance metadata (no AWS_ACCESS_KEY_ID in the environment)".to_string()
-            };
-            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-                if !endpoint.contains('@') {
-                    s.push_str(&format!("; endpoint AWS_ENDPOINT_URL={endpoint}"));
-                }
-            }
-            s
-        }
-        Scheme::Gcs => {
-            let from = [
-                "GOOGLE_SERVICE_ACCOUNT",
-                "GOOGLE_SERVICE_ACCOUNT_PATH",
-                "GOOGLE_SERVICE_ACCOUNT_KEY",
-                "GOOGLE_APPLICATION_CREDENTIALS",
-            ]
-            .into_iter()
-            .find(|k| set(k));
-            match from {
-                Some(k) => format!("service account from {k}"),
-                None => "application default credentials or the metadata server (no GOOGLE_* \
-                         credentials in the environment)"
-                    .to_string(),
-            }
-        }
-        Scheme::Http | Scheme::Https => "none (plain HTTP GET)".to_string(),
-    }
 }
 
 #[cfg(test)]

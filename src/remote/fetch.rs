@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 
-use super::client::{spawn, Client, Object};
+use super::client::{spawn, unpanicked, Client, Object};
 use crate::base::error::Result;
 
 /// Requests and bytes in flight, shared by all readers of a load: at most `concurrency` requests
@@ -132,15 +132,15 @@ pub(crate) fn stream(
             let fut = client.fetch(obj, r, move |at, chunks| {
                 data.send((i, Event::Data(at, chunks))).is_ok()
             });
-            // A panic in the request (in `object_store` or below) is this read's error: the
-            // task still answers, so the read does not wait for it forever.
-            let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut));
+            // A panic in the request is this read's error: the task still answers, so the
+            // read does not wait for it forever.
+            let fut = unpanicked(fut);
             let answer = async move {
-                let done = fut.await.unwrap_or_else(|_| {
+                let done = fut.await.unwrap_or_else(|reason| {
                     Err(crate::ErrorKind::Remote {
                         url,
                         range: Some(span),
-                        reason: "the request failed with a panic".into(),
+                        reason,
                     }
                     .into())
                 });

@@ -19,6 +19,7 @@
 //! shard land in the staging ring (`RemoteShard`).
 
 mod client;
+mod env;
 pub(crate) mod fetch;
 
 use std::collections::HashMap;
