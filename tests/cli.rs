@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 mod common;
 use common::builder::CkptBuilder;
-use common::fixtures::{ckpt_path, copy_files, fixture, init_ckpt, tree};
+use common::fixtures::{ckpt_path, copy_files, files_in, fixture, init_ckpt, tree};
 
 fn tfckpt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tfckpt"))
@@ -762,6 +762,81 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     assert_one_error_line(&o, 1, "b.npy");
     assert!(!out2.join("a").exists());
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
+}
+
+/// `init --out DIR` ended by a signal after writing its files, before merging them into an
+/// existing DIR, leaves DIR as it was and no temporary folder. The test holds DIR's lock, which
+/// the merge takes after the temporary folder is written, so the signal always comes there.
+#[cfg(unix)]
+#[test]
+fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::time::{Duration, Instant};
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("o");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("b.npy"), b"kept").unwrap();
+        let lock = std::fs::File::open(&out).unwrap();
+        // SAFETY: flock on a descriptor this test owns; the lock goes with it.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        command
+            .args(["init", &ckpt, "--model", model, "--map", "{}", "--out"])
+            .arg(&out)
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
+        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
+        unsafe {
+            command.pre_exec(|| {
+                for s in [libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                Ok(())
+            })
+        };
+        let mut child = command.spawn().unwrap();
+        // Both files written into the temporary folder inside DIR: the merge is next.
+        let t0 = Instant::now();
+        let temporaries = || -> Vec<PathBuf> {
+            std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect()
+        };
+        loop {
+            let t = temporaries();
+            if t.len() == 1 && t[0].join("a/x.npy").is_file() && t[0].join("b.npy").is_file() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("the files were not written: {t:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: signals the child this test started and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("signal {signal} did not end it");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.signal(), Some(signal), "{status:?}: {err}");
+        drop(lock);
+        assert_eq!(files_in(&out), ["b.npy"], "{err}");
+        assert_eq!(std::fs::read(out.join("b.npy")).unwrap(), b"kept");
+    }
 }
 
 #[test]

@@ -2092,8 +2092,8 @@ fn without_etags_a_checkpoint_is_never_taken_as_current() {
 /// Defect: Ctrl-C (or a job scheduler's SIGTERM) during a long `convert` left a hidden temporary
 /// file as large as the output beside it, since a process ended by a signal runs no destructor.
 /// The binary now removes what an interrupted write leaves, then ends by the same signal; a signal
-/// ignored when it started (SIGHUP under `nohup`) stays ignored. The data body stalls half-way, so
-/// the write is in progress when the signal comes.
+/// ignored when it started (SIGHUP under `nohup`) stays ignored. The folders it made for OUT go
+/// too. The data body stalls half-way, so the write is in progress when the signal comes.
 #[cfg(unix)]
 #[test]
 fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
@@ -2116,7 +2116,7 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
         command
             .args(["convert", &url])
-            .arg(out.path().join("model.safetensors"))
+            .arg(out.path().join("new/deeper/model.safetensors"))
             .stderr(std::process::Stdio::piped());
         // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe.
         // Each signal starts at its default (a test run from a background job inherits SIGINT
@@ -2141,13 +2141,15 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
                 })
                 .unwrap_or_default()
         };
-        let entries = || names(out.path());
+        // OUT's folders are made by the command, and removed again with what is in them.
+        let target = out.path().join("new/deeper");
+        let entries = || names(&target);
         // The write is under way when its temporary folder holds both our name for the file and
         // the safetensors writer's own (made when it starts writing, before the stalled read).
         let t0 = Instant::now();
         loop {
             let e = entries();
-            if e.len() == 1 && names(&out.path().join(&e[0])).len() == 2 {
+            if e.len() == 1 && names(&target.join(&e[0])).len() == 2 {
                 assert!(e[0].starts_with(".tfckpt-"), "{e:?}");
                 break;
             }
@@ -2181,6 +2183,6 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.signal(), Some(signal), "{status:?}: {stderr}");
         assert!(!stderr.contains("error"), "{stderr}");
-        assert_eq!(entries(), Vec::<String>::new(), "left behind");
+        assert_eq!(names(out.path()), Vec::<String>::new(), "left behind");
     }
 }

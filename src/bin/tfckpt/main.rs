@@ -174,6 +174,7 @@ fn remove_partial_outputs_on_signals() {
             }
             ENDING.store(true, Ordering::SeqCst);
             tfckpt::remove_partial_outputs();
+            out::remove_made_folders();
             let _ = signal_hook::low_level::emulate_default_handler(signal);
             std::process::exit(128 + signal);
         }

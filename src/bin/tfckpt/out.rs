@@ -1,6 +1,7 @@
 //! All-or-nothing output: on failure `--out` is as it was.
 //!
-//! * Parent folders a command creates for `--out` are removed again if it fails.
+//! * Parent folders a command creates for `--out` are removed again if it fails, or if a signal
+//!   ends it (as far as they are empty then).
 //! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
 //!   DIR is then that directory, renamed into place in one step; if another process made DIR
 //!   meanwhile, this one fails saying so and writes nothing. An existing DIR takes the files by a
@@ -13,6 +14,8 @@
 //!   this: `Checkpoint::write_safetensors`, `VariableStore::write_safetensors`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -73,19 +76,68 @@ pub(crate) fn check_file_out(
     Ok(())
 }
 
-/// The folders [`create_parents`] made, to remove again (deepest first) when the command fails.
+/// The folders [`create_dirs`] made, to remove again (deepest first) when the command fails.
+/// Listed for [`remove_made_folders`] while the value lives: a signal ending the process runs
+/// no destructor.
 #[must_use]
-pub(crate) struct CreatedDirs(Vec<PathBuf>);
+pub(crate) struct CreatedDirs {
+    id: u64,
+    dirs: Vec<PathBuf>,
+}
+
+/// The folders of every [`CreatedDirs`] alive, by its id.
+static MADE: Mutex<Vec<(u64, Vec<PathBuf>)>> = Mutex::new(Vec::new());
+
+fn made() -> MutexGuard<'static, Vec<(u64, Vec<PathBuf>)>> {
+    MADE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl CreatedDirs {
+    fn new() -> CreatedDirs {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        made().push((id, Vec::new()));
+        CreatedDirs {
+            id,
+            dirs: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, dir: PathBuf) {
+        if let Some((_, dirs)) = made().iter_mut().find(|(id, _)| *id == self.id) {
+            dirs.push(dir.clone());
+        }
+        self.dirs.push(dir);
+    }
+
     /// Removes the folders made, deepest first, as long as they are empty (another process may
     /// have put something there meanwhile: that is left alone).
     pub(crate) fn undo(self) {
-        for d in self.0.iter().rev() {
-            if std::fs::remove_dir(d).is_err() {
-                break;
-            }
+        remove_empty(&self.dirs);
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        made().retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Removes `dirs` (each the parent of the next) deepest first, as long as they are empty.
+fn remove_empty(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        if std::fs::remove_dir(d).is_err() {
+            break;
         }
+    }
+}
+
+/// Removes the folders made for the outputs still being written, as far as they are empty: for a
+/// signal ending the process, after `tfckpt::remove_partial_outputs` removed what was in them.
+#[cfg(unix)]
+pub(crate) fn remove_made_folders() {
+    for (_, dirs) in made().drain(..) {
+        remove_empty(&dirs);
     }
 }
 
@@ -100,10 +152,10 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
             None => break,
         }
     }
-    let mut made = CreatedDirs(Vec::new());
+    let mut made = CreatedDirs::new();
     for m in missing.into_iter().rev() {
         match std::fs::create_dir(&m) {
-            Ok(()) => made.0.push(m),
+            Ok(()) => made.push(m),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
             Err(e) => {
                 made.undo();
@@ -122,7 +174,7 @@ pub(crate) fn with_parents<T>(
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     let made = match parent {
         Some(p) => create_dirs(p)?,
-        None => CreatedDirs(Vec::new()),
+        None => CreatedDirs::new(),
     };
     let result = write();
     if result.is_err() {
