@@ -284,7 +284,7 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
                 let name_like = !r.value.is_empty()
                     && r.value
                         .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if env.s3_endpoint().is_none() && !name_like {
                     return Err(bad(
                         r.name,
@@ -627,6 +627,12 @@ mod tests {
         ];
         assert_eq!(checked(Scheme::S3, &ok), Ok(()));
         assert_eq!(checked(Scheme::S3, &[("AWS_REGION", "eu-west-3")]), Ok(()));
+        for region in ["eu_west", "eu.west", "eu/west", "us east-1"] {
+            assert!(
+                checked(Scheme::S3, &[("AWS_REGION", region)]).is_err(),
+                "{region}"
+            );
+        }
         let cases: &[(Scheme, Vars<'_>, &str)] = &[
             // The S3 endpoint is checked over the generic one, whatever the other holds.
             (
