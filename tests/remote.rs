@@ -1049,7 +1049,7 @@ fn a_bad_store_setting_in_the_environment_is_an_error_naming_the_variable() {
         (
             endpoint("AKIAKEY:endpoint-secret@minio:9000", Some("true")),
             "AWS_ENDPOINT_URL",
-            "holds credentials",
+            "holds '@', credentials in the URL",
         ),
         (
             endpoint("http://127.0.0.1:9/?token=1", Some("true")),
@@ -1079,7 +1079,7 @@ fn a_bad_store_setting_in_the_environment_is_an_error_naming_the_variable() {
         (
             endpoint("http://AKIAKEY:endpoint-secret@127.0.0.1:9", Some("true")),
             "AWS_ENDPOINT_URL",
-            "holds credentials",
+            "holds '@', credentials in the URL",
         ),
         (
             endpoint("http://127.0.0.1:9", None),
@@ -1114,7 +1114,10 @@ fn a_bad_store_setting_in_the_environment_is_an_error_naming_the_variable() {
     let gcs = "gs://some-bucket/model.ckpt";
     let gcs_cases: Vec<Case> = vec![
         (
-            vec![("GOOGLE_BASE_URL", Some("http://127.0.0.1:9"))],
+            vec![
+                ("GOOGLE_BASE_URL", Some("http://127.0.0.1:9")),
+                ("GOOGLE_ALLOW_HTTP", Some("false")),
+            ],
             "GOOGLE_BASE_URL",
             "set GOOGLE_ALLOW_HTTP=true",
         ),

@@ -153,11 +153,15 @@ fn s3_source(env: &Env) -> (S3Source<'_>, Vec<String>) {
         env.aws(&["aws_container_credentials_full_uri"]),
         env.aws(&["aws_container_authorization_token_file"]),
     );
+    let token = env.aws(&["aws_session_token", "aws_token"]);
+    // One key without the other fails the build, whether requests are signed or not.
+    if key.is_some() != secret.is_some() {
+        return (S3Source::Keys { key, secret, token }, Vec::new());
+    }
     if let Some(skip) = truthy(env.aws(&["aws_skip_signature"])) {
         return (S3Source::Unsigned(skip), Vec::new());
     }
-    if key.is_some() || secret.is_some() {
-        let token = env.aws(&["aws_session_token", "aws_token"]);
+    if key.is_some() {
         return (S3Source::Keys { key, secret, token }, Vec::new());
     }
     if let (Some(file), Some(role)) = identity {
@@ -222,8 +226,11 @@ fn s3_credential_source(env: &Env) -> String {
         s.push_str(&format!("; ignored: {}", unused.join(", ")));
     }
     if let Some(endpoint) = env.s3_endpoint() {
-        if authority_has_user_info(endpoint.value) {
-            s.push_str(&format!("; endpoint {} (holds credentials)", endpoint.name));
+        if may_hold_credentials(endpoint.value) {
+            s.push_str(&format!(
+                "; endpoint {} (not shown: it holds '@')",
+                endpoint.name
+            ));
         } else {
             s.push_str(&format!("; endpoint {}={}", endpoint.name, endpoint.value));
         }
@@ -231,32 +238,63 @@ fn s3_credential_source(env: &Env) -> String {
     s
 }
 
-fn gcs_credential_source(env: &Env) -> String {
+/// Where a GCS client takes its credentials from, in `object_store`'s order.
+enum GcsSource<'a> {
+    /// A service account file and key both: `object_store` refuses the client.
+    Both(Var<'a>, Var<'a>),
+    Unsigned(Var<'a>),
+    Bearer(Var<'a>),
+    File(Var<'a>),
+    Key(Var<'a>),
+    Adc(Var<'a>),
+    /// gcloud's application default credentials file under HOME, else the metadata server.
+    Default,
+}
+
+fn gcs_source(env: &Env) -> GcsSource<'_> {
     let file = env.gcs_service_account();
     let key = env.google(&["google_service_account_key"]);
+    // The service account is read first, whatever comes after.
+    if let (Some(f), Some(k)) = (file, key) {
+        return GcsSource::Both(f, k);
+    }
     if let Some(skip) = truthy(env.google(&["google_skip_signature"])) {
-        format!("none, unsigned requests ({}={})", skip.name, skip.value)
-    } else if let Some(t) = env.google(&["google_bearer_token"]) {
-        format!("bearer token from {}", t.named())
-    } else if let (Some(f), Some(k)) = (file, key) {
-        format!("both {} and {}: give one", f.name, k.name)
-    } else if let Some(f) = file {
-        format!("service account file from {}", f.named())
-    } else if let Some(k) = key {
-        format!("service account key from {}", k.named())
-    } else if let Some(f) = env.google(&["google_application_credentials"]) {
-        format!("application default credentials from {}", f.named())
-    } else {
-        "application default credentials or the metadata server (no GOOGLE_* credentials in \
-         the environment)"
-            .to_string()
+        return GcsSource::Unsigned(skip);
+    }
+    if let Some(t) = env.google(&["google_bearer_token"]) {
+        return GcsSource::Bearer(t);
+    }
+    match (file, key) {
+        (Some(f), _) => GcsSource::File(f),
+        (_, Some(k)) => GcsSource::Key(k),
+        _ => match env.google(&["google_application_credentials"]) {
+            Some(f) => GcsSource::Adc(f),
+            None => GcsSource::Default,
+        },
     }
 }
 
-/// Whether the authority of `url` (with or without a scheme) holds user information (`user@`).
-fn authority_has_user_info(url: &str) -> bool {
-    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
-    after_scheme.split('/').next().unwrap_or("").contains('@')
+fn gcs_credential_source(env: &Env) -> String {
+    match gcs_source(env) {
+        GcsSource::Both(f, k) => format!("both {} and {}: give one", f.name, k.name),
+        GcsSource::Unsigned(skip) => {
+            format!("none, unsigned requests ({}={})", skip.name, skip.value)
+        }
+        GcsSource::Bearer(t) => format!("bearer token from {}", t.named()),
+        GcsSource::File(f) => format!("service account file from {}", f.named()),
+        GcsSource::Key(k) => format!("service account key from {}", k.named()),
+        GcsSource::Adc(f) => format!("application default credentials from {}", f.named()),
+        GcsSource::Default => "application default credentials or the metadata server (no \
+                               GOOGLE_* credentials in the environment)"
+            .to_string(),
+    }
+}
+
+/// Whether `url` may hold credentials (`user:password@host`): any `@`, since a password with an
+/// unencoded `/`, `?` or `#` moves the `@` out of what a parser takes for the authority. Such a
+/// value is never shown.
+fn may_hold_credentials(url: &str) -> bool {
+    url.contains('@')
 }
 
 /// Checks what a client of `scheme` built from `env` puts into its URLs and headers, naming the
@@ -274,18 +312,26 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
     };
     match scheme {
         Scheme::S3 => {
-            let allow_http = allowed_http(env.aws(&["aws_allow_http"]), &bad)?;
-            if let Some(endpoint) = env.s3_endpoint() {
-                check_endpoint(endpoint, allow_http, "AWS_ALLOW_HTTP", &bad)?;
+            let allow_http = allowed_http(env.aws(&["aws_allow_http"]), false, &bad)?;
+            let endpoint = env.s3_endpoint();
+            if let Some(endpoint) = endpoint {
+                check_endpoint(endpoint, Endpoint::Base, allow_http, "AWS_ALLOW_HTTP", &bad)?;
             }
+            let source = s3_source(env).0;
             if let Some(r) = env.s3_region() {
-                // In the signature's header always; in the URL without an endpoint.
+                // In the signature's header always; in a URL where object_store makes one of it:
+                // the bucket's without an endpoint, STS's for a web identity without its own
+                // endpoint, S3 Express's.
                 header_safe(r, &bad)?;
                 let name_like = !r.value.is_empty()
                     && r.value
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                if env.s3_endpoint().is_none() && !name_like {
+                let in_url = endpoint.is_none()
+                    || (matches!(source, S3Source::WebIdentity { .. })
+                        && env.aws(&["aws_endpoint_url_sts"]).is_none())
+                    || truthy(env.aws(&["aws_s3_express"])).is_some();
+                if in_url && !name_like {
                     return Err(bad(
                         r.name,
                         format!(
@@ -297,7 +343,7 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
                 }
             }
             // What the credential source puts into a header or requests itself.
-            match s3_source(env).0 {
+            match source {
                 S3Source::Keys { key, token, .. } => {
                     // The key ID goes into the signature's header, the token into its own.
                     for v in [key, token].into_iter().flatten() {
@@ -306,7 +352,7 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
                 }
                 S3Source::WebIdentity { .. } => {
                     if let Some(sts) = env.aws(&["aws_endpoint_url_sts"]) {
-                        check_endpoint(sts, true, "", &bad)?;
+                        check_endpoint(sts, Endpoint::Whole, true, "", &bad)?;
                     }
                 }
                 S3Source::Container(uri) => {
@@ -317,30 +363,54 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
                     {
                         return Err(bad(
                             uri.name,
-                            format!(
-                                "must be a URL path starting with '/' (it follows \
-                                 http://169.254.170.2); it is {:?}",
-                                uri.value
-                            ),
+                            "must be a URL path starting with '/' (it follows \
+                             http://169.254.170.2)"
+                                .into(),
                         ));
                     }
                 }
-                S3Source::PodIdentity { uri, .. } => check_endpoint(uri, true, "", &bad)?,
+                S3Source::PodIdentity { uri, .. } => {
+                    check_endpoint(uri, Endpoint::Whole, true, "", &bad)?
+                }
                 S3Source::Instance => {
                     if let Some(metadata) = env.aws(&["aws_metadata_endpoint"]) {
-                        check_endpoint(metadata, true, "", &bad)?;
+                        check_endpoint(metadata, Endpoint::Base, true, "", &bad)?;
                     }
                 }
                 S3Source::Unsigned(_) => {}
             }
         }
         Scheme::Gcs => {
-            let allow_http = allowed_http(env.google(&["google_allow_http"]), &bad)?;
+            // object_store's GCS client allows plain HTTP unless told otherwise.
+            let allow_http = allowed_http(env.google(&["google_allow_http"]), true, &bad)?;
             if let Some(base) = env.google(&["google_base_url"]) {
-                check_endpoint(base, allow_http, "GOOGLE_ALLOW_HTTP", &bad)?;
+                check_endpoint(base, Endpoint::Base, allow_http, "GOOGLE_ALLOW_HTTP", &bad)?;
             }
-            if let Some(t) = env.google(&["google_bearer_token"]) {
-                header_safe(t, &bad)?;
+            match gcs_source(env) {
+                GcsSource::Bearer(t) => header_safe(t, &bad)?,
+                GcsSource::Default if !gcloud_credentials_file(env) => {
+                    // The metadata server, at a host these name (read as is, not by prefix).
+                    for (name, value) in &env.0 {
+                        if ["GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP"]
+                            .contains(&name.as_str())
+                        {
+                            let full = format!("http://{value}/computeMetadata/v1/");
+                            let host_only = !value.contains(['/', '?', '#', '@']);
+                            if !host_only
+                                || full.parse::<http::Uri>().is_err()
+                                || url::Url::parse(&full).is_err()
+                            {
+                                return Err(bad(
+                                    name,
+                                    "must be a host name or address, with an optional port \
+                                     (e.g. metadata.google.internal or 169.254.169.254:80)"
+                                        .into(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         Scheme::Http | Scheme::Https => {}
@@ -348,9 +418,30 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
     Ok(())
 }
 
-/// The value of an `*_ALLOW_HTTP` variable: false where it is not set.
-fn allowed_http(var: Option<Var<'_>>, bad: &impl Fn(&str, String) -> Error) -> Result<bool> {
-    let Some(v) = var else { return Ok(false) };
+/// Whether gcloud's application default credentials file exists under HOME (`APPDATA` on
+/// Windows), which `object_store` takes before the metadata server.
+fn gcloud_credentials_file(env: &Env) -> bool {
+    let (home, path) = if cfg!(windows) {
+        ("APPDATA", "gcloud/application_default_credentials.json")
+    } else {
+        (
+            "HOME",
+            ".config/gcloud/application_default_credentials.json",
+        )
+    };
+    env.0
+        .iter()
+        .rfind(|(k, _)| k == home)
+        .is_some_and(|(_, v)| std::path::Path::new(v).join(path).exists())
+}
+
+/// The value of an `*_ALLOW_HTTP` variable: `default` where it is not set.
+fn allowed_http(
+    var: Option<Var<'_>>,
+    default: bool,
+    bad: &impl Fn(&str, String) -> Error,
+) -> Result<bool> {
+    let Some(v) = var else { return Ok(default) };
     config_bool(v.value).ok_or_else(|| {
         bad(
             v.name,
@@ -362,21 +453,32 @@ fn allowed_http(var: Option<Var<'_>>, bad: &impl Fn(&str, String) -> Error) -> R
     })
 }
 
+/// How `object_store` uses a URL a variable gives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// The start of its requests' URLs (paths are appended): no query or fragment.
+    Base,
+    /// A whole request URL, used as it is.
+    Whole,
+}
+
 /// Checks an endpoint or base URL: no credentials in it (checked first, so that no message
 /// echoes them), a URL both parsers `object_store` uses take (the HTTP layer's, which refuses
 /// spaces, and the URL crate's, which refuses a port past 65535), http or https with a host, no
-/// query or fragment, and plain HTTP only where `allow_var` allows it.
+/// query or fragment where paths are appended to it, and plain HTTP only where allowed
+/// (`allow_var` says how).
 fn check_endpoint(
     endpoint: Var<'_>,
+    kind: Endpoint,
     allow_http: bool,
     allow_var: &str,
     bad: &impl Fn(&str, String) -> Error,
 ) -> Result<()> {
     let (var, value) = (endpoint.name, endpoint.value);
-    if authority_has_user_info(value) {
+    if may_hold_credentials(value) {
         return Err(bad(
             var,
-            "holds credentials: give them in the credential variables, not in the URL".into(),
+            "holds '@', credentials in the URL: give them in the credential variables".into(),
         ));
     }
     let uri: http::Uri = value
@@ -394,7 +496,7 @@ fn check_endpoint(
     }
     match url::Url::parse(value) {
         Err(e) => return Err(bad(var, format!("is not a valid URL ({e})"))),
-        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+        Ok(u) if kind == Endpoint::Base && (u.query().is_some() || u.fragment().is_some()) => {
             return Err(bad(
                 var,
                 "has a query string or fragment: an endpoint is a scheme, host and port (and \
@@ -493,6 +595,14 @@ mod tests {
                 format!("none, unsigned requests (AWS_SKIP_SIGNATURE={t})")
             );
         }
+        // One key without the other fails the build, signed or not.
+        assert_eq!(
+            s3(&[
+                ("AWS_SKIP_SIGNATURE", "true"),
+                ("AWS_SECRET_ACCESS_KEY", "s")
+            ]),
+            "AWS_SECRET_ACCESS_KEY from the environment, without AWS_ACCESS_KEY_ID"
+        );
         for f in ["false", "0", "maybe"] {
             assert!(
                 s3(&[("AWS_SKIP_SIGNATURE", f)]).starts_with("instance metadata"),
@@ -557,8 +667,12 @@ mod tests {
         ])
         .ends_with("; endpoint AWS_ENDPOINT=http://b:2"));
         assert!(s3(&[("AWS_ENDPOINT_URL", "http://k:pw@a:1")])
-            .ends_with("; endpoint AWS_ENDPOINT_URL (holds credentials)"));
-        assert!(!s3(&[("AWS_ENDPOINT_URL", "http://k:pw@a:1")]).contains("pw"));
+            .ends_with("; endpoint AWS_ENDPOINT_URL (not shown: it holds '@')"));
+        // A password with a '/' moves the '@' out of the authority: not shown either.
+        for e in ["http://k:pw@a:1", "http://k:p/w@a:1"] {
+            assert!(!s3(&[("AWS_ENDPOINT_URL", e)]).contains("pw"), "{e}");
+            assert!(!s3(&[("AWS_ENDPOINT_URL", e)]).contains("p/w"), "{e}");
+        }
     }
 
     #[test]
@@ -604,6 +718,15 @@ mod tests {
             "application default credentials from GOOGLE_APPLICATION_CREDENTIALS (empty)"
         );
         assert!(gcs(&[("GOOGLE_SKIP_SIGNATURE", "no")]).starts_with("application default"));
+        // A file and a key both fail the build, before anything else is looked at.
+        assert_eq!(
+            gcs(&[
+                ("GOOGLE_SKIP_SIGNATURE", "true"),
+                ("SERVICE_ACCOUNT", "/f"),
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")
+            ]),
+            "both SERVICE_ACCOUNT and GOOGLE_SERVICE_ACCOUNT_KEY: give one"
+        );
         assert_eq!(
             credential_source(Scheme::Https, &env(&[("AWS_ACCESS_KEY_ID", "k")])),
             "none (plain HTTP GET)"
@@ -647,7 +770,12 @@ mod tests {
             (
                 Scheme::S3,
                 &[("AWS_ENDPOINT_URL_S3", "https://k:secret@h")],
-                "AWS_ENDPOINT_URL_S3 holds credentials",
+                "AWS_ENDPOINT_URL_S3 holds '@', credentials in the URL",
+            ),
+            (
+                Scheme::S3,
+                &[("AWS_ENDPOINT_URL_S3", "https://k:se/cret@h")],
+                "AWS_ENDPOINT_URL_S3 holds '@', credentials in the URL",
             ),
             (
                 Scheme::S3,
@@ -698,8 +826,21 @@ mod tests {
             ),
             (
                 Scheme::Gcs,
-                &[("GOOGLE_BASE_URL", "http://localhost:1")],
+                &[
+                    ("GOOGLE_BASE_URL", "http://localhost:1"),
+                    ("GOOGLE_ALLOW_HTTP", "false"),
+                ],
                 "set GOOGLE_ALLOW_HTTP=true",
+            ),
+            (
+                Scheme::Gcs,
+                &[("GCE_METADATA_HOST", "metadata host")],
+                "GCE_METADATA_HOST must be a host name or address",
+            ),
+            (
+                Scheme::Gcs,
+                &[("GCE_METADATA_IP", "169.254.169.254/x")],
+                "GCE_METADATA_IP must be a host name or address",
             ),
             (
                 Scheme::Gcs,
@@ -723,6 +864,19 @@ mod tests {
             ),
             Ok(())
         );
+        // object_store's GCS client allows plain HTTP unless told otherwise (a local
+        // fake-gcs-server); the metadata host is checked only where the metadata server is used.
+        for vars in [
+            &[("GOOGLE_BASE_URL", "http://localhost:4443")][..],
+            &[("GCE_METADATA_HOST", "169.254.169.254:80")],
+            &[("GCE_METADATA_HOST", "a b"), ("GOOGLE_BEARER_TOKEN", "t")],
+            &[
+                ("GOOGLE_BEARER_TOKEN", "t\n"),
+                ("GOOGLE_SKIP_SIGNATURE", "1"),
+            ],
+        ] {
+            assert_eq!(checked(Scheme::Gcs, vars), Ok(()), "{vars:?}");
+        }
         assert_eq!(
             checked(Scheme::Https, &[("AWS_ENDPOINT_URL", "http://a b")]),
             Ok(())
@@ -741,8 +895,8 @@ mod tests {
                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must be a URL path starting with '/'",
             ),
             (
-                &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "v2/credentials")],
-                "it is \"v2/credentials\"",
+                &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "v2/secret")],
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must be a URL path starting with '/'",
             ),
             (
                 &[
@@ -758,9 +912,28 @@ mod tests {
                 &[
                     ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
                     ("AWS_ROLE_ARN", "arn"),
-                    ("AWS_ENDPOINT_URL_STS", "https://sts?x"),
+                    ("AWS_ENDPOINT_URL_STS", "sts.example.com"),
                 ],
-                "AWS_ENDPOINT_URL_STS has a query string",
+                "AWS_ENDPOINT_URL_STS must be an http:// or https:// URL",
+            ),
+            // The region makes STS's URL for a web identity without its own endpoint.
+            (
+                &[
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                    ("AWS_ROLE_ARN", "arn"),
+                    ("AWS_ENDPOINT_URL", "https://s3.example.com"),
+                    ("AWS_REGION", "eu west"),
+                ],
+                "AWS_REGION is not a region name",
+            ),
+            // And S3 Express's.
+            (
+                &[
+                    ("AWS_S3_EXPRESS", "true"),
+                    ("AWS_ENDPOINT_URL", "https://s3.example.com"),
+                    ("AWS_REGION", "eu west"),
+                ],
+                "AWS_REGION is not a region name",
             ),
         ];
         for (vars, want) in cases {
@@ -785,6 +958,27 @@ mod tests {
             ),
             Ok(())
         );
+        // A URL used whole may have a query: object_store keeps it.
+        let whole: &[Vars<'_>] = &[
+            &[
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://169.254.170.23/v1?a=1",
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/f"),
+            ],
+            &[
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_ARN", "arn"),
+                ("AWS_ENDPOINT_URL_STS", "https://sts.example.com/?a=1"),
+                // With its own endpoint, STS takes no region into a URL.
+                ("AWS_ENDPOINT_URL", "https://s3.example.com"),
+                ("AWS_REGION", "any region, with endpoints"),
+            ],
+        ];
+        for vars in whole {
+            assert_eq!(checked(Scheme::S3, vars), Ok(()), "{vars:?}");
+        }
         // A source that is not used is not checked: keys come before instance metadata.
         assert_eq!(
             checked(
