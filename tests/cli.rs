@@ -265,7 +265,8 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
 
 /// An `--out` file is written under a temporary name and renamed into place: refused before any
 /// work when that rename would replace a FIFO, a symbolic link, a directory, or a file of the
-/// checkpoint being read (also through a hard link), which is left as it was.
+/// checkpoint being read (also through a hard link), which is left as it was, and when its name
+/// ends in '/' (a folder's).
 #[cfg(unix)]
 #[test]
 fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
@@ -287,7 +288,10 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
     let model = r#"{"variables": [{"name": "v", "shape": [1, 10], "dtype": "float32"}]}"#;
     let before = std::fs::read(&data).unwrap();
     let state = tmp.path().join("checkpoint");
-    let cases: [(Vec<&str>, &str); 7] = [
+    // A name ending in '/' is a folder's: the file would be opened "Not a directory".
+    let slash = format!("{}/", tmp.path().join("new.safetensors").display());
+    let slash_npy = format!("{}/", tmp.path().join("new.npy").display());
+    let cases: [(Vec<&str>, &str); 10] = [
         (
             vec![
                 "get",
@@ -342,6 +346,17 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
                 hard.to_str().unwrap(),
             ],
             "a file of the checkpoint",
+        ),
+        (
+            vec![
+                "init", ckpt, "--model", model, "--map", "{}", "--out", &slash,
+            ],
+            "ends in a path separator, as a folder does, but names one file",
+        ),
+        (vec!["convert", ckpt, &slash], "ends in a path separator"),
+        (
+            vec!["get", ckpt, "useful_scope/var4", "--out", &slash_npy],
+            "ends in a path separator",
         ),
     ];
     for (args, why) in cases {

@@ -33,18 +33,23 @@ pub(crate) fn init_element(dtype: DType, init: Init) -> std::result::Result<Vec<
         _ => v.to_string(),
     };
     let int = |lo: i128, hi: i128| -> std::result::Result<i128, String> {
+        let a = if dtype.name().starts_with("int") {
+            "an"
+        } else {
+            "a"
+        };
         match exact {
             Some(i) if (lo..=hi).contains(&i) => Ok(i),
-            _ => {
-                let a = if dtype.name().starts_with("int") {
-                    "an"
-                } else {
-                    "a"
-                };
-                Err(format!(
-                    "initializer {given} is not {a} {dtype} value (it must be an integer from {lo} to {hi})"
-                ))
-            }
+            // In range, but a float that large may be another integer rounded (2^53 + 1 is
+            // read as 2^53): not taken, and said so rather than blamed on the range.
+            None if v.fract() == 0.0 && (lo..=hi).contains(&(v as i128)) => Err(format!(
+                "initializer {given} is a floating-point number past 2^53, which is not taken \
+                 as an exact {dtype} value (it may be another integer rounded): give it as an \
+                 integer"
+            )),
+            _ => Err(format!(
+                "initializer {given} is not {a} {dtype} value (it must be an integer from {lo} to {hi})"
+            )),
         }
     };
     Ok(match dtype {
@@ -175,8 +180,23 @@ mod tests {
             err(DType::Bool, Init::Constant(2.0)),
             "initializer 2 is not a bool value (it must be an integer from 0 to 1)"
         );
-        // Past 2^53 a float is not taken as an exact integer.
-        assert!(err(DType::I64, Init::Constant(2f64.powi(60))).contains("int64"));
+        // Past 2^53 a float is not taken as an exact integer, and the message says so (it
+        // blamed the range, which holds the value).
+        assert_eq!(
+            err(DType::I64, Init::Constant(4e18)),
+            "initializer 4000000000000000000 is a floating-point number past 2^53, which is not \
+             taken as an exact int64 value (it may be another integer rounded): give it as an \
+             integer"
+        );
+        assert!(err(DType::U64, Init::Constant(-(2f64.powi(60)))).contains("from 0 to"));
+        assert!(
+            err(DType::I64, Init::Constant(2f64.powi(63))).contains("from -9223372036854775808")
+        );
+        assert!(err(DType::I32, Init::Constant(2f64.powi(53))).contains("from -2147483648"));
+        assert_eq!(
+            bytes(DType::I64, Init::Constant(2f64.powi(53) - 1.0)),
+            (2i64.pow(53) - 1).to_le_bytes()
+        );
         assert!(err(DType::I32, Init::Constant(f64::NAN)).contains("NaN"));
         for dtype in [DType::String, DType::F8E5M2] {
             assert_eq!(

@@ -91,8 +91,31 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 /// `{"variables": [{"name", "shape", "dtype", "partitions"?, "device"?, "initializer"?}, ...]}`.
 /// A `device` places the variable (`"cpu"`, `"cuda:N"`); a partitioned variable takes one device
 /// or an array of one per part.
+/// Refuses a key of object `v` that is not one of `keys`: a misspelt optional key
+/// (`"initialiser"`, `"partition"`) would otherwise be left out silently, and the variable made
+/// differently from what was asked.
+fn only_keys(what: &str, v: &Value, keys: &[&str]) -> Result<()> {
+    let Some(o) = v.as_object() else {
+        return Ok(());
+    };
+    match o.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => Err(bad(
+            what,
+            format!(
+                "unknown key {k:?} (the keys are {})",
+                keys.iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn parse_model(text: &str) -> Result<VariableStore> {
     let v = parse("MODEL.json", text)?;
+    only_keys("MODEL.json", &v, &["variables"])?;
     let vars = v
         .get("variables")
         .and_then(Value::as_array)
@@ -110,6 +133,18 @@ pub fn parse_model(text: &str) -> Result<VariableStore> {
             .and_then(Value::as_str)
             .ok_or_else(|| bad(&at(""), "missing string \"name\"".into()))?;
         let at = |field: &str| format!("MODEL.json variable {name:?}{field}");
+        only_keys(
+            &at(""),
+            var,
+            &[
+                "name",
+                "shape",
+                "dtype",
+                "partitions",
+                "device",
+                "initializer",
+            ],
+        )?;
         let dims = |key: &str| -> Result<Option<Vec<u64>>> {
             match var.get(key) {
                 None => Ok(None),
@@ -306,6 +341,24 @@ mod tests {
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int32", "initializer": {"constant": 0.5}}]}"#,
                 "initializer 0.5 is not an int32 value",
+            ),
+            // A misspelt key would leave the variable made otherwise than asked (zeros for
+            // the constant, one piece for the parts): an error naming the keys.
+            (
+                r#"{"variables": [{"name": "a", "shape": [2], "dtype": "float32", "initialiser": {"constant": 5}}]}"#,
+                "MODEL.json variable \"a\": unknown key \"initialiser\" (the keys are \"name\", \"shape\", \"dtype\", \"partitions\", \"device\", \"initializer\")",
+            ),
+            (
+                r#"{"variables": [{"name": "e", "shape": [4, 2], "dtype": "float32", "partition": [2, 1]}]}"#,
+                "unknown key \"partition\"",
+            ),
+            (
+                r#"{"variables": [], "varaibles": [{"name": "a", "shape": [1], "dtype": "float32"}]}"#,
+                "MODEL.json: unknown key \"varaibles\" (the keys are \"variables\")",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int64", "initializer": {"constant": 4e18}}]}"#,
+                "initializer 4000000000000000000 is a floating-point number past 2^53",
             ),
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int64", "initializer": {"constant": 9223372036854775808}}]}"#,

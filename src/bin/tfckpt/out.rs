@@ -23,8 +23,9 @@ fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
     format!("{}: {e}", path.display()).into()
 }
 
-/// Refuses a file `--out` whose rename into place would replace what it must not: anything but a
-/// regular file (a device such as `/dev/full`, a FIFO, a symbolic link, a directory), or one of
+/// Refuses a file `--out` that ends in a path separator, or whose rename into place would replace
+/// what it must not: anything but a regular file (a device such as `/dev/full`, a FIFO, a
+/// symbolic link, a directory), or one of
 /// `inputs`, the files of the checkpoint being read (the same file by device and inode, hard
 /// links included; asked for only when `out` exists). `arg` names the argument in errors
 /// (`--out`, or `OUT` for `convert`'s positional one).
@@ -33,6 +34,20 @@ pub(crate) fn check_file_out(
     arg: &str,
     inputs: impl FnOnce() -> Vec<PathBuf>,
 ) -> CliResult {
+    // `name.safetensors/`: the file would be opened as a folder ("Not a directory").
+    if out
+        .to_string_lossy()
+        .chars()
+        .last()
+        .is_some_and(std::path::is_separator)
+    {
+        return Err(format!(
+            "{arg} {}: ends in a path separator, as a folder does, but names one file: drop the \
+             trailing separator",
+            out.display()
+        )
+        .into());
+    }
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
