@@ -140,7 +140,7 @@ enum S3Source<'a> {
 }
 
 /// The source an S3 client built from `env` uses, and what is set but ignored for want of a
-/// partner (for the message: a role without its token file is a common slip).
+/// partner (for the message: a token file without its role is an easy slip).
 fn s3_source(env: &Env) -> (S3Source<'_>, Vec<String>) {
     let key = env.aws(&["aws_access_key_id"]);
     let secret = env.aws(&["aws_secret_access_key"]);
