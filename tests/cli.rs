@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 mod common;
 use common::builder::CkptBuilder;
-use common::fixtures::{ckpt_path, copy_files, files_in, fixture, init_ckpt, tree};
+use common::fixtures::{ckpt_path, copy_files, fixture, init_ckpt, tree};
 
 fn tfckpt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tfckpt"))
@@ -849,7 +849,7 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         assert_eq!(status.signal(), Some(signal), "{status:?}: {err}");
         drop(lock);
-        assert_eq!(files_in(&out), ["b.npy"], "{err}");
+        assert_eq!(common::fixtures::files_in(&out), ["b.npy"], "{err}");
         assert_eq!(std::fs::read(out.join("b.npy")).unwrap(), b"kept");
     }
 }
