@@ -25,10 +25,9 @@ fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
 
 /// Refuses a file `--out` that ends in a path separator, or whose rename into place would replace
 /// what it must not: anything but a regular file (a device such as `/dev/full`, a FIFO, a
-/// symbolic link, a directory), or one of
-/// `inputs`, the files of the checkpoint being read (the same file by device and inode, hard
-/// links included; asked for only when `out` exists). `arg` names the argument in errors
-/// (`--out`, or `OUT` for `convert`'s positional one).
+/// symbolic link, a directory), or one of `inputs`, the files of the checkpoint being read (the
+/// same file by device and inode, hard links included; asked for only when `out` exists). `arg`
+/// names the argument in errors (`--out`, or `OUT` for `convert`'s positional one).
 pub(crate) fn check_file_out(
     out: &Path,
     arg: &str,
