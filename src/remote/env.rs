@@ -842,6 +842,23 @@ mod tests {
                 &[("GCE_METADATA_IP", "169.254.169.254/x")],
                 "GCE_METADATA_IP must be a host name or address",
             ),
+            // A port the HTTP layer takes but the URL crate refuses.
+            (
+                Scheme::Gcs,
+                &[("GCE_METADATA_ROOT", "169.254.169.254:99999")],
+                "GCE_METADATA_ROOT must be a host name or address",
+            ),
+            // Paths are appended to a base URL: no query or fragment.
+            (
+                Scheme::S3,
+                &[("AWS_ENDPOINT_URL", "https://s3.example.com/?x=1")],
+                "AWS_ENDPOINT_URL has a query string or fragment",
+            ),
+            (
+                Scheme::Gcs,
+                &[("GOOGLE_BASE_URL", "https://gcs.example.com/#f")],
+                "GOOGLE_BASE_URL has a query string or fragment",
+            ),
             (
                 Scheme::Gcs,
                 &[("GOOGLE_BEARER_TOKEN", "tok-secret\n")],
@@ -881,6 +898,33 @@ mod tests {
             checked(Scheme::Https, &[("AWS_ENDPOINT_URL", "http://a b")]),
             Ok(())
         );
+    }
+
+    /// The metadata server's host is checked only where it is used: not when gcloud's
+    /// application default credentials file is there to be taken first.
+    #[test]
+    fn the_metadata_host_is_not_checked_where_gclouds_file_is_used() {
+        let home = tempfile::tempdir().unwrap();
+        let home_str = home.path().to_str().unwrap();
+        let vars = [
+            ("HOME", home_str),
+            ("APPDATA", home_str),
+            ("GCE_METADATA_HOST", "a b"),
+        ];
+        assert!(checked(Scheme::Gcs, &vars).is_err());
+        let file = if cfg!(windows) {
+            home.path()
+                .join("gcloud/application_default_credentials.json")
+        } else {
+            home.path()
+                .join(".config/gcloud/application_default_credentials.json")
+        };
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(checked(Scheme::Gcs, &vars), Ok(()));
+        // Another variable's folder holding the file is not HOME.
+        let elsewhere = [("XDG", home_str), ("GCE_METADATA_HOST", "a b")];
+        assert!(checked(Scheme::Gcs, &elsewhere).is_err());
     }
 
     #[test]
