@@ -160,4 +160,82 @@ mod tests {
         );
         assert_eq!(crate::format::index::key_name(b"plain/name"), "plain/name");
     }
+
+    /// A slice key with bytes after its last extent, or a negative start or length (other than
+    /// a whole dimension's 0,-1), is not a slice key.
+    #[test]
+    fn damaged_slice_keys_are_not_slice_keys() {
+        let key_of_rank = |rank: u64, extents: &[(i64, i64)]| {
+            let mut k = Vec::new();
+            ordered_code::write_num_increasing(&mut k, 0);
+            ordered_code::write_string(&mut k, b"v");
+            ordered_code::write_num_increasing(&mut k, rank);
+            for &(s, l) in extents {
+                ordered_code::write_signed_increasing(&mut k, s);
+                ordered_code::write_signed_increasing(&mut k, l);
+            }
+            k
+        };
+        let key = |extents: &[(i64, i64)]| key_of_rank(extents.len() as u64, extents);
+        let good = key(&[(2, 3), (0, -1)]);
+        assert_eq!(
+            parse_slice_key(&good),
+            Some((
+                b"v".to_vec(),
+                Slice::new(vec![
+                    Extent::Range {
+                        start: 2,
+                        length: 3
+                    },
+                    Extent::Full
+                ])
+            ))
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(parse_slice_key(&trailing), None);
+        for bad in [(-2, 3), (1, -2), (-1, -1), (3, -1)] {
+            assert_eq!(parse_slice_key(&key(&[(0, 4), bad])), None, "{bad:?}");
+        }
+        // Fewer extents than the rank says, or more.
+        assert_eq!(parse_slice_key(&key_of_rank(2, &[(0, 4)])), None);
+        assert_eq!(parse_slice_key(&key_of_rank(1, &[(0, 4), (0, 4)])), None);
+    }
+
+    /// A stored `TensorSliceProto` with a negative start, a length of zero or less (other than a
+    /// whole dimension's -1), or a whole dimension that does not start at 0, is refused, as
+    /// TensorFlow's `TensorSlice::BuildTensorSlice` refuses it.
+    #[test]
+    fn damaged_slice_protos_are_refused() {
+        let proto = |extents: &[(i64, Option<i64>)]| proto::TensorSliceProto {
+            extent: extents
+                .iter()
+                .map(|&(start, length)| proto::Extent {
+                    start,
+                    has_length: length.map(proto::HasLength::Length),
+                })
+                .collect(),
+        };
+        assert_eq!(
+            slice_from_proto(&proto(&[(2, Some(3)), (0, None), (0, Some(-1))])),
+            Ok(Slice::new(vec![
+                Extent::Range {
+                    start: 2,
+                    length: 3
+                },
+                Extent::Full,
+                Extent::Full
+            ]))
+        );
+        for bad in [
+            (-1, Some(2)),
+            (0, Some(0)),
+            (2, Some(-3)),
+            (5, None),
+            (1, Some(-1)),
+        ] {
+            let e = slice_from_proto(&proto(&[(0, Some(4)), bad])).unwrap_err();
+            assert!(e.contains(&format!("start {}", bad.0)), "{bad:?}: {e}");
+        }
+    }
 }
