@@ -197,6 +197,13 @@ mod tests {
             bytes(DType::I64, Init::Constant(2f64.powi(53) - 1.0)),
             (2i64.pow(53) - 1).to_le_bytes()
         );
+        // 2^53 itself is where floats stop being exact (2^53 + 1 reads as 2^53).
+        assert!(err(DType::I64, Init::Constant(2f64.powi(53))).contains("past 2^53"));
+        assert!(err(DType::I64, Init::Constant(-(2f64.powi(53)))).contains("past 2^53"));
+        assert_eq!(
+            bytes(DType::I64, Init::Constant(1.0 - 2f64.powi(53))),
+            (1 - 2i64.pow(53)).to_le_bytes()
+        );
         assert!(err(DType::I32, Init::Constant(f64::NAN)).contains("NaN"));
         for dtype in [DType::String, DType::F8E5M2] {
             assert_eq!(
