@@ -834,19 +834,7 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // SAFETY: signals the child this test started and has not yet waited for.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        let t0 = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("signal {signal} did not end it");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let (status, err) = common::signal_and_wait(&mut child, signal);
         assert_eq!(status.signal(), Some(signal), "{status:?}: {err}");
         drop(lock);
         assert_eq!(common::fixtures::files_in(&out), ["b.npy"], "{err}");

@@ -2172,18 +2172,7 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
             );
             assert_eq!(entries().len(), 1);
         }
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        let t0 = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("signal {signal} did not end it");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let (status, stderr) = common::signal_and_wait(&mut child, signal);
         assert_eq!(status.signal(), Some(signal), "{status:?}: {stderr}");
         assert!(!stderr.contains("error"), "{stderr}");
         assert_eq!(names(out.path()), Vec::<String>::new(), "left behind");

@@ -24,6 +24,30 @@ pub use damage::{damage, Rng};
 
 use std::path::Path;
 
+/// Sends `signal` to `child` (a process the test started and has not waited for), waits up to a
+/// minute for it to end, and returns how it ended and what it wrote to its piped stderr.
+#[cfg(unix)]
+pub fn signal_and_wait(
+    child: &mut std::process::Child,
+    signal: i32,
+) -> (std::process::ExitStatus, String) {
+    use std::time::{Duration, Instant};
+    // SAFETY: signals a child this test started and has not yet waited for (its pid is its own).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("signal {signal} did not end it");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 use tfckpt::Tensor;
 
 /// The box `ranges` (start, length per dimension) of a row-major tensor, element by element: the
