@@ -533,8 +533,8 @@ fn map_existing_pairs_what_the_checkpoint_holds_and_lists_the_rest() {
     assert_eq!(found.not_in_checkpoint.len(), 9);
     assert_eq!(found.not_in_model.len(), 10);
     // A convention that names Vars as TF2 keys pairs all but the head.
-    let tf2 = Convention::custom(|name, shape| {
-        let tf = Convention::tf1().tf_names(&[(name, shape)]).remove(0)?;
+    let tf2 = Convention::tf1_with(|_, _, tf| {
+        let tf = tf?;
         let object = tf.name.replace("layers_", "layers/");
         Some(TfName {
             name: format!("{object}/.ATTRIBUTES/VARIABLE_VALUE"),

@@ -14,12 +14,14 @@ pub struct TfName {
 }
 
 type NameFn = dyn Fn(&str, &[usize]) -> Option<TfName> + Send + Sync;
+type AdjustFn = dyn Fn(&str, &[usize], Option<TfName>) -> Option<TfName> + Send + Sync;
 
 /// How candle names map to TensorFlow names; a value, so that no trainer writes rename rules.
 ///
 /// * [`Convention::tf1`]: TF1 and BERT (`tf.compat.v1.layers`, Keras 1, Google's BERT).
 /// * [`Convention::slashes`]: the candle name with `.` as `/`, nothing else.
 /// * [`Convention::custom`]: the trainer's own function.
+/// * [`Convention::tf1_with`]: `tf1`'s names, adjusted by the trainer's function.
 #[derive(Clone)]
 pub struct Convention(Kind);
 
@@ -28,6 +30,7 @@ enum Kind {
     Slashes,
     Tf1,
     Custom(Arc<NameFn>),
+    Tf1With(Arc<AdjustFn>),
 }
 
 impl std::fmt::Debug for Convention {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Convention {
             Kind::Slashes => "Convention::slashes",
             Kind::Tf1 => "Convention::tf1",
             Kind::Custom(_) => "Convention::custom",
+            Kind::Tf1With(_) => "Convention::tf1_with",
         })
     }
 }
@@ -52,6 +56,14 @@ impl Convention {
     /// | `weight` / `bias` of a module whose `weight` is 1-D (LayerNorm, BatchNorm) | `gamma` / `beta` |
     /// | `running_mean` / `running_var` | `moving_mean` / `moving_variance` |
     /// | `weight` of a 2-D module named `*embedding` or `*embeddings` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` |
+    /// | BERT's next-sentence head `cls.seq_relationship.weight` / `.bias` | `cls/seq_relationship/output_weights` (not transposed: Google's BERT stores it `[2, hidden]`) / `output_bias` |
+    /// | BERT's masked-LM bias `cls.predictions.bias` (or `cls.predictions.decoder.bias`) | `cls/predictions/output_bias` |
+    ///
+    /// Google's masked-LM decoder weight is the word embedding table itself (tied), which one
+    /// TensorFlow variable cannot give two `Var`s under a convention: `cls.predictions.decoder.weight`
+    /// is named `cls/predictions/decoder/kernel`, which no Google checkpoint holds, so
+    /// `map_existing` lists it as not in the checkpoint (tie it in the model, or map
+    /// `bert/embeddings/word_embeddings` to it in an assignment map of your own).
     ///
     /// A `weight` of more than 2 dimensions (a convolution's: candle's `[out, in, kh, kw]`,
     /// TensorFlow's `[kh, kw, in, out]`) gets no name: tfckpt transposes 2-D values but permutes
@@ -75,6 +87,31 @@ impl Convention {
         Convention(Kind::Custom(Arc::new(f)))
     }
 
+    /// [`tf1`](Self::tf1)'s names, each passed through the trainer's `f(candle_name, shape,
+    /// tf1_name)`, which returns the name to use (`tf1_name` as it is, another, or `None` to keep
+    /// candle's initialization). `tf1_name` is computed over the whole model, as `tf1` computes
+    /// it (a LayerNorm's `bias` is `beta` because of its `weight`), which a [`custom`](Self::custom)
+    /// function calling `tf1` on one `Var` at a time cannot see.
+    ///
+    /// ```
+    /// # use tfckpt::candle::{Convention, TfName};
+    /// // TF2 object-based keys: `layers_0/kernel` is `layers/0/kernel/.ATTRIBUTES/VARIABLE_VALUE`.
+    /// let tf2 = Convention::tf1_with(|_, _, tf1| {
+    ///     let tf1 = tf1?;
+    ///     Some(TfName {
+    ///         name: format!("{}/.ATTRIBUTES/VARIABLE_VALUE", tf1.name.replace("layers_", "layers/")),
+    ///         ..tf1
+    ///     })
+    /// });
+    /// let names = tf2.tf_names(&[("ln.weight", &[4]), ("ln.bias", &[4])]);
+    /// assert_eq!(names[1].as_ref().unwrap().name, "ln/beta/.ATTRIBUTES/VARIABLE_VALUE");
+    /// ```
+    pub fn tf1_with(
+        f: impl Fn(&str, &[usize], Option<TfName>) -> Option<TfName> + Send + Sync + 'static,
+    ) -> Self {
+        Convention(Kind::Tf1With(Arc::new(f)))
+    }
+
     /// The TensorFlow variable of each candle `(name, shape)`, in order. A convention may look at
     /// the whole model (`tf1` tells a LayerNorm's `bias` by its `weight`).
     pub fn tf_names(&self, vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
@@ -90,6 +127,11 @@ impl Convention {
                 .collect(),
             Kind::Custom(f) => vars.iter().map(|(name, shape)| f(name, shape)).collect(),
             Kind::Tf1 => tf1(vars),
+            Kind::Tf1With(f) => vars
+                .iter()
+                .zip(tf1(vars))
+                .map(|((name, shape), tf)| f(name, shape, tf))
+                .collect(),
         }
     }
 }
@@ -116,7 +158,22 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
                     .next()
                     .map(|m| m.to_ascii_lowercase())
                     .is_some_and(|m| m.ends_with("embedding") || m.ends_with("embeddings"));
+            // Google's BERT heads, kept as plain variables rather than layers.
+            let comps: Vec<&str> = module.split('.').collect();
+            let nsp = comps.ends_with(&["cls", "seq_relationship"]);
+            let mlm_bias = leaf == "bias"
+                && (comps.ends_with(&["cls", "predictions"])
+                    || comps.ends_with(&["cls", "predictions", "decoder"]));
+            if mlm_bias {
+                let scope = module.strip_suffix(".decoder").unwrap_or(module);
+                return Some(TfName {
+                    name: format!("{}/output_bias", tf1_path(scope)),
+                    transposed: false,
+                });
+            }
             let (leaf, transposed) = match leaf {
+                "weight" if nsp => (Some("output_weights"), false),
+                "bias" if nsp => (Some("output_bias"), false),
                 "weight" if norm => (Some("gamma"), false),
                 "bias" if norm => (Some("beta"), false),
                 "weight" if embedding => (None, false),
@@ -171,6 +228,19 @@ mod tests {
             ("bn.running_var", &[8]),
             ("conv.weight", &[4, 3, 3, 3]),
             ("albert.embedding_hidden_mapping_in.weight", &[8, 4]),
+            // Google's pre-training heads (run_pretraining.py).
+            ("cls.seq_relationship.weight", &[2, 8]),
+            ("cls.seq_relationship.bias", &[2]),
+            ("cls.predictions.bias", &[30]),
+            ("cls.predictions.decoder.bias", &[30]),
+            ("cls.predictions.decoder.weight", &[30, 8]),
+            ("cls.predictions.transform.dense.weight", &[8, 8]),
+            ("cls.predictions.transform.LayerNorm.weight", &[8]),
+            ("cls.predictions.transform.LayerNorm.bias", &[8]),
+            // Only BERT's own head scopes are read as those heads.
+            ("xcls.seq_relationship.weight", &[2, 8]),
+            ("cls.seq_relationship.proj.weight", &[2, 8]),
+            ("my.cls.predictions.bias", &[30]),
         ];
         let names: Vec<(String, bool)> = Convention::tf1()
             .tf_names(vars)
@@ -190,11 +260,38 @@ mod tests {
             // tests/candle.rs shows one of equal shapes left as candle made it).
             ("(none)", false),
             ("albert/embedding_hidden_mapping_in/kernel", true),
+            ("cls/seq_relationship/output_weights", false),
+            ("cls/seq_relationship/output_bias", false),
+            ("cls/predictions/output_bias", false),
+            ("cls/predictions/output_bias", false),
+            ("cls/predictions/decoder/kernel", true),
+            ("cls/predictions/transform/dense/kernel", true),
+            ("cls/predictions/transform/LayerNorm/gamma", false),
+            ("cls/predictions/transform/LayerNorm/beta", false),
+            ("xcls/seq_relationship/kernel", true),
+            ("cls/seq_relationship/proj/kernel", true),
+            ("my/cls/predictions/output_bias", false),
         ];
         assert_eq!(names.len(), want.len());
         for (got, want) in names.iter().zip(want) {
             assert_eq!((got.0.as_str(), got.1), want);
         }
+        // tf1_with sees tf1's names over the whole model: a LayerNorm's bias is still `beta`.
+        let upper = Convention::tf1_with(|candle, _, tf| {
+            let tf = tf.filter(|_| candle != "drop.weight")?;
+            Some(TfName {
+                name: tf.name.to_uppercase(),
+                transposed: false,
+            })
+        });
+        let got = upper.tf_names(&[
+            ("ln.weight", &[4]),
+            ("ln.bias", &[4]),
+            ("drop.weight", &[4, 4]),
+        ]);
+        assert_eq!(got[1].as_ref().map(|t| t.name.as_str()), Some("LN/BETA"));
+        assert_eq!(got[2], None);
+        assert_eq!(format!("{upper:?}"), "Convention::tf1_with");
         assert_eq!(
             Convention::slashes().tf_names(&[("a.b.0", &[1])])[0],
             Some(TfName {
