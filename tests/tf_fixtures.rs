@@ -227,3 +227,35 @@ fn state_file_paths_are_relative_and_index_path_works() {
     // Not a data file's name: taken as a prefix, which names nothing.
     assert!(Checkpoint::open(sharded.join("model.ckpt-0.data-2-of-3")).is_err());
 }
+
+/// A sharded V1 save whose files are symbolic links (a Hugging Face cache snapshot, Bazel
+/// runfiles) opens through its glob as the files themselves do: TensorFlow's glob matches
+/// links, and the files were missed here (the glob kept only entries that are files themselves).
+#[cfg(unix)]
+#[test]
+fn a_sharded_v1_save_of_symbolic_links_opens_as_its_files() {
+    let case = fixture("v1_sharded");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&case).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let want = open_case(&case);
+    for arg in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.ckpt-0-?????-of-00002"),
+    ] {
+        let got = Checkpoint::open(&arg).unwrap_or_else(|e| panic!("{}: {e}", arg.display()));
+        assert_eq!(got.tensors(), want.tensors());
+        assert_eq!(got.files().len(), 2, "{:?}", got.files());
+        got.verify().unwrap();
+        for t in want.tensors() {
+            assert_eq!(
+                got.read(&t.name).unwrap(),
+                want.read(&t.name).unwrap(),
+                "{}",
+                t.name
+            );
+        }
+    }
+}

@@ -318,11 +318,13 @@ pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::io(&dir, e)),
     };
+    // Files, and symbolic links to files (a Hugging Face cache snapshot, Bazel runfiles), as
+    // TensorFlow's glob matches them (`DirEntry::file_type` would not follow a link).
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter(|e| fnmatch(name.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
         .map(|e| dir.join(e.file_name()))
+        .filter(|p| p.is_file())
         .collect();
     out.sort();
     Ok(out)
