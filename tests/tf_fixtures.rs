@@ -259,3 +259,21 @@ fn a_sharded_v1_save_of_symbolic_links_opens_as_its_files() {
         }
     }
 }
+
+/// A pattern is read as a sharded V1 save; one that matches a V2 checkpoint's files says so and
+/// names the prefix to give (it blamed a data file: "not an SSTable").
+#[test]
+fn a_pattern_matching_a_v2_checkpoint_names_its_prefix() {
+    let case = fixture("h1_basic");
+    let e = Checkpoint::open(case.join("model-*"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("this one matches a V2 checkpoint's files")
+            && e.contains(&format!(
+                "give that checkpoint's prefix, {}",
+                case.join("model-0").display()
+            )),
+        "{e}"
+    );
+}

@@ -47,6 +47,21 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
     if files.is_empty() {
         return Err(ErrorKind::NotFound { path: prefix }.into());
     }
+    // A pattern names the files of a sharded V1 save; one that matches a V2 checkpoint's files
+    // (`model-*`) would open its index and data files as V1 files, each "not an SSTable".
+    if let Some(index) = files
+        .iter()
+        .find(|f| f.extension().is_some_and(|e| e == "index"))
+    {
+        return Err(ErrorKind::InvalidArgument(format!(
+            "{}: a pattern names the files of a sharded V1 save, and this one matches a V2 \
+             checkpoint's files ({}): give that checkpoint's prefix, {}",
+            prefix.display(),
+            index.display(),
+            index.with_extension("").display()
+        ))
+        .into());
+    }
     Ok(Resolved::V1 { prefix, files })
 }
 
@@ -137,9 +152,11 @@ pub(crate) fn parse_state(text: &str) -> Result<String, String> {
     };
     while let Some(field) = t.ident()? {
         t.skip_ws();
-        if t.peek() == Some(b':') {
-            t.pos += 1;
+        // Every field is a scalar (or a repeated scalar), whose ':' the text format requires.
+        if t.peek() != Some(b':') {
+            return Err(format!("expected ':' after {field} at byte {}", t.pos));
         }
+        t.pos += 1;
         t.skip_ws();
         match field.as_str() {
             "model_checkpoint_path" => path = t.string()?,
@@ -171,7 +188,8 @@ impl Tokens<'_> {
                 while self.peek().is_some_and(|c| c != b'\n') {
                     self.pos += 1;
                 }
-            } else if c.is_ascii_whitespace() {
+            } else if c.is_ascii_whitespace() || c == 0x0b || (0x1c..=0x1f).contains(&c) {
+                // Python's `\s` (the text format's tokenizer) in ASCII: also \v and \x1c-\x1f.
                 self.pos += 1;
             } else {
                 break;
@@ -199,16 +217,26 @@ impl Tokens<'_> {
         ))
     }
 
+    /// A `double` as the text format's `ParseFloat` takes it: Python's `float()` of the token,
+    /// else `inf`/`infinity`/`nan` (any case), else the token without trailing `f`s.
     fn number(&mut self) -> Result<(), String> {
         let start = self.pos;
         while self
             .peek()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'+'))
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'+' | b'_'))
         {
             self.pos += 1;
         }
-        if self.pos == start {
-            return Err(format!("expected a number at byte {start}"));
+        let token = std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default();
+        let lower = token.to_ascii_lowercase();
+        let ok = python_float(token)
+            || lower.strip_prefix('-').unwrap_or(&lower).starts_with("inf")
+            || lower.starts_with("nan")
+            || python_float(token.trim_end_matches('f'));
+        if !ok {
+            return Err(format!(
+                "expected a number at byte {start}, found {token:?}"
+            ));
         }
         Ok(())
     }
@@ -243,7 +271,7 @@ impl Tokens<'_> {
                     b'b' => out.push(8),
                     b'f' => out.push(12),
                     b'v' => out.push(11),
-                    b'\\' | b'\'' | b'"' | b'?' => out.push(e),
+                    b'\\' | b'\'' | b'"' => out.push(e),
                     b'0'..=b'7' => {
                         let mut v = u32::from(e - b'0');
                         for _ in 0..2 {
@@ -255,7 +283,11 @@ impl Tokens<'_> {
                                 _ => break,
                             }
                         }
-                        out.push(v as u8);
+                        // Python decodes past \377 to a character no byte holds, and fails.
+                        out.push(
+                            u8::try_from(v)
+                                .map_err(|_| format!("octal escape past \\377 ({v:o})"))?,
+                        );
                     }
                     b'x' => {
                         let mut v = 0u32;
@@ -275,7 +307,11 @@ impl Tokens<'_> {
                         }
                         out.push(v as u8);
                     }
-                    other => return Err(format!("unknown escape \\{}", other as char)),
+                    b'u' | b'U' | b'N' => {
+                        return Err(format!("unsupported escape \\{}", e as char))
+                    }
+                    // Python's `unicode_escape` keeps any other escape as it is (`\?` included).
+                    other => out.extend_from_slice(&[b'\\', other]),
                 }
             }
             self.skip_ws();
@@ -285,6 +321,33 @@ impl Tokens<'_> {
         }
         String::from_utf8(out).map_err(|_| "path is not UTF-8".to_string())
     }
+}
+
+/// Whether Python's `float()` takes `s` (a token: no spaces): decimal digits with single `_`
+/// between them, an optional point and exponent, or `inf`, `infinity`, `nan`, with a sign.
+fn python_float(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s).to_ascii_lowercase();
+    if matches!(s.as_str(), "inf" | "infinity" | "nan") {
+        return true;
+    }
+    let digits = |d: &str| {
+        !d.is_empty()
+            && d.split('_').all(|g| !g.is_empty())
+            && d.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    };
+    let (mantissa, exponent) = match s.split_once('e') {
+        Some((m, e)) => (m, Some(e)),
+        None => (s.as_str(), None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((a, b)) => {
+            (a.is_empty() || digits(a))
+                && (b.is_empty() || digits(b))
+                && !(a.is_empty() && b.is_empty())
+        }
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)))
 }
 
 /// Whether the last component of `prefix` is a glob (`*`, `?` or `[...]`), as the prefix of a
@@ -432,16 +495,58 @@ mod tests {
         );
         // Every C escape of the text format (TensorFlow writes the state file with it).
         assert_eq!(
-            parse_state(r#"model_checkpoint_path: "\n\t\r\a\b\f\v\\\'\"\?\0\x7""#).unwrap(),
-            "\n\t\r\x07\x08\x0c\x0b\\'\"?\0\x07"
+            parse_state(r#"model_checkpoint_path: "\n\t\r\a\b\f\v\\\'\"\0\x7""#).unwrap(),
+            "\n\t\r\x07\x08\x0c\x0b\\'\"\0\x07"
         );
-        assert!(parse_state(r#"model_checkpoint_path: "\q""#)
-            .unwrap_err()
-            .contains("unknown escape \\q"));
+        // Other escapes stay as written, as Python's `unicode_escape` (the text format's
+        // `CUnescape`) keeps them: `\?` and `\q` are two characters each.
+        assert_eq!(
+            parse_state(r#"model_checkpoint_path: "a\?b\qc\8""#).unwrap(),
+            "a\\?b\\qc\\8"
+        );
+        for bad in [r#""\u00e9""#, r#""\N{DIGIT ONE}""#, r#""\777""#] {
+            assert!(
+                parse_state(&format!("model_checkpoint_path: {bad}")).is_err(),
+                "{bad}"
+            );
+        }
         assert!(parse_state(r#"model_checkpoint_path: "\xg""#)
             .unwrap_err()
             .contains("\\x without hex digits"));
         assert!(parse_state("bogus_field: 1").is_err());
+        // A scalar field's ':' is required; `\v` and `\x1c`-`\x1f` are spaces, as in Python.
+        assert!(parse_state("model_checkpoint_path \"m\"")
+            .unwrap_err()
+            .contains("expected ':' after model_checkpoint_path"));
+        assert_eq!(
+            parse_state("\x0bmodel_checkpoint_path:\x1f\"m\"\x0c").unwrap(),
+            "m"
+        );
+        // Numbers as the text format's ParseFloat takes them.
+        for good in [
+            "12",
+            "-1.5e+09",
+            "1_000.5",
+            ".5",
+            "5.",
+            "1e5",
+            "inf",
+            "-Infinity",
+            "NaN",
+            "1.5f",
+            "-inff",
+            "infxyz",
+            "+2",
+        ] {
+            let text = format!("last_preserved_timestamp: {good}\nmodel_checkpoint_path: \"m\"");
+            assert_eq!(parse_state(&text).as_deref(), Ok("m"), "{good}");
+        }
+        for bad in [
+            "abc", "0x10", "12abc", "1__0", "_1", "1_", ".", "e5", "1e", "--1", "",
+        ] {
+            let text = format!("last_preserved_timestamp: {bad}\nmodel_checkpoint_path: \"m\"");
+            assert!(parse_state(&text).is_err(), "{bad}");
+        }
         assert!(parse_state("model_checkpoint_path: \"unterminated").is_err());
         assert_eq!(parse_state("").unwrap(), "");
     }
