@@ -455,7 +455,22 @@ pub(crate) fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
 /// `dir` for a relocatable checkpoint).
 pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()> {
     let path = dir.as_ref().join("checkpoint");
-    let quoted = prefix.replace('\\', "\\\\").replace('"', "\\\"");
+    // Quoted as TensorFlow writes it (text format's `CEscape`, not UTF-8): `\t \n \r \" \' \\`,
+    // other bytes below 32 or above 126 as `\ooo`, so that any prefix reads back.
+    let mut quoted = String::with_capacity(prefix.len());
+    for &b in prefix.as_bytes() {
+        match b {
+            b'\t' => quoted.push_str("\\t"),
+            b'\n' => quoted.push_str("\\n"),
+            b'\r' => quoted.push_str("\\r"),
+            b'"' | b'\'' | b'\\' => {
+                quoted.push('\\');
+                quoted.push(b as char);
+            }
+            32..=126 => quoted.push(b as char),
+            _ => quoted.push_str(&format!("\\{b:03o}")),
+        }
+    }
     let text =
         format!("model_checkpoint_path: \"{quoted}\"\nall_model_checkpoint_paths: \"{quoted}\"\n");
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))

@@ -551,6 +551,32 @@ mod tests {
         assert_eq!(parse_state("").unwrap(), "");
     }
 
+    /// The writer's state file reads back whatever the prefix holds, quoted as TensorFlow's
+    /// `text_format.MessageToString` quotes it (a newline made a file nothing could read).
+    #[test]
+    fn the_writers_state_file_reads_back_whatever_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        for prefix in [
+            "model-0",
+            "a\"b'c\\d",
+            "new\nline\ttab\rcr",
+            "é/ü-ß",
+            "\u{1}\u{7f}~ ",
+        ] {
+            crate::format::writer::write_checkpoint_state(dir.path(), prefix).unwrap();
+            let text = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+            assert_eq!(parse_state(&text).as_deref(), Ok(prefix), "{text}");
+            assert_eq!(text.lines().count(), 2, "{text}");
+            assert!(text.is_ascii(), "{text}");
+        }
+        crate::format::writer::write_checkpoint_state(dir.path(), "é\n'").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+        assert!(
+            text.starts_with("model_checkpoint_path: \"\\303\\251\\n\\'\"\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn globbing() {
         assert!(fnmatch(
