@@ -277,3 +277,25 @@ fn a_pattern_matching_a_v2_checkpoint_names_its_prefix() {
         "{e}"
     );
 }
+
+/// `file:///PATH` is the local path, as TensorFlow's local file system takes it (it was read as
+/// a URL of an unknown scheme): a directory, a prefix and a V1 glob.
+#[test]
+fn file_urls_open_local_checkpoints() {
+    for (case, rel) in [
+        ("h1_basic", ""),
+        ("h1_basic", "model-0"),
+        ("v1_sharded", "model.ckpt-0-?????-of-00002"),
+    ] {
+        let path = fixture(case).join(rel);
+        let abs = std::fs::canonicalize(fixture(case)).unwrap().join(rel);
+        let url = format!("file://{}", abs.display());
+        let got = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(
+            got.tensors(),
+            Checkpoint::open(&path).unwrap().tensors(),
+            "{url}"
+        );
+        assert!(!got.is_remote());
+    }
+}

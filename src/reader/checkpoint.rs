@@ -172,7 +172,8 @@ impl std::fmt::Debug for Checkpoint {
 impl Checkpoint {
     /// Opens a checkpoint: a directory with a `checkpoint` state file (its newest checkpoint), a
     /// prefix (`PREFIX.index` for V2, else a V1 file or glob), or — an extension over TensorFlow — the
-    /// path of a V2 `.index` or data file.
+    /// path of a V2 `.index` or data file. A `file:///PATH` URL is the local `PATH`, as in
+    /// TensorFlow.
     ///
     /// With the `remote` feature (on by default), `path` may also be a URL of the same on object
     /// storage: `s3://BUCKET/PATH`, `gs://BUCKET/PATH`, `https://HOST/PATH` or `http://HOST/PATH`
@@ -188,7 +189,10 @@ impl Checkpoint {
     /// [`open`](Self::open), with the range size, concurrency and retries its reads use when the
     /// checkpoint is on object storage (ignored for local files).
     pub fn open_with(path: impl AsRef<Path>, remote: &crate::RemoteOptions) -> Result<Checkpoint> {
-        if let Some(url) = resolve::as_url(path.as_ref()) {
+        // `file:///PATH` is a local path, as in TensorFlow.
+        let local = resolve::file_url(path.as_ref());
+        let path = local.as_deref().unwrap_or(path.as_ref());
+        if let Some(url) = resolve::as_url(path) {
             #[cfg(feature = "remote")]
             return match crate::remote::open(url, remote)? {
                 crate::remote::Opened::V2(b) => Self::from_bundle(*b),
@@ -212,7 +216,7 @@ impl Checkpoint {
         }
         let _ = remote;
         let _reading = crate::base::sigbus::reading();
-        match resolve::resolve(path.as_ref())? {
+        match resolve::resolve(path)? {
             Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
             Resolved::V1 { prefix, files } => Self::from_v1(prefix, V1Set::open(&files)?),
         }

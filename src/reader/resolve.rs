@@ -32,6 +32,13 @@ pub(crate) fn as_url(arg: &Path) -> Option<&str> {
     .then_some(s)
 }
 
+/// The local path of a `file://[HOST]/PATH` URL (`/PATH`; the host is ignored), as TensorFlow's
+/// local file system takes it: no percent-decoding.
+pub(crate) fn file_url(arg: &Path) -> Option<PathBuf> {
+    let rest = arg.to_str()?.strip_prefix("file://")?;
+    rest.find('/').map(|i| PathBuf::from(&rest[i..]))
+}
+
 /// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to
 /// `PREFIX.index` (or a data file `PREFIX.data-NNNNN-of-NNNNN`) means `PREFIX`.
 pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
@@ -575,6 +582,22 @@ mod tests {
             text.starts_with("model_checkpoint_path: \"\\303\\251\\n\\'\"\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn file_urls_are_local_paths() {
+        let local = |s: &str| file_url(Path::new(s));
+        assert_eq!(
+            local("file:///data/ck/model-0"),
+            Some("/data/ck/model-0".into())
+        );
+        assert_eq!(
+            local("file://localhost/data/a%20b"),
+            Some("/data/a%20b".into())
+        );
+        assert_eq!(local("file://host"), None);
+        assert_eq!(local("/data/file:///x"), None);
+        assert_eq!(local("s3://b/k"), None);
     }
 
     #[test]
