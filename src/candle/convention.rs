@@ -55,7 +55,7 @@ impl Convention {
     /// | `weight` of a 2-D `Linear` | `kernel`, transposed (`[out, in]` holds `[in, out]`) |
     /// | `weight` / `bias` of a module whose `weight` is 1-D (LayerNorm, BatchNorm) | `gamma` / `beta` |
     /// | `running_mean` / `running_var` | `moving_mean` / `moving_variance` |
-    /// | `weight` of a 2-D module named `*embedding` or `*embeddings` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` |
+    /// | `weight` of a 2-D module named `*embedding` or `*embeddings`, without a `bias` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` (with a `bias` it is a `Linear`: `time_embedding.weight` is `time_embedding/kernel`) |
     /// | BERT's next-sentence head `cls.seq_relationship.weight` / `.bias` | `cls/seq_relationship/output_weights` (not transposed: Google's BERT stores it `[2, hidden]`) / `output_bias` |
     /// | BERT's masked-LM bias `cls.predictions.bias` (or `cls.predictions.decoder.bias`) | `cls/predictions/output_bias` |
     ///
@@ -148,11 +148,18 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
         .filter(|(name, shape)| split(name).1 == "weight" && shape.len() == 1)
         .map(|(name, _)| split(name).0)
         .collect();
+    // Modules with a `bias`: a `Linear`, never an `Embedding` (which has none).
+    let biased: HashSet<&str> = vars
+        .iter()
+        .filter(|(name, _)| split(name).1 == "bias")
+        .map(|(name, _)| split(name).0)
+        .collect();
     vars.iter()
         .map(|&(name, shape)| {
             let (module, leaf) = split(name);
             let norm = norms.contains(module);
             let embedding = shape.len() == 2
+                && !biased.contains(module)
                 && module
                     .rsplit('.')
                     .next()
@@ -228,6 +235,9 @@ mod tests {
             ("bn.running_var", &[8]),
             ("conv.weight", &[4, 3, 3, 3]),
             ("albert.embedding_hidden_mapping_in.weight", &[8, 4]),
+            // A `Linear` named like an embedding (it has a bias) is a dense layer.
+            ("unet.time_embedding.weight", &[8, 4]),
+            ("unet.time_embedding.bias", &[8]),
             // Google's pre-training heads (run_pretraining.py).
             ("cls.seq_relationship.weight", &[2, 8]),
             ("cls.seq_relationship.bias", &[2]),
@@ -260,6 +270,8 @@ mod tests {
             // tests/candle.rs shows one of equal shapes left as candle made it).
             ("(none)", false),
             ("albert/embedding_hidden_mapping_in/kernel", true),
+            ("unet/time_embedding/kernel", true),
+            ("unet/time_embedding/bias", false),
             ("cls/seq_relationship/output_weights", false),
             ("cls/seq_relationship/output_bias", false),
             ("cls/predictions/output_bias", false),
