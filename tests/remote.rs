@@ -1179,6 +1179,29 @@ fn a_panic_in_the_store_client_is_an_error_of_the_request() {
     );
 }
 
+/// A pattern that matches a V2 checkpoint's objects names the prefix to give, as on disk (the
+/// index and data objects were read as V1 files: "not an SSTable").
+#[test]
+fn a_pattern_matching_a_v2_checkpoint_names_its_prefix_on_object_storage() {
+    let s = servers();
+    put(
+        &fixture("h1_basic"),
+        "model-0",
+        &s.root.join(BUCKET).join("v2glob"),
+        "model-0",
+    );
+    let e = Checkpoint::open(format!("s3://{BUCKET}/v2glob/model-*"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("this one matches a V2 checkpoint's files")
+            && e.contains(&format!(
+                "give that checkpoint's prefix, s3://{BUCKET}/v2glob/model-0"
+            )),
+        "{e}"
+    );
+}
+
 /// The files of checkpoint `stem` in `from`, copied into `to` (created) as `as_stem`.
 fn put(from: &Path, stem: &str, to: &Path, as_stem: &str) {
     std::fs::create_dir_all(to).unwrap();

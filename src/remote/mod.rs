@@ -139,6 +139,20 @@ fn open_v1(
             })
             .collect();
         found.sort_by(|a, b| a.url.cmp(&b.url));
+        // As on disk: a pattern that matches a V2 checkpoint's files names its prefix.
+        if let Some(index) = found.iter().find(|o| o.url.ends_with(".index")) {
+            return Err(ErrorKind::Remote {
+                url: loc.url(prefix),
+                range: None,
+                reason: format!(
+                    "a pattern names the files of a sharded V1 save, and this one matches a V2 \
+                     checkpoint's files ({}): give that checkpoint's prefix, {}",
+                    index.url,
+                    &index.url[..index.url.len() - ".index".len()]
+                ),
+            }
+            .into());
+        }
         found
     } else {
         client.exists(prefix)?.into_iter().collect()
