@@ -368,10 +368,7 @@ pub(crate) fn is_glob(prefix: &Path) -> bool {
 /// Files matching `prefix`, treating `*`, `?` and `[...]` in its last component as a glob (V1
 /// sharded saves store such patterns); a prefix without them matches itself if it is a file.
 pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
-    let name = prefix
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = name_bytes(prefix.file_name().unwrap_or_default());
     if !is_glob(prefix) {
         return Ok(if prefix.is_file() {
             vec![prefix.to_path_buf()]
@@ -392,12 +389,24 @@ pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
     // TensorFlow's glob matches them (`DirEntry::file_type` would not follow a link).
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| fnmatch(name.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
+        .filter(|e| fnmatch(&name, &name_bytes(&e.file_name())))
         .map(|e| dir.join(e.file_name()))
         .filter(|p| p.is_file())
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// A file name's bytes, as `fnmatch` compares them: on Unix the name's own bytes (a name that is
+/// not UTF-8 matches only a pattern of the same bytes); elsewhere its UTF-8, lossily.
+fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(unix)]
+    return std::borrow::Cow::Borrowed(std::os::unix::ffi::OsStrExt::as_bytes(name));
+    #[cfg(not(unix))]
+    match name.to_string_lossy() {
+        std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+        std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+    }
 }
 
 enum Tok<'p> {
@@ -581,6 +590,27 @@ mod tests {
         assert!(
             text.starts_with("model_checkpoint_path: \"\\303\\251\\n\\'\"\n"),
             "{text}"
+        );
+    }
+
+    /// Names that are not UTF-8 are matched by their bytes (they became U+FFFD each, so that
+    /// `ck\xff-*` matched `ck\xfe-0` too).
+    #[cfg(target_os = "linux")] // macOS file systems refuse names that are not UTF-8
+    #[test]
+    fn a_glob_compares_the_bytes_of_names() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for name in [&b"ck\xff-00000-of-00001"[..], b"ck\xfe-00000-of-00001"] {
+            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
+        }
+        let pattern = dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"ck\xff-?????-of-00001"));
+        let found = glob_files(&pattern).unwrap();
+        assert_eq!(
+            found,
+            [dir.path()
+                .join(std::ffi::OsStr::from_bytes(b"ck\xff-00000-of-00001"))]
         );
     }
 
