@@ -574,6 +574,15 @@ impl View for &Item<'_> {
 /// the file to `path` if every tensor was read, checked and written; the folder is removed either
 /// way.
 fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> {
+    // The safetensors writer panics on two tensors of one name: names are unique by
+    // construction (a checkpoint's keys, a store's names), and checked here all the same.
+    let mut names = std::collections::HashSet::with_capacity(items.len());
+    if let Some(twice) = items.iter().find(|i| !names.insert(i.name)) {
+        return Err(cannot_write(
+            twice.name,
+            "two values have this name, and a safetensors file holds one value a name",
+        ));
+    }
     if path.is_dir() {
         return Err(Error::io(
             path,

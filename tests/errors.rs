@@ -1611,3 +1611,42 @@ fn a_refusal_by_the_store_is_a_remote_access_error() {
     assert!(!e.is_not_found());
     says(&e, format!("{url}: access denied (credentials: "));
 }
+
+/// A part of a partitioned variable may not take the name of a partitioned variable declared
+/// before it (their values would be written under one name), in either order.
+#[test]
+fn a_part_named_as_a_partitioned_variable_is_refused() {
+    use tfckpt::{DType, ErrorKind, Init, VariableStore};
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("x/part_0", &[4], DType::F32, &[2], Init::Zeros)
+        .unwrap();
+    let e = store
+        .get_partitioned_variable("x", &[2], DType::F32, &[2], Init::Zeros)
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "x" && reason.contains("x/part_0 already exists")),
+        "{e:?}"
+    );
+    assert!(store.partitioned_variable("x").is_none() && store.variable("x/part_1").is_none());
+    // A clash at a later part declares none of the parts before it.
+    let mut store = VariableStore::new();
+    store
+        .get_variable("y/part_2", &[1], DType::F32, Init::Zeros)
+        .unwrap();
+    assert!(store
+        .get_partitioned_variable("y", &[3], DType::F32, &[3], Init::Zeros)
+        .is_err());
+    assert_eq!(
+        store.variables().count(),
+        1,
+        "y/part_0 and y/part_1 were left declared"
+    );
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("x", &[2], DType::F32, &[2], Init::Zeros)
+        .unwrap();
+    assert!(store
+        .get_partitioned_variable("x/part_0", &[4], DType::F32, &[2], Init::Zeros)
+        .is_err());
+}

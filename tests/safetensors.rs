@@ -915,3 +915,37 @@ fn outputs_named_without_a_folder_go_to_the_working_directory() {
     assert_eq!(got["b"], ("F32".into(), vec![2, 2], b));
     assert_eq!(got.len(), 3);
 }
+
+/// A partitioned variable named `x/part_0`, then a partitioned `x` (whose part 0 has that name):
+/// refused when declared. It was accepted, and the safetensors writer panicked on the two entries
+/// of one name after the whole load (and `--out DIR` wrote one `.npy` over the other).
+#[test]
+fn cli_init_refuses_a_part_named_as_a_partitioned_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model.json");
+    std::fs::write(
+        &model,
+        r#"{"variables": [
+            {"name": "x/part_0", "shape": [4], "dtype": "float32", "partitions": [2]},
+            {"name": "x", "shape": [2], "dtype": "float32", "partitions": [2]}]}"#,
+    )
+    .unwrap();
+    let map = tmp.path().join("map.json");
+    std::fs::write(&map, "{}").unwrap();
+    let ckpt = ckpt_path("h1_basic");
+    for out in ["o.safetensors", "dir"] {
+        let out = tmp.path().join(out);
+        let o = tfckpt(&[
+            "init",
+            ckpt.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--map",
+            map.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_one_error_line(&o, "x/part_0 already exists");
+        assert!(!out.exists());
+    }
+}

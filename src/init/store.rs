@@ -226,15 +226,21 @@ impl VariableStore {
             ))
             .into());
         }
+        // Every part's name is checked before any part is declared (all or nothing). A
+        // partitioned variable of a part's name is a clash too: both would be written under one
+        // name (two `.npy` files of one path, two safetensors entries).
+        for i in 0..k {
+            let part_name = format!("{name}/part_{i}");
+            check_name(&part_name)?;
+            if self.vars.contains_key(&part_name) || self.partitioned.contains_key(&part_name) {
+                return Err(bad(format!("{part_name} already exists")).into());
+            }
+        }
         let mut parts = Vec::with_capacity(k as usize);
         let mut offset = 0;
         for i in 0..k {
             let len = d / k + u64::from(i < d % k);
             let part_name = format!("{name}/part_{i}");
-            check_name(&part_name)?;
-            if self.vars.contains_key(&part_name) {
-                return Err(bad(format!("{part_name} already exists")).into());
-            }
             let mut part_shape = shape.to_vec();
             part_shape[axis] = len;
             let mut off = vec![0; shape.len()];
