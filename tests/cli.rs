@@ -718,6 +718,12 @@ fn init_inline_json_and_device_errors() {
     );
     let o = tfckpt(&["init", &ckpt, "--model", model, "--map", bad, "--no-out"]);
     assert_one_error_line(&o, 1, &format!("--map {bad}: "));
+    // A file name near the 255-byte limit is written: the temporary name is short (it was the
+    // name with a prefix and a suffix, too long for the file system).
+    let long = damaged.path().join(format!("{}.npy", "n".repeat(246)));
+    let o = tfckpt(&["get", &ckpt, "var1", "--out", long.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(long.is_file());
     // A file that cannot be written is named as given, not by its temporary name.
     let o = tfckpt(&["get", &ckpt, "var1", "--out", "/proc/x.npy"]);
     assert_one_error_line(&o, 1, "/proc/x.npy: ");

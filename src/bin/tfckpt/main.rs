@@ -609,13 +609,10 @@ fn write_npy_below(root: &Path, file: &str, shown: &Path, t: &tfckpt::Tensor) ->
     write_npy(&path, shown, t)
 }
 
-/// A path next to `path` for writing before the final rename.
+/// A path next to `path` for writing before the final rename: a short name of its own, so that
+/// an `--out` name near the file system's 255-byte limit still has one.
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".tfckpt-{}.npy.tmp", std::process::id()))
 }
 
 /// Writes one .npy under a temporary name and renames it into place: never a partial file, and

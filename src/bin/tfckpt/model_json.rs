@@ -173,6 +173,13 @@ pub fn parse_model(text: &str) -> Result<VariableStore> {
             .ok_or_else(|| bad(&at(""), "missing string \"dtype\"".into()))?;
         let dtype = DType::from_name(dtype_name)
             .ok_or_else(|| bad(&at(" dtype"), format!("unknown dtype {dtype_name:?}")))?;
+        if dtype == DType::Variant {
+            // TensorFlow makes no zeros of it, and no .npy or safetensors file holds one.
+            return Err(bad(
+                &at(" dtype"),
+                "\"variant\" is not a dtype a variable of MODEL.json can have".into(),
+            ));
+        }
         let init = match var.get("initializer") {
             None => Init::Zeros,
             Some(Value::String(s)) if s == "zeros" => Init::Zeros,
@@ -333,6 +340,11 @@ mod tests {
             (
                 r#"{"variables": [{"name": "a", "shape": [-1], "dtype": "float32"}]}"#,
                 "not a non-negative",
+            ),
+            // Not a variable's dtype: it was accepted and written as a .npy of empty strings.
+            (
+                r#"{"variables": [{"name": "a", "shape": [2], "dtype": "variant"}]}"#,
+                "MODEL.json variable \"a\" dtype: \"variant\" is not a dtype a variable of MODEL.json can have",
             ),
             (
                 r#"{"variables": [{"name": "a", "dtype": "float32"}]}"#,

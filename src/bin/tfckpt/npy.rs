@@ -59,6 +59,17 @@ pub fn write_tensor(w: impl Write, t: &Tensor) -> std::io::Result<()> {
             // Every element is padded with NULs to the longest: stream it rather than build it.
             let mut w = w;
             let width = s.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
+            if width > i32::MAX as usize {
+                // numpy's `|S<n>` takes n up to 2^31 - 1: a wider one is a file it cannot open.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "an element of {width} bytes is longer than a NumPy string (|S) can \
+                         hold ({} bytes)",
+                        i32::MAX
+                    ),
+                ));
+            }
             write_header(&mut w, &format!("|S{width}"), &t.shape)?;
             let zeros = [0u8; 4096];
             for x in s.iter() {
