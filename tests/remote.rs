@@ -789,14 +789,16 @@ fn proxy(
                     return;
                 }
                 let is_ranged = text.to_ascii_lowercase().contains("\r\nrange:");
-                // Open from here until this thread ends (the response written, or abandoned).
+                // Open from here until its response starts (or it is abandoned): counted closed
+                // before the client can have the response, so that a request the client makes
+                // after it never sees it still open (it did, under load: 17 of 16).
                 struct Open(std::sync::Arc<AtomicUsize>);
                 impl Drop for Open {
                     fn drop(&mut self) {
                         self.0.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
-                let _open = is_ranged.then(|| {
+                let open_guard = is_ranged.then(|| {
                     gets.fetch_add(1, Ordering::SeqCst);
                     let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
@@ -810,6 +812,7 @@ fn proxy(
                 if is_ranged {
                     ranged.fetch_add(response.len() - body_at, Ordering::SeqCst);
                 }
+                drop(open_guard);
                 if fail && n % 5 == 4 && is_get && response.len() > body_at + 2 {
                     // Cut mid-body: the head promises more than arrives, then the connection drops.
                     failed.fetch_add(1, Ordering::SeqCst);
