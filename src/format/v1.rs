@@ -544,6 +544,25 @@ pub(crate) mod tests {
         table.finish()
     }
 
+    /// A snappy-compressed V1 file holding more elements than it has bytes (zeros compress well)
+    /// reads back whole, as TensorFlow reads it: `read` bounded the element count by the file's
+    /// compressed length and refused it.
+    #[test]
+    fn a_compressed_file_of_zeros_reads_whole() {
+        let n = 200_000u64;
+        let t: V1Tensor = ("z", vec![n], vec![(Slice::full(1), vec![0.0; n as usize])]);
+        let bytes = v1_file(std::slice::from_ref(&t), &[], 1 << 30, true);
+        assert!((bytes.len() as u64) < n, "{} bytes", bytes.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        std::fs::write(&path, &bytes).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        assert_eq!(
+            ckpt.read("z").unwrap().to_f32().unwrap(),
+            vec![0.0; n as usize]
+        );
+    }
+
     /// Many records in one block (a writer's choice: TensorFlow's blocks are 256 KiB), or in many
     /// small blocks, plain or snappy-compressed: each block of many records is checked and indexed
     /// once and kept, and every slice reads its own values in any order. A value changed in place
