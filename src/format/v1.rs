@@ -120,7 +120,9 @@ impl V1Set {
                     bad_header("the record with key \"\" is not a SavedTensorSliceMeta".into())
                 })?;
             check_version(path, meta.versions.as_ref())?;
-            for t in &meta.tensor {
+            // TensorFlow registers a tensor by its slices (`TensorSliceReader::LoadShard`): one
+            // listed without any is not in the checkpoint, and nothing of it is checked.
+            for t in meta.tensor.iter().filter(|t| !t.slice.is_empty()) {
                 let name = String::from_utf8(t.name.clone()).map_err(|_| ErrorKind::BadEntry {
                     path: path.clone(),
                     tensor: String::from_utf8_lossy(&t.name).into_owned(),
@@ -542,6 +544,24 @@ pub(crate) mod tests {
             table.add(k, v);
         }
         table.finish()
+    }
+
+    /// A tensor the metadata lists without slices is not in the checkpoint, as in TensorFlow
+    /// (it was listed as a whole tensor, and read from file 0's whole-tensor record).
+    #[test]
+    fn a_tensor_listed_without_slices_is_not_there() {
+        let tensors: [V1Tensor; 2] = [
+            ("t", vec![2], vec![]),
+            ("u", vec![1], vec![(Slice::full(1), vec![1.5])]),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        std::fs::write(&path, v1_file(&tensors, &[], 1 << 30, false)).unwrap();
+        let ckpt = crate::Checkpoint::open(&path).unwrap();
+        let names: Vec<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["u"]);
+        assert!(ckpt.read("t").unwrap_err().is_not_found());
+        assert_eq!(ckpt.read("u").unwrap().to_f32().unwrap(), [1.5]);
     }
 
     /// A snappy-compressed V1 file holding more elements than it has bytes (zeros compress well)
