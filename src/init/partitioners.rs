@@ -150,6 +150,11 @@ mod tests {
         // 1584 bytes of float64: over 197-byte slices ceil(8.04) = 9 parts, over 198 exactly 8.
         assert_eq!(mm(100, 0, 197, &[9, 22], DType::F64).unwrap(), [9, 1]);
         assert_eq!(mm(100, 0, 198, &[9, 22], DType::F64).unwrap(), [8, 1]);
+        // The axis is checked first, as in TensorFlow (before it divides by min_slice_size).
+        assert!(mm(4, 2, 0, &[8, 8], DType::F32)
+            .unwrap_err()
+            .to_string()
+            .contains("axis 2"));
         assert!(mm(4, 2, 1, &[8, 8], DType::F32)
             .unwrap_err()
             .to_string()
