@@ -573,3 +573,43 @@ fn a_cast_on_load_converts_as_half_does() {
         assert_eq!(x.bytes().unwrap(), &want[..], "{to}");
     }
 }
+
+/// A pair that a later pair replaces never loads, so, as in TensorFlow (which finds dtype
+/// problems, and the shape problems of scope and part-list mappings, only when the initializer
+/// runs, and runs only the last one), its problems do not fail the call; they did. A single
+/// variable mapped directly is shape-checked at call time, replaced or not, as TensorFlow does.
+#[test]
+fn a_replaced_pair_is_not_checked_but_a_direct_shape_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("ck"));
+    b.bytes("a", DType::I64, &[2], &[0; 16]);
+    b.f32("b", &[2], &[1.5, 2.5]);
+    b.f32("old/w", &[3, 3], &[0.0; 9]);
+    b.f32("x/w", &[1, 3], &[7.0, 8.0, 9.0]);
+    b.f32("c", &[3], &[0.0; 3]);
+    let prefix = b.finish();
+    let load = |pairs: &[(&str, Target)]| {
+        let mut store = VariableStore::new();
+        store.get_variable("w", &[2], DType::F32, Init::Zeros).unwrap();
+        store.get_variable("new/w", &[1, 3], DType::F32, Init::Zeros).unwrap();
+        let map: AssignmentMap = pairs.iter().cloned().collect();
+        init_from_checkpoint(&mut store, &prefix, &map)?;
+        store.initialize(Device::Cpu)?;
+        Ok::<_, tfckpt::Error>(store)
+    };
+    // int64 `a` into float32 `w`, replaced by `b` (keys apply in ascending order).
+    let s = load(&[("a", Target::variable("w")), ("b", Target::variable("w"))]).unwrap();
+    assert_eq!(s.value("w").unwrap().to_f32().unwrap(), [1.5, 2.5]);
+    let e = load(&[("a", Target::variable("w"))]).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::DtypeMismatch { .. }), "{e}");
+    // `old/w` [3, 3] by scope into `new/w` [1, 3], replaced by `x/w`.
+    let s = load(&[("old/", Target::name("new/")), ("x/w", Target::name("new/w"))]).unwrap();
+    assert_eq!(s.value("new/w").unwrap().to_f32().unwrap(), [7.0, 8.0, 9.0]);
+    let e = load(&[("old/", Target::name("new/"))]).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
+    // Mapped directly, `c` [3] into `w` [2] fails when called, replaced or not.
+    let e = load(&[("b", Target::variable("w")), ("c", Target::variable("w"))]).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
+    let e = load(&[("c", Target::variable("w")), ("d", Target::variable("w"))]).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
+}

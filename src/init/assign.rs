@@ -200,6 +200,10 @@ pub(crate) fn init_from_checkpoint_with(
         accepts,
     };
     let prefix: std::sync::Arc<Path> = ckpt.prefix().into();
+    // A binding's dtype and shape problems that TensorFlow finds only when the initializer
+    // runs: they count only for the binding that wins (a later pair replaces an earlier one's
+    // initializer, and TensorFlow never runs the replaced one).
+    let mut problems: BTreeMap<String, Error> = BTreeMap::new();
     for (key, target) in pairs {
         for b in resolver.resolve(key, target, &mut report.warnings)? {
             let pending = Pending {
@@ -207,9 +211,21 @@ pub(crate) fn init_from_checkpoint_with(
                 tensor: b.tensor,
                 slice: b.slice,
             };
+            match b.problem {
+                Some(e) => problems.insert(b.variable.clone(), e),
+                None => problems.remove(&b.variable),
+            };
             staged.insert(b.variable, (seq, pending));
             seq += 1;
         }
+    }
+    // The first winning binding (in the order of the pairs) that cannot load.
+    if let Some((_, e)) = staged
+        .iter()
+        .filter_map(|(var, (seq, _))| problems.remove(var).map(|e| (*seq, e)))
+        .min_by_key(|(seq, _)| *seq)
+    {
+        return Err(e);
     }
     let mut recorded: Vec<(&String, &(usize, Pending))> = staged.iter().collect();
     recorded.sort_by_key(|(_, (seq, _))| *seq);
@@ -234,6 +250,9 @@ struct Binding {
     variable: String,
     tensor: String,
     slice: Slice,
+    /// Why this binding cannot load, where TensorFlow would find it only when the initializer
+    /// runs (an error only if no later pair replaces the binding).
+    problem: Option<Error>,
 }
 
 /// Resolves the pairs of an assignment map against a checkpoint's listing and a store.
@@ -265,7 +284,7 @@ impl Resolver<'_> {
             },
         };
         let info = self.tensor(key, key, target, &describe_vars(&resolved))?;
-        self.install(resolved, info)
+        self.install(resolved, info, true)
     }
 
     fn var(&self, name: &str) -> Result<&Variable> {
@@ -373,8 +392,10 @@ impl Resolver<'_> {
         })
     }
 
-    /// Checks dtype and shape and yields the destinations.
-    fn install(&self, r: Resolved<'_>, info: &TensorInfo) -> Result<Vec<Binding>> {
+    /// Checks dtype and shape and yields the destinations. Only a single variable mapped
+    /// directly (`direct`) is shape-checked now, as TensorFlow checks it when called; the other
+    /// problems go with their binding (TensorFlow meets them when the initializer runs).
+    fn install(&self, r: Resolved<'_>, info: &TensorInfo, direct: bool) -> Result<Vec<Binding>> {
         let ckpt = self.ckpt.prefix().to_path_buf();
         let dtype_check = |v: &Variable| -> Result<()> {
             if !(self.accepts)(v, info.dtype) {
@@ -402,14 +423,19 @@ impl Resolver<'_> {
         };
         match r {
             Resolved::Single(v) => {
-                if v.shape != info.shape {
-                    return Err(shape_err(&v.name, &v.shape));
-                }
-                dtype_check(v)?;
+                let problem = if v.shape != info.shape {
+                    if direct {
+                        return Err(shape_err(&v.name, &v.shape));
+                    }
+                    Some(shape_err(&v.name, &v.shape))
+                } else {
+                    dtype_check(v).err()
+                };
                 Ok(vec![Binding {
                     variable: v.name.clone(),
                     tensor: info.name.clone(),
                     slice: Slice::full(v.shape.len()),
+                    problem,
                 }])
             }
             Resolved::Parts(parts) => {
@@ -417,14 +443,16 @@ impl Resolver<'_> {
                 for v in parts {
                     // `parts()` / `lookup()` only yield parts.
                     let Some(p) = &v.part else { continue };
-                    if p.full_shape != info.shape {
-                        return Err(shape_err(&p.full_name, &p.full_shape));
-                    }
-                    dtype_check(v)?;
+                    let problem = if p.full_shape != info.shape {
+                        Some(shape_err(&p.full_name, &p.full_shape))
+                    } else {
+                        dtype_check(v).err()
+                    };
                     out.push(Binding {
                         variable: v.name.clone(),
                         tensor: info.name.clone(),
                         slice: p.slice(&v.shape),
+                        problem,
                     });
                 }
                 Ok(out)
@@ -496,7 +524,7 @@ impl Resolver<'_> {
             let Some(resolved) = self.lookup(n) else {
                 continue;
             };
-            out.extend(self.install(resolved, info)?);
+            out.extend(self.install(resolved, info, false)?);
         }
         Ok(out)
     }
