@@ -590,8 +590,12 @@ fn a_replaced_pair_is_not_checked_but_a_direct_shape_is() {
     let prefix = b.finish();
     let load = |pairs: &[(&str, Target)]| {
         let mut store = VariableStore::new();
-        store.get_variable("w", &[2], DType::F32, Init::Zeros).unwrap();
-        store.get_variable("new/w", &[1, 3], DType::F32, Init::Zeros).unwrap();
+        store
+            .get_variable("w", &[2], DType::F32, Init::Zeros)
+            .unwrap();
+        store
+            .get_variable("new/w", &[1, 3], DType::F32, Init::Zeros)
+            .unwrap();
         let map: AssignmentMap = pairs.iter().cloned().collect();
         init_from_checkpoint(&mut store, &prefix, &map)?;
         store.initialize(Device::Cpu)?;
@@ -603,7 +607,11 @@ fn a_replaced_pair_is_not_checked_but_a_direct_shape_is() {
     let e = load(&[("a", Target::variable("w"))]).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::DtypeMismatch { .. }), "{e}");
     // `old/w` [3, 3] by scope into `new/w` [1, 3], replaced by `x/w`.
-    let s = load(&[("old/", Target::name("new/")), ("x/w", Target::name("new/w"))]).unwrap();
+    let s = load(&[
+        ("old/", Target::name("new/")),
+        ("x/w", Target::name("new/w")),
+    ])
+    .unwrap();
     assert_eq!(s.value("new/w").unwrap().to_f32().unwrap(), [7.0, 8.0, 9.0]);
     let e = load(&[("old/", Target::name("new/"))]).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
