@@ -530,6 +530,12 @@ mod tests {
             .unwrap_err()
             .contains("\\x without hex digits"));
         assert!(parse_state("bogus_field: 1").is_err());
+        // A value may end with ';' or ',', as the text format allows (`TryConsume(',')`, else ';').
+        assert_eq!(
+            parse_state("model_checkpoint_path: \"a\"; all_model_checkpoint_paths: \"a\",\nlast_preserved_timestamp: 1;")
+                .as_deref(),
+            Ok("a")
+        );
         // A scalar field's ':' is required; `\v` and `\x1c`-`\x1f` are spaces, as in Python.
         assert!(parse_state("model_checkpoint_path \"m\"")
             .unwrap_err()
