@@ -191,8 +191,11 @@ pub(crate) fn init_from_checkpoint_with(
         checkpoint: ckpt.prefix().to_path_buf(),
         ..Default::default()
     };
-    // Variable -> (sequence number of its last assignment, what it loads): the last pair wins.
-    let mut staged: BTreeMap<String, (usize, Pending)> = BTreeMap::new();
+    // Variable -> (sequence number of its last assignment, what it loads, why it cannot): the
+    // last pair wins. A binding's dtype and shape problems are those TensorFlow finds only when
+    // the initializer runs, so they count only for the binding that wins (TensorFlow never runs
+    // a replaced initializer).
+    let mut staged: BTreeMap<String, (usize, Pending, Option<Error>)> = BTreeMap::new();
     let mut seq = 0;
     let resolver = Resolver {
         ckpt: &ckpt,
@@ -200,10 +203,6 @@ pub(crate) fn init_from_checkpoint_with(
         accepts,
     };
     let prefix: std::sync::Arc<Path> = ckpt.prefix().into();
-    // A binding's dtype and shape problems that TensorFlow finds only when the initializer
-    // runs: they count only for the binding that wins (a later pair replaces an earlier one's
-    // initializer, and TensorFlow never runs the replaced one).
-    let mut problems: BTreeMap<String, Error> = BTreeMap::new();
     for (key, target) in pairs {
         for b in resolver.resolve(key, target, &mut report.warnings)? {
             let pending = Pending {
@@ -211,33 +210,29 @@ pub(crate) fn init_from_checkpoint_with(
                 tensor: b.tensor,
                 slice: b.slice,
             };
-            match b.problem {
-                Some(e) => problems.insert(b.variable.clone(), e),
-                None => problems.remove(&b.variable),
-            };
-            staged.insert(b.variable, (seq, pending));
+            staged.insert(b.variable, (seq, pending, b.problem));
             seq += 1;
         }
     }
     // The first winning binding (in the order of the pairs) that cannot load.
     if let Some((_, e)) = staged
-        .iter()
-        .filter_map(|(var, (seq, _))| problems.remove(var).map(|e| (*seq, e)))
+        .values_mut()
+        .filter_map(|(seq, _, problem)| problem.take().map(|e| (*seq, e)))
         .min_by_key(|(seq, _)| *seq)
     {
         return Err(e);
     }
-    let mut recorded: Vec<(&String, &(usize, Pending))> = staged.iter().collect();
-    recorded.sort_by_key(|(_, (seq, _))| *seq);
+    let mut recorded: Vec<_> = staged.iter().collect();
+    recorded.sort_by_key(|(_, (seq, _, _))| *seq);
     report.assignments = recorded
         .into_iter()
-        .map(|(var, (_, p))| Assignment {
+        .map(|(var, (_, p, _))| Assignment {
             variable: var.clone(),
             tensor: p.tensor.clone(),
             slice: p.slice.clone(),
         })
         .collect();
-    let staged = staged.into_iter().map(|(var, (_, p))| (var, p));
+    let staged = staged.into_iter().map(|(var, (_, p, _))| (var, p));
     store.pending.extend(staged);
     store.warnings.extend(report.warnings.iter().cloned());
     store.opened.retain(|c| c.prefix() != ckpt.prefix());

@@ -39,6 +39,15 @@ pub(crate) fn file_url(arg: &Path) -> Option<PathBuf> {
     rest.find('/').map(|i| PathBuf::from(&rest[i..]))
 }
 
+/// Why a pattern that matched the V2 index `index` (a path or URL ending in `.index`) is refused.
+pub(crate) fn v2_pattern(index: &str) -> String {
+    format!(
+        "a pattern names the files of a sharded V1 save, and this one matches a V2 checkpoint's \
+         files ({index}): give that checkpoint's prefix, {}",
+        index.strip_suffix(".index").unwrap_or(index)
+    )
+}
+
 /// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to
 /// `PREFIX.index` (or a data file `PREFIX.data-NNNNN-of-NNNNN`) means `PREFIX`.
 pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
@@ -61,11 +70,9 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
         .find(|f| f.extension().is_some_and(|e| e == "index"))
     {
         return Err(ErrorKind::InvalidArgument(format!(
-            "{}: a pattern names the files of a sharded V1 save, and this one matches a V2 \
-             checkpoint's files ({}): give that checkpoint's prefix, {}",
+            "{}: {}",
             prefix.display(),
-            index.display(),
-            index.with_extension("").display()
+            v2_pattern(&index.display().to_string())
         ))
         .into());
     }

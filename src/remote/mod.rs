@@ -144,12 +144,7 @@ fn open_v1(
             return Err(ErrorKind::Remote {
                 url: loc.url(prefix),
                 range: None,
-                reason: format!(
-                    "a pattern names the files of a sharded V1 save, and this one matches a V2 \
-                     checkpoint's files ({}): give that checkpoint's prefix, {}",
-                    index.url,
-                    &index.url[..index.url.len() - ".index".len()]
-                ),
+                reason: crate::reader::resolve::v2_pattern(&index.url),
             }
             .into());
         }
