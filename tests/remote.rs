@@ -295,6 +295,22 @@ fn v1_files_and_globs_through_s3_equal_the_local_read() {
             assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
         }
     }
+    // A pattern in a folder's name as well, matched against a listing of everything below the
+    // fixed part, as TensorFlow's GCS file system does.
+    let local =
+        Checkpoint::open(fixture("v1_sharded").join("model.ckpt-0-?????-of-00002")).unwrap();
+    for form in [
+        "v1_sharde?/model.ckpt-0-0000[01]-of-00002",
+        "v1_*d/model.ckpt-0-?????-of-00002",
+    ] {
+        let url = format!("s3://{BUCKET}/{form}");
+        let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(remote.files().len(), 2, "{url}: {:?}", remote.files());
+        assert_eq!(remote.tensors(), local.tensors());
+        for t in local.tensors() {
+            assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+        }
+    }
     // A V1 checkpoint larger than the bound on what is fetched whole: a clear error.
     let opts = RemoteOptions {
         whole_max_bytes: 100,

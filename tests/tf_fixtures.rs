@@ -260,6 +260,59 @@ fn a_sharded_v1_save_of_symbolic_links_opens_as_its_files() {
     }
 }
 
+/// Patterns in any path component, as TensorFlow's `GetMatchingPaths` takes them; and a directory
+/// whose name has glob characters (`x=[1,2]`, as sweeps name runs) is itself, where TensorFlow
+/// finds nothing (its issue 34290): V2 and V1 open there as anywhere else.
+#[test]
+fn patterns_in_any_component_and_directories_named_with_brackets() {
+    use common::fixtures::copy_files;
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = (fixture("v1_sharded"), fixture("h1_basic"));
+    let (runs, sweep) = (tmp.path().join("runs[1]"), tmp.path().join("x=[1,2]"));
+    for d in [&runs, &sweep] {
+        std::fs::create_dir(d).unwrap();
+    }
+    copy_files(&v1, &runs);
+    copy_files(&v2, &sweep);
+    let want_v1 = open_case(&v1);
+    let same = |arg: PathBuf, want: &Checkpoint| {
+        let got = Checkpoint::open(&arg).unwrap_or_else(|e| panic!("{}: {e}", arg.display()));
+        assert_eq!(got.tensors(), want.tensors(), "{}", arg.display());
+        for t in want.tensors() {
+            assert_eq!(got.read(&t.name).unwrap(), want.read(&t.name).unwrap());
+        }
+        got
+    };
+    for arg in [
+        runs.clone(),
+        runs.join("model.ckpt-0-?????-of-00002"),
+        // `[[]` is a set of one `[`: a pattern that names `runs[1]`.
+        tmp.path().join("r?ns[[]1]/model.ckpt-0-?????-of-00002"),
+        tmp.path().join("*/model.ckpt-0-0000[0-9]-of-00002"),
+    ] {
+        let got = same(arg, &want_v1);
+        assert_eq!(got.files().len(), 2, "{:?}", got.files());
+        assert!(got.files().iter().all(|f| f.starts_with(&runs)));
+    }
+    for arg in [sweep.clone(), sweep.join("model-0")] {
+        same(arg, &open_case(&v2));
+    }
+    // A directory pattern that names a V2 checkpoint's prefix: said as for a file pattern.
+    let e = Checkpoint::open(tmp.path().join("x=*/model-0"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("this one matches a V2 checkpoint's files") && e.contains("x=[1,2]"),
+        "{e}"
+    );
+    // Nothing matches: not found, naming the pattern.
+    let e = Checkpoint::open(tmp.path().join("r*/none-?")).unwrap_err();
+    assert!(
+        e.is_not_found() && e.to_string().contains("r*/none-?"),
+        "{e}"
+    );
+}
+
 /// A pattern is read as a sharded V1 save; one that matches a V2 checkpoint's files says so and
 /// names the prefix to give (it blamed a data file: "not an SSTable").
 #[test]

@@ -3,5 +3,6 @@
 
 mod assemble;
 pub(crate) mod checkpoint;
+pub(crate) mod glob;
 pub(crate) mod resolve;
 pub(crate) mod stored;

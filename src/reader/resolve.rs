@@ -61,6 +61,17 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
     }
     let files = glob_files(&prefix)?;
     if files.is_empty() {
+        // TensorFlow globs `P.index` too, then fails to open the pattern's own index: say why.
+        if is_glob(&prefix) {
+            if let Some(index) = glob_files(&index_path(&prefix))?.first() {
+                return Err(ErrorKind::InvalidArgument(format!(
+                    "{}: {}",
+                    prefix.display(),
+                    v2_pattern(&index.display().to_string())
+                ))
+                .into());
+            }
+        }
         return Err(ErrorKind::NotFound { path: prefix }.into());
     }
     // A pattern names the files of a sharded V1 save; one that matches a V2 checkpoint's files
@@ -364,143 +375,7 @@ fn python_float(s: &str) -> bool {
     mantissa_ok && exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)))
 }
 
-/// Whether the last component of `prefix` is a glob (`*`, `?` or `[...]`), as the prefix of a
-/// sharded V1 save is.
-pub(crate) fn is_glob(prefix: &Path) -> bool {
-    prefix
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().contains(['*', '?', '[']))
-}
-
-/// Files matching `prefix`, treating `*`, `?` and `[...]` in its last component as a glob (V1
-/// sharded saves store such patterns); a prefix without them matches itself if it is a file.
-pub(crate) fn glob_files(prefix: &Path) -> Result<Vec<PathBuf>> {
-    let name = name_bytes(prefix.file_name().unwrap_or_default());
-    if !is_glob(prefix) {
-        return Ok(if prefix.is_file() {
-            vec![prefix.to_path_buf()]
-        } else {
-            vec![]
-        });
-    }
-    let dir = match prefix.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::io(&dir, e)),
-    };
-    // Files, and symbolic links to files (a Hugging Face cache snapshot, Bazel runfiles), as
-    // TensorFlow's glob matches them (`DirEntry::file_type` would not follow a link).
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| fnmatch(&name, &name_bytes(&e.file_name())))
-        .map(|e| dir.join(e.file_name()))
-        .filter(|p| p.is_file())
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-/// A file name's bytes, as `fnmatch` compares them: on Unix the name's own bytes (a name that is
-/// not UTF-8 matches only a pattern of the same bytes); elsewhere its UTF-8, lossily.
-fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
-    #[cfg(unix)]
-    return std::borrow::Cow::Borrowed(std::os::unix::ffi::OsStrExt::as_bytes(name));
-    #[cfg(not(unix))]
-    match name.to_string_lossy() {
-        std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
-        std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
-    }
-}
-
-enum Tok<'p> {
-    Star,
-    Any,
-    Class(&'p [u8], bool),
-    Lit(u8),
-}
-
-fn tokens(pat: &[u8]) -> Vec<Tok<'_>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < pat.len() {
-        match pat[i] {
-            b'*' => out.push(Tok::Star),
-            b'?' => out.push(Tok::Any),
-            b'[' => {
-                if let Some(close) = pat
-                    .iter()
-                    .skip(i + 2)
-                    .position(|&c| c == b']')
-                    .map(|p| p + i + 2)
-                {
-                    let set = &pat[i + 1..close];
-                    let negate = matches!(set.first(), Some(b'!') | Some(b'^'));
-                    out.push(Tok::Class(if negate { &set[1..] } else { set }, negate));
-                    i = close + 1;
-                    continue;
-                }
-                out.push(Tok::Lit(b'['));
-            }
-            c => out.push(Tok::Lit(c)),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn tok_matches(t: &Tok<'_>, c: u8) -> bool {
-    match *t {
-        Tok::Star | Tok::Any => true,
-        Tok::Lit(l) => l == c,
-        Tok::Class(set, negate) => {
-            let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == b'-' {
-                    hit |= set[i] <= c && c <= set[i + 2];
-                    i += 3;
-                } else {
-                    hit |= set[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate
-        }
-    }
-}
-
-/// Shell-style matching of `*`, `?` and `[...]` (with `!`/`^` negation and ranges), in
-/// O(pattern × name) time: on a mismatch, retry from the last `*` one character later.
-pub(crate) fn fnmatch(pat: &[u8], s: &[u8]) -> bool {
-    let toks = tokens(pat);
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        match toks.get(p) {
-            Some(Tok::Star) => {
-                star = Some((p, i));
-                p += 1;
-            }
-            Some(t) if tok_matches(t, s[i]) => {
-                p += 1;
-                i += 1;
-            }
-            _ => match star {
-                Some((sp, si)) => {
-                    p = sp + 1;
-                    i = si + 1;
-                    star = Some((sp, si + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    toks[p..].iter().all(|t| matches!(t, Tok::Star))
-}
+pub(crate) use super::glob::{glob_files, is_glob};
 
 #[cfg(test)]
 mod tests {
@@ -606,27 +481,6 @@ mod tests {
         );
     }
 
-    /// Names that are not UTF-8 are matched by their bytes (they became U+FFFD each, so that
-    /// `ck\xff-*` matched `ck\xfe-0` too).
-    #[cfg(target_os = "linux")] // macOS file systems refuse names that are not UTF-8
-    #[test]
-    fn a_glob_compares_the_bytes_of_names() {
-        use std::os::unix::ffi::OsStrExt;
-        let dir = tempfile::tempdir().unwrap();
-        for name in [&b"ck\xff-00000-of-00001"[..], b"ck\xfe-00000-of-00001"] {
-            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
-        }
-        let pattern = dir
-            .path()
-            .join(std::ffi::OsStr::from_bytes(b"ck\xff-?????-of-00001"));
-        let found = glob_files(&pattern).unwrap();
-        assert_eq!(
-            found,
-            [dir.path()
-                .join(std::ffi::OsStr::from_bytes(b"ck\xff-00000-of-00001"))]
-        );
-    }
-
     /// The parser never panics: 50,000 mutations of a state file (bytes replaced, inserted and
     /// removed, from an alphabet of the bytes its grammar turns on) each give a path or an error.
     #[test]
@@ -672,29 +526,5 @@ mod tests {
         assert_eq!(local("file://host"), None);
         assert_eq!(local("/data/file:///x"), None);
         assert_eq!(local("s3://b/k"), None);
-    }
-
-    #[test]
-    fn globbing() {
-        assert!(fnmatch(
-            b"model-3-?????-of-00002",
-            b"model-3-00001-of-00002"
-        ));
-        assert!(!fnmatch(
-            b"model-3-?????-of-00002",
-            b"model-3-0001-of-00002"
-        ));
-        assert!(fnmatch(b"m*", b"model"));
-        assert!(fnmatch(b"[a-c]x", b"bx"));
-        assert!(fnmatch(b"[xyz]0", b"y0"));
-        assert!(!fnmatch(b"[xyz]0", b"w0"));
-        assert!(!fnmatch(b"[!a-c]x", b"bx"));
-        assert!(fnmatch(b"*", b""));
-        assert!(fnmatch(b"a*b*c", b"aXbYbZc"));
-        assert!(!fnmatch(b"a*b*c", b"aXbYbZ"));
-        assert!(fnmatch(b"[x", b"[x"));
-        // Linear, not exponential: this took forever with a recursive matcher.
-        let name = vec![b'a'; 60];
-        assert!(!fnmatch(b"*a*a*a*a*a*a*a*a*a*a*a*a*b", &name));
     }
 }

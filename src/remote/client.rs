@@ -420,8 +420,8 @@ impl Client {
     }
 
     /// The objects directly under `dir` (a key prefix ending in `/`, or empty for the bucket's
-    /// top), by key.
-    pub(crate) fn list(&self, dir: &str) -> Result<Vec<Object>> {
+    /// top), or with `recursive` every object below it, by key.
+    pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Object>> {
         let url = self.loc.url(dir);
         let prefix = if dir.is_empty() {
             None
@@ -430,11 +430,18 @@ impl Client {
         };
         let store = self.store()?;
         let listed = block(&url, async move {
-            store.list_with_delimiter(prefix.as_ref()).await
+            if recursive {
+                use futures_util::TryStreamExt;
+                store.list(prefix.as_ref()).try_collect::<Vec<_>>().await
+            } else {
+                store
+                    .list_with_delimiter(prefix.as_ref())
+                    .await
+                    .map(|l| l.objects)
+            }
         })?
         .map_err(|e| self.error(e, &url, None))?;
         Ok(listed
-            .objects
             .into_iter()
             .map(|m| Object {
                 url: self.loc.url(m.location.as_ref()),

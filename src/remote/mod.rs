@@ -106,19 +106,26 @@ impl FetchedFile {
     }
 }
 
-/// The files of the V1 checkpoint `prefix` (one object, or the objects its last component
-/// matches as a glob), each fetched in parallel ranges; at most `whole_max_bytes` in all.
+/// The files of the V1 checkpoint `prefix` (one object, or the objects it matches as a glob,
+/// in any component), each fetched in parallel ranges; at most `whole_max_bytes` in all.
 fn open_v1(
     client: &Arc<Client>,
     loc: &Location,
     prefix: &str,
     options: &RemoteOptions,
 ) -> Result<Vec<FetchedFile>> {
-    let (dir, name) = match prefix.rfind('/') {
-        Some(i) => (&prefix[..=i], &prefix[i + 1..]),
-        None => ("", prefix),
+    use crate::reader::glob;
+    // A key that names an object is that object, whatever its characters (as on disk).
+    let literal = if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https)
+        || !glob::key_has_magic(prefix)
+    {
+        None
+    } else {
+        client.exists(prefix)?
     };
-    let objects: Vec<Object> = if name.contains(['*', '?', '[']) {
+    let objects: Vec<Object> = if let Some(o) = literal {
+        vec![o]
+    } else if glob::key_has_magic(prefix) {
         if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https) {
             return Err(ErrorKind::Remote {
                 url: loc.url(prefix),
@@ -129,14 +136,14 @@ fn open_v1(
             }
             .into());
         }
+        // The folder before the first pattern character; a pattern in an earlier component
+        // than the last lists everything below it (as TensorFlow's GCS file system does).
+        let dir = glob::key_dir(prefix);
+        let recursive = prefix[dir.len()..].contains('/');
         let mut found: Vec<Object> = client
-            .list(dir)?
+            .list(dir, recursive)?
             .into_iter()
-            .filter(|o| {
-                let key = o.path.as_ref();
-                let base = key.rsplit('/').next().unwrap_or(key);
-                crate::reader::resolve::fnmatch(name.as_bytes(), base.as_bytes())
-            })
+            .filter(|o| glob::key_matches(prefix, o.path.as_ref()))
             .collect();
         found.sort_by(|a, b| a.url.cmp(&b.url));
         // As on disk: a pattern that matches a V2 checkpoint's files names its prefix.
