@@ -1,16 +1,23 @@
 //! Path patterns as TensorFlow matches them (docs/format.md#14-v1-or-v2): `GetMatchingPaths`
-//! walks the pattern one path component at a time, and each component is matched by POSIX
-//! `fnmatch(pattern, name, FNM_PATHNAME)` (glibc, C locale: one byte is one character).
+//! walks the pattern one path component at a time, matching the children of each directory with
+//! POSIX `fnmatch(pattern, path, FNM_PATHNAME)`. Here each component is matched as glibc's
+//! `fnmatch` does in the C locale, one byte per character. (TensorFlow runs in Python's UTF-8
+//! locale, where glibc 2.36 also matches by character: `ck-?` matches `ck-é` there, not here.
+//! Only non-ASCII names differ.)
 //!
-//! One difference, on purpose: a component that names an existing entry literally is that entry
-//! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue 34290).
+//! Differences, on purpose: a component that names an existing entry literally is that entry
+//! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue
+//! 34290); a directory matched by the last component is passed over (TensorFlow fails to open it
+//! as a file); `.` and `..` after a pattern are steps (TensorFlow's listings have neither, so it
+//! finds nothing); matches are sorted (TensorFlow's order is its threads').
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::base::error::{Error, Result};
+use crate::base::error::Result;
 
 /// Whether `s` holds a character TensorFlow's glob treats as special (`*`, `?`, `[`, and `\`,
-/// which quotes the next character). On Windows `\` separates path components and is not one.
+/// which quotes the next character). On Windows `\` separates path components here, as Windows
+/// has it, and is not one.
 pub(crate) fn has_magic(s: &[u8]) -> bool {
     s.iter()
         .any(|&b| matches!(b, b'*' | b'?' | b'[') || (b == b'\\' && cfg!(unix)))
@@ -77,11 +84,10 @@ pub(crate) fn glob_files(pattern: &Path) -> Result<Vec<PathBuf>> {
                 }
                 continue;
             }
-            let entries = match std::fs::read_dir(base) {
-                Ok(e) => e,
-                // A directory the components before matched that vanished since.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(base, e)),
+            // A directory that cannot be listed (`lost+found` under `/mnt/disk/*/`, one that
+            // vanished, a file) holds no match, as TensorFlow skips it.
+            let Ok(entries) = std::fs::read_dir(base) else {
+                continue;
             };
             next.extend(
                 entries
@@ -122,8 +128,8 @@ pub(crate) fn key_dir(pattern: &str) -> &str {
     fixed.rfind('/').map_or("", |i| &pattern[..=i])
 }
 
-/// A file name's bytes, as `fnmatch` compares them: on Unix the name's own bytes (a name that is
-/// not UTF-8 matches only a pattern of the same bytes); elsewhere its UTF-8, lossily.
+/// A file name's bytes, as `fnmatch` compares them: on Unix the name's own bytes, compared one by
+/// one whether UTF-8 or not; elsewhere its UTF-8, lossily.
 pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
     #[cfg(unix)]
     return std::borrow::Cow::Borrowed(std::os::unix::ffi::OsStrExt::as_bytes(name));
@@ -138,8 +144,9 @@ pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
 /// in the C locale: `*` any run of bytes, `?` one byte, `\c` the byte `c` (a trailing `\` matches
 /// nothing), `[...]` one byte of a set (`!` or `^` first negates; `]` first is a member; ranges
 /// `a-z` by byte value, `-` first or last a member; `\c` a member; `[:alpha:]` and the other
-/// eleven POSIX classes; `[=c=]` and `[.c.]` the byte `c`). A `[` without its `]` is a literal
-/// `[`. A leading `.` needs no explicit match. O(pattern × name): on a mismatch, retry from the
+/// eleven POSIX classes; `[=c=]` and `[.c.]` the byte `c`). A `[` without its `]` is an
+/// ordinary `[`, and a malformed set matches as glibc's does (often nothing). A leading `.`
+/// needs no explicit match. O(pattern × name): on a mismatch, retry from the
 /// last `*` one byte later.
 pub(crate) fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
     let (mut p, mut i) = (0, 0);
@@ -287,10 +294,10 @@ fn bracket(pat: &[u8], start: usize, c: u8) -> Bracket {
                 continue;
             }
             (b'[', Some(b':')) => {
-                let name = pat[p + 1..]
-                    .iter()
-                    .take_while(|c| c.is_ascii_lowercase())
-                    .count();
+                let name = class_name_len(&pat[p + 1..]);
+                if name >= CLASS_NAME_MAX - 1 {
+                    return Bracket::NotMember;
+                }
                 if pat.get(p + 1 + name..p + 3 + name) != Some(b":]") {
                     continue; // the `[` was a member itself
                 }
@@ -354,13 +361,13 @@ fn member(pat: &[u8], p: usize) -> Member {
                 _ => Member::Bad,
             };
         }
-        // `[:name:]`: a name of lower-case letters (else the `[` is a member itself).
+        // `[:name:]`: a name of the letters `a` to `y` (else the `[` is a member itself).
         (b'[', Some(b':')) => {
             let body = p + 2;
-            let len = pat[body..]
-                .iter()
-                .take_while(|c| c.is_ascii_lowercase())
-                .count();
+            let len = class_name_len(&pat[body..]);
+            if len >= CLASS_NAME_MAX {
+                return Member::Bad;
+            }
             if pat.get(body + len..body + len + 2) == Some(b":]") {
                 return match class(&pat[body..body + len]) {
                     Some(is) => Member::Class(is, body + len + 2),
@@ -371,6 +378,14 @@ fn member(pat: &[u8], p: usize) -> Member {
         _ => {}
     }
     Member::Byte(b, p + 1)
+}
+
+/// glibc reads a class name while its bytes are `a` to `y` (no class has a `z`), and gives up
+/// on the whole set at this many (one fewer in the rest of a set that matched).
+const CLASS_NAME_MAX: usize = 2048;
+
+fn class_name_len(s: &[u8]) -> usize {
+    s.iter().take_while(|c| (b'a'..=b'y').contains(c)).count()
 }
 
 /// The POSIX character classes of the C locale (ASCII only).
@@ -643,11 +658,32 @@ mod tests {
             ("[z-a]", "m", false),
             ("[a", "[a", true),
             ("[]-a]", "^", true),
+            // A class name stops before a `z`.
+            ("[[:zz:]]", "z]", true),
+            ("[[:z:]]", "z]", true),
+            ("[![:zz:]", "a", true),
+            ("[:z=[:zz:]]", ":", false),
+            ("[a[:zz:]]", "a]", true),
         ] {
             assert_eq!(
                 fnmatch(pat.as_bytes(), name.as_bytes()),
                 glibc,
                 "{pat} {name}"
+            );
+        }
+        // glibc gives up on a class name of 2,048 letters (2,047 once a member matched).
+        let long = |open: &str, n: usize| format!("{open}[:{}]", "b".repeat(n));
+        for (pat, name, glibc) in [
+            (long("[", 2047), "[", true),
+            (long("[", 2048), "[", false),
+            (long("[a", 2046), "a", true),
+            (long("[a", 2047), "a", false),
+        ] {
+            assert_eq!(
+                fnmatch(pat.as_bytes(), name.as_bytes()),
+                glibc,
+                "{}",
+                pat.len()
             );
         }
     }
@@ -667,7 +703,7 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let toks: [&[u8]; 23] = [
+        let toks: [&[u8]; 24] = [
             b"a",
             b"b",
             b"]",
@@ -691,8 +727,9 @@ mod tests {
             b"[:",
             b":]",
             b"[.",
+            b"z",
         ];
-        let alphabet = b"ab]![^\\:.=*?-xl1";
+        let alphabet = b"ab]![^\\:.=*?-xlz1";
         let mut differ = Vec::new();
         for _ in 0..3_000_000 {
             let pat: Vec<u8> = (0..next(12))
