@@ -1040,3 +1040,54 @@ fn docs_cli_md_is_the_projects_spec() {
         "docs/cli.md differs from ../shared/spec/cli.md: copy it again"
     );
 }
+
+/// A tensor of more dimensions than NumPy reads (TensorFlow allows 254) is an error naming it and
+/// the limit, exit code 1, and no file, for `get --out` and `init --out DIR`; `convert` to
+/// safetensors, which has no such limit, writes it.
+#[test]
+fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("deep");
+    let mut w =
+        tfckpt::CheckpointWriter::create(&prefix, tfckpt::WriterOptions::default()).unwrap();
+    let deep = tfckpt::Tensor::from_f32(&[1; 65], &[2.5]).unwrap();
+    w.add("deep", tfckpt::TensorRef::from(&deep)).unwrap();
+    w.finish().unwrap();
+    let (ckpt, out) = (prefix.to_str().unwrap(), tmp.path().join("deep.npy"));
+    let o = tfckpt(&["get", ckpt, "deep", "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("deep") && err.contains("rank 65") && err.contains("(64)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let st = tmp.path().join("deep.safetensors");
+    let o = tfckpt(&["convert", ckpt, st.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // `init --out DIR`: refused before the load, naming the variable; `--out FILE.safetensors`
+    // writes it.
+    let model = format!(
+        r#"{{"variables": [{{"name": "v/deep", "shape": {:?}, "dtype": "float32"}}]}}"#,
+        [1; 65]
+    );
+    let dir = tmp.path().join("out");
+    let o = tfckpt_init(
+        ckpt,
+        &model,
+        r#"{"deep": "v/deep"}"#,
+        dir.to_str().unwrap(),
+        &[],
+    );
+    assert_one_error_line(&o, 1, "variable \"v/deep\" has rank 65");
+    assert!(!dir.exists());
+    let file = tmp.path().join("init.safetensors");
+    let o = tfckpt_init(
+        ckpt,
+        &model,
+        r#"{"deep": "v/deep"}"#,
+        file.to_str().unwrap(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -539,6 +539,20 @@ fn without_api_hint(e: tfckpt::Error) -> tfckpt::Error {
 /// Variable names become paths under DIR: refuse components that would leave it, and names whose
 /// file would collide with another's directory (`a.npy` vs `a.npy/b.npy`), before any work.
 fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
+    // A variable NumPy cannot hold fails before anything is loaded.
+    if let Some(v) = store
+        .variables()
+        .find(|v| v.shape.len() > npy::NUMPY_MAX_DIMS)
+    {
+        return Err(format!(
+            "variable {:?} has rank {}, more dimensions than NumPy reads ({}): write it to a \
+             .safetensors file instead (--out FILE.safetensors)",
+            v.name,
+            v.shape.len(),
+            npy::NUMPY_MAX_DIMS
+        )
+        .into());
+    }
     let names: Vec<&str> = store
         .variables()
         .map(|v| v.name.as_str())

@@ -18,7 +18,20 @@ pub fn write_raw(
     w.write_all(data)
 }
 
+/// The most dimensions NumPy reads (`NPY_MAXDIMS` of NumPy 2; TensorFlow allows 254). A file of
+/// more would be one `np.load` refuses, as `tf.train.load_variable` fails on such a tensor.
+pub const NUMPY_MAX_DIMS: usize = 64;
+
 fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Result<()> {
+    if shape.len() > NUMPY_MAX_DIMS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a tensor of rank {} has more dimensions than NumPy reads ({NUMPY_MAX_DIMS})",
+                shape.len()
+            ),
+        ));
+    }
     let shape_txt = match shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", shape[0]),
@@ -37,7 +50,7 @@ fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Resul
     let total = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    // Format 1.0 (the CLI's contract) holds a header of at most 65535 bytes; the rank limit of 254
+    // Format 1.0 (the CLI's contract) holds a header of at most 65535 bytes; the rank limit of 64
     // keeps every header far below that, and a longer one is an error, never a wrapped length.
     let len = u16::try_from(header.len()).map_err(|_| {
         std::io::Error::new(
@@ -207,6 +220,17 @@ mod tests {
         buf.clear();
         write_tensor(&mut buf, &scalar).unwrap();
         assert_eq!(read(&buf[..]).unwrap().shape, Vec::<u64>::new());
+        // Up to NumPy's 64 dimensions; more is an error, before anything is written.
+        let ones = |rank: usize| Tensor::from_f32(&vec![1; rank], &[2.5]).unwrap();
+        buf.clear();
+        write_tensor(&mut buf, &ones(64)).unwrap();
+        assert_eq!(read(&buf[..]).unwrap().shape, vec![1; 64]);
+        buf.clear();
+        let e = write_tensor(&mut buf, &ones(65)).unwrap_err().to_string();
+        assert!(
+            e.contains("rank 65") && e.contains("(64)") && buf.is_empty(),
+            "{e}"
+        );
     }
 
     /// Every fixed-size dtype is written with one of cli.md's element types, byte for byte in the
