@@ -468,6 +468,8 @@ mod tests {
         assert!(key_matches("r*/m-[0-9]", "run/m-3"));
         assert!(!key_matches("r*/m-[0-9]", "run/x/m-3"));
         assert!(!key_matches("r*", "run/m-3"));
+        assert!(!key_matches("run/m-?", "run/m-10"));
+        assert!(!key_matches("x*/m-1", "run/m-1"));
         assert_eq!(key_dir("a/b/r*/m-?"), "a/b/");
         assert_eq!(key_dir("a/b/m-?"), "a/b/");
         assert_eq!(key_dir("m-?"), "");
