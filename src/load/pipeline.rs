@@ -367,6 +367,16 @@ mod tests {
                 },
                 |&i| {
                     std::thread::sleep(std::time::Duration::from_millis(5));
+                    // Once, give the reader all the time it needs to fill the window (on a
+                    // loaded machine it may be starved for the 5 ms of one item): a reader that
+                    // stops short of it still fails the test, after 5 s.
+                    let start = std::time::Instant::now();
+                    while i == 10
+                        && prefetched.load(SeqCst) < done.load(SeqCst) + 3
+                        && start.elapsed().as_secs() < 5
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                     done.fetch_add(1, SeqCst);
                     Ok(i)
                 },
