@@ -176,7 +176,7 @@ fn part_lists_and_unknown_objects() {
     .unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::VariableNotFound { .. })
-            && e.to_string().contains("did you mean plain"),
+            && e.to_string().contains("did you mean \"plain\""),
         "{e}"
     );
     // A partitioned variable is no variable object (TensorFlow's _is_variable): said so.

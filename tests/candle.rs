@@ -784,7 +784,7 @@ fn map_existing_maps_a_name_held_with_another_shape_and_the_call_refuses_it() {
             .init_from_checkpoint(&prefix, &map)
             .unwrap_err()
             .to_string();
-        assert!(text.contains("did you mean dense/kernel?"), "{text}");
+        assert!(text.contains(r#"did you mean "dense/kernel"?"#), "{text}");
     }
     let before = var(&varmap, "dense.weight").to_vec2::<f32>().unwrap();
     init.init_from_checkpoint(&prefix, &found.fitting())

@@ -459,7 +459,7 @@ fn missing_tensor_suggests_close_names() {
         }
         _ => panic!("{e}"),
     }
-    assert!(e.to_string().contains("did you mean a, b?"), "{e}");
+    assert!(e.to_string().contains(r#"did you mean "a", "b"?"#), "{e}");
 }
 
 /// A partitioned tensor "p" of shape [4] with the given stored slices, each holding its elements.
@@ -1649,4 +1649,52 @@ fn a_part_named_as_a_partitioned_variable_is_refused() {
     assert!(store
         .get_partitioned_variable("x/part_0", &[4], DType::F32, &[2], Init::Zeros)
         .is_err());
+}
+
+/// Files passed in place of a checkpoint that users pass by mistake get a hint of what to pass:
+/// the state file (its directory), the MetaGraph (the prefix); the empty path shows as `""`; a
+/// map key that names a scope without its '/' suggests the scope.
+#[test]
+fn mistaken_paths_and_keys_say_what_to_pass() {
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/h1_basic");
+    let e = Checkpoint::open(case.join("checkpoint"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not an SSTable")
+            && e.contains(&format!(
+                "state file: pass the directory, {}",
+                case.display()
+            )),
+        "{e}"
+    );
+    let e = Checkpoint::open(case.join("model-0.meta"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "pass the checkpoint's prefix, {}",
+            case.join("model-0").display()
+        )),
+        "{e}"
+    );
+    let e = Checkpoint::open("").unwrap_err();
+    assert!(
+        e.is_not_found() && e.to_string().ends_with("matches \"\""),
+        "{e}"
+    );
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_variable(
+            "model/var4",
+            &[9, 9],
+            tfckpt::DType::F32,
+            tfckpt::Init::Zeros,
+        )
+        .unwrap();
+    let map = tfckpt::AssignmentMap::from([("useful_scope", tfckpt::Target::name("model/var4"))]);
+    let e = tfckpt::init_from_checkpoint(&mut store, &case, &map)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(r#"did you mean "useful_scope/"?"#), "{e}");
 }

@@ -341,7 +341,8 @@ fn small_command_line_defects() {
     );
     assert_error(&o, keep.to_str().unwrap());
     // An error line never carries a raw control character from a name (here in the suggestion
-    // of a close name: `did you mean bad\0name\nx?` used to print the NUL and the newline).
+    // of a close name: `did you mean bad\0name\nx?` used to print the NUL and the newline; names
+    // are quoted and escaped now).
     let prefix = tmp.path().join("n");
     let mut b = common::builder::CkptBuilder::new(&prefix);
     b.f32("bad\0name\nx", &[2], &[1.0, 2.0]);
@@ -355,7 +356,7 @@ fn small_command_line_defects() {
         npy.to_str().unwrap(),
     ]);
     let err = stderr(&o);
-    assert_error(&o, "did you mean bad\\u{0}name\\nx?");
+    assert_error(&o, "did you mean \"bad\\0name\\nx\"?");
     assert!(!err.trim_end().chars().any(char::is_control), "{err:?}");
     let e = tfckpt::Checkpoint::open(&prefix)
         .unwrap()

@@ -128,11 +128,41 @@ impl std::error::Error for Error {
     }
 }
 
+/// A path as errors show it; the empty path as `""`, which would show as nothing.
+fn shown(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        "\"\"".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// What a file that is no table was likely meant to be: the directory's state file, or the
+/// MetaGraph TensorFlow writes beside a checkpoint, each passed in place of the checkpoint.
+fn not_a_table_hint(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    match name.as_deref() {
+        Some("checkpoint") => format!(
+            "this is a directory's checkpoint state file: pass the directory, {}",
+            path.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .display()
+        ),
+        Some(n) if n.ends_with(".meta") => format!(
+            "a .meta file holds the graph, not the values: pass the checkpoint's prefix, {}",
+            path.with_extension("").display()
+        ),
+        _ => "is this a TensorFlow checkpoint?".into(),
+    }
+}
+
 fn suggest(names: &[String]) -> String {
     if names.is_empty() {
         String::new()
     } else {
-        format!("; did you mean {}?", names.join(", "))
+        let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        format!("; did you mean {}?", quoted.join(", "))
     }
 }
 
@@ -182,7 +212,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// Nothing matches the checkpoint path (no `PREFIX.index`, no V1 file, no directory).
-    #[error("checkpoint not found: no directory, V2 index ({}.index) or V1 file matches {}", path.display(), path.display())]
+    #[error("checkpoint not found: no directory, V2 index ({}.index) or V1 file matches {}", path.display(), shown(path))]
     NotFound {
         /// The path given.
         path: PathBuf,
@@ -197,7 +227,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// The file is not an SSTable at all (too short, bad magic number).
-    #[error("{}: not an SSTable ({reason}): is this a TensorFlow checkpoint?", path.display())]
+    #[error("{}: not an SSTable ({reason}): {}", path.display(), not_a_table_hint(path))]
     NotSstable {
         /// The file.
         path: PathBuf,

@@ -374,13 +374,28 @@ impl Resolver<'_> {
                 ErrorKind::TensorNotFound { absent_files, .. } => absent_files,
                 _ => Vec::new(),
             };
+            let mut suggestions =
+                close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str()));
+            // A key without its trailing '/' that names a scope of the checkpoint.
+            let scope = format!("{name}/");
+            if !name.is_empty()
+                && !name.ends_with('/')
+                && self
+                    .ckpt
+                    .tensors()
+                    .iter()
+                    .any(|t| t.name.starts_with(&scope))
+            {
+                suggestions.insert(0, scope);
+                suggestions.truncate(3);
+            }
             ErrorKind::MappedTensorNotFound {
                 ckpt: self.ckpt.prefix().to_path_buf(),
                 tensor: name.into(),
                 variable: variable.into(),
                 key: key.into(),
                 target: target.describe(),
-                suggestions: close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str())),
+                suggestions,
                 absent_files,
             }
             .into()
