@@ -396,6 +396,11 @@ mod tests {
             parse_state(r#"model_checkpoint_path: "\n\t\r\a\b\f\v\\\'\"\0\x7""#).unwrap(),
             "\n\t\r\x07\x08\x0c\x0b\\'\"\0\x07"
         );
+        // `\x` takes at most two hex digits, as Python's `unicode_escape` does.
+        assert_eq!(
+            parse_state(r#"model_checkpoint_path: "\x414b""#).unwrap(),
+            "A4b"
+        );
         // Other escapes stay as written, as Python's `unicode_escape` (the text format's
         // `CUnescape`) keeps them: `\?` and `\q` are two characters each.
         assert_eq!(
