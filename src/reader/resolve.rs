@@ -332,9 +332,31 @@ impl Tokens<'_> {
                         }
                         out.push(v as u8);
                     }
-                    b'u' | b'U' | b'N' => {
-                        return Err(format!("unsupported escape \\{}", e as char))
+                    // `\uXXXX`, `\UXXXXXXXX`: Python's `unicode_escape` makes the code point,
+                    // and `raw_unicode_escape` turns it back into bytes: one byte below 256
+                    // (so `\u00c3\u00a9` is the UTF-8 of `é`, and a lone `\u00e9` is no UTF-8
+                    // and refused, as Python refuses it), the escape's text above.
+                    b'u' | b'U' => {
+                        let digits = if e == b'u' { 4 } else { 8 };
+                        let hex = self
+                            .s
+                            .get(self.pos..self.pos + digits)
+                            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                            .ok_or_else(|| {
+                                format!("truncated \\{} escape ({digits} hex digits)", e as char)
+                            })?;
+                        // Eight ASCII hex digits: at most 0xffffffff.
+                        let cp = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16)
+                            .unwrap_or(u32::MAX);
+                        self.pos += digits;
+                        match cp {
+                            0..=0xff => out.push(cp as u8),
+                            0x100..=0xffff => out.extend(format!("\\u{cp:04x}").bytes()),
+                            0x1_0000..=0x10_ffff => out.extend(format!("\\U{cp:08x}").bytes()),
+                            _ => return Err(format!("illegal Unicode character \\U{cp:08x}")),
+                        }
                     }
+                    b'N' => return Err("unsupported escape \\N{...}".into()),
                     // Python's `unicode_escape` keeps any other escape as it is (`\?` included).
                     other => out.extend_from_slice(&[b'\\', other]),
                 }
