@@ -294,6 +294,11 @@ fn patterns_in_any_component_and_directories_named_with_brackets() {
         assert_eq!(got.files().len(), 2, "{:?}", got.files());
         assert!(got.files().iter().all(|f| f.starts_with(&runs)));
     }
+    // One shard named as it is under `runs[1]/` is no pattern: it verifies alone, as under
+    // `runs1/` (a pattern's match would be missing its other shard).
+    let one = Checkpoint::open(runs.join("model.ckpt-0-00000-of-00002")).unwrap();
+    assert_eq!(one.files().len(), 1);
+    one.verify().unwrap();
     for arg in [sweep.clone(), sweep.join("model-0")] {
         same(arg, &open_case(&v2));
     }

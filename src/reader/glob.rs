@@ -30,12 +30,14 @@ pub(crate) fn key_has_magic(key: &str) -> bool {
     key.contains(['*', '?', '[', '\\'])
 }
 
-/// Whether any component of `path` is a pattern (a sharded V1 save's prefix is one).
+/// Whether `path` is used as a pattern (a sharded V1 save's prefix is one): a component has a
+/// special character, and the path does not name an entry as it is (`runs[1]/model.ckpt-0` is
+/// that file, no pattern).
 pub(crate) fn is_glob(path: &Path) -> bool {
     path.components().any(|c| match c {
         Component::Normal(name) => has_magic(&name_bytes(name)),
         _ => false,
-    })
+    }) && !path.exists()
 }
 
 /// The files `pattern` matches, sorted by path: each component with `*`, `?`, `[...]` or `\` is
@@ -459,6 +461,8 @@ mod tests {
         assert!(got("none/*/ck-0").is_empty());
         assert!(got("runs/*/none").is_empty());
         assert!(is_glob(Path::new("a/b*/c")) && !is_glob(Path::new("a/b/c")));
+        // Named as it is: no pattern.
+        assert!(!is_glob(&d.join("exp[1]/ck-0")) && is_glob(&d.join("exp[1]/ck-?")));
     }
 
     #[cfg(feature = "remote")]
