@@ -311,6 +311,25 @@ fn v1_files_and_globs_through_s3_equal_the_local_read() {
             assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
         }
     }
+    // A folder named with pattern characters that exists as it is named is that folder, as on
+    // disk (TensorFlow finds nothing there, its issue 34290); a pattern may still name it.
+    let runs = servers().root.join(BUCKET).join("runs[1]");
+    std::fs::create_dir_all(&runs).unwrap();
+    for e in std::fs::read_dir(fixture("v1_sharded")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("model.ckpt-0-") {
+            std::fs::copy(e.path(), runs.join(e.file_name())).unwrap();
+        }
+    }
+    for form in [
+        "runs[1]/model.ckpt-0-?????-of-00002",
+        "r?ns[[]1]/model.ckpt-0-?????-of-00002",
+    ] {
+        let url = format!("s3://{BUCKET}/{form}");
+        let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(remote.files().len(), 2, "{url}: {:?}", remote.files());
+        assert_eq!(remote.tensors(), local.tensors());
+    }
     // A V1 checkpoint larger than the bound on what is fetched whole: a clear error.
     let opts = RemoteOptions {
         whole_max_bytes: 100,

@@ -136,15 +136,31 @@ fn open_v1(
             }
             .into());
         }
-        // The folder before the first pattern character; a pattern in an earlier component
-        // than the last lists everything below it (as TensorFlow's GCS file system does).
-        let dir = glob::key_dir(prefix);
-        let recursive = prefix[dir.len()..].contains('/');
-        let mut found: Vec<Object> = client
-            .list(dir, recursive)?
-            .into_iter()
-            .filter(|o| glob::key_matches(prefix, o.path.as_ref()))
-            .collect();
+        let (folder, name) = prefix.split_at(prefix.rfind('/').map_or(0, |i| i + 1));
+        // A folder that holds keys as it is named is that folder (as on disk: `runs[1]/`), and
+        // only the last component is a pattern; otherwise the folder before the first pattern
+        // character is listed with everything below it, and each key matched component by
+        // component (as TensorFlow's GCS file system does).
+        let literal_folder = !glob::key_has_magic(folder) || client.has_keys_under(folder)?;
+        let mut found: Vec<Object> = if literal_folder {
+            client
+                .list(folder, false)?
+                .into_iter()
+                .filter(|o| {
+                    let key: &str = o.path.as_ref();
+                    key.strip_prefix(folder)
+                        .is_some_and(|base| glob::fnmatch(name.as_bytes(), base.as_bytes()))
+                })
+                .collect()
+        } else {
+            let dir = glob::key_dir(prefix);
+            let recursive = prefix[dir.len()..].contains('/');
+            client
+                .list(dir, recursive)?
+                .into_iter()
+                .filter(|o| glob::key_matches(prefix, o.path.as_ref()))
+                .collect()
+        };
         found.sort_by(|a, b| a.url.cmp(&b.url));
         // As on disk: a pattern that matches a V2 checkpoint's files names its prefix.
         if let Some(index) = found.iter().find(|o| o.url.ends_with(".index")) {
