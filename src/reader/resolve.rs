@@ -308,11 +308,12 @@ impl Tokens<'_> {
                                 _ => break,
                             }
                         }
-                        // Python decodes past \377 to a character no byte holds, and fails.
-                        out.push(
-                            u8::try_from(v)
-                                .map_err(|_| format!("octal escape past \\377 ({v:o})"))?,
-                        );
+                        // Past \377 Python's `unicode_escape` makes a character no byte holds,
+                        // which `raw_unicode_escape` writes as the text `\u0100` to `\u01ff`.
+                        match u8::try_from(v) {
+                            Ok(b) => out.push(b),
+                            Err(_) => out.extend(format!("\\u{v:04x}").bytes()),
+                        }
                     }
                     b'x' => {
                         let mut v = 0u32;
@@ -423,13 +424,38 @@ mod tests {
             parse_state(r#"model_checkpoint_path: "\x414b""#).unwrap(),
             "A4b"
         );
+        // `\u`, `\U` and octal past `\377` as Python's `CUnescape` (`unicode_escape`, then
+        // `raw_unicode_escape`) gives them, each checked against it: a byte below 256, the
+        // escape's text above.
+        for (text, want) in [
+            (r"ck\u0041", Ok("ckA")),
+            (r"\u00c3\u00a9", Ok("é")),
+            (r"\U00000041", Ok("A")),
+            (r"\u20AC", Ok(r"\u20ac")),
+            (r"\U0001F600", Ok(r"\U0001f600")),
+            (r"a\400b", Ok(r"a\u0100b")),
+            (r"\777", Ok(r"\u01ff")),
+            (r"\u00e9", Err("not UTF-8")),
+            (r"\u12", Err("truncated \\u")),
+            (r"\U00110000", Err("illegal Unicode")),
+            (r"\N{DIGIT ONE}", Err("\\N")),
+        ] {
+            let got = parse_state(&format!("model_checkpoint_path: \"{text}\""));
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{text}"),
+                Err(e) => assert!(
+                    got.as_ref().is_err_and(|g| g.contains(e)),
+                    "{text}: {got:?}"
+                ),
+            }
+        }
         // Other escapes stay as written, as Python's `unicode_escape` (the text format's
         // `CUnescape`) keeps them: `\?` and `\q` are two characters each.
         assert_eq!(
             parse_state(r#"model_checkpoint_path: "a\?b\qc\8""#).unwrap(),
             "a\\?b\\qc\\8"
         );
-        for bad in [r#""\u00e9""#, r#""\N{DIGIT ONE}""#, r#""\777""#] {
+        for bad in [r#""\u00e9""#, r#""\N{DIGIT ONE}""#] {
             assert!(
                 parse_state(&format!("model_checkpoint_path: {bad}")).is_err(),
                 "{bad}"
