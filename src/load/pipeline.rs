@@ -360,9 +360,11 @@ mod tests {
                 |_| 10,
                 |_, _, _, _| false,
                 |_| (),
-                |_| {
-                    // (A reader that fell behind skips what is done: the lead can be negative.)
-                    let p = prefetched.fetch_add(1, SeqCst) as i64 + 1;
+                |&i| {
+                    // The lead by the item's place (a reader that fell behind skips items that
+                    // are done, so a count of its calls would lag): it can be negative.
+                    let p = i as i64 + 1;
+                    prefetched.fetch_max(p as usize, SeqCst);
                     leads.lock().unwrap().push(p - done.load(SeqCst) as i64);
                 },
                 |&i| {
