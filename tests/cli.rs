@@ -1058,7 +1058,7 @@ fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("deep") && err.contains("rank 65") && err.contains("(64)"),
+        err.contains("tensor \"deep\" has rank 65") && err.contains("(64)"),
         "{err}"
     );
     assert!(!out.exists());

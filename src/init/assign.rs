@@ -376,18 +376,21 @@ impl Resolver<'_> {
             };
             let mut suggestions =
                 close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str()));
-            // A key without its trailing '/' that names a scope of the checkpoint.
+            // A name that is a scope of the checkpoint (`"bert/embeddings"` for its tensors):
+            // the tensors under it, which edit distance would not find.
             let scope = format!("{name}/");
-            if !name.is_empty()
-                && !name.ends_with('/')
-                && self
+            if !name.is_empty() && !name.ends_with('/') {
+                let under: Vec<String> = self
                     .ckpt
                     .tensors()
                     .iter()
-                    .any(|t| t.name.starts_with(&scope))
-            {
-                suggestions.insert(0, scope);
-                suggestions.truncate(3);
+                    .filter(|t| t.name.starts_with(&scope))
+                    .take(3)
+                    .map(|t| t.name.clone())
+                    .collect();
+                if !under.is_empty() {
+                    suggestions = under;
+                }
             }
             ErrorKind::MappedTensorNotFound {
                 ckpt: self.ckpt.prefix().to_path_buf(),

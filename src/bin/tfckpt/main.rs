@@ -309,6 +309,16 @@ fn get(ckpt_path: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResu
     let ckpt = Checkpoint::open(ckpt_path)?;
     out::check_file_out(out, "--out", || inputs(ckpt_path, &ckpt))?;
     let name = name.strip_suffix(":0").unwrap_or(name);
+    // A tensor NumPy cannot hold fails before it is read (a slice keeps the tensor's rank).
+    let rank = ckpt.tensor(name)?.shape.len();
+    if rank > npy::NUMPY_MAX_DIMS {
+        return Err(format!(
+            "tensor {name:?} has rank {rank}, more dimensions than NumPy 2 reads ({}): `tfckpt \
+             convert` writes it to a .safetensors file",
+            npy::NUMPY_MAX_DIMS
+        )
+        .into());
+    }
     let tensor = match slice {
         None => ckpt.read(name)?,
         Some(text) => {
@@ -545,7 +555,7 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
         .find(|v| v.shape.len() > npy::NUMPY_MAX_DIMS)
     {
         return Err(format!(
-            "variable {:?} has rank {}, more dimensions than NumPy reads ({}): write it to a \
+            "variable {:?} has rank {}, more dimensions than NumPy 2 reads ({}): write it to a \
              .safetensors file instead (--out FILE.safetensors)",
             v.name,
             v.shape.len(),

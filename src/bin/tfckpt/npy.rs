@@ -18,8 +18,9 @@ pub fn write_raw(
     w.write_all(data)
 }
 
-/// The most dimensions NumPy reads (`NPY_MAXDIMS` of NumPy 2; TensorFlow allows 254). A file of
-/// more would be one `np.load` refuses, as `tf.train.load_variable` fails on such a tensor.
+/// The most dimensions NumPy reads (`NPY_MAXDIMS` of NumPy 2; NumPy 1 reads 32; TensorFlow
+/// allows 254). A file of more would be one `np.load` refuses, as `tf.train.load_variable` fails
+/// on such a tensor.
 pub const NUMPY_MAX_DIMS: usize = 64;
 
 fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Result<()> {
@@ -27,7 +28,7 @@ fn write_header(mut w: impl Write, descr: &str, shape: &[u64]) -> std::io::Resul
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(
-                "a tensor of rank {} has more dimensions than NumPy reads ({NUMPY_MAX_DIMS})",
+                "a tensor of rank {} has more dimensions than NumPy 2 reads ({NUMPY_MAX_DIMS})",
                 shape.len()
             ),
         ));
