@@ -148,8 +148,8 @@ pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
 /// `a-z` by byte value, `-` first or last a member; `\c` a member; `[:alpha:]` and the other
 /// eleven POSIX classes; `[=c=]` and `[.c.]` the byte `c`). A `[` without its `]` is an
 /// ordinary `[`, and a malformed set matches as glibc's does (often nothing). A leading `.`
-/// needs no explicit match. O(pattern × name): on a mismatch, retry from the
-/// last `*` one byte later.
+/// needs no explicit match. Time O(pattern × name), times a set's length where a set is
+/// matched: on a mismatch, retry from the last `*` one byte later.
 pub(crate) fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
     let (mut p, mut i) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
