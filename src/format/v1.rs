@@ -113,10 +113,11 @@ impl V1Set {
                     "no saved tensor slices record (key \"\") at the beginning of the file".into(),
                 )
             })?;
+            // A record without `meta` (empty, say) lists no tensors, as TensorFlow reads it
+            // (`sts.meta()` is then the empty default, and its versions pass).
             let meta = proto::SavedTensorSlices::decode(&*value)
-                .ok()
-                .and_then(|s| s.meta)
-                .ok_or_else(|| {
+                .map(|s| s.meta.unwrap_or_default())
+                .map_err(|_| {
                     bad_header("the record with key \"\" is not a SavedTensorSliceMeta".into())
                 })?;
             check_version(path, meta.versions.as_ref())?;
@@ -966,6 +967,16 @@ pub(crate) mod tests {
         header(&path, &e, "no saved tensor slices record (key \"\")");
         let (path, e) = open("bad_meta", vec![(Vec::new(), vec![0x0a, 0xff]), ok_data()]);
         header(&path, &e, "is not a SavedTensorSliceMeta");
+        // An empty `""` record lists no tensors, as TensorFlow reads it: the file opens, and its
+        // data records are no tensors of the checkpoint.
+        let path = dir.path().join("empty_meta");
+        std::fs::write(&path, raw_file(vec![(Vec::new(), Vec::new()), ok_data()])).unwrap();
+        let c = crate::Checkpoint::open(&path).unwrap();
+        assert!(c.tensors().is_empty());
+        assert!(c.read("t").unwrap_err().is_not_found());
+        // `verify` still names the record no metadata lists.
+        let e = c.verify().unwrap_err().to_string();
+        assert!(e.contains("the file's metadata does not list"), "{e}");
         let entry = |e: &crate::Error, tensor: &str, reason: &str| {
             assert!(
                 matches!(e.kind(), crate::ErrorKind::BadEntry { tensor: t, reason: r, .. }
