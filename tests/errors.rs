@@ -1656,7 +1656,7 @@ fn a_part_named_as_a_partitioned_variable_is_refused() {
 /// map key that names a scope of the checkpoint suggests the tensors under it.
 #[test]
 fn mistaken_paths_and_keys_say_what_to_pass() {
-    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/h1_basic");
+    let case = fixture("h1_basic");
     let e = Checkpoint::open(case.join("checkpoint"))
         .unwrap_err()
         .to_string();

@@ -15,3 +15,15 @@ pub(crate) mod sigbus;
 pub(crate) mod slice;
 pub(crate) mod suggest;
 pub(crate) mod tensor;
+
+/// Deterministic pseudo-random numbers below `n`, from `seed` (xorshift64), for the tests that
+/// generate inputs.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}

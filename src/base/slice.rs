@@ -500,15 +500,7 @@ pub(crate) fn for_each_run(src: &Region, dst: &Region, inter: &Region, mut f: im
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random numbers below `n`, from `seed` (xorshift64).
-    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        }
-    }
+    use crate::base::xorshift;
 
     /// `run_along` boxes tile their box in row-major order: each `k`, cut into runs of `per`
     /// indices, gives boxes whose elements are the next ones of the layout, one after the other.

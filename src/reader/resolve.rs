@@ -540,13 +540,8 @@ mod tests {
     fn the_state_parser_takes_any_bytes_without_panicking() {
         let base = b"model_checkpoint_path: \"a\\101\\x4g'\\?\" 'b'\nall_model_checkpoint_timestamps: 1.5e9\nlast_preserved_timestamp: -inff # c\n";
         let alphabet = b"\"'\\:#;,\n\t\x0b 0179xXeEfF.+-_nN[]{}u\xff\xc3\xa9";
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rng = crate::base::xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: usize| rng(n as u64) as usize;
         let mut parsed = 0;
         for _ in 0..50_000 {
             let mut t = base.to_vec();
