@@ -1,7 +1,8 @@
 //! "Did you mean" suggestions for names that were not found.
 
-/// Up to three candidates close to `target`: a small edit distance, the same last path component, or
-/// the same scope.
+/// Up to three candidates close to `target`: first names under it when it is a scope of theirs
+/// (`"bert/embeddings"` for `bert/embeddings/word_embeddings`, which no edit distance finds), then
+/// a small edit distance, the same last path component, or the same scope.
 pub(crate) fn close_names<'a>(
     target: &str,
     candidates: impl Iterator<Item = &'a str>,
@@ -11,16 +12,20 @@ pub(crate) fn close_names<'a>(
     let parent = |s: &str| s.rsplit_once('/').map(|(p, _)| p.to_string());
     let target_parent = parent(target);
     let limit = (target.chars().count() / 4).max(2);
+    let scope = format!("{target}/");
     let mut scored: Vec<(usize, &str)> = candidates
         .filter_map(|c| {
+            if !target.is_empty() && !target.ends_with('/') && c.starts_with(&scope) {
+                return Some((0, c));
+            }
             let d = edit_distance(target, c);
             if d <= limit {
-                Some((d, c))
+                Some((d + 1, c))
             } else if !target_last.is_empty() && last(c) == target_last {
-                Some((limit + 1, c))
+                Some((limit + 2, c))
             } else if target_parent.is_some() && parent(c) == target_parent {
                 // A sibling in the same scope.
-                Some((limit + 2, c))
+                Some((limit + 3, c))
             } else {
                 None
             }
@@ -68,6 +73,11 @@ mod tests {
             vec!["other/kernel"]
         );
         assert!(close_names("completely_different_name", names.into_iter()).is_empty());
+        // A scope of the names: the names under it first.
+        assert_eq!(
+            close_names("useful_scope", names.into_iter()),
+            vec!["useful_scope/var4"]
+        );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -374,31 +374,13 @@ impl Resolver<'_> {
                 ErrorKind::TensorNotFound { absent_files, .. } => absent_files,
                 _ => Vec::new(),
             };
-            let mut suggestions =
-                close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str()));
-            // A name that is a scope of the checkpoint (`"bert/embeddings"` for its tensors):
-            // the tensors under it, which edit distance would not find.
-            let scope = format!("{name}/");
-            if !name.is_empty() && !name.ends_with('/') {
-                let under: Vec<String> = self
-                    .ckpt
-                    .tensors()
-                    .iter()
-                    .filter(|t| t.name.starts_with(&scope))
-                    .take(3)
-                    .map(|t| t.name.clone())
-                    .collect();
-                if !under.is_empty() {
-                    suggestions = under;
-                }
-            }
             ErrorKind::MappedTensorNotFound {
                 ckpt: self.ckpt.prefix().to_path_buf(),
                 tensor: name.into(),
                 variable: variable.into(),
                 key: key.into(),
                 target: target.describe(),
-                suggestions,
+                suggestions: close_names(name, self.ckpt.tensors().iter().map(|t| t.name.as_str())),
                 absent_files,
             }
             .into()

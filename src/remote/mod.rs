@@ -115,17 +115,12 @@ fn open_v1(
     options: &RemoteOptions,
 ) -> Result<Vec<FetchedFile>> {
     use crate::reader::glob;
-    // A key that names an object is that object, whatever its characters (as on disk).
-    let literal = if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https)
-        || !glob::key_has_magic(prefix)
-    {
-        None
-    } else {
-        client.exists(prefix)?
-    };
-    let objects: Vec<Object> = if let Some(o) = literal {
+    let objects: Vec<Object> = if !glob::key_has_magic(prefix) {
+        client.exists(prefix)?.into_iter().collect()
+    } else if let Some(o) = client.exists(prefix)? {
+        // A key that names an object is that object, whatever its characters (as on disk).
         vec![o]
-    } else if glob::key_has_magic(prefix) {
+    } else {
         if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https) {
             return Err(ErrorKind::Remote {
                 url: loc.url(prefix),
@@ -172,8 +167,6 @@ fn open_v1(
             .into());
         }
         found
-    } else {
-        client.exists(prefix)?.into_iter().collect()
     };
     if objects.is_empty() {
         return Err(ErrorKind::NotFound {
