@@ -392,3 +392,101 @@ fn laziness_the_call_reads_no_tensor_bytes() {
     init_from_checkpoint(&mut store, tmp.path(), &map).unwrap();
     assert_eq!(store.pending("a/var1").unwrap().tensor, "var1");
 }
+
+/// The random cases of `tests/fixtures/differential.py` (made by TensorFlow 2.21 into the folder
+/// `TFCKPT_RANDOM_CASES` names): every value bit for bit, every error where TensorFlow raised one,
+/// and every difference one of the documented ones (README: "Deliberate differences"). Manual:
+/// the cases need TensorFlow to make.
+#[test]
+#[ignore = "needs the cases of tests/fixtures/differential.py (TensorFlow): TFCKPT_RANDOM_CASES=DIR"]
+fn random_cases_agree_with_tensorflow() {
+    let Some(root) = std::env::var_os("TFCKPT_RANDOM_CASES") else {
+        panic!("TFCKPT_RANDOM_CASES names no folder of cases");
+    };
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(Path::new(&root).join("init"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    let (mut values, mut errors, mut known) = (0, 0, Vec::new());
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let outcome = run(case);
+        let err_file = case.join("expected/error.json");
+        let tf_error = err_file.is_file().then(|| json(&err_file));
+        match (outcome, tf_error) {
+            (Outcome::Values(store), None) => {
+                let case = case.clone();
+                let check = std::panic::AssertUnwindSafe(move || check_values(&case, &store));
+                match std::panic::catch_unwind(check) {
+                    Ok(n) => values += n,
+                    Err(p) => wrong.push(panic_text(p)),
+                }
+            }
+            (Outcome::CallError(_), Some(_)) => errors += 1,
+            (Outcome::RunError(_), Some(tf)) if tf["phase"] == "run" => errors += 1,
+            (Outcome::Values(_), Some(tf))
+                if tf["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Dtype") && m.contains("not supported")) =>
+            {
+                // TF cannot re-partition float16, uint16/32/64 or strings; tfckpt can.
+                known.push(format!(
+                    "{}: re-partitioned a dtype TF cannot",
+                    case.display()
+                ));
+            }
+            (Outcome::CallError(e), None) if e.contains("shape") && tf_reshaped(case) => {
+                // TF let a resource variable take the checkpoint's shape; tfckpt refuses.
+                known.push(format!("{}: shape refused at call time", case.display()));
+            }
+            (ours, tf) => wrong.push(format!(
+                "{}: TensorFlow gave {}, tfckpt {ours:?}",
+                case.display(),
+                tf.map_or("values".to_string(), |t| format!(
+                    "an error at {} ({})",
+                    t["phase"], t["message"]
+                )),
+            )),
+        }
+    }
+    eprintln!(
+        "{} cases: {values} values equal TensorFlow's, {errors} errors as in TensorFlow, {} \
+         documented differences, {} wrong",
+        cases.len(),
+        known.len(),
+        wrong.len()
+    );
+    for k in known.iter().take(5) {
+        eprintln!("  known: {k}");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        values > 0 && errors > 0,
+        "the folder holds no cases of one kind"
+    );
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Whether TensorFlow's value of some variable of the case has another shape than MODEL.json
+/// gives it (a resource variable that took the checkpoint's shape).
+fn tf_reshaped(case: &Path) -> bool {
+    let model = json(&case.join("model.json"));
+    model["variables"].as_array().unwrap().iter().any(|v| {
+        let name = v["name"].as_str().unwrap();
+        let shape: Vec<u64> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        let f = case.join("expected").join(format!("{name}.npy"));
+        f.is_file() && npy::read(std::fs::File::open(&f).unwrap()).unwrap().shape != shape
+    })
+}
