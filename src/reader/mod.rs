@@ -2,7 +2,9 @@
 //! tensor, verify), built on `format`.
 
 mod assemble;
+mod char_names;
 pub(crate) mod checkpoint;
 pub(crate) mod glob;
 pub(crate) mod resolve;
+pub(crate) mod state;
 pub(crate) mod stored;

@@ -284,7 +284,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
     let (_, text) = fetch_whole(client, state, "the 'checkpoint' state file")?;
     let text = String::from_utf8(text)
         .map_err(|_| no_ckpt(format!("{} is not UTF-8 text", loc.url(&state_key))))?;
-    let path = crate::reader::resolve::parse_state(&text).map_err(|reason| {
+    let path = crate::reader::state::parse_state(&text).map_err(|reason| {
         no_ckpt(format!(
             "{} is not a valid CheckpointState: {reason}",
             loc.url(&state_key)
