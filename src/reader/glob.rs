@@ -2,8 +2,8 @@
 //! walks the pattern one path component at a time, matching the children of each directory with
 //! POSIX `fnmatch(pattern, path, FNM_PATHNAME)`. Here each component is matched as glibc's
 //! `fnmatch` does in the C locale, one byte per character. (TensorFlow runs in Python's UTF-8
-//! locale, where glibc 2.36 also matches by character: `ck-?` matches `ck-é` there, not here.
-//! Only non-ASCII names differ.)
+//! locale, where glibc 2.36 matches if either the characters or the bytes match: what matches
+//! here matches there, and `ck-?` also matches `ck-é` there. Only non-ASCII names differ.)
 //!
 //! Differences, on purpose: a component that names an existing entry literally is that entry
 //! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue
