@@ -198,11 +198,9 @@ impl<'a> Tokenizer<'a> {
                             i += 1;
                             break;
                         }
-                        Some(b'\\') if i + 1 < rest.len() => {
-                            // A backslash and the character after it, whole.
-                            let next = self.line[self.col + i + 1..].chars().next();
-                            i += 1 + next.map_or(1, char::len_utf8);
-                        }
+                        // A backslash and the byte after it (the rest of a character after it
+                        // is neither a quote nor a backslash, so it goes on byte by byte).
+                        Some(b'\\') if i + 1 < rest.len() => i += 2,
                         Some(_) => i += 1,
                     }
                 }
