@@ -223,17 +223,17 @@ impl<'a> Tokenizer<'a> {
             return Ok(None);
         }
         // `ConsumeString`: adjacent quoted strings, each unescaped, joined, then UTF-8.
-        let (mut bytes, mut strings) = (Vec::new(), 0);
+        let (mut bytes, mut any) = (Vec::new(), false);
         loop {
             let text = self.token();
             let q = text.chars().next();
             if !matches!(q, Some('"' | '\'')) {
-                if strings == 0 {
+                if !any {
                     return Err(self.error("expected a quoted string"));
                 }
                 break;
             }
-            strings += 1;
+            any = true;
             if text.len() < 2 || text.chars().next_back() != q {
                 return Err(self.error("a string without its closing quote"));
             }
