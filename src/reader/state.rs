@@ -508,6 +508,10 @@ mod tests {
             ("model_checkpoint_path: \"\\u12\"", None),
             ("model_checkpoint_path: \"\\U00110000\"", None),
             ("model_checkpoint_path: \"a\\U0010ffffb\"", Some("a\u{10ffff}b")),
+            // `\u005c` is a backslash that `unicode_escape` then reads as an escape.
+            ("model_checkpoint_path: \"a\\u005c\\u000ab\"", Some("ab")),
+            ("model_checkpoint_path: \"a\\u005cnb\"", Some("a\nb")),
+            ("model_checkpoint_path: \"a\\u005c\"", None),
             ("model_checkpoint_path: \"\\ud800\"", None),
             ("model_checkpoint_path: \"\\N{DIGIT ONE}\\N{latin small letter a}\\N{LF}\"", Some("1a\n")),
             ("model_checkpoint_path: \"\\N{LATIN CAPITAL LETTER A WITH TILDE}\\N{COPYRIGHT SIGN}\"", Some("é")),
