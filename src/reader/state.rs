@@ -360,11 +360,10 @@ fn c_unescape(text: &str) -> Result<Vec<u8>, &'static str> {
                     b'u' => 4,
                     _ => 8,
                 };
+                // Past U+10FFFF Python says "illegal Unicode character"; past U+00FF it is no
+                // Latin-1 either way.
                 let cp =
                     hex_digits(&utf8, &mut i, digits).ok_or("truncated \\x, \\u or \\U escape")?;
-                if cp > 0x10_ffff {
-                    return Err("illegal Unicode character");
-                }
                 out.push(latin1(cp)?);
             }
             b'N' => {
@@ -427,16 +426,14 @@ fn parse_float(token: &str) -> bool {
 }
 
 /// Whether Python's `float()` takes the token (it holds no spaces): any Unicode decimal digit
-/// counts as its ASCII digit, then decimal digits with single `_` between them, an optional
-/// point and exponent, or `inf`, `infinity`, `nan`, with a sign.
+/// counts as its ASCII digit (any other non-ASCII character fails it), then decimal digits with
+/// single `_` between them, an optional point and exponent, or `inf`, `infinity`, `nan`, with a
+/// sign.
 fn python_float(token: &str) -> bool {
     let mut ascii = String::with_capacity(token.len());
     for c in token.chars() {
-        match decimal_digit(c) {
-            Some(d) => ascii.push(char::from(b'0' + d)),
-            None if c.is_ascii() => ascii.push(c),
-            None => return false,
-        }
+        // Any other character is kept, and fails the grammar below unless it is ASCII.
+        ascii.push(decimal_digit(c).map_or(c, |d| char::from(b'0' + d)));
     }
     let s = ascii
         .strip_prefix(['+', '-'])
@@ -512,6 +509,11 @@ mod tests {
             ("model_checkpoint_path: \"a\\u005c\\u000ab\"", Some("ab")),
             ("model_checkpoint_path: \"a\\u005cnb\"", Some("a\nb")),
             ("model_checkpoint_path: \"a\\u005c\"", None),
+            ("model_checkpoint_path: \"a\\u005cu0041b\"", Some("aAb")),
+            ("model_checkpoint_path: \"a\\u005cU00000041b\"", Some("aAb")),
+            ("model_checkpoint_path: \"a\\u005cx41\"", Some("aA")),
+            ("model_checkpoint_path: \"a\\u005cu00e9\"", None),
+            ("model_checkpoint_path: \"a\\u005cu20ac\"", None),
             ("model_checkpoint_path: \"\\ud800\"", None),
             ("model_checkpoint_path: \"\\N{DIGIT ONE}\\N{latin small letter a}\\N{LF}\"", Some("1a\n")),
             ("model_checkpoint_path: \"\\N{LATIN CAPITAL LETTER A WITH TILDE}\\N{COPYRIGHT SIGN}\"", Some("é")),
