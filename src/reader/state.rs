@@ -33,14 +33,14 @@ pub(crate) fn parse_state(text: &str) -> Result<String, String> {
     let mut t = Tokenizer::new(text);
     let mut path = String::new();
     while !t.at_end() {
-        let name = t.token();
-        let field = match name {
-            "model_checkpoint_path" => Field::Path,
-            "all_model_checkpoint_paths" => Field::Paths,
-            "all_model_checkpoint_timestamps" | "last_preserved_timestamp" => Field::Number,
+        // Each field, and whether it is repeated (which lets it take a list).
+        let (field, repeated) = match t.token() {
+            "model_checkpoint_path" => (Field::Path, false),
+            "all_model_checkpoint_paths" => (Field::Paths, true),
+            "all_model_checkpoint_timestamps" => (Field::Number, true),
+            "last_preserved_timestamp" => (Field::Number, false),
             _ => return Err(t.error("expected a field of CheckpointState")),
         };
-        let repeated = name.starts_with("all_");
         t.next();
         if t.token() != ":" {
             return Err(t.error("expected ':'"));
