@@ -1,9 +1,11 @@
 //! Path patterns as TensorFlow matches them (docs/format.md#14-v1-or-v2): `GetMatchingPaths`
 //! walks the pattern one path component at a time, matching the children of each directory with
-//! POSIX `fnmatch(pattern, path, FNM_PATHNAME)`. Here each component is matched as glibc's
-//! `fnmatch` does in the C locale, one byte per character. (TensorFlow runs in Python's UTF-8
-//! locale, where glibc 2.36 matches if either the characters or the bytes match: what matches
-//! here matches there, and `ck-?` also matches `ck-é` there. Only non-ASCII names differ.)
+//! POSIX `fnmatch(pattern, path, FNM_PATHNAME)` in the process's character-type locale. Here each
+//! component is matched as glibc's `fnmatch` does in the locale Python 3 gives TensorFlow: on Linux
+//! with glibc, by glibc's own `fnmatch` in that locale (UTF-8 unless `LC_ALL` says otherwise: a
+//! `?` or a set then also stands for one non-ASCII character, as it does in TensorFlow); in the C
+//! locale and on other systems by [`fnmatch_bytes`], which does what glibc does in the C locale,
+//! one byte per character.
 //!
 //! Differences, on purpose: a component that names an existing entry literally is that entry
 //! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue
@@ -46,6 +48,11 @@ pub(crate) fn is_glob(path: &Path) -> bool {
 /// an existing entry literally is that entry. A pattern without such characters matches itself
 /// if it is a file.
 pub(crate) fn glob_files(pattern: &Path) -> Result<Vec<PathBuf>> {
+    glob_files_with(pattern, fnmatch)
+}
+
+/// [`glob_files`], with `matches` deciding whether a name matches a component.
+fn glob_files_with(pattern: &Path, matches: impl Fn(&[u8], &[u8]) -> bool) -> Result<Vec<PathBuf>> {
     let parts: Vec<Component<'_>> = pattern.components().collect();
     let Some(first_magic) = parts.iter().position(|c| match c {
         Component::Normal(name) => has_magic(&name_bytes(name)),
@@ -95,7 +102,7 @@ pub(crate) fn glob_files(pattern: &Path) -> Result<Vec<PathBuf>> {
             next.extend(
                 entries
                     .filter_map(|e| e.ok())
-                    .filter(|e| fnmatch(&pat, &name_bytes(&e.file_name())))
+                    .filter(|e| matches(&pat, &name_bytes(&e.file_name())))
                     .map(|e| base.join(e.file_name()))
                     .filter(|p| keep(p)),
             );
@@ -131,8 +138,8 @@ pub(crate) fn key_dir(pattern: &str) -> &str {
     fixed.rfind('/').map_or("", |i| &pattern[..=i])
 }
 
-/// A file name's bytes, as `fnmatch` compares them: on Unix the name's own bytes, compared one by
-/// one whether UTF-8 or not; elsewhere its UTF-8, lossily.
+/// A file name's bytes, as `fnmatch` takes them: on Unix the name's own bytes, UTF-8 or not;
+/// elsewhere its UTF-8, lossily.
 pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
     #[cfg(unix)]
     return std::borrow::Cow::Borrowed(std::os::unix::ffi::OsStrExt::as_bytes(name));
@@ -140,6 +147,93 @@ pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
     match name.to_string_lossy() {
         std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
         std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+    }
+}
+
+/// Whether `name` (one path component) matches `pat` as TensorFlow's `fnmatch(pat, name,
+/// FNM_PATHNAME)` decides it in the character-type locale Python gives it in this environment
+/// ([`ctype::python_locale`]). glibc matches there character by character, and if that fails,
+/// byte by byte (so `?` matches `é` there, and `??` too). In the C locale, where no such locale
+/// can be had, or off glibc: [`fnmatch_bytes`].
+pub(crate) fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Some(m) = ctype::python_locale().and_then(|l| l.fnmatch(pat, name)) {
+        return m;
+    }
+    fnmatch_bytes(pat, name)
+}
+
+/// The locale whose character types Python 3 gives the process TensorFlow runs in, and glibc's
+/// `fnmatch` in it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) mod ctype {
+    use std::ffi::{CStr, CString, OsString};
+    use std::sync::OnceLock;
+
+    /// A glibc locale object holding one `LC_CTYPE` category; never freed (one per process).
+    pub(crate) struct Locale(libc::locale_t);
+
+    // SAFETY: a glibc locale object is not changed after `newlocale` made it, and `uselocale`
+    // installs it for the calling thread only, so any thread may use it at any time.
+    unsafe impl Send for Locale {}
+    unsafe impl Sync for Locale {}
+
+    impl Locale {
+        /// The locale named `name`, if this system has it.
+        pub(crate) fn load(name: &CStr) -> Option<Locale> {
+            // SAFETY: a NUL-terminated name and no base locale; a null result is a refusal.
+            let loc = unsafe {
+                libc::newlocale(libc::LC_CTYPE_MASK, name.as_ptr(), std::ptr::null_mut())
+            };
+            (!loc.is_null()).then_some(Locale(loc))
+        }
+
+        /// glibc's `fnmatch(pat, name, FNM_PATHNAME)` in this locale; `None` where either holds
+        /// a NUL byte (no path component does; TensorFlow's C string would end there).
+        pub(crate) fn fnmatch(&self, pat: &[u8], name: &[u8]) -> Option<bool> {
+            let (pat, name) = (CString::new(pat).ok()?, CString::new(name).ok()?);
+            // SAFETY: the locale object lives as long as `self`; the thread's own locale is put
+            // back before returning; both strings are NUL-terminated and outlive the call.
+            unsafe {
+                let previous = libc::uselocale(self.0);
+                let r = libc::fnmatch(pat.as_ptr(), name.as_ptr(), libc::FNM_PATHNAME);
+                libc::uselocale(previous);
+                Some(r == 0)
+            }
+        }
+    }
+
+    /// The locale Python 3 (3.7 and later) sets for `LC_CTYPE` at its start, from this process's
+    /// environment, or `None` for the C locale. glibc takes the first of `LC_ALL`, `LC_CTYPE` and
+    /// `LANG` that is set and not empty; a name it does not have, or none, is the C locale. Python
+    /// then coerces the C locale to the first of `C.UTF-8`, `C.utf8` and `UTF-8` that exists
+    /// (PEP 538), unless `LC_ALL` is set or `PYTHONCOERCECLOCALE` is `0`. Read once.
+    pub(crate) fn python_locale() -> Option<&'static Locale> {
+        static LOCALE: OnceLock<Option<Locale>> = OnceLock::new();
+        LOCALE
+            .get_or_init(|| choose(|k| std::env::var_os(k), Locale::load))
+            .as_ref()
+    }
+
+    /// [`python_locale`] for the environment `env`, with `load` for the locales this system
+    /// has.
+    pub(crate) fn choose<L>(
+        env: impl Fn(&str) -> Option<OsString>,
+        load: impl Fn(&CStr) -> Option<L>,
+    ) -> Option<L> {
+        let set = |k: &str| env(k).filter(|v| !v.is_empty());
+        let named = ["LC_ALL", "LC_CTYPE", "LANG"].into_iter().find_map(set);
+        let chosen = named
+            .filter(|n| n != "C" && n != "POSIX")
+            .and_then(|n| CString::new(std::os::unix::ffi::OsStringExt::into_vec(n)).ok())
+            .and_then(|n| load(&n));
+        if chosen.is_some()
+            || set("LC_ALL").is_some()
+            || env("PYTHONCOERCECLOCALE").is_some_and(|v| v == "0")
+        {
+            return chosen;
+        }
+        [c"C.UTF-8", c"C.utf8", c"UTF-8"].into_iter().find_map(load)
     }
 }
 
@@ -151,7 +245,7 @@ pub(crate) fn name_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
 /// ordinary `[`, and a malformed set matches as glibc's does (often nothing). A leading `.`
 /// needs no explicit match. Time O(pattern × name), times a set's length where a set is
 /// matched: on a mismatch, retry from the last `*` one byte later.
-pub(crate) fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
+pub(crate) fn fnmatch_bytes(pat: &[u8], name: &[u8]) -> bool {
     let (mut p, mut i) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while i < name.len() {
@@ -503,6 +597,123 @@ mod tests {
         );
     }
 
+    /// What TensorFlow's own `tf.io.gfile.glob` found for 347 patterns over names with non-ASCII
+    /// characters (`tests/fixtures/tf/glob_cases.json`, written by generate.py): in the locale
+    /// Python gives it (C.UTF-8), and with `LC_ALL=C`. In C.UTF-8 a `?`, a set or a class stands
+    /// for one character, and glibc tries the bytes after the characters.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn patterns_as_tensorflow_globs_them() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tf/glob_cases.json"
+        ))
+        .unwrap();
+        let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in cases["files"].as_array().unwrap() {
+            let f = d.join(f.as_str().unwrap());
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, b"x").unwrap();
+        }
+        let glob = |pat: &str, matches: &dyn Fn(&[u8], &[u8]) -> bool| -> Vec<String> {
+            glob_files_with(&d.join(pat), matches)
+                .unwrap()
+                .iter()
+                .map(|f| f.strip_prefix(d).unwrap().to_str().unwrap().to_owned())
+                .collect()
+        };
+        // The locale this process's environment gives Python, by name, where the file has it.
+        let ours = ctype::choose(
+            |k| std::env::var_os(k),
+            |n| ctype::Locale::load(n).map(|_| n.to_str().unwrap().to_owned()),
+        )
+        .unwrap_or_else(|| "C".into());
+        let (mut checked, mut runs) = (0, 0);
+        for run in cases["runs"].as_array().unwrap() {
+            let name = run["locale"].as_str().unwrap();
+            let locale = match name {
+                "C" => None,
+                _ => match ctype::Locale::load(&std::ffi::CString::new(name).unwrap()) {
+                    Some(l) => Some(l),
+                    None => {
+                        eprintln!(
+                            "not checked: TensorFlow's glob in {name} (this system lacks it)"
+                        );
+                        continue;
+                    }
+                },
+            };
+            let matches = |p: &[u8], n: &[u8]| match &locale {
+                Some(l) => l.fnmatch(p, n).unwrap(),
+                None => fnmatch_bytes(p, n),
+            };
+            runs += 1;
+            for (pat, want) in run["matches"].as_object().unwrap() {
+                let want: Vec<&str> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap())
+                    .collect();
+                assert_eq!(glob(pat, &matches), want, "{pat:?} in {name}");
+                if name == ours {
+                    assert_eq!(glob(pat, &fnmatch), want, "{pat:?} here ({name})");
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            runs >= 1 && checked >= 347,
+            "{runs} runs, {checked} patterns"
+        );
+    }
+
+    /// Which locale Python 3.11 gave `LC_CTYPE` in each environment (measured, `env -i ...
+    /// python3 -c 'import locale; print(locale.setlocale(locale.LC_CTYPE))'`, on a system whose
+    /// locales are C, C.UTF-8 (also named C.utf8) and POSIX).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_locale_python_sets() {
+        let load = |n: &std::ffi::CStr| {
+            let n = n.to_str().unwrap();
+            ["C.UTF-8", "C.utf8"].contains(&n).then(|| n.to_owned())
+        };
+        for (env, python) in [
+            ("", "C.UTF-8"),
+            ("LANG=C", "C.UTF-8"),
+            ("LANG=POSIX", "C.UTF-8"),
+            ("LC_ALL=C", "C"),
+            ("LC_ALL=POSIX", "C"),
+            ("LANG=C.UTF-8", "C.UTF-8"),
+            ("LANG=xx_XX.UTF-8", "C.UTF-8"),
+            ("LC_ALL=xx_XX.UTF-8", "C"),
+            ("LC_CTYPE=C LANG=C.UTF-8", "C.UTF-8"),
+            ("LC_ALL= LANG=C", "C.UTF-8"),
+            ("LC_ALL=C LC_CTYPE=C.UTF-8", "C"),
+            ("PYTHONCOERCECLOCALE=0", "C"),
+            ("PYTHONCOERCECLOCALE=0 LANG=C.UTF-8", "C.UTF-8"),
+            ("LANG=C.utf8", "C.utf8"),
+            ("LANG=UTF-8", "C.UTF-8"),
+            ("LANG=c.utf-8", "C.UTF-8"),
+            ("LC_CTYPE=UTF-8", "C.UTF-8"),
+        ] {
+            let vars: Vec<(&str, &str)> = env
+                .split(' ')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| kv.split_once('=').unwrap())
+                .collect();
+            let get = |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            };
+            let got = ctype::choose(get, load).unwrap_or_else(|| "C".into());
+            assert_eq!(got, python, "{env:?}");
+        }
+    }
+
     #[test]
     fn globbing() {
         assert!(fnmatch(
@@ -613,7 +824,7 @@ mod tests {
             // SAFETY: two NUL-terminated strings that outlive the call.
             let theirs =
                 unsafe { libc::fnmatch(cp.as_ptr(), cn.as_ptr(), libc::FNM_PATHNAME) } == 0;
-            let ours = fnmatch(&pat, &name);
+            let ours = fnmatch_bytes(&pat, &name);
             assert_eq!(
                 ours,
                 theirs,
@@ -668,7 +879,7 @@ mod tests {
             ("[a[:zz:]]", "a]", true),
         ] {
             assert_eq!(
-                fnmatch(pat.as_bytes(), name.as_bytes()),
+                fnmatch_bytes(pat.as_bytes(), name.as_bytes()),
                 glibc,
                 "{pat} {name}"
             );
@@ -682,7 +893,7 @@ mod tests {
             (long("[a", 2047), "a", false),
         ] {
             assert_eq!(
-                fnmatch(pat.as_bytes(), name.as_bytes()),
+                fnmatch_bytes(pat.as_bytes(), name.as_bytes()),
                 glibc,
                 "{}",
                 pat.len()
@@ -752,7 +963,7 @@ mod tests {
             // SAFETY: two NUL-terminated strings that outlive the call.
             let theirs =
                 unsafe { libc::fnmatch(cp.as_ptr(), cn.as_ptr(), libc::FNM_PATHNAME) } == 0;
-            if fnmatch(&pat, &name) != theirs {
+            if fnmatch_bytes(&pat, &name) != theirs {
                 differ.push((
                     String::from_utf8_lossy(&pat).into_owned(),
                     String::from_utf8_lossy(&name).into_owned(),
