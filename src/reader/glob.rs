@@ -2,10 +2,10 @@
 //! walks the pattern one path component at a time, matching the children of each directory with
 //! POSIX `fnmatch(pattern, path, FNM_PATHNAME)` in the process's character-type locale. Here each
 //! component is matched as glibc's `fnmatch` does in the locale Python 3 gives TensorFlow: on Linux
-//! with glibc, by glibc's own `fnmatch` in that locale (UTF-8 unless `LC_ALL` says otherwise: a
-//! `?` or a set then also stands for one non-ASCII character, as it does in TensorFlow); in the C
-//! locale and on other systems by [`fnmatch_bytes`], which does what glibc does in the C locale,
-//! one byte per character.
+//! with glibc, by glibc's own `fnmatch` in that locale (C.UTF-8 unless the environment names
+//! another or forbids coercion: a `?` or a set then also stands for one non-ASCII character, as
+//! it does in TensorFlow); in the C locale and on other systems by [`fnmatch_bytes`], which does
+//! what glibc does in the C locale, one byte per character.
 //!
 //! Differences, on purpose: a component that names an existing entry literally is that entry
 //! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue
@@ -170,13 +170,23 @@ pub(crate) mod ctype {
     use std::ffi::{CStr, CString, OsString};
     use std::sync::OnceLock;
 
-    /// A glibc locale object holding one `LC_CTYPE` category; never freed (one per process).
+    /// A glibc locale object whose `LC_CTYPE` is the named locale's (the other categories are
+    /// the C locale's, as in TensorFlow's process: Python sets only `LC_CTYPE`).
     pub(crate) struct Locale(libc::locale_t);
 
-    // SAFETY: a glibc locale object is not changed after `newlocale` made it, and `uselocale`
-    // installs it for the calling thread only, so any thread may use it at any time.
+    // SAFETY: POSIX lets any number of threads use one locale object at once (glibc fills its
+    // lazily built conversion data under its own lock), `uselocale` installs it for the calling
+    // thread only, and the object is freed only by `drop`, when no thread can be using it.
     unsafe impl Send for Locale {}
     unsafe impl Sync for Locale {}
+
+    impl Drop for Locale {
+        fn drop(&mut self) {
+            // SAFETY: made by `newlocale`, freed once, installed on no thread (`fnmatch` puts
+            // the thread's own locale back before it returns).
+            unsafe { libc::freelocale(self.0) }
+        }
+    }
 
     impl Locale {
         /// The locale named `name`, if this system has it.
@@ -577,7 +587,8 @@ mod tests {
     }
 
     /// Names that are not UTF-8 are matched by their bytes (they became U+FFFD each, so that
-    /// `ck\xff-*` matched `ck\xfe-0` too).
+    /// `ck\xff-*` matched `ck\xfe-0` too). (In a UTF-8 locale glibc 2.36 also matches them byte by
+    /// byte; older glibc matched nothing there, so this checks the byte matcher alone.)
     #[cfg(target_os = "linux")] // macOS file systems refuse names that are not UTF-8
     #[test]
     fn a_glob_compares_the_bytes_of_names() {
@@ -589,7 +600,7 @@ mod tests {
         let pattern = dir
             .path()
             .join(std::ffi::OsStr::from_bytes(b"ck\xff-?????-of-00001"));
-        let found = glob_files(&pattern).unwrap();
+        let found = glob_files_with(&pattern, fnmatch_bytes).unwrap();
         assert_eq!(
             found,
             [dir.path()
@@ -598,9 +609,13 @@ mod tests {
     }
 
     /// What TensorFlow's own `tf.io.gfile.glob` found for 347 patterns over names with non-ASCII
-    /// characters (`tests/fixtures/tf/glob_cases.json`, written by generate.py): in the locale
-    /// Python gives it (C.UTF-8), and with `LC_ALL=C`. In C.UTF-8 a `?`, a set or a class stands
-    /// for one character, and glibc tries the bytes after the characters.
+    /// characters (`tests/fixtures/tf/glob_cases.json`, written by generate.py on glibc 2.36): in
+    /// the locale Python gives it (C.UTF-8), and with `LC_ALL=C`. In C.UTF-8 a `?`, a set or a
+    /// class stands for one character, and glibc tries the bytes after the characters. Matching
+    /// in C.UTF-8 is glibc's own, which changes between glibc versions (the retry by bytes is
+    /// recent; classes follow glibc's Unicode tables): it is compared where the glibc is the one
+    /// the file was recorded on, and only counted elsewhere. The C locale's run is ours alone,
+    /// compared everywhere.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn patterns_as_tensorflow_globs_them() {
@@ -624,13 +639,17 @@ mod tests {
                 .map(|f| f.strip_prefix(d).unwrap().to_str().unwrap().to_owned())
                 .collect()
         };
-        // The locale this process's environment gives Python, by name, where the file has it.
+        // SAFETY: glibc's version string, static and NUL-terminated.
+        let glibc = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let glibc = format!("glibc {}", glibc.to_str().unwrap());
+        let recorded_glibc = cases["glibc"].as_str().unwrap();
+        // The locale this process's environment gives Python, by name.
         let ours = ctype::choose(
             |k| std::env::var_os(k),
             |n| ctype::Locale::load(n).map(|_| n.to_str().unwrap().to_owned()),
         )
         .unwrap_or_else(|| "C".into());
-        let (mut checked, mut runs) = (0, 0);
+        let (mut checked, mut ours_checked) = (0, false);
         for run in cases["runs"].as_array().unwrap() {
             let name = run["locale"].as_str().unwrap();
             let locale = match name {
@@ -638,9 +657,7 @@ mod tests {
                 _ => match ctype::Locale::load(&std::ffi::CString::new(name).unwrap()) {
                     Some(l) => Some(l),
                     None => {
-                        eprintln!(
-                            "not checked: TensorFlow's glob in {name} (this system lacks it)"
-                        );
+                        eprintln!("not checked: the glob in {name} (this system lacks it)");
                         continue;
                     }
                 },
@@ -649,7 +666,23 @@ mod tests {
                 Some(l) => l.fnmatch(p, n).unwrap(),
                 None => fnmatch_bytes(p, n),
             };
-            runs += 1;
+            let strict = locale.is_none() || glibc == recorded_glibc;
+            // `C.utf8` is `C.UTF-8`: glibc compares codesets lowercased, without punctuation.
+            let same_locale = |a: &str, b: &str| {
+                let norm = |n: &str| match n.split_once('.') {
+                    Some((l, c)) => format!(
+                        "{l}.{}",
+                        c.chars()
+                            .filter(char::is_ascii_alphanumeric)
+                            .collect::<String>()
+                            .to_ascii_lowercase()
+                    ),
+                    None => n.to_owned(),
+                };
+                norm(a) == norm(b)
+            };
+            let here = same_locale(name, &ours) && strict;
+            let mut differ = 0;
             for (pat, want) in run["matches"].as_object().unwrap() {
                 let want: Vec<&str> = want
                     .as_array()
@@ -657,22 +690,35 @@ mod tests {
                     .iter()
                     .map(|f| f.as_str().unwrap())
                     .collect();
-                assert_eq!(glob(pat, &matches), want, "{pat:?} in {name}");
-                if name == ours {
+                let got = glob(pat, &matches);
+                if !strict {
+                    differ += usize::from(got != want);
+                    continue;
+                }
+                assert_eq!(got, want, "{pat:?} in {name}");
+                if here {
                     assert_eq!(glob(pat, &fnmatch), want, "{pat:?} here ({name})");
                 }
                 checked += 1;
             }
+            ours_checked |= here;
+            if !strict {
+                eprintln!(
+                    "not checked: the glob in {name}, recorded on {recorded_glibc}, on {glibc} \
+                     ({differ} patterns differ)"
+                );
+            }
         }
-        assert!(
-            runs >= 1 && checked >= 347,
-            "{runs} runs, {checked} patterns"
-        );
+        if !ours_checked {
+            eprintln!("not checked: this environment's own locale ({ours}) against a recorded run");
+        }
+        assert!(checked >= 347, "{checked} patterns");
     }
 
     /// Which locale Python 3.11 gave `LC_CTYPE` in each environment (measured, `env -i ...
     /// python3 -c 'import locale; print(locale.setlocale(locale.LC_CTYPE))'`, on a system whose
-    /// locales are C, C.UTF-8 (also named C.utf8) and POSIX).
+    /// locales are C, C.UTF-8 (also named C.utf8) and POSIX). Not from the environment, so not
+    /// here: `python -E` or `-I` coerces even with `PYTHONCOERCECLOCALE=0`.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn the_locale_python_sets() {
@@ -698,6 +744,9 @@ mod tests {
             ("LANG=UTF-8", "C.UTF-8"),
             ("LANG=c.utf-8", "C.UTF-8"),
             ("LC_CTYPE=UTF-8", "C.UTF-8"),
+            ("PYTHONCOERCECLOCALE=warn", "C.UTF-8"),
+            ("LC_CTYPE=xx_XX.UTF-8 LANG=C.UTF-8", "C.UTF-8"),
+            ("PYTHONCOERCECLOCALE=1 LC_ALL=", "C.UTF-8"),
         ] {
             let vars: Vec<(&str, &str)> = env
                 .split(' ')
