@@ -217,7 +217,8 @@ pub(crate) mod ctype {
     /// environment, or `None` for the C locale. glibc takes the first of `LC_ALL`, `LC_CTYPE` and
     /// `LANG` that is set and not empty; a name it does not have, or none, is the C locale. Python
     /// then coerces the C locale to the first of `C.UTF-8`, `C.utf8` and `UTF-8` that exists
-    /// (PEP 538), unless `LC_ALL` is set or `PYTHONCOERCECLOCALE` is `0`. Read once.
+    /// (PEP 538), unless `LC_ALL` is set and not empty or `PYTHONCOERCECLOCALE` is `0` (`python
+    /// -E` and `-I` coerce even then; the environment cannot tell). Read once.
     pub(crate) fn python_locale() -> Option<&'static Locale> {
         static LOCALE: OnceLock<Option<Locale>> = OnceLock::new();
         LOCALE
