@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of the `checkpoint` fuzz target: for each TensorFlow fixture case (in the
-order the target numbers them), its index (V2) or first file (V1), behind the byte that picks it.
-Run from fuzz/: python3 seed.py, then cargo +nightly fuzz run -O -a checkpoint."""
+order the target numbers them), its index (V2) or first file (V1), behind the byte that picks it;
+and that of the `state` target: the fixtures' own `checkpoint` state files, files naming each of the
+target's three checkpoints, and the 1,500 random state files of tests/fixtures/tf/state_files.jsonl.
+Run from fuzz/: python3 seed.py, then cargo +nightly fuzz run -O -a checkpoint (or init, or state)."""
+import json
 import os
 
 fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "tf")
@@ -17,3 +20,21 @@ for i, case in enumerate(cases):
     with open(os.path.join(d, pick[0]), "rb") as src, open(os.path.join(out, "seed-" + case), "wb") as dst:
         dst.write(bytes([i]) + src.read())
     print(i, case, pick[0])
+
+state = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "state")
+os.makedirs(state, exist_ok=True)
+seeds = [b'model_checkpoint_path: "model-0"\n', b"model_checkpoint_path: 'model-3'",
+         b'model_checkpoint_path: "model.ckpt-0-?????-of-00002"\nall_model_checkpoint_paths: "model-0"\n',
+         b'model_checkpoint_path: "./model-0" all_model_checkpoint_timestamps: [1.5, 2]\n']
+for case in cases:
+    if os.path.isfile(os.path.join(fixtures, case, "checkpoint")):
+        with open(os.path.join(fixtures, case, "checkpoint"), "rb") as f:
+            seeds.append(f.read())
+with open(os.path.join(fixtures, "state_files.jsonl")) as f:
+    for line in f:
+        c = json.loads(line)
+        seeds.append(c["text"].encode("utf-8", "surrogatepass") if "text" in c else bytes.fromhex(c["hex"]))
+for i, data in enumerate(seeds):
+    with open(os.path.join(state, "seed-%04d" % i), "wb") as dst:
+        dst.write(data)
+print("%d state seeds" % len(seeds))
