@@ -916,6 +916,10 @@ mod tests {
             ("a\\", "a", false),
             ("a\\", "a\\", false),
             ("[a-\\]]", "]", false),
+            // A `-` that ends the pattern inside a set: the set matches nothing but its start,
+            // and its `[` is no ordinary character.
+            ("[a-", "[a-", false),
+            ("x[ab-", "x[ab-", false),
             ("[[:alpha:]-z]", "-", true),
             ("[a-[.c.]]", "b", true),
             ("[z-a]", "m", false),
