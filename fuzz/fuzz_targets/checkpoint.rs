@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+
+mod scratch;
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, Slice, Target, VariableStore,
 };
@@ -29,17 +31,7 @@ fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
-        // One scratch folder per fuzzing process; those of processes that have ended go.
-        let tmp = std::env::temp_dir();
-        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("tfckpt-fuzz-") {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let scratch = tmp.join(format!("tfckpt-fuzz-{}", std::process::id()));
+        let scratch = scratch::folder("checkpoint");
         let mut names: Vec<_> = std::fs::read_dir(&fixtures)
             .unwrap()
             .map(|e| e.unwrap().path())
