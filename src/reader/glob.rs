@@ -650,6 +650,20 @@ mod tests {
             |n| ctype::Locale::load(n).map(|_| n.to_str().unwrap().to_owned()),
         )
         .unwrap_or_else(|| "C".into());
+        // `C.utf8` is `C.UTF-8`: glibc compares codesets lowercased, without punctuation.
+        let same_locale = |a: &str, b: &str| {
+            let norm = |n: &str| match n.split_once('.') {
+                Some((l, c)) => format!(
+                    "{l}.{}",
+                    c.chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .collect::<String>()
+                        .to_ascii_lowercase()
+                ),
+                None => n.to_owned(),
+            };
+            norm(a) == norm(b)
+        };
         let (mut checked, mut ours_checked) = (0, false);
         for run in cases["runs"].as_array().unwrap() {
             let name = run["locale"].as_str().unwrap();
@@ -668,20 +682,6 @@ mod tests {
                 None => fnmatch_bytes(p, n),
             };
             let strict = locale.is_none() || glibc == recorded_glibc;
-            // `C.utf8` is `C.UTF-8`: glibc compares codesets lowercased, without punctuation.
-            let same_locale = |a: &str, b: &str| {
-                let norm = |n: &str| match n.split_once('.') {
-                    Some((l, c)) => format!(
-                        "{l}.{}",
-                        c.chars()
-                            .filter(char::is_ascii_alphanumeric)
-                            .collect::<String>()
-                            .to_ascii_lowercase()
-                    ),
-                    None => n.to_owned(),
-                };
-                norm(a) == norm(b)
-            };
             let here = same_locale(name, &ours) && strict;
             let mut differ = 0;
             for (pat, want) in run["matches"].as_object().unwrap() {
