@@ -9,7 +9,12 @@
 //! cargo bench --features candle --bench candle                  # BERT-base, 5 rounds
 //! cargo bench --features candle --bench candle -- --large --rounds 3   # BERT-large
 //! cargo bench --features candle-cuda --bench candle -- --cuda   # the models on GPU 0
+//! cargo bench --features candle --bench candle -- --pause 5     # 5 s idle before each load
 //! ```
+//!
+//! `--pause S` leaves the machine idle for S seconds before each timed load, as before a trainer's
+//! start: on a VM that hands freed memory back to its host, memory freed by the previous load is
+//! gone by then (see the README's Fresh memory), while back to back it is still there.
 //!
 //! With `--cuda` both models are built on GPU 0 (the device made before the timer starts, as a
 //! trainer has it, and synchronized before it stops): candle copies each mapped tensor from
@@ -83,6 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..size
     };
     let rounds = arg("--rounds", 5);
+    let pause = std::time::Duration::from_secs(arg("--pause", 0) as u64);
     // A child process reads the files its parent wrote.
     let child_dir = std::env::args().skip_while(|a| a != "--dir").nth(1);
     let dir = match child_dir {
@@ -163,12 +169,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "BERT, {} layers of width {}, {:.0} MB of float32, {} threads, on {}; seconds to a ready model, warm page cache",
+        "BERT, {} layers of width {}, {:.0} MB of float32, {} threads, on {}; seconds to a ready model, warm page cache, {} s idle before each load",
         cfg.layers,
         cfg.hidden,
         bytes as f64 / 1e6,
         rayon::current_num_threads(),
-        if cuda { "GPU 0" } else { "the host" }
+        if cuda { "GPU 0" } else { "the host" },
+        pause.as_secs()
     );
     let exe = std::env::current_exe()?;
     let last_report = std::cell::RefCell::new(std::collections::BTreeMap::new());
@@ -210,6 +217,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for _ in 0..rounds {
         for (w, v) in contenders.iter().zip(times.iter_mut()) {
+            std::thread::sleep(pause);
             v.push(child(w)?);
         }
     }
