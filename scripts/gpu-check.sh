@@ -143,6 +143,12 @@ echo "binaries built from this tree ($(cat "$out/BUILD"))"
 }
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
     --format=csv,noheader 2>/dev/null || true
+# Whether this machine's host takes freed memory back (a virtio balloon with free page reporting,
+# feature bit 5): host values then take 4 KiB pages (README: Fresh memory). Free to print.
+for d in /sys/bus/virtio/devices/*; do
+    [ "$(cat "$d/device" 2>/dev/null)" = 0x0005 ] || continue
+    echo "virtio balloon $(basename "$d"): free page reporting $(cut -c6 "$d/features" 2>/dev/null)"
+done
 # Whether the loader finds library `$1` (on LD_LIBRARY_PATH or in its cache).
 resolvable() {
     local d dirs
