@@ -1,11 +1,12 @@
 //! A trainer's first load into fresh memory, with and without transparent huge pages, in fresh
-//! processes: writes a checkpoint of `MIB` MiB of float32 tensors of 64 MiB (default 2048), then,
-//! `ROUNDS` times (default 5), runs `init_from_checkpoint` + `initialize(Device::Cpu)` in a child
-//! process with `TFCKPT_HUGE_PAGES` unset (the library's own choice for this machine), `always`
-//! and `never`, in turn, each after `PAUSE` seconds (default 5) in which memory freed by the
-//! previous child goes back to wherever this machine sends it. Page cache warm; every byte
-//! checksummed and copied. Prints each setting's median, fastest and slowest load, and the
-//! kernel's CPU seconds (faulting in and zeroing the fresh pages is the kernel's work).
+//! processes: writes a checkpoint of `MIB` MiB (default 2048, rounded down to whole tensors) of
+//! float32 tensors of 64 MiB, then, `ROUNDS` times (default 5), runs `init_from_checkpoint` +
+//! `initialize(Device::Cpu)` in a child process with `TFCKPT_HUGE_PAGES` unset (the library's own
+//! choice for this machine), `always` and `never`, in turn (always in that order), each after
+//! `PAUSE` seconds (default 5) in which memory freed by the previous child goes back to wherever
+//! this machine sends it. Page cache warm; every byte checksummed and copied. Prints each
+//! setting's median (the upper middle one for an even `ROUNDS`), fastest and slowest load, and
+//! the kernel's CPU seconds (faulting in and zeroing the fresh pages is the kernel's work).
 //!
 //! ```sh
 //! cargo run --release --example huge_pages -- [MIB [ROUNDS [PAUSE]]]
@@ -24,11 +25,22 @@ const TENSOR_MIB: u64 = 64;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
-        return child(&args[2], args[3].parse().unwrap());
+        let (prefix, count) = (args.get(2), args.get(3).and_then(|c| c.parse().ok()));
+        let (Some(prefix), Some(count)) = (prefix, count) else {
+            panic!("usage: huge_pages --child PREFIX COUNT (run by the benchmark itself)");
+        };
+        return child(prefix, count);
     }
-    let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let (mib, rounds, pause) = (arg(1, 2048).max(TENSOR_MIB), arg(2, 5).max(1), arg(3, 5));
-    let count = mib / TENSOR_MIB;
+    let arg = |i: usize, default: u64| match args.get(i) {
+        None => default,
+        Some(a) => a
+            .parse()
+            .unwrap_or_else(|_| panic!("not a whole number: {a}")),
+    };
+    let (rounds, pause) = (arg(2, 5).max(1), arg(3, 5));
+    // Whole tensors of 64 MiB: at least one.
+    let count = (arg(1, 2048) / TENSOR_MIB).max(1);
+    let mib = count * TENSOR_MIB;
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("model.ckpt");
     let data: Vec<u8> = (0..TENSOR_MIB << 20).map(|i| (i % 251) as u8).collect();

@@ -348,9 +348,10 @@ impl PrivateMap {
 #[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Whether large fresh buffers are advised onto transparent huge pages (`MADV_HUGEPAGE`): the
-/// `TFCKPT_HUGE_PAGES` environment variable (`always` or `never`), else the machine's own answer
-/// ([`huge_pages_pay`]), decided once per process.
+/// Whether large fresh buffers are advised onto transparent huge pages (`MADV_HUGEPAGE`, true) or
+/// away from them (`MADV_NOHUGEPAGE`, false): the `TFCKPT_HUGE_PAGES` environment variable
+/// (`always` or `never`), else this machine's answer ([`huge_pages_pay`]), decided once per
+/// process. Advice only: the system's own `never` mode still wins over `always`.
 #[cfg(target_os = "linux")]
 fn advise_huge_pages() -> bool {
     static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -363,27 +364,30 @@ fn advise_huge_pages() -> bool {
 }
 
 /// [`advise_huge_pages`]'s rule, given the variable's value and the sysfs root: `always` and
-/// `never` decide; any other value, or none, leaves it to [`huge_pages_pay`].
+/// `never` (in any case, spaces around ignored) decide; any other value, or none, leaves it to
+/// [`huge_pages_pay`].
 #[cfg(target_os = "linux")]
 fn huge_pages_choice(setting: Option<&std::ffi::OsStr>, sys: &Path) -> bool {
-    match setting.and_then(|s| s.to_str()).map(str::trim) {
-        Some("always") => true,
-        Some("never") => false,
+    let setting = setting.and_then(|s| s.to_str()).map(str::trim);
+    match setting {
+        Some(s) if s.eq_ignore_ascii_case("always") => true,
+        Some(s) if s.eq_ignore_ascii_case("never") => false,
         _ => huge_pages_pay(sys),
     }
 }
 
-/// Whether fresh huge pages are cheaper than fresh 4 KiB pages on this machine: true unless the
-/// kernel hands free memory back to a hypervisor in blocks of a huge page or more (a virtio
-/// balloon device that negotiated free page reporting, feature bit 5, as Firecracker and QEMU
-/// guests may). There, a freed huge page is soon reported and unbacked, so the next huge page the
-/// kernel hands out is backed again by the host as it is zeroed: measured on such a VM, a fresh
-/// 2 GiB load took 1.6-3.2 s on huge pages and 0.5-0.7 s on 4 KiB pages, which the kernel takes
-/// from smaller free blocks that stay backed (on memory the host still backed, 0.29 s against
-/// 0.53 s). `sys` is the sysfs root (`/sys`).
+/// A heuristic, tuned on one kind of VM: huge pages are advised unless the kernel hands free
+/// memory back to a hypervisor (a virtio balloon device, id 5, that negotiated free page
+/// reporting, feature bit 5, as Firecracker, QEMU and Cloud Hypervisor guests may). There, freed
+/// 2 MiB blocks are reported and unbacked within seconds, and a fresh huge page, taken from such a
+/// block, is backed again by the host as the kernel zeroes it. Measured on such a VM (README:
+/// Fresh memory): a fresh 2 GiB load in a new process after 5 s idle took a median 2.79 s on huge
+/// pages and 0.55 s on 4 KiB pages; back to back, on blocks freed a moment before, huge pages won
+/// (448 MiB: 0.105 s against 0.145 s). `sys` is the sysfs root (`/sys`).
 #[cfg(target_os = "linux")]
 fn huge_pages_pay(sys: &Path) -> bool {
-    /// virtio device id of a memory balloon, and the feature bit of free page reporting.
+    /// virtio device id of a memory balloon, and the feature bit of free page reporting (sysfs
+    /// `features` is one character per bit, bit 0 first).
     const BALLOON: &str = "0x0005";
     const F_REPORTING: usize = 5;
     let Ok(devices) = std::fs::read_dir(sys.join("bus/virtio/devices")) else {
@@ -400,9 +404,9 @@ fn huge_pages_pay(sys: &Path) -> bool {
 /// A zeroed buffer for a destination tensor, or an error if the memory cannot be had (never an
 /// abort). The memory comes from the allocator's zeroed path, which maps fresh pages instead of
 /// writing zeros; each fresh page costs the kernel a fault and a zeroing pass when first touched.
-/// Large buffers are advised to use transparent huge pages before that, where they pay
-/// ([`advise_huge_pages`]): with 2 MiB pages the faults are 512 times fewer (4 KiB first-touch
-/// faults otherwise cap a load near 2 GB/s per core).
+/// Large buffers are advised onto transparent huge pages before that, or away from them where
+/// huge pages cost more (`advise_huge_pages`, Linux): with 2 MiB pages the faults are 512 times
+/// fewer (4 KiB first-touch faults cap a load near 2 GB/s per core).
 pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
     // SAFETY: all-zero bytes are valid `u8`s.
     unsafe { alloc_zeroed_as::<u8>(len, tensor) }
@@ -434,14 +438,19 @@ pub(crate) unsafe fn alloc_zeroed_as<T>(n: usize, tensor: &str) -> Result<Vec<T>
     // element is initialized (zeroed, valid by the caller's promise), and length == capacity == n.
     let v = unsafe { Vec::from_raw_parts(ptr, n, n) };
     #[cfg(target_os = "linux")]
-    if len >= 2 * HUGE_PAGE && advise_huge_pages() {
+    if len >= 2 * HUGE_PAGE {
         let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
         let end = (v.as_ptr() as usize + len) & !(HUGE_PAGE - 1);
+        let advice = if advise_huge_pages() {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
         if end > start {
-            // SAFETY: [start, end) lies inside `v`'s allocation and is page aligned; MADV_HUGEPAGE
+            // SAFETY: [start, end) lies inside `v`'s allocation and is page aligned; either advice
             // only changes how the kernel backs the range, never its contents. Failure is harmless.
             unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+                libc::madvise(start as *mut libc::c_void, end - start, advice);
             }
         }
     }
@@ -496,6 +505,8 @@ mod tests {
             (Some("always"), true, true),
             (Some("never"), false, false),
             (Some(" never\n"), false, false),
+            (Some("ALWAYS"), true, true),
+            (Some("Never"), false, false),
             (Some(""), false, true),
             (Some("auto"), false, true),
             (Some("1"), false, true),
@@ -506,6 +517,61 @@ mod tests {
                 huge_pages_choice(setting, bare.path()),
                 on_bare,
                 "{setting:?}"
+            );
+        }
+    }
+
+    /// The choice reaches the buffers: in a child process per setting (the choice is made once
+    /// per process), a fresh 8 MiB buffer's mapping carries `hg` (advised onto huge pages) or `nh`
+    /// (advised away) in its `VmFlags`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_choice_reaches_the_buffers_mapping() {
+        const CHILD: &str = "TFCKPT_TEST_HUGE_PAGES_FLAG";
+        if let Some(flag) = std::env::var_os(CHILD) {
+            let v = alloc_zeroed(8 << 20, "test buffer").unwrap();
+            let at = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut inside = false;
+            for line in smaps.lines() {
+                let range = line.split(' ').next().and_then(|r| r.split_once('-'));
+                // A mapping's first line starts with its address range, `start-end`, in hex.
+                if let Some((a, b)) = range {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        inside = (a..b).contains(&at);
+                        continue;
+                    }
+                }
+                if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+                    let flag = flag.to_str().unwrap();
+                    assert!(
+                        flags.split_whitespace().any(|f| f == flag),
+                        "{flag} not in {flags}"
+                    );
+                    return;
+                }
+            }
+            panic!("no mapping holds {at:#x}");
+        }
+        if !Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let me = "base::mmap::tests::the_choice_reaches_the_buffers_mapping";
+        for (setting, flag) in [("always", "hg"), ("never", "nh")] {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", me, "--test-threads=1"])
+                .env("TFCKPT_HUGE_PAGES", setting)
+                .env(CHILD, flag)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{setting}: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
             );
         }
     }
