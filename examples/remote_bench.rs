@@ -15,6 +15,9 @@
 //! ```sh
 //! cargo run --release --example remote_bench -- [MIB [TENSOR_MIB]]
 //! ```
+//!
+//! Fresh values take the pages the library chooses for this machine; `TFCKPT_HUGE_PAGES=always`
+//! or `never` measures the others (README: Fresh memory).
 
 use std::sync::Arc;
 use std::time::Instant;
