@@ -15,10 +15,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tfckpt::{
-    init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, TensorRef,
-    VariableStore,
-};
+use tfckpt::{init_from_checkpoint, AssignmentMap, DType, Device, Init, VariableStore};
+
+// The benches' checkpoint writer.
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 const TENSOR_MIB: u64 = 64;
 
@@ -43,19 +44,10 @@ fn main() {
     let mib = count * TENSOR_MIB;
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("model.ckpt");
-    let data: Vec<u8> = (0..TENSOR_MIB << 20).map(|i| (i % 251) as u8).collect();
-    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    for i in 0..count {
-        let shape = [(TENSOR_MIB << 20) / 4];
-        let data = TensorRef::Bytes {
-            dtype: DType::F32,
-            shape: &shape,
-            data: &data,
-        };
-        w.add(&format!("layer_{i:04}/kernel"), data).unwrap();
-    }
-    w.finish().unwrap();
-    drop(data);
+    let elems = ((TENSOR_MIB << 20) / 4) as usize;
+    common::write_f32s(&prefix, count as usize, elems, |i| {
+        format!("layer_{i:04}/kernel")
+    });
 
     let settings = [None, Some("always"), Some("never")];
     let mut times: Vec<Vec<(f64, f64)>> = vec![Vec::new(); settings.len()];

@@ -441,12 +441,12 @@ pub(crate) unsafe fn alloc_zeroed_as<T>(n: usize, tensor: &str) -> Result<Vec<T>
     if len >= 2 * HUGE_PAGE {
         let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
         let end = (v.as_ptr() as usize + len) & !(HUGE_PAGE - 1);
-        let advice = if advise_huge_pages() {
-            libc::MADV_HUGEPAGE
-        } else {
-            libc::MADV_NOHUGEPAGE
-        };
         if end > start {
+            let advice = if advise_huge_pages() {
+                libc::MADV_HUGEPAGE
+            } else {
+                libc::MADV_NOHUGEPAGE
+            };
             // SAFETY: [start, end) lies inside `v`'s allocation and is page aligned; either advice
             // only changes how the kernel backs the range, never its contents. Failure is harmless.
             unsafe {
@@ -531,20 +531,18 @@ mod tests {
         if let Some(flag) = std::env::var_os(CHILD) {
             let v = alloc_zeroed(8 << 20, "test buffer").unwrap();
             let at = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
+            // A mapping's first line starts with its address range, `start-end`, in hex.
+            let range = |line: &str| {
+                let (a, b) = line.split(' ').next()?.split_once('-')?;
+                let hex = |h| usize::from_str_radix(h, 16).ok();
+                Some(hex(a)?..hex(b)?)
+            };
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
             let mut inside = false;
             for line in smaps.lines() {
-                let range = line.split(' ').next().and_then(|r| r.split_once('-'));
-                // A mapping's first line starts with its address range, `start-end`, in hex.
-                if let Some((a, b)) = range {
-                    if let (Ok(a), Ok(b)) =
-                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                    {
-                        inside = (a..b).contains(&at);
-                        continue;
-                    }
-                }
-                if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+                if let Some(r) = range(line) {
+                    inside = r.contains(&at);
+                } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
                     let flag = flag.to_str().unwrap();
                     assert!(
                         flags.split_whitespace().any(|f| f == flag),
