@@ -37,7 +37,7 @@ struct Block {
 }
 
 /// Groups runs (in order) into 2-D blocks: a split along axis 1 of a matrix is one block.
-fn blocks(runs: &[Run]) -> Vec<Block> {
+fn blocks(runs: impl IntoIterator<Item = Run>) -> Vec<Block> {
     let mut out: Vec<Block> = Vec::new();
     for r in runs {
         if let Some(b) = out.last_mut() {
@@ -133,18 +133,25 @@ fn kernel_name(from: DType, to: DType, transposed: bool) -> Option<&'static str>
     Some(if transposed { transpose } else { rows })
 }
 
-/// `runs` (element offsets of a `[rows, cols]` value, row-major) cut at the ends of its rows.
-fn split_at_rows(runs: &[Run], cols: u64) -> Vec<Run> {
-    let mut out = Vec::with_capacity(runs.len());
-    for r in runs {
-        let (mut src, mut dst, mut len) = (r.src, r.dst, r.len);
-        while len > 0 {
-            let n = len.min(cols - dst % cols);
-            out.push(Run { src, dst, len: n });
-            (src, dst, len) = (src + n, dst + n, len - n);
-        }
-    }
-    out
+/// `runs` (element offsets of a `[rows, cols]` value, row-major) cut at the ends of its rows, one
+/// at a time: a whole `[rows, cols]` value is `rows` pieces, which [`blocks`] merges into one as
+/// they come (collected first, a tall narrow value's pieces took 24 bytes per row of host memory).
+fn split_at_rows(runs: &[Run], cols: u64) -> impl Iterator<Item = Run> + '_ {
+    runs.iter().flat_map(move |r| {
+        let mut at = *r;
+        std::iter::from_fn(move || {
+            (at.len > 0).then(|| {
+                let n = at.len.min(cols - at.dst % cols);
+                let piece = Run { len: n, ..at };
+                at = Run {
+                    src: at.src + n,
+                    dst: at.dst + n,
+                    len: at.len - n,
+                };
+                piece
+            })
+        })
+    })
 }
 
 /// The launches that write `runs` (of a `[rows, cols]` value, row-major; sources relative to
@@ -157,7 +164,7 @@ pub(super) fn transposed_launches(
     (dst, dsize): (u64, u64),
 ) -> Vec<Kernel> {
     let mut out = Vec::new();
-    for b in blocks(&split_at_rows(runs, cols)) {
+    for b in blocks(split_at_rows(runs, cols)) {
         // Element (i, j) of the value lies at j * rows + i. A block's rows are `dst_stride`
         // elements apart: whole rows of the value, or, if not, one launch per row.
         let whole_rows = b.rows == 1 || b.dst_stride % cols == 0;
@@ -214,6 +221,14 @@ pub(super) struct Target<'a> {
     pub keep: &'a [Range<u64>],
     /// The destination holds the 2-D value transposed: its (rows, columns) as TensorFlow's.
     pub transposed: Option<(u64, u64)>,
+}
+
+impl Target<'_> {
+    /// The (rows, columns) of a value whose transposed layout differs from its own: a `[n, 1]` or
+    /// `[1, n]` value lies in memory the same either way, and is copied as it is.
+    fn transposes(&self) -> Option<(u64, u64)> {
+        self.transposed.filter(|&(rows, cols)| rows > 1 && cols > 1)
+    }
 }
 
 /// The parts of `runs` whose destination elements lie in `keep` (every run when it is empty).
@@ -304,7 +319,7 @@ impl Uploads {
         }
         let size = dtype.size().unwrap_or(1);
         let direct = |t: &Target<'_>, runs: &[Run]| {
-            t.dtype == dtype && t.transposed.is_none() && runs.len() <= DIRECT_RUNS
+            t.dtype == dtype && t.transposes().is_none() && runs.len() <= DIRECT_RUNS
         };
         // The elements the kernels read, as scratch clusters: each user's source hull, overlapping
         // hulls merged (a replica's share and the tail are far apart: two small clusters, not one
@@ -380,14 +395,14 @@ impl Uploads {
                 what: format!(
                     "no device kernel moves {dtype} into {}{}",
                     t.dtype,
-                    if t.transposed.is_some() {
+                    if t.transposes().is_some() {
                         " transposed"
                     } else {
                         ""
                     }
                 ),
             };
-            if let Some(shape) = t.transposed {
+            if let Some(shape) = t.transposes() {
                 let name = kernel_name(dtype, t.dtype, true).ok_or_else(unsupported)?;
                 self.kernels.extend(transposed_launches(
                     &runs,
@@ -400,7 +415,7 @@ impl Uploads {
             }
             let name = kernel_name(dtype, t.dtype, false).ok_or_else(unsupported)?;
             self.kernels
-                .extend(blocks(&runs).into_iter().map(|b| Kernel {
+                .extend(blocks(runs.iter().copied()).into_iter().map(|b| Kernel {
                     name,
                     src: base.wrapping_add(b.src * size as u64),
                     dst: t.mem.ptr() + b.dst * dsize,
@@ -469,7 +484,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            blocks(&runs),
+            blocks(runs.iter().copied()),
             vec![Block {
                 src: 2,
                 dst: 0,
@@ -486,7 +501,7 @@ mod tests {
             dst: 12,
             len: 3,
         });
-        assert_eq!(blocks(&runs2).len(), 2);
-        assert_eq!(blocks(&[]), vec![]);
+        assert_eq!(blocks(runs2).len(), 2);
+        assert_eq!(blocks([]), vec![]);
     }
 }

@@ -1555,6 +1555,70 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
 }
 
 #[test]
+fn one_row_or_one_column_values_held_transposed_load_as_they_lie() {
+    // A [n, 1] or [1, n] value lies in memory the same transposed: it is copied straight from
+    // the file, no scratch and no kernel (a tall one was cut into n one-element rows on the
+    // host first). A cast still goes through scratch; [n, 2] is a real transpose.
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("narrow");
+    let n = 3001u64;
+    let shapes: [(&str, [u64; 2]); 3] = [("tall", [n, 1]), ("wide", [1, n]), ("two", [n, 2])];
+    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (name, shape) in &shapes {
+        let count = shape[0] * shape[1];
+        let values: Vec<f32> = (0..count).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let t = crate::Tensor::from_f32(shape, &values).unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    let store = |names: &[&str]| {
+        let mut s = VariableStore::new();
+        for (name, shape) in shapes.iter().filter(|(n, _)| names.contains(n)) {
+            s.get_variable(name, shape, DType::F32, Init::Zeros)
+                .unwrap();
+            let map = AssignmentMap::from([(*name, Target::name(*name))]);
+            init_from_checkpoint(&mut s, &prefix, &map).unwrap();
+        }
+        s
+    };
+    let mut cpu = store(&["tall", "wide", "two"]);
+    cpu.initialize(Device::Cpu).unwrap();
+    for (names, dtype) in [
+        (&["tall", "wide"][..], None),
+        (&["tall", "wide"][..], Some(DType::BF16)),
+        (&["tall", "wide", "two"][..], None),
+    ] {
+        let mut gpu = store(names);
+        for name in names {
+            let form = crate::base::device::DeviceForm {
+                dtype,
+                transposed: true,
+            };
+            gpu.device_forms.insert(name.to_string(), form);
+        }
+        let link = HostLink::default();
+        let report = gpu
+            .initialize_on(&link, &LoadOptions::default(), tiny())
+            .unwrap();
+        for name in names {
+            let mut want = cpu.value(name).unwrap().clone();
+            if let Some(to) = dtype {
+                crate::load::host::cast_tensor(&mut want, DType::F32, to).unwrap();
+            }
+            let got = gpu.device_value(name).unwrap().to_host().unwrap();
+            assert_eq!(got.shape, [want.shape[1], want.shape[0]], "{name}");
+            assert!(
+                got.bytes().unwrap() == transposed(&want),
+                "{name} {dtype:?}"
+            );
+        }
+        let scratch = report.device.unwrap().scratch_bytes;
+        let moved = names.contains(&"two") || dtype.is_some();
+        assert_eq!(scratch > 0, moved, "{names:?} {dtype:?}: {scratch}");
+    }
+}
+
+#[test]
 fn transposed_launches_put_each_source_element_at_its_transposed_place() {
     // Runs of a [rows, cols] value (source offsets relative to the piece), each element written
     // where the transposed destination holds it: (i, j) at j * rows + i, from the source element
