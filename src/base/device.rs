@@ -94,6 +94,11 @@ impl DeviceTensor {
     }
 
     /// The device address (a `CUdeviceptr`) of the first element.
+    ///
+    /// Nothing orders the trainer's work through this address with the library's: before the
+    /// last clone of this value is dropped (its memory freed, on the library's stream) or read
+    /// back with [`to_host`](Self::to_host), synchronise the streams that used it.
+    /// `cuda_slice` (feature `cuda`) gives a cudarc slice whose uses cudarc orders itself.
     pub fn device_ptr(&self) -> u64 {
         self.mem.ptr()
     }

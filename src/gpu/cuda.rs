@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -368,6 +368,16 @@ impl KeepCurrent {
             .unwrap_or(std::ptr::null_mut());
         KeepCurrent(Some(current))
     }
+
+    /// The same where the driver is known to be loaded (a link exists): no checks first. The
+    /// link's methods bind their GPU's context with one of these around them, so that the threads
+    /// of the pool a load runs on, which also run the trainer's jobs, keep their own context.
+    pub(crate) fn loaded() -> KeepCurrent {
+        match result::ctx::get_current() {
+            Ok(current) => KeepCurrent(Some(current.unwrap_or(std::ptr::null_mut()))),
+            Err(_) => KeepCurrent(None),
+        }
+    }
 }
 
 impl Drop for KeepCurrent {
@@ -445,8 +455,10 @@ impl CudaLink {
     /// Waits for the kernel lane.
     #[cfg(feature = "nccl")]
     pub(crate) fn synchronize_kernel_lane(&self) -> Result<()> {
-        self.lanes[0]
-            .synchronize()
+        let (_bound, bound) = self.bind_anyway();
+        // SAFETY: a stream of this link's context.
+        bound
+            .and_then(|()| unsafe { result::stream::synchronize(self.lanes[0].cu_stream()) })
             .map_err(|e| self.err("synchronising", e))
     }
 
@@ -464,7 +476,7 @@ impl CudaLink {
     #[cfg(feature = "nccl")]
     pub(crate) fn share_pool_with(&self, peers: &[&CudaLink]) -> Result<()> {
         use sys::CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED;
-        self.bind()?;
+        let _bound = self.bind()?;
         let dev = self.ctx.cu_device();
         // SAFETY: a device handle of a live context.
         let pools = unsafe {
@@ -518,10 +530,25 @@ impl CudaLink {
         Ok(())
     }
 
-    fn bind(&self) -> Result<()> {
+    /// Binds this GPU's context to the calling thread until the guard drops; then the thread's
+    /// own is current again. cudarc's binding first returns (and clears) an error a `Drop` of the
+    /// context stored earlier, if any, without binding: for calls that start work.
+    fn bind(&self) -> Result<KeepCurrent> {
+        let keep = KeepCurrent::loaded();
         self.ctx
             .bind_to_thread()
-            .map_err(|e| self.err("binding the context", e))
+            .map_err(|e| self.err("binding the context", e))?;
+        Ok(keep)
+    }
+
+    /// Binds this GPU's context as [`bind`](Self::bind) does, but whatever error the context
+    /// stored: for the waits and releases that must happen after an error too (an error stored
+    /// by a `Drop` stays for the next `bind` to report).
+    fn bind_anyway(&self) -> (KeepCurrent, std::result::Result<(), DriverError>) {
+        let keep = KeepCurrent::loaded();
+        // SAFETY: this link's context, alive as long as the link.
+        let bound = unsafe { result::ctx::set_current(self.ctx.cu_ctx()) };
+        (keep, bound)
     }
 
     /// NVRTC's target for this GPU: the architectures this crate targets by name, else NVRTC's
@@ -560,6 +587,8 @@ impl CudaLink {
             return Ok(());
         }
         let arch = self.arch()?;
+        // `load_module` binds the context.
+        let _current = KeepCurrent::loaded();
         let cache = kernel_cache_dir();
         let compiled: Vec<std::result::Result<(String, bool), String>> =
             std::thread::scope(|scope| {
@@ -604,9 +633,15 @@ unsafe impl Send for Fence {}
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: created by cuEventCreate below and destroyed once, here.
-            let _ = unsafe { sys::cuEventDestroy_v2(self.ev) };
+        // Bound without cudarc's check, which would clear an error the context stored and leak
+        // the event.
+        let _current = KeepCurrent::loaded();
+        // SAFETY: the fence's live context; the event was created by cuEventCreate below and is
+        // destroyed once, here.
+        unsafe {
+            if result::ctx::set_current(self.ctx.cu_ctx()).is_ok() {
+                let _ = sys::cuEventDestroy_v2(self.ev);
+            }
         }
     }
 }
@@ -620,6 +655,8 @@ impl Link for CudaLink {
 
     fn alloc(&self, bytes: usize, what: &str) -> Result<Arc<dyn DeviceMemory>> {
         let stream = &self.lanes[0];
+        // `alloc` binds the context.
+        let _current = KeepCurrent::loaded();
         // SAFETY: uninitialised device memory; the load writes every byte before it is read.
         let slice = unsafe { stream.alloc::<u8>(bytes.max(1)) }
             .map_err(|e| self.err(format!("allocating {bytes} bytes for {what:?}"), e))?;
@@ -627,7 +664,8 @@ impl Link for CudaLink {
     }
 
     unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
-        self.bind().map_err(|e| e.to_string())?;
+        let (_bound, bound) = self.bind_anyway();
+        bound.map_err(|e| format!("binding the context: {e:?}"))?;
         // SAFETY: the caller guarantees the range is mapped until `unregister`.
         unsafe {
             sys::cuMemHostRegister_v2(
@@ -641,7 +679,8 @@ impl Link for CudaLink {
     }
 
     unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
-        self.bind()?;
+        let (_bound, bound) = self.bind_anyway();
+        bound.map_err(|e| self.err("binding the context", e))?;
         // SAFETY: registered by `register`; the caller waited for every copy from it.
         unsafe { sys::cuMemHostUnregister(ptr as *mut std::ffi::c_void) }
             .result()
@@ -649,7 +688,7 @@ impl Link for CudaLink {
     }
 
     unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the caller guarantees `src` stays valid until the lane's next fence and that
         // `dst` lies in a live allocation.
         unsafe { result::memcpy_htod_async(dst, src, self.lanes[lane].cu_stream()) }
@@ -657,7 +696,7 @@ impl Link for CudaLink {
     }
 
     fn fence(&self, lane: usize) -> Result<Fence> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut ev = std::mem::MaybeUninit::uninit();
         const FLAGS: u32 = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
             | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
@@ -678,10 +717,12 @@ impl Link for CudaLink {
     }
 
     fn wait(&self, fence: Fence) -> Result<()> {
-        self.bind()?;
+        // The copies before the fence are waited for even after an error: their buffers are
+        // reused or released next.
+        let (_bound, bound) = self.bind_anyway();
         // SAFETY: a live event (destroyed when `fence` drops, after this call).
-        unsafe { sys::cuEventSynchronize(fence.ev) }
-            .result()
+        bound
+            .and_then(|()| unsafe { sys::cuEventSynchronize(fence.ev) }.result())
             .map_err(|e| self.err("waiting for copies", e))
     }
 
@@ -691,6 +732,8 @@ impl Link for CudaLink {
         bytes: usize,
         f: impl FnOnce(&mut [&mut [u8]]) -> R,
     ) -> Result<R> {
+        // Pinning and `as_mut_slice` bind the context.
+        let _current = KeepCurrent::loaded();
         // Taken out of the link while in use, so that a second load on this GPU (from another
         // thread) never waits on this one's lock; it pins buffers of its own instead.
         let mut bufs = std::mem::take(&mut *self.staging.lock().unwrap_or_else(|e| e.into_inner()));
@@ -737,7 +780,7 @@ impl Link for CudaLink {
 
     fn fill(&self, dst: u64, len: usize, fill: super::exec::Fill) -> Result<()> {
         use super::exec::Fill;
-        self.bind()?;
+        let _bound = self.bind()?;
         let stream = self.lanes[0].cu_stream();
         // SAFETY: `dst .. dst + len` is a live allocation of this context (the caller's), aligned
         // for the pattern (library memory is 256-byte aligned; trainer memory is checked for the
@@ -778,6 +821,8 @@ impl Link for CudaLink {
             shared_mem_bytes: 0,
         };
         let stream = &self.lanes[0];
+        // `launch` binds the context.
+        let _current = KeepCurrent::loaded();
         let mut launch = stream.launch_builder(&f);
         launch
             .arg(&k.src)
@@ -798,18 +843,38 @@ impl Link for CudaLink {
     }
 
     fn synchronize(&self) -> Result<()> {
+        // Every lane, whatever the others answer: after an error the load's buffers are released
+        // next, and a copy still running on a lane not waited for would read or write them.
+        let (_bound, bound) = self.bind_anyway();
+        let mut first = bound.err();
         for l in &self.lanes {
-            l.synchronize().map_err(|e| self.err("synchronising", e))?;
+            // SAFETY: a stream of this link's context.
+            if let Err(e) = unsafe { result::stream::synchronize(l.cu_stream()) } {
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        match first {
+            Some(e) => Err(self.err("synchronising", e)),
+            None => Ok(()),
+        }
     }
 }
 
 /// Device memory allocated by the library (or handed in as a cudarc slice).
 pub(crate) struct Owned {
-    slice: CudaSlice<u8>,
+    /// Dropped in `Drop`, where the caller's context is kept current: cudarc's drop binds the
+    /// slice's.
+    slice: std::mem::ManuallyDrop<CudaSlice<u8>>,
     len: usize,
     ptr: u64,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _current = KeepCurrent::loaded();
+        // SAFETY: dropped once, here, and not used after.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.slice) }
+    }
 }
 
 impl Owned {
@@ -828,7 +893,11 @@ impl Owned {
             let (p, _sync) = slice.device_ptr(slice.stream());
             p
         };
-        Owned { slice, len, ptr }
+        Owned {
+            slice: std::mem::ManuallyDrop::new(slice),
+            len,
+            ptr,
+        }
     }
 }
 
@@ -842,13 +911,20 @@ impl DeviceMemory for Owned {
         // A slice of the legacy or the per-thread default stream (candle's devices use the latter)
         // names "the calling thread's" stream, which would miss work another thread queued: the
         // whole context is waited for then.
+        // Bound without cudarc's check, which would report (and clear) an error the trainer's
+        // context stored as the load's; the caller's context is current again after.
         let device = self.slice.ordinal() as u32;
         let stream = self.slice.stream();
-        let r = if (stream.cu_stream() as usize) <= 2 {
-            stream.context().synchronize()
-        } else {
-            stream.synchronize()
-        };
+        let _current = KeepCurrent::loaded();
+        // SAFETY: the slice's live context and stream.
+        let r = unsafe { result::ctx::set_current(stream.context().cu_ctx()) }.and_then(|()| {
+            if (stream.cu_stream() as usize) <= 2 {
+                result::ctx::synchronize()
+            } else {
+                // SAFETY: as above.
+                unsafe { result::stream::synchronize(stream.cu_stream()) }
+            }
+        });
         r.map_err(|e| device_err(device, "waiting for the buffer's stream", e))
     }
 
@@ -862,6 +938,8 @@ impl DeviceMemory for Owned {
             return Err(device_err(device, "reading back", "wrong buffer size"));
         }
         let stream = self.slice.stream();
+        // The copy binds the slice's context.
+        let _current = KeepCurrent::loaded();
         stream
             .memcpy_dtoh(&self.slice.slice(..self.len), dst)
             .and_then(|()| stream.synchronize())
@@ -899,7 +977,7 @@ impl DeviceMemory for Raw {
             return Err(device_err(self.device, "reading back", "wrong buffer size"));
         }
         let l = link(self.device)?;
-        l.bind()?;
+        let _bound = l.bind()?;
         l.synchronize()?;
         // SAFETY: the trainer guaranteed (`DeviceBuffer::from_raw`) that the range is live device
         // memory of this GPU.
