@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{
+    result as driver, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop,
+};
+use cudarc::nccl::result::NcclError;
 use cudarc::nccl::{group_end, group_start, Comm, ReduceOp};
 
 use super::broadcast::Collective;
@@ -37,7 +40,7 @@ pub(crate) struct NcclGather<'a> {
     pub links: &'a [(Device, &'a CudaLink)],
 }
 
-fn nccl_err(devices: &[u32], op: &str, e: impl std::fmt::Debug) -> crate::Error {
+fn nccl_err(devices: &[u32], op: &str, reason: impl std::fmt::Display) -> crate::Error {
     ErrorKind::Device {
         device: devices
             .iter()
@@ -45,9 +48,67 @@ fn nccl_err(devices: &[u32], op: &str, e: impl std::fmt::Debug) -> crate::Error 
             .collect::<Vec<_>>()
             .join(", "),
         op: op.into(),
-        reason: format!("{e:?}"),
+        reason: reason.to_string(),
     }
     .into()
+}
+
+/// NCCL's error code and its own words for it (cudarc's `Debug` of an error says only
+/// "NcclError").
+fn nccl_text(e: &NcclError) -> String {
+    // SAFETY: NCCL returns a static C string for any result code.
+    let words = super::cuda::guarded(|| unsafe {
+        let p = cudarc::nccl::sys::ncclGetErrorString(e.0);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    });
+    match words {
+        Ok(Some(w)) => format!("{:?} ({w})", e.0),
+        _ => format!("{:?}", e.0),
+    }
+}
+
+/// Device memory something else owns (a value of the load, the trainer's buffer), as cudarc's
+/// NCCL calls take it: `len` elements at `ptr`, on `stream`'s GPU. Never frees anything and
+/// orders nothing (cudarc's own slices record events; the callers synchronise instead), so
+/// making one cannot fail.
+struct Span<T> {
+    stream: Arc<CudaStream>,
+    ptr: u64,
+    len: usize,
+    elem: std::marker::PhantomData<T>,
+}
+
+impl<T> Span<T> {
+    fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Span<T> {
+        Span {
+            stream: stream.clone(),
+            ptr,
+            len,
+            elem: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> DeviceSlice<T> for Span<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl<T> DevicePtr<T> for Span<T> {
+    fn device_ptr<'a>(&'a self, _: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+impl<T> DevicePtrMut<T> for Span<T> {
+    fn device_ptr_mut<'a>(&'a mut self, _: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
 }
 
 impl NcclGather<'_> {
@@ -64,38 +125,6 @@ impl NcclGather<'_> {
                 .into()
             })
     }
-}
-
-/// Views of device memory that something else owns, one per `(stream, address, bytes)`: handles
-/// that must never free it (each is leaked after use). cudarc's `upgrade_device_ptr` panics (an
-/// `unwrap` of its event creation) where the context holds an error of an earlier call, so that
-/// error is taken first and reported, and a panic is caught; on an error the views made so far
-/// are leaked.
-///
-/// # Safety
-/// Each range is a live allocation of its stream's GPU for as long as its view is used.
-unsafe fn views(
-    ranges: &[(&Arc<CudaStream>, u64, usize)],
-) -> std::result::Result<Vec<CudaSlice<u8>>, String> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for &(stream, ptr, len) in ranges {
-        let made = stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| format!("{e:?}"))
-            // SAFETY: the caller's.
-            .and_then(|()| super::cuda::guarded(|| unsafe { stream.upgrade_device_ptr(ptr, len) }));
-        match made {
-            Ok(v) => out.push(v),
-            Err(e) => {
-                for v in out {
-                    v.leak();
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The communicators made so far, kept for the process.
@@ -132,7 +161,7 @@ impl NcclGather<'_> {
         // so only a library that vanished since gets here).
         let c = super::cuda::guarded(|| Comm::from_devices(streams))
             .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?
-            .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", e))?;
+            .map_err(|e| nccl_err(&ordinals, "ncclCommInitAll", nccl_text(&e)))?;
         let c = Arc::new(Mutex::new(Comms(c)));
         all.insert(ordinals.clone(), c.clone());
         Ok((ordinals, c))
@@ -155,6 +184,11 @@ impl Gather for NcclGather<'_> {
     }
 
     fn all_gather(&self, members: &[(Device, u64)], share: usize) -> Result<()> {
+        // One gather at a time in the process: every communicator of a GPU runs on its kernel
+        // lane, and two loads gathering over overlapping sets of GPUs from two threads could
+        // queue their collectives in opposite orders on two GPUs, each then waiting for the other.
+        static GATHERING: Mutex<()> = Mutex::new(());
+        let _one = GATHERING.lock().unwrap_or_else(|e| e.into_inner());
         let devices: Vec<Device> = members.iter().map(|&(d, _)| d).collect();
         let links = devices
             .iter()
@@ -163,35 +197,21 @@ impl Gather for NcclGather<'_> {
         let (ordinals, comms) = self.comms(&devices)?;
         let comms = comms.lock().unwrap_or_else(|e| e.into_inner());
         let n = members.len();
-        let streams: Vec<_> = links.iter().map(|l| l.kernel_stream()).collect();
-        // Per rank, its share (sent) and the whole replica (received into), in place.
-        let ranges: Vec<_> = members
-            .iter()
-            .zip(&streams)
-            .enumerate()
-            .flat_map(|(rank, (&(_, ptr), stream))| {
-                [
-                    (stream, ptr + (rank * share) as u64, share),
-                    (stream, ptr, n * share),
-                ]
-            })
-            .collect();
-        // SAFETY: `ptr .. ptr + n * share` is this replica's allocation on this GPU (the
-        // destination made it), alive until the load ends; the views are leaked below.
-        let mut views = unsafe { views(&ranges) }
-            .map_err(|e| nccl_err(&ordinals, "viewing the replicas", e))?;
-        let mut run = || -> Result<()> {
-            group_start().map_err(|e| nccl_err(&ordinals, "ncclGroupStart", e))?;
+        let run = || -> Result<()> {
+            group_start().map_err(|e| nccl_err(&ordinals, "ncclGroupStart", nccl_text(&e)))?;
             let mut issued = Ok(());
-            for (comm, pair) in comms.0.iter().zip(views.chunks_mut(2)) {
-                let (send, recv) = pair.split_at_mut(1);
-                // In place: each rank's send buffer is its own share of the receive buffer.
-                if let Err(e) = comm.all_gather(&send[0], &mut recv[0]) {
-                    issued = Err(nccl_err(&ordinals, "ncclAllGather", e));
+            for (rank, (comm, &(_, ptr))) in comms.0.iter().zip(members).enumerate() {
+                // In place: each rank's send buffer is its own share of the receive buffer (the
+                // replica's allocation on this GPU, alive until the load ends).
+                let stream = comm.stream();
+                let send = Span::<u8>::new(&stream, ptr + (rank * share) as u64, share);
+                let mut recv = Span::<u8>::new(&stream, ptr, n * share);
+                if let Err(e) = comm.all_gather(&send, &mut recv) {
+                    issued = Err(nccl_err(&ordinals, "ncclAllGather", nccl_text(&e)));
                     break;
                 }
             }
-            let ended = group_end().map_err(|e| nccl_err(&ordinals, "ncclGroupEnd", e));
+            let ended = group_end().map_err(|e| nccl_err(&ordinals, "ncclGroupEnd", nccl_text(&e)));
             issued.and(ended)?;
             for l in &links {
                 l.synchronize_kernel_lane()?;
@@ -199,9 +219,6 @@ impl Gather for NcclGather<'_> {
             Ok(())
         };
         let r = run();
-        for v in views {
-            v.leak();
-        }
         if r.is_err() {
             drop(comms);
             Self::discard(&ordinals);
@@ -212,14 +229,66 @@ impl Gather for NcclGather<'_> {
 
 /// The trainer's communicator, on this rank's GPU (`link`: `None` when that GPU cannot be used,
 /// so this rank only takes part in the agreement that refuses the load).
+///
+/// Every rank must issue the same collectives in the same order, or the others wait forever: so
+/// once the agreements start, an error on this rank is reported after its collectives are issued,
+/// never instead of them, and the calls are made with the driver's own functions, bound without
+/// cudarc's check that first returns (and clears) an error the trainer's context stored. What
+/// still stops a rank short is its GPU failing (the agreement's word cannot be allocated or
+/// copied), a fault of the kind no agreement covers (`gpu::broadcast`).
 struct TrainerComm<'a> {
     comm: &'a Comm,
     link: Option<&'a CudaLink>,
+    /// One u64 on the communicator's GPU that the agreements reduce, allocated once.
+    word: std::result::Result<u64, String>,
 }
 
-impl TrainerComm<'_> {
-    fn err(&self, op: &str, e: impl std::fmt::Debug) -> crate::Error {
+impl<'a> TrainerComm<'a> {
+    fn new(comm: &'a Comm, link: Option<&'a CudaLink>) -> TrainerComm<'a> {
+        let _current = super::cuda::KeepCurrent::loaded();
+        // SAFETY: the communicator's live context; 8 bytes freed once, in `drop`.
+        let word = unsafe {
+            driver::ctx::set_current(comm.context().cu_ctx()).and_then(|()| driver::malloc_sync(8))
+        };
+        TrainerComm {
+            comm,
+            link,
+            word: word.map_err(|e| format!("allocating 8 bytes for the agreements: {e:?}")),
+        }
+    }
+
+    fn err(&self, op: &str, e: impl std::fmt::Display) -> crate::Error {
         nccl_err(&[self.comm.ordinal() as u32], op, e)
+    }
+
+    /// Binds the communicator's context (the caller's is current again when the guard drops).
+    fn bind(&self) -> (super::cuda::KeepCurrent, Option<crate::Error>) {
+        let current = super::cuda::KeepCurrent::loaded();
+        // SAFETY: the communicator's live context.
+        let bound = unsafe { driver::ctx::set_current(self.comm.context().cu_ctx()) };
+        (
+            current,
+            bound
+                .err()
+                .map(|e| self.err("binding the context", format!("{e:?}"))),
+        )
+    }
+
+    /// Waits for the communicator's stream.
+    fn synchronize(&self, stream: &CudaStream) -> std::result::Result<(), crate::Error> {
+        // SAFETY: the communicator's live stream.
+        unsafe { driver::stream::synchronize(stream.cu_stream()) }
+            .map_err(|e| self.err("synchronising", format!("{e:?}")))
+    }
+}
+
+impl Drop for TrainerComm<'_> {
+    fn drop(&mut self) {
+        if let Ok(word) = self.word {
+            let (_current, _) = self.bind();
+            // SAFETY: allocated in `new`; the stream was waited for after its last use.
+            let _ = unsafe { driver::free_sync(word) };
+        }
     }
 }
 
@@ -233,57 +302,76 @@ impl Collective for TrainerComm<'_> {
     }
 
     fn max(&self, value: u64) -> Result<u64> {
+        let word = *self
+            .word
+            .as_ref()
+            .map_err(|e| self.err("taking part in an agreement", e))?;
         let stream = self.comm.stream();
-        let mut buf = stream
-            .clone_htod(&[value])
-            .map_err(|e| self.err("copying to the device", e))?;
-        self.comm
-            .all_reduce_in_place(&mut buf, &ReduceOp::Max)
-            .map_err(|e| self.err("ncclAllReduce", e))?;
-        let out = stream
-            .clone_dtoh(&buf)
-            .map_err(|e| self.err("copying from the device", e))?;
-        Ok(out.first().copied().unwrap_or(value))
+        let (_current, mut first) = self.bind();
+        // SAFETY: `word` is 8 bytes of this GPU, alive while `self` is; the stream is waited for
+        // before `out` is read and before `value` goes out of scope.
+        let upload = unsafe { driver::memcpy_htod_async(word, &[value], stream.cu_stream()) };
+        if let Err(e) = upload {
+            first.get_or_insert(self.err("copying to the device", format!("{e:?}")));
+        }
+        let mut buf = Span::<u64>::new(&stream, word, 1);
+        if let Err(e) = self.comm.all_reduce_in_place(&mut buf, &ReduceOp::Max) {
+            first.get_or_insert(self.err("ncclAllReduce", nccl_text(&e)));
+        }
+        let mut out = [value];
+        // SAFETY: as above.
+        let download = unsafe { driver::memcpy_dtoh_async(&mut out, word, stream.cu_stream()) };
+        if let Err(e) = download {
+            first.get_or_insert(self.err("copying from the device", format!("{e:?}")));
+        }
+        if let Err(e) = self.synchronize(&stream) {
+            first.get_or_insert(e);
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(out[0]),
+        }
     }
 
     fn broadcast(&self, bufs: &[(u64, usize)], root: usize) -> Result<()> {
         let stream = self.comm.stream();
-        let link = self
-            .link
-            .ok_or_else(|| self.err("broadcasting", "the GPU is not usable"))?;
+        let (_current, mut first) = self.bind();
         // NCCL's stream must see the load's copies and kernels finished.
-        link.synchronize()?;
-        for chunk in bufs.chunks(256) {
-            let ranges: Vec<_> = chunk
-                .iter()
-                .map(|&(ptr, len)| (&stream, ptr, len))
-                .collect();
-            // SAFETY: each buffer is a live device allocation of this GPU held by the store's
-            // values for the whole call; the views are leaked below, never freed here.
-            let mut views =
-                unsafe { views(&ranges) }.map_err(|e| self.err("viewing the values", e))?;
-            let mut run = || -> Result<()> {
-                group_start().map_err(|e| self.err("ncclGroupStart", e))?;
-                let mut issued = Ok(());
-                for v in views.iter_mut() {
-                    if let Err(e) = self.comm.broadcast_in_place(v, root as i32) {
-                        issued = Err(self.err("ncclBroadcast", e));
-                        break;
-                    }
+        match self.link {
+            Some(link) => {
+                if let Err(e) = link.synchronize() {
+                    first.get_or_insert(e);
                 }
-                let ended = group_end().map_err(|e| self.err("ncclGroupEnd", e));
-                issued.and(ended)?;
-                stream
-                    .synchronize()
-                    .map_err(|e| self.err("synchronising", e))
-            };
-            let r = run();
-            for v in views {
-                v.leak();
             }
-            r?;
+            None => {
+                first.get_or_insert(self.err("broadcasting", "the GPU is not usable"));
+            }
         }
-        Ok(())
+        // Every broadcast is issued whatever failed before it (see `TrainerComm`); the first
+        // error is reported after the stream is waited for.
+        for chunk in bufs.chunks(256) {
+            if let Err(e) = group_start() {
+                first.get_or_insert(self.err("ncclGroupStart", nccl_text(&e)));
+            }
+            for &(ptr, len) in chunk {
+                // Each buffer is a live device allocation of this GPU held by the store's values
+                // for the whole call.
+                let mut value = Span::<u8>::new(&stream, ptr, len);
+                if let Err(e) = self.comm.broadcast_in_place(&mut value, root as i32) {
+                    first.get_or_insert(self.err("ncclBroadcast", nccl_text(&e)));
+                }
+            }
+            if let Err(e) = group_end() {
+                first.get_or_insert(self.err("ncclGroupEnd", nccl_text(&e)));
+            }
+        }
+        if let Err(e) = self.synchronize(&stream) {
+            first.get_or_insert(e);
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -299,6 +387,14 @@ impl VariableStore {
     /// succeeded everywhere), so an error on one rank is an error on every rank, and no rank
     /// keeps a value (all or nothing). Variables may be placed on `comm`'s GPU or on the CPU;
     /// replicas and `LoadOptions::rank` are refused.
+    ///
+    /// NCCL makes a communicator on the GPU current on the calling thread, which cudarc's
+    /// `Comm::from_rank` does not choose: bind that GPU's context first (`ctx.bind_to_thread()`
+    /// of the `CudaContext` whose stream the communicator gets). What no agreement covers is a
+    /// fault of a GPU or of the communicator inside the steps (NCCL then reports it or hangs, as
+    /// it does for the trainer's own collectives). The first load on a GPU in a process waits
+    /// for the work already queued on that GPU (cudarc synchronises a context when the first
+    /// stream of its own is made).
     pub fn initialize_broadcast(
         &mut self,
         comm: &Comm,
@@ -308,10 +404,7 @@ impl VariableStore {
         let ordinal = comm.ordinal() as u32;
         match super::cuda::link(ordinal) {
             Ok(link) => {
-                let c = TrainerComm {
-                    comm,
-                    link: Some(&*link),
-                };
+                let c = TrainerComm::new(comm, Some(&*link));
                 self.initialize_broadcast_on(
                     Device::Cuda(ordinal),
                     &*link,
@@ -322,7 +415,7 @@ impl VariableStore {
                 )
             }
             Err(e) => {
-                let c = TrainerComm { comm, link: None };
+                let c = TrainerComm::new(comm, None);
                 Err(self.refuse_broadcast(&c, Device::Cuda(ordinal), root, options, e))
             }
         }
