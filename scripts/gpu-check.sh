@@ -143,6 +143,13 @@ echo "binaries built from this tree ($(cat "$out/BUILD"))"
 }
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current \
     --format=csv,noheader 2>/dev/null || true
+# The binaries use CUDA 13.0 (cudarc's bindings, NVRTC 13, candle's libraries), which needs driver
+# 580 or newer: an older one would fail every test in turn, each up to its time limit.
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
+if [ -n "$driver" ] && [ "${driver%%.*}" -lt 580 ] 2>/dev/null; then
+    echo "gpu-check: driver $driver is older than CUDA 13.0 needs (580): nothing run" >&2
+    exit 1
+fi
 # Whether this machine's host takes freed memory back (a virtio balloon with free page reporting,
 # feature bit 5): host values then take 4 KiB pages (README: Fresh memory). Free to print.
 for d in /sys/bus/virtio/devices/*; do
@@ -183,32 +190,37 @@ private_libs() {
     echo "$dir"
 }
 with_libs() { echo "$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
-# NCCL for the replica and broadcast tests (world size 1). Once found, the NCCL parts must run:
-# the tests then fail rather than skip them.
+# The CUDA libraries the loader does not find already, from the CUDA image's Python packages, for
+# every part: NVRTC (the kernels of every GPU load), NCCL (the replica and broadcast tests at world
+# size 1), and candle's (cuBLAS, cuRAND, the runtime).
+lib_dir=$(private_libs libnvrtc.so.13 libnccl.so.2 libcublas.so.13 libcublasLt.so.13 \
+    libcurand.so.10 libcudart.so.13)
 # NCCL installs only its soname, libnccl.so.2, and cudarc (loading it at run time) looks for
 # libnccl.so: a link of that name goes into the private folder.
-nccl_dir=$(private_libs libnccl.so.2)
 nccl_so2=
-if [ -e "$nccl_dir/libnccl.so.2" ]; then
-    nccl_so2=$(readlink -f "$nccl_dir/libnccl.so.2")
+if [ -e "$lib_dir/libnccl.so.2" ]; then
+    nccl_so2=$(readlink -f "$lib_dir/libnccl.so.2")
 else
     nccl_so2=$(ldconfig -p 2>/dev/null | sed -n 's/^\s*libnccl\.so\.2 (.*) => //p' | head -1 || true)
 fi
 if [ -n "$nccl_so2" ] && ! resolvable libnccl.so; then
-    ln -s "$nccl_so2" "$nccl_dir/libnccl.so"
+    ln -s "$nccl_so2" "$lib_dir/libnccl.so"
     echo "libnccl.so: linked to $nccl_so2"
 fi
+export LD_LIBRARY_PATH
+LD_LIBRARY_PATH=$(with_libs "$lib_dir")
 # NCCL_SOCKET_IFNAME: the machine has no network but the loopback, which NCCL's bootstrap (used
-# even at world size 1) may not pick by itself.
-nccl_env=(env LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" NCCL_SOCKET_IFNAME=lo NCCL_DEBUG=WARN)
-if LD_LIBRARY_PATH="$(with_libs "$nccl_dir")" resolvable libnccl.so; then
+# even at world size 1) may not pick by itself. Once NCCL is found, the NCCL parts must run: the
+# tests then fail rather than skip them.
+nccl_env=(env NCCL_SOCKET_IFNAME=lo NCCL_DEBUG=WARN)
+if resolvable libnccl.so; then
     nccl_env+=(TFCKPT_REQUIRE_NCCL=1)
 else
     echo "NCCL: none found; the NCCL parts of the tests are skipped"
 fi
 # Each test in its own process, under a time limit: a kernel fault leaves a CUDA context unusable
 # for the rest of its process (and would fail every later test), and a hang would use up the
-# device time. Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run
+# device time (the limit, 120 s, is many times what a test takes there). Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run
 # with the environment before it; returns nonzero if any failed, listing them.
 each_test() {
     local limit=$1 exe=$2 filter=${3:-} list t rc ran=0 failed=()
@@ -244,22 +256,18 @@ bench_rc=0
 if part tests; then
     echo "== CUDA tests"
     TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
-        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 240 "$bin/gpu-tests" ||
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 120 "$bin/gpu-tests" ||
         tests_rc=$?
 fi
 if part remote; then
     echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 240 "$bin/remote-tests" --exact \
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 120 "$bin/remote-tests" --exact \
         gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
 fi
-# candle's CUDA libraries (cuBLAS, cuRAND, the runtime; NVRTC), where the loader does not find them
-# already: from the CUDA image's Python packages.
-candle_dir=$(private_libs libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13)
-candle_env=(env LD_LIBRARY_PATH="$(with_libs "$candle_dir")")
 if part candle; then
     echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${candle_env[@]}" \
-        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 240 "$bin/candle-tests" on_gpu ||
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 \
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 120 "$bin/candle-tests" on_gpu ||
         tests_rc=$?
 fi
 if part bench; then
@@ -268,7 +276,7 @@ if part bench; then
 fi
 if part candle-bench; then
     echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-    "${candle_env[@]}" timeout -k 10 300 "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+    timeout -k 10 300 "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
 fi
 if part probe; then
     echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
