@@ -237,19 +237,35 @@ fn ptx_hint(e: &cudarc::driver::DriverError) -> String {
     )
 }
 
-/// A cached kernel's text, if the file is this user's (the folder can be named by
-/// `TFCKPT_KERNEL_CACHE`, and a file planted there by someone else would run on the GPU).
+/// A cached kernel's text, if the file is this user's own file, not a link (the folder can be
+/// named by `TFCKPT_KERNEL_CACHE`, and a file planted there by someone else, or a link to
+/// another of the cache's files, would run on the GPU).
 fn read_cached(path: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.file_type().is_file() {
+        return None;
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        if std::fs::metadata(path).ok()?.uid() != me {
+        if meta.uid() != me {
             return None;
         }
     }
     std::fs::read_to_string(path).ok()
+}
+
+/// Writes `text` into a new file `path` (never through a link or over a file someone planted
+/// there: it must not exist), readable and writable by this user alone.
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// Creates `dir` (and its parents) readable and writable by this user alone where it makes them.
@@ -271,13 +287,24 @@ fn cache_header(ptx: &str) -> String {
 }
 
 /// The PTX of kernel `name` for `arch` (`None`: NVRTC's default), from `cache` when it holds
-/// this very program (same source, options and NVRTC version, intact, this user's), else compiled by NVRTC and
-/// kept in `cache` (best effort: written whole or not at all). Also says whether it came from the
-/// cache.
+/// this very program (same source, options and NVRTC version, intact, this user's, defining that
+/// kernel), else compiled by NVRTC and kept in `cache` (best effort: written whole or not at
+/// all). Also says whether it came from the cache.
 pub(crate) fn kernel_ptx(
     name: &str,
     arch: Option<&'static str>,
     cache: Option<&Path>,
+) -> std::result::Result<(String, bool), String> {
+    kernel_ptx_from(name, arch, cache, true)
+}
+
+/// [`kernel_ptx`], reading the cache only if `read` (a cached PTX the driver refused is
+/// compiled again, and the cache's file replaced).
+fn kernel_ptx_from(
+    name: &str,
+    arch: Option<&'static str>,
+    cache: Option<&Path>,
+    read: bool,
 ) -> std::result::Result<(String, bool), String> {
     let (file, program) = kernel_program(name).ok_or_else(|| format!("no kernel {name}"))?;
     if !nvrtc_present() {
@@ -304,11 +331,10 @@ pub(crate) fn kernel_ptx(
             arch.unwrap_or("default")
         ))
     });
-    if let Some(text) = path.as_deref().and_then(read_cached) {
-        if let Some((header, ptx)) = text.split_once('\n') {
-            if format!("{header}\n") == cache_header(ptx) {
-                return Ok((ptx.to_string(), true));
-            }
+    let cached = path.as_deref().filter(|_| read).and_then(read_cached);
+    if let Some((header, ptx)) = cached.as_deref().and_then(|t| t.split_once('\n')) {
+        if format!("{header}\n") == cache_header(ptx) && ptx.contains(&format!(".entry {name}(")) {
+            return Ok((ptx.to_string(), true));
         }
     }
     let ptx = guarded(|| compile_ptx_with_opts(&program, options))?
@@ -321,7 +347,7 @@ pub(crate) fn kernel_ptx(
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let written = make_private_dir(dir)
-            .and_then(|()| std::fs::write(&tmp, format!("{}{ptx}", cache_header(&ptx))))
+            .and_then(|()| write_new(&tmp, &format!("{}{ptx}", cache_header(&ptx))))
             .and_then(|()| std::fs::rename(&tmp, path));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -596,7 +622,14 @@ impl CudaLink {
                     .iter()
                     .map(|&n| {
                         let cache = cache.as_deref();
-                        scope.spawn(move || kernel_ptx(n, arch, cache))
+                        // An NVRTC older than the GPU's architecture refuses to target it: then
+                        // its default target, which the driver compiles for the GPU on loading.
+                        scope.spawn(move || {
+                            kernel_ptx(n, arch, cache).or_else(|e| match arch {
+                                Some(_) => kernel_ptx(n, None, cache).map_err(|_| e),
+                                None => Err(e),
+                            })
+                        })
                     })
                     .collect();
                 handles
@@ -607,11 +640,25 @@ impl CudaLink {
         let fail =
             |e: String| unavailable(self.ordinal, format!("the kernels cannot be prepared: {e}"));
         for (name, ptx) in missing.into_iter().zip(compiled) {
-            let (ptx, _) = ptx.map_err(fail)?;
-            let module = self
-                .ctx
-                .load_module(Ptx::from_src(ptx))
-                .map_err(|e| fail(format!("loading kernel {name}: {e:?}{}", ptx_hint(&e))))?;
+            let (ptx, cached) = ptx.map_err(fail)?;
+            let load = |ptx: String| self.ctx.load_module(Ptx::from_src(ptx));
+            let module = match load(ptx) {
+                // A cached PTX the driver refuses (a driver downgraded since, say): compiled
+                // again, and the cache's file replaced.
+                Err(_) if cached => {
+                    let fresh = kernel_ptx_from(name, arch, cache.as_deref(), false)
+                        .or_else(|e| match arch {
+                            Some(_) => {
+                                kernel_ptx_from(name, None, cache.as_deref(), false).map_err(|_| e)
+                            }
+                            None => Err(e),
+                        })
+                        .map_err(fail)?;
+                    load(fresh.0)
+                }
+                loaded => loaded,
+            }
+            .map_err(|e| fail(format!("loading kernel {name}: {e:?}{}", ptx_hint(&e))))?;
             let function = module
                 .load_function(name)
                 .map_err(|e| fail(format!("kernel {name}: {e:?}")))?;
@@ -831,7 +878,8 @@ impl Link for CudaLink {
             .arg(&k.row)
             .arg(&k.src_stride)
             .arg(&k.dst_stride);
-        if k.dst_col != 0 {
+        // A transpose takes the destination's column stride too.
+        if k.transposes() {
             launch.arg(&k.dst_col);
         }
         // SAFETY: the kernel's parameters are (const T*, T*, u64 x4), plus a fifth u64 for a
@@ -1130,6 +1178,31 @@ mod tests {
                 let mode = std::fs::metadata(d).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o700, "{}", d.display());
             }
+        }
+        // Another kernel's intact file in this kernel's place is not taken for it, nor is a
+        // link to it (each then compiled again and rewritten as a file of its own).
+        #[cfg(unix)]
+        {
+            let other = kernel_ptx("copy2d_4", Some("sm_90"), cache).unwrap().0;
+            let file = |name: &str| {
+                std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .find(|p| {
+                        let n = p.file_name().unwrap().to_string_lossy();
+                        n.starts_with(&format!("{name}-sm_90-"))
+                    })
+                    .unwrap()
+            };
+            let (mine, theirs) = (file("transpose2d_4"), file("copy2d_4"));
+            std::fs::copy(&theirs, &mine).unwrap();
+            let (ptx, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap();
+            assert!(!cached && ptx == first && ptx != other);
+            std::fs::remove_file(&mine).unwrap();
+            std::os::unix::fs::symlink(&theirs, &mine).unwrap();
+            assert!(!kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
+            assert!(!std::fs::symlink_metadata(&mine).unwrap().is_symlink());
+            assert!(kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
         }
         // An unwritable cache only costs the compile.
         let file_not_dir = dir.path().join("a-file");

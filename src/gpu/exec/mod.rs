@@ -263,11 +263,16 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// Whether the kernel is a transpose (which takes `dst_col` as its seventh parameter).
+    pub(crate) fn transposes(&self) -> bool {
+        super::plan::KERNELS.iter().any(|e| e.3 == self.name)
+    }
+
     /// The launch configuration, `(grid, block)` in (x, y): a transpose (kernels/transpose.cu)
     /// goes by 32×32 tiles in blocks of 32×8 threads, the others by rows, 256 threads along a
     /// row. Both grids are clamped; the kernels' grid-stride loops cover the rest.
     pub(crate) fn launch_dims(&self) -> ((u32, u32), (u32, u32)) {
-        if self.dst_col != 0 {
+        if self.transposes() {
             (
                 (
                     self.row.div_ceil(32).clamp(1, 1024) as u32,
