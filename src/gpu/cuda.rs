@@ -18,7 +18,7 @@ use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
     LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 
 use super::exec::{Kernel, Link, LANES};
 use crate::base::device::DeviceMemory;
@@ -241,7 +241,23 @@ fn ptx_hint(e: &cudarc::driver::DriverError) -> String {
 /// named by `TFCKPT_KERNEL_CACHE`, and a file planted there by someone else, or a link to
 /// another of the cache's files, would run on the GPU).
 fn read_cached(path: &Path) -> Option<String> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
+    use std::io::Read;
+    // Checked on the file opened (on Unix the open itself refuses a link), so that nothing can
+    // be swapped in between the check and the read.
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    #[cfg(not(unix))]
+    if std::fs::symlink_metadata(path)
+        .ok()?
+        .file_type()
+        .is_symlink()
+    {
+        return None;
+    }
+    let mut file = options.open(path).ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.file_type().is_file() {
         return None;
     }
@@ -254,7 +270,9 @@ fn read_cached(path: &Path) -> Option<String> {
             return None;
         }
     }
-    std::fs::read_to_string(path).ok()
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Writes `text` into a new file `path` (never through a link or over a file someone planted
@@ -286,21 +304,33 @@ fn cache_header(ptx: &str) -> String {
     )
 }
 
-/// The PTX of kernel `name` for `arch` (`None`: NVRTC's default), from `cache` when it holds
-/// this very program (same source, options and NVRTC version, intact, this user's, defining that
-/// kernel), else compiled by NVRTC and kept in `cache` (best effort: written whole or not at
-/// all). Also says whether it came from the cache.
-pub(crate) fn kernel_ptx(
+/// How [`kernel_ptx`]'s error begins when NVRTC refused the options, the target architecture
+/// among them (an NVRTC older than the GPU).
+const ARCH_REFUSED: &str = "NVRTC refused the options for";
+
+/// The PTX of `name` for `arch`, or for NVRTC's default target if NVRTC refused `arch` (the
+/// driver then compiles it for the GPU on loading).
+fn kernel_ptx_or_default(
     name: &str,
     arch: Option<&'static str>,
     cache: Option<&Path>,
+    read: bool,
 ) -> std::result::Result<(String, bool), String> {
-    kernel_ptx_from(name, arch, cache, true)
+    kernel_ptx(name, arch, cache, read).or_else(|e| {
+        if arch.is_some() && e.starts_with(ARCH_REFUSED) {
+            kernel_ptx(name, None, cache, read).map_err(|d| format!("{e}; default target: {d}"))
+        } else {
+            Err(e)
+        }
+    })
 }
 
-/// [`kernel_ptx`], reading the cache only if `read` (a cached PTX the driver refused is
-/// compiled again, and the cache's file replaced).
-fn kernel_ptx_from(
+/// The PTX of kernel `name` for `arch` (`None`: NVRTC's default), from `cache` when it holds
+/// this very program (same source, options and NVRTC version, intact, this user's, defining that
+/// kernel) and `read` is set (not for a cached PTX the driver refused), else compiled by NVRTC and
+/// kept in `cache` (best effort: written whole or not at all). Also says whether it came from the
+/// cache.
+pub(crate) fn kernel_ptx(
     name: &str,
     arch: Option<&'static str>,
     cache: Option<&Path>,
@@ -338,7 +368,18 @@ fn kernel_ptx_from(
         }
     }
     let ptx = guarded(|| compile_ptx_with_opts(&program, options))?
-        .map_err(|e| format!("kernels/{file} ({name}): {e:?}"))?
+        .map_err(|e| {
+            let refused = matches!(
+                &e,
+                CompileError::CompileError { nvrtc, .. }
+                    if nvrtc.0 == cudarc::nvrtc::sys::nvrtcResult::NVRTC_ERROR_INVALID_OPTION
+            );
+            let what = format!("kernels/{file} ({name}): {e:?}");
+            match arch {
+                Some(arch) if refused => format!("{ARCH_REFUSED} {arch}: {what}"),
+                _ => what,
+            }
+        })?
         .to_src();
     if let (Some(dir), Some(path)) = (cache, &path) {
         // Written aside and renamed into place, so that a reader never sees half a file; the
@@ -452,7 +493,9 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
         ));
     }
     // Event tracking stays on: the slices handed out (`DeviceTensor::cuda_slice`) then order
-    // their use and their free against the trainer's streams as any cudarc slice does.
+    // their use and their free against the trainer's streams as any cudarc slice does. Making the
+    // context and its streams binds it; the thread's own is current again after.
+    let _current = KeepCurrent::loaded();
     let ctx = CudaContext::new(ordinal as usize)
         .map_err(|e| device_err(ordinal, "creating a context", e))?;
     let lanes = (0..LANES)
@@ -613,8 +656,9 @@ impl CudaLink {
             return Ok(());
         }
         let arch = self.arch()?;
-        // `load_module` binds the context.
-        let _current = KeepCurrent::loaded();
+        // Bound first: cudarc's `load_module` binds too, and an error the context stored earlier
+        // is this call's, not a sign of a bad cached PTX.
+        let _bound = self.bind()?;
         let cache = kernel_cache_dir();
         let compiled: Vec<std::result::Result<(String, bool), String>> =
             std::thread::scope(|scope| {
@@ -622,14 +666,7 @@ impl CudaLink {
                     .iter()
                     .map(|&n| {
                         let cache = cache.as_deref();
-                        // An NVRTC older than the GPU's architecture refuses to target it: then
-                        // its default target, which the driver compiles for the GPU on loading.
-                        scope.spawn(move || {
-                            kernel_ptx(n, arch, cache).or_else(|e| match arch {
-                                Some(_) => kernel_ptx(n, None, cache).map_err(|_| e),
-                                None => Err(e),
-                            })
-                        })
+                        scope.spawn(move || kernel_ptx_or_default(n, arch, cache, true))
                     })
                     .collect();
                 handles
@@ -642,23 +679,19 @@ impl CudaLink {
         for (name, ptx) in missing.into_iter().zip(compiled) {
             let (ptx, cached) = ptx.map_err(fail)?;
             let load = |ptx: String| self.ctx.load_module(Ptx::from_src(ptx));
+            let loading = |e: DriverError| format!("loading kernel {name}: {e:?}{}", ptx_hint(&e));
             let module = match load(ptx) {
-                // A cached PTX the driver refuses (a driver downgraded since, say): compiled
-                // again, and the cache's file replaced.
-                Err(_) if cached => {
-                    let fresh = kernel_ptx_from(name, arch, cache.as_deref(), false)
-                        .or_else(|e| match arch {
-                            Some(_) => {
-                                kernel_ptx_from(name, None, cache.as_deref(), false).map_err(|_| e)
-                            }
-                            None => Err(e),
-                        })
-                        .map_err(fail)?;
-                    load(fresh.0)
+                // A cached PTX the driver refuses as PTX (a driver downgraded since, say):
+                // compiled again, and the cache's file replaced.
+                Err(e) if cached && refused_ptx(&e) => {
+                    let (fresh, _) = kernel_ptx_or_default(name, arch, cache.as_deref(), false)
+                        .map_err(|f| fail(format!("{}; compiling it again: {f}", loading(e))))?;
+                    load(fresh).map_err(|f| {
+                        fail(format!("{}; compiled again: {}", loading(e), loading(f)))
+                    })?
                 }
-                loaded => loaded,
-            }
-            .map_err(|e| fail(format!("loading kernel {name}: {e:?}{}", ptx_hint(&e))))?;
+                loaded => loaded.map_err(|e| fail(loading(e)))?,
+            };
             let function = module
                 .load_function(name)
                 .map_err(|e| fail(format!("kernel {name}: {e:?}")))?;
@@ -666,6 +699,18 @@ impl CudaLink {
         }
         Ok(())
     }
+}
+
+/// Whether the driver refused a module's PTX itself (not the context's state).
+fn refused_ptx(e: &DriverError) -> bool {
+    use sys::cudaError_enum::*;
+    matches!(
+        e.0,
+        CUDA_ERROR_INVALID_PTX
+            | CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            | CUDA_ERROR_INVALID_IMAGE
+            | CUDA_ERROR_NO_BINARY_FOR_GPU
+    )
 }
 
 /// A fence: an event that blocks the waiting thread instead of spinning (the CPU cores are
@@ -910,8 +955,8 @@ impl Link for CudaLink {
 
 /// Device memory allocated by the library (or handed in as a cudarc slice).
 pub(crate) struct Owned {
-    /// Dropped in `Drop`, where the caller's context is kept current: cudarc's drop binds the
-    /// slice's.
+    /// Dropped in `Drop`, where the caller's context is current again after: cudarc's drop may
+    /// bind the slice's (to wait for its events, or to free it where the GPU has no pool).
     slice: std::mem::ManuallyDrop<CudaSlice<u8>>,
     len: usize,
     ptr: u64,
@@ -1099,7 +1144,7 @@ mod tests {
         }
         for (_, fns) in FUNCTIONS {
             for f in *fns {
-                let (ptx, cached) = kernel_ptx(f, Some("sm_90"), None).unwrap();
+                let (ptx, cached) = kernel_ptx(f, Some("sm_90"), None, true).unwrap();
                 assert!(!cached);
                 assert!(ptx.contains(&format!(".entry {f}(")), "{f}");
                 assert_eq!(
@@ -1141,9 +1186,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let cache = Some(dir.path());
-        let (first, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap();
+        let (first, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache, true).unwrap();
         assert!(!cached);
-        let (again, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap();
+        let (again, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache, true).unwrap();
         assert!(cached);
         assert_eq!(again, first);
         let files: Vec<_> = std::fs::read_dir(dir.path())
@@ -1156,15 +1201,23 @@ mod tests {
         let at = bytes.len() - 10;
         bytes[at] ^= 1;
         std::fs::write(&files[0], &bytes).unwrap();
-        let (mended, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap();
+        let (mended, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache, true).unwrap();
         assert!(!cached);
         assert_eq!(mended, first);
-        assert!(kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
+        assert!(
+            kernel_ptx("transpose2d_4", Some("sm_90"), cache, true)
+                .unwrap()
+                .1
+        );
         // A truncated file too.
         std::fs::write(&files[0], &bytes[..bytes.len() / 2]).unwrap();
-        assert!(!kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
+        assert!(
+            !kernel_ptx("transpose2d_4", Some("sm_90"), cache, true)
+                .unwrap()
+                .1
+        );
         // Another target is another program.
-        let (other, cached) = kernel_ptx("transpose2d_4", Some("sm_80"), cache).unwrap();
+        let (other, cached) = kernel_ptx("transpose2d_4", Some("sm_80"), cache, true).unwrap();
         assert!(!cached);
         assert!(other.contains(".target sm_80"), "sm_80 PTX");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
@@ -1173,7 +1226,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             let nested = dir.path().join("made/here");
-            kernel_ptx("copy2d_1", None, Some(&nested)).unwrap();
+            kernel_ptx("copy2d_1", None, Some(&nested), true).unwrap();
             for d in [&nested, &dir.path().join("made")] {
                 let mode = std::fs::metadata(d).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o700, "{}", d.display());
@@ -1183,7 +1236,9 @@ mod tests {
         // link to it (each then compiled again and rewritten as a file of its own).
         #[cfg(unix)]
         {
-            let other = kernel_ptx("copy2d_4", Some("sm_90"), cache).unwrap().0;
+            let other = kernel_ptx("copy2d_4", Some("sm_90"), cache, true)
+                .unwrap()
+                .0;
             let file = |name: &str| {
                 std::fs::read_dir(dir.path())
                     .unwrap()
@@ -1196,18 +1251,43 @@ mod tests {
             };
             let (mine, theirs) = (file("transpose2d_4"), file("copy2d_4"));
             std::fs::copy(&theirs, &mine).unwrap();
-            let (ptx, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap();
+            let (ptx, cached) = kernel_ptx("transpose2d_4", Some("sm_90"), cache, true).unwrap();
             assert!(!cached && ptx == first && ptx != other);
             std::fs::remove_file(&mine).unwrap();
             std::os::unix::fs::symlink(&theirs, &mine).unwrap();
-            assert!(!kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
+            assert!(
+                !kernel_ptx("transpose2d_4", Some("sm_90"), cache, true)
+                    .unwrap()
+                    .1
+            );
             assert!(!std::fs::symlink_metadata(&mine).unwrap().is_symlink());
-            assert!(kernel_ptx("transpose2d_4", Some("sm_90"), cache).unwrap().1);
+            assert!(
+                kernel_ptx("transpose2d_4", Some("sm_90"), cache, true)
+                    .unwrap()
+                    .1
+            );
         }
+        // Not read when asked not to (a cached PTX the driver refused): compiled and rewritten.
+        assert!(
+            kernel_ptx("transpose2d_4", Some("sm_90"), cache, true)
+                .unwrap()
+                .1
+        );
+        assert!(
+            !kernel_ptx("transpose2d_4", Some("sm_90"), cache, false)
+                .unwrap()
+                .1
+        );
+        // A target NVRTC refuses (as an NVRTC older than the GPU refuses its architecture):
+        // NVRTC's default target instead; a source error is not retried.
+        let e = kernel_ptx("copy2d_4", Some("sm_10"), None, true).unwrap_err();
+        assert!(e.starts_with(ARCH_REFUSED), "{e}");
+        let (ptx, _) = kernel_ptx_or_default("copy2d_4", Some("sm_10"), None, true).unwrap();
+        assert!(ptx.contains(".entry copy2d_4(") && !ptx.contains("sm_10"));
         // An unwritable cache only costs the compile.
         let file_not_dir = dir.path().join("a-file");
         std::fs::write(&file_not_dir, b"").unwrap();
-        let (ptx, cached) = kernel_ptx("copy2d_4", None, Some(&file_not_dir)).unwrap();
+        let (ptx, cached) = kernel_ptx("copy2d_4", None, Some(&file_not_dir), true).unwrap();
         assert!(!cached && ptx.contains(".entry copy2d_4("));
     }
 

@@ -248,8 +248,9 @@ pub(crate) struct Job {
 
 /// A kernel launch: `rows` rows of `row` elements from `src` (row stride `src_stride` elements)
 /// to `dst` (row stride `dst_stride`); `name` is a kernel of `kernels/`. A transpose
-/// (`dst_col != 0`) writes element (r, c) at `dst + r * dst_stride + c * dst_col` (elements); the
-/// others write rows of contiguous elements (`dst_col` 0).
+/// ([`Kernel::transposes`]; `dst_col` is then the value's row count, at least 2) writes element
+/// (r, c) at `dst + r * dst_stride + c * dst_col` (elements); the others write rows of contiguous
+/// elements (`dst_col` 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Kernel {
     pub name: &'static str,
