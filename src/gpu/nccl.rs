@@ -79,7 +79,9 @@ struct Span<T> {
 }
 
 impl<T> Span<T> {
-    fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Span<T> {
+    /// # Safety
+    /// `len` elements at `ptr` are live device memory of `stream`'s GPU while the span is used.
+    unsafe fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Span<T> {
         Span {
             stream: stream.clone(),
             ptr,
@@ -204,19 +206,25 @@ impl Gather for NcclGather<'_> {
                 // In place: each rank's send buffer is its own share of the receive buffer (the
                 // replica's allocation on this GPU, alive until the load ends).
                 let stream = comm.stream();
-                let send = Span::<u8>::new(&stream, ptr + (rank * share) as u64, share);
-                let mut recv = Span::<u8>::new(&stream, ptr, n * share);
+                // SAFETY: the replica's allocation holds `n * share` bytes.
+                let send = unsafe { Span::<u8>::new(&stream, ptr + (rank * share) as u64, share) };
+                // SAFETY: as above.
+                let mut recv = unsafe { Span::<u8>::new(&stream, ptr, n * share) };
                 if let Err(e) = comm.all_gather(&send, &mut recv) {
                     issued = Err(nccl_err(&ordinals, "ncclAllGather", nccl_text(&e)));
                     break;
                 }
             }
             let ended = group_end().map_err(|e| nccl_err(&ordinals, "ncclGroupEnd", nccl_text(&e)));
-            issued.and(ended)?;
+            // Every GPU's gather is waited for, whatever the others answer: the replicas are
+            // released next if one failed.
+            let mut waited = Ok(());
             for l in &links {
-                l.synchronize_kernel_lane()?;
+                if let Err(e) = l.synchronize_kernel_lane() {
+                    waited = waited.and(Err(e));
+                }
             }
-            Ok(())
+            issued.and(ended).and(waited)
         };
         let r = run();
         if r.is_err() {
@@ -246,9 +254,18 @@ struct TrainerComm<'a> {
 impl<'a> TrainerComm<'a> {
     fn new(comm: &'a Comm, link: Option<&'a CudaLink>) -> TrainerComm<'a> {
         let _current = super::cuda::KeepCurrent::loaded();
+        // Zeroed, so that no agreement reads what the allocation held before.
         // SAFETY: the communicator's live context; 8 bytes freed once, in `drop`.
         let word = unsafe {
-            driver::ctx::set_current(comm.context().cu_ctx()).and_then(|()| driver::malloc_sync(8))
+            driver::ctx::set_current(comm.context().cu_ctx())
+                .and_then(|()| driver::malloc_sync(8))
+                .and_then(|w| match driver::memset_d8_sync(w, 0, 8) {
+                    Ok(()) => Ok(w),
+                    Err(e) => {
+                        let _ = driver::free_sync(w);
+                        Err(e)
+                    }
+                })
         };
         TrainerComm {
             comm,
@@ -308,13 +325,19 @@ impl Collective for TrainerComm<'_> {
             .map_err(|e| self.err("taking part in an agreement", e))?;
         let stream = self.comm.stream();
         let (_current, mut first) = self.bind();
-        // SAFETY: `word` is 8 bytes of this GPU, alive while `self` is; the stream is waited for
-        // before `out` is read and before `value` goes out of scope.
-        let upload = unsafe { driver::memcpy_htod_async(word, &[value], stream.cu_stream()) };
+        let src = [value];
+        // SAFETY: `word` is 8 bytes of this GPU, alive while `self` is; a copy from pageable
+        // memory returns once `src` is staged, and `src` outlives the stream's wait anyway.
+        let upload = unsafe { driver::memcpy_htod_async(word, &src, stream.cu_stream()) };
         if let Err(e) = upload {
             first.get_or_insert(self.err("copying to the device", format!("{e:?}")));
+            // What the word holds (an earlier agreement's result) must not pass for this rank's
+            // answer: the largest value instead, which no agreement takes for success.
+            // SAFETY: as above.
+            let _ = unsafe { driver::memset_d8_async(word, 0xff, 8, stream.cu_stream()) };
         }
-        let mut buf = Span::<u64>::new(&stream, word, 1);
+        // SAFETY: as above.
+        let mut buf = unsafe { Span::<u64>::new(&stream, word, 1) };
         if let Err(e) = self.comm.all_reduce_in_place(&mut buf, &ReduceOp::Max) {
             first.get_or_insert(self.err("ncclAllReduce", nccl_text(&e)));
         }
@@ -354,9 +377,9 @@ impl Collective for TrainerComm<'_> {
                 first.get_or_insert(self.err("ncclGroupStart", nccl_text(&e)));
             }
             for &(ptr, len) in chunk {
-                // Each buffer is a live device allocation of this GPU held by the store's values
-                // for the whole call.
-                let mut value = Span::<u8>::new(&stream, ptr, len);
+                // SAFETY: each buffer is a live device allocation of this GPU held by the store's
+                // values for the whole call.
+                let mut value = unsafe { Span::<u8>::new(&stream, ptr, len) };
                 if let Err(e) = self.comm.broadcast_in_place(&mut value, root as i32) {
                     first.get_or_insert(self.err("ncclBroadcast", nccl_text(&e)));
                 }
