@@ -20,8 +20,9 @@
 #    on_gpu) and their benchmark against candle's own safetensors path (benches/candle.rs --cuda),
 #    then the building blocks one by one (examples/gpu_probe.rs).
 #
-# NVRTC (for the kernels) is found through the loader path: the CUDA toolkit's libnvrtc.so.13, or
-# pip's nvidia-cuda-nvrtc==13.0.* with its nvidia/cu13/lib folder on LD_LIBRARY_PATH.
+# NVRTC (for the kernels), NCCL and candle's CUDA libraries are the loader's (a CUDA toolkit's),
+# else the run links them from the CUDA image's Python packages (nvidia/*/lib, e.g. pip's
+# nvidia-cuda-nvrtc==13.0.*) into a private folder on LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/gpu-check
@@ -170,8 +171,8 @@ resolvable() {
 # A new folder with links to each library named that the loader would not find, taken from the
 # CUDA image's Python packages (nvidia/*/lib), with the files beside it that share its stem (NVRTC
 # loads libnvrtc-builtins from where the loader found libnvrtc, which is this folder); prints the
-# folder. Only those libraries: nothing else of those packages (their NVRTC, say) takes the place
-# of the system's.
+# folder. Only those libraries, and only where the loader lacks them: nothing of those packages
+# takes the place of a library the system has.
 private_libs() {
     local dir lib p f
     dir=$(mktemp -d) || return 1
@@ -203,7 +204,7 @@ if [ -e "$lib_dir/libnccl.so.2" ]; then
 else
     nccl_so2=$(ldconfig -p 2>/dev/null | sed -n 's/^\s*libnccl\.so\.2 (.*) => //p' | head -1 || true)
 fi
-if [ -n "$nccl_so2" ] && ! resolvable libnccl.so; then
+if [ -n "$nccl_so2" ] && [ ! -e "$lib_dir/libnccl.so" ] && ! resolvable libnccl.so; then
     ln -s "$nccl_so2" "$lib_dir/libnccl.so"
     echo "libnccl.so: linked to $nccl_so2"
 fi
