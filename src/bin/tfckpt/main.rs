@@ -181,9 +181,23 @@ fn remove_partial_outputs_on_signals() {
     });
 }
 
+/// On Ctrl-C and Ctrl-Break: the same cleanup, then the process ends with the status Ctrl-C gives
+/// it (`STATUS_CONTROL_C_EXIT`), as it would have without this.
+#[cfg(windows)]
+fn remove_partial_outputs_on_signals() {
+    // Without the handler (it cannot be set): the events' default, temporary files left.
+    let _ = ctrlc::set_handler(|| {
+        // ctrlc calls this on its own thread, once per event: the first one ends the process.
+        ENDING.store(true, Ordering::SeqCst);
+        tfckpt::remove_partial_outputs();
+        out::remove_made_folders();
+        std::process::exit(0xC000_013A_u32 as i32);
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     remove_partial_outputs_on_signals();
     let result = match cli.cmd {
         Cmd::List { ckpt, json } => list(&ckpt, json),

@@ -148,7 +148,7 @@ fn remove_empty(dirs: &[PathBuf]) {
 
 /// Removes the folders made for the outputs still being written, as far as they are empty: for a
 /// signal ending the process, after `tfckpt::remove_partial_outputs` removed what was in them.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub(crate) fn remove_made_folders() {
     for (_, dirs) in made().drain(..) {
         remove_empty(&dirs);
