@@ -254,16 +254,23 @@ struct TrainerComm<'a> {
 impl<'a> TrainerComm<'a> {
     fn new(comm: &'a Comm, link: Option<&'a CudaLink>) -> TrainerComm<'a> {
         let _current = super::cuda::KeepCurrent::loaded();
-        // Zeroed, so that no agreement reads what the allocation held before.
-        // SAFETY: the communicator's live context; 8 bytes freed once, in `drop`.
+        // Zeroed on the communicator's stream (a non-blocking stream: a plain memset, on the
+        // legacy stream, could land after the first agreement's upload), so that no agreement
+        // reads what the allocation held before.
+        let stream = comm.stream().cu_stream();
+        // SAFETY: the communicator's live context and stream; 8 bytes freed once, in `drop`.
         let word = unsafe {
             driver::ctx::set_current(comm.context().cu_ctx())
                 .and_then(|()| driver::malloc_sync(8))
-                .and_then(|w| match driver::memset_d8_sync(w, 0, 8) {
-                    Ok(()) => Ok(w),
-                    Err(e) => {
-                        let _ = driver::free_sync(w);
-                        Err(e)
+                .and_then(|w| {
+                    let zeroed = driver::memset_d8_async(w, 0, 8, stream)
+                        .and_then(|()| driver::stream::synchronize(stream));
+                    match zeroed {
+                        Ok(()) => Ok(w),
+                        Err(e) => {
+                            let _ = driver::free_sync(w);
+                            Err(e)
+                        }
                     }
                 })
         };
