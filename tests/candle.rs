@@ -842,6 +842,148 @@ fn slices_and_casts_into_transposed_vars() {
     slices_and_casts_on(&CPU, &CPU);
 }
 
+/// Every bfloat16 and float16 bit pattern widened to float32, float32 specials (NaNs with
+/// payloads, infinities, zeros, subnormals, ties to even) and random bits narrowed to both, and
+/// one-row, one-column and two-column values, each into a transposed `Var` on `dev`: every bit as
+/// the `half` crate converts it, but for bfloat16 widened exactly (on a GPU, by the device's
+/// kernels).
+fn every_bit_pattern_on(dev: &Device) {
+    use half::{bf16, f16};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    let halves: Vec<u16> = (0..=u16::MAX).collect();
+    let half_bytes: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+    for (name, dtype) in [("bf16", tfckpt::DType::BF16), ("f16", tfckpt::DType::F16)] {
+        let t = tfckpt::Tensor::from_bytes(dtype, &[256, 256], half_bytes.clone()).unwrap();
+        ck.tensor(&format!("{name}/kernel"), &t);
+    }
+    let mut singles: Vec<u32> = vec![
+        0x7fc0_0000,
+        0x7f80_0001,
+        0x7fbf_ffff,
+        0xffc1_2345,
+        0x7f80_0000,
+        0xff80_0000,
+        0,
+        1 << 31,
+        1,
+        0x807f_ffff,
+        0x0080_0000,
+        0x3f80_8000,
+        0x3f81_8000,
+        0x3f80_7fff,
+        0x3f80_1000,
+        0x3f80_3000,
+        0x477f_f000,
+        0x477f_efff,
+        0x3880_0000,
+        0x3380_0000,
+        0x3300_0001,
+        0x7f7f_ffff,
+    ];
+    let mut x: u32 = 0x9e37_79b9;
+    while singles.len() < 64 * 48 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        singles.push(x);
+    }
+    let floats: Vec<f32> = singles.iter().map(|&b| f32::from_bits(b)).collect();
+    ck.f32("f32/kernel", &[64, 48], &floats);
+    let ramp: Vec<f32> = (0..8192).map(|i| i as f32 * 0.37 - 1000.0).collect();
+    ck.f32("tall/kernel", &[4096, 1], &ramp[..4096])
+        .f32("wide/kernel", &[1, 4096], &ramp[..4096])
+        .f32("two/kernel", &[4096, 2], &ramp);
+    let prefix = ck.finish();
+    // (candle name, TF tensor, [in, out], dtype of the Var)
+    let vars: [(&str, &str, [usize; 2], DType); 7] = [
+        ("xbf16", "bf16/kernel", [256, 256], DType::F32),
+        ("xf16", "f16/kernel", [256, 256], DType::F32),
+        ("ybf16", "f32/kernel", [64, 48], DType::BF16),
+        ("yf16", "f32/kernel", [64, 48], DType::F16),
+        ("tall", "tall/kernel", [4096, 1], DType::BF16),
+        ("wide", "wide/kernel", [1, 4096], DType::F32),
+        ("two", "two/kernel", [4096, 2], DType::F16),
+    ];
+    let varmap = VarMap::new();
+    for (name, _, [i, o], dtype) in vars {
+        let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
+        candle_nn::linear_no_bias(i, o, vb.pp(name)).unwrap();
+    }
+    let convention = Convention::custom(|name, _| {
+        Some(TfName {
+            name: name.replace(".weight", "/kernel"),
+            transposed: true,
+        })
+    });
+    let mut init = CandleInit::from_varmap(&varmap, &convention)
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    let map = AssignmentMap::from(
+        vars.map(|(name, tf, ..)| (tf, Target::name(format!("{name}/kernel")))),
+    );
+    init.init_from_checkpoint(&prefix, &map).unwrap();
+    let report = init.initialize(&Default::default()).unwrap();
+    assert_eq!(report.from_checkpoint, 7, "{report}");
+    for (name, tf, [i, o], dtype) in vars {
+        // The TF value's elements as f32 bits or 16-bit patterns, [in, out] row-major.
+        let source: Vec<u32> = match tf {
+            "bf16/kernel" | "f16/kernel" => halves.iter().map(|&h| u32::from(h)).collect(),
+            "f32/kernel" => singles.clone(),
+            _ => ramp[..i * o].iter().map(|v| v.to_bits()).collect(),
+        };
+        let convert = |b: u32| -> u32 {
+            match (tf, dtype) {
+                // Exact widening: a signalling NaN keeps its bits (`half` would quiet it).
+                ("bf16/kernel", DType::F32) => b << 16,
+                ("f16/kernel", DType::F32) => f16::from_bits(b as u16).to_f32().to_bits(),
+                (_, DType::BF16) => u32::from(bf16::from_f32(f32::from_bits(b)).to_bits()),
+                (_, DType::F16) => u32::from(f16::from_f32(f32::from_bits(b)).to_bits()),
+                _ => b,
+            }
+        };
+        // The Var is [out, in]: element (r, c) is the TF value's (c, r).
+        let want: Vec<u32> = (0..o * i)
+            .map(|k| convert(source[(k % i) * o + k / i]))
+            .collect();
+        let w = var(&varmap, &format!("{name}.weight"));
+        assert_eq!(w.dims(), [o, i], "{name}");
+        let flat = w.to_device(&CPU).unwrap().flatten_all().unwrap();
+        let got: Vec<u32> = match dtype {
+            DType::F32 => flat
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+            DType::BF16 => flat
+                .to_vec1::<bf16>()
+                .unwrap()
+                .iter()
+                .map(|v| u32::from(v.to_bits()))
+                .collect(),
+            _ => flat
+                .to_vec1::<f16>()
+                .unwrap()
+                .iter()
+                .map(|v| u32::from(v.to_bits()))
+                .collect(),
+        };
+        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert!(
+            first_bad.is_none(),
+            "{name}: element {first_bad:?}: {:#x} != {:#x}",
+            got[first_bad.unwrap_or(0)],
+            want[first_bad.unwrap_or(0)]
+        );
+    }
+}
+
+#[test]
+fn every_bit_pattern_into_transposed_vars() {
+    every_bit_pattern_on(&CPU);
+}
+
 /// Two `Var`s, on `a` and on `b`; the first tensor (`a`'s) or the last (`b`'s) is damaged:
 /// neither `Var` changes, and the error names the damaged tensor.
 fn damaged_value_on(a: &Device, b: &Device, first: bool) {
@@ -1136,6 +1278,12 @@ mod on_gpu {
     fn slices_and_casts_into_transposed_vars_on_the_gpu_beside_a_host_one() {
         let Some(dev) = gpu() else { return };
         slices_and_casts_on(&dev, &CPU);
+    }
+
+    #[test]
+    fn every_bit_pattern_into_transposed_vars_on_the_gpu() {
+        let Some(dev) = gpu() else { return };
+        every_bit_pattern_on(&dev);
     }
 
     #[test]
