@@ -51,7 +51,8 @@ impl Drop for PartialOutput {
 /// written completely is touched, since a finished write's temporary names no longer exist. A
 /// folder is first renamed aside and removed there: a write renaming it into place at the same
 /// moment either finds it gone (and fails) or wins (and keeps it whole), and nothing a write adds
-/// to it meanwhile lands outside what is removed.
+/// to it meanwhile lands outside what is removed. Where the folder cannot be renamed (Windows, while
+/// a file in it is open), it is removed in place.
 ///
 /// For a signal handler's thread (`signal-hook`'s `Signals` iterator, the `ctrlc` crate), just
 /// before the process ends, and not for inside a signal handler itself: it takes a lock and
@@ -64,7 +65,12 @@ pub fn remove_partial_outputs() -> Vec<PathBuf> {
             Ok(m) if m.is_dir() => {
                 let mut aside = path.clone().into_os_string();
                 aside.push(format!(".removing-{}-{id}", std::process::id()));
-                std::fs::rename(&path, &aside).is_ok() && std::fs::remove_dir_all(&aside).is_ok()
+                // Windows refuses to rename a folder holding an open file (the write's): there it
+                // is removed where it is (std deletes open files with POSIX semantics).
+                match std::fs::rename(&path, &aside) {
+                    Ok(()) => std::fs::remove_dir_all(&aside).is_ok(),
+                    Err(_) => std::fs::remove_dir_all(&path).is_ok(),
+                }
             }
             Ok(_) => std::fs::remove_file(&path).is_ok(),
             Err(_) => false,

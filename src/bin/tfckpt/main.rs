@@ -181,18 +181,32 @@ fn remove_partial_outputs_on_signals() {
     });
 }
 
-/// On Ctrl-C and Ctrl-Break: the same cleanup, then the process ends with the status Ctrl-C gives
-/// it (`STATUS_CONTROL_C_EXIT`), as it would have without this.
+/// On Ctrl-C, Ctrl-Break and the console closing: the same cleanup, then the process ends with
+/// the status Ctrl-C gives it (`STATUS_CONTROL_C_EXIT`), as it would have without this. Windows
+/// runs the handler on a new thread for each event, so a second one during the cleanup ends the
+/// process at once. A process started with Ctrl-C ignored is not called for it (as a signal
+/// ignored at start stays ignored on Unix).
 #[cfg(windows)]
 fn remove_partial_outputs_on_signals() {
+    use windows_sys::Win32::System::Console::{
+        SetConsoleCtrlHandler, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_C_EVENT,
+    };
+    use windows_sys::Win32::System::Threading::ExitProcess;
+    const CONTROL_C_EXIT: u32 = 0xC000_013A;
+    unsafe extern "system" fn on_event(event: u32) -> windows_sys::core::BOOL {
+        if !matches!(event, CTRL_C_EVENT | CTRL_BREAK_EVENT | CTRL_CLOSE_EVENT) {
+            return 0; // not handled: the next handler (the default) decides
+        }
+        if !ENDING.swap(true, Ordering::SeqCst) {
+            tfckpt::remove_partial_outputs();
+            out::remove_made_folders();
+        }
+        // SAFETY: ends the process; nothing runs after it.
+        unsafe { ExitProcess(CONTROL_C_EXIT) }
+    }
     // Without the handler (it cannot be set): the events' default, temporary files left.
-    let _ = ctrlc::set_handler(|| {
-        // ctrlc calls this on its own thread, once per event: the first one ends the process.
-        ENDING.store(true, Ordering::SeqCst);
-        tfckpt::remove_partial_outputs();
-        out::remove_made_folders();
-        std::process::exit(0xC000_013A_u32 as i32);
-    });
+    // SAFETY: registers a function that lives as long as the process.
+    unsafe { SetConsoleCtrlHandler(Some(on_event), 1) };
 }
 
 fn main() -> ExitCode {
