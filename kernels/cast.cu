@@ -1,6 +1,6 @@
 // Opt-in dtype conversion on load (TensorFlow never casts; see LoadOptions::cast): float32 to
 // bfloat16 or float16 with round-to-nearest-even, and bfloat16 or float16 to float32 (exact). Bit
-// for bit the same as the host conversion in src/gpu/cast.rs, NaNs included (no CUDA headers are
+// for bit the same as the host conversion in src/load/cast.rs, NaNs included (no CUDA headers are
 // needed, so NVRTC compiles this without an include path).
 //
 // Same 2-D addressing as slice_copy.cu: `rows` rows of `row` elements, strides in elements.
