@@ -802,21 +802,27 @@ fn map_existing_maps_a_name_held_with_another_shape_and_the_call_refuses_it() {
 
 /// h1_partitioned's `scope/var1` [100, 100], stored in slices, into transposed `Var`s: float32
 /// and bfloat16 (converted as it loads) on `a`, float32 on `b`.
-fn slices_and_casts_on(a: &Device, b: &Device) {
-    let varmap = VarMap::new();
-    let on = |d: &Device, dt| VarBuilder::from_varmap(&varmap, dt, d);
-    candle_nn::linear_no_bias(100, 100, on(a, DType::F32).pp("a32")).unwrap();
-    candle_nn::linear_no_bias(100, 100, on(a, DType::BF16).pp("a16")).unwrap();
-    candle_nn::linear_no_bias(100, 100, on(b, DType::F32).pp("b32")).unwrap();
+/// An init of `varmap` whose `X.weight` `Var`s hold TF's `X/kernel` transposed, cast to each
+/// `Var`'s dtype.
+fn transposing_init(varmap: &VarMap) -> CandleInit {
     let convention = Convention::custom(|name, _| {
         Some(TfName {
             name: name.replace(".weight", "/kernel"),
             transposed: true,
         })
     });
-    let mut init = CandleInit::from_varmap(&varmap, &convention)
+    CandleInit::from_varmap(varmap, &convention)
         .unwrap()
-        .dtype_policy(DtypePolicy::CastToVariable);
+        .dtype_policy(DtypePolicy::CastToVariable)
+}
+
+fn slices_and_casts_on(a: &Device, b: &Device) {
+    let varmap = VarMap::new();
+    let on = |d: &Device, dt| VarBuilder::from_varmap(&varmap, dt, d);
+    candle_nn::linear_no_bias(100, 100, on(a, DType::F32).pp("a32")).unwrap();
+    candle_nn::linear_no_bias(100, 100, on(a, DType::BF16).pp("a16")).unwrap();
+    candle_nn::linear_no_bias(100, 100, on(b, DType::F32).pp("b32")).unwrap();
+    let mut init = transposing_init(&varmap);
     let map = AssignmentMap::from([
         ("scope/var1", Target::name("a32/kernel")),
         ("scope/var1", Target::name("a16/kernel")),
@@ -910,15 +916,7 @@ fn every_bit_pattern_on(dev: &Device) {
         let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
         candle_nn::linear_no_bias(i, o, vb.pp(name)).unwrap();
     }
-    let convention = Convention::custom(|name, _| {
-        Some(TfName {
-            name: name.replace(".weight", "/kernel"),
-            transposed: true,
-        })
-    });
-    let mut init = CandleInit::from_varmap(&varmap, &convention)
-        .unwrap()
-        .dtype_policy(DtypePolicy::CastToVariable);
+    let mut init = transposing_init(&varmap);
     let map = AssignmentMap::from(
         vars.map(|(name, tf, ..)| (tf, Target::name(format!("{name}/kernel")))),
     );

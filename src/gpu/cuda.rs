@@ -447,6 +447,19 @@ impl KeepCurrent {
     }
 }
 
+/// Binds `ctx` to the calling thread until the guard drops (then the thread's own context is
+/// current again), without cudarc's check, which first returns (and clears) an error a `Drop`
+/// stored in the context, without binding: for the waits and releases that must happen after an
+/// error too (a stored error stays for the next call that starts work to report).
+pub(crate) fn bind_anyway(
+    ctx: &CudaContext,
+) -> (KeepCurrent, std::result::Result<(), DriverError>) {
+    let keep = KeepCurrent::loaded();
+    // SAFETY: a live context (the caller holds it).
+    let bound = unsafe { result::ctx::set_current(ctx.cu_ctx()) };
+    (keep, bound)
+}
+
 impl Drop for KeepCurrent {
     fn drop(&mut self) {
         if let Some(ctx) = self.0 {
@@ -524,7 +537,7 @@ impl CudaLink {
     /// Waits for the kernel lane.
     #[cfg(feature = "nccl")]
     pub(crate) fn synchronize_kernel_lane(&self) -> Result<()> {
-        let (_bound, bound) = self.bind_anyway();
+        let (_bound, bound) = bind_anyway(&self.ctx);
         // SAFETY: a stream of this link's context.
         bound
             .and_then(|()| unsafe { result::stream::synchronize(self.lanes[0].cu_stream()) })
@@ -608,16 +621,6 @@ impl CudaLink {
             .bind_to_thread()
             .map_err(|e| self.err("binding the context", e))?;
         Ok(keep)
-    }
-
-    /// Binds this GPU's context as [`bind`](Self::bind) does, but whatever error the context
-    /// stored: for the waits and releases that must happen after an error too (an error stored
-    /// by a `Drop` stays for the next `bind` to report).
-    fn bind_anyway(&self) -> (KeepCurrent, std::result::Result<(), DriverError>) {
-        let keep = KeepCurrent::loaded();
-        // SAFETY: this link's context, alive as long as the link.
-        let bound = unsafe { result::ctx::set_current(self.ctx.cu_ctx()) };
-        (keep, bound)
     }
 
     /// NVRTC's target for this GPU: the architectures this crate targets by name, else NVRTC's
@@ -727,13 +730,10 @@ impl Drop for Fence {
     fn drop(&mut self) {
         // Bound without cudarc's check, which would clear an error the context stored and leak
         // the event.
-        let _current = KeepCurrent::loaded();
-        // SAFETY: the fence's live context; the event was created by cuEventCreate below and is
-        // destroyed once, here.
-        unsafe {
-            if result::ctx::set_current(self.ctx.cu_ctx()).is_ok() {
-                let _ = sys::cuEventDestroy_v2(self.ev);
-            }
+        let (_current, bound) = bind_anyway(&self.ctx);
+        if bound.is_ok() {
+            // SAFETY: created by cuEventCreate below and destroyed once, here.
+            let _ = unsafe { sys::cuEventDestroy_v2(self.ev) };
         }
     }
 }
@@ -756,7 +756,7 @@ impl Link for CudaLink {
     }
 
     unsafe fn register(&self, ptr: *const u8, len: usize) -> std::result::Result<(), String> {
-        let (_bound, bound) = self.bind_anyway();
+        let (_bound, bound) = bind_anyway(&self.ctx);
         bound.map_err(|e| format!("binding the context: {e:?}"))?;
         // SAFETY: the caller guarantees the range is mapped until `unregister`.
         unsafe {
@@ -771,7 +771,7 @@ impl Link for CudaLink {
     }
 
     unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
-        let (_bound, bound) = self.bind_anyway();
+        let (_bound, bound) = bind_anyway(&self.ctx);
         bound.map_err(|e| self.err("binding the context", e))?;
         // SAFETY: registered by `register`; the caller waited for every copy from it.
         unsafe { sys::cuMemHostUnregister(ptr as *mut std::ffi::c_void) }
@@ -811,7 +811,7 @@ impl Link for CudaLink {
     fn wait(&self, fence: Fence) -> Result<()> {
         // The copies before the fence are waited for even after an error: their buffers are
         // reused or released next.
-        let (_bound, bound) = self.bind_anyway();
+        let (_bound, bound) = bind_anyway(&self.ctx);
         // SAFETY: a live event (destroyed when `fence` drops, after this call).
         bound
             .and_then(|()| unsafe { sys::cuEventSynchronize(fence.ev) }.result())
@@ -852,15 +852,8 @@ impl Link for CudaLink {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut slices)));
         drop(slices);
         let r = r.unwrap_or_else(|panic| {
-            // Every lane, whatever the others answer, and without cudarc's binding, which returns
-            // an error the context holds without waiting.
-            // SAFETY: this link's context and its own streams, alive as long as the link.
-            unsafe {
-                let _ = result::ctx::set_current(self.ctx.cu_ctx());
-                for lane in &self.lanes {
-                    let _ = result::stream::synchronize(lane.cu_stream());
-                }
-            }
+            // Every lane, whatever the others answer (`synchronize`).
+            let _ = Link::synchronize(self);
             std::panic::resume_unwind(panic)
         });
         let mut slot = self.staging.lock().unwrap_or_else(|e| e.into_inner());
@@ -938,7 +931,7 @@ impl Link for CudaLink {
     fn synchronize(&self) -> Result<()> {
         // Every lane, whatever the others answer: after an error the load's buffers are released
         // next, and a copy still running on a lane not waited for would read or write them.
-        let (_bound, bound) = self.bind_anyway();
+        let (_bound, bound) = bind_anyway(&self.ctx);
         let mut first = bound.err();
         for l in &self.lanes {
             // SAFETY: a stream of this link's context.
@@ -1008,13 +1001,12 @@ impl DeviceMemory for Owned {
         // context stored as the load's; the caller's context is current again after.
         let device = self.slice.ordinal() as u32;
         let stream = self.slice.stream();
-        let _current = KeepCurrent::loaded();
-        // SAFETY: the slice's live context and stream.
-        let r = unsafe { result::ctx::set_current(stream.context().cu_ctx()) }.and_then(|()| {
+        let (_current, bound) = bind_anyway(stream.context());
+        let r = bound.and_then(|()| {
             if (stream.cu_stream() as usize) <= 2 {
                 result::ctx::synchronize()
             } else {
-                // SAFETY: as above.
+                // SAFETY: the slice's live stream.
                 unsafe { result::stream::synchronize(stream.cu_stream()) }
             }
         });

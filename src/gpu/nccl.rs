@@ -253,26 +253,24 @@ struct TrainerComm<'a> {
 
 impl<'a> TrainerComm<'a> {
     fn new(comm: &'a Comm, link: Option<&'a CudaLink>) -> TrainerComm<'a> {
-        let _current = super::cuda::KeepCurrent::loaded();
+        let (_current, bound) = super::cuda::bind_anyway(comm.context());
         // Zeroed on the communicator's stream (a non-blocking stream: a plain memset, on the
         // legacy stream, could land after the first agreement's upload), so that no agreement
         // reads what the allocation held before.
         let stream = comm.stream().cu_stream();
-        // SAFETY: the communicator's live context and stream; 8 bytes freed once, in `drop`.
+        // SAFETY: the communicator's live stream; 8 bytes freed once, in `drop`.
         let word = unsafe {
-            driver::ctx::set_current(comm.context().cu_ctx())
-                .and_then(|()| driver::malloc_sync(8))
-                .and_then(|w| {
-                    let zeroed = driver::memset_d8_async(w, 0, 8, stream)
-                        .and_then(|()| driver::stream::synchronize(stream));
-                    match zeroed {
-                        Ok(()) => Ok(w),
-                        Err(e) => {
-                            let _ = driver::free_sync(w);
-                            Err(e)
-                        }
+            bound.and_then(|()| driver::malloc_sync(8)).and_then(|w| {
+                let zeroed = driver::memset_d8_async(w, 0, 8, stream)
+                    .and_then(|()| driver::stream::synchronize(stream));
+                match zeroed {
+                    Ok(()) => Ok(w),
+                    Err(e) => {
+                        let _ = driver::free_sync(w);
+                        Err(e)
                     }
-                })
+                }
+            })
         };
         TrainerComm {
             comm,
@@ -287,9 +285,7 @@ impl<'a> TrainerComm<'a> {
 
     /// Binds the communicator's context (the caller's is current again when the guard drops).
     fn bind(&self) -> (super::cuda::KeepCurrent, Option<crate::Error>) {
-        let current = super::cuda::KeepCurrent::loaded();
-        // SAFETY: the communicator's live context.
-        let bound = unsafe { driver::ctx::set_current(self.comm.context().cu_ctx()) };
+        let (current, bound) = super::cuda::bind_anyway(self.comm.context());
         (
             current,
             bound
