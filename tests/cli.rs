@@ -848,6 +848,62 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
     }
 }
 
+/// A signal during the merge into an existing DIR (one file already replaced, the next about to
+/// be): the merge stops and undoes its moves before the process ends, so DIR is as it was (it
+/// was left half merged, the files moved aside in a hidden folder). Debug builds only: the binary
+/// holds the merge before its third move until the signal (`TFCKPT_TEST_PAUSE_MOVE_AT`).
+#[cfg(all(unix, debug_assertions))]
+#[test]
+fn init_ended_by_a_signal_during_its_merge_leaves_the_directory_as_it_was() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::time::{Duration, Instant};
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}, {"name": "c", "shape": [1], "dtype": "float32"}]}"#;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("o");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("a.npy"), b"kept a").unwrap();
+        std::fs::write(out.join("b.npy"), b"kept b").unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        command
+            .args(["init", &ckpt, "--model", model, "--map", "{}", "--out"])
+            .arg(&out)
+            // Moves 1 and 2 put a.npy aside and the new one in its place; 3 would do b.npy's.
+            .env("TFCKPT_TEST_PAUSE_MOVE_AT", "3")
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
+        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
+        unsafe {
+            command.pre_exec(|| {
+                for s in [libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                Ok(())
+            })
+        };
+        let mut child = command.spawn().unwrap();
+        let t0 = Instant::now();
+        while std::fs::read(out.join("a.npy")).is_ok_and(|b| b == b"kept a") {
+            if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("the merge did not start");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (status, err) = common::signal_and_wait(&mut child, signal);
+        assert_eq!(status.signal(), Some(signal), "{status:?}: {err}");
+        assert_eq!(
+            common::fixtures::files_in(&out),
+            ["a.npy", "b.npy"],
+            "{err}"
+        );
+        assert_eq!(std::fs::read(out.join("a.npy")).unwrap(), b"kept a");
+        assert_eq!(std::fs::read(out.join("b.npy")).unwrap(), b"kept b");
+        assert_eq!(common::fixtures::files_in(tmp.path()), ["o"], "{err}");
+    }
+}
+
 #[test]
 fn init_copy_flag_gives_the_same_files() {
     // A 2 MiB tensor is mapped copy-on-write by default and copied with --copy: same output.
@@ -914,6 +970,10 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
     let children: Vec<_> = (0..4)
         .map(|r| run(&tmp.path().join(format!("rank{r}")), Some(r)))
         .collect();
+    // The same ranks at once into one new folder (the first makes it, the others merge).
+    let shared: Vec<_> = (0..4)
+        .map(|r| run(&tmp.path().join("shared"), Some(r)))
+        .collect();
     let whole = run(&tmp.path().join("whole"), None)
         .wait_with_output()
         .unwrap();
@@ -938,6 +998,15 @@ fn ranks_as_processes_each_read_their_share_and_together_write_the_whole() {
             }
         }
     }
+    for (r, c) in shared.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "rank {r} into one folder: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(tree(&tmp.path().join("shared")), union);
     let mut want = tree(&tmp.path().join("whole"));
     // The whole of the partitioned variable needs every part: one process only.
     assert!(want.remove("new/var1.npy").is_some());

@@ -949,3 +949,47 @@ fn cli_init_refuses_a_part_named_as_a_partitioned_variable() {
         assert!(!out.exists());
     }
 }
+
+/// Ranks that share one `--out FILE.safetensors` would replace each other's values, the last
+/// rank's alone left and every rank exiting 0. A rank that finds the file written by another
+/// process since it started is an error saying so, and writes nothing; a rank run again later
+/// replaces its own earlier file. Debug builds only: rank 0 waits, after writing its temporary
+/// file, until rank 1 has written the output (`TFCKPT_TEST_WAIT_FOR_OTHER_WRITER`).
+#[cfg(debug_assertions)]
+#[test]
+fn ranks_sharing_one_safetensors_file_do_not_replace_each_other_silently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = ckpt_path("h1_partitioned");
+    let model = r#"{"variables": [{"name": "v", "shape": [100, 100], "dtype": "float32", "partitions": [5, 1]}]}"#;
+    let out = tmp.path().join("shared.safetensors");
+    let command = |rank: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        c.args(["init", ckpt.to_str().unwrap(), "--model", model, "--map"])
+            .arg(r#"{"scope/var1": "v"}"#)
+            .arg("--out")
+            .arg(&out)
+            .args(["--rank", rank, "--ranks", "2"]);
+        c
+    };
+    let waiting = command("0")
+        .env("TFCKPT_TEST_WAIT_FOR_OTHER_WRITER", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let other = command("1").output().unwrap();
+    assert!(other.status.success(), "{}", stderr(&other));
+    let o = waiting.wait_with_output().unwrap();
+    assert_one_error_line(&o, "written by another process while this one was loading");
+    assert!(stderr(&o).contains(out.to_str().unwrap()), "{}", stderr(&o));
+    // Rank 1's file, whole: parts 1 and 3.
+    let names: Vec<String> = read_back(&out).into_keys().collect();
+    assert_eq!(names, ["v/part_1", "v/part_3"]);
+    assert_eq!(files_in(tmp.path()), ["shared.safetensors"]);
+    // Run again alone, rank 0 replaces the file (what was there when it started).
+    let again = command("0").output().unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let names: Vec<String> = read_back(&out).into_keys().collect();
+    assert_eq!(names, ["v/part_0", "v/part_2", "v/part_4"]);
+    assert_eq!(files_in(tmp.path()), ["shared.safetensors"]);
+}

@@ -173,6 +173,9 @@ fn remove_partial_outputs_on_signals() {
                 unsafe { libc::signal(s, libc::SIG_DFL) };
             }
             ENDING.store(true, Ordering::SeqCst);
+            // A merge into an existing `--out DIR` stops at its next move and undoes its moves
+            // first: DIR is left as it was, not half merged.
+            let _merges = out::wait_for_merges();
             tfckpt::remove_partial_outputs();
             out::remove_made_folders();
             let _ = signal_hook::low_level::emulate_default_handler(signal);
@@ -198,6 +201,7 @@ fn remove_partial_outputs_on_signals() {
             return 0; // not handled: the next handler (the default) decides
         }
         if !ENDING.swap(true, Ordering::SeqCst) {
+            let _merges = out::wait_for_merges();
             tfckpt::remove_partial_outputs();
             out::remove_made_folders();
         }
@@ -489,6 +493,11 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         }
         check_out_names(dir, &store)?;
     }
+    // A ranked safetensors output: what is at the path now, to refuse at the end to replace
+    // what another rank wrote there meanwhile.
+    let before = out
+        .filter(|_| to_safetensors && rank.is_some())
+        .map(out::seen);
     let call = init_from_checkpoint(&mut store, ckpt, &map).map_err(without_api_hint)?;
     let mut options = LoadOptions {
         // init only reads the values (to write them out): large ones are mapped, not copied.
@@ -512,7 +521,13 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     if let Some(out) = out {
         // Device values are copied back to be written.
         store.fetch_to_host()?;
-        if to_safetensors {
+        if let Some(before) = &before {
+            out::with_parents(out, || {
+                out::replace_unless_changed(out, before, |tmp| {
+                    Ok(store.write_safetensors(tmp).map(drop)?)
+                })
+            })?;
+        } else if to_safetensors {
             out::with_parents(out, || Ok(store.write_safetensors(out).map(drop)?))?;
         } else {
             write_outputs(out, &store)?;

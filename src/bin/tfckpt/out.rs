@@ -7,11 +7,16 @@
 //!   meanwhile, this one fails saying so and writes nothing. An existing DIR takes the files by a
 //!   merge under an exclusive lock on DIR (so concurrent writers take turns, each merge whole):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
-//!   the files moved aside are put back. A process killed in the middle (SIGKILL) can leave a
-//!   `.tfckpt-out-*` or `.tfckpt-aside-*` folder behind.
+//!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
+//!   into one folder, say), the files are merged into it the same way. A signal that ends the
+//!   process during a merge stops it at its next move and waits for the undo: DIR is left as it
+//!   was. A process killed in the middle (SIGKILL) can leave a `.tfckpt-out-*` or
+//!   `.tfckpt-aside-*` folder behind.
 //! * `get`, `convert` and `init --out FILE.safetensors` write one file under a temporary name beside
 //!   it and rename it into place only when everything succeeded (for safetensors the library does
-//!   this: `Checkpoint::write_safetensors`, `VariableStore::write_safetensors`).
+//!   this: `Checkpoint::write_safetensors`, `VariableStore::write_safetensors`). With `--rank`,
+//!   `init --out FILE.safetensors` does not replace a file another process wrote after it started
+//!   (another rank's): it fails and writes nothing ([`replace_unless_changed`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,6 +202,79 @@ pub(crate) fn with_parents<T>(
     result
 }
 
+/// What was at a file path when a command started: the file's identity (device, inode, size and
+/// modification time), or nothing. [`replace_unless_changed`] compares it with what is there at
+/// the end, to tell whether another process wrote the path meanwhile.
+#[derive(PartialEq, Debug)]
+pub(crate) struct Seen(Option<(u64, u64, u64, Option<std::time::SystemTime>)>);
+
+pub(crate) fn seen(path: &Path) -> Seen {
+    Seen(std::fs::symlink_metadata(path).ok().map(|m| {
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        (dev, ino, m.len(), m.modified().ok())
+    }))
+}
+
+/// Writes one file: `write` fills a temporary file beside `path`, which is then renamed to `path`
+/// under a lock on its folder, unless `path` is no longer what it was when the command started
+/// (`before`): another process wrote it meanwhile, and nothing is written. For ranks (`init
+/// --rank`): ranks that share one output file would otherwise replace each other's values, the
+/// last one's alone left, with no error.
+pub(crate) fn replace_unless_changed(
+    path: &Path,
+    before: &Seen,
+    write: impl FnOnce(&Path) -> CliResult,
+) -> CliResult {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".tfckpt-{}-{}.tmp",
+        std::process::id(),
+        name.as_deref().unwrap_or("out")
+    ));
+    let _listed = tfckpt::PartialOutput::new(&tmp);
+    // Errors name the output, not the temporary name.
+    let named = |e: Box<dyn std::error::Error>| -> Box<dyn std::error::Error> {
+        let (t, p) = (tmp.display().to_string(), path.display().to_string());
+        e.to_string().replace(&t, &p).into()
+    };
+    let result = write(&tmp).map_err(named).and_then(|()| {
+        // Tests: in a debug build, `TFCKPT_TEST_WAIT_FOR_OTHER_WRITER` holds this process here
+        // until another one has written `path` (at most 60 s).
+        #[cfg(debug_assertions)]
+        if std::env::var_os("TFCKPT_TEST_WAIT_FOR_OTHER_WRITER").is_some() {
+            let t = std::time::Instant::now();
+            while seen(path) == *before && t.elapsed().as_secs() < 60 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let _lock = lock(folder)?;
+        if seen(path) != *before {
+            return Err(format!(
+                "{}: written by another process while this one was loading (ranks that share \
+                 one output file would replace each other's values: give each rank a file of \
+                 its own); nothing written",
+                path.display()
+            )
+            .into());
+        }
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Writes a tree of files into `dir` all or nothing: `write` fills a temporary directory on
 /// `dir`'s filesystem, which then becomes `dir` or is merged into it (see the module).
 pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
@@ -223,30 +301,21 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
             })?;
         _listed = tfckpt::PartialOutput::new(tmp.path());
         write(tmp.path())?;
+        // A new DIR: the whole tree in one rename, unless another process made DIR meanwhile
+        // (a directory that is not empty cannot be renamed over): then a merge into it.
         if !exists {
-            return rename_into_place(tmp, dir);
+            match std::fs::rename(tmp.path(), dir) {
+                Ok(()) => {
+                    let _ = tmp.keep(); // it is DIR now
+                    return Ok(());
+                }
+                Err(_) if dir.is_dir() => {}
+                Err(e) => return Err(io_err(dir, e)),
+            }
         }
         let _lock = lock(dir)?;
         check_merge(tmp.path(), dir)?;
         merge(tmp.path(), dir)
-    })
-}
-
-/// The whole tree in one rename. Another process may have made `dir` meanwhile: then nothing is
-/// written, and the error says so.
-fn rename_into_place(tmp: tempfile::TempDir, dir: &Path) -> CliResult {
-    let tmp = tmp.keep();
-    std::fs::rename(&tmp, dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        if dir.exists() {
-            format!(
-                "{}: created by another process while this one was writing; nothing written (run again to write into it)",
-                dir.display()
-            )
-            .into()
-        } else {
-            io_err(dir, e)
-        }
     })
 }
 
@@ -294,11 +363,24 @@ enum Step {
     Moved { src: PathBuf, dst: PathBuf },
 }
 
+/// Held by a merge from its first move to the end of its undo. A signal ending the process waits
+/// for it ([`wait_for_merges`]) before removing the temporary folders, one of which a merge moves
+/// files out of: the merge sees the signal at its next move and undoes what it did.
+static MERGING: Mutex<()> = Mutex::new(());
+
+/// For a signal ending the process (`crate::ENDING` set first): waits until no merge is moving
+/// files, and keeps later merges from starting while the guard lives.
+#[cfg(any(unix, windows))]
+pub(crate) fn wait_for_merges() -> MutexGuard<'static, ()> {
+    MERGING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Moves the tree `from` into the existing directory `to`. Existing files are moved aside (into a
-/// temporary folder of their own in `to`) before being replaced; on any failure every step is
-/// undone in reverse order. If the undo fails too, the folder of files moved aside is kept and
-/// named in the error: nothing of the user's is deleted.
+/// temporary folder of their own in `to`) before being replaced; on any failure, or a signal
+/// ending the process, every step is undone in reverse order. If the undo fails too, the folder
+/// of files moved aside is kept and named in the error: nothing of the user's is deleted.
 fn merge(from: &Path, to: &Path) -> CliResult {
+    let _merging = MERGING.lock().unwrap_or_else(PoisonError::into_inner);
     let aside = tempfile::Builder::new()
         .prefix(".tfckpt-aside-")
         .tempdir_in(to)
@@ -317,12 +399,17 @@ fn merge(from: &Path, to: &Path) -> CliResult {
         Ok(()) => e,
         Err(u) => {
             let kept = aside.keep();
-            format!(
+            let e = format!(
                 "{e}; undoing the merge also failed ({u}): {} may be incomplete, and the files it replaced are in {}",
                 to.display(),
                 kept.display()
-            )
-            .into()
+            );
+            // A signal is ending the process: `main` prints no error then, so this one is
+            // printed here (the user must know where the files went).
+            if crate::ENDING.load(Ordering::SeqCst) {
+                note!("error: {}", tfckpt::escape_controls(&e));
+            }
+            e.into()
         }
     })
 }
@@ -344,35 +431,50 @@ fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> C
         }
         if dst.symlink_metadata().is_ok() {
             let to_aside = aside.join(format!("{}", steps.len()));
-            fault_point()?;
+            before_move()?;
             std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;
             steps.push(Step::Aside {
                 dst: dst.clone(),
                 aside: to_aside,
             });
         }
-        fault_point()?;
+        before_move()?;
         std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
         steps.push(Step::Moved { src, dst });
     }
     Ok(())
 }
 
-/// Tests of the undo path: in a debug build, `TFCKPT_TEST_FAIL_MOVE_AT=N` makes the N-th move of a
-/// merge fail (a failing move cannot be arranged portably: as root, a read-only folder takes
-/// renames). Release builds have no such hook.
-fn fault_point() -> CliResult {
+/// Before each move of a merge: a signal ending the process stops the merge (which then undoes
+/// its moves). Tests of the undo path: in a debug build, `TFCKPT_TEST_FAIL_MOVE_AT=N` makes the
+/// N-th move of a merge fail (a failing move cannot be arranged portably: as root, a read-only
+/// folder takes renames), and `TFCKPT_TEST_PAUSE_MOVE_AT=N` holds the merge before its N-th move
+/// until a signal comes (at most 60 s), for a test to send one there. Release builds have no such
+/// hooks.
+fn before_move() -> CliResult {
     #[cfg(debug_assertions)]
     {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::atomic::AtomicUsize;
         static MOVES: AtomicUsize = AtomicUsize::new(0);
         let n = MOVES.fetch_add(1, Ordering::Relaxed) + 1;
-        let fail_at = std::env::var("TFCKPT_TEST_FAIL_MOVE_AT")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok());
-        if fail_at == Some(n) {
+        let at = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(n)
+        };
+        if at("TFCKPT_TEST_FAIL_MOVE_AT") {
             return Err(format!("move {n} failed (TFCKPT_TEST_FAIL_MOVE_AT)").into());
         }
+        if at("TFCKPT_TEST_PAUSE_MOVE_AT") {
+            let t = std::time::Instant::now();
+            while !crate::ENDING.load(Ordering::SeqCst) && t.elapsed().as_secs() < 60 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    if crate::ENDING.load(Ordering::SeqCst) {
+        return Err("a signal is ending the process".into());
     }
     Ok(())
 }
