@@ -109,6 +109,34 @@ impl Location {
             }
             .into());
         }
+        // An http(s):// host is a name or address with an optional port, nothing else: user
+        // information whose password holds a `/` (`https://user:pa/ss@host/x`) or a query right
+        // after the host (`http://host?token=…`) would otherwise pass as a host and be echoed in
+        // every later message. Then everything up to the last `@`, and from a `?` or `#` on, is
+        // masked.
+        // An `@` in the path is refused too (written `%40` it is taken): in
+        // `http://user:1234/5678@host/x` the host would be `user`, the port 1234.
+        if !matches!(scheme, Scheme::S3 | Scheme::Gcs)
+            && (!host_and_port(authority) || key.contains('@'))
+        {
+            let mut shown = match url.rsplit_once('@') {
+                Some((_, tail)) => format!("{}://***@{tail}", scheme.as_str()),
+                None => url.to_string(),
+            };
+            if let Some(i) = shown.find(['?', '#']) {
+                shown.truncate(i + 1);
+                shown.push_str("***");
+            }
+            return Err(ErrorKind::Remote {
+                url: shown,
+                range: None,
+                reason: "not a host name or address with an optional port, or an `@` in the \
+                         path (write it %40); credentials and query strings in the URL are not \
+                         accepted (use the environment variables)"
+                    .into(),
+            }
+            .into());
+        }
         // In s3:// and gs:// keys `?` is a character (a glob's in a sharded V1 save); in an
         // http(s):// URL it starts a query string, which could carry a secret.
         // A `?` followed later by `=` is a query string (a presigned URL's signature, say) there
@@ -129,7 +157,8 @@ impl Location {
                 return Err(bad("query strings and fragments are not accepted"));
             }
         }
-        if key.contains('#') {
+        // (In s3:// and gs:// keys `#` is a character too, as their own tools take it.)
+        if web && key.contains('#') {
             return Err(bad("query strings and fragments are not accepted"));
         }
         // An http(s):// URL's path is percent-encoded (RFC 3986); object keys are not. S3 and
@@ -155,8 +184,11 @@ impl Location {
     /// [`parse`](Self::parse) would take otherwise (`%`, `?`, `#`) percent-encoded, so that the URL
     /// opens the same key again.
     pub(crate) fn url(&self, key: &str) -> String {
-        const SPECIAL: &percent_encoding::AsciiSet =
-            &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#');
+        const SPECIAL: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b'%')
+            .add(b'?')
+            .add(b'#')
+            .add(b'@');
         match self.scheme {
             Scheme::Http | Scheme::Https => format!(
                 "{}://{}/{}",
@@ -895,9 +927,88 @@ fn client_error_short(url: &str, range: Option<(u64, u64)>, got: u64, want: u64)
     .into()
 }
 
+/// Whether an http(s):// URL's authority is `HOST` or `HOST:PORT`: a name or IPv4 address
+/// (letters, digits, `.`, `-`, `_`, `~`) or a bracketed IPv6 address, and a port of 1 to 5 digits.
+fn host_and_port(authority: &str) -> bool {
+    let port_ok = |p: &str| p.is_empty() || (p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip6, after)) => (
+                !ip6.is_empty()
+                    && ip6
+                        .bytes()
+                        .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.'),
+                after,
+            ),
+            None => return false,
+        },
+        None => {
+            let host = authority.split(':').next().unwrap_or("");
+            (
+                !host.is_empty()
+                    && host.bytes().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'~')
+                    }),
+                &authority[host.len()..],
+            )
+        }
+    };
+    host_ok
+        && match port.strip_prefix(':') {
+            Some(p) => !p.is_empty() && port_ok(p),
+            None => port.is_empty(),
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials or a query in an http(s):// host part are refused and never shown (a password
+    /// holding a `/` made `user:pa` the host, and the URL was echoed whole in later errors).
+    #[test]
+    fn http_hosts_are_names_or_addresses_with_a_port() {
+        for ok in [
+            "http://127.0.0.1:9000/b/x",
+            "http://[::1]:8080/x",
+            "https://[2001:db8::1]/x",
+            "https://storage.googleapis.com/x",
+            "http://my_host/x",
+            "http://h",
+        ] {
+            assert!(Location::parse(ok).is_ok(), "{ok}");
+        }
+        for (bad, secrets) in [
+            ("https://user:pa/ss@host/ckpt", &["pa/", "ss@", "user"][..]),
+            ("http://user:1234/5678@host/x", &["1234", "5678"]),
+            ("http://host?token=SECRET", &["SECRET"]),
+            ("http://host#SECRET", &["SECRET"]),
+            ("http://host:80?token=SECRET/x", &["SECRET"]),
+            ("http://u:p@ss@host/x", &["u:p", "p@ss"]),
+            ("http://host:/x", &[]),
+            ("http://host:123456/x", &[]),
+            ("http://[::1/x", &[]),
+            ("http://ho%73t/x", &[]),
+            ("http://h/a@b", &[]),
+        ] {
+            let e = Location::parse(bad).unwrap_err().to_string();
+            for s in secrets {
+                assert!(!e.contains(s), "{bad}: {e}");
+            }
+        }
+        let e = Location::parse("https://user:pa/ss@host/ckpt")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https://***@host/ckpt"), "{e}");
+        let e = Location::parse("http://host?token=SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http://host?***") && e.contains("not a host name"),
+            "{e}"
+        );
+        assert_eq!(Location::parse("http://h/a%40b").unwrap().key, "a@b");
+    }
 
     #[test]
     fn urls_parse_and_keys_normalize() {

@@ -36,6 +36,7 @@ use crate::base::slice::Region;
 use crate::format::bundle::Bundle;
 use crate::format::index::{key_name, BundleIndex, Entry};
 use crate::load::RemoteOptions;
+use crate::reader::glob;
 
 /// The remote side of a V2 bundle: its client, the index object as read, and the data shards
 /// seen so far.
@@ -43,6 +44,9 @@ pub(crate) struct RemoteBundle {
     /// The client and the budget reads run under (replaced by [`configure`](Self::configure)).
     state: Mutex<(Arc<Client>, Arc<Budget>)>,
     index: Object,
+    /// The checkpoint's prefix as a key (its shards' keys are made from it, never parsed back
+    /// from their URLs: a key may hold what a URL cannot, such as `?` and `=` in an S3 key).
+    prefix: String,
     shards: Mutex<HashMap<u32, Arc<Object>>>,
 }
 
@@ -77,6 +81,7 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
     let remote = RemoteBundle {
         state: Mutex::new((client, budget)),
         index,
+        prefix: prefix.clone(),
         shards: Mutex::new(HashMap::new()),
     };
     Ok(Opened::V2(Box::new(Bundle::remote(
@@ -114,7 +119,6 @@ fn open_v1(
     prefix: &str,
     options: &RemoteOptions,
 ) -> Result<Vec<FetchedFile>> {
-    use crate::reader::glob;
     let objects: Vec<Object> = if !glob::key_has_magic(prefix) {
         client.exists(prefix)?.into_iter().collect()
     } else if let Some(o) = client.exists(prefix)? {
@@ -269,8 +273,8 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
                 }
             }
             // A glob of V1 files (a sharded V1 save), or a V1 file.
-            let base = key.rsplit('/').next().unwrap_or(key);
-            if base.contains(['*', '?', '[']) || present(key)?.is_some() {
+            // (A pattern in any component: `v1_*/model-3` too, as on disk.)
+            if glob::key_has_magic(key) || present(key)?.is_some() {
                 return Ok((key.to_string(), None));
             }
         }
@@ -341,8 +345,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
     };
     // As on disk: the checkpoint it names must be there (a V2 index, or a V1 file or glob).
     let index = present(&format!("{prefix}.index"))?;
-    let base = prefix.rsplit('/').next().unwrap_or(&prefix);
-    if index.is_none() && !base.contains(['*', '?', '[']) && present(&prefix)?.is_none() {
+    if index.is_none() && !glob::key_has_magic(&prefix) && present(&prefix)?.is_none() {
         return Err(nothing(no_ckpt(format!(
             "its state file names {} but no files match it",
             loc.url(&prefix)
@@ -434,8 +437,10 @@ impl RemoteBundle {
         }
         let (client, _) = self.state();
         let url = b.shard_path(e.shard).to_string_lossy().into_owned();
-        // The URL as `Location::url` made it (percent-encoded where needed), back to its key.
-        let key = Location::parse(&url)?.key;
+        let key =
+            crate::format::bundle::data_path(Path::new(&self.prefix), e.shard, b.index.num_shards)
+                .to_string_lossy()
+                .into_owned();
         let obj = client.head(&key).map_err(|err| {
             if err.is_not_found() {
                 ErrorKind::MissingShard {
