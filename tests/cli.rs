@@ -401,6 +401,30 @@ fn a_full_stdout_is_an_error_not_a_panic() {
     }
 }
 
+/// stdout whose reader has gone (`tfckpt list CKPT | head -1`): no error line, and the end GNU
+/// tools have there, by SIGPIPE (it was `error: writing to stdout: Broken pipe`, exit code 1).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_ends_by_sigpipe_without_an_error_line() {
+    use std::os::unix::process::ExitStatusExt;
+    let ckpt = ckpt_arg("h1_basic");
+    for args in [
+        &["list", &ckpt][..],
+        &["list", "--json", &ckpt],
+        &["verify", &ckpt],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{args:?}: {o:?}");
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+}
+
 #[test]
 fn errors_exit_1_with_one_line_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -273,6 +273,17 @@ fn main() -> ExitCode {
                 std::thread::park();
             }
         }
+        Err(_) if STDOUT_CLOSED.load(Ordering::SeqCst) => {
+            // The reader of stdout took what it wanted and went (`| head`): no error line, and
+            // on Unix the end GNU tools have there, by SIGPIPE (a shell's `pipefail` sees 141).
+            #[cfg(unix)]
+            // SAFETY: sets SIGPIPE's default action and raises it: the process ends by it.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            ExitCode::from(1)
+        }
         Err(e) => {
             // One line whatever the names in it hold: control characters are escaped.
             note!("error: {}", tfckpt::escape_controls(&e.to_string()));
@@ -283,8 +294,14 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Set when stdout's reader has gone (a broken pipe: `tfckpt list CKPT | head -1`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
 /// A failed write to stdout, as the one `error:` line says it.
 fn stdout_error(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.store(true, Ordering::SeqCst);
+    }
     format!("writing to stdout: {e}")
 }
 
