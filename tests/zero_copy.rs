@@ -317,6 +317,41 @@ fn one_read_per_entry_and_aligned_values() {
     );
 }
 
+/// One tensor taken whole by one variable (mappable) and in parts by a partitioned one (copied):
+/// the entry is read and verified once for both, so the whole value is copied with the parts
+/// (it was mapped and checksummed, then read and checksummed again for the parts: two reads of
+/// one entry, against `LoadReport::stored_reads`). Values equal a plain read.
+#[test]
+fn an_entry_both_mapped_and_copied_is_read_once() {
+    use tfckpt::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..4096u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
+    let prefix = write(tmp.path(), &[("t", DType::F32, data.clone())]);
+    let mut store = VariableStore::new();
+    store
+        .get_variable("whole", &[4096], DType::F32, Init::Zeros)
+        .unwrap();
+    store
+        .get_partitioned_variable("parts", &[4096], DType::F32, &[3], Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("t", Target::name("whole")), ("t", Target::name("parts"))]);
+    init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    let r = store.initialize_with(Device::Cpu, &map_all()).unwrap();
+    assert_eq!(r.stored_reads, 1, "{r}");
+    assert_eq!(store.value("whole").unwrap().bytes().unwrap(), &data[..]);
+    let whole = store.partitioned_value("parts").unwrap();
+    assert_eq!(whole.bytes().unwrap(), &data[..]);
+    // Alone, the whole value is mapped.
+    let mut alone = VariableStore::new();
+    alone
+        .get_variable("whole", &[4096], DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("t", Target::name("whole"))]);
+    init_from_checkpoint(&mut alone, &prefix, &map).unwrap();
+    alone.initialize_with(Device::Cpu, &map_all()).unwrap();
+    assert_eq!(mapped_count(&alone), 1);
+}
+
 #[test]
 fn mappings_are_capped_and_the_rest_copied() {
     use tfckpt::DType;

@@ -588,9 +588,14 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                         self.load_on_host(&stored, &on_host, reads.options, report)?;
                     }
                     if !on_device.is_empty() {
+                        // In the devices' dtype (after a cast), as the host counts a value.
                         report.bytes += on_device
                             .iter()
-                            .map(|(v, _)| skeleton::value_bytes(v))
+                            .map(|(v, _)| {
+                                let dtype = self.slots.get(&v.name).map_or(v.dtype, |s| s[0].dtype);
+                                crate::base::slice::num_elements(&v.shape).unwrap_or(0)
+                                    * dtype.size().unwrap_or(0) as u64
+                            })
                             .sum::<u64>();
                         self.load_on_device(
                             &stored,

@@ -241,11 +241,13 @@ fn casts_equal_the_host_cast() {
         let dir = fixture(case);
         let options = LoadOptions::new().cast(from, to);
         let mut cpu = store_for(&dir);
-        cpu.initialize_with(Device::Cpu, &options).unwrap();
+        let cpu_report = cpu.initialize_with(Device::Cpu, &options).unwrap();
         let link = HostLink::default();
         let mut gpu = store_for(&dir);
         let report = gpu.initialize_on(&link, &options, tiny()).unwrap();
         assert_same(&cpu, &gpu, &format!("{case} {from}->{to}"));
+        // Bytes in the cast dtype on either device (the GPU counted the stored one).
+        assert_eq!(report.bytes, cpu_report.bytes, "{case} {from}->{to}");
         let casts = cpu
             .variables()
             .filter(|v| v.dtype == from)

@@ -322,13 +322,43 @@ pub(crate) fn load_group(
         /// Read into the first (stored dtype), then converted into the given buffer.
         Convert(TensorData, ElementsMut<'g>, DType, DType),
     }
+    // A value stored exactly as its variable needs it is mapped, unless another value of the
+    // group is copied from the same stored piece: that copy reads and verifies the entry anyway,
+    // and mapping it too would read it twice (`LoadReport::stored_reads`: each entry once).
+    let map_ok: Vec<bool> = match map_min {
+        Some(min) => {
+            let mappable = dests
+                .iter()
+                .zip(&regions)
+                .map(|(&(v, _), want)| Ok(!given.contains(&v.name) && stored.mappable(want, min)?))
+                .collect::<Result<Vec<bool>>>()?;
+            let copied: Vec<&Region> = regions
+                .iter()
+                .zip(&mappable)
+                .filter_map(|(r, &m)| (!m).then_some(r))
+                .collect();
+            regions
+                .iter()
+                .zip(&mappable)
+                .map(|(want, &m)| m && !copied.iter().any(|c| c.overlaps(want)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let mut outs: Vec<Out<'_>> = Vec::with_capacity(dests.len());
     let mut stored_reads = 0;
     let mut given_bytes = 0;
     let mut verified = Vec::new();
-    for (&(v, _), want) in dests.iter().zip(&regions) {
+    for (i, (&(v, _), want)) in dests.iter().zip(&regions).enumerate() {
         if let Some(g) = given.take(&v.name) {
-            given_bytes += value_bytes(v);
+            // Counted in the buffer's dtype, as a value the library casts is (after the cast).
+            given_bytes += match g.convert {
+                Some((_, to)) => {
+                    crate::base::slice::num_elements(&v.shape).unwrap_or(0)
+                        * to.size().unwrap_or(0) as u64
+                }
+                None => value_bytes(v),
+            };
             outs.push(match g.convert {
                 None => Out::Given(g.buf),
                 Some((from, to)) => Out::Convert(empty_value(v)?, g.buf, from, to),
@@ -337,8 +367,8 @@ pub(crate) fn load_group(
         }
         // A large value stored exactly as this variable needs it: a copy-on-write mapping.
         let mapped = match map_min {
-            Some(min) => stored.map_value(want, min, &mut verified)?,
-            None => None,
+            Some(min) if map_ok[i] => stored.map_value(want, min, &mut verified)?,
+            _ => None,
         };
         if let Some((bytes, read)) = mapped {
             outs.push(Out::Mapped(TensorData::Bytes(bytes)));

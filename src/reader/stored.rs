@@ -240,6 +240,27 @@ impl<'c> Stored<'c> {
         min: u64,
         verified: &mut Vec<EntryAt>,
     ) -> Result<Option<(crate::base::tensor::Bytes, bool)>> {
+        let Some((b, e)) = self.map_candidate(want, min)? else {
+            return Ok(None);
+        };
+        let at = (e.shard, e.offset);
+        let seen = verified.contains(&at);
+        let mapped = b.map_entry(e, !seen)?;
+        if mapped.is_some() && !seen {
+            verified.push(at);
+        }
+        Ok(mapped.map(|m| (m, !seen)))
+    }
+
+    /// Whether [`map_value`](Self::map_value) would map box `want` (unless the system refuses
+    /// the mapping): the rules it follows, without mapping or reading anything.
+    pub(crate) fn mappable(&self, want: &Region, min: u64) -> Result<bool> {
+        Ok(self.map_candidate(want, min)?.is_some())
+    }
+
+    /// The bundle and entry that hold exactly box `want`, where [`map_value`](Self::map_value)
+    /// maps it; `None` where the value must be copied.
+    fn map_candidate(&self, want: &Region, min: u64) -> Result<Option<(&Bundle, &Entry)>> {
         let info = self.info;
         let Some(b) = self.bundle() else {
             return Ok(None);
@@ -257,13 +278,7 @@ impl<'c> Stored<'c> {
         if e.size < min.max(1) || e.offset % align != 0 {
             return Ok(None);
         }
-        let at = (e.shard, e.offset);
-        let seen = verified.contains(&at);
-        let mapped = b.map_entry(e, !seen)?;
-        if mapped.is_some() && !seen {
-            verified.push(at);
-        }
-        Ok(mapped.map(|m| (m, !seen)))
+        Ok(Some((b, e)))
     }
 
     /// For the GPU path: each stored piece of a fixed-size tensor of a little-endian V2 bundle,
