@@ -918,3 +918,41 @@ fn a_sigbus_sent_by_kill_leaves_truncation_caught() {
     };
     assert_eq!(common::fork::in_child(child), "ok");
 }
+
+/// A checkpoint declaring a tensor of 2^62 bytes (one small stored slice of it) mapped to five
+/// variables of that shape: each fits the store's bound, together they pass u64. The sums of
+/// the load plan saturate (a debug build panicked on the overflow, a release one wrapped); the
+/// load fails (a value it cannot allocate, or the tensor's missing coverage), naming the variable
+/// or the tensor, and loads nothing.
+#[test]
+fn byte_sums_past_u64_are_an_error_not_a_panic() {
+    use tfckpt::{
+        init_from_checkpoint, AssignmentMap, CheckpointWriter, DType, Device, Init, Slice, Target,
+        Tensor, VariableStore, WriterOptions,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = CheckpointWriter::create(tmp.path().join("h"), WriterOptions::default()).unwrap();
+    w.add_slice(
+        "huge",
+        &[1 << 30, 1 << 30],
+        &Slice::parse("0,1:0,1").unwrap(),
+        (&Tensor::from_f32(&[1, 1], &[2.0]).unwrap()).into(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let mut store = VariableStore::new();
+    let mut pairs = Vec::new();
+    for i in 0..5 {
+        let name = format!("v{i}");
+        store
+            .get_variable(&name, &[1 << 30, 1 << 30], DType::F32, Init::Zeros)
+            .unwrap();
+        pairs.push(("huge", Target::name(&name)));
+    }
+    let map = AssignmentMap::from_iter(pairs);
+    init_from_checkpoint(&mut store, tmp.path().join("h"), &map).unwrap();
+    let err = store.initialize(Device::Cpu).unwrap_err().to_string();
+    let named = ["\"huge\"", "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\""];
+    assert!(named.iter().any(|n| err.contains(n)), "{err}");
+    assert!(store.value("v0").is_none());
+}

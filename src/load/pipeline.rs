@@ -43,7 +43,7 @@ pub(crate) fn pipeline<I: Sync, R: Send, G>(
         match batches.last_mut() {
             Some(last) if joins(&items[last.1 - 1], item, last.2, last.1 - last.0) => {
                 last.1 = i + 1;
-                last.2 += b;
+                last.2 = last.2.saturating_add(b);
             }
             _ => batches.push((i, i + 1, b)),
         }

@@ -48,7 +48,11 @@ pub(crate) fn plan<'s>(
             });
             items.len() - 1
         });
-        items[i].bytes += num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64;
+        // Saturating: a hostile checkpoint's tensor of 2^62 bytes mapped to five variables
+        // overflows the sum (each variable alone fits; its load then fails cleanly).
+        items[i].bytes = items[i].bytes.saturating_add(
+            num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64,
+        );
         items[i].dests.push((v, slice));
     }
     items.sort_by_cached_key(|it| {
@@ -56,7 +60,9 @@ pub(crate) fn plan<'s>(
         (it.ckpt, at.is_none(), at)
     });
     LoadPlan {
-        bytes: items.iter().map(|it| it.bytes).sum(),
+        bytes: items
+            .iter()
+            .fold(0u64, |sum, it| sum.saturating_add(it.bytes)),
         items,
     }
 }

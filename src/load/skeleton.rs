@@ -104,7 +104,9 @@ pub(crate) fn run<D: Destination>(
         warnings: store.warnings.clone(),
         tensors: plan.items.len(),
         skipped_variables: elsewhere.len(),
-        skipped_bytes: elsewhere.iter().map(|v| value_bytes(v)).sum(),
+        skipped_bytes: elsewhere
+            .iter()
+            .fold(0u64, |sum, v| sum.saturating_add(value_bytes(v))),
         ..Default::default()
     };
     let elsewhere: Vec<String> = elsewhere.into_iter().map(|v| v.name.clone()).collect();
