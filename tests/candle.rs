@@ -507,6 +507,10 @@ fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
     assert_eq!(init.tf_name("conv.weight"), None);
     let found = init.map_existing(&prefix).unwrap();
     assert_eq!(found.not_in_model, ["conv/kernel"]);
+    // The Var is listed too (it was in no list: a trainer checking `not_in_checkpoint` saw
+    // nothing left out).
+    assert_eq!(found.unnamed, ["conv.weight"]);
+    assert!(found.not_in_checkpoint.is_empty());
     init.init_from_checkpoint(&prefix, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
     let conv = var(&varmap, "conv.weight").flatten_all().unwrap();
@@ -515,6 +519,47 @@ fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
         var(&varmap, "dense.weight").to_vec2::<f32>().unwrap(),
         [[1.0; 2]; 3]
     );
+}
+
+/// Google's masked-LM decoder weight is the word embedding table itself (tied). The advice of
+/// `Convention::tf1`'s docs, followed: the decoder's `Var` (candle `[vocab, hidden]`, as the table
+/// is stored) named untransposed with `tf1_with`, and the table mapped to that name too. Both
+/// `Var`s then hold the table as stored. (The docs said to map the table to `tf1`'s own name for
+/// it, which is transposed: a shape error, or with vocab = hidden the table loaded transposed.)
+#[test]
+fn a_tied_decoder_takes_the_embedding_table_as_the_docs_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("bert/embeddings/word_embeddings", &[4, 3], &table);
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(4, 3, vb.pp("bert.embeddings.word_embeddings")).unwrap();
+    candle_nn::linear_no_bias(3, 4, vb.pp("cls.predictions.decoder")).unwrap();
+    let tied = Convention::tf1_with(|candle, _, tf1| match candle {
+        "cls.predictions.decoder.weight" => Some(TfName {
+            name: "cls/predictions/decoder/kernel".into(),
+            transposed: false,
+        }),
+        _ => tf1,
+    });
+    let mut init = CandleInit::from_varmap(&varmap, &tied).unwrap();
+    let mut found = init.map_existing(&prefix).unwrap();
+    assert_eq!(found.not_in_checkpoint, ["cls.predictions.decoder.weight"]);
+    found.map.push(
+        "bert/embeddings/word_embeddings",
+        Target::name("cls/predictions/decoder/kernel"),
+    );
+    init.init_from_checkpoint(&prefix, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let want = Tensor::from_vec(table, (4, 3), &CPU).unwrap();
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.weight",
+    ] {
+        assert!(same(&var(&varmap, name), &want), "{name}");
+    }
 }
 
 #[test]

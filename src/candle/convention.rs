@@ -62,8 +62,13 @@ impl Convention {
     /// Google's masked-LM decoder weight is the word embedding table itself (tied), which one
     /// TensorFlow variable cannot give two `Var`s under a convention: `cls.predictions.decoder.weight`
     /// is named `cls/predictions/decoder/kernel`, which no Google checkpoint holds, so
-    /// `map_existing` lists it as not in the checkpoint (tie it in the model, or map
-    /// `bert/embeddings/word_embeddings` to it in an assignment map of your own).
+    /// `map_existing` lists it as not in the checkpoint. Tie it in the model, or load the table
+    /// into it: the table is `[vocab, hidden]` as the decoder's `Var` is, so name that `Var`
+    /// untransposed with [`tf1_with`](Self::tf1_with) (`TfName { name:
+    /// "cls/predictions/decoder/kernel".into(), transposed: false }`), then add
+    /// `("bert/embeddings/word_embeddings", Target::name("cls/predictions/decoder/kernel"))` to
+    /// the assignment map. (Mapped to `tf1`'s own name for it, which is transposed, the table
+    /// would fail the shape check, or load transposed where vocab = hidden.)
     ///
     /// A `weight` of more than 2 dimensions (a convolution's: candle's `[out, in, kh, kw]`,
     /// TensorFlow's `[kh, kw, in, out]`) gets no name: tfckpt transposes 2-D values but permutes

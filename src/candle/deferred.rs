@@ -28,9 +28,10 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// initializer of every such `Var` that takes no checkpoint value, whatever it holds meanwhile
 /// (as TensorFlow's `global_variables_initializer()` does): a `Var` the trainer fills by hand
 /// (a head loaded from another file, say) keeps that value only when named to
-/// [`keep`](Self::keep). With `candle-cuda`, a GPU `Var` still holding its zeros loads its
-/// checkpoint value in place (no second copy of the model on the device) and, if the load fails,
-/// holds zeros again.
+/// [`keep`](Self::keep). With `candle-cuda`, a GPU `Var` of it that takes a checkpoint value and
+/// is not kept loads that value in place (no second copy of the model on the device) and, if the
+/// load fails, holds zeros again, whatever the trainer put there meanwhile (name such a `Var` to
+/// `keep` first).
 #[derive(Clone)]
 pub struct DeferredInit {
     varmap: VarMap,

@@ -104,6 +104,8 @@ pub struct CandleInit {
     /// Mapped variables whose tensor has another dtype than their `Var`: the tensor's dtype.
     casts: BTreeMap<String, DType>,
     deferred: Option<DeferredInit>,
+    /// Candle names of the `Var`s the convention gave no TensorFlow name.
+    unnamed: Vec<String>,
 }
 
 impl std::fmt::Debug for CandleInit {
@@ -135,6 +137,10 @@ pub struct ExistingMap {
     pub shape_mismatches: Vec<(String, String, Vec<u64>, Vec<u64>)>,
     /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
     pub not_in_model: Vec<String>,
+    /// Candle names of the `Var`s the convention gives no TensorFlow name (a convolution's
+    /// weight under [`Convention::tf1`], a `Var` the trainer's function names `None`): no
+    /// checkpoint value reaches them, and they keep candle's initialization.
+    pub unnamed: Vec<String>,
 }
 
 impl ExistingMap {
@@ -173,12 +179,14 @@ impl CandleInit {
             policy: DtypePolicy::Exact,
             casts: BTreeMap::new(),
             deferred: None,
+            unnamed: Vec::new(),
         };
         // One `Var` under two names (tied weights put in twice) would take two values, the last
         // one winning: refused, naming both.
         let mut storages: std::collections::HashMap<usize, String> = Default::default();
         for ((candle, var), tf) in entries.into_iter().zip(names) {
             let Some(TfName { name, transposed }) = tf else {
+                init.unnamed.push(candle);
                 continue;
             };
             let storage = {
@@ -322,6 +330,7 @@ impl CandleInit {
             .filter(|t| !self.vars.contains_key(&t.name))
             .map(|t| t.name.clone())
             .collect();
+        found.unnamed = self.unnamed.clone();
         if found.pairs.is_empty() {
             if let Some(why) = self.scope_mismatch(&ckpt) {
                 return Err(ErrorKind::InvalidArgument(why).into());
