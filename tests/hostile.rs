@@ -919,6 +919,48 @@ fn a_sigbus_sent_by_kill_leaves_truncation_caught() {
     assert_eq!(common::fork::in_child(child), "ok");
 }
 
+/// The kernel's asynchronous memory-error notice (`SIGBUS` with `BUS_MCEERR_AO`, sent under
+/// early-kill settings) is delivered once, not by a faulting instruction: it was taken for a
+/// fault, so the handler left the default action in place expecting the instruction to run
+/// again, none did, and the truncation protection was off for good (a later truncation under a
+/// read killed the process). It is now passed on as a sent signal, and the handler stays.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_asynchronous_memory_error_notice_leaves_truncation_caught() {
+    let child = || {
+        let (t, ckpt) = truncated_under_a_view();
+        // Maps the shard.
+        ckpt.read("a").map_err(|e| e.to_string())?;
+        // SAFETY: a zeroed siginfo is valid; its signal and code are set, and it is queued to
+        // this thread of this process (a code of 0 or more may be sent only to oneself).
+        let sent = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            info.si_signo = libc::SIGBUS;
+            info.si_code = 5; // BUS_MCEERR_AO
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                libc::getpid(),
+                libc::gettid(),
+                libc::SIGBUS,
+                &mut info as *mut libc::siginfo_t,
+            )
+        };
+        if sent != 0 {
+            return Err(format!(
+                "rt_tgsigqueueinfo: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        truncate(&t.shard);
+        let e = ckpt.read("a").unwrap_err();
+        match e.kind() {
+            tfckpt::ErrorKind::Truncated { path } if *path == t.shard => Ok(()),
+            _ => Err(e.to_string()),
+        }
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
+}
+
 /// A checkpoint declaring a tensor of 2^62 bytes (one small stored slice of it) mapped to five
 /// variables of that shape: each fits the store's bound, together they pass u64. The sums of
 /// the load plan saturate (a debug build panicked on the overflow, a release one wrapped); the

@@ -271,7 +271,7 @@ mod imp {
                 }
             }
         }
-        chain(sig, info, ctx, code > 0);
+        chain(sig, info, ctx, from_instruction(code));
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };
     }
@@ -292,6 +292,11 @@ mod imp {
                 continue;
             }
             let end = (start + len).div_ceil(page) * page;
+            // Marked before the zeros are mapped: a thread reading the range behind this one
+            // reads them without a fault of its own, and must find the range marked when it
+            // checks it (the zeros never reach a value returned as `Ok`). If the mapping fails,
+            // the fault repeats and ends the process: the mark is then harmless.
+            s.faulted.store(true, Ordering::SeqCst);
             // SAFETY: replaces the pages from the faulting one to the end of a range the library
             // maps (registered, and unregistered before it is unmapped) with zeros; the faulting
             // read then re-executes.
@@ -306,11 +311,22 @@ mod imp {
                 )
             };
             if p != libc::MAP_FAILED {
-                s.faulted.store(true, Ordering::Release);
                 repaired = Some(i);
             }
         }
         repaired
+    }
+
+    /// Whether a `SIGBUS` of code `code` comes from the faulting instruction (which runs again
+    /// when the handler returns): a misaligned access, an address past a mapped file's end, an
+    /// object error, or a memory error met by the instruction. Any other code (a signal sent by
+    /// `kill` or `sigqueue`, or the kernel's asynchronous `BUS_MCEERR_AO` memory-error notice)
+    /// is delivered once.
+    fn from_instruction(code: libc::c_int) -> bool {
+        matches!(
+            code,
+            libc::BUS_ADRALN | libc::BUS_ADRERR | libc::BUS_OBJERR | libc::BUS_MCEERR_AR
+        )
     }
 
     /// Passes a signal that is not ours to the previous disposition. `fault` says whether it came
@@ -334,8 +350,16 @@ mod imp {
             return;
         }
         // SAFETY: calls the handler that was installed before ours, with the arguments the
-        // kernel gave (its flags say which signature it has).
+        // kernel gave (its flags say which signature it has). One installed with `SA_RESETHAND`
+        // found the default action in place when it ran, as the kernel would have left it: a
+        // handler that returns expecting the fault to end the process then does not loop.
         unsafe {
+            if prev.sa_flags & libc::SA_RESETHAND as libc::c_int != 0 {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigemptyset(&mut dfl.sa_mask);
+                libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+            }
             if prev.sa_flags & libc::SA_SIGINFO != 0 {
                 let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                     std::mem::transmute(handler);
@@ -407,7 +431,7 @@ impl Guard {
             self.slot.is_some_and(|i| {
                 imp::TABLE[i]
                     .faulted
-                    .load(std::sync::atomic::Ordering::Acquire)
+                    .load(std::sync::atomic::Ordering::SeqCst)
             })
         }
         #[cfg(not(target_os = "linux"))]
