@@ -161,6 +161,23 @@ impl Slice {
         )
     }
 
+    /// The box TensorFlow's overlap check of stored slices sees (`TensorSlice::Overlaps`): a full
+    /// extent is every index, whatever the dimension's size. For slices holding elements two such
+    /// boxes overlap exactly when their [`region`](Self::region)s do; in a dimension of size 0
+    /// they still may (`0,2:-` and `0,3:-` of a `[5, 0]` tensor overlap, for TensorFlow too).
+    /// The slice must have been [`check`](Self::check)ed (its ranges are not empty).
+    pub(crate) fn overlap_box(&self) -> Region {
+        Region(
+            self.extents
+                .iter()
+                .map(|e| match *e {
+                    Extent::Full => (0, u64::MAX),
+                    Extent::Range { start, length } => (start, length),
+                })
+                .collect(),
+        )
+    }
+
     /// `(start, length)` per dimension against `shape` (full extents become `(0, dim)`). The slice
     /// must have been [`check`](Self::check)ed against `shape`.
     pub fn ranges(&self, shape: &[u64]) -> Vec<(u64, u64)> {

@@ -40,7 +40,10 @@ pub(crate) struct PieceSet {
 impl PieceSet {
     fn new(pieces: Vec<Piece>) -> PieceSet {
         let regions: Vec<Region> = pieces.iter().map(|p| p.region.clone()).collect();
-        let overlap = RegionIndex::first_overlap(&regions);
+        // As TensorFlow checks: a full extent overlaps whatever the dimension's size (the
+        // slices of a tensor with no elements may overlap too).
+        let boxes: Vec<Region> = pieces.iter().map(|p| p.slice.overlap_box()).collect();
+        let overlap = RegionIndex::first_overlap(&boxes);
         PieceSet {
             index: RegionIndex::of(regions),
             pieces,
