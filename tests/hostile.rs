@@ -732,14 +732,38 @@ fn truncation_during_cli_runs_never_kills_the_process() {
     assert!(caught > 0, "no truncation landed during a read");
 }
 
-/// Found in review: stored slices with a zero-length extent (an empty tensor's slices) are empty
-/// boxes that overlap nothing; the overlap check panicked on them.
+/// Found in review: stored slices of a tensor with no elements (a full dimension of size 0) made
+/// the overlap check panic. They overlap as TensorFlow says (`TensorSlice::Overlaps`: a full
+/// dimension overlaps whatever its size): `0,2:-` and `0,3:-` of a `[5, 0]` tensor overlap, and
+/// reading it is TensorFlow's "Overlapping slices" error (it read as empty before); disjoint
+/// ones (`0,2:-` and `2,3:-`) read and verify.
 #[test]
-fn empty_slices_of_an_empty_tensor_read_and_verify() {
+fn empty_slices_of_an_empty_tensor_overlap_as_tensorflow_says() {
     let tmp = tempfile::tempdir().unwrap();
-    let prefix = tmp.path().join("e");
+    let prefix = tmp.path().join("o");
     let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
     for (start, len) in [(0, 2), (0, 3)] {
+        let s = tfckpt::Slice::new(vec![
+            tfckpt::Extent::Range { start, length: len },
+            tfckpt::Extent::Full,
+        ]);
+        let t = tfckpt::TensorRef::Bytes {
+            dtype: tfckpt::DType::F32,
+            shape: &[len, 0],
+            data: &[],
+        };
+        w.add_slice("z", &[5, 0], &s, t).unwrap();
+    }
+    w.finish().unwrap();
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    let e = ckpt.read("z").unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::OverlappingSlices { .. }),
+        "{e}"
+    );
+    let prefix = tmp.path().join("e");
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (start, len) in [(0, 2), (2, 3)] {
         let s = tfckpt::Slice::new(vec![
             tfckpt::Extent::Range { start, length: len },
             tfckpt::Extent::Full,
@@ -997,4 +1021,93 @@ fn byte_sums_past_u64_are_an_error_not_a_panic() {
     let named = ["\"huge\"", "\"v0\"", "\"v1\"", "\"v2\"", "\"v3\"", "\"v4\""];
     assert!(named.iter().any(|n| err.contains(n)), "{err}");
     assert!(store.value("v0").is_none());
+}
+
+/// The writer, from a review: a shape TensorFlow (and `Checkpoint::open`) would refuse (more than
+/// 254 dimensions; an element count whose running product leaves int64 before a 0 dimension) is
+/// refused when added, where it made the whole checkpoint unreadable; `add_slice("")` is refused
+/// (its full-tensor entry took the index header's key: a panic in a debug build, a duplicate key
+/// in a release one); and after a write to a shard failed, every later call fails (the shard
+/// held part of that tensor, and every later offset in it was wrong: checksum errors on reading
+/// a checkpoint that `finish` had accepted).
+#[cfg(unix)]
+#[test]
+fn the_writer_refuses_what_tensorflow_cannot_read_and_stops_after_a_failed_write() {
+    use tfckpt::{CheckpointWriter, DType, Extent, Slice, TensorRef};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = CheckpointWriter::create(tmp.path().join("w"), Default::default()).unwrap();
+    let deep = TensorRef::Bytes {
+        dtype: DType::F32,
+        shape: &[1; 255],
+        data: &[0; 4],
+    };
+    let e = w.add("deep", deep).unwrap_err();
+    assert!(e.to_string().contains("at most 254"), "{e}");
+    let wide = TensorRef::Bytes {
+        dtype: DType::F32,
+        shape: &[1 << 32, 1 << 31, 0],
+        data: &[],
+    };
+    let e = w.add("wide", wide).unwrap_err();
+    assert!(e.to_string().contains("overflows int64"), "{e}");
+    let part = TensorRef::Bytes {
+        dtype: DType::F32,
+        shape: &[2],
+        data: &[0; 8],
+    };
+    let rows = Slice::new(vec![Extent::Range {
+        start: 0,
+        length: 2,
+    }]);
+    let e = w.add_slice("", &[4], &rows, part).unwrap_err();
+    assert!(e.to_string().contains("cannot be empty"), "{e}");
+    // The writer is still usable after refusals: nothing was written.
+    w.add("ok", part).unwrap();
+    w.finish().unwrap();
+    assert_eq!(
+        tfckpt::Checkpoint::open(tmp.path().join("w"))
+            .unwrap()
+            .tensors()
+            .len(),
+        1
+    );
+    // A write cut short by the file size limit (EFBIG), in a child.
+    let prefix = tmp.path().join("f");
+    let child = move || {
+        let mut w =
+            CheckpointWriter::create(&prefix, Default::default()).map_err(|e| e.to_string())?;
+        // SAFETY: ignores SIGXFSZ (the write then fails with EFBIG) and lowers this child's
+        // file size limit to 1 MiB.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+        }
+        let big = vec![0u8; 2 << 20];
+        let t = TensorRef::Bytes {
+            dtype: DType::U8,
+            shape: &[2 << 20],
+            data: &big,
+        };
+        if w.add("big", t).is_ok() {
+            return Err("a write past the file size limit succeeded".into());
+        }
+        let small = TensorRef::Bytes {
+            dtype: DType::U8,
+            shape: &[1],
+            data: &[7],
+        };
+        match w.add("small", small) {
+            Ok(()) => Err("a write after a failed one was accepted".into()),
+            Err(e) if e.to_string().contains("an earlier write") => match w.finish() {
+                Ok(()) => Err("finish accepted a writer whose write failed".into()),
+                Err(_) => Ok(()),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
 }

@@ -93,10 +93,29 @@ pub(crate) fn parse_shape(shape: Option<&proto::TensorShapeProto>) -> Result<Vec
         .iter()
         .map(|d| u64::try_from(d.size).map_err(|_| format!("negative dimension {}", d.size)))
         .collect::<Result<_, _>>()?;
-    match num_elements(&dims) {
-        Some(n) if n <= i64::MAX as u64 => Ok(dims),
-        _ => Err(format!("element count of shape {dims:?} overflows int64")),
+    check_shape(&dims)?;
+    Ok(dims)
+}
+
+/// TensorFlow's rule for a concrete shape (`TensorShape::IsValidShape`): at most [`MAX_RANK`]
+/// dimensions, and the element count, multiplied out dimension by dimension, within int64 at
+/// every step (`[2^32, 2^31, 0]` is refused although it holds no element: the running product
+/// overflows before the 0).
+pub(crate) fn check_shape(dims: &[u64]) -> Result<(), String> {
+    if dims.len() > MAX_RANK {
+        return Err(format!(
+            "{} dimensions, at most {MAX_RANK} allowed",
+            dims.len()
+        ));
     }
+    let mut n = 1u64;
+    for &d in dims {
+        n = n
+            .checked_mul(d)
+            .filter(|&n| n <= i64::MAX as u64)
+            .ok_or_else(|| format!("element count of shape {dims:?} overflows int64"))?;
+    }
+    Ok(())
 }
 
 impl BundleIndex {
@@ -269,4 +288,23 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
         crc: crate::base::crc::unmask(p.crc32c),
         slices,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TensorFlow's `TensorShape::IsValidShape`: the running element count stays within int64
+    /// at every step, so a 0 dimension after an overflow does not make the shape valid.
+    #[test]
+    fn shapes_are_checked_as_tensorflow_multiplies_them_out() {
+        assert!(check_shape(&[1 << 32, 1 << 31, 0]).is_err());
+        assert!(check_shape(&[0, 1 << 32, 1 << 31]).is_ok());
+        assert!(check_shape(&[1 << 31, 1 << 31, 0]).is_ok());
+        assert!(check_shape(&[i64::MAX as u64]).is_ok());
+        assert!(check_shape(&[(i64::MAX as u64) + 1]).is_err());
+        assert!(check_shape(&[1; 254]).is_ok());
+        assert!(check_shape(&[1; 255]).is_err());
+        assert!(check_shape(&[]).is_ok());
+    }
 }

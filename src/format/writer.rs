@@ -15,6 +15,7 @@ use crate::base::partial::PartialOutput;
 use crate::base::slice::{num_elements, Extent, RegionIndex, Slice};
 use crate::base::tensor::{Strings, Tensor, TensorData};
 use crate::format::bundle::{data_path, index_path, swap_bytes};
+use crate::format::index::check_shape;
 use crate::format::proto;
 use crate::format::slice_codec::{slice_from_proto, slice_key, slice_to_proto};
 use crate::format::sstable_builder::TableBuilder;
@@ -29,8 +30,8 @@ pub struct WriterOptions {
     pub compress_index: bool,
     /// Index block size; TensorFlow uses 256 KiB.
     pub block_size: usize,
-    /// Write tensor data big-endian and mark the header so (to test readers; TF on a little-endian
-    /// host cannot read such files).
+    /// Write tensor data big-endian and mark the header so (to test readers: a reader on a
+    /// little-endian host, TensorFlow's too, swaps each element after checking its checksum).
     pub big_endian: bool,
 }
 
@@ -126,6 +127,10 @@ pub struct CheckpointWriter {
     /// The boxes of the slices added so far, per partitioned tensor (for the overlap check).
     slices: std::collections::HashMap<Vec<u8>, RegionIndex>,
     finished: bool,
+    /// A write to a shard that failed: the shard may hold part of that tensor, so every later
+    /// offset in it would be wrong. Every later call fails with it (as TensorFlow's
+    /// `BundleWriter` keeps its first error).
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -154,6 +159,7 @@ impl CheckpointWriter {
             entries: BTreeMap::new(),
             slices: Default::default(),
             finished: false,
+            failed: None,
         };
         // Pushed one by one into the writer, so that a shard that cannot be created drops it and
         // the writer removes the ones made before.
@@ -173,6 +179,7 @@ impl CheckpointWriter {
 
     /// Adds a whole tensor under `name`.
     pub fn add(&mut self, name: &str, tensor: TensorRef<'_>) -> Result<()> {
+        self.check_usable()?;
         self.check_new(name.as_bytes())?;
         let entry = self.write_data(name, tensor)?;
         self.entries.insert(name.as_bytes().to_vec(), entry);
@@ -189,12 +196,17 @@ impl CheckpointWriter {
         slice: &Slice,
         tensor: TensorRef<'_>,
     ) -> Result<()> {
-        if full_shape.iter().any(|&d| d > i64::MAX as u64) {
-            return Err(ErrorKind::InvalidArgument(format!(
-                "{full_name}: dimension above int64 in shape {full_shape:?}"
-            ))
+        self.check_usable()?;
+        // The full tensor's entry goes under its name, and "" is the header's key (TensorFlow's
+        // `AddSlice` refuses it too).
+        if full_name.is_empty() {
+            return Err(ErrorKind::InvalidArgument(
+                "a tensor name cannot be empty (\"\" is the index header's key)".into(),
+            )
             .into());
         }
+        check_shape(full_shape)
+            .map_err(|r| ErrorKind::InvalidArgument(format!("{full_name}: {r}")))?;
         slice
             .check(full_shape)
             .map_err(|r| ErrorKind::InvalidArgument(format!("{full_name}: {r}")))?;
@@ -262,6 +274,18 @@ impl CheckpointWriter {
         Ok(())
     }
 
+    /// Fails once a write to a shard has failed (see `failed`).
+    fn check_usable(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(ErrorKind::InvalidArgument(format!(
+                "an earlier write of this checkpoint failed ({e}): its shards cannot be trusted, \
+                 start it again"
+            ))
+            .into()),
+        }
+    }
+
     fn check_new(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() || self.entries.contains_key(key) {
             return Err(ErrorKind::InvalidArgument(format!(
@@ -274,13 +298,9 @@ impl CheckpointWriter {
     }
 
     fn write_data(&mut self, name: &str, tensor: TensorRef<'_>) -> Result<proto::BundleEntryProto> {
-        if tensor.shape().iter().any(|&d| d > i64::MAX as u64) {
-            return Err(ErrorKind::InvalidArgument(format!(
-                "{name}: dimension above int64 in shape {:?}",
-                tensor.shape()
-            ))
-            .into());
-        }
+        // A shape TensorFlow would refuse to read (and so would `Checkpoint::open`).
+        check_shape(tensor.shape())
+            .map_err(|r| ErrorKind::InvalidArgument(format!("{name}: {r}")))?;
         let n = num_elements(tensor.shape())
             .ok_or_else(|| ErrorKind::InvalidArgument(format!("{name}: shape overflows")))?;
         let big = self.options.big_endian;
@@ -327,10 +347,11 @@ impl CheckpointWriter {
             .enumerate()
             .min_by_key(|(_, s)| s.len)
             .expect("at least one shard");
-        shard
-            .out
-            .write_all(bytes)
-            .map_err(|e| Error::io(&shard.tmp, e))?;
+        if let Err(e) = shard.out.write_all(bytes) {
+            let e = Error::io(&shard.tmp, e);
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
         let offset = shard.len;
         shard.len += bytes.len() as u64;
         Ok(proto::BundleEntryProto {
@@ -346,6 +367,7 @@ impl CheckpointWriter {
 
     /// Writes the index and renames every file to its final name.
     pub fn finish(mut self) -> Result<()> {
+        self.check_usable()?;
         let header = proto::BundleHeaderProto {
             num_shards: self.options.num_shards as i32,
             endianness: i32::from(self.options.big_endian),
@@ -473,5 +495,20 @@ pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()>
     }
     let text =
         format!("model_checkpoint_path: \"{quoted}\"\nall_model_checkpoint_paths: \"{quoted}\"\n");
-    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+    // Replaced in one step, as TensorFlow's `atomic_write_string_to_file` does: written in place,
+    // the file was empty for a moment, and a reader then (an evaluator polling
+    // `tf.train.latest_checkpoint`) failed on an empty `model_checkpoint_path`.
+    let tmp = temp_name(&path);
+    let _listed = PartialOutput::new(&tmp);
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
