@@ -405,12 +405,17 @@ impl Client {
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
         };
+        // Masked as every request's error is: `object_store` may quote what it could not use
+        // (a key it failed to parse, say).
         let store = built.map_err(|e| ErrorKind::Remote {
             url: url.clone(),
             range: None,
-            reason: format!(
-                "cannot configure the client from the environment ({}): {e}",
-                credential_source(loc.scheme, &env)
+            reason: redact_answer(
+                &mask_user_info(&format!(
+                    "cannot configure the client from the environment ({}): {e}",
+                    credential_source(loc.scheme, &env)
+                )),
+                &secrets_in_environment(),
             ),
         })?;
         Ok(store)
@@ -760,8 +765,8 @@ fn masked_proxy(value: &str) -> String {
         Some(i) => value.split_at(i + 3),
         None => ("", value),
     };
-    let host_start = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_start].rfind('@') {
+    // Up to the last `@` anywhere: a password may hold a `/` (`user:pa/ss@proxy:3128`).
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}***{}", &rest[at..]),
         None => value.to_string(),
     }
@@ -1034,7 +1039,11 @@ mod tests {
     fn proxy_settings_are_masked_with_or_without_a_scheme() {
         assert_eq!(masked_proxy("http://u:secret@p:3128"), "http://***@p:3128");
         assert_eq!(masked_proxy("u:secret@p:3128"), "***@p:3128");
-        assert_eq!(masked_proxy("socks5://p:1080/x@y"), "socks5://p:1080/x@y");
+        assert_eq!(
+            masked_proxy("http://user:pa/ss@p:3128"),
+            "http://***@p:3128"
+        );
+        assert_eq!(masked_proxy("user:pa/ss@p:3128"), "***@p:3128");
         assert_eq!(masked_proxy("localhost,.internal"), "localhost,.internal");
     }
 

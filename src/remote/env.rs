@@ -386,7 +386,24 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
             if let Some(base) = env.google(&["google_base_url"]) {
                 check_endpoint(base, Endpoint::Base, allow_http, "GOOGLE_ALLOW_HTTP", &bad)?;
             }
+            // A key put where a file's path goes (`GOOGLE_APPLICATION_CREDENTIALS: ${{ secrets.KEY }}`
+            // in CI): `object_store` would name it as the file it cannot open, key and all.
+            let json_for_a_path = |f: Var<'_>| -> Result<()> {
+                if f.value.trim_start().starts_with('{') || f.value.contains('\n') {
+                    return Err(bad(
+                        f.name,
+                        "holds a document (a service account key?), not a file's path: put the \
+                         key in a file and name the file here, or give the key itself in \
+                         GOOGLE_SERVICE_ACCOUNT_KEY"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            };
             match gcs_source(env) {
+                GcsSource::File(f) | GcsSource::Adc(f) | GcsSource::Both(f, _) => {
+                    json_for_a_path(f)?
+                }
                 GcsSource::Bearer(t) => header_safe(t, &bad)?,
                 GcsSource::Default if !gcloud_credentials_file(env) => {
                     // The metadata server, at a host these name (read as is, not by prefix).
@@ -738,6 +755,35 @@ mod tests {
 
     fn checked(scheme: Scheme, vars: Vars<'_>) -> std::result::Result<(), String> {
         check(scheme, &env(vars), "s3://b/k").map_err(|e| e.to_string())
+    }
+
+    /// A service account key put where a file's path goes: `object_store` named it as the file
+    /// it could not open, and the build error printed the key whole. Refused, naming the
+    /// variable and not the value.
+    #[test]
+    fn a_key_given_as_a_credentials_file_path_is_refused_without_echoing_it() {
+        let key =
+            r#"{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIE"}"#;
+        for name in [
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "SERVICE_ACCOUNT",
+        ] {
+            let e = checked(Scheme::Gcs, &[(name, key)]).unwrap_err();
+            assert!(e.contains(name) && e.contains("not a file's path"), "{e}");
+            assert!(
+                !e.contains("PRIVATE") && !e.contains("service_account\""),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            checked(
+                Scheme::Gcs,
+                &[("GOOGLE_APPLICATION_CREDENTIALS", "/k/sa.json")]
+            ),
+            Ok(())
+        );
     }
 
     #[test]
