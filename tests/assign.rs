@@ -26,6 +26,25 @@ fn ckpt(tensors: &[(&str, &[u64])]) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, prefix)
 }
 
+/// A shape with a dimension of 0 cannot be partitioned, as in TensorFlow 2.21 (`get_variable`
+/// with a partitioner: "Expected 0 <= offset < shape but found offset=0, shape=0"); parts such as
+/// `[0, 2]`, or `[1, 0]` twice, were made.
+#[test]
+fn a_shape_with_a_zero_dimension_is_not_partitioned() {
+    let mut store = VariableStore::new();
+    for (shape, parts) in [
+        (&[0u64, 2][..], &[1u64, 1][..]),
+        (&[2, 0], &[2, 1]),
+        (&[0], &[1]),
+    ] {
+        let e = store
+            .get_partitioned_variable("z", shape, DType::F32, parts, Init::Zeros)
+            .unwrap_err();
+        assert!(e.to_string().contains("dimension of 0"), "{shape:?}: {e}");
+    }
+    assert!(store.variables().next().is_none());
+}
+
 #[test]
 fn partition_splits_follow_tensorflow() {
     let mut store = VariableStore::new();

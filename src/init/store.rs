@@ -217,6 +217,15 @@ impl VariableStore {
             ))
             .into());
         }
+        // TensorFlow's `get_variable` with a partitioner refuses these too ("Expected 0 <= offset
+        // < shape but found offset=0, shape=0"): a part would start at offset 0 of a dimension of
+        // length 0.
+        if shape.contains(&0) {
+            return Err(bad(format!(
+                "shape {shape:?} has a dimension of 0, which TensorFlow cannot partition"
+            ))
+            .into());
+        }
         let axis = partitions.iter().position(|&p| p > 1).unwrap_or(0);
         let k = partitions[axis];
         let d = shape[axis];
