@@ -702,7 +702,7 @@ impl Client {
                 }
                 // A request that never got an answer may have gone to a proxy (reqwest takes
                 // them from the environment): say which, since nothing else would.
-                let reason = match proxy_settings() {
+                let reason = match proxy_settings(self.loc.scheme, std::env::vars_os()) {
                     Some(proxies) if text.contains("error sending request") => {
                         format!("{text} (requests go through the proxy settings {proxies})")
                     }
@@ -739,9 +739,36 @@ fn with_causes(e: &object_store::Error) -> String {
     text
 }
 
-/// The proxy variables set in the environment, which `object_store`'s HTTP client (reqwest)
-/// follows, as `NAME=VALUE` (user information masked by the caller); `None` if none is.
-fn proxy_settings() -> Option<String> {
+/// The proxy settings of `vars` (the environment) that `object_store`'s HTTP client (reqwest)
+/// follows for `scheme`, as `NAME=VALUE` with user information masked; `None` if none is. An
+/// S3 or GCS client given `AWS_PROXY_URL` or `GOOGLE_PROXY_URL` (any case after the prefix, as
+/// `object_store` reads it) uses that proxy alone, and the general variables not at all.
+fn proxy_settings(
+    scheme: Scheme,
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Option<String> {
+    let vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let prefix = match scheme {
+        Scheme::S3 => Some("AWS_"),
+        Scheme::Gcs => Some("GOOGLE_"),
+        Scheme::Http | Scheme::Https => None,
+    };
+    if let Some(prefix) = prefix {
+        let named = |what: &str| {
+            vars.iter()
+                .rfind(|(k, _)| k.eq_ignore_ascii_case(&format!("{prefix}{what}")))
+        };
+        if let Some((k, v)) = named("PROXY_URL") {
+            let mut shown = format!("{k}={}", masked_proxy(v));
+            if let Some((k, v)) = named("PROXY_EXCLUDES") {
+                shown.push_str(&format!(", {k}={v}"));
+            }
+            return Some(format!("{shown}, not HTTPS_PROXY and the others"));
+        }
+    }
     let set: Vec<String> = [
         "HTTPS_PROXY",
         "https_proxy",
@@ -753,7 +780,10 @@ fn proxy_settings() -> Option<String> {
         "no_proxy",
     ]
     .iter()
-    .filter_map(|k| Some(format!("{k}={}", masked_proxy(&std::env::var(k).ok()?))))
+    .filter_map(|k| {
+        let (_, v) = vars.iter().find(|(name, _)| name == k)?;
+        Some(format!("{k}={}", masked_proxy(v)))
+    })
     .collect();
     (!set.is_empty()).then(|| set.join(", "))
 }
@@ -1033,6 +1063,35 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(Location::parse("ftp://h/x").is_err());
         assert!(Location::parse("s3:///x").is_err());
+    }
+
+    /// `AWS_PROXY_URL` (or `GOOGLE_PROXY_URL`) makes the S3 (GCS) client use that proxy alone:
+    /// the message named `HTTPS_PROXY`, which the client then ignores.
+    #[test]
+    fn a_store_proxy_setting_is_named_instead_of_the_general_ones() {
+        let vars = |v: &[(&str, &str)]| -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+            v.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        };
+        let env = vars(&[
+            ("HTTPS_PROXY", "http://other:3128"),
+            ("aws_Proxy_Url", "http://u:s@p:3128"),
+            ("AWS_PROXY_EXCLUDES", "localhost"),
+        ]);
+        let shown = proxy_settings(Scheme::S3, env.clone()).unwrap();
+        assert_eq!(
+            shown,
+            "aws_Proxy_Url=http://***@p:3128, AWS_PROXY_EXCLUDES=localhost, not HTTPS_PROXY and the others"
+        );
+        // Another store's setting does not apply; the general ones do.
+        assert_eq!(
+            proxy_settings(Scheme::Gcs, env.clone()).unwrap(),
+            "HTTPS_PROXY=http://other:3128"
+        );
+        assert_eq!(
+            proxy_settings(Scheme::Http, env).unwrap(),
+            "HTTPS_PROXY=http://other:3128"
+        );
+        assert_eq!(proxy_settings(Scheme::S3, vars(&[])), None);
     }
 
     #[test]

@@ -353,6 +353,22 @@ pub(crate) fn check(scheme: Scheme, env: &Env, url: &str) -> Result<()> {
                 S3Source::WebIdentity { .. } => {
                     if let Some(sts) = env.aws(&["aws_endpoint_url_sts"]) {
                         check_endpoint(sts, Endpoint::Whole, true, "", &bad)?;
+                        // `object_store` asks STS over HTTPS only, whatever AWS_ALLOW_HTTP says:
+                        // a plain-HTTP one failed at the first read, naming no variable.
+                        if sts
+                            .value
+                            .get(..7)
+                            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+                        {
+                            return Err(bad(
+                                sts.name,
+                                format!(
+                                    "is plain HTTP ({}): web identity credentials are asked of \
+                                     STS over HTTPS only (AWS_ALLOW_HTTP does not apply to it)",
+                                    sts.value
+                                ),
+                            ));
+                        }
                     }
                 }
                 S3Source::Container(uri) => {
@@ -755,6 +771,27 @@ mod tests {
 
     fn checked(scheme: Scheme, vars: Vars<'_>) -> std::result::Result<(), String> {
         check(scheme, &env(vars), "s3://b/k").map_err(|e| e.to_string())
+    }
+
+    /// A plain-HTTP STS endpoint for web identity credentials: `object_store` refuses it at the
+    /// first read (HTTPS only), with an error naming no variable; refused here, naming it.
+    #[test]
+    fn a_plain_http_sts_endpoint_is_refused_naming_it() {
+        let web = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+        ];
+        let mut vars = web.to_vec();
+        vars.push(("AWS_ENDPOINT_URL_STS", "http://localhost:4566"));
+        vars.push(("AWS_ALLOW_HTTP", "true"));
+        let e = checked(Scheme::S3, &vars).unwrap_err();
+        assert!(
+            e.contains("AWS_ENDPOINT_URL_STS") && e.contains("HTTPS only"),
+            "{e}"
+        );
+        let mut vars = web.to_vec();
+        vars.push(("AWS_ENDPOINT_URL_STS", "https://sts.example.com"));
+        assert_eq!(checked(Scheme::S3, &vars), Ok(()));
     }
 
     /// A service account key put where a file's path goes: `object_store` named it as the file
