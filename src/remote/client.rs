@@ -700,6 +700,33 @@ impl Client {
                     }
                     .into();
                 }
+                // Credentials refused with another status (S3 answers an expired or malformed
+                // session token, an empty AWS_SESSION_TOKEN say, with 400): access denied too,
+                // naming where they came from.
+                const REFUSED: [&str; 5] = [
+                    "ExpiredToken",
+                    "InvalidToken",
+                    "InvalidAccessKeyId",
+                    "InvalidClientTokenId",
+                    "TokenRefreshRequired",
+                ];
+                if REFUSED.iter().any(|code| text.contains(code)) {
+                    return ErrorKind::RemoteAccess {
+                        url: url.to_string(),
+                        not_found: false,
+                        credentials: self.credentials.clone(),
+                        reason: text,
+                    }
+                    .into();
+                }
+                // Credentials that could not be had (a token file, STS, the metadata server):
+                // say which source was tried.
+                let lower = text.to_ascii_lowercase();
+                let text = if lower.contains("credential") || lower.contains("token request") {
+                    format!("{text} (credentials: {})", self.credentials)
+                } else {
+                    text
+                };
                 // A request that never got an answer may have gone to a proxy (reqwest takes
                 // them from the environment): say which, since nothing else would.
                 let reason = match proxy_settings(self.loc.scheme, std::env::vars_os()) {
@@ -1249,6 +1276,41 @@ mod tests {
             redact_answer(ns, &[]),
             "<Error><ns:Token>…</ns:Token><>x</> a < 2 <Code>c</Code></Error>"
         );
+    }
+
+    #[test]
+    fn credentials_refused_with_a_400_or_not_had_name_their_source() {
+        let loc = Location::parse("s3://b/ckpt/model.ckpt-1").unwrap();
+        let c = Client::new(&loc, &RemoteOptions::default()).unwrap();
+        let generic = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        };
+        let e = c.error(
+            generic("Client error with status 400 Bad Request: <Error><Code>ExpiredToken</Code></Error>"),
+            "s3://b/x",
+            None,
+        );
+        assert!(
+            matches!(e.kind(), ErrorKind::RemoteAccess { not_found: false, credentials, .. } if *credentials == c.credentials),
+            "{e}"
+        );
+        let e = c.error(
+            generic("Error fetching credentials: timed out"),
+            "s3://b/x",
+            None,
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("(credentials: {})", c.credentials)),
+            "{e}"
+        );
+        let e = c.error(
+            generic("Error after 3 retries: connection reset"),
+            "s3://b/x",
+            None,
+        );
+        assert!(!e.to_string().contains("(credentials:"), "{e}");
     }
 
     #[test]
