@@ -710,7 +710,11 @@ impl Client {
                     "InvalidClientTokenId",
                     "TokenRefreshRequired",
                 ];
-                if REFUSED.iter().any(|code| text.contains(code)) {
+                // Looked for in the answer's XML (`<Code>…</Code>`), never in a URL or key.
+                if REFUSED
+                    .iter()
+                    .any(|code| text.contains(&format!("<Code>{code}</Code>")))
+                {
                     return ErrorKind::RemoteAccess {
                         url: url.to_string(),
                         not_found: false,
@@ -721,8 +725,11 @@ impl Client {
                 }
                 // Credentials that could not be had (a token file, STS, the metadata server):
                 // say which source was tried.
-                let lower = text.to_ascii_lowercase();
-                let text = if lower.contains("credential") || lower.contains("token request") {
+                let words = without_urls(&text).to_ascii_lowercase();
+                let text = if ["credential", "token request", "token file"]
+                    .iter()
+                    .any(|w| words.contains(w))
+                {
                     format!("{text} (credentials: {})", self.credentials)
                 } else {
                     text
@@ -764,6 +771,27 @@ fn with_causes(e: &object_store::Error) -> String {
         text.push_str(&format!(" (cause: {last})"));
     }
     text
+}
+
+/// `text` without the URLs in it (`http://…` or `https://…` up to whitespace, a quote or a
+/// bracket): what is said about a request, not the object's key, which may hold any word.
+fn without_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = ["http://", "https://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The proxy settings of `vars` (the environment) that `object_store`'s HTTP client (reqwest)
@@ -1311,6 +1339,17 @@ mod tests {
             None,
         );
         assert!(!e.to_string().contains("(credentials:"), "{e}");
+        // A key holding those words is not an answer about credentials.
+        let e = c.error(
+            generic("Error performing GET https://b.s3.amazonaws.com/credentials/InvalidToken-run/m in 1s: connection reset"),
+            "s3://b/credentials/InvalidToken-run/m",
+            None,
+        );
+        assert!(
+            matches!(e.kind(), ErrorKind::Remote { .. })
+                && !e.to_string().contains("(credentials:"),
+            "{e}"
+        );
     }
 
     #[test]
