@@ -971,14 +971,30 @@ fn ranks_sharing_one_safetensors_file_do_not_replace_each_other_silently() {
             .args(["--rank", rank, "--ranks", "2"]);
         c
     };
-    let waiting = command("0")
+    let mut waiting = command("0")
         .env("TFCKPT_TEST_WAIT_FOR_OTHER_WRITER", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Rank 1 starts once rank 0 has loaded (its temporary file is there): rank 0 saw no file
+    // when it started, whatever the machine's load.
+    let t0 = std::time::Instant::now();
+    while !files_in(tmp.path())
+        .iter()
+        .any(|f| f.starts_with(".tfckpt-") && f.ends_with(".safetensors.tmp"))
+    {
+        if t0.elapsed().as_secs() > 60 || waiting.try_wait().unwrap().is_some() {
+            let _ = waiting.kill();
+            panic!("rank 0 did not reach its write");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let other = command("1").output().unwrap();
-    assert!(other.status.success(), "{}", stderr(&other));
+    if !other.status.success() {
+        let _ = waiting.kill();
+        panic!("{}", stderr(&other));
+    }
     let o = waiting.wait_with_output().unwrap();
     assert_one_error_line(&o, "written by another process while this one was loading");
     assert!(stderr(&o).contains(out.to_str().unwrap()), "{}", stderr(&o));

@@ -3,9 +3,9 @@
 //! * Parent folders a command creates for `--out` are removed again if it fails, or if a signal
 //!   ends it (as far as they are empty then).
 //! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
-//!   DIR is then that directory, renamed into place in one step; if another process made DIR
-//!   meanwhile, this one fails saying so and writes nothing. An existing DIR takes the files by a
-//!   merge under an exclusive lock on DIR (so concurrent writers take turns, each merge whole):
+//!   DIR is then that directory, renamed into place in one step. An existing DIR takes the files
+//!   by a merge under an exclusive lock on DIR (so concurrent writers take turns, each merge
+//!   whole, where the file system can lock a directory):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
 //!   into one folder, say), the files are merged into it the same way. A signal that ends the
@@ -231,12 +231,17 @@ pub(crate) fn replace_unless_changed(
     before: &Seen,
     write: impl FnOnce(&Path) -> CliResult,
 ) -> CliResult {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(
-        ".tfckpt-{}-{}.tmp",
-        std::process::id(),
-        name.as_deref().unwrap_or("out")
-    ));
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A name no other process takes (ranks in containers on one shared disk may share a PID).
+    let tmp = tempfile::Builder::new()
+        .prefix(".tfckpt-")
+        .suffix(".safetensors.tmp")
+        .tempfile_in(folder)
+        .map_err(|e| io_err(folder, e))?
+        .into_temp_path();
     let _listed = tfckpt::PartialOutput::new(&tmp);
     // Errors name the output, not the temporary name.
     let named = |e: Box<dyn std::error::Error>| -> Box<dyn std::error::Error> {
@@ -253,11 +258,7 @@ pub(crate) fn replace_unless_changed(
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let _lock = lock(folder)?;
+        let _lock = lock(folder);
         if seen(path) != *before {
             return Err(format!(
                 "{}: written by another process while this one was loading (ranks that share \
@@ -267,10 +268,21 @@ pub(crate) fn replace_unless_changed(
             )
             .into());
         }
-        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        // The rename on disk too, as the library's own safetensors writes are.
+        #[cfg(unix)]
+        if let Ok(d) = std::fs::File::open(folder) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => {
+            let _ = tmp.keep(); // renamed: nothing to remove
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
     result
 }
@@ -313,25 +325,37 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
                 Err(e) => return Err(io_err(dir, e)),
             }
         }
-        let _lock = lock(dir)?;
+        let _lock = lock(dir);
         check_merge(tmp.path(), dir)?;
         merge(tmp.path(), dir)
     })
 }
 
-/// An exclusive lock on the directory `dir`, held until the returned file is dropped.
-fn lock(dir: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
-    let f = std::fs::File::open(dir).map_err(|e| io_err(dir, e))?;
+/// An exclusive lock on the directory `dir` (`flock`), held until the returned file is dropped.
+/// `None` where the directory cannot be locked: on Windows (a directory does not open as a file
+/// there), or on a file system without `flock` for it (NFS, where an exclusive lock needs a file
+/// open for writing; Lustre without `-o flock`). Writers then do not take turns, but still write.
+fn lock(dir: &Path) -> Option<std::fs::File> {
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns; it blocks until no other writer holds
-        // the lock, and the lock goes with the descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(dir, std::io::Error::last_os_error()));
+        let f = std::fs::File::open(dir).ok()?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; it blocks until no other writer
+            // holds the lock, and the lock goes with the descriptor.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Some(f);
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return None;
+            }
         }
     }
-    Ok(f)
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 /// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
