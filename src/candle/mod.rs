@@ -120,7 +120,9 @@ impl std::fmt::Debug for CandleInit {
 }
 
 /// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
+/// (`non_exhaustive`: what it reports may grow.)
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ExistingMap {
     /// Every `Var` whose TensorFlow name the checkpoint holds, mapped to that tensor, whatever its
     /// shape, as BERT's recipe maps by name alone: a name held with another shape makes
