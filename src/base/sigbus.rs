@@ -428,6 +428,9 @@ impl Guard {
     pub(crate) fn faulted(&self) -> bool {
         #[cfg(target_os = "linux")]
         {
+            // The fence orders the reads of the mapping made before it ahead of the mark's load
+            // (on weakly ordered CPUs a read of the zeros could otherwise complete after it).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             self.slot.is_some_and(|i| {
                 imp::TABLE[i]
                     .faulted
