@@ -80,12 +80,14 @@ pub fn try_store_for_layout_from(
                 }
                 map.push(info.name.clone(), Target::name(whole));
                 let mut layouts = Vec::new();
-                if info.shape.first().is_some_and(|&d| d >= 3) {
+                // A shape with a dimension of 0 is not partitioned, as TensorFlow refuses it.
+                let partitionable = !info.shape.contains(&0);
+                if partitionable && info.shape.first().is_some_and(|&d| d >= 3) {
                     let mut p = vec![1; info.shape.len()];
                     p[0] = 3;
                     layouts.push(("axis0", p));
                 }
-                if info.shape.get(1).is_some_and(|&d| d >= 2) {
+                if partitionable && info.shape.get(1).is_some_and(|&d| d >= 2) {
                     let mut p = vec![1; info.shape.len()];
                     p[1] = 2;
                     layouts.push(("axis1", p));
