@@ -740,43 +740,31 @@ fn truncation_during_cli_runs_never_kills_the_process() {
 #[test]
 fn empty_slices_of_an_empty_tensor_overlap_as_tensorflow_says() {
     let tmp = tempfile::tempdir().unwrap();
-    let prefix = tmp.path().join("o");
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    for (start, len) in [(0, 2), (0, 3)] {
-        let s = tfckpt::Slice::new(vec![
-            tfckpt::Extent::Range { start, length: len },
-            tfckpt::Extent::Full,
-        ]);
-        let t = tfckpt::TensorRef::Bytes {
-            dtype: tfckpt::DType::F32,
-            shape: &[len, 0],
-            data: &[],
-        };
-        w.add_slice("z", &[5, 0], &s, t).unwrap();
-    }
-    w.finish().unwrap();
-    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
-    let e = ckpt.read("z").unwrap_err();
+    // Rows `(start, length)` of a `[5, 0]` tensor "z", one stored slice each.
+    let write = |name: &str, rows: [(u64, u64); 2]| {
+        let prefix = tmp.path().join(name);
+        let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        for (start, len) in rows {
+            let s = tfckpt::Slice::new(vec![
+                tfckpt::Extent::Range { start, length: len },
+                tfckpt::Extent::Full,
+            ]);
+            let t = tfckpt::TensorRef::Bytes {
+                dtype: tfckpt::DType::F32,
+                shape: &[len, 0],
+                data: &[],
+            };
+            w.add_slice("z", &[5, 0], &s, t).unwrap();
+        }
+        w.finish().unwrap();
+        tfckpt::Checkpoint::open(&prefix).unwrap()
+    };
+    let e = write("o", [(0, 2), (0, 3)]).read("z").unwrap_err();
     assert!(
         matches!(e.kind(), tfckpt::ErrorKind::OverlappingSlices { .. }),
         "{e}"
     );
-    let prefix = tmp.path().join("e");
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    for (start, len) in [(0, 2), (2, 3)] {
-        let s = tfckpt::Slice::new(vec![
-            tfckpt::Extent::Range { start, length: len },
-            tfckpt::Extent::Full,
-        ]);
-        let t = tfckpt::TensorRef::Bytes {
-            dtype: tfckpt::DType::F32,
-            shape: &[len, 0],
-            data: &[],
-        };
-        w.add_slice("z", &[5, 0], &s, t).unwrap();
-    }
-    w.finish().unwrap();
-    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    let ckpt = write("e", [(0, 2), (2, 3)]);
     assert_eq!(ckpt.read("z").unwrap().num_elements(), 0);
     ckpt.verify().unwrap();
 }

@@ -690,19 +690,10 @@ impl Client {
             .into(),
             other => {
                 let text = with_causes(&other);
-                // Some stores report a refusal as a plain HTTP status.
-                if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
-                    return ErrorKind::RemoteAccess {
-                        url: url.to_string(),
-                        not_found: false,
-                        credentials: self.credentials.clone(),
-                        reason: text,
-                    }
-                    .into();
-                }
-                // Credentials refused with another status (S3 answers an expired or malformed
-                // session token, an empty AWS_SESSION_TOKEN say, with 400): access denied too,
-                // naming where they came from.
+                // A refusal: reported by some stores as a plain HTTP status, or as another
+                // status whose answer names refused credentials (S3 answers an expired or
+                // malformed session token, an empty AWS_SESSION_TOKEN say, with 400). The codes
+                // are looked for in the answer's XML (`<Code>…</Code>`), never in a URL or key.
                 const REFUSED: [&str; 5] = [
                     "ExpiredToken",
                     "InvalidToken",
@@ -710,10 +701,11 @@ impl Client {
                     "InvalidClientTokenId",
                     "TokenRefreshRequired",
                 ];
-                // Looked for in the answer's XML (`<Code>…</Code>`), never in a URL or key.
-                if REFUSED
-                    .iter()
-                    .any(|code| text.contains(&format!("<Code>{code}</Code>")))
+                if text.contains("403 Forbidden")
+                    || text.contains("401 Unauthorized")
+                    || REFUSED
+                        .iter()
+                        .any(|code| text.contains(&format!("<Code>{code}</Code>")))
                 {
                     return ErrorKind::RemoteAccess {
                         url: url.to_string(),
