@@ -666,8 +666,11 @@ fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
     let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
     let file = std::fs::File::create(path).map_err(fail)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    npy::write_tensor(&mut w, t)
-        .and_then(|()| w.flush())
+    npy::write_tensor(&mut w, t).map_err(fail)?;
+    // The data on disk before the file is renamed to its final name (see `out::sync_dir`).
+    w.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)
+        .and_then(|f| f.sync_all())
         .map_err(fail)?;
     Ok(())
 }
@@ -706,7 +709,13 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
         let tmp = temp_sibling(out);
         let _listed = tfckpt::PartialOutput::new(&tmp);
         let result = write_npy(&tmp, out, t).and_then(|()| {
-            std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()).into())
+            std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+            out::sync_dir(
+                out.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            );
+            Ok(())
         });
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

@@ -270,10 +270,7 @@ pub(crate) fn replace_unless_changed(
         }
         std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
         // The rename on disk too, as the library's own safetensors writes are.
-        #[cfg(unix)]
-        if let Ok(d) = std::fs::File::open(folder) {
-            let _ = d.sync_all();
-        }
+        sync_dir(folder);
         Ok(())
     });
     match result {
@@ -285,6 +282,31 @@ pub(crate) fn replace_unless_changed(
         }
     }
     result
+}
+
+/// Puts a directory's entries (files created or renamed in it) on disk, as a file's `sync_all`
+/// does its data: a crash after the command ends then leaves every output whole, never an empty or
+/// missing file under its final name. Best effort: where a directory cannot be opened (Windows)
+/// or synced, the outputs are still written.
+pub(crate) fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// `sync_dir` for `dir` and every directory below it.
+fn sync_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                sync_tree(&e.path());
+            }
+        }
+    }
+    sync_dir(dir);
 }
 
 /// Writes a tree of files into `dir` all or nothing: `write` fills a temporary directory on
@@ -313,12 +335,15 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
             })?;
         _listed = tfckpt::PartialOutput::new(tmp.path());
         write(tmp.path())?;
+        // The files' names on disk before they take their final ones (each file synced its data).
+        sync_tree(tmp.path());
         // A new DIR: the whole tree in one rename, unless another process made DIR meanwhile
         // (a directory that is not empty cannot be renamed over): then a merge into it.
         if !exists {
             match std::fs::rename(tmp.path(), dir) {
                 Ok(()) => {
                     let _ = tmp.keep(); // it is DIR now
+                    sync_dir(&parent);
                     return Ok(());
                 }
                 Err(_) if dir.is_dir() => {}
@@ -411,7 +436,20 @@ fn merge(from: &Path, to: &Path) -> CliResult {
         .map_err(|e| io_err(to, e))?;
     let mut steps = Vec::new();
     let result = merge_steps(from, to, aside.path(), &mut steps);
-    let Err(e) = result else { return Ok(()) };
+    let Err(e) = result else {
+        // The moves on disk: every folder a file was moved into.
+        let mut folders: Vec<&Path> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Moved { dst, .. } => dst.parent(),
+                Step::Aside { .. } => None,
+            })
+            .collect();
+        folders.sort();
+        folders.dedup();
+        folders.into_iter().for_each(sync_dir);
+        return Ok(());
+    };
     let mut undo = Ok(());
     for s in steps.into_iter().rev() {
         undo = undo.and(match s {
