@@ -809,6 +809,35 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
 }
 
+/// Starts `tfckpt init CKPT --model MODEL --map {} --out OUT` with `env` added, stderr piped, for
+/// a test to end it by SIGINT or SIGTERM.
+#[cfg(unix)]
+fn spawn_init_to_signal(
+    ckpt: &str,
+    model: &str,
+    out: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+    command
+        .args(["init", ckpt, "--model", model, "--map", "{}", "--out"])
+        .arg(out)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
+    // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
+    unsafe {
+        command.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    };
+    command.spawn().unwrap()
+}
+
 /// `init --out DIR` ended by a signal after writing its files, before merging them into an
 /// existing DIR, leaves DIR as it was and no temporary folder. The test holds DIR's lock, which
 /// the merge takes after the temporary folder is written, so the signal always comes there.
@@ -816,7 +845,7 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
 #[test]
 fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
     use std::os::unix::io::AsRawFd;
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
     let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
@@ -828,22 +857,7 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
         let lock = std::fs::File::open(&out).unwrap();
         // SAFETY: flock on a descriptor this test owns; the lock goes with it.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
-        command
-            .args(["init", &ckpt, "--model", model, "--map", "{}", "--out"])
-            .arg(&out)
-            .stderr(std::process::Stdio::piped());
-        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
-        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
-        unsafe {
-            command.pre_exec(|| {
-                for s in [libc::SIGINT, libc::SIGTERM] {
-                    libc::signal(s, libc::SIG_DFL);
-                }
-                Ok(())
-            })
-        };
-        let mut child = command.spawn().unwrap();
+        let mut child = spawn_init_to_signal(&ckpt, model, &out, &[]);
         // Both files written into the temporary folder inside DIR: the merge is next.
         let t0 = Instant::now();
         let temporaries = || -> Vec<PathBuf> {
@@ -879,7 +893,7 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
 #[cfg(all(unix, debug_assertions))]
 #[test]
 fn init_ended_by_a_signal_during_its_merge_leaves_the_directory_as_it_was() {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
     let model = r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}, {"name": "c", "shape": [1], "dtype": "float32"}]}"#;
@@ -889,24 +903,9 @@ fn init_ended_by_a_signal_during_its_merge_leaves_the_directory_as_it_was() {
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("a.npy"), b"kept a").unwrap();
         std::fs::write(out.join("b.npy"), b"kept b").unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
-        command
-            .args(["init", &ckpt, "--model", model, "--map", "{}", "--out"])
-            .arg(&out)
-            // Moves 1 and 2 put a.npy aside and the new one in its place; 3 would do b.npy's.
-            .env("TFCKPT_TEST_PAUSE_MOVE_AT", "3")
-            .stderr(std::process::Stdio::piped());
-        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
-        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
-        unsafe {
-            command.pre_exec(|| {
-                for s in [libc::SIGINT, libc::SIGTERM] {
-                    libc::signal(s, libc::SIG_DFL);
-                }
-                Ok(())
-            })
-        };
-        let mut child = command.spawn().unwrap();
+        // Moves 1 and 2 put a.npy aside and the new one in its place; 3 would do b.npy's.
+        let mut child =
+            spawn_init_to_signal(&ckpt, model, &out, &[("TFCKPT_TEST_PAUSE_MOVE_AT", "3")]);
         let t0 = Instant::now();
         while std::fs::read(out.join("a.npy")).is_ok_and(|b| b == b"kept a") {
             if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
