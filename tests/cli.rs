@@ -291,7 +291,23 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
     // A name ending in '/' is a folder's: the file would be opened "Not a directory".
     let slash = format!("{}/", tmp.path().join("new.safetensors").display());
     let slash_npy = format!("{}/", tmp.path().join("new.npy").display());
-    let cases: [(Vec<&str>, &str); 10] = [
+    // The same directory as a `file://` URL (read as the local path) reads the same state file.
+    let (url, url_host) = (format!("file://{ckpt}"), format!("file://localhost{ckpt}"));
+    let cases: [(Vec<&str>, &str); 12] = [
+        (
+            vec!["convert", &url, state.to_str().unwrap()],
+            "a file of the checkpoint",
+        ),
+        (
+            vec![
+                "get",
+                &url_host,
+                "useful_scope/var4",
+                "--out",
+                state.to_str().unwrap(),
+            ],
+            "a file of the checkpoint",
+        ),
         (
             vec![
                 "get",

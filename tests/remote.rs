@@ -1306,23 +1306,27 @@ fn state_files_resolve_on_object_storage_as_on_disk() {
     state(&root.join("pf/model"), "model-0");
     put(&h1, "model-0", &root.join("sp ace ü"), "model-0");
     state(&root.join("sp ace ü"), "model-0");
-    let want = Checkpoint::open(h1.join("model-0"))
-        .unwrap()
-        .tensors()
-        .to_vec();
+    let by_prefix = Checkpoint::open(h1.join("model-0")).unwrap();
+    assert_eq!(by_prefix.state_file(), None);
+    let want = by_prefix.tensors().to_vec();
     for (dir, http_path) in [
         ("dotslash", "dotslash"),
         ("up/sub", "up/sub"),
         ("pf/model", "pf/model"),
         ("sp ace ü", "sp%20ace%20%C3%BC"),
     ] {
-        assert_eq!(Checkpoint::open(root.join(dir)).unwrap().tensors(), want);
+        let local = Checkpoint::open(root.join(dir)).unwrap();
+        assert_eq!(local.tensors(), want);
+        let state = root.join(dir).join("checkpoint");
+        assert_eq!(local.state_file(), Some(state.as_path()));
         for url in [
             format!("s3://{BUCKET}/dirs/{dir}"),
             format!("http://{}/{BUCKET}/dirs/{http_path}/", s.http),
         ] {
             let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(remote.tensors(), want, "{url}");
+            let state = format!("{}/checkpoint", url.trim_end_matches('/'));
+            assert_eq!(remote.state_file(), Some(Path::new(&state)), "{url}");
         }
     }
     // A directory without a state file is no checkpoint, though one of its name lies beside it

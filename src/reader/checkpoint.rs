@@ -149,6 +149,7 @@ pub(crate) enum Inner {
 /// ```
 pub struct Checkpoint {
     prefix: PathBuf,
+    state_file: Option<PathBuf>,
     pub(crate) inner: Inner,
     infos: Vec<TensorInfo>,
     by_name: HashMap<String, usize, crate::base::fxhash::FxBuildHasher>,
@@ -194,16 +195,20 @@ impl Checkpoint {
         let path = local.as_deref().unwrap_or(path.as_ref());
         if let Some(url) = resolve::as_url(path) {
             #[cfg(feature = "remote")]
-            return match crate::remote::open(url, remote)? {
-                crate::remote::Opened::V2(b) => Self::from_bundle(*b),
-                crate::remote::Opened::V1 { prefix, files } => {
-                    let files = files
-                        .into_iter()
-                        .map(crate::format::v1::V1File::Fetched)
-                        .collect();
-                    Self::from_v1(prefix, V1Set::from_files(files)?)
-                }
-            };
+            {
+                let (opened, state) = crate::remote::open(url, remote)?;
+                let opened = match opened {
+                    crate::remote::Opened::V2(b) => Self::from_bundle(*b),
+                    crate::remote::Opened::V1 { prefix, files } => {
+                        let files = files
+                            .into_iter()
+                            .map(crate::format::v1::V1File::Fetched)
+                            .collect();
+                        Self::from_v1(prefix, V1Set::from_files(files)?)
+                    }
+                };
+                return opened.map(|c| c.with_state_file(state));
+            }
             #[cfg(not(feature = "remote"))]
             return Err(ErrorKind::Remote {
                 url: url.to_string(),
@@ -216,10 +221,15 @@ impl Checkpoint {
         }
         let _ = remote;
         let _reading = crate::base::sigbus::reading();
-        match resolve::resolve(path)? {
-            Resolved::V2 { prefix } => Self::from_bundle(Bundle::open(&prefix)?),
-            Resolved::V1 { prefix, files } => Self::from_v1(prefix, V1Set::open(&files)?),
-        }
+        let (opened, state) = match resolve::resolve(path)? {
+            Resolved::V2 { prefix, state } => (Self::from_bundle(Bundle::open(&prefix)?), state),
+            Resolved::V1 {
+                prefix,
+                files,
+                state,
+            } => (Self::from_v1(prefix, V1Set::open(&files)?), state),
+        };
+        opened.map(|c| c.with_state_file(state))
     }
 
     fn from_bundle(b: Bundle) -> Result<Checkpoint> {
@@ -292,6 +302,7 @@ impl Checkpoint {
             .collect();
         Checkpoint {
             prefix,
+            state_file: None,
             inner,
             piece_sets: infos.iter().map(|_| Default::default()).collect(),
             infos,
@@ -303,6 +314,19 @@ impl Checkpoint {
     /// The resolved checkpoint prefix (for V1, the file path or glob).
     pub fn prefix(&self) -> &Path {
         &self.prefix
+    }
+
+    /// The `checkpoint` state file read to find the checkpoint, when it was opened by its
+    /// directory (a URL for one on object storage); `None` when it was named by its prefix or
+    /// one of its files. Not one of [`files`](Self::files), but read all the same: a tool that
+    /// writes next to its input must not replace it either.
+    pub fn state_file(&self) -> Option<&Path> {
+        self.state_file.as_deref()
+    }
+
+    fn with_state_file(mut self, state: Option<PathBuf>) -> Checkpoint {
+        self.state_file = state;
+        self
     }
 
     /// The files the checkpoint is made of (object URLs, for one on object storage): for V2 its

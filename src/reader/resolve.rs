@@ -11,11 +11,16 @@ use crate::format::bundle::index_path;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Resolved {
     /// A V2 bundle: `PREFIX.index` exists.
-    V2 { prefix: PathBuf },
+    V2 {
+        prefix: PathBuf,
+        /// The `checkpoint` state file that named it, when a directory was given.
+        state: Option<PathBuf>,
+    },
     /// A V1 checkpoint: the files matching the prefix (a glob for sharded V1 saves).
     V1 {
         prefix: PathBuf,
         files: Vec<PathBuf>,
+        state: Option<PathBuf>,
     },
 }
 
@@ -51,13 +56,13 @@ pub(crate) fn v2_pattern(index: &str) -> String {
 /// Resolves `ckpt_dir_or_file` like TensorFlow's `load_checkpoint`, plus one convenience: a path to
 /// `PREFIX.index` (or a data file `PREFIX.data-NNNNN-of-NNNNN`) means `PREFIX`.
 pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
-    let prefix = if arg.is_dir() {
-        latest_checkpoint(arg)?
-    } else {
-        strip_file_suffix(arg)
+    let state = arg.is_dir().then(|| arg.join("checkpoint"));
+    let prefix = match &state {
+        Some(_) => latest_checkpoint(arg)?,
+        None => strip_file_suffix(arg),
     };
     if index_path(&prefix).is_file() {
-        return Ok(Resolved::V2 { prefix });
+        return Ok(Resolved::V2 { prefix, state });
     }
     let files = glob_files(&prefix)?;
     if files.is_empty() {
@@ -87,7 +92,11 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
         ))
         .into());
     }
-    Ok(Resolved::V1 { prefix, files })
+    Ok(Resolved::V1 {
+        prefix,
+        files,
+        state,
+    })
 }
 
 /// `PREFIX.index` or `PREFIX.data-NNNNN-of-NNNNN` → `PREFIX`, when that prefix has an index.

@@ -184,7 +184,16 @@ impl Location {
     /// [`parse`](Self::parse) would take otherwise (`%`, `?`, `#`) percent-encoded, so that the URL
     /// opens the same key again.
     pub(crate) fn url(&self, key: &str) -> String {
+        // The WHATWG URL path set (a URL one can paste: `sp%20ace`, not `sp ace`), with `%`
+        // (keys are not decoded twice) and `@` (see `Location::parse`).
         const SPECIAL: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'<')
+            .add(b'>')
+            .add(b'`')
+            .add(b'{')
+            .add(b'}')
             .add(b'%')
             .add(b'?')
             .add(b'#')

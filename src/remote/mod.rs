@@ -61,17 +61,20 @@ pub(crate) enum Opened {
 
 /// Opens the checkpoint that `url` names (a prefix, `PREFIX.index`, a data file, a "directory"
 /// holding a `checkpoint` state file, or a V1 file or glob such as `model.ckpt-0-?????-of-00002`).
-pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
+/// With it, the URL of the `checkpoint` state file read when `url` names a directory.
+pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<(Opened, Option<PathBuf>)> {
     options.check()?;
     let loc = Location::parse(url)?;
     let client = Arc::new(Client::new(&loc, options)?);
-    let (prefix, index) = resolve(&client, &loc)?;
+    let (prefix, index, state) = resolve(&client, &loc)?;
+    let state = state.map(|key| PathBuf::from(loc.url(&key)));
     let Some(index) = index else {
         let files = open_v1(&client, &loc, &prefix, options)?;
-        return Ok(Opened::V1 {
+        let opened = Opened::V1 {
             prefix: PathBuf::from(loc.url(&prefix)),
             files,
-        });
+        };
+        return Ok((opened, state));
     };
     let (_, bytes) = fetch_whole(&client, index.clone(), "the checkpoint's index")?;
     let prefix_url = loc.url(&prefix);
@@ -84,12 +87,8 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<Opened> {
         prefix: prefix.clone(),
         shards: Mutex::new(HashMap::new()),
     };
-    Ok(Opened::V2(Box::new(Bundle::remote(
-        PathBuf::from(prefix_url),
-        index_path,
-        parsed,
-        remote,
-    ))))
+    let bundle = Bundle::remote(PathBuf::from(prefix_url), index_path, parsed, remote);
+    Ok((Opened::V2(Box::new(bundle)), state))
 }
 
 /// A V1 checkpoint file on object storage, fetched whole (V1 metadata has no byte offsets to
@@ -210,8 +209,12 @@ fn open_v1(
 /// "directory" first (TensorFlow's `isdir`: on object storage, any key under `KEY/`), whose
 /// `checkpoint` state file names the checkpoint (relative paths joined onto the directory and
 /// normalized as on disk); else a prefix whose `.index` exists, a `.index` or data file's prefix,
-/// a V1 glob, or a V1 file.
-fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Object>)> {
+/// a V1 glob, or a V1 file. With them, the state file's key when it named the checkpoint.
+#[allow(clippy::type_complexity)]
+fn resolve(
+    client: &Arc<Client>,
+    loc: &Location,
+) -> Result<(String, Option<Object>, Option<String>)> {
     let key = loc.key.as_str();
     let dir = key.trim_end_matches('/');
     let dir_slash = if dir.is_empty() {
@@ -260,7 +263,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
         }
         if named_file {
             if let Some(index) = present(&format!("{key}.index"))? {
-                return Ok((key.to_string(), Some(index)));
+                return Ok((key.to_string(), Some(index), None));
             }
             let stripped = key.strip_suffix(".index").or_else(|| {
                 let i = key.rfind(".data-")?;
@@ -269,13 +272,13 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
             });
             if let Some(p) = stripped {
                 if let Some(index) = present(&format!("{p}.index"))? {
-                    return Ok((p.to_string(), Some(index)));
+                    return Ok((p.to_string(), Some(index), None));
                 }
             }
             // A glob of V1 files (a sharded V1 save), or a V1 file.
             // (A pattern in any component: `v1_*/model-3` too, as on disk.)
             if glob::key_has_magic(key) || present(key)?.is_some() {
-                return Ok((key.to_string(), None));
+                return Ok((key.to_string(), None, None));
             }
         }
         return Err(nothing(
@@ -351,7 +354,7 @@ fn resolve(client: &Arc<Client>, loc: &Location) -> Result<(String, Option<Objec
             loc.url(&prefix)
         ))));
     }
-    Ok((prefix, index))
+    Ok((prefix, index, Some(state_key)))
 }
 
 /// Whether `e` is object storage refusing access (401/403).

@@ -356,7 +356,7 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
 
 fn get(ckpt_path: &Path, name: &str, out: &Path, slice: Option<&str>) -> CliResult {
     let ckpt = Checkpoint::open(ckpt_path)?;
-    out::check_file_out(out, "--out", || inputs(ckpt_path, &ckpt))?;
+    out::check_file_out(out, "--out", || inputs(&ckpt))?;
     let name = name.strip_suffix(":0").unwrap_or(name);
     // A tensor NumPy cannot hold fails before it is read (a slice keeps the tensor's rank).
     let rank = ckpt.tensor(name)?.shape.len();
@@ -404,7 +404,7 @@ fn verify(ckpt: &Path) -> CliResult {
 fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
     let start = Instant::now();
     let ckpt = Checkpoint::open(ckpt_path)?;
-    out::check_file_out(out, "OUT", || inputs(ckpt_path, &ckpt))?;
+    out::check_file_out(out, "OUT", || inputs(&ckpt))?;
     // The folders made for OUT are removed again if it fails; the file is renamed into place
     // only when every tensor was read and checked.
     let report = out::with_parents(out, || Ok(ckpt.write_safetensors(out)?))?;
@@ -423,12 +423,11 @@ fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
     Ok(())
 }
 
-/// The files a command reads for CKPT: the checkpoint's, and the state file of a directory.
-fn inputs(ckpt_arg: &Path, ckpt: &Checkpoint) -> Vec<PathBuf> {
+/// The files a command reads for CKPT: the checkpoint's, and the state file of a directory
+/// (given as a path or as a `file://` URL).
+fn inputs(ckpt: &Checkpoint) -> Vec<PathBuf> {
     let mut files = ckpt.files();
-    if ckpt_arg.is_dir() {
-        files.push(ckpt_arg.join("checkpoint"));
-    }
+    files.extend(ckpt.state_file().map(Path::to_path_buf));
     files
 }
 
@@ -502,7 +501,7 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
         // A variable safetensors cannot hold fails before anything is loaded.
         store.check_safetensors()?;
         out::check_file_out(file, "--out", || {
-            Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| inputs(ckpt, &c))
+            Checkpoint::open(ckpt).map_or_else(|_| Vec::new(), |c| inputs(&c))
         })?;
     } else if let Some(dir) = out {
         if dir.exists() && !dir.is_dir() {
