@@ -97,6 +97,32 @@ pub(crate) fn parse_shape(shape: Option<&proto::TensorShapeProto>) -> Result<Vec
     Ok(dims)
 }
 
+/// Every slice a partitioned tensor's entry lists has an entry of its own, keyed by the tensor's
+/// name and the slice, so the listed slices times the name's length are bounded by the index's
+/// key bytes (`sstable::key_budget`). Reading builds each listed slice's key: an entry listing a
+/// million slices of a megabyte name from a few megabytes of index would take terabytes.
+fn check_slice_listing(path: &Path, len: usize, entries: &[Entry]) -> Result<()> {
+    let budget = crate::format::sstable::key_budget(len);
+    let mut keys = 0usize;
+    for e in entries {
+        keys = keys.saturating_add(e.slices.len().saturating_mul(e.key.len()));
+        if keys > budget {
+            return Err(ErrorKind::BadEntry {
+                path: path.into(),
+                tensor: key_name(&e.key),
+                reason: format!(
+                    "lists {} slices of its {}-byte name: with the other entries' slices, more \
+                     slice keys ({keys} bytes) than a {len}-byte index can hold",
+                    e.slices.len(),
+                    e.key.len()
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// TensorFlow's rule for a concrete shape (`TensorShape::IsValidShape`): at most [`MAX_RANK`]
 /// dimensions, and the element count, multiplied out dimension by dimension, within int64 at
 /// every step (`[2^32, 2^31, 0]` is refused although it holds no element: the running product
@@ -152,6 +178,7 @@ impl BundleIndex {
             path: path.into(),
             reason: "the index holds no header record".into(),
         })?;
+        check_slice_listing(path, file.len(), &entries)?;
         check_version(path, header.version.as_ref())?;
         let big_endian = match header.endianness {
             0 => false,
@@ -293,6 +320,32 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry listing more slices of its name than the index could hold slice entries for is
+    /// damaged (reading builds a key of the name for each listed slice).
+    #[test]
+    fn slice_listings_are_bounded_by_the_index_size() {
+        let entry = |name_len: usize, slices: u64| Entry {
+            key: vec![b'n'; name_len],
+            dtype: DType::F32,
+            shape: vec![slices],
+            shard: 0,
+            offset: 0,
+            size: 0,
+            crc: 0,
+            slices: (0..slices).map(|i| Slice::from_ranges(&[(i, 1)])).collect(),
+        };
+        let path = Path::new("m.index");
+        check_slice_listing(path, 100_000, &[entry(1000, 1000)]).unwrap();
+        let e = check_slice_listing(path, 100_000, &[entry(1000, 1000), entry(100_000, 100)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lists 100 slices of its 100000-byte name"),
+            "{e}"
+        );
+        assert!(e.contains("m.index"), "{e}");
+    }
 
     /// TensorFlow's `TensorShape::IsValidShape`: the running element count stays within int64
     /// at every step, so a 0 dimension after an overflow does not make the shape valid.

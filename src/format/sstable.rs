@@ -12,6 +12,20 @@ pub(crate) const FOOTER_LEN: usize = 48;
 pub(crate) const MAGIC: u64 = 0xDB47_7524_8B80_FB57;
 pub(crate) const TRAILER_LEN: usize = 5;
 
+/// How many bytes of keys a table may yield per byte it holds. Keys share prefixes, and
+/// TensorFlow's table writer stores a whole key at every 16th entry of a block (its restart
+/// interval), so a key is never longer than the bytes stored since the last whole one: a block
+/// of `B` bytes yields at most `16 B` bytes of keys. A damaged or hostile block whose entries each
+/// share a megabyte prefix could otherwise yield terabytes of keys from a few megabytes, each
+/// compared and copied (a hang, then memory exhausted).
+pub(crate) const KEY_BYTES_PER_BYTE: usize = 64;
+
+/// The most bytes of keys (or of keys built from names, such as slice keys) a table or file of
+/// `len` bytes may account for (see [`KEY_BYTES_PER_BYTE`]).
+pub(crate) fn key_budget(len: usize) -> usize {
+    len.saturating_mul(KEY_BYTES_PER_BYTE).saturating_add(4096)
+}
+
 /// Decodes a varint of at most `max` bytes at `*pos`, advancing it.
 pub(crate) fn get_varint(buf: &[u8], pos: &mut usize, max: usize) -> Option<u64> {
     let mut result = 0u64;
@@ -103,7 +117,7 @@ impl<'a> Table<'a> {
             blocks: Cow::Borrowed(&[]),
         };
         let index_block = table.read_block(index)?;
-        let mut blocks = Vec::new();
+        let mut blocks: Vec<(Vec<u8>, BlockHandle)> = Vec::new();
         Block::new(path, index.offset, &index_block)?.for_each(
             &mut |key: &[u8], value: &[u8]| {
                 let mut pos = 0;
@@ -114,6 +128,24 @@ impl<'a> Table<'a> {
                         "unreadable block handle in the index block",
                     )
                 })?;
+                // Data blocks follow one another, as TensorFlow's table writer lays them out: an
+                // index naming one block many times (a hang: each read and checked again), or
+                // blocks out of order or overlapping, is damaged.
+                if let Some((_, prev)) = blocks.last() {
+                    let prev_end = prev.offset.saturating_add(prev.size) + TRAILER_LEN as u64;
+                    if handle.offset < prev_end {
+                        return Err(corrupt(
+                            path,
+                            index.offset,
+                            &format!(
+                                "the index block names a data block at offset {} that does not \
+                                 follow the previous one (offset {}, {} bytes + {TRAILER_LEN} \
+                                 trailer)",
+                                handle.offset, prev.offset, prev.size
+                            ),
+                        ));
+                    }
+                }
                 blocks.push((key.to_vec(), handle));
                 Ok(())
             },
@@ -455,8 +487,23 @@ impl<'b> Block<'b> {
         }
         let mut key = Vec::new();
         let mut pos = 0;
+        let budget = key_budget(self.data.len());
+        let mut keys = 0usize;
         while pos < self.limit {
             let (next, vs, vl) = self.decode(pos, &mut key)?;
+            keys = keys.saturating_add(key.len());
+            if keys > budget {
+                return Err(corrupt(
+                    self.path,
+                    self.offset,
+                    &format!(
+                        "the keys of a {}-byte block take more than {budget} bytes (entry at \
+                         byte {pos}: prefix compression cannot expand a block TensorFlow wrote \
+                         that much)",
+                        self.data.len()
+                    ),
+                ));
+            }
             f(&key, vs, vl)?;
             pos = next;
         }
@@ -533,6 +580,114 @@ mod tests {
         }
         out.extend_from_slice(&(restarts.len() as u32).to_le_bytes());
         out
+    }
+
+    /// A file of `blocks` (each stored plain, with its trailer) and an index block naming
+    /// `handles` (block `i`'s handle for each `i`) under increasing keys.
+    fn raw_table(blocks: &[Vec<u8>], handles: &[usize]) -> Vec<u8> {
+        let mut file = Vec::new();
+        let put = |file: &mut Vec<u8>, b: &[u8]| {
+            let h = BlockHandle {
+                offset: file.len() as u64,
+                size: b.len() as u64,
+            };
+            file.extend_from_slice(b);
+            file.push(0);
+            let crc = crc::mask(crc32c::crc32c(&file[h.offset as usize..]));
+            file.extend_from_slice(&crc.to_le_bytes());
+            h
+        };
+        let at: Vec<BlockHandle> = blocks.iter().map(|b| put(&mut file, b)).collect();
+        let mut index = Vec::new();
+        for (n, &i) in handles.iter().enumerate() {
+            let key = format!("k{n:08}");
+            let mut value = Vec::new();
+            at[i].encode(&mut value);
+            put_varint(&mut index, 0);
+            put_varint(&mut index, key.len() as u64);
+            put_varint(&mut index, value.len() as u64);
+            index.extend_from_slice(key.as_bytes());
+            index.extend_from_slice(&value);
+        }
+        index.extend_from_slice(&0u32.to_le_bytes());
+        index.extend_from_slice(&1u32.to_le_bytes());
+        let meta = put(&mut file, &0u32.to_le_bytes());
+        let index = put(&mut file, &index);
+        let mut footer = Vec::new();
+        meta.encode(&mut footer);
+        index.encode(&mut footer);
+        footer.resize(40, 0);
+        footer.extend_from_slice(&(MAGIC as u32).to_le_bytes());
+        footer.extend_from_slice(&((MAGIC >> 32) as u32).to_le_bytes());
+        file.extend_from_slice(&footer);
+        file
+    }
+
+    /// An index naming one block many times, or blocks out of order, is damaged: refused at open
+    /// (each naming was read, checked and walked again: a large empty block named 90,000 times
+    /// from a 1 MB index is terabytes of work).
+    #[test]
+    fn an_index_must_name_its_data_blocks_in_file_order_once_each() {
+        let blocks = [block(&[b"a"], 1, None), block(&[b"b"], 1, None)];
+        let good = raw_table(&blocks, &[0, 1]);
+        let t = Table::open(Path::new("t"), &good).unwrap();
+        let mut keys = Vec::new();
+        t.for_each(|k, _| Ok(keys.push(k.to_vec()))).unwrap();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+        for handles in [&[0, 0][..], &[1, 0], &[0, 1, 1]] {
+            let e = Table::open(Path::new("t"), &raw_table(&blocks, handles))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("does not follow the previous one"), "{e}");
+        }
+    }
+
+    /// Keys that share a long prefix, entry after entry, expand a small block into far more key
+    /// bytes than a block TensorFlow wrote can hold (it stores a whole key every 16 entries):
+    /// refused after a bounded amount of work, where each of 100,000 100-KB keys was built,
+    /// compared and copied (10 GB from 1 MB; a hostile block, terabytes). Shared prefixes with
+    /// TensorFlow's restart interval read as before.
+    #[test]
+    fn keys_that_expand_past_what_a_block_can_hold_are_refused() {
+        let prefix = vec![b'p'; 100_000];
+        let mut data = Vec::new();
+        put_varint(&mut data, 0);
+        put_varint(&mut data, prefix.len() as u64 + 3);
+        put_varint(&mut data, 0);
+        data.extend_from_slice(&prefix);
+        data.extend_from_slice(b"000");
+        for i in 1..100_000u32 {
+            put_varint(&mut data, prefix.len() as u64);
+            put_varint(&mut data, 3);
+            put_varint(&mut data, 0);
+            data.extend_from_slice(&i.to_be_bytes()[1..]);
+        }
+        data.extend_from_slice(&0u32.to_le_bytes());
+        data.extend_from_slice(&1u32.to_le_bytes());
+        let mut n = 0;
+        let e = Block::new(Path::new("t"), 0, &data)
+            .unwrap()
+            .for_each(&mut |_, _| Ok(n += 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix compression cannot expand"), "{e}");
+        assert!(n < 1000, "{n} keys handed out");
+        // The same keys with a whole key every 16 entries, as TensorFlow writes them.
+        let keys: Vec<Vec<u8>> = (0..64u32)
+            .map(|i| [&prefix[..], &i.to_be_bytes()[1..]].concat())
+            .collect();
+        let mut table = crate::format::sstable_builder::TableBuilder::new(1 << 30, false);
+        for k in &keys {
+            table.add(k, b"v");
+        }
+        let bytes = table.finish();
+        let mut read = Vec::new();
+        Table::open(Path::new("t"), &bytes)
+            .unwrap()
+            .for_each(|k, _| Ok(read.push(k.to_vec())))
+            .unwrap();
+        assert_eq!(read, keys);
     }
 
     fn seek<'d>(data: &'d [u8], key: &[u8]) -> Result<Option<&'d [u8]>> {

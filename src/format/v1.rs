@@ -121,6 +121,10 @@ impl V1Set {
                     bad_header("the record with key \"\" is not a SavedTensorSliceMeta".into())
                 })?;
             check_version(path, meta.versions.as_ref())?;
+            // Each listed slice has a record keyed by the name and the slice (see
+            // `index::check_slice_listing`): a listing the file cannot hold is damaged.
+            let budget = crate::format::sstable::key_budget(file.bytes().len());
+            let mut listed = 0usize;
             // TensorFlow registers a tensor by its slices (`TensorSliceReader::LoadShard`): one
             // listed without any is not in the checkpoint, and nothing of it is checked.
             for t in meta.tensor.iter().filter(|t| !t.slice.is_empty()) {
@@ -151,6 +155,17 @@ impl V1Set {
                     return Err(bad(format!(
                         "declared as {} {:?} in this file but {} {:?} in an earlier one",
                         dtype, shape, entry.dtype, entry.shape
+                    ))
+                    .into());
+                }
+                listed = listed.saturating_add(t.slice.len().saturating_mul(t.name.len()));
+                if listed > budget {
+                    return Err(bad(format!(
+                        "lists {} slices of its {}-byte name: with the file's other tensors, more \
+                         slice keys ({listed} bytes) than a {}-byte file can hold",
+                        t.slice.len(),
+                        t.name.len(),
+                        file.bytes().len()
                     ))
                     .into());
                 }
@@ -563,6 +578,30 @@ pub(crate) mod tests {
         assert_eq!(names, ["u"]);
         assert!(ckpt.read("t").unwrap_err().is_not_found());
         assert_eq!(ckpt.read("u").unwrap().to_f32().unwrap(), [1.5]);
+    }
+
+    /// A file whose metadata lists more slices of a long name than the file could hold records of
+    /// (each slice's record is keyed by the name and the slice) is damaged, refused at open:
+    /// reading or verifying would build a key of the name for every slice (here 3,000 of 100 KB:
+    /// 300 MB from a file of 130 KB; a hostile file, terabytes).
+    #[test]
+    fn a_listing_of_more_slice_keys_than_the_file_holds_is_refused() {
+        let name = "x".repeat(100_000);
+        let n = 3000u64;
+        let slices = (0..n)
+            .map(|i| (Slice::from_ranges(&[(i, 1)]), vec![1.0]))
+            .collect();
+        let t: V1Tensor = (&name, vec![n], slices);
+        let omit: Vec<(&str, usize)> = (0..n as usize).map(|i| (name.as_str(), i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        std::fs::write(&path, v1_file(&[t], &omit, 1 << 30, false)).unwrap();
+        let e = crate::Checkpoint::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("lists 3000 slices of its 100000-byte name"),
+            "{e}"
+        );
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     /// A snappy-compressed V1 file holding more elements than it has bytes (zeros compress well)
