@@ -194,8 +194,9 @@ fn part_lists_and_unknown_objects() {
     )
     .unwrap_err();
     assert!(
-        matches!(e.kind(), ErrorKind::VariableNotFound { .. })
-            && e.to_string().contains("did you mean \"plain\""),
+        matches!(e.kind(), ErrorKind::MappedVariableNotFound { key, .. } if key == "t")
+            && e.to_string().contains("did you mean \"plain\"")
+            && e.is_not_found(),
         "{e}"
     );
     // A partitioned variable is no variable object (TensorFlow's _is_variable): said so.
@@ -207,7 +208,39 @@ fn part_lists_and_unknown_objects() {
     .unwrap_err();
     assert!(
         e.to_string()
-            .contains("a partitioned variable (2 parts) is not one variable object"),
+            .contains("a partitioned variable (2 parts) is not one: map it by its name"),
+        "{e}"
+    );
+    // The pair is named in the error on a partitioned variable given as an object.
+    assert!(e.to_string().contains("assignment \"t\" maps it"), "{e}");
+    // An empty list of parts: TensorFlow checks the key and initializes nothing (a rank's share
+    // of the parts may be none); a warning says so. A key not in the checkpoint is still an error.
+    let report = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::parts(Vec::<String>::new()))]),
+    )
+    .unwrap();
+    assert!(report.assignments.is_empty());
+    assert!(
+        report.warnings.len() == 1 && report.warnings[0].contains("list of parts is empty"),
+        "{:?}",
+        report.warnings
+    );
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("tt", Target::parts(Vec::<String>::new()))]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::MappedTensorNotFound { .. }),
+        "{e}"
+    );
+    // An empty string target is refused, under its own kind.
+    let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("t/", "")])).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::EmptyTarget { key } if key == "t/"),
         "{e}"
     );
     // A subset of the parts is fine (each part takes its own box), as in TF.
@@ -226,6 +259,28 @@ fn part_lists_and_unknown_objects() {
         store.value("p/part_0").unwrap().to_f32().unwrap(),
         vec![0.0; 10]
     );
+}
+
+/// A dtype mismatch on a part mapped alone names that part (as a shape mismatch does), and on a
+/// list of parts the partitioned variable.
+#[test]
+fn a_dtype_mismatch_names_the_variable_as_mapped() {
+    let (_d, ck) = ckpt(&[("half", &[5, 2]), ("t", &[10, 2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("r", &[10, 2], DType::I32, &[2, 1], Init::Zeros)
+        .unwrap();
+    for (key, target, named) in [
+        ("half", Target::variable("r/part_0"), "\"r/part_0\""),
+        ("t", Target::parts(["r/part_0", "r/part_1"]), "\"r\""),
+    ] {
+        let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([(key, target)]))
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::DtypeMismatch { variable, .. } if format!("{variable:?}") == named),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -1651,6 +1651,33 @@ fn a_part_named_as_a_partitioned_variable_is_refused() {
         .is_err());
 }
 
+/// More parts than rows along the axis, or more than 2^20 parts (TensorFlow sets no bound: a
+/// deliberate difference, in the README), are refused, naming the variable; nothing is declared.
+#[test]
+fn too_many_parts_are_refused() {
+    use tfckpt::{DType, ErrorKind, Init, VariableStore};
+    let mut store = VariableStore::new();
+    for (shape, parts) in [([3u64, 2], [4u64, 1]), ([2_000_000, 8], [1_100_000, 1])] {
+        let e = store
+            .get_partitioned_variable("emb", &shape, DType::F32, &parts, Init::Zeros)
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "emb" && reason.contains(&format!("{} parts along axis 0", parts[0]))),
+            "{e:?}"
+        );
+        assert_eq!(store.variables().count(), 0);
+    }
+    store
+        .get_partitioned_variable(
+            "emb",
+            &[2_000_000, 8],
+            DType::F32,
+            &[1 << 20, 1],
+            Init::Zeros,
+        )
+        .unwrap();
+}
+
 /// Files passed in place of a checkpoint that users pass by mistake get a hint of what to pass:
 /// the state file (its directory), the MetaGraph (the prefix); the empty path shows as `""`; a
 /// map key that names a scope of the checkpoint suggests the tensors under it.

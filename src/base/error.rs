@@ -70,6 +70,7 @@ impl Error {
                 | ErrorKind::MissingShard { .. }
                 | ErrorKind::MissingV1Shard { .. }
                 | ErrorKind::VariableNotFound { .. }
+                | ErrorKind::MappedVariableNotFound { .. }
                 | ErrorKind::MappedTensorNotFound { .. }
                 | ErrorKind::RemoteAccess {
                     not_found: true,
@@ -459,6 +460,30 @@ pub enum ErrorKind {
         name: String,
         /// Close names that do exist.
         suggestions: Vec<String>,
+    },
+    /// A variable an assignment names as an object (`Target::Variable`) or in a list of parts
+    /// does not exist.
+    #[error(
+        "assignment {key:?}: variable {name:?} not found in the variable store{}",
+        suggest(suggestions)
+    )]
+    MappedVariableNotFound {
+        /// The assignment's checkpoint key.
+        key: String,
+        /// The variable named.
+        name: String,
+        /// Close names that do exist.
+        suggestions: Vec<String>,
+    },
+    /// An assignment's string target is empty (TensorFlow takes it as the scope `""` and drops
+    /// the first letter of every variable name it maps).
+    #[error(
+        "assignment {key:?} -> \"\": empty target: name a variable, a scope ('scope/') or the \
+         root ('/')"
+    )]
+    EmptyTarget {
+        /// The assignment's checkpoint key.
+        key: String,
     },
     /// A string target is neither a variable, a partitioned variable, nor usable as a scope.
     #[error("assignment {key:?} -> {target:?}: {target:?} is not a variable or a partitioned variable in the model, and it cannot be a scope because the checkpoint key {key:?} does not end with '/' (scope mappings look like 'old_scope/': 'new_scope/'){}", suggest(suggestions))]

@@ -494,6 +494,15 @@ impl CandleInit {
                 suggestions: tf(&name, suggestions),
                 name,
             },
+            ErrorKind::MappedVariableNotFound {
+                key,
+                name,
+                suggestions,
+            } => ErrorKind::MappedVariableNotFound {
+                suggestions: tf(&name, suggestions),
+                key,
+                name,
+            },
             kind => kind,
         }
         .into()

@@ -271,7 +271,17 @@ impl Resolver<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Vec<Binding>> {
         let resolved = match target {
-            Target::Variable(name) => Resolved::Single(self.var(name)?),
+            Target::Variable(name) => Resolved::Single(self.var(key, name)?),
+            Target::Parts(names) if names.is_empty() => {
+                // TensorFlow checks the key, then initializes nothing (a rank's share of the
+                // parts may be none).
+                self.tensor(key, key, target, "(an empty list of parts)")?;
+                warnings.push(format!(
+                    "assignment {key:?}: the list of parts is empty, so nothing is initialized \
+                     from it"
+                ));
+                return Ok(Vec::new());
+            }
             Target::Parts(names) => Resolved::Parts(self.parts(key, names)?),
             Target::Name(name) => match self.lookup(name) {
                 Some(r) => r,
@@ -282,20 +292,23 @@ impl Resolver<'_> {
         self.install(resolved, info, true)
     }
 
-    fn var(&self, name: &str) -> Result<&Variable> {
+    /// The variable object (or part) `name` that the pair of checkpoint key `key` names.
+    fn var(&self, key: &str, name: &str) -> Result<&Variable> {
         if let Some(pv) = self.store.partitioned.get(name) {
             return Err(ErrorKind::BadVariable {
                 name: name.into(),
                 reason: format!(
-                    "a partitioned variable ({} parts) is not one variable object: map it by its \
-                     name (a string target) or as the list of its parts",
+                    "assignment {key:?} maps it as one variable object, but a partitioned \
+                     variable ({} parts) is not one: map it by its name (a string target) or as \
+                     the list of its parts",
                     pv.parts.len()
                 ),
             }
             .into());
         }
         self.store.vars.get(name).ok_or_else(|| {
-            ErrorKind::VariableNotFound {
+            ErrorKind::MappedVariableNotFound {
+                key: key.into(),
                 name: name.into(),
                 suggestions: close_names(name, self.names()),
             }
@@ -333,12 +346,9 @@ impl Resolver<'_> {
             }
             .into()
         };
-        if names.is_empty() {
-            return Err(bad("the list of parts is empty".into()));
-        }
         let vars = names
             .iter()
-            .map(|n| self.var(n))
+            .map(|n| self.var(key, n))
             .collect::<Result<Vec<_>>>()?;
         let mut full: Option<&str> = None;
         for v in &vars {
@@ -392,11 +402,12 @@ impl Resolver<'_> {
     /// problems go with their binding (TensorFlow meets them when the initializer runs).
     fn install(&self, r: Resolved<'_>, info: &TensorInfo, direct: bool) -> Result<Vec<Binding>> {
         let ckpt = self.ckpt.prefix().to_path_buf();
-        let dtype_check = |v: &Variable| -> Result<()> {
+        // `name`: the variable as mapped (a part mapped alone, or the whole of a part list).
+        let dtype_check = |v: &Variable, name: &str| -> Result<()> {
             if !(self.accepts)(v, info.dtype) {
                 return Err(ErrorKind::DtypeMismatch {
                     ckpt: ckpt.clone(),
-                    variable: v.part.as_ref().map_or(&v.name, |p| &p.full_name).clone(),
+                    variable: name.into(),
                     variable_dtype: v.dtype,
                     tensor: info.name.clone(),
                     tensor_dtype: info.dtype,
@@ -424,7 +435,7 @@ impl Resolver<'_> {
                     }
                     Some(shape_err(&v.name, &v.shape))
                 } else {
-                    dtype_check(v).err()
+                    dtype_check(v, &v.name).err()
                 };
                 Ok(vec![Binding {
                     variable: v.name.clone(),
@@ -441,7 +452,7 @@ impl Resolver<'_> {
                     let problem = if p.full_shape != info.shape {
                         Some(shape_err(&p.full_name, &p.full_shape))
                     } else {
-                        dtype_check(v).err()
+                        dtype_check(v, &p.full_name).err()
                     };
                     out.push(Binding {
                         variable: v.name.clone(),
@@ -473,12 +484,7 @@ impl Resolver<'_> {
             .into());
         }
         if value.is_empty() {
-            return Err(ErrorKind::BadPartList {
-                key: key.into(),
-                reason: "empty target: name a variable, a scope ('scope/') or the root ('/')"
-                    .into(),
-            }
-            .into());
+            return Err(ErrorKind::EmptyTarget { key: key.into() }.into());
         }
         // "new_scope" and "new_scope/" are the same scope (TF's documentation; its code would drop
         // the last path component); "/" is the root.
