@@ -109,7 +109,7 @@ impl VariableStore {
                         ErrorKind::DeviceUnavailable { device, reason } => {
                             ErrorKind::DeviceUnavailable {
                                 device: device.clone(),
-                                reason: format!("{reason} (variable {var} is placed there)"),
+                                reason: format!("{reason} (variable {var:?} is placed there)"),
                             }
                             .into()
                         }
@@ -154,7 +154,7 @@ impl VariableStore {
             Err(ErrorKind::DeviceUnavailable {
                 device: format!("cuda:{n}"),
                 reason: format!(
-                    "variable {var} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
+                    "variable {var:?} is placed there, and this build of tfckpt has no GPU support (build with the `cuda` feature); use the cpu device"
                 ),
             }
             .into())

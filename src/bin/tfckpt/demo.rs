@@ -333,7 +333,7 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
         ("vocab", Target::name("bert/vocab")),
         ("global_step", Target::variable("global_step")),
     ]);
-    say!("  map: {{\"encoder/\": \"bert/encoder\", \"embedding/\": \"bert/embedding/\", \"head/\": \"bert/head/\", \"vocab\": \"bert/vocab\", \"global_step\": <variable>}}")?;
+    say!("  map: {{\"encoder/\": \"bert/encoder\", \"embedding/\": \"bert/embedding\", \"head/\": \"bert/head\", \"vocab\": \"bert/vocab\", \"global_step\": <variable>}}")?;
     let t0 = Instant::now();
     let call = init_from_checkpoint(&mut store, dir, &map)?;
     say!(

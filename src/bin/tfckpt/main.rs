@@ -81,7 +81,7 @@ enum Cmd {
     Init {
         /// Checkpoint directory, prefix, or V1 file.
         ckpt: PathBuf,
-        /// MODEL.json: a file, or inline JSON starting with `{`.
+        /// MODEL.json: a file, or inline JSON starting with `{` or `[`.
         #[arg(long)]
         model: String,
         /// MAP.json: a file, or inline JSON starting with `{` or `[`.
@@ -118,9 +118,10 @@ enum Cmd {
     /// Write every tensor as stored, under its checkpoint name, into one safetensors file
     /// (partitioned tensors assembled, every byte checksummed).
     ///
-    /// Each tensor keeps its dtype (bfloat16, float16 and float8 too). Tensors safetensors cannot
-    /// hold (strings, complex numbers, quantized and 4-bit types) are skipped, with one `warning:`
-    /// line each on stderr. On any error nothing is written.
+    /// Each tensor keeps its dtype (bfloat16, float16 and float8 e4m3fn/e5m2/e4m3fnuz/e5m2fnuz
+    /// too). Tensors safetensors cannot hold (strings, variants, complex numbers, quantized types,
+    /// 4- and 2-bit types, float8_e4m3b11fnuz) are skipped, with one `warning:` line each on
+    /// stderr. On any error nothing is written.
     Convert {
         /// Checkpoint directory, prefix, or V1 file.
         ckpt: PathBuf,
@@ -391,7 +392,7 @@ fn verify(ckpt: &Path) -> CliResult {
         return Err(format!("{first}{more}").into());
     }
     say!(
-        "ok: {} tensors, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
+        "ok: {} stored tensors and slices, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
         report.tensors,
         report.bytes,
         report.blocks,
