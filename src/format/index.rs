@@ -79,9 +79,10 @@ pub(crate) fn parse_shape(shape: Option<&proto::TensorShapeProto>) -> Result<Vec
     let Some(shape) = shape else {
         return Ok(Vec::new());
     };
-    if shape.unknown_rank {
-        return Err("unknown rank".into());
-    }
+    // `unknown_rank` is ignored, as TensorFlow's `TensorShape` (not `PartialTensorShape`) takes
+    // a proto (`TensorShapeBase::IsValidShape`: "TensorShape allows parsing protos with
+    // unknown_shape() set"): TF 2.21 reads such an entry with its dims as that shape, and one with
+    // no dims as a scalar (checked on a TF-written bundle whose index was rewritten so).
     if shape.dim.len() > MAX_RANK {
         return Err(format!(
             "{} dimensions, at most {MAX_RANK} allowed",
