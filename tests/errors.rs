@@ -434,10 +434,24 @@ fn size_mismatch() {
             e.kind(),
             ErrorKind::SizeMismatch {
                 expected: 12,
+                exact: true,
                 found: 8,
                 ..
             }
         ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("stored size is 8 bytes, expected 12 for its dtype and shape"),
+        "{e}"
+    );
+    // A string tensor's size has a lower bound only (a length byte per element and a checksum).
+    let (_d, r) = bundle_with(entry(7, &[3], 0, 0, 6, 0), vec![0; 6]);
+    let e = err(r);
+    assert!(
+        e.to_string()
+            .contains("stored size is 6 bytes, expected at least 7 for its dtype and shape"),
         "{e}"
     );
 }
@@ -1271,6 +1285,11 @@ fn keys_out_of_order_are_a_corrupt_table() {
     let index = dir.path().join("ckpt.index");
     let e = err(Checkpoint::open(prefix));
     corrupt_table(&e, &index, 0, "not in increasing order", ());
+    assert!(
+        e.to_string()
+            .contains("keys are not in increasing order: \"a\" comes after \"b\""),
+        "{e}"
+    );
 }
 
 /// A checkpoint written by a TensorFlow newer than this reader (its header asks for readers of

@@ -298,14 +298,16 @@ pub enum ErrorKind {
         what: String,
     },
     /// An entry's stored size does not match its dtype and shape.
-    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {expected} for its dtype and shape", path.display())]
+    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {}{expected} for its dtype and shape", path.display(), if *exact { "" } else { "at least " })]
     SizeMismatch {
         /// The index file.
         path: PathBuf,
         /// The tensor.
         tensor: String,
-        /// Bytes implied by dtype × shape (or the lower bound for strings).
+        /// Bytes implied by dtype × shape (or the lower bound for strings and variants).
         expected: u64,
+        /// Whether `expected` is the size (fixed-size dtypes) or its lower bound.
+        exact: bool,
         /// Bytes the entry claims.
         found: u64,
     },
@@ -423,8 +425,10 @@ pub enum ErrorKind {
         absent_files: Vec<PathBuf>,
     },
     /// Two stored slices of a partitioned tensor overlap.
-    #[error("tensor {tensor:?}: overlapping stored slices {first} and {second}")]
+    #[error("{}: tensor {tensor:?}: overlapping stored slices {first} and {second}", ckpt.display())]
     OverlappingSlices {
+        /// The checkpoint (its prefix).
+        ckpt: PathBuf,
         /// The tensor.
         tensor: String,
         /// One slice.

@@ -285,16 +285,17 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
             // variant tensor is 0 bytes (docs/format.md#55-variant).
             None => (n.checked_mul(5), false),
         };
-        let ok = match expected {
-            Some(x) if exact => size == x,
-            Some(x) => size >= x,
-            None => false,
+        let Some(expected) = expected else {
+            return Err(bad(format!(
+                "{n} elements of {dtype} take more than 2^64 bytes"
+            )));
         };
-        if !ok {
+        if (exact && size != expected) || size < expected {
             return Err(ErrorKind::SizeMismatch {
                 path: path.into(),
                 tensor: key_name(key),
-                expected: expected.unwrap_or(u64::MAX),
+                expected,
+                exact,
                 found: size,
             }
             .into());

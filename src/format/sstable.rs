@@ -253,11 +253,7 @@ impl<'a> Table<'a> {
             Block::new(self.path, h.offset, &data)?.for_each(&mut |key: &[u8], value: &[u8]| {
                 if let Some(prev) = &last {
                     if key <= prev.as_slice() {
-                        return Err(corrupt(
-                            self.path,
-                            h.offset,
-                            "keys are not in increasing order",
-                        ));
+                        return Err(out_of_order(self.path, h.offset, prev, key));
                     }
                 }
                 match &mut last {
@@ -295,12 +291,8 @@ impl<'a> Table<'a> {
         let block = Block::new(self.path, h.offset, &data)?;
         let mut entries: Vec<(Box<[u8]>, usize, usize)> = Vec::new();
         block.for_each_at(&mut |k: &[u8], start, len| {
-            if entries.last().is_some_and(|e| k <= &*e.0) {
-                return Err(corrupt(
-                    self.path,
-                    h.offset,
-                    "keys are not in increasing order",
-                ));
+            if let Some(e) = entries.last().filter(|e| k <= &*e.0) {
+                return Err(out_of_order(self.path, h.offset, &e.0, k));
             }
             entries.push((k.into(), start, len));
             Ok(())
@@ -340,6 +332,32 @@ impl<'a> Table<'a> {
             Cow::Owned(v) => Cow::Owned(v[start..start + len].to_vec()),
         }))
     }
+}
+
+/// Keys out of order in the block at `offset`: `key` after `prev`, each shown by name (at most
+/// 200 characters).
+fn out_of_order(path: &Path, offset: u64, prev: &[u8], key: &[u8]) -> crate::Error {
+    let shown = |k: &[u8]| {
+        let name = crate::format::index::key_name(k);
+        match name.char_indices().nth(200) {
+            Some((i, _)) => format!("{:?}…", &name[..i]),
+            None => format!("{name:?}"),
+        }
+    };
+    let how = if key == prev {
+        "repeats"
+    } else {
+        "comes after"
+    };
+    corrupt(
+        path,
+        offset,
+        &format!(
+            "keys are not in increasing order: {} {how} {}",
+            shown(key),
+            shown(prev)
+        ),
+    )
 }
 
 fn corrupt(path: &Path, offset: u64, reason: &str) -> crate::Error {

@@ -27,6 +27,7 @@ impl<'c> Stored<'c> {
         match self.overlap() {
             None => Ok(()),
             Some((first, second)) => Err(ErrorKind::OverlappingSlices {
+                ckpt: self.ckpt.prefix().to_path_buf(),
                 tensor: self.info.name.clone(),
                 first: first.slice.to_string(),
                 second: second.slice.to_string(),
@@ -250,7 +251,10 @@ impl<'c> Stored<'c> {
         ErrorKind::BadEntry {
             path: self.ckpt.prefix().to_path_buf(),
             tensor: self.info.name.clone(),
-            reason: "stored values do not match the tensor's dtype".into(),
+            reason: format!(
+                "stored values do not match the tensor's dtype {}",
+                self.info.dtype
+            ),
         }
         .into()
     }
