@@ -261,6 +261,47 @@ fn part_lists_and_unknown_objects() {
     );
 }
 
+/// A variable object (outside TF1's variable store, as `tf.Variable` makes one) named by a string
+/// is an error that says to map it as an object, which loads it; a scope passes it by (the
+/// values against TensorFlow's are in `tests/fixtures/tf/init/o*`).
+#[test]
+fn a_variable_object_is_reached_only_as_an_object() {
+    let (_d, ck) = ckpt(&[("t", &[2]), ("u", &[2])]);
+    let mut store = VariableStore::new();
+    store
+        .variable_object("t", &[2], DType::F32, Init::Constant(7.0))
+        .unwrap();
+    store
+        .get_variable("u", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    assert!(!store.variable("t").unwrap().in_store && store.variable("u").unwrap().in_store);
+    let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("t", "t")])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("map it as an object (Target::Variable)"),
+        "{e}"
+    );
+    let report = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "/")])).unwrap();
+    let mapped: Vec<&str> = report
+        .assignments
+        .iter()
+        .map(|a| a.variable.as_str())
+        .collect();
+    assert_eq!(mapped, ["u"]);
+    init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::variable("t"))]),
+    )
+    .unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(store.value("t").unwrap().to_f32().unwrap(), [0.0, 1.0]);
+    assert_eq!(
+        store.value("u").unwrap().to_f32().unwrap(),
+        [1000.0, 1001.0]
+    );
+}
+
 /// A dtype mismatch on a part mapped alone names that part (as a shape mismatch does), and on a
 /// list of parts the partitioned variable.
 #[test]

@@ -48,15 +48,46 @@ fn run(case: &Path) -> Outcome {
     } else {
         vec![maps]
     };
-    run_calls(&model, &maps, &init_ckpt(case))
+    let objects: Vec<&str> = meta["object_variables"]
+        .as_array()
+        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_str).collect());
+    run_calls_with_objects(&model, &maps, &init_ckpt(case), &objects)
 }
 
 /// The model of MODEL.json's text, one `init_from_checkpoint` call per map, then `initialize`.
 fn run_calls(model: &str, maps: &[Value], ckpt: &Path) -> Outcome {
-    let mut store = match model_json::parse_model(model) {
+    run_calls_with_objects(model, maps, ckpt, &[])
+}
+
+/// [`run_calls`], the variables named in `objects` made as variable objects outside TF1's
+/// variable store (`VariableStore::variable_object`; the cases' `tf.Variable`s), the others as
+/// MODEL.json makes them.
+fn run_calls_with_objects(model: &str, maps: &[Value], ckpt: &Path, objects: &[&str]) -> Outcome {
+    let (mut in_store, mut outside): (Value, Value) = {
+        let m: Value = serde_json::from_str(model).unwrap();
+        (m.clone(), m)
+    };
+    let is_object = |v: &Value| objects.contains(&v["name"].as_str().unwrap_or(""));
+    in_store["variables"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|v| !is_object(v));
+    outside["variables"]
+        .as_array_mut()
+        .unwrap()
+        .retain(is_object);
+    let mut store = match model_json::parse_model(&in_store.to_string()) {
         Ok(s) => s,
         Err(e) => return Outcome::CallError(e.to_string()),
     };
+    if !objects.is_empty() {
+        let declared = model_json::parse_model(&outside.to_string()).unwrap();
+        for v in declared.variables() {
+            store
+                .variable_object(&v.name, &v.shape, v.dtype, v.init)
+                .unwrap();
+        }
+    }
     for m in maps {
         let map = match model_json::map_from_value(m) {
             Ok(m) => m,

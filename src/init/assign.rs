@@ -316,9 +316,10 @@ impl Resolver<'_> {
         })
     }
 
-    /// A variable name, or a partitioned variable's name (its parts).
+    /// A variable name, or a partitioned variable's name (its parts): what TF1's variable store
+    /// holds (never a `variable_object`).
     fn lookup(&self, name: &str) -> Option<Resolved<'_>> {
-        if let Some(v) = self.store.vars.get(name) {
+        if let Some(v) = self.store.vars.get(name).filter(|v| v.in_store) {
             return Some(Resolved::Single(v));
         }
         let pv = self.store.partitioned.get(name)?;
@@ -476,6 +477,19 @@ impl Resolver<'_> {
         warnings: &mut Vec<String>,
     ) -> Result<Vec<Binding>> {
         if !key.ends_with('/') {
+            // A variable object named by a string: TensorFlow's store does not hold it either.
+            if self.store.vars.get(value).is_some_and(|v| !v.in_store) {
+                return Err(ErrorKind::BadVariable {
+                    name: value.into(),
+                    reason: format!(
+                        "assignment {key:?} names it by a string, which reaches only the \
+                         variables of TF1's variable store (get_variable), and it is a variable \
+                         object (variable_object, as tf.Variable makes one): map it as an \
+                         object (Target::Variable)"
+                    ),
+                }
+                .into());
+            }
             return Err(ErrorKind::NotAVariableOrScope {
                 key: key.into(),
                 target: value.into(),
@@ -538,7 +552,7 @@ impl Resolver<'_> {
     /// a pair costs the variables it matches, not every variable of the store.
     fn under_scope(&self, scope: &str) -> Vec<&str> {
         let (vars, partitioned) = (&self.store.vars, &self.store.partitioned);
-        let whole = |v: &&Variable| v.part.is_none();
+        let whole = |v: &&Variable| v.part.is_none() && v.in_store;
         if scope.is_empty() {
             return vars
                 .values()

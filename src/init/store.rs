@@ -68,6 +68,10 @@ pub struct Variable {
     pub init: Init,
     /// Set for the parts of a partitioned variable.
     pub part: Option<PartInfo>,
+    /// Whether TF1's variable store holds it (made by [`get_variable`](VariableStore::get_variable)
+    /// or as a part), so that an assignment's string target or scope reaches it; `false` for a
+    /// [`variable_object`](VariableStore::variable_object), which only `Target::Variable` reaches.
+    pub in_store: bool,
 }
 
 /// A partitioned variable: its full shape and its parts.
@@ -184,8 +188,28 @@ impl VariableStore {
             dtype,
             init,
             part: None,
+            in_store: true,
         };
         Ok(self.vars.entry(name.into()).or_insert(v))
+    }
+
+    /// Creates a variable outside TF1's variable store, as `tf.Variable(...)` (or a Keras layer's
+    /// `add_weight`) makes one in a TF1 graph. `init_from_checkpoint` reaches it only as an object
+    /// (`Target::Variable(name)`): a string target naming it is taken as a scope, and scope
+    /// mappings (`"old/": "new/"`, `"/": "/"`) pass it by, exactly as TensorFlow's
+    /// `init_from_checkpoint` only sees the variables `get_variable` made. Everything else
+    /// (initializers, values, devices, loading) is as for [`get_variable`](Self::get_variable).
+    pub fn variable_object(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        dtype: DType,
+        init: Init,
+    ) -> Result<&Variable> {
+        self.get_variable(name, shape, dtype, init)?;
+        let v = self.vars.get_mut(name).expect("just made");
+        v.in_store = false;
+        Ok(v)
     }
 
     /// Creates a partitioned variable from what a partitioner returns (`partitions`: one entry per
@@ -267,6 +291,7 @@ impl VariableStore {
                         offset: off,
                         index: i as usize,
                     }),
+                    in_store: true,
                 },
             );
             parts.push(part_name);

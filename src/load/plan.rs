@@ -79,6 +79,7 @@ mod tests {
             dtype: DType::F32,
             init: Init::Zeros,
             part: None,
+            in_store: true,
         }
     }
 
