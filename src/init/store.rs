@@ -179,6 +179,17 @@ impl VariableStore {
         dtype: DType,
         init: Init,
     ) -> Result<&Variable> {
+        self.declare(name, shape, dtype, init, true)
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        shape: &[u64],
+        dtype: DType,
+        init: Init,
+        in_store: bool,
+    ) -> Result<&Variable> {
         self.check_new(name)?;
         check_init(name, dtype, init)?;
         check_shape(name, shape, dtype)?;
@@ -188,17 +199,18 @@ impl VariableStore {
             dtype,
             init,
             part: None,
-            in_store: true,
+            in_store,
         };
         Ok(self.vars.entry(name.into()).or_insert(v))
     }
 
     /// Creates a variable outside TF1's variable store, as `tf.Variable(...)` (or a Keras layer's
     /// `add_weight`) makes one in a TF1 graph. `init_from_checkpoint` reaches it only as an object
-    /// (`Target::Variable(name)`): a string target naming it is taken as a scope, and scope
-    /// mappings (`"old/": "new/"`, `"/": "/"`) pass it by, exactly as TensorFlow's
-    /// `init_from_checkpoint` only sees the variables `get_variable` made. Everything else
-    /// (initializers, values, devices, loading) is as for [`get_variable`](Self::get_variable).
+    /// (`Target::Variable(name)`): a string target naming it is taken as a scope (an error, saying
+    /// so, where the key lacks its trailing `/`), and scope mappings (`"old/": "new/"`, `"/": "/"`)
+    /// pass it by, exactly as TensorFlow's `init_from_checkpoint` only sees the variables
+    /// `get_variable` made. Everything else (initializers, values, devices, loading) is as for
+    /// [`get_variable`](Self::get_variable).
     pub fn variable_object(
         &mut self,
         name: &str,
@@ -206,10 +218,7 @@ impl VariableStore {
         dtype: DType,
         init: Init,
     ) -> Result<&Variable> {
-        self.get_variable(name, shape, dtype, init)?;
-        let v = self.vars.get_mut(name).expect("just made");
-        v.in_store = false;
-        Ok(v)
+        self.declare(name, shape, dtype, init, false)
     }
 
     /// Creates a partitioned variable from what a partitioner returns (`partitions`: one entry per
