@@ -56,7 +56,10 @@ pub use base::tensor::{Bytes, Strings, Tensor, TensorData};
 #[cfg(feature = "safetensors")]
 pub use export::{SafetensorsReport, SkippedTensor};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};
-pub use init::assign::{init_from_checkpoint, Assignment, AssignmentMap, InitReport, Target};
+pub use init::assign::{
+    init_from_checkpoint, init_from_opened_checkpoint, Assignment, AssignmentMap, InitReport,
+    Target,
+};
 pub use init::partitioners;
 pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
 pub use load::{DeviceStats, LoadOptions, LoadReport, Ownership, Progress, RemoteOptions};
@@ -66,3 +69,16 @@ pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyR
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+// What a trainer shares across threads (its loading thread, rayon workers, async tasks) stays
+// shareable: a field that is not `Send + Sync` fails the build here, not in a trainer's code.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Checkpoint>();
+    shared::<VariableStore>();
+    shared::<LoadOptions>();
+    shared::<Tensor>();
+    shared::<TensorView>();
+    shared::<Error>();
+    shared::<DeviceTensor>();
+};

@@ -736,3 +736,50 @@ fn a_replaced_pair_is_not_checked_but_a_direct_shape_is() {
     let e = load(&[("c", Target::variable("w")), ("d", Target::variable("w"))]).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::ShapeMismatch { .. }), "{e}");
 }
+
+/// An opened checkpoint serves several calls (its index read once), `values` lists the host
+/// values, `take_value` moves one out, and `Debug` of a store or a large value prints counts,
+/// not gigabytes.
+#[test]
+fn opened_checkpoints_values_and_debug() {
+    let (_d, ck) = ckpt(&[("t", &[512, 512]), ("u", &[2])]);
+    let opened = std::sync::Arc::new(tfckpt::Checkpoint::open(&ck).unwrap());
+    let mut store = VariableStore::new();
+    store
+        .get_variable("a", &[512, 512], DType::F32, Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("b", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    tfckpt::init_from_opened_checkpoint(&mut store, &opened, &AssignmentMap::from([("t", "a")]))
+        .unwrap();
+    tfckpt::init_from_opened_checkpoint(&mut store, &opened, &AssignmentMap::from([("u", "b")]))
+        .unwrap();
+    store.initialize(Device::Cpu).unwrap();
+    let names: Vec<&str> = store.values().map(|(n, _)| n).collect();
+    assert_eq!(names, ["a", "b"]);
+    let shown = format!("{store:?}");
+    assert!(
+        shown.contains("variables: 2") && shown.len() < 300,
+        "{shown}"
+    );
+    let a = store.take_value("a").unwrap();
+    let shown = format!("{a:?}");
+    assert!(
+        shown.contains("(1048576 bytes)") && shown.len() < 1000,
+        "{shown}"
+    );
+    assert_eq!(a.to_f32().unwrap()[..3], [0.0, 1.0, 2.0]);
+    assert!(store.value("a").is_none());
+    assert_eq!(
+        store.value("b").unwrap().to_f32().unwrap(),
+        [1000.0, 1001.0]
+    );
+    // Zero worker threads is refused (it meant one thread or every core, depending on the path).
+    let options = tfckpt::LoadOptions {
+        threads: Some(0),
+        ..Default::default()
+    };
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
+}

@@ -113,9 +113,16 @@ impl PartialEq for Bytes {
 
 impl Eq for Bytes {}
 
+/// How many bytes (or strings) `Debug` shows of a value before it gives only the count: a model's
+/// values in a log line or a failed `assert_eq!` must not print gigabytes.
+const DEBUG_HEAD: usize = 64;
+
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (**self).fmt(f)
+        if self.len() <= DEBUG_HEAD {
+            return (**self).fmt(f);
+        }
+        write!(f, "{:?}… ({} bytes)", &self[..DEBUG_HEAD], self.len())
     }
 }
 
@@ -332,9 +339,14 @@ impl From<Vec<Vec<u8>>> for Strings {
 
 impl std::fmt::Debug for Strings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEAD: usize = DEBUG_HEAD / 4;
         f.debug_list()
-            .entries(self.iter().map(|s| String::from_utf8_lossy(s)))
-            .finish()
+            .entries(self.iter().take(HEAD).map(|s| String::from_utf8_lossy(s)))
+            .finish()?;
+        if self.len() > HEAD {
+            write!(f, "… ({} strings)", self.len())?;
+        }
+        Ok(())
     }
 }
 

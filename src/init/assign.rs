@@ -109,6 +109,7 @@ impl<K: Into<String>, T: Into<Target>> FromIterator<(K, T)> for AssignmentMap {
 
 /// One recorded initializer: variable ← box of a checkpoint tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Assignment {
     /// The variable or part.
     pub variable: String,
@@ -120,6 +121,7 @@ pub struct Assignment {
 
 /// What one `init_from_checkpoint` call recorded.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct InitReport {
     /// The resolved checkpoint prefix whose tensors will be loaded.
     pub checkpoint: PathBuf,
@@ -162,18 +164,33 @@ pub fn init_from_checkpoint(
     ckpt_dir_or_file: impl AsRef<Path>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t).map_err(
-        |e| {
-            e.with_dtype_hint(|var, tensor| {
-                crate::load::cast::supported(tensor, var).then(|| {
-                    format!(
-                        "TensorFlow never casts; to convert, declare the variable as {tensor} and \
-                         initialize with LoadOptions::cast(DType::{tensor:?}, DType::{var:?})"
-                    )
-                })
-            })
-        },
-    )
+    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t)
+        .map_err(with_cast_hint)
+}
+
+/// [`init_from_checkpoint`] on a checkpoint already opened: one opened with
+/// [`Checkpoint::open_with`] (object storage: a larger [`RemoteOptions::whole_max_bytes`] for a big
+/// index or V1 file), or shared by several calls, which then read its index once.
+///
+/// [`RemoteOptions::whole_max_bytes`]: crate::RemoteOptions::whole_max_bytes
+pub fn init_from_opened_checkpoint(
+    store: &mut VariableStore,
+    ckpt: &std::sync::Arc<Checkpoint>,
+    map: &AssignmentMap,
+) -> Result<InitReport> {
+    init_opened(store, ckpt.clone(), map, &|v, t| v.dtype == t).map_err(with_cast_hint)
+}
+
+/// A dtype mismatch's hint where the load can convert.
+fn with_cast_hint(e: Error) -> Error {
+    e.with_dtype_hint(|var, tensor| {
+        crate::load::cast::supported(tensor, var).then(|| {
+            format!(
+                "TensorFlow never casts; to convert, declare the variable as {tensor} and \
+                 initialize with LoadOptions::cast(DType::{tensor:?}, DType::{var:?})"
+            )
+        })
+    })
 }
 
 /// [`init_from_checkpoint`] where variable `v` may take a tensor of dtype `t` when `accepts(v, t)`
@@ -185,6 +202,15 @@ pub(crate) fn init_from_checkpoint_with(
     accepts: &dyn Fn(&Variable, DType) -> bool,
 ) -> Result<InitReport> {
     let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file)?);
+    init_opened(store, ckpt, map, accepts)
+}
+
+fn init_opened(
+    store: &mut VariableStore,
+    ckpt: std::sync::Arc<Checkpoint>,
+    map: &AssignmentMap,
+    accepts: &dyn Fn(&Variable, DType) -> bool,
+) -> Result<InitReport> {
     let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
     let mut report = InitReport {

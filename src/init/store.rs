@@ -30,6 +30,7 @@ pub enum Init {
 
 /// Where a part sits in its partitioned variable (TensorFlow's `SaveSliceInfo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PartInfo {
     /// Name of the partitioned variable.
     pub full_name: String,
@@ -57,6 +58,7 @@ impl PartInfo {
 
 /// A variable (or one part of a partitioned variable).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Variable {
     /// Full name, no `:0`.
     pub name: String,
@@ -91,6 +93,7 @@ pub struct PartitionedVariable {
 
 /// What a variable loads when initialization runs (recorded by `init_from_checkpoint`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Pending {
     /// The resolved checkpoint prefix captured at call time.
     pub checkpoint: Arc<Path>,
@@ -102,7 +105,7 @@ pub struct Pending {
 
 /// The variables of a model, with their pending checkpoint initializers and, after
 /// [`initialize`](VariableStore::initialize), their values.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct VariableStore {
     pub(crate) vars: BTreeMap<String, Variable>,
     pub(crate) partitioned: BTreeMap<String, PartitionedVariable>,
@@ -132,6 +135,20 @@ pub struct VariableStore {
     /// Checkpoints whose index `init_from_checkpoint` already read; `initialize` reuses one when
     /// its files are unchanged on disk (and reopens it otherwise), then lets it go.
     pub(crate) opened: Vec<std::sync::Arc<crate::reader::checkpoint::Checkpoint>>,
+}
+
+/// Counts, not contents: a model's store holds gigabytes of values.
+impl std::fmt::Debug for VariableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VariableStore")
+            .field("variables", &self.vars.len())
+            .field("partitioned_variables", &self.partitioned.len())
+            .field("pending", &self.pending.len())
+            .field("values", &self.values.len())
+            .field("device_values", &self.device_values.len())
+            .field("initialized", &self.is_initialized())
+            .finish_non_exhaustive()
+    }
 }
 
 /// More parts than this is certainly a mistake (TensorFlow creates one variable per part).
@@ -349,6 +366,19 @@ impl VariableStore {
     /// The value of a variable or part after [`initialize`](Self::initialize); `None` before.
     pub fn value(&self, name: &str) -> Option<&Tensor> {
         self.values.get(name)
+    }
+
+    /// Every host value, by variable (or part) name, in name order.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Moves the value of a variable or part out of the store, to keep in the trainer's own
+    /// structures without a copy (a value mapped copy-on-write from the checkpoint stays mapped).
+    /// The store no longer holds it: [`value`](Self::value) is `None` for it, and the whole of a
+    /// partitioned variable needs every part's value.
+    pub fn take_value(&mut self, name: &str) -> Option<Tensor> {
+        self.values.remove(name)
     }
 
     /// The value of a variable or part, to change in place (a trainer's update). A value mapped

@@ -169,9 +169,9 @@ impl LoadOptions {
     /// Checks the options before anything is read.
     pub(crate) fn check(&self) -> Result<()> {
         self.remote.check()?;
-        if let Some(n) = self.threads.filter(|&n| n > MAX_THREADS) {
+        if let Some(n) = self.threads.filter(|&n| n == 0 || n > MAX_THREADS) {
             return Err(ErrorKind::InvalidArgument(format!(
-                "{n} worker threads: at most {MAX_THREADS}"
+                "{n} worker threads: between 1 and {MAX_THREADS} (or None: one per core)"
             ))
             .into());
         }

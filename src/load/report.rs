@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What [`VariableStore::initialize`](crate::VariableStore::initialize) did.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// Variables (and parts) initialized.
     pub variables: usize,
@@ -101,6 +102,7 @@ impl std::fmt::Display for LoadReport {
 
 /// What a GPU load did, per transfer path (part of [`LoadReport`]).
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct DeviceStats {
     /// The device, e.g. `cuda:0`.
     pub device: String,
@@ -156,6 +158,7 @@ impl DeviceStats {
 
 /// Progress of a load, passed to [`LoadOptions::progress`](crate::LoadOptions::progress).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// Bytes loaded into variables so far.
     pub bytes_done: u64,

@@ -72,7 +72,7 @@ pub(crate) fn run<D: Destination>(
     options.check()?;
     let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
-    let (ckpts, ids) = store.open_pending()?;
+    let (ckpts, ids) = store.open_pending(&options.remote)?;
     // Checkpoints on object storage: this load's range size, concurrency and retries, and one
     // bound on the bytes in flight for all of them together.
     #[cfg(feature = "remote")]
@@ -185,9 +185,13 @@ pub(crate) type PendingRead<'s> = (&'s Variable, usize, &'s str, &'s Slice);
 impl VariableStore {
     /// Opens each checkpoint of the pending initializers once, reusing the index read by
     /// `init_from_checkpoint` when its files are unchanged (and reopening it otherwise). Returns
-    /// the checkpoints and, for each pending checkpoint path, its index among them.
+    /// the checkpoints and, for each pending checkpoint path, its index among them. A checkpoint
+    /// on object storage is reopened with this load's `remote` options.
     #[allow(clippy::type_complexity)]
-    fn open_pending(&mut self) -> Result<(Vec<Arc<Checkpoint>>, HashMap<Arc<Path>, usize>)> {
+    fn open_pending(
+        &mut self,
+        remote: &crate::RemoteOptions,
+    ) -> Result<(Vec<Arc<Checkpoint>>, HashMap<Arc<Path>, usize>)> {
         let mut opened = std::mem::take(&mut self.opened);
         let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
         let mut ids: HashMap<Arc<Path>, usize> = HashMap::new();
@@ -200,7 +204,7 @@ impl VariableStore {
                 .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
             ckpts.push(match reuse {
                 Some(i) => opened.swap_remove(i),
-                None => Arc::new(Checkpoint::open(&p.checkpoint)?),
+                None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
             });
             ids.insert(p.checkpoint.clone(), ckpts.len() - 1);
         }

@@ -26,6 +26,7 @@ pub enum Format {
 
 /// What a checkpoint stores under one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TensorInfo {
     /// Full tensor name (for a partitioned tensor, the name of the whole).
     pub name: String,
@@ -110,6 +111,7 @@ impl std::fmt::Debug for TensorView {
 
 /// What [`Checkpoint::verify_all`] checked and found.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Tensors (or stored slices) whose checksums were checked.
     pub tensors: usize,
