@@ -993,9 +993,16 @@ fn byte_sums_past_u64_are_an_error_not_a_panic() {
         (&Tensor::from_f32(&[1, 1], &[2.0]).unwrap()).into(),
     )
     .unwrap();
+    // A second tensor: the load batches it with the saturated one (an unsaturated add there
+    // overflowed: a panic in a debug build).
+    w.add("small", (&Tensor::from_f32(&[1], &[1.0]).unwrap()).into())
+        .unwrap();
     w.finish().unwrap();
     let mut store = VariableStore::new();
-    let mut pairs = Vec::new();
+    store
+        .get_variable("s", &[1], DType::F32, Init::Zeros)
+        .unwrap();
+    let mut pairs = vec![("small", Target::name("s"))];
     for i in 0..5 {
         let name = format!("v{i}");
         store

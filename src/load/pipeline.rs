@@ -67,9 +67,9 @@ pub(crate) fn pipeline<I: Sync, R: Send, G>(
             let mut in_flight = 0u64;
             for (k, &(a, b, bytes)) in batches_ref.iter().enumerate() {
                 let bytes = bytes.max(1);
-                while in_flight > 0 && in_flight + bytes > window {
+                while in_flight > 0 && in_flight.saturating_add(bytes) > window {
                     match credit_rx.recv() {
-                        Ok(done) => in_flight -= done,
+                        Ok(done) => in_flight = in_flight.saturating_sub(done),
                         Err(_) => return, // the workers are done
                     }
                 }
@@ -85,7 +85,7 @@ pub(crate) fn pipeline<I: Sync, R: Send, G>(
                 if claimed.is_err() {
                     continue; // already done by a worker: nothing to read ahead
                 }
-                in_flight += bytes;
+                in_flight = in_flight.saturating_add(bytes);
                 items[a..b].iter().for_each(prefetch);
             }
         });
@@ -148,7 +148,7 @@ pub(crate) fn pipeline<I: Sync, R: Send, G>(
 /// so far and the next item's bytes: batches of about [`BATCH_BYTES`] and at most [`BATCH_ITEMS`]
 /// items (an item larger than that is a batch of its own).
 pub(crate) fn by_size(bytes: u64, next: u64, n: usize) -> bool {
-    bytes + next <= BATCH_BYTES && n < BATCH_ITEMS
+    bytes.saturating_add(next) <= BATCH_BYTES && n < BATCH_ITEMS
 }
 
 #[cfg(test)]

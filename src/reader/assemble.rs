@@ -132,13 +132,16 @@ impl<'c> Stored<'c> {
                             break;
                         };
                         next = i + 1;
-                        if let Some((buf, transposed)) = out.bytes() {
-                            dsts.push(Dst {
-                                buf,
-                                want,
-                                transposed,
-                            });
-                        }
+                        // A string buffer for a fixed-size tensor (no caller makes one) is an
+                        // error, as on the other paths: never a buffer left unfilled.
+                        let Some((buf, transposed)) = out.bytes() else {
+                            return Err(self.wrong_values());
+                        };
+                        dsts.push(Dst {
+                            buf,
+                            want,
+                            transposed,
+                        });
                     }
                     return b.copy_verify(e, &p.region, dsts);
                 }
