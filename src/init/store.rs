@@ -363,7 +363,9 @@ impl VariableStore {
         &self.warnings
     }
 
-    /// The value of a variable or part after [`initialize`](Self::initialize); `None` before.
+    /// The value of a variable or part after [`initialize`](Self::initialize); `None` before, and
+    /// for a partitioned variable's own name (its whole is [`partitioned_value`](Self::partitioned_value),
+    /// each part's value is here under `NAME/part_i`).
     pub fn value(&self, name: &str) -> Option<&Tensor> {
         self.values.get(name)
     }
