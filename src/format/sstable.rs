@@ -650,7 +650,11 @@ mod tests {
         let good = raw_table(&blocks, &[0, 1]);
         let t = Table::open(Path::new("t"), &good).unwrap();
         let mut keys = Vec::new();
-        t.for_each(|k, _| Ok(keys.push(k.to_vec()))).unwrap();
+        t.for_each(|k, _| {
+            keys.push(k.to_vec());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
         for handles in [&[0, 0][..], &[1, 0], &[0, 1, 1]] {
             let e = Table::open(Path::new("t"), &raw_table(&blocks, handles))
@@ -686,7 +690,10 @@ mod tests {
         let mut n = 0;
         let e = Block::new(Path::new("t"), 0, &data)
             .unwrap()
-            .for_each(&mut |_, _| Ok(n += 1))
+            .for_each(&mut |_, _| {
+                n += 1;
+                Ok(())
+            })
             .unwrap_err()
             .to_string();
         assert!(e.contains("prefix compression cannot expand"), "{e}");
@@ -703,7 +710,10 @@ mod tests {
         let mut read = Vec::new();
         Table::open(Path::new("t"), &bytes)
             .unwrap()
-            .for_each(|k, _| Ok(read.push(k.to_vec())))
+            .for_each(|k, _| {
+                read.push(k.to_vec());
+                Ok(())
+            })
             .unwrap();
         assert_eq!(read, keys);
     }
