@@ -462,12 +462,92 @@ impl Tensor {
 
     /// The elements of a float32 tensor.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == DType::F32).then(|| {
-            self.bytes()
-                .unwrap_or_default()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
+        self.to_vec()
+    }
+
+    /// The elements as `T`, when `T` is the tensor's dtype ([`Element`]): `t.to_vec::<i64>()`,
+    /// `t.to_vec::<half::bf16>()`. `None` for another dtype (nothing is converted: see
+    /// [`LoadOptions::cast`](crate::LoadOptions::cast)) and for strings.
+    pub fn to_vec<T: Element>(&self) -> Option<Vec<T>> {
+        if self.dtype != T::DTYPE {
+            return None;
+        }
+        let b = self.bytes()?;
+        Some(
+            b.chunks_exact(std::mem::size_of::<T>())
+                .map(T::from_le)
+                .collect(),
+        )
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A Rust type that holds the elements of one dtype, as [`Tensor::to_vec`] reads them: `f32`,
+/// `f64`, `i8`–`i64`, `u8`–`u64`, `bool`, and `half::bf16` / `half::f16` (half 2).
+pub trait Element: Copy + sealed::Sealed {
+    /// The dtype whose elements this type holds.
+    const DTYPE: DType;
+    /// One element from its little-endian bytes (`size_of::<Self>()` of them).
+    #[doc(hidden)]
+    fn from_le(bytes: &[u8]) -> Self;
+}
+
+macro_rules! elements {
+    ($($t:ty => $d:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const DTYPE: DType = DType::$d;
+            fn from_le(bytes: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(bytes);
+                <$t>::from_le_bytes(a)
+            }
+        }
+    )*};
+}
+
+elements!(
+    f32 => F32, f64 => F64, i8 => I8, i16 => I16, i32 => I32, i64 => I64,
+    u8 => U8, u16 => U16, u32 => U32, u64 => U64, half::bf16 => BF16, half::f16 => F16,
+);
+
+impl sealed::Sealed for bool {}
+impl Element for bool {
+    const DTYPE: DType = DType::Bool;
+    fn from_le(bytes: &[u8]) -> Self {
+        bytes[0] != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `to_vec` reads each fixed-size dtype as its Rust type, and nothing else.
+    #[test]
+    fn elements_read_as_their_rust_types() {
+        let t = |dtype, bytes: &[u8]| Tensor::from_bytes(dtype, &[2], bytes.to_vec()).unwrap();
+        let minus_two = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let i64s = t(DType::I64, &[[1, 0, 0, 0, 0, 0, 0, 0], minus_two].concat());
+        assert_eq!(i64s.to_vec::<i64>().unwrap(), [1, -2]);
+        assert_eq!(i64s.to_vec::<u64>(), None);
+        assert_eq!(i64s.to_f32(), None);
+        let bf16 = t(DType::BF16, &[0xc0, 0x3f, 0x00, 0xc0]);
+        let want = [half::bf16::from_f32(1.5), half::bf16::from_f32(-2.0)];
+        assert_eq!(bf16.to_vec::<half::bf16>().unwrap(), want);
+        assert_eq!(
+            t(DType::Bool, &[0, 1]).to_vec::<bool>().unwrap(),
+            [false, true]
+        );
+        assert_eq!(t(DType::I8, &[0xff, 7]).to_vec::<i8>().unwrap(), [-1, 7]);
+        let s = Tensor {
+            dtype: DType::String,
+            shape: vec![1],
+            data: TensorData::Strings(vec![b"a".to_vec()].into()),
+        };
+        assert_eq!(s.to_vec::<u8>(), None);
     }
 }
