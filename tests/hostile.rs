@@ -330,7 +330,7 @@ fn small_command_line_defects() {
             &tfckpt::LoadOptions::new().threads(1_000_000),
         )
         .unwrap_err();
-    assert!(e.to_string().contains("at most 4096"), "{e}");
+    assert!(e.to_string().contains("between 1 and 4096"), "{e}");
     // `demo --keep PATH` errors name the path.
     let file = tmp.path().join("a_file");
     std::fs::write(&file, b"x").unwrap();

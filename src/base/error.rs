@@ -454,7 +454,8 @@ pub enum ErrorKind {
         /// What is wrong.
         reason: String,
     },
-    /// A variable named by an assignment map, or asked of the store, does not exist.
+    /// A variable asked of the store does not exist (one an assignment map names:
+    /// [`MappedVariableNotFound`](ErrorKind::MappedVariableNotFound)).
     #[error(
         "variable {name:?} not found in the variable store{}",
         suggest(suggestions)

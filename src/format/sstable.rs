@@ -132,7 +132,10 @@ impl<'a> Table<'a> {
                 // index naming one block many times (a hang: each read and checked again), or
                 // blocks out of order or overlapping, is damaged.
                 if let Some((_, prev)) = blocks.last() {
-                    let prev_end = prev.offset.saturating_add(prev.size) + TRAILER_LEN as u64;
+                    let prev_end = prev
+                        .offset
+                        .saturating_add(prev.size)
+                        .saturating_add(TRAILER_LEN as u64);
                     if handle.offset < prev_end {
                         return Err(corrupt(
                             path,
@@ -603,6 +606,14 @@ mod tests {
     /// A file of `blocks` (each stored plain, with its trailer) and an index block naming
     /// `handles` (block `i`'s handle for each `i`) under increasing keys.
     fn raw_table(blocks: &[Vec<u8>], handles: &[usize]) -> Vec<u8> {
+        raw_table_with(blocks, |at| handles.iter().map(|&i| at[i]).collect())
+    }
+
+    /// [`raw_table`] whose index names the handles `pick` gives, from the blocks' own.
+    fn raw_table_with(
+        blocks: &[Vec<u8>],
+        pick: impl Fn(&[BlockHandle]) -> Vec<BlockHandle>,
+    ) -> Vec<u8> {
         let mut file = Vec::new();
         let put = |file: &mut Vec<u8>, b: &[u8]| {
             let h = BlockHandle {
@@ -617,10 +628,10 @@ mod tests {
         };
         let at: Vec<BlockHandle> = blocks.iter().map(|b| put(&mut file, b)).collect();
         let mut index = Vec::new();
-        for (n, &i) in handles.iter().enumerate() {
+        for (n, h) in pick(&at).into_iter().enumerate() {
             let key = format!("k{n:08}");
             let mut value = Vec::new();
-            at[i].encode(&mut value);
+            h.encode(&mut value);
             put_varint(&mut index, 0);
             put_varint(&mut index, key.len() as u64);
             put_varint(&mut index, value.len() as u64);
@@ -656,6 +667,24 @@ mod tests {
         })
         .unwrap();
         assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()]);
+        // A first handle whose end is past u64 (the sum overflowed: a panic in debug builds).
+        for huge in [
+            BlockHandle {
+                offset: 0,
+                size: u64::MAX,
+            },
+            BlockHandle {
+                offset: u64::MAX - 3,
+                size: 0,
+            },
+        ] {
+            let bytes = raw_table_with(&blocks, |at| vec![huge, at[0]]);
+            let e = Table::open(Path::new("t"), &bytes)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("does not follow the previous one"), "{e}");
+        }
         for handles in [&[0, 0][..], &[1, 0], &[0, 1, 1]] {
             let e = Table::open(Path::new("t"), &raw_table(&blocks, handles))
                 .err()

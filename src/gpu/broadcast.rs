@@ -104,14 +104,14 @@ impl VariableStore {
         }
         if let Some(name) = self.replicas.keys().next() {
             return Err(collective_err(format!(
-                "variable {name} has replicas; a broadcast load fills one GPU per rank"
+                "variable {name:?} has replicas; a broadcast load fills one GPU per rank"
             )));
         }
         for v in self.vars.values() {
             let d = self.device_of(&v.name, device);
             if d != device && d != Device::Cpu {
                 return Err(collective_err(format!(
-                    "variable {} is placed on {d}, but this rank's GPU is {device}",
+                    "variable {:?} is placed on {d}, but this rank's GPU is {device}",
                     v.name
                 )));
             }

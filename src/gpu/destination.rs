@@ -221,7 +221,7 @@ impl<L: Link> GpuDestination<'_, L> {
                     None => Err(ErrorKind::DeviceUnavailable {
                         device: device.to_string(),
                         reason: format!(
-                            "variable {} is placed there, but this load has only {}",
+                            "variable {:?} is placed there, but this load has only {}",
                             v.name,
                             device_list(self.links.iter().map(|(d, _)| d))
                         ),
@@ -439,7 +439,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             let form = self.forms.get(&v.name).copied().unwrap_or_default();
             if form.dtype.is_some() && options.cast.is_some() {
                 return Err(ErrorKind::InvalidArgument(format!(
-                    "variable {} has its own device dtype: LoadOptions::cast does not apply",
+                    "variable {:?} has its own device dtype: LoadOptions::cast does not apply",
                     v.name
                 ))
                 .into());

@@ -11,9 +11,9 @@ pub(crate) const MAX_THREADS: usize = 4096;
 /// How [`VariableStore::initialize_with`](crate::VariableStore::initialize_with) runs.
 #[derive(Clone, Default)]
 pub struct LoadOptions {
-    /// Worker threads (default: the global rayon pool, one per core; a host load of a checkpoint
-    /// on object storage starts at least [`RemoteOptions::concurrency`] threads, up to 64, since
-    /// its tensors wait on the network rather than on a core).
+    /// Worker threads, 1 to 4096 (default: the global rayon pool, one per core; a host load of a
+    /// checkpoint on object storage starts at least [`RemoteOptions::concurrency`] threads, up to
+    /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
     /// end); keep it cheap.

@@ -196,8 +196,14 @@ pub(crate) fn with_parents<T>(
         None => CreatedDirs::new(),
     };
     let result = write();
-    if result.is_err() {
-        made.undo();
+    match &result {
+        Err(_) => made.undo(),
+        // The folders made on disk too: each one's entry in the folder above it.
+        Ok(_) => made
+            .dirs
+            .iter()
+            .filter_map(|d| d.parent())
+            .for_each(sync_dir),
     }
     result
 }
