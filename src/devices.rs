@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::base::device::Device;
 use crate::base::error::{ErrorKind, Result};
-use crate::base::tensor::ElementsMut;
+use crate::base::tensor::{ElementsMut, HostBuffer};
 use crate::init::store::VariableStore;
 use crate::load::host::{Given, GivenBuf, HostDestination};
 use crate::load::{skeleton, LoadOptions, LoadReport};
@@ -45,24 +45,38 @@ impl VariableStore {
     /// store.get_variable("w", &[2], DType::F32, Init::Zeros)?;
     /// init_from_checkpoint(&mut store, &prefix, &AssignmentMap::from([("w", Target::name("w"))]))?;
     /// let mut mine = vec![0f32; 2]; // the trainer's tensor
-    /// let bytes: &mut [u8] = bytemuck_free_bytes(&mut mine);
-    /// store.initialize_into(vec![("w", bytes)], &Default::default())?;
+    /// store.initialize_into(vec![("w", &mut mine[..])], &Default::default())?;
     /// assert_eq!(mine, [1.5, 2.5]);
-    /// # fn bytemuck_free_bytes(v: &mut [f32]) -> &mut [u8] {
-    /// #     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4) }
-    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn initialize_into(
+    ///
+    /// A buffer is a typed slice (`&mut [f32]`, `&mut [half::bf16]`, `&mut [i64]`...: its element
+    /// type must be the variable's dtype, after [`LoadOptions::cast`]) or raw bytes (`&mut [u8]`);
+    /// buffers of several types go in one call as [`HostBuffer`]s (`(&mut v[..]).into()`).
+    pub fn initialize_into<'b, B: Into<HostBuffer<'b>>>(
         &mut self,
-        buffers: Vec<(&str, &mut [u8])>,
+        buffers: Vec<(&'b str, B)>,
         options: &LoadOptions,
     ) -> Result<LoadReport> {
         options.check()?;
         let mut given = Given::default();
         for (name, buf) in buffers {
+            let HostBuffer {
+                bytes: buf,
+                dtype: typed,
+            } = buf.into();
             let v = self.var_or_err(name)?;
             let dtype = options.dtype_at_destination(v.dtype);
+            if let Some(t) = typed.filter(|&t| t != dtype) {
+                return Err(ErrorKind::BadVariable {
+                    name: name.into(),
+                    reason: format!(
+                        "its values are {dtype} here, and the buffer given for it holds {t} \
+                         elements"
+                    ),
+                }
+                .into());
+            }
             let Some(size) = dtype.size() else {
                 return Err(ErrorKind::BadVariable {
                     name: name.into(),

@@ -52,7 +52,7 @@ pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
 pub use base::partial::{remove_partial_outputs, PartialOutput};
 pub use base::slice::{Extent, Slice};
-pub use base::tensor::{Bytes, Element, Strings, Tensor, TensorData};
+pub use base::tensor::{Bytes, Element, HostBuffer, Strings, Tensor, TensorData};
 #[cfg(feature = "safetensors")]
 pub use export::{SafetensorsReport, SkippedTensor};
 pub use format::writer::{write_checkpoint_state, CheckpointWriter, TensorRef, WriterOptions};

@@ -783,3 +783,32 @@ fn opened_checkpoints_values_and_debug() {
     let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::InvalidArgument(_)), "{e}");
 }
+
+/// `initialize_into` takes the trainer's typed slices (no byte view, no `unsafe` in its code),
+/// checks their element type against the variable's dtype, and takes buffers of several types in
+/// one call as `HostBuffer`s.
+#[test]
+fn typed_buffers_load_and_are_checked() {
+    let (_d, ck) = ckpt(&[("t", &[2])]);
+    let mut store = VariableStore::new();
+    store
+        .get_variable("a", &[2], DType::F32, Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("n", &[3], DType::I64, Init::Ones)
+        .unwrap();
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("t", "a")])).unwrap();
+    let mut wrong = [0i32; 2];
+    let e = store
+        .initialize_into(vec![("a", &mut wrong[..])], &Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "a" && reason.contains("holds int32 elements")),
+        "{e}"
+    );
+    let (mut a, mut n) = ([0f32; 2], [0i64; 3]);
+    let buffers: Vec<(&str, tfckpt::HostBuffer)> =
+        vec![("a", (&mut a[..]).into()), ("n", (&mut n[..]).into())];
+    store.initialize_into(buffers, &Default::default()).unwrap();
+    assert_eq!((a, n), ([0.0, 1.0], [1, 1, 1]));
+}

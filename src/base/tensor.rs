@@ -514,6 +514,54 @@ elements!(
     u8 => U8, u16 => U16, u32 => U32, u64 => U64, half::bf16 => BF16, half::f16 => F16,
 );
 
+/// A buffer of the trainer's that [`VariableStore::initialize_into`](crate::VariableStore::initialize_into)
+/// reads one variable into: raw little-endian bytes (from `&mut [u8]`), or a slice of the
+/// variable's element type (from `&mut [f32]`, `&mut [i64]`, `&mut [half::bf16]`...; on
+/// little-endian machines), whose type is then checked against the variable's dtype.
+#[derive(Debug)]
+pub struct HostBuffer<'a> {
+    pub(crate) bytes: &'a mut [u8],
+    /// The element type of a typed slice (`None` for raw bytes).
+    pub(crate) dtype: Option<DType>,
+}
+
+impl<'a> From<&'a mut [u8]> for HostBuffer<'a> {
+    fn from(bytes: &'a mut [u8]) -> HostBuffer<'a> {
+        HostBuffer { bytes, dtype: None }
+    }
+}
+
+macro_rules! typed_buffers {
+    ($($t:ty),* $(,)?) => {$(
+        #[cfg(target_endian = "little")]
+        impl<'a> From<&'a mut [$t]> for HostBuffer<'a> {
+            fn from(values: &'a mut [$t]) -> HostBuffer<'a> {
+                let len = std::mem::size_of_val(values);
+                // SAFETY: the element type is a plain number (no padding; every bit pattern is a
+                // value), so its memory may be written as bytes; the byte view borrows `values`
+                // mutably for as long, and covers exactly its memory.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) };
+                HostBuffer { bytes, dtype: Some(<$t as Element>::DTYPE) }
+            }
+        }
+    )*};
+}
+
+typed_buffers!(
+    f32,
+    f64,
+    i8,
+    i16,
+    i32,
+    i64,
+    u16,
+    u32,
+    u64,
+    half::bf16,
+    half::f16
+);
+
 impl sealed::Sealed for bool {}
 impl Element for bool {
     const DTYPE: DType = DType::Bool;
