@@ -36,7 +36,7 @@ fn corrupt_table(
     assert!(
         matches!(
             e.kind(),
-            ErrorKind::CorruptTable { path: p, offset: o, reason }
+            ErrorKind::CorruptTable { path: p, offset: o, reason, tensor: None }
                 if p == path && *o == offset && reason.contains(why)
         ),
         "{case:?}: {e:#?}"

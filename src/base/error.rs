@@ -32,6 +32,17 @@ impl Error {
         .into()
     }
 
+    /// Names `tensor` in a table error (a damaged block) raised while reading it; other errors
+    /// are returned as they are.
+    pub(crate) fn reading_tensor(mut self, name: &str) -> Error {
+        if let ErrorKind::BlockChecksum { tensor, .. } | ErrorKind::CorruptTable { tensor, .. } =
+            &mut *self.0
+        {
+            tensor.get_or_insert_with(|| name.to_string());
+        }
+        self
+    }
+
     /// A [`ErrorKind::DtypeMismatch`] gets the hint `hint(variable dtype, tensor dtype)` gives (none
     /// removes it); any other error is returned as it is.
     pub(crate) fn with_dtype_hint(
@@ -158,6 +169,14 @@ fn not_a_table_hint(path: &Path) -> String {
     }
 }
 
+/// The tensor a damaged table block was read for, as errors add it.
+fn reading(tensor: &Option<String>) -> String {
+    tensor
+        .as_ref()
+        .map(|t| format!(" (read for tensor {t:?})"))
+        .unwrap_or_default()
+}
+
 fn suggest(names: &[String]) -> String {
     if names.is_empty() {
         String::new()
@@ -236,10 +255,13 @@ pub enum ErrorKind {
         reason: String,
     },
     /// A table block's stored checksum does not match its bytes.
-    #[error("{}: block checksum mismatch in the block at offset {offset} ({size} bytes): stored {expected:#010x}, computed {found:#010x}", path.display())]
+    #[error("{}: block checksum mismatch in the block at offset {offset} ({size} bytes): stored {expected:#010x}, computed {found:#010x}{}", path.display(), reading(tensor))]
     BlockChecksum {
         /// The table file.
         path: PathBuf,
+        /// The tensor being read when a data block of a V1 file failed (`None` for a block read
+        /// when the checkpoint was opened or verified: an index's, or one holding many tensors).
+        tensor: Option<String>,
         /// Offset of the block in the file.
         offset: u64,
         /// Stored size of the block.
@@ -250,10 +272,13 @@ pub enum ErrorKind {
         found: u32,
     },
     /// A table's structure is damaged (block handle past the end, bad block entry, bad compression ...).
-    #[error("{}: corrupt table at offset {offset}: {reason}", path.display())]
+    #[error("{}: corrupt table at offset {offset}: {reason}{}", path.display(), reading(tensor))]
     CorruptTable {
         /// The table file.
         path: PathBuf,
+        /// The tensor being read when a data block of a V1 file was found damaged (`None` when
+        /// the checkpoint was opened or verified).
+        tensor: Option<String>,
         /// Offset in the file of the block (or footer) at fault.
         offset: u64,
         /// What is wrong.

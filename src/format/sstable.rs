@@ -213,6 +213,7 @@ impl<'a> Table<'a> {
         if expected != found && !cfg!(fuzzing) {
             return Err(ErrorKind::BlockChecksum {
                 path: self.path.into(),
+                tensor: None,
                 offset: h.offset,
                 size: h.size,
                 expected,
@@ -366,6 +367,7 @@ fn out_of_order(path: &Path, offset: u64, prev: &[u8], key: &[u8]) -> crate::Err
 fn corrupt(path: &Path, offset: u64, reason: &str) -> crate::Error {
     ErrorKind::CorruptTable {
         path: path.into(),
+        tensor: None,
         offset,
         reason: reason.to_string(),
     }
