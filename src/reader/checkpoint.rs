@@ -461,10 +461,10 @@ impl Checkpoint {
         let region = slice.region(&info.shape);
         let n = region.num_elements().unwrap_or(0);
         stored.check_backing(&region, n)?;
-        let n = n as usize;
         let mut data = match info.dtype.size() {
             Some(size) => {
-                TensorData::Bytes(crate::base::mmap::alloc_zeroed(n * size, &info.name)?.into())
+                let len = addressable(n.saturating_mul(size as u64), &info.name)?;
+                TensorData::Bytes(crate::base::mmap::alloc_zeroed(len, &info.name)?.into())
             }
             None => TensorData::Strings(Strings::new()), // filled whole by the read
         };
@@ -525,7 +525,7 @@ impl Checkpoint {
             }
             None => info.num_elements(),
         };
-        Ok(n as usize * size)
+        addressable(n.saturating_mul(size as u64), name)
     }
 
     /// Reads a whole fixed-size tensor into `dst` (exactly [`byte_len`](Self::byte_len) bytes,
@@ -664,6 +664,18 @@ fn check_slice(info: &TensorInfo, slice: &Slice) -> Result<()> {
         ErrorKind::BadSlice {
             tensor: info.name.clone(),
             reason,
+        }
+        .into()
+    })
+}
+
+/// `bytes` as a length in memory: an allocation error naming `tensor` where it does not fit this
+/// machine's addresses (a 32-bit target).
+fn addressable(bytes: u64, tensor: &str) -> Result<usize> {
+    usize::try_from(bytes).map_err(|_| {
+        ErrorKind::Allocation {
+            bytes,
+            tensor: tensor.to_string(),
         }
         .into()
     })
