@@ -62,7 +62,9 @@ pub use init::assign::{
 };
 pub use init::partitioners;
 pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
-pub use load::{DeviceStats, LoadOptions, LoadReport, Ownership, Progress, RemoteOptions};
+pub use load::{
+    CancelToken, DeviceStats, LoadOptions, LoadReport, Ownership, Progress, RemoteOptions,
+};
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
 /// The README's examples, compiled as doctests so they cannot rot.

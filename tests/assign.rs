@@ -5,6 +5,8 @@ use tfckpt::{
     init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, Target, VariableStore,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 mod common;
 use common::builder::CkptBuilder;
 
@@ -527,6 +529,67 @@ fn progress_and_threads() {
         .unwrap();
     let report = pool.install(|| store.initialize(Device::Cpu)).unwrap();
     assert_eq!(report.threads, 3);
+}
+
+/// A load whose `CancelToken` is cancelled (here by its own progress callback, after 10 of 50
+/// tensors) stops before the next tensor and changes nothing: the store keeps the values of the
+/// load before it. A token cancelled before the call stops the load before anything is read; a
+/// load without it then runs as usual.
+#[test]
+fn a_cancelled_load_stops_and_changes_nothing() {
+    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[1000u64][..])).collect();
+    let (_d, ck) = ckpt(&shapes);
+    let mut store = VariableStore::new();
+    for n in &names {
+        store
+            .get_variable(&format!("new/{n}"), &[1000], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    store
+        .get_variable("other", &[2], DType::F32, Init::Ones)
+        .unwrap();
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "new/")])).unwrap();
+    let cancelled_after = |token: &tfckpt::CancelToken, at: u64| {
+        let (token, seen) = (token.clone(), std::sync::Arc::new(AtomicU64::new(0)));
+        let s = seen.clone();
+        let options = tfckpt::LoadOptions::new()
+            .threads(1)
+            .cancel_on(&token)
+            .progress(move |p| {
+                s.fetch_max(p.tensors_done, Ordering::Relaxed);
+                if p.tensors_done >= at {
+                    token.cancel();
+                }
+            });
+        (options, seen)
+    };
+    let is_cancelled = |e: &tfckpt::Error| matches!(e.kind(), ErrorKind::Cancelled);
+    // A first load, cancelled part way: nothing is initialized.
+    let token = tfckpt::CancelToken::new();
+    let (options, seen) = cancelled_after(&token, 10);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    assert!(is_cancelled(&e), "{e:?}");
+    assert!(e.to_string().contains("cancelled"), "{e}");
+    assert_eq!(seen.load(Ordering::Relaxed), 10);
+    assert!(!store.is_initialized());
+    assert!(store.variables().all(|v| store.value(&v.name).is_none()));
+    // Cancelled before the call: nothing is read (no progress at all).
+    let (options, seen) = cancelled_after(&token, 0);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    assert!(is_cancelled(&e), "{e:?}");
+    assert_eq!(seen.load(Ordering::Relaxed), 0);
+    // Without the token the load runs; cancelling the next one keeps these values.
+    let report = store.initialize(Device::Cpu).unwrap();
+    assert_eq!(report.variables, 51);
+    let value = |store: &VariableStore, n: &str| store.value(n).unwrap().to_f32().unwrap();
+    assert_eq!(value(&store, "new/t07")[..2], [7000.0, 7001.0]);
+    let (options, _) = cancelled_after(&tfckpt::CancelToken::new(), 3);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    assert!(is_cancelled(&e), "{e:?}");
+    assert!(store.is_initialized());
+    assert_eq!(value(&store, "new/t07")[..2], [7000.0, 7001.0]);
+    assert_eq!(value(&store, "other"), [1.0, 1.0]);
 }
 
 /// A dtype mismatch stays an error at call time (TensorFlow never casts). Where the load can

@@ -617,6 +617,10 @@ pub enum ErrorKind {
         /// The tensor or variable.
         tensor: String,
     },
+    /// The load was stopped by its [`CancelToken`](crate::CancelToken) (see
+    /// [`LoadOptions::cancel_on`](crate::LoadOptions::cancel_on)); nothing it loaded is kept.
+    #[error("the load was cancelled (its CancelToken was cancelled); no variable was initialized")]
+    Cancelled,
     /// An error about a candle `Var` (feature `candle`): which one, its shape, its TensorFlow name.
     #[error("candle variable {candle:?} ({layout}; TensorFlow name {tensorflow:?}): {source}")]
     CandleVariable {

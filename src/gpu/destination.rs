@@ -75,6 +75,9 @@ struct Gathering {
 
 /// Values on the GPUs behind `links` (and on the host, for what is placed there).
 pub(super) struct GpuDestination<'l, L: Link> {
+    /// Waits for every device when the destination is dropped, first of its fields: a load that
+    /// fails before `finish` (an error, a cancel) leaves nothing queued when its memory is freed.
+    _idle: IdleOnDrop<'l, L>,
     /// The devices of this load and their links.
     links: Vec<(Device, &'l L)>,
     /// Where variables go: their placement, else `default`.
@@ -107,6 +110,17 @@ pub(super) struct GpuDestination<'l, L: Link> {
     /// Values in host memory: string variables and variables placed on the CPU.
     host: Vec<(String, Tensor)>,
     stats: Vec<DeviceStats>,
+}
+
+/// Synchronizes its links when dropped (errors ignored: the load's own error is reported).
+struct IdleOnDrop<'l, L: Link>(Vec<&'l L>);
+
+impl<L: Link> Drop for IdleOnDrop<'_, L> {
+    fn drop(&mut self) {
+        for link in &self.0 {
+            let _ = link.synchronize();
+        }
+    }
 }
 
 impl VariableStore {
@@ -163,6 +177,7 @@ impl VariableStore {
         sizes: Sizes,
     ) -> Result<LoadReport> {
         let dest = GpuDestination {
+            _idle: IdleOnDrop(links.iter().map(|&(_, l)| l).collect()),
             receive,
             links: links.to_vec(),
             placement: self.placement.clone(),
@@ -556,6 +571,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
 
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         for it in &reads.plan.items {
+            reads.options.check_cancelled()?;
             let stored = reads.ckpts[it.ckpt].stored(it.tensor)?;
             if self.receive {
                 // Device values come from the broadcast: read only what stays on the host.
@@ -569,6 +585,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     report.stored_bytes += skeleton::stored_bytes(&stored, &host);
                     self.load_on_host(&stored, &host, reads.options, report)?;
                 }
+                reads.tracker.add(it.bytes);
                 continue;
             }
             report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
@@ -607,6 +624,8 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     }
                 }
             }
+            // Read, checked and queued for the devices (the ring's bounded window ahead of them).
+            reads.tracker.add(it.bytes);
         }
         Ok(())
     }

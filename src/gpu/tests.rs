@@ -350,6 +350,52 @@ fn failing_copy_unwinds() {
     }
 }
 
+/// A GPU load reports its progress tensor by tensor, and a cancelled one (here by its progress
+/// callback, after the first tensor) stops before the next: nothing registered, allocated or
+/// queued is left, and nothing is initialized. The same store then loads in full.
+#[test]
+fn a_cancelled_load_unwinds_and_progress_counts_every_tensor() {
+    use std::sync::{Arc, Mutex};
+    let dir = fixture("partitioned_axes");
+    let mut store = store_for(&dir);
+    for register_mappings in [false, true] {
+        let (token, seen) = (crate::CancelToken::new(), Arc::new(Mutex::new(Vec::new())));
+        let (t, s) = (token.clone(), seen.clone());
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        }
+        .cancel_on(&token)
+        .progress(move |p| {
+            s.lock().unwrap().push(p.tensors_done);
+            t.cancel();
+        });
+        let link = HostLink::default();
+        let err = store.initialize_on(&link, &options, tiny()).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Cancelled), "{err:?}");
+        assert_eq!(*seen.lock().unwrap(), [1]);
+        assert_eq!(link.still_registered(), 0);
+        assert_eq!(link.live_allocations(), 0);
+        assert_eq!(link.queued(), 0, "a cancelled load leaves nothing queued");
+        assert!(!store.is_initialized());
+        assert_eq!(store.device_values().count(), 0);
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let options = LoadOptions::new().progress(move |p| s.lock().unwrap().push(p));
+    let link = HostLink::default();
+    let report = store.initialize_on(&link, &options, tiny()).unwrap();
+    assert!(store.is_initialized());
+    let seen = seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(last.tensors_done, report.tensors as u64);
+    assert_eq!(last.bytes_done, last.bytes_total);
+    assert!(report.tensors > 1 && seen.len() > 1, "{seen:?}");
+    assert!(seen
+        .windows(2)
+        .all(|w| w[0].tensors_done < w[1].tensors_done));
+}
+
 #[test]
 fn trainer_buffers_are_loaded_in_place() {
     let dir = fixture("partitioned_axes");

@@ -238,6 +238,7 @@ pub(crate) fn load_values(
                 }
             },
             |it| {
+                reads.options.check_cancelled()?;
                 let stored = stored(it.ckpt, it.tensor)?;
                 // A value to cast is read once into a new buffer: mapping it first gains nothing.
                 let cast = reads

@@ -12,5 +12,5 @@ pub(crate) mod plan;
 mod report;
 pub(crate) mod skeleton;
 
-pub use options::{LoadOptions, Ownership, RemoteOptions};
+pub use options::{CancelToken, LoadOptions, Ownership, RemoteOptions};
 pub use report::{DeviceStats, LoadReport, Progress};

@@ -16,7 +16,8 @@ pub struct LoadOptions {
     /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
-    /// end); keep it cheap.
+    /// end); keep it cheap. On a GPU a tensor counts once it is read, checked and queued for its
+    /// device's copy (the staging ring keeps the queue a bounded window ahead of the device).
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
     /// Map large values instead of copying them (default `false`: every value is copied). With
     /// `true`, a value of at least [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint
@@ -52,6 +53,50 @@ pub struct LoadOptions {
     /// Checkpoints on object storage (`s3://`, `gs://`, `http(s)://`; feature `remote`): range
     /// size, requests in flight and retries.
     pub remote: RemoteOptions,
+    /// Stops the load once [`CancelToken::cancel`] is called (from another thread, a signal
+    /// handler's flag, the progress callback): see [`cancel_on`](Self::cancel_on).
+    pub cancel: Option<CancelToken>,
+}
+
+/// A flag that stops the loads it is given to ([`LoadOptions::cancel_on`]), from any thread: a
+/// trainer shutting down (a preemption notice, `SIGTERM`) need not wait for a long load to end.
+/// Clones share the flag. Once cancelled it stays cancelled: a later load with it stops at once.
+///
+/// ```
+/// let cancel = tfckpt::CancelToken::new();
+/// let options = tfckpt::LoadOptions::new().cancel_on(&cancel);
+/// // From another thread, while `store.initialize_with(&options)` runs:
+/// cancel.cancel();
+/// # assert!(cancel.is_cancelled() && options.cancel.is_some());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelToken {
+    /// A token not cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Stops every load given this token (or a clone): each ends with
+    /// [`ErrorKind::Cancelled`] as soon as its current tensors are done, and leaves its
+    /// variables as they were before the load.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`ErrorKind::Cancelled`] once cancelled.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            return Err(ErrorKind::Cancelled.into());
+        }
+        Ok(())
+    }
 }
 
 /// An ownership rule: whether `rank` of `world` owns `variable` (see [`LoadOptions::ownership`]).
@@ -209,6 +254,11 @@ impl LoadOptions {
         self
     }
 
+    /// [`ErrorKind::Cancelled`] once the load's [`CancelToken`] is cancelled.
+    pub(crate) fn check_cancelled(&self) -> Result<()> {
+        self.cancel.as_ref().map_or(Ok(()), CancelToken::check)
+    }
+
     /// Whether this load owns `v` (always, without [`rank`](Self::rank)).
     pub(crate) fn owns(&self, v: &Variable) -> bool {
         match (self.rank, &self.ownership) {
@@ -216,6 +266,16 @@ impl LoadOptions {
             (Some((rank, world)), Some(f)) => f(v, rank, world),
             (Some((rank, world)), None) => default_owner(v, rank, world),
         }
+    }
+
+    /// Stops the load when `token` is cancelled: it is checked before each stored tensor is read
+    /// (a tensor being read completes first) and before the load completes, and a cancelled load
+    /// is an error, [`ErrorKind::Cancelled`], that leaves the store as it was (no variable counts
+    /// as initialized; a GPU load frees what it allocated). A load that has completed is not
+    /// undone.
+    pub fn cancel_on(mut self, token: &CancelToken) -> LoadOptions {
+        self.cancel = Some(token.clone());
+        self
     }
 
     /// Report progress to `f`.
@@ -237,6 +297,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("rank", &self.rank)
             .field("ownership", &self.ownership.is_some())
             .field("remote", &self.remote)
+            .field("cancel", &self.cancel)
             .finish()
     }
 }

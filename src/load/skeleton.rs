@@ -70,6 +70,7 @@ pub(crate) fn run<D: Destination>(
     options: &LoadOptions,
 ) -> Result<LoadReport> {
     options.check()?;
+    options.check_cancelled()?;
     let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
     let (ckpts, ids) = store.open_pending(&options.remote)?;
@@ -124,6 +125,7 @@ pub(crate) fn run<D: Destination>(
         tracker: &tracker,
     };
     dest.load(&reads, &mut report)?;
+    options.check_cancelled()?;
     let loaded = Instant::now();
     // The variables no pending initializer maps (both maps are sorted by name: one merge walk).
     let mut pending = store.pending.keys().peekable();
