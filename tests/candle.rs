@@ -1172,6 +1172,49 @@ fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
     assert!(found.pairs.is_empty() && found.not_in_checkpoint.len() == 6);
 }
 
+/// A model built without the checkpoint's scope but with a head that pairs by name (Google's
+/// `cls/` sits beside `bert/`) pairs a little, not nothing: `map_existing` still names the scope
+/// under which most of the model would pair, rather than leave the body to its random
+/// initialization.
+#[test]
+fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    for layer in ["bert/pooler/dense", "bert/encoder/dense", "cls/dense"] {
+        b.f32(
+            &format!("{layer}/kernel"),
+            &[2, 3],
+            &[1., 2., 3., 4., 5., 6.],
+        )
+        .f32(&format!("{layer}/bias"), &[3], &[7., 8., 9.]);
+    }
+    let ckpt = b.finish();
+    let build = |scopes: &[&str]| {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        for scope in scopes {
+            candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
+        }
+        CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
+    };
+    let init = build(&["pooler.dense", "encoder.dense", "cls.dense"]);
+    let e = init.map_existing(&ckpt).unwrap_err().to_string();
+    assert!(
+        e.contains("only 2 of the model's 6 Vars pair")
+            && e.contains("but 4 would under the scope \"bert/\"")
+            && e.contains("vb.pp(\"bert\")"),
+        "{e}"
+    );
+    // Built as the checkpoint is, everything pairs, and no scope is suggested.
+    let init = build(&["bert.pooler.dense", "bert.encoder.dense", "cls.dense"]);
+    let found = init.map_existing(&ckpt).unwrap();
+    assert_eq!(found.pairs.len(), 6);
+    // Half the model or less under a scope is no scope: 2 of 6 pair either way.
+    let init = build(&["pooler.dense", "x1", "cls.dense"]);
+    let found = init.map_existing(&ckpt).unwrap();
+    assert_eq!(found.pairs.len(), 2);
+}
+
 /// The load's inverse on `device`: the TF2 fixture loaded into candle, a weight changed as a
 /// training step would, then saved. The saved checkpoint holds every `Var` under its TensorFlow
 /// name in TensorFlow's layout: the untouched tensors are the fixture's own bytes (kernels

@@ -302,9 +302,10 @@ impl CandleInit {
 
     /// Pairs every `Var` with the checkpoint tensor of its TensorFlow name, as BERT's
     /// `get_assignment_map_from_checkpoint` does, and says what was left out on each side. Reads
-    /// only the checkpoint's index. Where nothing pairs by name but half of the `Var`s or more
-    /// would with a scope added on one side (a model built on `vb` where Google's checkpoint has
-    /// `bert/`), it fails naming the scope and how to add or drop it.
+    /// only the checkpoint's index. Where half of the `Var`s or more would pair with a scope added
+    /// on one side, more than pair by name (a model built on `vb` where Google's checkpoint has
+    /// `bert/`, perhaps with a head built under `bert.` by hand that pairs), it fails naming the
+    /// scope and how to add or drop it.
     pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
         let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
         let mut found = ExistingMap::default();
@@ -333,19 +334,17 @@ impl CandleInit {
             .map(|t| t.name.clone())
             .collect();
         found.unnamed = self.unnamed.clone();
-        if found.pairs.is_empty() {
-            if let Some(why) = self.scope_mismatch(&ckpt) {
-                return Err(ErrorKind::InvalidArgument(why).into());
-            }
+        if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
+            return Err(ErrorKind::InvalidArgument(why).into());
         }
         Ok(found)
     }
 
-    /// Where no `Var` pairs with a tensor of `ckpt` by name but half or more would with a scope added
-    /// on one side (candle-transformers' `BertModel::load(vb, ..)` names its `Var`s without
-    /// Google's `bert/`, which `vb.pp("bert")` adds), what to do: an error is better than a
-    /// model left to its random initialization without a word.
-    fn scope_mismatch(&self, ckpt: &Checkpoint) -> Option<String> {
+    /// Where `paired` `Var`s pair with a tensor of `ckpt` by name but half or more, and more than
+    /// `paired`, would with a scope added on one side (candle-transformers' `BertModel::load(vb,
+    /// ..)` names its `Var`s without Google's `bert/`, which `vb.pp("bert")` adds), what to do: an
+    /// error is better than a model left to its random initialization without a word.
+    fn scope_mismatch(&self, ckpt: &Checkpoint, paired: usize) -> Option<String> {
         /// Per scope: how many names it pairs, and one pair (the model's TensorFlow name, the
         /// checkpoint's).
         type Scopes = BTreeMap<String, (usize, String, String)>;
@@ -381,15 +380,23 @@ impl CandleInit {
                 .map_or(tf.to_string(), |b| b.candle.clone())
         };
         let prefix = ckpt.prefix().display();
-        // A chance match of a few names is no scope: at least half of the model's Vars.
+        // A chance match of a few names is no scope: at least half of the model's Vars, and more
+        // than pair by name.
         let many = |found: Option<(String, (usize, String, String))>| {
-            found.filter(|(_, (n, _, _))| 2 * n >= self.vars.len())
+            found.filter(|(_, (n, _, _))| 2 * n >= self.vars.len() && *n > paired)
+        };
+        let lead = match paired {
+            0 => format!("no Var pairs with a tensor of {prefix} by its name"),
+            _ => format!(
+                "only {paired} of the model's {} Vars pair with a tensor of {prefix} by name",
+                self.vars.len()
+            ),
         };
         match (many(best(in_ckpt)), many(best(in_model))) {
             (Some((scope, (n, tf, c))), other) if other.as_ref().is_none_or(|o| o.1 .0 <= n) => {
                 let pp = scope.trim_end_matches('/').replace('/', ".");
                 Some(format!(
-                    "no Var pairs with a tensor of {prefix} by its name, but {n} would under the \
+                    "{lead}, but {n} would under the \
                      scope {scope:?} ({:?}, TensorFlow name {tf:?}, is {c:?} there): build the \
                      model under vb.pp({pp:?}) (candle-transformers' BertModel::load does not add \
                      it), or map with {{{scope:?}: \"/\"}}",
@@ -397,7 +404,7 @@ impl CandleInit {
                 ))
             }
             (_, Some((scope, (n, tf, c)))) => Some(format!(
-                "no Var pairs with a tensor of {prefix} by its name, but {n} would without the \
+                "{lead}, but {n} would without the \
                  scope {scope:?} of the model's names ({:?}, TensorFlow name {tf:?}, is {c:?} \
                  there): build the model without it, or map with {{\"/\": {scope:?}}}",
                 candle(&tf)
