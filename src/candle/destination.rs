@@ -145,7 +145,15 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         if !ok {
             return Err(candle_refused(
                 candle,
-                "its layout changed after it was made",
+                &format!(
+                    "its layout changed after it was made: expected {:?} {:?}, contiguous; found \
+                     {:?} {:?}, {}contiguous",
+                    t.dtype(),
+                    t.dims(),
+                    var.dtype(),
+                    var.dims(),
+                    if var.is_contiguous() { "" } else { "not " }
+                ),
             ));
         }
     }
@@ -292,7 +300,13 @@ fn check_swappable(init: &CandleInit, name: &str, var: &Var, dtype: CDType) -> R
         name,
         ErrorKind::BadVariable {
             name: init.vars[name].candle.clone(),
-            reason: "its dtype or layout changed after it was bound".into(),
+            reason: format!(
+                "its dtype or layout changed after it was bound: expected {dtype:?}, contiguous \
+                 from offset 0; found {:?}, {}contiguous, from offset {}",
+                var.dtype(),
+                if var.is_contiguous() { "" } else { "not " },
+                layout.start_offset()
+            ),
         }
         .into(),
     ))
