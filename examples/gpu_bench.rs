@@ -8,7 +8,9 @@
 //! dropped (against a plain sequential read of the same files). Prints a table: GB/s, percent of
 //! the ceiling, what each path carried, host memory peak.
 //!
-//! `gpu_bench [--gb 8] [--dir /tmp/tfckpt-gpu-bench] [--runs 3] [--no-cold]`
+//! `gpu_bench [--gb 8] [--dir /tmp/tfckpt-gpu-bench] [--runs 3] [--no-cold]`, or
+//! `gpu_bench --preflight`: the driver's and NVRTC's versions, why no GPU is usable if none is, and
+//! one small load through a kernel against the host's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,7 +134,7 @@ fn anon_kib() -> u64 {
 }
 
 /// One load into GPU memory; returns the report and the peak anonymous memory above the start.
-fn load(dir: &Path, big: usize, options: &LoadOptions) -> (LoadReport, u64) {
+fn load(dir: &Path, big: usize, options: &LoadOptions) -> tfckpt::Result<(LoadReport, u64)> {
     let mut store = VariableStore::new();
     for i in 0..big {
         store
@@ -164,30 +166,58 @@ fn load(dir: &Path, big: usize, options: &LoadOptions) -> (LoadReport, u64) {
             }
         })
     };
-    let report = store.initialize_with(Device::Cuda(0), options).unwrap();
+    let report = store.initialize_with(Device::Cuda(0), options);
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let peak = peak.load(Ordering::Relaxed).saturating_sub(base) * 1024;
-    (report, peak)
+    Ok((report?, peak))
 }
 
 /// Pinned host-to-device bandwidth, 1 GiB per copy, best of 5 (the link's ceiling).
-fn ceiling() -> f64 {
-    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
-    let stream = ctx.new_stream().unwrap();
+fn ceiling() -> Result<f64, cudarc::driver::DriverError> {
+    let ctx = cudarc::driver::CudaContext::new(0)?;
+    let stream = ctx.new_stream()?;
     let n = 1 << 30;
     // SAFETY: written below before any copy reads it.
-    let mut host = unsafe { ctx.alloc_pinned_with_flags::<u8>(n, 0) }.unwrap();
-    host.as_mut_slice().unwrap().fill(1);
-    let mut dev = stream.alloc_zeros::<u8>(n).unwrap();
+    let mut host = unsafe { ctx.alloc_pinned_with_flags::<u8>(n, 0) }?;
+    host.as_mut_slice()?.fill(1);
+    let mut dev = stream.alloc_zeros::<u8>(n)?;
     let mut best = 0f64;
     for _ in 0..5 {
         let t = Instant::now();
-        stream.memcpy_htod(&host, &mut dev).unwrap();
-        stream.synchronize().unwrap();
+        stream.memcpy_htod(&host, &mut dev)?;
+        stream.synchronize()?;
         best = best.max(n as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    best
+    Ok(best)
+}
+
+/// The table, printed row by row as each is measured (a later failure or the time limit loses
+/// none of them); a failed measurement is a row saying so, and the run goes on.
+struct Table {
+    ceiling: f64,
+    failed: usize,
+}
+
+impl Table {
+    fn row(&self, what: &str, gbps: f64, note: &str, mem: &str) {
+        use std::io::Write;
+        let share = if self.ceiling > 0.0 {
+            format!("{:.0}%", 100.0 * gbps / self.ceiling)
+        } else {
+            "?".into()
+        };
+        println!("| {what} | {gbps:.1} | {share} | {note} | {mem} |");
+        let _ = std::io::stdout().flush();
+    }
+
+    fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
+        use std::io::Write;
+        self.failed += 1;
+        let e = e.to_string().replace('\n', " ");
+        println!("| {what} | FAILED | | {e} | |");
+        let _ = std::io::stdout().flush();
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -195,7 +225,122 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What the first minute on a new GPU machine should tell: the driver's and NVRTC's versions
+/// (an NVRTC newer than the driver makes PTX the driver refuses), why no GPU is usable if none is,
+/// and one small load whose cast runs a kernel compiled here, checked against the host's cast.
+/// Returns whether all of it worked.
+fn preflight() -> bool {
+    use std::panic::catch_unwind;
+    let mut ok = true;
+    // cudarc loads the libraries at first use and panics where one is missing.
+    let driver = catch_unwind(|| {
+        let mut v = 0;
+        // SAFETY: writes one int.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (r, v)
+    });
+    match driver {
+        Ok((r, v)) => println!(
+            "preflight: CUDA driver API {}.{} ({r:?})",
+            v / 1000,
+            v % 1000 / 10
+        ),
+        Err(_) => {
+            ok = false;
+            println!("preflight: FAILED: the CUDA driver library (libcuda.so) cannot be loaded")
+        }
+    }
+    let nvrtc = catch_unwind(|| {
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: writes two ints.
+        let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+        (r, major, minor)
+    });
+    match nvrtc {
+        Ok((r, major, minor)) => println!("preflight: NVRTC {major}.{minor} ({r:?})"),
+        Err(_) => {
+            ok = false;
+            println!("preflight: FAILED: NVRTC (libnvrtc.so) cannot be loaded: no kernel can run")
+        }
+    }
+    match catch_unwind(cudarc::driver::CudaContext::device_count) {
+        Ok(Ok(n)) => println!("preflight: {n} GPU(s); tfckpt sees {}", Device::gpu_count()),
+        Ok(Err(e)) => {
+            ok = false;
+            println!("preflight: FAILED: no GPU usable: {e:?}")
+        }
+        Err(_) => {
+            ok = false;
+            println!("preflight: FAILED: no GPU usable: the driver library cannot be loaded")
+        }
+    }
+    if Device::gpu_count() == 0 {
+        println!("preflight: no GPU usable: nothing more checked");
+        return false;
+    }
+    // A [3, 5] float32 tensor loaded as bfloat16 (the cast kernel) and a [5] one as is.
+    let check = || -> tfckpt::Result<bool> {
+        let dir = tempfile_dir();
+        let prefix = dir.join("model");
+        let values: Vec<f32> = (0..15).map(|i| i as f32 * 0.37 - 2.0).collect();
+        let mut w = CheckpointWriter::create(&prefix, Default::default())?;
+        let a = tfckpt::Tensor::from_f32(&[3, 5], &values).expect("15 values");
+        let b = tfckpt::Tensor::from_f32(&[5], &values[..5]).expect("5 values");
+        w.add("a", (&a).into())?;
+        w.add("b", (&b).into())?;
+        w.finish()?;
+        let loaded = |device: Device| -> tfckpt::Result<Vec<Vec<u8>>> {
+            let mut store = VariableStore::new();
+            store.get_variable("a", &[3, 5], DType::F32, Init::Zeros)?;
+            store.get_variable("b", &[5], DType::F32, Init::Zeros)?;
+            let map = AssignmentMap::from([("/", Target::scope("/"))]);
+            init_from_checkpoint(&mut store, &prefix, &map)?;
+            let options = LoadOptions::new().cast(DType::F32, DType::BF16);
+            store.initialize_with(device, &options)?;
+            ["a", "b"]
+                .iter()
+                .map(|n| match store.device_value(n) {
+                    Some(t) => Ok(t.to_host()?.bytes().unwrap_or_default().to_vec()),
+                    None => Ok(store
+                        .value(n)
+                        .and_then(|t| t.bytes())
+                        .unwrap_or_default()
+                        .to_vec()),
+                })
+                .collect()
+        };
+        let same = loaded(Device::Cuda(0))? == loaded(Device::Cpu)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(same)
+    };
+    match check() {
+        Ok(true) => println!("preflight: a load with a cast kernel on cuda:0 equals the host's"),
+        Ok(false) => {
+            ok = false;
+            println!(
+                "preflight: FAILED: a load with a cast kernel on cuda:0 differs from the host's"
+            )
+        }
+        Err(e) => {
+            ok = false;
+            println!("preflight: FAILED: a load with a cast kernel on cuda:0: {e}")
+        }
+    }
+    ok
+}
+
+/// A new folder under the system's temporary directory.
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tfckpt-preflight-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--preflight") {
+        std::process::exit(if preflight() { 0 } else { 1 });
+    }
     if Device::gpu_count() == 0 {
         eprintln!("gpu_bench: no usable GPU (needs an NVIDIA driver and the cuda feature)");
         std::process::exit(2);
@@ -205,115 +350,127 @@ fn main() {
     let dir = PathBuf::from(arg("--dir", "/tmp/tfckpt-gpu-bench"));
     let big = big_count(gb);
     let bytes = write(&dir, big);
-    let ceiling = ceiling();
+    let mut table = Table {
+        ceiling: 0.0,
+        failed: 0,
+    };
+    println!();
+    println!(
+        "tfckpt GPU load onto cuda:0, {:.2} GB ({big} x 32 MiB + {SMALL} x 256 B float32, 4 shards)",
+        bytes as f64 / 1e9
+    );
+    match ceiling() {
+        Ok(c) => {
+            table.ceiling = c;
+            println!("pinned H2D ceiling (1 GiB copies, best of 5): {c:.1} GB/s");
+        }
+        Err(e) => println!("pinned H2D ceiling: FAILED: {e}"),
+    }
+    println!("| what | GB/s | % of ceiling | notes | host memory |");
+    println!("|---|---|---|---|---|");
     let gbps = |r: &LoadReport| bytes as f64 / r.seconds / 1e9;
-    let mut rows: Vec<(String, f64, String, String)> = Vec::new();
+    // Loads `runs` times with `options`: every rate, and the last report with its memory peak.
+    let measure = |options: &LoadOptions| -> tfckpt::Result<(Vec<f64>, LoadReport, u64)> {
+        let mut rates = Vec::new();
+        let mut last = None;
+        for _ in 0..runs {
+            let (r, peak) = load(&dir, big, options)?;
+            rates.push(gbps(&r));
+            last = Some((r, peak));
+        }
+        let (r, peak) = last.expect("at least one run");
+        Ok((rates, r, peak))
+    };
     // Warm: the files are in the page cache (read once), the link (staging, kernels) is set up by
     // a first load that is reported separately.
     sequential_read(&dir);
-    let (first, _) = load(&dir, big, &LoadOptions::default());
-    let mut warm = Vec::new();
-    let mut last = None;
-    for _ in 0..runs {
-        let (r, peak) = load(&dir, big, &LoadOptions::default());
-        warm.push(gbps(&r));
-        last = Some((r, peak));
+    let first_what = "warm, first load (context, pinning, kernels)";
+    match load(&dir, big, &LoadOptions::default()) {
+        Ok((first, _)) => table.row(first_what, gbps(&first), "", ""),
+        Err(e) => table.failed(first_what, e),
     }
-    let (r, peak) = last.unwrap();
-    let d = r.device.clone().unwrap();
-    rows.push((
-        format!("warm, staging ring (the default; median of {runs})"),
-        median(warm.clone()),
-        format!("staged {:.2} GB", d.staged_bytes as f64 / 1e9),
-        format!(
-            "{} MiB anon peak, {} MiB pinned",
-            peak >> 20,
-            d.staging_bytes >> 20
-        ),
-    ));
-    rows.push((
-        "warm, first load (context, pinning, kernels)".into(),
-        gbps(&first),
-        String::new(),
-        String::new(),
-    ));
+    let warm_what = format!("warm, staging ring (the default; median of {runs})");
+    let mut warm_s = None;
+    let mut last_report = None;
+    match measure(&LoadOptions::default()) {
+        Ok((rates, r, peak)) => {
+            let d = r.device.clone().unwrap_or_default();
+            let m = median(rates);
+            warm_s = Some(bytes as f64 / m / 1e9);
+            table.row(
+                &warm_what,
+                m,
+                &format!("staged {:.2} GB", d.staged_bytes as f64 / 1e9),
+                &format!(
+                    "{} MiB anon peak, {} MiB pinned",
+                    peak >> 20,
+                    d.staging_bytes >> 20
+                ),
+            );
+            last_report = Some(r);
+        }
+        Err(e) => table.failed(&warm_what, e),
+    }
     // The opt-in registered path, running beside the ring.
     let both = LoadOptions {
         register_mappings: true,
         ..Default::default()
     };
-    let mut mixed = Vec::new();
-    let mut last_mixed = None;
-    for _ in 0..runs {
-        let (m, m_peak) = load(&dir, big, &both);
-        mixed.push(gbps(&m));
-        last_mixed = Some((m, m_peak));
+    let mixed_what = format!("warm, registered DMA (register_mappings; median of {runs})");
+    match measure(&both) {
+        Ok((rates, m, m_peak)) => {
+            let md = m.device.clone().unwrap_or_default();
+            table.row(
+                &mixed_what,
+                median(rates),
+                &format!(
+                    "registered {:.2} GB + staged {:.2} GB",
+                    md.registered_bytes as f64 / 1e9,
+                    md.staged_bytes as f64 / 1e9
+                ),
+                &format!("{} MiB anon peak", m_peak >> 20),
+            );
+        }
+        Err(e) => table.failed(&mixed_what, e),
     }
-    let (m, m_peak) = last_mixed.unwrap();
-    let md = m.device.clone().unwrap();
-    rows.push((
-        format!("warm, registered DMA (register_mappings; median of {runs})"),
-        median(mixed),
-        format!(
-            "registered {:.2} GB + staged {:.2} GB",
-            md.registered_bytes as f64 / 1e9,
-            md.staged_bytes as f64 / 1e9
-        ),
-        format!("{} MiB anon peak", m_peak >> 20),
-    ));
     // Checksums alone on the CPU (every core), for the cost of verification.
+    let crc_what = "CRC32C of every byte alone (CPU, all cores)";
     let t = Instant::now();
-    let v = Checkpoint::open(dir.join("model")).unwrap().verify_all();
-    assert!(v.problems.is_empty());
-    let crc_s = t.elapsed().as_secs_f64();
-    let warm_s = bytes as f64 / median(warm) / 1e9;
-    rows.push((
-        "CRC32C of every byte alone (CPU, all cores)".into(),
-        bytes as f64 / crc_s / 1e9,
-        format!(
-            "{:.0}% of the warm load time, overlapped with the DMA",
-            100.0 * crc_s / warm_s
-        ),
-        String::new(),
-    ));
+    match Checkpoint::open(dir.join("model")).map(|c| c.verify_all()) {
+        Ok(v) if v.problems.is_empty() => {
+            let crc_s = t.elapsed().as_secs_f64();
+            let note = warm_s.map_or(String::new(), |w| {
+                format!(
+                    "{:.0}% of the warm load time, overlapped with the DMA",
+                    100.0 * crc_s / w
+                )
+            });
+            table.row(crc_what, bytes as f64 / crc_s / 1e9, &note, "");
+        }
+        Ok(v) => table.failed(crc_what, &v.problems[0]),
+        Err(e) => table.failed(crc_what, e),
+    }
     // Cold.
-    let mut cold_note = String::from("page cache cannot be dropped here: cold not measured");
     if !std::env::args().any(|a| a == "--no-cold") && drop_caches() {
         let seq = sequential_read(&dir);
+        table.row("cold, plain sequential read of the files", seq, "", "");
         drop_caches();
-        let (c, _) = load(&dir, big, &LoadOptions::default());
-        let cg = gbps(&c);
-        rows.push((
-            "cold, plain sequential read of the files".into(),
-            seq,
-            String::new(),
-            String::new(),
-        ));
-        rows.push((
-            "cold, load to GPU".into(),
-            cg,
-            format!("{:.0}% of the sequential read", 100.0 * cg / seq),
-            String::new(),
-        ));
-        cold_note.clear();
+        match load(&dir, big, &LoadOptions::default()) {
+            Ok((c, _)) => {
+                let cg = gbps(&c);
+                let note = format!("{:.0}% of the sequential read", 100.0 * cg / seq);
+                table.row("cold, load to GPU", cg, &note, "");
+            }
+            Err(e) => table.failed("cold, load to GPU", e),
+        }
+    } else {
+        println!("page cache cannot be dropped here: cold not measured");
     }
-    println!();
-    println!(
-        "tfckpt GPU load, {:.2} GB ({big} x 32 MiB + {SMALL} x 256 B float32, 4 shards), {}",
-        bytes as f64 / 1e9,
-        d.device
-    );
-    println!("pinned H2D ceiling (1 GiB copies, best of 5): {ceiling:.1} GB/s");
-    println!("| what | GB/s | % of ceiling | notes | host memory |");
-    println!("|---|---|---|---|---|");
-    for (what, g, note, mem) in &rows {
-        println!(
-            "| {what} | {g:.1} | {:.0}% | {note} | {mem} |",
-            100.0 * g / ceiling
-        );
+    if let Some(r) = last_report {
+        println!("last warm report: {r}");
     }
-    if !cold_note.is_empty() {
-        println!("{cold_note}");
+    if table.failed > 0 {
+        eprintln!("gpu_bench: {} measurement(s) failed", table.failed);
+        std::process::exit(1);
     }
-    println!("last warm report: {r}");
 }

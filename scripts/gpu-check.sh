@@ -4,11 +4,17 @@
 # 1. Build, on any x86-64 Linux machine (no CUDA, no GPU needed):
 #        scripts/gpu-check.sh --build
 #    puts the CUDA test binaries and the GPU benchmark into target/gpu-check/.
+#    Before lending the binaries to a GPU machine, `scripts/gpu-check.sh --check` says (here, in
+#    a second) whether they were built from this tree, listing the files changed since.
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
-#        scripts/gpu-check.sh [--only PARTS] [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
-#    PARTS (comma-separated, default all, in this order): tests, remote, candle, bench,
-#    candle-bench, probe; e.g. `--only candle,candle-bench` to rerun one part after a fix.
-#    runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
+#        scripts/gpu-check.sh [--budget 450] [--only PARTS] [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
+#    --budget: seconds for the whole run (default 450): each part and each test gets at most what
+#    is left, a part that would start with under 30 s left is skipped and says so, and the
+#    summary is printed whatever happened. PARTS (comma-separated, default all, in this order):
+#    tests, remote, bench, candle, candle-bench, probe; e.g. `--only candle,candle-bench` to
+#    rerun one part after a fix. A preflight comes first (driver and NVRTC versions, why no GPU is
+#    usable if none is, one load through a kernel), printed, never stopping the run.
+#    It runs the CUDA tests (device bytes equal host bytes for every fixture, re-partitions, casts,
 #    trainer buffers, a damaged shard, a checkpoint on object storage; placement over every GPU
 #    and the CPU; replicas on every GPU, by shares and an NCCL all-gather, and a broadcast
 #    initialization over an NCCL communicator, at world size 1 on a one-GPU machine: the tests
@@ -39,13 +45,20 @@ if [ "${1:-}" = "--build" ]; then
     # cudarc's bindings for CUDA 13.0, as on the H200 run the numbers in the README come from
     # (without nvcc, cudarc would take the newest it knows).
     export CUDARC_CUDA_VERSION=13000
-    cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe
-    test_bin=$(cargo test --release --locked --features nccl --test gpu --no-run 2>&1 |
-        sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' | tail -1)
-    remote_bin=$(cargo test --release --locked --features nccl --test remote --no-run 2>&1 |
-        sed -n 's/.*Executable tests\/remote\.rs (\(.*\))/\1/p' | tail -1)
+    log=target/gpu-check-build.log
+    {
+        cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe &&
+            cargo test --release --locked --features nccl --test gpu --no-run &&
+            cargo test --release --locked --features nccl --test remote --no-run
+    } >"$log" 2>&1 || {
+        tail -40 "$log" >&2
+        echo "gpu-check: could not build the CUDA binaries (log: $log)" >&2
+        exit 1
+    }
+    test_bin=$(sed -n 's/.*Executable tests\/gpu\.rs (\(.*\))/\1/p' "$log" | tail -1)
+    remote_bin=$(sed -n 's/.*Executable tests\/remote\.rs (\(.*\))/\1/p' "$log" | tail -1)
     [ -n "$test_bin" ] && [ -n "$remote_bin" ] || {
-        echo "gpu-check: could not find the test binaries" >&2
+        echo "gpu-check: could not find the test binaries in $log" >&2
         exit 1
     }
     # candle `Var`s on the GPU (feature `candle-cuda`): candle-core's `cuda` compiles candle's
@@ -70,8 +83,8 @@ if [ "${1:-}" = "--build" ]; then
     cp "$candle_bench" "$out/candle-bench"
     cp "$test_bin" "$out/gpu-tests"
     cp "$remote_bin" "$out/remote-tests"
-    cp target/release/examples/gpu_bench "$out/gpu_bench"
-    cp target/release/examples/gpu_probe "$out/gpu_probe"
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/gpu_bench" "$out/gpu_bench"
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/gpu_probe" "$out/gpu_probe"
     # Without debug info and gzipped, the six binaries travel in about 50 MB (the device tool
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
@@ -80,11 +93,36 @@ if [ "${1:-}" = "--build" ]; then
     git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
         benches examples | while IFS= read -r f; do [ ! -e "$f" ] || echo "$f"; done >"$out/BUILD.files"
     tree_stamp >"$out/BUILD"
+    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum >"$out/BUILD.sums"
     ls -la "$out"
     du -sh "$out"
     exit 0
 fi
 
+# Whether the binaries were built from this tree; if not, which files differ.
+same_tree() {
+    if [ ! -e "$out/BUILD.files" ]; then
+        echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
+        return 1
+    fi
+    if [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
+        echo "gpu-check: target/gpu-check was built from other sources than this tree's: run 'scripts/gpu-check.sh --build' again; changed since:" >&2
+        sha1sum -c --quiet "$out/BUILD.sums" 2>&1 | head -20 >&2 || true
+        return 1
+    fi
+}
+if [ "${1:-}" = "--check" ]; then
+    same_tree && echo "target/gpu-check was built from this tree ($(cat "$out/BUILD"))"
+    exit
+fi
+
+budget=450
+if [ "${1:-}" = "--budget" ]; then
+    budget=${2:?--budget needs seconds, e.g. 450}
+    shift 2
+fi
+# The whole run ends by this time (seconds since the epoch).
+deadline=$(($(date +%s) + budget))
 only=all
 if [ "${1:-}" = "--only" ]; then
     only=",${2:?--only needs a list, e.g. candle,candle-bench},"
@@ -92,16 +130,32 @@ if [ "${1:-}" = "--only" ]; then
     IFS=, read -ra wanted <<<"${only:1:${#only}-2}"
     for w in "${wanted[@]}"; do
         case "$w" in
-        tests | remote | candle | bench | candle-bench | probe) ;;
+        tests | remote | bench | candle | candle-bench | probe) ;;
         *)
-            echo "gpu-check: unknown part '$w' (tests, remote, candle, bench, candle-bench, probe)" >&2
+            echo "gpu-check: unknown part '$w' (tests, remote, bench, candle, candle-bench, probe)" >&2
             exit 2
             ;;
         esac
     done
 fi
-# Whether part `$1` runs.
-part() { [ "$only" = all ] || [[ "$only" == *",$1,"* ]]; }
+# Whether part `$1` was asked for.
+asked() { [ "$only" = all ] || [[ "$only" == *",$1,"* ]]; }
+# The time limit of a step that would take at most `$1` seconds: that, or what is left of the
+# budget (5 s kept for the summary); fails where under 30 s are left.
+limit() {
+    local left=$((deadline - $(date +%s) - 5))
+    [ "$left" -ge 30 ] || return 1
+    echo $(($1 < left ? $1 : left))
+}
+# Whether part `$1` runs: asked for, and time left for it (otherwise it says it is skipped).
+skipped=()
+part() {
+    asked "$1" || return 1
+    limit 30 >/dev/null && return 0
+    echo "== $1: SKIPPED, the time budget ($budget s) is spent"
+    skipped+=("$1")
+    return 1
+}
 
 # On the device machine, everything printed is also kept in $OUT (the tool returns only the tail
 # of the output, and the folder whole).
@@ -128,15 +182,8 @@ for f in "$out"/*.gz; do
     chmod +x "$bin/$name"
 done
 # Binaries of another tree would test other code than this one: refuse them.
-if [ ! -e "$out/BUILD.files" ]; then
-    echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
-    exit 1
-fi
-if [ "$(cat "$out/BUILD" 2>/dev/null)" != "$(tree_stamp)" ]; then
-    echo "gpu-check: target/gpu-check was built from other sources than this tree's: run 'scripts/gpu-check.sh --build' again" >&2
-    exit 1
-fi
-echo "binaries built from this tree ($(cat "$out/BUILD"))"
+same_tree || exit 1
+echo "binaries built from this tree ($(cat "$out/BUILD")); time budget $budget s"
 [ -x "$bin/gpu-tests" ] && [ -x "$bin/remote-tests" ] && [ -x "$bin/gpu_bench" ] &&
     [ -x "$bin/gpu_probe" ] && [ -x "$bin/candle-tests" ] && [ -x "$bin/candle-bench" ] || {
     echo "gpu-check: run 'scripts/gpu-check.sh --build' first" >&2
@@ -221,10 +268,12 @@ else
 fi
 # Each test in its own process, under a time limit: a kernel fault leaves a CUDA context unusable
 # for the rest of its process (and would fail every later test), and a hang would use up the
-# device time (the limit, 120 s, is many times what a test takes there). Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run
-# with the environment before it; returns nonzero if any failed, listing them.
+# device time (the limit, 90 s, is many times what a test takes there; less where the budget's
+# DEADLINE, seconds since the epoch, comes first: the tests after it are listed as skipped).
+# Usage: each_test LIMIT BIN [FILTER] (the tests whose name contains FILTER), run with the
+# environment before it; returns nonzero if any failed or was skipped, listing them.
 each_test() {
-    local limit=$1 exe=$2 filter=${3:-} list t rc ran=0 failed=()
+    local limit=$1 exe=$2 filter=${3:-} list t rc lim left ran=0 failed=() late=()
     # A binary that cannot start (a library the loader lacks) lists nothing: that is a failure.
     list=$("$exe" --list </dev/null) || {
         echo "FAILED: $exe --list (exit $?): the binary cannot start"
@@ -234,11 +283,17 @@ each_test() {
         [ -n "$t" ] || continue
         [ -z "$filter" ] || [[ "$t" == *"$filter"* ]] || continue
         ran=$((ran + 1))
+        left=$((DEADLINE - $(date +%s) - 5))
+        if [ "$left" -lt 20 ]; then
+            late+=("$t")
+            continue
+        fi
+        lim=$((limit < left ? limit : left))
         rc=0
-        timeout -k 10 "$limit" "$exe" --exact "$t" --test-threads=1 </dev/null || rc=$?
+        timeout -k 10 "$lim" "$exe" --exact "$t" --test-threads=1 </dev/null || rc=$?
         case $rc in
         0) ;;
-        124 | 137) failed+=("$t (time limit ${limit}s)") ;;
+        124 | 137) failed+=("$t (time limit ${lim}s)") ;;
         *) failed+=("$t (exit $rc)") ;;
         esac
     done < <(sed -n 's/: test$//p' <<<"$list")
@@ -246,42 +301,51 @@ each_test() {
         echo "FAILED: no test of $exe matches '$filter'"
         return 1
     fi
+    if [ "${#late[@]}" -gt 0 ]; then
+        printf 'SKIPPED (time budget): %s\n' "${late[@]}"
+    fi
     if [ "${#failed[@]}" -gt 0 ]; then
         printf 'FAILED: %s\n' "${failed[@]}"
-        return 1
     fi
+    [ "${#failed[@]}" -eq 0 ] && [ "${#late[@]}" -eq 0 ]
 }
 # GPU time is scarce: the benchmark runs even when a test fails, and the script fails at the end.
 tests_rc=0
 bench_rc=0
+echo "== Preflight (driver, NVRTC, one load through a kernel)"
+timeout -k 5 60 "$bin/gpu_bench" --preflight || echo "preflight: exit code $? (the run goes on)"
 if part tests; then
     echo "== CUDA tests"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
-        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 120 "$bin/gpu-tests" ||
+    DEADLINE=$deadline TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 90 "$bin/gpu-tests" ||
         tests_rc=$?
 fi
 if part remote; then
     echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 120 "$bin/remote-tests" --exact \
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 "$(limit 120)" "$bin/remote-tests" --exact \
         gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
-fi
-if part candle; then
-    echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 \
-        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 120 "$bin/candle-tests" on_gpu ||
-        tests_rc=$?
 fi
 if part bench; then
     echo "== GPU benchmark"
-    timeout -k 10 420 "$bin/gpu_bench" "$@" || bench_rc=$?
+    timeout -k 10 "$(limit 300)" "$bin/gpu_bench" "$@" || bench_rc=$?
+fi
+if part candle; then
+    echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
+    DEADLINE=$deadline TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 \
+        bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 90 "$bin/candle-tests" on_gpu ||
+        tests_rc=$?
 fi
 if part candle-bench; then
     echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-    timeout -k 10 300 "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+    timeout -k 10 "$(limit 300)" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
 fi
 if part probe; then
     echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
-    timeout -k 10 300 "$bin/gpu_probe" --gb 4 || bench_rc=$?
+    timeout -k 10 "$(limit 300)" "$bin/gpu_probe" --gb 4 || bench_rc=$?
 fi
-echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc"
+if [ "${#skipped[@]}" -gt 0 ]; then
+    echo "== SKIPPED for the time budget: ${skipped[*]}"
+    [ "$tests_rc" -ne 0 ] || tests_rc=3
+fi
+echo "== CUDA tests exit code $tests_rc, benchmark exit code $bench_rc ($(($(date +%s) - deadline + budget)) s of $budget)"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
