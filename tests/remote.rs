@@ -1432,6 +1432,9 @@ enum Fault {
     CutMidBody {
         etag: bool,
     },
+    /// Forward its head (no ETag) and the first this many bytes of its body, then close the
+    /// connection: a slow link's body, broken off after it brought something.
+    CutAfter(usize),
     /// Forward its head and the first half of its body, then send nothing more, holding the
     /// connection open until the client closes it (or for 60 s): a write stays in progress.
     #[cfg_attr(not(unix), allow(dead_code))] // its test sends signals
@@ -1488,7 +1491,11 @@ fn fault_proxy(
                 let sent: Vec<u8> = match what {
                     Fault::Padded => [body, b"PAD!"].concat(),
                     Fault::CutWithShortLength => body[..body.len() / 2].to_vec(),
-                    Fault::WeakEtag | Fault::Etag | Fault::CutMidBody { .. } | Fault::Stall => {
+                    Fault::WeakEtag
+                    | Fault::Etag
+                    | Fault::CutMidBody { .. }
+                    | Fault::CutAfter(_)
+                    | Fault::Stall => {
                         let etag = match what {
                             Fault::WeakEtag => "etag: W/\"v1\"\r\n",
                             Fault::Etag | Fault::CutMidBody { etag: true } => "etag: \"v1\"\r\n",
@@ -1498,6 +1505,7 @@ fn fault_proxy(
                         let _ = client.write_all(format!("{head}{etag}\r\n").as_bytes());
                         let sent = match what {
                             Fault::CutMidBody { .. } | Fault::Stall => &body[..body.len() / 2],
+                            Fault::CutAfter(n) => &body[..n.min(body.len())],
                             _ => body,
                         };
                         let _ = client.write_all(sent);
@@ -1680,6 +1688,42 @@ fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
         );
         assert_eq!(gets, 4, "etag {etag}: {e}");
     }
+}
+
+/// A body broken off again and again, each time after it brought over 1 MiB (a slow link whose
+/// connections drop), is read whole: the retry budget counts from the last request that brought
+/// that much, so a 6 MiB range cut every 1.1 MiB takes 6 requests with `max_retries` 3 (it
+/// failed after 4). One cut after a few bytes each time still fails as configured (above).
+#[test]
+fn a_body_that_keeps_arriving_is_not_given_up() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = servers().root.join(BUCKET).join("cut_after");
+    std::fs::create_dir_all(&dir).unwrap();
+    let values: Vec<f32> = (0..(6 << 20) / 4).map(|i| i as f32).collect();
+    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&[values.len() as u64], &values).unwrap();
+    w.add("big", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        if is_data_get(head) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Fault::CutAfter(1_100_000)
+        } else {
+            Fault::Pass
+        }
+    });
+    let url = format!("http://{addr}/{BUCKET}/cut_after/model");
+    let opts = RemoteOptions {
+        max_retries: 3,
+        initial_backoff: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let remote = Checkpoint::open_with(&url, &opts).unwrap();
+    let read = remote.read("big").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.to_f32().unwrap(), values);
+    assert_eq!(gets.load(Ordering::SeqCst), 6);
 }
 
 /// Every ranged GET of a data shard carries `If-Match` with the strong ETag seen first, so that a

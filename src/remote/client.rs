@@ -15,6 +15,13 @@ use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::par::PerProcess;
 use crate::load::RemoteOptions;
 
+/// The longest one request may take, its body included (`object_store`'s default is 30 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest a body may go without a byte before the request fails (and is retried).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bytes a request must bring for a range's retry budget to start again.
+const PROGRESS: u64 = 1 << 20;
+
 /// The object storage schemes a checkpoint URL may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scheme {
@@ -394,21 +401,49 @@ impl Client {
         let url = loc.url(&loc.key);
         let env = Env::of_process();
         env::check(loc.scheme, &env, &url)?;
+        // `object_store`'s default request timeout (30 s, body included) cut every range of a
+        // slow link short (16 ranges of 16 MiB at once need about 72 Mbit/s to finish in 30 s):
+        // a request may take REQUEST_TIMEOUT, and a body that stalls READ_TIMEOUT fails, unless
+        // the environment (`AWS_TIMEOUT`, `GOOGLE_READ_TIMEOUT`, ...) says otherwise.
+        use object_store::ClientConfigKey::{ReadTimeout, Timeout};
+        let timeouts = [
+            (Timeout, format!("{}s", REQUEST_TIMEOUT.as_secs())),
+            (ReadTimeout, format!("{}s", READ_TIMEOUT.as_secs())),
+        ];
         let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
-            Scheme::S3 => object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(&loc.authority)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            Scheme::Gcs => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(&loc.authority)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            Scheme::S3 => {
+                use object_store::aws::AmazonS3ConfigKey::Client;
+                let mut b = object_store::aws::AmazonS3Builder::from_env();
+                for (key, value) in &timeouts {
+                    if b.get_config_value(&Client(*key)).is_none() {
+                        b = b.with_config(Client(*key), value);
+                    }
+                }
+                b.with_bucket_name(&loc.authority)
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            Scheme::Gcs => {
+                use object_store::gcp::GoogleConfigKey::Client;
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+                for (key, value) in &timeouts {
+                    if b.get_config_value(&Client(*key)).is_none() {
+                        b = b.with_config(Client(*key), value);
+                    }
+                }
+                b.with_bucket_name(&loc.authority)
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
             Scheme::Http | Scheme::Https => object_store::http::HttpBuilder::new()
                 .with_url(format!("{}://{}", loc.scheme.as_str(), loc.authority))
                 .with_client_options(
-                    object_store::ClientOptions::new().with_allow_http(loc.scheme == Scheme::Http),
+                    object_store::ClientOptions::new()
+                        .with_allow_http(loc.scheme == Scheme::Http)
+                        .with_timeout(REQUEST_TIMEOUT)
+                        .with_read_timeout(READ_TIMEOUT),
                 )
                 .with_retry(retry)
                 .build()
@@ -545,7 +580,7 @@ impl Client {
         let store = self.store();
         async move {
             let store = store?;
-            let start = Instant::now();
+            let mut start = Instant::now();
             let mut backoff = client.options.initial_backoff;
             let mut attempt = 0;
             let want = range.end - range.start;
@@ -553,6 +588,7 @@ impl Client {
             // Bytes handed on so far: a retry asks for the rest only.
             let mut got = 0u64;
             loop {
+                let got_before = got;
                 let opts = GetOptions {
                     range: Some(GetRange::Bounded(range.start + got..range.end)),
                     // `If-Match` compares strongly: a weak ETag never matches (412), so it is
@@ -623,6 +659,12 @@ impl Client {
                     // them.
                     Err(e) => return Err(client.error(e, &obj.url, span)),
                 };
+                // The retry budget counts from the last request that brought at least 1 MiB (or
+                // the rest): a body that keeps arriving over a slow link, broken off now and
+                // then, is not given up; one broken off after a few bytes each time is.
+                if got - got_before >= PROGRESS.min(want - got_before) && got > got_before {
+                    (start, attempt, backoff) = (Instant::now(), 0, client.options.initial_backoff);
+                }
                 attempt += 1;
                 if attempt > client.options.max_retries
                     || start.elapsed().saturating_add(backoff) > client.options.retry_timeout
