@@ -65,10 +65,18 @@ impl Location {
             }
             None => url.to_string(),
         };
-        // Nor a query string's values (a presigned URL's signature).
-        let shown = match shown.split_once('?') {
-            Some((head, q)) if q.contains('=') => format!("{head}?***"),
-            _ => shown,
+        // Nor a query string's values (a presigned URL's signature): in an http(s):// URL all
+        // from a `?` or `#` on (a token need not look like `key=value`); in s3:// and gs://
+        // keys, where `?` and `#` are characters (a V1 glob's), a `?` followed by an `=`.
+        let web = url.split_once("://").is_some_and(|(scheme, _)| {
+            matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+        });
+        let shown = match (web, shown.find(['?', '#'])) {
+            (true, Some(i)) => format!("{}***", &shown[..=i]),
+            _ => match shown.split_once('?') {
+                Some((head, q)) if q.contains('=') => format!("{head}?***"),
+                _ => shown,
+            },
         };
         let bad = |reason: &str| -> Error {
             ErrorKind::Remote {
@@ -1123,6 +1131,11 @@ mod tests {
             ("http://[::1/x", &[]),
             ("http://ho%73t/x", &[]),
             ("http://h/a@b", &[]),
+            // A query or fragment in the path, with or without `key=value`.
+            ("http://host/ckpt?SECRET", &["SECRET"]),
+            ("http://host/dir/ckpt-?SECRET", &["SECRET"]),
+            ("https://host/ckpt#SECRET", &["SECRET"]),
+            ("https://host/ckpt?a=1#SECRET", &["SECRET"]),
         ] {
             let e = Location::parse(bad).unwrap_err().to_string();
             for s in secrets {
@@ -1141,6 +1154,15 @@ mod tests {
             "{e}"
         );
         assert_eq!(Location::parse("http://h/a%40b").unwrap().key, "a@b");
+        let e = Location::parse("http://host/ckpt#SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://host/ckpt#***"), "{e}");
+        // In s3:// keys `?` and `#` are characters (a V1 glob's): shown as they are.
+        let e = Location::parse("s3://b/../model#1-?????-of-00002")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s3://b/../model#1-?????-of-00002: "), "{e}");
     }
 
     #[test]
