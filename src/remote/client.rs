@@ -21,6 +21,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bytes a request must bring for a range's retry budget to start again.
 const PROGRESS: u64 = 1 << 20;
+/// The most objects a recursive listing takes (a V1 glob's folder and what lies below it).
+const MAX_LISTED: usize = 1_000_000;
+
+/// The items of `stream`, or `Ok(Err(max))` once it holds more than `max`: a stream that never
+/// ends is given up, not gathered until memory runs out.
+async fn collect_at_most<T, E>(
+    mut stream: impl futures_util::Stream<Item = std::result::Result<T, E>> + Unpin,
+    max: usize,
+) -> std::result::Result<std::result::Result<Vec<T>, usize>, E> {
+    let mut found = Vec::new();
+    while let Some(item) = stream.next().await {
+        if found.len() == max {
+            return Ok(Err(max));
+        }
+        found.push(item?);
+    }
+    Ok(Ok(found))
+}
 
 /// The object storage schemes a checkpoint URL may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -509,8 +527,15 @@ impl Client {
     }
 
     /// The objects directly under `dir` (a key prefix ending in `/`, or empty for the bucket's
-    /// top), or with `recursive` every object below it, by key.
+    /// top), or with `recursive` every object below it, by key. A listing is bounded: at most
+    /// [`MAX_LISTED`] objects (recursive) and [`REQUEST_TIMEOUT`] in all, so that a store whose
+    /// pages never end (a gateway that ignores the continuation token answers page 1 forever)
+    /// is an error naming the URL, not a hang that fills memory.
     pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Object>> {
+        self.list_bounded(dir, recursive, MAX_LISTED)
+    }
+
+    fn list_bounded(&self, dir: &str, recursive: bool, max: usize) -> Result<Vec<Object>> {
         let url = self.loc.url(dir);
         let prefix = if dir.is_empty() {
             None
@@ -518,18 +543,39 @@ impl Client {
             Some(self.path(dir.trim_end_matches('/'))?)
         };
         let store = self.store()?;
-        let listed = block(&url, async move {
-            if recursive {
-                use futures_util::TryStreamExt;
-                store.list(prefix.as_ref()).try_collect::<Vec<_>>().await
-            } else {
-                store
-                    .list_with_delimiter(prefix.as_ref())
-                    .await
-                    .map(|l| l.objects)
+        let unbounded = |reason: String| -> Error {
+            ErrorKind::Remote {
+                url: url.clone(),
+                range: None,
+                reason,
             }
+            .into()
+        };
+        let listed = block(&url, async move {
+            let listing = async {
+                if recursive {
+                    collect_at_most(store.list(prefix.as_ref()), max).await
+                } else {
+                    store
+                        .list_with_delimiter(prefix.as_ref())
+                        .await
+                        .map(|l| Ok(l.objects))
+                }
+            };
+            tokio::time::timeout(REQUEST_TIMEOUT, listing).await
         })?
-        .map_err(|e| self.error(e, &url, None))?;
+        .map_err(|_| {
+            unbounded(format!(
+                "the listing did not end within {} s (a store that pages forever?)",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| self.error(e, &url, None))?
+        .map_err(|n| {
+            unbounded(format!(
+                "more than {n} objects under it: name the checkpoint's folder, not one above it"
+            ))
+        })?;
         Ok(listed
             .into_iter()
             .map(|m| Object {
@@ -541,14 +587,14 @@ impl Client {
             .collect())
     }
 
-    /// Whether any key lies under `dir` (a key prefix ending in `/`): one listing request. A
-    /// bucket that does not exist is an error saying so.
+    /// Whether any key lies under `dir` (a key prefix ending in `/`): one listing request (the
+    /// first page only). A bucket that does not exist is an error saying so.
     pub(crate) fn has_keys_under(&self, dir: &str) -> Result<bool> {
         let url = self.loc.url(dir);
         let prefix = self.path(dir.trim_end_matches('/'))?;
         let store = self.store()?;
-        let listed = block(&url, async move {
-            store.list_with_delimiter(Some(&prefix)).await
+        let first = block(&url, async move {
+            store.list(Some(&prefix)).next().await.transpose()
         })?
         .map_err(|e| {
             // A listing's 404 is the bucket's (object_store reports it as a plain status).
@@ -565,7 +611,7 @@ impl Client {
             }
             self.error(e, &url, None)
         })?;
-        Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
+        Ok(first.is_some())
     }
 
     /// The future of one ranged GET of `obj`, checked: exactly the bytes asked for, from the same
@@ -1107,6 +1153,24 @@ mod tests {
 
     /// Credentials or a query in an http(s):// host part are refused and never shown (a password
     /// holding a `/` made `user:pa` the host, and the URL was echoed whole in later errors).
+    /// A listing whose pages never end is given up at the bound; one that ends is whole.
+    #[test]
+    fn an_endless_listing_is_given_up_at_its_bound() {
+        use futures_util::stream;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let endless = stream::repeat_with(|| Ok::<u8, ()>(7));
+        let r = rt.block_on(collect_at_most(endless, 1000));
+        assert_eq!(r, Ok(Err(1000)));
+        let ten = stream::iter((0..10).map(Ok::<u8, ()>));
+        let r = rt.block_on(collect_at_most(ten, 10));
+        assert_eq!(r, Ok(Ok((0..10).collect())));
+        let failing = stream::iter([Ok(1u8), Err("503")]);
+        let r = rt.block_on(collect_at_most(failing, 10));
+        assert_eq!(r, Err("503"));
+    }
+
     #[test]
     fn http_hosts_are_names_or_addresses_with_a_port() {
         for ok in [
