@@ -1648,6 +1648,12 @@ fn a_failing_read_through(
     let remote = Checkpoint::open_with(&url, &opts).unwrap();
     let name = remote.tensors()[0].name.clone();
     let e = remote.read(&name).unwrap_err();
+    // The error names the tensor being read, as well as the object and its bytes.
+    assert!(
+        e.to_string()
+            .ends_with(&format!("(read for tensor {name:?})")),
+        "{e}"
+    );
     (e, data_gets.load(Ordering::SeqCst))
 }
 

@@ -32,13 +32,22 @@ impl Error {
         .into()
     }
 
-    /// Names `tensor` in a table error (a damaged block) raised while reading it; other errors
-    /// are returned as they are.
+    /// Names `tensor` in an error raised while reading it that does not name it already (a
+    /// damaged table block, a failed or changed object-store read); other errors are returned
+    /// as they are.
     pub(crate) fn reading_tensor(mut self, name: &str) -> Error {
-        if let ErrorKind::BlockChecksum { tensor, .. } | ErrorKind::CorruptTable { tensor, .. } =
-            &mut *self.0
-        {
-            tensor.get_or_insert_with(|| name.to_string());
+        match &mut *self.0 {
+            ErrorKind::BlockChecksum { tensor, .. } | ErrorKind::CorruptTable { tensor, .. } => {
+                tensor.get_or_insert_with(|| name.to_string());
+            }
+            ErrorKind::Remote { reason: text, .. }
+            | ErrorKind::RemoteChanged { what: text, .. } => {
+                let suffix = reading(&Some(name.to_string()));
+                if !text.ends_with(&suffix) {
+                    text.push_str(&suffix);
+                }
+            }
+            _ => {}
         }
         self
     }

@@ -567,6 +567,18 @@ impl RemoteBundle {
         size: usize,
         dsts: Vec<Dst<'_>>,
     ) -> Result<u32> {
+        self.copy_verify_unnamed(b, e, have, size, dsts)
+            .map_err(|err| err.reading_tensor(&key_name(&e.key)))
+    }
+
+    fn copy_verify_unnamed(
+        &self,
+        b: &Bundle,
+        e: &Entry,
+        have: &Region,
+        size: usize,
+        dsts: Vec<Dst<'_>>,
+    ) -> Result<u32> {
         let mut dsts = Some(dsts);
         let from_block = self.with_block(e, |hit| {
             let bytes = hit?;
@@ -652,6 +664,11 @@ impl RemoteBundle {
 
     /// The CRC32C of an entry's bytes, fetched in ranges and dropped as they are checksummed.
     pub(crate) fn crc(&self, b: &Bundle, e: &Entry) -> Result<u32> {
+        self.crc_unnamed(b, e)
+            .map_err(|err| err.reading_tensor(&key_name(&e.key)))
+    }
+
+    fn crc_unnamed(&self, b: &Bundle, e: &Entry) -> Result<u32> {
         let obj = self.check_bounds(b, e)?;
         let (client, budget) = self.state();
         let ranges = fetch::cut(e.offset, e.offset + e.size, client.options.range_bytes);
@@ -680,7 +697,8 @@ impl RemoteBundle {
             range,
             &mut out,
             <[u8]>::copy_from_slice,
-        )?;
+        )
+        .map_err(|err| err.reading_tensor(&key_name(&e.key)))?;
         Ok(out)
     }
 }
