@@ -482,6 +482,55 @@ fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
     }
 }
 
+/// A model built through `DeferredInit`'s `VarBuilder` but handed to `from_varmap` (the first
+/// example's call) still gets candle's initializers for the `Var`s no checkpoint value replaces:
+/// they stayed zero, and a LayerNorm whose gamma is zero zeroes its output.
+#[test]
+fn from_varmap_on_a_deferred_model_runs_its_initializers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    let vb = deferred.var_builder(DType::F32, &CPU);
+    candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+    let norm = candle_nn::layer_norm(3, 1e-5, vb.pp("norm")).unwrap();
+    assert_eq!(
+        var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
+        [0.0; 3]
+    );
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
+        .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(
+        var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
+        [1.0; 3]
+    );
+    assert_eq!(
+        var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
+        [[1.0; 2]; 3]
+    );
+    drop(norm);
+    // Run once, they are not run again by a later store of the same VarMap.
+    let by_hand = Tensor::new(&[7f32, 8.0, 9.0], &CPU).unwrap();
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .get("norm.weight")
+        .unwrap()
+        .set(&by_hand)
+        .unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(
+        var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
+        [7.0, 8.0, 9.0]
+    );
+}
+
 /// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
 /// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
 /// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no

@@ -1,6 +1,6 @@
 //! Candle's own initializers, run only for the `Var`s no checkpoint value replaces.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -51,9 +51,34 @@ impl DeferredInit {
     /// Defers the initializers of the `Var`s made in `varmap` through
     /// [`var_builder`](Self::var_builder).
     pub fn new(varmap: &VarMap) -> DeferredInit {
-        DeferredInit {
+        let deferred = DeferredInit {
             varmap: varmap.clone(),
             recorded: Arc::default(),
+        };
+        let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
+        made.retain(|(_, r)| r.strong_count() > 0);
+        made.push((key(varmap), Arc::downgrade(&deferred.recorded)));
+        deferred
+    }
+
+    /// The `DeferredInit` over `varmap` whose initializers have not all run, if there is one
+    /// (and only one): [`CandleInit::from_varmap`](super::CandleInit::from_varmap) on a `VarMap`
+    /// it filled with zeroed `Var`s runs them as `from_deferred` would, rather than leave those
+    /// no checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its output).
+    pub(super) fn of(varmap: &VarMap) -> Option<DeferredInit> {
+        let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
+        made.retain(|(_, r)| r.strong_count() > 0);
+        let mut pending = made
+            .iter()
+            .filter(|(k, _)| *k == key(varmap))
+            .filter_map(|(_, r)| r.upgrade())
+            .filter(|r| !r.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+        match (pending.next(), pending.next()) {
+            (Some(recorded), None) => Some(DeferredInit {
+                varmap: varmap.clone(),
+                recorded,
+            }),
+            _ => None,
         }
     }
 
@@ -91,6 +116,19 @@ impl DeferredInit {
     pub(super) fn clear(&self) {
         self.lock().clear();
     }
+}
+
+/// Every `DeferredInit` made, by the address of its `VarMap`'s data (stable while the
+/// `DeferredInit`, which holds the `VarMap`, lives), with its recorded initializers.
+type Made = Mutex<Vec<(usize, Weak<Mutex<Vec<(String, Init)>>>)>>;
+
+fn made() -> &'static Made {
+    static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
+    MADE.get_or_init(Made::default)
+}
+
+fn key(varmap: &VarMap) -> usize {
+    varmap.data() as *const _ as usize
 }
 
 impl SimpleBackend for DeferredInit {

@@ -164,6 +164,9 @@ impl CandleInit {
     /// The store of every `Var` in `varmap`, named by `convention`. Errors name the `Var`: a dtype
     /// TensorFlow has no counterpart for, a `Var` on a GPU, a transposed `Var` that is not 2-D, a
     /// name TensorFlow would refuse, and two `Var`s the convention gives one TensorFlow name.
+    /// A `VarMap` whose `Var`s a [`DeferredInit`]'s `VarBuilder` made (zeroed, their
+    /// initializers not yet run) is taken as [`from_deferred`](Self::from_deferred) takes it:
+    /// `initialize` runs the initializers of those no checkpoint value replaces.
     pub fn from_varmap(varmap: &VarMap, convention: &Convention) -> Result<CandleInit> {
         let mut entries: Vec<(String, Var)> = {
             let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
@@ -214,6 +217,7 @@ impl CandleInit {
             storages.insert(storage, candle.clone());
             init.bind(candle, var, name, transposed)?;
         }
+        init.deferred = DeferredInit::of(varmap);
         Ok(init)
     }
 
