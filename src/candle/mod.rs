@@ -8,7 +8,9 @@
 //! at call time, and [`CandleInit::initialize`] loads the values into the `Var`s. Each value is
 //! read once from the file mapping, CRC-checked and copied (transposed on the way where the
 //! convention says so) into memory that then becomes the `Var`'s storage: no intermediate buffer,
-//! no second copy, and every clone of the `Var` (the model's layers hold them) sees the values.
+//! no second copy, and every clone of the `Var` (the model's layers hold them) sees the values. (A
+//! value converted by the [`DtypePolicy`] is read in its stored dtype first, then converted into
+//! that storage: one buffer of the stored value on the way, two where it is also transposed.)
 //! (Until that swap a mapped `Var` holds its old storage beside the new one: up to twice the
 //! mapped model in memory for a model candle initialized, and little more than once for one built
 //! through [`DeferredInit`], whose untouched zeroed storage is mostly not resident.)
