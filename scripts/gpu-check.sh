@@ -36,15 +36,24 @@ out=target/gpu-check
 # What the binaries were built from: a hash of every source, test and fixture file that git
 # tracks or would track, listed in target/gpu-check/BUILD.files at build time (the device machine
 # gets a copy of those files without .git, so a hash of the files, not a commit).
+# Usage: tree_stamp [LIST] (default: target/gpu-check/BUILD.files).
 tree_stamp() {
     # A listed file that is missing hashes its error message: another stamp, never the same one.
-    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum 2>&1 | sha1sum | cut -c1-16 || true
+    tr '\n' '\0' <"${1:-$out/BUILD.files}" | xargs -0 sha1sum 2>&1 | sha1sum | cut -c1-16 || true
 }
 
 if [ "${1:-}" = "--build" ]; then
     # cudarc's bindings for CUDA 13.0, as on the H200 run the numbers in the README come from
     # (without nvcc, cudarc would take the newest it knows).
     export CUDARC_CUDA_VERSION=13000
+    # What is built: the tree as it is now, stamped before the build and checked again after it
+    # (a file changed meanwhile may or may not be in the binaries).
+    stage=$(mktemp -d)
+    # (Tracked files deleted here are not part of this build.)
+    git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
+        benches examples | while IFS= read -r f; do [ ! -e "$f" ] || echo "$f"; done >"$stage/BUILD.files"
+    tree_stamp "$stage/BUILD.files" >"$stage/BUILD"
+    tr '\n' '\0' <"$stage/BUILD.files" | xargs -0 sha1sum >"$stage/BUILD.sums"
     log=target/gpu-check-build.log
     {
         cargo build --release --locked --features cuda --example gpu_bench --example gpu_probe &&
@@ -89,11 +98,14 @@ if [ "${1:-}" = "--build" ]; then
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
-    # (Tracked files deleted here are not part of this build.)
-    git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
-        benches examples | while IFS= read -r f; do [ ! -e "$f" ] || echo "$f"; done >"$out/BUILD.files"
-    tree_stamp >"$out/BUILD"
-    tr '\n' '\0' <"$out/BUILD.files" | xargs -0 sha1sum >"$out/BUILD.sums"
+    if [ "$(tree_stamp "$stage/BUILD.files")" != "$(cat "$stage/BUILD")" ]; then
+        echo "gpu-check: the tree changed during the build; build again. Changed:" >&2
+        sha1sum -c --quiet "$stage/BUILD.sums" 2>&1 | head -20 >&2 || true
+        rm -rf "$out"
+        exit 1
+    fi
+    mv "$stage/BUILD.files" "$stage/BUILD" "$stage/BUILD.sums" "$out/"
+    rmdir "$stage"
     ls -la "$out"
     du -sh "$out"
     exit 0
