@@ -656,7 +656,9 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    crate::format::writer::sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    // The file is in place: a folder the file system cannot sync (EINVAL on some network and
+    // FUSE file systems) does not make it an error.
+    let _ = crate::format::writer::sync_dir(&dir);
     Ok(())
 }
 

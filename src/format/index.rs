@@ -138,6 +138,12 @@ pub(crate) fn check_shape(dims: &[u64]) -> Result<(), String> {
             dims.len()
         ));
     }
+    // (A dimension is an int64 in the file: a larger one would read back negative.)
+    if let Some(d) = dims.iter().find(|&&d| d > i64::MAX as u64) {
+        return Err(format!(
+            "dimension {d} of shape {dims:?} is larger than int64 allows"
+        ));
+    }
     let mut n = 1u64;
     for &d in dims {
         n = n
@@ -366,5 +372,7 @@ mod tests {
         assert!(check_shape(&[1; 254]).is_ok());
         assert!(check_shape(&[1; 255]).is_err());
         assert!(check_shape(&[]).is_ok());
+        // A product of 0 does not let a dimension past int64 through.
+        assert!(check_shape(&[0, (i64::MAX as u64) + 1]).is_err());
     }
 }

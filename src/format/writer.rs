@@ -149,11 +149,19 @@ impl CheckpointWriter {
     /// [`finish`](Self::finish).
     pub fn create(prefix: impl AsRef<Path>, options: WriterOptions) -> Result<CheckpointWriter> {
         let prefix = prefix.as_ref().to_path_buf();
-        if options.num_shards == 0 {
-            return Err(ErrorKind::InvalidArgument("num_shards must be at least 1".into()).into());
+        // The header stores the count as an int32 (a larger one would read back negative).
+        if options.num_shards == 0 || options.num_shards > i32::MAX as u32 {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "num_shards must be between 1 and {}, not {}",
+                i32::MAX,
+                options.num_shards
+            ))
+            .into());
         }
         let mut writer = CheckpointWriter {
-            shards: Vec::with_capacity(options.num_shards as usize),
+            // Grown as the shard files are made (the count may be more than the system lets
+            // one process open: that fails naming the file, not an allocation).
+            shards: Vec::new(),
             prefix,
             options,
             entries: BTreeMap::new(),
@@ -164,9 +172,8 @@ impl CheckpointWriter {
         // Pushed one by one into the writer, so that a shard that cannot be created drops it and
         // the writer removes the ones made before.
         for i in 0..writer.options.num_shards {
-            let tmp = temp_name(&data_path(&writer.prefix, i, writer.options.num_shards));
-            let _listed = PartialOutput::new(&tmp);
-            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let (tmp, file, _listed) =
+                create_temp(&data_path(&writer.prefix, i, writer.options.num_shards))?;
             writer.shards.push(Shard {
                 tmp,
                 out: BufWriter::with_capacity(1 << 20, file),
@@ -228,8 +235,16 @@ impl CheckpointWriter {
         };
         // Validate against the full entry first; change nothing until the data is written.
         if let Some(full) = self.entries.get(full_name.as_bytes()) {
-            if full.slices.is_empty() || full.dtype != tensor.dtype().to_proto() {
-                return Err(bad("already added as a whole tensor or with another dtype"));
+            if full.slices.is_empty() {
+                return Err(bad("already added as a whole tensor"));
+            }
+            if full.dtype != tensor.dtype().to_proto() {
+                let before = crate::base::dtype::DType::from_proto(full.dtype)
+                    .map_or(full.dtype.to_string(), |d| d.to_string());
+                return Err(bad(&format!(
+                    "its slices were added as {before}, this one is {}",
+                    tensor.dtype()
+                )));
             }
             if full.shape != Some(shape_proto(full_shape)) {
                 return Err(bad("slices disagree on the full shape"));
@@ -288,11 +303,14 @@ impl CheckpointWriter {
 
     fn check_new(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() || self.entries.contains_key(key) {
-            return Err(ErrorKind::InvalidArgument(format!(
-                "adding duplicate or empty key {:?}",
-                String::from_utf8_lossy(key)
-            ))
-            .into());
+            let what = if key.is_empty() {
+                "a tensor name cannot be empty (\"\" is the index header's key)".to_string()
+            } else {
+                format!("{:?} was added before", crate::format::index::key_name(key))
+            };
+            return Err(
+                ErrorKind::InvalidArgument(format!("{}: {what}", self.prefix.display())).into(),
+            );
         }
         Ok(())
     }
@@ -383,14 +401,21 @@ impl CheckpointWriter {
         }
         let index = table.finish();
         let final_index = index_path(&self.prefix);
-        let tmp_index = temp_name(&final_index);
-        let _listed = PartialOutput::new(&tmp_index);
         // Every file on disk before it is renamed into place, and the renames before `finish`
         // returns: a crash of the system afterwards cannot leave an empty index or shard. On an
         // error, no temporary file is left (the shards renamed by then stay, as TensorFlow's do).
         let (prefix, num_shards) = (&self.prefix, self.options.num_shards);
         let mut shards = std::mem::take(&mut self.shards).into_iter().enumerate();
-        let renamed = std::fs::File::create(&tmp_index)
+        let (tmp_index, index_file, _listed) = match create_temp(&final_index) {
+            Ok(t) => t,
+            Err(e) => {
+                for (_, shard) in shards {
+                    let _ = std::fs::remove_file(&shard.tmp);
+                }
+                return Err(e);
+            }
+        };
+        let renamed = Ok(index_file)
             .and_then(|mut f| {
                 f.write_all(&index)?;
                 f.sync_all()
@@ -407,6 +432,17 @@ impl CheckpointWriter {
                         .inspect_err(|_| {
                             let _ = std::fs::remove_file(&tmp);
                         })?;
+                    // Once a shard of an earlier checkpoint under this prefix is replaced, that
+                    // checkpoint is gone: its index goes too, so that a failure among the
+                    // renames left leaves a plainly incomplete prefix (no index), not the old
+                    // index over new shards (checksum errors on read).
+                    if i == 0 {
+                        match std::fs::remove_file(&final_index) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(Error::io(&final_index, e)),
+                        }
+                    }
                 }
                 rename(&tmp_index, &final_index)
             });
@@ -422,7 +458,10 @@ impl CheckpointWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        sync_dir(dir).map_err(|e| Error::io(dir, e))
+        // The checkpoint is in place: a folder the file system cannot sync (EINVAL on some
+        // network and FUSE file systems) does not make it an error.
+        let _ = sync_dir(dir);
+        Ok(())
     }
 }
 
@@ -454,10 +493,40 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
     })
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".tempstate{}", std::process::id()));
-    PathBuf::from(s)
+/// A new file beside `path` to write its content into before it is renamed into place, listed
+/// for [`remove_partial_outputs`](crate::remove_partial_outputs): `PATH.tempstate{pid}`, or
+/// `PATH.tempstate{pid}-{k}` where that name is taken (another write of the same file in this
+/// process, or anything else there). Never an existing file, and never through a link.
+fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)> {
+    let pid = std::process::id();
+    for k in 0..1000u32 {
+        let mut s = path.as_os_str().to_owned();
+        match k {
+            0 => s.push(format!(".tempstate{pid}")),
+            _ => s.push(format!(".tempstate{pid}-{k}")),
+        }
+        let tmp = PathBuf::from(s);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            // Listed once it is ours: a name taken by something else is never removed.
+            Ok(file) => {
+                let listed = PartialOutput::new(&tmp);
+                return Ok((tmp, file, listed));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&tmp, e)),
+        }
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "1000 temporary names beside it are taken",
+        ),
+    ))
 }
 
 pub(crate) fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
@@ -498,10 +567,9 @@ pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()>
     // Replaced in one step, as TensorFlow's `atomic_write_string_to_file` does: written in place,
     // the file was empty for a moment, and a reader then (an evaluator polling
     // `tf.train.latest_checkpoint`) failed on an empty `model_checkpoint_path`.
-    let tmp = temp_name(&path);
-    let _listed = PartialOutput::new(&tmp);
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
+    let (tmp, file, _listed) = create_temp(&path)?;
+    let written = Ok(file)
+        .and_then(|mut f: File| {
             f.write_all(text.as_bytes())?;
             f.sync_all()
         })
