@@ -164,7 +164,7 @@ skipped=()
 part() {
     asked "$1" || return 1
     limit 30 >/dev/null && return 0
-    echo "== $1: SKIPPED, the time budget ($budget s) is spent"
+    echo "== $1: SKIPPED, under 30 s of the time budget ($budget s) left"
     skipped+=("$1")
     return 1
 }

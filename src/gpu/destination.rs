@@ -85,6 +85,8 @@ pub(super) struct GpuDestination<'l, L: Link> {
     default: Device,
     sizes: Sizes,
     register: bool,
+    /// Stops the transfer when cancelled (checked before each unit the workers take).
+    cancel: Option<crate::load::CancelToken>,
     /// The trainer's buffers, by variable.
     buffers: BTreeMap<String, DeviceBuffer>,
     /// How variables are held on the device where not as TensorFlow holds them.
@@ -184,6 +186,7 @@ impl VariableStore {
             default,
             sizes,
             register: options.register_mappings,
+            cancel: options.cancel.clone(),
             buffers: self.device_buffers.clone(),
             forms: self.device_forms.clone(),
             replicas: self.replicas.clone(),
@@ -585,7 +588,6 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     report.stored_bytes += skeleton::stored_bytes(&stored, &host);
                     self.load_on_host(&stored, &host, reads.options, report)?;
                 }
-                reads.tracker.add(it.bytes);
                 continue;
             }
             report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
@@ -624,8 +626,6 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     }
                 }
             }
-            // Read, checked and queued for the devices (the ring's bounded window ahead of them).
-            reads.tracker.add(it.bytes);
         }
         Ok(())
     }
@@ -682,7 +682,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         }
         // Every device at once, each over its own link, all from the one checksum pool.
         let stop = AtomicBool::new(false);
-        let (register, sizes) = (self.register, self.sizes);
+        let (register, sizes, cancel) = (self.register, self.sizes, self.cancel.as_ref());
         let mut waves = std::mem::take(&mut self.waves);
         for (w, last) in waves.iter_mut().zip(std::mem::take(&mut self.uploads)) {
             w.push(last);
@@ -731,6 +731,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                             sizes,
                             &mut stats,
                             &stop,
+                            cancel,
                         );
                         drop(scratch); // after every copy into and kernel on it
                         if !matches!(r, Ok(true)) {

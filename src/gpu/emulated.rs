@@ -358,6 +358,9 @@ pub(crate) struct HostLink {
     pub register_delay_ms: AtomicU64,
     /// Makes the n-th copy fail (1-based; 0 = never).
     pub fail_copy_at: AtomicUsize,
+    /// Cancels this token at the n-th copy (1-based), as a trainer's other thread would while
+    /// the transfer runs.
+    pub cancel_at_copy: Mutex<Option<(usize, crate::load::CancelToken)>>,
     /// Makes the n-th unregistration fail, leaving that registration (1-based; 0 = never).
     pub fail_unregister_at: AtomicUsize,
     pub unregistrations: AtomicUsize,
@@ -525,6 +528,11 @@ impl Link for HostLink {
         let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
         if n == self.fail_copy_at.load(Ordering::Relaxed) {
             return Err(bad(format!("copy {n} failed (emulated)")));
+        }
+        if let Some((at, token)) = &*self.cancel_at_copy.lock().unwrap() {
+            if n == *at {
+                token.cancel();
+            }
         }
         let a = src.as_ptr() as usize;
         if lane == LANE_REG {

@@ -16,8 +16,7 @@ pub struct LoadOptions {
     /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
-    /// end); keep it cheap. On a GPU a tensor counts once it is read, checked and queued for its
-    /// device's copy (the staging ring keeps the queue a bounded window ahead of the device).
+    /// end); keep it cheap. A GPU load reports once, when it completes.
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
     /// Map large values instead of copying them (default `false`: every value is copied). With
     /// `true`, a value of at least [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint
@@ -269,7 +268,8 @@ impl LoadOptions {
     }
 
     /// Stops the load when `token` is cancelled: it is checked before each stored tensor is read
-    /// (a tensor being read completes first) and before the load completes, and a cancelled load
+    /// (a tensor being read completes first; on a GPU, before each unit of up to 64 MiB the
+    /// transfer takes) and before the load completes, and a cancelled load
     /// is an error, [`ErrorKind::Cancelled`], that leaves the store as it was (no variable counts
     /// as initialized; a GPU load frees what it allocated). A load that has completed is not
     /// undone.

@@ -317,6 +317,8 @@ struct Shared<'a> {
     no_registration: AtomicBool,
     /// Set once a worker failed, here or on another device of the same load: every worker stops.
     failed: &'a AtomicBool,
+    /// The load's cancel token: a worker that finds it cancelled fails with `Cancelled`.
+    cancel: Option<&'a crate::load::CancelToken>,
     parts: Mutex<Vec<CrcPiece>>,
 }
 
@@ -368,6 +370,12 @@ impl Shared<'_> {
             .extend(p);
     }
 
+    /// `Cancelled` once the load's token is cancelled: the worker then fails as on any error
+    /// (its fences waited for, its registrations undone) and the others stop.
+    fn check_cancelled(&self) -> Result<()> {
+        self.cancel.map_or(Ok(()), |c| c.check())
+    }
+
     fn fail<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {
             self.failed.store(true, Ordering::Relaxed);
@@ -392,6 +400,7 @@ pub(crate) fn execute<L: Link>(
     sizes: Sizes,
     stats: &mut DeviceStats,
     stop: &AtomicBool,
+    cancel: Option<&crate::load::CancelToken>,
 ) -> Result<bool> {
     let r = (|| -> Result<bool> {
         if !kernels.is_empty() {
@@ -409,6 +418,7 @@ pub(crate) fn execute<L: Link>(
             fallback: Mutex::new(Vec::new()),
             no_registration: AtomicBool::new(!register),
             failed: stop,
+            cancel,
             parts: Mutex::new(Vec::new()),
         };
         // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the

@@ -96,6 +96,7 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
     let ran = rayon::scope(|scope| -> Result<()> {
         let mut batch_no = 0u64;
         while !s.failed.load(Ordering::Relaxed) && !s.no_registration.load(Ordering::Relaxed) {
+            s.check_cancelled()?;
             let batch = s.take(s.sizes.reg_batch);
             if batch.is_empty() {
                 return Ok(());

@@ -66,6 +66,7 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
                 if s.failed.load(Ordering::Relaxed) {
                     return Ok(());
                 }
+                s.check_cancelled()?;
                 let b = k % bufs.len();
                 let lane = 1 + b % 2;
                 k += 1;
