@@ -19,6 +19,43 @@ use crate::load::RemoteOptions;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest a body may go without a byte before the request fails (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// This crate's request and read timeouts, where they replace `object_store`'s defaults.
+fn timeouts() -> [(object_store::ClientConfigKey, String); 2] {
+    use object_store::ClientConfigKey::{ReadTimeout, Timeout};
+    [
+        (Timeout, format!("{}s", REQUEST_TIMEOUT.as_secs())),
+        (ReadTimeout, format!("{}s", READ_TIMEOUT.as_secs())),
+    ]
+}
+
+/// The S3 client's configuration from the environment, with this crate's timeouts where the
+/// environment (`AWS_TIMEOUT`, `AWS_READ_TIMEOUT`) left `object_store`'s defaults.
+fn s3_builder() -> object_store::aws::AmazonS3Builder {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey::Client};
+    let (mut b, default) = (AmazonS3Builder::from_env(), AmazonS3Builder::default());
+    for (key, value) in timeouts() {
+        if b.get_config_value(&Client(key)) == default.get_config_value(&Client(key)) {
+            b = b.with_config(Client(key), value);
+        }
+    }
+    b
+}
+
+/// [`s3_builder`] for GCS (`GOOGLE_TIMEOUT`, `GOOGLE_READ_TIMEOUT`).
+fn gcs_builder() -> object_store::gcp::GoogleCloudStorageBuilder {
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey::Client};
+    let (mut b, default) = (
+        GoogleCloudStorageBuilder::from_env(),
+        GoogleCloudStorageBuilder::default(),
+    );
+    for (key, value) in timeouts() {
+        if b.get_config_value(&Client(key)) == default.get_config_value(&Client(key)) {
+            b = b.with_config(Client(key), value);
+        }
+    }
+    b
+}
+
 /// The bytes a request must bring for a range's retry budget to start again.
 const PROGRESS: u64 = 1 << 20;
 /// The most objects a recursive listing takes (a V1 glob's folder and what lies below it).
@@ -431,38 +468,17 @@ impl Client {
         // slow link short (16 ranges of 16 MiB at once need about 72 Mbit/s to finish in 30 s):
         // a request may take REQUEST_TIMEOUT, and a body that stalls READ_TIMEOUT fails, unless
         // the environment (`AWS_TIMEOUT`, `GOOGLE_READ_TIMEOUT`, ...) says otherwise.
-        use object_store::ClientConfigKey::{ReadTimeout, Timeout};
-        let timeouts = [
-            (Timeout, format!("{}s", REQUEST_TIMEOUT.as_secs())),
-            (ReadTimeout, format!("{}s", READ_TIMEOUT.as_secs())),
-        ];
         let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
-            Scheme::S3 => {
-                use object_store::aws::AmazonS3ConfigKey::Client;
-                let mut b = object_store::aws::AmazonS3Builder::from_env();
-                for (key, value) in &timeouts {
-                    if b.get_config_value(&Client(*key)).is_none() {
-                        b = b.with_config(Client(*key), value);
-                    }
-                }
-                b.with_bucket_name(&loc.authority)
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
-            Scheme::Gcs => {
-                use object_store::gcp::GoogleConfigKey::Client;
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env();
-                for (key, value) in &timeouts {
-                    if b.get_config_value(&Client(*key)).is_none() {
-                        b = b.with_config(Client(*key), value);
-                    }
-                }
-                b.with_bucket_name(&loc.authority)
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
+            Scheme::S3 => s3_builder()
+                .with_bucket_name(&loc.authority)
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            Scheme::Gcs => gcs_builder()
+                .with_bucket_name(&loc.authority)
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             Scheme::Http | Scheme::Https => object_store::http::HttpBuilder::new()
                 .with_url(format!("{}://{}", loc.scheme.as_str(), loc.authority))
                 .with_client_options(
@@ -1151,8 +1167,24 @@ fn host_and_port(authority: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// Credentials or a query in an http(s):// host part are refused and never shown (a password
-    /// holding a `/` made `user:pa` the host, and the URL was echoed whole in later errors).
+    /// The S3 and GCS clients take this crate's timeouts (10 minutes a request, 30 s without a
+    /// byte): `object_store`'s default request timeout, 30 s for the whole body, was kept (the
+    /// check asked whether the environment had set one, and the default counts as set).
+    #[test]
+    fn the_stores_take_this_crates_timeouts() {
+        use object_store::ClientConfigKey::{ReadTimeout, Timeout};
+        for (key, want) in [(Timeout, "600s"), (ReadTimeout, "30s")] {
+            let key_s3 = object_store::aws::AmazonS3ConfigKey::Client(key);
+            let key_gcs = object_store::gcp::GoogleConfigKey::Client(key);
+            let (s3, gcs) = (
+                s3_builder().get_config_value(&key_s3),
+                gcs_builder().get_config_value(&key_gcs),
+            );
+            assert_eq!(s3.as_deref(), Some(want));
+            assert_eq!(gcs.as_deref(), Some(want));
+        }
+    }
+
     /// A listing whose pages never end is given up at the bound; one that ends is whole.
     #[test]
     fn an_endless_listing_is_given_up_at_its_bound() {
@@ -1171,6 +1203,8 @@ mod tests {
         assert_eq!(r, Err("503"));
     }
 
+    /// Credentials or a query in an http(s):// host part are refused and never shown (a password
+    /// holding a `/` made `user:pa` the host, and the URL was echoed whole in later errors).
     #[test]
     fn http_hosts_are_names_or_addresses_with_a_port() {
         for ok in [
