@@ -492,10 +492,12 @@ fn from_varmap_on_a_deferred_model_runs_its_initializers() {
     ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
     let prefix = ck.finish();
     let varmap = VarMap::new();
-    let deferred = DeferredInit::new(&varmap);
-    let vb = deferred.var_builder(DType::F32, &CPU);
+    // The `DeferredInit` and its `VarBuilder` dropped once the model is built, as a trainer's
+    // `Model::load(DeferredInit::new(&varmap).var_builder(..))` drops them.
+    let vb = DeferredInit::new(&varmap).var_builder(DType::F32, &CPU);
     candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
     let norm = candle_nn::layer_norm(3, 1e-5, vb.pp("norm")).unwrap();
+    drop(vb);
     assert_eq!(
         var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
         [0.0; 3]

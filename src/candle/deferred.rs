@@ -1,6 +1,6 @@
 //! Candle's own initializers, run only for the `Var`s no checkpoint value replaces.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -56,27 +56,33 @@ impl DeferredInit {
             recorded: Arc::default(),
         };
         let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
-        made.retain(|(_, r)| r.strong_count() > 0);
-        made.push((key(varmap), Arc::downgrade(&deferred.recorded)));
+        forget_done(&mut made);
+        made.push((key(varmap), deferred.recorded.clone()));
         deferred
     }
 
     /// The `DeferredInit` over `varmap` whose initializers have not all run, if there is one
-    /// (and only one): [`CandleInit::from_varmap`](super::CandleInit::from_varmap) on a `VarMap`
-    /// it filled with zeroed `Var`s runs them as `from_deferred` would, rather than leave those
-    /// no checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its output).
+    /// (and only one), even if the trainer dropped it with its `VarBuilder` once the model was
+    /// built: [`CandleInit::from_varmap`](super::CandleInit::from_varmap) on a `VarMap` it
+    /// filled with zeroed `Var`s runs them as `from_deferred` would, rather than leave those no
+    /// checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its output).
     pub(super) fn of(varmap: &VarMap) -> Option<DeferredInit> {
         let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
-        made.retain(|(_, r)| r.strong_count() > 0);
+        forget_done(&mut made);
+        let held = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
+        // The same address and every name it made there: the same `VarMap` (an address alone
+        // may be a new one's, where a dropped one was).
         let mut pending = made
             .iter()
             .filter(|(k, _)| *k == key(varmap))
-            .filter_map(|(_, r)| r.upgrade())
-            .filter(|r| !r.lock().unwrap_or_else(PoisonError::into_inner).is_empty());
+            .filter(|(_, r)| {
+                let r = r.lock().unwrap_or_else(PoisonError::into_inner);
+                !r.is_empty() && r.iter().all(|(name, _)| held.contains_key(name))
+            });
         match (pending.next(), pending.next()) {
-            (Some(recorded), None) => Some(DeferredInit {
+            (Some((_, recorded)), None) => Some(DeferredInit {
                 varmap: varmap.clone(),
-                recorded,
+                recorded: recorded.clone(),
             }),
             _ => None,
         }
@@ -118,9 +124,17 @@ impl DeferredInit {
     }
 }
 
-/// Every `DeferredInit` made, by the address of its `VarMap`'s data (stable while the
-/// `DeferredInit`, which holds the `VarMap`, lives), with its recorded initializers.
-type Made = Mutex<Vec<(usize, Weak<Mutex<Vec<(String, Init)>>>)>>;
+/// Every `DeferredInit` made, by the address of its `VarMap`'s data, with its recorded
+/// initializers (kept after the `DeferredInit` is dropped: its `VarMap` may still hold the
+/// zeroed `Var`s, and `from_varmap` then runs them).
+type Made = Mutex<Vec<(usize, Arc<Mutex<Vec<(String, Init)>>>)>>;
+
+/// Forgets the `DeferredInit`s that are gone and have nothing left to run.
+fn forget_done(made: &mut Vec<(usize, Arc<Mutex<Vec<(String, Init)>>>)>) {
+    made.retain(|(_, r)| {
+        Arc::strong_count(r) > 1 || !r.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    });
+}
 
 fn made() -> &'static Made {
     static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
