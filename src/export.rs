@@ -656,10 +656,7 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    // The file is in place: a folder the file system cannot sync (EINVAL on some network and
-    // FUSE file systems) does not make it an error.
-    let _ = crate::format::writer::sync_dir(&dir);
-    Ok(())
+    crate::format::writer::sync_dir_after_rename(&dir)
 }
 
 /// The largest header the `safetensors` crate writes or reads (its `MAX_HEADER_SIZE`).

@@ -1075,6 +1075,27 @@ fn a_failed_overwrite_leaves_no_stale_index_and_two_writers_do_not_mix() {
     assert!(!dir.path().join("w.index").exists());
     assert!(err(Checkpoint::open(&prefix)).is_not_found());
     std::fs::remove_dir_all(&shard1).unwrap();
+    // A checkpoint of another shard count is untouched by a failed write of 3 shards (none of
+    // its files is replaced): it keeps its index and reads.
+    write([1., 2.]).finish().unwrap();
+    let mut w3 = CheckpointWriter::create(
+        &prefix,
+        WriterOptions {
+            num_shards: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w3.add("a", (&Tensor::from_f32(&[2], &[0., 0.]).unwrap()).into())
+        .unwrap();
+    let blocked = dir.path().join("w.data-00001-of-00003");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("x"), b"x").unwrap();
+    err(w3.finish());
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [1., 2.]);
+    std::fs::remove_dir_all(&blocked).unwrap();
+    std::fs::remove_file(dir.path().join("w.data-00000-of-00003")).unwrap();
     // Two writers at once.
     let (mut first, mut second) = (write([5., 6.]), write([7., 8.]));
     let c = Tensor::from_f32(&[1], &[9.]).unwrap();

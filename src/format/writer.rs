@@ -422,8 +422,10 @@ impl CheckpointWriter {
             })
             .map_err(|e| Error::io(&tmp_index, e))
             .and_then(|()| {
+                let mut old_index = true;
                 for (i, Shard { tmp, out, .. }) in shards.by_ref() {
                     let dst = data_path(prefix, i as u32, num_shards);
+                    let replaces = std::fs::symlink_metadata(&dst).is_ok();
                     // Closed (dropped after the sync) before it is renamed.
                     out.into_inner()
                         .map_err(|e| Error::io(&tmp, e.into_error()))
@@ -432,11 +434,12 @@ impl CheckpointWriter {
                         .inspect_err(|_| {
                             let _ = std::fs::remove_file(&tmp);
                         })?;
-                    // Once a shard of an earlier checkpoint under this prefix is replaced, that
-                    // checkpoint is gone: its index goes too, so that a failure among the
-                    // renames left leaves a plainly incomplete prefix (no index), not the old
-                    // index over new shards (checksum errors on read).
-                    if i == 0 {
+                    // Once a shard of an earlier checkpoint under this prefix (of as many shards)
+                    // is replaced, that checkpoint is gone: its index goes too, so that a failure
+                    // among the renames left leaves a plainly incomplete prefix (no index), not
+                    // the old index over new shards (checksum errors on read). One of another
+                    // shard count keeps its index until this one's replaces it.
+                    if replaces && std::mem::take(&mut old_index) {
                         match std::fs::remove_file(&final_index) {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -458,10 +461,24 @@ impl CheckpointWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // The checkpoint is in place: a folder the file system cannot sync (EINVAL on some
-        // network and FUSE file systems) does not make it an error.
-        let _ = sync_dir(dir);
-        Ok(())
+        sync_dir_after_rename(dir)
+    }
+}
+
+/// [`sync_dir`] after a rename into `dir`: the output is in place, and a folder the file system
+/// cannot sync (EINVAL or ENOTSUP, on some network and FUSE file systems) does not make it an
+/// error; any other failure (EIO) does, naming the folder.
+pub(crate) fn sync_dir_after_rename(dir: &Path) -> Result<()> {
+    match sync_dir(dir) {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Err(Error::io(dir, e))
+        }
+        _ => Ok(()),
     }
 }
 
