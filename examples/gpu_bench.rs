@@ -231,6 +231,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Returns whether all of it worked.
 fn preflight() -> bool {
     use std::panic::catch_unwind;
+    // cudarc's panic for a library it cannot load: its first line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        println!(
+            "preflight: panic: {}",
+            text.split(" - ").next().unwrap_or(text)
+        );
+    }));
     let mut ok = true;
     // cudarc loads the libraries at first use and panics where one is missing.
     let driver = catch_unwind(|| {
@@ -278,8 +291,9 @@ fn preflight() -> bool {
         println!("preflight: no GPU usable: nothing more checked");
         return false;
     }
-    // A [3, 5] float32 tensor loaded as bfloat16 (the cast kernel) and a [5] one as is.
-    let check = || -> tfckpt::Result<bool> {
+    // A [3, 5] and a [5] float32 tensor loaded as bfloat16 (on the GPU by the cast kernel),
+    // against the host's cast: whether the kernels compile, load and run.
+    let check = || -> tfckpt::Result<(bool, u64)> {
         let dir = tempfile_dir();
         let prefix = dir.join("model");
         let values: Vec<f32> = (0..15).map(|i| i as f32 * 0.37 - 2.0).collect();
@@ -289,15 +303,16 @@ fn preflight() -> bool {
         w.add("a", (&a).into())?;
         w.add("b", (&b).into())?;
         w.finish()?;
-        let loaded = |device: Device| -> tfckpt::Result<Vec<Vec<u8>>> {
+        let loaded = |device: Device| -> tfckpt::Result<(Vec<Vec<u8>>, u64)> {
             let mut store = VariableStore::new();
             store.get_variable("a", &[3, 5], DType::F32, Init::Zeros)?;
             store.get_variable("b", &[5], DType::F32, Init::Zeros)?;
             let map = AssignmentMap::from([("/", Target::scope("/"))]);
             init_from_checkpoint(&mut store, &prefix, &map)?;
             let options = LoadOptions::new().cast(DType::F32, DType::BF16);
-            store.initialize_with(device, &options)?;
-            ["a", "b"]
+            let report = store.initialize_with(device, &options)?;
+            let kernels = report.device.map_or(0, |d| d.kernels as u64);
+            let values = ["a", "b"]
                 .iter()
                 .map(|n| match store.device_value(n) {
                     Some(t) => Ok(t.to_host()?.bytes().unwrap_or_default().to_vec()),
@@ -307,23 +322,37 @@ fn preflight() -> bool {
                         .unwrap_or_default()
                         .to_vec()),
                 })
-                .collect()
+                .collect::<tfckpt::Result<_>>()?;
+            Ok((values, kernels))
         };
-        let same = loaded(Device::Cuda(0))? == loaded(Device::Cpu)?;
+        let (gpu, kernels) = loaded(Device::Cuda(0))?;
+        let same = gpu == loaded(Device::Cpu)?.0;
         let _ = std::fs::remove_dir_all(&dir);
-        Ok(same)
+        Ok((same, kernels))
     };
-    match check() {
-        Ok(true) => println!("preflight: a load with a cast kernel on cuda:0 equals the host's"),
-        Ok(false) => {
+    match catch_unwind(check) {
+        Ok(Ok((true, kernels))) if kernels > 0 => println!(
+            "preflight: a load through {kernels} cast kernel launch(es) on cuda:0 equals the host's"
+        ),
+        Ok(Ok((true, _))) => {
+            ok = false;
+            println!(
+                "preflight: FAILED: the load on cuda:0 ran no kernel (the cast was not on the GPU)"
+            )
+        }
+        Ok(Ok((false, _))) => {
             ok = false;
             println!(
                 "preflight: FAILED: a load with a cast kernel on cuda:0 differs from the host's"
             )
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             ok = false;
             println!("preflight: FAILED: a load with a cast kernel on cuda:0: {e}")
+        }
+        Err(_) => {
+            ok = false;
+            println!("preflight: FAILED: a load with a cast kernel on cuda:0 panicked (above)")
         }
     }
     ok

@@ -49,6 +49,7 @@ if [ "${1:-}" = "--build" ]; then
     # What is built: the tree as it is now, stamped before the build and checked again after it
     # (a file changed meanwhile may or may not be in the binaries).
     stage=$(mktemp -d)
+    trap 'rm -rf "$stage"' EXIT
     # (Tracked files deleted here are not part of this build.)
     git ls-files --cached --others --exclude-standard -- Cargo.toml Cargo.lock src kernels tests \
         benches examples | while IFS= read -r f; do [ ! -e "$f" ] || echo "$f"; done >"$stage/BUILD.files"
@@ -128,28 +129,35 @@ if [ "${1:-}" = "--check" ]; then
     exit
 fi
 
+# --budget and --only, in either order, before the benchmark's own arguments.
 budget=450
-if [ "${1:-}" = "--budget" ]; then
-    budget=${2:?--budget needs seconds, e.g. 450}
-    shift 2
-fi
+only=all
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --budget)
+        budget=${2:?--budget needs seconds, e.g. 450}
+        [[ "$budget" =~ ^[0-9]+$ ]] || { echo "gpu-check: --budget takes seconds, not '$budget'" >&2; exit 2; }
+        shift 2
+        ;;
+    --only)
+        only=",${2:?--only needs a list, e.g. candle,candle-bench},"
+        shift 2
+        IFS=, read -ra wanted <<<"${only:1:${#only}-2}"
+        for w in "${wanted[@]}"; do
+            case "$w" in
+            tests | remote | bench | candle | candle-bench | probe) ;;
+            *)
+                echo "gpu-check: unknown part '$w' (tests, remote, bench, candle, candle-bench, probe)" >&2
+                exit 2
+                ;;
+            esac
+        done
+        ;;
+    *) break ;;
+    esac
+done
 # The whole run ends by this time (seconds since the epoch).
 deadline=$(($(date +%s) + budget))
-only=all
-if [ "${1:-}" = "--only" ]; then
-    only=",${2:?--only needs a list, e.g. candle,candle-bench},"
-    shift 2
-    IFS=, read -ra wanted <<<"${only:1:${#only}-2}"
-    for w in "${wanted[@]}"; do
-        case "$w" in
-        tests | remote | bench | candle | candle-bench | probe) ;;
-        *)
-            echo "gpu-check: unknown part '$w' (tests, remote, bench, candle, candle-bench, probe)" >&2
-            exit 2
-            ;;
-        esac
-    done
-fi
 # Whether part `$1` was asked for.
 asked() { [ "$only" = all ] || [[ "$only" == *",$1,"* ]]; }
 # The time limit of a step that would take at most `$1` seconds: that, or what is left of the
@@ -160,10 +168,12 @@ limit() {
     echo $(($1 < left ? $1 : left))
 }
 # Whether part `$1` runs: asked for, and time left for it (otherwise it says it is skipped).
+# Sets `lim`, its time limit: `$2` seconds at most (default 90), or what is left.
 skipped=()
+lim=
 part() {
     asked "$1" || return 1
-    limit 30 >/dev/null && return 0
+    lim=$(limit "${2:-90}") && return 0
     echo "== $1: SKIPPED, under 30 s of the time budget ($budget s) left"
     skipped+=("$1")
     return 1
@@ -325,21 +335,22 @@ each_test() {
 tests_rc=0
 bench_rc=0
 echo "== Preflight (driver, NVRTC, one load through a kernel)"
-timeout -k 5 60 "$bin/gpu_bench" --preflight || echo "preflight: exit code $? (the run goes on)"
+RUST_BACKTRACE=0 timeout -k 5 60 "$bin/gpu_bench" --preflight ||
+    echo "preflight: exit code $? (the run goes on)"
 if part tests; then
     echo "== CUDA tests"
     DEADLINE=$deadline TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 "${nccl_env[@]}" \
         bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 90 "$bin/gpu-tests" ||
         tests_rc=$?
 fi
-if part remote; then
+if part remote 120; then
     echo "== A checkpoint on object storage onto the GPU (in-process S3 server on 127.0.0.1)"
-    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 "$(limit 120)" "$bin/remote-tests" --exact \
+    TFCKPT_ROOT="$PWD" TFCKPT_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout -k 10 "$lim" "$bin/remote-tests" --exact \
         gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error || tests_rc=$?
 fi
-if part bench; then
+if part bench 300; then
     echo "== GPU benchmark"
-    timeout -k 10 "$(limit 300)" "$bin/gpu_bench" "$@" || bench_rc=$?
+    timeout -k 10 "$lim" "$bin/gpu_bench" "$@" || bench_rc=$?
 fi
 if part candle; then
     echo "== candle Vars on the GPU (tests/candle.rs, module on_gpu)"
@@ -347,13 +358,13 @@ if part candle; then
         bash -c "$(declare -f each_test); each_test \"\$@\"" each_test 90 "$bin/candle-tests" on_gpu ||
         tests_rc=$?
 fi
-if part candle-bench; then
+if part candle-bench 300; then
     echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-    timeout -k 10 "$(limit 300)" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+    timeout -k 10 "$lim" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
 fi
-if part probe; then
+if part probe 300; then
     echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
-    timeout -k 10 "$(limit 300)" "$bin/gpu_probe" --gb 4 || bench_rc=$?
+    timeout -k 10 "$lim" "$bin/gpu_probe" --gb 4 || bench_rc=$?
 fi
 if [ "${#skipped[@]}" -gt 0 ]; then
     echo "== SKIPPED for the time budget: ${skipped[*]}"
