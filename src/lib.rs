@@ -67,6 +67,13 @@ pub use load::{
 };
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 
+/// The `cudarc` this crate is built against (feature `cuda`): name its types through this path
+/// (a [`DeviceTensor::cuda_slice`]'s `CudaSlice`, a `CudaStream` for
+/// [`DeviceBuffer`]) so that they are the same crate's as the library's, whatever version the
+/// trainer's own manifest names.
+#[cfg(feature = "cuda")]
+pub use cudarc;
+
 /// The README's examples, compiled as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

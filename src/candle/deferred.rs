@@ -127,10 +127,13 @@ impl DeferredInit {
 /// Every `DeferredInit` made, by the address of its `VarMap`'s data, with its recorded
 /// initializers (kept after the `DeferredInit` is dropped: its `VarMap` may still hold the
 /// zeroed `Var`s, and `from_varmap` then runs them).
-type Made = Mutex<Vec<(usize, Arc<Mutex<Vec<(String, Init)>>>)>>;
+type Made = Mutex<Vec<(usize, Recorded)>>;
+
+/// The initializers a `DeferredInit` recorded, by candle name.
+type Recorded = Arc<Mutex<Vec<(String, Init)>>>;
 
 /// Forgets the `DeferredInit`s that are gone and have nothing left to run.
-fn forget_done(made: &mut Vec<(usize, Arc<Mutex<Vec<(String, Init)>>>)>) {
+fn forget_done(made: &mut Vec<(usize, Recorded)>) {
     made.retain(|(_, r)| {
         Arc::strong_count(r) > 1 || !r.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     });

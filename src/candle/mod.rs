@@ -60,6 +60,10 @@ use candle_nn::VarMap;
 pub use convention::{Convention, TfName};
 pub use deferred::DeferredInit;
 
+/// The `candle-core` and `candle-nn` this module is built against, so that a trainer names the
+/// same crates' `VarMap`, `Var` and `Device` as the library's.
+pub use {candle_core, candle_nn};
+
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::init::assign::{init_from_checkpoint_with, AssignmentMap, InitReport, Target};
