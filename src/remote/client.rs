@@ -1028,8 +1028,22 @@ fn redact_answer(text: &str, secrets: &[String]) -> String {
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
         out = out.replace(secret.as_str(), "***");
     }
+    // An answer's body (a proxy's HTML error page, say) is quoted whole by `object_store`:
+    // kept to its first MAX_ANSWER bytes, masked first so that no secret is cut in two.
+    if out.len() > MAX_ANSWER {
+        let mut end = MAX_ANSWER;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        let more = out.len() - end;
+        out.truncate(end);
+        out.push_str(&format!("… ({more} bytes more)"));
+    }
     out
 }
+
+/// The most of an error text (with the server's answer in it) an error message quotes.
+const MAX_ANSWER: usize = 2000;
 
 /// `text` with the text of each XML element that holds only text kept for the elements of
 /// [`ANSWER_KEEPS`] and replaced by `…` for the others.
@@ -1456,6 +1470,21 @@ mod tests {
             &[token.to_string(), "short".into()],
         );
         assert_eq!(text, "500: token=*** short <b>x</b> a<b");
+        // A long answer is kept to its first 2000 bytes (a secret past them is masked first).
+        let page = format!(
+            "502: <html>{}é{}</html>",
+            "x".repeat(1987),
+            token.repeat(50)
+        );
+        let text = redact_answer(&page, &[token.to_string()]);
+        assert!(
+            text.starts_with("502: <html>xxx") && !text.contains(token),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" bytes more)") && text.len() < 2100,
+            "{text}"
+        );
         let odd = "<Error><A>x</A><B>y<Message>m</Message> <C>z</D> <E> <T k=\"v\">s</T>";
         assert_eq!(
             redact_answer(odd, &[]),
