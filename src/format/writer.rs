@@ -366,7 +366,8 @@ impl CheckpointWriter {
             .min_by_key(|(_, s)| s.len)
             .expect("at least one shard");
         if let Err(e) = shard.out.write_all(bytes) {
-            let e = Error::io(&shard.tmp, e);
+            let what = format!("writing tensor {name:?}: {e}");
+            let e = Error::io(&shard.tmp, std::io::Error::new(e.kind(), what));
             self.failed = Some(e.to_string());
             return Err(e);
         }
