@@ -1732,6 +1732,43 @@ fn a_body_that_keeps_arriving_is_not_given_up() {
     assert_eq!(gets.load(Ordering::SeqCst), 6);
 }
 
+/// A load whose answer stalls half-way (a server that stopped sending) is stopped by its
+/// `CancelToken` from another thread while it waits, rather than after the read timeout and its
+/// retries (minutes); nothing counts as initialized.
+#[test]
+fn a_load_waiting_on_a_stalled_answer_is_cancelled() {
+    let dir = servers().root.join(BUCKET).join("cancel_stall");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = (4 << 20) / 4;
+    let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&[n as u64], &values).unwrap();
+    w.add("big", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let addr = fault_proxy(servers().http, |head| match is_data_get(head) {
+        true => Fault::Stall,
+        false => Fault::Pass,
+    });
+    let url = format!("http://{addr}/{BUCKET}/cancel_stall/model");
+    let mut store = VariableStore::new();
+    store
+        .get_variable("big", &[n as u64], DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("big", Target::name("big"))]);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let token = tfckpt::CancelToken::new();
+    let later = token.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        later.cancel();
+    });
+    let options = LoadOptions::new().cancel_on(&token);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    canceller.join().unwrap();
+    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    assert!(!store.is_initialized() && store.value("big").is_none());
+}
+
 /// Every ranged GET of a data shard carries `If-Match` with the strong ETag seen first, so that a
 /// store replaces nothing under a load unnoticed even between our own checks (found untested by
 /// mutation testing: the reads still passed without it, the answers' ETags being compared too).

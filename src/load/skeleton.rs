@@ -78,9 +78,10 @@ pub(crate) fn run<D: Destination>(
     // bound on the bytes in flight for all of them together.
     #[cfg(feature = "remote")]
     {
-        let budget = crate::remote::fetch::Budget::new(
+        let budget = crate::remote::fetch::Budget::cancellable(
             options.remote.concurrency,
             options.remote.max_in_flight_bytes(),
+            options.cancel.clone(),
         );
         for c in &ckpts {
             c.configure_remote(&options.remote, &budget)?;

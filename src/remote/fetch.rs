@@ -17,7 +17,13 @@ pub(crate) struct Budget {
     free: Mutex<(i64, i64)>,
     total: (i64, i64),
     freed: Condvar,
+    /// The load's cancel token: a read under this budget stops when it is cancelled, between
+    /// the pieces of its ranges (and at least every [`CANCEL_POLL`] while it waits for them).
+    cancel: Option<crate::load::CancelToken>,
 }
+
+/// How often a read with a cancel token looks at it while it waits for an answer.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A share of the [`Budget`], given back when dropped (after its bytes were copied, or when its
 /// request was abandoned).
@@ -37,6 +43,15 @@ impl Drop for Permit {
 
 impl Budget {
     pub(crate) fn new(concurrency: usize, bytes: u64) -> Arc<Budget> {
+        Budget::cancellable(concurrency, bytes, None)
+    }
+
+    /// [`new`](Self::new), for a load that `cancel` stops.
+    pub(crate) fn cancellable(
+        concurrency: usize,
+        bytes: u64,
+        cancel: Option<crate::load::CancelToken>,
+    ) -> Arc<Budget> {
         let total = (
             concurrency.max(1) as i64,
             bytes.clamp(1, i64::MAX as u64) as i64,
@@ -45,6 +60,7 @@ impl Budget {
             free: Mutex::new(total),
             total,
             freed: Condvar::new(),
+            cancel,
         })
     }
 
@@ -115,6 +131,11 @@ pub(crate) fn stream(
     let limit = client.options.concurrency.max(1);
     let (mut next, mut in_flight) = (0, 0);
     let outcome = 'read: loop {
+        if let Some(c) = &budget.cancel {
+            if let Err(e) = c.check() {
+                break Err(e);
+            }
+        }
         while next < ranges.len() && in_flight < limit {
             let r = ranges[next].clone();
             let len = r.end - r.start;
@@ -156,7 +177,16 @@ pub(crate) fn stream(
         if in_flight == 0 {
             break Ok(());
         }
-        let Ok((i, event)) = rx.recv() else {
+        let got = match &budget.cancel {
+            None => rx.recv().map_err(|_| ()),
+            // Woken now and then to look at the token, so that a stalled answer does not hold a
+            // cancelled load.
+            Some(_) => match rx.recv_timeout(CANCEL_POLL) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue 'read,
+                r => r.map_err(|_| ()),
+            },
+        };
+        let Ok((i, event)) = got else {
             break Err(crate::ErrorKind::Remote {
                 url: obj.url.clone(),
                 range: None,
