@@ -491,6 +491,15 @@ fn from_varmap_on_a_deferred_model_runs_its_initializers() {
     let mut ck = CkptBuilder::new(dir.path().join("m"));
     ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
     let prefix = ck.finish();
+    // A model built the same way and dropped before its initializers ran (an abandoned round
+    // of a loop): its record must not be taken for the next `VarMap`'s, which the allocator
+    // likely places at the same address.
+    for _ in 0..3 {
+        let varmap = VarMap::new();
+        let vb = DeferredInit::new(&varmap).var_builder(DType::F32, &CPU);
+        candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+        candle_nn::layer_norm(3, 1e-5, vb.pp("norm")).unwrap();
+    }
     let varmap = VarMap::new();
     // The `DeferredInit` and its `VarBuilder` dropped once the model is built, as a trainer's
     // `Model::load(DeferredInit::new(&varmap).var_builder(..))` drops them.

@@ -35,7 +35,10 @@ use candle_nn::{Init, VarBuilder, VarMap};
 #[derive(Clone)]
 pub struct DeferredInit {
     varmap: VarMap,
-    recorded: Arc<Mutex<Vec<(String, Init)>>>,
+    recorded: Recorded,
+    /// Every `Var` it made, by name and tensor id (unique in the process): what tells its
+    /// `VarMap` from a later one at the same address.
+    made: Made,
 }
 
 impl std::fmt::Debug for DeferredInit {
@@ -54,10 +57,15 @@ impl DeferredInit {
         let deferred = DeferredInit {
             varmap: varmap.clone(),
             recorded: Arc::default(),
+            made: Arc::default(),
         };
-        let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
-        forget_done(&mut made);
-        made.push((key(varmap), deferred.recorded.clone()));
+        let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+        forget_done(&mut registry, varmap);
+        registry.push(Entry {
+            key: key(varmap),
+            recorded: deferred.recorded.clone(),
+            made: deferred.made.clone(),
+        });
         deferred
     }
 
@@ -67,22 +75,21 @@ impl DeferredInit {
     /// filled with zeroed `Var`s runs them as `from_deferred` would, rather than leave those no
     /// checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its output).
     pub(super) fn of(varmap: &VarMap) -> Option<DeferredInit> {
-        let mut made = made().lock().unwrap_or_else(PoisonError::into_inner);
-        forget_done(&mut made);
-        let held = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
-        // The same address and every name it made there: the same `VarMap` (an address alone
-        // may be a new one's, where a dropped one was).
-        let mut pending = made
-            .iter()
-            .filter(|(k, _)| *k == key(varmap))
-            .filter(|(_, r)| {
-                let r = r.lock().unwrap_or_else(PoisonError::into_inner);
-                !r.is_empty() && r.iter().all(|(name, _)| held.contains_key(name))
-            });
+        let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
+        forget_done(&mut registry, varmap);
+        let mut pending = registry.iter().filter(|e| {
+            e.key == key(varmap)
+                && !e
+                    .recorded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+        });
         match (pending.next(), pending.next()) {
-            (Some((_, recorded)), None) => Some(DeferredInit {
+            (Some(e), None) => Some(DeferredInit {
                 varmap: varmap.clone(),
-                recorded: recorded.clone(),
+                recorded: e.recorded.clone(),
+                made: e.made.clone(),
             }),
             _ => None,
         }
@@ -124,24 +131,50 @@ impl DeferredInit {
     }
 }
 
-/// Every `DeferredInit` made, by the address of its `VarMap`'s data, with its recorded
-/// initializers (kept after the `DeferredInit` is dropped: its `VarMap` may still hold the
-/// zeroed `Var`s, and `from_varmap` then runs them).
-type Made = Mutex<Vec<(usize, Recorded)>>;
-
 /// The initializers a `DeferredInit` recorded, by candle name.
 type Recorded = Arc<Mutex<Vec<(String, Init)>>>;
 
-/// Forgets the `DeferredInit`s that are gone and have nothing left to run.
-fn forget_done(made: &mut Vec<(usize, Recorded)>) {
-    made.retain(|(_, r)| {
-        Arc::strong_count(r) > 1 || !r.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
-    });
+/// The `Var`s a `DeferredInit` made, by candle name and tensor id.
+type Made = Arc<Mutex<Vec<(String, candle_core::TensorId)>>>;
+
+/// A `DeferredInit` of the registry: kept after the `DeferredInit` is dropped, since its
+/// `VarMap` may still hold the zeroed `Var`s, and `from_varmap` then runs their initializers.
+struct Entry {
+    /// The address of its `VarMap`'s data.
+    key: usize,
+    recorded: Recorded,
+    made: Made,
 }
 
-fn made() -> &'static Made {
-    static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
-    MADE.get_or_init(Made::default)
+type Registry = Mutex<Vec<Entry>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+/// Forgets the `DeferredInit`s that are gone and have nothing left to run, and those of a dropped
+/// `VarMap` at `varmap`'s address (a `Var` they made is not `varmap`'s: the allocator gave the
+/// address to a new one). A live `DeferredInit` holds its `VarMap`, so its address is its own.
+fn forget_done(registry: &mut Vec<Entry>, varmap: &VarMap) {
+    let held = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
+    let here = key(varmap);
+    registry.retain(|e| {
+        let live = Arc::strong_count(&e.recorded) > 1;
+        let pending = !e
+            .recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        let stale = e.key == here
+            && !e
+                .made
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .all(|(name, id)| held.get(name).is_some_and(|v| v.id() == *id));
+        live || (pending && !stale)
+    });
 }
 
 fn key(varmap: &VarMap) -> usize {
@@ -164,6 +197,10 @@ impl SimpleBackend for DeferredInit {
             .get(s, name, candle_nn::init::ZERO, dtype, dev)?;
         if !known {
             self.lock().push((name.to_string(), h));
+            self.made
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((name.to_string(), t.id()));
         }
         Ok(t)
     }
