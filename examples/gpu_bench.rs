@@ -239,8 +239,12 @@ fn preflight() -> bool {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("a panic");
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
         println!(
-            "preflight: panic: {}",
+            "preflight: panic: {}{at}",
             text.split(" - ").next().unwrap_or(text)
         );
     }));

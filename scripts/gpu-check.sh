@@ -136,7 +136,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --budget)
         budget=${2:?--budget needs seconds, e.g. 450}
-        [[ "$budget" =~ ^[0-9]+$ ]] || { echo "gpu-check: --budget takes seconds, not '$budget'" >&2; exit 2; }
+        [[ "$budget" =~ ^[1-9][0-9]*$ ]] || { echo "gpu-check: --budget takes seconds, not '$budget'" >&2; exit 2; }
         shift 2
         ;;
     --only)

@@ -1095,7 +1095,31 @@ fn a_failed_overwrite_leaves_no_stale_index_and_two_writers_do_not_mix() {
     let ckpt = Checkpoint::open(&prefix).unwrap();
     assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [1., 2.]);
     std::fs::remove_dir_all(&blocked).unwrap();
-    std::fs::remove_file(dir.path().join("w.data-00000-of-00003")).unwrap();
+    // Nor is one of 3 shards by a failed write of 2 that replaces a leftover shard of an
+    // earlier 2-shard save (shard files of another count stay under a prefix written again).
+    let mut w3 = CheckpointWriter::create(
+        &prefix,
+        WriterOptions {
+            num_shards: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w3.add("a", (&Tensor::from_f32(&[2], &[3., 4.]).unwrap()).into())
+        .unwrap();
+    w3.finish().unwrap();
+    let w = write([5., 6.]);
+    let shard1 = dir.path().join("w.data-00001-of-00002");
+    std::fs::remove_file(&shard1).unwrap();
+    std::fs::create_dir(&shard1).unwrap();
+    std::fs::write(shard1.join("x"), b"x").unwrap();
+    err(w.finish());
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [3., 4.]);
+    std::fs::remove_dir_all(&shard1).unwrap();
+    for i in 0..3 {
+        std::fs::remove_file(dir.path().join(format!("w.data-0000{i}-of-00003"))).unwrap();
+    }
     // Two writers at once.
     let (mut first, mut second) = (write([5., 6.]), write([7., 8.]));
     let c = Tensor::from_f32(&[1], &[9.]).unwrap();

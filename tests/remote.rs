@@ -1769,6 +1769,36 @@ fn a_load_waiting_on_a_stalled_answer_is_cancelled() {
     assert!(!store.is_initialized() && store.value("big").is_none());
 }
 
+/// A trainer's own opened checkpoint on object storage reads on after a load from it was
+/// cancelled: the load's cancel token was left on the checkpoint, and every later read of it
+/// failed as cancelled.
+#[test]
+fn a_checkpoint_reads_on_after_a_cancelled_load() {
+    let ckpt = fixture("golden_b10");
+    let ckpt = ckpt.join(ckpt_rel(&ckpt));
+    let local = Checkpoint::open(&ckpt).unwrap();
+    let remote = std::sync::Arc::new(Checkpoint::open(s3_url(&ckpt)).unwrap());
+    let (mut store, map) = store_for(&local);
+    tfckpt::init_from_opened_checkpoint(&mut store, &remote, &map).unwrap();
+    let token = tfckpt::CancelToken::new();
+    let t = token.clone();
+    let options = LoadOptions::new()
+        .threads(1)
+        .cancel_on(&token)
+        .progress(move |_| t.cancel());
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    assert!(token.is_cancelled());
+    for t in local.tensors() {
+        if t.dtype != DType::Variant {
+            assert_eq!(
+                remote.read(&t.name).unwrap_or_else(|e| panic!("{e}")),
+                local.read(&t.name).unwrap()
+            );
+        }
+    }
+}
+
 /// Every ranged GET of a data shard carries `If-Match` with the strong ETag seen first, so that a
 /// store replaces nothing under a load unnoticed even between our own checks (found untested by
 /// mutation testing: the reads still passed without it, the answers' ETags being compared too).

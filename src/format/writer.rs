@@ -423,7 +423,9 @@ impl CheckpointWriter {
             })
             .map_err(|e| Error::io(&tmp_index, e))
             .and_then(|()| {
-                let mut old_index = true;
+                // An index already under this prefix, and whether its checkpoint has as many
+                // shards as this one (so that renaming a shard into place replaces one of its).
+                let mut old_index = index_shards(&final_index) == Some(num_shards);
                 for (i, Shard { tmp, out, .. }) in shards.by_ref() {
                     let dst = data_path(prefix, i as u32, num_shards);
                     let replaces = std::fs::symlink_metadata(&dst).is_ok();
@@ -441,6 +443,7 @@ impl CheckpointWriter {
                     // the old index over new shards (checksum errors on read). One of another
                     // shard count keeps its index until this one's replaces it.
                     if replaces && std::mem::take(&mut old_index) {
+                        // (The old checkpoint's shard `i` was just replaced.)
                         match std::fs::remove_file(&final_index) {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -464,6 +467,16 @@ impl CheckpointWriter {
         };
         sync_dir_after_rename(dir)
     }
+}
+
+/// The shard count in the header of the V2 index at `path`, if it is one (`None` for no file or
+/// anything unreadable).
+fn index_shards(path: &Path) -> Option<u32> {
+    let bytes = std::fs::read(path).ok()?;
+    let table = crate::format::sstable::Table::open(path, &bytes).ok()?;
+    let header = table.get(b"").ok()??;
+    let header = proto::BundleHeaderProto::decode(&*header).ok()?;
+    u32::try_from(header.num_shards).ok()
 }
 
 /// [`sync_dir`] after a rename into `dir`: the output is in place, and a folder the file system

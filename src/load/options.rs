@@ -269,9 +269,10 @@ impl LoadOptions {
 
     /// Stops the load when `token` is cancelled: it is checked before each stored tensor is read
     /// (a tensor being read completes first; on a GPU, before each unit of up to 64 MiB the
-    /// transfer takes; on object storage, as the pieces of its answers arrive and every 0.1 s
-    /// while it waits for them, so a stalled server holds nothing up) and before the load
-    /// completes, and a cancelled load
+    /// staging ring takes, or each batch the registered path takes; on object storage, also as
+    /// the pieces of a tensor's answers arrive and every 0.1 s while it waits for them, though
+    /// not during the short requests that open and check a checkpoint's objects) and before the
+    /// load completes, and a cancelled load
     /// is an error, [`ErrorKind::Cancelled`], that leaves the store as it was (no variable counts
     /// as initialized; a GPU load frees what it allocated). A load that has completed is not
     /// undone.

@@ -76,17 +76,24 @@ pub(crate) fn run<D: Destination>(
     let (ckpts, ids) = store.open_pending(&options.remote)?;
     // Checkpoints on object storage: this load's range size, concurrency and retries, and one
     // bound on the bytes in flight for all of them together.
+    // The budget (and with it the load's cancel token) is taken off the checkpoints when the
+    // load ends, however it ends: a trainer's own checkpoint reads on after it.
     #[cfg(feature = "remote")]
-    {
+    let _configured = {
         let budget = crate::remote::fetch::Budget::cancellable(
             options.remote.concurrency,
             options.remote.max_in_flight_bytes(),
             options.cancel.clone(),
         );
+        let configured = Configured {
+            ckpts: &ckpts,
+            budget,
+        };
         for c in &ckpts {
-            c.configure_remote(&options.remote, &budget)?;
+            c.configure_remote(&options.remote, &configured.budget)?;
         }
-    }
+        configured
+    };
     // A ranked load materializes and reads only what this rank owns (the ownership rule may be
     // the trainer's code: not marked as reading for the library).
     let owned = crate::base::sigbus::paused();
@@ -156,6 +163,22 @@ pub(crate) fn run<D: Destination>(
     report.finish_seconds = ((initialized - loaded) + finished.elapsed()).as_secs_f64();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The checkpoints of a load configured with its budget, until it is dropped.
+#[cfg(feature = "remote")]
+struct Configured<'a> {
+    ckpts: &'a [Arc<Checkpoint>],
+    budget: Arc<crate::remote::fetch::Budget>,
+}
+
+#[cfg(feature = "remote")]
+impl Drop for Configured<'_> {
+    fn drop(&mut self) {
+        for c in self.ckpts {
+            c.unconfigure_remote(&self.budget);
+        }
+    }
 }
 
 /// The bytes of a variable's value (fixed-size dtypes; 0 for strings).

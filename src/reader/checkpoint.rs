@@ -442,6 +442,17 @@ impl Checkpoint {
         }
     }
 
+    /// Undoes [`configure_remote`](Self::configure_remote) with `budget` (see
+    /// `RemoteBundle::unconfigure`).
+    #[cfg(feature = "remote")]
+    pub(crate) fn unconfigure_remote(&self, budget: &std::sync::Arc<crate::remote::fetch::Budget>) {
+        if let Inner::V2(b) = &self.inner {
+            if let Some(r) = b.remote_source() {
+                r.unconfigure(budget);
+            }
+        }
+    }
+
     /// Whether a tensor of that name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)

@@ -28,13 +28,23 @@ fn timeouts() -> [(object_store::ClientConfigKey, String); 2] {
     ]
 }
 
+/// Whether the environment sets `object_store`'s client option `key` for a store whose
+/// variables start with `prefix` (`AWS_`, `GOOGLE_`), as `from_env` reads them.
+fn set_in_environment(prefix: &str, key: object_store::ClientConfigKey) -> bool {
+    let name = format!("{prefix}{}", key.as_ref()).to_ascii_lowercase();
+    std::env::vars_os().any(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| k.starts_with(prefix) && k.to_ascii_lowercase() == name)
+    })
+}
+
 /// The S3 client's configuration from the environment, with this crate's timeouts where the
-/// environment (`AWS_TIMEOUT`, `AWS_READ_TIMEOUT`) left `object_store`'s defaults.
+/// environment (`AWS_TIMEOUT`, `AWS_READ_TIMEOUT`) sets none.
 fn s3_builder() -> object_store::aws::AmazonS3Builder {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey::Client};
-    let (mut b, default) = (AmazonS3Builder::from_env(), AmazonS3Builder::default());
+    let mut b = AmazonS3Builder::from_env();
     for (key, value) in timeouts() {
-        if b.get_config_value(&Client(key)) == default.get_config_value(&Client(key)) {
+        if !set_in_environment("AWS_", key) {
             b = b.with_config(Client(key), value);
         }
     }
@@ -44,12 +54,9 @@ fn s3_builder() -> object_store::aws::AmazonS3Builder {
 /// [`s3_builder`] for GCS (`GOOGLE_TIMEOUT`, `GOOGLE_READ_TIMEOUT`).
 fn gcs_builder() -> object_store::gcp::GoogleCloudStorageBuilder {
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey::Client};
-    let (mut b, default) = (
-        GoogleCloudStorageBuilder::from_env(),
-        GoogleCloudStorageBuilder::default(),
-    );
+    let mut b = GoogleCloudStorageBuilder::from_env();
     for (key, value) in timeouts() {
-        if b.get_config_value(&Client(key)) == default.get_config_value(&Client(key)) {
+        if !set_in_environment("GOOGLE_", key) {
             b = b.with_config(Client(key), value);
         }
     }
@@ -1182,12 +1189,17 @@ mod tests {
     use super::*;
 
     /// The S3 and GCS clients take this crate's timeouts (10 minutes a request, 30 s without a
-    /// byte): `object_store`'s default request timeout, 30 s for the whole body, was kept (the
-    /// check asked whether the environment had set one, and the default counts as set).
+    /// byte) unless the environment sets them: `object_store`'s default request timeout, 30 s
+    /// for the whole body, was kept (the check asked whether one was configured, and the default
+    /// counts as configured).
     #[test]
     fn the_stores_take_this_crates_timeouts() {
         use object_store::ClientConfigKey::{ReadTimeout, Timeout};
         for (key, want) in [(Timeout, "600s"), (ReadTimeout, "30s")] {
+            let set = ["AWS_", "GOOGLE_"].map(|p| set_in_environment(p, key));
+            if set.iter().any(|&s| s) {
+                continue; // this process's environment chose (`AWS_TIMEOUT`, say)
+            }
             let key_s3 = object_store::aws::AmazonS3ConfigKey::Client(key);
             let key_gcs = object_store::gcp::GoogleConfigKey::Client(key);
             let (s3, gcs) = (

@@ -420,6 +420,16 @@ impl RemoteBundle {
         Ok(())
     }
 
+    /// Reads no longer run under `budget` (a load's, with its cancel token, once the load has
+    /// ended): a budget of their own, unless another load configured this checkpoint since.
+    pub(crate) fn unconfigure(&self, budget: &Arc<Budget>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&s.1, budget) {
+            let options = &s.0.options;
+            s.1 = Budget::new(options.concurrency, options.max_in_flight_bytes());
+        }
+    }
+
     /// Whether the index object is still the one read (same size and ETag): one HEAD request.
     /// A server that gives no ETag cannot say, and the answer is no.
     pub(crate) fn is_current(&self) -> bool {
