@@ -166,13 +166,15 @@ fn forget_done(registry: &mut Vec<Entry>, varmap: &VarMap) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_empty();
+        // One `Var` it made still there proves the same `VarMap` (tensor ids are unique in
+        // the process), even if the trainer replaced others since.
         let stale = e.key == here
             && !e
                 .made
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .all(|(name, id)| held.get(name).is_some_and(|v| v.id() == *id));
+                .any(|(name, id)| held.get(name).is_some_and(|v| v.id() == *id));
         live || (pending && !stale)
     });
 }

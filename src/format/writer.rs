@@ -423,9 +423,9 @@ impl CheckpointWriter {
             })
             .map_err(|e| Error::io(&tmp_index, e))
             .and_then(|()| {
-                // An index already under this prefix, and whether its checkpoint has as many
-                // shards as this one (so that renaming a shard into place replaces one of its).
-                let mut old_index = index_shards(&final_index) == Some(num_shards);
+                // Whether an index already under this prefix still has to be looked at (once,
+                // at the first shard replaced).
+                let mut old_index = true;
                 for (i, Shard { tmp, out, .. }) in shards.by_ref() {
                     let dst = data_path(prefix, i as u32, num_shards);
                     let replaces = std::fs::symlink_metadata(&dst).is_ok();
@@ -442,8 +442,11 @@ impl CheckpointWriter {
                     // among the renames left leaves a plainly incomplete prefix (no index), not
                     // the old index over new shards (checksum errors on read). One of another
                     // shard count keeps its index until this one's replaces it.
-                    if replaces && std::mem::take(&mut old_index) {
-                        // (The old checkpoint's shard `i` was just replaced.)
+                    if replaces
+                        && std::mem::take(&mut old_index)
+                        && index_shards(&final_index) == Some(num_shards)
+                    {
+                        // (The old checkpoint, of as many shards, just lost its shard `i`.)
                         match std::fs::remove_file(&final_index) {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

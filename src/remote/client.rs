@@ -31,10 +31,21 @@ fn timeouts() -> [(object_store::ClientConfigKey, String); 2] {
 /// Whether the environment sets `object_store`'s client option `key` for a store whose
 /// variables start with `prefix` (`AWS_`, `GOOGLE_`), as `from_env` reads them.
 fn set_in_environment(prefix: &str, key: object_store::ClientConfigKey) -> bool {
+    set_in(std::env::vars_os(), prefix, key)
+}
+
+/// [`set_in_environment`] for the variables `vars`: a name starting with `prefix` exactly, the
+/// rest in any case, with a UTF-8 value (`from_env` skips the others).
+fn set_in(
+    mut vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    prefix: &str,
+    key: object_store::ClientConfigKey,
+) -> bool {
     let name = format!("{prefix}{}", key.as_ref()).to_ascii_lowercase();
-    std::env::vars_os().any(|(k, _)| {
-        k.to_str()
-            .is_some_and(|k| k.starts_with(prefix) && k.to_ascii_lowercase() == name)
+    vars.any(|(k, v)| {
+        v.to_str().is_some()
+            && k.to_str()
+                .is_some_and(|k| k.starts_with(prefix) && k.to_ascii_lowercase() == name)
     })
 }
 
@@ -1208,6 +1219,40 @@ mod tests {
             );
             assert_eq!(s3.as_deref(), Some(want));
             assert_eq!(gcs.as_deref(), Some(want));
+        }
+    }
+
+    /// A timeout the environment names is the environment's, whatever its value (one equal to
+    /// `object_store`'s default was taken for unset and replaced): names as `from_env` reads them.
+    #[test]
+    fn a_timeout_the_environment_names_is_kept() {
+        use object_store::ClientConfigKey::{ReadTimeout, Timeout};
+        let vars = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Vec<(std::ffi::OsString, std::ffi::OsString)>>()
+                .into_iter()
+        };
+        assert!(set_in(vars(&[("AWS_TIMEOUT", "30s")]), "AWS_", Timeout));
+        assert!(set_in(
+            vars(&[("AWS_Read_Timeout", "5s")]),
+            "AWS_",
+            ReadTimeout
+        ));
+        assert!(!set_in(vars(&[("aws_timeout", "5s")]), "AWS_", Timeout));
+        assert!(!set_in(vars(&[("GOOGLE_TIMEOUT", "5s")]), "AWS_", Timeout));
+        assert!(!set_in(vars(&[("AWS_TIMEOUT", "5s")]), "AWS_", ReadTimeout));
+        assert!(set_in(
+            vars(&[("GOOGLE_TIMEOUT", "5s")]),
+            "GOOGLE_",
+            Timeout
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let bad = std::ffi::OsString::from_vec(vec![0xff]);
+            let v = vec![("AWS_TIMEOUT".into(), bad)].into_iter();
+            assert!(!set_in(v, "AWS_", Timeout));
         }
     }
 
