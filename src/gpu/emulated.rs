@@ -354,6 +354,13 @@ pub(crate) struct HostLink {
     next: AtomicU64,
     /// Makes every registration fail (to exercise the staging-only path).
     pub fail_register: AtomicBool,
+    /// Places allocations back to back, 256-byte aligned, as a CUDA memory pool does (candle's
+    /// `Var`s, the load's own): a copy across an allocation's end then starts in one allocation
+    /// and overruns it, which `find` refuses as the driver does. Otherwise allocations lie
+    /// 1 TiB apart, so that a stray address lands in no allocation.
+    pub pooled: AtomicBool,
+    /// The next free offset of the pooled allocations.
+    pool_cursor: AtomicU64,
     /// Makes every registration take this many milliseconds (page-locking is slow on a GPU).
     pub register_delay_ms: AtomicU64,
     /// Makes the n-th copy fail (1-based; 0 = never).
@@ -428,9 +435,16 @@ impl HostLink {
     /// Device memory allocated on stream `lane` (stream-ordered: other lanes may use it once
     /// that lane has run past the allocation).
     fn alloc_on(&self, bytes: usize, lane: usize) -> Arc<HostMem> {
-        // Allocations 1 TiB apart, so an overrun lands in no allocation.
-        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let base = ((self.dev.id as u64 + 1) << 56) | (n << 40);
+        let base = if self.pooled.load(Ordering::Relaxed) {
+            let step = bytes.max(1).next_multiple_of(256) as u64;
+            ((self.dev.id as u64 + 1) << 56)
+                | (1 << 40)
+                | self.pool_cursor.fetch_add(step, Ordering::Relaxed)
+        } else {
+            // Allocations 1 TiB apart, so an overrun lands in no allocation.
+            let n = self.next.fetch_add(1, Ordering::Relaxed) + 2;
+            ((self.dev.id as u64 + 1) << 56) | (n << 40)
+        };
         let m = Arc::new(HostMem {
             base,
             device: self.device(),

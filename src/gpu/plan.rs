@@ -285,6 +285,7 @@ impl Uploads {
                 src: 0,
                 len,
                 dst: mem.ptr(),
+                mem: mem.ptr(),
             }],
             check: None,
         });
@@ -359,6 +360,7 @@ impl Uploads {
                     src: src.range.start + r.src as usize * size,
                     len: r.len as usize * size,
                     dst: t.mem.ptr() + r.dst * dsize,
+                    mem: t.mem.ptr(),
                 }));
                 continue;
             }
@@ -385,6 +387,7 @@ impl Uploads {
                         src: src.range.start + from,
                         len,
                         dst: p,
+                        mem: SCRATCH,
                     });
                     bases[c] = Some(p.wrapping_sub(from as u64));
                     p.wrapping_sub(from as u64)

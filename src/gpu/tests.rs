@@ -48,10 +48,19 @@ fn emulated_device_equals_host_on_every_fixture() {
         let dir = fixture(case);
         let mut cpu = store_for(&dir);
         cpu.initialize(Device::Cpu).unwrap();
-        for sizes in [Sizes::default(), tiny()] {
+        for (sizes, pooled) in [
+            (Sizes::default(), false),
+            (tiny(), false),
+            (Sizes::default(), true),
+            (tiny(), true),
+        ] {
             for register in [true, false] {
-                let what = format!("{case} {sizes:?} register={register}");
+                let what = format!("{case} {sizes:?} register={register} pooled={pooled}");
                 let link = HostLink::default();
+                // Allocations back to back (a memory pool's): copies into neighbouring values
+                // were joined across their allocations (CUDA_ERROR_INVALID_VALUE on an H200,
+                // loading candle's BERT embeddings).
+                link.pooled.store(pooled, Ordering::Relaxed);
                 let mut gpu = store_for(&dir);
                 let options = LoadOptions {
                     register_mappings: register,
@@ -75,6 +84,50 @@ fn emulated_device_equals_host_on_every_fixture() {
                 );
             }
         }
+    }
+}
+
+/// Values stored back to back whose device memory a pool also placed back to back (BERT's word,
+/// position and token-type embeddings, 7,680 + 1,536 + 128 bytes, in candle's `Var`s on an H200):
+/// each is copied into its own allocation. The copies were joined into one across the
+/// allocations, which the driver refused (CUDA_ERROR_INVALID_VALUE).
+#[test]
+fn neighbouring_values_in_neighbouring_allocations_are_copied_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("model");
+    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let names = ["a", "b", "c"];
+    let sizes = [64usize, 128, 64];
+    for (k, (name, n)) in names.iter().zip(sizes).enumerate() {
+        let values: Vec<f32> = (0..n).map(|i| (k * 1000 + i) as f32).collect();
+        let t = crate::Tensor::from_f32(&[n as u64], &values).unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    let store = || {
+        let mut store = VariableStore::new();
+        for (name, n) in names.iter().zip(sizes) {
+            store
+                .get_variable(name, &[n as u64], DType::F32, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("/", Target::scope("/"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = store();
+    cpu.initialize(Device::Cpu).unwrap();
+    for register_mappings in [false, true] {
+        let link = HostLink::default();
+        link.pooled.store(true, Ordering::Relaxed);
+        let mut gpu = store();
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        };
+        gpu.initialize_on(&link, &options, Sizes::default())
+            .unwrap_or_else(|e| panic!("register_mappings {register_mappings}: {e}"));
+        assert_same(&cpu, &gpu, "pooled");
     }
 }
 
@@ -476,11 +529,13 @@ fn units_cover_every_copy_and_checksum_once() {
                     src: pos,
                     len: half,
                     dst,
+                    mem: dst,
                 },
                 Transfer {
                     src: pos + half,
                     len: len - half,
                     dst: dst + half as u64,
+                    mem: dst,
                 },
             ];
             want.extend((pos..pos + len).map(|s| (s, dst + (s - pos) as u64)));

@@ -229,12 +229,17 @@ pub(crate) struct Check {
     pub size: u64,
 }
 
-/// One copy: `len` bytes at offset `src` of the source to device address `dst`.
+/// One copy: `len` bytes at offset `src` of the source to device address `dst`, inside the
+/// allocation that starts at `mem`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Transfer {
     pub src: usize,
     pub len: usize,
     pub dst: u64,
+    /// The destination allocation (its base address): copies into two allocations are never
+    /// joined into one, even where a memory pool placed them back to back (a copy across an
+    /// allocation's end is CUDA_ERROR_INVALID_VALUE).
+    pub mem: u64,
 }
 
 /// One stored entry (or host buffer): its byte range in `src`, the copies it feeds, and the

@@ -60,6 +60,7 @@ pub(crate) fn units(mut jobs: Vec<Job>, max: usize) -> (Vec<Unit>, Vec<Unit>) {
                         src: a,
                         len: b - a,
                         dst: c.dst + (a - c.src) as u64,
+                        mem: c.mem,
                     });
                 }
             }
@@ -93,13 +94,18 @@ fn order(j: &Job) -> (u8, String, usize, usize) {
     }
 }
 
-/// Merges copies that continue each other in both source and destination.
+/// Merges copies that continue each other in both source and destination, within one
+/// destination allocation.
 fn coalesce(copies: &mut Vec<Transfer>) {
     copies.sort_unstable_by_key(|c| (c.src, c.dst));
     let mut out: Vec<Transfer> = Vec::with_capacity(copies.len());
     for c in copies.drain(..) {
         match out.last_mut() {
-            Some(p) if p.src + p.len == c.src && p.dst + p.len as u64 == c.dst => p.len += c.len,
+            Some(p)
+                if p.src + p.len == c.src && p.dst + p.len as u64 == c.dst && p.mem == c.mem =>
+            {
+                p.len += c.len
+            }
             _ => out.push(c),
         }
     }
