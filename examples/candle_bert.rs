@@ -157,7 +157,9 @@ impl Bert {
             let i = l.intermediate.forward(&a)?.gelu_erf()?;
             x = norm(&l.output_norm, &(l.output.forward(&i)? + &a)?)?;
         }
-        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
+        // Contiguous: candle's CUDA matmul refuses the strided [CLS] rows (its CPU one takes
+        // them), which stopped this example on an H200.
+        let first = x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let pooled = self.pooler.forward(&first)?.tanh()?;
         self.classifier.forward(&pooled)
     }
