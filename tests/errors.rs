@@ -1051,25 +1051,33 @@ fn a_writer_that_fails_part_way_leaves_no_temporary_file() {
 fn a_failed_overwrite_leaves_no_stale_index_and_two_writers_do_not_mix() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("w");
-    let options = WriterOptions {
-        num_shards: 2,
-        ..Default::default()
-    };
-    let write = |values: [f32; 2]| {
-        let mut w = CheckpointWriter::create(&prefix, options.clone()).unwrap();
-        for name in ["a", "b"] {
+    // A writer of `shards` shards with tensors a and b added (a alone with 3 shards).
+    let writer = |shards: u32, values: [f32; 2]| {
+        let options = WriterOptions {
+            num_shards: shards,
+            ..Default::default()
+        };
+        let mut w = CheckpointWriter::create(&prefix, options).unwrap();
+        let names: &[&str] = if shards == 2 { &["a", "b"] } else { &["a"] };
+        for name in names {
             w.add(name, (&Tensor::from_f32(&[2], &values).unwrap()).into())
                 .unwrap();
         }
         w
     };
+    let write = |values| writer(2, values);
+    // A folder (holding a file) where shard `name` goes: its rename fails.
+    let block = |name: &str| {
+        let path = dir.path().join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"x").unwrap();
+        path
+    };
     write([1., 2.]).finish().unwrap();
-    // Shard 1 cannot be replaced (a folder under a name the rename cannot take).
+    // Shard 1 cannot be replaced.
     let w = write([3., 4.]);
-    let shard1 = dir.path().join("w.data-00001-of-00002");
-    std::fs::remove_file(&shard1).unwrap();
-    std::fs::create_dir(&shard1).unwrap();
-    std::fs::write(shard1.join("x"), b"x").unwrap();
+    let shard1 = block("w.data-00001-of-00002");
     let e = err(w.finish()).to_string();
     assert!(e.contains("w.data-00001-of-00002"), "{e}");
     assert!(!dir.path().join("w.index").exists());
@@ -1078,41 +1086,17 @@ fn a_failed_overwrite_leaves_no_stale_index_and_two_writers_do_not_mix() {
     // A checkpoint of another shard count is untouched by a failed write of 3 shards (none of
     // its files is replaced): it keeps its index and reads.
     write([1., 2.]).finish().unwrap();
-    let mut w3 = CheckpointWriter::create(
-        &prefix,
-        WriterOptions {
-            num_shards: 3,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    w3.add("a", (&Tensor::from_f32(&[2], &[0., 0.]).unwrap()).into())
-        .unwrap();
-    let blocked = dir.path().join("w.data-00001-of-00003");
-    std::fs::create_dir(&blocked).unwrap();
-    std::fs::write(blocked.join("x"), b"x").unwrap();
+    let w3 = writer(3, [0., 0.]);
+    let blocked = block("w.data-00001-of-00003");
     err(w3.finish());
     let ckpt = Checkpoint::open(&prefix).unwrap();
     assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [1., 2.]);
     std::fs::remove_dir_all(&blocked).unwrap();
     // Nor is one of 3 shards by a failed write of 2 that replaces a leftover shard of an
     // earlier 2-shard save (shard files of another count stay under a prefix written again).
-    let mut w3 = CheckpointWriter::create(
-        &prefix,
-        WriterOptions {
-            num_shards: 3,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    w3.add("a", (&Tensor::from_f32(&[2], &[3., 4.]).unwrap()).into())
-        .unwrap();
-    w3.finish().unwrap();
+    writer(3, [3., 4.]).finish().unwrap();
     let w = write([5., 6.]);
-    let shard1 = dir.path().join("w.data-00001-of-00002");
-    std::fs::remove_file(&shard1).unwrap();
-    std::fs::create_dir(&shard1).unwrap();
-    std::fs::write(shard1.join("x"), b"x").unwrap();
+    let shard1 = block("w.data-00001-of-00002");
     err(w.finish());
     let ckpt = Checkpoint::open(&prefix).unwrap();
     assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [3., 4.]);
