@@ -612,16 +612,21 @@ impl Link for HostLink {
                 self.release();
             }
         }
-        let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; bytes]).collect();
+        // The GPU link's memory (fresh, faulted in on every core; page-locked there), so that
+        // every emulated load runs it too.
+        let mut mem = crate::base::mmap::FreshMemory::for_buffers(count, bytes)
+            .map_err(|e| bad(format!("staging memory: {e}")))?;
+        mem.fault_in();
+        let mut refs = mem.buffers(count, bytes);
         let mut release = Release {
             dev: &self.dev,
-            spans: bufs
+            spans: refs
                 .iter()
                 .map(|b| (b.as_ptr() as usize, b.as_ptr() as usize + b.len()))
                 .collect(),
         };
-        let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
         let r = f(&mut refs);
+        drop(refs);
         // The buffers are freed here: a copy still queued from one would read freed memory.
         let pending = release.release();
         if pending > 0 {
