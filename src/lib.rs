@@ -63,7 +63,8 @@ pub use init::assign::{
 pub use init::partitioners;
 pub use init::store::{Init, PartInfo, PartitionedVariable, Pending, Variable, VariableStore};
 pub use load::{
-    CancelToken, DeviceStats, LoadOptions, LoadReport, Ownership, Progress, RemoteOptions,
+    CancelToken, DeviceStats, DeviceTimes, LoadOptions, LoadReport, Ownership, Progress,
+    RemoteOptions,
 };
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
 

@@ -707,12 +707,14 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                         }
                         // The allocation is queued on one lane (stream-ordered where the device has
                         // memory pools) and the copies into it run on the others: it completes first.
+                        let t = std::time::Instant::now();
                         let placed = wave.place_scratch(link).and_then(|s| {
                             if s.is_some() {
                                 link.synchronize()?;
                             }
                             Ok(s)
                         });
+                        stats.times.scratch += t.elapsed().as_secs_f64();
                         let scratch = match placed {
                             Ok(s) => s,
                             Err(e) => {

@@ -252,6 +252,17 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
     assert!(stats.registration_fallback.is_none());
     assert_eq!((stats.staged_bytes, stats.staging_bytes), (0, 0));
     assert_same(&cpu, &gpu, "registered, ring beside it");
+    // Where the time went: every registration's 2 ms in `registering`, within `transfer`; no
+    // staging pinned.
+    let t = stats.times;
+    let regs = link.registrations.load(Ordering::Relaxed);
+    assert!(regs >= 1);
+    assert!(
+        t.registering >= 0.002 * regs as f64,
+        "{t} for {regs} registrations"
+    );
+    assert!(t.transfer >= t.registering, "{t}");
+    assert_eq!(t.pinning, 0.0, "{t}");
     // One small host-owned value (a float64 constant, which no memset writes) beside them: the
     // ring carries it in buffers of its size, not of the mapped units'.
     let mut gpu = store_for(&dir);

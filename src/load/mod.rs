@@ -13,4 +13,4 @@ mod report;
 pub(crate) mod skeleton;
 
 pub use options::{CancelToken, LoadOptions, Ownership, RemoteOptions};
-pub use report::{DeviceStats, LoadReport, Progress};
+pub use report::{DeviceStats, DeviceTimes, LoadReport, Progress};

@@ -87,13 +87,14 @@ impl std::fmt::Display for LoadReport {
         if let Some(d) = &self.device {
             write!(
                 f,
-                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels ({} MiB of scratch)",
+                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels ({} MiB of scratch); {}",
                 d.device,
                 d.registered_bytes,
                 d.staged_bytes,
                 d.staging_bytes >> 20,
                 d.kernels,
-                d.scratch_bytes.div_ceil(1 << 20)
+                d.scratch_bytes.div_ceil(1 << 20),
+                d.times
             )?;
         }
         Ok(())
@@ -126,6 +127,61 @@ pub struct DeviceStats {
     pub broadcast_bytes: u64,
     /// Why registration was not used for some ranges (`None` when it always worked or was off).
     pub registration_fallback: Option<String>,
+    /// Where this device's part of the load's time went.
+    pub times: DeviceTimes,
+}
+
+/// Where a device's load time went, in seconds, each summed over the device's waves (part of
+/// [`DeviceStats`]). The phases run in turn for each wave, except `pinning` and `registering`,
+/// which are parts of `transfer`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct DeviceTimes {
+    /// Kernels made ready before any byte moves: loaded from the kernel cache, or compiled.
+    pub kernel_setup: f64,
+    /// Scratch for the kernels' sources allocated, until the device had it.
+    pub scratch: f64,
+    /// From the first byte read to the last copy done: checksums, copies, registration.
+    pub transfer: f64,
+    /// Part of `transfer`: the staging ring's buffers pinned (0 when an earlier load of the
+    /// process left them).
+    pub pinning: f64,
+    /// Part of `transfer`: pages locked and unlocked by registered DMA
+    /// ([`LoadOptions::register_mappings`](crate::LoadOptions::register_mappings)).
+    pub registering: f64,
+    /// Checksums combined and compared, after the copies.
+    pub verify: f64,
+    /// Kernels launched and run to their end.
+    pub kernels: f64,
+}
+
+#[cfg(any(test, feature = "cuda"))]
+impl DeviceTimes {
+    fn add(&mut self, o: &DeviceTimes) {
+        self.kernel_setup += o.kernel_setup;
+        self.scratch += o.scratch;
+        self.transfer += o.transfer;
+        self.pinning += o.pinning;
+        self.registering += o.registering;
+        self.verify += o.verify;
+        self.kernels += o.kernels;
+    }
+}
+
+impl std::fmt::Display for DeviceTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kernel setup {:.3} s, scratch {:.3} s, transfer {:.3} s (pinning {:.3} s, registering {:.3} s), verify {:.3} s, kernels {:.3} s",
+            self.kernel_setup,
+            self.scratch,
+            self.transfer,
+            self.pinning,
+            self.registering,
+            self.verify,
+            self.kernels
+        )
+    }
 }
 
 #[cfg(any(test, feature = "cuda"))]
@@ -151,6 +207,7 @@ impl DeviceStats {
             t.filled_bytes += d.filled_bytes;
             t.gathered_bytes += d.gathered_bytes;
             t.broadcast_bytes += d.broadcast_bytes;
+            t.times.add(&d.times);
         }
         Some(t)
     }

@@ -27,6 +27,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::base::device::DeviceMemory;
 use crate::base::error::{ErrorKind, Result};
@@ -408,11 +409,14 @@ pub(crate) fn execute<L: Link>(
     cancel: Option<&crate::load::CancelToken>,
 ) -> Result<bool> {
     let r = (|| -> Result<bool> {
+        let t = Instant::now();
         if !kernels.is_empty() {
             // A missing compiler or a module that does not load fails before any byte moves.
             let names: Vec<&'static str> = kernels.iter().map(|k| k.name).collect();
             link.prepare_kernels(&names)?;
         }
+        stats.times.kernel_setup += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let (mapped, owned) = units(jobs, sizes.unit);
         let shared = Shared {
             sizes,
@@ -437,13 +441,17 @@ pub(crate) fn execute<L: Link>(
         });
         let second = match (&reg, &first) {
             (Ok(_), Ok(_)) => ring(link, &shared, true),
-            _ => Ok((0, 0)),
+            _ => Ok((0, 0, 0.0)),
         };
         let synced = link.synchronize();
-        let (reg_bytes, reason) = reg?;
-        let (staged, staging) = first?;
-        let (staged2, staging2) = second?;
+        let (reg_bytes, reason, registering) = reg?;
+        let (staged, staging, pinning) = first?;
+        let (staged2, staging2, pinning2) = second?;
         synced?;
+        stats.times.transfer += t.elapsed().as_secs_f64();
+        stats.times.pinning += pinning + pinning2;
+        stats.times.registering += registering;
+        let t = Instant::now();
         if stop.load(Ordering::Relaxed) {
             return Ok(false); // another device failed: its error is the load's
         }
@@ -465,6 +473,8 @@ pub(crate) fn execute<L: Link>(
             checks,
             shared.parts.into_inner().unwrap_or_else(|e| e.into_inner()),
         )?;
+        stats.times.verify += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         for k in kernels {
             if let Err(e) = link.kernel(k) {
                 let _ = link.synchronize(); // nothing queued may outlive the load
@@ -473,6 +483,7 @@ pub(crate) fn execute<L: Link>(
         }
         stats.kernels += kernels.len();
         link.synchronize()?;
+        stats.times.kernels += t.elapsed().as_secs_f64();
         Ok(true)
     })();
     if r.is_err() {

@@ -85,10 +85,12 @@ enum Registered {
     Refused(String),
 }
 
-/// The registered-DMA worker. Returns the bytes it carried and why it stopped registering (if
-/// it did); the units it could not take go to the ring.
-pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>)> {
+/// The registered-DMA worker. Returns the bytes it carried, why it stopped registering (if it
+/// did) and the seconds spent registering and unregistering; the units it could not take go to
+/// the ring.
+pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Option<String>, f64)> {
     let mut windows = Windows::default();
+    let mut spent = 0.0;
     let mut fences: VecDeque<(u64, L::Fence)> = VecDeque::new();
     let mut carried = 0u64;
     let mut reason = None;
@@ -102,7 +104,10 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
                 return Ok(());
             }
             let units = &s.mapped[batch.clone()];
-            let from = match register(link, &mut windows, units, batch_no) {
+            let t = std::time::Instant::now();
+            let registered = register(link, &mut windows, units, batch_no);
+            spent += t.elapsed().as_secs_f64();
+            let from = match registered {
                 Registered::From(from) => from,
                 Registered::Refused(why) => {
                     reason = Some(why);
@@ -118,13 +123,13 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
             // registering the next batch (pinning is what bounds this path).
             scope.spawn(move |_| s.add_parts(checksum(units)));
             while fences.len() > 2 {
-                retire(link, &mut fences, &mut windows)?;
+                retire(link, &mut fences, &mut windows, &mut spent)?;
             }
         }
         Ok(())
     });
-    let drained = drain(link, fences, windows, ran.is_err());
-    s.fail(ran.and(drained)).map(|()| (carried, reason))
+    let drained = drain(link, fences, windows, ran.is_err(), &mut spent);
+    s.fail(ran.and(drained)).map(|()| (carried, reason, spent))
 }
 
 /// Registers the pages of `units` (of one mapping, in file order) not registered yet.
@@ -188,32 +193,37 @@ fn checksum(units: &[Unit]) -> Vec<CrcPiece> {
         .collect()
 }
 
-/// Waits for the oldest batch in flight and undoes the windows no later batch uses.
+/// Waits for the oldest batch in flight and undoes the windows no later batch uses (adding the
+/// time that took to `spent`).
 fn retire<L: Link>(
     link: &L,
     fences: &mut VecDeque<(u64, L::Fence)>,
     windows: &mut Windows,
+    spent: &mut f64,
 ) -> Result<()> {
     let Some((batch, fence)) = fences.pop_front() else {
         return Ok(());
     };
     link.wait(fence)?;
     // Every released window is undone even if one fails (it left `windows`: `drain` would miss it).
+    let t = std::time::Instant::now();
     let mut undone = Ok(());
     for ptr in windows.release(batch + 1) {
         // SAFETY: every batch that copied from it is done.
         undone = undone.and(unsafe { link.unregister(ptr as *const u8) });
     }
+    *spent += t.elapsed().as_secs_f64();
     undone
 }
 
 /// Waits for every batch still in flight (or the whole device, after a failure), then undoes
-/// every registration left.
+/// every registration left (adding the time that took to `spent`).
 fn drain<L: Link>(
     link: &L,
     fences: VecDeque<(u64, L::Fence)>,
     windows: Windows,
     failed: bool,
+    spent: &mut f64,
 ) -> Result<()> {
     let mut drained = Ok(());
     for (_, f) in fences {
@@ -222,10 +232,12 @@ fn drain<L: Link>(
     if drained.is_err() || failed {
         drained = drained.and(link.synchronize());
     }
+    let t = std::time::Instant::now();
     for ptr in windows.drain() {
         // SAFETY: nothing is in flight any more.
         drained = drained.and(unsafe { link.unregister(ptr as *const u8) });
     }
+    *spent += t.elapsed().as_secs_f64();
     drained
 }
 
@@ -254,9 +266,9 @@ mod tests {
         }
         link.fail_unregister_at.store(1, Ordering::Relaxed);
         let mut fences = VecDeque::from([(0, link.fence(LANE_REG).unwrap())]);
-        assert!(retire(&link, &mut fences, &mut windows).is_err());
+        assert!(retire(&link, &mut fences, &mut windows, &mut 0.0).is_err());
         // The refused one stays registered (as the driver would leave it); the other is undone.
         assert_eq!(link.still_registered(), 1);
-        assert!(drain(&link, fences, windows, true).is_ok());
+        assert!(drain(&link, fences, windows, true, &mut 0.0).is_ok());
     }
 }

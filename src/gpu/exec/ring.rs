@@ -15,13 +15,14 @@ use super::UploadSource;
 use super::{CrcPiece, Link, Shared, PIECE};
 use crate::base::error::Result;
 
-/// The staging-ring worker. Returns the bytes it carried and the pinned bytes it used. With
+/// The staging-ring worker. Returns the bytes it carried, the pinned bytes it used and the
+/// seconds it waited for them to be pinned. With
 /// `mapped` false (beside registration, which carries the mapped units) it carries only the
 /// host-owned units, and sizes its buffers for those alone: a load that registers everything
 /// pins nothing, and one with a small host-owned value pins that much. A pass with `mapped` (the
 /// only one without registration, the second one with it) also takes what registration gave
 /// back or left.
-pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u64, u64)> {
+pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u64, u64, f64)> {
     // Host-owned units first, then (in a pass that carries them) the mapped ones.
     let next = || -> Option<&Unit> {
         {
@@ -42,7 +43,7 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
     };
     let mut first = next();
     if first.is_none() {
-        return Ok((0, 0));
+        return Ok((0, 0, 0.0));
     }
     let carried: &[Unit] = if mapped { s.mapped } else { &[] };
     let biggest = carried
@@ -57,7 +58,10 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
     } else {
         1
     };
+    let asked = std::time::Instant::now();
+    let mut pinning = 0.0;
     let result = link.with_staging(count, size, |bufs| -> Result<u64> {
+        pinning = asked.elapsed().as_secs_f64();
         let mut fences: Vec<Option<L::Fence>> = (0..bufs.len()).map(|_| None).collect();
         let mut carried = 0u64;
         let mut k = 0usize;
@@ -121,5 +125,5 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
         run.and(drained).map(|()| carried)
     });
     let carried = s.fail(result.and_then(|r| r))?;
-    Ok((carried, (count * size) as u64))
+    Ok((carried, (count * size) as u64, pinning))
 }
