@@ -335,6 +335,9 @@ each_test() {
 tests_rc=0
 bench_rc=0
 echo "== Preflight (driver, NVRTC, one load through a kernel)"
+# The host's processor and caches, beside its numbers (the ring's CPU side depends on them).
+lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|L1d|L2|L3|NUMA node\(s\))' | tr -s ' ' |
+    sed 's/^/preflight: host /' || true
 RUST_BACKTRACE=0 timeout -k 5 60 "$bin/gpu_bench" --preflight ||
     echo "preflight: exit code $? (the run goes on)"
 if part tests; then
