@@ -418,8 +418,14 @@ fn main() {
     // a first load that is reported separately.
     sequential_read(&dir);
     let first_what = "warm, first load (context, pinning, kernels)";
+    // Where each kind of load spent its time on the device (pinning, transfer, ...), printed
+    // after the table.
+    let mut times = Vec::new();
     match load(&dir, big, &LoadOptions::default()) {
-        Ok((first, _)) => table.row(first_what, gbps(&first), "", ""),
+        Ok((first, _)) => {
+            table.row(first_what, gbps(&first), "", "");
+            times.push(("first load", first.device.unwrap_or_default().times));
+        }
         Err(e) => table.failed(first_what, e),
     }
     let warm_what = format!("warm, staging ring (the default; median of {runs})");
@@ -453,6 +459,7 @@ fn main() {
     match measure(&both) {
         Ok((rates, m, m_peak)) => {
             let md = m.device.clone().unwrap_or_default();
+            times.push(("last registered load", md.times));
             table.row(
                 &mixed_what,
                 median(rates),
@@ -501,6 +508,9 @@ fn main() {
     }
     if let Some(r) = last_report {
         println!("last warm report: {r}");
+    }
+    for (what, t) in times {
+        println!("{what}: {t}");
     }
     if table.failed > 0 {
         eprintln!("gpu_bench: {} measurement(s) failed", table.failed);
