@@ -122,7 +122,8 @@ fn ring_run(
         buf.par_chunks_mut(piece)
             .zip(u.par_chunks(piece))
             .for_each(|(d, s)| {
-                // As the library fills its ring: checksummed and copied 16 KiB at a time.
+                // As the library fills its ring: checksummed and copied 16 KiB at a time (the
+                // library keeps a running checksum per piece instead of combining the steps').
                 let mut crc = 0;
                 for (d, s) in d.chunks_mut(16 << 10).zip(s.chunks(16 << 10)) {
                     if do_crc {

@@ -480,7 +480,10 @@ unsafe impl Sync for FreshMemory {}
 impl FreshMemory {
     /// `len` bytes (at least one page), not yet backed. Large ones are advised onto transparent
     /// huge pages or away from them by the same rule as the host's fresh buffers
-    /// (`advise_huge_pages`). Fails with the system's error where it has no room.
+    /// (`advise_huge_pages`); on Linux the mapping is not inherited by a child the process forks
+    /// (`MADV_DONTFORK`: a trainer's forked data workers would otherwise make its pages
+    /// copy-on-write, and the parent's next write would move them away from what a GPU driver
+    /// page-locked). Fails with the system's error where it has no room.
     pub(crate) fn new(len: usize) -> std::io::Result<FreshMemory> {
         let len = len.max(1).next_multiple_of(page_size());
         #[cfg(not(unix))]
@@ -494,36 +497,46 @@ impl FreshMemory {
             Ok(FreshMemory { ptr, len })
         }
         #[cfg(unix)]
-        // SAFETY: a new private anonymous mapping; nothing else refers to its range.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let Some(ptr) = std::ptr::NonNull::new(ptr as *mut u8) else {
-            return Err(std::io::Error::other("mmap returned a null address"));
-        };
-        #[cfg(target_os = "linux")]
-        if len >= 2 * HUGE_PAGE {
-            let advice = if advise_huge_pages() {
-                libc::MADV_HUGEPAGE
-            } else {
-                libc::MADV_NOHUGEPAGE
+        {
+            // SAFETY: a new private anonymous mapping; nothing else refers to its range.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
             };
-            // SAFETY: the mapping just made, page aligned; advice changes no contents and its
-            // failure is harmless.
-            unsafe { libc::madvise(ptr.as_ptr() as *mut libc::c_void, len, advice) };
+            if ptr == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            let Some(ptr) = std::ptr::NonNull::new(ptr as *mut u8) else {
+                return Err(std::io::Error::other("mmap returned a null address"));
+            };
+            let memory = FreshMemory { ptr, len };
+            #[cfg(target_os = "linux")]
+            {
+                let at = ptr.as_ptr() as *mut libc::c_void;
+                // SAFETY: the mapping just made, page aligned; neither advice changes its
+                // contents. A failure leaves the mapping usable: the huge-page advice is a
+                // preference, and without DONTFORK only a fork while it is page-locked is at
+                // risk, as with any memory a trainer registers itself.
+                unsafe {
+                    libc::madvise(at, len, libc::MADV_DONTFORK);
+                    if len >= 2 * HUGE_PAGE {
+                        let advice = if advise_huge_pages() {
+                            libc::MADV_HUGEPAGE
+                        } else {
+                            libc::MADV_NOHUGEPAGE
+                        };
+                        libc::madvise(at, len, advice);
+                    }
+                }
+            }
+            Ok(memory)
         }
-        #[cfg(unix)]
-        Ok(FreshMemory { ptr, len })
     }
 
     /// Backs every page now, the pages spread over every core of the current rayon pool (one
@@ -784,6 +797,19 @@ mod tests {
         assert_eq!(resident_pages(&big), (8 << 20) / page);
         std::thread::spawn(move || drop(big)).join().unwrap();
         assert_eq!(FreshMemory::new(0).unwrap().len(), page);
+        // Not inherited by a forked child (Linux: `dc` in the mapping's VmFlags).
+        #[cfg(target_os = "linux")]
+        {
+            let m = FreshMemory::new(4 * page).unwrap();
+            let start = format!("{:x}-", m.as_ptr() as usize);
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let flags = smaps
+                .split_inclusive('\n')
+                .skip_while(|l| !l.starts_with(&start))
+                .find(|l| l.starts_with("VmFlags:"))
+                .unwrap_or_else(|| panic!("no mapping at {start} in /proc/self/smaps"));
+            assert!(flags.split_whitespace().any(|f| f == "dc"), "{flags}");
+        }
         // Buffers, each on pages of its own.
         let mut m = FreshMemory::for_buffers(3, page + 5).unwrap();
         assert_eq!(m.len(), 6 * page);

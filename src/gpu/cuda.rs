@@ -596,7 +596,7 @@ impl CudaLink {
     /// Pins `count` staging buffers of `bytes`: fresh memory faulted in on every core and then
     /// page-locked in place, which on the H200 took 11–20 ms for 256 MiB where the driver's
     /// pinned allocation took 79–111 ms (`FreshMemory`); the driver's allocation where
-    /// page-locking is refused. The caller has the context bound.
+    /// page-locking is refused. Binds the context itself.
     fn pin_staging(&self, count: usize, bytes: usize) -> Result<Staging> {
         if let Ok(mut mem) = FreshMemory::for_buffers(count, bytes) {
             mem.fault_in();

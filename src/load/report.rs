@@ -45,7 +45,8 @@ pub struct LoadReport {
     pub warnings: Vec<String>,
     /// For a GPU load: the device and what each transfer path carried; with several GPUs
     /// ([`VariableStore::set_device`](crate::VariableStore::set_device)), their totals (the
-    /// pinned staging of all of them, the devices' names joined by `, `).
+    /// pinned staging of all of them, the devices' names joined by `, `, and the times summed
+    /// over devices that ran at once: device-seconds, not the load's wall time).
     pub device: Option<DeviceStats>,
     /// For a GPU load, each GPU's own (one entry per device loaded, in ordinal order).
     pub devices: Vec<DeviceStats>,
@@ -133,7 +134,8 @@ pub struct DeviceStats {
 
 /// Where a device's load time went, in seconds, each summed over the device's waves (part of
 /// [`DeviceStats`]). The phases run in turn for each wave, except `pinning` and `registering`,
-/// which are parts of `transfer`.
+/// which happen within `transfer` (and may overlap each other: the registrar and the ring run at
+/// once).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DeviceTimes {
@@ -143,8 +145,9 @@ pub struct DeviceTimes {
     pub scratch: f64,
     /// From the first byte read to the last copy done: checksums, copies, registration.
     pub transfer: f64,
-    /// Part of `transfer`: the staging ring's buffers pinned (0 when an earlier load of the
-    /// process left them).
+    /// Part of `transfer`: until the staging ring's buffers were pinned and handed to it (near 0
+    /// when an earlier load of the process left them; the thread pinning may also run other
+    /// work of the load meanwhile).
     pub pinning: f64,
     /// Part of `transfer`: pages locked and unlocked by registered DMA
     /// ([`LoadOptions::register_mappings`](crate::LoadOptions::register_mappings)).

@@ -1,5 +1,5 @@
-//! The staging-ring worker: fills a few pinned buffers (checksum, then a streaming copy, 1 MiB
-//! pieces in parallel), queues their copies on two lanes, and reuses a buffer only after its
+//! The staging-ring worker: fills a few pinned buffers (1 MiB pieces in parallel, each
+//! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two lanes, and reuses a buffer only after its
 //! fence. It carries host-owned sources, whatever registration gave up on, and (without
 //! registration) every mapped unit. It pins its buffers only when it has something to carry.
 
