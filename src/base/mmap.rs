@@ -457,6 +457,24 @@ pub(crate) unsafe fn alloc_zeroed_as<T>(n: usize, tensor: &str) -> Result<Vec<T>
     Ok(v)
 }
 
+/// The NUMA node of the PCI device `domain:bus:device.0` (a GPU), from sysfs under `sys` (`/sys`),
+/// where the machine has more than one node; `None` on a machine of one node, where the kernel
+/// does not say (`-1`), or off Linux.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) fn pci_numa_node(sys: &Path, domain: u32, bus: u32, device: u32) -> Option<u32> {
+    let online = std::fs::read_to_string(sys.join("devices/system/node/online")).ok()?;
+    if !cfg!(target_os = "linux") || online.trim().parse::<u32>().is_ok() {
+        return None; // one node ("0"), or not Linux: nothing to choose
+    }
+    let dev = format!("{domain:04x}:{bus:02x}:{device:02x}.0");
+    let node =
+        std::fs::read_to_string(sys.join("bus/pci/devices").join(dev).join("numa_node")).ok()?;
+    node.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+}
+
 /// Fresh anonymous memory, page aligned and zero, mapped by the system and backed page by page on
 /// first touch, unmapped when dropped (elsewhere than Unix, zeroed memory of the allocator). The staging ring's buffers on a GPU are made of it: faulted
 /// in on every core ([`FreshMemory::fault_in`]), then page-locked in place by the driver, which on
@@ -537,6 +555,40 @@ impl FreshMemory {
             }
             Ok(memory)
         }
+    }
+
+    /// Asks that the pages be backed on NUMA node `node` where it has room (`MPOL_PREFERRED`),
+    /// before they are faulted in: a GPU reads its staging fastest from the node its PCIe root is
+    /// on, while the threads that fault the pages in run on every node. Linux only (elsewhere it
+    /// does nothing); the system's error where the kernel refuses.
+    pub(crate) fn prefer_node(&self, node: u32) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            const MPOL_PREFERRED: libc::c_long = 1;
+            let bits = libc::c_ulong::BITS as usize;
+            let mut mask = vec![0 as libc::c_ulong; node as usize / bits + 1];
+            mask[node as usize / bits] |= 1 << (node as usize % bits);
+            // SAFETY: the range is this mapping, page aligned; `mask` holds `mask.len() * bits`
+            // bits, the count given (the kernel reads at most that many). A policy changes where
+            // pages are placed, never their contents.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mbind,
+                    self.ptr.as_ptr() as *mut libc::c_void,
+                    self.len as libc::c_ulong,
+                    MPOL_PREFERRED,
+                    mask.as_ptr(),
+                    (mask.len() * bits) as libc::c_ulong,
+                    0 as libc::c_uint,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = node;
+        Ok(())
     }
 
     /// Backs every page now, the pages spread over every core of the current rayon pool (one
@@ -632,6 +684,32 @@ mod tests {
             std::fs::write(d.join("features"), format!("{features}\n")).unwrap();
         }
         root
+    }
+
+    #[test]
+    fn a_gpu_s_numa_node_is_read_from_sysfs_only_where_there_are_several() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = root.path();
+        let node_dir = sys.join("devices/system/node");
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let dev = sys.join("bus/pci/devices/0000:c1:00.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("numa_node"), "1\n").unwrap();
+        // One node: nothing to choose.
+        std::fs::write(node_dir.join("online"), "0\n").unwrap();
+        assert_eq!(pci_numa_node(sys, 0, 0xc1, 0), None);
+        std::fs::write(node_dir.join("online"), "0-1\n").unwrap();
+        let want = if cfg!(target_os = "linux") {
+            Some(1)
+        } else {
+            None
+        };
+        assert_eq!(pci_numa_node(sys, 0, 0xc1, 0), want);
+        // Another device, a device the kernel gives no node (-1), no sysfs at all.
+        assert_eq!(pci_numa_node(sys, 0, 0xc2, 0), None);
+        std::fs::write(dev.join("numa_node"), "-1\n").unwrap();
+        assert_eq!(pci_numa_node(sys, 0, 0xc1, 0), None);
+        assert_eq!(pci_numa_node(&sys.join("none"), 0, 0xc1, 0), None);
     }
 
     #[cfg(target_os = "linux")]
@@ -797,6 +875,43 @@ mod tests {
         assert_eq!(resident_pages(&big), (8 << 20) / page);
         std::thread::spawn(move || drop(big)).join().unwrap();
         assert_eq!(FreshMemory::new(0).unwrap().len(), page);
+        // A NUMA node preferred: the policy is the mapping's (get_mempolicy at its address).
+        // Where a sandbox forbids memory policies (Docker's default seccomp profile does without
+        // CAP_SYS_NICE: EPERM), there is nothing to check.
+        #[cfg(target_os = "linux")]
+        let forbidden =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS));
+        let preferred = FreshMemory::new(4 * page).unwrap().prefer_node(0);
+        #[cfg(not(target_os = "linux"))]
+        assert!(preferred.is_ok(), "nothing to do off Linux: {preferred:?}");
+        #[cfg(target_os = "linux")]
+        match preferred {
+            Err(e) if forbidden(&e) => eprintln!("memory policies are not allowed here: {e}"),
+            r => {
+                r.unwrap();
+                let mut m = FreshMemory::new(4 * page).unwrap();
+                m.prefer_node(0).unwrap();
+                let (mut mode, mut mask) = (-1 as libc::c_int, [0 as libc::c_ulong; 16]);
+                const MPOL_F_ADDR: libc::c_ulong = 2;
+                // SAFETY: `mode` and `mask` are writable and hold what is asked for (1024 bits).
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_get_mempolicy,
+                        &mut mode as *mut libc::c_int,
+                        mask.as_mut_ptr(),
+                        1024 as libc::c_ulong,
+                        m.as_ptr() as *mut libc::c_void,
+                        MPOL_F_ADDR,
+                    )
+                };
+                assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+                assert_eq!((mode, mask[0] & 1), (1, 1), "MPOL_PREFERRED for node 0");
+                m.fault_in();
+                assert!(m.as_mut_slice().iter().all(|&b| b == 0));
+                // A node the machine does not have is refused, not ignored.
+                assert!(m.prefer_node(1000).is_err());
+            }
+        }
         // Not inherited by a forked child (Linux: `dc` in the mapping's VmFlags).
         #[cfg(target_os = "linux")]
         {

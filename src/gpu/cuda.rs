@@ -483,6 +483,8 @@ pub(crate) struct CudaLink {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     /// The staging ring's buffers, kept for the next load (`None` until a load needs them).
     staging: Mutex<Option<Staging>>,
+    /// The host NUMA node this GPU's PCIe root is on, where the machine has several.
+    numa_node: Option<u32>,
 }
 
 /// The staging ring's pinned buffers: `count` of `bytes` each.
@@ -560,6 +562,18 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
         .map(|_| ctx.new_stream())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| device_err(ordinal, "creating streams", e))?;
+    let pci = |a| ctx.attribute(a).ok().and_then(|v| u32::try_from(v).ok());
+    use sys::CUdevice_attribute::*;
+    let numa_node = match (
+        pci(CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+        pci(CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        pci(CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID),
+    ) {
+        (Some(domain), Some(bus), Some(device)) => {
+            crate::base::mmap::pci_numa_node(Path::new("/sys"), domain, bus, device)
+        }
+        _ => None,
+    };
     let l = Arc::new(CudaLink {
         ordinal,
         ctx,
@@ -567,6 +581,7 @@ pub(crate) fn link(ordinal: u32) -> Result<Arc<CudaLink>> {
         arch: OnceLock::new(),
         functions: Mutex::new(HashMap::new()),
         staging: Mutex::new(None),
+        numa_node,
     });
     links.insert(ordinal, l.clone());
     Ok(l)
@@ -593,12 +608,17 @@ impl CudaLink {
         device_err(self.ordinal, op, e)
     }
 
-    /// Pins `count` staging buffers of `bytes`: fresh memory faulted in on every core and then
-    /// page-locked in place, which on the H200 took 11–20 ms for 256 MiB where the driver's
+    /// Pins `count` staging buffers of `bytes`: fresh memory (on the GPU's NUMA node where the
+    /// machine has several) faulted in on every core and then page-locked in place, which on the H200 took 11–20 ms for 256 MiB where the driver's
     /// pinned allocation took 79–111 ms (`FreshMemory`); the driver's allocation where
     /// page-locking is refused. Binds the context itself.
     fn pin_staging(&self, count: usize, bytes: usize) -> Result<Staging> {
         if let Ok(mut mem) = FreshMemory::for_buffers(count, bytes) {
+            // On the GPU's own node where the machine has several (the pages are faulted in
+            // by threads of every node); a refusal leaves them wherever they fall.
+            if let Some(node) = self.numa_node {
+                let _ = mem.prefer_node(node);
+            }
             mem.fault_in();
             let (_bound, bound) = bind_anyway(&self.ctx);
             // SAFETY: `mem` is mapped, readable and writable, until `PageLocked` unregisters it
