@@ -1439,6 +1439,9 @@ enum Fault {
     /// connection open until the client closes it (or for 60 s): a write stays in progress.
     #[cfg_attr(not(unix), allow(dead_code))] // its test sends signals
     Stall,
+    /// Answer nothing, holding the connection open until the client closes it (or for 60 s): a
+    /// server that took the request and never answered.
+    Unanswered,
 }
 
 /// Whether a request head is a GET of a data shard.
@@ -1466,6 +1469,12 @@ fn fault_proxy(
                     return;
                 };
                 let what = fault(&text);
+                if let Fault::Unanswered = what {
+                    use std::io::Read;
+                    let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+                    let _ = client.read(&mut [0u8; 1]);
+                    return;
+                }
                 let if_match = text.to_ascii_lowercase().contains("\r\nif-match:");
                 let status = match what {
                     Fault::Status500 => Some("500 Internal Server Error"),
@@ -1767,6 +1776,61 @@ fn a_load_waiting_on_a_stalled_answer_is_cancelled() {
     canceller.join().unwrap();
     assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
     assert!(!store.is_initialized() && store.value("big").is_none());
+}
+
+/// A load whose first look at a data shard (its size and ETag, asked for when the load first
+/// reads from it) is never answered is stopped by its `CancelToken` too, rather than after the
+/// request's timeout and its retries; nothing counts as initialized.
+#[test]
+fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = servers().root.join(BUCKET).join("cancel_head");
+    std::fs::create_dir_all(&dir).unwrap();
+    let values: Vec<f32> = (0..1024).map(|i| i as f32).collect();
+    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&[1024], &values).unwrap();
+    w.add("small", (&t).into()).unwrap();
+    w.finish().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let seen = heads.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("HEAD ") && first.contains(".data-") {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Fault::Unanswered
+        } else {
+            Fault::Pass
+        }
+    });
+    let url = format!("http://{addr}/{BUCKET}/cancel_head/model");
+    let mut store = VariableStore::new();
+    store
+        .get_variable("small", &[1024], DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("small", Target::name("small"))]);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let token = tfckpt::CancelToken::new();
+    let later = token.clone();
+    let asked = heads.clone();
+    let canceller = std::thread::spawn(move || {
+        // Once the load is waiting on the shard's HEAD.
+        while asked.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        later.cancel();
+    });
+    let options = LoadOptions::new().cancel_on(&token);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    canceller.join().unwrap();
+    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        1,
+        "one HEAD, not retried after the cancel"
+    );
+    assert!(!store.is_initialized() && store.value("small").is_none());
 }
 
 /// A trainer's own opened checkpoint on object storage reads on after a load from it was

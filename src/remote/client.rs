@@ -382,8 +382,20 @@ pub(crate) fn block<T: Send + 'static>(
     url: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T> {
+    block_until(url, fut, None)
+}
+
+/// [`block`], given up (the request abandoned) with [`ErrorKind::Cancelled`] once `cancel` is.
+pub(crate) fn block_until<T: Send + 'static>(
+    url: &str,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+    cancel: Option<&crate::load::CancelToken>,
+) -> Result<T> {
+    if let Some(c) = cancel {
+        c.check()?;
+    }
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let _task = spawn(unpanicked(fut), tx)?;
+    let task = spawn(unpanicked(fut), tx)?;
     let failed = |reason: String| -> Error {
         ErrorKind::Remote {
             url: url.to_string(),
@@ -392,10 +404,24 @@ pub(crate) fn block<T: Send + 'static>(
         }
         .into()
     };
-    match rx.recv() {
+    let answer = loop {
+        let Some(c) = cancel else {
+            break rx.recv().map_err(|_| ());
+        };
+        match rx.recv_timeout(super::fetch::CANCEL_POLL) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Err(e) = c.check() {
+                    task.abort();
+                    return Err(e);
+                }
+            }
+            r => break r.map_err(|_| ()),
+        }
+    };
+    match answer {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(panic)) => Err(failed(panic)),
-        Err(_) => Err(failed("the request task ended without an answer".into())),
+        Err(()) => Err(failed("the request task ended without an answer".into())),
     }
 }
 
@@ -538,10 +564,20 @@ impl Client {
 
     /// The object's size and ETag (a HEAD request).
     pub(crate) fn head(&self, key: &str) -> Result<Object> {
+        self.head_until(key, None)
+    }
+
+    /// [`head`](Self::head), given up with [`ErrorKind::Cancelled`] once `cancel` is (looked at
+    /// every [`CANCEL_POLL`](super::fetch::CANCEL_POLL) while the answer is awaited).
+    pub(crate) fn head_until(
+        &self,
+        key: &str,
+        cancel: Option<&crate::load::CancelToken>,
+    ) -> Result<Object> {
         let url = self.loc.url(key);
         let path = self.path(key)?;
         let (store, p) = (self.store()?, path.clone());
-        let meta = block(&url, async move { store.head(&p).await })?
+        let meta = block_until(&url, async move { store.head(&p).await }, cancel)?
             .map_err(|e| self.error(e, &url, None))?;
         Ok(Object {
             url,

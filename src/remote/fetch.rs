@@ -23,7 +23,7 @@ pub(crate) struct Budget {
 }
 
 /// How often a read with a cancel token looks at it while it waits for an answer.
-const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A share of the [`Budget`], given back when dropped (after its bytes were copied, or when its
 /// request was abandoned).
@@ -62,6 +62,11 @@ impl Budget {
             freed: Condvar::new(),
             cancel,
         })
+    }
+
+    /// The cancel token of the load this budget serves, if it has one.
+    pub(crate) fn cancel(&self) -> Option<&crate::load::CancelToken> {
+        self.cancel.as_ref()
     }
 
     /// A permit for a request of `bytes`, if there is room now.

@@ -448,13 +448,14 @@ impl RemoteBundle {
         {
             return Ok(o.clone());
         }
-        let (client, _) = self.state();
+        let (client, budget) = self.state();
         let url = b.shard_path(e.shard).to_string_lossy().into_owned();
         let key =
             crate::format::bundle::data_path(Path::new(&self.prefix), e.shard, b.index.num_shards)
                 .to_string_lossy()
                 .into_owned();
-        let obj = client.head(&key).map_err(|err| {
+        // A cancelled load stops waiting for the answer.
+        let obj = client.head_until(&key, budget.cancel()).map_err(|err| {
             if err.is_not_found() {
                 ErrorKind::MissingShard {
                     path: PathBuf::from(&url),
