@@ -73,7 +73,7 @@ pub(crate) fn run<D: Destination>(
     options.check_cancelled()?;
     let _reading = crate::base::sigbus::reading();
     let start = Instant::now();
-    let (ckpts, ids) = store.open_pending(&options.remote)?;
+    let (ckpts, ids) = store.open_pending(&options.remote, options.cancel.as_ref())?;
     // Checkpoints on object storage: this load's range size, concurrency and retries, and one
     // bound on the bytes in flight for all of them together.
     // The budget (and with it the load's cancel token) is taken off the checkpoints when the
@@ -212,11 +212,14 @@ impl VariableStore {
     /// Opens each checkpoint of the pending initializers once, reusing the index read by
     /// `init_from_checkpoint` when its files are unchanged (and reopening it otherwise). Returns
     /// the checkpoints and, for each pending checkpoint path, its index among them. A checkpoint
-    /// on object storage is reopened with this load's `remote` options.
+    /// on object storage is reopened with this load's `remote` options. A cancelled load stops
+    /// before the next checkpoint's check or open (each of which asks object storage once or
+    /// more); what it had opened stays the store's.
     #[allow(clippy::type_complexity)]
     fn open_pending(
         &mut self,
         remote: &crate::RemoteOptions,
+        cancel: Option<&crate::load::CancelToken>,
     ) -> Result<(Vec<Arc<Checkpoint>>, HashMap<Arc<Path>, usize>)> {
         let mut opened = std::mem::take(&mut self.opened);
         let mut ckpts: Vec<Arc<Checkpoint>> = Vec::new();
@@ -225,13 +228,22 @@ impl VariableStore {
             if !self.vars.contains_key(var) || ids.contains_key(&p.checkpoint) {
                 continue;
             }
-            let reuse = opened
-                .iter()
-                .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
-            ckpts.push(match reuse {
-                Some(i) => opened.swap_remove(i),
-                None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
+            let next = cancel.map_or(Ok(()), |c| c.check()).and_then(|()| {
+                let reuse = opened
+                    .iter()
+                    .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
+                Ok(match reuse {
+                    Some(i) => opened.swap_remove(i),
+                    None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
+                })
             });
+            match next {
+                Ok(c) => ckpts.push(c),
+                Err(e) => {
+                    self.opened = opened.into_iter().chain(ckpts).collect();
+                    return Err(e);
+                }
+            }
             ids.insert(p.checkpoint.clone(), ckpts.len() - 1);
         }
         Ok((ckpts, ids))
