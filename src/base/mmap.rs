@@ -569,8 +569,10 @@ impl FreshMemory {
             let mut mask = vec![0 as libc::c_ulong; node as usize / bits + 1];
             mask[node as usize / bits] |= 1 << (node as usize % bits);
             // SAFETY: the range is this mapping, page aligned; `mask` holds `mask.len() * bits`
-            // bits, the count given (the kernel reads at most that many). A policy changes where
-            // pages are placed, never their contents.
+            // bits, and the count given is one more, as the kernel wants (it reads one bit fewer
+            // than `maxnode`, as libnuma knows: with the count alone the mask's last bit, node
+            // 63 of a one-word mask, was dropped, and an empty mask silently became "local").
+            // A policy changes where pages are placed, never their contents.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_mbind,
@@ -578,7 +580,7 @@ impl FreshMemory {
                     self.len as libc::c_ulong,
                     MPOL_PREFERRED,
                     mask.as_ptr(),
-                    (mask.len() * bits) as libc::c_ulong,
+                    (mask.len() * bits + 1) as libc::c_ulong,
                     0 as libc::c_uint,
                 )
             };
@@ -908,8 +910,10 @@ mod tests {
                 assert_eq!((mode, mask[0] & 1), (1, 1), "MPOL_PREFERRED for node 0");
                 m.fault_in();
                 assert!(m.as_mut_slice().iter().all(|&b| b == 0));
-                // A node the machine does not have is refused, not ignored.
+                // A node the machine does not have is refused, not ignored, the last bit of a
+                // mask word too (the kernel reads one bit fewer than the count it is given).
                 assert!(m.prefer_node(1000).is_err());
+                assert!(m.prefer_node(63).is_err(), "node 63 on this machine?");
             }
         }
         // Not inherited by a forked child (Linux: `dc` in the mapping's VmFlags).
