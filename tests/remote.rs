@@ -1442,8 +1442,6 @@ enum Fault {
     /// Answer nothing, holding the connection open until the client closes it (or for 60 s): a
     /// server that took the request and never answered.
     Unanswered,
-    /// Forward it after this many milliseconds: a slow answer.
-    Delayed(u64),
 }
 
 /// Whether a request head is a GET of a data shard.
@@ -1476,9 +1474,6 @@ fn fault_proxy(
                     let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
                     let _ = client.read(&mut [0u8; 1]);
                     return;
-                }
-                if let Fault::Delayed(ms) = what {
-                    std::thread::sleep(Duration::from_millis(ms));
                 }
                 let if_match = text.to_ascii_lowercase().contains("\r\nif-match:");
                 let status = match what {
@@ -1839,12 +1834,13 @@ fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
 }
 
 /// A load from two checkpoints on object storage, cancelled while it checks that the first is
-/// unchanged (a HEAD of its index, answered late), stops before it asks anything about the
-/// second; the index it had read of the second stays the store's, so the next load does not read
-/// it again (the first's late answers carry no ETag: it is read again each time).
+/// unchanged (a HEAD of its index, never answered), stops waiting for that answer and asks
+/// nothing about the second; the index it had read of the second stays the store's, so the next
+/// load does not read it again (the first's HEADs, answered then, carry no ETag: it is read
+/// again).
 #[test]
 fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let root = servers().root.join(BUCKET).join("cancel_open");
     let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
@@ -1859,9 +1855,10 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     }
     // Counts by (first or second, GET or HEAD of the index). Answers carry a strong ETag (the
     // plain server gives none, and a checkpoint without one is never taken as unchanged), but
-    // the first's HEADs, which answer late and without one.
+    // the first's HEADs: unanswered until `answer` is set, then without one.
     let counts: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
-    let seen = counts.clone();
+    let answer = Arc::new(AtomicBool::new(true));
+    let (seen, answering) = (counts.clone(), answer.clone());
     let addr = fault_proxy(servers().http, move |head| {
         let first = head.lines().next().unwrap_or("");
         if !first.contains("model.index") {
@@ -1870,10 +1867,10 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
         let which = if first.contains("/first/") { 0 } else { 2 };
         let is_head = first.starts_with("HEAD ");
         seen[which + usize::from(is_head)].fetch_add(1, Ordering::SeqCst);
-        if is_head && which == 0 {
-            Fault::Delayed(500)
-        } else {
-            Fault::Etag
+        match (is_head && which == 0, answering.load(Ordering::SeqCst)) {
+            (true, true) => Fault::Pass,
+            (true, false) => Fault::Unanswered,
+            _ => Fault::Etag,
         }
     });
     let mut store = VariableStore::new();
@@ -1890,21 +1887,30 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     let count = |i: usize| counts[i].load(Ordering::SeqCst);
     let (gets_first, gets_second, heads_second) = (count(0), count(2), count(3));
     assert!(gets_first >= 1 && gets_second >= 1);
+    answer.store(false, Ordering::SeqCst);
+    let heads_first = count(1);
     let token = tfckpt::CancelToken::new();
     let later = token.clone();
     let watched = counts.clone();
     let canceller = std::thread::spawn(move || {
         // Once the load is waiting on the first checkpoint's HEAD.
-        while watched[1].load(Ordering::SeqCst) == 0 {
+        while watched[1].load(Ordering::SeqCst) == heads_first {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(100));
         later.cancel();
+        std::time::Instant::now()
     });
     let options = LoadOptions::new().cancel_on(&token);
     let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
-    canceller.join().unwrap();
+    let cancelled_at = canceller.join().unwrap();
     assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    // Not after the unanswered request's timeout and retries (minutes).
+    let waited = cancelled_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(30),
+        "returned {waited:?} after the cancel"
+    );
     assert_eq!(
         count(3),
         heads_second,
@@ -1912,6 +1918,7 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     );
     assert!(!store.is_initialized());
     // The next load reads the second's index no more.
+    answer.store(true, Ordering::SeqCst);
     store.initialize(Device::Cpu).unwrap();
     assert!(count(0) > gets_first);
     assert_eq!(count(2), gets_second, "the second's index was read again");

@@ -229,9 +229,13 @@ impl VariableStore {
                 continue;
             }
             let next = cancel.map_or(Ok(()), |c| c.check()).and_then(|()| {
-                let reuse = opened
-                    .iter()
-                    .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
+                let mut reuse = None;
+                for (i, c) in opened.iter().enumerate() {
+                    if c.prefix() == &*p.checkpoint && c.is_current_until(cancel)? {
+                        reuse = Some(i);
+                        break;
+                    }
+                }
                 Ok(match reuse {
                     Some(i) => opened.swap_remove(i),
                     None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
