@@ -476,9 +476,10 @@ pub(crate) fn pci_numa_node(sys: &Path, domain: u32, bus: u32, device: u32) -> O
 }
 
 /// Fresh anonymous memory, page aligned and zero, mapped by the system and backed page by page on
-/// first touch, unmapped when dropped (elsewhere than Unix, zeroed memory of the allocator). The staging ring's buffers on a GPU are made of it: faulted
-/// in on every core ([`FreshMemory::fault_in`]), then page-locked in place by the driver, which on
-/// the H200 took 11–20 ms for 256 MiB against 79–111 ms for the driver's own pinned allocation
+/// first touch, unmapped when dropped (elsewhere than Unix, zeroed memory of the allocator). The
+/// staging ring's buffers on a GPU are made of it: faulted in on every core
+/// ([`FreshMemory::fault_in`]), then page-locked in place by the driver, which on the H200 took
+/// 11–20 ms for 256 MiB against 79–111 ms for the driver's own pinned allocation
 /// (`cuMemHostAlloc`, which backs and zeroes every page on one thread; `examples/gpu_probe.rs`,
 /// 2026-12-04), a cost every fresh process paid before its first byte moved.
 #[cfg(any(test, feature = "cuda"))]

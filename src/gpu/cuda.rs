@@ -609,9 +609,10 @@ impl CudaLink {
     }
 
     /// Pins `count` staging buffers of `bytes`: fresh memory (on the GPU's NUMA node where the
-    /// machine has several) faulted in on every core and then page-locked in place, which on the H200 took 11–20 ms for 256 MiB where the driver's
-    /// pinned allocation took 79–111 ms (`FreshMemory`); the driver's allocation where
-    /// page-locking is refused. Binds the context itself.
+    /// machine has several) faulted in on every core and then page-locked in place, which on the
+    /// H200 took 11–20 ms for 256 MiB where the driver's pinned allocation took 79–111 ms
+    /// (`FreshMemory`); the driver's allocation where page-locking is refused. Binds the context
+    /// itself.
     fn pin_staging(&self, count: usize, bytes: usize) -> Result<Staging> {
         if let Ok(mut mem) = FreshMemory::for_buffers(count, bytes) {
             // On the GPU's own node where the machine has several (the pages are faulted in

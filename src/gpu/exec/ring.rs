@@ -1,7 +1,8 @@
 //! The staging-ring worker: fills a few pinned buffers (1 MiB pieces in parallel, each
-//! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two lanes, and reuses a buffer only after its
-//! fence. It carries host-owned sources, whatever registration gave up on, and (without
-//! registration) every mapped unit. It pins its buffers only when it has something to carry.
+//! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two
+//! lanes, and reuses a buffer only after its fence. It carries host-owned sources, whatever
+//! registration gave up on, and (without registration) every mapped unit. It pins its buffers
+//! only when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
@@ -16,12 +17,11 @@ use super::{CrcPiece, Link, Shared, PIECE};
 use crate::base::error::Result;
 
 /// The staging-ring worker. Returns the bytes it carried, the pinned bytes it used and the
-/// seconds it waited for them to be pinned. With
-/// `mapped` false (beside registration, which carries the mapped units) it carries only the
-/// host-owned units, and sizes its buffers for those alone: a load that registers everything
-/// pins nothing, and one with a small host-owned value pins that much. A pass with `mapped` (the
-/// only one without registration, the second one with it) also takes what registration gave
-/// back or left.
+/// seconds it waited for them to be pinned. With `mapped` false (beside registration, which
+/// carries the mapped units) it carries only the host-owned units, and sizes its buffers for
+/// those alone: a load that registers everything pins nothing, and one with a small host-owned
+/// value pins that much. A pass with `mapped` (the only one without registration, the second one
+/// with it) also takes what registration gave back or left.
 pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u64, u64, f64)> {
     // Host-owned units first, then (in a pass that carries them) the mapped ones.
     let next = || -> Option<&Unit> {
