@@ -1927,6 +1927,73 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     }
 }
 
+/// A checkpoint on a web server that gives no ETag cannot be told unchanged, so each load opens
+/// it again; a cancelled load stops waiting for that open's answers (here never given) too.
+#[test]
+fn a_load_cancelled_while_it_opens_its_checkpoint_again_returns() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = servers().root.join(BUCKET).join("cancel_reopen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
+    let t = tfckpt::Tensor::from_f32(&[256], &values).unwrap();
+    w.add("v", (&t).into()).unwrap();
+    w.finish().unwrap();
+    // GETs of the index: answered (no ETag: the plain server gives none) until `silent`; its
+    // HEADs (is it unchanged? the answer without an ETag is no) always.
+    let silent = Arc::new(AtomicBool::new(false));
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let (quiet, counted) = (silent.clone(), unanswered.clone());
+    let addr = fault_proxy(servers().http, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("GET ")
+            && first.contains("model.index")
+            && quiet.load(Ordering::SeqCst)
+        {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Fault::Unanswered
+        } else {
+            Fault::Pass
+        }
+    });
+    let url = format!("http://{addr}/{BUCKET}/cancel_reopen/model");
+    let mut store = VariableStore::new();
+    store
+        .get_variable("v", &[256], DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("v", Target::name("v"))]);
+    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    silent.store(true, Ordering::SeqCst);
+    let token = tfckpt::CancelToken::new();
+    let later = token.clone();
+    let asked = unanswered.clone();
+    let canceller = std::thread::spawn(move || {
+        // Once the load's open is waiting on an answer that never comes.
+        while asked.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        later.cancel();
+        std::time::Instant::now()
+    });
+    let options = LoadOptions::new().cancel_on(&token);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    let cancelled_at = canceller.join().unwrap();
+    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    // Not after the unanswered request's timeout and retries (minutes).
+    let waited = cancelled_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(30),
+        "returned {waited:?} after the cancel"
+    );
+    assert!(!store.is_initialized());
+    // Answered again, the next load opens it and loads.
+    silent.store(false, Ordering::SeqCst);
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(store.value("v").unwrap().to_f32().unwrap(), values);
+}
+
 /// A trainer's own opened checkpoint on object storage reads on after a load from it was
 /// cancelled: the load's cancel token was left on the checkpoint, and every later read of it
 /// failed as cancelled.

@@ -214,7 +214,7 @@ impl VariableStore {
     /// the checkpoints and, for each pending checkpoint path, its index among them. A checkpoint
     /// on object storage is reopened with this load's `remote` options. A cancelled load stops
     /// before the next checkpoint's check or open (each of which asks object storage once or
-    /// more); what it had opened stays the store's.
+    /// more), or while it waits for their answers; what it had opened stays the store's.
     #[allow(clippy::type_complexity)]
     fn open_pending(
         &mut self,
@@ -238,7 +238,12 @@ impl VariableStore {
                 }
                 Ok(match reuse {
                     Some(i) => opened.swap_remove(i),
-                    None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
+                    None => {
+                        // Its requests on object storage give up once the load is cancelled.
+                        #[cfg(feature = "remote")]
+                        let _scope = crate::remote::cancel_scope(cancel);
+                        Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?)
+                    }
                 })
             });
             match next {

@@ -377,6 +377,35 @@ pub(crate) fn spawn<T: Send + 'static>(
     }))
 }
 
+thread_local! {
+    /// The cancel token of the load for which this thread opens checkpoints ([`cancel_scope`]).
+    static SCOPE: std::cell::RefCell<Option<crate::load::CancelToken>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Until the guard drops, the waits of this thread for object storage ([`block`], `fetch::stream`)
+/// that were given no cancel token of their own give up once `token` is cancelled: for opening a
+/// checkpoint within a load, whose many requests (resolving, listing, the index) are made far
+/// from the load's options. The previous scope is back when the guard drops.
+pub(crate) fn cancel_scope(token: Option<&crate::load::CancelToken>) -> CancelScope {
+    CancelScope(SCOPE.with(|s| s.replace(token.cloned())))
+}
+
+/// See [`cancel_scope`].
+pub(crate) struct CancelScope(Option<crate::load::CancelToken>);
+
+impl Drop for CancelScope {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        SCOPE.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// The token of this thread's [`cancel_scope`], if any.
+pub(crate) fn scoped_cancel() -> Option<crate::load::CancelToken> {
+    SCOPE.with(|s| s.borrow().clone())
+}
+
 /// Runs `fut` on the runtime and waits for it on this thread.
 pub(crate) fn block<T: Send + 'static>(
     url: &str,
@@ -385,12 +414,19 @@ pub(crate) fn block<T: Send + 'static>(
     block_until(url, fut, None)
 }
 
-/// [`block`], given up (the request abandoned) with [`ErrorKind::Cancelled`] once `cancel` is.
+/// [`block`], given up (the request abandoned) with [`ErrorKind::Cancelled`] once `cancel` (or,
+/// without one, this thread's [`cancel_scope`]) is.
 pub(crate) fn block_until<T: Send + 'static>(
     url: &str,
     fut: impl std::future::Future<Output = T> + Send + 'static,
     cancel: Option<&crate::load::CancelToken>,
 ) -> Result<T> {
+    let scoped = if cancel.is_none() {
+        scoped_cancel()
+    } else {
+        None
+    };
+    let cancel = cancel.or(scoped.as_ref());
     if let Some(c) = cancel {
         c.check()?;
     }

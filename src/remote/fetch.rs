@@ -135,8 +135,14 @@ pub(crate) fn stream(
     };
     let limit = client.options.concurrency.max(1);
     let (mut next, mut in_flight) = (0, 0);
+    // The load's token, or without one this thread's scope (a checkpoint opened within a load).
+    let scoped = match &budget.cancel {
+        Some(_) => None,
+        None => super::client::scoped_cancel(),
+    };
+    let cancel = budget.cancel.as_ref().or(scoped.as_ref());
     let outcome = 'read: loop {
-        if let Some(c) = &budget.cancel {
+        if let Some(c) = cancel {
             if let Err(e) = c.check() {
                 break Err(e);
             }
@@ -182,7 +188,7 @@ pub(crate) fn stream(
         if in_flight == 0 {
             break Ok(());
         }
-        let got = match &budget.cancel {
+        let got = match cancel {
             None => rx.recv().map_err(|_| ()),
             // Woken now and then to look at the token, so that a stalled answer does not hold a
             // cancelled load.

@@ -22,6 +22,8 @@ mod client;
 mod env;
 pub(crate) mod fetch;
 
+pub(crate) use client::cancel_scope;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
