@@ -1778,6 +1778,32 @@ fn a_load_waiting_on_a_stalled_answer_is_cancelled() {
     assert!(!store.is_initialized() && store.value("big").is_none());
 }
 
+/// Runs a load of `store` with a cancel token, cancelled (from another thread) 100 ms after
+/// `waiting` first says the load waits on an answer that will not come; checks that the load
+/// failed as cancelled and returned soon after the cancel, not after the request's timeout and
+/// its retries (minutes).
+fn cancelled_while(store: &mut VariableStore, waiting: impl Fn() -> bool + Send + 'static) {
+    let token = tfckpt::CancelToken::new();
+    let later = token.clone();
+    let canceller = std::thread::spawn(move || {
+        while !waiting() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        later.cancel();
+        std::time::Instant::now()
+    });
+    let options = LoadOptions::new().cancel_on(&token);
+    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+    let cancelled_at = canceller.join().unwrap();
+    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    let waited = cancelled_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(30),
+        "returned {waited:?} after the cancel"
+    );
+}
+
 /// A load whose first look at a data shard (its size and ETag, asked for when the load first
 /// reads from it) is never answered is stopped by its `CancelToken` too, rather than after the
 /// request's timeout and its retries; nothing counts as initialized.
@@ -1810,21 +1836,9 @@ fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
         .unwrap();
     let map = AssignmentMap::from([("small", Target::name("small"))]);
     init_from_checkpoint(&mut store, &url, &map).unwrap();
-    let token = tfckpt::CancelToken::new();
-    let later = token.clone();
+    // Once the load is waiting on the shard's HEAD.
     let asked = heads.clone();
-    let canceller = std::thread::spawn(move || {
-        // Once the load is waiting on the shard's HEAD.
-        while asked.load(Ordering::SeqCst) == 0 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        later.cancel();
-    });
-    let options = LoadOptions::new().cancel_on(&token);
-    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
-    canceller.join().unwrap();
-    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+    cancelled_while(&mut store, move || asked.load(Ordering::SeqCst) > 0);
     assert_eq!(
         heads.load(Ordering::SeqCst),
         1,
@@ -1889,28 +1903,11 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     assert!(gets_first >= 1 && gets_second >= 1);
     answer.store(false, Ordering::SeqCst);
     let heads_first = count(1);
-    let token = tfckpt::CancelToken::new();
-    let later = token.clone();
+    // Once the load is waiting on the first checkpoint's HEAD.
     let watched = counts.clone();
-    let canceller = std::thread::spawn(move || {
-        // Once the load is waiting on the first checkpoint's HEAD.
-        while watched[1].load(Ordering::SeqCst) == heads_first {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        later.cancel();
-        std::time::Instant::now()
+    cancelled_while(&mut store, move || {
+        watched[1].load(Ordering::SeqCst) > heads_first
     });
-    let options = LoadOptions::new().cancel_on(&token);
-    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
-    let cancelled_at = canceller.join().unwrap();
-    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
-    // Not after the unanswered request's timeout and retries (minutes).
-    let waited = cancelled_at.elapsed();
-    assert!(
-        waited < Duration::from_secs(30),
-        "returned {waited:?} after the cancel"
-    );
     assert_eq!(
         count(3),
         heads_second,
@@ -1965,28 +1962,9 @@ fn a_load_cancelled_while_it_opens_its_checkpoint_again_returns() {
     let map = AssignmentMap::from([("v", Target::name("v"))]);
     init_from_checkpoint(&mut store, &url, &map).unwrap();
     silent.store(true, Ordering::SeqCst);
-    let token = tfckpt::CancelToken::new();
-    let later = token.clone();
+    // Once the load's open is waiting on an answer that never comes.
     let asked = unanswered.clone();
-    let canceller = std::thread::spawn(move || {
-        // Once the load's open is waiting on an answer that never comes.
-        while asked.load(Ordering::SeqCst) == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        later.cancel();
-        std::time::Instant::now()
-    });
-    let options = LoadOptions::new().cancel_on(&token);
-    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
-    let cancelled_at = canceller.join().unwrap();
-    assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
-    // Not after the unanswered request's timeout and retries (minutes).
-    let waited = cancelled_at.elapsed();
-    assert!(
-        waited < Duration::from_secs(30),
-        "returned {waited:?} after the cancel"
-    );
+    cancelled_while(&mut store, move || asked.load(Ordering::SeqCst) > 0);
     assert!(!store.is_initialized());
     // Answered again, the next load opens it and loads.
     silent.store(false, Ordering::SeqCst);
