@@ -217,6 +217,45 @@ fn a_square_kernel_is_transposed_not_taken_as_is() {
     }
 }
 
+/// `map_existing` then `init_from_checkpoint` of one path, with the checkpoint replaced in
+/// between (a trainer's other process saving again): the second call checks against the new one,
+/// as TensorFlow's would, not against the index the first call read (which `init_from_checkpoint`
+/// reuses only while the files are unchanged).
+#[test]
+fn init_from_checkpoint_after_map_existing_reads_a_checkpoint_replaced_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let k: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let write = |bias: bool| {
+        let mut b = CkptBuilder::new(dir.path().join("m"));
+        b.f32("dense/kernel", &[4, 4], &k);
+        if bias {
+            b.f32("dense/bias", &[4], &[0.5; 4]);
+        }
+        b.finish()
+    };
+    let start = || {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        candle_nn::linear(4, 4, vb.pp("dense")).unwrap();
+        let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+        (varmap, init)
+    };
+    // Unchanged: the calls pair and load both.
+    let prefix = write(true);
+    let (varmap, mut init) = start();
+    let found = init.map_existing(&prefix).unwrap();
+    init.init_from_checkpoint(&prefix, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let bias = var(&varmap, "dense.bias").to_vec1::<f32>().unwrap();
+    assert_eq!(bias, [0.5; 4]);
+    // Saved again without the bias in between: the map names a tensor no longer there.
+    let (_varmap, mut init) = start();
+    let found = init.map_existing(&prefix).unwrap();
+    assert_eq!(write(false), prefix);
+    let e = init.init_from_checkpoint(&prefix, &found.map).unwrap_err();
+    assert!(e.to_string().contains("dense/bias"), "{e}");
+}
+
 #[test]
 fn a_partitioned_tensorflow_tensor_into_a_transposed_var_with_a_custom_convention() {
     // TF saved scope/var1 [100, 100] in slices; the candle Linear takes it as its weight.

@@ -1972,6 +1972,62 @@ fn a_load_cancelled_while_it_opens_its_checkpoint_again_returns() {
     assert_eq!(store.value("v").unwrap().to_f32().unwrap(), values);
 }
 
+/// candle's fine-tuning start on object storage (BERT's recipe): `map_existing` reads the
+/// checkpoint's index, and `init_from_checkpoint` of the same URL right after reuses it once a HEAD
+/// says it is unchanged, instead of reading it again.
+#[cfg(feature = "candle")]
+#[test]
+fn candle_s_map_existing_and_init_from_checkpoint_read_the_index_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tfckpt::candle::candle_core::{DType as CDType, Device as CDevice};
+    use tfckpt::candle::candle_nn::{VarBuilder, VarMap};
+    use tfckpt::candle::{CandleInit, Convention};
+    let dir = servers().root.join(BUCKET).join("candle_index_once");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |bias: f32| {
+        let mut w =
+            tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
+        let k: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let t = tfckpt::Tensor::from_f32(&[4, 4], &k).unwrap();
+        w.add("dense/kernel", (&t).into()).unwrap();
+        let t = tfckpt::Tensor::from_f32(&[4], &[bias; 4]).unwrap();
+        w.add("dense/bias", (&t).into()).unwrap();
+        w.finish().unwrap();
+    };
+    write(0.5);
+    // GETs of the index; every answer carries a strong ETag (the plain server gives none, and
+    // without one nothing is ever taken as unchanged).
+    let gets = Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        let first = head.lines().next().unwrap_or("");
+        if first.starts_with("GET ") && first.contains("model.index") {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        Fault::Etag
+    });
+    let url = format!("http://{addr}/{BUCKET}/candle_index_once/model");
+    let start = |varmap: &VarMap| {
+        let vb = VarBuilder::from_varmap(varmap, CDType::F32, &CDevice::Cpu);
+        tfckpt::candle::candle_nn::linear(4, 4, vb.pp("dense")).unwrap();
+        CandleInit::from_varmap(varmap, &Convention::tf1()).unwrap()
+    };
+    let varmap = VarMap::new();
+    let mut init = start(&varmap);
+    let found = init.map_existing(&url).unwrap();
+    assert_eq!(gets.load(Ordering::SeqCst), 1);
+    init.init_from_checkpoint(&url, &found.map).unwrap();
+    assert_eq!(gets.load(Ordering::SeqCst), 1, "the index was read again");
+    init.initialize(&Default::default()).unwrap();
+    let bias = |m: &VarMap| {
+        m.data().lock().unwrap()["dense.bias"]
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(bias(&varmap), [0.5; 4]);
+}
+
 /// A trainer's own opened checkpoint on object storage reads on after a load from it was
 /// cancelled: the load's cancel token was left on the checkpoint, and every later read of it
 /// failed as cancelled.

@@ -112,6 +112,9 @@ pub struct CandleInit {
     deferred: Option<DeferredInit>,
     /// Candle names of the `Var`s the convention gave no TensorFlow name.
     unnamed: Vec<String>,
+    /// The checkpoint `map_existing` last opened, with the path it was given: an
+    /// `init_from_checkpoint` of the same path right after reuses its index while it is unchanged.
+    last_opened: std::sync::Mutex<Option<(std::path::PathBuf, std::sync::Arc<Checkpoint>)>>,
 }
 
 impl std::fmt::Debug for CandleInit {
@@ -191,6 +194,7 @@ impl CandleInit {
             casts: BTreeMap::new(),
             deferred: None,
             unnamed: Vec::new(),
+            last_opened: std::sync::Mutex::new(None),
         };
         // One `Var` under two names (tied weights put in twice) would take two values, the last
         // one winning: refused, naming both.
@@ -315,9 +319,14 @@ impl CandleInit {
     /// only the checkpoint's index. Where half of the `Var`s or more would pair with a scope added
     /// on one side, more than pair by name (a model built on `vb` where Google's checkpoint has
     /// `bert/`, perhaps with a head built under `bert.` by hand that pairs), it fails naming the
-    /// scope and how to add or drop it.
+    /// scope and how to add or drop it. An [`init_from_checkpoint`](Self::init_from_checkpoint)
+    /// of the same path right after reuses the index read here while its files are unchanged
+    /// (on object storage: one HEAD instead of reading it again).
     pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
-        let ckpt = Checkpoint::open(ckpt_dir_or_file.as_ref())?;
+        let path = ckpt_dir_or_file.as_ref();
+        let ckpt = std::sync::Arc::new(Checkpoint::open(path)?);
+        *self.last_opened.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((path.to_path_buf(), ckpt.clone()));
         let mut found = ExistingMap::default();
         for (tf, b) in &self.vars {
             let Ok(t) = ckpt.tensor(tf) else {
@@ -434,18 +443,31 @@ impl CandleInit {
     ) -> Result<InitReport> {
         let policy = self.policy;
         let accepts = |v: &crate::Variable, tensor: DType| policy.accepts(v.dtype, tensor);
-        let report =
-            init_from_checkpoint_with(&mut self.store, ckpt_dir_or_file.as_ref(), map, &accepts)
-                .map_err(|e| {
-                    let e = e.with_dtype_hint(|var, tensor| {
-                        crate::load::cast::supported(tensor, var).then(|| {
-                            "TensorFlow never casts; CandleInit::dtype_policy(\
+        let path = ckpt_dir_or_file.as_ref();
+        // The index `map_existing` just read, if it was opened from this very path, named the
+        // checkpoint itself (a directory's `checkpoint` file may name another one by now) and is
+        // unchanged; otherwise read as TensorFlow does, at this call.
+        let reuse = self
+            .last_opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(p, c)| p == path && c.state_file().is_none() && c.is_current())
+            .map(|(_, c)| c);
+        let report = match reuse {
+            Some(ckpt) => crate::init::assign::init_opened(&mut self.store, ckpt, map, &accepts),
+            None => init_from_checkpoint_with(&mut self.store, path, map, &accepts),
+        }
+        .map_err(|e| {
+            let e = e.with_dtype_hint(|var, tensor| {
+                crate::load::cast::supported(tensor, var).then(|| {
+                    "TensorFlow never casts; CandleInit::dtype_policy(\
                              DtypePolicy::CastToVariable) converts it as it loads"
-                                .to_string()
-                        })
-                    });
-                    self.name_var(e)
-                })?;
+                        .to_string()
+                })
+            });
+            self.name_var(e)
+        })?;
         // A variable is read in its tensor's dtype, then converted to its `Var`'s.
         if let Some(ckpt) = self.store.opened.last().cloned() {
             for a in &report.assignments {

@@ -205,7 +205,7 @@ pub(crate) fn init_from_checkpoint_with(
     init_opened(store, ckpt, map, accepts)
 }
 
-fn init_opened(
+pub(crate) fn init_opened(
     store: &mut VariableStore,
     ckpt: std::sync::Arc<Checkpoint>,
     map: &AssignmentMap,
