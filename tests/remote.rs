@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::builder::CkptBuilder;
 use common::fixtures::{case_dirs, ckpt_rel, copy_files, fixture, fixtures, init_ckpt, tree};
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, ErrorKind, Format, Init,
@@ -1804,6 +1805,31 @@ fn cancelled_while(store: &mut VariableStore, waiting: impl Fn() -> bool + Send 
     );
 }
 
+/// Writes a checkpoint `model` of one float32 tensor `v` of `n` values into the bucket's folder
+/// `folder` (the servers serve it); returns the values.
+fn served_vector(folder: &str, n: usize) -> Vec<f32> {
+    let dir = servers().root.join(BUCKET).join(folder);
+    std::fs::create_dir_all(&dir).unwrap();
+    let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut b = CkptBuilder::new(dir.join("model"));
+    b.f32("v", &[n as u64], &values);
+    b.finish();
+    values
+}
+
+/// A store of float32 vectors of `n`, each variable taking the tensor `v` of its checkpoint URL.
+fn store_of_vectors(n: usize, vars: &[(&str, &str)]) -> VariableStore {
+    let mut store = VariableStore::new();
+    for (var, url) in vars {
+        store
+            .get_variable(var, &[n as u64], DType::F32, Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("v", Target::name(*var))]);
+        init_from_checkpoint(&mut store, url, &map).unwrap();
+    }
+    store
+}
+
 /// A load whose first look at a data shard (its size and ETag, asked for when the load first
 /// reads from it) is never answered is stopped by its `CancelToken` too, rather than after the
 /// request's timeout and its retries; nothing counts as initialized.
@@ -1811,13 +1837,7 @@ fn cancelled_while(store: &mut VariableStore, waiting: impl Fn() -> bool + Send 
 fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let dir = servers().root.join(BUCKET).join("cancel_head");
-    std::fs::create_dir_all(&dir).unwrap();
-    let values: Vec<f32> = (0..1024).map(|i| i as f32).collect();
-    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
-    let t = tfckpt::Tensor::from_f32(&[1024], &values).unwrap();
-    w.add("small", (&t).into()).unwrap();
-    w.finish().unwrap();
+    served_vector("cancel_head", 1024);
     let heads = Arc::new(AtomicUsize::new(0));
     let seen = heads.clone();
     let addr = fault_proxy(servers().http, move |head| {
@@ -1830,12 +1850,7 @@ fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
         }
     });
     let url = format!("http://{addr}/{BUCKET}/cancel_head/model");
-    let mut store = VariableStore::new();
-    store
-        .get_variable("small", &[1024], DType::F32, Init::Zeros)
-        .unwrap();
-    let map = AssignmentMap::from([("small", Target::name("small"))]);
-    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let mut store = store_of_vectors(1024, &[("small", &url)]);
     // Once the load is waiting on the shard's HEAD.
     let asked = heads.clone();
     cancelled_while(&mut store, move || asked.load(Ordering::SeqCst) > 0);
@@ -1856,17 +1871,8 @@ fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
 fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    let root = servers().root.join(BUCKET).join("cancel_open");
-    let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
-    for name in ["first", "second"] {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut w =
-            tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
-        let t = tfckpt::Tensor::from_f32(&[256], &values).unwrap();
-        w.add("v", (&t).into()).unwrap();
-        w.finish().unwrap();
-    }
+    served_vector("cancel_open/first", 256);
+    let values = served_vector("cancel_open/second", 256);
     // Counts by (first or second, GET or HEAD of the index). Answers carry a strong ETag (the
     // plain server gives none, and a checkpoint without one is never taken as unchanged), but
     // the first's HEADs: unanswered until `answer` is set, then without one.
@@ -1887,17 +1893,8 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
             _ => Fault::Etag,
         }
     });
-    let mut store = VariableStore::new();
-    for name in ["a", "b"] {
-        store
-            .get_variable(name, &[256], DType::F32, Init::Zeros)
-            .unwrap();
-    }
-    for (var, dir) in [("a", "first"), ("b", "second")] {
-        let url = format!("http://{addr}/{BUCKET}/cancel_open/{dir}/model");
-        let map = AssignmentMap::from([("v", Target::name(var))]);
-        init_from_checkpoint(&mut store, &url, &map).unwrap();
-    }
+    let url = |dir: &str| format!("http://{addr}/{BUCKET}/cancel_open/{dir}/model");
+    let mut store = store_of_vectors(256, &[("a", &url("first")), ("b", &url("second"))]);
     let count = |i: usize| counts[i].load(Ordering::SeqCst);
     let (gets_first, gets_second, heads_second) = (count(0), count(2), count(3));
     assert!(gets_first >= 1 && gets_second >= 1);
@@ -1930,13 +1927,7 @@ fn a_load_cancelled_while_checking_its_checkpoints_asks_no_more() {
 fn a_load_cancelled_while_it_opens_its_checkpoint_again_returns() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    let dir = servers().root.join(BUCKET).join("cancel_reopen");
-    std::fs::create_dir_all(&dir).unwrap();
-    let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
-    let mut w = tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
-    let t = tfckpt::Tensor::from_f32(&[256], &values).unwrap();
-    w.add("v", (&t).into()).unwrap();
-    w.finish().unwrap();
+    let values = served_vector("cancel_reopen", 256);
     // GETs of the index: answered (no ETag: the plain server gives none) until `silent`; its
     // HEADs (is it unchanged? the answer without an ETag is no) always.
     let silent = Arc::new(AtomicBool::new(false));
@@ -1955,12 +1946,7 @@ fn a_load_cancelled_while_it_opens_its_checkpoint_again_returns() {
         }
     });
     let url = format!("http://{addr}/{BUCKET}/cancel_reopen/model");
-    let mut store = VariableStore::new();
-    store
-        .get_variable("v", &[256], DType::F32, Init::Zeros)
-        .unwrap();
-    let map = AssignmentMap::from([("v", Target::name("v"))]);
-    init_from_checkpoint(&mut store, &url, &map).unwrap();
+    let mut store = store_of_vectors(256, &[("v", &url)]);
     silent.store(true, Ordering::SeqCst);
     // Once the load's open is waiting on an answer that never comes.
     let asked = unanswered.clone();
@@ -1985,17 +1971,11 @@ fn candle_s_map_existing_and_init_from_checkpoint_read_the_index_once() {
     use tfckpt::candle::{CandleInit, Convention};
     let dir = servers().root.join(BUCKET).join("candle_index_once");
     std::fs::create_dir_all(&dir).unwrap();
-    let write = |bias: f32| {
-        let mut w =
-            tfckpt::CheckpointWriter::create(dir.join("model"), Default::default()).unwrap();
-        let k: Vec<f32> = (0..16).map(|i| i as f32).collect();
-        let t = tfckpt::Tensor::from_f32(&[4, 4], &k).unwrap();
-        w.add("dense/kernel", (&t).into()).unwrap();
-        let t = tfckpt::Tensor::from_f32(&[4], &[bias; 4]).unwrap();
-        w.add("dense/bias", (&t).into()).unwrap();
-        w.finish().unwrap();
-    };
-    write(0.5);
+    let k: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let mut b = CkptBuilder::new(dir.join("model"));
+    b.f32("dense/kernel", &[4, 4], &k)
+        .f32("dense/bias", &[4], &[0.5; 4]);
+    b.finish();
     // GETs of the index; every answer carries a strong ETag (the plain server gives none, and
     // without one nothing is ever taken as unchanged).
     let gets = Arc::new(AtomicUsize::new(0));
