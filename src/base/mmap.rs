@@ -475,25 +475,17 @@ pub(crate) fn pci_numa_node(sys: &Path, domain: u32, bus: u32, device: u32) -> O
         .and_then(|n| u32::try_from(n).ok())
 }
 
-/// Fresh anonymous memory, page aligned and zero, mapped by the system and backed page by page on
-/// first touch, unmapped when dropped (elsewhere than Unix, zeroed memory of the allocator). The
-/// staging ring's buffers on a GPU are made of it: faulted in on every core
-/// ([`FreshMemory::fault_in`]), then page-locked in place by the driver, which on the H200 took
-/// 11–20 ms for 256 MiB against 79–111 ms for the driver's own pinned allocation
-/// (`cuMemHostAlloc`, which backs and zeroes every page on one thread; `examples/gpu_probe.rs`,
-/// 2026-12-04), a cost every fresh process paid before its first byte moved.
+/// Fresh anonymous memory (memmap2's anonymous map), page aligned and zero, backed page by page on
+/// first touch, unmapped when dropped. The staging ring's buffers on a GPU are made of it:
+/// faulted in on every core ([`FreshMemory::fault_in`]), then page-locked in place by the
+/// driver, which on the H200 took 12–19 ms for 256 MiB against 78–111 ms for the driver's own
+/// pinned allocation (`cuMemHostAlloc`, which backs and zeroes every page on one thread;
+/// `examples/gpu_probe.rs`, 2026-12-04), a cost every fresh process paid before its first byte
+/// moved.
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) struct FreshMemory {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
+    map: memmap2::MmapMut,
 }
-
-// SAFETY: the mapping is owned by this value alone, as a `Vec<u8>` owns its buffer.
-#[cfg(any(test, feature = "cuda"))]
-unsafe impl Send for FreshMemory {}
-// SAFETY: shared references only read (`as_ptr`, `len`); writing needs `&mut`.
-#[cfg(any(test, feature = "cuda"))]
-unsafe impl Sync for FreshMemory {}
 
 #[cfg(any(test, feature = "cuda"))]
 impl FreshMemory {
@@ -505,57 +497,24 @@ impl FreshMemory {
     /// page-locked). Fails with the system's error where it has no room.
     pub(crate) fn new(len: usize) -> std::io::Result<FreshMemory> {
         let len = len.max(1).next_multiple_of(page_size());
-        #[cfg(not(unix))]
+        let map = memmap2::MmapMut::map_anon(len)?;
+        // A failed advice leaves the mapping usable: huge pages are a preference, and without
+        // DONTFORK only a fork while it is page-locked is at risk, as with any memory a trainer
+        // registers itself.
+        #[cfg(target_os = "linux")]
         {
-            let layout = std::alloc::Layout::from_size_align(len, page_size())
-                .map_err(|e| std::io::Error::other(format!("{len} bytes: {e}")))?;
-            // SAFETY: a non-zero size; freed in `drop` with the same layout.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            let ptr = std::ptr::NonNull::new(ptr)
-                .ok_or_else(|| std::io::Error::other(format!("no memory for {len} bytes")))?;
-            Ok(FreshMemory { ptr, len })
-        }
-        #[cfg(unix)]
-        {
-            // SAFETY: a new private anonymous mapping; nothing else refers to its range.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if ptr == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error());
+            use memmap2::Advice;
+            let _ = map.advise(Advice::DontFork);
+            if len >= 2 * HUGE_PAGE {
+                let huge = advise_huge_pages();
+                let _ = map.advise(if huge {
+                    Advice::HugePage
+                } else {
+                    Advice::NoHugePage
+                });
             }
-            let Some(ptr) = std::ptr::NonNull::new(ptr as *mut u8) else {
-                return Err(std::io::Error::other("mmap returned a null address"));
-            };
-            let memory = FreshMemory { ptr, len };
-            #[cfg(target_os = "linux")]
-            {
-                let at = ptr.as_ptr() as *mut libc::c_void;
-                // SAFETY: the mapping just made, page aligned; neither advice changes its
-                // contents. A failure leaves the mapping usable: the huge-page advice is a
-                // preference, and without DONTFORK only a fork while it is page-locked is at
-                // risk, as with any memory a trainer registers itself.
-                unsafe {
-                    libc::madvise(at, len, libc::MADV_DONTFORK);
-                    if len >= 2 * HUGE_PAGE {
-                        let advice = if advise_huge_pages() {
-                            libc::MADV_HUGEPAGE
-                        } else {
-                            libc::MADV_NOHUGEPAGE
-                        };
-                        libc::madvise(at, len, advice);
-                    }
-                }
-            }
-            Ok(memory)
         }
+        Ok(FreshMemory { map })
     }
 
     /// Asks that the pages be backed on NUMA node `node` where it has room (`MPOL_PREFERRED`),
@@ -577,8 +536,8 @@ impl FreshMemory {
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_mbind,
-                    self.ptr.as_ptr() as *mut libc::c_void,
-                    self.len as libc::c_ulong,
+                    self.map.as_ptr() as *mut libc::c_void,
+                    self.map.len() as libc::c_ulong,
                     MPOL_PREFERRED,
                     mask.as_ptr(),
                     (mask.len() * bits + 1) as libc::c_ulong,
@@ -625,7 +584,7 @@ impl FreshMemory {
     pub(crate) fn buffers(&mut self, count: usize, bytes: usize) -> Vec<&mut [u8]> {
         let stride = bytes.max(1).next_multiple_of(page_size());
         assert!(
-            stride * count <= self.len,
+            stride * count <= self.len(),
             "{count} buffers of {bytes} bytes"
         );
         self.as_mut_slice()
@@ -637,38 +596,16 @@ impl FreshMemory {
 
     /// The mapping's first byte.
     pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
+        self.map.as_ptr()
     }
 
     /// Its length: what was asked for, rounded up to whole pages.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, alive while `self` is, and
-        // only reachable through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-#[cfg(any(test, feature = "cuda"))]
-impl Drop for FreshMemory {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        // SAFETY: the mapping `new` made, `len` bytes; no slice of it outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len)
-        };
-        #[cfg(not(unix))]
-        // SAFETY: allocated by `new` with this layout (checked there); no slice of it outlives
-        // `self`.
-        unsafe {
-            std::alloc::dealloc(
-                self.ptr.as_ptr(),
-                std::alloc::Layout::from_size_align_unchecked(self.len, page_size()),
-            )
-        };
+        &mut self.map
     }
 }
 
