@@ -4,8 +4,8 @@
 //! failure becomes [`ErrorKind::Device`] naming the operation.
 //!
 //! One link per GPU is kept for the life of the process: the context, three streams (the DMA lane
-//! and two ring lanes), the pinned staging buffers (fresh memory page-locked in place: 11–20 ms
-//! for 256 MiB on the H200, where the driver's own pinned allocation took 79–111 ms; paid once)
+//! and two ring lanes), the pinned staging buffers (fresh memory page-locked in place: 12–19 ms
+//! for 256 MiB on the H200, where the driver's own pinned allocation took 78–111 ms; paid once)
 //! and the kernels. Each kernel is compiled by NVRTC alone, when a load first
 //! needs it, and its PTX is kept on disk ([`kernel_cache_dir`]) for the next process: a fresh
 //! process that loads a BERT transposes with one kernel, read from the cache, instead of compiling
@@ -610,7 +610,7 @@ impl CudaLink {
 
     /// Pins `count` staging buffers of `bytes`: fresh memory (on the GPU's NUMA node where the
     /// machine has several) faulted in on every core and then page-locked in place, which on the
-    /// H200 took 11–20 ms for 256 MiB where the driver's pinned allocation took 79–111 ms
+    /// H200 took 12–19 ms for 256 MiB where the driver's pinned allocation took 78–111 ms
     /// (`FreshMemory`); the driver's allocation where page-locking is refused. Binds the context
     /// itself.
     fn pin_staging(&self, count: usize, bytes: usize) -> Result<Staging> {

@@ -116,8 +116,9 @@ fn coalesce(copies: &mut Vec<Transfer>) {
 /// reads them from the first-level cache the checksum brought them into. Checksumming a whole
 /// 1 MiB piece before copying it read every byte from farther away twice: on this project's VM
 /// (AVX-512 checksums, streaming copies, 2 cores, 2 GiB through a 4 × 64 MiB ring, 2026-12-04)
-/// the ring's CPU side moved 13.0–13.7 GB/s that way and 16.6–16.8 GB/s in 16 KiB steps (32 KiB:
-/// 16.0–16.1; 8 KiB: 17.2–17.4, but 4 KiB fell back to 13.1–13.6 as each step's fixed cost
+/// the ring's CPU side moved 11.0 / 13.7 / 13.7 GB/s that way (three rounds) and 16.8 / 16.7 /
+/// 16.6 GB/s in 16 KiB steps with a running checksum (32 KiB: 16.0–16.1; 8 KiB: 17.2–17.4;
+/// 4 KiB, with one checksum call per step, fell back to 13.1–13.6 as each step's fixed cost
 /// grew, so 16 KiB keeps a margin from that edge; the copy alone: 19.1–20.5), as the host's
 /// loads already did in their own steps (`base::copy`).
 const STEP: usize = 16 << 10;
