@@ -93,18 +93,14 @@ impl Bundle {
     }
 
     /// Whether the index is unchanged since it was read (local: same length, times and inode;
-    /// remote: same size and ETag, asked for once; `Cancelled` once `cancel` is).
-    pub(crate) fn is_current_until(
-        &self,
-        cancel: Option<&crate::load::CancelToken>,
-    ) -> Result<bool> {
+    /// remote: same size and ETag).
+    pub(crate) fn is_current(&self) -> bool {
         match &self.source {
             Source::Local { index_stamp, .. } => {
-                let _ = cancel;
-                Ok(crate::base::mmap::FileStamp::of(&self.index_path) == Some(*index_stamp))
+                crate::base::mmap::FileStamp::of(&self.index_path) == Some(*index_stamp)
             }
             #[cfg(feature = "remote")]
-            Source::Remote(r) => r.is_current_until(cancel),
+            Source::Remote(r) => r.is_current(),
         }
     }
 

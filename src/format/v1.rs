@@ -62,14 +62,11 @@ impl V1File {
         }
     }
 
-    fn is_current_until(&self, cancel: Option<&crate::load::CancelToken>) -> Result<bool> {
+    fn is_current(&self) -> bool {
         match self {
-            V1File::Mapped(m) => {
-                let _ = cancel;
-                Ok(crate::base::mmap::FileStamp::of(m.path()) == Some(m.stamp()))
-            }
+            V1File::Mapped(m) => crate::base::mmap::FileStamp::of(m.path()) == Some(m.stamp()),
             #[cfg(feature = "remote")]
-            V1File::Fetched(f) => f.is_current_until(cancel),
+            V1File::Fetched(f) => f.is_current(),
         }
     }
 }
@@ -199,17 +196,9 @@ impl V1Set {
         self.files.iter().map(|f| f.path().to_path_buf()).collect()
     }
 
-    /// Whether every file is as it was when opened (`Cancelled` once `cancel` is).
-    pub(crate) fn is_current_until(
-        &self,
-        cancel: Option<&crate::load::CancelToken>,
-    ) -> Result<bool> {
-        for f in &self.files {
-            if !f.is_current_until(cancel)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+    /// Whether every file is as it was when opened.
+    pub(crate) fn is_current(&self) -> bool {
+        self.files.iter().all(V1File::is_current)
     }
 
     /// Whether the files were fetched from object storage.

@@ -229,21 +229,17 @@ impl VariableStore {
                 continue;
             }
             let next = cancel.map_or(Ok(()), |c| c.check()).and_then(|()| {
-                let mut reuse = None;
-                for (i, c) in opened.iter().enumerate() {
-                    if c.prefix() == &*p.checkpoint && c.is_current_until(cancel)? {
-                        reuse = Some(i);
-                        break;
-                    }
-                }
+                // Its requests on object storage (the check that it is unchanged, an open) give up
+                // once the load is cancelled: a check cut short says "changed", and the open
+                // then fails as cancelled before it asks anything.
+                #[cfg(feature = "remote")]
+                let _scope = crate::remote::cancel_scope(cancel);
+                let reuse = opened
+                    .iter()
+                    .position(|c| c.prefix() == &*p.checkpoint && c.is_current());
                 Ok(match reuse {
                     Some(i) => opened.swap_remove(i),
-                    None => {
-                        // Its requests on object storage give up once the load is cancelled.
-                        #[cfg(feature = "remote")]
-                        let _scope = crate::remote::cancel_scope(cancel);
-                        Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?)
-                    }
+                    None => Arc::new(Checkpoint::open_with(&p.checkpoint, remote)?),
                 })
             });
             match next {

@@ -408,19 +408,9 @@ impl Checkpoint {
     /// Whether the checkpoint's index (V2) or files (V1) are unchanged on disk since it was opened
     /// (same length and modification time), so that what it says still describes them.
     pub fn is_current(&self) -> bool {
-        // Without a token nothing is cancelled: any other failure already answers no.
-        self.is_current_until(None).unwrap_or(false)
-    }
-
-    /// [`is_current`](Self::is_current), given up with `Cancelled` once `cancel` is (on object
-    /// storage, without waiting for the answer).
-    pub(crate) fn is_current_until(
-        &self,
-        cancel: Option<&crate::load::CancelToken>,
-    ) -> Result<bool> {
         match &self.inner {
-            Inner::V2(b) => b.is_current_until(cancel),
-            Inner::V1(set) => set.is_current_until(cancel),
+            Inner::V2(b) => b.is_current(),
+            Inner::V1(set) => set.is_current(),
         }
     }
 

@@ -37,7 +37,7 @@ use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::Region;
 use crate::format::bundle::Bundle;
 use crate::format::index::{key_name, BundleIndex, Entry};
-use crate::load::{CancelToken, RemoteOptions};
+use crate::load::RemoteOptions;
 use crate::reader::glob;
 
 /// The remote side of a V2 bundle: its client, the index object as read, and the data shards
@@ -93,15 +93,6 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<(Opened, Option
     Ok((Opened::V2(Box::new(bundle)), state))
 }
 
-/// Whether a HEAD's answer is `was` still: any failure but a cancel says no.
-fn current(answer: Result<Object>, was: &Object) -> Result<bool> {
-    match answer {
-        Ok(o) => Ok(o.same_as(was)),
-        Err(e) if matches!(e.kind(), ErrorKind::Cancelled) => Err(e),
-        Err(_) => Ok(false),
-    }
-}
-
 /// A V1 checkpoint file on object storage, fetched whole (V1 metadata has no byte offsets to
 /// fetch a tensor by).
 pub(crate) struct FetchedFile {
@@ -113,13 +104,11 @@ pub(crate) struct FetchedFile {
 
 impl FetchedFile {
     /// Whether the object is still the one fetched (same size and ETag): one HEAD request. A
-    /// server that gives no ETag cannot say, and the answer is no. `Cancelled` once `cancel` is,
-    /// without waiting for the answer.
-    pub(crate) fn is_current_until(&self, cancel: Option<&CancelToken>) -> Result<bool> {
-        current(
-            self.client.head_until(self.obj.path.as_ref(), cancel),
-            &self.obj,
-        )
+    /// server that gives no ETag cannot say, and the answer is no.
+    pub(crate) fn is_current(&self) -> bool {
+        self.client
+            .head(self.obj.path.as_ref())
+            .is_ok_and(|o| o.same_as(&self.obj))
     }
 }
 
@@ -444,12 +433,11 @@ impl RemoteBundle {
     }
 
     /// Whether the index object is still the one read (same size and ETag): one HEAD request.
-    /// A server that gives no ETag cannot say, and the answer is no. `Cancelled` once `cancel`
-    /// is, without waiting for the answer.
-    pub(crate) fn is_current_until(&self, cancel: Option<&CancelToken>) -> Result<bool> {
+    /// A server that gives no ETag cannot say, and the answer is no.
+    pub(crate) fn is_current(&self) -> bool {
         let (client, _) = self.state();
         let key = self.index.path.as_ref().to_string();
-        current(client.head_until(&key, cancel), &self.index)
+        client.head(&key).is_ok_and(|o| o.same_as(&self.index))
     }
 
     /// The shard object of `e` (its size and ETag read on first use).
