@@ -171,57 +171,19 @@ impl std::fmt::Display for RingRun {
     }
 }
 
-/// `bytes` of fresh memory, page aligned, as a trainer's allocator gives it (huge pages advised
-/// where Linux has them when `huge`, advised against otherwise); freed by [`free_memory`].
-#[cfg(unix)]
-fn fresh_memory(bytes: usize, huge: bool) -> *mut std::ffi::c_void {
-    // SAFETY: a fresh private anonymous mapping, unmapped by `free_memory`.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED);
+/// `bytes` of fresh anonymous memory (memmap2's, page aligned), advised onto huge pages where
+/// Linux has them when `huge`, away from them otherwise, as the library's staging is.
+fn fresh_memory(bytes: usize, huge: bool) -> memmap2::MmapMut {
+    let m = memmap2::MmapMut::map_anon(bytes).unwrap();
     #[cfg(target_os = "linux")]
-    // SAFETY: advice over the mapping just made; it changes no contents.
-    unsafe {
-        let advice = if huge {
-            libc::MADV_HUGEPAGE
-        } else {
-            libc::MADV_NOHUGEPAGE
-        };
-        libc::madvise(ptr, bytes, advice)
-    };
+    let _ = m.advise(if huge {
+        memmap2::Advice::HugePage
+    } else {
+        memmap2::Advice::NoHugePage
+    });
     #[cfg(not(target_os = "linux"))]
     let _ = huge;
-    ptr
-}
-
-#[cfg(unix)]
-fn free_memory(ptr: *mut std::ffi::c_void, bytes: usize) {
-    // SAFETY: a mapping `fresh_memory` made, of this length, no longer used.
-    unsafe { libc::munmap(ptr, bytes) };
-}
-
-#[cfg(not(unix))]
-fn fresh_memory(bytes: usize, _huge: bool) -> *mut std::ffi::c_void {
-    let layout = std::alloc::Layout::from_size_align(bytes, 4096).unwrap();
-    // SAFETY: a non-zero size (the probe's sizes are MiBs); freed by `free_memory`.
-    let ptr = unsafe { std::alloc::alloc(layout) };
-    assert!(!ptr.is_null());
-    ptr.cast()
-}
-
-#[cfg(not(unix))]
-fn free_memory(ptr: *mut std::ffi::c_void, bytes: usize) {
-    let layout = std::alloc::Layout::from_size_align(bytes, 4096).unwrap();
-    // SAFETY: allocated by `fresh_memory` with this layout, no longer used.
-    unsafe { std::alloc::dealloc(ptr.cast(), layout) };
+    m
 }
 
 fn main() {
@@ -277,9 +239,8 @@ fn main() {
         let alloc = t.elapsed().as_secs_f64();
         drop(p);
         let t = Instant::now();
-        let ptr = fresh_memory(bytes, huge);
-        // SAFETY: the mapping above, `bytes` long, written only here.
-        let mem = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, bytes) };
+        let mut mem = fresh_memory(bytes, huge);
+        let ptr = mem.as_mut_ptr() as *mut std::ffi::c_void;
         mem.par_chunks_mut(MIB).for_each(|c| {
             for i in (0..c.len()).step_by(4096) {
                 c[i] = 1;
@@ -299,12 +260,12 @@ fn main() {
         };
         let t = Instant::now();
         for _ in 0..8 {
-            unsafe { result::memcpy_htod_async(dptr, mem, stream.cu_stream()) }.unwrap();
+            unsafe { result::memcpy_htod_async(dptr, &mem[..], stream.cu_stream()) }.unwrap();
         }
         stream.synchronize().unwrap();
         let h2d = gbps(8 * bytes, t);
         unsafe { sys::cuMemHostUnregister(ptr) }.result().unwrap();
-        free_memory(ptr, bytes);
+        drop(mem);
         println!(
             "staging 256 MiB, round {round}: pinned allocation {:.0} ms; anonymous memory ({}) faulted in on every core {:.0} ms + page-locked {:.0} ms; H2D from it {h2d:.1} GB/s",
             alloc * 1e3,
