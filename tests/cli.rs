@@ -293,7 +293,7 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
     let slash_npy = format!("{}/", tmp.path().join("new.npy").display());
     // The same directory as a `file://` URL (read as the local path) reads the same state file.
     let (url, url_host) = (format!("file://{ckpt}"), format!("file://localhost{ckpt}"));
-    let cases: [(Vec<&str>, &str); 12] = [
+    let cases: [(Vec<&str>, &str); 11] = [
         (
             vec!["convert", &url, state.to_str().unwrap()],
             "a file of the checkpoint",
@@ -364,12 +364,9 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
             "a file of the checkpoint",
         ),
         (
-            vec![
-                "init", ckpt, "--model", model, "--map", "{}", "--out", &slash,
-            ],
+            vec!["convert", ckpt, &slash],
             "ends in a path separator, as a folder does, but names one file",
         ),
-        (vec!["convert", ckpt, &slash], "ends in a path separator"),
         (
             vec!["get", ckpt, "useful_scope/var4", "--out", &slash_npy],
             "ends in a path separator",
@@ -387,6 +384,28 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
         .is_symlink());
     assert_eq!(std::fs::read(&data).unwrap(), before);
     assert!(tfckpt(&["verify", ckpt]).status.success());
+    // `init --out` with a trailing separator names a directory (`--out out/`), whatever its name
+    // ends in; a name ending in `.safetensors` names one file, `out/.safetensors` too.
+    let o = tfckpt(&[
+        "init", ckpt, "--model", model, "--map", "{}", "--out", &slash,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tmp.path().join("new.safetensors").join("v.npy").is_file());
+    let dot = tmp.path().join("dot").join(".safetensors");
+    let o = tfckpt(&[
+        "init",
+        ckpt,
+        "--model",
+        model,
+        "--map",
+        "{}",
+        "--out",
+        dot.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&dot).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.names(), ["v"]);
 }
 
 /// stdout that cannot be written (here a full device): an `error:` line and exit code 1, never

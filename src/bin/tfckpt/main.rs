@@ -89,7 +89,8 @@ enum Cmd {
         map: String,
         /// Output directory: one .npy per variable, part and partitioned variable; or a file ending
         /// in .safetensors: the same values in that one file, each under its .npy name without
-        /// .npy (an existing directory keeps the directory meaning). Nothing is written unless
+        /// .npy (an existing directory, or a name ending in a path separator, keeps the directory
+        /// meaning). Nothing is written unless
         /// every initializer succeeded. Required unless --no-out.
         #[arg(long, required_unless_present = "no_out", conflicts_with = "no_out")]
         out: Option<PathBuf>,
@@ -432,9 +433,14 @@ fn inputs(ckpt: &Checkpoint) -> Vec<PathBuf> {
     files
 }
 
-/// Whether `init --out` names one safetensors file rather than a directory of .npy files.
+/// Whether `init --out` names one safetensors file rather than a directory of .npy files: a name
+/// ending in `.safetensors` (`out/.safetensors` too, which has no extension for `Path`) that is
+/// not a directory. A trailing separator (`new.safetensors/`) names a directory, as `--out out/`
+/// does.
 fn is_safetensors_file(out: &Path) -> bool {
-    out.extension().is_some_and(|e| e == "safetensors") && !out.is_dir()
+    let name = out.as_os_str().to_string_lossy();
+    let ends_in_separator = name.chars().last().is_some_and(std::path::is_separator);
+    name.ends_with(".safetensors") && !ends_in_separator && !out.is_dir()
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
