@@ -376,3 +376,45 @@ mod tests {
         assert!(check_shape(&[0, (i64::MAX as u64) + 1]).is_err());
     }
 }
+
+/// Test support: hand-edited indexes, self-consistent (every block checksum right), for the
+/// damage that the checksums of a TensorFlow-written index would otherwise catch first.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use prost::Message;
+
+    use crate::format::bundle::index_path;
+    use crate::format::proto;
+    use crate::format::sstable::Table;
+    use crate::format::sstable_builder::TableBuilder;
+
+    /// Rewrites the index of the V2 checkpoint at `prefix`: `edit` sees each entry (key and proto;
+    /// not the header) and may change it.
+    pub(crate) fn rewrite_index(
+        prefix: &Path,
+        mut edit: impl FnMut(&[u8], &mut proto::BundleEntryProto),
+    ) {
+        let path = index_path(prefix);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut records = Vec::new();
+        Table::open(&path, &bytes)
+            .unwrap()
+            .for_each(|k, v| {
+                records.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        let mut table = TableBuilder::new(4096, false);
+        for (key, value) in &mut records {
+            if !key.is_empty() {
+                let mut entry = proto::BundleEntryProto::decode(&value[..]).unwrap();
+                edit(key, &mut entry);
+                *value = entry.encode_to_vec();
+            }
+            table.add(key, value);
+        }
+        std::fs::write(&path, table.finish()).unwrap();
+    }
+}

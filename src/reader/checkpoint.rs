@@ -643,7 +643,8 @@ impl Checkpoint {
         problems.sort_by_key(|p| (p.0.is_none(), p.0));
         VerifyReport {
             tensors: data.len(),
-            bytes: data.iter().map(|e| e.size).sum(),
+            // Declared sizes (each within int64) can add up past u64 in a damaged index.
+            bytes: data.iter().fold(0u64, |n, e| n.saturating_add(e.size)),
             blocks: b.index.blocks + 1,
             problems: problems.into_iter().map(|p| p.1).collect(),
         }
@@ -690,4 +691,38 @@ fn addressable(bytes: u64, tensor: &str) -> Result<usize> {
         }
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::format::index::testing::rewrite_index;
+    use crate::{Checkpoint, CheckpointWriter, DType, Tensor, WriterOptions};
+
+    /// Entries whose declared sizes add up past u64 (each within int64, as an index may say):
+    /// `verify` reports them, and the byte count saturates instead of overflowing (a panic in
+    /// a debug build, a wrapped count in a release one).
+    #[test]
+    fn declared_sizes_past_u64_are_reported_not_summed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("h");
+        let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+        for name in ["a", "b", "c"] {
+            let t = Tensor::from_bytes(DType::U8, &[4], vec![1, 2, 3, 4]).unwrap();
+            w.add(name, (&t).into()).unwrap();
+        }
+        w.finish().unwrap();
+        let big = i64::MAX;
+        rewrite_index(&prefix, |_, e| {
+            e.shape = Some(crate::format::writer::shape_proto(&[big as u64]));
+            e.size = big;
+            e.offset = 0;
+        });
+        let ckpt = Checkpoint::open(&prefix).unwrap();
+        let report = ckpt.verify_all();
+        assert_eq!(report.tensors, 3);
+        assert_eq!(report.bytes, u64::MAX);
+        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
+        let e = report.problems[0].to_string();
+        assert!(e.contains("h.data-00000-of-00001"), "{e}");
+    }
 }
