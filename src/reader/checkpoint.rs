@@ -725,4 +725,50 @@ mod tests {
         let e = report.problems[0].to_string();
         assert!(e.contains("h.data-00000-of-00001"), "{e}");
     }
+
+    /// Two slice entries that an index places at the same offset (TensorFlow only does so for
+    /// empty ones): the second is checksummed too when values are mapped, as every read does,
+    /// and is not taken for the first one's bytes.
+    #[test]
+    fn a_mapped_slice_at_another_entrys_offset_is_checksummed() {
+        use crate::{init_from_checkpoint, AssignmentMap, Device, Init, LoadOptions, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("a");
+        let n = 1024u64;
+        let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+        for row in 0..2u64 {
+            let t = Tensor::from_f32(&[1, n], &vec![row as f32 + 1.0; n as usize]).unwrap();
+            let slice = crate::base::slice::Slice::from_ranges(&[(row, 1), (0, n)]);
+            w.add_slice("w", &[2, n], &slice, (&t).into()).unwrap();
+        }
+        w.finish().unwrap();
+        // Row 1's entry keeps its own checksum but says it starts where row 0 does.
+        let mut moved = 0;
+        rewrite_index(&prefix, |_, e| {
+            if e.offset == 4 * n as i64 {
+                e.offset = 0;
+                moved += 1;
+            }
+        });
+        assert_eq!(moved, 1);
+        for map_values in [false, true] {
+            let mut store = crate::VariableStore::new();
+            store
+                .get_partitioned_variable("w", &[2, n], DType::F32, &[2, 1], Init::Zeros)
+                .unwrap();
+            let map = AssignmentMap::from([("w", Target::name("w"))]);
+            init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+            let options = LoadOptions {
+                map_values,
+                map_min_bytes: Some(1),
+                ..Default::default()
+            };
+            let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+            assert!(
+                matches!(e.kind(), crate::ErrorKind::TensorChecksum { .. }),
+                "map_values {map_values}: {e}"
+            );
+            assert!(store.value("w/part_1").is_none());
+        }
+    }
 }

@@ -65,8 +65,12 @@ impl PieceSet {
     }
 }
 
-/// Where a stored entry lies: (shard, offset). Identifies an entry for "read once" bookkeeping.
+/// Where a stored entry lies: (shard, offset), the order to read tensors in.
 pub(crate) type EntryAt = (u32, u64);
+
+/// A stored entry checksummed by a load: (shard, offset, size, CRC32C), so that one value read
+/// twice is checked once, and an entry that merely starts where another does is checked too.
+pub(crate) type Checked = (u32, u64, u64, u32);
 
 impl Checkpoint {
     /// The tensor `name` as stored, or [`ErrorKind::TensorNotFound`].
@@ -241,12 +245,14 @@ impl<'c> Stored<'c> {
         &self,
         want: &Region,
         min: u64,
-        verified: &mut Vec<EntryAt>,
+        verified: &mut Vec<Checked>,
     ) -> Result<Option<(crate::base::tensor::Bytes, bool)>> {
         let Some((b, e)) = self.map_candidate(want, min)? else {
             return Ok(None);
         };
-        let at = (e.shard, e.offset);
+        // The same bytes under the same checksum: two entries alike in all four (slices of
+        // one stored entry) need one check; an entry that only shares another's offset needs its own.
+        let at = (e.shard, e.offset, e.size, e.crc);
         let seen = verified.contains(&at);
         let mapped = b.map_entry(e, !seen)?;
         if mapped.is_some() && !seen {
