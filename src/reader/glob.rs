@@ -11,7 +11,8 @@
 //! (TensorFlow cannot open a checkpoint under a directory such as `runs/x=[1,2]`, its issue
 //! 34290); a directory matched by the last component is passed over (TensorFlow fails to open it
 //! as a file); `.` and `..` after a pattern are steps (TensorFlow's listings have neither, so it
-//! finds nothing); matches are sorted (TensorFlow's order is its threads').
+//! finds nothing); a directory reached along several paths (through `..` or symbolic links) is
+//! walked once; matches are sorted (TensorFlow's order is its threads').
 
 use std::path::{Component, Path, PathBuf};
 
@@ -48,11 +49,28 @@ pub(crate) fn is_glob(path: &Path) -> bool {
 /// an existing entry literally is that entry. A pattern without such characters matches itself
 /// if it is a file.
 pub(crate) fn glob_files(pattern: &Path) -> Result<Vec<PathBuf>> {
-    glob_files_with(pattern, fnmatch)
+    glob_files_with(pattern, fnmatch, MAX_PATHS)
 }
 
-/// [`glob_files`], with `matches` deciding whether a name matches a component.
-fn glob_files_with(pattern: &Path, matches: impl Fn(&[u8], &[u8]) -> bool) -> Result<Vec<PathBuf>> {
+/// The most paths one component of a pattern may match (a state file naming `/*/*/*/*/*` walks
+/// the whole file system: an error naming the pattern, not the memory to list it).
+const MAX_PATHS: usize = 1_000_000;
+
+fn too_many(pattern: &Path, max_paths: usize) -> crate::Error {
+    crate::base::error::ErrorKind::InvalidArgument(format!(
+        "{}: the pattern matches more than {max_paths} paths",
+        pattern.display()
+    ))
+    .into()
+}
+
+/// [`glob_files`], with `matches` deciding whether a name matches a component, and at most
+/// `max_paths` paths matched by one component.
+fn glob_files_with(
+    pattern: &Path,
+    matches: impl Fn(&[u8], &[u8]) -> bool,
+    max_paths: usize,
+) -> Result<Vec<PathBuf>> {
     let parts: Vec<Component<'_>> = pattern.components().collect();
     let Some(first_magic) = parts.iter().position(|c| match c {
         Component::Normal(name) => has_magic(&name_bytes(name)),
@@ -106,6 +124,17 @@ fn glob_files_with(pattern: &Path, matches: impl Fn(&[u8], &[u8]) -> bool) -> Re
                     .map(|e| base.join(e.file_name()))
                     .filter(|p| keep(p)),
             );
+            if next.len() > max_paths {
+                return Err(too_many(pattern, max_paths));
+            }
+        }
+        if k != last {
+            // A directory reached along several paths (`*/..`, symbolic links to `.`) is walked
+            // once, under its first spelling: otherwise each such step multiplies the paths
+            // (`*/../*/../...` grows as the number of subdirectories to the power of the steps).
+            next.sort();
+            let mut seen = std::collections::HashSet::new();
+            next.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
         }
         found = next;
     }
@@ -552,6 +581,10 @@ mod tests {
         assert_eq!(got("r?ns/[!a]/ck-?"), ["runs/b/ck-1", "runs/b/ck-x"]);
         assert_eq!(got("runs/*"), ["runs/d"]);
         assert_eq!(got("*/a/../b/ck-1"), ["runs/a/../b/ck-1"]);
+        // A directory reached along several paths is walked once: `runs/*/..` is `runs` three
+        // times over (through a, b and c), one match.
+        assert_eq!(got("runs/*/../b/ck-1"), ["runs/a/../b/ck-1"]);
+        assert_eq!(got("runs/*/../*/../b/ck-1"), ["runs/a/../a/../b/ck-1"]);
         // Literally first: `exp[1]` is that directory, `m[0]` that file.
         assert_eq!(got("exp[1]/ck-?"), ["exp[1]/ck-0"]);
         assert_eq!(got("exp[1]/ck-0"), ["exp[1]/ck-0"]);
@@ -569,6 +602,45 @@ mod tests {
         assert!(is_glob(Path::new("a/b*/c")) && !is_glob(Path::new("a/b/c")));
         // Named as it is: no pattern.
         assert!(!is_glob(&d.join("exp[1]/ck-0")) && is_glob(&d.join("exp[1]/ck-?")));
+    }
+
+    /// A state file may name any pattern: `*/..` steps and symbolic links back to a directory
+    /// would multiply the paths at every step (2^40 here, a hang and then memory exhausted).
+    #[test]
+    fn paths_back_to_one_directory_do_not_multiply() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["a", "b"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("x"), b"x").unwrap();
+        let back = "*/../".repeat(40);
+        let found = glob_files(&d.join(format!("{back}x"))).unwrap();
+        assert_eq!(found, [d.join(format!("{}x", "a/../".repeat(40)))]);
+        // More matches of one component than the limit: an error naming the pattern.
+        let pattern = d.join("*/../x");
+        assert_eq!(glob_files_with(&pattern, fnmatch, 2).unwrap().len(), 1);
+        let e = glob_files_with(&pattern, fnmatch, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "{}: the pattern matches more than 1 paths",
+                pattern.display()
+            )),
+            "{e}"
+        );
+        #[cfg(unix)]
+        {
+            let loops = d.join("loops");
+            std::fs::create_dir(&loops).unwrap();
+            for l in ["l1", "l2"] {
+                std::os::unix::fs::symlink(".", loops.join(l)).unwrap();
+            }
+            std::fs::write(loops.join("y"), b"y").unwrap();
+            let found = glob_files(&loops.join(format!("{}y", "*/".repeat(30)))).unwrap();
+            assert_eq!(found, [loops.join(format!("{}y", "l1/".repeat(30)))]);
+        }
     }
 
     #[cfg(feature = "remote")]
@@ -601,7 +673,7 @@ mod tests {
         let pattern = dir
             .path()
             .join(std::ffi::OsStr::from_bytes(b"ck\xff-?????-of-00001"));
-        let found = glob_files_with(&pattern, fnmatch_bytes).unwrap();
+        let found = glob_files_with(&pattern, fnmatch_bytes, MAX_PATHS).unwrap();
         assert_eq!(
             found,
             [dir.path()
@@ -634,7 +706,7 @@ mod tests {
             std::fs::write(f, b"x").unwrap();
         }
         let glob = |pat: &str, matches: &dyn Fn(&[u8], &[u8]) -> bool| -> Vec<String> {
-            glob_files_with(&d.join(pat), matches)
+            glob_files_with(&d.join(pat), matches, MAX_PATHS)
                 .unwrap()
                 .iter()
                 .map(|f| f.strip_prefix(d).unwrap().to_str().unwrap().to_owned())
