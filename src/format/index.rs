@@ -99,16 +99,19 @@ pub(crate) fn parse_shape(shape: Option<&proto::TensorShapeProto>) -> Result<Vec
 }
 
 /// Every slice a partitioned tensor's entry lists has an entry of its own, keyed by the tensor's
-/// name and the slice, so the listed slices times the name's length are bounded by the bytes of
-/// the index's keys (`key_bytes`, as decoded), with 64 MiB to spare for slices whose entries are
-/// missing (an error only when such a slice is read, as in TensorFlow). Reading builds each listed
-/// slice's key: an entry listing a million slices of a megabyte name from a few megabytes of index
-/// would take terabytes.
+/// name and the slice, so the listed slices' keys are bounded by the bytes of the index's keys
+/// (`key_bytes`, as decoded), with [`MISSING_SLICE_KEYS`] to spare for slices whose entries are
+/// missing (an error only when such a slice is read, as in TensorFlow). Each listed slice is
+/// charged the shortest key it can have (section E.3: the name, 5 bytes of framing and the rank,
+/// and at least one byte per start and per length). Reading builds each listed slice's key and
+/// its bookkeeping: an entry listing a million slices of a megabyte name from a few megabytes of
+/// index would take terabytes, and millions of slices of a one-byte name gigabytes.
 fn check_slice_listing(path: &Path, key_bytes: usize, entries: &[Entry]) -> Result<()> {
-    let budget = key_bytes.saturating_add(64 << 20);
+    let budget = key_bytes.saturating_add(MISSING_SLICE_KEYS);
     let mut keys = 0usize;
     for e in entries {
-        keys = keys.saturating_add(e.slices.len().saturating_mul(e.key.len()));
+        let shortest_key = e.key.len() + 5 + 2 * e.shape.len();
+        keys = keys.saturating_add(e.slices.len().saturating_mul(shortest_key));
         if keys > budget {
             return Err(ErrorKind::BadEntry {
                 path: path.into(),
@@ -126,6 +129,10 @@ fn check_slice_listing(path: &Path, key_bytes: usize, entries: &[Entry]) -> Resu
     }
     Ok(())
 }
+
+/// The slice keys an index may list beyond those its entries hold (missing slice entries): 4 MiB
+/// of keys, at most about 600,000 slices.
+const MISSING_SLICE_KEYS: usize = 4 << 20;
 
 /// TensorFlow's rule for a concrete shape (`TensorShape::IsValidShape`): at most [`MAX_RANK`]
 /// dimensions, and the element count, multiplied out dimension by dimension, within int64 at
@@ -358,6 +365,24 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("m.index"), "{e}");
+        // Millions of slices of a one-byte name, which the index does not hold entries for: each
+        // charged its shortest key (8 bytes at rank 1), beyond the 4 MiB of spare keys.
+        let many = entry(1, 600_000);
+        let e = check_slice_listing(path, 0, std::slice::from_ref(&many))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lists 600000 slices of its 1-byte name"), "{e}");
+        // The same with their entries' keys in the index; a real key is never shorter than
+        // the charge.
+        let held: usize = many
+            .slices
+            .iter()
+            .map(|s| crate::format::slice_codec::slice_key(b"n", s).len())
+            .sum();
+        assert!(held >= 600_000 * 8, "{held}");
+        check_slice_listing(path, held, &[many]).unwrap();
+        let scalar_full = crate::format::slice_codec::slice_key(b"", &Slice::full(1));
+        assert_eq!(scalar_full.len(), 5 + 2);
     }
 
     /// TensorFlow's `TensorShape::IsValidShape`: the running element count stays within int64
