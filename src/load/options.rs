@@ -126,11 +126,14 @@ pub struct RemoteOptions {
     pub concurrency: usize,
     /// Retries of a request that failed with a timeout, a connection error or a 5xx status, or
     /// whose body was cut short (default 10). A failure is retried by `object_store` or by
-    /// tfckpt, never by both (which would multiply the retries).
+    /// tfckpt, never by both (which would multiply the retries). A body that keeps arriving
+    /// renews the count: each request that brought at least 1 MiB (or the rest of its range)
+    /// starts it again, so a slow link whose connections drop now and then is read to the end.
     pub max_retries: usize,
     /// The first backoff between retries, doubled each time up to 15 s (default 100 ms).
     pub initial_backoff: std::time::Duration,
-    /// Retries stop once this long has passed since the first try (default 180 s).
+    /// Retries stop once this long has passed since the first try, or since the last request
+    /// that brought at least 1 MiB of its range (default 180 s).
     pub retry_timeout: std::time::Duration,
     /// What is fetched whole into host memory when a checkpoint is opened: a V1 checkpoint
     /// (legacy: SSTable files without byte offsets per tensor, all its files together), a V2

@@ -728,7 +728,9 @@ impl Client {
     /// short, or is broken off in an answer without an ETag, is requested again (within
     /// [`RemoteOptions`]' retries and time), resuming after the bytes already handed on; the
     /// request itself, and a body broken off in an answer with an ETag, are retried by
-    /// `object_store` alone (retrying its failures again would multiply the retries).
+    /// `object_store` alone (retrying its failures again would multiply the retries), unless
+    /// that answer brought at least 1 MiB (or the rest) before `object_store` gave up: its retry
+    /// count and time, which progress does not renew, do not end a body that keeps arriving.
     /// `emit` returns false when nobody reads any more, which ends the request.
     pub(crate) fn fetch(
         self: &Arc<Self>,
@@ -747,6 +749,11 @@ impl Client {
             let span = Some((range.start, range.end));
             // Bytes handed on so far: a retry asks for the rest only.
             let mut got = 0u64;
+            // The retry budget counts from the last request that brought at least 1 MiB (or
+            // the rest): a body that keeps arriving over a slow link, broken off now and then,
+            // is not given up; one broken off after a few bytes each time is.
+            let progressed =
+                |before: u64, got: u64| got > before && got - before >= PROGRESS.min(want - before);
             loop {
                 let got_before = got;
                 let opts = GetOptions {
@@ -805,10 +812,21 @@ impl Client {
                             got += batched;
                         }
                         match ended {
-                            None if got == want => return Ok(()),
+                            // Every byte came (a body error after the last one changes nothing).
+                            _ if got == want => return Ok(()),
                             None => client_error_short(&obj.url, span, got, want),
-                            // Its retries are spent: resuming it again would multiply them.
+                            // Broken off in an answer without an ETag: resumed here.
                             Some(e @ object_store::Error::Generic { .. }) if !resumed_by_store => {
+                                client.error(e, &obj.url, span)
+                            }
+                            // `object_store` resumed it until its retries were spent, which
+                            // progress does not renew (its retry timeout counts from the first
+                            // request, so a slow link's range outlasting it was never resumed
+                            // again). Resumed here if it brought enough to renew this budget;
+                            // otherwise resuming it again would multiply the retries.
+                            Some(e @ object_store::Error::Generic { .. })
+                                if progressed(got_before, got) =>
+                            {
                                 client.error(e, &obj.url, span)
                             }
                             Some(e) => return Err(client.error(e, &obj.url, span)),
@@ -819,10 +837,7 @@ impl Client {
                     // them.
                     Err(e) => return Err(client.error(e, &obj.url, span)),
                 };
-                // The retry budget counts from the last request that brought at least 1 MiB (or
-                // the rest): a body that keeps arriving over a slow link, broken off now and
-                // then, is not given up; one broken off after a few bytes each time is.
-                if got - got_before >= PROGRESS.min(want - got_before) && got > got_before {
+                if progressed(got_before, got) {
                     (start, attempt, backoff) = (Instant::now(), 0, client.options.initial_backoff);
                 }
                 attempt += 1;
