@@ -1422,6 +1422,9 @@ enum Fault {
     CutWithShortLength,
     /// Forward it with 4 bytes more of body than the range asked for (`content-length` says so).
     Padded,
+    /// Forward an S3 listing's answer as a page with more to come under the same continuation
+    /// token, whatever was asked: a gateway that ignores the token answers page 1 forever.
+    EndlessPages,
     /// Forward it under a `content-length` one byte longer than its body, then close the
     /// connection: every byte of the range came, and then the body ended in an error.
     ErrorAfterLastByte,
@@ -1521,6 +1524,13 @@ fn fault_proxy(
                     format!("{}\r\n\r\n", head.join("\r\n"))
                 };
                 let sent: Vec<u8> = match what {
+                    Fault::EndlessPages => String::from_utf8_lossy(body)
+                        .replace(
+                            "<IsTruncated>false</IsTruncated>",
+                            "<IsTruncated>true</IsTruncated>\
+                             <NextContinuationToken>again</NextContinuationToken>",
+                        )
+                        .into_bytes(),
                     Fault::ErrorAfterLastByte => {
                         let _ = client.write_all(head_of_length(body.len() + 1).as_bytes());
                         let _ = client.write_all(body);
@@ -1643,6 +1653,65 @@ fn a_body_that_errs_after_its_last_byte_is_read() {
     let read = remote.read(&name).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(read, local.read(&name).unwrap());
     assert_eq!(gets.load(Ordering::SeqCst), 1);
+}
+
+/// A listing whose pages never end (the same page under the same continuation token, again and
+/// again) is an error naming the folder at the second page, not pages gathered for the
+/// 10 minutes a listing may take while memory fills (`object_store`'s `list_with_delimiter`
+/// gathers every page before it returns); and whether a name is a folder takes one page (the
+/// stream of `list` asked for page after empty page, with no end at all).
+#[test]
+fn a_listing_whose_pages_never_end_is_an_error() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The folder listed, a glob's or (a pattern in a folder's name) the bucket's top with
+    // everything below it; and the listing requests: whether the name is a folder (one page of
+    // one key each time), then two pages.
+    for (glob, listed, requests) in [
+        ("v1_sharded/model.ckpt-0-?????-of-00002", "v1_sharded/", 3),
+        ("v1_*d/model.ckpt-0-?????-of-00002", "", 4),
+    ] {
+        let lists = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = lists.clone();
+        let addr = fault_proxy(servers().s3, move |head| {
+            let first = head.lines().next().unwrap_or("");
+            if first.starts_with("GET ") && first.contains("list-type=2") {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Fault::EndlessPages
+            } else {
+                Fault::Pass
+            }
+        });
+        let url = format!("s3://{BUCKET}/{glob}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(["list", &url])
+            .env("AWS_ENDPOINT_URL", format!("http://{addr}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // (Killed past a minute: it listed pages until 10 minutes were up.)
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{url}: still listing after 60 s, {} pages",
+                    lists.load(Ordering::SeqCst)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.starts_with(&format!("error: s3://{BUCKET}/{listed}: "))
+                && err.contains("the same page token twice"),
+            "{err}"
+        );
+        assert_eq!(lists.load(Ordering::SeqCst), requests, "{err}");
+    }
 }
 
 /// The first answer for an index cut short, with a `content-length` saying the short length (so

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use object_store::list::PaginatedListStore;
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
@@ -93,6 +94,47 @@ async fn collect_at_most<T, E>(
         found.push(item?);
     }
     Ok(Ok(found))
+}
+
+/// The objects directly under `prefix` (ending in `/`), or with `recursive` every object below
+/// it, page by page: at most `max` of them, and no page token twice (a gateway that ignores the
+/// token answers page 1 forever); either is `Ok(Err(reason))`.
+async fn list_pages_at_most(
+    pages: &dyn PaginatedListStore,
+    prefix: Option<&str>,
+    recursive: bool,
+    max: usize,
+) -> object_store::Result<std::result::Result<Vec<object_store::ObjectMeta>, String>> {
+    let mut found = Vec::new();
+    let mut tokens = std::collections::HashSet::new();
+    let mut page_token = None;
+    loop {
+        let options = object_store::list::PaginatedListOptions {
+            delimiter: (!recursive).then_some("/".into()),
+            page_token,
+            ..Default::default()
+        };
+        let page = pages.list_paginated(prefix, options).await?;
+        if found.len() + page.result.objects.len() > max {
+            return Ok(Err(too_many_objects(max)));
+        }
+        found.extend(page.result.objects);
+        match page.page_token {
+            None => return Ok(Ok(found)),
+            Some(t) if !tokens.insert(t.clone()) => {
+                return Ok(Err(format!(
+                    "the store answered the same page token twice, after {} objects: a \
+                     listing that would never end",
+                    found.len()
+                )))
+            }
+            Some(t) => page_token = Some(t),
+        }
+    }
+}
+
+fn too_many_objects(max: usize) -> String {
+    format!("more than {max} objects under it: name the checkpoint's folder, not one above it")
 }
 
 /// The object storage schemes a checkpoint URL may use.
@@ -499,12 +541,29 @@ impl Object {
     }
 }
 
+/// One bucket's or host's store, and its page-by-page listing where it has one (S3, GCS).
+#[derive(Clone)]
+struct Stores {
+    objects: Arc<dyn ObjectStore>,
+    pages: Option<Arc<dyn PaginatedListStore>>,
+}
+
+impl Stores {
+    fn paged<S: ObjectStore + PaginatedListStore>(store: S) -> Stores {
+        let store = Arc::new(store);
+        Stores {
+            objects: store.clone(),
+            pages: Some(store),
+        }
+    }
+}
+
 /// A client for one bucket or host.
 pub(crate) struct Client {
     pub loc: Location,
     /// Built again in a child forked after it was built: its connections belong to the
     /// parent's runtime.
-    store: PerProcess<Arc<dyn ObjectStore>>,
+    store: PerProcess<Stores>,
     credentials: String,
     pub options: RemoteOptions,
 }
@@ -525,13 +584,17 @@ impl Client {
 
     /// This process's client of the bucket or host.
     fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        self.stores().map(|s| s.objects)
+    }
+
+    fn stores(&self) -> Result<Stores> {
         let (loc, options) = (&self.loc, &self.options);
         self.store
             .get_or_try_init(|| Self::build(loc, options))
             .cloned()
     }
 
-    fn build(loc: &Location, options: &RemoteOptions) -> Result<Arc<dyn ObjectStore>> {
+    fn build(loc: &Location, options: &RemoteOptions) -> Result<Stores> {
         let retry = object_store::RetryConfig {
             max_retries: options.max_retries,
             retry_timeout: options.retry_timeout,
@@ -548,17 +611,17 @@ impl Client {
         // slow link short (16 ranges of 16 MiB at once need about 72 Mbit/s to finish in 30 s):
         // a request may take REQUEST_TIMEOUT, and a body that stalls READ_TIMEOUT fails, unless
         // the environment (`AWS_TIMEOUT`, `GOOGLE_READ_TIMEOUT`, ...) says otherwise.
-        let built: object_store::Result<Arc<dyn ObjectStore>> = match loc.scheme {
+        let built: object_store::Result<Stores> = match loc.scheme {
             Scheme::S3 => s3_builder()
                 .with_bucket_name(&loc.authority)
                 .with_retry(retry)
                 .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+                .map(Stores::paged),
             Scheme::Gcs => gcs_builder()
                 .with_bucket_name(&loc.authority)
                 .with_retry(retry)
                 .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+                .map(Stores::paged),
             Scheme::Http | Scheme::Https => object_store::http::HttpBuilder::new()
                 .with_url(format!("{}://{}", loc.scheme.as_str(), loc.authority))
                 .with_client_options(
@@ -569,7 +632,10 @@ impl Client {
                 )
                 .with_retry(retry)
                 .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+                .map(|s| Stores {
+                    objects: Arc::new(s),
+                    pages: None,
+                }),
         };
         // Masked as every request's error is: `object_store` may quote what it could not use
         // (a key it failed to parse, say).
@@ -634,9 +700,9 @@ impl Client {
 
     /// The objects directly under `dir` (a key prefix ending in `/`, or empty for the bucket's
     /// top), or with `recursive` every object below it, by key. A listing is bounded: at most
-    /// [`MAX_LISTED`] objects (recursive) and [`REQUEST_TIMEOUT`] in all, so that a store whose
-    /// pages never end (a gateway that ignores the continuation token answers page 1 forever)
-    /// is an error naming the URL, not a hang that fills memory.
+    /// [`MAX_LISTED`] objects, no page token twice (S3, GCS) and [`REQUEST_TIMEOUT`] in all, so
+    /// that a store whose pages never end (a gateway that ignores the continuation token answers
+    /// page 1 forever) is an error naming the URL, not a hang that fills memory.
     pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Object>> {
         self.list_bounded(dir, recursive, MAX_LISTED)
     }
@@ -648,7 +714,7 @@ impl Client {
         } else {
             Some(self.path(dir.trim_end_matches('/'))?)
         };
-        let store = self.store()?;
+        let stores = self.stores()?;
         let unbounded = |reason: String| -> Error {
             ErrorKind::Remote {
                 url: url.clone(),
@@ -659,13 +725,18 @@ impl Client {
         };
         let listed = block(&url, async move {
             let listing = async {
-                if recursive {
-                    collect_at_most(store.list(prefix.as_ref()), max).await
+                if let Some(pages) = &stores.pages {
+                    // Page by page, counted, each token once: `list_with_delimiter` gathers every
+                    // page first, and the stream of `list` follows a token whatever it is.
+                    let under = prefix.as_ref().map(|p| format!("{p}/"));
+                    list_pages_at_most(&**pages, under.as_deref(), recursive, max).await
+                } else if recursive {
+                    let all = collect_at_most(stores.objects.list(prefix.as_ref()), max).await?;
+                    Ok(all.map_err(too_many_objects))
                 } else {
-                    store
-                        .list_with_delimiter(prefix.as_ref())
-                        .await
-                        .map(|l| Ok(l.objects))
+                    // One request (a WebDAV PROPFIND of depth 1): no pages.
+                    let listing = stores.objects.list_with_delimiter(prefix.as_ref()).await?;
+                    Ok(Ok(listing.objects))
                 }
             };
             tokio::time::timeout(REQUEST_TIMEOUT, listing).await
@@ -677,11 +748,7 @@ impl Client {
             ))
         })?
         .map_err(|e| self.error(e, &url, None))?
-        .map_err(|n| {
-            unbounded(format!(
-                "more than {n} objects under it: name the checkpoint's folder, not one above it"
-            ))
-        })?;
+        .map_err(unbounded)?;
         Ok(listed
             .into_iter()
             .map(|m| Object {
@@ -698,9 +765,28 @@ impl Client {
     pub(crate) fn has_keys_under(&self, dir: &str) -> Result<bool> {
         let url = self.loc.url(dir);
         let prefix = self.path(dir.trim_end_matches('/'))?;
-        let store = self.store()?;
-        let first = block(&url, async move {
-            store.list(Some(&prefix)).next().await.transpose()
+        let stores = self.stores()?;
+        let any = block(&url, async move {
+            match &stores.pages {
+                // One page of one key: the stream of `list` asks for the next page while they
+                // come back empty with a page token, forever where a gateway ignores the token.
+                Some(pages) => {
+                    let options = object_store::list::PaginatedListOptions {
+                        max_keys: Some(1),
+                        ..Default::default()
+                    };
+                    let under = format!("{prefix}/");
+                    let page = pages.list_paginated(Some(&under), options).await?;
+                    Ok(!page.result.objects.is_empty())
+                }
+                None => Ok(stores
+                    .objects
+                    .list(Some(&prefix))
+                    .next()
+                    .await
+                    .transpose()?
+                    .is_some()),
+            }
         })?
         .map_err(|e| {
             // A listing's 404 is the bucket's (object_store reports it as a plain status).
@@ -717,7 +803,7 @@ impl Client {
             }
             self.error(e, &url, None)
         })?;
-        Ok(first.is_some())
+        Ok(any)
     }
 
     /// The future of one ranged GET of `obj`, checked: exactly the bytes asked for, from the same
