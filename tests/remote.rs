@@ -1417,6 +1417,8 @@ enum Fault {
     Status500,
     /// Answer `403 Forbidden`.
     Status403,
+    /// Answer `412 Precondition Failed` (an `If-Match` whose ETag the object no longer has).
+    Status412,
     /// Forward it, then send half the body under a `content-length` saying that half (so the
     /// body looks complete).
     CutWithShortLength,
@@ -1489,6 +1491,7 @@ fn fault_proxy(
                 let status = match what {
                     Fault::Status500 => Some("500 Internal Server Error"),
                     Fault::Status403 => Some("403 Forbidden"),
+                    Fault::Status412 => Some("412 Precondition Failed"),
                     Fault::WeakEtag if if_match => Some("412 Precondition Failed"),
                     _ => None,
                 };
@@ -1626,6 +1629,36 @@ fn an_answer_longer_than_its_range_is_an_error() {
     init_from_checkpoint(&mut store, &url, &map).unwrap();
     assert!(store.initialize(Device::Cpu).is_err());
     assert!(store.variables().all(|v| store.value(&v.name).is_none()));
+}
+
+/// An object replaced while `object_store` resumes a body it broke off (the resumed request's
+/// `If-Match` answered 412): the read fails as "changed", naming the object and range, not as a
+/// network error to retry (it said "error decoding response body").
+#[test]
+fn an_object_replaced_while_its_body_is_resumed_is_changed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        if !is_data_get(head) {
+            Fault::Etag
+        } else if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            Fault::CutMidBody { etag: true }
+        } else {
+            Fault::Status412
+        }
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let name = remote.tensors()[0].name.clone();
+    let e = remote.read(&name).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::RemoteChanged { url, range: Some(_), .. }
+            if url.ends_with(".data-00000-of-00001")),
+        "{e}"
+    );
+    assert_eq!(gets.load(Ordering::SeqCst), 2, "{e}");
 }
 
 /// A body that brought every byte of its range and then ended in an error (a server that closed

@@ -1000,6 +1000,19 @@ impl Client {
                 what: "its ETag no longer matches (HTTP 412)".into(),
             }
             .into(),
+            // The same refusal of a request that `object_store` made to resume a body it had
+            // broken off, which it passes on wrapped.
+            E::Generic { source, .. }
+                if matches!(source.downcast_ref::<E>(), Some(E::Precondition { .. })) =>
+            {
+                ErrorKind::RemoteChanged {
+                    url: url.to_string(),
+                    range,
+                    what: "its ETag no longer matches (HTTP 412, resuming a body broken off)"
+                        .into(),
+                }
+                .into()
+            }
             other => {
                 let text = with_causes(&other);
                 // A refusal: reported by some stores as a plain HTTP status, or as another
