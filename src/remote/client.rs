@@ -340,6 +340,31 @@ impl Location {
             }
         }
     }
+
+    /// Whether `other` is in the same bucket, or on the same host: an http(s) host compared
+    /// without regard to case and with its scheme's default port made explicit (`HOST`,
+    /// `host:443` and `host` are one https server).
+    pub(crate) fn same_store(&self, other: &Location) -> bool {
+        let host = |l: &Location| {
+            let a = l.authority.to_ascii_lowercase();
+            let port = match l.scheme {
+                Scheme::Http => ":80",
+                Scheme::Https => ":443",
+                Scheme::S3 | Scheme::Gcs => return l.authority.clone(),
+            };
+            // `[::1]` and `[::1]:8080`: a port follows the last `]` or the only `:`.
+            let has_port = match a.rfind(']') {
+                Some(end) => a[end..].contains(':'),
+                None => a.contains(':'),
+            };
+            if has_port {
+                a
+            } else {
+                format!("{a}{port}")
+            }
+        };
+        self.scheme == other.scheme && host(self) == host(other)
+    }
 }
 
 /// `key` with empty and `.` segments dropped and `..` resolved (as a local path would be), keeping
@@ -1458,6 +1483,35 @@ mod tests {
         let failing = stream::iter([Ok(1u8), Err("503")]);
         let r = rt.block_on(collect_at_most(failing, 10));
         assert_eq!(r, Err("503"));
+    }
+
+    /// A state file may name its checkpoint by URL: the same server however its host is
+    /// spelt (case, the default port), the same bucket exactly.
+    #[test]
+    fn the_same_store_however_its_host_is_spelt() {
+        let loc = |u: &str| Location::parse(u).unwrap();
+        let same = [
+            ("https://Example.com/a", "https://example.com/b"),
+            ("https://example.com/a", "https://example.com:443/b"),
+            ("http://h/a", "http://H:80/b"),
+            ("http://[::1]/a", "http://[::1]:80/b"),
+            ("s3://bucket/a", "s3://bucket/b"),
+        ];
+        for (a, b) in same {
+            assert!(loc(a).same_store(&loc(b)), "{a} {b}");
+            assert!(loc(b).same_store(&loc(a)), "{b} {a}");
+        }
+        let other = [
+            ("https://example.com/a", "http://example.com/b"),
+            ("https://example.com/a", "https://example.com:8443/b"),
+            ("http://h:8080/a", "http://h/b"),
+            ("http://[::1]:8080/a", "http://[::1]/b"),
+            ("s3://bucket/a", "s3://other/b"),
+            ("s3://bucket/a", "gs://bucket/b"),
+        ];
+        for (a, b) in other {
+            assert!(!loc(a).same_store(&loc(b)), "{a} {b}");
+        }
     }
 
     /// Credentials or a query in an http(s):// host part are refused and never shown (a password

@@ -313,7 +313,7 @@ fn resolve(
                 "its state file names {path}, which cannot be read: {e}"
             ))
         })?;
-        if named.scheme != loc.scheme || named.authority != loc.authority {
+        if !named.same_store(loc) {
             return Err(no_ckpt(format!(
                 "its state file names {path}, in another bucket or host"
             )));
