@@ -84,23 +84,35 @@ impl Budget {
         })
     }
 
-    /// A permit for a request of `bytes`, waiting for room. Only a reader with nothing in flight
-    /// waits, so the permits it waits for belong to readers that are making progress: a reader
-    /// holds permits only while it waits for its answers (on a channel, not on the pool) or
-    /// copies them in, and it copies [`serially`](crate::base::par::serially), so that no job of
-    /// the pool that waits here can end up under it (see [`stream`]).
-    fn take(self: &Arc<Self>, bytes: u64) -> Permit {
+    /// A permit for a request of `bytes`, waiting for room, or [`Cancelled`](crate::ErrorKind::Cancelled)
+    /// once `cancel` is (looked at every [`CANCEL_POLL`] while it waits). Only a reader with
+    /// nothing in flight waits, so the permits it waits for belong to readers that are making
+    /// progress: a reader holds permits only while it waits for its answers (on a channel, not on
+    /// the pool) or copies them in, and it copies [`serially`](crate::base::par::serially), so
+    /// that no job of the pool that waits here can end up under it (see [`stream`]).
+    fn take(
+        self: &Arc<Self>,
+        bytes: u64,
+        cancel: Option<&crate::load::CancelToken>,
+    ) -> Result<Permit> {
         let bytes = bytes.min(self.total.1 as u64);
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while free.0 <= 0 || free.1 < bytes as i64 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+            free = match cancel {
+                None => self.freed.wait(free).unwrap_or_else(|p| p.into_inner()),
+                Some(c) => {
+                    c.check()?;
+                    let waited = self.freed.wait_timeout(free, CANCEL_POLL);
+                    waited.unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
         }
         free.0 -= 1;
         free.1 -= bytes as i64;
-        Permit {
+        Ok(Permit {
             budget: self.clone(),
             bytes,
-        }
+        })
     }
 }
 
@@ -148,10 +160,17 @@ pub(crate) fn stream(
             }
         }
         while next < ranges.len() && in_flight < limit {
+            // No new request once cancelled (the wait for a permit may have been long).
+            if let Some(Err(e)) = cancel.map(|c| c.check()) {
+                break 'read Err(e);
+            }
             let r = ranges[next].clone();
             let len = r.end - r.start;
             let permit = if in_flight == 0 {
-                budget.take(len)
+                match budget.take(len, cancel) {
+                    Ok(p) => p,
+                    Err(e) => break 'read Err(e),
+                }
             } else {
                 match budget.try_take(len) {
                     Some(p) => p,
@@ -317,12 +336,34 @@ mod tests {
         assert!(b.try_take(1).is_none(), "request bound");
         drop(p1);
         drop(p2);
-        let p3 = b.take(1000); // clamped to the whole budget
+        let p3 = b.take(1000, None).unwrap(); // clamped to the whole budget
         assert_eq!(*b.free.lock().unwrap(), (1, 0));
         drop(p3);
         assert_eq!(*b.free.lock().unwrap(), (2, 100));
         assert_eq!(cut(10, 35, 10), vec![10..20, 20..30, 30..35]);
         assert!(cut(5, 5, 10).is_empty());
+    }
+
+    /// A read waiting for a permit of a cancelled load stops waiting (and starts no request):
+    /// it waited until a permit came back, then sent requests it abandoned at once.
+    #[test]
+    fn a_wait_for_a_permit_ends_when_the_load_is_cancelled() {
+        let token = crate::load::CancelToken::new();
+        let b = Budget::cancellable(1, 100, Some(token.clone()));
+        let held = b.try_take(10).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = b.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.take(10, waiter.cancel()).map(drop));
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        token.cancel();
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("still waiting for a permit after the cancel");
+        let e = got.unwrap_err();
+        assert!(matches!(e.kind(), crate::ErrorKind::Cancelled), "{e}");
+        drop(held);
     }
 
     /// `stream`'s pieces reach `land` in order, with their offsets, and serially.
@@ -369,7 +410,7 @@ mod tests {
                         .into_par_iter()
                         .with_max_len(1)
                         .map(|_| {
-                            let _permit = budget.take(1);
+                            let _permit = budget.take(1, None).unwrap();
                             let mut dst = vec![0u8; src.len()];
                             crate::base::par::serially(|| {
                                 crate::base::copy::copy_whole(&src, &mut dst)
