@@ -1638,6 +1638,22 @@ fn a_list_of_plain_variables_is_a_bad_part_list() {
         "{e:#?}"
     );
     says(&e, "assignment \"var1\": a is not a part");
+    // A key the checkpoint does not hold is reported first, as TensorFlow looks it up before it
+    // checks the list.
+    let map = tfckpt::AssignmentMap::from([("missing", tfckpt::Target::parts(["a", "b"]))]);
+    let e = err(tfckpt::init_from_checkpoint(
+        &mut store,
+        fixture("h1_basic"),
+        &map,
+    ));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::MappedTensorNotFound { tensor, variable, key, .. }
+                if tensor == "missing" && key == "missing" && variable == "a, b"
+        ),
+        "{e:#?}"
+    );
 }
 
 /// A variable declared larger than this machine's address space (2^62 bytes: allowed by the store,

@@ -308,7 +308,14 @@ impl Resolver<'_> {
                 ));
                 return Ok(Vec::new());
             }
-            Target::Parts(names) => Resolved::Parts(self.parts(key, names)?),
+            Target::Parts(names) => match self.parts(key, names) {
+                Ok(parts) => Resolved::Parts(parts),
+                // TensorFlow looks the key up before it checks the list (at install).
+                Err(e) => {
+                    self.tensor(key, key, target, &names.join(", "))?;
+                    return Err(e);
+                }
+            },
             Target::Name(name) => match self.lookup(name) {
                 Some(r) => r,
                 None => return self.scope(key, target, name, warnings),
