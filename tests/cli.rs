@@ -513,6 +513,45 @@ fn usage_errors_exit_2() {
     assert_eq!(tfckpt(&["list", "x", "--bogus"]).status.code(), Some(2));
     assert_eq!(tfckpt(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(tfckpt(&["get", "x", "y"]).status.code(), Some(2));
+    // `init` without --model or --map; a flag given twice.
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "v", "shape": [2], "dtype": "float32"}]}"#;
+    for args in [
+        vec!["init", &ckpt, "--map", "{}", "--no-out"],
+        vec!["init", &ckpt, "--model", model, "--no-out"],
+        vec!["list", &ckpt, "--json", "--json"],
+        vec![
+            "init", &ckpt, "--model", model, "--map", "{}", "--no-out", "--device", "cpu",
+            "--device", "cpu",
+        ],
+    ] {
+        let o = tfckpt(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// `--flag=value` is the same as `--flag value`.
+#[test]
+fn flags_take_their_value_after_an_equals_sign_too() {
+    let ckpt = ckpt_arg("h1_basic");
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.npy"), tmp.path().join("b.npy"));
+    let spaced = tfckpt(&[
+        "get",
+        &ckpt,
+        "useful_scope/var4",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert!(spaced.status.success(), "{}", stderr(&spaced));
+    let out = format!("--out={}", b.display());
+    let joined = tfckpt(&["get", &ckpt, "useful_scope/var4", &out]);
+    assert!(joined.status.success(), "{}", stderr(&joined));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let model = r#"{"variables": [{"name": "v", "shape": [1, 10], "dtype": "float32"}]}"#;
+    let (m, p) = (format!("--model={model}"), r#"--map={"var1": "v"}"#);
+    let o = tfckpt(&["init", &ckpt, &m, p, "--device=cpu", "--no-out"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]
