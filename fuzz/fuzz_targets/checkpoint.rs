@@ -3,8 +3,10 @@
 //! first file (V1). The fixture's other files (data shards, other V1 shards) stay as TF wrote them.
 //! Each input is opened, listed, every tensor read whole, in a slice and into a buffer, verified,
 //! and loaded by `init_from_checkpoint` into variables declared from the listing (whole, and
-//! re-partitioned where a dimension allows). Errors are expected; a panic, an abort, a hang or an
-//! allocation above libFuzzer's limit is a finding.
+//! re-partitioned where a dimension allows), copied and mapped copy-on-write; a load that succeeds
+//! must hold what the reader reads for each variable's box. Errors are expected; a panic, an
+//! abort, a hang, a value other than the reader's or an allocation above libFuzzer's limit is a
+//! finding.
 //!
 //! Built by `cargo fuzz`, which sets `cfg(fuzzing)`: tfckpt then accepts any SSTable block
 //! checksum, so that mutations reach the parsers behind it (tensor checksums are still checked).
@@ -17,7 +19,8 @@ use libfuzzer_sys::fuzz_target;
 
 mod scratch;
 use tfckpt::{
-    init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, Slice, Target, VariableStore,
+    init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, LoadOptions, Slice, Target,
+    VariableStore,
 };
 
 /// A fixture copied into this process's scratch folder: the checkpoint path to open and the file
@@ -103,8 +106,35 @@ fn exercise(path: &Path) {
     }
     let _ = ckpt.verify_all();
     let map = AssignmentMap::from([("/", Target::name("/"))]);
-    if init_from_checkpoint(&mut store, path, &map).is_ok() {
-        let _ = store.initialize(Device::Cpu);
+    if init_from_checkpoint(&mut store, path, &map).is_err() {
+        return;
+    }
+    // Copied, then mapped copy-on-write (every value that can be): a load that succeeds holds
+    // exactly what the reader reads for each variable's box, which checks every entry it reads.
+    for map_values in [false, true] {
+        let options = LoadOptions {
+            map_values,
+            map_min_bytes: Some(1),
+            ..Default::default()
+        };
+        if store.initialize_with(Device::Cpu, &options).is_err() {
+            continue;
+        }
+        for v in store.variables() {
+            let (name, slice) = match &v.part {
+                Some(p) => (p.full_name.as_str(), p.slice(&v.shape)),
+                None => (v.name.as_str(), Slice::full(v.shape.len())),
+            };
+            let value = store.value(&v.name).expect("loaded, but no value");
+            let expected = ckpt.read_slice(name, &slice).unwrap_or_else(|e| {
+                panic!("{} loaded (map_values {map_values}), but: {e}", v.name)
+            });
+            assert!(
+                value.data == expected.data,
+                "{} (map_values {map_values}): values differ from the reader's",
+                v.name
+            );
+        }
     }
 }
 
