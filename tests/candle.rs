@@ -581,6 +581,49 @@ fn from_varmap_on_a_deferred_model_runs_its_initializers() {
     );
 }
 
+/// A model whose body and head come from two `DeferredInit`s over one `VarMap`: every `Var` no
+/// checkpoint value replaces gets its initializer, through `from_varmap` and through
+/// `from_deferred` of either one. With two pending, `from_varmap` took neither, and they all
+/// stayed zero without a word.
+#[test]
+fn two_deferred_inits_over_one_varmap_both_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
+    let prefix = ck.finish();
+    for how in ["from_varmap", "from_deferred body", "from_deferred head"] {
+        let varmap = VarMap::new();
+        let body = DeferredInit::new(&varmap);
+        let head = DeferredInit::new(&varmap);
+        let vb = body.var_builder(DType::F32, &CPU);
+        candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+        candle_nn::layer_norm(3, 1e-5, vb.pp("norm")).unwrap();
+        let vb = head.var_builder(DType::F32, &CPU);
+        candle_nn::layer_norm(3, 1e-5, vb.pp("cls")).unwrap();
+        let mut init = match how {
+            "from_varmap" => CandleInit::from_varmap(&varmap, &Convention::tf1()),
+            "from_deferred body" => CandleInit::from_deferred(&body, &Convention::tf1()),
+            _ => CandleInit::from_deferred(&head, &Convention::tf1()),
+        }
+        .unwrap();
+        init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
+            .unwrap();
+        init.initialize(&Default::default()).unwrap();
+        for name in ["norm.weight", "cls.weight"] {
+            assert_eq!(
+                var(&varmap, name).to_vec1::<f32>().unwrap(),
+                [1.0; 3],
+                "{how}: {name}"
+            );
+        }
+        assert_eq!(
+            var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
+            [[1.0; 2]; 3],
+            "{how}"
+        );
+    }
+}
+
 /// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
 /// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
 /// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no

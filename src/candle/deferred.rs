@@ -69,30 +69,36 @@ impl DeferredInit {
         deferred
     }
 
-    /// The `DeferredInit` over `varmap` whose initializers have not all run, if there is one
-    /// (and only one), even if the trainer dropped it with its `VarBuilder` once the model was
-    /// built: [`CandleInit::from_varmap`](super::CandleInit::from_varmap) on a `VarMap` it
-    /// filled with zeroed `Var`s runs them as `from_deferred` would, rather than leave those no
-    /// checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its output).
-    pub(super) fn of(varmap: &VarMap) -> Option<DeferredInit> {
+    /// Every `DeferredInit` over `varmap` whose initializers have not all run (the model's body
+    /// and its head may come from two), even if the trainer dropped it with its `VarBuilder` once
+    /// the model was built: [`CandleInit::from_varmap`](super::CandleInit::from_varmap) on a
+    /// `VarMap` they filled with zeroed `Var`s runs them as `from_deferred` would, rather than
+    /// leave those no checkpoint value replaces at zero (a LayerNorm's gamma of zeros zeroes its
+    /// output).
+    pub(super) fn pending_over(varmap: &VarMap) -> Vec<DeferredInit> {
         let mut registry = registry().lock().unwrap_or_else(PoisonError::into_inner);
         forget_done(&mut registry, varmap);
-        let mut pending = registry.iter().filter(|e| {
-            e.key == key(varmap)
-                && !e
-                    .recorded
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_empty()
-        });
-        match (pending.next(), pending.next()) {
-            (Some(e), None) => Some(DeferredInit {
+        registry
+            .iter()
+            .filter(|e| {
+                e.key == key(varmap)
+                    && !e
+                        .recorded
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_empty()
+            })
+            .map(|e| DeferredInit {
                 varmap: varmap.clone(),
                 recorded: e.recorded.clone(),
                 made: e.made.clone(),
-            }),
-            _ => None,
-        }
+            })
+            .collect()
+    }
+
+    /// Whether `other` is this `DeferredInit` (or a clone of it).
+    pub(super) fn is(&self, other: &DeferredInit) -> bool {
+        Arc::ptr_eq(&self.recorded, &other.recorded)
     }
 
     /// A `VarBuilder` over the `VarMap` (as `VarBuilder::from_varmap`) that makes each new `Var`

@@ -190,7 +190,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     swapped?;
     #[cfg(feature = "candle-cuda")]
     drop(guards); // held through `restore` on every error path above
-    if let Some(deferred) = &init.deferred {
+    for deferred in &init.deferred {
         deferred.clear();
     }
     Ok(report)
@@ -261,23 +261,28 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) ->
 /// Candle's own initializers for the deferred `Var`s no value replaced, made (they could fail)
 /// before any `Var` changes: (candle name, `Var`, value).
 fn deferred_values(init: &CandleInit, loaded: &[&str]) -> Result<Vec<(String, Var, Var)>> {
-    let Some(deferred) = &init.deferred else {
+    let Some(first) = init.deferred.first() else {
         return Ok(Vec::new());
     };
-    let loaded: std::collections::HashSet<&str> = loaded
+    // Each `Var` once: those loaded, then those already given a value here.
+    let mut done: std::collections::HashSet<String> = loaded
         .iter()
-        .map(|tf| init.vars[*tf].candle.as_str())
+        .map(|tf| init.vars[*tf].candle.clone())
         .collect();
-    let vars = deferred
+    // One `VarMap`, under every `DeferredInit` of it.
+    let vars = first
         .varmap()
         .data()
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let mut fresh = Vec::new();
-    for (name, how) in deferred.recorded() {
-        let Some(var) = vars.get(&name).filter(|_| !loaded.contains(name.as_str())) else {
+    for (name, how) in init.deferred.iter().flat_map(super::DeferredInit::recorded) {
+        let Some(var) = vars.get(&name) else {
             continue;
         };
+        if !done.insert(name.clone()) {
+            continue;
+        }
         let t = how
             .var(var.shape(), var.dtype(), var.device())
             .map_err(|e| candle_refused(&name, &first_line(&e)))?;

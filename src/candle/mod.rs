@@ -109,7 +109,8 @@ pub struct CandleInit {
     policy: DtypePolicy,
     /// Mapped variables whose tensor has another dtype than their `Var`: the tensor's dtype.
     casts: BTreeMap<String, DType>,
-    deferred: Option<DeferredInit>,
+    /// Those over the `VarMap` whose initializers have not all run.
+    deferred: Vec<DeferredInit>,
     /// Candle names of the `Var`s the convention gave no TensorFlow name.
     unnamed: Vec<String>,
     /// The checkpoint `map_existing` last opened, with the path it was given: an
@@ -123,7 +124,7 @@ impl std::fmt::Debug for CandleInit {
             .field("vars", &self.vars.len())
             .field("policy", &self.policy)
             .field("casts", &self.casts)
-            .field("deferred", &self.deferred.is_some())
+            .field("deferred", &self.deferred.len())
             .finish_non_exhaustive()
     }
 }
@@ -173,9 +174,9 @@ impl CandleInit {
     /// The store of every `Var` in `varmap`, named by `convention`. Errors name the `Var`: a dtype
     /// TensorFlow has no counterpart for, a `Var` on a GPU, a transposed `Var` that is not 2-D, a
     /// name TensorFlow would refuse, and two `Var`s the convention gives one TensorFlow name.
-    /// A `VarMap` whose `Var`s a [`DeferredInit`]'s `VarBuilder` made (zeroed, their
-    /// initializers not yet run) is taken as [`from_deferred`](Self::from_deferred) takes it:
-    /// `initialize` runs the initializers of those no checkpoint value replaces.
+    /// A `VarMap` whose `Var`s the `VarBuilder`s of one or more [`DeferredInit`]s made (zeroed,
+    /// their initializers not yet run) is taken as [`from_deferred`](Self::from_deferred) takes
+    /// it: `initialize` runs the initializers of those no checkpoint value replaces.
     pub fn from_varmap(varmap: &VarMap, convention: &Convention) -> Result<CandleInit> {
         let mut entries: Vec<(String, Var)> = {
             let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
@@ -192,7 +193,7 @@ impl CandleInit {
             vars: BTreeMap::new(),
             policy: DtypePolicy::Exact,
             casts: BTreeMap::new(),
-            deferred: None,
+            deferred: Vec::new(),
             unnamed: Vec::new(),
             last_opened: std::sync::Mutex::new(None),
         };
@@ -227,16 +228,18 @@ impl CandleInit {
             storages.insert(storage, candle.clone());
             init.bind(candle, var, name, transposed)?;
         }
-        init.deferred = DeferredInit::of(varmap);
+        init.deferred = DeferredInit::pending_over(varmap);
         Ok(init)
     }
 
     /// [`from_varmap`](Self::from_varmap) for a model built through `deferred`'s `VarBuilder`:
     /// [`initialize`](Self::initialize) also runs candle's initializers for the `Var`s that take
-    /// no checkpoint value.
+    /// no checkpoint value (those of any other `DeferredInit` over the same `VarMap` too).
     pub fn from_deferred(deferred: &DeferredInit, convention: &Convention) -> Result<CandleInit> {
         let mut init = CandleInit::from_varmap(deferred.varmap(), convention)?;
-        init.deferred = Some(deferred.clone());
+        if !init.deferred.iter().any(|d| d.is(deferred)) {
+            init.deferred.push(deferred.clone());
+        }
         Ok(init)
     }
 
