@@ -157,8 +157,10 @@ pub struct ExistingMap {
 
 impl ExistingMap {
     /// `map` without the names the checkpoint holds with another shape: those `Var`s keep
-    /// candle's initialization (a fresh head under a pre-trained head's name, say). Everything
-    /// else loads.
+    /// candle's initialization (a fresh head under a pre-trained head's name, say). Shapes are
+    /// all it checks: a tensor of another dtype than its `Var` is still an error of
+    /// `init_from_checkpoint` under [`DtypePolicy::Exact`] (see
+    /// [`dtype_policy`](CandleInit::dtype_policy)).
     pub fn fitting(&self) -> AssignmentMap {
         let mut map = AssignmentMap::new();
         for (_, tf) in &self.pairs {
