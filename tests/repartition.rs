@@ -292,6 +292,32 @@ fn a_rank_loads_only_what_it_owns() {
         .map(|v| v.name.as_str())
         .collect();
     assert_eq!(loaded, ["emb/part_0", "emb/part_2"]);
+    // A rule that answers otherwise when asked again (a tally, against its contract): each
+    // variable is still this rank's or another's, never neither (it was asked once to count the
+    // variable as this rank's and again to read its tensor, and got no value while the store
+    // said it was initialized).
+    let mut store = store_for();
+    let asked = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    let fickle = move |v: &tfckpt::Variable, _rank: usize, _world: usize| {
+        let mut asked = asked.lock().unwrap();
+        let n = asked.entry(v.name.clone()).or_default();
+        *n += 1;
+        *n % 2 == 1
+    };
+    store
+        .initialize_with(
+            Device::Cpu,
+            &LoadOptions::new().rank(0, 2).ownership(fickle),
+        )
+        .unwrap();
+    assert!(store.is_initialized());
+    for v in store.variables() {
+        assert!(
+            store.value(&v.name).is_some() != store.is_other_rank(&v.name),
+            "{}",
+            v.name
+        );
+    }
     // A rank not below the number of ranks: an error, nothing loaded.
     let mut store = store_for();
     let e = store

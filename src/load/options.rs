@@ -48,6 +48,8 @@ pub struct LoadOptions {
     pub rank: Option<(usize, usize)>,
     /// Which rank owns a variable or part: `f(variable, rank, world)`. Default: part `i` of a
     /// partitioned variable belongs to rank `i % world`, every other variable to every rank.
+    /// Every rank must get the same answers, and a load may ask more than once for a variable
+    /// (to choose its GPUs, then to load): a function of its arguments, not of a running tally.
     pub ownership: Option<std::sync::Arc<Ownership>>,
     /// Checkpoints on object storage (`s3://`, `gs://`, `http(s)://`; feature `remote`): range
     /// size, requests in flight and retries.

@@ -97,14 +97,17 @@ pub(crate) fn run<D: Destination>(
     // A ranked load materializes and reads only what this rank owns (the ownership rule may be
     // the trainer's code: not marked as reading for the library).
     let owned = crate::base::sigbus::paused();
+    // The rule is asked once per variable: each is then either this rank's (loaded or
+    // initialized here) or another's, whatever a rule with state would answer a second time.
     let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
         store.vars.values().partition(|v| options.owns(v));
+    drop(owned);
+    let mine: std::collections::HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
     let pending: Vec<PendingRead<'_>> = store
         .planned_pending(&ids)
         .into_iter()
-        .filter(|p| options.owns(p.0))
+        .filter(|p| mine.contains(p.0.name.as_str()))
         .collect();
-    drop(owned);
     let plan = plan(pending, |c, t| {
         ckpts[c].stored(t).ok().and_then(|s| s.position())
     });
