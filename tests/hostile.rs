@@ -909,6 +909,28 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
     );
 }
 
+/// Defect (library citizenship): `tfckpt::crc::crc32c`, called by the trainer on a large view
+/// (over 8 MiB: checksummed in parallel chunks) whose file was truncated, marked its chunks'
+/// threads as reading for the library: the missing pages read as zeros, it returned the checksum
+/// of zeros, and the view read zeros from then on. A trainer's call is its own read: `SIGBUS`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_trainers_checksum_of_a_truncated_view_is_not_zeros() {
+    let child = || {
+        let tmp = tempfile::tempdir().unwrap();
+        let big: Vec<f32> = (0..4 << 20).map(|i| i as f32).collect(); // 16 MiB
+        let mut w = common::builder::CkptBuilder::new(tmp.path().join("a"));
+        w.f32("a", &[big.len() as u64], &big);
+        w.finish();
+        let ckpt = tfckpt::Checkpoint::open(tmp.path().join("a")).unwrap();
+        let view = ckpt.view("a").unwrap();
+        truncate(&tmp.path().join("a.data-00000-of-00001"));
+        let crc = tfckpt::crc::crc32c(view.as_bytes());
+        Err(format!("checksum {crc:#x}"))
+    };
+    assert_eq!(common::fork::in_child(child), "killed by signal 7");
+}
+
 /// Defect (library citizenship): one `SIGBUS` sent by `kill` switched the truncation protection
 /// off for good: the handler passed it on to Rust's, which resets the disposition to the default,
 /// and a later truncation under a read killed the process. The handler now puts itself back.

@@ -98,10 +98,14 @@ pub fn crc32c(data: &[u8]) -> u32 {
     if data.len() <= 2 * CHUNK || crate::base::par::is_serial() {
         return serial(data);
     }
+    // A library read's mapping (one truncated under it reads as zeros and the read fails) is
+    // read by the chunks' threads as by the caller; a trainer's own call is not the library's
+    // read, and a truncation under it raises SIGBUS as any of its own reads does.
+    let library = crate::base::sigbus::is_reading();
     crate::base::par::run(|| {
         data.par_chunks(CHUNK)
             .map(|c| {
-                let _reading = crate::base::sigbus::reading(); // `data` may be a file mapping
+                let _reading = library.then(crate::base::sigbus::reading);
                 (serial(c), c.len())
             })
             .collect::<Vec<_>>()

@@ -182,6 +182,11 @@ mod imp {
         })
     }
 
+    /// Whether the calling thread is marked as reading for the library now.
+    pub(super) fn is_marked() -> bool {
+        MINE.with(|m| m.get().2)
+    }
+
     /// Marks the calling thread as reading (nested: one entry per thread); returns whether it
     /// was marked before, for [`end_reading`].
     pub(super) fn begin_reading() -> bool {
@@ -460,6 +465,15 @@ pub(crate) struct Reading {
     repairs: usize,
     /// Not `Send`: it marks the thread that made it.
     _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Whether the calling thread reads for the library now (a [`Reading`] of it is alive and not
+/// [`paused`]): work it hands to other threads reads for the library too.
+pub(crate) fn is_reading() -> bool {
+    #[cfg(target_os = "linux")]
+    return imp::is_marked();
+    #[cfg(not(target_os = "linux"))]
+    false
 }
 
 /// Marks the calling thread as reading for the library until the returned value is dropped.
