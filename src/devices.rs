@@ -12,7 +12,8 @@ use crate::load::{skeleton, LoadOptions, LoadReport};
 
 impl VariableStore {
     /// Runs every initializer: variables mapped by `init_from_checkpoint` load their tensors now;
-    /// the others take their own initializer. On error nothing counts as initialized.
+    /// the others take their own initializer. On error the store is left as it was: nothing
+    /// of this load counts as initialized (the values of an earlier load that succeeded stay).
     pub fn initialize(&mut self, device: Device) -> Result<LoadReport> {
         self.initialize_with(device, &LoadOptions::default())
     }
@@ -30,7 +31,7 @@ impl VariableStore {
     /// CRC-checked in the same pass as the copy, or the variable's initializer when nothing maps
     /// to it. Those variables then have no [`value`](Self::value) in the store. A buffer for a name
     /// that is no variable, of the wrong size, or a second buffer for one variable is an error
-    /// before anything is read. On an error nothing counts as initialized, and the buffers'
+    /// before anything is read. On an error nothing of this load counts as initialized, and the buffers'
     /// contents are unspecified (partly written).
     ///
     /// ```

@@ -3,7 +3,8 @@
 //! tensor once, in file order, with every variable or part it feeds), runs the initializers of
 //! unmapped variables, keeps the all-or-nothing promise and writes the report; a [`Destination`]
 //! only says how bytes land (host memory, a GPU, later a trainer's own tensors). On any error the
-//! store is left as it was: no variable counts as initialized.
+//! store is left as it was: nothing of this load counts as initialized (an earlier successful
+//! load's values stay).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
