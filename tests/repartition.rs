@@ -444,3 +444,100 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
     assert_eq!((one, two), ([0u8; 60], [0u8; 60]));
     assert!(!store.is_initialized());
 }
+
+/// A rank-sharded load asks the kernel to read ahead only the stored slices its own parts need:
+/// it read ahead every slice of each tensor, so each rank read the whole checkpoint from disk.
+/// (Linux: the page cache is looked at with `mincore` after evicting the file; skipped where the
+/// file system keeps its pages, tmpfs say.)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_rank_reads_ahead_only_its_own_slices() {
+    use tfckpt::{CheckpointWriter, LoadOptions, Slice};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let prefix = dir.path().join("m");
+    let rows = 4u64 << 20; // 16 MiB of float32 per slice
+    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for i in 0..4u64 {
+        let t = Tensor::from_f32(&[rows, 1], &vec![i as f32 + 1.0; rows as usize]).unwrap();
+        let slice = Slice::from_ranges(&[(i * rows, rows), (0, 1)]);
+        w.add_slice("emb", &[4 * rows, 1], &slice, (&t).into())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let shard = dir.path().join("m.data-00000-of-00001");
+    let bytes = std::fs::read(&shard).unwrap();
+    // Where each slice lies in the shard: its 16 MiB run of one value.
+    let len = (rows * 4) as usize;
+    let start_of = |i: u64| {
+        let v = (i as f32 + 1.0).to_le_bytes();
+        (0..bytes.len() / len)
+            .map(|k| k * len)
+            .find(|&at| bytes[at..at + 4] == v && bytes[at + len - 4..at + len] == v)
+            .unwrap()
+    };
+    let starts: Vec<usize> = (0..4).map(start_of).collect();
+    drop(bytes);
+    let file = std::fs::File::open(&shard).unwrap();
+    let resident = |from: usize, to: usize| -> usize {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        let n = (to - from) / page;
+        let mut vec = vec![0u8; n];
+        // SAFETY: a read-only private mapping of the file, unmapped before return; mincore only
+        // reports on it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                to - from,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                from as libc::off_t,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(p, to - from, vec.as_mut_ptr()), 0);
+            libc::munmap(p, to - from);
+        }
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    };
+    // The middle 8 MiB of a slice: mostly clear of the kernel's own readahead around the slices
+    // read (up to `read_ahead_kb`, 8 MiB on this project's VM).
+    let middle = |i: usize| (starts[i] + (4 << 20), starts[i] + (12 << 20));
+    let evict = || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a hint about a file this test opened.
+        let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0);
+    };
+    evict();
+    let (a, b) = middle(1);
+    if resident(a, b) > 0 {
+        eprintln!("skipped: this file system keeps the file's pages");
+        return;
+    }
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("emb", &[4 * rows, 1], DType::F32, &[4, 1], Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("emb", Target::name("emb"))]);
+    init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    evict();
+    store
+        .initialize_with(Device::Cpu, &LoadOptions::new().rank(0, 2))
+        .unwrap();
+    assert_eq!(store.value("emb/part_2").unwrap().to_f32().unwrap()[0], 3.0);
+    assert!(store.is_other_rank("emb/part_1") && store.is_other_rank("emb/part_3"));
+    for (i, mine) in [(0, true), (1, false), (2, true), (3, false)] {
+        let (a, b) = middle(i);
+        let pages = resident(a, b);
+        if mine {
+            assert_eq!(pages, (b - a) / 4096, "slice {i}, read by this rank");
+        } else {
+            // All of it when every slice was read ahead; none, or some of the kernel's own.
+            assert!(
+                pages <= (b - a) / 4096 / 2,
+                "slice {i}, another rank's: {pages} pages"
+            );
+        }
+    }
+}

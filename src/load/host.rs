@@ -234,7 +234,9 @@ pub(crate) fn load_values(
             enter,
             |it| {
                 if let Ok(s) = stored(it.ckpt, it.tensor) {
-                    s.prefetch()
+                    let wants: Vec<_> =
+                        it.dests.iter().map(|d| d.1.region(&s.info.shape)).collect();
+                    s.prefetch(&wants)
                 }
             },
             |it| {

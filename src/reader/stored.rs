@@ -205,12 +205,25 @@ impl<'c> Stored<'c> {
         Ok(())
     }
 
-    /// Asks the kernel to start reading the tensor's stored bytes into the page cache; a hint that
-    /// never fails (the read reports any problem).
-    pub(crate) fn prefetch(&self) {
+    /// Asks the kernel to start reading into the page cache the stored bytes that boxes `wants`
+    /// of the tensor need (the stored slices they overlap: not those of a rank-sharded load's
+    /// other parts); a hint that never fails (the read reports any problem).
+    pub(crate) fn prefetch(&self, wants: &[Region]) {
         let Some(b) = self.bundle() else { return };
-        for s in self.slices().iter() {
-            if let Ok(e) = self.entry(b, s) {
+        if self.info.slices.is_empty() {
+            if let Ok(e) = self.entry(b, &Slice::full(self.info.shape.len())) {
+                b.prefetch(e);
+            }
+            return;
+        }
+        let mut needed: Vec<usize> = wants
+            .iter()
+            .flat_map(|w| self.pieces().intersecting(w).map(|p| p.index))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        for i in needed {
+            if let Ok(e) = self.entry(b, &self.info.slices[i]) {
                 b.prefetch(e);
             }
         }
