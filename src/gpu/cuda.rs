@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
+    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DriverError,
     LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
@@ -1096,9 +1096,16 @@ impl Owned {
         &self.slice
     }
 
-    fn with_len(slice: CudaSlice<u8>, len: usize) -> Owned {
+    fn with_len(mut slice: CudaSlice<u8>, len: usize) -> Owned {
+        // cudarc binds the slice's context to this thread: the caller's is current again after.
+        let _current = KeepCurrent::new();
+        let stream = slice.stream().clone();
         let ptr = {
-            let (p, _sync) = slice.device_ptr(slice.stream());
+            // Taken as for a write: the slice's stream waits for the work any stream has queued
+            // on it, reading or writing (cudarc's events on the slice), so that `ready`, which
+            // waits for that stream, waits for all of it (a zeroing on another stream, a forward
+            // pass still reading it).
+            let (p, _sync) = slice.device_ptr_mut(&stream);
             p
         };
         Owned {
