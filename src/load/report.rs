@@ -273,7 +273,9 @@ impl<'a> Tracker<'a> {
             // The trainer's code: not marked as reading for the library (`sigbus`).
             let _paused = crate::base::sigbus::paused();
             f(Progress {
-                bytes_done: done,
+                // The last tensor's report is the whole load's, whichever worker's bytes this
+                // one's count has seen yet.
+                bytes_done: if finished { self.bytes_total } else { done },
                 bytes_total: self.bytes_total,
                 tensors_done: tensors,
                 tensors_total: self.tensors_total,
