@@ -505,9 +505,14 @@ impl<'a> Item<'a> {
             Source::View { ckpt, view } if view.get().is_some() => ckpt.view(self.name).map(drop),
             Source::Value(t) => match &t.data {
                 TensorData::Bytes(b) if b.is_mapped() => {
-                    // One byte a page is enough to meet a page past the end of the file.
+                    // One byte a page is enough to meet a page past the end of the file: every
+                    // 4 KiB from the first byte, and the last byte, whose page a value starting
+                    // inside a page may hold alone.
                     for page in b.chunks(4096) {
                         std::hint::black_box(page[0]);
+                    }
+                    if let Some(last) = b.last() {
+                        std::hint::black_box(*last);
                     }
                     b.intact()
                 }

@@ -1009,3 +1009,59 @@ fn ranks_sharing_one_safetensors_file_do_not_replace_each_other_silently() {
     assert_eq!(names, ["v/part_0", "v/part_2", "v/part_4"]);
     assert_eq!(files_in(tmp.path()), ["shared.safetensors"]);
 }
+
+/// A value mapped copy-on-write from an offset inside a page, whose file then loses the value's
+/// last page: writing it out fails as `Truncated`, naming the shard. The check after the write's
+/// EFAULT read one byte every 4 KiB from the value's first byte, which missed that page, and the
+/// error was a plain I/O error.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_mapped_value_that_lost_its_last_page_is_truncated() {
+    use tfckpt::{
+        init_from_checkpoint, AssignmentMap, DType, Device, Init, LoadOptions, Target, Tensor,
+        VariableStore,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("m");
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    // "a" (100 bytes) first, then "b" (1 MiB, as much as the writer buffers: written straight
+    // from the mapping) from offset 100: over 257 pages.
+    let n = 1 << 20;
+    let a = Tensor::from_bytes(DType::U8, &[100], vec![1; 100]).unwrap();
+    let b = Tensor::from_bytes(DType::U8, &[n], vec![2; n as usize]).unwrap();
+    w.add("a", (&a).into()).unwrap();
+    w.add("b", (&b).into()).unwrap();
+    w.finish().unwrap();
+    let mut store = VariableStore::new();
+    store
+        .get_variable("b", &[n], DType::U8, Init::Zeros)
+        .unwrap();
+    init_from_checkpoint(
+        &mut store,
+        &prefix,
+        &AssignmentMap::from([("b", Target::name("b"))]),
+    )
+    .unwrap();
+    let options = LoadOptions {
+        map_values: true,
+        map_min_bytes: Some(1),
+        ..Default::default()
+    };
+    let r = store.initialize_with(Device::Cpu, &options).unwrap();
+    assert_eq!(r.mapped_bytes, n);
+    // The shard ends at 1 MiB: b's last 100 bytes, alone on its last page, are gone.
+    let shard = dir.path().join("m.data-00000-of-00001");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(n)
+        .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let e = store.write_safetensors(&out).unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::Truncated { path } if *path == shard),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
