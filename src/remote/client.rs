@@ -97,18 +97,26 @@ async fn collect_at_most<T, E>(
 }
 
 /// The objects directly under `prefix` (ending in `/`), or with `recursive` every object below
-/// it, page by page: at most `max` of them, and no page token twice (a gateway that ignores the
-/// token answers page 1 forever); either is `Ok(Err(reason))`.
+/// it, page by page: at most `max` of them in at most 100,000 pages, and no page token twice (a
+/// gateway that ignores the token answers page 1 forever); each limit is `Ok(Err(reason))`.
 async fn list_pages_at_most(
     pages: &dyn PaginatedListStore,
     prefix: Option<&str>,
     recursive: bool,
     max: usize,
 ) -> object_store::Result<std::result::Result<Vec<object_store::ObjectMeta>, String>> {
+    // Empty pages under new tokens: as many as a million objects take in pages of ten.
+    const MAX_PAGES: usize = 100_000;
     let mut found = Vec::new();
     let mut tokens = std::collections::HashSet::new();
     let mut page_token = None;
     loop {
+        if tokens.len() == MAX_PAGES {
+            return Ok(Err(format!(
+                "more than {MAX_PAGES} pages, with {} objects: a listing that would never end",
+                found.len()
+            )));
+        }
         let options = object_store::list::PaginatedListOptions {
             delimiter: (!recursive).then_some("/".into()),
             page_token,
