@@ -31,8 +31,8 @@ impl VariableStore {
     /// CRC-checked in the same pass as the copy, or the variable's initializer when nothing maps
     /// to it. Those variables then have no [`value`](Self::value) in the store. A buffer for a name
     /// that is no variable, of the wrong size, or a second buffer for one variable is an error
-    /// before anything is read. On an error nothing of this load counts as initialized, and the buffers'
-    /// contents are unspecified (partly written).
+    /// before anything is read. On an error nothing of this load counts as initialized, and the
+    /// buffers' contents are unspecified (partly written).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;

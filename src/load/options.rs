@@ -279,8 +279,8 @@ impl LoadOptions {
     /// not during the short requests that open and check a checkpoint's objects) and before the
     /// load completes, and a cancelled load
     /// is an error, [`ErrorKind::Cancelled`], that leaves the store as it was (nothing of this
-    /// load counts as initialized; a GPU load frees what it allocated). A load that has completed is not
-    /// undone.
+    /// load counts as initialized; a GPU load frees what it allocated). A load that has completed
+    /// is not undone.
     pub fn cancel_on(mut self, token: &CancelToken) -> LoadOptions {
         self.cancel = Some(token.clone());
         self

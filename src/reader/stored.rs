@@ -263,8 +263,8 @@ impl<'c> Stored<'c> {
         let Some((b, e)) = self.map_candidate(want, min)? else {
             return Ok(None);
         };
-        // The same bytes under the same checksum: two entries alike in all four (slices of
-        // one stored entry) need one check; an entry that only shares another's offset needs its own.
+        // The same bytes under the same checksum: two entries alike in all four need one check;
+        // an entry that only shares another's offset needs its own.
         let at = (e.shard, e.offset, e.size, e.crc);
         let seen = verified.contains(&at);
         let mapped = b.map_entry(e, !seen)?;

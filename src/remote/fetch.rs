@@ -84,8 +84,9 @@ impl Budget {
         })
     }
 
-    /// A permit for a request of `bytes`, waiting for room, or [`Cancelled`](crate::ErrorKind::Cancelled)
-    /// once `cancel` is (looked at every [`CANCEL_POLL`] while it waits). Only a reader with
+    /// A permit for a request of `bytes`, waiting for room, or
+    /// [`Cancelled`](crate::ErrorKind::Cancelled) once `cancel` is (looked at every
+    /// [`CANCEL_POLL`] while it waits). Only a reader with
     /// nothing in flight waits, so the permits it waits for belong to readers that are making
     /// progress: a reader holds permits only while it waits for its answers (on a channel, not on
     /// the pool) or copies them in, and it copies [`serially`](crate::base::par::serially), so
