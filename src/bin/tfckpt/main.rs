@@ -636,6 +636,16 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
         .collect();
     let mut dirs = std::collections::HashSet::new();
     for n in &names {
+        // On Windows `\` separates folders too, and `:` names a drive or a stream.
+        #[cfg(windows)]
+        if n.contains(['\\', ':']) {
+            return Err(format!(
+                "variable {n:?} cannot be written under {}: '\\' and ':' are not valid in file \
+                 names here",
+                dir.display()
+            )
+            .into());
+        }
         if n.split('/').any(|c| c == "." || c == "..") {
             return Err(format!(
                 "variable {n:?} cannot be written under {}: '.' and '..' are not valid name components",
@@ -670,7 +680,23 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
 /// goes) in errors.
 fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
     let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
-    let file = std::fs::File::create(path).map_err(fail)?;
+    // Always a new file: two names that differ only in case are one file on a case-insensitive
+    // file system (macOS, Windows), where the second silently replaced the first.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "{}: another variable's file has this name on this file system (names that \
+                     differ only in case are one file where case is not told apart)",
+                    shown.display()
+                )
+            } else {
+                fail(e)
+            }
+        })?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     npy::write_tensor(&mut w, t).map_err(fail)?;
     // The data on disk before the file is renamed to its final name (see `out::sync_dir`).
@@ -705,7 +731,12 @@ fn write_npy_below(root: &Path, file: &str, shown: &Path, t: &tfckpt::Tensor) ->
 /// A path next to `path` for writing before the final rename: a short name of its own, so that
 /// an `--out` name near the file system's 255-byte limit still has one.
 fn temp_sibling(path: &Path) -> PathBuf {
-    path.with_file_name(format!(".tfckpt-{}.npy.tmp", std::process::id()))
+    // The process id alone repeats (a container's first process is always 1) and a crashed run
+    // leaves its file: the time in nanoseconds too (the file is made new, never reused).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    path.with_file_name(format!(".tfckpt-{}-{nanos:x}.npy.tmp", std::process::id()))
 }
 
 /// Writes one .npy under a temporary name and renames it into place: never a partial file, and
