@@ -32,6 +32,7 @@ pub struct WriterOptions {
     pub block_size: usize,
     /// Write tensor data big-endian and mark the header so (to test readers: a reader on a
     /// little-endian host, TensorFlow's too, swaps each element after checking its checksum).
+    /// float8, int4 and int2 tensors are refused then: TensorFlow has no swap for them.
     pub big_endian: bool,
 }
 
@@ -333,6 +334,20 @@ impl CheckpointWriter {
                         data.len(),
                         tensor.shape(),
                         n.saturating_mul(size as u64)
+                    ))
+                    .into());
+                }
+                // TensorFlow's reader byte-swaps every fixed-size dtype of a big-endian bundle
+                // but these, and has no swap for the other one-byte ones (float8, int4, int2):
+                // "Byte-swapping not supported", even for an empty tensor.
+                let unswapped = matches!(
+                    dtype,
+                    DType::Bool | DType::I8 | DType::U8 | DType::QI8 | DType::QU8
+                );
+                if big && size == 1 && !unswapped {
+                    return Err(ErrorKind::InvalidArgument(format!(
+                        "{name}: TensorFlow cannot read {dtype} from a big-endian checkpoint (it \
+                         byte-swaps every fixed-size dtype there but bool and the 8-bit integers)"
                     ))
                     .into());
                 }
