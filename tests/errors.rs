@@ -1243,6 +1243,22 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             .contains("num_shards must be between 1 and 2147483647, not 0"),
         "{e}"
     );
+    // A block size the table cannot hold (it overflowed in debug builds at usize::MAX).
+    for block_size in [0, (1 << 30) + 1, usize::MAX] {
+        let e = err(CheckpointWriter::create(
+            dir.path().join("z"),
+            WriterOptions {
+                block_size,
+                ..Default::default()
+            },
+        ));
+        assert!(
+            e.to_string().contains(&format!(
+                "block_size must be between 1 and 1073741824 (1 GiB), not {block_size}"
+            )),
+            "{e}"
+        );
+    }
     let prefix = dir.path().join("w");
     let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
     let two = Tensor::from_f32(&[2], &[1., 2.]).unwrap();

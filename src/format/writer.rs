@@ -159,6 +159,15 @@ impl CheckpointWriter {
             ))
             .into());
         }
+        // A block's bytes and offsets are 32-bit in the table (and its builder doubles the size).
+        if options.block_size == 0 || options.block_size > 1 << 30 {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "block_size must be between 1 and {} (1 GiB), not {}",
+                1u64 << 30,
+                options.block_size
+            ))
+            .into());
+        }
         let mut writer = CheckpointWriter {
             // Grown as the shard files are made (the count may be more than the system lets
             // one process open: that fails naming the file, not an allocation).
