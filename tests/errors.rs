@@ -1043,6 +1043,58 @@ fn a_writer_that_fails_part_way_leaves_no_temporary_file() {
     assert_eq!(files_in(dir.path()), ["w.data-00000-of-00003"]);
 }
 
+/// Writing over an earlier checkpoint when a shard cannot be written out in `finish` (a full
+/// disk; here the file size limit, with `SIGXFSZ` ignored): the earlier checkpoint is intact and
+/// no temporary file is left. Shards were written out and renamed one by one, so the first was
+/// already replaced, with the old index gone, and both checkpoints were lost.
+#[cfg(unix)]
+#[test]
+fn a_shard_that_cannot_be_written_out_leaves_the_earlier_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("w");
+    // "a" (40 bytes) goes to shard 0, "b" (40 KB) to shard 1: both stay in their writers'
+    // buffers until `finish`.
+    let write = |values: f32| {
+        let options = WriterOptions {
+            num_shards: 2,
+            ..Default::default()
+        };
+        let mut w = CheckpointWriter::create(&prefix, options).unwrap();
+        let a = Tensor::from_f32(&[10], &[values; 10]).unwrap();
+        let b = Tensor::from_f32(&[10_000], &[values; 10_000]).unwrap();
+        w.add("a", (&a).into()).unwrap();
+        w.add("b", (&b).into()).unwrap();
+        w
+    };
+    write(1.0).finish().unwrap();
+    let child = || {
+        let w = write(2.0);
+        // SAFETY: plain calls on this process: files may not grow past 20 KB, and a write
+        // past that fails with EFBIG instead of killing it.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 20_000,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        }
+        match w.finish() {
+            Ok(()) => Err("finished past the size limit".into()),
+            Err(e) if e.to_string().contains("w.data-00001-of-00002") => Ok(()),
+            Err(e) => Err(format!("another error: {e}")),
+        }
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("a").unwrap().to_f32().unwrap(), [1.0; 10]);
+    assert_eq!(ckpt.read("b").unwrap().to_f32().unwrap(), [1.0; 10_000]);
+    assert_eq!(
+        files_in(dir.path()),
+        ["w.data-00000-of-00002", "w.data-00001-of-00002", "w.index"]
+    );
+}
+
 /// Writing over an earlier checkpoint and failing part way among the renames leaves no index (a
 /// prefix plainly incomplete, "not found") rather than the old index over new shards, which failed
 /// every read with checksum errors. Two writers of one prefix in one process each keep their own

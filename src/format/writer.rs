@@ -440,6 +440,8 @@ impl CheckpointWriter {
                 return Err(e);
             }
         };
+        // Shards written out and synced under their temporary names, not yet renamed.
+        let mut synced: Vec<(usize, PathBuf, PartialOutput)> = Vec::new();
         let renamed = Ok(index_file)
             .and_then(|mut f| {
                 f.write_all(&index)?;
@@ -447,41 +449,54 @@ impl CheckpointWriter {
             })
             .map_err(|e| Error::io(&tmp_index, e))
             .and_then(|()| {
-                // Whether an index already under this prefix still has to be looked at (once,
-                // at the first shard replaced).
-                let mut old_index = true;
-                for (i, Shard { tmp, out, .. }) in shards.by_ref() {
-                    let dst = data_path(prefix, i as u32, num_shards);
-                    let replaces = std::fs::symlink_metadata(&dst).is_ok();
+                // 1. Every shard on disk under its temporary name before anything under the
+                // prefix changes: a full disk or an I/O error leaves an earlier checkpoint there
+                // as it was (written out and renamed one by one, its first shards were replaced
+                // before a later one failed, and both checkpoints were lost).
+                for (
+                    i,
+                    Shard {
+                        tmp, out, _listed, ..
+                    },
+                ) in shards.by_ref()
+                {
                     // Closed (dropped after the sync) before it is renamed.
-                    out.into_inner()
+                    let written = out
+                        .into_inner()
                         .map_err(|e| Error::io(&tmp, e.into_error()))
-                        .and_then(|f| f.sync_all().map_err(|e| Error::io(&tmp, e)))
-                        .and_then(|()| rename(&tmp, &dst))
-                        .inspect_err(|_| {
-                            let _ = std::fs::remove_file(&tmp);
-                        })?;
-                    // Once a shard of an earlier checkpoint under this prefix (of as many shards)
-                    // is replaced, that checkpoint is gone: its index goes too, so that a failure
-                    // among the renames left leaves a plainly incomplete prefix (no index), not
-                    // the old index over new shards (checksum errors on read). One of another
-                    // shard count keeps its index until this one's replaces it.
-                    if replaces
-                        && std::mem::take(&mut old_index)
-                        && index_shards(&final_index) == Some(num_shards)
-                    {
-                        // (The old checkpoint, of as many shards, just lost its shard `i`.)
-                        match std::fs::remove_file(&final_index) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(Error::io(&final_index, e)),
-                        }
+                        .and_then(|f| f.sync_all().map_err(|e| Error::io(&tmp, e)));
+                    synced.push((i, tmp, _listed));
+                    written?;
+                }
+                // 2. Once a shard of an earlier checkpoint under this prefix (of as many shards)
+                // is to be replaced, that checkpoint is gone: its index goes first, so that a
+                // crash or a failure among the renames leaves a plainly incomplete prefix (no
+                // index), not the old index over new shards (checksum errors on read). One of
+                // another shard count keeps its index until this one's replaces it.
+                let replaces = synced.iter().any(|(i, ..)| {
+                    std::fs::symlink_metadata(data_path(prefix, *i as u32, num_shards)).is_ok()
+                });
+                if replaces && index_shards(&final_index) == Some(num_shards) {
+                    match std::fs::remove_file(&final_index) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&final_index, e)),
                     }
+                }
+                // 3. The renames, shards first.
+                while !synced.is_empty() {
+                    let (i, tmp, _listed) = synced.remove(0);
+                    rename(&tmp, &data_path(prefix, i as u32, num_shards)).inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })?;
                 }
                 rename(&tmp_index, &final_index)
             });
         if renamed.is_err() {
             let _ = std::fs::remove_file(&tmp_index);
+            for (_, tmp, _) in synced {
+                let _ = std::fs::remove_file(&tmp);
+            }
             for (_, shard) in shards {
                 let _ = std::fs::remove_file(&shard.tmp);
             }
