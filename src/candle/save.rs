@@ -21,7 +21,9 @@ impl CandleInit {
     ///
     /// `Var`s on a GPU are copied to the host one at a time, so host memory holds one value
     /// beside the writer's buffer. The files are written under temporary names and renamed once
-    /// all are complete: on an error nothing is left at `prefix`. Returns the number of tensors
+    /// all are complete: an error before the renames (a `Var` that cannot be read, a full disk)
+    /// leaves `prefix` as it was; one among the renames leaves no index there (see
+    /// [`CheckpointWriter::finish`]). Returns the number of tensors
     /// written. Write TensorFlow's `checkpoint` state file beside it with
     /// [`write_checkpoint_state`](crate::write_checkpoint_state) to make the directory form work.
     pub fn save_checkpoint(&self, prefix: impl AsRef<Path>) -> Result<usize> {

@@ -408,7 +408,11 @@ impl CheckpointWriter {
         })
     }
 
-    /// Writes the index and renames every file to its final name.
+    /// Writes the index and renames every file to its final name. Every file is written out and
+    /// synced first: an error until then (a full disk) leaves the prefix as it was. An earlier
+    /// checkpoint of as many shards under the prefix then loses its index, and the shards and
+    /// the index are renamed into place: an error or a crash among the renames leaves no index
+    /// (a prefix plainly incomplete), never an old index over new shards.
     pub fn finish(mut self) -> Result<()> {
         self.check_usable()?;
         let header = proto::BundleHeaderProto {
