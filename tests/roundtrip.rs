@@ -226,3 +226,27 @@ fn a_big_endian_bundle_refuses_what_tensorflow_cannot_swap() {
     }
     w.finish().unwrap();
 }
+
+/// Slices of a tensor with no elements overlap as TensorFlow's reader (and this crate's) sees
+/// them, a full extent covering the whole of its dimension: `0,2:-` and `1,2:-` of a `[4, 0]`
+/// tensor overlap, and were written, a tensor that then failed every read.
+#[test]
+fn the_writer_refuses_slices_that_overlap_as_readers_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("e");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    let empty = Tensor::from_f32(&[2, 0], &[]).unwrap();
+    let a = Slice::parse("0,2:-").unwrap();
+    let b = Slice::parse("1,2:-").unwrap();
+    w.add_slice("e", &[4, 0], &a, (&empty).into()).unwrap();
+    let e = w.add_slice("e", &[4, 0], &b, (&empty).into()).unwrap_err();
+    assert!(
+        e.to_string().contains("overlaps slice 0,2:- added before"),
+        "{e}"
+    );
+    let c = Slice::parse("2,2:-").unwrap();
+    w.add_slice("e", &[4, 0], &c, (&empty).into()).unwrap();
+    w.finish().unwrap();
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("e").unwrap().shape, [4, 0]);
+}

@@ -259,8 +259,10 @@ impl CheckpointWriter {
             if full.shape != Some(shape_proto(full_shape)) {
                 return Err(bad("slices disagree on the full shape"));
             }
+            // As TensorFlow's reader checks (and this crate's): a full extent overlaps whatever
+            // the dimension's size, so the slices of a tensor with no elements may overlap too.
             let index = self.slices.get(full_name.as_bytes());
-            if let Some(i) = index.and_then(|x| x.overlapping(&slice.region(full_shape))) {
+            if let Some(i) = index.and_then(|x| x.overlapping(&slice.overlap_box())) {
                 let other = slice_from_proto(&full.slices[i]).map_err(|r| bad(&r))?;
                 return Err(bad(&format!(
                     "slice {slice} overlaps slice {other} added before"
@@ -295,7 +297,7 @@ impl CheckpointWriter {
         self.slices
             .entry(full_name.as_bytes().to_vec())
             .or_insert_with(|| RegionIndex::new(axis))
-            .insert(slice.region(full_shape));
+            .insert(slice.overlap_box());
         Ok(())
     }
 
