@@ -541,3 +541,36 @@ fn a_rank_reads_ahead_only_its_own_slices() {
         }
     }
 }
+
+/// Under a cast, the bytes a report and the progress count are those of the values as they are
+/// held (float32 here, from float16 tensors): `bytes`, the progress total and `skipped_bytes`
+/// agree. The progress and the skipped variables counted the declared float16, half as many.
+#[test]
+fn bytes_under_a_cast_are_counted_as_held() {
+    use tfckpt::LoadOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = common::builder::CkptBuilder::new(dir.path().join("m"));
+    b.bytes("h", DType::F16, &[1000], &[0; 2000])
+        .bytes("g", DType::F16, &[500], &[0; 1000]);
+    let prefix = b.finish();
+    let mut store = VariableStore::new();
+    for (name, n) in [("h", 1000), ("g", 500)] {
+        store
+            .get_variable(name, &[n], DType::F16, Init::Zeros)
+            .unwrap();
+    }
+    let map = AssignmentMap::from([("h", Target::name("h")), ("g", Target::name("g"))]);
+    init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = last.clone();
+    let options = LoadOptions::new()
+        .cast(DType::F16, DType::F32)
+        .rank(0, 2)
+        .ownership(|v: &tfckpt::Variable, _, _| v.name == "h")
+        .progress(move |p| *seen.lock().unwrap() = Some(p));
+    let r = store.initialize_with(Device::Cpu, &options).unwrap();
+    assert_eq!(r.bytes, 4000);
+    assert_eq!(r.skipped_bytes, 2000);
+    let p = last.lock().unwrap().unwrap();
+    assert_eq!((p.bytes_done, p.bytes_total), (4000, 4000));
+}

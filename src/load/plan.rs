@@ -3,6 +3,7 @@
 //! in the files so the executor reads them sequentially. No file is touched here.
 
 use super::skeleton::PendingRead;
+use crate::base::dtype::DType;
 use crate::base::slice::{num_elements, Slice};
 use crate::init::store::Variable;
 
@@ -14,7 +15,7 @@ pub(crate) struct PlanItem<'s> {
     pub tensor: &'s str,
     /// Every variable or part that takes a box of it.
     pub dests: Vec<(&'s Variable, &'s Slice)>,
-    /// Bytes the destinations will hold (strings count as 0).
+    /// Bytes the destinations will hold, in the dtype they hold (strings count as 0).
     pub bytes: u64,
 }
 
@@ -27,10 +28,12 @@ pub(crate) struct LoadPlan<'s> {
 
 /// Groups `pending` (variable, checkpoint index, tensor, box) by (checkpoint, tensor) and orders the
 /// groups by `position(checkpoint, tensor)` (shard or file, then offset; tensors whose position
-/// is unknown last).
+/// is unknown last). `held(dtype)` is the dtype a variable of `dtype` holds its value in (another
+/// under a cast).
 pub(crate) fn plan<'s>(
     pending: impl IntoIterator<Item = PendingRead<'s>>,
     position: impl Fn(usize, &str) -> Option<(u32, u64)>,
+    held: impl Fn(DType) -> DType,
 ) -> LoadPlan<'s> {
     let mut ids: std::collections::HashMap<
         (usize, &str),
@@ -51,7 +54,7 @@ pub(crate) fn plan<'s>(
         // Saturating: a hostile checkpoint's tensor of 2^62 bytes mapped to five variables
         // overflows the sum (each variable alone fits; its load then fails cleanly).
         items[i].bytes = items[i].bytes.saturating_add(
-            num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64,
+            num_elements(&v.shape).unwrap_or(0) * held(v.dtype).size().unwrap_or(0) as u64,
         );
         items[i].dests.push((v, slice));
     }
@@ -103,11 +106,12 @@ mod tests {
             (&b1, 0, "t_b", &s1),
         ];
         // t_b lies before t_a in checkpoint 0's data file.
-        let p = plan(pending, |ckpt, t| match (ckpt, t) {
+        let position = |ckpt, t: &str| match (ckpt, t) {
             (0, "t_b") => Some((0, 10)),
             (0, "t_a") => Some((0, 500)),
             _ => None,
-        });
+        };
+        let p = plan(pending.clone(), position, |d| d);
         let order: Vec<(usize, &str, usize)> = p
             .items
             .iter()
@@ -116,5 +120,12 @@ mod tests {
         assert_eq!(order, vec![(0, "t_b", 2), (0, "t_a", 1), (1, "t_c", 1)]);
         assert_eq!(p.items[0].bytes, 24);
         assert_eq!(p.bytes, 8 + 24 + 16);
+        // Bytes in the dtype the variables hold their values in: twice as many under a cast of
+        // every variable's dtype to one twice its size.
+        let doubled = plan(pending, position, |d| match d.size() {
+            Some(4) => DType::F64,
+            _ => d,
+        });
+        assert_eq!(doubled.bytes, 2 * p.bytes);
     }
 }

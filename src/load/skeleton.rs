@@ -17,7 +17,7 @@ use super::report::{LoadReport, Tracker};
 use crate::base::device::DeviceTensor;
 use crate::base::dtype::DType;
 use crate::base::error::Result;
-use crate::base::slice::Slice;
+use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::Tensor;
 use crate::init::initializer::init_element;
 use crate::init::store::{Variable, VariableStore};
@@ -109,17 +109,21 @@ pub(crate) fn run<D: Destination>(
         .into_iter()
         .filter(|p| mine.contains(p.0.name.as_str()))
         .collect();
-    let plan = plan(pending, |c, t| {
-        ckpts[c].stored(t).ok().and_then(|s| s.position())
-    });
+    let plan = plan(
+        pending,
+        |c, t| ckpts[c].stored(t).ok().and_then(|s| s.position()),
+        |d| options.dtype_at_destination(d),
+    );
     let mut report = LoadReport {
         threads: crate::base::par::current_num_threads(),
         warnings: store.warnings.clone(),
         tensors: plan.items.len(),
         skipped_variables: elsewhere.len(),
-        skipped_bytes: elsewhere
-            .iter()
-            .fold(0u64, |sum, v| sum.saturating_add(value_bytes(v))),
+        // In the dtype the values would be held in, as `bytes` counts them.
+        skipped_bytes: elsewhere.iter().fold(0u64, |sum, v| {
+            let held = options.dtype_at_destination(v.dtype).size().unwrap_or(0) as u64;
+            sum.saturating_add(num_elements(&v.shape).unwrap_or(0).saturating_mul(held))
+        }),
         ..Default::default()
     };
     let elsewhere: Vec<String> = elsewhere.into_iter().map(|v| v.name.clone()).collect();
