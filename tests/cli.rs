@@ -386,23 +386,18 @@ fn an_out_file_that_is_not_a_regular_new_file_is_refused() {
     assert!(tfckpt(&["verify", ckpt]).status.success());
     // `init --out` with a trailing separator names a directory (`--out out/`), whatever its name
     // ends in; a name ending in `.safetensors` names one file, `out/.safetensors` too.
-    let o = tfckpt(&[
-        "init", ckpt, "--model", model, "--map", "{}", "--out", &slash,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let init_to = |out: &str| {
+        let o = tfckpt(&["init", ckpt, "--model", model, "--map", "{}", "--out", out]);
+        assert!(
+            o.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    init_to(&slash);
     assert!(tmp.path().join("new.safetensors").join("v.npy").is_file());
     let dot = tmp.path().join("dot").join(".safetensors");
-    let o = tfckpt(&[
-        "init",
-        ckpt,
-        "--model",
-        model,
-        "--map",
-        "{}",
-        "--out",
-        dot.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    init_to(dot.to_str().unwrap());
     let bytes = std::fs::read(&dot).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.names(), ["v"]);

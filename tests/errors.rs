@@ -1691,12 +1691,16 @@ fn a_list_of_plain_variables_is_a_bad_part_list() {
             .get_variable(name, &[1, 10], tfckpt::DType::F32, tfckpt::Init::Zeros)
             .unwrap();
     }
-    let map = tfckpt::AssignmentMap::from([("var1", tfckpt::Target::parts(["a", "b"]))]);
-    let e = err(tfckpt::init_from_checkpoint(
-        &mut store,
-        fixture("h1_basic"),
-        &map,
-    ));
+    // The pair `key` -> the list [a, b].
+    let mut map_to_a_and_b = |key: &str| {
+        let map = tfckpt::AssignmentMap::from([(key, tfckpt::Target::parts(["a", "b"]))]);
+        err(tfckpt::init_from_checkpoint(
+            &mut store,
+            fixture("h1_basic"),
+            &map,
+        ))
+    };
+    let e = map_to_a_and_b("var1");
     assert!(
         matches!(
             e.kind(),
@@ -1708,12 +1712,7 @@ fn a_list_of_plain_variables_is_a_bad_part_list() {
     says(&e, "assignment \"var1\": a is not a part");
     // A key the checkpoint does not hold is reported first, as TensorFlow looks it up before it
     // checks the list.
-    let map = tfckpt::AssignmentMap::from([("missing", tfckpt::Target::parts(["a", "b"]))]);
-    let e = err(tfckpt::init_from_checkpoint(
-        &mut store,
-        fixture("h1_basic"),
-        &map,
-    ));
+    let e = map_to_a_and_b("missing");
     assert!(
         matches!(
             e.kind(),

@@ -1411,6 +1411,7 @@ fn state_files_resolve_on_object_storage_as_on_disk() {
 }
 
 /// What [`fault_proxy`] does with one request.
+#[derive(Clone, Copy)]
 enum Fault {
     Pass,
     /// Answer `500 Internal Server Error`.
@@ -1460,6 +1461,30 @@ enum Fault {
 fn is_data_get(head: &str) -> bool {
     let first = head.lines().next().unwrap_or("");
     first.starts_with("GET ") && first.contains(".data-")
+}
+
+/// A [`fault_proxy`] that gives `fault` to the requests whose first line `hit` picks, counting
+/// them, and passes every other request on: its address and the count.
+fn counting_proxy(
+    upstream: std::net::SocketAddr,
+    hit: impl Fn(&str) -> bool + Send + Sync + 'static,
+    fault: Fault,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let addr = fault_proxy(upstream, move |head| {
+        if hit(head.lines().next().unwrap_or("")) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            fault
+        } else {
+            Fault::Pass
+        }
+    });
+    (addr, count)
 }
 
 /// A real TCP proxy in front of `upstream` (one request per connection) that does to each
@@ -1695,7 +1720,7 @@ fn a_body_that_errs_after_its_last_byte_is_read() {
 /// stream of `list` asked for page after empty page, with no end at all).
 #[test]
 fn a_listing_whose_pages_never_end_is_an_error() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     // The folder listed, a glob's or (a pattern in a folder's name) the bucket's top with
     // everything below it; and the listing requests: whether the name is a folder (one page of
     // one key each time), then two pages.
@@ -1703,17 +1728,11 @@ fn a_listing_whose_pages_never_end_is_an_error() {
         ("v1_sharded/model.ckpt-0-?????-of-00002", "v1_sharded/", 3),
         ("v1_*d/model.ckpt-0-?????-of-00002", "", 4),
     ] {
-        let lists = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = lists.clone();
-        let addr = fault_proxy(servers().s3, move |head| {
-            let first = head.lines().next().unwrap_or("");
-            if first.starts_with("GET ") && first.contains("list-type=2") {
-                counted.fetch_add(1, Ordering::SeqCst);
-                Fault::EndlessPages
-            } else {
-                Fault::Pass
-            }
-        });
+        let (addr, lists) = counting_proxy(
+            servers().s3,
+            |first| first.starts_with("GET ") && first.contains("list-type=2"),
+            Fault::EndlessPages,
+        );
         let url = format!("s3://{BUCKET}/{glob}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(["list", &url])
@@ -1993,20 +2012,13 @@ fn store_of_vectors(n: usize, vars: &[(&str, &str)]) -> VariableStore {
 /// request's timeout and its retries; nothing counts as initialized.
 #[test]
 fn a_load_waiting_on_an_unanswered_head_of_a_shard_is_cancelled() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     served_vector("cancel_head", 1024);
-    let heads = Arc::new(AtomicUsize::new(0));
-    let seen = heads.clone();
-    let addr = fault_proxy(servers().http, move |head| {
-        let first = head.lines().next().unwrap_or("");
-        if first.starts_with("HEAD ") && first.contains(".data-") {
-            seen.fetch_add(1, Ordering::SeqCst);
-            Fault::Unanswered
-        } else {
-            Fault::Pass
-        }
-    });
+    let (addr, heads) = counting_proxy(
+        servers().http,
+        |first| first.starts_with("HEAD ") && first.contains(".data-"),
+        Fault::Unanswered,
+    );
     let url = format!("http://{addr}/{BUCKET}/cancel_head/model");
     let mut store = store_of_vectors(1024, &[("small", &url)]);
     // Once the load is waiting on the shard's HEAD.
