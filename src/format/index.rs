@@ -416,10 +416,10 @@ pub(crate) mod testing {
     use crate::format::sstable_builder::TableBuilder;
 
     /// Rewrites the index of the V2 checkpoint at `prefix`: `edit` sees each entry (key and proto;
-    /// not the header) and may change it.
+    /// not the header) and may change either.
     pub(crate) fn rewrite_index(
         prefix: &Path,
-        mut edit: impl FnMut(&[u8], &mut proto::BundleEntryProto),
+        mut edit: impl FnMut(&mut Vec<u8>, &mut proto::BundleEntryProto),
     ) {
         let path = index_path(prefix);
         let bytes = std::fs::read(&path).unwrap();
@@ -431,13 +431,16 @@ pub(crate) mod testing {
                 Ok(())
             })
             .unwrap();
-        let mut table = TableBuilder::new(4096, false);
         for (key, value) in &mut records {
             if !key.is_empty() {
                 let mut entry = proto::BundleEntryProto::decode(&value[..]).unwrap();
                 edit(key, &mut entry);
                 *value = entry.encode_to_vec();
             }
+        }
+        records.sort();
+        let mut table = TableBuilder::new(4096, false);
+        for (key, value) in &records {
             table.add(key, value);
         }
         std::fs::write(&path, table.finish()).unwrap();

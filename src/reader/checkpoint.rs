@@ -726,6 +726,38 @@ mod tests {
         assert!(e.contains("h.data-00000-of-00001"), "{e}");
     }
 
+    /// Stored slices of a tensor with no elements overlap as TensorFlow says (a full dimension
+    /// overlaps whatever its size): an index listing `0,2:-` and `0,3:-` of a `[5, 0]` tensor
+    /// (which the writer refuses to make) reads as TensorFlow's "Overlapping slices".
+    #[test]
+    fn empty_slices_listed_overlapping_are_refused() {
+        use crate::base::slice::{Extent, Slice};
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("o");
+        let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+        let rows = |start, length| Slice::new(vec![Extent::Range { start, length }, Extent::Full]);
+        for (start, len) in [(0, 2), (2, 3)] {
+            let t = Tensor::from_f32(&[len, 0], &[]).unwrap();
+            w.add_slice("z", &[5, 0], &rows(start, len), (&t).into())
+                .unwrap();
+        }
+        w.finish().unwrap();
+        // The second slice, listed and keyed as starting at row 0.
+        let (second, moved) = (rows(2, 3), rows(0, 3));
+        rewrite_index(&prefix, |key, e| {
+            if key.as_slice() == b"z" {
+                e.slices[1] = crate::format::slice_codec::slice_to_proto(&moved);
+            } else if *key == crate::format::slice_codec::slice_key(b"z", &second) {
+                *key = crate::format::slice_codec::slice_key(b"z", &moved);
+            }
+        });
+        let e = Checkpoint::open(&prefix).unwrap().read("z").unwrap_err();
+        assert!(
+            matches!(e.kind(), crate::ErrorKind::OverlappingSlices { .. }),
+            "{e}"
+        );
+    }
+
     /// Two slice entries that an index places at the same offset (TensorFlow only does so for
     /// empty ones): the second is checksummed too when values are mapped, as every read does,
     /// and is not taken for the first one's bytes.
