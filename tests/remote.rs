@@ -1627,6 +1627,19 @@ fn a_server_with_weak_etags_is_read() {
     }
 }
 
+/// Reads the first tensor of `h1_basic` through the proxy at `addr` (in front of the HTTP server):
+/// the checkpoint's URL there, the tensor's name and what the read gave.
+fn read_first_tensor_through(
+    addr: std::net::SocketAddr,
+) -> (String, String, tfckpt::Result<tfckpt::Tensor>) {
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let name = remote.tensors()[0].name.clone();
+    let read = remote.read(&name);
+    (url, name, read)
+}
+
 /// A server that answers a ranged GET with more bytes than the range: the read fails naming the
 /// URL, the range and the bytes asked for, and nothing is loaded (found uncovered by a coverage
 /// run: no test server sent too much).
@@ -1640,16 +1653,14 @@ fn an_answer_longer_than_its_range_is_an_error() {
             Fault::Pass
         }
     });
-    let ckpt = fixture("h1_basic").join("model-0");
-    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
-    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    let name = remote.tensors()[0].name.clone();
-    let e = remote.read(&name).unwrap_err();
+    let (url, _, read) = read_first_tensor_through(addr);
+    let e = read.unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::Remote { url: u, range: Some(_), reason }
             if u.contains(".data-") && reason.contains("the server sent more than the")),
         "{e:?}"
     );
+    let ckpt = fixture("h1_basic").join("model-0");
     let (mut store, map) = store_for(&Checkpoint::open(&ckpt).unwrap());
     init_from_checkpoint(&mut store, &url, &map).unwrap();
     assert!(store.initialize(Device::Cpu).is_err());
@@ -1673,11 +1684,7 @@ fn an_object_replaced_while_its_body_is_resumed_is_changed() {
             Fault::Status412
         }
     });
-    let ckpt = fixture("h1_basic").join("model-0");
-    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
-    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    let name = remote.tensors()[0].name.clone();
-    let e = remote.read(&name).unwrap_err();
+    let e = read_first_tensor_through(addr).2.unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::RemoteChanged { url, range: Some(_), .. }
             if url.ends_with(".data-00000-of-00001")),
@@ -1703,13 +1710,12 @@ fn a_body_that_errs_after_its_last_byte_is_read() {
             Fault::Pass
         }
     });
-    let ckpt = fixture("h1_basic").join("model-0");
-    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
-    let remote = Checkpoint::open(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    let local = Checkpoint::open(&ckpt).unwrap();
-    let name = remote.tensors()[0].name.clone();
-    let read = remote.read(&name).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(read, local.read(&name).unwrap());
+    let (_, name, read) = read_first_tensor_through(addr);
+    let local = Checkpoint::open(fixture("h1_basic").join("model-0")).unwrap();
+    assert_eq!(
+        read.unwrap_or_else(|e| panic!("{e}")),
+        local.read(&name).unwrap()
+    );
     assert_eq!(gets.load(Ordering::SeqCst), 1);
 }
 

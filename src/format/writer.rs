@@ -489,9 +489,10 @@ impl CheckpointWriter {
                         Err(e) => return Err(Error::io(&final_index, e)),
                     }
                 }
-                // 3. The renames, shards first.
-                while !synced.is_empty() {
-                    let (i, tmp, _listed) = synced.remove(0);
+                // 3. The renames, shards first (those not renamed stay in `synced`, for the
+                // cleanup after an error).
+                synced.reverse();
+                while let Some((i, tmp, _listed)) = synced.pop() {
                     rename(&tmp, &data_path(prefix, i as u32, num_shards)).inspect_err(|_| {
                         let _ = std::fs::remove_file(&tmp);
                     })?;
