@@ -487,6 +487,37 @@ pub(crate) struct FreshMemory {
     map: memmap2::MmapMut,
 }
 
+/// Backs every page of `buf` (fresh memory, still zero) now, one write of a zero per page (the
+/// bytes stay zero), the pages spread over a thread per core, of its own: no rayon pool, so that a
+/// helper thread can fault buffers in while the caller's pool (which may have a single thread)
+/// waits for it. Registering memory with a GPU driver backs what is not yet backed on the
+/// calling thread alone.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) fn fault_in(buf: &mut [u8]) {
+    let page = page_size();
+    let touch = |chunk: &mut [u8]| {
+        for i in (0..chunk.len()).step_by(page) {
+            // SAFETY: `i` is inside `chunk`; a volatile write so that the touch is made even
+            // though it writes the zero already there.
+            unsafe { std::ptr::write_volatile(chunk.as_mut_ptr().add(i), 0) };
+        }
+    };
+    // At least 1 MiB a thread: a thread costs about what faulting in 1 MiB does.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(buf.len() >> 20).max(1);
+    if threads == 1 {
+        return touch(buf);
+    }
+    let per = buf.len().div_ceil(threads).next_multiple_of(page);
+    std::thread::scope(|s| {
+        for chunk in buf.chunks_mut(per) {
+            // A thread that cannot be started leaves its pages to whatever touches them first
+            // (a driver's registration backs them itself): slower, the same memory.
+            let _ = std::thread::Builder::new().spawn_scoped(s, move || touch(chunk));
+        }
+    });
+}
+
 #[cfg(any(test, feature = "cuda"))]
 impl FreshMemory {
     /// `len` bytes (at least one page), not yet backed. Large ones are advised onto transparent
@@ -553,21 +584,10 @@ impl FreshMemory {
         Ok(())
     }
 
-    /// Backs every page now, the pages spread over every core of the current rayon pool (one
-    /// write of a zero per page: the bytes stay zero). Registering memory with a GPU driver
-    /// backs what is not yet backed on the calling thread alone.
+    /// Backs every page now ([`fault_in`]).
+    #[cfg(test)]
     pub(crate) fn fault_in(&mut self) {
-        use rayon::prelude::*;
-        let page = page_size();
-        self.as_mut_slice()
-            .par_chunks_mut(1 << 20)
-            .for_each(|chunk| {
-                for i in (0..chunk.len()).step_by(page) {
-                    // SAFETY: `i` is inside `chunk`; a volatile write so that the touch is made
-                    // even though it writes the zero already there.
-                    unsafe { std::ptr::write_volatile(chunk.as_mut_ptr().add(i), 0) };
-                }
-            });
+        fault_in(self.as_mut_slice());
     }
 
     /// Memory for `count` buffers of `bytes` each, every buffer starting on a page of its own
@@ -595,6 +615,7 @@ impl FreshMemory {
     }
 
     /// The mapping's first byte.
+    #[cfg(test)]
     pub(crate) fn as_ptr(&self) -> *const u8 {
         self.map.as_ptr()
     }

@@ -5,7 +5,8 @@
 //!
 //! One link per GPU is kept for the life of the process: the context, three streams (the DMA lane
 //! and two ring lanes), the pinned staging buffers (fresh memory page-locked in place: 12–19 ms
-//! for 256 MiB on the H200, where the driver's own pinned allocation took 78–111 ms; paid once)
+//! for 256 MiB on the H200, where the driver's own pinned allocation took 78–111 ms; paid once,
+//! and all but the first buffer's share while the ring already runs)
 //! and the kernels. Each kernel is compiled by NVRTC alone, when a load first
 //! needs it, and its PTX is kept on disk ([`kernel_cache_dir`]) for the next process: a fresh
 //! process that loads a BERT transposes with one kernel, read from the cache, instead of compiling
@@ -21,7 +22,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 
-use super::exec::{Kernel, Link, LANES};
+use super::exec::{staggered, Kernel, Link, Staged, LANES};
 use crate::base::device::DeviceMemory;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::mmap::FreshMemory;
@@ -501,9 +502,10 @@ enum StagingMemory {
     Driver(Vec<PinnedHostSlice<u8>>),
 }
 
-/// Memory page-locked for `ctx` until dropped.
+/// Memory whose buffers (`regions`, by start address) are page-locked for `ctx` until dropped.
 struct PageLocked {
     mem: Option<FreshMemory>,
+    regions: Vec<usize>,
     ctx: Arc<CudaContext>,
 }
 
@@ -511,11 +513,14 @@ impl Drop for PageLocked {
     fn drop(&mut self) {
         let Some(mem) = self.mem.take() else { return };
         let (_bound, bound) = bind_anyway(&self.ctx);
-        // SAFETY: registered by `CudaLink::pin_staging`; staging is dropped only when no copy
-        // reads it (`with_staging` returns after the ring's waits).
-        let undone = bound.and_then(|()| {
-            unsafe { sys::cuMemHostUnregister(mem.as_ptr() as *mut std::ffi::c_void) }.result()
-        });
+        let mut undone = bound;
+        for &r in &self.regions {
+            // SAFETY: registered by `CudaLink::with_staging`; staging is dropped only when no
+            // copy reads it (`with_staging` returns after the ring's waits).
+            undone = undone.and_then(|()| {
+                unsafe { sys::cuMemHostUnregister(r as *mut std::ffi::c_void) }.result()
+            });
+        }
         if undone.is_err() {
             // Never unmapped while the driver may still hold its pages: kept for the process.
             std::mem::forget(mem);
@@ -608,40 +613,62 @@ impl CudaLink {
         device_err(self.ordinal, op, e)
     }
 
-    /// Pins `count` staging buffers of `bytes`: fresh memory (on the GPU's NUMA node where the
-    /// machine has several) faulted in on every core and then page-locked in place, which on the
-    /// H200 took 12–19 ms for 256 MiB where the driver's pinned allocation took 78–111 ms
-    /// (`FreshMemory`); the driver's allocation where page-locking is refused. Binds the context
-    /// itself.
-    fn pin_staging(&self, count: usize, bytes: usize) -> Result<Staging> {
+    /// Runs `f` over `count` staging buffers of `bytes` made now: fresh memory (on the GPU's
+    /// NUMA node where the machine has several) page-locked in place one buffer at a time, each
+    /// faulted in on every core first, which on the H200 took 12–19 ms for 256 MiB where the
+    /// driver's pinned allocation took 78–111 ms. `f` starts once the first buffer is locked;
+    /// the others join it as a helper thread locks them ([`staggered`]). Where page-locking is
+    /// refused, the driver's pinned allocations, all made first. Returns `f`'s result (or its
+    /// panic) and the buffers, to keep. Binds the context itself.
+    fn with_new_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut Staged<'_>) -> R,
+    ) -> Result<(std::thread::Result<R>, Staging)> {
+        let mut f = Some(f);
         if let Ok(mut mem) = FreshMemory::for_buffers(count, bytes) {
             // On the GPU's own node where the machine has several (the pages are faulted in
             // by threads of every node); a refusal leaves them wherever they fall.
             if let Some(node) = self.numa_node {
                 let _ = mem.prefer_node(node);
             }
-            mem.fault_in();
-            let (_bound, bound) = bind_anyway(&self.ctx);
-            // SAFETY: `mem` is mapped, readable and writable, until `PageLocked` unregisters it
-            // and only then unmaps it. Flags 0: written by the CPU, read by the DMA.
-            let locked = bound.and_then(|()| {
-                unsafe {
-                    sys::cuMemHostRegister_v2(mem.as_ptr() as *mut std::ffi::c_void, mem.len(), 0)
-                }
-                .result()
+            let lock = |b: &mut [u8]| -> std::result::Result<(), String> {
+                crate::base::mmap::fault_in(b);
+                let (_bound, bound) = bind_anyway(&self.ctx);
+                // SAFETY: `b` is a buffer of `mem`, page-aligned, mapped, readable and writable
+                // until `PageLocked` unregisters it and only then unmaps it. Flags 0: written by
+                // the CPU, read by the DMA.
+                bound
+                    .and_then(|()| {
+                        unsafe {
+                            sys::cuMemHostRegister_v2(
+                                b.as_mut_ptr() as *mut std::ffi::c_void,
+                                b.len(),
+                                0,
+                            )
+                        }
+                        .result()
+                    })
+                    .map_err(|e| format!("{e:?}"))
+            };
+            let ran = staggered(mem.buffers(count, bytes), &lock, |staged| {
+                (f.take().expect("run once"))(staged)
             });
-            if locked.is_ok() {
-                return Ok(Staging {
-                    count,
+            if let Ok((r, regions)) = ran {
+                let st = Staging {
+                    count: regions.len(),
                     bytes,
                     mem: StagingMemory::PageLocked(PageLocked {
                         mem: Some(mem),
+                        regions,
                         ctx: self.ctx.clone(),
                     }),
-                });
+                };
+                return Ok((r, st));
             }
         }
-        let bufs = (0..count)
+        let mut bufs = (0..count)
             .map(|_| {
                 // Flags 0: not write-combined, so CPU writes run at full speed (gpu-notes.md).
                 // SAFETY: the memory is written before it is copied anywhere.
@@ -649,11 +676,23 @@ impl CudaLink {
                     .map_err(|e| self.err(format!("pinning {bytes} bytes of staging"), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Staging {
+        let slices = self.driver_slices(&mut bufs)?;
+        let f = f.take().expect("not run: page-locking was refused");
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut Staged::new(slices))));
+        let st = Staging {
             count,
             bytes,
             mem: StagingMemory::Driver(bufs),
-        })
+        };
+        Ok((r, st))
+    }
+
+    /// The driver's pinned allocations as byte slices (binds the context).
+    fn driver_slices<'a>(&self, bufs: &'a mut [PinnedHostSlice<u8>]) -> Result<Vec<&'a mut [u8]>> {
+        bufs.iter_mut()
+            .map(|b| b.as_mut_slice().map_err(|e| self.err("staging buffer", e)))
+            .collect()
     }
 
     /// Lets each GPU of `peers` that can reach this one read and write what this GPU's memory
@@ -930,49 +969,45 @@ impl Link for CudaLink {
         &self,
         count: usize,
         bytes: usize,
-        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+        f: impl FnOnce(&mut Staged<'_>) -> R,
     ) -> Result<R> {
         // Pinning and `as_mut_slice` bind the context.
         let _current = KeepCurrent::loaded();
         // Taken out of the link while in use, so that a second load on this GPU (from another
-        // thread) never waits on this one's lock; it pins buffers of its own instead.
-        let mut staging = self
+        // thread) never waits on this one's lock; it pins buffers of its own instead. Kept
+        // buffers are all usable at once; new ones join the ring as they are page-locked.
+        let kept = self
             .staging
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .filter(|s| s.holds(count, bytes));
-        if staging.is_none() {
-            staging = Some(self.pin_staging(count, bytes)?);
-        }
-        let st = staging.as_mut().expect("pinned above");
-        let full = match &mut st.mem {
-            StagingMemory::PageLocked(p) => p
-                .mem
-                .as_mut()
-                .expect("page-locked memory until dropped")
-                .buffers(st.count, st.bytes),
-            StagingMemory::Driver(bufs) => {
-                let mut slices = Vec::with_capacity(bufs.len());
-                for b in bufs.iter_mut() {
-                    slices.push(
-                        b.as_mut_slice()
-                            .map_err(|e| self.err("staging buffer", e))?,
-                    );
-                }
-                slices
-            }
-        };
-        let mut slices: Vec<&mut [u8]> = full
-            .into_iter()
-            .take(count)
-            .map(|b| &mut b[..bytes])
-            .collect();
         // `f` returns only when nothing reads the buffers any more (the ring waits for its fences,
         // or synchronises the device on error). A panic inside it (a trainer's progress callback)
         // would free them under copies in flight: every lane is waited for first.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut slices)));
-        drop(slices);
+        let (r, staging) = match kept {
+            Some(mut st) => {
+                let full = match &mut st.mem {
+                    StagingMemory::PageLocked(p) => p
+                        .mem
+                        .as_mut()
+                        .expect("page-locked memory until dropped")
+                        .buffers(st.count, st.bytes),
+                    StagingMemory::Driver(bufs) => self.driver_slices(bufs)?,
+                };
+                let slices: Vec<&mut [u8]> = full
+                    .into_iter()
+                    .take(count)
+                    .map(|b| &mut b[..bytes])
+                    .collect();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    f(&mut Staged::new(slices))
+                }));
+                (r, st)
+            }
+            None => self.with_new_staging(count, bytes, f)?,
+        };
+        let staging = Some(staging);
         let r = r.unwrap_or_else(|panic| {
             // Every lane, whatever the others answer (`synchronize`).
             let _ = Link::synchronize(self);

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::exec::{Fill, Kernel, Link, LANES, LANE_REG};
+use super::exec::{Fill, Kernel, Link, Staged, LANES, LANE_REG};
 use crate::base::device::DeviceMemory;
 use crate::base::error::{ErrorKind, Result};
 
@@ -134,6 +134,8 @@ struct Device {
     /// Synchronisations so far: they run the lanes in turn in one order and the other.
     syncs: AtomicUsize,
     registered: Registry,
+    /// The staging buffers page-locked so far (start, end): the ring's lanes copy only from them.
+    staging_locked: Mutex<Vec<(usize, usize)>>,
 }
 
 /// A fence: a lane, and the sequence number of the first operation queued after it.
@@ -363,6 +365,17 @@ pub(crate) struct HostLink {
     pool_cursor: AtomicU64,
     /// Makes every registration take this many milliseconds (page-locking is slow on a GPU).
     pub register_delay_ms: AtomicU64,
+    /// Makes page-locking each staging buffer after the first take this many milliseconds: the
+    /// ring then starts on fewer buffers and takes in the others as they come.
+    pub staging_delay_ms: AtomicU64,
+    /// Refuses page-locking the n-th staging buffer (1-based; 0 = never): from the first, the
+    /// ring gets buffers that need none (the driver's pinned allocation); from a later one, the
+    /// ring goes on with those locked before it.
+    pub refuse_staging_at: AtomicUsize,
+    /// The most staging buffers one ring had usable at once.
+    pub staging_used: AtomicUsize,
+    /// Makes queueing each copy take this many microseconds (a slow link).
+    pub copy_delay_us: AtomicU64,
     /// Makes the n-th copy fail (1-based; 0 = never).
     pub fail_copy_at: AtomicUsize,
     /// Cancels this token at the n-th copy (1-based), as a trainer's other thread would while
@@ -540,6 +553,10 @@ impl Link for HostLink {
     unsafe fn copy(&self, lane: usize, src: &[u8], dst: u64) -> Result<()> {
         assert!(lane < LANES);
         let n = self.copies.fetch_add(1, Ordering::Relaxed) + 1;
+        let us = self.copy_delay_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
         if n == self.fail_copy_at.load(Ordering::Relaxed) {
             return Err(bad(format!("copy {n} failed (emulated)")));
         }
@@ -549,6 +566,14 @@ impl Link for HostLink {
             }
         }
         let a = src.as_ptr() as usize;
+        if lane != LANE_REG {
+            let locked = self.dev.staging_locked.lock().unwrap();
+            if !locked.iter().any(|&(p, e)| a >= p && a + src.len() <= e) {
+                return Err(bad(
+                    "DMA on a ring lane from memory that is no page-locked staging buffer".into(),
+                ));
+            }
+        }
         if lane == LANE_REG {
             let ok = self
                 .dev
@@ -590,10 +615,10 @@ impl Link for HostLink {
         &self,
         count: usize,
         bytes: usize,
-        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+        f: impl FnOnce(&mut Staged<'_>) -> R,
     ) -> Result<R> {
         /// Drops the copies still queued from the buffers before they are freed, also when `f`
-        /// panics; says how many there were.
+        /// panics, and forgets that they were page-locked; says how many copies there were.
         struct Release<'a> {
             dev: &'a Device,
             spans: Vec<(usize, usize)>,
@@ -601,6 +626,12 @@ impl Link for HostLink {
         impl Release<'_> {
             fn release(&mut self) -> usize {
                 let _running = self.dev.running.lock().unwrap_or_else(|e| e.into_inner());
+                let spans = &self.spans;
+                self.dev
+                    .staging_locked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|&(p, _)| !spans.iter().any(|&(a, _)| a == p));
                 std::mem::take(&mut self.spans)
                     .into_iter()
                     .map(|(a, b)| self.dev.drop_copies_from(a, b))
@@ -612,21 +643,51 @@ impl Link for HostLink {
                 self.release();
             }
         }
-        // The GPU link's memory (fresh, faulted in on every core; page-locked there), so that
-        // every emulated load runs it too.
+        // The GPU link's memory (fresh, each buffer faulted in on every core and page-locked
+        // there, the first before the ring starts and the others as it runs), so that every
+        // emulated load runs it too.
         let mut mem = crate::base::mmap::FreshMemory::for_buffers(count, bytes)
             .map_err(|e| bad(format!("staging memory: {e}")))?;
-        mem.fault_in();
-        let mut refs = mem.buffers(count, bytes);
+        let span = |b: &[u8]| (b.as_ptr() as usize, b.as_ptr() as usize + b.len());
+        let refs = mem.buffers(count, bytes);
         let mut release = Release {
             dev: &self.dev,
-            spans: refs
-                .iter()
-                .map(|b| (b.as_ptr() as usize, b.as_ptr() as usize + b.len()))
-                .collect(),
+            spans: refs.iter().map(|b| span(b)).collect(),
         };
-        let r = f(&mut refs);
-        drop(refs);
+        let locks = AtomicUsize::new(0);
+        let lock = |b: &mut [u8]| -> std::result::Result<(), String> {
+            let n = locks.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > 1 {
+                let ms = self.staging_delay_ms.load(Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            if n == self.refuse_staging_at.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "page-locking staging buffer {n} refused (emulated)"
+                ));
+            }
+            crate::base::mmap::fault_in(b);
+            self.dev.staging_locked.lock().unwrap().push(span(b));
+            Ok(())
+        };
+        let mut f = Some(f);
+        let used = &self.staging_used;
+        let mut ring = |staged: &mut Staged<'_>| {
+            let r = (f.take().expect("run once"))(staged);
+            used.fetch_max(staged.poll(), Ordering::Relaxed);
+            r
+        };
+        let r = match super::exec::staggered(refs, &lock, &mut ring) {
+            Ok((r, _locked)) => r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => {
+                // As the driver's pinned allocations: all usable at once.
+                crate::base::mmap::fault_in(mem.as_mut_slice());
+                let refs = mem.buffers(count, bytes);
+                let spans = refs.iter().map(|b| span(b));
+                self.dev.staging_locked.lock().unwrap().extend(spans);
+                ring(&mut Staged::new(refs))
+            }
+        };
         // The buffers are freed here: a copy still queued from one would read freed memory.
         let pending = release.release();
         if pending > 0 {

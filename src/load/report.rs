@@ -145,9 +145,9 @@ pub struct DeviceTimes {
     pub scratch: f64,
     /// From the first byte read to the last copy done: checksums, copies, registration.
     pub transfer: f64,
-    /// Part of `transfer`: until the staging ring's buffers were pinned and handed to it (near 0
-    /// when an earlier load of the process left them; the thread pinning may also run other
-    /// work of the load meanwhile).
+    /// Part of `transfer`: until the staging ring's first buffer was pinned and handed to it
+    /// (near 0 when an earlier load of the process left them; the others are pinned while the
+    /// ring runs, and the thread pinning may also run other work of the load meanwhile).
     pub pinning: f64,
     /// Part of `transfer`: pages locked and unlocked by registered DMA
     /// ([`LoadOptions::register_mappings`](crate::LoadOptions::register_mappings)).

@@ -3,7 +3,9 @@
 //! * **Pinned staging ring** (always). A worker fills a few pinned buffers of 64 MiB (checksum,
 //!   then a streaming copy that skips the read for ownership, 1 MiB at a time in parallel), queues
 //!   their copies on two lanes, and reuses a buffer only after its fence. It also carries
-//!   host-owned sources (V1 files, big-endian bundles, unmapped initializers).
+//!   host-owned sources (V1 files, big-endian bundles, unmapped initializers). In a fresh
+//!   process it starts as soon as its first buffer is pinned; the others join as they are
+//!   ([`Staged`]).
 //! * **Registered DMA** (opt-in, `LoadOptions::register_mappings`). A second worker takes batches
 //!   of up to 256 MiB ([`Sizes`]) of a shard mapping, page-locks them in place (read-only
 //!   registration), queues copies straight from the page cache into the destinations, and
@@ -21,6 +23,7 @@
 
 mod registrar;
 mod ring;
+mod staged;
 mod units;
 
 use std::ops::Range;
@@ -35,6 +38,7 @@ use crate::base::mmap::MappedFile;
 use crate::load::DeviceStats;
 use registrar::registrar;
 use ring::ring;
+pub(crate) use staged::{staggered, Staged};
 pub(crate) use units::{units, Unit};
 
 /// The sizes the executor works in.
@@ -117,13 +121,14 @@ pub(crate) trait Link: Sync {
     /// Blocks until `fence` has passed.
     fn wait(&self, fence: Self::Fence) -> Result<()>;
 
-    /// Runs `f` with `count` pinned staging buffers of `bytes` each (kept by the link between
-    /// loads, since pinning memory is slow).
+    /// Runs `f` with up to `count` pinned staging buffers of `bytes` each (kept by the link
+    /// between loads, since pinning memory is slow), at least one usable when `f` starts; the
+    /// others may join while it runs ([`Staged`]).
     fn with_staging<R>(
         &self,
         count: usize,
         bytes: usize,
-        f: impl FnOnce(&mut [&mut [u8]]) -> R,
+        f: impl FnOnce(&mut Staged<'_>) -> R,
     ) -> Result<R>;
 
     /// Queues (on lane 0) filling `len` bytes at `dst` with a repeated pattern.

@@ -60,9 +60,13 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
     };
     let asked = std::time::Instant::now();
     let mut pinning = 0.0;
-    let result = link.with_staging(count, size, |bufs| -> Result<u64> {
+    let result = link.with_staging(count, size, |staged| -> Result<u64> {
         pinning = asked.elapsed().as_secs_f64();
-        let mut fences: Vec<Option<L::Fence>> = (0..bufs.len()).map(|_| None).collect();
+        let mut fences: Vec<Option<L::Fence>> = (0..count).map(|_| None).collect();
+        // When each buffer was last filled (0: never): the next is the one filled longest ago
+        // of those usable now, whose copies are the likeliest to be done. In a fresh process the
+        // buffers join one by one as they are page-locked ([`super::Staged`]).
+        let mut last = vec![0usize; count];
         let mut carried = 0u64;
         let mut k = 0usize;
         let run = (|| -> Result<()> {
@@ -71,14 +75,16 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
                     return Ok(());
                 }
                 s.check_cancelled()?;
-                let b = k % bufs.len();
+                let usable = staged.poll().min(count);
+                let b = (0..usable).min_by_key(|&i| last[i]).unwrap_or(0);
                 let lane = 1 + b % 2;
                 k += 1;
+                last[b] = k;
                 if let Some(f) = fences[b].take() {
                     link.wait(f)?;
                 }
                 let len = u.range.len();
-                let buf = &mut bufs[b][..len];
+                let buf = &mut staged.buffer(b)[..len];
                 let start = u.range.start;
                 let parts: Vec<CrcPiece> = match &u.src {
                     // Object storage: the ranged GETs land in the pinned buffer, and the
