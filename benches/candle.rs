@@ -10,6 +10,7 @@
 //! cargo bench --features candle --bench candle -- --large --rounds 3   # BERT-large
 //! cargo bench --features candle-cuda --bench candle -- --cuda   # the models on GPU 0
 //! cargo bench --features candle --bench candle -- --pause 5     # 5 s idle before each load
+//! cargo bench --features candle --bench candle -- --before OLD   # and OLD's tfckpt, alternated
 //! ```
 //!
 //! `--pause S` leaves the machine idle for S seconds before each timed load, as before a trainer's
@@ -22,6 +23,10 @@
 //! default, which a fresh process must pin first) and with registered mappings (the page cache
 //! page-locked in place, `LoadOptions::register_mappings`); the transposes by a kernel on the
 //! device.
+//!
+//! `--before OLD` times the tfckpt load of OLD too (this benchmark's binary as an earlier tree built
+//! it), in the same rounds, on the same files: a change measured before and after on one machine
+//! in one run, as `scripts/gpu-check.sh` does on a lent GPU.
 
 #[path = "../examples/candle_bert.rs"]
 mod bert;
@@ -136,23 +141,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tfckpt = |register: bool| -> Result<f64, Box<dyn std::error::Error>> {
         let dev = device()?;
         let start = Instant::now();
+        // The time to each step, for the parent to show beside the total.
+        let mut steps = Vec::new();
+        let mut step = |what: &'static str| steps.push((what, start.elapsed().as_secs_f64()));
         let varmap = VarMap::new();
         let deferred = DeferredInit::new(&varmap);
         let model = Bert::new(&cfg, deferred.var_builder(DType::F32, &dev))?;
+        step("model built");
         let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1())?;
         let found = init.map_existing(&prefix)?;
+        step("mapped");
         init.init_from_checkpoint(&prefix, &found.map)?;
+        step("init_from_checkpoint");
         let options = tfckpt::LoadOptions {
             register_mappings: register,
             ..Default::default()
         };
         let report = init.initialize(&options)?;
+        step("initialize");
         dev.synchronize()?;
         let s = start.elapsed().as_secs_f64();
         drop(model);
         // Where tfckpt's time went (its phases; on a GPU, the context, pinning and kernels of a
         // fresh process are in them), for the parent to show.
-        eprintln!("{report}");
+        let steps: Vec<String> = steps
+            .iter()
+            .map(|(what, t)| format!("{what} at {t:.3} s"))
+            .collect();
+        eprintln!("{}; {report}", steps.join(", "));
         Ok(s)
     };
     // Each measurement in a fresh process, as a trainer starts: no allocator or page-table state
@@ -178,16 +194,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pause.as_secs()
     );
     let exe = std::env::current_exe()?;
+    // An earlier build of this benchmark, whose tfckpt load is timed beside this one's.
+    let before = std::env::args()
+        .skip_while(|a| a != "--before")
+        .nth(1)
+        .map(std::path::PathBuf::from);
     let last_report = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let child = |which: &str| -> Result<f64, Box<dyn std::error::Error>> {
-        let out = std::process::Command::new(&exe)
+        let (program, role) = match which.strip_prefix("before:") {
+            Some(role) => (before.clone().ok_or("no --before binary")?, role),
+            None => (exe.clone(), which),
+        };
+        let out = std::process::Command::new(&program)
             .args([
                 "--dir",
                 &base.display().to_string(),
                 "--layers",
                 &cfg.layers.to_string(),
                 "--child",
-                which,
+                role,
             ])
             .args(cuda.then_some("--cuda"))
             .args(large.then_some("--large"))
@@ -195,7 +220,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
         }
-        if which.starts_with("tfckpt") {
+        if role.starts_with("tfckpt") {
             last_report.borrow_mut().insert(
                 which.to_string(),
                 String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -203,16 +228,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
     };
-    // On a GPU also tfckpt with registered mappings, whose fresh process pins no staging ring.
-    let contenders: &[&str] = if cuda {
-        &["candle", "tfckpt", "tfckpt-register"]
+    // On a GPU also tfckpt with registered mappings, whose fresh process pins no staging ring;
+    // with `--before`, the earlier build's tfckpt load (the default path) last.
+    let mut contenders: Vec<&str> = if cuda {
+        vec!["candle", "tfckpt", "tfckpt-register"]
     } else {
-        &["candle", "tfckpt"]
+        vec!["candle", "tfckpt"]
     };
+    if before.is_some() {
+        contenders.push("before:tfckpt");
+    }
     let mut times: Vec<Vec<f64>> = contenders.iter().map(|_| Vec::new()).collect();
     // One warm-up each (on a GPU it also leaves the kernels tfckpt compiles in its kernel cache,
     // as a trainer's earlier runs would: the timed rounds read them from there).
-    for w in contenders {
+    for w in &contenders {
         child(w)?;
     }
     for _ in 0..rounds {
@@ -240,7 +269,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t / c,
         c / t
     );
-    if let Some(&r) = medians.get(2) {
+    if let Some(i) = contenders.iter().position(|&w| w == "before:tfckpt") {
+        let b = medians[i];
+        println!(
+            "tfckpt as built before (--before): {b:.3} s ({:.2} GB/s, {:.1}x as fast as candle); this build {:.2}x its time",
+            bytes as f64 / b / 1e9,
+            c / b,
+            t / b
+        );
+    }
+    if let (true, Some(&r)) = (cuda, medians.get(2)) {
         println!(
             "tfckpt, registered mappings (no staging ring): {r:.3} s ({:.2} GB/s, {:.1}x as fast as candle)",
             bytes as f64 / r / 1e9,

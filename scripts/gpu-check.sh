@@ -6,6 +6,9 @@
 #    puts the CUDA test binaries and the GPU benchmark into target/gpu-check/.
 #    Before lending the binaries to a GPU machine, `scripts/gpu-check.sh --check` says (here, in
 #    a second) whether they were built from this tree, listing the files changed since.
+#    With GPU_CHECK_BEFORE=DIR (the target/gpu-check of an earlier tree's build), that build's
+#    candle benchmark comes along, and the run times its tfckpt load beside this tree's, in the
+#    same rounds (benches/candle.rs --before): a change measured before and after in one run.
 # 2. Run, on a machine with an NVIDIA GPU and driver, from the repository root (no cargo needed):
 #        scripts/gpu-check.sh [--budget 450] [--only PARTS] [--gb 8] [--dir /tmp/tfckpt-gpu-bench]
 #    --budget: seconds for the whole run (default 450): each part and each test gets at most what
@@ -99,6 +102,14 @@ if [ "${1:-}" = "--build" ]; then
     # carries 64 MiB); the run unpacks them elsewhere, so this folder stays that size.
     strip --strip-debug "$out"/* 2>/dev/null || true
     gzip -9 "$out"/*
+    if [ -n "${GPU_CHECK_BEFORE:-}" ]; then
+        cp "$GPU_CHECK_BEFORE/candle-bench.gz" "$out/candle-bench-before.gz" || {
+            echo "gpu-check: no candle-bench.gz in GPU_CHECK_BEFORE=$GPU_CHECK_BEFORE" >&2
+            exit 1
+        }
+        # What that build was built from (its tree's stamp), for the run's log.
+        cp "$GPU_CHECK_BEFORE/BUILD" "$out/BUILD.before" 2>/dev/null || true
+    fi
     if [ "$(tree_stamp "$stage/BUILD.files")" != "$(cat "$stage/BUILD")" ]; then
         echo "gpu-check: the tree changed during the build; build again. Changed:" >&2
         sha1sum -c --quiet "$stage/BUILD.sums" 2>&1 | head -20 >&2 || true
@@ -363,7 +374,12 @@ if part candle; then
 fi
 if part candle-bench 300; then
     echo "== candle on the GPU: BERT-large (24 layers of width 1024) from tfckpt's checkpoint against candle's from_mmaped_safetensors"
-    timeout -k 10 "$lim" "$bin/candle-bench" --cuda --large --rounds 3 || bench_rc=$?
+    before=()
+    if [ -x "$bin/candle-bench-before" ]; then
+        echo "   with the tfckpt load of an earlier build (its tree $(cat "$out/BUILD.before" 2>/dev/null || echo unknown)) in the same rounds"
+        before=(--before "$bin/candle-bench-before")
+    fi
+    timeout -k 10 "$lim" "$bin/candle-bench" --cuda --large --rounds 3 "${before[@]}" || bench_rc=$?
 fi
 if part probe 300; then
     echo "== Building blocks (examples/gpu_probe.rs, 4 GiB file)"
