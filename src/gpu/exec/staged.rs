@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::Mutex;
 
 /// The buffers a ring may use: those ready now, and those still being page-locked, which join
 /// as they are ([`Staged::poll`]).
@@ -61,7 +62,8 @@ pub(crate) fn staggered<'a, R>(
     }
     let rest = bufs.split_off(1);
     lock(&mut *bufs[0])?;
-    let mut locked = vec![bufs[0].as_ptr() as usize];
+    // Each buffer listed as soon as it is locked, so that the list is whole whatever happens.
+    let locked = Mutex::new(vec![bufs[0].as_ptr() as usize]);
     let stop = AtomicBool::new(false);
     let (tx, rx) = channel();
     let mut staged = Staged {
@@ -69,30 +71,31 @@ pub(crate) fn staggered<'a, R>(
         coming: Some(rx),
     };
     let r = std::thread::scope(|s| {
-        let stop = &stop;
-        let helper = (!rest.is_empty()).then(|| {
-            s.spawn(move || {
-                let mut done = Vec::new();
+        let (stop, locked) = (&stop, &locked);
+        let helper = move || {
+            // A panic in `lock` (none is expected: it reports refusals) only ends the helper; the
+            // scope would otherwise raise it again past the ring's result.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                 for b in rest {
                     if stop.load(Ordering::Relaxed) || lock(&mut *b).is_err() {
                         break;
                     }
-                    done.push(b.as_ptr() as usize);
+                    locked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(b.as_ptr() as usize);
                     // A ring that has finished no longer takes it: still locked, still listed.
                     let _ = tx.send(b);
                 }
-                done
-            })
-        });
+            }));
+        };
+        // Without a helper (no thread to be had) the ring keeps to the first buffer.
+        let _ = std::thread::Builder::new().spawn_scoped(s, helper);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut staged)));
         stop.store(true, Ordering::Relaxed);
-        if let Some(h) = helper {
-            // The helper's own panic (none is expected: `lock` reports refusals) leaves the
-            // buffers it locked unlisted, so never unlocked: kept for the process.
-            locked.extend(h.join().unwrap_or_default());
-        }
-        r
+        r // the scope waits for the helper
     });
+    let locked = locked.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok((r, locked))
 }
 
@@ -169,6 +172,26 @@ mod tests {
         assert_eq!(r.unwrap(), 2);
         assert_eq!(locked, addrs[..2], "only the buffers locked are listed");
         assert_eq!(*calls.lock().unwrap(), 3, "nothing tried after the refusal");
+
+        // A panic in the helper's locking ends the helper, not the ring.
+        let bufs: Vec<&mut [u8]> = mem.chunks_mut(64).collect();
+        let calls = Mutex::new(0);
+        let lock = |_: &mut [u8]| {
+            let mut n = calls.lock().unwrap();
+            *n += 1;
+            assert!(*n < 2, "a bug in the locking");
+            Ok::<(), String>(())
+        };
+        let (r, locked) = staggered(bufs, &lock, |s| {
+            while s.coming.is_some() {
+                s.poll();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            s.poll()
+        })
+        .unwrap();
+        assert_eq!(r.unwrap(), 1);
+        assert_eq!(locked, addrs[..1]);
 
         // The first buffer refused: nothing runs.
         let mut mem = [0u8; 2 * 64];
