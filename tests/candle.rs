@@ -1245,6 +1245,43 @@ fn deferred_vars_after_a_failed_load_on(dev: &Device) {
     assert_eq!(bias.to_vec1::<f32>().unwrap(), [7.0, 8.0, 9.0]);
 }
 
+/// A trainer's progress callback that panics at the load's last report (after every copy, on a
+/// GPU after the `Var`s loaded in place were written): no `Var` changes, and a load after it
+/// fills them.
+fn a_panicking_progress_callback_changes_no_var_on(dev: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/bias", &[3], &[7.0, 8.0, 9.0]).f32(
+        "a/kernel",
+        &[2, 3],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    );
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    candle_nn::linear(2, 3, deferred.var_builder(DType::F32, dev).pp("a")).unwrap();
+    let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("/", Target::scope("/"))]))
+        .unwrap();
+    let before = snapshot(&varmap);
+    let options = tfckpt::LoadOptions::new().progress(|p| {
+        if p.tensors_total > 0 && p.tensors_done == p.tensors_total {
+            panic!("the trainer's progress callback");
+        }
+    });
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.initialize(&options)));
+    assert!(r.is_err(), "the callback's panic reaches the trainer");
+    assert_eq!(snapshot(&varmap), before, "a Var changed");
+    init.initialize(&Default::default()).unwrap();
+    let bias = var(&varmap, "a.bias").to_device(&CPU).unwrap();
+    assert_eq!(bias.to_vec1::<f32>().unwrap(), [7.0, 8.0, 9.0]);
+}
+
+#[test]
+fn a_panicking_progress_callback_changes_no_var() {
+    a_panicking_progress_callback_changes_no_var_on(&CPU);
+}
+
 #[test]
 fn deferred_vars_keep_their_zeros_after_a_failed_load() {
     deferred_vars_after_a_failed_load_on(&CPU);
@@ -1520,6 +1557,12 @@ mod on_gpu {
         // The GPU Var's tensor (after the host load) or the host Var's (before the GPU load).
         damaged_value_on(&dev, &CPU, true);
         damaged_value_on(&dev, &CPU, false);
+    }
+
+    #[test]
+    fn a_panicking_progress_callback_changes_no_var_on_the_gpu() {
+        let Some(dev) = gpu() else { return };
+        a_panicking_progress_callback_changes_no_var_on(&dev);
     }
 
     #[test]

@@ -175,7 +175,15 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     report.from_initializer += unmapped_gpu;
     #[cfg(feature = "candle-cuda")]
     if !gpu_jobs.is_empty() {
-        let loaded = super::cuda::load(init, &gpu_jobs, options);
+        // The load's last progress report comes after its copies: a trainer's callback that
+        // panics there leaves no `Var` loaded in place either (zeroed again, then re-raised).
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::cuda::load(init, &gpu_jobs, options)
+        }))
+        .unwrap_or_else(|panic| {
+            let _ = zero_again(&gpu_jobs);
+            std::panic::resume_unwind(panic)
+        });
         match loaded {
             Ok(gpu_report) => report = super::cuda::merged(report, gpu_report),
             Err(e) => return Err(restore(&gpu_jobs, e)),
@@ -201,21 +209,29 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
 /// zeroed, that failure with `e` in it).
 #[cfg(feature = "candle-cuda")]
 fn restore(jobs: &[super::cuda::GpuJob], e: Error) -> Error {
-    let mut failed = Vec::new();
-    for job in jobs {
-        if let Err(z) = job.zero_again() {
-            failed.push(format!("{}: {z}", job.name));
+    match zero_again(jobs) {
+        Ok(()) => e,
+        Err(reason) => ErrorKind::Device {
+            device: "cuda".into(),
+            op: format!("zeroing Vars loaded in place again after: {e}"),
+            reason,
         }
+        .into(),
     }
+}
+
+/// Zeroes every GPU `Var` loaded in place again; says which could not be, and why.
+#[cfg(feature = "candle-cuda")]
+fn zero_again(jobs: &[super::cuda::GpuJob]) -> std::result::Result<(), String> {
+    let failed: Vec<String> = jobs
+        .iter()
+        .filter_map(|job| job.zero_again().err().map(|z| format!("{}: {z}", job.name)))
+        .collect();
     if failed.is_empty() {
-        return e;
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
-    ErrorKind::Device {
-        device: "cuda".into(),
-        op: format!("zeroing Vars loaded in place again after: {e}"),
-        reason: failed.join("; "),
-    }
-    .into()
 }
 
 /// The GPU storages become their `Var`s' (those loaded in place already are).
