@@ -145,6 +145,15 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), addrs);
     }
 
+    /// A ring that waits until the helper is done (its channel closes): the buffers usable then.
+    fn all_the_helper_locks(s: &mut Staged<'_>) -> usize {
+        while s.coming.is_some() {
+            s.poll();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        s.poll()
+    }
+
     #[test]
     fn a_refusal_stops_the_helper_and_the_ring_goes_on_with_what_was_locked() {
         let mut mem = vec![0u8; 4 * 64];
@@ -160,15 +169,7 @@ mod tests {
                 Ok(())
             }
         };
-        let (r, locked) = staggered(bufs, &lock, |s| {
-            // Wait until the helper is done (its channel closes).
-            while s.coming.is_some() {
-                s.poll();
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            s.poll()
-        })
-        .unwrap();
+        let (r, locked) = staggered(bufs, &lock, all_the_helper_locks).unwrap();
         assert_eq!(r.unwrap(), 2);
         assert_eq!(locked, addrs[..2], "only the buffers locked are listed");
         assert_eq!(*calls.lock().unwrap(), 3, "nothing tried after the refusal");
@@ -182,14 +183,7 @@ mod tests {
             assert!(*n < 2, "a bug in the locking");
             Ok::<(), String>(())
         };
-        let (r, locked) = staggered(bufs, &lock, |s| {
-            while s.coming.is_some() {
-                s.poll();
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            s.poll()
-        })
-        .unwrap();
+        let (r, locked) = staggered(bufs, &lock, all_the_helper_locks).unwrap();
         assert_eq!(r.unwrap(), 1);
         assert_eq!(locked, addrs[..1]);
 
