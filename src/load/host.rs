@@ -355,13 +355,7 @@ pub(crate) fn load_group(
     for (i, (&(v, _), want)) in dests.iter().zip(&regions).enumerate() {
         if let Some(g) = given.take(&v.name) {
             // Counted in the buffer's dtype, as a value the library casts is (after the cast).
-            given_bytes += match g.convert {
-                Some((_, to)) => {
-                    crate::base::slice::num_elements(&v.shape).unwrap_or(0)
-                        * to.size().unwrap_or(0) as u64
-                }
-                None => value_bytes(v),
-            };
+            given_bytes += value_bytes(v, g.convert.map_or(v.dtype, |(_, to)| to));
             outs.push(match g.convert {
                 None => Out::Given(g.buf),
                 Some((from, to)) => Out::Convert(empty_value(v)?, g.buf, from, to),

@@ -2,9 +2,9 @@
 //! tensor needed, once, with all the variables (or parts) it feeds, ordered by where its bytes lie
 //! in the files so the executor reads them sequentially. No file is touched here.
 
-use super::skeleton::PendingRead;
+use super::skeleton::{value_bytes, PendingRead};
 use crate::base::dtype::DType;
-use crate::base::slice::{num_elements, Slice};
+use crate::base::slice::Slice;
 use crate::init::store::Variable;
 
 /// One checkpoint tensor to read and the destinations it feeds.
@@ -53,9 +53,7 @@ pub(crate) fn plan<'s>(
         });
         // Saturating: a hostile checkpoint's tensor of 2^62 bytes mapped to five variables
         // overflows the sum (each variable alone fits; its load then fails cleanly).
-        items[i].bytes = items[i].bytes.saturating_add(
-            num_elements(&v.shape).unwrap_or(0) * held(v.dtype).size().unwrap_or(0) as u64,
-        );
+        items[i].bytes = items[i].bytes.saturating_add(value_bytes(v, held(v.dtype)));
         items[i].dests.push((v, slice));
     }
     items.sort_by_cached_key(|it| {

@@ -121,8 +121,7 @@ pub(crate) fn run<D: Destination>(
         skipped_variables: elsewhere.len(),
         // In the dtype the values would be held in, as `bytes` counts them.
         skipped_bytes: elsewhere.iter().fold(0u64, |sum, v| {
-            let held = options.dtype_at_destination(v.dtype).size().unwrap_or(0) as u64;
-            sum.saturating_add(num_elements(&v.shape).unwrap_or(0).saturating_mul(held))
+            sum.saturating_add(value_bytes(v, options.dtype_at_destination(v.dtype)))
         }),
         ..Default::default()
     };
@@ -189,9 +188,12 @@ impl Drop for Configured<'_> {
     }
 }
 
-/// The bytes of a variable's value (fixed-size dtypes; 0 for strings).
-pub(crate) fn value_bytes(v: &Variable) -> u64 {
-    crate::base::slice::num_elements(&v.shape).unwrap_or(0) * v.dtype.size().unwrap_or(0) as u64
+/// The bytes of a variable's value held as `held` (its own dtype, or another under a cast;
+/// fixed-size dtypes, 0 for strings). Saturating: a hostile checkpoint's shapes may overflow.
+pub(crate) fn value_bytes(v: &Variable, held: DType) -> u64 {
+    num_elements(&v.shape)
+        .unwrap_or(0)
+        .saturating_mul(held.size().unwrap_or(0) as u64)
 }
 
 /// The bytes of the stored entries of one stored tensor that `dests` overlap (each is read
