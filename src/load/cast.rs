@@ -86,30 +86,34 @@ pub(crate) fn f16_to_f32(i: u16) -> u32 {
 }
 
 /// Converts little-endian elements of `from` in `src` into `to` in `dst` (`dst` sized for them).
+///
+/// One loop per conversion, so that the element function is inlined into it and the loop can be
+/// vectorized. Through a function pointer chosen at run time (the code before 2026-12-04) and one
+/// loop each, in turn, three rounds (this project's VM: 2 cores, AMD EPYC, one thread, 50 M
+/// elements in memory), G elements/s: bfloat16 to float32 0.47–0.62 before, 2.79–3.62 after;
+/// float32 to bfloat16 0.45–0.52 and 2.15–2.53; the float16 ones, whose branches keep them
+/// scalar, 0.28–0.41 and 0.41–0.84 (to float32), 0.28–0.34 and 0.54–0.69 (from it).
 pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
-    let w = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let h = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    /// `f` on each element of `S` bytes of `src`, into `T` bytes of `dst`.
+    #[inline(always)]
+    fn each<const S: usize, const T: usize>(
+        src: &[u8],
+        dst: &mut [u8],
+        f: impl Fn([u8; S]) -> [u8; T],
+    ) {
+        for (s, d) in src.chunks_exact(S).zip(dst.chunks_exact_mut(T)) {
+            let mut e = [0u8; S];
+            e.copy_from_slice(s);
+            d.copy_from_slice(&f(e));
+        }
+    }
+    let w = u32::from_le_bytes;
+    let h = u16::from_le_bytes;
     match (from, to) {
-        (DType::F32, DType::BF16 | DType::F16) => {
-            let f = if to == DType::BF16 {
-                f32_to_bf16
-            } else {
-                f32_to_f16
-            };
-            for (s, d) in src.chunks_exact(4).zip(dst.chunks_exact_mut(2)) {
-                d.copy_from_slice(&f(w(s)).to_le_bytes());
-            }
-        }
-        (DType::BF16 | DType::F16, DType::F32) => {
-            let f = if from == DType::BF16 {
-                bf16_to_f32
-            } else {
-                f16_to_f32
-            };
-            for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(4)) {
-                d.copy_from_slice(&f(h(s)).to_le_bytes());
-            }
-        }
+        (DType::F32, DType::BF16) => each(src, dst, |s| f32_to_bf16(w(s)).to_le_bytes()),
+        (DType::F32, DType::F16) => each(src, dst, |s| f32_to_f16(w(s)).to_le_bytes()),
+        (DType::BF16, DType::F32) => each(src, dst, |s| bf16_to_f32(h(s)).to_le_bytes()),
+        (DType::F16, DType::F32) => each(src, dst, |s| f16_to_f32(h(s)).to_le_bytes()),
         _ => dst.copy_from_slice(src),
     }
 }
