@@ -11,6 +11,7 @@
 //! cargo bench --features candle-cuda --bench candle -- --cuda   # the models on GPU 0
 //! cargo bench --features candle --bench candle -- --pause 5     # 5 s idle before each load
 //! cargo bench --features candle --bench candle -- --before OLD   # and OLD's tfckpt, alternated
+//! cargo bench --features candle --bench candle -- --bf16          # stored as bfloat16
 //! ```
 //!
 //! `--pause S` leaves the machine idle for S seconds before each timed load, as before a trainer's
@@ -23,6 +24,10 @@
 //! default, which a fresh process must pin first) and with registered mappings (the page cache
 //! page-locked in place, `LoadOptions::register_mappings`); the transposes by a kernel on the
 //! device.
+//!
+//! `--bf16` stores both files in bfloat16 and builds the float32 model from them: candle converts
+//! as its `VarBuilder` hands out each tensor, tfckpt under `DtypePolicy::CastToVariable` (the
+//! cast inside its checked copy, transposed kernels included).
 //!
 //! `--before OLD` times the tfckpt load of OLD too (this benchmark's binary as an earlier tree built
 //! it), in the same rounds, on the same files: a change measured before and after on one machine
@@ -37,7 +42,7 @@ use std::time::Instant;
 use bert::{tf_variables, value, Bert, Config};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use tfckpt::candle::{CandleInit, Convention, DeferredInit};
+use tfckpt::candle::{CandleInit, Convention, DeferredInit, DtypePolicy};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -48,13 +53,34 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The TensorFlow checkpoint, and the same values in candle's names and layout as safetensors.
+/// The TensorFlow checkpoint, and the same values in candle's names and layout as safetensors
+/// (with `bf16`, both in bfloat16).
 fn write_files(
     cfg: &Config,
     prefix: &std::path::Path,
     st: &std::path::Path,
+    bf16: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    bert::write_checkpoint(prefix, cfg, true)?;
+    if bf16 {
+        let mut w = tfckpt::CheckpointWriter::create(prefix, Default::default())?;
+        for (k, (name, shape)) in tf_variables(cfg, true).iter().enumerate() {
+            let data: Vec<u8> = value(k, name, shape)
+                .into_iter()
+                .flat_map(|x| half::bf16::from_f32(x).to_le_bytes())
+                .collect();
+            w.add(
+                name,
+                tfckpt::TensorRef::Bytes {
+                    dtype: tfckpt::DType::BF16,
+                    shape,
+                    data: &data,
+                },
+            )?;
+        }
+        w.finish()?;
+    } else {
+        bert::write_checkpoint(prefix, cfg, true)?;
+    }
     // The same values in candle's names and layout, as safetensors.
     let varmap = VarMap::new();
     Bert::new(
@@ -78,6 +104,7 @@ fn write_files(
         } else {
             t
         };
+        let t = if bf16 { t.to_dtype(DType::BF16)? } else { t };
         tensors.insert(name.clone(), t);
     }
     candle_core::safetensors::save(&tensors, st)?;
@@ -87,6 +114,7 @@ fn write_files(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cuda = std::env::args().any(|a| a == "--cuda");
     let large = std::env::args().any(|a| a == "--large");
+    let bf16 = std::env::args().any(|a| a == "--bf16");
     let size = if large { Config::LARGE } else { Config::BASE };
     let cfg = Config {
         layers: arg("--layers", size.layers),
@@ -107,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefix = base.join("bert.ckpt");
     let st = base.join("bert.safetensors");
     if !prefix.with_extension("ckpt.index").exists() {
-        write_files(&cfg, &prefix, &st)?;
+        write_files(&cfg, &prefix, &st, bf16)?;
         // On disk before anything is timed: write-back would compete with the loads.
         for f in std::fs::read_dir(&base)? {
             std::fs::File::open(f?.path())?.sync_all()?;
@@ -148,7 +176,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let deferred = DeferredInit::new(&varmap);
         let model = Bert::new(&cfg, deferred.var_builder(DType::F32, &dev))?;
         step("model built");
-        let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1())?;
+        let policy = if bf16 {
+            DtypePolicy::CastToVariable
+        } else {
+            DtypePolicy::Exact
+        };
+        let mut init =
+            CandleInit::from_deferred(&deferred, &Convention::tf1())?.dtype_policy(policy);
         let found = init.map_existing(&prefix)?;
         step("mapped");
         init.init_from_checkpoint(&prefix, &found.map)?;
@@ -185,10 +219,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "BERT, {} layers of width {}, {:.0} MB of float32, {} threads, on {}; seconds to a ready model, warm page cache, {} s idle before each load",
+        "BERT, {} layers of width {}, {:.0} MB of float32{}, {} threads, on {}; seconds to a ready model, warm page cache, {} s idle before each load",
         cfg.layers,
         cfg.hidden,
         bytes as f64 / 1e6,
+        if bf16 { " (stored as bfloat16)" } else { "" },
         rayon::current_num_threads(),
         if cuda { "GPU 0" } else { "the host" },
         pause.as_secs()
@@ -216,6 +251,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ])
             .args(cuda.then_some("--cuda"))
             .args(large.then_some("--large"))
+            .args(bf16.then_some("--bf16"))
             .output()?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
