@@ -436,12 +436,15 @@ fn convert_into(
         ))
     })?;
     match (transposed, v.shape.as_slice()) {
-        (true, &[rows, _]) => {
-            let mut converted = crate::base::mmap::alloc_zeroed(dst.len(), &v.name)?;
-            super::cast::convert(from, to, src, &mut converted);
-            let size = to.size().unwrap_or(1);
-            crate::base::copy::transpose_whole(&converted, rows as usize, size, dst);
-        }
+        (true, &[rows, _]) => crate::base::copy::transpose_converted(
+            src,
+            rows as usize,
+            from.size().unwrap_or(1),
+            to.size().unwrap_or(1),
+            dst,
+            |s, d| super::cast::convert(from, to, s, d),
+            &v.name,
+        )?,
         _ => super::cast::convert(from, to, src, dst),
     }
     Ok(())
