@@ -4,7 +4,7 @@
 //! default), into buffers the trainer already holds (`initialize_into`, as a model's parameters are
 //! after its own initialization: no fresh memory to fault in), and as copy-on-write mappings
 //! (`LoadOptions::map_values`); 100k small tensors (per-tensor overhead); a re-split of a
-//! partitioned tensor across axes; and a bfloat16 checkpoint cast to float32 on load.
+//! partitioned tensor across axes; and bfloat16 and float16 checkpoints cast to float32 on load.
 //!
 //! `cargo bench --bench load`   (TFCKPT_BENCH_MAX_GB=2 to skip the 4 GB case)
 
@@ -175,61 +175,67 @@ fn resplit(c: &mut Criterion) {
     g.finish();
 }
 
-/// A bfloat16 checkpoint into float32 variables (`LoadOptions::cast`), as a trainer starts in full
-/// precision from half-precision weights: 32 tensors of 8 M elements (512 MB stored, 1 GB
-/// loaded), into the trainer's resident buffers so that the conversion, not fresh memory, is
-/// measured (throughput: bytes loaded).
+/// A half-precision checkpoint into float32 variables (`LoadOptions::cast`), as a trainer starts
+/// in full precision from half-precision weights: 32 tensors of 8 M elements (512 MB stored, 1 GB
+/// loaded), bfloat16 and float16, into the trainer's resident buffers so that the conversion, not
+/// fresh memory, is measured (throughput: bytes loaded).
 fn cast(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = dir.path().join("bf16");
-    let (count, elems) = (32usize, 8usize << 20);
-    let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    // bfloat16 values of every sign and magnitude (no NaNs: not what a trainer stores).
-    let data: Vec<u8> = (0..elems)
-        .flat_map(|i| (((i * 7919) % 0x7f00) as u16 | ((i as u16 & 1) << 15)).to_le_bytes())
-        .collect();
-    for i in 0..count {
-        w.add(
-            &format!("model/t_{i:06}"),
-            TensorRef::Bytes {
-                dtype: DType::BF16,
-                shape: &[elems as u64],
-                data: &data,
-            },
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    let mut held: Vec<Vec<u8>> = (0..count).map(|_| vec![1u8; elems * 4]).collect();
-    let options = LoadOptions::default().cast(DType::BF16, DType::F32);
-    let mut g = c.benchmark_group("cast_bf16_to_f32_512MB");
-    g.sample_size(10);
-    g.throughput(Throughput::Bytes((count * elems * 4) as u64));
-    g.bench_function("initialize_into", |b| {
-        b.iter(|| {
-            // The model's variables in the checkpoint's dtype; they land as float32.
-            let mut store = VariableStore::new();
-            let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
-            for n in &names {
-                store
-                    .get_variable(n, &[elems as u64], DType::BF16, Init::Zeros)
-                    .unwrap();
-            }
-            init_from_checkpoint(
-                &mut store,
-                &prefix,
-                &AssignmentMap::from([("model/", Target::scope("new/"))]),
+    for (dtype, group) in [
+        (DType::BF16, "cast_bf16_to_f32_512MB"),
+        (DType::F16, "cast_f16_to_f32_512MB"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("half");
+        let (count, elems) = (32usize, 8usize << 20);
+        let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        // Values of every sign and magnitude, subnormals included (no NaNs or infinities: not
+        // what a trainer stores; 0x7b00 keeps below both types' top exponent).
+        let data: Vec<u8> = (0..elems)
+            .flat_map(|i| (((i * 7919) % 0x7b00) as u16 | ((i as u16 & 1) << 15)).to_le_bytes())
+            .collect();
+        for i in 0..count {
+            w.add(
+                &format!("model/t_{i:06}"),
+                TensorRef::Bytes {
+                    dtype,
+                    shape: &[elems as u64],
+                    data: &data,
+                },
             )
             .unwrap();
-            let buffers = names
-                .iter()
-                .map(String::as_str)
-                .zip(held.iter_mut().map(Vec::as_mut_slice))
-                .collect();
-            black_box(store.initialize_into(buffers, &options).unwrap());
-        })
-    });
-    g.finish();
+        }
+        w.finish().unwrap();
+        let mut held: Vec<Vec<u8>> = (0..count).map(|_| vec![1u8; elems * 4]).collect();
+        let options = LoadOptions::default().cast(dtype, DType::F32);
+        let mut g = c.benchmark_group(group);
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes((count * elems * 4) as u64));
+        g.bench_function("initialize_into", |b| {
+            b.iter(|| {
+                // The model's variables in the checkpoint's dtype; they land as float32.
+                let mut store = VariableStore::new();
+                let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
+                for n in &names {
+                    store
+                        .get_variable(n, &[elems as u64], dtype, Init::Zeros)
+                        .unwrap();
+                }
+                init_from_checkpoint(
+                    &mut store,
+                    &prefix,
+                    &AssignmentMap::from([("model/", Target::scope("new/"))]),
+                )
+                .unwrap();
+                let buffers = names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(held.iter_mut().map(Vec::as_mut_slice))
+                    .collect();
+                black_box(store.initialize_into(buffers, &options).unwrap());
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, large, small, resplit, cast);
