@@ -92,7 +92,8 @@ pub(crate) fn f16_to_f32(i: u16) -> u32 {
 /// loop each, in turn, three rounds (this project's VM: 2 cores, AMD EPYC, one thread, 50 M
 /// elements in memory), G elements/s: bfloat16 to float32 0.47–0.62 before, 2.79–3.62 after;
 /// float32 to bfloat16 0.45–0.52 and 2.15–2.53; the float16 ones, whose branches keep them
-/// scalar, 0.28–0.41 and 0.41–0.84 (to float32), 0.28–0.34 and 0.54–0.69 (from it).
+/// scalar, 0.28–0.41 and 0.41–0.84 (to float32), 0.28–0.34 and 0.54–0.69 (from it), which is why
+/// they take F16C where the CPU has it (below).
 pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
     /// `f` on each element of `S` bytes of `src`, into `T` bytes of `dst`.
     #[inline(always)]
