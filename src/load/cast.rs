@@ -130,7 +130,10 @@ pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
 
 /// float16 to float32 (`widen`) or back with F16C's `vcvtph2ps` / `vcvtps2ph` (round to nearest
 /// even; a NaN made quiet, its top payload bits kept, as the functions above do), 8 elements at a
-/// time. Returns the elements left (fewer than 8, or all of them without F16C).
+/// time. Returns the elements left (fewer than 8, or all of them without F16C). A trainer that sets
+/// flush-to-zero or denormals-are-zero changes nothing: `vcvtph2ps` ignores DAZ, `vcvtps2ph`
+/// ignores FTZ, and the float32 subnormals DAZ would zero round to a signed zero in float16 anyway
+/// (Intel's SDM for both instructions).
 mod f16c {
     pub(super) fn convert<'a, 'b>(
         widen: bool,
