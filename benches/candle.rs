@@ -27,7 +27,8 @@
 //!
 //! `--bf16` stores both files in bfloat16 and builds the float32 model from them: candle converts
 //! as its `VarBuilder` hands out each tensor, tfckpt under `DtypePolicy::CastToVariable` (the
-//! cast inside its checked copy, transposed kernels included).
+//! cast inside its checked copy, transposed kernels included). With `--before`, OLD must know
+//! `--bf16` too (an older build reads the bfloat16 checkpoint exactly and fails on its dtype).
 //!
 //! `--before OLD` times the tfckpt load of OLD too (this benchmark's binary as an earlier tree built
 //! it), in the same rounds, on the same files: a change measured before and after on one machine
