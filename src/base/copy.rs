@@ -186,7 +186,11 @@ fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut
 }
 
 /// Copies what box `part` of `src` (which holds box `have`) shares with `want` into `dst` (which
-/// holds box `want`, row-major or, with `transposed`, a 2-D box column-major).
+/// holds box `want`, row-major or, with `transposed`, a 2-D box column-major). Held transposed,
+/// the meeting goes through [`gather`]'s tiles in blocks of rows: a 4,096 x 4,096 float32 piece
+/// into a box of half its columns, or of a quarter of it, moved 0.40–0.60 GB/s element by element
+/// (the code before 2026-12-04) and 2.45–3.66 GB/s so (one thread, this project's VM, AMD EPYC,
+/// three rounds of each in turn).
 pub(crate) fn copy_box(
     src: &[u8],
     have: &Region,
@@ -199,10 +203,33 @@ pub(crate) fn copy_box(
     let Some(inter) = part.intersect(want) else {
         return;
     };
-    let cols = match want.dims() {
-        [(_, rows), (_, cols)] if transposed => Some((*rows as usize, *cols as usize)),
-        _ => None,
-    };
+    if transposed {
+        if let ([(hr0, _), (hc0, hcn)], [(wr0, wrn), (wc0, _)], [(ir0, irn), (ic0, icn)]) =
+            (have.dims(), want.dims(), inter.dims())
+        {
+            // A 2-D box held transposed: the rows of the intersection gathered column by column
+            // (in tiles) straight into the destination's columns that hold them, a few rows at a
+            // time so that their lines stay in cache (as `transpose_parallel`'s blocks).
+            let u = |x: u64| x as usize;
+            let row_bytes = u(*hcn) * size;
+            let out = &mut dst[u(ic0 - wc0) * u(*wrn) * size..u(ic0 - wc0 + icn) * u(*wrn) * size];
+            for r in (u(*ir0)..u(ir0 + irn)).step_by(TRANSPOSE_BLOCK) {
+                let end = (r + TRANSPOSE_BLOCK).min(u(ir0 + irn));
+                let rows = &src[(r - u(*hr0)) * row_bytes..(end - u(*hr0)) * row_bytes];
+                gather(
+                    rows,
+                    r - u(*wr0),
+                    row_bytes,
+                    u(ic0 - hc0),
+                    u(*wrn),
+                    size,
+                    out,
+                );
+            }
+            return;
+        }
+    }
+    // Row-major (or, held transposed, not 2-D: a value of one dimension is its own transpose).
     for_each_run(
         have,
         want,
@@ -213,52 +240,24 @@ pub(crate) fn copy_box(
              len,
          }| {
             let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
-            let Some((rows, cols)) = cols else {
-                dst[d..d + n].copy_from_slice(&src[s..s + n]);
-                return;
-            };
-            let (src, first) = (&src[s..s + n], d / size);
-            match size {
-                2 => scatter(src, dst, first, rows, cols, 2),
-                4 => scatter(src, dst, first, rows, cols, 4),
-                8 => scatter(src, dst, first, rows, cols, 8),
-                _ => scatter(src, dst, first, rows, cols, size),
-            }
+            dst[d..d + n].copy_from_slice(&src[s..s + n]);
         },
     );
 }
 
-/// Writes the `size`-byte elements of `src`, elements `first..` of a `rows` x `cols` box in
-/// row-major order, into `dst`, which holds the box transposed (element (r, c) at `c * rows + r`).
-/// Inlined so that each call with a constant `size` gets its own fixed-size element moves.
-#[inline(always)]
-fn scatter(src: &[u8], dst: &mut [u8], first: usize, rows: usize, cols: usize, size: usize) {
-    let mut i = first;
-    let mut rest = src;
-    while !rest.is_empty() {
-        // One row of the box (or what of it is left) at a time: its row index computed once.
-        let (r, c0) = (i / cols, i % cols);
-        let (row, tail) = rest.split_at(((cols - c0) * size).min(rest.len()));
-        for (j, e) in row.chunks_exact(size).enumerate() {
-            let at = ((c0 + j) * rows + r) * size;
-            dst[at..at + size].copy_from_slice(e);
-        }
-        i += row.len() / size;
-        rest = tail;
-    }
-}
+/// Source rows per block of a transposing gather: their lines stay in cache while the block's
+/// columns are gathered. A row length that is a multiple of 4 KiB (BERT's 3,072 float32 columns)
+/// puts a column of every row in one set of the first-level cache, so few rows: with 4 x 4 tiles,
+/// cold memory on this project's VM (2 cores, AMD EPYC, 2026-12-04), a 768 x 3,072 float32 matrix
+/// moved 4.2–5.2 GB/s in blocks of 16 rows against 3.3–3.6 in blocks of 64, and a 3,072 x 768 one
+/// 4.8–6.1 against 4.4–6.1 (one thread, three rounds).
+const TRANSPOSE_BLOCK: usize = 16;
 
 /// [`transpose_whole`] in bands of destination rows (source columns) run in parallel, each
 /// gathering its columns a block of rows at a time (the block's source lines stay in cache while
 /// each column's run of the destination is written).
 fn transpose_parallel(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
-    /// Source rows per block: their lines stay in cache while a band's columns are gathered. A
-    /// row length that is a multiple of 4 KiB (BERT's 3,072 float32 columns) puts a column of every
-    /// row in one set of the first-level cache, so few rows: with 4 x 4 tiles, cold memory on this
-    /// project's VM (2 cores, AMD EPYC, 2026-12-04), a 768 x 3,072 float32 matrix moved 4.2–5.2
-    /// GB/s in blocks of 16 rows against 3.3–3.6 in blocks of 64, and a 3,072 x 768 one 4.8–6.1
-    /// against 4.4–6.1 (one thread, three rounds).
-    const BLOCK: usize = 16;
+    const BLOCK: usize = TRANSPOSE_BLOCK;
     let row_bytes = src.len() / rows.max(1);
     let band_cols = (BAND / (rows * size).max(1)).clamp(1, (row_bytes / size.max(1)).max(1));
     crate::base::par::run(|| {
@@ -890,6 +889,49 @@ mod tests {
                 )
                 .unwrap();
                 assert!(got == want, "{from} to {to}, {rows} x {cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_piece_lands_where_its_box_meets_a_transposed_box() {
+        // A stored piece of a 50 x 70 tensor (rows 10..40, columns 30..70, as a slice of a
+        // variable partitioned along both axes) into boxes held transposed that start before it,
+        // inside it and past it on either axis: each element of the meeting at its place in the
+        // transposed box, nothing else written.
+        for size in [1usize, 2, 4, 8] {
+            let el = |r: u64, c: u64| -> Vec<u8> {
+                (0..size as u64)
+                    .map(|k| ((r * 70 + c) * 8 + k) as u8 ^ (r as u8))
+                    .collect()
+            };
+            let have = Region::new(vec![(10, 30), (30, 40)]);
+            let src: Vec<u8> = (10..40)
+                .flat_map(|r| (30..70).flat_map(move |c| el(r, c)))
+                .collect();
+            for want in [
+                Region::new(vec![(0, 50), (0, 70)]),
+                Region::new(vec![(15, 20), (20, 30)]),
+                Region::new(vec![(0, 50), (35, 35)]),
+                Region::new(vec![(12, 3), (31, 9)]),
+            ] {
+                let [(wr0, wrn), (wc0, wcn)] = *want.dims() else {
+                    unreachable!()
+                };
+                let mut got = vec![0xAAu8; (wrn * wcn) as usize * size];
+                copy_box(&src, &have, &have, size, &mut got, &want, true);
+                for r in wr0..wr0 + wrn {
+                    for c in wc0..wc0 + wcn {
+                        let at = (((c - wc0) * wrn + (r - wr0)) as usize) * size;
+                        let inside = (10..40).contains(&r) && (30..70).contains(&c);
+                        let want_el = if inside { el(r, c) } else { vec![0xAA; size] };
+                        assert_eq!(
+                            got[at..at + size],
+                            want_el,
+                            "size {size}, {want:?}: ({r}, {c})"
+                        );
+                    }
+                }
             }
         }
     }
