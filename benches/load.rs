@@ -24,14 +24,14 @@ fn write_many(prefix: &Path, count: usize, elems: usize) -> u64 {
     common::write_f32s(prefix, count, elems, |i| format!("model/t_{i:06}"))
 }
 
-fn store_for(count: usize, elems: usize) -> VariableStore {
+fn store_for(count: usize, elems: usize, dtype: DType) -> VariableStore {
     let mut store = VariableStore::new();
     for i in 0..count {
         store
             .get_variable(
                 &format!("new/t_{i:06}"),
                 &[elems as u64],
-                DType::F32,
+                dtype,
                 Init::Zeros,
             )
             .unwrap();
@@ -43,9 +43,10 @@ fn load(prefix: &Path, count: usize, elems: usize) {
     load_with(prefix, count, elems, &LoadOptions::default())
 }
 
-/// The store for `count` tensors, with `init_from_checkpoint` called (not yet initialized).
-fn mapped_store(prefix: &Path, count: usize, elems: usize) -> VariableStore {
-    let mut store = store_for(count, elems);
+/// The store for `count` tensors of `dtype`, with `init_from_checkpoint` called (not yet
+/// initialized).
+fn mapped_store(prefix: &Path, count: usize, elems: usize, dtype: DType) -> VariableStore {
+    let mut store = store_for(count, elems, dtype);
     init_from_checkpoint(
         &mut store,
         prefix,
@@ -56,24 +57,26 @@ fn mapped_store(prefix: &Path, count: usize, elems: usize) -> VariableStore {
 }
 
 fn load_with(prefix: &Path, count: usize, elems: usize, options: &LoadOptions) {
-    let mut store = mapped_store(prefix, count, elems);
+    let mut store = mapped_store(prefix, count, elems, DType::F32);
     black_box(store.initialize_with(Device::Cpu, options).unwrap());
 }
 
-/// The same load into `held`, one resident buffer per variable (`initialize_into`).
-fn load_into(prefix: &Path, count: usize, elems: usize, held: &mut [Vec<u8>]) {
-    let mut store = mapped_store(prefix, count, elems);
+/// The same load into `held`, one resident buffer per variable (`initialize_into`), of `dtype`
+/// variables under `options` (which may cast them).
+fn load_into(
+    prefix: &Path,
+    (count, elems, dtype): (usize, usize, DType),
+    held: &mut [Vec<u8>],
+    options: &LoadOptions,
+) {
+    let mut store = mapped_store(prefix, count, elems, dtype);
     let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
     let buffers = names
         .iter()
         .map(String::as_str)
         .zip(held.iter_mut().map(Vec::as_mut_slice))
         .collect();
-    black_box(
-        store
-            .initialize_into(buffers, &LoadOptions::default())
-            .unwrap(),
-    );
+    black_box(store.initialize_into(buffers, options).unwrap());
 }
 
 fn large(c: &mut Criterion) {
@@ -96,7 +99,10 @@ fn large(c: &mut Criterion) {
         // Into the trainer's resident tensors.
         let mut held: Vec<Vec<u8>> = (0..count).map(|_| vec![1u8; 16 << 20]).collect();
         g.bench_with_input(BenchmarkId::new("GB_into", gb), &prefix, |b, p| {
-            b.iter(|| load_into(p, count, 4 << 20, &mut held))
+            b.iter(|| {
+                let f32s = (count, 4 << 20, DType::F32);
+                load_into(p, f32s, &mut held, &LoadOptions::default())
+            })
         });
         drop(held);
         // `LoadOptions::map_values`: the 16 MiB values are copy-on-write mappings of the file.
@@ -211,28 +217,8 @@ fn cast(c: &mut Criterion) {
         g.sample_size(10);
         g.throughput(Throughput::Bytes((count * elems * 4) as u64));
         g.bench_function("initialize_into", |b| {
-            b.iter(|| {
-                // The model's variables in the checkpoint's dtype; they land as float32.
-                let mut store = VariableStore::new();
-                let names: Vec<String> = (0..count).map(|i| format!("new/t_{i:06}")).collect();
-                for n in &names {
-                    store
-                        .get_variable(n, &[elems as u64], dtype, Init::Zeros)
-                        .unwrap();
-                }
-                init_from_checkpoint(
-                    &mut store,
-                    &prefix,
-                    &AssignmentMap::from([("model/", Target::scope("new/"))]),
-                )
-                .unwrap();
-                let buffers = names
-                    .iter()
-                    .map(String::as_str)
-                    .zip(held.iter_mut().map(Vec::as_mut_slice))
-                    .collect();
-                black_box(store.initialize_into(buffers, &options).unwrap());
-            })
+            // The model's variables in the checkpoint's dtype; they land as float32.
+            b.iter(|| load_into(&prefix, (count, elems, dtype), &mut held, &options))
         });
         g.finish();
     }

@@ -89,25 +89,12 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         let mut s0 = first_row;
         while s0 < first_row + rows {
             let s1 = (s0 + step_rows).min(first_row + rows);
-            let (a, b) = (
-                (s0 - first_row) as usize * row_bytes,
-                (s1 - first_row) as usize * row_bytes,
+            running.update(
+                &src[(s0 - first_row) as usize * row_bytes..(s1 - first_row) as usize * row_bytes],
             );
-            running.update(&src[a..b]);
             let step = have.with_rows(s0, s1 - s0);
             for d in &mut dsts {
-                if d.transposed && d.want == have {
-                    // The whole box, transposed: tile by tile.
-                    transpose_rows(
-                        &src[a..b],
-                        (s0 - first_row) as usize,
-                        rows as usize,
-                        size,
-                        d.buf,
-                    );
-                } else {
-                    copy_box(src, have, &step, size, d.buf, d.want, d.transposed);
-                }
+                copy_box(src, have, &step, size, d.buf, d.want, d.transposed);
             }
             s0 = s1;
         }
@@ -253,23 +240,24 @@ pub(crate) fn copy_box(
 /// 4.8–6.1 against 4.4–6.1 (one thread, three rounds).
 const TRANSPOSE_BLOCK: usize = 16;
 
-/// [`transpose_whole`] in bands of destination rows (source columns) run in parallel, each
-/// gathering its columns a block of rows at a time (the block's source lines stay in cache while
-/// each column's run of the destination is written).
+/// [`transpose_whole`] in bands of destination rows (source columns) run in parallel, each band
+/// the box of its columns, gathered by [`copy_box`] a block of rows at a time.
 fn transpose_parallel(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
-    const BLOCK: usize = TRANSPOSE_BLOCK;
     let row_bytes = src.len() / rows.max(1);
-    let band_cols = (BAND / (rows * size).max(1)).clamp(1, (row_bytes / size.max(1)).max(1));
+    let cols = row_bytes / size.max(1);
+    let band_cols = (BAND / (rows * size).max(1)).clamp(1, cols.max(1));
+    let whole = Region::whole(&[rows as u64, cols as u64]);
     crate::base::par::run(|| {
         dst.par_chunks_mut(band_cols * rows * size)
             .enumerate()
             .for_each(|(k, out)| {
                 let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
-                for r0 in (0..rows).step_by(BLOCK) {
-                    let r1 = (r0 + BLOCK).min(rows);
-                    let block = &src[r0 * row_bytes..r1 * row_bytes];
-                    gather(block, r0, row_bytes, k * band_cols, rows, size, out);
-                }
+                let width = out.len() / (rows * size).max(1);
+                let band = Region::new(vec![
+                    (0, rows as u64),
+                    ((k * band_cols) as u64, width as u64),
+                ]);
+                copy_box(src, &whole, &whole, size, out, &band, true);
             })
     });
 }
@@ -280,16 +268,14 @@ pub(crate) fn transpose_whole(src: &[u8], rows: usize, size: usize, dst: &mut [u
     transpose_rows(src, 0, rows, size, dst);
 }
 
-/// Writes the whole `rows`-row matrix `src` (row-major, `src_size`-byte elements) into `dst`
-/// transposed, each element converted by `convert` (a run of source elements into a run of
-/// `size`-byte elements, as [`cast::convert`](crate::load::cast::convert)): a few rows at a time
+/// Writes the whole `rows`-row matrix `src` (row-major) into `dst` transposed, each element
+/// converted by `convert` (a run of source elements into a run of `size`-byte elements, as [`cast::convert`](crate::load::cast::convert)): a few rows at a time
 /// into a buffer that stays in cache, then gathered from there. So no whole converted copy is
 /// allocated, zeroed and read back. Errors only if even that buffer cannot be had (`tensor` names
 /// the value).
 pub(crate) fn transpose_converted(
     src: &[u8],
     rows: usize,
-    src_size: usize,
     size: usize,
     dst: &mut [u8],
     convert: impl Fn(&[u8], &mut [u8]),
@@ -299,7 +285,6 @@ pub(crate) fn transpose_converted(
         return Ok(());
     }
     let (row_in, row_out) = (src.len() / rows, dst.len() / rows);
-    debug_assert_eq!(row_in / src_size.max(1), row_out / size.max(1));
     // Whole cache lines of each column's run per block, as in `copy_verify`'s transposed steps.
     let step = (STEP / row_out.max(1))
         .max(1)
@@ -395,12 +380,7 @@ fn tiled(
     let (tr, tc) = (n / k * k, cols / k * k);
     // Every byte the tiles read and write lies inside `src` and `out` (else no tiles: the caller
     // copies everything element by element, with its bounds checks).
-    let fits = tr > 0
-        && tc > 0
-        && first + n <= rows
-        && (c0 + tc) * size <= row_bytes
-        && n * row_bytes <= src.len()
-        && cols * rows * size <= out.len();
+    let fits = tr > 0 && tc > 0 && first + n <= rows && (c0 + tc) * size <= row_bytes;
     if !fits {
         return (0, 0);
     }
@@ -411,9 +391,10 @@ fn tiled(
             let from = r * row_bytes + (c0 + c) * size;
             let to = (c * rows + first + r) * size;
             // SAFETY: tile row i reads bytes `from + i * row_bytes ..+ 16`, below
-            // `(tr - 1) * row_bytes + (c0 + tc) * size <= n * row_bytes <= src.len()`; tile
-            // column j writes `to + j * d_stride ..+ 16`, below `((tc - 1) * rows + first + n) *
-            // size <= cols * rows * size <= out.len()` (as `first + n <= rows`). `src` and `out`
+            // `(tr - 1) * row_bytes + (c0 + tc) * size <= n * row_bytes <= src.len()` (`n` is
+            // `src.len() / row_bytes`); tile column j writes `to + j * d_stride ..+ 16`, below
+            // `((tc - 1) * rows + first + n) * size <= cols * rows * size <= out.len()` (as
+            // `first + n <= rows`, and `cols` is `out.len() / (rows * size)`). `src` and `out`
             // cannot overlap (one is borrowed mutably).
             unsafe {
                 let (s, d) = (s.add(from), d.add(to));
@@ -881,7 +862,6 @@ mod tests {
                 transpose_converted(
                     &src,
                     rows,
-                    fs,
                     ts,
                     &mut got,
                     |s, d| convert(from, to, s, d),

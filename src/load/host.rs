@@ -439,7 +439,6 @@ fn convert_into(
         (true, &[rows, _]) => crate::base::copy::transpose_converted(
             src,
             rows as usize,
-            from.size().unwrap_or(1),
             to.size().unwrap_or(1),
             dst,
             |s, d| super::cast::convert(from, to, s, d),
