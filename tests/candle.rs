@@ -508,12 +508,15 @@ fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
             assert!(deferred.keep("head.b"));
             assert!(!deferred.keep("head.b"), "forgotten already");
         }
+        // A view the trainer made before sees the new value too (it shares the storage).
+        let tail = head.narrow(0, 1, 1).unwrap();
         let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
         init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
             .unwrap();
         init.initialize(&Default::default()).unwrap();
         let want: &[f32] = if keep { &[7.0, 8.0] } else { &[1.0, 1.0] };
         assert_eq!(head.to_vec1::<f32>().unwrap(), want, "keep {keep}");
+        assert_eq!(tail.to_vec1::<f32>().unwrap(), want[1..], "keep {keep}");
         assert_eq!(
             var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
             [[1.0; 2]; 3]

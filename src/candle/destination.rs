@@ -141,18 +141,30 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     loaded.extend(gpu_jobs.iter().map(|j| j.name.as_str()));
     let fresh = deferred_values(init, &loaded)?;
     for (candle, var, t) in &fresh {
-        let ok = var.is_contiguous() && var.dtype() == t.dtype() && var.shape() == t.shape();
+        // The swap in `swap_in` exchanges whole storages: both contiguous from offset 0.
+        let whole = |v: &Var| v.is_contiguous() && v.layout().start_offset() == 0;
+        if !whole(t) {
+            return Err(candle_refused(
+                candle,
+                "candle's initializer made a value that is not contiguous from offset 0",
+            ));
+        }
+        let ok = whole(var) && var.dtype() == t.dtype() && var.shape() == t.shape();
         if !ok {
             return Err(candle_refused(
                 candle,
                 &format!(
-                    "its layout changed after it was made: expected {:?} {:?}, contiguous; found \
-                     {:?} {:?}, {}contiguous",
+                    "its layout changed after it was made: expected {:?} {:?}, contiguous from \
+                     offset 0; found {:?} {:?}, {}",
                     t.dtype(),
                     t.dims(),
                     var.dtype(),
                     var.dims(),
-                    if var.is_contiguous() { "" } else { "not " }
+                    if whole(var) {
+                        "contiguous from offset 0"
+                    } else {
+                        "not contiguous from offset 0"
+                    }
                 ),
             ));
         }
@@ -252,13 +264,16 @@ fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> 
     Ok(())
 }
 
-/// The deferred `Var`s the checkpoint does not replace take candle's initialization (a copy,
-/// which on a GPU can fail: first, so that a failure leaves no checkpoint value in any `Var`);
-/// then each loaded host storage becomes its `Var`'s (a move, not a copy, which the checks made
-/// before the load leave nothing to fail).
+/// The deferred `Var`s the checkpoint does not replace take candle's initialization, then each
+/// loaded host storage becomes its `Var`'s: moves, not copies (a copy on a GPU could fail half
+/// way, leaving some `Var`s changed), which the checks made before the load leave nothing to
+/// fail.
 fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) -> Result<()> {
     for (candle, var, t) in fresh {
-        var.set(t.as_tensor())
+        if var.elem_count() == 0 {
+            continue; // nothing to hold (candle refuses in-place ops on empty layouts)
+        }
+        var.inplace_op1(&Swap(t))
             .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
     }
     for job in done {
@@ -420,6 +435,80 @@ impl InplaceOp1 for Put {
             }
             _ => candle_core::bail!("tfckpt: no loaded GPU value of this dtype"),
         }
+    }
+}
+
+/// Exchanges a `Var`'s storage with that of a fresh `Var` of the same dtype and shape, both
+/// contiguous from offset 0 (checked before): the fresh one's values become the `Var`'s, and its
+/// old storage is freed with the fresh `Var`.
+struct Swap(Var);
+
+/// The inner half of [`Swap`]: holds the outer `Var`'s storage while the fresh one's is locked.
+struct SwapWith<'a, S>(Mutex<Option<&'a mut S>>);
+
+impl<S> SwapWith<'_, S> {
+    fn swap(&self, inner: &mut S) -> candle_core::Result<()> {
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some(outer) => {
+                std::mem::swap(outer, inner);
+                Ok(())
+            }
+            None => candle_core::bail!("tfckpt: storage swapped twice"),
+        }
+    }
+}
+
+impl InplaceOp1 for Swap {
+    fn name(&self) -> &'static str {
+        "tfckpt-initialize"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, _layout: &Layout) -> candle_core::Result<()> {
+        if self.0.dtype() != storage.dtype() {
+            candle_core::bail!("tfckpt: candle's initial value has another dtype");
+        }
+        self.0.inplace_op1(&SwapWith(Mutex::new(Some(storage))))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &mut candle_core::CudaStorage,
+        _layout: &Layout,
+    ) -> candle_core::Result<()> {
+        if self.0.dtype() != storage.dtype() {
+            candle_core::bail!("tfckpt: candle's initial value has another dtype");
+        }
+        self.0.inplace_op1(&SwapWith(Mutex::new(Some(storage))))
+    }
+}
+
+impl InplaceOp1 for SwapWith<'_, CpuStorage> {
+    fn name(&self) -> &'static str {
+        "tfckpt-initialize"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, _layout: &Layout) -> candle_core::Result<()> {
+        self.swap(storage)
+    }
+}
+
+#[cfg(feature = "candle-cuda")]
+impl InplaceOp1 for SwapWith<'_, candle_core::CudaStorage> {
+    fn name(&self) -> &'static str {
+        "tfckpt-initialize"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("tfckpt: candle's initial value is on another device")
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &mut candle_core::CudaStorage,
+        _layout: &Layout,
+    ) -> candle_core::Result<()> {
+        self.swap(storage)
     }
 }
 
