@@ -707,6 +707,53 @@ fn a_tied_decoder_takes_the_embedding_table_as_the_docs_say() {
     }
 }
 
+/// Weights tied after the model was built (the decoder's name given the embedding table's `Var`)
+/// and left unnamed by the convention: the table takes the checkpoint's value under both names,
+/// not candle's initializer of the decoder. (On a GPU, where the table loads in place under a
+/// read lock, the initializer's write under the second name used to wait for that lock forever.)
+fn tied_after_building_on(dev: &Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("bert/embeddings/word_embeddings", &[4, 3], &table);
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    let vb = deferred.var_builder(DType::F32, dev);
+    candle_nn::embedding(4, 3, vb.pp("bert.embeddings.word_embeddings")).unwrap();
+    vb.pp("cls.predictions.decoder")
+        .get_with_hints((4, 3), "weight", candle_nn::Init::Const(5.0))
+        .unwrap();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        let table = data["bert.embeddings.word_embeddings.weight"].clone();
+        data.insert("cls.predictions.decoder.weight".into(), table);
+    }
+    let untied = Convention::tf1_with(|candle, _, tf1| {
+        tf1.filter(|_| candle != "cls.predictions.decoder.weight")
+    });
+    let mut init = CandleInit::from_deferred(&deferred, &untied).unwrap();
+    init.init_from_checkpoint(
+        &prefix,
+        &AssignmentMap::from([("bert/", Target::scope("bert/"))]),
+    )
+    .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let want = Tensor::from_vec(table, (4, 3), &CPU).unwrap();
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.weight",
+    ] {
+        let got = var(&varmap, name).to_device(&CPU).unwrap();
+        assert!(same(&got, &want), "{name}");
+    }
+}
+
+#[test]
+fn weights_tied_after_building_take_the_checkpoint_value() {
+    tied_after_building_on(&CPU);
+}
+
 #[test]
 fn a_damaged_value_changes_no_var() {
     // The second tensor's checksum fails after the first tensor has been read.
@@ -1534,6 +1581,12 @@ mod on_gpu {
         let want = host.dense.forward(&x.to_device(&CPU).unwrap()).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn weights_tied_after_building_take_the_checkpoint_value_on_the_gpu() {
+        let Some(dev) = gpu() else { return };
+        tied_after_building_on(&dev);
     }
 
     #[test]

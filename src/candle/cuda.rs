@@ -46,16 +46,21 @@ impl Drop for GpuJob {
     }
 }
 
+/// Makes `dev`'s context current on the calling thread (see [`GpuJob::make_current`]).
+pub(super) fn make_current(dev: &CudaDevice) {
+    let ctx = dev.cuda_stream().context().clone();
+    if let Err(e) = ctx.bind_to_thread() {
+        ctx.record_err::<()>(Err(e));
+    }
+}
+
 impl GpuJob {
     /// Makes this job's GPU current on the calling thread before a storage of it is freed:
     /// cudarc frees on the storage's stream, candle's per-thread default stream, which names the
     /// stream of whichever context is current, and a load over several GPUs leaves another one
     /// current. (Binding takes an error the context holds: put back for its next call.)
     pub fn make_current(&self) {
-        let ctx = self.dev.cuda_stream().context().clone();
-        if let Err(e) = ctx.bind_to_thread() {
-            ctx.record_err::<()>(Err(e));
-        }
+        make_current(&self.dev);
     }
 
     /// The destination of `n` elements of `dtype` (the `Var`'s) on `var`'s device: a zeroed new

@@ -57,6 +57,9 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         .values()
         .any(|b| !b.var.device().is_cpu())
         .then(crate::gpu::cuda::KeepCurrent::new);
+    // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
+    // below (their values are made after the checks).
+    let deferred = deferred_vars(init);
     #[cfg(feature = "candle-cuda")]
     let placeholders: std::collections::HashSet<String> = init
         .deferred
@@ -135,11 +138,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     for job in &gpu_jobs {
         check_swappable(init, &job.name, &init.vars[&job.name].var, job.dtype())?;
     }
-    #[allow(unused_mut)]
-    let mut loaded: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-    #[cfg(feature = "candle-cuda")]
-    loaded.extend(gpu_jobs.iter().map(|j| j.name.as_str()));
-    let fresh = deferred_values(init, &loaded)?;
+    let fresh = deferred_values(deferred)?;
     for (candle, var, t) in &fresh {
         // The swap in `swap_in` exchanges whole storages: both contiguous from offset 0.
         let whole = |v: &Var| v.is_contiguous() && v.layout().start_offset() == 0;
@@ -265,13 +264,27 @@ fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> 
 }
 
 /// The deferred `Var`s the checkpoint does not replace take candle's initialization, then each
-/// loaded host storage becomes its `Var`'s: moves, not copies (a copy on a GPU could fail half
-/// way, leaving some `Var`s changed), which the checks made before the load leave nothing to
-/// fail.
+/// loaded host storage becomes its `Var`'s. On the host and on CUDA these are moves, not copies
+/// (a copy on a GPU could fail half way, leaving some `Var`s changed), which the checks made
+/// before the load leave nothing to fail. A `Var` on another device (Metal, or CUDA in a build
+/// without `candle-cuda`) is not mapped (`bind` refuses it), but may be deferred: it is copied,
+/// first, so that a failure there changes no other `Var`.
 fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) -> Result<()> {
-    for (candle, var, t) in fresh {
+    let movable =
+        |v: &Var| v.device().is_cpu() || (cfg!(feature = "candle-cuda") && v.device().is_cuda());
+    let (moved, copied): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|(_, v, _)| movable(v));
+    for (candle, var, t) in copied {
+        var.set(t.as_tensor())
+            .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
+    }
+    for (candle, var, t) in moved {
         if var.elem_count() == 0 {
             continue; // nothing to hold (candle refuses in-place ops on empty layouts)
+        }
+        // The storage it replaces is freed, with `t`, on the current context's stream.
+        #[cfg(feature = "candle-cuda")]
+        if let candle_core::Device::Cuda(dev) = var.device() {
+            super::cuda::make_current(dev);
         }
         var.inplace_op1(&Swap(t))
             .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
@@ -289,16 +302,22 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) ->
     Ok(())
 }
 
-/// Candle's own initializers for the deferred `Var`s no value replaced, made (they could fail)
-/// before any `Var` changes: (candle name, `Var`, value).
-fn deferred_values(init: &CandleInit, loaded: &[&str]) -> Result<Vec<(String, Var, Var)>> {
+/// The deferred `Var`s no checkpoint value replaces, each storage once: a `Var` under a name
+/// the checkpoint maps, or holding the storage of one (tied weights put in under a second name
+/// after the model was built), takes the checkpoint's value through it. Each storage's address
+/// is read under its lock, so this runs before the load holds any (a `Var` loaded in place is
+/// read-locked through the load, and a swap write-locks).
+fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
     let Some(first) = init.deferred.first() else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    // Each `Var` once: those loaded, then those already given a value here.
-    let mut done: std::collections::HashSet<String> = loaded
+    let key = |v: &Var| &*v.storage_and_layout().0 as *const candle_core::Storage as usize;
+    // The storages the load writes: every mapped `Var`'s.
+    let mut taken: std::collections::HashSet<usize> = init
+        .vars
         .iter()
-        .map(|tf| init.vars[*tf].candle.clone())
+        .filter(|(tf, _)| init.store.pending.contains_key(*tf))
+        .map(|(_, b)| key(&b.var))
         .collect();
     // One `VarMap`, under every `DeferredInit` of it.
     let vars = first
@@ -306,20 +325,30 @@ fn deferred_values(init: &CandleInit, loaded: &[&str]) -> Result<Vec<(String, Va
         .data()
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let mut fresh = Vec::new();
+    let mut chosen = Vec::new();
     for (name, how) in init.deferred.iter().flat_map(super::DeferredInit::recorded) {
         let Some(var) = vars.get(&name) else {
             continue;
         };
-        if !done.insert(name.clone()) {
-            continue;
+        if taken.insert(key(var)) {
+            chosen.push((name, var.clone(), how));
         }
-        let t = how
-            .var(var.shape(), var.dtype(), var.device())
-            .map_err(|e| candle_refused(&name, &first_line(&e)))?;
-        fresh.push((name, var.clone(), t));
     }
-    Ok(fresh)
+    chosen
+}
+
+/// Candle's own initial values of the `Var`s [`deferred_vars`] chose, made (they could fail)
+/// before any `Var` changes: (candle name, `Var`, value).
+fn deferred_values(chosen: Vec<(String, Var, candle_nn::Init)>) -> Result<Vec<(String, Var, Var)>> {
+    chosen
+        .into_iter()
+        .map(|(name, var, how)| {
+            let t = how
+                .var(var.shape(), var.dtype(), var.device())
+                .map_err(|e| candle_refused(&name, &first_line(&e)))?;
+            Ok((name, var, t))
+        })
+        .collect()
 }
 
 /// What candle's in-place op would refuse, refused before anything is swapped.
