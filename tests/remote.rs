@@ -2372,9 +2372,11 @@ fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
     });
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    // The longest first backoff, past the retry time: no retry is waited for.
     let opts = RemoteOptions {
         max_retries: 2,
-        initial_backoff: std::time::Duration::MAX,
+        initial_backoff: std::time::Duration::from_secs(15),
+        retry_timeout: std::time::Duration::from_secs(1),
         ..Default::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -2391,6 +2393,99 @@ fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
         e.contains(".data-00000-of-00001") && e.contains("short read"),
         "{e}"
     );
+}
+
+/// `object_store` draws each backoff from `initial..2 × previous`, capped at 15 s: a zero first
+/// backoff, or one past twice the cap, made that range empty and its random draw panic at the
+/// first 5xx answer (an error "with a panic in the HTTP client" and a backtrace; an abort in a
+/// trainer built with `panic = "abort"`). Such a backoff is refused when the checkpoint is opened,
+/// naming it; the shortest allowed retries through 500s.
+#[test]
+fn a_backoff_object_store_cannot_draw_is_refused_and_the_shortest_retries() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ckpt = fixture("h1_basic").join("model-0");
+    for backoff in [
+        std::time::Duration::ZERO,
+        std::time::Duration::from_micros(999),
+        std::time::Duration::from_millis(15_001),
+        std::time::Duration::MAX,
+    ] {
+        let opts = RemoteOptions {
+            initial_backoff: backoff,
+            ..Default::default()
+        };
+        let e = Checkpoint::open_with(http_url(&ckpt), &opts).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "initial remote backoff of {backoff:?}: between 1ms and 15s"
+            )),
+            "{e}"
+        );
+    }
+    // Two 500s for the data, then answers.
+    let fails = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = fails.clone();
+    let addr = fault_proxy(servers().http, move |head| {
+        if is_data_get(head) && counted.fetch_add(1, Ordering::SeqCst) < 2 {
+            Fault::Status500
+        } else {
+            Fault::Pass
+        }
+    });
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        initial_backoff: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let remote = Checkpoint::open_with(&url, &opts).unwrap();
+    let local = Checkpoint::open(&ckpt).unwrap();
+    for t in local.tensors() {
+        assert_eq!(remote.read(&t.name).unwrap(), local.read(&t.name).unwrap());
+    }
+    assert!(
+        fails.load(Ordering::SeqCst) > 2,
+        "the proxy failed two requests"
+    );
+}
+
+/// A body cut short (on a server without ETags, so this crate asks for the rest), then no answer
+/// to that request: the retry waits what is left of the retry time, then fails with the cut
+/// (it used to wait for the request's own timeout, and then `object_store`'s retries of it, a
+/// whole retry time of their own; here until the proxy gave up after 60 s).
+#[test]
+fn a_retry_waits_no_longer_than_the_retry_time_left() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let addr = fault_proxy(servers().http, move |head| match is_data_get(head) {
+        true if counted.fetch_add(1, Ordering::SeqCst) == 0 => Fault::CutWithShortLength,
+        true => Fault::Unanswered,
+        false => Fault::Pass,
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        initial_backoff: std::time::Duration::from_millis(1),
+        retry_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let remote = Checkpoint::open_with(&url, &opts).unwrap();
+        let name = remote.tensors()[0].name.clone();
+        let _ = tx.send(remote.read(&name).map(drop).map_err(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(std::time::Duration::from_secs(40))
+        .expect("the retry waited past the retry time")
+        .unwrap_err();
+    assert!(
+        e.contains(".data-00000-of-00001")
+            && e.contains("short read")
+            && e.contains("a retry got no answer within the retry time (2s)"),
+        "{e}"
+    );
+    assert_eq!(gets.load(Ordering::SeqCst), 2, "the cut and its one retry");
 }
 
 /// Credentials that may read objects but not list the bucket: S3 then refuses a listing, and

@@ -12,5 +12,7 @@ pub(crate) mod plan;
 mod report;
 pub(crate) mod skeleton;
 
+#[cfg(feature = "remote")]
+pub(crate) use options::MAX_BACKOFF;
 pub use options::{CancelToken, LoadOptions, Ownership, RemoteOptions};
 pub use report::{DeviceStats, DeviceTimes, LoadReport, Progress};

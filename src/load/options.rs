@@ -132,7 +132,8 @@ pub struct RemoteOptions {
     /// renews the count: each request that brought at least 1 MiB (or the rest of its range)
     /// starts it again, so a slow link whose connections drop now and then is read to the end.
     pub max_retries: usize,
-    /// The first backoff between retries, doubled each time up to 15 s (default 100 ms).
+    /// The first backoff between retries, doubled each time up to 15 s (default 100 ms; at
+    /// least 1 ms and at most 15 s).
     pub initial_backoff: std::time::Duration,
     /// Retries stop once this long has passed since the first try, or since the last request
     /// that brought at least 1 MiB of its range (default 180 s).
@@ -173,6 +174,15 @@ impl RemoteOptions {
             ))
             .into());
         }
+        // `object_store` draws each backoff from `initial..2 × previous` (capped at 15 s): an
+        // empty range (a zero start, or one past twice the cap) panics in its random draw.
+        if self.initial_backoff < MIN_BACKOFF || self.initial_backoff > MAX_BACKOFF {
+            return Err(ErrorKind::InvalidArgument(format!(
+                "initial remote backoff of {:?}: between {MIN_BACKOFF:?} and {MAX_BACKOFF:?}",
+                self.initial_backoff
+            ))
+            .into());
+        }
         if self.concurrency == 0 || self.concurrency > 1024 {
             return Err(ErrorKind::InvalidArgument(format!(
                 "{} remote requests in flight: between 1 and 1024",
@@ -186,6 +196,10 @@ impl RemoteOptions {
 
 /// The smallest range a remote read fetches at once.
 const MIN_RANGE: u64 = 64 << 10;
+
+/// The bounds of [`RemoteOptions::initial_backoff`]; the upper one is also the longest backoff.
+const MIN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl LoadOptions {
     /// Default options.

@@ -633,7 +633,7 @@ impl Client {
             retry_timeout: options.retry_timeout,
             backoff: object_store::BackoffConfig {
                 init_backoff: options.initial_backoff,
-                max_backoff: Duration::from_secs(15),
+                max_backoff: crate::load::MAX_BACKOFF,
                 base: 2.0,
             },
         };
@@ -873,6 +873,8 @@ impl Client {
             // is not given up; one broken off after a few bytes each time is.
             let progressed =
                 |before: u64, got: u64| got > before && got - before >= PROGRESS.min(want - before);
+            // The failure the next request retries (none for the first).
+            let mut retrying: Option<Error> = None;
             loop {
                 let got_before = got;
                 let opts = GetOptions {
@@ -882,7 +884,24 @@ impl Client {
                     if_match: obj.etag.clone().filter(|e| !e.starts_with("W/")),
                     ..Default::default()
                 };
-                let failed = match store.get_opts(&obj.path, opts).await {
+                let request = store.get_opts(&obj.path, opts);
+                // A retry gets what is left of the retry time for its answer, `object_store`'s
+                // own retries of that request included (they count from the request, not from
+                // the first try), so that one started late does not wait out another whole
+                // retry time.
+                let answer = match retrying.take() {
+                    None => request.await,
+                    Some(previous) => {
+                        let left = client.options.retry_timeout.saturating_sub(start.elapsed());
+                        match tokio::time::timeout(left, request).await {
+                            Ok(answer) => answer,
+                            Err(_) => {
+                                return Err(unanswered(previous, client.options.retry_timeout));
+                            }
+                        }
+                    }
+                };
+                let failed = match answer {
                     Ok(r) => {
                         if let Some(what) = changed(&obj, &r.meta) {
                             return Err(ErrorKind::RemoteChanged {
@@ -966,7 +985,8 @@ impl Client {
                     return Err(failed);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2).min(Duration::from_secs(15));
+                backoff = backoff.saturating_mul(2).min(crate::load::MAX_BACKOFF);
+                retrying = Some(failed);
             }
         }
     }
@@ -1369,6 +1389,20 @@ fn changed(obj: &Object, meta: &object_store::ObjectMeta) -> Option<String> {
     match (&obj.etag, &meta.e_tag) {
         (Some(a), Some(b)) if a != b => Some(format!("ETag was {a}, is {b}")),
         _ => None,
+    }
+}
+
+/// `previous`, the failure a retry was made for, saying that the retry got no answer within the
+/// retry time `within`.
+fn unanswered(previous: Error, within: Duration) -> Error {
+    match previous.into_kind() {
+        ErrorKind::Remote { url, range, reason } => ErrorKind::Remote {
+            url,
+            range,
+            reason: format!("{reason}; a retry got no answer within the retry time ({within:?})"),
+        }
+        .into(),
+        kind => kind.into(),
     }
 }
 
