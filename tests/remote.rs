@@ -655,6 +655,55 @@ fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
     );
 }
 
+/// The same over a plain HTTP server, which gives no ETag: the time of the object's last change
+/// tells that it was rewritten (it was a checksum error, blaming the checkpoint for bytes that
+/// were never its own; a file without checksums, the `checkpoint` state file, was not caught).
+#[test]
+fn object_changed_on_a_server_without_etags_is_changed_by_its_last_modified() {
+    let (s3, dir) = damaged_copy("golden_b10", "changed_http");
+    let url = s3.replacen(
+        &format!("s3://{BUCKET}/"),
+        &format!("http://{}/{BUCKET}/", servers().http),
+        1,
+    );
+    let ckpt = Checkpoint::open(&url).unwrap();
+    let big = ckpt
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype.size().is_some())
+        .max_by_key(|t| t.byte_len())
+        .unwrap()
+        .name
+        .clone();
+    ckpt.read(&big).unwrap(); // the shard's size and time are now known
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".data-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.iter_mut().for_each(|b| *b ^= 0x5a); // same size, other contents
+    std::fs::write(&data, &bytes).unwrap();
+    // Rewritten a minute later (a second apart would do; the test does not wait for it).
+    let later = std::fs::metadata(&data).unwrap().modified().unwrap() + Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let err = ckpt.read(&big).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::RemoteChanged { url, range: Some(_), what }
+                if url.starts_with("http://") && url.contains("/damaged/changed_http/")
+                    && what.contains("Last-Modified was")
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source() {
     let ckpt = fixture("h1_basic").join("model-0");

@@ -557,13 +557,22 @@ pub(crate) async fn unpanicked<T>(
         })
 }
 
-/// One object as first seen: its size and ETag, against which every later read is checked.
+/// One object as first seen: its size and ETag (and, for servers that give no ETag, the time of
+/// its last change), against which every later read is checked.
 #[derive(Clone, Debug)]
 pub(crate) struct Object {
     pub url: String,
     pub path: ObjPath,
     pub size: u64,
     pub etag: Option<String>,
+    /// `Last-Modified`, where the server gave one.
+    pub last_modified: Option<String>,
+}
+
+/// The `Last-Modified` of `meta`, where the server gave one (`object_store` puts the epoch where
+/// it gave none).
+fn last_modified(meta: &object_store::ObjectMeta) -> Option<String> {
+    (meta.last_modified.timestamp_nanos_opt() != Some(0)).then(|| meta.last_modified.to_rfc2822())
 }
 
 impl Object {
@@ -718,6 +727,7 @@ impl Client {
             url,
             path,
             size: meta.size,
+            last_modified: last_modified(&meta),
             etag: meta.e_tag,
         })
     }
@@ -786,6 +796,7 @@ impl Client {
             .into_iter()
             .map(|m| Object {
                 url: self.loc.url(m.location.as_ref()),
+                last_modified: last_modified(&m),
                 path: m.location,
                 size: m.size,
                 etag: m.e_tag,
@@ -1387,8 +1398,13 @@ fn changed(obj: &Object, meta: &object_store::ObjectMeta) -> Option<String> {
         return Some(format!("size was {} bytes, is {}", obj.size, meta.size));
     }
     match (&obj.etag, &meta.e_tag) {
-        (Some(a), Some(b)) if a != b => Some(format!("ETag was {a}, is {b}")),
-        _ => None,
+        (Some(a), Some(b)) => (a != b).then(|| format!("ETag was {a}, is {b}")),
+        // Where an ETag is missing (a plain HTTP server gives none), the time of the last change
+        // tells an object rewritten at the same size (to the second).
+        _ => match (&obj.last_modified, last_modified(meta)) {
+            (Some(a), Some(b)) if *a != b => Some(format!("Last-Modified was {a}, is {b}")),
+            _ => None,
+        },
     }
 }
 

@@ -9,8 +9,9 @@
 //! copied into its destination by the same fused copy as local files (`base::copy`) as it lands;
 //! the pieces' CRCs are combined (`crc::combine`) and compared with the index's. Every GET is
 //! checked against the size and ETag seen when the shard was first used (and sent with
-//! `If-Match` where the ETag is strong), so an object replaced under a load is an error, never a
-//! mix of two versions. The arrived bytes are copied on the reading thread alone
+//! `If-Match` where the ETag is strong), or, from a server that gives no ETag, its
+//! `Last-Modified` (to the second), so an object replaced under a load is an error, never a mix
+//! of two versions. The arrived bytes are copied on the reading thread alone
 //! ([`par::serially`](crate::base::par::serially)): the read holds its permits meanwhile.
 //!
 //! A V1 checkpoint (SSTable files whose metadata has no byte offset per tensor) is fetched whole
