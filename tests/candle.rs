@@ -524,6 +524,40 @@ fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
     }
 }
 
+/// A `Var` the trainer puts in the `VarMap` in place of one `DeferredInit` made (a head
+/// loaded from elsewhere) is the trainer's own: no initializer runs over it (candle's ran, and
+/// the trainer's values were lost without a word).
+#[test]
+fn a_var_put_in_place_of_a_deferred_one_keeps_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = CkptBuilder::new(dir.path().join("m"));
+    ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
+    let prefix = ck.finish();
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    let vb = deferred.var_builder(DType::F32, &CPU);
+    candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
+    vb.pp("head")
+        .get_with_hints(2, "b", candle_nn::Init::Const(1.0))
+        .unwrap();
+    let own = candle_core::Var::new(&[7f32, 8.0], &CPU).unwrap();
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .insert("head.b".into(), own.clone());
+    let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
+    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
+        .unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(own.to_vec1::<f32>().unwrap(), [7.0, 8.0]);
+    assert_eq!(var(&varmap, "head.b").to_vec1::<f32>().unwrap(), [7.0, 8.0]);
+    assert_eq!(
+        var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
+        [[1.0; 2]; 3]
+    );
+}
+
 /// A model built through `DeferredInit`'s `VarBuilder` but handed to `from_varmap` (the first
 /// example's call) still gets candle's initializers for the `Var`s no checkpoint value replaces:
 /// they stayed zero, and a LayerNorm whose gamma is zero zeroes its output.

@@ -48,10 +48,10 @@ impl Drop for GpuJob {
 
 /// Makes `dev`'s context current on the calling thread (see [`GpuJob::make_current`]).
 pub(super) fn make_current(dev: &CudaDevice) {
-    let ctx = dev.cuda_stream().context().clone();
-    if let Err(e) = ctx.bind_to_thread() {
-        ctx.record_err::<()>(Err(e));
-    }
+    // Not cudarc's `bind_to_thread`, which binds nothing if the context holds an error a `Drop`
+    // stored (that error stays for the trainer's next call). A failure (a context destroyed)
+    // leaves the thread as it was.
+    let _ = crate::gpu::cuda::set_current_anyway(dev.cuda_stream().context());
 }
 
 impl GpuJob {
@@ -148,14 +148,18 @@ impl GpuJob {
         }
         let stream = self.dev.cuda_stream();
         let fail = |e| device_error(self.ordinal as usize, "zeroing a Var again", &e);
-        stream.context().bind_to_thread().map_err(fail)?;
+        // Bound and waited for without cudarc's checks, which would fail on an error a `Drop`
+        // stored in the context (and clear it) before the zeroing: the `Var` must not keep part
+        // of the checkpoint.
+        crate::gpu::cuda::set_current_anyway(stream.context()).map_err(fail)?;
         // SAFETY: `own .. own + bytes` is the `Var`'s own device memory (contiguous from offset
         // 0; its storage is held by the caller's read guard), on the stream of the device that
-        // owns it, whose context is current; the load that wrote it has ended.
+        // owns it, whose context is current; the load that wrote it has ended. The stream is
+        // live (the device holds it).
         unsafe {
             cudarc::driver::result::memset_d8_async(self.own, 0, self.bytes, stream.cu_stream())
+                .and_then(|()| cudarc::driver::result::stream::synchronize(stream.cu_stream()))
         }
-        .and_then(|()| stream.synchronize())
         .map_err(fail)
     }
 }
@@ -243,9 +247,10 @@ pub(super) fn load(
         }
     }
     for (ordinal, d) in &devices {
-        d.cuda_stream()
-            .context()
-            .synchronize()
+        // Without cudarc's check, which would report (and clear) an error a `Drop` stored in
+        // the trainer's context as the load's.
+        crate::gpu::cuda::set_current_anyway(d.cuda_stream().context())
+            .and_then(|()| cudarc::driver::result::ctx::synchronize())
             .map_err(|e| device_error(*ordinal as usize, "waiting for candle's allocations", &e))?;
     }
     for j in jobs {

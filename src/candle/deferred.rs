@@ -28,7 +28,11 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// initializer of every such `Var` that takes no checkpoint value, whatever it holds meanwhile
 /// (as TensorFlow's `global_variables_initializer()` does): a `Var` the trainer fills by hand
 /// (a head loaded from another file, say) keeps that value only when named to
-/// [`keep`](Self::keep). With `candle-cuda`, a GPU `Var` of it that takes a checkpoint value and
+/// [`keep`](Self::keep). A `Var` the trainer puts in the `VarMap` in place of one it made (a
+/// pre-trained head, or tied weights: another `Var` of the model under a second name) is the
+/// trainer's: no initializer runs over it, and it is never loaded in place.
+/// Candle's values become the `Var`s' by exchanging storages, not by copies, so on a GPU too
+/// nothing is half done. With `candle-cuda`, a GPU `Var` of it that takes a checkpoint value and
 /// is not kept loads that value in place (no second copy of the model on the device) and, if the
 /// load fails, holds zeros again, whatever the trainer put there meanwhile (name such a `Var` to
 /// `keep` first).
@@ -129,6 +133,16 @@ impl DeferredInit {
     /// The recorded initializers, by candle name.
     pub(super) fn recorded(&self) -> Vec<(String, Init)> {
         self.lock().clone()
+    }
+
+    /// Whether it made the `Var` `var`, now under `name` in its `VarMap` (not one the trainer put
+    /// there in its place since).
+    pub(super) fn made(&self, name: &str, var: &candle_core::Var) -> bool {
+        self.made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|(n, id)| n == name && *id == var.id())
     }
 
     /// Forgets the recorded initializers (they have run).

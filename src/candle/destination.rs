@@ -51,15 +51,13 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // `Var`s still holding `DeferredInit`'s placeholder zeros, which load in place.
     // The caller's CUDA context is current again at the end (allocations, the load, the swaps
     // and the frees make candle's GPUs current in turn).
-    #[cfg(feature = "candle-cuda")]
-    let _current = init
-        .vars
-        .values()
-        .any(|b| !b.var.device().is_cpu())
-        .then(crate::gpu::cuda::KeepCurrent::new);
     // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
     // below (their values are made after the checks).
     let deferred = deferred_vars(init);
+    #[cfg(feature = "candle-cuda")]
+    let _current = (init.vars.values().any(|b| !b.var.device().is_cpu())
+        || deferred.iter().any(|(_, v, _)| !v.device().is_cpu()))
+    .then(crate::gpu::cuda::KeepCurrent::new);
     #[cfg(feature = "candle-cuda")]
     let placeholders: std::collections::HashSet<String> = init
         .deferred
@@ -81,7 +79,8 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             let in_place = !b.var.device().is_cpu()
                 && n > 0
                 && init.store.pending.contains_key(name)
-                && placeholders.contains(&b.candle);
+                && placeholders.contains(&b.candle)
+                && init.deferred.iter().any(|d| d.made(&b.candle, &b.var));
             in_place.then(|| (name.clone(), b.var.clone()))
         })
         .collect();
@@ -269,7 +268,7 @@ fn swap_in_gpu(init: &CandleInit, jobs: Vec<super::cuda::GpuJob>) -> Result<()> 
 /// before the load leave nothing to fail. A `Var` on another device (Metal, or CUDA in a build
 /// without `candle-cuda`) is not mapped (`bind` refuses it), but may be deferred: it is copied,
 /// first, so that a failure there changes no other `Var`.
-fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) -> Result<()> {
+fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Initial)>) -> Result<()> {
     let movable =
         |v: &Var| v.device().is_cpu() || (cfg!(feature = "candle-cuda") && v.device().is_cuda());
     let (moved, copied): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|(_, v, _)| movable(v));
@@ -281,12 +280,8 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) ->
         if var.elem_count() == 0 {
             continue; // nothing to hold (candle refuses in-place ops on empty layouts)
         }
-        // The storage it replaces is freed, with `t`, on the current context's stream.
-        #[cfg(feature = "candle-cuda")]
-        if let candle_core::Device::Cuda(dev) = var.device() {
-            super::cuda::make_current(dev);
-        }
-        var.inplace_op1(&Swap(t))
+        // The storage it replaces goes to `t`, freed with it on its GPU.
+        var.inplace_op1(&Swap(t.0.clone()))
             .map_err(|e| candle_refused(&candle, &first_line(&e)))?;
     }
     for job in done {
@@ -302,11 +297,11 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Var)>) ->
     Ok(())
 }
 
-/// The deferred `Var`s no checkpoint value replaces, each storage once: a `Var` under a name
-/// the checkpoint maps, or holding the storage of one (tied weights put in under a second name
-/// after the model was built), takes the checkpoint's value through it. Each storage's address
-/// is read under its lock, so this runs before the load holds any (a `Var` loaded in place is
-/// read-locked through the load, and a swap write-locks).
+/// The deferred `Var`s no checkpoint value replaces, each storage once: those `DeferredInit`
+/// made and the `VarMap` still holds under their names, but for any whose storage the checkpoint
+/// writes (a mapped `Var`'s). Each storage's address is read under its lock, so this runs before
+/// the load holds any (a `Var` loaded in place is read-locked through the load, and a swap
+/// write-locks).
 fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
     let Some(first) = init.deferred.first() else {
         return Vec::new();
@@ -326,12 +321,15 @@ fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let mut chosen = Vec::new();
-    for (name, how) in init.deferred.iter().flat_map(super::DeferredInit::recorded) {
-        let Some(var) = vars.get(&name) else {
-            continue;
-        };
-        if taken.insert(key(var)) {
-            chosen.push((name, var.clone(), how));
+    for d in &init.deferred {
+        for (name, how) in d.recorded() {
+            // Only a `Var` it made (not one the trainer put in its place), once.
+            let Some(var) = vars.get(&name).filter(|v| d.made(&name, v)) else {
+                continue;
+            };
+            if taken.insert(key(var)) {
+                chosen.push((name, var.clone(), how));
+            }
         }
     }
     chosen
@@ -339,16 +337,39 @@ fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
 
 /// Candle's own initial values of the `Var`s [`deferred_vars`] chose, made (they could fail)
 /// before any `Var` changes: (candle name, `Var`, value).
-fn deferred_values(chosen: Vec<(String, Var, candle_nn::Init)>) -> Result<Vec<(String, Var, Var)>> {
+fn deferred_values(
+    chosen: Vec<(String, Var, candle_nn::Init)>,
+) -> Result<Vec<(String, Var, Initial)>> {
     chosen
         .into_iter()
         .map(|(name, var, how)| {
             let t = how
                 .var(var.shape(), var.dtype(), var.device())
                 .map_err(|e| candle_refused(&name, &first_line(&e)))?;
-            Ok((name, var, t))
+            Ok((name, var, Initial(t)))
         })
         .collect()
+}
+
+/// Candle's initial value of a deferred `Var` (after the swap, the storage it replaced), freed
+/// on its own GPU however `initialize` ends: cudarc frees on the current context's stream, and a
+/// load over several GPUs leaves another one current.
+struct Initial(Var);
+
+impl std::ops::Deref for Initial {
+    type Target = Var;
+    fn deref(&self) -> &Var {
+        &self.0
+    }
+}
+
+impl Drop for Initial {
+    fn drop(&mut self) {
+        #[cfg(feature = "candle-cuda")]
+        if let candle_core::Device::Cuda(dev) = self.0.device() {
+            super::cuda::make_current(dev);
+        }
+    }
 }
 
 /// What candle's in-place op would refuse, refused before anything is swapped.

@@ -458,9 +458,14 @@ pub(crate) fn bind_anyway(
     ctx: &CudaContext,
 ) -> (KeepCurrent, std::result::Result<(), DriverError>) {
     let keep = KeepCurrent::loaded();
+    (keep, set_current_anyway(ctx))
+}
+
+/// Makes `ctx` current on the calling thread without cudarc's check (see [`bind_anyway`]); it
+/// stays current.
+pub(crate) fn set_current_anyway(ctx: &CudaContext) -> std::result::Result<(), DriverError> {
     // SAFETY: a live context (the caller holds it).
-    let bound = unsafe { result::ctx::set_current(ctx.cu_ctx()) };
-    (keep, bound)
+    unsafe { result::ctx::set_current(ctx.cu_ctx()) }
 }
 
 impl Drop for KeepCurrent {
