@@ -58,7 +58,8 @@ impl GpuJob {
     /// Makes this job's GPU current on the calling thread before a storage of it is freed:
     /// cudarc frees on the storage's stream, candle's per-thread default stream, which names the
     /// stream of whichever context is current, and a load over several GPUs leaves another one
-    /// current. (Binding takes an error the context holds: put back for its next call.)
+    /// current. (Bound without cudarc's check: an error the context holds stays for its next
+    /// call.)
     pub fn make_current(&self) {
         make_current(&self.dev);
     }

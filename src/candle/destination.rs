@@ -49,11 +49,11 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // Host `Var`s (all of them: the unmapped ones keep candle's initialization) are loaded by the
     // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage, except the GPU
     // `Var`s still holding `DeferredInit`'s placeholder zeros, which load in place.
-    // The caller's CUDA context is current again at the end (allocations, the load, the swaps
-    // and the frees make candle's GPUs current in turn).
     // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
     // below (their values are made after the checks).
     let deferred = deferred_vars(init);
+    // The caller's CUDA context is current again at the end (allocations, the load, the swaps
+    // and the frees make candle's GPUs current in turn).
     #[cfg(feature = "candle-cuda")]
     let _current = (init.vars.values().any(|b| !b.var.device().is_cpu())
         || deferred.iter().any(|(_, v, _)| !v.device().is_cpu()))
