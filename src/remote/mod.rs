@@ -46,7 +46,7 @@ use crate::reader::glob;
 pub(crate) struct RemoteBundle {
     /// The client and the budget reads run under (replaced by [`configure`](Self::configure)).
     state: Mutex<(Arc<Client>, Arc<Budget>)>,
-    index: Object,
+    index: Arc<Object>,
     /// The checkpoint's prefix as a key (its shards' keys are made from it, never parsed back
     /// from their URLs: a key may hold what a URL cannot, such as `?` and `=` in an S3 key).
     prefix: String,
@@ -79,7 +79,7 @@ pub(crate) fn open(url: &str, options: &RemoteOptions) -> Result<(Opened, Option
         };
         return Ok((opened, state));
     };
-    let (_, bytes) = fetch_whole(&client, index.clone(), "the checkpoint's index")?;
+    let (index, bytes) = fetch_whole(&client, index, "the checkpoint's index")?;
     let prefix_url = loc.url(&prefix);
     let index_path = PathBuf::from(&index.url);
     let parsed = BundleIndex::parse(&index_path, &bytes)?;
