@@ -479,14 +479,16 @@ fn an_error_of_the_load_names_the_candle_var() {
 
 /// `initialize` runs the initializer of every deferred `Var` no checkpoint value replaces, as
 /// TensorFlow's `global_variables_initializer()` does, even over a value the trainer set by hand;
-/// `DeferredInit::keep` spares one.
+/// `DeferredInit::keep` spares one. A `Var` the trainer puts in the `VarMap` in place of one
+/// `DeferredInit` made (a head loaded from elsewhere) is the trainer's own: no initializer runs
+/// over it (candle's ran, and the trainer's values were lost without a word).
 #[test]
-fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
+fn a_deferred_var_set_by_hand_is_kept_only_when_named_or_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let mut ck = CkptBuilder::new(dir.path().join("m"));
     ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
     let prefix = ck.finish();
-    for keep in [false, true] {
+    for case in ["set", "kept", "replaced"] {
         let varmap = VarMap::new();
         let deferred = DeferredInit::new(&varmap);
         let vb = deferred.var_builder(DType::F32, &CPU);
@@ -495,16 +497,14 @@ fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
             .pp("head")
             .get_with_hints(2, "b", candle_nn::Init::Const(1.0))
             .unwrap();
-        let by_hand = Tensor::new(&[7f32, 8.0], &CPU).unwrap();
-        varmap
-            .data()
-            .lock()
-            .unwrap()
-            .get("head.b")
-            .unwrap()
-            .set(&by_hand)
-            .unwrap();
-        if keep {
+        let by_hand = candle_core::Var::new(&[7f32, 8.0], &CPU).unwrap();
+        let mut data = varmap.data().lock().unwrap();
+        match case {
+            "replaced" => drop(data.insert("head.b".into(), by_hand.clone())),
+            _ => data.get("head.b").unwrap().set(&by_hand).unwrap(),
+        }
+        drop(data);
+        if case == "kept" {
             assert!(deferred.keep("head.b"));
             assert!(!deferred.keep("head.b"), "forgotten already");
         }
@@ -514,48 +514,27 @@ fn a_deferred_var_set_by_hand_is_kept_only_when_named() {
         init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
             .unwrap();
         init.initialize(&Default::default()).unwrap();
-        let want: &[f32] = if keep { &[7.0, 8.0] } else { &[1.0, 1.0] };
-        assert_eq!(head.to_vec1::<f32>().unwrap(), want, "keep {keep}");
-        assert_eq!(tail.to_vec1::<f32>().unwrap(), want[1..], "keep {keep}");
+        let want: &[f32] = if case == "set" {
+            &[1.0, 1.0]
+        } else {
+            &[7.0, 8.0]
+        };
+        assert_eq!(
+            var(&varmap, "head.b").to_vec1::<f32>().unwrap(),
+            want,
+            "{case}"
+        );
+        if case != "replaced" {
+            assert_eq!(head.to_vec1::<f32>().unwrap(), want, "{case}");
+            assert_eq!(tail.to_vec1::<f32>().unwrap(), want[1..], "{case}");
+        } else {
+            assert_eq!(by_hand.to_vec1::<f32>().unwrap(), want);
+        }
         assert_eq!(
             var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
             [[1.0; 2]; 3]
         );
     }
-}
-
-/// A `Var` the trainer puts in the `VarMap` in place of one `DeferredInit` made (a head
-/// loaded from elsewhere) is the trainer's own: no initializer runs over it (candle's ran, and
-/// the trainer's values were lost without a word).
-#[test]
-fn a_var_put_in_place_of_a_deferred_one_keeps_its_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ck = CkptBuilder::new(dir.path().join("m"));
-    ck.f32("a/kernel", &[2, 3], &[1.0; 6]);
-    let prefix = ck.finish();
-    let varmap = VarMap::new();
-    let deferred = DeferredInit::new(&varmap);
-    let vb = deferred.var_builder(DType::F32, &CPU);
-    candle_nn::linear_no_bias(2, 3, vb.pp("a")).unwrap();
-    vb.pp("head")
-        .get_with_hints(2, "b", candle_nn::Init::Const(1.0))
-        .unwrap();
-    let own = candle_core::Var::new(&[7f32, 8.0], &CPU).unwrap();
-    varmap
-        .data()
-        .lock()
-        .unwrap()
-        .insert("head.b".into(), own.clone());
-    let mut init = CandleInit::from_deferred(&deferred, &Convention::tf1()).unwrap();
-    init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
-        .unwrap();
-    init.initialize(&Default::default()).unwrap();
-    assert_eq!(own.to_vec1::<f32>().unwrap(), [7.0, 8.0]);
-    assert_eq!(var(&varmap, "head.b").to_vec1::<f32>().unwrap(), [7.0, 8.0]);
-    assert_eq!(
-        var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
-        [[1.0; 2]; 3]
-    );
 }
 
 /// A model built through `DeferredInit`'s `VarBuilder` but handed to `from_varmap` (the first

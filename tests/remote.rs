@@ -620,10 +620,11 @@ fn truncated_data_object_is_an_error_naming_the_url_and_range() {
     assert!(store.value(&last.name).is_none());
 }
 
-#[test]
-fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
-    let (url, dir) = damaged_copy("golden_b10", "changed");
-    let ckpt = Checkpoint::open(&url).unwrap();
+/// The error of reading the largest tensor of `url` (the copy of a checkpoint in `dir`) again
+/// after its data shard was rewritten under the open checkpoint: the same size, other contents,
+/// and a minute later (a second apart would do; the test does not wait for it).
+fn read_again_after_a_rewrite(url: &str, dir: &Path) -> tfckpt::Error {
+    let ckpt = Checkpoint::open(url).unwrap();
     let big = ckpt
         .tensors()
         .iter()
@@ -632,17 +633,29 @@ fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
         .unwrap()
         .name
         .clone();
-    ckpt.read(&big).unwrap(); // the shard's size and ETag are now known
-    let data = std::fs::read_dir(&dir)
+    ckpt.read(&big).unwrap(); // the shard's size, ETag and time are now known
+    let data = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().contains(".data-"))
         .unwrap();
     let mut bytes = std::fs::read(&data).unwrap();
-    bytes.iter_mut().for_each(|b| *b ^= 0x5a); // same size, other contents
+    bytes.iter_mut().for_each(|b| *b ^= 0x5a);
     std::fs::write(&data, &bytes).unwrap();
-    let err = ckpt.read(&big).unwrap_err();
-    eprintln!("changed: {err}");
+    let later = std::fs::metadata(&data).unwrap().modified().unwrap() + Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    ckpt.read(&big).unwrap_err()
+}
+
+#[test]
+fn object_changed_after_open_is_an_error_not_a_mix_of_versions() {
+    let (url, dir) = damaged_copy("golden_b10", "changed");
+    let err = read_again_after_a_rewrite(&url, &dir);
     // The answer's ETag is not the one seen first: the object changed, said as such (not as a
     // checksum mismatch of bytes that were never the checkpoint's), with the URL and range.
     assert!(
@@ -666,33 +679,7 @@ fn object_changed_on_a_server_without_etags_is_changed_by_its_last_modified() {
         &format!("http://{}/{BUCKET}/", servers().http),
         1,
     );
-    let ckpt = Checkpoint::open(&url).unwrap();
-    let big = ckpt
-        .tensors()
-        .iter()
-        .filter(|t| t.dtype.size().is_some())
-        .max_by_key(|t| t.byte_len())
-        .unwrap()
-        .name
-        .clone();
-    ckpt.read(&big).unwrap(); // the shard's size and time are now known
-    let data = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains(".data-"))
-        .unwrap();
-    let mut bytes = std::fs::read(&data).unwrap();
-    bytes.iter_mut().for_each(|b| *b ^= 0x5a); // same size, other contents
-    std::fs::write(&data, &bytes).unwrap();
-    // Rewritten a minute later (a second apart would do; the test does not wait for it).
-    let later = std::fs::metadata(&data).unwrap().modified().unwrap() + Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&data)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
-    let err = ckpt.read(&big).unwrap_err();
+    let err = read_again_after_a_rewrite(&url, &dir);
     assert!(
         matches!(
             err.kind(),
@@ -1689,6 +1676,27 @@ fn read_first_tensor_through(
     (url, name, read)
 }
 
+/// The error of reading the first tensor of `h1_basic` through `addr` with `opts`, which must come
+/// within `secs` seconds (else the test fails saying `late`).
+fn first_tensor_fails_within(
+    addr: std::net::SocketAddr,
+    opts: RemoteOptions,
+    secs: u64,
+    late: &str,
+) -> String {
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let remote = Checkpoint::open_with(&url, &opts).unwrap();
+        let name = remote.tensors()[0].name.clone();
+        let _ = tx.send(remote.read(&name).map(drop).map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect(late)
+        .unwrap_err()
+}
+
 /// A server that answers a ranged GET with more bytes than the range: the read fails naming the
 /// URL, the range and the bytes asked for, and nothing is loaded (found uncovered by a coverage
 /// run: no test server sent too much).
@@ -2419,8 +2427,6 @@ fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
         true => Fault::CutWithShortLength,
         false => Fault::Pass,
     });
-    let ckpt = fixture("h1_basic").join("model-0");
-    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
     // The longest first backoff, past the retry time: no retry is waited for.
     let opts = RemoteOptions {
         max_retries: 2,
@@ -2428,16 +2434,7 @@ fn a_backoff_at_its_limit_is_an_error_not_a_hang() {
         retry_timeout: std::time::Duration::from_secs(1),
         ..Default::default()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let remote = Checkpoint::open_with(&url, &opts).unwrap();
-        let name = remote.tensors()[0].name.clone();
-        let _ = tx.send(remote.read(&name).map(drop).map_err(|e| e.to_string()));
-    });
-    let e = rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("the read hung")
-        .unwrap_err();
+    let e = first_tensor_fails_within(addr, opts, 120, "the read hung");
     assert!(
         e.contains(".data-00000-of-00001") && e.contains("short read"),
         "{e}"
@@ -2511,23 +2508,12 @@ fn a_retry_waits_no_longer_than_the_retry_time_left() {
         true => Fault::Unanswered,
         false => Fault::Pass,
     });
-    let ckpt = fixture("h1_basic").join("model-0");
-    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
     let opts = RemoteOptions {
         initial_backoff: std::time::Duration::from_millis(1),
         retry_timeout: std::time::Duration::from_secs(2),
         ..Default::default()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let remote = Checkpoint::open_with(&url, &opts).unwrap();
-        let name = remote.tensors()[0].name.clone();
-        let _ = tx.send(remote.read(&name).map(drop).map_err(|e| e.to_string()));
-    });
-    let e = rx
-        .recv_timeout(std::time::Duration::from_secs(40))
-        .expect("the retry waited past the retry time")
-        .unwrap_err();
+    let e = first_tensor_fails_within(addr, opts, 40, "the retry waited past the retry time");
     assert!(
         e.contains(".data-00000-of-00001")
             && e.contains("short read")

@@ -135,14 +135,14 @@ impl DeferredInit {
         self.lock().clone()
     }
 
-    /// Whether it made the `Var` `var`, now under `name` in its `VarMap` (not one the trainer put
-    /// there in its place since).
-    pub(super) fn made(&self, name: &str, var: &candle_core::Var) -> bool {
+    /// The `Var`s it made: tensor id (unique in the process) and the name each was made under.
+    pub(super) fn made(&self) -> Vec<(candle_core::TensorId, String)> {
         self.made
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .any(|(n, id)| n == name && *id == var.id())
+            .map(|(name, id)| (*id, name.clone()))
+            .collect()
     }
 
     /// Forgets the recorded initializers (they have run).

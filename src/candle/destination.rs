@@ -49,9 +49,14 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // Host `Var`s (all of them: the unmapped ones keep candle's initialization) are loaded by the
     // host pipeline, mapped GPU `Var`s by the GPU path; each into fresh storage, except the GPU
     // `Var`s still holding `DeferredInit`'s placeholder zeros, which load in place.
+    // Whether `DeferredInit` made the `Var` now under `name` (not one the trainer put there in
+    // its place since): one lookup by tensor id.
+    let made: std::collections::HashMap<_, _> =
+        init.deferred.iter().flat_map(|d| d.made()).collect();
+    let own = |name: &str, v: &Var| made.get(&v.id()).is_some_and(|n| n == name);
     // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
     // below (their values are made after the checks).
-    let deferred = deferred_vars(init);
+    let deferred = deferred_vars(init, own);
     // The caller's CUDA context is current again at the end (allocations, the load, the swaps
     // and the frees make candle's GPUs current in turn).
     #[cfg(feature = "candle-cuda")]
@@ -80,7 +85,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
                 && n > 0
                 && init.store.pending.contains_key(name)
                 && placeholders.contains(&b.candle)
-                && init.deferred.iter().any(|d| d.made(&b.candle, &b.var));
+                && own(&b.candle, &b.var);
             in_place.then(|| (name.clone(), b.var.clone()))
         })
         .collect();
@@ -302,7 +307,10 @@ fn swap_in(init: &CandleInit, done: Vec<Job>, fresh: Vec<(String, Var, Initial)>
 /// writes (a mapped `Var`'s). Each storage's address is read under its lock, so this runs before
 /// the load holds any (a `Var` loaded in place is read-locked through the load, and a swap
 /// write-locks).
-fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
+fn deferred_vars(
+    init: &CandleInit,
+    own: impl Fn(&str, &Var) -> bool,
+) -> Vec<(String, Var, candle_nn::Init)> {
     let Some(first) = init.deferred.first() else {
         return Vec::new();
     };
@@ -321,15 +329,13 @@ fn deferred_vars(init: &CandleInit) -> Vec<(String, Var, candle_nn::Init)> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let mut chosen = Vec::new();
-    for d in &init.deferred {
-        for (name, how) in d.recorded() {
-            // Only a `Var` it made (not one the trainer put in its place), once.
-            let Some(var) = vars.get(&name).filter(|v| d.made(&name, v)) else {
-                continue;
-            };
-            if taken.insert(key(var)) {
-                chosen.push((name, var.clone(), how));
-            }
+    for (name, how) in init.deferred.iter().flat_map(super::DeferredInit::recorded) {
+        // Only a `Var` it made (not one the trainer put in its place), once.
+        let Some(var) = vars.get(&name).filter(|v| own(&name, v)) else {
+            continue;
+        };
+        if taken.insert(key(var)) {
+            chosen.push((name, var.clone(), how));
         }
     }
     chosen
@@ -508,16 +514,26 @@ impl<S> SwapWith<'_, S> {
     }
 }
 
+impl Swap {
+    /// The exchange with the outer `Var`'s `storage`, under the fresh one's lock.
+    fn with<S: BackendStorage>(&self, storage: &mut S) -> candle_core::Result<()>
+    where
+        for<'a> SwapWith<'a, S>: InplaceOp1,
+    {
+        if self.0.dtype() != storage.dtype() {
+            candle_core::bail!("tfckpt: candle's initial value has another dtype");
+        }
+        self.0.inplace_op1(&SwapWith(Mutex::new(Some(storage))))
+    }
+}
+
 impl InplaceOp1 for Swap {
     fn name(&self) -> &'static str {
         "tfckpt-initialize"
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, _layout: &Layout) -> candle_core::Result<()> {
-        if self.0.dtype() != storage.dtype() {
-            candle_core::bail!("tfckpt: candle's initial value has another dtype");
-        }
-        self.0.inplace_op1(&SwapWith(Mutex::new(Some(storage))))
+        self.with(storage)
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -526,10 +542,7 @@ impl InplaceOp1 for Swap {
         storage: &mut candle_core::CudaStorage,
         _layout: &Layout,
     ) -> candle_core::Result<()> {
-        if self.0.dtype() != storage.dtype() {
-            candle_core::bail!("tfckpt: candle's initial value has another dtype");
-        }
-        self.0.inplace_op1(&SwapWith(Mutex::new(Some(storage))))
+        self.with(storage)
     }
 }
 
