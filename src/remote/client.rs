@@ -978,13 +978,15 @@ impl Client {
                             {
                                 client.error(e, &obj.url, span)
                             }
-                            Some(e) => return Err(client.error(e, &obj.url, span)),
+                            Some(e) => {
+                                return Err(client.broken_off(&*store, &obj, e, span).await);
+                            }
                         }
                     }
                     // The request itself failed after `object_store`'s own retries (of 5xx
                     // answers, timeouts, refused connections): retrying it again would multiply
                     // them.
-                    Err(e) => return Err(client.error(e, &obj.url, span)),
+                    Err(e) => return Err(client.read_error(e, &obj, span)),
                 };
                 if progressed(got_before, got) {
                     (start, attempt, backoff) = (Instant::now(), 0, client.options.initial_backoff);
@@ -1000,6 +1002,65 @@ impl Client {
                 retrying = Some(failed);
             }
         }
+    }
+
+    /// The crate's error for `e`, met reading bytes `range` of `obj`, an object seen before: a
+    /// 404 now says that it was removed since, a change of the checkpoint under the reader (not
+    /// a question of credentials, which could see it).
+    fn read_error(&self, e: object_store::Error, obj: &Object, range: Option<(u64, u64)>) -> Error {
+        use object_store::Error as E;
+        let missing = |e: &E| matches!(e, E::NotFound { .. });
+        let gone = match &e {
+            // Also when `object_store` met it resuming a body it broke off (passed on wrapped).
+            E::Generic { source, .. } => source.downcast_ref::<E>().is_some_and(missing),
+            e => missing(e),
+        };
+        if gone {
+            return ErrorKind::RemoteChanged {
+                url: obj.url.clone(),
+                range,
+                what: "it no longer exists: HTTP 404 Not Found".into(),
+            }
+            .into();
+        }
+        self.error(e, &obj.url, range)
+    }
+
+    /// The error for a body broken off (`e`) that `object_store` could not resume. Where the
+    /// object has a weak ETag, which is never sent as `If-Match`, a resumed request that found
+    /// another ETag ends the same way (`object_store` passes the body's error on), so the object
+    /// is asked for again (within the retry time): if it changed, that is the error.
+    async fn broken_off(
+        &self,
+        store: &dyn ObjectStore,
+        obj: &Object,
+        e: object_store::Error,
+        range: Option<(u64, u64)>,
+    ) -> Error {
+        let weak = obj.etag.as_deref().is_some_and(|t| t.starts_with("W/"));
+        if weak && matches!(e, object_store::Error::Generic { .. }) {
+            let head = tokio::time::timeout(self.options.retry_timeout, store.head(&obj.path));
+            match head.await {
+                Ok(Ok(meta)) => {
+                    if let Some(what) = changed(obj, &meta) {
+                        return ErrorKind::RemoteChanged {
+                            url: obj.url.clone(),
+                            range,
+                            what,
+                        }
+                        .into();
+                    }
+                }
+                Ok(Err(other)) => {
+                    let other = self.read_error(other, obj, range);
+                    if matches!(other.kind(), ErrorKind::RemoteChanged { .. }) {
+                        return other;
+                    }
+                }
+                Err(_) => {} // no answer: the body's error is the one to report
+            }
+        }
+        self.read_error(e, obj, range)
     }
 
     /// The crate's error for `e`, met reading `url` (bytes `range`). `object_store`'s texts are
