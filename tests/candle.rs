@@ -1066,6 +1066,35 @@ fn transposing_init(varmap: &VarMap) -> CandleInit {
         .dtype_policy(DtypePolicy::CastToVariable)
 }
 
+/// Load options that record every progress report, and the record.
+fn recording_progress() -> (
+    tfckpt::LoadOptions,
+    std::sync::Arc<std::sync::Mutex<Vec<tfckpt::Progress>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let options = tfckpt::LoadOptions::new().progress(move |p| s.lock().unwrap().push(p));
+    (options, seen)
+}
+
+/// Progress reported as one load's, wherever the `Var`s are (a model on the host and on GPUs is
+/// loaded by a host load and a GPU load): the same totals throughout, counts that never go back,
+/// and 100% once, last. The host load alone reported 100% before the GPU load started from 0.
+fn assert_reported_as_one_load(seen: &[tfckpt::Progress]) {
+    let last = *seen.last().expect("no progress report");
+    assert!(last.tensors_total > 0, "{seen:?}");
+    let totals = |p: &tfckpt::Progress| (p.bytes_total, p.tensors_total);
+    assert!(seen.iter().all(|p| totals(p) == totals(&last)), "{seen:?}");
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].bytes_done <= w[1].bytes_done && w[0].tensors_done <= w[1].tensors_done),
+        "{seen:?}"
+    );
+    let done = |p: &tfckpt::Progress| (p.bytes_done, p.tensors_done) == totals(p);
+    assert!(done(&last), "{seen:?}");
+    assert_eq!(seen.iter().filter(|p| done(p)).count(), 1, "{seen:?}");
+}
+
 fn slices_and_casts_on(a: &Device, b: &Device) {
     let varmap = VarMap::new();
     let on = |d: &Device, dt| VarBuilder::from_varmap(&varmap, dt, d);
@@ -1080,8 +1109,13 @@ fn slices_and_casts_on(a: &Device, b: &Device) {
     ]);
     init.init_from_checkpoint(ckpt_path("h1_partitioned"), &map)
         .unwrap();
-    let report = init.initialize(&Default::default()).unwrap();
+    let (options, seen) = recording_progress();
+    let report = init.initialize(&options).unwrap();
     assert_eq!(report.from_checkpoint, 3);
+    // One tensor read once on the host, or once for the host and once for the GPU Vars.
+    let reads = 1 + u64::from(a.is_cuda() != b.is_cuda());
+    assert_eq!(seen.lock().unwrap().last().unwrap().tensors_total, reads);
+    assert_reported_as_one_load(&seen.lock().unwrap());
     // A GPU Var goes through the GPU path: its transposes are kernels there.
     let kernels = report.device.as_ref().map_or(0, |d| d.kernels);
     assert_eq!(kernels > 0, a.is_cuda() || b.is_cuda(), "{report}");
@@ -1573,7 +1607,9 @@ mod on_gpu {
                 .dtype_policy(DtypePolicy::CastToVariable);
             init.init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
                 .unwrap();
-            let report = init.initialize(&Default::default()).unwrap();
+            let (options, seen) = recording_progress();
+            let report = init.initialize(&options).unwrap();
+            assert_reported_as_one_load(&seen.lock().unwrap());
             assert_eq!(report.from_checkpoint, 7, "{what}");
             assert_eq!(report.device.is_some(), what == "gpu", "{report}");
             counts.push((report.variables, report.from_initializer));

@@ -15,6 +15,7 @@ use super::CandleInit;
 use crate::base::device::{DeviceBuffer, DeviceForm};
 use crate::base::dtype::DType;
 use crate::base::error::{ErrorKind, Result};
+use crate::init::store::VariableStore;
 use crate::load::{LoadOptions, LoadReport};
 use crate::Device;
 
@@ -227,15 +228,38 @@ fn zeroed(dev: &CudaDevice, dtype: DType, n: usize) -> candle_core::Result<CudaS
     }
 }
 
+/// The store of the GPU load of `jobs`: their variables, each read as stored, placed on its
+/// GPU, with its `Var`'s device memory (or the job's fresh storage) as its destination.
+pub(super) fn substore(init: &CandleInit, jobs: &[GpuJob]) -> Result<VariableStore> {
+    let mut sub = init.store.substore(jobs.iter().map(|j| j.name.as_str()));
+    for j in jobs {
+        if let (Some((from, _)), Some(v)) = (j.convert, sub.vars.get_mut(&j.name)) {
+            v.dtype = from; // read as stored, converted on the device
+        }
+        let form = DeviceForm {
+            dtype: j.convert.map(|(_, to)| to),
+            transposed: j.transposed,
+        };
+        sub.device_forms.insert(j.name.clone(), form);
+        sub.set_device(&j.name, Device::Cuda(j.ordinal))?;
+        // SAFETY: the destination is `bytes` of device memory of GPU `ordinal`: a new storage,
+        // alive as long as the job (which outlives the store: the caller drops the store first,
+        // as `load` does), or the `Var`'s own, whose storage the caller holds a read guard on for
+        // the load (no `set` or in-place op can replace it meanwhile).
+        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr(), j.bytes) };
+        sub.set_device_buffer(&j.name, buffer)?;
+    }
+    Ok(sub)
+}
+
 /// Loads every job's value into its destination through the GPU path: one load over every GPU
-/// the jobs are on.
+/// the jobs are on, of their store (`sub`, from [`substore`]), which it drops.
 pub(super) fn load(
-    init: &CandleInit,
     jobs: &[GpuJob],
+    mut sub: VariableStore,
     options: &LoadOptions,
 ) -> Result<LoadReport> {
     use candle_core::backend::BackendDevice;
-    let mut sub = init.store.substore(jobs.iter().map(|j| j.name.as_str()));
     // The allocations and their zeroing are queued on candle's streams (one per candle device,
     // and a GPU can have several): all done before the GPU path's own streams write. candle's
     // stream is by default the per-thread default stream of whichever thread queued the work
@@ -253,23 +277,6 @@ pub(super) fn load(
         crate::gpu::cuda::set_current_anyway(d.cuda_stream().context())
             .and_then(|()| cudarc::driver::result::ctx::synchronize())
             .map_err(|e| device_error(*ordinal as usize, "waiting for candle's allocations", &e))?;
-    }
-    for j in jobs {
-        if let (Some((from, _)), Some(v)) = (j.convert, sub.vars.get_mut(&j.name)) {
-            v.dtype = from; // read as stored, converted on the device
-        }
-        let form = DeviceForm {
-            dtype: j.convert.map(|(_, to)| to),
-            transposed: j.transposed,
-        };
-        sub.device_forms.insert(j.name.clone(), form);
-        sub.set_device(&j.name, Device::Cuda(j.ordinal))?;
-        // SAFETY: the destination is `bytes` of device memory of GPU `ordinal`: a new storage,
-        // alive as long as the job (which outlives this load: `sub` is dropped first), or the
-        // `Var`'s own, whose storage the caller holds a read guard on for the load (no `set` or
-        // in-place op can replace it meanwhile).
-        let buffer = unsafe { DeviceBuffer::from_raw(j.ordinal, j.device_ptr(), j.bytes) };
-        sub.set_device_buffer(&j.name, buffer)?;
     }
     let first = jobs.iter().map(|j| j.ordinal).min().unwrap_or(0);
     let report = sub.initialize_with(Device::Cuda(first), options)?;

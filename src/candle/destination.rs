@@ -17,6 +17,8 @@ use crate::base::slice::num_elements;
 use crate::base::tensor::ElementsMut;
 use crate::init::store::Variable;
 use crate::load::host::{load_values, Given, GivenBuf};
+#[cfg(feature = "candle-cuda")]
+use crate::load::report::in_sequence;
 use crate::load::skeleton::{self, Destination, Reads, Values};
 use crate::load::{LoadOptions, LoadReport};
 
@@ -180,6 +182,30 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             v.dtype = from;
         }
     }
+    #[cfg(feature = "candle-cuda")]
+    let gpu = match gpu_jobs.is_empty() {
+        true => None,
+        false => Some(super::cuda::substore(init, &gpu_jobs)?),
+    };
+    // The host load and then the GPU load report their progress as one load's (each alone
+    // would go from 0 to 100%, then again).
+    #[cfg(feature = "candle-cuda")]
+    let host_options;
+    #[cfg(feature = "candle-cuda")]
+    let (options, gpu_options) = match (&gpu, &options.progress) {
+        (Some(sub), Some(f)) => {
+            let totals = |store| skeleton::progress_totals(store, options);
+            let (host_totals, gpu_totals) = (totals(&host), totals(sub));
+            let with = |f| LoadOptions {
+                progress: Some(f),
+                ..options.clone()
+            };
+            host_options = with(in_sequence(f.clone(), (0, 0), gpu_totals));
+            let gpu_options = with(in_sequence(f.clone(), host_totals, (0, 0)));
+            (&host_options, gpu_options)
+        }
+        _ => (options, options.clone()),
+    };
     let mut done = Vec::with_capacity(jobs.len());
     let dest = CandleDestination {
         jobs,
@@ -189,11 +215,11 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     report.variables += unmapped_gpu;
     report.from_initializer += unmapped_gpu;
     #[cfg(feature = "candle-cuda")]
-    if !gpu_jobs.is_empty() {
+    if let Some(sub) = gpu {
         // The load's last progress report comes after its copies: a trainer's callback that
         // panics there leaves no `Var` loaded in place either (zeroed again, then re-raised).
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            super::cuda::load(init, &gpu_jobs, options)
+            super::cuda::load(&gpu_jobs, sub, &gpu_options)
         }))
         .unwrap_or_else(|panic| {
             let _ = zero_again(&gpu_jobs);

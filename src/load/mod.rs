@@ -9,7 +9,7 @@ pub(crate) mod host;
 mod options;
 pub(crate) mod pipeline;
 pub(crate) mod plan;
-mod report;
+pub(crate) mod report;
 pub(crate) mod skeleton;
 
 #[cfg(feature = "remote")]

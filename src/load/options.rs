@@ -16,7 +16,9 @@ pub struct LoadOptions {
     /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
-    /// end); keep it cheap. A GPU load reports once, when it completes.
+    /// end); keep it cheap. A GPU load reports once, when it completes. A candle model with `Var`s
+    /// on the host and on GPUs is loaded by a host load, then a GPU load, reported as one: the
+    /// totals are both loads' from the first report (one with nothing for the host reports 0%).
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
     /// Map large values instead of copying them (default `false`: every value is copied). With
     /// `true`, a value of at least [`map_min_bytes`](Self::map_min_bytes) that a V2 checkpoint

@@ -230,6 +230,32 @@ pub struct Progress {
     pub tensors_total: u64,
 }
 
+/// A progress callback for one of several loads run one after another and reported as one: a
+/// report of this load counts `before` (bytes, tensors) as done by the loads before it, and adds
+/// `after` (the totals of the loads after it) to its totals, so that the reports go from 0 to
+/// the whole of all of them once, where each load alone would start from 0 again.
+#[cfg_attr(not(feature = "candle-cuda"), allow(dead_code))] // a candle model on host and GPUs
+pub(crate) fn in_sequence(
+    f: std::sync::Arc<dyn Fn(Progress) + Send + Sync>,
+    before: (u64, u64),
+    after: (u64, u64),
+) -> std::sync::Arc<dyn Fn(Progress) + Send + Sync> {
+    std::sync::Arc::new(move |p: Progress| {
+        f(Progress {
+            bytes_done: before.0.saturating_add(p.bytes_done),
+            bytes_total: before
+                .0
+                .saturating_add(p.bytes_total)
+                .saturating_add(after.0),
+            tensors_done: before.1.saturating_add(p.tensors_done),
+            tensors_total: before
+                .1
+                .saturating_add(p.tensors_total)
+                .saturating_add(after.1),
+        })
+    })
+}
+
 /// Progress counters shared by the workers.
 pub(crate) struct Tracker<'a> {
     f: Option<&'a (dyn Fn(Progress) + Send + Sync)>,
@@ -298,6 +324,49 @@ impl<'a> Tracker<'a> {
                 tensors_done: self.tensors_total,
                 tensors_total: self.tensors_total,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Two loads in sequence report as one: totals fixed from the first report, counts that
+    /// never go back, 100% only at the very end; a first load with nothing to read reports 0%.
+    #[test]
+    fn loads_in_sequence_report_as_one() {
+        for (first, second) in [((100, 2), (50, 1)), ((0, 0), (50, 1))] {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let s = seen.clone();
+            let f: Arc<dyn Fn(Progress) + Send + Sync> =
+                Arc::new(move |p| s.lock().unwrap().push(p));
+            // The first load reports as each tensor completes, the second (a GPU load) only
+            // when it completes.
+            let a = in_sequence(f.clone(), (0, 0), second);
+            let t = Tracker::new(Some(&*a), first.0, first.1);
+            if first.1 > 0 {
+                t.add(first.0 - 40);
+                t.add(40);
+            }
+            t.complete();
+            let b = in_sequence(f, first, (0, 0));
+            let t = Tracker::new(Some(&*b), second.0, second.1);
+            t.complete();
+            let seen = seen.lock().unwrap();
+            let total = (first.0 + second.0, first.1 + second.1);
+            assert!(seen
+                .iter()
+                .all(|p| (p.bytes_total, p.tensors_total) == total));
+            assert!(seen
+                .windows(2)
+                .all(|w| w[0].bytes_done <= w[1].bytes_done
+                    && w[0].tensors_done <= w[1].tensors_done));
+            let last = seen.last().unwrap();
+            assert_eq!((last.bytes_done, last.tensors_done), total);
+            let full = seen.iter().filter(|p| p.bytes_done == total.0).count();
+            assert_eq!(full, 1, "{seen:?}");
         }
     }
 }

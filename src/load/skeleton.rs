@@ -126,6 +126,11 @@ pub(crate) fn run<D: Destination>(
         ..Default::default()
     };
     let elsewhere: Vec<String> = elsewhere.into_iter().map(|v| v.name.clone()).collect();
+    debug_assert!(
+        options.rank.is_some()
+            || progress_totals(store, options) == (plan.bytes, plan.items.len() as u64),
+        "progress_totals must count what the plan does"
+    );
     dest.prepare(&vars, options)?;
     let planned = Instant::now();
     let tracker = Tracker::new(
@@ -170,6 +175,21 @@ pub(crate) fn run<D: Destination>(
     report.finish_seconds = ((initialized - loaded) + finished.elapsed()).as_secs_f64();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What a load of `store` without a rank reports its progress against, as [`run`] plans it:
+/// the bytes the mapped variables will hold and the checkpoint tensors to read. Opens nothing.
+pub(crate) fn progress_totals(store: &VariableStore, options: &LoadOptions) -> (u64, u64) {
+    let mut tensors = std::collections::HashSet::new();
+    let mut bytes = 0u64;
+    for (name, p) in &store.pending {
+        let Some(v) = store.vars.get(name) else {
+            continue;
+        };
+        tensors.insert((&p.checkpoint, p.tensor.as_str()));
+        bytes = bytes.saturating_add(value_bytes(v, options.dtype_at_destination(v.dtype)));
+    }
+    (bytes, tensors.len() as u64)
 }
 
 /// The checkpoints of a load configured with its budget, until it is dropped.
