@@ -120,6 +120,69 @@ fn trainer_memory_and_damage() {
     assert!(!store.is_initialized());
 }
 
+/// A trainer's buffer with work still queued on a stream of the trainer's own: a memset to 0xff
+/// held back by a host function until a second has passed. The load waits for it (the slice's
+/// cudarc write event) before writing, so that once every stream is done the buffer holds the
+/// checkpoint's value; without the wait the load wrote first and the trainer's memset last.
+#[test]
+fn a_trainer_buffer_with_work_queued_on_another_stream_is_written_after_it() {
+    if !gpu() {
+        return;
+    }
+    use cudarc::driver::{sys, DevicePtrMut};
+    use std::sync::mpsc::{channel, Receiver};
+    unsafe extern "C" fn held(gate: *mut std::ffi::c_void) {
+        // Owns the receiver; makes no CUDA call.
+        let gate = unsafe { Box::from_raw(gate.cast::<Receiver<()>>()) };
+        let _ = gate.recv_timeout(std::time::Duration::from_secs(30));
+    }
+    let dir = fixture("partitioned_axes");
+    let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
+    cpu.initialize(Device::Cpu).unwrap();
+    let mut dev = store_for_layout(&dir, Layout::Repartitioned);
+    let name = dev
+        .variables()
+        .find(|v| v.name.starts_with("axis1/"))
+        .unwrap()
+        .name
+        .clone();
+    let bytes = cpu.value(&name).unwrap().bytes().unwrap().len();
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let theirs = ctx.new_stream().unwrap();
+    let mut slice = theirs.alloc_zeros::<u8>(bytes).unwrap();
+    let (release, gate) = channel::<()>();
+    let gate = Box::into_raw(Box::new(gate));
+    // SAFETY: `held` takes the box (when it runs) and makes no CUDA call.
+    let launched =
+        unsafe { sys::cuLaunchHostFunc(theirs.cu_stream(), Some(held), gate.cast()).result() };
+    if let Err(e) = launched {
+        // SAFETY: a launch that failed did not give the box to `held`.
+        unsafe { drop(Box::from_raw(gate)) };
+        panic!("cuLaunchHostFunc: {e:?}");
+    }
+    {
+        // Recorded as the slice's write event on the trainer's stream when `_written` drops.
+        let (ptr, _written) = slice.device_ptr_mut(&theirs);
+        // SAFETY: `ptr` is the slice's `bytes` bytes, allocated on this stream.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, theirs.cu_stream()) }
+            .unwrap();
+    }
+    dev.set_device_buffer(&name, DeviceBuffer::from_cuda_slice(slice))
+        .unwrap();
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let _ = release.send(());
+    });
+    dev.initialize(Device::Cuda(0)).unwrap();
+    opener.join().unwrap();
+    ctx.synchronize().unwrap();
+    assert_same(
+        &cpu,
+        &dev,
+        "a trainer buffer with a memset queued on its own stream",
+    );
+}
+
 #[test]
 fn missing_gpu_is_a_typed_error() {
     let mut store = VariableStore::new();
