@@ -120,16 +120,18 @@ fn trainer_memory_and_damage() {
     assert!(!store.is_initialized());
 }
 
-/// A trainer's buffer with work still queued on a stream of the trainer's own: a memset to 0xff
-/// held back by a host function until a second has passed. The load waits for it (the slice's
-/// cudarc write event) before writing, so that once every stream is done the buffer holds the
-/// checkpoint's value; without the wait the load wrote first and the trainer's memset last.
+/// A trainer's buffer that another stream of the trainer's still reads: a copy out of it, queued
+/// behind a host function that holds that stream for 3 s. The load writes the buffer only after
+/// that read (it waits for the slice's cudarc read events, c115fff), so the copy holds the
+/// buffer's old bytes and the buffer the checkpoint's value; without the wait the load wrote
+/// first and the copy took the checkpoint's bytes. (The slice's own stream, and writes queued on
+/// any stream, were waited for before that change.)
 #[test]
-fn a_trainer_buffer_with_work_queued_on_another_stream_is_written_after_it() {
+fn a_trainer_buffer_still_read_by_another_stream_is_written_after_the_read() {
     if !gpu() {
         return;
     }
-    use cudarc::driver::{sys, DevicePtrMut};
+    use cudarc::driver::sys;
     use std::sync::mpsc::{channel, Receiver};
     unsafe extern "C" fn held(gate: *mut std::ffi::c_void) {
         // Owns the receiver; makes no CUDA call.
@@ -139,6 +141,10 @@ fn a_trainer_buffer_with_work_queued_on_another_stream_is_written_after_it() {
     let dir = fixture("partitioned_axes");
     let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
     cpu.initialize(Device::Cpu).unwrap();
+    // A first load, so that the one below starts warm (ring, kernels) well within the 3 s.
+    store_for_layout(&dir, Layout::Repartitioned)
+        .initialize(Device::Cuda(0))
+        .unwrap();
     let mut dev = store_for_layout(&dir, Layout::Repartitioned);
     let name = dev
         .variables()
@@ -148,39 +154,37 @@ fn a_trainer_buffer_with_work_queued_on_another_stream_is_written_after_it() {
         .clone();
     let bytes = cpu.value(&name).unwrap().bytes().unwrap().len();
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
-    let theirs = ctx.new_stream().unwrap();
-    let mut slice = theirs.alloc_zeros::<u8>(bytes).unwrap();
+    let (own, reader) = (ctx.new_stream().unwrap(), ctx.new_stream().unwrap());
+    let old = vec![0xffu8; bytes];
+    let slice = own.clone_htod(old.as_slice()).unwrap();
+    own.synchronize().unwrap();
+    let mut copy = reader.alloc_zeros::<u8>(bytes).unwrap();
     let (release, gate) = channel::<()>();
     let gate = Box::into_raw(Box::new(gate));
     // SAFETY: `held` takes the box (when it runs) and makes no CUDA call.
     let launched =
-        unsafe { sys::cuLaunchHostFunc(theirs.cu_stream(), Some(held), gate.cast()).result() };
+        unsafe { sys::cuLaunchHostFunc(reader.cu_stream(), Some(held), gate.cast()).result() };
     if let Err(e) = launched {
         // SAFETY: a launch that failed did not give the box to `held`.
         unsafe { drop(Box::from_raw(gate)) };
         panic!("cuLaunchHostFunc: {e:?}");
     }
-    {
-        // Recorded as the slice's write event on the trainer's stream when `_written` drops.
-        let (ptr, _written) = slice.device_ptr_mut(&theirs);
-        // SAFETY: `ptr` is the slice's `bytes` bytes, allocated on this stream.
-        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, theirs.cu_stream()) }
-            .unwrap();
-    }
+    // Records the read on the slice's read event, on the held stream.
+    reader.memcpy_dtod(&slice, &mut copy).unwrap();
     dev.set_device_buffer(&name, DeviceBuffer::from_cuda_slice(slice))
         .unwrap();
     let opener = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        std::thread::sleep(std::time::Duration::from_secs(3));
         let _ = release.send(());
     });
     dev.initialize(Device::Cuda(0)).unwrap();
     opener.join().unwrap();
     ctx.synchronize().unwrap();
-    assert_same(
-        &cpu,
-        &dev,
-        "a trainer buffer with a memset queued on its own stream",
+    assert!(
+        reader.clone_dtoh(&copy).unwrap() == old,
+        "the trainer's copy, queued before the load, holds what the load wrote"
     );
+    assert_same(&cpu, &dev, "a trainer buffer still read by another stream");
 }
 
 #[test]

@@ -1798,6 +1798,7 @@ fn an_object_replaced_while_its_body_is_resumed_under_a_weak_etag_is_changed() {
                 && what.contains("ETag was W/\"v1\", is W/\"v2\"")),
         "{e:?}"
     );
+    assert!(!e.is_not_found(), "{e}");
     assert!(e.to_string().contains(&name), "{e}");
 }
 
@@ -1830,6 +1831,7 @@ fn an_object_removed_after_it_was_read_is_changed_not_a_credential_problem() {
                 && what.contains("no longer exists")),
         "{e:?}"
     );
+    assert!(e.is_not_found(), "{e}");
     assert!(!e.to_string().contains("credentials"), "{e}");
 }
 

@@ -80,8 +80,12 @@ impl Error {
     }
 
     /// Whether the error means that a file, tensor or variable was not found (as opposed to a damaged
-    /// file or a mismatch).
+    /// file or a mismatch). An object on object storage that was found when the checkpoint was
+    /// opened or first read, and is gone since, is [`ErrorKind::RemoteChanged`] and not found.
     pub fn is_not_found(&self) -> bool {
+        if let ErrorKind::RemoteChanged { what, .. } = &*self.0 {
+            return what.starts_with(GONE);
+        }
         matches!(
             *self.0,
             ErrorKind::NotFound { .. }
@@ -671,7 +675,8 @@ pub enum ErrorKind {
         reason: String,
     },
     /// An object on object storage changed between the reads of one checkpoint (its ETag or size
-    /// differs from when it was first read): nothing read from it is used.
+    /// differs from when it was first read, or it no longer exists, which is also
+    /// [`is_not_found`](Error::is_not_found)): nothing read from it is used.
     #[error("{url}{}: the object changed since the checkpoint was opened ({what}); nothing read from it is used", range_text(range))]
     RemoteChanged {
         /// The object's URL.
@@ -682,6 +687,9 @@ pub enum ErrorKind {
         what: String,
     },
 }
+
+/// What [`ErrorKind::RemoteChanged`] says of an object that no longer exists.
+pub(crate) const GONE: &str = "it no longer exists: HTTP 404 Not Found";
 
 /// ` bytes A..B` for an error message, or nothing.
 fn range_text(range: &Option<(u64, u64)>) -> String {

@@ -979,7 +979,9 @@ impl Client {
                                 client.error(e, &obj.url, span)
                             }
                             Some(e) => {
-                                return Err(client.broken_off(&*store, &obj, e, span).await);
+                                let left =
+                                    client.options.retry_timeout.saturating_sub(start.elapsed());
+                                return Err(client.broken_off(&*store, &obj, e, span, left).await);
                             }
                         }
                     }
@@ -1019,7 +1021,7 @@ impl Client {
             return ErrorKind::RemoteChanged {
                 url: obj.url.clone(),
                 range,
-                what: "it no longer exists: HTTP 404 Not Found".into(),
+                what: crate::base::error::GONE.into(),
             }
             .into();
         }
@@ -1029,17 +1031,19 @@ impl Client {
     /// The error for a body broken off (`e`) that `object_store` could not resume. Where the
     /// object has a weak ETag, which is never sent as `If-Match`, a resumed request that found
     /// another ETag ends the same way (`object_store` passes the body's error on), so the object
-    /// is asked for again (within the retry time): if it changed, that is the error.
+    /// is asked for again, if `left` (what is left of the retry time) is not zero, for at most
+    /// that long: if it changed, that is the error.
     async fn broken_off(
         &self,
         store: &dyn ObjectStore,
         obj: &Object,
         e: object_store::Error,
         range: Option<(u64, u64)>,
+        left: Duration,
     ) -> Error {
         let weak = obj.etag.as_deref().is_some_and(|t| t.starts_with("W/"));
-        if weak && matches!(e, object_store::Error::Generic { .. }) {
-            let head = tokio::time::timeout(self.options.retry_timeout, store.head(&obj.path));
+        if weak && !left.is_zero() && matches!(e, object_store::Error::Generic { .. }) {
+            let head = tokio::time::timeout(left, store.head(&obj.path));
             match head.await {
                 Ok(Ok(meta)) => {
                     if let Some(what) = changed(obj, &meta) {
