@@ -134,6 +134,14 @@ pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
 /// flush-to-zero or denormals-are-zero changes nothing: `vcvtph2ps` ignores DAZ, `vcvtps2ph`
 /// ignores FTZ, and the float32 subnormals DAZ would zero round to a signed zero in float16 anyway
 /// (Intel's SDM for both instructions).
+///
+/// On little-endian AArch64 the same with Advanced SIMD's `fcvtl`/`fcvtl2` and `fcvtn`/`fcvtn2`
+/// (in every AArch64 CPU; not the FP16 extension, which adds float16 arithmetic), which follow
+/// the FPCR: used only where it has its default rounding (to nearest even), NaN propagation (not
+/// the default NaN), IEEE half precision (not AHP) and no alternate handling (AH); elsewhere the
+/// functions above convert. Conversions ignore FZ16, and FZ or FIZ flush only float32 subnormals
+/// on their way to float16, which round to a signed zero anyway (Arm ARM: `FPConvert`,
+/// `FPUnpackCV`, `FPRoundCV`).
 mod f16c {
     pub(super) fn convert<'a, 'b>(
         widen: bool,
@@ -159,8 +167,104 @@ mod f16c {
                 return (&src[n * s_el..], &mut dst[n * d_el..]);
             }
         }
+        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+        {
+            if neon::fpcr_as_ieee() {
+                let (s_el, d_el) = if widen { (2, 4) } else { (4, 2) };
+                let n = (src.len() / s_el).min(dst.len() / d_el) / 8 * 8;
+                // SAFETY: `src` holds `n` elements of `s_el` bytes and `dst` room for `n` of
+                // `d_el` (`n` taken from both lengths); Advanced SIMD is in every AArch64 CPU.
+                unsafe {
+                    if widen {
+                        neon::widen_8s(src.as_ptr(), dst.as_mut_ptr(), n);
+                    } else {
+                        neon::narrow_8s(src.as_ptr(), dst.as_mut_ptr(), n);
+                    }
+                }
+                return (&src[n * s_el..], &mut dst[n * d_el..]);
+            }
+        }
         let _ = widen;
         (src, dst)
+    }
+
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    pub(super) mod neon {
+        use std::arch::aarch64::{
+            float32x4_t, uint16x8_t, vld1q_f32, vld1q_u16, vst1q_f32, vst1q_u16,
+        };
+        use std::arch::asm;
+
+        /// The FPCR bits that would make the conversions differ from the element functions: AH
+        /// (1), the trap enables IOE, DZE, OFE, UFE, IXE (8-12) and IDE (15) (a CPU that traps
+        /// would raise SIGFPE where the element functions round), RMode (22-23), DN (25) and
+        /// AHP (26).
+        pub(crate) const CONVERSION_BITS: u64 =
+            1 << 1 | 0x1f << 8 | 1 << 15 | 0b11 << 22 | 1 << 25 | 1 << 26;
+
+        /// Whether an FPCR of `fpcr` converts as the element functions do (all of
+        /// [`CONVERSION_BITS`] clear, as every AArch64 OS starts a thread; FZ, FZ16, FIZ and NEP
+        /// change no conversion's result).
+        pub(crate) fn admits(fpcr: u64) -> bool {
+            fpcr & CONVERSION_BITS == 0
+        }
+
+        /// Whether this thread's FPCR converts as the element functions do ([`admits`]).
+        pub(crate) fn fpcr_as_ieee() -> bool {
+            let fpcr: u64;
+            // SAFETY: reading the FPCR has no side effect.
+            unsafe {
+                asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack, preserves_flags))
+            };
+            admits(fpcr)
+        }
+
+        /// # Safety
+        /// `s` readable for `n` float16s, `d` writable for `n` float32s, `n` a multiple of 8.
+        pub(super) unsafe fn widen_8s(s: *const u8, d: *mut u8, n: usize) {
+            for i in (0..n).step_by(8) {
+                // SAFETY: elements `i..i + 8` lie inside both; unaligned NEON loads and stores
+                // are allowed on normal memory.
+                unsafe {
+                    let h: uint16x8_t = vld1q_u16(s.add(i * 2) as *const u16);
+                    let (lo, hi): (float32x4_t, float32x4_t);
+                    asm!(
+                        "fcvtl {lo:v}.4s, {h:v}.4h",
+                        "fcvtl2 {hi:v}.4s, {h:v}.8h",
+                        h = in(vreg) h,
+                        lo = out(vreg) lo,
+                        hi = out(vreg) hi,
+                        // Not `preserves_flags`: they set the FPSR's cumulative flags.
+                        options(nomem, nostack),
+                    );
+                    vst1q_f32(d.add(i * 4) as *mut f32, lo);
+                    vst1q_f32(d.add(i * 4 + 16) as *mut f32, hi);
+                }
+            }
+        }
+
+        /// # Safety
+        /// `s` readable for `n` float32s, `d` writable for `n` float16s, `n` a multiple of 8.
+        pub(super) unsafe fn narrow_8s(s: *const u8, d: *mut u8, n: usize) {
+            for i in (0..n).step_by(8) {
+                // SAFETY: as in `widen_8s`.
+                unsafe {
+                    let lo = vld1q_f32(s.add(i * 4) as *const f32);
+                    let hi = vld1q_f32(s.add(i * 4 + 16) as *const f32);
+                    let h: uint16x8_t;
+                    asm!(
+                        "fcvtn {h:v}.4h, {lo:v}.4s",
+                        "fcvtn2 {h:v}.8h, {hi:v}.4s",
+                        lo = in(vreg) lo,
+                        hi = in(vreg) hi,
+                        h = out(vreg) h,
+                        // Not `preserves_flags`: they set the FPSR's cumulative flags.
+                        options(nomem, nostack),
+                    );
+                    vst1q_u16(d.add(i * 2) as *mut u16, h);
+                }
+            }
+        }
     }
 
     /// # Safety
@@ -276,6 +380,61 @@ mod tests {
         ]);
         let f32s: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
         converts_like_the_element_functions(DType::F32, DType::F16, &f32s);
+    }
+
+    /// The FPCR states whose vector conversions would differ from the element functions (or
+    /// trap) are refused, and the scalar conversion takes over there; the bits that change no
+    /// conversion's result are let through.
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    #[test]
+    fn the_fpcr_decides_whether_vectors_convert() {
+        use f16c::neon::admits;
+        assert!(
+            f16c::neon::fpcr_as_ieee(),
+            "a thread starts with the default FPCR"
+        );
+        // FIZ (0), NEP (2), FZ16 (19), FZ (24).
+        assert!(admits(0) && admits(1 << 0 | 1 << 2 | 1 << 19 | 1 << 24));
+        for bit in [1, 8, 9, 10, 11, 12, 15, 22, 23, 25, 26] {
+            assert!(!admits(1 << bit), "FPCR bit {bit}");
+        }
+    }
+
+    /// Why: `fcvtn` rounds by the FPCR's rounding mode. Just above 1.0 in float32 rounds to 1.0
+    /// to nearest (the element function), to the next float16 toward +infinity (RMode 01, set
+    /// and put back inside the one asm block, around no Rust code).
+    #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+    #[test]
+    fn fcvtn_rounds_by_the_fpcr() {
+        use std::arch::asm;
+        let narrowed = |rmode: u64| -> u16 {
+            let out: u64;
+            // SAFETY: the FPCR is changed and put back within the block, which touches no
+            // memory; the saved value stays in a register of its own.
+            unsafe {
+                asm!(
+                    "mrs {saved}, fpcr",
+                    "bic {t}, {saved}, #0xc00000",
+                    "orr {t}, {t}, {rmode}",
+                    "msr fpcr, {t}",
+                    "fmov {x:s}, {bits:w}",
+                    "fcvtn {x:v}.4h, {x:v}.4s",
+                    "umov {out:w}, {x:v}.h[0]",
+                    "msr fpcr, {saved}",
+                    saved = out(reg) _,
+                    t = out(reg) _,
+                    rmode = in(reg) rmode << 22,
+                    bits = in(reg) 0x3f80_0001u64,
+                    x = out(vreg) _,
+                    out = out(reg) out,
+                    options(nomem, nostack),
+                );
+            }
+            out as u16
+        };
+        assert_eq!(narrowed(0), f32_to_f16(0x3f80_0001));
+        assert_eq!(narrowed(0), 0x3c00);
+        assert_eq!(narrowed(1), 0x3c01);
     }
 
     /// Every float32 through `convert` to float16 (about 30 s in a release build:
