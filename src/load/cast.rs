@@ -133,7 +133,8 @@ pub(crate) fn convert(from: DType, to: DType, src: &[u8], dst: &mut [u8]) {
 /// time. Returns the elements left (fewer than 8, or all of them without F16C). A trainer that sets
 /// flush-to-zero or denormals-are-zero changes nothing: `vcvtph2ps` ignores DAZ, `vcvtps2ph`
 /// ignores FTZ, and the float32 subnormals DAZ would zero round to a signed zero in float16 anyway
-/// (Intel's SDM for both instructions).
+/// (Intel's SDM for both instructions). A trainer that unmasks a floating-point exception gets
+/// the functions above instead (the instructions would trap where they round).
 ///
 /// On little-endian AArch64 the same with Advanced SIMD's `fcvtl`/`fcvtl2` and `fcvtn`/`fcvtn2`
 /// (in every AArch64 CPU; not the FP16 extension, which adds float16 arithmetic), which follow
@@ -152,6 +153,7 @@ mod f16c {
         {
             if std::arch::is_x86_feature_detected!("f16c")
                 && std::arch::is_x86_feature_detected!("avx")
+                && x86::mxcsr_masks_all()
             {
                 let (s_el, d_el) = if widen { (2, 4) } else { (4, 2) };
                 let n = (src.len() / s_el).min(dst.len() / d_el) / 8 * 8;
@@ -186,6 +188,35 @@ mod f16c {
         }
         let _ = widen;
         (src, dst)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(super) mod x86 {
+        /// MXCSR's exception masks (bits 7-12): `vcvtps2ph` and `vcvtph2ps` signal inexact,
+        /// overflow, underflow, invalid (a signalling NaN) and denormal results, which trap
+        /// (SIGFPE) where a trainer unmasked them; the element functions never do.
+        pub(crate) const MASKS: u32 = 0x1f80;
+
+        /// Whether an MXCSR of `csr` masks every exception ([`MASKS`] all set, as a thread
+        /// starts); its rounding control does not matter (the narrowing rounds to nearest by
+        /// its immediate), nor do DAZ and FTZ (see [`super`]).
+        pub(crate) fn admits(csr: u32) -> bool {
+            csr & MASKS == MASKS
+        }
+
+        /// Whether this thread's MXCSR masks every exception ([`admits`]).
+        pub(crate) fn mxcsr_masks_all() -> bool {
+            let mut csr = 0u32;
+            // SAFETY: `stmxcsr` stores the 4-byte MXCSR at the address given, `csr`'s.
+            unsafe {
+                std::arch::asm!(
+                    "stmxcsr [{}]",
+                    in(reg) &mut csr,
+                    options(nostack, preserves_flags)
+                )
+            };
+            admits(csr)
+        }
     }
 
     #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
@@ -397,6 +428,23 @@ mod tests {
         assert!(admits(0) && admits(1 << 0 | 1 << 2 | 1 << 19 | 1 << 24));
         for bit in [1, 8, 9, 10, 11, 12, 15, 22, 23, 25, 26] {
             assert!(!admits(1 << bit), "FPCR bit {bit}");
+        }
+    }
+
+    /// F16C's conversions only where every MXCSR exception is masked (a trainer that unmasks
+    /// one would get SIGFPE where the element functions round): the scalar conversion there.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_mxcsr_decides_whether_f16c_converts() {
+        use f16c::x86::admits;
+        assert!(
+            f16c::x86::mxcsr_masks_all(),
+            "a thread starts with every exception masked"
+        );
+        // The default 0x1f80, with DAZ (6), FTZ (15) and any rounding control (13-14).
+        assert!(admits(0x1f80) && admits(0x1f80 | 1 << 6 | 1 << 15 | 0b11 << 13));
+        for bit in 7..=12 {
+            assert!(!admits(0x1f80 & !(1 << bit)), "MXCSR mask bit {bit}");
         }
     }
 
