@@ -79,16 +79,12 @@ fn device_casts_equal_host_casts() {
     }
 }
 
-#[test]
-fn trainer_memory_and_damage() {
-    if !gpu() {
-        return;
-    }
-    let dir = fixture("partitioned_axes");
-    let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
+/// The fixture in `dir` loaded on the host, the same store to load on a GPU, and the name and
+/// byte size of the part of it a test loads into memory the trainer allocated.
+fn trainer_part(dir: &std::path::Path) -> (VariableStore, VariableStore, String, usize) {
+    let mut cpu = store_for_layout(dir, Layout::Repartitioned);
     cpu.initialize(Device::Cpu).unwrap();
-    // Load one part into memory the trainer allocated.
-    let mut dev = store_for_layout(&dir, Layout::Repartitioned);
+    let dev = store_for_layout(dir, Layout::Repartitioned);
     let name = dev
         .variables()
         .find(|v| v.name.starts_with("axis1/"))
@@ -96,6 +92,17 @@ fn trainer_memory_and_damage() {
         .name
         .clone();
     let bytes = cpu.value(&name).unwrap().bytes().unwrap().len();
+    (cpu, dev, name, bytes)
+}
+
+#[test]
+fn trainer_memory_and_damage() {
+    if !gpu() {
+        return;
+    }
+    let dir = fixture("partitioned_axes");
+    // Load one part into memory the trainer allocated.
+    let (cpu, mut dev, name, bytes) = trainer_part(&dir);
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
     let stream = ctx.default_stream();
     let slice = stream.alloc_zeros::<u8>(bytes).unwrap();
@@ -139,20 +146,11 @@ fn a_trainer_buffer_still_read_by_another_stream_is_written_after_the_read() {
         let _ = gate.recv_timeout(std::time::Duration::from_secs(30));
     }
     let dir = fixture("partitioned_axes");
-    let mut cpu = store_for_layout(&dir, Layout::Repartitioned);
-    cpu.initialize(Device::Cpu).unwrap();
     // A first load, so that the one below starts warm (ring, kernels) well within the 3 s.
     store_for_layout(&dir, Layout::Repartitioned)
         .initialize(Device::Cuda(0))
         .unwrap();
-    let mut dev = store_for_layout(&dir, Layout::Repartitioned);
-    let name = dev
-        .variables()
-        .find(|v| v.name.starts_with("axis1/"))
-        .unwrap()
-        .name
-        .clone();
-    let bytes = cpu.value(&name).unwrap().bytes().unwrap().len();
+    let (cpu, mut dev, name, bytes) = trainer_part(&dir);
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
     let (own, reader) = (ctx.new_stream().unwrap(), ctx.new_stream().unwrap());
     let old = vec![0xffu8; bytes];

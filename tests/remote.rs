@@ -621,9 +621,8 @@ fn truncated_data_object_is_an_error_naming_the_url_and_range() {
 }
 
 /// The error of reading the largest tensor of `url` (the copy of a checkpoint in `dir`) again
-/// after its data shard was rewritten under the open checkpoint: the same size, other contents,
-/// and a minute later (a second apart would do; the test does not wait for it).
-fn read_again_after_a_rewrite(url: &str, dir: &Path) -> tfckpt::Error {
+/// after `change` did something to its data shard (given its path) under the open checkpoint.
+fn read_again_after(url: &str, dir: &Path, change: impl FnOnce(&Path)) -> tfckpt::Error {
     let ckpt = Checkpoint::open(url).unwrap();
     let big = ckpt
         .tensors()
@@ -639,17 +638,25 @@ fn read_again_after_a_rewrite(url: &str, dir: &Path) -> tfckpt::Error {
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().contains(".data-"))
         .unwrap();
-    let mut bytes = std::fs::read(&data).unwrap();
-    bytes.iter_mut().for_each(|b| *b ^= 0x5a);
-    std::fs::write(&data, &bytes).unwrap();
-    let later = std::fs::metadata(&data).unwrap().modified().unwrap() + Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&data)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    change(&data);
     ckpt.read(&big).unwrap_err()
+}
+
+/// [`read_again_after`] its data shard was rewritten: the same size, other contents, and a
+/// minute later (a second apart would do; the test does not wait for it).
+fn read_again_after_a_rewrite(url: &str, dir: &Path) -> tfckpt::Error {
+    read_again_after(url, dir, |data| {
+        let mut bytes = std::fs::read(data).unwrap();
+        bytes.iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(data, &bytes).unwrap();
+        let later = std::fs::metadata(data).unwrap().modified().unwrap() + Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(data)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    })
 }
 
 #[test]
@@ -1808,23 +1815,7 @@ fn an_object_replaced_while_its_body_is_resumed_under_a_weak_etag_is_changed() {
 #[test]
 fn an_object_removed_after_it_was_read_is_changed_not_a_credential_problem() {
     let (url, dir) = damaged_copy("golden_b10", "removed");
-    let ckpt = Checkpoint::open(&url).unwrap();
-    let big = ckpt
-        .tensors()
-        .iter()
-        .filter(|t| t.dtype.size().is_some())
-        .max_by_key(|t| t.byte_len())
-        .unwrap()
-        .name
-        .clone();
-    ckpt.read(&big).unwrap();
-    let data = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains(".data-"))
-        .unwrap();
-    std::fs::remove_file(&data).unwrap();
-    let e = ckpt.read(&big).unwrap_err();
+    let e = read_again_after(&url, &dir, |data| std::fs::remove_file(data).unwrap());
     assert!(
         matches!(e.kind(), ErrorKind::RemoteChanged { url, range: Some(_), what }
             if url.contains("s3://ckpts/damaged/removed/") && url.contains(".data-")
