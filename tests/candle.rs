@@ -679,6 +679,27 @@ fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
     );
 }
 
+/// A checkpoint in `dir` holding BERT's word embedding table alone, `[4, 3]` of 0..12: its
+/// prefix and the table.
+fn table_checkpoint(dir: &std::path::Path) -> (std::path::PathBuf, Vec<f32>) {
+    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let mut ck = CkptBuilder::new(dir.join("m"));
+    ck.f32("bert/embeddings/word_embeddings", &[4, 3], &table);
+    (ck.finish(), table)
+}
+
+/// Both the embedding table's `Var` and the decoder's (on any device) hold `table`.
+fn assert_both_hold(varmap: &VarMap, table: Vec<f32>) {
+    let want = Tensor::from_vec(table, (4, 3), &CPU).unwrap();
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.weight",
+    ] {
+        let got = var(varmap, name).to_device(&CPU).unwrap();
+        assert!(same(&got, &want), "{name}");
+    }
+}
+
 /// Google's masked-LM decoder weight is the word embedding table itself (tied). The advice of
 /// `Convention::tf1`'s docs, followed: the decoder's `Var` (candle `[vocab, hidden]`, as the table
 /// is stored) named untransposed with `tf1_with`, and the table mapped to that name too. Both
@@ -687,10 +708,7 @@ fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
 #[test]
 fn a_tied_decoder_takes_the_embedding_table_as_the_docs_say() {
     let dir = tempfile::tempdir().unwrap();
-    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
-    let mut ck = CkptBuilder::new(dir.path().join("m"));
-    ck.f32("bert/embeddings/word_embeddings", &[4, 3], &table);
-    let prefix = ck.finish();
+    let (prefix, table) = table_checkpoint(dir.path());
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
     candle_nn::embedding(4, 3, vb.pp("bert.embeddings.word_embeddings")).unwrap();
@@ -711,13 +729,7 @@ fn a_tied_decoder_takes_the_embedding_table_as_the_docs_say() {
     );
     init.init_from_checkpoint(&prefix, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
-    let want = Tensor::from_vec(table, (4, 3), &CPU).unwrap();
-    for name in [
-        "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.weight",
-    ] {
-        assert!(same(&var(&varmap, name), &want), "{name}");
-    }
+    assert_both_hold(&varmap, table);
 }
 
 /// Weights tied after the model was built (the decoder's name given the embedding table's `Var`)
@@ -726,10 +738,7 @@ fn a_tied_decoder_takes_the_embedding_table_as_the_docs_say() {
 /// read lock, the initializer's write under the second name used to wait for that lock forever.)
 fn tied_after_building_on(dev: &Device) {
     let dir = tempfile::tempdir().unwrap();
-    let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
-    let mut ck = CkptBuilder::new(dir.path().join("m"));
-    ck.f32("bert/embeddings/word_embeddings", &[4, 3], &table);
-    let prefix = ck.finish();
+    let (prefix, table) = table_checkpoint(dir.path());
     let varmap = VarMap::new();
     let deferred = DeferredInit::new(&varmap);
     let vb = deferred.var_builder(DType::F32, dev);
@@ -752,14 +761,7 @@ fn tied_after_building_on(dev: &Device) {
     )
     .unwrap();
     init.initialize(&Default::default()).unwrap();
-    let want = Tensor::from_vec(table, (4, 3), &CPU).unwrap();
-    for name in [
-        "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.weight",
-    ] {
-        let got = var(&varmap, name).to_device(&CPU).unwrap();
-        assert!(same(&got, &want), "{name}");
-    }
+    assert_both_hold(&varmap, table);
 }
 
 #[test]
