@@ -5,7 +5,8 @@
 //! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
 //!   DIR is then that directory, renamed into place in one step. An existing DIR takes the files
 //!   by a merge under an exclusive lock on DIR (so concurrent writers take turns, each merge
-//!   whole, where the file system can lock a directory):
+//!   whole, where the file system can lock a directory; where it cannot, each writer's files
+//!   still all land, a folder another writer made meanwhile merged into):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
 //!   into one folder, say), the files are merged into it the same way. A signal that ends the
@@ -500,17 +501,36 @@ fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> C
         if dst.symlink_metadata().is_ok() {
             let to_aside = aside.join(format!("{}", steps.len()));
             before_move()?;
-            std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;
-            steps.push(Step::Aside {
-                dst: dst.clone(),
-                aside: to_aside,
-            });
+            match std::fs::rename(&dst, &to_aside) {
+                Ok(()) => steps.push(Step::Aside {
+                    dst: dst.clone(),
+                    aside: to_aside,
+                }),
+                // Another writer moved it aside meanwhile (where DIR could not be locked).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&dst, e)),
+            }
         }
-        before_move()?;
-        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
-        steps.push(Step::Moved { src, dst });
+        move_in(src, dst, aside, steps)?;
     }
     Ok(())
+}
+
+/// The last step of a merge for `src`: renamed to `dst`, where nothing was a moment ago. Where
+/// DIR could not be locked, another writer may have made a folder there meanwhile (ranks writing
+/// the parts of one partitioned variable, each into a folder of its own name): a folder `src` is
+/// then merged into it, as if it had been there before. A file there meanwhile is replaced by the
+/// rename itself.
+fn move_in(src: PathBuf, dst: PathBuf, aside: &Path, steps: &mut Vec<Step>) -> CliResult {
+    before_move()?;
+    match std::fs::rename(&src, &dst) {
+        Ok(()) => {
+            steps.push(Step::Moved { src, dst });
+            Ok(())
+        }
+        Err(_) if src.is_dir() && dst.is_dir() => merge_steps(&src, &dst, aside, steps),
+        Err(e) => Err(io_err(&dst, e)),
+    }
 }
 
 /// Before each move of a merge: a signal ending the process stops the merge (which then undoes
@@ -545,4 +565,41 @@ fn before_move() -> CliResult {
         return Err("a signal is ending the process".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a lock on DIR, another writer can make the folder a merge is about to move in:
+    /// the rename then fails, and the folder's files are merged into the other writer's (and
+    /// undone from there like any other move).
+    #[test]
+    fn a_folder_another_writer_made_meanwhile_is_merged_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+        for (dir, part) in [(&from, "part_0.npy"), (&to, "part_1.npy")] {
+            std::fs::create_dir_all(dir.join("emb")).unwrap();
+            std::fs::write(dir.join("emb").join(part), part).unwrap();
+        }
+        let aside = to.join(".aside");
+        std::fs::create_dir(&aside).unwrap();
+        let mut steps = Vec::new();
+        move_in(from.join("emb"), to.join("emb"), &aside, &mut steps).unwrap();
+        for part in ["part_0.npy", "part_1.npy"] {
+            assert_eq!(
+                std::fs::read(to.join("emb").join(part)).unwrap(),
+                part.as_bytes()
+            );
+        }
+        assert!(matches!(&steps[..], [Step::Moved { dst, .. }] if dst.ends_with("emb/part_0.npy")));
+        // A file where the folder was to go is still an error naming it.
+        std::fs::create_dir_all(from.join("w")).unwrap();
+        std::fs::write(to.join("w"), "file").unwrap();
+        let e = move_in(from.join("w"), to.join("w"), &aside, &mut steps).unwrap_err();
+        assert!(
+            e.to_string().contains(&to.join("w").display().to_string()),
+            "{e}"
+        );
+    }
 }
