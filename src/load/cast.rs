@@ -204,7 +204,12 @@ mod f16c {
             csr & MASKS == MASKS
         }
 
-        /// Whether this thread's MXCSR masks every exception ([`admits`]).
+        /// Whether this thread's MXCSR masks every exception ([`admits`]). Read once per
+        /// [`convert`](super::super::convert) call, which is one variable's value or a 64 KiB
+        /// block of a transposed one: `stmxcsr` and the test took 5 ns a call on this project's
+        /// VM (2026-12-05, AMD EPYC, in cache: 8.4 ns with a call around them; widening 768
+        /// float16 elements took 32 ns, 4,096 took 163 ns), under 1% of converting a 64 KiB block
+        /// (16 K float32 elements) and less of a whole variable.
         pub(crate) fn mxcsr_masks_all() -> bool {
             let mut csr = 0u32;
             // SAFETY: `stmxcsr` stores the 4-byte MXCSR at the address given, `csr`'s.

@@ -291,8 +291,8 @@ impl LoadOptions {
     /// Stops the load when `token` is cancelled: it is checked before each stored tensor is read
     /// (a tensor being read completes first; on a GPU, before each unit of up to 64 MiB the
     /// staging ring takes, or each batch the registered path takes; on object storage, also as
-    /// the pieces of a tensor's answers arrive and every 0.1 s while it waits for them, though
-    /// not during the short requests that open and check a checkpoint's objects) and before the
+    /// the pieces of a tensor's answers arrive and every 0.1 s while it waits for them, and
+    /// during the requests that open a checkpoint or check that it is unchanged) and before the
     /// load completes, and a cancelled load
     /// is an error, [`ErrorKind::Cancelled`], that leaves the store as it was (nothing of this
     /// load counts as initialized; a GPU load frees what it allocated). A load that has completed
