@@ -9,7 +9,8 @@
 //!   tensor at a time. A tensor saved whole in a little-endian V2 bundle is written straight from
 //!   the mapping of its shard, after its checksum (no copy); any other (partitioned, V1,
 //!   big-endian, on object storage) is read into memory of its own, dropped as soon as it is
-//!   written. So the most this module holds is the largest such tensor, never the checkpoint. A
+//!   written. So the most memory of its own this module holds is the largest such tensor, never
+//!   the checkpoint (the shards' pages it read stay mapped, as clean page cache, until the end). A
 //!   store's values are written from where they are; a partitioned variable's whole value is
 //!   joined when it is written, and dropped then too.
 //! * **All or nothing.** The file is written in a temporary folder in the destination's folder
@@ -19,10 +20,11 @@
 //!   as the binary does). `View::data` cannot fail, so the first read error is kept aside, the rest of
 //!   the tensors are written as nothing, and the call then fails with that error.
 //! * **dtypes kept.** Each tensor keeps its own type: bfloat16, float16 and the float8 types too.
-//!   safetensors cannot hold strings, complex numbers, the quantized types, the 4- and 2-bit
-//!   integers (stored one per byte), float8_e4m3b11fnuz or variants
-//!   ([`DType::safetensors_dtype`]); a checkpoint's such tensors are skipped and listed in the
-//!   report, a store's such variable is an error.
+//!   The 4- and 2-bit integers, which safetensors has no type for, are written as their values,
+//!   one a byte, as `.npy` output holds them: int4 and int2 as I8, uint4 and uint2 as U8.
+//!   safetensors cannot hold strings, complex numbers, the quantized types, float8_e4m3b11fnuz
+//!   or variants ([`DType::safetensors_dtype`]); a checkpoint's such tensors are skipped and
+//!   listed in the report, a store's such variable is an error.
 
 use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
@@ -39,7 +41,8 @@ use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::VariableStore;
 use crate::reader::checkpoint::{Checkpoint, Inner, TensorView};
 
-/// The safetensors dtype that holds `dtype`'s elements bit for bit, and its name in a header.
+/// The safetensors dtype that holds `dtype`'s elements bit for bit (the 4- and 2-bit integers:
+/// their values, [`DType::sub_byte_values`]), and its name in a header.
 ///
 /// complex64 is left out although safetensors 0.8 has a `C64`: the project's CLI contract lists
 /// complex numbers among what safetensors cannot hold, and most readers (candle, burn) have no
@@ -63,15 +66,19 @@ fn st_dtype(dtype: DType) -> Option<(Dtype, &'static str)> {
         DType::F64 => (Dtype::F64, "F64"),
         DType::I64 => (Dtype::I64, "I64"),
         DType::U64 => (Dtype::U64, "U64"),
+        DType::I4 | DType::I2 => (Dtype::I8, "I8"),
+        DType::U4 | DType::U2 => (Dtype::U8, "U8"),
         _ => return None,
     })
 }
 
 impl DType {
     /// The safetensors dtype that holds this dtype's elements bit for bit, as a safetensors header
-    /// names it: `"F32"`, `"BF16"`, `"F8_E4M3"` for float8_e4m3fn, `"BOOL"` for bool, ...; `None`
-    /// for what safetensors cannot hold: strings, complex numbers, the quantized types, int4,
-    /// uint4, int2, uint2, float8_e4m3b11fnuz and variants.
+    /// names it: `"F32"`, `"BF16"`, `"F8_E4M3"` for float8_e4m3fn, `"BOOL"` for bool, ...;
+    /// `"I8"` for int4 and int2 and `"U8"` for uint4 and uint2, which are written as their values
+    /// (each stored byte's low bits, sign-extended for the signed ones, as `.npy` output holds
+    /// them); `None` for what safetensors cannot hold: strings, complex numbers, the quantized
+    /// types, float8_e4m3b11fnuz and variants.
     pub fn safetensors_dtype(self) -> Option<&'static str> {
         st_dtype(self).map(|(_, name)| name)
     }
@@ -148,7 +155,8 @@ impl Checkpoint {
     /// checkpoint name, as stored: partitioned tensors assembled (as [`read`](Self::read) does),
     /// every byte checksummed, each dtype kept (see [`DType::safetensors_dtype`]). Tensors
     /// safetensors cannot hold (strings, such as TF2's `_CHECKPOINTABLE_OBJECT_GRAPH`, complex
-    /// numbers, quantized and 4-bit types) are skipped and listed in the report.
+    /// numbers, quantized types, float8_e4m3b11fnuz) are skipped and listed in the report; the 4-
+    /// and 2-bit integers are written as their values (see [`DType::safetensors_dtype`]).
     ///
     /// Memory stays bounded: tensors are read one at a time as they are written (see the module
     /// docs). All or nothing: `path`'s folder must exist; the file is written under a temporary
@@ -249,8 +257,8 @@ impl VariableStore {
     /// every partitioned variable under its own name (`emb`): the names and values of
     /// `tfckpt init --out DIR`'s `.npy` files, without `.npy`. Each value keeps its dtype.
     ///
-    /// A variable safetensors cannot hold (strings, complex numbers, quantized and 4-bit types),
-    /// or one without a host value, is an error naming it and its dtype, and nothing is written.
+    /// A variable safetensors cannot hold (strings, complex numbers, quantized types,
+    /// float8_e4m3b11fnuz), or one without a host value, is an error naming it and its dtype, and nothing is written.
     /// Memory and all-or-nothing as for [`Checkpoint::write_safetensors`]: values are written from
     /// where they are; a partitioned variable's whole value is joined just before it is written
     /// and dropped after.
@@ -551,7 +559,11 @@ impl View for &Item<'_> {
             return Cow::Borrowed(&[]);
         }
         match self.fetch() {
-            Ok(bytes) if bytes.len() == self.len => bytes,
+            // The 4- and 2-bit integers as their values (a copy of that one tensor).
+            Ok(bytes) if bytes.len() == self.len => match self.tf_dtype.sub_byte_values(&bytes) {
+                Some(values) => Cow::Owned(values),
+                None => bytes,
+            },
             Ok(bytes) => {
                 self.failure.set(
                     ErrorKind::BufferSize {

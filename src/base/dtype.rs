@@ -125,6 +125,33 @@ dtypes! {
 }
 
 impl DType {
+    /// The values of a 4- or 2-bit integer tensor's stored bytes (one element a byte, in its low
+    /// bits; TensorFlow's ml_dtypes ignore the upper ones): each sign-extended into an int8 for
+    /// int4 and int2, masked into a uint8 for uint4 and uint2, as `.npy` output holds them.
+    /// `None` for every other dtype.
+    pub(crate) fn sub_byte_values(self, stored: &[u8]) -> Option<Vec<u8>> {
+        let (bits, signed) = match self {
+            DType::I4 => (4, true),
+            DType::I2 => (2, true),
+            DType::U4 => (4, false),
+            DType::U2 => (2, false),
+            _ => return None,
+        };
+        let shift = 8 - bits;
+        Some(
+            stored
+                .iter()
+                .map(|&x| {
+                    if signed {
+                        (((x << shift) as i8) >> shift) as u8
+                    } else {
+                        x & ((1u8 << bits) - 1)
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// Whether elements are fixed-size and stored as their raw bytes.
     pub fn is_fixed_size(self) -> bool {
         self.size().is_some()

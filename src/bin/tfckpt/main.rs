@@ -120,9 +120,10 @@ enum Cmd {
     /// (partitioned tensors assembled, every byte checksummed).
     ///
     /// Each tensor keeps its dtype (bfloat16, float16 and float8 e4m3fn/e5m2/e4m3fnuz/e5m2fnuz
-    /// too). Tensors safetensors cannot hold (strings, variants, complex numbers, quantized types,
-    /// 4- and 2-bit types, float8_e4m3b11fnuz) are skipped, with one `warning:` line each on
-    /// stderr. On any error nothing is written.
+    /// too); int4 and int2 become I8 and uint4 and uint2 U8, holding their values as `get` writes
+    /// them. Tensors safetensors cannot hold (strings, variants, complex numbers, quantized types,
+    /// float8_e4m3b11fnuz) are skipped, with one `warning:` line each on stderr. On any error
+    /// nothing is written.
     Convert {
         /// Checkpoint directory, prefix, or V1 file.
         ckpt: PathBuf,
