@@ -7,12 +7,14 @@
 //!   assembled from its slices when it was saved partitioned) before a byte of it is written.
 //! * **Bounded memory.** The writer asks for each tensor's bytes only when it writes them, one
 //!   tensor at a time. A tensor saved whole in a little-endian V2 bundle is written straight from
-//!   the mapping of its shard, after its checksum (no copy); any other (partitioned, V1,
-//!   big-endian, on object storage) is read into memory of its own, dropped as soon as it is
-//!   written. So the most memory of its own this module holds is the largest such tensor, never
-//!   the checkpoint (the shards' pages it read stay mapped, as clean page cache, until the end). A
-//!   store's values are written from where they are; a partitioned variable's whole value is
-//!   joined when it is written, and dropped then too.
+//!   the mapping of its shard, after its checksum (no copy, but for a 4- or 2-bit integer one,
+//!   written as its values); any other (partitioned, V1, big-endian, on object storage) is read
+//!   into memory of its own, dropped as soon as it is written. So the most memory of its own this
+//!   module holds is the largest such tensor, never the checkpoint; and the shard pages a tensor
+//!   was read from leave the process's mapping once it is written (on Linux: they stay in the
+//!   page cache), so that its resident size does not grow to the checkpoint's either. A store's
+//!   values are written from where they are; a partitioned variable's whole value is joined when
+//!   it is written, and dropped then too.
 //! * **All or nothing.** The file is written in a temporary folder in the destination's folder
 //!   and renamed into place only when every tensor was read and checked and the writer succeeded;
 //!   on any error no file is left (a process ended by a signal meanwhile leaves its
@@ -36,7 +38,7 @@ use ::safetensors::tensor::{Dtype, SafeTensorError, View};
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::partial::PartialOutput;
-use crate::base::slice::num_elements;
+use crate::base::slice::{num_elements, Region};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::VariableStore;
 use crate::reader::checkpoint::{Checkpoint, Inner, TensorView};
@@ -174,7 +176,7 @@ impl Checkpoint {
     /// ```
     pub fn write_safetensors(&self, path: impl AsRef<Path>) -> Result<SafetensorsReport> {
         let path = path.as_ref();
-        let failure = Failure::default();
+        let shared = Shared::default();
         let mut report = SafetensorsReport::default();
         let mut items = Vec::new();
         for info in self.tensors() {
@@ -211,12 +213,12 @@ impl Checkpoint {
                 &info.shape,
                 len,
                 source,
-                &failure,
+                &shared,
                 path,
             )?);
             report.add(len, path, &info.name)?;
         }
-        write_file(path, &items, &failure)?;
+        write_file(path, &items, &shared)?;
         Ok(report)
     }
 }
@@ -273,7 +275,7 @@ impl VariableStore {
     /// ```
     pub fn write_safetensors(&self, path: impl AsRef<Path>) -> Result<SafetensorsReport> {
         let path = path.as_ref();
-        let failure = Failure::default();
+        let shared = Shared::default();
         let mut report = SafetensorsReport::default();
         let mut items = Vec::new();
         // After a ranked load, only this rank's variables and parts (and the wholes of the
@@ -308,7 +310,7 @@ impl VariableStore {
                 &t.shape,
                 len,
                 Source::Value(t),
-                &failure,
+                &shared,
                 path,
             )?);
             report.add(len, path, &v.name)?;
@@ -331,12 +333,12 @@ impl VariableStore {
                 &pv.shape,
                 len,
                 Source::Joined { store: self },
-                &failure,
+                &shared,
                 path,
             )?);
             report.add(len, path, &pv.name)?;
         }
-        write_file(path, &items, &failure)?;
+        write_file(path, &items, &shared)?;
         Ok(report)
     }
 }
@@ -374,21 +376,41 @@ fn expected_len(dtype: DType, shape: &[u64]) -> Option<usize> {
     usize::try_from(n).ok()
 }
 
-/// The first error met while the writer asked for bytes: `View::data` cannot return one.
-#[derive(Default)]
-struct Failure(RefCell<Option<Error>>);
+/// A shard's mapping and the range of it that a tensor's bytes take.
+type Mapped = (
+    std::sync::Arc<crate::base::mmap::MappedFile>,
+    std::ops::Range<usize>,
+);
 
-impl Failure {
+/// What the items of one file share while the writer asks for their bytes.
+#[derive(Default)]
+struct Shared {
+    /// The first error met: `View::data` cannot return one.
+    failure: RefCell<Option<Error>>,
+    /// The shard bytes handed to the writer last, mapped: given back to the page cache when it
+    /// asks for the next tensor (it has written these then), so that a local conversion does not
+    /// keep every shard page it read in its mapping until the end.
+    written_from: RefCell<Option<Mapped>>,
+}
+
+impl Shared {
     fn is_set(&self) -> bool {
-        self.0.borrow().is_some()
+        self.failure.borrow().is_some()
     }
 
     fn set(&self, e: Error) {
-        self.0.borrow_mut().get_or_insert(e);
+        self.failure.borrow_mut().get_or_insert(e);
     }
 
     fn take(&self) -> Option<Error> {
-        self.0.borrow_mut().take()
+        self.failure.borrow_mut().take()
+    }
+
+    /// The writer has written every tensor handed to it so far: their mapped pages can go.
+    fn written(&self) {
+        if let Some((map, range)) = self.written_from.borrow_mut().take() {
+            map.done_with(range);
+        }
     }
 }
 
@@ -420,7 +442,7 @@ struct Item<'a> {
     shape: Vec<usize>,
     len: usize,
     source: Source<'a>,
-    failure: &'a Failure,
+    shared: &'a Shared,
 }
 
 impl<'a> Item<'a> {
@@ -430,7 +452,7 @@ impl<'a> Item<'a> {
         shape: &[u64],
         len: usize,
         source: Source<'a>,
-        failure: &'a Failure,
+        shared: &'a Shared,
         path: &Path,
     ) -> Result<Item<'a>> {
         let dtype = st_dtype(tf_dtype).map(|(d, _)| d).ok_or_else(|| {
@@ -452,7 +474,7 @@ impl<'a> Item<'a> {
             shape,
             len,
             source,
-            failure,
+            shared,
         })
     }
 
@@ -467,12 +489,19 @@ impl<'a> Item<'a> {
                 // tensor's) kept too would hold every tensor until the whole file is written.
                 match ckpt.view(self.name)?.into_owned() {
                     Ok(bytes) => Ok(Cow::Owned(bytes)),
-                    Err(mapped) => Ok(Cow::Borrowed(view.get_or_init(|| mapped).as_bytes())),
+                    Err(mapped) => {
+                        let view = view.get_or_init(|| mapped);
+                        *self.shared.written_from.borrow_mut() = view.mapping();
+                        Ok(Cow::Borrowed(view.as_bytes()))
+                    }
                 }
             }
             Source::Read { ckpt } => {
                 // `read` checks that the files can back the tensor before it allocates.
                 let t = ckpt.read(self.name)?;
+                // Read into memory of its own: the shard pages it read can leave the mapping.
+                let stored = ckpt.stored(self.name)?;
+                stored.done_with(&[Region::whole(&stored.info.shape)]);
                 match t.data {
                     TensorData::Bytes(b) => Ok(Cow::Owned(b.into_vec())),
                     TensorData::Strings(_) => Err(ErrorKind::Unsupported {
@@ -555,17 +584,21 @@ impl View for &Item<'_> {
     /// The bytes, read and checked when the writer gets to this tensor. After an error (kept for
     /// the caller) this and every later tensor are written as nothing: the file is dropped.
     fn data(&self) -> Cow<'_, [u8]> {
-        if self.failure.is_set() {
+        self.shared.written();
+        if self.shared.is_set() {
             return Cow::Borrowed(&[]);
         }
         match self.fetch() {
-            // The 4- and 2-bit integers as their values (a copy of that one tensor).
-            Ok(bytes) if bytes.len() == self.len => match self.tf_dtype.sub_byte_values(&bytes) {
-                Some(values) => Cow::Owned(values),
-                None => bytes,
-            },
+            // The 4- and 2-bit integers as their values: in place in bytes read into memory of
+            // their own, in a copy of that one tensor where they are the shard's mapping.
+            Ok(bytes) if bytes.len() == self.len && self.tf_dtype.sub_byte().is_some() => {
+                let mut values = bytes.into_owned();
+                self.tf_dtype.sub_byte_values(&mut values);
+                Cow::Owned(values)
+            }
+            Ok(bytes) if bytes.len() == self.len => bytes,
             Ok(bytes) => {
-                self.failure.set(
+                self.shared.set(
                     ErrorKind::BufferSize {
                         tensor: self.name.into(),
                         expected: self.len as u64,
@@ -576,7 +609,7 @@ impl View for &Item<'_> {
                 Cow::Borrowed(&[])
             }
             Err(e) => {
-                self.failure.set(e);
+                self.shared.set(e);
                 Cow::Borrowed(&[])
             }
         }
@@ -590,7 +623,7 @@ impl View for &Item<'_> {
 /// Writes `items` into a temporary folder beside `path` with the safetensors writer, then renames
 /// the file to `path` if every tensor was read, checked and written; the folder is removed either
 /// way.
-fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> {
+fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
     // The safetensors writer panics on two tensors of one name: names are unique by
     // construction (a checkpoint's keys, a store's names), and checked here all the same.
     let mut names = std::collections::HashSet::with_capacity(items.len());
@@ -643,7 +676,8 @@ fn write_file(path: &Path, items: &[Item<'_>], failure: &Failure) -> Result<()> 
         }
         written
     };
-    if let Some(e) = failure.take() {
+    shared.written();
+    if let Some(e) = shared.take() {
         return Err(e);
     }
     items.iter().try_for_each(Item::intact)?;

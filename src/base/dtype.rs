@@ -125,31 +125,35 @@ dtypes! {
 }
 
 impl DType {
-    /// The values of a 4- or 2-bit integer tensor's stored bytes (one element a byte, in its low
-    /// bits; TensorFlow's ml_dtypes ignore the upper ones): each sign-extended into an int8 for
-    /// int4 and int2, masked into a uint8 for uint4 and uint2, as `.npy` output holds them.
-    /// `None` for every other dtype.
-    pub(crate) fn sub_byte_values(self, stored: &[u8]) -> Option<Vec<u8>> {
-        let (bits, signed) = match self {
-            DType::I4 => (4, true),
-            DType::I2 => (2, true),
-            DType::U4 => (4, false),
-            DType::U2 => (2, false),
-            _ => return None,
+    /// A 4- or 2-bit integer, stored one element a byte in its low bits (TensorFlow's ml_dtypes
+    /// ignore the upper ones): its bits, and whether it is signed. `None` for every other dtype.
+    #[cfg(feature = "safetensors")]
+    pub(crate) fn sub_byte(self) -> Option<(u32, bool)> {
+        match self {
+            DType::I4 => Some((4, true)),
+            DType::I2 => Some((2, true)),
+            DType::U4 => Some((4, false)),
+            DType::U2 => Some((2, false)),
+            _ => None,
+        }
+    }
+
+    /// Rewrites the stored bytes of a [`sub_byte`](Self::sub_byte) dtype as their values, in
+    /// place: each sign-extended into an int8 for int4 and int2, masked into a uint8 for uint4
+    /// and uint2, as `.npy` output holds them. Other dtypes are left alone.
+    #[cfg(feature = "safetensors")]
+    pub(crate) fn sub_byte_values(self, bytes: &mut [u8]) {
+        let Some((bits, signed)) = self.sub_byte() else {
+            return;
         };
         let shift = 8 - bits;
-        Some(
-            stored
-                .iter()
-                .map(|&x| {
-                    if signed {
-                        (((x << shift) as i8) >> shift) as u8
-                    } else {
-                        x & ((1u8 << bits) - 1)
-                    }
-                })
-                .collect(),
-        )
+        for x in bytes {
+            *x = if signed {
+                (((*x << shift) as i8) >> shift) as u8
+            } else {
+                *x & ((1u8 << bits) - 1)
+            };
+        }
     }
 
     /// Whether elements are fixed-size and stored as their raw bytes.
