@@ -180,6 +180,33 @@ impl MappedFile {
         false
     }
 
+    /// Hints that the pages wholly inside `range` will not be read again soon: they leave this
+    /// process's mapping (`MADV_DONTNEED`) and stay in the page cache, clean, so that a later read
+    /// maps the same bytes again from there. A load that copies a checkpoint then does not keep
+    /// it resident twice, once as the values and once as the shards' mapped pages (the resident
+    /// size of a copying load went from values + checkpoint to about the values). Linux only;
+    /// ranges under [`DONE_MIN`] are left alone (a system call for a few pages); failures are
+    /// ignored.
+    pub(crate) fn done_with(&self, range: std::ops::Range<usize>) {
+        #[cfg(target_os = "linux")]
+        if let Some(m) = &self.map {
+            let page = page_size();
+            let start = range.start.next_multiple_of(page);
+            let end = range.end.min(m.len()) & !(page - 1);
+            if end > start && end - start >= DONE_MIN {
+                // SAFETY: `m` is a read-only shared mapping of a file (`Mmap::map`), so dropping
+                // its pages loses nothing: the range stays mapped, and the next read of it maps
+                // the file's page-cache pages again, the same bytes (a file truncated meanwhile
+                // raises SIGBUS there as anywhere in the mapping; see the module's contract).
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = range;
+    }
+
     /// Hints that the file is read mostly sequentially (larger readahead).
     pub(crate) fn sequential(&self) {
         #[cfg(unix)]
@@ -254,6 +281,9 @@ impl MappedFile {
         })
     }
 }
+
+/// The least a [`MappedFile::done_with`] call gives back: below it, the pages stay mapped.
+const DONE_MIN: usize = 64 << 10;
 
 /// The system's page size (asked once).
 #[cfg(any(unix, test, feature = "cuda"))]

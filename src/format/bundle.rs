@@ -250,6 +250,18 @@ impl Bundle {
         }
     }
 
+    /// After `e`'s bytes were read: its pages leave the shard's mapping, staying in the page cache
+    /// ([`MappedFile::done_with`]). Local shards only, and entries [`prefetch`](Self::prefetch)
+    /// would read ahead.
+    pub(crate) fn done_with(&self, e: &Entry) {
+        if e.size < 256 << 10 || !matches!(self.source, Source::Local { .. }) {
+            return;
+        }
+        if let Ok((map, range)) = self.locate(e) {
+            map.done_with(range);
+        }
+    }
+
     /// Copies the parts of a fixed-size entry (box `have` of its tensor) that each destination needs,
     /// verifying its checksum in the same pass (`base::copy`). Bytes are copied as stored (callers
     /// swap big-endian data afterwards or take the owned path).
@@ -367,7 +379,11 @@ impl Bundle {
                 }
                 Ok(())
             }
-            Some(_) => self.fixed_bytes(e).map(drop),
+            Some(_) => {
+                self.fixed_bytes(e)?;
+                self.done_with(e); // checked: its pages need not stay mapped
+                Ok(())
+            }
             None if e.dtype == DType::String => {
                 // Checked without decoding: nothing is allocated per string.
                 let n = crate::base::slice::num_elements(&e.shape).unwrap_or(u64::MAX) as usize;

@@ -225,6 +225,10 @@ pub(crate) fn load_values(
     } else {
         None
     };
+    // The boxes of a stored tensor that an item's destinations take.
+    let wants = |it: &PlanItem<'_>, s: &Stored<'_>| -> Vec<Region> {
+        it.dests.iter().map(|d| d.1.region(&s.info.shape)).collect()
+    };
     let run = || {
         super::pipeline::pipeline(
             items,
@@ -234,9 +238,7 @@ pub(crate) fn load_values(
             enter,
             |it| {
                 if let Ok(s) = stored(it.ckpt, it.tensor) {
-                    let wants: Vec<_> =
-                        it.dests.iter().map(|d| d.1.region(&s.info.shape)).collect();
-                    s.prefetch(&wants)
+                    s.prefetch(&wants(it, &s))
                 }
             },
             |it| {
@@ -249,6 +251,12 @@ pub(crate) fn load_values(
                     .is_some_and(|(from, _)| from == stored.info.dtype);
                 let map_min = map_min.filter(|_| !cast);
                 let mut group = load_group(&stored, &it.dests, map_min, given)?;
+                // Read, checked and copied (or mapped privately): the shards' pages it read
+                // need not stay in this process's mapping (only entries of 256 KiB and up are
+                // given back: not worth a look for a small tensor).
+                if it.bytes >= 256 << 10 {
+                    stored.done_with(&wants(it, &stored));
+                }
                 group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
                 if let Some((from, to)) = reads.options.cast {
                     for (_, t) in &mut group.values {

@@ -88,6 +88,20 @@ impl TensorView {
         }
     }
 
+    /// The shard mapping and range the bytes are, unless they are a copy.
+    #[cfg(feature = "safetensors")]
+    pub(crate) fn mapping(
+        &self,
+    ) -> Option<(
+        std::sync::Arc<crate::base::mmap::MappedFile>,
+        std::ops::Range<usize>,
+    )> {
+        match &self.bytes {
+            EntryBytes::Mapped { map, range } => Some((map.clone(), range.clone())),
+            EntryBytes::Owned(_) => None,
+        }
+    }
+
     /// An error when a read of the bytes (on a thread reading for the library) found the shard
     /// truncated under the mapping: the missing pages then read as zeros.
     #[cfg(feature = "safetensors")]

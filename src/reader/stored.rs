@@ -209,10 +209,21 @@ impl<'c> Stored<'c> {
     /// of the tensor need (the stored slices they overlap: not those of a rank-sharded load's
     /// other parts); a hint that never fails (the read reports any problem).
     pub(crate) fn prefetch(&self, wants: &[Region]) {
+        self.each_entry_wanted(wants, Bundle::prefetch);
+    }
+
+    /// After the boxes `wants` were read: the pages of the stored bytes they needed leave the
+    /// shards' mappings, staying in the page cache (`Bundle::done_with`); a hint.
+    pub(crate) fn done_with(&self, wants: &[Region]) {
+        self.each_entry_wanted(wants, Bundle::done_with);
+    }
+
+    /// `f` on each V2 entry that boxes `wants` of the tensor need (each once).
+    fn each_entry_wanted(&self, wants: &[Region], f: impl Fn(&Bundle, &Entry)) {
         let Some(b) = self.bundle() else { return };
         if self.info.slices.is_empty() {
             if let Ok(e) = self.entry(b, &Slice::full(self.info.shape.len())) {
-                b.prefetch(e);
+                f(b, e);
             }
             return;
         }
@@ -224,7 +235,7 @@ impl<'c> Stored<'c> {
         needed.dedup();
         for i in needed {
             if let Ok(e) = self.entry(b, &self.info.slices[i]) {
-                b.prefetch(e);
+                f(b, e);
             }
         }
     }
