@@ -907,6 +907,69 @@ fn spawn_init_to_signal(
     command.spawn().unwrap()
 }
 
+/// Where DIR itself cannot be locked (NFS, Windows), the writers merging into it take turns on a
+/// lock file in it, `.tfckpt-lock`, left there (a debug build's `TFCKPT_TEST_LOCK_FILE` skips
+/// DIR's own lock): an `init --out DIR` waits to merge while another holds that file's lock. They
+/// did not take turns at all there: four ranks at once into one folder, with no lock, failed 4
+/// processes in 600 rounds ("Directory not empty", "No such file").
+#[cfg(unix)]
+#[test]
+fn where_a_directory_cannot_be_locked_writers_take_turns_on_a_lock_file() {
+    use std::time::{Duration, Instant};
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("b.npy"), b"old").unwrap();
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(out.join(".tfckpt-lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let mut child = spawn_init_to_signal(&ckpt, model, &out, &[("TFCKPT_TEST_LOCK_FILE", "1")]);
+    // Its files written into the temporary folder in DIR: only the lock keeps it from merging.
+    let t0 = Instant::now();
+    loop {
+        let written = std::fs::read_dir(&out).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tfckpt-out-")
+                && p.join("a/x.npy").is_file()
+                && p.join("b.npy").is_file()
+        });
+        if written {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the files were not written, or it merged without the lock");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it merged while the lock file was locked"
+    );
+    assert_eq!(std::fs::read(out.join("b.npy")).unwrap(), b"old");
+    drop(held);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        common::fixtures::files_in(&out),
+        [".tfckpt-lock", "a", "b.npy"]
+    );
+    assert!(std::fs::read(out.join("b.npy"))
+        .unwrap()
+        .starts_with(b"\x93NUMPY"));
+}
+
 /// `init --out DIR` ended by a signal after writing its files, before merging them into an
 /// existing DIR, leaves DIR as it was and no temporary folder. The test holds DIR's lock, which
 /// the merge takes after the temporary folder is written, so the signal always comes there.

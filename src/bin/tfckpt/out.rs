@@ -5,8 +5,8 @@
 //! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
 //!   DIR is then that directory, renamed into place in one step. An existing DIR takes the files
 //!   by a merge under an exclusive lock on DIR (so concurrent writers take turns, each merge
-//!   whole, where the file system can lock a directory; where it cannot, each writer's files
-//!   still all land, a folder another writer made meanwhile merged into):
+//!   whole; where the directory itself cannot be locked, a lock file in it, `.tfckpt-lock`, is
+//!   locked instead and left there):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
 //!   into one folder, say), the files are merged into it the same way. A signal that ends the
@@ -363,30 +363,47 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
     })
 }
 
-/// An exclusive lock on the directory `dir` (`flock`), held until the returned file is dropped.
-/// `None` where the directory cannot be locked: on Windows (a directory does not open as a file
-/// there), or on a file system without `flock` for it (NFS, where an exclusive lock needs a file
-/// open for writing; Lustre without `-o flock`). Writers then do not take turns, but still write.
+/// The file whose lock stands in for DIR's where DIR itself cannot be locked.
+const LOCK_FILE: &str = ".tfckpt-lock";
+
+/// An exclusive lock for the writers merging into the directory `dir`, held until the returned
+/// file is dropped: `flock` on `dir` itself, or where a directory cannot be locked so (on Windows,
+/// where it does not open as a file; on NFS, where an exclusive lock needs a file open for
+/// writing), a lock on the file [`LOCK_FILE`] in `dir`, made for it and left there (removing it
+/// would let a writer that opened it before lock a file no longer there while the next one locks
+/// a new one). `None` where neither can be locked (Lustre without `-o flock`): writers then do not
+/// take turns (see the README). In a debug build, `TFCKPT_TEST_LOCK_FILE` (any value) skips the
+/// directory's own lock, for the tests of the lock file.
 fn lock(dir: &Path) -> Option<std::fs::File> {
     #[cfg(unix)]
-    {
+    if !(cfg!(debug_assertions) && std::env::var_os("TFCKPT_TEST_LOCK_FILE").is_some()) {
         use std::os::unix::io::AsRawFd;
-        let f = std::fs::File::open(dir).ok()?;
-        loop {
-            // SAFETY: flock on a descriptor this function owns; it blocks until no other writer
-            // holds the lock, and the lock goes with the descriptor.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Some(f);
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
+        if let Ok(f) = std::fs::File::open(dir) {
+            loop {
+                // SAFETY: flock on a descriptor this function owns; it blocks until no other
+                // writer holds the lock, and the lock goes with the descriptor.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    return Some(f);
+                }
+                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    break;
+                }
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        None
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(LOCK_FILE))
+        .ok()?;
+    loop {
+        match f.lock() {
+            Ok(()) => return Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
     }
 }
 
@@ -501,36 +518,17 @@ fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> C
         if dst.symlink_metadata().is_ok() {
             let to_aside = aside.join(format!("{}", steps.len()));
             before_move()?;
-            match std::fs::rename(&dst, &to_aside) {
-                Ok(()) => steps.push(Step::Aside {
-                    dst: dst.clone(),
-                    aside: to_aside,
-                }),
-                // Another writer moved it aside meanwhile (where DIR could not be locked).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&dst, e)),
-            }
+            std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;
+            steps.push(Step::Aside {
+                dst: dst.clone(),
+                aside: to_aside,
+            });
         }
-        move_in(src, dst, aside, steps)?;
+        before_move()?;
+        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
+        steps.push(Step::Moved { src, dst });
     }
     Ok(())
-}
-
-/// The last step of a merge for `src`: renamed to `dst`, where nothing was a moment ago. Where
-/// DIR could not be locked, another writer may have made a folder there meanwhile (ranks writing
-/// the parts of one partitioned variable, each into a folder of its own name): a folder `src` is
-/// then merged into it, as if it had been there before. A file there meanwhile is replaced by the
-/// rename itself.
-fn move_in(src: PathBuf, dst: PathBuf, aside: &Path, steps: &mut Vec<Step>) -> CliResult {
-    before_move()?;
-    match std::fs::rename(&src, &dst) {
-        Ok(()) => {
-            steps.push(Step::Moved { src, dst });
-            Ok(())
-        }
-        Err(_) if src.is_dir() && dst.is_dir() => merge_steps(&src, &dst, aside, steps),
-        Err(e) => Err(io_err(&dst, e)),
-    }
 }
 
 /// Before each move of a merge: a signal ending the process stops the merge (which then undoes
@@ -565,41 +563,4 @@ fn before_move() -> CliResult {
         return Err("a signal is ending the process".into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Without a lock on DIR, another writer can make the folder a merge is about to move in:
-    /// the rename then fails, and the folder's files are merged into the other writer's (and
-    /// undone from there like any other move).
-    #[test]
-    fn a_folder_another_writer_made_meanwhile_is_merged_into() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
-        for (dir, part) in [(&from, "part_0.npy"), (&to, "part_1.npy")] {
-            std::fs::create_dir_all(dir.join("emb")).unwrap();
-            std::fs::write(dir.join("emb").join(part), part).unwrap();
-        }
-        let aside = to.join(".aside");
-        std::fs::create_dir(&aside).unwrap();
-        let mut steps = Vec::new();
-        move_in(from.join("emb"), to.join("emb"), &aside, &mut steps).unwrap();
-        for part in ["part_0.npy", "part_1.npy"] {
-            assert_eq!(
-                std::fs::read(to.join("emb").join(part)).unwrap(),
-                part.as_bytes()
-            );
-        }
-        assert!(matches!(&steps[..], [Step::Moved { dst, .. }] if dst.ends_with("emb/part_0.npy")));
-        // A file where the folder was to go is still an error naming it.
-        std::fs::create_dir_all(from.join("w")).unwrap();
-        std::fs::write(to.join("w"), "file").unwrap();
-        let e = move_in(from.join("w"), to.join("w"), &aside, &mut steps).unwrap_err();
-        assert!(
-            e.to_string().contains(&to.join("w").display().to_string()),
-            "{e}"
-        );
-    }
 }
