@@ -283,6 +283,7 @@ impl MappedFile {
 }
 
 /// The least a [`MappedFile::done_with`] call gives back: below it, the pages stay mapped.
+#[cfg(target_os = "linux")]
 const DONE_MIN: usize = 64 << 10;
 
 /// The system's page size (asked once).
