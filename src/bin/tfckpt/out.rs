@@ -1,12 +1,13 @@
-//! All-or-nothing output: on failure `--out` is as it was.
+//! All-or-nothing output: on failure `--out` is as it was (on a network file system and on
+//! Windows, but for the lock file writers take turns on, `.tfckpt-lock`: see [`lock`]).
 //!
 //! * Parent folders a command creates for `--out` are removed again if it fails, or if a signal
 //!   ends it (as far as they are empty then).
 //! * `init --out DIR` writes every file into a fresh temporary directory beside DIR first. A new
 //!   DIR is then that directory, renamed into place in one step. An existing DIR takes the files
 //!   by a merge under an exclusive lock on DIR (so concurrent writers take turns, each merge
-//!   whole; where the directory itself cannot be locked, a lock file in it, `.tfckpt-lock`, is
-//!   locked instead and left there):
+//!   whole; on a network file system and on Windows, a lock file in it, `.tfckpt-lock`, is
+//!   locked instead and left there: see [`lock`]):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
 //!   into one folder, say), the files are merged into it the same way. A signal that ends the
@@ -363,20 +364,26 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
     })
 }
 
-/// The file whose lock stands in for DIR's where DIR itself cannot be locked.
+/// The file whose lock stands in for DIR's where DIR itself cannot be locked across machines.
 const LOCK_FILE: &str = ".tfckpt-lock";
 
-/// An exclusive lock for the writers merging into the directory `dir`, held until the returned
-/// file is dropped: `flock` on `dir` itself, or where a directory cannot be locked so (on Windows,
-/// where it does not open as a file; on NFS, where an exclusive lock needs a file open for
-/// writing), a lock on the file [`LOCK_FILE`] in `dir`, made for it and left there (removing it
-/// would let a writer that opened it before lock a file no longer there while the next one locks
-/// a new one). `None` where neither can be locked (Lustre without `-o flock`): writers then do not
-/// take turns (see the README). In a debug build, `TFCKPT_TEST_LOCK_FILE` (any value) skips the
-/// directory's own lock, for the tests of the lock file.
+/// An exclusive lock for the writers merging into the directory `dir` (or replacing a file in
+/// it), held until the returned file is dropped. On a local file system, `flock` on `dir` itself.
+/// On a network or cluster file system (NFS, SMB, Ceph, Lustre, GPFS, FUSE, ... by
+/// [`on_network_fs`]), where Linux takes a directory's `flock` on this machine only (only a
+/// file's goes to the server), and on Windows, where a directory does not open as a file, and
+/// wherever the directory's lock fails: a lock on the file [`LOCK_FILE`] in `dir`, opened for
+/// writing (an exclusive lock on NFS needs it), made for it and left there (removing it would let
+/// a writer that opened it before lock a file no longer there while the next one locks a new one).
+/// `None` where neither can be had (Lustre without `-o flock`, a lock file this user may not
+/// write): writers then do not take turns (see the README). In a debug build,
+/// `TFCKPT_TEST_LOCK_FILE` (any value) takes the lock file on any file system, for its tests.
 fn lock(dir: &Path) -> Option<std::fs::File> {
     #[cfg(unix)]
-    if !(cfg!(debug_assertions) && std::env::var_os("TFCKPT_TEST_LOCK_FILE").is_some()) {
+    let file_only = on_network_fs(dir)
+        || (cfg!(debug_assertions) && std::env::var_os("TFCKPT_TEST_LOCK_FILE").is_some());
+    #[cfg(unix)]
+    if !file_only {
         use std::os::unix::io::AsRawFd;
         if let Ok(f) = std::fs::File::open(dir) {
             loop {
@@ -405,6 +412,54 @@ fn lock(dir: &Path) -> Option<std::fs::File> {
             Err(_) => return None,
         }
     }
+}
+
+/// Whether `dir` is on a file system that other machines share (Linux: `statfs`'s type), where
+/// a directory's `flock` locks only this machine's writers out.
+#[cfg(unix)]
+fn on_network_fs(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `struct statfs` is plain integers, for which all zeros is a value.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `statfs` writes one `struct statfs` into `st`, for the NUL-terminated `c`.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return false;
+        }
+        is_network_fs_type(st.f_type as u64 & 0xffff_ffff)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
+/// The `statfs` types (Linux's `f_type`, `linux/magic.h` and the file systems' own sources) of
+/// file systems that several machines mount at once.
+#[cfg(any(target_os = "linux", test))]
+fn is_network_fs_type(t: u64) -> bool {
+    const NETWORK: [u64; 14] = [
+        0x6969,     // NFS
+        0x517b,     // SMB
+        0xfe534d42, // SMB2
+        0xff534d42, // CIFS
+        0x00c36400, // Ceph
+        0x0bd00bd0, // Lustre
+        0x47504653, // GPFS (IBM Storage Scale)
+        0x19830326, // BeeGFS
+        0x65735546, // FUSE (sshfs, gcsfuse, s3fs, JuiceFS, ...)
+        0x01021997, // 9P
+        0x5346414f, // AFS
+        0x6b414653, // kAFS
+        0x01161970, // GFS2
+        0x7461636f, // OCFS2
+    ];
+    NETWORK.contains(&t)
 }
 
 /// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
@@ -563,4 +618,20 @@ fn before_move() -> CliResult {
         return Err("a signal is ending the process".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_told_from_local_ones() {
+        for nfs_smb_fuse in [0x6969, 0xfe534d42, 0x65735546] {
+            assert!(is_network_fs_type(nfs_smb_fuse), "{nfs_smb_fuse:#x}");
+        }
+        // ext4, XFS, btrfs, tmpfs, overlayfs
+        for local in [0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x794c7630] {
+            assert!(!is_network_fs_type(local), "{local:#x}");
+        }
+    }
 }
