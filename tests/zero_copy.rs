@@ -497,7 +497,8 @@ fn read_shard_pages_leave_the_mapping() {
         .map(|(n, d, b)| (n.as_str(), *d, b.clone()))
         .collect();
     let prefix = write(tmp.path(), &refs);
-    let shard = PathBuf::from(format!("{}.data-00000-of-00001", prefix.display()));
+    // As /proc/self/smaps names it: the path with its symbolic links resolved.
+    let shard = std::fs::canonicalize(format!("{}.data-00000-of-00001", prefix.display())).unwrap();
     let mut store = VariableStore::new();
     for (name, _, _) in &tensors {
         store
@@ -534,6 +535,12 @@ fn read_shard_pages_leave_the_mapping() {
     // A verification and an export, from the checkpoint's own mapping, which lives on after
     // them.
     let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    // A view holds its pages mapped: the count sees them (so that a zero below means something).
+    let view = ckpt.view("t3").unwrap();
+    assert_eq!(view.as_bytes()[..], [3u8; 1 << 20][..]);
+    let held = resident_of(&shard);
+    assert!(held >= 1 << 20, "a view's pages not seen in smaps: {held}");
+    drop(view);
     ckpt.verify().unwrap();
     let left = resident_of(&shard);
     assert!(

@@ -251,13 +251,13 @@ pub(crate) fn load_values(
                     .is_some_and(|(from, _)| from == stored.info.dtype);
                 let map_min = map_min.filter(|_| !cast);
                 let mut group = load_group(&stored, &it.dests, map_min, given)?;
+                group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
                 // Read, checked and copied (or mapped privately): the shards' pages it read
                 // need not stay in this process's mapping (only entries of 256 KiB and up are
                 // given back: not worth a look for a small tensor).
-                if it.bytes >= 256 << 10 {
+                if group.stored_bytes >= 256 << 10 {
                     stored.done_with(&wants(it, &stored));
                 }
-                group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
                 if let Some((from, to)) = reads.options.cast {
                     for (_, t) in &mut group.values {
                         cast_tensor(t, from, to)?;
