@@ -260,10 +260,10 @@ impl VariableStore {
     /// `tfckpt init --out DIR`'s `.npy` files, without `.npy`. Each value keeps its dtype.
     ///
     /// A variable safetensors cannot hold (strings, complex numbers, quantized types,
-    /// float8_e4m3b11fnuz), or one without a host value, is an error naming it and its dtype, and nothing is written.
-    /// Memory and all-or-nothing as for [`Checkpoint::write_safetensors`]: values are written from
-    /// where they are; a partitioned variable's whole value is joined just before it is written
-    /// and dropped after.
+    /// float8_e4m3b11fnuz), or one without a host value, is an error naming it and its dtype, and
+    /// nothing is written. Memory and all-or-nothing as for [`Checkpoint::write_safetensors`]:
+    /// values are written from where they are; a partitioned variable's whole value is joined just
+    /// before it is written and dropped after.
     ///
     /// ```no_run
     /// # fn main() -> tfckpt::Result<()> {
