@@ -970,6 +970,30 @@ fn where_a_directory_cannot_be_locked_writers_take_turns_on_a_lock_file() {
         .starts_with(b"\x93NUMPY"));
 }
 
+/// The lock file a writer makes takes DIR's read and write permissions whatever the umask
+/// (`rwxrwxr-x` gives `rw-rw-r--`): every user who may merge into DIR may open it for writing,
+/// which an exclusive lock on NFS needs. It was made under the umask (`rw-r--r--` under 022), and
+/// on NFS the ranks of another user of the group then merged without taking turns.
+#[cfg(unix)]
+#[test]
+fn the_lock_file_opens_for_writing_for_everyone_who_may_write_into_the_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    for (dir_mode, lock_mode) in [(0o775, 0o664), (0o700, 0o600), (0o777, 0o666)] {
+        let out = tmp.path().join(format!("o{dir_mode:o}"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        let child = spawn_init_to_signal(&ckpt, model, &out, &[("TFCKPT_TEST_LOCK_FILE", "1")]);
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let lock = std::fs::metadata(out.join(".tfckpt-lock")).unwrap();
+        let mode = lock.permissions().mode() & 0o777;
+        assert_eq!(mode, lock_mode, "{mode:o} in a folder {dir_mode:o}");
+    }
+}
+
 /// `init --out DIR` ended by a signal after writing its files, before merging them into an
 /// existing DIR, leaves DIR as it was and no temporary folder. The test holds DIR's lock, which
 /// the merge takes after the temporary folder is written, so the signal always comes there.

@@ -373,11 +373,12 @@ const LOCK_FILE: &str = ".tfckpt-lock";
 /// [`on_network_fs`]), where Linux takes a directory's `flock` on this machine only (only a
 /// file's goes to the server), and on Windows, where a directory does not open as a file, and
 /// wherever the directory's lock fails: a lock on the file [`LOCK_FILE`] in `dir`, opened for
-/// writing (an exclusive lock on NFS needs it), made for it and left there (removing it would let
-/// a writer that opened it before lock a file no longer there while the next one locks a new one).
-/// `None` where neither can be had (Lustre without `-o flock`, a lock file this user may not
-/// write): writers then do not take turns (see the README). In a debug build,
-/// `TFCKPT_TEST_LOCK_FILE` (any value) takes the lock file on any file system, for its tests.
+/// writing (an exclusive lock on NFS needs it; see [`open_lock_file`]), made for it and left there
+/// (removing it would let a writer that opened it before lock a file no longer there while the
+/// next one locks a new one). `None` where neither can be had (Lustre without `-o flock`, on NFS
+/// a lock file this user may not write): writers then do not take turns (see the README). In a
+/// debug build, `TFCKPT_TEST_LOCK_FILE` (any value) takes the lock file on any file system, for
+/// its tests.
 fn lock(dir: &Path) -> Option<std::fs::File> {
     #[cfg(unix)]
     let file_only = on_network_fs(dir)
@@ -398,19 +399,37 @@ fn lock(dir: &Path) -> Option<std::fs::File> {
             }
         }
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(LOCK_FILE))
-        .ok()?;
+    let f = open_lock_file(&dir.join(LOCK_FILE), dir)?;
     loop {
         match f.lock() {
             Ok(()) => return Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
+    }
+}
+
+/// Opens (or makes) the lock file `path` in `dir`. A new one takes `dir`'s read and write
+/// permissions (a folder `rwxrwxr-x` gives `rw-rw-r--`), whatever the umask: every user who may
+/// merge into `dir` (write into it) may then open it for writing, which an exclusive lock on NFS
+/// needs. One this user may not write (its permissions narrowed since) is opened for reading,
+/// which a local lock and Windows' take (NFS's then fails: writers do not take turns).
+fn open_lock_file(path: &Path, dir: &Path) -> Option<std::fs::File> {
+    let mut rw = std::fs::OpenOptions::new();
+    rw.read(true).write(true);
+    match rw.clone().create_new(true).open(path) {
+        Ok(f) => {
+            #[cfg(unix)]
+            if let Ok(d) = std::fs::metadata(dir) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = d.permissions().mode() & 0o666;
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
+            }
+            #[cfg(not(unix))]
+            let _ = dir;
+            Some(f)
+        }
+        Err(_) => rw.open(path).or_else(|_| std::fs::File::open(path)).ok(),
     }
 }
 
