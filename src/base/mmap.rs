@@ -185,15 +185,14 @@ impl MappedFile {
     /// maps the same bytes again from there. A load that copies a checkpoint then does not keep
     /// it resident twice, once as the values and once as the shards' mapped pages (the resident
     /// size of a copying load went from values + checkpoint to about the values). Linux only;
-    /// ranges under [`DONE_MIN`] are left alone (a system call for a few pages); failures are
-    /// ignored.
+    /// ranges under [`DONE_MIN`] are left alone; failures are ignored.
     pub(crate) fn done_with(&self, range: std::ops::Range<usize>) {
         #[cfg(target_os = "linux")]
-        if let Some(m) = &self.map {
+        if let Some(m) = self.map.as_ref().filter(|_| range.len() >= DONE_MIN) {
             let page = page_size();
             let start = range.start.next_multiple_of(page);
             let end = range.end.min(m.len()) & !(page - 1);
-            if end > start && end - start >= DONE_MIN {
+            if end > start {
                 // SAFETY: `m` is a read-only shared mapping of a file (`Mmap::map`), so dropping
                 // its pages loses nothing: the range stays mapped, and the next read of it maps
                 // the file's page-cache pages again, the same bytes (a file truncated meanwhile
@@ -282,9 +281,11 @@ impl MappedFile {
     }
 }
 
-/// The least a [`MappedFile::done_with`] call gives back: below it, the pages stay mapped.
-#[cfg(target_os = "linux")]
-const DONE_MIN: usize = 64 << 10;
+/// The smallest range whose pages [`MappedFile::done_with`] gives back. Each call drops page
+/// table entries, which on a machine of many cores interrupts every core running the process's
+/// threads (a TLB shootdown): at 1 MiB and up, a load makes at most one call a MiB, and the many
+/// small tensors of a checkpoint (whose pages then stay mapped) make none.
+pub(crate) const DONE_MIN: usize = 1 << 20;
 
 /// The system's page size (asked once).
 #[cfg(any(unix, test, feature = "cuda"))]

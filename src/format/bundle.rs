@@ -251,9 +251,9 @@ impl Bundle {
     }
 
     /// After `e`'s bytes were read: its pages leave the shard's mapping, staying in the page cache
-    /// ([`MappedFile::done_with`]). Local shards only, and entries of [`DONE_WITH_MIN`] or more.
+    /// ([`MappedFile::done_with`], which leaves small ones alone). Local shards only.
     pub(crate) fn done_with(&self, e: &Entry) {
-        if e.size < DONE_WITH_MIN || !matches!(self.source, Source::Local { .. }) {
+        if !matches!(self.source, Source::Local { .. }) {
             return;
         }
         if let Ok((map, range)) = self.locate(e) {
@@ -400,12 +400,6 @@ impl Bundle {
         }
     }
 }
-
-/// The smallest entry whose pages [`Bundle::done_with`] gives back. Each call drops page table
-/// entries, which on a machine of many cores interrupts every core running the process's threads
-/// (a TLB shootdown): at 1 MiB and up, a load makes at most one call a MiB, and the many small
-/// tensors of a checkpoint (whose pages then stay mapped) make none.
-pub(crate) const DONE_WITH_MIN: u64 = 1 << 20;
 
 /// Bytes of one verified entry.
 pub(crate) enum EntryBytes {

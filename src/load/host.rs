@@ -253,9 +253,9 @@ pub(crate) fn load_values(
                 let mut group = load_group(&stored, &it.dests, map_min, given)?;
                 group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
                 // Read, checked and copied (or mapped privately): the shards' pages it read
-                // need not stay in this process's mapping (only entries of `DONE_WITH_MIN` and up
-                // are given back: not worth a look for a small tensor).
-                if group.stored_bytes >= crate::format::bundle::DONE_WITH_MIN {
+                // need not stay in this process's mapping (only ranges of `DONE_MIN` and up are
+                // given back: a smaller tensor is not worth the look).
+                if group.stored_bytes >= crate::base::mmap::DONE_MIN as u64 {
                     stored.done_with(&wants(it, &stored));
                 }
                 if let Some((from, to)) = reads.options.cast {
