@@ -2,11 +2,13 @@
 //! choosing a TensorFlow fixture, then the bytes that replace that fixture's index file (V2) or its
 //! first file (V1). The fixture's other files (data shards, other V1 shards) stay as TF wrote them.
 //! Each input is opened, listed, every tensor read whole, in a slice and into a buffer, verified,
+//! written into a safetensors file (`Checkpoint::write_safetensors`, what `tfckpt convert` does),
 //! and loaded by `init_from_checkpoint` into variables declared from the listing (whole, and
 //! re-partitioned where a dimension allows), copied and mapped copy-on-write; a load that succeeds
-//! must hold what the reader reads for each variable's box. Errors are expected; a panic, an
-//! abort, a hang, a value other than the reader's or an allocation above libFuzzer's limit is a
-//! finding.
+//! must hold what the reader reads for each variable's box, and an export that succeeds must hold
+//! what it reads for each tensor, while one that fails must leave nothing behind. Errors are
+//! expected; a panic, an abort, a hang, a value other than the reader's or an allocation above
+//! libFuzzer's limit is a finding.
 //!
 //! Built by `cargo fuzz`, which sets `cfg(fuzzing)`: tfckpt then accepts any SSTable block
 //! checksum, so that mutations reach the parsers behind it (tensor checksums are still checked).
@@ -17,6 +19,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
+mod exported;
 mod scratch;
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, LoadOptions, Slice, Target,
@@ -30,11 +33,17 @@ struct Case {
     file: PathBuf,
 }
 
+/// This process's scratch folder: the fixtures' copies, and a folder the exports are written in.
+fn scratch() -> &'static Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| scratch::folder("checkpoint"))
+}
+
 fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
-        let scratch = scratch::folder("checkpoint");
+        let scratch = scratch();
         let mut names: Vec<_> = std::fs::read_dir(&fixtures)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -105,6 +114,7 @@ fn exercise(path: &Path) {
         }
     }
     let _ = ckpt.verify_all();
+    export(&ckpt);
     let map = AssignmentMap::from([("/", Target::name("/"))]);
     if init_from_checkpoint(&mut store, path, &map).is_err() {
         return;
@@ -136,6 +146,42 @@ fn exercise(path: &Path) {
             );
         }
     }
+}
+
+/// `ckpt` written into a safetensors file: if that succeeds, the file holds every tensor that
+/// safetensors can hold as the reader reads it, and the report lists the others as skipped; if it
+/// fails, it leaves nothing in the folder.
+fn export(ckpt: &Checkpoint) {
+    let (dir, out) = exported::out(scratch());
+    let report = match ckpt.write_safetensors(&out) {
+        Ok(report) => report,
+        Err(e) => return exported::left_nothing(&dir, &e),
+    };
+    let bytes = std::fs::read(&out).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("the export's file cannot be read back: {e}"));
+    assert_eq!(
+        file.len(),
+        report.tensors,
+        "tensors in the file and the report"
+    );
+    let mut total = 0;
+    for t in ckpt.tensors() {
+        let skipped = report.skipped.iter().any(|s| s.name == t.name);
+        assert_eq!(
+            file.tensor(&t.name).is_err(),
+            skipped,
+            "{}: skipped, or in the file",
+            t.name
+        );
+        if !skipped {
+            let value = ckpt
+                .read(&t.name)
+                .unwrap_or_else(|e| panic!("{}: exported, but the reader says: {e}", t.name));
+            total += exported::holds(&file, &t.name, &value);
+        }
+    }
+    assert_eq!(total, report.bytes, "bytes in the file and the report");
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,9 @@
 //! (names, scopes, variable objects, part lists, the root) and load options (casts, ranks, mapped
 //! values). Errors are expected. A panic is a finding, and so is a value that differs from the
 //! reader's: after a load, every variable's value must equal `Checkpoint::read_slice` of the box
-//! its last assignment recorded.
+//! its last assignment recorded. The loaded store is then written into a safetensors file
+//! (`VariableStore::write_safetensors`, what `tfckpt init --out FILE.safetensors` does), which
+//! must hold every value of this rank as the store holds it, or, if it fails, leave nothing.
 #![no_main]
 
 use std::collections::HashMap;
@@ -13,6 +15,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+
+mod exported;
+mod scratch;
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, Init, LoadOptions, Target,
     TensorInfo, VariableStore,
@@ -107,6 +112,38 @@ fn name(case: &Case, n: &Name) -> String {
     }
 }
 
+/// `store` written into a safetensors file: if that succeeds, the file holds every variable and
+/// part of this rank, and the whole of each partitioned variable whose parts it holds, as the
+/// store holds them; if it fails (a variable safetensors cannot hold), it leaves nothing.
+fn export(store: &VariableStore) {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    let (dir, out) = exported::out(SCRATCH.get_or_init(|| scratch::folder("init")));
+    let report = match store.write_safetensors(&out) {
+        Ok(report) => report,
+        Err(e) => return exported::left_nothing(&dir, &e),
+    };
+    let bytes = std::fs::read(&out).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("the export's file cannot be read back: {e}"));
+    let mut total = 0;
+    for v in store.variables().filter(|v| !store.is_other_rank(&v.name)) {
+        total += exported::holds(&file, &v.name, store.value(&v.name).unwrap());
+    }
+    for pv in store.partitioned_variables() {
+        if pv.parts.iter().any(|p| store.is_other_rank(p)) {
+            continue;
+        }
+        let whole = store.partitioned_value(&pv.name).unwrap();
+        total += exported::holds(&file, &pv.name, &whole);
+    }
+    assert_eq!(
+        file.len(),
+        report.tensors,
+        "tensors in the file and the report"
+    );
+    assert_eq!(total, report.bytes, "bytes in the file and the report");
+}
+
 fuzz_target!(|input: Input| {
     let cases = cases();
     let case = &cases[input.case as usize % cases.len()];
@@ -197,7 +234,11 @@ fuzz_target!(|input: Input| {
     if let Some((r, n)) = input.rank {
         options = options.rank(r as usize % 5, 1 + n as usize % 4);
     }
-    if store.initialize_with(Device::Cpu, &options).is_err() || input.cast.is_some() {
+    if store.initialize_with(Device::Cpu, &options).is_err() {
+        return;
+    }
+    export(&store);
+    if input.cast.is_some() {
         return;
     }
 
