@@ -1,0 +1,312 @@
+//! Coverage-guided fuzzing of the candle integration (`tfckpt::candle`) on TensorFlow's own
+//! checkpoints: the input builds a candle model (a `VarMap`, plain or through `DeferredInit`) of
+//! `Var`s standing for checkpoint tensors, under their names or moved under `new/`, of their
+//! shapes or others, of any candle dtype, holding the TensorFlow value transposed or not (a
+//! `Linear`'s weight), named by a `Convention::custom`; a dtype policy; and an assignment map
+//! (`map_existing`'s, its `fitting()`, the root, a scope, names). Errors are expected. A panic is
+//! a finding, and so is any `Var` that changed after a call or a load that failed (all or
+//! nothing), and after a load that succeeded, a `Var` whose bytes are not the reader's value of
+//! the box its last assignment recorded (transposed and converted as its layout and dtype say),
+//! or, for one that took no value, not what candle's initializer gives.
+#![no_main]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use safetensors::View;
+use tfckpt::candle::candle_core::{DType as CDType, Device, Var};
+use tfckpt::candle::candle_nn::{Init as CInit, VarMap};
+use tfckpt::candle::{CandleInit, Convention, DeferredInit, DtypePolicy, TfName};
+use tfckpt::{AssignmentMap, Checkpoint, DType, LoadOptions, Target, TensorInfo};
+
+#[derive(Arbitrary, Debug)]
+struct CVar {
+    /// The checkpoint tensor it stands for.
+    tensor: u8,
+    /// Named `new/<tensor>` (to be mapped by a scope) rather than the tensor's own name.
+    moved: bool,
+    /// Holds the (2-D) TensorFlow value transposed, as a `Linear`'s weight does.
+    transposed: bool,
+    /// A candle dtype; the tensor's own where candle has it when `None`.
+    dtype: Option<u8>,
+    /// Its shape as TensorFlow's; the tensor's own when `None`.
+    shape: Option<Vec<u8>>,
+    /// Candle's initializer: `Init::Const` of this.
+    constant: i8,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Map {
+    /// `map_existing(..).map`: every `Var` whose name the checkpoint holds.
+    Existing,
+    /// `map_existing(..).fitting()`: those of the same shape.
+    Fitting,
+    /// `{"/": "/"}`.
+    Root,
+    /// A tensor's name cut after one of its `/`s, mapped to the same scope under `new/`.
+    Scope(u8, u8),
+    /// (tensor, `Var`): the tensor's name to the `Var`'s TensorFlow name.
+    Names(Vec<(u8, u8)>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    case: u8,
+    vars: Vec<CVar>,
+    deferred: bool,
+    cast: bool,
+    map: Map,
+    threads: u8,
+}
+
+struct Case {
+    path: PathBuf,
+    tensors: Vec<TensorInfo>,
+}
+
+fn cases() -> &'static [Case] {
+    static CASES: OnceLock<Vec<Case>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
+        let mut dirs: Vec<_> = std::fs::read_dir(&fixtures)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.join("expected/ckpt.txt").is_file())
+            .collect();
+        dirs.sort();
+        dirs.iter()
+            .map(|dir| {
+                let rel = std::fs::read_to_string(dir.join("expected/ckpt.txt")).unwrap();
+                let path = dir.join(rel.trim());
+                let tensors = Checkpoint::open(&path).unwrap().tensors().to_vec();
+                Case { path, tensors }
+            })
+            .collect()
+    })
+}
+
+fn pick<T>(list: &[T], i: u8) -> Option<&T> {
+    (!list.is_empty()).then(|| &list[i as usize % list.len()])
+}
+
+/// The candle dtypes a `Var` may have.
+const DTYPES: [CDType; 10] = [
+    CDType::F32,
+    CDType::F16,
+    CDType::BF16,
+    CDType::F64,
+    CDType::U8,
+    CDType::U32,
+    CDType::I16,
+    CDType::I32,
+    CDType::I64,
+    CDType::F8E4M3,
+];
+
+/// A `Var`'s bytes, row-major, little-endian.
+fn bytes(var: &Var) -> Vec<u8> {
+    View::data(&var.as_tensor()).into_owned()
+}
+
+/// `value` (elements of `from`'s size, `shape` row-major) converted to `to`, as
+/// `DtypePolicy::CastToVariable` does: float32 narrowed as the `half` crate rounds (NaNs
+/// quieted), bfloat16 widened exactly, float16 as `half` widens it.
+fn convert(value: &[u8], from: DType, to: DType) -> Vec<u8> {
+    use half::{bf16, f16};
+    let u16s = || {
+        value
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
+    let f32s = || {
+        value
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    };
+    match (from, to) {
+        (DType::BF16, DType::F32) => u16s()
+            .flat_map(|b| (u32::from(b) << 16).to_le_bytes())
+            .collect(),
+        (DType::F16, DType::F32) => u16s()
+            .flat_map(|b| f16::from_bits(b).to_f32().to_le_bytes())
+            .collect(),
+        (DType::F32, DType::BF16) => f32s()
+            .flat_map(|x| bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        (DType::F32, DType::F16) => f32s()
+            .flat_map(|x| f16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
+        _ => panic!("{from} loaded into a {to} Var"),
+    }
+}
+
+/// A 2-D `value` of `shape` with `size`-byte elements, transposed.
+fn transpose(value: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    let (r, c) = (shape[0] as usize, shape[1] as usize);
+    let mut out = vec![0u8; value.len()];
+    for i in 0..r {
+        for j in 0..c {
+            let (from, to) = ((i * c + j) * size, (j * r + i) * size);
+            out[to..to + size].copy_from_slice(&value[from..from + size]);
+        }
+    }
+    out
+}
+
+fuzz_target!(|input: Input| {
+    let cases = cases();
+    let case = &cases[input.case as usize % cases.len()];
+
+    // The model: `v0`, `v1`, ... named by the convention after the tensors they stand for.
+    let varmap = VarMap::new();
+    let deferred = input.deferred.then(|| DeferredInit::new(&varmap));
+    let mut names: HashMap<String, TfName> = HashMap::new();
+    // candle name, the Var, its TF name, its initializer
+    let mut vars: Vec<(String, Var, TfName, CInit)> = Vec::new();
+    for (i, v) in input.vars.iter().take(8).enumerate() {
+        let Some(t) = pick(&case.tensors, v.tensor) else {
+            break;
+        };
+        let tf = TfName {
+            name: if v.moved {
+                format!("new/{}", t.name)
+            } else {
+                t.name.clone()
+            },
+            transposed: v.transposed,
+        };
+        let shape: Vec<usize> = match &v.shape {
+            Some(s) => s.iter().take(3).map(|&d| usize::from(d % 6)).collect(),
+            None => t.shape.iter().map(|&d| d as usize).collect(),
+        };
+        if shape.iter().product::<usize>() > 1 << 16 {
+            continue;
+        }
+        // Candle's shape: TensorFlow's reversed where the Var holds it transposed.
+        let mut dims = shape.clone();
+        if v.transposed && dims.len() == 2 {
+            dims.reverse();
+        }
+        let dtype = match v.dtype {
+            Some(d) => DTYPES[d as usize % DTYPES.len()],
+            None => CDType::try_from(t.dtype).unwrap_or(CDType::F32),
+        };
+        let name = format!("v{i}");
+        let init = CInit::Const(f64::from(v.constant));
+        let made = match &deferred {
+            Some(d) => {
+                d.var_builder(dtype, &Device::Cpu)
+                    .get_with_hints(dims.as_slice(), &name, init)
+            }
+            None => varmap.get(dims.as_slice(), &name, init, dtype, &Device::Cpu),
+        };
+        if made.is_err() {
+            continue;
+        }
+        let var = varmap.data().lock().unwrap()[&name].clone();
+        names.insert(name.clone(), tf.clone());
+        vars.push((name, var, tf, init));
+    }
+    let convention = Convention::custom(move |name, _| names.get(name).cloned());
+    let made = match &deferred {
+        Some(d) => CandleInit::from_deferred(d, &convention),
+        None => CandleInit::from_varmap(&varmap, &convention),
+    };
+    let Ok(mut init) = made else {
+        return;
+    };
+    if input.cast {
+        init = init.dtype_policy(DtypePolicy::CastToVariable);
+    }
+
+    let map = match &input.map {
+        Map::Existing | Map::Fitting => {
+            let Ok(found) = init.map_existing(&case.path) else {
+                return;
+            };
+            match input.map {
+                Map::Existing => found.map,
+                _ => found.fitting(),
+            }
+        }
+        Map::Root => AssignmentMap::from([("/", Target::name("/"))]),
+        Map::Scope(i, k) => {
+            let Some(t) = pick(&case.tensors, *i) else {
+                return;
+            };
+            let cuts: Vec<usize> = t.name.match_indices('/').map(|(p, _)| p + 1).collect();
+            let scope = pick(&cuts, *k).map_or("", |&c| &t.name[..c]);
+            AssignmentMap::from([(scope.to_string(), Target::scope(format!("new/{scope}")))])
+        }
+        Map::Names(pairs) => {
+            let mut map = AssignmentMap::new();
+            for (t, v) in pairs.iter().take(8) {
+                if let (Some(t), Some(v)) = (pick(&case.tensors, *t), pick(&vars, *v)) {
+                    map.push(t.name.clone(), Target::name(v.2.name.clone()));
+                }
+            }
+            map
+        }
+    };
+
+    // All or nothing: a call or a load that fails changes no Var.
+    let before: Vec<Vec<u8>> = vars.iter().map(|v| bytes(&v.1)).collect();
+    let unchanged = |what: &str, e: &tfckpt::Error| {
+        for ((name, var, ..), old) in vars.iter().zip(&before) {
+            assert!(&bytes(var) == old, "{name} changed, but {what} failed: {e}");
+        }
+    };
+    let report = match init.init_from_checkpoint(&case.path, &map) {
+        Ok(report) => report,
+        Err(e) => return unchanged("init_from_checkpoint", &e),
+    };
+    let options = LoadOptions::new().threads(1 + input.threads as usize % 3);
+    if let Err(e) = init.initialize(&options) {
+        return unchanged("initialize", &e);
+    }
+
+    // Every Var against the reader, or its initializer.
+    let ckpt = Checkpoint::open(&case.path).unwrap();
+    let mut last = HashMap::new();
+    for a in &report.assignments {
+        last.insert(a.variable.as_str(), a);
+    }
+    for ((name, var, tf, cinit), old) in vars.iter().zip(&before) {
+        let got = bytes(var);
+        let Some(a) = last.get(tf.name.as_str()) else {
+            let want = match &deferred {
+                // Candle's initializer ran for each Var that took no value.
+                Some(_) => bytes(&cinit.var(var.shape(), var.dtype(), &Device::Cpu).unwrap()),
+                None => old.clone(),
+            };
+            assert!(
+                got == want,
+                "{name} ({}) took no value, but changed",
+                tf.name
+            );
+            continue;
+        };
+        let value = ckpt.read_slice(&a.tensor, &a.slice).unwrap();
+        let dtype = DType::try_from(var.dtype()).unwrap();
+        let mut want = value.bytes().expect("a fixed-size value").to_vec();
+        if value.dtype != dtype {
+            want = convert(&want, value.dtype, dtype);
+        }
+        if tf.transposed {
+            want = transpose(&want, &value.shape, dtype.size().unwrap());
+        }
+        assert!(
+            got == want,
+            "{name} ({}, transposed {}, {:?}) <- {} {:?} ({}): values differ",
+            tf.name,
+            tf.transposed,
+            var.dtype(),
+            a.tensor,
+            a.slice,
+            value.dtype
+        );
+    }
+});
