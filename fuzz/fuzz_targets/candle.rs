@@ -7,7 +7,9 @@
 //! a finding, and so is any `Var` that changed after a call or a load that failed (all or
 //! nothing), and after a load that succeeded, a `Var` whose bytes are not the reader's value of
 //! the box its last assignment recorded (transposed and converted as its layout and dtype say),
-//! or, for one that took no value, not what candle's initializer gives.
+//! or, for one that took no value, not what candle's initializer gives. The model is then saved
+//! back (`save_checkpoint`), and the checkpoint written must hold each `Var` under its TensorFlow
+//! name, in TensorFlow's layout.
 #![no_main]
 
 use std::collections::HashMap;
@@ -17,6 +19,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use safetensors::View;
+
+mod scratch;
 use tfckpt::candle::candle_core::{DType as CDType, Device, Var};
 use tfckpt::candle::candle_nn::{Init as CInit, VarMap};
 use tfckpt::candle::{CandleInit, Convention, DeferredInit, DtypePolicy, TfName};
@@ -307,6 +311,36 @@ fuzz_target!(|input: Input| {
             a.tensor,
             a.slice,
             value.dtype
+        );
+    }
+
+    // Saved back: each Var under its TensorFlow name, transposed back where it holds the value
+    // transposed, in its own dtype.
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    let prefix = SCRATCH
+        .get_or_init(|| scratch::folder("candle"))
+        .join("saved");
+    let saved = init
+        .save_checkpoint(&prefix)
+        .unwrap_or_else(|e| panic!("a loaded model could not be saved: {e}"));
+    assert_eq!(saved, vars.len(), "Vars saved");
+    let back = Checkpoint::open(&prefix).unwrap();
+    for (name, var, tf, _) in &vars {
+        let value = back
+            .read(&tf.name)
+            .unwrap_or_else(|e| panic!("{name} ({}): saved, but: {e}", tf.name));
+        assert_eq!(value.dtype, DType::try_from(var.dtype()).unwrap(), "{name}");
+        let mut want = bytes(var);
+        let mut shape: Vec<u64> = var.dims().iter().map(|&d| d as u64).collect();
+        if tf.transposed {
+            want = transpose(&want, &shape, value.dtype.size().unwrap());
+            shape.reverse();
+        }
+        assert_eq!(value.shape, shape, "{name} ({}): saved shape", tf.name);
+        assert!(
+            value.bytes() == Some(want.as_slice()),
+            "{name} ({}): saved values differ",
+            tf.name
         );
     }
 });
