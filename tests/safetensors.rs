@@ -53,6 +53,16 @@ fn expected_dtype(tf: &str) -> Option<&'static str> {
     })
 }
 
+/// `DType::safetensors_dtype`, the table a trainer consults before converting, says what the
+/// writer does: the type every dtype's tensors are written as, `None` for those skipped (found by
+/// mutation testing: no test called it).
+#[test]
+fn safetensors_dtype_names_the_type_each_dtype_is_written_as() {
+    for &d in DType::ALL {
+        assert_eq!(d.safetensors_dtype(), expected_dtype(&d.to_string()), "{d}");
+    }
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(
         &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
