@@ -3,7 +3,8 @@
 order the target numbers them), its index (V2) or first file (V1), behind the byte that picks it;
 and that of the `state` target: the fixtures' own `checkpoint` state files, files naming each of the
 target's three checkpoints, and the 1,500 random state files of tests/fixtures/tf/state_files.jsonl.
-Run from fuzz/: python3 seed.py, then cargo +nightly fuzz run -O -a checkpoint (or init, or state)."""
+Run from fuzz/: python3 seed.py, then cargo +nightly fuzz run -O -a checkpoint (or init, candle, or state;
+init and candle start from no seeds: their inputs are structured)."""
 import json
 import os
 
