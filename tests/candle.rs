@@ -640,6 +640,34 @@ fn two_deferred_inits_over_one_varmap_both_run() {
     }
 }
 
+/// Two models built through `DeferredInit`s in one process (a teacher and a student, say), their
+/// `DeferredInit`s dropped with their builders: each `CandleInit` runs its own model's
+/// initializers and leaves the other's pending (found by mutation testing: `from_varmap` taking
+/// every pending `DeferredInit` of the process, whatever its `VarMap`, passed every test).
+#[test]
+fn two_deferred_models_in_one_process_each_run_only_their_own_initializers() {
+    let (teacher, student) = (VarMap::new(), VarMap::new());
+    for (varmap, c) in [(&teacher, 2.0), (&student, 3.0)] {
+        let deferred = DeferredInit::new(varmap);
+        let vb = deferred.var_builder(DType::F32, &CPU);
+        vb.get_with_hints((2, 3), "w", candle_nn::Init::Const(c))
+            .unwrap();
+    }
+    let w = |varmap: &VarMap| var(varmap, "w").to_vec2::<f32>().unwrap();
+    let mut init = CandleInit::from_varmap(&teacher, &Convention::slashes()).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(w(&teacher), [[2.0; 3]; 2]);
+    assert_eq!(
+        w(&student),
+        [[0.0; 3]; 2],
+        "the student's initializer ran early"
+    );
+    let mut init = CandleInit::from_varmap(&student, &Convention::slashes()).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    assert_eq!(w(&student), [[3.0; 3]; 2]);
+    assert_eq!(w(&teacher), [[2.0; 3]; 2]);
+}
+
 /// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
 /// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
 /// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no
