@@ -668,6 +668,19 @@ fn two_deferred_models_in_one_process_each_run_only_their_own_initializers() {
     assert_eq!(w(&teacher), [[2.0; 3]; 2]);
 }
 
+/// A `DeferredInit`'s `VarBuilder` says which tensors its `VarMap` holds, as a plain one does
+/// (models that make a tensor only if it exists ask it; found by mutation testing).
+#[test]
+fn a_deferred_var_builder_says_which_tensors_exist() {
+    let varmap = VarMap::new();
+    let deferred = DeferredInit::new(&varmap);
+    let vb = deferred.var_builder(DType::F32, &CPU);
+    candle_nn::linear(2, 3, vb.pp("dense")).unwrap();
+    assert!(vb.contains_tensor("dense.weight"));
+    assert!(vb.pp("dense").contains_tensor("bias"));
+    assert!(!vb.contains_tensor("dense.gamma"));
+}
+
 /// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
 /// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
 /// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no
