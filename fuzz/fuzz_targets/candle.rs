@@ -13,18 +13,20 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use safetensors::View;
 
+mod fixtures;
 mod scratch;
+use fixtures::{cases, pick};
 use tfckpt::candle::candle_core::{DType as CDType, Device, Var};
 use tfckpt::candle::candle_nn::{Init as CInit, VarMap};
 use tfckpt::candle::{CandleInit, Convention, DeferredInit, DtypePolicy, TfName};
-use tfckpt::{AssignmentMap, Checkpoint, DType, LoadOptions, Target, TensorInfo};
+use tfckpt::{AssignmentMap, Checkpoint, DType, LoadOptions, Target};
 
 #[derive(Arbitrary, Debug)]
 struct CVar {
@@ -64,36 +66,6 @@ struct Input {
     cast: bool,
     map: Map,
     threads: u8,
-}
-
-struct Case {
-    path: PathBuf,
-    tensors: Vec<TensorInfo>,
-}
-
-fn cases() -> &'static [Case] {
-    static CASES: OnceLock<Vec<Case>> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
-        let mut dirs: Vec<_> = std::fs::read_dir(&fixtures)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.join("expected/ckpt.txt").is_file())
-            .collect();
-        dirs.sort();
-        dirs.iter()
-            .map(|dir| {
-                let rel = std::fs::read_to_string(dir.join("expected/ckpt.txt")).unwrap();
-                let path = dir.join(rel.trim());
-                let tensors = Checkpoint::open(&path).unwrap().tensors().to_vec();
-                Case { path, tensors }
-            })
-            .collect()
-    })
-}
-
-fn pick<T>(list: &[T], i: u8) -> Option<&T> {
-    (!list.is_empty()).then(|| &list[i as usize % list.len()])
 }
 
 /// The candle dtypes a `Var` may have.

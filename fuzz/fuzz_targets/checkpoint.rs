@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 
 mod exported;
+mod fixtures;
 mod scratch;
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, Device, Init, LoadOptions, Slice, Target,
@@ -42,15 +43,8 @@ fn scratch() -> &'static Path {
 fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
         let scratch = scratch();
-        let mut names: Vec<_> = std::fs::read_dir(&fixtures)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.join("expected/ckpt.txt").is_file())
-            .collect();
-        names.sort();
-        names
+        fixtures::dirs()
             .iter()
             .map(|dir| {
                 let to = scratch.join(dir.file_name().unwrap());
@@ -64,8 +58,7 @@ fn cases() -> &'static [Case] {
                 for f in &files {
                     std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
                 }
-                let rel = std::fs::read_to_string(dir.join("expected/ckpt.txt")).unwrap();
-                let ckpt = to.join(rel.trim());
+                let ckpt = to.join(fixtures::ckpt_rel(dir));
                 // The file to replace: the index of a V2 checkpoint, else the first V1 file.
                 let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
                 let file = files
@@ -158,8 +151,7 @@ fn export(ckpt: &Checkpoint) {
         Err(e) => return exported::left_nothing(&dir, &e),
     };
     let bytes = std::fs::read(&out).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("the export's file cannot be read back: {e}"));
+    let file = exported::read_back(&bytes);
     assert_eq!(
         file.len(),
         report.tensors,

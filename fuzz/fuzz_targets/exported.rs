@@ -16,6 +16,12 @@ pub fn out(scratch: &Path) -> (PathBuf, PathBuf) {
     (dir, file)
 }
 
+/// The file an export wrote (`bytes`), read with the `safetensors` crate.
+pub fn read_back(bytes: &[u8]) -> SafeTensors<'_> {
+    SafeTensors::deserialize(bytes)
+        .unwrap_or_else(|e| panic!("the export's file cannot be read back: {e}"))
+}
+
 /// An export into `dir` failed with `e`: it must leave nothing there (all or nothing).
 pub fn left_nothing(dir: &Path, e: &tfckpt::Error) {
     let left: Vec<_> = std::fs::read_dir(dir)

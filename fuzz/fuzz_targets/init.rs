@@ -10,17 +10,19 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 mod exported;
+mod fixtures;
 mod scratch;
+use fixtures::{cases, pick, Case};
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, Checkpoint, DType, Device, Init, LoadOptions, Target,
-    TensorInfo, VariableStore,
+    VariableStore,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -68,36 +70,6 @@ struct Input {
     threads: u8,
 }
 
-struct Case {
-    path: PathBuf,
-    tensors: Vec<TensorInfo>,
-}
-
-fn cases() -> &'static [Case] {
-    static CASES: OnceLock<Vec<Case>> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tf");
-        let mut dirs: Vec<_> = std::fs::read_dir(&fixtures)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.join("expected/ckpt.txt").is_file())
-            .collect();
-        dirs.sort();
-        dirs.iter()
-            .map(|dir| {
-                let rel = std::fs::read_to_string(dir.join("expected/ckpt.txt")).unwrap();
-                let path = dir.join(rel.trim());
-                let tensors = Checkpoint::open(&path).unwrap().tensors().to_vec();
-                Case { path, tensors }
-            })
-            .collect()
-    })
-}
-
-fn pick<T>(list: &[T], i: u8) -> Option<&T> {
-    (!list.is_empty()).then(|| &list[i as usize % list.len()])
-}
-
 fn name(case: &Case, n: &Name) -> String {
     let tensor = |i| pick(&case.tensors, i).map_or("x", |t| t.name.as_str());
     match n {
@@ -123,8 +95,7 @@ fn export(store: &VariableStore) {
         Err(e) => return exported::left_nothing(&dir, &e),
     };
     let bytes = std::fs::read(&out).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("the export's file cannot be read back: {e}"));
+    let file = exported::read_back(&bytes);
     let mut total = 0;
     for v in store.variables().filter(|v| !store.is_other_rank(&v.name)) {
         total += exported::holds(&file, &v.name, store.value(&v.name).unwrap());
