@@ -1451,17 +1451,23 @@ fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
     b.f32("dense/kernel", &[2, 3], &[1., 2., 3., 4., 5., 6.])
         .f32("dense/bias", &[3], &[7., 8., 9.]);
     let plain = b.finish();
-    for (ckpt, model_scope, want, map) in [
+    // What to do, and one pair as an example: the Var's candle name, its TensorFlow name, and
+    // the checkpoint's name for it (the first of each side in sorted order).
+    for (ckpt, model_scope, want, example, map) in [
         (
             &bert,
             "pooler.dense",
             "vb.pp(\"bert\")",
+            "(\"pooler.dense.bias\", TensorFlow name \"pooler/dense/bias\", is \
+             \"bert/pooler/dense/bias\" there)",
             AssignmentMap::from([("bert/", Target::scope("/"))]),
         ),
         (
             &plain,
             "model.dense",
             "{\"/\": \"model/\"}",
+            "(\"model.dense.bias\", TensorFlow name \"model/dense/bias\", is \"dense/bias\" \
+             there)",
             AssignmentMap::from([("/", Target::scope("model/"))]),
         ),
     ] {
@@ -1470,7 +1476,13 @@ fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
         candle_nn::linear(2, 3, vb.pp(model_scope)).unwrap();
         let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
         let e = init.map_existing(ckpt).unwrap_err().to_string();
-        assert!(e.contains("but 2 would") && e.contains(want), "{e}");
+        assert!(
+            e.contains("no Var pairs with a tensor of")
+                && e.contains("by its name, but 2 would")
+                && e.contains(want)
+                && e.contains(example),
+            "{e}"
+        );
         init.init_from_checkpoint(ckpt, &map).unwrap();
         init.initialize(&Default::default()).unwrap();
         let w = var(&varmap, &format!("{model_scope}.weight"));
@@ -1532,6 +1544,50 @@ fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
     let init = build(&["pooler.dense", "x1", "cls.dense"]);
     let found = init.map_existing(&ckpt).unwrap();
     assert_eq!(found.pairs.len(), 2);
+}
+
+/// Where a scope could be added on either side, `map_existing` names the one under which more
+/// `Var`s would pair; and a model whose names pair as they are is left alone, though as many
+/// would pair under a scope too (a checkpoint holding a model twice, once under `bert/`).
+#[test]
+fn map_existing_names_the_scope_more_vars_would_pair_under_and_none_when_names_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |scopes: &[&str]| {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        for scope in scopes {
+            candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
+        }
+        CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
+    };
+    let checkpoint = |name: &str, layers: &[&str]| {
+        let mut b = CkptBuilder::new(dir.path().join(name));
+        for layer in layers {
+            b.f32(
+                &format!("{layer}/kernel"),
+                &[2, 3],
+                &[1., 2., 3., 4., 5., 6.],
+            )
+            .f32(&format!("{layer}/bias"), &[3], &[7., 8., 9.]);
+        }
+        b.finish()
+    };
+    // 6 of the model's 8 Vars would pair without its scope `x/`, 4 under the checkpoint's `y/`:
+    // dropping `x/` is named.
+    let ckpt = checkpoint("both", &["l1", "l2", "l3", "y/l4", "y/x/l1"]);
+    let init = build(&["x.l1", "x.l2", "x.l3", "l4"]);
+    let e = init.map_existing(&ckpt).unwrap_err().to_string();
+    assert!(
+        e.contains("no Var pairs with a tensor of")
+            && e.contains("but 6 would without the scope \"x/\" of the model's names")
+            && e.contains("{\"/\": \"x/\"}"),
+        "{e}"
+    );
+    // Every Var pairs by name, and as many would under `bert/`: nothing to say.
+    let ckpt = checkpoint("twice", &["dense", "bert/dense"]);
+    let found = build(&["dense"]).map_existing(&ckpt).unwrap();
+    assert_eq!(found.pairs.len(), 2);
+    assert_eq!(found.not_in_model, ["bert/dense/bias", "bert/dense/kernel"]);
 }
 
 /// The load's inverse on `device`: the TF2 fixture loaded into candle, a weight changed as a
