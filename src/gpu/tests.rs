@@ -1788,7 +1788,8 @@ fn transposed_launches_put_each_source_element_at_its_transposed_place() {
     // where the transposed destination holds it: (i, j) at j * rows + i, from the source element
     // the run gives it. Cases: a piece of rows 2..6, columns 1..4 of [7, 5] (strided runs, one
     // 2-D block); one run over whole and partial rows; one that splits into equal pieces whose
-    // stride is not whole rows (one launch per row).
+    // stride is not whole rows (one launch per row); and whole rows two rows apart (a share of
+    // two ranges: one launch whose rows are two columns of the destination apart).
     use crate::base::slice::Run;
     let strided: Vec<Run> = (2..6)
         .map(|i| Run {
@@ -1814,6 +1815,21 @@ fn transposed_launches_put_each_source_element_at_its_transposed_place() {
                 dst: 2,
                 len: 4,
             }],
+        ),
+        (
+            (6, 5),
+            vec![
+                Run {
+                    src: 0,
+                    dst: 0,
+                    len: 5,
+                },
+                Run {
+                    src: 5,
+                    dst: 10,
+                    len: 5,
+                },
+            ],
         ),
     ];
     for ((rows, cols), runs) in cases {
