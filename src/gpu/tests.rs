@@ -1788,8 +1788,9 @@ fn transposed_launches_put_each_source_element_at_its_transposed_place() {
     // where the transposed destination holds it: (i, j) at j * rows + i, from the source element
     // the run gives it. Cases: a piece of rows 2..6, columns 1..4 of [7, 5] (strided runs, one
     // 2-D block); one run over whole and partial rows; one that splits into equal pieces whose
-    // stride is not whole rows (one launch per row); and whole rows two rows apart (a share of
-    // two ranges: one launch whose rows are two columns of the destination apart).
+    // stride is not whole rows (one launch per row); and whole rows two rows apart (one launch
+    // whose rows are two columns of the destination apart: no plan makes such runs today, each
+    // target keeping one contiguous range, but the function takes any runs).
     use crate::base::slice::Run;
     let strided: Vec<Run> = (2..6)
         .map(|i| Run {
