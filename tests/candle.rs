@@ -1503,15 +1503,20 @@ fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
     assert!(found.pairs.is_empty() && found.not_in_checkpoint.len() == 6);
 }
 
-/// A model built without the checkpoint's scope but with a head that pairs by name (Google's
-/// `cls/` sits beside `bert/`) pairs a little, not nothing: `map_existing` still names the scope
-/// under which most of the model would pair, rather than leave the body to its random
-/// initialization.
-#[test]
-fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut b = CkptBuilder::new(dir.path().join("m"));
-    for layer in ["bert/pooler/dense", "bert/encoder/dense", "cls/dense"] {
+/// A model of one `Linear(2, 3)` under each of `scopes`, named by the TF1 convention.
+fn linears(scopes: &[&str]) -> CandleInit {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    for scope in scopes {
+        candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
+    }
+    CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
+}
+
+/// A checkpoint at `prefix` of a dense layer's `[2, 3]` kernel and bias under each of `layers`.
+fn dense_layers(prefix: std::path::PathBuf, layers: &[&str]) -> std::path::PathBuf {
+    let mut b = CkptBuilder::new(prefix);
+    for layer in layers {
         b.f32(
             &format!("{layer}/kernel"),
             &[2, 3],
@@ -1519,16 +1524,19 @@ fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
         )
         .f32(&format!("{layer}/bias"), &[3], &[7., 8., 9.]);
     }
-    let ckpt = b.finish();
-    let build = |scopes: &[&str]| {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-        for scope in scopes {
-            candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
-        }
-        CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
-    };
-    let init = build(&["pooler.dense", "encoder.dense", "cls.dense"]);
+    b.finish()
+}
+
+/// A model built without the checkpoint's scope but with a head that pairs by name (Google's
+/// `cls/` sits beside `bert/`) pairs a little, not nothing: `map_existing` still names the scope
+/// under which most of the model would pair, rather than leave the body to its random
+/// initialization.
+#[test]
+fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = ["bert/pooler/dense", "bert/encoder/dense", "cls/dense"];
+    let ckpt = dense_layers(dir.path().join("m"), &layers);
+    let init = linears(&["pooler.dense", "encoder.dense", "cls.dense"]);
     let e = init.map_existing(&ckpt).unwrap_err().to_string();
     assert!(
         e.contains("only 2 of the model's 6 Vars pair")
@@ -1537,11 +1545,11 @@ fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
         "{e}"
     );
     // Built as the checkpoint is, everything pairs, and no scope is suggested.
-    let init = build(&["bert.pooler.dense", "bert.encoder.dense", "cls.dense"]);
+    let init = linears(&["bert.pooler.dense", "bert.encoder.dense", "cls.dense"]);
     let found = init.map_existing(&ckpt).unwrap();
     assert_eq!(found.pairs.len(), 6);
     // Half the model or less under a scope is no scope: 2 of 6 pair either way.
-    let init = build(&["pooler.dense", "x1", "cls.dense"]);
+    let init = linears(&["pooler.dense", "x1", "cls.dense"]);
     let found = init.map_existing(&ckpt).unwrap();
     assert_eq!(found.pairs.len(), 2);
 }
@@ -1552,30 +1560,11 @@ fn a_scope_missing_from_most_of_the_model_is_named_though_a_head_pairs() {
 #[test]
 fn map_existing_names_the_scope_more_vars_would_pair_under_and_none_when_names_pair() {
     let dir = tempfile::tempdir().unwrap();
-    let build = |scopes: &[&str]| {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-        for scope in scopes {
-            candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
-        }
-        CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap()
-    };
-    let checkpoint = |name: &str, layers: &[&str]| {
-        let mut b = CkptBuilder::new(dir.path().join(name));
-        for layer in layers {
-            b.f32(
-                &format!("{layer}/kernel"),
-                &[2, 3],
-                &[1., 2., 3., 4., 5., 6.],
-            )
-            .f32(&format!("{layer}/bias"), &[3], &[7., 8., 9.]);
-        }
-        b.finish()
-    };
+    let checkpoint = |name: &str, layers: &[&str]| dense_layers(dir.path().join(name), layers);
     // 6 of the model's 8 Vars would pair without its scope `x/`, 4 under the checkpoint's `y/`:
     // dropping `x/` is named.
     let ckpt = checkpoint("both", &["l1", "l2", "l3", "y/l4", "y/x/l1"]);
-    let init = build(&["x.l1", "x.l2", "x.l3", "l4"]);
+    let init = linears(&["x.l1", "x.l2", "x.l3", "l4"]);
     let e = init.map_existing(&ckpt).unwrap_err().to_string();
     assert!(
         e.contains("no Var pairs with a tensor of")
@@ -1585,7 +1574,7 @@ fn map_existing_names_the_scope_more_vars_would_pair_under_and_none_when_names_p
     );
     // Every Var pairs by name, and as many would under `bert/`: nothing to say.
     let ckpt = checkpoint("twice", &["dense", "bert/dense"]);
-    let found = build(&["dense"]).map_existing(&ckpt).unwrap();
+    let found = linears(&["dense"]).map_existing(&ckpt).unwrap();
     assert_eq!(found.pairs.len(), 2);
     assert_eq!(found.not_in_model, ["bert/dense/bias", "bert/dense/kernel"]);
 }
