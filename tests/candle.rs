@@ -1439,18 +1439,8 @@ fn a_damaged_first_value_changes_no_var() {
 #[test]
 fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = CkptBuilder::new(dir.path().join("m"));
-    b.f32(
-        "bert/pooler/dense/kernel",
-        &[2, 3],
-        &[1., 2., 3., 4., 5., 6.],
-    )
-    .f32("bert/pooler/dense/bias", &[3], &[7., 8., 9.]);
-    let bert = b.finish();
-    let mut b = CkptBuilder::new(dir.path().join("plain"));
-    b.f32("dense/kernel", &[2, 3], &[1., 2., 3., 4., 5., 6.])
-        .f32("dense/bias", &[3], &[7., 8., 9.]);
-    let plain = b.finish();
+    let bert = dense_layers(dir.path().join("m"), &["bert/pooler/dense"]);
+    let plain = dense_layers(dir.path().join("plain"), &["dense"]);
     // What to do, and one pair as an example: the Var's candle name, its TensorFlow name, and
     // the checkpoint's name for it (the first of each side in sorted order).
     for (ckpt, model_scope, want, example, map) in [
