@@ -1483,13 +1483,9 @@ fn a_scope_on_one_side_only_is_named_not_left_unpaired() {
         );
     }
     // A chance match of a few names is no scope: with 2 of 6 Vars, nothing pairs, no error.
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    for scope in ["pooler.dense", "x1", "x2"] {
-        candle_nn::linear(2, 3, vb.pp(scope)).unwrap();
-    }
-    let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
-    let found = init.map_existing(&bert).unwrap();
+    let found = linears(&["pooler.dense", "x1", "x2"])
+        .map_existing(&bert)
+        .unwrap();
     assert!(found.pairs.is_empty() && found.not_in_checkpoint.len() == 6);
 }
 
