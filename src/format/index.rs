@@ -385,6 +385,72 @@ mod tests {
         assert_eq!(scalar_full.len(), 5 + 2);
     }
 
+    /// The charge at its bound: 400,000 slices of a 3-byte name at rank 3 are charged 14 bytes
+    /// each (3 of name, 5 of framing, 2 per dimension), 5,600,000 bytes, which the message
+    /// gives; an index holding that less the 4 MiB of spare keys is read, one byte fewer is not.
+    #[test]
+    fn slice_listings_are_charged_their_shortest_keys_exactly() {
+        let slices = 400_000u64;
+        let entry = Entry {
+            key: b"abc".to_vec(),
+            dtype: DType::F32,
+            shape: vec![slices, 1, 1],
+            shard: 0,
+            offset: 0,
+            size: 0,
+            crc: 0,
+            slices: (0..slices)
+                .map(|i| Slice::from_ranges(&[(i, 1), (0, 1), (0, 1)]))
+                .collect(),
+        };
+        let charge = 400_000 * (3 + 5 + 2 * 3);
+        let path = Path::new("m.index");
+        let entries = std::slice::from_ref(&entry);
+        let e = check_slice_listing(path, 0, entries)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("more slice keys ({charge} bytes)")),
+            "{e}"
+        );
+        check_slice_listing(path, charge - MISSING_SLICE_KEYS, entries).unwrap();
+        let e = check_slice_listing(path, charge - MISSING_SLICE_KEYS - 1, entries)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lists 400000 slices of its 3-byte name"), "{e}");
+    }
+
+    /// TensorFlow's `CheckVersions` with this reader's version 1 and minimum producer 0, at each
+    /// bound: a header asking for readers of version 1 (not only TensorFlow's 0) is read, one
+    /// asking for 2 is not; producer 0 is read, -1 is not; only a 1 among the bad consumers
+    /// refuses this reader.
+    #[test]
+    fn versions_are_checked_at_their_bounds() {
+        let path = Path::new("v.index");
+        let check = |producer, min_consumer, bad_consumers: &[i32]| {
+            let v = proto::VersionDef {
+                producer,
+                min_consumer,
+                bad_consumers: bad_consumers.to_vec(),
+            };
+            check_version(path, Some(&v)).map_err(|e| e.to_string())
+        };
+        assert!(check_version(path, None).is_ok());
+        assert!(check(1, 0, &[]).is_ok());
+        assert!(check(0, 1, &[]).is_ok());
+        assert!(check(1, 1, &[0, 2]).is_ok());
+        let e = check(-1, 0, &[]).unwrap_err();
+        assert!(
+            e.contains("producer version -1 is below the minimum 0"),
+            "{e}"
+        );
+        assert!(e.contains("v.index"), "{e}");
+        let e = check(1, 2, &[]).unwrap_err();
+        assert!(e.contains("needs a reader of version >= 2"), "{e}");
+        let e = check(1, 0, &[0, 1]).unwrap_err();
+        assert!(e.contains("it disallows readers of version 1"), "{e}");
+    }
+
     /// TensorFlow's `TensorShape::IsValidShape`: the running element count stays within int64
     /// at every step, so a 0 dimension after an overflow does not make the shape valid.
     #[test]
