@@ -103,7 +103,7 @@ fn listing_matches_tensorflow() {
 
 #[test]
 fn values_match_tensorflow() {
-    let mut n = 0;
+    let (mut n, mut views) = (0, 0);
     for case in cases() {
         let ckpt = open_case(&case);
         for info in ckpt.tensors() {
@@ -117,11 +117,28 @@ fn values_match_tensorflow() {
                 ckpt.read_into(&info.name, &mut buf).unwrap();
                 assert_eq!(Some(&buf[..]), t.bytes());
                 assert_eq!(buf.len() as u64, info.num_elements() * size as u64);
+                assert_eq!(info.byte_len(), Some(buf.len() as u64));
+            } else {
+                assert_eq!(info.byte_len(), None, "{}", info.name);
+            }
+            // A zero-copy view, where there is one, is the same tensor.
+            match ckpt.view(&info.name) {
+                Ok(v) => {
+                    assert_eq!((v.dtype(), v.shape()), (t.dtype, &t.shape[..]));
+                    assert_eq!(Some(v.as_bytes()), t.bytes(), "{}", info.name);
+                    views += 1;
+                }
+                Err(e) => assert!(
+                    matches!(e.kind(), tfckpt::ErrorKind::Unsupported { .. }),
+                    "{}: {e}",
+                    info.name
+                ),
             }
             n += 1;
         }
     }
     assert!(n > 90, "only {n} tensors checked");
+    assert!(views > 50, "only {views} views checked");
 }
 
 /// Every stored slice read on its own equals the same box cut out of the full tensor.
@@ -169,8 +186,10 @@ fn stored_slices_match_their_box_of_the_full_tensor() {
 
 #[test]
 fn verify_passes_on_every_fixture() {
+    let mut small = 0;
     for case in cases() {
-        let report = open_case(&case)
+        let ckpt = open_case(&case);
+        let report = ckpt
             .verify()
             .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         assert!(
@@ -178,7 +197,15 @@ fn verify_passes_on_every_fixture() {
             "{}",
             case.display()
         );
+        // An index of a few kilobytes is one data block (TensorFlow's blocks are 256 KiB), and
+        // the table's index block is counted with it.
+        let index = &ckpt.files()[0];
+        if ckpt.format() == tfckpt::Format::V2 && std::fs::metadata(index).unwrap().len() < 4096 {
+            assert_eq!(report.blocks, 2, "{}", case.display());
+            small += 1;
+        }
     }
+    assert!(small >= 8, "{small}");
 }
 
 #[test]
