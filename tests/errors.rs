@@ -1568,6 +1568,36 @@ fn a_missing_file_of_a_sharded_v1_save() {
     says(&e, format!("{}: missing: file 1 of the 2", gone.display()));
 }
 
+/// A tensor not found names the missing files of a sharded V1 save only where the save was
+/// opened through its glob: one file opened by its own name is a checkpoint on its own, and the
+/// other file (present here) is no missing file of it.
+#[test]
+fn only_a_glob_names_the_missing_files_of_a_sharded_v1_save() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(&fixture("v1_sharded"), dir.path());
+    let all = Checkpoint::open(dir.path()).unwrap();
+    let first = Checkpoint::open(dir.path().join("model.ckpt-0-00000-of-00002")).unwrap();
+    let elsewhere = &all
+        .tensors()
+        .iter()
+        .find(|t| !first.contains(&t.name))
+        .expect("a tensor stored in the second file only")
+        .name;
+    let e = err(first.read(elsewhere));
+    assert!(
+        matches!(e.kind(), ErrorKind::TensorNotFound { absent_files, .. } if absent_files.is_empty()),
+        "{e:#?}"
+    );
+    assert!(!e.to_string().contains("missing"), "{e}");
+    let gone = dir.path().join("model.ckpt-0-00001-of-00002");
+    std::fs::remove_file(&gone).unwrap();
+    let e = err(Checkpoint::open(dir.path()).unwrap().read(elsewhere));
+    assert!(
+        matches!(e.kind(), ErrorKind::TensorNotFound { absent_files, .. } if absent_files == std::slice::from_ref(&gone)),
+        "{e:#?}"
+    );
+}
+
 /// A `checkpoint` state file whose `model_checkpoint_path` is empty.
 #[test]
 fn an_empty_model_checkpoint_path_is_a_bad_state_file() {
