@@ -415,7 +415,7 @@ fn failing_copy_unwinds() {
 }
 
 /// In a fresh process the ring starts on its first page-locked staging buffer and takes in the
-/// others as they are locked (here 5 ms each, on a slow link): the values are the host's, the
+/// others as they are locked (here 20 ms each, on a slow link): the values are the host's, the
 /// ring ends up using every buffer, and it copies only from buffers already locked (the link
 /// refuses any other). A refusal to lock a later buffer leaves the ring those before it; a
 /// refusal of the first, buffers that need none (the driver's pinned allocation on a GPU).
@@ -426,12 +426,12 @@ fn the_ring_starts_on_its_first_buffer_and_takes_in_the_others_as_they_are_locke
     cpu.initialize(Device::Cpu).unwrap();
     let sizes = tiny(); // 3 buffers of 1 KiB
                         // (ms to lock each buffer after the first, the buffer refused (1-based), buffers used)
-    for (delay, refuse, used) in [(5, 0, 3), (5, 2, 1), (5, 3, 2), (5, 1, 3), (0, 0, 3)] {
+    for (delay, refuse, used) in [(20, 0, 3), (20, 2, 1), (20, 3, 2), (20, 1, 3), (0, 0, 3)] {
         let what = format!("delay {delay} ms, refused {refuse}");
         let link = HostLink::default();
         link.staging_delay_ms.store(delay, Ordering::Relaxed);
         link.refuse_staging_at.store(refuse, Ordering::Relaxed);
-        link.copy_delay_us.store(500, Ordering::Relaxed);
+        link.copy_delay_us.store(1500, Ordering::Relaxed);
         let mut gpu = store_for(&dir);
         let report = gpu
             .initialize_on(&link, &LoadOptions::default(), sizes)
@@ -446,8 +446,13 @@ fn the_ring_starts_on_its_first_buffer_and_takes_in_the_others_as_they_are_locke
         assert_eq!(link.queued(), 0, "{what}");
         let stats = report.device.unwrap();
         assert!(stats.staged_bytes > 0, "{what}");
-        // The ring waited for its first buffer only.
-        assert!(stats.times.pinning < 0.004, "{what}: {:?}", stats.times);
+        // The ring waited for its first buffer only, not for the two others (2 x 20 ms). A
+        // bound that far from the first buffer's own time (well under 1 ms idle, 5 ms seen on
+        // this 2-core machine under two other builds) holds on a loaded machine too.
+        if delay > 0 {
+            let others = 2.0 * delay as f64 / 1e3;
+            assert!(stats.times.pinning < others, "{what}: {:?}", stats.times);
+        }
     }
 }
 
