@@ -582,6 +582,7 @@ fn a_cancelled_load_stops_and_changes_nothing() {
     // Without the token the load runs; cancelling the next one keeps these values.
     let report = store.initialize(Device::Cpu).unwrap();
     assert_eq!(report.variables, 51);
+    assert_eq!((report.from_checkpoint, report.from_initializer), (50, 1));
     let value = |store: &VariableStore, n: &str| store.value(n).unwrap().to_f32().unwrap();
     assert_eq!(value(&store, "new/t07")[..2], [7000.0, 7001.0]);
     let (options, _) = cancelled_after(&tfckpt::CancelToken::new(), 3);
@@ -874,4 +875,30 @@ fn typed_buffers_load_and_are_checked() {
         vec![("a", (&mut a[..]).into()), ("n", (&mut n[..]).into())];
     store.initialize_into(buffers, &Default::default()).unwrap();
     assert_eq!((a, n), ([0.0, 1.0], [1, 1, 1]));
+}
+
+/// Two checkpoints holding a tensor of the same name, each mapped onto its own variable by its
+/// own call: each variable takes its own checkpoint's value (the load reuses the index each call
+/// read, and must pair each with its own path: a mutant pairing them crosswise swapped the values).
+#[test]
+fn two_checkpoints_of_one_store_each_give_their_own_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut prefixes = Vec::new();
+    for (name, value) in [("one", 1.0f32), ("two", 2.0)] {
+        let mut b = CkptBuilder::new(dir.path().join(name));
+        b.f32("w", &[2], &[value, value]);
+        prefixes.push(b.finish());
+    }
+    let mut store = VariableStore::new();
+    for var in ["a", "b"] {
+        store
+            .get_variable(var, &[2], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    init_from_checkpoint(&mut store, &prefixes[0], &AssignmentMap::from([("w", "a")])).unwrap();
+    init_from_checkpoint(&mut store, &prefixes[1], &AssignmentMap::from([("w", "b")])).unwrap();
+    let report = store.initialize(Device::Cpu).unwrap();
+    assert_eq!((report.from_checkpoint, report.tensors), (2, 2));
+    assert_eq!(store.value("a").unwrap().to_f32().unwrap(), [1.0, 1.0]);
+    assert_eq!(store.value("b").unwrap().to_f32().unwrap(), [2.0, 2.0]);
 }
