@@ -75,8 +75,17 @@ fn run(case_name: &str) {
     let mut map = AssignmentMap::new();
     let mut want_reads = 0;
     let mut checked = 0;
+    let mut want_stored_bytes = 0u64;
     for info in ckpt.tensors() {
         want_reads += info.slices.len().max(1);
+        // Every stored entry is read whole (strings are not counted in bytes).
+        let size = info.dtype.size().unwrap_or(0) as u64;
+        want_stored_bytes += if info.slices.is_empty() {
+            info.num_elements() * size
+        } else {
+            let elements = |s: &tfckpt::Slice| s.shape(&info.shape).iter().product::<u64>();
+            info.slices.iter().map(elements).sum::<u64>() * size
+        };
         for (target, partitions) in TARGETS {
             let var = format!("new/{}/{target}", info.name);
             if partitions.is_empty() {
@@ -108,6 +117,7 @@ fn run(case_name: &str) {
         report.stored_reads, want_reads,
         "{case_name}: every stored slice read exactly once"
     );
+    assert_eq!(report.stored_bytes, want_stored_bytes, "{case_name}");
     for info in ckpt.tensors() {
         let (shape, tf) = tf_value(&case, &info.name);
         assert_eq!(shape, info.shape);
