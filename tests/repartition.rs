@@ -78,14 +78,9 @@ fn run(case_name: &str) {
     let mut want_stored_bytes = 0u64;
     for info in ckpt.tensors() {
         want_reads += info.slices.len().max(1);
-        // Every stored entry is read whole (strings are not counted in bytes).
-        let size = info.dtype.size().unwrap_or(0) as u64;
-        want_stored_bytes += if info.slices.is_empty() {
-            info.num_elements() * size
-        } else {
-            let elements = |s: &tfckpt::Slice| s.shape(&info.shape).iter().product::<u64>();
-            info.slices.iter().map(elements).sum::<u64>() * size
-        };
+        // Every stored entry is read whole, and the slices TensorFlow saved of a partitioned
+        // variable tile it (strings are not counted in bytes).
+        want_stored_bytes += info.byte_len().unwrap_or(0);
         for (target, partitions) in TARGETS {
             let var = format!("new/{}/{target}", info.name);
             if partitions.is_empty() {
