@@ -911,6 +911,52 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
     );
 }
 
+/// A store value mapped copy-on-write whose file was truncated stays an error in every later
+/// `read_values`, not only in the one whose read met the missing pages: those pages read as
+/// zeros from then on, without a fault, so only the mapping's mark tells (a second call that
+/// trusted the absence of a new fault returned the sum of zeros).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_truncated_mapped_value_fails_every_later_read_values() {
+    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, LoadOptions, Target};
+    let (t, ckpt) = truncated_under_a_view();
+    drop(ckpt);
+    let shard = t.b.with_file_name("b.data-00000-of-00001");
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("a", Target::name("v"))]);
+    init_from_checkpoint(&mut store, &t.b, &map).unwrap();
+    let options = LoadOptions {
+        map_values: true,
+        map_min_bytes: Some(0),
+        ..Default::default()
+    };
+    let r = store.initialize_with(Device::Cpu, &options).unwrap();
+    assert_eq!(r.mapped_bytes, 256 * 1024);
+    let sum = |s: &tfckpt::VariableStore| {
+        let b = s.value("v").unwrap().bytes().unwrap();
+        b.iter().map(|&x| x as u64).sum::<u64>()
+    };
+    let whole = store.read_values(sum).unwrap();
+    assert!(whole > 0);
+    truncate(&shard);
+    let truncated = |e: &tfckpt::Error| matches!(e.kind(), tfckpt::ErrorKind::Truncated { path } if *path == shard);
+    // The read that meets the missing pages, a second one (no fault now: zeros), and one that
+    // reads nothing of the value.
+    for (i, e) in [
+        store.read_values(sum).unwrap_err(),
+        store.read_values(sum).unwrap_err(),
+        store.read_values(|_| 0).unwrap_err(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(truncated(e), "read {i}: {e}");
+    }
+}
+
 /// Defect (library citizenship): `tfckpt::crc::crc32c`, called by the trainer on a large view
 /// (over 8 MiB: checksummed in parallel chunks) whose file was truncated, marked its chunks'
 /// threads as reading for the library: the missing pages read as zeros, it returned the checksum
