@@ -225,6 +225,42 @@ fn mapped_values_are_copy_on_write_and_never_write_the_file() {
     assert_eq!(fresh.value(&name).unwrap(), &original);
 }
 
+/// A mapped value moved out of the store gives the stored bytes through each of `Bytes`'
+/// conversions (each a copy, or the mapping itself), as a copied value does.
+#[test]
+fn a_mapped_value_converts_to_the_stored_bytes() {
+    let dir = fixture("repartition_v2");
+    let mut copied = store_for_layout(&dir, Layout::AsStored);
+    copied.initialize(Device::Cpu).unwrap();
+    let load = || {
+        let mut store = store_for_layout(&dir, Layout::AsStored);
+        store.initialize_with(Device::Cpu, &map_all()).unwrap();
+        store
+    };
+    let (mut a, mut b) = (load(), load());
+    let mut checked = 0;
+    for v in copied.variables() {
+        let want = copied.value(&v.name).unwrap().bytes().map(<[u8]>::to_vec);
+        let take = |s: &mut VariableStore| match s.take_value(&v.name).unwrap().data {
+            TensorData::Bytes(b) if b.is_mapped() => Some(b),
+            _ => None,
+        };
+        let (Some(x), Some(y)) = (take(&mut a), take(&mut b)) else {
+            continue;
+        };
+        let want = want.unwrap();
+        assert_eq!(x.as_ref(), want, "{}", v.name);
+        assert_eq!(
+            format!("{x:?}"),
+            format!("{:?}", tfckpt::Bytes::from(want.clone()))
+        );
+        assert_eq!(Vec::from(x), want, "{}", v.name);
+        assert_eq!(y.into_vec(), want, "{}", v.name);
+        checked += 1;
+    }
+    assert!(checked >= 2, "{checked} mapped values");
+}
+
 #[test]
 fn damaged_or_truncated_shard_fails_with_mapping() {
     let tmp = tempfile::tempdir().unwrap();

@@ -598,4 +598,41 @@ mod tests {
         };
         assert_eq!(s.to_vec::<u8>(), None);
     }
+
+    /// `Strings` slices its bytes by its ends, so it is only made from ends that go up and end
+    /// at the last byte (anything else would panic in `get`, or hide bytes).
+    #[test]
+    fn strings_are_made_only_from_ends_that_fit_their_bytes() {
+        let bytes = || b"abc".to_vec();
+        assert_eq!(Strings::from_parts(vec![2, 1, 3], bytes()), None);
+        assert_eq!(Strings::from_parts(vec![1, 2], bytes()), None);
+        assert_eq!(Strings::from_parts(vec![1, 4], bytes()), None);
+        let s = Strings::from_parts(vec![1, 1, 3], bytes()).unwrap();
+        assert_eq!(s.to_vecs(), [&b"a"[..], b"", b"bc"]);
+        assert!(!s.is_empty() && s.len() == 3 && s.total_bytes() == 3);
+        let none = Strings::from_parts(vec![], vec![]).unwrap();
+        assert!(none.is_empty() && none.get(0).is_none());
+    }
+
+    /// `Debug` prints a value whole up to a bound (64 bytes, 16 strings), then its head and its
+    /// size: a model's values in a failed `assert_eq!` must not print gigabytes.
+    #[test]
+    fn debug_prints_large_values_by_their_head() {
+        let bytes = |n: usize| format!("{:?}", Bytes::from(vec![7u8; n]));
+        assert_eq!(bytes(64), format!("{:?}", [7u8; 64]));
+        assert_eq!(bytes(65), format!("{:?}… (65 bytes)", [7u8; 64]));
+        let strings = |n: usize| format!("{:?}", (0..n).map(|_| "ab").collect::<Strings>());
+        assert_eq!(strings(16), format!("{:?}", ["ab"; 16]));
+        assert_eq!(strings(17), format!("{:?}… (17 strings)", ["ab"; 16]));
+    }
+
+    /// An owned `Bytes` gives its bytes through each conversion.
+    #[test]
+    fn bytes_convert_to_their_own_bytes() {
+        let b = Bytes::from(vec![1u8, 2, 3]);
+        assert!(!b.is_mapped());
+        assert_eq!(b.as_ref(), [1, 2, 3]);
+        assert_eq!(b.clone().into_vec(), [1, 2, 3]);
+        assert_eq!(Vec::from(b), [1, 2, 3]);
+    }
 }
