@@ -333,6 +333,155 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Each number of a report lands in its own place of the line, device and ranks included.
+    #[test]
+    fn a_report_names_each_number() {
+        let times = DeviceTimes {
+            kernel_setup: 0.5,
+            scratch: 0.25,
+            transfer: 2.0,
+            pinning: 0.125,
+            registering: 0.0625,
+            verify: 0.375,
+            kernels: 0.75,
+        };
+        let r = LoadReport {
+            variables: 7,
+            from_checkpoint: 5,
+            from_initializer: 2,
+            tensors: 4,
+            stored_reads: 6,
+            bytes: 3_000_000_000,
+            stored_bytes: 3_000_000_100,
+            skipped_variables: 3,
+            skipped_bytes: 900,
+            mapped_bytes: 1_000,
+            seconds: 1.5,
+            plan_seconds: 0.25,
+            load_seconds: 1.0,
+            finish_seconds: 0.125,
+            threads: 8,
+            device: Some(DeviceStats {
+                device: "cuda:0".into(),
+                registered_bytes: 11,
+                staged_bytes: 12,
+                staging_bytes: 64 << 20,
+                kernels: 13,
+                scratch_bytes: (3 << 20) + 1,
+                times,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(r.gbps(), 2.0);
+        assert_eq!(
+            r.to_string(),
+            "7 variables (5 from checkpoint, 2 from initializers), 4 tensors, 3000000000 bytes \
+             (1000 mapped copy-on-write) in 1.500 s (2.00 GB/s; plan 0.250 s, verify+copy 1.000 s, \
+             finish 0.125 s; 8 threads); 3000000100 checkpoint bytes read; 3 variables (900 bytes) \
+             left to other ranks on cuda:0: 11 bytes by registered DMA, 12 through 64 MiB of \
+             pinned staging, 13 kernels (4 MiB of scratch); kernel setup 0.500 s, scratch 0.250 s, \
+             transfer 2.000 s (pinning 0.125 s, registering 0.062 s), verify 0.375 s, kernels 0.750 s"
+        );
+        // Nothing left to other ranks, no device: neither part.
+        let host = LoadReport {
+            skipped_variables: 0,
+            device: None,
+            ..r
+        };
+        let line = host.to_string();
+        assert!(
+            line.ends_with("; 3000000100 checkpoint bytes read"),
+            "{line}"
+        );
+    }
+
+    /// Several GPUs' stats add up, their names joined; the first registration fallback is kept.
+    #[test]
+    fn device_stats_add_up_over_devices() {
+        let one = |n: u64, fallback: Option<&str>| DeviceStats {
+            device: format!("cuda:{n}"),
+            registered_bytes: n,
+            staged_bytes: 10 * n,
+            staging_bytes: 100 * n,
+            kernels: 1000 * n as usize,
+            scratch_bytes: 10_000 * n,
+            filled_bytes: 100_000 * n,
+            gathered_bytes: 1_000_000 * n,
+            broadcast_bytes: 10_000_000 * n,
+            registration_fallback: fallback.map(String::from),
+            times: DeviceTimes {
+                kernel_setup: n as f64,
+                scratch: 2.0 * n as f64,
+                transfer: 4.0 * n as f64,
+                pinning: 8.0 * n as f64,
+                registering: 16.0 * n as f64,
+                verify: 32.0 * n as f64,
+                kernels: 64.0 * n as f64,
+            },
+        };
+        assert!(DeviceStats::total(&[]).is_none());
+        let t = DeviceStats::total(&[one(1, None), one(2, Some("b")), one(4, Some("c"))]).unwrap();
+        let want = one(7, Some("b"));
+        assert_eq!(t.device, "cuda:1, cuda:2, cuda:4");
+        assert_eq!(
+            (
+                t.registered_bytes,
+                t.staged_bytes,
+                t.staging_bytes,
+                t.kernels
+            ),
+            (
+                want.registered_bytes,
+                want.staged_bytes,
+                want.staging_bytes,
+                want.kernels
+            )
+        );
+        assert_eq!(
+            (
+                t.scratch_bytes,
+                t.filled_bytes,
+                t.gathered_bytes,
+                t.broadcast_bytes
+            ),
+            (
+                want.scratch_bytes,
+                want.filled_bytes,
+                want.gathered_bytes,
+                want.broadcast_bytes
+            )
+        );
+        assert_eq!(t.registration_fallback, want.registration_fallback);
+        assert_eq!(t.times, want.times);
+    }
+
+    /// Progress is reported every 0.5% of the bytes (not for every tiny tensor), and at the last
+    /// tensor, which reports the whole load.
+    #[test]
+    fn progress_is_reported_every_half_percent_and_at_the_end() {
+        let seen = Mutex::new(Vec::new());
+        let f = |p: Progress| seen.lock().unwrap().push(p);
+        let t = Tracker::new(Some(&f), 1000, 1001);
+        for _ in 0..1000 {
+            t.add(1);
+        }
+        t.add(0);
+        t.complete();
+        let seen = seen.into_inner().unwrap();
+        let done: Vec<u64> = seen.iter().map(|p| p.bytes_done).collect();
+        // The last tensor (0 bytes, past the last step) reports again: the load is done.
+        let want = (1..=200).map(|i| 5 * i).chain([1000]).collect::<Vec<_>>();
+        assert_eq!(done, want);
+        assert_eq!(seen[0].tensors_done, 5);
+        let last = seen.last().unwrap();
+        assert_eq!((last.tensors_done, last.tensors_total), (1001, 1001));
+        // No callback: nothing counted, nothing reported.
+        let t = Tracker::new(None, 1000, 1);
+        t.add(1000);
+        t.complete();
+    }
+
     /// Two loads in sequence report as one: totals fixed from the first report, counts that
     /// never go back, 100% only at the very end; a first load with nothing to read reports 0%.
     #[test]
