@@ -476,6 +476,26 @@ mod tests {
         assert_eq!(seen[0].tensors_done, 5);
         let last = seen.last().unwrap();
         assert_eq!((last.tensors_done, last.tensors_total), (1001, 1001));
+        // A load that reported some of its tensors on the way (or none, or had none to read)
+        // reports its whole at the end, once.
+        for (added, total) in [(1, 3), (0, 3), (0, 0)] {
+            let seen = Mutex::new(Vec::new());
+            let f = |p: Progress| seen.lock().unwrap().push(p);
+            let t = Tracker::new(Some(&f), 300, total);
+            for _ in 0..added {
+                t.add(100);
+            }
+            t.complete();
+            let seen = seen.into_inner().unwrap();
+            let whole = Progress {
+                bytes_done: 300,
+                bytes_total: 300,
+                tensors_done: total,
+                tensors_total: total,
+            };
+            assert_eq!(seen.len(), added + 1, "{added} of {total}: {seen:?}");
+            assert_eq!(seen.last(), Some(&whole), "{added} of {total}");
+        }
         // No callback: nothing counted, nothing reported.
         let t = Tracker::new(None, 1000, 1);
         t.add(1000);
