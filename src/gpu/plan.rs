@@ -507,4 +507,100 @@ mod tests {
         assert_eq!(blocks(runs2).len(), 2);
         assert_eq!(blocks([]), vec![]);
     }
+
+    /// A stored float32 piece of `shape`, the whole of its tensor: a mapped file of zeros.
+    fn piece_of(dir: &std::path::Path, shape: &[u64]) -> DeviceSource {
+        let len = shape.iter().product::<u64>() as usize * 4;
+        let path = dir.join("piece");
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let map = crate::base::mmap::MappedFile::open(&path).unwrap();
+        DeviceSource {
+            region: Region::whole(shape),
+            map: crate::reader::stored::SourceBytes::Mapped(Arc::new(map)),
+            range: 0..len,
+            crc: 0,
+            path,
+            entry: "piece".into(),
+            offset: 0,
+        }
+    }
+
+    fn target<'a>(mem: &'a Arc<dyn DeviceMemory>, dtype: DType, want: Region) -> Target<'a> {
+        Target {
+            name: "v",
+            mem,
+            dtype,
+            want,
+            keep: &[],
+            transposed: None,
+        }
+    }
+
+    #[test]
+    fn a_wave_takes_pieces_up_to_its_scratch_budget_exactly() {
+        // Rows 8..16 of a [16, 16] float32 piece cast to bfloat16: scratch for elements 128..256
+        // of the piece, 512 bytes (the rows it reads, not those before them).
+        let tmp = tempfile::tempdir().unwrap();
+        let src = piece_of(tmp.path(), &[16, 16]);
+        let link = super::super::emulated::HostLink::default();
+        let mem = link.alloc(8 * 16 * 2, "v").unwrap();
+        let t = [target(
+            &mem,
+            DType::BF16,
+            Region::new(vec![(8, 8), (0, 16)]),
+        )];
+        let plan = |u: &mut Uploads, budget| u.piece(&src, DType::F32, &t, true, budget).unwrap();
+        // An empty wave takes a piece whatever the budget.
+        let mut u = Uploads::default();
+        assert_eq!(plan(&mut u, 0), Some(true));
+        assert_eq!(u.scratch_len, 512);
+        // A second piece fits a budget of exactly both; one byte less, it opens the next wave,
+        // and nothing of it is planned in this one.
+        let mut full = Uploads::default();
+        plan(&mut full, 0);
+        assert_eq!(plan(&mut full, 1023), None);
+        assert_eq!(
+            (full.jobs.len(), full.kernels.len(), full.scratch_len),
+            (u.jobs.len(), u.kernels.len(), 512)
+        );
+        assert_eq!(plan(&mut u, 1024), Some(true));
+        assert_eq!((u.jobs.len(), u.scratch_len), (2, 1024));
+    }
+
+    #[test]
+    fn an_unverified_piece_reads_only_what_its_copies_take() {
+        // A [2, 32768] float32 piece (128 KiB a row) and three direct copies of 16 elements: two
+        // in row 0 (at bytes 0 and 4,000) and one in row 1 (byte 131,072). Unverified, the copies
+        // less than a unit gap apart share a job and the others get their own: two jobs reading
+        // 4,128 bytes, not the 131 KiB between them.
+        let tmp = tempfile::tempdir().unwrap();
+        let src = piece_of(tmp.path(), &[2, 32768]);
+        let link = super::super::emulated::HostLink::default();
+        let mems: Vec<Arc<dyn DeviceMemory>> =
+            (0..3).map(|_| link.alloc(64, "v").unwrap()).collect();
+        let boxes = [((0, 1), (0, 16)), ((0, 1), (1000, 16)), ((1, 1), (0, 16))];
+        let t: Vec<Target<'_>> = mems
+            .iter()
+            .zip(boxes)
+            .map(|(m, (r, c))| target(m, DType::F32, Region::new(vec![r, c])))
+            .collect();
+        let mut u = Uploads::default();
+        assert_eq!(u.piece(&src, DType::F32, &t, false, 0).unwrap(), Some(true));
+        let jobs: Vec<(Range<usize>, usize, bool)> = u
+            .jobs
+            .iter()
+            .map(|j| (j.range.clone(), j.copies.len(), j.check.is_some()))
+            .collect();
+        assert_eq!(jobs, vec![(0..4064, 2, false), (131072..131136, 1, false)]);
+        assert!(u.checks.is_empty() && u.kernels.is_empty());
+        // Verified, the whole piece is read through its checksum.
+        let mut u = Uploads::default();
+        u.piece(&src, DType::F32, &t, true, 0).unwrap();
+        assert_eq!(u.jobs.len(), 1);
+        assert_eq!(
+            (u.jobs[0].range.clone(), u.jobs[0].copies.len()),
+            (0..262144, 3)
+        );
+        assert_eq!((u.checks.len(), u.checks[0].size), (1, 262144));
+    }
 }
