@@ -202,7 +202,6 @@ impl VariableStore {
 
     /// Refuses a broadcast load on this rank (`why`) while taking part in the first agreement, so
     /// that the other ranks fail too instead of waiting.
-    #[cfg(feature = "nccl")]
     pub(crate) fn refuse_broadcast<C: Collective>(
         &self,
         comm: &C,

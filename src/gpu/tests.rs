@@ -515,6 +515,33 @@ fn a_cancelled_load_unwinds_and_the_store_loads_again() {
     assert_eq!(seen[0].bytes_done, seen[0].bytes_total);
 }
 
+/// A trainer's device buffer as it presents itself (address, size, device), to be refused
+/// before the load touches it.
+struct Claimed {
+    ptr: u64,
+    bytes: usize,
+    device: String,
+}
+
+impl crate::base::device::DeviceMemory for Claimed {
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.bytes
+    }
+    fn read(&self, _: &mut [u8]) -> crate::Result<()> {
+        Err(ErrorKind::InvalidArgument("a claimed buffer is never read".into()).into())
+    }
+    fn device(&self) -> String {
+        self.device.clone()
+    }
+    #[cfg(feature = "cuda")]
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 #[test]
 fn trainer_buffers_are_loaded_in_place() {
     let dir = fixture("partitioned_axes");
@@ -537,6 +564,33 @@ fn trainer_buffers_are_loaded_in_place() {
         .initialize_on(&link, &LoadOptions::default(), tiny())
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::BufferSize { .. }), "{err}");
+    // So is one of the right size on another device, one not aligned to the elements (float32),
+    // and one at an address with the top bit set (the planner's mark of scratch offsets), each
+    // alone, and the store is left uninitialized.
+    let at = link.alloc_trainer(bytes).ptr();
+    for (ptr, device) in [
+        (at, "emulated:1".to_string()),
+        (at + 2, link.device()),
+        (at | 1 << 63, link.device()),
+    ] {
+        let mem = std::sync::Arc::new(Claimed { ptr, bytes, device });
+        gpu.set_device_buffer(&v.name, DeviceBuffer { mem })
+            .unwrap();
+        let err = gpu
+            .initialize_on(&link, &LoadOptions::default(), tiny())
+            .unwrap_err();
+        let what = format!("{ptr:#x}: {err}");
+        assert!(
+            matches!(err.kind(), ErrorKind::BadVariable { .. }),
+            "{what}"
+        );
+        assert!(
+            err.to_string()
+                .contains("must be on emulated:0 and aligned to 4 bytes"),
+            "{what}"
+        );
+        assert!(!gpu.is_initialized(), "{what}");
+    }
     let mem = link.alloc_trainer(bytes);
     let ptr = mem.ptr();
     gpu.set_device_buffer(&v.name, DeviceBuffer { mem })
@@ -1600,6 +1654,56 @@ fn a_broadcast_fails_on_every_rank_or_on_none() {
         errs[0]
     );
     assert!(errs[1].contains("has replicas"), "{}", errs[1]);
+    // A rank that cannot load at all (its GPU is unusable) refuses in the first agreement: the
+    // others fail there too, before anything is read, instead of waiting for it.
+    let hub = super::emulated::Hub::new(3);
+    let links = HostLink::devices(3);
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..3)
+            .map(|rank| {
+                let (hub, link, dir) = (&hub, &links[rank], &dir);
+                s.spawn(move || {
+                    let mut store = store_for(dir);
+                    let comm = super::emulated::HostComm { hub, rank, link };
+                    let options = LoadOptions::default();
+                    if rank == 2 {
+                        let why = ErrorKind::DeviceUnavailable {
+                            device: "cuda:2".into(),
+                            reason: "unusable (emulated)".into(),
+                        };
+                        return store.refuse_broadcast(
+                            &comm,
+                            Device::Cuda(0),
+                            0,
+                            &options,
+                            why.into(),
+                        );
+                    }
+                    let r = store.initialize_broadcast_on(
+                        Device::Cuda(0),
+                        link,
+                        &comm,
+                        0,
+                        &options,
+                        tiny(),
+                    );
+                    assert!(!store.is_initialized());
+                    r.unwrap_err()
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap().to_string())
+            .collect()
+    });
+    for (rank, err) in errs.iter().enumerate() {
+        let want = match rank {
+            2 => "unusable (emulated)",
+            _ => "another rank's arguments were refused",
+        };
+        assert!(err.contains(want), "rank {rank}: {err}");
+        assert_eq!(links[rank].copies.load(Ordering::Relaxed), 0, "rank {rank}");
+    }
 }
 
 /// The promise of replicas by shares, measured: a [1001, 1001] float32 value (1,002,001
@@ -2019,8 +2123,8 @@ fn every_kernel_source_run_on_the_cpu_equals_the_host_conversion() {
 /// Seeded random damage of every fixture (see `tests/common/damage.rs`) through the GPU path, as in
 /// `tests/no_silent_values.rs` for the host: variables made from the intact checkpoint, the damaged
 /// one loaded onto the emulated device (both transfer paths, default and 1 KiB units): an error
-/// that names the damaged file and leaves nothing initialized, allocated or registered, or exactly
-/// the intact values. Never a panic, never a silently wrong value.
+/// that names the damaged file and leaves nothing initialized, allocated, registered or queued, or
+/// exactly the intact values. Never a panic, never a silently wrong value.
 #[test]
 fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
     let mut outcomes = damage::Outcomes::default();
@@ -2099,8 +2203,8 @@ fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
 
 /// One damaged load onto an emulated device, for the damage tests: variables made from the
 /// `intact` checkpoint, loaded from `damaged` (a path or URL). `Ok(false)`: an error that names
-/// `damaged_name` (the copy's folder or key) and leaves nothing initialized, allocated or
-/// registered; `Ok(true)`: exactly `cpu`'s values (the intact host load); `Err`: neither.
+/// `damaged_name` (the copy's folder or key) and leaves nothing initialized, allocated,
+/// registered or queued; `Ok(true)`: exactly `cpu`'s values (the intact host load); `Err`: neither.
 fn load_damaged(
     cpu: &VariableStore,
     (intact, damaged): (&Path, &Path),
@@ -2123,8 +2227,9 @@ fn load_damaged(
             || gpu.device_values().count() > 0
             || link.live_allocations() > 0
             || link.still_registered() > 0
+            || link.queued() > 0
         {
-            return Err("a failed load left values, memory or registrations behind");
+            return Err("a failed load left values, memory, registrations or work behind");
         }
         return Ok(false);
     }
