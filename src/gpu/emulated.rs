@@ -739,6 +739,8 @@ pub(crate) struct HostGather<'a> {
     pub fail: AtomicBool,
     /// Makes every communicator fail to be made.
     pub fail_prepare: AtomicBool,
+    /// Makes the communicators of sets of GPUs with this one fail to be made.
+    pub fail_prepare_with: Mutex<Option<crate::Device>>,
     /// Bytes moved between devices.
     pub moved: AtomicUsize,
 }
@@ -749,6 +751,7 @@ impl<'a> HostGather<'a> {
             links,
             fail: AtomicBool::new(false),
             fail_prepare: AtomicBool::new(false),
+            fail_prepare_with: Mutex::new(None),
             moved: AtomicUsize::new(0),
         }
     }
@@ -756,7 +759,8 @@ impl<'a> HostGather<'a> {
 
 impl super::destination::Gather for HostGather<'_> {
     fn prepare(&self, devices: &[crate::Device]) -> Result<()> {
-        if self.fail_prepare.load(Ordering::Relaxed) {
+        let with = *self.fail_prepare_with.lock().unwrap();
+        if self.fail_prepare.load(Ordering::Relaxed) || with.is_some_and(|d| devices.contains(&d)) {
             return Err(bad(format!("no communicator for {devices:?} (emulated)")));
         }
         Ok(())
@@ -792,10 +796,14 @@ impl super::destination::Gather for HostGather<'_> {
 
 /// The ranks of an emulated multi-process job (threads here), each on its own emulated device:
 /// the collectives a trainer's communicator has, through shared memory and a barrier. Every
-/// rank passes the same barriers whatever happens, as NCCL ranks must.
+/// rank passes the same barriers whatever happens, as NCCL ranks must. A rank that leaves (its
+/// [`HostComm`] dropped: it returned or panicked) while the others still wait at a barrier (a
+/// bug under test) breaks it: their collectives fail instead of waiting forever, so that the
+/// test fails rather than hangs. Once every rank has left, the hub serves a new job.
 pub(crate) struct Hub {
     world: usize,
-    barrier: std::sync::Barrier,
+    /// Ranks arrived at the barrier, its generation, and ranks that have left.
+    barrier: (Mutex<(usize, u64, usize)>, std::sync::Condvar),
     values: Mutex<Vec<u64>>,
     data: Mutex<Vec<Vec<u8>>>,
     /// Makes every broadcast fail (on every rank, after the data moved).
@@ -808,11 +816,36 @@ impl Hub {
     pub(crate) fn new(world: usize) -> Hub {
         Hub {
             world,
-            barrier: std::sync::Barrier::new(world),
+            barrier: Default::default(),
             values: Mutex::new(vec![0; world]),
             data: Mutex::new(Vec::new()),
             fail_broadcast: AtomicBool::new(false),
             fail_broadcast_rank: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Hub {
+    /// Waits until every rank arrived; fails where a rank left instead.
+    fn wait(&self) -> Result<()> {
+        let (lock, arrived) = &self.barrier;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = st.1;
+        st.0 += 1;
+        if st.0 == self.world {
+            *st = (0, generation + 1, st.2);
+            arrived.notify_all();
+        }
+        loop {
+            if st.1 != generation {
+                return Ok(());
+            }
+            if st.2 > 0 {
+                return Err(bad(
+                    "another rank left without this collective (emulated)".into()
+                ));
+            }
+            st = arrived.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -822,6 +855,15 @@ pub(crate) struct HostComm<'a> {
     pub hub: &'a Hub,
     pub rank: usize,
     pub link: &'a HostLink,
+}
+
+impl Drop for HostComm<'_> {
+    fn drop(&mut self) {
+        let (lock, arrived) = &self.hub.barrier;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        st.2 = (st.2 + 1) % self.hub.world;
+        arrived.notify_all();
+    }
 }
 
 impl super::broadcast::Collective for HostComm<'_> {
@@ -835,9 +877,9 @@ impl super::broadcast::Collective for HostComm<'_> {
 
     fn max(&self, value: u64) -> Result<u64> {
         self.hub.values.lock().unwrap()[self.rank] = value;
-        self.hub.barrier.wait();
+        self.hub.wait()?;
         let m = self.hub.values.lock().unwrap().iter().copied().max();
-        self.hub.barrier.wait();
+        self.hub.wait()?;
         Ok(m.unwrap_or(value))
     }
 
@@ -851,7 +893,7 @@ impl super::broadcast::Collective for HostComm<'_> {
                 Err(e) => sent = Err(e),
             }
         }
-        self.hub.barrier.wait();
+        self.hub.wait()?;
         let mut got = Ok(());
         if self.rank != root {
             let data = self.hub.data.lock().unwrap();
@@ -875,7 +917,7 @@ impl super::broadcast::Collective for HostComm<'_> {
                 }
             }
         }
-        self.hub.barrier.wait();
+        self.hub.wait()?;
         if self.hub.fail_broadcast.load(Ordering::Relaxed)
             || self.hub.fail_broadcast_rank.load(Ordering::Relaxed) == self.rank
         {

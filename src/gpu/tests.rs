@@ -1260,6 +1260,74 @@ fn a_failed_gather_unwinds_every_device() {
     );
 }
 
+/// A checkpoint of float32 tensors `names`, each of `shape` with distinct values, in `dir`.
+fn write_f32s(dir: &Path, names: &[&str], shape: &[u64]) -> std::path::PathBuf {
+    let prefix = dir.join("ckpt");
+    let n = shape.iter().product::<u64>();
+    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (k, name) in names.iter().enumerate() {
+        let values: Vec<f32> = (0..n).map(|i| (k as u64 * n + i) as f32).collect();
+        let t = crate::Tensor::from_f32(shape, &values).unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    prefix
+}
+
+/// GPUs that cannot make a communicator load their replicas whole, and only they: `a` on cuda:0
+/// and cuda:1 (no communicator between them), `b` on cuda:1 and cuda:2 (gathered), two sets of
+/// the same size.
+#[test]
+fn only_the_gpus_that_cannot_gather_load_their_replicas_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = write_f32s(tmp.path(), &["a", "b"], &[8, 8]);
+    let make = || {
+        let mut store = VariableStore::new();
+        for name in ["a", "b"] {
+            store
+                .get_variable(name, &[8, 8], DType::F32, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("a", Target::name("a")), ("b", Target::name("b"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = make();
+    cpu.initialize(Device::Cpu).unwrap();
+    let mut store = make();
+    store
+        .set_replicas("a", &[Device::Cuda(0), Device::Cuda(1)])
+        .unwrap();
+    store
+        .set_replicas("b", &[Device::Cuda(1), Device::Cuda(2)])
+        .unwrap();
+    let links = HostLink::devices(3);
+    let pairs = pairs_of(&links);
+    let gather = super::emulated::HostGather::new(&pairs);
+    *gather.fail_prepare_with.lock().unwrap() = Some(Device::Cuda(0));
+    let report = load_on(
+        &mut store,
+        &pairs,
+        Some(&gather),
+        &LoadOptions::default(),
+        tiny(),
+    )
+    .unwrap();
+    for name in ["a", "b"] {
+        for r in store.device_replicas(name) {
+            assert_eq!(&r.to_host().unwrap(), cpu.value(name).unwrap(), "{name}");
+        }
+    }
+    // b's two shares of 128 bytes, each to the other GPU; a's nothing.
+    assert_eq!(gather.moved.load(Ordering::Relaxed), 256);
+    let shown = "the GPUs cuda:0, cuda:1 cannot all-gather";
+    assert!(
+        report.warnings.iter().any(|w| w.contains(shown)),
+        "{:?}",
+        report.warnings
+    );
+}
+
 #[test]
 fn replica_lists_are_checked() {
     let mut store = store_for(&fixture("dtypes/dtypes"));
@@ -1469,10 +1537,11 @@ fn broadcast_gives_every_rank_the_roots_load() {
         let hub = super::emulated::Hub::new(3);
         let links = HostLink::devices(3);
         let make = |_| {
+            // A variable the checkpoint initializes, placed on the host: every rank reads it.
             let mut s = store_for(&dir);
             let first = s
                 .variables()
-                .find(|v| v.part.is_none())
+                .find(|v| v.part.is_none() && s.pending(&v.name).is_some())
                 .unwrap()
                 .name
                 .clone();
@@ -1491,7 +1560,11 @@ fn broadcast_gives_every_rank_the_roots_load() {
                 assert!(d.staged_bytes > 0, "{what}: the root reads");
             } else {
                 assert_eq!(d.staged_bytes, 0, "{what}: only the root uploads");
-                assert!(report.stored_bytes < done[1].1.as_ref().unwrap().stored_bytes);
+                let root = done[1].1.as_ref().unwrap().stored_bytes;
+                assert!(
+                    0 < report.stored_bytes && report.stored_bytes < root,
+                    "{what}"
+                );
             }
         }
         assert!(sent.unwrap() > 0);
@@ -2012,7 +2085,14 @@ fn scratch_is_held_one_wave_at_a_time() {
                 assert!(got.bytes().unwrap() == want, "{case} {name} {budget}");
             }
             let values: usize = gpu.device_values().map(|(_, t)| t.mem.len()).sum();
-            let scratch = report.device.unwrap().scratch_bytes as usize;
+            let device = report.device.unwrap();
+            let scratch = device.scratch_bytes as usize;
+            // Its allocations are timed (a sum of positive times, one per wave).
+            assert!(
+                device.times.scratch > 0.0,
+                "{case} {budget}: {:?}",
+                device.times
+            );
             let beyond = link.peak_bytes.load(Ordering::Relaxed) - values;
             assert_eq!(beyond, scratch, "{case} {budget}");
             // A wave is within the budget, or one piece (at most a whole stored tensor, which
