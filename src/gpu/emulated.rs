@@ -374,6 +374,9 @@ pub(crate) struct HostLink {
     pub refuse_staging_at: AtomicUsize,
     /// The most staging buffers one ring had usable at once.
     pub staging_used: AtomicUsize,
+    /// Each copy from a staging buffer, in the order queued: its lane, and the buffer (its
+    /// place among the buffers page-locked so far).
+    pub ring_copies: Mutex<Vec<(usize, usize)>>,
     /// Makes queueing each copy take this many microseconds (a slow link).
     pub copy_delay_us: AtomicU64,
     /// Makes the n-th copy fail (1-based; 0 = never).
@@ -568,11 +571,15 @@ impl Link for HostLink {
         let a = src.as_ptr() as usize;
         if lane != LANE_REG {
             let locked = self.dev.staging_locked.lock().unwrap();
-            if !locked.iter().any(|&(p, e)| a >= p && a + src.len() <= e) {
+            let Some(buffer) = locked
+                .iter()
+                .position(|&(p, e)| a >= p && a + src.len() <= e)
+            else {
                 return Err(bad(
                     "DMA on a ring lane from memory that is no page-locked staging buffer".into(),
                 ));
-            }
+            };
+            self.ring_copies.lock().unwrap().push((lane, buffer));
         }
         if lane == LANE_REG {
             let ok = self

@@ -456,6 +456,56 @@ fn the_ring_starts_on_its_first_buffer_and_takes_in_the_others_as_they_are_locke
     }
 }
 
+/// The ring's buffers take turns, and the copies of one buffer and of the next go on different
+/// lanes, so that filling one overlaps the copies from the others: with four buffers usable from
+/// the start (the driver's pinned allocation), consecutive units (32 of 1 KiB) go to different
+/// buffers and lanes, and every buffer is used.
+#[test]
+fn the_rings_buffers_and_lanes_take_turns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let prefix = write_f32s(tmp.path(), &names, &[16, 64]);
+    let make = || {
+        let mut store = VariableStore::new();
+        let mut map = AssignmentMap::new();
+        for name in names {
+            store
+                .get_variable(name, &[16, 64], DType::F32, Init::Zeros)
+                .unwrap();
+            map.push(name, Target::name(name));
+        }
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = make();
+    cpu.initialize(Device::Cpu).unwrap();
+    let link = HostLink::default();
+    link.refuse_staging_at.store(1, Ordering::Relaxed);
+    let sizes = Sizes {
+        staging: 4,
+        ..tiny()
+    };
+    let options = LoadOptions {
+        register_mappings: false,
+        ..Default::default()
+    };
+    let mut gpu = make();
+    gpu.initialize_on(&link, &options, sizes).unwrap();
+    assert_same(&cpu, &gpu, "ring");
+    let copies = link.ring_copies.lock().unwrap();
+    // One entry per unit: its lane and buffer (a unit's copies all come from one buffer).
+    let mut units: Vec<(usize, usize)> = copies.clone();
+    units.dedup_by_key(|c| c.1);
+    assert_eq!(units.len(), 32, "{units:?}");
+    for w in units.windows(2) {
+        assert!(w[0].0 != w[1].0 && w[0].1 != w[1].1, "{w:?} in {units:?}");
+    }
+    let mut buffers: Vec<usize> = units.iter().map(|u| u.1).collect();
+    buffers.sort_unstable();
+    buffers.dedup();
+    assert_eq!(buffers, [0, 1, 2, 3]);
+}
+
 /// A GPU load cancelled while its transfer runs (here at its third copy, as a trainer's other
 /// thread would) stops: the workers fail with `Cancelled` before their next unit, nothing
 /// registered, allocated or queued is left, and nothing is initialized; one cancelled before it
