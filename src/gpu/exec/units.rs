@@ -223,6 +223,50 @@ pub(super) fn pieces(r: &Range<usize>) -> impl IndexedParallelIterator<Item = Ra
 mod tests {
     use super::*;
 
+    /// Neighbouring jobs of one source share a unit while the gap between them is at most
+    /// [`GAP`] and the unit stays within its size; an empty job adds no copy and no checksum
+    /// piece.
+    #[test]
+    fn neighbouring_jobs_join_within_a_gap_and_a_unit() {
+        let file = Arc::new(vec![0u8; 1 << 20]);
+        let job = |range: Range<usize>, k: usize| Job {
+            src: UploadSource::Owned(file.clone()),
+            copies: vec![Transfer {
+                src: range.start,
+                len: range.len(),
+                dst: (k as u64 + 1) << 32,
+                mem: (k as u64 + 1) << 32,
+            }],
+            range,
+            check: Some(k),
+        };
+        let max = 200_000;
+        let a = 1000 + GAP; // a gap of exactly GAP: joined
+        let b = a + 1000 + GAP + 1; // one byte more: a new unit
+        let c = b + 1000; // adjacent and small: joined
+        let d = c + 1000; // adjacent, but the unit would pass `max`: a new unit
+        let e = d + 199_500;
+        let jobs = vec![
+            job(0..1000, 0),
+            job(a..a + 1000, 1),
+            job(b..b + 1000, 2),
+            job(c..c + 1000, 3),
+            job(d..e, 4),
+            job(e..e, 5),
+        ];
+        let (mapped, owned) = units(jobs, max);
+        assert!(mapped.is_empty());
+        let got: Vec<(Range<usize>, usize, usize)> = owned
+            .iter()
+            .map(|u| (u.range.clone(), u.copies.len(), u.crcs.len()))
+            .collect();
+        assert_eq!(got, [(0..a + 1000, 2, 2), (b..d, 2, 2), (d..e, 1, 1)]);
+        for u in &owned {
+            assert!(u.copies.iter().all(|c| c.len > 0));
+            assert!(u.crcs.iter().all(|(_, _, r)| !r.is_empty()));
+        }
+    }
+
     /// Checksum pieces crossing the steps of a piece, and a piece cut inside entries at both ends:
     /// every piece's checksum is its bytes', and the copy is the source.
     #[test]
