@@ -223,6 +223,35 @@ pub(super) fn pieces(r: &Range<usize>) -> impl IndexedParallelIterator<Item = Ra
 mod tests {
     use super::*;
 
+    /// Copies that continue each other in source and destination become one, within one
+    /// destination allocation only (a copy across an allocation's end fails on a GPU).
+    #[test]
+    fn copies_that_continue_each_other_merge_within_an_allocation() {
+        let t = |src: usize, len: usize, dst: u64, mem: u64| Transfer { src, len, dst, mem };
+        let mut copies = vec![
+            t(300, 50, 5300, 5000), // continues the next one (given out of order)
+            t(100, 200, 5100, 5000),
+            t(350, 10, 9000, 9000), // continues in the source only
+            t(360, 10, 9010, 9000), // continues the one before
+            t(370, 10, 9030, 9000), // a gap in the destination
+            t(380, 10, 9040, 9040), // continues, into the next allocation
+        ];
+        coalesce(&mut copies);
+        let got: Vec<(usize, usize, u64, u64)> = copies
+            .iter()
+            .map(|c| (c.src, c.len, c.dst, c.mem))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (100, 250, 5100, 5000),
+                (350, 20, 9000, 9000),
+                (370, 10, 9030, 9000),
+                (380, 10, 9040, 9040),
+            ]
+        );
+    }
+
     /// Neighbouring jobs of one source share a unit while the gap between them is at most
     /// [`GAP`] and the unit stays within its size; an empty job adds no copy and no checksum
     /// piece.
