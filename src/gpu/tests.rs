@@ -723,6 +723,46 @@ fn units_cover_every_copy_and_checksum_once() {
     }
 }
 
+/// Units of several 1 MiB pieces, checksummed and copied in parallel (every fixture fits in one
+/// piece): two 3 MiB tensors through each transfer path with the default sizes, and a part of
+/// one (the bytes of its other rows checksummed, not copied).
+#[test]
+fn units_of_several_pieces_load_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = write_f32s(tmp.path(), &["a", "b"], &[768, 1024]);
+    let make = || {
+        let mut store = VariableStore::new();
+        store
+            .get_variable("a", &[768, 1024], DType::F32, Init::Zeros)
+            .unwrap();
+        store
+            .get_partitioned_variable("b", &[768, 1024], DType::F32, &[3, 1], Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("a", Target::name("a")), ("b", Target::name("b"))]);
+        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+        store
+    };
+    let mut cpu = make();
+    cpu.initialize(Device::Cpu).unwrap();
+    let links = HostLink::devices(2);
+    for register_mappings in [false, true] {
+        let what = format!("register={register_mappings}");
+        let options = LoadOptions {
+            register_mappings,
+            ..Default::default()
+        };
+        let mut gpu = make();
+        // The middle part on the second device: one device reads the whole of b and checks it,
+        // the other takes its rows only.
+        let parts = gpu.partitioned_variable("b").unwrap().parts.clone();
+        gpu.set_device(&parts[1], Device::Cuda(1)).unwrap();
+        let pairs = pairs_of(&links);
+        load_on(&mut gpu, &pairs, None, &options, Sizes::default())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_same(&cpu, &gpu, &what);
+    }
+}
+
 #[test]
 fn many_unaligned_tensors_through_both_paths() {
     // 300 tensors of odd sizes in 2 shards: registration windows, batches and units never line

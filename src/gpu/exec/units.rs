@@ -223,6 +223,40 @@ pub(super) fn pieces(r: &Range<usize>) -> impl IndexedParallelIterator<Item = Ra
 mod tests {
     use super::*;
 
+    /// A unit (here at an offset of its source) is cut into pieces of `PIECE` bytes, the last
+    /// shorter; a piece is needed where a copy takes any of its bytes (an empty copy takes none).
+    #[test]
+    fn pieces_cut_a_unit_and_copies_mark_those_they_take() {
+        let start = 3 * PIECE + 5;
+        let range = start..start + 2 * PIECE + 100;
+        let got: Vec<Range<usize>> = pieces(&range).collect();
+        let want = [
+            start..start + PIECE,
+            start + PIECE..start + 2 * PIECE,
+            start + 2 * PIECE..range.end,
+        ];
+        assert_eq!(got, want);
+        let t = |src: usize, len: usize| Transfer {
+            src,
+            len,
+            dst: 0,
+            mem: 0,
+        };
+        let mut u = Unit {
+            src: UploadSource::Owned(Arc::new(Vec::new())),
+            range,
+            copies: vec![
+                t(start + PIECE - 1, 1),   // the last byte of piece 0
+                t(start + PIECE + 10, 0),  // nothing of piece 1
+                t(start + 2 * PIECE, 100), // all of piece 2
+            ],
+            crcs: Vec::new(),
+        };
+        assert_eq!(needed_pieces(&u), [true, false, true]);
+        u.copies = vec![t(start + PIECE, PIECE)]; // exactly piece 1
+        assert_eq!(needed_pieces(&u), [false, true, false]);
+    }
+
     /// Copies that continue each other in source and destination become one, within one
     /// destination allocation only (a copy across an allocation's end fails on a GPU).
     #[test]
