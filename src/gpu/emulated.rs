@@ -830,9 +830,7 @@ impl Hub {
             fail_broadcast_rank: AtomicUsize::new(usize::MAX),
         }
     }
-}
 
-impl Hub {
     /// Waits until every rank arrived; fails where a rank left instead.
     fn wait(&self) -> Result<()> {
         let (lock, arrived) = &self.barrier;
@@ -869,6 +867,9 @@ impl Drop for HostComm<'_> {
         let (lock, arrived) = &self.hub.barrier;
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         st.2 = (st.2 + 1) % self.hub.world;
+        if st.2 == 0 {
+            st.0 = 0; // every rank left: no one waits, whatever a failed job left counted
+        }
         arrived.notify_all();
     }
 }
