@@ -466,16 +466,11 @@ fn the_rings_buffers_and_lanes_take_turns() {
     let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
     let prefix = write_f32s(tmp.path(), &names, &[16, 64]);
     let make = || {
-        let mut store = VariableStore::new();
-        let mut map = AssignmentMap::new();
-        for name in names {
+        mapped_store(&prefix, &names, |store, name| {
             store
                 .get_variable(name, &[16, 64], DType::F32, Init::Zeros)
-                .unwrap();
-            map.push(name, Target::name(name));
-        }
-        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
-        store
+                .map(drop)
+        })
     };
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
@@ -731,16 +726,18 @@ fn units_of_several_pieces_load_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = write_f32s(tmp.path(), &["a", "b"], &[768, 1024]);
     let make = || {
-        let mut store = VariableStore::new();
-        store
-            .get_variable("a", &[768, 1024], DType::F32, Init::Zeros)
-            .unwrap();
-        store
-            .get_partitioned_variable("b", &[768, 1024], DType::F32, &[3, 1], Init::Zeros)
-            .unwrap();
-        let map = AssignmentMap::from([("a", Target::name("a")), ("b", Target::name("b"))]);
-        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
-        store
+        mapped_store(&prefix, &["a", "b"], |store, name| {
+            // a whole, b partitioned in three along its rows.
+            let (shape, dtype) = (&[768, 1024], DType::F32);
+            match name {
+                "a" => store
+                    .get_variable(name, shape, dtype, Init::Zeros)
+                    .map(drop),
+                _ => store
+                    .get_partitioned_variable(name, shape, dtype, &[3, 1], Init::Zeros)
+                    .map(drop),
+            }
+        })
     };
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
@@ -1364,6 +1361,23 @@ fn write_f32s(dir: &Path, names: &[&str], shape: &[u64]) -> std::path::PathBuf {
     prefix
 }
 
+/// A store whose variables `names` (each made by `declare`) take the tensors of the same names
+/// from checkpoint `prefix`.
+fn mapped_store(
+    prefix: &Path,
+    names: &[&str],
+    declare: impl Fn(&mut VariableStore, &str) -> crate::Result<()>,
+) -> VariableStore {
+    let mut store = VariableStore::new();
+    let mut map = AssignmentMap::new();
+    for name in names {
+        declare(&mut store, name).unwrap();
+        map.push(*name, Target::name(*name));
+    }
+    init_from_checkpoint(&mut store, prefix, &map).unwrap();
+    store
+}
+
 /// GPUs that cannot make a communicator load their replicas whole, and only they: `a` on cuda:0
 /// and cuda:1 (no communicator between them), `b` on cuda:1 and cuda:2 (gathered), two sets of
 /// the same size.
@@ -1372,15 +1386,11 @@ fn only_the_gpus_that_cannot_gather_load_their_replicas_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = write_f32s(tmp.path(), &["a", "b"], &[8, 8]);
     let make = || {
-        let mut store = VariableStore::new();
-        for name in ["a", "b"] {
+        mapped_store(&prefix, &["a", "b"], |store, name| {
             store
                 .get_variable(name, &[8, 8], DType::F32, Init::Zeros)
-                .unwrap();
-        }
-        let map = AssignmentMap::from([("a", Target::name("a")), ("b", Target::name("b"))]);
-        init_from_checkpoint(&mut store, &prefix, &map).unwrap();
-        store
+                .map(drop)
+        })
     };
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
