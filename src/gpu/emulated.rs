@@ -136,6 +136,10 @@ struct Device {
     registered: Registry,
     /// The staging buffers page-locked so far (start, end): the ring's lanes copy only from them.
     staging_locked: Mutex<Vec<(usize, usize)>>,
+    /// Copies dropped because their source was unregistered or given back while they were
+    /// queued: on a GPU they would have read memory no longer pinned (or freed). The load reports
+    /// an error, but a correct one never gets there, even when it fails.
+    dropped_copies: AtomicUsize,
 }
 
 /// A fence: a lane, and the sequence number of the first operation queued after it.
@@ -277,6 +281,7 @@ impl Device {
                 !from
             });
         }
+        self.dropped_copies.fetch_add(dropped, Ordering::Relaxed);
         dropped
     }
 
@@ -365,6 +370,8 @@ pub(crate) struct HostLink {
     pool_cursor: AtomicU64,
     /// Makes every registration take this many milliseconds (page-locking is slow on a GPU).
     pub register_delay_ms: AtomicU64,
+    /// Makes each unregistration take this many milliseconds.
+    pub unregister_delay_ms: AtomicU64,
     /// Makes page-locking each staging buffer after the first take this many milliseconds: the
     /// ring then starts on fewer buffers and takes in the others as they come.
     pub staging_delay_ms: AtomicU64,
@@ -389,6 +396,8 @@ pub(crate) struct HostLink {
     pub unregistrations: AtomicUsize,
     pub copies: AtomicUsize,
     pub registrations: AtomicUsize,
+    /// The most registrations of this device in place at once.
+    pub peak_registrations: AtomicUsize,
     /// The most bytes allocated and alive at once.
     pub peak_bytes: AtomicUsize,
 }
@@ -495,6 +504,12 @@ impl HostLink {
         let q = self.dev.queue.lock().unwrap();
         q.lanes.iter().map(|l| l.len()).sum()
     }
+
+    /// Copies dropped so far because the memory they read was unregistered or given back while
+    /// they were still queued (must be none, also after a failed load).
+    pub(crate) fn dropped_copies(&self) -> usize {
+        self.dev.dropped_copies.load(Ordering::Relaxed)
+    }
 }
 
 impl Link for HostLink {
@@ -527,11 +542,17 @@ impl Link for HostLink {
         }
         self.registrations.fetch_add(1, Ordering::Relaxed);
         r.push((a, len, self.dev.id));
+        let live = r.iter().filter(|e| e.2 == self.dev.id).count();
+        self.peak_registrations.fetch_max(live, Ordering::Relaxed);
         Ok(())
     }
 
     unsafe fn unregister(&self, ptr: *const u8) -> Result<()> {
         let n = self.unregistrations.fetch_add(1, Ordering::Relaxed) + 1;
+        let delay = self.unregister_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         if n == self.fail_unregister_at.load(Ordering::Relaxed) {
             return Err(bad(format!("unregistering {ptr:p} failed (emulated)")));
         }
