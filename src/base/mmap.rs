@@ -62,6 +62,9 @@ pub(crate) struct MappedFile {
     guard: crate::base::sigbus::Guard,
     map: Option<memmap2::Mmap>,
     stamp: FileStamp,
+    /// The ranges hinted by [`will_need`](Self::will_need), in order (tests only).
+    #[cfg(test)]
+    pub(crate) hints: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
 }
 
 /// Opens `path` for reading if it is a regular file. Anything else is an error that says what it
@@ -135,6 +138,8 @@ impl MappedFile {
             guard,
             map,
             stamp: FileStamp::from_meta(&meta),
+            #[cfg(test)]
+            hints: Default::default(),
         })
     }
 
@@ -142,6 +147,8 @@ impl MappedFile {
     /// that a cold file is read in large sequential requests rather than page fault by page fault.
     /// Hints only: failures are ignored.
     pub(crate) fn will_need(&self, range: std::ops::Range<usize>) {
+        #[cfg(test)]
+        self.hints.lock().unwrap().push(range.clone());
         #[cfg(unix)]
         if let Some(m) = &self.map {
             let page = page_size(); // 64 KiB on some aarch64 kernels

@@ -370,6 +370,8 @@ pub(crate) struct HostLink {
     pool_cursor: AtomicU64,
     /// Makes every registration take this many milliseconds (page-locking is slow on a GPU).
     pub register_delay_ms: AtomicU64,
+    /// Makes preparing kernels fail, as a missing compiler or a module that does not load does.
+    pub refuse_kernels: AtomicBool,
     /// Makes each unregistration take this many milliseconds.
     pub unregister_delay_ms: AtomicU64,
     /// Makes page-locking each staging buffer after the first take this many milliseconds: the
@@ -737,6 +739,11 @@ impl Link for HostLink {
     }
 
     fn prepare_kernels(&self, names: &[&'static str]) -> Result<()> {
+        if self.refuse_kernels.load(Ordering::Relaxed) {
+            return Err(bad(format!(
+                "kernels {names:?} could not be made ready (emulated)"
+            )));
+        }
         match names
             .iter()
             .find(|n| super::plan::kernel_types(n).is_none())

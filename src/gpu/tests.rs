@@ -39,6 +39,7 @@ fn tiny() -> Sizes {
         reg_batch: 3 << 10,
         share_min: 0,
         scratch: 1 << 10,
+        read_ahead: 4 << 10,
     }
 }
 
@@ -83,9 +84,82 @@ fn emulated_device_equals_host_on_every_fixture() {
                     stats.staging_bytes <= (sizes.staging * sizes.unit) as u64,
                     "{what}"
                 );
+                check_times(&stats, &what);
             }
         }
     }
+}
+
+/// Each part of a device load's time is counted, once: every time is finite and not negative,
+/// the parts of `transfer` are within it, and each step that ran took some time.
+fn check_times(stats: &crate::load::DeviceStats, what: &str) {
+    let t = &stats.times;
+    let all = [
+        t.kernel_setup,
+        t.scratch,
+        t.transfer,
+        t.pinning,
+        t.registering,
+        t.verify,
+        t.kernels,
+    ];
+    assert!(
+        all.iter().all(|s| s.is_finite() && *s >= 0.0),
+        "{what}: {t}"
+    );
+    assert!(
+        t.pinning <= t.transfer && t.registering <= t.transfer,
+        "{what}: {t}"
+    );
+    assert!(t.transfer > 0.0 && t.verify > 0.0, "{what}: {t}");
+    if stats.staging_bytes > 0 {
+        assert!(t.pinning > 0.0, "{what}: {t}");
+    }
+    if stats.registered_bytes > 0 {
+        assert!(t.registering > 0.0, "{what}: {t}");
+    }
+    if stats.kernels > 0 {
+        assert!(t.kernel_setup > 0.0 && t.kernels > 0.0, "{what}: {t}");
+    }
+}
+
+/// Kernels that cannot be made ready fail the load before any byte moves; a load that needs no
+/// kernel does not ask for them.
+#[test]
+fn kernels_are_made_ready_before_any_byte_moves_and_only_when_needed() {
+    let (mut with, mut without) = (0, 0);
+    for case in CASES {
+        let dir = fixture(case);
+        let link = HostLink::default();
+        let kernels = store_for(&dir)
+            .initialize_on(&link, &LoadOptions::default(), tiny())
+            .unwrap()
+            .device
+            .unwrap()
+            .kernels;
+        let link = HostLink::default();
+        link.refuse_kernels.store(true, Ordering::Relaxed);
+        let mut gpu = store_for(&dir);
+        let r = gpu.initialize_on(&link, &LoadOptions::default(), tiny());
+        if kernels > 0 {
+            with += 1;
+            let err = r.unwrap_err();
+            assert!(
+                err.to_string().contains("could not be made ready"),
+                "{case}: {err}"
+            );
+            assert_eq!(link.copies.load(Ordering::Relaxed), 0, "{case}");
+            assert_eq!(link.live_allocations(), 0, "{case}");
+            assert!(!gpu.is_initialized(), "{case}");
+        } else {
+            without += 1;
+            r.unwrap_or_else(|e| panic!("{case}: {e}"));
+        }
+    }
+    assert!(
+        with > 0 && without > 0,
+        "{with} cases with kernels, {without} without"
+    );
 }
 
 /// Values stored back to back whose device memory a pool also placed back to back (BERT's word,
@@ -295,6 +369,9 @@ fn registration_carries_mapped_bytes_and_failure_falls_back() {
         .unwrap()
         .contains("refused"));
     assert_same(&cpu, &gpu, "fallback");
+    // The ring's second pass carried the mapped units, in buffers it pinned then.
+    assert!(stats.staging_bytes > 0);
+    check_times(&stats, "fallback");
 }
 
 /// Registrations are undone as the batches that copied from them complete: with two batches in
@@ -344,6 +421,7 @@ fn registrations_are_undone_as_their_batches_complete() {
     // `registering` (1 ms each here).
     let t = stats.times;
     assert!(t.registering >= 0.016, "{t}");
+    check_times(&stats, "registered");
 }
 
 #[test]
@@ -869,6 +947,7 @@ fn many_unaligned_tensors_through_both_paths() {
             reg_batch: 20_000,
             share_min: 0,
             scratch: 20_000,
+            read_ahead: 20_000,
         },
     ] {
         for register_mappings in [false, true, true] {

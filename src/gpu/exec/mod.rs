@@ -57,6 +57,8 @@ pub(crate) struct Sizes {
     /// run in waves that each need at most this much (a single larger piece has a wave of its
     /// own), and each wave's scratch is freed before the next is allocated.
     pub scratch: usize,
+    /// How far past the units in work the files are hinted for readahead.
+    pub read_ahead: usize,
 }
 
 impl Default for Sizes {
@@ -68,13 +70,12 @@ impl Default for Sizes {
             reg_batch: 256 << 20,
             share_min: 1 << 20,
             scratch: 1 << 30,
+            read_ahead: 512 << 20,
         }
     }
 }
 /// Entries closer than this in a file share a unit (the gap is uploaded, not copied anywhere).
 pub(crate) const GAP: usize = 64 << 10;
-/// How far past the units in work the files are hinted for readahead.
-const READ_AHEAD: usize = 512 << 20;
 /// Bytes checksummed (and copied) per parallel task.
 const PIECE: usize = 1 << 20;
 
@@ -350,11 +351,11 @@ impl Shared<'_> {
             }
             end += 1;
         }
-        // Readahead of this batch and what follows, up to READ_AHEAD: a cold file is then read in
+        // Readahead of this batch and what follows, up to `read_ahead`: a cold file is then read in
         // large requests while this batch is pinned or staged (a hint: a residency check when
         // warm).
         let (mut h, mut ahead) = (c.1.max(start), 0);
-        while h < self.mapped.len() && ahead < READ_AHEAD {
+        while h < self.mapped.len() && ahead < self.sizes.read_ahead {
             let u = &self.mapped[h];
             if let UploadSource::Mapped(m) = &u.src {
                 m.will_need(u.range.clone());
@@ -524,4 +525,160 @@ fn verify(checks: &[Check], mut parts: Vec<CrcPiece>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_are_the_narrowest_memset_that_repeats_the_element() {
+        assert_eq!(Fill::of(&[]), None);
+        assert_eq!(Fill::of(&[7]), Some(Fill::D8(7)));
+        // A float64 zero and a bfloat16 0x4040 repeat one byte.
+        assert_eq!(Fill::of(&[0; 8]), Some(Fill::D8(0)));
+        assert_eq!(Fill::of(&[0x40, 0x40]), Some(Fill::D8(0x40)));
+        assert_eq!(Fill::of(&[1, 2]), Some(Fill::D16(0x0201)));
+        assert_eq!(Fill::of(&[1, 2, 3, 4]), Some(Fill::D32(0x0403_0201)));
+        // No memset repeats 8 or 16 bytes that differ: those are uploaded.
+        assert_eq!(Fill::of(&[1, 2, 3, 4, 5, 6, 7, 8]), None);
+        assert_eq!(Fill::of(&[0, 0, 0, 0, 0, 0, 0xf0, 0x3f]), None);
+    }
+
+    /// The documented launch configurations: transposes by 32×32 tiles in blocks of 32×8 (the
+    /// kernels' shared tile assumes them), the others by rows of 256 threads.
+    #[test]
+    fn transposes_launch_by_tiles_and_the_others_by_rows() {
+        let k = |name| Kernel {
+            name,
+            src: 0,
+            dst: 0,
+            rows: 100,
+            row: 1000,
+            src_stride: 1000,
+            dst_stride: 1000,
+            dst_col: 0,
+        };
+        for &(_, _, copy, transpose) in super::super::plan::KERNELS {
+            assert!(!k(copy).transposes(), "{copy}");
+            assert_eq!(k(copy).launch_dims(), ((4, 100), (256, 1)), "{copy}");
+            let t = Kernel {
+                dst_col: 100,
+                ..k(transpose)
+            };
+            assert!(t.transposes(), "{transpose}");
+            assert_eq!(t.launch_dims(), ((32, 4), (32, 8)), "{transpose}");
+        }
+        // Clamped grids (the kernels loop over the rest).
+        let big = Kernel {
+            rows: 1 << 20,
+            row: 1 << 20,
+            ..k("copy2d_4")
+        };
+        assert_eq!(big.launch_dims(), ((1024, 65535), (256, 1)));
+        let empty = Kernel {
+            rows: 0,
+            row: 0,
+            ..k("copy2d_4")
+        };
+        assert_eq!(empty.launch_dims(), ((1, 1), (256, 1)));
+    }
+
+    /// `take` hands out batches of up to `bytes` of one mapping (one unit for 0), and hints each
+    /// unit for readahead once, in file order, keeping `read_ahead` bytes past the last hinted.
+    #[test]
+    fn batches_stay_in_one_mapping_and_readahead_runs_ahead_of_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        const K: usize = 64 << 10;
+        let maps: Vec<Arc<MappedFile>> = [8, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let path = tmp.path().join(format!("shard{i}"));
+                std::fs::write(&path, vec![0u8; n * K]).unwrap();
+                Arc::new(MappedFile::open(&path).unwrap())
+            })
+            .collect();
+        let jobs = || -> Vec<Job> {
+            maps.iter()
+                .flat_map(|m| {
+                    (0..m.bytes().len() / K).map(move |k| Job {
+                        src: UploadSource::Mapped(m.clone()),
+                        range: k * K..(k + 1) * K,
+                        copies: Vec::new(),
+                        check: None,
+                    })
+                })
+                .collect()
+        };
+        let failed = AtomicBool::new(false);
+        // The batches `take(bytes)` hands out until none is left, each with the units hinted
+        // (counted over both mappings) once it was taken.
+        let batches = |bytes: usize, read_ahead: usize| {
+            let sizes = Sizes {
+                unit: K,
+                read_ahead,
+                ..Sizes::default()
+            };
+            for m in &maps {
+                m.hints.lock().unwrap().clear();
+            }
+            let (mapped, owned) = units(jobs(), K);
+            assert_eq!((mapped.len(), owned.len()), (10, 0));
+            let s = Shared {
+                sizes,
+                mapped: &mapped,
+                owned: &owned,
+                cursor: Mutex::new((0, 0)),
+                owned_cursor: Mutex::new(0),
+                fallback: Mutex::new(Vec::new()),
+                no_registration: AtomicBool::new(false),
+                failed: &failed,
+                cancel: None,
+                parts: Mutex::new(Vec::new()),
+            };
+            let mut out = Vec::new();
+            loop {
+                let b = s.take(bytes);
+                if b.is_empty() {
+                    break;
+                }
+                let one_source = mapped[b.clone()]
+                    .iter()
+                    .all(|u| u.src.same(&mapped[b.start].src));
+                assert!(one_source, "{b:?}");
+                let hinted: usize = maps.iter().map(|m| m.hints.lock().unwrap().len()).sum();
+                out.push((b, hinted));
+            }
+            // Each unit hinted once, in file order.
+            for m in &maps {
+                let hints = m.hints.lock().unwrap().clone();
+                let want: Vec<_> = (0..m.bytes().len() / K)
+                    .map(|k| k * K..(k + 1) * K)
+                    .collect();
+                assert_eq!(hints, want);
+            }
+            out
+        };
+        // Which mapping comes first is the units' order (by address); its 8 units or its 2.
+        let eight_first = {
+            let (mapped, _) = units(jobs(), K);
+            matches!(&mapped[0].src, UploadSource::Mapped(m) if Arc::ptr_eq(m, &maps[0]))
+        };
+        let (a, b) = if eight_first { (0, 8) } else { (2, 0) };
+        let pairs = |hinted: [usize; 5]| {
+            let mut want: Vec<_> = (0..4).map(|i| a + 2 * i..a + 2 * i + 2).collect();
+            want.insert(if eight_first { 4 } else { 0 }, b..b + 2);
+            want.into_iter().zip(hinted).collect::<Vec<_>>()
+        };
+        // Three units (192 KiB) ahead: each batch hints the three that follow the last hinted.
+        assert_eq!(batches(2 * K, 3 * K), pairs([3, 6, 9, 10, 10]));
+        // One unit per batch when `bytes` is 0 (the ring's take).
+        let singles = batches(0, 3 * K);
+        assert_eq!(singles.len(), 10);
+        assert!(singles.iter().all(|(b, _)| b.len() == 1));
+        // The default reads 512 MiB ahead: everything is hinted with the first batch.
+        let all = batches(2 * K, Sizes::default().read_ahead);
+        assert!(all.iter().all(|&(_, hinted)| hinted == 10), "{all:?}");
+    }
 }
