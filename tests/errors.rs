@@ -1283,18 +1283,22 @@ fn bare_names_in_this_process() {
 #[test]
 fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let e = err(CheckpointWriter::create(
-        dir.path().join("z"),
-        WriterOptions {
-            num_shards: 0,
-            ..Default::default()
-        },
-    ));
-    assert!(
-        e.to_string()
-            .contains("num_shards must be between 1 and 2147483647, not 0"),
-        "{e}"
-    );
+    // The header stores the count as an int32.
+    for num_shards in [0, 1 << 31, u32::MAX] {
+        let e = err(CheckpointWriter::create(
+            dir.path().join("z"),
+            WriterOptions {
+                num_shards,
+                ..Default::default()
+            },
+        ));
+        assert!(
+            e.to_string().contains(&format!(
+                "num_shards must be between 1 and 2147483647, not {num_shards}"
+            )),
+            "{e}"
+        );
+    }
     // A block size the table cannot hold (it overflowed in debug builds at usize::MAX).
     for block_size in [0, (1 << 30) + 1, usize::MAX] {
         let e = err(CheckpointWriter::create(
@@ -1311,11 +1315,26 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             "{e}"
         );
     }
+    // The bounds themselves are taken (the writer is dropped: nothing is written).
+    let blocks = WriterOptions {
+        block_size: 1 << 30,
+        ..Default::default()
+    };
+    drop(CheckpointWriter::create(dir.path().join("z"), blocks).unwrap());
     let prefix = dir.path().join("w");
     let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
     let two = Tensor::from_f32(&[2], &[1., 2.]).unwrap();
     let rows = |start, len| Slice::from_ranges(&[(start, len)]);
     w.add("a", (&two).into()).unwrap();
+    let debug = format!("{w:?}");
+    for part in [
+        &format!("{prefix:?}"),
+        "entries: 1",
+        "finished: false",
+        "num_shards: 1",
+    ] {
+        assert!(debug.contains(part), "{debug}");
+    }
     let invalid = |r: tfckpt::Result<()>, says: &str| {
         let e = err(r);
         assert!(
