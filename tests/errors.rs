@@ -1315,6 +1315,17 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             "{e}"
         );
     }
+    // A folder that is not there: the system's error, naming the file (not a search for a
+    // free temporary name).
+    let e = err(CheckpointWriter::create(
+        dir.path().join("no-such-folder").join("m"),
+        WriterOptions::default(),
+    ));
+    assert!(matches!(e.kind(), ErrorKind::Io { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("no-such-folder") && !e.to_string().contains("temporary names"),
+        "{e}"
+    );
     // The bounds themselves are taken (the writer is dropped: nothing is written).
     let blocks = WriterOptions {
         block_size: 1 << 30,
