@@ -610,10 +610,10 @@ mod tests {
             assert_eq!(text.lines().count(), 2, "{text}");
             assert!(text.is_ascii(), "{text}");
         }
-        crate::format::writer::write_checkpoint_state(dir.path(), "é\n'\t\r").unwrap();
+        crate::format::writer::write_checkpoint_state(dir.path(), "m é\n'\t\r").unwrap();
         let text = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
         assert!(
-            text.starts_with("model_checkpoint_path: \"\\303\\251\\n\\'\\t\\r\"\n"),
+            text.starts_with("model_checkpoint_path: \"m \\303\\251\\n\\'\\t\\r\"\n"),
             "{text}"
         );
     }
