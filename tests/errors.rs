@@ -1326,7 +1326,7 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
         e.to_string().contains("no-such-folder") && !e.to_string().contains("temporary names"),
         "{e}"
     );
-    // The bounds themselves are taken (the writer is dropped: nothing is written).
+    // The block size's bound itself is taken (the writer is dropped: nothing is written).
     let blocks = WriterOptions {
         block_size: 1 << 30,
         ..Default::default()
