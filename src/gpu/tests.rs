@@ -384,13 +384,7 @@ fn registrations_are_undone_as_their_batches_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let names = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
     let prefix = write_f32s(tmp.path(), &names, &[16384]);
-    let make = || {
-        mapped_store(&prefix, &names, |store, name| {
-            store
-                .get_variable(name, &[16384], DType::F32, Init::Zeros)
-                .map(drop)
-        })
-    };
+    let make = || mapped_store(&prefix, &names, whole_f32(&[16384]));
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
     let sizes = Sizes {
@@ -602,13 +596,7 @@ fn the_rings_buffers_and_lanes_take_turns() {
     let tmp = tempfile::tempdir().unwrap();
     let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
     let prefix = write_f32s(tmp.path(), &names, &[16, 64]);
-    let make = || {
-        mapped_store(&prefix, &names, |store, name| {
-            store
-                .get_variable(name, &[16, 64], DType::F32, Init::Zeros)
-                .map(drop)
-        })
-    };
+    let make = || mapped_store(&prefix, &names, whole_f32(&[16, 64]));
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
     let link = HostLink::default();
@@ -1500,6 +1488,15 @@ fn write_f32s(dir: &Path, names: &[&str], shape: &[u64]) -> std::path::PathBuf {
     prefix
 }
 
+/// A `declare` for [`mapped_store`]: a float32 variable of `shape`, whole, zeros until loaded.
+fn whole_f32(shape: &[u64]) -> impl Fn(&mut VariableStore, &str) -> crate::Result<()> + '_ {
+    move |store, name| {
+        store
+            .get_variable(name, shape, DType::F32, Init::Zeros)
+            .map(drop)
+    }
+}
+
 /// A store whose variables `names` (each made by `declare`) take the tensors of the same names
 /// from checkpoint `prefix`.
 fn mapped_store(
@@ -1524,13 +1521,7 @@ fn mapped_store(
 fn only_the_gpus_that_cannot_gather_load_their_replicas_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = write_f32s(tmp.path(), &["a", "b"], &[8, 8]);
-    let make = || {
-        mapped_store(&prefix, &["a", "b"], |store, name| {
-            store
-                .get_variable(name, &[8, 8], DType::F32, Init::Zeros)
-                .map(drop)
-        })
-    };
+    let make = || mapped_store(&prefix, &["a", "b"], whole_f32(&[8, 8]));
     let mut cpu = make();
     cpu.initialize(Device::Cpu).unwrap();
     let mut store = make();

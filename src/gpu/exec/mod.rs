@@ -334,7 +334,31 @@ struct Shared<'a> {
     parts: Mutex<Vec<CrcPiece>>,
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
+    /// The state of a load of `mapped` and `owned` units: registration taken up only with
+    /// `register`, every worker stopped once `failed` is set.
+    fn new(
+        sizes: Sizes,
+        mapped: &'a [Unit],
+        owned: &'a [Unit],
+        register: bool,
+        failed: &'a AtomicBool,
+        cancel: Option<&'a crate::load::CancelToken>,
+    ) -> Shared<'a> {
+        Shared {
+            sizes,
+            mapped,
+            owned,
+            cursor: Mutex::new((0, 0)),
+            owned_cursor: Mutex::new(0),
+            fallback: Mutex::new(Vec::new()),
+            no_registration: AtomicBool::new(!register),
+            failed,
+            cancel,
+            parts: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The next `n` bytes' worth of mapped units of one source (one unit when `bytes` is 0).
     fn take(&self, bytes: usize) -> Range<usize> {
         let mut c = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,18 +448,7 @@ pub(crate) fn execute<L: Link>(
         stats.times.kernel_setup += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let (mapped, owned) = units(jobs, sizes.unit);
-        let shared = Shared {
-            sizes,
-            mapped: &mapped,
-            owned: &owned,
-            cursor: Mutex::new((0, 0)),
-            owned_cursor: Mutex::new(0),
-            fallback: Mutex::new(Vec::new()),
-            no_registration: AtomicBool::new(!register),
-            failed: stop,
-            cancel,
-            parts: Mutex::new(Vec::new()),
-        };
+        let shared = Shared::new(sizes, &mapped, &owned, register, stop, cancel);
         // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
         // ring while the registrar waits on its own parallel checksums), so what registration gives
         // back after the ring ran dry is carried by a second ring pass.
@@ -625,18 +638,7 @@ mod tests {
             }
             let (mapped, owned) = units(jobs(), K);
             assert_eq!((mapped.len(), owned.len()), (10, 0));
-            let s = Shared {
-                sizes,
-                mapped: &mapped,
-                owned: &owned,
-                cursor: Mutex::new((0, 0)),
-                owned_cursor: Mutex::new(0),
-                fallback: Mutex::new(Vec::new()),
-                no_registration: AtomicBool::new(false),
-                failed: &failed,
-                cancel: None,
-                parts: Mutex::new(Vec::new()),
-            };
+            let s = Shared::new(sizes, &mapped, &owned, true, &failed, None);
             let mut out = Vec::new();
             loop {
                 let b = s.take(bytes);
