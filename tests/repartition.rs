@@ -536,7 +536,14 @@ fn a_rank_reads_ahead_only_its_own_slices() {
         let (a, b) = middle(i);
         let pages = resident(a, b);
         if mine {
-            assert_eq!(pages, (b - a) / 4096, "slice {i}, read by this rank");
+            // Read, so resident: all of it, but for the few pages the kernel may reclaim at once
+            // (pages read once are the first it takes back when other work fills the page
+            // cache: 2043 of 2048 during a CI rehearsal that was building beside it).
+            assert!(
+                pages >= (b - a) / 4096 * 9 / 10,
+                "slice {i}, read by this rank: {pages} of {} pages",
+                (b - a) / 4096
+            );
         } else {
             // All of it when every slice was read ahead; none, or some of the kernel's own.
             assert!(
