@@ -1597,11 +1597,54 @@ fn replica_lists_are_checked() {
     assert!(store.replicas_of(&f).is_none());
 }
 
-/// A static HTTP server with range support (tower-http's `ServeDir`) over `root`, on 127.0.0.1,
-/// for the rest of the test process.
+/// The requests a test server answered, in order: method, path, and whether it asked for a range.
 #[cfg(feature = "remote")]
-fn http_server(root: std::path::PathBuf) -> std::net::SocketAddr {
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool)>>>;
+
+/// A service that records each request in [`Requests`] before `S` answers it.
+#[cfg(feature = "remote")]
+#[derive(Clone)]
+struct Recorded<S> {
+    inner: S,
+    seen: Requests,
+}
+
+#[cfg(feature = "remote")]
+impl<S, B> tower_service::Service<http::Request<B>> for Recorded<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> S::Future {
+        self.seen.lock().unwrap().push((
+            req.method().to_string(),
+            req.uri().path().to_string(),
+            req.headers().contains_key(http::header::RANGE),
+        ));
+        self.inner.call(req)
+    }
+}
+
+/// A static HTTP server with range support (tower-http's `ServeDir`) over `root`, on 127.0.0.1,
+/// for the rest of the test process, and the requests it answers.
+#[cfg(feature = "remote")]
+fn http_server(root: std::path::PathBuf) -> (std::net::SocketAddr, Requests) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let seen = Requests::default();
+    let files = Recorded {
+        inner: tower_http::services::ServeDir::new(&root),
+        seen: seen.clone(),
+    };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -1611,7 +1654,6 @@ fn http_server(root: std::path::PathBuf) -> std::net::SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let files = tower_http::services::ServeDir::new(&root);
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
@@ -1627,7 +1669,7 @@ fn http_server(root: std::path::PathBuf) -> std::net::SocketAddr {
             }
         });
     });
-    rx.recv().unwrap()
+    (rx.recv().unwrap(), seen)
 }
 
 /// [`store_for`] the local checkpoint `dir`, mapped to its copy at `url`.
@@ -1642,7 +1684,7 @@ fn remote_store(dir: &Path, url: &str) -> VariableStore {
 #[cfg(feature = "remote")]
 #[test]
 fn remote_checkpoints_load_through_the_staging_ring() {
-    let addr = http_server(fixtures::fixtures());
+    let (addr, _) = http_server(fixtures::fixtures());
     let mut options = LoadOptions::default();
     options.remote.range_bytes = 64 << 10;
     options.remote.concurrency = 3;
@@ -1701,7 +1743,7 @@ fn a_damaged_remote_shard_fails_naming_its_url_and_loads_nothing() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::write(to, bytes).unwrap();
     }
-    let url = format!("http://{}", http_server(tmp.path().to_path_buf()));
+    let url = format!("http://{}", http_server(tmp.path().to_path_buf()).0);
     let mut store = remote_store(tmp.path(), &url);
     let (data, offset) = {
         let ckpt = crate::Checkpoint::open(tmp.path()).unwrap();
@@ -1723,6 +1765,46 @@ fn a_damaged_remote_shard_fails_naming_its_url_and_loads_nothing() {
     );
     assert_eq!(link.live_allocations(), 0);
     assert!(!store.is_initialized());
+}
+
+/// Neighbouring tensors of one remote shard share a unit, and a unit within `range_bytes` is one
+/// ranged GET: 16 tensors of 1 KiB take one request for their 16 KiB, not one each (on object
+/// storage every request costs a round trip and is billed).
+#[cfg(feature = "remote")]
+#[test]
+fn neighbouring_remote_tensors_are_fetched_in_one_ranged_get() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..16).map(|k| format!("t{k:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let prefix = write_f32s(tmp.path(), &names, &[256]);
+    let (addr, seen) = http_server(tmp.path().to_path_buf());
+    let url = format!("http://{addr}/ckpt");
+    let mut options = LoadOptions::default();
+    options.remote.range_bytes = 64 << 10;
+    let mut host = mapped_store(&prefix, &names, whole_f32(&[256]));
+    host.initialize(Device::Cpu).unwrap();
+    for (sizes, what) in [(Sizes::default(), "default sizes"), (tiny(), "1 KiB units")] {
+        let mut gpu = mapped_store(Path::new(&url), &names, whole_f32(&[256]));
+        seen.lock().unwrap().clear();
+        let link = HostLink::default();
+        gpu.initialize_on(&link, &options, sizes)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_same(&host, &gpu, what);
+        let data: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, path, _)| m == "GET" && path.ends_with(".data-00000-of-00001"))
+            .cloned()
+            .collect();
+        assert!(
+            data.iter().all(|(_, _, ranged)| *ranged),
+            "{what}: {data:?}"
+        );
+        // Units of 1 KiB hold one tensor each: one GET per tensor, the bound's other side.
+        let want = if sizes.unit >= 16 << 10 { 1 } else { 16 };
+        assert_eq!(data.len(), want, "{what}: {data:?}");
+    }
 }
 
 /// Runs `initialize_broadcast_on` on `world` emulated ranks (threads, one emulated device each),
@@ -2477,7 +2559,7 @@ fn damaged_checkpoints_load_exactly_or_fail_whole_on_the_device() {
 #[test]
 fn damaged_remote_checkpoints_load_exactly_or_fail_whole_on_the_device() {
     let root = tempfile::tempdir().unwrap();
-    let addr = http_server(root.path().to_path_buf());
+    let (addr, _) = http_server(root.path().to_path_buf());
     let mut options = LoadOptions::default();
     options.remote.range_bytes = 64 << 10; // the smallest range allowed
     options.remote.concurrency = 3;
