@@ -911,6 +911,45 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
     );
 }
 
+/// A fault is caught only on the thread that reads for the library: the trainer's read of a
+/// truncated view on its own thread ends the process with `SIGBUS` even while another thread is
+/// marked as reading (here in `read_values`, which marks the trainer's closure on purpose). A
+/// handler that took every thread for a reader (one thread id for all) repaired that read too,
+/// and the trainer read zeros.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_trainer_thread_is_not_caught_while_another_reads_for_the_library() {
+    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, Target};
+    let child = || {
+        let (t, ckpt) = truncated_under_a_view();
+        let view = ckpt.view("a").map_err(|e| e.to_string())?;
+        let mut store = tfckpt::VariableStore::new();
+        store
+            .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
+            .unwrap();
+        let map = AssignmentMap::from([("a", Target::name("v"))]);
+        init_from_checkpoint(&mut store, &t.b, &map).unwrap();
+        store.initialize(Device::Cpu).map_err(|e| e.to_string())?;
+        let (inside, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let sum = std::thread::scope(|s| {
+            let (store, tx, rx) = (&store, inside.0, go_on.1);
+            s.spawn(move || {
+                store.read_values(|_| {
+                    tx.send(()).unwrap();
+                    let _ = rx.recv();
+                })
+            });
+            inside.1.recv().unwrap();
+            truncate(&t.shard);
+            let sum: u64 = view.as_bytes().iter().map(|&b| b as u64).sum();
+            drop(go_on.0);
+            sum
+        });
+        Err(format!("the trainer's thread read a sum of {sum}"))
+    };
+    assert_eq!(common::fork::in_child(child), "killed by signal 7");
+}
+
 /// A store value mapped copy-on-write whose file was truncated stays an error in every later
 /// `read_values`, not only in the one whose read met the missing pages: those pages read as
 /// zeros from then on, without a fault, so only the mapping's mark tells (a second call that

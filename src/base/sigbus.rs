@@ -541,3 +541,116 @@ impl Drop for Paused {
         imp::set_marked(self.was);
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::base::mmap::MappedFile;
+    use std::path::{Path, PathBuf};
+
+    /// A file of 1 MiB of sevens in `dir`, mapped (watched by its own [`Guard`]).
+    fn mapped(dir: &Path) -> (MappedFile, PathBuf) {
+        let path = dir.join("shard");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        (MappedFile::open(&path).unwrap(), path)
+    }
+
+    /// Empties the file under `m` and reads its last byte (a page past the file's new end): on a
+    /// thread reading for the library the fault is caught, the byte reads as zero and the mapping
+    /// is marked; on any other the process dies of `SIGBUS`.
+    fn read_past_the_end(m: &MappedFile, path: &Path) -> u8 {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(0).unwrap();
+        let bytes = m.bytes();
+        // SAFETY: a byte of the live mapping, read once (volatile: the fault must happen here).
+        unsafe { std::ptr::read_volatile(&bytes[bytes.len() - 1]) }
+    }
+
+    /// Registrations and readers' entries are given back when their guard or reading ends: after
+    /// more of each, one after another, than the tables hold, a new mapping is still watched and
+    /// a fault on a reading thread still caught (a table that kept them would be full: the fault
+    /// would end the process).
+    #[test]
+    fn slots_and_reader_entries_are_given_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let other = vec![1u8; 4096];
+        for _ in 0..SLOTS + 100 {
+            drop(Guard::new(&other, Path::new("other")));
+        }
+        for _ in 0..READERS + 100 {
+            drop(reading());
+            drop(paused()); // outside any reading: takes no entry
+        }
+        assert!(!is_reading());
+        let (m, path) = mapped(tmp.path());
+        let r = reading();
+        assert_eq!(read_past_the_end(&m, &path), 0);
+        assert!(m.intact().is_err());
+        assert_eq!(r.repaired(), Some(path));
+    }
+
+    /// A reading inside a reading, or inside a pause, ends without unmarking the thread as the
+    /// outer one has it: still marked after a nested reading ends (a fault right after it is
+    /// caught), still unmarked after one that began in a pause ends while the pause lasts.
+    #[test]
+    fn nested_readings_and_pauses_leave_the_outer_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (m, path) = mapped(tmp.path());
+        assert!(!is_reading());
+        let outer = reading();
+        assert!(is_reading());
+        {
+            let _pause = paused();
+            assert!(!is_reading());
+            drop(reading());
+            assert!(
+                !is_reading(),
+                "a reading begun in a pause ended: still paused"
+            );
+        }
+        assert!(is_reading());
+        drop(reading());
+        assert!(
+            is_reading(),
+            "a nested reading ended: the outer one goes on"
+        );
+        assert_eq!(outer.repaired(), None);
+        assert_eq!(read_past_the_end(&m, &path), 0);
+        assert_eq!(outer.repaired(), Some(path));
+        assert!(m.intact().is_err());
+        {
+            let _pause = paused();
+            let inner = reading();
+            {
+                let _again = paused();
+                assert!(!is_reading());
+            }
+            assert!(is_reading());
+            drop(inner);
+            assert!(!is_reading());
+        }
+        assert!(is_reading());
+        drop(outer);
+        assert!(!is_reading());
+    }
+
+    /// A fault is caught in the watched range that holds it, and only there: a mapping whose
+    /// range ends before the faulting page is not marked (nor repaired: its own pages stay
+    /// those of its file).
+    #[test]
+    fn only_the_range_that_holds_the_fault_is_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (m, path) = mapped(tmp.path());
+        let (n, n_path) = {
+            let p = tmp.path().join("whole");
+            std::fs::write(&p, vec![9u8; 1 << 20]).unwrap();
+            (MappedFile::open(&p).unwrap(), p)
+        };
+        let r = reading();
+        assert_eq!(read_past_the_end(&m, &path), 0);
+        assert!(m.intact().is_err());
+        assert!(n.intact().is_ok(), "{}", n_path.display());
+        assert!(n.bytes().iter().all(|&b| b == 9));
+        assert_eq!(r.repaired(), Some(path));
+    }
+}
