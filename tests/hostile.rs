@@ -1040,6 +1040,110 @@ fn a_sigbus_sent_by_kill_leaves_truncation_caught() {
     assert_eq!(common::fork::in_child(child), "ok");
 }
 
+/// A process that had `SIGBUS` at its default action, or ignored, before the library's first read
+/// keeps that for signals sent by `kill`: one still ends it, or is still ignored (and truncation
+/// stays caught after it). In a process of its own: the library records the disposition it finds
+/// once per process, at its first read, and in this test process that is Rust's handler.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sent_sigbus_meets_the_disposition_the_process_had() {
+    common::fork::in_a_process_of_its_own(
+        "sent_sigbus_in_this_process",
+        "TFCKPT_TEST_SENT_SIGBUS",
+        "1",
+    );
+}
+
+/// The other half of the test above: run only by it, in a process of its own. Each child is
+/// forked before the library has read anything in this process, and sets the disposition the
+/// library then finds.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "run by a_sent_sigbus_meets_the_disposition_the_process_had"]
+fn sent_sigbus_in_this_process() {
+    assert_eq!(std::env::var("TFCKPT_TEST_SENT_SIGBUS").as_deref(), Ok("1"));
+    let with = |disposition: libc::sighandler_t| {
+        move || {
+            // SAFETY: sets a valid disposition of a valid signal.
+            unsafe { libc::signal(libc::SIGBUS, disposition) };
+            let (t, ckpt) = truncated_under_a_view();
+            ckpt.read("a").map_err(|e| e.to_string())?; // the library's first read
+                                                        // SAFETY: raise with a valid signal number.
+            unsafe { libc::raise(libc::SIGBUS) };
+            if disposition == libc::SIG_DFL {
+                return Err("survived a SIGBUS sent under the default action".into());
+            }
+            truncate(&t.shard);
+            let e = ckpt.read("a").unwrap_err();
+            match e.kind() {
+                tfckpt::ErrorKind::Truncated { path } if *path == t.shard => Ok(()),
+                _ => Err(e.to_string()),
+            }
+        }
+    };
+    assert_eq!(
+        common::fork::in_child(with(libc::SIG_DFL)),
+        "killed by signal 7"
+    );
+    assert_eq!(common::fork::in_child(with(libc::SIG_IGN)), "ok");
+
+    // A handler of the trainer's, installed before: the library calls it for a sent signal with
+    // the disposition it asked for in place (the default, if it was installed with
+    // `SA_RESETHAND`, as the kernel would have left it; else the library's own), and its handler
+    // stays afterwards.
+    static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    extern "C" fn theirs(_: libc::c_int) {
+        // SAFETY: reads the disposition into a zeroed struct.
+        let now = unsafe {
+            let mut now: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now);
+            now.sa_sigaction
+        };
+        SEEN.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+    let with_handler = |flags: libc::c_int| {
+        move || {
+            // SAFETY: installs a handler of the right signature, then reads the disposition and
+            // raises a valid signal.
+            let (ours, t, ckpt) = unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = theirs as *const () as usize;
+                act.sa_flags = flags;
+                libc::sigemptyset(&mut act.sa_mask);
+                libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut());
+                let (t, ckpt) = truncated_under_a_view();
+                ckpt.read("a").map_err(|e| e.to_string())?; // the library's first read
+                let mut ours: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut ours);
+                libc::raise(libc::SIGBUS);
+                (ours.sa_sigaction, t, ckpt)
+            };
+            let seen = SEEN.load(std::sync::atomic::Ordering::SeqCst);
+            let want = if flags & libc::SA_RESETHAND != 0 {
+                libc::SIG_DFL
+            } else {
+                ours
+            };
+            if seen != want || ours == theirs as *const () as usize {
+                return Err(format!(
+                    "the trainer's handler saw {seen:#x}, not {want:#x} (the library's: {ours:#x})"
+                ));
+            }
+            truncate(&t.shard);
+            let e = ckpt.read("a").unwrap_err();
+            match e.kind() {
+                tfckpt::ErrorKind::Truncated { path } if *path == t.shard => Ok(()),
+                _ => Err(e.to_string()),
+            }
+        }
+    };
+    assert_eq!(
+        common::fork::in_child(with_handler(libc::SA_RESETHAND)),
+        "ok"
+    );
+    assert_eq!(common::fork::in_child(with_handler(0)), "ok");
+}
+
 /// The kernel's asynchronous memory-error notice (`SIGBUS` with `BUS_MCEERR_AO`, sent under
 /// early-kill settings) is delivered once, not by a faulting instruction: it was taken for a
 /// fault, so the handler left the default action in place expecting the instruction to run
