@@ -1088,43 +1088,66 @@ fn sent_sigbus_in_this_process() {
     assert_eq!(common::fork::in_child(with(libc::SIG_IGN)), "ok");
 
     // A handler of the trainer's, installed before: the library calls it for a sent signal with
-    // the disposition it asked for in place (the default, if it was installed with
-    // `SA_RESETHAND`, as the kernel would have left it; else the library's own), and its handler
-    // stays afterwards.
+    // the arguments its flags ask for and the disposition the kernel would have left in place
+    // (the default, if it was installed with `SA_RESETHAND`; else the library's own), and its
+    // handler stays afterwards; unless the trainer's ends the process as handlers do, by the
+    // default action raised again, which then ends it.
     static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-    extern "C" fn theirs(_: libc::c_int) {
+    /// The disposition in place now.
+    fn disposition() -> usize {
         // SAFETY: reads the disposition into a zeroed struct.
-        let now = unsafe {
+        unsafe {
             let mut now: libc::sigaction = std::mem::zeroed();
             libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now);
             now.sa_sigaction
-        };
-        SEEN.store(now, std::sync::atomic::Ordering::SeqCst);
+        }
     }
-    let with_handler = |flags: libc::c_int| {
+    extern "C" fn plain(_: libc::c_int) {
+        SEEN.store(disposition(), std::sync::atomic::Ordering::SeqCst);
+    }
+    extern "C" fn with_info(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel's (or the library's) siginfo for this signal, if called as it asked.
+        let signo = unsafe { (*info).si_signo };
+        let seen = if signo == libc::SIGBUS {
+            disposition()
+        } else {
+            0xbad
+        };
+        SEEN.store(seen, std::sync::atomic::Ordering::SeqCst);
+    }
+    extern "C" fn ending(sig: libc::c_int) {
+        // SAFETY: the default action, then the signal raised again (delivered on return).
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+    let with_handler = |handler: usize, flags: libc::c_int| {
         move || {
-            // SAFETY: installs a handler of the right signature, then reads the disposition and
-            // raises a valid signal.
+            // SAFETY: installs a handler of the signature its flags say, then reads the
+            // disposition and raises a valid signal.
             let (ours, t, ckpt) = unsafe {
                 let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = theirs as *const () as usize;
+                act.sa_sigaction = handler;
                 act.sa_flags = flags;
                 libc::sigemptyset(&mut act.sa_mask);
                 libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut());
                 let (t, ckpt) = truncated_under_a_view();
                 ckpt.read("a").map_err(|e| e.to_string())?; // the library's first read
-                let mut ours: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut ours);
+                let ours = disposition();
                 libc::raise(libc::SIGBUS);
-                (ours.sa_sigaction, t, ckpt)
+                (ours, t, ckpt)
             };
+            if handler == ending as *const () as usize {
+                return Err("survived a SIGBUS its handler raised again to end it".into());
+            }
             let seen = SEEN.load(std::sync::atomic::Ordering::SeqCst);
             let want = if flags & libc::SA_RESETHAND != 0 {
                 libc::SIG_DFL
             } else {
                 ours
             };
-            if seen != want || ours == theirs as *const () as usize {
+            if seen != want || ours == handler {
                 return Err(format!(
                     "the trainer's handler saw {seen:#x}, not {want:#x} (the library's: {ours:#x})"
                 ));
@@ -1137,11 +1160,21 @@ fn sent_sigbus_in_this_process() {
             }
         }
     };
-    assert_eq!(
-        common::fork::in_child(with_handler(libc::SA_RESETHAND)),
-        "ok"
+    let (plain, with_info, ending) = (
+        plain as *const () as usize,
+        with_info as *const () as usize,
+        ending as *const () as usize,
     );
-    assert_eq!(common::fork::in_child(with_handler(0)), "ok");
+    for (handler, flags, want) in [
+        (plain, libc::SA_RESETHAND, "ok"),
+        (plain, 0, "ok"),
+        (with_info, libc::SA_SIGINFO, "ok"),
+        (with_info, libc::SA_SIGINFO | libc::SA_RESETHAND, "ok"),
+        (ending, 0, "killed by signal 7"),
+    ] {
+        let got = common::fork::in_child(with_handler(handler, flags));
+        assert_eq!(got, want, "handler {handler:#x}, flags {flags:#x}");
+    }
 }
 
 /// The kernel's asynchronous memory-error notice (`SIGBUS` with `BUS_MCEERR_AO`, sent under
