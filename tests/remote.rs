@@ -1077,6 +1077,97 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
     assert_eq!(gets, 1 + 1);
 }
 
+/// The requests of a load are bounded by one budget that its readers share: at most
+/// `RemoteOptions::concurrency` ranged GETs in flight, and that many reached: one tensor read in
+/// several ranges (its read keeps them in flight together), more readers than that, each reading
+/// a tensor of one whole range (the bytes bind as the requests do) or a small one (only the
+/// requests bind), and both kinds of read at once.
+#[test]
+fn a_loads_readers_share_its_budget_of_requests() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = servers();
+    let dir = s.root.join(BUCKET).join("budget");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = dir.join("model.ckpt");
+    // One tensor of 512 KiB (8 ranges of 64 KiB), 16 of 64 KiB and 16 of 16 KiB, of which every
+    // other one is loaded (no two neighbours: a request each).
+    let values = |name: &str, n: usize| -> Vec<f32> {
+        let seed = name.bytes().map(|b| b as usize).sum::<usize>();
+        (0..n).map(|i| (seed * 7919 + i) as f32).collect()
+    };
+    let sizes: Vec<(String, usize)> = std::iter::once(("big".to_string(), 128 << 10))
+        .chain((0..16).map(|k| (format!("mid_{k:02}"), 16 << 10)))
+        .chain((0..16).map(|k| (format!("small_{k:02}"), 4 << 10)))
+        .collect();
+    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    for (name, n) in &sizes {
+        let t = tfckpt::Tensor::from_f32(&[*n as u64], &values(name, *n)).unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    let (proxy, _, peak, gets) = proxy(
+        s.http,
+        false,
+        Default::default(),
+        // Long enough that the requests overlap however busy the machine is.
+        std::time::Duration::from_millis(500),
+    );
+    let url = format!("http://{proxy}/{BUCKET}/budget/model.ckpt");
+    let options = LoadOptions {
+        threads: Some(8),
+        remote: RemoteOptions {
+            range_bytes: 64 << 10,
+            concurrency: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let load = |names: &[&str]| {
+        let mut store = VariableStore::new();
+        for &(ref name, n) in sizes.iter().filter(|(name, _)| names.contains(&&**name)) {
+            store
+                .get_variable(name, &[n as u64], DType::F32, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("/", Target::scope("/"))]);
+        init_from_checkpoint(&mut store, &url, &map).unwrap();
+        peak.store(0, SeqCst);
+        let gets0 = gets.load(SeqCst);
+        store.initialize_with(Device::Cpu, &options).unwrap();
+        for &(ref name, n) in sizes.iter().filter(|(name, _)| names.contains(&&**name)) {
+            let got = store.value(name).unwrap().to_f32().unwrap();
+            assert!(got == values(name, n), "{name}");
+        }
+        (peak.load(SeqCst), gets.load(SeqCst) - gets0)
+    };
+    let odd = |kind: &str| -> Vec<String> {
+        (1..16)
+            .step_by(2)
+            .map(|k| format!("{kind}_{k:02}"))
+            .collect()
+    };
+    let (mids, smalls) = (odd("mid"), odd("small"));
+    fn as_str(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let cases: [(&str, Vec<&str>, usize); 4] = [
+        ("one tensor in 8 ranges", vec!["big"], 8),
+        ("8 readers of one whole range each", as_str(&mids), 8),
+        ("8 readers of 16 KiB each", as_str(&smalls), 8),
+        (
+            "one tensor in 8 ranges beside 8 readers of 16 KiB",
+            [vec!["big"], as_str(&smalls)].concat(),
+            16,
+        ),
+    ];
+    for (what, names, requests) in cases {
+        let (peak, gets) = load(&names);
+        // Each load's count has one GET more: `initialize` reads the index again (no ETag here).
+        assert_eq!(gets, requests + 1, "{what}");
+        assert_eq!(peak, 4, "{what}: ranged GETs open at once");
+    }
+}
+
 /// Seeded random damage of every layout fixture (see `tests/common/damage.rs`), served by the S3
 /// server or the HTTP server, loaded by URL into variables made from the intact checkpoint (laid
 /// out as stored): each load ends in an error that names the URL and leaves nothing initialized,
