@@ -669,6 +669,13 @@ fn truncation_during_cli_runs_never_kills_the_process() {
         b.finish();
     };
     let shard = tmp.path().join("m.data-00000-of-00001");
+    // As /proc/PID/maps names it: the path with its symbolic links resolved.
+    #[cfg(target_os = "linux")]
+    let mapped_as = std::fs::canonicalize(tmp.path())
+        .unwrap()
+        .join("m.data-00000-of-00001")
+        .to_string_lossy()
+        .into_owned();
     let p = prefix.to_str().unwrap().to_string();
     let out = tmp.path().join("o.npy").to_str().unwrap().to_string();
     let out_dir = tmp.path().join("od").to_str().unwrap().to_string();
@@ -707,12 +714,30 @@ fn truncation_during_cli_runs_never_kills_the_process() {
         }
         write();
         let _ = std::fs::remove_dir_all(&out_dir);
-        let child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Once the child has mapped the shard (its reads are then under way, or about to be), at
+        // staggered moments after that. A delay counted from the spawn alone once missed every
+        // read of 48 runs on a busy machine (the process had not opened the file yet, or was
+        // done with it).
+        #[cfg(target_os = "linux")]
+        {
+            let maps = format!("/proc/{}/maps", child.id());
+            let since = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() && since.elapsed() < Duration::from_secs(20) {
+                match std::fs::read_to_string(&maps) {
+                    Ok(m) if m.contains(mapped_as.as_str()) => break,
+                    Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(i as u64 % 8));
+        }
+        #[cfg(not(target_os = "linux"))]
         std::thread::sleep(Duration::from_millis(i as u64 % 24));
         std::fs::OpenOptions::new()
             .write(true)
@@ -1067,8 +1092,9 @@ fn sent_sigbus_in_this_process() {
             // SAFETY: sets a valid disposition of a valid signal.
             unsafe { libc::signal(libc::SIGBUS, disposition) };
             let (t, ckpt) = truncated_under_a_view();
-            ckpt.read("a").map_err(|e| e.to_string())?; // the library's first read
-                                                        // SAFETY: raise with a valid signal number.
+            // The library's first read: it installs its handler over `disposition`.
+            ckpt.read("a").map_err(|e| e.to_string())?;
+            // SAFETY: raise with a valid signal number.
             unsafe { libc::raise(libc::SIGBUS) };
             if disposition == libc::SIG_DFL {
                 return Err("survived a SIGBUS sent under the default action".into());
