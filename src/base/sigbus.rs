@@ -634,9 +634,8 @@ mod tests {
         assert!(!is_reading());
     }
 
-    /// A fault is caught in the watched range that holds it, and only there: a mapping whose
-    /// range ends before the faulting page is not marked (nor repaired: its own pages stay
-    /// those of its file).
+    /// A fault is caught in the watched range that holds it, and only there: another watched
+    /// mapping is neither marked nor repaired (its pages stay those of its file).
     #[test]
     fn only_the_range_that_holds_the_fault_is_marked() {
         let tmp = tempfile::tempdir().unwrap();

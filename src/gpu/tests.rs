@@ -1801,7 +1801,7 @@ fn neighbouring_remote_tensors_are_fetched_in_one_ranged_get() {
             data.iter().all(|(_, _, ranged)| *ranged),
             "{what}: {data:?}"
         );
-        // Units of 1 KiB hold one tensor each: one GET per tensor, the bound's other side.
+        // Units of 1 KiB hold one tensor each, and each unit is a GET of its own.
         let want = if sizes.unit >= 16 << 10 { 1 } else { 16 };
         assert_eq!(data.len(), want, "{what}: {data:?}");
     }
