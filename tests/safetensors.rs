@@ -893,6 +893,13 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         b.finish();
     };
     let shard = tmp.path().join("m.data-00000-of-00001");
+    // As /proc/PID/maps names it: the path with its symbolic links resolved.
+    #[cfg(target_os = "linux")]
+    let mapped_as = std::fs::canonicalize(tmp.path())
+        .unwrap()
+        .join("m.data-00000-of-00001")
+        .to_string_lossy()
+        .into_owned();
     let p = prefix.to_str().unwrap().to_string();
     let out = tmp.path().join("o.safetensors");
     let o = out.to_str().unwrap().to_string();
@@ -912,13 +919,29 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         }
         write();
         let _ = std::fs::remove_file(&out);
-        let child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Early and late moments: from before the checkpoint is opened to after the rename.
+        // Early and late moments: from before the checkpoint is opened to after the rename. Every
+        // other run waits until the child has mapped the shard (on Linux): a delay counted from
+        // the spawn alone once missed every read of 60 runs on a busy machine.
+        #[cfg(target_os = "linux")]
+        if i % 2 == 1 {
+            let maps = format!("/proc/{}/maps", child.id());
+            let since = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none()
+                && since.elapsed() < std::time::Duration::from_secs(20)
+            {
+                match std::fs::read_to_string(&maps) {
+                    Ok(m) if m.contains(mapped_as.as_str()) => break,
+                    Ok(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    Err(_) => break,
+                }
+            }
+        }
         std::thread::sleep(std::time::Duration::from_millis(i as u64 * 3 % 30));
         std::fs::OpenOptions::new()
             .write(true)
