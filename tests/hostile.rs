@@ -669,13 +669,6 @@ fn truncation_during_cli_runs_never_kills_the_process() {
         b.finish();
     };
     let shard = tmp.path().join("m.data-00000-of-00001");
-    // As /proc/PID/maps names it: the path with its symbolic links resolved.
-    #[cfg(target_os = "linux")]
-    let mapped_as = std::fs::canonicalize(tmp.path())
-        .unwrap()
-        .join("m.data-00000-of-00001")
-        .to_string_lossy()
-        .into_owned();
     let p = prefix.to_str().unwrap().to_string();
     let out = tmp.path().join("o.npy").to_str().unwrap().to_string();
     let out_dir = tmp.path().join("od").to_str().unwrap().to_string();
@@ -726,15 +719,7 @@ fn truncation_during_cli_runs_never_kills_the_process() {
         // done with it).
         #[cfg(target_os = "linux")]
         {
-            let maps = format!("/proc/{}/maps", child.id());
-            let since = std::time::Instant::now();
-            while child.try_wait().unwrap().is_none() && since.elapsed() < Duration::from_secs(20) {
-                match std::fs::read_to_string(&maps) {
-                    Ok(m) if m.contains(mapped_as.as_str()) => break,
-                    Ok(_) => std::thread::sleep(Duration::from_micros(200)),
-                    Err(_) => break,
-                }
-            }
+            common::fork::wait_until_mapped(&mut child, &shard);
             std::thread::sleep(Duration::from_millis(i as u64 % 8));
         }
         #[cfg(not(target_os = "linux"))]

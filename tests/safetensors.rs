@@ -893,13 +893,6 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         b.finish();
     };
     let shard = tmp.path().join("m.data-00000-of-00001");
-    // As /proc/PID/maps names it: the path with its symbolic links resolved.
-    #[cfg(target_os = "linux")]
-    let mapped_as = std::fs::canonicalize(tmp.path())
-        .unwrap()
-        .join("m.data-00000-of-00001")
-        .to_string_lossy()
-        .into_owned();
     let p = prefix.to_str().unwrap().to_string();
     let out = tmp.path().join("o.safetensors");
     let o = out.to_str().unwrap().to_string();
@@ -930,17 +923,7 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         // the spawn alone once missed every read of 60 runs on a busy machine.
         #[cfg(target_os = "linux")]
         if i % 2 == 1 {
-            let maps = format!("/proc/{}/maps", child.id());
-            let since = std::time::Instant::now();
-            while child.try_wait().unwrap().is_none()
-                && since.elapsed() < std::time::Duration::from_secs(20)
-            {
-                match std::fs::read_to_string(&maps) {
-                    Ok(m) if m.contains(mapped_as.as_str()) => break,
-                    Ok(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
-                    Err(_) => break,
-                }
-            }
+            common::fork::wait_until_mapped(&mut child, &shard);
         }
         std::thread::sleep(std::time::Duration::from_millis(i as u64 * 3 % 30));
         std::fs::OpenOptions::new()

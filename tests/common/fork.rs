@@ -63,3 +63,24 @@ pub fn in_a_process_of_its_own(name: &str, key: &str, value: impl AsRef<std::ffi
         "{name}: {text}"
     );
 }
+
+/// Waits (up to 20 s) until `child` has mapped `file` (`/proc/PID/maps`, which names it with its
+/// symbolic links resolved), or has exited: a test that truncates a file under a running child
+/// then lands during its reads, not before it opened the file.
+#[cfg(target_os = "linux")]
+pub fn wait_until_mapped(child: &mut std::process::Child, file: &std::path::Path) {
+    let dir = std::fs::canonicalize(file.parent().unwrap()).unwrap();
+    let mapped_as = dir.join(file.file_name().unwrap());
+    let mapped_as = mapped_as.to_string_lossy();
+    let maps = format!("/proc/{}/maps", child.id());
+    let since = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none()
+        && since.elapsed() < std::time::Duration::from_secs(20)
+    {
+        match std::fs::read_to_string(&maps) {
+            Ok(m) if m.contains(&*mapped_as) => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+            Err(_) => return,
+        }
+    }
+}
