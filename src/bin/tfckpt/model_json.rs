@@ -440,4 +440,69 @@ mod tests {
             .to_string()
             .contains("key \"a\""));
     }
+
+    /// Strings with escapes (decoded into serde_json's scratch buffer, not borrowed from the
+    /// text) keep their text, and errors quote a wrong value as it was written, booleans
+    /// included.
+    #[test]
+    fn escaped_strings_and_wrong_values_as_written() {
+        let store = parse_model(
+            r#"{"variables": [{"name": "sc\u00f6pe\/v", "shape": [1], "dtype": "float32",
+                               "initializer": "\u006fnes"}]}"#,
+        )
+        .unwrap();
+        let v = store.variables().next().unwrap();
+        assert_eq!((v.name.as_str(), &v.init), ("scöpe/v", &Init::Ones));
+        let m = parse_map(r#"{"a\/": "b\/", "x": {"variable": "\u0076"}}"#).unwrap();
+        assert_eq!(
+            m.pairs(),
+            [
+                ("a/".to_string(), Target::Name("b/".into())),
+                ("x".to_string(), Target::Variable("v".into()))
+            ]
+        );
+        for (text, needle) in [
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "initializer": "twos"}]}"#,
+                "variable \"a\" initializer: expected \"zeros\", \"ones\" or {\"constant\": NUMBER}, found \"twos\"",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "initializer": true}]}"#,
+                "found true",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "initializer": {"constant": "5"}}]}"#,
+                "found {\"constant\":\"5\"}",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "initializer": {"constant": 5, "scale": 2}}]}"#,
+                "found {\"constant\":5,\"scale\":2}",
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "device": false}]}"#,
+                "expected \"cpu\" or \"cuda:N\", found false",
+            ),
+        ] {
+            let e = parse_model(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        // A variable object is exactly {"variable": NAME}.
+        for (text, found) in [
+            (r#"{"k": {"variable": 3}}"#, r#"{"variable":3}"#),
+            (
+                r#"{"k": {"variable": "v", "scope": "s/"}}"#,
+                r#"{"scope":"s/","variable":"v"}"#,
+            ),
+            (r#"{"k": {"name": "v"}}"#, r#"{"name":"v"}"#),
+            (r#"{"k": true}"#, "true"),
+        ] {
+            let e = parse_map(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "MAP.json key \"k\": a target is a name, {{\"variable\": NAME}} or an array of part names; found {found}"
+                )),
+                "{e}"
+            );
+        }
+    }
 }
