@@ -867,6 +867,20 @@ fn truncated_under_a_view() -> (TruncatedUnderAView, tfckpt::Checkpoint) {
     (t, ckpt)
 }
 
+/// A store with one variable `v` the size of `a`, mapped from tensor `a` of checkpoint `ckpt`
+/// (`B` of [`truncated_under_a_view`], or `A` itself), not yet initialized.
+#[cfg(target_os = "linux")]
+fn store_mapping_a(ckpt: &Path) -> tfckpt::VariableStore {
+    use tfckpt::{init_from_checkpoint, AssignmentMap, Init, Target};
+    let mut store = tfckpt::VariableStore::new();
+    store
+        .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("a", Target::name("v"))]);
+    init_from_checkpoint(&mut store, ckpt, &map).unwrap();
+    store
+}
+
 #[cfg(target_os = "linux")]
 fn truncate(path: &Path) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -882,17 +896,8 @@ fn truncate(path: &Path) {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
-    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, LoadOptions, Target};
+    use tfckpt::{Device, LoadOptions};
     let sum = |v: &tfckpt::TensorView| v.as_bytes().iter().map(|&b| b as u64).sum::<u64>();
-    let store_of = |b: &Path| {
-        let mut store = tfckpt::VariableStore::new();
-        store
-            .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
-            .unwrap();
-        let map = AssignmentMap::from([("a", Target::name("v"))]);
-        init_from_checkpoint(&mut store, b, &map).unwrap();
-        store
-    };
     // In a progress callback: SIGBUS (7), never a value.
     let child = || {
         let (t, ckpt) = truncated_under_a_view();
@@ -901,7 +906,7 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (seen2, view) = (seen.clone(), std::sync::Arc::new(view));
         let options = LoadOptions::new().progress(move |_| seen2.lock().unwrap().push(sum(&view)));
-        let mut store = store_of(&t.b);
+        let mut store = store_mapping_a(&t.b);
         store
             .initialize_with(Device::Cpu, &options)
             .map_err(|e| e.to_string())?;
@@ -912,7 +917,7 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
     let (t, ckpt) = truncated_under_a_view();
     let view = ckpt.view("a").unwrap();
     truncate(&t.shard);
-    let mut store = store_of(&t.b);
+    let mut store = store_mapping_a(&t.b);
     store.initialize(Device::Cpu).unwrap();
     let e = store.read_values(|_| sum(&view)).unwrap_err();
     assert!(
@@ -929,16 +934,11 @@ fn a_truncated_view_read_in_trainer_code_is_never_silent_zeros() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_trainer_thread_is_not_caught_while_another_reads_for_the_library() {
-    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, Target};
+    use tfckpt::Device;
     let child = || {
         let (t, ckpt) = truncated_under_a_view();
         let view = ckpt.view("a").map_err(|e| e.to_string())?;
-        let mut store = tfckpt::VariableStore::new();
-        store
-            .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
-            .unwrap();
-        let map = AssignmentMap::from([("a", Target::name("v"))]);
-        init_from_checkpoint(&mut store, &t.b, &map).unwrap();
+        let mut store = store_mapping_a(&t.b);
         store.initialize(Device::Cpu).map_err(|e| e.to_string())?;
         let (inside, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
         let sum = std::thread::scope(|s| {
@@ -967,16 +967,11 @@ fn a_trainer_thread_is_not_caught_while_another_reads_for_the_library() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_truncated_mapped_value_fails_every_later_read_values() {
-    use tfckpt::{init_from_checkpoint, AssignmentMap, Device, Init, LoadOptions, Target};
+    use tfckpt::{Device, LoadOptions};
     let (t, ckpt) = truncated_under_a_view();
     drop(ckpt);
     let shard = t.b.with_file_name("b.data-00000-of-00001");
-    let mut store = tfckpt::VariableStore::new();
-    store
-        .get_variable("v", &[64 * 1024], tfckpt::DType::F32, Init::Zeros)
-        .unwrap();
-    let map = AssignmentMap::from([("a", Target::name("v"))]);
-    init_from_checkpoint(&mut store, &t.b, &map).unwrap();
+    let mut store = store_mapping_a(&t.b);
     let options = LoadOptions {
         map_values: true,
         map_min_bytes: Some(0),

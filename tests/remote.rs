@@ -1011,69 +1011,103 @@ fn a_box_fetches_only_the_stored_slices_it_overlaps() {
     assert!(fetched < whole);
 }
 
+/// Float32 vectors written by the crate's writer (which TensorFlow reads back) into the bucket's
+/// folder `folder`, in the order given (back to back), served through [`proxy`] with each ranged
+/// GET held for `hold`.
+struct HeldVectors {
+    url: String,
+    vectors: Vec<(String, Vec<f32>)>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HeldVectors {
+    fn new(folder: &str, vectors: Vec<(String, Vec<f32>)>, hold: std::time::Duration) -> Self {
+        let s = servers();
+        let dir = s.root.join(BUCKET).join(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w =
+            tfckpt::CheckpointWriter::create(dir.join("model.ckpt"), Default::default()).unwrap();
+        for (name, v) in &vectors {
+            let t = tfckpt::Tensor::from_f32(&[v.len() as u64], v).unwrap();
+            w.add(name, (&t).into()).unwrap();
+        }
+        w.finish().unwrap();
+        let (proxy, _, peak, gets) = proxy(s.http, false, Default::default(), hold);
+        let url = format!("http://{proxy}/{BUCKET}/{folder}/model.ckpt");
+        HeldVectors {
+            url,
+            vectors,
+            peak,
+            gets,
+        }
+    }
+
+    /// Loads the vectors named in `names` by URL (the map `"/"` onto `"/"`) with `options` and
+    /// checks each value; returns the most ranged GETs open at once during `initialize`, the GETs
+    /// it made, and its report's threads.
+    fn load(&self, names: &[&str], options: &LoadOptions) -> (usize, usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let chosen = || {
+            self.vectors
+                .iter()
+                .filter(|(n, _)| names.contains(&n.as_str()))
+        };
+        let mut store = VariableStore::new();
+        for (name, v) in chosen() {
+            store
+                .get_variable(name, &[v.len() as u64], DType::F32, Init::Zeros)
+                .unwrap();
+        }
+        let map = AssignmentMap::from([("/", Target::scope("/"))]);
+        init_from_checkpoint(&mut store, &self.url, &map).unwrap();
+        self.peak.store(0, SeqCst);
+        let gets0 = self.gets.load(SeqCst);
+        let report = store.initialize_with(Device::Cpu, options).unwrap();
+        for (name, v) in chosen() {
+            assert!(&store.value(name).unwrap().to_f32().unwrap() == v, "{name}");
+        }
+        let gets = self.gets.load(SeqCst) - gets0;
+        (self.peak.load(SeqCst), gets, report.threads)
+    }
+}
+
 /// Small tensors wait on the network, not on a core: a load keeps up to
 /// `RemoteOptions::concurrency` of their requests in flight whatever the number of cores (a load
 /// that read them a core at a time, or a batch of them one after the other, had one or two), and
 /// small tensors stored back to back are fetched in one request.
 #[test]
 fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let s = servers();
-    // 64 tensors of 4 KiB, written by the crate's writer (which TensorFlow reads back).
-    let dir = s.root.join(BUCKET).join("many_small");
-    std::fs::create_dir_all(&dir).unwrap();
-    let prefix = dir.join("model.ckpt");
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    let values: Vec<Vec<f32>> = (0..64)
-        .map(|t| (0..1024).map(|i| (t * 1024 + i) as f32).collect())
+    // 64 tensors of 4 KiB.
+    let vectors = (0..64)
+        .map(|t| {
+            let v = (0..1024).map(|i| (t * 1024 + i) as f32).collect();
+            (format!("layer_{t:02}/w"), v)
+        })
         .collect();
-    for (t, v) in values.iter().enumerate() {
-        let tensor = tfckpt::Tensor::from_f32(&[1024], v).unwrap();
-        w.add(&format!("layer_{t:02}/w"), (&tensor).into()).unwrap();
-    }
-    w.finish().unwrap();
-    let (proxy, _, peak, gets) = proxy(
-        s.http,
-        false,
-        Default::default(),
-        // Long enough that the requests overlap however busy the machine is (the other tests
-        // of this binary run beside it).
-        std::time::Duration::from_millis(300),
-    );
-    let url = format!("http://{proxy}/{BUCKET}/many_small/model.ckpt");
-    let load = |which: &dyn Fn(usize) -> bool| {
-        let mut store = VariableStore::new();
-        for t in (0..64).filter(|&t| which(t)) {
-            store
-                .get_variable(&format!("layer_{t:02}/w"), &[1024], DType::F32, Init::Zeros)
-                .unwrap();
-        }
-        let map = AssignmentMap::from([("/", Target::scope("/"))]);
-        init_from_checkpoint(&mut store, &url, &map).unwrap();
-        peak.store(0, SeqCst);
-        let gets0 = gets.load(SeqCst);
-        let report = store
-            .initialize_with(Device::Cpu, &LoadOptions::default())
-            .unwrap();
-        for t in (0..64).filter(|&t| which(t)) {
-            let got = store.value(&format!("layer_{t:02}/w")).unwrap();
-            let want = tfckpt::Tensor::from_f32(&[1024], &values[t]).unwrap();
-            assert_eq!(got, &want, "tensor {t}");
-        }
-        (peak.load(SeqCst), gets.load(SeqCst) - gets0, report.threads)
+    // Long enough that the requests overlap however busy the machine is (the other tests of this
+    // binary run beside it).
+    let held = HeldVectors::new("many_small", vectors, std::time::Duration::from_millis(300));
+    let names = |step: usize| -> Vec<&str> {
+        held.vectors
+            .iter()
+            .step_by(step)
+            .map(|(n, _)| n.as_str())
+            .collect()
     };
-    assert_eq!(LoadOptions::default().remote.concurrency, 16);
+    let options = LoadOptions::default();
+    assert_eq!(options.remote.concurrency, 16);
     // Every other tensor: no two are neighbours, each is a request of its own, many at once.
     // Each load's count has one GET more: `initialize` reads the index again, as this server
     // gives no ETag to tell that it is unchanged since the call.
-    let (peak, gets, threads) = load(&|t| t % 2 == 0);
+    let (peak, gets, threads) = held.load(&names(2), &options);
     assert_eq!(gets, 32 + 1);
     assert!(
         (8..=16).contains(&peak),
         "{peak} ranged GETs open at once, on {threads} threads"
     );
     // All of them: stored back to back, 256 KiB in all, one request.
-    let (_, gets, _) = load(&|_| true);
+    let (_, gets, _) = held.load(&names(1), &options);
     assert_eq!(gets, 1 + 1);
 }
 
@@ -1084,36 +1118,23 @@ fn small_tensors_are_fetched_concurrently_and_neighbours_together() {
 /// requests bind), and both kinds of read at once.
 #[test]
 fn a_loads_readers_share_its_budget_of_requests() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let s = servers();
-    let dir = s.root.join(BUCKET).join("budget");
-    std::fs::create_dir_all(&dir).unwrap();
-    let prefix = dir.join("model.ckpt");
     // One tensor of 512 KiB (8 ranges of 64 KiB), 16 of 64 KiB and 16 of 16 KiB, of which every
     // other one is loaded (no two neighbours: a request each).
     let values = |name: &str, n: usize| -> Vec<f32> {
         let seed = name.bytes().map(|b| b as usize).sum::<usize>();
         (0..n).map(|i| (seed * 7919 + i) as f32).collect()
     };
-    let sizes: Vec<(String, usize)> = std::iter::once(("big".to_string(), 128 << 10))
+    let vectors = std::iter::once(("big".to_string(), 128 << 10))
         .chain((0..16).map(|k| (format!("mid_{k:02}"), 16 << 10)))
         .chain((0..16).map(|k| (format!("small_{k:02}"), 4 << 10)))
+        .map(|(name, n)| {
+            let v = values(&name, n);
+            (name, v)
+        })
         .collect();
-    let mut w = tfckpt::CheckpointWriter::create(&prefix, Default::default()).unwrap();
-    for (name, n) in &sizes {
-        let t = tfckpt::Tensor::from_f32(&[*n as u64], &values(name, *n)).unwrap();
-        w.add(name, (&t).into()).unwrap();
-    }
-    w.finish().unwrap();
-    let (proxy, _, peak, gets) = proxy(
-        s.http,
-        false,
-        Default::default(),
-        // Long enough that the requests overlap however busy the machine is (the peak must
-        // reach the limit: the other tests of this binary run beside it).
-        std::time::Duration::from_secs(1),
-    );
-    let url = format!("http://{proxy}/{BUCKET}/budget/model.ckpt");
+    // Long enough that the requests overlap however busy the machine is (the peak must reach the
+    // limit: the other tests of this binary run beside it).
+    let held = HeldVectors::new("budget", vectors, std::time::Duration::from_secs(1));
     let options = LoadOptions {
         threads: Some(8),
         remote: RemoteOptions {
@@ -1122,24 +1143,6 @@ fn a_loads_readers_share_its_budget_of_requests() {
             ..Default::default()
         },
         ..Default::default()
-    };
-    let load = |names: &[&str]| {
-        let mut store = VariableStore::new();
-        for &(ref name, n) in sizes.iter().filter(|(name, _)| names.contains(&&**name)) {
-            store
-                .get_variable(name, &[n as u64], DType::F32, Init::Zeros)
-                .unwrap();
-        }
-        let map = AssignmentMap::from([("/", Target::scope("/"))]);
-        init_from_checkpoint(&mut store, &url, &map).unwrap();
-        peak.store(0, SeqCst);
-        let gets0 = gets.load(SeqCst);
-        store.initialize_with(Device::Cpu, &options).unwrap();
-        for &(ref name, n) in sizes.iter().filter(|(name, _)| names.contains(&&**name)) {
-            let got = store.value(name).unwrap().to_f32().unwrap();
-            assert!(got == values(name, n), "{name}");
-        }
-        (peak.load(SeqCst), gets.load(SeqCst) - gets0)
     };
     let odd = |kind: &str| -> Vec<String> {
         (1..16)
@@ -1162,7 +1165,7 @@ fn a_loads_readers_share_its_budget_of_requests() {
         ),
     ];
     for (what, names, requests) in cases {
-        let (peak, gets) = load(&names);
+        let (peak, gets, _) = held.load(&names, &options);
         // Each load's count has one GET more: `initialize` reads the index again (no ETag here).
         assert_eq!(gets, requests + 1, "{what}");
         assert_eq!(peak, 4, "{what}: ranged GETs open at once");
