@@ -1980,6 +1980,16 @@ fn mistaken_paths_and_keys_say_what_to_pass() {
         )),
         "{e}"
     );
+    // Any other file that is no table gets no hint of either kind.
+    let tmp = tempfile::tempdir().unwrap();
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, vec![b'x'; 4096]).unwrap();
+    let e = Checkpoint::open(&notes).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: not an SSTable (", notes.display()))
+            && e.ends_with("): is this a TensorFlow checkpoint?"),
+        "{e}"
+    );
     let e = Checkpoint::open("").unwrap_err();
     assert!(
         e.is_not_found() && e.to_string().ends_with("matches \"\""),

@@ -1830,6 +1830,19 @@ fn an_answer_longer_than_its_range_is_an_error() {
             if u.contains(".data-") && reason.contains("the server sent more than the")),
         "{e:?}"
     );
+    // The message says where: the URL and the range read.
+    if let ErrorKind::Remote {
+        url: u,
+        range: Some((from, to)),
+        ..
+    } = e.kind()
+    {
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("{u} bytes {from}..{to}: ")),
+            "{shown}"
+        );
+    }
     let ckpt = fixture("h1_basic").join("model-0");
     let (mut store, map) = store_for(&Checkpoint::open(&ckpt).unwrap());
     init_from_checkpoint(&mut store, &url, &map).unwrap();

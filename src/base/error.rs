@@ -720,4 +720,26 @@ mod tests {
         .into();
         assert!(format!("{e:#?}").starts_with("NotFound {"), "{e:#?}");
     }
+
+    /// An error's one line never carries a raw control character, wherever it comes from (a
+    /// path here, which no quoting escapes): each is escaped as Rust writes it, and the rest of
+    /// the text is kept as it was.
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        let e: Error = ErrorKind::NotFound {
+            path: "/ckpts/a\nb\tc\u{0}d/é".into(),
+        }
+        .into();
+        let p = r"/ckpts/a\nb\tc\u{0}d/é";
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "checkpoint not found: no directory, V2 index ({p}.index) or V1 file matches {p}"
+            )
+        );
+        assert!(matches!(
+            escape_controls("plain é"),
+            std::borrow::Cow::Borrowed("plain é")
+        ));
+    }
 }
