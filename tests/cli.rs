@@ -876,6 +876,61 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     assert_one_error_line(&o, 1, "b.npy");
     assert!(!out2.join("a").exists());
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 1);
+    // A file where a folder must go, and a directory where a file must go one folder down: each
+    // refused the same way, the user's file and folder kept (a merge that moved them aside took
+    // them away with its temporary folder).
+    let out3 = tmp.path().join("o3");
+    std::fs::create_dir_all(&out3).unwrap();
+    std::fs::write(out3.join("a"), b"the user's a").unwrap();
+    let o = tfckpt_init(&ckpt, model, "{}", out3.to_str().unwrap(), &[]);
+    let a = out3.join("a");
+    assert_one_error_line(
+        &o,
+        1,
+        &format!("{} exists and is not a directory", a.display()),
+    );
+    assert_eq!(common::fixtures::files_in(&out3), ["a"]);
+    assert_eq!(std::fs::read(&a).unwrap(), b"the user's a");
+    let out4 = tmp.path().join("o4");
+    let x = out4.join("a/x.npy");
+    std::fs::create_dir_all(x.join("inside")).unwrap();
+    let o = tfckpt_init(&ckpt, model, "{}", out4.to_str().unwrap(), &[]);
+    assert_one_error_line(&o, 1, &format!("{} exists and is a directory", x.display()));
+    assert_eq!(common::fixtures::files_in(&out4), ["a"]);
+    assert!(x.join("inside").is_dir());
+}
+
+/// `--out` may name a path under folders that do not exist yet, given relative to the working
+/// directory or absolute: `init` into a folder of `.npy` files or one safetensors file, and `get`,
+/// make them and write there. (A relative path's climb to its missing folders ends at the empty
+/// path, which is no folder to make.)
+#[test]
+fn outputs_go_into_new_folders_named_relatively_or_absolutely() {
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let absolute = tmp.path().join("abs/deep/o");
+    for (out, file) in [
+        ("rel/deep/o", "rel/deep/o/a/x.npy"),
+        ("st/deep/m.safetensors", "st/deep/m.safetensors"),
+        (absolute.to_str().unwrap(), "abs/deep/o/b.npy"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+            .args(["init", &ckpt, "--model", model, "--map", "{}", "--out", out])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{out}: {}", stderr(&o));
+        assert!(tmp.path().join(file).is_file(), "{out}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(["get", &ckpt, "var1", "--out", "got/deep/var1.npy"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = npy::read(std::fs::File::open(tmp.path().join("got/deep/var1.npy")).unwrap());
+    assert_eq!(got.unwrap().shape, [1, 10]);
 }
 
 /// Starts `tfckpt init CKPT --model MODEL --map {} --out OUT` with `env` added, stderr piped, for

@@ -652,6 +652,57 @@ fn cli_convert_writes_the_library_file_and_warns_per_skipped_tensor() {
     }
 }
 
+/// A signal that ends `init --out FILE.safetensors` while it writes leaves nothing behind: not
+/// the temporary file, and not the folders it made for the output, emptied by the file's removal.
+/// Debug builds only: a ranked write waits, after its temporary file is made, until another
+/// process writes the output (`TFCKPT_TEST_WAIT_FOR_OTHER_WRITER`), and the signal comes there.
+#[cfg(all(unix, debug_assertions))]
+#[test]
+fn a_signal_during_a_write_removes_the_folders_made_for_it() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let ckpt = ckpt_path("h1_partitioned");
+    let model = r#"{"variables": [{"name": "v", "shape": [100, 100], "dtype": "float32"}]}"#;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("made/for");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        command
+            .args(["init", ckpt.to_str().unwrap(), "--model", model, "--map"])
+            .arg(r#"{"scope/var1": "v"}"#)
+            .arg("--out")
+            .arg(folder.join("it.safetensors"))
+            .args(["--rank", "0", "--ranks", "1"])
+            .env("TFCKPT_TEST_WAIT_FOR_OTHER_WRITER", "1")
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
+        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
+        unsafe {
+            command.pre_exec(|| {
+                for s in [libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                Ok(())
+            })
+        };
+        let mut child = command.spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        while !folder.is_dir()
+            || !files_in(&folder)
+                .iter()
+                .any(|f| f.starts_with(".tfckpt-") && f.ends_with(".safetensors.tmp"))
+        {
+            if t0.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("it did not reach its write");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (status, err) = common::signal_and_wait(&mut child, signal);
+        assert_eq!(status.signal(), Some(signal), "{status:?}: {err}");
+        assert_eq!(files_in(tmp.path()), Vec::<String>::new(), "{err}");
+    }
+}
+
 #[test]
 fn cli_convert_failures_exit_1_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
