@@ -751,7 +751,15 @@ fn init_inline_json_and_device_errors() {
             .strip_prefix("cuda:")
             .map_or(0, |n| n.parse().unwrap());
         if ordinal >= gpus {
-            assert_one_error_line(&o, 1, &format!("--device {device}"));
+            // Why, in this build on this machine.
+            let why = if !cfg!(feature = "cuda") {
+                "this build of tfckpt has no GPU support (build with the `cuda` feature)".into()
+            } else if gpus == 0 {
+                "no GPU can be used here (no NVIDIA driver, or no GPU)".into()
+            } else {
+                format!("there is no GPU {ordinal}; this machine has {gpus}")
+            };
+            assert_one_error_line(&o, 1, &format!("--device cuda:{ordinal}: {why}"));
             assert!(!out2.exists(), "{model} {device}");
         } else {
             assert!(o.status.success(), "{model} {device}: {}", stderr(&o));
@@ -1384,5 +1392,100 @@ fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
             assert_one_error_line(&o, 1, "variable \"v/deep\" has rank 65");
             assert!(!out.exists());
         }
+    }
+    // Rank 64, the most NumPy reads, is written by `get` and by `init --out DIR`.
+    let prefix = tmp.path().join("edge");
+    let mut w =
+        tfckpt::CheckpointWriter::create(&prefix, tfckpt::WriterOptions::default()).unwrap();
+    let edge = tfckpt::Tensor::from_f32(&[1; 64], &[2.5]).unwrap();
+    w.add("edge", tfckpt::TensorRef::from(&edge)).unwrap();
+    w.finish().unwrap();
+    let ckpt = prefix.to_str().unwrap();
+    let out = tmp.path().join("edge.npy");
+    let o = tfckpt(&["get", ckpt, "edge", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = format!(
+        r#"{{"variables": [{{"name": "v/edge", "shape": {:?}, "dtype": "float32"}}]}}"#,
+        [1; 64]
+    );
+    let dir = tmp.path().join("edge_out");
+    let o = tfckpt_init(
+        ckpt,
+        &model,
+        r#"{"edge": "v/edge"}"#,
+        dir.to_str().unwrap(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in [out, dir.join("v/edge.npy")] {
+        let a = npy::read(std::fs::File::open(&file).unwrap()).unwrap();
+        assert_eq!(
+            (a.shape, a.data),
+            (vec![1; 64], 2.5f32.to_le_bytes().to_vec())
+        );
+    }
+}
+
+/// Variable names become paths under `init --out DIR`: a name with a `.` or `..` component
+/// (TensorFlow allows them; `../x` would land beside DIR) and a name whose file another name
+/// needs as a folder are refused before any work, naming the variable, and nothing is written.
+#[test]
+fn variable_names_that_are_no_paths_under_out_are_refused() {
+    let ckpt = ckpt_arg("h1_basic");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let components = "'.' and '..' are not valid name components";
+    for (names, error) in [
+        (
+            &["../x"][..],
+            format!(
+                "variable \"../x\" cannot be written under {}: {components}",
+                out.display()
+            ),
+        ),
+        (
+            &["a/./b"],
+            format!(
+                "variable \"a/./b\" cannot be written under {}: {components}",
+                out.display()
+            ),
+        ),
+        (
+            &["a/.."],
+            format!(
+                "variable \"a/..\" cannot be written under {}: {components}",
+                out.display()
+            ),
+        ),
+        (
+            &["a.npy/b", "a"],
+            "variable \"a\" would be written to a.npy, which another variable needs as a directory"
+                .into(),
+        ),
+    ] {
+        let vars: Vec<String> = names
+            .iter()
+            .map(|n| format!(r#"{{"name": "{n}", "shape": [1], "dtype": "float32"}}"#))
+            .collect();
+        let model = format!(r#"{{"variables": [{}]}}"#, vars.join(", "));
+        let o = tfckpt_init(&ckpt, &model, "{}", out.to_str().unwrap(), &[]);
+        assert_one_error_line(&o, 1, &error);
+        assert_eq!(common::fixtures::files_in(tmp.path()), Vec::<String>::new());
+    }
+}
+
+/// A MODEL.json or MAP.json file past 256 MiB (`/dev/zero`, say) is refused as such, after
+/// reading one byte past the bound, not read to the end nor parsed.
+#[cfg(unix)]
+#[test]
+fn json_files_past_the_bound_are_refused_as_such() {
+    let ckpt = ckpt_arg("h1_basic");
+    for flag in ["--model", "--map"] {
+        let (model, map) = match flag {
+            "--model" => ("/dev/zero", "{}"),
+            _ => (r#"{"variables": []}"#, "/dev/zero"),
+        };
+        let o = tfckpt(&["init", &ckpt, "--model", model, "--map", map, "--no-out"]);
+        assert_one_error_line(&o, 1, &format!("{flag} /dev/zero: larger than 256 MiB"));
     }
 }
