@@ -104,6 +104,21 @@ fn fifos_are_refused_without_waiting() {
     let c = tfckpt::Checkpoint::open(&dir).unwrap();
     let e = c.read("var1").unwrap_err();
     assert!(e.to_string().contains("FIFO"), "{e}");
+    // A character device in its place (a link to /dev/null, which reads as empty) is named as
+    // one, not read as a truncated shard.
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &shard).unwrap();
+    let e = tfckpt::Checkpoint::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "{shard_name}: data shard 0 of 1 (needed for tensor \"useful_scope/var4\") cannot be \
+             opened: is a device, not a regular file"
+        )),
+        "{e}"
+    );
 
     // The state file as a FIFO: `list` of the directory.
     let dir2 = tmp.path().join("state");
