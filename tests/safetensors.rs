@@ -685,12 +685,16 @@ fn a_signal_during_a_write_removes_the_folders_made_for_it() {
             })
         };
         let mut child = command.spawn().unwrap();
+        // The write is done, and the rank held, when its temporary file is the folder's only
+        // entry and holds the file (the library renames its own finished file onto it): a signal
+        // earlier, while the library still makes files there, is another test's case.
+        let written = || {
+            let names = files_in(&folder);
+            matches!(&names[..], [f] if f.starts_with(".tfckpt-") && f.ends_with(".safetensors.tmp")
+                && std::fs::metadata(folder.join(f)).is_ok_and(|m| m.len() > 0))
+        };
         let t0 = std::time::Instant::now();
-        while !folder.is_dir()
-            || !files_in(&folder)
-                .iter()
-                .any(|f| f.starts_with(".tfckpt-") && f.ends_with(".safetensors.tmp"))
-        {
+        while !folder.is_dir() || !written() {
             if t0.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
                 let _ = child.kill();
                 panic!("it did not reach its write");
