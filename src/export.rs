@@ -18,9 +18,10 @@
 //! * **All or nothing.** The file is written in a temporary folder in the destination's folder
 //!   and renamed into place only when every tensor was read and checked and the writer succeeded;
 //!   on any error no file is left (a process ended by a signal meanwhile leaves its
-//!   `.tfckpt-*.safetensors.tmp` folder, unless it calls [`crate::remove_partial_outputs`] first,
-//!   as the binary does). `View::data` cannot fail, so the first read error is kept aside, the rest of
-//!   the tensors are written as nothing, and the call then fails with that error.
+//!   `.tfckpt-*.safetensors.tmp` folder, unless it calls
+//!   [`crate::remove_partial_outputs_for_exit`] first, as the binary does). `View::data` cannot
+//!   fail, so the first read error is kept aside, the rest of the tensors are written as nothing,
+//!   and the call then fails with that error.
 //! * **dtypes kept.** Each tensor keeps its own type: bfloat16, float16 and the float8 types too.
 //!   The 4- and 2-bit integers, which safetensors has no type for, are written as their values,
 //!   one a byte, as `.npy` output holds them: int4 and int2 as I8, uint4 and uint2 as U8.
@@ -648,12 +649,13 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
     // signal ends the process (listed for `remove_partial_outputs`, until after the folder's own
     // removal: declared first, dropped last).
     let _listed;
+    let making = PartialOutput::making();
     let tmp_dir = tempfile::Builder::new()
         .prefix(".tfckpt-")
         .suffix(".safetensors.tmp")
         .tempdir_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;
-    _listed = PartialOutput::new(tmp_dir.path());
+    _listed = making.list(tmp_dir.path());
     let tmp = tmp_dir.path().join("out.safetensors");
     // The mode `File::create` gives (0666 less the umask), not the writer's 0600. Closed at once:
     // the safetensors writer renames its own file over it, which some systems refuse while a

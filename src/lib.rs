@@ -50,7 +50,9 @@ pub use base::crc;
 pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
-pub use base::partial::{remove_partial_outputs, PartialOutput};
+pub use base::partial::{
+    remove_partial_outputs, remove_partial_outputs_for_exit, Making, PartialOutput,
+};
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Element, HostBuffer, Strings, Tensor, TensorData};
 #[cfg(feature = "safetensors")]

@@ -1105,6 +1105,47 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
     }
 }
 
+/// A signal while `init --out DIR` is making a folder (made, not yet listed for removal): the first
+/// of the parent folders made for DIR, or DIR's temporary folder. The removal waits for the
+/// listing, then removes the folder and the parent folders made. Made first and listed after, a
+/// signal between the two left them behind. Debug builds only: the binary holds the write there
+/// until the signal (`TFCKPT_TEST_PAUSE_BEFORE_LISTING`).
+#[cfg(all(unix, debug_assertions))]
+#[test]
+fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let ckpt = ckpt_arg("h1_basic");
+    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    // Where the folder is made: `new` in the test's folder, or `.tfckpt-out-*` in new/deeper.
+    for (pause, place) in [("parent", ""), ("temporary", "new/deeper")] {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("new/deeper/o");
+            let mut child = spawn_init_to_signal(
+                &ckpt,
+                model,
+                &out,
+                &[("TFCKPT_TEST_PAUSE_BEFORE_LISTING", pause)],
+            );
+            let t0 = Instant::now();
+            let place = tmp.path().join(place);
+            while std::fs::read_dir(&place).map_or(true, |mut d| d.next().is_none()) {
+                if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                    let _ = child.kill();
+                    panic!("{pause}: nothing was made in {}", place.display());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (status, err) = common::signal_and_wait(&mut child, signal);
+            assert_eq!(status.signal(), Some(signal), "{pause}: {status:?}: {err}");
+            assert_eq!(err, "", "{pause}");
+            let left = common::fixtures::files_in(tmp.path());
+            assert_eq!(left, Vec::<String>::new(), "{pause}");
+        }
+    }
+}
+
 /// A signal during the merge into an existing DIR (one file already replaced, the next about to
 /// be): the merge stops and undoes its moves before the process ends, so DIR is as it was (it
 /// was left half merged, the files moved aside in a hidden folder). Debug builds only: the binary

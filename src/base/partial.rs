@@ -5,8 +5,12 @@
 //! removes them itself when it fails or is dropped. The one case where no destructor runs is a
 //! signal that ends the process (Ctrl-C on a long `convert`): what it was writing stays behind,
 //! as large as the output, under a hidden name. A signal handler's thread calls
-//! [`remove_partial_outputs`] before the process ends (the `tfckpt` binary does so on `SIGINT`,
-//! `SIGTERM` and `SIGHUP`).
+//! [`remove_partial_outputs_for_exit`] before the process ends (the `tfckpt` binary does so on
+//! `SIGINT`, `SIGTERM` and `SIGHUP`).
+//!
+//! A write makes its temporary path and lists it as one step ([`PartialOutput::making`]): a
+//! removal running meanwhile waits for the listing and removes the path too. Made first and listed
+//! after, a signal between the two left the path behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,18 +28,61 @@ fn listed() -> MutexGuard<'static, Vec<(u64, PathBuf)>> {
 /// when it fails, or renames it into place when it succeeds, and then drops this.
 ///
 /// The crate's own writes list their temporary paths; this is for a program's own writes (the
-/// `tfckpt` binary lists its `.npy` files and folders with it).
+/// `tfckpt` binary lists its `.npy` files and folders with it):
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// # let folder = tempfile::tempdir()?;
+/// # let folder = folder.path();
+/// // Removals wait from here until the folder is listed (or `making` is dropped).
+/// let making = tfckpt::PartialOutput::making();
+/// let tmp = tempfile::Builder::new().prefix(".out-").tempdir_in(folder)?;
+/// let _listed = making.list(tmp.path());
+/// // ... write into `tmp`, then rename it into place ...
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "the path is listed only while the value lives"]
 pub struct PartialOutput(u64);
 
 impl PartialOutput {
     /// Lists `path` (a file, or a folder removed with everything in it) until the value is
-    /// dropped.
+    /// dropped. For a path made before: a removal between its making and this call misses it.
+    /// [`PartialOutput::making`] leaves no such moment.
     pub fn new(path: impl AsRef<Path>) -> PartialOutput {
+        PartialOutput::making().list(path)
+    }
+
+    /// For a write about to make a temporary file or folder: removals ([`remove_partial_outputs`]
+    /// and [`remove_partial_outputs_for_exit`]) wait until the path made is listed
+    /// ([`Making::list`]) or the returned value is dropped (nothing made). So no path is ever
+    /// made and not yet listed while a removal runs.
+    ///
+    /// Make the path and nothing more meanwhile: other listings, in this thread or in threads it
+    /// waits for, would wait for this one.
+    pub fn making() -> Making {
+        Making(listed())
+    }
+}
+
+/// A temporary path being made, from [`PartialOutput::making`] until [`Making::list`]: removals
+/// of partial outputs wait for it.
+#[must_use = "removals wait only while the value lives"]
+pub struct Making(MutexGuard<'static, Vec<(u64, PathBuf)>>);
+
+impl Making {
+    /// Lists `path`, which the write has just made, until the returned value is dropped.
+    pub fn list(mut self, path: impl AsRef<Path>) -> PartialOutput {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        listed().push((id, path.as_ref().to_path_buf()));
+        self.0.push((id, path.as_ref().to_path_buf()));
         PartialOutput(id)
+    }
+}
+
+impl std::fmt::Debug for Making {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Making")
     }
 }
 
@@ -52,15 +99,41 @@ impl Drop for PartialOutput {
 /// folder is first renamed aside and removed there: a write renaming it into place at the same
 /// moment either finds it gone (and fails) or wins (and keeps it whole), and nothing a write adds
 /// to it meanwhile lands outside what is removed. Where the folder cannot be renamed (Windows, while
-/// a file in it is open), it is removed in place.
+/// a file in it is open), it is removed in place. A write making its temporary path meanwhile
+/// ([`PartialOutput::making`]) is waited for, and what it made removed too.
 ///
-/// For a signal handler's thread (`signal-hook`'s `Signals` iterator, the `ctrlc` crate), just
-/// before the process ends, and not for inside a signal handler itself: it takes a lock and
-/// allocates. Writes that start after it returns are listed and removed as usual.
+/// For a process that goes on; writes that start after it returns are listed and removed as
+/// usual. A process about to end calls [`remove_partial_outputs_for_exit`] instead.
+///
+/// Not for inside a signal handler itself: it takes a lock and allocates.
 pub fn remove_partial_outputs() -> Vec<PathBuf> {
+    remove(&mut listed(), |_| true)
+}
+
+/// [`remove_partial_outputs`], for a process that ends right after, as a signal handler's thread
+/// does (`signal-hook`'s `Signals` iterator, the `ctrlc` crate): from then on, until the process
+/// ends, every write that would make a temporary path waits, and so does any listing or
+/// unlisting of one. Nothing made after the removal is left behind either, where the writes that
+/// go on while the process ends would otherwise make new temporary files the removal never saw.
+///
+/// Call it once, just before the process ends (a second call waits forever).
+pub fn remove_partial_outputs_for_exit() -> Vec<PathBuf> {
     let mut listed = listed();
+    let removed = remove(&mut listed, |_| true);
+    // The lock stays taken until the process ends.
+    std::mem::forget(listed);
+    removed
+}
+
+/// Removes the listed paths `which` selects, unlists them, and returns those removed.
+fn remove(listed: &mut Vec<(u64, PathBuf)>, which: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
+    let mut kept = Vec::new();
     for (id, path) in listed.drain(..) {
+        if !which(&path) {
+            kept.push((id, path));
+            continue;
+        }
         let gone = match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {
                 let mut aside = path.clone().into_os_string();
@@ -79,6 +152,7 @@ pub fn remove_partial_outputs() -> Vec<PathBuf> {
             removed.push(path);
         }
     }
+    *listed = kept;
     removed
 }
 
@@ -107,5 +181,94 @@ mod tests {
         assert_eq!(mine(), [dir.path().join("b")]);
         drop(b);
         assert_eq!(mine(), Vec::<PathBuf>::new());
+    }
+
+    /// A removal while a write is making its temporary path waits for the listing and removes
+    /// the path. Made, then listed (as before `making`), the removal ran in between, found nothing
+    /// listed, and the file stayed.
+    #[test]
+    fn a_removal_waits_for_a_path_being_made_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made");
+        let (started, making_runs) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let writer = std::thread::spawn(move || {
+            let making = PartialOutput::making();
+            started.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::write(&p, b"partial").unwrap();
+            making.list(&p)
+        });
+        making_runs.recv().unwrap();
+        let removed = remove(&mut listed(), |p| p.starts_with(dir.path()));
+        assert_eq!(removed, std::slice::from_ref(&path));
+        assert!(!path.exists());
+        drop(writer.join().unwrap());
+        // Dropped without a listing (the making failed): removals go on at once.
+        drop(PartialOutput::making());
+        assert_eq!(
+            remove(&mut listed(), |p| p.starts_with(dir.path())),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    /// After `remove_partial_outputs_for_exit`, a write that goes on makes no new temporary path
+    /// while the process ends: it waits. In a process of its own (the registry stays locked).
+    #[test]
+    fn nothing_is_made_after_the_removal_for_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "base::partial::tests::removal_for_exit_in_this_process",
+            ])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env("TFCKPT_TEST_PARTIAL_DIR", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("removed [\"before\"]; after: missing"),
+            "{stdout}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    #[ignore = "run by nothing_is_made_after_the_removal_for_exit, in a process of its own"]
+    fn removal_for_exit_in_this_process() {
+        let Some(dir) = std::env::var_os("TFCKPT_TEST_PARTIAL_DIR").map(PathBuf::from) else {
+            return;
+        };
+        let before = dir.join("before");
+        let making = PartialOutput::making();
+        std::fs::write(&before, b"partial").unwrap();
+        let _listed = making.list(&before);
+        let removed: Vec<_> = remove_partial_outputs_for_exit()
+            .iter()
+            .map(|p| p.strip_prefix(&dir).unwrap().to_path_buf())
+            .collect();
+        let after = dir.join("after");
+        let a = after.clone();
+        std::thread::spawn(move || {
+            let making = PartialOutput::making();
+            std::fs::write(&a, b"partial").unwrap();
+            std::mem::forget(making.list(&a));
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let state = if after.exists() { "made" } else { "missing" };
+        println!("removed {removed:?}; after: {state}");
+        // The process ends here, as a signal handler's thread ends it (`_listed` is never dropped).
+        std::process::exit(0);
     }
 }

@@ -586,6 +586,7 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)> {
             _ => s.push(format!(".tempstate{pid}-{k}")),
         }
         let tmp = PathBuf::from(s);
+        let making = PartialOutput::making();
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -593,7 +594,7 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)> {
         {
             // Listed once it is ours: a name taken by something else is never removed.
             Ok(file) => {
-                let listed = PartialOutput::new(&tmp);
+                let listed = making.list(&tmp);
                 return Ok((tmp, file, listed));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -50,8 +50,9 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
             d.to_path_buf()
         }
         None => {
+            let making = tfckpt::PartialOutput::making();
             tmp = tempfile::tempdir()?;
-            _listed = tfckpt::PartialOutput::new(tmp.path());
+            _listed = making.list(tmp.path());
             tmp.path().to_path_buf()
         }
     };

@@ -179,7 +179,7 @@ fn remove_partial_outputs_on_signals() {
             // A merge into an existing `--out DIR` stops at its next move and undoes its moves
             // first: DIR is left as it was, not half merged.
             let _merges = out::wait_for_merges();
-            tfckpt::remove_partial_outputs();
+            tfckpt::remove_partial_outputs_for_exit();
             out::remove_made_folders();
             let _ = signal_hook::low_level::emulate_default_handler(signal);
             std::process::exit(128 + signal);
@@ -205,7 +205,7 @@ fn remove_partial_outputs_on_signals() {
         }
         if !ENDING.swap(true, Ordering::SeqCst) {
             let _merges = out::wait_for_merges();
-            tfckpt::remove_partial_outputs();
+            tfckpt::remove_partial_outputs_for_exit();
             out::remove_made_folders();
         }
         // SAFETY: ends the process; nothing runs after it.
@@ -670,7 +670,11 @@ fn check_out_names(dir: &Path, store: &VariableStore) -> CliResult {
 /// Writes `t` to `path` (a temporary name, in a folder that exists), naming `shown` (where it
 /// goes) in errors.
 fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
-    let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
+    write_npy_into(new_npy_file(path, shown)?, shown, t)
+}
+
+/// Creates the file `path` for the .npy `shown`; never an existing one.
+fn new_npy_file(path: &Path, shown: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
     // Always a new file: two names that differ only in case are one file on a case-insensitive
     // file system (macOS, Windows), where the second silently replaced the first.
     let file = std::fs::OpenOptions::new()
@@ -685,9 +689,15 @@ fn write_npy(path: &Path, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
                     shown.display()
                 )
             } else {
-                fail(e)
+                format!("{}: {e}", shown.display())
             }
         })?;
+    Ok(file)
+}
+
+/// Writes the .npy `shown` of `t` into `file` and puts it on disk.
+fn write_npy_into(file: std::fs::File, shown: &Path, t: &tfckpt::Tensor) -> CliResult {
+    let fail = |e: std::io::Error| format!("{}: {e}", shown.display());
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     npy::write_tensor(&mut w, t).map_err(fail)?;
     // The data on disk before the file is renamed to its final name (see `out::sync_dir`).
@@ -735,8 +745,10 @@ fn temp_sibling(path: &Path) -> PathBuf {
 fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
     out::with_parents(out, || {
         let tmp = temp_sibling(out);
-        let _listed = tfckpt::PartialOutput::new(&tmp);
-        let result = write_npy(&tmp, out, t).and_then(|()| {
+        let making = tfckpt::PartialOutput::making();
+        let file = new_npy_file(&tmp, out)?;
+        let _listed = making.list(&tmp);
+        let result = write_npy_into(file, out, t).and_then(|()| {
             std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
             out::sync_dir(
                 out.parent()

@@ -115,17 +115,23 @@ fn made() -> MutexGuard<'static, Vec<(u64, Vec<PathBuf>)>> {
 
 impl CreatedDirs {
     fn new() -> CreatedDirs {
+        CreatedDirs::listed_in(&mut made())
+    }
+
+    /// A new value, listed in `made` (the locked [`MADE`]).
+    fn listed_in(made: &mut Vec<(u64, Vec<PathBuf>)>) -> CreatedDirs {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        made().push((id, Vec::new()));
+        made.push((id, Vec::new()));
         CreatedDirs {
             id,
             dirs: Vec::new(),
         }
     }
 
-    fn push(&mut self, dir: PathBuf) {
-        if let Some((_, dirs)) = made().iter_mut().find(|(id, _)| *id == self.id) {
+    /// Adds `dir`, just made, here and to this value's entry in `made` (the locked [`MADE`]).
+    fn push(&mut self, made: &mut [(u64, Vec<PathBuf>)], dir: PathBuf) {
+        if let Some((_, dirs)) = made.iter_mut().find(|(id, _)| *id == self.id) {
             dirs.push(dir.clone());
         }
         self.dirs.push(dir);
@@ -154,12 +160,15 @@ fn remove_empty(dirs: &[PathBuf]) {
 }
 
 /// Removes the folders made for the outputs still being written, as far as they are empty: for a
-/// signal ending the process, after `tfckpt::remove_partial_outputs` removed what was in them.
+/// signal ending the process, after `tfckpt::remove_partial_outputs_for_exit` removed what was in
+/// them. From then on, until the process ends, no folder is made ([`create_dirs`] waits).
 #[cfg(any(unix, windows))]
 pub(crate) fn remove_made_folders() {
-    for (_, dirs) in made().drain(..) {
+    let mut made = made();
+    for (_, dirs) in made.drain(..) {
         remove_empty(&dirs);
     }
+    std::mem::forget(made);
 }
 
 /// Creates the missing folders of `dir` (like `create_dir_all`) and says which it made.
@@ -173,12 +182,20 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
             None => break,
         }
     }
-    let mut made = CreatedDirs::new();
+    // Each folder made and listed as one step: a signal's `remove_made_folders` waits meanwhile
+    // (made first and listed after, a signal between the two left the folder).
+    let mut list = made();
+    let mut made = CreatedDirs::listed_in(&mut list);
     for m in missing.into_iter().rev() {
         match std::fs::create_dir(&m) {
-            Ok(()) => made.push(m),
+            Ok(()) => {
+                #[cfg(debug_assertions)]
+                pause_before_listing("parent");
+                made.push(&mut list, m)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
             Err(e) => {
+                drop(list); // `made`'s drop takes it
                 made.undo();
                 return Err(io_err(&m, e));
             }
@@ -244,13 +261,14 @@ pub(crate) fn replace_unless_changed(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     // A name no other process takes (ranks in containers on one shared disk may share a PID).
+    let making = tfckpt::PartialOutput::making();
     let tmp = tempfile::Builder::new()
         .prefix(".tfckpt-")
         .suffix(".safetensors.tmp")
         .tempfile_in(folder)
         .map_err(|e| io_err(folder, e))?
         .into_temp_path();
-    let _listed = tfckpt::PartialOutput::new(&tmp);
+    let _listed = making.list(&tmp);
     // Errors name the output, not the temporary name.
     let named = |e: Box<dyn std::error::Error>| -> Box<dyn std::error::Error> {
         let (t, p) = (tmp.display().to_string(), path.display().to_string());
@@ -332,6 +350,7 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
     with_parents(&parent.join("x"), || {
         // Listed until after the folder's removal (declared first, dropped last).
         let _listed;
+        let making = tfckpt::PartialOutput::making();
         let tmp = tempfile::Builder::new()
             .prefix(".tfckpt-out-")
             .tempdir_in(&parent)
@@ -341,7 +360,15 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
                     parent.display()
                 )
             })?;
-        _listed = tfckpt::PartialOutput::new(tmp.path());
+        // Then, the folder listed, 5 s more while the process ends (the write must not finish
+        // first).
+        #[cfg(debug_assertions)]
+        let paused = pause_before_listing("temporary");
+        _listed = making.list(tmp.path());
+        #[cfg(debug_assertions)]
+        if paused {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
         write(tmp.path())?;
         // The files' names on disk before they take their final ones (each file synced its data).
         sync_tree(tmp.path());
@@ -627,16 +654,35 @@ fn before_move() -> CliResult {
             return Err(format!("move {n} failed (TFCKPT_TEST_FAIL_MOVE_AT)").into());
         }
         if at("TFCKPT_TEST_PAUSE_MOVE_AT") {
-            let t = std::time::Instant::now();
-            while !crate::ENDING.load(Ordering::SeqCst) && t.elapsed().as_secs() < 60 {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            wait_for_signal();
         }
     }
     if crate::ENDING.load(Ordering::SeqCst) {
         return Err("a signal is ending the process".into());
     }
     Ok(())
+}
+
+/// Tests' pauses, in a debug build: waits until a signal is ending the process (at most 60 s).
+#[cfg(debug_assertions)]
+fn wait_for_signal() {
+    let t = std::time::Instant::now();
+    while !crate::ENDING.load(Ordering::SeqCst) && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Tests of the removal on a signal, in a debug build: with `TFCKPT_TEST_PAUSE_BEFORE_LISTING`
+/// set to `what`, holds a write where it has just made a folder and not yet listed it for removal
+/// (`parent`: the first folder made for an output, `temporary`: an `--out DIR`'s temporary
+/// folder), until a signal is ending the process. Says whether it waited.
+#[cfg(debug_assertions)]
+fn pause_before_listing(what: &str) -> bool {
+    let asked = std::env::var("TFCKPT_TEST_PAUSE_BEFORE_LISTING").is_ok_and(|v| v == what);
+    if asked {
+        wait_for_signal();
+    }
+    asked
 }
 
 #[cfg(test)]
