@@ -865,10 +865,14 @@ fn init_refuses_colliding_output_names_before_writing() {
     );
 }
 
+/// A MODEL.json of two float32 variables of shape [1], `a/x` (a file one folder down) and `b`,
+/// for the output tests (`init` with `--map {}` writes their default initializer's zeros).
+const TWO_FLOATS: &str = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+
 #[test]
 fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
     let ckpt = ckpt_arg("h1_basic");
-    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let model = TWO_FLOATS;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     std::fs::create_dir_all(out.join("keep")).unwrap();
@@ -915,7 +919,7 @@ fn init_into_an_existing_directory_merges_or_refuses_before_moving() {
 #[test]
 fn outputs_go_into_new_folders_named_relatively_or_absolutely() {
     let ckpt = ckpt_arg("h1_basic");
-    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let model = TWO_FLOATS;
     let tmp = tempfile::tempdir().unwrap();
     let absolute = tmp.path().join("abs/deep/o");
     for (out, file) in [
@@ -950,23 +954,13 @@ fn spawn_init_to_signal(
     out: &std::path::Path,
     env: &[(&str, &str)],
 ) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
     command
         .args(["init", ckpt, "--model", model, "--map", "{}", "--out"])
         .arg(out)
         .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
-    // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
-    unsafe {
-        command.pre_exec(|| {
-            for s in [libc::SIGINT, libc::SIGTERM] {
-                libc::signal(s, libc::SIG_DFL);
-            }
-            Ok(())
-        })
-    };
+    common::start_with_default_signals(&mut command, &[]);
     command.spawn().unwrap()
 }
 
@@ -980,7 +974,7 @@ fn spawn_init_to_signal(
 fn where_a_directory_cannot_be_locked_writers_take_turns_on_a_lock_file() {
     use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
-    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let model = TWO_FLOATS;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     std::fs::create_dir_all(&out).unwrap();
@@ -1067,7 +1061,7 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
     use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
-    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let model = TWO_FLOATS;
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("o");
@@ -1116,7 +1110,7 @@ fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
     use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
-    let model = r#"{"variables": [{"name": "a/x", "shape": [1], "dtype": "float32"}, {"name": "b", "shape": [1], "dtype": "float32"}]}"#;
+    let model = TWO_FLOATS;
     // Where the folder is made: `new` in the test's folder, or `.tfckpt-out-*` in new/deeper.
     for (pause, place) in [("parent", ""), ("temporary", "new/deeper")] {
         for signal in [libc::SIGINT, libc::SIGTERM] {

@@ -3052,27 +3052,15 @@ fn a_convert_ended_by_a_signal_leaves_no_temporary_file() {
         (libc::SIGTERM, false),
         (libc::SIGINT, true),
     ] {
-        use std::os::unix::process::CommandExt;
         let out = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
         command
             .args(["convert", &url])
             .arg(out.path().join("new/deeper/model.safetensors"))
             .stderr(std::process::Stdio::piped());
-        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe.
-        // Each signal starts at its default (a test run from a background job inherits SIGINT
-        // ignored, which tfckpt would keep), then SIGHUP ignored for the `nohup` run.
-        unsafe {
-            command.pre_exec(move || {
-                for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                    libc::signal(s, libc::SIG_DFL);
-                }
-                if nohup {
-                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                }
-                Ok(())
-            })
-        };
+        // SIGHUP ignored for the `nohup` run.
+        let ignored: &[i32] = if nohup { &[libc::SIGHUP] } else { &[] };
+        common::start_with_default_signals(&mut command, ignored);
         let mut child = command.spawn().unwrap();
         let names = |dir: &Path| -> Vec<String> {
             std::fs::read_dir(dir)

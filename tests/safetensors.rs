@@ -659,7 +659,7 @@ fn cli_convert_writes_the_library_file_and_warns_per_skipped_tensor() {
 #[cfg(all(unix, debug_assertions))]
 #[test]
 fn a_signal_during_a_write_removes_the_folders_made_for_it() {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
     let ckpt = ckpt_path("h1_partitioned");
     let model = r#"{"variables": [{"name": "v", "shape": [100, 100], "dtype": "float32"}]}"#;
     for signal in [libc::SIGINT, libc::SIGTERM] {
@@ -674,16 +674,7 @@ fn a_signal_during_a_write_removes_the_folders_made_for_it() {
             .args(["--rank", "0", "--ranks", "1"])
             .env("TFCKPT_TEST_WAIT_FOR_OTHER_WRITER", "1")
             .stderr(std::process::Stdio::piped());
-        // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe
-        // (a test run from a background job inherits SIGINT ignored, which tfckpt would keep).
-        unsafe {
-            command.pre_exec(|| {
-                for s in [libc::SIGINT, libc::SIGTERM] {
-                    libc::signal(s, libc::SIG_DFL);
-                }
-                Ok(())
-            })
-        };
+        common::start_with_default_signals(&mut command, &[]);
         let mut child = command.spawn().unwrap();
         // The write is done, and the rank held, when its temporary file is the folder's only
         // entry and holds the file (the library renames its own finished file onto it): a signal

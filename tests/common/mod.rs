@@ -24,6 +24,28 @@ pub use damage::{damage, Rng};
 
 use std::path::Path;
 
+/// Starts `command`'s process with SIGINT, SIGTERM and SIGHUP at their default action (a test run
+/// from a background job inherits SIGINT ignored, which tfckpt would keep, as a signal ignored at
+/// start stays ignored), then the signals `ignored` ignored (`nohup` ignores SIGHUP).
+#[cfg(unix)]
+pub fn start_with_default_signals(command: &mut std::process::Command, ignored: &[i32]) {
+    use std::os::unix::process::CommandExt;
+    let ignored = ignored.to_vec();
+    // SAFETY: in the child between fork and exec, only `signal`, which is async-signal-safe (the
+    // list was allocated before the fork).
+    unsafe {
+        command.pre_exec(move || {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            for &s in &ignored {
+                libc::signal(s, libc::SIG_IGN);
+            }
+            Ok(())
+        })
+    };
+}
+
 /// Sends `signal` to `child` (a process the test started and has not waited for), waits up to a
 /// minute for it to end, and returns how it ended and what it wrote to its piped stderr.
 #[cfg(unix)]
