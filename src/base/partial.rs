@@ -34,10 +34,12 @@ fn listed() -> MutexGuard<'static, Vec<(u64, PathBuf)>> {
 /// # fn main() -> std::io::Result<()> {
 /// # let folder = tempfile::tempdir()?;
 /// # let folder = folder.path();
+/// // Declared first, dropped last: listed until after the folder's own removal.
+/// let _listed;
 /// // Removals wait from here until the folder is listed (or `making` is dropped).
 /// let making = tfckpt::PartialOutput::making();
 /// let tmp = tempfile::Builder::new().prefix(".out-").tempdir_in(folder)?;
-/// let _listed = making.list(tmp.path());
+/// _listed = making.list(tmp.path());
 /// // ... write into `tmp`, then rename it into place ...
 /// # Ok(())
 /// # }
@@ -116,7 +118,8 @@ pub fn remove_partial_outputs() -> Vec<PathBuf> {
 /// unlisting of one. Nothing made after the removal is left behind either, where the writes that
 /// go on while the process ends would otherwise make new temporary files the removal never saw.
 ///
-/// Call it once, just before the process ends (a second call waits forever).
+/// Call it once, just before the process ends: a second call never returns (from the same thread,
+/// it may panic instead).
 pub fn remove_partial_outputs_for_exit() -> Vec<PathBuf> {
     let mut listed = listed();
     let removed = remove(&mut listed, |_| true);
@@ -205,7 +208,9 @@ mod tests {
         assert!(!path.exists());
         drop(writer.join().unwrap());
         // Dropped without a listing (the making failed): removals go on at once.
-        drop(PartialOutput::making());
+        let making = PartialOutput::making();
+        assert_eq!(format!("{making:?}"), "Making");
+        drop(making);
         assert_eq!(
             remove(&mut listed(), |p| p.starts_with(dir.path())),
             Vec::<PathBuf>::new()
@@ -260,12 +265,19 @@ mod tests {
             .collect();
         let after = dir.join("after");
         let a = after.clone();
+        let (started, writer_runs) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            started.send(()).unwrap();
             let making = PartialOutput::making();
             std::fs::write(&a, b"partial").unwrap();
             std::mem::forget(making.list(&a));
         });
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The writer runs: given a second, it would have made the file by then.
+        writer_runs.recv().unwrap();
+        let t = std::time::Instant::now();
+        while !after.exists() && t.elapsed().as_secs() < 1 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let state = if after.exists() { "made" } else { "missing" };
         println!("removed {removed:?}; after: {state}");
         // The process ends here, as a signal handler's thread ends it (`_listed` is never dropped).

@@ -186,11 +186,15 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
     // (made first and listed after, a signal between the two left the folder).
     let mut list = made();
     let mut made = CreatedDirs::listed_in(&mut list);
+    #[cfg(debug_assertions)]
+    let mut paused = false;
     for m in missing.into_iter().rev() {
         match std::fs::create_dir(&m) {
             Ok(()) => {
                 #[cfg(debug_assertions)]
-                pause_before_listing("parent");
+                {
+                    paused |= pause_before_listing("parent");
+                }
                 made.push(&mut list, m)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
@@ -200,6 +204,12 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
                 return Err(io_err(&m, e));
             }
         }
+    }
+    drop(list);
+    // The folders listed, 5 s more while the process ends (the write must not finish first).
+    #[cfg(debug_assertions)]
+    if paused {
+        std::thread::sleep(std::time::Duration::from_secs(5));
     }
     Ok(made)
 }
@@ -674,8 +684,9 @@ fn wait_for_signal() {
 
 /// Tests of the removal on a signal, in a debug build: with `TFCKPT_TEST_PAUSE_BEFORE_LISTING`
 /// set to `what`, holds a write where it has just made a folder and not yet listed it for removal
-/// (`parent`: the first folder made for an output, `temporary`: an `--out DIR`'s temporary
-/// folder), until a signal is ending the process. Says whether it waited.
+/// (`parent`: each folder made for an output's path, `temporary`: an `--out DIR`'s temporary
+/// folder), until a signal is ending the process (no wait once one has come). Says whether it
+/// was asked to.
 #[cfg(debug_assertions)]
 fn pause_before_listing(what: &str) -> bool {
     let asked = std::env::var("TFCKPT_TEST_PAUSE_BEFORE_LISTING").is_ok_and(|v| v == what);
@@ -688,6 +699,64 @@ fn pause_before_listing(what: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After `remove_made_folders` (a signal ending the process), a write that goes on makes no
+    /// folder for its output: `create_dirs` waits. In a process of its own (the list stays locked).
+    #[cfg(any(unix, windows))]
+    #[test]
+    fn no_folder_is_made_after_the_made_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "out::tests::made_folders_removed_in_this_process",
+            ])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env("TFCKPT_TEST_MADE_DIR", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("before: missing; after: missing"),
+            "{stdout}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[cfg(any(unix, windows))]
+    #[test]
+    #[ignore = "run by no_folder_is_made_after_the_made_ones_are_removed, in a process of its own"]
+    fn made_folders_removed_in_this_process() {
+        let Some(dir) = std::env::var_os("TFCKPT_TEST_MADE_DIR").map(PathBuf::from) else {
+            return;
+        };
+        let _made = create_dirs(&dir.join("before/deeper")).unwrap();
+        remove_made_folders();
+        let after = dir.join("after");
+        let a = after.clone();
+        let (started, writer_runs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            started.send(()).unwrap();
+            std::mem::forget(create_dirs(&a));
+        });
+        // The writer runs: given a second, it would have made the folder by then.
+        writer_runs.recv().unwrap();
+        let t = std::time::Instant::now();
+        while !after.exists() && t.elapsed().as_secs() < 1 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let state = |p: &Path| if p.exists() { "made" } else { "missing" };
+        println!(
+            "before: {}; after: {}",
+            state(&dir.join("before")),
+            state(&after)
+        );
+        // The process ends here, as the signal's thread ends it (`_made` is never dropped).
+        std::process::exit(0);
+    }
 
     #[test]
     fn network_file_systems_are_told_from_local_ones() {
