@@ -51,7 +51,7 @@ pub use base::device::{Device, DeviceBuffer, DeviceTensor};
 pub use base::dtype::DType;
 pub use base::error::{escape_controls, Error, ErrorKind, Result};
 pub use base::partial::{
-    remove_partial_outputs, remove_partial_outputs_for_exit, Making, PartialOutput,
+    remove_partial_outputs, remove_partial_outputs_for_exit, MakingPartialOutput, PartialOutput,
 };
 pub use base::slice::{Extent, Slice};
 pub use base::tensor::{Bytes, Element, HostBuffer, Strings, Tensor, TensorData};

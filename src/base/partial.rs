@@ -58,22 +58,22 @@ impl PartialOutput {
 
     /// For a write about to make a temporary file or folder: removals ([`remove_partial_outputs`]
     /// and [`remove_partial_outputs_for_exit`]) wait until the path made is listed
-    /// ([`Making::list`]) or the returned value is dropped (nothing made). So no path is ever
-    /// made and not yet listed while a removal runs.
+    /// ([`MakingPartialOutput::list`]) or the returned value is dropped (nothing made). So no
+    /// path is ever made and not yet listed while a removal runs.
     ///
     /// Make the path and nothing more meanwhile: other listings, in this thread or in threads it
     /// waits for, would wait for this one.
-    pub fn making() -> Making {
-        Making(listed())
+    pub fn making() -> MakingPartialOutput {
+        MakingPartialOutput(listed())
     }
 }
 
-/// A temporary path being made, from [`PartialOutput::making`] until [`Making::list`]: removals
-/// of partial outputs wait for it.
+/// A temporary path being made, from [`PartialOutput::making`] until
+/// [`MakingPartialOutput::list`]: removals of partial outputs wait for it.
 #[must_use = "removals wait only while the value lives"]
-pub struct Making(MutexGuard<'static, Vec<(u64, PathBuf)>>);
+pub struct MakingPartialOutput(MutexGuard<'static, Vec<(u64, PathBuf)>>);
 
-impl Making {
+impl MakingPartialOutput {
     /// Lists `path`, which the write has just made, until the returned value is dropped.
     pub fn list(mut self, path: impl AsRef<Path>) -> PartialOutput {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -82,9 +82,9 @@ impl Making {
     }
 }
 
-impl std::fmt::Debug for Making {
+impl std::fmt::Debug for MakingPartialOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Making")
+        f.write_str("MakingPartialOutput")
     }
 }
 
@@ -209,7 +209,7 @@ mod tests {
         drop(writer.join().unwrap());
         // Dropped without a listing (the making failed): removals go on at once.
         let making = PartialOutput::making();
-        assert_eq!(format!("{making:?}"), "Making");
+        assert_eq!(format!("{making:?}"), "MakingPartialOutput");
         drop(making);
         assert_eq!(
             remove(&mut listed(), |p| p.starts_with(dir.path())),
