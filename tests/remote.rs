@@ -2171,6 +2171,45 @@ fn a_failing_server_is_retried_as_configured_not_more() {
     assert_eq!(gets, 4, "{e}");
 }
 
+/// A load's own `RemoteOptions` (3 retries 1 ms apart) govern its requests, whatever the
+/// checkpoint was opened with (here the defaults, 10 retries from 100 ms, shared through
+/// `init_from_opened_checkpoint`): against a server that fails every data request, the one
+/// tensor's range is asked for 4 times, then the load fails naming the data file.
+#[test]
+fn a_loads_retry_policy_is_the_one_it_is_given() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = data_gets.clone();
+    let addr = fault_proxy(servers().http, move |head| match is_data_get(head) {
+        true => {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Fault::Status500
+        }
+        false => Fault::Pass,
+    });
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let t = Checkpoint::open(&ckpt).unwrap().tensors()[0].clone();
+    let mut store = VariableStore::new();
+    store
+        .get_variable(&t.name, &t.shape, t.dtype, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([(t.name.as_str(), Target::name(&t.name))]);
+    let opened = std::sync::Arc::new(Checkpoint::open(&url).unwrap());
+    tfckpt::init_from_opened_checkpoint(&mut store, &opened, &map).unwrap();
+    let opts = LoadOptions {
+        remote: RemoteOptions {
+            max_retries: 3,
+            initial_backoff: std::time::Duration::from_millis(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = store.initialize_with(Device::Cpu, &opts).unwrap_err();
+    assert!(e.to_string().contains(".data-00000-of-00001"), "{e}");
+    assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
+}
+
 /// A server that breaks off every data answer's body: each range is asked for `max_retries + 1`
 /// times in all, whether `object_store` resumes the body (the answer has an ETag to check the
 /// rest against) or tfckpt does (it has none); not `(max_retries + 1)²` times, as when a body
