@@ -2173,7 +2173,8 @@ fn a_failing_server_is_retried_as_configured_not_more() {
 
 /// A load's own `RemoteOptions` (3 retries 1 ms apart) govern its requests, whatever the
 /// checkpoint was opened with (here the defaults, 10 retries from 100 ms, shared through
-/// `init_from_opened_checkpoint`): against a server that fails every data request, the one
+/// `init_from_opened_checkpoint`; the index has an ETag, so the load reuses the opened checkpoint
+/// rather than opening it again): against a server that fails every data request, the one
 /// tensor's range is asked for 4 times, then the load fails naming the data file.
 #[test]
 fn a_loads_retry_policy_is_the_one_it_is_given() {
@@ -2185,7 +2186,7 @@ fn a_loads_retry_policy_is_the_one_it_is_given() {
             counted.fetch_add(1, Ordering::SeqCst);
             Fault::Status500
         }
-        false => Fault::Pass,
+        false => Fault::Etag,
     });
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
