@@ -1393,12 +1393,9 @@ fn docs_cli_md_is_the_projects_spec() {
 #[test]
 fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let prefix = tmp.path().join("deep");
-    let mut w =
-        tfckpt::CheckpointWriter::create(&prefix, tfckpt::WriterOptions::default()).unwrap();
-    let deep = tfckpt::Tensor::from_f32(&[1; 65], &[2.5]).unwrap();
-    w.add("deep", tfckpt::TensorRef::from(&deep)).unwrap();
-    w.finish().unwrap();
+    let mut b = CkptBuilder::new(tmp.path().join("deep"));
+    b.f32("deep", &[1; 65], &[2.5]);
+    let prefix = b.finish();
     let (ckpt, out) = (prefix.to_str().unwrap(), tmp.path().join("deep.npy"));
     let o = tfckpt(&["get", ckpt, "deep", "--out", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -1429,12 +1426,9 @@ fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
         }
     }
     // Rank 64, the most NumPy reads, is written by `get` and by `init --out DIR`.
-    let prefix = tmp.path().join("edge");
-    let mut w =
-        tfckpt::CheckpointWriter::create(&prefix, tfckpt::WriterOptions::default()).unwrap();
-    let edge = tfckpt::Tensor::from_f32(&[1; 64], &[2.5]).unwrap();
-    w.add("edge", tfckpt::TensorRef::from(&edge)).unwrap();
-    w.finish().unwrap();
+    let mut b = CkptBuilder::new(tmp.path().join("edge"));
+    b.f32("edge", &[1; 64], &[2.5]);
+    let prefix = b.finish();
     let ckpt = prefix.to_str().unwrap();
     let out = tmp.path().join("edge.npy");
     let o = tfckpt(&["get", ckpt, "edge", "--out", out.to_str().unwrap()]);
