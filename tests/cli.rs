@@ -1107,36 +1107,87 @@ fn init_ended_by_a_signal_before_its_merge_leaves_the_directory_as_it_was() {
 #[cfg(all(unix, debug_assertions))]
 #[test]
 fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
-    use std::os::unix::process::ExitStatusExt;
-    use std::time::{Duration, Instant};
     let ckpt = ckpt_arg("h1_basic");
-    let model = TWO_FLOATS;
     // Where the folder is made: `new` in the test's folder, or `.tfckpt-out-*` in new/deeper.
     for (pause, place) in [("parent", ""), ("temporary", "new/deeper")] {
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            let tmp = tempfile::tempdir().unwrap();
-            let out = tmp.path().join("new/deeper/o");
-            let mut child = spawn_init_to_signal(
-                &ckpt,
-                model,
-                &out,
-                &[("TFCKPT_TEST_PAUSE_BEFORE_LISTING", pause)],
-            );
-            let t0 = Instant::now();
-            let place = tmp.path().join(place);
-            while std::fs::read_dir(&place).map_or(true, |mut d| d.next().is_none()) {
-                if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
-                    let _ = child.kill();
-                    panic!("{pause}: nothing was made in {}", place.display());
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        let init = |out: &std::path::Path| {
+            let out = out.join("new/deeper/o");
+            let out = out.to_str().unwrap().to_owned();
+            let init = [
+                "init", &ckpt, "--model", TWO_FLOATS, "--map", "{}", "--out", &out,
+            ];
+            init.map(String::from).to_vec()
+        };
+        signal_while_making(pause, place, init);
+    }
+}
+
+/// The same for each temporary file and folder the binary makes outside `--out DIR`: a ranked
+/// `init --out FILE.safetensors`'s and `get --out FILE.npy`'s temporary files (in new parent
+/// folders), and the demo's folder. The library's own writes (an unranked `init --out
+/// FILE.safetensors`) are checked in its unit tests
+/// (`the_crates_writes_make_each_temporary_path_inside_its_making`).
+#[cfg(all(unix, debug_assertions))]
+#[test]
+fn a_signal_while_making_an_output_file_or_the_demos_folder_leaves_nothing() {
+    let ckpt = ckpt_arg("h1_basic");
+    signal_while_making("file", "new", |t| {
+        let out = t.join("new/o.safetensors").to_str().unwrap().to_owned();
+        let model = TWO_FLOATS;
+        let ranked = ["--rank", "0", "--ranks", "1"];
+        let init = [
+            "init", &ckpt, "--model", model, "--map", "{}", "--out", &out,
+        ];
+        let mut args = init.map(String::from).to_vec();
+        args.extend(ranked.map(String::from));
+        args
+    });
+    signal_while_making("file", "new", |t| {
+        let out = t.join("new/v.npy").to_str().unwrap().to_owned();
+        ["get", &ckpt, "var1", "--out", &out]
+            .map(String::from)
+            .to_vec()
+    });
+    // The demo's folder is the system's temporary folder's (`TMPDIR`: the test's).
+    signal_while_making("demo", "", |_| {
+        ["demo", "--mib", "24"].map(String::from).to_vec()
+    });
+}
+
+/// Runs the binary with `args(test's folder)` and `TFCKPT_TEST_PAUSE_BEFORE_LISTING=pause`, waits
+/// until something is made in `place` (in the test's folder), signals it by SIGINT, then by
+/// SIGTERM in a second run, and checks that it ends by the signal and leaves the test's folder
+/// empty.
+#[cfg(all(unix, debug_assertions))]
+fn signal_while_making(pause: &str, place: &str, args: impl Fn(&std::path::Path) -> Vec<String>) {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = args(tmp.path());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
+        command
+            .args(&args)
+            .env("TFCKPT_TEST_PAUSE_BEFORE_LISTING", pause)
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        common::start_with_default_signals(&mut command, &[]);
+        let mut child = command.spawn().unwrap();
+        let t0 = Instant::now();
+        let place = tmp.path().join(place);
+        while std::fs::read_dir(&place).map_or(true, |mut d| d.next().is_none()) {
+            if t0.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("{args:?}: nothing was made in {}", place.display());
             }
-            let (status, err) = common::signal_and_wait(&mut child, signal);
-            assert_eq!(status.signal(), Some(signal), "{pause}: {status:?}: {err}");
-            assert_eq!(err, "", "{pause}");
-            let left = common::fixtures::files_in(tmp.path());
-            assert_eq!(left, Vec::<String>::new(), "{pause}");
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let (status, err) = common::signal_and_wait(&mut child, signal);
+        assert_eq!(status.signal(), Some(signal), "{args:?}: {status:?}: {err}");
+        assert_eq!(err, "", "{args:?}");
+        let left = common::fixtures::files_in(tmp.path());
+        assert_eq!(left, Vec::<String>::new(), "{args:?}");
     }
 }
 

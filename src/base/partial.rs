@@ -64,7 +64,10 @@ impl PartialOutput {
     /// Make the path and nothing more meanwhile: other listings, in this thread or in threads it
     /// waits for, would wait for this one.
     pub fn making() -> MakingPartialOutput {
-        MakingPartialOutput(listed())
+        let listed = listed();
+        #[cfg(test)]
+        tests::seen_at_making();
+        MakingPartialOutput(listed)
     }
 }
 
@@ -77,6 +80,8 @@ impl MakingPartialOutput {
     /// Lists `path`, which the write has just made, until the returned value is dropped.
     pub fn list(mut self, path: impl AsRef<Path>) -> PartialOutput {
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        tests::seen_at_listing(path.as_ref());
         self.0.push((id, path.as_ref().to_path_buf()));
         PartialOutput(id)
     }
@@ -162,6 +167,123 @@ fn remove(listed: &mut Vec<(u64, PathBuf)>, which: impl Fn(&Path) -> bool) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::ffi::OsString;
+
+    /// Each making and listing of this thread, while [`watch`] watches a folder: the names in the
+    /// folder at the making, then the path listed.
+    type Seen = Vec<(Vec<OsString>, Option<PathBuf>)>;
+
+    thread_local! {
+        static WATCHED: RefCell<Option<(PathBuf, Seen)>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn seen_at_making() {
+        WATCHED.with_borrow_mut(|w| {
+            if let Some((dir, seen)) = w {
+                let names = std::fs::read_dir(&*dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                seen.push((names, None));
+            }
+        })
+    }
+
+    pub(super) fn seen_at_listing(path: &Path) {
+        WATCHED.with_borrow_mut(|w| {
+            if let Some((_, seen)) = w {
+                let last = seen.last_mut().expect("listed without a making");
+                assert_eq!(last.1, None, "listed twice: {path:?}");
+                last.1 = Some(path.to_path_buf());
+            }
+        })
+    }
+
+    /// Runs `write`, which makes its temporary paths in `dir` on this thread, and checks that
+    /// each was made inside its `making` (it was not in `dir` yet when `making` began) and listed.
+    /// Returns the names listed.
+    fn watch(dir: &Path, write: impl FnOnce()) -> Vec<String> {
+        WATCHED.set(Some((dir.to_path_buf(), Vec::new())));
+        write();
+        let (_, seen) = WATCHED.take().unwrap();
+        seen.into_iter()
+            .map(|(before, path)| {
+                let path = path.expect("a making without a listing");
+                assert_eq!(path.parent(), Some(dir), "{path:?}");
+                let name = path.file_name().unwrap();
+                assert!(
+                    !before.iter().any(|b| b == name),
+                    "{path:?} was made before its `making`: {before:?}"
+                );
+                name.to_string_lossy().into_owned()
+            })
+            .collect()
+    }
+
+    /// Every temporary path the crate's writes make (the checkpoint writer's shards, index and
+    /// `checkpoint` file here; the safetensors exports' folders below) is made inside its
+    /// `making`, so that a removal meanwhile waits for it. Made first and listed after
+    /// (`PartialOutput::new` after the making), a removal between the two missed it.
+    #[test]
+    fn the_crates_writes_make_each_temporary_path_inside_its_making() {
+        use crate::format::writer::{write_checkpoint_state, CheckpointWriter, WriterOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let prefix = dir.join("m");
+        let listed = watch(dir, || {
+            let options = WriterOptions {
+                num_shards: 2,
+                ..Default::default()
+            };
+            let mut writer = CheckpointWriter::create(&prefix, options).unwrap();
+            let t = crate::Tensor::from_f32(&[2], &[1.0, 2.0]).unwrap();
+            writer.add("t", (&t).into()).unwrap();
+            writer.finish().unwrap();
+            write_checkpoint_state(dir, "m").unwrap();
+        });
+        let pid = std::process::id();
+        let names = [
+            "m.data-00000-of-00002",
+            "m.data-00001-of-00002",
+            "m.index",
+            "checkpoint",
+        ];
+        let expected: Vec<String> = names
+            .iter()
+            .map(|n| format!("{n}.tempstate{pid}"))
+            .collect();
+        assert_eq!(listed, expected);
+    }
+
+    /// The same for the folder each safetensors export writes in (a checkpoint's, a store's).
+    #[cfg(feature = "safetensors")]
+    #[test]
+    fn the_safetensors_exports_make_their_temporary_folder_inside_its_making() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let prefix = dir.join("m");
+        let mut writer = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        let t = crate::Tensor::from_f32(&[2], &[1.0, 2.0]).unwrap();
+        writer.add("t", (&t).into()).unwrap();
+        writer.finish().unwrap();
+        let ckpt = crate::Checkpoint::open(&prefix).unwrap();
+        let listed = watch(dir, || {
+            ckpt.write_safetensors(dir.join("c.safetensors")).unwrap();
+        });
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(listed[0].starts_with(".tfckpt-"), "{listed:?}");
+
+        let mut store = crate::VariableStore::new();
+        let (f32, zeros) = (crate::DType::F32, crate::Init::Zeros);
+        store.get_variable("t", &[2], f32, zeros).unwrap();
+        store.initialize(crate::Device::Cpu).unwrap();
+        let listed = watch(dir, || {
+            store.write_safetensors(dir.join("s.safetensors")).unwrap();
+        });
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(listed[0].starts_with(".tfckpt-"), "{listed:?}");
+    }
 
     /// The registry is the process's: these tests list paths in folders of their own and remove
     /// only through a fresh registry state they can see (never calling `remove_partial_outputs`,

@@ -52,7 +52,11 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
         None => {
             let making = tfckpt::PartialOutput::making();
             tmp = tempfile::tempdir()?;
+            #[cfg(debug_assertions)]
+            let paused = crate::out::pause_before_listing("demo");
             _listed = making.list(tmp.path());
+            #[cfg(debug_assertions)]
+            crate::out::hold_after_listing(paused);
             tmp.path().to_path_buf()
         }
     };

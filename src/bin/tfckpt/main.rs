@@ -747,7 +747,11 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
         let tmp = temp_sibling(out);
         let making = tfckpt::PartialOutput::making();
         let file = new_npy_file(&tmp, out)?;
+        #[cfg(debug_assertions)]
+        let paused = out::pause_before_listing("file");
         let _listed = making.list(&tmp);
+        #[cfg(debug_assertions)]
+        out::hold_after_listing(paused);
         let result = write_npy_into(file, out, t).and_then(|()| {
             std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
             out::sync_dir(

@@ -206,11 +206,8 @@ pub(crate) fn create_dirs(dir: &Path) -> Result<CreatedDirs, Box<dyn std::error:
         }
     }
     drop(list);
-    // The folders listed, 5 s more while the process ends (the write must not finish first).
     #[cfg(debug_assertions)]
-    if paused {
-        std::thread::sleep(std::time::Duration::from_secs(5));
-    }
+    hold_after_listing(paused);
     Ok(made)
 }
 
@@ -278,7 +275,11 @@ pub(crate) fn replace_unless_changed(
         .tempfile_in(folder)
         .map_err(|e| io_err(folder, e))?
         .into_temp_path();
+    #[cfg(debug_assertions)]
+    let paused = pause_before_listing("file");
     let _listed = making.list(&tmp);
+    #[cfg(debug_assertions)]
+    hold_after_listing(paused);
     // Errors name the output, not the temporary name.
     let named = |e: Box<dyn std::error::Error>| -> Box<dyn std::error::Error> {
         let (t, p) = (tmp.display().to_string(), path.display().to_string());
@@ -370,15 +371,11 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
                     parent.display()
                 )
             })?;
-        // Then, the folder listed, 5 s more while the process ends (the write must not finish
-        // first).
         #[cfg(debug_assertions)]
         let paused = pause_before_listing("temporary");
         _listed = making.list(tmp.path());
         #[cfg(debug_assertions)]
-        if paused {
-            std::thread::sleep(std::time::Duration::from_secs(5));
-        }
+        hold_after_listing(paused);
         write(tmp.path())?;
         // The files' names on disk before they take their final ones (each file synced its data).
         sync_tree(tmp.path());
@@ -683,17 +680,26 @@ fn wait_for_signal() {
 }
 
 /// Tests of the removal on a signal, in a debug build: with `TFCKPT_TEST_PAUSE_BEFORE_LISTING`
-/// set to `what`, holds a write where it has just made a folder and not yet listed it for removal
-/// (`parent`: each folder made for an output's path, `temporary`: an `--out DIR`'s temporary
-/// folder), until a signal is ending the process (no wait once one has come). Says whether it
-/// was asked to.
+/// set to `what`, holds a write where it has just made a temporary path and not yet listed it for
+/// removal (`parent`: each folder made for an output's path, `temporary`: an `--out DIR`'s
+/// temporary folder, `file`: an output file's temporary name, `demo`: the demo's folder), until a
+/// signal is ending the process (no wait once one has come). Says whether it was asked to.
 #[cfg(debug_assertions)]
-fn pause_before_listing(what: &str) -> bool {
+pub(crate) fn pause_before_listing(what: &str) -> bool {
     let asked = std::env::var("TFCKPT_TEST_PAUSE_BEFORE_LISTING").is_ok_and(|v| v == what);
     if asked {
         wait_for_signal();
     }
     asked
+}
+
+/// After a [`pause_before_listing`] that paused, the path now listed: 5 s more while the process
+/// ends (the write must not finish first).
+#[cfg(debug_assertions)]
+pub(crate) fn hold_after_listing(paused: bool) {
+    if paused {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
 }
 
 #[cfg(test)]
