@@ -2124,11 +2124,14 @@ fn an_index_answer_cut_short_is_read_again() {
     }
 }
 
-/// Reads the first tensor of `h1_basic` over HTTP through [`fault_proxy`] doing `fault` to each
-/// request, with 3 retries 1 ms apart: the read's error and the data GETs the proxy saw.
-fn a_failing_read_through(
+/// [`fault_proxy`] doing `fault` to each request, and the count of data GETs it has seen so far
+/// (requests for a `.data-*` shard, ranged or not).
+fn counting_fault_proxy(
     fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
-) -> (tfckpt::Error, usize) {
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = data_gets.clone();
@@ -2138,6 +2141,15 @@ fn a_failing_read_through(
         }
         fault(head)
     });
+    (addr, data_gets)
+}
+
+/// Reads the first tensor of `h1_basic` over HTTP through [`fault_proxy`] doing `fault` to each
+/// request, with 3 retries 1 ms apart: the read's error and the data GETs the proxy saw.
+fn a_failing_read_through(
+    fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
+) -> (tfckpt::Error, usize) {
+    let (addr, data_gets) = counting_fault_proxy(fault);
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
     let opts = RemoteOptions {
@@ -2154,7 +2166,7 @@ fn a_failing_read_through(
             .ends_with(&format!("(read for tensor {name:?})")),
         "{e}"
     );
-    (e, data_gets.load(Ordering::SeqCst))
+    (e, data_gets.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// A server that fails every data request: each range is asked for `max_retries + 1` times (by
@@ -2178,14 +2190,8 @@ fn a_failing_server_is_retried_as_configured_not_more() {
 /// tensor's range is asked for 4 times, then the load fails naming the data file.
 #[test]
 fn a_loads_retry_policy_is_the_one_it_is_given() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = data_gets.clone();
-    let addr = fault_proxy(servers().http, move |head| match is_data_get(head) {
-        true => {
-            counted.fetch_add(1, Ordering::SeqCst);
-            Fault::Status500
-        }
+    let (addr, data_gets) = counting_fault_proxy(|head| match is_data_get(head) {
+        true => Fault::Status500,
         false => Fault::Etag,
     });
     let ckpt = fixture("h1_basic").join("model-0");
@@ -2208,7 +2214,8 @@ fn a_loads_retry_policy_is_the_one_it_is_given() {
     };
     let e = store.initialize_with(Device::Cpu, &opts).unwrap_err();
     assert!(e.to_string().contains(".data-00000-of-00001"), "{e}");
-    assert_eq!(data_gets.load(Ordering::SeqCst), 4, "{e}");
+    let gets = data_gets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(gets, 4, "{e}");
 }
 
 /// A server that breaks off every data answer's body: each range is asked for `max_retries + 1`
@@ -2245,7 +2252,7 @@ fn a_body_broken_off_every_time_is_retried_as_configured_not_more() {
 /// after a few bytes each time still fails as configured (above).
 #[test]
 fn a_body_that_keeps_arriving_is_not_given_up() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = servers().root.join(BUCKET).join("cut_after");
     std::fs::create_dir_all(&dir).unwrap();
     let values: Vec<f32> = (0..(6 << 20) / 4).map(|i| i as f32).collect();
@@ -2254,11 +2261,8 @@ fn a_body_that_keeps_arriving_is_not_given_up() {
     w.add("big", (&t).into()).unwrap();
     w.finish().unwrap();
     for etag in [false, true] {
-        let gets = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = gets.clone();
-        let addr = fault_proxy(servers().http, move |head| {
+        let (addr, gets) = counting_fault_proxy(move |head| {
             if is_data_get(head) {
-                counted.fetch_add(1, Ordering::SeqCst);
                 Fault::CutAfter {
                     bytes: 1_100_000,
                     etag,
