@@ -340,6 +340,28 @@ fn v1_files_and_globs_through_s3_equal_the_local_read() {
     let url = format!("s3://{BUCKET}/v1/model-3");
     let err = Checkpoint::open_with(&url, &opts).unwrap_err();
     assert!(err.to_string().contains("whole_max_bytes"), "{err}");
+    // The bound holds for a sharded one's files together, each smaller than it: one byte over
+    // is refused before anything is fetched, and exactly the bound opens.
+    let url = format!("s3://{BUCKET}/v1_sharded/model.ckpt-0-?????-of-00002");
+    let total: u64 = ["00000", "00001"]
+        .map(|i| {
+            std::fs::metadata(fixture("v1_sharded").join(format!("model.ckpt-0-{i}-of-00002")))
+        })
+        .iter()
+        .map(|m| m.as_ref().unwrap().len())
+        .sum();
+    let bound = |whole_max_bytes| RemoteOptions {
+        whole_max_bytes,
+        ..Default::default()
+    };
+    let err = Checkpoint::open_with(&url, &bound(total - 1)).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Remote { url: u, range: None, reason }
+            if *u == url && reason.contains(&format!("its 2 file(s) hold {total} bytes"))),
+        "{err:?}"
+    );
+    let opened = Checkpoint::open_with(&url, &bound(total));
+    assert_eq!(opened.map(|c| c.files().len()).ok(), Some(2), "{url}");
     // Nothing there.
     let url = format!("s3://{BUCKET}/v1/model-9");
     assert!(Checkpoint::open(&url).unwrap_err().is_not_found());
@@ -2889,6 +2911,55 @@ fn credentials_that_cannot_list_still_open_a_prefix() {
         err.contains("access denied") && err.contains("AWS_ACCESS_KEY_ID"),
         "{err}"
     );
+}
+
+/// A server error (500, after the retries) while opening looks for the checkpoint (here the
+/// probe for a `checkpoint` state file under the name) is the error, naming the URL: only a
+/// refusal (401/403, credentials that cannot see missing keys) counts as "not there". Taken as
+/// absence, the probe's failure was passed over and the checkpoint opened as if the state file
+/// did not exist.
+#[test]
+fn a_server_error_while_looking_for_the_checkpoint_is_the_error() {
+    let (addr, probes) = counting_proxy(
+        servers().http,
+        |first| first.starts_with("HEAD ") && first.contains("/checkpoint "),
+        Fault::Status500,
+    );
+    let ckpt = fixture("h1_basic").join("model-0");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let opts = RemoteOptions {
+        max_retries: 1,
+        initial_backoff: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let e = Checkpoint::open_with(&url, &opts).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Remote { url: u, .. } if *u == format!("{url}/checkpoint")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("500"), "{e}");
+    assert_eq!(probes.load(std::sync::atomic::Ordering::SeqCst), 2, "{e}");
+}
+
+/// Names that only look like a data file's (`PREFIX.data-` and a tail that is not
+/// `NNNNN-of-NNNNN`) name nothing, on object storage as on disk: not found, never the checkpoint
+/// `PREFIX` (nor a panic on a short tail).
+#[test]
+fn names_that_only_look_like_a_data_files_are_not_found() {
+    let ckpt = fixture("h1_basic").join("model-0");
+    for tail in ["data-0", "data-00000-xx-00001", "data-00000-of-000001"] {
+        let local = ckpt.with_file_name(format!("model-0.{tail}"));
+        let e = Checkpoint::open(&local).unwrap_err();
+        assert!(e.is_not_found(), "{}: {e}", local.display());
+        for url in [
+            format!("{}.{tail}", s3_url(&ckpt)),
+            format!("{}.{tail}", http_url(&ckpt)),
+        ] {
+            let e = Checkpoint::open(&url).unwrap_err();
+            assert!(e.is_not_found(), "{url}: {e}");
+            assert!(e.to_string().contains(&url), "{e}");
+        }
+    }
 }
 
 /// A rank's share over object storage: each of 4 ranks fetches only the stored slices its parts
