@@ -65,6 +65,11 @@ pub(crate) struct MappedFile {
     /// The ranges hinted by [`will_need`](Self::will_need), in order (tests only).
     #[cfg(test)]
     pub(crate) hints: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
+    /// The advice given to the kernel, in order: (advice, offset, length) of each `madvise` of
+    /// [`will_need`](Self::will_need) and [`done_with`](Self::done_with) (tests only).
+    #[cfg(test)]
+    #[cfg_attr(not(unix), allow(dead_code))]
+    advised: std::sync::Mutex<Vec<(&'static str, usize, usize)>>,
 }
 
 /// Opens `path` for reading if it is a regular file. Anything else is an error that says what it
@@ -140,6 +145,8 @@ impl MappedFile {
             stamp: FileStamp::from_meta(&meta),
             #[cfg(test)]
             hints: Default::default(),
+            #[cfg(test)]
+            advised: Default::default(),
         })
     }
 
@@ -157,11 +164,10 @@ impl MappedFile {
             if self.resident(start) && self.resident((range.end.max(1) - 1) & !(page - 1)) {
                 return;
             }
-            let _ = m.advise_range(
-                memmap2::Advice::WillNeed,
-                start,
-                range.end.min(m.len()) - start,
-            );
+            let len = range.end.min(m.len()) - start;
+            #[cfg(test)]
+            self.advised.lock().unwrap().push(("will_need", start, len));
+            let _ = m.advise_range(memmap2::Advice::WillNeed, start, len);
         }
         #[cfg(not(unix))]
         let _ = range; // no madvise: the system reads ahead by its own rules
@@ -200,12 +206,15 @@ impl MappedFile {
             let start = range.start.next_multiple_of(page);
             let end = range.end.min(m.len()) & !(page - 1);
             if end > start {
+                let len = end - start;
+                #[cfg(test)]
+                self.advised.lock().unwrap().push(("dont_need", start, len));
                 // SAFETY: `m` is a read-only shared mapping of a file (`Mmap::map`), so dropping
                 // its pages loses nothing: the range stays mapped, and the next read of it maps
                 // the file's page-cache pages again, the same bytes (a file truncated meanwhile
                 // raises SIGBUS there as anywhere in the mapping; see the module's contract).
                 let _ = unsafe {
-                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
                 };
             }
         }
@@ -672,6 +681,67 @@ impl FreshMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `done_with` gives back the whole pages inside its range (rounded inward, cut at the file's
+    /// end), and nothing for a range under [`DONE_MIN`] or holding no whole page; `will_need`
+    /// advises from the page holding the range's start to its end (cut at the file's end), unless
+    /// the range's first and last pages are both cached already. Hints leave no trace in what is
+    /// read, so the advice given is recorded (test builds) and compared.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hints_advise_the_pages_of_their_range() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        const MIB: usize = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard");
+        let len = 16 * MIB + 100;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        let m = MappedFile::open(&path).unwrap();
+        let page = page_size();
+        let advised = |m: &MappedFile| std::mem::take(&mut *m.advised.lock().unwrap());
+
+        m.done_with(1000..3 * MIB + 1000);
+        assert_eq!(advised(&m), [("dont_need", page, 3 * MIB - page)]);
+        m.done_with(15 * MIB..17 * MIB); // cut at the file's last whole page
+        assert_eq!(advised(&m), [("dont_need", 15 * MIB, MIB)]);
+        m.done_with(1000..MIB - 1); // under DONE_MIN
+        m.done_with(16 * MIB..17 * MIB); // past the last whole page: none
+        assert_eq!(advised(&m), []);
+
+        // Not cached: advised from the start's page. (Where the file system keeps the pages,
+        // that cannot be seen here.)
+        // SAFETY: hints about a file this test opened.
+        let evict =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(evict, 0);
+        if m.resident(0) || m.resident(8 * MIB) {
+            eprintln!("skipped: this file system keeps the file's pages");
+            return;
+        }
+        m.will_need(8 * MIB + 5000..8 * MIB + 9000);
+        assert_eq!(advised(&m), [("will_need", 8 * MIB + page, 9000 - page)]);
+        m.will_need(16 * MIB - 100..17 * MIB); // cut at the file's end
+        let last = (16 * MIB - 100) & !(page - 1);
+        assert_eq!(advised(&m), [("will_need", last, len - last)]);
+
+        // Its first two pages cached (read with the kernel's readahead off), the third not.
+        // SAFETY: a hint about a file this test opened.
+        let random =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(random, 0);
+        file.read_exact_at(&mut vec![0u8; 2 * page], 0).unwrap();
+        if !m.resident(0) || !m.resident(page) || m.resident(2 * page) {
+            eprintln!("skipped: the kernel read more than asked");
+            return;
+        }
+        m.will_need(100..2 * page); // first and last pages cached: no advice
+        assert_eq!(advised(&m), []);
+        m.will_need(100..2 * page + 1); // the last page not cached
+        assert_eq!(advised(&m), [("will_need", 0, 2 * page + 1)]);
+    }
 
     /// A sysfs root with the given virtio devices (id, features).
     #[cfg(target_os = "linux")]
