@@ -1110,9 +1110,8 @@ fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
     let ckpt = ckpt_arg("h1_basic");
     // Where the folder is made: `new` in the test's folder, or `.tfckpt-out-*` in new/deeper.
     for (pause, place) in [("parent", ""), ("temporary", "new/deeper")] {
-        let init = |out: &std::path::Path| {
-            let out = out.join("new/deeper/o");
-            let out = out.to_str().unwrap().to_owned();
+        let init = |t: &std::path::Path| {
+            let out = t.join("new/deeper/o").to_str().unwrap().to_owned();
             let init = [
                 "init", &ckpt, "--model", TWO_FLOATS, "--map", "{}", "--out", &out,
             ];

@@ -1807,6 +1807,56 @@ fn neighbouring_remote_tensors_are_fetched_in_one_ranged_get() {
     }
 }
 
+/// Units of two remote shards whose tensors lie at the same offsets (the writer alternates
+/// shards): each shard's neighbours still share a unit (one GET a shard; the units are ordered by
+/// object, then offset: ordered by offset alone, the two objects' units interleaved and none
+/// joined, 16 GETs), and a unit never joins another object's bytes (a tensor of the second shard
+/// just past one of the first fetched from the first: a checksum error).
+#[cfg(feature = "remote")]
+#[test]
+fn remote_units_join_neighbours_of_one_object_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..16).map(|k| format!("t{k:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let prefix = tmp.path().join("ckpt");
+    let options = crate::WriterOptions {
+        num_shards: 2,
+        ..Default::default()
+    };
+    let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
+    for (k, name) in names.iter().enumerate() {
+        let values: Vec<f32> = (0..256).map(|i| (k * 256 + i) as f32).collect();
+        let t = crate::Tensor::from_f32(&[256], &values).unwrap();
+        w.add(name, (&t).into()).unwrap();
+    }
+    w.finish().unwrap();
+    let (addr, seen) = http_server(tmp.path().to_path_buf());
+    let url = format!("http://{addr}/ckpt");
+    let mut options = LoadOptions::default();
+    options.remote.range_bytes = 64 << 10;
+    // Every tensor; then t00 (first shard, bytes 0..1 KiB) and t03 (second shard, 1..2 KiB).
+    for names in [&names[..], &["t00", "t03"]] {
+        let mut host = mapped_store(&prefix, names, whole_f32(&[256]));
+        host.initialize(Device::Cpu).unwrap();
+        let mut gpu = mapped_store(Path::new(&url), names, whole_f32(&[256]));
+        seen.lock().unwrap().clear();
+        let link = HostLink::default();
+        gpu.initialize_on(&link, &options, Sizes::default())
+            .unwrap_or_else(|e| panic!("{names:?}: {e}"));
+        assert_same(&host, &gpu, "two shards");
+        let mut gets: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, path, _)| m == "GET" && path.contains(".data-"))
+            .map(|(_, path, _)| path.clone())
+            .collect();
+        gets.sort();
+        let want = ["/ckpt.data-00000-of-00002", "/ckpt.data-00001-of-00002"];
+        assert_eq!(gets, want, "{names:?}");
+    }
+}
+
 /// Runs `initialize_broadcast_on` on `world` emulated ranks (threads, one emulated device each),
 /// every rank with the store `make(rank)` builds; returns each rank's store, result and link.
 fn broadcast_job(
