@@ -1476,9 +1476,24 @@ fn a_failed_gather_unwinds_every_device() {
 
 /// A checkpoint of float32 tensors `names`, each of `shape` with distinct values, in `dir`.
 fn write_f32s(dir: &Path, names: &[&str], shape: &[u64]) -> std::path::PathBuf {
+    write_f32s_in_shards(dir, names, shape, 1)
+}
+
+/// [`write_f32s`] into `num_shards` data files (the writer puts each tensor into the one holding
+/// the fewest bytes so far: tensors of one size alternate).
+fn write_f32s_in_shards(
+    dir: &Path,
+    names: &[&str],
+    shape: &[u64],
+    num_shards: u32,
+) -> std::path::PathBuf {
     let prefix = dir.join("ckpt");
     let n = shape.iter().product::<u64>();
-    let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+    let options = crate::WriterOptions {
+        num_shards,
+        ..Default::default()
+    };
+    let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
     for (k, name) in names.iter().enumerate() {
         let values: Vec<f32> = (0..n).map(|i| (k as u64 * n + i) as f32).collect();
         let t = crate::Tensor::from_f32(shape, &values).unwrap();
@@ -1818,18 +1833,7 @@ fn remote_units_join_neighbours_of_one_object_only() {
     let tmp = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..16).map(|k| format!("t{k:02}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let prefix = tmp.path().join("ckpt");
-    let options = crate::WriterOptions {
-        num_shards: 2,
-        ..Default::default()
-    };
-    let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
-    for (k, name) in names.iter().enumerate() {
-        let values: Vec<f32> = (0..256).map(|i| (k * 256 + i) as f32).collect();
-        let t = crate::Tensor::from_f32(&[256], &values).unwrap();
-        w.add(name, (&t).into()).unwrap();
-    }
-    w.finish().unwrap();
+    let prefix = write_f32s_in_shards(tmp.path(), &names, &[256], 2);
     let (addr, seen) = http_server(tmp.path().to_path_buf());
     let url = format!("http://{addr}/ckpt");
     let mut options = LoadOptions::default();
