@@ -66,7 +66,8 @@ pub(crate) struct MappedFile {
     #[cfg(test)]
     pub(crate) hints: std::sync::Mutex<Vec<std::ops::Range<usize>>>,
     /// The advice given to the kernel, in order: (advice, offset, length) of each `madvise` of
-    /// [`will_need`](Self::will_need) and [`done_with`](Self::done_with) (tests only).
+    /// [`will_need`](Self::will_need), [`done_with`](Self::done_with) and
+    /// [`sequential`](Self::sequential) (tests only).
     #[cfg(test)]
     #[cfg_attr(not(unix), allow(dead_code))]
     advised: std::sync::Mutex<Vec<(&'static str, usize, usize)>>,
@@ -226,6 +227,11 @@ impl MappedFile {
     pub(crate) fn sequential(&self) {
         #[cfg(unix)]
         if let Some(m) = &self.map {
+            #[cfg(test)]
+            self.advised
+                .lock()
+                .unwrap()
+                .push(("sequential", 0, m.len()));
             let _ = m.advise(memmap2::Advice::Sequential);
         }
     }
@@ -681,6 +687,36 @@ impl FreshMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shard mapped for a read is advised sequential as a whole, once (the kernel's larger
+    /// readahead for a cold read).
+    #[cfg(unix)]
+    #[test]
+    fn a_shard_mapped_for_a_read_is_advised_sequential() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("m");
+        let mut w = crate::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        for name in ["a", "b"] {
+            let t = crate::Tensor::from_f32(&[1024], &[1.0; 1024]).unwrap();
+            w.add(name, (&t).into()).unwrap();
+        }
+        w.finish().unwrap();
+        let ckpt = crate::Checkpoint::open(&prefix).unwrap();
+        let maps: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let mut sources = ckpt.stored(name).unwrap().device_sources().unwrap();
+                match sources.as_mut().unwrap().remove(0).map {
+                    crate::reader::stored::SourceBytes::Mapped(m) => m,
+                    #[cfg(feature = "remote")]
+                    _ => unreachable!("a local shard"),
+                }
+            })
+            .collect();
+        assert!(std::sync::Arc::ptr_eq(&maps[0], &maps[1]), "one shard");
+        let advised = maps[0].advised.lock().unwrap().clone();
+        assert_eq!(advised, [("sequential", 0, maps[0].bytes().len())]);
+    }
 
     /// `done_with` gives back the whole pages inside its range (rounded inward, cut at the file's
     /// end), and nothing for a range under [`DONE_MIN`] or holding no whole page; `will_need`
