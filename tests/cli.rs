@@ -1110,14 +1110,11 @@ fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
     let ckpt = ckpt_arg("h1_basic");
     // Where the folder is made: `new` in the test's folder, or `.tfckpt-out-*` in new/deeper.
     for (pause, place) in [("parent", ""), ("temporary", "new/deeper")] {
-        let init = |t: &std::path::Path| {
-            let out = t.join("new/deeper/o").to_str().unwrap().to_owned();
-            let init = [
-                "init", &ckpt, "--model", TWO_FLOATS, "--map", "{}", "--out", &out,
-            ];
-            init.map(String::from).to_vec()
-        };
-        signal_while_making(pause, place, init);
+        let out = "{T}/new/deeper/o";
+        let init = [
+            "init", &ckpt, "--model", TWO_FLOATS, "--map", "{}", "--out", out,
+        ];
+        signal_while_making(pause, place, &init);
     }
 }
 
@@ -1130,40 +1127,33 @@ fn init_ended_by_a_signal_while_making_a_folder_leaves_nothing() {
 #[test]
 fn a_signal_while_making_an_output_file_or_the_demos_folder_leaves_nothing() {
     let ckpt = ckpt_arg("h1_basic");
-    signal_while_making("file", "new", |t| {
-        let out = t.join("new/o.safetensors").to_str().unwrap().to_owned();
-        let model = TWO_FLOATS;
-        let ranked = ["--rank", "0", "--ranks", "1"];
-        let init = [
-            "init", &ckpt, "--model", model, "--map", "{}", "--out", &out,
-        ];
-        let mut args = init.map(String::from).to_vec();
-        args.extend(ranked.map(String::from));
-        args
-    });
-    signal_while_making("file", "new", |t| {
-        let out = t.join("new/v.npy").to_str().unwrap().to_owned();
-        ["get", &ckpt, "var1", "--out", &out]
-            .map(String::from)
-            .to_vec()
-    });
+    let out = "{T}/new/o.safetensors";
+    let init = [
+        "init", &ckpt, "--model", TWO_FLOATS, "--map", "{}", "--out", out,
+    ];
+    signal_while_making(
+        "file",
+        "new",
+        &[&init[..], &["--rank", "0", "--ranks", "1"]].concat(),
+    );
+    let get = ["get", &ckpt, "var1", "--out", "{T}/new/v.npy"];
+    signal_while_making("file", "new", &get);
     // The demo's folder is the system's temporary folder's (`TMPDIR`: the test's).
-    signal_while_making("demo", "", |_| {
-        ["demo", "--mib", "24"].map(String::from).to_vec()
-    });
+    signal_while_making("demo", "", &["demo", "--mib", "24"]);
 }
 
-/// Runs the binary with `args(test's folder)` and `TFCKPT_TEST_PAUSE_BEFORE_LISTING=pause`, waits
-/// until something is made in `place` (in the test's folder), signals it by SIGINT, then by
-/// SIGTERM in a second run, and checks that it ends by the signal and leaves the test's folder
-/// empty.
+/// Runs the binary with `args` (`{T}` in them: the test's folder) and
+/// `TFCKPT_TEST_PAUSE_BEFORE_LISTING=pause`, waits until something is made in `place` (in the
+/// test's folder), signals it by SIGINT, then by SIGTERM in a second run, and checks that it ends
+/// by the signal and leaves the test's folder empty.
 #[cfg(all(unix, debug_assertions))]
-fn signal_while_making(pause: &str, place: &str, args: impl Fn(&std::path::Path) -> Vec<String>) {
+fn signal_while_making(pause: &str, place: &str, args: &[&str]) {
     use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let tmp = tempfile::tempdir().unwrap();
-        let args = args(tmp.path());
+        let folder = tmp.path().to_str().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{T}", folder)).collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tfckpt"));
         command
             .args(&args)

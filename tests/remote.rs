@@ -1705,8 +1705,30 @@ fn is_data_get(head: &str) -> bool {
     first.starts_with("GET ") && first.contains(".data-")
 }
 
-/// A [`fault_proxy`] that gives `fault` to the requests whose first line `hit` picks, counting
-/// them, and passes every other request on: its address and the count.
+/// [`fault_proxy`] doing `fault` to each request, and the count of the requests so far whose
+/// head `counted` picks: its address and the count.
+fn counting_fault_proxy(
+    upstream: std::net::SocketAddr,
+    counted: impl Fn(&str) -> bool + Send + Sync + 'static,
+    fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let addr = fault_proxy(upstream, move |head| {
+        if counted(head) {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        fault(head)
+    });
+    (addr, count)
+}
+
+/// A [`counting_fault_proxy`] that gives `fault` to the requests whose first line `hit` picks,
+/// counting them, and passes every other request on.
 fn counting_proxy(
     upstream: std::net::SocketAddr,
     hit: impl Fn(&str) -> bool + Send + Sync + 'static,
@@ -1715,18 +1737,10 @@ fn counting_proxy(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let count = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = count.clone();
-    let addr = fault_proxy(upstream, move |head| {
-        if hit(head.lines().next().unwrap_or("")) {
-            counted.fetch_add(1, Ordering::SeqCst);
-            fault
-        } else {
-            Fault::Pass
-        }
-    });
-    (addr, count)
+    let hit = std::sync::Arc::new(move |head: &str| hit(head.lines().next().unwrap_or("")));
+    let counted = hit.clone();
+    let fault = move |head: &str| if hit(head) { fault } else { Fault::Pass };
+    counting_fault_proxy(upstream, move |head| counted(head), fault)
 }
 
 /// A real TCP proxy in front of `upstream` (one request per connection) that does to each
@@ -2146,32 +2160,12 @@ fn an_index_answer_cut_short_is_read_again() {
     }
 }
 
-/// [`fault_proxy`] doing `fault` to each request, and the count of data GETs it has seen so far
-/// (requests for a `.data-*` shard, ranged or not).
-fn counting_fault_proxy(
-    fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let data_gets = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = data_gets.clone();
-    let addr = fault_proxy(servers().http, move |head| {
-        if is_data_get(head) {
-            counted.fetch_add(1, Ordering::SeqCst);
-        }
-        fault(head)
-    });
-    (addr, data_gets)
-}
-
 /// Reads the first tensor of `h1_basic` over HTTP through [`fault_proxy`] doing `fault` to each
 /// request, with 3 retries 1 ms apart: the read's error and the data GETs the proxy saw.
 fn a_failing_read_through(
     fault: impl Fn(&str) -> Fault + Send + Sync + 'static,
 ) -> (tfckpt::Error, usize) {
-    let (addr, data_gets) = counting_fault_proxy(fault);
+    let (addr, data_gets) = counting_fault_proxy(servers().http, is_data_get, fault);
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
     let opts = RemoteOptions {
@@ -2212,10 +2206,11 @@ fn a_failing_server_is_retried_as_configured_not_more() {
 /// tensor's range is asked for 4 times, then the load fails naming the data file.
 #[test]
 fn a_loads_retry_policy_is_the_one_it_is_given() {
-    let (addr, data_gets) = counting_fault_proxy(|head| match is_data_get(head) {
+    let fault = |head: &str| match is_data_get(head) {
         true => Fault::Status500,
         false => Fault::Etag,
-    });
+    };
+    let (addr, data_gets) = counting_fault_proxy(servers().http, is_data_get, fault);
     let ckpt = fixture("h1_basic").join("model-0");
     let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
     let t = Checkpoint::open(&ckpt).unwrap().tensors()[0].clone();
@@ -2283,7 +2278,7 @@ fn a_body_that_keeps_arriving_is_not_given_up() {
     w.add("big", (&t).into()).unwrap();
     w.finish().unwrap();
     for etag in [false, true] {
-        let (addr, gets) = counting_fault_proxy(move |head| {
+        let (addr, gets) = counting_fault_proxy(servers().http, is_data_get, move |head| {
             if is_data_get(head) {
                 Fault::CutAfter {
                     bytes: 1_100_000,
