@@ -18,7 +18,7 @@ pub(crate) fn close_names<'a>(
             if !target.is_empty() && !target.ends_with('/') && c.starts_with(&scope) {
                 return Some((0, c));
             }
-            let d = edit_distance(target, c);
+            let d = distance_within(target, c, limit);
             if d <= limit {
                 Some((d + 1, c))
             } else if !target_last.is_empty() && last(c) == target_last {
@@ -39,25 +39,14 @@ pub(crate) fn close_names<'a>(
         .collect()
 }
 
-/// Levenshtein distance over chars (bounded inputs: names).
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    if a.len().abs_diff(b.len()) > 8 {
-        return a.len().abs_diff(b.len());
+/// Levenshtein distance over chars, or a lower bound of it above `limit` (names of lengths that
+/// far apart are not compared).
+fn distance_within(a: &str, b: &str, limit: usize) -> usize {
+    let gap = a.chars().count().abs_diff(b.chars().count());
+    if gap > limit {
+        return gap;
     }
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
+    strsim::levenshtein(a, b)
 }
 
 #[cfg(test)]
@@ -78,6 +67,19 @@ mod tests {
             close_names("useful_scope", names.into_iter()),
             vec!["useful_scope/var4"]
         );
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(distance_within("kitten", "sitting", 3), 3);
+    }
+
+    #[test]
+    fn a_long_name_is_not_close_to_a_shorter_unrelated_one() {
+        // 43 characters allow a distance of 10; the other name is 9 shorter and 31 edits away,
+        // and shares neither the last component nor the scope.
+        let target = "encoder/layer_0/attention/self/query/kernel";
+        let other = "decoder_block_9/mlp/dense_out/bias";
+        assert_eq!(distance_within(target, other, 10), 31);
+        assert!(close_names(target, [other].into_iter()).is_empty());
+        // Nine characters shorter and 9 edits away: close.
+        let near = "encoder/layer_0/attention/self/query";
+        assert_eq!(close_names(target, [near].into_iter()), vec![near]);
     }
 }
