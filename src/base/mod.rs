@@ -7,7 +7,6 @@ pub mod crc;
 pub(crate) mod device;
 pub(crate) mod dtype;
 pub(crate) mod error;
-pub(crate) mod fxhash;
 pub(crate) mod mmap;
 pub(crate) mod par;
 pub(crate) mod partial;

@@ -72,7 +72,7 @@ impl VariableStore {
     /// What every rank must agree on: the root, the world, and each variable's name, shape,
     /// dtype (at the destination) and whether it goes to the GPU.
     fn fingerprint(&self, device: Device, root: usize, world: usize, options: &LoadOptions) -> u64 {
-        let mut h = crate::base::fxhash::FxHasher::default();
+        let mut h = rustc_hash::FxHasher::default();
         (root, world).hash(&mut h);
         for v in self.vars.values() {
             v.name.hash(&mut h);

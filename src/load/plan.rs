@@ -35,11 +35,7 @@ pub(crate) fn plan<'s>(
     position: impl Fn(usize, &str) -> Option<(u32, u64)>,
     held: impl Fn(DType) -> DType,
 ) -> LoadPlan<'s> {
-    let mut ids: std::collections::HashMap<
-        (usize, &str),
-        usize,
-        crate::base::fxhash::FxBuildHasher,
-    > = Default::default();
+    let mut ids: rustc_hash::FxHashMap<(usize, &str), usize> = Default::default();
     let mut items: Vec<PlanItem<'s>> = Vec::new();
     for (v, ckpt, tensor, slice) in pending {
         let i = *ids.entry((ckpt, tensor)).or_insert_with(|| {

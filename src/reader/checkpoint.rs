@@ -1,7 +1,7 @@
 //! The reader's public face: open a checkpoint (V2 or V1), list its tensors, read a tensor or any
 //! slice of it (assembled from stored slices when it was saved partitioned), verify every checksum.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -168,7 +168,7 @@ pub struct Checkpoint {
     state_file: Option<PathBuf>,
     pub(crate) inner: Inner,
     infos: Vec<TensorInfo>,
-    by_name: HashMap<String, usize, crate::base::fxhash::FxBuildHasher>,
+    by_name: rustc_hash::FxHashMap<String, usize>,
     /// For each listed tensor, the index of its V2 index entry (`None` for V1), so that reading
     /// needs no second search.
     pub(crate) entries: Vec<Option<usize>>,
