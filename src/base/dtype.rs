@@ -193,5 +193,7 @@ mod tests {
         assert_eq!(DType::from_proto(101), None); // *_REF
         assert_eq!(DType::F16.size(), Some(2));
         assert_eq!(DType::C128.swap_unit(), 8);
+        assert!(DType::F32.is_fixed_size() && DType::U2.is_fixed_size());
+        assert!(!DType::String.is_fixed_size() && !DType::Variant.is_fixed_size());
     }
 }

@@ -77,9 +77,37 @@ mod tests {
         let target = "encoder/layer_0/attention/self/query/kernel";
         let other = "decoder_block_9/mlp/dense_out/bias";
         assert_eq!(distance_within(target, other, 10), 31);
-        assert!(close_names(target, [other].into_iter()).is_empty());
+        // And one 10 shorter, the limit itself.
+        let other_10 = "decoder_block_9/mlp/dense_ou/bias";
+        assert!(close_names(target, [other, other_10].into_iter()).is_empty());
         // Nine characters shorter and 9 edits away: close.
         let near = "encoder/layer_0/attention/self/query";
         assert_eq!(close_names(target, [near].into_iter()), vec![near]);
+    }
+
+    #[test]
+    fn names_under_the_scope_then_by_distance_then_same_last_part_then_siblings() {
+        // "bert/embedding" (1 edit) sorts before the name under the scope, and comes after it.
+        let names = ["bert/embedding", "bert/embeddings/word_embeddings"];
+        assert_eq!(
+            close_names("bert/embeddings", names.into_iter()),
+            vec!["bert/embeddings/word_embeddings", "bert/embedding"]
+        );
+        // 18 characters: within 4 edits. Then the same last part, then a sibling; three at most.
+        let names = [
+            "model/dense/bias",
+            "other/kernel",
+            "model/dense_1/kernel",
+            "model/dense/kernal",
+        ];
+        let target = "model/dense/kernel";
+        assert_eq!(
+            close_names(target, names.into_iter()),
+            vec!["model/dense/kernal", "model/dense_1/kernel", "other/kernel"]
+        );
+        assert_eq!(
+            close_names(target, names[..2].iter().copied()),
+            vec!["other/kernel", "model/dense/bias"]
+        );
     }
 }

@@ -29,9 +29,9 @@ pub(crate) fn write_signed_increasing(out: &mut Vec<u8>, v: i64) {
     ];
     const H2: [u8; 11] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0xc0];
     let x = if v >= 0 { v as u64 } else { !(v as u64) };
-    // Smallest n in 1..=10 with x < 2^(7n-1).
+    // Smallest n in 1..=10 with x < 2^(7n-1) (every x is below 2^63, n = 10's bound).
     let mut n = 1;
-    while n < 10 && (7 * n - 1) < 64 && x >= (1u64 << (7 * n - 1)) {
+    while n < 10 && x >= (1u64 << (7 * n - 1)) {
         n += 1;
     }
     // 10-byte big-endian two's complement, sign-extended.
@@ -213,5 +213,9 @@ mod tests {
         assert_eq!(read_num_increasing(&mut &[2u8, 1][..]), None);
         assert_eq!(read_signed_increasing(&mut &[0xc0u8][..]), None);
         assert_eq!(read_signed_increasing(&mut &[][..]), None);
+        // Ten bytes whose third has its top bit set hold more than 64 bits (either sign).
+        let over = [0xff, 0xc0, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(read_signed_increasing(&mut &over[..]), None);
+        assert_eq!(read_signed_increasing(&mut &over.map(|b| !b)[..]), None);
     }
 }
