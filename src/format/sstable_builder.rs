@@ -247,4 +247,122 @@ mod tests {
             assert!(t.get(b"key/00000001x").unwrap().is_none());
         }
     }
+
+    fn blocks(entries: &[(&[u8], usize)]) -> usize {
+        let mut b = TableBuilder::new(1024, false);
+        for &(k, n) in entries {
+            b.add(k, &vec![7; n]);
+        }
+        let bytes = b.finish();
+        Table::open(Path::new("t"), &bytes).unwrap().num_blocks()
+    }
+
+    #[test]
+    fn an_entry_of_twice_the_block_size_starts_a_block() {
+        // TensorFlow's rule: key + value of at least 2 x 1024 bytes flushes the block before it.
+        assert_eq!(blocks(&[(b"a", 1), (b"bb", 2046)]), 2);
+        assert_eq!(blocks(&[(b"a", 1), (b"bb", 2045)]), 1);
+        // Below that, the entry joins the block (which it then fills).
+        assert_eq!(blocks(&[(b"a", 1), (b"bb", 1100)]), 1);
+        // Nothing to flush first: one block.
+        assert_eq!(blocks(&[(b"bb", 4000)]), 1);
+    }
+
+    #[test]
+    fn a_block_ends_once_its_size_estimate_reaches_the_block_size() {
+        // "a" and 1011 bytes: 5 bytes of lengths and key, 4 of the restart, 4 of the count, 1024
+        // in all, so "b" starts a second block; one byte less and "b" joins the first.
+        assert_eq!(blocks(&[(b"a", 1011), (b"b", 0)]), 2);
+        assert_eq!(blocks(&[(b"a", 1010), (b"b", 0)]), 1);
+        // Two restarts: 16 empty values under "k" and a byte (5 bytes, then 4 each sharing "k"),
+        // a 17th entry of 941 bytes starting the second restart (947 bytes), 8 of restarts, 4
+        // of the count.
+        let keys: Vec<[u8; 2]> = (0..18).map(|i| [b'k', i]).collect();
+        let entries = |n| {
+            let mut e: Vec<(&[u8], usize)> = keys.iter().map(|k| (&k[..], 0)).collect();
+            e[16].1 = n;
+            blocks(&e)
+        };
+        assert_eq!((entries(941), entries(940)), (2, 1));
+    }
+
+    #[test]
+    fn a_data_block_restarts_every_16_entries() {
+        let mut b = BlockBuilder::new(16);
+        let mut offsets = vec![];
+        for i in 0..33u8 {
+            offsets.push(b.buf.len() as u32);
+            b.add(&[b'k', i], b"");
+        }
+        let block = b.finish();
+        let tail = |i: usize| {
+            let at = block.len() - 4 * (4 - i);
+            u32::from_le_bytes(block[at..at + 4].try_into().unwrap())
+        };
+        // Three restarts (entries 0, 16 and 32), then their count. Between restarts an entry
+        // shares "k" with the one before: 3 bytes of lengths and 1 of key.
+        assert_eq!(
+            [tail(0), tail(1), tail(2), tail(3)],
+            [0, offsets[16], offsets[32], 3]
+        );
+        assert_eq!(offsets[2] - offsets[1], 4);
+        assert_eq!(offsets[17] - offsets[16], 5);
+    }
+
+    /// The one data block of a table holding `value` under key `k`, as `finish` makes it.
+    fn raw_block(value: &[u8]) -> Vec<u8> {
+        let mut b = BlockBuilder::new(16);
+        b.add(b"k", value);
+        b.finish()
+    }
+
+    #[test]
+    fn a_block_is_stored_compressed_only_if_that_saves_an_eighth() {
+        // Blocks of n zeros then random bytes, searched for the one whose snappy form is exactly
+        // 1/8 smaller (kept raw: compressed only when strictly smaller than 7/8), and one that
+        // snappy makes larger.
+        let mut next = crate::base::xorshift(7);
+        let noise: Vec<u8> = (0..4000).map(|_| next(256) as u8).collect();
+        let compressed = |raw: &[u8]| snap::raw::Encoder::new().compress_vec(raw).unwrap();
+        let stored_raw = |value: &[u8]| {
+            let table = |compress| {
+                let mut b = TableBuilder::new(1 << 20, compress);
+                b.add(b"k", value);
+                b.finish()
+            };
+            table(true) == table(false)
+        };
+        let mut found = [false; 3];
+        for zeros in 0..4000 {
+            let mut value = vec![0u8; zeros];
+            value.extend_from_slice(&noise[..4000 - zeros]);
+            let raw = raw_block(&value);
+            let limit = raw.len() - raw.len() / 8;
+            let c = compressed(&raw).len();
+            let case = match c {
+                _ if c > raw.len() => 0,
+                _ if c == limit => 1,
+                _ if c == limit - 1 => 2,
+                _ => continue,
+            };
+            assert_eq!(
+                stored_raw(&value),
+                case < 2,
+                "{zeros} zeros: {c} of {}",
+                raw.len()
+            );
+            found[case] = true;
+        }
+        assert_eq!(found, [true; 3]);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic]
+    fn keys_out_of_order_are_a_bug_of_the_caller() {
+        let mut b = TableBuilder::new(1024, false);
+        b.add(b"b", b"");
+        b.add(b"c", b"");
+        b.add(b"a", b"");
+    }
 }
