@@ -80,14 +80,15 @@ mod tests {
         // And one 10 shorter, the limit itself.
         let other_10 = "decoder_block_9/mlp/dense_ou/bias";
         assert!(close_names(target, [other, other_10].into_iter()).is_empty());
-        // Nine characters shorter and 9 edits away: close.
+        // Seven characters shorter and 7 edits away: close.
         let near = "encoder/layer_0/attention/self/query";
         assert_eq!(close_names(target, [near].into_iter()), vec![near]);
     }
 
     #[test]
     fn names_under_the_scope_then_by_distance_then_same_last_part_then_siblings() {
-        // "bert/embedding" (1 edit) sorts before the name under the scope, and comes after it.
+        // "bert/embedding" (1 edit) sorts before the name under the scope by name, and is
+        // suggested after it.
         let names = ["bert/embedding", "bert/embeddings/word_embeddings"];
         assert_eq!(
             close_names("bert/embeddings", names.into_iter()),
