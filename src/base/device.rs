@@ -19,12 +19,19 @@ pub enum Device {
 }
 
 impl Device {
-    /// Parses `cpu`, `cuda` or `cuda:N`.
+    /// Parses `cpu`, `cuda` or `cuda:N` (`N` in decimal digits, no sign).
     pub fn parse(s: &str) -> Option<Device> {
         match s {
             "cpu" => Some(Device::Cpu),
             "cuda" => Some(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+            _ => {
+                let n = s.strip_prefix("cuda:")?;
+                // `u32::from_str` also takes a leading `+`.
+                if !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                n.parse().ok().map(Device::Cuda)
+            }
         }
     }
 }
@@ -168,5 +175,53 @@ impl std::fmt::Debug for DeviceBuffer {
             .field("ptr", &format_args!("{:#x}", self.mem.ptr()))
             .field("len", &self.mem.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_takes_cpu_cuda_and_cuda_n_exactly() {
+        assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
+        assert_eq!(Device::parse("cuda"), Some(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:0"), Some(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:7"), Some(Device::Cuda(7)));
+        assert_eq!(
+            Device::parse("cuda:4294967295"),
+            Some(Device::Cuda(u32::MAX))
+        );
+        for bad in [
+            "",
+            "CPU",
+            "Cuda",
+            "gpu",
+            "cuda:",
+            "cuda:-1",
+            "cuda:+1",
+            "cuda: 1",
+            "cuda:1 ",
+            "cuda:x",
+            "cuda:4294967296",
+            "cuda0",
+            "cpu:0",
+            " cpu",
+        ] {
+            assert_eq!(Device::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_device_prints_as_it_parses() {
+        for d in [Device::Cpu, Device::Cuda(0), Device::Cuda(12)] {
+            assert_eq!(Device::parse(&d.to_string()), Some(d));
+        }
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        assert_eq!(
+            device_list(&[Device::Cuda(0), Device::Cuda(1), Device::Cpu]),
+            "cuda:0, cuda:1, cpu"
+        );
+        assert_eq!(device_list(&[]), "");
     }
 }
