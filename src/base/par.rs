@@ -159,4 +159,74 @@ mod tests {
         let _ = std::panic::catch_unwind(|| super::serially(|| panic!("inside")));
         assert!(!super::is_serial());
     }
+
+    /// In the process that first ran parallel work, `run` calls `f` on the caller's thread (its
+    /// parallel pieces go to rayon's global pool), every time: the pool of a forked child is
+    /// for other processes only.
+    #[test]
+    fn the_first_process_runs_on_the_callers_thread() {
+        let caller = std::thread::current().id();
+        super::run(|| ());
+        assert_eq!(
+            super::GLOBAL_USER.load(super::Ordering::Acquire),
+            std::process::id()
+        );
+        for _ in 0..2 {
+            assert_eq!(super::run(|| std::thread::current().id()), caller);
+        }
+        // A worker of a pool runs it in place too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let worker = std::thread::current().id();
+            assert_eq!(super::run(|| std::thread::current().id()), worker);
+        });
+    }
+
+    /// A `PerProcess` drops the value this process made, once, and leaves one another process
+    /// made (inherited across a `fork`) allocated, making its own in its place.
+    #[test]
+    fn a_per_process_value_is_this_processs_own() {
+        use std::sync::Arc;
+        let mine = Arc::new(());
+        let cell = super::PerProcess::new();
+        let got = cell
+            .get_or_try_init(|| Ok::<_, ()>(Arc::clone(&mine)))
+            .unwrap();
+        assert!(Arc::ptr_eq(got, &mine));
+        // Asked again, the same value; `make` is not called.
+        let again = cell.get_or_try_init(|| Err("made twice")).unwrap();
+        assert!(Arc::ptr_eq(again, &mine));
+        assert_eq!(Arc::strong_count(&mine), 2);
+        drop(cell);
+        assert_eq!(
+            Arc::strong_count(&mine),
+            1,
+            "dropped with the PerProcess, once"
+        );
+
+        // As in a child forked from a parent that had made one: the parent's stays allocated.
+        let parents = Arc::new(());
+        let inherited = Box::into_raw(Box::new((std::process::id() ^ 1, Arc::clone(&parents))));
+        let cell = super::PerProcess {
+            value: std::sync::atomic::AtomicPtr::new(inherited),
+        };
+        let ours = Arc::new(());
+        let got = cell
+            .get_or_try_init(|| Ok::<_, ()>(Arc::clone(&ours)))
+            .unwrap();
+        assert!(Arc::ptr_eq(got, &ours), "the child made its own");
+        drop(cell);
+        assert_eq!(Arc::strong_count(&ours), 1);
+        assert_eq!(
+            Arc::strong_count(&parents),
+            2,
+            "the parent's is never dropped here"
+        );
+        // SAFETY: `inherited` came from Box::into_raw above and nothing else frees it.
+        drop(unsafe { Box::from_raw(inherited) });
+        assert_eq!(Arc::strong_count(&parents), 1);
+    }
 }
