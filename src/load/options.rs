@@ -325,3 +325,197 @@ impl std::fmt::Debug for LoadOptions {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::store::{Init, VariableStore};
+    use std::time::Duration;
+
+    fn refused(r: &RemoteOptions) -> String {
+        match r.check() {
+            Ok(()) => panic!("{r:?} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Each bound of the remote options is taken, and one past it refused, naming the value.
+    #[test]
+    fn remote_options_are_checked_at_each_bound() {
+        let ok = |f: fn(&mut RemoteOptions)| {
+            let mut r = RemoteOptions::default();
+            f(&mut r);
+            r.check().unwrap_or_else(|e| panic!("{r:?}: {e}"));
+        };
+        let bad = |f: fn(&mut RemoteOptions), says: &str| {
+            let mut r = RemoteOptions::default();
+            f(&mut r);
+            let e = refused(&r);
+            assert!(e.contains(says), "{e}");
+        };
+        ok(|_| ());
+        ok(|r| r.range_bytes = 64 << 10);
+        ok(|r| r.range_bytes = u32::MAX as u64);
+        bad(
+            |r| r.range_bytes = (64 << 10) - 1,
+            "remote range of 65535 bytes: between 65536 and 4294967295 bytes",
+        );
+        bad(
+            |r| r.range_bytes = u32::MAX as u64 + 1,
+            "remote range of 4294967296 bytes",
+        );
+        bad(|r| r.range_bytes = 0, "remote range of 0 bytes");
+        ok(|r| r.initial_backoff = Duration::from_millis(1));
+        ok(|r| r.initial_backoff = Duration::from_secs(15));
+        bad(
+            |r| r.initial_backoff = Duration::from_micros(999),
+            "initial remote backoff of 999",
+        );
+        bad(
+            |r| r.initial_backoff = Duration::from_millis(15_001),
+            "initial remote backoff of 15.001s: between 1ms and 15s",
+        );
+        ok(|r| r.concurrency = 1);
+        ok(|r| r.concurrency = 1024);
+        bad(
+            |r| r.concurrency = 0,
+            "0 remote requests in flight: between 1 and 1024",
+        );
+        bad(|r| r.concurrency = 1025, "1025 remote requests in flight");
+        // Whatever else is wrong, each check stands alone.
+        bad(
+            |r| (r.range_bytes, r.concurrency) = (1 << 20, 0),
+            "0 remote requests in flight",
+        );
+    }
+
+    #[test]
+    fn memory_in_flight_is_ranges_times_requests() {
+        let r = RemoteOptions::default();
+        assert_eq!(r.max_in_flight_bytes(), 256 << 20);
+        let r = RemoteOptions {
+            range_bytes: 3 << 20,
+            concurrency: 5,
+            ..Default::default()
+        };
+        assert_eq!(r.max_in_flight_bytes(), 15 << 20);
+        // Counted as the checks would make them (a range of at least 64 KiB, one request).
+        let r = RemoteOptions {
+            range_bytes: 1,
+            concurrency: 0,
+            ..Default::default()
+        };
+        assert_eq!(r.max_in_flight_bytes(), 64 << 10);
+    }
+
+    #[test]
+    fn load_options_are_checked_before_anything_is_read() {
+        let says = |o: LoadOptions, what: &str| {
+            let e = o.check().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        LoadOptions::new().check().unwrap();
+        for n in [1, MAX_THREADS] {
+            LoadOptions {
+                threads: Some(n),
+                ..Default::default()
+            }
+            .check()
+            .unwrap();
+        }
+        for n in [0, MAX_THREADS + 1] {
+            let o = LoadOptions {
+                threads: Some(n),
+                ..Default::default()
+            };
+            says(o, &format!("{n} worker threads: between 1 and 4096"));
+        }
+        assert_eq!(LoadOptions::new().threads(0).threads, Some(1));
+        LoadOptions::new().rank(1, 2).check().unwrap();
+        says(
+            LoadOptions::new().rank(2, 2),
+            "rank 2 of 2: a rank is below the number of ranks",
+        );
+        LoadOptions::new()
+            .cast(DType::F32, DType::BF16)
+            .check()
+            .unwrap();
+        says(
+            LoadOptions::new().cast(DType::F32, DType::F64),
+            "cannot cast float32 to float64",
+        );
+        let mut o = LoadOptions::new();
+        o.remote.concurrency = 0;
+        says(o, "remote requests in flight");
+    }
+
+    #[test]
+    fn a_cast_applies_to_its_dtype_only() {
+        let o = LoadOptions::new().cast(DType::F32, DType::BF16);
+        assert_eq!(o.dtype_at_destination(DType::F32), DType::BF16);
+        assert_eq!(o.dtype_at_destination(DType::F16), DType::F16);
+        assert_eq!(
+            LoadOptions::new().dtype_at_destination(DType::F32),
+            DType::F32
+        );
+    }
+
+    /// Part `i` belongs to rank `i % world`; a whole variable to every rank; without a rank,
+    /// everything to this load; an ownership rule replaces the default.
+    #[test]
+    fn who_owns_what() {
+        let mut store = VariableStore::new();
+        store
+            .get_partitioned_variable("emb", &[7, 2], DType::F32, &[7, 1], Init::Zeros)
+            .unwrap();
+        store
+            .get_variable("bias", &[2], DType::F32, Init::Zeros)
+            .unwrap();
+        let part = |i: usize| store.variable(&format!("emb/part_{i}")).unwrap();
+        let bias = store.variable("bias").unwrap();
+        for world in 1..=3 {
+            for rank in 0..world {
+                let o = LoadOptions::new().rank(rank, world);
+                let owned: Vec<usize> = (0..7).filter(|&i| o.owns(part(i))).collect();
+                let want: Vec<usize> = (0..7).filter(|i| i % world == rank).collect();
+                assert_eq!(owned, want, "rank {rank} of {world}");
+                assert!(o.owns(bias));
+            }
+        }
+        assert!((0..7).all(|i| LoadOptions::new().owns(part(i))));
+        let o = LoadOptions::new()
+            .rank(1, 2)
+            .ownership(|v, rank, world| v.part.is_none() && (rank, world) == (1, 2));
+        assert!(o.owns(bias) && !o.owns(part(1)));
+    }
+
+    /// What a progress callback or an ownership rule is cannot be printed; whether one is set is.
+    #[test]
+    fn load_options_print_what_is_set() {
+        let o = LoadOptions::new().threads(3).progress(|_| ()).rank(0, 2);
+        let d = format!("{o:?}");
+        for part in [
+            "LoadOptions { threads: Some(3), progress: true, map_values: false, ",
+            "rank: Some((0, 2)), ownership: false, remote: RemoteOptions { range_bytes: 16777216, ",
+            "cancel: None }",
+        ] {
+            assert!(d.contains(part), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_cancel_token_stays_cancelled_and_its_clones_share_it() {
+        let t = CancelToken::new();
+        let o = LoadOptions::new().cancel_on(&t);
+        o.check_cancelled().unwrap();
+        LoadOptions::new().check_cancelled().unwrap();
+        t.clone().cancel();
+        assert!(t.is_cancelled());
+        assert!(matches!(
+            o.check_cancelled().unwrap_err().kind(),
+            ErrorKind::Cancelled
+        ));
+        t.cancel();
+        assert!(o.cancel.as_ref().unwrap().is_cancelled());
+    }
+}
