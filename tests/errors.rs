@@ -2010,3 +2010,69 @@ fn mistaken_paths_and_keys_say_what_to_pass() {
         .to_string();
     assert!(e.contains(r#"did you mean "useful_scope/var4"?"#), "{e}");
 }
+
+/// A variable placed on a GPU that this build (without `cuda`) or this machine does not have is
+/// an error naming the device and the first variable placed there, and nothing is loaded.
+#[test]
+fn a_variable_on_a_gpu_not_to_be_had_is_named() {
+    use tfckpt::{DType, Device, Init, VariableStore};
+    let mut store = VariableStore::new();
+    for name in ["host/b", "far/w", "far/x"] {
+        store
+            .get_variable(name, &[2], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    store.set_device("far/x", Device::Cuda(97)).unwrap();
+    store.set_device("far/w", Device::Cuda(97)).unwrap();
+    let e = err(store.initialize(Device::Cpu));
+    match e.kind() {
+        ErrorKind::DeviceUnavailable { device, reason } => {
+            assert_eq!(device, "cuda:97");
+            assert!(reason.contains("variable \"far/w\" is placed there"), "{e}");
+        }
+        _ => panic!("{e}"),
+    }
+    says(&e, "device cuda:97: ");
+    assert!(!store.is_initialized());
+    assert!(store.value("host/b").is_none());
+}
+
+/// What needs no GPU does not ask for one: a part another rank owns, and a string variable
+/// (strings stay on the host), placed on a GPU that cannot be had, leave a host load free to
+/// run; the rank that owns the part gets the error.
+#[test]
+fn only_a_gpu_this_load_uses_is_asked_for() {
+    use tfckpt::{DType, Device, Init, LoadOptions, VariableStore};
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
+        .unwrap();
+    store
+        .set_part_devices("emb", &[Device::Cpu, Device::Cuda(97)])
+        .unwrap();
+    store
+        .get_variable("vocab", &[2], DType::String, Init::Zeros)
+        .unwrap();
+    let rank0 = LoadOptions::new().rank(0, 2);
+    store.initialize_with(Device::Cuda(97), &rank0).unwrap();
+    assert_eq!(
+        store.value("emb/part_0").unwrap().to_f32().unwrap(),
+        [1.0; 4]
+    );
+    assert!(store.value("vocab").is_some());
+    assert!(store.is_other_rank("emb/part_1"));
+
+    let mut store1 = VariableStore::new();
+    store1
+        .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
+        .unwrap();
+    store1
+        .set_part_devices("emb", &[Device::Cpu, Device::Cuda(97)])
+        .unwrap();
+    let e = err(store1.initialize_with(Device::Cpu, &LoadOptions::new().rank(1, 2)));
+    assert!(
+        matches!(e.kind(), ErrorKind::DeviceUnavailable { device, reason }
+            if device == "cuda:97" && reason.contains("variable \"emb/part_1\" is placed there")),
+        "{e}"
+    );
+}

@@ -466,7 +466,17 @@ fn casts_equal_the_host_cast() {
         .collect();
     let got = gpu.device_value(&v.name).unwrap();
     assert_eq!(got.dtype(), DType::BF16);
+    assert_eq!(got.shape(), &v.shape[..]);
+    assert_eq!(got.byte_len(), want.len());
     assert_eq!(got.to_host().unwrap().bytes().unwrap(), &want[..]);
+    assert_eq!(
+        format!("{got:?}"),
+        format!(
+            "DeviceTensor {{ device: \"emulated:0\", dtype: BF16, shape: {:?}, ptr: {:#x} }}",
+            v.shape,
+            got.device_ptr()
+        )
+    );
 }
 
 #[test]
@@ -730,6 +740,24 @@ fn trainer_buffers_are_loaded_in_place() {
     let small = DeviceBuffer {
         mem: link.alloc_trainer(bytes - 1),
     };
+    assert_eq!((small.len(), small.is_empty()), (bytes - 1, false));
+    let debug = format!("{small:?}");
+    assert_eq!(
+        debug,
+        format!(
+            "DeviceBuffer {{ ptr: {:#x}, len: {} }}",
+            small.mem.ptr(),
+            bytes - 1
+        )
+    );
+    let none = DeviceBuffer {
+        mem: std::sync::Arc::new(Claimed {
+            ptr: small.mem.ptr(),
+            bytes: 0,
+            device: link.device(),
+        }),
+    };
+    assert_eq!((none.len(), none.is_empty()), (0, true));
     gpu.set_device_buffer(&v.name, small).unwrap();
     let err = gpu
         .initialize_on(&link, &LoadOptions::default(), tiny())
