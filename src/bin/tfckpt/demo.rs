@@ -147,7 +147,7 @@ fn write_layers(w: &mut CheckpointWriter, plan: &Plan) -> Result<u64, Box<dyn st
             },
         )?;
         let gamma: Vec<u8> = (0..1024u32)
-            .flat_map(|i| half_bits(1.0 + i as f32 / 1024.0).to_le_bytes())
+            .flat_map(|i| half::f16::from_f32(1.0 + i as f32 / 1024.0).to_le_bytes())
             .collect();
         w.add(
             &format!("encoder/layer_{l}/layer_norm/gamma"),
@@ -377,21 +377,4 @@ fn init_demo(dir: &Path, plan: &Plan, emb: &[u8]) -> Result<(), Box<dyn std::err
         return Err("demo init spot check failed".into());
     }
     Ok(())
-}
-
-/// f32 → IEEE half bits (round to nearest even), for the demo's float16 tensor.
-fn half_bits(v: f32) -> u16 {
-    let b = v.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
-    let man = b & 0x7f_ffff;
-    if exp <= 0 || exp >= 31 {
-        return sign; // the demo only uses normal values in [1, 2)
-    }
-    let mut h = (exp as u32) << 10 | man >> 13;
-    let rest = man & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-        h += 1;
-    }
-    sign | h as u16
 }
