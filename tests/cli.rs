@@ -549,12 +549,79 @@ fn flags_take_their_value_after_an_equals_sign_too() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// The built-in demo (the README's first command) at its smallest size, and at one where the
+/// embedding's 9,216 rows leave 1 over 5 parts (only part 0 takes a row more, which the demo's
+/// own check of part 1 must get right); both checks and the load ran, and the checkpoint kept
+/// with `--keep` is the one described, in two shards.
 #[test]
 fn demo_runs_on_a_small_size() {
     let o = tfckpt(&["demo", "--mib", "24"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("kept");
+    let o = tfckpt(&["demo", "--mib", "27", "--keep", keep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("values match"), "{text}");
+    for line in [
+        "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
+        "  initialize on cpu: 13 variables (12 from checkpoint, 1 from initializers), 8 tensors, ",
+        "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): values match",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(line)), "{line}\n{text}");
+    }
+    assert_eq!(
+        tree(&keep).into_keys().collect::<Vec<_>>(),
+        [
+            "checkpoint",
+            "model.ckpt-1000.data-00000-of-00002",
+            "model.ckpt-1000.data-00001-of-00002",
+            "model.ckpt-1000.index"
+        ]
+    );
+    let o = tfckpt(&["list", keep.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shapes: Vec<(String, String, Vec<u64>)> =
+        serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout)
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let shape = t["shape"].as_array().unwrap().iter();
+                let shape = shape.map(|d| d.as_u64().unwrap()).collect();
+                (t["name"].to_string(), t["dtype"].to_string(), shape)
+            })
+            .collect();
+    let want = [
+        ("embedding/table", "float32", &[9216, 256][..]),
+        ("encoder/layer_0/dense/bias", "float32", &[4096]),
+        ("encoder/layer_0/dense/kernel", "float32", &[1024, 4096]),
+        ("encoder/layer_0/layer_norm/gamma", "float16", &[1024]),
+        ("global_step", "int64", &[]),
+        ("head/kernel", "bfloat16", &[1024, 1000]),
+        ("head/mask", "bool", &[4096]),
+        ("vocab", "string", &[1000]),
+    ];
+    let want: Vec<(String, String, Vec<u64>)> = want
+        .iter()
+        .map(|(n, d, s)| (format!("{n:?}"), format!("{d:?}"), s.to_vec()))
+        .collect();
+    assert_eq!(shapes, want);
+    assert!(tfckpt(&["verify", keep.to_str().unwrap()]).status.success());
+    // The float16 gamma: 1 + i/1024, exact in float16 (0x3c00 + i).
+    let gamma = tmp.path().join("gamma.npy");
+    let o = tfckpt(&[
+        "get",
+        keep.to_str().unwrap(),
+        "encoder/layer_0/layer_norm/gamma",
+        "--out",
+        gamma.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = npy::read(std::fs::File::open(&gamma).unwrap()).unwrap();
+    let want: Vec<u8> = (0..1024u16)
+        .flat_map(|i| (0x3c00 + i).to_le_bytes())
+        .collect();
+    assert_eq!((got.descr.as_str(), &got.shape[..]), ("<f2", &[1024][..]));
+    assert_eq!(got.data, want);
 }
 
 /// `tfckpt init` on every single-call TensorFlow init case: the .npy files equal TF's values, and
