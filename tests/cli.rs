@@ -551,8 +551,9 @@ fn flags_take_their_value_after_an_equals_sign_too() {
 
 /// The built-in demo (the README's first command) at its smallest size, and at one where the
 /// embedding's 9,216 rows leave 1 over 5 parts (only part 0 takes a row more, which the demo's
-/// own check of part 1 must get right); both checks and the load ran, and the checkpoint kept
-/// with `--keep` is the one described, in two shards.
+/// own check of part 1 must get right); the listing, the verify, both checks and the load ran
+/// and count the same bytes, and the checkpoint kept with `--keep` is the one described, in two
+/// shards.
 #[test]
 fn demo_runs_on_a_small_size() {
     let o = tfckpt(&["demo", "--mib", "24"]);
@@ -563,6 +564,12 @@ fn demo_runs_on_a_small_size() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     for line in [
+        "  wrote 28.3 MB in ",
+        "  embedding/table                      float32   [9216, 256]  (8 slices)",
+        "  encoder/layer_0/dense/bias           float32   [4096]",
+        "  vocab                                string    [1000]",
+        "$ tfckpt verify: 15 tensors, 2 table blocks, 28.3 MB checked in ",
+        "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
         "  initialize on cpu: 13 variables (12 from checkpoint, 1 from initializers), 8 tensors, ",
         "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): values match",
