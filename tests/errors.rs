@@ -2012,7 +2012,7 @@ fn mistaken_paths_and_keys_say_what_to_pass() {
 }
 
 /// A variable placed on a GPU that this build (without `cuda`) or this machine does not have is
-/// an error naming the device and the first variable placed there, and nothing is loaded.
+/// an error naming the device and the first variable (by name) placed there; nothing is loaded.
 #[test]
 fn a_variable_on_a_gpu_not_to_be_had_is_named() {
     use tfckpt::{DType, Device, Init, VariableStore};
