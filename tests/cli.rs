@@ -840,12 +840,14 @@ fn init_inline_json_and_device_errors() {
             std::fs::remove_dir_all(&out2).unwrap();
         }
     }
-    assert_eq!(
-        tfckpt(&["init", &ckpt, "--model", model, "--map", "{}", "--device", "tpu"])
-            .status
-            .code(),
-        Some(2)
-    );
+    for device in ["tpu", "cuda:+1", "cuda:", "cuda:-1"] {
+        let o = tfckpt(&[
+            "init", &ckpt, "--model", model, "--map", "{}", "--device", device,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{device}");
+        let want = format!("expected cpu, cuda or cuda:N, found {device:?}");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    }
     // A scope that matches nothing: success with a warning on stderr.
     let o = tfckpt(&[
         "init",

@@ -423,6 +423,10 @@ mod tests {
                 "variable \"a\" device: expected \"cpu\" or \"cuda:N\", found \"gpu0\"",
             ),
             (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "device": "cuda:+1"}]}"#,
+                "variable \"a\" device: expected \"cpu\" or \"cuda:N\", found \"cuda:+1\"",
+            ),
+            (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float32", "device": ["cpu"]}]}"#,
                 "for a partitioned variable",
             ),
