@@ -2043,13 +2043,18 @@ fn a_variable_on_a_gpu_not_to_be_had_is_named() {
 #[test]
 fn only_a_gpu_this_load_uses_is_asked_for() {
     use tfckpt::{DType, Device, Init, LoadOptions, VariableStore};
-    let mut store = VariableStore::new();
-    store
-        .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
-        .unwrap();
-    store
-        .set_part_devices("emb", &[Device::Cpu, Device::Cuda(97)])
-        .unwrap();
+    // Part 0 on the host, part 1 on the GPU.
+    let emb_on_two_devices = || {
+        let mut store = VariableStore::new();
+        store
+            .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
+            .unwrap();
+        store
+            .set_part_devices("emb", &[Device::Cpu, Device::Cuda(97)])
+            .unwrap();
+        store
+    };
+    let mut store = emb_on_two_devices();
     store
         .get_variable("vocab", &[2], DType::String, Init::Zeros)
         .unwrap();
@@ -2062,13 +2067,7 @@ fn only_a_gpu_this_load_uses_is_asked_for() {
     assert!(store.value("vocab").is_some());
     assert!(store.is_other_rank("emb/part_1"));
 
-    let mut store1 = VariableStore::new();
-    store1
-        .get_partitioned_variable("emb", &[4, 2], DType::F32, &[2, 1], Init::Ones)
-        .unwrap();
-    store1
-        .set_part_devices("emb", &[Device::Cpu, Device::Cuda(97)])
-        .unwrap();
+    let mut store1 = emb_on_two_devices();
     let e = err(store1.initialize_with(Device::Cpu, &LoadOptions::new().rank(1, 2)));
     assert!(
         matches!(e.kind(), ErrorKind::DeviceUnavailable { device, reason }
