@@ -1627,15 +1627,23 @@ fn save_round_trip_on(device: &Device) {
 #[test]
 fn a_saved_model_is_the_checkpoint_tensorflow_would_write() {
     save_round_trip_on(&CPU);
-    // Nothing is left at the prefix when a save fails: here, its folder does not exist.
+    // Nothing is left at the prefix when a save fails: here, a file is where its folder's
+    // parent should be.
     let m = tf2_model();
     let init = CandleInit::from_varmap(&m.varmap, &Convention::tf1()).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a_file"), b"").unwrap();
     let e = init
-        .save_checkpoint(dir.path().join("no_dir/m"))
+        .save_checkpoint(dir.path().join("a_file/no_dir/m"))
         .unwrap_err();
-    assert!(e.to_string().contains("no_dir"), "{e}");
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    assert!(e.to_string().contains("a_file/no_dir"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1);
+    // Missing folders are made, as `tf.train.Checkpoint.save` makes them.
+    let prefix = dir.path().join("no_dir/deeper/m");
+    assert_eq!(init.save_checkpoint(&prefix).unwrap(), 9);
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.tensors().len(), 9);
 }
 
 /// The same models with their `Var`s on a GPU (feature `candle-cuda`): every value equals the

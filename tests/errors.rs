@@ -1315,15 +1315,21 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             "{e}"
         );
     }
-    // A folder that is not there: the system's error, naming the file (not a search for a
-    // free temporary name).
+    // A folder that cannot be made (a file is where its parent should be): the system's error,
+    // naming that folder (not a temporary file in it, nor a search for a free temporary name).
+    std::fs::write(dir.path().join("a-file"), b"").unwrap();
     let e = err(CheckpointWriter::create(
-        dir.path().join("no-such-folder").join("m"),
+        dir.path().join("a-file").join("sub").join("m"),
         WriterOptions::default(),
     ));
-    assert!(matches!(e.kind(), ErrorKind::Io { .. }), "{e:?}");
+    let folder = dir.path().join("a-file").join("sub");
     assert!(
-        e.to_string().contains("no-such-folder") && !e.to_string().contains("temporary names"),
+        matches!(e.kind(), ErrorKind::Io { path, .. } if *path == folder),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("making the checkpoint's folder")
+            && !e.to_string().contains("tempstate"),
         "{e}"
     );
     // The block size's bound itself is taken (the writer is dropped: nothing is written).

@@ -250,3 +250,41 @@ fn the_writer_refuses_slices_that_overlap_as_readers_see_them() {
     let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
     assert_eq!(ckpt.read("e").unwrap().shape, [4, 0]);
 }
+
+/// The prefix's missing folders are made (as `tf.train.Checkpoint.save` makes them), kept once the
+/// checkpoint is finished, and removed again by a writer dropped unfinished, as far as they are
+/// empty: a folder holding another file stays.
+#[test]
+fn the_writer_makes_the_prefixs_folders_and_removes_them_unfinished() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Tensor::from_f32(&[1], &[1.5]).unwrap();
+    let prefix = dir.path().join("a").join("b").join("model.ckpt-1");
+    let options = WriterOptions {
+        num_shards: 2,
+        ..Default::default()
+    };
+    let mut w = CheckpointWriter::create(&prefix, options.clone()).unwrap();
+    assert!(dir.path().join("a/b").is_dir());
+    w.add("x", (&one).into()).unwrap();
+    w.finish().unwrap();
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("x").unwrap().to_f32().unwrap(), [1.5]);
+    // Unfinished: both folders it made are gone, and nothing else was made.
+    let unfinished = dir.path().join("c").join("d").join("m");
+    let mut w = CheckpointWriter::create(&unfinished, options.clone()).unwrap();
+    w.add("x", (&one).into()).unwrap();
+    drop(w);
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a"]);
+    // A folder that existed stays, and so does one it made that now holds another file.
+    let w = CheckpointWriter::create(dir.path().join("a/e/f/m"), options).unwrap();
+    std::fs::write(dir.path().join("a/e/other"), b"").unwrap();
+    drop(w);
+    assert!(!dir.path().join("a/e/f").exists());
+    assert!(dir.path().join("a/e/other").is_file());
+    assert!(dir.path().join("a/b/model.ckpt-1.index").is_file());
+}

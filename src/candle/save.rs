@@ -22,7 +22,8 @@ impl CandleInit {
     /// `Var`s on a GPU are copied to the host one at a time, so host memory holds one value
     /// beside the writer's buffer. The files are written under temporary names and renamed once
     /// all are complete: an error before the renames (a `Var` that cannot be read, a full disk)
-    /// leaves `prefix` as it was; one among the renames leaves no index there (see
+    /// leaves `prefix` as it was (and removes the missing folders of `prefix` that it made, as
+    /// `tf.train.Checkpoint.save` makes them); one among the renames leaves no index there (see
     /// [`CheckpointWriter::finish`]). Returns the number of tensors
     /// written. Write TensorFlow's `checkpoint` state file beside it with
     /// [`write_checkpoint_state`](crate::write_checkpoint_state) to make the directory form work.

@@ -127,6 +127,9 @@ pub struct CheckpointWriter {
     entries: BTreeMap<Vec<u8>, proto::BundleEntryProto>,
     /// The boxes of the slices added so far, per partitioned tensor (for the overlap check).
     slices: std::collections::HashMap<Vec<u8>, RegionIndex>,
+    /// The folders `create` made for the prefix, outermost first: removed again (those left
+    /// empty) when the checkpoint is not finished.
+    made_dirs: Vec<PathBuf>,
     finished: bool,
     /// A write to a shard that failed: the shard may hold part of that tensor, so every later
     /// offset in it would be wrong. Every later call fails with it (as TensorFlow's
@@ -147,7 +150,9 @@ impl std::fmt::Debug for CheckpointWriter {
 
 impl CheckpointWriter {
     /// Starts a checkpoint at `prefix`; files are written under temporary names and renamed by
-    /// [`finish`](Self::finish).
+    /// [`finish`](Self::finish). The prefix's missing folders are made, as TensorFlow's
+    /// `tf.train.Checkpoint.save` makes them; a writer dropped unfinished (or whose `finish`
+    /// fails) removes those it made, as far as they are empty.
     pub fn create(prefix: impl AsRef<Path>, options: WriterOptions) -> Result<CheckpointWriter> {
         let prefix = prefix.as_ref().to_path_buf();
         // The header stores the count as an int32 (a larger one would read back negative).
@@ -176,9 +181,14 @@ impl CheckpointWriter {
             options,
             entries: BTreeMap::new(),
             slices: Default::default(),
+            made_dirs: Vec::new(),
             finished: false,
             failed: None,
         };
+        // Made into the writer one by one, so that a failure drops it and removes the ones made.
+        if let Some(dir) = writer.prefix.parent() {
+            make_dirs(dir, &mut writer.made_dirs)?;
+        }
         // Pushed one by one into the writer, so that a shard that cannot be created drops it and
         // the writer removes the ones made before.
         for i in 0..writer.options.num_shards {
@@ -514,7 +524,15 @@ impl CheckpointWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        sync_dir_after_rename(dir)
+        sync_dir_after_rename(dir)?;
+        // The folders made, on disk too: each one's entry in the folder above it.
+        for made in &self.made_dirs {
+            match made.parent() {
+                Some(p) if !p.as_os_str().is_empty() => sync_dir_after_rename(p)?,
+                _ => sync_dir_after_rename(Path::new("."))?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -561,8 +579,40 @@ impl Drop for CheckpointWriter {
             for s in &self.shards {
                 let _ = std::fs::remove_file(&s.tmp);
             }
+            // Innermost first, as long as they are empty (another writer's files may be there).
+            for d in self.made_dirs.iter().rev() {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+            }
         }
     }
+}
+
+/// Makes the missing folders of `dir` (as `create_dir_all` does), outermost first, pushing each
+/// one made onto `made`. One that exists (made meanwhile by another process) is taken as it is;
+/// an error names the folder that could not be made.
+fn make_dirs(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.into_iter().rev() {
+        match std::fs::create_dir(m) {
+            Ok(()) => made.push(m.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
+            Err(e) => {
+                let what = format!("making the checkpoint's folder: {e}");
+                return Err(Error::io(m, std::io::Error::new(e.kind(), what)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to`; an error names both (`from` may be what is missing).
