@@ -473,7 +473,14 @@ fn errors_exit_1_with_one_line_and_write_nothing() {
     let o = tfckpt(&["list", missing.to_str().unwrap()]);
     assert_one_error_line(&o, 1, "no_dir");
     let o = tfckpt(&["list", tmp.path().to_str().unwrap()]);
-    assert_one_error_line(&o, 1, "couldn't find a 'checkpoint' state file");
+    assert_one_error_line(
+        &o,
+        1,
+        &format!(
+            "couldn't find a checkpoint in directory {}: it has no 'checkpoint' state file",
+            tmp.path().display()
+        ),
+    );
     let o = tfckpt(&[
         "get",
         &ckpt_arg("h1_basic"),
@@ -568,11 +575,13 @@ fn demo_runs_on_a_small_size() {
         "  embedding/table                      float32   [9216, 256]  (8 slices)",
         "  encoder/layer_0/dense/bias           float32   [4096]",
         "  vocab                                string    [1000]",
-        "$ tfckpt verify: 15 tensors, 2 table blocks, 28.3 MB checked in ",
+        &format!("$ tfckpt verify {}", keep.display()),
+        "  ok: 15 stored tensors and slices, 2 table blocks, 28.3 MB checked in ",
         "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
         "  initialize on cpu: 13 variables (12 from checkpoint, 1 from initializers), 8 tensors, ",
         "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): values match",
+        &format!("(the checkpoint is kept in {})", keep.display()),
     ] {
         assert!(text.lines().any(|l| l.starts_with(line)), "{line}\n{text}");
     }

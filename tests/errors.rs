@@ -1953,6 +1953,24 @@ fn too_many_parts_are_refused() {
         );
         assert_eq!(store.variables().count(), 0);
     }
+    // A partitioner's list that splits along two axes, or gives an axis no part, is refused
+    // saying which axes.
+    for (parts, what) in [
+        (
+            [2u64, 2],
+            "partitions [2, 2]: split along axes [0, 1], but a partitioned variable is split along one axis at most (one entry above 1)",
+        ),
+        ([1, 0], "partitions [1, 0]: 0 parts along axis 1 (every entry >= 1)"),
+    ] {
+        let e = store
+            .get_partitioned_variable("emb", &[4, 4], DType::F32, &parts, Init::Zeros)
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "emb" && reason == what),
+            "{e:?}"
+        );
+        assert_eq!(store.variables().count(), 0);
+    }
     // As many parts as rows is allowed (2^20 parts would be too, but cost a million variables).
     store
         .get_partitioned_variable("emb", &[3, 2], DType::F32, &[3, 1], Init::Zeros)
@@ -1993,7 +2011,27 @@ fn mistaken_paths_and_keys_say_what_to_pass() {
     let e = Checkpoint::open(&notes).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!("{}: not an SSTable (", notes.display()))
-            && e.ends_with("): is this a TensorFlow checkpoint?"),
+            && e.ends_with(
+                "): is this a TensorFlow checkpoint, and all of it (a table ends with its footer)?"
+            ),
+        "{e}"
+    );
+    // An index cut short (its footer gone) is said to be, by its name; a V1 file (no name of
+    // its own) gets the question above.
+    let cut = tmp.path().join("model-0.index");
+    let index = std::fs::read(case.join("model-0.index")).unwrap();
+    std::fs::write(&cut, &index[..index.len() - 20]).unwrap();
+    std::fs::copy(
+        case.join("model-0.data-00000-of-00001"),
+        tmp.path().join("model-0.data-00000-of-00001"),
+    )
+    .unwrap();
+    let e = Checkpoint::open(tmp.path().join("model-0"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("{}: not an SSTable (bad magic number ", cut.display()))
+            && e.ends_with("): the footer a table ends with is not there: was the index cut short (an interrupted copy or save)?"),
         "{e}"
     );
     let e = Checkpoint::open("").unwrap_err();

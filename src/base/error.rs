@@ -163,7 +163,8 @@ fn shown(path: &Path) -> String {
 }
 
 /// What a file that is no table was likely meant to be: the directory's state file, or the
-/// MetaGraph TensorFlow writes beside a checkpoint, each passed in place of the checkpoint.
+/// MetaGraph TensorFlow writes beside a checkpoint, each passed in place of the checkpoint; or,
+/// since a table's footer is its last 48 bytes, a checkpoint cut short (an index by its name).
 fn not_a_table_hint(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy());
     match name.as_deref() {
@@ -178,7 +179,14 @@ fn not_a_table_hint(path: &Path) -> String {
             "a .meta file holds the graph, not the values: pass the checkpoint's prefix, {}",
             path.with_extension("").display()
         ),
-        _ => "is this a TensorFlow checkpoint?".into(),
+        Some(n) if n.ends_with(".index") => {
+            "the footer a table ends with is not there: was the index cut short (an interrupted \
+             copy or save)?"
+                .into()
+        }
+        _ => {
+            "is this a TensorFlow checkpoint, and all of it (a table ends with its footer)?".into()
+        }
     }
 }
 
@@ -252,7 +260,7 @@ pub enum ErrorKind {
     },
     /// A directory without a usable `checkpoint` state file (TF: "Couldn't find 'checkpoint' file or
     /// checkpoints in given directory").
-    #[error("couldn't find a 'checkpoint' state file or checkpoints in directory {}: {reason}", dir.display())]
+    #[error("couldn't find a checkpoint in directory {}: {reason}", dir.display())]
     NoCheckpointInDir {
         /// The directory.
         dir: PathBuf,

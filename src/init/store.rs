@@ -261,9 +261,19 @@ impl VariableStore {
             ))
             .into());
         }
-        if partitions.contains(&0) || partitions.iter().filter(|&&p| p > 1).count() > 1 {
+        if let Some(axis) = partitions.iter().position(|&p| p == 0) {
             return Err(bad(format!(
-                "partitions {partitions:?}: every entry >= 1, at most one above 1"
+                "partitions {partitions:?}: 0 parts along axis {axis} (every entry >= 1)"
+            ))
+            .into());
+        }
+        let split: Vec<usize> = (0..partitions.len())
+            .filter(|&i| partitions[i] > 1)
+            .collect();
+        if split.len() > 1 {
+            return Err(bad(format!(
+                "partitions {partitions:?}: split along axes {split:?}, but a partitioned \
+                 variable is split along one axis at most (one entry above 1)"
             ))
             .into());
         }

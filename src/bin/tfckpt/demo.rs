@@ -68,8 +68,9 @@ pub(crate) fn run(mib: u64, keep: Option<&Path>) -> Result<(), Box<dyn std::erro
     spot_check(&ckpt, &plan, &emb)?;
     drop(ckpt);
     init_demo(&dir, &plan, &emb)?;
-    if keep.is_none() {
-        say!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)")?;
+    match keep {
+        None => say!("\n(the temporary checkpoint is removed; pass --keep DIR to keep it)")?,
+        Some(d) => say!("\n(the checkpoint is kept in {})", d.display())?,
     }
     Ok(())
 }
@@ -232,7 +233,8 @@ fn list_and_verify(
     let report = ckpt.verify()?;
     let secs = t0.elapsed().as_secs_f64();
     say!(
-        "\n$ tfckpt verify: {} tensors, {} table blocks, {:.1} MB checked in {:.3} s ({})",
+        "\n$ tfckpt verify {}\n  ok: {} stored tensors and slices, {} table blocks, {:.1} MB checked in {:.3} s ({})",
+        dir.display(),
         report.tensors,
         report.blocks,
         report.bytes as f64 / 1e6,

@@ -172,7 +172,7 @@ pub fn parse_model(text: &str) -> Result<VariableStore> {
             .and_then(Value::as_str)
             .ok_or_else(|| bad(&at(""), "missing string \"dtype\"".into()))?;
         let dtype = DType::from_name(dtype_name)
-            .ok_or_else(|| bad(&at(" dtype"), format!("unknown dtype {dtype_name:?}")))?;
+            .ok_or_else(|| bad(&at(" dtype"), unknown_dtype(dtype_name)))?;
         if dtype == DType::Variant {
             // TensorFlow makes no zeros of it, and no .npy or safetensors file holds one.
             return Err(bad(
@@ -303,6 +303,25 @@ pub fn map_from_value(v: &Value) -> Result<AssignmentMap> {
     Ok(map)
 }
 
+/// "unknown dtype" for `name`, with the closest dtype name a variable can have where one is a
+/// slip away (`flaot32`, `Float32`), and the list of them where none is.
+fn unknown_dtype(name: &str) -> String {
+    let names = DType::ALL
+        .iter()
+        .filter(|&&d| d != DType::Variant)
+        .map(|d| d.name());
+    let close = names
+        .clone()
+        .map(|n| (strsim::levenshtein(&name.to_ascii_lowercase(), n), n))
+        .filter(|&(d, _)| d <= 2)
+        .min();
+    let mut all: Vec<&str> = names.collect();
+    all.sort_unstable();
+    match close {
+        Some((_, n)) => format!("unknown dtype {name:?}; did you mean {n:?}?"),
+        None => format!("unknown dtype {name:?}; expected one of {}", all.join(", ")),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +354,15 @@ mod tests {
             ("{", "not valid JSON"),
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "float33"}]}"#,
-                "unknown dtype",
+                r#"unknown dtype "float33"; did you mean "float32"?"#,
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "Float16"}]}"#,
+                r#"unknown dtype "Float16"; did you mean "float16"?"#,
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "tensor"}]}"#,
+                r#"unknown dtype "tensor"; expected one of bfloat16, bool, complex128, complex64, float16, float32, float64, float8_e4m3b11fnuz, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz, int16, int2, int32, int4, int64, int8, qint16, qint32, qint8, quint16, quint8, string, uint16, uint2, uint32, uint4, uint64, uint8"#,
             ),
             (
                 r#"{"variables": [{"name": "a", "shape": [-1], "dtype": "float32"}]}"#,
