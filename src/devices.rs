@@ -30,8 +30,9 @@ impl VariableStore {
     /// value (little-endian elements of its dtype, row-major); it takes the checkpoint's bytes,
     /// CRC-checked in the same pass as the copy, or the variable's initializer when nothing maps
     /// to it. Those variables then have no [`value`](Self::value) in the store. A buffer for a name
-    /// that is no variable, of the wrong size, or a second buffer for one variable is an error
-    /// before anything is read. On an error nothing of this load counts as initialized, and the
+    /// that is no variable, of the wrong size, a second buffer for one variable, or, in a load
+    /// spread over ranks ([`LoadOptions::rank`]), one for a variable this rank does not own, is
+    /// an error before anything is read. On an error nothing of this load counts as initialized, and the
     /// buffers' contents are unspecified (partly written).
     ///
     /// ```

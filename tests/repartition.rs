@@ -333,6 +333,36 @@ fn a_rank_loads_only_what_it_owns() {
         "{e}"
     );
     assert!(!store.is_initialized());
+    // A trainer's buffer for a part another rank owns would be left as it was: an error naming
+    // it, before anything is read (the buffer and the other one untouched); this rank's own
+    // parts take buffers.
+    let mut store = store_for();
+    let (mut mine, mut theirs) = (vec![-1f32; 10], vec![-1f32; 10]);
+    let e = store
+        .initialize_into(
+            vec![
+                ("emb/part_1", &mut mine[..]),
+                ("emb/part_2", &mut theirs[..]),
+            ],
+            &LoadOptions::new().rank(1, 3),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "emb/part_2"
+            && reason == "a buffer is given for it, but rank 1 of 3 does not own it \
+                (LoadOptions::ownership): a rank loads only its own variables and parts, and \
+                would leave the buffer as it was"),
+        "{e}"
+    );
+    assert!(!store.is_initialized());
+    assert_eq!((mine[0], theirs[0]), (-1.0, -1.0));
+    store
+        .initialize_into(
+            vec![("emb/part_1", &mut mine[..])],
+            &LoadOptions::new().rank(1, 3),
+        )
+        .unwrap();
+    assert_eq!(mine, &values[10..20]);
 }
 
 /// `initialize_into`, the host twin of `set_device_buffer`: every fixture, re-partitioned,

@@ -798,6 +798,22 @@ fn trainer_buffers_are_loaded_in_place() {
         .unwrap();
     assert_eq!(gpu.device_value(&v.name).unwrap().device_ptr(), ptr);
     assert_same(&cpu, &gpu, "trainer buffer");
+    // A buffer for a part another rank owns would be left as it was: refused before anything
+    // is loaded.
+    let mut ranked = store_for(&dir);
+    let index = v.part.as_ref().expect("a part").index;
+    let mem = link.alloc_trainer(bytes);
+    ranked
+        .set_device_buffer(&v.name, DeviceBuffer { mem })
+        .unwrap();
+    let options = LoadOptions::new().rank((index + 1) % 2, 2);
+    let err = ranked.initialize_on(&link, &options, tiny()).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::BadVariable { name, reason }
+            if *name == v.name && reason.contains("does not own it")),
+        "{err}"
+    );
+    assert!(!ranked.is_initialized());
     assert!(gpu
         .set_device_buffer(
             "no/such",

@@ -423,7 +423,9 @@ impl VariableStore {
 
     /// Loads variable (or part) `name` into the trainer's own device memory at the next GPU
     /// initialization, instead of memory the library allocates. The buffer must hold exactly the
-    /// variable's bytes (in the dtype it will have on the device).
+    /// variable's bytes (in the dtype it will have on the device). In a load spread over ranks
+    /// ([`LoadOptions::rank`](crate::LoadOptions::rank)), a buffer for a variable that rank does
+    /// not own makes the load an error before anything is read.
     pub fn set_device_buffer(&mut self, name: &str, buffer: DeviceBuffer) -> Result<()> {
         let v = self.var_or_err(name)?;
         if v.dtype.size().is_none() {

@@ -288,6 +288,31 @@ impl LoadOptions {
         }
     }
 
+    /// Refuses a trainer's buffer (`names`, host or device) for a variable this rank does not
+    /// own: the load would leave it as it was, silently. `vars` are the variables it owns.
+    pub(crate) fn check_buffers_owned<'n>(
+        &self,
+        mut names: impl Iterator<Item = &'n str>,
+        vars: &[&Variable],
+    ) -> Result<()> {
+        let Some((rank, world)) = self.rank else {
+            return Ok(());
+        };
+        let owned: std::collections::HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+        match names.find(|n| !owned.contains(n)) {
+            None => Ok(()),
+            Some(name) => Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: format!(
+                    "a buffer is given for it, but rank {rank} of {world} does not own it \
+                     (LoadOptions::ownership): a rank loads only its own variables and parts, \
+                     and would leave the buffer as it was"
+                ),
+            }
+            .into()),
+        }
+    }
+
     /// Stops the load when `token` is cancelled: it is checked before each stored tensor is read
     /// (a tensor being read completes first; on a GPU, before each unit of up to 64 MiB the
     /// staging ring takes, or each batch the registered path takes; on object storage, also as
