@@ -531,6 +531,49 @@ fn progress_and_threads() {
     assert_eq!(report.threads, 3);
 }
 
+/// Progress reports from many workers come one at a time and never go back (workers that
+/// counted their tensors in one order used to call in another: 258 of 400 tensors, then 36),
+/// and the last one is the whole load's.
+#[test]
+fn progress_from_many_threads_never_goes_back() {
+    let names: Vec<String> = (0..400).map(|i| format!("t{i:03}")).collect();
+    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[256u64][..])).collect();
+    let (_d, ck) = ckpt(&shapes);
+    let mut store = VariableStore::new();
+    for n in &names {
+        store
+            .get_variable(n, &[256], DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "/")])).unwrap();
+    for round in 0..100 {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, i) = (seen.clone(), inside.clone());
+        let options = tfckpt::LoadOptions::new().threads(8).progress(move |p| {
+            use std::sync::atomic::Ordering::SeqCst;
+            assert_eq!(i.fetch_add(1, SeqCst), 0, "two progress calls at once");
+            s.lock().unwrap().push(p);
+            std::thread::yield_now();
+            i.fetch_sub(1, SeqCst);
+        });
+        store.initialize_with(Device::Cpu, &options).unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.windows(2)
+                .all(|w| w[0].bytes_done <= w[1].bytes_done
+                    && w[0].tensors_done <= w[1].tensors_done),
+            "round {round}: {seen:?}"
+        );
+        let last = seen.last().unwrap();
+        assert_eq!(
+            (last.bytes_done, last.tensors_done),
+            (400 * 1024, 400),
+            "round {round}"
+        );
+    }
+}
+
 /// A load whose `CancelToken` is cancelled (here by its own progress callback, after 10 of 50
 /// tensors) stops before the next tensor and changes nothing: the store keeps the values of the
 /// load before it. A token cancelled before the call stops the load before anything is read; a

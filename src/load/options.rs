@@ -16,7 +16,7 @@ pub struct LoadOptions {
     /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
-    /// end); keep it cheap. A GPU load reports once, when it completes. A candle model with `Var`s
+    /// end), one call at a time, each reporting no less than the one before; keep it cheap. A GPU load reports once, when it completes. A candle model with `Var`s
     /// on the host and on GPUs is loaded by a host load, then a GPU load, reported as one: the
     /// totals are both loads' from the first report (one with nothing for the host reports 0%).
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,

@@ -264,6 +264,10 @@ pub(crate) struct Tracker<'a> {
     bytes: AtomicU64,
     tensors: AtomicU64,
     reported: AtomicU64,
+    /// The bytes and tensors of the last report given to `f`, whose calls it also serializes:
+    /// a report that would go back (workers that counted in one order calling in another) is
+    /// not given.
+    given: std::sync::Mutex<(u64, u64)>,
 }
 
 impl<'a> Tracker<'a> {
@@ -279,6 +283,7 @@ impl<'a> Tracker<'a> {
             bytes: AtomicU64::new(0),
             tensors: AtomicU64::new(0),
             reported: AtomicU64::new(0),
+            given: std::sync::Mutex::new((0, 0)),
         }
     }
 
@@ -296,12 +301,18 @@ impl<'a> Tracker<'a> {
                 .compare_exchange(last, done, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         if due || finished {
+            // The last tensor's report is the whole load's, whichever worker's bytes this one's
+            // count has seen yet.
+            let bytes_done = if finished { self.bytes_total } else { done };
+            let mut given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+            if bytes_done < given.0 || tensors < given.1 {
+                return;
+            }
+            *given = (bytes_done, tensors);
             // The trainer's code: not marked as reading for the library (`sigbus`).
             let _paused = crate::base::sigbus::paused();
             f(Progress {
-                // The last tensor's report is the whole load's, whichever worker's bytes this
-                // one's count has seen yet.
-                bytes_done: if finished { self.bytes_total } else { done },
+                bytes_done,
                 bytes_total: self.bytes_total,
                 tensors_done: tensors,
                 tensors_total: self.tensors_total,
