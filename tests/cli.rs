@@ -1643,3 +1643,42 @@ fn json_files_past_the_bound_are_refused_as_such() {
         assert_one_error_line(&o, 1, &format!("{flag} /dev/zero: larger than 256 MiB"));
     }
 }
+
+/// A partitioned tensor saved in part (some of a partitioned variable's parts) is no damage:
+/// `verify` passes, with a warning that it reads only within its slices, and `get` of it whole
+/// fails, naming it; TensorFlow's fixtures give no such warning.
+#[test]
+fn verify_warns_of_a_tensor_saved_in_part() {
+    use tfckpt::{CheckpointWriter, Slice, Tensor, WriterOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+    let part = Tensor::from_f32(&[2, 3], &[1.0; 6]).unwrap();
+    let rows = Slice::from_ranges(&[(0, 2), (0, 3)]);
+    w.add_slice("p", &[6, 3], &rows, (&part).into()).unwrap();
+    w.add("whole", (&part).into()).unwrap();
+    w.finish().unwrap();
+    let o = tfckpt(&["verify", prefix.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "warning: tensor \"p\" [6, 3]: its stored slices [0,2:0,3] hold 6 of its 18 elements; it \
+         reads only within them, never whole\n"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 2 stored tensors and slices, "));
+    let out = tmp.path().join("p.npy");
+    let o = tfckpt(&[
+        "get",
+        prefix.to_str().unwrap(),
+        "p",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&o, 1, "insufficient slices");
+    let o = tfckpt(&["verify", &ckpt_arg("sharded_partitioned")]);
+    assert!(
+        o.status.success() && stderr(&o).is_empty(),
+        "{}",
+        stderr(&o)
+    );
+}

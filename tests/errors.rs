@@ -1625,6 +1625,16 @@ fn only_a_glob_names_the_missing_files_of_a_sharded_v1_save() {
         "{e:#?}"
     );
     assert!(!e.to_string().contains("missing"), "{e}");
+    // That file alone holds 2 of the 4 slices of "p": no damage, a tensor saved in part.
+    let report = first.verify().unwrap();
+    assert_eq!(
+        report.incomplete,
+        [
+            "tensor \"p\" [10, 3]: its stored slices [0,3:0,3, 3,3:0,3] hold 18 of its 30 \
+          elements; it reads only within them, never whole"
+        ]
+    );
+    assert!(all.verify().unwrap().incomplete.is_empty());
     let gone = dir.path().join("model.ckpt-0-00001-of-00002");
     std::fs::remove_file(&gone).unwrap();
     let e = err(Checkpoint::open(dir.path()).unwrap().read(elsewhere));

@@ -197,6 +197,13 @@ fn verify_passes_on_every_fixture() {
             "{}",
             case.display()
         );
+        // TensorFlow saved every part of each partitioned variable.
+        assert!(
+            report.incomplete.is_empty(),
+            "{}: {:?}",
+            case.display(),
+            report.incomplete
+        );
         // An index of a few kilobytes is one data block (TensorFlow's blocks are 256 KiB), and
         // the table's index block is counted with it.
         let index = &ckpt.files()[0];

@@ -135,6 +135,10 @@ pub struct VerifyReport {
     pub blocks: usize,
     /// Every problem found, in file order.
     pub problems: Vec<Error>,
+    /// A note on each partitioned tensor whose stored slices leave part of it uncovered (a save
+    /// of some of a partitioned variable's parts): no damage, but it reads only within its
+    /// slices, never whole (`read`, `partitioned_value`, a safetensors export fail on it).
+    pub incomplete: Vec<String>,
 }
 
 /// The files behind a checkpoint.
@@ -580,7 +584,8 @@ impl Checkpoint {
             .map(drop)
     }
 
-    /// Checks every checksum (and, for V1, every record) and stops at the first problem.
+    /// Checks every checksum (and, for V1, every record), as [`verify_all`](Self::verify_all)
+    /// does, and returns the first problem found as the error.
     pub fn verify(&self) -> Result<VerifyReport> {
         let mut report = self.verify_all();
         if report.problems.is_empty() {
@@ -605,10 +610,12 @@ impl Checkpoint {
                     problems.extend(set.missing_shards());
                 }
                 // Stored slices that overlap (across files, too): TensorFlow refuses to read them.
+                let mut incomplete = Vec::new();
                 for (id, info) in self.infos.iter().enumerate() {
                     if info.is_partitioned() {
-                        if let Err(e) = self.stored_at(id).check_overlaps() {
-                            problems.push(e);
+                        match self.stored_at(id).check_overlaps() {
+                            Err(e) => problems.push(e),
+                            Ok(()) => incomplete.extend(self.uncovered(id)),
                         }
                     }
                 }
@@ -617,6 +624,7 @@ impl Checkpoint {
                     bytes,
                     blocks,
                     problems,
+                    incomplete,
                 }
             }
         }
@@ -639,7 +647,9 @@ impl Checkpoint {
                 })
                 .collect()
         });
-        // Structure of partitioned tensors: slice entries present and consistent, no overlaps.
+        // Structure of partitioned tensors: slice entries present and consistent, no overlaps;
+        // and whether they cover the whole tensor.
+        let mut incomplete = Vec::new();
         for (id, info) in self.infos.iter().enumerate() {
             if !info.is_partitioned() {
                 continue;
@@ -650,8 +660,9 @@ impl Checkpoint {
                     .iter()
                     .try_for_each(|s| stored.entry(b, s).map(drop))
             });
-            if let Err(e) = check {
-                problems.push((None, e)); // after every data problem
+            match check {
+                Err(e) => problems.push((None, e)), // after every data problem
+                Ok(()) => incomplete.extend(self.uncovered(id)),
             }
         }
         problems.sort_by_key(|p| (p.0.is_none(), p.0));
@@ -661,7 +672,29 @@ impl Checkpoint {
             bytes: data.iter().fold(0u64, |n, e| n.saturating_add(e.size)),
             blocks: b.index.blocks + 1,
             problems: problems.into_iter().map(|p| p.1).collect(),
+            incomplete,
         }
+    }
+
+    /// The note of [`VerifyReport::incomplete`] on partitioned tensor `id` (whose stored slices
+    /// do not overlap) if they leave part of it uncovered.
+    fn uncovered(&self, id: usize) -> Option<String> {
+        let info = &self.infos[id];
+        let total = num_elements(&info.shape)?;
+        let pieces = self.stored_at(id).pieces().all();
+        let covered = pieces.iter().fold(0u64, |n, p| {
+            n.saturating_add(p.region.num_elements().unwrap_or(0))
+        });
+        (covered < total).then(|| {
+            let slices: Vec<String> = pieces.iter().map(|p| p.slice.to_string()).collect();
+            format!(
+                "tensor {:?} {:?}: its stored slices [{}] hold {covered} of its {total} \
+                 elements; it reads only within them, never whole",
+                info.name,
+                info.shape,
+                slices.join(", ")
+            )
+        })
     }
 }
 

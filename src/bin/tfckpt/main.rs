@@ -393,6 +393,9 @@ fn verify(ckpt: &Path) -> CliResult {
         };
         return Err(format!("{first}{more}").into());
     }
+    for note in &report.incomplete {
+        note!("warning: {}", tfckpt::escape_controls(note));
+    }
     say!(
         "ok: {} stored tensors and slices, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
         report.tensors,
