@@ -648,6 +648,18 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)> {
                 return Ok((tmp, file, listed));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // The folder, not a temporary name in it, is what is missing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                return Err(match dir.filter(|d| !d.is_dir()) {
+                    Some(dir) => {
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        let what = format!("no such folder (to write {name:?} in)");
+                        Error::io(dir, std::io::Error::new(e.kind(), what))
+                    }
+                    None => Error::io(&tmp, e),
+                });
+            }
             Err(e) => return Err(Error::io(&tmp, e)),
         }
     }
@@ -674,8 +686,17 @@ pub(crate) fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
 }
 
 /// Writes a `checkpoint` state file in `dir` naming `prefix` (stored as given: pass a path relative to
-/// `dir` for a relocatable checkpoint).
+/// `dir` for a relocatable checkpoint). An empty `prefix`, which names no checkpoint (a reader
+/// refuses the file), is refused; `dir` must exist.
 pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Err(ErrorKind::InvalidArgument(
+            "an empty prefix names no checkpoint: a state file with an empty \
+             model_checkpoint_path cannot be read"
+                .into(),
+        )
+        .into());
+    }
     let path = dir.as_ref().join("checkpoint");
     // Quoted as TensorFlow writes it (text format's `CEscape`, not UTF-8): `\t \n \r \" \' \\`,
     // other bytes below 32 or above 126 as `\ooo`, so that any prefix reads back.

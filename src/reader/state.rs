@@ -616,6 +616,27 @@ mod tests {
             text.starts_with("model_checkpoint_path: \"m \\303\\251\\n\\'\\t\\r\"\n"),
             "{text}"
         );
+        // An empty prefix names no checkpoint: refused, and the file as it was.
+        let e = crate::format::writer::write_checkpoint_state(dir.path(), "").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("an empty prefix names no checkpoint"),
+            "{e}"
+        );
+        let after = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+        assert_eq!(after, text);
+        // A folder that is not there is named, not a temporary file in it.
+        let nope = dir.path().join("nope");
+        let e = crate::format::writer::write_checkpoint_state(&nope, "m").unwrap_err();
+        assert!(
+            matches!(e.kind(), crate::ErrorKind::Io { path, .. } if *path == nope),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("nope: no such folder (to write \"checkpoint\" in)"),
+            "{e}"
+        );
     }
 
     /// The parser never panics: 50,000 mutations of a state file (bytes replaced, inserted and
