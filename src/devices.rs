@@ -67,7 +67,7 @@ impl VariableStore {
                 bytes: buf,
                 dtype: typed,
             } = buf.into();
-            let v = self.var_or_err(name)?;
+            let v = self.var_for_buffer(name)?;
             let dtype = options.dtype_at_destination(v.dtype);
             if let Some(t) = typed.filter(|&t| t != dtype) {
                 return Err(ErrorKind::BadVariable {

@@ -258,7 +258,10 @@ impl VariableStore {
     /// [`initialize`](Self::initialize) (or [`fetch_to_host`](Self::fetch_to_host)): every
     /// variable and part under its name (part 2 of `emb` is `emb/part_2`), and the whole value of
     /// every partitioned variable under its own name (`emb`): the names and values of
-    /// `tfckpt init --out DIR`'s `.npy` files, without `.npy`. Each value keeps its dtype.
+    /// `tfckpt init --out DIR`'s `.npy` files, without `.npy`. Each value keeps its dtype. After a
+    /// load spread over ranks ([`LoadOptions::rank`](crate::LoadOptions::rank)), only what this
+    /// rank holds: its own variables and parts, and the whole of each partitioned variable it
+    /// holds every part of.
     ///
     /// A variable safetensors cannot hold (strings, complex numbers, quantized types,
     /// float8_e4m3b11fnuz), or one without a host value, is an error naming it and its dtype, and
@@ -282,7 +285,9 @@ impl VariableStore {
         // After a ranked load, only this rank's variables and parts (and the wholes of the
         // partitioned variables it holds every part of).
         for v in self.variables().filter(|v| !self.is_other_rank(&v.name)) {
-            let t = self.value(&v.name).ok_or_else(|| no_value(&v.name))?;
+            let t = self
+                .value(&v.name)
+                .ok_or_else(|| self.no_host_value(&v.name, " to write"))?;
             let TensorData::Bytes(bytes) = &t.data else {
                 return Err(cannot_write(
                     &v.name,
@@ -349,14 +354,6 @@ fn cannot_write(name: &str, reason: &str) -> Error {
     ErrorKind::BadVariable {
         name: name.into(),
         reason: format!("cannot be written to a safetensors file: {reason}"),
-    }
-    .into()
-}
-
-fn no_value(name: &str) -> Error {
-    ErrorKind::BadVariable {
-        name: name.into(),
-        reason: "has no value on the host to write: initialize it first (or fetch_to_host)".into(),
     }
     .into()
 }

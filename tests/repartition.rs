@@ -283,6 +283,41 @@ fn a_rank_loads_only_what_it_owns() {
     assert!(!store.is_other_rank("bias") && store.value("bias").is_some());
     // This rank's initialization succeeded: the store says so (the other parts are elsewhere).
     assert!(store.is_initialized());
+    // The whole is not here: the error says which part is another rank's.
+    let e = store.partitioned_value("emb").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "variable \"emb/part_0\": has no value here: another rank of the last load \
+         (LoadOptions::rank) owns it"
+    );
+    // Before any load, and after one into the trainer's buffers, the reason is said too.
+    let mut store = store_for();
+    let e = store.partitioned_value("emb").unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("has no value on the host: initialize it first (or fetch_to_host)"),
+        "{e}"
+    );
+    let mut buf = vec![0f32; 10];
+    store
+        .initialize_into(vec![("emb/part_0", &mut buf[..])], &LoadOptions::new())
+        .unwrap();
+    assert_eq!(buf, &values[..10]);
+    let e = store.partitioned_value("emb").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "variable \"emb/part_0\": has no value in the store: the last load put it into the \
+         trainer's buffer (initialize_into), or take_value took it out"
+    );
+    // A buffer for a partitioned variable's own name: its parts are named.
+    let e = store
+        .initialize_into(vec![("emb", &mut buf[..])], &LoadOptions::new())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "variable \"emb\": is a partitioned variable: give a buffer for each of its 4 parts \
+         (\"emb/part_0\", ...)"
+    );
     // A rule of the trainer's own: rank 0 of 2 takes the even parts and nothing else.
     let mut store = store_for();
     let even = |v: &tfckpt::Variable, rank: usize, _world: usize| {

@@ -640,7 +640,7 @@ pub enum ErrorKind {
     },
     /// The load was stopped by its [`CancelToken`](crate::CancelToken) (see
     /// [`LoadOptions::cancel_on`](crate::LoadOptions::cancel_on)); nothing it loaded is kept.
-    #[error("the load was cancelled (its CancelToken was cancelled); no variable was initialized")]
+    #[error("the load was cancelled (its CancelToken was cancelled); nothing of it counts as initialized")]
     Cancelled,
     /// An error about a candle `Var` (feature `candle`): which one, its shape, its TensorFlow name.
     #[error("candle variable {candle:?} ({layout}; TensorFlow name {tensorflow:?}): {source}")]

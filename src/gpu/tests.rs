@@ -798,6 +798,14 @@ fn trainer_buffers_are_loaded_in_place() {
         .unwrap();
     assert_eq!(gpu.device_value(&v.name).unwrap().device_ptr(), ptr);
     assert_same(&cpu, &gpu, "trainer buffer");
+    // The whole of a partitioned variable is the host's, once fetched.
+    let pv = gpu.partitioned_variables().next().unwrap().name.clone();
+    let e = gpu.partitioned_value(&pv).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("is in device memory: fetch_to_host first"),
+        "{e}"
+    );
     // A buffer for a part another rank owns would be left as it was: refused before anything
     // is loaded.
     let mut ranked = store_for(&dir);

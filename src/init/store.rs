@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::initializer::check_init;
 use crate::base::device::{device_list, Device, DeviceBuffer, DeviceTensor};
 use crate::base::dtype::DType;
-use crate::base::error::{ErrorKind, Result};
+use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::{for_each_run, num_elements, Region, Slice, MAX_RANK};
 use crate::base::tensor::{Strings, StringsByRuns, Tensor, TensorData};
 
@@ -427,7 +427,7 @@ impl VariableStore {
     /// ([`LoadOptions::rank`](crate::LoadOptions::rank)), a buffer for a variable that rank does
     /// not own makes the load an error before anything is read.
     pub fn set_device_buffer(&mut self, name: &str, buffer: DeviceBuffer) -> Result<()> {
-        let v = self.var_or_err(name)?;
+        let v = self.var_for_buffer(name)?;
         if v.dtype.size().is_none() {
             return Err(ErrorKind::BadVariable {
                 name: name.into(),
@@ -582,6 +582,50 @@ impl VariableStore {
     }
 
     /// Partitioned variable `name`, or an error naming it with the close names that exist.
+    /// The error for variable `name`, which has no value in host memory, saying why: another
+    /// rank's, on a device, put into the trainer's buffer or taken out, or not initialized yet.
+    /// `doing` says what it was wanted for (`" to write"`).
+    pub(crate) fn no_host_value(&self, name: &str, doing: &str) -> Error {
+        let reason = if self.is_other_rank(name) {
+            format!(
+                "has no value here{doing}: another rank of the last load (LoadOptions::rank) \
+                 owns it"
+            )
+        } else if self.device_values.contains_key(name) {
+            format!("is in device memory{doing}: fetch_to_host first")
+        } else if self.is_initialized() {
+            format!(
+                "has no value in the store{doing}: the last load put it into the trainer's \
+                 buffer (initialize_into), or take_value took it out"
+            )
+        } else {
+            format!("has no value on the host{doing}: initialize it first (or fetch_to_host)")
+        };
+        ErrorKind::BadVariable {
+            name: name.into(),
+            reason,
+        }
+        .into()
+    }
+
+    /// The variable `name` a trainer gives a buffer for: an error naming the parts for a
+    /// partitioned variable's own name (its value is its parts'), as for a name that is none.
+    pub(crate) fn var_for_buffer(&self, name: &str) -> Result<&Variable> {
+        match self.partitioned.get(name) {
+            Some(pv) => Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason: format!(
+                    "is a partitioned variable: give a buffer for each of its {} parts ({:?}, \
+                     ...)",
+                    pv.parts.len(),
+                    pv.parts[0]
+                ),
+            }
+            .into()),
+            None => self.var_or_err(name),
+        }
+    }
+
     fn partitioned_or_err(&self, name: &str) -> Result<&PartitionedVariable> {
         self.partitioned.get(name).ok_or_else(|| {
             ErrorKind::VariableNotFound {
@@ -658,11 +702,10 @@ impl VariableStore {
             .iter()
             .map(|p| {
                 let v = &self.vars[p];
-                let t = self.values.get(p).ok_or_else(|| ErrorKind::BadVariable {
-                    name: p.clone(),
-                    reason: "has no value on the host: initialize it first (or fetch_to_host)"
-                        .into(),
-                })?;
+                let t = self
+                    .values
+                    .get(p)
+                    .ok_or_else(|| self.no_host_value(p, ""))?;
                 let region = v.part.as_ref().map(|i| i.slice(&v.shape).region(&pv.shape));
                 Ok((region.unwrap_or_default(), t))
             })

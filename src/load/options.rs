@@ -82,8 +82,11 @@ impl CancelToken {
     }
 
     /// Stops every load given this token (or a clone): each ends with
-    /// [`ErrorKind::Cancelled`] as soon as its current tensors are done, and leaves its
-    /// variables as they were before the load.
+    /// [`ErrorKind::Cancelled`] as soon as its current tensors are done, and leaves the store's
+    /// variables as they were before the load (nothing of it counts as initialized; the
+    /// trainer's own buffers, given to [`initialize_into`](crate::VariableStore::initialize_into)
+    /// or [`set_device_buffer`](crate::VariableStore::set_device_buffer), may be partly
+    /// written, as on any failed load).
     pub fn cancel(&self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -209,7 +212,8 @@ impl LoadOptions {
         LoadOptions::default()
     }
 
-    /// Use `n` worker threads.
+    /// Use `n` worker threads (`0` is taken as 1; more than 4096 is refused when the load
+    /// starts).
     pub fn threads(mut self, n: usize) -> LoadOptions {
         self.threads = Some(n.max(1));
         self
