@@ -802,6 +802,7 @@ fn init_inline_json_and_device_errors() {
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     let b = npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
     assert_eq!(
         b.data,
@@ -810,6 +811,26 @@ fn init_inline_json_and_device_errors() {
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<_>>()
     );
+    // `get`'s habit, --out FILE.npy: a folder of that name, with a warning saying so (none
+    // once it is there).
+    let npy_out = tmp.path().join("v.npy");
+    for warned in [true, false] {
+        let o = tfckpt_init(
+            &ckpt,
+            model,
+            r#"{"/": "new_scope_1"}"#,
+            npy_out.to_str().unwrap(),
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let warning = format!(
+            "warning: --out {}: made as a folder, holding one .npy file per variable (init writes \
+             a folder, or one .safetensors file)\n",
+            npy_out.display()
+        );
+        assert_eq!(stderr(&o), if warned { warning } else { String::new() });
+        assert!(npy_out.join("head/b.npy").is_file());
+    }
     // --device cuda without a GPU this build can use: a clear error, exit 1, nothing written;
     // also when no variable would land on it (an empty model, or every variable placed on the
     // cpu by MODEL.json).

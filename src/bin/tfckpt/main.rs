@@ -519,6 +519,15 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
             return Err(format!("--out {}: exists and is not a directory", dir.display()).into());
         }
         check_out_names(dir, &store)?;
+        // `get`'s habit (--out FILE.npy) makes a folder of that name here: said, not refused.
+        let npy = dir.extension().is_some_and(|e| e == "npy");
+        if npy && !dir.exists() {
+            note!(
+                "warning: --out {}: made as a folder, holding one .npy file per variable (init \
+                 writes a folder, or one .safetensors file)",
+                tfckpt::escape_controls(&dir.display().to_string())
+            );
+        }
     }
     // A ranked safetensors output: what is at the path now, to refuse at the end to replace
     // what another rank wrote there meanwhile.
