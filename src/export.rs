@@ -637,10 +637,7 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
             std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
         ));
     }
-    let dir: PathBuf = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir: PathBuf = crate::format::writer::folder_of(path).to_path_buf();
     // A folder of its own, removed when dropped: the safetensors writer writes beside the name it
     // is given, under a name of its own, so only a folder holds all that a write leaves when a
     // signal ends the process (listed for `remove_partial_outputs`, until after the folder's own

@@ -520,19 +520,20 @@ impl CheckpointWriter {
         }
         renamed?;
         self.finished = true;
-        let dir = match final_index.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir_after_rename(dir)?;
+        sync_dir_after_rename(folder_of(&final_index))?;
         // The folders made, on disk too: each one's entry in the folder above it.
         for made in &self.made_dirs {
-            match made.parent() {
-                Some(p) if !p.as_os_str().is_empty() => sync_dir_after_rename(p)?,
-                _ => sync_dir_after_rename(Path::new("."))?,
-            }
+            sync_dir_after_rename(folder_of(made))?;
         }
         Ok(())
+    }
+}
+
+/// The folder `path` is in: its parent, or `.` for a bare name (whose parent is the empty path).
+pub(crate) fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -731,4 +732,25 @@ pub fn write_checkpoint_state(dir: impl AsRef<Path>, prefix: &str) -> Result<()>
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::folder_of;
+    use std::path::Path;
+
+    /// A bare name is in `.`, not in the empty path (which no folder call takes).
+    #[test]
+    fn the_folder_of_a_path() {
+        for (path, folder) in [
+            ("m", "."),
+            ("./m", "."),
+            ("a/m", "a"),
+            ("a/b/m.index", "a/b"),
+            ("/m", "/"),
+            ("/a/m", "/a"),
+        ] {
+            assert_eq!(folder_of(Path::new(path)), Path::new(folder), "{path}");
+        }
+    }
 }
