@@ -32,8 +32,8 @@ impl VariableStore {
     /// to it. Those variables then have no [`value`](Self::value) in the store. A buffer for a name
     /// that is no variable, of the wrong size, a second buffer for one variable, or, in a load
     /// spread over ranks ([`LoadOptions::rank`]), one for a variable this rank does not own, is
-    /// an error before anything is read. On an error nothing of this load counts as initialized, and the
-    /// buffers' contents are unspecified (partly written).
+    /// an error before anything is read. On an error nothing of this load counts as initialized,
+    /// and the buffers' contents are unspecified (partly written).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;

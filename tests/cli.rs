@@ -812,8 +812,17 @@ fn init_inline_json_and_device_errors() {
             .collect::<Vec<_>>()
     );
     // `get`'s habit, --out FILE.npy: a folder of that name, with a warning saying so (none
-    // once it is there).
+    // once it is there, and none on a failure: its one error line only).
     let npy_out = tmp.path().join("v.npy");
+    let o = tfckpt_init(
+        &ckpt,
+        model,
+        r#"{"no_such_tensor": "head/b"}"#,
+        npy_out.to_str().unwrap(),
+        &[],
+    );
+    assert_one_error_line(&o, 1, "no_such_tensor");
+    assert!(!npy_out.exists());
     for warned in [true, false] {
         let o = tfckpt_init(
             &ckpt,
@@ -1678,15 +1687,23 @@ fn verify_warns_of_a_tensor_saved_in_part() {
     let rows = Slice::from_ranges(&[(0, 2), (0, 3)]);
     w.add_slice("p", &[6, 3], &rows, (&part).into()).unwrap();
     w.add("whole", (&part).into()).unwrap();
+    // Of one stored in many slices, the first 8 are named.
+    let row = Tensor::from_f32(&[1], &[2.0]).unwrap();
+    for i in 0..9 {
+        let at = Slice::from_ranges(&[(i * 2, 1)]);
+        w.add_slice("q", &[20], &at, (&row).into()).unwrap();
+    }
     w.finish().unwrap();
     let o = tfckpt(&["verify", prefix.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stderr(&o),
         "warning: tensor \"p\" [6, 3]: its stored slices [0,2:0,3] hold 6 of its 18 elements; it \
-         reads only within them, never whole\n"
+         reads only within them, never whole\n\
+         warning: tensor \"q\" [20]: its stored slices [0,1, 2,1, 4,1, 6,1, 8,1, 10,1, 12,1, \
+         14,1, ... 9 in all] hold 9 of its 20 elements; it reads only within them, never whole\n"
     );
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 2 stored tensors and slices, "));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 11 stored tensors and slices, "));
     let out = tmp.path().join("p.npy");
     let o = tfckpt(&[
         "get",

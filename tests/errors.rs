@@ -1332,6 +1332,21 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             && !e.to_string().contains("tempstate"),
         "{e}"
     );
+    // The file itself where the folder should be: named, as no folder.
+    let e = err(CheckpointWriter::create(
+        dir.path().join("a-file").join("m"),
+        WriterOptions::default(),
+    ));
+    let file = dir.path().join("a-file");
+    assert!(
+        matches!(e.kind(), ErrorKind::Io { path, .. } if *path == file),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .ends_with("a-file: making the checkpoint's folder: it is no folder"),
+        "{e}"
+    );
     // The block size's bound itself is taken (the writer is dropped: nothing is written).
     let blocks = WriterOptions {
         block_size: 1 << 30,

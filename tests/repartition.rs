@@ -385,7 +385,7 @@ fn a_rank_loads_only_what_it_owns() {
     assert!(
         matches!(e.kind(), ErrorKind::BadVariable { name, reason } if name == "emb/part_2"
             && reason == "a buffer is given for it, but rank 1 of 3 does not own it \
-                (LoadOptions::ownership): a rank loads only its own variables and parts, and \
+                (LoadOptions::rank): a rank loads only its own variables and parts, and \
                 would leave the buffer as it was"),
         "{e}"
     );

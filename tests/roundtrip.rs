@@ -287,4 +287,13 @@ fn the_writer_makes_the_prefixs_folders_and_removes_them_unfinished() {
     assert!(!dir.path().join("a/e/f").exists());
     assert!(dir.path().join("a/e/other").is_file());
     assert!(dir.path().join("a/b/model.ckpt-1.index").is_file());
+    // A prefix ending in a separator names the folder its files go in (`g/.index`), as
+    // TensorFlow's writer makes it.
+    let mut slash = dir.path().join("g").into_os_string();
+    slash.push(std::path::MAIN_SEPARATOR_STR);
+    let mut w = CheckpointWriter::create(&slash, WriterOptions::default()).unwrap();
+    w.add("x", (&one).into()).unwrap();
+    w.finish().unwrap();
+    assert!(dir.path().join("g/.index").is_file());
+    assert!(dir.path().join("g/.data-00000-of-00001").is_file());
 }

@@ -186,9 +186,9 @@ impl CheckpointWriter {
             failed: None,
         };
         // Made into the writer one by one, so that a failure drops it and removes the ones made.
-        if let Some(dir) = writer.prefix.parent() {
-            make_dirs(dir, &mut writer.made_dirs)?;
-        }
+        // The folder the files go in (`prefix/` names one, as its files `prefix/.index` do).
+        let first = data_path(&writer.prefix, 0, writer.options.num_shards);
+        make_dirs(folder_of(&first), &mut writer.made_dirs)?;
         // Pushed one by one into the writer, so that a shard that cannot be created drops it and
         // the writer removes the ones made before.
         for i in 0..writer.options.num_shards {
@@ -521,9 +521,10 @@ impl CheckpointWriter {
         renamed?;
         self.finished = true;
         sync_dir_after_rename(folder_of(&final_index))?;
-        // The folders made, on disk too: each one's entry in the folder above it.
+        // The folders made, on disk too where the system lets it: each one's entry in the folder
+        // above it (one this process may write into but not read cannot be opened to sync).
         for made in &self.made_dirs {
-            sync_dir_after_rename(folder_of(made))?;
+            let _ = sync_dir(folder_of(made));
         }
         Ok(())
     }
@@ -591,29 +592,47 @@ impl Drop for CheckpointWriter {
 }
 
 /// Makes the missing folders of `dir` (as `create_dir_all` does), outermost first, pushing each
-/// one made onto `made`. One that exists (made meanwhile by another process) is taken as it is;
-/// an error names the folder that could not be made.
+/// one made onto `made`. One that exists (made meanwhile by another process) is taken as it is,
+/// and one that goes away meanwhile (another writer's, removed unfinished) is made again; an
+/// error names the folder that could not be made, or the path in the way that is no folder.
 fn make_dirs(dir: &Path, made: &mut Vec<PathBuf>) -> Result<()> {
-    let mut missing = Vec::new();
-    let mut d = dir;
-    while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
-        missing.push(d);
-        match d.parent() {
-            Some(p) => d = p,
-            None => break,
-        }
-    }
-    for m in missing.into_iter().rev() {
-        match std::fs::create_dir(m) {
-            Ok(()) => made.push(m.to_path_buf()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
-            Err(e) => {
-                let what = format!("making the checkpoint's folder: {e}");
-                return Err(Error::io(m, std::io::Error::new(e.kind(), what)));
+    let refuse = |m: &Path, kind: std::io::ErrorKind, e: &dyn std::fmt::Display| -> Error {
+        let what = format!("making the checkpoint's folder: {e}");
+        Error::io(m, std::io::Error::new(kind, what))
+    };
+    'walk: for _ in 0..8 {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
+            missing.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
             }
         }
+        for m in missing.into_iter().rev() {
+            match std::fs::create_dir(m) {
+                Ok(()) => made.push(m.to_path_buf()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
+                // A folder above it went away since the look: look again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'walk,
+                Err(e) => return Err(refuse(m, e.kind(), &e)),
+            }
+        }
+        if dir.as_os_str().is_empty() || dir.is_dir() {
+            return Ok(());
+        }
+        return Err(refuse(
+            dir,
+            std::io::ErrorKind::NotADirectory,
+            &"it is no folder",
+        ));
     }
-    Ok(())
+    Err(refuse(
+        dir,
+        std::io::ErrorKind::NotFound,
+        &"its folders kept going away",
+    ))
 }
 
 /// Renames `from` to `to`; an error names both (`from` may be what is missing).

@@ -449,7 +449,6 @@ impl<L: Link> GpuDestination<'_, L> {
 
 impl<L: Link> Destination for GpuDestination<'_, L> {
     fn prepare(&mut self, vars: &[&Variable], options: &LoadOptions) -> Result<()> {
-        options.check_buffers_owned(self.buffers.keys().map(String::as_str), vars)?;
         for v in vars {
             let devs = self.device_indices(v)?;
             if devs.is_empty() {

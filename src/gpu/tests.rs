@@ -822,6 +822,20 @@ fn trainer_buffers_are_loaded_in_place() {
         "{err}"
     );
     assert!(!ranked.is_initialized());
+    // Also where the rank owns nothing on a GPU (the other variables here in host memory, no
+    // part its own), so that its load runs on the host: no GPU is asked for, and the buffer is
+    // still refused.
+    ranked.place_with(|v| v.part.is_none().then_some(Device::Cpu));
+    let options = LoadOptions::new().rank(999, 1000);
+    let err = ranked
+        .initialize_with(Device::Cuda(0), &options)
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::BadVariable { name, reason }
+            if *name == v.name && reason.contains("rank 999 of 1000 does not own it")),
+        "{err}"
+    );
+    assert!(!ranked.is_initialized());
     assert!(gpu
         .set_device_buffer(
             "no/such",

@@ -581,7 +581,6 @@ impl VariableStore {
         }
     }
 
-    /// Partitioned variable `name`, or an error naming it with the close names that exist.
     /// The error for variable `name`, which has no value in host memory, saying why: another
     /// rank's, on a device, put into the trainer's buffer or taken out, or not initialized yet.
     /// `doing` says what it was wanted for (`" to write"`).
@@ -626,6 +625,7 @@ impl VariableStore {
         }
     }
 
+    /// Partitioned variable `name`, or an error naming it with the close names that exist.
     fn partitioned_or_err(&self, name: &str) -> Result<&PartitionedVariable> {
         self.partitioned.get(name).ok_or_else(|| {
             ErrorKind::VariableNotFound {

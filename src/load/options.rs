@@ -16,7 +16,8 @@ pub struct LoadOptions {
     /// 64, since its tensors wait on the network rather than on a core). `Some(0)` is refused.
     pub threads: Option<usize>,
     /// Called from worker threads as tensors complete (about every 0.5% of the bytes, and at the
-    /// end), one call at a time, each reporting no less than the one before; keep it cheap. A GPU load reports once, when it completes. A candle model with `Var`s
+    /// end); within a load one call at a time, each reporting no less than the one before.
+    /// Keep it cheap. A GPU load reports once, when it completes. A candle model with `Var`s
     /// on the host and on GPUs is loaded by a host load, then a GPU load, reported as one: the
     /// totals are both loads' from the first report (one with nothing for the host reports 0%).
     pub progress: Option<std::sync::Arc<dyn Fn(Progress) + Send + Sync>>,
@@ -293,24 +294,25 @@ impl LoadOptions {
     }
 
     /// Refuses a trainer's buffer (`names`, host or device) for a variable this rank does not
-    /// own: the load would leave it as it was, silently. `vars` are the variables it owns.
+    /// own: the load would leave it as it was, silently. `vars` are the variables it owns; the
+    /// error names the first such variable by name.
     pub(crate) fn check_buffers_owned<'n>(
         &self,
-        mut names: impl Iterator<Item = &'n str>,
+        names: impl Iterator<Item = &'n str>,
         vars: &[&Variable],
     ) -> Result<()> {
         let Some((rank, world)) = self.rank else {
             return Ok(());
         };
         let owned: std::collections::HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
-        match names.find(|n| !owned.contains(n)) {
+        match names.filter(|n| !owned.contains(n)).min() {
             None => Ok(()),
             Some(name) => Err(ErrorKind::BadVariable {
                 name: name.into(),
                 reason: format!(
                     "a buffer is given for it, but rank {rank} of {world} does not own it \
-                     (LoadOptions::ownership): a rank loads only its own variables and parts, \
-                     and would leave the buffer as it was"
+                     (LoadOptions::rank): a rank loads only its own variables and parts, and \
+                     would leave the buffer as it was"
                 ),
             }
             .into()),

@@ -103,6 +103,9 @@ pub(crate) fn run<D: Destination>(
     let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
         store.vars.values().partition(|v| options.owns(v));
     drop(owned);
+    // The trainer's device buffers for another rank's variables would be left as they were,
+    // whichever destination runs (a rank that owns nothing on a GPU loads on the host).
+    options.check_buffers_owned(store.device_buffers.keys().map(String::as_str), &vars)?;
     let mine: std::collections::HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
     let pending: Vec<PendingRead<'_>> = store
         .planned_pending(&ids)

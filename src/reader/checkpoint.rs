@@ -137,7 +137,7 @@ pub struct VerifyReport {
     pub problems: Vec<Error>,
     /// A note on each partitioned tensor whose stored slices leave part of it uncovered (a save
     /// of some of a partitioned variable's parts): no damage, but it reads only within its
-    /// slices, never whole (`read`, `partitioned_value`, a safetensors export fail on it).
+    /// slices, never whole (`read` and a safetensors export fail on it).
     pub incomplete: Vec<String>,
 }
 
@@ -686,7 +686,12 @@ impl Checkpoint {
             n.saturating_add(p.region.num_elements().unwrap_or(0))
         });
         (covered < total).then(|| {
-            let slices: Vec<String> = pieces.iter().map(|p| p.slice.to_string()).collect();
+            // The first 8 (a tensor may be stored in thousands).
+            let mut slices: Vec<String> =
+                pieces.iter().take(8).map(|p| p.slice.to_string()).collect();
+            if pieces.len() > 8 {
+                slices.push(format!("... {} in all", pieces.len()));
+            }
             format!(
                 "tensor {:?} {:?}: its stored slices [{}] hold {covered} of its {total} \
                  elements; it reads only within them, never whole",

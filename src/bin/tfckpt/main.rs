@@ -519,16 +519,12 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
             return Err(format!("--out {}: exists and is not a directory", dir.display()).into());
         }
         check_out_names(dir, &store)?;
-        // `get`'s habit (--out FILE.npy) makes a folder of that name here: said, not refused.
-        let npy = dir.extension().is_some_and(|e| e == "npy");
-        if npy && !dir.exists() {
-            note!(
-                "warning: --out {}: made as a folder, holding one .npy file per variable (init \
-                 writes a folder, or one .safetensors file)",
-                tfckpt::escape_controls(&dir.display().to_string())
-            );
-        }
     }
+    // `get`'s habit (--out FILE.npy) makes a folder of that name here: said (after success),
+    // not refused.
+    let npy_folder = out
+        .filter(|d| !to_safetensors && !d.exists())
+        .filter(|d| d.extension().is_some_and(|e| e == "npy"));
     // A ranked safetensors output: what is at the path now, to refuse at the end to replace
     // what another rank wrote there meanwhile.
     let before = out
@@ -572,6 +568,13 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     // Only after success: a failure prints its one `error:` line and nothing else.
     for w in &call.warnings {
         note!("warning: {}", tfckpt::escape_controls(w));
+    }
+    if let Some(dir) = npy_folder {
+        note!(
+            "warning: --out {}: made as a folder, holding one .npy file per variable (init \
+             writes a folder, or one .safetensors file)",
+            tfckpt::escape_controls(&dir.display().to_string())
+        );
     }
     say!("tfckpt init: {report}")?;
     Ok(())

@@ -303,23 +303,31 @@ pub fn map_from_value(v: &Value) -> Result<AssignmentMap> {
     Ok(map)
 }
 
-/// "unknown dtype" for `name`, with the closest dtype name a variable can have where one is a
-/// slip away (`flaot32`, `Float32`), and the list of them where none is.
+/// "unknown dtype" for `name`, with the closest dtype names a variable can have where some are a
+/// slip away (`flaot32`, `Float32`; every one as close, `int` for `int2`, `int4` and `int8`),
+/// and the list of them where none is.
 fn unknown_dtype(name: &str) -> String {
-    let names = DType::ALL
+    let mut all: Vec<&str> = DType::ALL
         .iter()
         .filter(|&&d| d != DType::Variant)
-        .map(|d| d.name());
-    let close = names
-        .clone()
-        .map(|n| (strsim::levenshtein(&name.to_ascii_lowercase(), n), n))
-        .filter(|&(d, _)| d <= 2)
-        .min();
-    let mut all: Vec<&str> = names.collect();
+        .map(|d| d.name())
+        .collect();
     all.sort_unstable();
-    match close {
-        Some((_, n)) => format!("unknown dtype {name:?}; did you mean {n:?}?"),
-        None => format!("unknown dtype {name:?}; expected one of {}", all.join(", ")),
+    let lower = name.to_ascii_lowercase();
+    let distance = |n: &str| strsim::levenshtein(&lower, n);
+    let best = all.iter().map(|n| distance(n)).min().unwrap_or(usize::MAX);
+    let close: Vec<String> = all
+        .iter()
+        .filter(|n| best <= 2 && distance(n) == best)
+        .map(|n| format!("{n:?}"))
+        .collect();
+    match close.as_slice() {
+        [] => format!("unknown dtype {name:?}; expected one of {}", all.join(", ")),
+        [one] => format!("unknown dtype {name:?}; did you mean {one}?"),
+        several => format!(
+            "unknown dtype {name:?}; did you mean one of {}?",
+            several.join(", ")
+        ),
     }
 }
 #[cfg(test)]
@@ -359,6 +367,14 @@ mod tests {
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "Float16"}]}"#,
                 r#"unknown dtype "Float16"; did you mean "float16"?"#,
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "int"}]}"#,
+                r#"unknown dtype "int"; did you mean one of "int2", "int4", "int8"?"#,
+            ),
+            (
+                r#"{"variables": [{"name": "a", "shape": [1], "dtype": "FLOAT"}]}"#,
+                r#"unknown dtype "FLOAT"; did you mean one of "float16", "float32", "float64"?"#,
             ),
             (
                 r#"{"variables": [{"name": "a", "shape": [1], "dtype": "tensor"}]}"#,
