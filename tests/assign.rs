@@ -28,6 +28,23 @@ fn ckpt(tensors: &[(&str, &[u64])]) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, prefix)
 }
 
+/// A checkpoint of `n` float32 tensors `t000`, `t001`... of `len` elements, and a store of as
+/// many variables under `new/`, each mapped to its tensor (`{"/": "new/"}`).
+fn mapped_store(n: usize, len: u64) -> (tempfile::TempDir, VariableStore) {
+    let names: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
+    let shape = [len];
+    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &shape[..])).collect();
+    let (dir, ck) = ckpt(&shapes);
+    let mut store = VariableStore::new();
+    for n in &names {
+        store
+            .get_variable(&format!("new/{n}"), &shape, DType::F32, Init::Zeros)
+            .unwrap();
+    }
+    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "new/")])).unwrap();
+    (dir, store)
+}
+
 /// A shape with a dimension of 0 cannot be partitioned, as in TensorFlow 2.21 (`get_variable`
 /// with a partitioner: "Expected 0 <= offset < shape but found offset=0, shape=0"); parts such as
 /// `[0, 2]`, or `[1, 0]` twice, were made.
@@ -488,16 +505,7 @@ fn initialize_refuses_a_tensor_rewritten_with_another_shape_or_dtype() {
 
 #[test]
 fn progress_and_threads() {
-    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
-    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[1000u64][..])).collect();
-    let (_d, ck) = ckpt(&shapes);
-    let mut store = VariableStore::new();
-    for n in &names {
-        store
-            .get_variable(&format!("new/{n}"), &[1000], DType::F32, Init::Zeros)
-            .unwrap();
-    }
-    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "new/")])).unwrap();
+    let (_d, mut store) = mapped_store(50, 1000);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     let options = tfckpt::LoadOptions::new()
@@ -536,16 +544,7 @@ fn progress_and_threads() {
 /// and the last one is the whole load's.
 #[test]
 fn progress_from_many_threads_never_goes_back() {
-    let names: Vec<String> = (0..400).map(|i| format!("t{i:03}")).collect();
-    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[256u64][..])).collect();
-    let (_d, ck) = ckpt(&shapes);
-    let mut store = VariableStore::new();
-    for n in &names {
-        store
-            .get_variable(n, &[256], DType::F32, Init::Zeros)
-            .unwrap();
-    }
-    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "/")])).unwrap();
+    let (_d, mut store) = mapped_store(400, 256);
     for round in 0..100 {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -580,19 +579,10 @@ fn progress_from_many_threads_never_goes_back() {
 /// load without it then runs as usual.
 #[test]
 fn a_cancelled_load_stops_and_changes_nothing() {
-    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
-    let shapes: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[1000u64][..])).collect();
-    let (_d, ck) = ckpt(&shapes);
-    let mut store = VariableStore::new();
-    for n in &names {
-        store
-            .get_variable(&format!("new/{n}"), &[1000], DType::F32, Init::Zeros)
-            .unwrap();
-    }
+    let (_d, mut store) = mapped_store(50, 1000);
     store
         .get_variable("other", &[2], DType::F32, Init::Ones)
         .unwrap();
-    init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("/", "new/")])).unwrap();
     let cancelled_after = |token: &tfckpt::CancelToken, at: u64| {
         let (token, seen) = (token.clone(), std::sync::Arc::new(AtomicU64::new(0)));
         let s = seen.clone();
@@ -627,12 +617,12 @@ fn a_cancelled_load_stops_and_changes_nothing() {
     assert_eq!(report.variables, 51);
     assert_eq!((report.from_checkpoint, report.from_initializer), (50, 1));
     let value = |store: &VariableStore, n: &str| store.value(n).unwrap().to_f32().unwrap();
-    assert_eq!(value(&store, "new/t07")[..2], [7000.0, 7001.0]);
+    assert_eq!(value(&store, "new/t007")[..2], [7000.0, 7001.0]);
     let (options, _) = cancelled_after(&tfckpt::CancelToken::new(), 3);
     let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
     assert!(is_cancelled(&e), "{e:?}");
     assert!(store.is_initialized());
-    assert_eq!(value(&store, "new/t07")[..2], [7000.0, 7001.0]);
+    assert_eq!(value(&store, "new/t007")[..2], [7000.0, 7001.0]);
     assert_eq!(value(&store, "other"), [1.0, 1.0]);
 }
 
