@@ -758,6 +758,32 @@ mod tests {
     use super::folder_of;
     use std::path::Path;
 
+    /// The header of the index, decoded.
+    fn header(index: &Path) -> super::proto::BundleHeaderProto {
+        use prost::Message;
+        let bytes = std::fs::read(index).unwrap();
+        let table = crate::format::sstable::Table::open(index, &bytes).unwrap();
+        let header = table.get(b"").unwrap().unwrap();
+        super::proto::BundleHeaderProto::decode(&*header).unwrap()
+    }
+
+    /// The index's header is the one TensorFlow writes (its version's producer 1 included),
+    /// field for field, against a fixture TensorFlow saved in one shard.
+    #[test]
+    fn the_header_is_tensorflows() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tf/h1_basic");
+        let tf = header(&fixture.join("model-0.index"));
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("m");
+        let mut w = super::CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        let one = crate::Tensor::from_f32(&[1], &[1.0]).unwrap();
+        w.add("x", (&one).into()).unwrap();
+        w.finish().unwrap();
+        let ours = header(&super::index_path(&prefix));
+        assert_eq!(ours, tf);
+        assert_eq!(ours.version.map(|v| v.producer), Some(1));
+    }
+
     /// A bare name is in `.`, not in the empty path (which no folder call takes).
     #[test]
     fn the_folder_of_a_path() {
