@@ -1324,11 +1324,14 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
     ));
     let folder = dir.path().join("a-file").join("sub");
     assert!(
-        matches!(e.kind(), ErrorKind::Io { path, .. } if *path == folder),
+        matches!(e.kind(), ErrorKind::Io { path, source } if *path == folder
+            && source.kind() == std::io::ErrorKind::NotADirectory),
         "{e:?}"
     );
+    // The system's own words, from the `create_dir` that failed.
     assert!(
-        e.to_string().contains("making the checkpoint's folder")
+        e.to_string()
+            .contains("making the checkpoint's folder: Not a directory")
             && !e.to_string().contains("tempstate"),
         "{e}"
     );
