@@ -1687,11 +1687,14 @@ fn verify_warns_of_a_tensor_saved_in_part() {
     let rows = Slice::from_ranges(&[(0, 2), (0, 3)]);
     w.add_slice("p", &[6, 3], &rows, (&part).into()).unwrap();
     w.add("whole", (&part).into()).unwrap();
-    // Of one stored in many slices, the first 8 are named.
+    // Of one stored in many slices, the first 8 are named (all of 8).
     let row = Tensor::from_f32(&[1], &[2.0]).unwrap();
     for i in 0..9 {
         let at = Slice::from_ranges(&[(i * 2, 1)]);
         w.add_slice("q", &[20], &at, (&row).into()).unwrap();
+        if i < 8 {
+            w.add_slice("r", &[20], &at, (&row).into()).unwrap();
+        }
     }
     w.finish().unwrap();
     let o = tfckpt(&["verify", prefix.to_str().unwrap()]);
@@ -1701,9 +1704,11 @@ fn verify_warns_of_a_tensor_saved_in_part() {
         "warning: tensor \"p\" [6, 3]: its stored slices [0,2:0,3] hold 6 of its 18 elements; it \
          reads only within them, never whole\n\
          warning: tensor \"q\" [20]: its stored slices [0,1, 2,1, 4,1, 6,1, 8,1, 10,1, 12,1, \
-         14,1, ... 9 in all] hold 9 of its 20 elements; it reads only within them, never whole\n"
+         14,1, ... 9 in all] hold 9 of its 20 elements; it reads only within them, never whole\n\
+         warning: tensor \"r\" [20]: its stored slices [0,1, 2,1, 4,1, 6,1, 8,1, 10,1, 12,1, \
+         14,1] hold 8 of its 20 elements; it reads only within them, never whole\n"
     );
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 11 stored tensors and slices, "));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 19 stored tensors and slices, "));
     let out = tmp.path().join("p.npy");
     let o = tfckpt(&[
         "get",
