@@ -330,6 +330,7 @@ fn unknown_dtype(name: &str) -> String {
         ),
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
