@@ -794,13 +794,10 @@ fn init_inline_json_and_device_errors() {
     let model = r#"{"variables": [{"name": "new_scope_1/var1", "shape": [1, 10], "dtype": "float32"}, {"name": "head/b", "shape": [2], "dtype": "float32", "initializer": {"constant": 0.5}}]}"#;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let o = tfckpt_init(
-        &ckpt,
-        model,
-        r#"{"/": "new_scope_1"}"#,
-        out.to_str().unwrap(),
-        &[],
-    );
+    let init_to = |map: &str, out: &std::path::Path| {
+        tfckpt_init(&ckpt, model, map, out.to_str().unwrap(), &[])
+    };
+    let o = init_to(r#"{"/": "new_scope_1"}"#, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
     let b = npy::read(std::fs::File::open(out.join("head/b.npy")).unwrap()).unwrap();
@@ -814,23 +811,11 @@ fn init_inline_json_and_device_errors() {
     // `get`'s habit, --out FILE.npy: a folder of that name, with a warning saying so (none
     // once it is there, and none on a failure: its one error line only).
     let npy_out = tmp.path().join("v.npy");
-    let o = tfckpt_init(
-        &ckpt,
-        model,
-        r#"{"no_such_tensor": "head/b"}"#,
-        npy_out.to_str().unwrap(),
-        &[],
-    );
+    let o = init_to(r#"{"no_such_tensor": "head/b"}"#, &npy_out);
     assert_one_error_line(&o, 1, "no_such_tensor");
     assert!(!npy_out.exists());
     for warned in [true, false] {
-        let o = tfckpt_init(
-            &ckpt,
-            model,
-            r#"{"/": "new_scope_1"}"#,
-            npy_out.to_str().unwrap(),
-            &[],
-        );
+        let o = init_to(r#"{"/": "new_scope_1"}"#, &npy_out);
         assert!(o.status.success(), "{}", stderr(&o));
         let warning = format!(
             "warning: --out {}: made as a folder, holding one .npy file per variable (init writes \
