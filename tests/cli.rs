@@ -26,6 +26,11 @@ fn tfckpt_init(ckpt: &str, model: &str, map: &str, out: &str, extra: &[&str]) ->
     tfckpt(&[&args[..], extra].concat())
 }
 
+/// `tfckpt get CKPT NAME --out OUT`.
+fn tfckpt_get(ckpt: &str, name: &str, out: &str) -> Output {
+    tfckpt(&["get", ckpt, name, "--out", out])
+}
+
 fn ckpt_arg(case: &str) -> String {
     ckpt_path(case).to_string_lossy().into_owned()
 }
@@ -100,13 +105,7 @@ fn get_writes_tensorflow_values() {
                 continue; // strings: compared in tf_fixtures
             }
             let file = out.path().join(format!("{n}.npy"));
-            let o = tfckpt(&[
-                "get",
-                &ckpt_arg(case),
-                name,
-                "--out",
-                file.to_str().unwrap(),
-            ]);
+            let o = tfckpt_get(&ckpt_arg(case), name, file.to_str().unwrap());
             assert!(o.status.success(), "{case} {name}: {}", stderr(&o));
             let got = npy::read(std::fs::File::open(&file).unwrap()).unwrap();
             let want = npy::read(std::fs::File::open(&want).unwrap()).unwrap();
@@ -142,13 +141,7 @@ fn get_reads_sub_byte_integers_from_their_low_bits_only() {
     ];
     for (name, values) in want {
         let out = tmp.path().join(format!("{name}.npy"));
-        let o = tfckpt(&[
-            "get",
-            prefix.to_str().unwrap(),
-            name,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = tfckpt_get(prefix.to_str().unwrap(), name, out.to_str().unwrap());
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let got = npy::read(std::fs::File::open(&out).unwrap()).unwrap();
         let want: Vec<u8> = values.iter().map(|&v| v as u8).collect();
@@ -224,13 +217,7 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
         gone.display()
     );
     for tensor in ["s", "p"] {
-        let o = tfckpt(&[
-            "get",
-            tmp.path().to_str().unwrap(),
-            tensor,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = tfckpt_get(tmp.path().to_str().unwrap(), tensor, out.to_str().unwrap());
         assert_one_error_line(&o, 1, &missing);
     }
     let o = tfckpt_init(
@@ -459,13 +446,7 @@ fn a_closed_stdout_pipe_ends_by_sigpipe_without_an_error_line() {
 fn errors_exit_1_with_one_line_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.npy");
-    let o = tfckpt(&[
-        "get",
-        &ckpt_arg("h1_basic"),
-        "var5",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = tfckpt_get(&ckpt_arg("h1_basic"), "var5", out.to_str().unwrap());
     assert_one_error_line(&o, 1, "\"var5\"");
     assert!(stderr(&o).contains("did you mean"));
     assert!(!out.exists());
@@ -538,13 +519,7 @@ fn flags_take_their_value_after_an_equals_sign_too() {
     let ckpt = ckpt_arg("h1_basic");
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a.npy"), tmp.path().join("b.npy"));
-    let spaced = tfckpt(&[
-        "get",
-        &ckpt,
-        "useful_scope/var4",
-        "--out",
-        a.to_str().unwrap(),
-    ]);
+    let spaced = tfckpt_get(&ckpt, "useful_scope/var4", a.to_str().unwrap());
     assert!(spaced.status.success(), "{}", stderr(&spaced));
     let out = format!("--out={}", b.display());
     let joined = tfckpt(&["get", &ckpt, "useful_scope/var4", &out]);
@@ -624,13 +599,11 @@ fn demo_runs_on_a_small_size() {
     assert!(tfckpt(&["verify", keep.to_str().unwrap()]).status.success());
     // The float16 gamma: 1 + i/1024, exact in float16 (0x3c00 + i).
     let gamma = tmp.path().join("gamma.npy");
-    let o = tfckpt(&[
-        "get",
+    let o = tfckpt_get(
         keep.to_str().unwrap(),
         "encoder/layer_0/layer_norm/gamma",
-        "--out",
         gamma.to_str().unwrap(),
-    ]);
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let got = npy::read(std::fs::File::open(&gamma).unwrap()).unwrap();
     let want: Vec<u8> = (0..1024u16)
@@ -922,11 +895,11 @@ fn init_inline_json_and_device_errors() {
     // A file name near the 255-byte limit is written: the temporary name is short (it was the
     // name with a prefix and a suffix, too long for the file system).
     let long = damaged.path().join(format!("{}.npy", "n".repeat(246)));
-    let o = tfckpt(&["get", &ckpt, "var1", "--out", long.to_str().unwrap()]);
+    let o = tfckpt_get(&ckpt, "var1", long.to_str().unwrap());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(long.is_file());
     // A file that cannot be written is named as given, not by its temporary name.
-    let o = tfckpt(&["get", &ckpt, "var1", "--out", "/proc/x.npy"]);
+    let o = tfckpt_get(&ckpt, "var1", "/proc/x.npy");
     assert_one_error_line(&o, 1, "/proc/x.npy: ");
     assert!(!stderr(&o).contains(".tmp"), "{}", stderr(&o));
     // cli.md's `--out DIR` is required: without it (or --no-out), a usage error; with both, too.
@@ -1537,7 +1510,7 @@ fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
     b.f32("deep", &[1; 65], &[2.5]);
     let prefix = b.finish();
     let (ckpt, out) = (prefix.to_str().unwrap(), tmp.path().join("deep.npy"));
-    let o = tfckpt(&["get", ckpt, "deep", "--out", out.to_str().unwrap()]);
+    let o = tfckpt_get(ckpt, "deep", out.to_str().unwrap());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -1571,7 +1544,7 @@ fn a_tensor_numpy_cannot_hold_is_an_error_naming_it() {
     let prefix = b.finish();
     let ckpt = prefix.to_str().unwrap();
     let out = tmp.path().join("edge.npy");
-    let o = tfckpt(&["get", ckpt, "edge", "--out", out.to_str().unwrap()]);
+    let o = tfckpt_get(ckpt, "edge", out.to_str().unwrap());
     assert!(o.status.success(), "{}", stderr(&o));
     let model = format!(
         r#"{{"variables": [{{"name": "v/edge", "shape": {:?}, "dtype": "float32"}}]}}"#,
@@ -1695,13 +1668,7 @@ fn verify_warns_of_a_tensor_saved_in_part() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok: 19 stored tensors and slices, "));
     let out = tmp.path().join("p.npy");
-    let o = tfckpt(&[
-        "get",
-        prefix.to_str().unwrap(),
-        "p",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = tfckpt_get(prefix.to_str().unwrap(), "p", out.to_str().unwrap());
     assert_one_error_line(&o, 1, "insufficient slices");
     let o = tfckpt(&["verify", &ckpt_arg("sharded_partitioned")]);
     assert!(
