@@ -29,6 +29,11 @@ pub(crate) trait Destination {
     /// Prepares memory for every variable the load sets, before anything is read.
     fn prepare(&mut self, vars: &[&Variable], options: &LoadOptions) -> Result<()>;
 
+    /// The variables the trainer gave this destination buffers for (none by default).
+    fn buffer_names(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
     /// Loads every planned read. Adds what it read to `report` (`stored_reads`, `bytes`,
     /// `mapped_bytes`).
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()>;
@@ -103,9 +108,12 @@ pub(crate) fn run<D: Destination>(
     let (vars, elsewhere): (Vec<&Variable>, Vec<&Variable>) =
         store.vars.values().partition(|v| options.owns(v));
     drop(owned);
-    // The trainer's device buffers for another rank's variables would be left as they were,
-    // whichever destination runs (a rank that owns nothing on a GPU loads on the host).
-    options.check_buffers_owned(store.device_buffers.keys().map(String::as_str), &vars)?;
+    // The trainer's buffers (its device buffers, whichever destination runs: a rank that owns
+    // nothing on a GPU loads on the host; and the destination's own) for another rank's
+    // variables would be left as they were.
+    let given = dest.buffer_names();
+    let buffers = store.device_buffers.keys().map(String::as_str);
+    options.check_buffers_owned(buffers.chain(given), &vars)?;
     let mine: std::collections::HashSet<&str> = vars.iter().map(|v| v.name.as_str()).collect();
     let pending: Vec<PendingRead<'_>> = store
         .planned_pending(&ids)
