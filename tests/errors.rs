@@ -379,6 +379,16 @@ fn missing_data_shard() {
         _ => panic!("{e}"),
     }
     assert!(e.is_not_found());
+    // A directory where the shard should be: the same error, but the shard is there.
+    std::fs::create_dir(dir.path().join("ckpt.data-00000-of-00001")).unwrap();
+    let e = err(Checkpoint::open(&prefix).unwrap().read("a"));
+    assert!(matches!(e.kind(), ErrorKind::MissingShard { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("is a directory, not a regular file"),
+        "{e}"
+    );
+    assert!(!e.is_not_found(), "{e}");
 }
 
 fn bundle_with(

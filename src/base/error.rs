@@ -81,17 +81,24 @@ impl Error {
 
     /// Whether the error means that a file, tensor or variable was not found (as opposed to a damaged
     /// file or a mismatch). An object on object storage that was found when the checkpoint was
-    /// opened or first read, and is gone since, is [`ErrorKind::RemoteChanged`] and not found.
+    /// opened or first read, and is gone since, is [`ErrorKind::RemoteChanged`] and not found. A
+    /// data shard that exists but cannot be opened ([`ErrorKind::MissingShard`] with a directory
+    /// in its place, or without read permission) is found.
     pub fn is_not_found(&self) -> bool {
-        if let ErrorKind::RemoteChanged { what, .. } = &*self.0 {
-            return what.starts_with(GONE);
+        match &*self.0 {
+            ErrorKind::RemoteChanged { what, .. } => return what.starts_with(GONE),
+            // A shard that is there but cannot be opened (a directory in its place, no permission)
+            // was found.
+            ErrorKind::MissingShard { source, .. } => {
+                return source.kind() == std::io::ErrorKind::NotFound
+            }
+            _ => {}
         }
         matches!(
             *self.0,
             ErrorKind::NotFound { .. }
                 | ErrorKind::NoCheckpointInDir { .. }
                 | ErrorKind::TensorNotFound { .. }
-                | ErrorKind::MissingShard { .. }
                 | ErrorKind::MissingV1Shard { .. }
                 | ErrorKind::VariableNotFound { .. }
                 | ErrorKind::MappedVariableNotFound { .. }
