@@ -503,6 +503,56 @@ fn initialize_refuses_a_tensor_rewritten_with_another_shape_or_dtype() {
     store.initialize(Device::Cpu).unwrap();
 }
 
+/// A tensor removed from a checkpoint written again between the call and `initialize`: the
+/// load fails naming the variable it was for (TensorFlow's restore names only the key), with
+/// nothing loaded.
+#[test]
+fn initialize_names_the_variable_of_a_tensor_gone_since_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("ck");
+    let write = |with_t: bool| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut b = CkptBuilder::new(&prefix);
+        b.f32("p", &[4], &[1.0; 4]);
+        if with_t {
+            b.f32("t", &[2], &[2.0; 2]);
+        }
+        b.finish();
+    };
+    write(true);
+    let mut store = VariableStore::new();
+    store
+        .get_partitioned_variable("x", &[2], DType::F32, &[2], Init::Zeros)
+        .unwrap();
+    store
+        .get_variable("y", &[4], DType::F32, Init::Zeros)
+        .unwrap();
+    let map = AssignmentMap::from([("t", "x"), ("p", "y")]);
+    init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+    write(false);
+    let e = store.initialize(Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::TensorGone { tensor, variable, .. }
+            if tensor == "t" && variable == "x/part_0"),
+        "{e:?}"
+    );
+    assert!(e.is_not_found());
+    assert!(
+        e.to_string().starts_with(&format!(
+            "tensor \"t\" (for variable \"x/part_0\") not found in checkpoint {}: it was there when \
+             init_from_checkpoint was called, and the checkpoint has been written again since \
+             without it",
+            prefix.display()
+        )),
+        "{e}"
+    );
+    assert!(!store.is_initialized());
+    assert!(store.variables().all(|v| store.value(&v.name).is_none()));
+    write(true);
+    store.initialize(Device::Cpu).unwrap();
+    assert_eq!(store.value("x/part_1").unwrap().to_f32().unwrap(), [2.0]);
+}
+
 #[test]
 fn progress_and_threads() {
     let (_d, mut store) = mapped_store(50, 1000);

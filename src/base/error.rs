@@ -103,6 +103,7 @@ impl Error {
                 | ErrorKind::VariableNotFound { .. }
                 | ErrorKind::MappedVariableNotFound { .. }
                 | ErrorKind::MappedTensorNotFound { .. }
+                | ErrorKind::TensorGone { .. }
                 | ErrorKind::RemoteAccess {
                     not_found: true,
                     ..
@@ -570,6 +571,17 @@ pub enum ErrorKind {
         suggestions: Vec<String>,
         /// Files of a sharded V1 save that are missing, any of which may hold it (the first 8).
         absent_files: Vec<PathBuf>,
+    },
+    /// A tensor `init_from_checkpoint` found is gone at [`initialize`](crate::VariableStore::initialize):
+    /// the checkpoint was written again in between without it.
+    #[error("tensor {tensor:?} (for variable {variable:?}) not found in checkpoint {}: it was there when init_from_checkpoint was called, and the checkpoint has been written again since without it", ckpt.display())]
+    TensorGone {
+        /// The checkpoint.
+        ckpt: PathBuf,
+        /// The checkpoint tensor.
+        tensor: String,
+        /// The variable it was to initialize (for a part of a partitioned variable: the part).
+        variable: String,
     },
     /// A variable and its checkpoint tensor disagree on shape.
     #[error("shape of variable {variable:?} {variable_shape:?} does not match shape of tensor {tensor:?} {tensor_shape:?} in checkpoint {}", ckpt.display())]

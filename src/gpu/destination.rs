@@ -575,7 +575,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         for it in &reads.plan.items {
             reads.options.check_cancelled()?;
-            let stored = reads.ckpts[it.ckpt].stored(it.tensor)?;
+            let stored = reads.stored(it)?;
             if self.receive {
                 // Device values come from the broadcast: read only what stays on the host.
                 let host: Vec<(&Variable, &Slice)> = it

@@ -165,7 +165,6 @@ pub(crate) fn load_values(
         .map_values
         .then_some(reads.options.map_min_bytes.unwrap_or(MAP_MIN));
     let items = &reads.plan.items;
-    let stored = |ckpt: usize, tensor: &str| reads.ckpts[ckpt].stored(tensor);
     // A tensor on object storage keeps its thread waiting on the network, not on a core: so that
     // `RemoteOptions::concurrency` requests can be in flight even when the tensors are small, such
     // a load runs on at least that many threads (unless `LoadOptions::threads` fixed the count),
@@ -179,10 +178,7 @@ pub(crate) fn load_values(
             return super::pipeline::by_size(bytes, next.bytes, n);
         }
         #[cfg(feature = "remote")]
-        if let (Ok(a), Ok(b)) = (
-            stored(last.ckpt, last.tensor),
-            stored(next.ckpt, next.tensor),
-        ) {
+        if let (Ok(a), Ok(b)) = (reads.stored(last), reads.stored(next)) {
             if let (Some((ba, ea)), Some((bb, eb))) = (small_remote(&a), small_remote(&b)) {
                 return std::ptr::eq(ba, bb)
                     && ea.shard == eb.shard
@@ -199,8 +195,8 @@ pub(crate) fn load_values(
             let [first, .., last] = batch else {
                 return None;
             };
-            let first = stored(first.ckpt, first.tensor).ok()?;
-            let last = stored(last.ckpt, last.tensor).ok()?;
+            let first = reads.stored(first).ok()?;
+            let last = reads.stored(last).ok()?;
             let ((b, e), (_, l)) = (small_remote(&first)?, small_remote(&last)?);
             // A failed fetch leaves each tensor to its own request, which reports the error.
             b.remote_source()?.fetch_block(b, e, l.offset + l.size).ok()
@@ -241,13 +237,13 @@ pub(crate) fn load_values(
             joins,
             enter,
             |it| {
-                if let Ok(s) = stored(it.ckpt, it.tensor) {
+                if let Ok(s) = reads.stored(it) {
                     s.prefetch(&wants(it, &s))
                 }
             },
             |it| {
                 reads.options.check_cancelled()?;
-                let stored = stored(it.ckpt, it.tensor)?;
+                let stored = reads.stored(it)?;
                 // A value to cast is read once into a new buffer: mapping it first gains nothing.
                 let cast = reads
                     .options

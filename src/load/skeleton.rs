@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::options::LoadOptions;
-use super::plan::{plan, LoadPlan};
+use super::plan::{plan, LoadPlan, PlanItem};
 use super::report::{LoadReport, Tracker};
 use crate::base::device::DeviceTensor;
 use crate::base::dtype::DType;
-use crate::base::error::Result;
+use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::Tensor;
 use crate::init::initializer::init_element;
@@ -54,6 +54,27 @@ pub(crate) struct Reads<'a> {
     pub plan: &'a LoadPlan<'a>,
     pub options: &'a LoadOptions,
     pub tracker: &'a Tracker<'a>,
+}
+
+impl Reads<'_> {
+    /// The stored tensor `it` reads. A tensor missing now was there at the call (the checkpoint
+    /// was written again since): the error names the variable it was for.
+    pub fn stored(&self, it: &PlanItem<'_>) -> Result<Stored<'_>> {
+        self.ckpts[it.ckpt]
+            .stored(it.tensor)
+            .map_err(|e| match e.kind() {
+                ErrorKind::TensorNotFound { ckpt, tensor, .. } => ErrorKind::TensorGone {
+                    ckpt: ckpt.clone(),
+                    tensor: tensor.clone(),
+                    variable: it
+                        .dests
+                        .first()
+                        .map_or_else(String::new, |d| d.0.name.clone()),
+                }
+                .into(),
+                _ => e,
+            })
+    }
 }
 
 /// The values a destination hands over: in host memory (every value of a host load; string
