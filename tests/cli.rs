@@ -87,6 +87,47 @@ fn list_json_equals_tensorflow() {
     );
 }
 
+/// The summary lines count one of a thing in the singular.
+#[test]
+fn summary_lines_say_one_in_the_singular() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(tmp.path().join("m"));
+    b.f32("a", &[], &[1.0]);
+    let ckpt = b.finish();
+    let ckpt = ckpt.to_str().unwrap();
+    let lines = |o: Output| {
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let text = lines(tfckpt(&["verify", ckpt]));
+    assert!(
+        text.starts_with("ok: 1 stored tensor or slice, 4 bytes, 2 table blocks verified in "),
+        "{text}"
+    );
+    let out = tmp.path().join("a.safetensors");
+    let text = lines(tfckpt(&["convert", ckpt, out.to_str().unwrap()]));
+    assert!(
+        text.starts_with("tfckpt convert: 1 tensor, 4 bytes written to "),
+        "{text}"
+    );
+    let model = r#"{"variables": [{"name": "x", "shape": [], "dtype": "float32"}]}"#;
+    let out = tmp.path().join("out");
+    let o = tfckpt_init(
+        ckpt,
+        model,
+        r#"{"a": "x"}"#,
+        out.to_str().unwrap(),
+        &["--threads", "1"],
+    );
+    let text = lines(o);
+    assert!(
+        text.starts_with(
+            "tfckpt init: 1 variable (1 from checkpoint, 0 from initializers), 1 tensor, 4 bytes ("
+        ) && text.contains("; 1 thread); 4 checkpoint bytes read"),
+        "{text}"
+    );
+}
+
 #[test]
 fn get_writes_tensorflow_values() {
     let out = tempfile::tempdir().unwrap();
@@ -554,7 +595,7 @@ fn demo_runs_on_a_small_size() {
         "  ok: 15 stored tensors and slices, 2 table blocks, 28.3 MB checked in ",
         "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
-        "  initialize on cpu: 13 variables (12 from checkpoint, 1 from initializers), 8 tensors, ",
+        "  initialize on cpu: 13 variables (12 from checkpoint, 1 from its initializer), 8 tensors, ",
         "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): values match",
         &format!("(the checkpoint is kept in {})", keep.display()),
     ] {

@@ -59,41 +59,55 @@ impl LoadReport {
     }
 }
 
+/// `count` and its noun, singular for one: "1 tensor", "2 tensors".
+fn counted(count: u64, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} variables ({} from checkpoint, {} from initializers), {} tensors, {} bytes ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {} threads)",
-            self.variables,
+            "{} ({} from checkpoint, {} from {}), {}, {} ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {})",
+            counted(self.variables as u64, "variable"),
             self.from_checkpoint,
             self.from_initializer,
-            self.tensors,
-            self.bytes,
+            if self.from_initializer == 1 { "its initializer" } else { "initializers" },
+            counted(self.tensors as u64, "tensor"),
+            counted(self.bytes, "byte"),
             self.mapped_bytes,
             self.seconds,
             self.gbps(),
             self.plan_seconds,
             self.load_seconds,
             self.finish_seconds,
-            self.threads
+            counted(self.threads as u64, "thread")
         )?;
-        write!(f, "; {} checkpoint bytes read", self.stored_bytes)?;
+        write!(
+            f,
+            "; {} read",
+            counted(self.stored_bytes, "checkpoint byte")
+        )?;
         if self.skipped_variables > 0 {
             write!(
                 f,
-                "; {} variables ({} bytes) left to other ranks",
-                self.skipped_variables, self.skipped_bytes
+                "; {} ({}) left to other ranks",
+                counted(self.skipped_variables as u64, "variable"),
+                counted(self.skipped_bytes, "byte")
             )?;
         }
         if let Some(d) = &self.device {
             write!(
                 f,
-                " on {}: {} bytes by registered DMA, {} through {} MiB of pinned staging, {} kernels ({} MiB of scratch); {}",
+                " on {}: {} by registered DMA, {} through {} MiB of pinned staging, {} ({} MiB of scratch); {}",
                 d.device,
-                d.registered_bytes,
+                counted(d.registered_bytes, "byte"),
                 d.staged_bytes,
                 d.staging_bytes >> 20,
-                d.kernels,
+                counted(d.kernels as u64, "kernel"),
                 d.scratch_bytes.div_ceil(1 << 20),
                 d.times
             )?;
@@ -403,6 +417,27 @@ mod tests {
         let line = host.to_string();
         assert!(
             line.ends_with("; 3000000100 checkpoint bytes read"),
+            "{line}"
+        );
+        // One of each: singular nouns.
+        let one = LoadReport {
+            variables: 1,
+            from_checkpoint: 0,
+            from_initializer: 1,
+            tensors: 1,
+            bytes: 1,
+            stored_bytes: 1,
+            threads: 1,
+            skipped_variables: 1,
+            skipped_bytes: 1,
+            device: None,
+            ..Default::default()
+        };
+        let line = one.to_string();
+        assert!(
+            line.starts_with(
+                "1 variable (0 from checkpoint, 1 from its initializer), 1 tensor, 1 byte ("
+            ) && line.contains("; 1 thread); 1 checkpoint byte read; 1 variable (1 byte) left"),
             "{line}"
         );
     }

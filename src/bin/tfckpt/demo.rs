@@ -220,7 +220,7 @@ fn list_and_verify(
     for (i, t) in infos.iter().enumerate() {
         if i < 4 || i + 4 >= infos.len() {
             let note = if t.is_partitioned() {
-                format!("  ({} slices)", t.slices.len())
+                format!("  ({})", crate::counted(t.slices.len() as u64, "slice"))
             } else {
                 String::new()
             };
@@ -233,10 +233,10 @@ fn list_and_verify(
     let report = ckpt.verify()?;
     let secs = t0.elapsed().as_secs_f64();
     say!(
-        "\n$ tfckpt verify {}\n  ok: {} stored tensors and slices, {} table blocks, {:.1} MB checked in {:.3} s ({})",
+        "\n$ tfckpt verify {}\n  ok: {}, {}, {:.1} MB checked in {:.3} s ({})",
         dir.display(),
-        report.tensors,
-        report.blocks,
+        crate::stored_count(report.tensors as u64),
+        crate::counted(report.blocks as u64, "table block"),
         report.bytes as f64 / 1e6,
         secs,
         gbps(report.bytes, secs)

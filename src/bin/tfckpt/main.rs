@@ -340,7 +340,7 @@ fn list(ckpt: &Path, json: bool) -> CliResult {
     } else {
         for t in ckpt.tensors() {
             let parts = if t.is_partitioned() {
-                format!("\t({} slices)", t.slices.len())
+                format!("\t({})", counted(t.slices.len() as u64, "slice"))
             } else {
                 String::new()
             };
@@ -397,10 +397,10 @@ fn verify(ckpt: &Path) -> CliResult {
         note!("warning: {}", tfckpt::escape_controls(note));
     }
     say!(
-        "ok: {} stored tensors and slices, {} bytes, {} table blocks verified in {:.3} s ({:.2} GB/s)",
-        report.tensors,
-        report.bytes,
-        report.blocks,
+        "ok: {}, {}, {} verified in {:.3} s ({:.2} GB/s)",
+        stored_count(report.tensors as u64),
+        counted(report.bytes, "byte"),
+        counted(report.blocks as u64, "table block"),
         secs,
         report.bytes as f64 / secs / 1e9
     )?;
@@ -419,14 +419,30 @@ fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
         note!("warning: {}", tfckpt::escape_controls(&s.to_string()));
     }
     say!(
-        "tfckpt convert: {} tensors, {} bytes written to {} in {:.3} s ({} skipped)",
-        report.tensors,
-        report.bytes,
+        "tfckpt convert: {}, {} written to {} in {:.3} s ({} skipped)",
+        counted(report.tensors as u64, "tensor"),
+        counted(report.bytes, "byte"),
         out.display(),
         start.elapsed().as_secs_f64(),
         report.skipped.len()
     )?;
     Ok(())
+}
+
+/// `count` and its noun, singular for one: "1 tensor", "2 tensors".
+pub(crate) fn counted(count: u64, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
+/// What `verify` counts: "1 stored tensor or slice", "2 stored tensors and slices".
+pub(crate) fn stored_count(count: u64) -> String {
+    match count {
+        1 => "1 stored tensor or slice".into(),
+        n => format!("{n} stored tensors and slices"),
+    }
 }
 
 /// The files a command reads for CKPT: the checkpoint's, and the state file of a directory
