@@ -1679,6 +1679,9 @@ enum Fault {
     },
     /// Forward it with a strong ETag, `"v1"`, added (the plain HTTP server gives none).
     Etag,
+    /// Forward it without its `Range` header: the whole object comes back, `200 OK`, as from a
+    /// server that does not do ranges.
+    NoRange,
     /// Forward its head (with a strong ETag added if `etag`) and the first half of its body,
     /// then close the connection: a body broken off.
     CutMidBody {
@@ -1785,6 +1788,13 @@ fn fault_proxy(
                     );
                     return;
                 }
+                let text = match what {
+                    Fault::NoRange => text
+                        .split_inclusive("\r\n")
+                        .filter(|l| !l.to_ascii_lowercase().starts_with("range:"))
+                        .collect(),
+                    _ => text,
+                };
                 let Some((response, body_at)) = forward(upstream, &text) else {
                     return;
                 };
@@ -1864,6 +1874,24 @@ fn fault_proxy(
         }
     });
     addr
+}
+
+/// A server that answers ranged GETs with the whole file (Python's `http.server`): nothing can
+/// be read through it, and the error says why and what the server must do.
+#[test]
+fn a_server_without_range_requests_is_named_as_such() {
+    let addr = fault_proxy(servers().http, |_| Fault::NoRange);
+    let ckpt = fixture("h1_basic");
+    let url = format!("http://{addr}/{BUCKET}/{}", key_of(&ckpt).unwrap());
+    let e = Checkpoint::open(&url).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "Range request not supported by ckpts/h1_basic/checkpoint (the server answered \
+             a request for a byte range with the whole file; checkpoints are read in byte \
+             ranges, so it must answer `Range` requests"
+        ),
+        "{e}"
+    );
 }
 
 /// A server that gives weak ETags (for representations it may alter) answers every `If-Match`

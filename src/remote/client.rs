@@ -1186,6 +1186,13 @@ impl Client {
                     Some(proxies) if text.contains("error sending request") => {
                         format!("{text} (requests go through the proxy settings {proxies})")
                     }
+                    // A server that answers a ranged GET with the whole object (`object_store`
+                    // refuses the answer): nothing can be read through it.
+                    _ if text.contains("Range request not supported") => format!(
+                        "{text} (the server answered a request for a byte range with the whole \
+                         file; checkpoints are read in byte ranges, so it must answer `Range` \
+                         requests, which Python's `http.server`, for one, does not)"
+                    ),
                     _ => text,
                 };
                 ErrorKind::Remote {
