@@ -3,7 +3,7 @@
 //! the checks of the values `object_store` puts into a URL or a header, which it would panic on
 //! (its requests `expect` a valid URL and header) where we can say which variable is wrong.
 
-use super::client::Scheme;
+use super::location::Scheme;
 use crate::base::error::{Error, ErrorKind, Result};
 
 /// A snapshot of the environment's variables that are Unicode (`from_env` skips the others).

@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 
-use super::client::{spawn, unpanicked, Client, Object};
+use super::client::{Client, Object};
+use super::runtime::{spawn, unpanicked};
 use crate::base::error::Result;
 
 /// Requests and bytes in flight, shared by all readers of a load: at most `concurrency` requests
@@ -151,7 +152,7 @@ pub(crate) fn stream(
     // The load's token, or without one this thread's scope (a checkpoint opened within a load).
     let scoped = match &budget.cancel {
         Some(_) => None,
-        None => super::client::scoped_cancel(),
+        None => super::runtime::scoped_cancel(),
     };
     let cancel = budget.cancel.as_ref().or(scoped.as_ref());
     let outcome = 'read: loop {

@@ -19,18 +19,22 @@
 //! save's glob is matched against a listing of its "directory". On a GPU, the ranges of a V2
 //! shard land in the staging ring (`RemoteShard`).
 
+mod answer;
 mod client;
 mod env;
 pub(crate) mod fetch;
+mod location;
+mod runtime;
 
-pub(crate) use client::cancel_scope;
+pub(crate) use runtime::cancel_scope;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use client::{Client, Location, Object};
+use client::{Client, Object};
 use fetch::Budget;
+use location::{Location, Scheme};
 
 use crate::base::copy::{copy_verify, copy_whole, Dst};
 use crate::base::crc;
@@ -127,7 +131,7 @@ fn open_v1(
         // A key that names an object is that object, whatever its characters (as on disk).
         vec![o]
     } else {
-        if matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https) {
+        if matches!(loc.scheme, Scheme::Http | Scheme::Https) {
             return Err(ErrorKind::Remote {
                 url: loc.url(prefix),
                 range: None,
@@ -255,7 +259,7 @@ fn resolve(
     let Some(state) = present(&state_key)? else {
         // A "directory" without a state file is an error even where a checkpoint of the same
         // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
-        let listable = !matches!(loc.scheme, client::Scheme::Http | client::Scheme::Https);
+        let listable = !matches!(loc.scheme, Scheme::Http | Scheme::Https);
         if listable && !key.is_empty() {
             let keys_under = client
                 .has_keys_under(&dir_slash)
@@ -342,7 +346,7 @@ fn resolve(
             loc.url("")
         )));
     } else {
-        client::normalize_key(&format!("{dir_slash}{path}")).ok_or_else(|| {
+        location::normalize_key(&format!("{dir_slash}{path}")).ok_or_else(|| {
             no_ckpt(format!(
                 "its state file names {path}, which climbs above the top of {}",
                 loc.url("")
