@@ -391,6 +391,63 @@ fn missing_data_shard() {
     assert!(!e.is_not_found(), "{e}");
 }
 
+/// A V2 index missing beside its data files, given as the prefix, as a data file or through a
+/// directory's state file, is named as the missing index (it read "no files match it", or the data
+/// file was read as a V1 file, "not an SSTable"); an index that is a directory or a link to
+/// nothing is named with what the system says.
+#[test]
+fn a_missing_or_unusable_index_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = good_bundle(dir.path());
+    std::fs::write(
+        dir.path().join("checkpoint"),
+        "model_checkpoint_path: \"ckpt\"\n",
+    )
+    .unwrap();
+    let index = dir.path().join("ckpt.index");
+    let data = dir.path().join("ckpt.data-00000-of-00001");
+    std::fs::remove_file(&index).unwrap();
+    for arg in [&prefix, &data, &dir.path().to_path_buf()] {
+        let e = err(Checkpoint::open(arg));
+        assert!(
+            matches!(e.kind(), ErrorKind::MissingIndex { index: i, data: d } if *i == index && *d == data),
+            "{}: {e:?}",
+            arg.display()
+        );
+        assert!(e.is_not_found());
+        says(
+            &e,
+            format!(
+                "{}: missing, while the checkpoint's data file {} is there: a V2 checkpoint is \
+                 read through its index",
+                index.display(),
+                data.display()
+            ),
+        );
+    }
+    std::fs::create_dir(&index).unwrap();
+    for arg in [&prefix, &data, &dir.path().to_path_buf()] {
+        let e = err(Checkpoint::open(arg));
+        says(
+            &e,
+            format!("{}: is a directory, not a regular file", index.display()),
+        );
+        assert!(!e.is_not_found(), "{e}");
+    }
+    #[cfg(unix)]
+    {
+        std::fs::remove_dir(&index).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), &index).unwrap();
+        says(
+            &err(Checkpoint::open(&prefix)),
+            format!("{}: ", index.display()),
+        );
+    }
+    // Nothing of a checkpoint there: not found, as before.
+    let e = err(Checkpoint::open(dir.path().join("other")));
+    assert!(matches!(e.kind(), ErrorKind::NotFound { .. }), "{e}");
+}
+
 fn bundle_with(
     entry_value: Vec<u8>,
     data: Vec<u8>,

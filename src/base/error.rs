@@ -97,6 +97,7 @@ impl Error {
         matches!(
             *self.0,
             ErrorKind::NotFound { .. }
+                | ErrorKind::MissingIndex { .. }
                 | ErrorKind::NoCheckpointInDir { .. }
                 | ErrorKind::TensorNotFound { .. }
                 | ErrorKind::MissingV1Shard { .. }
@@ -265,6 +266,14 @@ pub enum ErrorKind {
     NotFound {
         /// The path given.
         path: PathBuf,
+    },
+    /// A V2 checkpoint's `.index` is missing, while its data files are there.
+    #[error("{}: missing, while the checkpoint's data file {} is there: a V2 checkpoint is read through its index (was the index deleted, or left out of a copy?)", index.display(), data.display())]
+    MissingIndex {
+        /// The index file the checkpoint needs.
+        index: PathBuf,
+        /// A data file of the same prefix (the first by name).
+        data: PathBuf,
     },
     /// A directory without a usable `checkpoint` state file (TF: "Couldn't find 'checkpoint' file or
     /// checkpoints in given directory").

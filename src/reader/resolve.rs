@@ -64,6 +64,14 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
     if index_path(&prefix).is_file() {
         return Ok(Resolved::V2 { prefix, state });
     }
+    // A V2 data file given without its index would be read as a V1 file ("not an SSTable").
+    if state.is_none() {
+        if let Some(p) = data_file_prefix(arg) {
+            if let Some(e) = unusable_index(Path::new(p)) {
+                return Err(e);
+            }
+        }
+    }
     let files = glob_files(&prefix)?;
     if files.is_empty() {
         // TensorFlow globs `P.index` too, then fails to open the pattern's own index: say why.
@@ -77,7 +85,9 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
                 .into());
             }
         }
-        return Err(ErrorKind::NotFound { path: prefix }.into());
+        return Err(
+            unusable_index(&prefix).unwrap_or_else(|| ErrorKind::NotFound { path: prefix }.into())
+        );
     }
     // A pattern names the files of a sharded V1 save; one that matches a V2 checkpoint's files
     // (`model-*`) would open its index and data files as V1 files, each "not an SSTable".
@@ -99,22 +109,56 @@ pub(crate) fn resolve(arg: &Path) -> Result<Resolved> {
     })
 }
 
+/// `PREFIX` of a path `PREFIX.data-NNNNN-of-NNNNN`.
+fn data_file_prefix(arg: &Path) -> Option<&str> {
+    let s = arg.to_str()?;
+    let i = s.rfind(".data-")?;
+    let tail = &s[i + 6..];
+    let ok = tail.len() == 14
+        && tail.as_bytes()[5..9] == *b"-of-"
+        && tail[..5]
+            .bytes()
+            .chain(tail[9..].bytes())
+            .all(|b| b.is_ascii_digit());
+    ok.then_some(&s[..i])
+}
+
+/// Why nothing can be opened at `prefix`, whose `PREFIX.index` is no regular file and which no V1
+/// file matches: `PREFIX.index` is there but no file (a directory, a link to nothing: its
+/// open's error), or it is missing beside the checkpoint's data files. `None` where nothing of a
+/// V2 checkpoint is there.
+fn unusable_index(prefix: &Path) -> Option<Error> {
+    let index = index_path(prefix);
+    if std::fs::symlink_metadata(&index).is_ok() {
+        let e = crate::base::mmap::open_regular(&index).err()?;
+        return Some(Error::io(&index, e));
+    }
+    let name = prefix.file_name()?.to_str()?;
+    let dir = match prefix.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let data = format!("{name}.data-");
+    let first = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&data))
+        .min()?;
+    Some(
+        ErrorKind::MissingIndex {
+            index,
+            data: dir.join(first),
+        }
+        .into(),
+    )
+}
+
 /// `PREFIX.index` or `PREFIX.data-NNNNN-of-NNNNN` → `PREFIX`, when that prefix has an index.
 fn strip_file_suffix(arg: &Path) -> PathBuf {
     let s = arg.to_string_lossy();
-    let stripped = if let Some(p) = s.strip_suffix(".index") {
-        Some(p)
-    } else {
-        s.rfind(".data-").and_then(|i| {
-            let tail = &s[i + 6..];
-            let ok = tail.len() == 14
-                && tail.as_bytes()[5..9] == *b"-of-"
-                && tail[..5]
-                    .bytes()
-                    .chain(tail[9..].bytes())
-                    .all(|b| b.is_ascii_digit());
-            ok.then_some(&s[..i])
-        })
+    let stripped = match s.strip_suffix(".index") {
+        Some(p) => Some(p),
+        None => data_file_prefix(arg),
     };
     match stripped {
         Some(p) if !index_path(arg).is_file() && index_path(Path::new(p)).is_file() => {
@@ -169,6 +213,8 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
     };
     if index_path(&prefix).is_file() || !glob_files(&prefix)?.is_empty() {
         Ok(prefix)
+    } else if let Some(e) = unusable_index(&prefix) {
+        Err(e)
     } else {
         Err(no_ckpt(format!(
             "its state file names {} but no files match it",
