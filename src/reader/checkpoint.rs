@@ -12,7 +12,7 @@ use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::{ElementsMut, Strings, Tensor, TensorData};
 use crate::format::bundle::{Bundle, EntryBytes};
-use crate::format::slice_codec::slice_key;
+use crate::format::slice_codec::{parse_slice_key, slice_key};
 use crate::format::v1::V1Set;
 
 /// The on-disk format of a checkpoint.
@@ -268,6 +268,32 @@ impl Checkpoint {
             .enumerate()
             .filter(|(_, e)| !slice_keys.contains(&e.key))
             .map(|(i, e)| {
+                // A slice entry that its tensor's entry does not list (TensorFlow would list its
+                // raw key as a tensor): the index is inconsistent.
+                if let Some((name, slice)) = parse_slice_key(&e.key) {
+                    let listed = b.index.entries.iter().find(|t| t.key == name);
+                    let reason = match listed {
+                        Some(t) if t.slices.is_empty() => format!(
+                            "the index holds a stored slice {slice} of it, but its entry lists no \
+                             slices"
+                        ),
+                        Some(t) => format!(
+                            "the index holds a stored slice {slice} of it that its entry does not \
+                             list (it lists {})",
+                            shown_slices(t.slices.iter(), t.slices.len())
+                        ),
+                        None => format!(
+                            "the index holds a stored slice {slice} of it, but no entry for the \
+                             tensor"
+                        ),
+                    };
+                    return Err(ErrorKind::BadEntry {
+                        path: b.index_path.clone(),
+                        tensor: String::from_utf8_lossy(&name).into_owned(),
+                        reason,
+                    }
+                    .into());
+                }
                 // TensorFlow names are UTF-8; a key that is not cannot be asked for by name.
                 let name = String::from_utf8(e.key.clone()).map_err(|_| ErrorKind::BadEntry {
                     path: b.index_path.clone(),
@@ -686,21 +712,25 @@ impl Checkpoint {
             n.saturating_add(p.region.num_elements().unwrap_or(0))
         });
         (covered < total).then(|| {
-            // The first 8 (a tensor may be stored in thousands).
-            let mut slices: Vec<String> =
-                pieces.iter().take(8).map(|p| p.slice.to_string()).collect();
-            if pieces.len() > 8 {
-                slices.push(format!("... {} in all", pieces.len()));
-            }
             format!(
-                "tensor {:?} {:?}: its stored slices [{}] hold {covered} of its {total} \
+                "tensor {:?} {:?}: its stored slices {} hold {covered} of its {total} \
                  elements; it reads only within them, never whole",
                 info.name,
                 info.shape,
-                slices.join(", ")
+                shown_slices(pieces.iter().map(|p| &p.slice), pieces.len())
             )
         })
     }
+}
+
+/// The first 8 of `n` slices, in brackets (a tensor may be stored in thousands):
+/// `[0,2:-, 2,2:-]`, `[..., ... 9000 in all]`.
+fn shown_slices<'a>(slices: impl Iterator<Item = &'a Slice>, n: usize) -> String {
+    let mut shown: Vec<String> = slices.take(8).map(Slice::to_string).collect();
+    if n > 8 {
+        shown.push(format!("... {n} in all"));
+    }
+    format!("[{}]", shown.join(", "))
 }
 
 fn fixed_size(info: &TensorInfo) -> Result<usize> {
@@ -806,6 +836,70 @@ mod tests {
         let e = Checkpoint::open(&prefix).unwrap().read("z").unwrap_err();
         assert!(
             matches!(e.kind(), crate::ErrorKind::OverlappingSlices { .. }),
+            "{e}"
+        );
+    }
+
+    /// A slice entry that its tensor's entry does not list is named by its tensor and slice (it
+    /// was "entry for tensor \"\\0z\\0\\u{1}...\" is not usable: the tensor name is not UTF-8").
+    #[test]
+    fn a_slice_entry_its_tensor_does_not_list_is_named() {
+        use crate::base::slice::Slice;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("o");
+        let mut w = CheckpointWriter::create(&prefix, WriterOptions::default()).unwrap();
+        let rows = |start, length| Slice::from_ranges(&[(start, length), (0, 2)]);
+        for (start, len) in [(0, 2), (2, 3)] {
+            let t = Tensor::from_f32(&[len, 2], &vec![1.0; 2 * len as usize]).unwrap();
+            w.add_slice("z", &[5, 2], &rows(start, len), (&t).into())
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let index = prefix.with_extension("index");
+        // The entry lists row 2 as starting at row 3: the stored 2,3 is no slice of its.
+        let moved = crate::format::slice_codec::slice_to_proto(&rows(3, 2));
+        rewrite_index(&prefix, |key, e| {
+            if key.as_slice() == b"z" {
+                e.slices[1] = moved.clone();
+            }
+        });
+        let e = Checkpoint::open(&prefix).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: entry for tensor \"z\" is not usable: the index holds a stored slice 2,3:0,2 \
+                 of it that its entry does not list (it lists [0,2:0,2, 3,2:0,2])",
+                index.display()
+            )
+        );
+        // No entry for the tensor at all (renamed).
+        rewrite_index(&prefix, |key, _| {
+            if key.as_slice() == b"z" {
+                *key = b"y".to_vec();
+            }
+        });
+        let e = Checkpoint::open(&prefix).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "entry for tensor \"z\" is not usable: the index holds a stored slice 0,2:0,2 \
+                 of it, but no entry for the tensor"
+            ),
+            "{e}"
+        );
+        // An entry of the whole tensor (no slices, 40 bytes of its data file).
+        rewrite_index(&prefix, |key, e| {
+            if key.as_slice() == b"y" {
+                *key = b"z".to_vec();
+                e.slices.clear();
+                e.size = 40;
+            }
+        });
+        let e = Checkpoint::open(&prefix).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "entry for tensor \"z\" is not usable: the index holds a stored slice 0,2:0,2 \
+                 of it, but its entry lists no slices"
+            ),
             "{e}"
         );
     }
