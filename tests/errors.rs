@@ -448,6 +448,37 @@ fn a_missing_or_unusable_index_is_named() {
     assert!(matches!(e.kind(), ErrorKind::NotFound { .. }), "{e}");
 }
 
+/// A V1 checkpoint file in a V2 index's place, and a V2 index in a V1 file's, say what they are
+/// (the first said "BundleHeaderProto not parseable: failed to decode Protobuf message: ...").
+#[test]
+fn a_v1_file_and_a_v2_index_in_each_others_place_say_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("m.index");
+    std::fs::copy(fixture("v1").join("model-3"), &index).unwrap();
+    std::fs::write(dir.path().join("m.data-00000-of-00001"), b"").unwrap();
+    let e = err(Checkpoint::open(dir.path().join("m")));
+    assert!(matches!(e.kind(), ErrorKind::BadHeader { .. }), "{e}");
+    says(
+        &e,
+        format!(
+            "{}: bad checkpoint header: this is a V1 checkpoint file (its first record lists \
+             saved tensor slices), not a V2 index",
+            index.display()
+        ),
+    );
+    let v1 = dir.path().join("v1");
+    std::fs::copy(fixture("h1_basic").join("model-0.index"), &v1).unwrap();
+    let e = err(Checkpoint::open(&v1));
+    says(
+        &e,
+        format!(
+            "{}: bad checkpoint header: the record with key \"\" is not a SavedTensorSliceMeta: \
+             this is a V2 checkpoint's index",
+            v1.display()
+        ),
+    );
+}
+
 fn bundle_with(
     entry_value: Vec<u8>,
     data: Vec<u8>,

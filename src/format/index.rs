@@ -180,11 +180,21 @@ impl BundleIndex {
                     }
                     .into());
                 }
-                let h =
-                    proto::BundleHeaderProto::decode(value).map_err(|e| ErrorKind::BadHeader {
+                let h = proto::BundleHeaderProto::decode(value).map_err(|e| {
+                    // A V1 checkpoint file given (or renamed) as a V2 index.
+                    let v1 =
+                        proto::SavedTensorSlices::decode(value).is_ok_and(|s| s.meta.is_some());
+                    ErrorKind::BadHeader {
                         path: path.into(),
-                        reason: format!("BundleHeaderProto not parseable: {e}"),
-                    })?;
+                        reason: if v1 {
+                            "this is a V1 checkpoint file (its first record lists saved tensor \
+                             slices), not a V2 index: give the V1 file itself as the checkpoint"
+                                .into()
+                        } else {
+                            format!("BundleHeaderProto not parseable: {e}")
+                        },
+                    }
+                })?;
                 header = Some(h);
                 return Ok(());
             }

@@ -118,7 +118,17 @@ impl V1Set {
             let meta = proto::SavedTensorSlices::decode(&*value)
                 .map(|s| s.meta.unwrap_or_default())
                 .map_err(|_| {
-                    bad_header("the record with key \"\" is not a SavedTensorSliceMeta".into())
+                    // A V2 checkpoint's index given (or renamed) as a V1 file.
+                    let v2 = proto::BundleHeaderProto::decode(&*value)
+                        .is_ok_and(|h| h.num_shards >= 1 && h.version.is_some());
+                    bad_header(if v2 {
+                        "the record with key \"\" is not a SavedTensorSliceMeta: this is a V2 \
+                         checkpoint's index (its first record is a bundle header), not a V1 \
+                         file: give the checkpoint's prefix, without .index"
+                            .into()
+                    } else {
+                        "the record with key \"\" is not a SavedTensorSliceMeta".into()
+                    })
                 })?;
             check_version(path, meta.versions.as_ref())?;
             // Each listed slice has a record keyed by the name and the slice (see
