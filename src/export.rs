@@ -648,7 +648,16 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
         .prefix(".tfckpt-")
         .suffix(".safetensors.tmp")
         .tempdir_in(&dir)
-        .map_err(|e| Error::io(&dir, e))?;
+        .map_err(|e| {
+            // tempfile's text ends in the temporary name: the output and its folder are named.
+            let said = e.to_string();
+            let reason = said.rsplit_once(" at path ").map_or(&*said, |(r, _)| r);
+            let why = format!(
+                "cannot create a temporary folder in {} to write it: {reason}",
+                dir.display()
+            );
+            Error::io(path, std::io::Error::new(e.kind(), why))
+        })?;
     _listed = making.list(tmp_dir.path());
     let tmp = tmp_dir.path().join("out.safetensors");
     // The mode `File::create` gives (0666 less the umask), not the writer's 0600. Closed at once:

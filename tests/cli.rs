@@ -941,8 +941,29 @@ fn init_inline_json_and_device_errors() {
     assert!(long.is_file());
     // A file that cannot be written is named as given, not by its temporary name.
     let o = tfckpt_get(&ckpt, "var1", "/proc/x.npy");
-    assert_one_error_line(&o, 1, "/proc/x.npy: ");
+    assert_one_error_line(&o, 1, "/proc/x.npy: cannot create the file: ");
     assert!(!stderr(&o).contains(".tmp"), "{}", stderr(&o));
+    // Nor by the temporary file or folder it is written in, whose folder is named too; a file
+    // where a folder of the path should be is named with the argument.
+    let o = tfckpt(&["convert", &ckpt, "/proc/x.safetensors"]);
+    assert_one_error_line(
+        &o,
+        1,
+        "/proc/x.safetensors: cannot create a temporary folder in /proc to write it: ",
+    );
+    assert!(!stderr(&o).contains(".tfckpt"), "{}", stderr(&o));
+    for out in ["/proc/o.safetensors", "/proc/o"] {
+        let o = tfckpt_init(&ckpt, model, "{}", out, &[]);
+        let said = format!("{out}: cannot create a temporary folder in /proc to write it: ");
+        assert_one_error_line(&o, 1, &said);
+        assert!(!stderr(&o).contains(".tfckpt"), "{}", stderr(&o));
+    }
+    let afile = damaged.path().join("afile");
+    std::fs::write(&afile, b"").unwrap();
+    let inside = afile.join("x.npy");
+    let o = tfckpt_get(&ckpt, "var1", inside.to_str().unwrap());
+    let said = format!("--out {}: cannot be written: ", inside.display());
+    assert_one_error_line(&o, 1, &said);
     // cli.md's `--out DIR` is required: without it (or --no-out), a usage error; with both, too.
     let o = tfckpt(&["init", &ckpt, "--model", model, "--map", "{}"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

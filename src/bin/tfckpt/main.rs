@@ -720,7 +720,7 @@ fn new_npy_file(path: &Path, shown: &Path) -> Result<std::fs::File, Box<dyn std:
                     shown.display()
                 )
             } else {
-                format!("{}: {e}", shown.display())
+                format!("{}: cannot create the file: {e}", shown.display())
             }
         })?;
     Ok(file)

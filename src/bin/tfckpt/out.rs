@@ -30,6 +30,18 @@ fn io_err(path: &Path, e: std::io::Error) -> Box<dyn std::error::Error> {
     format!("{}: {e}", path.display()).into()
 }
 
+/// `out` cannot be written because a temporary `what` cannot be made in `folder` (`e`, tempfile's
+/// error, whose text ends in the temporary name: the output and its folder are named instead).
+fn no_temporary(out: &Path, what: &str, folder: &Path, e: std::io::Error) -> String {
+    let said = e.to_string();
+    let reason = said.rsplit_once(" at path ").map_or(&*said, |(r, _)| r);
+    let folder = folder.display();
+    format!(
+        "{}: cannot create a temporary {what} in {folder} to write it: {reason}",
+        out.display()
+    )
+}
+
 /// Refuses a file `--out` that ends in a path separator, or whose rename into place would replace
 /// what it must not: anything but a regular file (a device such as `/dev/full`, a FIFO, a
 /// symbolic link, a directory), or one of `inputs`, the files of the checkpoint being read (the
@@ -57,7 +69,8 @@ pub(crate) fn check_file_out(
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(out, e)),
+        // A file where a folder of the path should be ("Not a directory"), no permission.
+        Err(e) => return Err(format!("{arg} {}: cannot be written: {e}", out.display()).into()),
     };
     let t = meta.file_type();
     if !t.is_file() {
@@ -273,7 +286,7 @@ pub(crate) fn replace_unless_changed(
         .prefix(".tfckpt-")
         .suffix(".safetensors.tmp")
         .tempfile_in(folder)
-        .map_err(|e| io_err(folder, e))?
+        .map_err(|e| no_temporary(path, "file", folder, e))?
         .into_temp_path();
     #[cfg(debug_assertions)]
     let paused = pause_before_listing("file");
@@ -365,12 +378,7 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
         let tmp = tempfile::Builder::new()
             .prefix(".tfckpt-out-")
             .tempdir_in(&parent)
-            .map_err(|e| {
-                format!(
-                    "{}: cannot create a temporary directory: {e}",
-                    parent.display()
-                )
-            })?;
+            .map_err(|e| no_temporary(dir, "folder", &parent, e))?;
         #[cfg(debug_assertions)]
         let paused = pause_before_listing("temporary");
         _listed = making.list(tmp.path());
