@@ -247,9 +247,19 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
         1,
         &format!("{}: missing: file 1 of the 2", gone.display()),
     );
-    assert!(tfckpt(&["list", tmp.path().to_str().unwrap()])
-        .status
-        .success());
+    // `list` lists what the other file holds, as TensorFlow does, and warns of the missing one.
+    for json in [&[][..], &["--json"]] {
+        let o = tfckpt(&[&["list", tmp.path().to_str().unwrap()][..], json].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "warning: {}: missing: a file of this sharded V1 save; the tensors it holds are \
+                 not listed\n",
+                gone.display()
+            )
+        );
+    }
     // Reads still fail as in TensorFlow (a tensor of that file is not found, a partitioned one
     // lacks slices), and the error names the missing file.
     let out = tmp.path().join("o.npy");

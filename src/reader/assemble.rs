@@ -58,7 +58,7 @@ impl<'c> Stored<'c> {
                         .map(|p| p.slice.to_string())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    absent_files: self.ckpt.absent_v1_files(),
+                    absent_files: self.ckpt.missing_files(),
                 }
                 .into());
             }

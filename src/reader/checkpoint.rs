@@ -427,15 +427,17 @@ impl Checkpoint {
                     name,
                     self.infos.iter().map(|t| t.name.as_str()),
                 ),
-                absent_files: self.absent_v1_files(),
+                absent_files: self.missing_files(),
             }
             .into()),
         }
     }
 
-    /// The files of a sharded V1 save (opened by its glob) that are missing: a tensor not found
-    /// may be in one of them (TensorFlow's glob reads the others without noticing).
-    pub(crate) fn absent_v1_files(&self) -> Vec<PathBuf> {
+    /// The files of a sharded V1 save (opened by its glob, `model.ckpt-0-?????-of-00002`) that
+    /// are missing: TensorFlow's glob reads the others without noticing, and the tensors a
+    /// missing file holds are neither listed nor found. Empty for any other checkpoint (a V2
+    /// checkpoint's index names its data files: [`files`](Self::files)).
+    pub fn missing_files(&self) -> Vec<PathBuf> {
         match &self.inner {
             Inner::V1(set) if resolve::is_glob(&self.prefix) => set
                 .missing_shards()

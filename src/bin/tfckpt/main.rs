@@ -321,6 +321,13 @@ fn shape_text(shape: &[u64]) -> String {
 
 fn list(ckpt: &Path, json: bool) -> CliResult {
     let ckpt = Checkpoint::open(ckpt)?;
+    for missing in ckpt.missing_files() {
+        note!(
+            "warning: {}: missing: a file of this sharded V1 save; the tensors it holds are not \
+             listed",
+            tfckpt::escape_controls(&missing.display().to_string())
+        );
+    }
     let mut out = std::io::stdout().lock();
     if json {
         // cli.md's form to the byte: keys in its order, `", "` and `": "` between items.
