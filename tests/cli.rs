@@ -229,6 +229,19 @@ fn verify_clean_and_damaged() {
     let o = tfckpt(&["verify", tmp.path().to_str().unwrap()]);
     assert_one_error_line(&o, 1, "model-0.data-00000-of-00001");
     assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("more problem"), "{}", stderr(&o));
+    // Two damaged tensors: the first named, the other counted.
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 4;
+    std::fs::write(&data, bytes).unwrap();
+    let o = tfckpt(&["verify", tmp.path().to_str().unwrap()]);
+    assert_one_error_line(&o, 1, "model-0.data-00000-of-00001");
+    assert!(
+        stderr(&o).ends_with(" (and 1 more problem)\n"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A sharded V1 save (files `NAME-i-of-N`, opened through the glob its state file stores) with a

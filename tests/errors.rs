@@ -865,7 +865,7 @@ fn every_header_check_names_the_index_and_the_reason() {
     );
     assert!(
         e.to_string()
-            .ends_with("shard_id 3 but the header says 1 shards"),
+            .ends_with("shard_id 3 but the header says 1 shard"),
         "{e}"
     );
 }

@@ -234,8 +234,9 @@ impl BundleIndex {
                     path: path.into(),
                     tensor: key_name(&e.key),
                     reason: format!(
-                        "shard_id {} but the header says {num_shards} shards",
-                        e.shard
+                        "shard_id {} but the header says {num_shards} shard{}",
+                        e.shard,
+                        if num_shards == 1 { "" } else { "s" }
                     ),
                 }
                 .into());

@@ -396,7 +396,7 @@ fn verify(ckpt: &Path) -> CliResult {
     if let Some(first) = report.problems.first() {
         let more = match report.problems.len() {
             1 => String::new(),
-            n => format!(" (and {} more problems)", n - 1),
+            n => format!(" (and {})", counted(n as u64 - 1, "more problem")),
         };
         return Err(format!("{first}{more}").into());
     }
