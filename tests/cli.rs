@@ -308,7 +308,19 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
         &o,
         1,
         &format!(
-            "{}: bad checkpoint header: named as file 3",
+            "{}: a stray file: its name makes it file 3 of a sharded V1 save of 2 files",
+            stray.display()
+        ),
+    );
+    // Read with the others (TensorFlow's glob takes it too), its copies of the slices overlap
+    // theirs: the error names the file of each.
+    let o = tfckpt_get(tmp.path().to_str().unwrap(), "p", out.to_str().unwrap());
+    assert_one_error_line(
+        &o,
+        1,
+        &format!(
+            "tensor \"p\": overlapping stored slices 0,3:0,3 (in {}) and 0,3:0,3 (in {})",
+            kept.display(),
             stray.display()
         ),
     );

@@ -409,6 +409,17 @@ pub enum ErrorKind {
         #[source]
         source: std::io::Error,
     },
+    /// A file a V1 glob matched whose name numbers it past the count of its save's files
+    /// (`NAME-00002-of-00002`): no file of that save, though its tensors are read with the others.
+    #[error("{}: a stray file: its name makes it file {shard} of a sharded V1 save of {num_shards} files (numbered from 0), so it belongs to no save of this one (move or remove it)", path.display())]
+    StrayV1File {
+        /// The file.
+        path: PathBuf,
+        /// The number its name gives it.
+        shard: u64,
+        /// The count of files its name gives.
+        num_shards: u64,
+    },
     /// A file of a sharded V1 checkpoint is missing: the files found are named `NAME-i-of-N`, and
     /// this `i` is not among them (TensorFlow's glob reads the others without noticing).
     #[error("{}: missing: file {shard} of the {num_shards} files of this sharded V1 checkpoint ({found} found); the tensors it holds cannot be read", path.display())]

@@ -88,6 +88,12 @@ pub(crate) enum V1Values {
 }
 
 impl V1Set {
+    /// The file holding stored slice `i` of tensor `name`, where the save has several files.
+    pub(crate) fn file_of(&self, name: &str, i: usize) -> Option<&Path> {
+        let (_, file) = self.tensors.get(name)?.slices.get(i)?;
+        (self.files.len() > 1).then(|| self.files[*file].path())
+    }
+
     pub(crate) fn open(paths: &[PathBuf]) -> Result<V1Set> {
         let files = paths
             .iter()
@@ -312,12 +318,10 @@ impl V1Set {
             // A file numbered past the count is no file of this save (a glob matched it).
             for &shard in found.iter().filter(|&&i| i >= num_shards) {
                 missing.push(
-                    ErrorKind::BadHeader {
+                    ErrorKind::StrayV1File {
                         path: dir.join(format!("{stem}-{shard:05}-of-{n}")),
-                        reason: format!(
-                            "named as file {shard} of a sharded V1 checkpoint of {num_shards} \
-                             files (numbered from 0), so it belongs to no save of this one"
-                        ),
+                        shard,
+                        num_shards,
                     }
                     .into(),
                 );
@@ -880,10 +884,18 @@ pub(crate) mod tests {
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
         let past = dir.path().join("m-00002-of-00002");
         assert!(
-            matches!(r.problems[0].kind(), crate::ErrorKind::BadHeader { path, reason }
-                if path == &past && reason.contains("named as file 2 of a sharded V1 checkpoint of 2 files")),
+            matches!(r.problems[0].kind(), crate::ErrorKind::StrayV1File { path, shard: 2, num_shards: 2 }
+                if path == &past),
             "{:?}",
             r.problems[0]
+        );
+        assert_eq!(
+            r.problems[0].to_string(),
+            format!(
+                "{}: a stray file: its name makes it file 2 of a sharded V1 save of 2 files \
+                 (numbered from 0), so it belongs to no save of this one (move or remove it)",
+                past.display()
+            )
         );
         let gone = dir.path().join("m-00001-of-00002");
         assert!(

@@ -26,13 +26,23 @@ impl<'c> Stored<'c> {
     pub(crate) fn check_overlaps(&self) -> Result<()> {
         match self.overlap() {
             None => Ok(()),
-            Some((first, second)) => Err(ErrorKind::OverlappingSlices {
-                ckpt: self.ckpt.prefix().to_path_buf(),
-                tensor: self.info.name.clone(),
-                first: first.slice.to_string(),
-                second: second.slice.to_string(),
+            Some((first, second)) => {
+                // In a save of several V1 files, the file of each (a stray copy, say).
+                let shown = |p: &Piece| match &self.ckpt.inner {
+                    Inner::V1(set) => match set.file_of(&self.info.name, p.index) {
+                        Some(file) => format!("{} (in {})", p.slice, file.display()),
+                        None => p.slice.to_string(),
+                    },
+                    Inner::V2(_) => p.slice.to_string(),
+                };
+                Err(ErrorKind::OverlappingSlices {
+                    ckpt: self.ckpt.prefix().to_path_buf(),
+                    tensor: self.info.name.clone(),
+                    first: shown(first),
+                    second: shown(second),
+                }
+                .into())
             }
-            .into()),
         }
     }
 
