@@ -541,7 +541,7 @@ fn size_mismatch() {
     );
     assert!(
         e.to_string()
-            .contains("stored size is 8 bytes, expected 12 for its dtype and shape"),
+            .contains("stored size is 8 bytes, expected 12 for float32 [3]"),
         "{e}"
     );
     // A string tensor's size has a lower bound only (a length byte per element and a checksum).
@@ -549,7 +549,7 @@ fn size_mismatch() {
     let e = err(r);
     assert!(
         e.to_string()
-            .contains("stored size is 6 bytes, expected at least 7 for its dtype and shape"),
+            .contains("stored size is 6 bytes, expected at least 7 for string [3]"),
         "{e}"
     );
     // float64 elements whose bytes pass 2^64 (their count fits int64): said so, not u64::MAX.

@@ -361,12 +361,16 @@ pub enum ErrorKind {
         what: String,
     },
     /// An entry's stored size does not match its dtype and shape.
-    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {}{expected} for its dtype and shape", path.display(), if *exact { "" } else { "at least " })]
+    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {}{expected} for {dtype} {shape:?}", path.display(), if *exact { "" } else { "at least " })]
     SizeMismatch {
         /// The index file.
         path: PathBuf,
         /// The tensor.
         tensor: String,
+        /// Its dtype.
+        dtype: crate::DType,
+        /// Its shape.
+        shape: Vec<u64>,
         /// Bytes implied by dtype × shape (or the lower bound for strings and variants).
         expected: u64,
         /// Whether `expected` is the size (fixed-size dtypes) or its lower bound.
@@ -381,7 +385,7 @@ pub enum ErrorKind {
         path: PathBuf,
     },
     /// An entry's bytes lie (partly) past the end of its data shard.
-    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): truncated data file?", path.display())]
+    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): a truncated data file, or a damaged index?", path.display())]
     OutOfBounds {
         /// The data shard.
         path: PathBuf,

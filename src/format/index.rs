@@ -323,6 +323,8 @@ fn parse_entry(path: &Path, key: &[u8], value: &[u8]) -> Result<Entry> {
             return Err(ErrorKind::SizeMismatch {
                 path: path.into(),
                 tensor: key_name(key),
+                dtype,
+                shape,
                 expected,
                 exact,
                 found: size,
