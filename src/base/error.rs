@@ -189,13 +189,9 @@ fn not_a_table_hint(path: &Path) -> String {
             path.with_extension("").display()
         ),
         Some(n) if n.ends_with(".index") => {
-            "the footer a table ends with is not there: was the index cut short (an interrupted \
-             copy or save)?"
-                .into()
+            "was it cut short (an interrupted copy or save)?".into()
         }
-        _ => {
-            "is this a TensorFlow checkpoint, and all of it (a table ends with its footer)?".into()
-        }
+        _ => "is this a TensorFlow checkpoint, and all of it?".into(),
     }
 }
 
