@@ -289,7 +289,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// A table block's stored checksum does not match its bytes.
-    #[error("{}: block checksum mismatch in the block at offset {offset} ({size} bytes): stored {expected:#010x}, computed {found:#010x}{}", path.display(), reading(tensor))]
+    #[error("{}: block checksum mismatch at offset {offset} (a block of {size} bytes): stored {expected:#010x}, computed {found:#010x}{}", path.display(), reading(tensor))]
     BlockChecksum {
         /// The table file.
         path: PathBuf,
