@@ -1785,6 +1785,16 @@ fn an_empty_model_checkpoint_path_is_a_bad_state_file() {
         &e,
         format!("{}: bad checkpoint state file", state.display()),
     );
+    // An empty file (a save interrupted before it wrote one): said so.
+    std::fs::write(&state, "\n").unwrap();
+    let e = err(Checkpoint::open(dir.path()));
+    says(
+        &e,
+        format!(
+            "{}: bad checkpoint state file: the file is empty",
+            state.display()
+        ),
+    );
 }
 
 /// The store of `tests/fixtures/tf/init/h1_13*` (a model of two variables under `some_scope/`).

@@ -199,9 +199,14 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
         ))
     })?;
     if path.is_empty() {
+        let reason = if text.trim().is_empty() {
+            "the file is empty (it names no checkpoint: model_checkpoint_path is empty)"
+        } else {
+            "model_checkpoint_path is empty"
+        };
         return Err(ErrorKind::BadStateFile {
             path: state,
-            reason: "model_checkpoint_path is empty".into(),
+            reason: reason.into(),
         }
         .into());
     }
