@@ -956,7 +956,7 @@ fn init_inline_json_and_device_errors() {
     assert!(!out.exists());
     // Bad JSON names the file kind, and the file where it came from one.
     let o = tfckpt(&["init", &ckpt, "--model", "{", "--map", "{}", "--no-out"]);
-    assert_one_error_line(&o, 1, "MODEL.json");
+    assert_one_error_line(&o, 1, "error: --model: MODEL.json: not valid JSON");
     let bad = damaged.path().join("model.json");
     std::fs::write(&bad, "[").unwrap();
     let bad = bad.to_str().unwrap();
@@ -964,8 +964,13 @@ fn init_inline_json_and_device_errors() {
     assert_one_error_line(
         &o,
         1,
-        &format!("--model {bad}: invalid argument: MODEL.json"),
+        &format!("error: --model {bad}: MODEL.json: not valid JSON"),
     );
+    std::fs::write(bad, b"{\"variables\": [{\"name\": \"\xff\"}]}").unwrap();
+    let o = tfckpt(&["init", &ckpt, "--model", bad, "--map", "{}", "--no-out"]);
+    assert_one_error_line(&o, 1, &format!("error: --model {bad}: is not UTF-8 text"));
+    let o = tfckpt(&["init", &ckpt, "--model", &ckpt, "--map", "{}", "--no-out"]);
+    assert_one_error_line(&o, 1, &format!("error: --model {ckpt}: cannot be read: "));
     let o = tfckpt(&["init", &ckpt, "--model", model, "--map", bad, "--no-out"]);
     assert_one_error_line(&o, 1, &format!("--map {bad}: "));
     // A file name near the 255-byte limit is written: the temporary name is short (it was the

@@ -492,7 +492,10 @@ fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>>
     let mut text = String::new();
     std::fs::File::open(arg)
         .and_then(|f| f.take(JSON_LIMIT + 1).read_to_string(&mut text))
-        .map_err(|e| format!("{what} {arg}: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => format!("{what} {arg}: is not UTF-8 text"),
+            _ => format!("{what} {arg}: cannot be read: {e}"),
+        })?;
     if text.len() as u64 > JSON_LIMIT {
         return Err(format!("{what} {arg}: larger than {} MiB", JSON_LIMIT >> 20).into());
     }
@@ -518,12 +521,17 @@ fn init(ckpt: &Path, model: &str, map: &str, out: Option<&Path>, load: &Load) ->
     if let Device::Cuda(n) = device {
         check_gpu(n)?;
     }
-    // A file's errors name it (inline JSON is named by its kind, MODEL.json or MAP.json).
+    // Errors name the argument, and the file it names (MODEL.json's own are invalid arguments:
+    // the words add nothing after the argument's name).
     let named = |flag: &str, arg: &str, e: tfckpt::Error| -> Box<dyn std::error::Error> {
+        let said = match e.kind() {
+            tfckpt::ErrorKind::InvalidArgument(text) => text.clone(),
+            _ => e.to_string(),
+        };
         if is_inline(arg) {
-            e.into()
+            format!("{flag}: {said}").into()
         } else {
-            format!("{flag} {arg}: {e}").into()
+            format!("{flag} {arg}: {said}").into()
         }
     };
     let mut store = model_json::parse_model(&json_arg("--model", model)?)
