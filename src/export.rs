@@ -349,11 +349,12 @@ impl VariableStore {
     }
 }
 
-/// A variable that cannot go into a safetensors file (`reason` names its dtype or its name).
+/// A variable that cannot go into a safetensors file (`reason`, which says so, names its dtype
+/// or its name).
 fn cannot_write(name: &str, reason: &str) -> Error {
     ErrorKind::BadVariable {
         name: name.into(),
-        reason: format!("cannot be written to a safetensors file: {reason}"),
+        reason: format!("not written: {reason}"),
     }
     .into()
 }

@@ -109,7 +109,17 @@ fn partition_splits_follow_tensorflow() {
         .is_err()); // exists
 
     // Names: non-empty, no ':' (TensorFlow's tensor suffix), no empty scope component.
-    for bad in ["", "a/", "/a", "a//b", "x:0"] {
+    let why = [
+        ("", "it is empty"),
+        ("a/", "it ends with '/', as a scope does"),
+        ("/a", "it starts with '/' (an empty scope)"),
+        ("a//b", "it holds '//' (an empty scope)"),
+        (
+            "x:0",
+            "it holds a ':' (TensorFlow's ':0' names a tensor of the variable, not the variable)",
+        ),
+    ];
+    for (bad, wrong) in why {
         for partitioned in [false, true] {
             let e = if partitioned {
                 store
@@ -124,8 +134,8 @@ fn partition_splits_follow_tensorflow() {
             assert_eq!(
                 e.to_string(),
                 format!(
-                    "variable {bad:?}: a variable name is non-empty, has no ':' and no empty scope \
-                     component"
+                    "variable {bad:?}: not a variable name: {wrong}; a name is scopes and a last \
+                     part joined by '/', each non-empty, without ':'"
                 ),
             );
         }
@@ -198,7 +208,11 @@ fn part_lists_and_unknown_objects() {
         &AssignmentMap::from([("t", Target::parts(["p/part_0", "q/part_1"]))]),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("same variable"), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("the list holds parts of two variables, p and q: a list target is the parts of one partitioned variable"),
+        "{e}"
+    );
     let e = init_from_checkpoint(
         &mut store,
         &ck,

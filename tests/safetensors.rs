@@ -818,7 +818,7 @@ fn cli_init_safetensors_equals_the_npy_output() {
             .collect();
         if !unwritable.is_empty() {
             // The error names a variable safetensors cannot hold, with its dtype.
-            assert_one_error_line(&o, "cannot be written to a safetensors file");
+            assert_one_error_line(&o, "\": not written: safetensors cannot hold ");
             let err = stderr(&o);
             assert!(err.contains("safetensors cannot hold"), "{err}");
             assert!(

@@ -395,7 +395,8 @@ impl Resolver<'_> {
             match full {
                 Some(f) if f != p.full_name => {
                     return Err(bad(format!(
-                        "parts must all be from the same variable: {f} != {}",
+                        "the list holds parts of two variables, {f} and {}: a list target is the \
+                         parts of one partitioned variable",
                         p.full_name
                     )))
                 }

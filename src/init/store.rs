@@ -155,19 +155,27 @@ impl std::fmt::Debug for VariableStore {
 const MAX_PARTS: u64 = 1 << 20;
 
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.ends_with('/')
-        || name.starts_with('/')
-        || name.contains("//")
-        || name.contains(':')
-    {
-        return Err(ErrorKind::BadVariable {
-            name: name.into(),
-            reason: "a variable name is non-empty, has no ':' and no empty scope component".into(),
-        }
-        .into());
+    let wrong = if name.is_empty() {
+        "it is empty"
+    } else if name.contains(':') {
+        "it holds a ':' (TensorFlow's ':0' names a tensor of the variable, not the variable)"
+    } else if name.starts_with('/') {
+        "it starts with '/' (an empty scope)"
+    } else if name.ends_with('/') {
+        "it ends with '/', as a scope does"
+    } else if name.contains("//") {
+        "it holds '//' (an empty scope)"
+    } else {
+        return Ok(());
+    };
+    Err(ErrorKind::BadVariable {
+        name: name.into(),
+        reason: format!(
+            "not a variable name: {wrong}; a name is scopes and a last part joined by '/', each \
+             non-empty, without ':'"
+        ),
     }
-    Ok(())
+    .into())
 }
 
 impl VariableStore {
