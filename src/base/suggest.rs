@@ -13,9 +13,15 @@ pub(crate) fn close_names<'a>(
     let target_parent = parent(target);
     let limit = (target.chars().count() / 4).max(2);
     let scope = format!("{target}/");
+    // A part's name (`emb/part_0`) where only the whole is there (`emb`, saved whole).
+    let whole = target.rsplit_once("/part_").and_then(|(whole, i)| {
+        (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(whole)
+    });
     let mut scored: Vec<(usize, &str)> = candidates
         .filter_map(|c| {
-            if !target.is_empty() && !target.ends_with('/') && c.starts_with(&scope) {
+            if Some(c) == whole
+                || (!target.is_empty() && !target.ends_with('/') && c.starts_with(&scope))
+            {
                 return Some((0, c));
             }
             let d = distance_within(target, c, limit);
@@ -52,6 +58,24 @@ fn distance_within(a: &str, b: &str, limit: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part's name suggests the whole, however far the names are apart.
+    #[test]
+    fn a_parts_name_suggests_the_whole() {
+        let names = ["dense/kernel", "embedding/table/partx", "embedding/table"];
+        assert_eq!(
+            close_names("embedding/table/part_12", names.into_iter()),
+            vec!["embedding/table", "embedding/table/partx"]
+        );
+        assert_eq!(
+            close_names("emb/part_0", names.into_iter()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            close_names("embedding/table/part_", names.into_iter()),
+            vec!["embedding/table/partx"]
+        );
+    }
 
     #[test]
     fn suggestions() {
