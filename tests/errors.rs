@@ -661,15 +661,37 @@ fn insufficient_slices() {
     );
     assert!(e.to_string().contains("0,2, 3,1"), "{e}");
     // The request in TensorFlow's notation: `-` for a whole dimension, `start,length` else.
-    for (request, text) in [((0, 4), "-"), ((0, 3), "0,3"), ((2, 2), "2,2")] {
+    for (request, text, held, wanted) in [
+        ((0, 4), "-", 3, 4),
+        ((0, 3), "0,3", 2, 3),
+        ((2, 2), "2,2", 1, 2),
+    ] {
         let e = err(ckpt.read_slice("p", &Slice::from_ranges(&[request])));
         let want = format!(
             "tensor \"p\" in checkpoint {}: the stored slices [0,2, 3,1] do not cover the \
-             requested slice {text} (insufficient slices)",
+             requested slice {text} (insufficient slices: they hold {held} of its {wanted} \
+             elements)",
             ckpt.prefix().display()
         );
         assert_eq!(e.to_string(), want);
     }
+    // A tensor of many slices: the first 8 are listed, and how many in all.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = CheckpointWriter::create(dir.path().join("m"), Default::default()).unwrap();
+    for row in 0..10 {
+        let t = Tensor::from_f32(&[1], &[row as f32]).unwrap();
+        w.add_slice("m", &[11], &Slice::from_ranges(&[(row, 1)]), (&t).into())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let e = err(Checkpoint::open(dir.path().join("m")).unwrap().read("m")).to_string();
+    assert!(
+        e.contains(
+            ": the stored slices [0,1, 1,1, 2,1, 3,1, 4,1, 5,1, 6,1, 7,1, ... 10 in all] do not \
+             cover the requested slice - (insufficient slices: they hold 10 of its 11 elements)"
+        ),
+        "{e}"
+    );
 }
 
 /// The index entry of a stored slice that is missing, of another dtype or shape than the slice

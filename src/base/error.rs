@@ -484,7 +484,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// The stored slices of a partitioned tensor do not cover the requested slice.
-    #[error("tensor {tensor:?} in checkpoint {}: the stored slices [{stored}] do not cover the requested slice {requested} (insufficient slices){}", ckpt.display(), absent(absent_files))]
+    #[error("tensor {tensor:?} in checkpoint {}: the stored slices {stored} do not cover the requested slice {requested} (insufficient slices: they hold {held} of its {wanted} elements){}", ckpt.display(), absent(absent_files))]
     InsufficientSlices {
         /// The checkpoint prefix.
         ckpt: PathBuf,
@@ -492,8 +492,12 @@ pub enum ErrorKind {
         tensor: String,
         /// Requested slice, as `start,length` / `-` per dimension.
         requested: String,
-        /// The stored slices.
+        /// The stored slices, in brackets (the first 8, then how many in all).
         stored: String,
+        /// Elements of the requested slice the stored slices hold.
+        held: u64,
+        /// Elements of the requested slice.
+        wanted: u64,
         /// Files of a sharded V1 save that are missing, any of which may hold the rest (the
         /// first 8).
         absent_files: Vec<PathBuf>,

@@ -7,7 +7,7 @@ use super::checkpoint::Inner;
 use super::stored::{Piece, PieceSet, Stored};
 use crate::base::copy::{copy_box, Dst};
 use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{for_each_run, Region, RegionIndex, Slice};
+use crate::base::slice::{for_each_run, shown_slices, Region, RegionIndex, Slice};
 use crate::base::tensor::{ElementsMut, Strings, StringsByRuns};
 use crate::format::bundle::EntryBytes;
 use crate::format::v1::V1Values;
@@ -57,17 +57,16 @@ impl<'c> Stored<'c> {
                 .filter_map(|p| p.region.intersect(want))
                 .map(|inter| inter.num_elements().unwrap_or(0))
                 .sum();
-            if covered != want.num_elements().unwrap_or(0) {
+            let wanted = want.num_elements().unwrap_or(0);
+            if covered != wanted {
+                let all = pieces.all();
                 return Err(ErrorKind::InsufficientSlices {
                     ckpt: self.ckpt.prefix().to_path_buf(),
                     tensor: self.info.name.clone(),
                     requested: region_text(want, &self.info.shape),
-                    stored: pieces
-                        .all()
-                        .iter()
-                        .map(|p| p.slice.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    stored: shown_slices(all.iter().map(|p| &p.slice), all.len()),
+                    held: covered,
+                    wanted,
                     absent_files: self.ckpt.missing_files(),
                 }
                 .into());

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::resolve::{self, Resolved};
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::base::slice::{num_elements, Slice};
+use crate::base::slice::{num_elements, shown_slices, Slice};
 use crate::base::tensor::{ElementsMut, Strings, Tensor, TensorData};
 use crate::format::bundle::{Bundle, EntryBytes};
 use crate::format::slice_codec::{parse_slice_key, slice_key};
@@ -723,16 +723,6 @@ impl Checkpoint {
             )
         })
     }
-}
-
-/// The first 8 of `n` slices, in brackets (a tensor may be stored in thousands):
-/// `[0,2:-, 2,2:-]`, `[..., ... 9000 in all]`.
-fn shown_slices<'a>(slices: impl Iterator<Item = &'a Slice>, n: usize) -> String {
-    let mut shown: Vec<String> = slices.take(8).map(Slice::to_string).collect();
-    if n > 8 {
-        shown.push(format!("... {n} in all"));
-    }
-    format!("[{}]", shown.join(", "))
 }
 
 fn fixed_size(info: &TensorInfo) -> Result<usize> {
