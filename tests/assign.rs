@@ -270,6 +270,20 @@ fn part_lists_and_unknown_objects() {
         matches!(e.kind(), ErrorKind::MappedTensorNotFound { .. }),
         "{e}"
     );
+    // A long list is named by its first 8 parts and its length (the error was as long as it).
+    let parts: Vec<String> = (0..20).map(|i| format!("v/part_{i}")).collect();
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("tt", Target::parts(parts))]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("-> \"[v/part_0, v/part_1, v/part_2, v/part_3, v/part_4, v/part_5, v/part_6, v/part_7, ... 20 in all]\")")
+            && !e.contains("v/part_8"),
+        "{e}"
+    );
     // An empty string target is refused, under its own kind.
     let e = init_from_checkpoint(&mut store, &ck, &AssignmentMap::from([("t/", "")])).unwrap_err();
     assert!(

@@ -54,6 +54,10 @@ impl Target {
         match self {
             Target::Name(s) => s.clone(),
             Target::Variable(s) => format!("variable {s}"),
+            // The first 8 (a list may name thousands of parts).
+            Target::Parts(p) if p.len() > 8 => {
+                format!("[{}, ... {} in all]", p[..8].join(", "), p.len())
+            }
             Target::Parts(p) => format!("[{}]", p.join(", ")),
         }
     }
@@ -312,7 +316,7 @@ impl Resolver<'_> {
                 Ok(parts) => Resolved::Parts(parts),
                 // TensorFlow looks the key up before it checks the list (at install).
                 Err(e) => {
-                    self.tensor(key, key, target, &names.join(", "))?;
+                    self.tensor(key, key, target, &target.describe())?;
                     return Err(e);
                 }
             },
