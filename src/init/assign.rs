@@ -25,6 +25,14 @@ pub enum Target {
     Parts(Vec<String>),
 }
 
+/// The parts of a list target, the first 8 (a list may name thousands of parts).
+fn shown_parts(parts: &[String]) -> String {
+    match parts.len() {
+        0..=8 => parts.join(", "),
+        n => format!("{}, ... {n} in all", parts[..8].join(", ")),
+    }
+}
+
 impl Target {
     /// A name target (variable, partitioned variable or scope).
     pub fn name(s: impl Into<String>) -> Target {
@@ -54,11 +62,7 @@ impl Target {
         match self {
             Target::Name(s) => s.clone(),
             Target::Variable(s) => format!("variable {s}"),
-            // The first 8 (a list may name thousands of parts).
-            Target::Parts(p) if p.len() > 8 => {
-                format!("[{}, ... {} in all]", p[..8].join(", "), p.len())
-            }
-            Target::Parts(p) => format!("[{}]", p.join(", ")),
+            Target::Parts(p) => format!("[{}]", shown_parts(p)),
         }
     }
 }
@@ -316,7 +320,7 @@ impl Resolver<'_> {
                 Ok(parts) => Resolved::Parts(parts),
                 // TensorFlow looks the key up before it checks the list (at install).
                 Err(e) => {
-                    self.tensor(key, key, target, &target.describe())?;
+                    self.tensor(key, key, target, &shown_parts(names))?;
                     return Err(e);
                 }
             },
