@@ -689,11 +689,13 @@ impl Checkpoint {
                     .try_for_each(|s| stored.entry(b, s).map(drop))
             });
             match check {
-                Err(e) => problems.push((None, e)), // after every data problem
+                // Before every data problem: a slice entry the index lists wrongly (another
+                // shape, say) explains its checksum's mismatch.
+                Err(e) => problems.push((None, e)),
                 Ok(()) => incomplete.extend(self.uncovered(id)),
             }
         }
-        problems.sort_by_key(|p| (p.0.is_none(), p.0));
+        problems.sort_by_key(|p| p.0);
         VerifyReport {
             tensors: data.len(),
             // Declared sizes (each within int64) can add up past u64 in a damaged index.
