@@ -687,6 +687,23 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
         return Err(e);
     }
     items.iter().try_for_each(Item::intact)?;
+    // Written from mappings after they were checked: a file written in place meanwhile gave the
+    // file other bytes. Each checkpoint once (its shards), each mapped value once.
+    let mut ckpts: Vec<&Checkpoint> = Vec::new();
+    for item in items {
+        match &item.source {
+            Source::View { ckpt, .. } if !ckpts.iter().any(|c| std::ptr::eq(*c, *ckpt)) => {
+                ckpts.push(ckpt)
+            }
+            Source::Value(t) => {
+                if let TensorData::Bytes(b) = &t.data {
+                    b.unchanged()?;
+                }
+            }
+            _ => {}
+        }
+    }
+    ckpts.iter().try_for_each(|c| c.unchanged())?;
     written.map_err(|e| match e {
         SafeTensorError::IoError(source) => Error::io(path, source),
         SafeTensorError::HeaderTooLarge => ErrorKind::Export {

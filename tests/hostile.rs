@@ -595,6 +595,131 @@ fn allocation_failures_are_errors_not_aborts() {
     assert_eq!(std::fs::metadata(&npy).unwrap().len(), 128 + n);
 }
 
+/// Found by an audit that rewrote checkpoints while reading them (2026-12-06): a shard written
+/// in place (same length) between a value's check and its use gave `tfckpt init` (values mapped
+/// copy-on-write, written out later), `convert` (written from the mapping after the check) and a
+/// read of a partitioned tensor (each piece checksummed, then copied) other bytes than those
+/// checked, with no error: values of two checkpoints mixed. Now each of these ends by asking
+/// whether a file it read was written in place meanwhile ([`ErrorKind::ChangedInPlace`],
+/// naming the file), and a whole copy checksums the bytes it copied. A file replaced by a rename
+/// (as TensorFlow saves) is no change to the mapping, and no error.
+#[cfg(unix)]
+#[test]
+fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
+    use tfckpt::{CheckpointWriter, DType, Device, ErrorKind, Init, LoadOptions, Slice, Tensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let n = 64 * 1024;
+    let write = |scale: f32| {
+        let big: Vec<f32> = (0..n).map(|i| i as f32 * scale).collect(); // 256 KiB
+        let mut w = CheckpointWriter::create(&prefix, Default::default()).unwrap();
+        w.add("a", (&Tensor::from_f32(&[n], &big).unwrap()).into())
+            .unwrap();
+        for row in 0..2 {
+            let t = Tensor::from_f32(&[1, n], &big).unwrap();
+            let slice = Slice::from_ranges(&[(row, 1), (0, n)]);
+            w.add_slice("p", &[2, n], &slice, (&t).into()).unwrap();
+        }
+        w.finish().unwrap();
+    };
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    // The same bytes written over the shard in place: the file is written, its values are not
+    // even changed (what a reader cannot tell apart from a change).
+    fn in_place(shard: &Path) {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // past the stamp's tick
+        let bytes = std::fs::read(shard).unwrap();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(shard).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    let write_in_place = || in_place(&shard);
+    let changed = |e: &tfckpt::Error| matches!(e.kind(), ErrorKind::ChangedInPlace { path } if *path == shard);
+    for case in 0..5 {
+        write(1.0);
+        let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+        ckpt.read("a").unwrap(); // maps the shard
+        let e = match case {
+            0 => {
+                write_in_place();
+                ckpt.read("p").unwrap_err()
+            }
+            1 => {
+                write_in_place();
+                ckpt.verify_all().problems.remove(0)
+            }
+            2 => {
+                write_in_place();
+                let out = tmp.path().join("out.safetensors");
+                let e = ckpt.write_safetensors(&out).unwrap_err();
+                assert!(!out.exists());
+                e
+            }
+            _ => {
+                let mut store = tfckpt::VariableStore::new();
+                store
+                    .get_variable("va", &[n], DType::F32, Init::Zeros)
+                    .unwrap();
+                store
+                    .get_partitioned_variable("vp", &[2, n], DType::F32, &[2, 1], Init::Zeros)
+                    .unwrap();
+                let map = tfckpt::AssignmentMap::from([("a", "va"), ("p", "vp")]);
+                tfckpt::init_from_checkpoint(&mut store, &prefix, &map).unwrap();
+                if case == 3 {
+                    // During the load: once the first tensor is loaded.
+                    let shard = shard.clone();
+                    let options = LoadOptions::new().threads(1).progress(move |p| {
+                        if p.tensors_done == 1 {
+                            in_place(&shard);
+                        }
+                    });
+                    let e = store.initialize_with(Device::Cpu, &options).unwrap_err();
+                    assert!(!store.is_initialized());
+                    e
+                } else {
+                    // After the load, under values mapped copy-on-write that `read_values` reads.
+                    let options = LoadOptions {
+                        map_values: true,
+                        map_min_bytes: Some(0),
+                        ..Default::default()
+                    };
+                    let r = store.initialize_with(Device::Cpu, &options).unwrap();
+                    assert!(r.mapped_bytes > 0);
+                    write_in_place();
+                    store.read_values(|_| ()).unwrap_err()
+                }
+            }
+        };
+        assert!(changed(&e), "case {case}: {e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: the file was changed in place while it was being read (a checkpoint must \
+                 not be changed in place while it is read; TensorFlow writes a new file and \
+                 renames it); nothing read from it is used",
+                shard.display()
+            )
+        );
+    }
+    // Saved again by a rename over the old files: the live checkpoint keeps its own bytes.
+    write(1.0);
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    let before = ckpt.read("p").unwrap().to_f32().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(2.0);
+    assert_eq!(ckpt.read("p").unwrap().to_f32().unwrap(), before);
+    assert!(ckpt.verify_all().problems.is_empty());
+    // A change of the file's status alone (its mode; a hard link, as a backup makes) changes no
+    // byte: no error.
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    ckpt.read("p").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shard, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::hard_link(&shard, tmp.path().join("backup")).unwrap();
+    ckpt.read("p").unwrap();
+    assert!(ckpt.verify_all().problems.is_empty());
+}
+
 /// Defect 6: a shard truncated while a read runs killed the process with SIGBUS. Reads past the
 /// new end now fail with `ErrorKind::Truncated` naming the file; nothing read is used.
 #[cfg(unix)]

@@ -640,14 +640,17 @@ mod tile {
     }
 }
 
-/// `dst = src` with the CRC32C of `src`: bands in parallel, steps checksummed then copied in cache.
+/// `dst = src` with the CRC32C of what was copied: bands in parallel, steps copied then
+/// checksummed in cache.
 pub(crate) fn copy_whole(src: &[u8], dst: &mut [u8]) -> u32 {
     fn serial(src: &[u8], dst: &mut [u8]) -> u32 {
         let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
         let mut running = crc::Running::new();
         for (s, d) in src.chunks(WHOLE_STEP).zip(dst.chunks_mut(WHOLE_STEP)) {
-            running.update(s);
+            // The copy's bytes are checksummed (still in cache), not the source's: a file
+            // written in place meanwhile cannot give the copy bytes other than those checked.
             d.copy_from_slice(s);
+            running.update(d);
         }
         running.finish()
     }

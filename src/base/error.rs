@@ -374,6 +374,13 @@ pub enum ErrorKind {
         /// Bytes the entry claims.
         found: u64,
     },
+    /// A file was written in place while it was being read, or while values mapped from it were
+    /// in use: what was read may mix its two versions, so none of it is used.
+    #[error("{}: the file was changed in place while it was being read (a checkpoint must not be changed in place while it is read; TensorFlow writes a new file and renames it); nothing read from it is used", path.display())]
+    ChangedInPlace {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file shrank while it was being read (a page of its mapping past the new end was read).
     #[error("{}: the file was truncated while it was being read (a checkpoint must not be changed in place while it is read); nothing read from it is used", path.display())]
     Truncated {

@@ -51,6 +51,31 @@ impl FileStamp {
             .ok()
             .map(|m| FileStamp::from_meta(&m))
     }
+
+    /// `Ok` unless the file at `path`, whose stamp was `self` when it was mapped, has been changed
+    /// in place since (written or truncated: another length or modification time, the same
+    /// file). A file deleted since, or replaced by a rename, leaves the mapping its own bytes:
+    /// `Ok`. So is a change of the file's status alone (its mode, owner or links, as a backup
+    /// that hard-links it makes), which changes no byte.
+    pub(crate) fn unchanged(&self, path: &Path) -> Result<()> {
+        let Some(now) = FileStamp::of(path) else {
+            return Ok(());
+        };
+        #[cfg(unix)]
+        if (now.id.0, now.id.1) != (self.id.0, self.id.1) {
+            return Ok(());
+        }
+        if (now.len, now.modified) == (self.len, self.modified) {
+            return Ok(());
+        }
+        let path = path.to_path_buf();
+        Err(if now.len < self.len {
+            ErrorKind::Truncated { path }
+        } else {
+            ErrorKind::ChangedInPlace { path }
+        }
+        .into())
+    }
 }
 
 /// A read-only file mapping (an empty file has no mapping).
@@ -261,6 +286,12 @@ impl MappedFile {
         self.stamp
     }
 
+    /// `Ok` unless the file has been changed in place since it was mapped
+    /// ([`FileStamp::unchanged`]): what was read from it may then mix two versions.
+    pub(crate) fn unchanged(&self) -> Result<()> {
+        self.stamp.unchanged(&self.path)
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.bytes().len() as u64
     }
@@ -298,6 +329,7 @@ impl MappedFile {
             guard: crate::base::sigbus::Guard::new(&map, &self.path),
             map,
             path: self.path.clone(),
+            stamp: self.stamp,
             _slot: slot,
         })
     }
@@ -375,10 +407,18 @@ pub(crate) struct PrivateMap {
     guard: crate::base::sigbus::Guard,
     map: memmap2::MmapMut,
     path: PathBuf,
+    /// The file's stamp when it was mapped and checked.
+    stamp: FileStamp,
     _slot: MapSlot,
 }
 
 impl PrivateMap {
+    /// `Ok` unless the file has been changed in place since this was mapped: its pages the
+    /// trainer has not written then show the new bytes, unchecked.
+    pub(crate) fn unchanged(&self) -> Result<()> {
+        self.stamp.unchanged(&self.path)
+    }
+
     /// Whether a library read found the file truncated under this mapping.
     pub(crate) fn faulted(&self) -> bool {
         self.guard.faulted()

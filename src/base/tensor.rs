@@ -41,6 +41,15 @@ impl Bytes {
         }
     }
 
+    /// An error when the checkpoint file under these (mapped) bytes was changed in place since they
+    /// were checked: their pages not yet written show the new bytes.
+    pub(crate) fn unchanged(&self) -> crate::Result<()> {
+        match &self.0 {
+            Repr::Mapped(m) => m.unchanged(),
+            Repr::Owned(_) => Ok(()),
+        }
+    }
+
     /// Whether the bytes are a copy-on-write mapping of a checkpoint file (see the type's docs).
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Repr::Mapped(_))

@@ -104,6 +104,24 @@ impl Bundle {
         }
     }
 
+    /// `Ok` unless the index or a data shard mapped so far has been changed in place since it was
+    /// opened (what was read from it may mix two versions). Local files only.
+    pub(crate) fn unchanged(&self) -> Result<()> {
+        match &self.source {
+            Source::Local {
+                index_stamp,
+                shards,
+            } => {
+                index_stamp.unchanged(&self.index_path)?;
+                let shards = shards.lock().unwrap_or_else(|p| p.into_inner());
+                shards.values().try_for_each(|map| map.unchanged())
+            }
+            // An object replaced is caught by each read (its size and ETag).
+            #[cfg(feature = "remote")]
+            Source::Remote(_) => Ok(()),
+        }
+    }
+
     /// Checks that `e`'s bytes lie inside its shard (opening or asking for the shard).
     pub(crate) fn check_bounds(&self, e: &Entry) -> Result<()> {
         match &self.source {

@@ -794,6 +794,7 @@ impl VariableStore {
         for (_, t) in &parts {
             if let TensorData::Bytes(b) = &t.data {
                 b.intact()?;
+                b.unchanged()?;
             }
         }
         Ok(Tensor {
@@ -806,8 +807,11 @@ impl VariableStore {
     /// Runs `f` over the store on the calling thread, catching a checkpoint file truncated under
     /// a value mapped copy-on-write ([`LoadOptions::map_values`](crate::LoadOptions::map_values))
     /// while `f` reads it: the result is then [`ErrorKind::Truncated`] naming the file, where a
-    /// plain read would end the process with `SIGBUS`. `tfckpt init` writes its values out this
-    /// way. The same holds for any other mapping of the library that `f` reads on this thread (a
+    /// plain read would end the process with `SIGBUS`. A file written in place since the load
+    /// checked such a value (its pages then show the new bytes) makes the result
+    /// [`ErrorKind::ChangedInPlace`]: what `f` read may not be what was checked, so `f` should
+    /// not commit it (rename a file into place) itself. `tfckpt init` writes its values out this
+    /// way, and moves them into place after. The same holds for any other mapping of the library that `f` reads on this thread (a
     /// [`TensorView`](crate::TensorView), another store's value). Reads on other threads are not
     /// covered. Nor should `f` wait on a thread pool from a worker of that pool (a rayon `join`
     /// or parallel iterator called on a pool's worker thread): while it waits, the thread runs
@@ -826,7 +830,23 @@ impl VariableStore {
         if let Some(path) = repaired {
             return Err(ErrorKind::Truncated { path }.into());
         }
+        self.check_values()?;
         Ok(out)
+    }
+
+    /// `Ok` unless a value mapped copy-on-write can no longer be trusted: a library read found
+    /// its file truncated, or its file was written in place since the load checked it (such a
+    /// value shows the file's bytes in the pages the trainer has not written).
+    fn check_values(&self) -> Result<()> {
+        for t in self.values.values() {
+            if let TensorData::Bytes(b) = &t.data {
+                b.intact()?;
+                // Written in place since: and a truncation that a system call met (EFAULT rather
+                // than SIGBUS, so no read marked it) shows here as the file's new length.
+                b.unchanged()?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -196,6 +196,11 @@ pub(crate) fn run<D: Destination>(
     }
     let initialized = Instant::now();
     let values = dest.finish(&mut report)?;
+    // Each byte was checked as it was read; a file written in place meanwhile may have given a
+    // value bytes other than those checked (a value mapped copy-on-write shows the file's own).
+    for c in ckpts.iter() {
+        c.unchanged()?;
+    }
     tracker.complete();
     let finished = Instant::now();
     report.from_checkpoint = plan.items.iter().map(|it| it.dests.len()).sum();

@@ -451,6 +451,18 @@ impl Checkpoint {
         }
     }
 
+    /// `Ok` unless a file of the checkpoint read so far has been changed in place since it was
+    /// opened ([`ErrorKind::ChangedInPlace`], or [`ErrorKind::Truncated`] for a file shortened):
+    /// what was read from it may then mix its two versions. A file deleted, or replaced by a
+    /// rename, leaves the checkpoint its own bytes. Local files only (an object replaced on object
+    /// storage is caught by each read: its size and ETag).
+    pub(crate) fn unchanged(&self) -> Result<()> {
+        match &self.inner {
+            Inner::V2(b) => b.unchanged(),
+            Inner::V1(set) => set.unchanged(),
+        }
+    }
+
     /// Whether the checkpoint's index (V2) or files (V1) are unchanged on disk since it was opened
     /// (same length and modification time), so that what it says still describes them.
     pub fn is_current(&self) -> bool {
@@ -525,7 +537,7 @@ impl Checkpoint {
             }
             None => TensorData::Strings(Strings::new()), // filled whole by the read
         };
-        stored.assemble(&mut [(region.clone(), data.elements_mut())])?;
+        stored.assemble_read(&mut [(region.clone(), data.elements_mut())])?;
         Ok(Tensor {
             dtype: info.dtype,
             shape: region.shape(),
@@ -607,9 +619,7 @@ impl Checkpoint {
             }
             .into());
         }
-        stored
-            .assemble(&mut [(slice.region(&info.shape), ElementsMut::Bytes(dst))])
-            .map(drop)
+        stored.assemble_read(&mut [(slice.region(&info.shape), ElementsMut::Bytes(dst))])
     }
 
     /// Checks every checksum (and, for V1, every record), as [`verify_all`](Self::verify_all)
@@ -625,6 +635,15 @@ impl Checkpoint {
 
     /// Checks every block and tensor checksum, in parallel, and reports every problem found.
     pub fn verify_all(&self) -> VerifyReport {
+        let mut report = self.verify_files();
+        // A file written in place while it was checked: first, as it explains the rest.
+        if let Err(e) = self.unchanged() {
+            report.problems.insert(0, e);
+        }
+        report
+    }
+
+    fn verify_files(&self) -> VerifyReport {
         let _reading = crate::base::sigbus::reading();
         match &self.inner {
             Inner::V2(b) => self.verify_bundle(b),

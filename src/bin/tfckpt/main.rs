@@ -817,32 +817,34 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
 /// DIR/NAME.npy for every variable and part, and the whole of every partitioned variable, all or
 /// nothing (see `out`).
 fn write_outputs(dir: &Path, store: &VariableStore) -> CliResult {
-    // Values may be copy-on-write mappings of the checkpoint: a file truncated meanwhile is an
-    // error (ErrorKind::Truncated), not SIGBUS.
-    store.read_values(|store| write_tree_of(dir, store))?
+    out::write_tree(dir, |tmp| {
+        // Values may be copy-on-write mappings of the checkpoint: a file truncated meanwhile is
+        // an error (ErrorKind::Truncated), not SIGBUS, and one written in place meanwhile
+        // (ErrorKind::ChangedInPlace) too; either way before the files are moved into place.
+        store.read_values(|store| write_files_of(tmp, dir, store))?
+    })
 }
 
-fn write_tree_of(dir: &Path, store: &VariableStore) -> CliResult {
-    out::write_tree(dir, |tmp| {
-        // After a ranked load, only this rank's variables and parts, and the wholes of the
-        // partitioned variables it holds every part of.
-        for v in store.variables().filter(|v| !store.is_other_rank(&v.name)) {
-            let t = store
-                .value(&v.name)
-                .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
-            let file = format!("{}.npy", v.name);
-            write_npy_below(tmp, &file, &dir.join(&file), t)?;
+/// The files of `write_outputs`, written into `tmp` (named as they will be in `dir`).
+fn write_files_of(tmp: &Path, dir: &Path, store: &VariableStore) -> CliResult {
+    // After a ranked load, only this rank's variables and parts, and the wholes of the
+    // partitioned variables it holds every part of.
+    for v in store.variables().filter(|v| !store.is_other_rank(&v.name)) {
+        let t = store
+            .value(&v.name)
+            .ok_or_else(|| format!("variable {:?} has no value", v.name))?;
+        let file = format!("{}.npy", v.name);
+        write_npy_below(tmp, &file, &dir.join(&file), t)?;
+    }
+    for pv in store.partitioned_variables() {
+        if pv.parts.iter().any(|p| store.is_other_rank(p)) {
+            continue;
         }
-        for pv in store.partitioned_variables() {
-            if pv.parts.iter().any(|p| store.is_other_rank(p)) {
-                continue;
-            }
-            let t = store.partitioned_value(&pv.name)?;
-            let file = format!("{}.npy", pv.name);
-            write_npy_below(tmp, &file, &dir.join(&file), &t)?;
-        }
-        Ok(())
-    })
+        let t = store.partitioned_value(&pv.name)?;
+        let file = format!("{}.npy", pv.name);
+        write_npy_below(tmp, &file, &dir.join(&file), &t)?;
+    }
+    Ok(())
 }
 
 /// A one-line progress display on stderr for loads longer than a second (only on a terminal, so
