@@ -267,8 +267,8 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
         assert_eq!(
             stderr(&o),
             format!(
-                "warning: {}: missing: a file of this sharded V1 save; the tensors it holds are \
-                 not listed\n",
+                "warning: {}: missing: file 1 of the 2 files of this sharded V1 checkpoint (1 \
+                 found); the tensors it holds cannot be read\n",
                 gone.display()
             )
         );
@@ -311,6 +311,13 @@ fn verify_names_a_missing_file_of_a_sharded_v1_save() {
             "{}: a stray file: its name makes it file 3 of a sharded V1 save of 2 files",
             stray.display()
         ),
+    );
+    let o = tfckpt(&["list", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!("warning: {}: a stray file: ", stray.display())),
+        "{}",
+        stderr(&o)
     );
     // Read with the others (TensorFlow's glob takes it too), its copies of the slices overlap
     // theirs: the error names the file of each.

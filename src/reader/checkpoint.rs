@@ -433,22 +433,31 @@ impl Checkpoint {
         }
     }
 
-    /// The files of a sharded V1 save (opened by its glob, `model.ckpt-0-?????-of-00002`) that
-    /// are missing: TensorFlow's glob reads the others without noticing, and the tensors a
-    /// missing file holds are neither listed nor found. Empty for any other checkpoint (a V2
-    /// checkpoint's index names its data files: [`files`](Self::files)).
-    pub fn missing_files(&self) -> Vec<PathBuf> {
+    /// What is wrong with the files of a sharded V1 save opened by its glob
+    /// (`model.ckpt-0-?????-of-00002`), which TensorFlow's glob reads without noticing: a file
+    /// its naming expects that is missing ([`ErrorKind::MissingV1Shard`]: the tensors it holds
+    /// are neither listed nor found), and one numbered past the save's count
+    /// ([`ErrorKind::StrayV1File`]: read with the others, its slices overlap theirs).
+    /// [`verify_all`](Self::verify_all) reports them too; `tfckpt list` warns of them. Empty
+    /// for any other checkpoint (a V2 checkpoint's index names its data files:
+    /// [`files`](Self::files)).
+    pub fn file_problems(&self) -> Vec<Error> {
         match &self.inner {
-            Inner::V1(set) if resolve::is_glob(&self.prefix) => set
-                .missing_shards()
-                .into_iter()
-                .filter_map(|e| match e.into_kind() {
-                    ErrorKind::MissingV1Shard { path, .. } => Some(path),
-                    _ => None,
-                })
-                .collect(),
+            Inner::V1(set) if resolve::is_glob(&self.prefix) => set.missing_shards(),
             _ => Vec::new(),
         }
+    }
+
+    /// The missing files among [`file_problems`](Self::file_problems): a tensor not found may
+    /// be in one of them.
+    pub(crate) fn missing_files(&self) -> Vec<PathBuf> {
+        self.file_problems()
+            .into_iter()
+            .filter_map(|e| match e.into_kind() {
+                ErrorKind::MissingV1Shard { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect()
     }
 
     /// `Ok` unless a file of the checkpoint read so far has been changed in place since it was

@@ -321,12 +321,10 @@ fn shape_text(shape: &[u64]) -> String {
 
 fn list(ckpt: &Path, json: bool) -> CliResult {
     let ckpt = Checkpoint::open(ckpt)?;
-    for missing in ckpt.missing_files() {
-        note!(
-            "warning: {}: missing: a file of this sharded V1 save; the tensors it holds are not \
-             listed",
-            tfckpt::escape_controls(&missing.display().to_string())
-        );
+    // What TensorFlow's glob passes over without a word: a missing file (its tensors are not
+    // listed) and a stray one (its tensors are).
+    for problem in ckpt.file_problems() {
+        note!("warning: {}", tfckpt::escape_controls(&problem.to_string()));
     }
     let mut out = std::io::stdout().lock();
     if json {
