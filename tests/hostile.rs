@@ -720,6 +720,37 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
     assert!(ckpt.verify_all().problems.is_empty());
 }
 
+/// A thread's id is cached for the truncation guard (asking the kernel each time cost a third
+/// of a small read); a child forked by a thread that had read for the library is another thread
+/// of another id, so its reads must still be caught: there, too, a shard truncated under a read
+/// is an error, not `SIGBUS`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forked_child_of_a_reading_thread_still_catches_truncation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect(); // 256 KiB each
+    let mut b = common::builder::CkptBuilder::new(&prefix);
+    b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
+    b.finish();
+    // This thread reads for the library first (its id is now cached).
+    tfckpt::Checkpoint::open(&prefix)
+        .unwrap()
+        .read("a")
+        .unwrap();
+    let shard = tmp.path().join("m.data-00000-of-00001");
+    let child = || {
+        let ckpt = tfckpt::Checkpoint::open(&prefix).map_err(|e| e.to_string())?;
+        ckpt.read("a").map_err(|e| e.to_string())?; // maps the shard
+        truncate(&shard);
+        match ckpt.read("b") {
+            Err(e) if matches!(e.kind(), tfckpt::ErrorKind::Truncated { .. }) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    assert_eq!(common::fork::in_child(child), "ok");
+}
+
 /// Defect 6: a shard truncated while a read runs killed the process with SIGBUS. Reads past the
 /// new end now fail with `ErrorKind::Truncated` naming the file; nothing read is used.
 #[cfg(unix)]

@@ -109,6 +109,34 @@ mod imp {
         unsafe { libc::syscall(libc::SYS_gettid) as i32 }
     }
 
+    /// Forks of this process so far, as seen by the child (counted by a `pthread_atfork`
+    /// handler): a thread's cached id is its parent's after a fork.
+    static FORKS: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        /// The calling thread's id, with the fork count when it was asked.
+        static TID: Cell<(usize, i32)> = const { Cell::new((usize::MAX, 0)) };
+    }
+
+    /// [`tid`], asked once per thread (and again in a forked child): marking a thread costs no
+    /// system call (each `gettid` was about a third of a 256-byte read's time; this project's
+    /// VM, 2026-12-06).
+    fn my_tid() -> i32 {
+        let forks = FORKS.load(Ordering::Acquire);
+        TID.with(|t| match t.get() {
+            (seen, id) if seen == forks => id,
+            _ => {
+                let id = tid();
+                t.set((forks, id));
+                id
+            }
+        })
+    }
+
+    extern "C" fn after_fork_in_child() {
+        FORKS.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Installs the handler (once per process). The previous disposition is recorded before
     /// ours is live, so a fault never finds it missing.
     pub(super) fn install() {
@@ -131,6 +159,8 @@ mod imp {
                 ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut ours.sa_mask);
                 libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut());
+                // Registered before any thread caches its id (`reading` installs first).
+                libc::pthread_atfork(None, None, Some(after_fork_in_child));
             }
         });
     }
@@ -175,7 +205,7 @@ mod imp {
         MINE.with(|m| {
             let (entry, depth, was) = m.get();
             if let Some(i) = entry {
-                READING[i].store(if marked { tid() } else { PAUSED }, Ordering::Release);
+                READING[i].store(if marked { my_tid() } else { PAUSED }, Ordering::Release);
             }
             m.set((entry, depth, marked));
             was
@@ -193,7 +223,7 @@ mod imp {
         MINE.with(|m| {
             let (mut entry, depth, was) = m.get();
             if depth == 0 {
-                let me = tid();
+                let me = my_tid();
                 let from = me as usize % READERS;
                 entry = (0..READERS).map(|k| (from + k) % READERS).find(|&i| {
                     READING[i]
@@ -201,7 +231,7 @@ mod imp {
                         .is_ok()
                 });
             } else if let Some(i) = entry {
-                READING[i].store(tid(), Ordering::Release);
+                READING[i].store(my_tid(), Ordering::Release);
             }
             m.set((entry, depth + 1, true));
             was
@@ -214,7 +244,7 @@ mod imp {
             let depth = depth.saturating_sub(1);
             if let Some(i) = entry {
                 let now = match (depth > 0, was) {
-                    (true, true) => tid(),
+                    (true, true) => my_tid(),
                     (true, false) => PAUSED,
                     (false, _) => 0, // free
                 };
