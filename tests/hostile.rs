@@ -720,6 +720,15 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
     assert!(ckpt.verify_all().problems.is_empty());
 }
 
+/// A checkpoint at `prefix` of two float32 tensors of 256 KiB, `a` and `b`, both these values.
+fn two_tensors_of_256_kib(prefix: &Path) -> Vec<f32> {
+    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect();
+    let mut b = common::builder::CkptBuilder::new(prefix);
+    b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
+    b.finish();
+    big
+}
+
 /// A thread's id is cached for the truncation guard (asking the kernel each time cost a third
 /// of a small read); a child forked by a thread that had read for the library is another thread
 /// of another id, so its reads must still be caught: there, too, a shard truncated under a read
@@ -729,10 +738,7 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
 fn a_forked_child_of_a_reading_thread_still_catches_truncation() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("m");
-    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect(); // 256 KiB each
-    let mut b = common::builder::CkptBuilder::new(&prefix);
-    b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
-    b.finish();
+    two_tensors_of_256_kib(&prefix);
     // This thread reads for the library first (its id is now cached).
     tfckpt::Checkpoint::open(&prefix)
         .unwrap()
@@ -758,10 +764,7 @@ fn a_forked_child_of_a_reading_thread_still_catches_truncation() {
 fn a_shard_truncated_under_a_live_checkpoint_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("m");
-    let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect(); // 256 KiB each
-    let mut b = common::builder::CkptBuilder::new(&prefix);
-    b.f32("a", &[64 * 1024], &big).f32("b", &[64 * 1024], &big);
-    b.finish();
+    let big = two_tensors_of_256_kib(&prefix);
     let shard = tmp.path().join("m.data-00000-of-00001");
     let truncated = |e: &tfckpt::Error| matches!(e.kind(), tfckpt::ErrorKind::Truncated { path } if *path == shard);
     // A read, a whole check and a load, each after the shard shrank under the live mapping.

@@ -900,14 +900,13 @@ mod tests {
                 *key = b"y".to_vec();
             }
         });
-        let e = Checkpoint::open(&prefix).unwrap_err().to_string();
-        assert!(
-            e.ends_with(
-                "entry for tensor \"z\" is not usable: the index holds a stored slice 0,2:0,2 \
-                 of it, but no entry for the tensor"
-            ),
-            "{e}"
-        );
+        // Opening fails: the entry of "z" is not usable because of `why`.
+        let fails = |why: &str| {
+            let e = Checkpoint::open(&prefix).unwrap_err().to_string();
+            let said = format!("entry for tensor \"z\" is not usable: the index holds a {why}");
+            assert!(e.ends_with(&said), "{e}");
+        };
+        fails("stored slice 0,2:0,2 of it, but no entry for the tensor");
         // An entry of the whole tensor (no slices, 40 bytes of its data file).
         rewrite_index(&prefix, |key, e| {
             if key.as_slice() == b"y" {
@@ -916,14 +915,7 @@ mod tests {
                 e.size = 40;
             }
         });
-        let e = Checkpoint::open(&prefix).unwrap_err().to_string();
-        assert!(
-            e.ends_with(
-                "entry for tensor \"z\" is not usable: the index holds a stored slice 0,2:0,2 \
-                 of it, but its entry lists no slices"
-            ),
-            "{e}"
-        );
+        fails("stored slice 0,2:0,2 of it, but its entry lists no slices");
     }
 
     /// Two slice entries that an index places at the same offset (TensorFlow only does so for
