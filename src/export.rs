@@ -688,16 +688,22 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
     }
     items.iter().try_for_each(Item::intact)?;
     // Written from mappings after they were checked: a file written in place meanwhile gave the
-    // file other bytes. Each checkpoint once (its shards), each mapped value once.
+    // file other bytes. Each checkpoint once (its shards), each file of mapped values once.
     let mut ckpts: Vec<&Checkpoint> = Vec::new();
+    let mut asked: Vec<&Path> = Vec::new();
     for item in items {
         match &item.source {
             Source::View { ckpt, .. } if !ckpts.iter().any(|c| std::ptr::eq(*c, *ckpt)) => {
                 ckpts.push(ckpt)
             }
             Source::Value(t) => {
-                if let TensorData::Bytes(b) = &t.data {
-                    b.unchanged()?;
+                let mapping = match &t.data {
+                    TensorData::Bytes(b) => b.mapping(),
+                    TensorData::Strings(_) => None,
+                };
+                if let Some(m) = mapping.filter(|m| !asked.contains(&m.path())) {
+                    asked.push(m.path());
+                    m.unchanged()?;
                 }
             }
             _ => {}

@@ -693,9 +693,9 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
         assert_eq!(
             e.to_string(),
             format!(
-                "{}: the file was changed in place while it was being read (a checkpoint must \
-                 not be changed in place while it is read; TensorFlow writes a new file and \
-                 renames it); nothing read from it is used",
+                "{}: the file was changed in place while it was being read (a checkpoint's data \
+                 files must not be changed in place while it is read: save to a new prefix, or \
+                 rename new files over them); nothing read from it is used",
                 shard.display()
             )
         );

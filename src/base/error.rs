@@ -376,7 +376,7 @@ pub enum ErrorKind {
     },
     /// A file was written in place while it was being read, or while values mapped from it were
     /// in use: what was read may mix its two versions, so none of it is used.
-    #[error("{}: the file was changed in place while it was being read (a checkpoint must not be changed in place while it is read; TensorFlow writes a new file and renames it); nothing read from it is used", path.display())]
+    #[error("{}: the file was changed in place while it was being read (a checkpoint's data files must not be changed in place while it is read: save to a new prefix, or rename new files over them); nothing read from it is used", path.display())]
     ChangedInPlace {
         /// The file.
         path: PathBuf,

@@ -120,7 +120,9 @@ mod imp {
 
     /// [`tid`], asked once per thread (and again in a forked child): marking a thread costs no
     /// system call (each `gettid` was about a third of a 256-byte read's time; this project's
-    /// VM, 2026-12-06).
+    /// VM, 2026-12-06). A child made by `fork` (whose handlers count it) asks again; one made by
+    /// a raw `clone` without them would keep its parent's id, and reads for the library there
+    /// would not be caught (std's process spawning clones only to `exec` at once).
     fn my_tid() -> i32 {
         let forks = FORKS.load(Ordering::Acquire);
         TID.with(|t| match t.get() {

@@ -44,9 +44,14 @@ impl Bytes {
     /// An error when the checkpoint file under these (mapped) bytes was changed in place since they
     /// were checked: their pages not yet written show the new bytes.
     pub(crate) fn unchanged(&self) -> crate::Result<()> {
+        self.mapping().map_or(Ok(()), |m| m.unchanged())
+    }
+
+    /// The mapping these bytes are, if they are one.
+    pub(crate) fn mapping(&self) -> Option<&crate::base::mmap::PrivateMap> {
         match &self.0 {
-            Repr::Mapped(m) => m.unchanged(),
-            Repr::Owned(_) => Ok(()),
+            Repr::Mapped(m) => Some(m),
+            Repr::Owned(_) => None,
         }
     }
 

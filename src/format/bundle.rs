@@ -104,17 +104,21 @@ impl Bundle {
         }
     }
 
-    /// `Ok` unless the index or a data shard mapped so far has been changed in place since it was
-    /// opened (what was read from it may mix two versions). Local files only.
-    pub(crate) fn unchanged(&self) -> Result<()> {
+    /// `Ok` unless a data shard mapped so far (of `only`, where given: the shards a read used) has
+    /// been changed in place since it was mapped (what was read from it may mix two versions).
+    /// The index is not asked: it was read whole when the checkpoint was opened, and TensorFlow
+    /// itself rewrites a merged save's index in place. Local files only.
+    pub(crate) fn unchanged(&self, only: Option<&[u32]>) -> Result<()> {
         match &self.source {
-            Source::Local {
-                index_stamp,
-                shards,
-            } => {
-                index_stamp.unchanged(&self.index_path)?;
+            Source::Local { shards, .. } => {
                 let shards = shards.lock().unwrap_or_else(|p| p.into_inner());
-                shards.values().try_for_each(|map| map.unchanged())
+                match only {
+                    Some(ids) => ids
+                        .iter()
+                        .filter_map(|id| shards.get(id))
+                        .try_for_each(|map| map.unchanged()),
+                    None => shards.values().try_for_each(|map| map.unchanged()),
+                }
             }
             // An object replaced is caught by each read (its size and ETag).
             #[cfg(feature = "remote")]

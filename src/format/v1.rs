@@ -217,9 +217,16 @@ impl V1Set {
         self.files.iter().all(V1File::is_current)
     }
 
-    /// `Ok` unless a mapped file has been changed in place since it was opened.
-    pub(crate) fn unchanged(&self) -> Result<()> {
-        self.files.iter().try_for_each(|file| match file {
+    /// `Ok` unless a mapped file (of those holding tensor `only`'s slices, where given) has been
+    /// changed in place since it was opened.
+    pub(crate) fn unchanged(&self, only: Option<&str>) -> Result<()> {
+        let mut files: Vec<usize> = match only.and_then(|name| self.tensors.get(name)) {
+            Some(t) => t.slices.iter().map(|(_, f)| *f).collect(),
+            None => (0..self.files.len()).collect(),
+        };
+        files.sort_unstable();
+        files.dedup();
+        files.into_iter().try_for_each(|f| match &self.files[f] {
             V1File::Mapped(m) => m.unchanged(),
             // A fetched copy is the bytes checked.
             #[cfg(feature = "remote")]

@@ -107,10 +107,28 @@ impl<'c> Stored<'c> {
             }
             _ => false,
         };
-        if !whole {
-            self.ckpt.unchanged()?;
+        if whole {
+            return Ok(());
         }
-        Ok(())
+        // The files of the pieces this read took (one `stat` each), not every one mapped.
+        match &self.ckpt.inner {
+            Inner::V2(b) => {
+                let mut shards: Vec<u32> = Vec::new();
+                for (want, _) in reqs.iter() {
+                    for p in self.pieces().intersecting(want) {
+                        // Its entry was read by the read that just succeeded.
+                        let Ok(e) = self.entry(b, &p.slice) else {
+                            continue;
+                        };
+                        if !shards.contains(&e.shard) {
+                            shards.push(e.shard);
+                        }
+                    }
+                }
+                b.unchanged(Some(&shards))
+            }
+            Inner::V1(set) => set.unchanged(Some(&self.info.name)),
+        }
     }
 
     /// [`assemble`](Self::assemble) from pieces already checked by [`covering`](Self::covering).

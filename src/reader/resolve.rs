@@ -131,7 +131,10 @@ fn unusable_index(prefix: &Path) -> Option<Error> {
     let index = index_path(prefix);
     if std::fs::symlink_metadata(&index).is_ok() {
         let e = crate::base::mmap::open_regular(&index).err()?;
-        return Some(Error::io(&index, e));
+        // A link to nothing is as good as missing: on to the data files (and `NotFound`).
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Some(Error::io(&index, e));
+        }
     }
     let name = prefix.file_name()?.to_str()?;
     let dir = match prefix.parent() {
