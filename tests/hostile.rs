@@ -598,7 +598,7 @@ fn allocation_failures_are_errors_not_aborts() {
 /// Found by an audit that rewrote checkpoints while reading them (2026-12-06): a shard written
 /// in place (same length) between a value's check and its use gave `tfckpt init` (values mapped
 /// copy-on-write, written out later), `convert` (written from the mapping after the check) and a
-/// read of a partitioned tensor (each piece checksummed, then copied) other bytes than those
+/// read of a partitioned tensor or of a box (each piece checksummed, then copied) other bytes than those
 /// checked, with no error: values of two checkpoints mixed. Now each of these ends by asking
 /// whether a file it read was written in place meanwhile ([`ErrorKind::ChangedInPlace`],
 /// naming the file), and a whole copy checksums the bytes it copied. A file replaced by a rename
@@ -634,7 +634,7 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
     }
     let write_in_place = || in_place(&shard);
     let changed = |e: &tfckpt::Error| matches!(e.kind(), ErrorKind::ChangedInPlace { path } if *path == shard);
-    for case in 0..5 {
+    for case in 0..6 {
         write(1.0);
         let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
         ckpt.read("a").unwrap(); // maps the shard
@@ -647,6 +647,12 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
                 write_in_place();
                 ckpt.verify_all().problems.remove(0)
             }
+            5 => {
+                // A box of a tensor saved whole (copied in part after the whole was checked).
+                write_in_place();
+                ckpt.read_slice("a", &Slice::from_ranges(&[(0, 10)]))
+                    .unwrap_err()
+            }
             2 => {
                 write_in_place();
                 let out = tmp.path().join("out.safetensors");
@@ -654,7 +660,7 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
                 assert!(!out.exists());
                 e
             }
-            _ => {
+            3 | 4 => {
                 let mut store = tfckpt::VariableStore::new();
                 store
                     .get_variable("va", &[n], DType::F32, Init::Zeros)
@@ -688,6 +694,7 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
                     store.read_values(|_| ()).unwrap_err()
                 }
             }
+            _ => unreachable!(),
         };
         assert!(changed(&e), "case {case}: {e}");
         assert_eq!(
