@@ -598,11 +598,12 @@ fn allocation_failures_are_errors_not_aborts() {
 /// Found by an audit that rewrote checkpoints while reading them (2026-12-06): a shard written
 /// in place (same length) between a value's check and its use gave `tfckpt init` (values mapped
 /// copy-on-write, written out later), `convert` (written from the mapping after the check) and a
-/// read of a partitioned tensor or of a box (each piece checksummed, then copied) other bytes than those
-/// checked, with no error: values of two checkpoints mixed. Now each of these ends by asking
-/// whether a file it read was written in place meanwhile ([`ErrorKind::ChangedInPlace`],
-/// naming the file), and a whole copy checksums the bytes it copied. A file replaced by a rename
-/// (as TensorFlow saves) is no change to the mapping, and no error.
+/// read of a partitioned tensor or of a box (each piece checksummed, then copied) other bytes
+/// than those checked, with no error: values of two checkpoints mixed. Now each of these ends
+/// by asking whether a file it read was written in place meanwhile
+/// ([`ErrorKind::ChangedInPlace`], naming the file), and a whole copy checksums the bytes it
+/// copied. A file replaced by a rename (as TensorFlow saves) is no change to the mapping, and no
+/// error; nor is a change of its mode or links.
 #[cfg(unix)]
 #[test]
 fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
