@@ -87,6 +87,25 @@ fn list_json_equals_tensorflow() {
     );
 }
 
+/// A bare prefix (no folder) whose index is missing beside its data file: the index is named
+/// as missing, the data file found in the current folder.
+#[test]
+fn a_bare_prefix_without_its_index_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_files(&fixture("h1_basic"), tmp.path());
+    std::fs::remove_file(tmp.path().join("model-0.index")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(["list", "model-0"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_one_error_line(
+        &o,
+        1,
+        "model-0.index: missing, while the checkpoint's data file ./model-0.data-00000-of-00001 is there",
+    );
+}
+
 /// The summary lines count one of a thing in the singular.
 #[test]
 fn summary_lines_say_one_in_the_singular() {

@@ -239,6 +239,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn data_file_names_give_their_prefix() {
+        fn prefix(s: &str) -> Option<&str> {
+            data_file_prefix(Path::new(s))
+        }
+        assert_eq!(prefix("/d/m.data-00000-of-00002"), Some("/d/m"));
+        assert_eq!(prefix("m.ckpt.data-00001-of-00002"), Some("m.ckpt"));
+        for not in [
+            "m.data-0000-of-00002",
+            "m.data-00000-of-0002",
+            "m.data-00000-xx-00002",
+            "m.data-0000a-of-00002",
+            "m.data-00000-of-0000b",
+            "m.data-",
+            "m.index",
+        ] {
+            assert_eq!(prefix(not), None, "{not}");
+        }
+    }
+
+    #[test]
     fn file_urls_are_local_paths() {
         let local = |s: &str| file_url(Path::new(s));
         assert_eq!(
