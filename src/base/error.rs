@@ -603,8 +603,9 @@ pub enum ErrorKind {
         /// Files of a sharded V1 save that are missing, any of which may hold it (the first 8).
         absent_files: Vec<PathBuf>,
     },
-    /// A tensor `init_from_checkpoint` found is gone at [`initialize`](crate::VariableStore::initialize):
-    /// the checkpoint was written again in between without it.
+    /// A tensor `init_from_checkpoint` found is gone at
+    /// [`initialize`](crate::VariableStore::initialize): the checkpoint was written again in
+    /// between without it.
     #[error("tensor {tensor:?} (for variable {variable:?}) not found in checkpoint {}: it was there when init_from_checkpoint was called, and the checkpoint has been written again since without it", ckpt.display())]
     TensorGone {
         /// The checkpoint.

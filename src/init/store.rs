@@ -811,12 +811,12 @@ impl VariableStore {
     /// checked such a value (its pages then show the new bytes) makes the result
     /// [`ErrorKind::ChangedInPlace`]: what `f` read may not be what was checked, so `f` should
     /// not commit it (rename a file into place) itself. `tfckpt init` writes its values out this
-    /// way, and moves them into place after. The same holds for any other mapping of the library that `f` reads on this thread (a
-    /// [`TensorView`](crate::TensorView), another store's value). Reads on other threads are not
-    /// covered. Nor should `f` wait on a thread pool from a worker of that pool (a rayon `join`
-    /// or parallel iterator called on a pool's worker thread): while it waits, the thread runs
-    /// other jobs of that pool, and would read their mappings as `f`'s (a truncated file there
-    /// read as zeros, and reported here).
+    /// way, and moves them into place after. The same holds for any other mapping of the library
+    /// that `f` reads on this thread (a [`TensorView`](crate::TensorView), another store's value).
+    /// Reads on other threads are not covered. Nor should `f` wait on a thread pool from a worker
+    /// of that pool (a rayon `join` or parallel iterator called on a pool's worker thread): while
+    /// it waits, the thread runs other jobs of that pool, and would read their mappings as `f`'s
+    /// (a truncated file there read as zeros, and reported here).
     pub fn read_values<R>(&self, f: impl FnOnce(&Self) -> R) -> Result<R> {
         let reading = crate::base::sigbus::reading();
         let out = f(self);

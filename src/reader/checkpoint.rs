@@ -461,8 +461,8 @@ impl Checkpoint {
     }
 
     /// `Ok` unless a data file of the checkpoint mapped so far has been changed in place since it
-    /// was mapped ([`ErrorKind::ChangedInPlace`], or [`ErrorKind::Truncated`] for a file shortened):
-    /// what was read from it may then mix its two versions. A file deleted, or replaced by a
+    /// was mapped ([`ErrorKind::ChangedInPlace`], or [`ErrorKind::Truncated`] for a file
+    /// shortened): what was read from it may then mix its two versions. A file deleted, or replaced by a
     /// rename, leaves the checkpoint its own bytes. Local files only (an object replaced on object
     /// storage is caught by each read: its size and ETag).
     pub(crate) fn unchanged(&self) -> Result<()> {
