@@ -212,6 +212,16 @@ fn suggest(names: &[String]) -> String {
     }
 }
 
+/// The first 8 of `n` items, joined by `, `, then how many in all if there are more (an error
+/// names a few of what may be thousands): `a, b`, `a, ..., h, ... 9000 in all`.
+pub(crate) fn listed<T: fmt::Display>(items: impl Iterator<Item = T>, n: usize) -> String {
+    let mut shown: Vec<String> = items.take(8).map(|i| i.to_string()).collect();
+    if n > 8 {
+        shown.push(format!("... {n} in all"));
+    }
+    shown.join(", ")
+}
+
 fn absent(files: &[PathBuf]) -> String {
     match files {
         [] => String::new(),

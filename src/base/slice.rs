@@ -512,16 +512,6 @@ pub(crate) fn for_each_run(src: &Region, dst: &Region, inter: &Region, mut f: im
     }
 }
 
-/// The first 8 of `n` slices, in brackets (a tensor may be stored in thousands):
-/// `[0,2:-, 2,2:-]`, `[..., ... 9000 in all]`.
-pub(crate) fn shown_slices<'a>(slices: impl Iterator<Item = &'a Slice>, n: usize) -> String {
-    let mut shown: Vec<String> = slices.take(8).map(Slice::to_string).collect();
-    if n > 8 {
-        shown.push(format!("... {n} in all"));
-    }
-    format!("[{}]", shown.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::base::dtype::DType;
-use crate::base::error::{Error, ErrorKind, Result};
+use crate::base::error::{listed, Error, ErrorKind, Result};
 use crate::base::slice::Slice;
 use crate::base::suggest::close_names;
 use crate::init::store::{Pending, Variable, VariableStore};
@@ -23,14 +23,6 @@ pub enum Target {
     Variable(String),
     /// A list of variable objects: parts of one partitioned variable (`var._get_variable_list()`).
     Parts(Vec<String>),
-}
-
-/// The parts of a list target, the first 8 (a list may name thousands of parts).
-fn shown_parts(parts: &[String]) -> String {
-    match parts.len() {
-        0..=8 => parts.join(", "),
-        n => format!("{}, ... {n} in all", parts[..8].join(", ")),
-    }
 }
 
 impl Target {
@@ -62,7 +54,7 @@ impl Target {
         match self {
             Target::Name(s) => s.clone(),
             Target::Variable(s) => format!("variable {s}"),
-            Target::Parts(p) => format!("[{}]", shown_parts(p)),
+            Target::Parts(p) => format!("[{}]", listed(p.iter(), p.len())),
         }
     }
 }
@@ -320,7 +312,7 @@ impl Resolver<'_> {
                 Ok(parts) => Resolved::Parts(parts),
                 // TensorFlow looks the key up before it checks the list (at install).
                 Err(e) => {
-                    self.tensor(key, key, target, &shown_parts(names))?;
+                    self.tensor(key, key, target, &listed(names.iter(), names.len()))?;
                     return Err(e);
                 }
             },

@@ -6,8 +6,8 @@
 use super::checkpoint::Inner;
 use super::stored::{Piece, PieceSet, Stored};
 use crate::base::copy::{copy_box, Dst};
-use crate::base::error::{ErrorKind, Result};
-use crate::base::slice::{for_each_run, shown_slices, Region, RegionIndex, Slice};
+use crate::base::error::{listed, ErrorKind, Result};
+use crate::base::slice::{for_each_run, Region, RegionIndex, Slice};
 use crate::base::tensor::{ElementsMut, Strings, StringsByRuns};
 use crate::format::bundle::EntryBytes;
 use crate::format::v1::V1Values;
@@ -64,7 +64,7 @@ impl<'c> Stored<'c> {
                     ckpt: self.ckpt.prefix().to_path_buf(),
                     tensor: self.info.name.clone(),
                     requested: region_text(want, &self.info.shape),
-                    stored: shown_slices(all.iter().map(|p| &p.slice), all.len()),
+                    stored: format!("[{}]", listed(all.iter().map(|p| &p.slice), all.len())),
                     held: covered,
                     wanted,
                     absent_files: self.ckpt.missing_files(),
@@ -80,16 +80,29 @@ impl<'c> Stored<'c> {
     pub(crate) fn assemble(&self, reqs: &mut [Request<'_>]) -> Result<usize> {
         let _reading = crate::base::sigbus::reading();
         // The common case first: one request for the whole of a tensor saved whole.
-        if let ([(want, ElementsMut::Bytes(dst))], Some(b)) = (&mut *reqs, self.bundle()) {
-            if self.info.slices.is_empty() && *want == Region::whole(&self.info.shape) {
-                let e = self.entry(b, &Slice::full(self.info.shape.len()))?;
-                b.read_fixed_into(e, dst)?;
-                return Ok(1);
-            }
+        if let (true, [(_, ElementsMut::Bytes(dst))], Some(b)) =
+            (self.is_whole_read(reqs), &mut *reqs, self.bundle())
+        {
+            let e = self.entry(b, &Slice::full(self.info.shape.len()))?;
+            b.read_fixed_into(e, dst)?;
+            return Ok(1);
         }
         let requests: Vec<&Region> = reqs.iter().map(|r| &r.0).collect();
         let pieces = self.covering(&requests)?;
         self.assemble_from(pieces, reqs)
+    }
+
+    /// Whether `reqs` is one request for the whole of a V2 tensor saved whole, into bytes: one
+    /// copy of one entry, checksummed as it is copied.
+    fn is_whole_read(&self, reqs: &[Request<'_>]) -> bool {
+        match reqs {
+            [(want, ElementsMut::Bytes(_))] => {
+                self.bundle().is_some()
+                    && self.info.slices.is_empty()
+                    && *want == Region::whole(&self.info.shape)
+            }
+            _ => false,
+        }
     }
 
     /// [`assemble`](Self::assemble) for a caller's read, which then asks whether a file it read
@@ -99,15 +112,7 @@ impl<'c> Stored<'c> {
     /// it is made. (A load asks once, at its end.)
     pub(crate) fn assemble_read(&self, reqs: &mut [Request<'_>]) -> Result<()> {
         self.assemble(reqs)?;
-        let whole = match &reqs[..] {
-            [(want, ElementsMut::Bytes(_))] => {
-                self.bundle().is_some()
-                    && self.info.slices.is_empty()
-                    && *want == Region::whole(&self.info.shape)
-            }
-            _ => false,
-        };
-        if whole {
+        if self.is_whole_read(reqs) {
             return Ok(());
         }
         // The files of the pieces this read took (one `stat` each), not every one mapped.

@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use super::resolve::{self, Resolved};
 use crate::base::dtype::DType;
-use crate::base::error::{Error, ErrorKind, Result};
-use crate::base::slice::{num_elements, shown_slices, Slice};
+use crate::base::error::{listed, Error, ErrorKind, Result};
+use crate::base::slice::{num_elements, Slice};
 use crate::base::tensor::{ElementsMut, Strings, Tensor, TensorData};
 use crate::format::bundle::{Bundle, EntryBytes};
 use crate::format::slice_codec::{parse_slice_key, slice_key};
@@ -271,16 +271,16 @@ impl Checkpoint {
                 // A slice entry that its tensor's entry does not list (TensorFlow would list its
                 // raw key as a tensor): the index is inconsistent.
                 if let Some((name, slice)) = parse_slice_key(&e.key) {
-                    let listed = b.index.entries.iter().find(|t| t.key == name);
-                    let reason = match listed {
+                    let whole = b.index.entries.iter().find(|t| t.key == name);
+                    let reason = match whole {
                         Some(t) if t.slices.is_empty() => format!(
                             "the index holds a stored slice {slice} of it, but its entry lists no \
                              slices"
                         ),
                         Some(t) => format!(
                             "the index holds a stored slice {slice} of it that its entry does not \
-                             list (it lists {})",
-                            shown_slices(t.slices.iter(), t.slices.len())
+                             list (it lists [{}])",
+                            listed(t.slices.iter(), t.slices.len())
                         ),
                         None => format!(
                             "the index holds a stored slice {slice} of it, but no entry for the \
@@ -745,11 +745,11 @@ impl Checkpoint {
         });
         (covered < total).then(|| {
             format!(
-                "tensor {:?} {:?}: its stored slices {} hold {covered} of its {total} \
+                "tensor {:?} {:?}: its stored slices [{}] hold {covered} of its {total} \
                  elements; it reads only within them, never whole",
                 info.name,
                 info.shape,
-                shown_slices(pieces.iter().map(|p| &p.slice), pieces.len())
+                listed(pieces.iter().map(|p| &p.slice), pieces.len())
             )
         })
     }
