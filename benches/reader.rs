@@ -48,6 +48,26 @@ fn open_index(c: &mut Criterion) {
             b.iter(|| black_box(Checkpoint::open(p).unwrap()))
         });
     }
+    // Data files are mapped when the checkpoint is opened: what 64 of them cost.
+    let prefix = dir.path().join("shards64");
+    let mut w = tfckpt::CheckpointWriter::create(
+        &prefix,
+        tfckpt::WriterOptions {
+            num_shards: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..1_000 {
+        let t = tfckpt::Tensor::from_f32(&[4], &[i as f32; 4]).unwrap();
+        w.add(&format!("model/layer_{i:06}/w"), (&t).into())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_with_input(BenchmarkId::new("64 shards", 1_000), &prefix, |b, p| {
+        b.iter(|| black_box(Checkpoint::open(p).unwrap()))
+    });
     g.finish();
 }
 

@@ -728,6 +728,52 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
     assert!(ckpt.verify_all().problems.is_empty());
 }
 
+/// A trainer that saves again to the same prefix (Keras' `save_weights` to one path does, each
+/// epoch) renames new data files over the old ones while a reader holds the checkpoint open. A
+/// shard the reader had not read from yet was mapped only at its first read: the new file, read
+/// against the old index, failed its checksums (a damaged file, the error said) where TensorFlow's
+/// reader fails the same way. Now every data file the index names is mapped when the checkpoint
+/// is opened, so an open checkpoint reads the files it was opened on, whatever is saved over them.
+#[test]
+fn a_save_to_the_same_prefix_leaves_an_open_checkpoint_its_own_files() {
+    use tfckpt::{CheckpointWriter, Tensor, WriterOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("m");
+    let write = |scale: f32| {
+        let options = WriterOptions {
+            num_shards: 2,
+            ..Default::default()
+        };
+        let mut w = CheckpointWriter::create(&prefix, options).unwrap();
+        for name in ["a", "b"] {
+            let values: Vec<f32> = (0..1024).map(|i| i as f32 * scale).collect();
+            w.add(name, (&Tensor::from_f32(&[1024], &values).unwrap()).into())
+                .unwrap();
+        }
+        w.finish().unwrap();
+    };
+    write(1.0);
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.files().len(), 3, "{:?}", ckpt.files()); // a and b in two shards
+    let a = ckpt.read("a").unwrap().to_f32().unwrap();
+    assert!(ckpt.is_current());
+    write(2.0);
+    assert!(!ckpt.is_current());
+    let b = ckpt.read("b").unwrap().to_f32().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(b[3], 3.0);
+    assert!(ckpt.verify_all().problems.is_empty());
+    // Opened again, it is the new save.
+    let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();
+    assert_eq!(ckpt.read("b").unwrap().to_f32().unwrap()[3], 6.0);
+    // A data file deleted: no longer current (a load deferred to `initialize` opens it again,
+    // and fails as TensorFlow's restore would), though it still reads the file it mapped.
+    assert!(ckpt.is_current());
+    std::fs::remove_file(tmp.path().join("m.data-00001-of-00002")).unwrap();
+    assert!(!ckpt.is_current());
+    assert_eq!(ckpt.read("b").unwrap().to_f32().unwrap()[3], 6.0);
+}
+
 /// A checkpoint at `prefix` of two float32 tensors of 256 KiB, `a` and `b`, both these values.
 fn two_tensors_of_256_kib(prefix: &Path) -> Vec<f32> {
     let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect();

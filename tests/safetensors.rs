@@ -398,9 +398,14 @@ fn a_missing_shard_or_a_directory_in_the_way_is_an_error() {
     assert!(err.to_string().contains("no/such/dir"), "{err}");
     std::fs::remove_file(tmp.path().join("ckpt.data-00000-of-00001")).unwrap();
     let out = tmp.path().join("x.safetensors");
-    let err = ckpt.write_safetensors(&out).unwrap_err();
+    let err = Checkpoint::open(&prefix)
+        .unwrap()
+        .write_safetensors(&out)
+        .unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(!out.exists());
+    // The checkpoint opened before keeps the file it mapped then.
+    ckpt.write_safetensors(&out).unwrap();
 }
 
 /// A hostile index: partitioned tensors whose full shapes their files cannot back, or whose bytes

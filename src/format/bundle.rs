@@ -41,7 +41,12 @@ enum Source {
     Local {
         /// The index file when it was read.
         index_stamp: crate::base::mmap::FileStamp,
-        /// Data shards mapped so far, by shard id (only the ids entries use are ever opened).
+        /// The data shards the entries name, mapped when the index was read (`None`: it could
+        /// not be then), so that the checkpoint keeps reading the files it was opened on when a
+        /// save to the same prefix renames new ones over them.
+        opened: HashMap<u32, Option<Arc<MappedFile>>>,
+        /// Data shards used so far, by shard id (only the ids entries use are ever opened): the
+        /// ones [`unchanged`](Bundle::unchanged) asks.
         shards: Mutex<HashMap<u32, Arc<MappedFile>>>,
     },
     /// Objects on object storage, read in ranges.
@@ -56,12 +61,24 @@ impl Bundle {
         let index = BundleIndex::parse(&index_path, file.bytes());
         file.intact()?;
         let index = index?;
+        // Every shard an entry names, mapped now (no page is read). One that cannot be mapped
+        // now is tried again at its first use, where the error names the tensor that needed it.
+        let mut opened = HashMap::new();
+        for e in &index.entries {
+            if let std::collections::hash_map::Entry::Vacant(slot) = opened.entry(e.shard) {
+                let path = data_path(prefix, e.shard, index.num_shards);
+                let map = crate::base::mmap::open_regular(&path)
+                    .and_then(|f| MappedFile::from_file(&path, f));
+                slot.insert(map.ok().map(Arc::new));
+            }
+        }
         Ok(Bundle {
             prefix: prefix.to_path_buf(),
             index_path,
             index,
             source: Source::Local {
                 index_stamp: file.stamp(),
+                opened,
                 shards: Mutex::new(HashMap::new()),
             },
         })
@@ -93,11 +110,20 @@ impl Bundle {
     }
 
     /// Whether the index is unchanged since it was read (local: same length, times and inode;
-    /// remote: same size and ETag).
+    /// remote: same size and ETag), and (local) each data file it names is still the file mapped
+    /// when it was read (or still absent).
     pub(crate) fn is_current(&self) -> bool {
+        use crate::base::mmap::FileStamp;
         match &self.source {
-            Source::Local { index_stamp, .. } => {
-                crate::base::mmap::FileStamp::of(&self.index_path) == Some(*index_stamp)
+            Source::Local {
+                index_stamp,
+                opened,
+                ..
+            } => {
+                FileStamp::of(&self.index_path) == Some(*index_stamp)
+                    && opened.iter().all(|(&id, map)| {
+                        FileStamp::of(&self.shard_path(id)) == map.as_ref().map(|m| m.stamp())
+                    })
             }
             #[cfg(feature = "remote")]
             Source::Remote(r) => r.is_current(),
@@ -175,10 +201,11 @@ impl Bundle {
         }
     }
 
-    /// The mapped data shard of `e` (mapped on first use).
+    /// The mapped data shard of `e` (mapped when the index was read, or now if it could not be
+    /// then).
     fn shard(&self, e: &Entry) -> Result<Arc<MappedFile>> {
-        let shards = match &self.source {
-            Source::Local { shards, .. } => shards,
+        let (opened, shards) = match &self.source {
+            Source::Local { opened, shards, .. } => (opened, shards),
             #[cfg(feature = "remote")]
             Source::Remote(_) => {
                 return Err(ErrorKind::Remote {
@@ -193,17 +220,22 @@ impl Bundle {
         if let Some(m) = shards.get(&e.shard) {
             return Ok(m.clone());
         }
-        let path = self.shard_path(e.shard);
-        let map = crate::base::mmap::open_regular(&path)
-            .and_then(|f| MappedFile::from_file(&path, f))
-            .map_err(|source| ErrorKind::MissingShard {
-                path: path.clone(),
-                shard: e.shard,
-                num_shards: self.index.num_shards,
-                tensor: key_name(&e.key),
-                source,
-            })?;
-        let map = Arc::new(map);
+        let map = match opened.get(&e.shard) {
+            Some(Some(map)) => map.clone(),
+            _ => {
+                let path = self.shard_path(e.shard);
+                let map = crate::base::mmap::open_regular(&path)
+                    .and_then(|f| MappedFile::from_file(&path, f))
+                    .map_err(|source| ErrorKind::MissingShard {
+                        path: path.clone(),
+                        shard: e.shard,
+                        num_shards: self.index.num_shards,
+                        tensor: key_name(&e.key),
+                        source,
+                    })?;
+                Arc::new(map)
+            }
+        };
         map.sequential();
         shards.insert(e.shard, map.clone());
         Ok(map)

@@ -149,15 +149,20 @@ pub(crate) enum Inner {
 
 /// An open TensorFlow checkpoint.
 ///
-/// Opening parses and validates the index (every block checksum, every entry's dtype, shape and size);
-/// data shards are memory-mapped on first use and each tensor's checksum is verified when it is read.
+/// Opening parses and validates the index (every block checksum, every entry's dtype, shape and size)
+/// and memory-maps the data files it names (reading none of their pages); each tensor's checksum is
+/// verified when it is read. An open checkpoint keeps reading the files it was opened on: a save to
+/// the same prefix, which renames new files over them, changes nothing it reads (open it again to
+/// read the new save).
 ///
 /// # Safety of the mapping
 ///
 /// Files are memory-mapped: do not modify or truncate a checkpoint's files in place while a
 /// `Checkpoint` is alive (deleting or renaming over them is fine). A file truncated under a live
-/// mapping can kill the process with `SIGBUS`; bytes changed in place fail the checksums. TensorFlow
-/// never rewrites a finished checkpoint in place.
+/// mapping is an error while the library reads it (on Linux), but the bytes of a [`TensorView`]
+/// of it read afterwards raise `SIGBUS`; bytes changed in place fail the checksums, or the
+/// comparison of the file with what it was when mapped. TensorFlow never rewrites a finished
+/// checkpoint in place.
 ///
 /// ```no_run
 /// let ckpt = tfckpt::Checkpoint::open("/data/model.ckpt")?;
@@ -472,8 +477,10 @@ impl Checkpoint {
         }
     }
 
-    /// Whether the checkpoint's index (V2) or files (V1) are unchanged on disk since it was opened
-    /// (same length and modification time), so that what it says still describes them.
+    /// Whether the checkpoint's files (V2: its index and each data file the index names; V1: its
+    /// files) are unchanged on disk since it was opened (the same file, of the same length and
+    /// modification time), so that opening it again would read what it reads. `false` once a
+    /// save to the same prefix, or a deletion, has changed one of them.
     pub fn is_current(&self) -> bool {
         match &self.inner {
             Inner::V2(b) => b.is_current(),
