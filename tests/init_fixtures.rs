@@ -407,6 +407,7 @@ fn laziness_the_call_reads_no_tensor_bytes() {
     std::fs::remove_file(&data).unwrap();
     let e = store.initialize(Device::Cpu).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::MissingShard { .. }), "{e}");
+    assert_eq!(e.loading(), ["a/var1"]);
     assert!(e.to_string().contains("model-0.data-00000-of-00001"), "{e}");
     assert!(!store.is_initialized() && store.value("a/var2").is_none());
     // Damaged after the call: a checksum error, and still nothing initialized.
@@ -415,6 +416,13 @@ fn laziness_the_call_reads_no_tensor_bytes() {
     std::fs::write(&data, &bad).unwrap();
     let e = store.initialize(Device::Cpu).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
+    // The tensor's error names the variable it was loading.
+    assert_eq!(e.loading(), ["a/var2"]);
+    assert!(
+        e.to_string()
+            .ends_with("checksum mismatch: stored 0x80bcad98, computed 0xb684bb3f; loading variable \"a/var2\""),
+        "{e}"
+    );
     assert!(!store.is_initialized());
     // Repaired: initialize now loads.
     std::fs::write(&data, &saved).unwrap();

@@ -11,17 +11,56 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// It is one pointer wide (the kind is boxed) so that `Result<T>` stays cheap; match on
 /// [`Error::kind`] to tell failures apart.
-pub struct Error(Box<ErrorKind>);
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: ErrorKind,
+    /// The variables a load was reading the tensor for (see [`Error::loading`]).
+    loading: Vec<String>,
+}
 
 impl Error {
     /// What went wrong, with its context.
     pub fn kind(&self) -> &ErrorKind {
-        &self.0
+        &self.0.kind
     }
 
     /// Consumes the error and returns its kind.
     pub fn into_kind(self) -> ErrorKind {
-        *self.0
+        self.0.kind
+    }
+
+    /// The variables (or parts of partitioned variables) that `initialize` was loading when it
+    /// met this error in the checkpoint's data (a checksum mismatch, a data file missing or cut
+    /// short...): the variables of the tensor it was reading. The message names them too
+    /// (`; loading variable "dense/kernel"`). Empty for errors from elsewhere, and for those
+    /// whose kind names its variable itself ([`ErrorKind::ShapeMismatch`], ...).
+    pub fn loading(&self) -> &[String] {
+        &self.0.loading
+    }
+
+    /// The error of a load reading a tensor for `variables`: they are named unless the kind
+    /// names its variable itself or is no fault of the data (a cancelled load).
+    pub(crate) fn while_loading<'v>(
+        mut self,
+        variables: impl IntoIterator<Item = &'v str>,
+    ) -> Error {
+        let named = matches!(
+            self.0.kind,
+            ErrorKind::Cancelled
+                | ErrorKind::ShapeMismatch { .. }
+                | ErrorKind::DtypeMismatch { .. }
+                | ErrorKind::TensorGone { .. }
+                | ErrorKind::MappedTensorNotFound { .. }
+                | ErrorKind::BadVariable { .. }
+                | ErrorKind::CandleVariable { .. }
+                | ErrorKind::VariableNotFound { .. }
+                | ErrorKind::MappedVariableNotFound { .. }
+        );
+        if !named && self.0.loading.is_empty() {
+            self.0.loading = variables.into_iter().map(str::to_string).collect();
+        }
+        self
     }
 
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
@@ -36,7 +75,7 @@ impl Error {
     /// damaged table block, a failed or changed object-store read); other errors are returned
     /// as they are.
     pub(crate) fn reading_tensor(mut self, name: &str) -> Error {
-        match &mut *self.0 {
+        match &mut self.0.kind {
             ErrorKind::BlockChecksum { tensor, .. } | ErrorKind::CorruptTable { tensor, .. } => {
                 tensor.get_or_insert_with(|| name.to_string());
             }
@@ -85,7 +124,7 @@ impl Error {
     /// data shard that exists but cannot be opened ([`ErrorKind::MissingShard`] with a directory
     /// in its place, or without read permission) is found.
     pub fn is_not_found(&self) -> bool {
-        match &*self.0 {
+        match &self.0.kind {
             ErrorKind::RemoteChanged { what, .. } => return what.starts_with(GONE),
             // A shard that is there but cannot be opened (a directory in its place, no permission)
             // was found.
@@ -95,7 +134,7 @@ impl Error {
             _ => {}
         }
         matches!(
-            *self.0,
+            self.0.kind,
             ErrorKind::NotFound { .. }
                 | ErrorKind::MissingIndex { .. }
                 | ErrorKind::NoCheckpointInDir { .. }
@@ -115,7 +154,10 @@ impl Error {
 
 impl From<ErrorKind> for Error {
     fn from(kind: ErrorKind) -> Error {
-        Error(Box::new(kind))
+        Error(Box::new(Inner {
+            kind,
+            loading: Vec::new(),
+        }))
     }
 }
 
@@ -124,7 +166,7 @@ impl From<ErrorKind> for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if f.alternate() {
-            fmt::Debug::fmt(&self.0, f)
+            fmt::Debug::fmt(&self.0.kind, f)
         } else {
             fmt::Display::fmt(self, f)
         }
@@ -135,7 +177,17 @@ impl fmt::Display for Error {
     /// The kind's message on one line: control characters that came from file contents (a tensor
     /// name holding a NUL or a newline, say) are escaped (`\u{0}`, `\n`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&escape_controls(&self.0.to_string()))
+        let mut text = self.0.kind.to_string();
+        if let [one] = &self.0.loading[..] {
+            text.push_str(&format!("; loading variable {one:?}"));
+        } else if !self.0.loading.is_empty() {
+            let names = self.0.loading.iter().map(|v| format!("{v:?}"));
+            text.push_str(&format!(
+                "; loading variables {}",
+                listed(names, self.0.loading.len())
+            ));
+        }
+        f.write_str(&escape_controls(&text))
     }
 }
 
@@ -158,7 +210,7 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&*self.0)
+        std::error::Error::source(&self.0.kind)
     }
 }
 

@@ -35,6 +35,7 @@ use crate::base::slice::{num_elements, Region, Slice};
 use crate::base::tensor::{Tensor, TensorData};
 use crate::init::store::{Variable, VariableStore};
 use crate::load::host::{cast_tensor, check_dest, filled_tensor, load_group, Given};
+use crate::load::plan::PlanItem;
 use crate::load::skeleton::{self, Destination, Reads, Values};
 use crate::load::{DeviceStats, LoadOptions, LoadReport};
 use crate::reader::stored::Stored;
@@ -416,6 +417,12 @@ impl<L: Link> GpuDestination<'_, L> {
                     .iter()
                     .any(|r| src.region.intersect(r).is_some());
             let mut verified = on_host;
+            // The variables the piece feeds (on any device): a checksum error names them.
+            let feeds: Vec<String> = dests
+                .iter()
+                .filter(|(_, s)| src.region.intersect(&s.region(&info.shape)).is_some())
+                .map(|(v, _)| v.name.clone())
+                .collect();
             let n = by_dev.len().max(1);
             for k in 0..by_dev.len() {
                 let (dev, ts) = &by_dev[(i + k) % n];
@@ -436,6 +443,9 @@ impl<L: Link> GpuDestination<'_, L> {
                             })?
                     }
                 };
+                if check && planned {
+                    u.name_last_check(feeds.clone());
+                }
                 verified |= planned;
             }
             read += usize::from(verified && !on_host);
@@ -443,6 +453,62 @@ impl<L: Link> GpuDestination<'_, L> {
         drop(by_dev);
         self.uploads = uploads;
         report.stored_reads += read;
+        Ok(())
+    }
+
+    /// Loads the destinations of one planned read (`load`, which names them on an error).
+    fn load_item(
+        &mut self,
+        it: &PlanItem<'_>,
+        reads: &Reads<'_>,
+        report: &mut LoadReport,
+    ) -> Result<()> {
+        reads.options.check_cancelled()?;
+        let stored = reads.stored(it)?;
+        if self.receive {
+            // Device values come from the broadcast: read only what stays on the host.
+            let host: Vec<(&Variable, &Slice)> = it
+                .dests
+                .iter()
+                .filter(|(v, _)| !self.slots.contains_key(&v.name))
+                .copied()
+                .collect();
+            if !host.is_empty() {
+                report.stored_bytes += skeleton::stored_bytes(&stored, &host);
+                self.load_on_host(&stored, &host, reads.options, report)?;
+            }
+            return Ok(());
+        }
+        report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
+        match stored.device_sources()? {
+            None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
+            Some(sources) => {
+                let (on_device, on_host): (Vec<(&Variable, &Slice)>, Vec<_>) = it
+                    .dests
+                    .iter()
+                    .partition(|(v, _)| self.slots.contains_key(&v.name));
+                // The host loader reads and verifies every stored piece its variables
+                // overlap: the devices take those pieces' bytes without checking them again.
+                let shape = &stored.info.shape;
+                let on_host_regions: Vec<Region> =
+                    on_host.iter().map(|(_, s)| s.region(shape)).collect();
+                if !on_host.is_empty() {
+                    self.load_on_host(&stored, &on_host, reads.options, report)?;
+                }
+                if !on_device.is_empty() {
+                    // In the devices' dtype (after a cast), as the host counts a value.
+                    report.bytes += on_device
+                        .iter()
+                        .map(|(v, _)| {
+                            let dtype = self.slots.get(&v.name).map_or(v.dtype, |s| s[0].dtype);
+                            crate::base::slice::num_elements(&v.shape).unwrap_or(0)
+                                * dtype.size().unwrap_or(0) as u64
+                        })
+                        .sum::<u64>();
+                    self.load_on_device(&stored, &on_device, sources, &on_host_regions, report)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -574,58 +640,8 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
 
     fn load(&mut self, reads: &Reads<'_>, report: &mut LoadReport) -> Result<()> {
         for it in &reads.plan.items {
-            reads.options.check_cancelled()?;
-            let stored = reads.stored(it)?;
-            if self.receive {
-                // Device values come from the broadcast: read only what stays on the host.
-                let host: Vec<(&Variable, &Slice)> = it
-                    .dests
-                    .iter()
-                    .filter(|(v, _)| !self.slots.contains_key(&v.name))
-                    .copied()
-                    .collect();
-                if !host.is_empty() {
-                    report.stored_bytes += skeleton::stored_bytes(&stored, &host);
-                    self.load_on_host(&stored, &host, reads.options, report)?;
-                }
-                continue;
-            }
-            report.stored_bytes += skeleton::stored_bytes(&stored, &it.dests);
-            match stored.device_sources()? {
-                None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
-                Some(sources) => {
-                    let (on_device, on_host): (Vec<(&Variable, &Slice)>, Vec<_>) = it
-                        .dests
-                        .iter()
-                        .partition(|(v, _)| self.slots.contains_key(&v.name));
-                    // The host loader reads and verifies every stored piece its variables
-                    // overlap: the devices take those pieces' bytes without checking them again.
-                    let shape = &stored.info.shape;
-                    let on_host_regions: Vec<Region> =
-                        on_host.iter().map(|(_, s)| s.region(shape)).collect();
-                    if !on_host.is_empty() {
-                        self.load_on_host(&stored, &on_host, reads.options, report)?;
-                    }
-                    if !on_device.is_empty() {
-                        // In the devices' dtype (after a cast), as the host counts a value.
-                        report.bytes += on_device
-                            .iter()
-                            .map(|(v, _)| {
-                                let dtype = self.slots.get(&v.name).map_or(v.dtype, |s| s[0].dtype);
-                                crate::base::slice::num_elements(&v.shape).unwrap_or(0)
-                                    * dtype.size().unwrap_or(0) as u64
-                            })
-                            .sum::<u64>();
-                        self.load_on_device(
-                            &stored,
-                            &on_device,
-                            sources,
-                            &on_host_regions,
-                            report,
-                        )?;
-                    }
-                }
-            }
+            self.load_item(it, reads, report)
+                .map_err(|e| e.while_loading(it.dests.iter().map(|d| &*d.0.name)))?;
         }
         Ok(())
     }

@@ -297,6 +297,14 @@ impl Uploads {
     /// With `verify` the whole entry is uploaded through the checksum; without, only the bytes
     /// the targets take, unchecked here: the caller has the same bytes of the same mapping
     /// verified by another device's upload.
+    /// Names the variables (or parts) the piece of the last check feeds, on every device: a
+    /// checksum error names them.
+    pub(super) fn name_last_check(&mut self, variables: Vec<String>) {
+        if let Some(c) = self.checks.last_mut() {
+            c.variables = variables;
+        }
+    }
+
     pub(super) fn piece(
         &mut self,
         src: &DeviceSource,
@@ -436,6 +444,7 @@ impl Uploads {
                 tensor: src.entry.clone(),
                 offset: src.offset,
                 size: src.range.len() as u64,
+                variables: Vec::new(),
             });
             self.jobs.push(Job {
                 src: src.map.clone().into(),

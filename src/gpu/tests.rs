@@ -1343,6 +1343,26 @@ fn a_damaged_slice_shared_by_two_devices_fails_once_and_frees_all() {
             if *path == data && tensor == "float32/whole"),
         "{err}"
     );
+    // Named with every variable (or part) the damaged bytes were to feed, on any device.
+    assert_eq!(
+        err.loading(),
+        [
+            "axis0/float32/whole/part_0",
+            "axis0/float32/whole/part_1",
+            "axis0/float32/whole/part_2",
+            "axis1/float32/whole/part_0",
+            "axis1/float32/whole/part_1",
+            "whole/float32/whole"
+        ]
+    );
+    assert!(
+        err.to_string().ends_with(
+            "; loading variables \"axis0/float32/whole/part_0\", \"axis0/float32/whole/part_1\", \
+             \"axis0/float32/whole/part_2\", \"axis1/float32/whole/part_0\", \
+             \"axis1/float32/whole/part_1\", \"whole/float32/whole\""
+        ),
+        "{err}"
+    );
     for l in &links {
         assert_eq!(l.live_allocations(), 0);
         assert_eq!(l.still_registered(), 0);

@@ -229,6 +229,31 @@ pub(crate) fn load_values(
     let wants = |it: &PlanItem<'_>, s: &Stored<'_>| -> Vec<Region> {
         it.dests.iter().map(|d| d.1.region(&s.info.shape)).collect()
     };
+    let load_item = |it: &PlanItem<'_>| -> Result<GroupValues> {
+        reads.options.check_cancelled()?;
+        let stored = reads.stored(it)?;
+        // A value to cast is read once into a new buffer: mapping it first gains nothing.
+        let cast = reads
+            .options
+            .cast
+            .is_some_and(|(from, _)| from == stored.info.dtype);
+        let map_min = map_min.filter(|_| !cast);
+        let mut group = load_group(&stored, &it.dests, map_min, given)?;
+        group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
+        // Read, checked and copied (or mapped privately): the shards' pages it read
+        // need not stay in this process's mapping (only ranges of `DONE_MIN` and up are
+        // given back: a smaller tensor is not worth the look).
+        if group.stored_bytes >= crate::base::mmap::DONE_MIN as u64 {
+            stored.done_with(&wants(it, &stored));
+        }
+        if let Some((from, to)) = reads.options.cast {
+            for (_, t) in &mut group.values {
+                cast_tensor(t, from, to)?;
+            }
+        }
+        reads.tracker.add(it.bytes);
+        Ok(group)
+    };
     let run = || {
         super::pipeline::pipeline(
             items,
@@ -241,31 +266,7 @@ pub(crate) fn load_values(
                     s.prefetch(&wants(it, &s))
                 }
             },
-            |it| {
-                reads.options.check_cancelled()?;
-                let stored = reads.stored(it)?;
-                // A value to cast is read once into a new buffer: mapping it first gains nothing.
-                let cast = reads
-                    .options
-                    .cast
-                    .is_some_and(|(from, _)| from == stored.info.dtype);
-                let map_min = map_min.filter(|_| !cast);
-                let mut group = load_group(&stored, &it.dests, map_min, given)?;
-                group.stored_bytes = super::skeleton::stored_bytes(&stored, &it.dests);
-                // Read, checked and copied (or mapped privately): the shards' pages it read
-                // need not stay in this process's mapping (only ranges of `DONE_MIN` and up are
-                // given back: a smaller tensor is not worth the look).
-                if group.stored_bytes >= crate::base::mmap::DONE_MIN as u64 {
-                    stored.done_with(&wants(it, &stored));
-                }
-                if let Some((from, to)) = reads.options.cast {
-                    for (_, t) in &mut group.values {
-                        cast_tensor(t, from, to)?;
-                    }
-                }
-                reads.tracker.add(it.bytes);
-                Ok(group)
-            },
+            |it| load_item(it).map_err(|e| e.while_loading(it.dests.iter().map(|d| &*d.0.name))),
         )
     };
     let groups = match &pool {

@@ -234,6 +234,9 @@ pub(crate) struct Check {
     pub tensor: String,
     pub offset: u64,
     pub size: u64,
+    /// The variables (or parts) the entry's bytes go to on the device that checks them (named
+    /// by a checksum error).
+    pub variables: Vec<String>,
 }
 
 /// One copy: `len` bytes at offset `src` of the source to device address `dst`, inside the
@@ -525,7 +528,7 @@ fn verify(checks: &[Check], mut parts: Vec<CrcPiece>) -> Result<()> {
             done += p.len;
         }
         if done != c.size || crc != c.expected {
-            return Err(ErrorKind::TensorChecksum {
+            let e: crate::Error = ErrorKind::TensorChecksum {
                 path: c.path.clone(),
                 tensor: c.tensor.clone(),
                 offset: c.offset,
@@ -534,7 +537,8 @@ fn verify(checks: &[Check], mut parts: Vec<CrcPiece>) -> Result<()> {
                 expected: c.expected,
                 found: crc,
             }
-            .into());
+            .into();
+            return Err(e.while_loading(c.variables.iter().map(String::as_str)));
         }
     }
     Ok(())
