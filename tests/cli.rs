@@ -120,7 +120,7 @@ fn summary_lines_say_one_in_the_singular() {
     };
     let text = lines(tfckpt(&["verify", ckpt]));
     assert!(
-        text.starts_with("ok: 1 stored tensor or slice, 4 bytes, 2 table blocks verified in "),
+        text.starts_with("ok: 1 stored tensor or slice, 4 bytes, 3 table blocks verified in "),
         "{text}"
     );
     let out = tmp.path().join("a.safetensors");
@@ -653,7 +653,7 @@ fn demo_runs_on_a_small_size() {
         "  encoder/layer_0/dense/bias           float32   [4096]",
         "  vocab                                string    [1000]",
         &format!("$ tfckpt verify {}", keep.display()),
-        "  ok: 15 stored tensors and slices, 2 table blocks, 28.3 MB checked in ",
+        "  ok: 15 stored tensors and slices, 3 table blocks, 28.3 MB checked in ",
         "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
         "  initialize on cpu: 13 variables (12 from checkpoint, 1 from its initializer), 8 tensors, ",

@@ -205,14 +205,76 @@ fn verify_passes_on_every_fixture() {
             report.incomplete
         );
         // An index of a few kilobytes is one data block (TensorFlow's blocks are 256 KiB), and
-        // the table's index block is counted with it.
+        // the table's index and metaindex blocks are counted with it.
         let index = &ckpt.files()[0];
         if ckpt.format() == tfckpt::Format::V2 && std::fs::metadata(index).unwrap().len() < 4096 {
-            assert_eq!(report.blocks, 2, "{}", case.display());
+            assert_eq!(report.blocks, 3, "{}", case.display());
             small += 1;
         }
     }
     assert!(small >= 8, "{small}");
+}
+
+/// A table's metaindex block (TensorFlow writes it empty, `00 00 00 00 01 00 00 00`, and never
+/// reads it) damaged in a V2 index and in a V1 file: the checkpoint opens and reads as in
+/// TensorFlow, and `verify` reports the block, which it did not read before 2026-12-07 (its
+/// "every block" was every block but this one).
+#[test]
+fn a_damaged_metaindex_block_is_found_by_verify_alone() {
+    fn varint(b: &[u8], pos: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = b[*pos];
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    for (case, prefix, file) in [
+        ("h1_basic", "model-0", "model-0.index"),
+        ("v1", "model-3", "model-3"),
+    ] {
+        let open = |dir: &Path| Checkpoint::open(dir.join(prefix)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        common::fixtures::copy_files(&fixture(case), tmp.path());
+        let path = tmp.path().join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let footer = bytes.len() - 48;
+        let mut pos = footer;
+        let offset = varint(&bytes, &mut pos);
+        let size = varint(&bytes, &mut pos);
+        assert_eq!(size, 8, "{case}");
+        // Each of its bytes, and each of its stored checksum's.
+        for at in [offset, offset + 4, offset + 8 + 1, offset + 8 + 4] {
+            bytes[at as usize] ^= 0x04;
+            std::fs::write(&path, &bytes).unwrap();
+            bytes[at as usize] ^= 0x04;
+            let ckpt = open(tmp.path());
+            for t in ckpt.tensors() {
+                ckpt.read(&t.name).unwrap();
+            }
+            let e = ckpt.verify().unwrap_err();
+            assert!(
+                matches!(e.kind(), tfckpt::ErrorKind::CorruptTable { path: p, offset: o, .. }
+                    if *p == path && *o == offset),
+                "{case} {at}: {e}"
+            );
+            assert!(
+                e.to_string().contains(&format!(
+                    "{}: corrupt table at offset {offset}: the metaindex block (which TensorFlow \
+                     writes empty and never reads) is damaged: block checksum mismatch (a block \
+                     of 8 bytes): stored 0x",
+                    path.display()
+                )),
+                "{e}"
+            );
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        open(tmp.path()).verify().unwrap();
+    }
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub(crate) struct BundleIndex {
     pub entries: Vec<Entry>,
     /// Data blocks of the index table (for reports).
     pub blocks: usize,
+    /// What is wrong with the table's metaindex block, which TensorFlow never reads (an error
+    /// only for `verify`): its offset and the reason, of an [`ErrorKind::CorruptTable`].
+    pub metaindex: Option<(u64, String)>,
 }
 
 /// Printable form of a key for error messages (slice keys start with a 0 byte).
@@ -247,6 +250,13 @@ impl BundleIndex {
             big_endian,
             entries,
             blocks: table.num_blocks(),
+            metaindex: table
+                .check_metaindex()
+                .err()
+                .and_then(|e| match e.into_kind() {
+                    ErrorKind::CorruptTable { offset, reason, .. } => Some((offset, reason)),
+                    _ => None,
+                }),
         })
     }
 

@@ -75,6 +75,8 @@ pub(crate) struct Table<'a> {
     file: &'a [u8],
     /// (separator key, handle of the data block), in key order.
     blocks: Cow<'a, [(Vec<u8>, BlockHandle)]>,
+    /// The metaindex block's handle (a table rebuilt from its blocks has none).
+    metaindex: Option<BlockHandle>,
 }
 
 impl<'a> Table<'a> {
@@ -104,7 +106,7 @@ impl<'a> Table<'a> {
         let mut pos = 0;
         let handles = BlockHandle::decode(&footer[..40], &mut pos)
             .and_then(|meta| Some((meta, BlockHandle::decode(&footer[..40], &mut pos)?)));
-        let Some((_metaindex, index)) = handles else {
+        let Some((metaindex, index)) = handles else {
             return Err(corrupt(
                 path,
                 footer_offset,
@@ -115,6 +117,7 @@ impl<'a> Table<'a> {
             path,
             file,
             blocks: Cow::Borrowed(&[]),
+            metaindex: Some(metaindex),
         };
         let index_block = table.read_block(index)?;
         let mut blocks: Vec<(Vec<u8>, BlockHandle)> = Vec::new();
@@ -167,7 +170,43 @@ impl<'a> Table<'a> {
             path,
             file,
             blocks: Cow::Borrowed(blocks),
+            metaindex: None,
         }
+    }
+
+    /// Reads the metaindex block (bounds, checksum, decompression, entries), which TensorFlow
+    /// writes empty and never reads: only `verify` asks, so that it checks every block. A damage
+    /// is [`ErrorKind::CorruptTable`] at the block's offset, saying which block it is.
+    pub(crate) fn check_metaindex(&self) -> Result<()> {
+        let Some(h) = self.metaindex else {
+            return Ok(());
+        };
+        let checked = self.read_block(h).and_then(|block| {
+            Block::new(self.path, h.offset, &block)?.for_each(&mut |_: &[u8], _: &[u8]| Ok(()))
+        });
+        checked.map_err(|e| {
+            let what = match e.into_kind() {
+                ErrorKind::BlockChecksum {
+                    size,
+                    expected,
+                    found,
+                    ..
+                } => format!(
+                    "block checksum mismatch (a block of {size} bytes): stored {expected:#010x}, \
+                     computed {found:#010x}"
+                ),
+                ErrorKind::CorruptTable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            corrupt(
+                self.path,
+                h.offset,
+                &format!(
+                    "the metaindex block (which TensorFlow writes empty and never reads) is \
+                     damaged: {what}"
+                ),
+            )
+        })
     }
 
     /// The parsed index, to rebuild the table later without reading it again.

@@ -282,8 +282,10 @@ impl V1Set {
             let path = file.path();
             let mut file_keys = std::collections::HashSet::new();
             let checked = Table::open(path, file.bytes()).and_then(|table| {
-                blocks += table.num_blocks();
+                // Its data blocks, the index block and the metaindex block.
+                blocks += table.num_blocks() + 2;
                 bytes += file.len();
+                table.check_metaindex()?;
                 self.check_records(path, &table, &mut file_keys)
             });
             file.intact()?;
@@ -791,11 +793,13 @@ pub(crate) mod tests {
             let bytes = v1_file(&[t(name, i as f32, 40 + 40 * i as u64)], &[], 256, false);
             std::fs::write(path, &bytes).unwrap();
             lens += bytes.len() as u64;
+            // Its data blocks, with its index and metaindex blocks.
             blocks += crate::format::sstable::Table::open(path, &bytes)
                 .unwrap()
-                .num_blocks();
+                .num_blocks()
+                + 2;
         }
-        assert!(blocks > 4, "{blocks}");
+        assert!(blocks > 8, "{blocks}");
         let ckpt = crate::Checkpoint::open(dir.path().join("m-?????-of-00002")).unwrap();
         assert_eq!(ckpt.files(), paths);
         assert!(ckpt.is_current() && !ckpt.is_remote());

@@ -131,7 +131,8 @@ pub struct VerifyReport {
     pub tensors: usize,
     /// Bytes of tensor data checked.
     pub bytes: u64,
-    /// Table blocks checked (index blocks for V2, every block for V1).
+    /// Table blocks checked: every block of the index (V2) or of every file (V1), data, index
+    /// and metaindex blocks.
     pub blocks: usize,
     /// Every problem found, in file order.
     pub problems: Vec<Error>,
@@ -731,11 +732,22 @@ impl Checkpoint {
             }
         }
         problems.sort_by_key(|p| p.0);
+        // The index's metaindex block (checked when the index was read), before the data.
+        if let Some((offset, reason)) = &b.index.metaindex {
+            let e = ErrorKind::CorruptTable {
+                path: b.index_path.clone(),
+                tensor: None,
+                offset: *offset,
+                reason: reason.clone(),
+            };
+            problems.insert(0, (None, e.into()));
+        }
         VerifyReport {
             tensors: data.len(),
             // Declared sizes (each within int64) can add up past u64 in a damaged index.
             bytes: data.iter().fold(0u64, |n, e| n.saturating_add(e.size)),
-            blocks: b.index.blocks + 1,
+            // Its data blocks, the index block and the metaindex block.
+            blocks: b.index.blocks + 2,
             problems: problems.into_iter().map(|p| p.1).collect(),
             incomplete,
         }
