@@ -317,7 +317,8 @@ fn a_damaged_slice_of_a_partitioned_tensor_is_named_by_tensor_and_slice() {
         _ => panic!("{e}"),
     }
     assert!(
-        e.to_string().contains("tensor \"emb (slice 2,2:0,3)\""),
+        e.to_string()
+            .contains("tensor \"emb\" (slice 2,2:0,3) at offset"),
         "{e}"
     );
 }
@@ -1518,7 +1519,7 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
     // A slice added twice is named by its tensor and box (it was the key's raw bytes).
     invalid(
         w.add_slice("p", &[4], &rows(0, 2), (&two).into()),
-        "w: \"p (slice 0,2)\" was added before",
+        "w: \"p\" (slice 0,2) was added before",
     );
     let halves = tfckpt::Tensor::from_bytes(tfckpt::DType::F16, &[2], vec![0; 4]).unwrap();
     invalid(

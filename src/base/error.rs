@@ -251,8 +251,26 @@ fn not_a_table_hint(path: &Path) -> String {
 fn reading(tensor: &Option<String>) -> String {
     tensor
         .as_ref()
-        .map(|t| format!(" (read for tensor {t:?})"))
+        .map(|t| format!(" (read for tensor {})", named(t)))
         .unwrap_or_default()
+}
+
+/// A tensor as errors name it: quoted, and a stored slice of a partitioned tensor (the `NAME
+/// (slice SPEC)` the index's key of it reads as) with its name quoted and the slice after it:
+/// `"emb" (slice 0,2:-)`, not `"emb (slice 0,2:-)"`.
+pub(crate) fn named(tensor: &str) -> String {
+    if let Some((name, spec)) = tensor.rsplit_once(" (slice ") {
+        if let Some(spec) = spec.strip_suffix(')') {
+            if !spec.is_empty()
+                && spec
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b",:-".contains(&b))
+            {
+                return format!("{name:?} (slice {spec})");
+            }
+        }
+    }
+    format!("{tensor:?}")
 }
 
 fn suggest(names: &[String]) -> String {
@@ -390,7 +408,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// An index entry (V2) or a data record (V1) cannot be parsed or is inconsistent.
-    #[error("{}: entry for tensor {tensor:?} is not usable: {reason}", path.display())]
+    #[error("{}: entry for tensor {tensor_named} is not usable: {reason}", path.display(), tensor_named = named(tensor))]
     BadEntry {
         /// The index or V1 file.
         path: PathBuf,
@@ -400,7 +418,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// A tensor's dtype number is not a TensorFlow dtype this crate knows.
-    #[error("{}: tensor {tensor:?} has unknown dtype number {value}", path.display())]
+    #[error("{}: tensor {tensor_named} has unknown dtype number {value}", path.display(), tensor_named = named(tensor))]
     UnknownDtype {
         /// The index or V1 file.
         path: PathBuf,
@@ -411,7 +429,7 @@ pub enum ErrorKind {
     },
     /// The tensor's dtype cannot be read by this operation (e.g. `variant`, or strings into a byte
     /// buffer).
-    #[error("tensor {tensor:?}: {what}")]
+    #[error("tensor {tensor_named}: {what}", tensor_named = named(tensor))]
     Unsupported {
         /// The tensor.
         tensor: String,
@@ -419,7 +437,7 @@ pub enum ErrorKind {
         what: String,
     },
     /// An entry's stored size does not match its dtype and shape.
-    #[error("{}: tensor {tensor:?}: stored size is {found} bytes, expected {}{expected} for {dtype} {shape:?}", path.display(), if *exact { "" } else { "at least " })]
+    #[error("{}: tensor {tensor_named}: stored size is {found} bytes, expected {}{expected} for {dtype} {shape:?}", path.display(), if *exact { "" } else { "at least " }, tensor_named = named(tensor))]
     SizeMismatch {
         /// The index file.
         path: PathBuf,
@@ -450,7 +468,7 @@ pub enum ErrorKind {
         path: PathBuf,
     },
     /// An entry's bytes lie (partly) past the end of its data shard.
-    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): a truncated data file, or a damaged index?", path.display())]
+    #[error("{}: tensor {tensor_named} at offset {offset} ({size} bytes) runs past the end of the shard ({len} bytes): a truncated data file, or a damaged index?", path.display(), tensor_named = named(tensor))]
     OutOfBounds {
         /// The data shard.
         path: PathBuf,
@@ -464,7 +482,7 @@ pub enum ErrorKind {
         len: u64,
     },
     /// A data shard named by the index is missing or unreadable.
-    #[error("{}: data shard {shard} of {num_shards} (needed for tensor {tensor:?}) cannot be opened: {source}", path.display())]
+    #[error("{}: data shard {shard} of {num_shards} (needed for tensor {tensor_named}) cannot be opened: {source}", path.display(), tensor_named = named(tensor))]
     MissingShard {
         /// The data shard file.
         path: PathBuf,
@@ -503,7 +521,7 @@ pub enum ErrorKind {
         found: usize,
     },
     /// A tensor's bytes do not match its stored checksum.
-    #[error("{}: tensor {tensor:?} at offset {offset} ({size} bytes): {what} mismatch: stored {expected:#010x}, computed {found:#010x}", path.display())]
+    #[error("{}: tensor {tensor_named} at offset {offset} ({size} bytes): {what} mismatch: stored {expected:#010x}, computed {found:#010x}", path.display(), tensor_named = named(tensor))]
     TensorChecksum {
         /// The data shard.
         path: PathBuf,
@@ -521,7 +539,7 @@ pub enum ErrorKind {
         found: u32,
     },
     /// A string tensor's encoding is damaged (lengths past the stored size, ...).
-    #[error("{}: tensor {tensor:?} at offset {offset}: corrupt string data: {reason}", path.display())]
+    #[error("{}: tensor {tensor_named} at offset {offset}: corrupt string data: {reason}", path.display(), tensor_named = named(tensor))]
     CorruptStrings {
         /// The data shard.
         path: PathBuf,
@@ -533,7 +551,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// No tensor of that name in the checkpoint.
-    #[error("tensor {tensor:?} not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions))]
+    #[error("tensor {tensor_named} not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions), tensor_named = named(tensor))]
     TensorNotFound {
         /// The checkpoint prefix.
         ckpt: PathBuf,
@@ -545,7 +563,7 @@ pub enum ErrorKind {
         absent_files: Vec<PathBuf>,
     },
     /// A requested or stored slice is malformed or out of bounds.
-    #[error("tensor {tensor:?}: bad slice: {reason}")]
+    #[error("tensor {tensor_named}: bad slice: {reason}", tensor_named = named(tensor))]
     BadSlice {
         /// The tensor.
         tensor: String,
@@ -553,7 +571,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// The stored slices of a partitioned tensor do not cover the requested slice.
-    #[error("tensor {tensor:?} in checkpoint {}: the stored slices {stored} do not cover the requested slice {requested} (insufficient slices: they hold {held} of its {wanted} elements){}", ckpt.display(), absent(absent_files))]
+    #[error("tensor {tensor_named} in checkpoint {}: the stored slices {stored} do not cover the requested slice {requested} (insufficient slices: they hold {held} of its {wanted} elements){}", ckpt.display(), absent(absent_files), tensor_named = named(tensor))]
     InsufficientSlices {
         /// The checkpoint prefix.
         ckpt: PathBuf,
@@ -572,7 +590,7 @@ pub enum ErrorKind {
         absent_files: Vec<PathBuf>,
     },
     /// Two stored slices of a partitioned tensor overlap.
-    #[error("{}: tensor {tensor:?}: overlapping stored slices {first} and {second}", ckpt.display())]
+    #[error("{}: tensor {tensor_named}: overlapping stored slices {first} and {second}", ckpt.display(), tensor_named = named(tensor))]
     OverlappingSlices {
         /// The checkpoint (its prefix).
         ckpt: PathBuf,
@@ -584,7 +602,7 @@ pub enum ErrorKind {
         second: String,
     },
     /// A caller's buffer has the wrong size.
-    #[error("tensor {tensor:?}: output buffer holds {found} bytes, the tensor needs {expected}")]
+    #[error("tensor {tensor_named}: output buffer holds {found} bytes, the tensor needs {expected}", tensor_named = named(tensor))]
     BufferSize {
         /// The tensor.
         tensor: String,
@@ -648,7 +666,7 @@ pub enum ErrorKind {
         suggestions: Vec<String>,
     },
     /// A checkpoint tensor named by an assignment (directly or through a scope) does not exist.
-    #[error("tensor {tensor:?} (for variable {variable:?}, from assignment {key:?} -> {target:?}) not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions))]
+    #[error("tensor {tensor_named} (for variable {variable:?}, from assignment {key:?} -> {target:?}) not found in checkpoint {}{}{}", ckpt.display(), absent(absent_files), suggest(suggestions), tensor_named = named(tensor))]
     MappedTensorNotFound {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -668,7 +686,7 @@ pub enum ErrorKind {
     /// A tensor `init_from_checkpoint` found is gone at
     /// [`initialize`](crate::VariableStore::initialize): the checkpoint was written again in
     /// between without it.
-    #[error("tensor {tensor:?} (for variable {variable:?}) not found in checkpoint {}: it was there when init_from_checkpoint was called, and the checkpoint has been written again since without it", ckpt.display())]
+    #[error("tensor {tensor_named} (for variable {variable:?}) not found in checkpoint {}: it was there when init_from_checkpoint was called, and the checkpoint has been written again since without it", ckpt.display(), tensor_named = named(tensor))]
     TensorGone {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -678,7 +696,7 @@ pub enum ErrorKind {
         variable: String,
     },
     /// A variable and its checkpoint tensor disagree on shape.
-    #[error("shape of variable {variable:?} {variable_shape:?} does not match shape of tensor {tensor:?} {tensor_shape:?} in checkpoint {}", ckpt.display())]
+    #[error("shape of variable {variable:?} {variable_shape:?} does not match shape of tensor {tensor_named} {tensor_shape:?} in checkpoint {}", ckpt.display(), tensor_named = named(tensor))]
     ShapeMismatch {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -692,7 +710,7 @@ pub enum ErrorKind {
         tensor_shape: Vec<u64>,
     },
     /// A variable and its checkpoint tensor disagree on dtype (TensorFlow never casts).
-    #[error("dtype of variable {variable:?} ({variable_dtype}) does not match dtype of tensor {tensor:?} ({tensor_dtype}) in checkpoint {}{}", ckpt.display(), hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+    #[error("dtype of variable {variable:?} ({variable_dtype}) does not match dtype of tensor {tensor_named} ({tensor_dtype}) in checkpoint {}{}", ckpt.display(), hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default(), tensor_named = named(tensor))]
     DtypeMismatch {
         /// The checkpoint.
         ckpt: PathBuf,
@@ -744,7 +762,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// Memory for a tensor could not be allocated.
-    #[error("cannot allocate {bytes} bytes for tensor {tensor:?}")]
+    #[error("cannot allocate {bytes} bytes for tensor {tensor_named}", tensor_named = named(tensor))]
     Allocation {
         /// Bytes asked for.
         bytes: u64,
@@ -823,6 +841,31 @@ fn range_text(range: &Option<(u64, u64)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_slice_is_named_with_its_name_quoted_alone() {
+        assert_eq!(named("emb"), "\"emb\"");
+        assert_eq!(named("emb (slice 0,2:-)"), "\"emb\" (slice 0,2:-)");
+        // Any other name that reads so is quoted whole.
+        assert_eq!(named("x (slice a)"), "\"x (slice a)\"");
+        assert_eq!(named("x (slice )"), "\"x (slice )\"");
+        assert_eq!(named("x (slice 1"), "\"x (slice 1\"");
+        let e: Error = ErrorKind::TensorChecksum {
+            path: "d".into(),
+            tensor: "emb (slice 0,2:-)".into(),
+            offset: 0,
+            size: 4,
+            what: "checksum",
+            expected: 1,
+            found: 2,
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "d: tensor \"emb\" (slice 0,2:-) at offset 0 (4 bytes): checksum mismatch: stored \
+             0x00000001, computed 0x00000002"
+        );
+    }
 
     /// `main` returning an error through `?` prints its `Debug`: the message, not the fields.
     #[test]

@@ -384,7 +384,7 @@ fn out_of_order(path: &Path, offset: u64, prev: &[u8], key: &[u8]) -> crate::Err
         let name = crate::format::index::key_name(k);
         match name.char_indices().nth(200) {
             Some((i, _)) => format!("{:?}…", &name[..i]),
-            None => format!("{name:?}"),
+            None => crate::base::error::named(&name),
         }
     };
     let how = if key == prev {

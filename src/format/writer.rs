@@ -328,7 +328,8 @@ impl CheckpointWriter {
             let what = if key.is_empty() {
                 "a tensor name cannot be empty (\"\" is the index header's key)".to_string()
             } else {
-                format!("{:?} was added before", crate::format::index::key_name(key))
+                let name = crate::format::index::key_name(key);
+                format!("{} was added before", crate::base::error::named(&name))
             };
             return Err(
                 ErrorKind::InvalidArgument(format!("{}: {what}", self.prefix.display())).into(),
