@@ -43,7 +43,7 @@ enum Source {
         index_stamp: crate::base::mmap::FileStamp,
         /// The data shards the entries name, mapped when the index was read (`None`: it could
         /// not be then), so that the checkpoint keeps reading the files it was opened on when a
-        /// save to the same prefix renames new ones over them.
+        /// save to the same prefix renames new ones over them. Empty past [`EAGER_SHARDS`].
         opened: HashMap<u32, Option<Arc<MappedFile>>>,
         /// Data shards used so far, by shard id (only the ids entries use are ever opened): the
         /// ones [`unchanged`](Bundle::unchanged) asks.
@@ -54,6 +54,9 @@ enum Source {
     Remote(crate::remote::RemoteBundle),
 }
 
+/// The most data files a checkpoint maps when it is opened (see [`Bundle::open`]).
+const EAGER_SHARDS: usize = 1024;
+
 impl Bundle {
     pub(crate) fn open(prefix: &Path) -> Result<Bundle> {
         let index_path = index_path(prefix);
@@ -63,13 +66,19 @@ impl Bundle {
         let index = index?;
         // Every shard an entry names, mapped now (no page is read). One that cannot be mapped
         // now is tried again at its first use, where the error names the tensor that needed it.
+        // Past `EAGER_SHARDS` data files (a damaged or hostile index: TensorFlow saves one per
+        // device), none is: each is mapped at its first use, as the mappings of a process are
+        // counted (`vm.max_map_count`).
+        let mut shard_ids: Vec<u32> = index.entries.iter().map(|e| e.shard).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
         let mut opened = HashMap::new();
-        for e in &index.entries {
-            if let std::collections::hash_map::Entry::Vacant(slot) = opened.entry(e.shard) {
-                let path = data_path(prefix, e.shard, index.num_shards);
+        if shard_ids.len() <= EAGER_SHARDS {
+            for id in shard_ids {
+                let path = data_path(prefix, id, index.num_shards);
                 let map = crate::base::mmap::open_regular(&path)
                     .and_then(|f| MappedFile::from_file(&path, f));
-                slot.insert(map.ok().map(Arc::new));
+                opened.insert(id, map.ok().map(Arc::new));
             }
         }
         Ok(Bundle {
@@ -478,6 +487,46 @@ pub(crate) fn swap_bytes(data: &mut [u8], unit: usize) {
     if unit > 1 {
         for c in data.chunks_exact_mut(unit) {
             c.reverse();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Up to `EAGER_SHARDS` data files are mapped when the checkpoint is opened; past that, none
+    /// is (each at its first read), and reads go on as before.
+    #[test]
+    fn at_most_eager_shards_data_files_are_mapped_at_open() {
+        for n in [EAGER_SHARDS, EAGER_SHARDS + 1] {
+            let tmp = tempfile::tempdir().unwrap();
+            let prefix = tmp.path().join("m");
+            let options = crate::WriterOptions {
+                num_shards: n as u32,
+                ..Default::default()
+            };
+            let mut w = crate::CheckpointWriter::create(&prefix, options).unwrap();
+            for i in 0..n {
+                let t = crate::Tensor::from_f32(&[1], &[i as f32]).unwrap();
+                w.add(&format!("t{i:05}"), (&t).into()).unwrap();
+            }
+            w.finish().unwrap();
+            let ckpt = crate::Checkpoint::open(&prefix).unwrap();
+            let crate::reader::checkpoint::Inner::V2(b) = &ckpt.inner else {
+                unreachable!()
+            };
+            let Source::Local { opened, .. } = &b.source else {
+                unreachable!()
+            };
+            let mapped = opened.values().filter(|m| m.is_some()).count();
+            assert_eq!(mapped, if n == EAGER_SHARDS { n } else { 0 });
+            let last = format!("t{:05}", n - 1);
+            assert_eq!(
+                ckpt.read(&last).unwrap().to_f32().unwrap(),
+                [(n - 1) as f32]
+            );
+            assert_eq!(ckpt.files().len(), n + 1);
         }
     }
 }

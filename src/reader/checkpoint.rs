@@ -151,7 +151,8 @@ pub(crate) enum Inner {
 /// An open TensorFlow checkpoint.
 ///
 /// Opening parses and validates the index (every block checksum, every entry's dtype, shape and size)
-/// and memory-maps the data files it names (reading none of their pages); each tensor's checksum is
+/// and memory-maps the data files it names (reading none of their pages; up to 1,024 of them, past
+/// which each is mapped at its first read); each tensor's checksum is
 /// verified when it is read. An open checkpoint keeps reading the files it was opened on: a save to
 /// the same prefix, which renames new files over them, changes nothing it reads (open it again to
 /// read the new save).
