@@ -1334,6 +1334,14 @@ fn damaged_value_on(a: &Device, b: &Device, first: bool) {
     assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
     let damaged = if first { "a/kernel" } else { "b/kernel" };
     assert!(e.to_string().contains(damaged), "{e}");
+    // And the `Var` it was for, by its candle name.
+    let var = if first { "a.weight" } else { "b.weight" };
+    assert_eq!(e.loading(), [var]);
+    assert!(
+        e.to_string()
+            .ends_with(&format!("; loading variable \"{var}\"")),
+        "{e}"
+    );
     assert_eq!(snapshot(&varmap), before);
 }
 

@@ -32,11 +32,23 @@ impl Error {
 
     /// The variables (or parts of partitioned variables) that `initialize` was loading when it
     /// met this error in the checkpoint's data (a checksum mismatch, a data file missing or cut
-    /// short...): the variables of the tensor it was reading. The message names them too
-    /// (`; loading variable "dense/kernel"`). Empty for errors from elsewhere, and for those
-    /// whose kind names its variable itself ([`ErrorKind::ShapeMismatch`], ...).
+    /// short...): the variables of the tensor it was reading (for a candle model, the `Var`s'
+    /// candle names). The message names them too (`; loading variable "dense/kernel"`). Empty
+    /// for errors from elsewhere, and for those whose kind names its variable itself
+    /// ([`ErrorKind::ShapeMismatch`], ...).
     pub fn loading(&self) -> &[String] {
         &self.0.loading
+    }
+
+    /// The same error with each of [`loading`](Self::loading)'s names passed through `f`.
+    #[cfg(feature = "candle")]
+    pub(crate) fn rename_loading(mut self, f: impl Fn(&str) -> Option<String>) -> Error {
+        for name in &mut self.0.loading {
+            if let Some(new) = f(name) {
+                *name = new;
+            }
+        }
+        self
     }
 
     /// The error of a load reading a tensor for `variables`: they are named unless the kind

@@ -516,6 +516,10 @@ impl CandleInit {
             ErrorKind::ShapeMismatch { variable, .. }
             | ErrorKind::DtypeMismatch { variable, .. }
             | ErrorKind::BadVariable { name: variable, .. } => variable.clone(),
+            // A damaged value: the `Var`s it was for, by their candle names.
+            _ if !e.loading().is_empty() => {
+                return e.rename_loading(|tf| self.vars.get(tf).map(|b| b.candle.clone()))
+            }
             _ => return self.suggest_tf_name(e),
         };
         self.wrap(&tf, e)
