@@ -516,10 +516,11 @@ mod tests {
             let crate::reader::checkpoint::Inner::V2(b) = &ckpt.inner else {
                 unreachable!()
             };
-            let Source::Local { opened, .. } = &b.source else {
-                unreachable!()
+            let mapped = match &b.source {
+                Source::Local { opened, .. } => opened.values().filter(|m| m.is_some()).count(),
+                #[cfg(feature = "remote")]
+                Source::Remote(_) => unreachable!(),
             };
-            let mapped = opened.values().filter(|m| m.is_some()).count();
             assert_eq!(mapped, if n == EAGER_SHARDS { n } else { 0 });
             let last = format!("t{:05}", n - 1);
             assert_eq!(
