@@ -232,6 +232,21 @@ fn part_lists_and_unknown_objects() {
             && e.is_not_found(),
         "{e}"
     );
+    // A part that does not exist: parts (and variables) are suggested, never the partitioned
+    // variable itself, which a list cannot hold.
+    let e = init_from_checkpoint(
+        &mut store,
+        &ck,
+        &AssignmentMap::from([("t", Target::parts(["p/part_9"]))]),
+    )
+    .unwrap_err();
+    let ErrorKind::MappedVariableNotFound { suggestions, .. } = e.kind() else {
+        panic!("{e}")
+    };
+    assert!(
+        !suggestions.is_empty() && suggestions.iter().all(|s| s != "p" && s != "q"),
+        "{e}"
+    );
     // A partitioned variable is no variable object (TensorFlow's _is_variable): said so.
     let e = init_from_checkpoint(
         &mut store,

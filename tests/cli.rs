@@ -999,6 +999,13 @@ fn init_inline_json_and_device_errors() {
     assert_one_error_line(&o, 1, &format!("error: --model {ckpt}: cannot be read: "));
     let o = tfckpt(&["init", &ckpt, "--model", model, "--map", bad, "--no-out"]);
     assert_one_error_line(&o, 1, &format!("--map {bad}: "));
+    // An empty argument is said to be empty (it read as a file not found, named "").
+    let o = tfckpt(&["init", &ckpt, "--model", model, "--map", "", "--no-out"]);
+    assert_one_error_line(
+        &o,
+        1,
+        "error: --map is empty: give a file's path, or inline JSON starting with { or [",
+    );
     // A file name near the 255-byte limit is written: the temporary name is short (it was the
     // name with a prefix and a suffix, too long for the file system).
     let long = damaged.path().join(format!("{}.npy", "n".repeat(246)));

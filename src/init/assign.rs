@@ -340,10 +340,12 @@ impl Resolver<'_> {
             .into());
         }
         self.store.vars.get(name).ok_or_else(|| {
+            // Variables and parts only: a partitioned variable is no variable object (above).
+            let vars = self.store.vars.keys().map(String::as_str);
             ErrorKind::MappedVariableNotFound {
                 key: key.into(),
                 name: name.into(),
-                suggestions: close_names(name, self.names()),
+                suggestions: close_names(name, vars),
             }
             .into()
         })

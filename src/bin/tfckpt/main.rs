@@ -487,6 +487,12 @@ fn json_arg(what: &str, arg: &str) -> Result<String, Box<dyn std::error::Error>>
     if is_inline(arg) {
         return Ok(arg.to_string());
     }
+    if arg.is_empty() {
+        return Err(format!(
+            "{what} is empty: give a file's path, or inline JSON starting with {{ or ["
+        )
+        .into());
+    }
     let mut text = String::new();
     std::fs::File::open(arg)
         .and_then(|f| f.take(JSON_LIMIT + 1).read_to_string(&mut text))
