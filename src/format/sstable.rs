@@ -175,8 +175,9 @@ impl<'a> Table<'a> {
     }
 
     /// Reads the metaindex block (bounds, checksum, decompression, entries), which TensorFlow
-    /// writes empty and never reads: only `verify` asks, so that it checks every block. A damage
-    /// is [`ErrorKind::CorruptTable`] at the block's offset, saying which block it is.
+    /// writes empty and never reads: only `verify` reports what is wrong with it (so that it
+    /// checks every block), opening and reading go on. A damage is [`ErrorKind::CorruptTable`]
+    /// at the block's offset, saying which block it is.
     pub(crate) fn check_metaindex(&self) -> Result<()> {
         let Some(h) = self.metaindex else {
             return Ok(());

@@ -291,12 +291,6 @@ impl Uploads {
         });
     }
 
-    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects; returns
-    /// whether it is read at all, or `None` (and plans nothing) when its scratch would take this
-    /// wave past `budget` bytes: the caller starts a new wave (an empty one takes any piece).
-    /// With `verify` the whole entry is uploaded through the checksum; without, only the bytes
-    /// the targets take, unchecked here: the caller has the same bytes of the same mapping
-    /// verified by another device's upload.
     /// Names the variables (or parts) the piece of the last check feeds, on every device: a
     /// checksum error names them.
     pub(super) fn name_last_check(&mut self, variables: Vec<String>) {
@@ -305,6 +299,12 @@ impl Uploads {
         }
     }
 
+    /// Plans stored piece `src` (elements of `dtype`) into every target it intersects; returns
+    /// whether it is read at all, or `None` (and plans nothing) when its scratch would take this
+    /// wave past `budget` bytes: the caller starts a new wave (an empty one takes any piece).
+    /// With `verify` the whole entry is uploaded through the checksum; without, only the bytes
+    /// the targets take, unchecked here: the caller has the same bytes of the same mapping
+    /// verified by another device's upload.
     pub(super) fn piece(
         &mut self,
         src: &DeviceSource,

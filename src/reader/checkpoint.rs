@@ -479,8 +479,8 @@ impl Checkpoint {
         }
     }
 
-    /// Whether the checkpoint's files (V2: its index and each data file the index names; V1: its
-    /// files) are unchanged on disk since it was opened (the same file, of the same length and
+    /// Whether the checkpoint's files (V2: its index and each data file mapped when it was
+    /// opened; V1: its files) are unchanged on disk since it was opened (the same file, of the same length and
     /// modification time), so that opening it again would read what it reads. `false` once a
     /// save to the same prefix, or a deletion, has changed one of them.
     pub fn is_current(&self) -> bool {

@@ -234,8 +234,8 @@ pub(crate) struct Check {
     pub tensor: String,
     pub offset: u64,
     pub size: u64,
-    /// The variables (or parts) the entry's bytes go to on the device that checks them (named
-    /// by a checksum error).
+    /// The variables (or parts) the entry's bytes go to, on every device (named by a checksum
+    /// error).
     pub variables: Vec<String>,
 }
 
