@@ -416,8 +416,13 @@ fn laziness_the_call_reads_no_tensor_bytes() {
     std::fs::write(&data, &bad).unwrap();
     let e = store.initialize(Device::Cpu).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::TensorChecksum { .. }), "{e}");
-    // The tensor's error names the variable it was loading.
+    // The tensor's error names the variable it was loading (its fields too).
     assert_eq!(e.loading(), ["a/var2"]);
+    let fields = format!("{e:#?}");
+    assert!(
+        fields.contains("TensorChecksum {") && fields.contains("loading: [\n        \"a/var2\""),
+        "{fields}"
+    );
     assert!(
         e.to_string()
             .ends_with("checksum mismatch: stored 0x80bcad98, computed 0xb684bb3f; loading variable \"a/var2\""),

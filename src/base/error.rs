@@ -174,11 +174,19 @@ impl From<ErrorKind> for Error {
 }
 
 /// The message, as [`Display`](fmt::Display) gives it: what `main` returning `Result<(), Error>`
-/// (or a `Box<dyn Error>` holding one) and `unwrap` print. `{:#?}` gives the kind's fields.
+/// (or a `Box<dyn Error>` holding one) and `unwrap` print. `{:#?}` gives the kind's fields, and
+/// the variables a load was reading ([`Error::loading`]) where there are some.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if f.alternate() {
-            fmt::Debug::fmt(&self.0.kind, f)
+            if self.0.loading.is_empty() {
+                fmt::Debug::fmt(&self.0.kind, f)
+            } else {
+                f.debug_struct("Error")
+                    .field("kind", &self.0.kind)
+                    .field("loading", &self.0.loading)
+                    .finish()
+            }
         } else {
             fmt::Display::fmt(self, f)
         }
