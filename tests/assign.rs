@@ -580,6 +580,8 @@ fn initialize_names_the_variable_of_a_tensor_gone_since_the_call() {
         "{e:?}"
     );
     assert!(e.is_not_found());
+    // The kind names its variable: not named again as the one being loaded.
+    assert!(e.loading().is_empty(), "{:?}", e.loading());
     assert!(
         e.to_string().starts_with(&format!(
             "tensor \"t\" (for variable \"x/part_0\") not found in checkpoint {}: it was there when \
