@@ -8,7 +8,7 @@
 // rows; grid-stride loops on both, so any grid size is correct). Each tile is read along the rows
 // and written along the columns through shared memory, so that both are coalesced.
 //
-// NVRTC compiles this file after cast.cu, in one program (src/gpu/cuda.rs joins them): the
+// NVRTC compiles this file after cast.cu, in one program (src/gpu/cuda/kernels.rs joins them): the
 // conversions are cast.cu's, bit for bit.
 
 #define TFCKPT_TILE 32
