@@ -555,6 +555,15 @@ fn errors_exit_1_with_one_line_and_write_nothing() {
     let missing = tmp.path().join("no_dir");
     let o = tfckpt(&["list", missing.to_str().unwrap()]);
     assert_one_error_line(&o, 1, "no_dir");
+    // An empty CKPT is a checkpoint not found (TensorFlow raises NotFound), not a usage error.
+    for cmd in ["list", "verify"] {
+        let o = tfckpt(&[cmd, ""]);
+        assert_one_error_line(
+            &o,
+            1,
+            "error: checkpoint not found: no directory, V2 index (.index) or V1 file matches \"\"",
+        );
+    }
     let o = tfckpt(&["list", tmp.path().to_str().unwrap()]);
     assert_one_error_line(
         &o,

@@ -45,11 +45,19 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// A path, the empty one too: an empty CKPT is a checkpoint not found (exit 1, as TensorFlow
+/// raises), not a missing argument (clap's own path parser refuses it as a usage error).
+fn any_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// List every tensor: name, dtype, shape, sorted by name (tf.train.list_variables).
     List {
         /// Checkpoint directory (with a `checkpoint` file), prefix, or V1 file.
+        #[arg(value_parser = any_path())]
         ckpt: PathBuf,
         /// Print a JSON array of {"name", "dtype", "shape"}.
         #[arg(long)]
@@ -59,6 +67,7 @@ enum Cmd {
     /// (tf.train.load_variable).
     Get {
         /// Checkpoint directory, prefix, or V1 file.
+        #[arg(value_parser = any_path())]
         ckpt: PathBuf,
         /// Tensor name (a trailing ":0" is ignored, as TensorFlow does).
         name: String,
@@ -73,6 +82,7 @@ enum Cmd {
     /// Check every block and tensor checksum; say what is wrong and where.
     Verify {
         /// Checkpoint directory, prefix, or V1 file.
+        #[arg(value_parser = any_path())]
         ckpt: PathBuf,
     },
     /// Build MODEL.json's variables, call init_from_checkpoint(CKPT, MAP), run every initializer and
@@ -80,6 +90,7 @@ enum Cmd {
     /// (init_from_checkpoint + global_variables_initializer()).
     Init {
         /// Checkpoint directory, prefix, or V1 file.
+        #[arg(value_parser = any_path())]
         ckpt: PathBuf,
         /// MODEL.json: a file, or inline JSON starting with `{` or `[`.
         #[arg(long)]
@@ -126,6 +137,7 @@ enum Cmd {
     /// nothing is written.
     Convert {
         /// Checkpoint directory, prefix, or V1 file.
+        #[arg(value_parser = any_path())]
         ckpt: PathBuf,
         /// Output file (OUT.safetensors): written whole or not at all.
         out: PathBuf,
