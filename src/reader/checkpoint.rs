@@ -153,9 +153,9 @@ pub(crate) enum Inner {
 /// Opening parses and validates the index (every block checksum, every entry's dtype, shape and size)
 /// and memory-maps the data files it names (reading none of their pages; up to 1,024 of them, past
 /// which, and on Windows, each is mapped at its first read); each tensor's checksum is
-/// verified when it is read. An open checkpoint keeps reading the files it was opened on: a save to
-/// the same prefix, which renames new files over them, changes nothing it reads (open it again to
-/// read the new save).
+/// verified when it is read. On Unix an open checkpoint keeps reading the files it was opened on: a
+/// save to the same prefix, which renames new files over them, changes nothing it reads (open it
+/// again to read the new save).
 ///
 /// # Safety of the mapping
 ///
