@@ -697,13 +697,8 @@ fn write_file(path: &Path, items: &[Item<'_>], shared: &Shared) -> Result<()> {
                 ckpts.push(ckpt)
             }
             Source::Value(t) => {
-                let mapping = match &t.data {
-                    TensorData::Bytes(b) => b.mapping(),
-                    TensorData::Strings(_) => None,
-                };
-                if let Some(m) = mapping.filter(|m| !asked.contains(&m.path())) {
-                    asked.push(m.path());
-                    m.unchanged()?;
+                if let TensorData::Bytes(b) = &t.data {
+                    b.unchanged_once(&mut asked)?;
                 }
             }
             _ => {}

@@ -738,21 +738,17 @@ fn a_shard_written_in_place_under_a_live_checkpoint_is_an_error() {
 #[cfg(unix)]
 #[test]
 fn a_save_to_the_same_prefix_leaves_an_open_checkpoint_its_own_files() {
-    use tfckpt::{CheckpointWriter, Tensor, WriterOptions};
     let tmp = tempfile::tempdir().unwrap();
     let prefix = tmp.path().join("m");
     let write = |scale: f32| {
-        let options = WriterOptions {
+        let options = tfckpt::WriterOptions {
             num_shards: 2,
             ..Default::default()
         };
-        let mut w = CheckpointWriter::create(&prefix, options).unwrap();
-        for name in ["a", "b"] {
-            let values: Vec<f32> = (0..1024).map(|i| i as f32 * scale).collect();
-            w.add(name, (&Tensor::from_f32(&[1024], &values).unwrap()).into())
-                .unwrap();
-        }
-        w.finish().unwrap();
+        let values: Vec<f32> = (0..1024).map(|i| i as f32 * scale).collect();
+        let mut b = common::builder::CkptBuilder::with_options(&prefix, options);
+        b.f32("a", &[1024], &values).f32("b", &[1024], &values);
+        b.finish();
     };
     write(1.0);
     let ckpt = tfckpt::Checkpoint::open(&prefix).unwrap();

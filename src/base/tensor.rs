@@ -47,8 +47,23 @@ impl Bytes {
         self.mapping().map_or(Ok(()), |m| m.unchanged())
     }
 
+    /// [`unchanged`](Self::unchanged), asking each file once: `asked` holds the files asked so
+    /// far (many values may map one shard).
+    pub(crate) fn unchanged_once<'a>(
+        &'a self,
+        asked: &mut Vec<&'a std::path::Path>,
+    ) -> crate::Result<()> {
+        match self.mapping() {
+            Some(m) if !asked.contains(&m.path()) => {
+                asked.push(m.path());
+                m.unchanged()
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The mapping these bytes are, if they are one.
-    pub(crate) fn mapping(&self) -> Option<&crate::base::mmap::PrivateMap> {
+    fn mapping(&self) -> Option<&crate::base::mmap::PrivateMap> {
         match &self.0 {
             Repr::Mapped(m) => Some(m),
             Repr::Owned(_) => None,

@@ -418,11 +418,13 @@ impl<L: Link> GpuDestination<'_, L> {
                     .any(|r| src.region.intersect(r).is_some());
             let mut verified = on_host;
             // The variables the piece feeds (on any device): a checksum error names them.
-            let feeds: Vec<String> = dests
-                .iter()
-                .filter(|(_, s)| src.region.intersect(&s.region(&info.shape)).is_some())
-                .map(|(v, _)| v.name.clone())
-                .collect();
+            let feeds = || -> Vec<String> {
+                dests
+                    .iter()
+                    .filter(|(_, s)| src.region.intersect(&s.region(&info.shape)).is_some())
+                    .map(|(v, _)| v.name.clone())
+                    .collect()
+            };
             let n = by_dev.len().max(1);
             for k in 0..by_dev.len() {
                 let (dev, ts) = &by_dev[(i + k) % n];
@@ -444,7 +446,7 @@ impl<L: Link> GpuDestination<'_, L> {
                     }
                 };
                 if check && planned {
-                    u.name_last_check(feeds.clone());
+                    u.name_last_check(feeds());
                 }
                 verified |= planned;
             }

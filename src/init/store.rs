@@ -845,10 +845,7 @@ impl VariableStore {
                 b.intact()?;
                 // Written in place since: and a truncation that a system call met (EFAULT rather
                 // than SIGBUS, so no read marked it) shows here as the file's new length.
-                if let Some(m) = b.mapping().filter(|m| !asked.contains(&m.path())) {
-                    asked.push(m.path());
-                    m.unchanged()?;
-                }
+                b.unchanged_once(&mut asked)?;
             }
         }
         Ok(())
