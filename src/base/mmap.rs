@@ -365,14 +365,7 @@ pub(crate) fn page_size() -> usize {
 ///
 /// [`sigbus::WATCHED_VALUES`]: crate::base::sigbus::WATCHED_VALUES
 pub(crate) fn max_private_maps() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        let kernel = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(65530);
-        (kernel / 4).min(crate::base::sigbus::WATCHED_VALUES)
-    })
+    (max_map_count() / 4).min(crate::base::sigbus::WATCHED_VALUES)
 }
 
 static LIVE_PRIVATE_MAPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -442,22 +435,99 @@ impl PrivateMap {
 #[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Whether large fresh buffers are advised onto transparent huge pages (`MADV_HUGEPAGE`, true) or
-/// away from them (`MADV_NOHUGEPAGE`, false): the `TFCKPT_HUGE_PAGES` environment variable
-/// (`always` or `never`), else this machine's answer ([`huge_pages_pay`]), decided once per
-/// process. Advice only: the system's own `never` mode still wins over `always`.
+/// The advice large fresh buffers get, decided once per process: `Some(true)` onto transparent
+/// huge pages (`MADV_HUGEPAGE`), `Some(false)` away from them (`MADV_NOHUGEPAGE`), `None` none.
+/// The choice is the `TFCKPT_HUGE_PAGES` environment variable (`always` or `never`), else this
+/// machine's answer ([`huge_pages_pay`]); it is not given where it would change nothing
+/// ([`useful_advice`]), since each advice may split a mapping in two or three.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages() -> bool {
-    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| {
-        huge_pages_choice(
-            std::env::var_os("TFCKPT_HUGE_PAGES").as_deref(),
-            Path::new("/sys"),
-        )
+fn huge_page_advice() -> Option<bool> {
+    static ADVICE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ADVICE.get_or_init(|| {
+        let sys = Path::new("/sys");
+        let choice = huge_pages_choice(std::env::var_os("TFCKPT_HUGE_PAGES").as_deref(), sys);
+        useful_advice(choice, thp_mode(sys).as_deref())
     })
 }
 
-/// [`advise_huge_pages`]'s rule, given the variable's value and the sysfs root: `always` and
+/// The system's transparent huge page mode under the sysfs root `sys` (the bracketed word of
+/// `kernel/mm/transparent_hugepage/enabled`: `always`, `madvise` or `never`), or `None` where
+/// the kernel has no such file (no transparent huge pages). A file in another form gives its text.
+#[cfg(target_os = "linux")]
+fn thp_mode(sys: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(sys.join("kernel/mm/transparent_hugepage/enabled")).ok()?;
+    let chosen = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'));
+    Some(chosen.unwrap_or(text.trim()).to_string())
+}
+
+/// The advice for `choice` (true: onto huge pages) under the system's mode `mode`, or `None`
+/// where it would change nothing: without transparent huge pages or in `never` mode no advice
+/// gives a huge page, and away from them changes something only in `always` mode (in `madvise`
+/// mode only advised ranges get huge pages). An unknown mode keeps the advice.
+#[cfg(target_os = "linux")]
+fn useful_advice(choice: bool, mode: Option<&str>) -> Option<bool> {
+    match mode {
+        None | Some("never") => None,
+        Some("madvise") if !choice => None,
+        _ => Some(choice),
+    }
+}
+
+/// The kernel's limit on mappings per process (`vm.max_map_count`, 65,530 by default), read once.
+fn max_map_count() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65530)
+    })
+}
+
+/// How many buffers are advised between two counts of the process's mappings
+/// ([`advice_has_room`]).
+#[cfg(target_os = "linux")]
+const ADVICE_COUNT_EVERY: usize = 256;
+
+/// Whether one more large buffer may be advised. An advice sets flags on part of a mapping, so the
+/// kernel keeps that part apart: a buffer the allocator mapped becomes its own mapping (fresh
+/// buffers left alone merge into one), and one inside the allocator's heap splits it in up to
+/// three. A process may hold `vm.max_map_count` mappings; past that the allocator falls back on
+/// its heap and no thread can start (its stack is a mapping), which 40,000 values of 4 MiB
+/// advised one by one did (2026-12-07). So advice stops while the process holds more than a
+/// quarter of the limit (less a margin for the buffers advised between two counts), as
+/// [`max_private_maps`] keeps another quarter for value mappings. The mappings are counted from
+/// `/proc/self/maps` before the first advice and then every [`ADVICE_COUNT_EVERY`] buffers, each
+/// 4 MiB or more (a count costs about 0.8 µs a mapping on this project's VM: 9 ms at 16,000, for
+/// 1 GiB of buffers or more).
+#[cfg(target_os = "linux")]
+fn advice_has_room() -> bool {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
+    static ROOM: AtomicBool = AtomicBool::new(false);
+    if ASKED
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(ADVICE_COUNT_EVERY)
+    {
+        let room = std::fs::read("/proc/self/maps").is_ok_and(|maps| {
+            let held = maps.iter().filter(|&&b| b == b'\n').count();
+            room_for_advice(held, max_map_count())
+        });
+        ROOM.store(room, Ordering::Relaxed);
+    }
+    ROOM.load(Ordering::Relaxed)
+}
+
+/// [`advice_has_room`]'s rule: `held` mappings leave room for [`ADVICE_COUNT_EVERY`] more
+/// advised buffers (up to two mappings each) within a quarter of the kernel's limit `max`.
+#[cfg(target_os = "linux")]
+fn room_for_advice(held: usize, max: usize) -> bool {
+    held + 2 * ADVICE_COUNT_EVERY <= max / 4
+}
+
+/// [`huge_page_advice`]'s choice, given the variable's value and the sysfs root: `always` and
 /// `never` (in any case, spaces around ignored) decide; any other value, or none, leaves it to
 /// [`huge_pages_pay`].
 #[cfg(target_os = "linux")]
@@ -499,7 +569,7 @@ fn huge_pages_pay(sys: &Path) -> bool {
 /// abort). The memory comes from the allocator's zeroed path, which maps fresh pages instead of
 /// writing zeros; each fresh page costs the kernel a fault and a zeroing pass when first touched.
 /// Large buffers are advised onto transparent huge pages before that, or away from them where
-/// huge pages cost more (`advise_huge_pages`, Linux): with 2 MiB pages the faults are 512 times
+/// huge pages cost more ([`huge_page_advice`], Linux): with 2 MiB pages the faults are 512 times
 /// fewer (4 KiB first-touch faults cap a load near 2 GB/s per core).
 pub(crate) fn alloc_zeroed(len: usize, tensor: &str) -> Result<Vec<u8>> {
     // SAFETY: all-zero bytes are valid `u8`s.
@@ -533,16 +603,22 @@ pub(crate) unsafe fn alloc_zeroed_as<T>(n: usize, tensor: &str) -> Result<Vec<T>
     let v = unsafe { Vec::from_raw_parts(ptr, n, n) };
     #[cfg(target_os = "linux")]
     if len >= 2 * HUGE_PAGE {
-        let start = (v.as_ptr() as usize).next_multiple_of(HUGE_PAGE);
-        let end = (v.as_ptr() as usize + len) & !(HUGE_PAGE - 1);
-        if end > start {
-            let advice = if advise_huge_pages() {
+        if let Some(huge) = huge_page_advice().filter(|_| advice_has_room()) {
+            // The pages the buffer touches, not only its aligned 2 MiB blocks: a buffer the
+            // allocator mapped alone is then one mapping, not two or three (the huge pages are
+            // the same).
+            let page = page_size();
+            let start = v.as_ptr() as usize & !(page - 1);
+            let end = (v.as_ptr() as usize + len).next_multiple_of(page);
+            let advice = if huge {
                 libc::MADV_HUGEPAGE
             } else {
                 libc::MADV_NOHUGEPAGE
             };
-            // SAFETY: [start, end) lies inside `v`'s allocation and is page aligned; either advice
-            // only changes how the kernel backs the range, never its contents. Failure is harmless.
+            // SAFETY: [start, end) is page aligned and every page of it holds bytes of `v`, so it
+            // is mapped; either advice only changes how the kernel backs the range (here and in
+            // the allocation sharing its first or last page), never its contents. Failure is
+            // harmless.
             unsafe {
                 libc::madvise(start as *mut libc::c_void, end - start, advice);
             }
@@ -616,7 +692,7 @@ pub(crate) fn fault_in(buf: &mut [u8]) {
 impl FreshMemory {
     /// `len` bytes (at least one page), not yet backed. Large ones are advised onto transparent
     /// huge pages or away from them by the same rule as the host's fresh buffers
-    /// (`advise_huge_pages`); on Linux the mapping is not inherited by a child the process forks
+    /// ([`huge_page_advice`]); on Linux the mapping is not inherited by a child the process forks
     /// (`MADV_DONTFORK`: a trainer's forked data workers would otherwise make its pages
     /// copy-on-write, and the parent's next write would move them away from what a GPU driver
     /// page-locked). Fails with the system's error where it has no room.
@@ -630,8 +706,7 @@ impl FreshMemory {
         {
             use memmap2::Advice;
             let _ = map.advise(Advice::DontFork);
-            if len >= 2 * HUGE_PAGE {
-                let huge = advise_huge_pages();
+            if let Some(huge) = huge_page_advice().filter(|_| len >= 2 * HUGE_PAGE) {
                 let _ = map.advise(if huge {
                     Advice::HugePage
                 } else {
@@ -907,9 +982,104 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn advice_that_changes_nothing_is_not_given() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = root.path();
+        assert_eq!(thp_mode(sys), None);
+        let dir = sys.join("kernel/mm/transparent_hugepage");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (text, mode) in [
+            ("always [madvise] never\n", "madvise"),
+            ("[always] madvise never\n", "always"),
+            ("always madvise [never]\n", "never"),
+            ("madvise\n", "madvise"),
+        ] {
+            std::fs::write(dir.join("enabled"), text).unwrap();
+            assert_eq!(thp_mode(sys).as_deref(), Some(mode), "{text:?}");
+        }
+        // (choice, system mode) -> advice given: away from huge pages only where the system
+        // would give them unasked; none without huge pages at all.
+        for (choice, mode, advice) in [
+            (true, Some("always"), Some(true)),
+            (false, Some("always"), Some(false)),
+            (true, Some("madvise"), Some(true)),
+            (false, Some("madvise"), None),
+            (true, Some("never"), None),
+            (false, Some("never"), None),
+            (true, None, None),
+            (false, None, None),
+            (true, Some("odd"), Some(true)),
+            (false, Some("odd"), Some(false)),
+        ] {
+            assert_eq!(useful_advice(choice, mode), advice, "{choice} {mode:?}");
+        }
+        // Advice stops where 256 more buffers (two mappings each) would pass a quarter of the
+        // kernel's limit.
+        assert!(room_for_advice(100, 65530));
+        assert!(room_for_advice(65530 / 4 - 512, 65530));
+        assert!(!room_for_advice(65530 / 4 - 511, 65530));
+        assert!(!room_for_advice(0, 1000));
+    }
+
+    /// Many large fresh buffers, each advised, leave the process room for more mappings: in a
+    /// child process (the advice is chosen once per process) with `TFCKPT_HUGE_PAGES=always`,
+    /// more 4 MiB buffers than the kernel allows mappings over two (advising each one's aligned
+    /// 2 MiB blocks alone made 1.6 mappings a buffer, and past the limit no thread could start)
+    /// end with the process under half its limit, and a thread starts.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn many_advised_buffers_leave_room_for_mappings() {
+        const CHILD: &str = "TFCKPT_TEST_MANY_BUFFERS";
+        let held = || {
+            let maps = std::fs::read("/proc/self/maps").unwrap();
+            maps.iter().filter(|&&b| b == b'\n').count()
+        };
+        let max = max_map_count();
+        let n = max / 2 + 1_000;
+        if std::env::var_os(CHILD).is_some() {
+            let mut keep = Vec::with_capacity(n);
+            for i in 0..n {
+                match alloc_zeroed(4 << 20, "test buffer") {
+                    Ok(v) => keep.push(v),
+                    // A host that commits memory strictly (vm.overcommit_memory = 2) runs out
+                    // first: what was advised so far must still have left room.
+                    Err(e) => {
+                        eprintln!("stopped after {i} buffers: {e}");
+                        break;
+                    }
+                }
+            }
+            assert!(held() <= max / 2, "{} mappings of {max}", held());
+            std::thread::spawn(|| ()).join().unwrap();
+            return;
+        }
+        if max > 300_000 {
+            eprintln!(
+                "skipped: vm.max_map_count is {max}: 4 MiB for half of it is too much to map"
+            );
+            return;
+        }
+        let me = "base::mmap::tests::many_advised_buffers_leave_room_for_mappings";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", me, "--test-threads=1", "--nocapture"])
+            .env("TFCKPT_HUGE_PAGES", "always")
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The choice reaches the buffers: in a child process per setting (the choice is made once
     /// per process), a fresh 8 MiB buffer's mapping carries `hg` (advised onto huge pages) or `nh`
-    /// (advised away) in its `VmFlags`.
+    /// (advised away) in its `VmFlags`, or neither where the system's mode makes that advice
+    /// change nothing.
     #[cfg(target_os = "linux")]
     #[test]
     fn the_choice_reaches_the_buffers_mapping() {
@@ -929,11 +1099,14 @@ mod tests {
                 if let Some(r) = range(line) {
                     inside = r.contains(&at);
                 } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-                    let flag = flag.to_str().unwrap();
-                    assert!(
-                        flags.split_whitespace().any(|f| f == flag),
-                        "{flag} not in {flags}"
-                    );
+                    let flags: Vec<&str> = flags.split_whitespace().collect();
+                    match flag.to_str().unwrap() {
+                        "-" => assert!(
+                            !flags.contains(&"hg") && !flags.contains(&"nh"),
+                            "advised: {flags:?}"
+                        ),
+                        flag => assert!(flags.contains(&flag), "{flag} not in {flags:?}"),
+                    }
                     return;
                 }
             }
@@ -944,7 +1117,13 @@ mod tests {
             return;
         }
         let me = "base::mmap::tests::the_choice_reaches_the_buffers_mapping";
-        for (setting, flag) in [("always", "hg"), ("never", "nh")] {
+        let mode = thp_mode(Path::new("/sys"));
+        for (setting, choice) in [("always", true), ("never", false)] {
+            let flag = match useful_advice(choice, mode.as_deref()) {
+                Some(true) => "hg",
+                Some(false) => "nh",
+                None => "-",
+            };
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", me, "--test-threads=1"])
                 .env("TFCKPT_HUGE_PAGES", setting)
