@@ -65,7 +65,7 @@ const ADVICE_COUNT_EVERY: usize = 256;
 /// its heap and no thread can start (its stack is a mapping), which 40,000 values of 4 MiB
 /// advised one by one did (2026-12-07). So advice stops while the process holds more than a
 /// quarter of the limit (less a margin for the buffers advised between two counts), as
-/// [`max_private_maps`] keeps another quarter for value mappings. The mappings are counted from
+/// [`max_private_maps`](super::max_private_maps) keeps another quarter for value mappings. The mappings are counted from
 /// `/proc/self/maps` before the first advice and then every [`ADVICE_COUNT_EVERY`] buffers, each
 /// 4 MiB or more (a count costs about 0.8 µs a mapping on this project's VM: 9 ms at 16,000, for
 /// 1 GiB of buffers or more).
@@ -73,18 +73,23 @@ const ADVICE_COUNT_EVERY: usize = 256;
 fn advice_has_room() -> bool {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     static ASKED: AtomicUsize = AtomicUsize::new(0);
-    static ROOM: AtomicBool = AtomicBool::new(false);
+    // True until the first count is in: threads that ask while it is being made give advice.
+    static ROOM: AtomicBool = AtomicBool::new(true);
     if ASKED
         .fetch_add(1, Ordering::Relaxed)
         .is_multiple_of(ADVICE_COUNT_EVERY)
     {
-        let room = std::fs::read("/proc/self/maps").is_ok_and(|maps| {
-            let held = maps.iter().filter(|&&b| b == b'\n').count();
-            room_for_advice(held, max_map_count())
-        });
+        let room = mappings_held().is_some_and(|held| room_for_advice(held, max_map_count()));
         ROOM.store(room, Ordering::Relaxed);
     }
     ROOM.load(Ordering::Relaxed)
+}
+
+/// How many mappings the process holds: the lines of `/proc/self/maps`.
+#[cfg(target_os = "linux")]
+fn mappings_held() -> Option<usize> {
+    let maps = std::fs::read("/proc/self/maps").ok()?;
+    Some(maps.iter().filter(|&&b| b == b'\n').count())
 }
 
 /// [`advice_has_room`]'s rule: `held` mappings leave room for [`ADVICE_COUNT_EVERY`] more
@@ -501,14 +506,16 @@ mod tests {
     /// child process (the advice is chosen once per process) with `TFCKPT_HUGE_PAGES=always`,
     /// more 4 MiB buffers than the kernel allows mappings over two (advising each one's aligned
     /// 2 MiB blocks alone made 1.6 mappings a buffer, and past the limit no thread could start)
-    /// end with the process under half its limit, and a thread starts.
+    /// end with the process under half its limit, and a thread starts; advice goes on until the
+    /// process holds about a quarter of it.
     #[cfg(target_os = "linux")]
     #[test]
     fn many_advised_buffers_leave_room_for_mappings() {
         const CHILD: &str = "TFCKPT_TEST_MANY_BUFFERS";
         let held = || {
-            let maps = std::fs::read("/proc/self/maps").unwrap();
-            maps.iter().filter(|&&b| b == b'\n').count()
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            assert_eq!(mappings_held(), Some(maps.lines().count()));
+            maps.lines().count()
         };
         let max = max_map_count();
         let n = max / 2 + 1_000;
@@ -525,7 +532,15 @@ mod tests {
                     }
                 }
             }
-            assert!(held() <= max / 2, "{} mappings of {max}", held());
+            let held = held();
+            assert!(held <= max / 2, "{held} mappings of {max}");
+            // Advice went on up to about a quarter of the limit (each advised buffer one mapping).
+            if huge_page_advice() == Some(true) && keep.len() == n {
+                assert!(
+                    held >= max / 8,
+                    "advice stopped at {held} mappings of {max}"
+                );
+            }
             std::thread::spawn(|| ()).join().unwrap();
             return;
         }
