@@ -810,7 +810,7 @@ fn wrong_credentials_and_missing_objects_name_the_url_and_the_credential_source(
 /// and equals the local read; `scripts/gpu-check.sh` runs this on the GPU machine, with
 /// `TFCKPT_REQUIRE_GPU=1` so that a GPU that cannot be used fails instead of skipping. Without
 /// one, a GPU load is a clear error and loads nothing. The ring path itself also runs on emulated
-/// devices in `src/gpu/tests.rs`.
+/// devices in `src/gpu/tests/remote.rs`.
 #[test]
 fn gpu_load_of_a_remote_checkpoint_equals_the_local_read_or_is_a_clear_error() {
     let ckpt = fixture("h1_basic").join("model-0");
