@@ -2,11 +2,13 @@
 //! by this machine's rule, and page-locked staging for the GPU path (anonymous mappings, placed on
 //! a GPU's NUMA node).
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", test, feature = "cuda"))]
 use std::path::Path;
 
 #[cfg(target_os = "linux")]
-use super::{max_map_count, page_size};
+use super::max_map_count;
+#[cfg(any(target_os = "linux", test, feature = "cuda"))]
+use super::page_size;
 use crate::base::error::Result;
 
 /// Transparent huge page size on x86-64 and aarch64 Linux.
