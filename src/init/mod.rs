@@ -5,4 +5,5 @@
 pub(crate) mod assign;
 pub(crate) mod initializer;
 pub mod partitioners;
+mod placement;
 pub(crate) mod store;
