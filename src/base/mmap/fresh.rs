@@ -552,17 +552,26 @@ mod tests {
             );
             return;
         }
-        let me = "base::mmap::fresh::tests::many_advised_buffers_leave_room_for_mappings";
+        in_child(
+            "many_advised_buffers_leave_room_for_mappings",
+            &[("TFCKPT_HUGE_PAGES", "always"), (CHILD, "1")],
+        );
+    }
+
+    /// Runs this binary's test `name` (of this module) alone in a child process with `env`, and
+    /// fails unless it passed.
+    #[cfg(target_os = "linux")]
+    fn in_child(name: &str, env: &[(&str, &str)]) {
+        let me = format!("base::mmap::fresh::tests::{name}");
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", me, "--test-threads=1", "--nocapture"])
-            .env("TFCKPT_HUGE_PAGES", "always")
-            .env(CHILD, "1")
+            .args(["--exact", &me, "--test-threads=1", "--nocapture"])
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("1 passed"),
-            "{stdout}\n{}",
+            "{env:?}: {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -607,7 +616,6 @@ mod tests {
             eprintln!("skipped: this kernel has no transparent huge pages");
             return;
         }
-        let me = "base::mmap::fresh::tests::the_choice_reaches_the_buffers_mapping";
         let mode = thp_mode(Path::new("/sys"));
         for (setting, choice) in [("always", true), ("never", false)] {
             let flag = match useful_advice(choice, mode.as_deref()) {
@@ -615,17 +623,9 @@ mod tests {
                 Some(false) => "nh",
                 None => "-",
             };
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", me, "--test-threads=1"])
-                .env("TFCKPT_HUGE_PAGES", setting)
-                .env(CHILD, flag)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "{setting}: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
+            in_child(
+                "the_choice_reaches_the_buffers_mapping",
+                &[("TFCKPT_HUGE_PAGES", setting), (CHILD, flag)],
             );
         }
     }
