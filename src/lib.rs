@@ -68,7 +68,8 @@ pub use load::{
     CancelToken, DeviceStats, DeviceTimes, LoadOptions, LoadReport, Ownership, Progress,
     RemoteOptions,
 };
-pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView, VerifyReport};
+pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView};
+pub use reader::verify::VerifyReport;
 
 /// The `cudarc` this crate is built against (feature `cuda`): name its types through this path
 /// (a [`DeviceTensor::cuda_slice`]'s `CudaSlice`, a `CudaStream` for

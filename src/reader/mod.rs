@@ -8,3 +8,4 @@ pub(crate) mod glob;
 pub(crate) mod resolve;
 pub(crate) mod state;
 pub(crate) mod stored;
+pub(crate) mod verify;
