@@ -191,9 +191,10 @@ impl CheckpointWriter {
         make_dirs(folder_of(&first), &mut writer.made_dirs)?;
         // Pushed one by one into the writer, so that a shard that cannot be created drops it and
         // the writer removes the ones made before.
-        for i in 0..writer.options.num_shards {
-            let (tmp, file, _listed) =
-                create_temp(&data_path(&writer.prefix, i, writer.options.num_shards))?;
+        let n = writer.options.num_shards;
+        for i in 0..n {
+            let (tmp, file, _listed) = create_temp(&data_path(&writer.prefix, i, n))
+                .map_err(|e| open_files_spent(e, i, n))?;
             writer.shards.push(Shard {
                 tmp,
                 out: BufWriter::with_capacity(1 << 20, file),
@@ -693,6 +694,31 @@ fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)> {
     ))
 }
 
+/// Says why a shard could not be made where the process may open no more files: the writer holds
+/// its `n` data files open at once (as TensorFlow's sharded save holds one per device), and `made`
+/// of them are open already.
+fn open_files_spent(e: Error, made: u32, n: u32) -> Error {
+    #[cfg(unix)]
+    if let ErrorKind::Io { path, source } = e.kind() {
+        if source.raw_os_error() == Some(libc::EMFILE) {
+            // SAFETY: getrlimit writes the one struct it is given.
+            let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+            let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+                0 if limit.rlim_cur != libc::RLIM_INFINITY => format!("{}", limit.rlim_cur),
+                _ => "its limit of".to_string(),
+            };
+            let why = format!(
+                "{source}: a writer holds its {n} data files open at once, and this process \
+                 may open {soft} files (`ulimit -n`; {made} data files were open); write fewer \
+                 shards or raise the limit"
+            );
+            return Error::io(path, std::io::Error::new(source.kind(), why));
+        }
+    }
+    let _ = (made, n);
+    e
+}
+
 pub(crate) fn shape_proto(shape: &[u64]) -> proto::TensorShapeProto {
     proto::TensorShapeProto {
         dim: shape
@@ -798,5 +824,55 @@ mod tests {
         ] {
             assert_eq!(folder_of(Path::new(path)), Path::new(folder), "{path}");
         }
+    }
+
+    /// More shards than the process may open files: the error names the file it could not
+    /// make, the shard count and the limit, and the writer removes the files and folder it made.
+    /// In a child process, whose limit of open files is lowered to 64.
+    #[cfg(unix)]
+    #[test]
+    fn more_shards_than_open_files_say_so() {
+        const CHILD: &str = "TFCKPT_TEST_FEW_OPEN_FILES";
+        let Some(dir) = std::env::var_os(CHILD) else {
+            let dir = tempfile::tempdir().unwrap();
+            let me = "format::writer::tests::more_shards_than_open_files_say_so";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", me, "--test-threads=1", "--nocapture"])
+                .env(CHILD, dir.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Nothing left: the folder the writer made is gone, as are its temporary files.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+            return;
+        };
+        let limit = libc::rlimit {
+            rlim_cur: 64,
+            rlim_max: 64,
+        };
+        // SAFETY: setrlimit reads the one struct it is given.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        let prefix = Path::new(&dir).join("new/m");
+        let options = super::WriterOptions {
+            num_shards: 200,
+            ..Default::default()
+        };
+        let e = super::CheckpointWriter::create(&prefix, options).unwrap_err();
+        let text = e.to_string();
+        for part in [
+            "m.data-000",
+            "-of-00200.tempstate",
+            "a writer holds its 200 data files open at once",
+            "this process may open 64 files (`ulimit -n`; ",
+            "write fewer shards or raise the limit",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text:?}");
+        }
+        assert!(matches!(e.kind(), crate::ErrorKind::Io { .. }), "{e:?}");
     }
 }
