@@ -215,6 +215,78 @@ fn verify_passes_on_every_fixture() {
     assert!(small >= 8, "{small}");
 }
 
+/// A variant tensor TensorFlow wrote (`tf/variant/`: a `tf.data` iterator's state, as
+/// `tf.train.Checkpoint` saves it; TensorFlow's `RestoreV2` read it): listed as TensorFlow lists
+/// it, checked by `verify` element by element, refused by a read that names it, while the
+/// variable beside it reads as TensorFlow read it. Then every byte of the data file is changed in
+/// turn, and `verify` finds each change, naming the tensor whose bytes they are.
+#[test]
+fn a_variant_tensor_tensorflow_wrote() {
+    let dir = fixture("variant");
+    let want = json(&dir.join("expected.json"));
+    let variant = want["variant"].as_str().unwrap();
+    let prefix = dir.join(want["ckpt"].as_str().unwrap());
+    let ckpt = Checkpoint::open(&prefix).unwrap();
+    let listed: Vec<Value> = ckpt
+        .tensors()
+        .iter()
+        .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+        .collect();
+    assert_eq!(Value::Array(listed), want["list"]);
+    assert_eq!(
+        serde_json::json!(ckpt.tensor(variant).unwrap().shape),
+        want["restore_v2_shape"]
+    );
+    let report = ckpt.verify().unwrap();
+    assert_eq!(report.tensors, 3);
+    let e = ckpt.read(variant).unwrap_err();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::Unsupported { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(variant), "{e}");
+    for (name, values) in want["values"].as_object().unwrap() {
+        let got = ckpt.read(name).unwrap();
+        let want: Vec<f32> = values
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.to_f32().unwrap(), want, "{name}");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |p: &Path| p.file_name().unwrap().to_owned();
+    let (index, data) = (&ckpt.files()[0], &ckpt.files()[1]);
+    std::fs::copy(index, tmp.path().join(file(index))).unwrap();
+    let bytes = std::fs::read(data).unwrap();
+    let copy = tmp.path().join(file(data));
+    let mut named = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..bytes.len() {
+        let mut changed = bytes.clone();
+        changed[i] ^= 0x10;
+        std::fs::write(&copy, &changed).unwrap();
+        let damaged = Checkpoint::open(tmp.path().join(file(&prefix)))
+            .unwrap_or_else(|e| panic!("byte {i}: {e}"));
+        let e = match damaged.verify() {
+            Ok(_) => panic!("byte {i} of {} changed, and verify passed", bytes.len()),
+            Err(e) => e.to_string(),
+        };
+        let tensor = want["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .find(|t| e.contains(&format!("{t:?}")))
+            .unwrap_or_else(|| panic!("byte {i}: no tensor named: {e}"));
+        *named.entry(tensor.to_string()).or_default() += 1;
+    }
+    // Every tensor's bytes were changed and found: the variant's most of them.
+    assert_eq!(named.len(), 3, "{named:?}");
+    assert!(named[variant] > bytes.len() / 2, "{named:?}");
+}
+
 /// A table's metaindex block (TensorFlow writes it empty, `00 00 00 00 01 00 00 00`, and never
 /// reads it) damaged in a V2 index and in a V1 file: the checkpoint opens and reads as in
 /// TensorFlow, and `verify` reports the block, which it did not read before 2026-12-07 (its
