@@ -69,6 +69,84 @@ fn not_found() {
     assert!(e.to_string().contains("gone-1"), "{e}");
 }
 
+/// A folder without a state file that holds a checkpoint all the same says where, and opening it
+/// stays an error, as in TensorFlow: a SavedModel's folder (one TensorFlow saved) names its
+/// variables, a folder of index files names their prefixes, newest first, three at most.
+#[test]
+fn a_folder_without_a_state_file_says_what_it_holds() {
+    let no_state = |dir: &std::path::Path| {
+        let e = err(Checkpoint::open(dir));
+        assert!(
+            matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. }),
+            "{e}"
+        );
+        let text = e.to_string();
+        let head = format!(
+            "couldn't find a checkpoint in directory {}: it has no 'checkpoint' state file",
+            dir.display()
+        );
+        assert!(text.starts_with(&head), "{text}");
+        text[head.len()..].to_string()
+    };
+    let saved_model = fixture("saved_model");
+    let variables = saved_model.join("variables").join("variables");
+    assert_eq!(
+        no_state(&saved_model),
+        format!(
+            "; it is a SavedModel, whose variables are the checkpoint {}",
+            variables.display()
+        )
+    );
+    assert_eq!(
+        no_state(&saved_model.join("variables")),
+        format!("; it holds the checkpoint {}", variables.display())
+    );
+    Checkpoint::open(&variables).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(no_state(dir.path()), "");
+    let prefix = |i: u64| dir.path().join(format!("m-{i}"));
+    let names = |list: &[u64]| -> String {
+        let v: Vec<String> = list
+            .iter()
+            .map(|&i| prefix(i).display().to_string())
+            .collect();
+        v.join(", ")
+    };
+    // Made in the order 3, 1, 2, 5, 4: the newest by time, not by name.
+    for (age, i) in [3u64, 1, 2, 5, 4].into_iter().enumerate() {
+        for suffix in [".index", ".data-00000-of-00001"] {
+            let (mut src, mut dst) = (
+                variables.clone().into_os_string(),
+                prefix(i).into_os_string(),
+            );
+            src.push(suffix);
+            dst.push(suffix);
+            std::fs::copy(&src, &dst).unwrap();
+        }
+        let index = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(format!("m-{i}.index")))
+            .unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + age as u64);
+        index.set_modified(when).unwrap();
+        match age {
+            1 => assert_eq!(
+                no_state(dir.path()),
+                format!(
+                    "; it holds 2 checkpoints: {} (newest first)",
+                    names(&[1, 3])
+                )
+            ),
+            4 => assert_eq!(
+                no_state(dir.path()),
+                format!("; it holds 5 checkpoints, the newest {}", names(&[4, 5, 2]))
+            ),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn bad_magic_and_short_file() {
     let dir = tempfile::tempdir().unwrap();

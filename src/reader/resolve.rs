@@ -189,7 +189,10 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
     let text = match read(&state) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(no_ckpt("it has no 'checkpoint' state file".into()))
+            return Err(no_ckpt(format!(
+                "it has no 'checkpoint' state file{}",
+                what_the_folder_holds(dir)
+            )))
         }
         Err(e) => return Err(Error::io(&state, e)),
     };
@@ -228,6 +231,49 @@ pub(crate) fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
             "its state file names {} but no files match it",
             prefix.display()
         )))
+    }
+}
+
+/// Where a folder without a state file holds a checkpoint all the same, where to find it (TF's
+/// `latest_checkpoint` looks no further, and neither does the resolution): a SavedModel's
+/// variables, or the V2 checkpoints whose index files the folder holds (their prefixes, newest
+/// first, at most three named). Empty where it holds none.
+fn what_the_folder_holds(dir: &Path) -> String {
+    let variables = dir.join("variables").join("variables");
+    let saved_model = ["saved_model.pb", "saved_model.pbtxt"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+    if saved_model && index_path(&variables).is_file() {
+        return format!(
+            "; it is a SavedModel, whose variables are the checkpoint {}",
+            variables.display()
+        );
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let prefix = dir.join(name.strip_suffix(".index")?);
+            let meta = std::fs::metadata(index_path(&prefix)).ok()?;
+            let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            meta.is_file().then_some((modified, prefix))
+        })
+        .collect();
+    found.sort_by(|a, b| b.cmp(a));
+    let named: Vec<String> = found
+        .iter()
+        .take(3)
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let named = named.join(", ");
+    match found.len() {
+        0 => String::new(),
+        1 => format!("; it holds the checkpoint {named}"),
+        n @ 2..=3 => format!("; it holds {n} checkpoints: {named} (newest first)"),
+        n => format!("; it holds {n} checkpoints, the newest {named}"),
     }
 }
 
