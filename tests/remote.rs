@@ -863,6 +863,32 @@ fn urls_that_cannot_be_used_are_errors_not_panics() {
     }
 }
 
+/// A SavedModel's folder (one TensorFlow saved) is no checkpoint over S3 or plain HTTP either, as
+/// on disk, and the error names the checkpoint of its variables, which opens.
+#[test]
+fn a_saved_models_folder_names_its_variables() {
+    let saved_model = fixture("saved_model");
+    let variables = saved_model.join("variables/variables");
+    for (url, want) in [
+        (s3_url(&saved_model), s3_url(&variables)),
+        (http_url(&saved_model), http_url(&variables)),
+        (format!("{}/", s3_url(&saved_model)), s3_url(&variables)),
+    ] {
+        let e = Checkpoint::open(&url).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. })
+                && text.ends_with(&format!(
+                    "it has no 'checkpoint' state file; it is a SavedModel, whose variables \
+                     are the checkpoint {want}"
+                )),
+            "{url}: {text}"
+        );
+        let remote = Checkpoint::open(&want).unwrap_or_else(|e| panic!("{want}: {e}"));
+        assert_eq!(remote.tensors().len(), 4, "{want}");
+    }
+}
+
 #[test]
 fn served_copy_is_the_fixture() {
     let p = fixture("h1_basic").join("model-0.index");

@@ -256,6 +256,20 @@ fn resolve(
         client.exists(key).or_else(|e| refusal(e).map(|()| None))
     };
     let nothing = |otherwise: crate::Error| refused.borrow_mut().take().unwrap_or(otherwise);
+    // Where the "directory" is a SavedModel's, what the error adds: the checkpoint of its
+    // variables (as on disk; two HEADs, made only on the way to an error).
+    let saved_model = || -> Result<String> {
+        let variables = format!("{dir_slash}variables/variables");
+        let found = present(&format!("{dir_slash}saved_model.pb"))?.is_some()
+            && present(&format!("{variables}.index"))?.is_some();
+        Ok(match found {
+            true => format!(
+                "; it is a SavedModel, whose variables are the checkpoint {}",
+                loc.url(&variables)
+            ),
+            false => String::new(),
+        })
+    };
     let Some(state) = present(&state_key)? else {
         // A "directory" without a state file is an error even where a checkpoint of the same
         // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
@@ -265,7 +279,8 @@ fn resolve(
                 .has_keys_under(&dir_slash)
                 .or_else(|e| refusal(e).map(|()| false))?;
             if keys_under {
-                return Err(nothing(no_ckpt("it has no 'checkpoint' state file".into())));
+                let why = format!("it has no 'checkpoint' state file{}", saved_model()?);
+                return Err(nothing(no_ckpt(why)));
             }
         }
         if named_file {
@@ -286,6 +301,14 @@ fn resolve(
             // (A pattern in any component: `v1_*/model-3` too, as on disk.)
             if glob::key_has_magic(key) || present(key)?.is_some() {
                 return Ok((key.to_string(), None, None));
+            }
+        }
+        // A plain HTTP server cannot say that a URL is a folder, but a SavedModel's files can be
+        // asked for.
+        if !listable {
+            let hint = saved_model()?;
+            if !hint.is_empty() {
+                return Err(no_ckpt(format!("it has no 'checkpoint' state file{hint}")));
             }
         }
         return Err(nothing(
