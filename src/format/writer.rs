@@ -703,14 +703,14 @@ fn open_files_spent(e: Error, made: u32, n: u32) -> Error {
         if source.raw_os_error() == Some(libc::EMFILE) {
             // SAFETY: getrlimit writes the one struct it is given.
             let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-            let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-                0 if limit.rlim_cur != libc::RLIM_INFINITY => format!("{}", limit.rlim_cur),
-                _ => "its limit of".to_string(),
+            let may = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+                0 if limit.rlim_cur != libc::RLIM_INFINITY => format!("{} files", limit.rlim_cur),
+                _ => "no more files".to_string(),
             };
             let why = format!(
                 "{source}: a writer holds its {n} data files open at once, and this process \
-                 may open {soft} files (`ulimit -n`; {made} data files were open); write fewer \
-                 shards or raise the limit"
+                 may open {may} (`ulimit -n`; {made} data files were open); write fewer shards \
+                 or raise the limit"
             );
             return Error::io(path, std::io::Error::new(source.kind(), why));
         }

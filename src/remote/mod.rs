@@ -257,18 +257,18 @@ fn resolve(
     };
     let nothing = |otherwise: crate::Error| refused.borrow_mut().take().unwrap_or(otherwise);
     // Where the "directory" is a SavedModel's, what the error adds: the checkpoint of its
-    // variables (as on disk; two HEADs, made only on the way to an error).
-    let saved_model = || -> Result<String> {
+    // variables (as on disk; two HEADs, made only on the way to an error). Only a hint: a probe
+    // that fails or is refused gives none, and is not the error.
+    let saved_model = || -> String {
         let variables = format!("{dir_slash}variables/variables");
-        let found = present(&format!("{dir_slash}saved_model.pb"))?.is_some()
-            && present(&format!("{variables}.index"))?.is_some();
-        Ok(match found {
+        let there = |key: &str| matches!(client.exists(key), Ok(Some(_)));
+        match there(&format!("{dir_slash}saved_model.pb")) && there(&format!("{variables}.index")) {
             true => format!(
                 "; it is a SavedModel, whose variables are the checkpoint {}",
                 loc.url(&variables)
             ),
             false => String::new(),
-        })
+        }
     };
     let Some(state) = present(&state_key)? else {
         // A "directory" without a state file is an error even where a checkpoint of the same
@@ -279,7 +279,7 @@ fn resolve(
                 .has_keys_under(&dir_slash)
                 .or_else(|e| refusal(e).map(|()| false))?;
             if keys_under {
-                let why = format!("it has no 'checkpoint' state file{}", saved_model()?);
+                let why = format!("it has no 'checkpoint' state file{}", saved_model());
                 return Err(nothing(no_ckpt(why)));
             }
         }
@@ -306,7 +306,7 @@ fn resolve(
         // A plain HTTP server cannot say that a URL is a folder, but a SavedModel's files can be
         // asked for.
         if !listable {
-            let hint = saved_model()?;
+            let hint = saved_model();
             if !hint.is_empty() {
                 return Err(no_ckpt(format!("it has no 'checkpoint' state file{hint}")));
             }
