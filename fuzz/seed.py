@@ -13,7 +13,9 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "checkp
 os.makedirs(out, exist_ok=True)
 cases = sorted(n for n in os.listdir(fixtures) if os.path.isfile(os.path.join(fixtures, n, "expected", "ckpt.txt")))
 for i, case in enumerate(cases):
-    d = os.path.join(fixtures, case)
+    with open(os.path.join(fixtures, case, "expected", "ckpt.txt")) as f:
+        # the folder the checkpoint's files are in: the case's, or one inside it (variables/)
+        d = os.path.join(fixtures, case, os.path.dirname(f.read().strip()))
     files = sorted(f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
     pick = [f for f in files if f.endswith(".index")] or [
         f for f in files if f != "checkpoint" and not f.endswith((".meta", ".txt"))

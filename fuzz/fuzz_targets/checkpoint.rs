@@ -47,9 +47,13 @@ fn cases() -> &'static [Case] {
         fixtures::dirs()
             .iter()
             .map(|dir| {
-                let to = scratch.join(dir.file_name().unwrap());
+                // The folder the checkpoint's files are in: the case's, or one inside it (a
+                // SavedModel's `variables/`).
+                let rel = fixtures::ckpt_rel(dir);
+                let inside = Path::new(&rel).parent().unwrap_or(Path::new(""));
+                let to = scratch.join(dir.file_name().unwrap()).join(inside);
                 std::fs::create_dir_all(&to).unwrap();
-                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(inside))
                     .unwrap()
                     .map(|e| e.unwrap().path())
                     .filter(|p| p.is_file())
@@ -58,7 +62,7 @@ fn cases() -> &'static [Case] {
                 for f in &files {
                     std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
                 }
-                let ckpt = to.join(fixtures::ckpt_rel(dir));
+                let ckpt = scratch.join(dir.file_name().unwrap()).join(&rel);
                 // The file to replace: the index of a V2 checkpoint, else the first V1 file.
                 let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
                 let file = files
