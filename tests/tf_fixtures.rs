@@ -215,6 +215,48 @@ fn verify_passes_on_every_fixture() {
     assert!(small >= 8, "{small}");
 }
 
+/// A SavedModel's variables (`tf/saved_model/`, written by `tf.saved_model.save`): the checkpoint
+/// `variables/variables` lists, reads and verifies as TensorFlow's reader gave it. (The folder
+/// itself is no checkpoint: `tests/errors.rs`.)
+#[test]
+fn a_saved_models_variables_read_as_tensorflow_read_them() {
+    let dir = fixture("saved_model");
+    let want = json(&dir.join("expected.json"));
+    let ckpt = Checkpoint::open(dir.join(want["ckpt"].as_str().unwrap())).unwrap();
+    let listed: Vec<Value> = ckpt
+        .tensors()
+        .iter()
+        .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+        .collect();
+    assert_eq!(Value::Array(listed), want["list"]);
+    let values = want["values"].as_object().unwrap();
+    assert_eq!(values.len(), 3);
+    // TensorFlow's values as JSON numbers (float32 widened to float64, exactly), flattened.
+    fn flat(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|v| flat(v, out)),
+            v => out.push(v.as_f64().unwrap()),
+        }
+    }
+    for (name, value) in values {
+        let t = ckpt.read(name).unwrap();
+        let got: Vec<f64> = match t.dtype {
+            tfckpt::DType::F32 => t.to_f32().unwrap().into_iter().map(f64::from).collect(),
+            tfckpt::DType::I64 => t
+                .to_vec::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|x| x as f64)
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        };
+        let mut want = Vec::new();
+        flat(value, &mut want);
+        assert_eq!(got, want, "{name}");
+    }
+    assert_eq!(ckpt.verify().unwrap().tensors, 4);
+}
+
 /// A variant tensor TensorFlow wrote (`tf/variant/`: a `tf.data` iterator's state, as
 /// `tf.train.Checkpoint` saves it; TensorFlow's `RestoreV2` read it): listed as TensorFlow lists
 /// it, checked by `verify` element by element, refused by a read that names it, while the
