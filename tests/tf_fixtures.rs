@@ -35,6 +35,13 @@ fn open_case(case: &Path) -> Checkpoint {
         .unwrap_or_else(|e| panic!("{}: {e}", case.display()))
 }
 
+/// The listing as `expected/list.json` holds it: name, dtype and shape of every tensor.
+fn listing(ckpt: &Checkpoint) -> Value {
+    let list = ckpt.tensors().iter();
+    list.map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
+        .collect()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -92,12 +99,7 @@ fn listing_matches_tensorflow() {
     for case in cases() {
         let ckpt = open_case(&case);
         let want = json(&case.join("expected/list.json"));
-        let got: Vec<Value> = ckpt
-            .tensors()
-            .iter()
-            .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
-            .collect();
-        assert_eq!(Value::Array(got), want, "{}", case.display());
+        assert_eq!(listing(&ckpt), want, "{}", case.display());
     }
 }
 
@@ -223,12 +225,7 @@ fn a_saved_models_variables_read_as_tensorflow_read_them() {
     let dir = fixture("saved_model");
     let want = json(&dir.join("expected.json"));
     let ckpt = Checkpoint::open(dir.join(want["ckpt"].as_str().unwrap())).unwrap();
-    let listed: Vec<Value> = ckpt
-        .tensors()
-        .iter()
-        .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
-        .collect();
-    assert_eq!(Value::Array(listed), want["list"]);
+    assert_eq!(listing(&ckpt), want["list"]);
     let values = want["values"].as_object().unwrap();
     assert_eq!(values.len(), 3);
     // TensorFlow's values as JSON numbers (float32 widened to float64, exactly), flattened.
@@ -269,12 +266,7 @@ fn a_variant_tensor_tensorflow_wrote() {
     let variant = want["variant"].as_str().unwrap();
     let prefix = dir.join(want["ckpt"].as_str().unwrap());
     let ckpt = Checkpoint::open(&prefix).unwrap();
-    let listed: Vec<Value> = ckpt
-        .tensors()
-        .iter()
-        .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape}))
-        .collect();
-    assert_eq!(Value::Array(listed), want["list"]);
+    assert_eq!(listing(&ckpt), want["list"]);
     assert_eq!(
         serde_json::json!(ckpt.tensor(variant).unwrap().shape),
         want["restore_v2_shape"]

@@ -26,3 +26,21 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
         seed % n
     }
 }
+
+/// Runs this test binary's test `name` (its whole path, `base::mmap::fresh::tests::x`) alone in a
+/// child process with `env`, and fails unless it passed: for tests that change what a process
+/// holds once (its limits, a choice made at the first use).
+#[cfg(all(test, unix))]
+pub(crate) fn test_in_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} {env:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -836,17 +836,7 @@ mod tests {
         let Some(dir) = std::env::var_os(CHILD) else {
             let dir = tempfile::tempdir().unwrap();
             let me = "format::writer::tests::more_shards_than_open_files_say_so";
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", me, "--test-threads=1", "--nocapture"])
-                .env(CHILD, dir.path())
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && stdout.contains("1 passed"),
-                "{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::base::test_in_child(me, &[(CHILD, dir.path().as_os_str())]);
             // Nothing left: the folder the writer made is gone, as are its temporary files.
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
             return;

@@ -558,22 +558,11 @@ mod tests {
         );
     }
 
-    /// Runs this binary's test `name` (of this module) alone in a child process with `env`, and
-    /// fails unless it passed.
+    /// Runs this module's test `name` alone in a child process with `env`.
     #[cfg(target_os = "linux")]
     fn in_child(name: &str, env: &[(&str, &str)]) {
-        let me = format!("base::mmap::fresh::tests::{name}");
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", &me, "--test-threads=1", "--nocapture"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{env:?}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let env: Vec<_> = env.iter().map(|&(k, v)| (k, v.as_ref())).collect();
+        crate::base::test_in_child(&format!("base::mmap::fresh::tests::{name}"), &env);
     }
 
     /// The choice reaches the buffers: in a child process per setting (the choice is made once
