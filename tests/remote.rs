@@ -3012,15 +3012,15 @@ fn names_that_only_look_like_a_data_files_are_not_found() {
 }
 
 /// A URL ending in `/` names a directory: without a `checkpoint` state file in it, it is not
-/// found after that one probe (a plain HTTP server cannot be listed), never probed as a prefix
-/// (`DIR/.index`) or a V1 file (`DIR/`) as well.
+/// found after that probe and one for a SavedModel's `saved_model.pb` (a plain HTTP server cannot
+/// be listed), never probed as a prefix (`DIR/.index`) or a V1 file (`DIR/`) as well.
 #[test]
 fn a_directory_url_without_a_state_file_is_not_found_after_one_probe() {
     let (addr, requests) = counting_proxy(servers().http, |_| true, Fault::Pass);
     let url = format!("http://{addr}/{BUCKET}/no/such/dir/");
     let e = Checkpoint::open(&url).unwrap_err();
     assert!(e.is_not_found(), "{e}");
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1, "{e}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2, "{e}");
 }
 
 /// A rank's share over object storage: each of 4 ranks fetches only the stored slices its parts
