@@ -103,6 +103,13 @@ fn a_folder_without_a_state_file_says_what_it_holds() {
     );
     Checkpoint::open(&variables).unwrap();
 
+    // A SavedModel's variables without its saved_model.pb: no SavedModel, and no index here.
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(
+        &saved_model.join("variables"),
+        &dir.path().join("variables"),
+    );
+    assert_eq!(no_state(dir.path()), "");
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(no_state(dir.path()), "");
     let prefix = |i: u64| dir.path().join(format!("m-{i}"));
