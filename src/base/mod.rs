@@ -31,10 +31,13 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
 /// child process with `env`, and fails unless it passed: for tests that change what a process
 /// holds once (its limits, a choice made at the first use).
 #[cfg(all(test, unix))]
-pub(crate) fn test_in_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
+pub(crate) fn test_in_child<V>(name: &str, env: &[(&str, V)])
+where
+    V: AsRef<std::ffi::OsStr> + std::fmt::Debug,
+{
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--test-threads=1", "--nocapture"])
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

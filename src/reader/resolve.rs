@@ -244,10 +244,7 @@ fn what_the_folder_holds(dir: &Path) -> String {
         .iter()
         .any(|f| dir.join(f).is_file());
     if saved_model && index_path(&variables).is_file() {
-        return format!(
-            "; it is a SavedModel, whose variables are the checkpoint {}",
-            variables.display()
-        );
+        return saved_model_hint(variables.display());
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return String::new();
@@ -257,7 +254,7 @@ fn what_the_folder_holds(dir: &Path) -> String {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let prefix = dir.join(name.strip_suffix(".index")?);
-            let meta = std::fs::metadata(index_path(&prefix)).ok()?;
+            let meta = std::fs::metadata(e.path()).ok()?;
             let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
             meta.is_file().then_some((modified, prefix))
         })
@@ -275,6 +272,12 @@ fn what_the_folder_holds(dir: &Path) -> String {
         n @ 2..=3 => format!("; it holds {n} checkpoints: {named} (newest first)"),
         n => format!("; it holds {n} checkpoints, the newest {named}"),
     }
+}
+
+/// What an error about a SavedModel's folder adds: the checkpoint of its variables (a path or a
+/// URL).
+pub(crate) fn saved_model_hint(variables: impl std::fmt::Display) -> String {
+    format!("; it is a SavedModel, whose variables are the checkpoint {variables}")
 }
 
 pub(crate) use super::glob::{glob_files, is_glob};

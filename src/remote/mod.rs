@@ -263,10 +263,7 @@ fn resolve(
         let variables = format!("{dir_slash}variables/variables");
         let there = |key: &str| matches!(client.exists(key), Ok(Some(_)));
         match there(&format!("{dir_slash}saved_model.pb")) && there(&format!("{variables}.index")) {
-            true => format!(
-                "; it is a SavedModel, whose variables are the checkpoint {}",
-                loc.url(&variables)
-            ),
+            true => crate::reader::resolve::saved_model_hint(loc.url(&variables)),
             false => String::new(),
         }
     };

@@ -561,8 +561,7 @@ mod tests {
     /// Runs this module's test `name` alone in a child process with `env`.
     #[cfg(target_os = "linux")]
     fn in_child(name: &str, env: &[(&str, &str)]) {
-        let env: Vec<_> = env.iter().map(|&(k, v)| (k, v.as_ref())).collect();
-        crate::base::test_in_child(&format!("base::mmap::fresh::tests::{name}"), &env);
+        crate::base::test_in_child(&format!("base::mmap::fresh::tests::{name}"), env);
     }
 
     /// The choice reaches the buffers: in a child process per setting (the choice is made once
