@@ -889,6 +889,79 @@ fn a_saved_models_folder_names_its_variables() {
     }
 }
 
+/// A folder of checkpoints without a state file on S3 says which it holds, newest first (by the
+/// objects' Last-Modified), three at most, as on disk; one without a checkpoint and one over plain
+/// HTTP (which cannot be listed) add nothing.
+#[test]
+fn a_folder_without_a_state_file_names_its_checkpoints() {
+    let variables = fixture("saved_model").join("variables/variables");
+    let folder = servers().root.join(BUCKET).join("listed");
+    let url = format!("s3://{BUCKET}/listed");
+    let no_state = |url: &str| -> String {
+        let e = Checkpoint::open(url).unwrap_err();
+        let text = e.to_string();
+        let head = format!(
+            "couldn't find a checkpoint in directory {}: it has no 'checkpoint' state file",
+            url.trim_end_matches('/')
+        );
+        assert!(
+            matches!(e.kind(), ErrorKind::NoCheckpointInDir { .. }) && text.starts_with(&head),
+            "{url}: {text}"
+        );
+        text[head.len()..].to_string()
+    };
+    std::fs::create_dir_all(folder.join("logs")).unwrap();
+    std::fs::write(folder.join("logs/events"), b"x").unwrap();
+    std::fs::write(folder.join("notes.index.txt"), b"x").unwrap();
+    assert_eq!(no_state(&url), "");
+    // Made in the order 3, 1, 2, 5, 4: the newest by time, not by name.
+    for (age, i) in [3u64, 1, 2, 5, 4].into_iter().enumerate() {
+        for suffix in [".index", ".data-00000-of-00001"] {
+            let (mut src, mut dst) = (
+                variables.clone().into_os_string(),
+                folder.join(format!("m-{i}")).into_os_string(),
+            );
+            src.push(suffix);
+            dst.push(suffix);
+            std::fs::copy(&src, &dst).unwrap();
+        }
+        let index = std::fs::File::options()
+            .write(true)
+            .open(folder.join(format!("m-{i}.index")))
+            .unwrap();
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + age as u64);
+        index.set_modified(when).unwrap();
+        let want = match age {
+            0 => format!("; it holds the checkpoint {url}/m-3"),
+            1 => format!("; it holds 2 checkpoints: {url}/m-1, {url}/m-3 (newest first)"),
+            2 => {
+                format!("; it holds 3 checkpoints: {url}/m-2, {url}/m-1, {url}/m-3 (newest first)")
+            }
+            _ => format!(
+                "; it holds {} checkpoints, the newest {url}/m-{i}, ",
+                age + 1
+            ),
+        };
+        let found = no_state(&url);
+        assert!(
+            found.starts_with(&want),
+            "{found:?} does not start with {want:?}"
+        );
+        Checkpoint::open(format!("{url}/m-{i}")).unwrap();
+    }
+    assert_eq!(
+        no_state(&format!("{url}/")),
+        format!("; it holds 5 checkpoints, the newest {url}/m-4, {url}/m-5, {url}/m-2")
+    );
+    // Over plain HTTP, a URL that names no object (a folder cannot be told from a missing key).
+    let http = format!("http://{}/{BUCKET}/listed", servers().http);
+    let e = Checkpoint::open(&http).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::NotFound { .. }),
+        "{http}: {e}"
+    );
+}
+
 #[test]
 fn served_copy_is_the_fixture() {
     let p = fixture("h1_basic").join("model-0.index");

@@ -249,7 +249,7 @@ fn what_the_folder_holds(dir: &Path) -> String {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return String::new();
     };
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+    let found: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
@@ -259,12 +259,16 @@ fn what_the_folder_holds(dir: &Path) -> String {
             meta.is_file().then_some((modified, prefix))
         })
         .collect();
+    checkpoints_hint(found.into_iter().map(|(t, p)| (t, p.display().to_string())))
+}
+
+/// What an error about a folder without a state file adds where the folder holds checkpoints:
+/// how many, and the prefixes (paths or URLs) of the newest three, given with the times of their
+/// index files.
+pub(crate) fn checkpoints_hint<T: Ord>(found: impl IntoIterator<Item = (T, String)>) -> String {
+    let mut found: Vec<(T, String)> = found.into_iter().collect();
     found.sort_by(|a, b| b.cmp(a));
-    let named: Vec<String> = found
-        .iter()
-        .take(3)
-        .map(|(_, p)| p.display().to_string())
-        .collect();
+    let named: Vec<&str> = found.iter().take(3).map(|(_, p)| p.as_str()).collect();
     let named = named.join(", ");
     match found.len() {
         0 => String::new(),

@@ -164,12 +164,19 @@ pub(crate) struct Object {
     pub etag: Option<String>,
     /// `Last-Modified`, where the server gave one.
     pub last_modified: Option<String>,
+    /// The same, as a time (to order objects by it).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The `Last-Modified` of `meta`, where the server gave one (`object_store` puts the epoch where
 /// it gave none).
 fn last_modified(meta: &object_store::ObjectMeta) -> Option<String> {
     (meta.last_modified.timestamp_nanos_opt() != Some(0)).then(|| meta.last_modified.to_rfc2822())
+}
+
+/// The same, as a time.
+fn modified(meta: &object_store::ObjectMeta) -> Option<std::time::SystemTime> {
+    (meta.last_modified.timestamp_nanos_opt() != Some(0)).then(|| meta.last_modified.into())
 }
 
 impl Object {
@@ -325,6 +332,7 @@ impl Client {
             path,
             size: meta.size,
             last_modified: last_modified(&meta),
+            modified: modified(&meta),
             etag: meta.e_tag,
         })
     }
@@ -347,7 +355,12 @@ impl Client {
         self.list_bounded(dir, recursive, MAX_LISTED)
     }
 
-    fn list_bounded(&self, dir: &str, recursive: bool, max: usize) -> Result<Vec<Object>> {
+    pub(crate) fn list_bounded(
+        &self,
+        dir: &str,
+        recursive: bool,
+        max: usize,
+    ) -> Result<Vec<Object>> {
         let url = self.loc.url(dir);
         let prefix = if dir.is_empty() {
             None
@@ -394,6 +407,7 @@ impl Client {
             .map(|m| Object {
                 url: self.loc.url(m.location.as_ref()),
                 last_modified: last_modified(&m),
+                modified: modified(&m),
                 path: m.location,
                 size: m.size,
                 etag: m.e_tag,

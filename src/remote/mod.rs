@@ -267,6 +267,22 @@ fn resolve(
             false => String::new(),
         }
     };
+    // Else, where it can be listed, the checkpoints it holds: the prefixes of its `.index`
+    // objects, newest first (as on disk; one listing of the keys directly under it, at most
+    // 10,000 of them). A hint too: a listing that fails, is refused or is longer gives none.
+    let folder_hint = || -> String {
+        let hint = saved_model();
+        if !hint.is_empty() {
+            return hint;
+        }
+        let Ok(objects) = client.list_bounded(&dir_slash, false, 10_000) else {
+            return String::new();
+        };
+        crate::reader::resolve::checkpoints_hint(objects.into_iter().filter_map(|o| {
+            let prefix = o.path.as_ref().strip_suffix(".index")?;
+            Some((o.modified, loc.url(prefix)))
+        }))
+    };
     let Some(state) = present(&state_key)? else {
         // A "directory" without a state file is an error even where a checkpoint of the same
         // name lies beside it, as TensorFlow decides (a plain HTTP server cannot be asked).
@@ -276,7 +292,7 @@ fn resolve(
                 .has_keys_under(&dir_slash)
                 .or_else(|e| refusal(e).map(|()| false))?;
             if keys_under {
-                let why = format!("it has no 'checkpoint' state file{}", saved_model());
+                let why = format!("it has no 'checkpoint' state file{}", folder_hint());
                 return Err(nothing(no_ckpt(why)));
             }
         }
