@@ -96,6 +96,8 @@ impl VariableStore {
             if buf.len() as u64 != expected {
                 return Err(ErrorKind::BufferSize {
                     tensor: name.into(),
+                    variable: true,
+                    elements: typed,
                     expected,
                     found: buf.len() as u64,
                 }

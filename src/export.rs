@@ -600,6 +600,8 @@ impl View for &Item<'_> {
                 self.shared.set(
                     ErrorKind::BufferSize {
                         tensor: self.name.into(),
+                        variable: false,
+                        elements: None,
                         expected: self.len as u64,
                         found: bytes.len() as u64,
                     }

@@ -181,8 +181,8 @@ fn v1_matrix() {
 
 /// A ranked load materializes only what its rank owns, says what it read and what it left to
 /// other ranks, and refuses a rank not below the number of ranks before reading anything.
-/// `partitioned_value` of a name that is no partitioned variable says which ones are close, and
-/// a part whose value the trainer replaced by one of another shape is refused, naming the part
+/// `partitioned_value` of a name that is no partitioned variable says which ones are close (or
+/// that it is a plain variable, or a part), and a part whose value the trainer replaced by one of another shape is refused, naming the part
 /// (found uncovered by a coverage run).
 #[test]
 fn joining_parts_refuses_unknown_names_and_parts_that_no_longer_fit() {
@@ -201,6 +201,31 @@ fn joining_parts_refuses_unknown_names_and_parts_that_no_longer_fit() {
             if name == "embs" && suggestions == &["emb"]),
         "{e:?}"
     );
+    // A plain variable, or a part, is there but is no partitioned variable: said so, not "not
+    // found" (a user's walk-through found that message).
+    store
+        .get_variable("bias", &[2], DType::F32, Init::Ones)
+        .unwrap();
+    for (name, message) in [
+        (
+            "bias",
+            "variable \"bias\": is not a partitioned variable (declared by get_variable, its \
+             value is `value(\"bias\")`)",
+        ),
+        (
+            "emb/part_1",
+            "variable \"emb/part_1\": is part 1 of partitioned variable \"emb\", not a \
+             partitioned variable (a part's value is `value(\"emb/part_1\")`)",
+        ),
+    ] {
+        let e = store.partitioned_value(name).unwrap_err();
+        assert!(
+            matches!(e.kind(), tfckpt::ErrorKind::BadVariable { .. }) && e.to_string() == message,
+            "{e:?}"
+        );
+        let e = store.set_part_devices(name, &[Device::Cpu]).unwrap_err();
+        assert_eq!(e.to_string(), message);
+    }
     *store.value_mut("emb/part_1").unwrap() = Tensor::from_f32(&[1, 2], &[5.0, 6.0]).unwrap();
     let e = store.partitioned_value("emb").unwrap_err();
     assert!(
@@ -487,10 +512,26 @@ fn trainer_buffers_take_the_same_values_as_the_host_load() {
             ErrorKind::BufferSize {
                 expected: 60,
                 found: 3,
+                variable: true,
+                elements: None,
                 ..
             }
         ),
         "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "variable \"unmapped/ones\": the buffer given for it holds 3 bytes, its value needs 60"
+    );
+    // Typed elements are counted as such.
+    let mut short = [0f32; 14];
+    let e = store
+        .initialize_into(vec![("unmapped/ones", &mut short[..])], &Default::default())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "variable \"unmapped/ones\": the buffer given for it holds 14 float32 elements, its \
+         value needs 15 (60 bytes)"
     );
     let e = store
         .initialize_into(vec![("nope", &mut small[..])], &Default::default())

@@ -622,10 +622,15 @@ pub enum ErrorKind {
         second: String,
     },
     /// A caller's buffer has the wrong size.
-    #[error("tensor {tensor_named}: output buffer holds {found} bytes, the tensor needs {expected}", tensor_named = named(tensor))]
+    #[error("{}", buffer_size(tensor, *variable, *elements, *expected, *found))]
     BufferSize {
-        /// The tensor.
+        /// The tensor, or the variable (or part) whose value the buffer was given for.
         tensor: String,
+        /// Whether `tensor` is a variable's name (a trainer's buffer for its value).
+        variable: bool,
+        /// The buffer's element type, where it was given as typed elements (the message then
+        /// counts elements).
+        elements: Option<crate::DType>,
         /// Bytes needed.
         expected: u64,
         /// Bytes given.
@@ -851,6 +856,33 @@ pub enum ErrorKind {
 pub(crate) const GONE: &str = "it no longer exists: HTTP 404 Not Found";
 
 /// ` bytes A..B` for an error message, or nothing.
+fn buffer_size(
+    name: &str,
+    variable: bool,
+    elements: Option<crate::DType>,
+    expected: u64,
+    found: u64,
+) -> String {
+    let named = named(name);
+    if !variable {
+        return format!(
+            "tensor {named}: output buffer holds {found} bytes, the tensor needs {expected}"
+        );
+    }
+    match elements.and_then(|d| Some((d, d.size()? as u64))) {
+        Some((d, size)) => format!(
+            "variable {named}: the buffer given for it holds {} {d} elements, its value needs {} \
+             ({expected} bytes)",
+            found / size,
+            expected / size
+        ),
+        None => format!(
+            "variable {named}: the buffer given for it holds {found} bytes, its value needs \
+             {expected}"
+        ),
+    }
+}
+
 fn range_text(range: &Option<(u64, u64)>) -> String {
     match range {
         Some((a, b)) => format!(" bytes {a}..{b}"),

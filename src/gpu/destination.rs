@@ -269,6 +269,8 @@ impl<L: Link> GpuDestination<'_, L> {
         if b.len() != bytes {
             return Err(ErrorKind::BufferSize {
                 tensor: v.name.clone(),
+                variable: true,
+                elements: None,
                 expected: bytes as u64,
                 found: b.len() as u64,
             }

@@ -473,8 +473,28 @@ impl VariableStore {
         }
     }
 
-    /// Partitioned variable `name`, or an error naming it with the close names that exist.
+    /// Partitioned variable `name`, or an error naming it: a plain variable or a part (whose
+    /// value is its own) said to be one, or a name that is none, with the close names that
+    /// exist.
     pub(crate) fn partitioned_or_err(&self, name: &str) -> Result<&PartitionedVariable> {
+        if let Some(v) = self.vars.get(name) {
+            let reason = match &v.part {
+                Some(p) => format!(
+                    "is part {} of partitioned variable {:?}, not a partitioned variable (a \
+                     part's value is `value({name:?})`)",
+                    p.index, p.full_name
+                ),
+                None => format!(
+                    "is not a partitioned variable (declared by get_variable, its value is \
+                     `value({name:?})`)"
+                ),
+            };
+            return Err(ErrorKind::BadVariable {
+                name: name.into(),
+                reason,
+            }
+            .into());
+        }
         self.partitioned.get(name).ok_or_else(|| {
             ErrorKind::VariableNotFound {
                 name: name.into(),

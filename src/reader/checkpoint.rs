@@ -611,6 +611,8 @@ impl Checkpoint {
         if want != dst.len() as u64 {
             return Err(ErrorKind::BufferSize {
                 tensor: info.name.clone(),
+                variable: false,
+                elements: None,
                 expected: want,
                 found: dst.len() as u64,
             }
