@@ -661,7 +661,7 @@ fn demo_runs_on_a_small_size() {
         "  embedding/table                      float32   [9216, 256]  (8 slices)",
         "  encoder/layer_0/dense/bias           float32   [4096]",
         "  vocab                                string    [1000]",
-        &format!("$ tfckpt verify {}", keep.display()),
+        &format!("verifying {} (as `tfckpt verify` does)", keep.display()),
         "  ok: 15 stored tensors and slices, 3 table blocks, 28.3 MB checked in ",
         "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",

@@ -212,7 +212,8 @@ fn list_and_verify(
     secs: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     say!(
-        "\n$ tfckpt list {}   (opened the directory through its 'checkpoint' file in {:.1} ms)",
+        "\nlisting {} (what `tfckpt list` gives; opened the directory through its 'checkpoint' \
+         file in {:.1} ms)",
         dir.display(),
         secs * 1e3
     )?;
@@ -233,7 +234,7 @@ fn list_and_verify(
     let report = ckpt.verify()?;
     let secs = t0.elapsed().as_secs_f64();
     say!(
-        "\n$ tfckpt verify {}\n  ok: {}, {}, {:.1} MB checked in {:.3} s ({})",
+        "\nverifying {} (as `tfckpt verify` does)\n  ok: {}, {}, {:.1} MB checked in {:.3} s ({})",
         dir.display(),
         crate::stored_count(report.tensors as u64),
         crate::counted(report.blocks as u64, "table block"),
