@@ -1527,6 +1527,17 @@ fn writer_misuse_is_refused_and_an_unfinished_writer_leaves_nothing() {
             "{e}"
         );
     }
+    // 1 GiB itself is a block size the table holds (nothing is allocated for it ahead).
+    let prefix = dir.path().join("gib");
+    let options = WriterOptions {
+        block_size: 1 << 30,
+        ..Default::default()
+    };
+    let mut w = CheckpointWriter::create(&prefix, options).unwrap();
+    let t = Tensor::from_f32(&[2], &[1.0, 2.0]).unwrap();
+    w.add("t", (&t).into()).unwrap();
+    w.finish().unwrap();
+    assert_eq!(Checkpoint::open(&prefix).unwrap().read("t").unwrap(), t);
     // A folder that cannot be made (a file is where its parent should be): the system's error,
     // naming that folder (not a temporary file in it, nor a search for a free temporary name).
     std::fs::write(dir.path().join("a-file"), b"").unwrap();
