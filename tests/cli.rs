@@ -665,7 +665,7 @@ fn demo_runs_on_a_small_size() {
         "  ok: 15 stored tensors and slices, 3 table blocks, 28.3 MB checked in ",
         "read every tensor (the embedding assembled from its 8 slices): 28.3 MB in ",
         "spot check (a kernel, and a 4x3 block of the embedding across a slice boundary): values match",
-        "  initialize on cpu: 13 variables (12 from checkpoint, 1 from its initializer), 8 tensors, ",
+        "  initialize on cpu: 8 variables and 5 parts (12 from checkpoint, 1 from its initializer), 8 tensors, ",
         "  spot check (embedding part 1 of 5 assembled across stored slices, unmapped bias = 0.1, global_step = 1000): values match",
         &format!("(the checkpoint is kept in {})", keep.display()),
     ] {

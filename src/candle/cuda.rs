@@ -288,6 +288,7 @@ pub(super) fn load(
 pub(super) fn merged(host: LoadReport, gpu: LoadReport) -> LoadReport {
     LoadReport {
         variables: host.variables + gpu.variables,
+        parts: host.parts + gpu.parts,
         from_checkpoint: host.from_checkpoint + gpu.from_checkpoint,
         from_initializer: host.from_initializer + gpu.from_initializer,
         tensors: host.tensors + gpu.tensors,

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct LoadReport {
     /// Variables (and parts) initialized.
     pub variables: usize,
+    /// Of those, parts of partitioned variables.
+    pub parts: usize,
     /// Of those, loaded from a checkpoint.
     pub from_checkpoint: usize,
     /// Of those, set by their own initializer (not mapped).
@@ -72,7 +74,14 @@ impl std::fmt::Display for LoadReport {
         write!(
             f,
             "{} ({} from checkpoint, {} from {}), {}, {} ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {})",
-            counted(self.variables as u64, "variable"),
+            match self.parts {
+                0 => counted(self.variables as u64, "variable"),
+                parts => format!(
+                    "{} and {}",
+                    counted(self.variables.saturating_sub(parts) as u64, "variable"),
+                    counted(parts as u64, "part")
+                ),
+            },
             self.from_checkpoint,
             self.from_initializer,
             if self.from_initializer == 1 { "its initializer" } else { "initializers" },
@@ -419,6 +428,20 @@ mod tests {
             line.ends_with("; 3000000100 checkpoint bytes read"),
             "{line}"
         );
+        // Parts of partitioned variables are counted apart from the variables.
+        let parted = LoadReport { parts: 5, ..host };
+        let line = parted.to_string();
+        assert!(
+            line.starts_with("2 variables and 5 parts (5 from checkpoint, 2 from initializers), "),
+            "{line}"
+        );
+        let parted = LoadReport {
+            parts: 1,
+            variables: 2,
+            ..parted
+        };
+        let line = parted.to_string();
+        assert!(line.starts_with("1 variable and 1 part ("), "{line}");
         // One of each: singular nouns.
         let one = LoadReport {
             variables: 1,

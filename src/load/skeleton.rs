@@ -205,6 +205,7 @@ pub(crate) fn run<D: Destination>(
     let finished = Instant::now();
     report.from_checkpoint = plan.items.iter().map(|it| it.dests.len()).sum();
     report.variables = vars.len();
+    report.parts = vars.iter().filter(|v| v.part.is_some()).count();
     drop(vars);
     store.commit(values, elsewhere);
     report.plan_seconds = (planned - start).as_secs_f64();
