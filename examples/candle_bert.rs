@@ -427,7 +427,8 @@ pub fn run_on(
             summary.max_error
         );
         println!(
-            "one AdamW step: loss {:.5} -> {:.5}; query kernel of layer 0 moved by up to {:.2e}",
+            "one AdamW step: loss {:.5} -> {:.5} (up or down: one step from a random head); \
+             query kernel of layer 0 moved by up to {:.2e}",
             summary.loss_before, summary.loss_after, summary.step_change
         );
         println!(

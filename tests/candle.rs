@@ -375,6 +375,33 @@ fn a_dtype_or_shape_the_var_cannot_take_is_an_error_at_call_time_naming_both() {
     ] {
         assert!(msg.contains(part), "{part} in {msg}");
     }
+    // A conversion the policy does not make (float64 Vars): the error says that the policy is
+    // on, and what it converts, rather than read as if it were off.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &CPU);
+    candle_nn::linear(4, 2, vb.pp("dense")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("dense/kernel", &[4, 2], &[0.0; 8])
+        .f32("dense/bias", &[2], &[1.0; 2]);
+    let prefix = b.finish();
+    let mut wide = CandleInit::from_varmap(&varmap, &Convention::tf1())
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    let found = wide.map_existing(&prefix).unwrap();
+    let msg = wide
+        .init_from_checkpoint(&prefix, &found.map)
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "\"dense.bias\"",
+        "float64",
+        "float32",
+        "DtypePolicy::CastToVariable is on, but converts only float32 to or from bfloat16 and \
+         float16",
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
     // A shape: the layers_0 kernel [4, 2] onto the dense Var ([4, 3] transposed = [3, 4]).
     let map = AssignmentMap::from([(key("layers/0/kernel"), Target::name("model/dense/kernel"))]);
     let msg = init
@@ -1019,15 +1046,57 @@ fn a_cast_accepted_once_leaves_the_vars_dtype_for_the_next_call() {
         .init_from_checkpoint(&prefix, &AssignmentMap::from([("i", Target::name("x"))]))
         .unwrap_err()
         .to_string();
+    // The Var's own dtype, not the one the first call's tensor had; and the policy said to be
+    // on, with what it converts (no conversion could take int32).
+    let (head, hint) = msg
+        .split_once("; DtypePolicy::CastToVariable is on, but converts only float32 to or from")
+        .unwrap_or_else(|| panic!("{msg}"));
     assert!(
-        msg.contains("float32")
-            && msg.contains("int32")
-            && !msg.contains("float16")
-            && !msg.contains("DtypePolicy"),
+        head.contains("float32") && head.contains("int32") && !head.contains("float16"),
         "{msg}"
     );
+    assert_eq!(hint, " bfloat16 and float16");
     init.initialize(&Default::default()).unwrap();
     assert_eq!(var(&varmap, "x").to_vec1::<f32>().unwrap(), [1.5, -2.0]);
+}
+
+/// A typo in a module's name leaves that layer to candle's initialization, as BERT's recipe
+/// does, but the report names the near miss: the `Var`, its TensorFlow name and the close tensor
+/// (a user's walk-through found only two lists to compare by eye), and its one-paragraph summary
+/// says so.
+#[test]
+fn map_existing_names_the_near_misses_of_a_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("enc/dense/kernel", &[4, 2], &[0.0; 8])
+        .f32("enc/dense/bias", &[2], &[1.0; 2])
+        .f32("enc/out/kernel", &[2, 2], &[0.0; 4])
+        .f32("global_step", &[], &[7.0]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(4, 2, vb.pp("enc.dnse")).unwrap(); // a typo for "dense"
+    candle_nn::linear_no_bias(2, 2, vb.pp("enc.out")).unwrap();
+    candle_nn::linear(2, 3, vb.pp("head")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    let found = init.map_existing(&prefix).unwrap();
+    assert_eq!(found.pairs.len(), 1);
+    let miss =
+        |c: &str, tf: &str, close: &str| (c.to_string(), tf.to_string(), vec![close.to_string()]);
+    assert_eq!(
+        found.near_misses,
+        [
+            miss("enc.dnse.bias", "enc/dnse/bias", "enc/dense/bias"),
+            miss("enc.dnse.weight", "enc/dnse/kernel", "enc/dense/kernel"),
+        ]
+    );
+    assert_eq!(
+        found.to_string(),
+        "1 of 5 Vars pair with a checkpoint tensor; not in the checkpoint: enc.dnse.bias, \
+         enc.dnse.weight, head.bias, head.weight; enc.dnse.bias (\"enc/dnse/bias\") is close to \
+         \"enc/dense/bias\"; enc.dnse.weight (\"enc/dnse/kernel\") is close to \
+         \"enc/dense/kernel\"; tensors no Var takes: enc/dense/bias, enc/dense/kernel, global_step"
+    );
 }
 
 /// A name the checkpoint holds with another shape is mapped all the same (BERT's recipe maps by

@@ -45,6 +45,24 @@ pub(crate) fn close_names<'a>(
         .collect()
 }
 
+/// Up to three candidates a typo away from `target` (the edit distance tier of
+/// [`close_names`] alone: a name that only shares its last component, `head/bias` for
+/// `enc/dense/bias`, is no typo), closest first.
+#[cfg_attr(not(feature = "candle"), allow(dead_code))]
+pub(crate) fn typos<'a>(target: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let limit = (target.chars().count() / 4).max(2);
+    let mut scored: Vec<(usize, &str)> = candidates
+        .map(|c| (distance_within(target, c, limit), c))
+        .filter(|&(d, _)| d <= limit)
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 /// Levenshtein distance over chars, or a lower bound of it above `limit` (names of lengths that
 /// far apart are not compared).
 fn distance_within(a: &str, b: &str, limit: usize) -> usize {
@@ -58,6 +76,26 @@ fn distance_within(a: &str, b: &str, limit: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A typo is a small edit distance, not a shared last component or scope.
+    #[test]
+    fn typos_are_edits_alone() {
+        let names = [
+            "enc/dense/bias",
+            "enc/dense/kernel",
+            "head/bias",
+            "enc/dnse",
+        ];
+        assert_eq!(
+            typos("enc/dnse/bias", names.into_iter()),
+            vec!["enc/dense/bias"]
+        );
+        assert_eq!(typos("cls/bias", names.into_iter()), Vec::<String>::new());
+        assert_eq!(
+            close_names("cls/bias", names.into_iter()),
+            vec!["enc/dense/bias", "head/bias"]
+        );
+    }
 
     /// A part's name suggests the whole, however far the names are apart.
     #[test]

@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 /// that take no checkpoint value: a model about to be loaded does not pay for random weights it
 /// throws away (candle's `randn` fills about 0.2 GB/s per core).
 ///
-/// ```no_run
+/// ```
 /// # use candle_core::{DType, Device};
 /// # use candle_nn::VarMap;
 /// use tfckpt::candle::{CandleInit, Convention, DeferredInit};

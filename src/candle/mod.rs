@@ -18,20 +18,37 @@
 //! loaded, no `Var` changes. After fine-tuning, [`CandleInit::save_checkpoint`] writes the `Var`s
 //! back as a TensorFlow checkpoint, under the same names and in TensorFlow's layout.
 //!
-//! ```no_run
-//! use candle_core::{DType, Device};
+//! ```
+//! use candle_core::{DType, Device, Module, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
 //! use tfckpt::candle::{CandleInit, Convention};
+//! # let dir = tempfile::tempdir()?;
+//! # let ckpt = dir.path().join("bert_model.ckpt");
+//! # let mut w = tfckpt::CheckpointWriter::create(&ckpt, Default::default())?;
+//! # let kernel: Vec<f32> = (0..64).map(|i| i as f32).collect(); // TensorFlow's [in, out]
+//! # let kernel = tfckpt::Tensor::from_f32(&[8, 8], &kernel).unwrap();
+//! # w.add("bert/pooler/dense/kernel", (&kernel).into())?;
+//! # let bias = tfckpt::Tensor::from_f32(&[8], &[0.0; 8]).unwrap();
+//! # w.add("bert/pooler/dense/bias", (&bias).into())?;
+//! # w.finish()?;
+//! # let fine_tuned = dir.path().join("fine_tuned.ckpt");
 //!
 //! let varmap = VarMap::new();
 //! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-//! let head = candle_nn::linear(768, 2, vb.pp("classifier"))?; // ... and the rest of the model
+//! let pooler = candle_nn::linear(8, 8, vb.pp("bert.pooler.dense"))?; // ... the pre-trained body
+//! let head = candle_nn::linear(8, 2, vb.pp("classifier"))?;          // a fresh head
 //! let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())?; // or from_deferred
-//! let found = init.map_existing("bert_model.ckpt")?; // every Var the checkpoint holds
-//! init.init_from_checkpoint("bert_model.ckpt", &found.map)?;
+//! let found = init.map_existing(&ckpt)?; // every Var the checkpoint holds
+//! println!("{found}");                   // what pairs, what stays fresh, near misses
+//! init.init_from_checkpoint(&ckpt, &found.map)?;
 //! init.initialize(&Default::default())?;
+//! // The kernel arrived transposed into candle's [out, in]: x W, as in TensorFlow.
+//! let x = Tensor::from_vec(vec![0f32, 1., 0., 0., 0., 0., 0., 0.], (1, 8), &Device::Cpu)?;
+//! let row: Vec<f32> = (8..16).map(|i| i as f32).collect(); // the kernel's second row
+//! assert_eq!(pooler.forward(&x)?.to_vec2::<f32>()?[0], row);
 //! // ... fine-tune, then back to TensorFlow's names and layout:
-//! init.save_checkpoint("fine_tuned.ckpt")?;
+//! init.save_checkpoint(&fine_tuned)?;
+//! # let _ = head;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -153,6 +170,63 @@ pub struct ExistingMap {
     /// weight under [`Convention::tf1`], a `Var` the trainer's function names `None`): no
     /// checkpoint value reaches them, and they keep candle's initialization.
     pub unnamed: Vec<String>,
+    /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
+    /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
+    /// TensorFlow name, the close tensors' names). Map them by hand, or fix the model's names.
+    pub near_misses: Vec<(String, String, Vec<String>)>,
+}
+
+/// One paragraph of what was found, to print: how many `Var`s pair, those that do not and the
+/// near misses among them, the tensors no `Var` takes, the unnamed `Var`s, and the pairs of
+/// another shape (each list's first 8).
+impl std::fmt::Display for ExistingMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::base::error::listed;
+        let all = self.pairs.len() + self.not_in_checkpoint.len() + self.unnamed.len();
+        write!(
+            f,
+            "{} of {all} Vars pair with a checkpoint tensor",
+            self.pairs.len()
+        )?;
+        if !self.not_in_checkpoint.is_empty() {
+            let n = self.not_in_checkpoint.len();
+            write!(
+                f,
+                "; not in the checkpoint: {}",
+                listed(self.not_in_checkpoint.iter(), n)
+            )?;
+        }
+        for (candle, tf, close) in &self.near_misses {
+            let close = close.iter().map(|c| format!("{c:?}"));
+            let n = close.len();
+            write!(f, "; {candle} ({tf:?}) is close to {}", listed(close, n))?;
+        }
+        if !self.shape_mismatches.is_empty() {
+            let n = self.shape_mismatches.len();
+            let each = self
+                .shape_mismatches
+                .iter()
+                .map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
+            write!(f, "; held with another shape: {}", listed(each, n))?;
+        }
+        if !self.not_in_model.is_empty() {
+            let n = self.not_in_model.len();
+            write!(
+                f,
+                "; tensors no Var takes: {}",
+                listed(self.not_in_model.iter(), n)
+            )?;
+        }
+        if !self.unnamed.is_empty() {
+            let n = self.unnamed.len();
+            write!(
+                f,
+                "; no TensorFlow name: {}",
+                listed(self.unnamed.iter(), n)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl ExistingMap {
@@ -358,6 +432,23 @@ impl CandleInit {
             .map(|t| t.name.clone())
             .collect();
         found.unnamed = self.unnamed.clone();
+        // Each compared with every tensor left over: the first 256 (a model and a checkpoint
+        // that share nothing are the scope check's below, not a list of near misses).
+        let missing: std::collections::HashSet<&str> =
+            found.not_in_checkpoint.iter().map(String::as_str).collect();
+        let missing = self
+            .vars
+            .iter()
+            .filter(|(_, b)| missing.contains(b.candle.as_str()));
+        for (tf, b) in missing.take(256) {
+            let left = found.not_in_model.iter().map(String::as_str);
+            let close = crate::base::suggest::typos(tf, left);
+            if !close.is_empty() {
+                found
+                    .near_misses
+                    .push((b.candle.clone(), tf.clone(), close));
+            }
+        }
         if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
             return Err(ErrorKind::InvalidArgument(why).into());
         }
@@ -464,12 +555,18 @@ impl CandleInit {
             None => init_from_checkpoint_with(&mut self.store, path, map, &accepts),
         }
         .map_err(|e| {
-            let e = e.with_dtype_hint(|var, tensor| {
-                crate::load::cast::supported(tensor, var).then(|| {
+            let e = e.with_dtype_hint(|var, tensor| match policy {
+                DtypePolicy::Exact => crate::load::cast::supported(tensor, var).then(|| {
                     "TensorFlow never casts; CandleInit::dtype_policy(\
                              DtypePolicy::CastToVariable) converts it as it loads"
                         .to_string()
-                })
+                }),
+                // Said, or the error reads as if the policy were not on.
+                DtypePolicy::CastToVariable => Some(
+                    "DtypePolicy::CastToVariable is on, but converts only float32 to or from \
+                     bfloat16 and float16"
+                        .to_string(),
+                ),
             });
             self.name_var(e)
         })?;
@@ -492,7 +589,9 @@ impl CandleInit {
     /// Loads every mapped value into its `Var` (TensorFlow's `global_variables_initializer()`
     /// for the mapped variables; the others keep candle's initialization). All or nothing: on
     /// an error no `Var` has changed. Dtype conversion is the [`DtypePolicy`]'s:
-    /// `LoadOptions::cast` is refused here.
+    /// `LoadOptions::cast` is refused here. Called again (after training, say), it loads the
+    /// checkpoint's values again over what the mapped `Var`s hold, as running TensorFlow's
+    /// initializer again would; the initializers of a [`DeferredInit`] run only once.
     ///
     /// With `Var`s on a GPU (feature `candle-cuda`), the load first waits for all the work queued
     /// on that GPU's context: candle queues on the per-thread default stream of whichever thread
