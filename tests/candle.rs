@@ -711,18 +711,21 @@ fn a_deferred_var_builder_says_which_tensors_exist() {
 /// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
 /// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
 /// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no
-/// `Var`; the dense layer beside it loads.
+/// `Var`; the dense layer beside it loads. A convolution's bias keeps candle's too (it loaded
+/// alone, the kernel beside it random: half a layer).
 #[test]
 fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
     let dir = tempfile::tempdir().unwrap();
     let mut ck = CkptBuilder::new(dir.path().join("m"));
     let kernel: Vec<f32> = (0..16).map(|i| i as f32).collect();
     ck.f32("conv/kernel", &[2, 2, 2, 2], &kernel)
+        .f32("conv/bias", &[2], &[5.0; 2])
         .f32("dense/kernel", &[2, 3], &[1.0; 6]);
     let prefix = ck.finish();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    candle_nn::conv2d_no_bias(2, 2, 2, Default::default(), vb.pp("conv")).unwrap();
+    candle_nn::conv2d(2, 2, 2, Default::default(), vb.pp("conv")).unwrap();
+    let bias_before = var(&varmap, "conv.bias").to_vec1::<f32>().unwrap();
     candle_nn::linear_no_bias(2, 3, vb.pp("dense")).unwrap();
     let conv_before = var(&varmap, "conv.weight")
         .flatten_all()
@@ -731,16 +734,19 @@ fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
         .unwrap();
     let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
     assert_eq!(init.tf_name("conv.weight"), None);
+    assert_eq!(init.tf_name("conv.bias"), None);
     let found = init.map_existing(&prefix).unwrap();
-    assert_eq!(found.not_in_model, ["conv/kernel"]);
-    // The Var is listed too (it was in no list: a trainer checking `not_in_checkpoint` saw
+    assert_eq!(found.not_in_model, ["conv/bias", "conv/kernel"]);
+    // The Vars are listed too (they were in no list: a trainer checking `not_in_checkpoint` saw
     // nothing left out).
-    assert_eq!(found.unnamed, ["conv.weight"]);
+    assert_eq!(found.unnamed, ["conv.bias", "conv.weight"]);
     assert!(found.not_in_checkpoint.is_empty());
     init.init_from_checkpoint(&prefix, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
     let conv = var(&varmap, "conv.weight").flatten_all().unwrap();
     assert_eq!(conv.to_vec1::<f32>().unwrap(), conv_before);
+    let bias = var(&varmap, "conv.bias").to_vec1::<f32>().unwrap();
+    assert_eq!(bias, bias_before);
     assert_eq!(
         var(&varmap, "dense.weight").to_vec2::<f32>().unwrap(),
         [[1.0; 2]; 3]

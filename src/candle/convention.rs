@@ -73,8 +73,10 @@ impl Convention {
     /// A `weight` of more than 2 dimensions (a convolution's: candle's `[out, in, kh, kw]`,
     /// TensorFlow's `[kh, kw, in, out]`) gets no name: tfckpt transposes 2-D values but permutes
     /// no others, and taken as is such a kernel would load in the wrong layout, silently where the
-    /// shapes happen to agree. It keeps candle's initialization, and `map_existing` lists the
-    /// checkpoint's kernel among the tensors no `Var` takes; a [`custom`](Self::custom)
+    /// shapes happen to agree. It keeps candle's initialization, and so does the module's `bias`
+    /// (half of a layer loaded would train as neither); `map_existing` lists both `Var`s as
+    /// unnamed and the checkpoint's kernel and bias among the tensors no `Var` takes; a
+    /// [`custom`](Self::custom)
     /// convention can name a `Var` whose layout is TensorFlow's. Every other name keeps its last
     /// component.
     pub fn tf1() -> Convention {
@@ -153,6 +155,13 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
         .filter(|(name, shape)| split(name).1 == "weight" && shape.len() == 1)
         .map(|(name, _)| split(name).0)
         .collect();
+    // Modules whose `weight` has more than 2 dimensions (convolutions): no name for it, nor for
+    // their `bias`, so that no half of such a layer loads.
+    let convs: HashSet<&str> = vars
+        .iter()
+        .filter(|(name, shape)| split(name).1 == "weight" && shape.len() > 2)
+        .map(|(name, _)| split(name).0)
+        .collect();
     // Modules with a `bias`: a `Linear`, never an `Embedding` (which has none).
     let biased: HashSet<&str> = vars
         .iter()
@@ -162,6 +171,9 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
     vars.iter()
         .map(|&(name, shape)| {
             let (module, leaf) = split(name);
+            if convs.contains(module) && matches!(leaf, "weight" | "bias") {
+                return None;
+            }
             let norm = norms.contains(module);
             let embedding = shape.len() == 2
                 && !biased.contains(module)
@@ -189,7 +201,6 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
                 "weight" if norm => (Some("gamma"), false),
                 "bias" if norm => (Some("beta"), false),
                 "weight" if embedding => (None, false),
-                "weight" if shape.len() > 2 => return None,
                 "weight" => (Some("kernel"), shape.len() == 2),
                 "running_mean" => (Some("moving_mean"), false),
                 "running_var" => (Some("moving_variance"), false),
@@ -239,6 +250,7 @@ mod tests {
             ("classifier.weight", &[2, 8]),
             ("bn.running_var", &[8]),
             ("conv.weight", &[4, 3, 3, 3]),
+            ("conv.bias", &[4]),
             ("albert.embedding_hidden_mapping_in.weight", &[8, 4]),
             // A `Linear` named like an embedding (it has a bias) is a dense layer.
             ("unet.time_embedding.weight", &[8, 4]),
@@ -272,7 +284,8 @@ mod tests {
             ("classifier/kernel", true),
             ("bn/moving_variance", false),
             // A convolution's kernel would need a permutation: no name (a test in
-            // tests/candle.rs shows one of equal shapes left as candle made it).
+            // tests/candle.rs shows one of equal shapes left as candle made it), nor for its bias.
+            ("(none)", false),
             ("(none)", false),
             ("albert/embedding_hidden_mapping_in/kernel", true),
             ("unet/time_embedding/kernel", true),
