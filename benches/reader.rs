@@ -1,6 +1,7 @@
 //! Reader benchmarks (bytes per second, page cache warm): index open, CRC32C, whole-checkpoint reads
 //! into a reused buffer, `verify`, and many small tensors. Checkpoints are written by the crate's own
-//! writer into a temporary directory before measuring.
+//! writer into a temporary directory before measuring. And the writer itself over many shards
+//! (more than it holds open at once).
 //!
 //! `cargo bench --bench reader`
 
@@ -126,5 +127,42 @@ fn read_small(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crc, open_index, read_large, read_small);
+/// The writer over 1, 64 and 200 shards: 20,000 tensors of 1 KiB, index and fsyncs included.
+/// Past 64 shards it closes one file to open another (at most 64 open at once): what that costs.
+fn write_shards(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tfckpt::Tensor::from_f32(&[256], &[0.5; 256]).unwrap();
+    let names: Vec<String> = (0..20_000)
+        .map(|i| format!("model/layer_{i:06}/w"))
+        .collect();
+    let mut g = c.benchmark_group("writer_20k_x_1KiB");
+    g.throughput(Throughput::Elements(names.len() as u64));
+    g.sample_size(10);
+    for shards in [1u32, 64, 200] {
+        g.bench_function(BenchmarkId::new("shards", shards), |b| {
+            b.iter(|| {
+                let prefix = dir.path().join(format!("w{shards}"));
+                let options = tfckpt::WriterOptions {
+                    num_shards: shards,
+                    ..Default::default()
+                };
+                let mut w = tfckpt::CheckpointWriter::create(&prefix, options).unwrap();
+                for name in &names {
+                    w.add(name, (&t).into()).unwrap();
+                }
+                w.finish().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    crc,
+    open_index,
+    read_large,
+    read_small,
+    write_shards
+);
 criterion_main!(benches);

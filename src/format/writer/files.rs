@@ -19,6 +19,8 @@ pub(super) struct Shard {
     /// for the next tensor it gets.
     pub(super) out: Option<ShardFile>,
     pub(super) len: u64,
+    /// The file's identity on Unix (device and inode), to tell it from another put in its place.
+    pub(super) id: Option<(u64, u64)>,
     /// `tmp`, listed for `remove_partial_outputs` until the writer is dropped.
     pub(super) _listed: PartialOutput,
 }
@@ -52,11 +54,46 @@ impl ShardFile {
         Ok(())
     }
 
-    /// Writes out what the buffer holds and closes the file; gives the buffer back, empty.
+    /// Writes out what the buffer holds and closes the file; gives the buffer back, empty. The
+    /// close's own error is one (network file systems report a write that failed there: a
+    /// quota, a full disk), which dropping the file would ignore.
     fn close(mut self) -> std::io::Result<Vec<u8>> {
         self.file.write_all(&self.buf)?;
         self.buf.clear();
+        #[cfg(unix)]
+        {
+            use std::os::fd::IntoRawFd;
+            let fd = self.file.into_raw_fd();
+            // SAFETY: `fd` is this file's own descriptor, given up by `into_raw_fd`: closed once.
+            if unsafe { libc::close(fd) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // Linux releases the descriptor whatever close says; EINTR reports no failed
+                // write (the sync at `finish` reports those).
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
         Ok(self.buf)
+    }
+}
+
+/// The identity of an open file on Unix: its device and inode.
+pub(super) fn file_id(file: &File) -> Option<(u64, u64)> {
+    file.metadata().ok().and_then(|m| id_of(&m))
+}
+
+/// The identity of a file on Unix, from its metadata.
+fn id_of(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
     }
 }
 
@@ -64,8 +101,8 @@ impl ShardFile {
 /// more shards closes one to open another (and holds fewer where the process may open no more
 /// files), so that neither `ulimit -n` nor the buffers' memory limit the shard count. The one
 /// closed holds the most bytes: tensors go to the one holding the fewest, so it is the one they
-/// come back to last. (Each tensor then costs an open and a close: on this 2-core VM, 100,000
-/// tensors of 1 KiB over 200 shards took 0.53 s against 0.23 s with every file open.)
+/// come back to last. (Most tensors then cost an open and a close: see the benchmark
+/// `writer_20k_x_1KiB` in `benches/reader.rs`, and the README.)
 pub(super) const MAX_OPEN_SHARDS: usize = 64;
 
 impl CheckpointWriter {
@@ -78,7 +115,8 @@ impl CheckpointWriter {
                 self.close_one()?;
             }
             let file = loop {
-                match open_again(&self.shards[i].tmp, self.shards[i].len, true) {
+                let shard = &self.shards[i];
+                match open_again(&shard.tmp, shard.len, shard.id, true) {
                     Err(e) if out_of_files(&e) && self.open > 0 => self.close_one()?,
                     file => break file,
                 }
@@ -264,23 +302,36 @@ pub(super) fn create_temp(path: &Path) -> Result<(PathBuf, File, PartialOutput)>
 }
 
 /// Opens a closed shard's temporary file again, to append to it (or to sync it), never through a
-/// link; it must hold the `len` bytes written to it (nothing else wrote to or replaced it).
-pub(super) fn open_again(tmp: &Path, len: u64, append: bool) -> Result<File> {
+/// link; it must be the file made (`id`, where known) and hold the `len` bytes written to it
+/// (nothing else wrote to or replaced it).
+pub(super) fn open_again(
+    tmp: &Path,
+    len: u64,
+    id: Option<(u64, u64)>,
+    append: bool,
+) -> Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).append(append);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
     let file = options.open(tmp).map_err(|e| Error::io(tmp, e))?;
-    let found = file.metadata().map_err(|e| Error::io(tmp, e))?.len();
-    if found != len {
-        let what = format!(
-            "the writer wrote {len} bytes to this file, it now holds {found} (changed by \
-             something else)"
-        );
-        return Err(Error::io(
+    let meta = file.metadata().map_err(|e| Error::io(tmp, e))?;
+    let found = meta.len();
+    let changed = |what: String| {
+        let what = format!("{what} (changed by something else)");
+        Error::io(
             tmp,
             std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+        )
+    };
+    if id.is_some() && id_of(&meta) != id {
+        return Err(changed(
+            "another file is now in the place of the one written".into(),
         ));
+    }
+    if found != len {
+        let what = format!("the writer wrote {len} bytes to this file, it now holds {found}");
+        return Err(changed(what));
     }
     Ok(file)
 }
@@ -324,8 +375,10 @@ pub(super) fn open_files_spent(e: Error, open: usize, n: u32) -> Error {
 #[cfg(test)]
 mod tests {
     use super::folder_of;
+    #[cfg(target_os = "linux")]
     use crate::format::bundle::data_path;
     use crate::Tensor;
+    #[cfg(unix)]
     use std::fs::File;
     use std::path::Path;
 
@@ -432,34 +485,50 @@ mod tests {
         }
     }
 
-    /// A closed shard's file changed by something else meanwhile: the tensor that goes to it
-    /// next is refused, naming it, and so is `finish`, which leaves nothing behind.
+    /// A closed shard's file changed by something else meanwhile (written to, or another file
+    /// of the same length put in its place): the tensor that goes to it next is refused, naming
+    /// it, and so is `finish`, which leaves nothing behind.
     #[test]
     fn a_shard_changed_behind_the_writer_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = dir.path().join("new/m");
-        let options = crate::WriterOptions {
-            num_shards: 70,
-            ..Default::default()
-        };
-        let mut writer = crate::CheckpointWriter::create(&prefix, options).unwrap();
-        // Shards past the first 64 are closed from the start.
-        let last = writer.shards[69].tmp.clone();
-        std::fs::write(&last, b"x").unwrap();
-        let t = nth_tensor(1);
-        for i in 0..69 {
-            writer.add(&format!("t{i}"), (&t).into()).unwrap();
+        let replaced = "another file is now in the place of the one written (changed by something \
+                        else)";
+        let written = "the writer wrote 0 bytes to this file, it now holds 1 (changed by \
+                       something else)";
+        type Change = fn(&Path);
+        let cases: [(&str, Change); 2] = [
+            (written, |tmp| std::fs::write(tmp, b"x").unwrap()),
+            (replaced, |tmp| {
+                let other = tmp.with_extension("other");
+                std::fs::write(&other, b"").unwrap();
+                std::fs::rename(&other, tmp).unwrap();
+            }),
+        ];
+        for (message, change) in cases {
+            if message == replaced && !cfg!(unix) {
+                continue; // the file's identity is known on Unix only
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let prefix = dir.path().join("new/m");
+            let options = crate::WriterOptions {
+                num_shards: 70,
+                ..Default::default()
+            };
+            let mut writer = crate::CheckpointWriter::create(&prefix, options).unwrap();
+            // Shards past the first 64 are closed from the start.
+            let last = writer.shards[69].tmp.clone();
+            change(&last);
+            let t = nth_tensor(1);
+            for i in 0..69 {
+                writer.add(&format!("t{i}"), (&t).into()).unwrap();
+            }
+            let e = writer.add("t69", (&t).into()).unwrap_err().to_string();
+            for part in [&*last.to_string_lossy(), message] {
+                assert!(e.contains(part), "{part:?} not in {e:?}");
+            }
+            let e = writer.finish().unwrap_err().to_string();
+            assert!(e.contains(message), "{e}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
-        let e = writer.add("t69", (&t).into()).unwrap_err().to_string();
-        for part in [
-            &*last.to_string_lossy(),
-            "the writer wrote 0 bytes to this file, it now holds 1 (changed by something else)",
-        ] {
-            assert!(e.contains(part), "{part:?} not in {e:?}");
-        }
-        let e = writer.finish().unwrap_err().to_string();
-        assert!(e.contains("changed by something else"), "{e}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     /// A process with no file left to open: the error names the file the writer could not

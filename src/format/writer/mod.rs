@@ -22,8 +22,8 @@ use crate::format::sstable_builder::TableBuilder;
 
 mod files;
 use files::{
-    create_temp, index_shards, make_dirs, open_again, open_files_spent, out_of_files, rename,
-    Shard, ShardFile, MAX_OPEN_SHARDS,
+    create_temp, file_id, index_shards, make_dirs, open_again, open_files_spent, out_of_files,
+    rename, Shard, ShardFile, MAX_OPEN_SHARDS,
 };
 pub(crate) use files::{folder_of, sync_dir, sync_dir_after_rename};
 
@@ -209,6 +209,7 @@ impl CheckpointWriter {
             writer.open += usize::from(open);
             writer.shards.push(Shard {
                 tmp,
+                id: file_id(&file),
                 out: open.then(|| ShardFile::new(file, &mut writer.spare)),
                 len: 0,
                 _listed,
@@ -493,13 +494,17 @@ impl CheckpointWriter {
                 for (
                     i,
                     Shard {
-                        tmp, len, _listed, ..
+                        tmp,
+                        len,
+                        id,
+                        _listed,
+                        ..
                     },
                 ) in shards.by_ref()
                 {
                     // Opened to sync it, and closed (dropped after the sync) before it is
                     // renamed.
-                    let written = open_again(&tmp, len, false)
+                    let written = open_again(&tmp, len, id, false)
                         .and_then(|f| f.sync_all().map_err(|e| Error::io(&tmp, e)));
                     synced.push((i, tmp, _listed));
                     written?;
