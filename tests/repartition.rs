@@ -206,16 +206,22 @@ fn joining_parts_refuses_unknown_names_and_parts_that_no_longer_fit() {
     store
         .get_variable("bias", &[2], DType::F32, Init::Ones)
         .unwrap();
+    store
+        .variable_object("obj", &[2], DType::F32, Init::Ones)
+        .unwrap();
     for (name, message) in [
         (
             "bias",
-            "variable \"bias\": is not a partitioned variable (declared by get_variable, its \
-             value is `value(\"bias\")`)",
+            "variable \"bias\": is a variable get_variable declared, not a partitioned variable",
         ),
         (
             "emb/part_1",
             "variable \"emb/part_1\": is part 1 of partitioned variable \"emb\", not a \
-             partitioned variable (a part's value is `value(\"emb/part_1\")`)",
+             partitioned variable",
+        ),
+        (
+            "obj",
+            "variable \"obj\": is a variable object, not a partitioned variable",
         ),
     ] {
         let e = store.partitioned_value(name).unwrap_err();

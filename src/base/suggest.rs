@@ -50,7 +50,9 @@ pub(crate) fn close_names<'a>(
 /// `enc/dense/bias`, is no typo), closest first.
 #[cfg_attr(not(feature = "candle"), allow(dead_code))]
 pub(crate) fn typos<'a>(target: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let limit = (target.chars().count() / 4).max(2);
+    // An eighth of the name: a misspelt module of a long BERT name, not the optimizer slots of
+    // the name meant (`.../kernel/adam_m`, 7 edits further).
+    let limit = (target.chars().count() / 8).max(2);
     let mut scored: Vec<(usize, &str)> = candidates
         .map(|c| (distance_within(target, c, limit), c))
         .filter(|&(d, _)| d <= limit)
@@ -91,6 +93,12 @@ mod tests {
             vec!["enc/dense/bias"]
         );
         assert_eq!(typos("cls/bias", names.into_iter()), Vec::<String>::new());
+        let bert = "bert/encoder/layer_0/attention/self/qeury/kernel";
+        let slots = [
+            "bert/encoder/layer_0/attention/self/query/kernel/adam_m",
+            "bert/encoder/layer_0/attention/self/query/kernel",
+        ];
+        assert_eq!(typos(bert, slots.into_iter()), vec![slots[1]]);
         assert_eq!(
             close_names("cls/bias", names.into_iter()),
             vec!["enc/dense/bias", "head/bias"]

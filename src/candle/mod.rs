@@ -196,10 +196,13 @@ impl std::fmt::Display for ExistingMap {
                 listed(self.not_in_checkpoint.iter(), n)
             )?;
         }
-        for (candle, tf, close) in &self.near_misses {
+        for (candle, tf, close) in self.near_misses.iter().take(8) {
             let close = close.iter().map(|c| format!("{c:?}"));
             let n = close.len();
             write!(f, "; {candle} ({tf:?}) is close to {}", listed(close, n))?;
+        }
+        if self.near_misses.len() > 8 {
+            write!(f, "; ... {} near misses in all", self.near_misses.len())?;
         }
         if !self.shape_mismatches.is_empty() {
             let n = self.shape_mismatches.len();
@@ -432,8 +435,11 @@ impl CandleInit {
             .map(|t| t.name.clone())
             .collect();
         found.unnamed = self.unnamed.clone();
+        if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
+            return Err(ErrorKind::InvalidArgument(why).into());
+        }
         // Each compared with every tensor left over: the first 256 (a model and a checkpoint
-        // that share nothing are the scope check's below, not a list of near misses).
+        // that share nothing are the scope check's above, not a list of near misses).
         let missing: std::collections::HashSet<&str> =
             found.not_in_checkpoint.iter().map(String::as_str).collect();
         let missing = self
@@ -448,9 +454,6 @@ impl CandleInit {
                     .near_misses
                     .push((b.candle.clone(), tf.clone(), close));
             }
-        }
-        if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
-            return Err(ErrorKind::InvalidArgument(why).into());
         }
         Ok(found)
     }

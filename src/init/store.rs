@@ -480,14 +480,13 @@ impl VariableStore {
         if let Some(v) = self.vars.get(name) {
             let reason = match &v.part {
                 Some(p) => format!(
-                    "is part {} of partitioned variable {:?}, not a partitioned variable (a \
-                     part's value is `value({name:?})`)",
+                    "is part {} of partitioned variable {:?}, not a partitioned variable",
                     p.index, p.full_name
                 ),
-                None => format!(
-                    "is not a partitioned variable (declared by get_variable, its value is \
-                     `value({name:?})`)"
-                ),
+                None if v.in_store => {
+                    "is a variable get_variable declared, not a partitioned variable".to_string()
+                }
+                None => "is a variable object, not a partitioned variable".to_string(),
             };
             return Err(ErrorKind::BadVariable {
                 name: name.into(),
