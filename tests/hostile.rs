@@ -773,6 +773,7 @@ fn a_save_to_the_same_prefix_leaves_an_open_checkpoint_its_own_files() {
 }
 
 /// A checkpoint at `prefix` of two float32 tensors of 256 KiB, `a` and `b`, both these values.
+#[cfg(unix)]
 fn two_tensors_of_256_kib(prefix: &Path) -> Vec<f32> {
     let big: Vec<f32> = (0..64 * 1024).map(|i| i as f32).collect();
     let mut b = common::builder::CkptBuilder::new(prefix);
@@ -933,6 +934,7 @@ fn truncation_during_cli_runs_never_kills_the_process() {
         }
         write();
         let _ = std::fs::remove_dir_all(&out_dir);
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
         let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(args)
             .stdout(Stdio::null())

@@ -965,6 +965,7 @@ fn truncation_during_a_write_is_an_error_and_leaves_no_file() {
         }
         write();
         let _ = std::fs::remove_file(&out);
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
         let mut child = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
             .args(args)
             .stdout(std::process::Stdio::null())

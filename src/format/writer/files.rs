@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use super::CheckpointWriter;
-use crate::base::error::{Error, ErrorKind, Result};
+#[cfg(unix)]
+use crate::base::error::ErrorKind;
+use crate::base::error::{Error, Result};
 use crate::base::partial::PartialOutput;
 use crate::format::proto;
 
