@@ -264,10 +264,14 @@ fn what_the_folder_holds(dir: &Path) -> String {
 
 /// What an error about a folder without a state file adds where the folder holds checkpoints:
 /// how many, and the prefixes (paths or URLs) of the newest three, given with the times of their
-/// index files.
+/// index files. Those of one time (saved within a second, as object storage's times go) are in
+/// the order of their numbers: `m-10` after `m-9`.
 pub(crate) fn checkpoints_hint<T: Ord>(found: impl IntoIterator<Item = (T, String)>) -> String {
     let mut found: Vec<(T, String)> = found.into_iter().collect();
-    found.sort_by(|a, b| b.cmp(a));
+    found.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| natural(&b.1).cmp(&natural(&a.1)))
+    });
     let named: Vec<&str> = found.iter().take(3).map(|(_, p)| p.as_str()).collect();
     let named = named.join(", ");
     match found.len() {
@@ -276,6 +280,25 @@ pub(crate) fn checkpoints_hint<T: Ord>(found: impl IntoIterator<Item = (T, Strin
         n @ 2..=3 => format!("; it holds {n} checkpoints: {named} (newest first)"),
         n => format!("; it holds {n} checkpoints, the newest {named}"),
     }
+}
+
+/// `name` in pieces that order as people number things: runs of digits by their value (`9` before
+/// `10`), the rest as text.
+fn natural(name: &str) -> Vec<(bool, u128, &str)> {
+    let mut pieces = Vec::new();
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        let digits = c.is_ascii_digit();
+        let end = rest
+            .find(|c: char| c.is_ascii_digit() != digits)
+            .unwrap_or(rest.len());
+        let (piece, tail) = rest.split_at(end);
+        // A run too long for a number orders as text, after every number.
+        let value = digits.then(|| piece.parse::<u128>().ok()).flatten();
+        pieces.push((value.is_none(), value.unwrap_or(0), piece));
+        rest = tail;
+    }
+    pieces
 }
 
 /// What an error about a SavedModel's folder adds: the checkpoint of its variables (a path or a
@@ -290,6 +313,23 @@ use super::state::parse_state;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints of one time are named in the order of their numbers, the newest first.
+    #[test]
+    fn checkpoints_of_one_time_are_ordered_by_their_numbers() {
+        let found = ["d/m-9", "d/m-10", "d/m-2", "d/m-100"].map(|p| (0u8, p.to_string()));
+        assert_eq!(
+            checkpoints_hint(found),
+            "; it holds 4 checkpoints, the newest d/m-100, d/m-10, d/m-9"
+        );
+        let found = [(1u8, "d/m-2".to_string()), (0, "d/m-10".to_string())];
+        assert_eq!(
+            checkpoints_hint(found),
+            "; it holds 2 checkpoints: d/m-2, d/m-10 (newest first)"
+        );
+        assert!(natural("a9") < natural("a10") && natural("a10b") < natural("a10c"));
+        assert!(natural("a99999999999999999999999999999999999999999") > natural("a10"));
+    }
 
     #[test]
     fn data_file_names_give_their_prefix() {
