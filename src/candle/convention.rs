@@ -76,9 +76,8 @@ impl Convention {
     /// shapes happen to agree. It keeps candle's initialization, and so does the module's `bias`
     /// (half of a layer loaded would train as neither); `map_existing` lists both `Var`s as
     /// unnamed and the checkpoint's kernel and bias among the tensors no `Var` takes; a
-    /// [`custom`](Self::custom)
-    /// convention can name a `Var` whose layout is TensorFlow's. Every other name keeps its last
-    /// component.
+    /// [`custom`](Self::custom) convention can name a `Var` whose layout is TensorFlow's. Every
+    /// other name keeps its last component.
     pub fn tf1() -> Convention {
         Convention(Kind::Tf1)
     }
