@@ -17,7 +17,7 @@ pub(crate) fn close_names<'a>(
     let whole = target.rsplit_once("/part_").and_then(|(whole, i)| {
         (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(whole)
     });
-    let mut scored: Vec<(usize, &str)> = candidates
+    let scored: Vec<(usize, &str)> = candidates
         .filter_map(|c| {
             if Some(c) == whole
                 || (!target.is_empty() && !target.ends_with('/') && c.starts_with(&scope))
@@ -37,6 +37,11 @@ pub(crate) fn close_names<'a>(
             }
         })
         .collect();
+    best_three(scored)
+}
+
+/// The three candidates of lowest score, lowest first (then by name).
+fn best_three(mut scored: Vec<(usize, &str)>) -> Vec<String> {
     scored.sort();
     scored
         .into_iter()
@@ -53,16 +58,11 @@ pub(crate) fn typos<'a>(target: &str, candidates: impl Iterator<Item = &'a str>)
     // An eighth of the name: a misspelt module of a long BERT name, not the optimizer slots of
     // the name meant (`.../kernel/adam_m`, 7 edits further).
     let limit = (target.chars().count() / 8).max(2);
-    let mut scored: Vec<(usize, &str)> = candidates
+    let scored = candidates
         .map(|c| (distance_within(target, c, limit), c))
         .filter(|&(d, _)| d <= limit)
         .collect();
-    scored.sort();
-    scored
-        .into_iter()
-        .take(3)
-        .map(|(_, c)| c.to_string())
-        .collect()
+    best_three(scored)
 }
 
 /// Levenshtein distance over chars, or a lower bound of it above `limit` (names of lengths that

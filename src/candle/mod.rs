@@ -182,20 +182,21 @@ pub struct ExistingMap {
 impl std::fmt::Display for ExistingMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use crate::base::error::listed;
-        let all = self.pairs.len() + self.not_in_checkpoint.len() + self.unnamed.len();
-        write!(
-            f,
-            "{} of {all} Vars pair with a checkpoint tensor",
-            self.pairs.len()
-        )?;
-        if !self.not_in_checkpoint.is_empty() {
-            let n = self.not_in_checkpoint.len();
-            write!(
-                f,
-                "; not in the checkpoint: {}",
-                listed(self.not_in_checkpoint.iter(), n)
-            )?;
+        // `; LABEL: a, b, ...` for a list that is not empty.
+        fn list<T: std::fmt::Display>(
+            f: &mut std::fmt::Formatter<'_>,
+            label: &str,
+            items: impl ExactSizeIterator<Item = T>,
+        ) -> std::fmt::Result {
+            match items.len() {
+                0 => Ok(()),
+                n => write!(f, "; {label}: {}", listed(items, n)),
+            }
         }
+        let all = self.pairs.len() + self.not_in_checkpoint.len() + self.unnamed.len();
+        let paired = self.pairs.len();
+        write!(f, "{paired} of {all} Vars pair with a checkpoint tensor")?;
+        list(f, "not in the checkpoint", self.not_in_checkpoint.iter())?;
         for (candle, tf, close) in self.near_misses.iter().take(8) {
             let close = close.iter().map(|c| format!("{c:?}"));
             let n = close.len();
@@ -204,31 +205,11 @@ impl std::fmt::Display for ExistingMap {
         if self.near_misses.len() > 8 {
             write!(f, "; ... {} near misses in all", self.near_misses.len())?;
         }
-        if !self.shape_mismatches.is_empty() {
-            let n = self.shape_mismatches.len();
-            let each = self
-                .shape_mismatches
-                .iter()
-                .map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
-            write!(f, "; held with another shape: {}", listed(each, n))?;
-        }
-        if !self.not_in_model.is_empty() {
-            let n = self.not_in_model.len();
-            write!(
-                f,
-                "; tensors no Var takes: {}",
-                listed(self.not_in_model.iter(), n)
-            )?;
-        }
-        if !self.unnamed.is_empty() {
-            let n = self.unnamed.len();
-            write!(
-                f,
-                "; no TensorFlow name: {}",
-                listed(self.unnamed.iter(), n)
-            )?;
-        }
-        Ok(())
+        let shapes = self.shape_mismatches.iter();
+        let shapes = shapes.map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
+        list(f, "held with another shape", shapes)?;
+        list(f, "tensors no Var takes", self.not_in_model.iter())?;
+        list(f, "no TensorFlow name", self.unnamed.iter())
     }
 }
 
