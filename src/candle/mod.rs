@@ -66,6 +66,7 @@ mod convention;
 mod cuda;
 mod deferred;
 mod destination;
+mod existing;
 mod save;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,7 @@ use candle_nn::VarMap;
 
 pub use convention::{Convention, TfName};
 pub use deferred::DeferredInit;
+pub use existing::ExistingMap;
 
 /// The `candle-core` and `candle-nn` this module is built against, so that a trainer names the
 /// same crates' `VarMap`, `Var` and `Device` as the library's.
@@ -83,7 +85,7 @@ pub use {candle_core, candle_nn};
 
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::init::assign::{init_from_checkpoint_with, AssignmentMap, InitReport, Target};
+use crate::init::assign::{init_from_checkpoint_with, AssignmentMap, InitReport};
 use crate::init::store::{Init, VariableStore};
 use crate::load::{LoadOptions, LoadReport};
 use crate::reader::checkpoint::Checkpoint;
@@ -143,90 +145,6 @@ impl std::fmt::Debug for CandleInit {
             .field("casts", &self.casts)
             .field("deferred", &self.deferred.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
-/// (`non_exhaustive`: what it reports may grow.)
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct ExistingMap {
-    /// Every `Var` whose TensorFlow name the checkpoint holds, mapped to that tensor, whatever its
-    /// shape, as BERT's recipe maps by name alone: a name held with another shape makes
-    /// `init_from_checkpoint` fail, naming the `Var` and both shapes, rather than leave the `Var`
-    /// silently untrained. [`fitting`](Self::fitting) leaves those out.
-    pub map: AssignmentMap,
-    /// The pairs of `map`: (candle name, TensorFlow name).
-    pub pairs: Vec<(String, String)>,
-    /// Candle names of the `Var`s the checkpoint does not hold (they keep candle's
-    /// initialization: a fresh head, say).
-    pub not_in_checkpoint: Vec<String>,
-    /// The pairs of `map` whose tensor has another shape than the `Var`: (candle name, TensorFlow
-    /// name, the `Var`'s shape as TensorFlow's, the tensor's shape).
-    pub shape_mismatches: Vec<(String, String, Vec<u64>, Vec<u64>)>,
-    /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
-    pub not_in_model: Vec<String>,
-    /// Candle names of the `Var`s the convention gives no TensorFlow name (a convolution's
-    /// weight under [`Convention::tf1`], a `Var` the trainer's function names `None`): no
-    /// checkpoint value reaches them, and they keep candle's initialization.
-    pub unnamed: Vec<String>,
-    /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
-    /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
-    /// TensorFlow name, the close tensors' names). Map them by hand, or fix the model's names.
-    pub near_misses: Vec<(String, String, Vec<String>)>,
-}
-
-/// One paragraph of what was found, to print: how many `Var`s pair, those that do not and the
-/// near misses among them, the tensors no `Var` takes, the unnamed `Var`s, and the pairs of
-/// another shape (each list's first 8).
-impl std::fmt::Display for ExistingMap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::base::error::listed;
-        // `; LABEL: a, b, ...` for a list that is not empty.
-        fn list<T: std::fmt::Display>(
-            f: &mut std::fmt::Formatter<'_>,
-            label: &str,
-            items: impl ExactSizeIterator<Item = T>,
-        ) -> std::fmt::Result {
-            match items.len() {
-                0 => Ok(()),
-                n => write!(f, "; {label}: {}", listed(items, n)),
-            }
-        }
-        let all = self.pairs.len() + self.not_in_checkpoint.len() + self.unnamed.len();
-        let paired = self.pairs.len();
-        write!(f, "{paired} of {all} Vars pair with a checkpoint tensor")?;
-        list(f, "not in the checkpoint", self.not_in_checkpoint.iter())?;
-        for (candle, tf, close) in self.near_misses.iter().take(8) {
-            let close = close.iter().map(|c| format!("{c:?}"));
-            let n = close.len();
-            write!(f, "; {candle} ({tf:?}) is close to {}", listed(close, n))?;
-        }
-        if self.near_misses.len() > 8 {
-            write!(f, "; ... {} near misses in all", self.near_misses.len())?;
-        }
-        let shapes = self.shape_mismatches.iter();
-        let shapes = shapes.map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
-        list(f, "held with another shape", shapes)?;
-        list(f, "tensors no Var takes", self.not_in_model.iter())?;
-        list(f, "no TensorFlow name", self.unnamed.iter())
-    }
-}
-
-impl ExistingMap {
-    /// `map` without the names the checkpoint holds with another shape: those `Var`s keep
-    /// candle's initialization (a fresh head under a pre-trained head's name, say). Shapes are
-    /// all it checks: a tensor of another dtype than its `Var` is still an error of
-    /// `init_from_checkpoint` under [`DtypePolicy::Exact`] (see
-    /// [`dtype_policy`](CandleInit::dtype_policy)).
-    pub fn fitting(&self) -> AssignmentMap {
-        let mut map = AssignmentMap::new();
-        for (_, tf) in &self.pairs {
-            if !self.shape_mismatches.iter().any(|m| &m.1 == tf) {
-                map.push(tf.clone(), Target::Variable(tf.clone()));
-            }
-        }
-        map
     }
 }
 
@@ -375,141 +293,6 @@ impl CandleInit {
             .iter()
             .find(|(_, b)| b.candle == candle)
             .map(|(tf, _)| tf.as_str())
-    }
-
-    /// Pairs every `Var` with the checkpoint tensor of its TensorFlow name, as BERT's
-    /// `get_assignment_map_from_checkpoint` does, and says what was left out on each side. Reads
-    /// only the checkpoint's index. Where half of the `Var`s or more would pair with a scope added
-    /// on one side, more than pair by name (a model built on `vb` where Google's checkpoint has
-    /// `bert/`, perhaps with a head built under `bert.` by hand that pairs), it fails naming the
-    /// scope and how to add or drop it. An [`init_from_checkpoint`](Self::init_from_checkpoint)
-    /// of the same path right after reuses the index read here while its files are unchanged
-    /// (on object storage: one HEAD instead of reading it again).
-    pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
-        let path = ckpt_dir_or_file.as_ref();
-        let ckpt = std::sync::Arc::new(Checkpoint::open(path)?);
-        *self.last_opened.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((path.to_path_buf(), ckpt.clone()));
-        let mut found = ExistingMap::default();
-        for (tf, b) in &self.vars {
-            let Ok(t) = ckpt.tensor(tf) else {
-                found.not_in_checkpoint.push(b.candle.clone());
-                continue;
-            };
-            let shape = self
-                .store
-                .vars
-                .get(tf)
-                .map(|v| v.shape.clone())
-                .unwrap_or_default();
-            if shape != t.shape {
-                let mismatch = (b.candle.clone(), tf.clone(), shape, t.shape.clone());
-                found.shape_mismatches.push(mismatch);
-            }
-            found.map.push(tf.clone(), Target::Variable(tf.clone()));
-            found.pairs.push((b.candle.clone(), tf.clone()));
-        }
-        found.not_in_model = ckpt
-            .tensors()
-            .iter()
-            .filter(|t| !self.vars.contains_key(&t.name))
-            .map(|t| t.name.clone())
-            .collect();
-        found.unnamed = self.unnamed.clone();
-        if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
-            return Err(ErrorKind::InvalidArgument(why).into());
-        }
-        // Each compared with every tensor left over: the first 256 (a model and a checkpoint
-        // that share nothing are the scope check's above, not a list of near misses).
-        let missing: std::collections::HashSet<&str> =
-            found.not_in_checkpoint.iter().map(String::as_str).collect();
-        let missing = self
-            .vars
-            .iter()
-            .filter(|(_, b)| missing.contains(b.candle.as_str()));
-        for (tf, b) in missing.take(256) {
-            let left = found.not_in_model.iter().map(String::as_str);
-            let close = crate::base::suggest::typos(tf, left);
-            if !close.is_empty() {
-                found
-                    .near_misses
-                    .push((b.candle.clone(), tf.clone(), close));
-            }
-        }
-        Ok(found)
-    }
-
-    /// Where `paired` `Var`s pair with a tensor of `ckpt` by name but half or more, and more than
-    /// `paired`, would with a scope added on one side (candle-transformers' `BertModel::load(vb,
-    /// ..)` names its `Var`s without Google's `bert/`, which `vb.pp("bert")` adds), what to do: an
-    /// error is better than a model left to its random initialization without a word.
-    fn scope_mismatch(&self, ckpt: &Checkpoint, paired: usize) -> Option<String> {
-        /// Per scope: how many names it pairs, and one pair (the model's TensorFlow name, the
-        /// checkpoint's).
-        type Scopes = BTreeMap<String, (usize, String, String)>;
-        fn count(scopes: &mut Scopes, scope: &str, tf: &str, c: &str) {
-            let e = scopes
-                .entry(scope.to_string())
-                .or_insert_with(|| (0, tf.to_string(), c.to_string()));
-            e.0 += 1;
-        }
-        fn best(scopes: Scopes) -> Option<(String, (usize, String, String))> {
-            scopes.into_iter().max_by_key(|(_, v)| v.0)
-        }
-        let (mut in_ckpt, mut in_model) = (Scopes::new(), Scopes::new());
-        let names: std::collections::HashSet<&str> =
-            ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
-        for c in ckpt.tensors().iter().map(|t| t.name.as_str()) {
-            for (i, _) in c.match_indices('/') {
-                if self.vars.contains_key(&c[i + 1..]) {
-                    count(&mut in_ckpt, &c[..=i], &c[i + 1..], c);
-                }
-            }
-        }
-        for tf in self.vars.keys() {
-            for (i, _) in tf.match_indices('/') {
-                if names.contains(&tf[i + 1..]) {
-                    count(&mut in_model, &tf[..=i], tf, &tf[i + 1..]);
-                }
-            }
-        }
-        let candle = |tf: &str| {
-            self.vars
-                .get(tf)
-                .map_or(tf.to_string(), |b| b.candle.clone())
-        };
-        let prefix = ckpt.prefix().display();
-        // A chance match of a few names is no scope: at least half of the model's Vars, and more
-        // than pair by name.
-        let many = |found: Option<(String, (usize, String, String))>| {
-            found.filter(|(_, (n, _, _))| 2 * n >= self.vars.len() && *n > paired)
-        };
-        let lead = match paired {
-            0 => format!("no Var pairs with a tensor of {prefix} by its name"),
-            _ => format!(
-                "only {paired} of the model's {} Vars pair with a tensor of {prefix} by name",
-                self.vars.len()
-            ),
-        };
-        match (many(best(in_ckpt)), many(best(in_model))) {
-            (Some((scope, (n, tf, c))), other) if other.as_ref().is_none_or(|o| o.1 .0 <= n) => {
-                let pp = scope.trim_end_matches('/').replace('/', ".");
-                Some(format!(
-                    "{lead}, but {n} would under the \
-                     scope {scope:?} ({:?}, TensorFlow name {tf:?}, is {c:?} there): build the \
-                     model under vb.pp({pp:?}) (candle-transformers' BertModel::load does not add \
-                     it), or map with {{{scope:?}: \"/\"}}",
-                    candle(&tf)
-                ))
-            }
-            (_, Some((scope, (n, tf, c)))) => Some(format!(
-                "{lead}, but {n} would without the \
-                 scope {scope:?} of the model's names ({:?}, TensorFlow name {tf:?}, is {c:?} \
-                 there): build the model without it, or map with {{\"/\": {scope:?}}}",
-                candle(&tf)
-            )),
-            _ => None,
-        }
     }
 
     /// TensorFlow's `init_from_checkpoint(ckpt_dir_or_file, map)` on this model (see
