@@ -422,6 +422,96 @@ fn a_dtype_or_shape_the_var_cannot_take_is_an_error_at_call_time_naming_both() {
 }
 
 #[test]
+fn a_linear_built_with_in_and_out_swapped_is_named_as_such() {
+    // The fixture's dense kernel is TensorFlow's [in, out] = [3, 4]: candle_nn::linear(3, 4).
+    // Built as linear(4, 3), the layer's bias is the first mismatch by name; the error says
+    // what the weight shows.
+    let build = |dense: (usize, usize)| {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        candle_nn::linear(dense.0, dense.1, vb.pp("model.dense")).unwrap();
+        candle_nn::linear(4, 2, vb.pp("model.layers.0")).unwrap();
+        candle_nn::linear(2, 1, vb.pp("model.layers.1")).unwrap();
+        candle_nn::embedding(5, 2, vb.pp("model.embedding")).unwrap();
+        varmap
+    };
+    let varmap = build((4, 3));
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())
+        .unwrap()
+        .dtype_policy(DtypePolicy::CastToVariable);
+    let e = init
+        .init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+        .unwrap_err();
+    let msg = e.to_string();
+    for part in [
+        "\"model.dense.bias\"",
+        "[3] does not match shape of tensor",
+        "[4] in checkpoint",
+        "in and out look swapped: the checkpoint's kernel is [3, 4] (TensorFlow's [in, out]), a \
+         candle_nn::linear(3, 4), but \"model.dense.weight\" is [3, 4] as candle's [out, in], a \
+         linear(4, 3)",
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    match e.kind() {
+        ErrorKind::CandleVariable { hint, .. } => assert!(hint.is_some()),
+        other => panic!("{other:?}"),
+    }
+    // The kernel alone (no bias mapped) says the same.
+    let kernel = AssignmentMap::from([(key("dense/kernel"), Target::name("model/dense/kernel"))]);
+    let msg = init
+        .init_from_checkpoint(ckpt_path("tf2_object"), &kernel)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("\"model.dense.weight\" (F32 shape [3, 4]"),
+        "{msg}"
+    );
+    assert!(msg.contains("a linear(4, 3)"), "{msg}");
+    // Other wrong sizes are not taken for a swap.
+    for (dense, wrong) in [((3, 5), "[5]"), ((3, 3), "[3]")] {
+        let varmap = build(dense);
+        let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())
+            .unwrap()
+            .dtype_policy(DtypePolicy::CastToVariable);
+        let e = init
+            .init_from_checkpoint(ckpt_path("tf2_object"), &tf2_map())
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("\"model/dense/bias\" {wrong} does not match")),
+            "{msg}"
+        );
+        assert!(!msg.contains("swapped"), "{msg}");
+    }
+    // map_existing lists the layer, with the call that fits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = CkptBuilder::new(dir.path().join("m"));
+    b.f32("dense/kernel", &[4, 2], &[0.0; 8])
+        .f32("dense/bias", &[2], &[1.0; 2])
+        .f32("out/kernel", &[2, 2], &[0.0; 4])
+        .f32("out/bias", &[2], &[1.0; 2]);
+    let prefix = b.finish();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(2, 4, vb.pp("dense")).unwrap();
+    candle_nn::linear(2, 2, vb.pp("out")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    let found = init.map_existing(&prefix).unwrap();
+    assert_eq!(found.swapped, [("dense.weight".to_string(), vec![4, 2])]);
+    assert_eq!(found.shape_mismatches.len(), 2);
+    let text = found.to_string();
+    assert!(
+        text.ends_with(
+            "held with another shape (the Var's, in TensorFlow's layout, vs the tensor's): \
+             dense.bias [4] vs [2], dense.weight [2, 4] vs [4, 2]; in and out look swapped: dense \
+             (the kernel [4, 2] is linear(4, 2))"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn two_vars_under_one_tensorflow_name_are_refused() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);

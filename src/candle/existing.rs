@@ -38,11 +38,16 @@ pub struct ExistingMap {
     /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
     /// TensorFlow name, the close tensors' names). Map them by hand, or fix the model's names.
     pub near_misses: Vec<(String, String, Vec<String>)>,
+    /// The layers of `shape_mismatches` that look built with in and out swapped
+    /// (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint kernel's shape
+    /// `[in, out]`, which the weight has as it stands instead of its transpose).
+    pub swapped: Vec<(String, Vec<u64>)>,
 }
 
 /// One paragraph of what was found, to print: how many `Var`s pair, those that do not and the
-/// near misses among them, the tensors no `Var` takes, the unnamed `Var`s, and the pairs of
-/// another shape (each list's first 8).
+/// near misses among them, the pairs of another shape and the layers among them that look built
+/// with in and out swapped, the tensors no `Var` takes, and the unnamed `Var`s (each list's first
+/// 8).
 impl std::fmt::Display for ExistingMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use crate::base::error::listed;
@@ -71,7 +76,16 @@ impl std::fmt::Display for ExistingMap {
         }
         let shapes = self.shape_mismatches.iter();
         let shapes = shapes.map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
-        list(f, "held with another shape", shapes)?;
+        list(
+            f,
+            "held with another shape (the Var's, in TensorFlow's layout, vs the tensor's)",
+            shapes,
+        )?;
+        let swapped = self.swapped.iter().map(|(weight, k)| {
+            let layer = weight.rsplit_once('.').map_or(weight.as_str(), |(m, _)| m);
+            format!("{layer} (the kernel {k:?} is linear({}, {}))", k[0], k[1])
+        });
+        list(f, "in and out look swapped", swapped)?;
         list(f, "tensors no Var takes", self.not_in_model.iter())?;
         list(f, "no TensorFlow name", self.unnamed.iter())
     }
@@ -121,6 +135,12 @@ impl CandleInit {
                 .map(|v| v.shape.clone())
                 .unwrap_or_default();
             if shape != t.shape {
+                let kernel = |weight: &str| ckpt.tensor(weight).ok().map(|k| k.shape.clone());
+                if let Some((weight, kernel)) = self.swapped(tf, &t.shape, kernel) {
+                    if !found.swapped.iter().any(|(w, _)| *w == weight) {
+                        found.swapped.push((weight, kernel));
+                    }
+                }
                 let mismatch = (b.candle.clone(), tf.clone(), shape, t.shape.clone());
                 found.shape_mismatches.push(mismatch);
             }
@@ -228,5 +248,62 @@ impl CandleInit {
             )),
             _ => None,
         }
+    }
+
+    /// Where the `Var` of TensorFlow name `tf`, whose tensor is `tensor_shape`, belongs to a
+    /// layer built with in and out swapped (`candle_nn::linear(out, in)`), what to say;
+    /// `kernel` gives the shape of the tensor a weight takes, by the weight's TensorFlow name.
+    pub(super) fn swapped_layer(
+        &self,
+        tf: &str,
+        tensor_shape: &[u64],
+        kernel: impl Fn(&str) -> Option<Vec<u64>>,
+    ) -> Option<String> {
+        let (weight, k) = self.swapped(tf, tensor_shape, kernel)?;
+        let (i, o) = (k[0], k[1]);
+        Some(format!(
+            "in and out look swapped: the checkpoint's kernel is [{i}, {o}] (TensorFlow's [in, \
+             out]), a candle_nn::linear({i}, {o}), but {weight:?} is [{i}, {o}] as candle's [out, \
+             in], a linear({o}, {i})"
+        ))
+    }
+
+    /// The layer of the `Var` of TensorFlow name `tf` (whose tensor is `tensor_shape`), if it
+    /// looks built with in and out swapped: (candle name of its weight, the kernel's shape).
+    /// The weight is the transposed 2-D `Var` of `tf`'s candle module (`tf`'s own `Var`, or the
+    /// one beside its bias); swapped when its candle shape `[o, i]` (o ≠ i) is the kernel's
+    /// stored shape, where it should be its transpose, and a bias `Var` is `[o]` where the
+    /// checkpoint's is `[i]`.
+    fn swapped(
+        &self,
+        tf: &str,
+        tensor_shape: &[u64],
+        kernel: impl Fn(&str) -> Option<Vec<u64>>,
+    ) -> Option<(String, Vec<u64>)> {
+        let module = |candle: &str| candle.rsplit_once('.').map(|(m, _)| m.to_string());
+        let b = self.vars.get(tf)?;
+        let is_weight = |b: &super::Bound| b.transposed && b.var.dims().len() == 2;
+        let (weight_tf, weight) = if is_weight(b) {
+            (tf, b)
+        } else {
+            let m = module(&b.candle)?;
+            let mut beside = self
+                .vars
+                .iter()
+                .filter(|(_, w)| is_weight(w) && module(&w.candle).as_ref() == Some(&m));
+            match (beside.next(), beside.next()) {
+                (Some((t, w)), None) => (t.as_str(), w),
+                _ => return None,
+            }
+        };
+        let dims: Vec<u64> = weight.var.dims().iter().map(|&d| d as u64).collect();
+        let (o, i) = (dims[0], dims[1]);
+        let fits = o != i
+            && kernel(weight_tf)? == dims
+            && match weight_tf == tf {
+                true => tensor_shape == dims,
+                false => b.var.dims() == [o as usize] && tensor_shape == [i],
+            };
+        fits.then(|| (weight.candle.clone(), dims))
     }
 }

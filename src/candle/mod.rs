@@ -85,7 +85,7 @@ pub use {candle_core, candle_nn};
 
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::init::assign::{init_from_checkpoint_with, AssignmentMap, InitReport};
+use crate::init::assign::{bound_tensor, init_opened, AssignmentMap, InitReport};
 use crate::init::store::{Init, VariableStore};
 use crate::load::{LoadOptions, LoadReport};
 use crate::reader::checkpoint::Checkpoint;
@@ -317,11 +317,22 @@ impl CandleInit {
             .take()
             .filter(|(p, c)| p == path && c.state_file().is_none() && c.is_current())
             .map(|(_, c)| c);
-        let report = match reuse {
-            Some(ckpt) => crate::init::assign::init_opened(&mut self.store, ckpt, map, &accepts),
-            None => init_from_checkpoint_with(&mut self.store, path, map, &accepts),
-        }
-        .map_err(|e| {
+        let ckpt = match reuse {
+            Some(ckpt) => ckpt,
+            None => std::sync::Arc::new(Checkpoint::open(path)?),
+        };
+        let report = init_opened(&mut self.store, ckpt.clone(), map, &accepts).map_err(|e| {
+            let swapped = match e.kind() {
+                ErrorKind::ShapeMismatch {
+                    variable,
+                    tensor_shape,
+                    ..
+                } => self.swapped_layer(variable, tensor_shape, |weight| {
+                    let bound = bound_tensor(&self.store, &ckpt, map, &accepts, weight)?;
+                    Some(ckpt.tensor(&bound).ok()?.shape.clone())
+                }),
+                _ => None,
+            };
             let e = e.with_dtype_hint(|var, tensor| match policy {
                 DtypePolicy::Exact => crate::load::cast::supported(tensor, var).then(|| {
                     "TensorFlow never casts; CandleInit::dtype_policy(\
@@ -335,7 +346,7 @@ impl CandleInit {
                         .to_string(),
                 ),
             });
-            self.name_var(e)
+            hinted(self.name_var(e), swapped)
         })?;
         // A variable is read in its tensor's dtype, then converted to its `Var`'s.
         if let Some(ckpt) = self.store.opened.last().cloned() {
@@ -443,6 +454,31 @@ fn candle_error(candle: &str, layout: &str, tf: &str, source: Error) -> ErrorKin
         layout: layout.into(),
         tensorflow: tf.into(),
         source: Box::new(source),
+        hint: None,
+    }
+}
+
+/// `e` with `hint`, where it is about a candle `Var`.
+fn hinted(e: Error, hint: Option<String>) -> Error {
+    match (hint, e.kind()) {
+        (Some(hint), ErrorKind::CandleVariable { .. }) => match e.into_kind() {
+            ErrorKind::CandleVariable {
+                candle,
+                layout,
+                tensorflow,
+                source,
+                hint: _,
+            } => ErrorKind::CandleVariable {
+                candle,
+                layout,
+                tensorflow,
+                source,
+                hint: Some(hint),
+            }
+            .into(),
+            kind => kind.into(),
+        },
+        _ => e,
     }
 }
 

@@ -266,6 +266,46 @@ pub(crate) fn init_opened(
     Ok(report)
 }
 
+/// The whole checkpoint tensor `map` gives `variable` (the last pair that binds it), each pair
+/// resolved as [`init_opened`] resolves it but past any that fails: what an error about a
+/// variable beside it may compare with. `None` where no pair binds it, or binds a slice.
+#[cfg(feature = "candle")]
+pub(crate) fn bound_tensor(
+    store: &VariableStore,
+    ckpt: &Checkpoint,
+    map: &AssignmentMap,
+    accepts: &dyn Fn(&Variable, DType) -> bool,
+    variable: &str,
+) -> Option<String> {
+    let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let resolver = Resolver {
+        ckpt,
+        store,
+        accepts,
+    };
+    let mut found = None;
+    for (key, target) in pairs {
+        match resolver.resolve(key, target, &mut Vec::new()) {
+            Ok(bindings) => {
+                for b in bindings.into_iter().filter(|b| b.variable == variable) {
+                    found = b.slice.is_full().then_some(b.tensor);
+                }
+            }
+            // A variable mapped alone fails here on its shape, naming its tensor.
+            Err(e) => match e.into_kind() {
+                ErrorKind::ShapeMismatch {
+                    variable: v,
+                    tensor,
+                    ..
+                } if v == variable => found = Some(tensor),
+                _ => {}
+            },
+        }
+    }
+    found
+}
+
 /// One pair resolved: a variable (or part) takes a box of a checkpoint tensor.
 struct Binding {
     variable: String,

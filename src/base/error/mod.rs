@@ -686,7 +686,7 @@ pub enum ErrorKind {
     #[error("the load was cancelled (its CancelToken was cancelled); nothing of it counts as initialized")]
     Cancelled,
     /// An error about a candle `Var` (feature `candle`): which one, its shape, its TensorFlow name.
-    #[error("candle variable {candle:?} ({layout}; TensorFlow name {tensorflow:?}): {source}")]
+    #[error("candle variable {candle:?} ({layout}; TensorFlow name {tensorflow:?}): {source}{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
     CandleVariable {
         /// The `Var`'s name in the `VarMap`.
         candle: String,
@@ -696,6 +696,9 @@ pub enum ErrorKind {
         tensorflow: String,
         /// What is wrong.
         source: Box<Error>,
+        /// What the model and the checkpoint suggest went wrong, where they do: a `Linear`
+        /// built with in and out swapped, for one.
+        hint: Option<String>,
     },
     /// An argument given to the writer or another API is invalid.
     #[error("invalid argument: {0}")]
