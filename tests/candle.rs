@@ -145,7 +145,11 @@ fn tensorflow_values_land_in_candle_layers_transposed_and_cast() {
     let load = init.initialize(&Default::default()).unwrap();
     assert_eq!(load.from_checkpoint, 7);
     // Nine Vars; the head's two keep candle's initialization.
-    assert_eq!((load.variables, load.from_initializer), (9, 2));
+    let counts = (load.variables, load.from_initializer, load.kept);
+    assert_eq!(counts, (9, 0, 2));
+    assert!(load
+        .to_string()
+        .starts_with("9 variables (7 from checkpoint, 2 kept as they were), "));
 
     let case = "tf2_object";
     for (candle, tf) in [
@@ -686,11 +690,16 @@ fn from_varmap_on_a_deferred_model_runs_its_initializers() {
     let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
     init.init_from_checkpoint(&prefix, &AssignmentMap::from([("a/", Target::scope("a/"))]))
         .unwrap();
-    init.initialize(&Default::default()).unwrap();
+    let report = init.initialize(&Default::default()).unwrap();
     assert_eq!(
         var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
         [1.0; 3]
     );
+    // The norm's two Vars took their initializers now.
+    let counts = (report.from_checkpoint, report.from_initializer, report.kept);
+    assert_eq!(counts, (1, 2, 0));
+    let text = report.to_string();
+    assert!(text.starts_with("3 variables (1 from checkpoint, 2 from initializers), "));
     assert_eq!(
         var(&varmap, "a.weight").to_vec2::<f32>().unwrap(),
         [[1.0; 2]; 3]
@@ -707,11 +716,15 @@ fn from_varmap_on_a_deferred_model_runs_its_initializers() {
         .set(&by_hand)
         .unwrap();
     let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
-    init.initialize(&Default::default()).unwrap();
+    let report = init.initialize(&Default::default()).unwrap();
     assert_eq!(
         var(&varmap, "norm.weight").to_vec1::<f32>().unwrap(),
         [7.0, 8.0, 9.0]
     );
+    let counts = (report.from_checkpoint, report.from_initializer, report.kept);
+    assert_eq!(counts, (0, 0, 3));
+    let text = report.to_string();
+    assert!(text.starts_with("3 variables (0 from checkpoint, 3 kept as they were), "));
 }
 
 /// A model whose body and head come from two `DeferredInit`s over one `VarMap`: every `Var` no
@@ -1867,10 +1880,10 @@ mod on_gpu {
             assert_reported_as_one_load(&seen.lock().unwrap());
             assert_eq!(report.from_checkpoint, 7, "{what}");
             assert_eq!(report.device.is_some(), what == "gpu", "{report}");
-            counts.push((report.variables, report.from_initializer));
+            counts.push((report.variables, report.from_initializer, report.kept));
         }
         // The head, not mapped, counts as kept from candle's initialization on either device.
-        assert_eq!(counts[0], (9, 2));
+        assert_eq!(counts[0], (9, 0, 2));
         assert_eq!(counts[1], counts[0]);
         assert_eq!(without_head(&host.varmap), without_head(&m.varmap));
         assert!(var(&m.varmap, "model.dense.weight").device().is_cuda());

@@ -291,6 +291,7 @@ pub(super) fn merged(host: LoadReport, gpu: LoadReport) -> LoadReport {
         parts: host.parts + gpu.parts,
         from_checkpoint: host.from_checkpoint + gpu.from_checkpoint,
         from_initializer: host.from_initializer + gpu.from_initializer,
+        kept: host.kept + gpu.kept,
         tensors: host.tensors + gpu.tensors,
         stored_reads: host.stored_reads + gpu.stored_reads,
         bytes: host.bytes + gpu.bytes,

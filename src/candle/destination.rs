@@ -59,6 +59,14 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
     // below (their values are made after the checks).
     let deferred = deferred_vars(init, own);
+    // The unmapped `Var`s left as they are, for the report (the others' initializers run now; by
+    // tensor id, as a tied `Var` under two names is one).
+    let run_now: std::collections::HashSet<_> = deferred.iter().map(|(_, v, _)| v.id()).collect();
+    let unmapped = init.vars.iter();
+    let unmapped = unmapped.filter(|(tf, _)| !init.store.pending.contains_key(*tf));
+    let kept = unmapped
+        .filter(|(_, b)| !run_now.contains(&b.var.id()))
+        .count();
     // The caller's CUDA context is current again at the end (allocations, the load, the swaps
     // and the frees make candle's GPUs current in turn).
     #[cfg(feature = "candle-cuda")]
@@ -242,6 +250,9 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     for deferred in &init.deferred {
         deferred.clear();
     }
+    // Each unmapped `Var` was counted as set by its initializer: some were kept as they were.
+    report.kept = kept;
+    report.from_initializer = report.from_initializer.saturating_sub(kept);
     Ok(report)
 }
 

@@ -14,6 +14,10 @@ pub struct LoadReport {
     pub from_checkpoint: usize,
     /// Of those, set by their own initializer (not mapped).
     pub from_initializer: usize,
+    /// Of those, not mapped and left as they were: the `Var`s of a candle model that already
+    /// held candle's initialization (feature `candle`; those a `DeferredInit` defers count as
+    /// `from_initializer`).
+    pub kept: usize,
     /// Distinct checkpoint tensors read.
     pub tensors: usize,
     /// Stored entries read (a partitioned tensor has one per stored slice); each is read and
@@ -71,9 +75,22 @@ fn counted(count: u64, noun: &str) -> String {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let initialized = |n| match n {
+            1 => "1 from its initializer".to_string(),
+            n => format!("{n} from initializers"),
+        };
+        let kept = |n| match n {
+            1 => "1 kept as it was".to_string(),
+            n => format!("{n} kept as they were"),
+        };
+        let unmapped = match (self.from_initializer, self.kept) {
+            (n, 0) => initialized(n),
+            (0, k) => kept(k),
+            (n, k) => format!("{}, {}", initialized(n), kept(k)),
+        };
         write!(
             f,
-            "{} ({} from checkpoint, {} from {}), {}, {} ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {})",
+            "{} ({} from checkpoint, {}), {}, {} ({} mapped copy-on-write) in {:.3} s ({:.2} GB/s; plan {:.3} s, verify+copy {:.3} s, finish {:.3} s; {})",
             match self.parts {
                 0 => counted(self.variables as u64, "variable"),
                 parts => format!(
@@ -83,8 +100,7 @@ impl std::fmt::Display for LoadReport {
                 ),
             },
             self.from_checkpoint,
-            self.from_initializer,
-            if self.from_initializer == 1 { "its initializer" } else { "initializers" },
+            unmapped,
             counted(self.tensors as u64, "tensor"),
             counted(self.bytes, "byte"),
             self.mapped_bytes,
@@ -463,6 +479,21 @@ mod tests {
             ) && line.contains("; 1 thread); 1 checkpoint byte read; 1 variable (1 byte) left"),
             "{line}"
         );
+        // A candle model's Vars kept as they were, beside those whose initializers ran.
+        let kept = |from_initializer, kept| {
+            let r = LoadReport {
+                variables: 4,
+                from_checkpoint: 1,
+                from_initializer,
+                kept,
+                ..Default::default()
+            };
+            r.to_string()
+        };
+        assert!(kept(0, 3).starts_with("4 variables (1 from checkpoint, 3 kept as they were), "));
+        assert!(kept(2, 1).starts_with(
+            "4 variables (1 from checkpoint, 2 from initializers, 1 kept as it was), "
+        ));
     }
 
     /// Several GPUs' stats add up, their names joined; the first registration fallback is kept.
