@@ -413,12 +413,11 @@ fn verify(ckpt: &Path) -> CliResult {
         note!("warning: {}", tfckpt::escape_controls(note));
     }
     say!(
-        "ok: {}, {}, {} verified in {:.3} s ({:.2} GB/s)",
+        "ok: {}, {}, {} verified {}",
         stored_count(report.tensors as u64),
         counted(report.bytes, "byte"),
         counted(report.blocks as u64, "table block"),
-        secs,
-        report.bytes as f64 / secs / 1e9
+        took(secs, Some(report.bytes))
     )?;
     Ok(())
 }
@@ -435,14 +434,24 @@ fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
         note!("warning: {}", tfckpt::escape_controls(&s.to_string()));
     }
     say!(
-        "tfckpt convert: {}, {} written to {} in {:.3} s ({} skipped)",
+        "tfckpt convert: {}, {} written to {} {} ({} skipped)",
         counted(report.tensors as u64, "tensor"),
         counted(report.bytes, "byte"),
         out.display(),
-        start.elapsed().as_secs_f64(),
+        took(start.elapsed().as_secs_f64(), None),
         report.skipped.len()
     )?;
     Ok(())
+}
+
+/// "in 1.234 s (0.85 GB/s)" for `bytes` in `secs`; under 10 ms "in 0.4 ms", with no rate (a
+/// rate over so short a time says more about the clock than the disk).
+pub(crate) fn took(secs: f64, bytes: Option<u64>) -> String {
+    match bytes {
+        _ if secs < 0.01 => format!("in {:.1} ms", secs * 1e3),
+        Some(b) => format!("in {secs:.3} s ({:.2} GB/s)", b as f64 / secs / 1e9),
+        None => format!("in {secs:.3} s"),
+    }
 }
 
 /// `count` and its noun, singular for one: "1 tensor", "2 tensors".
