@@ -1106,6 +1106,53 @@ fn proxy(
     (addr, failed, peak, gets)
 }
 
+/// The folder hint's listing has its own bound (10 s): where the store never answers it, the
+/// error comes without the hint, not after a request's timeout (10 minutes). The proxy holds the
+/// unanswered listing for 60 s, so a hint waited for would take that long.
+#[test]
+fn a_folder_hint_whose_listing_is_never_answered_is_given_up() {
+    let folder = servers().root.join(BUCKET).join("listed_unanswered");
+    std::fs::create_dir_all(&folder).unwrap();
+    let variables = fixture("saved_model").join("variables/variables");
+    for suffix in [".index", ".data-00000-of-00001"] {
+        let mut src = variables.clone().into_os_string();
+        src.push(suffix);
+        std::fs::copy(&src, folder.join(format!("m-1{suffix}"))).unwrap();
+    }
+    // The hint's listing (by delimiter, pages of the store's size) is never answered; the one-key
+    // look that tells a folder from a missing key is.
+    let (proxy, listings) = counting_fault_proxy(
+        servers().s3,
+        |head| head.starts_with("GET ") && head.contains("list-type=2"),
+        |head| {
+            let first = head.lines().next().unwrap_or("");
+            match first.contains("list-type=2") && !first.contains("max-keys=1") {
+                true => Fault::Unanswered,
+                false => Fault::Pass,
+            }
+        },
+    );
+    let url = format!("s3://{BUCKET}/listed_unanswered");
+    let start = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_tfckpt"))
+        .args(["list", &url])
+        .env("AWS_ENDPOINT_URL", format!("http://{proxy}"))
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: couldn't find a checkpoint in directory {url}: it has no 'checkpoint' state \
+             file"
+        )
+    );
+    assert_eq!(listings.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(took < Duration::from_secs(50), "{took:?}");
+}
+
 #[test]
 fn retries_through_500s_and_dropped_connections_still_yield_exact_values() {
     let s = servers();

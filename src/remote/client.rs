@@ -352,14 +352,16 @@ impl Client {
     /// that a store whose pages never end (a gateway that ignores the continuation token answers
     /// page 1 forever) is an error naming the URL, not a hang that fills memory.
     pub(crate) fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Object>> {
-        self.list_bounded(dir, recursive, MAX_LISTED)
+        self.list_bounded(dir, recursive, MAX_LISTED, REQUEST_TIMEOUT)
     }
 
+    /// [`list`](Self::list), bounded by `max` objects and `within` in all.
     pub(crate) fn list_bounded(
         &self,
         dir: &str,
         recursive: bool,
         max: usize,
+        within: Duration,
     ) -> Result<Vec<Object>> {
         let url = self.loc.url(dir);
         let prefix = if dir.is_empty() {
@@ -392,12 +394,12 @@ impl Client {
                     Ok(Ok(listing.objects))
                 }
             };
-            tokio::time::timeout(REQUEST_TIMEOUT, listing).await
+            tokio::time::timeout(within, listing).await
         })?
         .map_err(|_| {
             unbounded(format!(
                 "the listing did not end within {} s (a store that pages forever?)",
-                REQUEST_TIMEOUT.as_secs()
+                within.as_secs()
             ))
         })?
         .map_err(|e| self.error(e, &url, None))?

@@ -13,6 +13,10 @@ use crate::base::error::{ErrorKind, Result};
 use crate::load::RemoteOptions;
 use crate::reader::glob;
 
+/// How long the listing of a folder hint may take (the checkpoints a folder without a state file
+/// holds): past it, the error comes without the hint.
+const HINT_LISTING: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The files of the V1 checkpoint `prefix` (one object, or the objects it matches as a glob,
 /// in any component), each fetched in parallel ranges; at most `whole_max_bytes` in all.
 pub(super) fn open_v1(
@@ -165,13 +169,14 @@ pub(super) fn resolve(
     };
     // Else, where it can be listed, the checkpoints it holds: the prefixes of its `.index`
     // objects, newest first (as on disk; one listing of the keys directly under it, at most
-    // 10,000 of them). A hint too: a listing that fails, is refused or is longer gives none.
+    // 10,000 of them, 10 s in all). A hint too: a listing that fails, is refused, is longer or
+    // takes longer gives none (and does not hold the error back for a request's 10 minutes).
     let folder_hint = || -> String {
         let hint = saved_model();
         if !hint.is_empty() {
             return hint;
         }
-        let Ok(objects) = client.list_bounded(&dir_slash, false, 10_000) else {
+        let Ok(objects) = client.list_bounded(&dir_slash, false, 10_000, HINT_LISTING) else {
             return String::new();
         };
         crate::reader::resolve::checkpoints_hint(objects.into_iter().filter_map(|o| {
