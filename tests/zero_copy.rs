@@ -11,6 +11,8 @@ mod common;
 use common::builder::CkptBuilder;
 use common::fixtures::{copy_files, fixture};
 use common::layouts::{store_for_layout, Layout, CASES};
+#[cfg(target_os = "linux")]
+use common::resident::resident_of;
 
 use tfckpt::{
     init_from_checkpoint, AssignmentMap, DType, Device, ErrorKind, Init, LoadOptions, Target,
@@ -486,35 +488,6 @@ fn views_refuse_what_is_not_stored_as_plain_elements() {
     let be = tfckpt::Checkpoint::open(b.finish()).unwrap();
     unsupported(&be, "f", "the checkpoint is big-endian");
     assert_eq!(be.view("u").unwrap().as_bytes(), [1, 2, 3]);
-}
-
-/// The resident bytes of this process's mappings of `file` (`/proc/self/smaps`: the `Rss` of
-/// every mapping whose path is `file`).
-#[cfg(target_os = "linux")]
-fn resident_of(file: &Path) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let name = file.to_str().unwrap();
-    let mut ours = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        // A mapping's first line: its address range, then the path last (after the inode).
-        if line
-            .split_whitespace()
-            .next()
-            .is_some_and(|a| a.contains('-'))
-        {
-            ours = line.ends_with(name);
-        }
-        if let Some(rss) = line.strip_prefix("Rss:").filter(|_| ours) {
-            kib += rss
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap();
-        }
-    }
-    kib << 10
 }
 
 /// A copying load, a verification and a safetensors export give the shard pages they have read

@@ -13,6 +13,9 @@ mod damage;
 mod fixtures;
 #[path = "../../tests/common/layouts.rs"]
 mod layouts;
+#[cfg(target_os = "linux")]
+#[path = "../../tests/common/resident.rs"]
+mod resident;
 
 mod broadcast;
 mod devices;
@@ -561,6 +564,48 @@ fn replicate(store: &mut VariableStore) -> Vec<String> {
     }
     out
 }
+/// Without registration the ring gives each mapped unit's pages back to the page cache once it
+/// has read and checked them, as a host load does: when a load of 16 MiB reports its end, the
+/// shard's mapping holds none of it (it held all 16 MiB before). With registration (its windows
+/// may share pages with a unit the ring reads) they stay, which shows the mapping measured.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_ring_gives_the_pages_it_read_back_to_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let shape = [1u64 << 19]; // 2 MiB each
+    let prefix = write_f32s(dir.path(), &names, &shape);
+    // As /proc/self/smaps names it: the path with its symbolic links resolved.
+    let shard = std::fs::canonicalize(format!("{}.data-00000-of-00001", prefix.display())).unwrap();
+    for register in [false, true] {
+        let mut store = mapped_store(&prefix, &names, whole_f32(&shape));
+        let cpu = mapped_store(&prefix, &names, whole_f32(&shape));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, at) = (seen.clone(), shard.clone());
+        let options = LoadOptions {
+            register_mappings: register,
+            ..Default::default()
+        }
+        .progress(move |_| record.lock().unwrap().push(resident::resident_of(&at)));
+        let sizes = Sizes {
+            unit: 4 << 20,
+            ..Sizes::default()
+        };
+        store
+            .initialize_on(&HostLink::default(), &options, sizes)
+            .unwrap();
+        let resident = *seen.lock().unwrap().iter().max().unwrap();
+        match register {
+            false => assert!(resident < 1 << 20, "{resident} bytes resident"),
+            true => assert!(resident >= 16 << 20, "{resident} bytes resident"),
+        }
+        let mut cpu = cpu;
+        cpu.initialize(Device::Cpu).unwrap();
+        assert_same(&cpu, &store, &format!("register={register}"));
+    }
+}
+
 /// A checkpoint of float32 tensors `names`, each of `shape` with distinct values, in `dir`.
 fn write_f32s(dir: &Path, names: &[&str], shape: &[u64]) -> std::path::PathBuf {
     write_f32s_in_shards(dir, names, shape, 1)

@@ -6,11 +6,12 @@
 //! - [`layouts`]: the fixture cases the GPU and copy-on-write tests load, and the one store of
 //!   variables for a checkpoint (`store_for_layout`);
 //! - [`damage`]: a seeded generator and random damage of a fixture's files;
+//! - [`resident`]: the resident bytes of a file's mappings in this process (Linux);
 //! - here: the box oracle, and hand-made SSTables and protobuf bytes, so that tests can build
 //!   exactly the damaged or unusual files they need.
 //!
 //! `examples/write_for_tf.rs` includes this file too (through `#[path]`), and `src/gpu/tests.rs`
-//! includes `fixtures.rs`, `layouts.rs` and `damage.rs` alone.
+//! includes `fixtures.rs`, `layouts.rs`, `damage.rs` and `resident.rs` alone.
 #![allow(dead_code)]
 
 pub mod builder;
@@ -18,6 +19,8 @@ pub mod damage;
 pub mod fixtures;
 pub mod fork;
 pub mod layouts;
+#[cfg(target_os = "linux")]
+pub mod resident;
 
 #[allow(unused_imports)] // each test uses part of it
 pub use damage::{damage, Rng};

@@ -330,6 +330,9 @@ struct Shared<'a> {
     fallback: Mutex<Vec<usize>>,
     /// Set once registration failed (the ring takes everything from then on).
     no_registration: AtomicBool,
+    /// Whether this load registers mappings at all: without, the ring gives each mapped unit's
+    /// pages back once it has read them (with, a page it read may be a registered window's).
+    registers: bool,
     /// Set once a worker failed, here or on another device of the same load: every worker stops.
     failed: &'a AtomicBool,
     /// The load's cancel token: a worker that finds it cancelled fails with `Cancelled`.
@@ -356,6 +359,7 @@ impl<'a> Shared<'a> {
             owned_cursor: Mutex::new(0),
             fallback: Mutex::new(Vec::new()),
             no_registration: AtomicBool::new(!register),
+            registers: register,
             failed,
             cancel,
             parts: Mutex::new(Vec::new()),

@@ -1,8 +1,8 @@
 //! The staging-ring worker: fills a few pinned buffers (1 MiB pieces in parallel, each
 //! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two
 //! lanes, and reuses a buffer only after its fence. It carries host-owned sources, whatever
-//! registration gave up on, and (without registration) every mapped unit. It pins its buffers
-//! only when it has something to carry.
+//! registration gave up on, and (without registration) every mapped unit, whose pages it gives
+//! back to the page cache once read. It pins its buffers only when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
@@ -11,9 +11,7 @@ use rayon::prelude::*;
 #[cfg(feature = "remote")]
 use super::units::crc_pieces;
 use super::units::{crc_and_copy, needed_pieces, pieces, Unit};
-#[cfg(feature = "remote")]
-use super::UploadSource;
-use super::{CrcPiece, Link, Shared, PIECE};
+use super::{CrcPiece, Link, Shared, UploadSource, PIECE};
 use crate::base::error::Result;
 
 /// The staging-ring worker. Returns the bytes it carried, the pinned bytes it used and the
@@ -101,11 +99,19 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
                     // checked here for another device) are checksummed, not copied.
                     _ => {
                         let needed = needed_pieces(u);
-                        buf.par_chunks_mut(PIECE)
+                        let parts = buf
+                            .par_chunks_mut(PIECE)
                             .zip(pieces(&u.range))
                             .zip(needed)
                             .flat_map_iter(|((d, sub), n)| crc_and_copy(u, sub, n.then_some(d)))
-                            .collect()
+                            .collect();
+                        // Read and checked: its pages leave this process's mapping (staying in
+                        // the page cache), as a host load's do, so that a load does not keep the
+                        // checkpoint resident beside the pinned ring.
+                        if let (UploadSource::Mapped(m), false) = (&u.src, s.registers) {
+                            m.done_with(u.range.clone());
+                        }
+                        parts
                     }
                 };
                 s.add_parts(parts);
