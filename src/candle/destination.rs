@@ -59,8 +59,9 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
     // The deferred `Var`s that take candle's initialization, chosen before any storage is locked
     // below (their values are made after the checks).
     let deferred = deferred_vars(init, own);
-    // The unmapped `Var`s left as they are, for the report (the others' initializers run now; by
-    // tensor id, as a tied `Var` under two names is one).
+    // The unmapped `Var`s left as they are, for the report (the others' initializers run now).
+    // By tensor id: `from_varmap` refuses one `Var` under two names, so no unmapped name holds a
+    // mapped one's value.
     let run_now: std::collections::HashSet<_> = deferred.iter().map(|(_, v, _)| v.id()).collect();
     let unmapped = init.vars.iter();
     let unmapped = unmapped.filter(|(tf, _)| !init.store.pending.contains_key(*tf));

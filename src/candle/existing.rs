@@ -31,7 +31,7 @@ pub struct ExistingMap {
     /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
     pub not_in_model: Vec<String>,
     /// Candle names of the `Var`s the convention gives no TensorFlow name (a convolution's
-    /// weight under [`Convention::tf1`], a `Var` the trainer's function names `None`): no
+    /// weight under [`Convention::tf1`](super::Convention::tf1), a `Var` the trainer's function names `None`): no
     /// checkpoint value reaches them, and they keep candle's initialization.
     pub unnamed: Vec<String>,
     /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
@@ -83,7 +83,10 @@ impl std::fmt::Display for ExistingMap {
         )?;
         let swapped = self.swapped.iter().map(|(weight, k)| {
             let layer = weight.rsplit_once('.').map_or(weight.as_str(), |(m, _)| m);
-            format!("{layer} (the kernel {k:?} is linear({}, {}))", k[0], k[1])
+            match k[..] {
+                [i, o] => format!("{layer} (the kernel {k:?} is linear({i}, {o}))"),
+                _ => format!("{layer} (the kernel {k:?})"),
+            }
         });
         list(f, "in and out look swapped", swapped)?;
         list(f, "tensors no Var takes", self.not_in_model.iter())?;
@@ -95,7 +98,7 @@ impl ExistingMap {
     /// `map` without the names the checkpoint holds with another shape: those `Var`s keep
     /// candle's initialization (a fresh head under a pre-trained head's name, say). Shapes are
     /// all it checks: a tensor of another dtype than its `Var` is still an error of
-    /// `init_from_checkpoint` under [`DtypePolicy::Exact`] (see
+    /// `init_from_checkpoint` under [`DtypePolicy::Exact`](super::DtypePolicy::Exact) (see
     /// [`dtype_policy`](CandleInit::dtype_policy)).
     pub fn fitting(&self) -> AssignmentMap {
         let mut map = AssignmentMap::new();
@@ -135,8 +138,8 @@ impl CandleInit {
                 .map(|v| v.shape.clone())
                 .unwrap_or_default();
             if shape != t.shape {
-                let kernel = |weight: &str| ckpt.tensor(weight).ok().map(|k| k.shape.clone());
-                if let Some((weight, kernel)) = self.swapped(tf, &t.shape, kernel) {
+                let shape_of = |var: &str| ckpt.tensor(var).ok().map(|k| k.shape.clone());
+                if let Some((weight, kernel)) = self.swapped(tf, &t.shape, shape_of) {
                     if !found.swapped.iter().any(|(w, _)| *w == weight) {
                         found.swapped.push((weight, kernel));
                     }
@@ -252,14 +255,14 @@ impl CandleInit {
 
     /// Where the `Var` of TensorFlow name `tf`, whose tensor is `tensor_shape`, belongs to a
     /// layer built with in and out swapped (`candle_nn::linear(out, in)`), what to say;
-    /// `kernel` gives the shape of the tensor a weight takes, by the weight's TensorFlow name.
+    /// `shape_of` gives the shape of the tensor another `Var` takes, by its TensorFlow name.
     pub(super) fn swapped_layer(
         &self,
         tf: &str,
         tensor_shape: &[u64],
-        kernel: impl Fn(&str) -> Option<Vec<u64>>,
+        shape_of: impl Fn(&str) -> Option<Vec<u64>>,
     ) -> Option<String> {
-        let (weight, k) = self.swapped(tf, tensor_shape, kernel)?;
+        let (weight, k) = self.swapped(tf, tensor_shape, shape_of)?;
         let (i, o) = (k[0], k[1]);
         Some(format!(
             "in and out look swapped: the checkpoint's kernel is [{i}, {o}] (TensorFlow's [in, \
@@ -270,40 +273,42 @@ impl CandleInit {
 
     /// The layer of the `Var` of TensorFlow name `tf` (whose tensor is `tensor_shape`), if it
     /// looks built with in and out swapped: (candle name of its weight, the kernel's shape).
-    /// The weight is the transposed 2-D `Var` of `tf`'s candle module (`tf`'s own `Var`, or the
-    /// one beside its bias); swapped when its candle shape `[o, i]` (o ≠ i) is the kernel's
-    /// stored shape, where it should be its transpose, and a bias `Var` is `[o]` where the
-    /// checkpoint's is `[i]`.
+    /// The layer is `tf`'s candle module: its one transposed 2-D `Var` (the weight, candle shape
+    /// `[o, i]`, o ≠ i) and its one 1-D `Var` (the bias). Swapped when both tensors say so: the
+    /// kernel is `[o, i]` (the weight as it stands, where it should be its transpose) and the
+    /// bias `Var` is `[o]` where its tensor is `[i]`. A kernel alone that is the weight as it
+    /// stands may be a correct layer's kernel stored `[out, in]` (a tied embedding table, say).
     fn swapped(
         &self,
         tf: &str,
         tensor_shape: &[u64],
-        kernel: impl Fn(&str) -> Option<Vec<u64>>,
+        shape_of: impl Fn(&str) -> Option<Vec<u64>>,
     ) -> Option<(String, Vec<u64>)> {
         let module = |candle: &str| candle.rsplit_once('.').map(|(m, _)| m.to_string());
-        let b = self.vars.get(tf)?;
-        let is_weight = |b: &super::Bound| b.transposed && b.var.dims().len() == 2;
-        let (weight_tf, weight) = if is_weight(b) {
-            (tf, b)
-        } else {
-            let m = module(&b.candle)?;
-            let mut beside = self
+        let m = module(&self.vars.get(tf)?.candle)?;
+        // The module's one `Var` of a kind.
+        let one = |kind: &dyn Fn(&super::Bound) -> bool| {
+            let mut found = self
                 .vars
                 .iter()
-                .filter(|(_, w)| is_weight(w) && module(&w.candle).as_ref() == Some(&m));
-            match (beside.next(), beside.next()) {
-                (Some((t, w)), None) => (t.as_str(), w),
-                _ => return None,
+                .filter(|(_, b)| kind(b) && module(&b.candle).as_ref() == Some(&m));
+            match (found.next(), found.next()) {
+                (Some((t, b)), None) => Some((t.as_str(), b)),
+                _ => None,
             }
+        };
+        let (weight_tf, weight) = one(&|b| b.transposed && b.var.dims().len() == 2)?;
+        let (bias_tf, bias) = one(&|b| b.var.dims().len() == 1)?;
+        let shape = |name: &str| match name == tf {
+            true => Some(tensor_shape.to_vec()),
+            false => shape_of(name),
         };
         let dims: Vec<u64> = weight.var.dims().iter().map(|&d| d as u64).collect();
         let (o, i) = (dims[0], dims[1]);
         let fits = o != i
-            && kernel(weight_tf)? == dims
-            && match weight_tf == tf {
-                true => tensor_shape == dims,
-                false => b.var.dims() == [o as usize] && tensor_shape == [i],
-            };
+            && bias.var.dims() == [o as usize]
+            && shape(weight_tf)? == dims
+            && shape(bias_tf)? == [i];
         fits.then(|| (weight.candle.clone(), dims))
     }
 }

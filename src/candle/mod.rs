@@ -327,8 +327,8 @@ impl CandleInit {
                     variable,
                     tensor_shape,
                     ..
-                } => self.swapped_layer(variable, tensor_shape, |weight| {
-                    let bound = bound_tensor(&self.store, &ckpt, map, &accepts, weight)?;
+                } => self.swapped_layer(variable, tensor_shape, |var| {
+                    let bound = bound_tensor(&self.store, &ckpt, map, &accepts, var)?;
                     Some(ckpt.tensor(&bound).ok()?.shape.clone())
                 }),
                 _ => None,
