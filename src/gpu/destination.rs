@@ -703,6 +703,8 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
         // Every device at once, each over its own link, all from the one checksum pool.
         let stop = AtomicBool::new(false);
         let (register, sizes, cancel) = (self.register, self.sizes, self.cancel.as_ref());
+        // One device's ring alone reads each page: it may give them back once read.
+        let release = self.links.len() == 1;
         let mut waves = std::mem::take(&mut self.waves);
         for (w, last) in waves.iter_mut().zip(std::mem::take(&mut self.uploads)) {
             w.push(last);
@@ -750,6 +752,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                             &wave.kernels,
                             &wave.checks,
                             register,
+                            release,
                             sizes,
                             &mut stats,
                             &stop,

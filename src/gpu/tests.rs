@@ -565,9 +565,10 @@ fn replicate(store: &mut VariableStore) -> Vec<String> {
     out
 }
 /// Without registration the ring gives each mapped unit's pages back to the page cache once it
-/// has read and checked them, as a host load does: when a load of 16 MiB reports its end, the
-/// shard's mapping holds none of it (it held all 16 MiB before). With registration (its windows
-/// may share pages with a unit the ring reads) they stay, which shows the mapping measured.
+/// has read and checked them, as a host load does: when a load of 16 MiB onto one device
+/// reports its end, the shard's mapping holds none of it (it held all 16 MiB before). With
+/// registration (its windows may share pages with a unit the ring reads), or with two devices
+/// (whose rings may read the same pages), they stay, which also shows the mapping measured.
 #[cfg(target_os = "linux")]
 #[test]
 fn the_ring_gives_the_pages_it_read_back_to_the_page_cache() {
@@ -578,9 +579,13 @@ fn the_ring_gives_the_pages_it_read_back_to_the_page_cache() {
     let prefix = write_f32s(dir.path(), &names, &shape);
     // As /proc/self/smaps names it: the path with its symbolic links resolved.
     let shard = std::fs::canonicalize(format!("{}.data-00000-of-00001", prefix.display())).unwrap();
-    for register in [false, true] {
+    let mut cpu = mapped_store(&prefix, &names, whole_f32(&shape));
+    cpu.initialize(Device::Cpu).unwrap();
+    let links = [HostLink::default(), HostLink::default()];
+    for (register, devices) in [(false, 1), (true, 1), (false, 2)] {
         let mut store = mapped_store(&prefix, &names, whole_f32(&shape));
-        let cpu = mapped_store(&prefix, &names, whole_f32(&shape));
+        // The tensors alternate between the devices.
+        store.place_with(|v| Some(Device::Cuda(v.name[1..].parse::<u32>().unwrap() % devices)));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (record, at) = (seen.clone(), shard.clone());
         let options = LoadOptions {
@@ -592,17 +597,15 @@ fn the_ring_gives_the_pages_it_read_back_to_the_page_cache() {
             unit: 4 << 20,
             ..Sizes::default()
         };
-        store
-            .initialize_on(&HostLink::default(), &options, sizes)
-            .unwrap();
+        let pairs = pairs_of(&links[..devices as usize]);
+        load_on(&mut store, &pairs, None, &options, sizes).unwrap();
         let resident = *seen.lock().unwrap().iter().max().unwrap();
-        match register {
-            false => assert!(resident < 1 << 20, "{resident} bytes resident"),
-            true => assert!(resident >= 16 << 20, "{resident} bytes resident"),
+        let what = format!("register={register}, {devices} devices: {resident} bytes resident");
+        match (register, devices) {
+            (false, 1) => assert!(resident < 1 << 20, "{what}"),
+            _ => assert!(resident >= 16 << 20, "{what}"),
         }
-        let mut cpu = cpu;
-        cpu.initialize(Device::Cpu).unwrap();
-        assert_same(&cpu, &store, &format!("register={register}"));
+        assert_same(&cpu, &store, &what);
     }
 }
 

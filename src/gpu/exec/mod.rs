@@ -330,9 +330,10 @@ struct Shared<'a> {
     fallback: Mutex<Vec<usize>>,
     /// Set once registration failed (the ring takes everything from then on).
     no_registration: AtomicBool,
-    /// Whether this load registers mappings at all: without, the ring gives each mapped unit's
-    /// pages back once it has read them (with, a page it read may be a registered window's).
-    registers: bool,
+    /// Whether the ring gives each mapped unit's pages back once it has read them: not where the
+    /// load registers mappings (a page it read may be a registered window's), nor where it has
+    /// several devices (whose rings read the same pages, each for its own share).
+    releases: bool,
     /// Set once a worker failed, here or on another device of the same load: every worker stops.
     failed: &'a AtomicBool,
     /// The load's cancel token: a worker that finds it cancelled fails with `Cancelled`.
@@ -342,12 +343,15 @@ struct Shared<'a> {
 
 impl<'a> Shared<'a> {
     /// The state of a load of `mapped` and `owned` units: registration taken up only with
-    /// `register`, every worker stopped once `failed` is set.
+    /// `register`, pages given back only with `release` (and without `register`), every worker
+    /// stopped once `failed` is set.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         sizes: Sizes,
         mapped: &'a [Unit],
         owned: &'a [Unit],
         register: bool,
+        release: bool,
         failed: &'a AtomicBool,
         cancel: Option<&'a crate::load::CancelToken>,
     ) -> Shared<'a> {
@@ -359,7 +363,7 @@ impl<'a> Shared<'a> {
             owned_cursor: Mutex::new(0),
             fallback: Mutex::new(Vec::new()),
             no_registration: AtomicBool::new(!register),
-            registers: register,
+            releases: release && !register,
             failed,
             cancel,
             parts: Mutex::new(Vec::new()),
@@ -433,6 +437,8 @@ impl<'a> Shared<'a> {
 /// `stop` is shared by the executors of every device of one load: a failure sets it, and the
 /// others then stop early and answer `Ok(false)` (their uploads incomplete), so that the error
 /// returned is the one that happened. `Ok(true)`: everything uploaded, verified and converted.
+/// With `release` (a load of one device) and without `register`, the ring gives the shard pages
+/// it has read back to the page cache.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<L: Link>(
     link: &L,
@@ -440,6 +446,7 @@ pub(crate) fn execute<L: Link>(
     kernels: &[Kernel],
     checks: &[Check],
     register: bool,
+    release: bool,
     sizes: Sizes,
     stats: &mut DeviceStats,
     stop: &AtomicBool,
@@ -455,7 +462,7 @@ pub(crate) fn execute<L: Link>(
         stats.times.kernel_setup += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let (mapped, owned) = units(jobs, sizes.unit);
-        let shared = Shared::new(sizes, &mapped, &owned, register, stop, cancel);
+        let shared = Shared::new(sizes, &mapped, &owned, register, release, stop, cancel);
         // The registrar runs first in `join`: the ring never waits for it (a rayon thread may run the
         // ring while the registrar waits on its own parallel checksums), so what registration gives
         // back after the ring ran dry is carried by a second ring pass.
@@ -646,7 +653,7 @@ mod tests {
             }
             let (mapped, owned) = units(jobs(), K);
             assert_eq!((mapped.len(), owned.len()), (10, 0));
-            let s = Shared::new(sizes, &mapped, &owned, true, &failed, None);
+            let s = Shared::new(sizes, &mapped, &owned, true, false, &failed, None);
             let mut out = Vec::new();
             loop {
                 let b = s.take(bytes);

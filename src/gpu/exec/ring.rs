@@ -2,7 +2,7 @@
 //! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two
 //! lanes, and reuses a buffer only after its fence. It carries host-owned sources, whatever
 //! registration gave up on, and (without registration) every mapped unit, whose pages it gives
-//! back to the page cache once read. It pins its buffers only when it has something to carry.
+//! back to the page cache once read where it is the load's only device. It pins its buffers only when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
@@ -108,7 +108,7 @@ pub(super) fn ring<L: Link>(link: &L, s: &Shared<'_>, mapped: bool) -> Result<(u
                         // Read and checked: its pages leave this process's mapping (staying in
                         // the page cache), as a host load's do, so that a load does not keep the
                         // checkpoint resident beside the pinned ring.
-                        if let (UploadSource::Mapped(m), false) = (&u.src, s.registers) {
+                        if let (UploadSource::Mapped(m), true) = (&u.src, s.releases) {
                             m.done_with(u.range.clone());
                         }
                         parts
