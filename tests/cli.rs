@@ -123,8 +123,6 @@ fn summary_lines_say_one_in_the_singular() {
         text.starts_with("ok: 1 stored tensor or slice, 4 bytes, 3 table blocks verified in "),
         "{text}"
     );
-    // Milliseconds, and no rate, for a checkpoint this small (not "0.000 s (0.00 GB/s)").
-    assert!(text.trim_end().ends_with(" ms"), "{text}");
     let out = tmp.path().join("a.safetensors");
     let text = lines(tfckpt(&["convert", ckpt, out.to_str().unwrap()]));
     assert!(

@@ -448,7 +448,8 @@ fn convert(ckpt_path: &Path, out: &Path) -> CliResult {
 /// rate over so short a time says more about the clock than the disk).
 pub(crate) fn took(secs: f64, bytes: Option<u64>) -> String {
     match bytes {
-        _ if secs < 0.01 => format!("in {:.1} ms", secs * 1e3),
+        // (9.95 ms and up would print as "10.0 ms")
+        _ if secs < 0.00995 => format!("in {:.1} ms", secs * 1e3),
         Some(b) => format!("in {secs:.3} s ({:.2} GB/s)", b as f64 / secs / 1e9),
         None => format!("in {secs:.3} s"),
     }
@@ -570,4 +571,20 @@ fn write_atomically(out: &Path, t: &tfckpt::Tensor) -> CliResult {
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::took;
+
+    /// Milliseconds and no rate under 10 ms ("0.000 s (0.04 GB/s)" said nothing); seconds and a
+    /// rate from there.
+    #[test]
+    fn short_times_are_milliseconds_without_a_rate() {
+        assert_eq!(took(0.0004, Some(1050)), "in 0.4 ms");
+        assert_eq!(took(0.00994, None), "in 9.9 ms");
+        assert_eq!(took(0.00996, Some(0)), "in 0.010 s (0.00 GB/s)");
+        assert_eq!(took(2.0, Some(3_000_000_000)), "in 2.000 s (1.50 GB/s)");
+        assert_eq!(took(0.5, None), "in 0.500 s");
+    }
 }
