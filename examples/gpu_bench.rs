@@ -6,7 +6,7 @@
 //! page cache warm (the staging ring, which is the default, and registered DMA,
 //! `LoadOptions::register_mappings`, which leaves the ring only the rest), and cold when the page cache can be
 //! dropped (against a plain sequential read of the same files). Prints a table: GB/s, percent of
-//! the ceiling, what each path carried, host memory peak.
+//! the ceiling, what each path carried, host memory peak (anonymous, and the shard pages mapped).
 //!
 //! `gpu_bench [--gb 8] [--dir /tmp/tfckpt-gpu-bench] [--runs 3] [--no-cold]`, or
 //! `gpu_bench --preflight`: the driver's and NVRTC's versions, why no GPU is usable if none is, and
@@ -122,19 +122,46 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
-fn anon_kib() -> u64 {
+/// A line of `/proc/self/status` in KiB (`RssAnon:`, `RssFile:`), 0 where there is none.
+fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("RssAnon:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// One load into GPU memory; returns the report and the peak anonymous memory above the start.
-fn load(dir: &Path, big: usize, options: &LoadOptions) -> tfckpt::Result<(LoadReport, u64)> {
+fn anon_kib() -> u64 {
+    status_kib("RssAnon:")
+}
+
+/// What a load kept of the host's memory, in bytes above the start: the peak of anonymous
+/// memory, and the file pages mapped (the checkpoint's shard pages) at their peak and at the end
+/// (the ring gives them back as it goes on a load of one GPU without registration).
+#[derive(Clone, Copy, Default)]
+struct HostMemory {
+    anon_peak: u64,
+    file_peak: u64,
+    file_end: u64,
+}
+
+impl std::fmt::Display for HostMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} MiB anon peak, file pages {} MiB peak / {} MiB at the end",
+            self.anon_peak >> 20,
+            self.file_peak >> 20,
+            self.file_end >> 20
+        )
+    }
+}
+
+/// One load into GPU memory; returns the report and what it kept of host memory.
+fn load(dir: &Path, big: usize, options: &LoadOptions) -> tfckpt::Result<(LoadReport, HostMemory)> {
     let mut store = VariableStore::new();
     for i in 0..big {
         store
@@ -152,16 +179,18 @@ fn load(dir: &Path, big: usize, options: &LoadOptions) -> tfckpt::Result<(LoadRe
         &AssignmentMap::from([("model/", Target::scope("new/"))]),
     )
     .unwrap();
-    let base = anon_kib();
-    let (stop, peak) = (
+    let (base, file_base) = (anon_kib(), status_kib("RssFile:"));
+    let (stop, peak, file_peak) = (
         Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
     let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
+        let (stop, peak, file_peak) = (stop.clone(), peak.clone(), file_peak.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(anon_kib(), Ordering::Relaxed);
+                file_peak.fetch_max(status_kib("RssFile:"), Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         })
@@ -169,8 +198,13 @@ fn load(dir: &Path, big: usize, options: &LoadOptions) -> tfckpt::Result<(LoadRe
     let report = store.initialize_with(Device::Cuda(0), options);
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed).saturating_sub(base) * 1024;
-    Ok((report?, peak))
+    // The store (and its checkpoint's mappings) is still alive here.
+    let memory = HostMemory {
+        anon_peak: peak.load(Ordering::Relaxed).saturating_sub(base) * 1024,
+        file_peak: file_peak.load(Ordering::Relaxed).saturating_sub(file_base) * 1024,
+        file_end: status_kib("RssFile:").saturating_sub(file_base) * 1024,
+    };
+    Ok((report?, memory))
 }
 
 /// Pinned host-to-device bandwidth, 1 GiB per copy, best of 5 (the link's ceiling).
@@ -403,7 +437,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     let gbps = |r: &LoadReport| bytes as f64 / r.seconds / 1e9;
     // Loads `runs` times with `options`: every rate, and the last report with its memory peak.
-    let measure = |options: &LoadOptions| -> tfckpt::Result<(Vec<f64>, LoadReport, u64)> {
+    let measure = |options: &LoadOptions| -> tfckpt::Result<(Vec<f64>, LoadReport, HostMemory)> {
         let mut rates = Vec::new();
         let mut last = None;
         for _ in 0..runs {
@@ -440,11 +474,7 @@ fn main() {
                 &warm_what,
                 m,
                 &format!("staged {:.2} GB", d.staged_bytes as f64 / 1e9),
-                &format!(
-                    "{} MiB anon peak, {} MiB pinned",
-                    peak >> 20,
-                    d.staging_bytes >> 20
-                ),
+                &format!("{peak}, {} MiB pinned", d.staging_bytes >> 20),
             );
             last_report = Some(r);
         }
@@ -468,7 +498,7 @@ fn main() {
                     md.registered_bytes as f64 / 1e9,
                     md.staged_bytes as f64 / 1e9
                 ),
-                &format!("{} MiB anon peak", m_peak >> 20),
+                &m_peak.to_string(),
             );
         }
         Err(e) => table.failed(&mixed_what, e),
