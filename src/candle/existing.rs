@@ -31,8 +31,8 @@ pub struct ExistingMap {
     /// Checkpoint tensors no `Var` takes (optimizer slots, a pre-training head, the step).
     pub not_in_model: Vec<String>,
     /// Candle names of the `Var`s the convention gives no TensorFlow name (a convolution's
-    /// weight under [`Convention::tf1`](super::Convention::tf1), a `Var` the trainer's function names `None`): no
-    /// checkpoint value reaches them, and they keep candle's initialization.
+    /// weight under [`Convention::tf1`](super::Convention::tf1), a `Var` the trainer's function
+    /// names `None`): no checkpoint value reaches them, and they keep candle's initialization.
     pub unnamed: Vec<String>,
     /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
     /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,

@@ -2,7 +2,8 @@
 //! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two
 //! lanes, and reuses a buffer only after its fence. It carries host-owned sources, whatever
 //! registration gave up on, and (without registration) every mapped unit, whose pages it gives
-//! back to the page cache once read where it is the load's only device. It pins its buffers only when it has something to carry.
+//! back to the page cache once read where it is the load's only device. It pins its buffers only
+//! when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
