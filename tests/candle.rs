@@ -525,6 +525,21 @@ fn a_linear_built_with_in_and_out_swapped_is_named_as_such() {
         .to_string();
     assert!(msg.contains("\"dec.weight\" (F32 shape [3, 5]"), "{msg}");
     assert!(!msg.contains("swapped"), "{msg}");
+    // A weight the convention does not transpose is taken as it stands: its layer's wrong bias is
+    // no sign of a swap.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(2, 4, vb.pp("dense")).unwrap();
+    let as_stored = Convention::tf1_with(|candle, _, tf1| {
+        tf1.map(|t| TfName {
+            transposed: t.transposed && candle != "dense.weight",
+            ..t
+        })
+    });
+    let init = CandleInit::from_varmap(&varmap, &as_stored).unwrap();
+    let found = init.map_existing(&prefix).unwrap();
+    assert_eq!(found.shape_mismatches.len(), 1, "{found}");
+    assert!(found.swapped.is_empty(), "{found}");
 }
 
 #[test]
