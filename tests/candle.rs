@@ -429,17 +429,19 @@ fn a_dtype_or_shape_the_var_cannot_take_is_an_error_at_call_time_naming_both() {
 fn a_linear_built_with_in_and_out_swapped_is_named_as_such() {
     // The fixture's dense kernel is TensorFlow's [in, out] = [3, 4]: candle_nn::linear(3, 4).
     // Built as linear(4, 3), the layer's bias is the first mismatch by name; the error says
-    // what the weight shows.
-    let build = |dense: (usize, usize)| {
+    // what the weight shows. (The last layer, of another wrong size, fails later by name: what it
+    // shows is not taken for the dense layer's.)
+    let build_with = |dense: (usize, usize), last: (usize, usize)| {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
         candle_nn::linear(dense.0, dense.1, vb.pp("model.dense")).unwrap();
         candle_nn::linear(4, 2, vb.pp("model.layers.0")).unwrap();
-        candle_nn::linear(2, 1, vb.pp("model.layers.1")).unwrap();
+        candle_nn::linear(last.0, last.1, vb.pp("model.layers.1")).unwrap();
         candle_nn::embedding(5, 2, vb.pp("model.embedding")).unwrap();
         varmap
     };
-    let varmap = build((4, 3));
+    let build = |dense| build_with(dense, (2, 1));
+    let varmap = build_with((4, 3), (2, 3));
     let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1())
         .unwrap()
         .dtype_policy(DtypePolicy::CastToVariable);
