@@ -1,0 +1,393 @@
+//! The copies against element-by-element oracles.
+
+use super::*;
+
+/// Element-by-element oracle for one destination.
+fn naive(src: &[u8], have: &Region, want: &Region, size: usize, out: &mut [u8]) {
+    if let Some(inter) = have.intersect(want) {
+        for_each_run(have, want, &inter, |r| {
+            let (s, d, n) = (
+                r.src as usize * size,
+                r.dst as usize * size,
+                r.len as usize * size,
+            );
+            out[d..d + n].copy_from_slice(&src[s..s + n]);
+        });
+    }
+}
+
+/// `f` as it runs in a load, or [`serially`](crate::base::par::serially), as it runs while
+/// a read on object storage holds its permits: the same bytes either way.
+fn ways<R>(serial: bool, f: impl FnOnce() -> R) -> R {
+    if serial {
+        crate::base::par::serially(f)
+    } else {
+        f()
+    }
+}
+
+#[test]
+fn a_whole_copy_and_a_checksum_are_the_same_serially() {
+    let src: Vec<u8> = (0..(3 * BAND + 12345))
+        .map(|i| (i * 29 % 251) as u8)
+        .collect();
+    for serial in [false, true] {
+        let mut dst = vec![0u8; src.len()];
+        let crc = ways(serial, || copy_whole(&src, &mut dst));
+        assert_eq!(crc, crc32c::crc32c(&src), "serial {serial}");
+        assert!(dst == src, "serial {serial}");
+        assert_eq!(ways(serial, || crc::crc32c(&src)), crc);
+    }
+}
+
+#[test]
+fn bands_match_the_oracle() {
+    for serial in [false, true] {
+        // A stored slice of rows [100, 100+3000) x 700 columns of u32, copied into boxes that cut it
+        // along both axes, with bands of several rows and steps of a few rows.
+        let have = Region::new(vec![(100u64, 3000u64), (0, 700)]);
+        let size = 4;
+        let src: Vec<u8> = (0..3000 * 700 * size)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let wants: Vec<Region> = vec![
+            Region::new(vec![(0, 1000), (0, 700)]),
+            Region::new(vec![(1000, 2500), (0, 300)]),
+            Region::new(vec![(1000, 2500), (300, 400)]),
+            Region::new(vec![(100, 3000), (0, 700)]),
+            Region::new(vec![(50, 20), (0, 700)]), // no overlap
+        ];
+        let mut bufs: Vec<Vec<u8>> = wants
+            .iter()
+            .map(|w| vec![0u8; w.num_elements().unwrap() as usize * size])
+            .collect();
+        let dsts = bufs
+            .iter_mut()
+            .zip(&wants)
+            .map(|(b, w)| Dst {
+                buf: b,
+                want: w,
+                transposed: false,
+            })
+            .collect();
+        let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+        assert_eq!(crc, crc32c::crc32c(&src));
+        for (b, w) in bufs.iter().zip(&wants) {
+            let mut want_buf = vec![0u8; b.len()];
+            naive(&src, &have, w, size, &mut want_buf);
+            assert!(*b == want_buf, "box {w:?} serial {serial}");
+        }
+    }
+    // A scalar and an empty tensor.
+    let mut one = [0u8; 4];
+    assert_eq!(
+        copy_verify(
+            &[1, 2, 3, 4],
+            &Region::default(),
+            4,
+            vec![Dst {
+                buf: &mut one,
+                want: &Region::default(),
+                transposed: false,
+            }]
+        ),
+        crc32c::crc32c(&[1, 2, 3, 4])
+    );
+    assert_eq!(one, [1, 2, 3, 4]);
+    assert_eq!(
+        copy_verify(&[], &Region::new(vec![(0, 0), (0, 3)]), 4, vec![]),
+        0
+    );
+}
+
+/// Each box of `bands_match_the_oracle`'s kind as the only destination (the path a single
+/// destination takes depends on its box), for a source at row 0 and one further down, and
+/// boxes without columns.
+#[test]
+fn a_single_destination_gets_its_box_whatever_the_box() {
+    let size = 4;
+    for first in [0u64, 100] {
+        let have = Region::new(vec![(first, 3000), (0, 700)]);
+        let src: Vec<u8> = (0..3000 * 700 * size)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        for want in [
+            have.clone(),
+            Region::new(vec![(first, 1000), (0, 700)]),
+            Region::new(vec![(first + 500, 2500), (100, 300)]),
+            Region::new(vec![(0, first + 3000), (0, 700)]),
+        ] {
+            let mut got = vec![0u8; want.num_elements().unwrap() as usize * size];
+            let dst = Dst {
+                buf: &mut got,
+                want: &want,
+                transposed: false,
+            };
+            let crc = copy_verify(&src, &have, size, vec![dst]);
+            assert_eq!(crc, crc32c::crc32c(&src));
+            let mut expect = vec![0u8; got.len()];
+            naive(&src, &have, &want, size, &mut expect);
+            assert!(got == expect, "rows from {first}: box {want:?}");
+        }
+    }
+    // Rows without columns: nothing to copy, the checksum of nothing.
+    let none = Region::new(vec![(0, 5), (0, 0)]);
+    assert_eq!(copy_verify(&[], &none, 4, vec![]), 0);
+}
+
+#[test]
+fn transposed_destinations_match_the_oracle() {
+    // Boxes of a 300 x 70 source of 2-, 4- and 8-byte elements, some held transposed, with
+    // runs that span several rows (whole-width boxes) and runs cut by the box.
+    for size in [1usize, 2, 4, 8] {
+        let have = Region::new(vec![(10u64, 300u64), (0, 70)]);
+        let src: Vec<u8> = (0..300 * 70 * size).map(|i| (i * 7 % 253) as u8).collect();
+        let wants = [
+            (Region::new(vec![(10, 300), (0, 70)]), true),
+            (Region::new(vec![(0, 100), (0, 70)]), true),
+            (Region::new(vec![(200, 200), (5, 60)]), true),
+            (Region::new(vec![(20, 30), (0, 70)]), false),
+        ];
+        let mut bufs: Vec<Vec<u8>> = wants
+            .iter()
+            .map(|(w, _)| vec![0u8; w.num_elements().unwrap() as usize * size])
+            .collect();
+        let dsts = bufs
+            .iter_mut()
+            .zip(&wants)
+            .map(|(buf, (want, transposed))| Dst {
+                buf,
+                want,
+                transposed: *transposed,
+            })
+            .collect();
+        assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
+        for (b, (w, transposed)) in bufs.iter().zip(&wants) {
+            let mut plain = vec![0u8; b.len()];
+            naive(&src, &have, w, size, &mut plain);
+            let [(_, rows), (_, cols)] = w.dims() else {
+                unreachable!()
+            };
+            let (rows, cols) = (*rows as usize, *cols as usize);
+            let mut want_buf = plain.clone();
+            if *transposed {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                        want_buf[to..to + size].copy_from_slice(&plain[from..from + size]);
+                    }
+                }
+            }
+            assert!(
+                *b == want_buf,
+                "size {size} box {w:?} transposed {transposed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gathered_columns_equal_element_by_element_at_every_tile_edge() {
+    // Blocks of source rows and ranges of columns that cut the 16-byte tiles everywhere (fewer
+    // rows or columns than a tile, one more, a few tiles and a part), at column offsets that
+    // leave the tiles unaligned: every element where it belongs, nothing else written.
+    for size in [1usize, 2, 4, 8, 3] {
+        for (rows, cols) in [
+            (1usize, 1usize),
+            (7, 9),
+            (8, 8),
+            (9, 17),
+            (33, 35),
+            (64, 20),
+        ] {
+            let row_bytes = cols * size;
+            let src: Vec<u8> = (0..rows * row_bytes)
+                .map(|i| (i * 29 % 251) as u8)
+                .collect();
+            for (first, n) in [(0, rows), (rows / 3, rows - rows / 3), (rows - 1, 1)] {
+                for (c0, width) in [(0, cols), (1, cols - 1), (cols / 2, cols - cols / 2)] {
+                    if width == 0 {
+                        continue;
+                    }
+                    let block = &src[first * row_bytes..(first + n) * row_bytes];
+                    let mut out = vec![0xAAu8; width * rows * size];
+                    gather(block, first, row_bytes, c0, rows, size, &mut out);
+                    for c in 0..width {
+                        for r in 0..rows {
+                            let at = (c * rows + r) * size;
+                            let got = &out[at..at + size];
+                            if (first..first + n).contains(&r) {
+                                let from = r * row_bytes + (c0 + c) * size;
+                                assert_eq!(
+                                    got,
+                                    &src[from..from + size],
+                                    "size {size}, {rows} x {cols}, rows {first}+{n}, \
+                                     columns {c0}+{width}: ({r}, {c})"
+                                );
+                            } else {
+                                assert!(got.iter().all(|&b| b == 0xAA), "({r}, {c}) written");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn converted_transposes_equal_a_conversion_then_a_transpose() {
+    // Block by block through a small buffer: the same bytes as converting the whole matrix
+    // and transposing it, for widening and narrowing casts, one row, one column, and blocks
+    // that end mid-matrix (1,000 rows of 3 float32 are several blocks).
+    use crate::load::cast::convert;
+    use crate::DType::{BF16, F16, F32};
+    for (from, to) in [(BF16, F32), (F16, F32), (F32, BF16), (F32, F16)] {
+        let (fs, ts) = (from.size().unwrap(), to.size().unwrap());
+        for (rows, cols) in [
+            (1usize, 1usize),
+            (1, 40),
+            (40, 1),
+            (37, 29),
+            (1000, 3),
+            (3, 1000),
+        ] {
+            let src: Vec<u8> = (0..rows * cols * fs)
+                .map(|i| (i * 31 % 253) as u8)
+                .collect();
+            let mut converted = vec![0u8; rows * cols * ts];
+            convert(from, to, &src, &mut converted);
+            let mut want = vec![0u8; converted.len()];
+            transpose_whole(&converted, rows, ts, &mut want);
+            let mut got = vec![0xAAu8; want.len()];
+            transpose_converted(
+                &src,
+                rows,
+                ts,
+                &mut got,
+                |s, d| convert(from, to, s, d),
+                "t",
+            )
+            .unwrap();
+            assert!(got == want, "{from} to {to}, {rows} x {cols}");
+        }
+    }
+}
+
+#[test]
+fn a_piece_lands_where_its_box_meets_a_transposed_box() {
+    // A stored piece of a 50 x 70 tensor (rows 10..40, columns 30..70, as a slice of a
+    // variable partitioned along both axes) into boxes held transposed that start before it,
+    // inside it and past it on either axis: each element of the meeting at its place in the
+    // transposed box, nothing else written.
+    for size in [1usize, 2, 4, 8] {
+        let el = |r: u64, c: u64| -> Vec<u8> {
+            (0..size as u64)
+                .map(|k| ((r * 70 + c) * 8 + k) as u8 ^ (r as u8))
+                .collect()
+        };
+        let have = Region::new(vec![(10, 30), (30, 40)]);
+        let src: Vec<u8> = (10..40)
+            .flat_map(|r| (30..70).flat_map(move |c| el(r, c)))
+            .collect();
+        for want in [
+            Region::new(vec![(0, 50), (0, 70)]),
+            Region::new(vec![(15, 20), (20, 30)]),
+            Region::new(vec![(0, 50), (35, 35)]),
+            Region::new(vec![(12, 3), (31, 9)]),
+        ] {
+            let [(wr0, wrn), (wc0, wcn)] = *want.dims() else {
+                unreachable!()
+            };
+            let mut got = vec![0xAAu8; (wrn * wcn) as usize * size];
+            copy_box(&src, &have, &have, size, &mut got, &want, true);
+            for r in wr0..wr0 + wrn {
+                for c in wc0..wc0 + wcn {
+                    let at = (((c - wc0) * wrn + (r - wr0)) as usize) * size;
+                    let inside = (10..40).contains(&r) && (30..70).contains(&c);
+                    let want_el = if inside { el(r, c) } else { vec![0xAA; size] };
+                    assert_eq!(
+                        got[at..at + size],
+                        want_el,
+                        "size {size}, {want:?}: ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_large_matrix_is_transposed_in_parallel_bands() {
+    // Over BAND bytes: the parallel path, for 4- and 2-byte elements (and serially, the
+    // steps of the transposed path).
+    for (rows, cols, size, serial) in [
+        (1100usize, 1003usize, 4usize, false),
+        (777, 3001, 2, false),
+        (1100, 1003, 4, true),
+    ] {
+        let src: Vec<u8> = (0..rows * cols * size)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let have = Region::whole(&[rows as u64, cols as u64]);
+        let mut got = vec![0u8; src.len()];
+        let dsts = vec![Dst {
+            buf: &mut got,
+            want: &have,
+            transposed: true,
+        }];
+        let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+        assert_eq!(crc, crc32c::crc32c(&src));
+        for r in 0..rows {
+            for c in 0..cols {
+                let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                assert_eq!(
+                    got[to..to + size],
+                    src[from..from + size],
+                    "({r}, {c}) serial {serial}"
+                );
+            }
+        }
+        let mut whole = vec![0u8; src.len()];
+        transpose_whole(&src, rows, size, &mut whole);
+        assert!(whole == got, "transpose_whole {rows} x {cols}");
+        // A box of it, transposed, as the only destination (not the whole-matrix path).
+        let want = Region::new(vec![(1, rows as u64 - 2), (3, cols as u64 - 5)]);
+        let (wr, wc) = (rows - 2, cols - 5);
+        let mut part = vec![0u8; wr * wc * size];
+        let dst = Dst {
+            buf: &mut part,
+            want: &want,
+            transposed: true,
+        };
+        assert_eq!(
+            ways(serial, || copy_verify(&src, &have, size, vec![dst])),
+            crc
+        );
+        for r in 0..wr {
+            for c in 0..wc {
+                let (from, to) = (((r + 1) * cols + c + 3) * size, (c * wr + r) * size);
+                assert_eq!(
+                    part[to..to + size],
+                    src[from..from + size],
+                    "box ({r}, {c})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn equals_a_plain_copy_at_every_alignment_and_length() {
+    let src: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut buf = vec![0u8; 5100];
+    for off in [0usize, 1, 31, 32, 33, 64] {
+        for len in [0usize, 1, 31, 32, 33, 4096, 4999 - off] {
+            buf.fill(0xAA);
+            stream_copy(&mut buf[off..off + len], &src[..len]);
+            assert_eq!(&buf[off..off + len], &src[..len], "off {off} len {len}");
+            assert!(buf[..off].iter().all(|&b| b == 0xAA));
+            assert!(buf[off + len..].iter().all(|&b| b == 0xAA));
+        }
+    }
+}
