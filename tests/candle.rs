@@ -464,17 +464,20 @@ fn a_linear_built_with_in_and_out_swapped_is_named_as_such() {
         other => panic!("{other:?}"),
     }
     // The kernel alone (no bias mapped) cannot tell a swapped layer from a kernel stored
-    // [out, in]: the error gives both shapes and no hint.
+    // [out, in]: the error gives both readings.
     let kernel = AssignmentMap::from([(key("dense/kernel"), Target::name("model/dense/kernel"))]);
     let msg = init
         .init_from_checkpoint(ckpt_path("tf2_object"), &kernel)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains("\"model.dense.weight\" (F32 shape [3, 4]"),
-        "{msg}"
-    );
-    assert!(!msg.contains("swapped"), "{msg}");
+    let both = "the tensor has the Var's own shape, [3, 4]: either the layer is built with in and \
+                out swapped (a TensorFlow [in, out] kernel [3, 4] is a candle_nn::linear(3, 4)), \
+                or the checkpoint holds this kernel [out, in], as a tied embedding table is (then \
+                name it untransposed, with Convention::tf1_with)";
+    for part in ["\"model.dense.weight\" (F32 shape [3, 4]", both] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    assert!(!msg.contains("in and out look swapped"), "{msg}");
     // Other wrong sizes are not taken for a swap.
     for (dense, wrong) in [((3, 5), "[5]"), ((3, 3), "[3]")] {
         let varmap = build(dense);
@@ -526,7 +529,11 @@ fn a_linear_built_with_in_and_out_swapped_is_named_as_such() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("\"dec.weight\" (F32 shape [3, 5]"), "{msg}");
-    assert!(!msg.contains("swapped"), "{msg}");
+    assert!(
+        msg.contains("or the checkpoint holds this kernel [out, in]"),
+        "{msg}"
+    );
+    assert!(!msg.contains("in and out look swapped"), "{msg}");
     // A weight the convention does not transpose is taken as it stands: its layer's wrong bias is
     // no sign of a swap.
     let varmap = VarMap::new();

@@ -255,20 +255,34 @@ impl CandleInit {
 
     /// Where the `Var` of TensorFlow name `tf`, whose tensor is `tensor_shape`, belongs to a
     /// layer built with in and out swapped (`candle_nn::linear(out, in)`), what to say;
-    /// `shape_of` gives the shape of the tensor another `Var` takes, by its TensorFlow name.
+    /// `shape_of` gives the shape of the tensor another `Var` takes, by its TensorFlow name. A
+    /// transposed weight whose tensor has its own shape, with no bias to tell, gets both readings.
     pub(super) fn swapped_layer(
         &self,
         tf: &str,
         tensor_shape: &[u64],
         shape_of: impl Fn(&str) -> Option<Vec<u64>>,
     ) -> Option<String> {
-        let (weight, k) = self.swapped(tf, tensor_shape, shape_of)?;
-        let (i, o) = (k[0], k[1]);
-        Some(format!(
-            "in and out look swapped: the checkpoint's kernel is [{i}, {o}] (TensorFlow's [in, \
-             out]), a candle_nn::linear({i}, {o}), but {weight:?} is [{i}, {o}] as candle's [out, \
-             in], a linear({o}, {i})"
-        ))
+        if let Some((weight, k)) = self.swapped(tf, tensor_shape, shape_of) {
+            let (i, o) = (k[0], k[1]);
+            return Some(format!(
+                "in and out look swapped: the checkpoint's kernel is [{i}, {o}] (TensorFlow's \
+                 [in, out]), a candle_nn::linear({i}, {o}), but {weight:?} is [{i}, {o}] as \
+                 candle's [out, in], a linear({o}, {i})"
+            ));
+        }
+        let b = self.vars.get(tf)?;
+        let dims: Vec<u64> = b.var.dims().iter().map(|&d| d as u64).collect();
+        let own = b.transposed && dims.len() == 2 && dims[0] != dims[1] && tensor_shape == dims;
+        own.then(|| {
+            let (a, z) = (dims[0], dims[1]);
+            format!(
+                "the tensor has the Var's own shape, [{a}, {z}]: either the layer is built with in \
+                 and out swapped (a TensorFlow [in, out] kernel [{a}, {z}] is a \
+                 candle_nn::linear({a}, {z})), or the checkpoint holds this kernel [out, in], as \
+                 a tied embedding table is (then name it untransposed, with Convention::tf1_with)"
+            )
+        })
     }
 
     /// The layer of the `Var` of TensorFlow name `tf` (whose tensor is `tensor_shape`), if it
