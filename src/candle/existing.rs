@@ -38,9 +38,9 @@ pub struct ExistingMap {
     /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
     /// TensorFlow name, the close tensors' names). Map them by hand, or fix the model's names.
     pub near_misses: Vec<(String, String, Vec<String>)>,
-    /// The layers of `shape_mismatches` that look built with in and out swapped
-    /// (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint kernel's shape
-    /// `[in, out]`, which the weight has as it stands instead of its transpose).
+    /// The layers of `shape_mismatches` (of its first 256) that look built with in and out
+    /// swapped (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint
+    /// kernel's shape `[in, out]`, which the weight has as it stands instead of its transpose).
     pub swapped: Vec<(String, Vec<u64>)>,
 }
 
@@ -138,8 +138,14 @@ impl CandleInit {
                 .map(|v| v.shape.clone())
                 .unwrap_or_default();
             if shape != t.shape {
+                // The first 256 mismatches are looked at for a swapped layer (each a walk over
+                // the `Var`s: a model of another size under the same names mismatches everywhere).
                 let shape_of = |var: &str| ckpt.tensor(var).ok().map(|k| k.shape.clone());
-                if let Some((weight, kernel)) = self.swapped(tf, &t.shape, shape_of) {
+                let swapped = match found.shape_mismatches.len() < 256 {
+                    true => self.swapped(tf, &t.shape, shape_of),
+                    false => None,
+                };
+                if let Some((weight, kernel)) = swapped {
                     if !found.swapped.iter().any(|(w, _)| *w == weight) {
                         found.swapped.push((weight, kernel));
                     }
