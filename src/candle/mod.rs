@@ -346,7 +346,7 @@ impl CandleInit {
                         .to_string(),
                 ),
             });
-            hinted(self.name_var(e), swapped)
+            self.name_var(e).with_candle_hint(swapped)
         })?;
         // A variable is read in its tensor's dtype, then converted to its `Var`'s.
         if let Some(ckpt) = self.store.opened.last().cloned() {
@@ -455,30 +455,6 @@ fn candle_error(candle: &str, layout: &str, tf: &str, source: Error) -> ErrorKin
         tensorflow: tf.into(),
         source: Box::new(source),
         hint: None,
-    }
-}
-
-/// `e` with `hint`, where it is about a candle `Var`.
-fn hinted(e: Error, hint: Option<String>) -> Error {
-    match (hint, e.kind()) {
-        (Some(hint), ErrorKind::CandleVariable { .. }) => match e.into_kind() {
-            ErrorKind::CandleVariable {
-                candle,
-                layout,
-                tensorflow,
-                source,
-                hint: _,
-            } => ErrorKind::CandleVariable {
-                candle,
-                layout,
-                tensorflow,
-                source,
-                hint: Some(hint),
-            }
-            .into(),
-            kind => kind.into(),
-        },
-        _ => e,
     }
 }
 

@@ -108,6 +108,16 @@ impl Error {
         self
     }
 
+    /// A [`ErrorKind::CandleVariable`] gets `hint` where there is one; any other error is
+    /// returned as it is.
+    #[cfg(feature = "candle")]
+    pub(crate) fn with_candle_hint(mut self, hint: Option<String>) -> Error {
+        if let (ErrorKind::CandleVariable { hint: h, .. }, Some(_)) = (&mut self.0.kind, &hint) {
+            *h = hint;
+        }
+        self
+    }
+
     /// A [`ErrorKind::DtypeMismatch`] gets the hint `hint(variable dtype, tensor dtype)` gives (none
     /// removes it); any other error is returned as it is.
     pub(crate) fn with_dtype_hint(
