@@ -104,7 +104,7 @@ pub(crate) struct MappedFile {
     /// [`sequential`](Self::sequential) (tests only).
     #[cfg(test)]
     #[cfg_attr(not(unix), allow(dead_code))]
-    advised: std::sync::Mutex<Vec<(&'static str, usize, usize)>>,
+    pub(crate) advised: std::sync::Mutex<Vec<(&'static str, usize, usize)>>,
 }
 
 /// Opens `path` for reading if it is a regular file. Anything else is an error that says what it

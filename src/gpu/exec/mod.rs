@@ -332,8 +332,11 @@ struct Shared<'a> {
     no_registration: AtomicBool,
     /// Whether the ring gives each mapped unit's pages back once it has read them: not where the
     /// load registers mappings (a page it read may be a registered window's), nor where it has
-    /// several devices (whose rings read the same pages, each for its own share).
+    /// several devices (whose workers read the same pages, each for its own share).
     releases: bool,
+    /// Whether the registrar gives each window's pages back once it is unregistered and every
+    /// checksum reading it is done: on a load of one device that registers.
+    registrar_releases: bool,
     /// Set once a worker failed, here or on another device of the same load: every worker stops.
     failed: &'a AtomicBool,
     /// The load's cancel token: a worker that finds it cancelled fails with `Cancelled`.
@@ -343,8 +346,8 @@ struct Shared<'a> {
 
 impl<'a> Shared<'a> {
     /// The state of a load of `mapped` and `owned` units: registration taken up only with
-    /// `register`, pages given back only with `release` (and without `register`), every worker
-    /// stopped once `failed` is set.
+    /// `register`, pages given back only with `release` (by the ring without `register`, by the
+    /// registrar with it), every worker stopped once `failed` is set.
     #[allow(clippy::too_many_arguments)]
     fn new(
         sizes: Sizes,
@@ -364,6 +367,7 @@ impl<'a> Shared<'a> {
             fallback: Mutex::new(Vec::new()),
             no_registration: AtomicBool::new(!register),
             releases: release && !register,
+            registrar_releases: release && register,
             failed,
             cancel,
             parts: Mutex::new(Vec::new()),
@@ -437,8 +441,9 @@ impl<'a> Shared<'a> {
 /// `stop` is shared by the executors of every device of one load: a failure sets it, and the
 /// others then stop early and answer `Ok(false)` (their uploads incomplete), so that the error
 /// returned is the one that happened. `Ok(true)`: everything uploaded, verified and converted.
-/// With `release` (a load of one device) and without `register`, the ring gives the shard pages
-/// it has read back to the page cache.
+/// With `release` (a load of one device), the shard pages read leave this process's mapping once
+/// no worker needs them (they stay in the page cache): the ring's after it read them, without
+/// `register`; the registrar's after each window is unregistered and checksummed, with it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<L: Link>(
     link: &L,

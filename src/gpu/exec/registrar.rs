@@ -5,25 +5,31 @@
 //! [`Windows`] keeps the registrations: they never overlap (the driver refuses a page registered
 //! twice), so each batch registers only the pages past what is registered already, and a window
 //! is undone once every batch that copied from it is complete. Batches complete in order on their
-//! lane; two stay in flight.
+//! lane; two stay in flight. On a load of one device, an undone window's pages then leave this
+//! process's mapping (they stay in the page cache) once every checksum that reads them is done
+//! ([`GiveBack`]), as the ring's do: the checkpoint is not kept resident beside the values.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use super::units::{crc_and_copy, pieces, Unit};
 use super::{CrcPiece, Link, Shared, UploadSource, LANE_REG};
 use crate::base::error::Result;
+use crate::base::mmap::MappedFile;
 
-/// A registered range of a mapping: up to offset `end` of mapping `map`, registered at `ptr`,
+/// A registered range of a mapping: offsets `start..end` of mapping `file`, registered at `ptr`,
 /// last used by batch `last_use`.
 struct Window {
     /// The mapping (its address, as an identity).
     map: usize,
+    file: Arc<MappedFile>,
     /// The registered address.
     ptr: usize,
+    start: usize,
     end: usize,
     last_use: u64,
 }
@@ -42,12 +48,15 @@ impl Windows {
         }
     }
 
-    /// Records a registration of mapping `map` at `ptr`, up to `end`, for batch `batch`.
-    fn add(&mut self, map: usize, ptr: usize, end: usize, batch: u64) {
+    /// Records a registration of `file` (identity `map`) at `ptr`, offsets `start..end`, for batch
+    /// `batch`.
+    fn add(&mut self, file: &Arc<MappedFile>, ptr: usize, pages: Range<usize>, batch: u64) {
         self.0.push_back(Window {
-            map,
+            map: Arc::as_ptr(file) as usize,
+            file: file.clone(),
             ptr,
-            end,
+            start: pages.start,
+            end: pages.end,
             last_use: batch,
         });
     }
@@ -62,19 +71,73 @@ impl Windows {
         }
     }
 
-    /// Takes out the windows no batch from `done` on uses; returns their addresses.
-    fn release(&mut self, done: u64) -> Vec<usize> {
+    /// Takes out the windows no batch from `done` on uses.
+    fn release(&mut self, done: u64) -> Vec<Window> {
         let mut out = Vec::new();
         while self.0.front().is_some_and(|w| w.last_use < done) {
-            out.extend(self.0.pop_front().map(|w| w.ptr));
+            out.extend(self.0.pop_front());
         }
         out
     }
 
-    /// Every window's address.
-    fn drain(self) -> impl Iterator<Item = usize> {
-        self.0.into_iter().map(|w| w.ptr)
+    /// Every window.
+    fn drain(self) -> impl Iterator<Item = Window> {
+        self.0.into_iter()
     }
+}
+
+/// The pages of undone windows, given back to the page cache (`MappedFile::done_with`) once the
+/// checksums of every batch that read them are done too: a checksum still reading a page given
+/// back would map it again, and it would stay. Only on a load of one device (`Shared`'s
+/// `registrar_releases`): another device's workers may still read the same pages.
+#[derive(Default)]
+struct GiveBack {
+    /// Every batch below `through` is checksummed, and so are those in `ahead`.
+    through: u64,
+    ahead: BTreeSet<u64>,
+    /// Undone windows waiting for the checksums of batches up to their `last_use`.
+    waiting: Vec<Window>,
+}
+
+impl GiveBack {
+    /// The checksum of batch `batch` is done.
+    fn checksummed(&mut self, batch: u64) {
+        self.ahead.insert(batch);
+        while self.ahead.remove(&self.through) {
+            self.through += 1;
+        }
+        self.flush();
+    }
+
+    /// Window `w` is unregistered.
+    fn undone(&mut self, w: Window) {
+        self.waiting.push(w);
+        self.flush();
+    }
+
+    /// Every checksum is done (or will never run: a batch that failed before its own): every
+    /// undone window's pages can go.
+    fn finish(&mut self) {
+        self.through = u64::MAX;
+        self.flush();
+    }
+
+    /// Gives back the pages of every undone window whose batches are all checksummed.
+    fn flush(&mut self) {
+        let through = self.through;
+        self.waiting.retain(|w| {
+            let wait = w.last_use >= through;
+            if !wait {
+                w.file.done_with(w.start..w.end);
+            }
+            wait
+        });
+    }
+}
+
+/// Locks `give_back`, if there is one (a panic elsewhere leaves its state whole).
+fn lock(give_back: Option<&Mutex<GiveBack>>) -> Option<std::sync::MutexGuard<'_, GiveBack>> {
+    give_back.map(|g| g.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// What registering a batch gave.
@@ -94,6 +157,8 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
     let mut fences: VecDeque<(u64, L::Fence)> = VecDeque::new();
     let mut carried = 0u64;
     let mut reason = None;
+    let give_back = s.registrar_releases.then(Mutex::<GiveBack>::default);
+    let give_back = give_back.as_ref();
     // The scope ends when every checksum task has.
     let ran = rayon::scope(|scope| -> Result<()> {
         let mut batch_no = 0u64;
@@ -118,17 +183,24 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
             };
             carried += issue(link, units, from)?;
             fences.push_back((batch_no, link.fence(LANE_REG)?));
-            batch_no += 1;
             // Checksum the same bytes while the DMA runs, in the pool, while this thread goes on
             // registering the next batch (pinning is what bounds this path).
-            scope.spawn(move |_| s.add_parts(checksum(units)));
+            let no = batch_no;
+            scope.spawn(move |_| {
+                s.add_parts(checksum(units));
+                if let Some(mut g) = lock(give_back) {
+                    g.checksummed(no);
+                }
+            });
+            batch_no += 1;
             while fences.len() > 2 {
-                retire(link, &mut fences, &mut windows, &mut spent)?;
+                retire(link, &mut fences, &mut windows, give_back, &mut spent)?;
             }
         }
         Ok(())
     });
-    let drained = drain(link, fences, windows, ran.is_err(), &mut spent);
+    // Every checksum is done: every window's pages can go once it is undone.
+    let drained = drain(link, fences, windows, give_back, ran.is_err(), &mut spent);
     s.fail(ran.and(drained)).map(|()| (carried, reason, spent))
 }
 
@@ -153,7 +225,7 @@ fn register<L: Link>(link: &L, windows: &mut Windows, units: &[Unit], batch: u64
         if let Err(why) = unsafe { link.register(ptr, end - from) } {
             return Registered::Refused(why);
         }
-        windows.add(id, ptr as usize, end, batch);
+        windows.add(map, ptr as usize, from..end, batch);
     }
     windows.used_by(id, start, batch);
     Registered::From(from)
@@ -194,11 +266,12 @@ fn checksum(units: &[Unit]) -> Vec<CrcPiece> {
 }
 
 /// Waits for the oldest batch in flight and undoes the windows no later batch uses (adding the
-/// time that took to `spent`).
+/// time that took to `spent`), handing each undone one to `give_back`.
 fn retire<L: Link>(
     link: &L,
     fences: &mut VecDeque<(u64, L::Fence)>,
     windows: &mut Windows,
+    give_back: Option<&Mutex<GiveBack>>,
     spent: &mut f64,
 ) -> Result<()> {
     let Some((batch, fence)) = fences.pop_front() else {
@@ -208,20 +281,26 @@ fn retire<L: Link>(
     // Every released window is undone even if one fails (it left `windows`: `drain` would miss it).
     let t = std::time::Instant::now();
     let mut undone = Ok(());
-    for ptr in windows.release(batch + 1) {
+    for w in windows.release(batch + 1) {
         // SAFETY: every batch that copied from it is done.
-        undone = undone.and(unsafe { link.unregister(ptr as *const u8) });
+        let r = unsafe { link.unregister(w.ptr as *const u8) };
+        if let (Ok(()), Some(mut g)) = (&r, lock(give_back)) {
+            g.undone(w);
+        }
+        undone = undone.and(r);
     }
     *spent += t.elapsed().as_secs_f64();
     undone
 }
 
 /// Waits for every batch still in flight (or the whole device, after a failure), then undoes
-/// every registration left (adding the time that took to `spent`).
+/// every registration left (adding the time that took to `spent`), handing each undone one to
+/// `give_back`.
 fn drain<L: Link>(
     link: &L,
     fences: VecDeque<(u64, L::Fence)>,
     windows: Windows,
+    give_back: Option<&Mutex<GiveBack>>,
     failed: bool,
     spent: &mut f64,
 ) -> Result<()> {
@@ -233,9 +312,17 @@ fn drain<L: Link>(
         drained = drained.and(link.synchronize());
     }
     let t = std::time::Instant::now();
-    for ptr in windows.drain() {
+    for w in windows.drain() {
         // SAFETY: nothing is in flight any more.
-        drained = drained.and(unsafe { link.unregister(ptr as *const u8) });
+        let r = unsafe { link.unregister(w.ptr as *const u8) };
+        if let (Ok(()), Some(mut g)) = (&r, lock(give_back)) {
+            g.undone(w);
+        }
+        drained = drained.and(r);
+    }
+    // Called once the checksums' scope has ended.
+    if let Some(mut g) = lock(give_back) {
+        g.finish();
     }
     *spent += t.elapsed().as_secs_f64();
     drained
@@ -246,29 +333,89 @@ mod tests {
     use super::*;
     use crate::gpu::emulated::HostLink;
 
+    const MIB: usize = 1 << 20;
+
+    /// A mapped file of `mib` MiB.
+    fn mapped(dir: &tempfile::TempDir, mib: usize) -> Arc<MappedFile> {
+        let path = dir.path().join("shard");
+        std::fs::write(&path, vec![7u8; mib * MIB]).unwrap();
+        Arc::new(MappedFile::open(&path).unwrap())
+    }
+
+    /// The ranges given back to the page cache so far, as (start, end) (and forgets them).
+    fn given_back(file: &MappedFile) -> Vec<(usize, usize)> {
+        let advised = std::mem::take(&mut *file.advised.lock().unwrap());
+        advised
+            .into_iter()
+            .filter(|a| a.0 == "dont_need")
+            .map(|(_, start, len)| (start, start + len))
+            .collect()
+    }
+
     /// Two windows released by one batch; the first unregistration fails: the second is still
     /// undone (found in review: both left `Windows` before the first was undone, and the second
-    /// was never unregistered).
+    /// was never unregistered). Only the undone one's pages are given back, and only once the
+    /// load is over, as its batch's checksum never ran.
     #[test]
     fn retire_undoes_every_released_window_even_after_a_failure() {
-        let page = crate::base::mmap::page_size();
-        let buf = vec![0u8; 4 * page];
-        let base = buf
-            .as_ptr()
-            .wrapping_add(page - buf.as_ptr() as usize % page);
+        let dir = tempfile::tempdir().unwrap();
+        let file = mapped(&dir, 2);
         let link = HostLink::default();
         let mut windows = Windows::default();
         for i in 0..2 {
-            let ptr = base.wrapping_add(i * page);
-            // SAFETY: page-aligned pages of `buf`, which outlives the registrations.
-            unsafe { link.register(ptr, page) }.unwrap();
-            windows.add(1, ptr as usize, (i + 1) * page, 0);
+            let ptr = file.bytes()[i * MIB..].as_ptr();
+            // SAFETY: page-aligned pages of the mapping, which outlives the registrations.
+            unsafe { link.register(ptr, MIB) }.unwrap();
+            windows.add(&file, ptr as usize, i * MIB..(i + 1) * MIB, 0);
         }
         link.fail_unregister_at.store(1, Ordering::Relaxed);
+        let give_back = Mutex::new(GiveBack::default());
         let mut fences = VecDeque::from([(0, link.fence(LANE_REG).unwrap())]);
-        assert!(retire(&link, &mut fences, &mut windows, &mut 0.0).is_err());
+        let r = retire(&link, &mut fences, &mut windows, Some(&give_back), &mut 0.0);
+        assert!(r.is_err());
         // The refused one stays registered (as the driver would leave it); the other is undone.
         assert_eq!(link.still_registered(), 1);
-        assert!(drain(&link, fences, windows, true, &mut 0.0).is_ok());
+        assert!(given_back(&file).is_empty());
+        assert!(drain(&link, fences, windows, Some(&give_back), true, &mut 0.0).is_ok());
+        if cfg!(target_os = "linux") {
+            assert_eq!(given_back(&file), [(MIB, 2 * MIB)]);
+        }
+    }
+
+    /// An undone window's pages go back once the checksums of every batch up to its last user are
+    /// done, in whatever order they end; not before (a checksum still reading would map them
+    /// again).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn undone_windows_go_back_once_their_checksums_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = mapped(&dir, 4);
+        let window = |i: usize, last_use: u64| Window {
+            map: Arc::as_ptr(&file) as usize,
+            file: file.clone(),
+            ptr: 0,
+            start: i * MIB,
+            end: (i + 1) * MIB,
+            last_use,
+        };
+        let mut g = GiveBack::default();
+        g.undone(window(0, 1));
+        g.checksummed(1);
+        assert!(given_back(&file).is_empty());
+        g.checksummed(0);
+        assert_eq!(given_back(&file), [(0, MIB)]);
+        g.undone(window(1, 1));
+        assert_eq!(given_back(&file), [(MIB, 2 * MIB)]);
+        g.undone(window(2, 3));
+        g.checksummed(3);
+        g.undone(window(3, 2));
+        assert!(given_back(&file).is_empty());
+        g.checksummed(2);
+        assert_eq!(given_back(&file), [(2 * MIB, 3 * MIB), (3 * MIB, 4 * MIB)]);
+        // A window whose batch never checksummed (the load failed) goes at the end.
+        g.undone(window(0, 9));
+        assert!(given_back(&file).is_empty());
+        g.finish();
+        assert_eq!(given_back(&file), [(0, MIB)]);
     }
 }
