@@ -1,5 +1,5 @@
 //! All-or-nothing output: on failure `--out` is as it was (on a network file system and on
-//! Windows, but for the lock file writers take turns on, `.tfckpt-lock`: see [`lock`]).
+//! Windows, but for the lock file writers take turns on, `.tfckpt-lock`: see [`lock()`]).
 //!
 //! * Parent folders a command creates for `--out` are removed again if it fails, or if a signal
 //!   ends it (as far as they are empty then).
@@ -7,7 +7,7 @@
 //!   DIR is then that directory, renamed into place in one step. An existing DIR takes the files
 //!   by a merge under an exclusive lock on DIR (so concurrent writers take turns, each merge
 //!   whole; on a network file system and on Windows, a lock file in it, `.tfckpt-lock`, is
-//!   locked instead and left there: see [`lock`]):
+//!   locked instead and left there: see [`lock()`]):
 //!   a file already there is first moved aside, and if any move fails every move is undone and
 //!   the files moved aside are put back. If another process makes a new DIR first (ranks writing
 //!   into one folder, say), the files are merged into it the same way. A signal that ends the
@@ -23,6 +23,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+mod lock;
+mod merge;
+
+use lock::lock;
+#[cfg(any(unix, windows))]
+pub(crate) use merge::wait_for_merges;
+use merge::{check_merge, merge};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -406,278 +414,6 @@ pub(crate) fn write_tree(dir: &Path, write: impl FnOnce(&Path) -> CliResult) -> 
     })
 }
 
-/// The file whose lock stands in for DIR's where DIR itself cannot be locked across machines.
-const LOCK_FILE: &str = ".tfckpt-lock";
-
-/// An exclusive lock for the writers merging into the directory `dir` (or replacing a file in
-/// it), held until the returned file is dropped. On a local file system, `flock` on `dir` itself.
-/// On a network or cluster file system (NFS, SMB, Ceph, Lustre, GPFS, FUSE, ... by
-/// [`on_network_fs`]), where Linux takes a directory's `flock` on this machine only (only a
-/// file's goes to the server), and on Windows, where a directory does not open as a file, and
-/// wherever the directory's lock fails: a lock on the file [`LOCK_FILE`] in `dir`, opened for
-/// writing (an exclusive lock on NFS needs it; see [`open_lock_file`]), made for it and left there
-/// (removing it would let a writer that opened it before lock a file no longer there while the
-/// next one locks a new one). `None` where neither can be had (Lustre without `-o flock`, on NFS
-/// a lock file this user may not write): writers then do not take turns (see the README). In a
-/// debug build, `TFCKPT_TEST_LOCK_FILE` (any value) takes the lock file on any file system, for
-/// its tests.
-fn lock(dir: &Path) -> Option<std::fs::File> {
-    #[cfg(unix)]
-    let file_only = on_network_fs(dir)
-        || (cfg!(debug_assertions) && std::env::var_os("TFCKPT_TEST_LOCK_FILE").is_some());
-    #[cfg(unix)]
-    if !file_only {
-        use std::os::unix::io::AsRawFd;
-        if let Ok(f) = std::fs::File::open(dir) {
-            loop {
-                // SAFETY: flock on a descriptor this function owns; it blocks until no other
-                // writer holds the lock, and the lock goes with the descriptor.
-                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    return Some(f);
-                }
-                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                    break;
-                }
-            }
-        }
-    }
-    let f = open_lock_file(&dir.join(LOCK_FILE), dir)?;
-    loop {
-        match f.lock() {
-            Ok(()) => return Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Opens (or makes) the lock file `path` in `dir`. A new one takes `dir`'s read and write
-/// permissions (a folder `rwxrwxr-x` gives `rw-rw-r--`), whatever the umask: every user who may
-/// merge into `dir` (write into it) may then open it for writing, which an exclusive lock on NFS
-/// needs. One this user may not write (its permissions narrowed since) is opened for reading,
-/// which a local lock and Windows' take (NFS's then fails: writers do not take turns).
-fn open_lock_file(path: &Path, dir: &Path) -> Option<std::fs::File> {
-    let mut rw = std::fs::OpenOptions::new();
-    rw.read(true).write(true);
-    match rw.clone().create_new(true).open(path) {
-        Ok(f) => {
-            #[cfg(unix)]
-            if let Ok(d) = std::fs::metadata(dir) {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = d.permissions().mode() & 0o666;
-                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
-            }
-            #[cfg(not(unix))]
-            let _ = dir;
-            Some(f)
-        }
-        Err(_) => rw.open(path).or_else(|_| std::fs::File::open(path)).ok(),
-    }
-}
-
-/// Whether `dir` is on a file system that other machines share (Linux: `statfs`'s type), where
-/// a directory's `flock` locks only this machine's writers out.
-#[cfg(unix)]
-fn on_network_fs(dir: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-            return false;
-        };
-        // SAFETY: `struct statfs` is plain integers, for which all zeros is a value.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `statfs` writes one `struct statfs` into `st`, for the NUL-terminated `c`.
-        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-            return false;
-        }
-        is_network_fs_type(st.f_type as u64 & 0xffff_ffff)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        false
-    }
-}
-
-/// The `statfs` types (Linux's `f_type`, `linux/magic.h` and the file systems' own sources) of
-/// file systems that several machines mount at once.
-#[cfg(any(target_os = "linux", test))]
-fn is_network_fs_type(t: u64) -> bool {
-    const NETWORK: [u64; 14] = [
-        0x6969,     // NFS
-        0x517b,     // SMB
-        0xfe534d42, // SMB2
-        0xff534d42, // CIFS
-        0x00c36400, // Ceph
-        0x0bd00bd0, // Lustre
-        0x47504653, // GPFS (IBM Storage Scale)
-        0x19830326, // BeeGFS
-        0x65735546, // FUSE (sshfs, gcsfuse, s3fs, JuiceFS, ...)
-        0x01021997, // 9P
-        0x5346414f, // AFS
-        0x6b414653, // kAFS
-        0x01161970, // GFS2
-        0x7461636f, // OCFS2
-    ];
-    NETWORK.contains(&t)
-}
-
-/// Before merging `from` into the existing `to`: every file must land on a file or nothing, every
-/// directory on a directory or nothing.
-fn check_merge(from: &Path, to: &Path) -> CliResult {
-    for e in std::fs::read_dir(from).map_err(|e| io_err(from, e))? {
-        let e = e.map_err(|e| io_err(from, e))?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        // `symlink_metadata`: a dangling link is something, not nothing.
-        match (src.is_dir(), dst.symlink_metadata().is_ok(), dst.is_dir()) {
-            (true, true, true) => check_merge(&src, &dst)?,
-            (true, true, false) => {
-                return Err(format!("{} exists and is not a directory", dst.display()).into())
-            }
-            (false, true, true) => {
-                return Err(format!("{} exists and is a directory", dst.display()).into())
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// One step of a merge, to undo if a later one fails.
-enum Step {
-    /// `dst` was moved aside to `aside`.
-    Aside { dst: PathBuf, aside: PathBuf },
-    /// `src` was moved to `dst`.
-    Moved { src: PathBuf, dst: PathBuf },
-}
-
-/// Held by a merge from its first move to the end of its undo. A signal ending the process waits
-/// for it ([`wait_for_merges`]) before removing the temporary folders, one of which a merge moves
-/// files out of: the merge sees the signal at its next move and undoes what it did.
-static MERGING: Mutex<()> = Mutex::new(());
-
-/// For a signal ending the process (`crate::ENDING` set first): waits until no merge is moving
-/// files, and keeps later merges from starting while the guard lives.
-#[cfg(any(unix, windows))]
-pub(crate) fn wait_for_merges() -> MutexGuard<'static, ()> {
-    MERGING.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Moves the tree `from` into the existing directory `to`. Existing files are moved aside (into a
-/// temporary folder of their own in `to`) before being replaced; on any failure, or a signal
-/// ending the process, every step is undone in reverse order. If the undo fails too, the folder
-/// of files moved aside is kept and named in the error: nothing of the user's is deleted.
-fn merge(from: &Path, to: &Path) -> CliResult {
-    let _merging = MERGING.lock().unwrap_or_else(PoisonError::into_inner);
-    let aside = tempfile::Builder::new()
-        .prefix(".tfckpt-aside-")
-        .tempdir_in(to)
-        .map_err(|e| io_err(to, e))?;
-    let mut steps = Vec::new();
-    let result = merge_steps(from, to, aside.path(), &mut steps);
-    let Err(e) = result else {
-        // The moves on disk: every folder a file was moved into.
-        let mut folders: Vec<&Path> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Moved { dst, .. } => dst.parent(),
-                Step::Aside { .. } => None,
-            })
-            .collect();
-        folders.sort();
-        folders.dedup();
-        folders.into_iter().for_each(sync_dir);
-        return Ok(());
-    };
-    let mut undo = Ok(());
-    for s in steps.into_iter().rev() {
-        undo = undo.and(match s {
-            Step::Moved { src, dst } => std::fs::rename(&dst, &src),
-            Step::Aside { dst, aside } => std::fs::rename(&aside, &dst),
-        });
-    }
-    Err(match undo {
-        Ok(()) => e,
-        Err(u) => {
-            let kept = aside.keep();
-            let e = format!(
-                "{e}; undoing the merge also failed ({u}): {} may be incomplete, and the files it replaced are in {}",
-                to.display(),
-                kept.display()
-            );
-            // A signal is ending the process: `main` prints no error then, so this one is
-            // printed here (the user must know where the files went).
-            if crate::ENDING.load(Ordering::SeqCst) {
-                note!("error: {}", tfckpt::escape_controls(&e));
-            }
-            e.into()
-        }
-    })
-}
-
-fn merge_steps(from: &Path, to: &Path, aside: &Path, steps: &mut Vec<Step>) -> CliResult {
-    let mut entries: Vec<_> = std::fs::read_dir(from)
-        .map_err(|e| io_err(from, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_err(from, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if dst == aside {
-            continue;
-        }
-        if src.is_dir() && dst.is_dir() {
-            merge_steps(&src, &dst, aside, steps)?;
-            continue;
-        }
-        if dst.symlink_metadata().is_ok() {
-            let to_aside = aside.join(format!("{}", steps.len()));
-            before_move()?;
-            std::fs::rename(&dst, &to_aside).map_err(|e| io_err(&dst, e))?;
-            steps.push(Step::Aside {
-                dst: dst.clone(),
-                aside: to_aside,
-            });
-        }
-        before_move()?;
-        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
-        steps.push(Step::Moved { src, dst });
-    }
-    Ok(())
-}
-
-/// Before each move of a merge: a signal ending the process stops the merge (which then undoes
-/// its moves). Tests of the undo path: in a debug build, `TFCKPT_TEST_FAIL_MOVE_AT=N` makes the
-/// N-th move of a merge fail (a failing move cannot be arranged portably: as root, a read-only
-/// folder takes renames), and `TFCKPT_TEST_PAUSE_MOVE_AT=N` holds the merge before its N-th move
-/// until a signal comes (at most 60 s), for a test to send one there. Release builds have no such
-/// hooks.
-fn before_move() -> CliResult {
-    #[cfg(debug_assertions)]
-    {
-        use std::sync::atomic::AtomicUsize;
-        static MOVES: AtomicUsize = AtomicUsize::new(0);
-        let n = MOVES.fetch_add(1, Ordering::Relaxed) + 1;
-        let at = |var: &str| {
-            std::env::var(var)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                == Some(n)
-        };
-        if at("TFCKPT_TEST_FAIL_MOVE_AT") {
-            return Err(format!("move {n} failed (TFCKPT_TEST_FAIL_MOVE_AT)").into());
-        }
-        if at("TFCKPT_TEST_PAUSE_MOVE_AT") {
-            wait_for_signal();
-        }
-    }
-    if crate::ENDING.load(Ordering::SeqCst) {
-        return Err("a signal is ending the process".into());
-    }
-    Ok(())
-}
-
 /// Tests' pauses, in a debug build: waits until a signal is ending the process (at most 60 s).
 #[cfg(debug_assertions)]
 fn wait_for_signal() {
@@ -770,16 +506,5 @@ mod tests {
         );
         // The process ends here, as the signal's thread ends it (`_made` is never dropped).
         std::process::exit(0);
-    }
-
-    #[test]
-    fn network_file_systems_are_told_from_local_ones() {
-        for nfs_smb_fuse in [0x6969, 0xfe534d42, 0x65735546] {
-            assert!(is_network_fs_type(nfs_smb_fuse), "{nfs_smb_fuse:#x}");
-        }
-        // ext4, XFS, btrfs, tmpfs, overlayfs
-        for local in [0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x794c7630] {
-            assert!(!is_network_fs_type(local), "{local:#x}");
-        }
     }
 }
