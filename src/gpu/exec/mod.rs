@@ -330,13 +330,12 @@ struct Shared<'a> {
     fallback: Mutex<Vec<usize>>,
     /// Set once registration failed (the ring takes everything from then on).
     no_registration: AtomicBool,
-    /// Whether the ring gives each mapped unit's pages back once it has read them: not where the
-    /// load registers mappings (a page it read may be a registered window's), nor where it has
-    /// several devices (whose workers read the same pages, each for its own share).
+    /// Whether the shard pages read leave this process's mapping once no worker needs them (on a
+    /// load of one device; several devices' workers read the same pages, each for its own
+    /// share): the ring's once it has read a unit (with registration it reads mapped units only
+    /// in its second pass, after every window is undone), the registrar's once a window is
+    /// unregistered and every checksum reading it is done.
     releases: bool,
-    /// Whether the registrar gives each window's pages back once it is unregistered and every
-    /// checksum reading it is done: on a load of one device that registers.
-    registrar_releases: bool,
     /// Set once a worker failed, here or on another device of the same load: every worker stops.
     failed: &'a AtomicBool,
     /// The load's cancel token: a worker that finds it cancelled fails with `Cancelled`.
@@ -346,8 +345,8 @@ struct Shared<'a> {
 
 impl<'a> Shared<'a> {
     /// The state of a load of `mapped` and `owned` units: registration taken up only with
-    /// `register`, pages given back only with `release` (by the ring without `register`, by the
-    /// registrar with it), every worker stopped once `failed` is set.
+    /// `register`, pages given back only with `release`, every worker stopped once `failed` is
+    /// set.
     #[allow(clippy::too_many_arguments)]
     fn new(
         sizes: Sizes,
@@ -366,8 +365,7 @@ impl<'a> Shared<'a> {
             owned_cursor: Mutex::new(0),
             fallback: Mutex::new(Vec::new()),
             no_registration: AtomicBool::new(!register),
-            releases: release && !register,
-            registrar_releases: release && register,
+            releases: release,
             failed,
             cancel,
             parts: Mutex::new(Vec::new()),
@@ -442,8 +440,8 @@ impl<'a> Shared<'a> {
 /// others then stop early and answer `Ok(false)` (their uploads incomplete), so that the error
 /// returned is the one that happened. `Ok(true)`: everything uploaded, verified and converted.
 /// With `release` (a load of one device), the shard pages read leave this process's mapping once
-/// no worker needs them (they stay in the page cache): the ring's after it read them, without
-/// `register`; the registrar's after each window is unregistered and checksummed, with it.
+/// no worker needs them (they stay in the page cache): the ring's after it read them, the
+/// registrar's after each window is unregistered and checksummed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn execute<L: Link>(
     link: &L,

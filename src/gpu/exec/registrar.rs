@@ -86,10 +86,11 @@ impl Windows {
     }
 }
 
-/// The pages of undone windows, given back to the page cache (`MappedFile::done_with`) once the
-/// checksums of every batch that read them are done too: a checksum still reading a page given
-/// back would map it again, and it would stay. Only on a load of one device (`Shared`'s
-/// `registrar_releases`): another device's workers may still read the same pages.
+/// Undone windows waiting to give their pages back to the page cache (`MappedFile::done_with`,
+/// by [`hand`]) until the checksums of every batch that read them are done too: a checksum
+/// still reading a page given back would map it again, and it would stay. Each method returns
+/// the windows whose pages can go now. Only on a load of one device (`Shared::releases`):
+/// another device's workers may still read the same pages.
 #[derive(Default)]
 struct GiveBack {
     /// Every batch below `through` is checksummed, and so are those in `ahead`.
@@ -101,43 +102,47 @@ struct GiveBack {
 
 impl GiveBack {
     /// The checksum of batch `batch` is done.
-    fn checksummed(&mut self, batch: u64) {
+    fn checksummed(&mut self, batch: u64) -> Vec<Window> {
         self.ahead.insert(batch);
         while self.ahead.remove(&self.through) {
             self.through += 1;
         }
-        self.flush();
+        self.ready()
     }
 
     /// Window `w` is unregistered.
-    fn undone(&mut self, w: Window) {
+    fn undone(&mut self, w: Window) -> Vec<Window> {
         self.waiting.push(w);
-        self.flush();
+        self.ready()
     }
 
     /// Every checksum is done (or will never run: a batch that failed before its own): every
     /// undone window's pages can go.
-    fn finish(&mut self) {
+    fn finish(&mut self) -> Vec<Window> {
         self.through = u64::MAX;
-        self.flush();
+        self.ready()
     }
 
-    /// Gives back the pages of every undone window whose batches are all checksummed.
-    fn flush(&mut self) {
+    /// Takes out the undone windows whose batches are all checksummed.
+    fn ready(&mut self) -> Vec<Window> {
         let through = self.through;
-        self.waiting.retain(|w| {
-            let wait = w.last_use >= through;
-            if !wait {
-                w.file.done_with(w.start..w.end);
-            }
-            wait
-        });
+        let (ready, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.last_use < through);
+        self.waiting = waiting;
+        ready
     }
 }
 
-/// Locks `give_back`, if there is one (a panic elsewhere leaves its state whole).
-fn lock(give_back: Option<&Mutex<GiveBack>>) -> Option<std::sync::MutexGuard<'_, GiveBack>> {
-    give_back.map(|g| g.lock().unwrap_or_else(|e| e.into_inner()))
+/// Tells `give_back`, if there is one, what happened (`event`), then gives back the pages of the
+/// windows that are ready, after unlocking it (a window's `madvise` takes a while; checksum
+/// tasks wait on the lock to say they are done). A panic elsewhere leaves its state whole.
+fn hand(give_back: Option<&Mutex<GiveBack>>, event: impl FnOnce(&mut GiveBack) -> Vec<Window>) {
+    let Some(g) = give_back else { return };
+    let ready = event(&mut g.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in ready {
+        w.file.done_with(w.start..w.end);
+    }
 }
 
 /// What registering a batch gave.
@@ -157,7 +162,7 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
     let mut fences: VecDeque<(u64, L::Fence)> = VecDeque::new();
     let mut carried = 0u64;
     let mut reason = None;
-    let give_back = s.registrar_releases.then(Mutex::<GiveBack>::default);
+    let give_back = s.releases.then(Mutex::<GiveBack>::default);
     let give_back = give_back.as_ref();
     // The scope ends when every checksum task has.
     let ran = rayon::scope(|scope| -> Result<()> {
@@ -188,9 +193,7 @@ pub(super) fn registrar<L: Link>(link: &L, s: &Shared<'_>) -> Result<(u64, Optio
             let no = batch_no;
             scope.spawn(move |_| {
                 s.add_parts(checksum(units));
-                if let Some(mut g) = lock(give_back) {
-                    g.checksummed(no);
-                }
+                hand(give_back, |g| g.checksummed(no));
             });
             batch_no += 1;
             while fences.len() > 2 {
@@ -284,8 +287,8 @@ fn retire<L: Link>(
     for w in windows.release(batch + 1) {
         // SAFETY: every batch that copied from it is done.
         let r = unsafe { link.unregister(w.ptr as *const u8) };
-        if let (Ok(()), Some(mut g)) = (&r, lock(give_back)) {
-            g.undone(w);
+        if r.is_ok() {
+            hand(give_back, |g| g.undone(w));
         }
         undone = undone.and(r);
     }
@@ -315,15 +318,13 @@ fn drain<L: Link>(
     for w in windows.drain() {
         // SAFETY: nothing is in flight any more.
         let r = unsafe { link.unregister(w.ptr as *const u8) };
-        if let (Ok(()), Some(mut g)) = (&r, lock(give_back)) {
-            g.undone(w);
+        if r.is_ok() {
+            hand(give_back, |g| g.undone(w));
         }
         drained = drained.and(r);
     }
     // Called once the checksums' scope has ended.
-    if let Some(mut g) = lock(give_back) {
-        g.finish();
-    }
+    hand(give_back, GiveBack::finish);
     *spent += t.elapsed().as_secs_f64();
     drained
 }
@@ -382,10 +383,14 @@ mod tests {
         }
     }
 
+    /// The pages (start, end) of `windows`.
+    fn pages(windows: Vec<Window>) -> Vec<(usize, usize)> {
+        windows.iter().map(|w| (w.start, w.end)).collect()
+    }
+
     /// An undone window's pages go back once the checksums of every batch up to its last user are
     /// done, in whatever order they end; not before (a checksum still reading would map them
     /// again).
-    #[cfg(target_os = "linux")]
     #[test]
     fn undone_windows_go_back_once_their_checksums_are_done() {
         let dir = tempfile::tempdir().unwrap();
@@ -399,23 +404,56 @@ mod tests {
             last_use,
         };
         let mut g = GiveBack::default();
-        g.undone(window(0, 1));
-        g.checksummed(1);
-        assert!(given_back(&file).is_empty());
-        g.checksummed(0);
-        assert_eq!(given_back(&file), [(0, MIB)]);
-        g.undone(window(1, 1));
-        assert_eq!(given_back(&file), [(MIB, 2 * MIB)]);
-        g.undone(window(2, 3));
-        g.checksummed(3);
-        g.undone(window(3, 2));
-        assert!(given_back(&file).is_empty());
-        g.checksummed(2);
-        assert_eq!(given_back(&file), [(2 * MIB, 3 * MIB), (3 * MIB, 4 * MIB)]);
+        assert!(g.undone(window(0, 1)).is_empty());
+        assert!(g.checksummed(1).is_empty());
+        assert_eq!(pages(g.checksummed(0)), [(0, MIB)]);
+        assert_eq!(pages(g.undone(window(1, 1))), [(MIB, 2 * MIB)]);
+        assert!(g.undone(window(2, 3)).is_empty());
+        assert!(g.checksummed(3).is_empty());
+        assert!(g.undone(window(3, 2)).is_empty());
+        let both = [(2 * MIB, 3 * MIB), (3 * MIB, 4 * MIB)];
+        assert_eq!(pages(g.checksummed(2)), both);
         // A window whose batch never checksummed (the load failed) goes at the end.
-        g.undone(window(0, 9));
-        assert!(given_back(&file).is_empty());
-        g.finish();
-        assert_eq!(given_back(&file), [(0, MIB)]);
+        assert!(g.undone(window(0, 9)).is_empty());
+        assert_eq!(pages(g.finish()), [(0, MIB)]);
+    }
+
+    /// Two batches that meet inside a page: the second registers from the first window's end on,
+    /// and its checksum reads the shared page, so the first window waits for both checksums.
+    #[test]
+    fn a_window_whose_last_page_the_next_batch_reads_waits_for_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = mapped(&dir, 4);
+        let page = crate::base::mmap::page_size();
+        let cut = 2 * MIB + 100;
+        let unit = |range| Unit {
+            src: UploadSource::Mapped(file.clone()),
+            range,
+            copies: Vec::new(),
+            crcs: Vec::new(),
+        };
+        let link = HostLink::default();
+        let mut windows = Windows::default();
+        for (batch, range) in [(0, 0..cut), (1, cut..4 * MIB)] {
+            let registered = register(&link, &mut windows, &[unit(range)], batch);
+            assert!(matches!(registered, Registered::From(_)));
+        }
+        let spans: Vec<_> = windows
+            .0
+            .iter()
+            .map(|w| (w.start, w.end, w.last_use))
+            .collect();
+        assert_eq!(
+            spans,
+            [(0, 2 * MIB + page, 1), (2 * MIB + page, 4 * MIB, 1)]
+        );
+        let mut g = GiveBack::default();
+        for w in windows.release(2) {
+            // SAFETY: registered above; nothing copies from it.
+            unsafe { link.unregister(w.ptr as *const u8) }.unwrap();
+            assert!(g.undone(w).is_empty());
+        }
+        assert!(g.checksummed(0).is_empty());
+        assert_eq!(g.checksummed(1).len(), 2);
     }
 }

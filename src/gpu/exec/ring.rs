@@ -1,9 +1,9 @@
 //! The staging-ring worker: fills a few pinned buffers (1 MiB pieces in parallel, each
 //! checksummed and copied with streaming stores 16 KiB at a time), queues their copies on two
 //! lanes, and reuses a buffer only after its fence. It carries host-owned sources, whatever
-//! registration gave up on, and (without registration) every mapped unit, whose pages it gives
-//! back to the page cache once read where it is the load's only device. It pins its buffers only
-//! when it has something to carry.
+//! registration gave up on, and (without registration) every mapped unit; where it is the load's
+//! only device, it gives the pages of each mapped unit back to the page cache once read. It pins
+//! its buffers only when it has something to carry.
 
 use std::sync::atomic::Ordering;
 
