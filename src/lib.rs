@@ -106,6 +106,7 @@ pub use load::{
     RemoteOptions,
 };
 pub use reader::checkpoint::{Checkpoint, Format, TensorInfo, TensorView};
+pub use reader::object_names::ObjectNames;
 pub use reader::verify::VerifyReport;
 
 /// The `cudarc` this crate is built against (feature `cuda`): name its types through this path

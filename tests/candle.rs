@@ -2098,3 +2098,52 @@ fn damaged_checkpoints_fill_the_vars_exactly_or_change_none() {
     }
     assert!(outcomes.failed > 50 && outcomes.exact > 5, "{outcomes:?}");
 }
+
+/// A Keras 3 save (`tf.train.Checkpoint(model, optimizer)`) stores the model's variables under
+/// the optimizer's paths to them; its object graph has their Keras paths, which `tf1` gives the
+/// candle names built under the same layer names: through `Checkpoint::object_names`, every `Var`
+/// pairs (the embedding, a Keras `Embedding`'s `embeddings`, named by hand), kernels transposed.
+#[test]
+fn a_keras_checkpoint_loads_into_candle_by_its_object_names() {
+    let path = ckpt_path("tf2_keras");
+    let names = tfckpt::Checkpoint::open(&path)
+        .unwrap()
+        .object_names()
+        .unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(10, 3, vb.pp("sequential.emb")).unwrap();
+    candle_nn::linear(3, 4, vb.pp("sequential.enc")).unwrap();
+    candle_nn::layer_norm(4, 1e-3, vb.pp("sequential.ln")).unwrap();
+    candle_nn::linear(4, 2, vb.pp("sequential.head")).unwrap();
+    let keys = names.clone();
+    let keras = Convention::tf1_with(move |candle, _, tf1| {
+        let tf1 = tf1?;
+        let (name, transposed) = match candle {
+            "sequential.emb.weight" => ("sequential/emb/embeddings".to_string(), false),
+            _ => (tf1.name, tf1.transposed),
+        };
+        let name = keys.key(&name).ok()?.to_string();
+        Some(TfName { name, transposed })
+    });
+    let mut init = CandleInit::from_varmap(&varmap, &keras).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 7, "{found}");
+    assert!(found.not_in_checkpoint.is_empty(), "{found}");
+    assert!(found.unnamed.is_empty(), "{found}");
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    for (candle, keras, transposed) in [
+        ("sequential.emb.weight", "sequential/emb/embeddings", false),
+        ("sequential.enc.weight", "sequential/enc/kernel", true),
+        ("sequential.enc.bias", "sequential/enc/bias", false),
+        ("sequential.ln.weight", "sequential/ln/gamma", false),
+        ("sequential.ln.bias", "sequential/ln/beta", false),
+        ("sequential.head.weight", "sequential/head/kernel", true),
+        ("sequential.head.bias", "sequential/head/bias", false),
+    ] {
+        let want = tf_value("tf2_keras", names.key(keras).unwrap());
+        let want = if transposed { want.t().unwrap() } else { want };
+        assert!(same(&var(&varmap, candle), &want), "{candle}");
+    }
+}

@@ -1,8 +1,9 @@
 //! Coverage-guided fuzzing of everything a damaged checkpoint goes through: the input is one byte
 //! choosing a TensorFlow fixture, then the bytes that replace that fixture's index file (V2) or its
 //! first file (V1). The fixture's other files (data shards, other V1 shards) stay as TF wrote them.
-//! Each input is opened, listed, every tensor read whole, in a slice and into a buffer, verified,
-//! written into a safetensors file (`Checkpoint::write_safetensors`, what `tfckpt convert` does),
+//! Each input is opened, listed (with a TF2 save's object graph names), every tensor read whole, in
+//! a slice and into a buffer, verified, written into a safetensors file
+//! (`Checkpoint::write_safetensors`, what `tfckpt convert` does),
 //! and loaded by `init_from_checkpoint` into variables declared from the listing (whole, and
 //! re-partitioned where a dimension allows), copied and mapped copy-on-write; a load that succeeds
 //! must hold what the reader reads for each variable's box, and an export that succeeds must hold
@@ -87,6 +88,13 @@ fn exercise(path: &Path) {
     let Ok(ckpt) = Checkpoint::open(path) else {
         return;
     };
+    // A TF2 save's object graph, whose entry the index describes (any dtype or shape).
+    if let Ok(names) = ckpt.object_names() {
+        for (name, key) in names.iter() {
+            assert_eq!(names.key(name).ok(), Some(key));
+            assert!(ckpt.contains(key), "{key}");
+        }
+    }
     let tensors = ckpt.tensors();
     let mut store = VariableStore::new();
     for t in tensors {

@@ -165,3 +165,31 @@ pub struct TensorProto {
     #[prost(uint64, repeated, tag = "17")]
     pub uint64_val: Vec<u64>,
 }
+
+/// `tensorflow.TrackableObjectGraph` (protobuf/trackable_object_graph.proto): the object graph a
+/// TF2 object-based save (`tf.train.Checkpoint`) stores as the string scalar
+/// `_CHECKPOINTABLE_OBJECT_GRAPH`. Only the fields the names need are decoded (children, slot
+/// variables, the registered saver and `has_checkpoint_values` are skipped as unknown fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrackableObjectGraph {
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: Vec<TrackableObject>,
+}
+
+/// `tensorflow.TrackableObjectGraph.TrackableObject`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrackableObject {
+    #[prost(message, repeated, tag = "2")]
+    pub attributes: Vec<SerializedTensor>,
+}
+
+/// `tensorflow.TrackableObjectGraph.TrackableObject.SerializedTensor`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SerializedTensor {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub full_name: String,
+    #[prost(string, tag = "3")]
+    pub checkpoint_key: String,
+}

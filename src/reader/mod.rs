@@ -5,6 +5,7 @@ mod assemble;
 mod char_names;
 pub(crate) mod checkpoint;
 pub(crate) mod glob;
+pub(crate) mod object_names;
 pub(crate) mod resolve;
 pub(crate) mod state;
 pub(crate) mod stored;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 mod text;
 pub use text::escape_controls;
-use text::{absent, buffer_size, not_a_table_hint, range_text, reading, shown, suggest};
-pub(crate) use text::{listed, named};
+use text::{absent, buffer_size, not_a_table_hint, range_text, reading, shown};
+pub(crate) use text::{listed, named, suggest};
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -478,6 +478,19 @@ pub enum ErrorKind {
         suggestions: Vec<String>,
         /// Files of a sharded V1 save that are missing, any of which may hold it (the first 8).
         absent_files: Vec<PathBuf>,
+    },
+    /// The object graph of a TF2 object-based save (`_CHECKPOINTABLE_OBJECT_GRAPH`) cannot give
+    /// what was asked of it ([`Checkpoint::object_names`](crate::Checkpoint::object_names)): the
+    /// checkpoint has none, it is damaged, or it gives the variable asked for no key, several, or
+    /// one the checkpoint does not hold.
+    #[error("checkpoint {}: object graph: {reason}", ckpt.display())]
+    ObjectGraph {
+        /// The checkpoint prefix.
+        ckpt: PathBuf,
+        /// The variable name asked for, where one was.
+        name: Option<String>,
+        /// What is wrong.
+        reason: String,
     },
     /// A requested or stored slice is malformed or out of bounds.
     #[error("tensor {tensor_named}: bad slice: {reason}", tensor_named = named(tensor))]

@@ -79,7 +79,7 @@ pub(crate) fn named(tensor: &str) -> String {
     format!("{tensor:?}")
 }
 
-pub(super) fn suggest(names: &[String]) -> String {
+pub(crate) fn suggest(names: &[String]) -> String {
     if names.is_empty() {
         String::new()
     } else {

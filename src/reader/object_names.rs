@@ -1,0 +1,177 @@
+//! The variables of a TF2 object-based save by the names they had when it was written.
+//!
+//! `tf.train.Checkpoint` (and Keras 3, which saves through it) stores each variable under the path
+//! of attributes that leads to it from the saved object, such as
+//! `model/_functional/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`, and records the
+//! variable's own name (`sequential/enc/kernel`, a Keras 3 variable's path) only in the object
+//! graph it saves beside, `_CHECKPOINTABLE_OBJECT_GRAPH`. TensorFlow reads that graph where a
+//! name-based `tf.compat.v1.train.Saver` restores an object-based save
+//! (`saver.object_graph_key_mapping`: each attribute's `full_name` to its `checkpoint_key`);
+//! [`Checkpoint::object_names`] is the same mapping, with a name saved twice reported rather
+//! than the last one kept.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use prost::Message;
+
+use super::checkpoint::Checkpoint;
+use crate::base::dtype::DType;
+use crate::base::error::{listed, suggest, ErrorKind, Result};
+use crate::format::proto::TrackableObjectGraph;
+
+/// The name under which an object-based save stores its object graph.
+pub(crate) const OBJECT_GRAPH: &str = "_CHECKPOINTABLE_OBJECT_GRAPH";
+
+/// The variables of a TF2 object-based save by the names they had when it was written, from its
+/// object graph: [`Checkpoint::object_names`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectNames {
+    ckpt: PathBuf,
+    /// Each name's checkpoint keys, in the graph's order, each once, and whether the checkpoint
+    /// holds each.
+    names: BTreeMap<String, Vec<(String, bool)>>,
+}
+
+impl ObjectNames {
+    /// The checkpoint key of the variable saved under `name` (TensorFlow's `full_name`), the name
+    /// to give [`init_from_checkpoint`](crate::init_from_checkpoint)'s assignment map or
+    /// [`Checkpoint::read`]. An [`ErrorKind::ObjectGraph`] where the graph gives `name` no key
+    /// (with close names), several (several objects held variables of that name, as the
+    /// `kernel`s of two `tf.Module`s: each key is listed, and each can be named by its key), or a
+    /// key the checkpoint does not hold.
+    pub fn key(&self, name: &str) -> Result<&str> {
+        let err = |reason: String| {
+            Err(ErrorKind::ObjectGraph {
+                ckpt: self.ckpt.clone(),
+                name: Some(name.to_string()),
+                reason,
+            }
+            .into())
+        };
+        match self.names.get(name).map(Vec::as_slice) {
+            Some([(key, true)]) => Ok(key),
+            Some([(key, false)]) => err(format!(
+                "it gives variable {name:?} the key {key:?}, which the checkpoint does not hold"
+            )),
+            Some(keys) => err(format!(
+                "{} variables were saved under the name {name:?}, with keys {}: name the one \
+                 wanted by its key",
+                keys.len(),
+                listed(keys.iter().map(|(k, _)| format!("{k:?}")), keys.len())
+            )),
+            None => {
+                let close =
+                    crate::base::suggest::close_names(name, self.names.keys().map(String::as_str));
+                err(format!(
+                    "no variable was saved under the name {name:?}{}",
+                    suggest(&close)
+                ))
+            }
+        }
+    }
+
+    /// Every name that gives one key the checkpoint holds, with that key, in name order: the
+    /// names [`key`](Self::key) answers.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.names
+            .iter()
+            .filter_map(|(name, keys)| match keys.as_slice() {
+                [(key, true)] => Some((name.as_str(), key.as_str())),
+                _ => None,
+            })
+    }
+
+    /// The names given to more than one key, with their keys.
+    pub fn ambiguous(&self) -> impl Iterator<Item = (&str, Vec<&str>)> + '_ {
+        self.names
+            .iter()
+            .filter(|(_, keys)| keys.len() > 1)
+            .map(|(name, keys)| {
+                (
+                    name.as_str(),
+                    keys.iter().map(|(k, _)| k.as_str()).collect(),
+                )
+            })
+    }
+
+    /// How many names [`iter`](Self::iter) gives.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether [`iter`](Self::iter) gives none.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl Checkpoint {
+    /// The variables of a TF2 object-based save (`tf.train.Checkpoint`, Keras 3) by the names they
+    /// had when it was written, read from its object graph: what TensorFlow's name-based `Saver`
+    /// restores such a save by (`saver.object_graph_key_mapping`). A Keras 3 model's
+    /// `sequential/enc/kernel` is stored as
+    /// `model/_functional/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`; with the mapping, an
+    /// assignment map (or a candle convention) names it as the model does:
+    ///
+    /// ```no_run
+    /// # use tfckpt::{init_from_opened_checkpoint, AssignmentMap, Checkpoint, Target, VariableStore};
+    /// let ckpt = std::sync::Arc::new(Checkpoint::open("/data/keras/ckpt-1")?);
+    /// let names = ckpt.object_names()?;
+    /// let mut store = VariableStore::new();
+    /// // ... the model's variables, declared as usual ...
+    /// let map = AssignmentMap::from([
+    ///     (names.key("sequential/enc/kernel")?, Target::name("enc/kernel")),
+    ///     (names.key("sequential/enc/bias")?, Target::name("enc/bias")),
+    /// ]);
+    /// init_from_opened_checkpoint(&mut store, &ckpt, &map)?;
+    /// # Ok::<(), tfckpt::Error>(())
+    /// ```
+    ///
+    /// Attributes without a name (or a key) are left out. Where TensorFlow's mapping keeps the
+    /// last of several keys saved under one name, this one reports the name as ambiguous
+    /// ([`ObjectNames::key`]). [`ErrorKind::ObjectGraph`] where the checkpoint has no object graph
+    /// (a TF1 save, whose tensors are named by their variables already) or a damaged one.
+    pub fn object_names(&self) -> Result<ObjectNames> {
+        let err = |reason: String| -> crate::Error {
+            ErrorKind::ObjectGraph {
+                ckpt: self.prefix().to_path_buf(),
+                name: None,
+                reason,
+            }
+            .into()
+        };
+        if !self.contains(OBJECT_GRAPH) {
+            return Err(err(format!(
+                "it has none ({OBJECT_GRAPH}): it is not a TF2 object-based save \
+                 (tf.train.Checkpoint), and its tensors are named by their variables already"
+            )));
+        }
+        let t = self.read(OBJECT_GRAPH)?;
+        let bytes = match (t.dtype, t.shape.as_slice(), t.strings()) {
+            (DType::String, [], Some(s)) if s.len() == 1 => s.get(0).unwrap_or_default(),
+            _ => {
+                return Err(err(format!(
+                    "{OBJECT_GRAPH} is {} {:?}, expected a string scalar",
+                    t.dtype, t.shape
+                )))
+            }
+        };
+        let graph = TrackableObjectGraph::decode(bytes)
+            .map_err(|e| err(format!("{OBJECT_GRAPH} is damaged: {e}")))?;
+        let mut names: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for a in graph.nodes.iter().flat_map(|n| &n.attributes) {
+            if a.full_name.is_empty() || a.checkpoint_key.is_empty() {
+                continue;
+            }
+            let keys = names.entry(a.full_name.clone()).or_default();
+            if !keys.iter().any(|(k, _)| *k == a.checkpoint_key) {
+                keys.push((a.checkpoint_key.clone(), self.contains(&a.checkpoint_key)));
+            }
+        }
+        Ok(ObjectNames {
+            ckpt: self.prefix().to_path_buf(),
+            names,
+        })
+    }
+}
