@@ -2146,4 +2146,11 @@ fn a_keras_checkpoint_loads_into_candle_by_its_object_names() {
         let want = if transposed { want.t().unwrap() } else { want };
         assert!(same(&var(&varmap, candle), &want), "{candle}");
     }
+    // Built under `emb.embeddings` instead, the embedding needs no hand: `tf1` names it so.
+    let tf1 = Convention::tf1().tf_names(&[("sequential.emb.embeddings.weight", &[10, 3])]);
+    let want = TfName {
+        name: "sequential/emb/embeddings".into(),
+        transposed: false,
+    };
+    assert_eq!(tf1, [Some(want)]);
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::builder::CkptBuilder;
@@ -16,17 +17,25 @@ use tfckpt::{
     Tensor, VariableStore,
 };
 
-/// The fixture cases with an object graph, and what TensorFlow recorded of it.
-fn recorded() -> Vec<(String, Value)> {
-    let out: Vec<(String, Value)> = cases()
+/// The fixtures with an object graph: the checkpoint cases', the SavedModel's and the variant
+/// fixture's (an iterator's state, an attribute without a full name); each with its checkpoint
+/// and what TensorFlow recorded of the graph.
+fn recorded() -> Vec<(String, PathBuf, Value)> {
+    let json = |path: PathBuf| -> Option<Value> {
+        Some(serde_json::from_str(&std::fs::read_to_string(path).ok()?).unwrap())
+    };
+    let mut out: Vec<(String, PathBuf, Value)> = cases()
         .into_iter()
         .filter_map(|case| {
-            let path = fixture(&case).join("expected/object_names.json");
-            let text = std::fs::read_to_string(path).ok()?;
-            Some((case, serde_json::from_str(&text).unwrap()))
+            let recorded = json(fixture(&case).join("expected/object_names.json"))?;
+            Some((case.clone(), ckpt_path(&case), recorded))
         })
         .collect();
-    let names: Vec<&str> = out.iter().map(|(c, _)| c.as_str()).collect();
+    for (dir, ckpt) in [("saved_model", "variables/variables"), ("variant", "ckpt")] {
+        let recorded = json(fixture(dir).join("object_names.json")).unwrap();
+        out.push((dir.to_string(), fixture(dir).join(ckpt), recorded));
+    }
+    let names: Vec<&str> = out.iter().map(|(c, _, _)| c.as_str()).collect();
     for case in [
         "tf2_object",
         "tf2_keras",
@@ -50,14 +59,16 @@ fn reason(e: &tfckpt::Error) -> String {
 /// among them, the last it met). The names given once are exactly those `iter` lists.
 #[test]
 fn every_name_resolves_to_the_key_tensorflow_gives_it() {
-    for (case, json) in recorded() {
-        let ckpt = Checkpoint::open(ckpt_path(&case)).unwrap();
+    let mut unnamed = 0;
+    for (case, path, json) in recorded() {
+        let ckpt = Checkpoint::open(path).unwrap();
         let names = ckpt.object_names().unwrap();
         // The graph's attributes, as TensorFlow read them: each name's keys, each once, in order.
         let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for pair in json["attributes"].as_array().unwrap() {
             let (name, key) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
             if name.is_empty() || key.is_empty() {
+                unnamed += 1;
                 continue;
             }
             let ks = keys.entry(name.to_string()).or_default();
@@ -106,6 +117,8 @@ fn every_name_resolves_to_the_key_tensorflow_gives_it() {
             .collect();
         assert_eq!(reported, ambiguous, "{case}");
     }
+    // The variant fixture's iterator.
+    assert_eq!(unnamed, 1);
 }
 
 /// The Keras 3 save: its model's variables are stored under the optimizer's paths to them
@@ -172,7 +185,7 @@ fn ambiguous_unknown_and_missing_names_say_what_is_wrong() {
     assert!(matches!(e.kind(), ErrorKind::ObjectGraph { name: Some(n), .. } if n == "kernel"));
     let why = reason(&e);
     assert!(
-        why.starts_with("3 variables were saved under the name \"kernel\""),
+        why.starts_with("the object graph gives the name \"kernel\" 3 keys"),
         "{why}"
     );
     for k in [
@@ -205,6 +218,11 @@ fn ambiguous_unknown_and_missing_names_say_what_is_wrong() {
         "{why}"
     );
     assert!(e.to_string().contains("tf2_keras"), "{e}");
+
+    // A checkpoint key is not a name, and the error says to use it as it is.
+    let key = "optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE";
+    let why = reason(&keras.key(key).unwrap_err());
+    assert!(why.contains("is a checkpoint key itself"), "{why}");
 
     let v1 = Checkpoint::open(ckpt_path("h1_basic")).unwrap();
     let e = v1.object_names().unwrap_err();
@@ -281,6 +299,13 @@ fn a_damaged_object_graph_is_an_error_naming_the_checkpoint() {
     let e = float.object_names().unwrap_err();
     assert!(
         reason(&e).contains("is float32 [], expected a string scalar"),
+        "{e}"
+    );
+    let two = vec![graph("a", "w/.ATTRIBUTES/VARIABLE_VALUE"), Vec::new()];
+    let two = write("two", Tensor::from_strings(&[2], two).unwrap());
+    let e = two.object_names().unwrap_err();
+    assert!(
+        reason(&e).contains("is string [2], expected a string scalar"),
         "{e}"
     );
 }

@@ -1,8 +1,9 @@
 //! The variables of a TF2 object-based save by the names they had when it was written.
 //!
-//! `tf.train.Checkpoint` (and Keras 3, which saves through it) stores each variable under the path
-//! of attributes that leads to it from the saved object, such as
-//! `model/_functional/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`, and records the
+//! `tf.train.Checkpoint` (and Keras 3, which saves through it) stores each variable under the first
+//! path of attributes that leads to it from the saved object, such as
+//! `model/_functional/_operations/2/_kernel/.ATTRIBUTES/VARIABLE_VALUE` (or, saved with its
+//! optimizer, `optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE`), and records the
 //! variable's own name (`sequential/enc/kernel`, a Keras 3 variable's path) only in the object
 //! graph it saves beside, `_CHECKPOINTABLE_OBJECT_GRAPH`. TensorFlow reads that graph where a
 //! name-based `tf.compat.v1.train.Saver` restores an object-based save
@@ -38,8 +39,8 @@ impl ObjectNames {
     /// to give [`init_from_checkpoint`](crate::init_from_checkpoint)'s assignment map or
     /// [`Checkpoint::read`]. An [`ErrorKind::ObjectGraph`] where the graph gives `name` no key
     /// (with close names), several (several objects held variables of that name, as the
-    /// `kernel`s of two `tf.Module`s: each key is listed, and each can be named by its key), or a
-    /// key the checkpoint does not hold.
+    /// `kernel`s of two `tf.Module`s, or a partitioned variable's parts: each key is listed, and
+    /// each can be named by its key), or a key the checkpoint does not hold.
     pub fn key(&self, name: &str) -> Result<&str> {
         let err = |reason: String| {
             Err(ErrorKind::ObjectGraph {
@@ -55,10 +56,14 @@ impl ObjectNames {
                 "it gives variable {name:?} the key {key:?}, which the checkpoint does not hold"
             )),
             Some(keys) => err(format!(
-                "{} variables were saved under the name {name:?}, with keys {}: name the one \
-                 wanted by its key",
+                "the object graph gives the name {name:?} {} keys (variables of that name, or the \
+                 parts of one partitioned variable): {}; name the one wanted by its key",
                 keys.len(),
                 listed(keys.iter().map(|(k, _)| format!("{k:?}")), keys.len())
+            )),
+            None if self.is_key(name) => err(format!(
+                "no variable was saved under the name {name:?}, which is a checkpoint key itself: \
+                 use it as it is"
             )),
             None => {
                 let close =
@@ -71,8 +76,28 @@ impl ObjectNames {
         }
     }
 
+    /// Whether the graph gives some name the key `key`.
+    fn is_key(&self, key: &str) -> bool {
+        self.names.values().flatten().any(|(k, _)| k == key)
+    }
+
     /// Every name that gives one key the checkpoint holds, with that key, in name order: the
-    /// names [`key`](Self::key) answers.
+    /// names [`key`](Self::key) answers. Not listed: the [`ambiguous`](Self::ambiguous) names,
+    /// and a name whose key the checkpoint does not hold (a damaged or partial save; `key` says
+    /// so). A whole scope into an assignment map, `sequential/` as `model/`:
+    ///
+    /// ```no_run
+    /// # use tfckpt::{AssignmentMap, Checkpoint, Target};
+    /// # let names = Checkpoint::open("/data/keras/ckpt-1")?.object_names()?;
+    /// let map: AssignmentMap = names
+    ///     .iter()
+    ///     .filter_map(|(name, key)| {
+    ///         let rest = name.strip_prefix("sequential/")?;
+    ///         Some((key, Target::name(format!("model/{rest}"))))
+    ///     })
+    ///     .collect();
+    /// # Ok::<(), tfckpt::Error>(())
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.names
             .iter()
@@ -100,7 +125,7 @@ impl ObjectNames {
         self.iter().count()
     }
 
-    /// Whether [`iter`](Self::iter) gives none.
+    /// Whether [`iter`](Self::iter) gives none (also where every name is ambiguous).
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }
@@ -110,8 +135,8 @@ impl Checkpoint {
     /// The variables of a TF2 object-based save (`tf.train.Checkpoint`, Keras 3) by the names they
     /// had when it was written, read from its object graph: what TensorFlow's name-based `Saver`
     /// restores such a save by (`saver.object_graph_key_mapping`). A Keras 3 model's
-    /// `sequential/enc/kernel` is stored as
-    /// `model/_functional/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE`; with the mapping, an
+    /// `sequential/enc/kernel`, saved with its optimizer, is stored as
+    /// `optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE`; with the mapping, an
     /// assignment map (or a candle convention) names it as the model does:
     ///
     /// ```no_run
@@ -128,10 +153,13 @@ impl Checkpoint {
     /// # Ok::<(), tfckpt::Error>(())
     /// ```
     ///
-    /// Attributes without a name (or a key) are left out. Where TensorFlow's mapping keeps the
-    /// last of several keys saved under one name, this one reports the name as ambiguous
-    /// ([`ObjectNames::key`]). [`ErrorKind::ObjectGraph`] where the checkpoint has no object graph
-    /// (a TF1 save, whose tensors are named by their variables already) or a damaged one.
+    /// Attributes without a `full_name` are left out: what is not a variable (an iterator's
+    /// state), which TensorFlow's mapping puts under the name `""`. Where TensorFlow's mapping
+    /// keeps the last of several keys saved under one name, this one reports the name as
+    /// ambiguous ([`ObjectNames::key`]). [`ErrorKind::ObjectGraph`] where the checkpoint has no
+    /// object graph (a TF1 save, whose tensors are named by their variables already) or one that
+    /// does not decode; a graph tensor that cannot be read fails as any tensor does (a checksum
+    /// error, say).
     pub fn object_names(&self) -> Result<ObjectNames> {
         let err = |reason: String| -> crate::Error {
             ErrorKind::ObjectGraph {

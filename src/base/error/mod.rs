@@ -481,8 +481,8 @@ pub enum ErrorKind {
     },
     /// The object graph of a TF2 object-based save (`_CHECKPOINTABLE_OBJECT_GRAPH`) cannot give
     /// what was asked of it ([`Checkpoint::object_names`](crate::Checkpoint::object_names)): the
-    /// checkpoint has none, it is damaged, or it gives the variable asked for no key, several, or
-    /// one the checkpoint does not hold.
+    /// checkpoint has none, it is not a string scalar or does not decode, or it gives the
+    /// variable asked for no key, several, or one the checkpoint does not hold.
     #[error("checkpoint {}: object graph: {reason}", ckpt.display())]
     ObjectGraph {
         /// The checkpoint prefix.
