@@ -68,6 +68,12 @@ fn every_name_resolves_to_the_key_tensorflow_gives_it() {
         for pair in json["attributes"].as_array().unwrap() {
             let (name, key) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
             if name.is_empty() || key.is_empty() {
+                // Left out: "" names nothing (TensorFlow's mapping has it).
+                let why = reason(&names.key(name).unwrap_err());
+                assert!(
+                    why.starts_with("no variable was saved under the name"),
+                    "{case}: {why}"
+                );
                 unnamed += 1;
                 continue;
             }
@@ -141,6 +147,7 @@ fn a_keras_model_loads_by_the_names_keras_gave_its_variables() {
         .map(|p| p.as_str().unwrap())
         .collect();
     assert_eq!(paths.len(), 7);
+    assert!(!names.is_empty());
     assert_eq!(
         names.key("sequential/enc/kernel").unwrap(),
         "optimizer/_trainable_variables/1/.ATTRIBUTES/VARIABLE_VALUE"

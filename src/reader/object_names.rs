@@ -177,7 +177,7 @@ impl Checkpoint {
         }
         let t = self.read(OBJECT_GRAPH)?;
         let bytes = match (t.dtype, t.shape.as_slice(), t.strings()) {
-            (DType::String, [], Some(s)) if s.len() == 1 => s.get(0).unwrap_or_default(),
+            (DType::String, [], Some(s)) => s.get(0).unwrap_or_default(),
             _ => {
                 return Err(err(format!(
                     "{OBJECT_GRAPH} is {} {:?}, expected a string scalar",
