@@ -39,8 +39,9 @@ impl ObjectNames {
     /// to give [`init_from_checkpoint`](crate::init_from_checkpoint)'s assignment map or
     /// [`Checkpoint::read`]. An [`ErrorKind::ObjectGraph`] where the graph gives `name` no key
     /// (with close names), several (several objects held variables of that name, as the
-    /// `kernel`s of two `tf.Module`s, or a partitioned variable's parts: each key is listed, and
-    /// each can be named by its key), or a key the checkpoint does not hold.
+    /// `kernel`s of two `tf.Module`s, or a partitioned variable's parts: the first 8 keys are
+    /// listed with the count, [`ambiguous`](Self::ambiguous) gives them all, and each can be
+    /// named by its key), or a key the checkpoint does not hold.
     pub fn key(&self, name: &str) -> Result<&str> {
         let err = |reason: String| {
             Err(ErrorKind::ObjectGraph {
