@@ -1067,6 +1067,39 @@ fn a_child_forked_after_a_load_loads_reads_and_verifies() {
     );
 }
 
+/// Defect: a child forked while another thread of its parent was making a write's temporary path
+/// (the list of partial outputs locked) hung at its own first write, waiting for a lock no thread
+/// of the child would release (found as a 60 s hang of a forking test, on 2026-12-07, while other
+/// tests of the binary wrote checkpoints). The list is now per process: the child writes, and the
+/// parent's write goes on.
+#[cfg(unix)]
+#[test]
+fn a_child_forked_while_a_write_makes_its_temporary_path_writes_its_own() {
+    let (held, holding) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let parent = std::thread::spawn(move || {
+        let making = tfckpt::PartialOutput::making();
+        held.send(()).unwrap();
+        released.recv().unwrap();
+        drop(making);
+    });
+    holding.recv().unwrap();
+    let write = || {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut w = common::builder::CkptBuilder::new(tmp.path().join("m"));
+        w.f32("w", &[2], &[1.0, 2.0]);
+        let ckpt = tfckpt::Checkpoint::open(w.finish()).map_err(|e| e.to_string())?;
+        let values = ckpt.read("w").map_err(|e| e.to_string())?.to_f32();
+        (values == Some(vec![1.0, 2.0]))
+            .then_some(())
+            .ok_or(format!("read {values:?}"))
+    };
+    let child = common::fork::in_child(write);
+    release.send(()).unwrap();
+    parent.join().unwrap();
+    assert_eq!(child, "ok");
+}
+
 /// A checkpoint `A` with a view of `a` taken, then its shard truncated to one page: the view's
 /// bytes are gone. And a second, whole checkpoint `B` to load meanwhile.
 #[cfg(target_os = "linux")]

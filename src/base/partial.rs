@@ -16,11 +16,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-static LISTED: Mutex<Vec<(u64, PathBuf)>> = Mutex::new(Vec::new());
+use crate::base::par::PerProcess;
+
+/// This process's listed paths. Per process: a child forked while another thread of the parent
+/// held the lock (a write making its temporary path) would wait for it forever at its first
+/// write, and the parent's writes in progress are not the child's to remove.
+static LISTED: PerProcess<Mutex<Vec<(u64, PathBuf)>>> = PerProcess::new();
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn listed() -> MutexGuard<'static, Vec<(u64, PathBuf)>> {
-    LISTED.lock().unwrap_or_else(PoisonError::into_inner)
+    let list = LISTED.get_or_try_init(|| Ok::<_, ()>(Mutex::default()));
+    let list = list.unwrap_or_else(|()| unreachable!("making an empty list cannot fail"));
+    list.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A temporary file or folder of a write in progress, listed for [`remove_partial_outputs`]
