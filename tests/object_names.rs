@@ -174,8 +174,9 @@ fn compare(case: &str, path: PathBuf, json: &Value) -> (usize, usize, usize) {
 
 /// The Keras 3 save: its model's variables are stored under the optimizer's paths to them
 /// (`optimizer/_trainable_variables/1/...`); by their Keras paths, as the model names them, an
-/// assignment map loads each into a variable of the store, the values TensorFlow recorded for
-/// those keys.
+/// assignment map loads each into a variable of the store: the checkpoint's values under those
+/// keys (which `tests/tf_fixtures.rs` compares with TensorFlow's reading, and the candle test with
+/// TensorFlow's `.npy` files).
 #[test]
 fn a_keras_model_loads_by_the_names_keras_gave_its_variables() {
     let case = "tf2_keras";
