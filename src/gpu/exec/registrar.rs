@@ -24,8 +24,6 @@ use crate::base::mmap::MappedFile;
 /// A registered range of a mapping: offsets `start..end` of mapping `file`, registered at `ptr`,
 /// last used by batch `last_use`.
 struct Window {
-    /// The mapping (its address, as an identity).
-    map: usize,
     file: Arc<MappedFile>,
     /// The registered address.
     ptr: usize,
@@ -39,20 +37,18 @@ struct Window {
 struct Windows(VecDeque<Window>);
 
 impl Windows {
-    /// Where registration must start for pages `[start, ..)` of mapping `map`: past the newest
+    /// Where registration must start for pages `[start, ..)` of mapping `file`: past the newest
     /// window when it already covers `start`, else `start`.
-    fn first_unregistered(&self, map: usize, start: usize) -> usize {
+    fn first_unregistered(&self, file: &Arc<MappedFile>, start: usize) -> usize {
         match self.0.back() {
-            Some(w) if w.map == map && w.end > start => w.end,
+            Some(w) if Arc::ptr_eq(&w.file, file) && w.end > start => w.end,
             _ => start,
         }
     }
 
-    /// Records a registration of `file` (identity `map`) at `ptr`, offsets `start..end`, for batch
-    /// `batch`.
+    /// Records a registration of `file` at `ptr`, offsets `pages`, for batch `batch`.
     fn add(&mut self, file: &Arc<MappedFile>, ptr: usize, pages: Range<usize>, batch: u64) {
         self.0.push_back(Window {
-            map: Arc::as_ptr(file) as usize,
             file: file.clone(),
             ptr,
             start: pages.start,
@@ -61,10 +57,10 @@ impl Windows {
         });
     }
 
-    /// Marks the windows of mapping `map` past `start` as used by batch `batch`.
-    fn used_by(&mut self, map: usize, start: usize, batch: u64) {
+    /// Marks the windows of mapping `file` past `start` as used by batch `batch`.
+    fn used_by(&mut self, file: &Arc<MappedFile>, start: usize, batch: u64) {
         for w in self.0.iter_mut().rev() {
-            if w.map != map || w.end <= start {
+            if !Arc::ptr_eq(&w.file, file) || w.end <= start {
                 break;
             }
             w.last_use = batch;
@@ -218,8 +214,7 @@ fn register<L: Link>(link: &L, windows: &mut Windows, units: &[Unit], batch: u64
     // Whole pages: the mapping covers the last page of the file entirely. Units of one mapping are
     // in increasing file order (see `units`), so the batch ends with its last.
     let end = units[units.len() - 1].range.end.div_ceil(page) * page;
-    let id = Arc::as_ptr(map) as usize;
-    let from = windows.first_unregistered(id, start);
+    let from = windows.first_unregistered(map, start);
     if from < end {
         let ptr = bytes.as_ptr().wrapping_add(from);
         // SAFETY: `from` is page-aligned inside the mapping and `end` ends within its last page;
@@ -230,7 +225,7 @@ fn register<L: Link>(link: &L, windows: &mut Windows, units: &[Unit], batch: u64
         }
         windows.add(map, ptr as usize, from..end, batch);
     }
-    windows.used_by(id, start, batch);
+    windows.used_by(map, start, batch);
     Registered::From(from)
 }
 
@@ -396,7 +391,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = mapped(&dir, 4);
         let window = |i: usize, last_use: u64| Window {
-            map: Arc::as_ptr(&file) as usize,
             file: file.clone(),
             ptr: 0,
             start: i * MIB,
