@@ -5,6 +5,8 @@ mod common;
 
 #[path = "../examples/candle_bert.rs"]
 mod candle_bert;
+#[path = "candle/keras.rs"]
+mod keras;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};

@@ -39,6 +39,8 @@ fn recorded() -> Vec<(String, PathBuf, Value)> {
     for case in [
         "tf2_object",
         "tf2_keras",
+        "tf2_keras_layers",
+        "tf2_keras2",
         "tf2_max_shard_size",
         "tf2_dtensor",
     ] {

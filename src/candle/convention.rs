@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::reader::object_names::ObjectNames;
+
 /// The TensorFlow variable a candle `Var` is, under a [`Convention`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TfName {
@@ -22,6 +24,8 @@ type AdjustFn = dyn Fn(&str, &[usize], Option<TfName>) -> Option<TfName> + Send 
 /// * [`Convention::slashes`]: the candle name with `.` as `/`, nothing else.
 /// * [`Convention::custom`]: the trainer's own function.
 /// * [`Convention::tf1_with`]: `tf1`'s names, adjusted by the trainer's function.
+/// * [`Convention::keras`]: Keras 2 and 3 layers saved as TF2 objects, through the save's object
+///   graph.
 #[derive(Clone)]
 pub struct Convention(Kind);
 
@@ -31,6 +35,7 @@ enum Kind {
     Tf1,
     Custom(Arc<NameFn>),
     Tf1With(Arc<AdjustFn>),
+    Keras(Arc<ObjectNames>),
 }
 
 impl std::fmt::Debug for Convention {
@@ -40,6 +45,7 @@ impl std::fmt::Debug for Convention {
             Kind::Tf1 => "Convention::tf1",
             Kind::Custom(_) => "Convention::custom",
             Kind::Tf1With(_) => "Convention::tf1_with",
+            Kind::Keras(_) => "Convention::keras",
         })
     }
 }
@@ -118,6 +124,44 @@ impl Convention {
         Convention(Kind::Tf1With(Arc::new(f)))
     }
 
+    /// Keras layers saved as TF2 objects (Keras 3 through `tf.train.Checkpoint`, Keras 2's
+    /// `model.save_weights` in TensorFlow's format), named through the save's object graph
+    /// ([`Checkpoint::object_names`](crate::Checkpoint::object_names)): each `Var` gets the
+    /// checkpoint key of the Keras variable it is. Build the candle model under the Keras layers'
+    /// names (Keras 3's variable paths, `functional` models' without the model's name,
+    /// `Sequential`'s with it: `sequential.enc` for `sequential/enc/kernel`; Keras 2's variable
+    /// names without `:0`):
+    ///
+    /// ```no_run
+    /// # use tfckpt::candle::{CandleInit, Convention};
+    /// # let varmap = candle_nn::VarMap::new();
+    /// let names = tfckpt::Checkpoint::open("/data/keras/ckpt-1")?.object_names()?;
+    /// let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names))?;
+    /// let found = init.map_existing("/data/keras/ckpt-1")?;
+    /// init.init_from_checkpoint("/data/keras/ckpt-1", &found.map)?;
+    /// init.initialize(&Default::default())?;
+    /// # Ok::<(), tfckpt::Error>(())
+    /// ```
+    ///
+    /// The names are [`tf1`](Self::tf1)'s, with the one the graph holds where a candle layer can
+    /// be either of two Keras ones:
+    ///
+    /// | candle | Keras |
+    /// |---|---|
+    /// | `weight` of a 2-D module without `bias` | `embeddings` of an `Embedding` (as it is), or `kernel` of a `Dense(use_bias=False)` (transposed): whichever the graph holds, whatever the layer's name |
+    /// | `weight` of a 1-D module without `bias` (`candle_nn::rms_norm`) | `gamma`, or `scale` (`RMSNormalization`) |
+    /// | `weight` / `bias` of a 2-D `Linear`, of a LayerNorm, `running_mean` / `running_var` | `kernel` (transposed) / `bias`, `gamma` / `beta`, `moving_mean` / `moving_variance`, as `tf1` |
+    ///
+    /// A convolution's `Var`s get no name, as under `tf1` (Keras stores a kernel `[k, in, out]`,
+    /// candle `[out, in, k]`). A `Var` whose name the graph does not give exactly one key keeps
+    /// its Keras name, which no object-based save holds: [`map_existing`](super::CandleInit::map_existing)
+    /// lists it as not in the checkpoint (a fresh head, or a layer named otherwise than in
+    /// Keras), and [`ObjectNames::key`] on its name says why (no such name, with close ones, or
+    /// a name several variables were saved under).
+    pub fn keras(names: ObjectNames) -> Convention {
+        Convention(Kind::Keras(Arc::new(names)))
+    }
+
     /// The TensorFlow variable of each candle `(name, shape)`, in order. A convention may look at
     /// the whole model (`tf1` tells a LayerNorm's `bias` by its `weight`).
     pub fn tf_names(&self, vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
@@ -138,6 +182,7 @@ impl Convention {
                 .zip(tf1(vars))
                 .map(|((name, shape), tf)| f(name, shape, tf))
                 .collect(),
+            Kind::Keras(names) => keras(vars, names),
         }
     }
 }
@@ -216,6 +261,55 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
                 name: tf,
                 transposed,
             })
+        })
+        .collect()
+}
+
+/// [`Convention::keras`]: each `Var`'s candidate names, `tf1`'s first, resolved to the key of the
+/// first the object graph gives exactly one.
+fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> {
+    let biased: HashSet<&str> = vars
+        .iter()
+        .filter(|(name, _)| split(name).1 == "bias")
+        .map(|(name, _)| split(name).0)
+        .collect();
+    vars.iter()
+        .zip(tf1(vars))
+        .map(|(&(name, shape), tf)| {
+            let tf = tf?;
+            let (module, leaf) = split(name);
+            let candidate = |leaf: &str, transposed| {
+                let scope = tf1_path(module);
+                TfName {
+                    name: if scope.is_empty() {
+                        leaf.to_string()
+                    } else {
+                        format!("{scope}/{leaf}")
+                    },
+                    transposed,
+                }
+            };
+            let mut candidates = vec![tf.clone()];
+            if leaf == "weight" && !biased.contains(module) {
+                match shape.len() {
+                    2 => candidates
+                        .extend([candidate("embeddings", false), candidate("kernel", true)]),
+                    1 => candidates.extend([candidate("gamma", false), candidate("scale", false)]),
+                    _ => {}
+                }
+            }
+            Some(
+                candidates
+                    .into_iter()
+                    .find_map(|c| {
+                        let key = names.resolve(&c.name)?;
+                        Some(TfName {
+                            name: key.to_string(),
+                            transposed: c.transposed,
+                        })
+                    })
+                    .unwrap_or(tf),
+            )
         })
         .collect()
 }

@@ -51,8 +51,10 @@ impl ObjectNames {
             }
             .into())
         };
+        if let Some(key) = self.resolve(name) {
+            return Ok(key);
+        }
         match self.names.get(name).map(Vec::as_slice) {
-            Some([(key, true)]) => Ok(key),
             Some([(key, false)]) => err(format!(
                 "it gives variable {name:?} the key {key:?}, which the checkpoint does not hold"
             )),
@@ -74,6 +76,15 @@ impl ObjectNames {
                     suggest(&close)
                 ))
             }
+        }
+    }
+
+    /// `name`'s key where [`key`](Self::key) gives one, without building its error (a
+    /// convention tries several names).
+    pub(crate) fn resolve(&self, name: &str) -> Option<&str> {
+        match self.names.get(name).map(Vec::as_slice) {
+            Some([(key, true)]) => Some(key),
+            _ => None,
         }
     }
 

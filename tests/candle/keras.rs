@@ -1,0 +1,181 @@
+//! Keras 2 and 3 saves into candle models built under the Keras layers' names,
+//! [`Convention::keras`]: the names through the object graph TensorFlow saved, the kernels
+//! transposed, embeddings and `Dense(use_bias=False)` told apart by what the graph holds.
+
+use super::{same, snapshot, tf_value, var, CPU};
+use crate::common::fixtures::ckpt_path;
+use candle_core::DType;
+use candle_nn::{VarBuilder, VarMap};
+use tfckpt::candle::{CandleInit, Convention};
+use tfckpt::Checkpoint;
+
+/// The layers of the `tf2_keras_layers` (Keras 3) and `tf2_keras2` (Keras 2, no
+/// `RMSNormalization` and no last `Dense`) fixtures, as `candle_nn` builds them under the Keras
+/// names, and a fresh `head` the checkpoints do not hold.
+fn keras_model(keras3: bool) -> VarMap {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(12, 4, vb.pp("tokens")).unwrap();
+    candle_nn::linear_no_bias(4, 5, vb.pp("proj")).unwrap();
+    candle_nn::layer_norm(5, 1e-3, vb.pp("norm")).unwrap();
+    if keras3 {
+        candle_nn::rms_norm(5, 1e-6, vb.pp("rms")).unwrap();
+    }
+    candle_nn::conv1d(5, 3, 2, Default::default(), vb.pp("conv")).unwrap();
+    candle_nn::batch_norm(3, 1e-3, vb.pp("bn")).unwrap();
+    candle_nn::linear(3, 3, vb.pp("square")).unwrap();
+    if keras3 {
+        candle_nn::linear(3, 2, vb.pp("dense")).unwrap();
+    }
+    candle_nn::linear(2, 2, vb.pp("head")).unwrap();
+    varmap
+}
+
+#[test]
+fn keras_layers_load_into_candle_by_the_object_graph() {
+    for (case, keras3) in [("tf2_keras_layers", true), ("tf2_keras2", false)] {
+        let path = ckpt_path(case);
+        let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+        let varmap = keras_model(keras3);
+        let before = snapshot(&varmap);
+        let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names.clone())).unwrap();
+        let found = init.map_existing(&path).unwrap();
+        // (candle, Keras, transposed)
+        let mut loaded = vec![
+            ("tokens.weight", "tokens/embeddings", false),
+            ("proj.weight", "proj/kernel", true),
+            ("norm.weight", "norm/gamma", false),
+            ("norm.bias", "norm/beta", false),
+            ("bn.weight", "bn/gamma", false),
+            ("bn.bias", "bn/beta", false),
+            ("bn.running_mean", "bn/moving_mean", false),
+            ("bn.running_var", "bn/moving_variance", false),
+            ("square.weight", "square/kernel", true),
+            ("square.bias", "square/bias", false),
+        ];
+        if keras3 {
+            loaded.extend([
+                ("rms.weight", "rms/scale", false),
+                ("dense.weight", "dense/kernel", true),
+                ("dense.bias", "dense/bias", false),
+            ]);
+        }
+        let mut pairs = found.pairs.clone();
+        pairs.sort();
+        let mut want: Vec<(String, String)> = loaded
+            .iter()
+            .map(|(c, k, _)| (c.to_string(), names.key(k).unwrap().to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(pairs, want, "{case}: {found}");
+        assert_eq!(
+            found.not_in_checkpoint,
+            ["head.bias", "head.weight"],
+            "{case}"
+        );
+        assert_eq!(found.unnamed, ["conv.bias", "conv.weight"], "{case}");
+        let conv: Vec<&str> = ["conv/kernel", "conv/bias"]
+            .iter()
+            .map(|k| names.key(k).unwrap())
+            .collect();
+        for key in conv {
+            assert!(
+                found.not_in_model.iter().any(|k| k == key),
+                "{case}: {found}"
+            );
+        }
+        assert!(found.shape_mismatches.is_empty(), "{case}: {found}");
+        init.init_from_checkpoint(&path, &found.map).unwrap();
+        init.initialize(&Default::default()).unwrap();
+        for (candle, keras, transposed) in loaded {
+            let want = tf_value(case, names.key(keras).unwrap());
+            let want = if transposed { want.t().unwrap() } else { want };
+            assert!(same(&var(&varmap, candle), &want), "{case}: {candle}");
+        }
+        // The square kernel's transpose is not the kernel (the test would not see a kernel
+        // taken as it is otherwise).
+        let square = tf_value(case, names.key("square/kernel").unwrap());
+        assert!(!same(&square, &square.t().unwrap()), "{case}");
+        // What the checkpoint does not hold, and the convolution, keep candle's values.
+        let after = snapshot(&varmap);
+        for (name, value) in &before {
+            if name.starts_with("conv.") || name.starts_with("head.") {
+                let now = &after.iter().find(|(n, _)| n == name).unwrap().1;
+                assert_eq!(now, value, "{case}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_keras_sequential_is_named_with_the_models_name() {
+    // `Sequential` builds its layers under its own name: `sequential/enc/kernel`.
+    let path = ckpt_path("tf2_keras");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(10, 3, vb.pp("sequential.emb")).unwrap();
+    candle_nn::linear(3, 4, vb.pp("sequential.enc")).unwrap();
+    candle_nn::layer_norm(4, 1e-3, vb.pp("sequential.ln")).unwrap();
+    candle_nn::linear(4, 2, vb.pp("sequential.head")).unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names.clone())).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 7, "{found}");
+    assert!(found.not_in_checkpoint.is_empty(), "{found}");
+    assert!(found.unnamed.is_empty(), "{found}");
+    assert_eq!(
+        init.tf_name("sequential.enc.weight"),
+        Some(names.key("sequential/enc/kernel").unwrap())
+    );
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let kernel = tf_value("tf2_keras", names.key("sequential/enc/kernel").unwrap());
+    assert!(same(
+        &var(&varmap, "sequential.enc.weight"),
+        &kernel.t().unwrap()
+    ));
+    let table = tf_value("tf2_keras", names.key("sequential/emb/embeddings").unwrap());
+    assert!(same(&var(&varmap, "sequential.emb.weight"), &table));
+}
+
+#[test]
+fn a_name_saved_twice_or_not_at_all_stays_unresolved_and_is_not_loaded() {
+    // tf2_object: three `tf.Module`s saved a variable named `kernel` (an ambiguous name).
+    let path = ckpt_path("tf2_object");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    // The root's `weight` is `kernel` under tf1, which three variables were saved as.
+    candle_nn::linear_no_bias(3, 4, vb.clone()).unwrap();
+    candle_nn::linear(2, 2, vb.pp("fresh")).unwrap();
+    let before = var(&varmap, "weight")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names.clone())).unwrap();
+    // Unresolved, each keeps its name, which no key is.
+    assert_eq!(init.tf_name("weight"), Some("kernel"));
+    assert_eq!(init.tf_name("fresh.weight"), Some("fresh/kernel"));
+    let found = init.map_existing(&path).unwrap();
+    assert!(found.pairs.is_empty(), "{found}");
+    assert_eq!(
+        found.not_in_checkpoint,
+        ["fresh.bias", "fresh.weight", "weight"]
+    );
+    // And the graph says why.
+    let why = names.key("kernel").unwrap_err().to_string();
+    assert!(why.contains("3 keys"), "{why}");
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let after = var(&varmap, "weight")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(
+        format!("{:?}", Convention::keras(names)),
+        "Convention::keras"
+    );
+}
