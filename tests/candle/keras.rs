@@ -179,3 +179,20 @@ fn a_name_saved_twice_or_not_at_all_stays_unresolved_and_is_not_loaded() {
         "Convention::keras"
     );
 }
+
+#[test]
+fn a_linear_with_a_bias_never_takes_an_embedding_table() {
+    // `tokens` is an `Embedding(12, 4)` in Keras; a candle `Linear(4, 12)` built under that name
+    // has a weight of the table's shape, but a layer with a bias is no embedding: the weight is
+    // `tokens/kernel`, which the save lacks, and no half of the layer loads.
+    let path = ckpt_path("tf2_keras_layers");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(4, 12, vb.pp("tokens")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    assert_eq!(init.tf_name("tokens.weight"), Some("tokens/kernel"));
+    let found = init.map_existing(&path).unwrap();
+    assert!(found.pairs.is_empty(), "{found}");
+    assert_eq!(found.not_in_checkpoint, ["tokens.bias", "tokens.weight"]);
+}
