@@ -130,7 +130,8 @@ impl Convention {
     /// checkpoint key of the Keras variable it is. Build the candle model under the Keras layers'
     /// names (Keras 3's variable paths, `functional` models' without the model's name,
     /// `Sequential`'s with it: `sequential.enc` for `sequential/enc/kernel`; Keras 2's variable
-    /// names without `:0`):
+    /// names without `:0`; [`map_existing`](super::CandleInit::map_existing) fails naming the
+    /// scope where the model lacks or adds one against the graph's names):
     ///
     /// ```no_run
     /// # use tfckpt::candle::{CandleInit, Convention};
@@ -160,6 +161,14 @@ impl Convention {
     /// a name several variables were saved under).
     pub fn keras(names: ObjectNames) -> Convention {
         Convention(Kind::Keras(Arc::new(names)))
+    }
+
+    /// The object graph a [`keras`](Self::keras) convention names by.
+    pub(crate) fn object_names(&self) -> Option<&Arc<ObjectNames>> {
+        match &self.0 {
+            Kind::Keras(names) => Some(names),
+            _ => None,
+        }
     }
 
     /// The TensorFlow variable of each candle `(name, shape)`, in order. A convention may look at

@@ -117,7 +117,9 @@ impl CandleInit {
     /// only the checkpoint's index. Where half of the `Var`s or more would pair with a scope added
     /// on one side, more than pair by name (a model built on `vb` where Google's checkpoint has
     /// `bert/`, perhaps with a head built under `bert.` by hand that pairs), it fails naming the
-    /// scope and how to add or drop it. An [`init_from_checkpoint`](Self::init_from_checkpoint)
+    /// scope and how to add or drop it (under [`Convention::keras`](super::Convention::keras),
+    /// a scope of the object graph's names: a `Sequential`'s model name, say). An
+    /// [`init_from_checkpoint`](Self::init_from_checkpoint)
     /// of the same path right after reuses the index read here while its files are unchanged
     /// (on object storage: one HEAD instead of reading it again).
     pub fn map_existing(&self, ckpt_dir_or_file: impl AsRef<Path>) -> Result<ExistingMap> {
@@ -189,7 +191,9 @@ impl CandleInit {
     /// Where `paired` `Var`s pair with a tensor of `ckpt` by name but half or more, and more than
     /// `paired`, would with a scope added on one side (candle-transformers' `BertModel::load(vb,
     /// ..)` names its `Var`s without Google's `bert/`, which `vb.pp("bert")` adds), what to do: an
-    /// error is better than a model left to its random initialization without a word.
+    /// error is better than a model left to its random initialization without a word. Under
+    /// [`Convention::keras`](super::Convention::keras), the names are its object graph's (a
+    /// Keras `Sequential` names its variables under its own name, a functional model does not).
     fn scope_mismatch(&self, ckpt: &Checkpoint, paired: usize) -> Option<String> {
         /// Per scope: how many names it pairs, and one pair (the model's TensorFlow name, the
         /// checkpoint's).
@@ -204,9 +208,12 @@ impl CandleInit {
             scopes.into_iter().max_by_key(|(_, v)| v.0)
         }
         let (mut in_ckpt, mut in_model) = (Scopes::new(), Scopes::new());
-        let names: std::collections::HashSet<&str> =
-            ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
-        for c in ckpt.tensors().iter().map(|t| t.name.as_str()) {
+        // In name order (the index's), so that each scope's example pair is always the same.
+        let names: std::collections::BTreeSet<&str> = match &self.graph {
+            Some(graph) => graph.iter().map(|(name, _)| name).collect(),
+            None => ckpt.tensors().iter().map(|t| t.name.as_str()).collect(),
+        };
+        for &c in &names {
             for (i, _) in c.match_indices('/') {
                 if self.vars.contains_key(&c[i + 1..]) {
                     count(&mut in_ckpt, &c[..=i], &c[i + 1..], c);
@@ -226,35 +233,54 @@ impl CandleInit {
                 .map_or(tf.to_string(), |b| b.candle.clone())
         };
         let prefix = ckpt.prefix().display();
+        // Under a Keras convention the names are the object graph's: no assignment map pairs them
+        // (it takes keys), and no BERT is meant.
+        let keras = self.graph.is_some();
+        let (what, there) = match keras {
+            true => ("variable", "in its object graph"),
+            false => ("tensor", "there"),
+        };
         // A chance match of a few names is no scope: at least half of the model's Vars, and more
         // than pair by name.
         let many = |found: Option<(String, (usize, String, String))>| {
             found.filter(|(_, (n, _, _))| 2 * n >= self.vars.len() && *n > paired)
         };
         let lead = match paired {
-            0 => format!("no Var pairs with a tensor of {prefix} by its name"),
+            0 => format!("no Var pairs with a {what} of {prefix} by its name"),
             _ => format!(
-                "only {paired} of the model's {} Vars pair with a tensor of {prefix} by name",
+                "only {paired} of the model's {} Vars pair with a {what} of {prefix} by name",
                 self.vars.len()
             ),
         };
         match (many(best(in_ckpt)), many(best(in_model))) {
             (Some((scope, (n, tf, c))), other) if other.as_ref().is_none_or(|o| o.1 .0 <= n) => {
                 let pp = scope.trim_end_matches('/').replace('/', ".");
+                let advice = match keras {
+                    true => format!("build the model under vb.pp({pp:?})"),
+                    false => format!(
+                        "build the model under vb.pp({pp:?}) (candle-transformers' \
+                         BertModel::load does not add it), or map with {{{scope:?}: \"/\"}}"
+                    ),
+                };
                 Some(format!(
-                    "{lead}, but {n} would under the \
-                     scope {scope:?} ({:?}, TensorFlow name {tf:?}, is {c:?} there): build the \
-                     model under vb.pp({pp:?}) (candle-transformers' BertModel::load does not add \
-                     it), or map with {{{scope:?}: \"/\"}}",
+                    "{lead}, but {n} would under the scope {scope:?} ({:?}, TensorFlow name \
+                     {tf:?}, is {c:?} {there}): {advice}",
                     candle(&tf)
                 ))
             }
-            (_, Some((scope, (n, tf, c)))) => Some(format!(
-                "{lead}, but {n} would without the \
-                 scope {scope:?} of the model's names ({:?}, TensorFlow name {tf:?}, is {c:?} \
-                 there): build the model without it, or map with {{\"/\": {scope:?}}}",
-                candle(&tf)
-            )),
+            (_, Some((scope, (n, tf, c)))) => {
+                let advice = match keras {
+                    true => "build the model without it".to_string(),
+                    false => {
+                        format!("build the model without it, or map with {{\"/\": {scope:?}}}")
+                    }
+                };
+                Some(format!(
+                    "{lead}, but {n} would without the scope {scope:?} of the model's names \
+                     ({:?}, TensorFlow name {tf:?}, is {c:?} {there}): {advice}",
+                    candle(&tf)
+                ))
+            }
             _ => None,
         }
     }

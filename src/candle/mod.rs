@@ -132,6 +132,9 @@ pub struct CandleInit {
     deferred: Vec<DeferredInit>,
     /// Candle names of the `Var`s the convention gave no TensorFlow name.
     unnamed: Vec<String>,
+    /// The object graph of a [`Convention::keras`], whose names `map_existing` looks for a
+    /// scope in.
+    graph: Option<std::sync::Arc<crate::ObjectNames>>,
     /// The checkpoint `map_existing` last opened, with the path it was given: an
     /// `init_from_checkpoint` of the same path right after reuses its index while it is unchanged.
     last_opened: std::sync::Mutex<Option<(std::path::PathBuf, std::sync::Arc<Checkpoint>)>>,
@@ -173,6 +176,7 @@ impl CandleInit {
             casts: BTreeMap::new(),
             deferred: Vec::new(),
             unnamed: Vec::new(),
+            graph: convention.object_names().cloned(),
             last_opened: std::sync::Mutex::new(None),
         };
         // One `Var` under two names (tied weights put in twice) would take two values, the last

@@ -196,3 +196,39 @@ fn a_linear_with_a_bias_never_takes_an_embedding_table() {
     assert!(found.pairs.is_empty(), "{found}");
     assert_eq!(found.not_in_checkpoint, ["tokens.bias", "tokens.weight"]);
 }
+
+#[test]
+fn a_keras_model_built_under_the_wrong_scope_is_an_error_that_says_which() {
+    // A `Sequential`'s variables are under its name; built without it, nothing pairs.
+    let path = ckpt_path("tf2_keras");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(3, 4, vb.pp("enc")).unwrap();
+    candle_nn::layer_norm(4, 1e-3, vb.pp("ln")).unwrap();
+    candle_nn::linear(4, 2, vb.pp("head")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let e = init.map_existing(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("no Var pairs with a variable of")
+            && e.contains("but 6 would under the scope \"sequential/\"")
+            && e.contains("is \"sequential/enc/bias\" in its object graph")
+            && e.ends_with("build the model under vb.pp(\"sequential\")"),
+        "{e}"
+    );
+
+    // A functional model's are not: built under its name, nothing pairs either.
+    let path = ckpt_path("tf2_keras_layers");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::layer_norm(5, 1e-3, vb.pp("functional.norm")).unwrap();
+    candle_nn::linear(3, 3, vb.pp("functional.square")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let e = init.map_existing(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("but 4 would without the scope \"functional/\" of the model's names")
+            && e.ends_with("in its object graph): build the model without it"),
+        "{e}"
+    );
+}
