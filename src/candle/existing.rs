@@ -36,7 +36,8 @@ pub struct ExistingMap {
     pub unnamed: Vec<String>,
     /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
     /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
-    /// TensorFlow name, the close tensors' names). Map them by hand, or fix the model's names.
+    /// TensorFlow name, the close tensors' names; under [`Convention::keras`](super::Convention::keras),
+    /// their names in the object graph). Map them by hand, or fix the model's names.
     pub near_misses: Vec<(String, String, Vec<String>)>,
     /// The layers of `shape_mismatches` (of its first 256) that look built with in and out
     /// swapped (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint
@@ -176,9 +177,21 @@ impl CandleInit {
             .vars
             .iter()
             .filter(|(_, b)| missing.contains(b.candle.as_str()));
+        // Under a Keras convention, the object graph's names of the tensors left over.
+        let left: Vec<&str> = match &self.graph {
+            Some(graph) => {
+                let left: std::collections::HashSet<&str> =
+                    found.not_in_model.iter().map(String::as_str).collect();
+                graph
+                    .iter()
+                    .filter(|(_, key)| left.contains(key))
+                    .map(|(name, _)| name)
+                    .collect()
+            }
+            None => found.not_in_model.iter().map(String::as_str).collect(),
+        };
         for (tf, b) in missing.take(256) {
-            let left = found.not_in_model.iter().map(String::as_str);
-            let close = crate::base::suggest::typos(tf, left);
+            let close = crate::base::suggest::typos(tf, left.iter().copied());
             if !close.is_empty() {
                 found
                     .near_misses

@@ -232,3 +232,25 @@ fn a_keras_model_built_under_the_wrong_scope_is_an_error_that_says_which() {
         "{e}"
     );
 }
+
+#[test]
+fn a_misspelt_keras_layer_is_a_near_miss_named_as_keras_named_it() {
+    let path = ckpt_path("tf2_keras_layers");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::embedding(12, 4, vb.pp("tokens")).unwrap();
+    // `proj` misspelt.
+    candle_nn::linear_no_bias(4, 5, vb.pp("prj")).unwrap();
+    candle_nn::layer_norm(5, 1e-3, vb.pp("norm")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert!(
+        found.near_misses.contains(&(
+            "prj.weight".to_string(),
+            "prj/kernel".to_string(),
+            vec!["proj/kernel".to_string()]
+        )),
+        "{found}"
+    );
+}
