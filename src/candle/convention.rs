@@ -128,10 +128,12 @@ impl Convention {
     /// `model.save_weights` in TensorFlow's format), named through the save's object graph
     /// ([`Checkpoint::object_names`](crate::Checkpoint::object_names)): each `Var` gets the
     /// checkpoint key of the Keras variable it is. Build the candle model under the Keras layers'
-    /// names (Keras 3's variable paths, `functional` models' without the model's name,
-    /// `Sequential`'s with it: `sequential.enc` for `sequential/enc/kernel`; Keras 2's variable
-    /// names without `:0`; [`map_existing`](super::CandleInit::map_existing) fails naming the
-    /// scope where the model lacks or adds one against the graph's names):
+    /// names, each candle layer of the Keras layer's kind, as the graph names their variables
+    /// ([`ObjectNames::iter`] lists them): Keras 3's variable paths (a functional model's without
+    /// the model's name, a `Sequential`'s with it: `sequential.enc` for
+    /// `sequential/enc/kernel`), Keras 2's variable names without `:0`.
+    /// [`map_existing`](super::CandleInit::map_existing) fails naming the scope where the model
+    /// lacks one of the graph's names or adds one to them:
     ///
     /// ```no_run
     /// # use tfckpt::candle::{CandleInit, Convention};
@@ -149,16 +151,17 @@ impl Convention {
     ///
     /// | candle | Keras |
     /// |---|---|
-    /// | `weight` of a 2-D module without `bias` | `embeddings` of an `Embedding` (as it is), or `kernel` of a `Dense(use_bias=False)` (transposed): whichever the graph holds, whatever the layer's name |
+    /// | `weight` of a 2-D module without `bias` | `embeddings` of an `Embedding` (as it is), or `kernel` of a `Dense(use_bias=False)` (transposed): whichever the graph holds, whatever the layer's name (so a candle `Embedding` built where Keras has a `Dense` takes its kernel transposed, which only a square kernel's shape allows) |
     /// | `weight` of a 1-D module without `bias` (`candle_nn::rms_norm`) | `gamma`, or `scale` (`RMSNormalization`) |
     /// | `weight` / `bias` of a 2-D `Linear`, of a LayerNorm, `running_mean` / `running_var` | `kernel` (transposed) / `bias`, `gamma` / `beta`, `moving_mean` / `moving_variance`, as `tf1` |
     ///
     /// A convolution's `Var`s get no name, as under `tf1` (Keras stores a kernel `[k, in, out]`,
-    /// candle `[out, in, k]`). A `Var` whose name the graph does not give exactly one key keeps
-    /// its Keras name, which no object-based save holds: [`map_existing`](super::CandleInit::map_existing)
-    /// lists it as not in the checkpoint (a fresh head, or a layer named otherwise than in
-    /// Keras), and [`ObjectNames::key`] on its name says why (no such name, with close ones, or
-    /// a name several variables were saved under).
+    /// candle `[out, in, k]`). Of a `Var`'s names, the first the graph has decides: where the
+    /// graph has none of them, gives that one several keys, or gives it a key the checkpoint
+    /// lacks, the `Var` keeps `tf1`'s name, which no object-based save holds:
+    /// [`map_existing`](super::CandleInit::map_existing) lists it as not in the checkpoint (a
+    /// fresh head, or a layer named otherwise than in Keras: a near miss where the name is
+    /// close to one of the graph's left over), and [`ObjectNames::key`] on its name says why.
     pub fn keras(names: ObjectNames) -> Convention {
         Convention(Kind::Keras(Arc::new(names)))
     }
@@ -203,24 +206,12 @@ fn split(name: &str) -> (&str, &str) {
 
 fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
     // Modules with a 1-D `weight` are normalizations: `weight`/`bias` are TF's `gamma`/`beta`.
-    let norms: HashSet<&str> = vars
-        .iter()
-        .filter(|(name, shape)| split(name).1 == "weight" && shape.len() == 1)
-        .map(|(name, _)| split(name).0)
-        .collect();
+    let norms = modules_with(vars, "weight", |dims| dims == 1);
     // Modules whose `weight` has more than 2 dimensions (convolutions): no name for it, nor for
     // their `bias`, so that no half of such a layer loads.
-    let convs: HashSet<&str> = vars
-        .iter()
-        .filter(|(name, shape)| split(name).1 == "weight" && shape.len() > 2)
-        .map(|(name, _)| split(name).0)
-        .collect();
+    let convs = modules_with(vars, "weight", |dims| dims > 2);
     // Modules with a `bias`: a `Linear`, never an `Embedding` (which has none).
-    let biased: HashSet<&str> = vars
-        .iter()
-        .filter(|(name, _)| split(name).1 == "bias")
-        .map(|(name, _)| split(name).0)
-        .collect();
+    let biased = modules_with(vars, "bias", |_| true);
     vars.iter()
         .map(|&(name, shape)| {
             let (module, leaf) = split(name);
@@ -274,52 +265,60 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
         .collect()
 }
 
-/// [`Convention::keras`]: each `Var`'s candidate names, `tf1`'s first, resolved to the key of the
-/// first the object graph gives exactly one.
+/// [`Convention::keras`]: each `Var`'s candidate names, `tf1`'s first; the first the object graph
+/// knows gives its key, or, where the graph gives it several keys or one the checkpoint lacks,
+/// leaves the `Var` under `tf1`'s name (a later candidate would be another layer's variable).
 fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> {
-    let biased: HashSet<&str> = vars
-        .iter()
-        .filter(|(name, _)| split(name).1 == "bias")
-        .map(|(name, _)| split(name).0)
-        .collect();
+    let biased = modules_with(vars, "bias", |_| true);
     vars.iter()
         .zip(tf1(vars))
         .map(|(&(name, shape), tf)| {
             let tf = tf?;
             let (module, leaf) = split(name);
-            let candidate = |leaf: &str, transposed| {
-                let scope = tf1_path(module);
-                TfName {
-                    name: if scope.is_empty() {
-                        leaf.to_string()
-                    } else {
-                        format!("{scope}/{leaf}")
-                    },
-                    transposed,
-                }
+            let scope = tf1_path(module);
+            let candidate = |leaf: &str, transposed| TfName {
+                name: match scope.is_empty() {
+                    true => leaf.to_string(),
+                    false => format!("{scope}/{leaf}"),
+                },
+                transposed,
+            };
+            // A layer without a bias may be either of two Keras ones.
+            let others: &[(&str, bool)] = match (leaf, biased.contains(module), shape.len()) {
+                ("weight", false, 2) => &[("embeddings", false), ("kernel", true)],
+                ("weight", false, 1) => &[("gamma", false), ("scale", false)],
+                _ => &[],
             };
             let mut candidates = vec![tf.clone()];
-            if leaf == "weight" && !biased.contains(module) {
-                match shape.len() {
-                    2 => candidates
-                        .extend([candidate("embeddings", false), candidate("kernel", true)]),
-                    1 => candidates.extend([candidate("gamma", false), candidate("scale", false)]),
-                    _ => {}
+            for &(leaf, transposed) in others {
+                let c = candidate(leaf, transposed);
+                if !candidates.iter().any(|k| k.name == c.name) {
+                    candidates.push(c);
                 }
             }
-            Some(
-                candidates
-                    .into_iter()
-                    .find_map(|c| {
-                        let key = names.resolve(&c.name)?;
-                        Some(TfName {
-                            name: key.to_string(),
-                            transposed: c.transposed,
-                        })
-                    })
-                    .unwrap_or(tf),
-            )
+            let Some(known) = candidates.into_iter().find(|c| names.knows(&c.name)) else {
+                return Some(tf);
+            };
+            Some(match names.resolve(&known.name) {
+                Some(key) => TfName {
+                    name: key.to_string(),
+                    transposed: known.transposed,
+                },
+                None => tf,
+            })
         })
+        .collect()
+}
+
+/// The modules with a `leaf` variable whose number of dimensions `dims` accepts.
+fn modules_with<'a>(
+    vars: &[(&'a str, &[usize])],
+    leaf: &str,
+    dims: impl Fn(usize) -> bool,
+) -> HashSet<&'a str> {
+    vars.iter()
+        .filter(|(name, shape)| split(name).1 == leaf && dims(shape.len()))
+        .map(|(name, _)| split(name).0)
         .collect()
 }
 
@@ -431,5 +430,56 @@ mod tests {
                 transposed: false
             })
         );
+    }
+
+    /// `Convention::keras` on a hand-made graph: the first candidate the graph knows decides,
+    /// also where it cannot be resolved (a later one would be another layer's variable).
+    #[test]
+    fn keras_takes_the_first_name_the_graph_knows() {
+        let names = ObjectNames::from_pairs(&[
+            ("both/kernel", "k/both/kernel"),
+            ("both/embeddings", "k/both/embeddings"),
+            ("word_embeddings/embeddings", "k/word"),
+            ("twice/kernel", "k/twice/kernel/0"),
+            ("twice/kernel", "k/twice/kernel/1"),
+            ("twice/embeddings", "k/twice/embeddings"),
+            ("norm/gamma", "k/norm/gamma/0"),
+            ("norm/gamma", "k/norm/gamma/1"),
+            ("norm/scale", "k/norm/scale"),
+            ("rms/scale", "k/rms/scale"),
+        ]);
+        let keras = Convention::keras(names);
+        assert_eq!(format!("{keras:?}"), "Convention::keras");
+        let got: Vec<Option<(String, bool)>> = keras
+            .tf_names(&[
+                ("both.weight", &[3, 2]),
+                ("word_embeddings.weight", &[30, 8]),
+                ("twice.weight", &[3, 2]),
+                ("norm.weight", &[4]),
+                ("rms.weight", &[4]),
+                ("fresh.weight", &[2, 2]),
+                ("conv.weight", &[2, 2, 2]),
+            ])
+            .into_iter()
+            .map(|n| n.map(|n| (n.name, n.transposed)))
+            .collect();
+        let want = [
+            // tf1's name first: both are in the graph, the kernel is taken, transposed.
+            Some(("k/both/kernel", true)),
+            // tf1 names a module `*embeddings` as its own variable; Keras's is `embeddings`.
+            Some(("k/word", false)),
+            // Saved twice: tf1's name stays, not the other layer kind's `embeddings`.
+            Some(("twice/kernel", true)),
+            Some(("norm/gamma", false)),
+            Some(("k/rms/scale", false)),
+            // Not in the graph: tf1's name.
+            Some(("fresh/kernel", true)),
+            None,
+        ];
+        let want: Vec<Option<(String, bool)>> = want
+            .into_iter()
+            .map(|w| w.map(|(n, t)| (n.to_string(), t)))
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -88,6 +88,29 @@ impl ObjectNames {
         }
     }
 
+    /// Whether the graph gives `name` any key (one, several, or one the checkpoint lacks).
+    #[cfg(feature = "candle")]
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The names of `pairs` (name, key), each key held by the checkpoint: a name given twice is
+    /// ambiguous.
+    #[cfg(all(test, feature = "candle"))]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> ObjectNames {
+        let mut names: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for (name, key) in pairs {
+            names
+                .entry(name.to_string())
+                .or_default()
+                .push((key.to_string(), true));
+        }
+        ObjectNames {
+            ckpt: PathBuf::from("test"),
+            names,
+        }
+    }
+
     /// Whether the graph gives some name the key `key`.
     fn is_key(&self, key: &str) -> bool {
         self.names.values().flatten().any(|(k, _)| k == key)
