@@ -27,6 +27,12 @@ impl CandleInit {
     /// [`CheckpointWriter::finish`]). Returns the number of tensors
     /// written. Write TensorFlow's `checkpoint` state file beside it with
     /// [`write_checkpoint_state`](crate::write_checkpoint_state) to make the directory form work.
+    ///
+    /// Under [`Convention::keras`](super::Convention::keras) the names are the object-based keys
+    /// the `Var`s were loaded from, and no object graph is written: the same `Convention::keras`
+    /// (the names of the checkpoint loaded from) reads the file back, but TensorFlow's
+    /// `tf.train.Checkpoint.restore` into a Keras model does not (without a graph it matches by
+    /// the variables' names, which a Keras 3 model's do not give; checked with TensorFlow 2.21).
     pub fn save_checkpoint(&self, prefix: impl AsRef<Path>) -> Result<usize> {
         let mut writer = CheckpointWriter::create(prefix.as_ref(), WriterOptions::default())?;
         for (tf, b) in &self.vars {

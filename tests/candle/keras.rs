@@ -266,3 +266,38 @@ fn a_misspelt_keras_layer_is_a_near_miss_named_as_keras_named_it() {
         "{found}"
     );
 }
+
+#[test]
+fn a_keras_model_saved_back_reads_back_through_the_graph_it_was_loaded_by() {
+    // `save_checkpoint` writes each `Var` under its key, without an object graph: the names of
+    // the checkpoint it was loaded from name them again.
+    let path = ckpt_path("tf2_keras_layers");
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = keras_model(true);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names.clone())).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("fine-tuned");
+    init.save_checkpoint(&saved).unwrap();
+    let e = Checkpoint::open(&saved)
+        .unwrap()
+        .object_names()
+        .unwrap_err();
+    assert!(e.to_string().contains("fine-tuned"), "{e}");
+
+    let again = keras_model(true);
+    let mut init = CandleInit::from_varmap(&again, &Convention::keras(names)).unwrap();
+    let found = init.map_existing(&saved).unwrap();
+    // Every named Var, the fresh head too (under tf1's name); not the unnamed convolution.
+    assert_eq!(found.pairs.len(), 17 - 2, "{found}");
+    init.init_from_checkpoint(&saved, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    let (before, after) = (snapshot(&varmap), snapshot(&again));
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        if !name.starts_with("conv.") {
+            assert_eq!(a, b, "{name}");
+        }
+    }
+}
