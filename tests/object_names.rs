@@ -41,6 +41,7 @@ fn recorded() -> Vec<(String, PathBuf, Value)> {
         "tf2_keras",
         "tf2_keras_layers",
         "tf2_keras2",
+        "tf2_keras_subclassed",
         "tf2_max_shard_size",
         "tf2_dtensor",
     ] {

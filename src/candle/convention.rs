@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::reader::object_names::ObjectNames;
+use crate::reader::object_names::{Found, ObjectNames};
 
 /// The TensorFlow variable a candle `Var` is, under a [`Convention`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,13 +127,21 @@ impl Convention {
     /// Keras layers saved as TF2 objects (Keras 3 through `tf.train.Checkpoint`, Keras 2's
     /// `model.save_weights` in TensorFlow's format), named through the save's object graph
     /// ([`Checkpoint::object_names`](crate::Checkpoint::object_names)): each `Var` gets the
-    /// checkpoint key of the Keras variable it is. Build the candle model under the Keras layers'
-    /// names, each candle layer of the Keras layer's kind, as the graph names their variables
-    /// ([`ObjectNames::iter`] lists them): Keras 3's variable paths (a functional model's without
-    /// the model's name, a `Sequential`'s with it: `sequential.enc` for
-    /// `sequential/enc/kernel`), Keras 2's variable names without `:0`.
+    /// checkpoint key of the Keras variable it is. Build the candle model of the Keras model's
+    /// layer kinds, under names the graph has for their variables, either of:
+    ///
+    /// * the variables' TensorFlow names ([`ObjectNames::iter`] lists them), which are Keras 3's
+    ///   variable paths for the layers of a functional model (without the model's name) or a
+    ///   `Sequential` (with it: `sequential.enc` for `sequential/enc/kernel`), and Keras 2's
+    ///   variable names without `:0`;
+    /// * the Python attribute paths from the saved model (`block.up` for `self.block.up`), which
+    ///   the keys of a subclassed model show (`model/block/up/_kernel/...`): the way to a Keras 3
+    ///   subclassed model or custom layer, whose sub-layers' variables TensorFlow names after the
+    ///   outer layer alone (`net/kernel` for every kernel of the model).
+    ///
     /// [`map_existing`](super::CandleInit::map_existing) fails naming the scope where the model
-    /// lacks one of the graph's names or adds one to them:
+    /// lacks one of the graph's names or adds one to them (the model's name `net`, say, which
+    /// attribute paths do not have):
     ///
     /// ```no_run
     /// # use tfckpt::candle::{CandleInit, Convention};
@@ -155,13 +163,18 @@ impl Convention {
     /// | `weight` of a 1-D module without `bias` (`candle_nn::rms_norm`) | `gamma`, or `scale` (`RMSNormalization`) |
     /// | `weight` / `bias` of a 2-D `Linear`, of a LayerNorm, `running_mean` / `running_var` | `kernel` (transposed) / `bias`, `gamma` / `beta`, `moving_mean` / `moving_variance`, as `tf1` |
     ///
-    /// A convolution's `Var`s get no name, as under `tf1` (Keras stores a kernel `[k, in, out]`,
-    /// candle `[out, in, k]`). Of a `Var`'s names, the first the graph has decides: where the
-    /// graph has none of them, gives that one several keys, or gives it a key the checkpoint
-    /// lacks, the `Var` keeps `tf1`'s name, which no object-based save holds:
-    /// [`map_existing`](super::CandleInit::map_existing) lists it as not in the checkpoint (a
-    /// fresh head, or a layer named otherwise than in Keras: a near miss where the name is
-    /// close to one of the graph's left over), and [`ObjectNames::key`] on its name says why.
+    /// Each name is asked both ways, as a variable's name and as an attribute path (the last
+    /// attribute as it is or with Keras 3's leading `_`: `_kernel`), from the saved object or
+    /// from one of its children (`model` of `tf.train.Checkpoint(model=net)`), and the answers
+    /// taken together. A convolution's `Var`s get no name, as under `tf1` (Keras stores a kernel
+    /// `[k, in, out]`, candle `[out, in, k]`). Of a `Var`'s names, the first the graph has
+    /// decides: where it has none of them, the `Var` keeps `tf1`'s name, which no object-based
+    /// save holds, and [`map_existing`](super::CandleInit::map_existing) lists it as not in the
+    /// checkpoint (a fresh head, or a layer named otherwise than in Keras: a near miss where the
+    /// name is close to one of the graph's left over); where the name is several variables'
+    /// (two layers of one name in two models), or a key the checkpoint lacks, the `Var` keeps
+    /// that name and `map_existing` lists it among the
+    /// [`ambiguous`](super::ExistingMap::ambiguous) ones, with the keys.
     pub fn keras(names: ObjectNames) -> Convention {
         Convention(Kind::Keras(Arc::new(names)))
     }
@@ -265,9 +278,11 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
         .collect()
 }
 
-/// [`Convention::keras`]: each `Var`'s candidate names, `tf1`'s first; the first the object graph
-/// knows gives its key, or, where the graph gives it several keys or one the checkpoint lacks,
-/// leaves the `Var` under `tf1`'s name (a later candidate would be another layer's variable).
+/// [`Convention::keras`]: each `Var`'s candidate names, `tf1`'s first, each asked of the object
+/// graph as a variable's name and as an attribute path (the candle module's components and the
+/// leaf). The first the graph knows gives its key, or, where the graph gives it several keys or
+/// one the checkpoint lacks, leaves the `Var` under that name (a later candidate would be another
+/// layer's variable).
 fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> {
     let biased = modules_with(vars, "bias", |_| true);
     vars.iter()
@@ -289,23 +304,41 @@ fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> 
                 ("weight", false, 1) => &[("gamma", false), ("scale", false)],
                 _ => &[],
             };
-            let mut candidates = vec![tf.clone()];
+            let mut candidates = vec![tf];
             for &(leaf, transposed) in others {
                 let c = candidate(leaf, transposed);
                 if !candidates.iter().any(|k| k.name == c.name) {
                     candidates.push(c);
                 }
             }
-            let Some(known) = candidates.into_iter().find(|c| names.knows(&c.name)) else {
-                return Some(tf);
-            };
-            Some(match names.resolve(&known.name) {
-                Some(key) => TfName {
-                    name: key.to_string(),
-                    transposed: known.transposed,
-                },
-                None => tf,
-            })
+            let first = candidates[0].clone();
+            for c in candidates {
+                // The attribute path: the candle module's components (`layers.0` stays two), then
+                // the leaf after tf1's scope (none for a name of another form: BERT's heads).
+                let leaf = match scope.is_empty() {
+                    true => Some(c.name.as_str()),
+                    false => c
+                        .name
+                        .strip_prefix(&scope)
+                        .and_then(|l| l.strip_prefix('/')),
+                };
+                let path: Option<Vec<&str>> = leaf.map(|leaf| {
+                    let mut path: Vec<&str> = module.split('.').filter(|m| !m.is_empty()).collect();
+                    path.push(leaf);
+                    path
+                });
+                match names.find(&c.name, path.as_deref()) {
+                    Found::Nothing => continue,
+                    Found::Key(key) => {
+                        return Some(TfName {
+                            name: key.to_string(),
+                            transposed: c.transposed,
+                        })
+                    }
+                    Found::Unusable(_) => return Some(c),
+                }
+            }
+            Some(first)
         })
         .collect()
 }

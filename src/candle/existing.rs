@@ -9,6 +9,11 @@ use super::CandleInit;
 use crate::base::error::{ErrorKind, Result};
 use crate::init::assign::{AssignmentMap, Target};
 use crate::reader::checkpoint::Checkpoint;
+use crate::reader::object_names::Found;
+
+/// At most this many attribute paths of a Keras save's object graph are compared with a model's
+/// names (each object may be reached by several).
+const PATHS: usize = 1 << 16;
 
 /// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
 /// (`non_exhaustive`: what it reports may grow.)
@@ -39,6 +44,12 @@ pub struct ExistingMap {
     /// TensorFlow name, the close tensors' names; under [`Convention::keras`](super::Convention::keras),
     /// their names in the object graph). Map them by hand, or fix the model's names.
     pub near_misses: Vec<(String, String, Vec<String>)>,
+    /// Under [`Convention::keras`](super::Convention::keras), the `Var`s of `not_in_checkpoint`
+    /// whose name the object graph gives several variables (two layers of one name in two
+    /// models, the sub-layers of a Keras 3 layer built in its `call`), or a key the checkpoint
+    /// lacks: (candle name, the name, the keys). Build such layers under the attribute paths
+    /// that tell them apart (the keys show them), or map them by hand.
+    pub ambiguous: Vec<(String, String, Vec<String>)>,
     /// The layers of `shape_mismatches` (of its first 256) that look built with in and out
     /// swapped (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint
     /// kernel's shape `[in, out]`, which the weight has as it stands instead of its transpose).
@@ -74,6 +85,18 @@ impl std::fmt::Display for ExistingMap {
         }
         if self.near_misses.len() > 8 {
             write!(f, "; ... {} near misses in all", self.near_misses.len())?;
+        }
+        for (candle, name, keys) in self.ambiguous.iter().take(8) {
+            let keys = keys.iter().map(|k| format!("{k:?}"));
+            let n = keys.len();
+            write!(
+                f,
+                "; {candle} ({name:?}) is not one variable of the object graph: {}",
+                listed(keys, n)
+            )?;
+        }
+        if self.ambiguous.len() > 8 {
+            write!(f, "; ... {} such Vars in all", self.ambiguous.len())?;
         }
         let shapes = self.shape_mismatches.iter();
         let shapes = shapes.map(|(candle, _, var, t)| format!("{candle} {var:?} vs {t:?}"));
@@ -166,7 +189,12 @@ impl CandleInit {
             .map(|t| t.name.clone())
             .collect();
         found.unnamed = self.unnamed.clone();
-        if let Some(why) = self.scope_mismatch(&ckpt, found.pairs.len()) {
+        let paths = self
+            .graph
+            .as_ref()
+            .map(|g| g.paths(PATHS))
+            .unwrap_or_default();
+        if let Some(why) = self.scope_mismatch(&ckpt, &paths, found.pairs.len()) {
             return Err(ErrorKind::InvalidArgument(why).into());
         }
         // Each compared with every tensor left over: the first 256 (a model and a checkpoint
@@ -177,19 +205,33 @@ impl CandleInit {
             .vars
             .iter()
             .filter(|(_, b)| missing.contains(b.candle.as_str()));
-        // Under a Keras convention, the object graph's names of the tensors left over.
+        // Under a Keras convention, the object graph's names and attribute paths of the tensors
+        // left over.
         let left: Vec<&str> = match &self.graph {
             Some(graph) => {
                 let left: std::collections::HashSet<&str> =
                     found.not_in_model.iter().map(String::as_str).collect();
-                graph
-                    .iter()
-                    .filter(|(_, key)| left.contains(key))
-                    .map(|(name, _)| name)
-                    .collect()
+                let named = graph.iter().filter(|(_, key)| left.contains(key));
+                let walked = paths.iter().filter(|(_, key)| left.contains(key));
+                let mut names: Vec<&str> = named.map(|(name, _)| name).collect();
+                names.extend(walked.map(|(path, _)| path.as_str()));
+                names.sort_unstable();
+                names.dedup();
+                names
             }
             None => found.not_in_model.iter().map(String::as_str).collect(),
         };
+        if let Some(graph) = &self.graph {
+            for (tf, b) in missing.clone() {
+                let (module, _) = b.candle.rsplit_once('.').unwrap_or(("", ""));
+                let mut path: Vec<&str> = module.split('.').filter(|m| !m.is_empty()).collect();
+                path.push(tf.rsplit('/').next().unwrap_or(tf));
+                if let Found::Unusable(keys) = graph.find(tf, Some(&path)) {
+                    let keys = keys.into_iter().map(str::to_string).collect();
+                    found.ambiguous.push((b.candle.clone(), tf.clone(), keys));
+                }
+            }
+        }
         for (tf, b) in missing.take(256) {
             let close = crate::base::suggest::typos(tf, left.iter().copied());
             if !close.is_empty() {
@@ -205,9 +247,15 @@ impl CandleInit {
     /// `paired`, would with a scope added on one side (candle-transformers' `BertModel::load(vb,
     /// ..)` names its `Var`s without Google's `bert/`, which `vb.pp("bert")` adds), what to do: an
     /// error is better than a model left to its random initialization without a word. Under
-    /// [`Convention::keras`](super::Convention::keras), the names are its object graph's (a
-    /// Keras `Sequential` names its variables under its own name, a functional model does not).
-    fn scope_mismatch(&self, ckpt: &Checkpoint, paired: usize) -> Option<String> {
+    /// [`Convention::keras`](super::Convention::keras), the names are its object graph's and
+    /// the attribute `paths` to its variables (a Keras `Sequential` names its variables under its
+    /// own name, a functional model does not, nor does a subclassed model's attribute path).
+    fn scope_mismatch(
+        &self,
+        ckpt: &Checkpoint,
+        paths: &[(String, &str)],
+        paired: usize,
+    ) -> Option<String> {
         /// Per scope: how many names it pairs, and one pair (the model's TensorFlow name, the
         /// checkpoint's).
         type Scopes = BTreeMap<String, (usize, String, String)>;
@@ -223,7 +271,12 @@ impl CandleInit {
         let (mut in_ckpt, mut in_model) = (Scopes::new(), Scopes::new());
         // In name order (the index's), so that each scope's example pair is always the same.
         let names: std::collections::BTreeSet<&str> = match &self.graph {
-            Some(graph) => graph.iter().map(|(name, _)| name).collect(),
+            Some(graph) => {
+                let named = graph.iter().map(|(name, _)| name);
+                named
+                    .chain(paths.iter().map(|(path, _)| path.as_str()))
+                    .collect()
+            }
             None => ckpt.tensors().iter().map(|t| t.name.as_str()).collect(),
         };
         for &c in &names {

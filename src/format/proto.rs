@@ -168,8 +168,8 @@ pub struct TensorProto {
 
 /// `tensorflow.TrackableObjectGraph` (protobuf/trackable_object_graph.proto): the object graph a
 /// TF2 object-based save (`tf.train.Checkpoint`) stores as the string scalar
-/// `_CHECKPOINTABLE_OBJECT_GRAPH`. Only the fields the names need are decoded (children, slot
-/// variables, the registered saver and `has_checkpoint_values` are skipped as unknown fields).
+/// `_CHECKPOINTABLE_OBJECT_GRAPH`. Only the fields the names need are decoded (slot variables,
+/// the registered saver and `has_checkpoint_values` are skipped as unknown fields).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TrackableObjectGraph {
     #[prost(message, repeated, tag = "1")]
@@ -179,8 +179,20 @@ pub struct TrackableObjectGraph {
 /// `tensorflow.TrackableObjectGraph.TrackableObject`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TrackableObject {
+    #[prost(message, repeated, tag = "1")]
+    pub children: Vec<ObjectReference>,
     #[prost(message, repeated, tag = "2")]
     pub attributes: Vec<SerializedTensor>,
+}
+
+/// `tensorflow.TrackableObjectGraph.TrackableObject.ObjectReference`: a child object, by the
+/// attribute name its parent holds it under.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ObjectReference {
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    #[prost(string, tag = "2")]
+    pub local_name: String,
 }
 
 /// `tensorflow.TrackableObjectGraph.TrackableObject.SerializedTensor`.

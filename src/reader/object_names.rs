@@ -32,6 +32,28 @@ pub struct ObjectNames {
     /// Each name's checkpoint keys, in the graph's order, each once, and whether the checkpoint
     /// holds each.
     names: BTreeMap<String, Vec<(String, bool)>>,
+    /// The graph's objects (the saved object first), for the attribute paths to its variables.
+    nodes: Vec<Node>,
+}
+
+/// An object of the graph: its children by the attribute names it holds them under, and, for a
+/// variable, its key and whether the checkpoint holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct Node {
+    children: BTreeMap<String, usize>,
+    variable: Option<(String, bool)>,
+}
+
+/// What [`ObjectNames::find`] found of a variable.
+#[cfg(feature = "candle")]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found<'a> {
+    /// Nothing: no variable of that name or path.
+    Nothing,
+    /// One variable, whose key the checkpoint holds.
+    Key(&'a str),
+    /// Several variables, or one whose key the checkpoint lacks: the keys.
+    Unusable(Vec<&'a str>),
 }
 
 impl ObjectNames {
@@ -88,10 +110,129 @@ impl ObjectNames {
         }
     }
 
-    /// Whether the graph gives `name` any key (one, several, or one the checkpoint lacks).
+    /// The variables named `name` (their `full_name`) or reached by the attribute path `path`
+    /// from the saved object or one of its children (`["block", "up", "kernel"]` reaches
+    /// `model/block/up/_kernel` of a `tf.train.Checkpoint(model=net)`: the last attribute may
+    /// carry Keras 3's leading `_`), taken together: a convention asks for a `Var` both ways.
     #[cfg(feature = "candle")]
-    pub(crate) fn knows(&self, name: &str) -> bool {
-        self.names.contains_key(name)
+    pub(crate) fn find(&self, name: &str, path: Option<&[&str]>) -> Found<'_> {
+        let mut keys: Vec<(&str, bool)> = Vec::new();
+        let named = self.names.get(name).into_iter().flatten();
+        let walked = path.map(|p| self.walk(p)).unwrap_or_default();
+        for (key, held) in named.map(|(k, h)| (k.as_str(), *h)).chain(walked) {
+            if !keys.iter().any(|(k, _)| *k == key) {
+                keys.push((key, held));
+            }
+        }
+        match keys.as_slice() {
+            [] => Found::Nothing,
+            [(key, true)] => Found::Key(key),
+            _ => Found::Unusable(keys.iter().map(|(k, _)| *k).collect()),
+        }
+    }
+
+    /// The variables at the attribute path `path` from the saved object or from one of its
+    /// children, the last attribute as it is or with a leading `_`.
+    #[cfg(feature = "candle")]
+    fn walk(&self, path: &[&str]) -> Vec<(&str, bool)> {
+        let (Some((last, inner)), Some(root)) = (path.split_last(), self.nodes.first()) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(&str, bool)> = Vec::new();
+        for start in std::iter::once(0).chain(root.children.values().copied()) {
+            let reached = inner.iter().try_fold(start, |at, attribute| {
+                self.nodes[at].children.get(*attribute).copied()
+            });
+            let Some(at) = reached else { continue };
+            for leaf in [last.to_string(), format!("_{last}")] {
+                let variable = self.nodes[at].children.get(&leaf);
+                if let Some((key, held)) = variable.and_then(|&v| self.nodes[v].variable.as_ref()) {
+                    if !found.iter().any(|(k, _)| k == key) {
+                        found.push((key, *held));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Every attribute path to a variable from the saved object's children, the last attribute
+    /// without Keras 3's leading `_` (`block/up/kernel`), with its key: the first `limit` met
+    /// going down from each child in turn (a graph may reach one object by many paths).
+    #[cfg(feature = "candle")]
+    pub(crate) fn paths(&self, limit: usize) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        let Some(root) = self.nodes.first() else {
+            return out;
+        };
+        // (node, path to it); depth-first, at most 16 attributes deep.
+        let mut stack: Vec<(usize, Vec<&str>)> =
+            root.children.values().map(|&c| (c, Vec::new())).collect();
+        let mut visits = 0usize;
+        while let Some((at, path)) = stack.pop() {
+            visits += 1;
+            if visits > limit.saturating_mul(8) {
+                break;
+            }
+            for (attribute, &child) in &self.nodes[at].children {
+                let mut path = path.clone();
+                path.push(attribute);
+                if let Some((key, _)) = &self.nodes[child].variable {
+                    if out.len() == limit {
+                        return out;
+                    }
+                    let mut name = path.join("/");
+                    let leaf = name.rfind('/').map_or(0, |i| i + 1);
+                    if name[leaf..].starts_with('_') {
+                        name.remove(leaf);
+                    }
+                    out.push((name, key.as_str()));
+                } else if path.len() < 16 {
+                    stack.push((child, path));
+                }
+            }
+        }
+        out
+    }
+
+    /// The names and objects of `graph`, the graph of checkpoint `ckpt`, which holds the keys
+    /// `held` accepts.
+    fn from_graph(
+        ckpt: PathBuf,
+        graph: &TrackableObjectGraph,
+        held: impl Fn(&str) -> bool,
+    ) -> Self {
+        let mut names: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for a in graph.nodes.iter().flat_map(|n| &n.attributes) {
+            if a.full_name.is_empty() || a.checkpoint_key.is_empty() {
+                continue;
+            }
+            let keys = names.entry(a.full_name.clone()).or_default();
+            if !keys.iter().any(|(k, _)| *k == a.checkpoint_key) {
+                keys.push((a.checkpoint_key.clone(), held(&a.checkpoint_key)));
+            }
+        }
+        // Children pointing outside the graph are left out (a damaged graph).
+        let nodes = graph
+            .nodes
+            .iter()
+            .map(|n| Node {
+                children: n
+                    .children
+                    .iter()
+                    .filter_map(|c| {
+                        let id = usize::try_from(c.node_id).ok()?;
+                        (id < graph.nodes.len()).then(|| (c.local_name.clone(), id))
+                    })
+                    .collect(),
+                variable: n
+                    .attributes
+                    .iter()
+                    .find(|a| a.name == "VARIABLE_VALUE" && !a.checkpoint_key.is_empty())
+                    .map(|a| (a.checkpoint_key.clone(), held(&a.checkpoint_key))),
+            })
+            .collect();
+        ObjectNames { ckpt, names, nodes }
     }
 
     /// The names of `pairs` (name, key), each key held by the checkpoint: a name given twice is
@@ -108,6 +249,7 @@ impl ObjectNames {
         ObjectNames {
             ckpt: PathBuf::from("test"),
             names,
+            nodes: Vec::new(),
         }
     }
 
@@ -222,19 +364,134 @@ impl Checkpoint {
         };
         let graph = TrackableObjectGraph::decode(bytes)
             .map_err(|e| err(format!("{OBJECT_GRAPH} is damaged: {e}")))?;
-        let mut names: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
-        for a in graph.nodes.iter().flat_map(|n| &n.attributes) {
-            if a.full_name.is_empty() || a.checkpoint_key.is_empty() {
-                continue;
-            }
-            let keys = names.entry(a.full_name.clone()).or_default();
-            if !keys.iter().any(|(k, _)| *k == a.checkpoint_key) {
-                keys.push((a.checkpoint_key.clone(), self.contains(&a.checkpoint_key)));
-            }
+        Ok(ObjectNames::from_graph(
+            self.prefix().to_path_buf(),
+            &graph,
+            |key| self.contains(key),
+        ))
+    }
+}
+
+#[cfg(all(test, feature = "candle"))]
+mod tests {
+    use super::*;
+    use crate::format::proto::{ObjectReference, SerializedTensor, TrackableObject};
+
+    /// A Keras 3 subclassed model's graph, as `tf.train.Checkpoint(model=net)` saves it: the
+    /// sub-layers' variables all named `net/kernel` or `net/bias` (fixture
+    /// `tf2_keras_subclassed`), a variable by two paths, a cycle, and children that point
+    /// nowhere.
+    fn graph() -> ObjectNames {
+        let node = |children: &[(&str, i32)], variable: Option<(&str, &str)>| TrackableObject {
+            children: children
+                .iter()
+                .map(|&(local_name, node_id)| ObjectReference {
+                    node_id,
+                    local_name: local_name.into(),
+                })
+                .collect(),
+            attributes: variable
+                .map(|(full_name, key)| SerializedTensor {
+                    name: "VARIABLE_VALUE".into(),
+                    full_name: full_name.into(),
+                    checkpoint_key: key.into(),
+                })
+                .into_iter()
+                .collect(),
+        };
+        let graph = TrackableObjectGraph {
+            nodes: vec![
+                node(&[("model", 1), ("save_counter", 9), ("lost", 99)], None),
+                node(&[("block", 2), ("head", 5), ("_layers", 10)], None),
+                node(&[("up", 3), ("down", 4), ("parent", 1), ("gone", -1)], None),
+                node(&[("_kernel", 6), ("bias", 7)], None),
+                node(&[("_kernel", 8)], None),
+                node(&[("kernel", 11)], None),
+                node(&[], Some(("net/kernel", "model/block/up/_kernel"))),
+                node(&[], Some(("net/bias", "model/block/up/bias"))),
+                node(&[], Some(("net/kernel", "model/block/down/_kernel"))),
+                node(&[], Some(("save_counter", "save_counter"))),
+                // `_layers/0` reaches `up` again.
+                node(&[("0", 3)], None),
+                node(&[], Some(("head/kernel", "model/head/kernel"))),
+            ],
+        };
+        ObjectNames::from_graph("ckpt".into(), &graph, |key| key != "model/head/kernel")
+    }
+
+    #[test]
+    fn variables_are_found_by_name_and_by_attribute_path() {
+        let names = graph();
+        let up = "model/block/up/_kernel";
+        // The path, from the saved object's child or from the saved object; `_kernel` as `kernel`.
+        assert_eq!(
+            names.find("block/up/kernel", Some(&["block", "up", "kernel"])),
+            Found::Key(up)
+        );
+        assert_eq!(
+            names.find(
+                "model/block/up/kernel",
+                Some(&["model", "block", "up", "kernel"])
+            ),
+            Found::Key(up)
+        );
+        assert_eq!(
+            names.find("x", Some(&["_layers", "0", "_kernel"])),
+            Found::Key(up)
+        );
+        assert_eq!(names.find("x", Some(&["block", "up"])), Found::Nothing);
+        assert_eq!(
+            names.find("x", Some(&["block", "gone", "kernel"])),
+            Found::Nothing
+        );
+        assert_eq!(names.find("x", Some(&[])), Found::Nothing);
+        // The name several variables had.
+        let down = "model/block/down/_kernel";
+        assert_eq!(
+            names.find("net/kernel", None),
+            Found::Unusable(vec![up, down])
+        );
+        // Name and path agree on one variable, or disagree.
+        assert_eq!(
+            names.find("net/bias", Some(&["block", "up", "bias"])),
+            Found::Key("model/block/up/bias")
+        );
+        assert_eq!(
+            names.find("net/bias", Some(&["block", "down", "kernel"])),
+            Found::Unusable(vec!["model/block/up/bias", down])
+        );
+        // A key the checkpoint lacks.
+        assert_eq!(
+            names.find("head/kernel", Some(&["head", "kernel"])),
+            Found::Unusable(vec!["model/head/kernel"])
+        );
+    }
+
+    #[test]
+    fn attribute_paths_are_listed_bounded_through_cycles() {
+        let names = graph();
+        let paths = names.paths(1000);
+        for (path, key) in [
+            ("block/up/kernel", "model/block/up/_kernel"),
+            ("block/up/bias", "model/block/up/bias"),
+            ("block/down/kernel", "model/block/down/_kernel"),
+            ("_layers/0/kernel", "model/block/up/_kernel"),
+            ("head/kernel", "model/head/kernel"),
+            // Round the cycle once.
+            ("block/parent/block/up/kernel", "model/block/up/_kernel"),
+        ] {
+            assert!(
+                paths.contains(&(path.to_string(), key)),
+                "{path}: {paths:?}"
+            );
         }
-        Ok(ObjectNames {
-            ckpt: self.prefix().to_path_buf(),
-            names,
-        })
+        // The cycle ends at 16 attributes, and the list at its limit.
+        assert!(
+            paths.iter().all(|(p, _)| p.split('/').count() <= 16),
+            "{paths:?}"
+        );
+        for limit in 0..4 {
+            assert_eq!(names.paths(limit).len(), limit);
+        }
     }
 }

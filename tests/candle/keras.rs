@@ -301,3 +301,118 @@ fn a_keras_model_saved_back_reads_back_through_the_graph_it_was_loaded_by() {
         }
     }
 }
+
+/// The value the fixture script recorded for the Keras variable at `path` (its `values_by_path`).
+fn recorded(case: &str, path: &str) -> candle_core::Tensor {
+    let file = fixture(case).join("expected/notes.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let value = json["values_by_path"][path].clone();
+    match value[0].is_array() {
+        true => candle_core::Tensor::new(
+            serde_json::from_value::<Vec<Vec<f32>>>(value).unwrap(),
+            &CPU,
+        ),
+        false => candle_core::Tensor::new(serde_json::from_value::<Vec<f32>>(value).unwrap(), &CPU),
+    }
+    .unwrap()
+}
+
+/// A Keras 3 subclassed model (`tf2_keras_subclassed`): its sub-layers' variables have
+/// TensorFlow names that drop the sub-layers' (`net/kernel` for three of them), so they are found
+/// by the attribute paths the save keys them by, the candle model built under the Python
+/// attribute names (`block.up`, as `self.block.up`).
+fn subclassed(vb: &VarBuilder) {
+    candle_nn::embedding(10, 4, vb.pp("emb")).unwrap();
+    candle_nn::linear(4, 6, vb.pp("block.up")).unwrap();
+    candle_nn::linear_no_bias(6, 4, vb.pp("block.down")).unwrap();
+    candle_nn::layer_norm(4, 1e-3, vb.pp("block.norm")).unwrap();
+    candle_nn::linear(4, 4, vb.pp("head")).unwrap();
+}
+
+#[test]
+fn a_keras_subclassed_model_loads_by_its_attribute_paths() {
+    let case = "tf2_keras_subclassed";
+    let path = ckpt_path(case);
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    subclassed(&VarBuilder::from_varmap(&varmap, DType::F32, &CPU));
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    assert_eq!(
+        init.tf_name("block.up.weight"),
+        Some("model/block/up/_kernel/.ATTRIBUTES/VARIABLE_VALUE")
+    );
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 8, "{found}");
+    assert!(found.not_in_checkpoint.is_empty(), "{found}");
+    assert!(found.ambiguous.is_empty(), "{found}");
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    for (candle, keras, transposed) in [
+        ("emb.weight", "net/emb/embeddings", false),
+        ("block.up.weight", "net/block/up/kernel", true),
+        ("block.up.bias", "net/block/up/bias", false),
+        ("block.down.weight", "net/block/down/kernel", true),
+        ("block.norm.weight", "net/block/norm/gamma", false),
+        ("block.norm.bias", "net/block/norm/beta", false),
+        ("head.weight", "net/head/kernel", true),
+        ("head.bias", "net/head/bias", false),
+    ] {
+        let want = recorded(case, keras);
+        let want = if transposed { want.t().unwrap() } else { want };
+        assert!(same(&var(&varmap, candle), &want), "{candle}");
+    }
+    let head = recorded(case, "net/head/kernel");
+    assert!(!same(&head, &head.t().unwrap()));
+}
+
+#[test]
+fn a_keras_subclassed_model_under_its_keras_name_or_its_variables_names_says_why() {
+    let case = "tf2_keras_subclassed";
+    let path = ckpt_path(case);
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    // Under the Keras paths' `net.`, which the attribute paths lack: the scope is named.
+    let varmap = VarMap::new();
+    subclassed(&VarBuilder::from_varmap(&varmap, DType::F32, &CPU).pp("net"));
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names.clone())).unwrap();
+    let e = init.map_existing(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("would without the scope \"net/\"") && e.ends_with("build the model without it"),
+        "{e}"
+    );
+    // Under the variables' TensorFlow names (`net/kernel`, three variables): each is reported
+    // as several variables, with their keys, and nothing loads.
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    candle_nn::linear(4, 4, vb.pp("net")).unwrap();
+    let init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert!(found.pairs.is_empty(), "{found}");
+    let key = |p: &str| format!("model/{p}/.ATTRIBUTES/VARIABLE_VALUE");
+    let mut kernels = vec![
+        key("head/_kernel"),
+        key("block/up/_kernel"),
+        key("block/down/_kernel"),
+    ];
+    kernels.sort();
+    let mut ambiguous = found.ambiguous.clone();
+    for (_, _, keys) in &mut ambiguous {
+        keys.sort();
+    }
+    assert!(
+        ambiguous.contains(&("net.weight".into(), "net/kernel".into(), kernels)),
+        "{found}"
+    );
+    assert!(
+        ambiguous
+            .iter()
+            .any(|(c, n, keys)| c == "net.bias" && n == "net/bias" && keys.len() == 2),
+        "{found}"
+    );
+    assert!(
+        found.to_string().contains(
+            "net.weight (\"net/kernel\") is not one variable of the object graph: \"model/"
+        ),
+        "{found}"
+    );
+}
