@@ -365,3 +365,38 @@ fn a_damaged_object_graph_is_an_error_naming_the_checkpoint() {
         "{e}"
     );
 }
+
+/// A Keras 3 subclassed model (`tf2_keras_subclassed`): its variables by their Python attribute
+/// paths, which its keys start with (`model/block/up/_kernel/...`), while their TensorFlow names
+/// are `net/kernel` three times.
+#[test]
+fn a_subclassed_keras_models_variables_are_listed_by_attribute_path() {
+    let names = Checkpoint::open(ckpt_path("tf2_keras_subclassed"))
+        .unwrap()
+        .object_names()
+        .unwrap();
+    let paths = names.paths();
+    let key = |p: &str| format!("model/{p}/.ATTRIBUTES/VARIABLE_VALUE");
+    for (path, attribute) in [
+        ("emb/embeddings", "emb/_embeddings"),
+        ("block/up/kernel", "block/up/_kernel"),
+        ("block/up/bias", "block/up/bias"),
+        ("block/down/kernel", "block/down/_kernel"),
+        ("block/norm/gamma", "block/norm/gamma"),
+        ("head/kernel", "head/_kernel"),
+    ] {
+        assert!(
+            paths.iter().any(|(p, k)| p == path && *k == key(attribute)),
+            "{path}: {paths:?}"
+        );
+    }
+    assert!(paths.windows(2).all(|w| w[0] < w[1]), "{paths:?}");
+    // Every path's key is the checkpoint's, and one of the names' keys.
+    let keys: Vec<&str> = names.ambiguous().flat_map(|(_, keys)| keys).collect();
+    for (path, k) in &paths {
+        assert!(
+            keys.contains(k) || names.iter().any(|(_, key)| key == *k),
+            "{path}: {k}"
+        );
+    }
+}

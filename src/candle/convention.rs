@@ -134,10 +134,11 @@ impl Convention {
     ///   variable paths for the layers of a functional model (without the model's name) or a
     ///   `Sequential` (with it: `sequential.enc` for `sequential/enc/kernel`), and Keras 2's
     ///   variable names without `:0`;
-    /// * the Python attribute paths from the saved model (`block.up` for `self.block.up`), which
-    ///   the keys of a subclassed model show (`model/block/up/_kernel/...`): the way to a Keras 3
-    ///   subclassed model or custom layer, whose sub-layers' variables TensorFlow names after the
-    ///   outer layer alone (`net/kernel` for every kernel of the model).
+    /// * the Python attribute paths from the saved model (`block.up` for `self.block.up`;
+    ///   [`ObjectNames::paths`] lists them): the way to a Keras 3 subclassed model or custom
+    ///   layer, whose sub-layers' variables TensorFlow names after the outer layer alone
+    ///   (`net/kernel` for every kernel of the model). A custom layer of a functional model is
+    ///   reached through the model's list of operations (`_operations.2.up`).
     ///
     /// [`map_existing`](super::CandleInit::map_existing) fails naming the scope where the model
     /// lacks one of the graph's names or adds one to them (the model's name `net`, say, which
@@ -174,7 +175,11 @@ impl Convention {
     /// name is close to one of the graph's left over); where the name is several variables'
     /// (two layers of one name in two models), or a key the checkpoint lacks, the `Var` keeps
     /// that name and `map_existing` lists it among the
-    /// [`ambiguous`](super::ExistingMap::ambiguous) ones, with the keys.
+    /// [`ambiguous`](super::ExistingMap::ambiguous) ones, with the keys. So does a name that is
+    /// one variable's name and another's attribute path (`self.proj` named `dense` by Keras,
+    /// `self.dense` named `dense_1`: `dense.weight` is both): map such a `Var` by hand, its key
+    /// from [`ObjectNames::paths`]. A layer may then load in part (its `bias` resolved, its
+    /// `weight` ambiguous); the report names what did not.
     pub fn keras(names: ObjectNames) -> Convention {
         Convention(Kind::Keras(Arc::new(names)))
     }

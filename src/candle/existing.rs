@@ -9,11 +9,7 @@ use super::CandleInit;
 use crate::base::error::{ErrorKind, Result};
 use crate::init::assign::{AssignmentMap, Target};
 use crate::reader::checkpoint::Checkpoint;
-use crate::reader::object_names::Found;
-
-/// At most this many attribute paths of a Keras save's object graph are compared with a model's
-/// names (each object may be reached by several).
-const PATHS: usize = 1 << 16;
+use crate::reader::object_names::{Found, PATHS};
 
 /// What [`CandleInit::map_existing`] found: BERT's `get_assignment_map_from_checkpoint`.
 /// (`non_exhaustive`: what it reports may grow.)
@@ -46,9 +42,10 @@ pub struct ExistingMap {
     pub near_misses: Vec<(String, String, Vec<String>)>,
     /// Under [`Convention::keras`](super::Convention::keras), the `Var`s of `not_in_checkpoint`
     /// whose name the object graph gives several variables (two layers of one name in two
-    /// models, the sub-layers of a Keras 3 layer built in its `call`), or a key the checkpoint
-    /// lacks: (candle name, the name, the keys). Build such layers under the attribute paths
-    /// that tell them apart (the keys show them), or map them by hand.
+    /// models, or `net/kernel`, the TensorFlow name of every kernel of a Keras 3 subclassed
+    /// model `net`), or a key the checkpoint lacks: (candle name, the name, the keys). Build such
+    /// layers under the attribute paths that tell them apart
+    /// ([`ObjectNames::paths`](crate::ObjectNames::paths) lists them), or map them by hand.
     pub ambiguous: Vec<(String, String, Vec<String>)>,
     /// The layers of `shape_mismatches` (of its first 256) that look built with in and out
     /// swapped (`candle_nn::linear(out, in)`): (candle name of the weight, the checkpoint
@@ -192,7 +189,7 @@ impl CandleInit {
         let paths = self
             .graph
             .as_ref()
-            .map(|g| g.paths(PATHS))
+            .map(|g| g.paths_up_to(PATHS))
             .unwrap_or_default();
         if let Some(why) = self.scope_mismatch(&ckpt, &paths, found.pairs.len()) {
             return Err(ErrorKind::InvalidArgument(why).into());
@@ -232,6 +229,8 @@ impl CandleInit {
                 }
             }
         }
+        // Not those reported as several variables: their own name is among those left over.
+        let missing = missing.filter(|(_, b)| !found.ambiguous.iter().any(|a| a.0 == b.candle));
         for (tf, b) in missing.take(256) {
             let close = crate::base::suggest::typos(tf, left.iter().copied());
             if !close.is_empty() {

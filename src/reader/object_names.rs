@@ -21,6 +21,9 @@ use crate::base::dtype::DType;
 use crate::base::error::{listed, suggest, ErrorKind, Result};
 use crate::format::proto::TrackableObjectGraph;
 
+/// At most this many attribute paths of an object graph are listed ([`ObjectNames::paths`]).
+pub(crate) const PATHS: usize = 1 << 16;
+
 /// The name under which an object-based save stores its object graph.
 pub(crate) const OBJECT_GRAPH: &str = "_CHECKPOINTABLE_OBJECT_GRAPH";
 
@@ -156,11 +159,25 @@ impl ObjectNames {
         found
     }
 
-    /// Every attribute path to a variable from the saved object's children, the last attribute
-    /// without Keras 3's leading `_` (`block/up/kernel`), with its key: the first `limit` met
-    /// going down from each child in turn (a graph may reach one object by many paths).
-    #[cfg(feature = "candle")]
-    pub(crate) fn paths(&self, limit: usize) -> Vec<(String, &str)> {
+    /// The attribute paths to the variables, each with its key, in path order: from each
+    /// object the save holds (`model` of `tf.train.Checkpoint(model=net, optimizer=opt)`, whose
+    /// name is left out) down the Python attributes (`self.block.up`: `block/up/kernel`, the last
+    /// attribute without Keras 3's leading `_`, as candle's `Convention::keras` takes them). A variable
+    /// may be reached by several paths: a Keras 3 layer through its attribute and through its
+    /// model's lists (`_layers/1/...`, or `_operations/2/up/kernel` for a custom layer's
+    /// sub-layer in a functional model), a model's variable through its optimizer
+    /// (`_trainable_variables/1`). At most 65,536 paths, up to 16 attributes deep (a graph may
+    /// reach an object by many more).
+    pub fn paths(&self) -> Vec<(String, &str)> {
+        let mut paths = self.paths_up_to(PATHS);
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+    }
+
+    /// [`paths`](Self::paths), the first `limit` met going down from each object in turn,
+    /// unsorted.
+    pub(crate) fn paths_up_to(&self, limit: usize) -> Vec<(String, &str)> {
         let mut out = Vec::new();
         let Some(root) = self.nodes.first() else {
             return out;
@@ -470,7 +487,7 @@ mod tests {
     #[test]
     fn attribute_paths_are_listed_bounded_through_cycles() {
         let names = graph();
-        let paths = names.paths(1000);
+        let paths = names.paths_up_to(1000);
         for (path, key) in [
             ("block/up/kernel", "model/block/up/_kernel"),
             ("block/up/bias", "model/block/up/bias"),
@@ -491,7 +508,7 @@ mod tests {
             "{paths:?}"
         );
         for limit in 0..4 {
-            assert_eq!(names.paths(limit).len(), limit);
+            assert_eq!(names.paths_up_to(limit).len(), limit);
         }
     }
 }

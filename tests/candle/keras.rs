@@ -415,4 +415,6 @@ fn a_keras_subclassed_model_under_its_keras_name_or_its_variables_names_says_why
         ),
         "{found}"
     );
+    // Not also a near miss of its own name.
+    assert!(found.near_misses.is_empty(), "{found}");
 }
