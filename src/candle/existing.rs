@@ -37,8 +37,9 @@ pub struct ExistingMap {
     pub unnamed: Vec<String>,
     /// The `Var`s of `not_in_checkpoint` whose TensorFlow name is close to tensors no `Var` takes
     /// (a typo in a module's name, say, which leaves that layer untrained): (candle name,
-    /// TensorFlow name, the close tensors' names; under [`Convention::keras`](super::Convention::keras),
-    /// their names in the object graph). Map them by hand, or fix the model's names.
+    /// TensorFlow name, the close tensors' names; under
+    /// [`Convention::keras`](super::Convention::keras), their names or attribute paths in the
+    /// object graph). Map them by hand, or fix the model's names.
     pub near_misses: Vec<(String, String, Vec<String>)>,
     /// Under [`Convention::keras`](super::Convention::keras), the `Var`s of `not_in_checkpoint`
     /// whose name the object graph gives several variables (two layers of one name in two

@@ -161,9 +161,9 @@ impl ObjectNames {
 
     /// The attribute paths to the variables, each with its key, in path order: from each
     /// object the save holds (`model` of `tf.train.Checkpoint(model=net, optimizer=opt)`, whose
-    /// name is left out) down the Python attributes (`self.block.up`: `block/up/kernel`, the last
-    /// attribute without Keras 3's leading `_`, as candle's `Convention::keras` takes them). A variable
-    /// may be reached by several paths: a Keras 3 layer through its attribute and through its
+    /// name is left out) down the Python attributes (`self.block.up`: `block/up/kernel`, the
+    /// last attribute without Keras 3's leading `_`, as candle's `Convention::keras` takes
+    /// them). A variable may be reached by several paths: a Keras 3 layer through its attribute and through its
     /// model's lists (`_layers/1/...`, or `_operations/2/up/kernel` for a custom layer's
     /// sub-layer in a functional model), a model's variable through its optimizer
     /// (`_trainable_variables/1`). At most 65,536 paths, up to 16 attributes deep (a graph may
