@@ -436,6 +436,63 @@ mod tests {
         ObjectNames::from_graph("ckpt".into(), &graph, |key| key != "model/head/kernel")
     }
 
+    /// A graph of `nodes`: (children, variable (full name, key)).
+    fn graph_of(nodes: &[(&[(&str, i32)], Option<(&str, &str)>)]) -> ObjectNames {
+        let graph = TrackableObjectGraph {
+            nodes: nodes
+                .iter()
+                .map(|(children, variable)| TrackableObject {
+                    children: children
+                        .iter()
+                        .map(|&(local_name, node_id)| ObjectReference {
+                            node_id,
+                            local_name: local_name.into(),
+                        })
+                        .collect(),
+                    attributes: variable
+                        .map(|(full_name, key)| SerializedTensor {
+                            name: "VARIABLE_VALUE".into(),
+                            full_name: full_name.into(),
+                            checkpoint_key: key.into(),
+                        })
+                        .into_iter()
+                        .collect(),
+                })
+                .collect(),
+        };
+        ObjectNames::from_graph("ckpt".into(), &graph, |_| true)
+    }
+
+    #[test]
+    fn a_path_that_reaches_two_variables_is_unusable() {
+        // `block/up/kernel` from the saved object and from its child `model`; `kernel` and
+        // `_kernel` of one object.
+        let names = graph_of(&[
+            (&[("block", 1), ("model", 4)], None),
+            (&[("up", 2)], None),
+            (&[("kernel", 3), ("_bias", 8), ("bias", 9)], None),
+            (&[], Some(("a", "block/up/kernel"))),
+            (&[("block", 5)], None),
+            (&[("up", 6)], None),
+            (&[("_kernel", 7)], None),
+            (&[], Some(("b", "model/block/up/_kernel"))),
+            (&[], Some(("c", "block/up/_bias"))),
+            (&[], Some(("d", "block/up/bias"))),
+        ]);
+        assert_eq!(
+            names.find("x", Some(&["block", "up", "kernel"])),
+            Found::Unusable(vec!["block/up/kernel", "model/block/up/_kernel"])
+        );
+        assert_eq!(
+            names.find("x", Some(&["block", "up", "bias"])),
+            Found::Unusable(vec!["block/up/bias", "block/up/_bias"])
+        );
+        assert_eq!(
+            names.find("x", Some(&["up", "kernel"])),
+            Found::Key("block/up/kernel")
+        );
+    }
+
     #[test]
     fn variables_are_found_by_name_and_by_attribute_path() {
         let names = graph();
