@@ -436,8 +436,11 @@ mod tests {
         ObjectNames::from_graph("ckpt".into(), &graph, |key| key != "model/head/kernel")
     }
 
-    /// A graph of `nodes`: (children, variable (full name, key)).
-    fn graph_of(nodes: &[(&[(&str, i32)], Option<(&str, &str)>)]) -> ObjectNames {
+    /// An object: its children (attribute, node), and the variable it is (full name, key).
+    type Object<'a> = (&'a [(&'a str, i32)], Option<(&'a str, &'a str)>);
+
+    /// A graph of `nodes`.
+    fn graph_of(nodes: &[Object]) -> ObjectNames {
         let graph = TrackableObjectGraph {
             nodes: nodes
                 .iter()
@@ -490,6 +493,63 @@ mod tests {
         assert_eq!(
             names.find("x", Some(&["up", "kernel"])),
             Found::Key("block/up/kernel")
+        );
+    }
+
+    #[test]
+    fn only_variables_are_found_and_a_child_past_the_graph_is_left_out() {
+        // An iterator's state is an attribute of another name; node 3 is one past the last.
+        let graph = TrackableObjectGraph {
+            nodes: vec![
+                TrackableObject {
+                    children: vec![ObjectReference {
+                        node_id: 1,
+                        local_name: "model".into(),
+                    }],
+                    attributes: vec![],
+                },
+                TrackableObject {
+                    children: ["it", "past"]
+                        .iter()
+                        .zip([2, 3])
+                        .map(|(name, node_id)| ObjectReference {
+                            node_id,
+                            local_name: (*name).into(),
+                        })
+                        .collect(),
+                    attributes: vec![],
+                },
+                TrackableObject {
+                    children: vec![],
+                    attributes: vec![SerializedTensor {
+                        name: "ITERATOR_STATE".into(),
+                        full_name: "it".into(),
+                        checkpoint_key: "model/it/.ATTRIBUTES/ITERATOR_STATE".into(),
+                    }],
+                },
+            ],
+        };
+        let names = ObjectNames::from_graph("ckpt".into(), &graph, |_| true);
+        assert_eq!(names.find("x", Some(&["it"])), Found::Nothing);
+        assert_eq!(names.find("x", Some(&["past"])), Found::Nothing);
+        assert!(names.paths().is_empty());
+    }
+
+    /// Bounded work: a graph whose objects reach themselves by two attributes has 2^16 paths 16
+    /// attributes deep, which are walked before the one to a variable (depth first, the last
+    /// attribute first): at most 8 objects visited per path asked for, so none is found.
+    #[test]
+    fn a_graph_of_cycles_is_walked_a_bounded_number_of_times() {
+        let names = graph_of(&[
+            (&[("model", 1)], None),
+            (&[("a", 2), ("x", 1), ("y", 1)], None),
+            (&[("kernel", 3)], None),
+            (&[], Some(("k", "model/a/kernel"))),
+        ]);
+        assert!(names.paths_up_to(1).is_empty());
+        assert_eq!(
+            names.find("x", Some(&["a", "kernel"])),
+            Found::Key("model/a/kernel")
         );
     }
 
