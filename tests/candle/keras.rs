@@ -1,6 +1,7 @@
-//! Keras 2 and 3 saves into candle models built under the Keras layers' names,
-//! [`Convention::keras`]: the names through the object graph TensorFlow saved, the kernels
-//! transposed, embeddings and `Dense(use_bias=False)` told apart by what the graph holds.
+//! Keras 2 and 3 saves into candle models built under the Keras layers' names or their Python
+//! attribute paths, [`Convention::keras`]: the names through the object graph TensorFlow saved,
+//! the kernels transposed, embeddings and `Dense(use_bias=False)` told apart by what the graph
+//! holds, and what cannot be named said so.
 
 use super::{same, snapshot, tf_value, var, CPU};
 use crate::common::fixtures::{ckpt_path, fixture};
@@ -179,7 +180,13 @@ fn a_name_saved_twice_or_not_at_all_stays_unresolved_and_is_not_loaded() {
         found.not_in_checkpoint,
         ["fresh.bias", "fresh.weight", "weight"]
     );
-    // And the graph says why.
+    // The report says why, and so does the graph.
+    assert_eq!(found.ambiguous.len(), 1, "{found}");
+    assert_eq!(
+        (found.ambiguous[0].0.as_str(), found.ambiguous[0].1.as_str()),
+        ("weight", "kernel")
+    );
+    assert_eq!(found.ambiguous[0].2.len(), 3, "{found}");
     let why = names.key("kernel").unwrap_err().to_string();
     assert!(why.contains("3 keys"), "{why}");
     init.init_from_checkpoint(&path, &found.map).unwrap();
