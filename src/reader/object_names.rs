@@ -394,53 +394,11 @@ mod tests {
     use super::*;
     use crate::format::proto::{ObjectReference, SerializedTensor, TrackableObject};
 
-    /// A Keras 3 subclassed model's graph, as `tf.train.Checkpoint(model=net)` saves it: the
-    /// sub-layers' variables all named `net/kernel` or `net/bias` (fixture
-    /// `tf2_keras_subclassed`), a variable by two paths, a cycle, and children that point
-    /// nowhere.
-    fn graph() -> ObjectNames {
-        let node = |children: &[(&str, i32)], variable: Option<(&str, &str)>| TrackableObject {
-            children: children
-                .iter()
-                .map(|&(local_name, node_id)| ObjectReference {
-                    node_id,
-                    local_name: local_name.into(),
-                })
-                .collect(),
-            attributes: variable
-                .map(|(full_name, key)| SerializedTensor {
-                    name: "VARIABLE_VALUE".into(),
-                    full_name: full_name.into(),
-                    checkpoint_key: key.into(),
-                })
-                .into_iter()
-                .collect(),
-        };
-        let graph = TrackableObjectGraph {
-            nodes: vec![
-                node(&[("model", 1), ("save_counter", 9), ("lost", 99)], None),
-                node(&[("block", 2), ("head", 5), ("_layers", 10)], None),
-                node(&[("up", 3), ("down", 4), ("parent", 1), ("gone", -1)], None),
-                node(&[("_kernel", 6), ("bias", 7)], None),
-                node(&[("_kernel", 8)], None),
-                node(&[("kernel", 11)], None),
-                node(&[], Some(("net/kernel", "model/block/up/_kernel"))),
-                node(&[], Some(("net/bias", "model/block/up/bias"))),
-                node(&[], Some(("net/kernel", "model/block/down/_kernel"))),
-                node(&[], Some(("save_counter", "save_counter"))),
-                // `_layers/0` reaches `up` again.
-                node(&[("0", 3)], None),
-                node(&[], Some(("head/kernel", "model/head/kernel"))),
-            ],
-        };
-        ObjectNames::from_graph("ckpt".into(), &graph, |key| key != "model/head/kernel")
-    }
-
     /// An object: its children (attribute, node), and the variable it is (full name, key).
     type Object<'a> = (&'a [(&'a str, i32)], Option<(&'a str, &'a str)>);
 
-    /// A graph of `nodes`.
-    fn graph_of(nodes: &[Object]) -> ObjectNames {
+    /// A graph of `nodes`, of a checkpoint that holds the keys `held` accepts.
+    fn graph_held(nodes: &[Object], held: impl Fn(&str) -> bool) -> ObjectNames {
         let graph = TrackableObjectGraph {
             nodes: nodes
                 .iter()
@@ -463,7 +421,37 @@ mod tests {
                 })
                 .collect(),
         };
-        ObjectNames::from_graph("ckpt".into(), &graph, |_| true)
+        ObjectNames::from_graph("ckpt".into(), &graph, held)
+    }
+
+    /// A graph of `nodes`, of a checkpoint that holds every key.
+    fn graph_of(nodes: &[Object]) -> ObjectNames {
+        graph_held(nodes, |_| true)
+    }
+
+    /// A Keras 3 subclassed model's graph, as `tf.train.Checkpoint(model=net)` saves it: the
+    /// sub-layers' variables all named `net/kernel` or `net/bias` (fixture
+    /// `tf2_keras_subclassed`), a variable by two paths, a cycle, children that point nowhere,
+    /// and a key the checkpoint lacks.
+    fn graph() -> ObjectNames {
+        graph_held(
+            &[
+                (&[("model", 1), ("save_counter", 9), ("lost", 99)], None),
+                (&[("block", 2), ("head", 5), ("_layers", 10)], None),
+                (&[("up", 3), ("down", 4), ("parent", 1), ("gone", -1)], None),
+                (&[("_kernel", 6), ("bias", 7)], None),
+                (&[("_kernel", 8)], None),
+                (&[("kernel", 11)], None),
+                (&[], Some(("net/kernel", "model/block/up/_kernel"))),
+                (&[], Some(("net/bias", "model/block/up/bias"))),
+                (&[], Some(("net/kernel", "model/block/down/_kernel"))),
+                (&[], Some(("save_counter", "save_counter"))),
+                // `_layers/0` reaches `up` again.
+                (&[("0", 3)], None),
+                (&[], Some(("head/kernel", "model/head/kernel"))),
+            ],
+            |key| key != "model/head/kernel",
+        )
     }
 
     #[test]
