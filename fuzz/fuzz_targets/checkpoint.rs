@@ -97,7 +97,10 @@ fn exercise(path: &Path) {
         // Attribute paths through whatever graph (cycles included), bounded.
         let paths = names.paths();
         assert!(paths.len() <= 1 << 16);
-        assert!(paths.iter().all(|(p, _)| p.split('/').count() <= 16), "{paths:?}");
+        assert!(
+            paths.iter().all(|(p, _)| p.split('/').count() <= 16),
+            "{paths:?}"
+        );
     }
     let tensors = ckpt.tensors();
     let mut store = VariableStore::new();
