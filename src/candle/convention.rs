@@ -318,21 +318,7 @@ fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> 
             }
             let first = candidates[0].clone();
             for c in candidates {
-                // The attribute path: the candle module's components (`layers.0` stays two), then
-                // the leaf after tf1's scope (none for a name of another form: BERT's heads).
-                let leaf = match scope.is_empty() {
-                    true => Some(c.name.as_str()),
-                    false => c
-                        .name
-                        .strip_prefix(&scope)
-                        .and_then(|l| l.strip_prefix('/')),
-                };
-                let path: Option<Vec<&str>> = leaf.map(|leaf| {
-                    let mut path: Vec<&str> = module.split('.').filter(|m| !m.is_empty()).collect();
-                    path.push(leaf);
-                    path
-                });
-                match names.find(&c.name, path.as_deref()) {
+                match names.find(&c.name, attribute_path(name, &c.name).as_deref()) {
                     Found::Nothing => continue,
                     Found::Key(key) => {
                         return Some(TfName {
@@ -346,6 +332,22 @@ fn keras(vars: &[(&str, &[usize])], names: &ObjectNames) -> Vec<Option<TfName>> 
             Some(first)
         })
         .collect()
+}
+
+/// The attribute path [`Convention::keras`] asks the object graph for, for the candle `Var`
+/// `candle` under the name `tf`: the candle module's components (`layers.0` stays two), then
+/// `tf`'s leaf after `tf1`'s scope of that module (none for a name of another form: BERT's
+/// heads).
+pub(crate) fn attribute_path<'a>(candle: &'a str, tf: &'a str) -> Option<Vec<&'a str>> {
+    let (module, _) = split(candle);
+    let scope = tf1_path(module);
+    let leaf = match scope.is_empty() {
+        true => tf,
+        false => tf.strip_prefix(scope.as_str())?.strip_prefix('/')?,
+    };
+    let mut path: Vec<&str> = module.split('.').filter(|m| !m.is_empty()).collect();
+    path.push(leaf);
+    Some(path)
 }
 
 /// The modules with a `leaf` variable whose number of dimensions `dims` accepts.

@@ -221,10 +221,8 @@ impl CandleInit {
         };
         if let Some(graph) = &self.graph {
             for (tf, b) in missing.clone() {
-                let (module, _) = b.candle.rsplit_once('.').unwrap_or(("", ""));
-                let mut path: Vec<&str> = module.split('.').filter(|m| !m.is_empty()).collect();
-                path.push(tf.rsplit('/').next().unwrap_or(tf));
-                if let Found::Unusable(keys) = graph.find(tf, Some(&path)) {
+                let path = super::convention::attribute_path(&b.candle, tf);
+                if let Found::Unusable(keys) = graph.find(tf, path.as_deref()) {
                     let keys = keys.into_iter().map(str::to_string).collect();
                     found.ambiguous.push((b.candle.clone(), tf.clone(), keys));
                 }
