@@ -7,7 +7,7 @@ use super::{same, snapshot, tf_value, var, CPU};
 use crate::common::fixtures::{ckpt_path, fixture};
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
-use tfckpt::candle::{CandleInit, Convention};
+use tfckpt::candle::{CandleInit, Convention, ExistingMap};
 use tfckpt::Checkpoint;
 
 /// TensorFlow's own name-to-key mapping of fixture `case`'s object graph
@@ -21,6 +21,30 @@ fn tf_key(case: &str, name: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("{case}: TensorFlow maps no {name:?}"))
         .to_string()
+}
+
+/// (candle name, Keras name, whether the `Var` holds the value transposed).
+type Loaded<'a> = [(&'a str, &'a str, bool)];
+
+/// `found` pairs exactly the `Var`s of `loaded`, each with the key `key` gives its Keras name.
+fn assert_pairs(found: &ExistingMap, loaded: &Loaded, key: impl Fn(&str) -> String) {
+    let mut pairs = found.pairs.clone();
+    pairs.sort();
+    let mut want: Vec<(String, String)> = loaded
+        .iter()
+        .map(|(c, k, _)| (c.to_string(), key(k)))
+        .collect();
+    want.sort();
+    assert_eq!(pairs, want, "{found}");
+}
+
+/// Each `Var` of `loaded` holds `value` of its Keras name, transposed where said.
+fn assert_values(varmap: &VarMap, loaded: &Loaded, value: impl Fn(&str) -> candle_core::Tensor) {
+    for &(candle, keras, transposed) in loaded {
+        let want = value(keras);
+        let want = if transposed { want.t().unwrap() } else { want };
+        assert!(same(&var(varmap, candle), &want), "{candle}");
+    }
 }
 
 /// The layers of the `tf2_keras_layers` (Keras 3) and `tf2_keras2` (Keras 2, no
@@ -74,14 +98,7 @@ fn keras_layers_load_into_candle_by_the_object_graph() {
                 ("dense.bias", "dense/bias", false),
             ]);
         }
-        let mut pairs = found.pairs.clone();
-        pairs.sort();
-        let mut want: Vec<(String, String)> = loaded
-            .iter()
-            .map(|(c, k, _)| (c.to_string(), tf_key(case, k)))
-            .collect();
-        want.sort();
-        assert_eq!(pairs, want, "{case}: {found}");
+        assert_pairs(&found, &loaded, |k| tf_key(case, k));
         assert_eq!(
             found.not_in_checkpoint,
             ["head.bias", "head.weight"],
@@ -94,11 +111,7 @@ fn keras_layers_load_into_candle_by_the_object_graph() {
         assert!(found.shape_mismatches.is_empty(), "{case}: {found}");
         init.init_from_checkpoint(&path, &found.map).unwrap();
         init.initialize(&Default::default()).unwrap();
-        for (candle, keras, transposed) in loaded {
-            let want = tf_value(case, &tf_key(case, keras));
-            let want = if transposed { want.t().unwrap() } else { want };
-            assert!(same(&var(&varmap, candle), &want), "{case}: {candle}");
-        }
+        assert_values(&varmap, &loaded, |k| tf_value(case, &tf_key(case, k)));
         // The square kernel's transpose is not the kernel (the test would not see a kernel
         // taken as it is otherwise).
         let square = tf_value(case, &tf_key(case, "square/kernel"));
@@ -138,21 +151,12 @@ fn a_keras_sequential_is_named_with_the_models_name() {
         ("sequential.head.weight", "sequential/head/kernel", true),
         ("sequential.head.bias", "sequential/head/bias", false),
     ];
-    let mut pairs = found.pairs.clone();
-    pairs.sort();
-    let mut want: Vec<(String, String)> = loaded
-        .iter()
-        .map(|(c, k, _)| (c.to_string(), tf_key("tf2_keras", k)))
-        .collect();
-    want.sort();
-    assert_eq!(pairs, want, "{found}");
+    assert_pairs(&found, &loaded, |k| tf_key("tf2_keras", k));
     init.init_from_checkpoint(&path, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
-    for (candle, keras, transposed) in loaded {
-        let want = tf_value("tf2_keras", &tf_key("tf2_keras", keras));
-        let want = if transposed { want.t().unwrap() } else { want };
-        assert!(same(&var(&varmap, candle), &want), "{candle}");
-    }
+    assert_values(&varmap, &loaded, |k| {
+        tf_value("tf2_keras", &tf_key("tf2_keras", k))
+    });
 }
 
 #[test]
@@ -355,7 +359,7 @@ fn a_keras_subclassed_model_loads_by_its_attribute_paths() {
     assert!(found.ambiguous.is_empty(), "{found}");
     init.init_from_checkpoint(&path, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
-    for (candle, keras, transposed) in [
+    let loaded = [
         ("emb.weight", "net/emb/embeddings", false),
         ("block.up.weight", "net/block/up/kernel", true),
         ("block.up.bias", "net/block/up/bias", false),
@@ -364,11 +368,8 @@ fn a_keras_subclassed_model_loads_by_its_attribute_paths() {
         ("block.norm.bias", "net/block/norm/beta", false),
         ("head.weight", "net/head/kernel", true),
         ("head.bias", "net/head/bias", false),
-    ] {
-        let want = recorded(case, keras);
-        let want = if transposed { want.t().unwrap() } else { want };
-        assert!(same(&var(&varmap, candle), &want), "{candle}");
-    }
+    ];
+    assert_values(&varmap, &loaded, |k| recorded(case, k));
     let head = recorded(case, "net/head/kernel");
     assert!(!same(&head, &head.t().unwrap()));
 }
