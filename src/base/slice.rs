@@ -223,6 +223,7 @@ pub(crate) struct Region(Vec<(u64, u64)>);
 
 impl Region {
     /// A box from `(start, length)` per dimension.
+    #[cfg(test)]
     pub(crate) fn new(dims: Vec<(u64, u64)>) -> Region {
         Region(dims)
     }

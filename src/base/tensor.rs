@@ -403,7 +403,8 @@ impl TensorData {
 /// tensor (filled whole by the read).
 pub(crate) enum ElementsMut<'a> {
     Bytes(&'a mut [u8]),
-    /// The bytes of a 2-D value held transposed (column-major): a trainer's own tensor.
+    /// The bytes of a value held transposed (a 2-D value column-major, one of more axes as
+    /// [`held_dims`](crate::base::copy::held_dims) says): a trainer's own tensor.
     #[cfg_attr(not(feature = "candle"), allow(dead_code))]
     Transposed(&'a mut [u8]),
     Strings(&'a mut Strings),

@@ -743,10 +743,13 @@ fn http_server(root: std::path::PathBuf) -> (std::net::SocketAddr, Requests) {
     });
     (rx.recv().unwrap(), seen)
 }
-/// `t` (2-D, row-major) transposed.
+
+/// `t` (2 or more axes, row-major) held transposed (a kernel `[spatial..., in, out]` as `[out,
+/// in, spatial...]`).
 fn transposed(t: &crate::Tensor) -> Vec<u8> {
     let size = t.dtype.size().unwrap();
     let mut out = vec![0u8; t.bytes().unwrap().len()];
-    crate::base::copy::transpose_whole(t.bytes().unwrap(), t.shape[0] as usize, size, &mut out);
+    let (rows, mid, _) = crate::base::copy::held_dims(&t.shape).unwrap();
+    crate::base::copy::transpose_whole(t.bytes().unwrap(), rows, mid, size, &mut out);
     out
 }

@@ -134,7 +134,7 @@ pub(crate) struct GivenBuf<'a> {
 }
 
 impl<'a> Given<'a> {
-    /// Variable `name` is read into `buf`, sized for its value (and, if `Transposed`, 2-D).
+    /// Variable `name` is read into `buf`, sized for its value (held transposed if `Transposed`).
     pub(crate) fn insert(&mut self, name: &'a str, buf: GivenBuf<'a>) {
         self.bufs.insert(name, Mutex::new(Some(buf)));
     }
@@ -429,8 +429,8 @@ pub(crate) fn load_group(
     })
 }
 
-/// Converts `src` (`v`'s value in `from`) into `buf` (in `to`; transposed for a `Transposed`
-/// buffer of a 2-D value).
+/// Converts `src` (`v`'s value in `from`) into `buf` (in `to`; held transposed for a
+/// `Transposed` buffer of a value of 2 or more axes).
 fn convert_into(
     v: &Variable,
     src: &[u8],
@@ -444,10 +444,11 @@ fn convert_into(
             v.name
         ))
     })?;
-    match (transposed, v.shape.as_slice()) {
-        (true, &[rows, _]) => crate::base::copy::transpose_converted(
+    match (transposed, crate::base::copy::held_dims(&v.shape)) {
+        (true, Some((rows, mid, _))) => crate::base::copy::transpose_converted(
             src,
-            rows as usize,
+            rows,
+            mid,
             to.size().unwrap_or(1),
             dst,
             |s, d| super::cast::convert(from, to, s, d),

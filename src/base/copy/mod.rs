@@ -15,10 +15,10 @@ use crate::base::crc;
 use crate::base::slice::{for_each_run, Region, Run};
 
 mod transpose;
-pub(crate) use transpose::transpose_converted;
+use transpose::{gather, held_rows, transpose_parallel, TRANSPOSE_BLOCK};
+pub(crate) use transpose::{held_dims, transpose_converted};
 #[cfg(any(test, feature = "cuda"))]
-pub(crate) use transpose::transpose_whole;
-use transpose::{gather, transpose_parallel, TRANSPOSE_BLOCK};
+pub(crate) use transpose::{held_shape, transpose_whole};
 
 /// Bytes of source per parallel band.
 const BAND: usize = 4 << 20;
@@ -37,8 +37,9 @@ const WHOLE_STEP: usize = 16 << 10;
 pub(crate) struct Dst<'a> {
     pub buf: &'a mut [u8],
     pub want: &'a Region,
-    /// The buffer holds the (2-D) box transposed: column-major, as a candle `Linear` weight holds a
-    /// TensorFlow dense kernel.
+    /// The buffer holds the box transposed: a 2-D box column-major, as a candle `Linear` weight
+    /// holds a TensorFlow dense kernel; a box of more axes as a candle convolution's weight holds
+    /// TensorFlow's kernel ([`held_dims`]).
     pub transposed: bool,
 }
 
@@ -74,13 +75,16 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         return crc::serial(src);
     }
     if let [d] = &mut dsts[..] {
-        if d.transposed && d.want == have && src.len() > BAND && !crate::base::par::is_serial() {
-            // A large whole matrix into a transposed buffer: the destination's rows are the
-            // source's columns, so bands of columns are disjoint and run in parallel, after a
-            // parallel checksum of the source.
-            let crc = crc::crc32c(src);
-            transpose_parallel(src, rows as usize, size, d.buf);
-            return crc;
+        let held = held_dims(&have.shape());
+        if let (true, Some((rows, mid, _))) = (d.transposed && d.want == have, held) {
+            if src.len() > BAND && !crate::base::par::is_serial() {
+                // A large whole value into a transposed buffer: the destination's rows are the
+                // source's columns, so bands of columns are disjoint and run in parallel, after
+                // a parallel checksum of the source.
+                let crc = crc::crc32c(src);
+                transpose_parallel(src, rows, mid, size, d.buf);
+                return crc;
+            }
         }
     }
     if dsts.iter().any(|d| d.transposed) {
@@ -179,7 +183,8 @@ fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut
 }
 
 /// Copies what box `part` of `src` (which holds box `have`) shares with `want` into `dst` (which
-/// holds box `want`, row-major or, with `transposed`, a 2-D box column-major). Held transposed,
+/// holds box `want`, row-major or, with `transposed`, held transposed: a 2-D box column-major, a
+/// box of more axes as [`held_dims`] says; one of fewer axes is its own transpose). Held transposed,
 /// the meeting goes through [`gather`]'s tiles in blocks of rows: a 4,096 x 4,096 float32 piece
 /// into a box of half its columns, or of a quarter of it, moved 0.40–0.60 GB/s element by element
 /// (the code before 2026-12-04) and 2.45–3.66 GB/s so (one thread, this project's VM, AMD EPYC,
@@ -221,8 +226,12 @@ pub(crate) fn copy_box(
             }
             return;
         }
+        if want.dims().len() > 2 {
+            held_box(src, have, &inter, size, dst, want);
+            return;
+        }
     }
-    // Row-major (or, held transposed, not 2-D: a value of one dimension is its own transpose).
+    // Row-major (or, held transposed, of fewer than 2 axes: its own transpose).
     for_each_run(
         have,
         want,
@@ -234,6 +243,47 @@ pub(crate) fn copy_box(
          }| {
             let (s, d, n) = (s as usize * size, d as usize * size, len as usize * size);
             dst[d..d + n].copy_from_slice(&src[s..s + n]);
+        },
+    );
+}
+
+/// [`copy_box`] of `inter` into a box of more than 2 axes held transposed. Where `dst` holds the
+/// source's whole box and `inter` is whole rows of it (a load's steps), through [`held_rows`]'s
+/// tiles; else (a piece of a partitioned value) element by element.
+fn held_box(src: &[u8], have: &Region, inter: &Region, size: usize, dst: &mut [u8], want: &Region) {
+    let Some((rows, mid, cols)) = held_dims(&want.shape()) else {
+        return;
+    };
+    let (h, i) = (have.dims(), inter.dims());
+    let whole_rows = want == have && h[1..] == i[1..];
+    if let (true, Some(&(h0, hn)), Some(&(i0, i_n))) = (whole_rows, h.first(), i.first()) {
+        // `rows` is the product of the spatial axes: each row of axis 0 is `per` of them.
+        let per = (rows as u64).checked_div(hn).unwrap_or(0) as usize;
+        let row_bytes = mid * cols * size;
+        let (r0, r1) = ((i0 - h0) as usize * per, (i0 - h0 + i_n) as usize * per);
+        let part = &src[r0 * row_bytes..r1 * row_bytes];
+        held_rows(part, r0, rows, mid, cols, 0, size, dst);
+        return;
+    }
+    // Element `e` of the box, row-major (spatial, in, out), at `(out * mid + in) * rows + spatial`
+    // held.
+    for_each_run(
+        have,
+        want,
+        inter,
+        |Run {
+             src: s,
+             dst: d,
+             len,
+         }| {
+            for k in 0..len as usize {
+                let e = d as usize + k;
+                let (o, rest) = (e % cols, e / cols);
+                let (m, r) = (rest % mid, rest / mid);
+                let at = ((o * mid + m) * rows + r) * size;
+                let from = (s as usize + k) * size;
+                dst[at..at + size].copy_from_slice(&src[from..from + size]);
+            }
         },
     );
 }

@@ -258,11 +258,12 @@ fn converted_transposes_equal_a_conversion_then_a_transpose() {
             let mut converted = vec![0u8; rows * cols * ts];
             convert(from, to, &src, &mut converted);
             let mut want = vec![0u8; converted.len()];
-            transpose_whole(&converted, rows, ts, &mut want);
+            transpose_whole(&converted, rows, 1, ts, &mut want);
             let mut got = vec![0xAAu8; want.len()];
             transpose_converted(
                 &src,
                 rows,
+                1,
                 ts,
                 &mut got,
                 |s, d| convert(from, to, s, d),
@@ -349,7 +350,7 @@ fn a_large_matrix_is_transposed_in_parallel_bands() {
             }
         }
         let mut whole = vec![0u8; src.len()];
-        transpose_whole(&src, rows, size, &mut whole);
+        transpose_whole(&src, rows, 1, size, &mut whole);
         assert!(whole == got, "transpose_whole {rows} x {cols}");
         // A box of it, transposed, as the only destination (not the whole-matrix path).
         let want = Region::new(vec![(1, rows as u64 - 2), (3, cols as u64 - 5)]);
@@ -388,6 +389,149 @@ fn equals_a_plain_copy_at_every_alignment_and_length() {
             assert_eq!(&buf[off..off + len], &src[..len], "off {off} len {len}");
             assert!(buf[..off].iter().all(|&b| b == 0xAA));
             assert!(buf[off + len..].iter().all(|&b| b == 0xAA));
+        }
+    }
+}
+
+/// `plain` (a box of TensorFlow shape `shape`, row-major) held transposed, element by element
+/// through whole index tuples: TensorFlow's `(spatial..., in, out)` at candle's `(out, in,
+/// spatial...)`.
+fn held_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    let n = shape.len();
+    let held: Vec<u64> = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
+    let mut out = vec![0u8; plain.len()];
+    let count: u64 = shape.iter().product();
+    for e in 0..count {
+        let mut idx = vec![0u64; n];
+        let mut rest = e;
+        for d in (0..n).rev() {
+            idx[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        let hidx: Vec<u64> = [&[idx[n - 1], idx[n - 2]][..], &idx[..n - 2]].concat();
+        let at = hidx.iter().zip(&held).fold(0, |acc, (i, d)| acc * d + i) as usize;
+        let e = e as usize;
+        out[at * size..(at + 1) * size].copy_from_slice(&plain[e * size..(e + 1) * size]);
+    }
+    out
+}
+
+#[test]
+fn kernels_of_more_axes_are_held_as_candle_holds_them() {
+    // Convolution kernels (TensorFlow `[spatial..., in, out]`) into buffers held as candle's
+    // `[out, in, spatial...]`: whole (one step, several steps, and over BAND the parallel bands,
+    // serially too), through `transpose_whole`, and converted on the way.
+    for (shape, size) in [
+        (vec![2u64, 5, 3], 4usize),
+        (vec![3, 2, 2, 4], 4),
+        (vec![3, 3, 7, 5], 2),
+        (vec![1, 1, 9, 6], 8),
+        (vec![2, 3, 2, 3, 2], 1),
+        (vec![3, 3, 64, 48], 4),
+        (vec![3, 3, 256, 520], 4), // over BAND: the parallel path
+        (vec![2000, 3, 5], 4),     // rows of 60 bytes: two steps of rows
+        (vec![3, 1, 2], 4),        // one input channel: a plain transpose of [3, 2]
+    ] {
+        let n: u64 = shape.iter().product();
+        let src: Vec<u8> = (0..n as usize * size)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        let want = held_oracle(&src, &shape, size);
+        let have = Region::whole(&shape);
+        for serial in [false, true] {
+            let mut got = vec![0xAAu8; src.len()];
+            let dsts = vec![Dst {
+                buf: &mut got,
+                want: &have,
+                transposed: true,
+            }];
+            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+            assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
+            assert!(got == want, "{shape:?} size {size} serial {serial}");
+        }
+        let (rows, mid, _) = held_dims(&shape).unwrap();
+        let mut whole = vec![0xAAu8; src.len()];
+        transpose_whole(&src, rows, mid, size, &mut whole);
+        assert!(whole == want, "transpose_whole {shape:?}");
+        assert_eq!(
+            held_shape(&shape)[..2],
+            [shape[shape.len() - 1], shape[shape.len() - 2]]
+        );
+    }
+    use crate::load::cast::convert;
+    use crate::DType::{BF16, F32};
+    for shape in [vec![3u64, 3, 7, 5], vec![2, 400, 3], vec![1, 1, 1]] {
+        let n = shape.iter().product::<u64>() as usize;
+        let src: Vec<u8> = (0..n * 4).map(|i| (i * 31 % 253) as u8).collect();
+        let mut converted = vec![0u8; n * 2];
+        convert(F32, BF16, &src, &mut converted);
+        let want = held_oracle(&converted, &shape, 2);
+        let (rows, mid, _) = held_dims(&shape).unwrap();
+        let mut got = vec![0xAAu8; n * 2];
+        transpose_converted(
+            &src,
+            rows,
+            mid,
+            2,
+            &mut got,
+            |s, d| convert(F32, BF16, s, d),
+            "t",
+        )
+        .unwrap();
+        assert!(got == want, "converted {shape:?}");
+    }
+}
+
+#[test]
+fn a_piece_of_a_kernel_lands_where_its_box_meets_a_held_box() {
+    // Pieces of a 4 x 3 x 5 x 6 kernel (a variable partitioned along its axes) into boxes held
+    // transposed: each element of the meeting at its place, nothing else written. Random boxes
+    // against the oracle of the naive row-major copy, held.
+    let shape = [4u64, 3, 5, 6];
+    let mut rnd = crate::base::xorshift(7);
+    for size in [1usize, 2, 4, 8] {
+        for _ in 0..200 {
+            let mut boxes = [(); 2].map(|_| {
+                Region::new(
+                    shape
+                        .iter()
+                        .map(|&d| {
+                            let a = rnd(d);
+                            (a, 1 + rnd(d - a))
+                        })
+                        .collect(),
+                )
+            });
+            if rnd(4) == 0 {
+                boxes[1] = boxes[0].clone(); // the whole piece, in steps of rows
+            }
+            let [have, want] = boxes;
+            let count = |r: &Region| r.num_elements().unwrap() as usize;
+            let src: Vec<u8> = (0..count(&have) * size)
+                .map(|i| (i * 13 % 251) as u8)
+                .collect();
+            let mut plain = vec![0xAAu8; count(&want) * size];
+            naive(&src, &have, &want, size, &mut plain);
+            let held = held_oracle(&plain, &want.shape(), size);
+            let mut got = vec![0xAAu8; held.len()];
+            let rows = have.dims()[0].1;
+            // In steps of one row of axis 0, as a load walks a piece.
+            for r in 0..rows {
+                let part = have.with_rows(have.dims()[0].0 + r, 1);
+                copy_box(&src, &have, &part, size, &mut got, &want, true);
+            }
+            assert!(got == held, "size {size}: {have:?} into {want:?}");
+            let mut once = vec![0xAAu8; held.len()];
+            let dsts = vec![Dst {
+                buf: &mut once,
+                want: &want,
+                transposed: true,
+            }];
+            assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
+            assert!(
+                once == held,
+                "copy_verify, size {size}: {have:?} into {want:?}"
+            );
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Transposed copies: a 2-D box into a buffer that holds it column-major (a candle `Linear`
-//! weight holding a TensorFlow dense kernel), in blocks of rows gathered through square tiles.
+//! weight holding a TensorFlow dense kernel), in blocks of rows gathered through square tiles;
+//! and the same for a convolution's kernel, TensorFlow's `[spatial..., in, out]` held as candle's
+//! `[out, in, spatial...]` (see [`held_dims`]).
 
 use rayon::prelude::*;
 
-use super::{copy_box, BAND, STEP};
-use crate::base::slice::Region;
+use super::{BAND, STEP};
 
 /// Source rows per block of a transposing gather: their lines stay in cache while the block's
 /// columns are gathered. A row length that is a multiple of 4 KiB (BERT's 3,072 float32 columns)
@@ -14,42 +15,101 @@ use crate::base::slice::Region;
 /// 4.8–6.1 against 4.4–6.1 (one thread, three rounds).
 pub(super) const TRANSPOSE_BLOCK: usize = 16;
 
+/// How a value held transposed lies: TensorFlow's `[spatial..., in, out]` (a 2-D value's
+/// `[in, out]`, no spatial axes but its rows) seen as `[rows, mid, cols]` (`rows` the product
+/// of the spatial axes, or a 2-D value's rows; `mid` = in, 1 for a 2-D value; `cols` = out),
+/// held as `[cols, mid, rows]`: candle's `Linear` weight `[out, in]` and convolution weight
+/// `[out, in, kh, kw]` (a 1-D convolution's `[out, in, k]`, a transposed convolution's
+/// `[in, out, kh, kw]` for TensorFlow's `[kh, kw, out, in]`). `None` for fewer than 2 axes.
+pub(crate) fn held_dims(shape: &[u64]) -> Option<(usize, usize, usize)> {
+    let u = |x: u64| x as usize;
+    match shape {
+        [] | [_] => None,
+        [rows, cols] => Some((u(*rows), 1, u(*cols))),
+        [spatial @ .., mid, cols] => Some((u(spatial.iter().product()), u(*mid), u(*cols))),
+    }
+}
+
+/// The shape of a value of TensorFlow shape `shape` held transposed ([`held_dims`]): `[out, in,
+/// spatial...]`; `shape` itself for fewer than 2 axes.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) fn held_shape(shape: &[u64]) -> Vec<u64> {
+    match shape {
+        [spatial @ .., mid, cols] => [&[*cols, *mid][..], spatial].concat(),
+        _ => shape.to_vec(),
+    }
+}
+
 /// [`transpose_whole`] in bands of destination rows (source columns) run in parallel, each band
-/// the box of its columns, gathered by [`copy_box`] a block of rows at a time.
-pub(super) fn transpose_parallel(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
+/// the held rows of its columns, gathered a block of rows at a time.
+pub(super) fn transpose_parallel(src: &[u8], rows: usize, mid: usize, size: usize, dst: &mut [u8]) {
     let row_bytes = src.len() / rows.max(1);
-    let cols = row_bytes / size.max(1);
-    let band_cols = (BAND / (rows * size).max(1)).clamp(1, cols.max(1));
-    let whole = Region::whole(&[rows as u64, cols as u64]);
+    let cols = row_bytes / (mid * size).max(1);
+    let held_row = rows * mid * size; // bytes of one held row (one column of every `mid` block)
+    let band_cols = (BAND / held_row.max(1)).clamp(1, cols.max(1));
     crate::base::par::run(|| {
-        dst.par_chunks_mut(band_cols * rows * size)
+        dst.par_chunks_mut(band_cols * held_row)
             .enumerate()
             .for_each(|(k, out)| {
                 let _reading = crate::base::sigbus::reading(); // `src` may be a file mapping
-                let width = out.len() / (rows * size).max(1);
-                let band = Region::new(vec![
-                    (0, rows as u64),
-                    ((k * band_cols) as u64, width as u64),
-                ]);
-                copy_box(src, &whole, &whole, size, out, &band, true);
+                held_rows(src, 0, rows, mid, cols, k * band_cols, size, out);
             })
     });
 }
 
-/// Writes the whole `rows`-row matrix `src` (row-major) into `dst` transposed.
-#[cfg(any(test, feature = "cuda"))]
-pub(crate) fn transpose_whole(src: &[u8], rows: usize, size: usize, dst: &mut [u8]) {
-    transpose_rows(src, 0, rows, size, dst);
+/// Rows `first..` of the `[rows, mid * cols]` view of a value held transposed (`src`: those
+/// whole rows) into `out`, which holds the held rows (source columns) `c0..` (each `mid * rows`
+/// elements): a few source rows at a time, so that their lines stay in cache, each of the `mid`
+/// blocks of their columns through [`gather`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn held_rows(
+    src: &[u8],
+    first: usize,
+    rows: usize,
+    mid: usize,
+    cols: usize,
+    c0: usize,
+    size: usize,
+    out: &mut [u8],
+) {
+    let row_bytes = mid * cols * size;
+    if row_bytes == 0 {
+        return;
+    }
+    let n = src.len() / row_bytes;
+    for r in (0..n).step_by(TRANSPOSE_BLOCK) {
+        let end = (r + TRANSPOSE_BLOCK).min(n);
+        let block = &src[r * row_bytes..end * row_bytes];
+        for i in 0..mid {
+            gather(
+                block,
+                i * rows + first + r,
+                row_bytes,
+                i * cols + c0,
+                mid * rows,
+                size,
+                out,
+            );
+        }
+    }
 }
 
-/// Writes the whole `rows`-row matrix `src` (row-major) into `dst` transposed, each element
-/// converted by `convert` (a run of source elements into a run of `size`-byte elements, as [`cast::convert`](crate::load::cast::convert)): a few rows at a time
-/// into a buffer that stays in cache, then gathered from there. So no whole converted copy is
-/// allocated, zeroed and read back. Errors only if even that buffer cannot be had (`tensor` names
-/// the value).
+/// Writes the whole value `src` (row-major, `[rows, mid, cols]` as [`held_dims`] sees it) into
+/// `dst` held transposed (`[cols, mid, rows]`; a `rows`-row matrix transposed where `mid` is 1).
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) fn transpose_whole(src: &[u8], rows: usize, mid: usize, size: usize, dst: &mut [u8]) {
+    transpose_rows(src, 0, rows, mid, size, dst);
+}
+
+/// [`transpose_whole`] with each element converted by `convert` (a run of source elements into
+/// a run of `size`-byte elements, as [`cast::convert`](crate::load::cast::convert)): a few rows
+/// at a time into a buffer that stays in cache, then gathered from there. So no whole converted
+/// copy is allocated, zeroed and read back. Errors only if even that buffer cannot be had
+/// (`tensor` names the value).
 pub(crate) fn transpose_converted(
     src: &[u8],
     rows: usize,
+    mid: usize,
     size: usize,
     dst: &mut [u8],
     convert: impl Fn(&[u8], &mut [u8]),
@@ -69,15 +129,16 @@ pub(crate) fn transpose_converted(
         let r1 = (r0 + step).min(rows);
         let b = &mut block[..(r1 - r0) * row_out];
         convert(&src[r0 * row_in..r1 * row_in], b);
-        transpose_rows(b, r0, rows, size, dst);
+        transpose_rows(b, r0, rows, mid, size, dst);
     }
     Ok(())
 }
 
-/// Writes rows `first..` of a `rows`-row matrix (`src`: whole rows, row-major) into `dst`, which
-/// holds the whole matrix transposed.
-fn transpose_rows(src: &[u8], first: usize, rows: usize, size: usize, dst: &mut [u8]) {
-    gather(src, first, dst.len() / rows.max(1), 0, rows, size, dst);
+/// Writes rows `first..` of the `[rows, mid * cols]` view of a value (`src`: whole rows,
+/// row-major) into `dst`, which holds the whole value held transposed.
+fn transpose_rows(src: &[u8], first: usize, rows: usize, mid: usize, size: usize, dst: &mut [u8]) {
+    let cols = dst.len() / (rows * mid * size).max(1);
+    held_rows(src, first, rows, mid, cols, 0, size, dst);
 }
 
 /// Gathers columns `c0..` of rows `first..` of a `rows`-row matrix (`src`: those whole rows of

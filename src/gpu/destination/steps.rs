@@ -39,18 +39,22 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             let dtype = form
                 .dtype
                 .unwrap_or_else(|| options.dtype_at_destination(v.dtype));
-            let transposed = match (form.transposed, v.shape.as_slice()) {
-                (false, _) => None,
-                (true, &[rows, cols]) => Some((rows, cols)),
-                (true, other) => {
-                    return Err(ErrorKind::BadVariable {
-                        name: v.name.clone(),
-                        reason: format!(
-                            "a transposed device value must be 2-D, not of shape {other:?}"
-                        ),
+            let (transposed, on_host) = match (form.transposed, v.shape.as_slice()) {
+                (false, _) => (None, None),
+                (true, &[rows, cols]) => (Some((rows, cols)), None),
+                (true, shape) => match crate::base::copy::held_dims(shape) {
+                    Some((rows, mid, _)) => (None, Some((rows, mid))),
+                    None => {
+                        return Err(ErrorKind::BadVariable {
+                            name: v.name.clone(),
+                            reason: format!(
+                                "a transposed device value must have 2 or more axes, not shape \
+                                 {shape:?}"
+                            ),
+                        }
+                        .into())
                     }
-                    .into())
-                }
+                },
             };
             if dtype != v.dtype && !crate::load::cast::supported(v.dtype, dtype) {
                 return Err(ErrorKind::BadVariable {
@@ -65,7 +69,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             // Replicas load shares when a gather completes them and the value is worth it (the
             // shares are ranges of the device layout: a transposed value loads whole).
             let n = devs.len() as u64;
-            let shared = transposed.is_none()
+            let shared = !form.transposed
                 && self.replicas.contains_key(&v.name)
                 && self.gather.is_some()
                 && bytes >= self.sizes.share_min
@@ -94,6 +98,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     mem,
                     keep,
                     transposed,
+                    on_host,
                 });
             }
             if shared {
@@ -308,9 +313,10 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 .map(|s| DeviceTensor {
                     dtype: s.dtype,
                     // A transposed value's shape as it lies in memory.
-                    shape: match s.transposed {
-                        Some((rows, cols)) => vec![cols, rows],
-                        None => s.shape,
+                    shape: match (s.transposed, s.on_host) {
+                        (Some((rows, cols)), _) => vec![cols, rows],
+                        (None, Some(_)) => crate::base::copy::held_shape(&s.shape),
+                        (None, None) => s.shape,
                     },
                     mem: s.mem,
                 })

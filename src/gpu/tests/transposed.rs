@@ -5,10 +5,12 @@ use super::*;
 
 #[test]
 fn transposed_device_forms_equal_the_host_value_transposed() {
-    // Every 2-D variable of every fixture (whole, in parts along either axis; V1 files prepared
-    // on the host) held transposed, and the float32 ones also converted, as a candle `Var` on a
-    // GPU takes them: each equals the host value, converted by the host, transposed.
-    let (mut checked, mut widened) = (0, 0);
+    // Every variable of 2 or more axes of every fixture (whole, in parts along either axis; V1
+    // files prepared on the host) held transposed, and the float32 ones also converted, as a
+    // candle `Var` on a GPU takes them: each equals the host value, converted by the host,
+    // transposed (a kernel of more axes, `[spatial..., in, out]`, held as `[out, in,
+    // spatial...]`, prepared on the host).
+    let (mut checked, mut widened, mut kernels) = (0, 0, 0);
     for case in CASES {
         let dir = fixture(case);
         let mut cpu = store_for(&dir);
@@ -18,7 +20,7 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
                 let mut gpu = store_for(&dir);
                 let mut forms = Vec::new();
                 for v in gpu.vars.values() {
-                    if v.shape.len() != 2 || v.dtype.size().is_none() {
+                    if v.shape.len() < 2 || v.dtype.size().is_none() {
                         continue;
                     }
                     // Narrowed from float32, or widened to it from bfloat16 and float16.
@@ -48,9 +50,16 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
                     }
                     let got = gpu.device_value(&name).unwrap().to_host().unwrap();
                     assert_eq!(got.dtype, want.dtype, "{what}");
-                    assert_eq!(got.shape, [want.shape[1], want.shape[0]], "{what}");
+                    let n = want.shape.len();
+                    let held: Vec<u64> = [
+                        &[want.shape[n - 1], want.shape[n - 2]][..],
+                        &want.shape[..n - 2],
+                    ]
+                    .concat();
+                    assert_eq!(got.shape, held, "{what}");
                     assert!(got.bytes().unwrap() == transposed(&want), "{what}");
                     checked += 1;
+                    kernels += usize::from(n > 2);
                 }
                 assert_eq!(
                     link.live_allocations(),
@@ -60,7 +69,10 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
             }
         }
     }
-    assert!(checked > 100 && widened > 0, "{checked} {widened}");
+    assert!(
+        checked > 100 && widened > 0 && kernels > 10,
+        "{checked} {widened} {kernels}"
+    );
 }
 
 #[test]
