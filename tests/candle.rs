@@ -5,6 +5,8 @@ mod common;
 
 #[path = "../examples/candle_bert.rs"]
 mod candle_bert;
+#[path = "candle/conv.rs"]
+mod conv;
 #[path = "candle/keras.rs"]
 mod keras;
 
@@ -847,49 +849,77 @@ fn a_deferred_var_builder_says_which_tensors_exist() {
     assert!(!vb.contains_tensor("dense.gamma"));
 }
 
-/// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is not
-/// named by `tf1`: with every dimension 2 the shapes agree, and it loaded in the wrong layout,
-/// silently. Now it keeps candle's values, and the checkpoint's kernel is listed as taken by no
-/// `Var`; the dense layer beside it loads. A convolution's bias keeps candle's too (it loaded
-/// alone, the kernel beside it random: half a layer).
+/// A convolution's weight (candle `[out, in, kh, kw]`, TensorFlow `[kh, kw, in, out]`) is held
+/// as candle holds it: each element where candle's convolution reads it, for a kernel of four
+/// different extents and for one whose extents are all 2 (where the shapes agree, so taken as
+/// stored it would have loaded silently wrong; before 2026-12-07 such a `Var` was left unnamed).
+/// The bias loads beside it, and `save_checkpoint` writes TensorFlow's layout back.
 #[test]
-fn a_convolution_kernel_is_left_unnamed_not_loaded_in_the_wrong_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ck = CkptBuilder::new(dir.path().join("m"));
-    let kernel: Vec<f32> = (0..16).map(|i| i as f32).collect();
-    ck.f32("conv/kernel", &[2, 2, 2, 2], &kernel)
-        .f32("conv/bias", &[2], &[5.0; 2])
-        .f32("dense/kernel", &[2, 3], &[1.0; 6]);
-    let prefix = ck.finish();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    candle_nn::conv2d(2, 2, 2, Default::default(), vb.pp("conv")).unwrap();
-    let bias_before = var(&varmap, "conv.bias").to_vec1::<f32>().unwrap();
-    candle_nn::linear_no_bias(2, 3, vb.pp("dense")).unwrap();
-    let conv_before = var(&varmap, "conv.weight")
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
-    assert_eq!(init.tf_name("conv.weight"), None);
-    assert_eq!(init.tf_name("conv.bias"), None);
-    let found = init.map_existing(&prefix).unwrap();
-    assert_eq!(found.not_in_model, ["conv/bias", "conv/kernel"]);
-    // The Vars are listed too (they were in no list: a trainer checking `not_in_checkpoint` saw
-    // nothing left out).
-    assert_eq!(found.unnamed, ["conv.bias", "conv.weight"]);
-    assert!(found.not_in_checkpoint.is_empty());
-    init.init_from_checkpoint(&prefix, &found.map).unwrap();
-    init.initialize(&Default::default()).unwrap();
-    let conv = var(&varmap, "conv.weight").flatten_all().unwrap();
-    assert_eq!(conv.to_vec1::<f32>().unwrap(), conv_before);
-    let bias = var(&varmap, "conv.bias").to_vec1::<f32>().unwrap();
-    assert_eq!(bias, bias_before);
-    assert_eq!(
-        var(&varmap, "dense.weight").to_vec2::<f32>().unwrap(),
-        [[1.0; 2]; 3]
-    );
+fn a_convolution_kernel_is_held_as_candle_holds_it() {
+    for (kh, kw, cin, cout) in [(3usize, 2usize, 2usize, 4usize), (2, 2, 2, 2)] {
+        let case = format!("{kh}x{kw}x{cin}x{cout}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut ck = CkptBuilder::new(dir.path().join("m"));
+        let n = kh * kw * cin * cout;
+        let kernel: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let shape = [kh as u64, kw as u64, cin as u64, cout as u64];
+        let bias: Vec<f32> = (0..cout).map(|o| 100.0 + o as f32).collect();
+        ck.f32("conv/kernel", &shape, &kernel)
+            .f32("conv/bias", &[cout as u64], &bias)
+            .f32("dense/kernel", &[2, 3], &[1.0; 6]);
+        let prefix = ck.finish();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        if kh != kw {
+            // candle_nn::conv2d makes square kernels: a `Var` of the kernel's shape by hand.
+            vb.pp("conv")
+                .get_with_hints((cout, cin, kh, kw), "weight", candle_nn::Init::Const(0.0))
+                .unwrap();
+            vb.pp("conv")
+                .get_with_hints(cout, "bias", candle_nn::Init::Const(0.0))
+                .unwrap();
+        } else {
+            candle_nn::conv2d(cin, cout, kh, Default::default(), vb.pp("conv")).unwrap();
+        }
+        candle_nn::linear_no_bias(2, 3, vb.pp("dense")).unwrap();
+        let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+        assert_eq!(init.tf_name("conv.weight"), Some("conv/kernel"), "{case}");
+        assert_eq!(init.tf_name("conv.bias"), Some("conv/bias"), "{case}");
+        let found = init.map_existing(&prefix).unwrap();
+        assert!(found.not_in_model.is_empty(), "{case}: {found}");
+        assert!(found.unnamed.is_empty(), "{case}: {found}");
+        init.init_from_checkpoint(&prefix, &found.map).unwrap();
+        init.initialize(&Default::default()).unwrap();
+        let w = var(&varmap, "conv.weight");
+        assert_eq!(w.dims(), [cout, cin, kh, kw], "{case}");
+        let got = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for o in 0..cout {
+            for i in 0..cin {
+                for h in 0..kh {
+                    for x in 0..kw {
+                        let tf = kernel[((h * kw + x) * cin + i) * cout + o];
+                        let at = ((o * cin + i) * kh + h) * kw + x;
+                        assert_eq!(got[at], tf, "{case}: [{o}, {i}, {h}, {x}]");
+                    }
+                }
+            }
+        }
+        assert_eq!(var(&varmap, "conv.bias").to_vec1::<f32>().unwrap(), bias);
+        assert_eq!(
+            var(&varmap, "dense.weight").to_vec2::<f32>().unwrap(),
+            [[1.0; 2]; 3]
+        );
+        // Saved back: TensorFlow's layout, the bytes it was read from.
+        let saved = dir.path().join("saved/m");
+        init.save_checkpoint(&saved).unwrap();
+        let back = tfckpt::Checkpoint::open(&saved)
+            .unwrap()
+            .read("conv/kernel")
+            .unwrap();
+        assert_eq!(back.shape, shape, "{case}");
+        let bytes: Vec<u8> = kernel.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(back.bytes().unwrap(), &bytes[..], "{case}");
+    }
 }
 
 /// A checkpoint in `dir` holding BERT's word embedding table alone, `[4, 3]` of 0..12: its

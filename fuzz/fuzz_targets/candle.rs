@@ -2,7 +2,7 @@
 //! checkpoints: the input builds a candle model (a `VarMap`, plain or through `DeferredInit`) of
 //! `Var`s standing for checkpoint tensors, under their names or moved under `new/`, of their
 //! shapes or others, of any candle dtype, holding the TensorFlow value transposed or not (a
-//! `Linear`'s weight), named by a `Convention::custom`; a dtype policy; and an assignment map
+//! `Linear`'s or a convolution's weight), named by a `Convention::custom`; a dtype policy; and an assignment map
 //! (`map_existing`'s, its `fitting()`, the root, a scope, names). Errors are expected. A panic is
 //! a finding, and so is any `Var` that changed after a call or a load that failed (all or
 //! nothing), and after a load that succeeded, a `Var` whose bytes are not the reader's value of
@@ -34,7 +34,8 @@ struct CVar {
     tensor: u8,
     /// Named `new/<tensor>` (to be mapped by a scope) rather than the tensor's own name.
     moved: bool,
-    /// Holds the (2-D) TensorFlow value transposed, as a `Linear`'s weight does.
+    /// Holds the TensorFlow value transposed, as a `Linear`'s weight does (2-D) or a
+    /// convolution's (more axes: `[out, in, spatial...]` for `[spatial..., in, out]`).
     transposed: bool,
     /// A candle dtype; the tensor's own where candle has it when `None`.
     dtype: Option<u8>,
@@ -119,15 +120,47 @@ fn convert(value: &[u8], from: DType, to: DType) -> Vec<u8> {
     }
 }
 
-/// A 2-D `value` of `shape` with `size`-byte elements, transposed.
-fn transpose(value: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
-    let (r, c) = (shape[0] as usize, shape[1] as usize);
+/// The axes of candle's shape for a value held transposed, as TensorFlow's axes: `[out, in,
+/// spatial...]` for TensorFlow's `[spatial..., in, out]` (`[1, 0]` for a 2-D value).
+fn held_axes(rank: usize) -> Vec<usize> {
+    [rank - 1, rank - 2]
+        .into_iter()
+        .chain(0..rank - 2)
+        .collect()
+}
+
+/// `value` (row-major, of TensorFlow shape `shape`, `size`-byte elements) held transposed
+/// (`back`: false), or a held value of candle shape `shape` back in TensorFlow's layout (`back`),
+/// element by element through whole index tuples. Values of fewer than 2 axes are their own.
+fn transpose(value: &[u8], shape: &[u64], size: usize, back: bool) -> Vec<u8> {
+    let rank = shape.len();
+    if rank < 2 {
+        return value.to_vec();
+    }
+    let axes = held_axes(rank);
+    // `from` and `to`: the source's and the result's shapes; `to`'s axis k is `from`'s axis
+    // `pick[k]`.
+    let pick: Vec<usize> = match back {
+        false => axes,
+        true => (0..rank)
+            .map(|a| axes.iter().position(|&x| x == a).unwrap())
+            .collect(),
+    };
+    let from: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let to: Vec<usize> = pick.iter().map(|&a| from[a]).collect();
     let mut out = vec![0u8; value.len()];
-    for i in 0..r {
-        for j in 0..c {
-            let (from, to) = ((i * c + j) * size, (j * r + i) * size);
-            out[to..to + size].copy_from_slice(&value[from..from + size]);
+    let mut idx = vec![0usize; rank];
+    for e in 0..value.len() / size.max(1) {
+        let mut rest = e;
+        for d in (0..rank).rev() {
+            idx[d] = rest % from[d];
+            rest /= from[d];
         }
+        let at = pick
+            .iter()
+            .zip(&to)
+            .fold(0, |acc, (&a, &n)| acc * n + idx[a]);
+        out[at * size..(at + 1) * size].copy_from_slice(&value[e * size..(e + 1) * size]);
     }
     out
 }
@@ -161,11 +194,12 @@ fuzz_target!(|input: Input| {
         if shape.iter().product::<usize>() > 1 << 16 {
             continue;
         }
-        // Candle's shape: TensorFlow's reversed where the Var holds it transposed.
-        let mut dims = shape.clone();
-        if v.transposed && dims.len() == 2 {
-            dims.reverse();
-        }
+        // Candle's shape: TensorFlow's `[spatial..., in, out]` as `[out, in, spatial...]` where
+        // the Var holds it transposed.
+        let dims: Vec<usize> = match v.transposed && shape.len() >= 2 {
+            true => held_axes(shape.len()).iter().map(|&a| shape[a]).collect(),
+            false => shape.clone(),
+        };
         let dtype = match v.dtype {
             Some(d) => DTYPES[d as usize % DTYPES.len()],
             None => CDType::try_from(t.dtype).unwrap_or(CDType::F32),
@@ -272,7 +306,7 @@ fuzz_target!(|input: Input| {
             want = convert(&want, value.dtype, dtype);
         }
         if tf.transposed {
-            want = transpose(&want, &value.shape, dtype.size().unwrap());
+            want = transpose(&want, &value.shape, dtype.size().unwrap(), false);
         }
         assert!(
             got == want,
@@ -304,9 +338,12 @@ fuzz_target!(|input: Input| {
         assert_eq!(value.dtype, DType::try_from(var.dtype()).unwrap(), "{name}");
         let mut want = bytes(var);
         let mut shape: Vec<u64> = var.dims().iter().map(|&d| d as u64).collect();
-        if tf.transposed {
-            want = transpose(&want, &shape, value.dtype.size().unwrap());
-            shape.reverse();
+        if tf.transposed && shape.len() >= 2 {
+            want = transpose(&want, &shape, value.dtype.size().unwrap(), true);
+            let axes = held_axes(shape.len());
+            shape = (0..shape.len())
+                .map(|a| shape[axes.iter().position(|&x| x == a).unwrap()])
+                .collect();
         }
         assert_eq!(value.shape, shape, "{name} ({}): saved shape", tf.name);
         assert!(

@@ -140,7 +140,7 @@ impl std::fmt::Debug for DeviceTensor {
 
 /// How a variable is held in device memory where not as TensorFlow holds it (the candle
 /// integration's `Var`s): in another dtype (converted on the device as it loads) and/or, for a
-/// 2-D value, transposed.
+/// value of 2 or more axes, transposed (a kernel `[spatial..., in, out]` as `[out, in, spatial...]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(not(feature = "candle"), allow(dead_code))]
 pub(crate) struct DeviceForm {

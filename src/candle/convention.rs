@@ -10,8 +10,11 @@ use crate::reader::object_names::{Found, ObjectNames};
 pub struct TfName {
     /// Full TensorFlow variable name (scopes joined by `/`).
     pub name: String,
-    /// The `Var` holds the (2-D) TensorFlow value transposed: a TF dense kernel is `[in, out]`,
-    /// a candle `Linear` weight `[out, in]`.
+    /// The `Var` holds the TensorFlow value transposed: a TF dense kernel is `[in, out]`, a
+    /// candle `Linear` weight `[out, in]`; a TF convolution kernel is `[spatial..., in, out]`
+    /// (`[kh, kw, in, out]`), a candle convolution weight `[out, in, spatial...]` (`[out, in, kh,
+    /// kw]`). So also a transposed convolution's: TF `[kh, kw, out, in]`, candle `[in, out, kh,
+    /// kw]`. A `Var` of fewer than 2 axes cannot hold a value transposed: an error naming it.
     pub transposed: bool,
 }
 
@@ -59,6 +62,7 @@ impl Convention {
     /// | `.` between components | `/` |
     /// | a number after a component: `layer.3` | `layer_3` |
     /// | `weight` of a 2-D `Linear` | `kernel`, transposed (`[out, in]` holds `[in, out]`) |
+    /// | `weight` of a convolution (3 or more dimensions) | `kernel`, transposed (`[out, in, kh, kw]` holds `[kh, kw, in, out]`; see [`TfName::transposed`]) |
     /// | `weight` / `bias` of a module whose `weight` is 1-D (LayerNorm, BatchNorm) | `gamma` / `beta` |
     /// | `running_mean` / `running_var` | `moving_mean` / `moving_variance` |
     /// | `weight` of a 2-D module named `*embedding` or `*embeddings`, without a `bias` | the module's own variable: `embeddings.word_embeddings.weight` is `embeddings/word_embeddings` (with a `bias` it is a `Linear`: `time_embedding.weight` is `time_embedding/kernel`) |
@@ -76,13 +80,12 @@ impl Convention {
     /// the assignment map. (Mapped to `tf1`'s own name for it, which is transposed, the table
     /// would fail the shape check, or load transposed where vocab = hidden.)
     ///
-    /// A `weight` of more than 2 dimensions (a convolution's: candle's `[out, in, kh, kw]`,
-    /// TensorFlow's `[kh, kw, in, out]`) gets no name: tfckpt transposes 2-D values but permutes
-    /// no others, and taken as is such a kernel would load in the wrong layout, silently where the
-    /// shapes happen to agree. It keeps candle's initialization, and so does the module's `bias`
-    /// (half of a layer loaded would train as neither); `map_existing` lists both `Var`s as
-    /// unnamed and the checkpoint's kernel and bias among the tensors no `Var` takes; a
-    /// [`custom`](Self::custom) convention can name a `Var` whose layout is TensorFlow's. Every
+    /// A convolution's `weight` and `bias` load as a `Linear`'s do, the weight held as candle
+    /// holds it (TF1's `tf.layers.conv2d`, Keras's `Conv1D`/`Conv2D`/`Conv3D`, and, its in and out
+    /// channels swapped on both sides, `Conv2DTranspose` into `conv_transpose2d`). A depthwise
+    /// convolution does not fit: TensorFlow's `[kh, kw, in, multiplier]` is candle's grouped
+    /// `[in * multiplier, 1, kh, kw]` in another order, and the shapes differ, so the call
+    /// fails on the shape unless a [`custom`](Self::custom) convention leaves it out. Every
     /// other name keeps its last component.
     pub fn tf1() -> Convention {
         Convention(Kind::Tf1)
@@ -167,9 +170,9 @@ impl Convention {
     /// Each name is asked both ways, as a variable's name and as an attribute path (the last
     /// attribute as it is or with Keras 3's leading `_`: `_kernel`), from the saved object or
     /// from one of its children (`model` of `tf.train.Checkpoint(model=net)`), and the answers
-    /// taken together. A convolution's `Var`s get no name, as under `tf1` (Keras stores a kernel
-    /// `[k, in, out]`, candle `[out, in, k]`). Of a `Var`'s names, the first the graph has
-    /// decides: where it has none of them, the `Var` keeps `tf1`'s name, which no object-based
+    /// taken together. A convolution's kernel loads into candle's layout, as under `tf1` (Keras
+    /// stores a `Conv1D` kernel `[k, in, out]`, candle `[out, in, k]`). Of a `Var`'s names, the
+    /// first the graph has decides: where it has none of them, the `Var` keeps `tf1`'s name, which no object-based
     /// save holds, and [`map_existing`](super::CandleInit::map_existing) lists it as not in the
     /// checkpoint (a fresh head, or a layer named otherwise than in Keras: a near miss where the
     /// name is close to one of the graph's left over); where the name is several variables'
@@ -225,17 +228,11 @@ fn split(name: &str) -> (&str, &str) {
 fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
     // Modules with a 1-D `weight` are normalizations: `weight`/`bias` are TF's `gamma`/`beta`.
     let norms = modules_with(vars, "weight", |dims| dims == 1);
-    // Modules whose `weight` has more than 2 dimensions (convolutions): no name for it, nor for
-    // their `bias`, so that no half of such a layer loads.
-    let convs = modules_with(vars, "weight", |dims| dims > 2);
     // Modules with a `bias`: a `Linear`, never an `Embedding` (which has none).
     let biased = modules_with(vars, "bias", |_| true);
     vars.iter()
         .map(|&(name, shape)| {
             let (module, leaf) = split(name);
-            if convs.contains(module) && matches!(leaf, "weight" | "bias") {
-                return None;
-            }
             let norm = norms.contains(module);
             let embedding = shape.len() == 2
                 && !biased.contains(module)
@@ -263,7 +260,7 @@ fn tf1(vars: &[(&str, &[usize])]) -> Vec<Option<TfName>> {
                 "weight" if norm => (Some("gamma"), false),
                 "bias" if norm => (Some("beta"), false),
                 "weight" if embedding => (None, false),
-                "weight" => (Some("kernel"), shape.len() == 2),
+                "weight" => (Some("kernel"), shape.len() >= 2),
                 "running_mean" => (Some("moving_mean"), false),
                 "running_var" => (Some("moving_variance"), false),
                 other => (Some(other), false),
@@ -424,10 +421,9 @@ mod tests {
             ("bert/pooler/dense/kernel", true),
             ("classifier/kernel", true),
             ("bn/moving_variance", false),
-            // A convolution's kernel would need a permutation: no name (a test in
-            // tests/candle.rs shows one of equal shapes left as candle made it), nor for its bias.
-            ("(none)", false),
-            ("(none)", false),
+            // A convolution's kernel, held as candle holds it, and its bias.
+            ("conv/kernel", true),
+            ("conv/bias", false),
             ("albert/embedding_hidden_mapping_in/kernel", true),
             ("unet/time_embedding/kernel", true),
             ("unet/time_embedding/bias", false),
@@ -514,7 +510,8 @@ mod tests {
             Some(("k/rms/scale", false)),
             // Not in the graph: tf1's name.
             Some(("fresh/kernel", true)),
-            None,
+            // A convolution's kernel without a bias: a kernel, not in the graph.
+            Some(("conv/kernel", true)),
         ];
         let want: Vec<Option<(String, bool)>> = want
             .into_iter()

@@ -3,7 +3,8 @@
 //!
 //! The trainer builds its model exactly as usual from a `VarMap`. [`CandleInit::from_varmap`]
 //! derives the variable store from it under a naming [`Convention`] (TF names and TF shapes: a
-//! `Linear` weight is known as its transposed TF kernel), [`CandleInit::init_from_checkpoint`] maps
+//! `Linear` weight, or a convolution's, is known as its transposed TF kernel),
+//! [`CandleInit::init_from_checkpoint`] maps
 //! checkpoint tensors onto it with every form of assignment map, checking names, shapes and dtypes
 //! at call time, and [`CandleInit::initialize`] loads the values into the `Var`s. Each value is
 //! read once from the file mapping, CRC-checked and copied (transposed on the way where the
@@ -153,8 +154,9 @@ impl std::fmt::Debug for CandleInit {
 
 impl CandleInit {
     /// The store of every `Var` in `varmap`, named by `convention`. Errors name the `Var`: a dtype
-    /// TensorFlow has no counterpart for, a `Var` on a GPU, a transposed `Var` that is not 2-D, a
-    /// name TensorFlow would refuse, and two `Var`s the convention gives one TensorFlow name.
+    /// TensorFlow has no counterpart for, a `Var` on a GPU, a transposed `Var` of fewer than 2
+    /// dimensions, a name TensorFlow would refuse, and two `Var`s the convention gives one
+    /// TensorFlow name.
     /// A `VarMap` whose `Var`s the `VarBuilder`s of one or more [`DeferredInit`]s made (zeroed,
     /// their initializers not yet run) is taken as [`from_deferred`](Self::from_deferred) takes
     /// it: `initialize` runs the initializers of those no checkpoint value replaces.
@@ -256,13 +258,13 @@ impl CandleInit {
         let dtype = DType::try_from(var.dtype()).map_err(wrap)?;
         let mut shape: Vec<u64> = var.dims().iter().map(|&d| d as u64).collect();
         if transposed {
-            if shape.len() != 2 {
+            if shape.len() < 2 {
                 return Err(bad(format!(
-                    "the convention transposes it, but it has {} dimensions, not 2",
+                    "the convention transposes it, but it has {} dimensions, not 2 or more",
                     shape.len()
                 )));
             }
-            shape.reverse();
+            shape = tf_shape(&shape);
         }
         self.store
             .get_variable(&tf, &shape, dtype, Init::Zeros)
@@ -438,11 +440,21 @@ impl CandleInit {
     }
 }
 
+/// The TensorFlow shape of a `Var` of (candle) shape `dims` that holds its value transposed:
+/// `[out, in]` holds `[in, out]`, a convolution's `[out, in, spatial...]` holds `[spatial..., in,
+/// out]` (the inverse of `base::copy::held_shape`).
+fn tf_shape<T: Copy>(dims: &[T]) -> Vec<T> {
+    match dims {
+        [out, mid, spatial @ ..] => [spatial, &[*mid, *out][..]].concat(),
+        _ => dims.to_vec(),
+    }
+}
+
 /// A `Var`'s shape and dtype, and how it holds its TensorFlow value.
 fn layout(var: &Var, transposed: bool) -> String {
     let dims = var.dims();
-    if transposed {
-        let tf: Vec<usize> = dims.iter().rev().copied().collect();
+    if transposed && dims.len() >= 2 {
+        let tf = tf_shape(dims);
         format!(
             "{:?} shape {dims:?}, holding TensorFlow's {tf:?} transposed",
             var.dtype()

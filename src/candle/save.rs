@@ -44,8 +44,11 @@ impl CandleInit {
             };
             let candle = |e: candle_core::Error| failed(super::destination::first_line(&e));
             let mut value = b.var.as_tensor().clone();
-            if b.transposed {
-                value = value.t().map_err(candle)?;
+            if b.transposed && value.rank() >= 2 {
+                // Candle's `[out, in, spatial...]` back into TensorFlow's `[spatial..., in, out]`.
+                let rank = value.rank();
+                let axes: Vec<usize> = (2..rank).chain([1, 0]).collect();
+                value = value.permute(axes).map_err(candle)?;
             }
             // Contiguous and at offset 0 on the host, in TensorFlow's (row-major) order.
             let value = value

@@ -38,11 +38,23 @@ fn assert_pairs(found: &ExistingMap, loaded: &Loaded, key: impl Fn(&str) -> Stri
     assert_eq!(pairs, want, "{found}");
 }
 
-/// Each `Var` of `loaded` holds `value` of its Keras name, transposed where said.
+/// Each `Var` of `loaded` holds `value` of its Keras name, transposed where said (a kernel of
+/// more axes, TensorFlow's `[spatial..., in, out]`, as candle's `[out, in, spatial...]`).
 fn assert_values(varmap: &VarMap, loaded: &Loaded, value: impl Fn(&str) -> candle_core::Tensor) {
     for &(candle, keras, transposed) in loaded {
         let want = value(keras);
-        let want = if transposed { want.t().unwrap() } else { want };
+        let rank = want.rank();
+        let want = match transposed {
+            true => want
+                .permute(
+                    [rank - 1, rank - 2]
+                        .into_iter()
+                        .chain(0..rank - 2)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap(),
+            false => want,
+        };
         assert!(same(&var(varmap, candle), &want), "{candle}");
     }
 }
@@ -90,6 +102,9 @@ fn keras_layers_load_into_candle_by_the_object_graph() {
             ("bn.running_var", "bn/moving_variance", false),
             ("square.weight", "square/kernel", true),
             ("square.bias", "square/bias", false),
+            // Keras's `[k, in, out]` held as candle's `[out, in, k]`.
+            ("conv.weight", "conv/kernel", true),
+            ("conv.bias", "conv/bias", false),
         ];
         if keras3 {
             loaded.extend([
@@ -104,10 +119,7 @@ fn keras_layers_load_into_candle_by_the_object_graph() {
             ["head.bias", "head.weight"],
             "{case}"
         );
-        assert_eq!(found.unnamed, ["conv.bias", "conv.weight"], "{case}");
-        for key in [tf_key(case, "conv/kernel"), tf_key(case, "conv/bias")] {
-            assert!(found.not_in_model.contains(&key), "{case}: {found}");
-        }
+        assert!(found.unnamed.is_empty(), "{case}: {found}");
         assert!(found.shape_mismatches.is_empty(), "{case}: {found}");
         init.init_from_checkpoint(&path, &found.map).unwrap();
         init.initialize(&Default::default()).unwrap();
@@ -116,10 +128,10 @@ fn keras_layers_load_into_candle_by_the_object_graph() {
         // taken as it is otherwise).
         let square = tf_value(case, &tf_key(case, "square/kernel"));
         assert!(!same(&square, &square.t().unwrap()), "{case}");
-        // What the checkpoint does not hold, and the convolution, keep candle's values.
+        // What the checkpoint does not hold keeps candle's values.
         let after = snapshot(&varmap);
         for (name, value) in &before {
-            if name.starts_with("conv.") || name.starts_with("head.") {
+            if name.starts_with("head.") {
                 let now = &after.iter().find(|(n, _)| n == name).unwrap().1;
                 assert_eq!(now, value, "{case}: {name}");
             }
@@ -301,16 +313,22 @@ fn a_keras_model_saved_back_reads_back_through_the_graph_it_was_loaded_by() {
     let again = keras_model(true);
     let mut init = CandleInit::from_varmap(&again, &Convention::keras(names)).unwrap();
     let found = init.map_existing(&saved).unwrap();
-    // Every named Var, the fresh head too (under tf1's name); not the unnamed convolution.
-    assert_eq!(found.pairs.len(), 17 - 2, "{found}");
+    // Every Var, the fresh head too (under tf1's name), the convolution's kernel (saved in
+    // TensorFlow's layout, held in candle's again).
+    assert_eq!(found.pairs.len(), 17, "{found}");
     init.init_from_checkpoint(&saved, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
     let (before, after) = (snapshot(&varmap), snapshot(&again));
+    assert_eq!(before.len(), after.len());
     for ((name, a), (_, b)) in before.iter().zip(&after) {
-        if !name.starts_with("conv.") {
-            assert_eq!(a, b, "{name}");
-        }
+        assert_eq!(a, b, "{name}");
     }
+    // The kernel was saved as Keras stores it (`[k, in, out]`), the bytes of the fixture's.
+    let key = tf_key("tf2_keras_layers", "conv/kernel");
+    let stored = Checkpoint::open(&path).unwrap().read(&key).unwrap();
+    let back = Checkpoint::open(&saved).unwrap().read(&key).unwrap();
+    assert_eq!(back.shape, [2, 5, 3]);
+    assert_eq!(back, stored);
 }
 
 /// The value the fixture script recorded for the Keras variable at `path` (its `values_by_path`).

@@ -1,0 +1,157 @@
+//! Convolutions from TensorFlow into candle: TF1 and Keras kernels (`[spatial..., in, out]`)
+//! held as candle holds them (`[out, in, spatial...]`), so that candle's `conv2d`, `conv1d` and
+//! `conv_transpose2d` through the loaded `Var`s give the outputs TensorFlow computed when it
+//! wrote the fixture.
+
+use super::{var, CPU};
+use crate::common::fixtures::{ckpt_path, fixture};
+use candle_core::{DType, Tensor};
+use candle_nn::{Init, VarBuilder, VarMap};
+use tfckpt::candle::{CandleInit, Convention};
+use tfckpt::Checkpoint;
+
+/// Array `key` of fixture `case`'s `notes.json` (nested lists of numbers) as a float32 tensor.
+fn recorded(case: &str, key: &str) -> Tensor {
+    let file = fixture(case).join("expected/notes.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut value = &json[key];
+    let mut shape = Vec::new();
+    while let Some(a) = value.as_array() {
+        shape.push(a.len());
+        value = &a[0];
+    }
+    fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v.as_array() {
+            Some(a) => a.iter().for_each(|v| flat(v, out)),
+            None => out.push(v.as_f64().unwrap() as f32),
+        }
+    }
+    let mut data = Vec::new();
+    flat(&json[key], &mut data);
+    assert!(!shape.is_empty(), "{case}: no {key:?}");
+    Tensor::from_vec(data, shape, &CPU).unwrap()
+}
+
+/// `got` equals TensorFlow's `want` to float32 rounding (sums of a few dozen products).
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}");
+    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
+    let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let scale = scale.to_scalar::<f32>().unwrap();
+    assert!(
+        worst <= 1e-5 * scale.max(1.0),
+        "{what}: off by {worst} (values up to {scale})"
+    );
+}
+
+/// The `Var`s of a 2-D convolution under `name`: the weight (`[out, in, kh, kw]`; a transposed
+/// convolution's `[in, out, kh, kw]`) and a bias of `bias` elements (its out channels).
+fn conv2d_vars(vb: &VarBuilder, name: &str, dims: (usize, usize, usize, usize), bias: usize) {
+    let vb = vb.pp(name);
+    vb.get_with_hints(dims, "weight", Init::Const(0.0)).unwrap();
+    vb.get_with_hints(bias, "bias", Init::Const(0.0)).unwrap();
+}
+
+/// `x` plus a bias along axis 1 (channels).
+fn plus_bias(x: Tensor, bias: &Tensor) -> Tensor {
+    let n = bias.dims1().unwrap();
+    x.broadcast_add(&bias.reshape((1, n, 1, 1)).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
+    let case = "tf1_conv";
+    let path = ckpt_path(case);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
+    // A transposed convolution's weight is candle's `[in, out, kh, kw]` (TensorFlow's `[kh, kw,
+    // out, in]`).
+    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
+    vb.pp("conv1d")
+        .get_with_hints((5, 4, 2), "weight", Init::Const(0.0))
+        .unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 5, "{found}");
+    assert!(
+        found.not_in_model.is_empty() && found.unnamed.is_empty(),
+        "{found}"
+    );
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+
+    // TensorFlow's NHWC / NWC against candle's NCHW / NCW.
+    let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
+    let conv = x.conv2d(&var(&varmap, "conv.weight"), 0, 1, 1, 1).unwrap();
+    let conv = plus_bias(conv, &var(&varmap, "conv.bias"));
+    let want = recorded(case, "conv").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&conv, &want, "conv2d");
+
+    let x1 = recorded(case, "input1d").permute((0, 2, 1)).unwrap();
+    let conv1d = x1
+        .conv1d(&var(&varmap, "conv1d.weight"), 0, 1, 1, 1)
+        .unwrap();
+    let want = recorded(case, "conv1d").permute((0, 2, 1)).unwrap();
+    assert_close(&conv1d, &want, "conv1d");
+
+    let deconv = conv
+        .conv_transpose2d(&var(&varmap, "deconv.weight"), 0, 0, 1, 1)
+        .unwrap();
+    let deconv = plus_bias(deconv, &var(&varmap, "deconv.bias"));
+    let want = recorded(case, "deconv").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&deconv, &want, "conv_transpose2d");
+
+    // Taken as stored (no transpose) the kernels would not give these outputs: the test sees
+    // the layout. (Same element count, another order.)
+    let stored = Checkpoint::open(&path)
+        .unwrap()
+        .read("conv/kernel")
+        .unwrap();
+    let raw =
+        Tensor::from_raw_buffer(stored.bytes().unwrap(), DType::F32, &[4, 3, 3, 2], &CPU).unwrap();
+    let wrong = plus_bias(
+        x.conv2d(&raw, 0, 1, 1, 1).unwrap(),
+        &var(&varmap, "conv.bias"),
+    );
+    let off = (wrong - &conv)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert!(off.max(0).unwrap().to_scalar::<f32>().unwrap() > 0.1);
+}
+
+#[test]
+fn keras_convolutions_give_keras_outputs_in_candle() {
+    let case = "tf2_keras_conv";
+    let path = ckpt_path(case);
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
+    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 4, "{found}");
+    assert!(
+        found.not_in_checkpoint.is_empty() && found.unnamed.is_empty(),
+        "{found}"
+    );
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+
+    let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
+    let y = x.conv2d(&var(&varmap, "conv.weight"), 0, 1, 1, 1).unwrap();
+    let y = plus_bias(y, &var(&varmap, "conv.bias"));
+    let y = y
+        .conv_transpose2d(&var(&varmap, "deconv.weight"), 0, 0, 1, 1)
+        .unwrap();
+    let y = plus_bias(y, &var(&varmap, "deconv.bias"));
+    let want = recorded(case, "output").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&y, &want, "Keras's Conv2D then Conv2DTranspose");
+}
