@@ -76,6 +76,17 @@ pub(super) fn held_rows(
     if row_bytes == 0 {
         return;
     }
+    if rows == 1 && mid > 1 {
+        // One spatial position (a 1 x 1 convolution): a transpose of `[mid, cols]`, whose rows
+        // are long enough for the tiles (per block of columns, one source row each, they would
+        // go element by element).
+        let (row, n) = (cols * size, src.len() / (cols * size));
+        for m in (0..n).step_by(TRANSPOSE_BLOCK) {
+            let end = (m + TRANSPOSE_BLOCK).min(n);
+            gather(&src[m * row..end * row], m, row, c0, mid, size, out);
+        }
+        return;
+    }
     let n = src.len() / row_bytes;
     for r in (0..n).step_by(TRANSPOSE_BLOCK) {
         let end = (r + TRANSPOSE_BLOCK).min(n);
