@@ -2057,6 +2057,15 @@ mod on_gpu {
     }
 
     #[test]
+    fn convolutions_on_the_gpu_give_tensorflows_outputs() {
+        // Kernels of more than 2 axes are transposed on the host and uploaded whole.
+        if let Some(dev) = gpu() {
+            conv::tf1_convolutions_on(&dev);
+            conv::keras_convolutions_on(&dev);
+        }
+    }
+
+    #[test]
     fn the_bert_example_trains_on_a_gpu() {
         let Some(dev) = gpu() else { return };
         let dir = tempfile::tempdir().unwrap();

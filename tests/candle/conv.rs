@@ -5,6 +5,7 @@
 
 use super::{var, CPU};
 use crate::common::fixtures::{ckpt_path, fixture};
+use candle_core::Device;
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 use tfckpt::candle::{CandleInit, Convention};
@@ -36,6 +37,7 @@ fn recorded(case: &str, key: &str) -> Tensor {
 /// `got` equals TensorFlow's `want` to float32 rounding (sums of a few dozen products).
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     assert_eq!(got.dims(), want.dims(), "{what}");
+    let got = got.to_device(&CPU).unwrap();
     let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
     let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
     let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
@@ -63,10 +65,16 @@ fn plus_bias(x: Tensor, bias: &Tensor) -> Tensor {
 
 #[test]
 fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
+    tf1_convolutions_on(&CPU);
+}
+
+/// The `tf1_conv` fixture into `Var`s on `dev`, and candle's convolutions there through them
+/// against TensorFlow's outputs (`tests/candle.rs`'s `on_gpu` runs it on a GPU).
+pub(super) fn tf1_convolutions_on(dev: &Device) {
     let case = "tf1_conv";
     let path = ckpt_path(case);
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
     // A transposed convolution's weight is candle's `[in, out, kh, kw]` (TensorFlow's `[kh, kw,
     // out, in]`).
@@ -85,13 +93,14 @@ fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
     init.initialize(&Default::default()).unwrap();
 
     // TensorFlow's NHWC / NWC against candle's NCHW / NCW.
-    let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
+    let on = |t: Tensor| t.to_device(dev).unwrap();
+    let x = on(recorded(case, "input").permute((0, 3, 1, 2)).unwrap());
     let conv = x.conv2d(&var(&varmap, "conv.weight"), 0, 1, 1, 1).unwrap();
     let conv = plus_bias(conv, &var(&varmap, "conv.bias"));
     let want = recorded(case, "conv").permute((0, 3, 1, 2)).unwrap();
     assert_close(&conv, &want, "conv2d");
 
-    let x1 = recorded(case, "input1d").permute((0, 2, 1)).unwrap();
+    let x1 = on(recorded(case, "input1d").permute((0, 2, 1)).unwrap());
     let conv1d = x1
         .conv1d(&var(&varmap, "conv1d.weight"), 0, 1, 1, 1)
         .unwrap();
@@ -112,7 +121,7 @@ fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
         .read("conv/kernel")
         .unwrap();
     let raw =
-        Tensor::from_raw_buffer(stored.bytes().unwrap(), DType::F32, &[4, 3, 3, 2], &CPU).unwrap();
+        Tensor::from_raw_buffer(stored.bytes().unwrap(), DType::F32, &[4, 3, 3, 2], dev).unwrap();
     let wrong = plus_bias(
         x.conv2d(&raw, 0, 1, 1, 1).unwrap(),
         &var(&varmap, "conv.bias"),
@@ -128,11 +137,16 @@ fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
 
 #[test]
 fn keras_convolutions_give_keras_outputs_in_candle() {
+    keras_convolutions_on(&CPU);
+}
+
+/// The `tf2_keras_conv` fixture into `Var`s on `dev`, and the model's output there.
+pub(super) fn keras_convolutions_on(dev: &Device) {
     let case = "tf2_keras_conv";
     let path = ckpt_path(case);
     let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
     conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
     let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
@@ -146,7 +160,11 @@ fn keras_convolutions_give_keras_outputs_in_candle() {
     init.initialize(&Default::default()).unwrap();
 
     let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
-    let y = x.conv2d(&var(&varmap, "conv.weight"), 0, 1, 1, 1).unwrap();
+    let y = x
+        .to_device(dev)
+        .unwrap()
+        .conv2d(&var(&varmap, "conv.weight"), 0, 1, 1, 1)
+        .unwrap();
     let y = plus_bias(y, &var(&varmap, "conv.bias"));
     let y = y
         .conv_transpose2d(&var(&varmap, "deconv.weight"), 0, 0, 1, 1)
