@@ -34,14 +34,23 @@ fn recorded(case: &str, key: &str) -> Tensor {
     Tensor::from_vec(data, shape, &CPU).unwrap()
 }
 
+/// The largest magnitude among `t`'s elements.
+fn max_abs(t: &Tensor) -> f32 {
+    let t = t
+        .to_device(&CPU)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    t.max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
 /// `got` equals TensorFlow's `want` to float32 rounding (sums of a few dozen products).
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     assert_eq!(got.dims(), want.dims(), "{what}");
     let got = got.to_device(&CPU).unwrap();
-    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
-    let worst = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    let scale = scale.to_scalar::<f32>().unwrap();
+    let (worst, scale) = (max_abs(&(got - want).unwrap()), max_abs(want));
     assert!(
         worst <= 1e-5 * scale.max(1.0),
         "{what}: off by {worst} (values up to {scale})"
@@ -126,13 +135,7 @@ pub(super) fn tf1_convolutions_on(dev: &Device) {
         x.conv2d(&raw, 0, 1, 1, 1).unwrap(),
         &var(&varmap, "conv.bias"),
     );
-    let off = (wrong - &conv)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    assert!(off.max(0).unwrap().to_scalar::<f32>().unwrap() > 0.1);
+    assert!(max_abs(&(wrong - &conv).unwrap()) > 0.1);
 }
 
 #[test]
