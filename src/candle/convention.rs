@@ -83,10 +83,11 @@ impl Convention {
     /// A convolution's `weight` and `bias` load as a `Linear`'s do, the weight held as candle
     /// holds it (TF1's `tf.layers.conv2d`, Keras's `Conv1D`/`Conv2D`/`Conv3D`, and, its in and out
     /// channels swapped on both sides, `Conv2DTranspose` into `conv_transpose2d`). A depthwise
-    /// convolution does not fit: TensorFlow's `[kh, kw, in, multiplier]` is candle's grouped
-    /// `[in * multiplier, 1, kh, kw]` in another order, and the shapes differ, so the call
-    /// fails on the shape unless a [`custom`](Self::custom) convention leaves it out. Every
-    /// other name keeps its last component.
+    /// convolution of more than one input channel does not fit: TensorFlow's `[kh, kw, in,
+    /// multiplier]` is candle's grouped `[in * multiplier, 1, kh, kw]` in another order, and the
+    /// shapes differ, so the call fails on the shape unless a [`custom`](Self::custom)
+    /// convention leaves it out (with one input channel the layouts are an ordinary
+    /// convolution's, and it loads). Every other name keeps its last component.
     pub fn tf1() -> Convention {
         Convention(Kind::Tf1)
     }

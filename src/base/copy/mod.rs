@@ -185,7 +185,8 @@ fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut
 /// Copies what box `part` of `src` (which holds box `have`) shares with `want` into `dst` (which
 /// holds box `want`, row-major or, with `transposed`, held transposed: a 2-D box column-major, a
 /// box of more axes as [`held_dims`] says; one of fewer axes is its own transpose). Held transposed,
-/// the meeting goes through [`gather`]'s tiles in blocks of rows: a 4,096 x 4,096 float32 piece
+/// the meeting goes through [`gather`]'s tiles in blocks of rows (for a box of more axes, where
+/// the meeting is whole rows: [`held_box`]): a 4,096 x 4,096 float32 piece
 /// into a box of half its columns, or of a quarter of it, moved 0.40–0.60 GB/s element by element
 /// (the code before 2026-12-04) and 2.45–3.66 GB/s so (one thread, this project's VM, AMD EPYC,
 /// three rounds of each in turn).
@@ -247,22 +248,34 @@ pub(crate) fn copy_box(
     );
 }
 
-/// [`copy_box`] of `inter` into a box of more than 2 axes held transposed. Where `dst` holds the
-/// source's whole box and `inter` is whole rows of it (a load's steps), through [`held_rows`]'s
-/// tiles; else (a piece of a partitioned value) element by element.
+/// [`copy_box`] of `inter` into a box of more than 2 axes held transposed. Where `inter` is whole
+/// rows of both boxes (a load's steps, a range fetched from object storage, a part of a value
+/// partitioned along axis 0), through [`held_rows`]'s tiles; else (a part cut along another axis)
+/// element by element.
 fn held_box(src: &[u8], have: &Region, inter: &Region, size: usize, dst: &mut [u8], want: &Region) {
     let Some((rows, mid, cols)) = held_dims(&want.shape()) else {
         return;
     };
-    let (h, i) = (have.dims(), inter.dims());
-    let whole_rows = want == have && h[1..] == i[1..];
-    if let (true, Some(&(h0, hn)), Some(&(i0, i_n))) = (whole_rows, h.first(), i.first()) {
+    let (h, w, i) = (have.dims(), want.dims(), inter.dims());
+    let whole_rows = h[1..] == i[1..] && w[1..] == i[1..];
+    if let (true, Some(&(h0, _)), Some(&(w0, wn)), Some(&(i0, i_n))) =
+        (whole_rows, h.first(), w.first(), i.first())
+    {
         // `rows` is the product of the spatial axes: each row of axis 0 is `per` of them.
-        let per = (rows as u64).checked_div(hn).unwrap_or(0) as usize;
+        let per = (rows as u64).checked_div(wn).unwrap_or(0) as usize;
         let row_bytes = mid * cols * size;
-        let (r0, r1) = ((i0 - h0) as usize * per, (i0 - h0 + i_n) as usize * per);
-        let part = &src[r0 * row_bytes..r1 * row_bytes];
-        held_rows(part, r0, rows, mid, cols, 0, size, dst);
+        let from = (i0 - h0) as usize * per;
+        let part = &src[from * row_bytes..(from + i_n as usize * per) * row_bytes];
+        held_rows(
+            part,
+            (i0 - w0) as usize * per,
+            rows,
+            mid,
+            cols,
+            0,
+            size,
+            dst,
+        );
         return;
     }
     // Element `e` of the box, row-major (spatial, in, out), at `(out * mid + in) * rows + spatial`

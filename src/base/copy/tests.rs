@@ -430,7 +430,9 @@ fn kernels_of_more_axes_are_held_as_candle_holds_them() {
         (vec![3, 3, 64, 48], 4),
         (vec![3, 3, 256, 520], 4), // over BAND: the parallel path
         (vec![2000, 3, 5], 4),     // rows of 60 bytes: two steps of rows
-        (vec![3, 1, 2], 4),        // one input channel: a plain transpose of [3, 2]
+        (vec![3, 1, 2], 4),
+        (vec![1, 1, 1024, 1100], 4), // 1 x 1 over BAND: the parallel bands of the 2-D transpose
+        (vec![2, 0, 3, 4], 4), // no elements        // one input channel: a plain transpose of [3, 2]
     ] {
         let n: u64 = shape.iter().product();
         let src: Vec<u8> = (0..n as usize * size)
@@ -453,10 +455,9 @@ fn kernels_of_more_axes_are_held_as_candle_holds_them() {
         let mut whole = vec![0xAAu8; src.len()];
         transpose_whole(&src, rows, mid, size, &mut whole);
         assert!(whole == want, "transpose_whole {shape:?}");
-        assert_eq!(
-            held_shape(&shape)[..2],
-            [shape[shape.len() - 1], shape[shape.len() - 2]]
-        );
+        let n = shape.len();
+        let held = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
+        assert_eq!(held_shape(&shape), held);
     }
     use crate::load::cast::convert;
     use crate::DType::{BF16, F32};
@@ -502,8 +503,16 @@ fn a_piece_of_a_kernel_lands_where_its_box_meets_a_held_box() {
                         .collect(),
                 )
             });
-            if rnd(4) == 0 {
-                boxes[1] = boxes[0].clone(); // the whole piece, in steps of rows
+            match rnd(4) {
+                0 => boxes[1] = boxes[0].clone(), // the whole piece, in steps of rows
+                // Whole rows of both (a part along axis 0, a range fetched from object
+                // storage), starting elsewhere on axis 0.
+                1 => {
+                    let mut dims = boxes[0].dims().to_vec();
+                    dims[0] = boxes[1].dims()[0];
+                    boxes[1] = Region::new(dims);
+                }
+                _ => {}
             }
             let [have, want] = boxes;
             let count = |r: &Region| r.num_elements().unwrap() as usize;

@@ -1,5 +1,6 @@
-//! Values held transposed (candle's `Linear` weights): the planner and the tiled transpose
-//! kernels against the host's transposed value.
+//! Values held transposed (candle's `Linear` weights, and convolution kernels, which are
+//! transposed on the host): the planner and the tiled transpose kernels against the host's
+//! transposed value.
 
 use super::*;
 
