@@ -65,6 +65,31 @@ fn conv2d_vars(vb: &VarBuilder, name: &str, dims: (usize, usize, usize, usize), 
     vb.get_with_hints(bias, "bias", Init::Const(0.0)).unwrap();
 }
 
+/// A model of the fixture at `path`'s 2-D convolution `conv` (4 filters of 3 x 2 over 3 channels)
+/// and transposed convolution `deconv` (a weight of candle's `[in, out, kh, kw]`, TensorFlow's
+/// `[kh, kw, out, in]`), and what `more` adds, on `dev`, loaded under `convention`: every `Var`
+/// pairs with a tensor and takes its value.
+fn loaded(
+    path: &std::path::Path,
+    dev: &Device,
+    convention: &Convention,
+    more: impl Fn(&VarBuilder),
+) -> VarMap {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
+    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
+    more(&vb);
+    let mut init = CandleInit::from_varmap(&varmap, convention).unwrap();
+    let found = init.map_existing(path).unwrap();
+    let vars = varmap.all_vars().len();
+    assert_eq!(found.pairs.len(), vars, "{found}");
+    assert!(found.unnamed.is_empty(), "{found}");
+    init.init_from_checkpoint(path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+    varmap
+}
+
 /// `x` plus a bias along axis 1 (channels).
 fn plus_bias(x: Tensor, bias: &Tensor) -> Tensor {
     let n = bias.dims1().unwrap();
@@ -82,24 +107,12 @@ fn tf1_convolutions_give_tensorflows_outputs_in_candle() {
 pub(super) fn tf1_convolutions_on(dev: &Device) {
     let case = "tf1_conv";
     let path = ckpt_path(case);
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
-    // A transposed convolution's weight is candle's `[in, out, kh, kw]` (TensorFlow's `[kh, kw,
-    // out, in]`).
-    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
-    vb.pp("conv1d")
-        .get_with_hints((5, 4, 2), "weight", Init::Const(0.0))
-        .unwrap();
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::tf1()).unwrap();
-    let found = init.map_existing(&path).unwrap();
-    assert_eq!(found.pairs.len(), 5, "{found}");
-    assert!(
-        found.not_in_model.is_empty() && found.unnamed.is_empty(),
-        "{found}"
-    );
-    init.init_from_checkpoint(&path, &found.map).unwrap();
-    init.initialize(&Default::default()).unwrap();
+    // And a 1-D convolution without bias.
+    let varmap = loaded(&path, dev, &Convention::tf1(), |vb| {
+        vb.pp("conv1d")
+            .get_with_hints((5, 4, 2), "weight", Init::Const(0.0))
+            .unwrap();
+    });
 
     // TensorFlow's NHWC / NWC against candle's NCHW / NCW.
     let on = |t: Tensor| t.to_device(dev).unwrap();
@@ -148,19 +161,7 @@ pub(super) fn keras_convolutions_on(dev: &Device) {
     let case = "tf2_keras_conv";
     let path = ckpt_path(case);
     let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
-    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
-    let found = init.map_existing(&path).unwrap();
-    assert_eq!(found.pairs.len(), 4, "{found}");
-    assert!(
-        found.not_in_checkpoint.is_empty() && found.unnamed.is_empty(),
-        "{found}"
-    );
-    init.init_from_checkpoint(&path, &found.map).unwrap();
-    init.initialize(&Default::default()).unwrap();
+    let varmap = loaded(&path, dev, &Convention::keras(names), |_| {});
 
     let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
     let y = x

@@ -237,40 +237,35 @@ fn gathered_columns_equal_element_by_element_at_every_tile_edge() {
 
 #[test]
 fn converted_transposes_equal_a_conversion_then_a_transpose() {
-    // Block by block through a small buffer: the same bytes as converting the whole matrix
-    // and transposing it, for widening and narrowing casts, one row, one column, and blocks
-    // that end mid-matrix (1,000 rows of 3 float32 are several blocks).
+    // Block by block through a small buffer: the same bytes as converting the whole value and
+    // holding it transposed (the oracle), for widening and narrowing casts, one row, one column,
+    // blocks that end mid-matrix (1,000 rows of 3 float32 are several blocks), and kernels of
+    // more axes.
     use crate::load::cast::convert;
     use crate::DType::{BF16, F16, F32};
     for (from, to) in [(BF16, F32), (F16, F32), (F32, BF16), (F32, F16)] {
         let (fs, ts) = (from.size().unwrap(), to.size().unwrap());
-        for (rows, cols) in [
-            (1usize, 1usize),
-            (1, 40),
-            (40, 1),
-            (37, 29),
-            (1000, 3),
-            (3, 1000),
+        for shape in [
+            vec![1u64, 1],
+            vec![1, 40],
+            vec![40, 1],
+            vec![37, 29],
+            vec![1000, 3],
+            vec![3, 1000],
+            vec![3, 3, 7, 5],
+            vec![2, 400, 3],
+            vec![1, 1, 1],
         ] {
-            let src: Vec<u8> = (0..rows * cols * fs)
-                .map(|i| (i * 31 % 253) as u8)
-                .collect();
-            let mut converted = vec![0u8; rows * cols * ts];
+            let n = shape.iter().product::<u64>() as usize;
+            let src: Vec<u8> = (0..n * fs).map(|i| (i * 31 % 253) as u8).collect();
+            let mut converted = vec![0u8; n * ts];
             convert(from, to, &src, &mut converted);
-            let mut want = vec![0u8; converted.len()];
-            transpose_whole(&converted, rows, 1, ts, &mut want);
+            let want = held_oracle(&converted, &shape, ts);
+            let (rows, mid, _) = held_dims(&shape).unwrap();
             let mut got = vec![0xAAu8; want.len()];
-            transpose_converted(
-                &src,
-                rows,
-                1,
-                ts,
-                &mut got,
-                |s, d| convert(from, to, s, d),
-                "t",
-            )
-            .unwrap();
-            assert!(got == want, "{from} to {to}, {rows} x {cols}");
+            let convert = |s: &[u8], d: &mut [u8]| convert(from, to, s, d);
+            transpose_converted(&src, rows, mid, ts, &mut got, convert, "t").unwrap();
+            assert!(got == want, "{from} to {to}, {shape:?}");
         }
     }
 }
@@ -420,7 +415,7 @@ fn held_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
 fn kernels_of_more_axes_are_held_as_candle_holds_them() {
     // Convolution kernels (TensorFlow `[spatial..., in, out]`) into buffers held as candle's
     // `[out, in, spatial...]`: whole (one step, several steps, and over BAND the parallel bands,
-    // serially too), through `transpose_whole`, and converted on the way.
+    // serially too) and through `transpose_whole` (converted: `converted_transposes_equal_...`).
     for (shape, size) in [
         (vec![2u64, 5, 3], 4usize),
         (vec![3, 2, 2, 4], 4),
@@ -458,28 +453,6 @@ fn kernels_of_more_axes_are_held_as_candle_holds_them() {
         let n = shape.len();
         let held = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
         assert_eq!(held_shape(&shape), held);
-    }
-    use crate::load::cast::convert;
-    use crate::DType::{BF16, F32};
-    for shape in [vec![3u64, 3, 7, 5], vec![2, 400, 3], vec![1, 1, 1]] {
-        let n = shape.iter().product::<u64>() as usize;
-        let src: Vec<u8> = (0..n * 4).map(|i| (i * 31 % 253) as u8).collect();
-        let mut converted = vec![0u8; n * 2];
-        convert(F32, BF16, &src, &mut converted);
-        let want = held_oracle(&converted, &shape, 2);
-        let (rows, mid, _) = held_dims(&shape).unwrap();
-        let mut got = vec![0xAAu8; n * 2];
-        transpose_converted(
-            &src,
-            rows,
-            mid,
-            2,
-            &mut got,
-            |s, d| convert(F32, BF16, s, d),
-            "t",
-        )
-        .unwrap();
-        assert!(got == want, "converted {shape:?}");
     }
 }
 
