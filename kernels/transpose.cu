@@ -2,7 +2,10 @@
 // stride of `src_stride` elements, element (r, c) written to `dst[r * dst_stride + c * dst_col]`.
 // A TensorFlow dense kernel [in, out] goes into a framework's [out, in] weight (candle's Linear)
 // this way: uploaded into a scratch buffer, then transposed by one launch per 2-D block (see
-// src/gpu/plan.rs), with the dtype conversion of cast.cu on the way where one is asked for.
+// src/gpu/plan.rs), with the dtype conversion of cast.cu on the way where one is asked for. A
+// convolution's kernel [spatial..., in, out] goes into [out, in, spatial...] by the same launches,
+// one per spatial position (its [in, out] block, rows written `rows` apart, columns `in * rows`
+// apart) or one per input channel (its [spatial, out] block).
 //
 // Launch: block (32, 8), grid (x, y) of 32x32 tiles (x over the columns of a row, y over the
 // rows; grid-stride loops on both, so any grid size is correct). Each tile is read along the rows

@@ -2058,7 +2058,7 @@ mod on_gpu {
 
     #[test]
     fn convolutions_on_the_gpu_give_tensorflows_outputs() {
-        // Kernels of more than 2 axes are transposed on the host and uploaded whole.
+        // Kernels of more than 2 axes, uploaded into scratch and transposed on the device.
         if let Some(dev) = gpu() {
             conv::tf1_convolutions_on(&dev);
             conv::keras_convolutions_on(&dev);

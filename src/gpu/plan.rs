@@ -154,42 +154,69 @@ fn split_at_rows(runs: &[Run], cols: u64) -> impl Iterator<Item = Run> + '_ {
     })
 }
 
-/// The launches that write `runs` (of a `[rows, cols]` value, row-major; sources relative to
-/// `src`, in elements) into a destination holding the value transposed (`[cols, rows]`).
+/// `(rows, mid, cols)` of [`held_dims`](crate::base::copy::held_dims) with the axes of extent 1
+/// folded away, as a 2-D `(rows, 1, cols)` wherever that is the same permutation; `None` when
+/// the held layout is the value's own (at most one extent above 1: a `[n, 1]` or `[1, n]`
+/// matrix, a `[1, 1, 1, n]` kernel), which is then copied as it lies.
+pub(super) fn held_moves((rows, mid, cols): (u64, u64, u64)) -> Option<(u64, u64, u64)> {
+    let dims = match (rows, mid, cols) {
+        (_, 1, _) => (rows, 1, cols),
+        // [1, mid, cols] held [cols, mid, 1]: the 2-D [mid, cols] transposed.
+        (1, _, _) => (mid, 1, cols),
+        // [rows, mid, 1] held [1, mid, rows]: the 2-D [rows, mid] transposed.
+        (_, _, 1) => (rows, 1, mid),
+        _ => (rows, mid, cols),
+    };
+    (dims.0 > 1 && dims.1 > 0 && dims.2 > 1).then_some(dims)
+}
+
+/// The launches that write `runs` (element offsets of a `[rows, mid, cols]` value, row-major;
+/// sources relative to `src`) into a destination holding it as `[cols, mid, rows]`: a 2-D value
+/// `[rows, cols]` is `mid` 1 and held `[cols, rows]`; a convolution's kernel `[spatial..., in,
+/// out]` is held `[out, in, spatial...]` (see [`held_dims`](crate::base::copy::held_dims)).
+///
+/// Element (r, m, c) lies at `(r * mid + m) * cols + c` and is held at `(c * mid + m) * rows +
+/// r`: each run's piece within a row of `cols` is a row of a 2-D transpose written `mid * rows`
+/// elements apart (`dst_col`), and pieces whose held places step evenly share a launch. A whole
+/// kernel is one launch per spatial position (its `[in, out]` block, written `rows` apart), or,
+/// where the input channels are fewer than the positions (a first layer's 7 x 7 x 3), one per
+/// channel (its `[spatial, out]` block, written contiguously).
 pub(super) fn transposed_launches(
     runs: &[Run],
-    (rows, cols): (u64, u64),
+    (rows, mid, cols): (u64, u64, u64),
     name: &'static str,
     (src, size): (u64, u64),
     (dst, dsize): (u64, u64),
 ) -> Vec<Kernel> {
-    let mut out = Vec::new();
-    for b in blocks(split_at_rows(runs, cols)) {
-        // Element (i, j) of the value lies at j * rows + i. A block's rows are `dst_stride`
-        // elements apart: whole rows of the value, or, if not, one launch per row.
-        let whole_rows = b.rows == 1 || b.dst_stride % cols == 0;
-        let pieces: Vec<(u64, u64, u64)> = if whole_rows {
-            vec![(b.src, b.dst, b.rows)]
-        } else {
-            (0..b.rows)
-                .map(|r| (b.src + r * b.src_stride, b.dst + r * b.dst_stride, 1))
-                .collect()
-        };
-        for (s, d, n) in pieces {
-            let (i, j) = (d / cols, d % cols);
-            out.push(Kernel {
-                name,
-                src: src.wrapping_add(s * size),
-                dst: dst + (j * rows + i) * dsize,
-                rows: n,
-                row: b.row,
-                src_stride: b.src_stride,
-                dst_stride: if n > 1 { b.dst_stride / cols } else { 1 },
-                dst_col: rows,
-            });
+    let held = split_at_rows(runs, cols).map(|p| {
+        let (i, j) = (p.dst / cols, p.dst % cols);
+        let (r, m) = (i / mid, i % mid);
+        Run {
+            dst: (j * mid + m) * rows + r,
+            ..p
         }
-    }
-    out
+    });
+    let blocks = if mid > 1 && mid < rows {
+        // By channel, then position: consecutive positions are held next to each other.
+        let mut pieces: Vec<Run> = held.collect();
+        pieces.sort_unstable_by_key(|p| (p.dst / rows % mid, p.dst % rows, p.dst));
+        blocks(pieces)
+    } else {
+        blocks(held)
+    };
+    blocks
+        .into_iter()
+        .map(|b| Kernel {
+            name,
+            src: src.wrapping_add(b.src * size),
+            dst: dst + b.dst * dsize,
+            rows: b.rows,
+            row: b.row,
+            src_stride: b.src_stride,
+            dst_stride: if b.rows > 1 { b.dst_stride } else { 1 },
+            dst_col: mid * rows,
+        })
+        .collect()
 }
 
 /// Addresses in a wave's scratch before it is allocated: `SCRATCH | offset` (device addresses
@@ -219,15 +246,16 @@ pub(super) struct Target<'a> {
     pub dtype: DType,
     pub want: Region,
     pub keep: &'a [Range<u64>],
-    /// The destination holds the 2-D value transposed: its (rows, columns) as TensorFlow's.
-    pub transposed: Option<(u64, u64)>,
+    /// The destination holds the value transposed: its `(rows, mid, cols)` as
+    /// [`held_dims`](crate::base::copy::held_dims) sees TensorFlow's shape.
+    pub transposed: Option<(u64, u64, u64)>,
 }
 
 impl Target<'_> {
-    /// The (rows, columns) of a value whose transposed layout differs from its own: a `[n, 1]` or
-    /// `[1, n]` value lies in memory the same either way, and is copied as it is.
-    fn transposes(&self) -> Option<(u64, u64)> {
-        self.transposed.filter(|&(rows, cols)| rows > 1 && cols > 1)
+    /// The dimensions of a value whose held layout differs from its own ([`held_moves`]): a
+    /// `[n, 1]` or `[1, n]` value lies in memory the same either way, and is copied as it is.
+    fn transposes(&self) -> Option<(u64, u64, u64)> {
+        self.transposed.and_then(held_moves)
     }
 }
 

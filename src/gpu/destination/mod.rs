@@ -46,12 +46,10 @@ struct Slot {
     shape: Vec<u64>,
     mem: Arc<dyn DeviceMemory>,
     keep: Vec<Range<u64>>,
-    /// The 2-D value is held transposed: TensorFlow's (rows, columns).
-    transposed: Option<(u64, u64)>,
-    /// A value of more than 2 axes held transposed (a convolution's kernel): `(rows, mid)` of
-    /// [`held_dims`](crate::base::copy::held_dims). Read, checked and transposed on the host,
-    /// uploaded whole: the device kernels transpose 2-D values only.
-    on_host: Option<(usize, usize)>,
+    /// The value is held transposed (a dense kernel `[in, out]` as `[out, in]`, a convolution's
+    /// `[spatial..., in, out]` as `[out, in, spatial...]`): its `(rows, mid, cols)` of
+    /// [`held_dims`](crate::base::copy::held_dims).
+    transposed: Option<(u64, u64, u64)>,
 }
 
 /// All-gathers in place between GPUs: the collective behind replicas (NCCL on real GPUs).
@@ -324,11 +322,11 @@ impl<L: Link> GpuDestination<'_, L> {
                         let from = t.dtype;
                         cast_tensor(&mut t, from, slot.dtype)?;
                     }
-                    let held =
-                        (slot.transposed.map(|(rows, _)| (rows as usize, 1))).or(slot.on_host);
-                    if let (Some((rows, mid)), TensorData::Bytes(b)) = (held, &t.data) {
+                    if let (Some((rows, mid, _)), TensorData::Bytes(b)) = (slot.transposed, &t.data)
+                    {
                         let mut out = crate::base::mmap::alloc_zeroed(b.len(), &name)?;
                         let size = slot.dtype.size().unwrap_or(1);
+                        let (rows, mid) = (rows as usize, mid as usize);
                         crate::base::copy::transpose_whole(b, rows, mid, size, &mut out);
                         t.data = TensorData::Bytes(out.into());
                     }
@@ -490,12 +488,10 @@ impl<L: Link> GpuDestination<'_, L> {
         match stored.device_sources()? {
             None => self.load_on_host(&stored, &it.dests, reads.options, report)?,
             Some(sources) => {
-                let (on_device, on_host): (Vec<(&Variable, &Slice)>, Vec<_>) =
-                    it.dests.iter().partition(|(v, _)| {
-                        self.slots
-                            .get(&v.name)
-                            .is_some_and(|s| s.iter().all(|s| s.on_host.is_none()))
-                    });
+                let (on_device, on_host): (Vec<(&Variable, &Slice)>, Vec<_>) = it
+                    .dests
+                    .iter()
+                    .partition(|(v, _)| self.slots.contains_key(&v.name));
                 // The host loader reads and verifies every stored piece its variables
                 // overlap: the devices take those pieces' bytes without checking them again.
                 let shape = &stored.info.shape;

@@ -39,22 +39,19 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             let dtype = form
                 .dtype
                 .unwrap_or_else(|| options.dtype_at_destination(v.dtype));
-            let (transposed, on_host) = match (form.transposed, v.shape.as_slice()) {
-                (false, _) => (None, None),
-                (true, &[rows, cols]) => (Some((rows, cols)), None),
-                (true, shape) => match crate::base::copy::held_dims(shape) {
-                    Some((rows, mid, _)) => (None, Some((rows, mid))),
-                    None => {
-                        return Err(ErrorKind::BadVariable {
-                            name: v.name.clone(),
-                            reason: format!(
-                                "a transposed device value must have 2 or more axes, not shape \
-                                 {shape:?}"
-                            ),
-                        }
-                        .into())
+            let transposed = match crate::base::copy::held_dims(&v.shape) {
+                _ if !form.transposed => None,
+                Some((rows, mid, cols)) => Some((rows as u64, mid as u64, cols as u64)),
+                None => {
+                    return Err(ErrorKind::BadVariable {
+                        name: v.name.clone(),
+                        reason: format!(
+                            "a transposed device value must have 2 or more axes, not shape {:?}",
+                            v.shape
+                        ),
                     }
-                },
+                    .into())
+                }
             };
             if dtype != v.dtype && !crate::load::cast::supported(v.dtype, dtype) {
                 return Err(ErrorKind::BadVariable {
@@ -98,7 +95,6 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     mem,
                     keep,
                     transposed,
-                    on_host,
                 });
             }
             if shared {
@@ -313,10 +309,9 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 .map(|s| DeviceTensor {
                     dtype: s.dtype,
                     // A transposed value's shape as it lies in memory.
-                    shape: match (s.transposed, s.on_host) {
-                        (Some((rows, cols)), _) => vec![cols, rows],
-                        (None, Some(_)) => crate::base::copy::held_shape(&s.shape),
-                        (None, None) => s.shape,
+                    shape: match s.transposed {
+                        Some(_) => crate::base::copy::held_shape(&s.shape),
+                        None => s.shape,
                     },
                     mem: s.mem,
                 })
