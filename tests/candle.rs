@@ -2062,6 +2062,8 @@ mod on_gpu {
         if let Some(dev) = gpu() {
             conv::tf1_convolutions_on(&dev);
             conv::keras_convolutions_on(&dev);
+            conv::tf1_depthwise_on(&dev);
+            conv::keras_depthwise_on(&dev);
         }
     }
 

@@ -145,7 +145,7 @@ impl std::fmt::Debug for DeviceTensor {
 #[cfg_attr(not(feature = "candle"), allow(dead_code))]
 pub(crate) struct DeviceForm {
     pub dtype: Option<crate::base::dtype::DType>,
-    pub transposed: bool,
+    pub held: crate::base::copy::Held,
 }
 
 /// Device memory the trainer owns, to load one variable into (see

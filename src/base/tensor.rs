@@ -403,19 +403,19 @@ impl TensorData {
 /// tensor (filled whole by the read).
 pub(crate) enum ElementsMut<'a> {
     Bytes(&'a mut [u8]),
-    /// The bytes of a value held transposed (a 2-D value column-major, one of more axes as
-    /// [`held_dims`](crate::base::copy::held_dims) says): a trainer's own tensor.
+    /// The bytes of a value held otherwise than row-major (transposed: a 2-D value column-major,
+    /// one of more axes as [`Held`](crate::base::copy::Held) says): a trainer's own tensor.
     #[cfg_attr(not(feature = "candle"), allow(dead_code))]
-    Transposed(&'a mut [u8]),
+    Held(&'a mut [u8], crate::base::copy::Held),
     Strings(&'a mut Strings),
 }
 
 impl ElementsMut<'_> {
-    /// The byte buffer and whether it is transposed; `None` for strings.
-    pub(crate) fn bytes(&mut self) -> Option<(&mut [u8], bool)> {
+    /// The byte buffer and how it holds the value; `None` for strings.
+    pub(crate) fn bytes(&mut self) -> Option<(&mut [u8], crate::base::copy::Held)> {
         match self {
-            ElementsMut::Bytes(b) => Some((b, false)),
-            ElementsMut::Transposed(b) => Some((b, true)),
+            ElementsMut::Bytes(b) => Some((b, crate::base::copy::Held::AsStored)),
+            ElementsMut::Held(b, held) => Some((b, *held)),
             ElementsMut::Strings(_) => None,
         }
     }
@@ -424,7 +424,7 @@ impl ElementsMut<'_> {
     pub(crate) fn reborrow(&mut self) -> ElementsMut<'_> {
         match self {
             ElementsMut::Bytes(b) => ElementsMut::Bytes(b),
-            ElementsMut::Transposed(b) => ElementsMut::Transposed(b),
+            ElementsMut::Held(b, held) => ElementsMut::Held(b, *held),
             ElementsMut::Strings(s) => ElementsMut::Strings(s),
         }
     }

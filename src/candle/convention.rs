@@ -15,6 +15,14 @@ pub struct TfName {
     /// (`[kh, kw, in, out]`), a candle convolution weight `[out, in, spatial...]` (`[out, in, kh,
     /// kw]`). So also a transposed convolution's: TF `[kh, kw, out, in]`, candle `[in, out, kh,
     /// kw]`. A `Var` of fewer than 2 axes cannot hold a value transposed: an error naming it.
+    ///
+    /// A transposed `Var` `[out, 1, spatial...]` is declared `[spatial..., 1, out]`, and
+    /// [`init_from_checkpoint`](super::CandleInit::init_from_checkpoint) also takes a tensor
+    /// `[spatial..., in, multiplier]` with `in * multiplier = out` for it: a depthwise kernel,
+    /// whose output channel `i * multiplier + k` is the `Var`'s channel of that number in a
+    /// convolution of `in` groups (candle's `conv2d(.., groups = in)`, as PyTorch lays it out).
+    /// The bytes are the same for any such shape, so none loads wrongly; the variable takes the
+    /// tensor's shape (and [`save_checkpoint`](super::CandleInit::save_checkpoint) writes it so).
     pub transposed: bool,
 }
 
@@ -83,11 +91,11 @@ impl Convention {
     /// A convolution's `weight` and `bias` load as a `Linear`'s do, the weight held as candle
     /// holds it (TF1's `tf.layers.conv2d`, Keras's `Conv1D`/`Conv2D`/`Conv3D`, and, its in and out
     /// channels swapped on both sides, `Conv2DTranspose` into `conv_transpose2d`). A depthwise
-    /// convolution of more than one input channel does not fit: TensorFlow's `[kh, kw, in,
-    /// multiplier]` is candle's grouped `[in * multiplier, 1, kh, kw]` in another order, and the
-    /// shapes differ, so the call fails on the shape unless a [`custom`](Self::custom)
-    /// convention leaves it out (with one input channel the layouts are an ordinary
-    /// convolution's, and it loads). Every other name keeps its last component.
+    /// convolution's kernel (TensorFlow's `[kh, kw, in, multiplier]`, `tf.layers`'s
+    /// `depthwise_kernel`, slim's `depthwise_weights`, Keras's `DepthwiseConv2D` `kernel`) loads
+    /// into candle's weight of a convolution grouped by input channel, `[in * multiplier, 1, kh,
+    /// kw]`: see [`TfName::transposed`] (name it with [`tf1_with`](Self::tf1_with) where the
+    /// checkpoint's name is not `kernel`). Every other name keeps its last component.
     pub fn tf1() -> Convention {
         Convention(Kind::Tf1)
     }

@@ -30,7 +30,7 @@ pub(super) struct GpuJob {
     pub var: Var,
     dev: CudaDevice,
     ordinal: u32,
-    transposed: bool,
+    held: crate::base::copy::Held,
     /// `(stored dtype, the Var's)` when they differ.
     convert: Option<(DType, DType)>,
     /// Bytes of the storage.
@@ -73,7 +73,7 @@ impl GpuJob {
         var: &Var,
         dtype: DType,
         n: usize,
-        transposed: bool,
+        held: crate::base::copy::Held,
         convert: Option<(DType, DType)>,
         own: Option<&Storage>,
     ) -> Result<GpuJob> {
@@ -115,7 +115,7 @@ impl GpuJob {
             var: var.clone(),
             dev: dev.clone(),
             ordinal: gpu_id as u32,
-            transposed,
+            held,
             convert,
             bytes: n * dtype.size().unwrap_or(0),
         })
@@ -238,7 +238,7 @@ pub(super) fn substore(init: &CandleInit, jobs: &[GpuJob]) -> Result<VariableSto
         }
         let form = DeviceForm {
             dtype: j.convert.map(|(_, to)| to),
-            transposed: j.transposed,
+            held: j.held,
         };
         sub.device_forms.insert(j.name.clone(), form);
         sub.set_device(&j.name, Device::Cuda(j.ordinal))?;

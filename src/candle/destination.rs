@@ -11,6 +11,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType as CDType, InplaceOp1, Layout, Var};
 
 use super::CandleInit;
+use crate::base::copy::Held;
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::base::slice::num_elements;
@@ -27,7 +28,7 @@ struct Job {
     /// TensorFlow name.
     name: String,
     storage: CpuStorage,
-    transposed: bool,
+    held: Held,
     /// `(stored dtype, the Var's)` when they differ.
     convert: Option<(DType, DType)>,
     elems: usize,
@@ -121,9 +122,8 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
             #[cfg(feature = "candle-cuda")]
             if mapped && n > 0 {
                 let own = guards.iter().find(|(n, _)| n == name).map(|(_, g)| &**g);
-                let job =
-                    super::cuda::GpuJob::new(name, &b.var, b.dtype, n, b.transposed, convert, own)
-                        .map_err(|e| init.wrap(name, e))?;
+                let job = super::cuda::GpuJob::new(name, &b.var, b.dtype, n, b.held, convert, own)
+                    .map_err(|e| init.wrap(name, e))?;
                 gpu_jobs.push(job);
             }
             // Not mapped: keeps candle's initialization, counted as the host's are.
@@ -138,7 +138,7 @@ pub(super) fn initialize(init: &mut CandleInit, options: &LoadOptions) -> Result
         jobs.push(Job {
             name: name.clone(),
             storage,
-            transposed: b.transposed,
+            held: b.held,
             convert,
             elems: n,
         });
@@ -460,10 +460,9 @@ impl Destination for CandleDestination<'_> {
         let mut given = Given::default();
         for job in &mut self.jobs {
             let bytes = bytes_mut(&mut job.storage);
-            let buf = if job.transposed {
-                ElementsMut::Transposed(bytes)
-            } else {
-                ElementsMut::Bytes(bytes)
+            let buf = match job.held {
+                Held::AsStored => ElementsMut::Bytes(bytes),
+                held => ElementsMut::Held(bytes, held),
             };
             let convert = job.convert;
             given.insert(&job.name, GivenBuf { buf, convert });

@@ -161,7 +161,8 @@ impl CandleInit {
                 .get(tf)
                 .map(|v| v.shape.clone())
                 .unwrap_or_default();
-            if shape != t.shape {
+            // A depthwise kernel is taken in its own shape (`init_from_checkpoint` adapts).
+            if shape != t.shape && !b.depthwise(&t.shape) {
                 // The first 256 mismatches are looked at for a swapped layer (each a walk over
                 // the `Var`s: a model of another size under the same names mismatches everywhere).
                 let shape_of = |var: &str| ckpt.tensor(var).ok().map(|k| k.shape.clone());

@@ -3,7 +3,8 @@
 //!
 //! The trainer builds its model exactly as usual from a `VarMap`. [`CandleInit::from_varmap`]
 //! derives the variable store from it under a naming [`Convention`] (TF names and TF shapes: a
-//! `Linear` weight, or a convolution's, is known as its transposed TF kernel),
+//! `Linear` weight, or a convolution's, is known as its transposed TF kernel, a depthwise
+//! convolution's too),
 //! [`CandleInit::init_from_checkpoint`] maps
 //! checkpoint tensors onto it with every form of assignment map, checking names, shapes and dtypes
 //! at call time, and [`CandleInit::initialize`] loads the values into the `Var`s. Each value is
@@ -84,6 +85,7 @@ pub use existing::ExistingMap;
 /// same crates' `VarMap`, `Var` and `Device` as the library's.
 pub use {candle_core, candle_nn};
 
+use crate::base::copy::Held;
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::init::assign::{bound_tensor, init_opened, AssignmentMap, InitReport};
@@ -114,9 +116,37 @@ impl DtypePolicy {
 struct Bound {
     candle: String,
     var: Var,
+    /// The convention's word: the `Var` holds its value transposed.
     transposed: bool,
+    /// How it holds it: as stored, transposed, or (a transposed `Var` `[out, 1, spatial...]`
+    /// mapped to a tensor `[spatial..., in, multiplier]`, see [`Bound::depthwise`]) as a
+    /// depthwise kernel.
+    held: Held,
     /// The `Var`'s dtype.
     dtype: DType,
+}
+
+impl Bound {
+    /// Whether the `Var`, held transposed as `[out, 1, spatial...]` (a convolution grouped by
+    /// input channel, or one of a single input channel), takes a TensorFlow tensor of shape
+    /// `tensor` `[spatial..., in, multiplier]` with `in * multiplier = out`: a depthwise kernel
+    /// (TensorFlow's `depthwise_conv2d`, Keras's `DepthwiseConv2D`), whose output channel
+    /// `i * multiplier + k` is candle's channel of the same number in a convolution of `in`
+    /// groups. Those bytes are the same whatever `in` and `multiplier` are, so no shape the
+    /// `Var` fits can be read into it wrongly.
+    fn depthwise(&self, tensor: &[u64]) -> bool {
+        let dims = self.var.dims();
+        let n = dims.len();
+        self.transposed
+            && n >= 3
+            && dims[1] == 1
+            && tensor.len() == n
+            && tensor[..n - 2]
+                .iter()
+                .zip(&dims[2..])
+                .all(|(&t, &d)| t == d as u64)
+            && tensor[n - 2].checked_mul(tensor[n - 1]) == Some(dims[0] as u64)
+    }
 }
 
 /// The variable store of a candle model, and the loads into its `Var`s. See the
@@ -275,6 +305,10 @@ impl CandleInit {
                 candle,
                 var,
                 transposed,
+                held: match transposed {
+                    true => Held::Transposed,
+                    false => Held::AsStored,
+                },
                 dtype,
             },
         );
@@ -327,7 +361,7 @@ impl CandleInit {
             Some(ckpt) => ckpt,
             None => std::sync::Arc::new(Checkpoint::open(path)?),
         };
-        let report = init_opened(&mut self.store, ckpt.clone(), map, &accepts).map_err(|e| {
+        let report = self.init_adapting(&ckpt, map, &accepts).map_err(|e| {
             let swapped = match e.kind() {
                 ErrorKind::ShapeMismatch {
                     variable,
@@ -368,6 +402,58 @@ impl CandleInit {
             }
         }
         Ok(report)
+    }
+
+    /// [`init_opened`] on the store, where a depthwise kernel's tensor ([`Bound::depthwise`]) is
+    /// met with its own shape (`[spatial..., in, multiplier]` where the `Var` says `[spatial...,
+    /// 1, in * multiplier]`): the variable takes the tensor's shape, is held as
+    /// [`Held::Depthwise`], and the call runs again. On an error every such change is undone.
+    fn init_adapting(
+        &mut self,
+        ckpt: &std::sync::Arc<Checkpoint>,
+        map: &AssignmentMap,
+        accepts: &dyn Fn(&crate::Variable, DType) -> bool,
+    ) -> Result<InitReport> {
+        let mut undo: Vec<(String, Vec<u64>, Held)> = Vec::new();
+        let result = loop {
+            let e = match init_opened(&mut self.store, ckpt.clone(), map, accepts) {
+                Ok(report) => break Ok(report),
+                Err(e) => e,
+            };
+            if let ErrorKind::ShapeMismatch {
+                variable,
+                tensor_shape,
+                ..
+            } = e.kind()
+            {
+                let fits = self
+                    .vars
+                    .get(variable)
+                    .is_some_and(|b| b.depthwise(tensor_shape));
+                let var = self.store.vars.get_mut(variable);
+                if let (true, Some(v), Some(b)) = (fits, var, self.vars.get_mut(variable)) {
+                    // Each variable once: a second mismatch is not this one.
+                    if !undo.iter().any(|(name, ..)| name == variable) {
+                        let shape = std::mem::replace(&mut v.shape, tensor_shape.clone());
+                        undo.push((variable.clone(), shape, b.held));
+                        b.held = Held::Depthwise;
+                        continue;
+                    }
+                }
+            }
+            break Err(e);
+        };
+        if result.is_err() {
+            for (name, shape, held) in undo {
+                if let Some(v) = self.store.vars.get_mut(&name) {
+                    v.shape = shape;
+                }
+                if let Some(b) = self.vars.get_mut(&name) {
+                    b.held = held;
+                }
+            }
+        }
+        result
     }
 
     /// Loads every mapped value into its `Var` (TensorFlow's `global_variables_initializer()`

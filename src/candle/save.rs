@@ -7,6 +7,7 @@ use candle_core::{Device, Storage};
 
 use super::destination::bytes;
 use super::CandleInit;
+use crate::base::copy::Held;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::format::writer::{CheckpointWriter, TensorRef, WriterOptions};
 
@@ -55,7 +56,12 @@ impl CandleInit {
                 .to_device(&Device::Cpu)
                 .and_then(|t| t.contiguous())
                 .map_err(candle)?;
-            let shape: Vec<u64> = value.dims().iter().map(|&d| d as u64).collect();
+            // A depthwise kernel, `[spatial..., 1, in * multiplier]` so, is TensorFlow's
+            // `[spatial..., in, multiplier]`, the shape it was loaded from (the same bytes).
+            let shape: Vec<u64> = match (b.held, self.store.vars.get(tf)) {
+                (Held::Depthwise, Some(v)) => v.shape.clone(),
+                _ => value.dims().iter().map(|&d| d as u64).collect(),
+            };
             let (storage, layout) = value.storage_and_layout();
             let Storage::Cpu(storage) = &*storage else {
                 return Err(failed("its value did not reach the host".into()));

@@ -293,7 +293,7 @@ impl Bundle {
             vec![Dst {
                 buf: dst,
                 want: &whole,
-                transposed: false,
+                held: crate::base::copy::Held::AsStored,
             }],
         )?;
         if self.index.big_endian {

@@ -154,7 +154,7 @@ fn split_at_rows(runs: &[Run], cols: u64) -> impl Iterator<Item = Run> + '_ {
     })
 }
 
-/// `(rows, mid, cols)` of [`held_dims`](crate::base::copy::held_dims) with the axes of extent 1
+/// `(rows, mid, cols)` of [`Held::dims`](crate::base::copy::Held::dims) with the axes of extent 1
 /// folded away, as a 2-D `(rows, 1, cols)` wherever that is the same permutation; `None` when
 /// the held layout is the value's own (at most one extent above 1: a `[n, 1]` or `[1, n]`
 /// matrix, a `[1, 1, 1, n]` kernel), which is then copied as it lies.
@@ -173,7 +173,8 @@ pub(super) fn held_moves((rows, mid, cols): (u64, u64, u64)) -> Option<(u64, u64
 /// The launches that write `runs` (element offsets of a `[rows, mid, cols]` value, row-major;
 /// sources relative to `src`) into a destination holding it as `[cols, mid, rows]`: a 2-D value
 /// `[rows, cols]` is `mid` 1 and held `[cols, rows]`; a convolution's kernel `[spatial..., in,
-/// out]` is held `[out, in, spatial...]` (see [`held_dims`](crate::base::copy::held_dims)).
+/// out]` is held `[out, in, spatial...]`, a depthwise one's `[spatial..., in, mult]` `[in * mult,
+/// 1, spatial...]` (see [`Held::dims`](crate::base::copy::Held::dims)).
 ///
 /// Element (r, m, c) lies at `(r * mid + m) * cols + c` and is held at `(c * mid + m) * rows +
 /// r`: each run's piece within a row of `cols` is a row of a 2-D transpose written `mid * rows`
@@ -247,7 +248,7 @@ pub(super) struct Target<'a> {
     pub want: Region,
     pub keep: &'a [Range<u64>],
     /// The destination holds the value transposed: its `(rows, mid, cols)` as
-    /// [`held_dims`](crate::base::copy::held_dims) sees TensorFlow's shape.
+    /// [`Held::dims`](crate::base::copy::Held::dims) sees TensorFlow's shape.
     pub transposed: Option<(u64, u64, u64)>,
 }
 

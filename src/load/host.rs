@@ -429,8 +429,8 @@ pub(crate) fn load_group(
     })
 }
 
-/// Converts `src` (`v`'s value in `from`) into `buf` (in `to`; held transposed for a
-/// `Transposed` buffer of a value of 2 or more axes).
+/// Converts `src` (`v`'s value in `from`) into `buf` (in `to`; held transposed for a `Held`
+/// buffer of a value of 2 or more axes).
 fn convert_into(
     v: &Variable,
     src: &[u8],
@@ -438,14 +438,14 @@ fn convert_into(
     from: DType,
     to: DType,
 ) -> Result<()> {
-    let (dst, transposed) = buf.bytes().ok_or_else(|| {
+    let (dst, held) = buf.bytes().ok_or_else(|| {
         ErrorKind::InvalidArgument(format!(
             "variable {:?}: strings cannot be converted",
             v.name
         ))
     })?;
-    match (transposed, crate::base::copy::held_dims(&v.shape)) {
-        (true, Some((rows, mid, _))) => crate::base::copy::transpose_converted(
+    match held.dims(&v.shape) {
+        Some((rows, mid, _)) => crate::base::copy::transpose_converted(
             src,
             rows,
             mid,

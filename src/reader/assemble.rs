@@ -187,14 +187,10 @@ impl<'c> Stored<'c> {
                         next = i + 1;
                         // A string buffer for a fixed-size tensor (no caller makes one) is an
                         // error, as on the other paths: never a buffer left unfilled.
-                        let Some((buf, transposed)) = out.bytes() else {
+                        let Some((buf, held)) = out.bytes() else {
                             return Err(self.wrong_values());
                         };
-                        dsts.push(Dst {
-                            buf,
-                            want,
-                            transposed,
-                        });
+                        dsts.push(Dst { buf, want, held });
                     }
                     return b.copy_verify(e, &p.region, dsts);
                 }
@@ -207,14 +203,14 @@ impl<'c> Stored<'c> {
         let size = info.dtype.size().unwrap_or(1);
         for (i, _) in users {
             let (want, out) = &mut reqs[*i];
-            let Some((dst, transposed)) = out.bytes() else {
+            let Some((dst, held)) = out.bytes() else {
                 return Err(self.wrong_values());
             };
             let src = match &values {
                 PieceValues::Bytes(b) => b.as_slice(),
                 PieceValues::Owned(b) => b,
             };
-            copy_box(src, &p.region, &p.region, size, dst, want, transposed);
+            copy_box(src, &p.region, &p.region, size, dst, want, held);
         }
         Ok(())
     }
@@ -333,7 +329,7 @@ fn fill(out: &mut ElementsMut<'_>, strings: Strings) -> Result<()> {
             **dst = strings;
             Ok(())
         }
-        ElementsMut::Bytes(_) | ElementsMut::Transposed(_) => {
+        ElementsMut::Bytes(_) | ElementsMut::Held(..) => {
             Err(ErrorKind::InvalidArgument("a string tensor read into a byte buffer".into()).into())
         }
     }

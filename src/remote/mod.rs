@@ -38,7 +38,7 @@ use fetch::Budget;
 use location::Location;
 use resolve::{fetch_whole, open_v1, resolve};
 
-use crate::base::copy::{copy_verify, copy_whole, Dst};
+use crate::base::copy::{copy_verify, copy_whole, Dst, Held};
 use crate::base::crc;
 use crate::base::error::{ErrorKind, Result};
 use crate::base::slice::Region;
@@ -320,7 +320,7 @@ impl RemoteBundle {
         let obj = self.check_bounds(b, e)?;
         let (client, budget) = self.state();
         let step = client.options.range_bytes;
-        let whole = matches!(&dsts[..], [d] if d.want == have && !d.transposed);
+        let whole = matches!(&dsts[..], [d] if d.want == have && d.held == Held::AsStored);
         if whole {
             // Byte ranges straight into the one destination, each piece checksummed and copied
             // as it arrives.
@@ -485,7 +485,7 @@ fn reborrow<'a>(d: &'a mut Dst<'_>) -> Dst<'a> {
     Dst {
         buf: &mut *d.buf,
         want: d.want,
-        transposed: d.transposed,
+        held: d.held,
     }
 }
 

@@ -177,3 +177,162 @@ pub(super) fn keras_convolutions_on(dev: &Device) {
     let want = recorded(case, "output").permute((0, 3, 1, 2)).unwrap();
     assert_close(&y, &want, "Keras's Conv2D then Conv2DTranspose");
 }
+
+/// The `Var`s of the `tf1_depthwise` fixture's model under candle's names: a depthwise
+/// convolution `dw` (2 input channels, multiplier 2: candle's weight `[4, 1, 3, 2]`, a convolution
+/// of 2 groups) and a separable one `sep` (its depthwise step `[4, 1, 2, 2]` of 4 groups, its
+/// pointwise step `[3, 4, 1, 1]`), and `tf1`'s names for them renamed to `tf.layers`'s.
+fn tf1_depthwise_model(vb: &VarBuilder) {
+    conv2d_vars(vb, "dw", (4, 1, 3, 2), 4);
+    let sep = vb.pp("sep");
+    sep.pp("depthwise")
+        .get_with_hints((4, 1, 2, 2), "weight", Init::Const(0.0))
+        .unwrap();
+    sep.pp("pointwise")
+        .get_with_hints((3, 4, 1, 1), "weight", Init::Const(0.0))
+        .unwrap();
+    sep.get_with_hints(3, "bias", Init::Const(0.0)).unwrap();
+}
+
+/// `tf1` with `tf.layers`'s names for depthwise and separable convolutions' kernels.
+fn tf_layers_names() -> Convention {
+    Convention::tf1_with(|_, _, tf1| {
+        let tf1 = tf1?;
+        let name = match tf1.name.as_str() {
+            "dw/kernel" => "dw/depthwise_kernel".to_string(),
+            other => other
+                .replace("/depthwise/kernel", "/depthwise_kernel")
+                .replace("/pointwise/kernel", "/pointwise_kernel"),
+        };
+        Some(tfckpt::candle::TfName { name, ..tf1 })
+    })
+}
+
+#[test]
+fn tf1_depthwise_convolutions_give_tensorflows_outputs_in_candle() {
+    tf1_depthwise_on(&CPU);
+}
+
+/// The `tf1_depthwise` fixture into `Var`s on `dev`, and candle's grouped convolutions there
+/// through them against TensorFlow's `depthwise_conv2d` and `separable_conv2d`.
+pub(super) fn tf1_depthwise_on(dev: &Device) {
+    let case = "tf1_depthwise";
+    let path = ckpt_path(case);
+    let varmap = VarMap::new();
+    tf1_depthwise_model(&VarBuilder::from_varmap(&varmap, DType::F32, dev));
+    let mut init = CandleInit::from_varmap(&varmap, &tf_layers_names()).unwrap();
+    // Candle's [4, 1, 3, 2] is declared as TensorFlow's [3, 2, 1, 4]; the checkpoint's [3, 2, 2,
+    // 2] is the same bytes, and pairs.
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 5, "{found}");
+    assert!(found.shape_mismatches.is_empty(), "{found}");
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    // The variable now has the tensor's shape, as TensorFlow's would.
+    let declared = |name: &str| init.store().variable(name).unwrap().shape.clone();
+    assert_eq!(declared("dw/depthwise_kernel"), [3, 2, 2, 2]);
+    assert_eq!(declared("sep/depthwise_kernel"), [2, 2, 4, 1]);
+    init.initialize(&Default::default()).unwrap();
+
+    let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
+    let x = x.to_device(dev).unwrap();
+    let dw = x.conv2d(&var(&varmap, "dw.weight"), 0, 1, 1, 2).unwrap();
+    let dw = plus_bias(dw, &var(&varmap, "dw.bias"));
+    let want = recorded(case, "dw").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&dw, &want, "depthwise conv2d");
+    let sep = dw
+        .conv2d(&var(&varmap, "sep.depthwise.weight"), 0, 1, 1, 4)
+        .unwrap()
+        .conv2d(&var(&varmap, "sep.pointwise.weight"), 0, 1, 1, 1)
+        .unwrap();
+    let sep = plus_bias(sep, &var(&varmap, "sep.bias"));
+    let want = recorded(case, "sep").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&sep, &want, "separable conv2d");
+
+    // Saved back, each kernel is TensorFlow's again, shape and bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    init.save_checkpoint(tmp.path().join("back")).unwrap();
+    let (saved, stored) = (
+        Checkpoint::open(tmp.path().join("back")).unwrap(),
+        Checkpoint::open(&path).unwrap(),
+    );
+    for name in [
+        "dw/depthwise_kernel",
+        "sep/depthwise_kernel",
+        "sep/pointwise_kernel",
+    ] {
+        let (a, b) = (saved.read(name).unwrap(), stored.read(name).unwrap());
+        assert_eq!(a.shape, b.shape, "{name}");
+        assert!(a.bytes().unwrap() == b.bytes().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn a_depthwise_kernel_that_does_not_fit_fails_and_changes_nothing() {
+    // dw fits its kernel; `wide` ([4, 1, 3, 3]: another kernel size) mapped to the same tensor
+    // does not: the call fails naming it and both shapes, and dw's declared shape is candle's
+    // again (nothing of the failed call is kept).
+    let path = ckpt_path("tf1_depthwise");
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    tf1_depthwise_model(&vb);
+    vb.pp("wide")
+        .get_with_hints((4, 1, 3, 3), "weight", Init::Const(0.0))
+        .unwrap();
+    let mut init = CandleInit::from_varmap(&varmap, &tf_layers_names()).unwrap();
+    let mut map = init.map_existing(&path).unwrap().map;
+    map.push("dw/depthwise_kernel", tfckpt::Target::name("wide/kernel"));
+    let e = init.init_from_checkpoint(&path, &map).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e.kind(), tfckpt::ErrorKind::CandleVariable { .. }),
+        "{text}"
+    );
+    for part in ["wide.weight", "[3, 3, 1, 4]", "[3, 2, 2, 2]"] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    let declared = init
+        .store()
+        .variable("dw/depthwise_kernel")
+        .unwrap()
+        .shape
+        .clone();
+    assert_eq!(declared, [3, 2, 1, 4]);
+    // Without it the same model loads.
+    let map = init.map_existing(&path).unwrap().map;
+    init.init_from_checkpoint(&path, &map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+}
+
+#[test]
+fn keras_depthwise_convolutions_give_keras_outputs_in_candle() {
+    keras_depthwise_on(&CPU);
+}
+
+/// The `tf2_keras_depthwise` fixture (a MobileNet block's `DepthwiseConv2D` and 1 x 1 `Conv2D`)
+/// into `Var`s on `dev`, and the model's output there.
+pub(super) fn keras_depthwise_on(dev: &Device) {
+    let case = "tf2_keras_depthwise";
+    let path = ckpt_path(case);
+    let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+    conv2d_vars(&vb, "dw", (6, 1, 3, 2), 6);
+    conv2d_vars(&vb, "pw", (4, 6, 1, 1), 4);
+    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
+    let found = init.map_existing(&path).unwrap();
+    assert_eq!(found.pairs.len(), 4, "{found}");
+    init.init_from_checkpoint(&path, &found.map).unwrap();
+    init.initialize(&Default::default()).unwrap();
+
+    let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
+    let y = x
+        .to_device(dev)
+        .unwrap()
+        .conv2d(&var(&varmap, "dw.weight"), 0, 1, 1, 3)
+        .unwrap();
+    let y = plus_bias(y, &var(&varmap, "dw.bias"));
+    let y = y.conv2d(&var(&varmap, "pw.weight"), 0, 1, 1, 1).unwrap();
+    let y = plus_bias(y, &var(&varmap, "pw.bias"));
+    let want = recorded(case, "output").permute((0, 3, 1, 2)).unwrap();
+    assert_close(&y, &want, "Keras's DepthwiseConv2D then Conv2D");
+}

@@ -15,10 +15,12 @@ use crate::base::crc;
 use crate::base::slice::{for_each_run, Region, Run};
 
 mod transpose;
-use transpose::{gather, held_rows, transpose_parallel, TRANSPOSE_BLOCK};
-pub(crate) use transpose::{held_dims, transpose_converted};
 #[cfg(any(test, feature = "cuda"))]
-pub(crate) use transpose::{held_shape, transpose_whole};
+pub(crate) use transpose::transpose_whole;
+use transpose::{gather, held_rows, transpose_parallel, TRANSPOSE_BLOCK};
+#[cfg(test)]
+pub(crate) use transpose::{held_dims, held_shape};
+pub(crate) use transpose::{transpose_converted, Held};
 
 /// Bytes of source per parallel band.
 const BAND: usize = 4 << 20;
@@ -37,10 +39,10 @@ const WHOLE_STEP: usize = 16 << 10;
 pub(crate) struct Dst<'a> {
     pub buf: &'a mut [u8],
     pub want: &'a Region,
-    /// The buffer holds the box transposed: a 2-D box column-major, as a candle `Linear` weight
-    /// holds a TensorFlow dense kernel; a box of more axes as a candle convolution's weight holds
-    /// TensorFlow's kernel ([`held_dims`]).
-    pub transposed: bool,
+    /// How the buffer holds the box: row-major, or transposed (a 2-D box column-major, as a
+    /// candle `Linear` weight holds a TensorFlow dense kernel; a box of more axes as a candle
+    /// convolution's weight holds TensorFlow's kernel, [`Held`]).
+    pub held: Held,
 }
 
 /// A destination's rows that fall in one band: the piece of its buffer and the box of that piece.
@@ -54,7 +56,7 @@ struct Piece<'a> {
 /// same pass. Destinations must be sized for their boxes; elements outside `have` are not touched.
 pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<Dst<'_>>) -> u32 {
     if let [d] = &dsts[..] {
-        if d.want == have && !d.transposed {
+        if d.want == have && d.held == Held::AsStored {
             // The whole source into one destination (the common case): plain chunks, no band
             // bookkeeping.
             let Some(Dst { buf, .. }) = dsts.into_iter().next() else {
@@ -75,8 +77,8 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         return crc::serial(src);
     }
     if let [d] = &mut dsts[..] {
-        let held = held_dims(&have.shape());
-        if let (true, Some((rows, mid, _))) = (d.transposed && d.want == have, held) {
+        let held = d.held.dims(&have.shape());
+        if let (true, Some((rows, mid, _))) = (d.want == have, held) {
             if src.len() > BAND && !crate::base::par::is_serial() {
                 // A large whole value into a transposed buffer: the destination's rows are the
                 // source's columns, so bands of columns are disjoint and run in parallel, after
@@ -87,7 +89,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
             }
         }
     }
-    if dsts.iter().any(|d| d.transposed) {
+    if dsts.iter().any(|d| d.held != Held::AsStored) {
         // Transposed rows are not contiguous in their buffer: no disjoint bands to write in
         // parallel, so one pass in steps (other tensors of the load keep the other cores busy).
         // Steps of whole cache lines of elements per destination row (16 rows of 4-byte
@@ -104,7 +106,7 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
             );
             let step = have.with_rows(s0, s1 - s0);
             for d in &mut dsts {
-                copy_box(src, have, &step, size, d.buf, d.want, d.transposed);
+                copy_box(src, have, &step, size, d.buf, d.want, d.held);
             }
             s0 = s1;
         }
@@ -178,13 +180,13 @@ fn split_into_bands<'a>(dsts: Vec<Dst<'a>>, bands: &[(u64, u64)]) -> Vec<Vec<Pie
 /// Copies the part of `step` (a few rows of the source box `have`) each piece needs.
 fn copy_step(src: &[u8], have: &Region, step: &Region, size: usize, pieces: &mut [Piece<'_>]) {
     for p in pieces {
-        copy_box(src, have, step, size, p.buf, &p.want, false);
+        copy_box(src, have, step, size, p.buf, &p.want, Held::AsStored);
     }
 }
 
 /// Copies what box `part` of `src` (which holds box `have`) shares with `want` into `dst` (which
-/// holds box `want`, row-major or, with `transposed`, held transposed: a 2-D box column-major, a
-/// box of more axes as [`held_dims`] says; one of fewer axes is its own transpose). Held transposed,
+/// holds box `want` as `held` says: row-major or transposed, a 2-D box column-major, a box of
+/// more axes as [`Held::dims`] says; one of fewer axes is its own transpose). Held transposed,
 /// the meeting goes through [`gather`]'s tiles in blocks of rows (for a box of more axes, where
 /// the meeting is whole rows: [`held_box`]): a 4,096 x 4,096 float32 piece
 /// into a box of half its columns, or of a quarter of it, moved 0.40–0.60 GB/s element by element
@@ -197,12 +199,12 @@ pub(crate) fn copy_box(
     size: usize,
     dst: &mut [u8],
     want: &Region,
-    transposed: bool,
+    held: Held,
 ) {
     let Some(inter) = part.intersect(want) else {
         return;
     };
-    if transposed {
+    if held != Held::AsStored {
         if let ([(hr0, _), (hc0, hcn)], [(wr0, wrn), (wc0, _)], [(ir0, irn), (ic0, icn)]) =
             (have.dims(), want.dims(), inter.dims())
         {
@@ -228,7 +230,7 @@ pub(crate) fn copy_box(
             return;
         }
         if want.dims().len() > 2 {
-            held_box(src, have, &inter, size, dst, want);
+            held_box(src, have, &inter, size, dst, want, held);
             return;
         }
     }
@@ -252,8 +254,16 @@ pub(crate) fn copy_box(
 /// rows of both boxes (a load's steps, a range fetched from object storage, a part of a value
 /// partitioned along axis 0), through [`held_rows`]'s tiles; else (a part cut along another axis)
 /// element by element.
-fn held_box(src: &[u8], have: &Region, inter: &Region, size: usize, dst: &mut [u8], want: &Region) {
-    let Some((rows, mid, cols)) = held_dims(&want.shape()) else {
+fn held_box(
+    src: &[u8],
+    have: &Region,
+    inter: &Region,
+    size: usize,
+    dst: &mut [u8],
+    want: &Region,
+    held: Held,
+) {
+    let Some((rows, mid, cols)) = held.dims(&want.shape()) else {
         return;
     };
     let (h, w, i) = (have.dims(), want.dims(), inter.dims());

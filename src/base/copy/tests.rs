@@ -1,6 +1,7 @@
 //! The copies against element-by-element oracles.
 
 use super::*;
+use crate::base::dtype::DType;
 
 /// Element-by-element oracle for one destination.
 fn naive(src: &[u8], have: &Region, want: &Region, size: usize, out: &mut [u8]) {
@@ -67,7 +68,7 @@ fn bands_match_the_oracle() {
             .map(|(b, w)| Dst {
                 buf: b,
                 want: w,
-                transposed: false,
+                held: Held::AsStored,
             })
             .collect();
         let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
@@ -88,7 +89,7 @@ fn bands_match_the_oracle() {
             vec![Dst {
                 buf: &mut one,
                 want: &Region::default(),
-                transposed: false,
+                held: Held::AsStored,
             }]
         ),
         crc32c::crc32c(&[1, 2, 3, 4])
@@ -121,7 +122,7 @@ fn a_single_destination_gets_its_box_whatever_the_box() {
             let dst = Dst {
                 buf: &mut got,
                 want: &want,
-                transposed: false,
+                held: Held::AsStored,
             };
             let crc = copy_verify(&src, &have, size, vec![dst]);
             assert_eq!(crc, crc32c::crc32c(&src));
@@ -158,7 +159,10 @@ fn transposed_destinations_match_the_oracle() {
             .map(|(buf, (want, transposed))| Dst {
                 buf,
                 want,
-                transposed: *transposed,
+                held: match transposed {
+                    true => Held::Transposed,
+                    false => Held::AsStored,
+                },
             })
             .collect();
         assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
@@ -296,7 +300,7 @@ fn a_piece_lands_where_its_box_meets_a_transposed_box() {
                 unreachable!()
             };
             let mut got = vec![0xAAu8; (wrn * wcn) as usize * size];
-            copy_box(&src, &have, &have, size, &mut got, &want, true);
+            copy_box(&src, &have, &have, size, &mut got, &want, Held::Transposed);
             for r in wr0..wr0 + wrn {
                 for c in wc0..wc0 + wcn {
                     let at = (((c - wc0) * wrn + (r - wr0)) as usize) * size;
@@ -330,7 +334,7 @@ fn a_large_matrix_is_transposed_in_parallel_bands() {
         let dsts = vec![Dst {
             buf: &mut got,
             want: &have,
-            transposed: true,
+            held: Held::Transposed,
         }];
         let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
         assert_eq!(crc, crc32c::crc32c(&src));
@@ -354,7 +358,7 @@ fn a_large_matrix_is_transposed_in_parallel_bands() {
         let dst = Dst {
             buf: &mut part,
             want: &want,
-            transposed: true,
+            held: Held::Transposed,
         };
         assert_eq!(
             ways(serial, || copy_verify(&src, &have, size, vec![dst])),
@@ -440,7 +444,7 @@ fn kernels_of_more_axes_are_held_as_candle_holds_them() {
             let dsts = vec![Dst {
                 buf: &mut got,
                 want: &have,
-                transposed: true,
+                held: Held::Transposed,
             }];
             let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
             assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
@@ -500,20 +504,132 @@ fn a_piece_of_a_kernel_lands_where_its_box_meets_a_held_box() {
             // In steps of one row of axis 0, as a load walks a piece.
             for r in 0..rows {
                 let part = have.with_rows(have.dims()[0].0 + r, 1);
-                copy_box(&src, &have, &part, size, &mut got, &want, true);
+                copy_box(&src, &have, &part, size, &mut got, &want, Held::Transposed);
             }
             assert!(got == held, "size {size}: {have:?} into {want:?}");
             let mut once = vec![0xAAu8; held.len()];
             let dsts = vec![Dst {
                 buf: &mut once,
                 want: &want,
-                transposed: true,
+                held: Held::Transposed,
             }];
             assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
             assert!(
                 once == held,
                 "copy_verify, size {size}: {have:?} into {want:?}"
             );
+        }
+    }
+}
+
+/// `plain` (row-major, TensorFlow's depthwise kernel `shape` `[spatial..., in, mult]`) held as
+/// candle's grouped convolution weight `[in * mult, 1, spatial...]`, through whole index tuples:
+/// `(spatial..., i, k)` at `(i * mult + k, 0, spatial...)`.
+fn depthwise_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    let n = shape.len();
+    let held: Vec<u64> = [&[shape[n - 2] * shape[n - 1], 1][..], &shape[..n - 2]].concat();
+    let mut out = vec![0u8; plain.len()];
+    for e in 0..shape.iter().product::<u64>() {
+        let mut idx = vec![0u64; n];
+        let mut rest = e;
+        for d in (0..n).rev() {
+            idx[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        let channel = idx[n - 2] * shape[n - 1] + idx[n - 1];
+        let hidx: Vec<u64> = [&[channel, 0][..], &idx[..n - 2]].concat();
+        let at = hidx.iter().zip(&held).fold(0, |acc, (i, d)| acc * d + i) as usize;
+        let e = e as usize;
+        out[at * size..(at + 1) * size].copy_from_slice(&plain[e * size..(e + 1) * size]);
+    }
+    out
+}
+
+#[test]
+fn depthwise_kernels_are_held_as_grouped_convolution_weights() {
+    // Depthwise kernels (TensorFlow `[spatial..., in, mult]`) into buffers held as candle's
+    // `[in * mult, 1, spatial...]`: whole (in steps, over BAND in parallel bands, serially too),
+    // converted, and random pieces (a kernel partitioned along any axis) in steps of rows.
+    for (shape, size) in [
+        (vec![3u64, 2, 2, 2], 4usize),
+        (vec![3, 3, 32, 1], 4),
+        (vec![5, 4, 3], 2),         // a 1-D depthwise convolution
+        (vec![3, 3, 1024, 128], 4), // over BAND: the parallel path
+        (vec![2000, 3, 1], 4),      // several steps of rows
+        (vec![2, 2, 3, 2, 2], 1),   // a 3-D one
+    ] {
+        let n: u64 = shape.iter().product();
+        let src: Vec<u8> = (0..n as usize * size)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect();
+        let want = depthwise_oracle(&src, &shape, size);
+        let have = Region::whole(&shape);
+        for serial in [false, true] {
+            let mut got = vec![0xAAu8; src.len()];
+            let dsts = vec![Dst {
+                buf: &mut got,
+                want: &have,
+                held: Held::Depthwise,
+            }];
+            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+            assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
+            assert!(got == want, "{shape:?} size {size} serial {serial}");
+        }
+        assert_eq!(
+            Held::Depthwise.shape(&shape),
+            [
+                &[shape[shape.len() - 2] * shape[shape.len() - 1], 1][..],
+                &shape[..shape.len() - 2]
+            ]
+            .concat()
+        );
+    }
+    // Converted on the way (float32 into bfloat16), as `DtypePolicy::CastToVariable` loads.
+    let shape = [3u64, 2, 4, 2];
+    let values: Vec<f32> = (0..48).map(|i| i as f32 * 1.5 - 20.0).collect();
+    let src: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut narrowed = vec![0u8; 48 * 2];
+    crate::load::cast::convert(DType::F32, DType::BF16, &src, &mut narrowed);
+    let want = depthwise_oracle(&narrowed, &shape, 2);
+    let (rows, mid, _) = Held::Depthwise.dims(&shape).unwrap();
+    let mut got = vec![0xAAu8; want.len()];
+    let convert =
+        |s: &[u8], d: &mut [u8]| crate::load::cast::convert(DType::F32, DType::BF16, s, d);
+    transpose_converted(&src, rows, mid, 2, &mut got, convert, "k").unwrap();
+    assert!(got == want, "converted");
+    // Pieces of a [4, 3, 5, 2] kernel into random boxes held as depthwise kernels.
+    let shape = [4u64, 3, 5, 2];
+    let mut rnd = crate::base::xorshift(17);
+    for size in [1usize, 2, 4, 8] {
+        for _ in 0..200 {
+            let mut boxes = [(); 2].map(|_| {
+                Region::new(
+                    shape
+                        .iter()
+                        .map(|&d| {
+                            let a = rnd(d);
+                            (a, 1 + rnd(d - a))
+                        })
+                        .collect(),
+                )
+            });
+            if rnd(3) == 0 {
+                boxes[0] = Region::whole(&shape); // stored whole
+            }
+            let [have, want] = boxes;
+            let count = |r: &Region| r.num_elements().unwrap() as usize;
+            let src: Vec<u8> = (0..count(&have) * size)
+                .map(|i| (i * 13 % 251) as u8)
+                .collect();
+            let mut plain = vec![0xAAu8; count(&want) * size];
+            naive(&src, &have, &want, size, &mut plain);
+            let held = depthwise_oracle(&plain, &want.shape(), size);
+            let mut got = vec![0xAAu8; held.len()];
+            for r in 0..have.dims()[0].1 {
+                let part = have.with_rows(have.dims()[0].0 + r, 1);
+                copy_box(&src, &have, &part, size, &mut got, &want, Held::Depthwise);
+            }
+            assert!(got == held, "size {size}: {have:?} into {want:?}");
         }
     }
 }

@@ -30,6 +30,51 @@ pub(crate) fn held_dims(shape: &[u64]) -> Option<(usize, usize, usize)> {
     }
 }
 
+/// How a destination holds a value of TensorFlow's layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(feature = "candle"), allow(dead_code))]
+pub(crate) enum Held {
+    /// Row-major, as TensorFlow holds it.
+    #[default]
+    AsStored,
+    /// Transposed ([`held_dims`]): a dense kernel `[in, out]` as `[out, in]`, a convolution's
+    /// `[spatial..., in, out]` as `[out, in, spatial...]` (candle's `Linear` and `Conv` weights).
+    Transposed,
+    /// A depthwise convolution's kernel `[spatial..., in, multiplier]` as `[in * multiplier, 1,
+    /// spatial...]` (candle's weight of a convolution grouped by input channel): output channel
+    /// `i * multiplier + k` is TensorFlow's `(i, k)`, so it is the transpose of `[spatial, in *
+    /// multiplier]`. A value of fewer than 3 axes is held as [`Held::Transposed`] holds it.
+    Depthwise,
+}
+
+impl Held {
+    /// `(rows, mid, cols)` of the value of TensorFlow shape `shape` as this holds it (see
+    /// [`held_dims`]); `None` as stored, or for fewer than 2 axes.
+    pub(crate) fn dims(self, shape: &[u64]) -> Option<(usize, usize, usize)> {
+        match (self, shape) {
+            (Held::AsStored, _) => None,
+            (Held::Depthwise, [spatial @ .., i, k]) if !spatial.is_empty() => Some((
+                spatial.iter().product::<u64>() as usize,
+                1,
+                (i * k) as usize,
+            )),
+            _ => held_dims(shape),
+        }
+    }
+
+    /// The shape the value of TensorFlow shape `shape` has as this holds it.
+    #[cfg(any(test, feature = "cuda"))]
+    pub(crate) fn shape(self, shape: &[u64]) -> Vec<u64> {
+        match (self, shape) {
+            (Held::AsStored, _) => shape.to_vec(),
+            (Held::Depthwise, [spatial @ .., i, k]) if !spatial.is_empty() => {
+                [&[i * k, 1][..], spatial].concat()
+            }
+            _ => held_shape(shape),
+        }
+    }
+}
+
 /// The shape of a value of TensorFlow shape `shape` held transposed ([`held_dims`]): `[out, in,
 /// spatial...]`; `shape` itself for fewer than 2 axes.
 #[cfg(any(test, feature = "cuda"))]

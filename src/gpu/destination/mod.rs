@@ -46,9 +46,12 @@ struct Slot {
     shape: Vec<u64>,
     mem: Arc<dyn DeviceMemory>,
     keep: Vec<Range<u64>>,
-    /// The value is held transposed (a dense kernel `[in, out]` as `[out, in]`, a convolution's
-    /// `[spatial..., in, out]` as `[out, in, spatial...]`): its `(rows, mid, cols)` of
-    /// [`held_dims`](crate::base::copy::held_dims).
+    /// How the value is held (a dense kernel `[in, out]` as `[out, in]`, a convolution's
+    /// `[spatial..., in, out]` as `[out, in, spatial...]`, a depthwise one's `[spatial..., in,
+    /// mult]` as `[in * mult, 1, spatial...]`: [`Held`](crate::base::copy::Held)), and, held
+    /// otherwise than as stored, its `(rows, mid, cols)` of
+    /// [`Held::dims`](crate::base::copy::Held::dims).
+    held: crate::base::copy::Held,
     transposed: Option<(u64, u64, u64)>,
 }
 

@@ -39,8 +39,8 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             let dtype = form
                 .dtype
                 .unwrap_or_else(|| options.dtype_at_destination(v.dtype));
-            let transposed = match crate::base::copy::held_dims(&v.shape) {
-                _ if !form.transposed => None,
+            let transposed = match form.held.dims(&v.shape) {
+                _ if form.held == crate::base::copy::Held::AsStored => None,
                 Some((rows, mid, cols)) => Some((rows as u64, mid as u64, cols as u64)),
                 None => {
                     return Err(ErrorKind::BadVariable {
@@ -66,7 +66,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
             // Replicas load shares when a gather completes them and the value is worth it (the
             // shares are ranges of the device layout: a transposed value loads whole).
             let n = devs.len() as u64;
-            let shared = !form.transposed
+            let shared = form.held == crate::base::copy::Held::AsStored
                 && self.replicas.contains_key(&v.name)
                 && self.gather.is_some()
                 && bytes >= self.sizes.share_min
@@ -94,6 +94,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                     shape: v.shape.clone(),
                     mem,
                     keep,
+                    held: form.held,
                     transposed,
                 });
             }
@@ -309,10 +310,7 @@ impl<L: Link> Destination for GpuDestination<'_, L> {
                 .map(|s| DeviceTensor {
                     dtype: s.dtype,
                     // A transposed value's shape as it lies in memory.
-                    shape: match s.transposed {
-                        Some(_) => crate::base::copy::held_shape(&s.shape),
-                        None => s.shape,
-                    },
+                    shape: s.held.shape(&s.shape),
                     mem: s.mem,
                 })
                 .collect();

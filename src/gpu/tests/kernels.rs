@@ -173,7 +173,7 @@ fn scratch_is_held_one_wave_at_a_time() {
             for name in &names {
                 let form = crate::base::device::DeviceForm {
                     dtype: None,
-                    transposed: true,
+                    held: crate::base::copy::Held::Transposed,
                 };
                 gpu.device_forms.insert(name.clone(), form);
             }

@@ -34,7 +34,7 @@ fn transposed_device_forms_equal_the_host_value_transposed() {
                 for (name, _, dtype) in &forms {
                     let form = crate::base::device::DeviceForm {
                         dtype: *dtype,
-                        transposed: true,
+                        held: crate::base::copy::Held::Transposed,
                     };
                     gpu.device_forms.insert(name.clone(), form);
                 }
@@ -113,7 +113,7 @@ fn one_row_or_one_column_values_held_transposed_load_as_they_lie() {
         for name in names {
             let form = crate::base::device::DeviceForm {
                 dtype,
-                transposed: true,
+                held: crate::base::copy::Held::Transposed,
             };
             gpu.device_forms.insert(name.to_string(), form);
         }
@@ -350,7 +350,7 @@ fn kernels_stored_in_slices_load_held_into_whole_and_partitioned_variables() {
             for name in &names {
                 let form = crate::base::device::DeviceForm {
                     dtype,
-                    transposed: true,
+                    held: crate::base::copy::Held::Transposed,
                 };
                 gpu.device_forms.insert(name.clone(), form);
             }
@@ -377,4 +377,67 @@ fn kernels_stored_in_slices_load_held_into_whole_and_partitioned_variables() {
     }
     // 3 stored tensors x (1 whole + 3 + 2 parts) x 2 sizes x 2 dtypes.
     assert_eq!(checked, 3 * 6 * 4);
+}
+
+#[test]
+fn depthwise_kernels_on_the_device_equal_the_host_value_held() {
+    // The depthwise fixtures' kernels of 3 or more axes (whole and re-partitioned along two
+    // axes, each part its own value) held as a depthwise kernel, `[spatial..., in, mult]` as
+    // `[in * mult, 1, spatial...]`, float32 and narrowed to bfloat16: each equals the host value
+    // as the transpose of `[spatial, in * mult]`.
+    use crate::base::copy::Held;
+    let mut checked = 0;
+    for case in ["tf1_depthwise", "tf2_keras_depthwise"] {
+        let dir = fixture(case);
+        let mut cpu = store_for(&dir);
+        cpu.initialize(Device::Cpu).unwrap();
+        for sizes in [Sizes::default(), tiny()] {
+            for dtype in [None, Some(DType::BF16)] {
+                let mut gpu = store_for(&dir);
+                let names: Vec<String> = gpu
+                    .vars
+                    .values()
+                    .filter(|v| v.shape.len() > 2 && v.dtype == DType::F32)
+                    .map(|v| v.name.clone())
+                    .collect();
+                for name in &names {
+                    let form = crate::base::device::DeviceForm {
+                        dtype,
+                        held: Held::Depthwise,
+                    };
+                    gpu.device_forms.insert(name.clone(), form);
+                }
+                let link = HostLink::default();
+                gpu.initialize_on(&link, &LoadOptions::default(), sizes)
+                    .unwrap_or_else(|e| panic!("{case}: {e}"));
+                for name in &names {
+                    let mut want = cpu.value(name).unwrap().clone();
+                    if let Some(to) = dtype {
+                        crate::load::host::cast_tensor(&mut want, DType::F32, to).unwrap();
+                    }
+                    let n = want.shape.len();
+                    let got = gpu.device_value(name).unwrap().to_host().unwrap();
+                    let (i, k) = (want.shape[n - 2], want.shape[n - 1]);
+                    let held: Vec<u64> = [&[i * k, 1][..], &want.shape[..n - 2]].concat();
+                    assert_eq!(got.shape, held, "{case} {name}");
+                    let rows = want.shape[..n - 2].iter().product::<u64>() as usize;
+                    let size = want.dtype.size().unwrap();
+                    let mut out = vec![0u8; want.bytes().unwrap().len()];
+                    crate::base::copy::transpose_whole(
+                        want.bytes().unwrap(),
+                        rows,
+                        1,
+                        size,
+                        &mut out,
+                    );
+                    assert!(
+                        got.bytes().unwrap() == out,
+                        "{case} {name} {sizes:?} {dtype:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 4 * 4, "{checked}");
 }
