@@ -5,7 +5,7 @@
 // src/gpu/plan.rs), with the dtype conversion of cast.cu on the way where one is asked for. A
 // convolution's kernel [spatial..., in, out] goes into [out, in, spatial...] by the same launches,
 // one per spatial position (its [in, out] block, rows written `rows` apart, columns `in * rows`
-// apart) or one per input channel (its [spatial, out] block).
+// apart: the writes are then not coalesced) or one per input channel (its [spatial, out] block).
 //
 // Launch: block (32, 8), grid (x, y) of 32x32 tiles (x over the columns of a row, y over the
 // rows; grid-stride loops on both, so any grid size is correct). Each tile is read along the rows

@@ -2,7 +2,8 @@
 //! checkpoints: the input builds a candle model (a `VarMap`, plain or through `DeferredInit`) of
 //! `Var`s standing for checkpoint tensors, under their names or moved under `new/`, of their
 //! shapes or others, of any candle dtype, holding the TensorFlow value transposed or not (a
-//! `Linear`'s or a convolution's weight), named by a `Convention::custom`; a dtype policy; and an assignment map
+//! `Linear`'s, a convolution's or a depthwise convolution's weight), named by a
+//! `Convention::custom`; a dtype policy; and an assignment map
 //! (`map_existing`'s, its `fitting()`, the root, a scope, names). Errors are expected. A panic is
 //! a finding, and so is any `Var` that changed after a call or a load that failed (all or
 //! nothing), and after a load that succeeded, a `Var` whose bytes are not the reader's value of
@@ -37,6 +38,10 @@ struct CVar {
     /// Holds the TensorFlow value transposed, as a `Linear`'s weight does (2-D) or a
     /// convolution's (more axes: `[out, in, spatial...]` for `[spatial..., in, out]`).
     transposed: bool,
+    /// Held transposed with 3 or more axes: as a depthwise convolution's weight, `[in * mult, 1,
+    /// spatial...]` for `[spatial..., in, mult]` (declared as `[spatial..., 1, in * mult]`, which
+    /// takes any tensor `[spatial..., a, b]` with `a * b = in * mult`).
+    depthwise: bool,
     /// A candle dtype; the tensor's own where candle has it when `None`.
     dtype: Option<u8>,
     /// Its shape as TensorFlow's; the tensor's own when `None`.
@@ -165,6 +170,27 @@ fn transpose(value: &[u8], shape: &[u64], size: usize, back: bool) -> Vec<u8> {
     out
 }
 
+/// Whether `var`, held transposed, holds a tensor of TensorFlow shape `tf` as a depthwise kernel:
+/// `var` is `[a * b, 1, spatial...]`, `tf` is `[spatial..., a, b]` with `a` not 1 (with `a` 1 it
+/// is a convolution's kernel, the same bytes).
+fn depthwise(var: &Var, tf: &[u64]) -> bool {
+    let dims: Vec<u64> = var.dims().iter().map(|&d| d as u64).collect();
+    let n = dims.len();
+    n >= 3
+        && tf.len() == n
+        && dims[1] == 1
+        && tf[n - 2] != 1
+        && tf[..n - 2] == dims[2..]
+        && tf[n - 2] * tf[n - 1] == dims[0]
+}
+
+/// A depthwise kernel's shape `[spatial..., a, b]` as the convolution kernel of the same bytes,
+/// `[spatial..., 1, a * b]`.
+fn depthwise_as(tf: &[u64]) -> Vec<u64> {
+    let n = tf.len();
+    [&tf[..n - 2], &[1, tf[n - 2] * tf[n - 1]][..]].concat()
+}
+
 fuzz_target!(|input: Input| {
     let cases = cases();
     let case = &cases[input.case as usize % cases.len()];
@@ -188,7 +214,7 @@ fuzz_target!(|input: Input| {
             transposed: v.transposed,
         };
         let shape: Vec<usize> = match &v.shape {
-            Some(s) => s.iter().take(3).map(|&d| usize::from(d % 6)).collect(),
+            Some(s) => s.iter().take(4).map(|&d| usize::from(d % 6)).collect(),
             None => t.shape.iter().map(|&d| d as usize).collect(),
         };
         if shape.iter().product::<usize>() > 1 << 16 {
@@ -196,9 +222,13 @@ fuzz_target!(|input: Input| {
         }
         // Candle's shape: TensorFlow's `[spatial..., in, out]` as `[out, in, spatial...]` where
         // the Var holds it transposed.
-        let dims: Vec<usize> = match v.transposed && shape.len() >= 2 {
-            true => held_axes(shape.len()).iter().map(|&a| shape[a]).collect(),
-            false => shape.clone(),
+        let n = shape.len();
+        let dims: Vec<usize> = match (v.transposed, v.depthwise) {
+            (true, true) if n >= 3 => {
+                [&[shape[n - 2] * shape[n - 1], 1][..], &shape[..n - 2]].concat()
+            }
+            (true, _) if n >= 2 => held_axes(n).iter().map(|&a| shape[a]).collect(),
+            _ => shape.clone(),
         };
         let dtype = match v.dtype {
             Some(d) => DTYPES[d as usize % DTYPES.len()],
@@ -306,7 +336,12 @@ fuzz_target!(|input: Input| {
             want = convert(&want, value.dtype, dtype);
         }
         if tf.transposed {
-            want = transpose(&want, &value.shape, dtype.size().unwrap(), false);
+            // A depthwise kernel `[spatial..., a, b]` is held as `[spatial..., 1, a * b]` is.
+            let shape = match depthwise(var, &value.shape) {
+                true => depthwise_as(&value.shape),
+                false => value.shape.clone(),
+            };
+            want = transpose(&want, &shape, dtype.size().unwrap(), false);
         }
         assert!(
             got == want,
@@ -344,6 +379,11 @@ fuzz_target!(|input: Input| {
             shape = (0..shape.len())
                 .map(|a| shape[axes.iter().position(|&x| x == a).unwrap()])
                 .collect();
+            // Saved in the shape of the depthwise kernel it took (the same bytes).
+            let declared = init.store().variable(&tf.name).unwrap().shape.clone();
+            if depthwise(var, &declared) {
+                shape = declared;
+            }
         }
         assert_eq!(value.shape, shape, "{name} ({}): saved shape", tf.name);
         assert!(

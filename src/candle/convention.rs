@@ -21,8 +21,11 @@ pub struct TfName {
     /// `[spatial..., in, multiplier]` with `in * multiplier = out` for it: a depthwise kernel,
     /// whose output channel `i * multiplier + k` is the `Var`'s channel of that number in a
     /// convolution of `in` groups (candle's `conv2d(.., groups = in)`, as PyTorch lays it out).
-    /// The bytes are the same for any such shape, so none loads wrongly; the variable takes the
-    /// tensor's shape (and [`save_checkpoint`](super::CandleInit::save_checkpoint) writes it so).
+    /// The bytes are the same for any such shape; the variable takes the tensor's shape (and
+    /// [`save_checkpoint`](super::CandleInit::save_checkpoint) writes it so), and the
+    /// [`InitReport`](crate::InitReport)'s `warnings` say so for each such `Var`: for a
+    /// convolution of one input channel (which a `Var` `[out, 1, spatial...]` may be too) such a
+    /// tensor is the wrong one, which TensorFlow would refuse.
     pub transposed: bool,
 }
 

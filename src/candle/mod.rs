@@ -226,7 +226,7 @@ impl CandleInit {
             if let Some(other) = storages.get(&storage) {
                 return Err(candle_error(
                     &candle,
-                    &layout(&var, transposed),
+                    &layout(&var, transposed, None),
                     &name,
                     ErrorKind::BadVariable {
                         name: candle.clone(),
@@ -258,7 +258,14 @@ impl CandleInit {
     }
 
     fn bind(&mut self, candle: String, var: Var, tf: String, transposed: bool) -> Result<()> {
-        let wrap = |e: Error| Error::from(candle_error(&candle, &layout(&var, transposed), &tf, e));
+        let wrap = |e: Error| {
+            Error::from(candle_error(
+                &candle,
+                &layout(&var, transposed, None),
+                &tf,
+                e,
+            ))
+        };
         let bad = |reason: String| {
             wrap(
                 ErrorKind::BadVariable {
@@ -414,7 +421,8 @@ impl CandleInit {
         map: &AssignmentMap,
         accepts: &dyn Fn(&crate::Variable, DType) -> bool,
     ) -> Result<InitReport> {
-        let mut undo: Vec<(String, Vec<u64>, Held)> = Vec::new();
+        // (variable, its shape and layout before, the tensor it takes as a depthwise kernel)
+        let mut undo: Vec<(String, Vec<u64>, Held, String)> = Vec::new();
         let result = loop {
             let e = match init_opened(&mut self.store, ckpt.clone(), map, accepts) {
                 Ok(report) => break Ok(report),
@@ -422,6 +430,7 @@ impl CandleInit {
             };
             if let ErrorKind::ShapeMismatch {
                 variable,
+                tensor,
                 tensor_shape,
                 ..
             } = e.kind()
@@ -435,7 +444,7 @@ impl CandleInit {
                     // Each variable once: a second mismatch is not this one.
                     if !undo.iter().any(|(name, ..)| name == variable) {
                         let shape = std::mem::replace(&mut v.shape, tensor_shape.clone());
-                        undo.push((variable.clone(), shape, b.held));
+                        undo.push((variable.clone(), shape, b.held, tensor.clone()));
                         b.held = Held::Depthwise;
                         continue;
                     }
@@ -443,17 +452,59 @@ impl CandleInit {
             }
             break Err(e);
         };
-        if result.is_err() {
-            for (name, shape, held) in undo {
-                if let Some(v) = self.store.vars.get_mut(&name) {
-                    v.shape = shape;
+        let mut report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                for (name, shape, held, _) in &undo {
+                    if let Some(v) = self.store.vars.get_mut(name) {
+                        v.shape = shape.clone();
+                    }
+                    if let Some(b) = self.vars.get_mut(name) {
+                        b.held = *held;
+                    }
                 }
-                if let Some(b) = self.vars.get_mut(&name) {
-                    b.held = held;
+                // An adapted variable's mismatch with another tensor, in the shape it has again.
+                return Err(match e.into_kind() {
+                    ErrorKind::ShapeMismatch {
+                        ckpt,
+                        variable,
+                        variable_shape,
+                        tensor,
+                        tensor_shape,
+                    } => ErrorKind::ShapeMismatch {
+                        variable_shape: (undo.iter().find(|u| u.0 == variable))
+                            .map_or(variable_shape, |u| u.1.clone()),
+                        ckpt,
+                        variable,
+                        tensor,
+                        tensor_shape,
+                    },
+                    kind => kind,
                 }
+                .into());
             }
+        };
+        // Said, since TensorFlow would refuse the tensor for a convolution of one input channel,
+        // which a `Var` `[out, 1, spatial...]` may also be.
+        for (name, _, _, tensor) in &undo {
+            let (Some(b), Some(v)) = (self.vars.get(name), self.store.vars.get(name)) else {
+                continue;
+            };
+            let n = v.shape.len();
+            let (groups, mult) = (v.shape[n - 2], v.shape[n - 1]);
+            let warning = format!(
+                "candle Var `{}` {:?} takes {tensor:?} {:?} as a depthwise kernel: a convolution \
+                 of {groups} groups (candle's `groups = {groups}`), output channel i * {mult} + k \
+                 TensorFlow's (i, k); for a convolution of one input channel it is the wrong \
+                 tensor, which TensorFlow would refuse",
+                b.candle,
+                b.var.dims(),
+                v.shape
+            );
+            self.store.warnings.push(warning.clone());
+            report.warnings.push(warning);
         }
-        result
+        Ok(report)
     }
 
     /// Loads every mapped value into its `Var` (TensorFlow's `global_variables_initializer()`
@@ -474,7 +525,11 @@ impl CandleInit {
     /// `e`, about the variable of TensorFlow name `tf`, with its candle name and layout.
     fn wrap(&self, tf: &str, e: Error) -> Error {
         match self.vars.get(tf) {
-            Some(b) => candle_error(&b.candle, &layout(&b.var, b.transposed), tf, e).into(),
+            Some(b) => {
+                let depthwise = self.store.vars.get(tf).map(|v| v.shape.as_slice());
+                let depthwise = depthwise.filter(|_| b.held == Held::Depthwise);
+                candle_error(&b.candle, &layout(&b.var, b.transposed, depthwise), tf, e).into()
+            }
             None => e,
         }
     }
@@ -536,10 +591,16 @@ fn tf_shape<T: Copy>(dims: &[T]) -> Vec<T> {
     }
 }
 
-/// A `Var`'s shape and dtype, and how it holds its TensorFlow value.
-fn layout(var: &Var, transposed: bool) -> String {
+/// A `Var`'s shape and dtype, and how it holds its TensorFlow value (`depthwise`: the shape of
+/// the depthwise kernel it holds, [`Bound::depthwise`]).
+fn layout(var: &Var, transposed: bool, depthwise: Option<&[u64]>) -> String {
     let dims = var.dims();
-    if transposed && dims.len() >= 2 {
+    if let Some(tf) = depthwise {
+        format!(
+            "{:?} shape {dims:?}, holding TensorFlow's depthwise kernel {tf:?}",
+            var.dtype()
+        )
+    } else if transposed && dims.len() >= 2 {
         let tf = tf_shape(dims);
         format!(
             "{:?} shape {dims:?}, holding TensorFlow's {tf:?} transposed",

@@ -226,7 +226,19 @@ pub(super) fn tf1_depthwise_on(dev: &Device) {
     let found = init.map_existing(&path).unwrap();
     assert_eq!(found.pairs.len(), 5, "{found}");
     assert!(found.shape_mismatches.is_empty(), "{found}");
-    init.init_from_checkpoint(&path, &found.map).unwrap();
+    let report = init.init_from_checkpoint(&path, &found.map).unwrap();
+    // Said for each (TensorFlow would refuse such a tensor for a convolution of one input channel).
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    for (var, groups) in [
+        ("dw.weight", "2 groups"),
+        ("sep.depthwise.weight", "4 groups"),
+    ] {
+        let said = report
+            .warnings
+            .iter()
+            .any(|w| w.contains(var) && w.contains(groups));
+        assert!(said, "{var}: {:?}", report.warnings);
+    }
     // The variable now has the tensor's shape, as TensorFlow's would.
     let declared = |name: &str| init.store().variable(name).unwrap().shape.clone();
     assert_eq!(declared("dw/depthwise_kernel"), [3, 2, 2, 2]);
@@ -290,14 +302,31 @@ fn a_depthwise_kernel_that_does_not_fit_fails_and_changes_nothing() {
     for part in ["wide.weight", "[3, 3, 1, 4]", "[3, 2, 2, 2]"] {
         assert!(text.contains(part), "{part:?} in {text}");
     }
-    let declared = init
-        .store()
-        .variable("dw/depthwise_kernel")
-        .unwrap()
-        .shape
-        .clone();
-    assert_eq!(declared, [3, 2, 1, 4]);
-    // Without it the same model loads.
+    let declared = |init: &CandleInit| {
+        init.store()
+            .variable("dw/depthwise_kernel")
+            .unwrap()
+            .shape
+            .clone()
+    };
+    assert_eq!(declared(&init), [3, 2, 1, 4]);
+    // dw taken as a depthwise kernel, then mapped again to a kernel of other extents: the error
+    // gives dw's shape as it is again, not the one it had for this call.
+    let mut map = init.map_existing(&path).unwrap().map;
+    map.push(
+        "sep/depthwise_kernel",
+        tfckpt::Target::name("dw/depthwise_kernel"),
+    );
+    let text = init
+        .init_from_checkpoint(&path, &map)
+        .unwrap_err()
+        .to_string();
+    for part in ["dw.weight", "[3, 2, 1, 4]", "[2, 2, 4, 1]"] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    assert!(!text.contains("[3, 2, 2, 2]"), "{text}");
+    assert_eq!(declared(&init), [3, 2, 1, 4]);
+    // Without them the same model loads.
     let map = init.map_existing(&path).unwrap().map;
     init.init_from_checkpoint(&path, &map).unwrap();
     init.initialize(&Default::default()).unwrap();
