@@ -441,3 +441,72 @@ fn depthwise_kernels_on_the_device_equal_the_host_value_held() {
     }
     assert!(checked >= 4 * 4, "{checked}");
 }
+
+#[test]
+fn any_runs_launch_once_to_their_held_places_within_their_extents() {
+    // Arbitrary disjoint runs (not only a box's), in file order or shuffled, over `[rows, mid,
+    // cols]` values of extents 0 to 11: every element written once, at its held place, inside
+    // the value, and each launch's last element its highest address (the extent the emulated
+    // device checks a launch's memory against).
+    use crate::base::slice::Run;
+    let mut rnd = crate::base::xorshift(0x5eed);
+    let mut planned = 0;
+    for _ in 0..20_000 {
+        let (rows, mid, cols) = (rnd(12), rnd(12), rnd(12));
+        let n = rows * mid * cols;
+        let Some(dims) = crate::gpu::plan::held_moves((rows, mid, cols)) else {
+            continue;
+        };
+        let mut runs = Vec::new();
+        let mut at = 0;
+        while at < n {
+            let len = 1 + rnd((n - at).min(3 * cols + 2));
+            if rnd(3) != 0 {
+                runs.push((at, len.min(n - at)));
+            }
+            at += len + rnd(3);
+        }
+        if rnd(2) == 0 {
+            for i in (1..runs.len()).rev() {
+                runs.swap(i, rnd(i as u64 + 1) as usize);
+            }
+        }
+        // Sources packed in the runs' order, with gaps.
+        let mut src = 0;
+        let runs: Vec<Run> = runs
+            .into_iter()
+            .map(|(dst, len)| {
+                let r = Run { src, dst, len };
+                src += len + rnd(2);
+                r
+            })
+            .collect();
+        let mut want_at = std::collections::BTreeMap::new();
+        for r in &runs {
+            for k in 0..r.len {
+                let (i, c) = ((r.dst + k) / cols, (r.dst + k) % cols);
+                want_at.insert((c * mid + i % mid) * rows + i / mid, r.src + k);
+            }
+        }
+        let ks =
+            crate::gpu::plan::transposed_launches(&runs, dims, "transpose2d_4", (0, 4), (0, 4));
+        let mut got = std::collections::BTreeMap::new();
+        for k in &ks {
+            let (_, extent) = crate::gpu::emulated::cpu_kernels::extents(k, 4, 4);
+            let mut end = 0;
+            for r in 0..k.rows {
+                for c in 0..k.row {
+                    let d = k.dst / 4 + r * k.dst_stride + c * k.dst_col;
+                    end = end.max(d - k.dst / 4 + 1);
+                    assert!(d < n, "{d} outside {n}: {k:?}");
+                    let s = k.src / 4 + r * k.src_stride + c;
+                    assert!(got.insert(d, s).is_none(), "{d} twice: {ks:?}");
+                }
+            }
+            assert_eq!(end * 4, extent as u64, "extent of {k:?}");
+        }
+        assert_eq!(got, want_at, "{rows}x{mid}x{cols} {runs:?}: {ks:?}");
+        planned += 1;
+    }
+    assert!(planned > 1000, "{planned}");
+}
