@@ -222,6 +222,21 @@ pub(crate) fn num_elements(shape: &[u64]) -> Option<u64> {
 pub(crate) struct Region(Vec<(u64, u64)>);
 
 impl Region {
+    /// A random box inside `shape` (each axis a range of at least one element), from `rnd` (see
+    /// [`xorshift`](crate::base::xorshift)).
+    #[cfg(test)]
+    pub(crate) fn random(rnd: &mut impl FnMut(u64) -> u64, shape: &[u64]) -> Region {
+        Region::new(
+            shape
+                .iter()
+                .map(|&d| {
+                    let a = rnd(d);
+                    (a, 1 + rnd(d - a))
+                })
+                .collect(),
+        )
+    }
+
     /// A box from `(start, length)` per dimension.
     #[cfg(test)]
     pub(crate) fn new(dims: Vec<(u64, u64)>) -> Region {

@@ -1,7 +1,6 @@
 //! The copies against element-by-element oracles.
 
 use super::*;
-use crate::base::dtype::DType;
 
 /// Element-by-element oracle for one destination.
 fn naive(src: &[u8], have: &Region, want: &Region, size: usize, out: &mut [u8]) {
@@ -244,7 +243,8 @@ fn converted_transposes_equal_a_conversion_then_a_transpose() {
     // Block by block through a small buffer: the same bytes as converting the whole value and
     // holding it transposed (the oracle), for widening and narrowing casts, one row, one column,
     // blocks that end mid-matrix (1,000 rows of 3 float32 are several blocks), and kernels of
-    // more axes.
+    // more axes (held transposed and as depthwise kernels; a 2-D value is held transposed either
+    // way).
     use crate::load::cast::convert;
     use crate::DType::{BF16, F16, F32};
     for (from, to) in [(BF16, F32), (F16, F32), (F32, BF16), (F32, F16)] {
@@ -264,12 +264,14 @@ fn converted_transposes_equal_a_conversion_then_a_transpose() {
             let src: Vec<u8> = (0..n * fs).map(|i| (i * 31 % 253) as u8).collect();
             let mut converted = vec![0u8; n * ts];
             convert(from, to, &src, &mut converted);
-            let want = held_oracle(&converted, &shape, ts);
-            let (rows, mid, _) = held_dims(&shape).unwrap();
-            let mut got = vec![0xAAu8; want.len()];
-            let convert = |s: &[u8], d: &mut [u8]| convert(from, to, s, d);
-            transpose_converted(&src, rows, mid, ts, &mut got, convert, "t").unwrap();
-            assert!(got == want, "{from} to {to}, {shape:?}");
+            for held in [Held::Transposed, Held::Depthwise] {
+                let want = oracle(held, &converted, &shape, ts);
+                let (rows, mid, _) = held.dims(&shape).unwrap();
+                let mut got = vec![0xAAu8; want.len()];
+                let convert = |s: &[u8], d: &mut [u8]| convert(from, to, s, d);
+                transpose_converted(&src, rows, mid, ts, &mut got, convert, "t").unwrap();
+                assert!(got == want, "{from} to {to}, {shape:?} {held:?}");
+            }
         }
     }
 }
@@ -392,34 +394,73 @@ fn equals_a_plain_copy_at_every_alignment_and_length() {
     }
 }
 
-/// `plain` (a box of TensorFlow shape `shape`, row-major) held transposed, element by element
-/// through whole index tuples: TensorFlow's `(spatial..., in, out)` at candle's `(out, in,
-/// spatial...)`.
-fn held_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+/// `plain` (a box of TensorFlow shape `shape`, row-major) with the element of each index tuple
+/// `idx` at index tuple `to(idx)` of a buffer of shape `held`.
+fn by_tuples(
+    plain: &[u8],
+    shape: &[u64],
+    size: usize,
+    held: &[u64],
+    to: impl Fn(&[u64]) -> Vec<u64>,
+) -> Vec<u8> {
     let n = shape.len();
-    let held: Vec<u64> = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
     let mut out = vec![0u8; plain.len()];
-    let count: u64 = shape.iter().product();
-    for e in 0..count {
-        let mut idx = vec![0u64; n];
+    let mut idx = vec![0u64; n];
+    for e in 0..shape.iter().product::<u64>() {
         let mut rest = e;
         for d in (0..n).rev() {
             idx[d] = rest % shape[d];
             rest /= shape[d];
         }
-        let hidx: Vec<u64> = [&[idx[n - 1], idx[n - 2]][..], &idx[..n - 2]].concat();
-        let at = hidx.iter().zip(&held).fold(0, |acc, (i, d)| acc * d + i) as usize;
+        let at = to(&idx).iter().zip(held).fold(0, |acc, (i, d)| acc * d + i) as usize;
         let e = e as usize;
         out[at * size..(at + 1) * size].copy_from_slice(&plain[e * size..(e + 1) * size]);
     }
     out
 }
 
+/// `plain` held transposed: TensorFlow's `(spatial..., in, out)` at candle's `(out, in,
+/// spatial...)`.
+fn held_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    let n = shape.len();
+    let held: Vec<u64> = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
+    by_tuples(plain, shape, size, &held, |idx| {
+        [&[idx[n - 1], idx[n - 2]][..], &idx[..n - 2]].concat()
+    })
+}
+
+/// `plain` held as a depthwise kernel: TensorFlow's `(spatial..., i, k)` of `[spatial..., in,
+/// mult]` at candle's `(i * mult + k, 0, spatial...)` of its grouped convolution weight `[in *
+/// mult, 1, spatial...]`.
+fn depthwise_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    let n = shape.len();
+    let held: Vec<u64> = [&[shape[n - 2] * shape[n - 1], 1][..], &shape[..n - 2]].concat();
+    by_tuples(plain, shape, size, &held, |idx| {
+        [
+            &[idx[n - 2] * shape[n - 1] + idx[n - 1], 0][..],
+            &idx[..n - 2],
+        ]
+        .concat()
+    })
+}
+
+/// `plain` as `held` holds it (a depthwise kernel has 3 or more axes: a 2-D value is held
+/// transposed).
+fn oracle(held: Held, plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
+    match held {
+        Held::AsStored => plain.to_vec(),
+        Held::Depthwise if shape.len() > 2 => depthwise_oracle(plain, shape, size),
+        Held::Transposed | Held::Depthwise => held_oracle(plain, shape, size),
+    }
+}
+
 #[test]
 fn kernels_of_more_axes_are_held_as_candle_holds_them() {
     // Convolution kernels (TensorFlow `[spatial..., in, out]`) into buffers held as candle's
-    // `[out, in, spatial...]`: whole (one step, several steps, and over BAND the parallel bands,
-    // serially too) and through `transpose_whole` (converted: `converted_transposes_equal_...`).
+    // `[out, in, spatial...]`, and depthwise ones (`[spatial..., in, mult]`) as its grouped
+    // `[in * mult, 1, spatial...]`: whole (one step, several steps, and over BAND the parallel
+    // bands, serially too) and through `transpose_whole` (converted:
+    // `converted_transposes_equal_...`).
     for (shape, size) in [
         (vec![2u64, 5, 3], 4usize),
         (vec![3, 2, 2, 4], 4),
@@ -427,59 +468,61 @@ fn kernels_of_more_axes_are_held_as_candle_holds_them() {
         (vec![1, 1, 9, 6], 8),
         (vec![2, 3, 2, 3, 2], 1),
         (vec![3, 3, 64, 48], 4),
-        (vec![3, 3, 256, 520], 4), // over BAND: the parallel path
-        (vec![2000, 3, 5], 4),     // rows of 60 bytes: two steps of rows
-        (vec![3, 1, 2], 4),
+        (vec![3, 3, 32, 1], 4),      // a depthwise kernel of multiplier 1
+        (vec![3, 3, 256, 520], 4),   // over BAND: the parallel path
+        (vec![2000, 3, 5], 4),       // rows of 60 bytes: two steps of rows
+        (vec![3, 1, 2], 4),          // one input channel: a plain transpose of [3, 2]
         (vec![1, 1, 1024, 1100], 4), // 1 x 1 over BAND: the parallel bands of the 2-D transpose
-        (vec![2, 0, 3, 4], 4), // no elements        // one input channel: a plain transpose of [3, 2]
+        (vec![2, 0, 3, 4], 4),       // no elements
     ] {
         let n: u64 = shape.iter().product();
         let src: Vec<u8> = (0..n as usize * size)
             .map(|i| (i * 37 % 251) as u8)
             .collect();
-        let want = held_oracle(&src, &shape, size);
         let have = Region::whole(&shape);
-        for serial in [false, true] {
-            let mut got = vec![0xAAu8; src.len()];
-            let dsts = vec![Dst {
-                buf: &mut got,
-                want: &have,
-                held: Held::Transposed,
-            }];
-            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
-            assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
-            assert!(got == want, "{shape:?} size {size} serial {serial}");
+        for held in [Held::Transposed, Held::Depthwise] {
+            let want = oracle(held, &src, &shape, size);
+            for serial in [false, true] {
+                let mut got = vec![0xAAu8; src.len()];
+                let dsts = vec![Dst {
+                    buf: &mut got,
+                    want: &have,
+                    held,
+                }];
+                let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
+                assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
+                assert!(
+                    got == want,
+                    "{shape:?} {held:?} size {size} serial {serial}"
+                );
+            }
+            let (rows, mid, _) = held.dims(&shape).unwrap();
+            let mut whole = vec![0xAAu8; src.len()];
+            transpose_whole(&src, rows, mid, size, &mut whole);
+            assert!(whole == want, "transpose_whole {shape:?} {held:?}");
         }
-        let (rows, mid, _) = held_dims(&shape).unwrap();
-        let mut whole = vec![0xAAu8; src.len()];
-        transpose_whole(&src, rows, mid, size, &mut whole);
-        assert!(whole == want, "transpose_whole {shape:?}");
         let n = shape.len();
         let held = [&[shape[n - 1], shape[n - 2]][..], &shape[..n - 2]].concat();
         assert_eq!(held_shape(&shape), held);
+        assert_eq!(Held::Transposed.shape(&shape), held);
+        let grouped = [&[shape[n - 2] * shape[n - 1], 1][..], &shape[..n - 2]].concat();
+        assert_eq!(Held::Depthwise.shape(&shape), grouped);
     }
 }
 
 #[test]
 fn a_piece_of_a_kernel_lands_where_its_box_meets_a_held_box() {
     // Pieces of a 4 x 3 x 5 x 6 kernel (a variable partitioned along its axes) into boxes held
-    // transposed: each element of the meeting at its place, nothing else written. Random boxes
-    // against the oracle of the naive row-major copy, held.
+    // transposed or as depthwise kernels: each element of the meeting at its place, nothing else
+    // written. Random boxes against the oracle of the naive row-major copy, held.
     let shape = [4u64, 3, 5, 6];
     let mut rnd = crate::base::xorshift(7);
-    for size in [1usize, 2, 4, 8] {
+    for (size, held) in [1usize, 2, 4, 8]
+        .into_iter()
+        .flat_map(|size| [Held::Transposed, Held::Depthwise].map(|held| (size, held)))
+    {
         for _ in 0..200 {
-            let mut boxes = [(); 2].map(|_| {
-                Region::new(
-                    shape
-                        .iter()
-                        .map(|&d| {
-                            let a = rnd(d);
-                            (a, 1 + rnd(d - a))
-                        })
-                        .collect(),
-                )
-            });
+            let mut boxes = [(); 2].map(|_| Region::random(&mut rnd, &shape));
             match rnd(4) {
                 0 => boxes[1] = boxes[0].clone(), // the whole piece, in steps of rows
                 // Whole rows of both (a part along axis 0, a range fetched from object
@@ -498,138 +541,29 @@ fn a_piece_of_a_kernel_lands_where_its_box_meets_a_held_box() {
                 .collect();
             let mut plain = vec![0xAAu8; count(&want) * size];
             naive(&src, &have, &want, size, &mut plain);
-            let held = held_oracle(&plain, &want.shape(), size);
-            let mut got = vec![0xAAu8; held.len()];
+            let expected = oracle(held, &plain, &want.shape(), size);
+            let mut got = vec![0xAAu8; expected.len()];
             let rows = have.dims()[0].1;
             // In steps of one row of axis 0, as a load walks a piece.
             for r in 0..rows {
                 let part = have.with_rows(have.dims()[0].0 + r, 1);
-                copy_box(&src, &have, &part, size, &mut got, &want, Held::Transposed);
+                copy_box(&src, &have, &part, size, &mut got, &want, held);
             }
-            assert!(got == held, "size {size}: {have:?} into {want:?}");
-            let mut once = vec![0xAAu8; held.len()];
+            assert!(
+                got == expected,
+                "{held:?} size {size}: {have:?} into {want:?}"
+            );
+            let mut once = vec![0xAAu8; expected.len()];
             let dsts = vec![Dst {
                 buf: &mut once,
                 want: &want,
-                held: Held::Transposed,
+                held,
             }];
             assert_eq!(copy_verify(&src, &have, size, dsts), crc32c::crc32c(&src));
             assert!(
-                once == held,
-                "copy_verify, size {size}: {have:?} into {want:?}"
+                once == expected,
+                "copy_verify, {held:?} size {size}: {have:?} into {want:?}"
             );
-        }
-    }
-}
-
-/// `plain` (row-major, TensorFlow's depthwise kernel `shape` `[spatial..., in, mult]`) held as
-/// candle's grouped convolution weight `[in * mult, 1, spatial...]`, through whole index tuples:
-/// `(spatial..., i, k)` at `(i * mult + k, 0, spatial...)`.
-fn depthwise_oracle(plain: &[u8], shape: &[u64], size: usize) -> Vec<u8> {
-    let n = shape.len();
-    let held: Vec<u64> = [&[shape[n - 2] * shape[n - 1], 1][..], &shape[..n - 2]].concat();
-    let mut out = vec![0u8; plain.len()];
-    for e in 0..shape.iter().product::<u64>() {
-        let mut idx = vec![0u64; n];
-        let mut rest = e;
-        for d in (0..n).rev() {
-            idx[d] = rest % shape[d];
-            rest /= shape[d];
-        }
-        let channel = idx[n - 2] * shape[n - 1] + idx[n - 1];
-        let hidx: Vec<u64> = [&[channel, 0][..], &idx[..n - 2]].concat();
-        let at = hidx.iter().zip(&held).fold(0, |acc, (i, d)| acc * d + i) as usize;
-        let e = e as usize;
-        out[at * size..(at + 1) * size].copy_from_slice(&plain[e * size..(e + 1) * size]);
-    }
-    out
-}
-
-#[test]
-fn depthwise_kernels_are_held_as_grouped_convolution_weights() {
-    // Depthwise kernels (TensorFlow `[spatial..., in, mult]`) into buffers held as candle's
-    // `[in * mult, 1, spatial...]`: whole (in steps, over BAND in parallel bands, serially too),
-    // converted, and random pieces (a kernel partitioned along any axis) in steps of rows.
-    for (shape, size) in [
-        (vec![3u64, 2, 2, 2], 4usize),
-        (vec![3, 3, 32, 1], 4),
-        (vec![5, 4, 3], 2),         // a 1-D depthwise convolution
-        (vec![3, 3, 1024, 128], 4), // over BAND: the parallel path
-        (vec![2000, 3, 1], 4),      // several steps of rows
-        (vec![2, 2, 3, 2, 2], 1),   // a 3-D one
-    ] {
-        let n: u64 = shape.iter().product();
-        let src: Vec<u8> = (0..n as usize * size)
-            .map(|i| (i * 37 % 251) as u8)
-            .collect();
-        let want = depthwise_oracle(&src, &shape, size);
-        let have = Region::whole(&shape);
-        for serial in [false, true] {
-            let mut got = vec![0xAAu8; src.len()];
-            let dsts = vec![Dst {
-                buf: &mut got,
-                want: &have,
-                held: Held::Depthwise,
-            }];
-            let crc = ways(serial, || copy_verify(&src, &have, size, dsts));
-            assert_eq!(crc, crc32c::crc32c(&src), "{shape:?}");
-            assert!(got == want, "{shape:?} size {size} serial {serial}");
-        }
-        assert_eq!(
-            Held::Depthwise.shape(&shape),
-            [
-                &[shape[shape.len() - 2] * shape[shape.len() - 1], 1][..],
-                &shape[..shape.len() - 2]
-            ]
-            .concat()
-        );
-    }
-    // Converted on the way (float32 into bfloat16), as `DtypePolicy::CastToVariable` loads.
-    let shape = [3u64, 2, 4, 2];
-    let values: Vec<f32> = (0..48).map(|i| i as f32 * 1.5 - 20.0).collect();
-    let src: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut narrowed = vec![0u8; 48 * 2];
-    crate::load::cast::convert(DType::F32, DType::BF16, &src, &mut narrowed);
-    let want = depthwise_oracle(&narrowed, &shape, 2);
-    let (rows, mid, _) = Held::Depthwise.dims(&shape).unwrap();
-    let mut got = vec![0xAAu8; want.len()];
-    let convert =
-        |s: &[u8], d: &mut [u8]| crate::load::cast::convert(DType::F32, DType::BF16, s, d);
-    transpose_converted(&src, rows, mid, 2, &mut got, convert, "k").unwrap();
-    assert!(got == want, "converted");
-    // Pieces of a [4, 3, 5, 2] kernel into random boxes held as depthwise kernels.
-    let shape = [4u64, 3, 5, 2];
-    let mut rnd = crate::base::xorshift(17);
-    for size in [1usize, 2, 4, 8] {
-        for _ in 0..200 {
-            let mut boxes = [(); 2].map(|_| {
-                Region::new(
-                    shape
-                        .iter()
-                        .map(|&d| {
-                            let a = rnd(d);
-                            (a, 1 + rnd(d - a))
-                        })
-                        .collect(),
-                )
-            });
-            if rnd(3) == 0 {
-                boxes[0] = Region::whole(&shape); // stored whole
-            }
-            let [have, want] = boxes;
-            let count = |r: &Region| r.num_elements().unwrap() as usize;
-            let src: Vec<u8> = (0..count(&have) * size)
-                .map(|i| (i * 13 % 251) as u8)
-                .collect();
-            let mut plain = vec![0xAAu8; count(&want) * size];
-            naive(&src, &have, &want, size, &mut plain);
-            let held = depthwise_oracle(&plain, &want.shape(), size);
-            let mut got = vec![0xAAu8; held.len()];
-            for r in 0..have.dims()[0].1 {
-                let part = have.with_rows(have.dims()[0].0 + r, 1);
-                copy_box(&src, &have, &part, size, &mut got, &want, Held::Depthwise);
-            }
-            assert!(got == held, "size {size}: {have:?} into {want:?}");
         }
     }
 }

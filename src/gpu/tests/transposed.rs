@@ -222,17 +222,7 @@ fn random_pieces_of_kernels_launch_to_their_held_places() {
     let mut planned = 0;
     for _ in 0..3000 {
         let shape: Vec<u64> = (0..3 + rnd(2)).map(|_| 1 + rnd(6)).collect();
-        let boxes = [(); 2].map(|_| {
-            Region::new(
-                shape
-                    .iter()
-                    .map(|&d| {
-                        let a = rnd(d);
-                        (a, 1 + rnd(d - a))
-                    })
-                    .collect(),
-            )
-        });
+        let boxes = [(); 2].map(|_| Region::random(&mut rnd, &shape));
         let [mut have, want] = boxes;
         if rnd(2) == 0 {
             // A tensor stored whole.
