@@ -132,8 +132,9 @@ impl Bound {
     /// `tensor` `[spatial..., in, multiplier]` with `in * multiplier = out`: a depthwise kernel
     /// (TensorFlow's `depthwise_conv2d`, Keras's `DepthwiseConv2D`), whose output channel
     /// `i * multiplier + k` is candle's channel of the same number in a convolution of `in`
-    /// groups. Those bytes are the same whatever `in` and `multiplier` are, so no shape the
-    /// `Var` fits can be read into it wrongly.
+    /// groups. Those bytes are the same whatever `in` and `multiplier` are; but for a
+    /// convolution of one input channel, which the `Var` may also be, a tensor of `in` above 1
+    /// is the wrong one (TensorFlow refuses it): `init_from_checkpoint` says so in a warning.
     fn depthwise(&self, tensor: &[u64]) -> bool {
         let dims = self.var.dims();
         let n = dims.len();
@@ -445,7 +446,12 @@ impl CandleInit {
                     if !undo.iter().any(|(name, ..)| name == variable) {
                         let shape = std::mem::replace(&mut v.shape, tensor_shape.clone());
                         undo.push((variable.clone(), shape, b.held, tensor.clone()));
-                        b.held = Held::Depthwise;
+                        // Back to a convolution's kernel of one input channel (a variable
+                        // adapted by an earlier call), or a depthwise one.
+                        b.held = match tensor_shape[tensor_shape.len() - 2] {
+                            1 => Held::Transposed,
+                            _ => Held::Depthwise,
+                        };
                         continue;
                     }
                 }
@@ -490,6 +496,9 @@ impl CandleInit {
             let (Some(b), Some(v)) = (self.vars.get(name), self.store.vars.get(name)) else {
                 continue;
             };
+            if b.held != Held::Depthwise {
+                continue;
+            }
             let n = v.shape.len();
             let (groups, mult) = (v.shape[n - 2], v.shape[n - 1]);
             let warning = format!(
