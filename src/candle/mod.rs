@@ -88,7 +88,7 @@ pub use {candle_core, candle_nn};
 use crate::base::copy::Held;
 use crate::base::dtype::DType;
 use crate::base::error::{Error, ErrorKind, Result};
-use crate::init::assign::{bound_tensor, init_opened, AssignmentMap, InitReport};
+use crate::init::assign::{bound_tensor, init_opened, Accepts, AssignmentMap, InitReport};
 use crate::init::store::{Init, VariableStore};
 use crate::load::{LoadOptions, LoadReport};
 use crate::reader::checkpoint::Checkpoint;
@@ -134,7 +134,8 @@ impl Bound {
     /// `i * multiplier + k` is candle's channel of the same number in a convolution of `in`
     /// groups. Those bytes are the same whatever `in` and `multiplier` are; but for a
     /// convolution of one input channel, which the `Var` may also be, a tensor of `in` above 1
-    /// is the wrong one (TensorFlow refuses it): `init_from_checkpoint` says so in a warning.
+    /// is the wrong one (TensorFlow refuses it): `init_from_checkpoint` accepts the shape, gives
+    /// the variable the tensor's, and says so in a warning.
     fn depthwise(&self, tensor: &[u64]) -> bool {
         let dims = self.var.dims();
         let n = dims.len();
@@ -353,7 +354,13 @@ impl CandleInit {
         map: &AssignmentMap,
     ) -> Result<InitReport> {
         let policy = self.policy;
-        let accepts = |v: &crate::Variable, tensor: DType| policy.accepts(v.dtype, tensor);
+        let vars = &self.vars;
+        let accepts = Accepts {
+            dtype: &|v, t| policy.accepts(v.dtype, t),
+            // A depthwise kernel into a grouped convolution's `Var`: the variable takes the
+            // tensor's shape below.
+            shape: &|v, s| vars.get(&v.name).is_some_and(|b| b.depthwise(s)),
+        };
         let path = ckpt_dir_or_file.as_ref();
         // The index `map_existing` just read, if it was opened from this very path, named the
         // checkpoint itself (a directory's `checkpoint` file may name another one by now) and is
@@ -369,7 +376,8 @@ impl CandleInit {
             Some(ckpt) => ckpt,
             None => std::sync::Arc::new(Checkpoint::open(path)?),
         };
-        let report = self.init_adapting(&ckpt, map, &accepts).map_err(|e| {
+        let result = init_opened(&mut self.store, ckpt.clone(), map, &accepts);
+        let mut report = result.map_err(|e| {
             let swapped = match e.kind() {
                 ErrorKind::ShapeMismatch {
                     variable,
@@ -396,122 +404,47 @@ impl CandleInit {
             });
             self.name_var(e).with_candle_hint(swapped)
         })?;
-        // A variable is read in its tensor's dtype, then converted to its `Var`'s.
-        if let Some(ckpt) = self.store.opened.last().cloned() {
-            for a in &report.assignments {
-                let (Ok(t), Some(b)) = (ckpt.tensor(&a.tensor), self.vars.get(&a.variable)) else {
-                    continue;
-                };
-                if t.dtype == b.dtype {
-                    self.casts.remove(&a.variable);
-                } else {
-                    self.casts.insert(a.variable.clone(), t.dtype);
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// [`init_opened`] on the store, where a depthwise kernel's tensor ([`Bound::depthwise`]) is
-    /// met with its own shape (`[spatial..., in, multiplier]` where the `Var` says `[spatial...,
-    /// 1, in * multiplier]`): the variable takes the tensor's shape, is held as
-    /// [`Held::Depthwise`], and the call runs again. On an error every such change is undone.
-    fn init_adapting(
-        &mut self,
-        ckpt: &std::sync::Arc<Checkpoint>,
-        map: &AssignmentMap,
-        accepts: &dyn Fn(&crate::Variable, DType) -> bool,
-    ) -> Result<InitReport> {
-        // (variable, its shape and layout before, the tensor it takes as a depthwise kernel)
-        let mut undo: Vec<(String, Vec<u64>, Held, String)> = Vec::new();
-        let result = loop {
-            let e = match init_opened(&mut self.store, ckpt.clone(), map, accepts) {
-                Ok(report) => break Ok(report),
-                Err(e) => e,
-            };
-            if let ErrorKind::ShapeMismatch {
-                variable,
-                tensor,
-                tensor_shape,
-                ..
-            } = e.kind()
-            {
-                let fits = self
-                    .vars
-                    .get(variable)
-                    .is_some_and(|b| b.depthwise(tensor_shape));
-                let var = self.store.vars.get_mut(variable);
-                if let (true, Some(v), Some(b)) = (fits, var, self.vars.get_mut(variable)) {
-                    // Each variable once: a second mismatch is not this one.
-                    if !undo.iter().any(|(name, ..)| name == variable) {
-                        let shape = std::mem::replace(&mut v.shape, tensor_shape.clone());
-                        undo.push((variable.clone(), shape, b.held, tensor.clone()));
-                        // Back to a convolution's kernel of one input channel (a variable
-                        // adapted by an earlier call), or a depthwise one.
-                        b.held = match tensor_shape[tensor_shape.len() - 2] {
-                            1 => Held::Transposed,
-                            _ => Held::Depthwise,
-                        };
-                        continue;
-                    }
-                }
-            }
-            break Err(e);
-        };
-        let mut report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                for (name, shape, held, _) in &undo {
-                    if let Some(v) = self.store.vars.get_mut(name) {
-                        v.shape = shape.clone();
-                    }
-                    if let Some(b) = self.vars.get_mut(name) {
-                        b.held = *held;
-                    }
-                }
-                // An adapted variable's mismatch with another tensor, in the shape it has again.
-                return Err(match e.into_kind() {
-                    ErrorKind::ShapeMismatch {
-                        ckpt,
-                        variable,
-                        variable_shape,
-                        tensor,
-                        tensor_shape,
-                    } => ErrorKind::ShapeMismatch {
-                        variable_shape: (undo.iter().find(|u| u.0 == variable))
-                            .map_or(variable_shape, |u| u.1.clone()),
-                        ckpt,
-                        variable,
-                        tensor,
-                        tensor_shape,
-                    },
-                    kind => kind,
-                }
-                .into());
-            }
-        };
-        // Said, since TensorFlow would refuse the tensor for a convolution of one input channel,
-        // which a `Var` `[out, 1, spatial...]` may also be.
-        for (name, _, _, tensor) in &undo {
-            let (Some(b), Some(v)) = (self.vars.get(name), self.store.vars.get(name)) else {
+        for a in &report.assignments {
+            let (Ok(t), Some(b)) = (ckpt.tensor(&a.tensor), self.vars.get_mut(&a.variable)) else {
                 continue;
             };
-            if b.held != Held::Depthwise {
+            // A variable is read in its tensor's dtype, then converted to its `Var`'s.
+            if t.dtype == b.dtype {
+                self.casts.remove(&a.variable);
+            } else {
+                self.casts.insert(a.variable.clone(), t.dtype);
+            }
+            // A depthwise kernel: the variable takes its shape (from a convolution's kernel of
+            // one input channel, or back to one).
+            let Some(v) = self.store.vars.get_mut(&a.variable) else {
+                continue;
+            };
+            if v.shape == t.shape || !b.depthwise(&t.shape) {
                 continue;
             }
+            v.shape = t.shape.clone();
             let n = v.shape.len();
             let (groups, mult) = (v.shape[n - 2], v.shape[n - 1]);
-            let warning = format!(
-                "candle Var `{}` {:?} takes {tensor:?} {:?} as a depthwise kernel: a convolution \
-                 of {groups} groups (candle's `groups = {groups}`), output channel i * {mult} + k \
-                 TensorFlow's (i, k); for a convolution of one input channel it is the wrong \
-                 tensor, which TensorFlow would refuse",
-                b.candle,
-                b.var.dims(),
-                v.shape
-            );
-            self.store.warnings.push(warning.clone());
-            report.warnings.push(warning);
+            b.held = match groups {
+                1 => Held::Transposed,
+                _ => Held::Depthwise,
+            };
+            if b.held == Held::Depthwise {
+                // Said, since TensorFlow would refuse the tensor for a convolution of one input
+                // channel, which a `Var` `[out, 1, spatial...]` may also be.
+                let warning = format!(
+                    "candle Var `{}` {:?} takes {:?} {:?} as a depthwise kernel: a convolution \
+                     of {groups} groups (candle's `groups = {groups}`), output channel \
+                     i * {mult} + k TensorFlow's (i, k); for a convolution of one input channel \
+                     it is the wrong tensor, which TensorFlow would refuse",
+                    b.candle,
+                    b.var.dims(),
+                    a.tensor,
+                    v.shape
+                );
+                self.store.warnings.push(warning.clone());
+                report.warnings.push(warning);
+            }
         }
         Ok(report)
     }

@@ -164,8 +164,8 @@ pub fn init_from_checkpoint(
     ckpt_dir_or_file: impl AsRef<Path>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    init_from_checkpoint_with(store, ckpt_dir_or_file.as_ref(), map, &|v, t| v.dtype == t)
-        .map_err(with_cast_hint)
+    let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file.as_ref())?);
+    init_opened(store, ckpt, map, &Accepts::TENSORFLOW).map_err(with_cast_hint)
 }
 
 /// [`init_from_checkpoint`] on a checkpoint already opened: one opened with
@@ -178,7 +178,7 @@ pub fn init_from_opened_checkpoint(
     ckpt: &std::sync::Arc<Checkpoint>,
     map: &AssignmentMap,
 ) -> Result<InitReport> {
-    init_opened(store, ckpt.clone(), map, &|v, t| v.dtype == t).map_err(with_cast_hint)
+    init_opened(store, ckpt.clone(), map, &Accepts::TENSORFLOW).map_err(with_cast_hint)
 }
 
 /// A dtype mismatch's hint where the load can convert.
@@ -193,23 +193,29 @@ fn with_cast_hint(e: Error) -> Error {
     })
 }
 
-/// [`init_from_checkpoint`] where variable `v` may take a tensor of dtype `t` when `accepts(v, t)`
-/// (TensorFlow's rule is `v.dtype == t`; a destination that converts may accept more).
-pub(crate) fn init_from_checkpoint_with(
-    store: &mut VariableStore,
-    ckpt_dir_or_file: &Path,
-    map: &AssignmentMap,
-    accepts: &dyn Fn(&Variable, DType) -> bool,
-) -> Result<InitReport> {
-    let ckpt = std::sync::Arc::new(Checkpoint::open(ckpt_dir_or_file)?);
-    init_opened(store, ckpt, map, accepts)
+/// What a variable may take: TensorFlow's rule is a tensor of its own dtype and shape; a
+/// destination that converts, or lays values out its own way, may accept more.
+pub(crate) struct Accepts<'a> {
+    /// Variable `v` may take a tensor of dtype `t` (TensorFlow: `v.dtype == t`).
+    pub dtype: &'a dyn Fn(&Variable, DType) -> bool,
+    /// Variable `v`, mapped whole, may take a tensor of another shape `s` (TensorFlow: never); it
+    /// must have that shape before it loads (the caller gives it the tensor's).
+    pub shape: &'a dyn Fn(&Variable, &[u64]) -> bool,
+}
+
+impl Accepts<'static> {
+    /// TensorFlow's rule: the variable's own dtype and shape.
+    pub(crate) const TENSORFLOW: Accepts<'static> = Accepts {
+        dtype: &|v, t| v.dtype == t,
+        shape: &|_, _| false,
+    };
 }
 
 pub(crate) fn init_opened(
     store: &mut VariableStore,
     ckpt: std::sync::Arc<Checkpoint>,
     map: &AssignmentMap,
-    accepts: &dyn Fn(&Variable, DType) -> bool,
+    accepts: &Accepts<'_>,
 ) -> Result<InitReport> {
     let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
@@ -274,7 +280,7 @@ pub(crate) fn bound_tensor(
     store: &VariableStore,
     ckpt: &Checkpoint,
     map: &AssignmentMap,
-    accepts: &dyn Fn(&Variable, DType) -> bool,
+    accepts: &Accepts<'_>,
     variable: &str,
 ) -> Option<String> {
     let mut pairs: Vec<&(String, Target)> = map.pairs.iter().collect();
@@ -320,7 +326,7 @@ struct Binding {
 struct Resolver<'a> {
     ckpt: &'a Checkpoint,
     store: &'a VariableStore,
-    accepts: &'a dyn Fn(&Variable, DType) -> bool,
+    accepts: &'a Accepts<'a>,
 }
 
 /// What a target resolves to in the store.
@@ -481,7 +487,7 @@ impl Resolver<'_> {
         let ckpt = self.ckpt.prefix().to_path_buf();
         // `name`: the variable as mapped (a part mapped alone, or the whole of a part list).
         let dtype_check = |v: &Variable, name: &str| -> Result<()> {
-            if !(self.accepts)(v, info.dtype) {
+            if !(self.accepts.dtype)(v, info.dtype) {
                 return Err(ErrorKind::DtypeMismatch {
                     ckpt: ckpt.clone(),
                     variable: name.into(),
@@ -506,7 +512,7 @@ impl Resolver<'_> {
         };
         match r {
             Resolved::Single(v) => {
-                let problem = if v.shape != info.shape {
+                let problem = if v.shape != info.shape && !(self.accepts.shape)(v, &info.shape) {
                     if direct {
                         return Err(shape_err(&v.name, &v.shape));
                     }
