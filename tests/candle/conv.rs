@@ -65,29 +65,34 @@ fn conv2d_vars(vb: &VarBuilder, name: &str, dims: (usize, usize, usize, usize), 
     vb.get_with_hints(bias, "bias", Init::Const(0.0)).unwrap();
 }
 
-/// A model of the fixture at `path`'s 2-D convolution `conv` (4 filters of 3 x 2 over 3 channels)
-/// and transposed convolution `deconv` (a weight of candle's `[in, out, kh, kw]`, TensorFlow's
-/// `[kh, kw, out, in]`), and what `more` adds, on `dev`, loaded under `convention`: every `Var`
-/// pairs with a tensor and takes its value.
+/// The fixtures' 2-D convolution `conv` (4 filters of 3 x 2 over 3 channels) and transposed
+/// convolution `deconv` (a weight of candle's `[in, out, kh, kw]`, TensorFlow's `[kh, kw, out,
+/// in]`).
+fn conv_and_deconv(vb: &VarBuilder) {
+    conv2d_vars(vb, "conv", (4, 3, 3, 2), 4);
+    conv2d_vars(vb, "deconv", (4, 2, 2, 3), 2);
+}
+
+/// The model `model` builds, on `dev`, loaded from the fixture at `path` under `convention`:
+/// every `Var` pairs with a tensor of a shape it takes, and takes its value. With the store and
+/// the call's report.
 fn loaded(
     path: &std::path::Path,
     dev: &Device,
     convention: &Convention,
-    more: impl Fn(&VarBuilder),
-) -> VarMap {
+    model: impl Fn(&VarBuilder),
+) -> (VarMap, CandleInit, tfckpt::InitReport) {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    conv2d_vars(&vb, "conv", (4, 3, 3, 2), 4);
-    conv2d_vars(&vb, "deconv", (4, 2, 2, 3), 2);
-    more(&vb);
+    model(&VarBuilder::from_varmap(&varmap, DType::F32, dev));
     let mut init = CandleInit::from_varmap(&varmap, convention).unwrap();
     let found = init.map_existing(path).unwrap();
     let vars = varmap.all_vars().len();
     assert_eq!(found.pairs.len(), vars, "{found}");
     assert!(found.unnamed.is_empty(), "{found}");
-    init.init_from_checkpoint(path, &found.map).unwrap();
+    assert!(found.shape_mismatches.is_empty(), "{found}");
+    let report = init.init_from_checkpoint(path, &found.map).unwrap();
     init.initialize(&Default::default()).unwrap();
-    varmap
+    (varmap, init, report)
 }
 
 /// `x` plus a bias along axis 1 (channels).
@@ -108,7 +113,8 @@ pub(super) fn tf1_convolutions_on(dev: &Device) {
     let case = "tf1_conv";
     let path = ckpt_path(case);
     // And a 1-D convolution without bias.
-    let varmap = loaded(&path, dev, &Convention::tf1(), |vb| {
+    let (varmap, ..) = loaded(&path, dev, &Convention::tf1(), |vb| {
+        conv_and_deconv(vb);
         vb.pp("conv1d")
             .get_with_hints((5, 4, 2), "weight", Init::Const(0.0))
             .unwrap();
@@ -161,7 +167,7 @@ pub(super) fn keras_convolutions_on(dev: &Device) {
     let case = "tf2_keras_conv";
     let path = ckpt_path(case);
     let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
-    let varmap = loaded(&path, dev, &Convention::keras(names), |_| {});
+    let (varmap, ..) = loaded(&path, dev, &Convention::keras(names), conv_and_deconv);
 
     let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
     let y = x
@@ -218,15 +224,9 @@ fn tf1_depthwise_convolutions_give_tensorflows_outputs_in_candle() {
 pub(super) fn tf1_depthwise_on(dev: &Device) {
     let case = "tf1_depthwise";
     let path = ckpt_path(case);
-    let varmap = VarMap::new();
-    tf1_depthwise_model(&VarBuilder::from_varmap(&varmap, DType::F32, dev));
-    let mut init = CandleInit::from_varmap(&varmap, &tf_layers_names()).unwrap();
     // Candle's [4, 1, 3, 2] is declared as TensorFlow's [3, 2, 1, 4]; the checkpoint's [3, 2, 2,
     // 2] is the same bytes, and pairs.
-    let found = init.map_existing(&path).unwrap();
-    assert_eq!(found.pairs.len(), 5, "{found}");
-    assert!(found.shape_mismatches.is_empty(), "{found}");
-    let report = init.init_from_checkpoint(&path, &found.map).unwrap();
+    let (varmap, init, report) = loaded(&path, dev, &tf_layers_names(), tf1_depthwise_model);
     // Said for each (TensorFlow would refuse such a tensor for a convolution of one input channel).
     assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
     for (var, groups) in [
@@ -243,7 +243,6 @@ pub(super) fn tf1_depthwise_on(dev: &Device) {
     let declared = |name: &str| init.store().variable(name).unwrap().shape.clone();
     assert_eq!(declared("dw/depthwise_kernel"), [3, 2, 2, 2]);
     assert_eq!(declared("sep/depthwise_kernel"), [2, 2, 4, 1]);
-    init.initialize(&Default::default()).unwrap();
 
     let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
     let x = x.to_device(dev).unwrap();
@@ -343,15 +342,10 @@ pub(super) fn keras_depthwise_on(dev: &Device) {
     let case = "tf2_keras_depthwise";
     let path = ckpt_path(case);
     let names = Checkpoint::open(&path).unwrap().object_names().unwrap();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    conv2d_vars(&vb, "dw", (6, 1, 3, 2), 6);
-    conv2d_vars(&vb, "pw", (4, 6, 1, 1), 4);
-    let mut init = CandleInit::from_varmap(&varmap, &Convention::keras(names)).unwrap();
-    let found = init.map_existing(&path).unwrap();
-    assert_eq!(found.pairs.len(), 4, "{found}");
-    init.init_from_checkpoint(&path, &found.map).unwrap();
-    init.initialize(&Default::default()).unwrap();
+    let (varmap, ..) = loaded(&path, dev, &Convention::keras(names), |vb| {
+        conv2d_vars(vb, "dw", (6, 1, 3, 2), 6);
+        conv2d_vars(vb, "pw", (4, 6, 1, 1), 4);
+    });
 
     let x = recorded(case, "input").permute((0, 3, 1, 2)).unwrap();
     let y = x
