@@ -77,16 +77,14 @@ pub(crate) fn copy_verify(src: &[u8], have: &Region, size: usize, mut dsts: Vec<
         return crc::serial(src);
     }
     if let [d] = &mut dsts[..] {
-        let held = d.held.dims(&have.shape());
-        if let (true, Some((rows, mid, _))) = (d.want == have, held) {
-            if src.len() > BAND && !crate::base::par::is_serial() {
-                // A large whole value into a transposed buffer: the destination's rows are the
-                // source's columns, so bands of columns are disjoint and run in parallel, after
-                // a parallel checksum of the source.
-                let crc = crc::crc32c(src);
-                transpose_parallel(src, rows, mid, size, d.buf);
-                return crc;
-            }
+        let parallel = d.want == have && src.len() > BAND && !crate::base::par::is_serial();
+        if let Some((rows, mid, _)) = parallel.then(|| d.held.dims(&have.shape())).flatten() {
+            // A large whole value into a transposed buffer: the destination's rows are the
+            // source's columns, so bands of columns are disjoint and run in parallel, after a
+            // parallel checksum of the source.
+            let crc = crc::crc32c(src);
+            transpose_parallel(src, rows, mid, size, d.buf);
+            return crc;
         }
     }
     if dsts.iter().any(|d| d.held != Held::AsStored) {
