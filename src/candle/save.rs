@@ -7,7 +7,6 @@ use candle_core::{Device, Storage};
 
 use super::destination::bytes;
 use super::CandleInit;
-use crate::base::copy::Held;
 use crate::base::error::{Error, ErrorKind, Result};
 use crate::format::writer::{CheckpointWriter, TensorRef, WriterOptions};
 
@@ -56,11 +55,12 @@ impl CandleInit {
                 .to_device(&Device::Cpu)
                 .and_then(|t| t.contiguous())
                 .map_err(candle)?;
-            // A depthwise kernel, `[spatial..., 1, in * multiplier]` so, is TensorFlow's
-            // `[spatial..., in, multiplier]`, the shape it was loaded from (the same bytes).
-            let shape: Vec<u64> = match (b.held, self.store.vars.get(tf)) {
-                (Held::Depthwise, Some(v)) => v.shape.clone(),
-                _ => value.dims().iter().map(|&d| d as u64).collect(),
+            // In the variable's TensorFlow shape: the value's own, or, for a depthwise kernel
+            // (`[spatial..., 1, in * multiplier]` so), the `[spatial..., in, multiplier]` it was
+            // loaded from, the same bytes.
+            let shape: Vec<u64> = match self.store.vars.get(tf) {
+                Some(v) => v.shape.clone(),
+                None => value.dims().iter().map(|&d| d as u64).collect(),
             };
             let (storage, layout) = value.storage_and_layout();
             let Storage::Cpu(storage) = &*storage else {
